@@ -1,0 +1,175 @@
+//! A simulated cluster: an underlay namespace holding a bridge, and N host namespaces, each
+//! joined to the bridge by a veth pair (the kernel here has no `dummy` links) with its own
+//! underlay address on `eth0`.
+
+use std::net::Ipv4Addr;
+
+use twill_netkit::ipnet::{IpNet, Ipv4Net};
+use twill_netkit::{Netlink, Netns};
+
+use super::error::{LabError, Result};
+use super::sweep::sweep;
+
+/// Name of the bridge inside the underlay namespace.
+pub const UNDERLAY_BRIDGE: &str = "br0";
+/// Name of each host's underlay interface.
+pub const HOST_IFACE: &str = "eth0";
+
+/// One simulated host.
+#[derive(Debug)]
+pub struct Host {
+    /// Namespace name, `<prefix>-h<N>`.
+    pub name: String,
+    pub netns: Netns,
+    /// Underlay address of `eth0`.
+    pub ip: Ipv4Addr,
+    pub iface: &'static str,
+}
+
+/// Builds a [`Cluster`].
+#[derive(Clone, Debug)]
+pub struct ClusterBuilder {
+    prefix: String,
+    hosts: usize,
+    underlay: Ipv4Net,
+    mtu: u32,
+}
+
+impl ClusterBuilder {
+    /// Number of hosts (default 2).
+    pub fn hosts(mut self, n: usize) -> Self {
+        self.hosts = n;
+        self
+    }
+
+    /// The underlay subnet (default 172.31.0.0/24); host N gets address .(10+N).
+    pub fn underlay(mut self, net: Ipv4Net) -> Self {
+        self.underlay = net;
+        self
+    }
+
+    /// MTU of the underlay links (default 1500).
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = mtu;
+        self
+    }
+
+    /// Creates everything, after sweeping leftovers of an earlier run with the same prefix.
+    /// On failure, what was created is removed again.
+    pub fn build(self) -> Result<Cluster> {
+        if self.hosts == 0 || self.hosts as u32 + 10 >= (1u32 << (32 - self.underlay.prefix_len())) {
+            return Err(LabError::Invalid(format!(
+                "{} hosts do not fit the underlay {}",
+                self.hosts, self.underlay
+            )));
+        }
+        let swept = sweep(&self.prefix)?;
+        if !swept.is_empty() {
+            tracing::warn!(prefix = %self.prefix, ?swept, "removed leftovers of an earlier run");
+        }
+        let underlay_name = format!("{}-ul", self.prefix);
+        let underlay = Netns::create(&underlay_name)?;
+        // From here on the guard in Cluster cleans up whatever happens.
+        let mut cluster = Cluster {
+            prefix: self.prefix.clone(),
+            underlay_net: self.underlay,
+            underlay,
+            hosts: Vec::new(),
+        };
+        let mtu = self.mtu;
+        let bridge = cluster.underlay.run(move |nl: Netlink| async move {
+            lo_up(&nl).await?;
+            nl.ensure_bridge(UNDERLAY_BRIDGE, Some(mtu)).await
+        })?;
+        for i in 1..=self.hosts {
+            let name = format!("{}-h{i}", self.prefix);
+            let netns = Netns::create(&name)?;
+            let ip = Ipv4Addr::from(u32::from(self.underlay.network()) + 10 + i as u32);
+            let peer_ns = &netns;
+            cluster.underlay.run(move |nl: Netlink| async move {
+                let port = format!("h{i}");
+                let v = nl.create_veth(&port, HOST_IFACE, peer_ns, Some(mtu)).await?;
+                nl.set_controller(v.index, bridge.index).await?;
+                nl.set_up(v.index).await
+            })?;
+            let addr = IpNet::V4(
+                Ipv4Net::new(ip, self.underlay.prefix_len())
+                    .map_err(|e| LabError::Invalid(e.to_string()))?,
+            );
+            netns.run(move |nl: Netlink| async move {
+                lo_up(&nl).await?;
+                let eth = nl.require_link(HOST_IFACE).await?;
+                nl.ensure_address(eth.index, addr).await?;
+                nl.set_up(eth.index).await
+            })?;
+            cluster.hosts.push(Host {
+                name,
+                netns,
+                ip,
+                iface: HOST_IFACE,
+            });
+        }
+        Ok(cluster)
+    }
+}
+
+async fn lo_up(nl: &Netlink) -> twill_netkit::Result<()> {
+    let lo = nl.require_link("lo").await?;
+    nl.set_up(lo.index).await
+}
+
+/// A running simulated cluster. Dropping it removes every namespace under its prefix and
+/// kills the processes left inside them.
+#[derive(Debug)]
+pub struct Cluster {
+    prefix: String,
+    underlay_net: Ipv4Net,
+    /// The namespace holding the underlay bridge.
+    pub underlay: Netns,
+    pub hosts: Vec<Host>,
+}
+
+impl Cluster {
+    /// Starts building a cluster whose namespaces are called `<prefix>-…`. Use a prefix that
+    /// is unique per test (tests run in parallel) and stable across runs (so a crashed run's
+    /// leftovers are swept).
+    pub fn builder(prefix: &str) -> ClusterBuilder {
+        ClusterBuilder {
+            prefix: prefix.to_string(),
+            hosts: 2,
+            underlay: Ipv4Net::new(Ipv4Addr::new(172, 31, 0, 0), 24).unwrap_or_default(),
+            mtu: 1500,
+        }
+    }
+
+    /// The name prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The underlay subnet.
+    pub fn underlay_net(&self) -> Ipv4Net {
+        self.underlay_net
+    }
+
+    /// Host number `n` (1-based, as in its name).
+    pub fn host(&self, n: usize) -> &Host {
+        &self.hosts[n - 1]
+    }
+
+    /// Creates an extra namespace `<prefix>-<suffix>` (a "container"), removed with the cluster.
+    pub fn extra_netns(&self, suffix: &str) -> Result<Netns> {
+        let ns = Netns::create(&format!("{}-{suffix}", self.prefix))?;
+        ns.run(|nl: Netlink| async move { lo_up(&nl).await })?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(e) = sweep(&self.prefix) {
+            tracing::error!(prefix = %self.prefix, error = %e, "cleaning up lab namespaces");
+            eprintln!("twill-lab: cleaning up namespaces {}-*: {e}", self.prefix);
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Errors of the test bed.
+
+/// Result alias of the test bed.
+pub type Result<T, E = LabError> = std::result::Result<T, E>;
+
+/// What went wrong while building or tearing down a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Netkit(#[from] twill_netkit::Error),
+    #[error("{op} {object}: {source}")]
+    Io {
+        op: &'static str,
+        object: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("etcd {name}: {detail}")]
+    Etcd { name: String, detail: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl LabError {
+    pub(crate) fn io(op: &'static str, object: impl Into<String>, source: std::io::Error) -> Self {
+        LabError::Io {
+            op,
+            object: object.into(),
+            source,
+        }
+    }
+}

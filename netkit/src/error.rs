@@ -1,0 +1,108 @@
+//! The one error type of netkit. Every variant names the operation, the object and the
+//! network namespace it happened in, so a log line alone says what to fix.
+
+use std::io;
+
+/// Result alias used throughout netkit.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, and on what.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A netlink request was refused by the kernel or could not be sent.
+    #[error("{op} {object} in netns {netns}: {source}")]
+    Netlink {
+        op: &'static str,
+        object: String,
+        netns: String,
+        #[source]
+        source: NetlinkFailure,
+    },
+    /// A system call or file operation failed.
+    #[error("{op} {object}: {source}")]
+    Io {
+        op: &'static str,
+        object: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Something that must exist does not.
+    #[error("{kind} {name} not found in netns {netns}")]
+    NotFound {
+        kind: &'static str,
+        name: String,
+        netns: String,
+    },
+    /// The caller asked for something invalid (bad name, bad value).
+    #[error("{0}")]
+    Invalid(String),
+    /// An external tool (nft) failed.
+    #[error("{op} in netns {netns}: {detail}")]
+    Tool {
+        op: &'static str,
+        netns: String,
+        detail: String,
+    },
+}
+
+/// The kernel's answer to a netlink request, reduced to what callers need.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkFailure {
+    /// The kernel answered with an errno.
+    #[error("{0}")]
+    Errno(io::Error),
+    /// The request could not be completed for another reason.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// The errno behind this error, when there is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Netlink {
+                source: NetlinkFailure::Errno(e),
+                ..
+            } => e.raw_os_error(),
+            Error::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// True when the kernel said the object already exists (EEXIST).
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
+
+    /// True when the object is absent (ENOENT, ENODEV, ESRCH or our own NotFound).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+            || matches!(
+                self.errno(),
+                Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH)
+            )
+    }
+
+    pub(crate) fn io(op: &'static str, object: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            object: object.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn nix(op: &'static str, object: impl Into<String>, errno: nix::Error) -> Self {
+        Error::io(op, object, io::Error::from_raw_os_error(errno as i32))
+    }
+}
+
+impl From<rtnetlink::Error> for NetlinkFailure {
+    fn from(e: rtnetlink::Error) -> Self {
+        match e {
+            rtnetlink::Error::NetlinkError(msg) if msg.code.is_some() => {
+                NetlinkFailure::Errno(msg.to_io())
+            }
+            other => NetlinkFailure::Other(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! twill-netkit: every kernel-networking operation twill needs, through netlink (never by
+//! running `ip`). Namespaces, links, addresses, routes, neighbours, FDB entries, sysctl, TUN
+//! devices and nftables tables. No policy lives here: callers decide what should exist,
+//! netkit makes it so idempotently and names the object and namespace in every error.
+
+mod addr;
+mod error;
+pub mod firewall;
+mod link;
+mod neigh;
+mod netlink;
+mod netns;
+mod route;
+pub mod sysctl;
+pub mod tun;
+
+pub use error::{Error, NetlinkFailure, Result};
+pub use link::{IFNAMSIZ_MAX, Link, VxlanInfo, VxlanSpec, format_mac, parse_mac};
+pub use neigh::{FdbEntry, FdbMode, Neighbour};
+pub use netlink::Netlink;
+pub use netns::{NETNS_RUN_DIR, Netns};
+pub use route::{RT_TABLE_MAIN, RTPROT_TWILL, Route, Scope};
+
+pub use ipnet;

@@ -1,0 +1,431 @@
+//! Links: look-up, veth pairs (peer born in another namespace), bridges, vxlan, and the
+//! per-link settings (up/down, MTU, controller, name, namespace, hairpin).
+
+use std::net::Ipv4Addr;
+
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
+use std::os::fd::{AsFd, AsRawFd};
+
+use crate::error::Result;
+use crate::netlink::{Netlink, collect_dump, has_errno};
+use crate::netns::Netns;
+
+/// Linux limits interface names to 15 bytes plus NUL.
+pub const IFNAMSIZ_MAX: usize = 15;
+
+/// What netkit reports about a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `bridge`, `veth`, `vxlan`, `tun`, … (None for physical devices and loopback).
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub mac: Vec<u8>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// Index of the bridge this link is attached to.
+    pub controller: Option<u32>,
+    /// Set for vxlan links.
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// The vxlan settings twill cares about, read back from the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<Ipv4Addr>,
+    pub underlay: Option<u32>,
+    pub learning: bool,
+}
+
+/// How to create a vxlan device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    /// UDP destination port (8472 for Flannel, 4789 for IANA).
+    pub port: u16,
+    pub local: Option<Ipv4Addr>,
+    /// Index of the underlay device.
+    pub underlay: Option<u32>,
+    pub learning: bool,
+    pub mtu: Option<u32>,
+    /// A fixed MAC address, so peers' FDB entries survive a re-creation.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl VxlanSpec {
+    /// Flannel's defaults: port 8472, learning off.
+    pub fn new(name: &str, vni: u32) -> VxlanSpec {
+        VxlanSpec {
+            name: name.to_string(),
+            vni,
+            port: 8472,
+            local: None,
+            underlay: None,
+            learning: false,
+            mtu: None,
+            mac: None,
+        }
+    }
+
+    fn matches(&self, info: &VxlanInfo) -> bool {
+        info.vni == self.vni
+            && info.port == self.port
+            && info.local == self.local
+            && (self.underlay.is_none() || info.underlay == self.underlay)
+            && info.learning == self.learning
+    }
+}
+
+/// Formats a MAC address the way `ip` prints it: lower-case, colon separated.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (either case).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+pub(crate) fn validate_ifname(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= IFNAMSIZ_MAX
+        && name != "."
+        && name != ".."
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::Invalid(format!(
+            "invalid interface name {name:?}: 1 to {IFNAMSIZ_MAX} bytes, no '/', ':' or spaces"
+        )))
+    }
+}
+
+fn parse_link(msg: LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        kind: None,
+        mtu: 0,
+        mac: Vec::new(),
+        up: msg.header.flags.contains(LinkFlags::Up),
+        controller: None,
+        vxlan: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Mtu(m) => link.mtu = m,
+            LinkAttribute::Address(a) => link.mac = a,
+            LinkAttribute::Controller(c) => link.controller = Some(c),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(v)) => link.vxlan = Some(parse_vxlan(&v)),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanInfo {
+    let mut info = VxlanInfo::default();
+    for a in attrs {
+        match a {
+            InfoVxlan::Id(v) => info.vni = *v,
+            InfoVxlan::Port(p) => info.port = *p,
+            InfoVxlan::Local(ip) => info.local = Some(*ip),
+            InfoVxlan::Link(i) if *i != 0 => info.underlay = Some(*i),
+            InfoVxlan::Learning(l) => info.learning = *l,
+            _ => {}
+        }
+    }
+    info
+}
+
+impl Netlink {
+    /// Every link in the namespace.
+    pub async fn list_links(&self) -> Result<Vec<Link>> {
+        let msgs = collect_dump(self.handle.link().get().execute())
+            .await
+            .map_err(|e| self.err("listing", "links", e))?;
+        Ok(msgs.into_iter().map(parse_link).collect())
+    }
+
+    /// The link called `name`, if there is one.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        validate_ifname(name)?;
+        let msgs = collect_dump(self.handle.link().get().match_name(name.to_string()).execute())
+            .await
+            .map_err(|e| self.err("looking up link", name, e))?;
+        Ok(msgs.into_iter().next().map(parse_link))
+    }
+
+    /// The link with index `index`, if there is one.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let msgs = collect_dump(self.handle.link().get().match_index(index).execute())
+            .await
+            .map_err(|e| self.err("looking up link", format!("#{index}"), e))?;
+        Ok(msgs.into_iter().next().map(parse_link))
+    }
+
+    /// The link called `name`, or a NotFound error naming it.
+    pub async fn require_link(&self, name: &str) -> Result<Link> {
+        self.link_by_name(name)
+            .await?
+            .ok_or_else(|| self.not_found("link", name))
+    }
+
+    /// Makes sure a bridge called `name` exists and is up; sets its MTU when given.
+    /// Tolerates a concurrent creator (EEXIST) and never touches an existing bridge's
+    /// addresses. Fails if `name` exists but is not a bridge.
+    pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>) -> Result<Link> {
+        validate_ifname(name)?;
+        let link = match self.link_by_name(name).await? {
+            Some(l) => l,
+            None => {
+                let mut b = LinkBridge::new(name);
+                if let Some(m) = mtu {
+                    b = b.mtu(m);
+                }
+                match self.handle.link().add(b.build()).execute().await {
+                    Ok(()) => tracing::debug!(bridge = name, netns = %self.netns, "created bridge"),
+                    Err(e) if has_errno(&e, libc::EEXIST) => {}
+                    Err(e) => return Err(self.err("creating bridge", name, e)),
+                }
+                self.require_link(name).await?
+            }
+        };
+        if link.kind.as_deref() != Some("bridge") {
+            return Err(crate::Error::Invalid(format!(
+                "link {name} in netns {} exists but is a {} device, not a bridge",
+                self.netns,
+                link.kind.as_deref().unwrap_or("physical")
+            )));
+        }
+        if let Some(m) = mtu
+            && link.mtu != m
+        {
+            self.set_mtu(link.index, m).await?;
+        }
+        if !link.up {
+            self.set_up(link.index).await?;
+        }
+        self.require_link(name).await
+    }
+
+    /// Creates a veth pair: `name` here, `peer_name` born directly inside `peer_ns` (so it
+    /// never collides with names in this namespace). Both ends get `mtu` when given.
+    /// Returns the local end. Fails with EEXIST if `name` exists.
+    pub async fn create_veth(
+        &self,
+        name: &str,
+        peer_name: &str,
+        peer_ns: &Netns,
+        mtu: Option<u32>,
+    ) -> Result<Link> {
+        validate_ifname(name)?;
+        validate_ifname(peer_name)?;
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer_name.to_string())
+            .setns_by_fd(peer_ns.as_fd().as_raw_fd());
+        let mut local = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_string());
+        if let Some(m) = mtu {
+            peer = peer.mtu(m);
+            local = local.mtu(m);
+        }
+        let msg = local
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .build();
+        self.handle.link().add(msg).execute().await.map_err(|e| {
+            self.err(
+                "creating veth",
+                format!("{name} (peer {peer_name} in netns {})", peer_ns.label()),
+                e,
+            )
+        })?;
+        tracing::debug!(veth = name, peer = peer_name, peer_netns = peer_ns.label(), netns = %self.netns, "created veth pair");
+        self.require_link(name).await
+    }
+
+    /// Makes sure the vxlan device described by `spec` exists and is up. An existing device
+    /// with the same VNI, port, local address and learning flag is kept as it is (so a
+    /// restart does not disturb traffic); an incompatible one is replaced.
+    pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<Link> {
+        validate_ifname(&spec.name)?;
+        if let Some(existing) = self.link_by_name(&spec.name).await? {
+            let compatible = existing.kind.as_deref() == Some("vxlan")
+                && existing.vxlan.as_ref().is_some_and(|v| spec.matches(v))
+                && spec.mac.is_none_or(|m| existing.mac == m);
+            if compatible {
+                if let Some(m) = spec.mtu
+                    && existing.mtu != m
+                {
+                    self.set_mtu(existing.index, m).await?;
+                }
+                if !existing.up {
+                    self.set_up(existing.index).await?;
+                }
+                return self.require_link(&spec.name).await;
+            }
+            tracing::info!(link = %spec.name, netns = %self.netns, "replacing incompatible vxlan device");
+            self.delete_link(existing.index).await?;
+        }
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
+            .port(spec.port)
+            .learning(spec.learning);
+        if let Some(l) = spec.local {
+            b = b.local(l);
+        }
+        if let Some(d) = spec.underlay {
+            b = b.dev(d);
+        }
+        if let Some(m) = spec.mtu {
+            b = b.mtu(m);
+        }
+        if let Some(mac) = spec.mac {
+            b = b.address(mac.to_vec());
+        }
+        self.handle
+            .link()
+            .add(b.up().build())
+            .execute()
+            .await
+            .map_err(|e| self.err("creating vxlan", &spec.name, e))?;
+        tracing::debug!(link = %spec.name, vni = spec.vni, netns = %self.netns, "created vxlan device");
+        self.require_link(&spec.name).await
+    }
+
+    async fn set_link(&self, op: &'static str, index: u32, msg: LinkMessage) -> Result<()> {
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| self.err(op, self.describe(index), e))
+    }
+
+    fn describe(&self, index: u32) -> String {
+        format!("link #{index}")
+    }
+
+    /// Sets a link administratively up.
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.set_link("setting up", index, LinkUnspec::new_with_index(index).up().build())
+            .await
+    }
+
+    /// Sets a link administratively down.
+    pub async fn set_down(&self, index: u32) -> Result<()> {
+        self.set_link("setting down", index, LinkUnspec::new_with_index(index).down().build())
+            .await
+    }
+
+    /// Sets a link's MTU.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.set_link("setting MTU of", index, LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .await
+    }
+
+    /// Sets a link's MAC address.
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).address(mac.to_vec()).build();
+        self.set_link("setting MAC of", index, msg).await
+    }
+
+    /// Attaches a link to a bridge (its "controller", formerly "master").
+    pub async fn set_controller(&self, index: u32, bridge_index: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).controller(bridge_index).build();
+        self.set_link("attaching to bridge", index, msg).await
+    }
+
+    /// Detaches a link from its bridge.
+    pub async fn set_nocontroller(&self, index: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).nocontroller().build();
+        self.set_link("detaching from bridge", index, msg).await
+    }
+
+    /// Renames a link. The link must be down.
+    pub async fn rename(&self, index: u32, new_name: &str) -> Result<()> {
+        validate_ifname(new_name)?;
+        let msg = LinkUnspec::new_with_index(index).name(new_name.to_string()).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| self.err("renaming", format!("link #{index} to {new_name}"), e))
+    }
+
+    /// Moves a link into another namespace.
+    pub async fn move_to_netns(&self, index: u32, target: &Netns) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .setns_by_fd(target.as_fd().as_raw_fd())
+            .build();
+        self.handle.link().set(msg).execute().await.map_err(|e| {
+            self.err(
+                "moving",
+                format!("link #{index} to netns {}", target.label()),
+                e,
+            )
+        })
+    }
+
+    /// Turns hairpin mode on or off for a bridge port (traffic may leave the port it came in).
+    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
+        let msg = LinkBridgePort::new(index).hairpin(on).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| self.err("setting hairpin on", self.describe(index), e))
+    }
+
+    /// Deletes a link by index.
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|e| self.err("deleting", self.describe(index), e))
+    }
+
+    /// Deletes the link called `name` if it exists. Returns whether it existed.
+    pub async fn remove_link(&self, name: &str) -> Result<bool> {
+        let Some(link) = self.link_by_name(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if has_errno(&e, libc::ENODEV) => Ok(false),
+            Err(e) => Err(self.err("deleting link", name, e)),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! A netlink connection bound to one network namespace. The per-object operations live in
+//! `link`, `addr`, `route` and `neigh`; this file holds the connection and error plumbing.
+
+use futures::TryStreamExt;
+
+use crate::error::{Error, NetlinkFailure, Result};
+
+/// A route-netlink connection opened in one network namespace.
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    pub(crate) handle: rtnetlink::Handle,
+    pub(crate) netns: String,
+}
+
+impl Netlink {
+    /// Opens a connection in the calling thread's namespace; `netns` labels error messages.
+    /// Must be called inside a tokio runtime (the connection runs as a task on it).
+    pub fn connect(netns: &str) -> Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| Error::io("opening netlink socket in netns", netns, e))?;
+        tokio::spawn(conn);
+        Ok(Netlink {
+            handle,
+            netns: netns.to_string(),
+        })
+    }
+
+    /// The namespace label used in error messages.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// The raw rtnetlink handle, for the rare request netkit does not wrap.
+    pub fn handle(&self) -> &rtnetlink::Handle {
+        &self.handle
+    }
+
+    pub(crate) fn err(
+        &self,
+        op: &'static str,
+        object: impl Into<String>,
+        e: impl Into<NetlinkFailure>,
+    ) -> Error {
+        Error::Netlink {
+            op,
+            object: object.into(),
+            netns: self.netns.clone(),
+            source: e.into(),
+        }
+    }
+
+    pub(crate) fn not_found(&self, kind: &'static str, name: impl Into<String>) -> Error {
+        Error::NotFound {
+            kind,
+            name: name.into(),
+            netns: self.netns.clone(),
+        }
+    }
+}
+
+/// Collects a dump stream, treating "no such object" as an empty answer.
+pub(crate) async fn collect_dump<T, S>(stream: S) -> std::result::Result<Vec<T>, rtnetlink::Error>
+where
+    S: futures::Stream<Item = std::result::Result<T, rtnetlink::Error>>,
+{
+    match stream.try_collect::<Vec<T>>().await {
+        Ok(v) => Ok(v),
+        Err(rtnetlink::Error::NetlinkError(m))
+            if matches!(m.raw_code().abs(), libc::ENODEV | libc::ENOENT) =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// True when an rtnetlink error carries the given errno.
+pub(crate) fn has_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == errno)
+}
