@@ -36,7 +36,10 @@ impl Netlink {
         .await
         .map_err(|e| self.err("listing addresses of", format!("link #{index}"), e))?;
         // The kernel ignores the index filter without strict checking: filter here too.
-        Ok(msgs.into_iter().filter(|m| m.header.index == index).collect())
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.index == index)
+            .collect())
     }
 
     /// The addresses on link `index`.

@@ -74,7 +74,8 @@ pub struct Table {
 fn check_ident(what: &str, s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
         && s.as_bytes()[0].is_ascii_alphabetic();
     if ok {
         Ok(())

@@ -110,7 +110,9 @@ pub(crate) fn validate_ifname(name: &str) -> Result<()> {
         && name.len() <= IFNAMSIZ_MAX
         && name != "."
         && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
     if ok {
         Ok(())
     } else {
@@ -179,9 +181,15 @@ impl Netlink {
     /// The link called `name`, if there is one.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
         validate_ifname(name)?;
-        let msgs = collect_dump(self.handle.link().get().match_name(name.to_string()).execute())
-            .await
-            .map_err(|e| self.err("looking up link", name, e))?;
+        let msgs = collect_dump(
+            self.handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute(),
+        )
+        .await
+        .map_err(|e| self.err("looking up link", name, e))?;
         Ok(msgs.into_iter().next().map(parse_link))
     }
 
@@ -336,31 +344,47 @@ impl Netlink {
 
     /// Sets a link administratively up.
     pub async fn set_up(&self, index: u32) -> Result<()> {
-        self.set_link("setting up", index, LinkUnspec::new_with_index(index).up().build())
-            .await
+        self.set_link(
+            "setting up",
+            index,
+            LinkUnspec::new_with_index(index).up().build(),
+        )
+        .await
     }
 
     /// Sets a link administratively down.
     pub async fn set_down(&self, index: u32) -> Result<()> {
-        self.set_link("setting down", index, LinkUnspec::new_with_index(index).down().build())
-            .await
+        self.set_link(
+            "setting down",
+            index,
+            LinkUnspec::new_with_index(index).down().build(),
+        )
+        .await
     }
 
     /// Sets a link's MTU.
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
-        self.set_link("setting MTU of", index, LinkUnspec::new_with_index(index).mtu(mtu).build())
-            .await
+        self.set_link(
+            "setting MTU of",
+            index,
+            LinkUnspec::new_with_index(index).mtu(mtu).build(),
+        )
+        .await
     }
 
     /// Sets a link's MAC address.
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index).address(mac.to_vec()).build();
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
         self.set_link("setting MAC of", index, msg).await
     }
 
     /// Attaches a link to a bridge (its "controller", formerly "master").
     pub async fn set_controller(&self, index: u32, bridge_index: u32) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index).controller(bridge_index).build();
+        let msg = LinkUnspec::new_with_index(index)
+            .controller(bridge_index)
+            .build();
         self.set_link("attaching to bridge", index, msg).await
     }
 
@@ -373,7 +397,9 @@ impl Netlink {
     /// Renames a link. The link must be down.
     pub async fn rename(&self, index: u32, new_name: &str) -> Result<()> {
         validate_ifname(new_name)?;
-        let msg = LinkUnspec::new_with_index(index).name(new_name.to_string()).build();
+        let msg = LinkUnspec::new_with_index(index)
+            .name(new_name.to_string())
+            .build();
         self.handle
             .link()
             .set(msg)

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::StreamExt;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
-    NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -61,7 +61,9 @@ fn neighbour_message(family: AddressFamily, ifindex: u32) -> NeighbourMessage {
 fn neighbour_msg(n: &Neighbour) -> NeighbourMessage {
     let mut m = neighbour_message(AddressFamily::Inet, n.ifindex);
     m.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip)));
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            n.ip,
+        )));
     m.attributes
         .push(NeighbourAttribute::LinkLayerAddress(n.mac.to_vec()));
     m
@@ -113,7 +115,12 @@ impl Netlink {
             .map_err(|e| {
                 self.err(
                     "replacing neighbour",
-                    format!("{} lladdr {} on link #{}", n.ip, format_mac(&n.mac), n.ifindex),
+                    format!(
+                        "{} lladdr {} on link #{}",
+                        n.ip,
+                        format_mac(&n.mac),
+                        n.ifindex
+                    ),
                     e,
                 )
             })
@@ -125,7 +132,10 @@ impl Netlink {
         m.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
         match self
-            .neighbour_request(RouteNetlinkMessage::DelNeighbour(m), NLM_F_REQUEST | NLM_F_ACK)
+            .neighbour_request(
+                RouteNetlinkMessage::DelNeighbour(m),
+                NLM_F_REQUEST | NLM_F_ACK,
+            )
             .await
         {
             Ok(()) => Ok(true),
@@ -228,6 +238,11 @@ impl Netlink {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
                         dst = Some(IpAddr::V6(*v))
                     }
+                    // AF_BRIDGE dumps carry the address family of the remote only
+                    // implicitly, so netlink-packet-route leaves it as raw bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                        dst = raw_ip(raw)
+                    }
                     _ => {}
                 }
             }
@@ -244,10 +259,17 @@ impl Netlink {
     }
 }
 
+fn raw_ip(raw: &[u8]) -> Option<IpAddr> {
+    match raw.len() {
+        4 => <[u8; 4]>::try_from(raw).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(raw).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
 fn describe_fdb(e: &FdbEntry) -> String {
     match e.dst {
         Some(d) => format!("{} dst {d} on link #{}", format_mac(&e.mac), e.ifindex),
         None => format!("{} on link #{}", format_mac(&e.mac), e.ifindex),
     }
 }
-

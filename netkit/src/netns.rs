@@ -61,7 +61,11 @@ impl Netns {
             .map_err(|e| Error::nix("bind-mounting netns onto", target.display().to_string(), e))
         })
         .join()
-        .unwrap_or_else(|_| Err(Error::Invalid(format!("thread creating netns {name} panicked"))));
+        .unwrap_or_else(|_| {
+            Err(Error::Invalid(format!(
+                "thread creating netns {name} panicked"
+            )))
+        });
         if let Err(e) = made {
             let _ = fs::remove_file(&path);
             return Err(e);
@@ -122,12 +126,24 @@ impl Netns {
         }
         match umount2(&path, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-            Err(e) => return Err(Error::nix("unmounting netns", path.display().to_string(), e)),
+            Err(e) => {
+                return Err(Error::nix(
+                    "unmounting netns",
+                    path.display().to_string(),
+                    e,
+                ));
+            }
         }
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("removing netns file", path.display().to_string(), e)),
+            Err(e) => {
+                return Err(Error::io(
+                    "removing netns file",
+                    path.display().to_string(),
+                    e,
+                ));
+            }
         }
         tracing::debug!(netns = name, "deleted network namespace");
         Ok(())
@@ -286,6 +302,10 @@ fn make_run_dir_shared(dir: &Path) -> Result<()> {
             mount(None::<&str>, dir, None::<&str>, flags, None::<&str>)
                 .map_err(|e| Error::nix("making mount shared", dir.display().to_string(), e))
         }
-        Err(e) => Err(Error::nix("making mount shared", dir.display().to_string(), e)),
+        Err(e) => Err(Error::nix(
+            "making mount shared",
+            dir.display().to_string(),
+            e,
+        )),
     }
 }

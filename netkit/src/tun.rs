@@ -131,7 +131,11 @@ impl Tun {
                     std::io::Error::last_os_error(),
                 ));
             }
-            let end = req.name.iter().position(|&b| b == 0).unwrap_or(req.name.len());
+            let end = req
+                .name
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(req.name.len());
             name = String::from_utf8_lossy(&req.name[..end]).into_owned();
             if opts.vnet_hdr {
                 let len: libc::c_int = VNET_HDR_LEN as libc::c_int;

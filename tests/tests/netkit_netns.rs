@@ -22,9 +22,15 @@ fn create_open_list_delete() {
     assert_eq!(again.inode().unwrap(), ns.inode().unwrap());
     let by_path = Netns::open_path(ns.path()).unwrap();
     assert_eq!(by_path.inode().unwrap(), ns.inode().unwrap());
-    assert_ne!(ns.inode().unwrap(), Netns::current().unwrap().inode().unwrap());
+    assert_ne!(
+        ns.inode().unwrap(),
+        Netns::current().unwrap().inode().unwrap()
+    );
     let me = Netns::open_pid(std::process::id()).unwrap();
-    assert_eq!(me.inode().unwrap(), Netns::current().unwrap().inode().unwrap());
+    assert_eq!(
+        me.inode().unwrap(),
+        Netns::current().unwrap().inode().unwrap()
+    );
 
     // Creating it twice is an error that names it.
     let err = Netns::create(&name).unwrap_err();
@@ -50,10 +56,16 @@ fn missing_and_invalid_namespaces_give_clear_errors() {
 
     for bad in ["", "..", "a/b", "x y", "../etc"] {
         let err = Netns::create(bad).unwrap_err().to_string();
-        assert!(err.contains("invalid network namespace name"), "{bad:?}: {err}");
+        assert!(
+            err.contains("invalid network namespace name"),
+            "{bad:?}: {err}"
+        );
     }
     let err = Netns::open_pid(u32::MAX).unwrap_err();
-    assert!(err.to_string().contains(&format!("/proc/{}/ns/net", u32::MAX)));
+    assert!(
+        err.to_string()
+            .contains(&format!("/proc/{}/ns/net", u32::MAX))
+    );
 }
 
 #[test]
@@ -64,7 +76,9 @@ fn enter_runs_inside_and_sysctl_is_per_namespace() {
     let scope = NsScope::new("ns2");
     let ns = scope.create("a");
     let inode = ns.inode().unwrap();
-    let seen = ns.enter(|| Netns::current().unwrap().inode().unwrap()).unwrap();
+    let seen = ns
+        .enter(|| Netns::current().unwrap().inode().unwrap())
+        .unwrap();
     assert_eq!(seen, inode);
     // The caller's thread did not move.
     assert_ne!(Netns::current().unwrap().inode().unwrap(), inode);
@@ -73,19 +87,42 @@ fn enter_runs_inside_and_sysctl_is_per_namespace() {
     ns.enter(|| {
         assert_eq!(sysctl::read("net.ipv4.ip_forward").unwrap(), "0");
         assert!(sysctl::ensure("net.ipv4.ip_forward", "1").unwrap());
-        assert!(!sysctl::ensure("net.ipv4.ip_forward", "1").unwrap(), "second ensure writes nothing");
+        assert!(
+            !sysctl::ensure("net.ipv4.ip_forward", "1").unwrap(),
+            "second ensure writes nothing"
+        );
         sysctl::write("net.ipv4.conf.all.rp_filter", "0").unwrap();
     })
     .unwrap();
     assert_eq!(
-        run("ip", &["netns", "exec", &scope.name("a"), "cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &scope.name("a"),
+                "cat",
+                "/proc/sys/net/ipv4/ip_forward"
+            ]
+        )
+        .trim(),
         "1"
     );
-    assert_eq!(sysctl::read("net.ipv4.ip_forward").unwrap(), root_forward, "root namespace untouched");
+    assert_eq!(
+        sysctl::read("net.ipv4.ip_forward").unwrap(),
+        root_forward,
+        "root namespace untouched"
+    );
 
-    let err = sysctl::read("net/../../etc/passwd").unwrap_err().to_string();
+    let err = sysctl::read("net/../../etc/passwd")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("invalid sysctl key"), "{err}");
-    let err = ns.enter(|| sysctl::read("net.ipv4.no_such_key")).unwrap().unwrap_err().to_string();
+    let err = ns
+        .enter(|| sysctl::read("net.ipv4.no_such_key"))
+        .unwrap()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("net.ipv4.no_such_key"), "{err}");
 
     // The namespace really is empty but for lo.
@@ -102,7 +139,12 @@ fn run_gives_a_netlink_connection_inside_the_namespace() {
     let ns = scope.create("a");
     let names = ns
         .run(|nl| async move {
-            Ok(nl.list_links().await?.into_iter().map(|l| l.name).collect::<Vec<_>>())
+            Ok(nl
+                .list_links()
+                .await?
+                .into_iter()
+                .map(|l| l.name)
+                .collect::<Vec<_>>())
         })
         .unwrap();
     assert_eq!(names, vec!["lo".to_string()]);

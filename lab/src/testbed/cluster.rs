@@ -57,7 +57,8 @@ impl ClusterBuilder {
     /// Creates everything, after sweeping leftovers of an earlier run with the same prefix.
     /// On failure, what was created is removed again.
     pub fn build(self) -> Result<Cluster> {
-        if self.hosts == 0 || self.hosts as u32 + 10 >= (1u32 << (32 - self.underlay.prefix_len())) {
+        if self.hosts == 0 || self.hosts as u32 + 10 >= (1u32 << (32 - self.underlay.prefix_len()))
+        {
             return Err(LabError::Invalid(format!(
                 "{} hosts do not fit the underlay {}",
                 self.hosts, self.underlay
@@ -88,7 +89,9 @@ impl ClusterBuilder {
             let peer_ns = &netns;
             cluster.underlay.run(move |nl: Netlink| async move {
                 let port = format!("h{i}");
-                let v = nl.create_veth(&port, HOST_IFACE, peer_ns, Some(mtu)).await?;
+                let v = nl
+                    .create_veth(&port, HOST_IFACE, peer_ns, Some(mtu))
+                    .await?;
                 nl.set_controller(v.index, bridge.index).await?;
                 nl.set_up(v.index).await
             })?;

@@ -7,8 +7,8 @@ use super::error::{LabError, Result};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_local_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| LabError::io("binding", "127.0.0.1:0", e))?;
+    let l =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| LabError::io("binding", "127.0.0.1:0", e))?;
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| LabError::io("reading address of", "listener", e))

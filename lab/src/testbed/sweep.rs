@@ -53,7 +53,10 @@ pub fn sweep(prefix: &str) -> Result<Vec<String>> {
         }
         // Give the kernel a moment to reap them so the namespace really goes away.
         for _ in 0..50 {
-            if pids.iter().all(|&p| !Path::new(&format!("/proc/{p}")).exists()) {
+            if pids
+                .iter()
+                .all(|&p| !Path::new(&format!("/proc/{p}")).exists())
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -1,0 +1,1 @@
+//! twill-run, a minimal container runtime. Not built yet: see the twill-run issue.
