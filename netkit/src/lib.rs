@@ -11,6 +11,7 @@ mod neigh;
 mod netlink;
 mod netns;
 mod route;
+pub mod subnet_env;
 pub mod sysctl;
 pub mod tun;
 

@@ -1,0 +1,298 @@
+//! The network configuration on stdin: parsing, validation and defaults.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{CniError, CniResult, DECODE, INVALID_CONFIG};
+
+/// Default bridge name, as the reference bridge plugin.
+pub const DEFAULT_BRIDGE: &str = "cni0";
+/// Default IPAM state directory, as host-local.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+
+/// DNS settings, passed through to the result.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+pub struct Dns {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+/// One attachment named in a GC request.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// `runtimeConfig` capabilities twill reads.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RuntimeConfig {
+    /// podman's `--ip`: a list of CIDRs or addresses.
+    #[serde(default)]
+    pub ips: Vec<String>,
+}
+
+/// The network configuration as given (all keys optional except the ones CNI requires).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    #[serde(default)]
+    pub cni_versions: Vec<String>,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    pub bridge: Option<String>,
+    pub mtu: Option<u32>,
+    pub subnet_file: Option<PathBuf>,
+    pub is_gateway: Option<bool>,
+    pub is_default_gateway: Option<bool>,
+    pub ip_masq: Option<bool>,
+    pub hairpin_mode: Option<bool>,
+    pub data_dir: Option<PathBuf>,
+    pub dns: Option<Dns>,
+    pub ipam: Option<Value>,
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+    pub prev_result: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<Attachment>>,
+    #[serde(rename = "cni.dev/attachments")]
+    pub attachments: Option<Vec<Attachment>>,
+}
+
+impl NetConf {
+    /// Parses stdin. Malformed JSON or wrong types are decode errors (6), a config that
+    /// parses but makes no sense is an invalid-config error (7).
+    pub fn parse(stdin: &[u8]) -> CniResult<NetConf> {
+        if stdin.iter().all(u8::is_ascii_whitespace) {
+            return Err(CniError::new(
+                DECODE,
+                "no network configuration on stdin: the runtime must pass the network config as JSON",
+            ));
+        }
+        // serde_path_to_error names the offending key ("mtu: invalid type …").
+        let de = &mut serde_json::Deserializer::from_slice(stdin);
+        let conf: NetConf = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = if path == "." {
+                format!("decoding network configuration: {inner}")
+            } else {
+                format!("decoding network configuration: key {path}: {inner}")
+            };
+            CniError::new(DECODE, msg)
+        })?;
+        conf.validate()?;
+        Ok(conf)
+    }
+
+    fn validate(&self) -> CniResult<()> {
+        let name_ok = {
+            let b = self.name.as_bytes();
+            !b.is_empty()
+                && b.len() <= 200
+                && b[0].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+        };
+        if !name_ok {
+            return Err(CniError::new(
+                INVALID_CONFIG,
+                format!(
+                    "invalid network name {:?}: must match [a-zA-Z0-9][a-zA-Z0-9_.-]*",
+                    self.name
+                ),
+            ));
+        }
+        if let Some(b) = &self.bridge {
+            let ok = !b.is_empty()
+                && b.len() <= twill_netkit::IFNAMSIZ_MAX
+                && !b
+                    .bytes()
+                    .any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace());
+            if !ok {
+                return Err(CniError::new(
+                    INVALID_CONFIG,
+                    format!("invalid bridge name {b:?}"),
+                ));
+            }
+        }
+        if let Some(m) = self.mtu
+            && !(68..=65535).contains(&m)
+        {
+            return Err(CniError::new(
+                INVALID_CONFIG,
+                format!("invalid mtu {m}: must be 68 to 65535"),
+            ));
+        }
+        if let Some(ipam) = &self.ipam {
+            if !ipam.is_object() {
+                return Err(CniError::new(DECODE, "ipam must be a JSON object"));
+            }
+            if let Some(t) = ipam.get("type")
+                && !t
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty() && !s.contains('/'))
+            {
+                return Err(CniError::new(
+                    INVALID_CONFIG,
+                    format!("invalid ipam.type {t}: must be a plugin binary name without '/'"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The delegated IPAM plugin, when `ipam.type` is set.
+    pub fn ipam_type(&self) -> Option<&str> {
+        self.ipam.as_ref()?.get("type")?.as_str()
+    }
+
+    /// Bridge name.
+    pub fn bridge(&self) -> &str {
+        self.bridge.as_deref().unwrap_or(DEFAULT_BRIDGE)
+    }
+
+    /// The subnet file to read.
+    pub fn subnet_file(&self) -> PathBuf {
+        self.subnet_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(twill_netkit::subnet_env::DEFAULT_SUBNET_FILE))
+    }
+
+    /// The IPAM store's directory for this network.
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+            .join(&self.name)
+    }
+
+    /// isDefaultGateway implies isGateway.
+    pub fn is_default_gateway(&self) -> bool {
+        self.is_default_gateway.unwrap_or(true)
+    }
+
+    /// Whether the bridge carries the gateway address.
+    pub fn is_gateway(&self) -> bool {
+        self.is_gateway.unwrap_or(true) || self.is_default_gateway()
+    }
+
+    /// Hairpin mode on the host veth.
+    pub fn hairpin(&self) -> bool {
+        self.hairpin_mode.unwrap_or(true)
+    }
+
+    /// The IP the runtime asked for via runtimeConfig `ips` (first one).
+    pub fn runtime_ip(&self) -> CniResult<Option<Ipv4Addr>> {
+        let Some(first) = self.runtime_config.ips.first() else {
+            return Ok(None);
+        };
+        let addr = first.split('/').next().unwrap_or(first);
+        addr.parse().map(Some).map_err(|_| {
+            CniError::new(
+                INVALID_CONFIG,
+                format!("invalid runtimeConfig.ips entry {first:?}: not an IPv4 address"),
+            )
+        })
+    }
+
+    /// GC's list of attachments to keep (1.1 name, falling back to the 1.1.0 tag's name).
+    pub fn gc_keep(&self) -> Vec<Attachment> {
+        self.valid_attachments
+            .clone()
+            .or_else(|| self.attachments.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Parses an IPv4 CIDR field of the config, naming it in the error.
+pub fn parse_cidr(field: &str, value: &str) -> CniResult<Ipv4Net> {
+    value.parse().map_err(|_| {
+        CniError::new(
+            INVALID_CONFIG,
+            format!("invalid {field} {value:?}: not an IPv4 CIDR"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"tw","type":"twill"}"#).unwrap();
+        assert_eq!(c.bridge(), "cni0");
+        assert!(c.is_gateway() && c.is_default_gateway() && c.hairpin());
+        assert_eq!(c.ipam_dir(), PathBuf::from("/var/lib/cni/networks/tw"));
+        assert!(c.ipam_type().is_none());
+    }
+
+    #[test]
+    fn bad_configs_get_the_right_codes() {
+        let cases: [(&[u8], u32, &str); 9] = [
+            (b"", DECODE, "no network configuration"),
+            (b"{not json", DECODE, "decoding"),
+            (br#"{"cniVersion":"1.0.0","name":"tw"}"#, DECODE, "type"),
+            (
+                br#"{"cniVersion":"1.0.0","name":"tw","type":"twill","mtu":"big"}"#,
+                DECODE,
+                "mtu",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"../x","type":"twill"}"#,
+                INVALID_CONFIG,
+                "network name",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"tw","type":"twill","mtu":10}"#,
+                INVALID_CONFIG,
+                "mtu",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"tw","type":"twill","bridge":"a/b"}"#,
+                INVALID_CONFIG,
+                "bridge",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"tw","type":"twill","ipam":{"type":"../evil"}}"#,
+                INVALID_CONFIG,
+                "ipam.type",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"tw","type":"twill","ipam":[]}"#,
+                DECODE,
+                "ipam",
+            ),
+        ];
+        for (input, code, want) in cases {
+            let err = NetConf::parse(input).unwrap_err();
+            assert_eq!(
+                err.code,
+                code,
+                "{}: {}",
+                String::from_utf8_lossy(input),
+                err.msg
+            );
+            assert!(
+                err.msg.contains(want),
+                "{}: {}",
+                String::from_utf8_lossy(input),
+                err.msg
+            );
+        }
+    }
+}

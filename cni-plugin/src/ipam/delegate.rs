@@ -1,0 +1,96 @@
+//! Delegating to an IPAM plugin (`ipam.type`): exec it from CNI_PATH with the same
+//! environment and the whole network config on stdin, as the spec says.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::env::CniEnv;
+use crate::error::{CniError, CniResult, DECODE, INTERNAL, INVALID_CONFIG};
+
+/// Finds `plugin` in CNI_PATH.
+pub fn find(plugin: &str, env: &CniEnv) -> CniResult<PathBuf> {
+    env.path
+        .iter()
+        .map(|d| d.join(plugin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::new(
+                INVALID_CONFIG,
+                format!(
+                    "IPAM plugin {plugin:?} not found in CNI_PATH {:?}",
+                    std::env::join_paths(&env.path).unwrap_or_default()
+                ),
+            )
+        })
+}
+
+/// Runs the IPAM plugin with CNI_COMMAND=`command`; returns its parsed stdout (None when it
+/// printed nothing, as DEL may). A failing plugin's CNI error is passed on with its code.
+pub fn exec(plugin: &str, command: &str, env: &CniEnv, stdin: &[u8]) -> CniResult<Option<Value>> {
+    let path = find(plugin, env)?;
+    let mut cmd = Command::new(&path);
+    cmd.env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &env.container_id)
+        .env("CNI_IFNAME", &env.ifname)
+        .env("CNI_ARGS", &env.raw_args)
+        .env(
+            "CNI_PATH",
+            std::env::join_paths(&env.path).unwrap_or_default(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    match &env.netns {
+        Some(n) => cmd.env("CNI_NETNS", n),
+        None => cmd.env_remove("CNI_NETNS"),
+    };
+    let mut child = cmd.spawn().map_err(|e| {
+        CniError::new(
+            INTERNAL,
+            format!("running IPAM plugin {}: {e}", path.display()),
+        )
+    })?;
+    if let Some(mut s) = child.stdin.take() {
+        let _ = s.write_all(stdin);
+    }
+    let out = child.wait_with_output().map_err(|e| {
+        CniError::new(
+            INTERNAL,
+            format!("waiting for IPAM plugin {}: {e}", path.display()),
+        )
+    })?;
+    let parsed: Option<Value> = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(serde_json::from_slice(&out.stdout).map_err(|e| {
+            CniError::new(
+                DECODE,
+                format!("decoding output of IPAM plugin {plugin}: {e}"),
+            )
+        })?)
+    };
+    if !out.status.success() {
+        let (code, msg) = parsed
+            .as_ref()
+            .map(|v| {
+                (
+                    v.get("code")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(INTERNAL as u64) as u32,
+                    v.get("msg")
+                        .and_then(Value::as_str)
+                        .unwrap_or("failed")
+                        .to_string(),
+                )
+            })
+            .unwrap_or((INTERNAL, format!("exited with {}", out.status)));
+        return Err(CniError::new(
+            code,
+            format!("IPAM plugin {plugin} {command}: {msg}"),
+        ));
+    }
+    Ok(parsed)
+}

@@ -1,0 +1,6 @@
+//! Address management: twill's built-in host-local-style allocator over the subnet file, or a
+//! delegated IPAM plugin run exactly as the CNI spec says.
+
+pub mod builtin;
+pub mod delegate;
+pub mod store;

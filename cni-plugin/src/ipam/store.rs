@@ -1,0 +1,208 @@
+//! The on-disk IPAM store, laid out exactly like the reference host-local plugin's so
+//! operators and tools that know it can read ours:
+//! `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>`, `last_reserved_ip.0` the
+//! round-robin marker, and `lock` is flock()ed around every allocation and release.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::{CniError, CniResult, IO_FAILURE};
+
+const LAST_RESERVED: &str = "last_reserved_ip.0";
+
+/// One reservation read from disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    pub ip: Ipv4Addr,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The store of one network. Hold the [`StoreLock`] for any read-decide-write sequence.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// The exclusive lock; released on drop.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+fn io_err(op: &str, path: &Path, e: std::io::Error) -> CniError {
+    CniError::new(IO_FAILURE, format!("{op} {}: {e}", path.display()))
+}
+
+/// Parses a reservation file's content: `<id>\r\n<ifname>` (older host-local wrote only the id).
+pub fn parse_owner(text: &str) -> (String, String) {
+    let mut parts = text.splitn(2, '\n');
+    let id = parts
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('\r')
+        .trim()
+        .to_string();
+    let ifname = parts.next().unwrap_or_default().trim().to_string();
+    (id, ifname)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store directory.
+    pub fn open(dir: &Path) -> CniResult<Store> {
+        fs::create_dir_all(dir).map_err(|e| io_err("creating IPAM directory", dir, e))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the exclusive lock (blocking).
+    pub fn lock(&self) -> CniResult<StoreLock> {
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err("opening IPAM lock", &path, e))?;
+        loop {
+            // SAFETY: flock on an fd we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io_err("locking", &path, e));
+            }
+        }
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Every reservation (files named by an IPv4 address).
+    pub fn list(&self, _lock: &StoreLock) -> CniResult<Vec<Allocation>> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.dir).map_err(|e| io_err("listing", &self.dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(ip) = name.to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
+                continue;
+            };
+            // A file we cannot read is someone's reservation all the same.
+            let text = fs::read_to_string(entry.path()).unwrap_or_default();
+            let (container_id, ifname) = parse_owner(&text);
+            out.push(Allocation {
+                ip,
+                container_id,
+                ifname,
+            });
+        }
+        out.sort_by_key(|a| a.ip);
+        Ok(out)
+    }
+
+    /// The reservation of an attachment, if it has one.
+    pub fn find(&self, lock: &StoreLock, id: &str, ifname: &str) -> CniResult<Option<Ipv4Addr>> {
+        Ok(self
+            .list(lock)?
+            .into_iter()
+            .find(|a| a.container_id == id && a.ifname == ifname)
+            .map(|a| a.ip))
+    }
+
+    /// Reserves `ip` for an attachment; false if it is taken.
+    pub fn reserve(
+        &self,
+        _lock: &StoreLock,
+        ip: Ipv4Addr,
+        id: &str,
+        ifname: &str,
+    ) -> CniResult<bool> {
+        let path = self.dir.join(ip.to_string());
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                f.write_all(format!("{id}\r\n{ifname}").as_bytes())
+                    .map_err(|e| io_err("writing", &path, e))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err("creating", &path, e)),
+        }
+    }
+
+    /// The round-robin marker.
+    pub fn last_reserved(&self, _lock: &StoreLock) -> Option<Ipv4Addr> {
+        fs::read_to_string(self.dir.join(LAST_RESERVED))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Moves the round-robin marker.
+    pub fn set_last_reserved(&self, _lock: &StoreLock, ip: Ipv4Addr) -> CniResult<()> {
+        let path = self.dir.join(LAST_RESERVED);
+        fs::write(&path, ip.to_string()).map_err(|e| io_err("writing", &path, e))
+    }
+
+    /// Releases every reservation of an attachment; returns the released addresses.
+    pub fn release(&self, lock: &StoreLock, id: &str, ifname: &str) -> CniResult<Vec<Ipv4Addr>> {
+        let mut released = Vec::new();
+        for a in self.list(lock)? {
+            if a.container_id == id && a.ifname == ifname {
+                let path = self.dir.join(a.ip.to_string());
+                match fs::remove_file(&path) {
+                    Ok(()) => released.push(a.ip),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("removing", &path, e)),
+                }
+            }
+        }
+        Ok(released)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_local_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(&tmp.path().join("net1")).unwrap();
+        let l = s.lock().unwrap();
+        let ip = Ipv4Addr::new(10, 1, 0, 2);
+        assert!(s.reserve(&l, ip, "c1", "eth0").unwrap());
+        assert!(!s.reserve(&l, ip, "c2", "eth0").unwrap(), "taken");
+        s.set_last_reserved(&l, ip).unwrap();
+        assert_eq!(
+            fs::read_to_string(s.dir().join("10.1.0.2")).unwrap(),
+            "c1\r\neth0"
+        );
+        assert_eq!(
+            fs::read_to_string(s.dir().join("last_reserved_ip.0")).unwrap(),
+            "10.1.0.2"
+        );
+        assert!(s.dir().join("lock").exists());
+        assert_eq!(s.find(&l, "c1", "eth0").unwrap(), Some(ip));
+        assert_eq!(s.find(&l, "c1", "eth1").unwrap(), None);
+        assert_eq!(s.release(&l, "c1", "eth0").unwrap(), vec![ip]);
+        assert!(s.release(&l, "c1", "eth0").unwrap().is_empty());
+    }
+
+    #[test]
+    fn owner_parsing_tolerates_garbage() {
+        assert_eq!(parse_owner("c1\r\neth0"), ("c1".into(), "eth0".into()));
+        assert_eq!(parse_owner("c1"), ("c1".into(), String::new()));
+        assert_eq!(parse_owner(""), (String::new(), String::new()));
+        assert_eq!(parse_owner("\u{0}\u{ff}\n\n\n").0, "\u{0}\u{ff}");
+    }
+}

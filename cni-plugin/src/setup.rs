@@ -1,0 +1,127 @@
+//! The kernel side of an attachment: the bridge and host veth in the runtime's namespace, the
+//! container end inside the container's namespace.
+
+use std::net::Ipv4Addr;
+
+use ipnet::{IpNet, Ipv4Net};
+use twill_netkit::{Link, Netlink, Netns, Route, sysctl};
+
+use crate::error::{CniError, CniResult, INTERNAL};
+use crate::result::RouteSpec;
+
+/// The kernel's "static" route protocol (what `ip route add` uses) for container routes.
+const RTPROT_STATIC: u8 = 4;
+
+/// What the host side needs.
+pub struct HostPlan<'a> {
+    pub bridge: &'a str,
+    pub bridge_addr: Option<Ipv4Net>,
+    pub mtu: u32,
+    pub hairpin: bool,
+    pub host_veth: String,
+    pub tmp_peer: String,
+}
+
+/// Host veth name for an attachment: `veth` + 8 hex digits of a hash of (id, ifname), so
+/// DEL can find it again without the container's namespace.
+pub fn host_veth_name(container_id: &str, ifname: &str, salt: u32) -> String {
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id
+        .bytes()
+        .chain([0])
+        .chain(ifname.bytes())
+        .chain(salt.to_le_bytes())
+    {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("veth{:08x}", (h >> 32) as u32 ^ h as u32)
+}
+
+/// A random 32-bit value (for temporary names that must not collide between parallel ADDs).
+pub fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom fills the 4-byte buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+    if n != 4 {
+        // Fall back to something unique enough within this host.
+        return std::process::id()
+            ^ (std::time::SystemTime::now()
+                .elapsed()
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(7));
+    }
+    u32::from_le_bytes(b)
+}
+
+/// The MTU of the link holding the default route, if any.
+pub async fn default_route_mtu(nl: &Netlink) -> Option<u32> {
+    let routes = nl.list_routes(None).await.ok()?;
+    let oif = routes.iter().find(|r| r.dst.prefix_len() == 0)?.oif?;
+    nl.link_by_index(oif).await.ok()??.mtu.into()
+}
+
+/// Bridge (created if needed, gateway address added, MTU, up), then the veth pair with the
+/// container end born in `ctr` under a temporary name, attached and up.
+pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniResult<(Link, Link)> {
+    let bridge = nl.ensure_bridge(plan.bridge, Some(plan.mtu)).await?;
+    if let Some(addr) = plan.bridge_addr {
+        nl.ensure_address(bridge.index, IpNet::V4(addr)).await?;
+    }
+    let veth = nl
+        .create_veth(&plan.host_veth, &plan.tmp_peer, ctr, Some(plan.mtu))
+        .await?;
+    nl.set_controller(veth.index, bridge.index).await?;
+    if plan.hairpin {
+        nl.set_hairpin(veth.index, true).await?;
+    }
+    nl.set_up(veth.index).await?;
+    let veth = nl.require_link(&plan.host_veth).await?;
+    Ok((bridge, veth))
+}
+
+/// Enables forwarding in the runtime's namespace (a bridge with a gateway routes).
+pub fn enable_forwarding() -> CniResult<()> {
+    sysctl::ensure("net.ipv4.ip_forward", "1")
+        .map(|_| ())
+        .map_err(|e| CniError::new(INTERNAL, e.to_string()))
+}
+
+/// Renames the temporary container end to `ifname`, adds the address and routes, sets it up.
+pub async fn container_side(
+    nl: &Netlink,
+    tmp: &str,
+    ifname: &str,
+    addr: Ipv4Net,
+    routes: &[RouteSpec],
+) -> CniResult<Link> {
+    let link = nl.require_link(tmp).await?;
+    nl.rename(link.index, ifname).await?;
+    nl.ensure_address(link.index, IpNet::V4(addr)).await?;
+    nl.set_up(link.index).await?;
+    for r in routes {
+        let mut route = Route::new(r.dst).dev(link.index).protocol(RTPROT_STATIC);
+        if let Some(gw) = r.gw {
+            route = route.via(gw);
+        }
+        nl.replace_route(&route).await?;
+    }
+    Ok(nl.require_link(ifname).await?)
+}
+
+/// Fails if `ifname` already exists in the container (the spec makes that an error).
+pub async fn ensure_absent(nl: &Netlink, ifname: &str) -> CniResult<()> {
+    if nl.link_by_name(ifname).await?.is_some() {
+        return Err(CniError::new(
+            INTERNAL,
+            format!("interface {ifname} already exists in netns {}", nl.netns()),
+        ));
+    }
+    Ok(())
+}
+
+/// The gateway address on the bridge for `subnet`.
+pub fn gateway_cidr(gateway: Ipv4Addr, subnet: Ipv4Net) -> Ipv4Net {
+    Ipv4Net::new(gateway, subnet.prefix_len()).unwrap_or(subnet)
+}

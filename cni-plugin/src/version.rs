@@ -1,0 +1,55 @@
+//! CNI versions: what twill speaks, and picking the version of a request.
+
+use crate::error::{CniError, CniResult, INCOMPATIBLE_VERSION};
+
+/// Every version twill can answer in.
+pub const SUPPORTED: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// The newest version.
+pub const LATEST: &str = "1.1.0";
+
+/// Whether results in `v` carry `ips[].version` (removed in 1.0.0).
+pub fn has_ip_version_field(v: &str) -> bool {
+    v.starts_with("0.")
+}
+
+/// Whether `v` is 1.1.0 or newer (interface MTU, STATUS, GC).
+pub fn at_least_1_1(v: &str) -> bool {
+    v == "1.1.0"
+}
+
+/// The version to answer in: the highest supported of `cniVersion` and 1.1's `cniVersions`.
+pub fn negotiate(cni_version: &str, cni_versions: &[String]) -> CniResult<String> {
+    let mut best: Option<&str> = None;
+    for v in std::iter::once(cni_version).chain(cni_versions.iter().map(String::as_str)) {
+        if let Some(pos) = SUPPORTED.iter().position(|s| *s == v)
+            && best.is_none_or(|b| SUPPORTED.iter().position(|s| *s == b) < Some(pos))
+        {
+            best = Some(SUPPORTED[pos]);
+        }
+    }
+    best.map(str::to_string).ok_or_else(|| {
+        CniError::new(
+            INCOMPATIBLE_VERSION,
+            format!(
+                "incompatible CNI version {cni_version:?}: twill supports {}",
+                SUPPORTED.join(", ")
+            ),
+        )
+    })
+}
+
+/// The VERSION answer. Reads nothing but `cniVersion` from stdin, and tolerates even that
+/// being absent: runtimes probe with dummy environments and drop networks whose plugin fails.
+pub fn version_answer(stdin: &[u8]) -> String {
+    let asked = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+        })
+        .filter(|v| SUPPORTED.contains(&v.as_str()))
+        .unwrap_or_else(|| LATEST.to_string());
+    serde_json::json!({"cniVersion": asked, "supportedVersions": SUPPORTED}).to_string()
+}

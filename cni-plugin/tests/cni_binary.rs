@@ -1,0 +1,562 @@
+//! The `twill` binary driven the way runtimes drive it: env vars, config on stdin, result or
+//! error JSON on stdout. Hosts and containers are namespaces made by the test.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use twill_netkit::Netns;
+use twill_tests::{NsScope, ns_exec_ok, preconditions, run};
+
+const TWILL: &str = env!("CARGO_BIN_EXE_twill");
+
+/// One simulated node: a host namespace with a subnet file and an IPAM dir.
+struct Node {
+    scope: NsScope,
+    host: Netns,
+    dir: TempDir,
+}
+
+impl Node {
+    fn new(tag: &str) -> Node {
+        let scope = NsScope::new(tag);
+        let host = scope.create("host");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("subnet.env"),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+        Node { scope, host, dir }
+    }
+
+    fn conf(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "twnet",
+            "type": "twill",
+            "subnetFile": self.dir.path().join("subnet.env"),
+            "dataDir": self.dir.path().join("ipam"),
+        })
+    }
+
+    fn ipam_dir(&self) -> PathBuf {
+        self.dir.path().join("ipam").join("twnet")
+    }
+
+    fn ctr(&self, name: &str) -> (Netns, String) {
+        let ns = self.scope.create(name);
+        let path = ns.path().display().to_string();
+        (ns, path)
+    }
+
+    /// Runs the plugin inside the host namespace; returns (exit ok, parsed stdout).
+    fn cni(
+        &self,
+        cmd: &str,
+        id: &str,
+        netns: &str,
+        ifname: &str,
+        conf: &Value,
+        extra: &[(&str, &str)],
+    ) -> (bool, Value) {
+        cni_in(Some(&self.host), cmd, id, netns, ifname, conf, extra)
+    }
+}
+
+fn cni_in(
+    host: Option<&Netns>,
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    ifname: &str,
+    conf: &Value,
+    extra: &[(&str, &str)],
+) -> (bool, Value) {
+    let mut c = Command::new(TWILL);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    if let Some(h) = host {
+        h.prepare_command(&mut c).unwrap();
+    }
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout not JSON ({e}): {text}"))
+    };
+    (out.status.success(), v)
+}
+
+fn ip_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn add_check_del_and_two_containers_ping() {
+    if !preconditions(
+        "add_check_del_and_two_containers_ping",
+        &["ip", "ping", "nft"],
+    ) {
+        return;
+    }
+    let node = Node::new("cni1");
+    let conf = node.conf("1.0.0");
+    let (_c1, p1) = node.ctr("c1");
+    let (_c2, p2) = node.ctr("c2");
+    let (ok, r1) = node.cni("ADD", "ctr1", &p1, "eth0", &conf, &[]);
+    assert!(ok, "{r1}");
+    let (ok, r2) = node.cni("ADD", "ctr2", &p2, "eth0", &conf, &[]);
+    assert!(ok, "{r2}");
+
+    assert_eq!(r1["cniVersion"], "1.0.0");
+    let ifs = r1["interfaces"].as_array().unwrap();
+    assert_eq!(ifs.len(), 3);
+    assert_eq!(ifs[0]["name"], "cni0");
+    assert!(ifs[1]["name"].as_str().unwrap().starts_with("veth"));
+    assert_eq!(ifs[2]["name"], "eth0");
+    assert_eq!(ifs[2]["sandbox"], p1.as_str());
+    assert_eq!(r1["ips"][0]["interface"], 2);
+    assert_eq!(r1["ips"][0]["gateway"], "10.244.7.1");
+    assert!(
+        r1["ips"][0].get("version").is_none(),
+        "1.0.0 has no ips[].version"
+    );
+    assert!(ifs[2].get("mtu").is_none(), "interface mtu is 1.1 only");
+    let ip1 = r1["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let ip2 = r2["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(ip1, ip2);
+    let routes: HashSet<String> = r1["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dst"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        routes,
+        HashSet::from(["10.244.0.0/16".to_string(), "0.0.0.0/0".to_string()])
+    );
+
+    // The kernel agrees: MTU, address, routes, bridge, forwarding, masquerade.
+    let c1 = node.scope.name("c1");
+    let link = twill_tests::ip_link(&c1, "eth0");
+    assert_eq!(link["mtu"], 1450);
+    let host = node.scope.name("host");
+    assert_eq!(twill_tests::ip_link(&host, "cni0")["mtu"], 1450);
+    assert_eq!(
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &host,
+                "cat",
+                "/proc/sys/net/ipv4/ip_forward"
+            ]
+        )
+        .trim(),
+        "1"
+    );
+    let nft = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "twill-cni-twnet",
+        ],
+    );
+    assert!(nft.contains(&ip1) && nft.contains(&ip2), "{nft}");
+    assert!(
+        ns_exec_ok(&c1, &["ping", "-c1", "-W2", &ip2]),
+        "c1 cannot ping c2 at {ip2}"
+    );
+    assert!(
+        ns_exec_ok(&c1, &["ping", "-c1", "-W2", "10.244.7.1"]),
+        "c1 cannot ping the gateway"
+    );
+
+    // The IPAM store looks like host-local's.
+    let f = std::fs::read_to_string(node.ipam_dir().join(&ip1)).unwrap();
+    assert_eq!(f, "ctr1\r\neth0");
+    assert!(node.ipam_dir().join("last_reserved_ip.0").exists());
+
+    // CHECK with the result as prevResult.
+    let mut check = conf.clone();
+    check["prevResult"] = r1.clone();
+    let (ok, out) = node.cni("CHECK", "ctr1", &p1, "eth0", &check, &[]);
+    assert!(ok, "{out}");
+    // CHECK notices a removed address.
+    run("ip", &["-n", &c1, "addr", "flush", "dev", "eth0"]);
+    let (ok, out) = node.cni("CHECK", "ctr1", &p1, "eth0", &check, &[]);
+    assert!(
+        !ok && out["msg"].as_str().unwrap().contains("missing"),
+        "{out}"
+    );
+
+    // DEL twice, then nothing of ctr1 is left.
+    let mut del = conf.clone();
+    del["prevResult"] = r1.clone();
+    assert!(node.cni("DEL", "ctr1", &p1, "eth0", &del, &[]).0);
+    assert!(node.cni("DEL", "ctr1", &p1, "eth0", &del, &[]).0);
+    assert_eq!(ip_files(&node.ipam_dir()), vec![ip2.clone()]);
+    assert!(
+        twill_tests::ip_json(&c1, &["link", "show"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    );
+    let nft = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "twill-cni-twnet",
+        ],
+    );
+    assert!(!nft.contains(&ip1) && nft.contains(&ip2), "{nft}");
+
+    // A released address is not handed out again at once.
+    let (_c3, p3) = node.ctr("c3");
+    let (ok, r3) = node.cni("ADD", "ctr3", &p3, "eth0", &conf, &[]);
+    assert!(ok, "{r3}");
+    assert_ne!(
+        r3["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap(),
+        ip1
+    );
+}
+
+#[test]
+fn version_probe_and_result_shapes() {
+    if !preconditions("version_probe_and_result_shapes", &["ip"]) {
+        return;
+    }
+    // podman's probe: dummy env, only cniVersion on stdin.
+    for stdin in [
+        json!({"cniVersion": "1.0.0"}),
+        json!({"cniVersion": "9.9.9"}),
+        json!("garbage"),
+    ] {
+        let (ok, v) = cni_in(
+            None,
+            "VERSION",
+            "dummy",
+            "dummy",
+            "dummy",
+            &stdin,
+            &[("CNI_PATH", "dummy")],
+        );
+        assert!(ok, "{v}");
+        let sv: Vec<&str> = v["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert_eq!(sv, vec!["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
+    }
+    let node = Node::new("cni2");
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
+        let (_c, p) = node.ctr(&format!("v{i}"));
+        let (ok, r) = node.cni(
+            "ADD",
+            &format!("ver{i}"),
+            &p,
+            "eth0",
+            &node.conf(version),
+            &[],
+        );
+        assert!(ok, "{version}: {r}");
+        assert_eq!(r["cniVersion"], *version);
+        assert_eq!(
+            r["ips"][0].get("version").is_some(),
+            version.starts_with("0."),
+            "{version}: {r}"
+        );
+        assert_eq!(
+            r["interfaces"][2].get("mtu").is_some(),
+            *version == "1.1.0",
+            "{version}: {r}"
+        );
+        assert!(r["dns"].is_object());
+    }
+    // 1.1 cniVersions: the highest supported wins.
+    let mut conf = node.conf("0.4.0");
+    conf["cniVersions"] = json!(["1.0.0", "1.1.0", "2.0.0"]);
+    let (_c, p) = node.ctr("v9");
+    let (ok, r) = node.cni("ADD", "ver9", &p, "eth0", &conf, &[]);
+    assert!(ok && r["cniVersion"] == "1.1.0", "{r}");
+}
+
+#[test]
+fn error_codes() {
+    if !preconditions("error_codes", &["ip"]) {
+        return;
+    }
+    let node = Node::new("cni3");
+    let (_c, p) = node.ctr("c");
+    let code = |ok: bool, v: &Value| -> u64 {
+        assert!(!ok, "expected failure: {v}");
+        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        v["code"].as_u64().unwrap()
+    };
+    // Bad JSON (6), bad version (1), bad container id (4), unknown command (4).
+    let (ok, v) = cni_in(Some(&node.host), "ADD", "c1", &p, "eth0", &json!("{"), &[]);
+    assert_eq!(code(ok, &v), 6);
+    let mut bad = node.conf("0.2.0");
+    let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &bad, &[]);
+    assert_eq!(code(ok, &v), 1);
+    bad = node.conf("1.0.0");
+    let (ok, v) = node.cni("ADD", "../../etc", &p, "eth0", &bad, &[]);
+    assert_eq!(code(ok, &v), 4);
+    let (ok, v) = node.cni("FROB", "c1", &p, "eth0", &bad, &[]);
+    assert_eq!(code(ok, &v), 4);
+    // Missing netns (3).
+    let (ok, v) = node.cni("ADD", "c1", "/var/run/netns/twt-nope", "eth0", &bad, &[]);
+    assert_eq!(code(ok, &v), 3);
+    // Bad type for a key names the key (6).
+    let mut typed = node.conf("1.0.0");
+    typed["mtu"] = json!("big");
+    let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &typed, &[]);
+    assert_eq!(code(ok, &v), 6);
+    assert!(v["msg"].as_str().unwrap().contains("mtu"), "{v}");
+    // No subnet file yet: try again later (11) for ADD, not available (50) for STATUS.
+    let mut nofile = node.conf("1.1.0");
+    nofile["subnetFile"] = json!("/nonexistent/subnet.env");
+    let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &nofile, &[]);
+    assert_eq!(code(ok, &v), 11);
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/subnet.env")
+    );
+    let (ok, v) = node.cni("STATUS", "", "", "", &nofile, &[]);
+    assert_eq!(code(ok, &v), 50);
+    let (ok, v) = node.cni("STATUS", "", "", "", &node.conf("1.1.0"), &[]);
+    assert!(ok, "{v}");
+    // An interface that already exists in the container is an error, and nothing is allocated.
+    run(
+        "ip",
+        &[
+            "-n",
+            &node.scope.name("c"),
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "bridge",
+        ],
+    );
+    let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &node.conf("1.0.0"), &[]);
+    assert!(
+        !ok && v["msg"].as_str().unwrap().contains("already exists"),
+        "{v}"
+    );
+    assert!(ip_files(&node.ipam_dir()).is_empty());
+}
+
+#[test]
+fn add_failing_half_way_leaves_nothing_behind() {
+    if !preconditions("add_failing_half_way_leaves_nothing_behind", &["ip"]) {
+        return;
+    }
+    let node = Node::new("cni4");
+    let (_c, p) = node.ctr("c");
+    // The bridge name is taken by a non-bridge: ADD fails after the IP was allocated.
+    run(
+        "ip",
+        &[
+            "-n",
+            &node.scope.name("host"),
+            "link",
+            "add",
+            "notbr",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "notbr2",
+        ],
+    );
+    let mut conf = node.conf("1.0.0");
+    conf["bridge"] = json!("notbr");
+    let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &conf, &[]);
+    assert!(
+        !ok && v["msg"].as_str().unwrap().contains("not a bridge"),
+        "{v}"
+    );
+    assert!(ip_files(&node.ipam_dir()).is_empty(), "the IP was released");
+    let links = twill_tests::ip_json(&node.scope.name("host"), &["link", "show"]);
+    assert!(
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| !l["ifname"].as_str().unwrap().starts_with("veth")),
+        "{links}"
+    );
+    assert_eq!(
+        twill_tests::ip_json(&node.scope.name("c"), &["link", "show"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn del_after_netns_is_gone_and_gc() {
+    if !preconditions("del_after_netns_is_gone_and_gc", &["ip"]) {
+        return;
+    }
+    let node = Node::new("cni5");
+    let conf = node.conf("1.1.0");
+    let mut paths = Vec::new();
+    for i in 0..3 {
+        let (_ns, p) = node.ctr(&format!("c{i}"));
+        let (ok, r) = node.cni("ADD", &format!("ctr{i}"), &p, "eth0", &conf, &[]);
+        assert!(ok, "{r}");
+        paths.push(p);
+    }
+    // A second attachment of one container.
+    let (ok, r) = node.cni("ADD", "ctr0", &paths[0], "eth1", &conf, &[]);
+    assert!(ok, "{r}");
+    // Duplicate ADD for an existing attachment is an error, never a second IP.
+    let (ok, _) = node.cni("ADD", "ctr0", &paths[0], "eth1", &conf, &[]);
+    assert!(!ok);
+    assert_eq!(ip_files(&node.ipam_dir()).len(), 4);
+
+    // The node "rebooted": ctr1's netns is gone. DEL still releases; so does an empty CNI_NETNS.
+    Netns::delete(&node.scope.name("c1")).unwrap();
+    assert!(node.cni("DEL", "ctr1", &paths[1], "eth0", &conf, &[]).0);
+    assert!(node.cni("DEL", "ctr1", "", "eth0", &conf, &[]).0);
+    assert_eq!(ip_files(&node.ipam_dir()).len(), 3);
+
+    // GC keeps only the valid attachments.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr0", "ifname": "eth0"}]);
+    let (ok, v) = node.cni("GC", "", "", "", &gc, &[]);
+    assert!(ok, "{v}");
+    let left = ip_files(&node.ipam_dir());
+    assert_eq!(left.len(), 1);
+    let owner = std::fs::read_to_string(node.ipam_dir().join(&left[0])).unwrap();
+    assert_eq!(owner, "ctr0\r\neth0");
+}
+
+#[test]
+fn requested_ip_and_delegated_host_local() {
+    if !preconditions("requested_ip_and_delegated_host_local", &["ip"]) {
+        return;
+    }
+    let node = Node::new("cni6");
+    let (_a, pa) = node.ctr("a");
+    let (ok, r) = node.cni(
+        "ADD",
+        "ca",
+        &pa,
+        "eth0",
+        &node.conf("1.0.0"),
+        &[("CNI_ARGS", "IgnoreUnknown=1;IP=10.244.7.77")],
+    );
+    assert!(ok, "{r}");
+    assert_eq!(r["ips"][0]["address"], "10.244.7.77/24");
+    let mut rc = node.conf("1.0.0");
+    rc["runtimeConfig"] = json!({"ips": ["10.244.7.78/24"]});
+    let (_b, pb) = node.ctr("b");
+    let (ok, r) = node.cni("ADD", "cb", &pb, "eth0", &rc, &[]);
+    assert!(ok && r["ips"][0]["address"] == "10.244.7.78/24", "{r}");
+
+    // Delegated IPAM: Debian's reference host-local.
+    if !Path::new("/usr/lib/cni/host-local").exists() {
+        assert!(
+            !twill_tests::in_ci(),
+            "CI must install containernetworking-plugins"
+        );
+        return;
+    }
+    let mut conf = node.conf("1.0.0");
+    conf["name"] = json!("hlnet");
+    conf["bridge"] = json!("cni1");
+    conf["ipMasq"] = json!(false);
+    conf["ipam"] = json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.99.0.0/24"}]],
+        "routes": [{"dst": "10.98.0.0/16"}],
+        "dataDir": node.dir.path().join("hl"),
+    });
+    let (_c, pc) = node.ctr("c");
+    let (ok, r) = node.cni("ADD", "cc", &pc, "eth0", &conf, &[]);
+    assert!(ok, "{r}");
+    assert_eq!(r["ips"][0]["address"], "10.99.0.2/24");
+    assert_eq!(r["ips"][0]["gateway"], "10.99.0.1");
+    let addr = twill_tests::ip_json(
+        &node.scope.name("c"),
+        &["-4", "addr", "show", "dev", "eth0"],
+    );
+    assert_eq!(addr[0]["addr_info"][0]["local"], "10.99.0.2");
+    assert!(node.dir.path().join("hl/hlnet/10.99.0.2").exists());
+    assert!(node.cni("DEL", "cc", &pc, "eth0", &conf, &[]).0);
+    assert!(!node.dir.path().join("hl/hlnet/10.99.0.2").exists());
+}
