@@ -560,3 +560,137 @@ fn requested_ip_and_delegated_host_local() {
     assert!(node.cni("DEL", "cc", &pc, "eth0", &conf, &[]).0);
     assert!(!node.dir.path().join("hl/hlnet/10.99.0.2").exists());
 }
+
+#[test]
+fn fifty_parallel_adds_get_distinct_ips_and_dels_leave_nothing() {
+    if !preconditions(
+        "fifty_parallel_adds_get_distinct_ips_and_dels_leave_nothing",
+        &["ip"],
+    ) {
+        return;
+    }
+    let node = Node::new("cni7");
+    let conf = node.conf("1.0.0");
+    let ctrs: Vec<(Netns, String)> = (0..50).map(|i| node.ctr(&format!("p{i}"))).collect();
+    let results: Vec<(bool, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ctrs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| {
+                let (node, conf) = (&node, &conf);
+                s.spawn(move || node.cni("ADD", &format!("par{i}"), p, "eth0", conf, &[]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips = HashSet::new();
+    for (ok, r) in &results {
+        assert!(ok, "{r}");
+        ips.insert(r["ips"][0]["address"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ips.len(), 50, "distinct addresses");
+    assert_eq!(ip_files(&node.ipam_dir()).len(), 50);
+    let host = node.scope.name("host");
+    assert_eq!(
+        twill_tests::ip_json(&host, &["link", "show", "master", "cni0"])
+            .as_array()
+            .unwrap()
+            .len(),
+        50
+    );
+
+    std::thread::scope(|s| {
+        for (i, (_, p)) in ctrs.iter().enumerate() {
+            let (node, conf) = (&node, &conf);
+            s.spawn(move || assert!(node.cni("DEL", &format!("par{i}"), p, "eth0", conf, &[]).0));
+        }
+    });
+    assert!(ip_files(&node.ipam_dir()).is_empty());
+    assert!(
+        twill_tests::ip_json(&host, &["link", "show", "master", "cni0"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let nft = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "twill-cni-twnet",
+        ],
+    );
+    assert!(!nft.contains("masquerade"), "no rule left: {nft}");
+}
+
+#[test]
+fn chained_with_reference_portmap() {
+    if !preconditions("chained_with_reference_portmap", &["ip", "nft", "iptables"]) {
+        return;
+    }
+    if !Path::new("/usr/lib/cni/portmap").exists() {
+        assert!(
+            !twill_tests::in_ci(),
+            "CI must install containernetworking-plugins"
+        );
+        return;
+    }
+    let node = Node::new("cni8");
+    let (_c, p) = node.ctr("c");
+    let conf = node.conf("1.0.0");
+    let (ok, r) = node.cni("ADD", "pm1", &p, "eth0", &conf, &[]);
+    assert!(ok, "{r}");
+    // portmap gets twill's result as prevResult, as libcni would pass it.
+    let pm = json!({
+        "cniVersion": "1.0.0", "name": "twnet", "type": "portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]},
+        "prevResult": r,
+    });
+    let mut c = Command::new("/usr/lib/cni/portmap");
+    c.env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "pm1")
+        .env("CNI_NETNS", &p)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    node.host.prepare_command(&mut c).unwrap();
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pm.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "portmap: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chained: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        chained["ips"], r["ips"],
+        "portmap passes twill's result through"
+    );
+    let rules = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &node.scope.name("host"),
+            "iptables-save",
+            "-t",
+            "nat",
+        ],
+    );
+    assert!(rules.contains("18080"), "{rules}");
+}

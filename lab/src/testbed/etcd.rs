@@ -279,8 +279,20 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts `n` members on free local ports and waits until all are healthy.
+    /// Starts `n` members on free local ports and waits until all are healthy. Retries with
+    /// new ports if a parallel test grabbed one between probing and binding.
     pub fn start_local(n: usize) -> Result<EtcdCluster> {
+        let mut last = None;
+        for _ in 0..3 {
+            match EtcdCluster::try_start_local(n) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| LabError::Invalid("etcd cluster did not start".into())))
+    }
+
+    fn try_start_local(n: usize) -> Result<EtcdCluster> {
         let mut members = Vec::with_capacity(n);
         for i in 0..n {
             members.push(Member {
