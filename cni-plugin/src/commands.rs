@@ -312,13 +312,7 @@ pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             let released = Store::open(&conf.ipam_dir()).and_then(|store| {
                 let lock = store.lock()?;
                 store.release(&lock, &env.container_id, &env.ifname)?;
-                let se = subnet_env(conf).ok().flatten();
-                if ip_masq(conf, se.as_ref())
-                    && let Some(se) = se
-                {
-                    masq::sync(&conf.name, se.network, &store.list(&lock)?)?;
-                }
-                Ok(())
+                resync_masq(conf, &store, &lock)
             });
             if let Err(e) = released {
                 errors.push(e.to_string());
@@ -338,6 +332,22 @@ pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             ),
         ))
     }
+}
+
+/// Rebuilds the masquerade table from the store after a release (DEL, GC). Without a
+/// subnet file the overlay network is unknown, and the table is left as it is.
+fn resync_masq(
+    conf: &NetConf,
+    store: &Store,
+    lock: &crate::ipam::store::StoreLock,
+) -> CniResult<()> {
+    let se = subnet_env(conf).ok().flatten();
+    if ip_masq(conf, se.as_ref())
+        && let Some(se) = se
+    {
+        masq::sync(&conf.name, se.network, &store.list(lock)?)?;
+    }
+    Ok(())
 }
 
 /// CHECK: the container interface, its addresses and routes match prevResult, the bridge
@@ -454,11 +464,7 @@ pub fn gc(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             errors.push(e.to_string());
         }
     }
-    let se = subnet_env(conf).ok().flatten();
-    if ip_masq(conf, se.as_ref())
-        && let Some(se) = se
-        && let Err(e) = masq::sync(&conf.name, se.network, &store.list(&lock)?)
-    {
+    if let Err(e) = resync_masq(conf, &store, &lock) {
         errors.push(e.to_string());
     }
     if errors.is_empty() {

@@ -44,12 +44,7 @@ pub fn sync(name: &str, network: Ipv4Net, allocations: &[Allocation]) -> CniResu
         name: table_name(name),
         chains: vec![Chain {
             name: "postrouting".into(),
-            hook: Some(Hook {
-                kind: "nat",
-                hook: "postrouting",
-                priority: 100,
-                policy: "accept",
-            }),
+            hook: Some(Hook::nat_postrouting()),
             rules,
         }],
     };

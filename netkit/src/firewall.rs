@@ -38,6 +38,18 @@ pub struct Hook {
     pub policy: &'static str,
 }
 
+impl Hook {
+    /// A NAT chain on postrouting (priority 100, srcnat), for masquerade rules.
+    pub fn nat_postrouting() -> Hook {
+        Hook {
+            kind: "nat",
+            hook: "postrouting",
+            priority: 100,
+            policy: "accept",
+        }
+    }
+}
+
 /// One rule: an nft expression and an optional comment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -223,12 +235,7 @@ mod tests {
             name: "twill".into(),
             chains: vec![Chain {
                 name: "postrouting".into(),
-                hook: Some(Hook {
-                    kind: "nat",
-                    hook: "postrouting",
-                    priority: 100,
-                    policy: "accept",
-                }),
+                hook: Some(Hook::nat_postrouting()),
                 rules: vec![Rule::new("ip saddr 10.0.0.0/8 masquerade", "x\"y")],
             }],
         };
