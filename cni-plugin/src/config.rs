@@ -296,3 +296,61 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod mutation_tests {
+    //! A cheap, deterministic fuzz: thousands of byte-level mutations of valid inputs must
+    //! produce an answer or an error, never a panic.
+    use super::NetConf;
+    use crate::ipam::store::parse_owner;
+    use crate::result::AddResult;
+
+    fn mutations(seed: &[u8], rounds: usize, mut f: impl FnMut(&[u8])) {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"{}[]\":,0123456789.-/ \\nulltruefalse\x00\xff";
+        for _ in 0..rounds {
+            let mut buf = seed.to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let pos = (next() as usize) % (buf.len() + 1);
+                match next() % 3 {
+                    0 if pos < buf.len() => buf[pos] = alphabet[(next() as usize) % alphabet.len()],
+                    1 if pos < buf.len() => {
+                        buf.remove(pos);
+                    }
+                    _ => buf.insert(pos, alphabet[(next() as usize) % alphabet.len()]),
+                }
+            }
+            f(&buf);
+        }
+    }
+
+    #[test]
+    fn mutated_configs_and_results_never_panic() {
+        let conf = br#"{"cniVersion":"1.0.0","name":"tw","type":"twill","mtu":1450,"ipam":{"type":"host-local"},"runtimeConfig":{"ips":["10.1.2.3/24"]},"cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#;
+        mutations(conf, 20_000, |b| {
+            if let Ok(c) = NetConf::parse(b) {
+                let _ = c.runtime_ip();
+                let _ = c.gc_keep();
+            }
+        });
+        let result = br#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mac":"aa","sandbox":"/x"}],"ips":[{"address":"10.1.2.3/24","gateway":"10.1.2.1","interface":0}],"routes":[{"dst":"0.0.0.0/0","gw":"10.1.2.1"}],"dns":{}}"#;
+        mutations(result, 20_000, |b| {
+            if let Ok(v) = serde_json::from_slice(b) {
+                let _ = AddResult::from_json(&v);
+            }
+        });
+        mutations(b"container-1\r\neth0", 5_000, |b| {
+            let _ = parse_owner(&String::from_utf8_lossy(b));
+        });
+        let env = b"FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+        mutations(env, 20_000, |b| {
+            let _ = twill_netkit::subnet_env::SubnetEnv::parse(&String::from_utf8_lossy(b));
+        });
+    }
+}
