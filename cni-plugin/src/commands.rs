@@ -230,18 +230,15 @@ pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResu
         }
     };
 
-    // 3. Masquerade follows the IPAM store.
-    if masq && let (Lease::Builtin(store), Some(se)) = (&lease, &se) {
-        let synced = store.lock().and_then(|l| {
-            let all = store.list(&l)?;
-            masq::sync(&conf.name, se.network, &all)
-        });
-        if let Err(e) = synced {
-            let hv = host_veth.clone();
-            let _ = host_ns.run(|nl| async move { nl.remove_link(&hv).await });
-            lease.give_back(conf, env, stdin);
-            return Err(e);
-        }
+    // 3. Masquerade for the node's subnet (a no-op once in place).
+    if masq
+        && let Some(se) = &se
+        && let Err(e) = masq::ensure(&conf.name, se.subnet, se.network, &conf.ipam_dir(), false)
+    {
+        let hv = host_veth.clone();
+        let _ = host_ns.run(|nl| async move { nl.remove_link(&hv).await });
+        lease.give_back(conf, env, stdin);
+        return Err(e);
     }
 
     let mac = |l: &twill_netkit::Link| twill_netkit::format_mac(&l.mac);
@@ -311,8 +308,9 @@ pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
         None => {
             let released = Store::open(&conf.ipam_dir()).and_then(|store| {
                 let lock = store.lock()?;
-                store.release(&lock, &env.container_id, &env.ifname)?;
-                resync_masq(conf, &store, &lock)
+                store
+                    .release(&lock, &env.container_id, &env.ifname)
+                    .map(|_| ())
             });
             if let Err(e) = released {
                 errors.push(e.to_string());
@@ -332,22 +330,6 @@ pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             ),
         ))
     }
-}
-
-/// Rebuilds the masquerade table from the store after a release (DEL, GC). Without a
-/// subnet file the overlay network is unknown, and the table is left as it is.
-fn resync_masq(
-    conf: &NetConf,
-    store: &Store,
-    lock: &crate::ipam::store::StoreLock,
-) -> CniResult<()> {
-    let se = subnet_env(conf).ok().flatten();
-    if ip_masq(conf, se.as_ref())
-        && let Some(se) = se
-    {
-        masq::sync(&conf.name, se.network, &store.list(lock)?)?;
-    }
-    Ok(())
 }
 
 /// CHECK: the container interface, its addresses and routes match prevResult, the bridge
@@ -412,6 +394,12 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
     current_netns()?
         .run(|nl| async move { nl.require_link(&bridge).await })
         .map_err(|e| CniError::new(INTERNAL, format!("CHECK: {e}")))?;
+    let se = subnet_env(conf)?;
+    if ip_masq(conf, se.as_ref())
+        && let Some(se) = &se
+    {
+        masq::ensure(&conf.name, se.subnet, se.network, &conf.ipam_dir(), true)?;
+    }
     if conf.ipam_type().is_none() {
         let store = Store::open(&conf.ipam_dir())?;
         let lock = store.lock()?;
@@ -463,9 +451,6 @@ pub fn gc(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
         {
             errors.push(e.to_string());
         }
-    }
-    if let Err(e) = resync_masq(conf, &store, &lock) {
-        errors.push(e.to_string());
     }
     if errors.is_empty() {
         Ok(())

@@ -1,0 +1,196 @@
+//! CNI speed, side by side in one run: twill vs Debian's reference `bridge` + `host-local`
+//! with an equivalent config (bridge, gateway, default route, MTU 1450, hairpin, ipMasq).
+//!
+//! `sudo cargo bench -p twill-cni --bench cni_add_del [-- --seq N --par M]`
+//! Prints median and p95 of ADD and DEL over N sequential ADD+DEL pairs, then the latency of M
+//! parallel ADDs, and twill's ratio to the reference. Runs entirely inside namespaces it
+//! creates (`twb-*`), removed at the end.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use twill_netkit::Netns;
+
+const TWILL: &str = env!("CARGO_BIN_EXE_twill");
+const REF_DIR: &str = "/usr/lib/cni";
+
+struct Plugin {
+    label: &'static str,
+    binary: String,
+    conf: Value,
+}
+
+fn invoke(host: &Netns, p: &Plugin, cmd: &str, id: &str, netns: &str) -> Duration {
+    let mut c = Command::new(&p.binary);
+    c.env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", REF_DIR)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    host.prepare_command(&mut c).expect("entering host netns");
+    let start = Instant::now();
+    let mut child = c.spawn().expect("spawning plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(p.conf.to_string().as_bytes())
+        .expect("writing config");
+    let out = child.wait_with_output().expect("waiting for plugin");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{} {cmd} {id}: {} {}",
+        p.label,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn stats(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p = |q: f64| ms(v[((v.len() as f64 - 1.0) * q).round() as usize]);
+    (p(0.5), p(0.95))
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Cleanup(&'static str);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = twill_lab::testbed::sweep(self.0);
+    }
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("cni_add_del: needs root (it creates network namespaces)");
+        std::process::exit(1);
+    }
+    for p in ["bridge", "host-local"] {
+        if !Path::new(REF_DIR).join(p).exists() {
+            eprintln!(
+                "cni_add_del: {REF_DIR}/{p} missing: apt-get install containernetworking-plugins"
+            );
+            std::process::exit(1);
+        }
+    }
+    let seq = arg("--seq", 200);
+    let par = arg("--par", 50);
+    let prefix = "twb-cni";
+    twill_lab::testbed::sweep(prefix).expect("sweeping");
+    let _cleanup = Cleanup(prefix);
+    let host = Netns::create(&format!("{prefix}-host")).expect("host netns");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("subnet.env"),
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .expect("subnet.env");
+    let plugins = [
+        Plugin {
+            label: "twill",
+            binary: TWILL.to_string(),
+            conf: json!({
+                "cniVersion": "1.0.0", "name": "twbench", "type": "twill",
+                "subnetFile": dir.path().join("subnet.env"),
+                "dataDir": dir.path().join("twill-ipam"),
+            }),
+        },
+        Plugin {
+            label: "reference bridge+host-local",
+            binary: format!("{REF_DIR}/bridge"),
+            conf: json!({
+                "cniVersion": "1.0.0", "name": "refbench", "type": "bridge",
+                "bridge": "cni1", "isGateway": true, "isDefaultGateway": true,
+                "ipMasq": true, "hairpinMode": true, "mtu": 1450,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.245.7.0/24"}]],
+                    "routes": [{"dst": "10.245.0.0/16"}],
+                    "dataDir": dir.path().join("ref-ipam"),
+                },
+            }),
+        },
+    ];
+    // Container namespaces are made once, outside the timed part.
+    let ctrs: Vec<Netns> = (0..par.max(1))
+        .map(|i| Netns::create(&format!("{prefix}-c{i}")).expect("container netns"))
+        .collect();
+    let paths: Vec<String> = ctrs
+        .iter()
+        .map(|n| n.path().display().to_string())
+        .collect();
+
+    println!("CNI ADD/DEL, {seq} sequential pairs and {par} parallel ADDs, medians/p95 in ms");
+    println!(
+        "{:<30} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "plugin", "ADD p50", "ADD p95", "DEL p50", "DEL p95", "par ADD p50", "par wall"
+    );
+    let mut rows = Vec::new();
+    for p in &plugins {
+        // Warm-up: creates the bridge, chains, directories.
+        invoke(&host, p, "ADD", "warm", &paths[0]);
+        invoke(&host, p, "DEL", "warm", &paths[0]);
+        let (mut adds, mut dels) = (Vec::new(), Vec::new());
+        for i in 0..seq {
+            let id = format!("seq{i}");
+            adds.push(invoke(&host, p, "ADD", &id, &paths[0]));
+            dels.push(invoke(&host, p, "DEL", &id, &paths[0]));
+        }
+        let wall = Instant::now();
+        let par_adds: Vec<Duration> = std::thread::scope(|s| {
+            let hs: Vec<_> = paths
+                .iter()
+                .enumerate()
+                .take(par)
+                .map(|(i, path)| {
+                    let (host, p) = (&host, p);
+                    s.spawn(move || invoke(host, p, "ADD", &format!("par{i}"), path))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        let wall = wall.elapsed();
+        for (i, path) in paths.iter().enumerate().take(par) {
+            invoke(&host, p, "DEL", &format!("par{i}"), path);
+        }
+        let (a50, a95) = stats(adds);
+        let (d50, d95) = stats(dels);
+        let (pa50, _) = stats(par_adds);
+        println!(
+            "{:<30} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>12.2} {:>12.1}",
+            p.label,
+            a50,
+            a95,
+            d50,
+            d95,
+            pa50,
+            wall.as_secs_f64() * 1000.0
+        );
+        rows.push((a50, d50, pa50, wall.as_secs_f64()));
+    }
+    let (t, r) = (rows[0], rows[1]);
+    println!(
+        "ratio twill/reference: ADD p50 {:.2}x, DEL p50 {:.2}x, parallel ADD p50 {:.2}x, parallel wall {:.2}x (target: ADD p50 <= 0.5x)",
+        t.0 / r.0,
+        t.1 / r.1,
+        t.2 / r.2,
+        t.3 / r.3
+    );
+}
