@@ -178,3 +178,88 @@ impl AddResult {
         Ok(r)
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    fn sample() -> AddResult {
+        AddResult {
+            interfaces: vec![
+                Interface {
+                    name: "cni0".into(),
+                    mac: "0a:58:0a:f4:07:01".into(),
+                    mtu: Some(1450),
+                    sandbox: None,
+                },
+                Interface {
+                    name: "veth0a1b2c3d".into(),
+                    mac: "0a:00:00:00:00:01".into(),
+                    mtu: Some(1450),
+                    sandbox: None,
+                },
+                Interface {
+                    name: "eth0".into(),
+                    mac: "0a:00:00:00:00:02".into(),
+                    mtu: Some(1450),
+                    sandbox: Some("/var/run/netns/c1".into()),
+                },
+            ],
+            ips: vec![IpConfig {
+                address: "10.244.7.2/24".parse().unwrap(),
+                gateway: Some("10.244.7.1".parse().unwrap()),
+                interface: Some(2),
+            }],
+            routes: vec![
+                RouteSpec {
+                    dst: "10.244.0.0/16".parse().unwrap(),
+                    gw: Some("10.244.7.1".parse().unwrap()),
+                },
+                RouteSpec {
+                    dst: "0.0.0.0/0".parse().unwrap(),
+                    gw: Some("10.244.7.1".parse().unwrap()),
+                },
+            ],
+            dns: Dns::default(),
+        }
+    }
+
+    const IFACES_NO_MTU: &str = r#"[{"name":"cni0","mac":"0a:58:0a:f4:07:01"},{"name":"veth0a1b2c3d","mac":"0a:00:00:00:00:01"},{"name":"eth0","mac":"0a:00:00:00:00:02","sandbox":"/var/run/netns/c1"}]"#;
+    const ROUTES: &str =
+        r#"[{"dst":"10.244.0.0/16","gw":"10.244.7.1"},{"dst":"0.0.0.0/0","gw":"10.244.7.1"}]"#;
+
+    #[test]
+    fn every_version_has_its_own_shape() {
+        let r = sample();
+        for v in ["0.3.0", "0.3.1", "0.4.0"] {
+            let want = format!(
+                r#"{{"cniVersion":"{v}","interfaces":{IFACES_NO_MTU},"ips":[{{"address":"10.244.7.2/24","version":"4","gateway":"10.244.7.1","interface":2}}],"routes":{ROUTES},"dns":{{}}}}"#
+            );
+            assert_eq!(
+                r.to_json(v),
+                serde_json::from_str::<Value>(&want).unwrap(),
+                "{v}"
+            );
+        }
+        let want_10 = format!(
+            r#"{{"cniVersion":"1.0.0","interfaces":{IFACES_NO_MTU},"ips":[{{"address":"10.244.7.2/24","gateway":"10.244.7.1","interface":2}}],"routes":{ROUTES},"dns":{{}}}}"#
+        );
+        assert_eq!(
+            r.to_json("1.0.0"),
+            serde_json::from_str::<Value>(&want_10).unwrap()
+        );
+        let want_11 = format!(
+            r#"{{"cniVersion":"1.1.0","interfaces":[{{"name":"cni0","mac":"0a:58:0a:f4:07:01","mtu":1450}},{{"name":"veth0a1b2c3d","mac":"0a:00:00:00:00:01","mtu":1450}},{{"name":"eth0","mac":"0a:00:00:00:00:02","mtu":1450,"sandbox":"/var/run/netns/c1"}}],"ips":[{{"address":"10.244.7.2/24","gateway":"10.244.7.1","interface":2}}],"routes":{ROUTES},"dns":{{}}}}"#
+        );
+        assert_eq!(
+            r.to_json("1.1.0"),
+            serde_json::from_str::<Value>(&want_11).unwrap()
+        );
+        // What we render, we read back.
+        for v in ["0.3.1", "1.0.0", "1.1.0"] {
+            let back = AddResult::from_json(&r.to_json(v)).unwrap();
+            assert_eq!(back.ips, r.ips);
+            assert_eq!(back.routes, r.routes);
+        }
+    }
+}

@@ -690,3 +690,128 @@ fn chained_with_reference_portmap() {
     );
     assert!(rules.contains("18080"), "{rules}");
 }
+
+/// Runs one reference plugin in the node's host namespace.
+fn reference(
+    node: &Node,
+    plugin: &str,
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    conf: &Value,
+) -> (bool, Value, String) {
+    let mut c = Command::new(format!("/usr/lib/cni/{plugin}"));
+    c.env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    node.host.prepare_command(&mut c).unwrap();
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (
+        out.status.success(),
+        v,
+        format!("{text} {}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn chained_with_reference_tuning_bandwidth_firewall() {
+    if !preconditions(
+        "chained_with_reference_tuning_bandwidth_firewall",
+        &["ip", "iptables", "tc"],
+    ) {
+        return;
+    }
+    if !Path::new("/usr/lib/cni/bandwidth").exists() {
+        assert!(
+            !twill_tests::in_ci(),
+            "CI must install containernetworking-plugins"
+        );
+        return;
+    }
+    let node = Node::new("cni9");
+    let (_c, p) = node.ctr("c");
+    let conf = node.conf("1.0.0");
+    let (ok, mut prev) = node.cni("ADD", "ch1", &p, "eth0", &conf, &[]);
+    assert!(ok, "{prev}");
+    let first = prev.clone();
+    let chain = [
+        (
+            "tuning",
+            json!({"sysctl": {"net.ipv4.conf.eth0.rp_filter": "2"}}),
+        ),
+        (
+            "bandwidth",
+            json!({"ingressRate": 8_000_000, "ingressBurst": 80_000, "egressRate": 8_000_000, "egressBurst": 80_000}),
+        ),
+        ("firewall", json!({"backend": "iptables"})),
+    ];
+    let mut confs = Vec::new();
+    for (plugin, extra) in &chain {
+        let mut c =
+            json!({"cniVersion": "1.0.0", "name": "twnet", "type": plugin, "prevResult": prev});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let (ok, out, text) = reference(&node, plugin, "ADD", "ch1", &p, &c);
+        assert!(ok, "{plugin} ADD: {text}");
+        assert_eq!(
+            out["ips"], first["ips"],
+            "{plugin} passes twill's result through"
+        );
+        prev = out;
+        confs.push((plugin, c));
+    }
+    let ctr = node.scope.name("c");
+    assert_eq!(
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ctr,
+                "cat",
+                "/proc/sys/net/ipv4/conf/eth0/rp_filter"
+            ]
+        )
+        .trim(),
+        "2"
+    );
+    let host = node.scope.name("host");
+    let veth = first["interfaces"][1]["name"].as_str().unwrap().to_string();
+    assert!(
+        run("tc", &["-n", &host, "qdisc", "show", "dev", &veth]).contains("tbf"),
+        "bandwidth shaped the host veth"
+    );
+    assert!(
+        run(
+            "ip",
+            &["netns", "exec", &host, "iptables-save", "-t", "filter"]
+        )
+        .contains("CNI-FORWARD")
+    );
+
+    // DEL in reverse order, each with the final result as prevResult; twill last.
+    for (plugin, mut c) in confs.into_iter().rev() {
+        c["prevResult"] = prev.clone();
+        let (ok, _, text) = reference(&node, plugin, "DEL", "ch1", &p, &c);
+        assert!(ok, "{plugin} DEL: {text}");
+    }
+    let mut del = conf.clone();
+    del["prevResult"] = prev;
+    assert!(node.cni("DEL", "ch1", &p, "eth0", &del, &[]).0);
+    assert!(ip_files(&node.ipam_dir()).is_empty());
+}

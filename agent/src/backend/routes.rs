@@ -1,0 +1,49 @@
+//! Reconciling twill's own routes (protocol RTPROT_TWILL, destination inside the overlay
+//! network) to a desired set: missing ones added, changed ones replaced, stale ones removed.
+
+use ipnet::Ipv4Net;
+use twill_netkit::{Netlink, RTPROT_TWILL, Route};
+
+use super::ApplyErrors;
+
+fn same(a: &Route, b: &Route) -> bool {
+    a.dst == b.dst && a.gateway == b.gateway && a.oif == b.oif && a.onlink == b.onlink
+}
+
+/// Makes twill's routes inside `network` exactly `desired`.
+pub async fn reconcile(
+    nl: &Netlink,
+    network: Ipv4Net,
+    desired: &[Route],
+    errors: &mut ApplyErrors,
+) {
+    let current = match nl.list_routes(Some(RTPROT_TWILL)).await {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(e);
+            return;
+        }
+    };
+    let ours: Vec<&Route> = current
+        .iter()
+        .filter(|r| network.contains(&r.dst))
+        .collect();
+    for r in &ours {
+        if !desired.iter().any(|d| same(d, r)) && !desired.iter().any(|d| d.dst == r.dst) {
+            match nl.delete_route(r).await {
+                Ok(true) => tracing::info!(route = %r.dst, "removed stale route"),
+                Ok(false) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    for d in desired {
+        if ours.iter().any(|r| same(d, r)) {
+            continue;
+        }
+        match nl.replace_route(d).await {
+            Ok(()) => tracing::info!(route = %d.dst, gateway = ?d.gateway, "installed route"),
+            Err(e) => errors.push(e),
+        }
+    }
+}

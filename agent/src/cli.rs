@@ -1,0 +1,169 @@
+//! twilld's command line: Flannel's flag names, each also readable from `TWILLD_<NAME>` and
+//! from Flannel's `FLANNELD_<NAME>` (so an existing DaemonSet's environment keeps working).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// twilld: the twill node agent. Leases this node's pod subnet from etcd (Flannel's key
+/// layout), writes the subnet file for the CNI plugin, and programs routes to every other
+/// node's subnet with the configured backend (host-gw, vxlan).
+#[derive(Debug, Parser)]
+#[command(name = "twilld", version, about, long_about = None)]
+pub struct Cli {
+    /// etcd endpoints, comma separated.
+    #[arg(
+        long,
+        env = "TWILLD_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd key prefix holding `config` and `subnets/`.
+    #[arg(
+        long,
+        env = "TWILLD_ETCD_PREFIX",
+        default_value = "/coreos.com/network"
+    )]
+    pub etcd_prefix: String,
+    /// CA certificate for etcd over TLS.
+    #[arg(long, env = "TWILLD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd (needs --etcd-keyfile).
+    #[arg(long, env = "TWILLD_ETCD_CERTFILE", requires = "etcd_keyfile")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd (needs --etcd-certfile).
+    #[arg(long, env = "TWILLD_ETCD_KEYFILE", requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// etcd user name (needs --etcd-password).
+    #[arg(long, env = "TWILLD_ETCD_USERNAME", requires = "etcd_password")]
+    pub etcd_username: Option<String>,
+    /// etcd password.
+    #[arg(
+        long,
+        env = "TWILLD_ETCD_PASSWORD",
+        requires = "etcd_username",
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
+    /// Interface (name or IPv4 address) that carries inter-node traffic; repeatable, the first
+    /// that exists wins. Default: the interface of the default route.
+    #[arg(long, env = "TWILLD_IFACE", value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// IP other nodes reach this one at (default: the interface's first IPv4 address).
+    #[arg(long, env = "TWILLD_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// Where to write FLANNEL_NETWORK/SUBNET/MTU/IPMASQ for the CNI plugin.
+    #[arg(
+        long,
+        env = "TWILLD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    pub subnet_file: PathBuf,
+    /// Masquerade pod traffic that leaves the overlay network.
+    #[arg(long, env = "TWILLD_IP_MASQ")]
+    pub ip_masq: bool,
+    /// Minutes before the lease expires at which it is renewed (1 to 1439).
+    #[arg(long, env = "TWILLD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1439))]
+    pub subnet_lease_renew_margin: u32,
+    /// Lease TTL in seconds (Flannel: 86400). Short values are for tests.
+    #[arg(long, env = "TWILLD_SUBNET_LEASE_TTL", default_value_t = 86400, value_parser = clap::value_parser!(u64).range(2..=86400 * 30))]
+    pub subnet_lease_ttl: u64,
+    /// Seconds between level-triggered reconciles of the kernel state.
+    #[arg(long, env = "TWILLD_RECONCILE_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub reconcile_interval: u64,
+    /// Address for /healthz and /metrics.
+    #[arg(long, env = "TWILLD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: Ipv4Addr,
+    /// Port for /healthz (0: off).
+    #[arg(long, env = "TWILLD_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+    /// Port for /metrics (0: served on the healthz port when that is on).
+    #[arg(long, env = "TWILLD_METRICS_PORT", default_value_t = 0)]
+    pub metrics_port: u16,
+    /// error, warn, info, debug or trace (or a tracing filter).
+    #[arg(long, env = "TWILLD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print this node's lease, the backend and every peer as a table, then exit.
+    Status,
+}
+
+/// Flannel's flags that twilld reads from `FLANNELD_*` too.
+const FLAG_ENVS: &[&str] = &[
+    "ETCD_ENDPOINTS",
+    "ETCD_PREFIX",
+    "ETCD_CAFILE",
+    "ETCD_CERTFILE",
+    "ETCD_KEYFILE",
+    "ETCD_USERNAME",
+    "ETCD_PASSWORD",
+    "IFACE",
+    "PUBLIC_IP",
+    "SUBNET_FILE",
+    "IP_MASQ",
+    "SUBNET_LEASE_RENEW_MARGIN",
+    "HEALTHZ_IP",
+    "HEALTHZ_PORT",
+];
+
+/// The environment with `FLANNELD_X` copied to `TWILLD_X` where the latter is unset.
+pub fn flannel_env_fallbacks(get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    FLAG_ENVS
+        .iter()
+        .filter(|n| get(&format!("TWILLD_{n}")).is_none())
+        .filter_map(|n| get(&format!("FLANNELD_{n}")).map(|v| (format!("TWILLD_{n}"), v)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_and_conflicts_fail() {
+        let c = Cli::try_parse_from([
+            "twilld",
+            "--etcd-endpoints",
+            "http://a:2379,http://b:2379",
+            "--iface",
+            "eth0",
+            "--iface",
+            "10.0.0.1",
+            "--ip-masq",
+        ])
+        .unwrap();
+        assert_eq!(c.etcd_endpoints.len(), 2);
+        assert_eq!(c.iface, vec!["eth0", "10.0.0.1"]);
+        assert!(c.ip_masq);
+        assert_eq!(c.subnet_lease_renew_margin, 60);
+        let e = Cli::try_parse_from(["twilld", "--etcd-certfile", "/c"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--etcd-keyfile"), "{e}");
+        let e = Cli::try_parse_from(["twilld", "--subnet-lease-renew-margin", "2000"]).unwrap_err();
+        assert!(e.to_string().contains("--subnet-lease-renew-margin"), "{e}");
+        let e = Cli::try_parse_from(["twilld", "--public-ip", "nope"]).unwrap_err();
+        assert!(e.to_string().contains("--public-ip"), "{e}");
+    }
+
+    #[test]
+    fn flanneld_environment_is_honoured_but_twilld_wins() {
+        let env = |k: &str| match k {
+            "FLANNELD_IFACE" => Some("ens3".to_string()),
+            "FLANNELD_ETCD_PREFIX" => Some("/flannel".to_string()),
+            "TWILLD_ETCD_PREFIX" => Some("/twill".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            flannel_env_fallbacks(env),
+            vec![("TWILLD_IFACE".to_string(), "ens3".to_string())]
+        );
+    }
+}

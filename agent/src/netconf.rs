@@ -1,0 +1,352 @@
+//! The network configuration at `<prefix>/config`, in Flannel's JSON format, with Flannel's
+//! defaults and validation (pkg/subnet/config.go). Keys match case-insensitively, as Go's
+//! encoding/json does.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde_json::{Map, Value};
+
+/// Which backend moves packets between nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendType {
+    HostGw,
+    Vxlan,
+    Udp,
+}
+
+impl BackendType {
+    /// The name used in etcd (`BackendType` of a lease, `Backend.Type` of the config).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendType::HostGw => "host-gw",
+            BackendType::Vxlan => "vxlan",
+            BackendType::Udp => "udp",
+        }
+    }
+}
+
+/// `Backend` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub kind: BackendType,
+    /// vxlan VNI (default 1).
+    pub vni: u32,
+    /// UDP port: vxlan 8472, udp 8285 when 0/absent.
+    pub port: u16,
+    pub direct_routing: bool,
+    /// Overrides the computed MTU when set.
+    pub mtu: Option<u32>,
+}
+
+/// A validated network configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+    pub backend: BackendConfig,
+    /// Set when `Backend` was absent (Flannel then uses udp): worth a warning.
+    pub backend_defaulted: bool,
+}
+
+/// Why a configuration was refused; names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("network config: {field}: {why}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub why: String,
+}
+
+fn err(field: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        why: why.into(),
+    }
+}
+
+/// Case-insensitive key look-up.
+fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
+fn get_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<&'a str>, ConfigError> {
+    match get(obj, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(err(key, format!("expected a string, got {other}"))),
+    }
+}
+
+fn get_u64(obj: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, ConfigError> {
+    match get(obj, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| err(key, format!("expected a non-negative integer, got {v}"))),
+    }
+}
+
+impl NetworkConfig {
+    /// Parses and validates the JSON text of `<prefix>/config`.
+    pub fn parse(text: &str) -> Result<NetworkConfig, ConfigError> {
+        let v: Value = serde_json::from_str(text).map_err(|e| err("(json)", e.to_string()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| err("(json)", "expected a JSON object"))?;
+        if let Some(Value::Bool(false)) = get(obj, "EnableIPv4") {
+            return Err(err(
+                "EnableIPv4",
+                "IPv6-only networks are not supported by twill yet",
+            ));
+        }
+        let network: Ipv4Net = get_str(obj, "Network")?
+            .ok_or_else(|| err("Network", "missing"))?
+            .parse()
+            .map_err(|_| err("Network", "not an IPv4 CIDR"))?;
+        let network = network.trunc();
+        if network.prefix_len() > 28 {
+            return Err(err(
+                "Network",
+                format!("{network} is too small (longer than /28)"),
+            ));
+        }
+        let subnet_len = match get_u64(obj, "SubnetLen")? {
+            None | Some(0) => {
+                if network.prefix_len() <= 22 {
+                    24
+                } else {
+                    network.prefix_len() + 2
+                }
+            }
+            Some(n) if n > 30 => return Err(err("SubnetLen", format!("{n} is longer than 30"))),
+            Some(n) if (n as u8) < network.prefix_len() + 2 => {
+                return Err(err(
+                    "SubnetLen",
+                    format!(
+                        "{n} leaves fewer than 4 subnets in {network} (must be at least {})",
+                        network.prefix_len() + 2
+                    ),
+                ));
+            }
+            Some(n) => n as u8,
+        };
+        let size = 1u32 << (32 - subnet_len);
+        let first = u32::from(network.network());
+        let last_subnet = u32::from(network.broadcast()) - size + 1;
+        let parse_bound = |field: &'static str, default: u32| -> Result<Ipv4Addr, ConfigError> {
+            let Some(s) = get_str(obj, field)? else {
+                return Ok(Ipv4Addr::from(default));
+            };
+            let ip: Ipv4Addr = s
+                .parse()
+                .map_err(|_| err(field, format!("{s:?} is not an IPv4 address")))?;
+            let v = u32::from(ip);
+            if !network.contains(&ip) {
+                return Err(err(field, format!("{ip} is outside Network {network}")));
+            }
+            if (v - first) % size != 0 {
+                return Err(err(
+                    field,
+                    format!("{ip} is not aligned to SubnetLen /{subnet_len}"),
+                ));
+            }
+            Ok(ip)
+        };
+        // Flannel skips the first subnet by default.
+        let subnet_min = parse_bound("SubnetMin", first + size)?;
+        let subnet_max = parse_bound("SubnetMax", last_subnet)?;
+        if u32::from(subnet_min) > u32::from(subnet_max) {
+            return Err(err(
+                "SubnetMin",
+                format!("{subnet_min} is above SubnetMax {subnet_max}"),
+            ));
+        }
+        let (backend, backend_defaulted) = match get(obj, "Backend") {
+            None | Some(Value::Null) => (
+                BackendConfig {
+                    kind: BackendType::Udp,
+                    vni: 1,
+                    port: 8285,
+                    direct_routing: false,
+                    mtu: None,
+                },
+                true,
+            ),
+            Some(Value::Object(b)) => (parse_backend(b)?, false),
+            Some(other) => return Err(err("Backend", format!("expected an object, got {other}"))),
+        };
+        Ok(NetworkConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            backend,
+            backend_defaulted,
+        })
+    }
+
+    /// Every subnet between SubnetMin and SubnetMax, in order.
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        let size = 1u32 << (32 - self.subnet_len);
+        let (lo, hi) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
+        (0..=((hi - lo) / size))
+            .filter_map(move |i| Ipv4Net::new(Ipv4Addr::from(lo + i * size), self.subnet_len).ok())
+    }
+
+    /// Whether `subnet` is a valid lease for this configuration.
+    pub fn fits(&self, subnet: Ipv4Net) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && self.network.contains(&subnet)
+            && u32::from(subnet.network()) >= u32::from(self.subnet_min)
+            && u32::from(subnet.network()) <= u32::from(self.subnet_max)
+    }
+}
+
+fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
+    let kind = match get_str(b, "Type")?.unwrap_or("udp") {
+        "host-gw" => BackendType::HostGw,
+        "vxlan" => BackendType::Vxlan,
+        "udp" => BackendType::Udp,
+        other => {
+            return Err(err(
+                "Backend.Type",
+                format!(
+                    "{other:?} is not supported: use host-gw, vxlan or udp (this kernel has no wireguard/ipip)"
+                ),
+            ));
+        }
+    };
+    let vni = get_u64(b, "VNI")?.unwrap_or(1);
+    if vni > 0xff_ffff {
+        return Err(err("Backend.VNI", format!("{vni} does not fit 24 bits")));
+    }
+    let port = get_u64(b, "Port")?.unwrap_or(0);
+    if port > 65535 {
+        return Err(err("Backend.Port", format!("{port} is not a port")));
+    }
+    let port = match (port, kind) {
+        (0, BackendType::Udp) => 8285,
+        (0, _) => 8472,
+        (p, _) => p as u16,
+    };
+    let direct_routing = match get(b, "DirectRouting") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(x)) => *x,
+        Some(other) => {
+            return Err(err(
+                "Backend.DirectRouting",
+                format!("expected true or false, got {other}"),
+            ));
+        }
+    };
+    let mtu = match get_u64(b, "MTU")? {
+        None | Some(0) => None,
+        Some(m) if (68..=65535).contains(&m) => Some(m as u32),
+        Some(m) => {
+            return Err(err(
+                "Backend.MTU",
+                format!("{m} is not between 68 and 65535"),
+            ));
+        }
+    };
+    Ok(BackendConfig {
+        kind,
+        vni: vni as u32,
+        port,
+        direct_routing,
+        mtu,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flannel_defaults() {
+        let c = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
+            .unwrap();
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(
+            c.subnet_min,
+            Ipv4Addr::new(10, 5, 1, 0),
+            "the first subnet is skipped"
+        );
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 5, 255, 0));
+        assert_eq!(
+            c.backend,
+            BackendConfig {
+                kind: BackendType::Vxlan,
+                vni: 1,
+                port: 8472,
+                direct_routing: false,
+                mtu: None
+            }
+        );
+        assert_eq!(c.subnets().count(), 255);
+        let c = NetworkConfig::parse(r#"{"network":"10.5.0.0/24","backend":{"type":"host-gw"}}"#)
+            .unwrap();
+        assert_eq!(
+            c.subnet_len, 26,
+            "prefix+2 for networks longer than /22; keys case-insensitive"
+        );
+        let c = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16"}"#).unwrap();
+        assert!(c.backend_defaulted);
+        assert_eq!((c.backend.kind, c.backend.port), (BackendType::Udp, 8285));
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field() {
+        let cases = [
+            ("{", "(json)"),
+            ("[]", "(json)"),
+            (r#"{"SubnetLen":24}"#, "Network"),
+            (r#"{"Network":"banana"}"#, "Network"),
+            (r#"{"Network":"10.5.0.0/29"}"#, "Network"),
+            (r#"{"Network":"10.5.0.0/16","SubnetLen":31}"#, "SubnetLen"),
+            (r#"{"Network":"10.5.0.0/16","SubnetLen":17}"#, "SubnetLen"),
+            (r#"{"Network":"10.5.0.0/16","SubnetLen":"24"}"#, "SubnetLen"),
+            (
+                r#"{"Network":"10.5.0.0/16","SubnetMin":"10.6.0.0"}"#,
+                "SubnetMin",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.0.7"}"#,
+                "SubnetMin",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.9.0","SubnetMax":"10.5.3.0"}"#,
+                "SubnetMin",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#,
+                "Backend.Type",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":99999999}}"#,
+                "Backend.VNI",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#,
+                "Backend.Port",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#,
+                "Backend.DirectRouting",
+            ),
+            (r#"{"Network":"10.5.0.0/16","Backend":"vxlan"}"#, "Backend"),
+        ];
+        for (text, field) in cases {
+            let e = NetworkConfig::parse(text).unwrap_err();
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
+    }
+}
