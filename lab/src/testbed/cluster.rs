@@ -42,7 +42,7 @@ impl ClusterBuilder {
         self
     }
 
-    /// The underlay subnet (default 172.31.0.0/24); host N gets address .(10+N).
+    /// The underlay subnet (default 172.31.0.0/24); the bridge gets .1, host N gets .(10+N).
     pub fn underlay(mut self, net: Ipv4Net) -> Self {
         self.underlay = net;
         self
@@ -78,9 +78,16 @@ impl ClusterBuilder {
             hosts: Vec::new(),
         };
         let mtu = self.mtu;
+        // The bridge itself gets .1, so services of the lab (etcd) can live in the underlay.
+        let bridge_addr = IpNet::V4(
+            Ipv4Net::new(cluster.underlay_ip(), self.underlay.prefix_len())
+                .map_err(|e| LabError::Invalid(e.to_string()))?,
+        );
         let bridge = cluster.underlay.run(move |nl: Netlink| async move {
             lo_up(&nl).await?;
-            nl.ensure_bridge(UNDERLAY_BRIDGE, Some(mtu)).await
+            let br = nl.ensure_bridge(UNDERLAY_BRIDGE, Some(mtu)).await?;
+            nl.ensure_address(br.index, bridge_addr).await?;
+            Ok(br)
         })?;
         for i in 1..=self.hosts {
             let name = format!("{}-h{i}", self.prefix);
@@ -153,6 +160,12 @@ impl Cluster {
     /// The underlay subnet.
     pub fn underlay_net(&self) -> Ipv4Net {
         self.underlay_net
+    }
+
+    /// The underlay bridge's own address (`.1`), reachable from every host: where lab
+    /// services such as etcd listen.
+    pub fn underlay_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.underlay_net.network()) + 1)
     }
 
     /// Host number `n` (1-based, as in its name).

@@ -1,0 +1,333 @@
+//! twilld end to end: real etcd, hosts as namespaces, containers attached with twill.
+
+mod common;
+
+use common::AgentLab;
+use twill_tests::preconditions;
+
+const TOOLS: &[&str] = &["ip", "ping", "etcd", "etcdctl", "nft"];
+
+fn three_by_two(prefix: &str, config: &str, extra: &[&str]) -> AgentLab {
+    let mut lab = AgentLab::new(prefix, 3, config);
+    for h in 1..=3 {
+        lab.start_agent(h, extra);
+    }
+    let subnets: std::collections::HashSet<_> =
+        (1..=3).map(|h| lab.wait_subnet(h).subnet).collect();
+    assert_eq!(subnets.len(), 3, "three agents, three distinct subnets");
+    for h in 1..=3 {
+        lab.add_container(h);
+        lab.add_container(h);
+    }
+    lab
+}
+
+#[test]
+fn host_gw_all_pairs_ping() {
+    if !preconditions("host_gw_all_pairs_ping", TOOLS) {
+        return;
+    }
+    let lab = three_by_two(
+        "twa-hg",
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        &[],
+    );
+    lab.eventually("all pairs reachable over host-gw", 20, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    // Each host routes the two other subnets via the peers' underlay addresses.
+    let routes = lab.twill_routes(1);
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    for r in &routes {
+        assert!(
+            r["gateway"].as_str().unwrap().starts_with("172.31.0."),
+            "{r}"
+        );
+        assert_eq!(r["dev"], "eth0");
+    }
+    // Leases look like Flannel's.
+    let env = lab.wait_subnet(1);
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{}",
+        env.subnet.network(),
+        env.subnet.prefix_len()
+    );
+    let value = lab.etcdctl(&["get", &key, "--print-value-only"]);
+    assert_eq!(
+        value.trim(),
+        format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"host-gw"}}"#,
+            lab.cluster.host(1).ip
+        )
+    );
+    assert_eq!(env.mtu, 1500);
+    let text = std::fs::read_to_string(lab.subnet_file(1)).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET={}/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n",
+            env.gateway()
+        )
+    );
+}
+
+#[test]
+fn vxlan_all_pairs_ping_and_restart_keeps_everything() {
+    if !preconditions("vxlan_all_pairs_ping_and_restart_keeps_everything", TOOLS) {
+        return;
+    }
+    let mut lab = three_by_two(
+        "twa-vx",
+        r#"{"Network":"10.6.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        &[],
+    );
+    lab.eventually("all pairs reachable over vxlan", 20, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    let h1 = lab.cluster.host(1).name.clone();
+    let link = twill_tests::ip_link(&h1, "flannel.1");
+    let d = &link["linkinfo"]["info_data"];
+    assert_eq!(
+        (
+            d["id"].as_u64(),
+            d["port"].as_u64(),
+            d["learning"].as_bool()
+        ),
+        (Some(1), Some(8472), Some(false))
+    );
+    assert_eq!(link["mtu"], 1450);
+    assert_eq!(lab.wait_subnet(1).mtu, 1450);
+    let neigh = twill_tests::ip_json(&h1, &["neigh", "show", "dev", "flannel.1"]);
+    assert_eq!(neigh.as_array().unwrap().len(), 2, "{neigh}");
+    let fdb = twill_tests::bridge_json(&h1, &["fdb", "show", "dev", "flannel.1"]);
+    assert_eq!(
+        fdb.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["dst"].is_string())
+            .count(),
+        2,
+        "{fdb}"
+    );
+    let routes_before = lab.twill_routes(1);
+    assert!(routes_before.iter().all(|r| {
+        r["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "onlink"))
+    }));
+
+    // kill -9 and restart: same subnet, same VTEP, same routes; traffic never stops.
+    let subnet = lab.wait_subnet(1).subnet;
+    let ifindex = link["ifindex"].clone();
+    lab.kill_agent(1);
+    assert!(
+        lab.ping(0, &lab.containers[2].ip.clone()),
+        "data plane survives the agent's death"
+    );
+    lab.start_agent(1, &[]);
+    lab.eventually("agent 1 ready again", 20, || {
+        lab.log(1).matches("ready").count() >= 2
+    });
+    assert_eq!(lab.wait_subnet(1).subnet, subnet);
+    assert_eq!(
+        twill_tests::ip_link(&h1, "flannel.1")["ifindex"],
+        ifindex,
+        "the VTEP was kept, not recreated"
+    );
+    assert_eq!(lab.twill_routes(1), routes_before);
+    assert!(lab.unreachable_pairs().is_empty());
+
+    // SIGTERM: clean exit, data plane left in place.
+    let status = lab.stop_agent(1);
+    assert!(status.success(), "{status:?}\n{}", lab.log(1));
+    assert_eq!(lab.twill_routes(1), routes_before);
+}
+
+#[test]
+fn vxlan_direct_routing_uses_host_routes_on_the_same_l2() {
+    if !preconditions(
+        "vxlan_direct_routing_uses_host_routes_on_the_same_l2",
+        TOOLS,
+    ) {
+        return;
+    }
+    let lab = three_by_two(
+        "twa-dr",
+        r#"{"Network":"10.7.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+        &[],
+    );
+    lab.eventually("all pairs reachable with DirectRouting", 20, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    let routes = lab.twill_routes(2);
+    assert_eq!(routes.len(), 2);
+    assert!(routes.iter().all(|r| r["dev"] == "eth0"), "{routes:?}");
+}
+
+#[test]
+fn expired_lease_removes_routes_and_hand_deleted_route_comes_back() {
+    if !preconditions(
+        "expired_lease_removes_routes_and_hand_deleted_route_comes_back",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-ex",
+        3,
+        r#"{"Network":"10.8.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    for h in 1..=3 {
+        lab.start_agent(h, &["--subnet-lease-ttl", "4"]);
+    }
+    let s3 = lab.wait_subnet(3).subnet;
+    lab.wait_subnet(1);
+    lab.wait_subnet(2);
+    lab.eventually("h1 routes both peers", 15, || {
+        lab.twill_routes(1).len() == 2
+    });
+
+    // A route deleted by hand comes back on the next reconcile.
+    let h1 = lab.cluster.host(1).name.clone();
+    twill_tests::run("ip", &["-n", &h1, "route", "del", &s3.to_string()]);
+    lab.eventually("the deleted route is restored", 10, || {
+        lab.twill_routes(1).len() == 2
+    });
+
+    // A corrupt value is skipped with a log line naming its key.
+    lab.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.8.200.0-24",
+        "garbage",
+    ]);
+    lab.eventually("the corrupt lease is logged", 10, || {
+        lab.log(1).contains("10.8.200.0-24")
+    });
+    assert_eq!(lab.twill_routes(1).len(), 2);
+
+    // Renewal keeps leases alive well past the TTL...
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(lab.twill_routes(1).len(), 2, "leases are renewed");
+    // ...until an agent stops: its lease expires and the others remove its route.
+    lab.kill_agent(3);
+    lab.eventually("h3's route is removed after its lease expires", 20, || {
+        lab.twill_routes(1)
+            .iter()
+            .all(|r| r["dst"] != s3.to_string())
+    });
+}
+
+#[test]
+fn a_full_network_is_reported_and_agents_never_share_a_subnet() {
+    if !preconditions(
+        "a_full_network_is_reported_and_agents_never_share_a_subnet",
+        TOOLS,
+    ) {
+        return;
+    }
+    // Two subnets (10.9.0.64/26 and 10.9.0.128/26 after skipping the first), three agents
+    // started at the same instant.
+    let mut lab = AgentLab::new(
+        "twa-fu",
+        3,
+        r#"{"Network":"10.9.0.0/24","SubnetLen":26,"SubnetMax":"10.9.0.128","Backend":{"Type":"host-gw"}}"#,
+    );
+    for h in 1..=3 {
+        lab.start_agent(h, &[]);
+    }
+    let p = |h| lab.subnet_file(h).exists();
+    lab.eventually("two agents lease a subnet", 20, || {
+        (1..=3).filter(|h| p(*h)).count() == 2
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let winners: Vec<usize> = (1..=3).filter(|h| p(*h)).collect();
+    assert_eq!(winners.len(), 2);
+    let subnets: std::collections::HashSet<_> =
+        winners.iter().map(|h| lab.wait_subnet(*h).subnet).collect();
+    assert_eq!(subnets.len(), 2, "never the same subnet twice");
+    let loser = (1..=3).find(|h| !p(*h)).unwrap();
+    lab.eventually("the third agent says the network is full", 10, || {
+        lab.log(loser).contains("no free subnet in 10.9.0.0/24")
+    });
+}
+
+#[test]
+fn flannel_leases_are_programmed_and_etcd_outage_keeps_traffic() {
+    if !preconditions(
+        "flannel_leases_are_programmed_and_etcd_outage_keeps_traffic",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-fl",
+        2,
+        r#"{"Network":"10.10.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    // A Flannel node's lease, exactly as flanneld writes it.
+    lab.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.10.77.0-24",
+        r#"{"PublicIP":"172.31.0.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#,
+    ]);
+    lab.start_agent(1, &["--subnet-lease-ttl", "6"]);
+    lab.start_agent(2, &["--subnet-lease-ttl", "6"]);
+    lab.wait_subnet(1);
+    lab.wait_subnet(2);
+    let h1 = lab.cluster.host(1).name.clone();
+    lab.eventually("the Flannel peer is programmed", 15, || {
+        let neigh = twill_tests::ip_json(&h1, &["neigh", "show", "dev", "flannel.1"]);
+        neigh
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["dst"] == "10.10.77.0" && n["lladdr"] == "c6:d2:32:6f:8f:44")
+    });
+    let fdb = twill_tests::bridge_json(&h1, &["fdb", "show", "dev", "flannel.1"]);
+    assert!(
+        fdb.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mac"] == "c6:d2:32:6f:8f:44" && e["dst"] == "172.31.0.99"),
+        "{fdb}"
+    );
+    assert!(
+        lab.twill_routes(1)
+            .iter()
+            .any(|r| r["dst"] == "10.10.77.0/24" && r["gateway"] == "10.10.77.0")
+    );
+    // What we write has Flannel's shape.
+    let env = lab.wait_subnet(1);
+    let key = format!("/coreos.com/network/subnets/{}-24", env.subnet.network());
+    let v: serde_json::Value =
+        serde_json::from_str(lab.etcdctl(&["get", &key, "--print-value-only"]).trim()).unwrap();
+    assert_eq!(v["BackendType"], "vxlan");
+    assert_eq!(v["BackendData"]["VNI"], 1);
+    assert!(v["PublicIPv6"].is_null());
+    assert!(twill_netkit::parse_mac(v["BackendData"]["VtepMAC"].as_str().unwrap()).is_some());
+
+    lab.add_container(1);
+    lab.add_container(2);
+    lab.eventually("containers reach each other", 15, || {
+        lab.unreachable_pairs().is_empty()
+    });
+
+    // etcd down for longer than the lease TTL: traffic keeps flowing, nothing is flushed.
+    lab.etcd.stop();
+    for _ in 0..8 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        assert!(
+            lab.unreachable_pairs().is_empty(),
+            "traffic stopped while etcd was down"
+        );
+    }
+    lab.etcd.start().unwrap();
+    lab.etcd.wait_healthy().unwrap();
+    // The agents reconnect; our lease was lost with the outage and is re-acquired (same subnet).
+    lab.eventually("h1 holds its subnet again in etcd", 30, || {
+        let out = lab.etcdctl(&["get", &key, "--print-value-only"]);
+        out.contains("vxlan")
+    });
+    assert_eq!(lab.wait_subnet(1).subnet, env.subnet);
+    assert!(lab.unreachable_pairs().is_empty());
+}

@@ -1,0 +1,254 @@
+//! A cluster of hosts (namespaces) with etcd in the underlay namespace, a real `twilld` per
+//! host and containers attached with the twill CNI plugin (run in-process inside the host's
+//! namespace: the same code the `twill` binary runs).
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use tempfile::TempDir;
+use twill_lab::testbed::{Cluster, Etcd, wait_for};
+use twill_netkit::Netns;
+use twill_netkit::subnet_env::SubnetEnv;
+
+pub const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
+
+pub struct Container {
+    pub host: usize,
+    pub name: String,
+    pub netns: Netns,
+    pub ip: String,
+}
+
+pub struct AgentLab {
+    pub cluster: Cluster,
+    pub etcd: Etcd,
+    pub dir: TempDir,
+    pub agents: Vec<Option<Child>>,
+    pub containers: Vec<Container>,
+    pub extra_args: Vec<Vec<String>>,
+}
+
+impl AgentLab {
+    /// `hosts` hosts, etcd in the underlay, `config` written to /coreos.com/network/config.
+    pub fn new(prefix: &str, hosts: usize, config: &str) -> AgentLab {
+        let cluster = Cluster::builder(prefix)
+            .hosts(hosts)
+            .build()
+            .expect("building the cluster");
+        let etcd =
+            Etcd::start_in(&cluster.underlay, cluster.underlay_ip(), true).expect("starting etcd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lab = AgentLab {
+            cluster,
+            etcd,
+            dir,
+            agents: (0..hosts).map(|_| None).collect(),
+            containers: Vec::new(),
+            extra_args: vec![Vec::new(); hosts],
+        };
+        lab.etcdctl(&["put", "/coreos.com/network/config", config]);
+        lab
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.etcd.endpoint()
+    }
+
+    /// etcdctl run inside the underlay namespace.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint())
+            .args(args);
+        self.cluster.underlay.prepare_command(&mut c).unwrap();
+        let out = c.output().expect("running etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn subnet_file(&self, h: usize) -> PathBuf {
+        self.dir.path().join(format!("h{h}")).join("subnet.env")
+    }
+
+    pub fn log_path(&self, h: usize) -> PathBuf {
+        self.dir.path().join(format!("twilld-h{h}.log"))
+    }
+
+    pub fn log(&self, h: usize) -> String {
+        std::fs::read_to_string(self.log_path(h)).unwrap_or_default()
+    }
+
+    /// Starts twilld on host `h` (1-based) with `--iface eth0`, a 1 s reconcile interval and
+    /// the host's own subnet file, plus `extra` flags.
+    pub fn start_agent(&mut self, h: usize, extra: &[&str]) {
+        let host = self.cluster.host(h);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path(h))
+            .unwrap();
+        let mut c = Command::new(TWILLD);
+        c.args([
+            "--etcd-endpoints",
+            &self.endpoint(),
+            "--iface",
+            "eth0",
+            "--reconcile-interval",
+            "1",
+            "--log-level",
+            "info,twill_agent=debug",
+        ])
+        .arg("--subnet-file")
+        .arg(self.subnet_file(h))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+        host.netns.prepare_command(&mut c).unwrap();
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.extra_args[h - 1] = extra.iter().map(|s| s.to_string()).collect();
+        self.agents[h - 1] = Some(c.spawn().expect("starting twilld"));
+    }
+
+    /// SIGKILLs host `h`'s agent (by PID) and reaps it.
+    pub fn kill_agent(&mut self, h: usize) {
+        if let Some(mut c) = self.agents[h - 1].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs host `h`'s agent and waits for a clean exit.
+    pub fn stop_agent(&mut self, h: usize) -> std::process::ExitStatus {
+        let mut c = self.agents[h - 1].take().expect("agent running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        c.wait().unwrap()
+    }
+
+    /// Waits for host `h`'s subnet file.
+    pub fn wait_subnet(&self, h: usize) -> SubnetEnv {
+        let path = self.subnet_file(h);
+        let ok = wait_for(Duration::from_secs(30), || SubnetEnv::read(&path).is_ok());
+        assert!(ok, "host {h} wrote no subnet file; log:\n{}", self.log(h));
+        SubnetEnv::read(&path).unwrap()
+    }
+
+    /// Waits until `check` holds, or fails with every agent's log.
+    pub fn eventually(&self, what: &str, secs: u64, check: impl FnMut() -> bool) {
+        if !wait_for(Duration::from_secs(secs), check) {
+            let logs: String = (1..=self.agents.len())
+                .map(|h| format!("--- h{h}:\n{}\n", self.log(h)))
+                .collect();
+            panic!("{what} did not happen within {secs}s\n{logs}");
+        }
+    }
+
+    /// Attaches a container to host `h` with the twill CNI plugin; returns its IP.
+    pub fn add_container(&mut self, h: usize) -> String {
+        let n = self.containers.len();
+        let suffix = format!("h{h}c{n}");
+        let netns = self.cluster.extra_netns(&suffix).expect("container netns");
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "twill", "type": "twill",
+            "subnetFile": self.subnet_file(h),
+            "dataDir": self.dir.path().join(format!("h{h}")).join("ipam"),
+        })
+        .to_string();
+        let netns_path = netns.path().display().to_string();
+        let id = format!("ctr{n}");
+        let get = |k: &str| -> Option<String> {
+            match k {
+                "CNI_COMMAND" => Some("ADD".into()),
+                "CNI_CONTAINERID" => Some(id.clone()),
+                "CNI_NETNS" => Some(netns_path.clone()),
+                "CNI_IFNAME" => Some("eth0".into()),
+                "CNI_PATH" => Some("/usr/lib/cni".into()),
+                _ => None,
+            }
+        };
+        let out = self
+            .cluster
+            .host(h)
+            .netns
+            .enter(|| twill_cni::run(&get, conf.as_bytes()))
+            .unwrap();
+        assert_eq!(out.exit_code, 0, "CNI ADD on h{h}: {}", out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let ip = v["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        self.containers.push(Container {
+            host: h,
+            name: self.cluster.prefix().to_string() + "-" + &suffix,
+            netns,
+            ip: ip.clone(),
+        });
+        ip
+    }
+
+    /// Whether `from` (a container index) reaches `ip` with one ping.
+    pub fn ping(&self, from: usize, ip: &str) -> bool {
+        let mut c = Command::new("ping");
+        c.args(["-c1", "-W1", ip])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.containers[from].netns.prepare_command(&mut c).unwrap();
+        c.status().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Pairs (from, to) of containers that cannot reach each other.
+    pub fn unreachable_pairs(&self) -> Vec<(usize, usize)> {
+        let mut bad = Vec::new();
+        for a in 0..self.containers.len() {
+            for b in 0..self.containers.len() {
+                if a != b && !self.ping(a, &self.containers[b].ip) {
+                    bad.push((a, b));
+                }
+            }
+        }
+        bad
+    }
+
+    /// `ip -j route show proto 116` on host `h`.
+    pub fn twill_routes(&self, h: usize) -> Vec<serde_json::Value> {
+        twill_tests::ip_json(
+            &self.cluster.host(h).name,
+            &["route", "show", "proto", "116"],
+        )
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for AgentLab {
+    fn drop(&mut self) {
+        for h in 1..=self.agents.len() {
+            self.kill_agent(h);
+        }
+    }
+}
