@@ -181,6 +181,21 @@ impl Netlink {
         }
     }
 
+    /// What the kernel would do for a packet to `ip` (`ip route get`): the gateway and device
+    /// of the matching route, or None when nothing routes it.
+    pub async fn lookup_route(&self, ip: Ipv4Addr) -> Result<Option<Route>> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .build();
+        match collect_dump(self.handle.route().get(query).execute()).await {
+            Ok(msgs) => Ok(msgs.iter().find_map(parse_route)),
+            Err(e) if has_errno(&e, libc::ENETUNREACH) || has_errno(&e, libc::EHOSTUNREACH) => {
+                Ok(None)
+            }
+            Err(e) => Err(self.err("looking up route to", ip.to_string(), e)),
+        }
+    }
+
     /// IPv4 unicast routes in the main table, optionally only those with `protocol`.
     pub async fn list_routes(&self, protocol: Option<u8>) -> Result<Vec<Route>> {
         let query = RouteMessageBuilder::<Ipv4Addr>::new().build();

@@ -1,6 +1,8 @@
 //! Reconciling twill's own routes (protocol RTPROT_TWILL, destination inside the overlay
 //! network) to a desired set: missing ones added, changed ones replaced, stale ones removed.
 
+use std::collections::{HashMap, HashSet};
+
 use ipnet::Ipv4Net;
 use twill_netkit::{Netlink, RTPROT_TWILL, Route};
 
@@ -10,7 +12,8 @@ fn same(a: &Route, b: &Route) -> bool {
     a.dst == b.dst && a.gateway == b.gateway && a.oif == b.oif && a.onlink == b.onlink
 }
 
-/// Makes twill's routes inside `network` exactly `desired`.
+/// Makes twill's routes inside `network` exactly `desired`. One dump, then writes only for
+/// what differs (maps, not nested scans: thousands of peers are normal).
 pub async fn reconcile(
     nl: &Netlink,
     network: Ipv4Net,
@@ -24,25 +27,27 @@ pub async fn reconcile(
             return;
         }
     };
-    let ours: Vec<&Route> = current
+    let ours: HashMap<Ipv4Net, &Route> = current
         .iter()
         .filter(|r| network.contains(&r.dst))
+        .map(|r| (r.dst, r))
         .collect();
-    for r in &ours {
-        if !desired.iter().any(|d| same(d, r)) && !desired.iter().any(|d| d.dst == r.dst) {
+    let wanted: HashSet<Ipv4Net> = desired.iter().map(|d| d.dst).collect();
+    for (dst, r) in &ours {
+        if !wanted.contains(dst) {
             match nl.delete_route(r).await {
-                Ok(true) => tracing::info!(route = %r.dst, "removed stale route"),
+                Ok(true) => tracing::info!(route = %dst, "removed stale route"),
                 Ok(false) => {}
                 Err(e) => errors.push(e),
             }
         }
     }
     for d in desired {
-        if ours.iter().any(|r| same(d, r)) {
+        if ours.get(&d.dst).is_some_and(|r| same(d, r)) {
             continue;
         }
         match nl.replace_route(d).await {
-            Ok(()) => tracing::info!(route = %d.dst, gateway = ?d.gateway, "installed route"),
+            Ok(()) => tracing::debug!(route = %d.dst, gateway = ?d.gateway, "installed route"),
             Err(e) => errors.push(e),
         }
     }

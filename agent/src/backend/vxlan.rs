@@ -124,6 +124,28 @@ impl Backend for Vxlan {
         let Some(dev) = self.device.clone() else {
             return errors;
         };
+        // Read the kernel's state once, then write only what differs: an event for one peer
+        // costs a few dumps and a few writes, not one write per peer.
+        let neighbours = match nl.list_neighbours(dev.index).await {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(e);
+                return errors;
+            }
+        };
+        let fdb = match nl.list_fdb(dev.index).await {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(e);
+                return errors;
+            }
+        };
+        let have_neigh: BTreeSet<(Ipv4Addr, [u8; 6])> =
+            neighbours.iter().map(|n| (n.ip, n.mac)).collect();
+        let have_fdb: BTreeSet<([u8; 6], IpAddr)> = fdb
+            .iter()
+            .filter_map(|f| f.dst.map(|d| (f.mac, d)))
+            .collect();
         let mut want_neigh = BTreeSet::new();
         let mut want_fdb = BTreeSet::new();
         let mut desired_routes = Vec::new();
@@ -140,27 +162,31 @@ impl Backend for Vxlan {
             }
             let Some(mac) = rec.vtep_mac else { continue };
             let vtep = subnet.network();
+            let dst = IpAddr::V4(rec.public_ip);
             // Neighbour, FDB, then route.
-            if let Err(e) = nl
-                .replace_neighbour(&Neighbour {
-                    ifindex: dev.index,
-                    ip: vtep,
-                    mac,
-                })
-                .await
+            if !have_neigh.contains(&(vtep, mac))
+                && let Err(e) = nl
+                    .replace_neighbour(&Neighbour {
+                        ifindex: dev.index,
+                        ip: vtep,
+                        mac,
+                    })
+                    .await
             {
                 errors.push(e);
                 continue;
             }
-            let fdb = FdbEntry {
-                ifindex: dev.index,
-                mac,
-                dst: Some(IpAddr::V4(rec.public_ip)),
-                permanent: true,
-            };
-            if let Err(e) = nl.add_fdb(&fdb, FdbMode::Replace).await {
-                errors.push(e);
-                continue;
+            if !have_fdb.contains(&(mac, dst)) {
+                let entry = FdbEntry {
+                    ifindex: dev.index,
+                    mac,
+                    dst: Some(dst),
+                    permanent: true,
+                };
+                if let Err(e) = nl.add_fdb(&entry, FdbMode::Replace).await {
+                    errors.push(e);
+                    continue;
+                }
             }
             want_neigh.insert(vtep);
             want_fdb.insert((mac, rec.public_ip));
@@ -168,27 +194,16 @@ impl Backend for Vxlan {
         }
         routes::reconcile(nl, self.network, &desired_routes, &mut errors).await;
         // Stale entries go after their routes.
-        match nl.list_neighbours(dev.index).await {
-            Ok(list) => {
-                for n in list.iter().filter(|n| !want_neigh.contains(&n.ip)) {
-                    if let Err(e) = nl.delete_neighbour(dev.index, n.ip).await {
-                        errors.push(e);
-                    }
-                }
+        for n in neighbours.iter().filter(|n| !want_neigh.contains(&n.ip)) {
+            if let Err(e) = nl.delete_neighbour(dev.index, n.ip).await {
+                errors.push(e);
             }
-            Err(e) => errors.push(e),
         }
-        match nl.list_fdb(dev.index).await {
-            Ok(list) => {
-                for f in list {
-                    let keep =
-                        matches!(f.dst, Some(IpAddr::V4(d)) if want_fdb.contains(&(f.mac, d)));
-                    if !keep && let Err(e) = nl.delete_fdb(&f).await {
-                        errors.push(e);
-                    }
-                }
+        for f in fdb {
+            let keep = matches!(f.dst, Some(IpAddr::V4(d)) if want_fdb.contains(&(f.mac, d)));
+            if !keep && let Err(e) = nl.delete_fdb(&f).await {
+                errors.push(e);
             }
-            Err(e) => errors.push(e),
         }
         errors
     }
