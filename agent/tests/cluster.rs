@@ -331,3 +331,97 @@ fn flannel_leases_are_programmed_and_etcd_outage_keeps_traffic() {
     assert_eq!(lab.wait_subnet(1).subnet, env.subnet);
     assert!(lab.unreachable_pairs().is_empty());
 }
+
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    if !preconditions(
+        "etcd_over_tls_with_client_certificates",
+        &["ip", "ping", "etcd", "etcdctl", "openssl"],
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new_tls(
+        "twa-tls",
+        2,
+        r#"{"Network":"10.11.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    assert!(lab.endpoint().starts_with("https://"));
+    lab.start_agent(1, &[]);
+    lab.start_agent(2, &[]);
+    lab.wait_subnet(1);
+    lab.wait_subnet(2);
+    lab.add_container(1);
+    lab.add_container(2);
+    lab.eventually("containers reach each other with etcd over TLS", 15, || {
+        lab.unreachable_pairs().is_empty()
+    });
+}
+
+#[test]
+fn healthz_metrics_and_status() {
+    if !preconditions("healthz_metrics_and_status", TOOLS) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-hz",
+        2,
+        r#"{"Network":"10.12.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    lab.start_agent(1, &["--healthz-ip", "127.0.0.1", "--healthz-port", "10259"]);
+    lab.start_agent(2, &[]);
+    let env = lab.wait_subnet(1);
+    lab.wait_subnet(2);
+    let get = |path: &str| -> String {
+        lab.cluster
+            .host(1)
+            .netns
+            .enter(|| {
+                use std::io::{Read, Write};
+                let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:10259") else {
+                    return String::new();
+                };
+                let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                out
+            })
+            .unwrap()
+    };
+    lab.eventually("healthz says ok", 15, || {
+        get("/healthz").starts_with("HTTP/1.1 200")
+    });
+    let m = get("/metrics");
+    assert!(m.contains("application/openmetrics-text"), "{m}");
+    assert!(
+        m.contains(&format!("twilld_lease_info{{subnet=\"{}\"}} 1", env.subnet)),
+        "{m}"
+    );
+    assert!(m.contains("twilld_peers 1"), "{m}");
+    assert!(m.contains("twilld_reconcile_runs_total"), "{m}");
+    assert!(m.trim_end().ends_with("# EOF"), "{m}");
+
+    // `twilld status` prints our lease (marked) and the peer.
+    let mut c = std::process::Command::new(common::TWILLD);
+    c.args(["--etcd-endpoints", &lab.endpoint(), "--subnet-file"])
+        .arg(lab.subnet_file(1))
+        .arg("status");
+    lab.cluster.host(1).netns.prepare_command(&mut c).unwrap();
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("* {}", env.subnet)), "{text}");
+    assert!(text.contains(&lab.cluster.host(2).ip.to_string()), "{text}");
+    assert!(text.contains("host-gw"), "{text}");
+
+    // Bad flags: exit 2 with the flag named.
+    let out = std::process::Command::new(common::TWILLD)
+        .args(["--subnet-lease-renew-margin", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--subnet-lease-renew-margin"));
+}

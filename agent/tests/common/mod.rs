@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tempfile::TempDir;
-use twill_lab::testbed::{Cluster, Etcd, wait_for};
+use twill_lab::testbed::{Cluster, Etcd, EtcdTls, wait_for};
 use twill_netkit::Netns;
 use twill_netkit::subnet_env::SubnetEnv;
 
@@ -32,18 +32,119 @@ pub struct AgentLab {
     pub agents: Vec<Option<Child>>,
     pub containers: Vec<Container>,
     pub extra_args: Vec<Vec<String>>,
+    /// Client certificate flags for etcdctl and twilld when etcd runs with TLS.
+    pub tls_args: Vec<String>,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for `ip` and a client certificate, made with openssl.
+fn make_certs(dir: &std::path::Path, ip: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=twill-test-ca",
+    ]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth,clientAuth\n"),
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n".to_string()),
+    ] {
+        let mut req = vec!["req"];
+        req.extend(ec);
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let crt = format!("{name}.crt");
+        let subj = format!("/CN=twill-{name}");
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &req);
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let extfile = format!("{name}.ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-extfile",
+                &extfile,
+            ],
+        );
+    }
 }
 
 impl AgentLab {
     /// `hosts` hosts, etcd in the underlay, `config` written to /coreos.com/network/config.
     pub fn new(prefix: &str, hosts: usize, config: &str) -> AgentLab {
+        AgentLab::build(prefix, hosts, config, false)
+    }
+
+    /// Like `new`, with etcd serving TLS and requiring client certificates.
+    pub fn new_tls(prefix: &str, hosts: usize, config: &str) -> AgentLab {
+        AgentLab::build(prefix, hosts, config, true)
+    }
+
+    fn build(prefix: &str, hosts: usize, config: &str, tls: bool) -> AgentLab {
         let cluster = Cluster::builder(prefix)
             .hosts(hosts)
             .build()
             .expect("building the cluster");
-        let etcd =
-            Etcd::start_in(&cluster.underlay, cluster.underlay_ip(), true).expect("starting etcd");
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut tls_args = Vec::new();
+        let tls_opts = tls.then(|| {
+            make_certs(dir.path(), &cluster.underlay_ip().to_string());
+            let p = |f: &str| dir.path().join(f).display().to_string();
+            tls_args = vec![
+                format!("--etcd-cafile={}", p("ca.crt")),
+                format!("--etcd-certfile={}", p("client.crt")),
+                format!("--etcd-keyfile={}", p("client.key")),
+            ];
+            EtcdTls {
+                ca: dir.path().join("ca.crt"),
+                cert: dir.path().join("server.crt"),
+                key: dir.path().join("server.key"),
+            }
+        });
+        let etcd = Etcd::start_in_with(&cluster.underlay, cluster.underlay_ip(), true, tls_opts)
+            .expect("starting etcd");
         let lab = AgentLab {
             cluster,
             etcd,
@@ -51,8 +152,18 @@ impl AgentLab {
             agents: (0..hosts).map(|_| None).collect(),
             containers: Vec::new(),
             extra_args: vec![Vec::new(); hosts],
+            tls_args,
         };
-        lab.etcdctl(&["put", "/coreos.com/network/config", config]);
+        // With TLS the fixture only knows the port accepts; retry until etcd answers.
+        let ok = wait_for(Duration::from_secs(20), || {
+            lab.try_etcdctl(&["put", "/coreos.com/network/config", config])
+                .is_some()
+        });
+        assert!(
+            ok,
+            "etcd never accepted the network config; etcd log:\n{}",
+            lab.etcd.log_tail()
+        );
         lab
     }
 
@@ -62,19 +173,34 @@ impl AgentLab {
 
     /// etcdctl run inside the underlay namespace.
     pub fn etcdctl(&self, args: &[&str]) -> String {
+        match self.try_etcdctl(args) {
+            Some(out) => out,
+            None => panic!("etcdctl {args:?} failed"),
+        }
+    }
+
+    /// etcdctl, None on failure (the error is printed).
+    pub fn try_etcdctl(&self, args: &[&str]) -> Option<String> {
         let mut c = Command::new("etcdctl");
         c.env("ETCDCTL_API", "3")
             .arg("--endpoints")
-            .arg(self.endpoint())
-            .args(args);
+            .arg(self.endpoint());
+        for a in &self.tls_args {
+            // twilld's --etcd-cafile/-certfile/-keyfile are etcdctl's --cacert/--cert/--key.
+            c.arg(
+                a.replace("--etcd-cafile", "--cacert")
+                    .replace("--etcd-certfile", "--cert")
+                    .replace("--etcd-keyfile", "--key"),
+            );
+        }
+        c.args(args);
         self.cluster.underlay.prepare_command(&mut c).unwrap();
         let out = c.output().expect("running etcdctl");
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        if !out.status.success() {
+            eprintln!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn subnet_file(&self, h: usize) -> PathBuf {
@@ -111,6 +237,7 @@ impl AgentLab {
         ])
         .arg("--subnet-file")
         .arg(self.subnet_file(h))
+        .args(&self.tls_args)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())

@@ -23,6 +23,15 @@ fn etcd_bin() -> String {
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Client TLS for an etcd fixture: server certificate and key, and the CA that client
+/// certificates must be signed by (etcd then requires client certificates).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Where and how one member listens.
 #[derive(Clone, Debug)]
 struct Member {
@@ -30,11 +39,13 @@ struct Member {
     ip: Ipv4Addr,
     client_port: u16,
     peer_port: u16,
+    tls: Option<EtcdTls>,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://{}:{}", self.ip, self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.ip, self.client_port)
     }
     fn peer_url(&self) -> String {
         format!("http://{}:{}", self.ip, self.peer_port)
@@ -63,6 +74,7 @@ impl Etcd {
                 ip: Ipv4Addr::LOCALHOST,
                 client_port: free_local_port()?,
                 peer_port: free_local_port()?,
+                tls: None,
             };
             let initial = format!("{}={}", member.name, member.peer_url());
             match Etcd::spawn(member, initial, None, true) {
@@ -81,11 +93,22 @@ impl Etcd {
     /// `die_with_parent`: kill etcd when the starting thread exits (right for tests; a
     /// long-running lab sets it to false).
     pub fn start_in(netns: &Netns, ip: Ipv4Addr, die_with_parent: bool) -> Result<Etcd> {
+        Etcd::start_in_with(netns, ip, die_with_parent, None)
+    }
+
+    /// Like [`Etcd::start_in`], serving clients over TLS with client-certificate auth.
+    pub fn start_in_with(
+        netns: &Netns,
+        ip: Ipv4Addr,
+        die_with_parent: bool,
+        tls: Option<EtcdTls>,
+    ) -> Result<Etcd> {
         let member = Member {
             name: "default".into(),
             ip,
             client_port: 2379,
             peer_port: 2380,
+            tls,
         };
         let initial = format!("{}={}", member.name, member.peer_url());
         let ns = Netns::open_path(netns.path())?;
@@ -150,6 +173,17 @@ impl Etcd {
             .arg("new")
             .arg("--initial-cluster-token")
             .arg("twill-test")
+            .args(m.tls.iter().flat_map(|t| {
+                [
+                    "--cert-file".into(),
+                    t.cert.clone().into_os_string(),
+                    "--key-file".into(),
+                    t.key.clone().into_os_string(),
+                    "--trusted-ca-file".into(),
+                    t.ca.clone().into_os_string(),
+                    "--client-cert-auth".into(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -220,9 +254,10 @@ impl Etcd {
     /// True when `/health` answers `"health":"true"`.
     pub fn is_healthy(&self) -> bool {
         let addr = SocketAddr::from((self.member.ip, self.member.client_port));
+        let tls = self.member.tls.is_some();
         match &self.netns {
-            Some(ns) => ns.enter(|| http_health(addr)).unwrap_or(false),
-            None => http_health(addr),
+            Some(ns) => ns.enter(|| http_health(addr, tls)).unwrap_or(false),
+            None => http_health(addr, tls),
         }
     }
 
@@ -258,7 +293,11 @@ impl Drop for Etcd {
     }
 }
 
-fn http_health(addr: SocketAddr) -> bool {
+fn http_health(addr: SocketAddr, tls: bool) -> bool {
+    if tls {
+        // No TLS client here: an accepting port means etcd is serving.
+        return TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok();
+    }
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
         return false;
     };
@@ -300,6 +339,7 @@ impl EtcdCluster {
                 ip: Ipv4Addr::LOCALHOST,
                 client_port: free_local_port()?,
                 peer_port: free_local_port()?,
+                tls: None,
             });
         }
         let initial = members

@@ -10,6 +10,6 @@ mod sweep;
 
 pub use cluster::{Cluster, ClusterBuilder, Host};
 pub use error::{LabError, Result};
-pub use etcd::{Etcd, EtcdCluster};
+pub use etcd::{Etcd, EtcdCluster, EtcdTls};
 pub use process::{free_local_port, wait_for};
 pub use sweep::{namespaces_with_prefix, pids_in_netns, sweep};

@@ -1,0 +1,153 @@
+//! The deployment files say what the issue asks: DaemonSet fields, systemd unit, conflist.
+
+use serde_yaml::Value;
+
+fn docs() -> Vec<Value> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kube-twill.yml"
+    ))
+    .unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn daemonset_manifest_has_what_a_node_agent_needs() {
+    let docs = docs();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["Namespace", "ServiceAccount", "ConfigMap", "DaemonSet"]
+    );
+    let cm = &docs[2];
+    let conflist: serde_json::Value =
+        serde_json::from_str(cm["data"]["cni-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(conflist["plugins"][0]["type"], "twill");
+    assert_eq!(conflist["plugins"][1]["type"], "portmap");
+    let net: serde_json::Value =
+        serde_json::from_str(cm["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(net["Backend"]["Type"], "vxlan");
+
+    let ds = &docs[3];
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"], Value::Bool(true));
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+        1
+    );
+    assert!(
+        spec["tolerations"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|t| t["operator"] == "Exists")
+    );
+    let c = &spec["containers"][0];
+    assert_eq!(c["securityContext"]["privileged"], Value::Bool(false));
+    let caps: Vec<&str> = c["securityContext"]["capabilities"]["add"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(caps, ["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for want in ["/run/flannel", "/dev/net/tun"] {
+        assert!(mounts.contains(&want), "{want} not mounted: {mounts:?}");
+    }
+    let vols: Vec<&Value> = spec["volumes"].as_sequence().unwrap().iter().collect();
+    let host_paths: Vec<&str> = vols
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    for want in [
+        "/run/flannel",
+        "/etc/cni/net.d",
+        "/opt/cni/bin",
+        "/dev/net/tun",
+    ] {
+        assert!(host_paths.contains(&want), "{want} missing: {host_paths:?}");
+    }
+    assert!(
+        vols.iter()
+            .any(|v| v["secret"]["secretName"] == "twill-etcd-tls"),
+        "etcd TLS secret reference"
+    );
+    let inits: Vec<String> = spec["initContainers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|i| format!("{:?}", i["command"]))
+        .collect();
+    assert!(
+        inits.iter().any(|c| c.contains("/opt/cni/bin/twill")),
+        "{inits:?}"
+    );
+    assert!(
+        inits
+            .iter()
+            .any(|c| c.contains("/etc/cni/net.d/10-twill.conflist")),
+        "{inits:?}"
+    );
+    // Every flag the DaemonSet passes exists.
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for a in args {
+        let flag = a.split('=').next().unwrap();
+        assert!(
+            twilld_flags().contains(&flag.to_string()),
+            "unknown twilld flag {flag}"
+        );
+    }
+}
+
+fn twilld_flags() -> Vec<String> {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../agent/src/cli.rs"))
+        .unwrap();
+    src.lines()
+        .filter_map(|l| l.trim().strip_prefix("pub "))
+        .filter_map(|l| l.split(':').next())
+        .map(|f| format!("--{}", f.replace('_', "-")))
+        .collect()
+}
+
+#[test]
+fn systemd_unit_and_example_conflist() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/twilld.service"
+    ))
+    .unwrap();
+    for want in [
+        "Type=notify",
+        "Restart=on-failure",
+        "After=network-online.target",
+        "ExecStart=/usr/local/bin/twilld",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == want), "{want} missing");
+    }
+    let c: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/10-twill.conflist"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c["plugins"][0]["type"], "twill");
+}
