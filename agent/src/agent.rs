@@ -233,8 +233,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             _ = tokio::time::sleep_until(next_resync), if watch.is_none() => {}
             _ = reconcile.tick() => {
                 apply(&nl, &mut backend, &peers, &metrics).await;
-                if let Err(e) = masq::table(config.network, held.subnet, cli.ip_masq).apply() {
-                    tracing::warn!(error = %e, "re-applying nftables table");
+                if let Err(e) = masq::apply(cli.firewall_backend, config.network, held.subnet, cli.ip_masq) {
+                    tracing::warn!(error = %e, "re-applying firewall rules");
                 }
             }
             _ = renew.tick(), if held.lease_id != 0 => {
@@ -338,8 +338,13 @@ async fn on_new_subnet(
         .set_local_subnet(nl, held.subnet)
         .await
         .context("configuring the local subnet")?;
-    if let Err(e) = masq::table(config.network, held.subnet, cli.ip_masq).apply() {
-        tracing::warn!(error = %e, "installing the nftables table (is nftables installed?)");
+    if let Err(e) = masq::apply(
+        cli.firewall_backend,
+        config.network,
+        held.subnet,
+        cli.ip_masq,
+    ) {
+        tracing::warn!(error = %e, "installing firewall rules (is nftables or iptables installed?)");
     }
     if let Ok(mut l) = metrics.lease.lock() {
         *l = held.subnet.to_string();

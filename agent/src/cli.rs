@@ -64,6 +64,15 @@ pub struct Cli {
     /// Masquerade pod traffic that leaves the overlay network.
     #[arg(long, env = "TWILLD_IP_MASQ")]
     pub ip_masq: bool,
+    /// Which tool programs masquerade/forward rules: nftables (table `ip twill`), iptables
+    /// (chains TWILL-POSTRTG, TWILL-FWD), or auto (nftables when `nft` exists).
+    #[arg(
+        long,
+        env = "TWILLD_FIREWALL_BACKEND",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub firewall_backend: crate::masq::FirewallBackend,
     /// Minutes before the lease expires at which it is renewed (1 to 1439).
     #[arg(long, env = "TWILLD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1439))]
     pub subnet_lease_renew_margin: u32,

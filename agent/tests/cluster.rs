@@ -425,3 +425,104 @@ fn healthz_metrics_and_status() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--subnet-lease-renew-margin"));
 }
+
+#[test]
+fn reservations_foreign_peers_and_masquerade_with_both_firewalls() {
+    if !preconditions(
+        "reservations_foreign_peers_and_masquerade_with_both_firewalls",
+        &["ip", "ping", "etcd", "etcdctl", "nft", "iptables-save"],
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-rs",
+        2,
+        r#"{"Network":"10.13.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    // A reservation for h1 (a key without an etcd lease) and a peer that is not on our L2.
+    let h1_ip = lab.cluster.host(1).ip;
+    lab.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.13.50.0-24",
+        &format!(r#"{{"PublicIP":"{h1_ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#),
+    ]);
+    lab.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.13.60.0-24",
+        r#"{"PublicIP":"192.168.99.9","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    ]);
+    lab.start_agent(1, &["--ip-masq"]);
+    lab.start_agent(2, &["--ip-masq", "--firewall-backend", "iptables"]);
+    assert_eq!(
+        lab.wait_subnet(1).subnet.to_string(),
+        "10.13.50.0/24",
+        "the reservation is used"
+    );
+    lab.wait_subnet(2);
+    let json = lab.etcdctl(&[
+        "get",
+        "/coreos.com/network/subnets/10.13.50.0-24",
+        "-w",
+        "json",
+    ]);
+    assert!(
+        !json.contains("\"lease\""),
+        "the reservation was not converted into a leased key: {json}"
+    );
+    lab.eventually("the off-L2 peer is reported", 10, || {
+        lab.log(1)
+            .contains("192.168.99.9 is not on this node's L2 subnet")
+    });
+    assert!(
+        lab.twill_routes(1)
+            .iter()
+            .all(|r| r["dst"] != "10.13.60.0/24")
+    );
+    assert!(
+        std::fs::read_to_string(lab.subnet_file(1))
+            .unwrap()
+            .contains("FLANNEL_IPMASQ=true")
+    );
+
+    // Pods reach the outside (the underlay bridge's address) only through twilld's masquerade:
+    // with FLANNEL_IPMASQ=true the CNI plugin adds none, and the underlay has no route back
+    // to pod addresses.
+    lab.add_container(1);
+    lab.add_container(2);
+    let outside = lab.cluster.underlay_ip().to_string();
+    lab.eventually("pods on both hosts reach the outside", 15, || {
+        lab.ping(0, &outside) && lab.ping(1, &outside)
+    });
+    let h1 = lab.cluster.host(1).name.clone();
+    let h2 = lab.cluster.host(2).name.clone();
+    let nft = twill_tests::run(
+        "ip",
+        &["netns", "exec", &h1, "nft", "list", "table", "ip", "twill"],
+    );
+    assert!(nft.contains("masquerade fully-random"), "{nft}");
+    let ipt = twill_tests::run("ip", &["netns", "exec", &h2, "iptables-save"]);
+    assert!(
+        ipt.contains("-A POSTROUTING -j TWILL-POSTRTG")
+            && ipt.contains("-A TWILL-POSTRTG -s 10.13.0.0/16 ! -d 224.0.0.0/4"),
+        "{ipt}"
+    );
+    assert!(ipt.contains("-A FORWARD -j TWILL-FWD"), "{ipt}");
+    assert!(
+        twill_tests::run("ip", &["netns", "exec", &h1, "nft", "list", "tables"])
+            .lines()
+            .all(|l| !l.contains("twill-cni"))
+    );
+    // Re-applying (every reconcile) does not duplicate anything.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let ipt = twill_tests::run("ip", &["netns", "exec", &h2, "iptables-save"]);
+    assert_eq!(
+        ipt.matches("-A POSTROUTING -j TWILL-POSTRTG").count(),
+        1,
+        "{ipt}"
+    );
+    assert_eq!(
+        ipt.matches("twilld: pods to the outside").count(),
+        1,
+        "{ipt}"
+    );
+}

@@ -815,3 +815,19 @@ fn chained_with_reference_tuning_bandwidth_firewall() {
     assert!(node.cni("DEL", "ch1", &p, "eth0", &del, &[]).0);
     assert!(ip_files(&node.ipam_dir()).is_empty());
 }
+
+#[test]
+fn unsupported_combination_is_code_2() {
+    if !preconditions("unsupported_combination_is_code_2", &["ip"]) {
+        return;
+    }
+    let node = Node::new("cni10");
+    let (_c, p) = node.ctr("c");
+    let mut conf = node.conf("1.0.0");
+    conf["ipMasq"] = json!(true);
+    conf["ipam"] = json!({"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/24"}]]});
+    let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &conf, &[]);
+    assert!(!ok);
+    assert_eq!(v["code"], 2, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("ipMasq"), "{v}");
+}
