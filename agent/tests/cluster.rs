@@ -526,3 +526,38 @@ fn reservations_foreign_peers_and_masquerade_with_both_firewalls() {
         "{ipt}"
     );
 }
+
+#[test]
+fn agents_started_at_the_same_instant_never_share_a_subnet_repeatedly() {
+    if !preconditions(
+        "agents_started_at_the_same_instant_never_share_a_subnet_repeatedly",
+        TOOLS,
+    ) {
+        return;
+    }
+    // Exactly three subnets for three agents: every race must end with all three distinct.
+    let mut lab = AgentLab::new(
+        "twa-rc",
+        3,
+        r#"{"Network":"10.14.0.0/24","SubnetLen":26,"SubnetMin":"10.14.0.0","SubnetMax":"10.14.0.128","Backend":{"Type":"host-gw"}}"#,
+    );
+    for round in 0..4 {
+        for h in 1..=3 {
+            let _ = std::fs::remove_file(lab.subnet_file(h));
+        }
+        lab.etcdctl(&["del", "--prefix", "/coreos.com/network/subnets/"]);
+        for h in 1..=3 {
+            lab.start_agent(h, &[]);
+        }
+        let subnets: std::collections::HashSet<_> =
+            (1..=3).map(|h| lab.wait_subnet(h).subnet).collect();
+        assert_eq!(
+            subnets.len(),
+            3,
+            "round {round}: two agents share a subnet: {subnets:?}"
+        );
+        for h in 1..=3 {
+            lab.kill_agent(h);
+        }
+    }
+}
