@@ -1,1 +1,14 @@
-//! twill-run, a minimal container runtime. Not built yet: see the twill-run issue.
+//! twill-runtime: `twill-run`, a minimal container runtime. Namespaces (pid, mnt, uts, ipc,
+//! net, cgroup), an overlay rootfs of image layers + init layer + writable upper, cgroup
+//! limits (v1 and v2), exec via setns, volumes, and network modes host / none /
+//! container:ID / bridge (a CNI client calling `twill`).
+
+pub mod cgroup;
+pub mod cni_client;
+pub mod container;
+pub mod error;
+pub mod image;
+pub mod network;
+pub mod process;
+pub mod rootfs;
+pub mod store;

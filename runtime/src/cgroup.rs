@@ -1,0 +1,173 @@
+//! cgroups behind one trait, v1 and v2 side by side (a hybrid host counts as v1, as in runc
+//! and youki). Each container gets `twill/<id>` under each controller it is limited by.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, RuntimeError};
+use crate::store::Limits;
+
+/// The CFS period twill uses (100 ms, as Docker).
+const CFS_PERIOD_US: u64 = 100_000;
+
+/// What the runtime needs from a cgroup implementation.
+pub trait CgroupManager {
+    /// Creates the cgroup(s) and writes the limits.
+    fn create(&self, limits: &Limits) -> Result<()>;
+    /// The `cgroup.procs` files a process must be written to, to join.
+    fn procs_files(&self) -> Vec<PathBuf>;
+    /// Removes the cgroup(s); they must be empty.
+    fn remove(&self) -> Result<()>;
+    /// Where it lives, for `inspect`.
+    fn describe(&self) -> String;
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).map_err(|e| {
+        RuntimeError::io(
+            "writing cgroup file",
+            format!("{}={value}", path.display()),
+            e,
+        )
+    })
+}
+
+/// Moves process `pid` into every cgroup of `m`.
+pub fn join(m: &dyn CgroupManager, pid: i32) -> Result<()> {
+    for f in m.procs_files() {
+        write(&f, &pid.to_string())?;
+    }
+    Ok(())
+}
+
+fn rmdir_retry(dir: &Path) -> Result<()> {
+    for _ in 0..50 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            // Still busy while the last processes exit.
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    fs::remove_dir(dir).map_err(|e| RuntimeError::io("removing cgroup", dir.display(), e))
+}
+
+/// cgroup v1: one directory per controller (memory, cpu, pids).
+pub struct V1 {
+    pub root: PathBuf,
+    pub rel: String,
+}
+
+impl V1 {
+    fn dir(&self, controller: &str) -> PathBuf {
+        self.root.join(controller).join(&self.rel)
+    }
+}
+
+impl CgroupManager for V1 {
+    fn create(&self, limits: &Limits) -> Result<()> {
+        for c in ["memory", "cpu", "pids"] {
+            let d = self.dir(c);
+            fs::create_dir_all(&d)
+                .map_err(|e| RuntimeError::io("creating cgroup", d.display(), e))?;
+        }
+        if let Some(m) = limits.memory_bytes {
+            write(
+                &self.dir("memory").join("memory.limit_in_bytes"),
+                &m.to_string(),
+            )?;
+            // Without swap accounting this file is absent: then swap is not limited.
+            let sw = self.dir("memory").join("memory.memsw.limit_in_bytes");
+            if sw.exists() {
+                write(&sw, &m.to_string())?;
+            }
+        }
+        if let Some(c) = limits.cpus {
+            write(
+                &self.dir("cpu").join("cpu.cfs_period_us"),
+                &CFS_PERIOD_US.to_string(),
+            )?;
+            write(
+                &self.dir("cpu").join("cpu.cfs_quota_us"),
+                &((c * CFS_PERIOD_US as f64) as u64).to_string(),
+            )?;
+        }
+        if let Some(p) = limits.pids {
+            write(&self.dir("pids").join("pids.max"), &p.to_string())?;
+        }
+        Ok(())
+    }
+    fn procs_files(&self) -> Vec<PathBuf> {
+        ["memory", "cpu", "pids"]
+            .iter()
+            .map(|c| self.dir(c).join("cgroup.procs"))
+            .collect()
+    }
+    fn remove(&self) -> Result<()> {
+        for c in ["memory", "cpu", "pids"] {
+            rmdir_retry(&self.dir(c))?;
+        }
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        format!(
+            "v1:{}/{{memory,cpu,pids}}/{}",
+            self.root.display(),
+            self.rel
+        )
+    }
+}
+
+/// cgroup v2: one directory in the unified hierarchy.
+pub struct V2 {
+    pub root: PathBuf,
+    pub rel: String,
+}
+
+impl CgroupManager for V2 {
+    fn create(&self, limits: &Limits) -> Result<()> {
+        // Controllers must be enabled in every ancestor's subtree_control.
+        let mut cur = self.root.clone();
+        for part in Path::new(&self.rel).components() {
+            let _ = fs::write(cur.join("cgroup.subtree_control"), "+memory +cpu +pids");
+            cur = cur.join(part);
+            fs::create_dir_all(&cur)
+                .map_err(|e| RuntimeError::io("creating cgroup", cur.display(), e))?;
+        }
+        if let Some(m) = limits.memory_bytes {
+            write(&cur.join("memory.max"), &m.to_string())?;
+            let _ = fs::write(cur.join("memory.swap.max"), "0");
+        }
+        if let Some(c) = limits.cpus {
+            write(
+                &cur.join("cpu.max"),
+                &format!("{} {CFS_PERIOD_US}", (c * CFS_PERIOD_US as f64) as u64),
+            )?;
+        }
+        if let Some(p) = limits.pids {
+            write(&cur.join("pids.max"), &p.to_string())?;
+        }
+        Ok(())
+    }
+    fn procs_files(&self) -> Vec<PathBuf> {
+        vec![self.root.join(&self.rel).join("cgroup.procs")]
+    }
+    fn remove(&self) -> Result<()> {
+        rmdir_retry(&self.root.join(&self.rel))
+    }
+    fn describe(&self) -> String {
+        format!("v2:{}", self.root.join(&self.rel).display())
+    }
+}
+
+/// The manager for container `id` on this host.
+pub fn for_container(id: &str) -> Box<dyn CgroupManager> {
+    let root = PathBuf::from("/sys/fs/cgroup");
+    let rel = format!("twill/{id}");
+    // Pure v2 only when the unified hierarchy is mounted at the root; hybrid counts as v1.
+    if root.join("cgroup.controllers").exists() {
+        Box::new(V2 { root, rel })
+    } else {
+        Box::new(V1 { root, rel })
+    }
+}

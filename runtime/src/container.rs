@@ -1,0 +1,481 @@
+//! Container lifecycle: create + start (run), wait, stop, rm, exec, commit. Every step that
+//! creates something has an undo, so a container that fails to start leaves nothing behind.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::cgroup;
+use crate::error::{Result, RuntimeError};
+use crate::image::{self, CommitExclusions};
+use crate::network::{self, CniOptions, NetMode};
+use crate::process::{self, ExecSpec, InitSpec};
+use crate::rootfs::RootfsSpec;
+use crate::store::{Limits, MountSpec, PortSpec, State, Store, new_id, now_unix};
+
+/// Everything `run` was asked for.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub image: String,
+    pub command: Vec<String>,
+    pub name: Option<String>,
+    pub hostname: Option<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    /// `HOST:CTR[:ro]` or `CTR`.
+    pub volumes: Vec<String>,
+    pub limits: Limits,
+    pub net: NetMode,
+    pub ports: Vec<PortSpec>,
+    pub auto_remove: bool,
+    pub interactive: bool,
+}
+
+/// Files of the init layer (never committed).
+pub const INIT_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
+
+fn parse_volumes(store: &Store, specs: &[String]) -> Result<Vec<MountSpec>> {
+    let mut out = Vec::new();
+    for v in specs {
+        let parts: Vec<&str> = v.split(':').collect();
+        let (src, target, ro) = match parts.as_slice() {
+            [t] => (None, *t, false),
+            [s, t] => (Some(*s), *t, false),
+            [s, t, "ro"] => (Some(*s), *t, true),
+            [s, t, "rw"] => (Some(*s), *t, false),
+            _ => {
+                return Err(RuntimeError::Invalid(format!(
+                    "invalid -v {v:?}: use HOST:CTR[:ro] or CTR"
+                )));
+            }
+        };
+        if !target.starts_with('/') || target.split('/').any(|c| c == "..") {
+            return Err(RuntimeError::Invalid(format!(
+                "invalid -v {v:?}: the container path must be absolute, without '..'"
+            )));
+        }
+        let (source, anonymous) = match src {
+            Some(s) => {
+                let p = PathBuf::from(s);
+                if !p.exists() {
+                    return Err(RuntimeError::Invalid(format!(
+                        "-v {v}: host path {s} does not exist"
+                    )));
+                }
+                (p, false)
+            }
+            None => {
+                let d = store.volume_dir(&new_id()[..16]).join("_data");
+                fs::create_dir_all(&d)
+                    .map_err(|e| RuntimeError::io("creating volume", d.display(), e))?;
+                (d, true)
+            }
+        };
+        out.push(MountSpec {
+            source,
+            target: target.to_string(),
+            readonly: ro,
+            anonymous,
+        });
+    }
+    Ok(out)
+}
+
+fn write_init_layer(dir: &Path, st: &State) -> Result<()> {
+    let etc = dir.join("etc");
+    fs::create_dir_all(&etc).map_err(|e| RuntimeError::io("creating", etc.display(), e))?;
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for ip in &st.ips {
+        hosts.push_str(&format!("{ip}\t{}\n", st.hostname));
+    }
+    let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for (f, text) in [
+        ("hosts", hosts),
+        ("hostname", format!("{}\n", st.hostname)),
+        ("resolv.conf", resolv),
+    ] {
+        fs::write(etc.join(f), text)
+            .map_err(|e| RuntimeError::io("writing", etc.join(f).display(), e))?;
+    }
+    Ok(())
+}
+
+fn default_env(st: &State, extra: &[String]) -> Vec<String> {
+    let mut env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        format!("HOSTNAME={}", st.hostname),
+        "HOME=/root".to_string(),
+    ];
+    for e in extra {
+        let key = e.split('=').next().unwrap_or_default();
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    env
+}
+
+/// Docker's CMD semantics: a single string with spaces runs through `/bin/sh -c`.
+fn command_of(opts: &RunOptions, img: &image::Image) -> Vec<String> {
+    let cmd = if opts.command.is_empty() {
+        img.cmd.clone()
+    } else {
+        opts.command.clone()
+    };
+    if cmd.len() == 1 && cmd[0].contains(' ') {
+        vec!["/bin/sh".into(), "-c".into(), cmd[0].clone()]
+    } else {
+        cmd
+    }
+}
+
+/// Undoes everything a (possibly half-created) container holds: network, cgroup, directory.
+/// Anonymous volumes are kept (volumes outlive containers).
+pub fn cleanup(store: &Store, st: &State, cni: &CniOptions) -> Result<()> {
+    let mut errors = Vec::new();
+    if let Err(e) = network::teardown(st, cni) {
+        errors.push(e.to_string());
+    }
+    if st.cgroup.is_some()
+        && let Err(e) = cgroup::for_container(&st.id).remove()
+    {
+        errors.push(e.to_string());
+    }
+    let dir = store.container_dir(&st.id);
+    let merged = dir.join("rootfs");
+    let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+    if let Err(e) = fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        errors.push(format!("removing {}: {e}", dir.display()));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid(errors.join("; ")))
+    }
+}
+
+/// Creates and starts a container; on failure everything is undone. `log`: where stdout and
+/// stderr go (detached), else they are inherited.
+pub fn start(
+    store: &Store,
+    opts: &RunOptions,
+    cni: &CniOptions,
+    log: bool,
+) -> Result<(State, Pid)> {
+    let img = image::load(store, &opts.image)?;
+    let id = new_id();
+    if let Some(n) = &opts.name
+        && store.list()?.iter().any(|s| &s.name == n)
+    {
+        return Err(RuntimeError::Invalid(format!(
+            "the name {n} is already in use"
+        )));
+    }
+    let mut st = State {
+        id: id.clone(),
+        name: opts.name.clone().unwrap_or_else(|| id[..12].to_string()),
+        image: opts.image.clone(),
+        command: command_of(opts, &img),
+        status: "created".into(),
+        hostname: opts
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12].to_string()),
+        network_mode: opts.net.as_string(),
+        limits: opts.limits.clone(),
+        workdir: opts.workdir.clone().unwrap_or_else(|| "/".into()),
+        user: opts.user.clone(),
+        ports: opts.ports.clone(),
+        auto_remove: opts.auto_remove,
+        created_unix: now_unix(),
+        ..State::default()
+    };
+    st.env = default_env(&st, &opts.env);
+    let dir = store.container_dir(&id);
+    for sub in ["upper", "work", "init", "rootfs"] {
+        fs::create_dir_all(dir.join(sub))
+            .map_err(|e| RuntimeError::io("creating", dir.join(sub).display(), e))?;
+    }
+    store.save(&st)?;
+    let started = (|| -> Result<Pid> {
+        st.mounts = parse_volumes(store, &opts.volumes)?;
+        store.save(&st)?;
+        let netns = network::setup(store, &mut st, &opts.net, cni)?;
+        store.save(&st)?;
+        write_init_layer(&dir.join("init"), &st)?;
+        let cg = cgroup::for_container(&id);
+        st.cgroup = Some(cg.describe());
+        store.save(&st)?;
+        cg.create(&st.limits)?;
+        let mut lower = vec![dir.join("init")];
+        lower.extend(img.layers.iter().rev().cloned());
+        let log_file = if log {
+            Some(
+                fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("log"))
+                    .map_err(|e| RuntimeError::io("opening", dir.join("log").display(), e))?,
+            )
+        } else {
+            None
+        };
+        let spec = InitSpec {
+            rootfs: RootfsSpec {
+                lower,
+                upper: dir.join("upper"),
+                work: dir.join("work"),
+                merged: dir.join("rootfs"),
+                mounts: st.mounts.clone(),
+            },
+            hostname: st.hostname.clone(),
+            netns,
+            exec: ExecSpec {
+                argv: st.command.clone(),
+                env: st.env.clone(),
+                workdir: st.workdir.clone(),
+                user: st.user.clone(),
+            },
+            log: log_file,
+            stdin_null: log || !opts.interactive,
+        };
+        let s = process::start(&spec, |pid| cgroup::join(cg.as_ref(), pid))?;
+        Ok(s.pid)
+    })();
+    match started {
+        Ok(pid) => {
+            st.pid = Some(pid.as_raw());
+            st.status = "running".into();
+            st.monitor_pid = Some(std::process::id() as i32);
+            store.save(&st)?;
+            Ok((st, pid))
+        }
+        Err(e) => {
+            if let Err(c) = cleanup(store, &st, cni) {
+                eprintln!("twill-run: cleaning up after a failed start: {c}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Waits for the container's PID 1 and records how it ended; removes it with `--rm`.
+pub fn monitor(store: &Store, mut st: State, pid: Pid, cni: &CniOptions) -> Result<i32> {
+    let code = process::wait_exit(pid);
+    // `rm -f` may have removed it meanwhile.
+    if let Ok(latest) = store.load(&st.id) {
+        st = latest;
+    } else {
+        return Ok(code);
+    }
+    st.status = "exited".into();
+    st.exit_code = Some(code);
+    st.pid = None;
+    if st.auto_remove {
+        cleanup(store, &st, cni)?;
+    } else {
+        // The processes are gone: release the network (CNI DEL, netns) and the cgroup now,
+        // as Docker does at stop; rm removes the rest.
+        if let Err(e) = network::teardown(&st, cni) {
+            eprintln!("twill-run: releasing the network of {}: {e}", st.name);
+        }
+        st.netns = None;
+        st.network_name = None;
+        let _ = cgroup::for_container(&st.id).remove();
+        store.save(&st)?;
+    }
+    Ok(code)
+}
+
+/// `run -d`: a monitor process (setsid) starts and waits for the container; the caller gets
+/// the ID once it is running, or the start error.
+pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Result<String> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::nix("creating", "pipe", e))?;
+    // SAFETY: the process is single-threaded (netkit's helper threads are joined).
+    match unsafe { nix::unistd::fork() }.map_err(|e| RuntimeError::nix("forking", "monitor", e))? {
+        nix::unistd::ForkResult::Child => {
+            drop(r);
+            let _ = nix::unistd::setsid();
+            let mut w = fs::File::from(w);
+            match start(store, opts, cni, true) {
+                Ok((st, pid)) => {
+                    let _ = w.write_all(format!("ok {}", st.id).as_bytes());
+                    drop(w);
+                    if let Ok(null) = fs::File::open("/dev/null") {
+                        use std::os::fd::AsRawFd;
+                        // SAFETY: dup2 onto the standard descriptors of the monitor.
+                        unsafe {
+                            libc::dup2(null.as_raw_fd(), 0);
+                            libc::dup2(null.as_raw_fd(), 1);
+                            libc::dup2(null.as_raw_fd(), 2);
+                        }
+                    }
+                    let _ = monitor(store, st, pid, cni);
+                    std::process::exit(0);
+                }
+                Err(e) => {
+                    let _ = w.write_all(format!("err {e}").as_bytes());
+                    std::process::exit(1);
+                }
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(w);
+            let mut msg = String::new();
+            let _ = fs::File::from(r).read_to_string(&mut msg);
+            if let Some(id) = msg.strip_prefix("ok ") {
+                Ok(id.to_string())
+            } else {
+                let _ = nix::sys::wait::waitpid(child, None);
+                Err(RuntimeError::Invalid(
+                    msg.strip_prefix("err ")
+                        .unwrap_or("the monitor died")
+                        .to_string(),
+                ))
+            }
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+        && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// `stop`: SIGTERM, then SIGKILL after `grace`.
+pub fn stop(store: &Store, id: &str, grace: Duration) -> Result<State> {
+    let mut st = store.load(id)?;
+    let Some(pid) = st.pid.filter(|_| st.status == "running") else {
+        return Ok(st);
+    };
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if alive(pid) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    // Let the monitor record the exit; if there is none any more, record it ourselves.
+    for _ in 0..250 {
+        st = store.load(&st.id)?;
+        if st.status != "running" {
+            return Ok(st);
+        }
+        if st.monitor_pid.is_none_or(|m| !alive(m)) {
+            st.status = "exited".into();
+            st.pid = None;
+            store.save(&st)?;
+            return Ok(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(st)
+}
+
+/// `rm [-f]`.
+pub fn remove(store: &Store, id: &str, force: bool, cni: &CniOptions) -> Result<()> {
+    let st = store.load(id)?;
+    if st.status == "running" && st.pid.is_some_and(alive) {
+        if !force {
+            return Err(RuntimeError::Invalid(format!(
+                "container {} is running: stop it first or use rm -f",
+                st.name
+            )));
+        }
+        stop(store, &st.id, Duration::ZERO)?;
+    }
+    let st = store.load(&st.id).unwrap_or(st);
+    cleanup(store, &st, cni)
+}
+
+/// `exec`: joins the container's cgroup and namespaces and runs `argv`; returns its exit code.
+pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Result<i32> {
+    let st = store.load(id)?;
+    let pid = st
+        .pid
+        .filter(|p| st.status == "running" && alive(*p))
+        .ok_or_else(|| RuntimeError::Invalid(format!("container {id} is not running")))?;
+    if argv.is_empty() {
+        return Err(RuntimeError::Invalid("exec needs a command".into()));
+    }
+    let cg = cgroup::for_container(&st.id);
+    // Open everything before forking so errors are reported here.
+    let mut fds = Vec::new();
+    for ns in ["ipc", "uts", "net", "pid", "cgroup", "mnt"] {
+        let p = format!("/proc/{pid}/ns/{ns}");
+        fds.push((
+            ns,
+            fs::File::open(&p).map_err(|e| RuntimeError::io("opening", &p, e))?,
+        ));
+    }
+    let spec = ExecSpec {
+        argv: argv.to_vec(),
+        env: st.env.clone(),
+        workdir: st.workdir.clone(),
+        user: st.user.clone(),
+    };
+    // SAFETY: single-threaded; the child only makes syscalls and execs or exits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| RuntimeError::nix("forking", "exec", e))? {
+        nix::unistd::ForkResult::Child => {
+            let code = (|| -> Result<i32> {
+                for f in cg.procs_files() {
+                    fs::write(&f, "0")
+                        .map_err(|e| RuntimeError::io("joining cgroup", f.display(), e))?;
+                }
+                for (name, f) in &fds {
+                    use std::os::fd::AsFd;
+                    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::empty())
+                        .map_err(|e| RuntimeError::nix("joining namespace", name, e))?;
+                }
+                if !interactive && let Ok(null) = fs::File::open("/dev/null") {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: dup2 onto stdin.
+                    unsafe { libc::dup2(null.as_raw_fd(), 0) };
+                }
+                // Joining a pid namespace takes effect for children: fork once more.
+                match unsafe { nix::unistd::fork() }
+                    .map_err(|e| RuntimeError::nix("forking", "exec", e))?
+                {
+                    nix::unistd::ForkResult::Child => {
+                        let e = process::exec_command(&spec);
+                        eprintln!("twill-run exec: {e}");
+                        std::process::exit(127);
+                    }
+                    nix::unistd::ForkResult::Parent { child } => Ok(process::wait_exit(child)),
+                }
+            })();
+            match code {
+                Ok(c) => std::process::exit(c),
+                Err(e) => {
+                    eprintln!("twill-run exec: {e}");
+                    std::process::exit(126);
+                }
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => Ok(process::wait_exit(child)),
+    }
+}
+
+/// `commit ID NAME`.
+pub fn commit(store: &Store, id: &str, name: &str) -> Result<image::Image> {
+    let st = store.load(id)?;
+    let base = image::load(store, &st.image)?;
+    let mut paths: Vec<String> = INIT_FILES.iter().map(|s| s.to_string()).collect();
+    paths.extend(st.mounts.iter().map(|m| m.target.clone()));
+    image::commit(
+        store,
+        &base,
+        &store.container_dir(&st.id).join("upper"),
+        name,
+        &CommitExclusions { paths },
+    )
+}

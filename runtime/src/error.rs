@@ -1,0 +1,43 @@
+//! The runtime's error type: what failed, on what.
+
+/// Result alias of the runtime.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// A runtime failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{op} {object}: {source}")]
+    Io {
+        op: &'static str,
+        object: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no such container: {0}")]
+    NoContainer(String),
+    #[error("no such image: {0} (import one with `twill-run import TARBALL NAME`)")]
+    NoImage(String),
+    #[error(transparent)]
+    Netkit(#[from] twill_netkit::Error),
+    #[error("network: {0}")]
+    Network(String),
+}
+
+impl RuntimeError {
+    pub(crate) fn io(
+        op: &'static str,
+        object: impl std::fmt::Display,
+        source: std::io::Error,
+    ) -> Self {
+        RuntimeError::Io {
+            op,
+            object: object.to_string(),
+            source,
+        }
+    }
+    pub(crate) fn nix(op: &'static str, object: impl std::fmt::Display, e: nix::Error) -> Self {
+        RuntimeError::io(op, object, std::io::Error::from_raw_os_error(e as i32))
+    }
+}

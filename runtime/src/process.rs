@@ -1,0 +1,242 @@
+//! The container's first process: cloned into new pid, mount, uts and ipc namespaces, it
+//! waits until the parent has put it into its cgroup, joins the network namespace, enters a
+//! new cgroup namespace, builds the rootfs, drops privileges and execs the command as PID 1.
+//! Errors before exec travel back to the parent over a close-on-exec pipe.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::unistd::Pid;
+
+use crate::error::{Result, RuntimeError};
+use crate::rootfs::{self, RootfsSpec};
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPS: &[caps::Capability] = {
+    use caps::Capability::*;
+    &[
+        CAP_CHOWN,
+        CAP_DAC_OVERRIDE,
+        CAP_FSETID,
+        CAP_FOWNER,
+        CAP_MKNOD,
+        CAP_NET_RAW,
+        CAP_SETGID,
+        CAP_SETUID,
+        CAP_SETFCAP,
+        CAP_SETPCAP,
+        CAP_NET_BIND_SERVICE,
+        CAP_SYS_CHROOT,
+        CAP_KILL,
+        CAP_AUDIT_WRITE,
+    ]
+};
+
+/// What the command runs with.
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    /// `UID[:GID]`.
+    pub user: Option<String>,
+}
+
+/// Everything the first process needs.
+pub struct InitSpec {
+    pub rootfs: RootfsSpec,
+    pub hostname: String,
+    pub netns: Option<PathBuf>,
+    pub exec: ExecSpec,
+    /// stdout/stderr go here when set (detached containers), else they are inherited.
+    pub log: Option<File>,
+    pub stdin_null: bool,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::nix("creating", "pipe", e))
+}
+
+/// Finds `cmd` on the container's PATH (from `env`, else the usual default).
+fn resolve(cmd: &str, env: &[String]) -> String {
+    if cmd.contains('/') {
+        return cmd.to_string();
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|d| format!("{d}/{cmd}"))
+        .find(|p| Path::new(p).is_file())
+        .unwrap_or_else(|| cmd.to_string())
+}
+
+/// Drops to the container user, trims capabilities to Docker's set, sets no_new_privs and
+/// execs. Returns only on failure.
+pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
+    if let Err(e) = std::env::set_current_dir(&spec.workdir) {
+        return RuntimeError::io("entering working directory", &spec.workdir, e);
+    }
+    let keep: caps::CapsHashSet = DEFAULT_CAPS.iter().copied().collect();
+    for c in caps::all() {
+        if !keep.contains(&c) {
+            let _ = caps::drop(None, caps::CapSet::Bounding, c);
+        }
+    }
+    if let Some(u) = &spec.user {
+        let (uid, gid) = match u.split_once(':') {
+            Some((a, b)) => (a.parse::<u32>(), b.parse::<u32>()),
+            None => (u.parse::<u32>(), u.parse::<u32>()),
+        };
+        let (Ok(uid), Ok(gid)) = (uid, gid) else {
+            return RuntimeError::Invalid(format!("-u {u}: numeric UID[:GID] expected"));
+        };
+        let _ = nix::unistd::setgroups(&[]);
+        if let Err(e) = nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)) {
+            return RuntimeError::nix("setgid", gid, e);
+        }
+        if let Err(e) = nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)) {
+            return RuntimeError::nix("setuid", uid, e);
+        }
+    }
+    for set in [
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+        caps::CapSet::Inheritable,
+    ] {
+        let _ = caps::set(None, set, &keep);
+    }
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    let Some(first) = spec.argv.first() else {
+        return RuntimeError::Invalid("no command to run".into());
+    };
+    let file = resolve(first, &spec.env);
+    // Nothing of ours leaks into the container: every descriptor above stderr closes on exec
+    // (CLOSE_RANGE_CLOEXEC keeps the error pipe usable until then).
+    // SAFETY: close_range only changes descriptor flags.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32) };
+    let to_c = |s: &str| CString::new(s.replace('\0', "")).unwrap_or_default();
+    let argv: Vec<CString> = spec.argv.iter().map(|a| to_c(a)).collect();
+    let env: Vec<CString> = spec.env.iter().map(|a| to_c(a)).collect();
+    match nix::unistd::execve(&to_c(&file), &argv, &env) {
+        Ok(never) => match never {},
+        Err(e) => RuntimeError::nix("executing", first, e),
+    }
+}
+
+fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd) -> isize {
+    let fail = |e: RuntimeError| -> isize {
+        let mut f = File::from(err.try_clone().expect("dup error pipe"));
+        let _ = f.write_all(e.to_string().as_bytes());
+        127
+    };
+    // Wait for the parent to put us into the cgroup.
+    let mut b = [0u8; 1];
+    let mut g = File::from(go.try_clone().expect("dup sync pipe"));
+    if g.read_exact(&mut b).is_err() {
+        return fail(RuntimeError::Invalid(
+            "parent went away before start".into(),
+        ));
+    }
+    if let Some(ns) = &spec.netns {
+        let f = match File::open(ns) {
+            Ok(f) => f,
+            Err(e) => return fail(RuntimeError::io("opening netns", ns.display(), e)),
+        };
+        if let Err(e) = setns(f.as_fd(), CloneFlags::CLONE_NEWNET) {
+            return fail(RuntimeError::nix("joining netns", ns.display(), e));
+        }
+    }
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP) {
+        return fail(RuntimeError::nix("unsharing", "cgroup namespace", e));
+    }
+    if let Err(e) = nix::unistd::sethostname(&spec.hostname) {
+        return fail(RuntimeError::nix("setting hostname", &spec.hostname, e));
+    }
+    if let Err(e) = rootfs::setup(&spec.rootfs) {
+        return fail(e);
+    }
+    if let Some(log) = &spec.log {
+        let fd = log.as_raw_fd();
+        // SAFETY: dup2 onto the standard descriptors.
+        unsafe {
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+        }
+    }
+    if spec.stdin_null
+        && let Ok(null) = File::open("/dev/null")
+    {
+        // SAFETY: as above.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+    fail(exec_command(&spec.exec))
+}
+
+/// A started container process.
+pub struct Started {
+    pub pid: Pid,
+}
+
+/// Clones the first process, lets `place` put it into its cgroup, then releases it and waits
+/// until it has exec'd (or reports why it could not).
+pub fn start(spec: &InitSpec, place: impl FnOnce(i32) -> Result<()>) -> Result<Started> {
+    let (go_r, go_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let mut stack = vec![0u8; 1024 * 1024];
+    let flags = CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    // SAFETY: the process is single-threaded here; the child only runs child_main and execs.
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(|| child_main(spec, &go_r, &err_w)),
+            &mut stack,
+            flags,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(|e| RuntimeError::nix("cloning", "the container process", e))?;
+    drop(go_r);
+    drop(err_w);
+    if let Err(e) = place(pid.as_raw()) {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(e);
+    }
+    let mut go = File::from(go_w);
+    let _ = go.write_all(b"1");
+    drop(go);
+    let mut msg = String::new();
+    // SAFETY: err_r is an fd we own; File takes it over.
+    let mut er = unsafe { File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(err_r)) };
+    let _ = er.read_to_string(&mut msg);
+    if !msg.is_empty() {
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(RuntimeError::Invalid(format!(
+            "starting the container: {msg}"
+        )));
+    }
+    Ok(Started { pid })
+}
+
+/// Waits for `pid`; Docker's exit code (128+signal when killed).
+pub fn wait_exit(pid: Pid) -> i32 {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, c)) => return c,
+            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
+            Ok(_) => continue,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return 255,
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Inside the new mount namespace: the overlay rootfs (image layers + init layer + writable
+//! upper), volumes, /proc, /dev, /sys, pivot_root, and runc's default masked and read-only
+//! paths. Runs in the container's first process before it execs the command.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use crate::error::{Result, RuntimeError};
+use crate::store::MountSpec;
+
+/// What the rootfs is made of.
+pub struct RootfsSpec {
+    /// Lower directories, topmost first (init layer, then image layers newest first).
+    pub lower: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub merged: PathBuf,
+    pub mounts: Vec<MountSpec>,
+}
+
+/// Paths hidden from containers, as runc's defaults.
+pub const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+/// Paths made read-only, as runc's defaults.
+pub const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn m(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    mount(src, target, fstype, flags, data).map_err(|e| {
+        RuntimeError::nix(
+            "mounting",
+            format!("{} on {}", fstype.or(src).unwrap_or("?"), target.display()),
+            e,
+        )
+    })
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    fs::create_dir_all(p).map_err(|e| RuntimeError::io("creating", p.display(), e))
+}
+
+fn inside(root: &Path, p: &str) -> PathBuf {
+    root.join(p.trim_start_matches('/'))
+}
+
+/// Builds the rootfs at `spec.merged` and pivots into it.
+pub fn setup(spec: &RootfsSpec) -> Result<()> {
+    // Nothing we mount may propagate back to the host.
+    m(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let lower: Vec<String> = spec.lower.iter().map(|p| p.display().to_string()).collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        spec.upper.display(),
+        spec.work.display()
+    );
+    let root = &spec.merged;
+    m(
+        Some("overlay"),
+        root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&data),
+    )?;
+
+    for v in &spec.mounts {
+        let target = inside(root, &v.target);
+        if v.source.is_dir() {
+            mkdir(&target)?;
+        } else {
+            if let Some(parent) = target.parent() {
+                mkdir(parent)?;
+            }
+            if !target.exists() {
+                fs::write(&target, b"")
+                    .map_err(|e| RuntimeError::io("creating", target.display(), e))?;
+            }
+        }
+        m(
+            Some(&v.source.display().to_string()),
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        if v.readonly {
+            m(
+                None,
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        }
+    }
+
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc_dir = inside(root, "/proc");
+    mkdir(&proc_dir)?;
+    m(Some("proc"), &proc_dir, Some("proc"), nosuid, None)?;
+
+    let dev = inside(root, "/dev");
+    mkdir(&dev)?;
+    m(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let t = dev.join(node);
+        fs::write(&t, b"").map_err(|e| RuntimeError::io("creating", t.display(), e))?;
+        m(
+            Some(&format!("/dev/{node}")),
+            &t,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, dev.join(link));
+    }
+    let pts = dev.join("pts");
+    mkdir(&pts)?;
+    m(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    mkdir(&shm)?;
+    m(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        nosuid,
+        Some("mode=1777,size=65536k"),
+    )?;
+    let mq = dev.join("mqueue");
+    mkdir(&mq)?;
+    m(Some("mqueue"), &mq, Some("mqueue"), nosuid, None)?;
+
+    let sys = inside(root, "/sys");
+    mkdir(&sys)?;
+    m(
+        Some("sysfs"),
+        &sys,
+        Some("sysfs"),
+        nosuid | MsFlags::MS_RDONLY,
+        None,
+    )?;
+
+    // pivot_root into the new root; the old one is detached and removed.
+    std::env::set_current_dir(root).map_err(|e| RuntimeError::io("entering", root.display(), e))?;
+    let old = root.join(".oldroot");
+    mkdir(&old)?;
+    nix::unistd::pivot_root(".", ".oldroot")
+        .map_err(|e| RuntimeError::nix("pivot_root into", root.display(), e))?;
+    std::env::set_current_dir("/").map_err(|e| RuntimeError::io("entering", "/", e))?;
+    umount2("/.oldroot", MntFlags::MNT_DETACH)
+        .map_err(|e| RuntimeError::nix("detaching", "the old root", e))?;
+    let _ = fs::remove_dir("/.oldroot");
+
+    for p in MASKED {
+        let path = Path::new(p);
+        if path.is_dir() {
+            let _ = mount(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
+        } else if path.exists() {
+            let _ = mount(
+                Some("/dev/null"),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            );
+        }
+    }
+    for p in READONLY {
+        let path = Path::new(p);
+        if path.exists()
+            && mount(
+                Some(path),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .is_ok()
+        {
+            let _ = mount(
+                Some(path),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                None::<&str>,
+            );
+        }
+    }
+    Ok(())
+}

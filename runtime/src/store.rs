@@ -1,0 +1,177 @@
+//! The on-disk store under `--root` (default `/var/lib/twill`):
+//! `images/<name>/{layer/, image.json}`, `containers/<id>/{state.json, upper/, work/, init/,
+//! rootfs/, log}`, `volumes/<id>/_data`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RuntimeError};
+
+/// The store root.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub root: PathBuf,
+}
+
+/// What `inspect` shows and what later commands need.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct State {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    /// `created`, `running`, `exited`.
+    pub status: String,
+    /// PID of the container's PID 1, as seen from the host.
+    pub pid: Option<i32>,
+    /// PID of the monitor that waits for it.
+    pub monitor_pid: Option<i32>,
+    pub exit_code: Option<i32>,
+    pub hostname: String,
+    pub network_mode: String,
+    pub network_name: Option<String>,
+    /// Named netns holding the container's network (bridge/none).
+    pub netns: Option<String>,
+    pub ips: Vec<String>,
+    /// The CNI result of the ADD (bridge mode), for inspect and DEL.
+    pub cni_result: Option<serde_json::Value>,
+    pub mounts: Vec<MountSpec>,
+    pub limits: Limits,
+    pub cgroup: Option<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub user: Option<String>,
+    pub ports: Vec<PortSpec>,
+    pub auto_remove: bool,
+    pub created_unix: u64,
+}
+
+/// A volume mount.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: PathBuf,
+    pub target: String,
+    pub readonly: bool,
+    /// Anonymous volume (under `<root>/volumes`).
+    pub anonymous: bool,
+}
+
+/// A published port.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortSpec {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+/// Resource limits.
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+fn ensure_dir(p: &Path) -> Result<()> {
+    fs::create_dir_all(p).map_err(|e| RuntimeError::io("creating directory", p.display(), e))
+}
+
+impl Store {
+    /// Opens (creating) the store.
+    pub fn open(root: &Path) -> Result<Store> {
+        for sub in ["images", "containers", "volumes"] {
+            ensure_dir(&root.join(sub))?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn image_dir(&self, name: &str) -> PathBuf {
+        self.root.join("images").join(name)
+    }
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.root.join("containers").join(id)
+    }
+    pub fn volume_dir(&self, id: &str) -> PathBuf {
+        self.root.join("volumes").join(id)
+    }
+
+    /// Saves a container's state atomically.
+    pub fn save(&self, st: &State) -> Result<()> {
+        let dir = self.container_dir(&st.id);
+        ensure_dir(&dir)?;
+        let tmp = dir.join("state.json.tmp");
+        let text =
+            serde_json::to_vec_pretty(st).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        fs::write(&tmp, text).map_err(|e| RuntimeError::io("writing", tmp.display(), e))?;
+        fs::rename(&tmp, dir.join("state.json"))
+            .map_err(|e| RuntimeError::io("saving state of", &st.id, e))
+    }
+
+    /// Loads a container by ID, unique ID prefix, or name.
+    pub fn load(&self, id_or_name: &str) -> Result<State> {
+        let all = self.list()?;
+        if let Some(s) = all
+            .iter()
+            .find(|s| s.id == id_or_name || s.name == id_or_name)
+        {
+            return Ok(s.clone());
+        }
+        let matches: Vec<&State> = all
+            .iter()
+            .filter(|s| s.id.starts_with(id_or_name))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(RuntimeError::NoContainer(id_or_name.to_string())),
+            _ => Err(RuntimeError::Invalid(format!(
+                "{id_or_name} matches several containers: give more of the ID"
+            ))),
+        }
+    }
+
+    /// Every container's state.
+    pub fn list(&self) -> Result<Vec<State>> {
+        let dir = self.root.join("containers");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir)
+            .map_err(|e| RuntimeError::io("listing", dir.display(), e))?
+            .flatten()
+        {
+            if let Ok(text) = fs::read(e.path().join("state.json"))
+                && let Ok(st) = serde_json::from_slice::<State>(&text)
+            {
+                out.push(st);
+            }
+        }
+        out.sort_by_key(|s| s.created_unix);
+        Ok(out)
+    }
+}
+
+/// A new random container ID (64 hex digits, like Docker's).
+pub fn new_id() -> String {
+    let mut b = [0u8; 32];
+    // SAFETY: getrandom fills the buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b[..16].copy_from_slice(&t.to_le_bytes());
+        b[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Seconds since the epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,506 @@
+//! twill-run end to end: real namespaces, overlayfs, cgroups, and the real twill CNI plugin
+//! on a test-bed host. The image is built from Debian's busybox-static.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use twill_lab::testbed::Cluster;
+use twill_netkit::Netns;
+use twill_tests::{in_ci, preconditions};
+
+const RUN: &str = env!("CARGO_BIN_EXE_twill-run");
+
+struct Rt {
+    dir: tempfile::TempDir,
+    host: Option<Netns>,
+    cni_conf: PathBuf,
+    cni_path: String,
+}
+
+fn busybox_tar(dir: &Path) -> PathBuf {
+    let root = dir.join("bbroot");
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static must be installed");
+    for c in [
+        "sh", "ls", "cat", "echo", "ps", "hostname", "sleep", "true", "ping", "ip", "ipcs",
+        "ipcmk", "mount", "id", "touch", "wc", "head", "date", "ln", "grep", "nc", "dd",
+        "readlink", "tr",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(c)).unwrap();
+    }
+    let tar = dir.join("busybox.tar");
+    let f = std::fs::File::create(&tar).unwrap();
+    let mut b = tar::Builder::new(f);
+    b.append_dir_all(".", &root).unwrap();
+    b.finish().unwrap();
+    tar
+}
+
+impl Rt {
+    fn new() -> Rt {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = busybox_tar(dir.path());
+        let rt = Rt {
+            cni_conf: dir.path().join("net.d"),
+            dir,
+            host: None,
+            cni_path: String::new(),
+        };
+        let out = rt.run(&["import", tar.to_str().unwrap(), "busybox"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        rt
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(RUN);
+        c.arg("--root")
+            .arg(self.root())
+            .arg("--cni-conf-dir")
+            .arg(&self.cni_conf);
+        if !self.cni_path.is_empty() {
+            c.arg("--cni-path").arg(&self.cni_path);
+        }
+        c.args(args);
+        if let Some(h) = &self.host {
+            h.prepare_command(&mut c).unwrap();
+        }
+        c.output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "twill-run {args:?}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(self.root().join("containers")) {
+            for e in rd.flatten() {
+                let _ = self.run(&["rm", "-f", &e.file_name().to_string_lossy()]);
+            }
+        }
+    }
+}
+
+fn no_leftovers(rt: &Rt, id_prefix: &str) {
+    assert!(
+        std::fs::read_dir(rt.root().join("containers"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "container dirs left"
+    );
+    assert!(
+        !Netns::list()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("twr-") && id_prefix.starts_with(&n[4..])),
+        "netns left"
+    );
+    for c in ["memory", "pids", "cpu"] {
+        let d = Path::new("/sys/fs/cgroup").join(c).join("twill");
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            assert!(
+                !rd.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_dir())
+                    && e.file_name().to_string_lossy().starts_with(id_prefix)),
+                "cgroup left in {}",
+                d.display()
+            );
+        }
+    }
+}
+
+const TOOLS: &[&str] = &["ip"];
+
+fn pre(name: &str) -> bool {
+    if !preconditions(name, TOOLS) {
+        return false;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        assert!(!in_ci(), "CI must install busybox-static");
+        eprintln!("skipping {name}: no /bin/busybox");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn namespaces_isolate_the_container() {
+    if !pre("namespaces_isolate_the_container") {
+        return;
+    }
+    let rt = Rt::new();
+    let out = rt.ok(&["run", "--rm", "--net", "none", "--hostname", "box1", "busybox", "sh", "-c", "echo pid=$$; ps -o pid,comm | wc -l; hostname; echo -; ip -o link | wc -l; cat /proc/1/cmdline | head -c 2; grep -c ' / ' /proc/mounts; cat /etc/hostname"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "pid=1", "{out}");
+    assert_eq!(
+        lines[1].trim(),
+        "4",
+        "ps sees only sh, ps and wc (+ header): {out}"
+    );
+    assert_eq!(lines[2], "box1");
+    assert_eq!(lines[4].trim(), "1", "only lo: {out}");
+    assert_eq!(lines.last().unwrap().trim(), "box1");
+    // Every namespace kind differs from the host's (so IPC objects, mounts, … are private).
+    let kinds = ["ipc", "uts", "mnt", "net", "pid", "cgroup"];
+    let script: String = kinds
+        .iter()
+        .map(|k| format!("readlink /proc/self/ns/{k}; "))
+        .collect();
+    let out = rt.ok(&[
+        "run", "--rm", "--net", "none", "busybox", "sh", "-c", &script,
+    ]);
+    for (k, inside) in kinds.iter().zip(out.lines()) {
+        let host = std::fs::read_link(format!("/proc/self/ns/{k}")).unwrap();
+        assert_ne!(
+            inside,
+            host.to_string_lossy(),
+            "{k} namespace is shared with the host"
+        );
+    }
+    // Masked and read-only paths.
+    let out = rt.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /proc/kcore | wc -c; echo 1 > /proc/sys/kernel/domainname && echo writable || echo ro",
+    ]);
+    assert!(out.starts_with('0') && out.contains("ro"), "{out}");
+}
+
+#[test]
+fn layers_volumes_and_commit() {
+    if !pre("layers_volumes_and_commit") {
+        return;
+    }
+    let rt = Rt::new();
+    let hostdir = rt.dir.path().join("hostvol");
+    std::fs::create_dir_all(&hostdir).unwrap();
+    let vol = format!("{}:/data", hostdir.display());
+    let ro = format!("{}:/ro:ro", hostdir.display());
+    let id = rt.ok(&["run", "-d", "--name", "l1", "--net", "none", "-v", &vol, "-v", &ro, "-v", "/anon", "busybox", "sh", "-c", "echo new > /newfile; echo v > /data/x; echo a > /anon/y; echo h >> /etc/hosts; touch /ro/z 2>/dev/null && echo rw || echo ro-ok; sleep 100"]);
+    let id = id.trim().to_string();
+    let cdir = rt.root().join("containers").join(&id);
+    twill_lab::testbed::wait_for(std::time::Duration::from_secs(10), || {
+        std::fs::read_to_string(cdir.join("log"))
+            .unwrap_or_default()
+            .contains("-ok")
+    });
+    assert!(
+        cdir.join("upper/newfile").exists(),
+        "a file written in the container lands in upper"
+    );
+    assert!(
+        !rt.root().join("images/busybox/layer0/newfile").exists(),
+        "the image is untouched"
+    );
+    assert_eq!(std::fs::read_to_string(hostdir.join("x")).unwrap(), "v\n");
+    twill_lab::testbed::wait_for(std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(cdir.join("log"))
+            .unwrap_or_default()
+            .contains("ro-ok")
+    });
+    assert!(
+        std::fs::read_to_string(cdir.join("log"))
+            .unwrap()
+            .contains("ro-ok"),
+        "the :ro volume is read-only"
+    );
+    let inspect: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "l1"])).unwrap();
+    assert_eq!(inspect["status"], "running");
+    let anon = inspect["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["target"] == "/anon")
+        .unwrap()["source"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        anon.starts_with(rt.root().join("volumes").to_str().unwrap()) && anon.ends_with("/_data")
+    );
+
+    rt.ok(&["commit", "l1", "snap"]);
+    let snap = rt.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "snap",
+        "sh",
+        "-c",
+        "cat /newfile; grep -cx h /etc/hosts; ls /anon 2>/dev/null | wc -l",
+    ]);
+    let l: Vec<&str> = snap.lines().collect();
+    assert_eq!(l[0], "new", "committed change is in the new image");
+    assert_eq!(
+        l[1].trim(),
+        "0",
+        "the init layer's /etc/hosts change is not committed: {snap}"
+    );
+    assert_eq!(l[2].trim(), "0", "volume contents are not committed");
+    assert!(rt.ok(&["images"]).contains("snap"));
+
+    rt.ok(&["rm", "-f", "l1"]);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&anon).join("y")).unwrap(),
+        "a\n",
+        "volumes persist after rm"
+    );
+    no_leftovers(&rt, &id[..12]);
+}
+
+#[test]
+fn cgroup_limits_and_exec() {
+    if !pre("cgroup_limits_and_exec") {
+        return;
+    }
+    let rt = Rt::new();
+    let out = rt.run(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--memory",
+        "16m",
+        "busybox",
+        "sh",
+        "-c",
+        "exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "OOM kill: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = rt.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--pids-limit",
+        "5",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done 2>&1 | head -c 200; echo; true",
+    ]);
+    assert!(
+        out.to_lowercase().contains("fork") || out.contains("resource"),
+        "fork must fail: {out:?}"
+    );
+
+    let id = rt
+        .ok(&[
+            "run", "-d", "--name", "e1", "--net", "none", "--cpus", "0.5", "busybox", "sleep",
+            "100",
+        ])
+        .trim()
+        .to_string();
+    let ps = rt.ok(&["exec", "e1", "ps", "-o", "pid,comm"]);
+    assert!(
+        ps.lines().any(|l| l.trim() == "1 sleep"),
+        "exec sees the container's PID namespace: {ps}"
+    );
+    assert_eq!(rt.ok(&["exec", "e1", "hostname"]).trim(), &id[..12]);
+    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/twill/{id}/cpu.cfs_quota_us"))
+        .unwrap_or_default();
+    if Path::new("/sys/fs/cgroup/cpu/twill").exists() {
+        assert_eq!(quota.trim(), "50000");
+    }
+    let out = rt.run(&["exec", "e1", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    let st = rt.ok(&["stop", "-t", "1", "e1"]);
+    assert_eq!(st.trim(), "e1");
+    assert!(rt.ok(&["ps"]).contains("exited(137)"));
+    rt.ok(&["rm", "e1"]);
+    no_leftovers(&rt, &id[..12]);
+}
+
+#[test]
+fn failed_start_leaves_nothing() {
+    if !pre("failed_start_leaves_nothing") {
+        return;
+    }
+    let rt = Rt::new();
+    let out = rt.run(&["run", "--net", "none", "busybox", "/no/such/binary"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/no/such/binary"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_dir(rt.root().join("containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    let out = rt.run(&[
+        "run",
+        "--net",
+        "bridge",
+        "--network",
+        "nope",
+        "busybox",
+        "true",
+    ]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nope"));
+    assert!(
+        std::fs::read_dir(rt.root().join("containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    for bad in [
+        vec!["run", "--memory", "lots", "busybox"],
+        vec!["run", "-p", "80", "busybox"],
+        vec!["run", "--net", "weird", "busybox"],
+        vec!["run", "-v", "rel:path", "busybox"],
+    ] {
+        let out = rt.run(&bad);
+        assert!(!out.status.success(), "{bad:?}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+    let out = rt.run(&["run", "nosuchimage"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such image"));
+}
+
+#[test]
+fn network_modes_with_the_twill_plugin() {
+    if !pre("network_modes_with_the_twill_plugin") {
+        return;
+    }
+    // The twill binary sits next to twill-run when the workspace is built (cargo test --workspace).
+    let twill = Path::new(RUN).parent().unwrap().join("twill");
+    if !twill.exists() {
+        assert!(
+            !in_ci(),
+            "the twill binary must be built (cargo test --workspace builds it)"
+        );
+        eprintln!("skipping: {} not built", twill.display());
+        return;
+    }
+    let cluster = Cluster::builder("twt-rtn").hosts(1).build().unwrap();
+    let mut rt = Rt::new();
+    std::fs::create_dir_all(&rt.cni_conf).unwrap();
+    let subnet = rt.dir.path().join("subnet.env");
+    std::fs::write(&subnet, "FLANNEL_NETWORK=10.30.0.0/16\nFLANNEL_SUBNET=10.30.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n").unwrap();
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "twnet",
+        "plugins": [
+            {"type": "twill", "subnetFile": subnet, "dataDir": rt.dir.path().join("ipam")},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    std::fs::write(rt.cni_conf.join("10-twill.conflist"), conflist.to_string()).unwrap();
+    rt.cni_path = format!("{}:/usr/lib/cni", twill.parent().unwrap().display());
+    rt.host = Some(Netns::open(&cluster.host(1).name).unwrap());
+
+    let a = rt
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "a",
+            "-p",
+            "18081:8080",
+            "busybox",
+            "sh",
+            "-c",
+            "nc -ll -p 8080 -e echo hello-from-a",
+        ])
+        .trim()
+        .to_string();
+    let b = rt
+        .ok(&["run", "-d", "--name", "b", "busybox", "sleep", "100"])
+        .trim()
+        .to_string();
+    let ia: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "a"])).unwrap();
+    let ip_a = ia["ips"][0].as_str().unwrap().to_string();
+    assert!(ip_a.starts_with("10.30.5."), "{ia}");
+    assert_eq!(ia["cni_result"]["interfaces"][2]["name"], "eth0");
+    let ping = rt.run(&["exec", "b", "ping", "-c1", "-W2", &ip_a]);
+    assert!(
+        ping.status.success(),
+        "b cannot ping a: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    // The published port answers from the host's underlay address (another namespace).
+    let host_ip = cluster.host(1).ip.to_string();
+    let probe = cluster.extra_netns("probe").unwrap();
+    let _ = probe;
+    let mut got = String::new();
+    for _ in 0..20 {
+        let mut c = Command::new("/bin/busybox");
+        c.args(["nc", "-w", "2", &host_ip, "18081"])
+            .stdin(std::process::Stdio::null());
+        cluster.underlay.prepare_command(&mut c).unwrap();
+        got = String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned();
+        if got.contains("hello-from-a") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        got.contains("hello-from-a"),
+        "-p 18081:8080 did not answer from the underlay: {got:?}"
+    );
+
+    // container:ID shares a's network; host shares the host's.
+    let shared = rt.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "container:a",
+        "busybox",
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(shared.contains(&ip_a), "{shared}");
+    let host = rt.ok(&[
+        "run", "--rm", "--net", "host", "busybox", "ip", "-o", "-4", "addr", "show", "eth0",
+    ]);
+    assert!(host.contains(&host_ip), "{host}");
+
+    rt.ok(&["rm", "-f", "a"]);
+    rt.ok(&["rm", "-f", "b"]);
+    let ipam: Vec<_> = std::fs::read_dir(rt.dir.path().join("ipam/twnet"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+        .collect();
+    assert!(ipam.is_empty(), "CNI DEL released the addresses");
+    no_leftovers(&rt, &a[..12]);
+    no_leftovers(&rt, &b[..12]);
+    rt.host = None;
+    drop(rt);
+}
