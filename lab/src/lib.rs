@@ -1,5 +1,6 @@
-//! twill-lab: a twill cluster on one machine. Today this crate is the test bed that every
-//! integration test builds on: hosts as network namespaces on a shared underlay, and real
-//! etcd processes. The `twill-lab` command (up/down/bench) comes with its own issue.
+//! twill-lab: a twill cluster on one machine. The `testbed` module is what every integration
+//! test builds on (hosts as network namespaces on a shared underlay, real etcd processes);
+//! `labctl` is the `twill-lab` command (up, down, status, exec, logs).
 
+pub mod labctl;
 pub mod testbed;

@@ -157,6 +157,9 @@ fn parse_port(s: &str) -> anyhow::Result<PortSpec> {
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`| head`), like other command-line tools.
+    // SAFETY: restoring the default disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => std::process::exit(code),

@@ -76,6 +76,7 @@ impl ClusterBuilder {
             underlay_net: self.underlay,
             underlay,
             hosts: Vec::new(),
+            keep: false,
         };
         let mtu = self.mtu;
         // The bridge itself gets .1, so services of the lab (etcd) can live in the underlay.
@@ -137,6 +138,8 @@ pub struct Cluster {
     /// The namespace holding the underlay bridge.
     pub underlay: Netns,
     pub hosts: Vec<Host>,
+    /// When set, dropping the value leaves the namespaces in place (a long-lived lab).
+    keep: bool,
 }
 
 impl Cluster {
@@ -173,6 +176,13 @@ impl Cluster {
         &self.hosts[n - 1]
     }
 
+    /// Keeps the namespaces after this value is dropped (for `twill-lab up`, whose `down`
+    /// removes them later with [`super::sweep`]).
+    pub fn persist(mut self) -> Cluster {
+        self.keep = true;
+        self
+    }
+
     /// Creates an extra namespace `<prefix>-<suffix>` (a "container"), removed with the cluster.
     pub fn extra_netns(&self, suffix: &str) -> Result<Netns> {
         let ns = Netns::create(&format!("{}-{suffix}", self.prefix))?;
@@ -183,6 +193,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         if let Err(e) = sweep(&self.prefix) {
             tracing::error!(prefix = %self.prefix, error = %e, "cleaning up lab namespaces");
             eprintln!("twill-lab: cleaning up namespaces {}-*: {e}", self.prefix);

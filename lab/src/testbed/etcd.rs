@@ -287,6 +287,18 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Lets the process run on after this value is dropped; returns its PID and the
+    /// directory holding its data and log (the caller removes both later).
+    pub fn detach(mut self) -> (Option<u32>, PathBuf) {
+        let pid = self.child.take().map(|c| c.id());
+        let path = self.dir.path().to_path_buf();
+        // Neither kill the process nor delete its data: the caller owns both now.
+        std::mem::forget(self);
+        (pid, path)
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();

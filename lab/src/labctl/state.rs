@@ -1,0 +1,102 @@
+//! The lab's state file (`/run/twill-lab/<name>/state.json`), written after every step of
+//! `up` so `down` can clean up even after a crash.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct ContainerState {
+    pub name: String,
+    pub ip: String,
+    pub reachable: Option<bool>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct HostState {
+    pub name: String,
+    pub netns: String,
+    pub underlay_ip: String,
+    pub subnet: Option<String>,
+    pub twilld_pid: Option<u32>,
+    pub log: PathBuf,
+    pub subnet_file: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub run_root: PathBuf,
+    pub containers: Vec<ContainerState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct LabState {
+    pub name: String,
+    pub backend: String,
+    pub network: String,
+    pub etcd_endpoint: String,
+    pub etcd_pid: Option<u32>,
+    pub etcd_dir: Option<PathBuf>,
+    pub cni_path: String,
+    pub hosts: Vec<HostState>,
+}
+
+impl LabState {
+    pub fn load(dir: &Path) -> anyhow::Result<LabState> {
+        let text = std::fs::read(dir.join("state.json"))
+            .with_context(|| format!("reading {}", dir.join("state.json").display()))?;
+        Ok(serde_json::from_slice(&text)?)
+    }
+
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join("state.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, dir.join("state.json"))?;
+        Ok(())
+    }
+
+    pub fn host_index(&self, name: &str) -> anyhow::Result<usize> {
+        self.hosts
+            .iter()
+            .position(|h| h.name == name)
+            .with_context(|| {
+                format!(
+                    "no host {name} (hosts: {})",
+                    self.hosts
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+
+    /// The table: host, underlay IP, subnet, container, IP, reachable from all.
+    pub fn print_table(&self) {
+        println!(
+            "{:<6} {:<14} {:<16} {:<10} {:<14} REACHABLE FROM ALL",
+            "HOST", "UNDERLAY IP", "SUBNET", "CONTAINER", "IP"
+        );
+        for h in &self.hosts {
+            for (i, c) in h.containers.iter().enumerate() {
+                let (hn, ul, sn) = if i == 0 {
+                    (
+                        h.name.as_str(),
+                        h.underlay_ip.as_str(),
+                        h.subnet.as_deref().unwrap_or("-"),
+                    )
+                } else {
+                    ("", "", "")
+                };
+                let mark = match c.reachable {
+                    Some(true) => "✔",
+                    Some(false) => "✘",
+                    None => "?",
+                };
+                println!(
+                    "{hn:<6} {ul:<14} {sn:<16} {:<10} {:<14} {mark}",
+                    c.name, c.ip
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `twill-lab`: a twill cluster on one machine (thin CLI over `twill_lab::labctl`).
+
+use clap::{Parser, Subcommand};
+use twill_lab::labctl;
+
+/// twill-lab: hosts as network namespaces, real etcd, real twilld agents and twill-run
+/// containers, all on this machine. Needs root. Nothing is added to the root namespace.
+#[derive(Parser)]
+#[command(name = "twill-lab", version, about)]
+struct Cli {
+    /// Lab name (several labs can run side by side).
+    #[arg(long, global = true, default_value = "lab")]
+    name: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the cluster, start everything, check all-pairs connectivity, print a table.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// vxlan or host-gw.
+        #[arg(long, default_value = "vxlan")]
+        backend: String,
+        #[arg(long, default_value_t = 2)]
+        containers_per_host: usize,
+        #[arg(long, default_value = "10.244.0.0/16")]
+        network: String,
+    },
+    /// Tear everything down (idempotent; also after a crashed up).
+    Down,
+    /// Print the lab's table.
+    Status,
+    /// Run a command on a host (HOST) or in a container (HOST/CONTAINER).
+    Exec {
+        target: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Print a host's twilld log.
+    Logs { host: String },
+}
+
+fn main() {
+    // Die quietly on a closed pipe (`| head`), like other command-line tools.
+    // SAFETY: restoring the default disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let cli = Cli::parse();
+    let valid = !cli.name.is_empty()
+        && cli.name.len() <= 20
+        && cli
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !valid {
+        eprintln!("twill-lab: --name must be 1-20 letters, digits or '-'");
+        std::process::exit(2);
+    }
+    let r = match cli.cmd {
+        Cmd::Up {
+            hosts,
+            backend,
+            containers_per_host,
+            network,
+        } => labctl::up::up(&labctl::up::UpOptions {
+            name: cli.name.clone(),
+            hosts,
+            backend,
+            containers_per_host,
+            network,
+        })
+        .map(|ok| if ok { 0 } else { 1 }),
+        Cmd::Down => labctl::down(&cli.name).map(|_| 0),
+        Cmd::Status => labctl::status(&cli.name).map(|_| 0),
+        Cmd::Exec { target, cmd } => labctl::exec(&cli.name, &target, &cmd),
+        Cmd::Logs { host } => labctl::logs(&cli.name, &host).map(|_| 0),
+    };
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("twill-lab: {e:#}");
+            eprintln!("(clean up with: twill-lab down --name {})", cli.name);
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `twill-lab up/down` as a newcomer runs it, with the real binaries of this build.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const LAB: &str = env!("CARGO_BIN_EXE_twill-lab");
+
+fn ready() -> bool {
+    let dir = Path::new(LAB).parent().unwrap();
+    let missing: Vec<&str> = ["twilld", "twill", "twill-run"]
+        .into_iter()
+        .filter(|b| !dir.join(b).exists())
+        .collect();
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if !nix::unistd::geteuid().is_root()
+        || !missing.is_empty()
+        || !Path::new("/bin/busybox").exists()
+    {
+        let why = format!(
+            "needs root, /bin/busybox and the binaries {missing:?} (cargo test --workspace builds them)"
+        );
+        assert!(!ci, "{why}");
+        eprintln!("skipping: {why}");
+        return false;
+    }
+    true
+}
+
+fn lab(args: &[&str]) -> (bool, String) {
+    let out = Command::new(LAB).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn gone(name: &str) {
+    let prefix = format!("tl-{name}-");
+    assert!(
+        !twill_netkit::Netns::list()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with(&prefix)),
+        "namespaces of {name} left"
+    );
+    assert!(
+        !Path::new("/run/twill-lab").join(name).exists(),
+        "state of {name} left"
+    );
+}
+
+#[test]
+fn two_labs_side_by_side_vxlan_and_host_gw() {
+    if !ready() {
+        return;
+    }
+    let _ = lab(&["down", "--name", "tv"]);
+    let _ = lab(&["down", "--name", "th"]);
+    let (ok, out) = lab(&[
+        "up",
+        "--name",
+        "tv",
+        "--hosts",
+        "3",
+        "--containers-per-host",
+        "2",
+        "--backend",
+        "vxlan",
+    ]);
+    let (ok2, out2) = lab(&[
+        "up",
+        "--name",
+        "th",
+        "--hosts",
+        "2",
+        "--containers-per-host",
+        "1",
+        "--backend",
+        "host-gw",
+    ]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read("/run/twill-lab/tv/state.json").unwrap_or_default())
+            .unwrap_or_default();
+    let (s_ok, status) = lab(&["status", "--name", "th"]);
+    let (e_ok, exec) = lab(&["exec", "--name", "tv", "h1/h1c1", "hostname"]);
+    let _ = lab(&["down", "--name", "tv"]);
+    let _ = lab(&["down", "--name", "th"]);
+    assert!(ok, "{out}");
+    assert!(ok2, "{out2}");
+    assert_eq!(out.matches('✔').count(), 6, "{out}");
+    assert_eq!(out2.matches('✔').count(), 2, "{out2}");
+    assert!(s_ok && status.contains("host-gw"), "{status}");
+    assert!(e_ok && !exec.trim().is_empty(), "{exec}");
+    for h in state["hosts"].as_array().unwrap() {
+        let pid = h["twilld_pid"].as_u64().unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z "),
+            "twilld {pid} left running"
+        );
+    }
+    gone("tv");
+    gone("th");
+}
+
+#[test]
+fn down_after_a_killed_up_leaves_nothing() {
+    if !ready() {
+        return;
+    }
+    let _ = lab(&["down", "--name", "tk"]);
+    let mut child = Command::new(LAB)
+        .args([
+            "up",
+            "--name",
+            "tk",
+            "--hosts",
+            "2",
+            "--containers-per-host",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the agents run (the state file lists them).
+    let _ = twill_lab::testbed::wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string("/run/twill-lab/tk/state.json").is_ok_and(|s| {
+            s.matches("twilld_pid\": ").count() >= 2 && !s.contains("twilld_pid\": null")
+        })
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let (ok, out) = lab(&["down", "--name", "tk"]);
+    assert!(ok, "{out}");
+    gone("tk");
+    let (ok, out) = lab(&["down", "--name", "tk"]);
+    assert!(ok, "down is idempotent: {out}");
+}
