@@ -41,6 +41,17 @@ enum Cmd {
     },
     /// Print a host's twilld log.
     Logs { host: String },
+    /// iperf3 (1 and 4 streams) and ping RTT per backend against the same-host path.
+    Bench {
+        /// Comma separated, or "all".
+        #[arg(long, default_value = "all")]
+        backends: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Also write the table as Markdown here.
+        #[arg(long)]
+        markdown: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() {
@@ -76,6 +87,18 @@ fn main() {
         Cmd::Status => labctl::status(&cli.name).map(|_| 0),
         Cmd::Exec { target, cmd } => labctl::exec(&cli.name, &target, &cmd),
         Cmd::Logs { host } => labctl::logs(&cli.name, &host).map(|_| 0),
+        Cmd::Bench {
+            backends,
+            seconds,
+            markdown,
+        } => {
+            let list: Vec<String> = if backends == "all" {
+                vec!["host-gw".into(), "vxlan".into()]
+            } else {
+                backends.split(',').map(str::to_string).collect()
+            };
+            labctl::bench::bench(&list, seconds, markdown.as_deref()).map(|_| 0)
+        }
     };
     match r {
         Ok(code) => std::process::exit(code),

@@ -3,6 +3,7 @@
 //! containers with twill-run and checks all-pairs connectivity; `down` removes everything
 //! from the state file (also after a crashed `up`).
 
+pub mod bench;
 pub mod state;
 pub mod up;
 
