@@ -82,6 +82,15 @@ pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
     if let Err(e) = std::env::set_current_dir(&spec.workdir) {
         return RuntimeError::io("entering working directory", &spec.workdir, e);
     }
+    // Docker's default open-files limit, within the host's hard limit.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap_or((1024, 1024));
+    let nofile = hard.min(1_048_576);
+    if let Err(e) =
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile, nofile)
+    {
+        return RuntimeError::nix("setting RLIMIT_NOFILE to", nofile, e);
+    }
     let keep: caps::CapsHashSet = DEFAULT_CAPS.iter().copied().collect();
     for c in caps::all() {
         if !keep.contains(&c) {

@@ -176,6 +176,18 @@ fn namespaces_isolate_the_container() {
             "{k} namespace is shared with the host"
         );
     }
+    // Docker's default open-files limit (within the host's hard limit).
+    let nofile = rt.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "ulimit -n",
+    ]);
+    assert!(nofile.trim().parse::<u64>().unwrap() >= 1024, "{nofile}");
     // Masked and read-only paths.
     let out = rt.ok(&[
         "run",
