@@ -170,19 +170,31 @@ impl EtcdStore {
         lease_id: i64,
     ) -> Result<bool> {
         let key = self.lease_key(subnet);
-        let txn = Txn::new()
-            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                record.to_json(),
-                Some(PutOptions::new().with_lease(lease_id)),
-            )]);
+        let cond = Compare::version(key.clone(), CompareOp::Equal, 0);
+        self.put_if(cond, key, record, lease_id, "creating").await
+    }
+
+    /// Puts `record` at `key`, bound to `lease_id`, in one transaction guarded by `cond`.
+    async fn put_if(
+        &self,
+        cond: Compare,
+        key: String,
+        record: &LeaseRecord,
+        lease_id: i64,
+        op: &str,
+    ) -> Result<bool> {
+        let put = TxnOp::put(
+            key.clone(),
+            record.to_json(),
+            Some(PutOptions::new().with_lease(lease_id)),
+        );
+        let txn = Txn::new().when([cond]).and_then([put]);
         let resp = self
             .client
             .clone()
             .txn(txn)
             .await
-            .map_err(ctx(format!("creating {key}")))?;
+            .map_err(ctx(format!("{op} {key}")))?;
         Ok(resp.succeeded())
     }
 
@@ -196,24 +208,9 @@ impl EtcdStore {
         mod_revision: i64,
     ) -> Result<bool> {
         let key = self.lease_key(subnet);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                mod_revision,
-            )])
-            .and_then([TxnOp::put(
-                key.clone(),
-                record.to_json(),
-                Some(PutOptions::new().with_lease(lease_id)),
-            )]);
-        let resp = self
-            .client
-            .clone()
-            .txn(txn)
+        let cond = Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision);
+        self.put_if(cond, key, record, lease_id, "taking over")
             .await
-            .map_err(ctx(format!("taking over {key}")))?;
-        Ok(resp.succeeded())
     }
 
     /// Rewrites our own lease value (keeping its etcd lease).

@@ -648,31 +648,8 @@ fn chained_with_reference_portmap() {
         "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]},
         "prevResult": r,
     });
-    let mut c = Command::new("/usr/lib/cni/portmap");
-    c.env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "pm1")
-        .env("CNI_NETNS", &p)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    node.host.prepare_command(&mut c).unwrap();
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(pm.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "portmap: {} {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let chained: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, chained, text) = reference(&node, "portmap", "ADD", "pm1", &p, &pm);
+    assert!(ok, "portmap: {text}");
     assert_eq!(
         chained["ips"], r["ips"],
         "portmap passes twill's result through"
