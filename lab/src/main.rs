@@ -48,6 +48,9 @@ enum Cmd {
         backends: String,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Measurements per cell; each cell shows the median.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
         /// Also write the table as Markdown here.
         #[arg(long)]
         markdown: Option<std::path::PathBuf>,
@@ -90,6 +93,7 @@ fn main() {
         Cmd::Bench {
             backends,
             seconds,
+            runs,
             markdown,
         } => {
             let list: Vec<String> = if backends == "all" {
@@ -97,7 +101,7 @@ fn main() {
             } else {
                 backends.split(',').map(str::to_string).collect()
             };
-            labctl::bench::bench(&list, seconds, markdown.as_deref()).map(|_| 0)
+            labctl::bench::bench(&list, seconds, runs, markdown.as_deref()).map(|_| 0)
         }
     };
     match r {

@@ -1,7 +1,8 @@
 //! `twill-lab bench`: for each backend a fresh 2-host lab; iperf3 TCP (1 and 4 streams) and
 //! ping RTT between containers on two hosts, plus two containers on the same host (the bridge
 //! path: the physical baseline), all in one run; a table with ratios to the baseline.
-//! iperf3 and ping run from the host's filesystem inside the containers' network namespaces.
+//! iperf3 and ping run from the host's filesystem inside the containers' network namespaces;
+//! with `--runs N` every cell is the median of N measurements.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -89,12 +90,18 @@ fn rtt(client_ns: &str, ip: &str) -> anyhow::Result<f64> {
     avg.with_context(|| format!("ping {ip} failed: {text}"))
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 fn measure(
     st: &LabState,
     label: &str,
     (hs, s): (usize, &str),
     (hc, c): (usize, &str),
     secs: u64,
+    runs: usize,
 ) -> anyhow::Result<Row> {
     let sns = container_netns(st, hs, s)?;
     let cns = container_netns(st, hc, c)?;
@@ -104,11 +111,17 @@ fn measure(
         .find(|x| x.name == s)
         .map(|x| x.ip.clone())
         .context("server ip")?;
+    let (mut one, mut four, mut rtts) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        one.push(iperf(&sns, &ip, &cns, secs, 1)?);
+        four.push(iperf(&sns, &ip, &cns, secs, 4)?);
+        rtts.push(rtt(&cns, &ip)?);
+    }
     Ok(Row {
         path: label.to_string(),
-        gbps_1: iperf(&sns, &ip, &cns, secs, 1)?,
-        gbps_4: iperf(&sns, &ip, &cns, secs, 4)?,
-        rtt_ms: rtt(&cns, &ip)?,
+        gbps_1: median(one),
+        gbps_4: median(four),
+        rtt_ms: median(rtts),
     })
 }
 
@@ -116,6 +129,7 @@ fn measure(
 pub fn bench(
     backends: &[String],
     secs: u64,
+    runs: usize,
     markdown: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let mut rows: Vec<Row> = Vec::new();
@@ -141,6 +155,7 @@ pub fn bench(
                     (0, "h1c2"),
                     (0, "h1c1"),
                     secs,
+                    runs,
                 )?);
             }
             rows.push(measure(
@@ -149,6 +164,7 @@ pub fn bench(
                 (1, "h2c1"),
                 (0, "h1c1"),
                 secs,
+                runs,
             )?);
             Ok(())
         })();
