@@ -45,12 +45,7 @@ pub fn table(network: Ipv4Net, subnet: Ipv4Net, ip_masq: bool) -> Table {
             },
             Chain {
                 name: "forward".into(),
-                hook: Some(Hook {
-                    kind: "filter",
-                    hook: "forward",
-                    priority: 0,
-                    policy: "accept",
-                }),
+                hook: Some(Hook::filter_forward()),
                 rules: vec![
                     Rule::new(format!("ip saddr {network} accept"), "twilld forward"),
                     Rule::new(format!("ip daddr {network} accept"), "twilld forward"),

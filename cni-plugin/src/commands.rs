@@ -21,6 +21,18 @@ use crate::masq;
 use crate::result::{AddResult, Interface, IpConfig, RouteSpec};
 use crate::setup::{self, HostPlan};
 
+/// Best-effort commands run every step and report all failures together.
+fn collected(what: String, errors: Vec<String>) -> CniResult<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            INTERNAL,
+            format!("{what}: {}", errors.join("; ")),
+        ))
+    }
+}
+
 /// Reads the subnet file; None when it does not exist.
 fn subnet_env(conf: &NetConf) -> CniResult<Option<SubnetEnv>> {
     let path = conf.subnet_file();
@@ -317,19 +329,10 @@ pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             }
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            INTERNAL,
-            format!(
-                "DEL of {} {}: {}",
-                env.container_id,
-                env.ifname,
-                errors.join("; ")
-            ),
-        ))
-    }
+    collected(
+        format!("DEL of {} {}", env.container_id, env.ifname),
+        errors,
+    )
 }
 
 /// CHECK: the container interface, its addresses and routes match prevResult, the bridge
@@ -452,12 +455,5 @@ pub fn gc(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             errors.push(e.to_string());
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            INTERNAL,
-            format!("GC: {}", errors.join("; ")),
-        ))
-    }
+    collected("GC".to_string(), errors)
 }

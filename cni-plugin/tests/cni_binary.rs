@@ -67,7 +67,11 @@ impl Node {
     }
 }
 
-fn cni_in(
+/// Runs a CNI plugin binary the way a runtime does (clean env, config on stdin), inside
+/// `host` when given; returns (success, stdout, stderr).
+#[allow(clippy::too_many_arguments)]
+fn run_plugin(
+    binary: &str,
     host: Option<&Netns>,
     cmd: &str,
     id: &str,
@@ -75,8 +79,8 @@ fn cni_in(
     ifname: &str,
     conf: &Value,
     extra: &[(&str, &str)],
-) -> (bool, Value) {
-    let mut c = Command::new(TWILL);
+) -> (bool, String, String) {
+    let mut c = Command::new(binary);
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CNI_COMMAND", cmd)
@@ -101,13 +105,29 @@ fn cni_in(
         .write_all(conf.to_string().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cni_in(
+    host: Option<&Netns>,
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    ifname: &str,
+    conf: &Value,
+    extra: &[(&str, &str)],
+) -> (bool, Value) {
+    let (ok, text, _) = run_plugin(TWILL, host, cmd, id, netns, ifname, conf, extra);
     let v = if text.trim().is_empty() {
         Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout not JSON ({e}): {text}"))
     };
-    (out.status.success(), v)
+    (ok, v)
 }
 
 fn ip_files(dir: &Path) -> Vec<String> {
@@ -677,30 +697,12 @@ fn reference(
     netns: &str,
     conf: &Value,
 ) -> (bool, Value, String) {
-    let mut c = Command::new(format!("/usr/lib/cni/{plugin}"));
-    c.env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    node.host.prepare_command(&mut c).unwrap();
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let v = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let bin = format!("/usr/lib/cni/{plugin}");
+    let (ok, out, err) = run_plugin(&bin, Some(&node.host), cmd, id, netns, "eth0", conf, &[]);
     (
-        out.status.success(),
-        v,
-        format!("{text} {}", String::from_utf8_lossy(&out.stderr)),
+        ok,
+        serde_json::from_str(&out).unwrap_or(Value::Null),
+        format!("{out} {err}"),
     )
 }
 

@@ -48,6 +48,16 @@ impl Hook {
             policy: "accept",
         }
     }
+
+    /// A filter chain on forward (priority 0, policy accept).
+    pub fn filter_forward() -> Hook {
+        Hook {
+            kind: "filter",
+            hook: "forward",
+            priority: 0,
+            policy: "accept",
+        }
+    }
 }
 
 /// One rule: an nft expression and an optional comment.

@@ -129,12 +129,7 @@ fn masq_table(network: &str) -> Table {
             },
             Chain {
                 name: "forward".into(),
-                hook: Some(Hook {
-                    kind: "filter",
-                    hook: "forward",
-                    priority: 0,
-                    policy: "accept",
-                }),
+                hook: Some(Hook::filter_forward()),
                 rules: vec![Rule::new(
                     format!("ip saddr {network} accept"),
                     "twill forward",
