@@ -107,8 +107,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     let underlay = underlay::find(&nl, &cli.iface, cli.public_ip).await?;
-    let mut backend = backend::create(&config, underlay).map_err(|e| anyhow::anyhow!(e))?;
-    backend.init(&nl).await.context("preparing the backend")?;
+    let udp = backend::UdpOptions {
+        device: cli.udp_device.clone(),
+        workers: cli.udp_workers as usize,
+    };
+    let mut backend = backend::create(&config, underlay, udp);
+    if let AnyBackend::Udp(u) = &backend {
+        let _ = metrics.udp.set(u.stats());
+    }
+    backend
+        .init(&nl)
+        .await
+        .with_context(|| format!("preparing the {} backend", config.backend.kind.as_str()))?;
     let record = backend.record();
     let ttl = cli.subnet_lease_ttl as i64;
 

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 /// twilld: the twill node agent. Leases this node's pod subnet from etcd (Flannel's key
-/// layout), writes the subnet file for the CNI plugin, and programs routes to every other
-/// node's subnet with the configured backend (host-gw, vxlan).
+/// layout), writes the subnet file for the CNI plugin, and carries traffic to every other
+/// node's subnet with the configured backend (host-gw, vxlan, udp).
 #[derive(Debug, Parser)]
 #[command(name = "twilld", version, about, long_about = None)]
 pub struct Cli {
@@ -82,6 +82,13 @@ pub struct Cli {
     /// Seconds between level-triggered reconciles of the kernel state.
     #[arg(long, env = "TWILLD_RECONCILE_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconcile_interval: u64,
+    /// udp backend: name of the TUN device (Flannel's name by default).
+    #[arg(long, env = "TWILLD_UDP_DEVICE", default_value = "flannel0")]
+    pub udp_device: String,
+    /// udp backend: data-path workers, each a TUN queue with a TX and an RX thread
+    /// (0: one per CPU, at most 4).
+    #[arg(long, env = "TWILLD_UDP_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub udp_workers: u64,
     /// Address for /healthz and /metrics.
     #[arg(long, env = "TWILLD_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: Ipv4Addr,

@@ -3,8 +3,8 @@
 //! library needed for this little.
 
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -20,6 +20,8 @@ pub struct Metrics {
     pub etcd_errors: AtomicU64,
     pub last_renew_unix: AtomicU64,
     pub lease: Mutex<String>,
+    /// The udp data path's counters, when that backend runs.
+    pub udp: OnceLock<Arc<crate::backend::udp::stats::Stats>>,
 }
 
 impl Metrics {
@@ -86,34 +88,47 @@ impl Metrics {
             "gauge",
             self.last_renew_unix.load(Ordering::Relaxed),
         );
+        if let Some(udp) = self.udp.get() {
+            udp.render(&mut s);
+        }
         s.push_str("# EOF\n");
         s
     }
 }
 
+/// Reads a request head: until the blank line, EOF or 4 KiB. A client may send its request
+/// in several pieces, so one read is not enough.
+async fn read_head<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> String {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    while buf.len() < 4096 && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The path of a request line (`GET /metrics HTTP/1.1`); `/` when there is none.
+fn request_path(head: &str) -> &str {
+    head.split_whitespace().nth(1).unwrap_or("/")
+}
+
 /// Serves `/healthz` and/or `/metrics` on `listener` forever.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: std::sync::Arc<Metrics>,
-    healthz: bool,
-    metrics_on: bool,
-) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, healthz: bool, metrics_on: bool) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
         let m = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let Ok(head) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), read_head(&mut sock)).await
+            else {
+                return;
+            };
+            let path = request_path(&head);
             let (status, ctype, body) = match path {
                 "/healthz" if healthz => {
                     if m.ready.load(Ordering::Relaxed) {
@@ -139,5 +154,27 @@ pub async fn serve(
             );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_split_over_several_writes_is_read_whole() {
+        // The bug: one read() saw only "GET " and the path came out as "/" (404).
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            for part in ["GET ", "/metrics", " HTTP/1.0\r\n", "\r\n"] {
+                client.write_all(part.as_bytes()).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        let head = read_head(&mut server).await;
+        assert_eq!(request_path(&head), "/metrics");
+        drop(writer.await);
+        assert_eq!(request_path(""), "/");
     }
 }

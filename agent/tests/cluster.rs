@@ -371,22 +371,7 @@ fn healthz_metrics_and_status() {
     lab.start_agent(2, &[]);
     let env = lab.wait_subnet(1);
     lab.wait_subnet(2);
-    let get = |path: &str| -> String {
-        lab.cluster
-            .host(1)
-            .netns
-            .enter(|| {
-                use std::io::{Read, Write};
-                let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:10259") else {
-                    return String::new();
-                };
-                let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                out
-            })
-            .unwrap()
-    };
+    let get = |path: &str| lab.http_get(1, 10259, path);
     lab.eventually("healthz says ok", 15, || {
         get("/healthz").starts_with("HTTP/1.1 200")
     });

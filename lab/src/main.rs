@@ -21,7 +21,7 @@ enum Cmd {
     Up {
         #[arg(long, default_value_t = 3)]
         hosts: usize,
-        /// vxlan or host-gw.
+        /// vxlan, host-gw or udp.
         #[arg(long, default_value = "vxlan")]
         backend: String,
         #[arg(long, default_value_t = 2)]
@@ -97,7 +97,7 @@ fn main() {
             markdown,
         } => {
             let list: Vec<String> = if backends == "all" {
-                vec!["host-gw".into(), "vxlan".into()]
+                vec!["host-gw".into(), "vxlan".into(), "udp".into()]
             } else {
                 backends.split(',').map(str::to_string).collect()
             };

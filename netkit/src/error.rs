@@ -83,7 +83,8 @@ impl Error {
             )
     }
 
-    pub(crate) fn io(op: &'static str, object: impl Into<String>, source: io::Error) -> Self {
+    /// An I/O error saying what was being done (`op`) to which object.
+    pub fn io(op: &'static str, object: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             op,
             object: object.into(),

@@ -4,6 +4,7 @@
 
 mod hostgw;
 mod routes;
+pub mod udp;
 mod vxlan;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use crate::lease::LeaseRecord;
 use crate::netconf::{BackendType, NetworkConfig};
 
 pub use hostgw::HostGw;
+pub use udp::{Udp, UdpOptions};
 pub use vxlan::Vxlan;
 
 /// The node's underlay: the interface peers are reached through.
@@ -74,14 +76,15 @@ pub trait Backend {
 pub enum AnyBackend {
     HostGw(HostGw),
     Vxlan(Vxlan),
+    Udp(Udp),
 }
 
-/// Builds the backend for `config`; udp comes with its own issue.
-pub fn create(config: &NetworkConfig, underlay: Underlay) -> Result<AnyBackend, String> {
+/// Builds the backend for `config`.
+pub fn create(config: &NetworkConfig, underlay: Underlay, udp: UdpOptions) -> AnyBackend {
     match config.backend.kind {
-        BackendType::HostGw => Ok(AnyBackend::HostGw(HostGw::new(config, underlay))),
-        BackendType::Vxlan => Ok(AnyBackend::Vxlan(Vxlan::new(config, underlay))),
-        BackendType::Udp => Err("the udp backend is not implemented yet: use \"Backend\": {\"Type\": \"vxlan\"} or \"host-gw\"".into()),
+        BackendType::HostGw => AnyBackend::HostGw(HostGw::new(config, underlay)),
+        BackendType::Vxlan => AnyBackend::Vxlan(Vxlan::new(config, underlay)),
+        BackendType::Udp => AnyBackend::Udp(Udp::new(config, underlay, udp)),
     }
 }
 
@@ -90,24 +93,28 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::HostGw(b) => b.kind(),
             AnyBackend::Vxlan(b) => b.kind(),
+            AnyBackend::Udp(b) => b.kind(),
         }
     }
     fn mtu(&self) -> u32 {
         match self {
             AnyBackend::HostGw(b) => b.mtu(),
             AnyBackend::Vxlan(b) => b.mtu(),
+            AnyBackend::Udp(b) => b.mtu(),
         }
     }
     fn record(&self) -> LeaseRecord {
         match self {
             AnyBackend::HostGw(b) => b.record(),
             AnyBackend::Vxlan(b) => b.record(),
+            AnyBackend::Udp(b) => b.record(),
         }
     }
     async fn init(&mut self, nl: &Netlink) -> twill_netkit::Result<()> {
         match self {
             AnyBackend::HostGw(b) => b.init(nl).await,
             AnyBackend::Vxlan(b) => b.init(nl).await,
+            AnyBackend::Udp(b) => b.init(nl).await,
         }
     }
     async fn set_local_subnet(
@@ -118,12 +125,14 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::HostGw(b) => b.set_local_subnet(nl, subnet).await,
             AnyBackend::Vxlan(b) => b.set_local_subnet(nl, subnet).await,
+            AnyBackend::Udp(b) => b.set_local_subnet(nl, subnet).await,
         }
     }
     async fn apply(&mut self, nl: &Netlink, peers: &Peers) -> ApplyErrors {
         match self {
             AnyBackend::HostGw(b) => b.apply(nl, peers).await,
             AnyBackend::Vxlan(b) => b.apply(nl, peers).await,
+            AnyBackend::Udp(b) => b.apply(nl, peers).await,
         }
     }
 }

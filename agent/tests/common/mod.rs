@@ -360,6 +360,24 @@ impl AgentLab {
         bad
     }
 
+    /// An HTTP/1.0 GET of `path` on 127.0.0.1:`port` inside host `h` (empty when refused).
+    pub fn http_get(&self, h: usize, port: u16, path: &str) -> String {
+        self.cluster
+            .host(h)
+            .netns
+            .enter(|| {
+                use std::io::{Read, Write};
+                let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                    return String::new();
+                };
+                let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                out
+            })
+            .unwrap_or_default()
+    }
+
     /// `ip -j route show proto 116` on host `h`.
     pub fn twill_routes(&self, h: usize) -> Vec<serde_json::Value> {
         twill_tests::ip_json(

@@ -79,8 +79,8 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
     );
     anyhow::ensure!((1..=50).contains(&o.hosts), "--hosts must be 1 to 50");
     anyhow::ensure!(
-        ["vxlan", "host-gw"].contains(&o.backend.as_str()),
-        "--backend {} is not available: use vxlan or host-gw (udp is not built yet)",
+        ["vxlan", "host-gw", "udp"].contains(&o.backend.as_str()),
+        "--backend {} is not available: use vxlan, host-gw or udp",
         o.backend
     );
     let network: twill_netkit::ipnet::Ipv4Net = o

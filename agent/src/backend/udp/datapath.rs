@@ -1,0 +1,702 @@
+//! The udp data path's I/O: per worker, one thread TUN → UDP and one UDP → TUN, on plain OS
+//! threads with non-blocking fds (poll only when idle). TUN reads carry virtio-net headers,
+//! so the kernel hands over 64 KiB TCP super-packets; they leave as one sendmmsg with
+//! UDP_SEGMENT. The socket has UDP_GRO, so one recvmmsg slot receives many datagrams; their
+//! TCP segments are coalesced into few TUN writes. All buffers are allocated at start.
+
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use super::packet::{
+    self, Coalescer, Drop, GSO_ECN, GSO_NONE, GSO_TCPV4, MAX_IP_PACKET, VNET_F_NEEDS_CSUM,
+    VNET_HDR_LEN, VnetHdr,
+};
+use super::stats::{Local, Stats};
+use super::table::{TableCell, TableReader};
+
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// The kernel's limit of segments per UDP GSO send.
+const UDP_MAX_SEGMENTS: usize = 64;
+/// The largest UDP payload over IPv4.
+const MAX_UDP_PAYLOAD: usize = 65507;
+/// Socket buffers: the default ones lose datagrams at these rates.
+const SOCKET_BUFFER: libc::c_int = 16 << 20;
+/// Messages per sendmmsg / recvmmsg.
+const BATCH: usize = 16;
+/// Send arena: enough for a few segmented super-packets per sendmmsg.
+const ARENA: usize = 4 * 72 * 1024;
+/// How often idle threads look at the stop flag.
+const IDLE_POLL_MS: libc::c_int = 200;
+
+/// What the data path needs to know besides the peers.
+#[derive(Clone, Copy, Debug)]
+pub struct DatapathConfig {
+    /// The UDP address to bind (public IP and port).
+    pub bind: SocketAddrV4,
+    /// The TUN MTU: the largest inner packet.
+    pub mtu: usize,
+    /// The port peers listen on.
+    pub peer_port: u16,
+}
+
+/// Running data-path threads; dropping it stops and joins them.
+pub struct Datapath {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Datapath {
+    /// Starts one TX and one RX thread per TUN queue.
+    pub fn start(
+        queues: Vec<File>,
+        cfg: DatapathConfig,
+        table: &Arc<TableCell>,
+        stats: &Arc<Stats>,
+    ) -> io::Result<Datapath> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut dp = Datapath {
+            stop: stop.clone(),
+            threads: Vec::new(),
+        };
+        for (i, tun) in queues.into_iter().enumerate() {
+            set_nonblocking(tun.as_raw_fd())?;
+            let sock = Arc::new(udp_socket(cfg.bind).map_err(|e| {
+                io::Error::new(e.kind(), format!("binding UDP socket {}: {e}", cfg.bind))
+            })?);
+            let tun_rx = tun.try_clone()?;
+            let tx = TxWorker {
+                tun,
+                sock: sock.clone(),
+                table: table.reader(),
+                stats: stats.clone(),
+                stop: stop.clone(),
+                cfg,
+                buf: vec![0u8; VNET_HDR_LEN + MAX_IP_PACKET].into_boxed_slice(),
+                arena: vec![0u8; ARENA].into_boxed_slice(),
+                used: 0,
+                msgs: Vec::with_capacity(BATCH),
+                local: Local::default(),
+            };
+            let rx = RxWorker {
+                tun: tun_rx,
+                sock,
+                table: table.reader(),
+                stats: stats.clone(),
+                stop: stop.clone(),
+                cfg,
+                bufs: vec![0u8; BATCH * 65536].into_boxed_slice(),
+                coalescer: Coalescer::new(),
+                local: Local::default(),
+            };
+            dp.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("udp-tx{i}"))
+                    .spawn(move || tx.run())?,
+            );
+            dp.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("udp-rx{i}"))
+                    .spawn(move || rx.run())?,
+            );
+        }
+        Ok(dp)
+    }
+
+    /// Whether every thread is still running (a thread ends when its TUN queue dies).
+    pub fn healthy(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed) && self.threads.iter().all(|t| !t.is_finished())
+    }
+}
+
+impl std::ops::Drop for Datapath {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A non-blocking UDP socket on `bind` with SO_REUSEPORT (one per worker), big buffers and
+/// UDP_GRO.
+fn udp_socket(bind: SocketAddrV4) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+            setsockopt_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER)?;
+        }
+    }
+    if let Err(e) = setsockopt_int(fd, SOL_UDP, UDP_GRO, 1) {
+        tracing::warn!(error = %e, "UDP_GRO unavailable: receiving one datagram per slot");
+    }
+    let sa = sockaddr(bind);
+    // SAFETY: sa is a valid sockaddr_in of the given size.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+/// Waits until `fd` is ready for `events` or the idle timeout passes.
+fn wait(fd: RawFd, events: libc::c_short) {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, IDLE_POLL_MS) };
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
+}
+
+/// Whether an error means the TUN queue is gone (device deleted): the thread ends and the
+/// control plane re-creates the device.
+fn queue_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADFD) | Some(libc::EIO) | Some(libc::ENXIO) | Some(libc::EBADF)
+    )
+}
+
+/// One UDP message to send: `len` bytes at `off` in the arena, split by the kernel into
+/// datagrams of `segment` bytes when `segment` is set.
+#[derive(Clone, Copy)]
+struct OutMsg {
+    off: usize,
+    len: usize,
+    segment: u16,
+    dst: Ipv4Addr,
+}
+
+struct TxWorker {
+    tun: File,
+    sock: Arc<OwnedFd>,
+    table: TableReader,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    cfg: DatapathConfig,
+    buf: Box<[u8]>,
+    arena: Box<[u8]>,
+    used: usize,
+    msgs: Vec<OutMsg>,
+    local: Local,
+}
+
+impl TxWorker {
+    fn run(mut self) {
+        let fd = self.tun.as_raw_fd();
+        loop {
+            // SAFETY: reads into our own buffer of that length.
+            let n = unsafe {
+                libc::read(
+                    fd,
+                    self.buf.as_mut_ptr() as *mut libc::c_void,
+                    self.buf.len(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if would_block(&e) {
+                    self.send_all();
+                    self.local.flush(&self.stats);
+                    if self.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    wait(fd, libc::POLLIN);
+                    continue;
+                }
+                self.local.io_errors += 1;
+                self.local.flush(&self.stats);
+                if queue_gone(&e) {
+                    tracing::warn!(error = %e, "TUN queue closed: TX thread ends");
+                    return;
+                }
+                tracing::debug!(error = %e, "reading the TUN device");
+                continue;
+            }
+            self.local.tun_reads += 1;
+            self.handle(n as usize);
+            if self.msgs.len() + 2 > BATCH || ARENA - self.used < 72 * 1024 {
+                self.send_all();
+            }
+        }
+    }
+
+    /// One TUN read: checks, TTL, segmentation, queued for sending.
+    fn handle(&mut self, n: usize) {
+        if n < VNET_HDR_LEN {
+            self.local.drop(Drop::Truncated, 1);
+            return;
+        }
+        let Some(hdr) = VnetHdr::parse(&self.buf[..n]) else {
+            return;
+        };
+        let pkt = &mut self.buf[VNET_HDR_LEN..n];
+        let ip = match packet::parse_ipv4(pkt, false) {
+            Ok(ip) => ip,
+            Err(why) => {
+                self.local.drop(why, 1);
+                return;
+            }
+        };
+        let table = self.table.get();
+        if !table.in_network(ip.dst) {
+            self.local.drop(Drop::OutsideNetwork, 1);
+            return;
+        }
+        if table.is_local(ip.dst) {
+            self.local.drop(Drop::NotLocal, 1);
+            return;
+        }
+        let Some(peer) = table.peer_for(ip.dst) else {
+            self.local.drop(Drop::NoRoute, 1);
+            let mut icmp = [0u8; 128];
+            // From the TUN's own address, `<local subnet>.0`.
+            let src = table
+                .local
+                .map(|l| l.network())
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            if let Some(len) = packet::icmp_net_unreachable(pkt, src, &mut icmp) {
+                let hdr = [0u8; VNET_HDR_LEN];
+                if write_tun(&self.tun, &hdr, &icmp[..len]).is_ok() {
+                    self.local.icmp_unreachable += 1;
+                }
+            }
+            return;
+        };
+        if let Err(why) = packet::decrement_ttl(pkt) {
+            self.local.drop(why, 1);
+            return;
+        }
+        let out = &mut self.arena[self.used..];
+        match hdr.gso_type & !GSO_ECN {
+            GSO_NONE => {
+                if hdr.flags & VNET_F_NEEDS_CSUM != 0
+                    && let Err(why) = packet::complete_checksum(pkt, &hdr)
+                {
+                    self.local.drop(why, 1);
+                    return;
+                }
+                if pkt.len() > self.cfg.mtu {
+                    self.local.drop(Drop::Oversize, 1);
+                    return;
+                }
+                out[..pkt.len()].copy_from_slice(pkt);
+                self.msgs.push(OutMsg {
+                    off: self.used,
+                    len: pkt.len(),
+                    segment: 0,
+                    dst: peer,
+                });
+                self.used += pkt.len();
+                self.local.tx_packets += 1;
+                self.local.tx_bytes += pkt.len() as u64;
+            }
+            GSO_TCPV4 => {
+                let segs = match packet::segment_tcp4(pkt, hdr.gso_size as usize, out) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        self.local.drop(why, 1);
+                        return;
+                    }
+                };
+                if segs.stride > self.cfg.mtu {
+                    self.local.drop(Drop::Oversize, segs.count as u64);
+                    return;
+                }
+                // At most 64 segments and 64 KiB per UDP GSO send.
+                let per_msg = (MAX_UDP_PAYLOAD / segs.stride).clamp(1, UDP_MAX_SEGMENTS);
+                let mut done = 0;
+                while done < segs.count {
+                    let k = per_msg.min(segs.count - done);
+                    let off = done * segs.stride;
+                    let len = (off + k * segs.stride).min(segs.len) - off;
+                    self.msgs.push(OutMsg {
+                        off: self.used + off,
+                        len,
+                        segment: if k > 1 { segs.stride as u16 } else { 0 },
+                        dst: peer,
+                    });
+                    done += k;
+                }
+                self.used += segs.len;
+                self.local.tx_packets += segs.count as u64;
+                self.local.tx_bytes += segs.len as u64;
+            }
+            _ => self.local.drop(Drop::Malformed, 1),
+        }
+    }
+
+    /// Sends every queued message with sendmmsg, waiting while the socket buffer is full.
+    fn send_all(&mut self) {
+        let mut start = 0;
+        while start < self.msgs.len() {
+            let msgs = &self.msgs[start..];
+            let count = msgs.len().min(BATCH);
+            let mut names = [sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH];
+            // SAFETY: zeroed iovec/mmsghdr/cmsg buffers are valid initial values.
+            let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+            let mut cmsgs = [[0u64; 4]; BATCH];
+            for (i, m) in msgs[..count].iter().enumerate() {
+                names[i] = sockaddr(SocketAddrV4::new(m.dst, self.cfg.peer_port));
+                iovs[i] = libc::iovec {
+                    iov_base: self.arena[m.off..].as_mut_ptr() as *mut libc::c_void,
+                    iov_len: m.len,
+                };
+                let h = &mut hdrs[i].msg_hdr;
+                h.msg_name = &mut names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
+                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                h.msg_iov = &mut iovs[i];
+                h.msg_iovlen = 1;
+                if m.segment != 0 {
+                    let buf = cmsgs[i].as_mut_ptr() as *mut u8;
+                    // SAFETY: the buffer (32 bytes, 8-aligned) holds CMSG_SPACE(2) = 24.
+                    unsafe {
+                        h.msg_control = buf as *mut libc::c_void;
+                        h.msg_controllen = libc::CMSG_SPACE(2) as usize;
+                        let c = libc::CMSG_FIRSTHDR(h);
+                        (*c).cmsg_level = SOL_UDP;
+                        (*c).cmsg_type = UDP_SEGMENT;
+                        (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, m.segment);
+                    }
+                }
+            }
+            // SAFETY: hdrs[..count] point at names/iovs/cmsgs/arena, all alive for the call.
+            let rc = unsafe {
+                libc::sendmmsg(self.sock.as_raw_fd(), hdrs.as_mut_ptr(), count as u32, 0)
+            };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if would_block(&e) {
+                    wait(self.sock.as_raw_fd(), libc::POLLOUT);
+                    if self.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    continue;
+                }
+                // This message cannot go (e.g. no route to that peer): skip it.
+                tracing::debug!(error = %e, peer = %self.msgs[start].dst, "sending to a peer");
+                self.local.io_errors += 1;
+                start += 1;
+                continue;
+            }
+            self.local.udp_send_calls += 1;
+            start += (rc as usize).max(1);
+        }
+        self.msgs.clear();
+        self.used = 0;
+    }
+}
+
+fn write_tun(tun: &File, hdr: &[u8; VNET_HDR_LEN], pkt: &[u8]) -> io::Result<()> {
+    let iov = [
+        libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: hdr.len(),
+        },
+        libc::iovec {
+            iov_base: pkt.as_ptr() as *mut libc::c_void,
+            iov_len: pkt.len(),
+        },
+    ];
+    // SAFETY: two iovecs over live slices; the kernel only reads them.
+    let rc = unsafe { libc::writev(tun.as_raw_fd(), iov.as_ptr(), 2) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+struct RxWorker {
+    tun: File,
+    sock: Arc<OwnedFd>,
+    table: TableReader,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    cfg: DatapathConfig,
+    bufs: Box<[u8]>,
+    coalescer: Coalescer,
+    local: Local,
+}
+
+/// Writes coalesced packets into the TUN and counts them.
+struct TunWriter<'a> {
+    tun: &'a File,
+    local: &'a mut Local,
+    gone: bool,
+}
+
+impl packet::TunSink for TunWriter<'_> {
+    fn write(&mut self, hdr: &[u8; VNET_HDR_LEN], pkt: &[u8]) {
+        match write_tun(self.tun, hdr, pkt) {
+            Ok(()) => self.local.tun_writes += 1,
+            Err(e) => {
+                self.local.io_errors += 1;
+                if queue_gone(&e) {
+                    self.gone = true;
+                }
+                tracing::debug!(error = %e, "writing to the TUN device");
+            }
+        }
+    }
+}
+
+impl RxWorker {
+    fn run(mut self) {
+        let fd = self.sock.as_raw_fd();
+        let slot = self.bufs.len() / BATCH;
+        loop {
+            let mut names = [sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH];
+            // SAFETY: zeroed iovec/mmsghdr are valid initial values.
+            let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+            let mut cmsgs = [[0u64; 8]; BATCH];
+            let base = self.bufs.as_mut_ptr();
+            for i in 0..BATCH {
+                iovs[i] = libc::iovec {
+                    // SAFETY: i * slot + slot <= bufs.len().
+                    iov_base: unsafe { base.add(i * slot) } as *mut libc::c_void,
+                    iov_len: slot,
+                };
+                let h = &mut hdrs[i].msg_hdr;
+                h.msg_name = &mut names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
+                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                h.msg_iov = &mut iovs[i];
+                h.msg_iovlen = 1;
+                h.msg_control = cmsgs[i].as_mut_ptr() as *mut libc::c_void;
+                h.msg_controllen = std::mem::size_of_val(&cmsgs[i]);
+            }
+            // SAFETY: every header points at live buffers owned by this frame or self.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    hdrs.as_mut_ptr(),
+                    BATCH as u32,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if would_block(&e) {
+                    self.local.flush(&self.stats);
+                    if self.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    wait(fd, libc::POLLIN);
+                    continue;
+                }
+                self.local.io_errors += 1;
+                tracing::debug!(error = %e, "receiving from the UDP socket");
+                continue;
+            }
+            self.local.udp_recv_calls += 1;
+            let mut sink = TunWriter {
+                tun: &self.tun,
+                local: &mut self.local,
+                gone: false,
+            };
+            let table = self.table.get();
+            for i in 0..n as usize {
+                let len = hdrs[i].msg_len as usize;
+                let seg = gro_segment(&hdrs[i].msg_hdr).unwrap_or(len).max(1);
+                let src = Ipv4Addr::from(u32::from_be(names[i].sin_addr.s_addr));
+                let data = &mut self.bufs[i * slot..i * slot + len];
+                let allowed = table.subnets_of(src);
+                if len == 0 {
+                    sink.local.drop(Drop::Truncated, 1);
+                    continue;
+                }
+                if allowed.is_empty() {
+                    sink.local.drop(Drop::UnknownPeer, len.div_ceil(seg) as u64);
+                    continue;
+                }
+                for dgram in data.chunks_mut(seg) {
+                    match check_received(dgram, allowed, table.local, self.cfg.mtu) {
+                        Ok(ip) => {
+                            sink.local.rx_packets += 1;
+                            sink.local.rx_bytes += dgram.len() as u64;
+                            self.coalescer.push(dgram, &ip, &mut sink);
+                        }
+                        Err(why) => sink.local.drop(why, 1),
+                    }
+                }
+            }
+            self.coalescer.flush(&mut sink);
+            if sink.gone {
+                tracing::warn!("TUN queue closed: RX thread ends");
+                self.local.flush(&self.stats);
+                return;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+    }
+}
+
+/// The checks on one received datagram, then the TTL decrement.
+fn check_received(
+    dgram: &mut [u8],
+    allowed: &[ipnet::Ipv4Net],
+    local: Option<ipnet::Ipv4Net>,
+    mtu: usize,
+) -> Result<packet::Ipv4Info, Drop> {
+    if dgram.len() > mtu {
+        return Err(Drop::Oversize);
+    }
+    let ip = packet::parse_ipv4(dgram, true)?;
+    if !allowed.iter().any(|s| s.contains(&ip.src)) {
+        return Err(Drop::SpoofedSource);
+    }
+    if !local.is_some_and(|l| l.contains(&ip.dst)) {
+        return Err(Drop::NotLocal);
+    }
+    packet::decrement_ttl(dgram)?;
+    Ok(ip)
+}
+
+/// The segment size of a GRO-coalesced receive, from its UDP_GRO control message.
+fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: walks the control buffer the kernel filled, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                return usize::try_from(v).ok().filter(|&v| v > 0);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_datagrams_are_checked_in_order() {
+        let allowed = ["10.5.2.0/24".parse().unwrap()];
+        let local = Some("10.5.1.0/24".parse().unwrap());
+        let mut p = [0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&28u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[10, 5, 2, 7]);
+        p[16..20].copy_from_slice(&[10, 5, 1, 9]);
+        let c = packet::checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut ok = p;
+        assert!(check_received(&mut ok, &allowed, local, 1472).is_ok());
+        assert_eq!(ok[8], 63);
+        assert_eq!(
+            check_received(&mut p.clone(), &allowed, local, 20),
+            Err(Drop::Oversize)
+        );
+        let mut spoof = p;
+        spoof[12..16].copy_from_slice(&[10, 5, 3, 7]);
+        let c = {
+            spoof[10..12].copy_from_slice(&[0, 0]);
+            packet::checksum(&spoof[..20])
+        };
+        spoof[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(
+            check_received(&mut spoof, &allowed, local, 1472),
+            Err(Drop::SpoofedSource)
+        );
+        assert_eq!(
+            check_received(&mut p.clone(), &allowed, None, 1472),
+            Err(Drop::NotLocal)
+        );
+        assert_eq!(
+            check_received(&mut [0x45, 0], &allowed, local, 1472),
+            Err(Drop::Truncated)
+        );
+    }
+}

@@ -1,0 +1,335 @@
+//! The udp backend end to end: real etcd, hosts as namespaces, real TUN devices and real
+//! twilld data paths; containers attached with twill.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use common::AgentLab;
+use twill_tests::preconditions;
+
+const TOOLS: &[&str] = &["ip", "ping", "etcd", "etcdctl", "nft"];
+const METRICS_PORT: u16 = 10269;
+const CONFIG: &str = r#"{"Network":"10.21.0.0/16","Backend":{"Type":"udp"}}"#;
+
+fn lab(prefix: &str, hosts: usize, per_host: usize) -> AgentLab {
+    let mut lab = AgentLab::new(prefix, hosts, CONFIG);
+    let port = METRICS_PORT.to_string();
+    for h in 1..=hosts {
+        lab.start_agent(h, &["--healthz-ip", "127.0.0.1", "--healthz-port", &port]);
+    }
+    for h in 1..=hosts {
+        lab.wait_subnet(h);
+        for _ in 0..per_host {
+            lab.add_container(h);
+        }
+    }
+    lab
+}
+
+/// The value of `twilld_udp_dropped_packets_total{reason="..."}` on host `h`.
+fn dropped(lab: &AgentLab, h: usize, reason: &str) -> u64 {
+    let m = lab.http_get(h, METRICS_PORT, "/metrics");
+    let key = format!("twilld_udp_dropped_packets_total{{reason=\"{reason}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /metrics of h{h}:\n{m}"))
+}
+
+/// Deterministic test data.
+fn data(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends `payload` over TCP from container `from` to container `to` and returns what arrived.
+fn tcp_transfer(lab: &AgentLab, from: usize, to: usize, payload: &[u8]) -> Vec<u8> {
+    let listener = lab.containers[to]
+        .netns
+        .enter(|| TcpListener::bind("0.0.0.0:5001"))
+        .unwrap()
+        .unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let dst = format!("{}:5001", lab.containers[to].ip);
+    let mut s = lab.containers[from]
+        .netns
+        .enter(|| TcpStream::connect_timeout(&dst.parse().unwrap(), Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    s.write_all(payload).unwrap();
+    drop(s);
+    receiver.join().unwrap()
+}
+
+/// An IPv4 packet (UDP inside) from `src` to `dst` with a valid header checksum.
+fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let mut sum: u32 = 0;
+    for w in p[..20].chunks(2) {
+        sum += u16::from_be_bytes([w[0], w[1]]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p
+}
+
+/// Sends each datagram from `bind` (inside `netns`) to `to`:8285.
+fn send_from(netns: &twill_netkit::Netns, bind: Ipv4Addr, to: Ipv4Addr, datagrams: &[Vec<u8>]) {
+    let sock = netns.enter(|| UdpSocket::bind((bind, 0))).unwrap().unwrap();
+    for d in datagrams {
+        sock.send_to(d, (to, 8285)).unwrap();
+    }
+}
+
+#[test]
+fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
+    if !preconditions(
+        "udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state",
+        TOOLS,
+    ) {
+        return;
+    }
+    let lab = lab("twu-ap", 3, 2);
+    lab.eventually("all pairs reachable over udp", 20, || {
+        lab.unreachable_pairs().is_empty()
+    });
+
+    // Flannel's udp layout: flannel0 with <subnet>.0/32 and MTU − 28, one route for the network.
+    let env = lab.wait_subnet(1);
+    assert_eq!(env.mtu, 1472);
+    let h1 = lab.cluster.host(1).name.clone();
+    let link = twill_tests::ip_link(&h1, "flannel0");
+    assert_eq!(link["mtu"], 1472);
+    let addrs = twill_tests::ip_json(&h1, &["-4", "addr", "show", "dev", "flannel0"]);
+    let a = &addrs[0]["addr_info"][0];
+    assert_eq!(
+        (a["local"].as_str(), a["prefixlen"].as_u64()),
+        (Some(env.subnet.network().to_string().as_str()), Some(32)),
+        "{addrs}"
+    );
+    let routes = lab.twill_routes(1);
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0]["dst"], "10.21.0.0/16");
+    assert_eq!(routes[0]["dev"], "flannel0");
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{}",
+        env.subnet.network(),
+        env.subnet.prefix_len()
+    );
+    assert_eq!(
+        lab.etcdctl(&["get", &key, "--print-value-only"]).trim(),
+        format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"udp"}}"#,
+            lab.cluster.host(1).ip
+        )
+    );
+
+    // A TCP stream across hosts arrives intact, in both directions.
+    let payload = data(8 << 20);
+    assert!(
+        tcp_transfer(&lab, 0, 2, &payload) == payload,
+        "h1 → h2 corrupted"
+    );
+    assert!(
+        tcp_transfer(&lab, 5, 1, &payload) == payload,
+        "h3 → h1 corrupted"
+    );
+
+    // The data path counted the traffic, and a super-packet read became many datagrams.
+    let m = lab.http_get(1, METRICS_PORT, "/metrics");
+    let counter = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(counter("twilld_udp_tx_packets") > 5000, "{m}");
+    assert!(counter("twilld_udp_rx_packets") > 5000, "{m}");
+    assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
+
+    // Ping's TTL shows both proxies decrementing, like Flannel's: 64 − 1 (h1 kernel) − 1
+    // (h1 proxy) − 1 (h2 proxy) − 1 (h2 kernel) = 60.
+    let mut c = std::process::Command::new("ping");
+    c.args(["-c1", "-W2", &lab.containers[2].ip]);
+    lab.containers[0].netns.prepare_command(&mut c).unwrap();
+    let out = String::from_utf8_lossy(&c.output().unwrap().stdout).to_string();
+    assert!(out.contains("ttl=60"), "{out}");
+}
+
+#[test]
+fn udp_drops_and_counts_bad_datagrams() {
+    if !preconditions("udp_drops_and_counts_bad_datagrams", TOOLS) {
+        return;
+    }
+    let lab = lab("twu-dr", 3, 1);
+    lab.eventually("all pairs reachable over udp", 20, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    let h1 = lab.cluster.host(1).ip;
+    let h2 = lab.cluster.host(2).ip;
+    let s1 = lab.wait_subnet(1).subnet;
+    let s2 = lab.wait_subnet(2).subnet;
+    let s3 = lab.wait_subnet(3).subnet;
+    let in_subnet = |s: ipnet::Ipv4Net, n: u32| Ipv4Addr::from(u32::from(s.network()) + n);
+    let before: Vec<u64> = [
+        "unknown_peer",
+        "spoofed_source",
+        "not_local",
+        "truncated",
+        "not_ip",
+        "oversize",
+        "malformed",
+        "ttl_expired",
+    ]
+    .iter()
+    .map(|r| dropped(&lab, 1, r))
+    .collect();
+
+    // From the underlay namespace, which holds no lease: a well-formed packet is refused.
+    let good = inner_packet(in_subnet(s2, 9), in_subnet(s1, 2), 100);
+    send_from(
+        &twill_netkit::Netns::open(&format!("{}-ul", lab.cluster.prefix())).unwrap(),
+        lab.cluster.underlay_ip(),
+        h1,
+        &[good.clone(), good.clone()],
+    );
+    // From peer h2's own address: each kind of bad datagram once.
+    let mut truncated = good.clone();
+    truncated[2..4].copy_from_slice(&400u16.to_be_bytes());
+    let mut bad_sum = good.clone();
+    bad_sum[10] ^= 0x55;
+    let ttl1 = {
+        let mut p = inner_packet(in_subnet(s2, 9), in_subnet(s1, 2), 100);
+        p[8] = 1;
+        // Recompute the header checksum for TTL 1.
+        p[10..12].copy_from_slice(&[0, 0]);
+        let mut sum: u32 = 0;
+        for w in p[..20].chunks(2) {
+            sum += u16::from_be_bytes([w[0], w[1]]) as u32;
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        p
+    };
+    send_from(
+        &lab.cluster.host(2).netns,
+        h2,
+        h1,
+        &[
+            inner_packet(in_subnet(s3, 9), in_subnet(s1, 2), 100), // spoofed source
+            inner_packet(in_subnet(s2, 9), in_subnet(s3, 2), 100), // not local: no reflection
+            truncated,
+            b"\x00\x01 not an IP packet".to_vec(),
+            inner_packet(in_subnet(s2, 9), in_subnet(s1, 2), 1472 + 100), // over the MTU
+            bad_sum,
+            ttl1,
+            Vec::new(),
+        ],
+    );
+    let expect = [2, 1, 1, 2, 1, 1, 1, 1];
+    let reasons = [
+        "unknown_peer",
+        "spoofed_source",
+        "not_local",
+        "truncated",
+        "not_ip",
+        "oversize",
+        "malformed",
+        "ttl_expired",
+    ];
+    lab.eventually("every bad datagram counted", 10, || {
+        reasons
+            .iter()
+            .zip(before.iter().zip(expect))
+            .all(|(r, (b, e))| dropped(&lab, 1, r) >= b + e)
+    });
+    for (r, (b, e)) in reasons.iter().zip(before.iter().zip(expect)) {
+        assert_eq!(dropped(&lab, 1, r), b + e, "reason {r}");
+    }
+    // Still healthy after all that.
+    assert!(lab.unreachable_pairs().is_empty());
+}
+
+#[test]
+fn udp_peer_removal_and_agent_restart() {
+    if !preconditions("udp_peer_removal_and_agent_restart", TOOLS) {
+        return;
+    }
+    let mut lab = lab("twu-pr", 3, 1);
+    lab.eventually("all pairs reachable over udp", 20, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    let s1 = lab.wait_subnet(1).subnet;
+    let s3 = lab.wait_subnet(3).subnet;
+
+    // Host 3 leaves: its agent stops and its lease is deleted. Its traffic stops at once,
+    // and host 1 answers with ICMP net unreachable instead of sending into the void.
+    let status = lab.stop_agent(3);
+    assert!(status.success(), "{}", lab.log(3));
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{}",
+        s3.network(),
+        s3.prefix_len()
+    );
+    lab.etcdctl(&["del", &key]);
+    let c3 = lab.containers[2].ip.clone();
+    lab.eventually("host 3 unreachable from host 1", 10, || !lab.ping(0, &c3));
+    let mut c = std::process::Command::new("ping");
+    c.args(["-c1", "-W2", &c3]);
+    lab.containers[0].netns.prepare_command(&mut c).unwrap();
+    let out = String::from_utf8_lossy(&c.output().unwrap().stdout).to_string();
+    assert!(
+        out.contains("Destination Net Unreachable"),
+        "expected ICMP net unreachable: {out}"
+    );
+    assert!(dropped(&lab, 1, "no_route") >= 1);
+    assert!(
+        lab.ping(0, &lab.containers[1].ip.clone()),
+        "h1 → h2 unaffected"
+    );
+
+    // Agent 1 killed and restarted: the TUN goes with the process, comes back with the
+    // same subnet, and traffic flows again.
+    lab.kill_agent(1);
+    let port = METRICS_PORT.to_string();
+    lab.start_agent(1, &["--healthz-ip", "127.0.0.1", "--healthz-port", &port]);
+    lab.eventually("agent 1 ready again", 20, || {
+        lab.log(1).matches("ready").count() >= 2
+    });
+    assert_eq!(lab.wait_subnet(1).subnet, s1);
+    let c2 = lab.containers[1].ip.clone();
+    lab.eventually("h1 → h2 after the restart", 10, || lab.ping(0, &c2));
+    assert!(lab.ping(1, &lab.containers[0].ip.clone()), "h2 → h1");
+
+    // A hand-deleted TUN device is re-created by the next reconcile.
+    let h1 = lab.cluster.host(1).name.clone();
+    twill_tests::run("ip", &["-n", &h1, "link", "del", "flannel0"]);
+    lab.eventually("flannel0 re-created and traffic back", 15, || {
+        lab.ping(0, &c2)
+    });
+}
