@@ -110,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let udp = backend::UdpOptions {
         device: cli.udp_device.clone(),
         workers: cli.udp_workers as usize,
+        busy_poll: Duration::from_micros(cli.udp_busy_poll_us),
     };
     let mut backend = backend::create(&config, underlay, udp);
     if let AnyBackend::Udp(u) = &backend {

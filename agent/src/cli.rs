@@ -86,9 +86,13 @@ pub struct Cli {
     #[arg(long, env = "TWILLD_UDP_DEVICE", default_value = "flannel0")]
     pub udp_device: String,
     /// udp backend: data-path workers, each a TUN queue with a TX and an RX thread
-    /// (0: one per CPU, at most 4).
+    /// (0: one per two CPUs, 1 to 4).
     #[arg(long, env = "TWILLD_UDP_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
     pub udp_workers: u64,
+    /// udp backend: microseconds a worker keeps polling after bulk traffic stops, before it
+    /// sleeps (0: sleep at once). Saves wake-ups on VMs; a trickle of packets never spins.
+    #[arg(long, env = "TWILLD_UDP_BUSY_POLL_US", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub udp_busy_poll_us: u64,
     /// Address for /healthz and /metrics.
     #[arg(long, env = "TWILLD_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: Ipv4Addr,

@@ -171,6 +171,7 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
         let log = std::fs::File::create(&hs.log)?;
         let mut c = Command::new(sibling("twilld"));
         c.args(["--etcd-endpoints", &st.etcd_endpoint, "--iface", "eth0"])
+            .args(["--healthz-ip", "127.0.0.1", "--healthz-port", "10256"])
             .arg("--subnet-file")
             .arg(&hs.subnet_file)
             .stdin(Stdio::null())

@@ -90,21 +90,42 @@ impl Drop {
 
 /// Adds `data` to a running ones'-complement sum. `data` must start at an even offset of the
 /// checksummed region (every caller passes whole headers or payloads that follow them).
-pub fn sum(mut acc: u64, data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let v = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        acc += (v >> 32) + (v & 0xffff_ffff);
+///
+/// The hot loop of the sender (one pass over every payload byte), so it sums native-endian
+/// 64-bit words into a 128-bit accumulator (add-with-carry, no per-word folding) and swaps
+/// bytes once at the end: the ones'-complement sum does not care about byte order
+/// (RFC 1071 §2(B)).
+pub fn sum(acc: u64, data: &[u8]) -> u64 {
+    let word = |c: &[u8]| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    let (mut a, mut b, mut c, mut d) = (0u128, 0u128, 0u128, 0u128);
+    let mut blocks = data.chunks_exact(32);
+    for x in &mut blocks {
+        a += word(&x[0..8]) as u128;
+        b += word(&x[8..16]) as u128;
+        c += word(&x[16..24]) as u128;
+        d += word(&x[24..32]) as u128;
     }
-    let mut rest = chunks.remainder();
-    while rest.len() >= 2 {
-        acc += u16::from_be_bytes([rest[0], rest[1]]) as u64;
-        rest = &rest[2..];
+    let mut wide = a + b + c + d;
+    let mut words = blocks.remainder().chunks_exact(8);
+    for x in &mut words {
+        wide += word(x) as u128;
     }
-    if let [b] = rest {
-        acc += (*b as u64) << 8;
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut pad = [0u8; 8];
+        pad[..rest.len()].copy_from_slice(rest);
+        wide += u64::from_ne_bytes(pad) as u128;
     }
-    acc
+    while wide > 0xffff {
+        wide = (wide & 0xffff) + (wide >> 16);
+    }
+    let native = wide as u16;
+    let be = if cfg!(target_endian = "little") {
+        native.swap_bytes()
+    } else {
+        native
+    };
+    acc + be as u64
 }
 
 /// Folds a running sum to 16 bits (not complemented).
@@ -327,21 +348,50 @@ pub fn complete_checksum(pkt: &mut [u8], hdr: &VnetHdr) -> Result<(), Drop> {
 // ---------------------------------------------------------------------------------------------
 // Segmentation: one TCP/IPv4 super-packet from the TUN into MTU-sized packets.
 
-/// Where segmentation put its output: `count` packets back to back from the start of the
-/// output buffer, each `stride` bytes except the last, `len` bytes in all. That layout is
-/// what UDP_SEGMENT sends as one call.
+/// How a TCP/IPv4 super-packet splits: `count` segments, each `header_len` bytes of header
+/// followed by a chunk of at most `gso_size` payload bytes (only the last may be shorter).
+/// Headers come from [`segment_headers`]; payload chunks stay where they are in the
+/// super-packet, so the sender can gather both without copying the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segments {
+pub struct SegmentPlan {
     pub count: usize,
-    pub stride: usize,
-    pub len: usize,
+    pub header_len: usize,
+    pub gso_size: usize,
+    pub payload_len: usize,
 }
 
-/// Splits a TCP/IPv4 super-packet (`pkt`, the IP packet after its virtio-net header) into
-/// segments of `gso_size` payload bytes, like the kernel's TSO: IP ids counting up, sequence
+impl SegmentPlan {
+    /// Byte range of segment `i`'s payload inside the super-packet.
+    pub fn payload(&self, i: usize) -> std::ops::Range<usize> {
+        let start = self.header_len + (i * self.gso_size).min(self.payload_len);
+        let end = self.header_len + ((i + 1) * self.gso_size).min(self.payload_len);
+        start..end
+    }
+
+    /// Size of every segment but the last (what UDP_SEGMENT is told).
+    pub fn stride(&self) -> usize {
+        self.header_len + self.gso_size.min(self.payload_len)
+    }
+
+    /// All segments together.
+    pub fn total_len(&self) -> usize {
+        self.payload_len + self.count * self.header_len
+    }
+}
+
+/// The most segments one super-packet may split into: 64 KiB at a 128-byte MSS.
+pub const MAX_SEGMENTS: usize = 512;
+
+/// Plans the split of a TCP/IPv4 super-packet (`pkt`, the IP packet after its virtio-net
+/// header) into segments of `gso_size` payload bytes, like the kernel's TSO, and writes each
+/// segment's header to `headers` (`header_len` bytes apart): IP ids counting up, sequence
 /// numbers advanced, FIN/PSH only on the last segment, CWR only on the first, full IP and
-/// TCP checksums. Writes them to `out` and says where.
-pub fn segment_tcp4(pkt: &[u8], gso_size: usize, out: &mut [u8]) -> Result<Segments, Drop> {
+/// TCP checksums (over the payload in place).
+pub fn segment_headers(
+    pkt: &[u8],
+    gso_size: usize,
+    headers: &mut [u8],
+) -> Result<SegmentPlan, Drop> {
     let ip = parse_ipv4(pkt, false)?;
     if ip.proto != PROTO_TCP || gso_size == 0 {
         return Err(Drop::Malformed);
@@ -355,29 +405,33 @@ pub fn segment_tcp4(pkt: &[u8], gso_size: usize, out: &mut [u8]) -> Result<Segme
         return Err(Drop::Malformed);
     }
     let hl = ihl + thl;
-    let payload = &pkt[hl..];
-    let count = payload.len().div_ceil(gso_size).max(1);
-    let stride = hl + gso_size.min(payload.len());
-    let len = payload.len() + count * hl;
-    if out.len() < len {
+    let payload_len = pkt.len() - hl;
+    let count = payload_len.div_ceil(gso_size).max(1);
+    if count > MAX_SEGMENTS {
+        return Err(Drop::Malformed);
+    }
+    if headers.len() < count * hl {
         return Err(Drop::Oversize);
     }
+    let plan = SegmentPlan {
+        count,
+        header_len: hl,
+        gso_size,
+        payload_len,
+    };
     let id = be16(pkt, 4);
     let seq = be32(pkt, ihl + 4);
     let flags = pkt[ihl + 13];
     let src: [u8; 4] = [pkt[12], pkt[13], pkt[14], pkt[15]];
     let dst: [u8; 4] = [pkt[16], pkt[17], pkt[18], pkt[19]];
-    let mut at = 0;
     for i in 0..count {
-        let chunk =
-            &payload[(i * gso_size).min(payload.len())..((i + 1) * gso_size).min(payload.len())];
-        let seg = &mut out[at..at + hl + chunk.len()];
-        seg[..hl].copy_from_slice(&pkt[..hl]);
-        seg[hl..].copy_from_slice(chunk);
-        put16(seg, 2, (hl + chunk.len()) as u16);
-        put16(seg, 4, id.wrapping_add(i as u16));
-        set_ipv4_checksum(&mut seg[..ihl]);
-        let tcp = &mut seg[ihl..];
+        let chunk = &pkt[plan.payload(i)];
+        let h = &mut headers[i * hl..(i + 1) * hl];
+        h.copy_from_slice(&pkt[..hl]);
+        put16(h, 2, (hl + chunk.len()) as u16);
+        put16(h, 4, id.wrapping_add(i as u16));
+        set_ipv4_checksum(&mut h[..ihl]);
+        let tcp = &mut h[ihl..];
         put32(tcp, 4, seq.wrapping_add((i * gso_size) as u32));
         let mut f = flags;
         if i + 1 < count {
@@ -388,11 +442,11 @@ pub fn segment_tcp4(pkt: &[u8], gso_size: usize, out: &mut [u8]) -> Result<Segme
         }
         tcp[13] = f;
         put16(tcp, 16, 0);
-        let c = !fold(pseudo_header(src, dst, PROTO_TCP, tcp.len()) + sum(0, tcp));
+        let len = thl + chunk.len();
+        let c = !fold(pseudo_header(src, dst, PROTO_TCP, len) + sum(0, tcp) + sum(0, chunk));
         put16(tcp, 16, c);
-        at += hl + chunk.len();
     }
-    Ok(Segments { count, stride, len })
+    Ok(plan)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -400,6 +454,10 @@ pub fn segment_tcp4(pkt: &[u8], gso_size: usize, out: &mut [u8]) -> Result<Segme
 
 /// How many flows can be coalesced at once (several iperf3 streams interleave).
 const SLOTS: usize = 8;
+/// Segments per super-packet at most (one iovec each when written).
+pub const MAX_COALESCE: usize = 64;
+/// The longest IPv4 + TCP header (coalesced packets have no IP options: 20 + 60).
+const MAX_HEAD: usize = 80;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct FlowKey {
@@ -408,25 +466,26 @@ struct FlowKey {
     ports: u32,
 }
 
-/// One super-packet being built.
+/// One super-packet being built: the first segment's header, and where each segment's
+/// payload lies in the receive buffer (nothing is copied until the gather write).
 struct Slot {
-    /// The IP packet so far (header of the first segment, payloads appended).
-    buf: Box<[u8]>,
-    len: usize,
-    key: Option<FlowKey>,
+    head: [u8; MAX_HEAD],
     header_len: usize,
+    key: Option<FlowKey>,
     /// Payload bytes per segment (the first segment's).
     gso_size: usize,
-    segments: usize,
+    parts: Vec<(usize, usize)>,
+    total_len: usize,
     next_seq: u32,
-    /// No more segments may join (a short or PSH segment ended it).
+    /// No more segments may join (a short or PSH segment ended it, or it is full).
     closed: bool,
     /// Order of opening, to flush the oldest when all slots are busy.
     age: u64,
 }
 
 /// Coalesces received TCP/IPv4 segments into super-packets written with a virtio-net GSO
-/// header; everything else passes through unchanged. Buffers are allocated once.
+/// header; everything else passes through unchanged. Packets are given as ranges of one
+/// buffer that stays unchanged until [`Coalescer::flush`]. Nothing is allocated after `new`.
 pub struct Coalescer {
     slots: Vec<Slot>,
     clock: u64,
@@ -438,14 +497,15 @@ impl Default for Coalescer {
     }
 }
 
-/// What [`Coalescer`] hands to the TUN writer: a virtio-net header and one IP packet.
+/// What [`Coalescer`] hands to the TUN writer: a virtio-net header and one IP packet in
+/// pieces (write them with one gather write).
 pub trait TunSink {
-    fn write(&mut self, hdr: &[u8; VNET_HDR_LEN], pkt: &[u8]);
+    fn write(&mut self, hdr: &[u8; VNET_HDR_LEN], parts: &[&[u8]]);
 }
 
-impl<F: FnMut(&[u8; VNET_HDR_LEN], &[u8])> TunSink for F {
-    fn write(&mut self, hdr: &[u8; VNET_HDR_LEN], pkt: &[u8]) {
-        self(hdr, pkt)
+impl<F: FnMut(&[u8; VNET_HDR_LEN], &[&[u8]])> TunSink for F {
+    fn write(&mut self, hdr: &[u8; VNET_HDR_LEN], parts: &[&[u8]]) {
+        self(hdr, parts)
     }
 }
 
@@ -494,12 +554,12 @@ impl Coalescer {
         Coalescer {
             slots: (0..SLOTS)
                 .map(|_| Slot {
-                    buf: vec![0u8; MAX_IP_PACKET].into_boxed_slice(),
-                    len: 0,
-                    key: None,
+                    head: [0; MAX_HEAD],
                     header_len: 0,
+                    key: None,
                     gso_size: 0,
-                    segments: 0,
+                    parts: Vec::with_capacity(MAX_COALESCE),
+                    total_len: 0,
                     next_seq: 0,
                     closed: false,
                     age: 0,
@@ -509,24 +569,41 @@ impl Coalescer {
         }
     }
 
-    /// Takes one checked IPv4 packet (`ip` is its parsed header). Packets of one flow leave
-    /// in order; different flows may be reordered against each other.
-    pub fn push(&mut self, pkt: &[u8], ip: &Ipv4Info, sink: &mut impl TunSink) {
+    /// Takes one checked IPv4 packet, `buf[at]` (`ip` is its parsed header). Packets of one
+    /// flow leave in order; different flows may be reordered against each other.
+    pub fn push(
+        &mut self,
+        buf: &[u8],
+        at: std::ops::Range<usize>,
+        ip: &Ipv4Info,
+        sink: &mut impl TunSink,
+    ) {
+        let pkt = &buf[at.clone()];
         let Some(seg) = tcp_segment(pkt, ip) else {
-            sink.write(&PLAIN, pkt);
+            sink.write(&PLAIN, &[pkt]);
             return;
         };
         let found = self.slots.iter().position(|s| s.key == Some(seg.key));
         if let Some(i) = found {
             if self.can_append(i, pkt, &seg) {
-                self.append(i, pkt, &seg);
+                let s = &mut self.slots[i];
+                s.parts.push((at.start + seg.header_len, at.end));
+                s.total_len += seg.payload;
+                s.next_seq = seg.seq.wrapping_add(seg.payload as u32);
+                if seg.flags & TCP_PSH != 0 {
+                    s.head[33] |= TCP_PSH;
+                    s.closed = true;
+                }
+                if seg.payload < s.gso_size || s.parts.len() == MAX_COALESCE {
+                    s.closed = true;
+                }
                 return;
             }
-            self.flush_slot(i, sink);
+            self.flush_slot(i, buf, sink);
         }
         let plain_data = seg.flags & !(TCP_ACK | TCP_PSH) == 0 && seg.payload > 0;
-        if !plain_data {
-            sink.write(&PLAIN, pkt);
+        if !plain_data || seg.header_len > MAX_HEAD {
+            sink.write(&PLAIN, &[pkt]);
             return;
         }
         let i = match self.slots.iter().position(|s| s.key.is_none()) {
@@ -535,18 +612,19 @@ impl Coalescer {
                 let oldest = (0..self.slots.len())
                     .min_by_key(|&i| self.slots[i].age)
                     .unwrap_or(0);
-                self.flush_slot(oldest, sink);
+                self.flush_slot(oldest, buf, sink);
                 oldest
             }
         };
         self.clock += 1;
         let s = &mut self.slots[i];
-        s.buf[..pkt.len()].copy_from_slice(pkt);
-        s.len = pkt.len();
-        s.key = Some(seg.key);
+        s.head[..seg.header_len].copy_from_slice(&pkt[..seg.header_len]);
         s.header_len = seg.header_len;
+        s.key = Some(seg.key);
         s.gso_size = seg.payload;
-        s.segments = 1;
+        s.parts.clear();
+        s.parts.push((at.start + seg.header_len, at.end));
+        s.total_len = pkt.len();
         s.next_seq = seg.seq.wrapping_add(seg.payload as u32);
         s.closed = seg.flags & TCP_PSH != 0;
         s.age = self.clock;
@@ -559,12 +637,12 @@ impl Coalescer {
             || seg.header_len != s.header_len
             || seg.payload == 0
             || seg.payload > s.gso_size
-            || s.len + seg.payload > MAX_IP_PACKET
+            || s.total_len + seg.payload > MAX_IP_PACKET
             || seg.flags & !(TCP_ACK | TCP_PSH) != 0
         {
             return false;
         }
-        let first = &s.buf[..s.header_len];
+        let first = &s.head[..s.header_len];
         // Same TOS and DF; the TCP header equal after the sequence number except flags
         // (PSH) and checksum: ack, window, options (timestamps) — as Linux GRO requires.
         first[1] == pkt[1]
@@ -575,53 +653,45 @@ impl Coalescer {
             && first[38..s.header_len] == pkt[38..s.header_len]
     }
 
-    fn append(&mut self, i: usize, pkt: &[u8], seg: &TcpSeg) {
-        let s = &mut self.slots[i];
-        let data = &pkt[seg.header_len..];
-        s.buf[s.len..s.len + data.len()].copy_from_slice(data);
-        s.len += data.len();
-        s.segments += 1;
-        s.next_seq = seg.seq.wrapping_add(seg.payload as u32);
-        if seg.flags & TCP_PSH != 0 {
-            s.buf[33] |= TCP_PSH;
-            s.closed = true;
-        }
-        if seg.payload < s.gso_size {
-            s.closed = true;
-        }
-    }
-
-    fn flush_slot(&mut self, i: usize, sink: &mut impl TunSink) {
+    fn flush_slot(&mut self, i: usize, buf: &[u8], sink: &mut impl TunSink) {
         let s = &mut self.slots[i];
         if s.key.take().is_none() {
             return;
         }
-        let pkt = &mut s.buf[..s.len];
-        if s.segments == 1 {
-            // Untouched: its own checksums are still right.
-            sink.write(&PLAIN, pkt);
+        let hl = s.header_len;
+        if s.parts.len() == 1 {
+            // Untouched: its own header and checksums are still right.
+            let (start, end) = s.parts[0];
+            sink.write(&PLAIN, &[&buf[start - hl..end]]);
             return;
         }
-        put16(pkt, 2, s.len as u16);
-        set_ipv4_checksum(&mut pkt[..20]);
-        let src = [pkt[12], pkt[13], pkt[14], pkt[15]];
-        let dst = [pkt[16], pkt[17], pkt[18], pkt[19]];
+        let head = &mut s.head[..hl];
+        put16(head, 2, s.total_len as u16);
+        set_ipv4_checksum(&mut head[..20]);
+        let src = [head[12], head[13], head[14], head[15]];
+        let dst = [head[16], head[17], head[18], head[19]];
         // NEEDS_CSUM: the field holds the pseudo-header sum, the kernel completes it.
-        let partial = fold(pseudo_header(src, dst, PROTO_TCP, s.len - 20));
-        put16(pkt, 36, partial);
+        let partial = fold(pseudo_header(src, dst, PROTO_TCP, s.total_len - 20));
+        put16(head, 36, partial);
         let hdr = VnetHdr {
             flags: VNET_F_NEEDS_CSUM,
             gso_type: GSO_TCPV4,
-            hdr_len: s.header_len as u16,
+            hdr_len: hl as u16,
             gso_size: s.gso_size as u16,
             csum_start: 20,
             csum_offset: 16,
         };
-        sink.write(&hdr.to_bytes(), pkt);
+        let mut parts: [&[u8]; MAX_COALESCE + 1] = [&[]; MAX_COALESCE + 1];
+        parts[0] = head;
+        for (p, &(start, end)) in parts[1..].iter_mut().zip(&s.parts) {
+            *p = &buf[start..end];
+        }
+        sink.write(&hdr.to_bytes(), &parts[..s.parts.len() + 1]);
     }
 
-    /// Writes out every super-packet in progress (at the end of each receive batch).
-    pub fn flush(&mut self, sink: &mut impl TunSink) {
+    /// Writes out every super-packet in progress (at the end of each receive batch, before
+    /// the buffer is reused).
+    pub fn flush(&mut self, buf: &[u8], sink: &mut impl TunSink) {
         let mut order: [(u64, usize); SLOTS] = [(u64::MAX, 0); SLOTS];
         for (i, s) in self.slots.iter().enumerate() {
             if s.key.is_some() {
@@ -631,7 +701,7 @@ impl Coalescer {
         order.sort_unstable();
         for (age, i) in order {
             if age != u64::MAX {
-                self.flush_slot(i, sink);
+                self.flush_slot(i, buf, sink);
             }
         }
     }
@@ -640,6 +710,37 @@ impl Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `packets` (laid out in one buffer, as a receive batch is) through a coalescer;
+    /// returns each TUN write as (virtio-net header, whole packet).
+    pub fn coalesce(packets: &[Vec<u8>]) -> Vec<([u8; VNET_HDR_LEN], Vec<u8>)> {
+        let buf: Vec<u8> = packets.concat();
+        let mut written = Vec::new();
+        let mut sink = |h: &[u8; VNET_HDR_LEN], parts: &[&[u8]]| written.push((*h, parts.concat()));
+        let mut c = Coalescer::new();
+        let mut at = 0;
+        for p in packets {
+            if let Ok(ip) = parse_ipv4(p, true) {
+                c.push(&buf, at..at + p.len(), &ip, &mut sink);
+            }
+            at += p.len();
+        }
+        c.flush(&buf, &mut sink);
+        written
+    }
+
+    /// The segments of `pkt` back to back, as they go on the wire.
+    pub fn segment_tcp4(pkt: &[u8], gso_size: usize) -> Result<(SegmentPlan, Vec<u8>), Drop> {
+        let mut headers = vec![0u8; MAX_SEGMENTS * 120];
+        let plan = segment_headers(pkt, gso_size, &mut headers)?;
+        let hl = plan.header_len;
+        let mut out = Vec::with_capacity(plan.total_len());
+        for i in 0..plan.count {
+            out.extend_from_slice(&headers[i * hl..(i + 1) * hl]);
+            out.extend_from_slice(&pkt[plan.payload(i)]);
+        }
+        Ok((plan, out))
+    }
 
     const TCP_SYN: u8 = 0x02;
 
@@ -693,6 +794,31 @@ mod tests {
             fold(sum(0, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])),
             fold(sum(0, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0]))
         );
+    }
+
+    /// RFC 1071 the plain way: big-endian 16-bit words.
+    fn naive_sum(data: &[u8]) -> u16 {
+        let mut acc: u64 = 0;
+        for w in data.chunks(2) {
+            acc += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u64;
+        }
+        fold(acc)
+    }
+
+    #[test]
+    fn fast_sum_agrees_with_the_plain_one_at_every_length() {
+        let data: Vec<u8> = (0..3000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for len in (0..200).chain([1400, 1447, 2999, 3000]) {
+            assert_eq!(
+                fold(sum(0, &data[..len])),
+                naive_sum(&data[..len]),
+                "len {len}"
+            );
+        }
+        let ones = vec![0xffu8; 65535];
+        assert_eq!(fold(sum(0, &ones)), naive_sum(&ones));
     }
 
     #[test]
@@ -754,29 +880,22 @@ mod tests {
     fn segmentation_then_coalescing_gives_back_the_stream() {
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let sup = tcp_packet(1000, TCP_ACK | TCP_PSH, &payload, 64);
-        let mut out = vec![0u8; 70_000];
-        let segs = segment_tcp4(&sup, 1400, &mut out).unwrap();
+        let (segs, out) = segment_tcp4(&sup, 1400).unwrap();
         assert_eq!(segs.count, 8);
-        assert_eq!(segs.stride, 52 + 1400);
-        assert_eq!(segs.len, 10_000 + 8 * 52);
+        assert_eq!(segs.stride(), 52 + 1400);
+        assert_eq!(segs.total_len(), 10_000 + 8 * 52);
+        assert_eq!(out.len(), segs.total_len());
         let mut packets = Vec::new();
         for i in 0..segs.count {
-            let start = i * segs.stride;
-            let end = (start + segs.stride).min(segs.len);
+            let start = i * segs.stride();
+            let end = (start + segs.stride()).min(segs.total_len());
             let p = &out[start..end];
             assert!(tcp_ok(p), "segment {i} checksums");
             assert_eq!(be32(p, 24), 1000 + (i as u32) * 1400);
             assert_eq!(p[33] & TCP_PSH != 0, i == segs.count - 1);
             packets.push(p.to_vec());
         }
-        let mut c = Coalescer::new();
-        let mut written: Vec<([u8; VNET_HDR_LEN], Vec<u8>)> = Vec::new();
-        let mut sink = |h: &[u8; VNET_HDR_LEN], p: &[u8]| written.push((*h, p.to_vec()));
-        for p in &packets {
-            let ip = parse_ipv4(p, true).unwrap();
-            c.push(p, &ip, &mut sink);
-        }
-        c.flush(&mut sink);
+        let written = coalesce(&packets);
         assert_eq!(written.len(), 1);
         let (h, p) = &written[0];
         let h = VnetHdr::parse(h).unwrap();
@@ -796,14 +915,10 @@ mod tests {
         let a2 = tcp_packet(100, TCP_ACK, &[2; 100], 64);
         let gap = tcp_packet(300, TCP_ACK, &[3; 100], 64);
         let syn = tcp_packet(0, TCP_SYN, &[], 64);
-        let mut written = Vec::new();
-        let mut sink = |h: &[u8; VNET_HDR_LEN], p: &[u8]| written.push((h[1], p.len()));
-        let mut c = Coalescer::new();
-        for p in [&a1, &a2, &gap, &syn] {
-            let ip = parse_ipv4(p, true).unwrap();
-            c.push(p, &ip, &mut sink);
-        }
-        c.flush(&mut sink);
+        let written: Vec<(u8, usize)> = coalesce(&[a1.clone(), a2, gap.clone(), syn.clone()])
+            .into_iter()
+            .map(|(h, p)| (h[1], p.len()))
+            .collect();
         // a1+a2 coalesced (flushed when the gap arrived), then the gap alone (flushed by the
         // SYN), then the SYN, which never coalesces.
         assert_eq!(
