@@ -333,3 +333,171 @@ fn udp_peer_removal_and_agent_restart() {
         lab.ping(0, &c2)
     });
 }
+
+/// A peer that behaves like Flannel's udp proxy: a plain TUN (no virtio-net header, no
+/// offloads), one packet per read()/sendto() and per recv()/write(), TTL decremented, routes
+/// from a static table. It runs on host `h` instead of twilld.
+struct FlannelStylePeer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl FlannelStylePeer {
+    fn start(
+        lab: &AgentLab,
+        h: usize,
+        network: ipnet::Ipv4Net,
+        subnet: ipnet::Ipv4Net,
+        peers: Vec<(ipnet::Ipv4Net, Ipv4Addr)>,
+    ) -> FlannelStylePeer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use twill_netkit::tun::{Tun, TunOptions};
+        let host = lab.cluster.host(h);
+        let tun = host
+            .netns
+            .enter(|| Tun::create(&TunOptions::plain("flannel0")))
+            .unwrap()
+            .unwrap();
+        let tun_addr = subnet.network();
+        host.netns
+            .run(move |nl: twill_netkit::Netlink| async move {
+                let dev = nl.require_link("flannel0").await?;
+                nl.set_mtu(dev.index, 1472).await?;
+                nl.ensure_address(
+                    dev.index,
+                    ipnet::IpNet::V4(ipnet::Ipv4Net::new(tun_addr, 32).unwrap()),
+                )
+                .await?;
+                nl.set_up(dev.index).await?;
+                nl.replace_route(&twill_netkit::Route::new(network).dev(dev.index))
+                    .await
+            })
+            .unwrap();
+        let sock = host
+            .netns
+            .enter(|| UdpSocket::bind((host.ip, 8285)))
+            .unwrap()
+            .unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut queues = tun.into_queues();
+        let tun_in = queues.remove(0);
+        let tun_out = tun_in.try_clone().unwrap();
+        let sock_out = sock.try_clone().unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let s = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            // TUN → UDP, poll()ed so the thread can stop.
+            let mut tun = tun_in;
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                let mut p = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&tun),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(&mut p, 1, 100) } <= 0 {
+                    continue;
+                }
+                let Ok(n) = tun.read(&mut buf) else { continue };
+                let pkt = &mut buf[..n];
+                let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+                let Some((_, next_hop)) = peers.iter().find(|(s, _)| s.contains(&dst)) else {
+                    continue;
+                };
+                if flannel_decrement_ttl(pkt) {
+                    let _ = sock_out.send_to(pkt, (*next_hop, 8285));
+                }
+            }
+        }));
+        let s = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut tun = tun_out;
+            let mut buf = [0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                let Ok(n) = sock.recv(&mut buf) else { continue };
+                if n >= 20 && flannel_decrement_ttl(&mut buf[..n]) {
+                    let _ = tun.write(&buf[..n]);
+                }
+            }
+        }));
+        FlannelStylePeer { stop, threads }
+    }
+}
+
+impl Drop for FlannelStylePeer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Flannel's TTL handling: decrement, drop at 0, patch the header checksum (RFC 1624).
+fn flannel_decrement_ttl(p: &mut [u8]) -> bool {
+    p[8] = p[8].wrapping_sub(1);
+    if p[8] == 0 {
+        return false;
+    }
+    let old = u16::from_be_bytes([p[10], p[11]]);
+    let sum = (!old as u32) + 0xfeff;
+    let folded = ((sum & 0xffff) + (sum >> 16)) as u16;
+    p[10..12].copy_from_slice(&(!folded).to_be_bytes());
+    true
+}
+
+#[test]
+fn twilld_and_a_flannel_style_udp_peer_exchange_traffic() {
+    if !preconditions(
+        "twilld_and_a_flannel_style_udp_peer_exchange_traffic",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new("twu-fl", 3, CONFIG);
+    let network: ipnet::Ipv4Net = "10.21.0.0/16".parse().unwrap();
+    let flannel_subnet: ipnet::Ipv4Net = "10.21.250.0/24".parse().unwrap();
+    let flannel_ip = lab.cluster.host(3).ip;
+    // Host 3 runs "Flannel": its lease has no BackendType, as Flannel's udp backend writes.
+    lab.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.21.250.0-24",
+        &format!(r#"{{"PublicIP":"{flannel_ip}","PublicIPv6":null}}"#),
+    ]);
+    let env = twill_netkit::subnet_env::SubnetEnv {
+        network,
+        subnet: flannel_subnet,
+        mtu: 1472,
+        ipmasq: false,
+    };
+    env.write(&lab.subnet_file(3)).unwrap();
+    lab.start_agent(1, &[]);
+    lab.start_agent(2, &[]);
+    let peers: Vec<_> = [1, 2]
+        .iter()
+        .map(|&h| (lab.wait_subnet(h).subnet, lab.cluster.host(h).ip))
+        .collect();
+    let _flannel = FlannelStylePeer::start(&lab, 3, network, flannel_subnet, peers);
+    for h in 1..=3 {
+        lab.add_container(h);
+    }
+    lab.eventually(
+        "all pairs reachable between twilld and the Flannel-style peer",
+        20,
+        || lab.unreachable_pairs().is_empty(),
+    );
+    // Bulk TCP both ways: twilld's GSO-sent datagrams arrive one by one at the naive peer,
+    // the naive peer's single datagrams go through twilld's GRO receive path.
+    let payload = data(4 << 20);
+    assert!(
+        tcp_transfer(&lab, 0, 2, &payload) == payload,
+        "twilld → flannel corrupted"
+    );
+    assert!(
+        tcp_transfer(&lab, 2, 1, &payload) == payload,
+        "flannel → twilld corrupted"
+    );
+}

@@ -41,19 +41,28 @@ enum Cmd {
     },
     /// Print a host's twilld log.
     Logs { host: String },
-    /// iperf3 (1 and 4 streams) and ping RTT per backend against the same-host path.
+    /// iperf3 (1 and 4 streams), ping RTT and twilld CPU per GB for each backend against the
+    /// same-host path, measured side by side; or the CNI / runtime benchmarks (`bench cni`,
+    /// `bench runtime`, from the source tree).
     Bench {
+        /// network, cni or runtime.
+        #[arg(value_enum, default_value = "network")]
+        what: labctl::bench::BenchKind,
         /// Comma separated, or "all".
         #[arg(long, default_value = "all")]
         backends: String,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Measurements per cell; each cell shows the median.
-        #[arg(long, default_value_t = 1)]
-        runs: usize,
+        /// Rounds (every path measured once per round; default 1); each cell shows the
+        /// median. For cni and runtime: runs per measurement (default: theirs).
+        #[arg(long)]
+        runs: Option<usize>,
         /// Also write the table as Markdown here.
         #[arg(long)]
         markdown: Option<std::path::PathBuf>,
+        /// Also write a bar chart as SVG here.
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
     },
 }
 
@@ -91,17 +100,23 @@ fn main() {
         Cmd::Exec { target, cmd } => labctl::exec(&cli.name, &target, &cmd),
         Cmd::Logs { host } => labctl::logs(&cli.name, &host).map(|_| 0),
         Cmd::Bench {
+            what: labctl::bench::BenchKind::Network,
             backends,
             seconds,
             runs,
             markdown,
+            svg,
         } => {
             let list: Vec<String> = if backends == "all" {
                 vec!["host-gw".into(), "vxlan".into(), "udp".into()]
             } else {
                 backends.split(',').map(str::to_string).collect()
             };
-            labctl::bench::bench(&list, seconds, runs, markdown.as_deref()).map(|_| 0)
+            let out = labctl::bench::BenchOutput { markdown, svg };
+            labctl::bench::bench(&list, seconds, runs.unwrap_or(1), &out).map(|_| 0)
+        }
+        Cmd::Bench { what, runs, .. } => {
+            labctl::bench::bench_other(what, runs).map(|ok| if ok { 0 } else { 1 })
         }
     };
     match r {

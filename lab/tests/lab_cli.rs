@@ -55,12 +55,13 @@ fn gone(name: &str) {
 }
 
 #[test]
-fn two_labs_side_by_side_vxlan_and_host_gw() {
+fn three_labs_side_by_side_one_per_backend() {
     if !ready() {
         return;
     }
     let _ = lab(&["down", "--name", "tv"]);
     let _ = lab(&["down", "--name", "th"]);
+    let _ = lab(&["down", "--name", "tu"]);
     let (ok, out) = lab(&[
         "up",
         "--name",
@@ -83,6 +84,17 @@ fn two_labs_side_by_side_vxlan_and_host_gw() {
         "--backend",
         "host-gw",
     ]);
+    let (ok3, out3) = lab(&[
+        "up",
+        "--name",
+        "tu",
+        "--hosts",
+        "2",
+        "--containers-per-host",
+        "1",
+        "--backend",
+        "udp",
+    ]);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read("/run/twill-lab/tv/state.json").unwrap_or_default())
             .unwrap_or_default();
@@ -90,8 +102,11 @@ fn two_labs_side_by_side_vxlan_and_host_gw() {
     let (e_ok, exec) = lab(&["exec", "--name", "tv", "h1/h1c1", "hostname"]);
     let _ = lab(&["down", "--name", "tv"]);
     let _ = lab(&["down", "--name", "th"]);
+    let _ = lab(&["down", "--name", "tu"]);
     assert!(ok, "{out}");
     assert!(ok2, "{out2}");
+    assert!(ok3, "{out3}");
+    assert_eq!(out3.matches('✔').count(), 2, "{out3}");
     assert_eq!(out.matches('✔').count(), 6, "{out}");
     assert_eq!(out2.matches('✔').count(), 2, "{out2}");
     assert!(s_ok && status.contains("host-gw"), "{status}");
@@ -108,6 +123,7 @@ fn two_labs_side_by_side_vxlan_and_host_gw() {
     }
     gone("tv");
     gone("th");
+    gone("tu");
 }
 
 #[test]

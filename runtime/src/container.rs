@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
+    /// `--userns`: the host range container root maps to.
+    pub userns: Option<crate::userns::IdMap>,
     /// `HOST:CTR[:ro]` or `CTR`.
     pub volumes: Vec<String>,
     pub limits: Limits,
@@ -192,6 +194,7 @@ pub fn start(
         limits: opts.limits.clone(),
         workdir: opts.workdir.clone().unwrap_or_else(|| "/".into()),
         user: opts.user.clone(),
+        userns: opts.userns.map(|m| m.to_string()),
         ports: opts.ports.clone(),
         auto_remove: opts.auto_remove,
         created_unix: now_unix(),
@@ -216,6 +219,24 @@ pub fn start(
         cg.create(&st.limits)?;
         let mut lower = vec![dir.join("init")];
         lower.extend(img.layers.iter().rev().cloned());
+        // --userns: the upper layer and fresh anonymous volumes belong to the range's root;
+        // the read-only layers are shown through an idmapped mount instead of being chowned.
+        let idmap = match &opts.userns {
+            Some(map) => {
+                crate::userns::chown_to_root_of(&dir.join("upper"), map)?;
+                for m in st.mounts.iter().filter(|m| m.anonymous) {
+                    crate::userns::chown_to_root_of(&m.source, map)?;
+                }
+                let staging = dir.join("idmap");
+                fs::create_dir_all(&staging)
+                    .map_err(|e| RuntimeError::io("creating", staging.display(), e))?;
+                Some(crate::rootfs::Idmapping {
+                    userns: crate::userns::helper_userns(map)?,
+                    staging,
+                })
+            }
+            None => None,
+        };
         let log_file = if log {
             Some(
                 fs::File::options()
@@ -234,7 +255,9 @@ pub fn start(
                 work: dir.join("work"),
                 merged: dir.join("rootfs"),
                 mounts: st.mounts.clone(),
+                idmap,
             },
+            userns: opts.userns,
             hostname: st.hostname.clone(),
             netns,
             exec: ExecSpec {
@@ -410,7 +433,13 @@ pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Resu
     let cg = cgroup::for_container(&st.id);
     // Open everything before forking so errors are reported here.
     let mut fds = Vec::new();
-    for ns in ["ipc", "uts", "net", "pid", "cgroup", "mnt"] {
+    // The user namespace (--userns) comes last: joining it gives up host privileges, and
+    // the other namespaces belong to the host's.
+    let mut names = vec!["ipc", "uts", "net", "pid", "cgroup", "mnt"];
+    if st.userns.is_some() {
+        names.push("user");
+    }
+    for ns in names {
         let p = format!("/proc/{pid}/ns/{ns}");
         fds.push((
             ns,
@@ -435,6 +464,9 @@ pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Resu
                     use std::os::fd::AsFd;
                     nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::empty())
                         .map_err(|e| RuntimeError::nix("joining namespace", name, e))?;
+                }
+                if st.userns.is_some() {
+                    process::become_root()?;
                 }
                 if !interactive && let Ok(null) = fs::File::open("/dev/null") {
                     use std::os::fd::AsRawFd;
@@ -476,6 +508,15 @@ pub fn commit(store: &Store, id: &str, name: &str) -> Result<image::Image> {
         &base,
         &store.container_dir(&st.id).join("upper"),
         name,
-        &CommitExclusions { paths },
+        &CommitExclusions {
+            paths,
+            // A --userns container's files belong to its range: the image stores them as the
+            // container saw them.
+            unshift: st
+                .userns
+                .as_deref()
+                .map(crate::userns::IdMap::parse)
+                .transpose()?,
+        },
     )
 }

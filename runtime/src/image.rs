@@ -117,6 +117,8 @@ pub fn import(store: &Store, tarball: &Path, name: &str) -> Result<Image> {
 /// Files of the init layer and volume mount points that must not end up in a committed layer.
 pub struct CommitExclusions {
     pub paths: Vec<String>,
+    /// Owners inside this host range are shifted back to container IDs (`--userns`).
+    pub unshift: Option<crate::userns::IdMap>,
 }
 
 /// `commit`: a new image = the old image's layers + a copy of the container's upper dir,
@@ -191,11 +193,17 @@ fn copy_tree(src: &Path, dst: &Path, rel: &Path, exclude: &CommitExclusions) -> 
         if !ft.is_symlink() {
             let _ = fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777));
         }
+        let shift = |id: u32| {
+            exclude
+                .unshift
+                .and_then(|m| m.to_container(id))
+                .unwrap_or(id)
+        };
         let _ = nix::unistd::fchownat(
             nix::fcntl::AT_FDCWD,
             &to,
-            Some(nix::unistd::Uid::from_raw(meta.uid())),
-            Some(nix::unistd::Gid::from_raw(meta.gid())),
+            Some(nix::unistd::Uid::from_raw(shift(meta.uid()))),
+            Some(nix::unistd::Gid::from_raw(shift(meta.gid()))),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         );
     }

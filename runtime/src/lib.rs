@@ -12,3 +12,4 @@ pub mod network;
 pub mod process;
 pub mod rootfs;
 pub mod store;
+pub mod userns;

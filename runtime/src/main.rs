@@ -105,9 +105,10 @@ struct RunArgs {
     /// HOSTPORT:CTRPORT[/tcp|udp]; repeatable.
     #[arg(short, long = "publish")]
     publish: Vec<String>,
-    /// Map root in the container to an unprivileged range.
-    #[arg(long)]
-    userns: bool,
+    /// Map root in the container to an unprivileged host range: `--userns` (100000:65536)
+    /// or `--userns=HOSTID:SIZE`. The image layers are mounted idmapped, so they look root-owned inside.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "100000:65536", value_name = "HOSTID:SIZE")]
+    userns: Option<String>,
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
@@ -189,9 +190,6 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Cmd::Run(a) => {
-            if a.userns {
-                bail!("--userns is not supported yet");
-            }
             let limits = Limits {
                 memory_bytes: a.memory.as_deref().map(parse_size).transpose()?,
                 cpus: a.cpus,
@@ -208,6 +206,11 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 env: a.env,
                 workdir: a.workdir,
                 user: a.user,
+                userns: a
+                    .userns
+                    .as_deref()
+                    .map(twill_runtime::userns::IdMap::parse)
+                    .transpose()?,
                 volumes: a.volume,
                 limits,
                 net: NetMode::parse(&a.net)?,

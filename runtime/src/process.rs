@@ -54,6 +54,49 @@ pub struct InitSpec {
     /// stdout/stderr go here when set (detached containers), else they are inherited.
     pub log: Option<File>,
     pub stdin_null: bool,
+    /// `--userns`: enter a new user namespace with this mapping right before exec.
+    pub userns: Option<crate::userns::IdMap>,
+}
+
+/// The two pipe ends the container process uses to have its uid/gid maps written: it says
+/// "unshared" on `ask`, the parent answers on `done` once the maps are in place.
+struct MapHandshake<'a> {
+    ask: &'a OwnedFd,
+    done: &'a OwnedFd,
+}
+
+/// Enters a new user namespace, has the parent map it, and becomes its root.
+fn enter_userns(h: &MapHandshake) -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| RuntimeError::nix("unsharing", "user namespace", e))?;
+    let mut ask = File::from(
+        h.ask
+            .try_clone()
+            .map_err(|e| RuntimeError::io("duplicating", "userns pipe", e))?,
+    );
+    ask.write_all(b"1")
+        .map_err(|e| RuntimeError::io("asking for", "uid/gid maps", e))?;
+    let mut done = File::from(
+        h.done
+            .try_clone()
+            .map_err(|e| RuntimeError::io("duplicating", "userns pipe", e))?,
+    );
+    let mut b = [0u8; 1];
+    if !matches!(done.read(&mut b), Ok(1)) {
+        return Err(RuntimeError::Invalid(
+            "the parent did not write the uid/gid maps".into(),
+        ));
+    }
+    become_root()
+}
+
+/// setresgid/setresuid 0 (inside a freshly joined or mapped user namespace).
+pub fn become_root() -> Result<()> {
+    let root_g = nix::unistd::Gid::from_raw(0);
+    let root_u = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(root_g, root_g, root_g)
+        .map_err(|e| RuntimeError::nix("setresgid", 0, e))?;
+    nix::unistd::setresuid(root_u, root_u, root_u).map_err(|e| RuntimeError::nix("setresuid", 0, e))
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -139,7 +182,7 @@ pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
     }
 }
 
-fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd) -> isize {
+fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd, userns: Option<MapHandshake>) -> isize {
     let fail = |e: RuntimeError| -> isize {
         let mut f = File::from(err.try_clone().expect("dup error pipe"));
         let _ = f.write_all(e.to_string().as_bytes());
@@ -185,6 +228,11 @@ fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd) -> isize {
         // SAFETY: as above.
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
     }
+    if let Some(h) = &userns
+        && let Err(e) = enter_userns(h)
+    {
+        return fail(e);
+    }
     fail(exec_command(&spec.exec))
 }
 
@@ -198,6 +246,8 @@ pub struct Started {
 pub fn start(spec: &InitSpec, place: impl FnOnce(i32) -> Result<()>) -> Result<Started> {
     let (go_r, go_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    let (ask_r, ask_w) = pipe()?;
+    let (done_r, done_w) = pipe()?;
     let mut stack = vec![0u8; 1024 * 1024];
     let flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
@@ -206,7 +256,13 @@ pub fn start(spec: &InitSpec, place: impl FnOnce(i32) -> Result<()>) -> Result<S
     // SAFETY: the process is single-threaded here; the child only runs child_main and execs.
     let pid = unsafe {
         nix::sched::clone(
-            Box::new(|| child_main(spec, &go_r, &err_w)),
+            Box::new(|| {
+                let h = spec.userns.map(|_| MapHandshake {
+                    ask: &ask_w,
+                    done: &done_r,
+                });
+                child_main(spec, &go_r, &err_w, h)
+            }),
             &mut stack,
             flags,
             Some(libc::SIGCHLD),
@@ -215,6 +271,8 @@ pub fn start(spec: &InitSpec, place: impl FnOnce(i32) -> Result<()>) -> Result<S
     .map_err(|e| RuntimeError::nix("cloning", "the container process", e))?;
     drop(go_r);
     drop(err_w);
+    drop(ask_w);
+    drop(done_r);
     if let Err(e) = place(pid.as_raw()) {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
@@ -223,6 +281,18 @@ pub fn start(spec: &InitSpec, place: impl FnOnce(i32) -> Result<()>) -> Result<S
     let mut go = File::from(go_w);
     let _ = go.write_all(b"1");
     drop(go);
+    if let Some(map) = &spec.userns {
+        // The child asks once it has unshared its user namespace (EOF: it failed before).
+        let mut b = [0u8; 1];
+        if matches!(File::from(ask_r).read(&mut b), Ok(1)) {
+            if let Err(e) = crate::userns::write_maps(pid.as_raw(), map) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+                return Err(e);
+            }
+            let _ = File::from(done_w).write_all(b"1");
+        }
+    }
     let mut msg = String::new();
     // SAFETY: err_r is an fd we own; File takes it over.
     let mut er = unsafe { File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(err_r)) };

@@ -18,6 +18,16 @@ pub struct RootfsSpec {
     pub work: PathBuf,
     pub merged: PathBuf,
     pub mounts: Vec<MountSpec>,
+    /// `--userns`: show the lower layers through idmapped mounts.
+    pub idmap: Option<Idmapping>,
+}
+
+/// Idmapped lower layers: the user namespace that carries the mapping, and an empty
+/// directory where each layer's idmapped mount is attached (inside the container's private
+/// mount namespace, so they vanish with it).
+pub struct Idmapping {
+    pub userns: std::os::fd::OwnedFd,
+    pub staging: PathBuf,
 }
 
 /// Paths hidden from containers, as runc's defaults.
@@ -77,7 +87,16 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
-    let lower: Vec<String> = spec.lower.iter().map(|p| p.display().to_string()).collect();
+    let mut lower: Vec<String> = spec.lower.iter().map(|p| p.display().to_string()).collect();
+    if let Some(idmap) = &spec.idmap {
+        use std::os::fd::AsRawFd;
+        for (i, layer) in spec.lower.iter().enumerate() {
+            let at = idmap.staging.join(i.to_string());
+            mkdir(&at)?;
+            crate::userns::idmapped_bind(layer, &at, idmap.userns.as_raw_fd())?;
+            lower[i] = at.display().to_string();
+        }
+    }
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),

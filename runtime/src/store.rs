@@ -43,6 +43,9 @@ pub struct State {
     pub env: Vec<String>,
     pub workdir: String,
     pub user: Option<String>,
+    /// `--userns` range as `HOSTID:SIZE`.
+    #[serde(default)]
+    pub userns: Option<String>,
     pub ports: Vec<PortSpec>,
     pub auto_remove: bool,
     pub created_unix: u64,

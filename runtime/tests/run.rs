@@ -516,3 +516,108 @@ fn network_modes_with_the_twill_plugin() {
     rt.host = None;
     drop(rt);
 }
+
+#[test]
+fn userns_maps_root_to_an_unprivileged_range() {
+    if !pre("userns_maps_root_to_an_unprivileged_range") {
+        return;
+    }
+    let rt = Rt::new();
+    // Root inside, the range outside; the image looks root-owned and root can write to it.
+    let out = rt.ok(&[
+        "run", "--rm", "--net", "none", "--userns", "busybox", "sh", "-c",
+        "id -u; cat /proc/self/uid_map; ls -ln /bin/busybox; echo x > /etc/made-inside && ls -ln /etc/made-inside",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0", "{out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["0", "100000", "65536"],
+        "{out}"
+    );
+    let owner = |l: &str| {
+        l.split_whitespace()
+            .skip(2)
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    assert_eq!(
+        owner(lines[2]),
+        "0:0",
+        "image files are root's inside: {out}"
+    );
+    assert_eq!(
+        owner(lines[3]),
+        "0:0",
+        "files written inside are root's: {out}"
+    );
+
+    // A custom range; the host sees the container's processes and files as that range.
+    let id = rt.ok(&[
+        "run",
+        "-d",
+        "--net",
+        "none",
+        "--userns=300000:1000",
+        "busybox",
+        "sh",
+        "-c",
+        "touch /root/mine; sleep 100",
+    ]);
+    let id = id.trim().to_string();
+    let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", &id])).unwrap();
+    assert_eq!(st["userns"], "300000:1000");
+    let pid = st["pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().nth(1) == Some("300000"),
+        "{uid_line}"
+    );
+    let upper = rt
+        .root()
+        .join("containers")
+        .join(&id)
+        .join("upper/root/mine");
+    assert!(twill_lab::testbed::wait_for(
+        std::time::Duration::from_secs(5),
+        || upper.exists()
+    ));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&upper).unwrap().uid(), 300000);
+    assert_eq!(
+        std::fs::metadata(rt.root().join("images/busybox/layer0/bin/busybox"))
+            .unwrap()
+            .uid(),
+        0,
+        "the image on disk is untouched"
+    );
+    // exec joins the user namespace too.
+    let out = rt.ok(&["exec", &id, "sh", "-c", "id -u; cat /proc/self/uid_map"]);
+    assert!(out.starts_with("0\n") && out.contains("300000"), "{out}");
+    // commit stores the file as the container saw it: root's.
+    rt.ok(&["stop", &id]);
+    rt.ok(&["commit", &id, "userns-img"]);
+    let layer = rt.root().join("images/userns-img/layer1/root/mine");
+    assert_eq!(std::fs::metadata(&layer).unwrap().uid(), 0);
+    rt.ok(&["rm", &id]);
+
+    // Bad ranges are refused with a clear message.
+    let out = rt.run(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--userns=0:10",
+        "busybox",
+        "true",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HOSTID 0"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    no_leftovers(&rt, "");
+}

@@ -1,9 +1,14 @@
-//! `twill-lab bench`: for each backend a fresh 2-host lab; iperf3 TCP (1 and 4 streams) and
-//! ping RTT between containers on two hosts, plus two containers on the same host (the bridge
-//! path: the physical baseline), all in one run; a table with ratios to the baseline.
-//! iperf3 and ping run from the host's filesystem inside the containers' network namespaces;
-//! with `--runs N` every cell is the median of N measurements.
+//! `twill-lab bench`: one 2-host lab per backend, all up at the same time; iperf3 TCP (1 and
+//! 4 streams) and ping RTT between containers on two hosts for each backend, plus two
+//! containers on the same host (the bridge path: the physical baseline). Runs are
+//! interleaved (every path once per round, `--runs` rounds) so a noisy machine treats every
+//! path alike; each cell is the median. Also the CPU time twilld spent per GB moved (the
+//! udp backend's cost; the kernel backends' agents only watch etcd). iperf3 and ping run from
+//! the host's filesystem inside the containers' network namespaces.
+//! `bench cni` and `bench runtime` run the CNI and runtime benchmarks of the source tree.
 
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,6 +26,8 @@ pub struct Row {
     pub gbps_1: f64,
     pub gbps_4: f64,
     pub rtt_ms: f64,
+    /// twilld CPU seconds (both hosts) per GB received; `None` for the same-host path.
+    pub cpu_s_per_gb: Option<f64>,
 }
 
 fn container_netns(st: &LabState, h: usize, name: &str) -> anyhow::Result<String> {
@@ -45,7 +52,7 @@ fn iperf(
     client_ns: &str,
     secs: u64,
     streams: u32,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let mut server = in_ns(server_ns, "iperf3", &["-s", "-1", "-p", "5201"])?
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -71,10 +78,29 @@ fn iperf(
     let _ = server.kill();
     let _ = server.wait();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|b| b / 1e9)
-        .with_context(|| format!("iperf3 failed: {}", v["error"]))
+    let sum = &v["end"]["sum_received"];
+    match (sum["bits_per_second"].as_f64(), sum["bytes"].as_f64()) {
+        (Some(bps), Some(bytes)) => Ok((bps / 1e9, bytes)),
+        _ => bail!("iperf3 failed: {}", v["error"]),
+    }
+}
+
+/// CPU seconds (user + system) used so far by the twilld processes of a lab.
+fn twilld_cpu_seconds(st: &LabState) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    st.hosts
+        .iter()
+        .filter_map(|h| h.twilld_pid)
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the ")" that ends the command name: utime and stime are 12 and 13.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (t(11) + t(12)) / hz
+        })
+        .sum()
 }
 
 fn rtt(client_ns: &str, ip: &str) -> anyhow::Result<f64> {
@@ -92,106 +118,322 @@ fn rtt(client_ns: &str, ip: &str) -> anyhow::Result<f64> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn measure(
-    st: &LabState,
-    label: &str,
-    (hs, s): (usize, &str),
-    (hc, c): (usize, &str),
-    secs: u64,
-    runs: usize,
-) -> anyhow::Result<Row> {
-    let sns = container_netns(st, hs, s)?;
-    let cns = container_netns(st, hc, c)?;
-    let ip = st.hosts[hs]
+/// One path to measure: server and client containers of one lab.
+struct Path2 {
+    label: String,
+    lab: String,
+    server: (usize, &'static str),
+    client: (usize, &'static str),
+    /// Whether twilld carries this path's packets (count its CPU time).
+    overlay: bool,
+}
+
+#[derive(Default)]
+struct Samples {
+    one: Vec<f64>,
+    four: Vec<f64>,
+    rtt: Vec<f64>,
+    cpu_s: f64,
+    bytes: f64,
+}
+
+fn measure_once(p: &Path2, secs: u64, acc: &mut Samples) -> anyhow::Result<()> {
+    let st = LabState::load(&state_dir(&p.lab))?;
+    let sns = container_netns(&st, p.server.0, p.server.1)?;
+    let cns = container_netns(&st, p.client.0, p.client.1)?;
+    let ip = st.hosts[p.server.0]
         .containers
         .iter()
-        .find(|x| x.name == s)
+        .find(|x| x.name == p.server.1)
         .map(|x| x.ip.clone())
         .context("server ip")?;
-    let (mut one, mut four, mut rtts) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..runs.max(1) {
-        one.push(iperf(&sns, &ip, &cns, secs, 1)?);
-        four.push(iperf(&sns, &ip, &cns, secs, 4)?);
-        rtts.push(rtt(&cns, &ip)?);
+    for (streams, out) in [(1, &mut acc.one), (4, &mut acc.four)] {
+        let cpu0 = twilld_cpu_seconds(&st);
+        let (gbps, bytes) = iperf(&sns, &ip, &cns, secs, streams)?;
+        acc.cpu_s += twilld_cpu_seconds(&st) - cpu0;
+        acc.bytes += bytes;
+        out.push(gbps);
     }
-    Ok(Row {
-        path: label.to_string(),
-        gbps_1: median(one),
-        gbps_4: median(four),
-        rtt_ms: median(rtts),
-    })
+    acc.rtt.push(rtt(&cns, &ip)?);
+    Ok(())
 }
 
-/// Runs the benchmark for `backends`; prints the table, optionally writes Markdown.
-pub fn bench(
-    backends: &[String],
-    secs: u64,
-    runs: usize,
-    markdown: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    let mut rows: Vec<Row> = Vec::new();
-    for (i, b) in backends.iter().enumerate() {
-        let name = format!("bench{i}");
-        let _ = down(&name);
-        let ok = up(&UpOptions {
-            name: name.clone(),
-            hosts: 2,
-            backend: b.clone(),
-            containers_per_host: 2,
-            network: "10.244.0.0/16".into(),
-        });
-        let result = (|| -> anyhow::Result<()> {
-            if !ok? {
-                bail!("the {b} lab is not fully connected");
+/// What `twill-lab bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchKind {
+    /// Throughput and RTT per backend against the same-host path.
+    Network,
+    /// CNI ADD/DEL latency against the reference plugins (`cargo bench` in the source tree).
+    Cni,
+    /// Container start and exec latency against runc/crun (scripts/bench-runtime).
+    Runtime,
+}
+
+/// Output options of the network benchmark.
+#[derive(Clone, Debug, Default)]
+pub struct BenchOutput {
+    pub markdown: Option<PathBuf>,
+    pub svg: Option<PathBuf>,
+}
+
+/// Runs the network benchmark for `backends`; prints the table, optionally writes Markdown
+/// and an SVG chart.
+pub fn bench(backends: &[String], secs: u64, runs: usize, out: &BenchOutput) -> anyhow::Result<()> {
+    let names: Vec<String> = (0..backends.len()).map(|i| format!("bench{i}")).collect();
+    let result = (|| -> anyhow::Result<Vec<Row>> {
+        let mut paths = Vec::new();
+        for (b, name) in backends.iter().zip(&names) {
+            let _ = down(name);
+            let ok = up(&UpOptions {
+                name: name.clone(),
+                hosts: 2,
+                backend: b.clone(),
+                containers_per_host: 2,
+                network: "10.244.0.0/16".into(),
+            })?;
+            if !ok {
+                bail!("the {b} lab is not fully connected: see `twill-lab logs h1 --name {name}`");
             }
-            let st = LabState::load(&state_dir(&name))?;
-            if i == 0 {
-                rows.push(measure(
-                    &st,
-                    "same host (bridge)",
-                    (0, "h1c2"),
-                    (0, "h1c1"),
-                    secs,
-                    runs,
-                )?);
+            if paths.is_empty() {
+                paths.push(Path2 {
+                    label: "same host (bridge)".into(),
+                    lab: name.clone(),
+                    server: (0, "h1c2"),
+                    client: (0, "h1c1"),
+                    overlay: false,
+                });
             }
-            rows.push(measure(
-                &st,
-                &format!("two hosts, {b}"),
-                (1, "h2c1"),
-                (0, "h1c1"),
-                secs,
-                runs,
-            )?);
-            Ok(())
-        })();
-        down(&name)?;
-        result?;
+            paths.push(Path2 {
+                label: format!("two hosts, {b}"),
+                lab: name.clone(),
+                server: (1, "h2c1"),
+                client: (0, "h1c1"),
+                overlay: true,
+            });
+        }
+        let mut samples: Vec<Samples> = paths.iter().map(|_| Samples::default()).collect();
+        for round in 0..runs.max(1) {
+            for (p, acc) in paths.iter().zip(samples.iter_mut()) {
+                eprintln!("==> round {}/{}: {}", round + 1, runs.max(1), p.label);
+                measure_once(p, secs, acc)?;
+            }
+        }
+        Ok(paths
+            .iter()
+            .zip(samples)
+            .map(|(p, s)| Row {
+                path: p.label.clone(),
+                cpu_s_per_gb: p.overlay.then(|| s.cpu_s / (s.bytes / 1e9).max(1e-9)),
+                gbps_1: median(s.one),
+                gbps_4: median(s.four),
+                rtt_ms: median(s.rtt),
+            })
+            .collect())
+    })();
+    for name in &names {
+        down(name)?;
     }
-    let base = rows.first().cloned().context("nothing measured")?;
-    let mut md = String::from(
-        "| path | 1 stream Gbit/s | 4 streams Gbit/s | RTT ms | 1 stream vs same host | 4 streams vs same host |\n|---|---:|---:|---:|---:|---:|\n",
-    );
-    println!(
-        "\n{:<24} {:>10} {:>10} {:>8} {:>9} {:>9}",
-        "PATH", "1 STREAM", "4 STREAMS", "RTT ms", "RATIO 1", "RATIO 4"
-    );
-    for r in &rows {
-        let (r1, r4) = (r.gbps_1 / base.gbps_1, r.gbps_4 / base.gbps_4);
-        println!(
-            "{:<24} {:>8.2}Gb {:>8.2}Gb {:>8.3} {:>8.2}x {:>8.2}x",
-            r.path, r.gbps_1, r.gbps_4, r.rtt_ms, r1, r4
-        );
-        md.push_str(&format!(
-            "| {} | {:.2} | {:.2} | {:.3} | {:.2}× | {:.2}× |\n",
-            r.path, r.gbps_1, r.gbps_4, r.rtt_ms, r1, r4
-        ));
+    let rows = result?;
+    let text = report(&rows);
+    print!("\n{}", text.table);
+    if let Some(p) = &out.markdown {
+        std::fs::write(p, &text.markdown).with_context(|| format!("writing {}", p.display()))?;
     }
-    if let Some(p) = markdown {
-        std::fs::write(p, md).with_context(|| format!("writing {}", p.display()))?;
+    if let Some(p) = &out.svg {
+        std::fs::write(p, svg_chart(&rows)).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// The table for the terminal and as Markdown.
+pub struct Report {
+    pub table: String,
+    pub markdown: String,
+}
+
+/// Formats rows: ratios to the first row (the baseline), and udp against vxlan when both ran.
+pub fn report(rows: &[Row]) -> Report {
+    let mut table = String::new();
+    let mut md = String::from(
+        "| path | 1 stream Gbit/s | 4 streams Gbit/s | RTT ms | 1 stream vs same host | 4 streams vs same host | twilld CPU s/GB |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let Some(base) = rows.first() else {
+        return Report {
+            table: "nothing measured\n".into(),
+            markdown: md,
+        };
+    };
+    let _ = writeln!(
+        table,
+        "{:<24} {:>10} {:>10} {:>8} {:>9} {:>9} {:>12}",
+        "PATH", "1 STREAM", "4 STREAMS", "RTT ms", "RATIO 1", "RATIO 4", "CPU s/GB"
+    );
+    for r in rows {
+        let (r1, r4) = (r.gbps_1 / base.gbps_1, r.gbps_4 / base.gbps_4);
+        let cpu = r
+            .cpu_s_per_gb
+            .map(|c| format!("{c:.2}"))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            table,
+            "{:<24} {:>8.2}Gb {:>8.2}Gb {:>8.3} {:>8.2}x {:>8.2}x {:>12}",
+            r.path, r.gbps_1, r.gbps_4, r.rtt_ms, r1, r4, cpu
+        );
+        let _ = writeln!(
+            md,
+            "| {} | {:.2} | {:.2} | {:.3} | {:.2}× | {:.2}× | {cpu} |",
+            r.path, r.gbps_1, r.gbps_4, r.rtt_ms, r1, r4
+        );
+    }
+    let find = |b: &str| rows.iter().find(|r| r.path == format!("two hosts, {b}"));
+    if let (Some(u), Some(v)) = (find("udp"), find("vxlan")) {
+        let line = format!(
+            "udp / vxlan: {:.2}x with 1 stream (goal 0.9), {:.2}x with 4 streams (goal 0.5)",
+            u.gbps_1 / v.gbps_1,
+            u.gbps_4 / v.gbps_4
+        );
+        let _ = writeln!(table, "\n{line}");
+        let _ = writeln!(md, "\n{line}");
+    }
+    Report {
+        table,
+        markdown: md,
+    }
+}
+
+/// A horizontal bar chart of the rows (1 and 4 streams per path), as a standalone SVG.
+pub fn svg_chart(rows: &[Row]) -> String {
+    let max = rows
+        .iter()
+        .flat_map(|r| [r.gbps_1, r.gbps_4])
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max);
+    let (label_w, bar_w, row_h) = (190.0, 460.0, 44.0);
+    let height = 50.0 + row_h * rows.len() as f64;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"720\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"13\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"20\" font-weight=\"bold\">TCP throughput between containers (Gbit/s, iperf3)</text>\n\
+         <rect x=\"{label_w}\" y=\"28\" width=\"12\" height=\"10\" fill=\"#4878a8\"/><text x=\"{}\" y=\"37\">1 stream</text>\n\
+         <rect x=\"{}\" y=\"28\" width=\"12\" height=\"10\" fill=\"#e0913a\"/><text x=\"{}\" y=\"37\">4 streams</text>\n",
+        label_w + 16.0,
+        label_w + 100.0,
+        label_w + 116.0
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let y = 48.0 + row_h * i as f64;
+        let _ = writeln!(
+            s,
+            "<text x=\"10\" y=\"{}\">{}</text>",
+            y + 22.0,
+            r.path.replace('&', "&amp;").replace('<', "&lt;")
+        );
+        for (j, (v, color)) in [(r.gbps_1, "#4878a8"), (r.gbps_4, "#e0913a")]
+            .into_iter()
+            .enumerate()
+        {
+            let v = if v.is_finite() { v } else { 0.0 };
+            let w = bar_w * v / max;
+            let by = y + 4.0 + 18.0 * j as f64;
+            let _ = writeln!(
+                s,
+                "<rect x=\"{label_w}\" y=\"{by}\" width=\"{w:.1}\" height=\"16\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{}\">{v:.2}</text>",
+                label_w + w + 4.0,
+                by + 13.0
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The source tree this binary was built in (`<repo>/target/<profile>/twill-lab`), for the
+/// benchmarks that live there.
+fn source_tree() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating twill-lab")?;
+    exe.ancestors()
+        .nth(3)
+        .filter(|d| d.join("Cargo.toml").exists() && d.join("cni-plugin").is_dir())
+        .map(Path::to_path_buf)
+        .context("`bench cni` and `bench runtime` run benchmarks from the source tree: run the twill-lab built in a git checkout (target/release/twill-lab)")
+}
+
+/// Runs the CNI or runtime benchmark of the source tree, passing its output through.
+pub fn bench_other(kind: BenchKind, runs: Option<usize>) -> anyhow::Result<bool> {
+    let root = source_tree()?;
+    let mut c = match kind {
+        BenchKind::Cni => {
+            let mut c = Command::new("cargo");
+            c.args([
+                "bench",
+                "--locked",
+                "-p",
+                "twill-cni",
+                "--bench",
+                "cni_add_del",
+                "--",
+            ]);
+            if let Some(n) = runs {
+                c.args(["--seq", &n.max(1).to_string()]);
+            }
+            c
+        }
+        BenchKind::Runtime => {
+            let mut c = Command::new(root.join("scripts/bench-runtime"));
+            if let Some(n) = runs {
+                c.arg(n.max(1).to_string());
+            }
+            c
+        }
+        BenchKind::Network => bail!("the network benchmark is not delegated"),
+    };
+    c.current_dir(&root).stdin(Stdio::null());
+    let status = c
+        .status()
+        .with_context(|| format!("running the {kind:?} benchmark in {}", root.display()))?;
+    Ok(status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(path: &str, one: f64, four: f64, cpu: Option<f64>) -> Row {
+        Row {
+            path: path.into(),
+            gbps_1: one,
+            gbps_4: four,
+            rtt_ms: 0.1,
+            cpu_s_per_gb: cpu,
+        }
+    }
+
+    #[test]
+    fn report_has_ratios_udp_against_vxlan_and_a_chart() {
+        let rows = [
+            row("same host (bridge)", 10.0, 20.0, None),
+            row("two hosts, vxlan", 6.0, 9.0, Some(0.01)),
+            row("two hosts, udp", 4.5, 5.0, Some(1.5)),
+        ];
+        let r = report(&rows);
+        assert!(r.table.contains("0.60x"), "{}", r.table);
+        assert!(
+            r.table.contains("udp / vxlan: 0.75x with 1 stream"),
+            "{}",
+            r.table
+        );
+        assert!(
+            r.markdown
+                .contains("| two hosts, udp | 4.50 | 5.00 | 0.100 | 0.45× | 0.25× | 1.50 |"),
+            "{}",
+            r.markdown
+        );
+        let svg = svg_chart(&rows);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<rect x=\"190\" y=").count(), 6 + 1, "{svg}");
+        assert!(report(&[]).table.contains("nothing measured"));
+    }
 }

@@ -930,4 +930,87 @@ mod tests {
             ]
         );
     }
+
+    /// xorshift64: deterministic randomness without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_super_packets_segment_and_coalesce_back_with_valid_checksums() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for case in 0..1500 {
+            let len = rng.below(20_000) + 1;
+            let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let gso = 64 + rng.below(1400);
+            let flags = TCP_ACK | if rng.below(2) == 0 { TCP_PSH } else { 0 };
+            let seq = rng.next() as u32;
+            let sup = tcp_packet(seq, flags, &payload, 2 + rng.below(250) as u8);
+            let Ok((plan, wire)) = segment_tcp4(&sup, gso) else {
+                assert!(len.div_ceil(gso) > MAX_SEGMENTS, "case {case}");
+                continue;
+            };
+            let mut segments = Vec::new();
+            for i in 0..plan.count {
+                let start = i * plan.stride();
+                let p = wire[start..(start + plan.stride()).min(wire.len())].to_vec();
+                assert!(tcp_ok(&p), "case {case} segment {i}");
+                assert_eq!(be32(&p, 24), seq.wrapping_add((i * gso) as u32));
+                segments.push(p);
+            }
+            let mut got = Vec::new();
+            for (h, p) in coalesce(&segments) {
+                let h = VnetHdr::parse(&h).unwrap();
+                let mut p = p.clone();
+                assert_eq!(checksum(&p[..20]), 0, "case {case}");
+                if h.flags & VNET_F_NEEDS_CSUM != 0 {
+                    complete_checksum(&mut p, &h).unwrap();
+                    assert!(p.len() - 52 <= MAX_COALESCE * h.gso_size as usize);
+                }
+                assert!(tcp_ok(&p), "case {case}");
+                got.extend_from_slice(&p[52..]);
+            }
+            assert!(got == payload, "case {case}: payload changed");
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics_any_packet_function() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let valid = tcp_packet(7, TCP_ACK, &[5; 3000], 64);
+        let mut headers = vec![0u8; MAX_SEGMENTS * 120];
+        let mut icmp = [0u8; 128];
+        for _ in 0..30_000 {
+            // Half mutations of a valid packet, half random bytes of random length.
+            let mut p = if rng.below(2) == 0 {
+                let mut p = valid[..rng.below(valid.len() + 1)].to_vec();
+                for _ in 0..1 + rng.below(4) {
+                    if !p.is_empty() {
+                        let i = rng.below(p.len());
+                        p[i] = rng.next() as u8;
+                    }
+                }
+                p
+            } else {
+                (0..rng.below(200)).map(|_| rng.next() as u8).collect()
+            };
+            let _ = parse_ipv4(&p, true);
+            let _ = icmp_net_unreachable(&p, Ipv4Addr::new(10, 0, 0, 0), &mut icmp);
+            let _ = segment_headers(&p, rng.below(3000), &mut headers);
+            if let Some(h) = VnetHdr::parse(&p) {
+                let _ = complete_checksum(&mut p.clone(), &h);
+            }
+            let _ = coalesce(&[p.clone(), p.clone()]);
+            let _ = decrement_ttl(&mut p);
+        }
+    }
 }
