@@ -41,12 +41,18 @@ pub fn join(m: &dyn CgroupManager, pid: i32) -> Result<()> {
 }
 
 fn rmdir_retry(dir: &Path) -> Result<()> {
-    for _ in 0..50 {
+    // Busy for a moment after the last process exited (the kernel takes the cgroup offline
+    // asynchronously): retry quickly at first — this is on the path of every `run --rm` —
+    // then every 20 ms, about a second in all.
+    let mut wait = std::time::Duration::from_micros(250);
+    for _ in 0..60 {
         match fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            // Still busy while the last processes exit.
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(_) => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(std::time::Duration::from_millis(20));
+            }
         }
     }
     fs::remove_dir(dir).map_err(|e| RuntimeError::io("removing cgroup", dir.display(), e))

@@ -210,7 +210,7 @@ pub fn start(
     let started = (|| -> Result<Pid> {
         st.mounts = parse_volumes(store, &opts.volumes)?;
         store.save(&st)?;
-        let netns = network::setup(store, &mut st, &opts.net, cni)?;
+        let net = network::setup(store, &mut st, &opts.net, cni)?;
         store.save(&st)?;
         write_init_layer(&dir.join("init"), &st)?;
         let cg = cgroup::for_container(&id);
@@ -259,7 +259,7 @@ pub fn start(
             },
             userns: opts.userns,
             hostname: st.hostname.clone(),
-            netns,
+            net,
             exec: ExecSpec {
                 argv: st.command.clone(),
                 env: st.env.clone(),

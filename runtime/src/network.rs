@@ -55,6 +55,18 @@ pub struct CniOptions {
 }
 
 /// The named netns of a container.
+/// Which network namespace the container process ends up in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetJoin {
+    /// The host's (`--net host`).
+    Host,
+    /// An existing one (bridge: the named netns the CNI plugins configured; container:ID).
+    Path(PathBuf),
+    /// A fresh one made by the container's own clone, only `lo` up (`--net none`): nothing
+    /// named to create or remove, so `none` costs no more than a clone flag.
+    New,
+}
+
 pub fn netns_name(id: &str) -> String {
     format!("twr-{}", &id[..12.min(id.len())])
 }
@@ -71,23 +83,24 @@ pub fn setup(
     state: &mut State,
     mode: &NetMode,
     cni: &CniOptions,
-) -> Result<Option<PathBuf>> {
+) -> Result<NetJoin> {
     match mode {
-        NetMode::Host => Ok(None),
+        NetMode::Host => Ok(NetJoin::Host),
+        NetMode::None => Ok(NetJoin::New),
         NetMode::Container(other) => {
             let o = store.load(other)?;
             let pid = o.pid.filter(|_| o.status == "running").ok_or_else(|| {
                 RuntimeError::Invalid(format!("container {other} is not running"))
             })?;
             state.ips = o.ips.clone();
-            Ok(Some(PathBuf::from(format!("/proc/{pid}/ns/net"))))
+            Ok(NetJoin::Path(PathBuf::from(format!("/proc/{pid}/ns/net"))))
         }
-        NetMode::None | NetMode::Bridge => {
+        NetMode::Bridge => {
             let name = netns_name(&state.id);
             let ns = Netns::create(&name)?;
             state.netns = Some(name.clone());
             ns.run(lo_up)?;
-            if *mode == NetMode::Bridge {
+            {
                 let list = cni_client::load(&cni.conf_dir, cni.network.as_deref())?;
                 state.network_name = Some(list.name.clone());
                 let att = Attachment {
@@ -113,7 +126,7 @@ pub fn setup(
                     .unwrap_or_default();
                 state.cni_result = Some(result);
             }
-            Ok(Some(ns.path().to_path_buf()))
+            Ok(NetJoin::Path(ns.path().to_path_buf()))
         }
     }
 }

@@ -1,13 +1,14 @@
-//! The container's first process: cloned into new pid, mount, uts and ipc namespaces, it
-//! waits until the parent has put it into its cgroup, joins the network namespace, enters a
-//! new cgroup namespace, builds the rootfs, drops privileges and execs the command as PID 1.
+//! The container's first process: cloned into new pid, mount, uts and ipc (and, for
+//! `--net none`, network) namespaces, it joins the network namespace, builds the rootfs,
+//! waits until the parent has put it into its cgroup, enters a new cgroup namespace (and with
+//! `--userns` a user namespace), drops privileges and execs the command as PID 1.
 //! Errors before exec travel back to the parent over a close-on-exec pipe.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::unistd::Pid;
@@ -49,7 +50,7 @@ pub struct ExecSpec {
 pub struct InitSpec {
     pub rootfs: RootfsSpec,
     pub hostname: String,
-    pub netns: Option<PathBuf>,
+    pub net: crate::network::NetJoin,
     pub exec: ExecSpec,
     /// stdout/stderr go here when set (detached containers), else they are inherited.
     pub log: Option<File>,
@@ -182,21 +183,60 @@ pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
     }
 }
 
+/// Brings `lo` up in the current network namespace with one ioctl pair (no netlink, no
+/// runtime: this runs in the cloned child).
+fn loopback_up() -> Result<()> {
+    // SAFETY: a plain datagram socket, owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(RuntimeError::io(
+            "opening a socket for",
+            "lo",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fd is ours.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(RuntimeError::io(
+                "reading flags of",
+                "lo",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(RuntimeError::io(
+                "bringing up",
+                "lo",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd, userns: Option<MapHandshake>) -> isize {
     let fail = |e: RuntimeError| -> isize {
         let mut f = File::from(err.try_clone().expect("dup error pipe"));
         let _ = f.write_all(e.to_string().as_bytes());
         127
     };
-    // Wait for the parent to put us into the cgroup.
-    let mut b = [0u8; 1];
-    let mut g = File::from(go.try_clone().expect("dup sync pipe"));
-    if g.read_exact(&mut b).is_err() {
-        return fail(RuntimeError::Invalid(
-            "parent went away before start".into(),
-        ));
+    // The rootfs is built while the parent puts us into the cgroup (on cgroup v1 that write
+    // waits for an RCU grace period, ~15 ms here); the command starts only after both.
+    if spec.net == crate::network::NetJoin::New
+        && let Err(e) = loopback_up()
+    {
+        return fail(e);
     }
-    if let Some(ns) = &spec.netns {
+    if let crate::network::NetJoin::Path(ns) = &spec.net {
         let f = match File::open(ns) {
             Ok(f) => f,
             Err(e) => return fail(RuntimeError::io("opening netns", ns.display(), e)),
@@ -204,9 +244,6 @@ fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd, userns: Option<MapHa
         if let Err(e) = setns(f.as_fd(), CloneFlags::CLONE_NEWNET) {
             return fail(RuntimeError::nix("joining netns", ns.display(), e));
         }
-    }
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP) {
-        return fail(RuntimeError::nix("unsharing", "cgroup namespace", e));
     }
     if let Err(e) = nix::unistd::sethostname(&spec.hostname) {
         return fail(RuntimeError::nix("setting hostname", &spec.hostname, e));
@@ -227,6 +264,17 @@ fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd, userns: Option<MapHa
     {
         // SAFETY: as above.
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+    let mut b = [0u8; 1];
+    let mut g = File::from(go.try_clone().expect("dup sync pipe"));
+    if g.read_exact(&mut b).is_err() {
+        return fail(RuntimeError::Invalid(
+            "parent went away before start".into(),
+        ));
+    }
+    // After the cgroup join, so the container's cgroup is the namespace's root.
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP) {
+        return fail(RuntimeError::nix("unsharing", "cgroup namespace", e));
     }
     if let Some(h) = &userns
         && let Err(e) = enter_userns(h)
@@ -249,10 +297,13 @@ pub fn start(spec: &InitSpec, place: impl FnOnce(i32) -> Result<()>) -> Result<S
     let (ask_r, ask_w) = pipe()?;
     let (done_r, done_w) = pipe()?;
     let mut stack = vec![0u8; 1024 * 1024];
-    let flags = CloneFlags::CLONE_NEWPID
+    let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC;
+    if spec.net == crate::network::NetJoin::New {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
     // SAFETY: the process is single-threaded here; the child only runs child_main and execs.
     let pid = unsafe {
         nix::sched::clone(
@@ -276,6 +327,14 @@ pub fn start(spec: &InitSpec, place: impl FnOnce(i32) -> Result<()>) -> Result<S
     if let Err(e) = place(pid.as_raw()) {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
+        // The child may have failed first (and so made the join fail): its reason wins.
+        let mut msg = String::new();
+        let _ = File::from(err_r).read_to_string(&mut msg);
+        if !msg.is_empty() {
+            return Err(RuntimeError::Invalid(format!(
+                "starting the container: {msg}"
+            )));
+        }
         return Err(e);
     }
     let mut go = File::from(go_w);
