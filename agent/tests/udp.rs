@@ -85,6 +85,13 @@ fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
     p[9] = 17;
     p[12..16].copy_from_slice(&src.octets());
     p[16..20].copy_from_slice(&dst.octets());
+    set_header_checksum(&mut p);
+    p
+}
+
+/// Recomputes the IPv4 header checksum (a 20-byte header).
+fn set_header_checksum(p: &mut [u8]) {
+    p[10..12].copy_from_slice(&[0, 0]);
     let mut sum: u32 = 0;
     for w in p[..20].chunks(2) {
         sum += u16::from_be_bytes([w[0], w[1]]) as u32;
@@ -93,7 +100,6 @@ fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p
 }
 
 /// Sends each datagram from `bind` (inside `netns`) to `to`:8285.
@@ -159,15 +165,19 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
     );
 
     // The data path counted the traffic, and a super-packet read became many datagrams.
-    let m = lab.http_get(1, METRICS_PORT, "/metrics");
     let counter = |name: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
+        lab.http_get(1, METRICS_PORT, "/metrics")
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{name}_total "))
+                    .map(str::to_string)
+            })
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    assert!(counter("twilld_udp_tx_packets") > 5000, "{m}");
-    assert!(counter("twilld_udp_rx_packets") > 5000, "{m}");
+    lab.eventually("the data path's counters published", 5, || {
+        counter("twilld_udp_tx_packets") > 5000 && counter("twilld_udp_rx_packets") > 5000
+    });
     assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
 
     // Ping's TTL shows both proxies decrementing, like Flannel's: 64 − 1 (h1 kernel) − 1
@@ -224,16 +234,7 @@ fn udp_drops_and_counts_bad_datagrams() {
     let ttl1 = {
         let mut p = inner_packet(in_subnet(s2, 9), in_subnet(s1, 2), 100);
         p[8] = 1;
-        // Recompute the header checksum for TTL 1.
-        p[10..12].copy_from_slice(&[0, 0]);
-        let mut sum: u32 = 0;
-        for w in p[..20].chunks(2) {
-            sum += u16::from_be_bytes([w[0], w[1]]) as u32;
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        set_header_checksum(&mut p);
         p
     };
     send_from(
@@ -307,7 +308,7 @@ fn udp_peer_removal_and_agent_restart() {
         out.contains("Destination Net Unreachable"),
         "expected ICMP net unreachable: {out}"
     );
-    assert!(dropped(&lab, 1, "no_route") >= 1);
+    lab.eventually("no_route counted", 5, || dropped(&lab, 1, "no_route") >= 1);
     assert!(
         lab.ping(0, &lab.containers[1].ip.clone()),
         "h1 → h2 unaffected"

@@ -171,6 +171,20 @@ pub fn start(
     cni: &CniOptions,
     log: bool,
 ) -> Result<(State, Pid)> {
+    let warm = cgroup::prewarm_join();
+    let started = start_inner(store, opts, cni, log);
+    if let Some(h) = warm {
+        let _ = nix::sys::wait::waitpid(h, None);
+    }
+    started
+}
+
+fn start_inner(
+    store: &Store,
+    opts: &RunOptions,
+    cni: &CniOptions,
+    log: bool,
+) -> Result<(State, Pid)> {
     let img = image::load(store, &opts.image)?;
     let id = new_id();
     if let Some(n) = &opts.name

@@ -36,6 +36,22 @@ impl Underlay {
     }
 }
 
+/// Gives device `index` exactly one IPv4 address, `<subnet>.0/32` (the VTEP's or the TUN's,
+/// as Flannel does), removing any other IPv4 address a previous lease left.
+pub(crate) async fn set_subnet_address(
+    nl: &Netlink,
+    index: u32,
+    subnet: Ipv4Net,
+) -> twill_netkit::Result<()> {
+    let want = ipnet::IpNet::V4(Ipv4Net::new(subnet.network(), 32).unwrap_or(subnet));
+    for a in nl.list_addresses(index).await? {
+        if a.addr().is_ipv4() && a != want {
+            nl.delete_address(index, a).await?;
+        }
+    }
+    nl.ensure_address(index, want).await
+}
+
 /// The peers: every other node's subnet and what its lease says.
 pub type Peers = BTreeMap<Ipv4Net, LeaseRecord>;
 

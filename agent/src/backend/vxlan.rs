@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 use twill_netkit::{FdbEntry, FdbMode, Link, Neighbour, Netlink, Route, VxlanSpec};
 
 use super::{ApplyErrors, Backend, Peers, Underlay, hostgw, routes};
@@ -92,13 +92,7 @@ impl Backend for Vxlan {
             .device
             .as_ref()
             .ok_or_else(|| twill_netkit::Error::Invalid("vxlan device not initialised".into()))?;
-        let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).unwrap_or(subnet));
-        for a in nl.list_addresses(dev.index).await? {
-            if a.addr().is_ipv4() && a != want {
-                nl.delete_address(dev.index, a).await?;
-            }
-        }
-        nl.ensure_address(dev.index, want).await?;
+        super::set_subnet_address(nl, dev.index, subnet).await?;
         self.local = Some(subnet);
         Ok(())
     }

@@ -251,11 +251,16 @@ fn run_worker(mut tx: TxWorker, mut rx: RxWorker, busy_poll: std::time::Duration
     let fds = [tx.tun.as_raw_fd(), rx.sock.as_raw_fd()];
     let mut moved = 0usize;
     let mut dry_since: Option<std::time::Instant> = None;
+    let mut busy_rounds = 0u64;
     loop {
         let (t, r) = (tx.round(), rx.round());
         match (t, r) {
             (Round::Gone, _) | (_, Round::Gone) => return,
             (Round::Idle, Round::Idle) => {
+                // Counters become visible as soon as a burst ends (a few atomic adds, and
+                // none when nothing changed).
+                tx.local.flush(&tx.stats);
+                rx.local.flush(&rx.stats);
                 if moved >= BUSY_POLL_AFTER && !busy_poll.is_zero() {
                     let now = std::time::Instant::now();
                     if now.duration_since(*dry_since.get_or_insert(now)) < busy_poll {
@@ -265,8 +270,6 @@ fn run_worker(mut tx: TxWorker, mut rx: RxWorker, busy_poll: std::time::Duration
                 }
                 moved = 0;
                 dry_since = None;
-                tx.local.flush(&tx.stats);
-                rx.local.flush(&rx.stats);
                 if tx.stop.load(Ordering::Relaxed) {
                     return;
                 }
@@ -276,6 +279,12 @@ fn run_worker(mut tx: TxWorker, mut rx: RxWorker, busy_poll: std::time::Duration
                 let n = |x: Round| if let Round::Busy(n) = x { n } else { 0 };
                 moved = moved.saturating_add(n(t) + n(r));
                 dry_since = None;
+                busy_rounds += 1;
+                if busy_rounds.is_multiple_of(256) {
+                    // Under sustained load there is no dry round: publish now and then.
+                    tx.local.flush(&tx.stats);
+                    rx.local.flush(&rx.stats);
+                }
             }
         }
     }

@@ -13,7 +13,7 @@ pub mod table;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 use twill_netkit::tun::offload::{CSUM, TSO4, TSO6};
 use twill_netkit::tun::{Tun, TunOptions};
 use twill_netkit::{Link, Netlink, Route, Scope};
@@ -158,13 +158,7 @@ impl Udp {
         let (Some(dev), Some(subnet)) = (&self.device, self.local) else {
             return Ok(());
         };
-        let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).unwrap_or(subnet));
-        for a in nl.list_addresses(dev.index).await? {
-            if a.addr().is_ipv4() && a != want {
-                nl.delete_address(dev.index, a).await?;
-            }
-        }
-        nl.ensure_address(dev.index, want).await
+        super::set_subnet_address(nl, dev.index, subnet).await
     }
 }
 
