@@ -85,7 +85,7 @@ pub struct Cli {
     /// udp backend: name of the TUN device (Flannel's name by default).
     #[arg(long, env = "TWILLD_UDP_DEVICE", default_value = "flannel0")]
     pub udp_device: String,
-    /// udp backend: data-path workers, each a TUN queue with a TX and an RX thread
+    /// udp backend: data-path workers, each one thread with its own TUN queue and socket
     /// (0: one per two CPUs, 1 to 4).
     #[arg(long, env = "TWILLD_UDP_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
     pub udp_workers: u64,

@@ -1,8 +1,10 @@
-//! The udp data path's I/O: per worker, one thread TUN → UDP and one UDP → TUN, on plain OS
-//! threads with non-blocking fds (poll only when idle). TUN reads carry virtio-net headers,
-//! so the kernel hands over 64 KiB TCP super-packets; they leave as one sendmmsg with
-//! UDP_SEGMENT. The socket has UDP_GRO, so one recvmmsg slot receives many datagrams; their
-//! TCP segments are coalesced into few TUN writes. All buffers are allocated at start.
+//! The udp data path's I/O: per worker one plain OS thread that carries both directions (TUN →
+//! UDP and UDP → TUN) over its own TUN queue and SO_REUSEPORT socket, with non-blocking fds
+//! (poll only when idle). TUN reads carry virtio-net headers, so the kernel hands over 64 KiB
+//! TCP super-packets; their segments leave with one sendmmsg and UDP_SEGMENT, gathering
+//! headers from an arena and payloads from the read buffer. The socket has UDP_GRO, so one
+//! recvmmsg slot receives many datagrams; their TCP segments are coalesced into few gather
+//! writes to the TUN. All buffers are allocated at start.
 
 use std::fs::File;
 use std::io;
@@ -51,7 +53,7 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Starts one TX and one RX thread per TUN queue.
+    /// Starts one worker thread (both directions) per TUN queue.
     pub fn start(
         queues: Vec<File>,
         cfg: DatapathConfig,

@@ -124,8 +124,12 @@ impl Udp {
         let dev = nl.require_link(tun.name()).await?;
         nl.set_mtu(dev.index, self.mtu()).await?;
         // The ICMP errors the data path writes back come from the device's own address,
-        // which the kernel would drop as a martian source without this.
-        twill_netkit::sysctl::ensure(&format!("net/ipv4/conf/{}/accept_local", dev.name), "1")?;
+        // which the kernel would drop as a martian source without this. Not fatal: in a
+        // container with a read-only /proc/sys only those replies are lost.
+        let key = format!("net/ipv4/conf/{}/accept_local", dev.name);
+        if let Err(e) = twill_netkit::sysctl::ensure(&key, "1") {
+            tracing::warn!(error = %e, "cannot set {key}=1: ICMP net unreachable replies for unknown destinations will be dropped by the kernel");
+        }
         nl.set_up(dev.index).await?;
         tracing::info!(
             device = %dev.name,
