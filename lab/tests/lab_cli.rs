@@ -159,3 +159,43 @@ fn down_after_a_killed_up_leaves_nothing() {
     let (ok, out) = lab(&["down", "--name", "tk"]);
     assert!(ok, "down is idempotent: {out}");
 }
+
+#[test]
+fn bench_smoke_measures_and_writes_markdown_and_svg() {
+    if !ready() {
+        return;
+    }
+    if !Path::new("/usr/bin/iperf3").exists() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!ci, "CI must install iperf3");
+        eprintln!("skipping: needs iperf3");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("bench.md");
+    let svg = dir.path().join("bench.svg");
+    let (ok, out) = lab(&[
+        "bench",
+        "--backends",
+        "udp",
+        "--seconds",
+        "1",
+        "--markdown",
+        md.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("same host (bridge)") && out.contains("two hosts, udp"),
+        "{out}"
+    );
+    let table = std::fs::read_to_string(&md).unwrap();
+    assert!(table.contains("| two hosts, udp |"), "{table}");
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        chart.starts_with("<svg") && chart.contains("two hosts, udp"),
+        "{chart}"
+    );
+    gone("bench0");
+}
