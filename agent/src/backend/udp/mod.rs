@@ -130,6 +130,10 @@ impl Udp {
         if let Err(e) = twill_netkit::sysctl::ensure(&key, "1") {
             tracing::warn!(error = %e, "cannot set {key}=1: ICMP net unreachable replies for unknown destinations will be dropped by the kernel");
         }
+        // The overlay is IPv4 only: without this the kernel sends router solicitations and
+        // MLD reports into the TUN, which the data path can only drop.
+        let _ =
+            twill_netkit::sysctl::ensure(&format!("net/ipv6/conf/{}/disable_ipv6", dev.name), "1");
         nl.set_up(dev.index).await?;
         tracing::info!(
             device = %dev.name,
