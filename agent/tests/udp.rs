@@ -76,6 +76,14 @@ fn tcp_transfer(lab: &AgentLab, from: usize, to: usize, payload: &[u8]) -> Vec<u
     receiver.join().unwrap()
 }
 
+/// Sends `payload` from container `from` to `to` and fails unless it arrives byte for byte.
+fn assert_transfer_intact(lab: &AgentLab, from: usize, to: usize, payload: &[u8], what: &str) {
+    assert!(
+        tcp_transfer(lab, from, to, payload) == payload,
+        "{what} corrupted"
+    );
+}
+
 /// An IPv4 packet (UDP inside) from `src` to `dst` with a valid header checksum.
 fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
     let mut p = vec![0u8; len];
@@ -92,14 +100,8 @@ fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
 /// Recomputes the IPv4 header checksum (a 20-byte header).
 fn set_header_checksum(p: &mut [u8]) {
     p[10..12].copy_from_slice(&[0, 0]);
-    let mut sum: u32 = 0;
-    for w in p[..20].chunks(2) {
-        sum += u16::from_be_bytes([w[0], w[1]]) as u32;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let c = twill_agent::backend::udp::packet::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Sends each datagram from `bind` (inside `netns`) to `to`:8285.
@@ -155,14 +157,8 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
 
     // A TCP stream across hosts arrives intact, in both directions.
     let payload = data(8 << 20);
-    assert!(
-        tcp_transfer(&lab, 0, 2, &payload) == payload,
-        "h1 → h2 corrupted"
-    );
-    assert!(
-        tcp_transfer(&lab, 5, 1, &payload) == payload,
-        "h3 → h1 corrupted"
-    );
+    assert_transfer_intact(&lab, 0, 2, &payload, "h1 → h2");
+    assert_transfer_intact(&lab, 5, 1, &payload, "h3 → h1");
 
     // The data path counted the traffic, and a super-packet read became many datagrams.
     let counter = |name: &str| -> u64 {
@@ -493,12 +489,6 @@ fn twilld_and_a_flannel_style_udp_peer_exchange_traffic() {
     // Bulk TCP both ways: twilld's GSO-sent datagrams arrive one by one at the naive peer,
     // the naive peer's single datagrams go through twilld's GRO receive path.
     let payload = data(4 << 20);
-    assert!(
-        tcp_transfer(&lab, 0, 2, &payload) == payload,
-        "twilld → flannel corrupted"
-    );
-    assert!(
-        tcp_transfer(&lab, 2, 1, &payload) == payload,
-        "flannel → twilld corrupted"
-    );
+    assert_transfer_intact(&lab, 0, 2, &payload, "twilld → flannel");
+    assert_transfer_intact(&lab, 2, 1, &payload, "flannel → twilld");
 }

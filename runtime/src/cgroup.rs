@@ -172,7 +172,6 @@ impl CgroupManager for V2 {
 /// The helper pays that wait while `run` prepares the container, so the real join right after
 /// clone finds the lock warm. Failure is harmless. Returns the helper, to be reaped.
 pub fn prewarm_join() -> Option<nix::unistd::Pid> {
-    use std::os::unix::ffi::OsStrExt;
     let own = fs::read_to_string("/proc/self/cgroup").ok()?;
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let dir = own.lines().find_map(|l| {
@@ -187,7 +186,7 @@ pub fn prewarm_join() -> Option<nix::unistd::Pid> {
             None
         }
     })?;
-    let file = std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
+    let file = crate::userns::cstr(&dir.join("cgroup.procs")).ok()?;
     // SAFETY: twill-run is single-threaded here; the child makes three syscalls and _exits.
     match unsafe { nix::unistd::fork() }.ok()? {
         nix::unistd::ForkResult::Child => unsafe {

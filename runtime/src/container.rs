@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 
 use crate::cgroup;
 use crate::error::{Result, RuntimeError};
-use crate::image::{self, CommitExclusions};
+use crate::image::{self, CommitOptions};
 use crate::network::{self, CniOptions, NetMode};
 use crate::process::{self, ExecSpec, InitSpec};
 use crate::rootfs::RootfsSpec;
@@ -522,7 +522,7 @@ pub fn commit(store: &Store, id: &str, name: &str) -> Result<image::Image> {
         &base,
         &store.container_dir(&st.id).join("upper"),
         name,
-        &CommitExclusions {
+        &CommitOptions {
             paths,
             // A --userns container's files belong to its range: the image stores them as the
             // container saw them.

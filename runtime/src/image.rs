@@ -114,8 +114,9 @@ pub fn import(store: &Store, tarball: &Path, name: &str) -> Result<Image> {
     Ok(img)
 }
 
-/// Files of the init layer and volume mount points that must not end up in a committed layer.
-pub struct CommitExclusions {
+/// How the upper layer becomes an image layer.
+pub struct CommitOptions {
+    /// Files of the init layer and volume mount points that must not end up in the layer.
     pub paths: Vec<String>,
     /// Owners inside this host range are shifted back to container IDs (`--userns`).
     pub unshift: Option<crate::userns::IdMap>,
@@ -128,7 +129,7 @@ pub fn commit(
     base: &Image,
     upper: &Path,
     name: &str,
-    exclude: &CommitExclusions,
+    opts: &CommitOptions,
 ) -> Result<Image> {
     check_name(name)?;
     let dir = store.image_dir(name);
@@ -139,7 +140,7 @@ pub fn commit(
     }
     let layer = dir.join(format!("layer{}", base.layers.len()));
     fs::create_dir_all(&layer).map_err(|e| RuntimeError::io("creating", layer.display(), e))?;
-    copy_tree(upper, &layer, Path::new("/"), exclude)?;
+    copy_tree(upper, &layer, Path::new("/"), opts)?;
     let mut layers = base.layers.clone();
     layers.push(layer);
     let img = Image {
@@ -153,7 +154,7 @@ pub fn commit(
 }
 
 /// Copies a directory tree keeping modes, owners, symlinks and overlay whiteouts (char 0:0).
-fn copy_tree(src: &Path, dst: &Path, rel: &Path, exclude: &CommitExclusions) -> Result<()> {
+fn copy_tree(src: &Path, dst: &Path, rel: &Path, opts: &CommitOptions) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     for e in fs::read_dir(src)
         .map_err(|e| RuntimeError::io("reading", src.display(), e))?
@@ -161,7 +162,7 @@ fn copy_tree(src: &Path, dst: &Path, rel: &Path, exclude: &CommitExclusions) -> 
     {
         let rel_path = rel.join(e.file_name());
         let rel_str = rel_path.to_string_lossy().to_string();
-        if exclude.paths.contains(&rel_str) {
+        if opts.paths.contains(&rel_str) {
             continue;
         }
         let from = e.path();
@@ -171,7 +172,7 @@ fn copy_tree(src: &Path, dst: &Path, rel: &Path, exclude: &CommitExclusions) -> 
         let ft = meta.file_type();
         if ft.is_dir() {
             fs::create_dir_all(&to).map_err(|e| RuntimeError::io("creating", to.display(), e))?;
-            copy_tree(&from, &to, &rel_path, exclude)?;
+            copy_tree(&from, &to, &rel_path, opts)?;
         } else if ft.is_symlink() {
             let target = fs::read_link(&from)
                 .map_err(|e| RuntimeError::io("reading link", from.display(), e))?;
@@ -193,12 +194,7 @@ fn copy_tree(src: &Path, dst: &Path, rel: &Path, exclude: &CommitExclusions) -> 
         if !ft.is_symlink() {
             let _ = fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777));
         }
-        let shift = |id: u32| {
-            exclude
-                .unshift
-                .and_then(|m| m.to_container(id))
-                .unwrap_or(id)
-        };
+        let shift = |id: u32| opts.unshift.and_then(|m| m.to_container(id)).unwrap_or(id);
         let _ = nix::unistd::fchownat(
             nix::fcntl::AT_FDCWD,
             &to,

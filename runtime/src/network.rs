@@ -54,7 +54,6 @@ pub struct CniOptions {
     pub network: Option<String>,
 }
 
-/// The named netns of a container.
 /// Which network namespace the container process ends up in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetJoin {
@@ -67,6 +66,7 @@ pub enum NetJoin {
     New,
 }
 
+/// The named netns of a container.
 pub fn netns_name(id: &str) -> String {
     format!("twr-{}", &id[..12.min(id.len())])
 }

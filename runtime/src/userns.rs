@@ -144,7 +144,7 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-fn cstr(p: &Path) -> Result<std::ffi::CString> {
+pub(crate) fn cstr(p: &Path) -> Result<std::ffi::CString> {
     std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
         .map_err(|_| RuntimeError::Invalid(format!("path {} contains NUL", p.display())))
 }

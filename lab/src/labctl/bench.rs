@@ -122,7 +122,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// One path to measure: server and client containers of one lab.
-struct Path2 {
+struct BenchPath {
     label: String,
     lab: String,
     server: (usize, &'static str),
@@ -140,7 +140,7 @@ struct Samples {
     bytes: f64,
 }
 
-fn measure_once(p: &Path2, secs: u64, acc: &mut Samples) -> anyhow::Result<()> {
+fn measure_once(p: &BenchPath, secs: u64, acc: &mut Samples) -> anyhow::Result<()> {
     let st = LabState::load(&state_dir(&p.lab))?;
     let sns = container_netns(&st, p.server.0, p.server.1)?;
     let cns = container_netns(&st, p.client.0, p.client.1)?;
@@ -198,7 +198,7 @@ pub fn bench(backends: &[String], secs: u64, runs: usize, out: &BenchOutput) -> 
                 bail!("the {b} lab is not fully connected: see `twill-lab logs h1 --name {name}`");
             }
             if paths.is_empty() {
-                paths.push(Path2 {
+                paths.push(BenchPath {
                     label: "same host (bridge)".into(),
                     lab: name.clone(),
                     server: (0, "h1c2"),
@@ -206,7 +206,7 @@ pub fn bench(backends: &[String], secs: u64, runs: usize, out: &BenchOutput) -> 
                     overlay: false,
                 });
             }
-            paths.push(Path2 {
+            paths.push(BenchPath {
                 label: format!("two hosts, {b}"),
                 lab: name.clone(),
                 server: (1, "h2c1"),

@@ -38,12 +38,10 @@ const IDLE_POLL_MS: libc::c_int = 200;
 /// What the data path needs to know besides the peers.
 #[derive(Clone, Copy, Debug)]
 pub struct DatapathConfig {
-    /// The UDP address to bind (public IP and port).
+    /// The UDP address to bind (public IP and port); peers listen on the same port.
     pub bind: SocketAddrV4,
     /// The TUN MTU: the largest inner packet.
     pub mtu: usize,
-    /// The port peers listen on.
-    pub peer_port: u16,
 }
 
 /// Running data-path threads; dropping it stops and joins them.
@@ -195,35 +193,11 @@ fn udp_socket(bind: SocketAddrV4) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-/// Waits until `fd` is ready for `events` or the idle timeout passes.
-fn wait(fd: RawFd, events: libc::c_short) {
-    let mut p = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut p, 1, IDLE_POLL_MS) };
-}
-
-/// What one round of a direction found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Round {
-    /// Moved this many packets (TUN reads or datagrams).
-    Busy(usize),
-    Idle,
-    /// The TUN queue is gone: the thread ends.
-    Gone,
-}
-
-/// TUN reads per round before the other direction gets its turn.
-const TUN_READS_PER_ROUND: usize = 64;
-
-/// Sleeps until one of `fds` is readable or the idle timeout passes.
-fn wait_any(fds: &[RawFd]) {
+/// Waits until one of `fds` (at most two) is ready for `events` or the idle timeout passes.
+fn wait(fds: &[RawFd], events: libc::c_short) {
     let mut p = [libc::pollfd {
         fd: -1,
-        events: libc::POLLIN,
+        events,
         revents: 0,
     }; 2];
     for (slot, fd) in p.iter_mut().zip(fds) {
@@ -238,6 +212,19 @@ fn wait_any(fds: &[RawFd]) {
         )
     };
 }
+
+/// What one round of a direction found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Round {
+    /// Moved this many packets (TUN reads or datagrams).
+    Busy(usize),
+    Idle,
+    /// The TUN queue is gone: the thread ends.
+    Gone,
+}
+
+/// TUN reads per round before the other direction gets its turn.
+const TUN_READS_PER_ROUND: usize = 64;
 
 /// Packets a busy period must have moved before the thread busy-polls when it runs dry:
 /// bulk traffic keeps its thread awake, a trickle (pings) never makes it spin.
@@ -275,7 +262,7 @@ fn run_worker(mut tx: TxWorker, mut rx: RxWorker, busy_poll: std::time::Duration
                 if tx.stop.load(Ordering::Relaxed) {
                     return;
                 }
-                wait_any(&fds);
+                wait(&fds, libc::POLLIN);
             }
             (t, r) => {
                 let n = |x: Round| if let Round::Busy(n) = x { n } else { 0 };
@@ -578,7 +565,7 @@ impl TxWorker {
             }
             let mut at = 0;
             for (i, m) in self.msgs[start..start + count].iter().enumerate() {
-                names[i] = sockaddr(SocketAddrV4::new(m.dst, self.cfg.peer_port));
+                names[i] = sockaddr(SocketAddrV4::new(m.dst, self.cfg.bind.port()));
                 let h = &mut hdrs[i].msg_hdr;
                 h.msg_name = &mut names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
                 h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -607,7 +594,7 @@ impl TxWorker {
             if rc < 0 {
                 let e = io::Error::last_os_error();
                 if would_block(&e) {
-                    wait(self.sock.as_raw_fd(), libc::POLLOUT);
+                    wait(&[self.sock.as_raw_fd()], libc::POLLOUT);
                     if self.stop.load(Ordering::Relaxed) {
                         break;
                     }

@@ -28,7 +28,8 @@ use table::{PeerTable, TableCell};
 /// Outer IPv4 (20) + UDP (8).
 pub const UDP_OVERHEAD: u32 = 28;
 
-/// Settings of the udp backend that are node-local (flags), not part of the network config.
+/// Settings of the udp backend that are node-local (flags, with their defaults in `cli`), not
+/// part of the network config.
 #[derive(Clone, Debug)]
 pub struct UdpOptions {
     /// The TUN device name.
@@ -37,16 +38,6 @@ pub struct UdpOptions {
     pub workers: usize,
     /// How long a worker keeps polling after bulk traffic stops before it sleeps.
     pub busy_poll: std::time::Duration,
-}
-
-impl Default for UdpOptions {
-    fn default() -> Self {
-        UdpOptions {
-            device: "flannel0".into(),
-            workers: 0,
-            busy_poll: std::time::Duration::from_micros(300),
-        }
-    }
 }
 
 /// The udp backend.
@@ -145,7 +136,6 @@ impl Udp {
         let cfg = DatapathConfig {
             bind: SocketAddrV4::new(self.underlay.public_ip, self.port),
             mtu: self.mtu() as usize,
-            peer_port: self.port,
         };
         let dp = Datapath::start(
             tun.into_queues(),
