@@ -193,8 +193,9 @@ fn udp_socket(bind: SocketAddrV4) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-/// Waits until one of `fds` (at most two) is ready for `events` or the idle timeout passes.
-fn wait(fds: &[RawFd], events: libc::c_short) {
+/// Waits until one of `fds` (at most two) is ready for `events` or `timeout_ms` passes (0:
+/// only looks). Returns whether one is ready.
+fn poll_fds(fds: &[RawFd], events: libc::c_short, timeout_ms: libc::c_int) -> bool {
     let mut p = [libc::pollfd {
         fd: -1,
         events,
@@ -204,13 +205,28 @@ fn wait(fds: &[RawFd], events: libc::c_short) {
         slot.fd = *fd;
     }
     // SAFETY: a valid array of pollfds of that length.
-    unsafe {
-        libc::poll(
-            p.as_mut_ptr(),
-            fds.len().min(2) as libc::nfds_t,
-            IDLE_POLL_MS,
-        )
-    };
+    let n = unsafe { libc::poll(p.as_mut_ptr(), fds.len().min(2) as libc::nfds_t, timeout_ms) };
+    n > 0
+}
+
+/// Waits until one of `fds` is ready for `events` or the idle timeout passes.
+fn wait(fds: &[RawFd], events: libc::c_short) {
+    poll_fds(fds, events, IDLE_POLL_MS);
+}
+
+/// Yields the CPU until one of `fds` has input or `limit` passes; returns whether one has.
+/// One look per turn costs a single poll, where trying both directions costs two calls.
+fn spin_until_ready(fds: &[RawFd], limit: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        std::thread::yield_now();
+        if poll_fds(fds, libc::POLLIN, 0) {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+    }
 }
 
 /// What one round of a direction found.
@@ -239,7 +255,6 @@ const BUSY_POLL_AFTER: usize = 32;
 fn run_worker(mut tx: TxWorker, mut rx: RxWorker, busy_poll: std::time::Duration) {
     let fds = [tx.tun.as_raw_fd(), rx.sock.as_raw_fd()];
     let mut moved = 0usize;
-    let mut dry_since: Option<std::time::Instant> = None;
     let mut busy_rounds = 0u64;
     loop {
         let (t, r) = (tx.round(), rx.round());
@@ -250,15 +265,13 @@ fn run_worker(mut tx: TxWorker, mut rx: RxWorker, busy_poll: std::time::Duration
                 // none when nothing changed).
                 tx.local.flush(&tx.stats);
                 rx.local.flush(&rx.stats);
-                if moved >= BUSY_POLL_AFTER && !busy_poll.is_zero() {
-                    let now = std::time::Instant::now();
-                    if now.duration_since(*dry_since.get_or_insert(now)) < busy_poll {
-                        std::thread::yield_now();
-                        continue;
-                    }
+                if moved >= BUSY_POLL_AFTER
+                    && !busy_poll.is_zero()
+                    && spin_until_ready(&fds, busy_poll)
+                {
+                    continue;
                 }
                 moved = 0;
-                dry_since = None;
                 if tx.stop.load(Ordering::Relaxed) {
                     return;
                 }
@@ -267,7 +280,6 @@ fn run_worker(mut tx: TxWorker, mut rx: RxWorker, busy_poll: std::time::Duration
             (t, r) => {
                 let n = |x: Round| if let Round::Busy(n) = x { n } else { 0 };
                 moved = moved.saturating_add(n(t) + n(r));
-                dry_since = None;
                 busy_rounds += 1;
                 if busy_rounds.is_multiple_of(256) {
                     // Under sustained load there is no dry round: publish now and then.
@@ -299,13 +311,64 @@ enum Part {
     Header { off: usize, len: usize },
 }
 
-/// One UDP message to send: `parts` (indices into the parts list) gathered, split by the
-/// kernel into datagrams of `segment` bytes when `segment` is set.
+/// One UDP message to send: `parts` (indices into the parts list) gathered; the kernel splits
+/// it into `count` datagrams of `stride` bytes (the last one may be shorter) when it carries
+/// more than one.
 #[derive(Clone)]
 struct OutMsg {
     parts: std::ops::Range<usize>,
-    segment: u16,
+    stride: usize,
+    count: usize,
+    bytes: usize,
+    /// Whether another datagram may join: the last one added was a full `stride`.
+    open: bool,
     dst: Ipv4Addr,
+}
+
+impl OutMsg {
+    /// The UDP_SEGMENT size to pass, or 0 for a plain datagram.
+    fn segment(&self) -> u16 {
+        if self.count > 1 {
+            self.stride as u16
+        } else {
+            0
+        }
+    }
+
+    /// Whether a datagram of `len` bytes to `dst` can join this message's segment train:
+    /// the kernel's UDP GSO takes equal segments (only the last may be shorter), at most 64
+    /// of them and 64 KiB in all.
+    fn can_take(&self, dst: Ipv4Addr, len: usize) -> bool {
+        self.open
+            && self.dst == dst
+            && len <= self.stride
+            && self.count < UDP_MAX_SEGMENTS
+            && self.bytes + len <= MAX_UDP_PAYLOAD
+    }
+}
+
+/// Queues a datagram for `dst` of `len` bytes whose `pieces` end at `parts_end` in the parts
+/// list: it joins the last message's segment train when it can, so consecutive inner packets
+/// to one peer leave as one UDP GSO send even across TUN reads (a 64 KiB TCP super-packet is
+/// ~46 segments, more than one send may carry).
+fn enqueue(msgs: &mut Vec<OutMsg>, parts_end: usize, pieces: usize, dst: Ipv4Addr, len: usize) {
+    if let Some(m) = msgs.last_mut()
+        && m.can_take(dst, len)
+    {
+        m.parts.end = parts_end;
+        m.count += 1;
+        m.bytes += len;
+        m.open = len == m.stride;
+        return;
+    }
+    msgs.push(OutMsg {
+        parts: parts_end - pieces..parts_end,
+        stride: len,
+        count: 1,
+        bytes: len,
+        open: true,
+        dst,
+    });
 }
 
 /// TUN reads that may be pending in one send batch.
@@ -476,13 +539,8 @@ impl TxWorker {
                     return false;
                 }
                 let len = pkt.len();
-                let first = self.parts.len();
                 self.parts.push(Part::Read { off: pkt_off, len });
-                self.msgs.push(OutMsg {
-                    parts: first..first + 1,
-                    segment: 0,
-                    dst: peer,
-                });
+                enqueue(&mut self.msgs, self.parts.len(), 1, peer, len);
                 self.local.tx_packets += 1;
                 self.local.tx_bytes += len as u64;
                 true
@@ -501,30 +559,19 @@ impl TxWorker {
                     self.local.drop(Drop::Oversize, plan.count as u64);
                     return false;
                 }
-                // At most 64 segments and 64 KiB per UDP GSO send.
-                let per_msg = (MAX_UDP_PAYLOAD / stride).clamp(1, UDP_MAX_SEGMENTS);
                 let hl = plan.header_len;
-                let mut i = 0;
-                while i < plan.count {
-                    let k = per_msg.min(plan.count - i);
-                    let first = self.parts.len();
-                    for j in i..i + k {
-                        self.parts.push(Part::Header {
-                            off: self.headers_used + j * hl,
-                            len: hl,
-                        });
-                        let r = plan.payload(j);
-                        self.parts.push(Part::Read {
-                            off: pkt_off + r.start,
-                            len: r.len(),
-                        });
-                    }
-                    self.msgs.push(OutMsg {
-                        parts: first..self.parts.len(),
-                        segment: if k > 1 { stride as u16 } else { 0 },
-                        dst: peer,
+                for j in 0..plan.count {
+                    let r = plan.payload(j);
+                    let len = hl + r.len();
+                    self.parts.push(Part::Header {
+                        off: self.headers_used + j * hl,
+                        len: hl,
                     });
-                    i += k;
+                    self.parts.push(Part::Read {
+                        off: pkt_off + r.start,
+                        len: r.len(),
+                    });
+                    enqueue(&mut self.msgs, self.parts.len(), 2, peer, len);
                 }
                 self.headers_used += plan.count * hl;
                 self.local.tx_packets += plan.count as u64;
@@ -572,7 +619,7 @@ impl TxWorker {
                 h.msg_iov = iovs[at..].as_mut_ptr();
                 h.msg_iovlen = m.parts.len();
                 at += m.parts.len();
-                if m.segment != 0 {
+                if m.segment() != 0 {
                     let buf = cmsgs[i].as_mut_ptr() as *mut u8;
                     // SAFETY: the buffer (32 bytes, 8-aligned) holds CMSG_SPACE(2) = 24.
                     unsafe {
@@ -582,7 +629,7 @@ impl TxWorker {
                         (*c).cmsg_level = SOL_UDP;
                         (*c).cmsg_type = UDP_SEGMENT;
                         (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
-                        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, m.segment);
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, m.segment());
                     }
                 }
             }
@@ -830,6 +877,51 @@ fn gro_segment(h: &libc::msghdr) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feeds datagrams of the given lengths (two pieces each) for `dst` into a train list.
+    fn train(msgs: &mut Vec<OutMsg>, dst: [u8; 4], lens: &[usize]) {
+        for &len in lens {
+            let end = msgs.last().map_or(0, |m| m.parts.end) + 2;
+            enqueue(msgs, end, 2, Ipv4Addr::from(dst), len);
+        }
+    }
+
+    fn shape(msgs: &[OutMsg]) -> Vec<(usize, u16)> {
+        msgs.iter().map(|m| (m.count, m.segment())).collect()
+    }
+
+    #[test]
+    fn segment_trains_span_reads_and_respect_the_gso_limits() {
+        // Two super-packets of 46 full segments (1472 bytes): 44 fit in one send (64 KiB),
+        // the rest continue across the read boundary instead of leaving as a 2-segment send.
+        let mut m = Vec::new();
+        train(&mut m, [172, 31, 0, 12], &[1472; 92]);
+        assert_eq!(shape(&m), vec![(44, 1472), (44, 1472), (4, 1472)]);
+        // Parts stay contiguous and in order.
+        assert_eq!(m[0].parts, 0..88);
+        assert_eq!(m[1].parts, 88..176);
+        assert_eq!(m[2].parts, 176..184);
+
+        // A shorter segment ends a train; a longer one starts a new one; so does a new peer.
+        let mut m = Vec::new();
+        train(&mut m, [172, 31, 0, 12], &[1472, 1472, 600, 1472]);
+        train(&mut m, [172, 31, 0, 13], &[1472]);
+        train(&mut m, [172, 31, 0, 13], &[52, 1472]);
+        assert_eq!(
+            shape(&m),
+            vec![(3, 1472), (1, 0), (2, 1472), (1, 0)],
+            "{:?}",
+            m.iter()
+                .map(|x| (x.dst, x.count, x.bytes))
+                .collect::<Vec<_>>()
+        );
+
+        // Small packets (TCP ACKs) share a send up to the kernel's 64 segments.
+        let mut m = Vec::new();
+        train(&mut m, [172, 31, 0, 12], &[52; 70]);
+        assert_eq!(shape(&m), vec![(64, 52), (6, 52)]);
+        assert!(m.iter().all(|x| x.bytes <= MAX_UDP_PAYLOAD));
+    }
 
     #[test]
     fn received_datagrams_are_checked_in_order() {
