@@ -111,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         device: cli.udp_device.clone(),
         workers: cli.udp_workers as usize,
         busy_poll: Duration::from_micros(cli.udp_busy_poll_us),
+        offloads: cli.udp_offloads,
     };
     let mut backend = backend::create(&config, underlay, udp);
     if let AnyBackend::Udp(u) = &backend {

@@ -93,6 +93,11 @@ pub struct Cli {
     /// sleeps (0: sleep at once). Saves wake-ups on VMs; a trickle of packets never spins.
     #[arg(long, env = "TWILLD_UDP_BUSY_POLL_US", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub udp_busy_poll_us: u64,
+    /// udp backend: TUN offloads with UDP GSO/GRO and TCP coalescing (false: one packet per
+    /// TUN read and write and one datagram per message, still batched — for kernels or NICs
+    /// whose UDP GSO/GRO misbehaves, and the benchmarks' reference point).
+    #[arg(long, env = "TWILLD_UDP_OFFLOADS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub udp_offloads: bool,
     /// Address for /healthz and /metrics.
     #[arg(long, env = "TWILLD_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: Ipv4Addr,

@@ -1,5 +1,7 @@
 //! `twilld`: parses flags (Flannel's names, TWILLD_*/FLANNELD_* env vars) and runs the agent.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use twill_agent::cli::{Cli, Command, flannel_env_fallbacks};
 
@@ -17,6 +19,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log file, the journal or `kubectl logs` get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

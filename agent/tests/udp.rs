@@ -311,10 +311,20 @@ fn udp_peer_removal_and_agent_restart() {
     );
 
     // Agent 1 killed and restarted: the TUN goes with the process, comes back with the
-    // same subnet, and traffic flows again.
+    // same subnet, and traffic flows again — this time without offloads (one packet per
+    // syscall slot), talking to a peer that has them.
     lab.kill_agent(1);
     let port = METRICS_PORT.to_string();
-    lab.start_agent(1, &["--healthz-ip", "127.0.0.1", "--healthz-port", &port]);
+    lab.start_agent(
+        1,
+        &[
+            "--healthz-ip",
+            "127.0.0.1",
+            "--healthz-port",
+            &port,
+            "--udp-offloads=false",
+        ],
+    );
     lab.eventually("agent 1 ready again", 20, || {
         lab.log(1).matches("ready").count() >= 2
     });
@@ -322,6 +332,18 @@ fn udp_peer_removal_and_agent_restart() {
     let c2 = lab.containers[1].ip.clone();
     lab.eventually("h1 → h2 after the restart", 10, || lab.ping(0, &c2));
     assert!(lab.ping(1, &lab.containers[0].ip.clone()), "h2 → h1");
+    let payload = data(4 << 20);
+    assert_transfer_intact(&lab, 0, 1, &payload, "h1 → h2 without offloads on h1");
+    assert_transfer_intact(&lab, 1, 0, &payload, "h2 → h1 without offloads on h1");
+    let log = lab.log(1);
+    assert!(
+        !log.contains('\x1b'),
+        "terminal colour codes in a log file: {log}"
+    );
+    assert!(
+        log.contains("TUN ready device=flannel0 queues=1 offloads=\"0x0\""),
+        "offloads still on: {log}"
+    );
 
     // A hand-deleted TUN device is re-created by the next reconcile.
     let h1 = lab.cluster.host(1).name.clone();

@@ -42,6 +42,9 @@ pub struct DatapathConfig {
     pub bind: SocketAddrV4,
     /// The TUN MTU: the largest inner packet.
     pub mtu: usize,
+    /// UDP GSO segment trains, UDP GRO and TCP coalescing (the TUN's offloads are set by
+    /// whoever opened it).
+    pub offloads: bool,
 }
 
 /// Running data-path threads; dropping it stops and joins them.
@@ -66,7 +69,7 @@ impl Datapath {
         };
         for (i, tun) in queues.into_iter().enumerate() {
             set_nonblocking(tun.as_raw_fd())?;
-            let sock = Arc::new(udp_socket(cfg.bind).map_err(|e| {
+            let sock = Arc::new(udp_socket(cfg.bind, cfg.offloads).map_err(|e| {
                 io::Error::new(e.kind(), format!("binding UDP socket {}: {e}", cfg.bind))
             })?);
             let tun_rx = tun.try_clone()?;
@@ -150,9 +153,9 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-/// A non-blocking UDP socket on `bind` with SO_REUSEPORT (one per worker), big buffers and
-/// UDP_GRO.
-fn udp_socket(bind: SocketAddrV4) -> io::Result<OwnedFd> {
+/// A non-blocking UDP socket on `bind` with SO_REUSEPORT (one per worker), big buffers and,
+/// with `gro`, UDP_GRO.
+fn udp_socket(bind: SocketAddrV4, gro: bool) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe {
         libc::socket(
@@ -175,7 +178,7 @@ fn udp_socket(bind: SocketAddrV4) -> io::Result<OwnedFd> {
             setsockopt_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER)?;
         }
     }
-    if let Err(e) = setsockopt_int(fd, SOL_UDP, UDP_GRO, 1) {
+    if gro && let Err(e) = setsockopt_int(fd, SOL_UDP, UDP_GRO, 1) {
         tracing::warn!(error = %e, "UDP_GRO unavailable: receiving one datagram per slot");
     }
     let sa = sockaddr(bind);
@@ -351,8 +354,16 @@ impl OutMsg {
 /// list: it joins the last message's segment train when it can, so consecutive inner packets
 /// to one peer leave as one UDP GSO send even across TUN reads (a 64 KiB TCP super-packet is
 /// ~46 segments, more than one send may carry).
-fn enqueue(msgs: &mut Vec<OutMsg>, parts_end: usize, pieces: usize, dst: Ipv4Addr, len: usize) {
-    if let Some(m) = msgs.last_mut()
+fn enqueue(
+    msgs: &mut Vec<OutMsg>,
+    trains: bool,
+    parts_end: usize,
+    pieces: usize,
+    dst: Ipv4Addr,
+    len: usize,
+) {
+    if trains
+        && let Some(m) = msgs.last_mut()
         && m.can_take(dst, len)
     {
         m.parts.end = parts_end;
@@ -540,7 +551,14 @@ impl TxWorker {
                 }
                 let len = pkt.len();
                 self.parts.push(Part::Read { off: pkt_off, len });
-                enqueue(&mut self.msgs, self.parts.len(), 1, peer, len);
+                enqueue(
+                    &mut self.msgs,
+                    self.cfg.offloads,
+                    self.parts.len(),
+                    1,
+                    peer,
+                    len,
+                );
                 self.local.tx_packets += 1;
                 self.local.tx_bytes += len as u64;
                 true
@@ -571,7 +589,14 @@ impl TxWorker {
                         off: pkt_off + r.start,
                         len: r.len(),
                     });
-                    enqueue(&mut self.msgs, self.parts.len(), 2, peer, len);
+                    enqueue(
+                        &mut self.msgs,
+                        self.cfg.offloads,
+                        self.parts.len(),
+                        2,
+                        peer,
+                        len,
+                    );
                 }
                 self.headers_used += plan.count * hl;
                 self.local.tx_packets += plan.count as u64;
@@ -824,10 +849,17 @@ impl RxWorker {
             local: &mut self.local,
             gone: false,
         };
-        for (start, end, ip) in &self.pending {
-            self.coalescer.push(&self.bufs, *start..*end, ip, &mut sink);
+        if self.cfg.offloads {
+            for (start, end, ip) in &self.pending {
+                self.coalescer.push(&self.bufs, *start..*end, ip, &mut sink);
+            }
+            self.coalescer.flush(&self.bufs, &mut sink);
+        } else {
+            let plain = [0u8; VNET_HDR_LEN];
+            for (start, end, _) in &self.pending {
+                packet::TunSink::write(&mut sink, &plain, &[&self.bufs[*start..*end]]);
+            }
         }
-        self.coalescer.flush(&self.bufs, &mut sink);
         if sink.gone {
             tracing::warn!("TUN queue closed: data-path thread ends");
             self.local.flush(&self.stats);
@@ -882,7 +914,7 @@ mod tests {
     fn train(msgs: &mut Vec<OutMsg>, dst: [u8; 4], lens: &[usize]) {
         for &len in lens {
             let end = msgs.last().map_or(0, |m| m.parts.end) + 2;
-            enqueue(msgs, end, 2, Ipv4Addr::from(dst), len);
+            enqueue(msgs, true, end, 2, Ipv4Addr::from(dst), len);
         }
     }
 
@@ -921,6 +953,13 @@ mod tests {
         train(&mut m, [172, 31, 0, 12], &[52; 70]);
         assert_eq!(shape(&m), vec![(64, 52), (6, 52)]);
         assert!(m.iter().all(|x| x.bytes <= MAX_UDP_PAYLOAD));
+
+        // Without offloads every datagram is its own message.
+        let mut m = Vec::new();
+        for i in 1..=3 {
+            enqueue(&mut m, false, 2 * i, 2, Ipv4Addr::new(172, 31, 0, 12), 1472);
+        }
+        assert_eq!(shape(&m), vec![(1, 0); 3]);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct UdpOptions {
     pub workers: usize,
     /// How long a worker keeps polling after bulk traffic stops before it sleeps.
     pub busy_poll: std::time::Duration,
+    /// TUN offloads, UDP GSO/GRO and TCP coalescing; off: one packet per syscall slot.
+    pub offloads: bool,
 }
 
 /// The udp backend.
@@ -110,7 +112,11 @@ impl Udp {
         let mut opts = TunOptions::offloaded(&self.opts.device, self.workers());
         // TCP segmentation only: the data path segments TCP itself and would have to drop
         // UDP GSO (USO) super-packets.
-        opts.offload_candidates = vec![CSUM | TSO4 | TSO6, CSUM | TSO4, CSUM, 0];
+        opts.offload_candidates = if self.opts.offloads {
+            vec![CSUM | TSO4 | TSO6, CSUM | TSO4, CSUM, 0]
+        } else {
+            vec![0]
+        };
         let tun = Tun::create(&opts)?;
         let dev = nl.require_link(tun.name()).await?;
         nl.set_mtu(dev.index, self.mtu()).await?;
@@ -136,6 +142,7 @@ impl Udp {
         let cfg = DatapathConfig {
             bind: SocketAddrV4::new(self.underlay.public_ip, self.port),
             mtu: self.mtu() as usize,
+            offloads: self.opts.offloads,
         };
         let dp = Datapath::start(
             tun.into_queues(),
