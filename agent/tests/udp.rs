@@ -104,11 +104,70 @@ fn set_header_checksum(p: &mut [u8]) {
     p[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// Sends each datagram from `bind` (inside `netns`) to `to`:8285.
-fn send_from(netns: &twill_netkit::Netns, bind: Ipv4Addr, to: Ipv4Addr, datagrams: &[Vec<u8>]) {
-    let sock = netns.enter(|| UdpSocket::bind((bind, 0))).unwrap().unwrap();
-    for d in datagrams {
-        sock.send_to(d, (to, 8285)).unwrap();
+/// Sends each payload as a UDP datagram `from`:8285 → `to`:8285 through a raw socket in
+/// `netns`, with the outer IPv4 header written here: the source can be any address (a peer's,
+/// forged), and datagrams over the underlay MTU go out as IP fragments.
+fn send_raw(netns: &twill_netkit::Netns, from: Ipv4Addr, to: Ipv4Addr, payloads: &[Vec<u8>]) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let fd = netns
+        .enter(|| {
+            // SAFETY: plain socket(2); owned right away. IPPROTO_RAW implies IP_HDRINCL.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: fd is fresh and ours.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .unwrap();
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(to).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    for (n, payload) in payloads.iter().enumerate() {
+        // UDP header (checksum 0: none, allowed over IPv4) and payload: the IP payload.
+        let mut udp = Vec::with_capacity(8 + payload.len());
+        udp.extend_from_slice(&8285u16.to_be_bytes());
+        udp.extend_from_slice(&8285u16.to_be_bytes());
+        udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(payload);
+        // Fragments of at most 1480 bytes (a multiple of 8) fit the 1500-byte underlay.
+        let chunks: Vec<&[u8]> = udp.chunks(1480).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let offset = i * 1480 / 8;
+            let more = if i + 1 < chunks.len() { 0x2000 } else { 0 };
+            let mut ip = vec![0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((20 + chunk.len()) as u16).to_be_bytes());
+            ip[4..6].copy_from_slice(&(0x7700 + n as u16).to_be_bytes());
+            ip[6..8].copy_from_slice(&((more | offset) as u16).to_be_bytes());
+            ip[8] = 64;
+            ip[9] = 17;
+            ip[12..16].copy_from_slice(&from.octets());
+            ip[16..20].copy_from_slice(&to.octets());
+            set_header_checksum(&mut ip);
+            ip.extend_from_slice(chunk);
+            // SAFETY: sends our buffer to a valid sockaddr_in.
+            let rc = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    ip.as_ptr() as *const libc::c_void,
+                    ip.len(),
+                    0,
+                    &dst as *const libc::sockaddr_in as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(
+                rc,
+                ip.len() as isize,
+                "raw send: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 
@@ -214,15 +273,24 @@ fn udp_drops_and_counts_bad_datagrams() {
     .map(|r| dropped(&lab, 1, r))
     .collect();
 
-    // From the underlay namespace, which holds no lease: a well-formed packet is refused.
+    // Everything below comes from a raw socket in the underlay namespace, which runs no
+    // agent. With its own address and with an address nobody leased, a well-formed packet
+    // is refused.
+    let underlay = twill_netkit::Netns::open(&format!("{}-ul", lab.cluster.prefix())).unwrap();
     let good = inner_packet(in_subnet(s2, 9), in_subnet(s1, 2), 100);
-    send_from(
-        &twill_netkit::Netns::open(&format!("{}-ul", lab.cluster.prefix())).unwrap(),
+    send_raw(
+        &underlay,
         lab.cluster.underlay_ip(),
         h1,
-        &[good.clone(), good.clone()],
+        std::slice::from_ref(&good),
     );
-    // From peer h2's own address: each kind of bad datagram once.
+    send_raw(
+        &underlay,
+        Ipv4Addr::new(172, 31, 0, 99),
+        h1,
+        std::slice::from_ref(&good),
+    );
+    // With peer h2's address forged as the source: each kind of bad datagram once.
     let mut truncated = good.clone();
     truncated[2..4].copy_from_slice(&400u16.to_be_bytes());
     let mut bad_sum = good.clone();
@@ -233,8 +301,8 @@ fn udp_drops_and_counts_bad_datagrams() {
         set_header_checksum(&mut p);
         p
     };
-    send_from(
-        &lab.cluster.host(2).netns,
+    send_raw(
+        &underlay,
         h2,
         h1,
         &[
