@@ -314,6 +314,14 @@ enum Part {
     Header { off: usize, len: usize },
 }
 
+impl Part {
+    fn len(&self) -> usize {
+        match *self {
+            Part::Read { len, .. } | Part::Header { len, .. } => len,
+        }
+    }
+}
+
 /// One UDP message to send: `parts` (indices into the parts list) gathered; the kernel splits
 /// it into `count` datagrams of `stride` bytes (the last one may be shorter) when it carries
 /// more than one.
@@ -550,15 +558,7 @@ impl TxWorker {
                     return false;
                 }
                 let len = pkt.len();
-                self.parts.push(Part::Read { off: pkt_off, len });
-                enqueue(
-                    &mut self.msgs,
-                    self.cfg.offloads,
-                    self.parts.len(),
-                    1,
-                    peer,
-                    len,
-                );
+                self.queue(peer, &[Part::Read { off: pkt_off, len }]);
                 self.local.tx_packets += 1;
                 self.local.tx_bytes += len as u64;
                 true
@@ -580,23 +580,15 @@ impl TxWorker {
                 let hl = plan.header_len;
                 for j in 0..plan.count {
                     let r = plan.payload(j);
-                    let len = hl + r.len();
-                    self.parts.push(Part::Header {
+                    let header = Part::Header {
                         off: self.headers_used + j * hl,
                         len: hl,
-                    });
-                    self.parts.push(Part::Read {
+                    };
+                    let payload = Part::Read {
                         off: pkt_off + r.start,
                         len: r.len(),
-                    });
-                    enqueue(
-                        &mut self.msgs,
-                        self.cfg.offloads,
-                        self.parts.len(),
-                        2,
-                        peer,
-                        len,
-                    );
+                    };
+                    self.queue(peer, &[header, payload]);
                 }
                 self.headers_used += plan.count * hl;
                 self.local.tx_packets += plan.count as u64;
@@ -608,6 +600,21 @@ impl TxWorker {
                 false
             }
         }
+    }
+
+    /// Queues one datagram for `dst`, gathered from `pieces`.
+    fn queue(&mut self, dst: Ipv4Addr, pieces: &[Part]) {
+        let len = pieces.iter().map(|p| p.len()).sum();
+        self.parts.extend_from_slice(pieces);
+        let end = self.parts.len();
+        enqueue(
+            &mut self.msgs,
+            self.cfg.offloads,
+            end,
+            pieces.len(),
+            dst,
+            len,
+        );
     }
 
     /// Sends every queued message with sendmmsg (gathering headers and payloads), waiting
@@ -960,6 +967,50 @@ mod tests {
             enqueue(&mut m, false, 2 * i, 2, Ipv4Addr::new(172, 31, 0, 12), 1472);
         }
         assert_eq!(shape(&m), vec![(1, 0); 3]);
+    }
+
+    #[test]
+    fn random_datagram_sequences_form_valid_gso_sends() {
+        // Whatever the sequence, every message must be one the kernel's UDP GSO accepts
+        // (EINVAL would lose the whole message), and the datagrams must stay in order.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for case in 0..500 {
+            let mut msgs = Vec::new();
+            let mut sent = Vec::new();
+            for _ in 0..next(400) {
+                let dst = Ipv4Addr::new(172, 31, 0, 10 + next(3) as u8);
+                let len = match next(5) {
+                    0 => 52,
+                    1 | 2 => 1472,
+                    3 => 1400,
+                    _ => 1 + next(1472) as usize,
+                };
+                let end = msgs.last().map_or(0, |m: &OutMsg| m.parts.end) + 1;
+                enqueue(&mut msgs, true, end, 1, dst, len);
+                sent.push((dst, len));
+            }
+            let mut at = 0;
+            for m in &msgs {
+                let group = &sent[at..at + m.count];
+                assert!(m.count <= UDP_MAX_SEGMENTS, "case {case}");
+                assert!(m.bytes <= MAX_UDP_PAYLOAD, "case {case}");
+                assert_eq!(m.bytes, group.iter().map(|g| g.1).sum::<usize>());
+                assert_eq!(m.parts, at..at + m.count, "case {case}: order");
+                assert!(group.iter().all(|g| g.0 == m.dst), "case {case}: one peer");
+                let (last, full) = group.split_last().unwrap();
+                assert!(full.iter().all(|g| g.1 == m.stride), "case {case}");
+                assert!(last.1 <= m.stride, "case {case}");
+                assert_eq!(m.segment() != 0, m.count > 1);
+                at += m.count;
+            }
+            assert_eq!(at, sent.len(), "case {case}: every datagram sent once");
+        }
     }
 
     #[test]
