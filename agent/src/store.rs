@@ -13,18 +13,18 @@ use crate::lease::{BadLease, LeaseRecord, parse_subnet_key, subnet_key};
 
 /// An etcd failure, with what we were doing.
 #[derive(Debug, thiserror::Error)]
-#[error("etcd: {op}: {source}")]
+#[error("etcd: {op}: {cause}")]
 pub struct StoreError {
     pub op: String,
-    #[source]
-    pub source: etcd_client::Error,
+    /// Part of the message, not `source()`: printing the chain (`{:#}`) would say it twice.
+    pub cause: etcd_client::Error,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
 
 fn ctx(op: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> StoreError {
     let op = op.into();
-    move |source| StoreError { op, source }
+    move |cause| StoreError { op, cause }
 }
 
 /// How to reach etcd.

@@ -421,6 +421,34 @@ fn udp_peer_removal_and_agent_restart() {
     });
 }
 
+#[test]
+fn udp_port_taken_is_one_clear_error() {
+    if !preconditions("udp_port_taken_is_one_clear_error", TOOLS) {
+        return;
+    }
+    let mut lab = AgentLab::new("twu-pt", 1, CONFIG);
+    let ip = lab.cluster.host(1).ip;
+    let _squatter = lab
+        .cluster
+        .host(1)
+        .netns
+        .enter(|| UdpSocket::bind((ip, 8285)))
+        .unwrap()
+        .unwrap();
+    lab.start_agent(1, &[]);
+    let mut child = lab.agents[0].take().unwrap();
+    let mut status = None;
+    lab.eventually("twilld gives up", 20, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success());
+    let log = lab.log(1);
+    let what = format!("binding UDP socket {ip}:8285: Address already in use");
+    assert_eq!(log.matches(&what).count(), 1, "said once: {log}");
+    assert!(log.contains("another flanneld or twilld"), "{log}");
+}
+
 /// A peer that behaves like Flannel's udp proxy: a plain TUN (no virtio-net header, no
 /// offloads), one packet per read()/sendto() and per recv()/write(), TTL decremented, routes
 /// from a static table. It runs on host `h` instead of twilld.

@@ -10,21 +10,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A netlink request was refused by the kernel or could not be sent.
-    #[error("{op} {object} in netns {netns}: {source}")]
+    #[error("{op} {object} in netns {netns}: {cause}")]
     Netlink {
         op: &'static str,
         object: String,
         netns: String,
-        #[source]
-        source: NetlinkFailure,
+        // The cause is part of the message and deliberately not `source()`: printing the
+        // chain (`{:#}`) would say it twice.
+        cause: NetlinkFailure,
     },
     /// A system call or file operation failed.
-    #[error("{op} {object}: {source}")]
+    #[error("{op} {object}: {cause}")]
     Io {
         op: &'static str,
         object: String,
-        #[source]
-        source: io::Error,
+        /// Part of the message, not `source()` (see `Netlink`).
+        cause: io::Error,
     },
     /// Something that must exist does not.
     #[error("{kind} {name} not found in netns {netns}")]
@@ -61,10 +62,10 @@ impl Error {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Error::Netlink {
-                source: NetlinkFailure::Errno(e),
+                cause: NetlinkFailure::Errno(e),
                 ..
             } => e.raw_os_error(),
-            Error::Io { source, .. } => source.raw_os_error(),
+            Error::Io { cause, .. } => cause.raw_os_error(),
             _ => None,
         }
     }
@@ -88,7 +89,7 @@ impl Error {
         Error::Io {
             op,
             object: object.into(),
-            source,
+            cause: source,
         }
     }
 

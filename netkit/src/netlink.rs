@@ -45,7 +45,7 @@ impl Netlink {
             op,
             object: object.into(),
             netns: self.netns.clone(),
-            source: e.into(),
+            cause: e.into(),
         }
     }
 

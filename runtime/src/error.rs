@@ -6,12 +6,13 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 /// A runtime failure.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("{op} {object}: {source}")]
+    #[error("{op} {object}: {cause}")]
     Io {
         op: &'static str,
         object: String,
-        #[source]
-        source: std::io::Error,
+        /// Part of the message, not `source()`: printing the chain (`{:#}`) would say it
+        /// twice.
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Invalid(String),
@@ -34,7 +35,7 @@ impl RuntimeError {
         RuntimeError::Io {
             op,
             object: object.to_string(),
-            source,
+            cause: source,
         }
     }
     pub(crate) fn nix(op: &'static str, object: impl std::fmt::Display, e: nix::Error) -> Self {

@@ -8,12 +8,13 @@ pub type Result<T, E = LabError> = std::result::Result<T, E>;
 pub enum LabError {
     #[error(transparent)]
     Netkit(#[from] twill_netkit::Error),
-    #[error("{op} {object}: {source}")]
+    #[error("{op} {object}: {cause}")]
     Io {
         op: &'static str,
         object: String,
-        #[source]
-        source: std::io::Error,
+        /// Part of the message, not `source()`: printing the chain (`{:#}`) would say it
+        /// twice.
+        cause: std::io::Error,
     },
     #[error("etcd {name}: {detail}")]
     Etcd { name: String, detail: String },
@@ -26,7 +27,7 @@ impl LabError {
         LabError::Io {
             op,
             object: object.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! UDP and UDP → TUN) over its own TUN queue and SO_REUSEPORT socket, with non-blocking fds
 //! (poll only when idle). TUN reads carry virtio-net headers, so the kernel hands over 64 KiB
 //! TCP super-packets; their segments leave with one sendmmsg and UDP_SEGMENT, gathering
-//! headers from an arena and payloads from the read buffer. The socket has UDP_GRO, so one
+//! headers from an arena and payloads from the read buffer, consecutive datagrams to one peer
+//! sharing a send across reads (segment trains). The socket has UDP_GRO, so one
 //! recvmmsg slot receives many datagrams; their TCP segments are coalesced into few gather
 //! writes to the TUN. All buffers are allocated at start.
 
@@ -70,7 +71,15 @@ impl Datapath {
         for (i, tun) in queues.into_iter().enumerate() {
             set_nonblocking(tun.as_raw_fd())?;
             let sock = Arc::new(udp_socket(cfg.bind, cfg.offloads).map_err(|e| {
-                io::Error::new(e.kind(), format!("binding UDP socket {}: {e}", cfg.bind))
+                let hint = if e.kind() == io::ErrorKind::AddrInUse {
+                    " (is another flanneld or twilld running on this node? Backend.Port sets the port)"
+                } else {
+                    ""
+                };
+                io::Error::new(
+                    e.kind(),
+                    format!("binding UDP socket {}: {e}{hint}", cfg.bind),
+                )
             })?);
             let tun_rx = tun.try_clone()?;
             let tx = TxWorker::new(
