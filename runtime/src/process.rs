@@ -225,8 +225,15 @@ fn loopback_up() -> Result<()> {
 
 fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd, userns: Option<MapHandshake>) -> isize {
     let fail = |e: RuntimeError| -> isize {
-        let mut f = File::from(err.try_clone().expect("dup error pipe"));
-        let _ = f.write_all(e.to_string().as_bytes());
+        let msg = e.to_string();
+        // SAFETY: writes our buffer to the error pipe we hold (no dup that could fail here).
+        let _ = unsafe {
+            libc::write(
+                err.as_raw_fd(),
+                msg.as_ptr() as *const libc::c_void,
+                msg.len(),
+            )
+        };
         127
     };
     // The rootfs is built while the parent puts us into the cgroup (on cgroup v1 that write
@@ -266,8 +273,15 @@ fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd, userns: Option<MapHa
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
     }
     let mut b = [0u8; 1];
-    let mut g = File::from(go.try_clone().expect("dup sync pipe"));
-    if g.read_exact(&mut b).is_err() {
+    let got = loop {
+        // SAFETY: reads one byte into our buffer from the sync pipe we hold.
+        let n = unsafe { libc::read(go.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 1) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    if got != 1 {
         return fail(RuntimeError::Invalid(
             "parent went away before start".into(),
         ));
