@@ -104,10 +104,23 @@ fn set_header_checksum(p: &mut [u8]) {
     p[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// Sends each payload as a UDP datagram `from`:8285 → `to`:8285 through a raw socket in
-/// `netns`, with the outer IPv4 header written here: the source can be any address (a peer's,
-/// forged), and datagrams over the underlay MTU go out as IP fragments.
-fn send_raw(netns: &twill_netkit::Netns, from: Ipv4Addr, to: Ipv4Addr, payloads: &[Vec<u8>]) {
+/// An IPv4 header (20 bytes) for `payload_len` bytes of protocol `proto`.
+fn ipv4_header(from: Ipv4Addr, to: Ipv4Addr, proto: u8, payload_len: usize, id: u16) -> Vec<u8> {
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&from.octets());
+    ip[16..20].copy_from_slice(&to.octets());
+    set_header_checksum(&mut ip);
+    ip
+}
+
+/// Sends whole IPv4 packets (headers written by the caller, any source) to `to` through a raw
+/// socket in `netns`.
+fn send_ip(netns: &twill_netkit::Netns, to: Ipv4Addr, packets: &[Vec<u8>]) {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let fd = netns
         .enter(|| {
@@ -126,6 +139,32 @@ fn send_raw(netns: &twill_netkit::Netns, from: Ipv4Addr, to: Ipv4Addr, payloads:
         },
         sin_zero: [0; 8],
     };
+    for ip in packets {
+        // SAFETY: sends our buffer to a valid sockaddr_in.
+        let rc = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                ip.as_ptr() as *const libc::c_void,
+                ip.len(),
+                0,
+                &dst as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            ip.len() as isize,
+            "raw send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Sends each payload as a UDP datagram `from`:8285 → `to`:8285 through a raw socket in
+/// `netns`: the source can be any address (a peer's, forged), and datagrams over the underlay
+/// MTU go out as IP fragments.
+fn send_raw(netns: &twill_netkit::Netns, from: Ipv4Addr, to: Ipv4Addr, payloads: &[Vec<u8>]) {
+    let mut packets = Vec::new();
     for (n, payload) in payloads.iter().enumerate() {
         // UDP header (checksum 0: none, allowed over IPv4) and payload: the IP payload.
         let mut udp = Vec::with_capacity(8 + payload.len());
@@ -137,38 +176,33 @@ fn send_raw(netns: &twill_netkit::Netns, from: Ipv4Addr, to: Ipv4Addr, payloads:
         // Fragments of at most 1480 bytes (a multiple of 8) fit the 1500-byte underlay.
         let chunks: Vec<&[u8]> = udp.chunks(1480).collect();
         for (i, chunk) in chunks.iter().enumerate() {
-            let offset = i * 1480 / 8;
             let more = if i + 1 < chunks.len() { 0x2000 } else { 0 };
-            let mut ip = vec![0u8; 20];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&((20 + chunk.len()) as u16).to_be_bytes());
-            ip[4..6].copy_from_slice(&(0x7700 + n as u16).to_be_bytes());
-            ip[6..8].copy_from_slice(&((more | offset) as u16).to_be_bytes());
-            ip[8] = 64;
-            ip[9] = 17;
-            ip[12..16].copy_from_slice(&from.octets());
-            ip[16..20].copy_from_slice(&to.octets());
+            let mut ip = ipv4_header(from, to, 17, chunk.len(), 0x7700 + n as u16);
+            ip[6..8].copy_from_slice(&((more | (i * 1480 / 8)) as u16).to_be_bytes());
             set_header_checksum(&mut ip);
             ip.extend_from_slice(chunk);
-            // SAFETY: sends our buffer to a valid sockaddr_in.
-            let rc = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    ip.as_ptr() as *const libc::c_void,
-                    ip.len(),
-                    0,
-                    &dst as *const libc::sockaddr_in as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(
-                rc,
-                ip.len() as isize,
-                "raw send: {}",
-                std::io::Error::last_os_error()
-            );
+            packets.push(ip);
         }
     }
+    send_ip(netns, to, &packets);
+}
+
+/// An ICMP "fragmentation needed" (next-hop MTU `mtu`) from `router` to `to`, quoting a UDP
+/// datagram `to`:8285 → `peer`:8285, as a router on that path (or an attacker) would send.
+fn icmp_frag_needed(router: Ipv4Addr, to: Ipv4Addr, peer: Ipv4Addr, mtu: u16) -> Vec<u8> {
+    let mut quote = ipv4_header(to, peer, 17, 8 + 1444, 1);
+    quote.extend_from_slice(&8285u16.to_be_bytes());
+    quote.extend_from_slice(&8285u16.to_be_bytes());
+    quote.extend_from_slice(&(8u16 + 1444).to_be_bytes());
+    quote.extend_from_slice(&[0, 0]);
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&quote);
+    let c = twill_agent::backend::udp::packet::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = ipv4_header(router, to, 1, icmp.len(), 2);
+    ip.extend_from_slice(&icmp);
+    ip
 }
 
 #[test]
@@ -234,6 +268,65 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
         counter("twilld_udp_tx_packets") > 5000 && counter("twilld_udp_rx_packets") > 5000
     });
     assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
+
+    // A smaller path MTU towards a peer (here a route MTU; a forged ICMP "fragmentation
+    // needed" does the same) must not black-hole it: the kernel refuses GSO sends whose
+    // segments exceed the path MTU, so the data path sends by the device MTU without DF.
+    let h2_ip = lab.cluster.host(2).ip.to_string();
+    twill_tests::run(
+        "ip",
+        &[
+            "-n",
+            &h1,
+            "route",
+            "replace",
+            &format!("{h2_ip}/32"),
+            "dev",
+            "eth0",
+            "mtu",
+            "1400",
+        ],
+    );
+    let errors_before = counter("twilld_udp_io_errors");
+    let started = std::time::Instant::now();
+    assert_transfer_intact(
+        &lab,
+        0,
+        2,
+        &data(2 << 20),
+        "h1 → h2 over a smaller path MTU",
+    );
+    // Before the fix every GSO send failed (EINVAL) and only retransmitted single segments
+    // got through: the 2 MiB took minutes.
+    assert_eq!(
+        counter("twilld_udp_io_errors"),
+        errors_before,
+        "sends refused"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "stalled: {:?}",
+        started.elapsed()
+    );
+    // The same with a forged ICMP "fragmentation needed" for the path to h3, sent from the
+    // underlay namespace: the data path ignores it (the kernel would otherwise lower that
+    // path's MTU, and the GSO sends to h3 would fail).
+    let underlay = twill_netkit::Netns::open(&format!("{}-ul", lab.cluster.prefix())).unwrap();
+    let h1_ip = lab.cluster.host(1).ip;
+    let forged = icmp_frag_needed(
+        lab.cluster.underlay_ip(),
+        h1_ip,
+        lab.cluster.host(3).ip,
+        1300,
+    );
+    send_ip(&underlay, h1_ip, &[forged]);
+    let errors_before = counter("twilld_udp_io_errors");
+    assert_transfer_intact(&lab, 0, 4, &data(2 << 20), "h1 → h3 after a forged ICMP");
+    assert_eq!(
+        counter("twilld_udp_io_errors"),
+        errors_before,
+        "sends refused"
+    );
 
     // Ping's TTL shows both proxies decrementing, like Flannel's: 64 − 1 (h1 kernel) − 1
     // (h1 proxy) − 1 (h2 proxy) − 1 (h2 kernel) = 60.

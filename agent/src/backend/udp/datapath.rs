@@ -187,6 +187,25 @@ fn udp_socket(bind: SocketAddrV4, gro: bool) -> io::Result<OwnedFd> {
             setsockopt_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER)?;
         }
     }
+    // Outer packets use the device MTU and never carry DF, like the kernel's VXLAN: a smaller
+    // path MTU (a route MTU, or a forged ICMP "fragmentation needed") then cannot make the
+    // kernel refuse GSO sends (it rejects segments over the path MTU) and black-hole a peer;
+    // a router on a path that really is smaller fragments. OMIT needs Linux 3.15.
+    if setsockopt_int(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_OMIT,
+    )
+    .is_err()
+    {
+        setsockopt_int(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        )?;
+    }
     if gro && let Err(e) = setsockopt_int(fd, SOL_UDP, UDP_GRO, 1) {
         tracing::warn!(error = %e, "UDP_GRO unavailable: receiving one datagram per slot");
     }
