@@ -15,10 +15,17 @@ const METRICS_PORT: u16 = 10269;
 const CONFIG: &str = r#"{"Network":"10.21.0.0/16","Backend":{"Type":"udp"}}"#;
 
 fn lab(prefix: &str, hosts: usize, per_host: usize) -> AgentLab {
+    lab_with(prefix, hosts, per_host, &[])
+}
+
+/// A udp lab whose agents get `extra` flags.
+fn lab_with(prefix: &str, hosts: usize, per_host: usize, extra: &[&str]) -> AgentLab {
     let mut lab = AgentLab::new(prefix, hosts, CONFIG);
     let port = METRICS_PORT.to_string();
+    let mut args = vec!["--healthz-ip", "127.0.0.1", "--healthz-port", &port];
+    args.extend_from_slice(extra);
     for h in 1..=hosts {
-        lab.start_agent(h, &["--healthz-ip", "127.0.0.1", "--healthz-port", &port]);
+        lab.start_agent(h, &args);
     }
     for h in 1..=hosts {
         lab.wait_subnet(h);
@@ -213,7 +220,10 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
     ) {
         return;
     }
-    let lab = lab("twu-ap", 3, 2);
+    // Three workers (TUN queues and SO_REUSEPORT sockets) per node, as on a 6-CPU machine:
+    // flows spread over queues, and a datagram may arrive at another worker than the one
+    // whose queue the flow uses.
+    let lab = lab_with("twu-ap", 3, 2, &["--udp-workers", "3"]);
     lab.eventually("all pairs reachable over udp", 20, || {
         lab.unreachable_pairs().is_empty()
     });
@@ -230,6 +240,11 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
         (a["local"].as_str(), a["prefixlen"].as_u64()),
         (Some(env.subnet.network().to_string().as_str()), Some(32)),
         "{addrs}"
+    );
+    assert!(
+        lab.log(1).contains("TUN ready device=flannel0 queues=3"),
+        "{}",
+        lab.log(1)
     );
     let routes = lab.twill_routes(1);
     assert_eq!(routes.len(), 1, "{routes:?}");
@@ -252,6 +267,15 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
     let payload = data(8 << 20);
     assert_transfer_intact(&lab, 0, 2, &payload, "h1 → h2");
     assert_transfer_intact(&lab, 5, 1, &payload, "h3 → h1");
+    // Four flows at once both ways between h1 and h2, spread over the queues.
+    std::thread::scope(|s| {
+        for (from, to) in [(0, 2), (1, 3), (2, 0), (3, 1)] {
+            let (lab, payload) = (&lab, &payload);
+            s.spawn(move || {
+                assert_transfer_intact(lab, from, to, payload, &format!("{from} → {to}"))
+            });
+        }
+    });
 
     // The data path counted the traffic, and a super-packet read became many datagrams.
     let counter = |name: &str| -> u64 {
