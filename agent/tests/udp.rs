@@ -46,6 +46,18 @@ fn dropped(lab: &AgentLab, h: usize, reason: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in /metrics of h{h}:\n{m}"))
 }
 
+/// The value of the counter `<name>_total` on host `h` (0 while it is not published yet).
+fn metric(lab: &AgentLab, h: usize, name: &str) -> u64 {
+    lab.http_get(h, METRICS_PORT, "/metrics")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}_total "))
+                .map(str::to_string)
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Deterministic test data.
 fn data(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -278,16 +290,7 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
     });
 
     // The data path counted the traffic, and a super-packet read became many datagrams.
-    let counter = |name: &str| -> u64 {
-        lab.http_get(1, METRICS_PORT, "/metrics")
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!("{name}_total "))
-                    .map(str::to_string)
-            })
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let counter = |name: &str| metric(&lab, 1, name);
     lab.eventually("the data path's counters published", 5, || {
         counter("twilld_udp_tx_packets") > 5000 && counter("twilld_udp_rx_packets") > 5000
     });
@@ -478,6 +481,37 @@ fn udp_peer_removal_and_agent_restart() {
         "expected ICMP net unreachable: {out}"
     );
     lab.eventually("no_route counted", 5, || dropped(&lab, 1, "no_route") >= 1);
+    // A container probing that subnet fast gets at most ~1000 ICMP errors a second (like the
+    // kernel's icmp_msgs_per_sec), not one per probe.
+    lab.eventually("counters published", 5, || {
+        metric(&lab, 1, "twilld_udp_icmp_unreachable") >= 1
+    });
+    let (icmp_before, no_route_before) = (
+        metric(&lab, 1, "twilld_udp_icmp_unreachable"),
+        dropped(&lab, 1, "no_route"),
+    );
+    let probe = lab.containers[0]
+        .netns
+        .enter(|| UdpSocket::bind("0.0.0.0:0"))
+        .unwrap()
+        .unwrap();
+    let target = (c3.parse::<Ipv4Addr>().unwrap(), 9);
+    for _ in 0..12 {
+        // In bursts the TUN's queue (500) takes: a lost probe would never be counted.
+        for _ in 0..250 {
+            let _ = probe.send_to(b"probe", target);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    lab.eventually("all probes counted", 10, || {
+        dropped(&lab, 1, "no_route") >= no_route_before + 3000
+    });
+    let answered = metric(&lab, 1, "twilld_udp_icmp_unreachable") - icmp_before;
+    // The probes may straddle two one-second windows.
+    assert!(
+        (1..=2000).contains(&answered),
+        "{answered} ICMP errors for 3000 probes"
+    );
     assert!(
         lab.ping(0, &lab.containers[1].ip.clone()),
         "h1 → h2 unaffected"

@@ -418,6 +418,40 @@ fn enqueue(
     });
 }
 
+/// ICMP errors one worker writes per second at most, like the kernel's
+/// `net.ipv4.icmp_msgs_per_sec` (1000): a container scanning addresses nobody holds gets
+/// answers, not one for every probe.
+const ICMP_PER_SECOND: u32 = 1000;
+
+/// The ICMP errors left in the current one-second window.
+struct IcmpBudget {
+    window: std::time::Instant,
+    used: u32,
+}
+
+impl IcmpBudget {
+    fn new(now: std::time::Instant) -> IcmpBudget {
+        IcmpBudget {
+            window: now,
+            used: 0,
+        }
+    }
+
+    /// Whether one more ICMP error may go out at `now`.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        if now.duration_since(self.window) >= std::time::Duration::from_secs(1) {
+            self.window = now;
+            self.used = 0;
+        }
+        if self.used < ICMP_PER_SECOND {
+            self.used += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// TUN reads that may be pending in one send batch.
 const READ_SLOTS: usize = 8;
 const READ_SLOT: usize = VNET_HDR_LEN + MAX_IP_PACKET;
@@ -446,6 +480,7 @@ struct TxWorker {
     parts: Vec<Part>,
     msgs: Vec<OutMsg>,
     iovs: IovScratch,
+    icmp_budget: IcmpBudget,
     local: Local,
 }
 
@@ -474,6 +509,7 @@ impl TxWorker {
             iovs: IovScratch(Vec::with_capacity(
                 READ_SLOTS * (2 * packet::MAX_SEGMENTS + 1),
             )),
+            icmp_budget: IcmpBudget::new(std::time::Instant::now()),
             local: Local::default(),
         }
     }
@@ -561,6 +597,9 @@ impl TxWorker {
                 .local
                 .map(|l| l.network())
                 .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            if !self.icmp_budget.take(std::time::Instant::now()) {
+                return false;
+            }
             if let Some(len) = packet::icmp_net_unreachable(pkt, src, &mut icmp) {
                 let hdr = [0u8; VNET_HDR_LEN];
                 if write_tun(&self.tun, &hdr, &[&icmp[..len]]).is_ok() {
@@ -1039,6 +1078,18 @@ mod tests {
             }
             assert_eq!(at, sent.len(), "case {case}: every datagram sent once");
         }
+    }
+
+    #[test]
+    fn icmp_errors_are_limited_per_second() {
+        let t0 = std::time::Instant::now();
+        let mut b = IcmpBudget::new(t0);
+        let sent = (0..5000).filter(|_| b.take(t0)).count();
+        assert_eq!(sent, ICMP_PER_SECOND as usize);
+        let later = t0 + std::time::Duration::from_millis(999);
+        assert!(!b.take(later), "same window");
+        let next = t0 + std::time::Duration::from_secs(1);
+        assert!(b.take(next), "a new window");
     }
 
     #[test]
