@@ -560,12 +560,34 @@ fn udp_peer_removal_and_agent_restart() {
     });
 }
 
+/// Starts twilld on host 1 with `extra`, waits for it to give up and returns its new log
+/// lines.
+fn failed_start(lab: &mut AgentLab, extra: &[&str]) -> String {
+    let seen = lab.log(1).len();
+    lab.start_agent(1, extra);
+    let mut child = lab.agents[0].take().unwrap();
+    let mut status = None;
+    lab.eventually("twilld gives up", 20, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success());
+    lab.log(1)[seen..].to_string()
+}
+
 #[test]
-fn udp_port_taken_is_one_clear_error() {
-    if !preconditions("udp_port_taken_is_one_clear_error", TOOLS) {
+fn udp_startup_errors_say_what_to_fix_once() {
+    if !preconditions("udp_startup_errors_say_what_to_fix_once", TOOLS) {
         return;
     }
     let mut lab = AgentLab::new("twu-pt", 1, CONFIG);
+    // The TUN name is taken by a device that is not a TUN.
+    let log = failed_start(&mut lab, &["--udp-device", "eth0"]);
+    assert!(
+        log.contains("creating TUN device eth0: a device of that name exists and is not a TUN"),
+        "{log}"
+    );
+    // The UDP port is taken.
     let ip = lab.cluster.host(1).ip;
     let _squatter = lab
         .cluster
@@ -574,15 +596,7 @@ fn udp_port_taken_is_one_clear_error() {
         .enter(|| UdpSocket::bind((ip, 8285)))
         .unwrap()
         .unwrap();
-    lab.start_agent(1, &[]);
-    let mut child = lab.agents[0].take().unwrap();
-    let mut status = None;
-    lab.eventually("twilld gives up", 20, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    assert!(!status.unwrap().success());
-    let log = lab.log(1);
+    let log = failed_start(&mut lab, &[]);
     let what = format!("binding UDP socket {ip}:8285: Address already in use");
     assert_eq!(log.matches(&what).count(), 1, "said once: {log}");
     assert!(log.contains("another flanneld or twilld"), "{log}");

@@ -125,11 +125,15 @@ impl Tun {
             // SAFETY: TUNSETIFF reads and writes a struct ifreq, which IfReqFlags lays out.
             let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
             if rc < 0 {
-                return Err(Error::io(
-                    "creating TUN device",
-                    opts.name.clone(),
-                    std::io::Error::last_os_error(),
-                ));
+                let err = std::io::Error::last_os_error();
+                if queues.is_empty() && other_device_named(&name) {
+                    return Err(Error::Invalid(format!(
+                        "creating TUN device {}: a device of that name exists and is not a \
+                         TUN device one can attach to ({err}); pick another name or delete it",
+                        opts.name
+                    )));
+                }
+                return Err(Error::io("creating TUN device", opts.name.clone(), err));
             }
             let end = req
                 .name
@@ -201,4 +205,13 @@ fn probe_offloads(file: &File, candidates: &[u32]) -> u32 {
         }
     }
     0
+}
+
+/// Whether a network device called `name` exists in this thread's network namespace.
+fn other_device_named(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
