@@ -87,8 +87,13 @@ impl NetConf {
         let conf: NetConf = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let msg = if path == "." {
+            // "?" stands for a key the parser had not read yet (truncated input, say): name
+            // the object around it, or nothing.
+            let known = path.trim_end_matches('?').trim_end_matches('.');
+            let msg = if known.is_empty() {
                 format!("decoding network configuration: {inner}")
+            } else if path.ends_with('?') {
+                format!("decoding network configuration: in {known}: {inner}")
             } else {
                 format!("decoding network configuration: key {path}: {inner}")
             };
@@ -239,6 +244,21 @@ mod tests {
         assert!(c.is_gateway() && c.is_default_gateway() && c.hairpin());
         assert_eq!(c.ipam_dir(), PathBuf::from("/var/lib/cni/networks/tw"));
         assert!(c.ipam_type().is_none());
+    }
+
+    #[test]
+    fn decode_errors_name_only_keys_that_exist() {
+        let msg = |b: &[u8]| NetConf::parse(b).err().unwrap().msg;
+        let truncated = msg(br#"{"cniVersion":"1.0.0","name":"t","type":"twill""#);
+        assert!(!truncated.contains('?'), "{truncated}");
+        assert!(
+            truncated.starts_with("decoding network configuration: EOF"),
+            "{truncated}"
+        );
+        let inner = msg(br#"{"cniVersion":"1.0.0","name":"t","type":"twill","ipam":{"type":"x","#);
+        assert!(inner.contains("in ipam: EOF"), "{inner}");
+        let bad_key = msg(br#"{"cniVersion":"1.0.0","name":"t","type":"twill","mtu":"big"}"#);
+        assert!(bad_key.contains("key mtu: invalid type"), "{bad_key}");
     }
 
     #[test]
