@@ -36,26 +36,29 @@ fn lab_with(prefix: &str, hosts: usize, per_host: usize, extra: &[&str]) -> Agen
     lab
 }
 
+/// The value of the sample `key` (name and labels) in host `h`'s /metrics, and the page.
+fn sample(lab: &AgentLab, h: usize, key: &str) -> (Option<u64>, String) {
+    let page = lab.http_get(h, METRICS_PORT, "/metrics");
+    let prefix = format!("{key} ");
+    let value = page
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok());
+    (value, page)
+}
+
 /// The value of `twilld_udp_dropped_packets_total{reason="..."}` on host `h`.
 fn dropped(lab: &AgentLab, h: usize, reason: &str) -> u64 {
-    let m = lab.http_get(h, METRICS_PORT, "/metrics");
-    let key = format!("twilld_udp_dropped_packets_total{{reason=\"{reason}\"}} ");
-    m.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /metrics of h{h}:\n{m}"))
+    let key = format!("twilld_udp_dropped_packets_total{{reason=\"{reason}\"}}");
+    match sample(lab, h, &key) {
+        (Some(v), _) => v,
+        (None, page) => panic!("no {key} in /metrics of h{h}:\n{page}"),
+    }
 }
 
 /// The value of the counter `<name>_total` on host `h` (0 while it is not published yet).
 fn metric(lab: &AgentLab, h: usize, name: &str) -> u64 {
-    lab.http_get(h, METRICS_PORT, "/metrics")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!("{name}_total "))
-                .map(str::to_string)
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    sample(lab, h, &format!("{name}_total")).0.unwrap_or(0)
 }
 
 /// Deterministic test data.

@@ -126,7 +126,7 @@ impl Tun {
             let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
             if rc < 0 {
                 let err = std::io::Error::last_os_error();
-                if queues.is_empty() && other_device_named(&name) {
+                if queues.is_empty() && device_exists(&name) {
                     return Err(Error::Invalid(format!(
                         "creating TUN device {}: a device of that name exists and is not a \
                          TUN device one can attach to ({err}); pick another name or delete it",
@@ -208,7 +208,7 @@ fn probe_offloads(file: &File, candidates: &[u32]) -> u32 {
 }
 
 /// Whether a network device called `name` exists in this thread's network namespace.
-fn other_device_named(name: &str) -> bool {
+fn device_exists(name: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(name) else {
         return false;
     };
