@@ -498,13 +498,16 @@ fn udp_peer_removal_and_agent_restart() {
         .enter(|| UdpSocket::bind("0.0.0.0:0"))
         .unwrap()
         .unwrap();
+    // Room for every probe in the TUN's queue (500 by default), so none is lost while the
+    // worker is busy elsewhere (a lost probe would never be counted).
+    let h1 = lab.cluster.host(1).name.clone();
+    twill_tests::run(
+        "ip",
+        &["-n", &h1, "link", "set", "flannel0", "txqueuelen", "10000"],
+    );
     let target = (c3.parse::<Ipv4Addr>().unwrap(), 9);
-    for _ in 0..12 {
-        // In bursts the TUN's queue (500) takes: a lost probe would never be counted.
-        for _ in 0..250 {
-            let _ = probe.send_to(b"probe", target);
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    for _ in 0..3000 {
+        let _ = probe.send_to(b"probe", target);
     }
     lab.eventually("all probes counted", 10, || {
         dropped(&lab, 1, "no_route") >= no_route_before + 3000
@@ -556,7 +559,6 @@ fn udp_peer_removal_and_agent_restart() {
     );
 
     // A hand-deleted TUN device is re-created by the next reconcile.
-    let h1 = lab.cluster.host(1).name.clone();
     twill_tests::run("ip", &["-n", &h1, "link", "del", "flannel0"]);
     lab.eventually("flannel0 re-created and traffic back", 15, || {
         lab.ping(0, &c2)
