@@ -48,7 +48,9 @@ enum Cmd {
         /// network, cni or runtime.
         #[arg(value_enum, default_value = "network")]
         what: labctl::bench::BenchKind,
-        /// Comma separated, or "all".
+        /// Comma separated from host-gw, vxlan, udp and tun-relay, or "all" (every one).
+        /// tun-relay is a udp lab whose agents a TUN→TUN relay replaces: no UDP, no checks,
+        /// the most any TUN-based data path can move on this machine.
         #[arg(long, default_value = "all")]
         backends: String,
         #[arg(long, default_value_t = 10)]
@@ -81,6 +83,8 @@ fn main() {
         eprintln!("twill-lab: --name must be 1-20 letters, digits or '-'");
         std::process::exit(2);
     }
+    // Only a failed `up` leaves a half-built lab; bench tears its labs down itself.
+    let leaves_lab = matches!(cli.cmd, Cmd::Up { .. });
     let r = match cli.cmd {
         Cmd::Up {
             hosts,
@@ -108,7 +112,12 @@ fn main() {
             svg,
         } => {
             let list: Vec<String> = if backends == "all" {
-                vec!["host-gw".into(), "vxlan".into(), "udp".into()]
+                vec![
+                    "host-gw".into(),
+                    "vxlan".into(),
+                    "udp".into(),
+                    labctl::bench::TUN_RELAY.into(),
+                ]
             } else {
                 backends.split(',').map(str::to_string).collect()
             };
@@ -123,7 +132,9 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("twill-lab: {e:#}");
-            eprintln!("(clean up with: twill-lab down --name {})", cli.name);
+            if leaves_lab {
+                eprintln!("(clean up with: twill-lab down --name {})", cli.name);
+            }
             std::process::exit(1);
         }
     }

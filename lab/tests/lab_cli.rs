@@ -177,7 +177,7 @@ fn bench_smoke_measures_and_writes_markdown_and_svg() {
     let (ok, out) = lab(&[
         "bench",
         "--backends",
-        "udp",
+        "udp,tun-relay",
         "--seconds",
         "1",
         "--markdown",
@@ -190,6 +190,15 @@ fn bench_smoke_measures_and_writes_markdown_and_svg() {
         out.contains("same host (bridge)") && out.contains("two hosts, udp"),
         "{out}"
     );
+    // The relay really carried traffic between the hosts in place of twilld.
+    let relay_gbps: f64 = out
+        .lines()
+        .find(|l| l.starts_with("two hosts, TUN relay"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|g| g.trim_end_matches("Gb").parse().ok())
+        .unwrap_or_else(|| panic!("no TUN relay row: {out}"));
+    assert!(relay_gbps > 0.0, "{out}");
+    assert!(out.contains("udp / TUN relay: "), "{out}");
     let table = std::fs::read_to_string(&md).unwrap();
     assert!(table.contains("| two hosts, udp |"), "{table}");
     let chart = std::fs::read_to_string(&svg).unwrap();
@@ -198,4 +207,23 @@ fn bench_smoke_measures_and_writes_markdown_and_svg() {
         "{chart}"
     );
     gone("bench0");
+    gone("bench1");
+}
+
+#[test]
+fn bench_names_the_paths_it_knows_when_given_another() {
+    if !ready() {
+        return;
+    }
+    let (ok, out) = lab(&["bench", "--backends", "vxlan,ipip", "--seconds", "1"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("unknown path \"ipip\": pick from host-gw, vxlan, udp, tun-relay"),
+        "{out}"
+    );
+    assert!(!out.contains("panicked"), "{out}");
+    // Nothing is left to clean up, so no hint says there is; and no lab was touched (a
+    // bench running next to it keeps its labs).
+    assert!(!out.contains("clean up with"), "{out}");
+    assert!(!out.contains("down"), "{out}");
 }

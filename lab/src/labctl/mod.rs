@@ -4,6 +4,7 @@
 //! from the state file (also after a crashed `up`).
 
 pub mod bench;
+pub mod relay;
 pub mod state;
 pub mod up;
 

@@ -1,0 +1,208 @@
+//! The ceiling of any user-space data path over TUN on this machine, for `twill-lab bench
+//! --ceiling`: the two hosts of a udp lab get their `flannel0` from a relay in this process
+//! instead of from twilld, and one thread moves every packet from one host's TUN straight
+//! into the other's, virtio-net (GSO) header and all. No UDP, no segmentation, no checks:
+//! what is left is the TUN reads and writes that every TUN-based backend pays for, so
+//! `udp / relay` shows what the UDP leg and twilld's own work cost, and `relay / vxlan`
+//! how much room this machine leaves a user-space backend at all.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use twill_netkit::ipnet::Ipv4Net;
+use twill_netkit::tun::offload::{CSUM, TSO4, TSO6};
+use twill_netkit::tun::{Tun, TunOptions};
+use twill_netkit::{Netns, Route};
+
+use super::state::LabState;
+use crate::testbed::wait_for;
+
+/// The device name twilld's udp backend uses.
+const DEVICE: &str = "flannel0";
+/// Outer IPv4 + UDP: the relay's TUNs get the same MTU as twilld's.
+const UDP_OVERHEAD: u32 = 28;
+/// How long the relay polls after traffic stops before it sleeps, like twilld's default.
+const BUSY_POLL: Duration = Duration::from_micros(300);
+
+/// A running relay between hosts 0 and 1 of a lab; dropping it stops the thread and closes
+/// both TUNs (so the devices and their routes go away).
+pub struct Relay {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Replaces the twilld of hosts 0 and 1 of the udp lab `st` with a relay: each agent is
+/// stopped (by its PID), and its `flannel0` rebuilt by us with the same address, MTU and
+/// route, so the containers see the same network.
+pub fn start(st: &LabState) -> anyhow::Result<Relay> {
+    if st.backend != "udp" || st.hosts.len() < 2 {
+        bail!(
+            "the TUN relay replaces the agents of a udp lab with two hosts (lab {} runs {} on {} hosts)",
+            st.name,
+            st.backend,
+            st.hosts.len()
+        );
+    }
+    let network: Ipv4Net = st
+        .network
+        .parse()
+        .with_context(|| format!("lab {}: network {:?}", st.name, st.network))?;
+    let mut tuns = Vec::new();
+    for host in &st.hosts[..2] {
+        let subnet: Ipv4Net = host
+            .subnet
+            .as_deref()
+            .with_context(|| format!("host {} has no subnet lease", host.name))?
+            .parse()
+            .with_context(|| format!("host {}: subnet", host.name))?;
+        if let Some(pid) = host.twilld_pid {
+            stop_agent(pid).with_context(|| format!("stopping twilld of {}", host.name))?;
+        }
+        let ns = Netns::open(&host.netns)?;
+        let device_gone = wait_for(Duration::from_secs(10), || {
+            ns.run(|nl| async move { nl.link_by_name(DEVICE).await })
+                .map(|l| l.is_none())
+                .unwrap_or(false)
+        });
+        if !device_gone {
+            bail!("{DEVICE} of {} did not go away with its agent", host.name);
+        }
+        tuns.push(open_device(&ns, network, subnet)?);
+    }
+    let [a, b]: [File; 2] = tuns
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("expected two TUN devices"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("tun-relay".into())
+        .spawn(move || relay(a, b, &flag))
+        .context("starting the relay thread")?;
+    Ok(Relay {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// SIGTERM, then waits for the process to be gone (twilld closes its TUN on the way out).
+fn stop_agent(pid: u32) -> anyhow::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::ESRCH) => return Ok(()),
+        Err(e) => return Err(e).context("sending SIGTERM"),
+    }
+    let gone = wait_for(Duration::from_secs(10), || {
+        // Reaps it when it is our child (the bench started it); a zombie's TUN is closed.
+        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        nix::sys::signal::kill(pid, None).is_err()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true)
+    });
+    if !gone {
+        bail!("process {pid} is still running 10 s after SIGTERM");
+    }
+    Ok(())
+}
+
+/// Creates `flannel0` in `ns` as twilld's udp backend does (virtio-net headers, TCP
+/// offloads, `<subnet>.0/32`, MTU of eth0 − 28, the network routed to it); one queue.
+fn open_device(ns: &Netns, network: Ipv4Net, subnet: Ipv4Net) -> anyhow::Result<File> {
+    let mut opts = TunOptions::offloaded(DEVICE, 1);
+    opts.offload_candidates = vec![CSUM | TSO4 | TSO6];
+    let tun = ns
+        .enter(|| Tun::create(&opts))?
+        .with_context(|| format!("creating {DEVICE} in {}", ns.label()))?;
+    ns.run(|nl| async move {
+        let dev = nl.require_link(DEVICE).await?;
+        let underlay = nl.require_link("eth0").await?;
+        nl.set_mtu(dev.index, underlay.mtu.saturating_sub(UDP_OVERHEAD))
+            .await?;
+        nl.ensure_address(dev.index, Ipv4Net::from(subnet.network()).into())
+            .await?;
+        nl.set_up(dev.index).await?;
+        nl.replace_route(&Route::new(network).dev(dev.index)).await
+    })
+    .with_context(|| format!("configuring {DEVICE} in {}", ns.label()))?;
+    tun.into_queues()
+        .into_iter()
+        .next()
+        .context("the TUN device has no queue")
+}
+
+/// Moves packets both ways until `stop`: non-blocking reads, each packet written to the
+/// other device at once; polls for `BUSY_POLL` when traffic stops, then sleeps in poll.
+fn relay(a: File, b: File, stop: &AtomicBool) {
+    for f in [&a, &b] {
+        // SAFETY: fcntl on descriptors we own.
+        unsafe {
+            let fd = f.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+    let mut buf = vec![0u8; 65536 + 64];
+    let fds = [a.as_raw_fd(), b.as_raw_fd()];
+    while !stop.load(Ordering::Relaxed) {
+        let mut moved = 0;
+        for _ in 0..64 {
+            let mut any = false;
+            for (mut from, mut to) in [(&a, &b), (&b, &a)] {
+                if let Ok(n) = from.read(&mut buf) {
+                    // A full queue on the other side drops the packet, as a NIC would.
+                    let _ = to.write(&buf[..n]);
+                    any = true;
+                    moved += 1;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        if moved > 0 {
+            continue;
+        }
+        let start = Instant::now();
+        let mut ready = false;
+        while start.elapsed() < BUSY_POLL {
+            std::thread::yield_now();
+            if poll_in(&fds, 0) {
+                ready = true;
+                break;
+            }
+        }
+        if !ready {
+            poll_in(&fds, 200);
+        }
+    }
+}
+
+fn poll_in(fds: &[i32; 2], timeout_ms: i32) -> bool {
+    let mut p = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: a valid array of two pollfds.
+    unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) > 0 }
+}
