@@ -144,23 +144,23 @@ fn open_device(ns: &Netns, network: Ipv4Net, subnet: Ipv4Net) -> anyhow::Result<
         nl.replace_route(&Route::new(network).dev(dev.index)).await
     })
     .with_context(|| format!("configuring {DEVICE} in {}", ns.label()))?;
-    tun.into_queues()
+    let queue = tun
+        .into_queues()
         .into_iter()
         .next()
-        .context("the TUN device has no queue")
+        .context("the TUN device has no queue")?;
+    // Non-blocking, or the relay thread could sit in a read and never see its stop flag.
+    nix::fcntl::fcntl(
+        &queue,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .with_context(|| format!("making {DEVICE} in {} non-blocking", ns.label()))?;
+    Ok(queue)
 }
 
 /// Moves packets both ways until `stop`: non-blocking reads, each packet written to the
 /// other device at once; polls for `BUSY_POLL` when traffic stops, then sleeps in poll.
 fn relay(a: File, b: File, stop: &AtomicBool) {
-    for f in [&a, &b] {
-        // SAFETY: fcntl on descriptors we own.
-        unsafe {
-            let fd = f.as_raw_fd();
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
-    }
     let mut buf = vec![0u8; 65536 + 64];
     let fds = [a.as_raw_fd(), b.as_raw_fd()];
     while !stop.load(Ordering::Relaxed) {
@@ -168,11 +168,20 @@ fn relay(a: File, b: File, stop: &AtomicBool) {
         for _ in 0..64 {
             let mut any = false;
             for (mut from, mut to) in [(&a, &b), (&b, &a)] {
-                if let Ok(n) = from.read(&mut buf) {
-                    // A full queue on the other side drops the packet, as a NIC would.
-                    let _ = to.write(&buf[..n]);
-                    any = true;
-                    moved += 1;
+                match from.read(&mut buf) {
+                    Ok(n) => {
+                        // A full queue on the other side drops the packet, as a NIC would.
+                        let _ = to.write(&buf[..n]);
+                        any = true;
+                        moved += 1;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                        ) => {}
+                    // The device is gone (lab torn down under us): nothing left to relay.
+                    Err(_) => return,
                 }
             }
             if !any {
