@@ -227,3 +227,75 @@ fn bench_names_the_paths_it_knows_when_given_another() {
     assert!(!out.contains("clean up with"), "{out}");
     assert!(!out.contains("down"), "{out}");
 }
+
+/// Whether host `h` of lab `name` has a `flannel0` right now.
+fn has_flannel0(name: &str, h: usize) -> bool {
+    twill_netkit::Netns::open(&format!("tl-{name}-h{h}"))
+        .and_then(|ns| ns.run(|nl| async move { nl.link_by_name("flannel0").await }))
+        .is_ok_and(|l| l.is_some_and(|l| l.kind.as_deref() == Some("tun")))
+}
+
+#[test]
+fn tun_relay_takes_over_a_udp_lab_and_goes_away_with_its_devices() {
+    use twill_lab::labctl::{relay, state::LabState};
+    if !ready() {
+        return;
+    }
+    let _ = lab(&["down", "--name", "tr"]);
+    let (ok, out) = lab(&[
+        "up",
+        "--name",
+        "tr",
+        "--hosts",
+        "2",
+        "--containers-per-host",
+        "1",
+        "--backend",
+        "udp",
+    ]);
+    let dir = Path::new("/run/twill-lab/tr");
+    let checks = (|| -> Result<(), String> {
+        if !ok {
+            return Err(out);
+        }
+        let mut st = LabState::load(dir).map_err(|e| format!("{e:#}"))?;
+        let agents: Vec<u32> = st.hosts.iter().filter_map(|h| h.twilld_pid).collect();
+        let peer_ip = st.hosts[1].containers[0].ip.clone();
+        let r = relay::start(&mut st, dir).map_err(|e| format!("{e:#}"))?;
+        // The agents are gone and out of the state file, so `down` never signals their PIDs.
+        let saved = LabState::load(dir).map_err(|e| format!("{e:#}"))?;
+        if saved.hosts.iter().any(|h| h.twilld_pid.is_some()) {
+            return Err(format!("agent PIDs still in the state: {:?}", saved.hosts));
+        }
+        for pid in agents {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if !stat.is_empty() && !stat.contains(") Z ") {
+                return Err(format!("twilld {pid} still running"));
+            }
+        }
+        // The containers reach each other through the relay's devices.
+        let (pinged, ping) = lab(&[
+            "exec", "--name", "tr", "h1/h1c1", "ping", "-c", "2", "-W", "2", &peer_ip,
+        ]);
+        if !pinged {
+            return Err(format!("ping through the relay: {ping}"));
+        }
+        if !has_flannel0("tr", 1) || !has_flannel0("tr", 2) {
+            return Err("the relay's flannel0 devices are missing".into());
+        }
+        drop(r);
+        let removed = twill_lab::testbed::wait_for(Duration::from_secs(5), || {
+            !has_flannel0("tr", 1) && !has_flannel0("tr", 2)
+        });
+        if !removed {
+            return Err("flannel0 left after the relay stopped".into());
+        }
+        Ok(())
+    })();
+    let (down_ok, down) = lab(&["down", "--name", "tr"]);
+    if let Err(e) = checks {
+        panic!("{e}");
+    }
+    assert!(down_ok, "{down}");
+    gone("tr");
+}

@@ -211,9 +211,12 @@ pub fn bench(backends: &[String], secs: u64, runs: usize, out: &BenchOutput) -> 
                 bail!("the {b} lab is not fully connected: see `twill-lab logs h1 --name {name}`");
             }
             if relay {
-                let st = LabState::load(&state_dir(name))?;
-                relays
-                    .push(super::relay::start(&st).context("replacing twilld with the TUN relay")?);
+                let dir = state_dir(name);
+                let mut st = LabState::load(&dir)?;
+                relays.push(
+                    super::relay::start(&mut st, &dir)
+                        .context("replacing twilld with the TUN relay")?,
+                );
                 paths.push(BenchPath {
                     label: RELAY_LABEL.into(),
                     lab: name.clone(),

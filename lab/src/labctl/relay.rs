@@ -1,5 +1,5 @@
-//! The ceiling of any user-space data path over TUN on this machine, for `twill-lab bench
-//! --ceiling`: the two hosts of a udp lab get their `flannel0` from a relay in this process
+//! The ceiling of any user-space data path over TUN on this machine, the `tun-relay` path of
+//! `twill-lab bench`: the two hosts of a udp lab get their `flannel0` from a relay in this process
 //! instead of from twilld, and one thread moves every packet from one host's TUN straight
 //! into the other's, virtio-net (GSO) header and all. No UDP, no segmentation, no checks:
 //! what is left is the TUN reads and writes that every TUN-based backend pays for, so
@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -46,10 +47,11 @@ impl Drop for Relay {
     }
 }
 
-/// Replaces the twilld of hosts 0 and 1 of the udp lab `st` with a relay: each agent is
-/// stopped (by its PID), and its `flannel0` rebuilt by us with the same address, MTU and
-/// route, so the containers see the same network.
-pub fn start(st: &LabState) -> anyhow::Result<Relay> {
+/// Replaces the twilld of hosts 0 and 1 of the udp lab `st` (state file in `dir`) with a
+/// relay: each agent is stopped (by its PID, which then leaves the state file so `down` never
+/// signals a PID the system may have reused), and its `flannel0` rebuilt by us with the same
+/// address, MTU and route, so the containers see the same network.
+pub fn start(st: &mut LabState, dir: &Path) -> anyhow::Result<Relay> {
     if st.backend != "udp" || st.hosts.len() < 2 {
         bail!(
             "the TUN relay replaces the agents of a udp lab with two hosts (lab {} runs {} on {} hosts)",
@@ -63,17 +65,20 @@ pub fn start(st: &LabState) -> anyhow::Result<Relay> {
         .parse()
         .with_context(|| format!("lab {}: network {:?}", st.name, st.network))?;
     let mut tuns = Vec::new();
-    for host in &st.hosts[..2] {
+    for h in 0..2 {
+        let host = st.hosts[h].clone();
         let subnet: Ipv4Net = host
             .subnet
             .as_deref()
             .with_context(|| format!("host {} has no subnet lease", host.name))?
             .parse()
             .with_context(|| format!("host {}: subnet", host.name))?;
+        let ns = Netns::open(&host.netns)?;
         if let Some(pid) = host.twilld_pid {
             stop_agent(pid).with_context(|| format!("stopping twilld of {}", host.name))?;
+            st.hosts[h].twilld_pid = None;
+            st.save(dir)?;
         }
-        let ns = Netns::open(&host.netns)?;
         let device_gone = wait_for(Duration::from_secs(10), || {
             ns.run(|nl| async move { nl.link_by_name(DEVICE).await })
                 .map(|l| l.is_none())
