@@ -39,6 +39,22 @@ fn lab(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// `twill-lab up` of a lab with `hosts` × `per_host` containers on `backend`.
+fn up(name: &str, hosts: u32, per_host: u32, backend: &str) -> (bool, String) {
+    let (hosts, per_host) = (hosts.to_string(), per_host.to_string());
+    lab(&[
+        "up",
+        "--name",
+        name,
+        "--hosts",
+        &hosts,
+        "--containers-per-host",
+        &per_host,
+        "--backend",
+        backend,
+    ])
+}
+
 fn gone(name: &str) {
     let prefix = format!("tl-{name}-");
     assert!(
@@ -62,39 +78,9 @@ fn three_labs_side_by_side_one_per_backend() {
     let _ = lab(&["down", "--name", "tv"]);
     let _ = lab(&["down", "--name", "th"]);
     let _ = lab(&["down", "--name", "tu"]);
-    let (ok, out) = lab(&[
-        "up",
-        "--name",
-        "tv",
-        "--hosts",
-        "3",
-        "--containers-per-host",
-        "2",
-        "--backend",
-        "vxlan",
-    ]);
-    let (ok2, out2) = lab(&[
-        "up",
-        "--name",
-        "th",
-        "--hosts",
-        "2",
-        "--containers-per-host",
-        "1",
-        "--backend",
-        "host-gw",
-    ]);
-    let (ok3, out3) = lab(&[
-        "up",
-        "--name",
-        "tu",
-        "--hosts",
-        "2",
-        "--containers-per-host",
-        "1",
-        "--backend",
-        "udp",
-    ]);
+    let (ok, out) = up("tv", 3, 2, "vxlan");
+    let (ok2, out2) = up("th", 2, 1, "host-gw");
+    let (ok3, out3) = up("tu", 2, 1, "udp");
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read("/run/twill-lab/tv/state.json").unwrap_or_default())
             .unwrap_or_default();
@@ -242,17 +228,7 @@ fn tun_relay_takes_over_a_udp_lab_and_goes_away_with_its_devices() {
         return;
     }
     let _ = lab(&["down", "--name", "tr"]);
-    let (ok, out) = lab(&[
-        "up",
-        "--name",
-        "tr",
-        "--hosts",
-        "2",
-        "--containers-per-host",
-        "1",
-        "--backend",
-        "udp",
-    ]);
+    let (ok, out) = up("tr", 2, 1, "udp");
     let dir = Path::new("/run/twill-lab/tr");
     let checks = (|| -> Result<(), String> {
         if !ok {
