@@ -163,7 +163,7 @@ fn bench_smoke_measures_and_writes_markdown_and_svg() {
     let (ok, out) = lab(&[
         "bench",
         "--backends",
-        "udp,tun-relay",
+        "tun-relay,udp",
         "--seconds",
         "1",
         "--markdown",

@@ -210,6 +210,17 @@ pub fn bench(backends: &[String], secs: u64, runs: usize, out: &BenchOutput) -> 
             if !ok {
                 bail!("the {b} lab is not fully connected: see `twill-lab logs h1 --name {name}`");
             }
+            // The baseline comes from the first lab, whatever it runs (the bridge path needs
+            // no agent, so a relay lab serves too).
+            if paths.is_empty() {
+                paths.push(BenchPath {
+                    label: "same host (bridge)".into(),
+                    lab: name.clone(),
+                    server: (0, "h1c2"),
+                    client: (0, "h1c1"),
+                    overlay: false,
+                });
+            }
             if relay {
                 let dir = state_dir(name);
                 let mut st = LabState::load(&dir)?;
@@ -225,15 +236,6 @@ pub fn bench(backends: &[String], secs: u64, runs: usize, out: &BenchOutput) -> 
                     overlay: false,
                 });
                 continue;
-            }
-            if paths.is_empty() {
-                paths.push(BenchPath {
-                    label: "same host (bridge)".into(),
-                    lab: name.clone(),
-                    server: (0, "h1c2"),
-                    client: (0, "h1c1"),
-                    overlay: false,
-                });
             }
             paths.push(BenchPath {
                 label: format!("two hosts, {b}"),
