@@ -228,21 +228,18 @@ pub fn bench(backends: &[String], secs: u64, runs: usize, out: &BenchOutput) -> 
                     super::relay::start(&mut st, &dir)
                         .context("replacing twilld with the TUN relay")?,
                 );
-                paths.push(BenchPath {
-                    label: RELAY_LABEL.into(),
-                    lab: name.clone(),
-                    server: (1, "h2c1"),
-                    client: (0, "h1c1"),
-                    overlay: false,
-                });
-                continue;
             }
             paths.push(BenchPath {
-                label: format!("two hosts, {b}"),
+                label: if relay {
+                    RELAY_LABEL.into()
+                } else {
+                    format!("two hosts, {b}")
+                },
                 lab: name.clone(),
                 server: (1, "h2c1"),
                 client: (0, "h1c1"),
-                overlay: true,
+                // The relay runs in this process: no twilld CPU time to count.
+                overlay: !relay,
             });
         }
         let mut samples: Vec<Samples> = paths.iter().map(|_| Samples::default()).collect();
