@@ -1,26 +1,38 @@
-//! The agent's main loop: connect, wait for the network config, lease a subnet, write the
-//! subnet file, then keep the kernel matching the peer set from the etcd watch — on every
-//! change and on a timer (level-triggered) — while renewing the lease. etcd trouble never
-//! touches the data plane: routes stay, the agent retries and reconciles when etcd is back.
+//! The agent: lease a subnet, keep it, and keep the node matching every other node's lease.
+//!
+//! `Agent` is the lease state machine over a [`LeaseStore`] and a [`Node`]: acquire (retrying
+//! with backoff) → tell the node → read a snapshot at revision R, apply, watch from R+1. Then
+//! it reacts to watch events (apply on change; our own key deleted → re-acquire; the config
+//! changed → say what and that it takes a restart), a reconcile timer (apply + refresh), and
+//! its renewal deadline (keepalive; a failure is retried within seconds, never later than
+//! the lease allows; expired → re-acquire). Store trouble never touches the data plane: routes
+//! stay, the agent retries and reconciles when the store is back. `run` wires it to etcd and
+//! the host.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
+use tokio::time::Instant;
 use twill_netkit::Netlink;
 use twill_netkit::subnet_env::SubnetEnv;
 
 use crate::backend::{self, AnyBackend, Backend, Peers};
+use crate::backoff::Backoff;
 use crate::cli::Cli;
+use crate::etcd_store::{EtcdOptions, EtcdStore};
 use crate::lease::LeaseRecord;
 use crate::lease_mgr::{self, AcquireError, Held};
-use crate::masq;
+use crate::lease_store::{LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, WatchBatch};
 use crate::metrics::{self, Metrics};
 use crate::netconf::NetworkConfig;
-use crate::store::{EtcdOptions, EtcdStore, LeaseEntry, LeaseEvent};
+use crate::node::{self, HostNode, HostSettings, Node};
 use crate::underlay;
+
+#[cfg(test)]
+mod tests;
 
 /// etcd options from the flags.
 pub fn etcd_options(cli: &Cli) -> EtcdOptions {
@@ -35,46 +47,376 @@ pub fn etcd_options(cli: &Cli) -> EtcdOptions {
     }
 }
 
-struct Backoff(Duration);
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff(Duration::from_millis(500))
-    }
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(10));
-    }
+/// How long leases live and how the agent paces itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Lease TTL in seconds.
+    pub ttl: i64,
+    /// Renew this many seconds before the lease expires.
+    pub renew_margin: i64,
+    /// Level-triggered reconcile of the kernel state.
+    pub reconcile_every: Duration,
 }
 
-async fn connect(opts: &EtcdOptions) -> EtcdStore {
-    let mut b = Backoff::new();
-    loop {
-        match EtcdStore::connect(opts).await {
-            Ok(s) => return s,
-            Err(e) => tracing::warn!(error = %e, "cannot reach etcd yet; retrying"),
-        }
-        b.wait().await;
-    }
-}
-
-async fn wait_for_config(store: &EtcdStore, prefix: &str) -> NetworkConfig {
-    let mut said = String::new();
-    loop {
-        let msg = match store.get_config().await {
-            Ok(Some(text)) => match NetworkConfig::parse(&text) {
-                Ok(c) => return c,
-                Err(e) => format!(
-                    "invalid network config at {prefix}/config: {e}; waiting for it to be fixed"
-                ),
-            },
-            Ok(None) => format!("waiting for the network config at {prefix}/config"),
-            Err(e) => format!("reading the network config: {e}"),
+impl Timing {
+    /// Renew `renew_margin` seconds before expiry; with a TTL shorter than twice the margin,
+    /// three times per TTL so one lost keepalive does not lose the lease.
+    pub fn renew_interval(&self) -> Duration {
+        let secs = if self.ttl > self.renew_margin * 2 {
+            self.ttl - self.renew_margin
+        } else {
+            (self.ttl / 3).max(1)
         };
-        if msg != said {
-            tracing::warn!("{msg}");
-            said = msg;
+        Duration::from_secs(secs as u64)
+    }
+}
+
+/// Retries of store calls: quick at first, never slower than every 10 s.
+fn store_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(10))
+}
+
+/// When the held lease must be renewed, and when it runs out.
+#[derive(Debug)]
+struct Renewal {
+    due: Instant,
+    expires: Instant,
+    /// Waits after failed renewals.
+    retry: Backoff,
+}
+
+impl Renewal {
+    fn fresh(timing: &Timing, ttl_left: i64) -> Renewal {
+        let now = Instant::now();
+        Renewal {
+            due: now + timing.renew_interval(),
+            expires: now + Duration::from_secs(ttl_left.max(0) as u64),
+            retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    /// After a failed renewal: try again within seconds, and at least three more times before
+    /// the lease runs out, so one failed call never costs the lease if the store comes back
+    /// in time. Returns the wait and the time left.
+    fn failed(&mut self) -> (Duration, Duration) {
+        let left = self.expires.saturating_duration_since(Instant::now());
+        let wait = self
+            .retry
+            .next_wait()
+            .min(left / 3)
+            .max(Duration::from_secs(1));
+        self.due = Instant::now() + wait;
+        (wait, left)
+    }
+}
+
+/// What the agent leases, and how.
+#[derive(Clone, Debug)]
+pub struct Wanted {
+    /// The config the agent runs with.
+    pub config: NetworkConfig,
+    /// The store's text of it.
+    pub config_text: Option<String>,
+    /// This node's lease value.
+    pub record: LeaseRecord,
+    pub timing: Timing,
+    /// The subnet to try first (the existing subnet file's).
+    pub hint: Option<Ipv4Net>,
+}
+
+/// The agent of one node.
+pub struct Agent<S: LeaseStore, N: Node> {
+    store: S,
+    node: N,
+    /// The config the agent runs with (changes take a restart, as with Flannel).
+    config: NetworkConfig,
+    /// The config text last seen in the store, so each change is reported once.
+    config_text: Option<String>,
+    record: LeaseRecord,
+    timing: Timing,
+    metrics: Arc<Metrics>,
+    /// Where to look first for our subnet (the existing subnet file's).
+    hint: Option<Ipv4Net>,
+    held: Option<(Held, Renewal)>,
+    peers: Peers,
+    watch: Option<S::Watch>,
+    resync_at: Instant,
+    resync_retry: Backoff,
+    ready: bool,
+}
+
+/// What the loop does after an event.
+enum Next {
+    Continue,
+    /// Our lease is gone: lease again.
+    Reacquire(&'static str),
+}
+
+impl<S: LeaseStore, N: Node> Agent<S, N> {
+    /// An agent that leases a subnet as `want` says.
+    pub fn new(store: S, node: N, want: Wanted, metrics: Arc<Metrics>) -> Agent<S, N> {
+        Agent {
+            store,
+            node,
+            config: want.config,
+            config_text: want.config_text,
+            record: want.record,
+            timing: want.timing,
+            metrics,
+            hint: want.hint,
+            held: None,
+            peers: Peers::new(),
+            watch: None,
+            resync_at: Instant::now(),
+            resync_retry: store_backoff(),
+            ready: false,
+        }
+    }
+
+    /// Runs until `shutdown` completes; an error only when the node cannot take its subnet.
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            r = self.run_loop() => r,
+            () = shutdown => Ok(()),
+        }
+    }
+
+    async fn run_loop(&mut self) -> anyhow::Result<()> {
+        self.acquire().await?;
+        let mut reconcile = tokio::time::interval(self.timing.reconcile_every);
+        reconcile.tick().await;
+        loop {
+            if self.watch.is_none()
+                && Instant::now() >= self.resync_at
+                && let Next::Reacquire(why) = self.resync().await
+            {
+                self.reacquire(why).await?;
+                continue;
+            }
+            let renew_due = self
+                .held
+                .as_ref()
+                .filter(|(h, _)| h.lease_id != 0)
+                .map(|(_, r)| r.due);
+            let watching = self.watch.is_some();
+            let next = tokio::select! {
+                batch = next_batch(&mut self.watch) => self.on_watch(batch).await,
+                () = tokio::time::sleep_until(self.resync_at), if !watching => Next::Continue,
+                _ = reconcile.tick() => {
+                    self.node.apply(&self.peers).await;
+                    self.node.refresh();
+                    Next::Continue
+                }
+                () = sleep_until_some(renew_due) => self.renew().await,
+            };
+            if let Next::Reacquire(why) = next {
+                self.reacquire(why).await?;
+            }
+        }
+    }
+
+    fn store_error(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "{what}");
+    }
+
+    /// Leases a subnet, retrying until it works, and hands it to the node.
+    async fn acquire(&mut self) -> anyhow::Result<()> {
+        let mut retry = store_backoff();
+        let held = loop {
+            let ttl = self.timing.ttl;
+            match lease_mgr::acquire(&self.store, &self.config, &self.record, self.hint, ttl).await
+            {
+                Ok(h) => break h,
+                Err(e) => {
+                    if matches!(e, AcquireError::Store(_)) {
+                        self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::error!(error = %e, "cannot lease a subnet; retrying");
+                }
+            }
+            retry.wait().await;
+        };
+        if let Some(old) = self.hint.filter(|_| self.held.is_some())
+            && old != held.subnet
+        {
+            tracing::warn!(old = %old, new = %held.subnet, "the old subnet was taken: containers on this node must be restarted");
+        }
+        self.node.set_subnet(held.subnet).await?;
+        self.hint = Some(held.subnet);
+        self.held = Some((held, Renewal::fresh(&self.timing, self.timing.ttl)));
+        Ok(())
+    }
+
+    /// Leases again after losing our lease; then re-reads everything.
+    async fn reacquire(&mut self, why: &str) -> anyhow::Result<()> {
+        let subnet = self.held.as_ref().map(|(h, _)| h.subnet);
+        tracing::warn!(subnet = ?subnet, "{why}: re-acquiring (data plane untouched)");
+        self.acquire().await?;
+        self.watch = None;
+        self.resync_at = Instant::now();
+        Ok(())
+    }
+
+    fn held_subnet(&self) -> Option<Ipv4Net> {
+        self.held.as_ref().map(|(h, _)| h.subnet)
+    }
+
+    /// Reads a snapshot, applies it, and watches from just after it.
+    async fn resync(&mut self) -> Next {
+        let snap = match self.store.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.store_error("listing leases failed; the data plane stays as it is", &e);
+                self.resync_at = Instant::now() + self.resync_retry.next_wait();
+                return Next::Continue;
+            }
+        };
+        self.on_config(snap.config);
+        self.peers = peers_from(snap.leases);
+        match self.store.watch(snap.revision + 1).await {
+            Ok(w) => {
+                self.watch = Some(w);
+                self.resync_retry.reset();
+            }
+            Err(e) => {
+                self.store_error("watching leases failed; retrying", &e);
+                self.resync_at = Instant::now() + self.resync_retry.next_wait();
+            }
+        }
+        if let Some(own) = self.held_subnet()
+            && !self.peers.contains_key(&own)
+        {
+            return Next::Reacquire("our lease is gone from etcd");
+        }
+        self.node.apply(&self.peers).await;
+        if !self.ready {
+            self.ready = true;
+            self.metrics.ready.store(true, Ordering::Relaxed);
+            self.node.ready();
+            tracing::info!(subnet = ?self.held_subnet(), peers = self.peers.len().saturating_sub(1), "ready");
+        }
+        Next::Continue
+    }
+
+    async fn on_watch(
+        &mut self,
+        batch: Result<Option<WatchBatch>, crate::lease_store::StoreError>,
+    ) -> Next {
+        let events = match batch {
+            Ok(Some(WatchBatch::Events(events))) => events,
+            Ok(Some(WatchBatch::Cancelled { compact_revision })) => {
+                tracing::warn!(compact_revision, "watch cancelled (compaction): re-listing");
+                self.watch = None;
+                return Next::Continue;
+            }
+            Ok(None) => {
+                self.store_error("lost the etcd watch: re-listing and re-watching", &"closed");
+                self.watch = None;
+                self.resync_at = Instant::now() + self.resync_retry.next_wait();
+                return Next::Continue;
+            }
+            Err(e) => {
+                self.store_error("lost the etcd watch: re-listing and re-watching", &e);
+                self.watch = None;
+                self.resync_at = Instant::now() + self.resync_retry.next_wait();
+                return Next::Continue;
+            }
+        };
+        let own = self.held_subnet();
+        let mut lost = false;
+        let mut changed = false;
+        for ev in events {
+            match ev {
+                LeaseEvent::Put(e) => {
+                    changed = true;
+                    match e.record {
+                        Ok(r) => {
+                            self.peers.insert(e.subnet, r);
+                        }
+                        Err(why) => {
+                            tracing::warn!(key = %e.key, reason = %why, "skipping a corrupt or foreign lease value");
+                            self.peers.remove(&e.subnet);
+                        }
+                    }
+                }
+                LeaseEvent::Delete(s) => {
+                    changed = true;
+                    self.peers.remove(&s);
+                    lost |= Some(s) == own;
+                }
+                LeaseEvent::Config(text) => self.on_config(text),
+            }
+        }
+        if lost {
+            return Next::Reacquire("our lease was deleted");
+        }
+        if changed {
+            self.node.apply(&self.peers).await;
+        }
+        Next::Continue
+    }
+
+    /// Reports a config that differs from the one the agent runs with (once per change).
+    fn on_config(&mut self, text: Option<String>) {
+        if text == self.config_text {
+            return;
+        }
+        let key = self.store.config_key();
+        match config_change(&self.config, text.as_deref()) {
+            ConfigChange::Same => {
+                tracing::info!(
+                    "the network config at {key} was rewritten; it is the one twilld runs with"
+                )
+            }
+            change => tracing::warn!(
+                "{}; twilld keeps running with the config it started with",
+                change.describe(&key)
+            ),
+        }
+        self.config_text = text;
+    }
+
+    async fn renew(&mut self) -> Next {
+        let Some((held, renewal)) = self.held.as_mut() else {
+            return Next::Continue;
+        };
+        let subnet = held.subnet;
+        match self.store.keep_alive(held.lease_id).await {
+            Ok(ttl) if ttl > 0 => {
+                *renewal = Renewal::fresh(&self.timing, ttl);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                self.metrics.last_renew_unix.store(now, Ordering::Relaxed);
+                tracing::debug!(subnet = %subnet, ttl, "renewed lease");
+                Next::Continue
+            }
+            Ok(_) => Next::Reacquire("our lease expired"),
+            Err(e) => {
+                let (wait, left) = renewal.failed();
+                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, subnet = %subnet, "renewing the lease failed; retrying in {}s (the lease has {}s left)", wait.as_secs(), left.as_secs());
+                Next::Continue
+            }
+        }
+    }
+}
+
+async fn next_batch<W: LeaseWatch>(
+    watch: &mut Option<W>,
+) -> Result<Option<WatchBatch>, crate::lease_store::StoreError> {
+    match watch.as_mut() {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -93,14 +435,95 @@ fn peers_from(entries: Vec<LeaseEntry>) -> Peers {
     peers
 }
 
+/// How the store's config compares with the one the agent runs with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfigChange {
+    /// Same settings (perhaps written differently).
+    Same,
+    Deleted,
+    Invalid(String),
+    /// The settings that differ, each as `Field old → new`.
+    Changed(Vec<String>),
+}
+
+impl ConfigChange {
+    /// A log line for the change of the config at `key`.
+    pub fn describe(&self, key: &str) -> String {
+        match self {
+            ConfigChange::Same => format!("the network config at {key} is unchanged"),
+            ConfigChange::Deleted => format!("the network config at {key} was deleted"),
+            ConfigChange::Invalid(e) => {
+                format!("the network config at {key} was changed to an invalid one ({e})")
+            }
+            ConfigChange::Changed(fields) => format!(
+                "the network config at {key} changed ({}): restart twilld to apply it, as with Flannel",
+                fields.join(", ")
+            ),
+        }
+    }
+}
+
+/// Compares the store's config text with the running config.
+pub fn config_change(running: &NetworkConfig, text: Option<&str>) -> ConfigChange {
+    let Some(text) = text else {
+        return ConfigChange::Deleted;
+    };
+    match NetworkConfig::parse(text) {
+        Err(e) => ConfigChange::Invalid(e.to_string()),
+        Ok(new) => {
+            let fields = running.differences(&new);
+            if fields.is_empty() {
+                ConfigChange::Same
+            } else {
+                ConfigChange::Changed(fields)
+            }
+        }
+    }
+}
+
+async fn connect(opts: &EtcdOptions) -> EtcdStore {
+    let mut retry = store_backoff();
+    loop {
+        match EtcdStore::connect(opts).await {
+            Ok(s) => return s,
+            Err(e) => tracing::warn!(error = %e, "cannot reach etcd yet; retrying"),
+        }
+        retry.wait().await;
+    }
+}
+
+/// Waits until the store holds a valid config; returns it and its text.
+async fn wait_for_config<S: LeaseStore>(store: &S) -> (NetworkConfig, String) {
+    let key = store.config_key();
+    let mut said = String::new();
+    loop {
+        let msg = match store.snapshot().await {
+            Ok(snap) => match snap.config {
+                Some(text) => match NetworkConfig::parse(&text) {
+                    Ok(c) => return (c, text),
+                    Err(e) => {
+                        format!("invalid network config at {key}: {e}; waiting for it to be fixed")
+                    }
+                },
+                None => format!("waiting for the network config at {key}"),
+            },
+            Err(e) => format!("reading the network config: {e}"),
+        };
+        if msg != said {
+            tracing::warn!("{msg}");
+            said = msg;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 /// Runs the agent until SIGTERM/SIGINT. The data plane is left in place on exit.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let nl = Netlink::connect("(host)").context("opening netlink")?;
     let metrics = Arc::new(Metrics::default());
     start_http(&cli, metrics.clone()).await?;
-    let opts = etcd_options(&cli);
-    let store = connect(&opts).await;
-    let config = wait_for_config(&store, &cli.etcd_prefix).await;
+    let store = connect(&etcd_options(&cli)).await;
+    let (config, config_text) = wait_for_config(&store).await;
     if config.backend_defaulted {
         tracing::warn!(
             "the network config has no Backend: using udp like Flannel does; set \"Backend\": {{\"Type\": \"vxlan\"}} explicitly"
@@ -122,264 +545,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("preparing the {} backend", config.backend.kind.as_str()))?;
     let record = backend.record();
-    let ttl = cli.subnet_lease_ttl as i64;
-
-    let hint = SubnetEnv::read(&cli.subnet_file).ok().map(|s| s.subnet);
-    let mut held = acquire_until_done(&store, &config, &record, hint, ttl, &metrics).await;
-    on_new_subnet(&cli, &nl, &mut backend, &config, held, &metrics).await?;
-
-    let renew_every = renew_interval(ttl, cli.subnet_lease_renew_margin as i64 * 60);
-    let mut renew = tokio::time::interval(renew_every);
-    renew.tick().await;
-    let mut reconcile = tokio::time::interval(Duration::from_secs(cli.reconcile_interval));
-    reconcile.tick().await;
+    let settings = HostSettings {
+        subnet_file: cli.subnet_file.clone(),
+        ip_masq: cli.ip_masq,
+        firewall: cli.firewall_backend,
+    };
+    let node = HostNode::new(nl, backend, &config, settings, metrics.clone());
+    let timing = Timing {
+        ttl: cli.subnet_lease_ttl as i64,
+        renew_margin: cli.subnet_lease_renew_margin as i64 * 60,
+        reconcile_every: Duration::from_secs(cli.reconcile_interval),
+    };
+    let want = Wanted {
+        config,
+        config_text: Some(config_text),
+        record,
+        timing,
+        hint: SubnetEnv::read(&cli.subnet_file).ok().map(|s| s.subnet),
+    };
+    let mut agent = Agent::new(store, node, want, metrics);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-
-    let mut peers = Peers::new();
-    let mut watch: Option<etcd_client::WatchStream> = None;
-    let mut resync_at = Instant::now();
-    let mut resync_backoff = Backoff::new();
-    let mut first = true;
-    loop {
-        // (Re)list and (re)watch when the watch is gone.
-        if watch.is_none() && Instant::now() >= resync_at {
-            match store.list_leases().await {
-                Ok((entries, rev)) => {
-                    peers = peers_from(entries);
-                    match store.watch(rev + 1).await {
-                        Ok(w) => {
-                            watch = Some(w);
-                            resync_backoff = Backoff::new();
-                        }
-                        Err(e) => {
-                            metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, "watching leases failed; retrying");
-                        }
-                    }
-                    if !peers.contains_key(&held.subnet) {
-                        tracing::warn!(subnet = %held.subnet, "our lease is gone from etcd: re-acquiring");
-                        held = reacquire(
-                            &cli,
-                            &store,
-                            &config,
-                            &record,
-                            held,
-                            ttl,
-                            &nl,
-                            &mut backend,
-                            &metrics,
-                        )
-                        .await?;
-                        continue;
-                    }
-                    apply(&nl, &mut backend, &peers, &metrics).await;
-                    if first {
-                        first = false;
-                        metrics.ready.store(true, Ordering::Relaxed);
-                        sd_notify("READY=1");
-                        tracing::info!(subnet = %held.subnet, peers = peers.len().saturating_sub(1), "ready");
-                    }
-                }
-                Err(e) => {
-                    metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "listing leases failed; the data plane stays as it is");
-                    let wait = resync_backoff.0;
-                    resync_backoff.0 = (resync_backoff.0 * 2).min(Duration::from_secs(10));
-                    resync_at = Instant::now() + wait;
-                }
-            }
-        }
-        let next_resync = tokio::time::Instant::from_std(
-            resync_at.max(Instant::now() + Duration::from_millis(10)),
-        );
+    let shutdown = async {
         tokio::select! {
-            msg = async {
-                match watch.as_mut() {
-                    Some(w) => w.message().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                match msg {
-                    Ok(Some(resp)) => match store.events(&resp) {
-                        Ok((events, _)) if !events.is_empty() => {
-                            let mut lost = false;
-                            for ev in events {
-                                match ev {
-                                    LeaseEvent::Put(e) => match e.record {
-                                        Ok(r) => { peers.insert(e.subnet, r); }
-                                        Err(why) => {
-                                            tracing::warn!(key = %e.key, reason = %why, "skipping a corrupt or foreign lease value");
-                                            peers.remove(&e.subnet);
-                                        }
-                                    },
-                                    LeaseEvent::Delete(s) => {
-                                        peers.remove(&s);
-                                        if s == held.subnet {
-                                            lost = true;
-                                        }
-                                    }
-                                }
-                            }
-                            if lost {
-                                tracing::warn!(subnet = %held.subnet, "our lease was deleted: re-acquiring (data plane untouched)");
-                                held = reacquire(&cli, &store, &config, &record, held, ttl, &nl, &mut backend, &metrics).await?;
-                                watch = None;
-                                continue;
-                            }
-                            apply(&nl, &mut backend, &peers, &metrics).await;
-                        }
-                        Ok(_) => {}
-                        Err(compacted) => {
-                            tracing::warn!(compact_revision = compacted, "watch cancelled (compaction): re-listing");
-                            watch = None;
-                        }
-                    },
-                    Ok(None) | Err(_) => {
-                        metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("lost the etcd watch: re-listing and re-watching");
-                        watch = None;
-                        resync_at = Instant::now() + resync_backoff.0;
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(next_resync), if watch.is_none() => {}
-            _ = reconcile.tick() => {
-                apply(&nl, &mut backend, &peers, &metrics).await;
-                if let Err(e) = masq::apply(cli.firewall_backend, config.network, held.subnet, cli.ip_masq) {
-                    tracing::warn!(error = %e, "re-applying firewall rules");
-                }
-            }
-            _ = renew.tick(), if held.lease_id != 0 => {
-                match store.keep_alive(held.lease_id).await {
-                    Ok(t) if t > 0 => {
-                        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                        metrics.last_renew_unix.store(now, Ordering::Relaxed);
-                        tracing::debug!(subnet = %held.subnet, ttl = t, "renewed lease");
-                    }
-                    Ok(_) => {
-                        tracing::warn!(subnet = %held.subnet, "our lease expired: re-acquiring (data plane untouched)");
-                        held = reacquire(&cli, &store, &config, &record, held, ttl, &nl, &mut backend, &metrics).await?;
-                        watch = None;
-                    }
-                    Err(e) => {
-                        metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "renewing the lease failed; will retry");
-                    }
-                }
-            }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: exiting, data plane left in place"); break; }
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: exiting, data plane left in place"); break; }
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting, data plane left in place"),
+            _ = sigterm.recv() => tracing::info!("SIGTERM: exiting, data plane left in place"),
         }
-    }
-    sd_notify("STOPPING=1");
-    Ok(())
-}
-
-/// Renew `margin` seconds before expiry; with a TTL shorter than the margin, three times per
-/// TTL so one lost keepalive does not lose the lease.
-pub fn renew_interval(ttl: i64, margin: i64) -> Duration {
-    let secs = if ttl > margin * 2 {
-        ttl - margin
-    } else {
-        (ttl / 3).max(1)
     };
-    Duration::from_secs(secs as u64)
-}
-
-async fn acquire_until_done(
-    store: &EtcdStore,
-    config: &NetworkConfig,
-    record: &LeaseRecord,
-    hint: Option<Ipv4Net>,
-    ttl: i64,
-    metrics: &Metrics,
-) -> Held {
-    let mut b = Backoff::new();
-    loop {
-        match lease_mgr::acquire(store, config, record, hint, ttl).await {
-            Ok(h) => return h,
-            Err(e) => {
-                if matches!(e, AcquireError::Etcd(_)) {
-                    metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::error!(error = %e, "cannot lease a subnet; retrying");
-            }
-        }
-        b.0 = b.0.min(Duration::from_secs(5));
-        b.wait().await;
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn reacquire(
-    cli: &Cli,
-    store: &EtcdStore,
-    config: &NetworkConfig,
-    record: &LeaseRecord,
-    old: Held,
-    ttl: i64,
-    nl: &Netlink,
-    backend: &mut AnyBackend,
-    metrics: &Metrics,
-) -> anyhow::Result<Held> {
-    let held = acquire_until_done(store, config, record, Some(old.subnet), ttl, metrics).await;
-    if held.subnet != old.subnet {
-        tracing::warn!(old = %old.subnet, new = %held.subnet, "the old subnet was taken: containers on this node must be restarted");
-    }
-    on_new_subnet(cli, nl, backend, config, held, metrics).await?;
-    Ok(held)
-}
-
-async fn on_new_subnet(
-    cli: &Cli,
-    nl: &Netlink,
-    backend: &mut AnyBackend,
-    config: &NetworkConfig,
-    held: Held,
-    metrics: &Metrics,
-) -> anyhow::Result<()> {
-    let env = SubnetEnv {
-        network: config.network,
-        subnet: held.subnet,
-        mtu: backend.mtu(),
-        ipmasq: cli.ip_masq,
-    };
-    env.write(&cli.subnet_file)
-        .with_context(|| format!("writing {}", cli.subnet_file.display()))?;
-    backend
-        .set_local_subnet(nl, held.subnet)
-        .await
-        .context("configuring the local subnet")?;
-    if let Err(e) = masq::apply(
-        cli.firewall_backend,
-        config.network,
-        held.subnet,
-        cli.ip_masq,
-    ) {
-        tracing::warn!(error = %e, "installing firewall rules (is nftables or iptables installed?)");
-    }
-    if let Ok(mut l) = metrics.lease.lock() {
-        *l = held.subnet.to_string();
-    }
+    agent.run(shutdown).await?;
+    node::sd_notify("STOPPING=1");
     Ok(())
-}
-
-async fn apply(nl: &Netlink, backend: &mut AnyBackend, peers: &Peers, metrics: &Metrics) {
-    let start = Instant::now();
-    let errors = backend.apply(nl, peers).await;
-    metrics.reconcile_runs.fetch_add(1, Ordering::Relaxed);
-    metrics
-        .reconcile_micros_last
-        .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-    metrics
-        .peers
-        .store(peers.len().saturating_sub(1) as u64, Ordering::Relaxed);
-    if !errors.is_empty() {
-        metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
-        for e in errors.0 {
-            tracing::warn!(error = %e, "reconcile");
-        }
-    }
 }
 
 async fn start_http(cli: &Cli, metrics: Arc<Metrics>) -> anyhow::Result<()> {
@@ -405,25 +599,4 @@ async fn start_http(cli: &Cli, metrics: Arc<Metrics>) -> anyhow::Result<()> {
         tokio::spawn(metrics::serve(l, metrics.clone(), healthz, m));
     }
     Ok(())
-}
-
-/// Tells systemd about our state when run as a Type=notify unit (no-op otherwise).
-fn sd_notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let p = path.to_string_lossy();
-    let sent = if let Some(name) = p.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), &*p)
-    };
-    if let Err(e) = sent {
-        tracing::debug!(error = %e, "sd_notify");
-    }
 }

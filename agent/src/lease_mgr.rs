@@ -7,8 +7,8 @@
 use ipnet::Ipv4Net;
 
 use crate::lease::LeaseRecord;
+use crate::lease_store::{LeaseEntry, LeaseStore, StoreError};
 use crate::netconf::NetworkConfig;
-use crate::store::{EtcdStore, LeaseEntry, StoreError};
 
 /// The subnet we hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub enum AcquireError {
         held: usize,
     },
     #[error(transparent)]
-    Etcd(#[from] StoreError),
+    Store(#[from] StoreError),
 }
 
 fn random_index(n: usize) -> usize {
@@ -46,8 +46,8 @@ fn random_index(n: usize) -> usize {
     (r % n.max(1) as u64) as usize
 }
 
-async fn reuse(
-    store: &EtcdStore,
+async fn reuse<S: LeaseStore>(
+    store: &S,
     e: &LeaseEntry,
     record: &LeaseRecord,
     ttl: i64,
@@ -89,14 +89,14 @@ async fn reuse(
 }
 
 /// One attempt to acquire a subnet.
-pub async fn acquire(
-    store: &EtcdStore,
+pub async fn acquire<S: LeaseStore>(
+    store: &S,
     config: &NetworkConfig,
     record: &LeaseRecord,
     hint: Option<Ipv4Net>,
     ttl: i64,
 ) -> Result<Held, AcquireError> {
-    let (leases, _) = store.list_leases().await?;
+    let leases = store.snapshot().await?.leases;
     let mine = |e: &&LeaseEntry| {
         e.record
             .as_ref()

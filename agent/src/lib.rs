@@ -4,12 +4,15 @@
 
 pub mod agent;
 pub mod backend;
+pub mod backoff;
 pub mod cli;
+pub mod etcd_store;
 pub mod lease;
 pub mod lease_mgr;
+pub mod lease_store;
 pub mod masq;
 pub mod metrics;
 pub mod netconf;
+pub mod node;
 pub mod status;
-pub mod store;
 pub mod underlay;

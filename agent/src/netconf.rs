@@ -201,6 +201,51 @@ impl NetworkConfig {
             .filter_map(move |i| Ipv4Net::new(Ipv4Addr::from(lo + i * size), self.subnet_len).ok())
     }
 
+    /// The settings that differ from `other`, each as `Field old → new` (for log lines).
+    pub fn differences(&self, other: &NetworkConfig) -> Vec<String> {
+        let (a, b) = (&self.backend, &other.backend);
+        let opt = |m: Option<u32>| m.map_or_else(|| "auto".to_string(), |m| m.to_string());
+        [
+            (
+                "Network",
+                self.network.to_string(),
+                other.network.to_string(),
+            ),
+            (
+                "SubnetLen",
+                self.subnet_len.to_string(),
+                other.subnet_len.to_string(),
+            ),
+            (
+                "SubnetMin",
+                self.subnet_min.to_string(),
+                other.subnet_min.to_string(),
+            ),
+            (
+                "SubnetMax",
+                self.subnet_max.to_string(),
+                other.subnet_max.to_string(),
+            ),
+            (
+                "Backend.Type",
+                a.kind.as_str().into(),
+                b.kind.as_str().into(),
+            ),
+            ("Backend.VNI", a.vni.to_string(), b.vni.to_string()),
+            ("Backend.Port", a.port.to_string(), b.port.to_string()),
+            (
+                "Backend.DirectRouting",
+                a.direct_routing.to_string(),
+                b.direct_routing.to_string(),
+            ),
+            ("Backend.MTU", opt(a.mtu), opt(b.mtu)),
+        ]
+        .into_iter()
+        .filter(|(_, old, new)| old != new)
+        .map(|(field, old, new)| format!("{field} {old} → {new}"))
+        .collect()
+    }
+
     /// Whether `subnet` is a valid lease for this configuration.
     pub fn fits(&self, subnet: Ipv4Net) -> bool {
         subnet.prefix_len() == self.subnet_len

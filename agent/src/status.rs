@@ -5,7 +5,8 @@ use std::fmt::Write;
 use twill_netkit::subnet_env::SubnetEnv;
 
 use crate::cli::Cli;
-use crate::store::{EtcdStore, LeaseEntry};
+use crate::etcd_store::EtcdStore;
+use crate::lease_store::{LeaseEntry, LeaseStore, Snapshot};
 
 /// Renders the table for `entries`, marking `own`.
 pub fn table(entries: &[LeaseEntry], own: Option<ipnet::Ipv4Net>) -> String {
@@ -48,8 +49,11 @@ pub fn table(entries: &[LeaseEntry], own: Option<ipnet::Ipv4Net>) -> String {
 /// Runs the subcommand.
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     let store = EtcdStore::connect(&crate::agent::etcd_options(cli)).await?;
-    let config = store.get_config().await?;
-    let (entries, rev) = store.list_leases().await?;
+    let Snapshot {
+        config,
+        leases: entries,
+        revision: rev,
+    } = store.snapshot().await?;
     let own = SubnetEnv::read(&cli.subnet_file).ok();
     println!(
         "etcd:        {} (prefix {}, revision {rev})",

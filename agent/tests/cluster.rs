@@ -546,3 +546,102 @@ fn agents_started_at_the_same_instant_never_share_a_subnet_repeatedly() {
         }
     }
 }
+
+/// The etcd lease a key is bound to (0: none), read with etcdctl.
+fn lease_of(lab: &AgentLab, key: &str) -> Option<u64> {
+    let json = lab.etcdctl(&["get", key, "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("etcdctl's JSON");
+    v["kvs"]
+        .as_array()
+        .and_then(|kvs| kvs.first())
+        .map(|kv| kv["lease"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn a_renewal_that_fails_while_etcd_is_unreachable_is_retried_before_the_lease_expires() {
+    if !preconditions(
+        "a_renewal_that_fails_while_etcd_is_unreachable_is_retried_before_the_lease_expires",
+        TOOLS,
+    ) {
+        return;
+    }
+    use std::time::{Duration, Instant};
+    let until = |t: Instant| std::thread::sleep(t.saturating_duration_since(Instant::now()));
+    let mut lab = AgentLab::new(
+        "twa-rn",
+        2,
+        r#"{"Network":"10.14.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    // TTL 130 s with a one-minute margin: the renewal is due 70 s after the lease is taken.
+    lab.start_agent(
+        1,
+        &[
+            "--subnet-lease-ttl",
+            "130",
+            "--subnet-lease-renew-margin",
+            "1",
+        ],
+    );
+    let s1 = lab.wait_subnet(1).subnet;
+    let leased = Instant::now();
+    lab.start_agent(2, &[]);
+    lab.wait_subnet(2);
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{}",
+        s1.network(),
+        s1.prefix_len()
+    );
+    let lease = lease_of(&lab, &key).expect("h1's key");
+    assert_ne!(lease, 0);
+
+    // h1 cannot reach etcd from 60 s to 95 s: the renewal at 70 s fails. Before the fix the
+    // retry came one renewal interval later (140 s), after the lease expired at 130 s.
+    let endpoint = lab.endpoint();
+    let hostport = endpoint.trim_start_matches("http://");
+    let (ip, port) = hostport.rsplit_once(':').expect("host:port");
+    let h1 = lab.cluster.host(1).name.clone();
+    let nft = |args: &[&str]| {
+        let mut all = vec!["netns", "exec", h1.as_str(), "nft"];
+        all.extend_from_slice(args);
+        twill_tests::run("ip", &all);
+    };
+    until(leased + Duration::from_secs(60));
+    nft(&["add", "table", "inet", "twt_cut"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "twt_cut",
+        "out",
+        "{ type filter hook output priority 0; }",
+    ]);
+    nft(&[
+        "add", "rule", "inet", "twt_cut", "out", "ip", "daddr", ip, "tcp", "dport", port, "drop",
+    ]);
+    until(leased + Duration::from_secs(95));
+    nft(&["delete", "table", "inet", "twt_cut"]);
+    // Past the lease's first expiry: the key is still there, bound to the same lease.
+    until(leased + Duration::from_secs(145));
+    assert_eq!(
+        lease_of(&lab, &key),
+        Some(lease),
+        "h1 kept its lease:\n{}",
+        lab.log(1)
+    );
+    assert!(
+        lab.log(1)
+            .contains("renewing the lease failed; retrying in"),
+        "the renewal did fail while etcd was cut off:\n{}",
+        lab.log(1)
+    );
+    assert!(
+        !lab.log(2).contains("removed stale route"),
+        "h2 never dropped h1's route:\n{}",
+        lab.log(2)
+    );
+    assert!(
+        lab.twill_routes(2)
+            .iter()
+            .any(|r| r["dst"] == s1.to_string())
+    );
+}

@@ -1,0 +1,489 @@
+//! The lease state machine over the in-memory store, on tokio's paused clock: hours of lease
+//! life in milliseconds. The real-etcd versions of the important cases are in
+//! `agent/tests/cluster.rs`.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use tokio::time::{Instant, sleep};
+
+use super::*;
+use crate::lease_store::memory::MemStore;
+use crate::netconf::BackendType;
+
+const CONFIG: &str = r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+fn record(ip: [u8; 4]) -> LeaseRecord {
+    LeaseRecord {
+        public_ip: Ipv4Addr::from(ip),
+        backend: BackendType::HostGw,
+        vtep_mac: None,
+        vni: None,
+    }
+}
+
+fn foreign(ip: &str) -> String {
+    format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#)
+}
+
+/// What the agent did to its node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Did {
+    SetSubnet(Ipv4Net),
+    /// The peer subnets applied.
+    Apply(Vec<Ipv4Net>),
+    Ready,
+}
+
+#[derive(Clone, Default)]
+struct FakeNode(Arc<Mutex<Vec<Did>>>);
+
+impl FakeNode {
+    fn log(&self) -> Vec<Did> {
+        self.0.lock().unwrap().clone()
+    }
+    fn subnets_set(&self) -> Vec<Ipv4Net> {
+        self.log()
+            .into_iter()
+            .filter_map(|d| match d {
+                Did::SetSubnet(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+    fn last_apply(&self) -> Vec<Ipv4Net> {
+        self.log()
+            .into_iter()
+            .rev()
+            .find_map(|d| match d {
+                Did::Apply(p) => Some(p),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Node for FakeNode {
+    async fn set_subnet(&mut self, subnet: Ipv4Net) -> anyhow::Result<()> {
+        self.0.lock().unwrap().push(Did::SetSubnet(subnet));
+        Ok(())
+    }
+    async fn apply(&mut self, peers: &Peers) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Did::Apply(peers.keys().copied().collect()));
+    }
+    fn refresh(&mut self) {}
+    fn ready(&mut self) {
+        self.0.lock().unwrap().push(Did::Ready);
+    }
+}
+
+struct Case {
+    store: MemStore,
+    node: FakeNode,
+    timing: Timing,
+    hint: Option<Ipv4Net>,
+    ip: [u8; 4],
+}
+
+impl Case {
+    fn new(ttl: i64, margin: i64) -> Case {
+        Case {
+            store: MemStore::with_config(CONFIG),
+            node: FakeNode::default(),
+            timing: Timing {
+                ttl,
+                renew_margin: margin,
+                reconcile_every: Duration::from_secs(10),
+            },
+            hint: None,
+            ip: [192, 168, 1, 1],
+        }
+    }
+
+    /// Runs the agent while `script` runs; returns what the agent returned, if it ended.
+    async fn run(&self, script: impl Future<Output = ()>) -> Option<anyhow::Result<()>> {
+        let config = NetworkConfig::parse(CONFIG).unwrap();
+        let want = Wanted {
+            config,
+            config_text: Some(CONFIG.to_string()),
+            record: record(self.ip),
+            timing: self.timing,
+            hint: self.hint,
+        };
+        let mut agent = Agent::new(
+            self.store.clone(),
+            self.node.clone(),
+            want,
+            Arc::new(Metrics::default()),
+        );
+        tokio::select! {
+            r = agent.run_loop() => Some(r),
+            () = script => None,
+        }
+    }
+
+    /// Our key: the one bound to a lease whose value names our IP.
+    fn own(&self) -> Option<(Ipv4Net, crate::lease_store::memory::Kv)> {
+        let ip = Ipv4Addr::from(self.ip).to_string();
+        self.store
+            .keys()
+            .into_iter()
+            .find(|(_, kv)| kv.value.contains(&format!("\"{ip}\"")))
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[tokio::test(start_paused = true)]
+async fn leases_once_renews_at_the_margin_and_keeps_the_lease_for_hours() {
+    let c = Case::new(150, 60);
+    let start = Instant::now();
+    // Ends between two renewals (at 3600 s and 3690 s), so the count is exact.
+    let ended = c.run(sleep(secs(3645))).await;
+    assert!(ended.is_none(), "the agent stopped: {ended:?}");
+    let (subnet, kv) = c.own().expect("a lease");
+    assert_eq!(c.node.subnets_set(), [subnet], "one subnet, set once");
+    assert_eq!(c.node.log().iter().filter(|d| **d == Did::Ready).count(), 1);
+    // TTL 150 s, margin 60 s: every 90 s, never later.
+    let renewals: Vec<u64> = c
+        .store
+        .calls("keep_alive")
+        .iter()
+        .map(|t| t.duration_since(start).as_secs())
+        .collect();
+    assert_eq!(renewals.len(), 3600 / 90, "{renewals:?}");
+    assert!(
+        renewals
+            .iter()
+            .enumerate()
+            .all(|(i, t)| *t == 90 * (i as u64 + 1)),
+        "{renewals:?}"
+    );
+    assert_eq!(c.store.calls("grant").len(), 1, "never re-leased");
+    assert_ne!(kv.lease, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_renewal_is_retried_within_seconds_and_the_lease_survives_a_35s_outage() {
+    // The bug found from outside: TTL 150 s, margin 60 s (renewal at 90 s); the store gone
+    // from 80 s to 115 s. The retry used to come at the next tick (180 s), after expiry.
+    let c = Case::new(150, 60);
+    let store = c.store.clone();
+    let start = Instant::now();
+    let ended = c
+        .run(async {
+            sleep(secs(80)).await;
+            store.set_down(true);
+            sleep(secs(35)).await;
+            store.set_down(false);
+            sleep(secs(400)).await;
+        })
+        .await;
+    assert!(ended.is_none(), "the agent stopped: {ended:?}");
+    let (subnet, kv) = c.own().expect("the lease survived");
+    assert_eq!(c.node.subnets_set(), [subnet], "never re-acquired");
+    assert_eq!(c.store.calls("grant").len(), 1, "never re-leased");
+    let renewals: Vec<u64> = c
+        .store
+        .calls("keep_alive")
+        .iter()
+        .map(|t| t.duration_since(start).as_secs())
+        .collect();
+    let first_after_outage = renewals.iter().find(|t| **t >= 115).copied();
+    assert!(
+        first_after_outage.is_some_and(|t| t < 130),
+        "renewed within seconds of the store's return, well before expiry at 150 s: {renewals:?}"
+    );
+    assert!(
+        renewals.iter().filter(|t| (90..115).contains(*t)).count() >= 3,
+        "retried during the outage: {renewals:?}"
+    );
+    assert_eq!(c.store.get(subnet).map(|k| k.lease), Some(kv.lease));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_never_wait_past_the_lease_even_with_a_long_backoff() {
+    // Default-like proportions scaled down: TTL 3600 s, margin 600 s; the store is down for
+    // most of the margin. Retries must keep coming while the lease lasts.
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    let start = Instant::now();
+    c.run(async {
+        sleep(secs(2990)).await;
+        store.set_down(true);
+        sleep(secs(560)).await; // back 50 s before expiry at 3600 s
+        store.set_down(false);
+        sleep(secs(100)).await;
+    })
+    .await;
+    let renewals: Vec<u64> = c
+        .store
+        .calls("keep_alive")
+        .iter()
+        .map(|t| t.duration_since(start).as_secs())
+        .collect();
+    assert!(
+        renewals.iter().any(|t| (3550..3600).contains(t)),
+        "a retry landed in the 50 s between the store's return and expiry: {renewals:?}"
+    );
+    assert_eq!(
+        c.store.calls("grant").len(),
+        1,
+        "the lease was kept: {renewals:?}"
+    );
+    assert!(
+        renewals.windows(2).all(|w| w[1] - w[0] <= 30),
+        "{renewals:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_key_is_leased_again_with_the_same_subnet() {
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    let node = c.node.clone();
+    c.run(async {
+        sleep(secs(5)).await;
+        let s = node.subnets_set()[0];
+        store.delete(s);
+        sleep(secs(5)).await;
+    })
+    .await;
+    let (subnet, _) = c.own().expect("leased again");
+    assert_eq!(
+        c.node.subnets_set(),
+        [subnet, subnet],
+        "same subnet, told twice"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_lease_is_noticed_at_renewal_and_leased_again() {
+    let c = Case::new(150, 60);
+    let store = c.store.clone();
+    let node = c.node.clone();
+    c.run(async {
+        sleep(secs(5)).await;
+        let s = node.subnets_set()[0];
+        let lease = store.get(s).unwrap().lease;
+        // The store lost the lease (e.g. restored from an old backup) without a watch event.
+        store.set_down(true);
+        store.revoke(lease);
+        store.set_down(false);
+        sleep(secs(100)).await;
+    })
+    .await;
+    let (subnet, kv) = c.own().expect("leased again");
+    assert_eq!(c.node.subnets_set(), [subnet, subnet]);
+    assert_eq!(c.store.calls("grant").len(), 2);
+    assert_ne!(kv.lease, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_race_moves_on_to_another_subnet() {
+    let c = Case::new(3600, 600);
+    c.store.lose_next_race();
+    c.run(sleep(secs(5))).await;
+    let (subnet, _) = c.own().expect("a lease");
+    assert_eq!(c.node.subnets_set(), [subnet]);
+    assert_eq!(c.store.keys().len(), 2, "the winner's and ours");
+    assert_eq!(c.store.calls("create_lease").len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_subnet_file_hint_is_honoured_and_a_taken_hint_is_not_stolen() {
+    let mut c = Case::new(3600, 600);
+    c.hint = Some(net("10.5.77.0/24"));
+    c.run(sleep(secs(1))).await;
+    assert_eq!(c.node.subnets_set(), [net("10.5.77.0/24")]);
+
+    let mut c = Case::new(3600, 600);
+    c.store
+        .put_foreign(net("10.5.77.0/24"), &foreign("192.168.1.2"), 3600);
+    c.hint = Some(net("10.5.77.0/24"));
+    c.run(sleep(secs(1))).await;
+    let (subnet, _) = c.own().expect("a lease");
+    assert_ne!(subnet, net("10.5.77.0/24"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_network_is_retried_until_a_subnet_frees() {
+    let c = Case::new(3600, 600);
+    let config = NetworkConfig::parse(CONFIG).unwrap();
+    let mut last = 0;
+    for (i, s) in config.subnets().enumerate() {
+        last = c
+            .store
+            .put_foreign(s, &foreign(&format!("192.168.2.{}", i % 250)), 3600);
+    }
+    let store = c.store.clone();
+    c.run(async {
+        sleep(secs(30)).await;
+        store.revoke(last);
+        sleep(secs(30)).await;
+    })
+    .await;
+    assert!(c.store.calls("snapshot").len() > 3, "kept trying");
+    let (subnet, _) = c.own().expect("leased the freed subnet");
+    assert_eq!(subnet, config.subnets().last().unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compacted_watch_is_re_listed_and_later_peers_are_seen() {
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    c.run(async {
+        sleep(secs(2)).await;
+        store.put_foreign(net("10.5.9.0/24"), &foreign("192.168.1.9"), 3600);
+        sleep(secs(1)).await;
+        store.compact();
+        sleep(secs(1)).await;
+        store.put_foreign(net("10.5.10.0/24"), &foreign("192.168.1.10"), 3600);
+        sleep(secs(1)).await;
+    })
+    .await;
+    let seen = c.node.last_apply();
+    assert!(seen.contains(&net("10.5.9.0/24")), "{seen:?}");
+    assert!(seen.contains(&net("10.5.10.0/24")), "{seen:?}");
+    assert!(c.store.calls("watch").len() >= 2, "watched again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_watch_is_re_established_after_the_store_returns() {
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    c.run(async {
+        sleep(secs(2)).await;
+        store.set_down(true);
+        sleep(secs(20)).await;
+        store.set_down(false);
+        sleep(secs(15)).await;
+        store.put_foreign(net("10.5.11.0/24"), &foreign("192.168.1.11"), 3600);
+        sleep(secs(1)).await;
+    })
+    .await;
+    assert!(c.node.last_apply().contains(&net("10.5.11.0/24")));
+    assert_eq!(c.node.subnets_set().len(), 1, "the lease was never lost");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reservation_is_used_never_renewed_and_never_converted() {
+    let c = Case::new(150, 60);
+    let value = foreign("192.168.1.1");
+    c.store.put_foreign(net("10.5.42.0/24"), &value, 0);
+    c.run(sleep(secs(600))).await;
+    assert_eq!(c.node.subnets_set(), [net("10.5.42.0/24")]);
+    assert!(c.store.calls("keep_alive").is_empty());
+    assert_eq!(c.store.get(net("10.5.42.0/24")).unwrap().lease, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn our_existing_lease_is_resumed_after_a_restart() {
+    let c = Case::new(3600, 600);
+    let id = c
+        .store
+        .put_foreign(net("10.5.50.0/24"), &foreign("192.168.1.1"), 3600);
+    c.run(sleep(secs(1))).await;
+    assert_eq!(c.node.subnets_set(), [net("10.5.50.0/24")]);
+    assert_eq!(c.store.get(net("10.5.50.0/24")).unwrap().lease, id);
+    assert!(c.store.calls("grant").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn corrupt_peer_values_are_skipped_and_good_peers_applied() {
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    c.run(async {
+        sleep(secs(1)).await;
+        store.put_foreign(net("10.5.60.0/24"), "garbage", 3600);
+        store.put_foreign(net("10.5.61.0/24"), &foreign("192.168.1.61"), 3600);
+        sleep(secs(1)).await;
+    })
+    .await;
+    let seen = c.node.last_apply();
+    assert!(!seen.contains(&net("10.5.60.0/24")));
+    assert!(seen.contains(&net("10.5.61.0/24")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn config_changes_at_runtime_are_noticed_and_the_agent_keeps_running() {
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    let ended = c
+        .run(async {
+            sleep(secs(1)).await;
+            store.set_config(Some(r#"{"Network":"10.6.0.0/16"}"#));
+            store.set_config(Some("garbage"));
+            store.set_config(None);
+            store.set_config(Some(CONFIG));
+            sleep(secs(1)).await;
+        })
+        .await;
+    assert!(ended.is_none());
+    assert_eq!(c.node.subnets_set().len(), 1);
+}
+
+#[test]
+fn config_changes_name_the_fields() {
+    let running = NetworkConfig::parse(CONFIG).unwrap();
+    assert_eq!(config_change(&running, Some(CONFIG)), ConfigChange::Same);
+    assert_eq!(
+        config_change(
+            &running,
+            Some(r#"{"Network": "10.5.0.0/16", "SubnetLen": 24, "Backend": {"Type": "host-gw"}}"#)
+        ),
+        ConfigChange::Same,
+        "only the spacing differs"
+    );
+    assert_eq!(config_change(&running, None), ConfigChange::Deleted);
+    let ConfigChange::Changed(fields) = config_change(
+        &running,
+        Some(r#"{"Network":"10.6.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#),
+    ) else {
+        panic!("a change");
+    };
+    assert!(
+        fields.contains(&"Network 10.5.0.0/16 → 10.6.0.0/16".to_string()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"Backend.Type host-gw → vxlan".to_string()),
+        "{fields:?}"
+    );
+    let ConfigChange::Invalid(why) = config_change(&running, Some(r#"{"Network":"10.5.0.0/30"}"#))
+    else {
+        panic!("invalid");
+    };
+    assert!(why.contains("Network"), "{why}");
+    let line = config_change(&running, Some(r#"{"Network":"10.6.0.0/16"}"#))
+        .describe("/coreos.com/network/config");
+    assert!(line.contains("restart twilld"), "{line}");
+}
+
+#[test]
+fn renewal_interval_follows_the_margin() {
+    let t = |ttl, margin| Timing {
+        ttl,
+        renew_margin: margin,
+        reconcile_every: secs(10),
+    };
+    assert_eq!(t(86400, 3600).renew_interval(), secs(82800));
+    assert_eq!(t(150, 60).renew_interval(), secs(90));
+    assert_eq!(
+        t(100, 60).renew_interval(),
+        secs(33),
+        "short TTL: three times per TTL"
+    );
+    assert_eq!(t(2, 60).renew_interval(), secs(1));
+}

@@ -1,0 +1,364 @@
+//! The lease store on etcd, in Flannel's v3 layout: `<prefix>/config` and
+//! `<prefix>/subnets/<a.b.c.d-NN>`, leases created in a transaction (create-if-absent) bound to
+//! an etcd lease, keepalive, and one watch on the whole prefix (config and leases).
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
+};
+use ipnet::Ipv4Net;
+
+use crate::lease::{LeaseRecord, parse_subnet_key, subnet_key};
+use crate::lease_store::{
+    LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, Snapshot, StoreError, WatchBatch,
+};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn ctx(op: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> StoreError {
+    let op = op.into();
+    move |cause| StoreError::new(op, cause)
+}
+
+/// How to reach etcd.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// The etcd store of one network.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    keys: Keys,
+}
+
+/// The key layout under one prefix.
+#[derive(Clone, Debug)]
+struct Keys {
+    /// The prefix with one trailing `/`.
+    root: String,
+}
+
+/// What a key under the prefix is.
+enum KeyKind {
+    Config,
+    Lease(Ipv4Net),
+    /// Under `subnets/` but not a subnet key.
+    BadLease,
+    Other,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        Keys {
+            root: format!("{}/", prefix.trim_end_matches('/')),
+        }
+    }
+    fn config(&self) -> String {
+        format!("{}config", self.root)
+    }
+    fn subnets(&self) -> String {
+        format!("{}subnets/", self.root)
+    }
+    fn lease(&self, subnet: Ipv4Net) -> String {
+        format!("{}{}", self.subnets(), subnet_key(subnet))
+    }
+    fn kind(&self, key: &str) -> KeyKind {
+        let Some(rest) = key.strip_prefix(&self.root) else {
+            return KeyKind::Other;
+        };
+        if rest == "config" {
+            return KeyKind::Config;
+        }
+        match rest.strip_prefix("subnets/") {
+            Some(_) => parse_subnet_key(key).map_or(KeyKind::BadLease, KeyKind::Lease),
+            None => KeyKind::Other,
+        }
+    }
+}
+
+fn entry(subnet: Ipv4Net, kv: &etcd_client::KeyValue) -> LeaseEntry {
+    LeaseEntry {
+        subnet,
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        record: LeaseRecord::parse(kv.value()),
+        lease_id: kv.lease(),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+fn skip_bad_key(key: &str) {
+    tracing::warn!(key = %key, "skipping a key under subnets/ that is not a subnet lease");
+}
+
+impl EtcdStore {
+    /// Connects (with TLS and auth when configured).
+    pub async fn connect(opts: &EtcdOptions) -> std::result::Result<EtcdStore, anyhow::Error> {
+        let mut co = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
+            co = co.with_user(u.clone(), p.clone());
+        }
+        if opts.ca_file.is_some() || opts.cert_file.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &opts.ca_file {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| anyhow::anyhow!("reading --etcd-cafile {}: {e}", ca.display()))?;
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
+            }
+            if let (Some(c), Some(k)) = (&opts.cert_file, &opts.key_file) {
+                let cert = std::fs::read(c)
+                    .map_err(|e| anyhow::anyhow!("reading --etcd-certfile {}: {e}", c.display()))?;
+                let key = std::fs::read(k)
+                    .map_err(|e| anyhow::anyhow!("reading --etcd-keyfile {}: {e}", k.display()))?;
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            co = co.with_tls(tls);
+        }
+        let client = Client::connect(&opts.endpoints, Some(co))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("connecting to etcd at {}: {e}", opts.endpoints.join(","))
+            })?;
+        Ok(EtcdStore {
+            client,
+            keys: Keys::new(&opts.prefix),
+        })
+    }
+
+    /// The key of a subnet's lease.
+    pub fn lease_key(&self, subnet: Ipv4Net) -> String {
+        self.keys.lease(subnet)
+    }
+
+    /// Puts `record` at `key`, bound to `lease_id`, in one transaction guarded by `cond`.
+    async fn put_if(
+        &self,
+        cond: Compare,
+        key: String,
+        record: &LeaseRecord,
+        lease_id: i64,
+        op: &str,
+    ) -> Result<bool> {
+        let put = TxnOp::put(
+            key.clone(),
+            record.to_json(),
+            Some(PutOptions::new().with_lease(lease_id)),
+        );
+        let txn = Txn::new().when([cond]).and_then([put]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(ctx(format!("{op} {key}")))?;
+        Ok(resp.succeeded())
+    }
+}
+
+impl LeaseStore for EtcdStore {
+    type Watch = EtcdWatch;
+
+    fn config_key(&self) -> String {
+        self.keys.config()
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot> {
+        let root = self.keys.root.clone();
+        let resp = self
+            .client
+            .clone()
+            .get(root.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(ctx(format!("reading {root}")))?;
+        let mut snap = Snapshot {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            ..Snapshot::default()
+        };
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            match self.keys.kind(&key) {
+                KeyKind::Config => {
+                    snap.config = Some(String::from_utf8_lossy(kv.value()).into_owned())
+                }
+                KeyKind::Lease(subnet) => snap.leases.push(entry(subnet, kv)),
+                KeyKind::BadLease => skip_bad_key(&key),
+                KeyKind::Other => {}
+            }
+        }
+        Ok(snap)
+    }
+
+    async fn create_lease(
+        &self,
+        subnet: Ipv4Net,
+        record: &LeaseRecord,
+        lease_id: i64,
+    ) -> Result<bool> {
+        let key = self.lease_key(subnet);
+        let cond = Compare::version(key.clone(), CompareOp::Equal, 0);
+        self.put_if(cond, key, record, lease_id, "creating").await
+    }
+
+    async fn take_over(
+        &self,
+        subnet: Ipv4Net,
+        record: &LeaseRecord,
+        lease_id: i64,
+        mod_revision: i64,
+    ) -> Result<bool> {
+        let key = self.lease_key(subnet);
+        let cond = Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision);
+        self.put_if(cond, key, record, lease_id, "taking over")
+            .await
+    }
+
+    async fn update_lease(
+        &self,
+        subnet: Ipv4Net,
+        record: &LeaseRecord,
+        lease_id: i64,
+    ) -> Result<()> {
+        let key = self.lease_key(subnet);
+        let opts = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
+        self.client
+            .clone()
+            .put(key.clone(), record.to_json(), opts)
+            .await
+            .map_err(ctx(format!("updating {key}")))?;
+        Ok(())
+    }
+
+    async fn grant(&self, ttl: i64) -> Result<i64> {
+        Ok(self
+            .client
+            .clone()
+            .lease_grant(ttl, None)
+            .await
+            .map_err(ctx("granting a lease"))?
+            .id())
+    }
+
+    async fn keep_alive(&self, lease_id: i64) -> Result<i64> {
+        let op = format!("renewing lease {lease_id:x}");
+        let (mut keeper, mut stream) = self
+            .client
+            .clone()
+            .lease_keep_alive(lease_id)
+            .await
+            .map_err(ctx(op.clone()))?;
+        keeper.keep_alive().await.map_err(ctx(op.clone()))?;
+        match stream.message().await.map_err(ctx(op))? {
+            Some(resp) => Ok(resp.ttl()),
+            None => Ok(0),
+        }
+    }
+
+    async fn watch(&self, revision: i64) -> Result<EtcdWatch> {
+        let root = self.keys.root.clone();
+        let stream = self
+            .client
+            .clone()
+            .watch(
+                root.clone(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision),
+                ),
+            )
+            .await
+            .map_err(ctx(format!("watching {root}")))?;
+        Ok(EtcdWatch {
+            stream,
+            keys: self.keys.clone(),
+        })
+    }
+}
+
+/// A watch on `<prefix>/`: the config key and the leases.
+pub struct EtcdWatch {
+    stream: WatchStream,
+    keys: Keys,
+}
+
+impl EtcdWatch {
+    fn batch(&self, resp: &etcd_client::WatchResponse) -> WatchBatch {
+        if resp.canceled() {
+            return WatchBatch::Cancelled {
+                compact_revision: resp.compact_revision(),
+            };
+        }
+        let mut out = Vec::new();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key());
+            let put = ev.event_type() == EventType::Put;
+            match (self.keys.kind(&key), put) {
+                (KeyKind::Config, true) => out.push(LeaseEvent::Config(Some(
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                ))),
+                (KeyKind::Config, false) => out.push(LeaseEvent::Config(None)),
+                (KeyKind::Lease(s), true) => out.push(LeaseEvent::Put(entry(s, kv))),
+                (KeyKind::Lease(s), false) => out.push(LeaseEvent::Delete(s)),
+                (KeyKind::BadLease, true) => skip_bad_key(&key),
+                (KeyKind::BadLease, false) | (KeyKind::Other, _) => {}
+            }
+        }
+        WatchBatch::Events(out)
+    }
+}
+
+impl LeaseWatch for EtcdWatch {
+    async fn next(&mut self) -> Result<Option<WatchBatch>> {
+        let root = self.keys.root.clone();
+        let resp = self
+            .stream
+            .message()
+            .await
+            .map_err(ctx(format!("watching {root}")))?;
+        Ok(resp.map(|r| self.batch(&r)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_under_the_prefix_are_told_apart() {
+        let k = Keys::new("/coreos.com/network/");
+        assert_eq!(k.config(), "/coreos.com/network/config");
+        assert!(matches!(
+            k.kind("/coreos.com/network/config"),
+            KeyKind::Config
+        ));
+        assert!(matches!(
+            k.kind("/coreos.com/network/subnets/10.5.34.0-24"),
+            KeyKind::Lease(_)
+        ));
+        assert!(matches!(
+            k.kind("/coreos.com/network/subnets/junk"),
+            KeyKind::BadLease
+        ));
+        assert!(matches!(
+            k.kind("/coreos.com/network/configx"),
+            KeyKind::Other
+        ));
+        assert!(matches!(
+            k.kind("/coreos.com/networkx/config"),
+            KeyKind::Other
+        ));
+    }
+}

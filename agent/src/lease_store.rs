@@ -1,0 +1,123 @@
+//! Where leases live, as the agent sees it: a store of the network config and subnet leases
+//! bound to expiring store leases (Flannel's `subnet.Manager`), and a watch that turns every
+//! later change into events (Flannel's `WatchLeases`). `EtcdStore` is the real one; the unit
+//! tests drive the agent over an in-memory one.
+
+use std::future::Future;
+
+use ipnet::Ipv4Net;
+
+use crate::lease::{BadLease, LeaseRecord};
+
+/// A store failure, with what we were doing.
+#[derive(Debug, thiserror::Error)]
+#[error("etcd: {op}: {cause}")]
+pub struct StoreError {
+    pub op: String,
+    /// Part of the message, not `source()`: printing the chain (`{:#}`) would say it twice.
+    pub cause: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl StoreError {
+    /// An error of `op` caused by `cause`.
+    pub fn new(
+        op: impl Into<String>,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError {
+            op: op.into(),
+            cause: cause.into(),
+        }
+    }
+}
+
+/// One lease found in the store.
+#[derive(Clone, Debug)]
+pub struct LeaseEntry {
+    pub subnet: Ipv4Net,
+    pub key: String,
+    /// Parsed value, or why it was skipped.
+    pub record: Result<LeaseRecord, BadLease>,
+    /// The store lease the key is bound to; 0 for a reservation (never expires).
+    pub lease_id: i64,
+    /// The key's last modification, for compare-and-swap take-overs.
+    pub mod_revision: i64,
+}
+
+/// The network config and every lease, read at one revision.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The raw text of `<prefix>/config`, if set.
+    pub config: Option<String>,
+    pub leases: Vec<LeaseEntry>,
+    /// The store revision the snapshot was read at; a watch from `revision + 1` misses nothing.
+    pub revision: i64,
+}
+
+/// A change seen by the watch.
+#[derive(Clone, Debug)]
+pub enum LeaseEvent {
+    Put(LeaseEntry),
+    Delete(Ipv4Net),
+    /// `<prefix>/config` was written (`Some`) or deleted (`None`).
+    Config(Option<String>),
+}
+
+/// What one wait on a watch brings.
+#[derive(Clone, Debug)]
+pub enum WatchBatch {
+    /// Changes, in store order.
+    Events(Vec<LeaseEvent>),
+    /// The store cancelled the watch (etcd: the start revision was compacted away); the
+    /// watcher must re-read a snapshot and watch again.
+    Cancelled { compact_revision: i64 },
+}
+
+/// A running watch on the config and the leases.
+pub trait LeaseWatch: Send {
+    /// The next batch; `Ok(None)` when the store closed the watch.
+    fn next(&mut self) -> impl Future<Output = Result<Option<WatchBatch>, StoreError>> + Send;
+}
+
+/// The network's config and leases.
+pub trait LeaseStore: Send + Sync {
+    /// The watch this store hands out.
+    type Watch: LeaseWatch;
+
+    /// Where the config lives, for messages (`/coreos.com/network/config`).
+    fn config_key(&self) -> String;
+    /// The config and all leases at one revision.
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+    /// Creates the lease for `subnet`, bound to store lease `lease_id`, if nobody holds it;
+    /// false when someone does.
+    fn create_lease(
+        &self,
+        subnet: Ipv4Net,
+        record: &LeaseRecord,
+        lease_id: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Re-binds a key to `lease_id`, only if nobody changed it since `mod_revision`.
+    fn take_over(
+        &self,
+        subnet: Ipv4Net,
+        record: &LeaseRecord,
+        lease_id: i64,
+        mod_revision: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Rewrites our own lease value, keeping its store lease (0: a reservation stays one).
+    fn update_lease(
+        &self,
+        subnet: Ipv4Net,
+        record: &LeaseRecord,
+        lease_id: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Grants a store lease of `ttl` seconds.
+    fn grant(&self, ttl: i64) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Renews a store lease once; the TTL left afterwards (0: the lease is gone).
+    fn keep_alive(&self, lease_id: i64) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Watches the config and all leases from `revision` (inclusive).
+    fn watch(&self, revision: i64) -> impl Future<Output = Result<Self::Watch, StoreError>> + Send;
+}
+
+#[cfg(test)]
+pub mod memory;

@@ -1,0 +1,348 @@
+//! An in-memory lease store for the agent's unit tests: etcd's semantics that the agent relies
+//! on (revisions, create-if-absent, compare-and-swap, leases that expire on the tokio clock,
+//! watches from a revision, compaction), plus the faults a test provokes: the store going
+//! away, a lost race, a compaction that cancels watches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, Snapshot, StoreError, WatchBatch};
+use crate::lease::{LeaseRecord, subnet_key};
+
+const PREFIX: &str = "/coreos.com/network";
+
+/// One key's value.
+#[derive(Clone, Debug)]
+pub struct Kv {
+    pub value: String,
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+type WatchItem = Result<WatchBatch, String>;
+
+#[derive(Default)]
+struct State {
+    revision: i64,
+    config: Option<String>,
+    keys: BTreeMap<Ipv4Net, Kv>,
+    /// Store lease → when it expires and its TTL.
+    leases: HashMap<i64, (Instant, i64)>,
+    next_lease: i64,
+    /// Every change with its revision, for watches that start in the past.
+    history: Vec<(i64, LeaseEvent)>,
+    compacted: i64,
+    watchers: Vec<mpsc::UnboundedSender<WatchItem>>,
+    down: bool,
+    /// The next create of any subnet loses the race: another node creates it first.
+    lose_next_race: bool,
+    /// Calls by operation name, for assertions.
+    calls: Vec<(&'static str, Instant)>,
+}
+
+impl State {
+    fn bump(&mut self, ev: LeaseEvent) {
+        self.revision += 1;
+        let rev = self.revision;
+        self.history.push((rev, ev.clone()));
+        self.watchers
+            .retain(|w| w.send(Ok(WatchBatch::Events(vec![ev.clone()]))).is_ok());
+    }
+
+    fn put(&mut self, subnet: Ipv4Net, value: String, lease: i64) {
+        let kv = Kv {
+            value,
+            lease,
+            mod_revision: self.revision + 1,
+        };
+        let entry = entry(subnet, &kv);
+        self.keys.insert(subnet, kv);
+        self.bump(LeaseEvent::Put(entry));
+    }
+
+    fn delete(&mut self, subnet: Ipv4Net) {
+        if self.keys.remove(&subnet).is_some() {
+            self.bump(LeaseEvent::Delete(subnet));
+        }
+    }
+
+    /// Lets leases whose time is up expire, deleting their keys as etcd does.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let dead: Vec<i64> = self
+            .leases
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.leases.remove(&id);
+            let keys: Vec<Ipv4Net> = self
+                .keys
+                .iter()
+                .filter(|(_, kv)| kv.lease == id)
+                .map(|(s, _)| *s)
+                .collect();
+            for s in keys {
+                self.delete(s);
+            }
+        }
+    }
+}
+
+fn entry(subnet: Ipv4Net, kv: &Kv) -> LeaseEntry {
+    LeaseEntry {
+        subnet,
+        key: format!("{PREFIX}/subnets/{}", subnet_key(subnet)),
+        record: LeaseRecord::parse(kv.value.as_bytes()),
+        lease_id: kv.lease,
+        mod_revision: kv.mod_revision,
+    }
+}
+
+/// A shared handle: clones see the same store.
+#[derive(Clone, Default)]
+pub struct MemStore(Arc<Mutex<State>>);
+
+impl MemStore {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock fails anyway; keep going with its state.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts the call and fails it while the store is down; expires due leases first.
+    fn call(&self, op: &'static str) -> Result<MutexGuard<'_, State>, StoreError> {
+        let mut st = self.state();
+        st.calls.push((op, Instant::now()));
+        if st.down {
+            return Err(StoreError::new(op, "connection refused"));
+        }
+        st.expire();
+        Ok(st)
+    }
+
+    /// A store holding `config`.
+    pub fn with_config(config: &str) -> MemStore {
+        let s = MemStore::default();
+        s.set_config(Some(config));
+        s
+    }
+
+    /// Writes or deletes the config key.
+    pub fn set_config(&self, text: Option<&str>) {
+        let mut st = self.state();
+        st.config = text.map(str::to_string);
+        let ev = LeaseEvent::Config(st.config.clone());
+        st.bump(ev);
+    }
+
+    /// Makes every call fail (and ends every watch) until `false`.
+    pub fn set_down(&self, down: bool) {
+        let mut st = self.state();
+        st.down = down;
+        if down {
+            for w in st.watchers.drain(..) {
+                let _ = w.send(Err("connection lost".into()));
+            }
+        }
+    }
+
+    /// Another node's lease on `subnet` with `value`, bound to a fresh store lease of `ttl`
+    /// seconds (0: a reservation, bound to none).
+    pub fn put_foreign(&self, subnet: Ipv4Net, value: &str, ttl: i64) -> i64 {
+        let mut st = self.state();
+        let id = if ttl > 0 {
+            st.next_lease += 1;
+            let id = st.next_lease;
+            st.leases
+                .insert(id, (Instant::now() + Duration::from_secs(ttl as u64), ttl));
+            id
+        } else {
+            0
+        };
+        st.put(subnet, value.to_string(), id);
+        id
+    }
+
+    /// Deletes a key, as an operator would.
+    pub fn delete(&self, subnet: Ipv4Net) {
+        self.state().delete(subnet);
+    }
+
+    /// Revokes a store lease at once (its keys go).
+    pub fn revoke(&self, lease: i64) {
+        let mut st = self.state();
+        if let Some(l) = st.leases.get_mut(&lease) {
+            l.0 = Instant::now();
+        }
+        st.expire();
+    }
+
+    /// Compacts the history up to now: watches from before it are cancelled, as etcd does.
+    pub fn compact(&self) {
+        let mut st = self.state();
+        st.compacted = st.revision;
+        st.history.clear();
+        let rev = st.revision;
+        for w in st.watchers.drain(..) {
+            let _ = w.send(Ok(WatchBatch::Cancelled {
+                compact_revision: rev,
+            }));
+        }
+    }
+
+    /// The next create-if-absent loses to another node that takes the same subnet.
+    pub fn lose_next_race(&self) {
+        self.state().lose_next_race = true;
+    }
+
+    /// The key of `subnet`, if any (after expiring due leases).
+    pub fn get(&self, subnet: Ipv4Net) -> Option<Kv> {
+        let mut st = self.state();
+        st.expire();
+        st.keys.get(&subnet).cloned()
+    }
+
+    /// Every key (after expiring due leases).
+    pub fn keys(&self) -> BTreeMap<Ipv4Net, Kv> {
+        let mut st = self.state();
+        st.expire();
+        st.keys.clone()
+    }
+
+    /// When calls of `op` were made.
+    pub fn calls(&self, op: &str) -> Vec<Instant> {
+        let st = self.state();
+        st.calls
+            .iter()
+            .filter(|(o, _)| *o == op)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+}
+
+impl LeaseStore for MemStore {
+    type Watch = MemWatch;
+
+    fn config_key(&self) -> String {
+        format!("{PREFIX}/config")
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let st = self.call("snapshot")?;
+        Ok(Snapshot {
+            config: st.config.clone(),
+            leases: st.keys.iter().map(|(s, kv)| entry(*s, kv)).collect(),
+            revision: st.revision,
+        })
+    }
+
+    async fn create_lease(
+        &self,
+        subnet: Ipv4Net,
+        record: &LeaseRecord,
+        lease_id: i64,
+    ) -> Result<bool, StoreError> {
+        let mut st = self.call("create_lease")?;
+        if std::mem::take(&mut st.lose_next_race) && !st.keys.contains_key(&subnet) {
+            st.put(
+                subnet,
+                r#"{"PublicIP":"192.0.2.99","PublicIPv6":null,"BackendType":"host-gw"}"#.into(),
+                0,
+            );
+        }
+        if st.keys.contains_key(&subnet) {
+            return Ok(false);
+        }
+        st.put(subnet, record.to_json(), lease_id);
+        Ok(true)
+    }
+
+    async fn take_over(
+        &self,
+        subnet: Ipv4Net,
+        record: &LeaseRecord,
+        lease_id: i64,
+        mod_revision: i64,
+    ) -> Result<bool, StoreError> {
+        let mut st = self.call("take_over")?;
+        // etcd compares a missing key's mod_revision as 0.
+        let current = st.keys.get(&subnet).map_or(0, |kv| kv.mod_revision);
+        if current != mod_revision {
+            return Ok(false);
+        }
+        st.put(subnet, record.to_json(), lease_id);
+        Ok(true)
+    }
+
+    async fn update_lease(
+        &self,
+        subnet: Ipv4Net,
+        record: &LeaseRecord,
+        lease_id: i64,
+    ) -> Result<(), StoreError> {
+        let mut st = self.call("update_lease")?;
+        st.put(subnet, record.to_json(), lease_id);
+        Ok(())
+    }
+
+    async fn grant(&self, ttl: i64) -> Result<i64, StoreError> {
+        let mut st = self.call("grant")?;
+        st.next_lease += 1;
+        let id = st.next_lease;
+        st.leases
+            .insert(id, (Instant::now() + Duration::from_secs(ttl as u64), ttl));
+        Ok(id)
+    }
+
+    async fn keep_alive(&self, lease_id: i64) -> Result<i64, StoreError> {
+        let mut st = self.call("keep_alive")?;
+        match st.leases.get_mut(&lease_id) {
+            Some((at, ttl)) => {
+                *at = Instant::now() + Duration::from_secs(*ttl as u64);
+                Ok(*ttl)
+            }
+            None => Ok(0),
+        }
+    }
+
+    async fn watch(&self, revision: i64) -> Result<MemWatch, StoreError> {
+        let mut st = self.call("watch")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        if revision <= st.compacted {
+            let _ = tx.send(Ok(WatchBatch::Cancelled {
+                compact_revision: st.compacted,
+            }));
+        } else {
+            let past: Vec<LeaseEvent> = st
+                .history
+                .iter()
+                .filter(|(r, _)| *r >= revision)
+                .map(|(_, e)| e.clone())
+                .collect();
+            if !past.is_empty() {
+                let _ = tx.send(Ok(WatchBatch::Events(past)));
+            }
+            st.watchers.push(tx);
+        }
+        Ok(MemWatch(rx))
+    }
+}
+
+/// A watch on the in-memory store.
+pub struct MemWatch(mpsc::UnboundedReceiver<WatchItem>);
+
+impl LeaseWatch for MemWatch {
+    async fn next(&mut self) -> Result<Option<WatchBatch>, StoreError> {
+        match self.0.recv().await {
+            Some(Ok(b)) => Ok(Some(b)),
+            Some(Err(e)) => Err(StoreError::new("watching", e)),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! What the agent does to its node, behind one small trait so the lease state machine can be
+//! tested without a kernel: take a subnet (subnet file, backend, firewall), make the kernel
+//! match the peers, refresh the firewall, and say "ready". `HostNode` is the real node.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use twill_netkit::Netlink;
+use twill_netkit::subnet_env::SubnetEnv;
+
+use crate::backend::{AnyBackend, Backend, Peers};
+use crate::masq::{self, FirewallBackend};
+use crate::metrics::Metrics;
+use crate::netconf::NetworkConfig;
+
+/// The node side of the agent. Used on the agent's one task, so futures need no `Send`.
+#[allow(async_fn_in_trait)]
+pub trait Node {
+    /// This node now holds `subnet` (first lease, or a new one after losing the old).
+    async fn set_subnet(&mut self, subnet: Ipv4Net) -> anyhow::Result<()>;
+    /// Makes the kernel match `peers` (level-triggered; failures are logged, not returned).
+    async fn apply(&mut self, peers: &Peers);
+    /// Re-installs what others may have removed behind our back (firewall rules).
+    fn refresh(&mut self);
+    /// The first lease is held and the first apply done.
+    fn ready(&mut self);
+}
+
+/// Where and how the node publishes its subnet.
+#[derive(Clone, Debug)]
+pub struct HostSettings {
+    pub subnet_file: PathBuf,
+    pub ip_masq: bool,
+    pub firewall: FirewallBackend,
+}
+
+/// The real node: netlink, the backend, the subnet file and the firewall.
+pub struct HostNode {
+    nl: Netlink,
+    backend: AnyBackend,
+    network: Ipv4Net,
+    settings: HostSettings,
+    metrics: Arc<Metrics>,
+    subnet: Option<Ipv4Net>,
+}
+
+impl HostNode {
+    /// A node whose `backend` is already initialised.
+    pub fn new(
+        nl: Netlink,
+        backend: AnyBackend,
+        config: &NetworkConfig,
+        settings: HostSettings,
+        metrics: Arc<Metrics>,
+    ) -> HostNode {
+        HostNode {
+            nl,
+            backend,
+            network: config.network,
+            settings,
+            metrics,
+            subnet: None,
+        }
+    }
+
+    fn install_firewall(&self, subnet: Ipv4Net) -> Result<(), String> {
+        masq::apply(
+            self.settings.firewall,
+            self.network,
+            subnet,
+            self.settings.ip_masq,
+        )
+    }
+}
+
+impl Node for HostNode {
+    async fn set_subnet(&mut self, subnet: Ipv4Net) -> anyhow::Result<()> {
+        let env = SubnetEnv {
+            network: self.network,
+            subnet,
+            mtu: self.backend.mtu(),
+            ipmasq: self.settings.ip_masq,
+        };
+        let file = &self.settings.subnet_file;
+        env.write(file)
+            .with_context(|| format!("writing {}", file.display()))?;
+        self.backend
+            .set_local_subnet(&self.nl, subnet)
+            .await
+            .context("configuring the local subnet")?;
+        if let Err(e) = self.install_firewall(subnet) {
+            tracing::warn!(error = %e, "installing firewall rules (is nftables or iptables installed?)");
+        }
+        if let Ok(mut l) = self.metrics.lease.lock() {
+            *l = subnet.to_string();
+        }
+        self.subnet = Some(subnet);
+        Ok(())
+    }
+
+    async fn apply(&mut self, peers: &Peers) {
+        let start = Instant::now();
+        let errors = self.backend.apply(&self.nl, peers).await;
+        let m = &self.metrics;
+        m.reconcile_runs.fetch_add(1, Ordering::Relaxed);
+        m.reconcile_micros_last
+            .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        m.peers
+            .store(peers.len().saturating_sub(1) as u64, Ordering::Relaxed);
+        if !errors.is_empty() {
+            m.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+            for e in errors.0 {
+                tracing::warn!(error = %e, "reconcile");
+            }
+        }
+    }
+
+    fn refresh(&mut self) {
+        if let Some(subnet) = self.subnet
+            && let Err(e) = self.install_firewall(subnet)
+        {
+            tracing::warn!(error = %e, "re-applying firewall rules");
+        }
+    }
+
+    fn ready(&mut self) {
+        sd_notify("READY=1");
+    }
+}
+
+/// Tells systemd about our state when run as a Type=notify unit (no-op otherwise).
+pub fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let p = path.to_string_lossy();
+    let sent = if let Some(name) = p.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &*p)
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "sd_notify");
+    }
+}
