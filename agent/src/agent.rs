@@ -143,6 +143,10 @@ pub struct Agent<S: LeaseStore, N: Node> {
     resync_at: Instant,
     resync_retry: Backoff,
     ready: bool,
+    /// Our key's value is not the one we wrote: write it back.
+    own_value_wrong: bool,
+    /// Since when store calls fail, and how many did.
+    outage: Option<(Instant, u64)>,
 }
 
 /// What the loop does after an event.
@@ -170,6 +174,8 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             resync_at: Instant::now(),
             resync_retry: store_backoff(),
             ready: false,
+            own_value_wrong: false,
+            outage: None,
         }
     }
 
@@ -203,6 +209,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                 batch = next_batch(&mut self.watch) => self.on_watch(batch).await,
                 () = tokio::time::sleep_until(self.resync_at), if !watching => Next::Continue,
                 _ = reconcile.tick() => {
+                    self.restore_own_value().await;
                     self.node.apply(&self.peers).await;
                     self.node.refresh();
                     Next::Continue
@@ -215,9 +222,21 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         }
     }
 
-    fn store_error(&self, what: &str, e: &dyn std::fmt::Display) {
+    fn store_error(&mut self, what: &str, e: &dyn std::fmt::Display) {
         self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+        let outage = self.outage.get_or_insert((Instant::now(), 0));
+        outage.1 += 1;
         tracing::warn!(error = %e, "{what}");
+    }
+
+    /// A store call worked: if calls failed before, say that etcd is back and after how long.
+    fn store_ok(&mut self) {
+        if let Some((since, failures)) = self.outage.take() {
+            tracing::info!(
+                "etcd answers again after {}s ({failures} failed calls)",
+                since.elapsed().as_secs()
+            );
+        }
     }
 
     /// Leases a subnet, retrying until it works, and hands it to the node.
@@ -228,12 +247,10 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             match lease_mgr::acquire(&self.store, &self.config, &self.record, self.hint, ttl).await
             {
                 Ok(h) => break h,
-                Err(e) => {
-                    if matches!(e, AcquireError::Store(_)) {
-                        self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tracing::error!(error = %e, "cannot lease a subnet; retrying");
+                Err(e @ AcquireError::Store(_)) => {
+                    self.store_error("cannot lease a subnet; retrying", &e)
                 }
+                Err(e) => tracing::error!(error = %e, "cannot lease a subnet; retrying"),
             }
             retry.wait().await;
         };
@@ -242,6 +259,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         {
             tracing::warn!(old = %old, new = %held.subnet, "the old subnet was taken: containers on this node must be restarted");
         }
+        self.store_ok();
         self.node.set_subnet(held.subnet).await?;
         self.hint = Some(held.subnet);
         self.held = Some((held, Renewal::fresh(&self.timing, self.timing.ttl)));
@@ -265,7 +283,10 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
     /// Reads a snapshot, applies it, and watches from just after it.
     async fn resync(&mut self) -> Next {
         let snap = match self.store.snapshot().await {
-            Ok(s) => s,
+            Ok(s) => {
+                self.store_ok();
+                s
+            }
             Err(e) => {
                 self.store_error("listing leases failed; the data plane stays as it is", &e);
                 self.resync_at = Instant::now() + self.resync_retry.next_wait();
@@ -273,22 +294,32 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             }
         };
         self.on_config(snap.config);
-        self.peers = peers_from(snap.leases);
+        let own = self.held.as_ref().map(|(h, _)| *h);
+        let own_entry =
+            own.and_then(|h| snap.leases.iter().find(|e| e.subnet == h.subnet).cloned());
+        self.peers = merge_peers(&self.peers, snap.leases);
         match self.store.watch(snap.revision + 1).await {
             Ok(w) => {
                 self.watch = Some(w);
                 self.resync_retry.reset();
+                self.store_ok();
             }
             Err(e) => {
                 self.store_error("watching leases failed; retrying", &e);
                 self.resync_at = Instant::now() + self.resync_retry.next_wait();
             }
         }
-        if let Some(own) = self.held_subnet()
-            && !self.peers.contains_key(&own)
-        {
-            return Next::Reacquire("our lease is gone from etcd");
+        if let Some(held) = own {
+            match own_entry {
+                None => return Next::Reacquire("our lease is gone from etcd"),
+                Some(e) => {
+                    if let Next::Reacquire(why) = self.check_own(held, &e) {
+                        return Next::Reacquire(why);
+                    }
+                }
+            }
         }
+        self.restore_own_value().await;
         self.node.apply(&self.peers).await;
         if !self.ready {
             self.ready = true;
@@ -323,38 +354,73 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                 return Next::Continue;
             }
         };
-        let own = self.held_subnet();
-        let mut lost = false;
+        let own = self.held.as_ref().map(|(h, _)| *h);
         let mut changed = false;
         for ev in events {
             match ev {
                 LeaseEvent::Put(e) => {
-                    changed = true;
-                    match e.record {
-                        Ok(r) => {
-                            self.peers.insert(e.subnet, r);
-                        }
-                        Err(why) => {
-                            tracing::warn!(key = %e.key, reason = %why, "skipping a corrupt or foreign lease value");
-                            self.peers.remove(&e.subnet);
-                        }
+                    if let Some(held) = own.filter(|h| h.subnet == e.subnet)
+                        && let Next::Reacquire(why) = self.check_own(held, &e)
+                    {
+                        return Next::Reacquire(why);
                     }
+                    changed |= learn(&mut self.peers, e);
                 }
                 LeaseEvent::Delete(s) => {
-                    changed = true;
-                    self.peers.remove(&s);
-                    lost |= Some(s) == own;
+                    if own.is_some_and(|h| h.subnet == s) {
+                        return Next::Reacquire("our lease was deleted");
+                    }
+                    changed |= self.peers.remove(&s).is_some();
                 }
                 LeaseEvent::Config(text) => self.on_config(text),
             }
         }
-        if lost {
-            return Next::Reacquire("our lease was deleted");
-        }
+        self.restore_own_value().await;
         if changed {
             self.node.apply(&self.peers).await;
         }
         Next::Continue
+    }
+
+    /// Looks at our own key as the store has it: another node's valid value means it holds
+    /// our subnet now; anything else that is not exactly what we wrote (a corrupt or edited
+    /// value, or the key detached from our etcd lease by a plain `etcdctl put`) is written back.
+    fn check_own(&mut self, held: Held, e: &LeaseEntry) -> Next {
+        match &e.record {
+            Ok(r) if r.public_ip != self.record.public_ip => {
+                return Next::Reacquire("another node's lease holds our subnet");
+            }
+            Ok(r) if *r == self.record && e.lease_id == held.lease_id => return Next::Continue,
+            Ok(_) => {
+                tracing::warn!(key = %e.key, "our lease was changed by someone else: writing ours back")
+            }
+            Err(why) => {
+                tracing::warn!(key = %e.key, reason = %why, "our lease value is corrupt: writing ours back")
+            }
+        }
+        self.own_value_wrong = true;
+        Next::Continue
+    }
+
+    /// Writes our lease value back if it was found wrong; on failure, tries again at the next
+    /// reconcile.
+    async fn restore_own_value(&mut self) {
+        let Some((held, _)) = self.held.as_ref().filter(|_| self.own_value_wrong) else {
+            return;
+        };
+        let held = *held;
+        match self
+            .store
+            .update_lease(held.subnet, &self.record, held.lease_id)
+            .await
+        {
+            Ok(()) => {
+                self.own_value_wrong = false;
+                self.store_ok();
+                tracing::info!(subnet = %held.subnet, "wrote our lease value back");
+            }
+            Err(e) => self.store_error("writing our lease value back failed; retrying", &e),
+        }
     }
 
     /// Reports a config that differs from the one the agent runs with (once per change).
@@ -385,6 +451,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         match self.store.keep_alive(held.lease_id).await {
             Ok(ttl) if ttl > 0 => {
                 *renewal = Renewal::fresh(&self.timing, ttl);
+                self.store_ok();
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
@@ -396,8 +463,12 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             Ok(_) => Next::Reacquire("our lease expired"),
             Err(e) => {
                 let (wait, left) = renewal.failed();
-                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, subnet = %subnet, "renewing the lease failed; retrying in {}s (the lease has {}s left)", wait.as_secs(), left.as_secs());
+                let what = format!(
+                    "renewing the lease of {subnet} failed; retrying in {}s (the lease has {}s left)",
+                    wait.as_secs(),
+                    left.as_secs()
+                );
+                self.store_error(&what, &e);
                 Next::Continue
             }
         }
@@ -420,17 +491,31 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-fn peers_from(entries: Vec<LeaseEntry>) -> Peers {
+/// Takes a lease into `peers`; true if that changed them. A value that does not parse keeps the
+/// last good one for its subnet (a corrupt write must not cut a live node off).
+fn learn(peers: &mut Peers, e: LeaseEntry) -> bool {
+    match e.record {
+        Ok(r) => peers.insert(e.subnet, r.clone()) != Some(r),
+        Err(why) if peers.contains_key(&e.subnet) => {
+            tracing::warn!(key = %e.key, reason = %why, "a lease value does not parse: keeping the last good value for its subnet");
+            false
+        }
+        Err(why) => {
+            tracing::warn!(key = %e.key, reason = %why, "skipping a corrupt or foreign lease value");
+            false
+        }
+    }
+}
+
+/// The peers of a fresh snapshot: its leases, with the last good value of `before` kept for
+/// keys whose value does not parse.
+fn merge_peers(before: &Peers, entries: Vec<LeaseEntry>) -> Peers {
     let mut peers = Peers::new();
     for e in entries {
-        match e.record {
-            Ok(r) => {
-                peers.insert(e.subnet, r);
-            }
-            Err(why) => {
-                tracing::warn!(key = %e.key, reason = %why, "skipping a corrupt or foreign lease value")
-            }
+        if let Some(old) = before.get(&e.subnet) {
+            peers.insert(e.subnet, old.clone());
         }
+        learn(&mut peers, e);
     }
     peers
 }

@@ -4,12 +4,15 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions, WatchStream,
 };
 use ipnet::Ipv4Net;
 
+use crate::etcd_members::Members;
 use crate::lease::{LeaseRecord, parse_subnet_key, subnet_key};
 use crate::lease_store::{
     LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, Snapshot, StoreError, WatchBatch,
@@ -37,7 +40,7 @@ pub struct EtcdOptions {
 /// The etcd store of one network.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    members: Arc<Members>,
     keys: Keys,
 }
 
@@ -106,7 +109,10 @@ impl EtcdStore {
         let mut co = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(10))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            // A member cut off from the others answers Unavailable instead of stale data, so
+            // requests move on to a member of the quorum.
+            .with_require_leader(true);
         if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
             co = co.with_user(u.clone(), p.clone());
         }
@@ -126,13 +132,9 @@ impl EtcdStore {
             }
             co = co.with_tls(tls);
         }
-        let client = Client::connect(&opts.endpoints, Some(co))
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("connecting to etcd at {}: {e}", opts.endpoints.join(","))
-            })?;
+        let members = Members::connect(&opts.endpoints, co).await?;
         Ok(EtcdStore {
-            client,
+            members: Arc::new(members),
             keys: Keys::new(&opts.prefix),
         })
     }
@@ -158,11 +160,12 @@ impl EtcdStore {
         );
         let txn = Txn::new().when([cond]).and_then([put]);
         let resp = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(ctx(format!("{op} {key}")))?;
+            .members
+            .call(&format!("{op} {key}"), |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         Ok(resp.succeeded())
     }
 }
@@ -177,11 +180,12 @@ impl LeaseStore for EtcdStore {
     async fn snapshot(&self) -> Result<Snapshot> {
         let root = self.keys.root.clone();
         let resp = self
-            .client
-            .clone()
-            .get(root.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(ctx(format!("reading {root}")))?;
+            .members
+            .call(&format!("reading {root}"), |mut c| {
+                let root = root.clone();
+                async move { c.get(root, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
         let mut snap = Snapshot {
             revision: resp.header().map(|h| h.revision()).unwrap_or(0),
             ..Snapshot::default()
@@ -231,55 +235,50 @@ impl LeaseStore for EtcdStore {
         lease_id: i64,
     ) -> Result<()> {
         let key = self.lease_key(subnet);
-        let opts = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
-        self.client
-            .clone()
-            .put(key.clone(), record.to_json(), opts)
-            .await
-            .map_err(ctx(format!("updating {key}")))?;
+        let value = record.to_json();
+        self.members
+            .call(&format!("updating {key}"), |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                let opts = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
+                async move { c.put(key, value, opts).await }
+            })
+            .await?;
         Ok(())
     }
 
     async fn grant(&self, ttl: i64) -> Result<i64> {
-        Ok(self
-            .client
-            .clone()
-            .lease_grant(ttl, None)
-            .await
-            .map_err(ctx("granting a lease"))?
-            .id())
+        let resp = self
+            .members
+            .call("granting a lease", |mut c| async move {
+                c.lease_grant(ttl, None).await
+            })
+            .await?;
+        Ok(resp.id())
     }
 
     async fn keep_alive(&self, lease_id: i64) -> Result<i64> {
         let op = format!("renewing lease {lease_id:x}");
-        let (mut keeper, mut stream) = self
-            .client
-            .clone()
-            .lease_keep_alive(lease_id)
+        self.members
+            .call(&op, |mut c| async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease_id).await?;
+                keeper.keep_alive().await?;
+                Ok(stream.message().await?.map_or(0, |resp| resp.ttl()))
+            })
             .await
-            .map_err(ctx(op.clone()))?;
-        keeper.keep_alive().await.map_err(ctx(op.clone()))?;
-        match stream.message().await.map_err(ctx(op))? {
-            Some(resp) => Ok(resp.ttl()),
-            None => Ok(0),
-        }
     }
 
     async fn watch(&self, revision: i64) -> Result<EtcdWatch> {
         let root = self.keys.root.clone();
         let stream = self
-            .client
-            .clone()
-            .watch(
-                root.clone(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision),
-                ),
-            )
-            .await
-            .map_err(ctx(format!("watching {root}")))?;
+            .members
+            .call(&format!("watching {root}"), |mut c| {
+                let root = root.clone();
+                let opts = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision);
+                async move { c.watch(root, Some(opts)).await }
+            })
+            .await?;
         Ok(EtcdWatch {
             stream,
             keys: self.keys.clone(),

@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 
 use crate::netconf::BackendType;
+use crate::quote::quote;
 
 /// The key suffix for a subnet: `10.5.34.0-24`.
 pub fn subnet_key(subnet: Ipv4Net) -> String {
@@ -49,14 +50,15 @@ impl LeaseRecord {
             .ok_or_else(|| BadLease("PublicIP missing".into()))?;
         let public_ip: Ipv4Addr = ip
             .parse()
-            .map_err(|_| BadLease(format!("PublicIP {ip:?} is not IPv4")))?;
+            .map_err(|_| BadLease(format!("PublicIP {} is not IPv4", quote(ip))))?;
         let backend = match v.get("BackendType").and_then(Value::as_str) {
             None | Some("udp") => BackendType::Udp,
             Some("vxlan") => BackendType::Vxlan,
             Some("host-gw") => BackendType::HostGw,
             Some(other) => {
                 return Err(BadLease(format!(
-                    "BackendType {other:?} is not one twill knows"
+                    "BackendType {} is not one twill knows",
+                    quote(other)
                 )));
             }
         };
@@ -64,7 +66,7 @@ impl LeaseRecord {
         let vtep_mac = match data.and_then(|d| d.get("VtepMAC")).and_then(Value::as_str) {
             Some(m) => Some(
                 twill_netkit::parse_mac(m)
-                    .ok_or_else(|| BadLease(format!("VtepMAC {m:?} is not a MAC")))?,
+                    .ok_or_else(|| BadLease(format!("VtepMAC {} is not a MAC", quote(m))))?,
             ),
             None => None,
         };
@@ -144,6 +146,13 @@ mod tests {
             let e = LeaseRecord::parse(v.as_bytes()).unwrap_err();
             assert!(e.0.contains(want), "{v}: {e}");
         }
+        let huge = format!(r#"{{"PublicIP":"{}"}}"#, "9".repeat(1 << 20));
+        let e = LeaseRecord::parse(huge.as_bytes()).unwrap_err();
+        assert!(
+            e.0.len() < 200,
+            "a 1 MB value is quoted short: {} bytes",
+            e.0.len()
+        );
     }
 
     #[test]

@@ -122,6 +122,25 @@ pub async fn acquire<S: LeaseStore>(
                     return Ok(held);
                 }
             }
+            // Our subnet file names it and nobody can read the value: it is ours (a corrupt
+            // value must never move a node away from its running containers).
+            // Bound to its live lease if it has one, else to a new one (a plain `etcdctl put`
+            // detaches a key from its lease; that must not make it a reservation).
+            Some(e) if e.record.is_err() => {
+                tracing::warn!(key = %e.key, "the subnet file's subnet has an unreadable lease value: taking it back");
+                let live = e.lease_id != 0 && store.keep_alive(e.lease_id).await.unwrap_or(0) > 0;
+                let id = if live {
+                    e.lease_id
+                } else {
+                    store.grant(ttl).await?
+                };
+                if store.take_over(h, record, id, e.mod_revision).await? {
+                    return Ok(Held {
+                        subnet: h,
+                        lease_id: id,
+                    });
+                }
+            }
             Some(_) => {
                 tracing::warn!(subnet = %h, "the subnet file's subnet is held by another node: leasing a new one")
             }

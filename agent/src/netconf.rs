@@ -80,17 +80,25 @@ fn get_str<'a>(
     match get(obj, key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(err(key, format!("expected a string, got {other}"))),
+        Some(other) => Err(err(
+            key,
+            format!("expected a string, got {}", crate::quote::json(other)),
+        )),
     }
 }
 
 fn get_u64(obj: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, ConfigError> {
     match get(obj, key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| err(key, format!("expected a non-negative integer, got {v}"))),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            err(
+                key,
+                format!(
+                    "expected a non-negative integer, got {}",
+                    crate::quote::json(v)
+                ),
+            )
+        }),
     }
 }
 
@@ -145,9 +153,12 @@ impl NetworkConfig {
             let Some(s) = get_str(obj, field)? else {
                 return Ok(Ipv4Addr::from(default));
             };
-            let ip: Ipv4Addr = s
-                .parse()
-                .map_err(|_| err(field, format!("{s:?} is not an IPv4 address")))?;
+            let ip: Ipv4Addr = s.parse().map_err(|_| {
+                err(
+                    field,
+                    format!("{} is not an IPv4 address", crate::quote::quote(s)),
+                )
+            })?;
             let v = u32::from(ip);
             if !network.contains(&ip) {
                 return Err(err(field, format!("{ip} is outside Network {network}")));
@@ -181,7 +192,12 @@ impl NetworkConfig {
                 true,
             ),
             Some(Value::Object(b)) => (parse_backend(b)?, false),
-            Some(other) => return Err(err("Backend", format!("expected an object, got {other}"))),
+            Some(other) => {
+                return Err(err(
+                    "Backend",
+                    format!("expected an object, got {}", crate::quote::json(other)),
+                ));
+            }
         };
         Ok(NetworkConfig {
             network,
@@ -264,7 +280,8 @@ fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
             return Err(err(
                 "Backend.Type",
                 format!(
-                    "{other:?} is not supported: use host-gw, vxlan or udp (this kernel has no wireguard/ipip)"
+                    "{} is not supported: use host-gw, vxlan or udp (this kernel has no wireguard/ipip)",
+                    crate::quote::quote(other)
                 ),
             ));
         }
@@ -288,7 +305,7 @@ fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
         Some(other) => {
             return Err(err(
                 "Backend.DirectRouting",
-                format!("expected true or false, got {other}"),
+                format!("expected true or false, got {}", crate::quote::json(other)),
             ));
         }
     };

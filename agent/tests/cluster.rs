@@ -595,7 +595,9 @@ fn a_renewal_that_fails_while_etcd_is_unreachable_is_retried_before_the_lease_ex
     assert_ne!(lease, 0);
 
     // h1 cannot reach etcd from 60 s to 95 s: the renewal at 70 s fails. Before the fix the
-    // retry came one renewal interval later (140 s), after the lease expired at 130 s.
+    // retry came one renewal interval later (140 s), after the lease expired at 130 s. The
+    // connections are reset, not dropped: a dropped keepalive stays in the socket's send queue
+    // and reaches etcd when the path opens again, renewing the lease behind the agent's back.
     let endpoint = lab.endpoint();
     let hostport = endpoint.trim_start_matches("http://");
     let (ip, port) = hostport.rsplit_once(':').expect("host:port");
@@ -616,7 +618,8 @@ fn a_renewal_that_fails_while_etcd_is_unreachable_is_retried_before_the_lease_ex
         "{ type filter hook output priority 0; }",
     ]);
     nft(&[
-        "add", "rule", "inet", "twt_cut", "out", "ip", "daddr", ip, "tcp", "dport", port, "drop",
+        "add", "rule", "inet", "twt_cut", "out", "ip", "daddr", ip, "tcp", "dport", port, "reject",
+        "with", "tcp", "reset",
     ]);
     until(leased + Duration::from_secs(95));
     nft(&["delete", "table", "inet", "twt_cut"]);
@@ -644,4 +647,73 @@ fn a_renewal_that_fails_while_etcd_is_unreachable_is_retried_before_the_lease_ex
             .iter()
             .any(|r| r["dst"] == s1.to_string())
     );
+    assert!(
+        lab.log(1).contains("etcd answers again after"),
+        "the log says when etcd is back:
+{}",
+        lab.log(1)
+    );
+}
+
+#[test]
+fn a_corrupt_value_never_cuts_a_live_node_off_and_its_owner_writes_it_back() {
+    if !preconditions(
+        "a_corrupt_value_never_cuts_a_live_node_off_and_its_owner_writes_it_back",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-cv",
+        2,
+        r#"{"Network":"10.15.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    lab.start_agent(1, &[]);
+    lab.start_agent(2, &[]);
+    lab.wait_subnet(1);
+    let s2 = lab.wait_subnet(2).subnet;
+    lab.add_container(1);
+    lab.add_container(2);
+    lab.eventually("both containers reach each other", 20, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{}",
+        s2.network(),
+        s2.prefix_len()
+    );
+    let good = lab.etcdctl(&["get", &key, "--print-value-only"]);
+
+    // 100 KB of garbage over h2's live key with a plain put (which also detaches it from its
+    // etcd lease): h1 keeps h2's route and names the key, h2 writes its value back.
+    let garbage = "#".repeat(100_000);
+    lab.etcdctl(&["put", &key, &garbage]);
+    lab.eventually("h2 writes its value back", 10, || {
+        lab.etcdctl(&["get", &key, "--print-value-only"]) == good
+            && lease_of(&lab, &key).is_some_and(|l| l != 0)
+    });
+    lab.eventually("h1 names the corrupt key", 10, || lab.log(1).contains(&key));
+    assert!(lab.unreachable_pairs().is_empty());
+    assert!(
+        !lab.log(1).contains("removed stale route"),
+        "h1 never dropped h2's route:\n{}",
+        lab.log(1)
+    );
+    for h in 1..=2 {
+        let longest = lab.log(h).lines().map(str::len).max().unwrap_or(0);
+        assert!(
+            longest < 2000,
+            "h{h} quoted the value whole: a {longest}-byte log line"
+        );
+    }
+
+    // h2 restarts while its own value is corrupt: same subnet, containers still reachable.
+    lab.stop_agent(2);
+    lab.etcdctl(&["put", &key, "garbage"]);
+    lab.start_agent(2, &[]);
+    lab.eventually("h2 takes its key back", 20, || {
+        lab.etcdctl(&["get", &key, "--print-value-only"]) == good
+    });
+    assert_eq!(lab.wait_subnet(2).subnet, s2, "h2 kept its subnet");
+    assert!(lab.unreachable_pairs().is_empty());
 }

@@ -401,6 +401,100 @@ async fn our_existing_lease_is_resumed_after_a_restart() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_live_peer_whose_value_turns_corrupt_keeps_its_last_good_value() {
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    let node = c.node.clone();
+    c.run(async {
+        sleep(secs(1)).await;
+        let id = store.put_foreign(net("10.5.70.0/24"), &foreign("192.168.1.70"), 3600);
+        sleep(secs(1)).await;
+        assert!(node.last_apply().contains(&net("10.5.70.0/24")));
+        // Garbage written over the live peer's value, bound to its lease as before.
+        store.put_bound(net("10.5.70.0/24"), "garbage", id);
+        sleep(secs(30)).await;
+        assert!(
+            node.last_apply().contains(&net("10.5.70.0/24")),
+            "kept on watch events"
+        );
+        // A re-list (after compaction) keeps it too.
+        store.compact();
+        sleep(secs(30)).await;
+    })
+    .await;
+    assert!(c.node.last_apply().contains(&net("10.5.70.0/24")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn our_own_value_corrupted_or_edited_is_written_back() {
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    let node = c.node.clone();
+    c.run(async {
+        sleep(secs(1)).await;
+        let s = node.subnets_set()[0];
+        let id = store.get(s).unwrap().lease;
+        store.put_bound(s, "garbage", id);
+        sleep(secs(1)).await;
+        // Edited, still naming us (another PublicIP would mean another node took the subnet).
+        let edited = foreign("192.168.1.1").replace("host-gw", "udp");
+        store.put_bound(s, &edited, id);
+        sleep(secs(1)).await;
+        // A plain `etcdctl put` detaches the key from our lease.
+        store.put_bound(s, "garbage", 0);
+        sleep(secs(1)).await;
+    })
+    .await;
+    let (subnet, kv) = c.own().expect("our value is back");
+    assert_eq!(kv.value, record([192, 168, 1, 1]).to_json());
+    assert_ne!(kv.lease, 0, "bound to our lease again");
+    assert_eq!(c.node.subnets_set(), [subnet], "never moved");
+    assert_eq!(c.store.calls("update_lease").len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_node_holding_our_subnet_makes_us_lease_again() {
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    let node = c.node.clone();
+    c.run(async {
+        sleep(secs(1)).await;
+        let s = node.subnets_set()[0];
+        let id = store.get(s).unwrap().lease;
+        store.put_bound(s, &foreign("192.168.1.2"), id);
+        sleep(secs(1)).await;
+    })
+    .await;
+    let set = c.node.subnets_set();
+    assert_eq!(set.len(), 2, "{set:?}");
+    assert_ne!(set[0], set[1], "moved to a free subnet: {set:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_with_our_own_value_corrupt_keeps_the_subnet() {
+    let mut c = Case::new(3600, 600);
+    let id = c.store.put_foreign(net("10.5.99.0/24"), "garbage", 3600);
+    c.hint = Some(net("10.5.99.0/24"));
+    c.run(sleep(secs(1))).await;
+    assert_eq!(c.node.subnets_set(), [net("10.5.99.0/24")]);
+    let kv = c.store.get(net("10.5.99.0/24")).unwrap();
+    assert!(kv.value.contains("192.168.1.1"), "{}", kv.value);
+    assert_eq!(kv.lease, id, "the live lease was resumed");
+
+    // Detached from any lease by a plain `etcdctl put`: taken back bound to a new lease.
+    let mut c = Case::new(3600, 600);
+    c.store.put_foreign(net("10.5.98.0/24"), "garbage", 0);
+    c.hint = Some(net("10.5.98.0/24"));
+    c.run(sleep(secs(1))).await;
+    assert_eq!(c.node.subnets_set(), [net("10.5.98.0/24")]);
+    assert_ne!(
+        c.store.get(net("10.5.98.0/24")).unwrap().lease,
+        0,
+        "not a reservation"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn corrupt_peer_values_are_skipped_and_good_peers_applied() {
     let c = Case::new(3600, 600);
     let store = c.store.clone();

@@ -169,6 +169,12 @@ impl MemStore {
         id
     }
 
+    /// Writes `value` at `subnet`'s key bound to store lease `lease` (0: none), as an operator
+    /// with etcdctl would.
+    pub fn put_bound(&self, subnet: Ipv4Net, value: &str, lease: i64) {
+        self.state().put(subnet, value.to_string(), lease);
+    }
+
     /// Deletes a key, as an operator would.
     pub fn delete(&self, subnet: Ipv4Net) {
         self.state().delete(subnet);

@@ -1,0 +1,147 @@
+//! The members of an etcd cluster as twilld uses them: one client per endpoint, requests go to
+//! the member that answered last, and a request that fails because its member is unreachable
+//! is retried on the next member at once. A member that failed sits out for a while (it is
+//! tried again only when no other member answers, or after the pause), so one dead member of
+//! three never costs a renewal. etcd's Go client does the same; the balanced channel of the
+//! Rust client kept sending a third of the requests to a killed member.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+
+use crate::lease_store::StoreError;
+
+/// How long a member that failed is skipped while others answer.
+const SIT_OUT: Duration = Duration::from_secs(30);
+
+/// One endpoint and its client (connected lazily when the first connect failed).
+struct Member {
+    endpoint: String,
+    client: tokio::sync::Mutex<Option<Client>>,
+    /// Skipped until then, unless no other member answers.
+    failed_until: Mutex<Option<Instant>>,
+}
+
+/// The cluster's members.
+pub struct Members {
+    members: Vec<Member>,
+    options: ConnectOptions,
+    /// The member to try first: the one that answered last.
+    current: AtomicUsize,
+}
+
+/// Whether an error means "this member cannot be reached" (worth trying another), as opposed
+/// to an answer (a missing lease, a denied permission) that another member would repeat.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ),
+        _ => false,
+    }
+}
+
+impl Members {
+    /// Clients for every endpoint. A member that cannot be connected now is connected on
+    /// first use; an error only when no endpoint is usable at all (a bad URL, TLS setup).
+    pub async fn connect(endpoints: &[String], options: ConnectOptions) -> anyhow::Result<Members> {
+        if endpoints.is_empty() {
+            anyhow::bail!("no etcd endpoints given (--etcd-endpoints)");
+        }
+        let mut members = Vec::with_capacity(endpoints.len());
+        let mut errors = Vec::new();
+        for ep in endpoints {
+            let client = match Client::connect([ep], Some(options.clone())).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    errors.push(format!("{ep}: {e}"));
+                    None
+                }
+            };
+            members.push(Member {
+                endpoint: ep.clone(),
+                client: tokio::sync::Mutex::new(client),
+                failed_until: Mutex::new(None),
+            });
+        }
+        if errors.len() == endpoints.len() {
+            anyhow::bail!("connecting to etcd: {}", errors.join("; "));
+        }
+        Ok(Members {
+            members,
+            options,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    async fn client(&self, m: &Member) -> Result<Client, etcd_client::Error> {
+        let mut slot = m.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Client::connect([&m.endpoint], Some(self.options.clone())).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    fn sitting_out(m: &Member) -> bool {
+        let until = m.failed_until.lock().map(|g| *g).unwrap_or(None);
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn mark(m: &Member, failed: bool) {
+        if let Ok(mut g) = m.failed_until.lock() {
+            *g = failed.then(|| Instant::now() + SIT_OUT);
+        }
+    }
+
+    /// The members in the order to try them: the current one, the others, and those sitting
+    /// out last.
+    fn order(&self) -> Vec<usize> {
+        let n = self.members.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let (mut ready, mut out): (Vec<usize>, Vec<usize>) = (0..n)
+            .map(|i| (start + i) % n)
+            .partition(|&i| !Self::sitting_out(&self.members[i]));
+        ready.append(&mut out);
+        ready
+    }
+
+    /// Runs `f` on a member's client, moving on to the next member while members are
+    /// unreachable. The error names every member tried.
+    pub async fn call<T, F, Fut>(&self, op: &str, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut failures = Vec::new();
+        for i in self.order() {
+            let m = &self.members[i];
+            let result = match self.client(m).await {
+                Ok(c) => f(c).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(v) => {
+                    Self::mark(m, false);
+                    if self.current.swap(i, Ordering::Relaxed) != i && !failures.is_empty() {
+                        tracing::info!(endpoint = %m.endpoint, "{op}: using etcd member {}", m.endpoint);
+                    }
+                    return Ok(v);
+                }
+                Err(e) if unreachable(&e) => {
+                    Self::mark(m, true);
+                    tracing::debug!(endpoint = %m.endpoint, error = %e, "{op}: member unreachable, trying the next");
+                    failures.push(format!("{}: {e}", m.endpoint));
+                }
+                Err(e) => return Err(StoreError::new(op, format!("{}: {e}", m.endpoint))),
+            }
+        }
+        Err(StoreError::new(op, failures.join("; ")))
+    }
+}
