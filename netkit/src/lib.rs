@@ -10,6 +10,7 @@ mod link;
 mod neigh;
 mod netlink;
 mod netns;
+pub mod random;
 mod route;
 pub mod subnet_env;
 pub mod sysctl;
