@@ -9,6 +9,7 @@ pub mod error;
 pub mod ipam;
 pub mod masq;
 pub mod result;
+pub mod rollback;
 pub mod setup;
 pub mod version;
 
