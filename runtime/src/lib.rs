@@ -8,6 +8,7 @@ pub mod cni_client;
 pub mod container;
 pub mod error;
 pub mod image;
+pub mod messages;
 pub mod network;
 pub mod process;
 pub mod rootfs;
