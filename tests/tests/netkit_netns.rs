@@ -183,5 +183,8 @@ fn run_returns_the_callers_error_type_intact() {
             Ok::<_, Coded>(())
         })
         .unwrap_err();
-    assert!(matches!(&err, Coded::Netkit(m) if m.contains("nope0")), "{err:?}");
+    assert!(
+        matches!(&err, Coded::Netkit(m) if m.contains("nope0")),
+        "{err:?}"
+    );
 }
