@@ -219,7 +219,8 @@ fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd, userns: Option<MapHa
         127
     };
     // The rootfs is built while the parent puts us into the cgroup (on cgroup v1 that write
-    // waits for an RCU grace period, ~15 ms here); the command starts only after both.
+    // waits for an RCU grace period, see `cgroup::prewarm_join`); the command starts only
+    // after both.
     if spec.net == crate::network::NetJoin::New
         && let Err(e) = loopback_up()
     {
