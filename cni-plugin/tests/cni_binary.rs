@@ -142,6 +142,16 @@ fn cni_in(
     (ok, v)
 }
 
+/// Whether Debian's reference plugin `name` is installed (CI must have them all).
+fn reference_plugin_installed(name: &str) -> bool {
+    let there = Path::new("/usr/lib/cni").join(name).exists();
+    assert!(
+        there || !twill_tests::in_ci(),
+        "CI must install containernetworking-plugins ({name} is missing)"
+    );
+    there
+}
+
 fn ip_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
@@ -530,11 +540,7 @@ fn add_failing_at_the_last_step_leaves_nothing_behind() {
     ) {
         return;
     }
-    if !Path::new("/usr/lib/cni/host-local").exists() {
-        assert!(
-            !twill_tests::in_ci(),
-            "CI must install containernetworking-plugins"
-        );
+    if !reference_plugin_installed("host-local") {
         return;
     }
     let node = Node::new("cni12");
@@ -641,11 +647,7 @@ fn requested_ip_and_delegated_host_local() {
     assert!(ok && r["ips"][0]["address"] == "10.244.7.78/24", "{r}");
 
     // Delegated IPAM: Debian's reference host-local.
-    if !Path::new("/usr/lib/cni/host-local").exists() {
-        assert!(
-            !twill_tests::in_ci(),
-            "CI must install containernetworking-plugins"
-        );
+    if !reference_plugin_installed("host-local") {
         return;
     }
     let mut conf = node.conf("1.0.0");
@@ -731,11 +733,7 @@ fn chained_with_reference_portmap() {
     if !preconditions("chained_with_reference_portmap", &["ip", "nft", "iptables"]) {
         return;
     }
-    if !Path::new("/usr/lib/cni/portmap").exists() {
-        assert!(
-            !twill_tests::in_ci(),
-            "CI must install containernetworking-plugins"
-        );
+    if !reference_plugin_installed("portmap") {
         return;
     }
     let node = Node::new("cni8");
@@ -796,11 +794,7 @@ fn chained_with_reference_tuning_bandwidth_firewall() {
     ) {
         return;
     }
-    if !Path::new("/usr/lib/cni/bandwidth").exists() {
-        assert!(
-            !twill_tests::in_ci(),
-            "CI must install containernetworking-plugins"
-        );
+    if !reference_plugin_installed("bandwidth") {
         return;
     }
     let node = Node::new("cni9");
