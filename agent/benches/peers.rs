@@ -134,7 +134,9 @@ fn one(kind: &str, n: u32, events: u32) -> Run {
     let mut child: Child = cmd.spawn().expect("twilld");
     let count = || {
         host.netns
-            .run(|nl: Netlink| async move { Ok(nl.list_routes(Some(RTPROT_TWILL)).await?.len()) })
+            .run(|nl: Netlink| async move {
+                Ok::<_, twill_netkit::Error>(nl.list_routes(Some(RTPROT_TWILL)).await?.len())
+            })
             .unwrap_or(0)
     };
     while count() < n as usize {
@@ -164,10 +166,11 @@ fn one(kind: &str, n: u32, events: u32) -> Run {
             let hit = host
                 .netns
                 .run(|nl: Netlink| async move {
-                    Ok(nl
-                        .lookup_route(probe)
-                        .await?
-                        .is_some_and(|r| r.gateway == Some(gw)))
+                    Ok::<_, twill_netkit::Error>(
+                        nl.lookup_route(probe)
+                            .await?
+                            .is_some_and(|r| r.gateway == Some(gw)),
+                    )
                 })
                 .unwrap_or(false);
             if hit {

@@ -1,6 +1,7 @@
 //! twill-agent: `twilld`, the per-node agent. Leases this node's subnet from etcd in
-//! Flannel's v3 layout, writes the subnet file, and keeps routes (host-gw) or the VXLAN VTEP's
-//! neighbours, FDB entries and routes matching every other node's lease.
+//! Flannel's v3 layout, writes the subnet file, and keeps the backend matching every other
+//! node's lease: routes (host-gw), the VXLAN VTEP's neighbours, FDB entries and routes
+//! (vxlan), or the TUN `flannel0` and its userspace UDP data path (udp).
 
 pub mod agent;
 pub mod backend;

@@ -5,10 +5,10 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
-use twill_netkit::Netns;
 use twill_netkit::subnet_env::SubnetEnv;
+use twill_netkit::{Link, Netns, random};
 
-use crate::config::{Attachment, NetConf};
+use crate::config::{Attachment, Dns, NetConf};
 use crate::env::CniEnv;
 use crate::error::{
     CniError, CniResult, INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN, UNKNOWN_CONTAINER,
@@ -19,6 +19,7 @@ use crate::ipam::delegate;
 use crate::ipam::store::Store;
 use crate::masq;
 use crate::result::{AddResult, Interface, IpConfig, RouteSpec};
+use crate::rollback::Rollback;
 use crate::setup::{self, HostPlan};
 
 /// Best-effort commands run every step and report all failures together.
@@ -74,60 +75,83 @@ fn current_netns() -> CniResult<Netns> {
     Netns::current().map_err(CniError::from)
 }
 
-/// Where an ADD got its address from, so a failure can give it back.
-enum Lease {
-    Builtin(Store),
-    Delegated(String),
+/// The address an ADD got, and what came with it.
+struct Assignment {
+    ip: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+    routes: Vec<RouteSpec>,
+    dns: Dns,
 }
 
-impl Lease {
-    fn give_back(&self, conf: &NetConf, env: &CniEnv, stdin: &[u8]) {
-        let r = match self {
-            Lease::Builtin(store) => store
-                .lock()
-                .and_then(|l| store.release(&l, &env.container_id, &env.ifname))
-                .map(|_| ()),
-            Lease::Delegated(plugin) => delegate::exec(plugin, "DEL", env, stdin).map(|_| ()),
-        };
-        if let Err(e) = r {
-            eprintln!(
-                "twill: network {}: releasing address after failed ADD: {e}",
-                conf.name
-            );
-        }
-    }
-}
-
-/// ADD: address, bridge, veth, container interface; everything rolled back on failure.
+/// ADD, as a list of named steps. Each step that creates something records its undo on the
+/// rollback guard; any failure drops the guard, which undoes those steps newest first.
 pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResult<String> {
     let se = subnet_env(conf)?;
-    let plugin = conf.ipam_type().map(str::to_string);
-    if plugin.is_none() && se.is_none() {
+    let masq = check_add_request(conf, se.as_ref())?;
+    let netns_path = env.netns.clone().unwrap_or_default();
+    let ctr = open_netns(&netns_path)?;
+    ensure_interface_absent(&ctr, &env.ifname)?;
+    let host_ns = current_netns()?;
+
+    let mut rollback = Rollback::new(&conf.name);
+    let mut assigned = lease_address(conf, env, stdin, se.as_ref(), &mut rollback)?;
+    add_default_route(conf, &mut assigned);
+    let plan = host_plan(conf, env, se.as_ref(), &assigned, &host_ns)?;
+    let (bridge, veth) = create_host_side(&host_ns, &plan, &ctr, &mut rollback)?;
+    if conf.is_gateway() {
+        host_ns.enter(setup::enable_forwarding)??;
+    }
+    let container = configure_container_side(&ctr, &plan.tmp_peer, &env.ifname, &assigned)?;
+    if masq && let Some(se) = &se {
+        masq::ensure(&conf.name, se.subnet, se.network, &conf.ipam_dir(), false)?;
+    }
+    rollback.commit();
+
+    let result = add_result(
+        conf,
+        [bridge, veth],
+        container,
+        &netns_path.display().to_string(),
+        assigned,
+    );
+    Ok(result.to_json(version).to_string())
+}
+
+/// Step: refuse what ADD cannot do before anything is created; answers whether to masquerade.
+fn check_add_request(conf: &NetConf, se: Option<&SubnetEnv>) -> CniResult<bool> {
+    let delegated = conf.ipam_type().is_some();
+    if !delegated && se.is_none() {
         return Err(missing_subnet_file(conf, TRY_AGAIN));
     }
-    let masq = ip_masq(conf, se.as_ref());
-    if masq && plugin.is_some() {
+    let masq = ip_masq(conf, se);
+    if masq && delegated {
         return Err(CniError::new(
             UNSUPPORTED_FIELD,
             "ipMasq=true with a delegated ipam.type is not supported: use twill's built-in IPAM or set ipMasq to false",
         ));
     }
-    let netns_path = env.netns.clone().unwrap_or_default();
-    let ctr = open_netns(&netns_path)?;
-    let ifname = env.ifname.clone();
-    ctr.run(|nl| async move {
-        setup::ensure_absent(&nl, &ifname)
-            .await
-            .map_err(|e| twill_netkit::Error::Invalid(e.msg))
-    })
-    .map_err(|e| CniError::new(INTERNAL, e.to_string()))?;
+    Ok(masq)
+}
 
-    // 1. The address.
+/// Step: CNI_IFNAME must not exist in the container yet (the spec makes that an error).
+fn ensure_interface_absent(ctr: &Netns, ifname: &str) -> CniResult<()> {
+    ctr.run(|nl| async move { setup::ensure_absent(&nl, ifname).await })
+}
+
+/// Step: an address from the built-in IPAM (over the subnet file) or the delegated plugin;
+/// giving it back goes on `rollback`.
+fn lease_address<'a>(
+    conf: &'a NetConf,
+    env: &'a CniEnv,
+    stdin: &'a [u8],
+    se: Option<&SubnetEnv>,
+    rollback: &mut Rollback<'a>,
+) -> CniResult<Assignment> {
     let requested = match env.requested_ip {
         Some(ip) => Some(ip),
         None => conf.runtime_ip()?,
     };
-    let (lease, ip, gateway, mut routes, dns) = match (&plugin, &se) {
+    match (conf.ipam_type(), se) {
         (None, Some(se)) => {
             let store = Store::open(&conf.ipam_dir())?;
             let range = Range {
@@ -145,145 +169,149 @@ pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResu
                     requested,
                 )?
             };
-            let addr = Ipv4Net::new(ip, se.subnet.prefix_len()).unwrap_or(se.subnet);
-            let routes = vec![RouteSpec {
-                dst: se.network,
-                gw: Some(se.gateway()),
-            }];
-            (
-                Lease::Builtin(store),
-                addr,
-                Some(se.gateway()),
-                routes,
-                Default::default(),
-            )
+            rollback.on_failure("releasing address", move || {
+                let lock = store.lock()?;
+                store
+                    .release(&lock, &env.container_id, &env.ifname)
+                    .map(|_| ())
+            });
+            Ok(Assignment {
+                ip: Ipv4Net::new(ip, se.subnet.prefix_len()).unwrap_or(se.subnet),
+                gateway: Some(se.gateway()),
+                routes: vec![RouteSpec {
+                    dst: se.network,
+                    gw: Some(se.gateway()),
+                }],
+                dns: Dns::default(),
+            })
         }
-        (Some(p), _) => {
-            let out = delegate::exec(p, "ADD", env, stdin)?.ok_or_else(|| {
-                CniError::new(INTERNAL, format!("IPAM plugin {p} printed no result"))
+        (Some(plugin), _) => {
+            let out = delegate::exec(plugin, "ADD", env, stdin)?;
+            rollback.on_failure("releasing address", move || {
+                delegate::exec(plugin, "DEL", env, stdin).map(|_| ())
+            });
+            let out = out.ok_or_else(|| {
+                CniError::new(INTERNAL, format!("IPAM plugin {plugin} printed no result"))
             })?;
-            let r = AddResult::from_json(&out);
-            let lease = Lease::Delegated(p.clone());
-            let r = match r {
-                Ok(r) => r,
-                Err(e) => {
-                    lease.give_back(conf, env, stdin);
-                    return Err(e);
-                }
-            };
-            let Some(first) = r.ips.first().cloned() else {
-                lease.give_back(conf, env, stdin);
-                return Err(CniError::new(
+            let r = AddResult::from_json(&out)?;
+            let first = r.ips.first().ok_or_else(|| {
+                CniError::new(
                     INTERNAL,
-                    format!("IPAM plugin {p} returned no IPv4 address"),
-                ));
-            };
-            (lease, first.address, first.gateway, r.routes, r.dns)
+                    format!("IPAM plugin {plugin} returned no IPv4 address"),
+                )
+            })?;
+            Ok(Assignment {
+                ip: first.address,
+                gateway: first.gateway,
+                routes: r.routes,
+                dns: r.dns,
+            })
         }
-        (None, None) => unreachable!("checked above"),
-    };
+        (None, None) => Err(missing_subnet_file(conf, TRY_AGAIN)),
+    }
+}
+
+/// Step: with isDefaultGateway, a default route via the gateway unless IPAM gave one.
+fn add_default_route(conf: &NetConf, assigned: &mut Assignment) {
     if conf.is_default_gateway()
-        && let Some(gw) = gateway
-        && !routes.iter().any(|r| r.dst.prefix_len() == 0)
+        && let Some(gw) = assigned.gateway
+        && !assigned.routes.iter().any(|r| r.dst.prefix_len() == 0)
     {
-        routes.push(RouteSpec {
+        assigned.routes.push(RouteSpec {
             dst: Ipv4Net::default(),
             gw: Some(gw),
         });
     }
+}
 
-    // 2. The kernel side; on failure undo it all.
-    let mtu = match conf.mtu.or(se.as_ref().map(|s| s.mtu)) {
+/// Step: names, MTU and bridge address of the host side. The MTU is the config's, else the
+/// subnet file's, else that of the host's default route.
+fn host_plan<'c>(
+    conf: &'c NetConf,
+    env: &CniEnv,
+    se: Option<&SubnetEnv>,
+    assigned: &Assignment,
+    host_ns: &Netns,
+) -> CniResult<HostPlan<'c>> {
+    let mtu = match conf.mtu.or(se.map(|s| s.mtu)) {
         Some(m) => m,
-        None => current_netns()?
-            .run(|nl| async move { Ok(setup::default_route_mtu(&nl).await) })?
+        None => host_ns
+            .run(|nl| async move { Ok::<_, CniError>(setup::default_route_mtu(&nl).await) })?
             .unwrap_or(1500),
     };
-    let host_veth = setup::host_veth_name(&env.container_id, &env.ifname, 0);
-    let tmp_peer = format!("tw{:08x}", setup::random_u32());
-    let plan = HostPlan {
+    Ok(HostPlan {
         bridge: conf.bridge(),
-        bridge_addr: match (conf.is_gateway(), gateway) {
-            (true, Some(gw)) => Some(setup::gateway_cidr(gw, ip.trunc())),
+        bridge_addr: match (conf.is_gateway(), assigned.gateway) {
+            (true, Some(gw)) => Some(setup::gateway_cidr(gw, assigned.ip.trunc())),
             _ => None,
         },
         mtu,
         hairpin: conf.hairpin(),
-        host_veth: host_veth.clone(),
-        tmp_peer: tmp_peer.clone(),
-    };
-    let host_ns = current_netns()?;
-    let wired = (|| -> CniResult<(twill_netkit::Link, twill_netkit::Link, twill_netkit::Link)> {
-        let ctr_ref = &ctr;
-        let plan_ref = &plan;
-        let (bridge, veth) = host_ns.run(|nl| async move {
-            setup::host_side(&nl, plan_ref, ctr_ref)
-                .await
-                .map_err(|e| twill_netkit::Error::Invalid(e.msg))
-        })?;
-        if conf.is_gateway() {
-            host_ns.enter(setup::enable_forwarding)??;
-        }
-        let (ifname, routes_ref) = (&env.ifname, &routes);
-        let c = ctr.run(|nl| async move {
-            setup::container_side(&nl, &tmp_peer, ifname, ip, routes_ref)
-                .await
-                .map_err(|e| twill_netkit::Error::Invalid(e.msg))
-        })?;
-        Ok((bridge, veth, c))
-    })();
-    let (bridge, veth, c) = match wired {
-        Ok(v) => v,
-        Err(e) => {
-            let hv = host_veth.clone();
-            let _ = host_ns.run(|nl| async move { nl.remove_link(&hv).await });
-            lease.give_back(conf, env, stdin);
-            return Err(e);
-        }
-    };
+        host_veth: setup::host_veth_name(&env.container_id, &env.ifname, 0),
+        // Random: parallel ADDs create their peers in the host namespace at the same time.
+        tmp_peer: format!("tw{:08x}", random::random_u64() as u32),
+    })
+}
 
-    // 3. Masquerade for the node's subnet (a no-op once in place).
-    if masq
-        && let Some(se) = &se
-        && let Err(e) = masq::ensure(&conf.name, se.subnet, se.network, &conf.ipam_dir(), false)
-    {
-        let hv = host_veth.clone();
-        let _ = host_ns.run(|nl| async move { nl.remove_link(&hv).await });
-        lease.give_back(conf, env, stdin);
-        return Err(e);
-    }
+/// Step: the bridge and the veth pair, the container end born in `ctr` under its temporary
+/// name; removing the host end (which takes the peer with it) goes on `rollback` first, so a
+/// failure half way through this step is undone too.
+fn create_host_side<'a>(
+    host_ns: &'a Netns,
+    plan: &HostPlan<'_>,
+    ctr: &Netns,
+    rollback: &mut Rollback<'a>,
+) -> CniResult<(Link, Link)> {
+    let host_veth = plan.host_veth.clone();
+    rollback.on_failure("removing host veth", move || {
+        host_ns
+            .run(|nl| async move { nl.remove_link(&host_veth).await })
+            .map(|_| ())
+            .map_err(CniError::from)
+    });
+    host_ns.run(|nl| async move { setup::host_side(&nl, plan, ctr).await })
+}
 
-    let mac = |l: &twill_netkit::Link| twill_netkit::format_mac(&l.mac);
-    let result = AddResult {
+/// Step: the container end renamed to CNI_IFNAME, with its address and routes, up.
+fn configure_container_side(
+    ctr: &Netns,
+    tmp_peer: &str,
+    ifname: &str,
+    assigned: &Assignment,
+) -> CniResult<Link> {
+    let (ip, routes) = (assigned.ip, &assigned.routes);
+    ctr.run(|nl| async move { setup::container_side(&nl, tmp_peer, ifname, ip, routes).await })
+}
+
+/// The result: bridge, host veth and container interface, the address on the latter.
+fn add_result(
+    conf: &NetConf,
+    host_links: [Link; 2],
+    container: Link,
+    sandbox: &str,
+    assigned: Assignment,
+) -> AddResult {
+    let interface = |l: &Link, sandbox: Option<String>| Interface {
+        name: l.name.clone(),
+        mac: twill_netkit::format_mac(&l.mac),
+        mtu: Some(l.mtu),
+        sandbox,
+    };
+    let [bridge, veth] = host_links;
+    AddResult {
         interfaces: vec![
-            Interface {
-                name: bridge.name.clone(),
-                mac: mac(&bridge),
-                mtu: Some(bridge.mtu),
-                sandbox: None,
-            },
-            Interface {
-                name: veth.name.clone(),
-                mac: mac(&veth),
-                mtu: Some(veth.mtu),
-                sandbox: None,
-            },
-            Interface {
-                name: c.name.clone(),
-                mac: mac(&c),
-                mtu: Some(c.mtu),
-                sandbox: Some(netns_path.display().to_string()),
-            },
+            interface(&bridge, None),
+            interface(&veth, None),
+            interface(&container, Some(sandbox.to_string())),
         ],
         ips: vec![IpConfig {
-            address: ip,
-            gateway,
+            address: assigned.ip,
+            gateway: assigned.gateway,
             interface: Some(2),
         }],
-        routes,
-        dns: conf.dns.clone().unwrap_or(dns),
-    };
-    Ok(result.to_json(version).to_string())
+        routes: assigned.routes,
+        dns: conf.dns.clone().unwrap_or(assigned.dns),
+    }
 }
 
 /// DEL: idempotent and best effort; every step runs and failures are reported together.
@@ -351,7 +379,7 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
     let (addrs, routes) = ctr
         .run(|nl| async move {
             let l = nl.require_link(&ifname).await?;
-            Ok((
+            Ok::<_, twill_netkit::Error>((
                 nl.list_addresses(l.index).await?,
                 nl.list_routes(None).await?,
             ))

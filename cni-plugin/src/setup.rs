@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ipnet::{IpNet, Ipv4Net};
 use twill_netkit::{Link, Netlink, Netns, Route, sysctl};
 
-use crate::error::{CniError, CniResult, INTERNAL};
+use crate::error::{CniError, CniResult, INTERNAL, INVALID_CONFIG};
 use crate::result::RouteSpec;
 
 /// The kernel's "static" route protocol (what `ip route add` uses) for container routes.
@@ -39,22 +39,6 @@ pub fn host_veth_name(container_id: &str, ifname: &str, salt: u32) -> String {
     format!("veth{:08x}", (h >> 32) as u32 ^ h as u32)
 }
 
-/// A random 32-bit value (for temporary names that must not collide between parallel ADDs).
-pub fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    // SAFETY: getrandom fills the 4-byte buffer we own.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
-    if n != 4 {
-        // Fall back to something unique enough within this host.
-        return std::process::id()
-            ^ (std::time::SystemTime::now()
-                .elapsed()
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(7));
-    }
-    u32::from_le_bytes(b)
-}
-
 /// The MTU of the link holding the default route, if any.
 pub async fn default_route_mtu(nl: &Netlink) -> Option<u32> {
     let routes = nl.list_routes(None).await.ok()?;
@@ -65,7 +49,10 @@ pub async fn default_route_mtu(nl: &Netlink) -> Option<u32> {
 /// Bridge (created if needed, gateway address added, MTU, up), then the veth pair with the
 /// container end born in `ctr` under a temporary name, attached and up.
 pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniResult<(Link, Link)> {
-    let bridge = nl.ensure_bridge(plan.bridge, Some(plan.mtu)).await?;
+    let bridge = nl
+        .ensure_bridge(plan.bridge, Some(plan.mtu))
+        .await
+        .map_err(bridge_error)?;
     if let Some(addr) = plan.bridge_addr {
         nl.ensure_address(bridge.index, IpNet::V4(addr)).await?;
     }
@@ -79,6 +66,17 @@ pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniRes
     nl.set_up(veth.index).await?;
     let veth = nl.require_link(&plan.host_veth).await?;
     Ok((bridge, veth))
+}
+
+/// netkit refuses a bridge name only when the name itself is unusable or taken by a link
+/// of another kind: the configuration's `bridge` cannot work on this host (code 7).
+fn bridge_error(e: twill_netkit::Error) -> CniError {
+    match e {
+        twill_netkit::Error::Invalid(msg) => {
+            CniError::new(INVALID_CONFIG, format!("bridge: {msg}"))
+        }
+        other => CniError::from(other),
+    }
 }
 
 /// Enables forwarding in the runtime's namespace (a bridge with a gateway routes).

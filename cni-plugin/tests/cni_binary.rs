@@ -43,6 +43,18 @@ impl Node {
         })
     }
 
+    /// Creates a link named `name` in the host namespace that is not a bridge (a veth).
+    fn add_non_bridge(&self, name: &str) {
+        let peer = format!("{name}2");
+        let host = self.scope.name("host");
+        run(
+            "ip",
+            &[
+                "-n", &host, "link", "add", name, "type", "veth", "peer", "name", &peer,
+            ],
+        );
+    }
+
     fn ipam_dir(&self) -> PathBuf {
         self.dir.path().join("ipam").join("twnet")
     }
@@ -128,6 +140,16 @@ fn cni_in(
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout not JSON ({e}): {text}"))
     };
     (ok, v)
+}
+
+/// Whether Debian's reference plugin `name` is installed (CI must have them all).
+fn reference_plugin_installed(name: &str) -> bool {
+    let there = Path::new("/usr/lib/cni").join(name).exists();
+    assert!(
+        there || !twill_tests::in_ci(),
+        "CI must install containernetworking-plugins ({name} is missing)"
+    );
+    there
 }
 
 fn ip_files(dir: &Path) -> Vec<String> {
@@ -455,21 +477,7 @@ fn add_failing_half_way_leaves_nothing_behind() {
     let node = Node::new("cni4");
     let (_c, p) = node.ctr("c");
     // The bridge name is taken by a non-bridge: ADD fails after the IP was allocated.
-    run(
-        "ip",
-        &[
-            "-n",
-            &node.scope.name("host"),
-            "link",
-            "add",
-            "notbr",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "notbr2",
-        ],
-    );
+    node.add_non_bridge("notbr");
     let mut conf = node.conf("1.0.0");
     conf["bridge"] = json!("notbr");
     let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &conf, &[]);
@@ -493,6 +501,86 @@ fn add_failing_half_way_leaves_nothing_behind() {
             .unwrap()
             .len(),
         1
+    );
+}
+
+/// Netns::run hands the closure's error back as it is: the code a step inside the namespace
+/// chose reaches the runtime (it used to be squeezed through netkit's error into 999).
+#[test]
+fn an_error_code_from_inside_a_namespace_reaches_the_result() {
+    if !preconditions(
+        "an_error_code_from_inside_a_namespace_reaches_the_result",
+        &["ip"],
+    ) {
+        return;
+    }
+    let node = Node::new("cni11");
+    let (_c, p) = node.ctr("c");
+    node.add_non_bridge("notbr");
+    let mut conf = node.conf("1.0.0");
+    conf["bridge"] = json!("notbr");
+    let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &conf, &[]);
+    assert!(!ok, "{v}");
+    assert_eq!(
+        v["code"], 7,
+        "a bridge name taken by a veth is a config error: {v}"
+    );
+    let msg = v["msg"].as_str().unwrap();
+    assert!(msg.contains("notbr") && msg.contains("not a bridge"), "{v}");
+}
+
+/// The last kernel step fails (a route via a gateway the container cannot reach) after the
+/// address was leased and the veth pair made: the rollback releases the address in the
+/// delegated plugin and removes the veth pair.
+#[test]
+fn add_failing_at_the_last_step_leaves_nothing_behind() {
+    if !preconditions(
+        "add_failing_at_the_last_step_leaves_nothing_behind",
+        &["ip"],
+    ) {
+        return;
+    }
+    if !reference_plugin_installed("host-local") {
+        return;
+    }
+    let node = Node::new("cni12");
+    let (_c, p) = node.ctr("c");
+    let hl_dir = node.dir.path().join("hl");
+    let mut conf = node.conf("1.0.0");
+    conf["name"] = json!("hlnet");
+    conf["ipMasq"] = json!(false);
+    conf["ipam"] = json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.99.0.0/24"}]],
+        "routes": [{"dst": "10.98.0.0/16", "gw": "192.0.2.1"}],
+        "dataDir": hl_dir,
+    });
+    let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &conf, &[]);
+    assert!(!ok, "a route via an unreachable gateway must fail: {v}");
+    assert!(v["msg"].as_str().unwrap().contains("10.98.0.0/16"), "{v}");
+
+    assert!(
+        ip_files(&hl_dir.join("hlnet")).is_empty(),
+        "host-local got its DEL and released the address"
+    );
+    let host_links = twill_tests::ip_json(&node.scope.name("host"), &["link", "show"]);
+    let names: Vec<&str> = host_links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with("veth") && !n.starts_with("tw")),
+        "the veth pair is gone: {names:?}"
+    );
+    let ctr_links = twill_tests::ip_json(&node.scope.name("c"), &["link", "show"]);
+    assert_eq!(
+        ctr_links.as_array().unwrap().len(),
+        1,
+        "only lo: {ctr_links}"
     );
 }
 
@@ -559,11 +647,7 @@ fn requested_ip_and_delegated_host_local() {
     assert!(ok && r["ips"][0]["address"] == "10.244.7.78/24", "{r}");
 
     // Delegated IPAM: Debian's reference host-local.
-    if !Path::new("/usr/lib/cni/host-local").exists() {
-        assert!(
-            !twill_tests::in_ci(),
-            "CI must install containernetworking-plugins"
-        );
+    if !reference_plugin_installed("host-local") {
         return;
     }
     let mut conf = node.conf("1.0.0");
@@ -649,11 +733,7 @@ fn chained_with_reference_portmap() {
     if !preconditions("chained_with_reference_portmap", &["ip", "nft", "iptables"]) {
         return;
     }
-    if !Path::new("/usr/lib/cni/portmap").exists() {
-        assert!(
-            !twill_tests::in_ci(),
-            "CI must install containernetworking-plugins"
-        );
+    if !reference_plugin_installed("portmap") {
         return;
     }
     let node = Node::new("cni8");
@@ -714,11 +794,7 @@ fn chained_with_reference_tuning_bandwidth_firewall() {
     ) {
         return;
     }
-    if !Path::new("/usr/lib/cni/bandwidth").exists() {
-        assert!(
-            !twill_tests::in_ci(),
-            "CI must install containernetworking-plugins"
-        );
+    if !reference_plugin_installed("bandwidth") {
         return;
     }
     let node = Node::new("cni9");

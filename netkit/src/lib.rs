@@ -1,7 +1,9 @@
-//! twill-netkit: every kernel-networking operation twill needs, through netlink (never by
-//! running `ip`). Namespaces, links, addresses, routes, neighbours, FDB entries, sysctl, TUN
-//! devices and nftables tables. No policy lives here: callers decide what should exist,
-//! netkit makes it so idempotently and names the object and namespace in every error.
+//! twill-netkit: every kernel-networking operation twill needs, never by running `ip`.
+//! Namespaces, links, addresses, routes, neighbours and FDB entries through netlink; sysctl
+//! through `/proc/sys`; TUN devices by ioctl; nftables tables as one `nft -f` batch. Also the
+//! two small things every crate shares: the `subnet.env` file format and random bytes for
+//! names and IDs. No policy lives here: callers decide what should exist, netkit makes it so
+//! idempotently and names the object and namespace in every error.
 
 mod addr;
 mod error;
@@ -10,6 +12,7 @@ mod link;
 mod neigh;
 mod netlink;
 mod netns;
+pub mod random;
 mod route;
 pub mod subnet_env;
 pub mod sysctl;

@@ -211,14 +211,19 @@ impl Netns {
 
     /// Runs the async closure `f` inside this namespace with a netlink connection opened
     /// there, on a dedicated thread with its own single-threaded runtime. Blocks until done.
-    pub fn run<F, Fut, T>(&self, f: F) -> Result<T>
+    ///
+    /// The closure's error type comes back unchanged, so a caller with its own error type
+    /// (the CNI plugin's coded errors) keeps it; netkit's own failures (entering the
+    /// namespace, connecting) are converted with `From`.
+    pub fn run<F, Fut, T, E>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(Netlink) -> Fut + Send,
-        Fut: Future<Output = Result<T>>,
+        Fut: Future<Output = Result<T, E>>,
         T: Send,
+        E: From<Error> + Send,
     {
         let label = self.label.clone();
-        self.enter(move || {
+        self.enter(move || -> Result<T, E> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

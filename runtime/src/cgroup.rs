@@ -168,9 +168,10 @@ impl CgroupManager for V2 {
 
 /// Starts a forked helper that moves itself into the cgroup it is already in: a no-op, but
 /// joining a cgroup takes the kernel's threadgroup lock for writing, and taking it first waits
-/// for an RCU grace period (5–15 ms on this VM) unless another writer came shortly before.
-/// The helper pays that wait while `run` prepares the container, so the real join right after
-/// clone finds the lock warm. Failure is harmless. Returns the helper, to be reaped.
+/// for an RCU grace period unless another writer came shortly before (most of a `run`'s time
+/// on cgroup v1; docs/benchmarks.md has the numbers). The helper pays that wait while `run`
+/// prepares the container, so the real join right after clone finds the lock warm. Failure is
+/// harmless. Returns the helper, to be reaped.
 pub fn prewarm_join() -> Option<nix::unistd::Pid> {
     let own = fs::read_to_string("/proc/self/cgroup").ok()?;
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();

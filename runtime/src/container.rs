@@ -12,10 +12,11 @@ use nix::unistd::Pid;
 use crate::cgroup;
 use crate::error::{Result, RuntimeError};
 use crate::image::{self, CommitOptions};
+use crate::messages::MonitorReport;
 use crate::network::{self, CniOptions, NetMode};
 use crate::process::{self, ExecSpec, InitSpec};
 use crate::rootfs::RootfsSpec;
-use crate::store::{Limits, MountSpec, PortSpec, State, Store, new_id, now_unix};
+use crate::store::{Limits, MountSpec, PortSpec, State, Status, Store, new_id, now_unix};
 
 /// Everything `run` was asked for.
 #[derive(Clone, Debug)]
@@ -199,7 +200,7 @@ fn start_inner(
         name: opts.name.clone().unwrap_or_else(|| id[..12].to_string()),
         image: opts.image.clone(),
         command: command_of(opts, &img),
-        status: "created".into(),
+        status: Status::Created,
         hostname: opts
             .hostname
             .clone()
@@ -289,7 +290,7 @@ fn start_inner(
     match started {
         Ok(pid) => {
             st.pid = Some(pid.as_raw());
-            st.status = "running".into();
+            st.status = Status::Running;
             st.monitor_pid = Some(std::process::id() as i32);
             store.save(&st)?;
             Ok((st, pid))
@@ -312,7 +313,7 @@ pub fn monitor(store: &Store, mut st: State, pid: Pid, cni: &CniOptions) -> Resu
     } else {
         return Ok(code);
     }
-    st.status = "exited".into();
+    st.status = Status::Exited;
     st.exit_code = Some(code);
     st.pid = None;
     if st.auto_remove {
@@ -344,7 +345,7 @@ pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Resul
             let mut w = fs::File::from(w);
             match start(store, opts, cni, true) {
                 Ok((st, pid)) => {
-                    let _ = w.write_all(format!("ok {}", st.id).as_bytes());
+                    let _ = w.write_all(&MonitorReport::Running { id: st.id.clone() }.encode());
                     drop(w);
                     if let Ok(null) = fs::File::open("/dev/null") {
                         use std::os::fd::AsRawFd;
@@ -359,24 +360,24 @@ pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Resul
                     std::process::exit(0);
                 }
                 Err(e) => {
-                    let _ = w.write_all(format!("err {e}").as_bytes());
+                    let report = MonitorReport::Failed {
+                        reason: e.to_string(),
+                    };
+                    let _ = w.write_all(&report.encode());
                     std::process::exit(1);
                 }
             }
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(w);
-            let mut msg = String::new();
-            let _ = fs::File::from(r).read_to_string(&mut msg);
-            if let Some(id) = msg.strip_prefix("ok ") {
-                Ok(id.to_string())
-            } else {
-                let _ = nix::sys::wait::waitpid(child, None);
-                Err(RuntimeError::Invalid(
-                    msg.strip_prefix("err ")
-                        .unwrap_or("the monitor died")
-                        .to_string(),
-                ))
+            let mut bytes = Vec::new();
+            let _ = fs::File::from(r).read_to_end(&mut bytes);
+            match MonitorReport::decode(&bytes) {
+                MonitorReport::Running { id } => Ok(id),
+                MonitorReport::Failed { reason } => {
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    Err(RuntimeError::Invalid(reason))
+                }
             }
         }
     }
@@ -390,7 +391,7 @@ fn alive(pid: i32) -> bool {
 /// `stop`: SIGTERM, then SIGKILL after `grace`.
 pub fn stop(store: &Store, id: &str, grace: Duration) -> Result<State> {
     let mut st = store.load(id)?;
-    let Some(pid) = st.pid.filter(|_| st.status == "running") else {
+    let Some(pid) = st.pid.filter(|_| st.status == Status::Running) else {
         return Ok(st);
     };
     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
@@ -404,11 +405,11 @@ pub fn stop(store: &Store, id: &str, grace: Duration) -> Result<State> {
     // Let the monitor record the exit; if there is none any more, record it ourselves.
     for _ in 0..250 {
         st = store.load(&st.id)?;
-        if st.status != "running" {
+        if st.status != Status::Running {
             return Ok(st);
         }
         if st.monitor_pid.is_none_or(|m| !alive(m)) {
-            st.status = "exited".into();
+            st.status = Status::Exited;
             st.pid = None;
             store.save(&st)?;
             return Ok(st);
@@ -421,7 +422,7 @@ pub fn stop(store: &Store, id: &str, grace: Duration) -> Result<State> {
 /// `rm [-f]`.
 pub fn remove(store: &Store, id: &str, force: bool, cni: &CniOptions) -> Result<()> {
     let st = store.load(id)?;
-    if st.status == "running" && st.pid.is_some_and(alive) {
+    if st.status == Status::Running && st.pid.is_some_and(alive) {
         if !force {
             return Err(RuntimeError::Invalid(format!(
                 "container {} is running: stop it first or use rm -f",
@@ -439,7 +440,7 @@ pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Resu
     let st = store.load(id)?;
     let pid = st
         .pid
-        .filter(|p| st.status == "running" && alive(*p))
+        .filter(|p| st.status == Status::Running && alive(*p))
         .ok_or_else(|| RuntimeError::Invalid(format!("container {id} is not running")))?;
     if argv.is_empty() {
         return Err(RuntimeError::Invalid("exec needs a command".into()));

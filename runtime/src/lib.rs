@@ -1,6 +1,7 @@
 //! twill-runtime: `twill-run`, a minimal container runtime. Namespaces (pid, mnt, uts, ipc,
-//! net, cgroup), an overlay rootfs of image layers + init layer + writable upper, cgroup
-//! limits (v1 and v2), exec via setns, volumes, and network modes host / none /
+//! net, cgroup, and with `--userns` a user namespace over idmapped layers), an overlay rootfs
+//! of imported image layers + init layer + writable upper (committed back as a new image),
+//! cgroup limits (v1 and v2), exec via setns, volumes, and network modes host / none /
 //! container:ID / bridge (a CNI client calling `twill`).
 
 pub mod cgroup;
@@ -8,6 +9,7 @@ pub mod cni_client;
 pub mod container;
 pub mod error;
 pub mod image;
+pub mod messages;
 pub mod network;
 pub mod process;
 pub mod rootfs;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use twill_runtime::container::{self, RunOptions};
 use twill_runtime::image;
 use twill_runtime::network::{CniOptions, NetMode};
-use twill_runtime::store::{Limits, PortSpec, Store};
+use twill_runtime::store::{Limits, PortSpec, Status, Store};
 
 /// twill-run: run containers on a twill network. Needs root.
 #[derive(Parser)]
@@ -245,8 +245,8 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             );
             for s in store.list()? {
                 let status = match s.exit_code {
-                    Some(c) if s.status == "exited" => format!("exited({c})"),
-                    _ => s.status.clone(),
+                    Some(c) if s.status == Status::Exited => format!("{}({c})", s.status),
+                    _ => s.status.to_string(),
                 };
                 println!(
                     "{:<13} {:<16} {:<12} {:<12} {}",

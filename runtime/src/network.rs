@@ -8,7 +8,7 @@ use twill_netkit::{Netlink, Netns};
 
 use crate::cni_client::{self, Attachment};
 use crate::error::{Result, RuntimeError};
-use crate::store::{PortSpec, State, Store};
+use crate::store::{PortSpec, State, Status, Store};
 
 /// A parsed `--net` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,9 +89,12 @@ pub fn setup(
         NetMode::None => Ok(NetJoin::New),
         NetMode::Container(other) => {
             let o = store.load(other)?;
-            let pid = o.pid.filter(|_| o.status == "running").ok_or_else(|| {
-                RuntimeError::Invalid(format!("container {other} is not running"))
-            })?;
+            let pid = o
+                .pid
+                .filter(|_| o.status == Status::Running)
+                .ok_or_else(|| {
+                    RuntimeError::Invalid(format!("container {other} is not running"))
+                })?;
             state.ips = o.ips.clone();
             Ok(NetJoin::Path(PathBuf::from(format!("/proc/{pid}/ns/net"))))
         }

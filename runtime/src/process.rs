@@ -2,11 +2,11 @@
 //! `--net none`, network) namespaces, it joins the network namespace, builds the rootfs,
 //! waits until the parent has put it into its cgroup, enters a new cgroup namespace (and with
 //! `--userns` a user namespace), drops privileges and execs the command as PID 1.
-//! Errors before exec travel back to the parent over a close-on-exec pipe.
+//! Errors before exec travel back to the parent over a close-on-exec pipe; the messages and
+//! their bytes are in `messages.rs`.
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
@@ -14,6 +14,7 @@ use nix::sched::{CloneFlags, setns, unshare};
 use nix::unistd::Pid;
 
 use crate::error::{Result, RuntimeError};
+use crate::messages::{self, Handshake};
 use crate::rootfs::{self, RootfsSpec};
 
 /// Docker's default capability set.
@@ -59,8 +60,8 @@ pub struct InitSpec {
     pub userns: Option<crate::userns::IdMap>,
 }
 
-/// The two pipe ends the container process uses to have its uid/gid maps written: it says
-/// "unshared" on `ask`, the parent answers on `done` once the maps are in place.
+/// The two pipe ends the container process uses to have its uid/gid maps written: it sends
+/// `UsernsUnshared` on `ask`, the parent answers `MapsWritten` on `done`.
 struct MapHandshake<'a> {
     ask: &'a OwnedFd,
     done: &'a OwnedFd,
@@ -70,20 +71,9 @@ struct MapHandshake<'a> {
 fn enter_userns(h: &MapHandshake) -> Result<()> {
     unshare(CloneFlags::CLONE_NEWUSER)
         .map_err(|e| RuntimeError::nix("unsharing", "user namespace", e))?;
-    let mut ask = File::from(
-        h.ask
-            .try_clone()
-            .map_err(|e| RuntimeError::io("duplicating", "userns pipe", e))?,
-    );
-    ask.write_all(b"1")
+    messages::send(h.ask, Handshake::UsernsUnshared)
         .map_err(|e| RuntimeError::io("asking for", "uid/gid maps", e))?;
-    let mut done = File::from(
-        h.done
-            .try_clone()
-            .map_err(|e| RuntimeError::io("duplicating", "userns pipe", e))?,
-    );
-    let mut b = [0u8; 1];
-    if !matches!(done.read(&mut b), Ok(1)) {
+    if messages::expect(h.done, Handshake::MapsWritten).is_err() {
         return Err(RuntimeError::Invalid(
             "the parent did not write the uid/gid maps".into(),
         ));
@@ -225,19 +215,12 @@ fn loopback_up() -> Result<()> {
 
 fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd, userns: Option<MapHandshake>) -> isize {
     let fail = |e: RuntimeError| -> isize {
-        let msg = e.to_string();
-        // SAFETY: writes our buffer to the error pipe we hold (no dup that could fail here).
-        let _ = unsafe {
-            libc::write(
-                err.as_raw_fd(),
-                msg.as_ptr() as *const libc::c_void,
-                msg.len(),
-            )
-        };
+        messages::report_failure(err, &e.to_string());
         127
     };
     // The rootfs is built while the parent puts us into the cgroup (on cgroup v1 that write
-    // waits for an RCU grace period, ~15 ms here); the command starts only after both.
+    // waits for an RCU grace period, see `cgroup::prewarm_join`); the command starts only
+    // after both.
     if spec.net == crate::network::NetJoin::New
         && let Err(e) = loopback_up()
     {
@@ -272,16 +255,7 @@ fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd, userns: Option<MapHa
         // SAFETY: as above.
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
     }
-    let mut b = [0u8; 1];
-    let got = loop {
-        // SAFETY: reads one byte into our buffer from the sync pipe we hold.
-        let n = unsafe { libc::read(go.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 1) };
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        break n;
-    };
-    if got != 1 {
+    if messages::expect(go, Handshake::Go).is_err() {
         return fail(RuntimeError::Invalid(
             "parent went away before start".into(),
         ));
@@ -342,35 +316,28 @@ pub fn start(spec: &InitSpec, place: impl FnOnce(i32) -> Result<()>) -> Result<S
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
         // The child may have failed first (and so made the join fail): its reason wins.
-        let mut msg = String::new();
-        let _ = File::from(err_r).read_to_string(&mut msg);
-        if !msg.is_empty() {
+        if let Some(msg) = messages::read_failure(err_r) {
             return Err(RuntimeError::Invalid(format!(
                 "starting the container: {msg}"
             )));
         }
         return Err(e);
     }
-    let mut go = File::from(go_w);
-    let _ = go.write_all(b"1");
-    drop(go);
+    let _ = messages::send(&go_w, Handshake::Go);
+    drop(go_w);
     if let Some(map) = &spec.userns {
         // The child asks once it has unshared its user namespace (EOF: it failed before).
-        let mut b = [0u8; 1];
-        if matches!(File::from(ask_r).read(&mut b), Ok(1)) {
+        if messages::expect(&ask_r, Handshake::UsernsUnshared).is_ok() {
             if let Err(e) = crate::userns::write_maps(pid.as_raw(), map) {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(pid, None);
                 return Err(e);
             }
-            let _ = File::from(done_w).write_all(b"1");
+            let _ = messages::send(&done_w, Handshake::MapsWritten);
         }
     }
-    let mut msg = String::new();
-    // SAFETY: err_r is an fd we own; File takes it over.
-    let mut er = unsafe { File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(err_r)) };
-    let _ = er.read_to_string(&mut msg);
-    if !msg.is_empty() {
+    drop((ask_r, done_w));
+    if let Some(msg) = messages::read_failure(err_r) {
         let _ = nix::sys::wait::waitpid(pid, None);
         return Err(RuntimeError::Invalid(format!(
             "starting the container: {msg}"

@@ -22,8 +22,7 @@ pub struct State {
     pub name: String,
     pub image: String,
     pub command: Vec<String>,
-    /// `created`, `running`, `exited`.
-    pub status: String,
+    pub status: Status,
     /// PID of the container's PID 1, as seen from the host.
     pub pid: Option<i32>,
     /// PID of the monitor that waits for it.
@@ -49,6 +48,30 @@ pub struct State {
     pub ports: Vec<PortSpec>,
     pub auto_remove: bool,
     pub created_unix: u64,
+}
+
+/// Where a container is in its life. On disk and in `inspect` it is the lower-case word
+/// (`"status": "running"`), as before it was an enum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Its directory and state exist; PID 1 is not started yet.
+    #[default]
+    Created,
+    /// PID 1 was started and has not been seen to end.
+    Running,
+    /// PID 1 has ended; `exit_code` says how.
+    Exited,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Exited => "exited",
+        })
+    }
 }
 
 /// A volume mount.
@@ -158,16 +181,7 @@ impl Store {
 /// A new random container ID (64 hex digits, like Docker's).
 pub fn new_id() -> String {
     let mut b = [0u8; 32];
-    // SAFETY: getrandom fills the buffer we own.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b[..16].copy_from_slice(&t.to_le_bytes());
-        b[16..20].copy_from_slice(&std::process::id().to_le_bytes());
-    }
+    twill_netkit::random::fill(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -177,4 +191,40 @@ pub fn now_unix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn status_is_stored_as_the_words_state_json_always_had() {
+        for (status, word) in [
+            (Status::Created, "created"),
+            (Status::Running, "running"),
+            (Status::Exited, "exited"),
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), json!(word));
+            assert_eq!(
+                serde_json::from_value::<Status>(json!(word)).unwrap(),
+                status
+            );
+            assert_eq!(status.to_string(), word);
+        }
+        let mut on_disk = serde_json::to_value(State::default()).unwrap();
+        assert_eq!(on_disk["status"], "created");
+        on_disk["status"] = json!("exited");
+        let st: State = serde_json::from_value(on_disk).unwrap();
+        assert_eq!(st.status, Status::Exited);
+    }
+
+    #[test]
+    fn ids_are_64_hex_digits_and_differ() {
+        let (a, b) = (new_id(), new_id());
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
 }

@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: precondition checks that fail loudly in CI, and
-//! `ip -j` / `bridge -j` readers for checking kernel state independently of netkit.
+//! Helpers shared by the integration tests of every crate: precondition checks that fail
+//! loudly in CI, `NsScope` (a test's own namespaces, removed on drop), and `ip -j` /
+//! `bridge -j` readers for checking kernel state independently of netkit.
 
 use std::process::Command;
 

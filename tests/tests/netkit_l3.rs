@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use twill_netkit::ipnet::{IpNet, Ipv4Net};
 use twill_netkit::{
-    FdbEntry, FdbMode, Neighbour, Netlink, RTPROT_TWILL, Route, Scope, VxlanSpec, parse_mac,
+    Error, FdbEntry, FdbMode, Neighbour, Netlink, RTPROT_TWILL, Route, Scope, VxlanSpec, parse_mac,
 };
 use twill_tests::{NsScope, bridge_json, ip_json, preconditions};
 
@@ -28,7 +28,7 @@ fn addresses_ensure_replace_delete_flush() {
             nl.replace_address(br.index, net("10.244.9.1/24")).await?;
             nl.replace_address(br.index, net("10.244.9.1/24")).await?;
             let listed = nl.list_addresses(br.index).await?;
-            Ok(listed)
+            Ok::<_, Error>(listed)
         })
         .unwrap();
     let v4: Vec<IpNet> = listed.into_iter().filter(|a| a.addr().is_ipv4()).collect();
@@ -51,7 +51,7 @@ fn addresses_ensure_replace_delete_flush() {
             let one = nl.list_addresses(br.index).await?;
             nl.flush_addresses(br.index).await?;
             let none = nl.list_addresses(br.index).await?;
-            Ok((one, none))
+            Ok::<_, Error>((one, none))
         })
         .unwrap();
     assert_eq!(
@@ -109,7 +109,7 @@ fn routes_replace_list_delete_with_twill_protocol() {
                     .dev(br.index),
             )
             .await?;
-            Ok((
+            Ok::<_, Error>((
                 nl.list_routes(Some(RTPROT_TWILL)).await?,
                 nl.list_routes(None).await?,
             ))
@@ -159,7 +159,7 @@ fn routes_replace_list_delete_with_twill_protocol() {
             let r = Route::new(dst);
             let first = nl.delete_route(&r).await?;
             let second = nl.delete_route(&r).await?;
-            Ok((
+            Ok::<_, Error>((
                 first,
                 second,
                 nl.list_routes(Some(RTPROT_TWILL)).await?.len(),
@@ -233,7 +233,7 @@ fn neighbours_and_fdb_entries() {
                 };
                 nl.add_fdb(&z, FdbMode::Append).await?;
             }
-            Ok((
+            Ok::<_, Error>((
                 nl.list_neighbours(vx.index).await?,
                 nl.list_fdb(vx.index).await?,
             ))
@@ -286,7 +286,7 @@ fn neighbours_and_fdb_entries() {
             };
             let f_del = nl.delete_fdb(&e).await?;
             let f_again = nl.delete_fdb(&e).await?;
-            Ok((n_del, n_again, f_del, f_again, nl.list_fdb(vx.index).await?))
+            Ok::<_, Error>((n_del, n_again, f_del, f_again, nl.list_fdb(vx.index).await?))
         })
         .unwrap();
     assert!(n_del && !n_again);

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use twill_netkit::{Netlink, VxlanSpec, format_mac, parse_mac};
+use twill_netkit::{Error, Netlink, VxlanSpec, format_mac, parse_mac};
 use twill_tests::{NsScope, ip_json, ip_link, preconditions};
 
 #[test]
@@ -17,7 +17,7 @@ fn bridge_ensure_is_idempotent_and_sets_mtu() {
         .run(|nl: Netlink| async move {
             let a = nl.ensure_bridge("cni0", Some(1400)).await?;
             let b = nl.ensure_bridge("cni0", Some(1400)).await?;
-            Ok((a, b))
+            Ok::<_, Error>((a, b))
         })
         .unwrap();
     assert_eq!(first.index, second.index);
@@ -96,7 +96,7 @@ fn veth_peer_is_born_in_the_other_namespace_and_settings_apply() {
             let by_name = nl.require_link("eth0").await?;
             assert_eq!(by_index, by_name);
             assert!(nl.link_by_name("eth0tmp").await?.is_none());
-            Ok(by_name)
+            Ok::<_, Error>(by_name)
         })
         .unwrap();
     assert_eq!(link.mtu, 1400);
@@ -116,7 +116,7 @@ fn veth_peer_is_born_in_the_other_namespace_and_settings_apply() {
             !nl.remove_link("veth0abc").await?,
             "second remove is a no-op"
         );
-        Ok(())
+        Ok::<_, Error>(())
     })
     .unwrap();
     let left = ip_json(&scope.name("ctr"), &["link", "show"]);
@@ -195,7 +195,7 @@ fn vxlan_is_created_as_specified_and_kept_when_compatible() {
             let replaced = nl.ensure_vxlan(&spec).await?;
             spec.port = 8472;
             nl.ensure_vxlan(&spec).await?;
-            Ok((first, second, replaced))
+            Ok::<_, Error>((first, second, replaced))
         })
         .unwrap();
     assert_eq!(first.index, second.index, "a compatible device is kept");

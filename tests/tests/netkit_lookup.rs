@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use twill_netkit::{Netlink, Route};
+use twill_netkit::{Error, Netlink, Route};
 use twill_tests::{NsScope, preconditions};
 
 #[test]
@@ -24,7 +24,7 @@ fn lookup_route_finds_the_gateway_or_nothing() {
                     .dev(br.index),
             )
             .await?;
-            Ok((
+            Ok::<_, Error>((
                 nl.lookup_route(Ipv4Addr::new(10, 1, 2, 7)).await?,
                 nl.lookup_route(Ipv4Addr::new(10, 9, 9, 9)).await?,
             ))

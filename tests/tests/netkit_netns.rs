@@ -1,6 +1,6 @@
 //! netkit: namespaces, running code inside them, sysctl.
 
-use twill_netkit::{Netns, sysctl};
+use twill_netkit::{Error, Netns, sysctl};
 use twill_tests::{NsScope, ip_json, netns_exists, preconditions, run};
 
 #[test]
@@ -139,13 +139,52 @@ fn run_gives_a_netlink_connection_inside_the_namespace() {
     let ns = scope.create("a");
     let names = ns
         .run(|nl| async move {
-            Ok(nl
-                .list_links()
-                .await?
-                .into_iter()
-                .map(|l| l.name)
-                .collect::<Vec<_>>())
+            Ok::<_, Error>(
+                nl.list_links()
+                    .await?
+                    .into_iter()
+                    .map(|l| l.name)
+                    .collect::<Vec<_>>(),
+            )
         })
         .unwrap();
     assert_eq!(names, vec!["lo".to_string()]);
+}
+
+/// A caller's own error type comes back from `run` as the closure returned it; netkit's
+/// errors convert into it.
+#[test]
+fn run_returns_the_callers_error_type_intact() {
+    if !preconditions("run_returns_the_callers_error_type_intact", &[]) {
+        return;
+    }
+    #[derive(Debug, PartialEq)]
+    enum Coded {
+        Code(u32),
+        Netkit(String),
+    }
+    impl From<Error> for Coded {
+        fn from(e: Error) -> Self {
+            Coded::Netkit(e.to_string())
+        }
+    }
+    let scope = NsScope::new("ns4");
+    let ns = scope.create("a");
+    let err = ns
+        .run(|nl| async move {
+            nl.require_link("lo").await?;
+            Err::<(), _>(Coded::Code(7))
+        })
+        .unwrap_err();
+    assert_eq!(err, Coded::Code(7));
+    let err = ns
+        .run(|nl| async move {
+            nl.require_link("nope0").await?;
+            Ok::<_, Coded>(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Coded::Netkit(m) if m.contains("nope0")),
+        "{err:?}"
+    );
 }

@@ -88,7 +88,7 @@ impl ClusterBuilder {
             lo_up(&nl).await?;
             let br = nl.ensure_bridge(UNDERLAY_BRIDGE, Some(mtu)).await?;
             nl.ensure_address(br.index, bridge_addr).await?;
-            Ok(br)
+            Ok::<_, twill_netkit::Error>(br)
         })?;
         for i in 1..=self.hosts {
             let name = format!("{}-h{i}", self.prefix);
