@@ -35,15 +35,7 @@ pub enum AcquireError {
 }
 
 fn random_index(n: usize) -> usize {
-    let mut b = [0u8; 8];
-    // SAFETY: getrandom fills the buffer we own.
-    let got = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
-    let r = if got == 8 {
-        u64::from_le_bytes(b)
-    } else {
-        std::process::id() as u64
-    };
-    (r % n.max(1) as u64) as usize
+    (twill_netkit::random::random_u64() % n.max(1) as u64) as usize
 }
 
 async fn reuse<S: LeaseStore>(
