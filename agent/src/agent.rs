@@ -222,8 +222,10 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         }
     }
 
-    fn store_error(&mut self, what: &str, e: &dyn std::fmt::Display) {
-        self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+    /// A failed store call of `op` (a metrics label): counted, logged, and the start of an
+    /// outage if it is the first.
+    fn store_error(&mut self, op: &'static str, what: &str, e: &dyn std::fmt::Display) {
+        self.metrics.etcd_failed(op);
         let outage = self.outage.get_or_insert((Instant::now(), 0));
         outage.1 += 1;
         tracing::warn!(error = %e, "{what}");
@@ -231,6 +233,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
 
     /// A store call worked: if calls failed before, say that etcd is back and after how long.
     fn store_ok(&mut self) {
+        self.metrics.etcd_answered();
         if let Some((since, failures)) = self.outage.take() {
             tracing::info!(
                 "etcd answers again after {}s ({failures} failed calls)",
@@ -248,7 +251,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             {
                 Ok(h) => break h,
                 Err(e @ AcquireError::Store(_)) => {
-                    self.store_error("cannot lease a subnet; retrying", &e)
+                    self.store_error("acquire", "cannot lease a subnet; retrying", &e)
                 }
                 Err(e) => tracing::error!(error = %e, "cannot lease a subnet; retrying"),
             }
@@ -288,7 +291,11 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                 s
             }
             Err(e) => {
-                self.store_error("listing leases failed; the data plane stays as it is", &e);
+                self.store_error(
+                    "snapshot",
+                    "listing leases failed; the data plane stays as it is",
+                    &e,
+                );
                 self.resync_at = Instant::now() + self.resync_retry.next_wait();
                 return Next::Continue;
             }
@@ -305,7 +312,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                 self.store_ok();
             }
             Err(e) => {
-                self.store_error("watching leases failed; retrying", &e);
+                self.store_error("watch", "watching leases failed; retrying", &e);
                 self.resync_at = Instant::now() + self.resync_retry.next_wait();
             }
         }
@@ -342,13 +349,21 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                 return Next::Continue;
             }
             Ok(None) => {
-                self.store_error("lost the etcd watch: re-listing and re-watching", &"closed");
+                self.store_error(
+                    "watch",
+                    "lost the etcd watch: re-listing and re-watching",
+                    &"closed by etcd",
+                );
                 self.watch = None;
                 self.resync_at = Instant::now() + self.resync_retry.next_wait();
                 return Next::Continue;
             }
             Err(e) => {
-                self.store_error("lost the etcd watch: re-listing and re-watching", &e);
+                self.store_error(
+                    "watch",
+                    "lost the etcd watch: re-listing and re-watching",
+                    &e,
+                );
                 self.watch = None;
                 self.resync_at = Instant::now() + self.resync_retry.next_wait();
                 return Next::Continue;
@@ -419,7 +434,9 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                 self.store_ok();
                 tracing::info!(subnet = %held.subnet, "wrote our lease value back");
             }
-            Err(e) => self.store_error("writing our lease value back failed; retrying", &e),
+            Err(e) => {
+                self.store_error("write", "writing our lease value back failed; retrying", &e)
+            }
         }
     }
 
@@ -468,7 +485,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                     wait.as_secs(),
                     left.as_secs()
                 );
-                self.store_error(&what, &e);
+                self.store_error("renew", &what, &e);
                 Next::Continue
             }
         }

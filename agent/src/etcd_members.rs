@@ -46,6 +46,59 @@ fn unreachable(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// One short phrase for what went wrong with a call, for an operator's log line: "connection
+/// refused", "connect timed out", "TLS: invalid peer certificate: UnknownIssuer",
+/// "authentication failed: …". The whole chain stays available at debug level.
+pub fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    use std::io::ErrorKind;
+    let mut io_kind = None;
+    let mut innermost = e.to_string();
+    let mut tls = false;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        let text = s.to_string();
+        tls |= text.contains("certificate") || text.to_ascii_lowercase().contains("tls");
+        innermost = text;
+        src = s.source();
+    }
+    match io_kind {
+        Some(ErrorKind::ConnectionRefused) => return "connection refused".into(),
+        Some(ErrorKind::TimedOut) => return "connect timed out".into(),
+        Some(ErrorKind::ConnectionReset) => return "connection reset".into(),
+        Some(ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable) => {
+            return "no route to the member".into();
+        }
+        _ => {}
+    }
+    if tls {
+        return format!("TLS: {innermost}");
+    }
+    match e {
+        etcd_client::Error::GRpcStatus(st) => {
+            let what = match st.code() {
+                tonic::Code::Unauthenticated => "authentication failed",
+                tonic::Code::PermissionDenied => "permission denied",
+                tonic::Code::DeadlineExceeded => "request timed out",
+                tonic::Code::Unavailable if st.message().contains("http2") => {
+                    "no answer (the connection's keepalive timed out)"
+                }
+                tonic::Code::Unavailable => "unavailable",
+                _ => return st.message().to_string(),
+            };
+            if st.message().is_empty() || what == "request timed out" {
+                what.to_string()
+            } else {
+                format!("{what}: {}", st.message())
+            }
+        }
+        _ => innermost,
+    }
+}
+
 impl Members {
     /// Clients for every endpoint. A member that cannot be connected now is connected on
     /// first use; an error only when no endpoint is usable at all (a bad URL, TLS setup).
@@ -59,7 +112,8 @@ impl Members {
             let client = match Client::connect([ep], Some(options.clone())).await {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    errors.push(format!("{ep}: {e}"));
+                    tracing::debug!(endpoint = %ep, error = ?e, "connecting");
+                    errors.push(format!("{ep}: {}", describe(&e)));
                     None
                 }
             };
@@ -136,10 +190,16 @@ impl Members {
                 }
                 Err(e) if unreachable(&e) => {
                     Self::mark(m, true);
-                    tracing::debug!(endpoint = %m.endpoint, error = %e, "{op}: member unreachable, trying the next");
-                    failures.push(format!("{}: {e}", m.endpoint));
+                    tracing::debug!(endpoint = %m.endpoint, error = ?e, "{op}: member unreachable, trying the next");
+                    failures.push(format!("{}: {}", m.endpoint, describe(&e)));
                 }
-                Err(e) => return Err(StoreError::new(op, format!("{}: {e}", m.endpoint))),
+                Err(e) => {
+                    tracing::debug!(endpoint = %m.endpoint, error = ?e, "{op} failed");
+                    return Err(StoreError::new(
+                        op,
+                        format!("{}: {}", m.endpoint, describe(&e)),
+                    ));
+                }
             }
         }
         Err(StoreError::new(op, failures.join("; ")))

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub reconcile_errors: AtomicU64,
     pub reconcile_micros_last: AtomicU64,
     pub etcd_errors: AtomicU64,
+    /// Whether the last etcd call worked.
+    pub etcd_reachable: AtomicBool,
+    /// Failed etcd calls by operation (`acquire`, `snapshot`, `watch`, `renew`, `write`).
+    pub etcd_op_errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     pub last_renew_unix: AtomicU64,
     pub lease: Mutex<String>,
     /// The udp data path's counters, when that backend runs.
@@ -25,6 +29,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a failed etcd call of `op` and marks etcd unreachable.
+    pub fn etcd_failed(&self, op: &'static str) {
+        self.etcd_errors.fetch_add(1, Ordering::Relaxed);
+        self.etcd_reachable.store(false, Ordering::Relaxed);
+        if let Ok(mut ops) = self.etcd_op_errors.lock() {
+            *ops.entry(op).or_default() += 1;
+        }
+    }
+
+    /// Marks etcd reachable after a call worked.
+    pub fn etcd_answered(&self) {
+        self.etcd_reachable.store(true, Ordering::Relaxed);
+    }
+
     /// OpenMetrics exposition.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -81,6 +99,22 @@ impl Metrics {
             "counter",
             self.etcd_errors.load(Ordering::Relaxed),
         );
+        g(
+            &mut s,
+            "twilld_etcd_reachable",
+            "1 while etcd answers, 0 from a failed call until one works again.",
+            "gauge",
+            self.etcd_reachable.load(Ordering::Relaxed) as u64,
+        );
+        let _ = writeln!(
+            s,
+            "# HELP twilld_etcd_operation_errors Failed etcd calls by operation.\n# TYPE twilld_etcd_operation_errors counter"
+        );
+        if let Ok(ops) = self.etcd_op_errors.lock() {
+            for (op, n) in ops.iter() {
+                let _ = writeln!(s, "twilld_etcd_operation_errors_total{{op=\"{op}\"}} {n}");
+            }
+        }
         g(
             &mut s,
             "twilld_last_renew_timestamp_seconds",
