@@ -83,7 +83,7 @@ pub struct Cli {
     #[arg(long, env = "TWILLD_RECONCILE_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconcile_interval: u64,
     /// udp backend: name of the TUN device (Flannel's name by default).
-    #[arg(long, env = "TWILLD_UDP_DEVICE", default_value = "flannel0")]
+    #[arg(long, env = "TWILLD_UDP_DEVICE", default_value = crate::backend::udp::DEFAULT_DEVICE)]
     pub udp_device: String,
     /// udp backend: data-path workers, each one thread with its own TUN queue and socket
     /// (0: one per two CPUs, 1 to 4).

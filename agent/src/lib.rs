@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod backend;
 pub mod cli;
+pub mod engine;
 pub mod lease;
 pub mod lease_mgr;
 pub mod masq;
