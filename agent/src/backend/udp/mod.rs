@@ -29,6 +29,9 @@ pub const UDP_OVERHEAD: u32 = 28;
 /// The TUN device's name unless configured otherwise (Flannel's).
 pub const DEFAULT_DEVICE: &str = "flannel0";
 
+/// How long a worker keeps polling after bulk traffic stops, unless configured otherwise.
+pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(300);
+
 /// Settings of the udp backend that are node-local (flags, with their defaults in `cli`), not
 /// part of the network config.
 #[derive(Clone, Debug)]
