@@ -9,15 +9,15 @@
 //! What a backend does to each packet (udp: check and pass through; an encrypting backend:
 //! seal and open) is its [`Transform`], over which the engine is generic.
 //!
-//! - [`device`]: creates and configures the overlay TUN.
-//! - [`transform`]: the traits a backend implements.
-//! - [`tx`], [`rx`]: the two directions; [`worker`]: the thread loop that runs both;
-//!   [`poll`]: busy polling and sleeping.
-//! - [`trains`]: the send planner (segment trains for UDP GSO); [`icmp_budget`]: the rate
+//! - `device.rs`: creates and configures the overlay TUN (for twilld and the lab's relay).
+//! - `transform.rs`: the traits a backend implements.
+//! - `tx.rs`, `rx.rs`: the two directions; `worker.rs`: the thread loop that runs both;
+//!   `poll.rs`: busy polling and sleeping.
+//! - `trains.rs`: the send planner (segment trains for UDP GSO); `icmp_budget.rs`: the rate
 //!   limit of ICMP errors.
-//! - [`packet`]: pure packet functions (checks, segmentation, coalescing), fuzzed.
-//! - [`sys`]: the system calls, behind safe wrappers.
-//! - [`stats`]: the counters.
+//! - `packet/`: pure packet functions (checks, segmentation, coalescing), fuzzed.
+//! - `sys.rs`: the system calls, behind safe wrappers (the engine's only `unsafe`).
+//! - `stats.rs`: the counters.
 
 pub mod device;
 mod icmp_budget;

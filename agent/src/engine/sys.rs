@@ -266,9 +266,19 @@ impl UdpSocket {
     /// `BATCH` equal slots of `bufs`; fills `meta[..n]` and returns `n`.
     pub fn recv_batch(&self, bufs: &mut [u8], meta: &mut [RecvMeta; BATCH]) -> io::Result<usize> {
         let slot = bufs.len() / BATCH;
+        if slot == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a receive buffer of {} bytes has no room for {BATCH} slots",
+                    bufs.len()
+                ),
+            ));
+        }
         let mut names = [sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH];
-        // SAFETY: zeroed iovec/mmsghdr are valid initial values.
+        // SAFETY: a zeroed iovec (null pointer, length 0) is a valid initial value.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: zeroed mmsghdrs (null pointers, zero lengths) are valid initial values.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         let mut cmsgs = [[0u64; 8]; BATCH];
         for (i, chunk) in bufs.chunks_exact_mut(slot).take(BATCH).enumerate() {
