@@ -83,7 +83,7 @@ pub struct Cli {
     #[arg(long, env = "TWILLD_RECONCILE_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconcile_interval: u64,
     /// udp backend: name of the TUN device (Flannel's name by default).
-    #[arg(long, env = "TWILLD_UDP_DEVICE", default_value = "flannel0")]
+    #[arg(long, env = "TWILLD_UDP_DEVICE", default_value = crate::backend::udp::DEFAULT_DEVICE)]
     pub udp_device: String,
     /// udp backend: data-path workers, each one thread with its own TUN queue and socket
     /// (0: one per two CPUs, 1 to 4).
@@ -91,7 +91,7 @@ pub struct Cli {
     pub udp_workers: u64,
     /// udp backend: microseconds a worker keeps polling after bulk traffic stops, before it
     /// sleeps (0: sleep at once). Saves wake-ups on VMs; a trickle of packets never spins.
-    #[arg(long, env = "TWILLD_UDP_BUSY_POLL_US", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    #[arg(long, env = "TWILLD_UDP_BUSY_POLL_US", default_value_t = crate::backend::udp::DEFAULT_BUSY_POLL.as_micros() as u64, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub udp_busy_poll_us: u64,
     /// udp backend: TUN offloads with UDP GSO/GRO and TCP coalescing (false: one packet per
     /// TUN read and write and one datagram per message, still batched — for kernels or NICs

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod backend;
 pub mod backoff;
 pub mod cli;
+pub mod engine;
 pub mod etcd_members;
 pub mod etcd_store;
 pub mod lease;

@@ -25,7 +25,7 @@ pub struct Metrics {
     pub last_renew_unix: AtomicU64,
     pub lease: Mutex<String>,
     /// The udp data path's counters, when that backend runs.
-    pub udp: OnceLock<Arc<crate::backend::udp::stats::Stats>>,
+    pub udp: OnceLock<Arc<crate::engine::Stats>>,
 }
 
 impl Metrics {

@@ -122,7 +122,7 @@ fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
 /// Recomputes the IPv4 header checksum (a 20-byte header).
 fn set_header_checksum(p: &mut [u8]) {
     p[10..12].copy_from_slice(&[0, 0]);
-    let c = twill_agent::backend::udp::packet::checksum(&p[..20]);
+    let c = twill_agent::engine::packet::checksum(&p[..20]);
     p[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -220,7 +220,7 @@ fn icmp_frag_needed(router: Ipv4Addr, to: Ipv4Addr, peer: Ipv4Addr, mtu: u16) ->
     let mut icmp = vec![3, 4, 0, 0, 0, 0];
     icmp.extend_from_slice(&mtu.to_be_bytes());
     icmp.extend_from_slice(&quote);
-    let c = twill_agent::backend::udp::packet::checksum(&icmp);
+    let c = twill_agent::engine::packet::checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     let mut ip = ipv4_header(router, to, 1, icmp.len(), 2);
     ip.extend_from_slice(&icmp);

@@ -1,12 +1,13 @@
-//! The udp data path's packet functions on arbitrary bytes: what a peer or the TUN could hand
-//! over. Nothing may panic, and every segment the sender would put on the wire must carry
+//! The TUN data-path engine's packet functions on arbitrary bytes: what a peer or the TUN
+//! could hand over. Nothing may panic, and every segment the sender would put on the wire must carry
 //! valid IPv4 and TCP checksums.
 //! Run: `cd agent/fuzz && cargo fuzz run -s none udp_packets`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use std::net::Ipv4Addr;
-use twill_agent::backend::udp::packet::{self, Coalescer, VnetHdr};
+use twill_agent::engine::packet::layout::ip;
+use twill_agent::engine::packet::{self, Coalescer, VnetHdr};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&gso_lo, rest)) = data.split_first() else {
@@ -26,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let mut icmp = [0u8; 128];
     let _ = packet::icmp_net_unreachable(&pkt, Ipv4Addr::new(10, 0, 0, 0), &mut icmp);
     let gso = 64 + gso_lo as usize * 8;
-    let mut headers = vec![0u8; packet::MAX_SEGMENTS * 120];
+    let mut headers = vec![0u8; packet::MAX_SEGMENTS * packet::MAX_SEGMENT_HEADER];
     if let Ok(plan) = packet::segment_headers(&pkt, gso, &mut headers) {
         let hl = plan.header_len;
         for i in 0..plan.count {
@@ -34,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
             seg.extend_from_slice(&pkt[plan.payload(i)]);
             let ihl = ((seg[0] & 0x0f) as usize) * 4;
             assert_eq!(packet::checksum(&seg[..ihl]), 0, "IP checksum of segment {i}");
-            let pseudo = packet::sum(0, &seg[12..20]) + 6 + (seg.len() - ihl) as u64;
+            let pseudo = packet::sum(0, &seg[ip::SRC..ip::DST + 4])
+                + ip::PROTO_TCP as u64
+                + (seg.len() - ihl) as u64;
             assert_eq!(packet::fold(packet::sum(pseudo, &seg[ihl..])), 0xffff, "TCP checksum");
         }
     }

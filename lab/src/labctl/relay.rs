@@ -8,28 +8,23 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use twill_agent::backend::udp::{DEFAULT_BUSY_POLL, DEFAULT_DEVICE as DEVICE, UDP_OVERHEAD};
+use twill_agent::engine::device::{self, TunSpec};
+use twill_agent::engine::poll::{sleep_until_readable, spin_until_readable};
+use twill_agent::engine::sys::set_nonblocking;
+use twill_netkit::Netns;
 use twill_netkit::ipnet::Ipv4Net;
-use twill_netkit::tun::offload::{CSUM, TSO4, TSO6};
-use twill_netkit::tun::{Tun, TunOptions};
-use twill_netkit::{Netns, Route};
 
 use super::state::LabState;
 use crate::testbed::wait_for;
-
-/// The device name twilld's udp backend uses.
-const DEVICE: &str = "flannel0";
-/// Outer IPv4 + UDP: the relay's TUNs get the same MTU as twilld's.
-const UDP_OVERHEAD: u32 = 28;
-/// How long the relay polls after traffic stops before it sleeps, like twilld's default.
-const BUSY_POLL: Duration = Duration::from_micros(300);
 
 /// A running relay between hosts 0 and 1 of a lab; dropping it stops the thread and closes
 /// both TUNs (so the devices and their routes go away).
@@ -130,44 +125,39 @@ fn stop_agent(pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates `flannel0` in `ns` as twilld's udp backend does (virtio-net headers, TCP
-/// offloads, `<subnet>.0/32`, MTU of eth0 − 28, the network routed to it); one queue.
+/// Creates `flannel0` in `ns` with twilld's own function (virtio-net headers, TCP offloads,
+/// sysctls, `<subnet>.0/32`, MTU of eth0 − 28, the network routed to it); one queue.
 fn open_device(ns: &Netns, network: Ipv4Net, subnet: Ipv4Net) -> anyhow::Result<File> {
-    let mut opts = TunOptions::offloaded(DEVICE, 1);
-    opts.offload_candidates = vec![CSUM | TSO4 | TSO6];
     let tun = ns
-        .enter(|| Tun::create(&opts))?
+        .run(|nl| async move {
+            let underlay = nl.require_link("eth0").await?;
+            let spec = TunSpec {
+                name: DEVICE.to_string(),
+                queues: 1,
+                offloads: true,
+                mtu: underlay.mtu.saturating_sub(UDP_OVERHEAD),
+                network,
+            };
+            let (tun, _) = device::create(&nl, &spec, Some(subnet)).await?;
+            Ok::<_, twill_netkit::Error>(tun)
+        })
         .with_context(|| format!("creating {DEVICE} in {}", ns.label()))?;
-    ns.run(|nl| async move {
-        let dev = nl.require_link(DEVICE).await?;
-        let underlay = nl.require_link("eth0").await?;
-        nl.set_mtu(dev.index, underlay.mtu.saturating_sub(UDP_OVERHEAD))
-            .await?;
-        nl.ensure_address(dev.index, Ipv4Net::from(subnet.network()).into())
-            .await?;
-        nl.set_up(dev.index).await?;
-        nl.replace_route(&Route::new(network).dev(dev.index)).await
-    })
-    .with_context(|| format!("configuring {DEVICE} in {}", ns.label()))?;
     let queue = tun
         .into_queues()
         .into_iter()
         .next()
         .context("the TUN device has no queue")?;
     // Non-blocking, or the relay thread could sit in a read and never see its stop flag.
-    nix::fcntl::fcntl(
-        &queue,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .with_context(|| format!("making {DEVICE} in {} non-blocking", ns.label()))?;
+    set_nonblocking(queue.as_fd())
+        .with_context(|| format!("making {DEVICE} in {} non-blocking", ns.label()))?;
     Ok(queue)
 }
 
 /// Moves packets both ways until `stop`: non-blocking reads, each packet written to the
-/// other device at once; polls for `BUSY_POLL` when traffic stops, then sleeps in poll.
+/// other device at once; polls for twilld's default busy-poll time when traffic stops, then
+/// sleeps in poll.
 fn relay(a: File, b: File, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65536 + 64];
-    let fds = [a.as_raw_fd(), b.as_raw_fd()];
     while !stop.load(Ordering::Relaxed) {
         let mut moved = 0;
         for _ in 0..64 {
@@ -196,27 +186,9 @@ fn relay(a: File, b: File, stop: &AtomicBool) {
         if moved > 0 {
             continue;
         }
-        let start = Instant::now();
-        let mut ready = false;
-        while start.elapsed() < BUSY_POLL {
-            std::thread::yield_now();
-            if poll_in(&fds, 0) {
-                ready = true;
-                break;
-            }
-        }
-        if !ready {
-            poll_in(&fds, 200);
+        let fds = [a.as_fd(), b.as_fd()];
+        if !spin_until_readable(fds, DEFAULT_BUSY_POLL) {
+            sleep_until_readable(fds);
         }
     }
-}
-
-fn poll_in(fds: &[i32; 2], timeout_ms: i32) -> bool {
-    let mut p = fds.map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    // SAFETY: a valid array of two pollfds.
-    unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) > 0 }
 }

@@ -2,31 +2,35 @@
 //! the whole network to it, UDP port 8285, each datagram one inner IPv4 packet, MTU − 28 —
 //! with a data path built for speed (batched syscalls, multi-queue TUN, TSO/GSO/GRO) and
 //! stricter checks (only leased peers, only their own inner sources, only local
-//! destinations). The control plane here only creates the device and publishes peer tables;
-//! the packets never touch the async runtime.
+//! destinations). The data path is the TUN engine ([`crate::engine`]) with the udp
+//! [`transform::UdpTransform`]; the control plane here only creates the device, starts the
+//! engine and publishes peer tables.
 
-pub mod datapath;
-pub mod packet;
-pub mod stats;
 pub mod table;
+pub mod transform;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use twill_netkit::tun::offload::{CSUM, TSO4, TSO6};
-use twill_netkit::tun::{Tun, TunOptions};
-use twill_netkit::{Link, Netlink, Route, Scope};
+use twill_netkit::{Link, Netlink};
 
 use super::{ApplyErrors, Backend, Peers, Underlay, routes};
+use crate::engine::device::{self, TunSpec};
+use crate::engine::{Engine, EngineConfig, Stats};
 use crate::lease::LeaseRecord;
 use crate::netconf::{BackendType, NetworkConfig};
-use datapath::{Datapath, DatapathConfig};
-use stats::Stats;
 use table::{PeerTable, TableCell};
+use transform::UdpTransform;
 
 /// Outer IPv4 (20) + UDP (8).
 pub const UDP_OVERHEAD: u32 = 28;
+
+/// The TUN device's name unless configured otherwise (Flannel's).
+pub const DEFAULT_DEVICE: &str = "flannel0";
+
+/// How long a worker keeps polling after bulk traffic stops, unless configured otherwise.
+pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(300);
 
 /// Settings of the udp backend that are node-local (flags, with their defaults in `cli`), not
 /// part of the network config.
@@ -53,7 +57,7 @@ pub struct Udp {
     local: Option<Ipv4Net>,
     table: Arc<TableCell>,
     stats: Arc<Stats>,
-    datapath: Option<Datapath>,
+    engine: Option<Engine>,
     /// The peers of the last apply, to rebuild the table when the local subnet changes.
     peers: Vec<(Ipv4Net, Ipv4Addr)>,
 }
@@ -69,8 +73,8 @@ impl Udp {
             device: None,
             local: None,
             table: TableCell::new(PeerTable::default()),
-            stats: Arc::new(Stats::default()),
-            datapath: None,
+            stats: Arc::new(Stats::new("udp")),
+            engine: None,
             peers: Vec::new(),
         }
     }
@@ -83,7 +87,7 @@ impl Udp {
     fn workers(&self) -> usize {
         match self.opts.workers {
             // Half the CPUs: each worker also carries the kernel's share of its packets, and
-            // the containers need the rest (one worker beat two on 2 vCPUs).
+            // the containers need the rest.
             0 => (std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
@@ -103,35 +107,26 @@ impl Udp {
 
     /// Stops the data path (its queues close, so the device goes away with them).
     fn stop(&mut self) {
-        self.datapath = None;
+        self.engine = None;
         self.device = None;
     }
 
+    /// The overlay TUN as this node's udp backend has it.
+    fn tun_spec(&self) -> TunSpec {
+        TunSpec {
+            name: self.opts.device.clone(),
+            queues: self.workers(),
+            offloads: self.opts.offloads,
+            mtu: self.mtu(),
+            network: self.network,
+        }
+    }
+
+    /// (Re-)creates the device and starts the engine on its queues. The address follows
+    /// the lease ([`Self::configure_address`]) and the route is reconciled in `apply`.
     async fn start(&mut self, nl: &Netlink) -> twill_netkit::Result<()> {
         self.stop();
-        let mut opts = TunOptions::offloaded(&self.opts.device, self.workers());
-        // TCP segmentation only: the data path segments TCP itself and would have to drop
-        // UDP GSO (USO) super-packets.
-        opts.offload_candidates = if self.opts.offloads {
-            vec![CSUM | TSO4 | TSO6, CSUM | TSO4, CSUM, 0]
-        } else {
-            vec![0]
-        };
-        let tun = Tun::create(&opts)?;
-        let dev = nl.require_link(tun.name()).await?;
-        nl.set_mtu(dev.index, self.mtu()).await?;
-        // The ICMP errors the data path writes back come from the device's own address,
-        // which the kernel would drop as a martian source without this. Not fatal: in a
-        // container with a read-only /proc/sys only those replies are lost.
-        let key = format!("net/ipv4/conf/{}/accept_local", dev.name);
-        if let Err(e) = twill_netkit::sysctl::ensure(&key, "1") {
-            tracing::warn!(error = %e, "cannot set {key}=1: ICMP net unreachable replies for unknown destinations will be dropped by the kernel");
-        }
-        // The overlay is IPv4 only: without this the kernel sends router solicitations and
-        // MLD reports into the TUN, which the data path can only drop.
-        let _ =
-            twill_netkit::sysctl::ensure(&format!("net/ipv6/conf/{}/disable_ipv6", dev.name), "1");
-        nl.set_up(dev.index).await?;
+        let (tun, dev) = device::create(nl, &self.tun_spec(), None).await?;
         tracing::info!(
             device = %dev.name,
             queues = tun.queues().len(),
@@ -139,22 +134,23 @@ impl Udp {
             mtu = self.mtu(),
             "udp data path: TUN ready"
         );
-        let cfg = DatapathConfig {
+        let cfg = EngineConfig {
             bind: SocketAddrV4::new(self.underlay.public_ip, self.port),
             mtu: self.mtu() as usize,
             offloads: self.opts.offloads,
+            busy_poll: self.opts.busy_poll,
+            name: "udp",
         };
-        let dp = Datapath::start(
-            tun.into_queues(),
-            cfg,
-            self.opts.busy_poll,
-            &self.table,
-            &self.stats,
-        )
-        .map_err(|e| {
-            twill_netkit::Error::io("starting the udp data path on", dev.name.clone(), e)
-        })?;
-        self.datapath = Some(dp);
+        let transform = UdpTransform {
+            table: self.table.clone(),
+            port: self.port,
+            mtu: self.mtu() as usize,
+        };
+        let engine =
+            Engine::start(tun.into_queues(), cfg, &transform, &self.stats).map_err(|e| {
+                twill_netkit::Error::io("starting the udp data path on", dev.name.clone(), e)
+            })?;
+        self.engine = Some(engine);
         self.device = Some(dev);
         Ok(())
     }
@@ -163,7 +159,7 @@ impl Udp {
         let (Some(dev), Some(subnet)) = (&self.device, self.local) else {
             return Ok(());
         };
-        super::set_subnet_address(nl, dev.index, subnet).await
+        device::set_address(nl, dev, subnet).await
     }
 }
 
@@ -205,7 +201,7 @@ impl Backend for Udp {
             }
             None => false,
         };
-        let healthy = self.datapath.as_ref().is_some_and(Datapath::healthy);
+        let healthy = self.engine.as_ref().is_some_and(Engine::healthy);
         if !present || !healthy {
             tracing::warn!(device = %self.opts.device, "udp TUN device or data path gone: re-creating it");
             if let Err(e) = self.start(nl).await {
@@ -223,7 +219,7 @@ impl Backend for Udp {
             .collect();
         self.publish();
         if let Some(dev) = &self.device {
-            let route = Route::new(self.network).dev(dev.index).scope(Scope::Link);
+            let route = device::network_route(self.network, dev);
             routes::reconcile(nl, self.network, &[route], &mut errors).await;
         }
         errors

@@ -1,14 +1,16 @@
-//! Counters of the udp data path. Threads count into plain locals and add them to the shared
+//! Counters of a data path. Threads count into plain locals and add them to the shared
 //! atomics once per batch, so counting costs no shared cache line per packet.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::packet::Drop;
+use super::packet::DropReason;
 
 /// Shared counters, read by `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
+    /// The backend's name in the metric names (`twilld_<backend>_...`).
+    backend: &'static str,
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
     pub rx_packets: AtomicU64,
@@ -19,12 +21,12 @@ pub struct Stats {
     pub udp_recv_calls: AtomicU64,
     pub icmp_unreachable: AtomicU64,
     pub io_errors: AtomicU64,
-    pub drops: [AtomicU64; Drop::ALL.len()],
+    pub drops: [AtomicU64; DropReason::ALL.len()],
 }
 
 /// One thread's counts since its last flush.
 #[derive(Debug, Default)]
-pub struct Local {
+pub struct LocalCounts {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -35,11 +37,12 @@ pub struct Local {
     pub udp_recv_calls: u64,
     pub icmp_unreachable: u64,
     pub io_errors: u64,
-    pub drops: [u64; Drop::ALL.len()],
+    pub drops: [u64; DropReason::ALL.len()],
 }
 
-impl Local {
-    pub fn drop(&mut self, why: Drop, n: u64) {
+impl LocalCounts {
+    /// Counts `n` packets dropped for `why`.
+    pub fn count_drop(&mut self, why: DropReason, n: u64) {
         self.drops[why.index()] += n;
     }
 
@@ -68,8 +71,26 @@ impl Local {
 }
 
 impl Stats {
+    /// Zeroed counters of the data path of `backend` (as named in the metrics).
+    pub fn new(backend: &'static str) -> Stats {
+        Stats {
+            backend,
+            tx_packets: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            rx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tun_reads: AtomicU64::new(0),
+            tun_writes: AtomicU64::new(0),
+            udp_send_calls: AtomicU64::new(0),
+            udp_recv_calls: AtomicU64::new(0),
+            icmp_unreachable: AtomicU64::new(0),
+            io_errors: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
     /// The drop count for one reason.
-    pub fn dropped(&self, why: Drop) -> u64 {
+    pub fn dropped(&self, why: DropReason) -> u64 {
         self.drops[why.index()].load(Ordering::Relaxed)
     }
 
@@ -77,75 +98,100 @@ impl Stats {
     pub fn render(&self, s: &mut String) {
         let counters: [(&str, &str, &AtomicU64); 10] = [
             (
-                "twilld_udp_tx_packets",
+                "tx_packets",
                 "Inner packets sent to peers.",
                 &self.tx_packets,
             ),
+            ("tx_bytes", "Inner bytes sent to peers.", &self.tx_bytes),
             (
-                "twilld_udp_tx_bytes",
-                "Inner bytes sent to peers.",
-                &self.tx_bytes,
-            ),
-            (
-                "twilld_udp_rx_packets",
+                "rx_packets",
                 "Inner packets received from peers and delivered.",
                 &self.rx_packets,
             ),
             (
-                "twilld_udp_rx_bytes",
+                "rx_bytes",
                 "Inner bytes received from peers and delivered.",
                 &self.rx_bytes,
             ),
             (
-                "twilld_udp_tun_reads",
+                "tun_reads",
                 "Reads from the TUN device (one may carry a 64 KiB super-packet).",
                 &self.tun_reads,
             ),
             (
-                "twilld_udp_tun_writes",
+                "tun_writes",
                 "Writes to the TUN device (one may carry many coalesced segments).",
                 &self.tun_writes,
             ),
+            ("send_calls", "sendmmsg calls.", &self.udp_send_calls),
             (
-                "twilld_udp_send_calls",
-                "sendmmsg calls.",
-                &self.udp_send_calls,
-            ),
-            (
-                "twilld_udp_recv_calls",
+                "recv_calls",
                 "recvmmsg calls that returned data.",
                 &self.udp_recv_calls,
             ),
             (
-                "twilld_udp_icmp_unreachable",
+                "icmp_unreachable",
                 "ICMP net unreachable written back for destinations without a peer.",
                 &self.icmp_unreachable,
             ),
             (
-                "twilld_udp_io_errors",
+                "io_errors",
                 "Failed reads and writes on the TUN device or the UDP socket.",
                 &self.io_errors,
             ),
         ];
+        let backend = self.backend;
         for (name, help, v) in counters {
             let _ = writeln!(
                 s,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {}",
+                "# HELP twilld_{backend}_{name} {help}\n# TYPE twilld_{backend}_{name} counter\n\
+                 twilld_{backend}_{name}_total {}",
                 v.load(Ordering::Relaxed)
             );
         }
-        let name = "twilld_udp_dropped_packets";
+        let name = format!("twilld_{backend}_dropped_packets");
         let _ = writeln!(
             s,
-            "# HELP {name} Packets the udp data path dropped, by reason.\n# TYPE {name} counter"
+            "# HELP {name} Packets the {backend} data path dropped, by reason.\n# TYPE {name} counter"
         );
-        for why in Drop::ALL {
+        for why in DropReason::ALL {
             let _ = writeln!(
                 s,
                 "{name}_total{{reason=\"{}\"}} {}",
                 why.label(),
                 self.dropped(why)
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_under_the_backends_name() {
+        let stats = Stats::new("udp");
+        let mut local = LocalCounts {
+            tx_packets: 3,
+            udp_send_calls: 1,
+            ..LocalCounts::default()
+        };
+        local.count_drop(DropReason::NoRoute, 2);
+        local.flush(&stats);
+        assert_eq!(local.tx_packets, 0, "flushed counts start again at zero");
+        let mut s = String::new();
+        stats.render(&mut s);
+        for line in [
+            "# HELP twilld_udp_tx_packets Inner packets sent to peers.",
+            "# TYPE twilld_udp_tx_packets counter",
+            "twilld_udp_tx_packets_total 3",
+            "twilld_udp_send_calls_total 1",
+            "# HELP twilld_udp_dropped_packets Packets the udp data path dropped, by reason.",
+            "twilld_udp_dropped_packets_total{reason=\"no_route\"} 2",
+            "twilld_udp_dropped_packets_total{reason=\"unknown_peer\"} 0",
+        ] {
+            assert!(s.lines().any(|l| l == line), "{line} missing in:\n{s}");
         }
     }
 }

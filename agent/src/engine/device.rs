@@ -1,0 +1,79 @@
+//! The overlay TUN: the device a TUN-based backend reads its node's outgoing overlay traffic
+//! from and writes the received traffic into, created and configured in one place for twilld
+//! and for the lab's TUN relay, which stands in for twilld on the same device.
+
+use ipnet::Ipv4Net;
+use twill_netkit::tun::offload::{CSUM, TSO4, TSO6};
+use twill_netkit::tun::{Tun, TunOptions};
+use twill_netkit::{Link, Netlink, Route, Scope};
+
+/// How to make the overlay TUN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunSpec {
+    /// The device name.
+    pub name: String,
+    /// Queues, one per data-path worker.
+    pub queues: usize,
+    /// TCP segmentation and checksum offloads (off: one plain packet per read).
+    pub offloads: bool,
+    /// The largest inner packet: the underlay's MTU less what the backend adds.
+    pub mtu: u32,
+    /// The overlay network, routed to the device.
+    pub network: Ipv4Net,
+}
+
+impl TunSpec {
+    /// The offload sets to try, best first. TCP segmentation only: the engine segments TCP
+    /// itself and would have to drop UDP GSO (USO) super-packets.
+    fn offload_candidates(&self) -> Vec<u32> {
+        if self.offloads {
+            vec![CSUM | TSO4 | TSO6, CSUM | TSO4, CSUM, 0]
+        } else {
+            vec![0]
+        }
+    }
+}
+
+/// Creates the overlay TUN in the namespace of the calling thread (virtio-net headers, the
+/// offloads the kernel accepts), sets its MTU and sysctls and brings it up; with `subnet`
+/// known also gives it its address and routes the network to it. Returns the device and its
+/// link; the device goes away when every queue of the [`Tun`] is closed.
+pub async fn create(
+    nl: &Netlink,
+    spec: &TunSpec,
+    subnet: Option<Ipv4Net>,
+) -> twill_netkit::Result<(Tun, Link)> {
+    let mut opts = TunOptions::offloaded(&spec.name, spec.queues);
+    opts.offload_candidates = spec.offload_candidates();
+    let tun = Tun::create(&opts)?;
+    let link = nl.require_link(tun.name()).await?;
+    nl.set_mtu(link.index, spec.mtu).await?;
+    // The ICMP errors the data path writes back come from the device's own address, which
+    // the kernel would drop as a martian source without this. Not fatal: in a container
+    // with a read-only /proc/sys only those replies are lost.
+    let key = format!("net/ipv4/conf/{}/accept_local", link.name);
+    if let Err(e) = twill_netkit::sysctl::ensure(&key, "1") {
+        tracing::warn!(error = %e, "cannot set {key}=1: ICMP net unreachable replies for unknown destinations will be dropped by the kernel");
+    }
+    // The overlay is IPv4 only: without this the kernel sends router solicitations and MLD
+    // reports into the TUN, which the data path can only drop.
+    let _ = twill_netkit::sysctl::ensure(&format!("net/ipv6/conf/{}/disable_ipv6", link.name), "1");
+    nl.set_up(link.index).await?;
+    if let Some(subnet) = subnet {
+        set_address(nl, &link, subnet).await?;
+        nl.replace_route(&network_route(spec.network, &link))
+            .await?;
+    }
+    Ok((tun, link))
+}
+
+/// Gives the overlay TUN its address, `<subnet>.0/32`, as Flannel does.
+pub async fn set_address(nl: &Netlink, link: &Link, subnet: Ipv4Net) -> twill_netkit::Result<()> {
+    crate::backend::set_subnet_address(nl, link.index, subnet).await
+}
+
+/// The route of the whole overlay network to the TUN (link scope: no gateway, every
+/// destination is handed to the device).
+pub fn network_route(network: Ipv4Net, link: &Link) -> Route {
+    Route::new(network).dev(link.index).scope(Scope::Link)
+}

@@ -1,0 +1,130 @@
+//! The TUN data-path engine every TUN-based backend runs on: per worker one plain OS thread
+//! that carries both directions (TUN → UDP and UDP → TUN) over its own TUN queue and
+//! SO_REUSEPORT socket, with non-blocking fds (poll only when idle). TUN reads carry
+//! virtio-net headers, so the kernel hands over 64 KiB TCP super-packets; their segments
+//! leave with one sendmmsg and UDP GSO; received datagrams come in with UDP GRO and their TCP
+//! segments are coalesced into few gather writes to the TUN. All buffers are allocated at
+//! start; the packets never touch the async runtime.
+//!
+//! What a backend does to each packet (udp: check and pass through; an encrypting backend:
+//! seal and open) is its [`Transform`], over which the engine is generic.
+//!
+//! - `device.rs`: creates and configures the overlay TUN (for twilld and the lab's relay).
+//! - `transform.rs`: the traits a backend implements.
+//! - `tx.rs`, `rx.rs`: the two directions; `worker.rs`: the thread loop that runs both;
+//!   `poll.rs`: busy polling and sleeping.
+//! - `trains.rs`: the send planner (segment trains for UDP GSO); `icmp_budget.rs`: the rate
+//!   limit of ICMP errors.
+//! - `packet/`: pure packet functions (checks, segmentation, coalescing), fuzzed.
+//! - `sys.rs`: the system calls, behind safe wrappers (the engine's only `unsafe`).
+//! - `stats.rs`: the counters.
+
+pub mod device;
+mod icmp_budget;
+pub mod packet;
+pub mod poll;
+mod rx;
+pub mod stats;
+pub mod sys;
+mod trains;
+pub mod transform;
+mod tx;
+mod worker;
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddrV4;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use stats::Stats;
+pub use transform::{Control, Destination, Inbound, Opened, Outbound, Refusal, Sender, Transform};
+
+/// What the engine needs to know besides the transform.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// The UDP address to bind (public IP and port).
+    pub bind: SocketAddrV4,
+    /// The TUN MTU: the largest inner packet.
+    pub mtu: usize,
+    /// UDP GSO segment trains, UDP GRO and TCP coalescing (the TUN's offloads are set by
+    /// whoever opened it).
+    pub offloads: bool,
+    /// How long a worker keeps polling after bulk traffic stops before it sleeps.
+    pub busy_poll: Duration,
+    /// The backend's name: worker threads are called `<name>-<queue>`.
+    pub name: &'static str,
+}
+
+/// Running data-path threads; dropping it stops and joins them.
+pub struct Engine {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts one worker thread (both directions) per TUN queue, each with its own socket
+    /// on `cfg.bind` and its own halves of `transform`.
+    pub fn start<T: Transform>(
+        queues: Vec<File>,
+        cfg: EngineConfig,
+        transform: &T,
+        stats: &Arc<Stats>,
+    ) -> io::Result<Engine> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut engine = Engine {
+            stop: stop.clone(),
+            threads: Vec::new(),
+        };
+        for (i, tun) in queues.into_iter().enumerate() {
+            sys::set_nonblocking(tun.as_fd())?;
+            let sock = Arc::new(sys::UdpSocket::bind(cfg.bind, cfg.offloads).map_err(|e| {
+                let hint = if e.kind() == io::ErrorKind::AddrInUse {
+                    " (is another flanneld or twilld running on this node? Backend.Port sets the port)"
+                } else {
+                    ""
+                };
+                io::Error::new(
+                    e.kind(),
+                    format!("binding UDP socket {}: {e}{hint}", cfg.bind),
+                )
+            })?);
+            let tun_rx = tun.try_clone()?;
+            let tx = tx::TxWorker::new(
+                tun,
+                sock.clone(),
+                transform.outbound(),
+                stats.clone(),
+                stop.clone(),
+                cfg,
+            );
+            let rx = rx::RxWorker::new(tun_rx, sock, transform.inbound(), stats.clone(), cfg);
+            engine.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("{}-{i}", cfg.name))
+                    .spawn(move || worker::run(tx, rx, cfg.busy_poll))?,
+            );
+        }
+        Ok(engine)
+    }
+
+    /// Whether every thread is still running (a thread ends when its TUN queue dies).
+    pub fn healthy(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed) && self.threads.iter().all(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

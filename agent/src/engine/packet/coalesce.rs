@@ -1,0 +1,299 @@
+//! Coalescing: consecutive segments of one TCP flow into one super-packet for the TUN, as
+//! the kernel's GRO would, with the payloads gathered from the receive buffer.
+
+use super::checksum::{fold, pseudo_header};
+use super::ipv4::{Ipv4Info, MAX_IP_PACKET, set_ipv4_checksum};
+use super::layout::{addr, be16, be32, ip, put16, tcp};
+use super::segment::tcp_header_len;
+use super::vnet::{GSO_TCPV4, PLAIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr};
+
+/// How many flows can be coalesced at once (several iperf3 streams interleave).
+const SLOTS: usize = 8;
+/// Segments per super-packet at most (one iovec each when written).
+pub const MAX_COALESCE: usize = 64;
+/// Coalesced packets have no IP options, so their TCP header starts here.
+const TCP_AT: usize = ip::MIN_HEADER_LEN;
+/// The longest IPv4 + TCP header of a coalesced packet (20 + 60).
+const MAX_HEAD: usize = TCP_AT + 60;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FlowKey {
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: u32,
+}
+
+/// One super-packet being built: the first segment's header, and where each segment's
+/// payload lies in the receive buffer (nothing is copied until the gather write).
+struct Slot {
+    head: [u8; MAX_HEAD],
+    header_len: usize,
+    key: Option<FlowKey>,
+    /// Payload bytes per segment (the first segment's).
+    gso_size: usize,
+    parts: Vec<(usize, usize)>,
+    total_len: usize,
+    next_seq: u32,
+    /// No more segments may join (a short or PSH segment ended it, or it is full).
+    closed: bool,
+    /// Order of opening, to flush the oldest when all slots are busy.
+    age: u64,
+}
+
+/// Coalesces received TCP/IPv4 segments into super-packets written with a virtio-net GSO
+/// header; everything else passes through unchanged. Packets are given as ranges of one
+/// buffer that stays unchanged until [`Coalescer::flush`]. Nothing is allocated after `new`.
+pub struct Coalescer {
+    slots: Vec<Slot>,
+    clock: u64,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Coalescer::new()
+    }
+}
+
+/// What [`Coalescer`] hands to the TUN writer: a virtio-net header and one IP packet in
+/// pieces (write them with one gather write).
+pub trait TunSink {
+    fn write(&mut self, hdr: &[u8; VNET_HDR_LEN], parts: &[&[u8]]);
+}
+
+impl<F: FnMut(&[u8; VNET_HDR_LEN], &[&[u8]])> TunSink for F {
+    fn write(&mut self, hdr: &[u8; VNET_HDR_LEN], parts: &[&[u8]]) {
+        self(hdr, parts)
+    }
+}
+
+/// The fields of a segment that decide whether it can join a super-packet.
+struct TcpSeg {
+    key: FlowKey,
+    header_len: usize,
+    seq: u32,
+    flags: u8,
+    payload: usize,
+}
+
+fn tcp_segment(pkt: &[u8], info: &Ipv4Info) -> Option<TcpSeg> {
+    if info.proto != ip::PROTO_TCP || info.header_len != TCP_AT {
+        return None;
+    }
+    // Fragments and packets with MF set never coalesce.
+    if be16(pkt, ip::FLAGS_FRAGMENT) & ip::MORE_FRAGMENTS_AND_OFFSET_MASK != 0 {
+        return None;
+    }
+    let seg = pkt.get(TCP_AT..)?;
+    if seg.len() < tcp::MIN_HEADER_LEN {
+        return None;
+    }
+    let thl = tcp_header_len(seg[tcp::DATA_OFFSET]);
+    if thl < tcp::MIN_HEADER_LEN || thl > seg.len() {
+        return None;
+    }
+    Some(TcpSeg {
+        key: FlowKey {
+            src: addr(pkt, ip::SRC),
+            dst: addr(pkt, ip::DST),
+            ports: be32(seg, tcp::PORTS),
+        },
+        header_len: TCP_AT + thl,
+        seq: be32(seg, tcp::SEQ),
+        flags: seg[tcp::FLAGS],
+        payload: seg.len() - thl,
+    })
+}
+
+impl Coalescer {
+    pub fn new() -> Coalescer {
+        Coalescer {
+            slots: (0..SLOTS)
+                .map(|_| Slot {
+                    head: [0; MAX_HEAD],
+                    header_len: 0,
+                    key: None,
+                    gso_size: 0,
+                    parts: Vec::with_capacity(MAX_COALESCE),
+                    total_len: 0,
+                    next_seq: 0,
+                    closed: false,
+                    age: 0,
+                })
+                .collect(),
+            clock: 0,
+        }
+    }
+
+    /// Takes one checked IPv4 packet, `buf[at]` (`info` is its parsed header). Packets of
+    /// one flow leave in order; different flows may be reordered against each other.
+    pub fn push(
+        &mut self,
+        buf: &[u8],
+        at: std::ops::Range<usize>,
+        info: &Ipv4Info,
+        sink: &mut impl TunSink,
+    ) {
+        let pkt = &buf[at.clone()];
+        let Some(seg) = tcp_segment(pkt, info) else {
+            sink.write(&PLAIN, &[pkt]);
+            return;
+        };
+        let found = self.slots.iter().position(|s| s.key == Some(seg.key));
+        if let Some(i) = found {
+            if self.can_append(i, pkt, &seg) {
+                let s = &mut self.slots[i];
+                s.parts.push((at.start + seg.header_len, at.end));
+                s.total_len += seg.payload;
+                s.next_seq = seg.seq.wrapping_add(seg.payload as u32);
+                if seg.flags & tcp::PSH != 0 {
+                    s.head[TCP_AT + tcp::FLAGS] |= tcp::PSH;
+                    s.closed = true;
+                }
+                if seg.payload < s.gso_size || s.parts.len() == MAX_COALESCE {
+                    s.closed = true;
+                }
+                return;
+            }
+            self.flush_slot(i, buf, sink);
+        }
+        let plain_data = seg.flags & !(tcp::ACK | tcp::PSH) == 0 && seg.payload > 0;
+        if !plain_data || seg.header_len > MAX_HEAD {
+            sink.write(&PLAIN, &[pkt]);
+            return;
+        }
+        let i = match self.slots.iter().position(|s| s.key.is_none()) {
+            Some(i) => i,
+            None => {
+                let oldest = (0..self.slots.len())
+                    .min_by_key(|&i| self.slots[i].age)
+                    .unwrap_or(0);
+                self.flush_slot(oldest, buf, sink);
+                oldest
+            }
+        };
+        self.clock += 1;
+        let s = &mut self.slots[i];
+        s.head[..seg.header_len].copy_from_slice(&pkt[..seg.header_len]);
+        s.header_len = seg.header_len;
+        s.key = Some(seg.key);
+        s.gso_size = seg.payload;
+        s.parts.clear();
+        s.parts.push((at.start + seg.header_len, at.end));
+        s.total_len = pkt.len();
+        s.next_seq = seg.seq.wrapping_add(seg.payload as u32);
+        s.closed = seg.flags & tcp::PSH != 0;
+        s.age = self.clock;
+    }
+
+    fn can_append(&self, i: usize, pkt: &[u8], seg: &TcpSeg) -> bool {
+        let s = &self.slots[i];
+        if s.closed
+            || seg.seq != s.next_seq
+            || seg.header_len != s.header_len
+            || seg.payload == 0
+            || seg.payload > s.gso_size
+            || s.total_len + seg.payload > MAX_IP_PACKET
+            || seg.flags & !(tcp::ACK | tcp::PSH) != 0
+        {
+            return false;
+        }
+        let first = &s.head[..s.header_len];
+        let df = |p: &[u8]| p[ip::FLAGS_FRAGMENT] & ip::DONT_FRAGMENT;
+        // From the ack number through the data offset, then the window, then the urgent
+        // pointer and the options.
+        let ack_to_offset = TCP_AT + tcp::ACK_NUM..TCP_AT + tcp::FLAGS;
+        let flags = TCP_AT + tcp::FLAGS;
+        let window = TCP_AT + tcp::WINDOW..TCP_AT + tcp::CHECKSUM;
+        let urgent_and_options = TCP_AT + tcp::URGENT..s.header_len;
+        // Same TOS and DF; the TCP header equal after the sequence number except flags
+        // (PSH) and checksum: ack, window, options (timestamps) — as Linux GRO requires.
+        first[ip::TOS] == pkt[ip::TOS]
+            && df(first) == df(pkt)
+            && first[ack_to_offset.clone()] == pkt[ack_to_offset]
+            && (first[flags] & !tcp::PSH) == (pkt[flags] & !tcp::PSH)
+            && first[window.clone()] == pkt[window]
+            && first[urgent_and_options.clone()] == pkt[urgent_and_options]
+    }
+
+    fn flush_slot(&mut self, i: usize, buf: &[u8], sink: &mut impl TunSink) {
+        let s = &mut self.slots[i];
+        if s.key.take().is_none() {
+            return;
+        }
+        let hl = s.header_len;
+        if s.parts.len() == 1 {
+            // Untouched: its own header and checksums are still right.
+            let (start, end) = s.parts[0];
+            sink.write(&PLAIN, &[&buf[start - hl..end]]);
+            return;
+        }
+        let head = &mut s.head[..hl];
+        put16(head, ip::TOTAL_LEN, s.total_len as u16);
+        set_ipv4_checksum(&mut head[..TCP_AT]);
+        let src = addr(head, ip::SRC);
+        let dst = addr(head, ip::DST);
+        // NEEDS_CSUM: the field holds the pseudo-header sum, the kernel completes it.
+        let partial = fold(pseudo_header(src, dst, ip::PROTO_TCP, s.total_len - TCP_AT));
+        put16(head, TCP_AT + tcp::CHECKSUM, partial);
+        let hdr = VnetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: hl as u16,
+            gso_size: s.gso_size as u16,
+            csum_start: TCP_AT as u16,
+            csum_offset: tcp::CHECKSUM as u16,
+        };
+        let mut parts: [&[u8]; MAX_COALESCE + 1] = [&[]; MAX_COALESCE + 1];
+        parts[0] = head;
+        for (p, &(start, end)) in parts[1..].iter_mut().zip(&s.parts) {
+            *p = &buf[start..end];
+        }
+        sink.write(&hdr.to_bytes(), &parts[..s.parts.len() + 1]);
+    }
+
+    /// Writes out every super-packet in progress (at the end of each receive batch, before
+    /// the buffer is reused).
+    pub fn flush(&mut self, buf: &[u8], sink: &mut impl TunSink) {
+        let mut order: [(u64, usize); SLOTS] = [(u64::MAX, 0); SLOTS];
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.key.is_some() {
+                order[i] = (s.age, i);
+            }
+        }
+        order.sort_unstable();
+        for (age, i) in order {
+            if age != u64::MAX {
+                self.flush_slot(i, buf, sink);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{coalesce, tcp_packet};
+    use super::super::vnet::GSO_NONE;
+    use super::*;
+
+    #[test]
+    fn coalescer_keeps_flows_apart_and_passes_other_packets() {
+        let a1 = tcp_packet(0, tcp::ACK, &[1; 100], 64);
+        let a2 = tcp_packet(100, tcp::ACK, &[2; 100], 64);
+        let gap = tcp_packet(300, tcp::ACK, &[3; 100], 64);
+        let syn = tcp_packet(0, tcp::SYN, &[], 64);
+        let written: Vec<(u8, usize)> = coalesce(&[a1.clone(), a2, gap.clone(), syn.clone()])
+            .into_iter()
+            .map(|(h, p)| (h[1], p.len()))
+            .collect();
+        // a1+a2 coalesced (flushed when the gap arrived), then the gap alone (flushed by the
+        // SYN), then the SYN, which never coalesces.
+        assert_eq!(
+            written,
+            vec![
+                (GSO_TCPV4, a1.len() + 100),
+                (GSO_NONE, gap.len()),
+                (GSO_NONE, syn.len())
+            ]
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! Segmentation: one TCP/IPv4 super-packet from the TUN into MTU-sized packets, as the
+//! kernel's TSO would, with the payload left in place.
+
+use super::DropReason;
+use super::checksum::{fold, pseudo_header, sum};
+use super::ipv4::{parse_ipv4, set_ipv4_checksum};
+use super::layout::{addr, be16, be32, ip, put16, put32, tcp};
+
+/// How a TCP/IPv4 super-packet splits: `count` segments, each `header_len` bytes of header
+/// followed by a chunk of at most `gso_size` payload bytes (only the last may be shorter).
+/// Headers come from [`segment_headers`]; payload chunks stay where they are in the
+/// super-packet, so the sender can gather both without copying the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentPlan {
+    pub count: usize,
+    pub header_len: usize,
+    pub gso_size: usize,
+    pub payload_len: usize,
+}
+
+impl SegmentPlan {
+    /// Byte range of segment `i`'s payload inside the super-packet.
+    pub fn payload(&self, i: usize) -> std::ops::Range<usize> {
+        let start = self.header_len + (i * self.gso_size).min(self.payload_len);
+        let end = self.header_len + ((i + 1) * self.gso_size).min(self.payload_len);
+        start..end
+    }
+
+    /// Size of every segment but the last (what UDP_SEGMENT is told).
+    pub fn stride(&self) -> usize {
+        self.header_len + self.gso_size.min(self.payload_len)
+    }
+
+    /// All segments together.
+    pub fn total_len(&self) -> usize {
+        self.payload_len + self.count * self.header_len
+    }
+}
+
+/// The most segments one super-packet may split into: 64 KiB at a 128-byte MSS.
+pub const MAX_SEGMENTS: usize = 512;
+
+/// The longest IPv4 + TCP header, options included (60 + 60): the room one segment's header
+/// takes in a header buffer at most.
+pub const MAX_SEGMENT_HEADER: usize = 120;
+
+/// Plans the split of a TCP/IPv4 super-packet (`pkt`, the IP packet after its virtio-net
+/// header) into segments of `gso_size` payload bytes, like the kernel's TSO, and writes each
+/// segment's header to `headers` (`header_len` bytes apart): IP ids counting up, sequence
+/// numbers advanced, FIN/PSH only on the last segment, CWR only on the first, full IP and
+/// TCP checksums (over the payload in place).
+pub fn segment_headers(
+    pkt: &[u8],
+    gso_size: usize,
+    headers: &mut [u8],
+) -> Result<SegmentPlan, DropReason> {
+    let info = parse_ipv4(pkt, false)?;
+    if info.proto != ip::PROTO_TCP || gso_size == 0 {
+        return Err(DropReason::Malformed);
+    }
+    let ihl = info.header_len;
+    if pkt.len() < ihl + tcp::MIN_HEADER_LEN {
+        return Err(DropReason::Truncated);
+    }
+    let thl = tcp_header_len(pkt[ihl + tcp::DATA_OFFSET]);
+    if thl < tcp::MIN_HEADER_LEN || ihl + thl > pkt.len() {
+        return Err(DropReason::Malformed);
+    }
+    let hl = ihl + thl;
+    let payload_len = pkt.len() - hl;
+    let count = payload_len.div_ceil(gso_size).max(1);
+    if count > MAX_SEGMENTS {
+        return Err(DropReason::Malformed);
+    }
+    if headers.len() < count * hl {
+        return Err(DropReason::Oversize);
+    }
+    let plan = SegmentPlan {
+        count,
+        header_len: hl,
+        gso_size,
+        payload_len,
+    };
+    let id = be16(pkt, ip::ID);
+    let seq = be32(pkt, ihl + tcp::SEQ);
+    let flags = pkt[ihl + tcp::FLAGS];
+    let src = addr(pkt, ip::SRC);
+    let dst = addr(pkt, ip::DST);
+    for i in 0..count {
+        let chunk = &pkt[plan.payload(i)];
+        let h = &mut headers[i * hl..(i + 1) * hl];
+        h.copy_from_slice(&pkt[..hl]);
+        put16(h, ip::TOTAL_LEN, (hl + chunk.len()) as u16);
+        put16(h, ip::ID, id.wrapping_add(i as u16));
+        set_ipv4_checksum(&mut h[..ihl]);
+        let seg = &mut h[ihl..];
+        put32(seg, tcp::SEQ, seq.wrapping_add((i * gso_size) as u32));
+        let mut f = flags;
+        if i + 1 < count {
+            f &= !(tcp::FIN | tcp::PSH);
+        }
+        if i > 0 {
+            f &= !tcp::CWR;
+        }
+        seg[tcp::FLAGS] = f;
+        put16(seg, tcp::CHECKSUM, 0);
+        let len = thl + chunk.len();
+        let c = !fold(pseudo_header(src, dst, ip::PROTO_TCP, len) + sum(0, seg) + sum(0, chunk));
+        put16(seg, tcp::CHECKSUM, c);
+    }
+    Ok(plan)
+}
+
+/// The TCP header length in bytes, from the data offset byte.
+pub(super) fn tcp_header_len(data_offset: u8) -> usize {
+    ((data_offset >> 4) as usize) * 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{Rng, coalesce, segment_tcp4, tcp_ok, tcp_packet};
+    use super::super::vnet::{GSO_TCPV4, VNET_F_NEEDS_CSUM, VnetHdr, complete_checksum};
+    use super::super::{MAX_COALESCE, checksum};
+    use super::*;
+
+    #[test]
+    fn segmentation_then_coalescing_gives_back_the_stream() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let sup = tcp_packet(1000, tcp::ACK | tcp::PSH, &payload, 64);
+        let (segs, out) = segment_tcp4(&sup, 1400).unwrap();
+        assert_eq!(segs.count, 8);
+        assert_eq!(segs.stride(), 52 + 1400);
+        assert_eq!(segs.total_len(), 10_000 + 8 * 52);
+        assert_eq!(out.len(), segs.total_len());
+        let mut packets = Vec::new();
+        for i in 0..segs.count {
+            let start = i * segs.stride();
+            let end = (start + segs.stride()).min(segs.total_len());
+            let p = &out[start..end];
+            assert!(tcp_ok(p), "segment {i} checksums");
+            assert_eq!(be32(p, 20 + tcp::SEQ), 1000 + (i as u32) * 1400);
+            assert_eq!(p[20 + tcp::FLAGS] & tcp::PSH != 0, i == segs.count - 1);
+            packets.push(p.to_vec());
+        }
+        let written = coalesce(&packets);
+        assert_eq!(written.len(), 1);
+        let (h, p) = &written[0];
+        let h = VnetHdr::parse(h).unwrap();
+        assert_eq!((h.gso_type, h.gso_size, h.hdr_len), (GSO_TCPV4, 1400, 52));
+        assert_eq!(&p[52..], &payload[..]);
+        assert_eq!(checksum(&p[..20]), 0);
+        assert_eq!(p[20 + tcp::FLAGS] & tcp::PSH, tcp::PSH);
+        // Completing the partial checksum like the kernel gives a valid packet.
+        let mut full = p.clone();
+        complete_checksum(&mut full, &h).unwrap();
+        assert!(tcp_ok(&full));
+    }
+
+    #[test]
+    fn random_super_packets_segment_and_coalesce_back_with_valid_checksums() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for case in 0..1500 {
+            let len = rng.below(20_000) + 1;
+            let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let gso = 64 + rng.below(1400);
+            let flags = tcp::ACK | if rng.below(2) == 0 { tcp::PSH } else { 0 };
+            let seq = rng.next() as u32;
+            let sup = tcp_packet(seq, flags, &payload, 2 + rng.below(250) as u8);
+            let Ok((plan, wire)) = segment_tcp4(&sup, gso) else {
+                assert!(len.div_ceil(gso) > MAX_SEGMENTS, "case {case}");
+                continue;
+            };
+            let mut segments = Vec::new();
+            for i in 0..plan.count {
+                let start = i * plan.stride();
+                let p = wire[start..(start + plan.stride()).min(wire.len())].to_vec();
+                assert!(tcp_ok(&p), "case {case} segment {i}");
+                assert_eq!(be32(&p, 20 + tcp::SEQ), seq.wrapping_add((i * gso) as u32));
+                segments.push(p);
+            }
+            let mut got = Vec::new();
+            for (h, p) in coalesce(&segments) {
+                let h = VnetHdr::parse(&h).unwrap();
+                let mut p = p.clone();
+                assert_eq!(checksum(&p[..20]), 0, "case {case}");
+                if h.flags & VNET_F_NEEDS_CSUM != 0 {
+                    complete_checksum(&mut p, &h).unwrap();
+                    assert!(p.len() - 52 <= MAX_COALESCE * h.gso_size as usize);
+                }
+                assert!(tcp_ok(&p), "case {case}");
+                got.extend_from_slice(&p[52..]);
+            }
+            assert!(got == payload, "case {case}: payload changed");
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The part of a TUN data path a backend supplies: what happens to each packet between the
+//! TUN and the UDP socket. udp checks and passes packets through unchanged (Flannel's wire
+//! format); an encrypting backend (wireguard) would seal and open them here. The engine is
+//! generic over these traits, so every backend gets its own monomorphic data path: no
+//! dynamic dispatch and nothing boxed per packet.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
+
+use super::packet::{DropReason, Ipv4Info};
+use super::sys::UdpSocket;
+
+/// A backend's per-packet work, handed to [`super::Engine::start`]. Each worker thread gets
+/// its own outbound and inbound half, so per-thread state (cached peer tables, nonce
+/// counters) needs no lock.
+pub trait Transform {
+    type Outbound: Outbound;
+    type Inbound: Inbound;
+    /// The TUN → UDP half of one worker.
+    fn outbound(&self) -> Self::Outbound;
+    /// The UDP → TUN half of one worker.
+    fn inbound(&self) -> Self::Inbound;
+}
+
+/// Where an outgoing inner packet goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Destination<P> {
+    /// The peer's UDP endpoint.
+    pub to: SocketAddrV4,
+    /// What [`Outbound::seal`] needs about that peer (udp: nothing; wireguard: which session).
+    pub peer: P,
+}
+
+/// Why an outgoing inner packet is not sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Dropped and counted under the reason.
+    Drop(DropReason),
+    /// Nobody holds the destination: counted as [`DropReason::NoRoute`], and the engine
+    /// writes an ICMP net unreachable from `from` back into the TUN (rate-limited).
+    Unreachable { from: Ipv4Addr },
+}
+
+/// TUN → UDP, for one worker thread.
+pub trait Outbound: Send + 'static {
+    /// Per-peer state [`Outbound::seal`] uses, found once per inner packet by
+    /// [`Outbound::route`] and passed to every datagram cut from it.
+    type Peer: Copy;
+    /// Bytes [`Outbound::seal`] puts before each inner packet (wireguard: its 16-byte
+    /// message header). With both lengths 0 the engine sends the packets it has without
+    /// copying them and never calls `seal`.
+    const HEADER_LEN: usize = 0;
+    /// Bytes `seal` may put after each inner packet at most (wireguard: padding and tag).
+    const TRAILER_LEN: usize = 0;
+
+    /// Picks the peer for one inner packet read from the TUN (`pkt`, its header parsed into
+    /// `ip`), before it is segmented; may change the packet's IP header in place (the TTL).
+    fn route(
+        &mut self,
+        pkt: &mut [u8],
+        ip: &Ipv4Info,
+        ctl: &mut Control<'_>,
+    ) -> Result<Destination<Self::Peer>, Refusal>;
+
+    /// Turns one inner packet, at `datagram[HEADER_LEN..HEADER_LEN + inner_len]`, into the
+    /// datagram to send, in place; `datagram` has room for `TRAILER_LEN` more bytes. Returns
+    /// the datagram's length. Only called when `HEADER_LEN + TRAILER_LEN > 0`.
+    fn seal(
+        &mut self,
+        peer: Self::Peer,
+        datagram: &mut [u8],
+        inner_len: usize,
+    ) -> Result<usize, DropReason> {
+        let _ = (peer, datagram);
+        Ok(Self::HEADER_LEN + inner_len)
+    }
+
+    /// Called now and then (when the worker goes idle, and every few hundred busy rounds):
+    /// room for timers such as rekeying or keepalives.
+    fn housekeeping(&mut self, ctl: &mut Control<'_>) {
+        let _ = ctl;
+    }
+}
+
+/// What one received datagram turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// An inner packet to write into the TUN: `inner` is its place in the datagram.
+    Packet { inner: Range<usize>, ip: Ipv4Info },
+    /// A message of the transform's own (a handshake), already handled.
+    Consumed,
+}
+
+/// UDP → TUN, for one worker thread.
+pub trait Inbound: Send + 'static {
+    /// What opening the datagrams of one sender needs, looked up once for all datagrams of
+    /// one receive (a GRO receive carries many from one address).
+    type Sender<'a>: Sender
+    where
+        Self: 'a;
+
+    /// The sender at `from`, or why every datagram from it is dropped.
+    fn sender(&mut self, from: SocketAddrV4) -> Result<Self::Sender<'_>, DropReason>;
+}
+
+/// Opens the datagrams of one sender.
+pub trait Sender {
+    /// Checks (udp) or decrypts (wireguard) one datagram in place.
+    fn open(&mut self, datagram: &mut [u8], ctl: &mut Control<'_>) -> Result<Opened, DropReason>;
+}
+
+/// A transform's own way out: sends one datagram at once, outside the batches (handshakes,
+/// keepalives, cookie replies).
+pub struct Control<'a> {
+    sock: &'a UdpSocket,
+}
+
+impl<'a> Control<'a> {
+    pub fn new(sock: &'a UdpSocket) -> Control<'a> {
+        Control { sock }
+    }
+
+    /// Sends `datagram` to `to` now; a full socket buffer fails with WouldBlock.
+    pub fn send_to(&mut self, to: SocketAddrV4, datagram: &[u8]) -> std::io::Result<()> {
+        self.sock.send_to(to, datagram)
+    }
+}

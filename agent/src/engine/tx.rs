@@ -1,0 +1,347 @@
+//! TUN → UDP: reads carry virtio-net headers, so the kernel hands over 64 KiB TCP
+//! super-packets; the transform picks each one's peer, its segments leave with one sendmmsg
+//! and UDP_SEGMENT, gathering headers from an arena and payloads from the read buffer.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::EngineConfig;
+use super::icmp_budget::IcmpBudget;
+use super::packet::{
+    self, DropReason, GSO_ECN, GSO_NONE, GSO_TCPV4, MAX_IP_PACKET, MAX_SEGMENT_HEADER,
+    MAX_SEGMENTS, PLAIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr,
+};
+use super::poll::sleep_until_writable;
+use super::stats::{LocalCounts, Stats};
+use super::sys::{self, BATCH, IovScratch, SendBatch, UdpSocket};
+use super::trains::{Part, SendQueue};
+use super::transform::{Control, Destination, Outbound, Refusal};
+use super::worker::Round;
+
+/// TUN reads that may be pending in one send batch.
+const READ_SLOTS: usize = 8;
+const READ_SLOT: usize = VNET_HDR_LEN + MAX_IP_PACKET;
+/// TUN reads per round before the other direction gets its turn.
+const TUN_READS_PER_ROUND: usize = 64;
+/// Headers of the segments of one super-packet at most.
+const MAX_PACKET_HEADERS: usize = MAX_SEGMENTS * MAX_SEGMENT_HEADER;
+const HEADER_ARENA: usize = 4 * MAX_PACKET_HEADERS;
+/// Pieces one read may queue at most: a header and a payload per segment, or the packet.
+const PARTS_PER_READ: usize = 2 * MAX_SEGMENTS + 1;
+
+/// Where one piece of an inner datagram lies before it is queued: in a read slot or in the
+/// header arena.
+#[derive(Clone, Copy, Debug)]
+enum Piece {
+    Read { off: usize, len: usize },
+    Header { off: usize, len: usize },
+}
+
+impl From<Piece> for Part {
+    fn from(p: Piece) -> Part {
+        match p {
+            Piece::Read { off, len } => Part::Read { off, len },
+            Piece::Header { off, len } => Part::Header { off, len },
+        }
+    }
+}
+
+/// The sealed datagrams of one super-packet at most, for a transform that adds `overhead`
+/// bytes to each: every header, the whole payload and the overhead per segment.
+const fn sealed_per_read(overhead: usize) -> usize {
+    MAX_IP_PACKET + MAX_SEGMENTS * (MAX_SEGMENT_HEADER + overhead)
+}
+
+/// The TUN → UDP half of one worker.
+pub(super) struct TxWorker<O: Outbound> {
+    pub(super) tun: File,
+    sock: Arc<UdpSocket>,
+    outbound: O,
+    pub(super) stats: Arc<Stats>,
+    pub(super) stop: Arc<AtomicBool>,
+    cfg: EngineConfig,
+    /// TUN reads, one slot each; payloads are sent from here without copying.
+    reads: Box<[u8]>,
+    reads_used: usize,
+    headers: Box<[u8]>,
+    headers_used: usize,
+    /// Datagrams a transform wrapped (empty for a transform that adds nothing).
+    sealed: Box<[u8]>,
+    sealed_used: usize,
+    queue: SendQueue,
+    iovs: IovScratch,
+    icmp_budget: IcmpBudget,
+    pub(super) local: LocalCounts,
+}
+
+impl<O: Outbound> TxWorker<O> {
+    /// Bytes the transform adds to each datagram.
+    const OVERHEAD: usize = O::HEADER_LEN + O::TRAILER_LEN;
+
+    pub(super) fn new(
+        tun: File,
+        sock: Arc<UdpSocket>,
+        outbound: O,
+        stats: Arc<Stats>,
+        stop: Arc<AtomicBool>,
+        cfg: EngineConfig,
+    ) -> TxWorker<O> {
+        let sealed_arena = if Self::OVERHEAD == 0 {
+            0
+        } else {
+            2 * sealed_per_read(Self::OVERHEAD)
+        };
+        TxWorker {
+            tun,
+            sock,
+            outbound,
+            stats,
+            stop,
+            cfg,
+            reads: vec![0u8; READ_SLOTS * READ_SLOT].into_boxed_slice(),
+            reads_used: 0,
+            headers: vec![0u8; HEADER_ARENA].into_boxed_slice(),
+            headers_used: 0,
+            sealed: vec![0u8; sealed_arena].into_boxed_slice(),
+            sealed_used: 0,
+            queue: SendQueue::with_capacity(
+                READ_SLOTS * PARTS_PER_READ,
+                READ_SLOTS * 16,
+                cfg.offloads,
+            ),
+            iovs: IovScratch::with_capacity(READ_SLOTS * PARTS_PER_READ),
+            icmp_budget: IcmpBudget::new(Instant::now()),
+            local: LocalCounts::default(),
+        }
+    }
+
+    /// Whether the buffers may not hold another read's datagrams.
+    fn full(&self) -> bool {
+        self.reads_used == READ_SLOTS
+            || HEADER_ARENA - self.headers_used < MAX_PACKET_HEADERS
+            || (Self::OVERHEAD != 0
+                && self.sealed.len() - self.sealed_used < sealed_per_read(Self::OVERHEAD))
+    }
+
+    /// Reads what the TUN has (up to a few batches) and sends it.
+    pub(super) fn round(&mut self) -> Round {
+        let mut got = 0;
+        for _ in 0..TUN_READS_PER_ROUND {
+            if self.full() {
+                self.send_all();
+            }
+            let slot = self.reads_used * READ_SLOT;
+            let n = match (&self.tun).read(&mut self.reads[slot..slot + READ_SLOT]) {
+                Ok(n) => n,
+                Err(e) if sys::would_block(&e) => break,
+                Err(e) => {
+                    self.local.io_errors += 1;
+                    if sys::queue_gone(&e) {
+                        self.local.flush(&self.stats);
+                        tracing::warn!(error = %e, "TUN queue closed: data-path thread ends");
+                        return Round::Gone;
+                    }
+                    tracing::debug!(error = %e, "reading the TUN device");
+                    break;
+                }
+            };
+            got += 1;
+            self.local.tun_reads += 1;
+            if self.handle(slot, n) {
+                self.reads_used += 1;
+            }
+        }
+        self.send_all();
+        if got > 0 {
+            Round::Busy(got)
+        } else {
+            Round::Idle
+        }
+    }
+
+    /// Timers of the transform.
+    pub(super) fn housekeeping(&mut self) {
+        self.outbound.housekeeping(&mut Control::new(&self.sock));
+    }
+
+    /// One TUN read at `slot`: checks, the transform's routing, segmentation, queued for
+    /// sending. Returns whether the slot is now in use by queued messages.
+    fn handle(&mut self, slot: usize, n: usize) -> bool {
+        if n < VNET_HDR_LEN {
+            self.local.count_drop(DropReason::Truncated, 1);
+            return false;
+        }
+        let Some(hdr) = VnetHdr::parse(&self.reads[slot..slot + n]) else {
+            return false;
+        };
+        let pkt_off = slot + VNET_HDR_LEN;
+        let pkt = &mut self.reads[pkt_off..slot + n];
+        let ip = match packet::parse_ipv4(pkt, false) {
+            Ok(ip) => ip,
+            Err(why) => {
+                self.local.count_drop(why, 1);
+                return false;
+            }
+        };
+        let dest = match self.outbound.route(pkt, &ip, &mut Control::new(&self.sock)) {
+            Ok(d) => d,
+            Err(Refusal::Drop(why)) => {
+                self.local.count_drop(why, 1);
+                return false;
+            }
+            Err(Refusal::Unreachable { from }) => {
+                self.local.count_drop(DropReason::NoRoute, 1);
+                if !self.icmp_budget.take(Instant::now()) {
+                    return false;
+                }
+                let mut icmp = [0u8; 128];
+                if let Some(len) = packet::icmp_net_unreachable(pkt, from, &mut icmp)
+                    && sys::write_packet(&self.tun, &PLAIN, &[&icmp[..len]]).is_ok()
+                {
+                    self.local.icmp_unreachable += 1;
+                }
+                return false;
+            }
+        };
+        match hdr.gso_type & !GSO_ECN {
+            GSO_NONE => {
+                if hdr.flags & VNET_F_NEEDS_CSUM != 0
+                    && let Err(why) = packet::complete_checksum(pkt, &hdr)
+                {
+                    self.local.count_drop(why, 1);
+                    return false;
+                }
+                if pkt.len() > self.cfg.mtu {
+                    self.local.count_drop(DropReason::Oversize, 1);
+                    return false;
+                }
+                let len = pkt.len();
+                self.queue(&dest, &[Piece::Read { off: pkt_off, len }]);
+                self.local.tx_packets += 1;
+                self.local.tx_bytes += len as u64;
+                true
+            }
+            GSO_TCPV4 => {
+                let headers = &mut self.headers[self.headers_used..];
+                let plan = match packet::segment_headers(pkt, hdr.gso_size as usize, headers) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        self.local.count_drop(why, 1);
+                        return false;
+                    }
+                };
+                if plan.stride() > self.cfg.mtu {
+                    self.local
+                        .count_drop(DropReason::Oversize, plan.count as u64);
+                    return false;
+                }
+                let hl = plan.header_len;
+                for j in 0..plan.count {
+                    let r = plan.payload(j);
+                    let header = Piece::Header {
+                        off: self.headers_used + j * hl,
+                        len: hl,
+                    };
+                    let payload = Piece::Read {
+                        off: pkt_off + r.start,
+                        len: r.len(),
+                    };
+                    self.queue(&dest, &[header, payload]);
+                }
+                self.headers_used += plan.count * hl;
+                self.local.tx_packets += plan.count as u64;
+                self.local.tx_bytes += plan.total_len() as u64;
+                true
+            }
+            _ => {
+                self.local.count_drop(DropReason::Malformed, 1);
+                false
+            }
+        }
+    }
+
+    /// Queues one datagram, gathered from `pieces`: as it is, or sealed by the transform
+    /// into the sealed arena when it adds bytes (decided at compile time).
+    fn queue(&mut self, dest: &Destination<O::Peer>, pieces: &[Piece]) {
+        if Self::OVERHEAD == 0 {
+            self.queue
+                .push(dest.to, pieces.iter().map(|&p| Part::from(p)));
+            return;
+        }
+        let inner_len: usize = pieces
+            .iter()
+            .map(|p| match *p {
+                Piece::Read { len, .. } | Piece::Header { len, .. } => len,
+            })
+            .sum();
+        let off = self.sealed_used;
+        let room = Self::OVERHEAD + inner_len;
+        // `full()` keeps room for a whole read's datagrams before every read.
+        let Some(datagram) = self.sealed.get_mut(off..off + room) else {
+            self.local.count_drop(DropReason::Oversize, 1);
+            return;
+        };
+        let mut at = O::HEADER_LEN;
+        for p in pieces {
+            let from = match *p {
+                Piece::Read { off, len } => &self.reads[off..off + len],
+                Piece::Header { off, len } => &self.headers[off..off + len],
+            };
+            datagram[at..at + from.len()].copy_from_slice(from);
+            at += from.len();
+        }
+        match self.outbound.seal(dest.peer, datagram, inner_len) {
+            Ok(len) if len <= room => {
+                self.sealed_used += len;
+                self.queue.push(dest.to, [Part::Sealed { off, len }]);
+            }
+            Ok(_) => self.local.count_drop(DropReason::Oversize, 1),
+            Err(why) => self.local.count_drop(why, 1),
+        }
+    }
+
+    /// Sends every queued message with sendmmsg (gathering headers and payloads), waiting
+    /// while the socket buffer is full.
+    fn send_all(&mut self) {
+        let msgs = self.queue.msgs();
+        let mut start = 0;
+        while start < msgs.len() {
+            let count = (msgs.len() - start).min(BATCH);
+            let mut batch = SendBatch::new(&mut self.iovs);
+            for m in &msgs[start..start + count] {
+                let pieces = self.queue.parts(m).iter().map(|p| match *p {
+                    Part::Read { off, len } => &self.reads[off..off + len],
+                    Part::Header { off, len } => &self.headers[off..off + len],
+                    Part::Sealed { off, len } => &self.sealed[off..off + len],
+                });
+                batch.push(m.dst, m.segment(), pieces);
+            }
+            match self.sock.send_batch(&batch) {
+                Ok(sent) => {
+                    self.local.udp_send_calls += 1;
+                    start += sent.max(1);
+                }
+                Err(e) if sys::would_block(&e) => {
+                    sleep_until_writable(self.sock.as_fd());
+                    if self.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // This message cannot go (e.g. no route to that peer): skip it.
+                    tracing::debug!(error = %e, peer = %msgs[start].dst, "sending to a peer");
+                    self.local.io_errors += 1;
+                    start += 1;
+                }
+            }
+        }
+        self.queue.clear();
+        self.reads_used = 0;
+        self.headers_used = 0;
+        self.sealed_used = 0;
+    }
+}
