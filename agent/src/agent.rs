@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use twill_netkit::Netlink;
 use twill_netkit::subnet_env::SubnetEnv;
 
-use crate::backend::{self, AnyBackend, Backend, Peers};
+use crate::backend::{self, Backend, Peers};
 use crate::backoff::Backoff;
 use crate::cli::Cli;
 use crate::etcd_store::{EtcdOptions, EtcdStore};
@@ -639,9 +639,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         offloads: cli.udp_offloads,
     };
     let mut backend = backend::create(&config, underlay, udp);
-    if let AnyBackend::Udp(u) = &backend {
-        let _ = metrics.udp.set(u.stats());
-    }
     backend
         .init(&nl)
         .await

@@ -24,8 +24,8 @@ pub struct Metrics {
     pub etcd_op_errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     pub last_renew_unix: AtomicU64,
     pub lease: Mutex<String>,
-    /// The udp data path's counters, when that backend runs.
-    pub udp: OnceLock<Arc<crate::engine::Stats>>,
+    /// The user-space data path's counters, when the backend has one.
+    pub data_path: OnceLock<Arc<crate::engine::Stats>>,
 }
 
 impl Metrics {
@@ -122,8 +122,8 @@ impl Metrics {
             "gauge",
             self.last_renew_unix.load(Ordering::Relaxed),
         );
-        if let Some(udp) = self.udp.get() {
-            udp.render(&mut s);
+        if let Some(stats) = self.data_path.get() {
+            stats.render(&mut s);
         }
         s.push_str("# EOF\n");
         s

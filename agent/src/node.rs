@@ -57,6 +57,9 @@ impl HostNode {
         settings: HostSettings,
         metrics: Arc<Metrics>,
     ) -> HostNode {
+        if let Some(stats) = backend.data_path_stats() {
+            let _ = metrics.data_path.set(stats);
+        }
         HostNode {
             nl,
             backend,

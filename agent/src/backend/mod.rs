@@ -78,6 +78,10 @@ pub trait Backend {
     fn mtu(&self) -> u32;
     /// This node's lease value.
     fn record(&self) -> LeaseRecord;
+    /// The counters of a user-space data path (TUN engine), for `/metrics`.
+    fn data_path_stats(&self) -> Option<std::sync::Arc<crate::engine::Stats>> {
+        None
+    }
     /// Creates what does not depend on the subnet (e.g. the VTEP), keeping compatible
     /// existing devices so a restart does not disturb traffic.
     async fn init(&mut self, nl: &Netlink) -> twill_netkit::Result<()>;
@@ -117,6 +121,13 @@ impl Backend for AnyBackend {
             AnyBackend::HostGw(b) => b.mtu(),
             AnyBackend::Vxlan(b) => b.mtu(),
             AnyBackend::Udp(b) => b.mtu(),
+        }
+    }
+    fn data_path_stats(&self) -> Option<std::sync::Arc<crate::engine::Stats>> {
+        match self {
+            AnyBackend::HostGw(b) => b.data_path_stats(),
+            AnyBackend::Vxlan(b) => b.data_path_stats(),
+            AnyBackend::Udp(b) => b.data_path_stats(),
         }
     }
     fn record(&self) -> LeaseRecord {

@@ -79,11 +79,6 @@ impl Udp {
         }
     }
 
-    /// The data path's counters (for `/metrics`).
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
-    }
-
     fn workers(&self) -> usize {
         match self.opts.workers {
             // Half the CPUs: each worker also carries the kernel's share of its packets, and
@@ -166,6 +161,9 @@ impl Udp {
 impl Backend for Udp {
     fn kind(&self) -> BackendType {
         BackendType::Udp
+    }
+    fn data_path_stats(&self) -> Option<Arc<Stats>> {
+        Some(self.stats.clone())
     }
     fn mtu(&self) -> u32 {
         self.mtu_override
