@@ -190,6 +190,8 @@ pub fn prewarm_join() -> Option<nix::unistd::Pid> {
     let file = crate::userns::cstr(&dir.join("cgroup.procs")).ok()?;
     // SAFETY: twill-run is single-threaded here; the child makes three syscalls and _exits.
     match unsafe { nix::unistd::fork() }.ok()? {
+        // SAFETY: in the forked child only async-signal-safe calls follow (open, write, _exit)
+        // on a path made before the fork.
         nix::unistd::ForkResult::Child => unsafe {
             let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd >= 0 {

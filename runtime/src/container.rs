@@ -489,6 +489,8 @@ pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Resu
                     unsafe { libc::dup2(null.as_raw_fd(), 0) };
                 }
                 // Joining a pid namespace takes effect for children: fork once more.
+                // SAFETY: this process is single-threaded (a fork of twill-run's exec path);
+                // the child only execs or exits.
                 match unsafe { nix::unistd::fork() }
                     .map_err(|e| RuntimeError::nix("forking", "exec", e))?
                 {
