@@ -583,26 +583,65 @@ pub fn config_change(running: &NetworkConfig, text: Option<&str>) -> ConfigChang
     }
 }
 
-async fn connect(opts: &EtcdOptions) -> EtcdStore {
+/// Connects to etcd, retrying while etcd's side fails (local problems were checked before).
+async fn connect(opts: &EtcdOptions, co: etcd_client::ConnectOptions) -> EtcdStore {
     let mut retry = store_backoff();
+    let mut attempt = 0u32;
     loop {
-        match EtcdStore::connect(opts).await {
+        attempt += 1;
+        match EtcdStore::connect_with(opts, co.clone()).await {
             Ok(s) => return s,
-            Err(e) => tracing::warn!(error = %e, "cannot reach etcd yet; retrying"),
+            // Attempts 1, 2, 4, 8…: the outage is visible without a line every few seconds.
+            Err(e) if attempt.is_power_of_two() => {
+                tracing::warn!("cannot reach etcd: {e}; retrying (attempt {attempt})")
+            }
+            Err(e) => tracing::debug!("cannot reach etcd: {e}; retrying (attempt {attempt})"),
         }
         retry.wait().await;
     }
+}
+
+/// Everything twilld can check before talking to etcd; an error here is fatal (exit 1), so an
+/// operator learns at once about a mistyped flag instead of after etcd answers.
+fn check_subnet_file_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "creating {} for --subnet-file {}",
+            dir.display(),
+            path.display()
+        )
+    })?;
+    let probe = dir.join(format!(".twilld-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| {
+        format!(
+            "--subnet-file {}: cannot write in {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Waits until the store holds a valid config; returns it and its text.
 async fn wait_for_config<S: LeaseStore>(store: &S) -> (NetworkConfig, String) {
     let key = store.config_key();
     let mut said = String::new();
+    let mut attempt = 0u32;
     loop {
+        attempt += 1;
         let msg = match store.snapshot().await {
             Ok(snap) => match snap.config {
                 Some(text) => match NetworkConfig::parse(&text) {
-                    Ok(c) => return (c, text),
+                    Ok(c) => {
+                        if attempt > 1 {
+                            tracing::info!("found a valid network config at {key}");
+                        }
+                        return (c, text);
+                    }
                     Err(e) => {
                         format!("invalid network config at {key}: {e}; waiting for it to be fixed")
                     }
@@ -611,8 +650,9 @@ async fn wait_for_config<S: LeaseStore>(store: &S) -> (NetworkConfig, String) {
             },
             Err(e) => format!("reading the network config: {e}"),
         };
-        if msg != said {
-            tracing::warn!("{msg}");
+        // Each new message, and the same one again at attempts 2, 4, 8…
+        if msg != said || attempt.is_power_of_two() {
+            tracing::warn!("{msg}; checking every 2s (attempt {attempt})");
             said = msg;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -624,14 +664,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let nl = Netlink::connect("(host)").context("opening netlink")?;
     let metrics = Arc::new(Metrics::default());
     start_http(&cli, metrics.clone()).await?;
-    let store = connect(&etcd_options(&cli)).await;
+    // Local problems first, each fatal: the underlay, the subnet file's directory, the etcd
+    // flags and TLS files. Only etcd being unreachable is worth waiting for.
+    let underlay = underlay::find(&nl, &cli.iface, cli.public_ip).await?;
+    check_subnet_file_dir(&cli.subnet_file)?;
+    let opts = etcd_options(&cli);
+    let co = opts.client_options()?;
+    let store = connect(&opts, co).await;
     let (config, config_text) = wait_for_config(&store).await;
     if config.backend_defaulted {
         tracing::warn!(
             "the network config has no Backend: using udp like Flannel does; set \"Backend\": {{\"Type\": \"vxlan\"}} explicitly"
         );
     }
-    let underlay = underlay::find(&nl, &cli.iface, cli.public_ip).await?;
     let udp = backend::UdpOptions {
         device: cli.udp_device.clone(),
         workers: cli.udp_workers as usize,

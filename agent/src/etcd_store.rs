@@ -37,6 +37,76 @@ pub struct EtcdOptions {
     pub password: Option<String>,
 }
 
+/// Whether `ep` looks like an etcd client URL (`http://HOST:PORT`, `https://HOST:PORT`, or
+/// `HOST:PORT`).
+fn check_endpoint(ep: &str, tls: bool) -> anyhow::Result<()> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--etcd-endpoints {}: expected http://HOST:PORT or https://HOST:PORT",
+            crate::quote::quote(ep)
+        )
+    };
+    let rest = ep
+        .strip_prefix("http://")
+        .or_else(|| ep.strip_prefix("https://"))
+        .unwrap_or(ep);
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    if tls && ep.starts_with("http://") {
+        anyhow::bail!(
+            "--etcd-endpoints {ep}: TLS files are given (--etcd-cafile/--etcd-certfile) but the endpoint is http://; use https://"
+        );
+    }
+    Ok(())
+}
+
+impl EtcdOptions {
+    /// The client options, checking everything that needs no etcd: the endpoints' form and
+    /// the TLS files (read now, so a missing file is said at once, not retried).
+    pub fn client_options(&self) -> anyhow::Result<ConnectOptions> {
+        if self.endpoints.is_empty() {
+            anyhow::bail!("no etcd endpoints given (--etcd-endpoints)");
+        }
+        let tls_wanted = self.ca_file.is_some() || self.cert_file.is_some();
+        for ep in &self.endpoints {
+            check_endpoint(ep, tls_wanted)?;
+        }
+        let mut co = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            // A member cut off from the others answers Unavailable instead of stale data, so
+            // requests move on to a member of the quorum.
+            .with_require_leader(true);
+        if let (Some(u), Some(p)) = (&self.username, &self.password) {
+            co = co.with_user(u.clone(), p.clone());
+        }
+        if tls_wanted {
+            let read = |flag: &str, path: &std::path::Path| {
+                std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("reading {flag} {}: {e}", path.display()))
+            };
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.ca_file {
+                let pem = read("--etcd-cafile", ca)?;
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
+            }
+            if let (Some(c), Some(k)) = (&self.cert_file, &self.key_file) {
+                let cert = read("--etcd-certfile", c)?;
+                let key = read("--etcd-keyfile", k)?;
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            co = co.with_tls(tls);
+        }
+        Ok(co)
+    }
+}
+
 /// The etcd store of one network.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -104,34 +174,19 @@ fn skip_bad_key(key: &str) {
 }
 
 impl EtcdStore {
-    /// Connects (with TLS and auth when configured).
+    /// Connects (with TLS and auth when configured); local problems and unreachable etcd
+    /// alike are errors here.
     pub async fn connect(opts: &EtcdOptions) -> std::result::Result<EtcdStore, anyhow::Error> {
-        let mut co = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(10))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            // A member cut off from the others answers Unavailable instead of stale data, so
-            // requests move on to a member of the quorum.
-            .with_require_leader(true);
-        if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
-            co = co.with_user(u.clone(), p.clone());
-        }
-        if opts.ca_file.is_some() || opts.cert_file.is_some() {
-            let mut tls = etcd_client::TlsOptions::new();
-            if let Some(ca) = &opts.ca_file {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| anyhow::anyhow!("reading --etcd-cafile {}: {e}", ca.display()))?;
-                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
-            }
-            if let (Some(c), Some(k)) = (&opts.cert_file, &opts.key_file) {
-                let cert = std::fs::read(c)
-                    .map_err(|e| anyhow::anyhow!("reading --etcd-certfile {}: {e}", c.display()))?;
-                let key = std::fs::read(k)
-                    .map_err(|e| anyhow::anyhow!("reading --etcd-keyfile {}: {e}", k.display()))?;
-                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
-            }
-            co = co.with_tls(tls);
-        }
+        let co = opts.client_options()?;
+        EtcdStore::connect_with(opts, co).await
+    }
+
+    /// Connects with options already checked by [`EtcdOptions::client_options`]: what fails
+    /// here is etcd's side, worth retrying.
+    pub async fn connect_with(
+        opts: &EtcdOptions,
+        co: ConnectOptions,
+    ) -> std::result::Result<EtcdStore, anyhow::Error> {
         let members = Members::connect(&opts.endpoints, co).await?;
         Ok(EtcdStore {
             members: Arc::new(members),
@@ -334,6 +389,33 @@ impl LeaseWatch for EtcdWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_checked_before_connecting() {
+        for ok in [
+            "http://127.0.0.1:2379",
+            "https://etcd.example:2379/",
+            "10.0.0.1:2379",
+        ] {
+            assert!(check_endpoint(ok, false).is_ok(), "{ok}");
+        }
+        for bad in ["http://127.0.0.1", "etcd", "http://:2379", "http://h:port"] {
+            let e = check_endpoint(bad, false).unwrap_err().to_string();
+            assert!(e.contains("expected http://HOST:PORT"), "{bad}: {e}");
+        }
+        let e = check_endpoint("http://127.0.0.1:2379", true).unwrap_err();
+        assert!(e.to_string().contains("use https://"), "{e}");
+        let missing = EtcdOptions {
+            endpoints: vec!["https://127.0.0.1:2379".into()],
+            ca_file: Some("/nonexistent/ca.crt".into()),
+            ..EtcdOptions::default()
+        };
+        let e = missing.client_options().unwrap_err().to_string();
+        assert!(
+            e.starts_with("reading --etcd-cafile /nonexistent/ca.crt"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn keys_under_the_prefix_are_told_apart() {

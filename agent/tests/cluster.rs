@@ -633,7 +633,7 @@ fn a_renewal_that_fails_while_etcd_is_unreachable_is_retried_before_the_lease_ex
     );
     assert!(
         lab.log(1)
-            .contains("renewing the lease failed; retrying in"),
+            .contains(&format!("renewing the lease of {s1} failed; retrying in")),
         "the renewal did fail while etcd was cut off:\n{}",
         lab.log(1)
     );
