@@ -670,6 +670,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     check_subnet_file_dir(&cli.subnet_file)?;
     let opts = etcd_options(&cli);
     let co = opts.client_options()?;
+    tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, "using underlay interface");
     let store = connect(&opts, co).await;
     let (config, config_text) = wait_for_config(&store).await;
     if config.backend_defaulted {

@@ -65,14 +65,37 @@ pub fn describe(e: &etcd_client::Error) -> String {
         innermost = text;
         src = s.source();
     }
-    match io_kind {
+    // Not every layer (tonic, hyper) exposes its cause through source(); their Debug form
+    // names it, so look there too.
+    let debug = format!("{e:?}");
+    let says = |kind: &str| debug.contains(kind);
+    let kind = io_kind.or_else(|| {
+        [
+            ("ConnectionRefused", ErrorKind::ConnectionRefused),
+            ("ConnectionReset", ErrorKind::ConnectionReset),
+            ("HostUnreachable", ErrorKind::HostUnreachable),
+            ("NetworkUnreachable", ErrorKind::NetworkUnreachable),
+            ("TimedOut", ErrorKind::TimedOut),
+            ("Elapsed", ErrorKind::TimedOut),
+        ]
+        .into_iter()
+        .find(|(name, _)| says(name))
+        .map(|(_, k)| k)
+    });
+    match kind {
         Some(ErrorKind::ConnectionRefused) => return "connection refused".into(),
+        Some(ErrorKind::TimedOut) if says("KeepAliveTimedOut") => {
+            return "no answer (the connection's keepalive timed out)".into();
+        }
         Some(ErrorKind::TimedOut) => return "connect timed out".into(),
         Some(ErrorKind::ConnectionReset) => return "connection reset".into(),
         Some(ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable) => {
             return "no route to the member".into();
         }
         _ => {}
+    }
+    if says("KeepAliveTimedOut") {
+        return "no answer (the connection's keepalive timed out)".into();
     }
     if tls {
         return format!("TLS: {innermost}");

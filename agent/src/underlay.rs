@@ -85,7 +85,6 @@ pub async fn find(
         );
     };
     let public = public_ip.unwrap_or(net.addr());
-    tracing::info!(iface = %link.name, public_ip = %public, "using underlay interface");
     Ok(Underlay {
         link,
         public_ip: public,
