@@ -1,7 +1,10 @@
-//! `twill-lab`: a twill cluster on one machine (thin CLI over `twill_lab::labctl`).
+//! `twill-lab`: a twill cluster on one machine (a thin CLI over the `twill_lab` library).
 
 use clap::{Parser, Subcommand};
-use twill_lab::labctl;
+use twill_lab::backend::LabBackend;
+use twill_lab::bench::path::BenchSelection;
+use twill_lab::bench::{self, BenchKind, BenchOutput};
+use twill_lab::{commands, up};
 
 /// twill-lab: hosts as network namespaces, real etcd, real twilld agents and twill-run
 /// containers, all on this machine. Needs root. Nothing is added to the root namespace.
@@ -21,9 +24,8 @@ enum Cmd {
     Up {
         #[arg(long, default_value_t = 3)]
         hosts: usize,
-        /// vxlan, host-gw or udp.
-        #[arg(long, default_value = "vxlan")]
-        backend: String,
+        #[arg(long, value_enum, default_value_t = LabBackend::Vxlan)]
+        backend: LabBackend,
         #[arg(long, default_value_t = 2)]
         containers_per_host: usize,
         #[arg(long, default_value = "10.244.0.0/16")]
@@ -47,12 +49,12 @@ enum Cmd {
     Bench {
         /// network, cni or runtime.
         #[arg(value_enum, default_value = "network")]
-        what: labctl::bench::BenchKind,
+        what: BenchKind,
         /// Comma separated from host-gw, vxlan, udp and tun-relay, or "all" (every one).
         /// tun-relay is a udp lab whose agents a TUN→TUN relay replaces: no UDP, no checks,
         /// the most any TUN-based data path can move on this machine.
         #[arg(long, default_value = "all")]
-        backends: String,
+        backends: BenchSelection,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
         /// Rounds (every path measured once per round; default 1); each cell shows the
@@ -91,7 +93,7 @@ fn main() {
             backend,
             containers_per_host,
             network,
-        } => labctl::up::up(&labctl::up::UpOptions {
+        } => up::up(&up::UpOptions {
             name: cli.name.clone(),
             hosts,
             backend,
@@ -99,33 +101,23 @@ fn main() {
             network,
         })
         .map(|ok| if ok { 0 } else { 1 }),
-        Cmd::Down => labctl::down(&cli.name).map(|_| 0),
-        Cmd::Status => labctl::status(&cli.name).map(|_| 0),
-        Cmd::Exec { target, cmd } => labctl::exec(&cli.name, &target, &cmd),
-        Cmd::Logs { host } => labctl::logs(&cli.name, &host).map(|_| 0),
+        Cmd::Down => commands::down(&cli.name).map(|_| 0),
+        Cmd::Status => commands::status(&cli.name).map(|_| 0),
+        Cmd::Exec { target, cmd } => commands::exec(&cli.name, &target, &cmd),
+        Cmd::Logs { host } => commands::logs(&cli.name, &host).map(|_| 0),
         Cmd::Bench {
-            what: labctl::bench::BenchKind::Network,
+            what: BenchKind::Network,
             backends,
             seconds,
             runs,
             markdown,
             svg,
         } => {
-            let list: Vec<String> = if backends == "all" {
-                vec![
-                    "host-gw".into(),
-                    "vxlan".into(),
-                    "udp".into(),
-                    labctl::bench::TUN_RELAY.into(),
-                ]
-            } else {
-                backends.split(',').map(str::to_string).collect()
-            };
-            let out = labctl::bench::BenchOutput { markdown, svg };
-            labctl::bench::bench(&list, seconds, runs.unwrap_or(1), &out).map(|_| 0)
+            let out = BenchOutput { markdown, svg };
+            bench::bench(&backends.0, seconds, runs.unwrap_or(1), &out).map(|_| 0)
         }
         Cmd::Bench { what, runs, .. } => {
-            labctl::bench::bench_other(what, runs).map(|ok| if ok { 0 } else { 1 })
+            bench::bench_other(what, runs).map(|ok| if ok { 0 } else { 1 })
         }
     };
     match r {

@@ -132,7 +132,7 @@ fn down_after_a_killed_up_leaves_nothing() {
         .spawn()
         .unwrap();
     // Kill it once the agents run (the state file lists them).
-    let _ = twill_lab::testbed::wait_for(Duration::from_secs(20), || {
+    let _ = twill_testbed::wait_for(Duration::from_secs(20), || {
         std::fs::read_to_string("/run/twill-lab/tk/state.json").is_ok_and(|s| {
             s.matches("twilld_pid\": ").count() >= 2 && !s.contains("twilld_pid\": null")
         })
@@ -223,7 +223,7 @@ fn has_flannel0(name: &str, h: usize) -> bool {
 
 #[test]
 fn tun_relay_takes_over_a_udp_lab_and_goes_away_with_its_devices() {
-    use twill_lab::labctl::{relay, state::LabState};
+    use twill_lab::{relay, state::LabState};
     if !ready() {
         return;
     }
@@ -260,7 +260,7 @@ fn tun_relay_takes_over_a_udp_lab_and_goes_away_with_its_devices() {
             return Err("the relay's flannel0 devices are missing".into());
         }
         drop(r);
-        let removed = twill_lab::testbed::wait_for(Duration::from_secs(5), || {
+        let removed = twill_testbed::wait_for(Duration::from_secs(5), || {
             !has_flannel0("tr", 1) && !has_flannel0("tr", 2)
         });
         if !removed {

@@ -6,6 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+/// Where the state of lab `name` lives.
+pub fn state_dir(name: &str) -> PathBuf {
+    PathBuf::from("/run/twill-lab").join(name)
+}
+
+/// Namespace prefix of lab `name`.
+pub fn prefix(name: &str) -> String {
+    format!("tl-{name}")
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct ContainerState {
     pub name: String,

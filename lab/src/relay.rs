@@ -22,7 +22,7 @@ use twill_netkit::tun::{Tun, TunOptions};
 use twill_netkit::{Netns, Route};
 
 use super::state::LabState;
-use crate::testbed::wait_for;
+use twill_testbed::wait_for;
 
 /// The device name twilld's udp backend uses.
 const DEVICE: &str = "flannel0";
