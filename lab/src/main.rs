@@ -24,6 +24,7 @@ enum Cmd {
     Up {
         #[arg(long, default_value_t = 3)]
         hosts: usize,
+        /// The backend every twilld runs.
         #[arg(long, value_enum, default_value_t = LabBackend::Vxlan)]
         backend: LabBackend,
         #[arg(long, default_value_t = 2)]

@@ -11,6 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use super::Etcd;
 use crate::error::{LabError, Result};
 use crate::http;
+use crate::process::run_tool;
 
 /// Where Flannel and twilld read the network config (the default `--etcd-prefix` + `/config`).
 pub const NETWORK_CONFIG_KEY: &str = "/coreos.com/network/config";
@@ -65,18 +66,7 @@ impl Etcd {
         if let Some(ns) = &self.netns {
             ns.prepare_command(&mut c)?;
         }
-        let command = format!("etcdctl {}", args.join(" "));
-        let out = c.output().map_err(|e| LabError::Command {
-            command: command.clone(),
-            detail: e.to_string(),
-        })?;
-        if !out.status.success() {
-            return Err(LabError::Command {
-                command,
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        run_tool(&mut c, format!("etcdctl {}", args.join(" ")))
     }
 
     fn error(&self, detail: String) -> LabError {

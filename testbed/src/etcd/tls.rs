@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{LabError, Result};
+use crate::process::run_tool;
 
 /// A CA with a server and a client certificate it signed (PEM files).
 #[derive(Clone, Debug)]
@@ -115,20 +116,7 @@ impl EtcdTls {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let command = format!("openssl {}", args.join(" "));
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .map_err(|e| LabError::Command {
-            command: command.clone(),
-            detail: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(LabError::Command {
-            command,
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    let mut c = Command::new("openssl");
+    c.current_dir(dir).args(args);
+    run_tool(&mut c, format!("openssl {}", args.join(" "))).map(drop)
 }
