@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
-use twill_lab::testbed::{Cluster, Etcd};
 use twill_netkit::{Netlink, RTPROT_TWILL};
+use twill_testbed::{Cluster, Etcd};
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 

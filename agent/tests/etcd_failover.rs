@@ -8,7 +8,7 @@ use twill_agent::etcd_store::{EtcdOptions, EtcdStore};
 use twill_agent::lease::LeaseRecord;
 use twill_agent::lease_store::{LeaseStore, LeaseWatch};
 use twill_agent::netconf::BackendType;
-use twill_lab::testbed::EtcdCluster;
+use twill_testbed::EtcdCluster;
 use twill_tests::preconditions;
 
 fn record() -> LeaseRecord {

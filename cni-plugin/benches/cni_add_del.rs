@@ -73,7 +73,7 @@ fn arg(name: &str, default: usize) -> usize {
 struct Cleanup(&'static str);
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = twill_lab::testbed::sweep(self.0);
+        let _ = twill_testbed::sweep(self.0);
     }
 }
 
@@ -93,7 +93,7 @@ fn main() {
     let seq = arg("--seq", 200);
     let par = arg("--par", 50);
     let prefix = "twb-cni";
-    twill_lab::testbed::sweep(prefix).expect("sweeping");
+    twill_testbed::sweep(prefix).expect("sweeping");
     let _cleanup = Cleanup(prefix);
     let host = Netns::create(&format!("{prefix}-host")).expect("host netns");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,6 +1,14 @@
-//! twill-lab: a twill cluster on one machine. The `testbed` module is what every integration
-//! test builds on (hosts as network namespaces on a shared underlay, real etcd processes);
-//! `labctl` is the `twill-lab` command (up, down, status, exec, logs).
+//! twill-lab: a whole twill cluster on one machine, built on the test bed (`twill_testbed`).
+//! `up` builds hosts as namespaces on an underlay, starts etcd and a twilld per host, installs
+//! the CNI conflist, starts busybox containers with twill-run and checks all-pairs
+//! connectivity; `down` removes everything from the state file (also after a crashed `up`);
+//! `bench` measures the backends side by side, with `relay` as the TUN ceiling.
 
-pub mod labctl;
-pub mod testbed;
+pub mod backend;
+pub mod bench;
+pub mod binaries;
+pub mod commands;
+pub mod image;
+pub mod relay;
+pub mod state;
+pub mod up;

@@ -1,7 +1,10 @@
-//! `twill-lab`: a twill cluster on one machine (thin CLI over `twill_lab::labctl`).
+//! `twill-lab`: a twill cluster on one machine (a thin CLI over the `twill_lab` library).
 
 use clap::{Parser, Subcommand};
-use twill_lab::labctl;
+use twill_lab::backend::LabBackend;
+use twill_lab::bench::path::BenchSelection;
+use twill_lab::bench::{self, BenchKind, BenchOutput};
+use twill_lab::{commands, state, up};
 
 /// twill-lab: hosts as network namespaces, real etcd, real twilld agents and twill-run
 /// containers, all on this machine. Needs root. Nothing is added to the root namespace.
@@ -21,9 +24,9 @@ enum Cmd {
     Up {
         #[arg(long, default_value_t = 3)]
         hosts: usize,
-        /// vxlan, host-gw or udp.
-        #[arg(long, default_value = "vxlan")]
-        backend: String,
+        /// The backend every twilld runs.
+        #[arg(long, value_enum, default_value_t = LabBackend::Vxlan)]
+        backend: LabBackend,
         #[arg(long, default_value_t = 2)]
         containers_per_host: usize,
         #[arg(long, default_value = "10.244.0.0/16")]
@@ -47,12 +50,12 @@ enum Cmd {
     Bench {
         /// network, cni or runtime.
         #[arg(value_enum, default_value = "network")]
-        what: labctl::bench::BenchKind,
+        what: BenchKind,
         /// Comma separated from host-gw, vxlan, udp and tun-relay, or "all" (every one).
         /// tun-relay is a udp lab whose agents a TUN→TUN relay replaces: no UDP, no checks,
         /// the most any TUN-based data path can move on this machine.
         #[arg(long, default_value = "all")]
-        backends: String,
+        backends: BenchSelection,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
         /// Rounds (every path measured once per round; default 1); each cell shows the
@@ -83,15 +86,16 @@ fn main() {
         eprintln!("twill-lab: --name must be 1-20 letters, digits or '-'");
         std::process::exit(2);
     }
-    // Only a failed `up` leaves a half-built lab; bench tears its labs down itself.
-    let leaves_lab = matches!(cli.cmd, Cmd::Up { .. });
+    // Only a failed `up` leaves a half-built lab (bench tears its labs down itself), and only
+    // once it wrote its state: a refused `up` (not root, bad flags) created nothing.
+    let is_up = matches!(cli.cmd, Cmd::Up { .. });
     let r = match cli.cmd {
         Cmd::Up {
             hosts,
             backend,
             containers_per_host,
             network,
-        } => labctl::up::up(&labctl::up::UpOptions {
+        } => up::up(&up::UpOptions {
             name: cli.name.clone(),
             hosts,
             backend,
@@ -99,40 +103,30 @@ fn main() {
             network,
         })
         .map(|ok| if ok { 0 } else { 1 }),
-        Cmd::Down => labctl::down(&cli.name).map(|_| 0),
-        Cmd::Status => labctl::status(&cli.name).map(|_| 0),
-        Cmd::Exec { target, cmd } => labctl::exec(&cli.name, &target, &cmd),
-        Cmd::Logs { host } => labctl::logs(&cli.name, &host).map(|_| 0),
+        Cmd::Down => commands::down(&cli.name).map(|_| 0),
+        Cmd::Status => commands::status(&cli.name).map(|_| 0),
+        Cmd::Exec { target, cmd } => commands::exec(&cli.name, &target, &cmd),
+        Cmd::Logs { host } => commands::logs(&cli.name, &host).map(|_| 0),
         Cmd::Bench {
-            what: labctl::bench::BenchKind::Network,
+            what: BenchKind::Network,
             backends,
             seconds,
             runs,
             markdown,
             svg,
         } => {
-            let list: Vec<String> = if backends == "all" {
-                vec![
-                    "host-gw".into(),
-                    "vxlan".into(),
-                    "udp".into(),
-                    labctl::bench::TUN_RELAY.into(),
-                ]
-            } else {
-                backends.split(',').map(str::to_string).collect()
-            };
-            let out = labctl::bench::BenchOutput { markdown, svg };
-            labctl::bench::bench(&list, seconds, runs.unwrap_or(1), &out).map(|_| 0)
+            let out = BenchOutput { markdown, svg };
+            bench::bench(&backends.0, seconds, runs.unwrap_or(1), &out).map(|_| 0)
         }
         Cmd::Bench { what, runs, .. } => {
-            labctl::bench::bench_other(what, runs).map(|ok| if ok { 0 } else { 1 })
+            bench::bench_other(what, runs).map(|ok| if ok { 0 } else { 1 })
         }
     };
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("twill-lab: {e:#}");
-            if leaves_lab {
+            if is_up && state::state_dir(&cli.name).exists() {
                 eprintln!("(clean up with: twill-lab down --name {})", cli.name);
             }
             std::process::exit(1);

@@ -132,7 +132,7 @@ fn down_after_a_killed_up_leaves_nothing() {
         .spawn()
         .unwrap();
     // Kill it once the agents run (the state file lists them).
-    let _ = twill_lab::testbed::wait_for(Duration::from_secs(20), || {
+    let _ = twill_testbed::wait_for(Duration::from_secs(20), || {
         std::fs::read_to_string("/run/twill-lab/tk/state.json").is_ok_and(|s| {
             s.matches("twilld_pid\": ").count() >= 2 && !s.contains("twilld_pid\": null")
         })
@@ -223,7 +223,7 @@ fn has_flannel0(name: &str, h: usize) -> bool {
 
 #[test]
 fn tun_relay_takes_over_a_udp_lab_and_goes_away_with_its_devices() {
-    use twill_lab::labctl::{relay, state::LabState};
+    use twill_lab::{relay, state::LabState};
     if !ready() {
         return;
     }
@@ -260,7 +260,7 @@ fn tun_relay_takes_over_a_udp_lab_and_goes_away_with_its_devices() {
             return Err("the relay's flannel0 devices are missing".into());
         }
         drop(r);
-        let removed = twill_lab::testbed::wait_for(Duration::from_secs(5), || {
+        let removed = twill_testbed::wait_for(Duration::from_secs(5), || {
             !has_flannel0("tr", 1) && !has_flannel0("tr", 2)
         });
         if !removed {
@@ -274,4 +274,26 @@ fn tun_relay_takes_over_a_udp_lab_and_goes_away_with_its_devices() {
     }
     assert!(down_ok, "{down}");
     gone("tr");
+}
+
+#[test]
+fn up_as_a_user_is_refused_without_a_clean_up_hint() {
+    if !ready() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    // As nobody: refused before anything is created, so no "clean up with" line.
+    let out = Command::new(LAB)
+        .args(["up", "--name", "tnr"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "twill-lab: twill-lab needs root (it creates network namespaces)"
+    );
+    assert!(!Path::new("/run/twill-lab/tnr").exists());
 }

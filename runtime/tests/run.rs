@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use twill_lab::testbed::Cluster;
 use twill_netkit::Netns;
+use twill_testbed::Cluster;
 use twill_tests::{in_ci, preconditions};
 
 const RUN: &str = env!("CARGO_BIN_EXE_twill-run");
@@ -218,7 +218,7 @@ fn layers_volumes_and_commit() {
     let id = rt.ok(&["run", "-d", "--name", "l1", "--net", "none", "-v", &vol, "-v", &ro, "-v", "/anon", "busybox", "sh", "-c", "echo new > /newfile; echo v > /data/x; echo a > /anon/y; echo h >> /etc/hosts; touch /ro/z 2>/dev/null && echo rw || echo ro-ok; sleep 100"]);
     let id = id.trim().to_string();
     let cdir = rt.root().join("containers").join(&id);
-    twill_lab::testbed::wait_for(std::time::Duration::from_secs(10), || {
+    twill_testbed::wait_for(std::time::Duration::from_secs(10), || {
         std::fs::read_to_string(cdir.join("log"))
             .unwrap_or_default()
             .contains("-ok")
@@ -232,7 +232,7 @@ fn layers_volumes_and_commit() {
         "the image is untouched"
     );
     assert_eq!(std::fs::read_to_string(hostdir.join("x")).unwrap(), "v\n");
-    twill_lab::testbed::wait_for(std::time::Duration::from_secs(5), || {
+    twill_testbed::wait_for(std::time::Duration::from_secs(5), || {
         std::fs::read_to_string(cdir.join("log"))
             .unwrap_or_default()
             .contains("ro-ok")
@@ -589,7 +589,7 @@ fn userns_maps_root_to_an_unprivileged_range() {
         .join("containers")
         .join(&id)
         .join("upper/root/mine");
-    assert!(twill_lab::testbed::wait_for(
+    assert!(twill_testbed::wait_for(
         std::time::Duration::from_secs(5),
         || upper.exists()
     ));

@@ -105,7 +105,7 @@ impl NsScope {
     /// A scope for one test; `tag` must be unique among tests.
     pub fn new(tag: &str) -> NsScope {
         let prefix = format!("twt-{tag}");
-        twill_lab::testbed::sweep(&prefix).expect("sweeping leftovers");
+        twill_testbed::sweep(&prefix).expect("sweeping leftovers");
         NsScope { prefix }
     }
 
@@ -133,7 +133,7 @@ impl NsScope {
 
 impl Drop for NsScope {
     fn drop(&mut self) {
-        if let Err(e) = twill_lab::testbed::sweep(&self.prefix) {
+        if let Err(e) = twill_testbed::sweep(&self.prefix) {
             eprintln!("cleaning up {}-*: {e}", self.prefix);
         }
     }

@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use twill_lab::testbed::{
-    Cluster, Etcd, EtcdCluster, namespaces_with_prefix, pids_in_netns, wait_for,
-};
 use twill_netkit::Netns;
+use twill_testbed::{
+    Cluster, Etcd, EtcdCluster, NETWORK_CONFIG_KEY, namespaces_with_prefix, pids_in_netns, wait_for,
+};
 use twill_tests::{ip_json, ns_exec_ok, preconditions, run};
 
 #[test]
@@ -184,6 +184,20 @@ fn etcd_runs_inside_a_lab_namespace() {
         ],
     );
     assert_eq!(out.trim(), "OK");
+    // The fixture's own client: puts through the JSON gateway, reads with etcdctl, both from
+    // inside the namespace.
+    etcd.put_network_config(r#"{"Network":"10.6.0.0/16"}"#)
+        .unwrap();
+    let config = etcd
+        .etcdctl(&["get", NETWORK_CONFIG_KEY, "--print-value-only"])
+        .unwrap();
+    assert_eq!(config.trim(), r#"{"Network":"10.6.0.0/16"}"#);
+    assert_eq!(
+        etcd.etcdctl(&["get", "k", "--print-value-only"])
+            .unwrap()
+            .trim(),
+        "v"
+    );
 }
 
 #[test]

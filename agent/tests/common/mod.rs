@@ -4,17 +4,17 @@
 
 #![allow(dead_code)]
 
-use std::fs::File;
-use std::os::unix::process::CommandExt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::json;
 use tempfile::TempDir;
-use twill_lab::testbed::{Cluster, Etcd, EtcdTls, wait_for};
 use twill_netkit::Netns;
 use twill_netkit::subnet_env::SubnetEnv;
+use twill_testbed::{
+    Cluster, Etcd, EtcdTls, HostFiles, TwilldCommand, cni, http, wait_for, wait_for_subnet,
+};
 
 pub const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 
@@ -32,83 +32,8 @@ pub struct AgentLab {
     pub agents: Vec<Option<Child>>,
     pub containers: Vec<Container>,
     pub extra_args: Vec<Vec<String>>,
-    /// Client certificate flags for etcdctl and twilld when etcd runs with TLS.
+    /// twilld's client certificate flags when etcd runs with TLS.
     pub tls_args: Vec<String>,
-}
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for `ip` and a client certificate, made with openssl.
-fn make_certs(dir: &std::path::Path, ip: &str) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=twill-test-ca",
-    ]);
-    openssl(dir, &ca);
-    for (name, ext) in [
-        (
-            "server",
-            format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth,clientAuth\n"),
-        ),
-        ("client", "extendedKeyUsage=clientAuth\n".to_string()),
-    ] {
-        let mut req = vec!["req"];
-        req.extend(ec);
-        let key = format!("{name}.key");
-        let csr = format!("{name}.csr");
-        let crt = format!("{name}.crt");
-        let subj = format!("/CN=twill-{name}");
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        openssl(dir, &req);
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let extfile = format!("{name}.ext");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "1",
-                "-extfile",
-                &extfile,
-            ],
-        );
-    }
 }
 
 impl AgentLab {
@@ -128,22 +53,11 @@ impl AgentLab {
             .build()
             .expect("building the cluster");
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut tls_args = Vec::new();
-        let tls_opts = tls.then(|| {
-            make_certs(dir.path(), &cluster.underlay_ip().to_string());
-            let p = |f: &str| dir.path().join(f).display().to_string();
-            tls_args = vec![
-                format!("--etcd-cafile={}", p("ca.crt")),
-                format!("--etcd-certfile={}", p("client.crt")),
-                format!("--etcd-keyfile={}", p("client.key")),
-            ];
-            EtcdTls {
-                ca: dir.path().join("ca.crt"),
-                cert: dir.path().join("server.crt"),
-                key: dir.path().join("server.key"),
-            }
+        let tls = tls.then(|| {
+            EtcdTls::generate(dir.path(), cluster.underlay_ip()).expect("making certificates")
         });
-        let etcd = Etcd::start_in_with(&cluster.underlay, cluster.underlay_ip(), true, tls_opts)
+        let tls_args = tls.iter().flat_map(EtcdTls::twilld_flags).collect();
+        let etcd = Etcd::start_in_with(&cluster.underlay, cluster.underlay_ip(), true, tls)
             .expect("starting etcd");
         let lab = AgentLab {
             cluster,
@@ -156,8 +70,10 @@ impl AgentLab {
         };
         // With TLS the fixture only knows the port accepts; retry until etcd answers.
         let ok = wait_for(Duration::from_secs(20), || {
-            lab.try_etcdctl(&["put", "/coreos.com/network/config", config])
-                .is_some()
+            lab.etcd
+                .put_network_config(config)
+                .inspect_err(|e| eprintln!("{e}"))
+                .is_ok()
         });
         assert!(
             ok,
@@ -181,34 +97,23 @@ impl AgentLab {
 
     /// etcdctl, None on failure (the error is printed).
     pub fn try_etcdctl(&self, args: &[&str]) -> Option<String> {
-        let mut c = Command::new("etcdctl");
-        c.env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(self.endpoint());
-        for a in &self.tls_args {
-            // twilld's --etcd-cafile/-certfile/-keyfile are etcdctl's --cacert/--cert/--key.
-            c.arg(
-                a.replace("--etcd-cafile", "--cacert")
-                    .replace("--etcd-certfile", "--cert")
-                    .replace("--etcd-keyfile", "--key"),
-            );
-        }
-        c.args(args);
-        self.cluster.underlay.prepare_command(&mut c).unwrap();
-        let out = c.output().expect("running etcdctl");
-        if !out.status.success() {
-            eprintln!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            return None;
-        }
-        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.etcd
+            .etcdctl(args)
+            .inspect_err(|e| eprintln!("{e}"))
+            .ok()
+    }
+
+    /// Host `h`'s files (subnet file, IPAM store, twilld's log).
+    pub fn files(&self, h: usize) -> HostFiles {
+        HostFiles::under(self.dir.path(), &format!("h{h}"))
     }
 
     pub fn subnet_file(&self, h: usize) -> PathBuf {
-        self.dir.path().join(format!("h{h}")).join("subnet.env")
+        self.files(h).subnet_file
     }
 
     pub fn log_path(&self, h: usize) -> PathBuf {
-        self.dir.path().join(format!("twilld-h{h}.log"))
+        self.files(h).log
     }
 
     pub fn log(&self, h: usize) -> String {
@@ -218,40 +123,20 @@ impl AgentLab {
     /// Starts twilld on host `h` (1-based) with `--iface eth0`, a 1 s reconcile interval and
     /// the host's own subnet file, plus `extra` flags.
     pub fn start_agent(&mut self, h: usize, extra: &[&str]) {
-        let host = self.cluster.host(h);
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path(h))
-            .unwrap();
-        let mut c = Command::new(TWILLD);
-        c.args([
-            "--etcd-endpoints",
-            &self.endpoint(),
-            "--iface",
-            "eth0",
-            "--reconcile-interval",
-            "1",
-            "--log-level",
-            "info,twill_agent=debug",
-        ])
-        .arg("--subnet-file")
-        .arg(self.subnet_file(h))
-        .args(&self.tls_args)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-        host.netns.prepare_command(&mut c).unwrap();
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            c.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        let files = self.files(h);
+        let agent = TwilldCommand::new(TWILLD, self.endpoint(), files.subnet_file, files.log)
+            .args([
+                "--reconcile-interval",
+                "1",
+                "--log-level",
+                "info,twill_agent=debug",
+            ])
+            .args(&self.tls_args)
+            .args(extra)
+            .spawn_in(&self.cluster.host(h).netns)
+            .expect("starting twilld");
         self.extra_args[h - 1] = extra.iter().map(|s| s.to_string()).collect();
-        self.agents[h - 1] = Some(c.spawn().expect("starting twilld"));
+        self.agents[h - 1] = Some(agent);
     }
 
     /// SIGKILLs host `h`'s agent (by PID) and reaps it.
@@ -274,10 +159,8 @@ impl AgentLab {
 
     /// Waits for host `h`'s subnet file.
     pub fn wait_subnet(&self, h: usize) -> SubnetEnv {
-        let path = self.subnet_file(h);
-        let ok = wait_for(Duration::from_secs(30), || SubnetEnv::read(&path).is_ok());
-        assert!(ok, "host {h} wrote no subnet file; log:\n{}", self.log(h));
-        SubnetEnv::read(&path).unwrap()
+        wait_for_subnet(&self.subnet_file(h), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("host {h}: {e}; log:\n{}", self.log(h)))
     }
 
     /// Waits until `check` holds, or fails with every agent's log.
@@ -295,12 +178,8 @@ impl AgentLab {
         let n = self.containers.len();
         let suffix = format!("h{h}c{n}");
         let netns = self.cluster.extra_netns(&suffix).expect("container netns");
-        let conf = json!({
-            "cniVersion": "1.0.0", "name": "twill", "type": "twill",
-            "subnetFile": self.subnet_file(h),
-            "dataDir": self.dir.path().join(format!("h{h}")).join("ipam"),
-        })
-        .to_string();
+        let files = self.files(h);
+        let conf = cni::plugin_config(&files.subnet_file, &files.ipam_dir).to_string();
         let netns_path = netns.path().display().to_string();
         let id = format!("ctr{n}");
         let get = |k: &str| -> Option<String> {
@@ -362,19 +241,11 @@ impl AgentLab {
 
     /// An HTTP/1.0 GET of `path` on 127.0.0.1:`port` inside host `h` (empty when refused).
     pub fn http_get(&self, h: usize, port: u16, path: &str) -> String {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         self.cluster
             .host(h)
             .netns
-            .enter(|| {
-                use std::io::{Read, Write};
-                let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-                    return String::new();
-                };
-                let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                out
-            })
+            .enter(|| http::get(addr, path))
             .unwrap_or_default()
     }
 

@@ -1,6 +1,7 @@
 //! Small helpers for processes and ports used by the fixtures.
 
 use std::net::TcpListener;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::error::{LabError, Result};
@@ -26,4 +27,20 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs a helper program to completion; its output, or an error named `what` (e.g.
+/// `etcdctl get k`) that carries what it printed on stderr.
+pub(crate) fn run_tool(cmd: &mut Command, what: String) -> Result<String> {
+    let out = cmd.output().map_err(|e| LabError::Command {
+        command: what.clone(),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            command: what,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

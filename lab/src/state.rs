@@ -6,6 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+/// Where the state of lab `name` lives.
+pub fn state_dir(name: &str) -> PathBuf {
+    PathBuf::from("/run/twill-lab").join(name)
+}
+
+/// Namespace prefix of lab `name`.
+pub fn prefix(name: &str) -> String {
+    format!("tl-{name}")
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct ContainerState {
     pub name: String,
@@ -30,7 +40,7 @@ pub struct HostState {
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct LabState {
     pub name: String,
-    pub backend: String,
+    pub backend: crate::backend::LabBackend,
     pub network: String,
     pub etcd_endpoint: String,
     pub etcd_pid: Option<u32>,

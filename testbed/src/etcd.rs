@@ -1,9 +1,12 @@
 //! etcd fixtures: Debian's `etcd` binary with a temporary data directory, on free ports of
 //! 127.0.0.1 or inside a lab namespace. Health is awaited before returning; the process is
-//! killed by PID and its data removed on drop.
+//! killed by PID and its data removed on drop. `client` writes to a running member, `tls`
+//! makes certificates for one that serves TLS.
+
+mod client;
+mod tls;
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -13,8 +16,11 @@ use std::time::Duration;
 use tempfile::TempDir;
 use twill_netkit::Netns;
 
-use super::error::{LabError, Result};
-use super::process::{free_local_port, wait_for};
+pub use self::client::NETWORK_CONFIG_KEY;
+pub use self::tls::EtcdTls;
+use crate::error::{LabError, Result};
+use crate::http;
+use crate::process::{free_local_port, wait_for};
 
 /// The etcd binary; override with `TWILL_ETCD_BIN`.
 fn etcd_bin() -> String {
@@ -22,15 +28,6 @@ fn etcd_bin() -> String {
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Client TLS for an etcd fixture: server certificate and key, and the CA that client
-/// certificates must be signed by (etcd then requires client certificates).
-#[derive(Clone, Debug)]
-pub struct EtcdTls {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
 
 /// Where and how one member listens.
 #[derive(Clone, Debug)]
@@ -96,7 +93,8 @@ impl Etcd {
         Etcd::start_in_with(netns, ip, die_with_parent, None)
     }
 
-    /// Like [`Etcd::start_in`], serving clients over TLS with client-certificate auth.
+    /// Like [`Etcd::start_in`], serving clients over TLS with client-certificate auth (the
+    /// client certificate of `tls` is then what [`Etcd::etcdctl`] and [`Etcd::put`] use).
     pub fn start_in_with(
         netns: &Netns,
         ip: Ipv4Addr,
@@ -176,9 +174,9 @@ impl Etcd {
             .args(m.tls.iter().flat_map(|t| {
                 [
                     "--cert-file".into(),
-                    t.cert.clone().into_os_string(),
+                    t.server_cert.clone().into_os_string(),
                     "--key-file".into(),
-                    t.key.clone().into_os_string(),
+                    t.server_key.clone().into_os_string(),
                     "--trusted-ca-file".into(),
                     t.ca.clone().into_os_string(),
                     "--client-cert-auth".into(),
@@ -306,21 +304,13 @@ impl Drop for Etcd {
 }
 
 fn http_health(addr: SocketAddr, tls: bool) -> bool {
+    let connect_timeout = Duration::from_millis(300);
     if tls {
         // No TLS client here: an accepting port means etcd is serving.
-        return TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok();
+        return TcpStream::connect_timeout(&addr, connect_timeout).is_ok();
     }
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.contains("\"health\":\"true\"")
+    http::request(addr, "GET", "/health", None, connect_timeout)
+        .is_ok_and(|body| body.contains("\"health\":\"true\""))
 }
 
 /// A multi-member etcd cluster on 127.0.0.1, for fault tests.

@@ -18,6 +18,14 @@ pub enum LabError {
     },
     #[error("etcd {name}: {detail}")]
     Etcd { name: String, detail: String },
+    /// A helper program (openssl, etcdctl) ran but failed; `detail` holds what it said.
+    #[error("{command}: {detail}")]
+    Command { command: String, detail: String },
+    #[error("{what}: nothing after {waited:?}")]
+    Timeout {
+        what: String,
+        waited: std::time::Duration,
+    },
     #[error("{0}")]
     Invalid(String),
 }

@@ -1,73 +1,33 @@
-//! `twill-lab up`.
+//! `twill-lab up`: every step through the test bed (cluster, etcd, agents, CNI config), the
+//! state file saved after each so `down` can clean up after a crash.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use twill_netkit::Netns;
-use twill_netkit::subnet_env::SubnetEnv;
+use twill_testbed::{Cluster, Etcd, HostFiles, TwilldCommand, cni, wait_for_subnet};
 
-use super::state::{ContainerState, HostState, LabState};
-use super::{prefix, sibling, state_dir, twill_run};
-use crate::testbed::{Cluster, Etcd, wait_for};
+use crate::backend::LabBackend;
+use crate::binaries::{self, sibling, twill_run};
+use crate::image::busybox_tarball;
+use crate::state::{ContainerState, HostState, LabState, prefix, state_dir};
 
 /// What `up` builds.
 pub struct UpOptions {
     pub name: String,
     pub hosts: usize,
-    pub backend: String,
+    pub backend: LabBackend,
     pub containers_per_host: usize,
     pub network: String,
 }
 
+/// Where each twilld serves `/healthz` and `/metrics`, inside its host's namespace.
+const HEALTHZ_FLAGS: [&str; 4] = ["--healthz-ip", "127.0.0.1", "--healthz-port", "10256"];
+/// How long an agent may take to lease its subnet.
+const LEASE_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn step(msg: &str) {
     println!("==> {msg}");
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Puts `key`=`value` through etcd's HTTP gateway (from inside `ns`).
-fn etcd_put(ns: &Netns, addr: SocketAddr, key: &str, value: &str) -> anyhow::Result<()> {
-    let body = format!(
-        r#"{{"key":"{}","value":"{}"}}"#,
-        base64(key.as_bytes()),
-        base64(value.as_bytes())
-    );
-    let resp = ns.enter(|| -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        write!(s, "POST /v3/kv/put HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
-        let mut r = String::new();
-        s.read_to_string(&mut r)?;
-        Ok(r)
-    })??;
-    anyhow::ensure!(
-        resp.starts_with("HTTP/1.") && resp.contains(" 200 "),
-        "etcd refused the network config: {resp}"
-    );
-    Ok(())
 }
 
 /// Builds the lab; on failure says what failed and how to look, and leaves the state file for
@@ -78,16 +38,11 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
         "twill-lab needs root (it creates network namespaces)"
     );
     anyhow::ensure!((1..=50).contains(&o.hosts), "--hosts must be 1 to 50");
-    anyhow::ensure!(
-        ["vxlan", "host-gw", "udp"].contains(&o.backend.as_str()),
-        "--backend {} is not available: use vxlan, host-gw or udp",
-        o.backend
-    );
     let network: twill_netkit::ipnet::Ipv4Net = o
         .network
         .parse()
         .with_context(|| format!("--network {}: not an IPv4 CIDR", o.network))?;
-    for bin in ["twilld", "twill", "twill-run"] {
+    for bin in binaries::REQUIRED {
         let p = sibling(bin);
         anyhow::ensure!(
             p.is_file(),
@@ -106,7 +61,7 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&dir)?;
     let mut st = LabState {
         name: o.name.clone(),
-        backend: o.backend.clone(),
+        backend: o.backend,
         network: network.to_string(),
         cni_path: format!(
             "{}:/usr/lib/cni:/opt/cni/bin",
@@ -119,6 +74,15 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
     };
     st.save(&dir)?;
 
+    let cluster = build_hosts(o, &dir, &mut st)?;
+    start_etcd(&cluster, &dir, &mut st, network, o.backend)?;
+    start_agents(&cluster, &dir, &mut st)?;
+    start_containers(o.containers_per_host, &dir, &mut st)?;
+    check_all_pairs(&dir, &mut st, o.backend)
+}
+
+/// One namespace per host on an underlay bridge, kept after this process exits.
+fn build_hosts(o: &UpOptions, dir: &Path, st: &mut LabState) -> anyhow::Result<Cluster> {
     step(&format!(
         "building {} hosts as network namespaces ({}-h1…) on an underlay bridge",
         o.hosts,
@@ -129,99 +93,93 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
         .build()?
         .persist();
     for (i, h) in cluster.hosts.iter().enumerate() {
-        let hd = dir.join(format!("h{}", i + 1));
+        let name = format!("h{}", i + 1);
+        let files = HostFiles::under(dir, &name);
+        let hd = dir.join(&name);
         std::fs::create_dir_all(hd.join("net.d"))?;
         st.hosts.push(HostState {
-            name: format!("h{}", i + 1),
+            name,
             netns: h.name.clone(),
             underlay_ip: h.ip.to_string(),
-            log: hd.join("twilld.log"),
-            subnet_file: hd.join("subnet.env"),
+            log: files.log,
+            subnet_file: files.subnet_file,
             cni_conf_dir: hd.join("net.d"),
             run_root: hd.join("run"),
             ..HostState::default()
         });
     }
-    st.save(&dir)?;
+    st.save(dir)?;
+    Ok(cluster)
+}
 
+/// etcd in the underlay namespace, left running, with the network config written.
+fn start_etcd(
+    cluster: &Cluster,
+    dir: &Path,
+    st: &mut LabState,
+    network: twill_netkit::ipnet::Ipv4Net,
+    backend: LabBackend,
+) -> anyhow::Result<()> {
     step(&format!(
         "starting etcd in the underlay namespace at {}:2379",
         cluster.underlay_ip()
     ));
     let etcd = Etcd::start_in(&cluster.underlay, cluster.underlay_ip(), false)?;
+    let config =
+        serde_json::json!({"Network": network.to_string(), "Backend": {"Type": backend.as_str()}});
+    etcd.put_network_config(&config.to_string())
+        .context("writing the network config")?;
     st.etcd_endpoint = etcd.endpoint();
     let (pid, etcd_dir) = etcd.detach();
     st.etcd_pid = pid;
     st.etcd_dir = Some(etcd_dir);
-    st.save(&dir)?;
-    let config = format!(
-        r#"{{"Network":"{network}","Backend":{{"Type":"{}"}}}}"#,
-        o.backend
-    );
-    etcd_put(
-        &cluster.underlay,
-        SocketAddr::from((cluster.underlay_ip(), 2379)),
-        "/coreos.com/network/config",
-        &config,
-    )?;
+    st.save(dir)?;
+    Ok(())
+}
 
+/// A twilld per host (in a session of its own, so it outlives `up`); once each has leased a
+/// subnet, its host's conflist.
+fn start_agents(cluster: &Cluster, dir: &Path, st: &mut LabState) -> anyhow::Result<()> {
     step("starting twilld on every host");
     for (i, h) in cluster.hosts.iter().enumerate() {
         let hs = &st.hosts[i];
-        let log = std::fs::File::create(&hs.log)?;
-        let mut c = Command::new(sibling("twilld"));
-        c.args(["--etcd-endpoints", &st.etcd_endpoint, "--iface", "eth0"])
-            .args(["--healthz-ip", "127.0.0.1", "--healthz-port", "10256"])
-            .arg("--subnet-file")
-            .arg(&hs.subnet_file)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        h.netns.prepare_command(&mut c)?;
-        // SAFETY: setsid is async-signal-safe; the agent outlives this command.
-        unsafe {
-            c.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = c.spawn().context("starting twilld")?;
+        let child = TwilldCommand::new(
+            sibling("twilld"),
+            st.etcd_endpoint.clone(),
+            &hs.subnet_file,
+            &hs.log,
+        )
+        .args(HEALTHZ_FLAGS)
+        .detached()
+        .spawn_in(&h.netns)
+        .context("starting twilld")?;
         st.hosts[i].twilld_pid = Some(child.id());
-        st.save(&dir)?;
+        st.save(dir)?;
     }
-    for i in 0..st.hosts.len() {
-        let f = st.hosts[i].subnet_file.clone();
-        if !wait_for(Duration::from_secs(30), || SubnetEnv::read(&f).is_ok()) {
-            bail!(
-                "twilld on {} wrote no subnet file within 30 s: look at `twill-lab logs {} --name {}`",
-                st.hosts[i].name,
-                st.hosts[i].name,
-                o.name
-            );
-        }
-        st.hosts[i].subnet = Some(SubnetEnv::read(&f)?.subnet.to_string());
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0", "name": "twill",
-            "plugins": [
-                {"type": "twill", "subnetFile": f, "dataDir": dir.join(format!("h{}", i + 1)).join("ipam")},
-                {"type": "portmap", "capabilities": {"portMappings": true}}
-            ]
-        });
-        std::fs::write(
-            st.hosts[i].cni_conf_dir.join("10-twill.conflist"),
-            serde_json::to_vec_pretty(&conflist)?,
-        )?;
+    for hs in &mut st.hosts {
+        let env = wait_for_subnet(&hs.subnet_file, LEASE_TIMEOUT).with_context(|| {
+            format!(
+                "twilld on {} wrote no subnet file: look at `twill-lab logs {} --name {}`",
+                hs.name, hs.name, st.name
+            )
+        })?;
+        hs.subnet = Some(env.subnet.to_string());
+        let ipam_dir: PathBuf = HostFiles::under(dir, &hs.name).ipam_dir;
+        cni::write_conflist(&hs.cni_conf_dir, &hs.subnet_file, &ipam_dir)?;
     }
-    st.save(&dir)?;
+    st.save(dir)?;
+    Ok(())
+}
 
+/// A busybox image in each host's twill-run store, and `per_host` containers from it.
+fn start_containers(per_host: usize, dir: &Path, st: &mut LabState) -> anyhow::Result<()> {
     step(&format!(
-        "starting {} busybox containers per host with twill-run",
-        o.containers_per_host
+        "starting {per_host} busybox containers per host with twill-run"
     ));
     let tarball = dir.join("busybox.tar");
-    super::busybox_tarball(&tarball)?;
+    busybox_tarball(&tarball)?;
     for i in 0..st.hosts.len() {
-        let out = twill_run(&st, i)?
+        let out = twill_run(st, i)?
             .args(["import"])
             .arg(&tarball)
             .arg("busybox")
@@ -232,9 +190,9 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
             st.hosts[i].name,
             String::from_utf8_lossy(&out.stderr)
         );
-        for k in 1..=o.containers_per_host {
+        for k in 1..=per_host {
             let name = format!("{}c{k}", st.hosts[i].name);
-            let out = twill_run(&st, i)?
+            let out = twill_run(st, i)?
                 .args([
                     "run",
                     "-d",
@@ -250,7 +208,7 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
                 "starting {name}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
-            let inspect = twill_run(&st, i)?.args(["inspect", &name]).output()?;
+            let inspect = twill_run(st, i)?.args(["inspect", &name]).output()?;
             let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap_or_default();
             let ip = v["ips"][0].as_str().unwrap_or("-").to_string();
             st.hosts[i].containers.push(ContainerState {
@@ -258,10 +216,15 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
                 ip,
                 reachable: None,
             });
-            st.save(&dir)?;
+            st.save(dir)?;
         }
     }
+    Ok(())
+}
 
+/// Pings every container from every other one, records who is reachable and prints the
+/// table; true when all are.
+fn check_all_pairs(dir: &Path, st: &mut LabState, backend: LabBackend) -> anyhow::Result<bool> {
     step("checking that every container reaches every other one");
     let all: Vec<(usize, String, String)> = st
         .hosts
@@ -275,7 +238,7 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
         .collect();
     let ping = |from_host: usize, from: &str, ip: &str| -> bool {
         for _ in 0..10 {
-            if twill_run(&st, from_host)
+            if twill_run(st, from_host)
                 .ok()
                 .and_then(|mut c| {
                     c.args(["exec", from, "ping", "-c1", "-W1", ip])
@@ -304,16 +267,15 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
             k += 1;
         }
     }
-    st.save(&dir)?;
+    st.save(dir)?;
     println!();
     st.print_table();
     let ok = reach.iter().all(|r| *r);
     println!();
     if ok {
         println!(
-            "all {} containers reach each other over {}. Try: twill-lab exec h1/h1c1 ping {}; twill-lab down",
+            "all {} containers reach each other over {backend}. Try: twill-lab exec h1/h1c1 ping {}; twill-lab down",
             all.len(),
-            o.backend,
             all.last().map(|c| c.2.as_str()).unwrap_or("")
         );
     } else {
@@ -322,19 +284,4 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
         );
     }
     Ok(ok)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(super::base64(b""), "");
-        assert_eq!(super::base64(b"f"), "Zg==");
-        assert_eq!(super::base64(b"fo"), "Zm8=");
-        assert_eq!(super::base64(b"foo"), "Zm9v");
-        assert_eq!(
-            super::base64(b"/coreos.com/network/config"),
-            "L2NvcmVvcy5jb20vbmV0d29yay9jb25maWc="
-        );
-    }
 }

@@ -1,52 +1,13 @@
-//! `twill-lab`: a whole twill cluster on one machine. `up` builds hosts as namespaces on an
-//! underlay, starts etcd and a twilld per host, installs the CNI conflist, starts busybox
-//! containers with twill-run and checks all-pairs connectivity; `down` removes everything
-//! from the state file (also after a crashed `up`).
+//! The small commands: `down`, `status`, `logs` and `exec`, all working from the lab's state
+//! file.
 
-pub mod bench;
-pub mod relay;
-pub mod state;
-pub mod up;
-
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
-use state::LabState;
 use twill_netkit::Netns;
 
-/// Where lab state lives.
-pub fn state_dir(name: &str) -> PathBuf {
-    PathBuf::from("/run/twill-lab").join(name)
-}
-
-/// Namespace prefix of lab `name`.
-pub fn prefix(name: &str) -> String {
-    format!("tl-{name}")
-}
-
-/// A binary shipped next to `twill-lab` (same build), else on PATH.
-pub fn sibling(bin: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join(bin)))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(bin))
-}
-
-/// twill-run for host `h`, inside the host's namespace.
-pub fn twill_run(st: &LabState, h: usize) -> anyhow::Result<Command> {
-    let host = &st.hosts[h];
-    let mut c = Command::new(sibling("twill-run"));
-    c.arg("--root")
-        .arg(&host.run_root)
-        .arg("--cni-conf-dir")
-        .arg(&host.cni_conf_dir)
-        .arg("--cni-path")
-        .arg(&st.cni_path);
-    Netns::open(&host.netns)?.prepare_command(&mut c)?;
-    Ok(c)
-}
+use crate::binaries::twill_run;
+use crate::state::{LabState, prefix, state_dir};
 
 fn kill_pid(pid: u32) {
     let _ = nix::sys::signal::kill(
@@ -77,7 +38,7 @@ pub fn down(name: &str) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(d);
         }
     }
-    let swept = crate::testbed::sweep(&prefix(name)).context("removing the lab's namespaces")?;
+    let swept = twill_testbed::sweep(&prefix(name)).context("removing the lab's namespaces")?;
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "twill-lab {name}: down ({} namespaces removed)",
@@ -132,28 +93,4 @@ pub fn exec(name: &str, target: &str, cmd: &[String]) -> anyhow::Result<i32> {
         }
     };
     Ok(c.status()?.code().unwrap_or(1))
-}
-
-/// Writes a busybox rootfs tarball (from Debian's busybox-static) to `path`.
-pub fn busybox_tarball(path: &Path) -> anyhow::Result<()> {
-    let bb = Path::new("/bin/busybox");
-    anyhow::ensure!(
-        bb.exists(),
-        "/bin/busybox is missing: apt-get install busybox-static"
-    );
-    let tmp = path.with_extension("d");
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(tmp.join(d))?;
-    }
-    std::fs::copy(bb, tmp.join("bin/busybox"))?;
-    let out = Command::new(bb).arg("--list").output()?;
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
-    }
-    let f = std::fs::File::create(path)?;
-    let mut b = tar::Builder::new(f);
-    b.append_dir_all(".", &tmp)?;
-    b.finish()?;
-    let _ = std::fs::remove_dir_all(&tmp);
-    Ok(())
 }

@@ -24,7 +24,7 @@ use twill_netkit::Netns;
 use twill_netkit::ipnet::Ipv4Net;
 
 use super::state::LabState;
-use crate::testbed::wait_for;
+use twill_testbed::wait_for;
 
 /// A running relay between hosts 0 and 1 of a lab; dropping it stops the thread and closes
 /// both TUNs (so the devices and their routes go away).
@@ -47,7 +47,7 @@ impl Drop for Relay {
 /// signals a PID the system may have reused), and its `flannel0` rebuilt by us with the same
 /// address, MTU and route, so the containers see the same network.
 pub fn start(st: &mut LabState, dir: &Path) -> anyhow::Result<Relay> {
-    if st.backend != "udp" || st.hosts.len() < 2 {
+    if st.backend != crate::backend::LabBackend::Udp || st.hosts.len() < 2 {
         bail!(
             "the TUN relay replaces the agents of a udp lab with two hosts (lab {} runs {} on {} hosts)",
             st.name,

@@ -177,7 +177,7 @@ impl Cluster {
     }
 
     /// Keeps the namespaces after this value is dropped (for `twill-lab up`, whose `down`
-    /// removes them later with [`super::sweep`]).
+    /// removes them later with [`crate::sweep`]).
     pub fn persist(mut self) -> Cluster {
         self.keep = true;
         self

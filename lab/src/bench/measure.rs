@@ -1,0 +1,104 @@
+//! One measurement between two network namespaces: iperf3 throughput, ping RTT, and the CPU
+//! time twilld spent meanwhile (from `/proc`). iperf3 and ping run from the host's filesystem
+//! inside the containers' namespaces.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use twill_netkit::Netns;
+
+use crate::binaries::twill_run;
+use crate::state::LabState;
+
+/// The network namespace of container `name` on host `h`.
+pub(super) fn container_netns(st: &LabState, h: usize, name: &str) -> anyhow::Result<String> {
+    let out = twill_run(st, h)?.args(["inspect", name]).output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("inspect")?;
+    v["netns"]
+        .as_str()
+        .map(str::to_string)
+        .context("container has no netns")
+}
+
+fn in_ns(ns: &str, prog: &str, args: &[&str]) -> anyhow::Result<Command> {
+    let mut c = Command::new(prog);
+    c.args(args);
+    Netns::open(ns)?.prepare_command(&mut c)?;
+    Ok(c)
+}
+
+pub(super) fn iperf(
+    server_ns: &str,
+    server_ip: &str,
+    client_ns: &str,
+    secs: u64,
+    streams: u32,
+) -> anyhow::Result<(f64, f64)> {
+    let mut server = in_ns(server_ns, "iperf3", &["-s", "-1", "-p", "5201"])?
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running iperf3 (apt-get install iperf3)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = in_ns(
+        client_ns,
+        "iperf3",
+        &[
+            "-c",
+            server_ip,
+            "-p",
+            "5201",
+            "-J",
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+        ],
+    )?
+    .output()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    let sum = &v["end"]["sum_received"];
+    match (sum["bits_per_second"].as_f64(), sum["bytes"].as_f64()) {
+        (Some(bps), Some(bytes)) => Ok((bps / 1e9, bytes)),
+        _ => bail!("iperf3 failed: {}", v["error"]),
+    }
+}
+
+/// CPU seconds (user + system) used so far by the twilld processes of a lab.
+pub(super) fn twilld_cpu_seconds(st: &LabState) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    st.hosts
+        .iter()
+        .filter_map(|h| h.twilld_pid)
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the ")" that ends the command name: utime and stime are 12 and 13.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (t(11) + t(12)) / hz
+        })
+        .sum()
+}
+
+pub(super) fn rtt(client_ns: &str, ip: &str) -> anyhow::Result<f64> {
+    let out = in_ns(client_ns, "ping", &["-q", "-c", "20", "-i", "0.05", ip])?.output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // rtt min/avg/max/mdev = 0.030/0.045/0.080/0.010 ms
+    let avg = text
+        .lines()
+        .find(|l| l.contains("min/avg"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|a| a.parse().ok());
+    avg.with_context(|| format!("ping {ip} failed: {text}"))
+}
+
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}

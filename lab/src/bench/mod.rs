@@ -1,0 +1,173 @@
+//! `twill-lab bench`: one 2-host lab per backend, all up at the same time; iperf3 TCP (1 and
+//! 4 streams) and ping RTT between containers on two hosts for each backend, plus two
+//! containers on the same host (the bridge path: the physical baseline). Runs are
+//! interleaved (every path once per round, `--runs` rounds) so a noisy machine treats every
+//! path alike; each cell is the median. Also the CPU time twilld spent per GB moved (the
+//! udp backend's cost; the kernel backends' agents only watch etcd). iperf3 and ping run from
+//! the host's filesystem inside the containers' network namespaces.
+//! `bench cni` and `bench runtime` run the CNI and runtime benchmarks of the source tree.
+
+mod delegated;
+mod measure;
+pub mod path;
+pub mod report;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+pub use self::delegated::bench_other;
+use self::measure::{container_netns, iperf, median, rtt, twilld_cpu_seconds};
+use self::path::{BenchPath, RowPath};
+use self::report::{Row, report, svg_chart};
+use crate::commands::down;
+use crate::state::{LabState, state_dir};
+use crate::up::{UpOptions, up};
+
+/// One path to measure: server and client containers of one lab.
+struct Probe {
+    path: RowPath,
+    lab: String,
+    server: (usize, &'static str),
+    client: (usize, &'static str),
+}
+
+#[derive(Default)]
+struct Samples {
+    one: Vec<f64>,
+    four: Vec<f64>,
+    rtt: Vec<f64>,
+    cpu_s: f64,
+    bytes: f64,
+}
+
+fn measure_once(p: &Probe, secs: u64, acc: &mut Samples) -> anyhow::Result<()> {
+    let st = LabState::load(&state_dir(&p.lab))?;
+    let sns = container_netns(&st, p.server.0, p.server.1)?;
+    let cns = container_netns(&st, p.client.0, p.client.1)?;
+    let ip = st.hosts[p.server.0]
+        .containers
+        .iter()
+        .find(|x| x.name == p.server.1)
+        .map(|x| x.ip.clone())
+        .context("server ip")?;
+    for (streams, out) in [(1, &mut acc.one), (4, &mut acc.four)] {
+        let cpu0 = twilld_cpu_seconds(&st);
+        let (gbps, bytes) = iperf(&sns, &ip, &cns, secs, streams)?;
+        acc.cpu_s += twilld_cpu_seconds(&st) - cpu0;
+        acc.bytes += bytes;
+        out.push(gbps);
+    }
+    acc.rtt.push(rtt(&cns, &ip)?);
+    Ok(())
+}
+
+/// What `twill-lab bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchKind {
+    /// Throughput and RTT per backend against the same-host path.
+    Network,
+    /// CNI ADD/DEL latency against the reference plugins (`cargo bench` in the source tree).
+    Cni,
+    /// Container start and exec latency against runc/crun (scripts/bench-runtime).
+    Runtime,
+}
+
+/// Output options of the network benchmark.
+#[derive(Clone, Debug, Default)]
+pub struct BenchOutput {
+    pub markdown: Option<PathBuf>,
+    pub svg: Option<PathBuf>,
+}
+
+/// Runs the network benchmark for `backends`; prints the table, optionally writes Markdown
+/// and an SVG chart.
+pub fn bench(
+    backends: &[BenchPath],
+    secs: u64,
+    runs: usize,
+    out: &BenchOutput,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = (0..backends.len()).map(|i| format!("bench{i}")).collect();
+    let mut relays = Vec::new();
+    let result = (|| -> anyhow::Result<Vec<Row>> {
+        let mut probes = Vec::new();
+        for (&b, name) in backends.iter().zip(&names) {
+            let _ = down(name);
+            let ok = up(&UpOptions {
+                name: name.clone(),
+                hosts: 2,
+                backend: b.lab_backend(),
+                containers_per_host: 2,
+                network: "10.244.0.0/16".into(),
+            })?;
+            if !ok {
+                bail!("the {b} lab is not fully connected: see `twill-lab logs h1 --name {name}`");
+            }
+            // The baseline comes from the first lab, whatever it runs (the bridge path needs
+            // no agent, so a relay lab serves too).
+            if probes.is_empty() {
+                probes.push(Probe {
+                    path: RowPath::SameHost,
+                    lab: name.clone(),
+                    server: (0, "h1c2"),
+                    client: (0, "h1c1"),
+                });
+            }
+            if b == BenchPath::TunRelay {
+                let dir = state_dir(name);
+                let mut st = LabState::load(&dir)?;
+                relays.push(
+                    crate::relay::start(&mut st, &dir)
+                        .context("replacing twilld with the TUN relay")?,
+                );
+            }
+            probes.push(Probe {
+                path: RowPath::TwoHosts(b),
+                lab: name.clone(),
+                server: (1, "h2c1"),
+                client: (0, "h1c1"),
+            });
+        }
+        let mut samples: Vec<Samples> = probes.iter().map(|_| Samples::default()).collect();
+        for round in 0..runs.max(1) {
+            for (p, acc) in probes.iter().zip(samples.iter_mut()) {
+                eprintln!(
+                    "==> round {}/{}: {}",
+                    round + 1,
+                    runs.max(1),
+                    p.path.label()
+                );
+                measure_once(p, secs, acc)?;
+            }
+        }
+        Ok(probes
+            .iter()
+            .zip(samples)
+            .map(|(p, s)| Row {
+                path: p.path,
+                cpu_s_per_gb: p
+                    .path
+                    .through_twilld()
+                    .then(|| s.cpu_s / (s.bytes / 1e9).max(1e-9)),
+                gbps_1: median(s.one),
+                gbps_4: median(s.four),
+                rtt_ms: median(s.rtt),
+            })
+            .collect())
+    })();
+    drop(relays);
+    for name in &names {
+        down(name)?;
+    }
+    let rows = result?;
+    let text = report(&rows);
+    print!("\n{}", text.table);
+    if let Some(p) = &out.markdown {
+        std::fs::write(p, &text.markdown).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &out.svg {
+        std::fs::write(p, svg_chart(&rows)).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! What the network benchmark measures: the two-host paths `--backends` names, and the path
+//! each report row stands for.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::backend::LabBackend;
+
+/// A two-host path the network benchmark can measure: a backend, or the TUN relay (a udp
+/// lab whose agents `relay` replaces: the ceiling of any TUN-based data path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchPath {
+    Backend(LabBackend),
+    TunRelay,
+}
+
+impl BenchPath {
+    /// Every path, in the order `--backends all` measures them.
+    pub const ALL: [BenchPath; 4] = [
+        BenchPath::Backend(LabBackend::HostGw),
+        BenchPath::Backend(LabBackend::Vxlan),
+        BenchPath::Backend(LabBackend::Udp),
+        BenchPath::TunRelay,
+    ];
+
+    /// The name `--backends` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchPath::Backend(b) => b.as_str(),
+            BenchPath::TunRelay => "tun-relay",
+        }
+    }
+
+    /// The backend the path's lab runs (the relay takes over a udp lab).
+    pub fn lab_backend(self) -> LabBackend {
+        match self {
+            BenchPath::Backend(b) => b,
+            BenchPath::TunRelay => LabBackend::Udp,
+        }
+    }
+
+    /// How reports name it.
+    fn label(self) -> &'static str {
+        match self {
+            BenchPath::Backend(b) => b.as_str(),
+            BenchPath::TunRelay => "TUN relay",
+        }
+    }
+}
+
+impl FromStr for BenchPath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<BenchPath, String> {
+        BenchPath::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = BenchPath::ALL.iter().map(|p| p.as_str()).collect();
+                format!("unknown path {s:?}: pick from {}", known.join(", "))
+            })
+    }
+}
+
+impl fmt::Display for BenchPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The value of `--backends`: paths separated by commas, or `all`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BenchSelection(pub Vec<BenchPath>);
+
+impl FromStr for BenchSelection {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<BenchSelection, String> {
+        if s == "all" {
+            return Ok(BenchSelection(BenchPath::ALL.to_vec()));
+        }
+        s.split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(BenchSelection)
+    }
+}
+
+/// The path a report row measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowPath {
+    /// Two containers on one host, through the bridge: the physical baseline.
+    SameHost,
+    /// Containers on two hosts.
+    TwoHosts(BenchPath),
+}
+
+impl RowPath {
+    /// The row's label in tables and charts.
+    pub fn label(self) -> String {
+        match self {
+            RowPath::SameHost => "same host (bridge)".into(),
+            RowPath::TwoHosts(p) => format!("two hosts, {}", p.label()),
+        }
+    }
+
+    /// Whether twilld carries the packets (so its CPU time is counted): not on one host, and
+    /// not through the relay, which runs in the bench process.
+    pub fn through_twilld(self) -> bool {
+        matches!(self, RowPath::TwoHosts(BenchPath::Backend(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_parse_from_a_list_or_all_and_name_the_known_ones_otherwise() {
+        assert_eq!(
+            "udp,tun-relay".parse(),
+            Ok(BenchSelection(vec![
+                BenchPath::Backend(LabBackend::Udp),
+                BenchPath::TunRelay
+            ]))
+        );
+        assert_eq!("all".parse(), Ok(BenchSelection(BenchPath::ALL.to_vec())));
+        assert_eq!(
+            "vxlan,ipip".parse::<BenchSelection>(),
+            Err("unknown path \"ipip\": pick from host-gw, vxlan, udp, tun-relay".into())
+        );
+        assert_eq!(BenchPath::TunRelay.lab_backend(), LabBackend::Udp);
+    }
+
+    #[test]
+    fn rows_are_labelled_for_people() {
+        assert_eq!(RowPath::SameHost.label(), "same host (bridge)");
+        assert_eq!(
+            RowPath::TwoHosts(BenchPath::Backend(LabBackend::HostGw)).label(),
+            "two hosts, host-gw"
+        );
+        assert_eq!(
+            RowPath::TwoHosts(BenchPath::TunRelay).label(),
+            "two hosts, TUN relay"
+        );
+        assert!(!RowPath::TwoHosts(BenchPath::TunRelay).through_twilld());
+        assert!(!RowPath::SameHost.through_twilld());
+    }
+}
