@@ -98,7 +98,9 @@ pub fn describe(e: &etcd_client::Error) -> String {
         return "no answer (the connection's keepalive timed out)".into();
     }
     if tls {
-        return format!("TLS: {innermost}");
+        return format!(
+            "TLS: {innermost} (check --etcd-cafile, --etcd-certfile and --etcd-keyfile against the member's certificate)"
+        );
     }
     match e {
         etcd_client::Error::GRpcStatus(st) => {

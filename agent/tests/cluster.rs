@@ -383,6 +383,11 @@ fn healthz_metrics_and_status() {
     );
     assert!(m.contains("twilld_peers 1"), "{m}");
     assert!(m.contains("twilld_reconcile_runs_total"), "{m}");
+    assert!(m.contains("twilld_etcd_reachable 1"), "{m}");
+    assert!(
+        m.contains("# TYPE twilld_etcd_operation_errors counter"),
+        "{m}"
+    );
     assert!(m.trim_end().ends_with("# EOF"), "{m}");
 
     // `twilld status` prints our lease (marked) and the peer.

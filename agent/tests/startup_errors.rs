@@ -103,6 +103,47 @@ fn local_mistakes_are_fatal_and_said_first() {
 }
 
 #[test]
+fn a_taken_healthz_port_is_fatal() {
+    if !preconditions("a_taken_healthz_port_is_fatal", &[]) {
+        return;
+    }
+    let scope = NsScope::new("se2");
+    let ns = scope.create("h");
+    let dir = tempfile::tempdir().unwrap();
+    // The first twilld holds the port while it waits for etcd.
+    let mut c = Command::new(TWILLD);
+    c.arg("--subnet-file")
+        .arg(dir.path().join("subnet.env"))
+        .args(["--etcd-endpoints", "http://127.0.0.1:1", "--iface", "lo"])
+        .args(["--healthz-ip", "127.0.0.1", "--healthz-port", "10299"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    ns.prepare_command(&mut c).unwrap();
+    let mut first = c.spawn().expect("starting twilld");
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, line) = twilld(
+        &ns,
+        &[
+            "--etcd-endpoints",
+            "http://127.0.0.1:1",
+            "--iface",
+            "lo",
+            "--healthz-ip",
+            "127.0.0.1",
+            "--healthz-port",
+            "10299",
+        ],
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(code, Some(1), "{line}");
+    assert_eq!(
+        line,
+        "twilld: listening on 127.0.0.1:10299 for /healthz and /metrics: Address already in use (os error 98)"
+    );
+}
+
+#[test]
 fn an_unreachable_etcd_is_waited_for_and_said_in_one_line() {
     if !preconditions(
         "an_unreachable_etcd_is_waited_for_and_said_in_one_line",

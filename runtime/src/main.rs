@@ -172,6 +172,10 @@ fn main() {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<i32> {
+    // Said first and plainly, instead of a "Permission denied" on the store's directory.
+    if !nix::unistd::geteuid().is_root() {
+        bail!("twill-run needs root (it creates namespaces, mounts and cgroups); run it with sudo");
+    }
     let store = Store::open(&cli.root)?;
     let cni = CniOptions {
         conf_dir: cli.cni_conf_dir.clone(),

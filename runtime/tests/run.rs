@@ -632,3 +632,24 @@ fn userns_maps_root_to_an_unprivileged_range() {
     no_leftovers(&rt, &rm_id);
     no_leftovers(&rt, &id[..12]);
 }
+
+#[test]
+fn a_user_is_told_twill_run_needs_root() {
+    use std::os::unix::process::CommandExt;
+    // Becoming nobody takes root; as a user the plain command shows the same.
+    let mut c = std::process::Command::new(RUN);
+    if nix::unistd::geteuid().is_root() {
+        c.uid(65534).gid(65534);
+    }
+    let out = c
+        .args(["--root", "/nonexistent/twill-user-test", "ps"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().next(),
+        Some(
+            "twill-run: twill-run needs root (it creates namespaces, mounts and cgroups); run it with sudo"
+        )
+    );
+}

@@ -131,6 +131,15 @@ impl Case {
         }
     }
 
+    /// When keepalives were sent, in whole seconds after `start`.
+    fn renewals_since(&self, start: Instant) -> Vec<u64> {
+        self.store
+            .calls("keep_alive")
+            .iter()
+            .map(|t| t.duration_since(start).as_secs())
+            .collect()
+    }
+
     /// Our key: the one bound to a lease whose value names our IP.
     fn own(&self) -> Option<(Ipv4Net, crate::lease_store::memory::Kv)> {
         let ip = Ipv4Addr::from(self.ip).to_string();
@@ -156,12 +165,7 @@ async fn leases_once_renews_at_the_margin_and_keeps_the_lease_for_hours() {
     assert_eq!(c.node.subnets_set(), [subnet], "one subnet, set once");
     assert_eq!(c.node.log().iter().filter(|d| **d == Did::Ready).count(), 1);
     // TTL 150 s, margin 60 s: every 90 s, never later.
-    let renewals: Vec<u64> = c
-        .store
-        .calls("keep_alive")
-        .iter()
-        .map(|t| t.duration_since(start).as_secs())
-        .collect();
+    let renewals = c.renewals_since(start);
     assert_eq!(renewals.len(), 3600 / 90, "{renewals:?}");
     assert!(
         renewals
@@ -194,12 +198,7 @@ async fn a_failed_renewal_is_retried_within_seconds_and_the_lease_survives_a_35s
     let (subnet, kv) = c.own().expect("the lease survived");
     assert_eq!(c.node.subnets_set(), [subnet], "never re-acquired");
     assert_eq!(c.store.calls("grant").len(), 1, "never re-leased");
-    let renewals: Vec<u64> = c
-        .store
-        .calls("keep_alive")
-        .iter()
-        .map(|t| t.duration_since(start).as_secs())
-        .collect();
+    let renewals = c.renewals_since(start);
     let first_after_outage = renewals.iter().find(|t| **t >= 115).copied();
     assert!(
         first_after_outage.is_some_and(|t| t < 130),
@@ -227,12 +226,7 @@ async fn retries_never_wait_past_the_lease_even_with_a_long_backoff() {
         sleep(secs(100)).await;
     })
     .await;
-    let renewals: Vec<u64> = c
-        .store
-        .calls("keep_alive")
-        .iter()
-        .map(|t| t.duration_since(start).as_secs())
-        .collect();
+    let renewals = c.renewals_since(start);
     assert!(
         renewals.iter().any(|t| (3550..3600).contains(t)),
         "a retry landed in the 50 s between the store's return and expiry: {renewals:?}"
