@@ -342,7 +342,7 @@ fn etcd_over_tls_with_client_certificates() {
     }
     let mut lab = AgentLab::new_tls(
         "twa-tls",
-        2,
+        3,
         r#"{"Network":"10.11.0.0/16","Backend":{"Type":"vxlan"}}"#,
     );
     assert!(lab.endpoint().starts_with("https://"));
@@ -355,6 +355,24 @@ fn etcd_over_tls_with_client_certificates() {
     lab.eventually("containers reach each other with etcd over TLS", 15, || {
         lab.unreachable_pairs().is_empty()
     });
+
+    // h3 trusts the wrong CA (the client certificate, which signed nothing): one line says
+    // TLS failed and which flags to check, without the client library's structures.
+    let good = lab.tls_args.clone();
+    lab.tls_args = good
+        .iter()
+        .map(|a| a.replace("ca.crt", "client.crt"))
+        .collect();
+    lab.start_agent(3, &[]);
+    lab.tls_args = good;
+    lab.eventually("h3 says why it cannot talk to etcd", 20, || {
+        lab.log(3).contains("TLS: ")
+    });
+    let log = lab.log(3);
+    let line = log.lines().find(|l| l.contains("TLS: ")).unwrap_or("");
+    assert!(line.contains("check --etcd-cafile"), "{line}");
+    assert!(!line.contains("tonic::"), "{line}");
+    assert!(!lab.subnet_file(3).exists());
 }
 
 #[test]
