@@ -97,7 +97,13 @@ pub fn describe(e: &etcd_client::Error) -> String {
     if says("KeepAliveTimedOut") {
         return "no answer (the connection's keepalive timed out)".into();
     }
-    if tls {
+    let lower = debug.to_ascii_lowercase();
+    if tls || lower.contains("certificate") || lower.contains("handshake") {
+        if let etcd_client::Error::GRpcStatus(st) = e
+            && !st.message().is_empty()
+        {
+            innermost = st.message().to_string();
+        }
         return format!(
             "TLS: {innermost} (check --etcd-cafile, --etcd-certfile and --etcd-keyfile against the member's certificate)"
         );
