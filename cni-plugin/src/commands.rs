@@ -12,12 +12,11 @@ use crate::config::{Attachment, Dns, NetConf};
 use crate::env::CniEnv;
 use crate::error::{
     CniError, CniResult, INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN, UNKNOWN_CONTAINER,
-    UNSUPPORTED_FIELD,
 };
 use crate::ipam::builtin::{self, Range};
 use crate::ipam::delegate;
 use crate::ipam::store::Store;
-use crate::masq;
+use crate::masq::{Masq, MasqRule};
 use crate::result::{AddResult, Interface, IpConfig, RouteSpec};
 use crate::rollback::Rollback;
 use crate::setup::{self, HostPlan};
@@ -102,8 +101,10 @@ pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResu
         host_ns.enter(setup::enable_forwarding)??;
     }
     let container = configure_container_side(&ctr, &plan.tmp_peer, &env.ifname, &assigned)?;
-    if masq && let Some(se) = &se {
-        masq::ensure(&conf.name, se.subnet, se.network, &conf.ipam_dir(), false)?;
+    let state = masq_state(conf, se.as_ref())?;
+    if masq {
+        let rule = masq_rule(se.as_ref(), assigned.ip);
+        state.record(&env.container_id, &env.ifname, rule, false)?;
     }
     rollback.commit();
 
@@ -119,18 +120,45 @@ pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResu
 
 /// Step: refuse what ADD cannot do before anything is created; answers whether to masquerade.
 fn check_add_request(conf: &NetConf, se: Option<&SubnetEnv>) -> CniResult<bool> {
-    let delegated = conf.ipam_type().is_some();
-    if !delegated && se.is_none() {
+    if conf.ipam_type().is_none() && se.is_none() {
         return Err(missing_subnet_file(conf, TRY_AGAIN));
     }
-    let masq = ip_masq(conf, se);
-    if masq && delegated {
-        return Err(CniError::new(
-            UNSUPPORTED_FIELD,
-            "ipMasq=true with a delegated ipam.type is not supported: use twill's built-in IPAM or set ipMasq to false",
-        ));
-    }
-    Ok(masq)
+    Ok(ip_masq(conf, se))
+}
+
+/// The masquerade rule for a container at `ip`: its subnet (from the address and prefix
+/// length, whichever IPAM gave it) towards anywhere outside the overlay network when the
+/// subnet lies in it, else outside the subnet itself (as the reference bridge plugin).
+fn masq_rule(se: Option<&SubnetEnv>, ip: Ipv4Net) -> MasqRule {
+    let subnet = ip.trunc();
+    let excluded = se
+        .map(|s| s.network)
+        .filter(|n| n.contains(&subnet))
+        .unwrap_or(subnet);
+    MasqRule::new(subnet, excluded)
+}
+
+/// twill's masquerade state for the network; an older twill's file in the IPAM store is
+/// migrated first (its table covered the built-in store's reservations).
+fn masq_state(conf: &NetConf, se: Option<&SubnetEnv>) -> CniResult<Masq> {
+    let state = Masq::new(&conf.name, conf.state_dir());
+    let ipam_dir = conf.ipam_dir();
+    let legacy_rule = se
+        .filter(|s| conf.ipam_type().is_none() && ip_masq(conf, Some(s)))
+        .map(|s| MasqRule::new(s.subnet, s.network));
+    state.migrate_legacy(&ipam_dir, legacy_rule, || {
+        let store = Store::open(&ipam_dir)?;
+        let lock = store.lock()?;
+        Ok(store
+            .list(&lock)?
+            .into_iter()
+            .map(|a| Attachment {
+                container_id: a.container_id,
+                ifname: a.ifname,
+            })
+            .collect())
+    })?;
+    Ok(state)
 }
 
 /// Step: CNI_IFNAME must not exist in the container yet (the spec makes that an error).
@@ -279,8 +307,8 @@ fn configure_container_side(
     ifname: &str,
     assigned: &Assignment,
 ) -> CniResult<Link> {
-    let (ip, routes) = (assigned.ip, &assigned.routes);
-    ctr.run(|nl| async move { setup::container_side(&nl, tmp_peer, ifname, ip, routes).await })
+    let (ip, gw, routes) = (assigned.ip, assigned.gateway, &assigned.routes);
+    ctr.run(|nl| async move { setup::container_side(&nl, tmp_peer, ifname, ip, gw, routes).await })
 }
 
 /// The result: bridge, host veth and container interface, the address on the latter.
@@ -337,6 +365,13 @@ pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
         ns.run(|nl| async move { nl.remove_link(&host_veth).await })
             .map_err(CniError::from)
     }) {
+        errors.push(e.to_string());
+    }
+    // A broken subnet file must not keep DEL from forgetting the attachment.
+    let se = subnet_env(conf).ok().flatten();
+    let forgotten = masq_state(conf, se.as_ref())
+        .and_then(|state| state.forget(&env.container_id, &env.ifname));
+    if let Err(e) = forgotten {
         errors.push(e.to_string());
     }
     match conf.ipam_type() {
@@ -427,9 +462,10 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
         .map_err(|e| CniError::new(INTERNAL, format!("CHECK: {e}")))?;
     let se = subnet_env(conf)?;
     if ip_masq(conf, se.as_ref())
-        && let Some(se) = &se
+        && let Some(ip) = prev.ips.first()
     {
-        masq::ensure(&conf.name, se.subnet, se.network, &conf.ipam_dir(), true)?;
+        let rule = masq_rule(se.as_ref(), ip.address);
+        masq_state(conf, se.as_ref())?.record(&env.container_id, &env.ifname, rule, true)?;
     }
     if conf.ipam_type().is_none() {
         let store = Store::open(&conf.ipam_dir())?;
@@ -465,10 +501,13 @@ pub fn status(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
 
 /// GC: release every allocation whose attachment is not in `cni.dev/valid-attachments`.
 pub fn gc(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
+    let valid = conf.gc_keep();
+    let se = subnet_env(conf).ok().flatten();
+    masq_state(conf, se.as_ref())?.retain(&valid)?;
     if let Some(p) = conf.ipam_type() {
         return delegate::exec(p, "GC", env, stdin).map(|_| ());
     }
-    let keep: HashSet<Attachment> = conf.gc_keep().into_iter().collect();
+    let keep: HashSet<Attachment> = valid.into_iter().collect();
     let store = Store::open(&conf.ipam_dir())?;
     let lock = store.lock()?;
     let mut errors = Vec::new();

@@ -13,6 +13,13 @@ use crate::error::{CniError, CniResult, DECODE, INVALID_CONFIG};
 pub const DEFAULT_BRIDGE: &str = "cni0";
 /// Default IPAM state directory, as host-local.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+/// Default directory of twill's own state (masquerade), outside the IPAM store. Under /run:
+/// what it records (rules, attachments) does not survive a reboot either.
+pub const DEFAULT_STATE_DIR: &str = "/run/twill-cni";
+/// The state directory's name next to an explicitly configured `dataDir`.
+const STATE_DIR_BESIDE_DATA_DIR: &str = "twill-cni";
+/// Keys every network configuration must have.
+const REQUIRED_KEYS: [&str; 3] = ["cniVersion", "name", "type"];
 
 /// DNS settings, passed through to the result.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -61,6 +68,7 @@ pub struct NetConf {
     pub ip_masq: Option<bool>,
     pub hairpin_mode: Option<bool>,
     pub data_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     pub dns: Option<Dns>,
     pub ipam: Option<Value>,
     #[serde(default)]
@@ -82,23 +90,31 @@ impl NetConf {
                 "no network configuration on stdin: the runtime must pass the network config as JSON",
             ));
         }
-        // serde_path_to_error names the offending key ("mtu: invalid type …").
+        // serde_path_to_error names the offending key ("mtu: invalid type …") or the object a
+        // syntax error is in.
         let de = &mut serde_json::Deserializer::from_slice(stdin);
-        let conf: NetConf = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            // "?" stands for a key the parser had not read yet (truncated input, say): name
-            // the object around it, or nothing.
-            let known = path.trim_end_matches('?').trim_end_matches('.');
-            let msg = if known.is_empty() {
-                format!("decoding network configuration: {inner}")
-            } else if path.ends_with('?') {
-                format!("decoding network configuration: in {known}: {inner}")
-            } else {
-                format!("decoding network configuration: key {path}: {inner}")
-            };
-            CniError::new(DECODE, msg)
-        })?;
+        let value: Value = serde_path_to_error::deserialize(de).map_err(decode_error)?;
+        let Some(object) = value.as_object() else {
+            return Err(CniError::new(
+                DECODE,
+                "decoding network configuration: not a JSON object",
+            ));
+        };
+        // A missing required key is an invalid configuration (7), not a decode failure.
+        let missing: Vec<&str> = REQUIRED_KEYS
+            .into_iter()
+            .filter(|k| object.get(*k).is_none_or(Value::is_null))
+            .collect();
+        if !missing.is_empty() {
+            return Err(CniError::new(
+                INVALID_CONFIG,
+                format!(
+                    "invalid network configuration: required key {} missing",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        let conf: NetConf = serde_path_to_error::deserialize(value).map_err(decode_error)?;
         conf.validate()?;
         Ok(conf)
     }
@@ -118,6 +134,15 @@ impl NetConf {
                 format!(
                     "invalid network name {:?}: must match [a-zA-Z0-9][a-zA-Z0-9_.-]*",
                     self.name
+                ),
+            ));
+        }
+        if self.plugin_type.is_empty() || self.plugin_type.contains('/') {
+            return Err(CniError::new(
+                INVALID_CONFIG,
+                format!(
+                    "invalid type {:?}: must be a plugin binary name without '/'",
+                    self.plugin_type
                 ),
             ));
         }
@@ -185,6 +210,21 @@ impl NetConf {
             .join(&self.name)
     }
 
+    /// twill's own state for this network (masquerade): `stateDir`, else `twill-cni` next
+    /// to an explicitly set `dataDir`, else under /run; never inside the IPAM store.
+    pub fn state_dir(&self) -> PathBuf {
+        let base = match (&self.state_dir, &self.data_dir) {
+            (Some(s), _) => s.clone(),
+            (None, Some(d)) => d
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|p| p.join(STATE_DIR_BESIDE_DATA_DIR))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            (None, None) => PathBuf::from(DEFAULT_STATE_DIR),
+        };
+        base.join(&self.name)
+    }
+
     /// isDefaultGateway implies isGateway.
     pub fn is_default_gateway(&self) -> bool {
         self.is_default_gateway.unwrap_or(true)
@@ -221,6 +261,22 @@ impl NetConf {
             .or_else(|| self.attachments.clone())
             .unwrap_or_default()
     }
+}
+
+/// A decode failure (6), naming the key or the object around it when known ("?" stands for
+/// a key the parser had not read yet, truncated input, say).
+fn decode_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> CniError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let known = path.trim_end_matches('?').trim_end_matches('.');
+    let msg = if known.is_empty() {
+        format!("decoding network configuration: {inner}")
+    } else if path.ends_with('?') {
+        format!("decoding network configuration: in {known}: {inner}")
+    } else {
+        format!("decoding network configuration: key {path}: {inner}")
+    };
+    CniError::new(DECODE, msg)
 }
 
 /// Parses an IPv4 CIDR field of the config, naming it in the error.
@@ -263,10 +319,35 @@ mod tests {
 
     #[test]
     fn bad_configs_get_the_right_codes() {
-        let cases: [(&[u8], u32, &str); 9] = [
+        let cases: [(&[u8], u32, &str); 14] = [
             (b"", DECODE, "no network configuration"),
             (b"{not json", DECODE, "decoding"),
-            (br#"{"cniVersion":"1.0.0","name":"tw"}"#, DECODE, "type"),
+            (b"[1,2]", DECODE, "not a JSON object"),
+            (
+                br#"{"cniVersion":"1.0.0","name":"tw"}"#,
+                INVALID_CONFIG,
+                "type",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","type":"twill"}"#,
+                INVALID_CONFIG,
+                "name",
+            ),
+            (
+                br#"{"name":"tw","type":"twill"}"#,
+                INVALID_CONFIG,
+                "cniVersion",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":null,"type":"twill"}"#,
+                INVALID_CONFIG,
+                "name",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"tw","type":"a/b"}"#,
+                INVALID_CONFIG,
+                "type",
+            ),
             (
                 br#"{"cniVersion":"1.0.0","name":"tw","type":"twill","mtu":"big"}"#,
                 DECODE,

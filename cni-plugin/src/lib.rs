@@ -1,7 +1,8 @@
 //! twill-cni: the `twill` CNI plugin (spec 1.1, answering 0.3.0 to 1.1.0). Per container: a
 //! veth pair with the host end on a bridge (`cni0`) and the container end as CNI_IFNAME, an
 //! address from twill's host-local-style IPAM over the subnet file (or a delegated IPAM
-//! plugin), routes and MTU; with ipMasq, one masquerade table per network. ADD, DEL, CHECK,
+//! plugin), routes and MTU; with ipMasq, one masquerade table per network with one rule per
+//! container subnet. ADD, DEL, CHECK,
 //! STATUS and GC; a failed ADD is rolled back step by step.
 
 pub mod commands;
@@ -9,6 +10,7 @@ pub mod config;
 pub mod env;
 pub mod error;
 pub mod ipam;
+pub mod lockfile;
 pub mod masq;
 pub mod result;
 pub mod rollback;

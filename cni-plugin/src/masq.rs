@@ -1,21 +1,64 @@
-//! Masquerade for containers (`ipMasq`): one nftables table per network holding one rule for
-//! the node's whole container subnet: traffic from it to anywhere outside the overlay network
-//! (and not multicast) is masqueraded.
+//! Masquerade for containers (`ipMasq`): one nftables table per network (`ip twill-cni-<name>`)
+//! with one rule per container subnet: traffic from the subnet to anywhere outside its
+//! excluded network (the overlay network, or the subnet itself) and not multicast is
+//! masqueraded.
 //!
-//! The rule depends only on the subnet file, never on individual containers, so DEL has
-//! nothing to tear down and cannot leak rules (the reference plugin leaks per-container rules
-//! when the netns is gone, plugins#810), and a steady-state ADD costs no `nft` run: the
-//! applied table is remembered in the IPAM directory and re-applied only when it changes.
+//! Rules are per subnet, never per container, so a steady-state ADD runs no `nft` at all. Which
+//! attachment uses which subnet is recorded in twill's own state directory (never in the IPAM
+//! store): ADD records its attachment, DEL and GC forget theirs, and when the last attachment
+//! of a subnet is gone its rule goes too (the table when no rule is left). Forgetting needs
+//! only (container ID, ifname), so DEL cleans up also when the namespace is gone.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use twill_netkit::firewall::{Chain, Family, Hook, Rule, Table};
+use serde::{Deserialize, Serialize};
+use twill_netkit::firewall::{self, Chain, Family, Hook, Rule, Table};
 
-use crate::error::{CniError, CniResult, INTERNAL};
+use crate::config::Attachment;
+use crate::error::{CniError, CniResult, INTERNAL, IO_FAILURE};
+use crate::lockfile::lock_exclusive;
 
-/// File in the IPAM directory holding the last table applied.
-const APPLIED_MARKER: &str = "masq.nft";
+/// The state file in `<stateDir>/<name>/`.
+const STATE_FILE: &str = "masq.json";
+/// Where twill before 0.2 kept the applied table: inside the IPAM store.
+const LEGACY_MARKER: &str = "masq.nft";
+
+/// What one masquerade rule covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MasqRule {
+    /// Source subnet (network address, prefix length).
+    pub subnet: Ipv4Net,
+    /// Destinations that are not masqueraded.
+    pub excluded: Ipv4Net,
+}
+
+impl MasqRule {
+    /// A rule for `subnet` (truncated to its network address) excluding `excluded`.
+    pub fn new(subnet: Ipv4Net, excluded: Ipv4Net) -> MasqRule {
+        MasqRule {
+            subnet: subnet.trunc(),
+            excluded: excluded.trunc(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Recorded {
+    #[serde(rename = "containerID")]
+    container_id: String,
+    ifname: String,
+    rule: MasqRule,
+}
+
+/// The state file: who uses which rule, and the script last applied (in this boot).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct State {
+    boot_id: String,
+    attachments: Vec<Recorded>,
+    applied: String,
+}
 
 /// The table name for network `name`.
 pub fn table_name(name: &str) -> String {
@@ -33,48 +76,233 @@ pub fn table_name(name: &str) -> String {
     format!("twill-cni-{clean}")
 }
 
-/// The desired table for network `name` with container subnet `subnet` in overlay `network`.
-pub fn table(name: &str, subnet: Ipv4Net, network: Ipv4Net) -> Table {
+/// The desired table for network `name` with one rule per entry of `rules`.
+pub fn table(name: &str, rules: &BTreeSet<MasqRule>) -> Table {
     Table {
         family: Family::Ip,
         name: table_name(name),
         chains: vec![Chain {
             name: "postrouting".into(),
             hook: Some(Hook::nat_postrouting()),
-            rules: vec![Rule::new(
-                format!(
-                    "ip saddr {subnet} ip daddr != {network} ip daddr != 224.0.0.0/4 masquerade"
-                ),
-                format!("twill-cni: {name}"),
-            )],
+            rules: rules
+                .iter()
+                .map(|r| {
+                    Rule::new(
+                        format!(
+                            "ip saddr {} ip daddr != {} ip daddr != 224.0.0.0/4 masquerade",
+                            r.subnet, r.excluded
+                        ),
+                        format!("twill-cni: {name}"),
+                    )
+                })
+                .collect(),
         }],
     }
 }
 
-/// Makes sure the masquerade table is in place; `force` re-applies even when the marker in
-/// `ipam_dir` says it already is (CHECK uses that to repair a flushed ruleset).
-pub fn ensure(
-    name: &str,
-    subnet: Ipv4Net,
-    network: Ipv4Net,
-    ipam_dir: &Path,
-    force: bool,
-) -> CniResult<()> {
-    let t = table(name, subnet, network);
-    let script = t
-        .render()
-        .map_err(|e| CniError::new(INTERNAL, e.to_string()))?;
-    let marker = ipam_dir.join(APPLIED_MARKER);
-    if !force && std::fs::read_to_string(&marker).is_ok_and(|m| m == script) {
-        return Ok(());
+/// Which kernel state the recorded state describes: this boot's ID and the inode of the
+/// network namespace the plugin runs in. Rules die with either, and a state directory shared
+/// by mistake between namespaces must not make one skip applying its table.
+fn boot_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let netns = std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap_or_default();
+    format!("{} {netns}", boot.trim())
+}
+
+fn io_err(op: &str, path: &Path, e: std::io::Error) -> CniError {
+    CniError::new(IO_FAILURE, format!("{op} {}: {e}", path.display()))
+}
+
+/// The masquerade state of one network, in `<stateDir>/<name>/`.
+#[derive(Debug)]
+pub struct Masq {
+    name: String,
+    dir: PathBuf,
+}
+
+impl Masq {
+    /// The state of network `name` in `dir` (created on first use).
+    pub fn new(name: &str, dir: PathBuf) -> Masq {
+        Masq {
+            name: name.to_string(),
+            dir,
+        }
     }
-    t.apply().map_err(|e| {
-        CniError::new(
-            INTERNAL,
-            format!("installing masquerade rules of network {name}: {e}"),
-        )
-    })?;
-    // Only a cache: failing to write it costs one more nft run next time.
-    let _ = std::fs::write(&marker, script);
-    Ok(())
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn load(&self) -> CniResult<State> {
+        let path = self.dir.join(STATE_FILE);
+        let state = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice::<State>(&b).unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(io_err("reading", &path, e)),
+        };
+        // After a reboot the rules and the containers are gone: start over.
+        if state.boot_id != boot_id() {
+            return Ok(State::default());
+        }
+        Ok(state)
+    }
+
+    fn store(&self, state: &State) -> CniResult<()> {
+        let path = self.dir.join(STATE_FILE);
+        if state.attachments.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("removing", &path, e)),
+            };
+        }
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let text = serde_json::to_vec(state)
+            .map_err(|e| CniError::new(INTERNAL, format!("encoding masquerade state: {e}")))?;
+        std::fs::write(&tmp, text).map_err(|e| io_err("writing", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_err("renaming", &tmp, e))
+    }
+
+    /// Runs `change` on the state under the lock, then makes the kernel's table match it and
+    /// saves it. `force` re-applies even when the last applied script is the same (CHECK
+    /// repairs a flushed ruleset with it). The state is saved only after nft succeeded.
+    fn update(&self, force: bool, change: impl FnOnce(&mut State) -> bool) -> CniResult<()> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| io_err("creating state directory", &self.dir, e))?;
+        let _lock = lock_exclusive(&self.dir.join("lock"))?;
+        let mut state = self.load()?;
+        if !change(&mut state) && !force {
+            return Ok(());
+        }
+        state.boot_id = boot_id();
+        let rules: BTreeSet<MasqRule> = state.attachments.iter().map(|a| a.rule).collect();
+        let failed = |e: twill_netkit::Error| {
+            CniError::new(
+                INTERNAL,
+                format!("installing masquerade rules of network {}: {e}", self.name),
+            )
+        };
+        if rules.is_empty() {
+            if force || !state.applied.is_empty() {
+                firewall::remove_table(Family::Ip, &table_name(&self.name)).map_err(failed)?;
+            }
+            state.applied.clear();
+        } else {
+            let t = table(&self.name, &rules);
+            let script = t.render().map_err(failed)?;
+            if force || script != state.applied {
+                t.apply().map_err(failed)?;
+                state.applied = script;
+            }
+        }
+        self.store(&state)
+    }
+
+    /// Records that attachment (`id`, `ifname`) needs `rule`; applies the table when that
+    /// adds a rule (or always, with `force`).
+    pub fn record(&self, id: &str, ifname: &str, rule: MasqRule, force: bool) -> CniResult<()> {
+        self.update(force, |s| {
+            let entry = Recorded {
+                container_id: id.to_string(),
+                ifname: ifname.to_string(),
+                rule,
+            };
+            if s.attachments.contains(&entry) && !s.applied.is_empty() {
+                return false;
+            }
+            s.attachments
+                .retain(|a| !(a.container_id == id && a.ifname == ifname));
+            s.attachments.push(entry);
+            true
+        })
+    }
+
+    /// Forgets attachment (`id`, `ifname`); a rule no other attachment needs goes with it.
+    pub fn forget(&self, id: &str, ifname: &str) -> CniResult<()> {
+        if !self.dir.join(STATE_FILE).exists() {
+            return Ok(());
+        }
+        self.update(false, |s| {
+            let before = s.attachments.len();
+            s.attachments
+                .retain(|a| !(a.container_id == id && a.ifname == ifname));
+            s.attachments.len() != before
+        })
+    }
+
+    /// GC: forgets every attachment not in `keep`.
+    pub fn retain(&self, keep: &[Attachment]) -> CniResult<()> {
+        if !self.dir.join(STATE_FILE).exists() {
+            return Ok(());
+        }
+        self.update(false, |s| {
+            let before = s.attachments.len();
+            s.attachments.retain(|a| {
+                keep.iter()
+                    .any(|k| k.container_id == a.container_id && k.ifname == a.ifname)
+            });
+            s.attachments.len() != before
+        })
+    }
+
+    /// Moves an older twill's state out of the IPAM store: the table it applied covered the
+    /// built-in store's reservations, so each becomes a recorded attachment with `rule`, and
+    /// the file in the store is removed. Nothing to do when there is no such file.
+    pub fn migrate_legacy(
+        &self,
+        ipam_dir: &Path,
+        rule: Option<MasqRule>,
+        attachments: impl FnOnce() -> CniResult<Vec<Attachment>>,
+    ) -> CniResult<()> {
+        let legacy = ipam_dir.join(LEGACY_MARKER);
+        if !legacy.exists() {
+            return Ok(());
+        }
+        if let Some(rule) = rule {
+            let held = attachments()?;
+            self.update(false, |s| {
+                for a in held {
+                    s.attachments
+                        .retain(|r| !(r.container_id == a.container_id && r.ifname == a.ifname));
+                    s.attachments.push(Recorded {
+                        container_id: a.container_id,
+                        ifname: a.ifname,
+                        rule,
+                    });
+                }
+                true
+            })?;
+        } else {
+            // Masquerade was turned off since: the old table must not outlive its marker.
+            self.update(true, |_| true)?;
+        }
+        match std::fs::remove_file(&legacy) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &legacy, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rule_per_subnet_sorted() {
+        let r = |s: &str, x: &str| MasqRule::new(s.parse().unwrap(), x.parse().unwrap());
+        let rules = BTreeSet::from([
+            r("10.99.1.7/24", "10.99.1.0/24"),
+            r("10.244.7.1/24", "10.244.0.0/16"),
+            r("10.99.1.2/24", "10.99.1.0/24"),
+        ]);
+        assert_eq!(rules.len(), 2, "same subnet, one rule");
+        let script = table("net", &rules).render().unwrap();
+        let a = script.find("ip saddr 10.244.7.0/24 ip daddr != 10.244.0.0/16");
+        let b = script.find("ip saddr 10.99.1.0/24 ip daddr != 10.99.1.0/24");
+        assert!(a.is_some() && b.is_some(), "{script}");
+    }
 }

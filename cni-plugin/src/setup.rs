@@ -49,6 +49,7 @@ pub async fn default_route_mtu(nl: &Netlink) -> Option<u32> {
 /// Bridge (created if needed, gateway address added, MTU, up), then the veth pair with the
 /// container end born in `ctr` under a temporary name, attached and up.
 pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniResult<(Link, Link)> {
+    create_bridge_with_mac(nl, plan).await?;
     let bridge = nl
         .ensure_bridge(plan.bridge, Some(plan.mtu))
         .await
@@ -66,6 +67,41 @@ pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniRes
     nl.set_up(veth.index).await?;
     let veth = nl.require_link(&plan.host_veth).await?;
     Ok((bridge, veth))
+}
+
+/// Creates the bridge, when it does not exist yet, with a fixed random MAC in the same
+/// request. A bridge whose address was never set follows its lowest port's MAC, so every
+/// result (and every container's neighbour entry for the gateway) would go stale when a
+/// veth with a lower MAC joins; the reference plugin and netavark fix the address too. A
+/// bridge someone else created keeps its address. Losing a creation race is fine.
+async fn create_bridge_with_mac(nl: &Netlink, plan: &HostPlan<'_>) -> CniResult<()> {
+    if nl.link_by_name(plan.bridge).await?.is_some() {
+        return Ok(());
+    }
+    let request = rtnetlink::LinkBridge::new(plan.bridge)
+        .mtu(plan.mtu)
+        .address(bridge_mac().to_vec())
+        .build();
+    match nl.handle().link().add(request).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::EEXIST => Ok(()),
+        Err(e) => Err(CniError::new(
+            INTERNAL,
+            format!(
+                "creating bridge {} in netns {}: {e}",
+                plan.bridge,
+                nl.netns()
+            ),
+        )),
+    }
+}
+
+/// A random locally administered unicast MAC.
+fn bridge_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    twill_netkit::random::fill(&mut mac);
+    mac[0] = (mac[0] | 0x02) & !0x01;
+    mac
 }
 
 /// netkit refuses a bridge name only when the name itself is unusable or taken by a link
@@ -87,11 +123,14 @@ pub fn enable_forwarding() -> CniResult<()> {
 }
 
 /// Renames the temporary container end to `ifname`, adds the address and routes, sets it up.
+/// A route without `gw` goes via `gateway` when there is one, as the reference plugins
+/// install IPAM routes (podman's default network has `{"dst": "0.0.0.0/0"}`).
 pub async fn container_side(
     nl: &Netlink,
     tmp: &str,
     ifname: &str,
     addr: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
     routes: &[RouteSpec],
 ) -> CniResult<Link> {
     let link = nl.require_link(tmp).await?;
@@ -100,7 +139,7 @@ pub async fn container_side(
     nl.set_up(link.index).await?;
     for r in routes {
         let mut route = Route::new(r.dst).dev(link.index).protocol(RTPROT_STATIC);
-        if let Some(gw) = r.gw {
+        if let Some(gw) = r.gw.or(gateway) {
             route = route.via(gw);
         }
         nl.replace_route(&route).await?;

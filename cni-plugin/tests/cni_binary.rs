@@ -413,6 +413,14 @@ fn error_codes() {
         assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
         v["code"].as_u64().unwrap()
     };
+    // Missing required keys: invalid network configuration (7), as the spec's table says.
+    for key in ["name", "type", "cniVersion"] {
+        let mut conf = node.conf("1.0.0");
+        conf.as_object_mut().unwrap().remove(key);
+        let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &conf, &[]);
+        assert_eq!(code(ok, &v), 7, "without {key}: {v}");
+        assert!(v["msg"].as_str().unwrap().contains(key), "{v}");
+    }
     // Bad JSON (6), bad version (1), bad container id (4), unknown command (4).
     let (ok, v) = cni_in(Some(&node.host), "ADD", "c1", &p, "eth0", &json!("{"), &[]);
     assert_eq!(code(ok, &v), 6);
@@ -871,18 +879,269 @@ fn chained_with_reference_tuning_bandwidth_firewall() {
     assert!(ip_files(&node.ipam_dir()).is_empty());
 }
 
+/// Creates an "outside" namespace linked to the node's host namespace: host `up0`
+/// 198.51.100.1/24, outside `up0` 198.51.100.2/24. The outside has no route back to any
+/// container subnet, so only masqueraded traffic gets answers.
+fn add_outside(node: &Node) -> String {
+    let outside = node.scope.name("out");
+    node.scope.create("out");
+    let host = node.scope.name("host");
+    run(
+        "ip",
+        &[
+            "-n", &host, "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns",
+            &outside,
+        ],
+    );
+    for (ns, addr) in [(&host, "198.51.100.1/24"), (&outside, "198.51.100.2/24")] {
+        run("ip", &["-n", ns, "addr", "add", addr, "dev", "up0"]);
+        run("ip", &["-n", ns, "link", "set", "up0", "up"]);
+    }
+    outside
+}
+
+/// The usual bridge + host-local conflist entry with only the type changed: ADD, CHECK and
+/// DEL work with ipMasq true, the subnet comes from host-local's answer, a ping to an
+/// outside address leaves behind the host's own address, and the last DEL on the subnet
+/// takes its rule (and the table) away.
 #[test]
-fn unsupported_combination_is_code_2() {
-    if !preconditions("unsupported_combination_is_code_2", &["ip"]) {
+fn host_local_with_ip_masq_masquerades_and_del_leaves_no_rule() {
+    if !preconditions(
+        "host_local_with_ip_masq_masquerades_and_del_leaves_no_rule",
+        &["ip", "ping", "nft", "conntrack"],
+    ) {
         return;
     }
-    let node = Node::new("cni10");
-    let (_c, p) = node.ctr("c");
-    let mut conf = node.conf("1.0.0");
-    conf["ipMasq"] = json!(true);
-    conf["ipam"] = json!({"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/24"}]]});
-    let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &conf, &[]);
-    assert!(!ok);
-    assert_eq!(v["code"], 2, "{v}");
-    assert!(v["msg"].as_str().unwrap().contains("ipMasq"), "{v}");
+    if !reference_plugin_installed("host-local") {
+        return;
+    }
+    let node = Node::new("cni13");
+    let outside = add_outside(&node);
+    let host = node.scope.name("host");
+    let hl_dir = node.dir.path().join("hl");
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "hlmasq",
+        "type": "twill",
+        "bridge": "cni0",
+        "isGateway": true,
+        "ipMasq": true,
+        "stateDir": node.dir.path().join("state"),
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.99.0.0/24"}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": hl_dir,
+        },
+    });
+    let (_a, pa) = node.ctr("a");
+    let (_b, pb) = node.ctr("b");
+    let (ok, ra) = node.cni("ADD", "ma", &pa, "eth0", &conf, &[]);
+    assert!(ok, "ADD with host-local and ipMasq: {ra}");
+    let (ok, rb) = node.cni("ADD", "mb", &pb, "eth0", &conf, &[]);
+    assert!(ok, "{rb}");
+    let table = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &host, "nft", "list", "table", "ip"])
+            .arg("twill-cni-hlmasq")
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let rules = table().expect("the masquerade table exists after ADD");
+    assert_eq!(
+        rules.matches("masquerade").count(),
+        1,
+        "one rule for the subnet, not one per container: {rules}"
+    );
+    assert!(
+        rules.contains("ip saddr 10.99.0.0/24 ip daddr != 10.99.0.0/24"),
+        "{rules}"
+    );
+
+    let mut check = conf.clone();
+    check["prevResult"] = ra.clone();
+    let (ok, out) = node.cni("CHECK", "ma", &pa, "eth0", &check, &[]);
+    assert!(ok, "CHECK: {out}");
+
+    // Masqueraded behind the host's underlay address: the outside answers although it has
+    // no route to 10.99.0.0/24, and conntrack shows the translation.
+    let a = node.scope.name("a");
+    assert!(
+        ns_exec_ok(&a, &["ping", "-c1", "-W2", "198.51.100.2"]),
+        "the container cannot reach the outside"
+    );
+    let ct = run(
+        "ip",
+        &["netns", "exec", &host, "conntrack", "-L", "-p", "icmp"],
+    );
+    assert!(
+        ct.lines()
+            .any(|l| l.contains("src=10.99.0.2 dst=198.51.100.2")
+                && l.contains("src=198.51.100.2 dst=198.51.100.1")),
+        "no masqueraded flow in conntrack: {ct}"
+    );
+    assert!(
+        !ns_exec_ok(&outside, &["ping", "-c1", "-W1", "10.99.0.2"]),
+        "the outside must not have a route to the containers (the test would prove nothing)"
+    );
+
+    // DEL of one container keeps the rule, DEL of the last removes the table.
+    for (id, p, r) in [("ma", &pa, &ra), ("mb", &pb, &rb)] {
+        let mut del = conf.clone();
+        del["prevResult"] = r.clone();
+        let (ok, out) = node.cni("DEL", id, p, "eth0", &del, &[]);
+        assert!(ok, "DEL {id}: {out}");
+        if id == "ma" {
+            assert!(table().is_some(), "mb still needs the rule");
+        }
+    }
+    assert!(
+        table().is_none(),
+        "no rule left that matches nothing: {:?}",
+        table()
+    );
+    assert!(ip_files(&hl_dir.join("hlmasq")).is_empty());
+    let hl_files: Vec<String> = std::fs::read_dir(hl_dir.join("hlmasq"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        hl_files
+            .iter()
+            .all(|f| f == "lock" || f.starts_with("last_reserved_ip")),
+        "only host-local's own files in its directory: {hl_files:?}"
+    );
+    // DEL again (and after the state is gone) still succeeds.
+    assert!(node.cni("DEL", "mb", &pb, "eth0", &conf, &[]).0);
+}
+
+/// The bridge twill creates has a MAC of its own: two results name the same one and the
+/// kernel agrees, also after a port with a lower MAC joined (a bridge whose address was
+/// never set follows its lowest port). A bridge made by someone else keeps its address.
+#[test]
+fn bridge_mac_is_fixed_and_results_stay_true() {
+    if !preconditions("bridge_mac_is_fixed_and_results_stay_true", &["ip"]) {
+        return;
+    }
+    let node = Node::new("cni14");
+    let conf = node.conf("1.0.0");
+    let host = node.scope.name("host");
+    let assign_type = |dev: &str| {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &host,
+                "cat",
+                &format!("/sys/class/net/{dev}/addr_assign_type"),
+            ],
+        )
+        .trim()
+        .to_string()
+    };
+    let mut macs = Vec::new();
+    for i in 0..2 {
+        let (_c, p) = node.ctr(&format!("m{i}"));
+        let (ok, r) = node.cni("ADD", &format!("mac{i}"), &p, "eth0", &conf, &[]);
+        assert!(ok, "{r}");
+        macs.push(r["interfaces"][0]["mac"].as_str().unwrap().to_string());
+        // A port with a very low MAC: an unset bridge address would follow it.
+        let veth = r["interfaces"][1]["name"].as_str().unwrap().to_string();
+        let low = format!("02:00:00:00:00:0{}", i + 1);
+        run(
+            "ip",
+            &["-n", &host, "link", "set", "dev", &veth, "address", &low],
+        );
+    }
+    let kernel = twill_tests::ip_link(&host, "cni0")["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(macs[0], macs[1], "two results, one bridge MAC");
+    assert_eq!(macs[1], kernel, "the results say what the kernel has");
+    assert_eq!(
+        assign_type("cni0"),
+        "3",
+        "NET_ADDR_SET: twill set the address"
+    );
+
+    // A bridge created by someone else keeps its address (twill does not set one).
+    run("ip", &["-n", &host, "link", "add", "br9", "type", "bridge"]);
+    let before = assign_type("br9");
+    let mut other = node.conf("1.0.0");
+    other["name"] = json!("othernet");
+    other["bridge"] = json!("br9");
+    let (_c, p) = node.ctr("m9");
+    let (ok, r) = node.cni("ADD", "mac9", &p, "eth0", &other, &[]);
+    assert!(ok, "{r}");
+    assert_ne!(before, "3");
+    assert_eq!(assign_type("br9"), before, "twill left br9's address alone");
+}
+
+/// twill's masquerade state is not in the IPAM store: after the last DEL the store holds
+/// only the reference layout's files, and an older twill's `masq.nft` there is moved out
+/// on the next ADD (the containers it covered keep their masquerade).
+#[test]
+fn state_lives_outside_the_ipam_store_and_is_migrated() {
+    if !preconditions(
+        "state_lives_outside_the_ipam_store_and_is_migrated",
+        &["ip", "nft"],
+    ) {
+        return;
+    }
+    let node = Node::new("cni15");
+    let conf = node.conf("1.0.0"); // FLANNEL_IPMASQ=false: twill masquerades
+    let host = node.scope.name("host");
+    let has_table = || ns_exec_ok(&host, &["nft", "list", "table", "ip", "twill-cni-twnet"]);
+    let store_files = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(node.ipam_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<std::net::Ipv4Addr>().is_err())
+            .collect();
+        v.sort();
+        v
+    };
+    let (_a, pa) = node.ctr("a");
+    let (ok, r) = node.cni("ADD", "sa", &pa, "eth0", &conf, &[]);
+    assert!(ok, "{r}");
+    assert!(has_table());
+    assert_eq!(store_files(), ["last_reserved_ip.0", "lock"]);
+    assert!(node.dir.path().join("twill-cni/twnet/masq.json").exists());
+    assert!(node.cni("DEL", "sa", &pa, "eth0", &conf, &[]).0);
+    assert_eq!(store_files(), ["last_reserved_ip.0", "lock"]);
+    assert!(ip_files(&node.ipam_dir()).is_empty());
+    assert!(!has_table(), "the last DEL took the rule away");
+
+    // An older twill's layout: a reservation and masq.nft in the store, the table applied,
+    // no state of the new kind.
+    std::fs::write(node.ipam_dir().join("10.244.7.50"), "old1\r\neth0").unwrap();
+    std::fs::write(
+        node.ipam_dir().join("masq.nft"),
+        "table ip twill-cni-twnet {}\n",
+    )
+    .unwrap();
+    let (_b, pb) = node.ctr("b");
+    let (ok, r) = node.cni("ADD", "sb", &pb, "eth0", &conf, &[]);
+    assert!(ok, "{r}");
+    assert_eq!(
+        store_files(),
+        ["last_reserved_ip.0", "lock"],
+        "masq.nft moved out"
+    );
+    // The old container still needs the rule after the new one is gone.
+    assert!(node.cni("DEL", "sb", &pb, "eth0", &conf, &[]).0);
+    assert!(has_table(), "old1 was migrated and still holds the rule");
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let (ok, v) = node.cni("GC", "", "", "", &gc, &[]);
+    assert!(ok, "{v}");
+    assert!(!has_table(), "GC forgot old1 and its rule went");
+    assert_eq!(store_files(), ["last_reserved_ip.0", "lock"]);
 }

@@ -3,13 +3,13 @@
 //! `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>`, `last_reserved_ip.0` the
 //! round-robin marker, and `lock` is flock()ed around every allocation and release.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{CniError, CniResult, IO_FAILURE};
+use crate::lockfile::{FileLock, lock_exclusive};
 
 const LAST_RESERVED: &str = "last_reserved_ip.0";
 
@@ -30,7 +30,7 @@ pub struct Store {
 /// The exclusive lock; released on drop.
 #[derive(Debug)]
 pub struct StoreLock {
-    _file: File,
+    _lock: FileLock,
 }
 
 fn io_err(op: &str, path: &Path, e: std::io::Error) -> CniError {
@@ -66,25 +66,9 @@ impl Store {
 
     /// Takes the exclusive lock (blocking).
     pub fn lock(&self) -> CniResult<StoreLock> {
-        let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_err("opening IPAM lock", &path, e))?;
-        loop {
-            // SAFETY: flock on an fd we own.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                break;
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(io_err("locking", &path, e));
-            }
-        }
-        Ok(StoreLock { _file: file })
+        Ok(StoreLock {
+            _lock: lock_exclusive(&self.dir.join("lock"))?,
+        })
     }
 
     /// Every reservation (files named by an IPv4 address).
