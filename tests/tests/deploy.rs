@@ -107,6 +107,10 @@ fn daemonset_manifest_has_what_a_node_agent_needs() {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
+    assert!(
+        args.contains(&"--ip-masq"),
+        "the DaemonSet masquerades like Flannel's: {args:?}"
+    );
     for a in args {
         let flag = a.split('=').next().unwrap();
         assert!(
