@@ -152,6 +152,13 @@ fn reference_plugin_installed(name: &str) -> bool {
     there
 }
 
+/// A /proc or /sys file as namespace `ns` sees it (`ip netns exec` remounts /sys), trimmed.
+fn read_in(ns: &str, path: &str) -> String {
+    run("ip", &["netns", "exec", ns, "cat", path])
+        .trim()
+        .to_string()
+}
+
 fn ip_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
@@ -228,20 +235,7 @@ fn add_check_del_and_two_containers_ping() {
     assert_eq!(link["mtu"], 1450);
     let host = node.scope.name("host");
     assert_eq!(twill_tests::ip_link(&host, "cni0")["mtu"], 1450);
-    assert_eq!(
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &host,
-                "cat",
-                "/proc/sys/net/ipv4/ip_forward"
-            ]
-        )
-        .trim(),
-        "1"
-    );
+    assert_eq!(read_in(&host, "/proc/sys/net/ipv4/ip_forward"), "1");
     let nft = run(
         "ip",
         &[
@@ -839,20 +833,7 @@ fn chained_with_reference_tuning_bandwidth_firewall() {
         confs.push((plugin, c));
     }
     let ctr = node.scope.name("c");
-    assert_eq!(
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &ctr,
-                "cat",
-                "/proc/sys/net/ipv4/conf/eth0/rp_filter"
-            ]
-        )
-        .trim(),
-        "2"
-    );
+    assert_eq!(read_in(&ctr, "/proc/sys/net/ipv4/conf/eth0/rp_filter"), "2");
     let host = node.scope.name("host");
     let veth = first["interfaces"][1]["name"].as_str().unwrap().to_string();
     assert!(
@@ -1030,20 +1011,7 @@ fn bridge_mac_is_fixed_and_results_stay_true() {
     let node = Node::new("cni14");
     let conf = node.conf("1.0.0");
     let host = node.scope.name("host");
-    let assign_type = |dev: &str| {
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &host,
-                "cat",
-                &format!("/sys/class/net/{dev}/addr_assign_type"),
-            ],
-        )
-        .trim()
-        .to_string()
-    };
+    let assign_type = |dev: &str| read_in(&host, &format!("/sys/class/net/{dev}/addr_assign_type"));
     let mut macs = Vec::new();
     for i in 0..2 {
         let (_c, p) = node.ctr(&format!("m{i}"));
