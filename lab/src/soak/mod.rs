@@ -151,7 +151,14 @@ pub fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
         churn: CHURN,
     };
     if pause(Duration::from_secs(if short { 2 } else { 5 })) {
-        inject_until(&mut target, &mut rng, o, deadline, short, &mut faults)?;
+        inject_until(
+            &mut target,
+            &mut rng,
+            o,
+            (began, deadline),
+            short,
+            &mut faults,
+        )?;
     }
     let _ = pause(deadline.saturating_duration_since(Instant::now()));
     let interrupted = STOP.load(Ordering::SeqCst);
@@ -195,7 +202,7 @@ fn inject_until(
     target: &mut Target,
     rng: &mut Rng,
     o: &SoakOptions,
-    deadline: Instant,
+    (began, deadline): (f64, Instant),
     short: bool,
     faults: &mut Vec<Fault>,
 ) -> anyhow::Result<()> {
@@ -216,7 +223,7 @@ fn inject_until(
         };
         // Down times stay well inside the lease TTL, so only a bug can cost a lease.
         let (down, settle) = match (kind, short) {
-            (_, true) => (rng.range(2, 4), rng.range(3, 5)),
+            (_, true) => (rng.range(1, 3), rng.range(2, 4)),
             (FaultKind::Container, false) => (rng.range(1, 5), rng.range(5, 12)),
             (_, false) => (rng.range(3, 12), rng.range(5, 12)),
         };
@@ -229,7 +236,7 @@ fn inject_until(
         let (name, recovered) = target.inject(kind, rng, Duration::from_secs(down))?;
         println!(
             "    +{:>4.0}s  {kind}: {name}, down {down}s, {}",
-            start - faults.first().map_or(start, |f: &Fault| f.start),
+            start - began,
             match recovered {
                 Some(s) => format!("serving again after {s:.1}s"),
                 None => "NOT serving again".into(),

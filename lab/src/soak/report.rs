@@ -212,7 +212,8 @@ impl Report<'_> {
         );
         let _ = writeln!(
             s,
-            "| lease id changes not explained by a twilld restart | {} |",
+            "| lease id changes not explained by a twilld restart (all changes: {}) | {} |",
+            l.lease_changes.values().sum::<usize>(),
             self.unexplained_lease_changes()
         );
         for (sign, meaning) in LOG_SIGNS {
