@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use twill_netkit::Netns;
+use twill_netkit::{Netlink, Netns, format_mac};
 use twill_testbed::{EtcdCluster, http, wait_for};
 
 use crate::binaries::twill_run;
@@ -58,6 +58,15 @@ pub struct Fault {
     pub recovered: Option<f64>,
     /// End of the window: the settle time after the restart.
     pub end: f64,
+    /// What else the fault changed that can cost pings (the CNI bridge's MAC).
+    pub note: Option<String>,
+}
+
+/// What one injection did.
+pub struct Injected {
+    pub target: String,
+    pub recovered: Option<f64>,
+    pub note: Option<String>,
 }
 
 /// A small seeded generator (xorshift64*): the same seed gives the same fault schedule.
@@ -111,7 +120,7 @@ impl Target<'_> {
         kind: FaultKind,
         rng: &mut Rng,
         down: Duration,
-    ) -> anyhow::Result<(String, Option<f64>)> {
+    ) -> anyhow::Result<Injected> {
         match kind {
             FaultKind::EtcdMember => {
                 let m = rng.range(0, self.etcd.members.len() as u64 - 1) as usize;
@@ -122,10 +131,11 @@ impl Target<'_> {
                 self.st.etcd[m].pid = self.etcd.members[m].pid();
                 self.st.save(self.dir)?;
                 let ok = self.etcd.members[m].wait_healthy().is_ok();
-                Ok((
-                    format!("etcd m{m}"),
-                    ok.then(|| restarted.elapsed().as_secs_f64()),
-                ))
+                Ok(Injected {
+                    target: format!("etcd m{m}"),
+                    recovered: ok.then(|| restarted.elapsed().as_secs_f64()),
+                    note: None,
+                })
             }
             FaultKind::Twilld => {
                 let h = rng.range(0, self.st.hosts.len() as u64 - 1) as usize;
@@ -155,14 +165,16 @@ impl Target<'_> {
                         })
                         .is_ok_and(|r| r.as_ref().is_ok_and(|body| http::is_ok(body)))
                 });
-                Ok((
-                    self.st.hosts[h].name.clone(),
-                    ok.then(|| restarted.elapsed().as_secs_f64()),
-                ))
+                Ok(Injected {
+                    target: self.st.hosts[h].name.clone(),
+                    recovered: ok.then(|| restarted.elapsed().as_secs_f64()),
+                    note: None,
+                })
             }
             FaultKind::Container => {
                 let h = rng.range(0, self.st.hosts.len() as u64 - 1) as usize;
                 let name = format!("{}{}", self.st.hosts[h].name, self.churn);
+                let mac_before = bridge_mac(&self.st.hosts[h].netns);
                 let out = twill_run(self.st, h)?.args(["rm", "-f", &name]).output()?;
                 anyhow::ensure!(
                     out.status.success(),
@@ -181,7 +193,20 @@ impl Target<'_> {
                 }
                 self.st.save(self.dir)?;
                 let ok = self.reachable_from_all(h, &ip);
-                Ok((name, ok.then(|| restarted.elapsed().as_secs_f64())))
+                let mac_after = bridge_mac(&self.st.hosts[h].netns);
+                let note = (mac_before != mac_after).then(|| {
+                    format!(
+                        "{} bridge {CNI_BRIDGE} changed its MAC {} → {}",
+                        self.st.hosts[h].name,
+                        mac_before.as_deref().unwrap_or("?"),
+                        mac_after.as_deref().unwrap_or("?")
+                    )
+                });
+                Ok(Injected {
+                    target: name,
+                    recovered: ok.then(|| restarted.elapsed().as_secs_f64()),
+                    note,
+                })
             }
         }
     }
@@ -210,6 +235,20 @@ impl Target<'_> {
             false
         })
     }
+}
+
+/// The bridge the twill CNI plugin attaches containers to (its default).
+const CNI_BRIDGE: &str = "cni0";
+
+/// The MAC of a host's CNI bridge. The kernel gives a bridge whose address nobody set the
+/// lowest MAC of its ports, so a container leaving or joining can change it under the ARP
+/// caches of the other containers (their gateway's MAC).
+fn bridge_mac(netns: &str) -> Option<String> {
+    let ns = Netns::open(netns).ok()?;
+    let link = ns
+        .run(|nl: Netlink| async move { nl.link_by_name(CNI_BRIDGE).await })
+        .ok()??;
+    Some(format_mac(&link.mac))
 }
 
 #[cfg(test)]

@@ -233,23 +233,29 @@ fn inject_until(
             return Ok(());
         }
         let start = now();
-        let (name, recovered) = target.inject(kind, rng, Duration::from_secs(down))?;
+        let done = target.inject(kind, rng, Duration::from_secs(down))?;
         println!(
-            "    +{:>4.0}s  {kind}: {name}, down {down}s, {}",
+            "    +{:>4.0}s  {kind}: {}, down {down}s, {}{}",
             start - began,
-            match recovered {
+            done.target,
+            match done.recovered {
                 Some(s) => format!("serving again after {s:.1}s"),
                 None => "NOT serving again".into(),
-            }
+            },
+            done.note
+                .as_deref()
+                .map(|n| format!("; {n}"))
+                .unwrap_or_default()
         );
         let keep_going = pause(Duration::from_secs(settle));
         faults.push(Fault {
             kind,
-            target: name,
+            target: done.target,
             start,
             down: down as f64,
-            recovered,
+            recovered: done.recovered,
             end: now(),
+            note: done.note,
         });
         if !keep_going {
             return Ok(());

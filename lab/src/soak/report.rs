@@ -185,11 +185,15 @@ impl Report<'_> {
                     Some(i) => {
                         let f = &self.faults[*i];
                         format!(
-                            "fault {} at +{:.0} s ({}: {})",
+                            "fault {} at +{:.0} s ({}: {}{})",
                             i + 1,
                             f.start - self.began,
                             f.kind,
-                            f.target
+                            f.target,
+                            f.note
+                                .as_deref()
+                                .map(|n| format!("; {n}"))
+                                .unwrap_or_default()
                         )
                     }
                     None => "between faults".into(),
