@@ -32,10 +32,11 @@ pub struct LeaseReport {
 }
 
 /// Log lines that tell the lease story, by what they mean.
-pub const LOG_SIGNS: [(&str, &str); 4] = [
+pub const LOG_SIGNS: [(&str, &str); 5] = [
     ("re-acquiring", "re-acquisitions (lease lost)"),
     ("the old subnet was taken", "subnet moved"),
     ("renewing the lease of", "renewals failed, retried"),
+    ("lost the etcd watch", "watches lost, re-listed"),
     ("etcd answers again", "etcd answered again"),
 ];
 
