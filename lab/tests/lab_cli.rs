@@ -298,7 +298,7 @@ fn up_as_a_user_is_refused_without_a_clean_up_hint() {
     assert!(!Path::new("/run/twill-lab/tnr").exists());
 }
 
-/// A short soak (3 hosts, 35 s: one fault of each kind) runs through, reports, and leaves
+/// A short soak (3 hosts, 35 s: every fault kind at least once) runs through, reports, and leaves
 /// nothing behind. Whether it met the goal is for the full soak to say (docs/benchmarks.md):
 /// this only keeps the machinery working.
 #[test]
@@ -328,7 +328,8 @@ fn a_short_soak_reports_and_cleans_up() {
             .lines()
             .find(|l| l.starts_with(&format!("| {kind}")))
             .unwrap_or_else(|| panic!("no row for {kind}: {report}"));
-        assert!(row.contains(" | 1 | "), "one fault of each kind: {row}");
+        let injected: usize = row.split('|').nth(2).unwrap().trim().parse().unwrap();
+        assert!(injected >= 1, "at least one fault of each kind: {row}");
     }
     assert!(
         report.contains("| lease keys deleted in etcd |"),
