@@ -9,7 +9,7 @@ use twill_netkit::Netns;
 use crate::binaries::twill_run;
 use crate::state::{LabState, prefix, state_dir};
 
-fn kill_pid(pid: u32) {
+pub(crate) fn kill_pid(pid: u32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -31,11 +31,13 @@ pub fn down(name: &str) -> anyhow::Result<()> {
                 kill_pid(p);
             }
         }
-        if let Some(p) = st.etcd_pid {
-            kill_pid(p);
-        }
-        if let Some(d) = &st.etcd_dir {
-            let _ = std::fs::remove_dir_all(d);
+        for member in &st.etcd {
+            if let Some(p) = member.pid {
+                kill_pid(p);
+            }
+            if let Some(d) = &member.dir {
+                let _ = std::fs::remove_dir_all(d);
+            }
         }
     }
     let swept = twill_testbed::sweep(&prefix(name)).context("removing the lab's namespaces")?;

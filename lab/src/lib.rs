@@ -10,5 +10,6 @@ pub mod binaries;
 pub mod commands;
 pub mod image;
 pub mod relay;
+pub mod soak;
 pub mod state;
 pub mod up;

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use twill_lab::backend::LabBackend;
 use twill_lab::bench::path::BenchSelection;
 use twill_lab::bench::{self, BenchKind, BenchOutput};
+use twill_lab::soak::{self, SoakOptions};
 use twill_lab::{commands, state, up};
 
 /// twill-lab: hosts as network namespaces, real etcd, real twilld agents and twill-run
@@ -31,6 +32,32 @@ enum Cmd {
         containers_per_host: usize,
         #[arg(long, default_value = "10.244.0.0/16")]
         network: String,
+    },
+    /// A lab with 3 etcd members and short lease TTLs, pings between every pair of hosts, and
+    /// etcd members, twilld agents and containers killed and restarted at random: pings lost
+    /// per fault kind and leases lost (goal: none). Tears the lab down at the end.
+    Soak {
+        #[arg(long, default_value_t = 5)]
+        hosts: usize,
+        #[arg(long, value_enum, default_value_t = LabBackend::Vxlan)]
+        backend: LabBackend,
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Run this many seconds instead of --minutes (short smoke runs).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Seed of the fault schedule (same seed, same schedule).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Faults of each kind at most.
+        #[arg(long, default_value_t = 10)]
+        max_faults: usize,
+        /// twilld's --subnet-lease-ttl in seconds (it renews every third of it).
+        #[arg(long, default_value_t = 60)]
+        lease_ttl: u64,
+        /// Also write the report here.
+        #[arg(long)]
+        markdown: Option<std::path::PathBuf>,
     },
     /// Tear everything down (idempotent; also after a crashed up).
     Down,
@@ -101,6 +128,28 @@ fn main() {
             backend,
             containers_per_host,
             network,
+            etcd_members: 1,
+            twilld_flags: Vec::new(),
+        })
+        .map(|ok| if ok { 0 } else { 1 }),
+        Cmd::Soak {
+            hosts,
+            backend,
+            minutes,
+            seconds,
+            seed,
+            max_faults,
+            lease_ttl,
+            markdown,
+        } => soak::soak(&SoakOptions {
+            name: cli.name.clone(),
+            hosts,
+            backend,
+            duration: std::time::Duration::from_secs(seconds.unwrap_or(minutes * 60)),
+            seed,
+            max_faults,
+            lease_ttl,
+            markdown,
         })
         .map(|ok| if ok { 0 } else { 1 }),
         Cmd::Down => commands::down(&cli.name).map(|_| 0),

@@ -37,14 +37,23 @@ pub struct HostState {
     pub containers: Vec<ContainerState>,
 }
 
+/// One etcd member the lab started.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct EtcdState {
+    pub pid: Option<u32>,
+    /// Its data and log, removed by `down`; none while the process that started it owns them
+    /// (`soak`).
+    pub dir: Option<PathBuf>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct LabState {
     pub name: String,
     pub backend: crate::backend::LabBackend,
     pub network: String,
+    /// Client URLs of all members, comma separated (twilld's `--etcd-endpoints`).
     pub etcd_endpoint: String,
-    pub etcd_pid: Option<u32>,
-    pub etcd_dir: Option<PathBuf>,
+    pub etcd: Vec<EtcdState>,
     pub cni_path: String,
     pub hosts: Vec<HostState>,
 }

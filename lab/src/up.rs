@@ -5,12 +5,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use twill_testbed::{Cluster, Etcd, HostFiles, TwilldCommand, cni, wait_for_subnet};
+use twill_netkit::Netlink;
+use twill_netkit::ipnet::{IpNet, Ipv4Net};
+use twill_testbed::{
+    Cluster, Etcd, EtcdCluster, HostFiles, TwilldCommand, UNDERLAY_BRIDGE, cni, wait_for_subnet,
+};
 
 use crate::backend::LabBackend;
 use crate::binaries::{self, sibling, twill_run};
 use crate::image::busybox_tarball;
-use crate::state::{ContainerState, HostState, LabState, prefix, state_dir};
+use crate::state::{ContainerState, EtcdState, HostState, LabState, prefix, state_dir};
 
 /// What `up` builds.
 pub struct UpOptions {
@@ -19,6 +23,18 @@ pub struct UpOptions {
     pub backend: LabBackend,
     pub containers_per_host: usize,
     pub network: String,
+    /// etcd members in the underlay namespace (1 to 9), at the underlay's .1, .2, …
+    pub etcd_members: usize,
+    /// Flags every twilld gets on top of the lab's own.
+    pub twilld_flags: Vec<String>,
+}
+
+/// A lab whose steps all ran; `etcd` is set when this process still owns the members
+/// (`soak`, which kills and restarts them) rather than having let them run on (`up`).
+pub struct BuiltLab {
+    pub dir: PathBuf,
+    pub state: LabState,
+    pub etcd: Option<EtcdCluster>,
 }
 
 /// Where each twilld serves `/healthz` and `/metrics`, inside its host's namespace.
@@ -33,11 +49,22 @@ fn step(msg: &str) {
 /// Builds the lab; on failure says what failed and how to look, and leaves the state file for
 /// `down`.
 pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
+    let mut lab = build(o, false)?;
+    check_all_pairs(&lab.dir, &mut lab.state, o.backend)
+}
+
+/// Every step of `up` but the connectivity check. `own_etcd`: keep the etcd members in this
+/// process (they die with it) instead of letting them run on.
+pub fn build(o: &UpOptions, own_etcd: bool) -> anyhow::Result<BuiltLab> {
     anyhow::ensure!(
         nix::unistd::geteuid().is_root(),
         "twill-lab needs root (it creates network namespaces)"
     );
     anyhow::ensure!((1..=50).contains(&o.hosts), "--hosts must be 1 to 50");
+    anyhow::ensure!(
+        (1..=9).contains(&o.etcd_members),
+        "etcd members must be 1 to 9"
+    );
     let network: twill_netkit::ipnet::Ipv4Net = o
         .network
         .parse()
@@ -75,10 +102,14 @@ pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
     st.save(&dir)?;
 
     let cluster = build_hosts(o, &dir, &mut st)?;
-    start_etcd(&cluster, &dir, &mut st, network, o.backend)?;
-    start_agents(&cluster, &dir, &mut st)?;
+    let etcd = start_etcd(&cluster, &dir, &mut st, network, o, own_etcd)?;
+    start_agents(&cluster, &dir, &mut st, &o.twilld_flags)?;
     start_containers(o.containers_per_host, &dir, &mut st)?;
-    check_all_pairs(&dir, &mut st, o.backend)
+    Ok(BuiltLab {
+        dir,
+        state: st,
+        etcd,
+    })
 }
 
 /// One namespace per host on an underlay bridge, kept after this process exits.
@@ -112,47 +143,97 @@ fn build_hosts(o: &UpOptions, dir: &Path, st: &mut LabState) -> anyhow::Result<C
     Ok(cluster)
 }
 
-/// etcd in the underlay namespace, left running, with the network config written.
+/// etcd in the underlay namespace with the network config written: one member on the
+/// bridge's address, or several on extra addresses of the bridge (.2, .3, …). Left running
+/// unless `own`, then returned.
 fn start_etcd(
     cluster: &Cluster,
     dir: &Path,
     st: &mut LabState,
-    network: twill_netkit::ipnet::Ipv4Net,
-    backend: LabBackend,
-) -> anyhow::Result<()> {
+    network: Ipv4Net,
+    o: &UpOptions,
+    own: bool,
+) -> anyhow::Result<Option<EtcdCluster>> {
+    let first = u32::from(cluster.underlay_ip());
+    let ips: Vec<std::net::Ipv4Addr> = (0..o.etcd_members as u32)
+        .map(|i| std::net::Ipv4Addr::from(first + i))
+        .collect();
     step(&format!(
-        "starting etcd in the underlay namespace at {}:2379",
-        cluster.underlay_ip()
+        "starting etcd in the underlay namespace at {}",
+        ips.iter()
+            .map(|ip| format!("{ip}:2379"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
-    let etcd = Etcd::start_in(&cluster.underlay, cluster.underlay_ip(), false)?;
-    let config =
-        serde_json::json!({"Network": network.to_string(), "Backend": {"Type": backend.as_str()}});
-    etcd.put_network_config(&config.to_string())
+    let etcd = if ips.len() == 1 {
+        EtcdCluster {
+            members: vec![Etcd::start_in(&cluster.underlay, ips[0], own)?],
+        }
+    } else {
+        add_bridge_addresses(cluster, &ips[1..])?;
+        EtcdCluster::start_in(&cluster.underlay, &ips, own)?
+    };
+    let config = serde_json::json!({"Network": network.to_string(), "Backend": {"Type": o.backend.as_str()}});
+    etcd.members[0]
+        .put_network_config(&config.to_string())
         .context("writing the network config")?;
-    st.etcd_endpoint = etcd.endpoint();
-    let (pid, etcd_dir) = etcd.detach();
-    st.etcd_pid = pid;
-    st.etcd_dir = Some(etcd_dir);
+    st.etcd_endpoint = etcd.endpoints();
+    st.etcd = etcd
+        .members
+        .iter()
+        .map(|m| EtcdState {
+            pid: m.pid(),
+            dir: None,
+        })
+        .collect();
     st.save(dir)?;
+    if own {
+        return Ok(Some(etcd));
+    }
+    st.etcd = etcd
+        .members
+        .into_iter()
+        .map(|m| {
+            let (pid, dir) = m.detach();
+            EtcdState {
+                pid,
+                dir: Some(dir),
+            }
+        })
+        .collect();
+    st.save(dir)?;
+    Ok(None)
+}
+
+/// More addresses on the underlay bridge, for more lab services (etcd members).
+fn add_bridge_addresses(cluster: &Cluster, ips: &[std::net::Ipv4Addr]) -> anyhow::Result<()> {
+    let prefix_len = cluster.underlay_net().prefix_len();
+    for &ip in ips {
+        let addr = IpNet::V4(Ipv4Net::new(ip, prefix_len)?);
+        cluster
+            .underlay
+            .run(move |nl: Netlink| async move {
+                let br = nl.require_link(UNDERLAY_BRIDGE).await?;
+                nl.ensure_address(br.index, addr).await
+            })
+            .with_context(|| format!("adding {ip} to the underlay bridge"))?;
+    }
     Ok(())
 }
 
 /// A twilld per host (in a session of its own, so it outlives `up`); once each has leased a
 /// subnet, its host's conflist.
-fn start_agents(cluster: &Cluster, dir: &Path, st: &mut LabState) -> anyhow::Result<()> {
+fn start_agents(
+    cluster: &Cluster,
+    dir: &Path,
+    st: &mut LabState,
+    flags: &[String],
+) -> anyhow::Result<()> {
     step("starting twilld on every host");
     for (i, h) in cluster.hosts.iter().enumerate() {
-        let hs = &st.hosts[i];
-        let child = TwilldCommand::new(
-            sibling("twilld"),
-            st.etcd_endpoint.clone(),
-            &hs.subnet_file,
-            &hs.log,
-        )
-        .args(HEALTHZ_FLAGS)
-        .detached()
-        .spawn_in(&h.netns)
-        .context("starting twilld")?;
+        let child = twilld_command(st, i, flags)
+            .spawn_in(&h.netns)
+            .context("starting twilld")?;
         st.hosts[i].twilld_pid = Some(child.id());
         st.save(dir)?;
     }
@@ -169,6 +250,21 @@ fn start_agents(cluster: &Cluster, dir: &Path, st: &mut LabState) -> anyhow::Res
     }
     st.save(dir)?;
     Ok(())
+}
+
+/// twilld for host `h` as the lab runs it: in a session of its own, with the lab's flags and
+/// `flags`.
+pub fn twilld_command(st: &LabState, h: usize, flags: &[String]) -> TwilldCommand {
+    let hs = &st.hosts[h];
+    TwilldCommand::new(
+        sibling("twilld"),
+        st.etcd_endpoint.clone(),
+        &hs.subnet_file,
+        &hs.log,
+    )
+    .args(HEALTHZ_FLAGS)
+    .args(flags)
+    .detached()
 }
 
 /// A busybox image in each host's twill-run store, and `per_host` containers from it.
@@ -192,25 +288,7 @@ fn start_containers(per_host: usize, dir: &Path, st: &mut LabState) -> anyhow::R
         );
         for k in 1..=per_host {
             let name = format!("{}c{k}", st.hosts[i].name);
-            let out = twill_run(st, i)?
-                .args([
-                    "run",
-                    "-d",
-                    "--name",
-                    &name,
-                    "busybox",
-                    "sleep",
-                    "1000000000",
-                ])
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "starting {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            let inspect = twill_run(st, i)?.args(["inspect", &name]).output()?;
-            let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap_or_default();
-            let ip = v["ips"][0].as_str().unwrap_or("-").to_string();
+            let ip = run_container(st, i, &name)?;
             st.hosts[i].containers.push(ContainerState {
                 name,
                 ip,
@@ -222,9 +300,32 @@ fn start_containers(per_host: usize, dir: &Path, st: &mut LabState) -> anyhow::R
     Ok(())
 }
 
+/// Starts a busybox container `name` on host `h` that sleeps forever; its IP.
+pub fn run_container(st: &LabState, h: usize, name: &str) -> anyhow::Result<String> {
+    let out = twill_run(st, h)?
+        .args([
+            "run",
+            "-d",
+            "--name",
+            name,
+            "busybox",
+            "sleep",
+            "1000000000",
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "starting {name}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let inspect = twill_run(st, h)?.args(["inspect", name]).output()?;
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap_or_default();
+    Ok(v["ips"][0].as_str().unwrap_or("-").to_string())
+}
+
 /// Pings every container from every other one, records who is reachable and prints the
 /// table; true when all are.
-fn check_all_pairs(dir: &Path, st: &mut LabState, backend: LabBackend) -> anyhow::Result<bool> {
+pub fn check_all_pairs(dir: &Path, st: &mut LabState, backend: LabBackend) -> anyhow::Result<bool> {
     step("checking that every container reaches every other one");
     let all: Vec<(usize, String, String)> = st
         .hosts

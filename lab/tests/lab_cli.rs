@@ -297,3 +297,43 @@ fn up_as_a_user_is_refused_without_a_clean_up_hint() {
     );
     assert!(!Path::new("/run/twill-lab/tnr").exists());
 }
+
+/// A short soak (3 hosts, 35 s: every fault kind at least once) runs through, reports, and leaves
+/// nothing behind. Whether it met the goal is for the full soak to say (docs/benchmarks.md):
+/// this only keeps the machinery working.
+#[test]
+fn a_short_soak_reports_and_cleans_up() {
+    if !ready() {
+        return;
+    }
+    let _ = lab(&["down", "--name", "tsoak"]);
+    let md = tempfile::NamedTempFile::new().unwrap();
+    let (_, out) = lab(&[
+        "soak",
+        "--name",
+        "tsoak",
+        "--hosts",
+        "3",
+        "--seconds",
+        "35",
+        "--seed",
+        "3",
+        "--markdown",
+        md.path().to_str().unwrap(),
+    ]);
+    let report = std::fs::read_to_string(md.path()).unwrap();
+    assert!(report.contains("**Verdict: goal"), "{out}");
+    for kind in ["etcd member kill -9", "twilld kill -9", "container rm -f"] {
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {kind}")))
+            .unwrap_or_else(|| panic!("no row for {kind}: {report}"));
+        let injected: usize = row.split('|').nth(2).unwrap().trim().parse().unwrap();
+        assert!(injected >= 1, "at least one fault of each kind: {row}");
+    }
+    assert!(
+        report.contains("| lease keys deleted in etcd |"),
+        "{report}"
+    );
+    gone("tsoak");
+}

@@ -313,7 +313,9 @@ fn http_health(addr: SocketAddr, tls: bool) -> bool {
         .is_ok_and(|body| body.contains("\"health\":\"true\""))
 }
 
-/// A multi-member etcd cluster on 127.0.0.1, for fault tests.
+/// A multi-member etcd cluster, on 127.0.0.1 or inside a lab namespace, for fault tests:
+/// each member can be stopped ([`Etcd::stop`]) and started again ([`Etcd::start`]) with its
+/// data, so it rejoins.
 #[derive(Debug)]
 pub struct EtcdCluster {
     pub members: Vec<Etcd>,
@@ -344,6 +346,14 @@ impl EtcdCluster {
                 tls: None,
             });
         }
+        EtcdCluster::spawn_all(members, |_| Ok(None), true)
+    }
+
+    fn spawn_all(
+        members: Vec<Member>,
+        netns: impl Fn(&Member) -> Result<Option<Netns>>,
+        die_with_parent: bool,
+    ) -> Result<EtcdCluster> {
         let initial = members
             .iter()
             .map(|m| format!("{}={}", m.name, m.peer_url()))
@@ -354,14 +364,41 @@ impl EtcdCluster {
         };
         // All members must run before any can become healthy (quorum), so start them all first.
         for m in members {
+            let ns = netns(&m)?;
             cluster
                 .members
-                .push(Etcd::spawn(m, initial.clone(), None, true)?);
+                .push(Etcd::spawn(m, initial.clone(), ns, die_with_parent)?);
         }
         for e in &mut cluster.members {
             e.wait_healthy()?;
         }
         Ok(cluster)
+    }
+
+    /// Starts one member per address of `ips` inside `netns` (each an address of that
+    /// namespace), on the standard ports 2379/2380, and waits until all are healthy.
+    /// `die_with_parent` as for [`Etcd::start_in`].
+    pub fn start_in(netns: &Netns, ips: &[Ipv4Addr], die_with_parent: bool) -> Result<EtcdCluster> {
+        let members: Vec<Member> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, &ip)| Member {
+                name: format!("m{i}"),
+                ip,
+                client_port: 2379,
+                peer_port: 2380,
+                tls: None,
+            })
+            .collect();
+        EtcdCluster::spawn_all(
+            members,
+            |_| {
+                Netns::open_path(netns.path())
+                    .map(Some)
+                    .map_err(LabError::from)
+            },
+            die_with_parent,
+        )
     }
 
     /// Comma-separated client URLs of all members.

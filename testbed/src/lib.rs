@@ -15,7 +15,7 @@ mod process;
 mod sweep;
 
 pub use agents::{HostFiles, TwilldCommand, wait_for_subnet};
-pub use cluster::{Cluster, ClusterBuilder, Host};
+pub use cluster::{Cluster, ClusterBuilder, Host, UNDERLAY_BRIDGE};
 pub use error::{LabError, Result};
 pub use etcd::{Etcd, EtcdCluster, EtcdTls, NETWORK_CONFIG_KEY};
 pub use process::{free_local_port, wait_for};

@@ -100,6 +100,8 @@ pub fn bench(
                 backend: b.lab_backend(),
                 containers_per_host: 2,
                 network: "10.244.0.0/16".into(),
+                etcd_members: 1,
+                twilld_flags: Vec::new(),
             })?;
             if !ok {
                 bail!("the {b} lab is not fully connected: see `twill-lab logs h1 --name {name}`");

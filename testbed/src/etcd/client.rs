@@ -57,6 +57,13 @@ impl Etcd {
     /// Runs `etcdctl` (API v3) with `args` against this member, inside its namespace and with
     /// the client certificate when it serves TLS; returns what it printed.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        let mut c = self.etcdctl_command(args)?;
+        run_tool(&mut c, format!("etcdctl {}", args.join(" ")))
+    }
+
+    /// The `etcdctl` command [`Etcd::etcdctl`] runs, to spawn one that does not end by itself
+    /// (`watch`); the caller ends it by PID.
+    pub fn etcdctl_command(&self, args: &[&str]) -> Result<Command> {
         let mut c = Command::new("etcdctl");
         c.env("ETCDCTL_API", "3")
             .arg("--endpoints")
@@ -66,7 +73,7 @@ impl Etcd {
         if let Some(ns) = &self.netns {
             ns.prepare_command(&mut c)?;
         }
-        run_tool(&mut c, format!("etcdctl {}", args.join(" ")))
+        Ok(c)
     }
 
     fn error(&self, detail: String) -> LabError {
