@@ -4,6 +4,9 @@
 
 use std::process::Command;
 
+pub mod cni;
+pub mod podman;
+
 use serde_json::Value;
 
 /// True when running under CI (`CI=true`), where missing preconditions are failures.
