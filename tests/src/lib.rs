@@ -6,6 +6,7 @@ use std::process::Command;
 
 pub mod cni;
 pub mod podman;
+pub mod spec_driver;
 
 use serde_json::Value;
 
