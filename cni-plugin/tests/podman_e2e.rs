@@ -20,7 +20,7 @@ use std::process::Command;
 use serde_json::Value;
 use tempfile::TempDir;
 use twill_netkit::Netns;
-use twill_tests::cni::{REFERENCE_DIR, reference_plugin_installed};
+use twill_tests::cni::{REFERENCE_DIR, reference_plugin_installed, reservations};
 use twill_tests::podman::{output_ok, podman};
 use twill_tests::{NsScope, ip_json, preconditions, run};
 
@@ -165,18 +165,7 @@ impl Podman {
 
     /// Addresses host-local still holds for the network.
     fn reservations(&self) -> usize {
-        std::fs::read_dir(self.host_local_dir())
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .parse::<std::net::IpAddr>()
-                            .is_ok()
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
+        reservations(&self.host_local_dir())
     }
 
     /// Attachments twill's masquerade record still holds (0 for the reference plugin).

@@ -9,7 +9,9 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use twill_tests::cni::{PluginOutput, REFERENCE_DIR, reference_plugin_installed, spec_violations};
+use twill_tests::cni::{
+    PluginOutput, REFERENCE_DIR, reference_plugin_installed, reservations, spec_violations,
+};
 use twill_tests::spec_driver::{Attachment, SpecDriver};
 use twill_tests::{NsScope, ip_json, preconditions, run};
 
@@ -47,20 +49,6 @@ fn network(plugin: &str, name: &str, versions: &[&str], data_dir: &Path) -> Valu
         net["cniVersions"] = json!(versions);
     }
     net
-}
-
-/// Addresses host-local holds in `dir`.
-fn reservations(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |d| {
-        d.flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .parse::<std::net::IpAddr>()
-                    .is_ok()
-            })
-            .count()
-    })
 }
 
 /// Checks a successful ADD against the spec and against the container's kernel state.

@@ -209,3 +209,12 @@ pub fn reference_plugin_installed(name: &str) -> bool {
     );
     there
 }
+
+/// How many addresses a host-local style store directory holds (files named by an address).
+pub fn reservations(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.file_name().to_string_lossy().parse::<IpAddr>().is_ok())
+            .count()
+    })
+}
