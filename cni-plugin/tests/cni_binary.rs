@@ -2,13 +2,12 @@
 //! error JSON on stdout. Hosts and containers are namespaces made by the test.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use twill_netkit::Netns;
+use twill_tests::cni::{reference_plugin_installed, run_plugin};
 use twill_tests::{NsScope, ns_exec_ok, preconditions, run};
 
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
@@ -79,51 +78,6 @@ impl Node {
     }
 }
 
-/// Runs a CNI plugin binary the way a runtime does (clean env, config on stdin), inside
-/// `host` when given; returns (success, stdout, stderr).
-#[allow(clippy::too_many_arguments)]
-fn run_plugin(
-    binary: &str,
-    host: Option<&Netns>,
-    cmd: &str,
-    id: &str,
-    netns: &str,
-    ifname: &str,
-    conf: &Value,
-    extra: &[(&str, &str)],
-) -> (bool, String, String) {
-    let mut c = Command::new(binary);
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in extra {
-        c.env(k, v);
-    }
-    if let Some(h) = host {
-        h.prepare_command(&mut c).unwrap();
-    }
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn cni_in(
     host: Option<&Netns>,
     cmd: &str,
@@ -140,16 +94,6 @@ fn cni_in(
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout not JSON ({e}): {text}"))
     };
     (ok, v)
-}
-
-/// Whether Debian's reference plugin `name` is installed (CI must have them all).
-fn reference_plugin_installed(name: &str) -> bool {
-    let there = Path::new("/usr/lib/cni").join(name).exists();
-    assert!(
-        there || !twill_tests::in_ci(),
-        "CI must install containernetworking-plugins ({name} is missing)"
-    );
-    there
 }
 
 /// A /proc or /sys file as namespace `ns` sees it (`ip netns exec` remounts /sys), trimmed.

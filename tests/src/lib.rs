@@ -4,6 +4,10 @@
 
 use std::process::Command;
 
+pub mod cni;
+pub mod podman;
+pub mod spec_driver;
+
 use serde_json::Value;
 
 /// True when running under CI (`CI=true`), where missing preconditions are failures.

@@ -15,41 +15,13 @@ use std::time::Duration;
 
 use serde_json::json;
 use twill_testbed::{Cluster, Etcd, wait_for, wait_for_subnet};
+use twill_tests::podman::{output_ok, podman};
 use twill_tests::{ns_exec_ok, preconditions, run};
 
 const TAG: &str = "localhost/twill-test:image-test";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// podman with storage of the test's own (vfs: no overlay mounts to leave behind).
-fn podman(store: &Path) -> Command {
-    let mut c = Command::new("podman");
-    c.arg("--root")
-        .arg(store.join("root"))
-        .arg("--runroot")
-        .arg(store.join("runroot"))
-        .args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-        ]);
-    c
-}
-
-fn ok(c: &mut Command, what: &str) -> String {
-    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Kills the chrooted twilld (started by this test) when the test ends.
@@ -82,25 +54,27 @@ fn image_builds_offline_and_its_twilld_masquerades_like_flannel() {
         .arg(store.join("root"))
         .arg("--runroot")
         .arg(store.join("runroot"))
+        .arg("--tmpdir")
+        .arg(store.join("tmp"))
         .args(["--storage-driver", "vfs"]);
-    ok(&mut build, "scripts/build-image");
+    output_ok(&mut build, "scripts/build-image");
 
     // Export the image's root file system.
     let rootfs = work.path().join("rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
-    let ctr = ok(
+    let ctr = output_ok(
         podman(&store).args(["create", TAG, "--version"]),
         "podman create",
     );
     let tar = work.path().join("image.tar");
-    ok(
+    output_ok(
         podman(&store)
             .args(["export", "-o"])
             .arg(&tar)
             .arg(ctr.trim()),
         "podman export",
     );
-    ok(
+    output_ok(
         Command::new("tar")
             .arg("-xf")
             .arg(&tar)
@@ -108,7 +82,7 @@ fn image_builds_offline_and_its_twilld_masquerades_like_flannel() {
             .arg(&rootfs),
         "extracting the image",
     );
-    ok(podman(&store).args(["rm", ctr.trim()]), "podman rm");
+    output_ok(podman(&store).args(["rm", ctr.trim()]), "podman rm");
     for f in ["twilld", "twill", "cp", "usr/sbin/nft"] {
         assert!(rootfs.join(f).is_file(), "{f} missing in the image");
     }
@@ -207,5 +181,5 @@ fn image_builds_offline_and_its_twilld_masquerades_like_flannel() {
         ],
     );
     assert!(rules.contains("masquerade"), "{rules}");
-    ok(podman(&store).args(["rmi", "-f", TAG]), "podman rmi");
+    output_ok(podman(&store).args(["rmi", "-f", TAG]), "podman rmi");
 }

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::env::CniEnv;
-use crate::error::{CniError, CniResult, DECODE, INTERNAL, INVALID_CONFIG};
+use crate::error::{CniError, CniResult, DECODE, INCOMPATIBLE_VERSION, INTERNAL, INVALID_CONFIG};
+use crate::version;
 
 /// Finds `plugin` in CNI_PATH.
 pub fn find(plugin: &str, env: &CniEnv) -> CniResult<PathBuf> {
@@ -29,7 +30,58 @@ pub fn find(plugin: &str, env: &CniEnv) -> CniResult<PathBuf> {
 
 /// Runs the IPAM plugin with CNI_COMMAND=`command`; returns its parsed stdout (None when it
 /// printed nothing, as DEL may). A failing plugin's CNI error is passed on with its code.
+///
+/// The runtime negotiated the request's version with twill, not with the IPAM plugin: an
+/// IPAM plugin that refuses it (code 1; host-local before 1.5 stops at 1.0.0 while a 1.1
+/// conflist's `cniVersions` lets the runtime pick 1.1.0) gets the request again in the
+/// highest version both speak, and GC is not sent to one that predates it (1.1.0).
 pub fn exec(plugin: &str, command: &str, env: &CniEnv, stdin: &[u8]) -> CniResult<Option<Value>> {
+    if command == "GC"
+        && !common_version(plugin, env, stdin)?.is_some_and(|v| version::at_least_1_1(&v))
+    {
+        return Ok(None);
+    }
+    match exec_once(plugin, command, env, stdin) {
+        Err(e) if e.code == INCOMPATIBLE_VERSION => {
+            let Some(older) = common_version(plugin, env, stdin)? else {
+                return Err(e);
+            };
+            let mut conf: Value = serde_json::from_slice(stdin)
+                .map_err(|d| CniError::new(DECODE, format!("decoding the network config: {d}")))?;
+            conf["cniVersion"] = Value::from(older);
+            exec_once(plugin, command, env, conf.to_string().as_bytes())
+        }
+        other => other,
+    }
+}
+
+/// The highest version both twill and the IPAM plugin speak that is not newer than the
+/// request's, from the plugin's VERSION answer.
+fn common_version(plugin: &str, env: &CniEnv, stdin: &[u8]) -> CniResult<Option<String>> {
+    let asked = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let limit = version::SUPPORTED.iter().position(|v| *v == asked);
+    let probe = serde_json::json!({"cniVersion": asked}).to_string();
+    let answer = exec_once(plugin, "VERSION", env, probe.as_bytes())?.unwrap_or_default();
+    let theirs: Vec<&str> = answer["supportedVersions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    Ok(version::SUPPORTED
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| limit.is_some_and(|l| *i <= l) && theirs.contains(v))
+        .map(|(_, v)| v.to_string())
+        .next_back())
+}
+
+fn exec_once(plugin: &str, command: &str, env: &CniEnv, stdin: &[u8]) -> CniResult<Option<Value>> {
     let path = find(plugin, env)?;
     let mut cmd = Command::new(&path);
     cmd.env("CNI_COMMAND", command)
