@@ -44,6 +44,24 @@ fn twilld(ns: &twill_netkit::Netns, args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// Starts twilld in `ns` on `lo` against an etcd that never answers, so it stays waiting.
+fn waiting_twilld(
+    ns: &twill_netkit::Netns,
+    dir: &std::path::Path,
+    extra: &[&str],
+    stderr: Stdio,
+) -> std::process::Child {
+    let mut c = Command::new(TWILLD);
+    c.arg("--subnet-file")
+        .arg(dir.join("subnet.env"))
+        .args(["--etcd-endpoints", "http://127.0.0.1:1", "--iface", "lo"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    ns.prepare_command(&mut c).unwrap();
+    c.spawn().expect("starting twilld")
+}
+
 #[test]
 fn local_mistakes_are_fatal_and_said_first() {
     if !preconditions("local_mistakes_are_fatal_and_said_first", &[]) {
@@ -111,15 +129,12 @@ fn a_taken_healthz_port_is_fatal() {
     let ns = scope.create("h");
     let dir = tempfile::tempdir().unwrap();
     // The first twilld holds the port while it waits for etcd.
-    let mut c = Command::new(TWILLD);
-    c.arg("--subnet-file")
-        .arg(dir.path().join("subnet.env"))
-        .args(["--etcd-endpoints", "http://127.0.0.1:1", "--iface", "lo"])
-        .args(["--healthz-ip", "127.0.0.1", "--healthz-port", "10299"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    ns.prepare_command(&mut c).unwrap();
-    let mut first = c.spawn().expect("starting twilld");
+    let mut first = waiting_twilld(
+        &ns,
+        dir.path(),
+        &["--healthz-ip", "127.0.0.1", "--healthz-port", "10299"],
+        Stdio::null(),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (code, line) = twilld(
         &ns,
@@ -154,14 +169,7 @@ fn an_unreachable_etcd_is_waited_for_and_said_in_one_line() {
     let scope = NsScope::new("se1");
     let ns = scope.create("h");
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Command::new(TWILLD);
-    c.arg("--subnet-file")
-        .arg(dir.path().join("subnet.env"))
-        .args(["--etcd-endpoints", "http://127.0.0.1:1", "--iface", "lo"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    ns.prepare_command(&mut c).unwrap();
-    let child = c.spawn().expect("starting twilld");
+    let child = waiting_twilld(&ns, dir.path(), &[], Stdio::piped());
     std::thread::sleep(Duration::from_secs(3));
     // Still waiting: SIGTERM (by PID) ends it cleanly.
     nix::sys::signal::kill(
