@@ -66,19 +66,24 @@ fn common_version(plugin: &str, env: &CniEnv, stdin: &[u8]) -> CniResult<Option<
                 .map(str::to_string)
         })
         .unwrap_or_default();
-    let limit = version::SUPPORTED.iter().position(|v| *v == asked);
     let probe = serde_json::json!({"cniVersion": asked}).to_string();
     let answer = exec_once(plugin, "VERSION", env, probe.as_bytes())?.unwrap_or_default();
     let theirs: Vec<&str> = answer["supportedVersions"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    Ok(version::SUPPORTED
+    Ok(highest_common(&asked, &theirs))
+}
+
+/// The highest version twill supports that is not above `asked` and that the other plugin
+/// lists in `theirs`; none when `asked` is not one twill knows.
+fn highest_common(asked: &str, theirs: &[&str]) -> Option<String> {
+    let limit = version::SUPPORTED.iter().position(|v| *v == asked)?;
+    version::SUPPORTED[..=limit]
         .iter()
-        .enumerate()
-        .filter(|(i, v)| limit.is_some_and(|l| *i <= l) && theirs.contains(v))
-        .map(|(_, v)| v.to_string())
-        .next_back())
+        .rev()
+        .find(|v| theirs.contains(v))
+        .map(|v| v.to_string())
 }
 
 fn exec_once(plugin: &str, command: &str, env: &CniEnv, stdin: &[u8]) -> CniResult<Option<Value>> {
@@ -145,4 +150,37 @@ fn exec_once(plugin: &str, command: &str, env: &CniEnv, stdin: &[u8]) -> CniResu
         ));
     }
     Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_highest_version_both_speak_not_above_the_asked_one() {
+        // host-local 1.1.1 stops at 1.0.0; a runtime asked for 1.1.0.
+        let host_local = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+        assert_eq!(
+            highest_common("1.1.0", &host_local).as_deref(),
+            Some("1.0.0")
+        );
+        assert_eq!(
+            highest_common("0.4.0", &host_local).as_deref(),
+            Some("0.4.0")
+        );
+        assert_eq!(
+            highest_common("1.1.0", &["1.1.0"]).as_deref(),
+            Some("1.1.0")
+        );
+        assert_eq!(
+            highest_common("1.1.0", &[]),
+            None,
+            "a plugin that lists nothing"
+        );
+        assert_eq!(
+            highest_common("9.9.9", &host_local),
+            None,
+            "unknown asked version"
+        );
+    }
 }
