@@ -52,6 +52,13 @@ struct Recorded {
     rule: MasqRule,
 }
 
+impl Recorded {
+    /// Whether this records attachment (`id`, `ifname`).
+    fn is(&self, id: &str, ifname: &str) -> bool {
+        self.container_id == id && self.ifname == ifname
+    }
+}
+
 /// The state file: who uses which rule, and the script last applied (in this boot).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct State {
@@ -131,12 +138,7 @@ impl Masq {
         }
     }
 
-    /// The state directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn load(&self) -> CniResult<State> {
+    fn load(&self, boot: &str) -> CniResult<State> {
         let path = self.dir.join(STATE_FILE);
         let state = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice::<State>(&b).unwrap_or_default(),
@@ -144,7 +146,7 @@ impl Masq {
             Err(e) => return Err(io_err("reading", &path, e)),
         };
         // After a reboot the rules and the containers are gone: start over.
-        if state.boot_id != boot_id() {
+        if state.boot_id != boot {
             return Ok(State::default());
         }
         Ok(state)
@@ -173,11 +175,12 @@ impl Masq {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| io_err("creating state directory", &self.dir, e))?;
         let _lock = lock_exclusive(&self.dir.join("lock"))?;
-        let mut state = self.load()?;
+        let boot = boot_id();
+        let mut state = self.load(&boot)?;
         if !change(&mut state) && !force {
             return Ok(());
         }
-        state.boot_id = boot_id();
+        state.boot_id = boot;
         let rules: BTreeSet<MasqRule> = state.attachments.iter().map(|a| a.rule).collect();
         let failed = |e: twill_netkit::Error| {
             CniError::new(
@@ -213,8 +216,7 @@ impl Masq {
             if s.attachments.contains(&entry) && !s.applied.is_empty() {
                 return false;
             }
-            s.attachments
-                .retain(|a| !(a.container_id == id && a.ifname == ifname));
+            s.attachments.retain(|a| !a.is(id, ifname));
             s.attachments.push(entry);
             true
         })
@@ -227,8 +229,7 @@ impl Masq {
         }
         self.update(false, |s| {
             let before = s.attachments.len();
-            s.attachments
-                .retain(|a| !(a.container_id == id && a.ifname == ifname));
+            s.attachments.retain(|a| !a.is(id, ifname));
             s.attachments.len() != before
         })
     }
@@ -240,10 +241,8 @@ impl Masq {
         }
         self.update(false, |s| {
             let before = s.attachments.len();
-            s.attachments.retain(|a| {
-                keep.iter()
-                    .any(|k| k.container_id == a.container_id && k.ifname == a.ifname)
-            });
+            s.attachments
+                .retain(|a| keep.iter().any(|k| a.is(&k.container_id, &k.ifname)));
             s.attachments.len() != before
         })
     }
@@ -265,8 +264,7 @@ impl Masq {
             let held = attachments()?;
             self.update(false, |s| {
                 for a in held {
-                    s.attachments
-                        .retain(|r| !(r.container_id == a.container_id && r.ifname == a.ifname));
+                    s.attachments.retain(|r| !r.is(&a.container_id, &a.ifname));
                     s.attachments.push(Recorded {
                         container_id: a.container_id,
                         ifname: a.ifname,

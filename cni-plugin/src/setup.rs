@@ -49,9 +49,12 @@ pub async fn default_route_mtu(nl: &Netlink) -> Option<u32> {
 /// Bridge (created if needed, gateway address added, MTU, up), then the veth pair with the
 /// container end born in `ctr` under a temporary name, attached and up.
 pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniResult<(Link, Link)> {
-    create_bridge_with_mac(nl, plan).await?;
+    // A fixed MAC for a bridge twill creates: one that follows its lowest port would make
+    // every result (and every container's neighbour entry for the gateway) go stale when a
+    // veth with a lower MAC joins; the reference plugin and netavark fix the address too. A
+    // bridge someone else created keeps its address.
     let bridge = nl
-        .ensure_bridge(plan.bridge, Some(plan.mtu))
+        .ensure_bridge_with_mac(plan.bridge, Some(plan.mtu), Some(bridge_mac()))
         .await
         .map_err(bridge_error)?;
     if let Some(addr) = plan.bridge_addr {
@@ -67,33 +70,6 @@ pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniRes
     nl.set_up(veth.index).await?;
     let veth = nl.require_link(&plan.host_veth).await?;
     Ok((bridge, veth))
-}
-
-/// Creates the bridge, when it does not exist yet, with a fixed random MAC in the same
-/// request. A bridge whose address was never set follows its lowest port's MAC, so every
-/// result (and every container's neighbour entry for the gateway) would go stale when a
-/// veth with a lower MAC joins; the reference plugin and netavark fix the address too. A
-/// bridge someone else created keeps its address. Losing a creation race is fine.
-async fn create_bridge_with_mac(nl: &Netlink, plan: &HostPlan<'_>) -> CniResult<()> {
-    if nl.link_by_name(plan.bridge).await?.is_some() {
-        return Ok(());
-    }
-    let request = rtnetlink::LinkBridge::new(plan.bridge)
-        .mtu(plan.mtu)
-        .address(bridge_mac().to_vec())
-        .build();
-    match nl.handle().link().add(request).execute().await {
-        Ok(()) => Ok(()),
-        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::EEXIST => Ok(()),
-        Err(e) => Err(CniError::new(
-            INTERNAL,
-            format!(
-                "creating bridge {} in netns {}: {e}",
-                plan.bridge,
-                nl.netns()
-            ),
-        )),
-    }
 }
 
 /// A random locally administered unicast MAC.

@@ -212,6 +212,18 @@ impl Netlink {
     /// Tolerates a concurrent creator (EEXIST) and never touches an existing bridge's
     /// addresses. Fails if `name` exists but is not a bridge.
     pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>) -> Result<Link> {
+        self.ensure_bridge_with_mac(name, mtu, None).await
+    }
+
+    /// Like [`Netlink::ensure_bridge`], giving a bridge it creates the MAC `mac` in the same
+    /// request (a bridge whose address was never set follows its lowest port's MAC). An
+    /// existing bridge keeps its address.
+    pub async fn ensure_bridge_with_mac(
+        &self,
+        name: &str,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+    ) -> Result<Link> {
         validate_ifname(name)?;
         let link = match self.link_by_name(name).await? {
             Some(l) => l,
@@ -219,6 +231,9 @@ impl Netlink {
                 let mut b = LinkBridge::new(name);
                 if let Some(m) = mtu {
                     b = b.mtu(m);
+                }
+                if let Some(mac) = mac {
+                    b = b.address(mac.to_vec());
                 }
                 match self.handle.link().add(b.build()).execute().await {
                     Ok(()) => tracing::debug!(bridge = name, netns = %self.netns, "created bridge"),
