@@ -257,7 +257,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             }
             retry.wait().await;
         };
-        if let Some(old) = self.hint.filter(|_| self.held.is_some())
+        if let Some(old) = self.held_subnet()
             && old != held.subnet
         {
             tracing::warn!(old = %old, new = %held.subnet, "the old subnet was taken: containers on this node must be restarted");
@@ -279,6 +279,11 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         Ok(())
     }
 
+    /// Re-lists after the next backoff wait.
+    fn resync_later(&mut self) {
+        self.resync_at = Instant::now() + self.resync_retry.next_wait();
+    }
+
     fn held_subnet(&self) -> Option<Ipv4Net> {
         self.held.as_ref().map(|(h, _)| h.subnet)
     }
@@ -296,7 +301,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                     "listing leases failed; the data plane stays as it is",
                     &e,
                 );
-                self.resync_at = Instant::now() + self.resync_retry.next_wait();
+                self.resync_later();
                 return Next::Continue;
             }
         };
@@ -313,7 +318,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             }
             Err(e) => {
                 self.store_error("watch", "watching leases failed; retrying", &e);
-                self.resync_at = Instant::now() + self.resync_retry.next_wait();
+                self.resync_later();
             }
         }
         if let Some(held) = own {
@@ -348,24 +353,18 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                 self.watch = None;
                 return Next::Continue;
             }
-            Ok(None) => {
+            lost => {
+                let why: &dyn std::fmt::Display = match &lost {
+                    Err(e) => e,
+                    _ => &"closed by etcd",
+                };
                 self.store_error(
                     "watch",
                     "lost the etcd watch: re-listing and re-watching",
-                    &"closed by etcd",
+                    why,
                 );
                 self.watch = None;
-                self.resync_at = Instant::now() + self.resync_retry.next_wait();
-                return Next::Continue;
-            }
-            Err(e) => {
-                self.store_error(
-                    "watch",
-                    "lost the etcd watch: re-listing and re-watching",
-                    &e,
-                );
-                self.watch = None;
-                self.resync_at = Instant::now() + self.resync_retry.next_wait();
+                self.resync_later();
                 return Next::Continue;
             }
         };

@@ -46,6 +46,9 @@ fn unreachable(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// The phrase for a member that stopped answering on an open connection.
+const NO_ANSWER: &str = "no answer (the connection's keepalive timed out)";
+
 /// One short phrase for what went wrong with a call, for an operator's log line: "connection
 /// refused", "connect timed out", "TLS: invalid peer certificate: UnknownIssuer",
 /// "authentication failed: …". The whole chain stays available at debug level.
@@ -85,7 +88,7 @@ pub fn describe(e: &etcd_client::Error) -> String {
     match kind {
         Some(ErrorKind::ConnectionRefused) => return "connection refused".into(),
         Some(ErrorKind::TimedOut) if says("KeepAliveTimedOut") => {
-            return "no answer (the connection's keepalive timed out)".into();
+            return NO_ANSWER.into();
         }
         Some(ErrorKind::TimedOut) => return "connect timed out".into(),
         Some(ErrorKind::ConnectionReset) => return "connection reset".into(),
@@ -95,7 +98,7 @@ pub fn describe(e: &etcd_client::Error) -> String {
         _ => {}
     }
     if says("KeepAliveTimedOut") {
-        return "no answer (the connection's keepalive timed out)".into();
+        return NO_ANSWER.into();
     }
     let lower = debug.to_ascii_lowercase();
     if tls || lower.contains("certificate") || lower.contains("handshake") {
@@ -114,9 +117,7 @@ pub fn describe(e: &etcd_client::Error) -> String {
                 tonic::Code::Unauthenticated => "authentication failed",
                 tonic::Code::PermissionDenied => "permission denied",
                 tonic::Code::DeadlineExceeded => "request timed out",
-                tonic::Code::Unavailable if st.message().contains("http2") => {
-                    "no answer (the connection's keepalive timed out)"
-                }
+                tonic::Code::Unavailable if st.message().contains("http2") => NO_ANSWER,
                 tonic::Code::Unavailable => "unavailable",
                 _ => return st.message().to_string(),
             };

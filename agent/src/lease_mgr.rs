@@ -38,6 +38,11 @@ fn random_index(n: usize) -> usize {
     (twill_netkit::random::random_u64() % n.max(1) as u64) as usize
 }
 
+/// Whether store lease `lease_id` still runs (a renewal works); 0 (no lease) never does.
+async fn is_live<S: LeaseStore>(store: &S, lease_id: i64) -> bool {
+    lease_id != 0 && store.keep_alive(lease_id).await.unwrap_or(0) > 0
+}
+
 async fn reuse<S: LeaseStore>(
     store: &S,
     e: &LeaseEntry,
@@ -56,7 +61,7 @@ async fn reuse<S: LeaseStore>(
             lease_id: 0,
         }));
     }
-    if store.keep_alive(e.lease_id).await.unwrap_or(0) > 0 {
+    if is_live(store, e.lease_id).await {
         if !same_value {
             store.update_lease(e.subnet, record, e.lease_id).await?;
         }
@@ -120,8 +125,7 @@ pub async fn acquire<S: LeaseStore>(
             // detaches a key from its lease; that must not make it a reservation).
             Some(e) if e.record.is_err() => {
                 tracing::warn!(key = %e.key, "the subnet file's subnet has an unreadable lease value: taking it back");
-                let live = e.lease_id != 0 && store.keep_alive(e.lease_id).await.unwrap_or(0) > 0;
-                let id = if live {
+                let id = if is_live(store, e.lease_id).await {
                     e.lease_id
                 } else {
                     store.grant(ttl).await?
