@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use twill_agent::backend::udp::{DEFAULT_BUSY_POLL, DEFAULT_DEVICE as DEVICE, UDP_OVERHEAD};
 use twill_agent::engine::device::{self, TunSpec};
 use twill_agent::engine::poll::{sleep_until_readable, spin_until_readable};
-use twill_agent::engine::sys::set_nonblocking;
+use twill_agent::engine::sys::{set_nonblocking, would_block};
 use twill_netkit::Netns;
 use twill_netkit::ipnet::Ipv4Net;
 
@@ -170,11 +170,7 @@ fn relay(a: File, b: File, stop: &AtomicBool) {
                         any = true;
                         moved += 1;
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                        ) => {}
+                    Err(e) if would_block(&e) => {}
                     // The device is gone (lab torn down under us): nothing left to relay.
                     Err(_) => return,
                 }

@@ -60,16 +60,11 @@ pub async fn create(
     let _ = twill_netkit::sysctl::ensure(&format!("net/ipv6/conf/{}/disable_ipv6", link.name), "1");
     nl.set_up(link.index).await?;
     if let Some(subnet) = subnet {
-        set_address(nl, &link, subnet).await?;
+        crate::backend::set_subnet_address(nl, link.index, subnet).await?;
         nl.replace_route(&network_route(spec.network, &link))
             .await?;
     }
     Ok((tun, link))
-}
-
-/// Gives the overlay TUN its address, `<subnet>.0/32`, as Flannel does.
-pub async fn set_address(nl: &Netlink, link: &Link, subnet: Ipv4Net) -> twill_netkit::Result<()> {
-    crate::backend::set_subnet_address(nl, link.index, subnet).await
 }
 
 /// The route of the whole overlay network to the TUN (link scope: no gateway, every

@@ -88,7 +88,6 @@ impl<I: Inbound> RxWorker<I> {
         self.local.udp_recv_calls += 1;
         // Open every datagram in place, then coalesce the packets they carried.
         self.pending.clear();
-        let slot = self.bufs.len() / BATCH;
         let mut ctl = Control::new(&self.sock);
         for (i, m) in meta[..n].iter().enumerate() {
             let len = m.len;
@@ -104,7 +103,7 @@ impl<I: Inbound> RxWorker<I> {
                     continue;
                 }
             };
-            let mut at = i * slot;
+            let mut at = i * RECV_SLOT;
             let end = at + len;
             while at < end {
                 let next = (at + seg).min(end);

@@ -154,7 +154,7 @@ impl Udp {
         let (Some(dev), Some(subnet)) = (&self.device, self.local) else {
             return Ok(());
         };
-        device::set_address(nl, dev, subnet).await
+        super::set_subnet_address(nl, dev.index, subnet).await
     }
 }
 
