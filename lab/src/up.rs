@@ -205,20 +205,24 @@ fn start_etcd(
     Ok(None)
 }
 
-/// More addresses on the underlay bridge, for more lab services (etcd members).
+/// More addresses on the underlay bridge, for more lab services (etcd members): one entry
+/// into the namespace and one bridge lookup for all of them.
 fn add_bridge_addresses(cluster: &Cluster, ips: &[std::net::Ipv4Addr]) -> anyhow::Result<()> {
     let prefix_len = cluster.underlay_net().prefix_len();
-    for &ip in ips {
-        let addr = IpNet::V4(Ipv4Net::new(ip, prefix_len)?);
-        cluster
-            .underlay
-            .run(move |nl: Netlink| async move {
-                let br = nl.require_link(UNDERLAY_BRIDGE).await?;
-                nl.ensure_address(br.index, addr).await
-            })
-            .with_context(|| format!("adding {ip} to the underlay bridge"))?;
-    }
-    Ok(())
+    let addrs = ips
+        .iter()
+        .map(|&ip| Ipv4Net::new(ip, prefix_len).map(IpNet::V4))
+        .collect::<Result<Vec<_>, _>>()?;
+    cluster
+        .underlay
+        .run(move |nl: Netlink| async move {
+            let br = nl.require_link(UNDERLAY_BRIDGE).await?;
+            for addr in addrs {
+                nl.ensure_address(br.index, addr).await?;
+            }
+            Ok::<_, twill_netkit::Error>(())
+        })
+        .with_context(|| format!("adding {ips:?} to the underlay bridge"))
 }
 
 /// A twilld per host (in a session of its own, so it outlives `up`); once each has leased a
