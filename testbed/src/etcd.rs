@@ -346,12 +346,12 @@ impl EtcdCluster {
                 tls: None,
             });
         }
-        EtcdCluster::spawn_all(members, |_| Ok(None), true)
+        EtcdCluster::spawn_all(members, None, true)
     }
 
     fn spawn_all(
         members: Vec<Member>,
-        netns: impl Fn(&Member) -> Result<Option<Netns>>,
+        netns: Option<&Netns>,
         die_with_parent: bool,
     ) -> Result<EtcdCluster> {
         let initial = members
@@ -364,7 +364,11 @@ impl EtcdCluster {
         };
         // All members must run before any can become healthy (quorum), so start them all first.
         for m in members {
-            let ns = netns(&m)?;
+            // Each member's process gets its own handle on the namespace.
+            let ns = netns
+                .map(|n| Netns::open_path(n.path()))
+                .transpose()
+                .map_err(LabError::from)?;
             cluster
                 .members
                 .push(Etcd::spawn(m, initial.clone(), ns, die_with_parent)?);
@@ -390,15 +394,7 @@ impl EtcdCluster {
                 tls: None,
             })
             .collect();
-        EtcdCluster::spawn_all(
-            members,
-            |_| {
-                Netns::open_path(netns.path())
-                    .map(Some)
-                    .map_err(LabError::from)
-            },
-            die_with_parent,
-        )
+        EtcdCluster::spawn_all(members, Some(netns), die_with_parent)
     }
 
     /// Comma-separated client URLs of all members.
