@@ -44,9 +44,7 @@ pub(super) fn run<O: Outbound, I: Inbound>(
             (Round::Idle, Round::Idle) => {
                 // Counters become visible as soon as a burst ends (a few atomic adds, and
                 // none when nothing changed).
-                tx.local.flush(&tx.stats);
-                rx.local.flush(&rx.stats);
-                tx.housekeeping();
+                publish(&mut tx, &mut rx);
                 let fds = [tx.tun.as_fd(), rx.sock.as_fd()];
                 if moved >= BUSY_POLL_AFTER
                     && !busy_poll.is_zero()
@@ -66,11 +64,16 @@ pub(super) fn run<O: Outbound, I: Inbound>(
                 busy_rounds += 1;
                 if busy_rounds.is_multiple_of(FLUSH_EVERY_BUSY_ROUNDS) {
                     // Under sustained load there is no dry round: publish now and then.
-                    tx.local.flush(&tx.stats);
-                    rx.local.flush(&rx.stats);
-                    tx.housekeeping();
+                    publish(&mut tx, &mut rx);
                 }
             }
         }
     }
+}
+
+/// Publishes both directions' counters and runs the transform's timers.
+fn publish<O: Outbound, I: Inbound>(tx: &mut TxWorker<O>, rx: &mut RxWorker<I>) {
+    tx.local.flush(&tx.stats);
+    rx.local.flush(&rx.stats);
+    tx.housekeeping();
 }
