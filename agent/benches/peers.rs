@@ -169,7 +169,7 @@ fn one(kind: &str, n: u32, events: u32) -> Run {
                     Ok::<_, twill_netkit::Error>(
                         nl.lookup_route(probe)
                             .await?
-                            .is_some_and(|r| r.gateway == Some(gw)),
+                            .is_some_and(|r| r.gateway == Some(gw.into())),
                     )
                 })
                 .unwrap_or(false);

@@ -705,7 +705,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         config_text: Some(config_text),
         record,
         timing,
-        hint: SubnetEnv::read(&cli.subnet_file).ok().map(|s| s.subnet),
+        hint: SubnetEnv::read(&cli.subnet_file)
+            .ok()
+            .and_then(|s| s.ipv4)
+            .map(|p| p.subnet),
     };
     let mut agent = Agent::new(store, node, want, metrics);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

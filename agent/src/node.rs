@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use ipnet::Ipv4Net;
 use twill_netkit::Netlink;
-use twill_netkit::subnet_env::SubnetEnv;
+use twill_netkit::subnet_env::{SubnetEnv, SubnetPair};
 
 use crate::backend::{AnyBackend, Backend, Peers};
 use crate::masq::{self, FirewallBackend};
@@ -83,8 +83,11 @@ impl HostNode {
 impl Node for HostNode {
     async fn set_subnet(&mut self, subnet: Ipv4Net) -> anyhow::Result<()> {
         let env = SubnetEnv {
-            network: self.network,
-            subnet,
+            ipv4: Some(SubnetPair {
+                network: self.network,
+                subnet,
+            }),
+            ipv6: None,
             mtu: self.backend.mtu(),
             ipmasq: self.settings.ip_masq,
         };

@@ -64,7 +64,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     match &own {
         Some(env) => println!(
             "this node:   {} (MTU {}, ip-masq {}) from {}",
-            env.subnet,
+            env.ipv4.map(|p| p.subnet.to_string()).unwrap_or_default(),
             env.mtu,
             env.ipmasq,
             cli.subnet_file.display()
@@ -74,6 +74,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             cli.subnet_file.display()
         ),
     }
-    print!("{}", table(&entries, own.map(|e| e.subnet)));
+    print!(
+        "{}",
+        table(&entries, own.and_then(|e| e.ipv4).map(|p| p.subnet))
+    );
     Ok(())
 }

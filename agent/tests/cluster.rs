@@ -12,8 +12,9 @@ fn three_by_two(prefix: &str, config: &str, extra: &[&str]) -> AgentLab {
     for h in 1..=3 {
         lab.start_agent(h, extra);
     }
-    let subnets: std::collections::HashSet<_> =
-        (1..=3).map(|h| lab.wait_subnet(h).subnet).collect();
+    let subnets: std::collections::HashSet<_> = (1..=3)
+        .map(|h| lab.wait_subnet(h).ipv4.unwrap().subnet)
+        .collect();
     assert_eq!(subnets.len(), 3, "three agents, three distinct subnets");
     for h in 1..=3 {
         lab.add_container(h);
@@ -49,8 +50,8 @@ fn host_gw_all_pairs_ping() {
     let env = lab.wait_subnet(1);
     let key = format!(
         "/coreos.com/network/subnets/{}-{}",
-        env.subnet.network(),
-        env.subnet.prefix_len()
+        env.ipv4.unwrap().subnet.network(),
+        env.ipv4.unwrap().subnet.prefix_len()
     );
     let value = lab.etcdctl(&["get", &key, "--print-value-only"]);
     assert_eq!(
@@ -66,7 +67,7 @@ fn host_gw_all_pairs_ping() {
         text,
         format!(
             "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET={}/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n",
-            env.gateway()
+            env.gateway().unwrap()
         )
     );
 }
@@ -117,7 +118,7 @@ fn vxlan_all_pairs_ping_and_restart_keeps_everything() {
     }));
 
     // kill -9 and restart: same subnet, same VTEP, same routes; traffic never stops.
-    let subnet = lab.wait_subnet(1).subnet;
+    let subnet = lab.wait_subnet(1).ipv4.unwrap().subnet;
     let ifindex = link["ifindex"].clone();
     lab.kill_agent(1);
     assert!(
@@ -128,7 +129,7 @@ fn vxlan_all_pairs_ping_and_restart_keeps_everything() {
     lab.eventually("agent 1 ready again", 20, || {
         lab.log(1).matches("ready").count() >= 2
     });
-    assert_eq!(lab.wait_subnet(1).subnet, subnet);
+    assert_eq!(lab.wait_subnet(1).ipv4.unwrap().subnet, subnet);
     assert_eq!(
         twill_tests::ip_link(&h1, "flannel.1")["ifindex"],
         ifindex,
@@ -180,7 +181,7 @@ fn expired_lease_removes_routes_and_hand_deleted_route_comes_back() {
     for h in 1..=3 {
         lab.start_agent(h, &["--subnet-lease-ttl", "4"]);
     }
-    let s3 = lab.wait_subnet(3).subnet;
+    let s3 = lab.wait_subnet(3).ipv4.unwrap().subnet;
     lab.wait_subnet(1);
     lab.wait_subnet(2);
     lab.eventually("h1 routes both peers", 15, || {
@@ -242,8 +243,10 @@ fn a_full_network_is_reported_and_agents_never_share_a_subnet() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     let winners: Vec<usize> = (1..=3).filter(|h| p(*h)).collect();
     assert_eq!(winners.len(), 2);
-    let subnets: std::collections::HashSet<_> =
-        winners.iter().map(|h| lab.wait_subnet(*h).subnet).collect();
+    let subnets: std::collections::HashSet<_> = winners
+        .iter()
+        .map(|h| lab.wait_subnet(*h).ipv4.unwrap().subnet)
+        .collect();
     assert_eq!(subnets.len(), 2, "never the same subnet twice");
     let loser = (1..=3).find(|h| !p(*h)).unwrap();
     lab.eventually("the third agent says the network is full", 10, || {
@@ -298,7 +301,10 @@ fn flannel_leases_are_programmed_and_etcd_outage_keeps_traffic() {
     );
     // What we write has Flannel's shape.
     let env = lab.wait_subnet(1);
-    let key = format!("/coreos.com/network/subnets/{}-24", env.subnet.network());
+    let key = format!(
+        "/coreos.com/network/subnets/{}-24",
+        env.ipv4.unwrap().subnet.network()
+    );
     let v: serde_json::Value =
         serde_json::from_str(lab.etcdctl(&["get", &key, "--print-value-only"]).trim()).unwrap();
     assert_eq!(v["BackendType"], "vxlan");
@@ -328,7 +334,10 @@ fn flannel_leases_are_programmed_and_etcd_outage_keeps_traffic() {
         let out = lab.etcdctl(&["get", &key, "--print-value-only"]);
         out.contains("vxlan")
     });
-    assert_eq!(lab.wait_subnet(1).subnet, env.subnet);
+    assert_eq!(
+        lab.wait_subnet(1).ipv4.unwrap().subnet,
+        env.ipv4.unwrap().subnet
+    );
     assert!(lab.unreachable_pairs().is_empty());
 }
 
@@ -396,7 +405,10 @@ fn healthz_metrics_and_status() {
     let m = get("/metrics");
     assert!(m.contains("application/openmetrics-text"), "{m}");
     assert!(
-        m.contains(&format!("twilld_lease_info{{subnet=\"{}\"}} 1", env.subnet)),
+        m.contains(&format!(
+            "twilld_lease_info{{subnet=\"{}\"}} 1",
+            env.ipv4.unwrap().subnet
+        )),
         "{m}"
     );
     assert!(m.contains("twilld_peers 1"), "{m}");
@@ -421,7 +433,10 @@ fn healthz_metrics_and_status() {
         "{text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains(&format!("* {}", env.subnet)), "{text}");
+    assert!(
+        text.contains(&format!("* {}", env.ipv4.unwrap().subnet)),
+        "{text}"
+    );
     assert!(text.contains(&lab.cluster.host(2).ip.to_string()), "{text}");
     assert!(text.contains("host-gw"), "{text}");
 
@@ -462,7 +477,7 @@ fn reservations_foreign_peers_and_masquerade_with_both_firewalls() {
     lab.start_agent(1, &["--ip-masq"]);
     lab.start_agent(2, &["--ip-masq", "--firewall-backend", "iptables"]);
     assert_eq!(
-        lab.wait_subnet(1).subnet.to_string(),
+        lab.wait_subnet(1).ipv4.unwrap().subnet.to_string(),
         "10.13.50.0/24",
         "the reservation is used"
     );
@@ -557,8 +572,9 @@ fn agents_started_at_the_same_instant_never_share_a_subnet_repeatedly() {
         for h in 1..=3 {
             lab.start_agent(h, &[]);
         }
-        let subnets: std::collections::HashSet<_> =
-            (1..=3).map(|h| lab.wait_subnet(h).subnet).collect();
+        let subnets: std::collections::HashSet<_> = (1..=3)
+            .map(|h| lab.wait_subnet(h).ipv4.unwrap().subnet)
+            .collect();
         assert_eq!(
             subnets.len(),
             3,
@@ -605,7 +621,7 @@ fn a_renewal_that_fails_while_etcd_is_unreachable_is_retried_before_the_lease_ex
             "1",
         ],
     );
-    let s1 = lab.wait_subnet(1).subnet;
+    let s1 = lab.wait_subnet(1).ipv4.unwrap().subnet;
     let leased = Instant::now();
     lab.start_agent(2, &[]);
     lab.wait_subnet(2);
@@ -694,7 +710,7 @@ fn a_corrupt_value_never_cuts_a_live_node_off_and_its_owner_writes_it_back() {
     lab.start_agent(1, &[]);
     lab.start_agent(2, &[]);
     lab.wait_subnet(1);
-    let s2 = lab.wait_subnet(2).subnet;
+    let s2 = lab.wait_subnet(2).ipv4.unwrap().subnet;
     lab.add_container(1);
     lab.add_container(2);
     lab.eventually("both containers reach each other", 20, || {
@@ -737,6 +753,10 @@ fn a_corrupt_value_never_cuts_a_live_node_off_and_its_owner_writes_it_back() {
     lab.eventually("h2 takes its key back", 20, || {
         lab.etcdctl(&["get", &key, "--print-value-only"]) == good
     });
-    assert_eq!(lab.wait_subnet(2).subnet, s2, "h2 kept its subnet");
+    assert_eq!(
+        lab.wait_subnet(2).ipv4.unwrap().subnet,
+        s2,
+        "h2 kept its subnet"
+    );
     assert!(lab.unreachable_pairs().is_empty());
 }

@@ -253,7 +253,10 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
     let a = &addrs[0]["addr_info"][0];
     assert_eq!(
         (a["local"].as_str(), a["prefixlen"].as_u64()),
-        (Some(env.subnet.network().to_string().as_str()), Some(32)),
+        (
+            Some(env.ipv4.unwrap().subnet.network().to_string().as_str()),
+            Some(32)
+        ),
         "{addrs}"
     );
     assert!(
@@ -267,8 +270,8 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
     assert_eq!(routes[0]["dev"], "flannel0");
     let key = format!(
         "/coreos.com/network/subnets/{}-{}",
-        env.subnet.network(),
-        env.subnet.prefix_len()
+        env.ipv4.unwrap().subnet.network(),
+        env.ipv4.unwrap().subnet.prefix_len()
     );
     assert_eq!(
         lab.etcdctl(&["get", &key, "--print-value-only"]).trim(),
@@ -378,9 +381,9 @@ fn udp_drops_and_counts_bad_datagrams() {
     });
     let h1 = lab.cluster.host(1).ip;
     let h2 = lab.cluster.host(2).ip;
-    let s1 = lab.wait_subnet(1).subnet;
-    let s2 = lab.wait_subnet(2).subnet;
-    let s3 = lab.wait_subnet(3).subnet;
+    let s1 = lab.wait_subnet(1).ipv4.unwrap().subnet;
+    let s2 = lab.wait_subnet(2).ipv4.unwrap().subnet;
+    let s3 = lab.wait_subnet(3).ipv4.unwrap().subnet;
     let in_subnet = |s: ipnet::Ipv4Net, n: u32| Ipv4Addr::from(u32::from(s.network()) + n);
     let reasons = [
         "unknown_peer",
@@ -460,8 +463,8 @@ fn udp_peer_removal_and_agent_restart() {
     lab.eventually("all pairs reachable over udp", 20, || {
         lab.unreachable_pairs().is_empty()
     });
-    let s1 = lab.wait_subnet(1).subnet;
-    let s3 = lab.wait_subnet(3).subnet;
+    let s1 = lab.wait_subnet(1).ipv4.unwrap().subnet;
+    let s3 = lab.wait_subnet(3).ipv4.unwrap().subnet;
 
     // Host 3 leaves: its agent stops and its lease is deleted. Its traffic stops at once,
     // and host 1 answers with ICMP net unreachable instead of sending into the void.
@@ -541,7 +544,7 @@ fn udp_peer_removal_and_agent_restart() {
     lab.eventually("agent 1 ready again", 20, || {
         lab.log(1).matches("ready").count() >= 2
     });
-    assert_eq!(lab.wait_subnet(1).subnet, s1);
+    assert_eq!(lab.wait_subnet(1).ipv4.unwrap().subnet, s1);
     let c2 = lab.containers[1].ip.clone();
     lab.eventually("h1 → h2 after the restart", 10, || lab.ping(0, &c2));
     assert!(lab.ping(1, &lab.containers[0].ip.clone()), "h2 → h1");
@@ -741,8 +744,11 @@ fn twilld_and_a_flannel_style_udp_peer_exchange_traffic() {
         &format!(r#"{{"PublicIP":"{flannel_ip}","PublicIPv6":null}}"#),
     ]);
     let env = twill_netkit::subnet_env::SubnetEnv {
-        network,
-        subnet: flannel_subnet,
+        ipv4: Some(twill_netkit::subnet_env::SubnetPair {
+            network,
+            subnet: flannel_subnet,
+        }),
+        ipv6: None,
         mtu: 1472,
         ipmasq: false,
     };
@@ -751,7 +757,12 @@ fn twilld_and_a_flannel_style_udp_peer_exchange_traffic() {
     lab.start_agent(2, &[]);
     let peers: Vec<_> = [1, 2]
         .iter()
-        .map(|&h| (lab.wait_subnet(h).subnet, lab.cluster.host(h).ip))
+        .map(|&h| {
+            (
+                lab.wait_subnet(h).ipv4.unwrap().subnet,
+                lab.cluster.host(h).ip,
+            )
+        })
         .collect();
     let _flannel = FlannelStylePeer::start(&lab, 3, network, flannel_subnet, peers);
     for h in 1..=3 {

@@ -132,7 +132,8 @@ fn check_add_request(conf: &NetConf, se: Option<&SubnetEnv>) -> CniResult<bool> 
 fn masq_rule(se: Option<&SubnetEnv>, ip: Ipv4Net) -> MasqRule {
     let subnet = ip.trunc();
     let excluded = se
-        .map(|s| s.network)
+        .and_then(|s| s.ipv4)
+        .map(|p| p.network)
         .filter(|n| n.contains(&subnet))
         .unwrap_or(subnet);
     MasqRule::new(subnet, excluded)
@@ -145,7 +146,8 @@ fn masq_state(conf: &NetConf, se: Option<&SubnetEnv>) -> CniResult<Masq> {
     let ipam_dir = conf.ipam_dir();
     let legacy_rule = se
         .filter(|s| conf.ipam_type().is_none() && ip_masq(conf, Some(s)))
-        .map(|s| MasqRule::new(s.subnet, s.network));
+        .and_then(|s| s.ipv4)
+        .map(|p| MasqRule::new(p.subnet, p.network));
     state.migrate_legacy(&ipam_dir, legacy_rule, || {
         let store = Store::open(&ipam_dir)?;
         let lock = store.lock()?;
@@ -181,10 +183,20 @@ fn lease_address<'a>(
     };
     match (conf.ipam_type(), se) {
         (None, Some(se)) => {
+            let Some(v4) = se.ipv4 else {
+                return Err(CniError::new(
+                    INVALID_CONFIG,
+                    format!(
+                        "the subnet file {} has no IPv4 subnet: IPv6-only networks are not supported by this plugin yet",
+                        conf.subnet_file().display()
+                    ),
+                ));
+            };
+            let gateway = twill_netkit::subnet_env::first_v4(v4.subnet);
             let store = Store::open(&conf.ipam_dir())?;
             let range = Range {
-                subnet: se.subnet,
-                gateway: se.gateway(),
+                subnet: v4.subnet,
+                gateway,
             };
             let ip = {
                 let lock = store.lock()?;
@@ -204,11 +216,11 @@ fn lease_address<'a>(
                     .map(|_| ())
             });
             Ok(Assignment {
-                ip: Ipv4Net::new(ip, se.subnet.prefix_len()).unwrap_or(se.subnet),
-                gateway: Some(se.gateway()),
+                ip: Ipv4Net::new(ip, v4.subnet.prefix_len()).unwrap_or(v4.subnet),
+                gateway: Some(gateway),
                 routes: vec![RouteSpec {
-                    dst: se.network,
-                    gw: Some(se.gateway()),
+                    dst: v4.network,
+                    gw: Some(gateway),
                 }],
                 dns: Dns::default(),
             })
@@ -444,7 +456,7 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
     for r in &prev.routes {
         if !routes
             .iter()
-            .any(|k| k.dst == r.dst && (r.gw.is_none() || k.gateway == r.gw))
+            .any(|k| k.dst == r.dst.into() && (r.gw.is_none() || k.gateway == r.gw.map(Into::into)))
         {
             return Err(CniError::new(
                 INTERNAL,

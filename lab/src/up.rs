@@ -248,7 +248,10 @@ fn start_agents(
                 hs.name, hs.name, st.name
             )
         })?;
-        hs.subnet = Some(env.subnet.to_string());
+        hs.subnet = env
+            .ipv4
+            .map(|p| p.subnet.to_string())
+            .or_else(|| env.ipv6.map(|p| p.subnet.to_string()));
         let ipam_dir: PathBuf = HostFiles::under(dir, &hs.name).ipam_dir;
         cni::write_conflist(&hs.cni_conf_dir, &hs.subnet_file, &ipam_dir)?;
     }

@@ -1,9 +1,15 @@
 //! Interface addresses: ensure (add, tolerate "exists"), replace, delete, list, flush.
+//!
+//! IPv6 addresses are added with `nodad`: twill's IPAM and leases already make them unique,
+//! and duplicate address detection would leave a new address tentative (unusable) for about
+//! a second after it is added — a container must be reachable as soon as ADD returns.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 
 use crate::error::Result;
 use crate::netlink::{Netlink, collect_dump, has_errno};
@@ -22,6 +28,15 @@ fn parse_address(msg: &AddressMessage) -> Option<IpNet> {
     }
     let ip: IpAddr = local.or(address)?;
     IpNet::new(ip, msg.header.prefix_len).ok()
+}
+
+/// Marks an IPv6 address `nodad` (see the module comment); IPv4 has no DAD.
+fn without_dad(msg: &mut AddressMessage, addr: IpNet) {
+    if addr.addr().is_ipv6() {
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
 }
 
 impl Netlink {
@@ -54,13 +69,12 @@ impl Netlink {
 
     /// Adds `addr` to link `index`; an identical existing address is fine.
     pub async fn ensure_address(&self, index: u32, addr: IpNet) -> Result<()> {
-        match self
+        let mut req = self
             .handle
             .address()
-            .add(index, addr.addr(), addr.prefix_len())
-            .execute()
-            .await
-        {
+            .add(index, addr.addr(), addr.prefix_len());
+        without_dad(req.message_mut(), addr);
+        match req.execute().await {
             Ok(()) => Ok(()),
             Err(e) if has_errno(&e, libc::EEXIST) => Ok(()),
             Err(e) => Err(self.err("adding address", format!("{addr} to link #{index}"), e)),
@@ -69,11 +83,13 @@ impl Netlink {
 
     /// Adds or replaces `addr` on link `index` (NLM_F_REPLACE).
     pub async fn replace_address(&self, index: u32, addr: IpNet) -> Result<()> {
-        self.handle
+        let mut req = self
+            .handle
             .address()
             .add(index, addr.addr(), addr.prefix_len())
-            .replace()
-            .execute()
+            .replace();
+        without_dad(req.message_mut(), addr);
+        req.execute()
             .await
             .map_err(|e| self.err("replacing address", format!("{addr} on link #{index}"), e))
     }

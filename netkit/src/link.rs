@@ -1,7 +1,7 @@
 //! Links: look-up, veth pairs (peer born in another namespace), bridges, vxlan, and the
 //! per-link settings (up/down, MTU, controller, name, namespace, hairpin).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -38,7 +38,7 @@ pub struct Link {
 pub struct VxlanInfo {
     pub vni: u32,
     pub port: u16,
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     pub underlay: Option<u32>,
     pub learning: bool,
 }
@@ -50,7 +50,9 @@ pub struct VxlanSpec {
     pub vni: u32,
     /// UDP destination port (8472 for Flannel, 4789 for IANA).
     pub port: u16,
-    pub local: Option<Ipv4Addr>,
+    /// The local tunnel address; its family is the underlay's (a `flannel-v6.N` device has
+    /// an IPv6 one).
+    pub local: Option<IpAddr>,
     /// Index of the underlay device.
     pub underlay: Option<u32>,
     pub learning: bool,
@@ -160,7 +162,8 @@ fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanInfo {
         match a {
             InfoVxlan::Id(v) => info.vni = *v,
             InfoVxlan::Port(p) => info.port = *p,
-            InfoVxlan::Local(ip) => info.local = Some(*ip),
+            InfoVxlan::Local(ip) => info.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => info.local = Some(IpAddr::V6(*ip)),
             InfoVxlan::Link(i) if *i != 0 => info.underlay = Some(*i),
             InfoVxlan::Learning(l) => info.learning = *l,
             _ => {}
@@ -322,8 +325,10 @@ impl Netlink {
         let mut b = LinkVxlan::new(&spec.name, spec.vni)
             .port(spec.port)
             .learning(spec.learning);
-        if let Some(l) = spec.local {
-            b = b.local(l);
+        match spec.local {
+            Some(IpAddr::V4(l)) => b = b.local(l),
+            Some(IpAddr::V6(l)) => b = b.local6(l),
+            None => {}
         }
         if let Some(d) = spec.underlay {
             b = b.dev(d);

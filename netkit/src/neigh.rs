@@ -1,7 +1,7 @@
-//! Permanent IPv4 neighbours (ARP entries) and bridge FDB entries on vxlan devices
+//! Permanent neighbours (ARP and NDP entries) and bridge FDB entries on vxlan devices
 //! (`bridge fdb … self permanent dst IP`), including `append` for several destinations.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::StreamExt;
 use netlink_packet_core::{
@@ -22,7 +22,7 @@ use crate::netlink::{Netlink, collect_dump, has_errno};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Neighbour {
     pub ifindex: u32,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: [u8; 6],
 }
 
@@ -58,12 +58,17 @@ fn neighbour_message(family: AddressFamily, ifindex: u32) -> NeighbourMessage {
     m
 }
 
+fn neighbour_address(ip: IpAddr) -> (AddressFamily, NeighbourAddress) {
+    match ip {
+        IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+        IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+    }
+}
+
 fn neighbour_msg(n: &Neighbour) -> NeighbourMessage {
-    let mut m = neighbour_message(AddressFamily::Inet, n.ifindex);
-    m.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-            n.ip,
-        )));
+    let (family, addr) = neighbour_address(n.ip);
+    let mut m = neighbour_message(family, n.ifindex);
+    m.attributes.push(NeighbourAttribute::Destination(addr));
     m.attributes
         .push(NeighbourAttribute::LinkLayerAddress(n.mac.to_vec()));
     m
@@ -78,11 +83,8 @@ fn fdb_msg(e: &FdbEntry) -> NeighbourMessage {
     m.attributes
         .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
     if let Some(dst) = e.dst {
-        let addr = match dst {
-            IpAddr::V4(a) => NeighbourAddress::Inet(a),
-            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-        };
-        m.attributes.push(NeighbourAttribute::Destination(addr));
+        m.attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(dst).1));
     }
     m
 }
@@ -127,10 +129,11 @@ impl Netlink {
     }
 
     /// Deletes the neighbour entry for `ip` on link `ifindex`; a missing entry is fine.
-    pub async fn delete_neighbour(&self, ifindex: u32, ip: Ipv4Addr) -> Result<bool> {
-        let mut m = neighbour_message(AddressFamily::Inet, ifindex);
-        m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    pub async fn delete_neighbour(&self, ifindex: u32, ip: impl Into<IpAddr>) -> Result<bool> {
+        let ip = ip.into();
+        let (family, addr) = neighbour_address(ip);
+        let mut m = neighbour_message(family, ifindex);
+        m.attributes.push(NeighbourAttribute::Destination(addr));
         match self
             .neighbour_request(
                 RouteNetlinkMessage::DelNeighbour(m),
@@ -144,17 +147,22 @@ impl Netlink {
         }
     }
 
-    /// Permanent IPv4 neighbour entries on link `ifindex`.
+    /// Permanent neighbour entries of both families on link `ifindex`.
     pub async fn list_neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
-        let msgs = collect_dump(
-            self.handle
-                .neighbours()
-                .get()
-                .set_address_family(AddressFamily::Inet)
-                .execute(),
-        )
-        .await
-        .map_err(|e| self.err("listing neighbours of", format!("link #{ifindex}"), e))?;
+        let mut msgs = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            msgs.extend(
+                collect_dump(
+                    self.handle
+                        .neighbours()
+                        .get()
+                        .set_address_family(family)
+                        .execute(),
+                )
+                .await
+                .map_err(|e| self.err("listing neighbours of", format!("link #{ifindex}"), e))?,
+            );
+        }
         let mut out = Vec::new();
         for m in msgs {
             if m.header.ifindex != ifindex || m.header.state != NeighbourState::Permanent {
@@ -164,7 +172,12 @@ impl Netlink {
             let mut mac = None;
             for a in &m.attributes {
                 match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
+                        ip = Some(IpAddr::V4(*v))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                        ip = Some(IpAddr::V6(*v))
+                    }
                     NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(l),
                     _ => {}
                 }

@@ -1,15 +1,17 @@
-//! IPv4 routes: replace (idempotent), delete, list; every route twill installs carries
-//! [`RTPROT_TWILL`] so its own routes can be told apart from everyone else's and reconciled.
+//! IPv4 and IPv6 routes: replace (idempotent), delete, list; every route twill installs
+//! carries [`RTPROT_TWILL`] so its own routes can be told apart from everyone else's and
+//! reconciled.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::RouteMessageBuilder;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::netlink::{Netlink, collect_dump, has_errno};
 
 /// The route protocol number twill marks its routes with (`ip route show proto 116`).
@@ -28,11 +30,11 @@ pub enum Scope {
     Host,
 }
 
-/// An IPv4 unicast route.
+/// A unicast route, IPv4 or IPv6 (the family is the destination's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
-    pub dst: Ipv4Net,
-    pub gateway: Option<Ipv4Addr>,
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
     /// Output interface index.
     pub oif: Option<u32>,
     pub onlink: bool,
@@ -40,15 +42,15 @@ pub struct Route {
     /// Route protocol number; [`RTPROT_TWILL`] by default.
     pub protocol: u8,
     pub table: u32,
-    pub src: Option<Ipv4Addr>,
+    pub src: Option<IpAddr>,
     pub metric: Option<u32>,
 }
 
 impl Route {
     /// A twill route to `dst` with no gateway or device yet.
-    pub fn new(dst: Ipv4Net) -> Route {
+    pub fn new(dst: impl Into<IpNet>) -> Route {
         Route {
-            dst,
+            dst: dst.into(),
             gateway: None,
             oif: None,
             onlink: false,
@@ -61,8 +63,8 @@ impl Route {
     }
 
     /// Sets the gateway.
-    pub fn via(mut self, gw: Ipv4Addr) -> Route {
-        self.gateway = Some(gw);
+    pub fn via(mut self, gw: impl Into<IpAddr>) -> Route {
+        self.gateway = Some(gw.into());
         self
     }
 
@@ -101,9 +103,13 @@ impl Route {
         s
     }
 
-    fn to_message(&self) -> RouteMessage {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+    /// The netlink message; a gateway or source of the other family than the destination is
+    /// refused here rather than by the kernel's less telling EINVAL.
+    fn to_message(&self) -> Result<RouteMessage> {
+        let invalid = |why: String| Error::Invalid(format!("route {}: {why}", self.describe()));
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(self.dst.network(), self.dst.prefix_len())
+            .map_err(|e| invalid(e.to_string()))?
             .protocol(RouteProtocol::from(self.protocol))
             .scope(match self.scope {
                 Scope::Universe => RouteScope::Universe,
@@ -113,7 +119,12 @@ impl Route {
             .kind(RouteType::Unicast)
             .table_id(self.table);
         if let Some(gw) = self.gateway {
-            b = b.gateway(gw);
+            if gw.is_ipv4() != self.dst.addr().is_ipv4() {
+                return Err(invalid(format!(
+                    "gateway {gw} is not of the destination's family"
+                )));
+            }
+            b = b.gateway(gw).map_err(|e| invalid(e.to_string()))?;
         }
         if let Some(oif) = self.oif {
             b = b.output_interface(oif);
@@ -122,12 +133,20 @@ impl Route {
             b = b.onlink();
         }
         if let Some(src) = self.src {
-            b = b.pref_source(src);
+            b = b.pref_source(src).map_err(|e| invalid(e.to_string()))?;
         }
         if let Some(m) = self.metric {
             b = b.priority(m);
         }
-        b.build()
+        Ok(b.build())
+    }
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
     }
 }
 
@@ -135,8 +154,12 @@ fn parse_route(msg: &RouteMessage) -> Option<Route> {
     if msg.header.kind != RouteType::Unicast {
         return None;
     }
-    let mut dst = Ipv4Addr::UNSPECIFIED;
-    let mut route = Route::new(Ipv4Net::default());
+    let mut dst: IpAddr = match msg.header.address_family {
+        AddressFamily::Inet => Ipv4Addr::UNSPECIFIED.into(),
+        AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
+        _ => return None,
+    };
+    let mut route = Route::new(IpNet::new(dst, 0).ok()?);
     route.protocol = u8::from(msg.header.protocol);
     route.table = u32::from(msg.header.table);
     route.onlink = msg.header.flags.contains(RouteFlags::Onlink);
@@ -147,16 +170,16 @@ fn parse_route(msg: &RouteMessage) -> Option<Route> {
     };
     for attr in &msg.attributes {
         match attr {
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-            RouteAttribute::Gateway(RouteAddress::Inet(a)) => route.gateway = Some(*a),
-            RouteAttribute::PrefSource(RouteAddress::Inet(a)) => route.src = Some(*a),
+            RouteAttribute::Destination(a) => dst = ip_of(a)?,
+            RouteAttribute::Gateway(a) => route.gateway = ip_of(a),
+            RouteAttribute::PrefSource(a) => route.src = ip_of(a),
             RouteAttribute::Oif(i) => route.oif = Some(*i),
             RouteAttribute::Table(t) => route.table = *t,
             RouteAttribute::Priority(p) => route.metric = Some(*p),
             _ => {}
         }
     }
-    route.dst = Ipv4Net::new(dst, msg.header.destination_prefix_length).ok()?;
+    route.dst = IpNet::new(dst, msg.header.destination_prefix_length).ok()?;
     Some(route)
 }
 
@@ -165,7 +188,7 @@ impl Netlink {
     pub async fn replace_route(&self, route: &Route) -> Result<()> {
         self.handle
             .route()
-            .add(route.to_message())
+            .add(route.to_message()?)
             .replace()
             .execute()
             .await
@@ -174,7 +197,7 @@ impl Netlink {
 
     /// Deletes `route`; a missing route is fine. Returns whether it existed.
     pub async fn delete_route(&self, route: &Route) -> Result<bool> {
-        match self.handle.route().del(route.to_message()).execute().await {
+        match self.handle.route().del(route.to_message()?).execute().await {
             Ok(()) => Ok(true),
             Err(e) if has_errno(&e, libc::ESRCH) => Ok(false),
             Err(e) => Err(self.err("deleting route", route.describe(), e)),
@@ -183,9 +206,12 @@ impl Netlink {
 
     /// What the kernel would do for a packet to `ip` (`ip route get`): the gateway and device
     /// of the matching route, or None when nothing routes it.
-    pub async fn lookup_route(&self, ip: Ipv4Addr) -> Result<Option<Route>> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(ip, 32)
+    pub async fn lookup_route(&self, ip: impl Into<IpAddr>) -> Result<Option<Route>> {
+        let ip = ip.into();
+        let host_len = if ip.is_ipv4() { 32 } else { 128 };
+        let query = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(ip, host_len)
+            .map_err(|e| Error::Invalid(format!("route lookup of {ip}: {e}")))?
             .build();
         match collect_dump(self.handle.route().get(query).execute()).await {
             Ok(msgs) => Ok(msgs.iter().find_map(parse_route)),
@@ -196,17 +222,26 @@ impl Netlink {
         }
     }
 
-    /// IPv4 unicast routes in the main table, optionally only those with `protocol`.
+    /// Unicast routes of both families in the main table, optionally only those with
+    /// `protocol`. IPv6 routes the kernel makes for every link (`fe80::/64`, multicast,
+    /// local) are not unicast-main with a twill protocol, so a filter on [`RTPROT_TWILL`]
+    /// never sees them.
     pub async fn list_routes(&self, protocol: Option<u8>) -> Result<Vec<Route>> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let msgs = collect_dump(self.handle.route().get(query).execute())
-            .await
-            .map_err(|e| self.err("listing", "routes", e))?;
-        Ok(msgs
-            .iter()
-            .filter_map(parse_route)
-            .filter(|r| r.table == RT_TABLE_MAIN)
-            .filter(|r| protocol.is_none_or(|p| r.protocol == p))
-            .collect())
+        let mut routes = Vec::new();
+        for query in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let msgs = collect_dump(self.handle.route().get(query).execute())
+                .await
+                .map_err(|e| self.err("listing", "routes", e))?;
+            routes.extend(
+                msgs.iter()
+                    .filter_map(parse_route)
+                    .filter(|r| r.table == RT_TABLE_MAIN)
+                    .filter(|r| protocol.is_none_or(|p| r.protocol == p)),
+            );
+        }
+        Ok(routes)
     }
 }

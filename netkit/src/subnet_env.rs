@@ -1,39 +1,72 @@
 //! `/run/flannel/subnet.env`, the file twilld (like flanneld) writes and the CNI plugin reads.
-//! One parser and one writer for the whole project, byte-compatible with Flannel's.
+//! One parser and one writer for the whole project, byte-compatible with Flannel's: the IPv4
+//! pair when IPv4 is on, the IPv6 pair when IPv6 is on, then MTU and IPMASQ.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::error::{Error, Result};
 
 /// The default location, as Flannel's.
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 
-/// The contents of a subnet file.
+/// One family's pair of lines: the whole pod network and this node's subnet of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubnetPair<N> {
+    /// `FLANNEL_NETWORK` / `FLANNEL_IPV6_NETWORK`.
+    pub network: N,
+    /// `FLANNEL_SUBNET` / `FLANNEL_IPV6_SUBNET`, written as its first address
+    /// (`10.5.72.1/24`, `fd00:5:48::1/64`), held truncated (`10.5.72.0/24`).
+    pub subnet: N,
+}
+
+/// The contents of a subnet file. At least one family is present.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubnetEnv {
-    /// `FLANNEL_NETWORK`: the whole pod network.
-    pub network: Ipv4Net,
-    /// `FLANNEL_SUBNET`: this node's subnet, written as its first address (`10.5.72.1/24`).
-    pub subnet: Ipv4Net,
-    /// `FLANNEL_MTU`.
+    pub ipv4: Option<SubnetPair<Ipv4Net>>,
+    pub ipv6: Option<SubnetPair<Ipv6Net>>,
+    /// `FLANNEL_MTU` (one for both families, as Flannel's).
     pub mtu: u32,
     /// `FLANNEL_IPMASQ`: whether the agent masquerades (then the CNI plugin need not).
     pub ipmasq: bool,
 }
 
+/// The first address after a subnet's network address: the gateway on the bridge.
+pub fn first_v4(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1))
+}
+
+/// [`first_v4`] for IPv6.
+pub fn first_v6(subnet: Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()).wrapping_add(1))
+}
+
+fn cidr<N: std::str::FromStr>(n: usize, line: &str, value: &str, family: &str) -> Result<N> {
+    value
+        .parse::<N>()
+        .map_err(|_| bad(n, line, &format!("not an {family} CIDR")))
+}
+
 impl SubnetEnv {
-    /// The node subnet's first usable address: the gateway on the bridge.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
+    /// The node's IPv4 gateway (the IPv4 subnet's first address), when IPv4 is on.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.ipv4.map(|p| first_v4(p.subnet))
     }
 
-    /// Parses the file's text. Unknown variables (e.g. the IPv6 pair) are ignored.
+    /// The node's IPv6 gateway, when IPv6 is on.
+    pub fn gateway_v6(&self) -> Option<Ipv6Addr> {
+        self.ipv6.map(|p| first_v6(p.subnet))
+    }
+
+    /// Parses the file's text. Unknown variables are ignored; a family is present when its
+    /// subnet line is.
     pub fn parse(text: &str) -> Result<SubnetEnv> {
         let mut network = None;
         let mut subnet = None;
+        let mut network6 = None;
+        let mut subnet6 = None;
         let mut mtu = None;
         let mut ipmasq = None;
         for (n, line) in text.lines().enumerate() {
@@ -48,20 +81,13 @@ impl SubnetEnv {
             let value = value.trim().trim_matches('"');
             match key.trim() {
                 "FLANNEL_NETWORK" => {
-                    network = Some(
-                        value
-                            .parse::<Ipv4Net>()
-                            .map_err(|_| bad(n, line, "not an IPv4 CIDR"))?
-                            .trunc(),
-                    )
+                    network = Some(cidr::<Ipv4Net>(n, line, value, "IPv4")?.trunc())
                 }
-                "FLANNEL_SUBNET" => {
-                    subnet = Some(
-                        value
-                            .parse::<Ipv4Net>()
-                            .map_err(|_| bad(n, line, "not an IPv4 CIDR"))?,
-                    )
+                "FLANNEL_SUBNET" => subnet = Some(cidr::<Ipv4Net>(n, line, value, "IPv4")?),
+                "FLANNEL_IPV6_NETWORK" => {
+                    network6 = Some(cidr::<Ipv6Net>(n, line, value, "IPv6")?.trunc())
                 }
+                "FLANNEL_IPV6_SUBNET" => subnet6 = Some(cidr::<Ipv6Net>(n, line, value, "IPv6")?),
                 "FLANNEL_MTU" => {
                     let m: u32 = value.parse().map_err(|_| bad(n, line, "not a number"))?;
                     if !(68..=65535).contains(&m) {
@@ -80,15 +106,37 @@ impl SubnetEnv {
             }
         }
         let missing = |k: &str| Error::Invalid(format!("subnet file: {k} is missing"));
-        let subnet = subnet.ok_or_else(|| missing("FLANNEL_SUBNET"))?;
-        if subnet.prefix_len() > 30 {
-            return Err(Error::Invalid(format!(
-                "subnet file: FLANNEL_SUBNET={subnet} is too small for a gateway and containers"
-            )));
+        let too_small = |k: &str, v: String| {
+            Error::Invalid(format!(
+                "subnet file: {k}={v} is too small for a gateway and containers"
+            ))
+        };
+        if subnet.is_none() && subnet6.is_none() {
+            return Err(missing("FLANNEL_SUBNET"));
         }
+        let ipv4 = match subnet {
+            None => None,
+            Some(s) if s.prefix_len() > 30 => {
+                return Err(too_small("FLANNEL_SUBNET", s.to_string()));
+            }
+            Some(s) => Some(SubnetPair {
+                network: network.ok_or_else(|| missing("FLANNEL_NETWORK"))?,
+                subnet: s.trunc(),
+            }),
+        };
+        let ipv6 = match subnet6 {
+            None => None,
+            Some(s) if s.prefix_len() > 126 => {
+                return Err(too_small("FLANNEL_IPV6_SUBNET", s.to_string()));
+            }
+            Some(s) => Some(SubnetPair {
+                network: network6.ok_or_else(|| missing("FLANNEL_IPV6_NETWORK"))?,
+                subnet: s.trunc(),
+            }),
+        };
         Ok(SubnetEnv {
-            network: network.ok_or_else(|| missing("FLANNEL_NETWORK"))?,
-            subnet: subnet.trunc(),
+            ipv4,
+            ipv6,
             mtu: mtu.ok_or_else(|| missing("FLANNEL_MTU"))?,
             ipmasq: ipmasq.unwrap_or(false),
         })
@@ -103,11 +151,26 @@ impl SubnetEnv {
 
     /// The file's text exactly as Flannel writes it.
     pub fn render(&self) -> String {
-        let sub = Ipv4Net::new(self.gateway(), self.subnet.prefix_len()).unwrap_or(self.subnet);
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
-            self.network, sub, self.mtu, self.ipmasq
-        )
+        let mut out = String::new();
+        if let Some(p) = self.ipv4 {
+            let first = Ipv4Net::new(first_v4(p.subnet), p.subnet.prefix_len()).unwrap_or(p.subnet);
+            out.push_str(&format!(
+                "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={first}\n",
+                p.network
+            ));
+        }
+        if let Some(p) = self.ipv6 {
+            let first = Ipv6Net::new(first_v6(p.subnet), p.subnet.prefix_len()).unwrap_or(p.subnet);
+            out.push_str(&format!(
+                "FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={first}\n",
+                p.network
+            ));
+        }
+        out.push_str(&format!(
+            "FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.mtu, self.ipmasq
+        ));
+        out
     }
 
     /// Writes the file atomically (temp file + rename), mode 0644, creating the directory.
@@ -143,18 +206,37 @@ mod tests {
     use super::*;
 
     const FLANNEL: &str = "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+    // Flannel's documentation example of a dual-stack node.
+    const DUAL: &str = "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_IPV6_NETWORK=2001:cafe:42::/56\nFLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    const V6_ONLY: &str = "FLANNEL_IPV6_NETWORK=fd00:5::/48\nFLANNEL_IPV6_SUBNET=fd00:5:0:3::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n";
 
     #[test]
     fn round_trips_flannels_format_byte_for_byte() {
         let env = SubnetEnv::parse(FLANNEL).unwrap();
-        assert_eq!(env.subnet.to_string(), "10.5.72.0/24");
-        assert_eq!(env.gateway(), Ipv4Addr::new(10, 5, 72, 1));
+        let v4 = env.ipv4.unwrap();
+        assert_eq!(v4.subnet.to_string(), "10.5.72.0/24");
+        assert_eq!(env.gateway(), Some(Ipv4Addr::new(10, 5, 72, 1)));
+        assert_eq!(env.ipv6, None);
         assert_eq!(env.render(), FLANNEL);
     }
 
     #[test]
-    fn accepts_ipv6_lines_and_export_and_quotes() {
-        let text = "export FLANNEL_NETWORK=\"10.5.0.0/16\"\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_IPV6_NETWORK=2001:cafe:42::/56\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    fn dual_stack_and_ipv6_only_round_trip() {
+        let env = SubnetEnv::parse(DUAL).unwrap();
+        let v6 = env.ipv6.unwrap();
+        assert_eq!(v6.subnet.to_string(), "2001:cafe:42::/64");
+        assert_eq!(v6.network.to_string(), "2001:cafe:42::/56");
+        assert_eq!(env.gateway_v6(), Some("2001:cafe:42::1".parse().unwrap()));
+        assert_eq!(env.render(), DUAL);
+        let env = SubnetEnv::parse(V6_ONLY).unwrap();
+        assert_eq!(env.ipv4, None);
+        assert_eq!(env.gateway(), None);
+        assert_eq!(env.render(), V6_ONLY);
+    }
+
+    #[test]
+    fn accepts_export_and_quotes() {
+        let text = "export FLANNEL_NETWORK=\"10.5.0.0/16\"\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
         let env = SubnetEnv::parse(text).unwrap();
         assert!(env.ipmasq);
     }
@@ -180,6 +262,19 @@ mod tests {
                 "too small",
             ),
             ("FLANNEL_IPMASQ=yes\n", "expected true or false"),
+            ("FLANNEL_MTU=1450\n", "FLANNEL_SUBNET is missing"),
+            (
+                "FLANNEL_IPV6_SUBNET=fd00::1/64\nFLANNEL_MTU=1450\n",
+                "FLANNEL_IPV6_NETWORK is missing",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=fd00::/48\nFLANNEL_IPV6_SUBNET=10.0.0.1/24\nFLANNEL_MTU=1450\n",
+                "not an IPv6 CIDR",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=fd00::/48\nFLANNEL_IPV6_SUBNET=fd00::1/127\nFLANNEL_MTU=1450\n",
+                "too small",
+            ),
         ];
         for (text, want) in cases {
             let err = SubnetEnv::parse(text).unwrap_err().to_string();

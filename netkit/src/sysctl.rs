@@ -50,3 +50,9 @@ pub fn ensure(key: &str, value: &str) -> Result<bool> {
     write(key, value)?;
     Ok(true)
 }
+
+/// The per-interface key `net/<family>/conf/<ifname>/<name>` in the '/' form, which keeps
+/// interface names with dots (`flannel-v6.1`) intact. `family` is `ipv4` or `ipv6`.
+pub fn conf_key(family: &str, ifname: &str, name: &str) -> String {
+    format!("net/{family}/conf/{ifname}/{name}")
+}

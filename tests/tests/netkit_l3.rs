@@ -93,14 +93,22 @@ fn routes_replace_list_delete_with_twill_protocol() {
             nl.replace_route(&via).await?;
             nl.replace_route(&via).await?; // idempotent
             // Onlink via an address outside any local prefix (the vxlan pattern).
-            let onlink = Route::new("10.244.3.0/24".parse().unwrap())
-                .via(Ipv4Addr::new(10, 244, 3, 0))
-                .dev(br.index)
-                .onlink();
+            let onlink = Route::new(
+                "10.244.3.0/24"
+                    .parse::<twill_netkit::ipnet::IpNet>()
+                    .unwrap(),
+            )
+            .via(Ipv4Addr::new(10, 244, 3, 0))
+            .dev(br.index)
+            .onlink();
             nl.replace_route(&onlink).await?;
-            let link_scope = Route::new("10.244.0.0/16".parse().unwrap())
-                .dev(br.index)
-                .scope(Scope::Link);
+            let link_scope = Route::new(
+                "10.244.0.0/16"
+                    .parse::<twill_netkit::ipnet::IpNet>()
+                    .unwrap(),
+            )
+            .dev(br.index)
+            .scope(Scope::Link);
             nl.replace_route(&link_scope).await?;
             // Replacing the route to dst with a new gateway changes it in place.
             nl.replace_route(
@@ -116,11 +124,11 @@ fn routes_replace_list_delete_with_twill_protocol() {
         })
         .unwrap();
     assert_eq!(ours.len(), 3, "{ours:?}");
-    let r = ours.iter().find(|r| r.dst == dst).unwrap();
-    assert_eq!(r.gateway, Some(Ipv4Addr::new(192, 168, 7, 3)));
+    let r = ours.iter().find(|r| r.dst == dst.into()).unwrap();
+    assert_eq!(r.gateway, Some(IpAddr::from(Ipv4Addr::new(192, 168, 7, 3))));
     assert!(
         ours.iter()
-            .any(|r| r.onlink && r.gateway == Some(Ipv4Addr::new(10, 244, 3, 0)))
+            .any(|r| r.onlink && r.gateway == Some(IpAddr::from(Ipv4Addr::new(10, 244, 3, 0))))
     );
     assert!(
         ours.iter()
@@ -199,13 +207,13 @@ fn neighbours_and_fdb_entries() {
             let br = nl.ensure_bridge("under0", None).await?;
             nl.ensure_address(br.index, net("192.168.8.1/24")).await?;
             let mut spec = VxlanSpec::new("flannel.1", 1);
-            spec.local = Some(Ipv4Addr::new(192, 168, 8, 1));
+            spec.local = Some(IpAddr::from(Ipv4Addr::new(192, 168, 8, 1)));
             spec.underlay = Some(br.index);
             let vx = nl.ensure_vxlan(&spec).await?;
 
             let n = Neighbour {
                 ifindex: vx.index,
-                ip: Ipv4Addr::new(10, 244, 5, 0),
+                ip: Ipv4Addr::new(10, 244, 5, 0).into(),
                 mac: mac_a,
             };
             nl.replace_neighbour(&n).await?;

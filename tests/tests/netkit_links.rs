@@ -185,7 +185,7 @@ fn vxlan_is_created_as_specified_and_kept_when_compatible() {
             nl.ensure_address(br.index, "192.168.50.1/24".parse().unwrap())
                 .await?;
             let mut spec = VxlanSpec::new("flannel.1", 1);
-            spec.local = Some(Ipv4Addr::new(192, 168, 50, 1));
+            spec.local = Some(Ipv4Addr::new(192, 168, 50, 1).into());
             spec.underlay = Some(br.index);
             spec.mtu = Some(1450);
             spec.mac = Some(parse_mac("0a:58:0a:f4:01:00").unwrap());
@@ -205,7 +205,7 @@ fn vxlan_is_created_as_specified_and_kept_when_compatible() {
     );
     let v = first.vxlan.unwrap();
     assert_eq!((v.vni, v.port, v.learning), (1, 8472, false));
-    assert_eq!(v.local, Some(Ipv4Addr::new(192, 168, 50, 1)));
+    assert_eq!(v.local, Some(Ipv4Addr::new(192, 168, 50, 1).into()));
 
     let j = ip_link(&scope.name("a"), "flannel.1");
     let d = &j["linkinfo"]["info_data"];

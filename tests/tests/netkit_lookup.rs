@@ -19,7 +19,7 @@ fn lookup_route_finds_the_gateway_or_nothing() {
             nl.ensure_address(br.index, "172.16.0.5/16".parse().unwrap())
                 .await?;
             nl.replace_route(
-                &Route::new("10.1.2.0/24".parse().unwrap())
+                &Route::new("10.1.2.0/24".parse::<twill_netkit::ipnet::IpNet>().unwrap())
                     .via(Ipv4Addr::new(172, 16, 0, 9))
                     .dev(br.index),
             )
@@ -32,7 +32,7 @@ fn lookup_route_finds_the_gateway_or_nothing() {
         .unwrap();
     assert_eq!(
         hit.and_then(|r| r.gateway),
-        Some(Ipv4Addr::new(172, 16, 0, 9))
+        Some(Ipv4Addr::new(172, 16, 0, 9).into())
     );
     assert!(miss.is_none(), "{miss:?}");
 }

@@ -32,8 +32,15 @@ fn plain_tun_carries_raw_ip_packets() {
         nl.ensure_address(l.index, "10.244.1.0/32".parse().unwrap())
             .await?;
         nl.set_up(l.index).await?;
-        nl.replace_route(&Route::new("10.244.0.0/16".parse().unwrap()).dev(l.index))
-            .await
+        nl.replace_route(
+            &Route::new(
+                "10.244.0.0/16"
+                    .parse::<twill_netkit::ipnet::Ipv4Net>()
+                    .unwrap(),
+            )
+            .dev(l.index),
+        )
+        .await
     })
     .unwrap();
     let sent = ns

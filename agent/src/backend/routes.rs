@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use twill_netkit::{Netlink, RTPROT_TWILL, Route};
 
 use super::ApplyErrors;
@@ -27,12 +27,13 @@ pub async fn reconcile(
             return;
         }
     };
-    let ours: HashMap<Ipv4Net, &Route> = current
+    let network = IpNet::V4(network);
+    let ours: HashMap<IpNet, &Route> = current
         .iter()
         .filter(|r| network.contains(&r.dst))
         .map(|r| (r.dst, r))
         .collect();
-    let wanted: HashSet<Ipv4Net> = desired.iter().map(|d| d.dst).collect();
+    let wanted: HashSet<IpNet> = desired.iter().map(|d| d.dst).collect();
     for (dst, r) in &ours {
         if !wanted.contains(dst) {
             match nl.delete_route(r).await {

@@ -76,7 +76,7 @@ impl Backend for Vxlan {
     async fn init(&mut self, nl: &Netlink) -> twill_netkit::Result<()> {
         let mut spec = VxlanSpec::new(&self.name(), self.vni);
         spec.port = self.port;
-        spec.local = Some(self.underlay.public_ip);
+        spec.local = Some(IpAddr::V4(self.underlay.public_ip));
         spec.underlay = Some(self.underlay.link.index);
         spec.mtu = Some(self.mtu());
         spec.mac = Some(self.mac);
@@ -134,7 +134,7 @@ impl Backend for Vxlan {
                 return errors;
             }
         };
-        let have_neigh: BTreeSet<(Ipv4Addr, [u8; 6])> =
+        let have_neigh: BTreeSet<(IpAddr, [u8; 6])> =
             neighbours.iter().map(|n| (n.ip, n.mac)).collect();
         let have_fdb: BTreeSet<([u8; 6], IpAddr)> = fdb
             .iter()
@@ -155,7 +155,7 @@ impl Backend for Vxlan {
                 continue;
             }
             let Some(mac) = rec.vtep_mac else { continue };
-            let vtep = subnet.network();
+            let vtep = IpAddr::V4(subnet.network());
             let dst = IpAddr::V4(rec.public_ip);
             // Neighbour, FDB, then route.
             if !have_neigh.contains(&(vtep, mac))
