@@ -80,7 +80,8 @@ enum Cmd {
         what: BenchKind,
         /// Comma separated from host-gw, vxlan, udp and tun-relay, or "all" (every one).
         /// tun-relay is a udp lab whose agents a TUN→TUN relay replaces: no UDP, no checks,
-        /// the most any TUN-based data path can move on this machine.
+        /// the most any TUN-based data path can move on this machine. forwarder (not in
+        /// "all") is a udp lab run by the external forwarder `--forwarder` names.
         #[arg(long, default_value = "all")]
         backends: BenchSelection,
         #[arg(long, default_value_t = 10)]
@@ -95,6 +96,11 @@ enum Cmd {
         /// Also write a bar chart as SVG here.
         #[arg(long)]
         svg: Option<std::path::PathBuf>,
+        /// An external udp forwarder to measure beside twilld on a udp lab of its own (path
+        /// "forwarder"): `CMD LAB` must replace the lab's agents by the forwarder and
+        /// `CMD LAB stop` stop it, as ../shared/reference/udp-gso/swap-into-lab.sh does.
+        #[arg(long, value_name = "CMD")]
+        forwarder: Option<String>,
     },
 }
 
@@ -163,9 +169,19 @@ fn main() {
             runs,
             markdown,
             svg,
+            forwarder,
         } => {
             let out = BenchOutput { markdown, svg };
-            bench::bench(&backends.0, seconds, runs.unwrap_or(1), &out).map(|_| 0)
+            bench::with_forwarder(backends.0, forwarder.as_deref()).and_then(|paths| {
+                bench::bench(
+                    &paths,
+                    seconds,
+                    runs.unwrap_or(1),
+                    forwarder.as_deref(),
+                    &out,
+                )
+                .map(|_| 0)
+            })
         }
         Cmd::Bench { what, runs, .. } => {
             bench::bench_other(what, runs).map(|ok| if ok { 0 } else { 1 })

@@ -8,6 +8,7 @@
 //! `bench cni` and `bench runtime` run the CNI and runtime benchmarks of the source tree.
 
 mod delegated;
+mod forwarder;
 mod measure;
 pub mod path;
 pub mod report;
@@ -80,16 +81,35 @@ pub struct BenchOutput {
     pub svg: Option<PathBuf>,
 }
 
+/// Adds the `forwarder` path when a forwarder command is given, and refuses the path without
+/// one.
+pub fn with_forwarder(
+    mut backends: Vec<BenchPath>,
+    forwarder: Option<&str>,
+) -> anyhow::Result<Vec<BenchPath>> {
+    let listed = backends.contains(&BenchPath::Forwarder);
+    match (forwarder, listed) {
+        (None, true) => bail!(
+            "--backends forwarder needs --forwarder CMD (e.g. ../shared/reference/udp-gso/swap-into-lab.sh)"
+        ),
+        (Some(_), false) => backends.push(BenchPath::Forwarder),
+        _ => {}
+    }
+    Ok(backends)
+}
+
 /// Runs the network benchmark for `backends`; prints the table, optionally writes Markdown
 /// and an SVG chart.
 pub fn bench(
     backends: &[BenchPath],
     secs: u64,
     runs: usize,
+    forwarder: Option<&str>,
     out: &BenchOutput,
 ) -> anyhow::Result<()> {
     let names: Vec<String> = (0..backends.len()).map(|i| format!("bench{i}")).collect();
     let mut relays = Vec::new();
+    let mut forwarders = Vec::new();
     let result = (|| -> anyhow::Result<Vec<Row>> {
         let mut probes = Vec::new();
         for (&b, name) in backends.iter().zip(&names) {
@@ -123,6 +143,10 @@ pub fn bench(
                     crate::relay::start(&mut st, &dir)
                         .context("replacing twilld with the TUN relay")?,
                 );
+            }
+            if b == BenchPath::Forwarder {
+                let cmd = forwarder.context("the forwarder path needs --forwarder CMD")?;
+                forwarders.push(forwarder::swap_in(cmd, name)?);
             }
             probes.push(Probe {
                 path: RowPath::TwoHosts(b),
@@ -159,6 +183,7 @@ pub fn bench(
             .collect())
     })();
     drop(relays);
+    drop(forwarders);
     for name in &names {
         down(name)?;
     }
@@ -172,4 +197,26 @@ pub fn bench(
         std::fs::write(p, svg_chart(&rows)).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LabBackend;
+
+    #[test]
+    fn a_forwarder_command_adds_its_path_and_the_path_needs_one() {
+        let udp = BenchPath::Backend(LabBackend::Udp);
+        assert_eq!(
+            with_forwarder(vec![udp], Some("swap.sh")).unwrap(),
+            vec![udp, BenchPath::Forwarder]
+        );
+        assert_eq!(
+            with_forwarder(vec![BenchPath::Forwarder], Some("swap.sh")).unwrap(),
+            vec![BenchPath::Forwarder]
+        );
+        assert_eq!(with_forwarder(vec![udp], None).unwrap(), vec![udp]);
+        let err = with_forwarder(vec![BenchPath::Forwarder], None).unwrap_err();
+        assert!(err.to_string().contains("needs --forwarder CMD"), "{err}");
+    }
 }

@@ -6,12 +6,15 @@ use std::str::FromStr;
 
 use crate::backend::LabBackend;
 
-/// A two-host path the network benchmark can measure: a backend, or the TUN relay (a udp
-/// lab whose agents `relay` replaces: the ceiling of any TUN-based data path).
+/// A two-host path the network benchmark can measure: a backend, the TUN relay (a udp
+/// lab whose agents `relay` replaces: the ceiling of any TUN-based data path), or an external
+/// udp forwarder (`--forwarder CMD` swaps it into a udp lab: a measuring stick with the udp
+/// backend's wire format).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchPath {
     Backend(LabBackend),
     TunRelay,
+    Forwarder,
 }
 
 impl BenchPath {
@@ -28,14 +31,15 @@ impl BenchPath {
         match self {
             BenchPath::Backend(b) => b.as_str(),
             BenchPath::TunRelay => "tun-relay",
+            BenchPath::Forwarder => "forwarder",
         }
     }
 
-    /// The backend the path's lab runs (the relay takes over a udp lab).
+    /// The backend the path's lab runs (the relay and a forwarder take over a udp lab).
     pub fn lab_backend(self) -> LabBackend {
         match self {
             BenchPath::Backend(b) => b,
-            BenchPath::TunRelay => LabBackend::Udp,
+            BenchPath::TunRelay | BenchPath::Forwarder => LabBackend::Udp,
         }
     }
 
@@ -44,6 +48,7 @@ impl BenchPath {
         match self {
             BenchPath::Backend(b) => b.as_str(),
             BenchPath::TunRelay => "TUN relay",
+            BenchPath::Forwarder => "forwarder",
         }
     }
 }
@@ -54,9 +59,14 @@ impl FromStr for BenchPath {
     fn from_str(s: &str) -> Result<BenchPath, String> {
         BenchPath::ALL
             .into_iter()
+            .chain([BenchPath::Forwarder])
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
-                let known: Vec<&str> = BenchPath::ALL.iter().map(|p| p.as_str()).collect();
+                let known: Vec<&str> = BenchPath::ALL
+                    .iter()
+                    .chain(&[BenchPath::Forwarder])
+                    .map(|p| p.as_str())
+                    .collect();
                 format!("unknown path {s:?}: pick from {}", known.join(", "))
             })
     }
@@ -127,7 +137,9 @@ mod tests {
         assert_eq!("all".parse(), Ok(BenchSelection(BenchPath::ALL.to_vec())));
         assert_eq!(
             "vxlan,ipip".parse::<BenchSelection>(),
-            Err("unknown path \"ipip\": pick from host-gw, vxlan, udp, tun-relay".into())
+            Err(
+                "unknown path \"ipip\": pick from host-gw, vxlan, udp, tun-relay, forwarder".into()
+            )
         );
         assert_eq!(BenchPath::TunRelay.lab_backend(), LabBackend::Udp);
     }
@@ -144,6 +156,14 @@ mod tests {
             "two hosts, TUN relay"
         );
         assert!(!RowPath::TwoHosts(BenchPath::TunRelay).through_twilld());
+        assert!(!RowPath::TwoHosts(BenchPath::Forwarder).through_twilld());
+        assert_eq!(
+            "udp,forwarder".parse(),
+            Ok(BenchSelection(vec![
+                BenchPath::Backend(LabBackend::Udp),
+                BenchPath::Forwarder
+            ]))
+        );
         assert!(!RowPath::SameHost.through_twilld());
     }
 }

@@ -61,6 +61,7 @@ pub fn report(rows: &[Row]) -> Report {
     let udp = find(BenchPath::Backend(LabBackend::Udp));
     let vxlan = find(BenchPath::Backend(LabBackend::Vxlan));
     let relay = find(BenchPath::TunRelay);
+    let external = find(BenchPath::Forwarder);
     let mut lines = Vec::new();
     if let (Some(u), Some(v)) = (udp, vxlan) {
         lines.push(format!(
@@ -81,6 +82,20 @@ pub fn report(rows: &[Row]) -> Report {
             "udp / TUN relay: {:.2}x with 1 stream, {:.2}x with 4 streams (what the UDP leg and twilld's checks cost)",
             u.gbps_1 / r.gbps_1,
             u.gbps_4 / r.gbps_4
+        ));
+    }
+    if let (Some(u), Some(f)) = (udp, external) {
+        lines.push(format!(
+            "udp / forwarder: {:.2}x with 1 stream (goal 1.0), {:.2}x with 4 streams (twilld against the external forwarder on the same kind of lab)",
+            u.gbps_1 / f.gbps_1,
+            u.gbps_4 / f.gbps_4
+        ));
+    }
+    if let (Some(f), Some(v)) = (external, vxlan) {
+        lines.push(format!(
+            "forwarder / vxlan: {:.2}x with 1 stream, {:.2}x with 4 streams",
+            f.gbps_1 / v.gbps_1,
+            f.gbps_4 / v.gbps_4
         ));
     }
     if !lines.is_empty() {
