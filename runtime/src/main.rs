@@ -34,10 +34,53 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Import a rootfs tarball (.tar or .tar.gz) as image NAME.
-    Import { tarball: PathBuf, name: String },
+    /// Import a root filesystem tarball (.tar, .tar.gz, .tar.zst) as image NAME, as Docker's
+    /// `import`: one layer, no metadata, Cmd /bin/sh.
+    ///
+    /// An image archive given here (recognised by content, not by file name) is loaded as
+    /// `load` does instead, keeping its layers and config; NAME then replaces its own name.
+    #[command(
+        after_help = "import = a root filesystem tarball → a one-layer image (Docker's `import`).\n\
+                      load   = an image archive (docker save / podman save / skopeo copy) → its images, layers and config (Docker's `load`)."
+    )]
+    Import {
+        tarball: PathBuf,
+        name: Option<String>,
+    },
+    /// Load image archives: docker-archive (`docker save`, `podman save`; several images
+    /// and their RepoTags), oci-archive, or an OCI image layout directory (`skopeo copy …
+    /// oci:DIR`); layers gzip, zstd or plain. Recognised by content.
+    ///
+    /// Names come from the archive (RepoTags, org.opencontainers.image.ref.name) unless
+    /// --name is given. A plain root filesystem tarball is refused: that is `import`.
+    Load {
+        /// The archive (or OCI layout directory).
+        #[arg(short = 'i', long = "input", value_name = "ARCHIVE")]
+        input: Option<PathBuf>,
+        #[arg(value_name = "ARCHIVE", conflicts_with = "input")]
+        archive: Option<PathBuf>,
+        /// Name for the image (only for an archive with one image).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Write images to an archive that `podman load` / `docker load` accept.
+    Save {
+        /// docker-archive or oci-archive.
+        #[arg(long, default_value = "docker-archive")]
+        format: String,
+        /// Output file (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// List images.
     Images,
+    /// Remove images; layers other images still use are kept.
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// Run a container.
     Run(Box<RunArgs>),
     /// Run a command in a running container.
@@ -51,7 +94,7 @@ enum Cmd {
     },
     /// List containers.
     Ps,
-    /// Print a container's state as JSON.
+    /// Print a container's state, or an image's record and config, as JSON.
     Inspect { id: String },
     /// Print a detached container's output.
     Logs { id: String },
@@ -82,9 +125,15 @@ struct RunArgs {
     env: Vec<String>,
     #[arg(short, long)]
     workdir: Option<String>,
-    /// UID[:GID]
+    /// user[:group], names or numbers (resolved in the image's /etc/passwd, /etc/group).
     #[arg(short, long)]
     user: Option<String>,
+    /// Replace the image's Entrypoint ("" clears it); the image's Cmd is dropped too.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Publish every port the image exposes on a free host port.
+    #[arg(short = 'P', long)]
+    publish_all: bool,
     /// HOST:CTR[:ro] or CTR (anonymous volume); repeatable.
     #[arg(short, long = "volume")]
     volume: Vec<String>,
@@ -157,6 +206,22 @@ fn parse_port(s: &str) -> anyhow::Result<PortSpec> {
     })
 }
 
+/// Sizes as `images` shows them.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
 fn main() {
     // Die quietly on a closed pipe (`| head`), like other command-line tools.
     // SAFETY: restoring the default disposition before any thread exists.
@@ -184,13 +249,51 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
     };
     match cli.cmd {
         Cmd::Import { tarball, name } => {
-            let img = image::import(&store, &tarball, &name)?;
-            println!("{}", img.name);
+            for img in image::import(&store, &tarball, name.as_deref(), image::ImportMode::Import)?
+            {
+                println!("{}", img.name);
+            }
+        }
+        Cmd::Load {
+            input,
+            archive,
+            name,
+        } => {
+            let path = input
+                .or(archive)
+                .context("load: give the archive (`twill-run load ARCHIVE` or `-i ARCHIVE`)")?;
+            for img in image::import(&store, &path, name.as_deref(), image::ImportMode::Load)? {
+                println!("Loaded image: {}", img.name);
+            }
+        }
+        Cmd::Save {
+            format,
+            output,
+            images,
+        } => {
+            let format = image::save::Format::parse(&format)?;
+            let imgs = images
+                .iter()
+                .map(|n| image::load(&store, n))
+                .collect::<Result<Vec<_>, _>>()?;
+            image::save::save(&store, &imgs, format, output.as_deref())?;
         }
         Cmd::Images => {
-            println!("{:<24} {:>7}", "NAME", "LAYERS");
+            println!("{:<36} {:<12} {:>6} {:>10}", "NAME", "ID", "LAYERS", "SIZE");
             for i in image::list(&store)? {
-                println!("{:<24} {:>7}", i.name, i.layers.len());
+                let id = i.id.strip_prefix("sha256:").unwrap_or(&i.id);
+                println!(
+                    "{:<36} {:<12} {:>6} {:>10}",
+                    i.name,
+                    &id[..12.min(id.len())],
+                    i.layers.len(),
+                    human_size(i.size(&store))
+                );
+            }
+        }
+        Cmd::Rmi { images } => {
+            for n in images {
+                println!("Untagged: {}", image::remove(&store, &n)?.name);
             }
         }
         Cmd::Run(a) => {
@@ -205,6 +308,8 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             let opts = RunOptions {
                 image: a.image,
                 command: a.cmd,
+                entrypoint: a.entrypoint,
+                publish_all: a.publish_all,
                 name: a.name,
                 hostname: a.hostname,
                 env: a.env,
@@ -262,7 +367,15 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
         }
-        Cmd::Inspect { id } => println!("{}", serde_json::to_string_pretty(&store.load(&id)?)?),
+        Cmd::Inspect { id } => match store.load(&id) {
+            Ok(st) => println!("{}", serde_json::to_string_pretty(&st)?),
+            Err(twill_runtime::error::RuntimeError::NoContainer(_)) => {
+                let img = image::load(&store, &id)
+                    .with_context(|| format!("no container or image named {id}"))?;
+                println!("{}", serde_json::to_string_pretty(&img)?);
+            }
+            Err(e) => return Err(e.into()),
+        },
         Cmd::Logs { id } => {
             let st = store.load(&id)?;
             let log = store.container_dir(&st.id).join("log");
