@@ -167,9 +167,16 @@ struct RunArgs {
     /// Keep stdin attached.
     #[arg(short, long)]
     interactive: bool,
-    image: String,
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    cmd: Vec<String>,
+    /// IMAGE [COMMAND [ARG...]]: options end at the image name, as in Docker (`run img -u`
+    /// passes `-u` to the command).
+    #[arg(
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE [COMMAND [ARG...]]"
+    )]
+    image_and_cmd: Vec<String>,
 }
 
 fn parse_size(s: &str) -> anyhow::Result<u64> {
@@ -297,6 +304,12 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Cmd::Run(a) => {
+            let mut words = a.image_and_cmd.into_iter();
+            let image_name = words.next().context("run: no image given")?;
+            if image_name.starts_with('-') {
+                bail!("run: unknown option {image_name} (options go before the image name)");
+            }
+            let command: Vec<String> = words.collect();
             let limits = Limits {
                 memory_bytes: a.memory.as_deref().map(parse_size).transpose()?,
                 cpus: a.cpus,
@@ -306,8 +319,8 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 bail!("--cpus must be positive");
             }
             let opts = RunOptions {
-                image: a.image,
-                command: a.cmd,
+                image: image_name,
+                command,
                 entrypoint: a.entrypoint,
                 publish_all: a.publish_all,
                 name: a.name,

@@ -128,6 +128,16 @@ fn no_leftovers(rt: &Rt, id_prefix: &str) {
     }
 }
 
+/// The directory of an image's layer `index` (lowest first), as `inspect` lists them.
+fn layer_dir(rt: &Rt, image: &str, index: usize) -> PathBuf {
+    let img: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", image])).unwrap();
+    let diff = img["layers"][index].as_str().unwrap();
+    rt.root()
+        .join("layers")
+        .join(diff.trim_start_matches("sha256:"))
+        .join("diff")
+}
+
 const TOOLS: &[&str] = &["ip"];
 
 fn pre(name: &str) -> bool {
@@ -227,10 +237,12 @@ fn layers_volumes_and_commit() {
         cdir.join("upper/newfile").exists(),
         "a file written in the container lands in upper"
     );
-    assert!(
-        !rt.root().join("images/busybox/layer0/newfile").exists(),
-        "the image is untouched"
-    );
+    for layer in std::fs::read_dir(rt.root().join("layers")).unwrap() {
+        assert!(
+            !layer.unwrap().path().join("diff/newfile").exists(),
+            "the image is untouched"
+        );
+    }
     assert_eq!(std::fs::read_to_string(hostdir.join("x")).unwrap(), "v\n");
     twill_testbed::wait_for(std::time::Duration::from_secs(5), || {
         std::fs::read_to_string(cdir.join("log"))
@@ -596,7 +608,7 @@ fn userns_maps_root_to_an_unprivileged_range() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&upper).unwrap().uid(), 300000);
     assert_eq!(
-        std::fs::metadata(rt.root().join("images/busybox/layer0/bin/busybox"))
+        std::fs::metadata(layer_dir(&rt, "busybox", 0).join("bin/busybox"))
             .unwrap()
             .uid(),
         0,
@@ -608,7 +620,7 @@ fn userns_maps_root_to_an_unprivileged_range() {
     // commit stores the file as the container saw it: root's.
     rt.ok(&["stop", &id]);
     rt.ok(&["commit", &id, "userns-img"]);
-    let layer = rt.root().join("images/userns-img/layer1/root/mine");
+    let layer = layer_dir(&rt, "userns-img", 1).join("root/mine");
     assert_eq!(std::fs::metadata(&layer).unwrap().uid(), 0);
     rt.ok(&["rm", &id]);
 
