@@ -30,6 +30,9 @@ pub struct Idmapping {
     pub staging: PathBuf,
 }
 
+/// mount(2) copies at most a page of options.
+const MAX_MOUNT_DATA: usize = 4000;
+
 /// Paths hidden from containers, as runc's defaults.
 pub const MASKED: &[&str] = &[
     "/proc/acpi",
@@ -97,12 +100,36 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
             lower[i] = at.display().to_string();
         }
     }
-    let data = format!(
+    let mut data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
         spec.upper.display(),
         spec.work.display()
     );
+    // The mount options must fit in a page: with many layers, name each through a short
+    // symlink next to the upper layer (`lower/N`) and mount from there, as Docker's overlay2
+    // does with its `l/` links.
+    if data.len() >= MAX_MOUNT_DATA
+        && let Some(dir) = spec.upper.parent()
+    {
+        let links = dir.join("lower");
+        mkdir(&links)?;
+        for (i, l) in lower.iter_mut().enumerate() {
+            let link = links.join(i.to_string());
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(&*l, &link)
+                .map_err(|e| RuntimeError::io("creating", link.display(), e))?;
+            *l = format!("lower/{i}");
+        }
+        std::env::set_current_dir(dir)
+            .map_err(|e| RuntimeError::io("entering", dir.display(), e))?;
+        data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            spec.upper.display(),
+            spec.work.display()
+        );
+    }
     let root = &spec.merged;
     m(
         Some("overlay"),

@@ -590,7 +590,7 @@ fn bad_archives_are_refused_naming_archive_and_entry_and_leave_nothing() {
     let config =
         json!({"architecture": "amd64", "config": {"Cmd": ["/bin/sh", "-c", "cat /etc/hello"]}});
     let good = docker_archive(
-        &[good_layer.clone()],
+        std::slice::from_ref(&good_layer),
         config.clone(),
         "localhost/good:latest",
     );
@@ -802,4 +802,40 @@ fn bad_archives_are_refused_naming_archive_and_entry_and_leave_nothing() {
     s.ok(&["load", path.to_str().unwrap()]);
     let e = s.err(&["run", "--rm", "--net", "none", "nocmd"]);
     assert!(e.contains("neither Entrypoint nor Cmd"), "{e}");
+}
+
+#[test]
+fn an_image_with_many_layers_stacks_them_all() {
+    let name = "an_image_with_many_layers_stacks_them_all";
+    if !nix::unistd::geteuid().is_root() {
+        assert!(!in_ci(), "CI runs as root");
+        eprintln!("skipping {name}: needs root");
+        return;
+    }
+    if !busybox_present(name) {
+        return;
+    }
+    // 80 layers: more than fit in one page of overlay mount options by full path.
+    let mut layers = vec![busybox_layer()];
+    for i in 1..80 {
+        layers.push(tar_of(&[(
+            format!("etc/layer{i:02}"),
+            format!("{i}\n").into_bytes(),
+        )]));
+    }
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("many.tar");
+    std::fs::write(
+        &path,
+        docker_archive(
+            &layers,
+            json!({"config": {"Cmd": ["/bin/busybox", "sh", "-c", "/bin/busybox ls /etc | /bin/busybox grep -c layer; /bin/busybox cat /etc/layer79"]}}),
+            "many",
+        ),
+    )
+    .unwrap();
+    let s = Store::new(work.path(), "store");
+    s.ok(&["load", path.to_str().unwrap()]);
+    assert_eq!(s.layers(), 80);
+    assert_eq!(s.ok(&["run", "--rm", "--net", "none", "many"]), "79\n79\n");
 }

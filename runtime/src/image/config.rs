@@ -146,7 +146,14 @@ mod tests {
         let args = s(&["given", "x"]);
         let none: &[String] = &[];
         let nothing = RunConfig::default();
-        let cases: Vec<(&RunConfig, Option<&str>, &[String], Option<Vec<String>>)> = vec![
+        /// (image config, --entrypoint, arguments, argv).
+        type Case<'a> = (
+            &'a RunConfig,
+            Option<&'a str>,
+            &'a [String],
+            Option<Vec<String>>,
+        );
+        let cases: Vec<Case> = vec![
             // Entrypoint + Cmd.
             (&both, None, none, Some(s(&["/bin/echo", "ep", "default"]))),
             // Arguments replace Cmd, Entrypoint stays.

@@ -486,6 +486,28 @@ fn import_rootfs(
     Ok(img)
 }
 
+/// A Unix time as image configs write it (`2026-11-29T13:44:36Z`).
+pub(crate) fn rfc3339(unix: u64) -> String {
+    // Days to a civil date (Howard Hinnant's algorithm), so no date crate is needed for one
+    // field.
+    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 /// This machine's architecture as image configs name it.
 pub(crate) fn go_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -629,10 +651,12 @@ pub fn commit(
         .cloned()
         .unwrap_or_default();
     history.push(serde_json::json!({
+        "created": rfc3339(crate::store::now_unix()),
         "created_by": format!("twill-run commit {}: {}", opts.container, opts.argv.join(" ")),
         "comment": "twill-run commit",
     }));
     obj.insert("history".into(), serde_json::Value::Array(history));
+    obj.insert("created".into(), rfc3339(crate::store::now_unix()).into());
     let img = Image {
         name: name.to_string(),
         id: config_id(&config),
@@ -643,4 +667,27 @@ pub fn commit(
     publish_layers(store, &staging)?;
     write_record(store, &img)?;
     Ok(img)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_names() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_959_876), "2026-11-29T13:44:36Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        for ok in [
+            "busybox",
+            "localhost/two:latest",
+            "a.b/c_d-e:1.0",
+            "x@sha256",
+        ] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-x", "a//b", "a/../b", "a/./b", "/abs", "a b", "a/"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
 }
