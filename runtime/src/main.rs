@@ -53,6 +53,10 @@ enum Cmd {
     ///
     /// Names come from the archive (RepoTags, org.opencontainers.image.ref.name) unless
     /// --name is given. A plain root filesystem tarball is refused: that is `import`.
+    #[command(
+        after_help = "load   = an image archive (docker save / podman save / skopeo copy) → its images, layers and config (Docker's `load`).\n\
+                      import = a root filesystem tarball → a one-layer image (Docker's `import`)."
+    )]
     Load {
         /// The archive (or OCI layout directory).
         #[arg(short = 'i', long = "input", value_name = "ARCHIVE")]
@@ -98,7 +102,8 @@ enum Cmd {
     Inspect { id: String },
     /// Print a detached container's output.
     Logs { id: String },
-    /// Stop a container: SIGTERM, then SIGKILL after the grace period.
+    /// Stop a container: the image's StopSignal (default SIGTERM), then SIGKILL after the
+    /// grace period.
     Stop {
         #[arg(short, long, default_value_t = 10)]
         time: u64,
