@@ -47,7 +47,7 @@ enum Cmd {
         tarball: PathBuf,
         name: Option<String>,
     },
-    /// Load image archives: docker-archive (`docker save`, `podman save`; several images
+    /// Load image archives (a file, a directory, or stdin): docker-archive (`docker save`, `podman save`; several images
     /// and their RepoTags), oci-archive, or an OCI image layout directory (`skopeo copy …
     /// oci:DIR`); layers gzip, zstd or plain. Recognised by content.
     ///
@@ -218,6 +218,25 @@ fn parse_port(s: &str) -> anyhow::Result<PortSpec> {
     })
 }
 
+/// `load` without an archive reads one from stdin (`podman save … | twill-run load`): it is
+/// kept in a file next to the store first, since archives are read in any order.
+fn stdin_to_file(store: &Store) -> anyhow::Result<PathBuf> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("load: give the archive (`twill-run load ARCHIVE`, `-i ARCHIVE`, or on stdin)");
+    }
+    let path = store.root.join(format!(
+        "stdin-{}.tar",
+        &twill_runtime::store::new_id()[..16]
+    ));
+    let mut f =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    if let Err(e) = std::io::copy(&mut std::io::stdin().lock(), &mut f) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e).context("load: reading the archive from stdin");
+    }
+    Ok(path)
+}
+
 /// Sizes as `images` shows them.
 fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
@@ -271,10 +290,27 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             archive,
             name,
         } => {
-            let path = input
-                .or(archive)
-                .context("load: give the archive (`twill-run load ARCHIVE` or `-i ARCHIVE`)")?;
-            for img in image::import(&store, &path, name.as_deref(), image::ImportMode::Load)? {
+            let from_stdin = input.is_none() && archive.is_none();
+            let path = match input.or(archive) {
+                Some(p) => p,
+                None => stdin_to_file(&store)?,
+            };
+            let label = if from_stdin {
+                "stdin".to_string()
+            } else {
+                path.display().to_string()
+            };
+            let loaded = image::import_as(
+                &store,
+                &path,
+                &label,
+                name.as_deref(),
+                image::ImportMode::Load,
+            );
+            if from_stdin {
+                let _ = std::fs::remove_file(&path);
+            }
+            for img in loaded? {
                 println!("Loaded image: {}", img.name);
             }
         }
@@ -284,6 +320,9 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             images,
         } => {
             let format = image::save::Format::parse(&format)?;
+            if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                bail!("save: refusing to write an archive to a terminal: use -o FILE or a pipe");
+            }
             let imgs = images
                 .iter()
                 .map(|n| image::load(&store, n))

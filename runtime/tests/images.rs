@@ -601,6 +601,20 @@ fn bad_archives_are_refused_naming_archive_and_entry_and_leave_nothing() {
     std::fs::write(&path, &good).unwrap();
     s.ok(&["load", path.to_str().unwrap()]);
     assert_eq!(s.ok(&["run", "--rm", "--net", "none", "good"]), "hi\n");
+    // save to stdout, load from stdin.
+    let piped = Store::new(dir, "piped");
+    let script = format!(
+        "{RUN} --root {} save good | {RUN} --root {} load",
+        s.root.display(),
+        piped.root.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(piped.ok(&["run", "--rm", "--net", "none", "good"]), "hi\n");
     // gzip-compressed as a whole (`docker save | gzip`).
     let gz = {
         use std::io::Write;

@@ -332,10 +332,21 @@ pub fn import(
     name: Option<&str>,
     mode: ImportMode,
 ) -> Result<Vec<Image>> {
+    import_as(store, path, &path.display().to_string(), name, mode)
+}
+
+/// `import` of `path`, called `label` in errors (`stdin` for an archive piped in).
+pub fn import_as(
+    store: &Store,
+    path: &Path,
+    label: &str,
+    name: Option<&str>,
+    mode: ImportMode,
+) -> Result<Vec<Image>> {
     if let Some(n) = name {
         check_name(n)?;
     }
-    let label = path.display().to_string();
+    let label = label.to_string();
     if !path.exists() {
         return Err(RuntimeError::archive(
             &label,
