@@ -256,6 +256,12 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<u64, EntryError> {
                 .flatten()
                 .filter_map(|x| {
                     let key = x.key().ok()?.strip_prefix("SCHILY.xattr.")?.to_string();
+                    // overlayfs's own xattrs (opaque, redirect, metacopy, origin) come only
+                    // from whiteout translation: a layer that sets them could make the
+                    // overlay show files from elsewhere.
+                    if key.starts_with("trusted.overlay.") {
+                        return None;
+                    }
                     Some((key, x.value_bytes().to_vec()))
                 })
                 .collect(),
@@ -521,6 +527,22 @@ mod tests {
         ]);
         let size = unpack(&tar[..], dir.path()).unwrap();
         assert_eq!(size, 8);
+        // A layer cannot set overlayfs's xattrs itself.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..])])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(Directory);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(0);
+        b.append_data(&mut h, "sneaky/", &b""[..]).unwrap();
+        unpack(&b.into_inner().unwrap()[..], dir.path()).unwrap();
+        assert_eq!(
+            lget_xattr(&dir.path().join("sneaky"), "trusted.overlay.redirect"),
+            None
+        );
         let wh = std::fs::symlink_metadata(dir.path().join("etc/greeting")).unwrap();
         assert!(wh.file_type().is_char_device(), "{wh:?}");
         assert_eq!(wh.rdev(), 0);
