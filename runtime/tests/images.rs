@@ -115,11 +115,14 @@ fn base_context(dir: &Path) -> PathBuf {
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     for c in [
         "sh", "ls", "cat", "echo", "id", "pwd", "env", "rm", "sleep", "test", "mkdir", "find",
-        "sort", "grep", "head", "stat", "true",
+        "sort", "grep", "head", "stat", "true", "xargs", "chmod", "ln",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(c)).unwrap();
     }
     std::fs::write(root.join("etc/greeting"), "hello\n").unwrap();
+    std::fs::create_dir_all(root.join("srv/sub")).unwrap();
+    std::fs::write(root.join("srv/a"), "a\n").unwrap();
+    std::fs::write(root.join("srv/sub/b"), "b\n").unwrap();
     std::fs::write(
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
@@ -271,18 +274,46 @@ fn podman_images_import_save_and_run_as_podman_runs_them() {
 
     // The stacked rootfs is what podman shows for the same image (the per-container files
     // each runtime writes aside).
-    let list = "find / -xdev -path /proc -prune -o -print | grep -vE '^/(proc|sys|dev|run|etc/(hosts|hostname|resolv.conf|mtab))' | sort";
-    let ours = {
-        let s = Store::new(dir, "st-compare");
-        s.ok(&["load", &docker]);
-        s.ok(&["run", "--rm", "--net", "none", "two", "sh", "-c", list])
-    };
-    let theirs = output_ok(
-        p().args(PODMAN_RUN)
-            .args(["localhost/two:latest", "sh", "-c", list]),
-        "podman run",
+    // The opaque case too: a directory removed and made again in a later layer hides the
+    // lower layers' files in it (buildah writes `.wh..wh..opq` or a whiteout per file).
+    build(
+        "localhost/opq:latest",
+        &context(
+            dir,
+            "opq",
+            "FROM localhost/two:latest\n\
+             RUN rm -rf /srv /tmp && mkdir /srv /tmp && echo only > /srv/only && chmod 1777 /tmp && ln /srv/only /srv/hard && ln -s only /srv/soft\n",
+        ),
     );
-    assert_eq!(ours, theirs, "twill-run's rootfs differs from podman's");
+    let opq = save("docker-archive", "opq.tar", &["localhost/opq:latest"]);
+    // Names, types, modes and owners of everything but what each runtime adds per container,
+    // and link counts of non-directories (podman's vfs store counts directory links as a
+    // plain tree does, overlayfs does not; the root directory is each runtime's own).
+    let list = "(find / -xdev -path /proc -prune -o -type d -print | xargs stat -c '%n %f %u:%g'; \
+                find / -xdev -path /proc -prune -o ! -type d -print | xargs stat -c '%n %f %u:%g %h') \
+                | grep -vE '^/( |proc|sys|dev|run|etc/(hosts|hostname|resolv.conf|mtab))' | sort";
+    for image in ["two", "opq"] {
+        let s = Store::new(dir, &format!("st-compare-{image}"));
+        s.ok(&["load", if image == "two" { &docker } else { &opq }]);
+        let ours = s.ok(&["run", "--rm", "--net", "none", image, "sh", "-c", list]);
+        let theirs = output_ok(
+            p().args(PODMAN_RUN)
+                .args([&format!("localhost/{image}:latest"), "sh", "-c", list]),
+            "podman run",
+        );
+        assert_eq!(
+            ours, theirs,
+            "{image}: twill-run's rootfs differs from podman's"
+        );
+        if image == "opq" {
+            assert!(
+                !ours.contains("/srv/a")
+                    && !ours.contains("/srv/sub")
+                    && ours.contains("/srv/only 81a4 0:0 2"),
+                "{ours}"
+            );
+        }
+    }
 
     // A multi-image archive: every image with its RepoTags, the shared layer stored once;
     // rmi keeps the layers another image still uses.
