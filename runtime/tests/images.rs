@@ -244,6 +244,13 @@ fn podman_images_import_save_and_run_as_podman_runs_them() {
         "skopeo copy to an OCI layout with zstd layers",
     );
 
+    let docker_dir = dir.join("docker-dir").to_string_lossy().into_owned();
+    std::fs::create_dir(&docker_dir).unwrap();
+    output_ok(
+        Command::new("tar").args(["-xf", &docker, "-C", &docker_dir]),
+        "extracting the docker-archive",
+    );
+
     // Each format, into a store of its own: the name comes from the archive.
     for (what, cmd, path, want_name) in [
         ("docker-archive", "load", &docker, "localhost/two:latest"),
@@ -256,6 +263,12 @@ fn podman_images_import_save_and_run_as_podman_runs_them() {
         ),
         ("OCI layout (gzip)", "load", &layout, "two"),
         ("OCI layout (zstd)", "load", &zstd_layout, "two"),
+        (
+            "extracted docker-archive",
+            "load",
+            &docker_dir,
+            "localhost/two:latest",
+        ),
     ] {
         let s = Store::new(dir, &format!("st-{}", what.replace([' ', '(', ')'], "")));
         let out = s.ok(&[cmd, path]);

@@ -313,16 +313,21 @@ impl Archive {
     pub fn open(path: &Path, label: &str) -> Result<Archive> {
         if path.is_dir() {
             let blobs = Blobs::Dir(path.to_path_buf());
-            if !blobs.has("index.json") {
+            // An extracted docker-archive reads like the archive.
+            let kind = if blobs.has("manifest.json") {
+                Kind::DockerArchive
+            } else if blobs.has("index.json") {
+                Kind::OciLayout
+            } else {
                 return Err(RuntimeError::archive(
                     label,
                     "index.json",
-                    "missing: a directory must be an OCI image layout",
+                    "missing: a directory must be an OCI image layout (or an extracted docker-archive)",
                 ));
-            }
+            };
             return Ok(Archive {
                 label: label.to_string(),
-                kind: Kind::OciLayout,
+                kind,
                 blobs,
             });
         }
