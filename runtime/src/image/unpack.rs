@@ -623,10 +623,27 @@ mod tests {
             ("lib/x", Regular, b"x", None),
             ("out", Symlink, b"", Some("/etc/passwd")),
             ("out", Regular, b"mine", None),
+            ("d/", Directory, b"", None),
+            ("d/x", Regular, b"x", None),
+            ("d", Regular, b"now a file", None),
+            ("h", Link, b"", Some("lib/x")),
         ]);
         unpack(&tar[..], &dest).unwrap();
         assert!(dest.join("usr/lib/x").is_file());
         assert_eq!(std::fs::read_to_string(dest.join("out")).unwrap(), "mine");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("d")).unwrap(),
+            "now a file"
+        );
+        let (h, x) = (
+            std::fs::metadata(dest.join("h")).unwrap(),
+            std::fs::metadata(dest.join("usr/lib/x")).unwrap(),
+        );
+        assert_eq!(
+            (h.ino(), h.nlink()),
+            (x.ino(), 2),
+            "a hard link within the layer"
+        );
     }
 
     #[test]
