@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 
 use crate::cgroup;
 use crate::error::{Result, RuntimeError};
+use crate::image::config::{self, CommandLine};
 use crate::image::{self, CommitOptions};
 use crate::messages::MonitorReport;
 use crate::network::{self, CniOptions, NetMode};
@@ -22,7 +23,12 @@ use crate::store::{Limits, MountSpec, PortSpec, State, Status, Store, new_id, no
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub image: String,
+    /// Arguments after the image name: they replace the image's Cmd.
     pub command: Vec<String>,
+    /// `--entrypoint`: replaces the image's Entrypoint (`""` clears it).
+    pub entrypoint: Option<String>,
+    /// `-P`: publish every port the image exposes on a free host port.
+    pub publish_all: bool,
     pub name: Option<String>,
     pub hostname: Option<String>,
     pub env: Vec<String>,
@@ -109,32 +115,56 @@ fn write_init_layer(dir: &Path, st: &State) -> Result<()> {
     Ok(())
 }
 
-fn default_env(st: &State, extra: &[String]) -> Vec<String> {
-    let mut env = vec![
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-        format!("HOSTNAME={}", st.hostname),
-        "HOME=/root".to_string(),
-    ];
-    for e in extra {
-        let key = e.split('=').next().unwrap_or_default();
-        env.retain(|x| x.split('=').next() != Some(key));
-        env.push(e.clone());
-    }
-    env
+/// The image's Volumes not already given with `-v`, as anonymous volume specs.
+fn image_volumes(cfg: &config::RunConfig, given: &[String]) -> Vec<String> {
+    let targets: Vec<&str> = given
+        .iter()
+        .map(|v| {
+            let parts: Vec<&str> = v.split(':').collect();
+            match parts.as_slice() {
+                [t] => *t,
+                [_, t, ..] => *t,
+                [] => "",
+            }
+        })
+        .collect();
+    cfg.volumes
+        .iter()
+        .flat_map(|m| m.keys())
+        .filter(|t| !targets.contains(&t.trim_end_matches('/')) && !targets.contains(&t.as_str()))
+        .cloned()
+        .collect()
 }
 
-/// Docker's CMD semantics: a single string with spaces runs through `/bin/sh -c`.
-fn command_of(opts: &RunOptions, img: &image::Image) -> Vec<String> {
-    let cmd = if opts.command.is_empty() {
-        img.cmd.clone()
-    } else {
-        opts.command.clone()
-    };
-    if cmd.len() == 1 && cmd[0].contains(' ') {
-        vec!["/bin/sh".into(), "-c".into(), cmd[0].clone()]
-    } else {
-        cmd
+/// `-P`: each exposed port not published with `-p` gets a free host port (the kernel's
+/// pick for a socket bound to port 0 in twill-run's network namespace, where portmap
+/// listens).
+fn publish_exposed(cfg: &config::RunConfig, given: &[PortSpec]) -> Result<Vec<PortSpec>> {
+    let mut out = given.to_vec();
+    let exposed = cfg.ports().map_err(RuntimeError::Invalid)?;
+    for (port, proto) in exposed {
+        if out
+            .iter()
+            .any(|p| p.container_port == port && p.protocol == proto)
+        {
+            continue;
+        }
+        let host_port = if proto == "udp" {
+            std::net::UdpSocket::bind(("0.0.0.0", 0)).and_then(|s| s.local_addr())
+        } else {
+            std::net::TcpListener::bind(("0.0.0.0", 0)).and_then(|s| s.local_addr())
+        }
+        .map_err(|e| {
+            RuntimeError::io("finding a free host port for", format!("{port}/{proto}"), e)
+        })?
+        .port();
+        out.push(PortSpec {
+            host_port,
+            container_port: port,
+            protocol: proto,
+        });
     }
+    Ok(out)
 }
 
 /// Undoes everything a (possibly half-created) container holds: network, cgroup, directory.
@@ -187,6 +217,28 @@ fn start_inner(
     log: bool,
 ) -> Result<(State, Pid)> {
     let img = image::load(store, &opts.image)?;
+    let cfg = img.run_config()?;
+    let command = config::argv(
+        &cfg,
+        &CommandLine {
+            entrypoint: opts.entrypoint.as_deref(),
+            args: &opts.command,
+        },
+    )
+    .ok_or_else(|| {
+        RuntimeError::Invalid(format!(
+            "no command: image {} has neither Entrypoint nor Cmd; give one after the image name",
+            img.name
+        ))
+    })?;
+    let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+    let mut volumes = opts.volumes.clone();
+    volumes.extend(image_volumes(&cfg, &opts.volumes));
+    let ports = if opts.publish_all {
+        publish_exposed(&cfg, &opts.ports)?
+    } else {
+        opts.ports.clone()
+    };
     let id = new_id();
     if let Some(n) = &opts.name
         && store.list()?.iter().any(|s| &s.name == n)
@@ -198,8 +250,8 @@ fn start_inner(
     let mut st = State {
         id: id.clone(),
         name: opts.name.clone().unwrap_or_else(|| id[..12].to_string()),
-        image: opts.image.clone(),
-        command: command_of(opts, &img),
+        image: img.name.clone(),
+        command,
         status: Status::Created,
         hostname: opts
             .hostname
@@ -207,15 +259,23 @@ fn start_inner(
             .unwrap_or_else(|| id[..12].to_string()),
         network_mode: opts.net.as_string(),
         limits: opts.limits.clone(),
-        workdir: opts.workdir.clone().unwrap_or_else(|| "/".into()),
-        user: opts.user.clone(),
+        workdir: non_empty(&opts.workdir)
+            .or_else(|| non_empty(&cfg.working_dir))
+            .unwrap_or_else(|| "/".into()),
+        user: non_empty(&opts.user).or_else(|| non_empty(&cfg.user)),
         userns: opts.userns.map(|m| m.to_string()),
-        ports: opts.ports.clone(),
+        ports,
+        labels: cfg.labels.clone().unwrap_or_default(),
+        stop_signal: non_empty(&cfg.stop_signal),
         auto_remove: opts.auto_remove,
         created_unix: now_unix(),
         ..State::default()
     };
-    st.env = default_env(&st, &opts.env);
+    st.env = config::env(
+        cfg.env.as_deref().unwrap_or_default(),
+        &opts.env,
+        &st.hostname,
+    );
     let dir = store.container_dir(&id);
     for sub in ["upper", "work", "init", "rootfs"] {
         fs::create_dir_all(dir.join(sub))
@@ -223,7 +283,7 @@ fn start_inner(
     }
     store.save(&st)?;
     let started = (|| -> Result<Pid> {
-        st.mounts = parse_volumes(store, &opts.volumes)?;
+        st.mounts = parse_volumes(store, &volumes)?;
         store.save(&st)?;
         let net = network::setup(store, &mut st, &opts.net, cni)?;
         store.save(&st)?;
@@ -233,7 +293,7 @@ fn start_inner(
         store.save(&st)?;
         cg.create(&st.limits)?;
         let mut lower = vec![dir.join("init")];
-        lower.extend(img.layers.iter().rev().cloned());
+        lower.extend(img.layer_dirs(store)?.into_iter().rev());
         // --userns: the upper layer and fresh anonymous volumes belong to the range's root;
         // the read-only layers are shown through an idmapped mount instead of being chowned.
         let idmap = match &opts.userns {
@@ -280,6 +340,7 @@ fn start_inner(
                 env: st.env.clone(),
                 workdir: st.workdir.clone(),
                 user: st.user.clone(),
+                create_workdir: true,
             },
             log: log_file,
             stdin_null: log || !opts.interactive,
@@ -388,13 +449,32 @@ fn alive(pid: i32) -> bool {
         && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
 
-/// `stop`: SIGTERM, then SIGKILL after `grace`.
+/// A signal by name (`SIGQUIT`, `QUIT`) or number, as images write StopSignal.
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    let bad = || RuntimeError::Invalid(format!("unknown signal {s:?}"));
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| bad());
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>().map_err(|_| bad())
+}
+
+/// `stop`: the image's StopSignal (SIGTERM when it has none), then SIGKILL after `grace`.
 pub fn stop(store: &Store, id: &str, grace: Duration) -> Result<State> {
     let mut st = store.load(id)?;
     let Some(pid) = st.pid.filter(|_| st.status == Status::Running) else {
         return Ok(st);
     };
-    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let signal = match st.stop_signal.as_deref() {
+        Some(s) => parse_signal(s)?,
+        None => Signal::SIGTERM,
+    };
+    let _ = kill(Pid::from_raw(pid), signal);
     let deadline = std::time::Instant::now() + grace;
     while alive(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -466,6 +546,7 @@ pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Resu
         env: st.env.clone(),
         workdir: st.workdir.clone(),
         user: st.user.clone(),
+        create_workdir: false,
     };
     // SAFETY: single-threaded; the child only makes syscalls and execs or exits.
     match unsafe { nix::unistd::fork() }.map_err(|e| RuntimeError::nix("forking", "exec", e))? {
@@ -534,6 +615,11 @@ pub fn commit(store: &Store, id: &str, name: &str) -> Result<image::Image> {
                 .as_deref()
                 .map(crate::userns::IdMap::parse)
                 .transpose()?,
+            argv: st.command.clone(),
+            env: st.env.clone(),
+            workdir: st.workdir.clone(),
+            user: st.user.clone(),
+            container: st.id.clone(),
         },
     )
 }

@@ -18,8 +18,17 @@ pub enum RuntimeError {
     Invalid(String),
     #[error("no such container: {0}")]
     NoContainer(String),
-    #[error("no such image: {0} (import one with `twill-run import TARBALL NAME`)")]
+    #[error(
+        "no such image: {0} (load one with `twill-run load ARCHIVE` or `twill-run import TARBALL NAME`)"
+    )]
     NoImage(String),
+    /// Something wrong with an image archive, named down to the entry.
+    #[error("{archive}: {entry}: {reason}")]
+    Archive {
+        archive: String,
+        entry: String,
+        reason: String,
+    },
     #[error(transparent)]
     Netkit(#[from] twill_netkit::Error),
     #[error("network: {0}")]
@@ -27,6 +36,17 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    pub(crate) fn archive(
+        archive: impl std::fmt::Display,
+        entry: impl std::fmt::Display,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        RuntimeError::Archive {
+            archive: archive.to_string(),
+            entry: entry.to_string(),
+            reason: reason.to_string(),
+        }
+    }
     pub(crate) fn io(
         op: &'static str,
         object: impl std::fmt::Display,

@@ -14,4 +14,5 @@ pub mod network;
 pub mod process;
 pub mod rootfs;
 pub mod store;
+pub mod user;
 pub mod userns;

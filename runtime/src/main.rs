@@ -34,10 +34,57 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Import a rootfs tarball (.tar or .tar.gz) as image NAME.
-    Import { tarball: PathBuf, name: String },
+    /// Import a root filesystem tarball (.tar, .tar.gz, .tar.zst) as image NAME, as Docker's
+    /// `import`: one layer, no metadata, Cmd /bin/sh.
+    ///
+    /// An image archive given here (recognised by content, not by file name) is loaded as
+    /// `load` does instead, keeping its layers and config; NAME then replaces its own name.
+    #[command(
+        after_help = "import = a root filesystem tarball → a one-layer image (Docker's `import`).\n\
+                      load   = an image archive (docker save / podman save / skopeo copy) → its images, layers and config (Docker's `load`)."
+    )]
+    Import {
+        tarball: PathBuf,
+        name: Option<String>,
+    },
+    /// Load image archives (a file, a directory, or stdin): docker-archive (`docker save`, `podman save`; several images
+    /// and their RepoTags), oci-archive, or an OCI image layout directory (`skopeo copy …
+    /// oci:DIR`); layers gzip, zstd or plain. Recognised by content.
+    ///
+    /// Names come from the archive (RepoTags, org.opencontainers.image.ref.name) unless
+    /// --name is given. A plain root filesystem tarball is refused: that is `import`.
+    #[command(
+        after_help = "load   = an image archive (docker save / podman save / skopeo copy) → its images, layers and config (Docker's `load`).\n\
+                      import = a root filesystem tarball → a one-layer image (Docker's `import`)."
+    )]
+    Load {
+        /// The archive (or OCI layout directory).
+        #[arg(short = 'i', long = "input", value_name = "ARCHIVE")]
+        input: Option<PathBuf>,
+        #[arg(value_name = "ARCHIVE", conflicts_with = "input")]
+        archive: Option<PathBuf>,
+        /// Name for the image (only for an archive with one image).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Write images to an archive that `podman load` / `docker load` accept.
+    Save {
+        /// docker-archive or oci-archive.
+        #[arg(long, default_value = "docker-archive")]
+        format: String,
+        /// Output file (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// List images.
     Images,
+    /// Remove images; layers other images still use are kept.
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// Run a container.
     Run(Box<RunArgs>),
     /// Run a command in a running container.
@@ -51,11 +98,12 @@ enum Cmd {
     },
     /// List containers.
     Ps,
-    /// Print a container's state as JSON.
+    /// Print a container's state, or an image's record and config, as JSON.
     Inspect { id: String },
     /// Print a detached container's output.
     Logs { id: String },
-    /// Stop a container: SIGTERM, then SIGKILL after the grace period.
+    /// Stop a container: the image's StopSignal (default SIGTERM), then SIGKILL after the
+    /// grace period.
     Stop {
         #[arg(short, long, default_value_t = 10)]
         time: u64,
@@ -82,9 +130,15 @@ struct RunArgs {
     env: Vec<String>,
     #[arg(short, long)]
     workdir: Option<String>,
-    /// UID[:GID]
+    /// user[:group], names or numbers (resolved in the image's /etc/passwd, /etc/group).
     #[arg(short, long)]
     user: Option<String>,
+    /// Replace the image's Entrypoint ("" clears it); the image's Cmd is dropped too.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Publish every port the image exposes on a free host port.
+    #[arg(short = 'P', long)]
+    publish_all: bool,
     /// HOST:CTR[:ro] or CTR (anonymous volume); repeatable.
     #[arg(short, long = "volume")]
     volume: Vec<String>,
@@ -118,9 +172,16 @@ struct RunArgs {
     /// Keep stdin attached.
     #[arg(short, long)]
     interactive: bool,
-    image: String,
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    cmd: Vec<String>,
+    /// IMAGE [COMMAND [ARG...]]: options end at the image name, as in Docker (`run img -u`
+    /// passes `-u` to the command).
+    #[arg(
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE [COMMAND [ARG...]]"
+    )]
+    image_and_cmd: Vec<String>,
 }
 
 fn parse_size(s: &str) -> anyhow::Result<u64> {
@@ -157,6 +218,41 @@ fn parse_port(s: &str) -> anyhow::Result<PortSpec> {
     })
 }
 
+/// `load` without an archive reads one from stdin (`podman save … | twill-run load`): it is
+/// kept in a file next to the store first, since archives are read in any order.
+fn stdin_to_file(store: &Store) -> anyhow::Result<PathBuf> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("load: give the archive (`twill-run load ARCHIVE`, `-i ARCHIVE`, or on stdin)");
+    }
+    let path = store.root.join(format!(
+        "stdin-{}.tar",
+        &twill_runtime::store::new_id()[..16]
+    ));
+    let mut f =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    if let Err(e) = std::io::copy(&mut std::io::stdin().lock(), &mut f) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e).context("load: reading the archive from stdin");
+    }
+    Ok(path)
+}
+
+/// Sizes as `images` shows them.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
 fn main() {
     // Die quietly on a closed pipe (`| head`), like other command-line tools.
     // SAFETY: restoring the default disposition before any thread exists.
@@ -184,16 +280,80 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
     };
     match cli.cmd {
         Cmd::Import { tarball, name } => {
-            let img = image::import(&store, &tarball, &name)?;
-            println!("{}", img.name);
+            for img in image::import(&store, &tarball, name.as_deref(), image::ImportMode::Import)?
+            {
+                println!("{}", img.name);
+            }
+        }
+        Cmd::Load {
+            input,
+            archive,
+            name,
+        } => {
+            let from_stdin = input.is_none() && archive.is_none();
+            let path = match input.or(archive) {
+                Some(p) => p,
+                None => stdin_to_file(&store)?,
+            };
+            let label = if from_stdin {
+                "stdin".to_string()
+            } else {
+                path.display().to_string()
+            };
+            let loaded = image::import_as(
+                &store,
+                &path,
+                &label,
+                name.as_deref(),
+                image::ImportMode::Load,
+            );
+            if from_stdin {
+                let _ = std::fs::remove_file(&path);
+            }
+            for img in loaded? {
+                println!("Loaded image: {}", img.name);
+            }
+        }
+        Cmd::Save {
+            format,
+            output,
+            images,
+        } => {
+            let format = image::save::Format::parse(&format)?;
+            if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                bail!("save: refusing to write an archive to a terminal: use -o FILE or a pipe");
+            }
+            let imgs = images
+                .iter()
+                .map(|n| image::load(&store, n))
+                .collect::<Result<Vec<_>, _>>()?;
+            image::save::save(&store, &imgs, format, output.as_deref())?;
         }
         Cmd::Images => {
-            println!("{:<24} {:>7}", "NAME", "LAYERS");
+            println!("{:<36} {:<12} {:>6} {:>10}", "NAME", "ID", "LAYERS", "SIZE");
             for i in image::list(&store)? {
-                println!("{:<24} {:>7}", i.name, i.layers.len());
+                let id = i.id.strip_prefix("sha256:").unwrap_or(&i.id);
+                println!(
+                    "{:<36} {:<12} {:>6} {:>10}",
+                    i.name,
+                    &id[..12.min(id.len())],
+                    i.layers.len(),
+                    human_size(i.size(&store))
+                );
+            }
+        }
+        Cmd::Rmi { images } => {
+            for n in images {
+                println!("Untagged: {}", image::remove(&store, &n)?.name);
             }
         }
         Cmd::Run(a) => {
+            let mut words = a.image_and_cmd.into_iter();
+            let image_name = words.next().context("run: no image given")?;
+            if image_name.starts_with('-') {
+                bail!("run: unknown option {image_name} (options go before the image name)");
+            }
+            let command: Vec<String> = words.collect();
             let limits = Limits {
                 memory_bytes: a.memory.as_deref().map(parse_size).transpose()?,
                 cpus: a.cpus,
@@ -203,8 +363,10 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 bail!("--cpus must be positive");
             }
             let opts = RunOptions {
-                image: a.image,
-                command: a.cmd,
+                image: image_name,
+                command,
+                entrypoint: a.entrypoint,
+                publish_all: a.publish_all,
                 name: a.name,
                 hostname: a.hostname,
                 env: a.env,
@@ -262,7 +424,15 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
         }
-        Cmd::Inspect { id } => println!("{}", serde_json::to_string_pretty(&store.load(&id)?)?),
+        Cmd::Inspect { id } => match store.load(&id) {
+            Ok(st) => println!("{}", serde_json::to_string_pretty(&st)?),
+            Err(twill_runtime::error::RuntimeError::NoContainer(_)) => {
+                let img = image::load(&store, &id)
+                    .with_context(|| format!("no container or image named {id}"))?;
+                println!("{}", serde_json::to_string_pretty(&img)?);
+            }
+            Err(e) => return Err(e.into()),
+        },
         Cmd::Logs { id } => {
             let st = store.load(&id)?;
             let log = store.container_dir(&st.id).join("log");

@@ -43,8 +43,11 @@ pub struct ExecSpec {
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub workdir: String,
-    /// `UID[:GID]`.
+    /// `user[:group]`, names or numbers, resolved in the container's /etc/passwd and
+    /// /etc/group.
     pub user: Option<String>,
+    /// Create the working directory if the image lacks it (`run`, as Docker; not `exec`).
+    pub create_workdir: bool,
 }
 
 /// Everything the first process needs.
@@ -113,6 +116,31 @@ fn resolve(cmd: &str, env: &[String]) -> String {
 /// Drops to the container user, trims capabilities to Docker's set, sets no_new_privs and
 /// execs. Returns only on failure.
 pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
+    // Who to run as, from the container's own files (we are inside its root by now).
+    let user = match &spec.user {
+        Some(u) => {
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+            match crate::user::resolve(u, &passwd, &group) {
+                Ok(r) => Some(r),
+                Err(e) => return RuntimeError::Invalid(e),
+            }
+        }
+        None => None,
+    };
+    let mut env = spec.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let home = match &user {
+            Some(u) => u.home.clone(),
+            None => "/root".into(),
+        };
+        env.push(format!("HOME={home}"));
+    }
+    if spec.create_workdir
+        && let Err(e) = std::fs::create_dir_all(&spec.workdir)
+    {
+        return RuntimeError::io("creating working directory", &spec.workdir, e);
+    }
     if let Err(e) = std::env::set_current_dir(&spec.workdir) {
         return RuntimeError::io("entering working directory", &spec.workdir, e);
     }
@@ -131,15 +159,16 @@ pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
             let _ = caps::drop(None, caps::CapSet::Bounding, c);
         }
     }
-    if let Some(u) = &spec.user {
-        let (uid, gid) = match u.split_once(':') {
-            Some((a, b)) => (a.parse::<u32>(), b.parse::<u32>()),
-            None => (u.parse::<u32>(), u.parse::<u32>()),
-        };
-        let (Ok(uid), Ok(gid)) = (uid, gid) else {
-            return RuntimeError::Invalid(format!("-u {u}: numeric UID[:GID] expected"));
-        };
-        let _ = nix::unistd::setgroups(&[]);
+    if let Some(u) = &user {
+        let (uid, gid) = (u.uid, u.gid);
+        let groups: Vec<nix::unistd::Gid> = u
+            .groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        if let Err(e) = nix::unistd::setgroups(&groups) {
+            return RuntimeError::nix("setgroups for", uid, e);
+        }
         if let Err(e) = nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)) {
             return RuntimeError::nix("setgid", gid, e);
         }
@@ -159,14 +188,14 @@ pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
     let Some(first) = spec.argv.first() else {
         return RuntimeError::Invalid("no command to run".into());
     };
-    let file = resolve(first, &spec.env);
+    let file = resolve(first, &env);
     // Nothing of ours leaks into the container: every descriptor above stderr closes on exec
     // (CLOSE_RANGE_CLOEXEC keeps the error pipe usable until then).
     // SAFETY: close_range only changes descriptor flags.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32) };
     let to_c = |s: &str| CString::new(s.replace('\0', "")).unwrap_or_default();
     let argv: Vec<CString> = spec.argv.iter().map(|a| to_c(a)).collect();
-    let env: Vec<CString> = spec.env.iter().map(|a| to_c(a)).collect();
+    let env: Vec<CString> = env.iter().map(|a| to_c(a)).collect();
     match nix::unistd::execve(&to_c(&file), &argv, &env) {
         Ok(never) => match never {},
         Err(e) => RuntimeError::nix("executing", first, e),

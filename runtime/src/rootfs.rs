@@ -30,6 +30,9 @@ pub struct Idmapping {
     pub staging: PathBuf,
 }
 
+/// mount(2) copies at most a page of options.
+const MAX_MOUNT_DATA: usize = 4000;
+
 /// Paths hidden from containers, as runc's defaults.
 pub const MASKED: &[&str] = &[
     "/proc/acpi",
@@ -97,12 +100,36 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
             lower[i] = at.display().to_string();
         }
     }
-    let data = format!(
+    let mut data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
         spec.upper.display(),
         spec.work.display()
     );
+    // The mount options must fit in a page: with many layers, name each through a short
+    // symlink next to the upper layer (`lower/N`) and mount from there, as Docker's overlay2
+    // does with its `l/` links.
+    if data.len() >= MAX_MOUNT_DATA
+        && let Some(dir) = spec.upper.parent()
+    {
+        let links = dir.join("lower");
+        mkdir(&links)?;
+        for (i, l) in lower.iter_mut().enumerate() {
+            let link = links.join(i.to_string());
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(&*l, &link)
+                .map_err(|e| RuntimeError::io("creating", link.display(), e))?;
+            *l = format!("lower/{i}");
+        }
+        std::env::set_current_dir(dir)
+            .map_err(|e| RuntimeError::io("entering", dir.display(), e))?;
+        data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            spec.upper.display(),
+            spec.work.display()
+        );
+    }
     let root = &spec.merged;
     m(
         Some("overlay"),
@@ -114,6 +141,13 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
 
     for v in &spec.mounts {
         let target = inside(root, &v.target);
+        // As Docker: a new anonymous volume starts with what the image has at its path.
+        if v.anonymous
+            && target.is_dir()
+            && fs::read_dir(&v.source).is_ok_and(|mut d| d.next().is_none())
+        {
+            copy_contents(&target, &v.source)?;
+        }
         if v.source.is_dir() {
             mkdir(&target)?;
         } else {
@@ -259,6 +293,41 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
                 None::<&str>,
             );
+        }
+    }
+    Ok(())
+}
+
+/// Copies the contents of `src` into `dst` keeping modes, owners and symlinks (for a new
+/// anonymous volume; `src` is in the container's rootfs before pivot_root).
+fn copy_contents(src: &Path, dst: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let io = |op, p: &Path, e| RuntimeError::io(op, p.display(), e);
+    for e in fs::read_dir(src).map_err(|e| io("reading", src, e))? {
+        let e = e.map_err(|e| io("reading", src, e))?;
+        let (from, to) = (e.path(), dst.join(e.file_name()));
+        let meta = fs::symlink_metadata(&from).map_err(|e| io("reading", &from, e))?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            mkdir(&to)?;
+            copy_contents(&from, &to)?;
+        } else if ft.is_symlink() {
+            let t = fs::read_link(&from).map_err(|e| io("reading link", &from, e))?;
+            std::os::unix::fs::symlink(t, &to).map_err(|e| io("creating link", &to, e))?;
+        } else if ft.is_file() {
+            fs::copy(&from, &to).map_err(|e| io("copying", &from, e))?;
+        } else {
+            continue; // device nodes and whiteouts do not belong in a volume
+        }
+        let _ = nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &to,
+            Some(nix::unistd::Uid::from_raw(meta.uid())),
+            Some(nix::unistd::Gid::from_raw(meta.gid())),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        );
+        if !ft.is_symlink() {
+            let _ = fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777));
         }
     }
     Ok(())

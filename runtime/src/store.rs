@@ -1,6 +1,7 @@
 //! The on-disk store under `--root` (default `/var/lib/twill`):
-//! `images/<name>/{layer/, image.json}`, `containers/<id>/{state.json, upper/, work/, init/,
-//! rootfs/, log}`, `volumes/<id>/_data`.
+//! `images/<name>/image.json` (a `/` in the name stored as `%2F`), `layers/<diff-id hex>/{diff/,
+//! layer.json}` (shared by images), `tmp/` (imports being staged), `containers/<id>/{state.json,
+//! upper/, work/, init/, rootfs/, log}`, `volumes/<id>/_data`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,12 @@ pub struct State {
     #[serde(default)]
     pub userns: Option<String>,
     pub ports: Vec<PortSpec>,
+    /// The image's labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// What `stop` sends first (the image's StopSignal; SIGTERM when unset).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
     pub auto_remove: bool,
     pub created_unix: u64,
 }
@@ -107,7 +114,7 @@ fn ensure_dir(p: &Path) -> Result<()> {
 impl Store {
     /// Opens (creating) the store.
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["images", "containers", "volumes"] {
+        for sub in ["images", "layers", "tmp", "containers", "volumes"] {
             ensure_dir(&root.join(sub))?;
         }
         Ok(Store {

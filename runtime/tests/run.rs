@@ -128,6 +128,63 @@ fn no_leftovers(rt: &Rt, id_prefix: &str) {
     }
 }
 
+/// The directory of an image's layer `index` (lowest first), as `inspect` lists them.
+fn layer_dir(rt: &Rt, image: &str, index: usize) -> PathBuf {
+    let img: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", image])).unwrap();
+    let diff = img["layers"][index].as_str().unwrap();
+    rt.root()
+        .join("layers")
+        .join(diff.trim_start_matches("sha256:"))
+        .join("diff")
+}
+
+/// A docker-archive of the busybox rootfs whose config exposes 8080/tcp and serves on it.
+fn exposing_image(rt: &Rt) -> PathBuf {
+    use twill_runtime::image::digest::Digest;
+    let layer = std::fs::read(rt.dir.path().join("busybox.tar")).unwrap();
+    let diff = Digest::of(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "os": "linux",
+        "config": {
+            "ExposedPorts": {"8080/tcp": {}},
+            "Cmd": ["sh", "-c", "nc -ll -p 8080 -e echo hello-from-p"]
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff.to_string()]}
+    }))
+    .unwrap();
+    let config_name = format!("{}.json", Digest::of(&config).hex());
+    let layer_name = format!("{}.tar", diff.hex());
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": config_name, "RepoTags": null, "Layers": [layer_name]}
+    ]))
+    .unwrap();
+    let path = rt.dir.path().join("expo.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    for (name, data) in [
+        (layer_name, layer),
+        (config_name, config),
+        ("manifest.json".to_string(), manifest),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.finish().unwrap();
+    path
+}
+
+/// No netns or cgroup of the container with this ID prefix is left.
+fn no_leftovers_of(id_prefix: &str) {
+    assert!(
+        !Netns::list()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("twr-") && id_prefix.starts_with(&n[4..])),
+        "netns left"
+    );
+}
+
 const TOOLS: &[&str] = &["ip"];
 
 fn pre(name: &str) -> bool {
@@ -227,10 +284,12 @@ fn layers_volumes_and_commit() {
         cdir.join("upper/newfile").exists(),
         "a file written in the container lands in upper"
     );
-    assert!(
-        !rt.root().join("images/busybox/layer0/newfile").exists(),
-        "the image is untouched"
-    );
+    for layer in std::fs::read_dir(rt.root().join("layers")).unwrap() {
+        assert!(
+            !layer.unwrap().path().join("diff/newfile").exists(),
+            "the image is untouched"
+        );
+    }
     assert_eq!(std::fs::read_to_string(hostdir.join("x")).unwrap(), "v\n");
     twill_testbed::wait_for(std::time::Duration::from_secs(5), || {
         std::fs::read_to_string(cdir.join("log"))
@@ -489,6 +548,37 @@ fn network_modes_with_the_twill_plugin() {
         "-p 18081:8080 did not answer from the underlay: {got:?}"
     );
 
+    // -P publishes what the image exposes, on a free host port, through the same portmap.
+    let archive = exposing_image(&rt);
+    rt.ok(&["load", archive.to_str().unwrap(), "--name", "expo"]);
+    let p = rt
+        .ok(&["run", "-d", "-P", "--name", "p", "expo"])
+        .trim()
+        .to_string();
+    let ip: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "p"])).unwrap();
+    let ports = ip["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1, "{ip}");
+    assert_eq!(ports[0]["container_port"], 8080);
+    let host_port = ports[0]["host_port"].as_u64().unwrap().to_string();
+    let mut got = String::new();
+    for _ in 0..20 {
+        let mut c = Command::new("/bin/busybox");
+        c.args(["nc", "-w", "2", &host_ip, &host_port])
+            .stdin(std::process::Stdio::null());
+        cluster.underlay.prepare_command(&mut c).unwrap();
+        got = String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned();
+        if got.contains("hello-from-p") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        got.contains("hello-from-p"),
+        "-P did not publish the image's 8080/tcp on {host_port}: {got:?}"
+    );
+    rt.ok(&["rm", "-f", "p"]);
+    no_leftovers_of(&p[..12]);
+
     // container:ID shares a's network; host shares the host's.
     let shared = rt.ok(&[
         "run",
@@ -596,7 +686,7 @@ fn userns_maps_root_to_an_unprivileged_range() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&upper).unwrap().uid(), 300000);
     assert_eq!(
-        std::fs::metadata(rt.root().join("images/busybox/layer0/bin/busybox"))
+        std::fs::metadata(layer_dir(&rt, "busybox", 0).join("bin/busybox"))
             .unwrap()
             .uid(),
         0,
@@ -608,7 +698,7 @@ fn userns_maps_root_to_an_unprivileged_range() {
     // commit stores the file as the container saw it: root's.
     rt.ok(&["stop", &id]);
     rt.ok(&["commit", &id, "userns-img"]);
-    let layer = rt.root().join("images/userns-img/layer1/root/mine");
+    let layer = layer_dir(&rt, "userns-img", 1).join("root/mine");
     assert_eq!(std::fs::metadata(&layer).unwrap().uid(), 0);
     rt.ok(&["rm", &id]);
 
