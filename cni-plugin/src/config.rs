@@ -245,8 +245,7 @@ impl NetConf {
     pub fn runtime_ips(&self) -> CniResult<Vec<IpAddr>> {
         let mut ips: Vec<IpAddr> = Vec::new();
         for entry in &self.runtime_config.ips {
-            let addr = entry.split('/').next().unwrap_or(entry);
-            let ip: IpAddr = addr.parse().map_err(|_| {
+            let ip = parse_ip_or_cidr(entry).ok_or_else(|| {
                 CniError::new(
                     INVALID_CONFIG,
                     format!(
@@ -274,6 +273,15 @@ impl NetConf {
             .clone()
             .or_else(|| self.attachments.clone())
             .unwrap_or_default()
+    }
+}
+
+/// An address, or the address of a CIDR (runtimes pass either).
+pub fn parse_ip_or_cidr(text: &str) -> Option<IpAddr> {
+    if text.contains('/') {
+        text.parse::<ipnet::IpNet>().ok().map(|n| n.addr())
+    } else {
+        text.parse().ok()
     }
 }
 

@@ -77,8 +77,7 @@ fn valid_ifname(name: &str) -> bool {
 fn parse_requested_ips(value: &str) -> CniResult<Vec<IpAddr>> {
     let mut ips: Vec<IpAddr> = Vec::new();
     for part in value.split(',').map(str::trim) {
-        let addr = part.split('/').next().unwrap_or(part);
-        let ip: IpAddr = addr.parse().map_err(|_| {
+        let ip = crate::config::parse_ip_or_cidr(part).ok_or_else(|| {
             CniError::new(
                 INVALID_ENV,
                 format!(

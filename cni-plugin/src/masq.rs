@@ -338,12 +338,12 @@ mod tests {
         let r = |s: &str, x: &str| MasqRule::new(s.parse().unwrap(), x.parse().unwrap());
         let rules = BTreeSet::from([
             r("10.244.7.1/24", "10.244.0.0/16"),
-            r("fd00:244:7::1/64", "fd00:244::/48"),
+            r("fd00:244:7::1/64", "fd00:244::/32"),
         ]);
         let script = table("net", &rules).render().unwrap();
         assert!(
             script.contains(
-                "ip6 saddr fd00:244:7::/64 ip6 daddr != fd00:244::/48 ip6 daddr != ff00::/8 masquerade"
+                "ip6 saddr fd00:244:7::/64 ip6 daddr != fd00:244::/32 ip6 daddr != ff00::/8 masquerade"
             ),
             "{script}"
         );

@@ -359,7 +359,7 @@ mod golden {
         r.routes.insert(
             1,
             RouteSpec {
-                dst: "fd00:244::/48".parse().unwrap(),
+                dst: "fd00:244::/32".parse().unwrap(),
                 gw: Some("fd00:244:7::1".parse().unwrap()),
             },
         );
@@ -370,7 +370,7 @@ mod golden {
         r
     }
 
-    const ROUTES_DUAL: &str = r#"[{"dst":"10.244.0.0/16","gw":"10.244.7.1"},{"dst":"fd00:244::/48","gw":"fd00:244:7::1"},{"dst":"0.0.0.0/0","gw":"10.244.7.1"},{"dst":"::/0","gw":"fd00:244:7::1"}]"#;
+    const ROUTES_DUAL: &str = r#"[{"dst":"10.244.0.0/16","gw":"10.244.7.1"},{"dst":"fd00:244::/32","gw":"fd00:244:7::1"},{"dst":"0.0.0.0/0","gw":"10.244.7.1"},{"dst":"::/0","gw":"fd00:244:7::1"}]"#;
 
     #[test]
     fn dual_stack_in_every_version() {
@@ -393,7 +393,7 @@ mod golden {
         assert_eq!(r.to_json("1.1.0"), parse(&want_11));
         for v in ["0.1.0", "0.2.0"] {
             let want = format!(
-                r#"{{"cniVersion":"{v}","ip4":{{"ip":"10.244.7.2/24","gateway":"10.244.7.1","routes":[{{"dst":"10.244.0.0/16","gw":"10.244.7.1"}},{{"dst":"0.0.0.0/0","gw":"10.244.7.1"}}]}},"ip6":{{"ip":"fd00:244:7::2/64","gateway":"fd00:244:7::1","routes":[{{"dst":"fd00:244::/48","gw":"fd00:244:7::1"}},{{"dst":"::/0","gw":"fd00:244:7::1"}}]}},"dns":{{}}}}"#
+                r#"{{"cniVersion":"{v}","ip4":{{"ip":"10.244.7.2/24","gateway":"10.244.7.1","routes":[{{"dst":"10.244.0.0/16","gw":"10.244.7.1"}},{{"dst":"0.0.0.0/0","gw":"10.244.7.1"}}]}},"ip6":{{"ip":"fd00:244:7::2/64","gateway":"fd00:244:7::1","routes":[{{"dst":"fd00:244::/32","gw":"fd00:244:7::1"}},{{"dst":"::/0","gw":"fd00:244:7::1"}}]}},"dns":{{}}}}"#
             );
             assert_eq!(r.to_json(v), parse(&want), "{v}");
         }

@@ -60,7 +60,7 @@ pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniRes
         .map_err(bridge_error)?;
     if plan.bridge_addrs.iter().any(|a| a.addr().is_ipv6()) {
         // A router for its containers: it must not take router advertisements itself.
-        ipv6_sysctls(plan.bridge, nl)?;
+        ipv6_sysctls(plan.bridge, nl, &ROUTER_IPV6)?;
     }
     for addr in &plan.bridge_addrs {
         nl.ensure_address(bridge.index, *addr).await?;
@@ -111,11 +111,24 @@ pub fn enable_forwarding(gateways: &[IpAddr]) -> CniResult<()> {
     Ok(())
 }
 
-/// IPv6 on `ifname` (in the calling thread's namespace) as a twill interface needs it:
-/// enabled, and deaf to router advertisements (addresses and routes come from IPAM; a stray
-/// RA on the bridge must not add a default route or a SLAAC address).
-fn ipv6_sysctls(ifname: &str, nl: &Netlink) -> CniResult<()> {
-    for (key, value) in [("disable_ipv6", "0"), ("accept_ra", "0")] {
+/// IPv6 on the bridge: enabled, and deaf to router advertisements (it is the router).
+const ROUTER_IPV6: [(&str, &str); 2] = [("disable_ipv6", "0"), ("accept_ra", "0")];
+
+/// IPv6 on a container interface: enabled; deaf to router advertisements (addresses and
+/// routes come from IPAM: a stray RA on the bridge must not add a default route or a SLAAC
+/// address); no duplicate address detection, also for the link-local address, which would
+/// be tentative for a second after the link comes up — and with hairpin on the bridge port
+/// the container's own neighbour solicitations come back to it (the reference bridge
+/// plugin turns DAD off for the same reason).
+const CONTAINER_IPV6: [(&str, &str); 3] = [
+    ("disable_ipv6", "0"),
+    ("accept_ra", "0"),
+    ("accept_dad", "0"),
+];
+
+/// Sets the per-interface IPv6 `keys` of `ifname` in the calling thread's namespace.
+fn ipv6_sysctls(ifname: &str, nl: &Netlink, keys: &[(&str, &str)]) -> CniResult<()> {
+    for &(key, value) in keys {
         sysctl::ensure(&sysctl::conf_key("ipv6", ifname, key), value)
             .map_err(|e| CniError::new(INTERNAL, format!("in netns {}: {e}", nl.netns())))?;
     }
@@ -147,7 +160,7 @@ pub async fn container_side(
     let link = nl.require_link(tmp).await?;
     nl.rename(link.index, ifname).await?;
     if addrs.iter().any(|a| a.addr().is_ipv6()) {
-        ipv6_sysctls(ifname, nl)?;
+        ipv6_sysctls(ifname, nl, &CONTAINER_IPV6)?;
     } else if has_ipv6(ifname) {
         // An IPv4-only attachment must not pick up IPv6 from a stray RA either.
         sysctl::ensure(&sysctl::conf_key("ipv6", ifname, "accept_ra"), "0")
