@@ -5,8 +5,10 @@
 //!
 //! `sudo cargo bench -p twill-cni --bench cni_add_del [-- --seq N --par M --family ipv4|dual|both]`
 //! Prints median and p95 of ADD and DEL over N sequential ADD+DEL pairs, then the latency of M
-//! parallel ADDs, and twill's ratio to the reference, per family. Runs entirely inside
-//! namespaces it creates (`twb-*`), removed at the end.
+//! parallel ADDs, and twill's ratio to the reference, per family. One container of each plugin
+//! stays attached for the whole run, as on a node that has pods: the timed ADDs and DELs are
+//! the usual ones, not the node's first and last (twill applies or removes its masquerade
+//! table only then). Runs entirely inside namespaces it creates (`twb-*`), removed at the end.
 
 use std::io::Write;
 use std::path::Path;
@@ -175,8 +177,16 @@ fn dual_scenario(dir: &Path) -> Scenario {
 /// (ADD p50, DEL p50, parallel ADD p50, parallel wall in s) of one plugin.
 type Row = (f64, f64, f64, f64);
 
-fn measure(host: &Netns, p: &Plugin, paths: &[String], seq: usize, par: usize) -> Row {
-    // Warm-up: creates the bridge, chains, directories.
+fn measure(
+    host: &Netns,
+    p: &Plugin,
+    resident: &str,
+    paths: &[String],
+    seq: usize,
+    par: usize,
+) -> Row {
+    // Warm-up: creates the bridge, chains, directories; the resident container stays.
+    invoke(host, p, "ADD", "resident", resident);
     invoke(host, p, "ADD", "warm", &paths[0]);
     invoke(host, p, "DEL", "warm", &paths[0]);
     let (mut adds, mut dels) = (Vec::new(), Vec::new());
@@ -199,6 +209,7 @@ fn measure(host: &Netns, p: &Plugin, paths: &[String], seq: usize, par: usize) -
     for (i, path) in paths.iter().enumerate().take(par) {
         invoke(host, p, "DEL", &format!("par{i}"), path);
     }
+    invoke(host, p, "DEL", "resident", resident);
     let (a50, a95) = stats(adds);
     let (d50, d95) = stats(dels);
     let (pa50, _) = stats(par_adds);
@@ -255,6 +266,8 @@ fn main() {
         .iter()
         .map(|n| n.path().display().to_string())
         .collect();
+    let resident_ns = Netns::create(&format!("{prefix}-resident")).expect("container netns");
+    let resident = resident_ns.path().display().to_string();
 
     let mut ratios = Vec::new();
     for sc in &scenarios {
@@ -266,8 +279,8 @@ fn main() {
             "{:<30} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
             "plugin", "ADD p50", "ADD p95", "DEL p50", "DEL p95", "par ADD p50", "par wall"
         );
-        let t = measure(&host, &sc.plugins[0], &paths, seq, par);
-        let r = measure(&host, &sc.plugins[1], &paths, seq, par);
+        let t = measure(&host, &sc.plugins[0], &resident, &paths, seq, par);
+        let r = measure(&host, &sc.plugins[1], &resident, &paths, seq, par);
         let line = format!(
             "ratio twill/reference ({}): ADD p50 {:.2}x, DEL p50 {:.2}x, parallel ADD p50 {:.2}x, parallel wall {:.2}x (target: ADD p50 <= 0.5x)",
             sc.title,
