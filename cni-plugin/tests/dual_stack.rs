@@ -745,3 +745,68 @@ fn delegated_host_local_with_two_ranges() {
     }
     assert!(ip_files(&hl.join("hl2")).is_empty());
 }
+
+/// A twill from before dual stack applied an `ip` table and recorded its script: the next
+/// change of the masquerade state replaces it with the `inet` table, so no `ip` rule is
+/// left behind next to the new one.
+#[test]
+fn an_ip_table_from_before_dual_stack_is_replaced() {
+    if !preconditions(
+        "an_ip_table_from_before_dual_stack_is_replaced",
+        &["ip", "nft"],
+    ) {
+        return;
+    }
+    let node = Node::new("v6c8", DUAL);
+    let host = node.scope.name("host");
+    let conf = node.conf("1.0.0");
+    let (_a, pa) = node.ctr("a");
+    node.add("old", &pa, &conf);
+    // What the older twill left: its ip table, and its script in the state file.
+    let old_table = "table ip twill-cni-twnet {\n  chain postrouting {\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr 10.244.7.0/24 ip daddr != 10.244.0.0/16 masquerade\n  }\n}\n";
+    let script = node.dir.path().join("old.nft");
+    std::fs::write(&script, old_table).unwrap();
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host,
+            "nft",
+            "-f",
+            script.to_str().unwrap(),
+        ],
+    );
+    let state_file = node.dir.path().join("twill-cni/twnet/masq.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    state["applied"] = json!(old_table);
+    std::fs::write(&state_file, state.to_string()).unwrap();
+
+    let (_b, pb) = node.ctr("b");
+    node.add("new", &pb, &conf);
+    assert!(
+        !ns_exec_ok(&host, &["nft", "list", "table", "ip", "twill-cni-twnet"]),
+        "the old ip table is gone"
+    );
+    let nft = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "twill-cni-twnet",
+        ],
+    );
+    assert!(nft.contains("ip6 saddr fd00:244:7::/64"), "{nft}");
+    for (id, p) in [("old", &pa), ("new", &pb)] {
+        assert!(node.cni("DEL", id, p, &conf, &[]).0);
+    }
+    assert!(!ns_exec_ok(
+        &host,
+        &["nft", "list", "table", "inet", "twill-cni-twnet"]
+    ));
+}

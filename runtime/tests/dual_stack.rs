@@ -84,7 +84,10 @@ fn inspect_and_hosts_show_both_families() {
     // The twill binary sits next to twill-run when the workspace is built.
     let twill = Path::new(RUN).parent().unwrap().join("twill");
     if !twill.exists() {
-        assert!(!in_ci(), "the twill binary must be built (cargo test --workspace)");
+        assert!(
+            !in_ci(),
+            "the twill binary must be built (cargo test --workspace)"
+        );
         eprintln!("skipping: {} not built", twill.display());
         return;
     }
