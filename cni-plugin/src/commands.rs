@@ -8,16 +8,17 @@ use ipnet::IpNet;
 use twill_netkit::subnet_env::SubnetEnv;
 use twill_netkit::{Link, Netns, random};
 
-use crate::config::{Attachment, Dns, NetConf};
+use crate::config::{Attachment, NetConf};
 use crate::env::CniEnv;
 use crate::error::{
     CniError, CniResult, INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN, UNKNOWN_CONTAINER,
 };
-use crate::ipam::builtin::{self, Range};
+use crate::ipam::assignment::{self, Assignment};
+use crate::ipam::builtin;
 use crate::ipam::delegate;
 use crate::ipam::store::Store;
 use crate::masq::{Masq, MasqRule};
-use crate::result::{AddResult, Interface, IpConfig, RouteSpec};
+use crate::result::{AddResult, Interface, IpConfig};
 use crate::rollback::Rollback;
 use crate::setup::{self, HostPlan};
 
@@ -74,34 +75,6 @@ fn current_netns() -> CniResult<Netns> {
     Netns::current().map_err(CniError::from)
 }
 
-/// The addresses an ADD got (IPv4 first, at most one per family from the built-in IPAM),
-/// and what came with them.
-struct Assignment {
-    ips: Vec<Assigned>,
-    routes: Vec<RouteSpec>,
-    dns: Dns,
-}
-
-/// One address with its prefix length and its family's gateway.
-#[derive(Clone, Copy)]
-struct Assigned {
-    ip: IpNet,
-    gateway: Option<IpAddr>,
-}
-
-impl Assignment {
-    /// The gateway of each family that has one (first address of the family wins).
-    fn gateways(&self) -> Vec<IpAddr> {
-        let mut out: Vec<IpAddr> = Vec::new();
-        for gw in self.ips.iter().filter_map(|a| a.gateway) {
-            if !out.iter().any(|g| g.is_ipv4() == gw.is_ipv4()) {
-                out.push(gw);
-            }
-        }
-        out
-    }
-}
-
 /// ADD, as a list of named steps. Each step that creates something records its undo on the
 /// rollback guard; any failure drops the guard, which undoes those steps newest first.
 pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResult<String> {
@@ -114,7 +87,9 @@ pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResu
 
     let mut rollback = Rollback::new(&conf.name);
     let mut assigned = lease_address(conf, env, stdin, se.as_ref(), &mut rollback)?;
-    add_default_route(conf, &mut assigned);
+    if conf.is_default_gateway() {
+        assigned.add_default_routes();
+    }
     let plan = host_plan(conf, env, se.as_ref(), &assigned, &host_ns)?;
     let (bridge, veth) = create_host_side(&host_ns, &plan, &ctr, &mut rollback)?;
     if conf.is_gateway() {
@@ -210,7 +185,7 @@ fn lease_address<'a>(
             } else {
                 env.requested_ips.clone()
             };
-            let ranges = builtin_ranges(se);
+            let ranges = assignment::builtin_ranges(se);
             let store = Store::open(&conf.ipam_dir())?;
             let ips = {
                 let lock = store.lock()?;
@@ -229,34 +204,7 @@ fn lease_address<'a>(
                     .release(&lock, &env.container_id, &env.ifname)
                     .map(|_| ())
             });
-            let ips = ranges
-                .iter()
-                .zip(ips)
-                .map(|(r, ip)| Assigned {
-                    ip: IpNet::new(ip, r.subnet.prefix_len()).unwrap_or(r.subnet),
-                    gateway: Some(r.gateway),
-                })
-                .collect();
-            // The pod network of each family goes via its gateway (as Flannel's CNI plugin
-            // hands host-local FLANNEL_NETWORK and FLANNEL_IPV6_NETWORK).
-            let mut routes = Vec::new();
-            if let Some(p) = se.ipv4 {
-                routes.push(RouteSpec {
-                    dst: p.network.into(),
-                    gw: se.gateway().map(IpAddr::V4),
-                });
-            }
-            if let Some(p) = se.ipv6 {
-                routes.push(RouteSpec {
-                    dst: p.network.into(),
-                    gw: se.gateway_v6().map(IpAddr::V6),
-                });
-            }
-            Ok(Assignment {
-                ips,
-                routes,
-                dns: Dns::default(),
-            })
+            Ok(Assignment::from_builtin(se, &ranges, &ips))
         }
         (Some(plugin), _) => {
             let out = delegate::exec(plugin, "ADD", env, stdin)?;
@@ -273,63 +221,9 @@ fn lease_address<'a>(
                     format!("IPAM plugin {plugin} returned no address"),
                 ));
             }
-            Ok(Assignment {
-                ips: r
-                    .ips
-                    .iter()
-                    .map(|i| Assigned {
-                        ip: i.address,
-                        gateway: i.gateway,
-                    })
-                    .collect(),
-                routes: r.routes,
-                dns: r.dns,
-            })
+            Ok(Assignment::from_result(r))
         }
         (None, None) => Err(missing_subnet_file(conf, TRY_AGAIN)),
-    }
-}
-
-/// The built-in IPAM's ranges: the node's IPv4 subnet, then its IPv6 subnet (each family the
-/// subnet file has), the first address of each the gateway; the index names the range's
-/// round-robin marker as host-local numbers them for Flannel's `ranges` list.
-fn builtin_ranges(se: &SubnetEnv) -> Vec<Range> {
-    let mut ranges = Vec::new();
-    if let (Some(p), Some(gw)) = (se.ipv4, se.gateway()) {
-        ranges.push(Range {
-            subnet: p.subnet.into(),
-            gateway: gw.into(),
-            index: ranges.len(),
-        });
-    }
-    if let (Some(p), Some(gw)) = (se.ipv6, se.gateway_v6()) {
-        ranges.push(Range {
-            subnet: p.subnet.into(),
-            gateway: gw.into(),
-            index: ranges.len(),
-        });
-    }
-    ranges
-}
-
-/// Step: with isDefaultGateway, a default route via the gateway of each family unless IPAM
-/// gave one of that family.
-fn add_default_route(conf: &NetConf, assigned: &mut Assignment) {
-    if !conf.is_default_gateway() {
-        return;
-    }
-    for gw in assigned.gateways() {
-        let has_default = assigned
-            .routes
-            .iter()
-            .any(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == gw.is_ipv4());
-        if !has_default {
-            let dst = match gw {
-                IpAddr::V4(_) => IpNet::V4(Default::default()),
-                IpAddr::V6(_) => IpNet::V6(Default::default()),
-            };
-            assigned.routes.push(RouteSpec { dst, gw: Some(gw) });
-        }
     }
 }
 
@@ -351,7 +245,7 @@ fn host_plan<'c>(
     Ok(HostPlan {
         bridge: conf.bridge(),
         bridge_addrs: if conf.is_gateway() {
-            bridge_addresses(assigned)
+            assigned.bridge_addresses()
         } else {
             Vec::new()
         },
@@ -361,18 +255,6 @@ fn host_plan<'c>(
         // Random: parallel ADDs create their peers in the host namespace at the same time.
         tmp_peer: format!("tw{:08x}", random::random_u64() as u32),
     })
-}
-
-/// The gateway of each family on the bridge, with its address's prefix length.
-fn bridge_addresses(assigned: &Assignment) -> Vec<IpNet> {
-    let gateways = assigned.gateways();
-    gateways
-        .iter()
-        .filter_map(|gw| {
-            let ip = assigned.ips.iter().find(|a| a.gateway == Some(*gw))?;
-            Some(setup::gateway_cidr(*gw, ip.ip.trunc()))
-        })
-        .collect()
 }
 
 /// Step: the bridge and the veth pair, the container end born in `ctr` under its temporary

@@ -194,8 +194,3 @@ pub async fn ensure_absent(nl: &Netlink, ifname: &str) -> CniResult<()> {
     }
     Ok(())
 }
-
-/// The gateway address on the bridge for `subnet`.
-pub fn gateway_cidr(gateway: IpAddr, subnet: IpNet) -> IpNet {
-    IpNet::new(gateway, subnet.prefix_len()).unwrap_or(subnet)
-}
