@@ -810,3 +810,172 @@ fn an_ip_table_from_before_dual_stack_is_replaced() {
         &["nft", "list", "table", "inet", "twill-cni-twnet"]
     ));
 }
+
+/// Sends one router advertisement out of `bridge` in `host` to all nodes: router lifetime
+/// 1800 s and an autonomous prefix 2001:db8:99::/64, what a stray router on the bridge would
+/// announce. The kernel fills in the ICMPv6 checksum and the link-local source.
+fn send_router_advertisement(host: &Netns, bridge: &str) {
+    let ifindex = twill_tests::ip_link(&host_name(host), bridge)["ifindex"]
+        .as_u64()
+        .unwrap() as u32;
+    let mut ra = vec![134u8, 0, 0, 0, 64, 0];
+    ra.extend_from_slice(&1800u16.to_be_bytes()); // router lifetime
+    ra.extend_from_slice(&[0; 8]); // reachable time, retrans timer
+    ra.extend_from_slice(&[3, 4, 64, 0xc0]); // prefix information: on-link, autonomous
+    ra.extend_from_slice(&86400u32.to_be_bytes());
+    ra.extend_from_slice(&14400u32.to_be_bytes());
+    ra.extend_from_slice(&[0; 4]);
+    ra.extend_from_slice(
+        &"2001:db8:99::"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    host.enter(move || {
+        // SAFETY: socket(2) with constant arguments; the descriptor is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+        assert!(
+            fd >= 0,
+            "raw ICMPv6 socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let set = |opt: libc::c_int, value: libc::c_int| {
+            // SAFETY: `value` lives across the call and its size is the one passed.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IPV6,
+                    opt,
+                    (&value as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "setsockopt {opt}: {}",
+                std::io::Error::last_os_error()
+            );
+        };
+        // RFC 4861: a router advertisement has hop limit 255 or is dropped.
+        set(libc::IPV6_MULTICAST_HOPS, 255);
+        set(libc::IPV6_MULTICAST_IF, ifindex as libc::c_int);
+        // SAFETY: an all-zero sockaddr_in6 is a valid value of the C struct.
+        let mut dst: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        dst.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        dst.sin6_addr.s6_addr = "ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        dst.sin6_scope_id = ifindex;
+        // SAFETY: the buffer and the address live across the call, their sizes are passed.
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                ra.as_ptr().cast(),
+                ra.len(),
+                0,
+                (&dst as *const libc::sockaddr_in6).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: `fd` is the descriptor opened above, closed once.
+        unsafe { libc::close(fd) };
+        assert_eq!(sent, ra.len() as isize, "sending the RA: {err}");
+    })
+    .unwrap();
+}
+
+/// The namespace name behind a `Netns` opened from /var/run/netns.
+fn host_name(ns: &Netns) -> String {
+    ns.path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Global or link addresses of `dev` in `ns` that `ip` shows, with their flags.
+fn v6_addrs(ns: &str, dev: &str) -> Vec<Value> {
+    twill_tests::ip_json(ns, &["-6", "addr", "show", "dev", dev])
+        .as_array()
+        .and_then(|l| l.first())
+        .and_then(|l| l["addr_info"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// A router advertisement on the bridge changes nothing in a twill container (accept_ra=0 from
+/// before the link was up), while a container that accepts RAs takes its prefix — so the RA
+/// was a valid one and the test proves something.
+#[test]
+fn router_advertisements_are_ignored_in_the_container() {
+    if !preconditions(
+        "router_advertisements_are_ignored_in_the_container",
+        &["ip", "sh"],
+    ) {
+        return;
+    }
+    let node = Node::new("v6c9", DUAL);
+    let conf = node.conf("1.0.0");
+    let (_a, pa) = node.ctr("a");
+    let (_b, pb) = node.ctr("b");
+    node.add("ours", &pa, &conf);
+    node.add("ctl", &pb, &conf);
+    let (ours, ctl, host) = (
+        node.scope.name("a"),
+        node.scope.name("b"),
+        node.scope.name("host"),
+    );
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ctl,
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv6/conf/eth0/accept_ra",
+        ],
+    );
+    // The RA's source is the bridge's link-local address: wait until DAD made it usable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !v6_addrs(&host, "cni0")
+        .iter()
+        .any(|a| a["scope"] == "link" && a.get("tentative").is_none())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bridge has no usable link-local address: {:?}",
+            v6_addrs(&host, "cni0")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let from_ra = |ns: &str| {
+        v6_addrs(ns, "eth0").iter().any(|a| {
+            a["local"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("2001:db8:99:"))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !from_ra(&ctl) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the control container never took the RA's prefix: the RA is not valid"
+        );
+        send_router_advertisement(&node.host, "cni0");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        !from_ra(&ours),
+        "a twill container took a SLAAC address: {:?}",
+        v6_addrs(&ours, "eth0")
+    );
+    let routes = twill_tests::ip_json(&ours, &["-6", "route", "show"]);
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["protocol"] != "ra"),
+        "a twill container took a route from the RA: {routes}"
+    );
+}
