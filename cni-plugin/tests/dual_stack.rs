@@ -206,7 +206,7 @@ fn dual_stack_results_per_version_check_and_del() {
             }),
         };
         assert_eq!(normalized(r.clone()), want, "{v}: {r}");
-        if v.starts_with("1.") {
+        if !matches!(*v, "0.1.0" | "0.2.0") {
             let violations = twill_tests::cni::spec_violations(&r, v, "eth0", &p);
             assert!(violations.is_empty(), "{v}: {violations:?}");
         }
