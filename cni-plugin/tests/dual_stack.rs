@@ -979,3 +979,32 @@ fn router_advertisements_are_ignored_in_the_container() {
         "a twill container took a route from the RA: {routes}"
     );
 }
+
+/// GC (1.1.0) releases both addresses of every attachment it is not told to keep, and DEL
+/// after the namespace is gone releases both families too.
+#[test]
+fn gc_and_del_without_netns_release_both_families() {
+    if !preconditions("gc_and_del_without_netns_release_both_families", &["ip"]) {
+        return;
+    }
+    let node = Node::new("v6c10", DUAL);
+    let conf = node.conf("1.1.0");
+    let mut paths = Vec::new();
+    for i in 0..3 {
+        let (_ns, p) = node.ctr(&format!("c{i}"));
+        node.add(&format!("g{i}"), &p, &conf);
+        paths.push(p);
+    }
+    assert_eq!(ip_files(&node.ipam_dir()).len(), 6);
+    Netns::delete(&node.scope.name("c2")).unwrap();
+    let (ok, v) = node.cni("DEL", "g2", "", &conf, &[]);
+    assert!(ok, "{v}");
+    assert_eq!(ip_files(&node.ipam_dir()).len(), 4);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "g0", "ifname": "eth0"}]);
+    let (ok, v) = node.cni("GC", "", "", &gc, &[]);
+    assert!(ok, "{v}");
+    assert_eq!(ip_files(&node.ipam_dir()), ["10.244.7.2", "fd00:244:7::2"]);
+    assert!(node.cni("DEL", "g0", &paths[0], &conf, &[]).0);
+    assert!(ip_files(&node.ipam_dir()).is_empty());
+}
