@@ -1,23 +1,24 @@
 //! ADD, DEL, CHECK, STATUS and GC.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use twill_netkit::subnet_env::SubnetEnv;
 use twill_netkit::{Link, Netns, random};
 
-use crate::config::{Attachment, Dns, NetConf};
+use crate::config::{Attachment, NetConf};
 use crate::env::CniEnv;
 use crate::error::{
     CniError, CniResult, INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN, UNKNOWN_CONTAINER,
 };
-use crate::ipam::builtin::{self, Range};
+use crate::ipam::assignment::{self, Assignment};
+use crate::ipam::builtin;
 use crate::ipam::delegate;
 use crate::ipam::store::Store;
 use crate::masq::{Masq, MasqRule};
-use crate::result::{AddResult, Interface, IpConfig, RouteSpec};
+use crate::result::{AddResult, Interface, IpConfig};
 use crate::rollback::Rollback;
 use crate::setup::{self, HostPlan};
 
@@ -74,14 +75,6 @@ fn current_netns() -> CniResult<Netns> {
     Netns::current().map_err(CniError::from)
 }
 
-/// The address an ADD got, and what came with it.
-struct Assignment {
-    ip: Ipv4Net,
-    gateway: Option<Ipv4Addr>,
-    routes: Vec<RouteSpec>,
-    dns: Dns,
-}
-
 /// ADD, as a list of named steps. Each step that creates something records its undo on the
 /// rollback guard; any failure drops the guard, which undoes those steps newest first.
 pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResult<String> {
@@ -94,17 +87,24 @@ pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResu
 
     let mut rollback = Rollback::new(&conf.name);
     let mut assigned = lease_address(conf, env, stdin, se.as_ref(), &mut rollback)?;
-    add_default_route(conf, &mut assigned);
+    if conf.is_default_gateway() {
+        assigned.add_default_routes();
+    }
     let plan = host_plan(conf, env, se.as_ref(), &assigned, &host_ns)?;
     let (bridge, veth) = create_host_side(&host_ns, &plan, &ctr, &mut rollback)?;
     if conf.is_gateway() {
-        host_ns.enter(setup::enable_forwarding)??;
+        let gateways = assigned.gateways();
+        host_ns.enter(|| setup::enable_forwarding(&gateways))??;
     }
     let container = configure_container_side(&ctr, &plan.tmp_peer, &env.ifname, &assigned)?;
     let state = masq_state(conf, se.as_ref())?;
     if masq {
-        let rule = masq_rule(se.as_ref(), assigned.ip);
-        state.record(&env.container_id, &env.ifname, rule, false)?;
+        let rules: Vec<MasqRule> = assigned
+            .ips
+            .iter()
+            .map(|a| masq_rule(se.as_ref(), a.ip))
+            .collect();
+        state.record(&env.container_id, &env.ifname, &rules, false)?;
     }
     rollback.commit();
 
@@ -127,15 +127,16 @@ fn check_add_request(conf: &NetConf, se: Option<&SubnetEnv>) -> CniResult<bool> 
 }
 
 /// The masquerade rule for a container at `ip`: its subnet (from the address and prefix
-/// length, whichever IPAM gave it) towards anywhere outside the overlay network when the
-/// subnet lies in it, else outside the subnet itself (as the reference bridge plugin).
-fn masq_rule(se: Option<&SubnetEnv>, ip: Ipv4Net) -> MasqRule {
+/// length, whichever IPAM gave it) towards anywhere outside the overlay network of its
+/// family when the subnet lies in it, else outside the subnet itself (as the reference
+/// bridge plugin).
+fn masq_rule(se: Option<&SubnetEnv>, ip: IpNet) -> MasqRule {
     let subnet = ip.trunc();
-    let excluded = se
-        .and_then(|s| s.ipv4)
-        .map(|p| p.network)
-        .filter(|n| n.contains(&subnet))
-        .unwrap_or(subnet);
+    let network: Option<IpNet> = match subnet {
+        IpNet::V4(_) => se.and_then(|s| s.ipv4).map(|p| p.network.into()),
+        IpNet::V6(_) => se.and_then(|s| s.ipv6).map(|p| p.network.into()),
+    };
+    let excluded = network.filter(|n| n.contains(&subnet)).unwrap_or(subnet);
     MasqRule::new(subnet, excluded)
 }
 
@@ -147,7 +148,7 @@ fn masq_state(conf: &NetConf, se: Option<&SubnetEnv>) -> CniResult<Masq> {
     let legacy_rule = se
         .filter(|s| conf.ipam_type().is_none() && ip_masq(conf, Some(s)))
         .and_then(|s| s.ipv4)
-        .map(|p| MasqRule::new(p.subnet, p.network));
+        .map(|p| MasqRule::new(p.subnet.into(), p.network.into()));
     state.migrate_legacy(&ipam_dir, legacy_rule, || {
         let store = Store::open(&ipam_dir)?;
         let lock = store.lock()?;
@@ -168,8 +169,8 @@ fn ensure_interface_absent(ctr: &Netns, ifname: &str) -> CniResult<()> {
     ctr.run(|nl| async move { setup::ensure_absent(&nl, ifname).await })
 }
 
-/// Step: an address from the built-in IPAM (over the subnet file) or the delegated plugin;
-/// giving it back goes on `rollback`.
+/// Step: the addresses from the built-in IPAM (over the subnet file) or the delegated
+/// plugin; giving them back goes on `rollback`.
 fn lease_address<'a>(
     conf: &'a NetConf,
     env: &'a CniEnv,
@@ -177,36 +178,24 @@ fn lease_address<'a>(
     se: Option<&SubnetEnv>,
     rollback: &mut Rollback<'a>,
 ) -> CniResult<Assignment> {
-    let requested = match env.requested_ip {
-        Some(ip) => Some(ip),
-        None => conf.runtime_ip()?,
-    };
     match (conf.ipam_type(), se) {
         (None, Some(se)) => {
-            let Some(v4) = se.ipv4 else {
-                return Err(CniError::new(
-                    INVALID_CONFIG,
-                    format!(
-                        "the subnet file {} has no IPv4 subnet: IPv6-only networks are not supported by this plugin yet",
-                        conf.subnet_file().display()
-                    ),
-                ));
+            let requested = if env.requested_ips.is_empty() {
+                conf.runtime_ips()?
+            } else {
+                env.requested_ips.clone()
             };
-            let gateway = twill_netkit::subnet_env::first_v4(v4.subnet);
+            let ranges = assignment::builtin_ranges(se);
             let store = Store::open(&conf.ipam_dir())?;
-            let range = Range {
-                subnet: v4.subnet,
-                gateway,
-            };
-            let ip = {
+            let ips = {
                 let lock = store.lock()?;
                 builtin::allocate(
                     &store,
                     &lock,
-                    range,
+                    &ranges,
                     &env.container_id,
                     &env.ifname,
-                    requested,
+                    &requested,
                 )?
             };
             rollback.on_failure("releasing address", move || {
@@ -215,15 +204,7 @@ fn lease_address<'a>(
                     .release(&lock, &env.container_id, &env.ifname)
                     .map(|_| ())
             });
-            Ok(Assignment {
-                ip: Ipv4Net::new(ip, v4.subnet.prefix_len()).unwrap_or(v4.subnet),
-                gateway: Some(gateway),
-                routes: vec![RouteSpec {
-                    dst: v4.network,
-                    gw: Some(gateway),
-                }],
-                dns: Dns::default(),
-            })
+            Ok(Assignment::from_builtin(se, &ranges, &ips))
         }
         (Some(plugin), _) => {
             let out = delegate::exec(plugin, "ADD", env, stdin)?;
@@ -234,33 +215,15 @@ fn lease_address<'a>(
                 CniError::new(INTERNAL, format!("IPAM plugin {plugin} printed no result"))
             })?;
             let r = AddResult::from_json(&out)?;
-            let first = r.ips.first().ok_or_else(|| {
-                CniError::new(
+            if r.ips.is_empty() {
+                return Err(CniError::new(
                     INTERNAL,
-                    format!("IPAM plugin {plugin} returned no IPv4 address"),
-                )
-            })?;
-            Ok(Assignment {
-                ip: first.address,
-                gateway: first.gateway,
-                routes: r.routes,
-                dns: r.dns,
-            })
+                    format!("IPAM plugin {plugin} returned no address"),
+                ));
+            }
+            Ok(Assignment::from_result(r))
         }
         (None, None) => Err(missing_subnet_file(conf, TRY_AGAIN)),
-    }
-}
-
-/// Step: with isDefaultGateway, a default route via the gateway unless IPAM gave one.
-fn add_default_route(conf: &NetConf, assigned: &mut Assignment) {
-    if conf.is_default_gateway()
-        && let Some(gw) = assigned.gateway
-        && !assigned.routes.iter().any(|r| r.dst.prefix_len() == 0)
-    {
-        assigned.routes.push(RouteSpec {
-            dst: Ipv4Net::default(),
-            gw: Some(gw),
-        });
     }
 }
 
@@ -281,9 +244,10 @@ fn host_plan<'c>(
     };
     Ok(HostPlan {
         bridge: conf.bridge(),
-        bridge_addr: match (conf.is_gateway(), assigned.gateway) {
-            (true, Some(gw)) => Some(setup::gateway_cidr(gw, assigned.ip.trunc())),
-            _ => None,
+        bridge_addrs: if conf.is_gateway() {
+            assigned.bridge_addresses()
+        } else {
+            Vec::new()
         },
         mtu,
         hairpin: conf.hairpin(),
@@ -319,8 +283,12 @@ fn configure_container_side(
     ifname: &str,
     assigned: &Assignment,
 ) -> CniResult<Link> {
-    let (ip, gw, routes) = (assigned.ip, assigned.gateway, &assigned.routes);
-    ctr.run(|nl| async move { setup::container_side(&nl, tmp_peer, ifname, ip, gw, routes).await })
+    let addrs: Vec<IpNet> = assigned.ips.iter().map(|a| a.ip).collect();
+    let gateways = assigned.gateways();
+    let (addrs, gateways, routes) = (&addrs, &gateways, &assigned.routes);
+    ctr.run(|nl| async move {
+        setup::container_side(&nl, tmp_peer, ifname, addrs, gateways, routes).await
+    })
 }
 
 /// The result: bridge, host veth and container interface, the address on the latter.
@@ -344,11 +312,15 @@ fn add_result(
             interface(&veth, None),
             interface(&container, Some(sandbox.to_string())),
         ],
-        ips: vec![IpConfig {
-            address: assigned.ip,
-            gateway: assigned.gateway,
-            interface: Some(2),
-        }],
+        ips: assigned
+            .ips
+            .iter()
+            .map(|a| IpConfig {
+                address: a.ip,
+                gateway: a.gateway,
+                interface: Some(2),
+            })
+            .collect(),
         routes: assigned.routes,
         dns: conf.dns.clone().unwrap_or(assigned.dns),
     }
@@ -436,12 +408,13 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
         .interfaces
         .iter()
         .position(|i| i.name == env.ifname && i.sandbox.is_some());
-    for ip in prev
+    let our_ips: Vec<&IpConfig> = prev
         .ips
         .iter()
         .filter(|ip| ip.interface.is_none() || ip.interface == ours)
-    {
-        if !addrs.contains(&ipnet::IpNet::V4(ip.address)) {
+        .collect();
+    for ip in &our_ips {
+        if !addrs.contains(&ip.address) {
             return Err(CniError::new(
                 INTERNAL,
                 format!(
@@ -456,7 +429,7 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
     for r in &prev.routes {
         if !routes
             .iter()
-            .any(|k| k.dst == r.dst.into() && (r.gw.is_none() || k.gateway == r.gw.map(Into::into)))
+            .any(|k| k.dst == r.dst && (r.gw.is_none() || k.gateway == r.gw))
         {
             return Err(CniError::new(
                 INTERNAL,
@@ -473,22 +446,34 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
         .run(|nl| async move { nl.require_link(&bridge).await })
         .map_err(|e| CniError::new(INTERNAL, format!("CHECK: {e}")))?;
     let se = subnet_env(conf)?;
-    if ip_masq(conf, se.as_ref())
-        && let Some(ip) = prev.ips.first()
-    {
-        let rule = masq_rule(se.as_ref(), ip.address);
-        masq_state(conf, se.as_ref())?.record(&env.container_id, &env.ifname, rule, true)?;
+    if ip_masq(conf, se.as_ref()) && !our_ips.is_empty() {
+        let rules: Vec<MasqRule> = our_ips
+            .iter()
+            .map(|ip| masq_rule(se.as_ref(), ip.address))
+            .collect();
+        masq_state(conf, se.as_ref())?.record(&env.container_id, &env.ifname, &rules, true)?;
     }
     if conf.ipam_type().is_none() {
         let store = Store::open(&conf.ipam_dir())?;
         let lock = store.lock()?;
-        let held: Option<Ipv4Addr> = store.find(&lock, &env.container_id, &env.ifname)?;
-        if !prev.ips.iter().any(|ip| Some(ip.address.addr()) == held) {
+        let held: Vec<IpAddr> = store.find(&lock, &env.container_id, &env.ifname)?;
+        let unheld: Vec<String> = our_ips
+            .iter()
+            .filter(|ip| !held.contains(&ip.address.addr()))
+            .map(|ip| ip.address.to_string())
+            .collect();
+        if held.is_empty() || !unheld.is_empty() {
             return Err(CniError::new(
                 INTERNAL,
                 format!(
-                    "CHECK: no IPAM reservation for {} {} matches prevResult",
-                    env.container_id, env.ifname
+                    "CHECK: no IPAM reservation for {} {} matches prevResult's {}",
+                    env.container_id,
+                    env.ifname,
+                    if unheld.is_empty() {
+                        "addresses".to_string()
+                    } else {
+                        unheld.join(", ")
+                    }
                 ),
             ));
         }

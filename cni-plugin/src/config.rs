@@ -1,6 +1,6 @@
 //! The network configuration on stdin: parsing, validation and defaults.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -240,18 +240,31 @@ impl NetConf {
         self.hairpin_mode.unwrap_or(true)
     }
 
-    /// The IP the runtime asked for via runtimeConfig `ips` (first one).
-    pub fn runtime_ip(&self) -> CniResult<Option<Ipv4Addr>> {
-        let Some(first) = self.runtime_config.ips.first() else {
-            return Ok(None);
-        };
-        let addr = first.split('/').next().unwrap_or(first);
-        addr.parse().map(Some).map_err(|_| {
-            CniError::new(
-                INVALID_CONFIG,
-                format!("invalid runtimeConfig.ips entry {first:?}: not an IPv4 address"),
-            )
-        })
+    /// The addresses the runtime asked for via runtimeConfig `ips` (CIDRs or addresses, at
+    /// most one per family).
+    pub fn runtime_ips(&self) -> CniResult<Vec<IpAddr>> {
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for entry in &self.runtime_config.ips {
+            let ip = parse_ip_or_cidr(entry).ok_or_else(|| {
+                CniError::new(
+                    INVALID_CONFIG,
+                    format!(
+                        "invalid runtimeConfig.ips entry {entry:?}: not an IPv4 or IPv6 address"
+                    ),
+                )
+            })?;
+            if ips.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+                return Err(CniError::new(
+                    INVALID_CONFIG,
+                    format!(
+                        "invalid runtimeConfig.ips {:?}: more than one address of a family",
+                        self.runtime_config.ips
+                    ),
+                ));
+            }
+            ips.push(ip);
+        }
+        Ok(ips)
     }
 
     /// GC's list of attachments to keep (1.1 name, falling back to the 1.1.0 tag's name).
@@ -260,6 +273,15 @@ impl NetConf {
             .clone()
             .or_else(|| self.attachments.clone())
             .unwrap_or_default()
+    }
+}
+
+/// An address, or the address of a CIDR (runtimes pass either).
+pub fn parse_ip_or_cidr(text: &str) -> Option<IpAddr> {
+    if text.contains('/') {
+        text.parse::<ipnet::IpNet>().ok().map(|n| n.addr())
+    } else {
+        text.parse().ok()
     }
 }
 
@@ -436,7 +458,7 @@ mod mutation_tests {
         let conf = br#"{"cniVersion":"1.0.0","name":"tw","type":"twill","mtu":1450,"ipam":{"type":"host-local"},"runtimeConfig":{"ips":["10.1.2.3/24"]},"cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#;
         mutations(conf, 20_000, |b| {
             if let Ok(c) = NetConf::parse(b) {
-                let _ = c.runtime_ip();
+                let _ = c.runtime_ips();
                 let _ = c.gc_keep();
             }
         });

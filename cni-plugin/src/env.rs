@@ -1,7 +1,7 @@
 //! The CNI_* environment: parsed once, validated for the command at hand. Container IDs and
 //! interface names become file and link names, so anything that could escape is refused.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::error::{CniError, CniResult, INVALID_ENV};
@@ -23,8 +23,9 @@ pub struct CniEnv {
     pub container_id: String,
     pub netns: Option<PathBuf>,
     pub ifname: String,
-    /// `IP=` from CNI_ARGS (podman's `--ip`).
-    pub requested_ip: Option<Ipv4Addr>,
+    /// `IP=` from CNI_ARGS (podman's `--ip`): one address per family, comma-separated as
+    /// host-local reads it (`IP=10.244.7.9,fd00:244:7::9`).
+    pub requested_ips: Vec<IpAddr>,
     pub path: Vec<PathBuf>,
     /// The raw CNI_ARGS, passed to delegated plugins.
     pub raw_args: String,
@@ -69,6 +70,30 @@ fn valid_ifname(name: &str) -> bool {
         && !name
             .bytes()
             .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+/// Parses `IP=`'s value: addresses separated by ',' (a `/prefix` is tolerated, as podman
+/// may pass one), at most one per family.
+fn parse_requested_ips(value: &str) -> CniResult<Vec<IpAddr>> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for part in value.split(',').map(str::trim) {
+        let ip = crate::config::parse_ip_or_cidr(part).ok_or_else(|| {
+            CniError::new(
+                INVALID_ENV,
+                format!(
+                    "invalid IP={value:?} in CNI_ARGS: {part:?} is not an IPv4 or IPv6 address"
+                ),
+            )
+        })?;
+        if ips.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+            return Err(CniError::new(
+                INVALID_ENV,
+                format!("invalid IP={value:?} in CNI_ARGS: more than one address of a family"),
+            ));
+        }
+        ips.push(ip);
+    }
+    Ok(ips)
 }
 
 /// Parses and validates the environment for `cmd`.
@@ -135,12 +160,7 @@ pub fn parse(cmd: Command, get: &dyn Fn(&str) -> Option<String>) -> CniResult<Cn
             ));
         };
         if k == "IP" {
-            env.requested_ip = Some(v.parse().map_err(|_| {
-                CniError::new(
-                    INVALID_ENV,
-                    format!("invalid IP={v:?} in CNI_ARGS: not an IPv4 address"),
-                )
-            })?);
+            env.requested_ips = parse_requested_ips(v)?;
         }
     }
     Ok(env)
@@ -197,7 +217,7 @@ mod tests {
         ]);
         let e = parse(Command::Del, &get).unwrap();
         assert!(e.netns.is_none());
-        assert_eq!(e.requested_ip, Some(Ipv4Addr::new(10, 1, 2, 3)));
+        assert_eq!(e.requested_ips, vec![IpAddr::from([10, 1, 2, 3])]);
         let err = parse(Command::Add, &get).unwrap_err();
         assert!(err.msg.contains("CNI_NETNS"), "{}", err.msg);
         let bad = env_of(&[
@@ -211,6 +231,33 @@ mod tests {
                 .msg
                 .contains("IP=\"banana\"")
         );
+        let both = env_of(&[
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "IP=10.1.2.3,fd00:1::3/64"),
+        ]);
+        assert_eq!(
+            parse(Command::Del, &both).unwrap().requested_ips,
+            vec![
+                "10.1.2.3".parse::<IpAddr>().unwrap(),
+                "fd00:1::3".parse().unwrap()
+            ]
+        );
+        for (bad_ip, want) in [
+            ("fd00::zz", "\"fd00::zz\" is not an IPv4 or IPv6"),
+            ("fd00::1,fd00::2", "more than one address of a family"),
+            ("10.1.2.3,", "\"\" is not"),
+        ] {
+            let args = format!("IP={bad_ip}");
+            let get = env_of(&[
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", &args),
+            ]);
+            let err = parse(Command::Del, &get).unwrap_err();
+            assert_eq!(err.code, INVALID_ENV);
+            assert!(err.msg.contains(want), "{bad_ip}: {}", err.msg);
+        }
         assert!(
             command(&env_of(&[("CNI_COMMAND", "FOO")]))
                 .unwrap_err()

@@ -1,7 +1,8 @@
-//! Masquerade for containers (`ipMasq`): one nftables table per network (`ip twill-cni-<name>`)
-//! with one rule per container subnet: traffic from the subnet to anywhere outside its
-//! excluded network (the overlay network, or the subnet itself) and not multicast is
-//! masqueraded.
+//! Masquerade for containers (`ipMasq`): one nftables table per network for both families
+//! (`inet twill-cni-<name>`) with one rule per container subnet: traffic from the subnet to
+//! anywhere outside its excluded network (the overlay network, or the subnet itself) and not
+//! multicast is masqueraded. A twill before dual stack kept an `ip` table of the same name;
+//! it is removed when the `inet` one first replaces it.
 //!
 //! Rules are per subnet, never per container, so a steady-state ADD runs no `nft` at all. Which
 //! attachment uses which subnet is recorded in twill's own state directory (never in the IPAM
@@ -12,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use twill_netkit::firewall::{self, Chain, Family, Hook, Rule, Table};
 
@@ -29,14 +30,14 @@ const LEGACY_MARKER: &str = "masq.nft";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MasqRule {
     /// Source subnet (network address, prefix length).
-    pub subnet: Ipv4Net,
-    /// Destinations that are not masqueraded.
-    pub excluded: Ipv4Net,
+    pub subnet: IpNet,
+    /// Destinations that are not masqueraded (of the subnet's family).
+    pub excluded: IpNet,
 }
 
 impl MasqRule {
     /// A rule for `subnet` (truncated to its network address) excluding `excluded`.
-    pub fn new(subnet: Ipv4Net, excluded: Ipv4Net) -> MasqRule {
+    pub fn new(subnet: IpNet, excluded: IpNet) -> MasqRule {
         MasqRule {
             subnet: subnet.trunc(),
             excluded: excluded.trunc(),
@@ -50,6 +51,20 @@ struct Recorded {
     container_id: String,
     ifname: String,
     rule: MasqRule,
+}
+
+impl MasqRule {
+    /// The nft expression: `ip` or `ip6` matches by the subnet's family.
+    fn expr(&self) -> String {
+        let (fam, multicast) = match self.subnet {
+            IpNet::V4(_) => ("ip", "224.0.0.0/4"),
+            IpNet::V6(_) => ("ip6", "ff00::/8"),
+        };
+        format!(
+            "{fam} saddr {} {fam} daddr != {} {fam} daddr != {multicast} masquerade",
+            self.subnet, self.excluded
+        )
+    }
 }
 
 impl Recorded {
@@ -86,22 +101,14 @@ pub fn table_name(name: &str) -> String {
 /// The desired table for network `name` with one rule per entry of `rules`.
 pub fn table(name: &str, rules: &BTreeSet<MasqRule>) -> Table {
     Table {
-        family: Family::Ip,
+        family: Family::Inet,
         name: table_name(name),
         chains: vec![Chain {
             name: "postrouting".into(),
             hook: Some(Hook::nat_postrouting()),
             rules: rules
                 .iter()
-                .map(|r| {
-                    Rule::new(
-                        format!(
-                            "ip saddr {} ip daddr != {} ip daddr != 224.0.0.0/4 masquerade",
-                            r.subnet, r.excluded
-                        ),
-                        format!("twill-cni: {name}"),
-                    )
-                })
+                .map(|r| Rule::new(r.expr(), format!("twill-cni: {name}")))
                 .collect(),
         }],
     }
@@ -188,9 +195,14 @@ impl Masq {
                 format!("installing masquerade rules of network {}: {e}", self.name),
             )
         };
+        let name = table_name(&self.name);
+        // What a twill before dual stack applied: an `ip` table of the same name.
+        if !state.applied.is_empty() && !state.applied.starts_with("table inet ") {
+            firewall::remove_table(Family::Ip, &name).map_err(failed)?;
+        }
         if rules.is_empty() {
             if force || !state.applied.is_empty() {
-                firewall::remove_table(Family::Ip, &table_name(&self.name)).map_err(failed)?;
+                firewall::remove_table(Family::Inet, &name).map_err(failed)?;
             }
             state.applied.clear();
         } else {
@@ -204,20 +216,26 @@ impl Masq {
         self.store(&state)
     }
 
-    /// Records that attachment (`id`, `ifname`) needs `rule`; applies the table when that
-    /// adds a rule (or always, with `force`).
-    pub fn record(&self, id: &str, ifname: &str, rule: MasqRule, force: bool) -> CniResult<()> {
+    /// Records that attachment (`id`, `ifname`) needs `rules` (one per family), replacing
+    /// what it needed before; applies the table when that changes the rules (or always, with
+    /// `force`).
+    pub fn record(&self, id: &str, ifname: &str, rules: &[MasqRule], force: bool) -> CniResult<()> {
         self.update(force, |s| {
-            let entry = Recorded {
-                container_id: id.to_string(),
-                ifname: ifname.to_string(),
-                rule,
-            };
-            if s.attachments.contains(&entry) && !s.applied.is_empty() {
+            let wanted: Vec<Recorded> = rules
+                .iter()
+                .map(|rule| Recorded {
+                    container_id: id.to_string(),
+                    ifname: ifname.to_string(),
+                    rule: *rule,
+                })
+                .collect();
+            let held: Vec<&Recorded> = s.attachments.iter().filter(|a| a.is(id, ifname)).collect();
+            let same = held.len() == wanted.len() && wanted.iter().all(|w| held.contains(&w));
+            if same && !s.applied.is_empty() {
                 return false;
             }
             s.attachments.retain(|a| !a.is(id, ifname));
-            s.attachments.push(entry);
+            s.attachments.extend(wanted);
             true
         })
     }
@@ -260,6 +278,16 @@ impl Masq {
         if !legacy.exists() {
             return Ok(());
         }
+        // That twill's table was of family `ip`; the `inet` one replaces it.
+        firewall::remove_table(Family::Ip, &table_name(&self.name)).map_err(|e| {
+            CniError::new(
+                INTERNAL,
+                format!(
+                    "removing the old masquerade table of network {}: {e}",
+                    self.name
+                ),
+            )
+        })?;
         if let Some(rule) = rule {
             let held = attachments()?;
             self.update(false, |s| {
@@ -302,5 +330,31 @@ mod tests {
         let a = script.find("ip saddr 10.244.7.0/24 ip daddr != 10.244.0.0/16");
         let b = script.find("ip saddr 10.99.1.0/24 ip daddr != 10.99.1.0/24");
         assert!(a.is_some() && b.is_some(), "{script}");
+        assert!(script.starts_with("table inet twill-cni-net\n"), "{script}");
+    }
+
+    #[test]
+    fn ipv6_rules_match_ip6_in_the_same_table() {
+        let r = |s: &str, x: &str| MasqRule::new(s.parse().unwrap(), x.parse().unwrap());
+        let rules = BTreeSet::from([
+            r("10.244.7.1/24", "10.244.0.0/16"),
+            r("fd00:244:7::1/64", "fd00:244::/32"),
+        ]);
+        let script = table("net", &rules).render().unwrap();
+        assert!(
+            script.contains(
+                "ip6 saddr fd00:244:7::/64 ip6 daddr != fd00:244::/32 ip6 daddr != ff00::/8 masquerade"
+            ),
+            "{script}"
+        );
+        assert!(
+            script.contains("ip saddr 10.244.7.0/24 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade"),
+            "{script}"
+        );
+        assert_eq!(
+            script.matches("table inet").count(),
+            3,
+            "one table: {script}"
+        );
     }
 }

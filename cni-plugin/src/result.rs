@@ -1,10 +1,12 @@
 //! The ADD result, rendered in the shape of the requested CNI version, and read back from a
-//! delegated IPAM plugin or a prevResult.
+//! delegated IPAM plugin or a prevResult. Both address families: 0.3.0 and later carry every
+//! address in `ips` (0.3.x/0.4.0 with `version` "4"/"6"), 0.1.0/0.2.0 one `ip4` and one `ip6`
+//! object, each with the routes of its family.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
-use serde_json::{Value, json};
+use ipnet::IpNet;
+use serde_json::{Map, Value, json};
 
 use crate::config::Dns;
 use crate::error::{CniError, CniResult, DECODE};
@@ -23,16 +25,16 @@ pub struct Interface {
 /// One assigned address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpConfig {
-    pub address: Ipv4Net,
-    pub gateway: Option<Ipv4Addr>,
+    pub address: IpNet,
+    pub gateway: Option<IpAddr>,
     pub interface: Option<usize>,
 }
 
 /// One route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteSpec {
-    pub dst: Ipv4Net,
-    pub gw: Option<Ipv4Addr>,
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
 }
 
 /// A CNI result.
@@ -44,10 +46,21 @@ pub struct AddResult {
     pub dns: Dns,
 }
 
+fn route_json(r: &RouteSpec) -> Value {
+    let mut v = json!({"dst": r.dst.to_string()});
+    if let Some(gw) = r.gw {
+        v["gw"] = json!(gw.to_string());
+    }
+    v
+}
+
 impl AddResult {
-    /// Renders the result for `cni_version` (0.3.x/0.4.0 keep `ips[].version`; interface MTU
-    /// only from 1.1.0).
+    /// Renders the result for `cni_version` (0.1.0/0.2.0: `ip4`/`ip6`; 0.3.x/0.4.0 keep
+    /// `ips[].version`; interface MTU only from 1.1.0).
     pub fn to_json(&self, cni_version: &str) -> Value {
+        if version::has_ip4_ip6_objects(cni_version) {
+            return self.to_json_020(cni_version);
+        }
         let old = version::has_ip_version_field(cni_version);
         let new_fields = version::at_least_1_1(cni_version);
         let interfaces: Vec<Value> = self
@@ -70,7 +83,11 @@ impl AddResult {
             .map(|ip| {
                 let mut v = json!({"address": ip.address.to_string()});
                 if old {
-                    v["version"] = json!("4");
+                    v["version"] = json!(if ip.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    });
                 }
                 if let Some(gw) = ip.gateway {
                     v["gateway"] = json!(gw.to_string());
@@ -81,17 +98,7 @@ impl AddResult {
                 v
             })
             .collect();
-        let routes: Vec<Value> = self
-            .routes
-            .iter()
-            .map(|r| {
-                let mut v = json!({"dst": r.dst.to_string()});
-                if let Some(gw) = r.gw {
-                    v["gw"] = json!(gw.to_string());
-                }
-                v
-            })
-            .collect();
+        let routes: Vec<Value> = self.routes.iter().map(route_json).collect();
         let mut out = json!({"cniVersion": cni_version});
         if !interfaces.is_empty() {
             out["interfaces"] = json!(interfaces);
@@ -104,10 +111,36 @@ impl AddResult {
         out
     }
 
-    /// Reads a result of any supported version (IPAM plugin output or prevResult). IPv6
-    /// entries are ignored: twill's data path is IPv4.
+    /// 0.1.0/0.2.0: the first address of each family as `ip4`/`ip6` (those versions hold one
+    /// per family), each with the routes of its family; no interfaces.
+    fn to_json_020(&self, cni_version: &str) -> Value {
+        let mut out = json!({"cniVersion": cni_version});
+        for (key, v4) in [("ip4", true), ("ip6", false)] {
+            let Some(ip) = self.ips.iter().find(|i| i.address.addr().is_ipv4() == v4) else {
+                continue;
+            };
+            let mut obj = json!({"ip": ip.address.to_string()});
+            if let Some(gw) = ip.gateway {
+                obj["gateway"] = json!(gw.to_string());
+            }
+            let routes: Vec<Value> = self
+                .routes
+                .iter()
+                .filter(|r| r.dst.addr().is_ipv4() == v4)
+                .map(route_json)
+                .collect();
+            if !routes.is_empty() {
+                obj["routes"] = json!(routes);
+            }
+            out[key] = obj;
+        }
+        out["dns"] = serde_json::to_value(&self.dns).unwrap_or_else(|_| json!({}));
+        out
+    }
+
+    /// Reads a result of any supported version (IPAM plugin output or prevResult), both
+    /// families: `ips` (0.3.0 and later) or `ip4`/`ip6` (0.1.0/0.2.0).
     pub fn from_json(v: &Value) -> CniResult<AddResult> {
-        let bad = |what: &str| CniError::new(DECODE, format!("decoding CNI result: {what}"));
         let mut r = AddResult::default();
         if let Some(ifs) = v.get("interfaces").and_then(Value::as_array) {
             for i in ifs {
@@ -128,21 +161,13 @@ impl AddResult {
             }
         }
         for ip in v.get("ips").and_then(Value::as_array).into_iter().flatten() {
-            let addr = ip
+            let address = ip
                 .get("address")
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad("ips[].address missing"))?;
-            if addr.contains(':') {
-                continue;
-            }
             r.ips.push(IpConfig {
-                address: addr
-                    .parse()
-                    .map_err(|_| bad(&format!("bad address {addr:?}")))?,
-                gateway: match ip.get("gateway").and_then(Value::as_str) {
-                    Some(g) => Some(g.parse().map_err(|_| bad(&format!("bad gateway {g:?}")))?),
-                    None => None,
-                },
+                address: parse_net("address", address)?,
+                gateway: parse_gw(ip.get("gateway"), "gateway")?,
                 interface: ip
                     .get("interface")
                     .and_then(Value::as_u64)
@@ -155,28 +180,88 @@ impl AddResult {
             .into_iter()
             .flatten()
         {
-            let dst = rt
-                .get("dst")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("routes[].dst missing"))?;
-            if dst.contains(':') {
+            r.routes.push(parse_route(rt)?);
+        }
+        // 0.1.0/0.2.0: one object per family, routes inside it.
+        for key in ["ip4", "ip6"] {
+            let Some(obj) = v.get(key).and_then(Value::as_object) else {
                 continue;
+            };
+            r.ips.push(legacy_ip(key, obj)?);
+            for rt in obj
+                .get("routes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                r.routes.push(parse_route(rt)?);
             }
-            r.routes.push(RouteSpec {
-                dst: dst
-                    .parse()
-                    .map_err(|_| bad(&format!("bad route {dst:?}")))?,
-                gw: match rt.get("gw").and_then(Value::as_str) {
-                    Some(g) => Some(g.parse().map_err(|_| bad(&format!("bad route gw {g:?}")))?),
-                    None => None,
-                },
-            });
         }
         if let Some(d) = v.get("dns") {
             r.dns = serde_json::from_value(d.clone()).unwrap_or_default();
         }
         Ok(r)
     }
+
+    /// The first address of the IPv4 (`v4`) or IPv6 family.
+    pub fn first_of_family(&self, v4: bool) -> Option<&IpConfig> {
+        self.ips.iter().find(|i| i.address.addr().is_ipv4() == v4)
+    }
+}
+
+fn bad(what: &str) -> CniError {
+    CniError::new(DECODE, format!("decoding CNI result: {what}"))
+}
+
+fn parse_net(field: &str, text: &str) -> CniResult<IpNet> {
+    text.parse()
+        .map_err(|_| bad(&format!("bad {field} {text:?}")))
+}
+
+fn parse_gw(v: Option<&Value>, field: &str) -> CniResult<Option<IpAddr>> {
+    match v.and_then(Value::as_str) {
+        Some(g) => g
+            .parse()
+            .map(Some)
+            .map_err(|_| bad(&format!("bad {field} {g:?}"))),
+        None => Ok(None),
+    }
+}
+
+fn parse_route(rt: &Value) -> CniResult<RouteSpec> {
+    let dst = rt
+        .get("dst")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("routes[].dst missing"))?;
+    let route = RouteSpec {
+        dst: parse_net("route", dst)?,
+        gw: parse_gw(rt.get("gw"), "route gw")?,
+    };
+    if route
+        .gw
+        .is_some_and(|g| g.is_ipv4() != route.dst.addr().is_ipv4())
+    {
+        return Err(bad(&format!(
+            "route to {dst} has a gateway of the other family"
+        )));
+    }
+    Ok(route)
+}
+
+fn legacy_ip(key: &str, obj: &Map<String, Value>) -> CniResult<IpConfig> {
+    let text = obj
+        .get("ip")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(&format!("{key}.ip missing")))?;
+    let address = parse_net(&format!("{key}.ip"), text)?;
+    if address.addr().is_ipv4() != (key == "ip4") {
+        return Err(bad(&format!("{key}.ip {text:?} is of the other family")));
+    }
+    Ok(IpConfig {
+        address,
+        gateway: parse_gw(obj.get("gateway"), &format!("{key}.gateway"))?,
+        interface: None,
+    })
 }
 
 #[cfg(test)]
@@ -260,6 +345,87 @@ mod golden {
             let back = AddResult::from_json(&r.to_json(v)).unwrap();
             assert_eq!(back.ips, r.ips);
             assert_eq!(back.routes, r.routes);
+        }
+    }
+
+    /// The sample with a second, IPv6 address and its routes.
+    fn dual() -> AddResult {
+        let mut r = sample();
+        r.ips.push(IpConfig {
+            address: "fd00:244:7::2/64".parse().unwrap(),
+            gateway: Some("fd00:244:7::1".parse().unwrap()),
+            interface: Some(2),
+        });
+        r.routes.insert(
+            1,
+            RouteSpec {
+                dst: "fd00:244::/32".parse().unwrap(),
+                gw: Some("fd00:244:7::1".parse().unwrap()),
+            },
+        );
+        r.routes.push(RouteSpec {
+            dst: "::/0".parse().unwrap(),
+            gw: Some("fd00:244:7::1".parse().unwrap()),
+        });
+        r
+    }
+
+    const ROUTES_DUAL: &str = r#"[{"dst":"10.244.0.0/16","gw":"10.244.7.1"},{"dst":"fd00:244::/32","gw":"fd00:244:7::1"},{"dst":"0.0.0.0/0","gw":"10.244.7.1"},{"dst":"::/0","gw":"fd00:244:7::1"}]"#;
+
+    #[test]
+    fn dual_stack_in_every_version() {
+        let r = dual();
+        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        for v in ["0.3.0", "0.3.1", "0.4.0"] {
+            let want = format!(
+                r#"{{"cniVersion":"{v}","interfaces":{IFACES_NO_MTU},"ips":[{{"address":"10.244.7.2/24","version":"4","gateway":"10.244.7.1","interface":2}},{{"address":"fd00:244:7::2/64","version":"6","gateway":"fd00:244:7::1","interface":2}}],"routes":{ROUTES_DUAL},"dns":{{}}}}"#
+            );
+            assert_eq!(r.to_json(v), parse(&want), "{v}");
+        }
+        let ips_10 = r#"[{"address":"10.244.7.2/24","gateway":"10.244.7.1","interface":2},{"address":"fd00:244:7::2/64","gateway":"fd00:244:7::1","interface":2}]"#;
+        let want_10 = format!(
+            r#"{{"cniVersion":"1.0.0","interfaces":{IFACES_NO_MTU},"ips":{ips_10},"routes":{ROUTES_DUAL},"dns":{{}}}}"#
+        );
+        assert_eq!(r.to_json("1.0.0"), parse(&want_10));
+        let want_11 = format!(
+            r#"{{"cniVersion":"1.1.0","interfaces":[{{"name":"cni0","mac":"0a:58:0a:f4:07:01","mtu":1450}},{{"name":"veth0a1b2c3d","mac":"0a:00:00:00:00:01","mtu":1450}},{{"name":"eth0","mac":"0a:00:00:00:00:02","mtu":1450,"sandbox":"/var/run/netns/c1"}}],"ips":{ips_10},"routes":{ROUTES_DUAL},"dns":{{}}}}"#
+        );
+        assert_eq!(r.to_json("1.1.0"), parse(&want_11));
+        for v in ["0.1.0", "0.2.0"] {
+            let want = format!(
+                r#"{{"cniVersion":"{v}","ip4":{{"ip":"10.244.7.2/24","gateway":"10.244.7.1","routes":[{{"dst":"10.244.0.0/16","gw":"10.244.7.1"}},{{"dst":"0.0.0.0/0","gw":"10.244.7.1"}}]}},"ip6":{{"ip":"fd00:244:7::2/64","gateway":"fd00:244:7::1","routes":[{{"dst":"fd00:244::/32","gw":"fd00:244:7::1"}},{{"dst":"::/0","gw":"fd00:244:7::1"}}]}},"dns":{{}}}}"#
+            );
+            assert_eq!(r.to_json(v), parse(&want), "{v}");
+        }
+        // What we render, we read back, in every shape.
+        for v in crate::version::SUPPORTED {
+            let back = AddResult::from_json(&r.to_json(v)).unwrap();
+            let mut want_routes = r.routes.clone();
+            let mut got_routes = back.routes.clone();
+            want_routes.sort_by_key(|x| x.dst.to_string());
+            got_routes.sort_by_key(|x| x.dst.to_string());
+            assert_eq!(got_routes, want_routes, "{v}");
+            let addrs: Vec<IpNet> = back.ips.iter().map(|i| i.address).collect();
+            assert_eq!(addrs, vec![r.ips[0].address, r.ips[1].address], "{v}");
+        }
+    }
+
+    #[test]
+    fn bad_results_are_decode_errors() {
+        for bad in [
+            r#"{"ips":[{"address":"fd00::zz/64"}]}"#,
+            r#"{"ips":[{"address":"fd00::2/64","gateway":"fd00::x"}]}"#,
+            r#"{"routes":[{"dst":"::/0","gw":"10.0.0.1"}]}"#,
+            r#"{"ip6":{"ip":"10.0.0.2/24"}}"#,
+            r#"{"ip4":{"gateway":"10.0.0.1"}}"#,
+        ] {
+            let err = AddResult::from_json(&serde_json::from_str(bad).unwrap()).unwrap_err();
+            assert_eq!(err.code, DECODE, "{bad}");
+            assert!(
+                err.msg.starts_with("decoding CNI result"),
+                "{bad}: {}",
+                err.msg
+            );
         }
     }
 }

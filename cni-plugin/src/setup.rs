@@ -1,9 +1,9 @@
 //! The kernel side of an attachment: the bridge and host veth in the runtime's namespace, the
 //! container end inside the container's namespace.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use twill_netkit::{Link, Netlink, Netns, Route, sysctl};
 
 use crate::error::{CniError, CniResult, INTERNAL, INVALID_CONFIG};
@@ -15,7 +15,8 @@ const RTPROT_STATIC: u8 = 4;
 /// What the host side needs.
 pub struct HostPlan<'a> {
     pub bridge: &'a str,
-    pub bridge_addr: Option<Ipv4Net>,
+    /// The gateway addresses on the bridge (one per family, with the subnet's prefix).
+    pub bridge_addrs: Vec<IpNet>,
     pub mtu: u32,
     pub hairpin: bool,
     pub host_veth: String,
@@ -57,8 +58,12 @@ pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniRes
         .ensure_bridge_with_mac(plan.bridge, Some(plan.mtu), Some(bridge_mac()))
         .await
         .map_err(bridge_error)?;
-    if let Some(addr) = plan.bridge_addr {
-        nl.ensure_address(bridge.index, IpNet::V4(addr)).await?;
+    if plan.bridge_addrs.iter().any(|a| a.addr().is_ipv6()) {
+        // A router for its containers: it must not take router advertisements itself.
+        ipv6_sysctls(plan.bridge, nl, &ROUTER_IPV6)?;
+    }
+    for addr in &plan.bridge_addrs {
+        nl.ensure_address(bridge.index, *addr).await?;
     }
     let veth = nl
         .create_veth(&plan.host_veth, &plan.tmp_peer, ctr, Some(plan.mtu))
@@ -91,31 +96,87 @@ fn bridge_error(e: twill_netkit::Error) -> CniError {
     }
 }
 
-/// Enables forwarding in the runtime's namespace (a bridge with a gateway routes).
-pub fn enable_forwarding() -> CniResult<()> {
-    sysctl::ensure("net.ipv4.ip_forward", "1")
-        .map(|_| ())
-        .map_err(|e| CniError::new(INTERNAL, e.to_string()))
+/// Enables forwarding of the families in `gateways` in the runtime's namespace (a bridge
+/// with a gateway routes).
+pub fn enable_forwarding(gateways: &[IpAddr]) -> CniResult<()> {
+    let keys = [
+        (true, "net.ipv4.ip_forward"),
+        (false, "net/ipv6/conf/all/forwarding"),
+    ];
+    for (v4, key) in keys {
+        if gateways.iter().any(|g| g.is_ipv4() == v4) {
+            sysctl::ensure(key, "1").map_err(|e| CniError::new(INTERNAL, e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
-/// Renames the temporary container end to `ifname`, adds the address and routes, sets it up.
-/// A route without `gw` goes via `gateway` when there is one, as the reference plugins
-/// install IPAM routes (podman's default network has `{"dst": "0.0.0.0/0"}`).
+/// IPv6 on the bridge: enabled, and deaf to router advertisements (it is the router).
+const ROUTER_IPV6: [(&str, &str); 2] = [("disable_ipv6", "0"), ("accept_ra", "0")];
+
+/// IPv6 on a container interface: enabled; deaf to router advertisements (addresses and
+/// routes come from IPAM: a stray RA on the bridge must not add a default route or a SLAAC
+/// address); no duplicate address detection, also for the link-local address, which would
+/// be tentative for a second after the link comes up — and with hairpin on the bridge port
+/// the container's own neighbour solicitations come back to it (the reference bridge
+/// plugin turns DAD off for the same reason).
+const CONTAINER_IPV6: [(&str, &str); 3] = [
+    ("disable_ipv6", "0"),
+    ("accept_ra", "0"),
+    ("accept_dad", "0"),
+];
+
+/// Sets the per-interface IPv6 `keys` of `ifname` in the calling thread's namespace.
+fn ipv6_sysctls(ifname: &str, nl: &Netlink, keys: &[(&str, &str)]) -> CniResult<()> {
+    for &(key, value) in keys {
+        sysctl::ensure(&sysctl::conf_key("ipv6", ifname, key), value)
+            .map_err(|e| CniError::new(INTERNAL, format!("in netns {}: {e}", nl.netns())))?;
+    }
+    Ok(())
+}
+
+/// Whether the kernel has IPv6 for `ifname` in the calling thread's namespace (booted with
+/// `ipv6.disable=1` it has not).
+fn has_ipv6(ifname: &str) -> bool {
+    std::path::Path::new("/proc/sys")
+        .join(sysctl::conf_key("ipv6", ifname, "accept_ra"))
+        .exists()
+}
+
+/// Renames the temporary container end to `ifname`, ignores router advertisements on it
+/// (set before the link is up, so none is ever taken), adds the addresses and routes, sets it
+/// up. A route without `gw` goes via the gateway of its family when there is one, as the
+/// reference plugins install IPAM routes (podman's default network has
+/// `{"dst": "0.0.0.0/0"}`). IPv6 addresses come without DAD (netkit adds them `nodad`), so
+/// the container is reachable over IPv6 as soon as ADD returns.
 pub async fn container_side(
     nl: &Netlink,
     tmp: &str,
     ifname: &str,
-    addr: Ipv4Net,
-    gateway: Option<Ipv4Addr>,
+    addrs: &[IpNet],
+    gateways: &[IpAddr],
     routes: &[RouteSpec],
 ) -> CniResult<Link> {
     let link = nl.require_link(tmp).await?;
     nl.rename(link.index, ifname).await?;
-    nl.ensure_address(link.index, IpNet::V4(addr)).await?;
+    if addrs.iter().any(|a| a.addr().is_ipv6()) {
+        ipv6_sysctls(ifname, nl, &CONTAINER_IPV6)?;
+    } else if has_ipv6(ifname) {
+        // An IPv4-only attachment must not pick up IPv6 from a stray RA either.
+        sysctl::ensure(&sysctl::conf_key("ipv6", ifname, "accept_ra"), "0")
+            .map_err(|e| CniError::new(INTERNAL, format!("in netns {}: {e}", nl.netns())))?;
+    }
+    for addr in addrs {
+        nl.ensure_address(link.index, *addr).await?;
+    }
     nl.set_up(link.index).await?;
     for r in routes {
         let mut route = Route::new(r.dst).dev(link.index).protocol(RTPROT_STATIC);
-        if let Some(gw) = r.gw.or(gateway) {
+        let family_gw = gateways
+            .iter()
+            .copied()
+            .find(|g| g.is_ipv4() == r.dst.addr().is_ipv4());
+        if let Some(gw) = r.gw.or(family_gw) {
             route = route.via(gw);
         }
         nl.replace_route(&route).await?;
@@ -132,9 +193,4 @@ pub async fn ensure_absent(nl: &Netlink, ifname: &str) -> CniResult<()> {
         ));
     }
     Ok(())
-}
-
-/// The gateway address on the bridge for `subnet`.
-pub fn gateway_cidr(gateway: Ipv4Addr, subnet: Ipv4Net) -> Ipv4Net {
-    Ipv4Net::new(gateway, subnet.prefix_len()).unwrap_or(subnet)
 }

@@ -3,14 +3,22 @@
 use crate::error::{CniError, CniResult, INCOMPATIBLE_VERSION};
 
 /// Every version twill can answer in.
-pub const SUPPORTED: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 /// The newest version.
 pub const LATEST: &str = "1.1.0";
 
-/// Whether results in `v` carry `ips[].version` (removed in 1.0.0).
+/// Whether results in `v` carry `ips[].version` (0.3.0 to 0.4.0; removed in 1.0.0).
 pub fn has_ip_version_field(v: &str) -> bool {
-    v.starts_with("0.")
+    v.starts_with("0.") && !has_ip4_ip6_objects(v)
+}
+
+/// Whether results in `v` are the old shape with one `ip4` and one `ip6` object and no
+/// interfaces (0.1.0 and 0.2.0).
+pub fn has_ip4_ip6_objects(v: &str) -> bool {
+    v == "0.1.0" || v == "0.2.0"
 }
 
 /// Whether `v` is 1.1.0 or newer (interface MTU, STATUS, GC).

@@ -108,7 +108,7 @@ fn ip_files(dir: &Path) -> Vec<String> {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
                 .collect()
         })
         .unwrap_or_default();
@@ -189,7 +189,7 @@ fn add_check_del_and_two_containers_ping() {
             "nft",
             "list",
             "table",
-            "ip",
+            "inet",
             "twill-cni-twnet",
         ],
     );
@@ -253,7 +253,7 @@ fn add_check_del_and_two_containers_ping() {
             "nft",
             "list",
             "table",
-            "ip",
+            "inet",
             "twill-cni-twnet",
         ],
     );
@@ -301,7 +301,12 @@ fn version_probe_and_result_shapes() {
             .iter()
             .map(|s| s.as_str().unwrap())
             .collect();
-        assert_eq!(sv, vec!["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
+        assert_eq!(
+            sv,
+            vec![
+                "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"
+            ]
+        );
     }
     let node = Node::new("cni2");
     for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
@@ -362,7 +367,7 @@ fn error_codes() {
     // Bad JSON (6), bad version (1), bad container id (4), unknown command (4).
     let (ok, v) = cni_in(Some(&node.host), "ADD", "c1", &p, "eth0", &json!("{"), &[]);
     assert_eq!(code(ok, &v), 6);
-    let mut bad = node.conf("0.2.0");
+    let mut bad = node.conf("0.0.9");
     let (ok, v) = node.cni("ADD", "c1", &p, "eth0", &bad, &[]);
     assert_eq!(code(ok, &v), 1);
     bad = node.conf("1.0.0");
@@ -867,7 +872,7 @@ fn host_local_with_ip_masq_masquerades_and_del_leaves_no_rule() {
     assert!(ok, "{rb}");
     let table = || {
         let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &host, "nft", "list", "table", "ip"])
+            .args(["netns", "exec", &host, "nft", "list", "table", "inet"])
             .arg("twill-cni-hlmasq")
             .output()
             .unwrap();
@@ -1009,7 +1014,7 @@ fn state_lives_outside_the_ipam_store_and_is_migrated() {
     let node = Node::new("cni15");
     let conf = node.conf("1.0.0"); // FLANNEL_IPMASQ=false: twill masquerades
     let host = node.scope.name("host");
-    let has_table = || ns_exec_ok(&host, &["nft", "list", "table", "ip", "twill-cni-twnet"]);
+    let has_table = || ns_exec_ok(&host, &["nft", "list", "table", "inet", "twill-cni-twnet"]);
     let store_files = || -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(node.ipam_dir())
             .unwrap()

@@ -27,7 +27,9 @@ fn verdict(out: &PluginOutput) -> String {
     }
 }
 
-fn network(plugin: &str, name: &str, versions: &[&str], data_dir: &Path) -> Value {
+/// The conflist; `dual` adds an IPv6 range and default route (host-local with two ranges, as
+/// Flannel's own CNI plugin configures a dual-stack node).
+fn network(plugin: &str, name: &str, versions: &[&str], data_dir: &Path, dual: bool) -> Value {
     let mut net = json!({
         "cniVersion": versions[0],
         "name": name,
@@ -48,6 +50,14 @@ fn network(plugin: &str, name: &str, versions: &[&str], data_dir: &Path) -> Valu
     if versions.len() > 1 {
         net["cniVersions"] = json!(versions);
     }
+    if dual {
+        let ipam = &mut net["plugins"][0]["ipam"];
+        ipam["ranges"] = json!([
+            [{"subnet": "10.93.0.0/24", "gateway": "10.93.0.1"}],
+            [{"subnet": "fd00:93::/64", "gateway": "fd00:93::1"}],
+        ]);
+        ipam["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+    }
     net
 }
 
@@ -59,25 +69,27 @@ fn check_result(plugin: &str, out: &PluginOutput, version: &str, ctr_ns: &str, n
         bad.is_empty(),
         "{plugin}'s ADD result breaks the spec: {bad:?}\n{result}"
     );
-    let addr = result["ips"][0]["address"].as_str().unwrap();
-    let iface = &result["interfaces"][result["ips"][0]["interface"].as_u64().unwrap() as usize];
     let link = &ip_json(ctr_ns, &["addr", "show", "dev", "eth0"])[0];
-    assert_eq!(
-        link["address"], iface["mac"],
-        "{plugin}: the result's MAC is eth0's"
-    );
-    let (local, len) = addr.split_once('/').unwrap();
-    assert!(
-        link["addr_info"].as_array().unwrap().iter().any(|a| {
-            a["local"] == local
-                && a["prefixlen"].as_u64().map(|n| n.to_string()).as_deref() == Some(len)
-        }),
-        "{plugin}: {addr} is not on eth0: {link}"
-    );
+    for ip in result["ips"].as_array().unwrap() {
+        let addr = ip["address"].as_str().unwrap();
+        let iface = &result["interfaces"][ip["interface"].as_u64().unwrap() as usize];
+        assert_eq!(
+            link["address"], iface["mac"],
+            "{plugin}: the result's MAC is eth0's"
+        );
+        let (local, len) = addr.split_once('/').unwrap();
+        assert!(
+            link["addr_info"].as_array().unwrap().iter().any(|a| {
+                a["local"] == local
+                    && a["prefixlen"].as_u64().map(|n| n.to_string()).as_deref() == Some(len)
+            }),
+            "{plugin}: {addr} is not on eth0: {link}"
+        );
+    }
 }
 
 /// Runs every scenario for one plugin on the conflist `versions` gives; returns the rows.
-fn verdicts(tag: &str, plugin: &str, binary: &str, versions: &[&str]) -> Vec<Row> {
+fn verdicts(tag: &str, plugin: &str, binary: &str, versions: &[&str], dual: bool) -> Vec<Row> {
     let scope = NsScope::new(tag);
     let host = scope.create("host");
     let dir = TempDir::new().unwrap();
@@ -89,7 +101,7 @@ fn verdicts(tag: &str, plugin: &str, binary: &str, versions: &[&str]) -> Vec<Row
         binary: binary.to_string(),
         host: &host,
         cni_path: REFERENCE_DIR.to_string(),
-        network: network(plugin, &name, versions, &dir.path().join("ipam")),
+        network: network(plugin, &name, versions, &dir.path().join("ipam"), dual),
     };
     let ctr = |suffix: &str| {
         let ns = scope.create(suffix);
@@ -121,6 +133,8 @@ fn verdicts(tag: &str, plugin: &str, binary: &str, versions: &[&str]) -> Vec<Row
     rows.push(("ADD", verdict(&add)));
     if add.ok {
         check_result(plugin, &add, &version, &n1, &p1);
+        let families = add.json()["ips"].as_array().map_or(0, Vec::len);
+        rows.push(("addresses in the result", families.to_string()));
     }
     let prev = add.json();
     rows.push(("CHECK", verdict(&driver.check(&version, a1, &prev))));
@@ -224,14 +238,20 @@ fn verdicts(tag: &str, plugin: &str, binary: &str, versions: &[&str]) -> Vec<Row
 
 /// Prints the table and asserts twill's rows equal the reference's except `differences`
 /// (scenario, twill's verdict, the reference's).
-fn compare(tag: &str, versions: &[&str], differences: &[(&str, &str, &str)]) {
+fn compare(
+    tag: &str,
+    versions: &[&str],
+    dual: bool,
+    differences: &[(&str, &str, &str)],
+) -> Vec<Row> {
     let reference = verdicts(
         &format!("{tag}r"),
         "bridge",
         &format!("{REFERENCE_DIR}/bridge"),
         versions,
+        dual,
     );
-    let twill = verdicts(&format!("{tag}t"), "twill", TWILL, versions);
+    let twill = verdicts(&format!("{tag}t"), "twill", TWILL, versions, dual);
     let mut table = format!(
         "conflist versions {versions:?}\n| scenario | twill | reference bridge |\n|---|---|---|\n"
     );
@@ -253,6 +273,7 @@ fn compare(tag: &str, versions: &[&str], differences: &[(&str, &str, &str)]) {
             None => assert_eq!(t, r, "{scenario}: twill against the reference\n{table}"),
         }
     }
+    twill
 }
 
 fn ready(test: &str) -> bool {
@@ -266,7 +287,25 @@ fn spec_driver_1_0_0_same_verdicts_as_the_reference_bridge() {
     if !ready("spec_driver_1_0_0_same_verdicts_as_the_reference_bridge") {
         return;
     }
-    compare("sd10", &["1.0.0"], &[]);
+    let rows = compare("sd10", &["1.0.0"], false, &[]);
+    assert!(
+        rows.contains(&("addresses in the result", "1".to_string())),
+        "{rows:?}"
+    );
+}
+
+/// The same with host-local's two ranges (IPv4 and IPv6): both plugins give two addresses
+/// and agree on every verdict.
+#[test]
+fn spec_driver_dual_stack_same_verdicts_as_the_reference_bridge() {
+    if !ready("spec_driver_dual_stack_same_verdicts_as_the_reference_bridge") {
+        return;
+    }
+    let rows = compare("sd6", &["1.0.0"], true, &[]);
+    assert!(
+        rows.contains(&("addresses in the result", "2".to_string())),
+        "{rows:?}"
+    );
 }
 
 /// The conflist offers 1.1.0 and 1.0.0: the reference plugin (containernetworking-plugins
@@ -278,9 +317,10 @@ fn spec_driver_1_1_0_negotiated_same_verdicts_as_the_reference_bridge() {
     if !ready("spec_driver_1_1_0_negotiated_same_verdicts_as_the_reference_bridge") {
         return;
     }
-    compare(
+    let _ = compare(
         "sd11",
         &["1.1.0", "1.0.0"],
+        false,
         &[
             ("version negotiated", "1.1.0", "1.0.0"),
             ("STATUS", "ok", "not sent"),
@@ -303,6 +343,7 @@ fn spec_driver_1_1_0_only_twill_speaks_it() {
         "bridge",
         &format!("{REFERENCE_DIR}/bridge"),
         &["1.1.0"],
+        false,
     );
     assert_eq!(
         reference,
@@ -311,7 +352,7 @@ fn spec_driver_1_1_0_only_twill_speaks_it() {
             ("ADD anyway", "error 1".to_string())
         ]
     );
-    let twill = verdicts("sd11ot", "twill", TWILL, &["1.1.0"]);
+    let twill = verdicts("sd11ot", "twill", TWILL, &["1.1.0"], false);
     assert_eq!(twill[0].1, "1.1.0", "{twill:?}");
     assert_eq!(twill[1], ("ADD", "ok".to_string()), "{twill:?}");
 }

@@ -149,6 +149,12 @@ pub fn spec_violations(result: &Value, version: &str, ifname: &str, netns: &str)
             bad.push(format!("ips[{i}].address {} is not CIDR", ip["address"]));
             continue;
         };
+        if let Some(v) = ip.get("version") {
+            let family = if net.addr().is_ipv4() { "4" } else { "6" };
+            if v != family {
+                bad.push(format!("ips[{i}].version {v} but {net} is IPv{family}"));
+            }
+        }
         if let Some(gw) = ip.get("gateway") {
             match gw.as_str().and_then(|g| g.parse::<IpAddr>().ok()) {
                 Some(g) if net.contains(&g) => {}

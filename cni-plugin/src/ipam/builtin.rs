@@ -1,10 +1,11 @@
-//! The built-in allocator: the node's subnet from the subnet file is the range, its first
-//! address the gateway; allocation continues round-robin after the last reserved address so
-//! a released IP is not handed out again at once.
+//! The built-in allocator: one range per address family of the subnet file (IPv4 first, as
+//! Flannel's own CNI plugin hands host-local its ranges), the subnet's first address the
+//! gateway; allocation continues round-robin after the last reserved address of the range
+//! (`last_reserved_ip.<range index>`) so a released IP is not handed out again at once.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::store::{Store, StoreLock};
 use crate::error::{CniError, CniResult, INTERNAL, INVALID_CONFIG};
@@ -12,107 +13,199 @@ use crate::error::{CniError, CniResult, INTERNAL, INVALID_CONFIG};
 /// An allocation range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Range {
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    pub subnet: IpNet,
+    pub gateway: IpAddr,
+    /// The range's position in the range list: names its round-robin marker.
+    pub index: usize,
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
+    }
 }
 
 impl Range {
-    fn first(&self) -> u32 {
-        u32::from(self.subnet.network()) + 1
+    fn is_v4(&self) -> bool {
+        self.subnet.addr().is_ipv4()
     }
-    fn last(&self) -> u32 {
-        u32::from(self.subnet.broadcast()) - 1
+
+    fn addr_at(&self, v: u128) -> IpAddr {
+        if self.is_v4() {
+            IpAddr::from((v as u32).to_be_bytes())
+        } else {
+            IpAddr::from(v.to_be_bytes())
+        }
+    }
+
+    /// The first address after the network address.
+    fn first(&self) -> u128 {
+        to_u128(self.subnet.network()) + 1
+    }
+
+    /// The last address, but the broadcast address in IPv4 (as host-local).
+    fn last(&self) -> u128 {
+        let end = to_u128(self.subnet.broadcast());
+        if self.is_v4() { end - 1 } else { end }
     }
 
     /// Whether `ip` may be handed to a container.
-    pub fn usable(&self, ip: Ipv4Addr) -> bool {
-        let v = u32::from(ip);
+    pub fn usable(&self, ip: IpAddr) -> bool {
+        if ip.is_ipv4() != self.is_v4() {
+            return false;
+        }
+        let v = to_u128(ip);
         v >= self.first() && v <= self.last() && ip != self.gateway
+    }
+
+    /// Reserves an address in this range: `requested`, or the next free one after the
+    /// range's round-robin marker.
+    fn allocate_one(
+        &self,
+        store: &Store,
+        lock: &StoreLock,
+        id: &str,
+        ifname: &str,
+        requested: Option<IpAddr>,
+    ) -> CniResult<IpAddr> {
+        if let Some(ip) = requested {
+            if !self.usable(ip) {
+                return Err(CniError::new(
+                    INVALID_CONFIG,
+                    format!(
+                        "requested IP {ip} is not usable in range {} (gateway {})",
+                        self.subnet, self.gateway
+                    ),
+                ));
+            }
+            if !store.reserve(lock, ip, id, ifname)? {
+                return Err(CniError::new(
+                    INTERNAL,
+                    format!(
+                        "requested IP {ip} is already allocated in {}",
+                        store.dir().display()
+                    ),
+                ));
+            }
+            return Ok(ip);
+        }
+        let (first, last) = (self.first(), self.last());
+        if first > last {
+            return Err(CniError::new(
+                INVALID_CONFIG,
+                format!("range {} has no usable addresses", self.subnet),
+            ));
+        }
+        let size = last - first + 1;
+        // Start right after the last reservation (round robin), or at the beginning.
+        let start = match store.last_reserved(lock, self.index) {
+            Some(ip) if ip.is_ipv4() == self.is_v4() && (first..=last).contains(&to_u128(ip)) => {
+                to_u128(ip) - first + 1
+            }
+            _ => 0,
+        };
+        let mut step: u128 = 0;
+        while step < size {
+            let ip = self.addr_at(first + (start + step) % size);
+            step += 1;
+            if ip == self.gateway {
+                continue;
+            }
+            if store.reserve(lock, ip, id, ifname)? {
+                store.set_last_reserved(lock, self.index, ip)?;
+                return Ok(ip);
+            }
+        }
+        Err(CniError::new(
+            INTERNAL,
+            format!(
+                "no IP addresses available in range {} ({})",
+                self.subnet,
+                store.dir().display()
+            ),
+        ))
     }
 }
 
-/// Allocates an address for (`id`, `ifname`). An attachment that already holds one is an
-/// error, never a second address.
+/// Allocates one address per range for (`id`, `ifname`), in range order. An attachment that
+/// already holds one is an error, never a second address. `requested` holds at most one
+/// address per family; each must lie in the range of its family. Either every range gets
+/// its address or none keeps one.
 pub fn allocate(
     store: &Store,
     lock: &StoreLock,
-    range: Range,
+    ranges: &[Range],
     id: &str,
     ifname: &str,
-    requested: Option<Ipv4Addr>,
-) -> CniResult<Ipv4Addr> {
-    if let Some(existing) = store.find(lock, id, ifname)? {
+    requested: &[IpAddr],
+) -> CniResult<Vec<IpAddr>> {
+    let existing = store.find(lock, id, ifname)?;
+    if !existing.is_empty() {
+        let held: Vec<String> = existing.iter().map(IpAddr::to_string).collect();
         return Err(CniError::new(
             INTERNAL,
             format!(
-                "duplicate allocation is not allowed: container {id} interface {ifname} already has {existing} in {}",
+                "duplicate allocation is not allowed: container {id} interface {ifname} already has {} in {}",
+                held.join(", "),
                 store.dir().display()
             ),
         ));
     }
-    if let Some(ip) = requested {
-        if !range.usable(ip) {
-            return Err(CniError::new(
-                INVALID_CONFIG,
-                format!(
-                    "requested IP {ip} is not usable in range {} (gateway {})",
-                    range.subnet, range.gateway
-                ),
-            ));
-        }
-        if !store.reserve(lock, ip, id, ifname)? {
-            return Err(CniError::new(
-                INTERNAL,
-                format!(
-                    "requested IP {ip} is already allocated in {}",
-                    store.dir().display()
-                ),
-            ));
-        }
-        return Ok(ip);
-    }
-    let (first, last) = (range.first(), range.last());
-    if first > last {
+    if let Some(ip) = requested
+        .iter()
+        .find(|ip| !ranges.iter().any(|r| r.is_v4() == ip.is_ipv4()))
+    {
+        let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
         return Err(CniError::new(
             INVALID_CONFIG,
-            format!("range {} has no usable addresses", range.subnet),
+            format!("requested IP {ip} cannot be given: the network has no {family} range"),
         ));
     }
-    let size = last - first + 1;
-    // Start right after the last reservation (round robin), or at the beginning.
-    let start = match store.last_reserved(lock) {
-        Some(ip) if (first..=last).contains(&u32::from(ip)) => u32::from(ip) - first + 1,
-        _ => 0,
-    };
-    for step in 0..size {
-        let ip = Ipv4Addr::from(first + (start + step) % size);
-        if ip == range.gateway {
-            continue;
-        }
-        if store.reserve(lock, ip, id, ifname)? {
-            store.set_last_reserved(lock, ip)?;
-            return Ok(ip);
+    let mut got = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let wanted = requested
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == range.is_v4());
+        match range.allocate_one(store, lock, id, ifname, wanted) {
+            Ok(ip) => got.push(ip),
+            Err(e) => {
+                // The attachment held nothing before this call: give back what it got.
+                if !got.is_empty()
+                    && let Err(undo) = store.release(lock, id, ifname)
+                {
+                    return Err(e.details(format!("releasing {got:?} failed too: {undo}")));
+                }
+                return Err(e);
+            }
         }
     }
-    Err(CniError::new(
-        INTERNAL,
-        format!(
-            "no IP addresses available in range {} ({})",
-            range.subnet,
-            store.dir().display()
-        ),
-    ))
+    Ok(got)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn range() -> Range {
+    fn v4() -> Range {
         Range {
             subnet: "10.1.0.0/29".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 1, 0, 1),
+            gateway: "10.1.0.1".parse().unwrap(),
+            index: 0,
         }
+    }
+
+    fn v6() -> Range {
+        Range {
+            subnet: "fd00:1::/125".parse().unwrap(),
+            gateway: "fd00:1::1".parse().unwrap(),
+            index: 1,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]
@@ -120,23 +213,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = Store::open(tmp.path()).unwrap();
         let l = s.lock().unwrap();
-        let a = allocate(&s, &l, range(), "c1", "eth0", None).unwrap();
-        let b = allocate(&s, &l, range(), "c2", "eth0", None).unwrap();
-        assert_eq!(
-            (a, b),
-            (Ipv4Addr::new(10, 1, 0, 2), Ipv4Addr::new(10, 1, 0, 3))
-        );
+        let a = allocate(&s, &l, &[v4()], "c1", "eth0", &[]).unwrap();
+        let b = allocate(&s, &l, &[v4()], "c2", "eth0", &[]).unwrap();
+        assert_eq!((a, b), (vec![ip("10.1.0.2")], vec![ip("10.1.0.3")]));
         s.release(&l, "c1", "eth0").unwrap();
-        let c = allocate(&s, &l, range(), "c3", "eth0", None).unwrap();
-        assert_eq!(
-            c,
-            Ipv4Addr::new(10, 1, 0, 4),
-            "released .2 is not reused at once"
-        );
+        let c = allocate(&s, &l, &[v4()], "c3", "eth0", &[]).unwrap();
+        assert_eq!(c, vec![ip("10.1.0.4")], "released .2 is not reused at once");
         // Two attachments of one container.
-        let d = allocate(&s, &l, range(), "c3", "eth1", None).unwrap();
+        let d = allocate(&s, &l, &[v4()], "c3", "eth1", &[]).unwrap();
         assert_ne!(c, d);
-        let err = allocate(&s, &l, range(), "c3", "eth1", None).unwrap_err();
+        let err = allocate(&s, &l, &[v4()], "c3", "eth1", &[]).unwrap_err();
         assert!(err.msg.contains("duplicate allocation"), "{}", err.msg);
     }
 
@@ -147,28 +233,67 @@ mod tests {
         let l = s.lock().unwrap();
         // /29: .1 gateway, .2–.6 usable.
         for i in 0..5 {
-            allocate(&s, &l, range(), &format!("c{i}"), "eth0", None).unwrap();
+            allocate(&s, &l, &[v4()], &format!("c{i}"), "eth0", &[]).unwrap();
         }
-        let err = allocate(&s, &l, range(), "c9", "eth0", None).unwrap_err();
+        let err = allocate(&s, &l, &[v4()], "c9", "eth0", &[]).unwrap_err();
         assert!(err.msg.contains("no IP addresses available"), "{}", err.msg);
         let tmp2 = tempfile::tempdir().unwrap();
         let s2 = Store::open(tmp2.path()).unwrap();
         let l2 = s2.lock().unwrap();
-        let want = Ipv4Addr::new(10, 1, 0, 5);
+        let want = ip("10.1.0.5");
         assert_eq!(
-            allocate(&s2, &l2, range(), "c1", "eth0", Some(want)).unwrap(),
-            want
+            allocate(&s2, &l2, &[v4()], "c1", "eth0", &[want]).unwrap(),
+            vec![want]
         );
         assert!(
-            allocate(&s2, &l2, range(), "c2", "eth0", Some(want))
+            allocate(&s2, &l2, &[v4()], "c2", "eth0", &[want])
                 .unwrap_err()
                 .msg
                 .contains("already allocated")
         );
         for bad in ["10.1.0.1", "10.1.0.0", "10.1.0.7", "10.9.0.2"] {
-            let err =
-                allocate(&s2, &l2, range(), "c3", "eth0", Some(bad.parse().unwrap())).unwrap_err();
+            let err = allocate(&s2, &l2, &[v4()], "c3", "eth0", &[ip(bad)]).unwrap_err();
             assert!(err.msg.contains("not usable"), "{bad}: {}", err.msg);
         }
+    }
+
+    #[test]
+    fn dual_stack_gets_one_address_per_range_with_its_own_marker() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let l = s.lock().unwrap();
+        let both = [v4(), v6()];
+        let a = allocate(&s, &l, &both, "c1", "eth0", &[]).unwrap();
+        assert_eq!(a, vec![ip("10.1.0.2"), ip("fd00:1::2")]);
+        assert_eq!(s.last_reserved(&l, 0), Some(ip("10.1.0.2")));
+        assert_eq!(s.last_reserved(&l, 1), Some(ip("fd00:1::2")));
+        // IPv6 has no broadcast: the range's last address is usable.
+        let b = allocate(&s, &l, &both, "c2", "eth0", &[ip("fd00:1::7")]).unwrap();
+        assert_eq!(b, vec![ip("10.1.0.3"), ip("fd00:1::7")]);
+        let c = allocate(&s, &l, &both, "c3", "eth0", &[]).unwrap();
+        assert_eq!(
+            c[1],
+            ip("fd00:1::3"),
+            "a requested address does not move the marker"
+        );
+        // A v6 address outside the range: nothing is kept of the v4 one either.
+        let err = allocate(&s, &l, &both, "c4", "eth0", &[ip("fd00:2::5")]).unwrap_err();
+        assert_eq!(err.code, INVALID_CONFIG);
+        assert!(
+            err.msg.contains("fd00:2::5") && err.msg.contains("fd00:1::/125"),
+            "{}",
+            err.msg
+        );
+        assert!(s.find(&l, "c4", "eth0").unwrap().is_empty());
+        // A v6 request on a v4-only network.
+        let err = allocate(&s, &l, &[v4()], "c5", "eth0", &[ip("fd00:1::3")]).unwrap_err();
+        assert!(err.msg.contains("no IPv6 range"), "{}", err.msg);
+        // The v6 range full (/125: ::2–::7 usable): the v4 address is given back.
+        for i in 0..3 {
+            allocate(&s, &l, &[v6()], &format!("f{i}"), "eth0", &[]).unwrap();
+        }
+        let err = allocate(&s, &l, &both, "c6", "eth0", &[]).unwrap_err();
+        assert!(err.msg.contains("no IP addresses available"), "{}", err.msg);
+        assert!(s.find(&l, "c6", "eth0").unwrap().is_empty());
     }
 }

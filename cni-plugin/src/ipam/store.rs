@@ -1,22 +1,26 @@
 //! The on-disk IPAM store, laid out exactly like the reference host-local plugin's so
 //! operators and tools that know it can read ours:
-//! `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>`, `last_reserved_ip.0` the
-//! round-robin marker, and `lock` is flock()ed around every allocation and release.
+//! `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>` (IPv6 addresses in their
+//! compressed lower-case form, as Go prints them), `last_reserved_ip.<N>` the round-robin
+//! marker of the N-th range, and `lock` is flock()ed around every allocation and release.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::error::{CniError, CniResult, IO_FAILURE};
 use crate::lockfile::{FileLock, lock_exclusive};
 
-const LAST_RESERVED: &str = "last_reserved_ip.0";
+/// The round-robin marker of range `index`, as host-local names it.
+fn last_reserved_file(index: usize) -> String {
+    format!("last_reserved_ip.{index}")
+}
 
 /// One reservation read from disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allocation {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub container_id: String,
     pub ifname: String,
 }
@@ -71,13 +75,13 @@ impl Store {
         })
     }
 
-    /// Every reservation (files named by an IPv4 address).
+    /// Every reservation (files named by an address of either family).
     pub fn list(&self, _lock: &StoreLock) -> CniResult<Vec<Allocation>> {
         let mut out = Vec::new();
         let entries = fs::read_dir(&self.dir).map_err(|e| io_err("listing", &self.dir, e))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(ip) = name.to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
+            let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
                 continue;
             };
             // A file we cannot read is someone's reservation all the same.
@@ -93,20 +97,21 @@ impl Store {
         Ok(out)
     }
 
-    /// The reservation of an attachment, if it has one.
-    pub fn find(&self, lock: &StoreLock, id: &str, ifname: &str) -> CniResult<Option<Ipv4Addr>> {
+    /// The reservations of an attachment (one per range), sorted.
+    pub fn find(&self, lock: &StoreLock, id: &str, ifname: &str) -> CniResult<Vec<IpAddr>> {
         Ok(self
             .list(lock)?
             .into_iter()
-            .find(|a| a.container_id == id && a.ifname == ifname)
-            .map(|a| a.ip))
+            .filter(|a| a.container_id == id && a.ifname == ifname)
+            .map(|a| a.ip)
+            .collect())
     }
 
     /// Reserves `ip` for an attachment; false if it is taken.
     pub fn reserve(
         &self,
         _lock: &StoreLock,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         id: &str,
         ifname: &str,
     ) -> CniResult<bool> {
@@ -122,23 +127,23 @@ impl Store {
         }
     }
 
-    /// The round-robin marker.
-    pub fn last_reserved(&self, _lock: &StoreLock) -> Option<Ipv4Addr> {
-        fs::read_to_string(self.dir.join(LAST_RESERVED))
+    /// The round-robin marker of range `index`.
+    pub fn last_reserved(&self, _lock: &StoreLock, index: usize) -> Option<IpAddr> {
+        fs::read_to_string(self.dir.join(last_reserved_file(index)))
             .ok()?
             .trim()
             .parse()
             .ok()
     }
 
-    /// Moves the round-robin marker.
-    pub fn set_last_reserved(&self, _lock: &StoreLock, ip: Ipv4Addr) -> CniResult<()> {
-        let path = self.dir.join(LAST_RESERVED);
+    /// Moves the round-robin marker of range `index`.
+    pub fn set_last_reserved(&self, _lock: &StoreLock, index: usize, ip: IpAddr) -> CniResult<()> {
+        let path = self.dir.join(last_reserved_file(index));
         fs::write(&path, ip.to_string()).map_err(|e| io_err("writing", &path, e))
     }
 
     /// Releases every reservation of an attachment; returns the released addresses.
-    pub fn release(&self, lock: &StoreLock, id: &str, ifname: &str) -> CniResult<Vec<Ipv4Addr>> {
+    pub fn release(&self, lock: &StoreLock, id: &str, ifname: &str) -> CniResult<Vec<IpAddr>> {
         let mut released = Vec::new();
         for a in self.list(lock)? {
             if a.container_id == id && a.ifname == ifname {
@@ -163,10 +168,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = Store::open(&tmp.path().join("net1")).unwrap();
         let l = s.lock().unwrap();
-        let ip = Ipv4Addr::new(10, 1, 0, 2);
+        let ip = IpAddr::from([10, 1, 0, 2]);
         assert!(s.reserve(&l, ip, "c1", "eth0").unwrap());
         assert!(!s.reserve(&l, ip, "c2", "eth0").unwrap(), "taken");
-        s.set_last_reserved(&l, ip).unwrap();
+        s.set_last_reserved(&l, 0, ip).unwrap();
+        let ip6: IpAddr = "fd00:1:0:0::2".parse().unwrap();
+        assert!(s.reserve(&l, ip6, "c1", "eth0").unwrap());
+        s.set_last_reserved(&l, 1, ip6).unwrap();
+        assert_eq!(
+            fs::read_to_string(s.dir().join("fd00:1::2")).unwrap(),
+            "c1\r\neth0",
+            "v6 files are named in compressed form"
+        );
+        assert_eq!(
+            fs::read_to_string(s.dir().join("last_reserved_ip.1")).unwrap(),
+            "fd00:1::2"
+        );
+        assert_eq!(s.last_reserved(&l, 1), Some(ip6));
         assert_eq!(
             fs::read_to_string(s.dir().join("10.1.0.2")).unwrap(),
             "c1\r\neth0"
@@ -176,9 +194,9 @@ mod tests {
             "10.1.0.2"
         );
         assert!(s.dir().join("lock").exists());
-        assert_eq!(s.find(&l, "c1", "eth0").unwrap(), Some(ip));
-        assert_eq!(s.find(&l, "c1", "eth1").unwrap(), None);
-        assert_eq!(s.release(&l, "c1", "eth0").unwrap(), vec![ip]);
+        assert_eq!(s.find(&l, "c1", "eth0").unwrap(), vec![ip, ip6]);
+        assert!(s.find(&l, "c1", "eth1").unwrap().is_empty());
+        assert_eq!(s.release(&l, "c1", "eth0").unwrap(), vec![ip, ip6]);
         assert!(s.release(&l, "c1", "eth0").unwrap().is_empty());
     }
 

@@ -1,0 +1,214 @@
+//! What an ADD got from IPAM (built-in or delegated), in both families: the addresses with
+//! their gateways, the routes and DNS, and what follows from them (default routes, the
+//! bridge's gateway addresses).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use twill_netkit::subnet_env::SubnetEnv;
+
+use super::builtin::Range;
+use crate::config::Dns;
+use crate::result::{AddResult, RouteSpec};
+
+/// The addresses an ADD got (the built-in IPAM gives IPv4 first, at most one per family),
+/// and what came with them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assignment {
+    pub ips: Vec<Assigned>,
+    pub routes: Vec<RouteSpec>,
+    pub dns: Dns,
+}
+
+/// One address with its prefix length and its family's gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Assigned {
+    pub ip: IpNet,
+    pub gateway: Option<IpAddr>,
+}
+
+/// The built-in IPAM's ranges: the node's IPv4 subnet, then its IPv6 subnet (each family the
+/// subnet file has), the first address of each the gateway; the index names the range's
+/// round-robin marker as host-local numbers them for Flannel's `ranges` list.
+pub fn builtin_ranges(se: &SubnetEnv) -> Vec<Range> {
+    let mut ranges = Vec::new();
+    if let (Some(p), Some(gw)) = (se.ipv4, se.gateway()) {
+        ranges.push(Range {
+            subnet: p.subnet.into(),
+            gateway: gw.into(),
+            index: ranges.len(),
+        });
+    }
+    if let (Some(p), Some(gw)) = (se.ipv6, se.gateway_v6()) {
+        ranges.push(Range {
+            subnet: p.subnet.into(),
+            gateway: gw.into(),
+            index: ranges.len(),
+        });
+    }
+    ranges
+}
+
+impl Assignment {
+    /// The built-in IPAM's answer: `ips[i]` from `ranges[i]`, and the pod network of each
+    /// family via its gateway (as Flannel's CNI plugin hands host-local `FLANNEL_NETWORK`
+    /// and `FLANNEL_IPV6_NETWORK`).
+    pub fn from_builtin(se: &SubnetEnv, ranges: &[Range], ips: &[IpAddr]) -> Assignment {
+        let ips = ranges
+            .iter()
+            .zip(ips)
+            .map(|(r, ip)| Assigned {
+                ip: IpNet::new(*ip, r.subnet.prefix_len()).unwrap_or(r.subnet),
+                gateway: Some(r.gateway),
+            })
+            .collect();
+        let mut routes = Vec::new();
+        if let Some(p) = se.ipv4 {
+            routes.push(RouteSpec {
+                dst: p.network.into(),
+                gw: se.gateway().map(IpAddr::V4),
+            });
+        }
+        if let Some(p) = se.ipv6 {
+            routes.push(RouteSpec {
+                dst: p.network.into(),
+                gw: se.gateway_v6().map(IpAddr::V6),
+            });
+        }
+        Assignment {
+            ips,
+            routes,
+            dns: Dns::default(),
+        }
+    }
+
+    /// A delegated IPAM plugin's answer, every address of both families.
+    pub fn from_result(r: AddResult) -> Assignment {
+        Assignment {
+            ips: r
+                .ips
+                .iter()
+                .map(|i| Assigned {
+                    ip: i.address,
+                    gateway: i.gateway,
+                })
+                .collect(),
+            routes: r.routes,
+            dns: r.dns,
+        }
+    }
+
+    /// The gateway of each family that has one (first address of the family wins).
+    pub fn gateways(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for gw in self.ips.iter().filter_map(|a| a.gateway) {
+            if !out.iter().any(|g| g.is_ipv4() == gw.is_ipv4()) {
+                out.push(gw);
+            }
+        }
+        out
+    }
+
+    /// A default route via the gateway of each family unless IPAM gave one of that family.
+    pub fn add_default_routes(&mut self) {
+        for gw in self.gateways() {
+            let has_default = self
+                .routes
+                .iter()
+                .any(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == gw.is_ipv4());
+            if !has_default {
+                let dst = match gw {
+                    IpAddr::V4(_) => IpNet::V4(Default::default()),
+                    IpAddr::V6(_) => IpNet::V6(Default::default()),
+                };
+                self.routes.push(RouteSpec { dst, gw: Some(gw) });
+            }
+        }
+    }
+
+    /// The gateway of each family on the bridge, with its address's prefix length.
+    pub fn bridge_addresses(&self) -> Vec<IpNet> {
+        self.gateways()
+            .into_iter()
+            .filter_map(|gw| {
+                let a = self.ips.iter().find(|a| a.gateway == Some(gw))?;
+                IpNet::new(gw, a.ip.prefix_len()).ok()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    const DUAL: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_NETWORK=fd00:244::/32\nFLANNEL_IPV6_SUBNET=fd00:244:7::1/64\nFLANNEL_MTU=1450\n";
+
+    #[test]
+    fn ranges_follow_the_subnet_file() {
+        let dual = SubnetEnv::parse(DUAL).unwrap();
+        let r = builtin_ranges(&dual);
+        assert_eq!(
+            r.iter()
+                .map(|r| (r.subnet, r.gateway, r.index))
+                .collect::<Vec<_>>(),
+            [
+                (net("10.244.7.0/24"), ip("10.244.7.1"), 0),
+                (net("fd00:244:7::/64"), ip("fd00:244:7::1"), 1)
+            ]
+        );
+        let v6 = SubnetEnv::parse(
+            "FLANNEL_IPV6_NETWORK=fd00:245::/32\nFLANNEL_IPV6_SUBNET=fd00:245:3::1/64\nFLANNEL_MTU=1450\n",
+        )
+        .unwrap();
+        let r = builtin_ranges(&v6);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].subnet, r[0].index), (net("fd00:245:3::/64"), 0));
+    }
+
+    #[test]
+    fn both_families_get_routes_defaults_and_bridge_addresses() {
+        let se = SubnetEnv::parse(DUAL).unwrap();
+        let ranges = builtin_ranges(&se);
+        let mut a =
+            Assignment::from_builtin(&se, &ranges, &[ip("10.244.7.5"), ip("fd00:244:7::5")]);
+        a.add_default_routes();
+        let routes: Vec<(IpNet, Option<IpAddr>)> = a.routes.iter().map(|r| (r.dst, r.gw)).collect();
+        assert_eq!(
+            routes,
+            [
+                (net("10.244.0.0/16"), Some(ip("10.244.7.1"))),
+                (net("fd00:244::/32"), Some(ip("fd00:244:7::1"))),
+                (net("0.0.0.0/0"), Some(ip("10.244.7.1"))),
+                (net("::/0"), Some(ip("fd00:244:7::1"))),
+            ]
+        );
+        assert_eq!(
+            a.bridge_addresses(),
+            [net("10.244.7.1/24"), net("fd00:244:7::1/64")]
+        );
+        // A default of one family from IPAM does not stop the other's.
+        let mut d = Assignment {
+            routes: vec![RouteSpec {
+                dst: net("::/0"),
+                gw: None,
+            }],
+            ..a.clone()
+        };
+        d.add_default_routes();
+        assert_eq!(
+            d.routes.iter().filter(|r| r.dst.prefix_len() == 0).count(),
+            2,
+            "{:?}",
+            d.routes
+        );
+    }
+}
