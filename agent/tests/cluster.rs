@@ -520,7 +520,9 @@ fn reservations_foreign_peers_and_masquerade_with_both_firewalls() {
     let h2 = lab.cluster.host(2).name.clone();
     let nft = twill_tests::run(
         "ip",
-        &["netns", "exec", &h1, "nft", "list", "table", "ip", "twill"],
+        &[
+            "netns", "exec", &h1, "nft", "list", "table", "inet", "twill",
+        ],
     );
     assert!(nft.contains("masquerade fully-random"), "{nft}");
     let ipt = twill_tests::run("ip", &["netns", "exec", &h2, "iptables-save"]);

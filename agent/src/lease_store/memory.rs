@@ -7,12 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, Snapshot, StoreError, WatchBatch};
-use crate::lease::{LeaseRecord, subnet_key};
+use crate::lease::{LeaseRecord, Subnets};
 
 const PREFIX: &str = "/coreos.com/network";
 
@@ -30,7 +29,7 @@ type WatchItem = Result<WatchBatch, String>;
 struct State {
     revision: i64,
     config: Option<String>,
-    keys: BTreeMap<Ipv4Net, Kv>,
+    keys: BTreeMap<Subnets, Kv>,
     /// Store lease → when it expires and its TTL.
     leases: HashMap<i64, (Instant, i64)>,
     next_lease: i64,
@@ -54,7 +53,7 @@ impl State {
             .retain(|w| w.send(Ok(WatchBatch::Events(vec![ev.clone()]))).is_ok());
     }
 
-    fn put(&mut self, subnet: Ipv4Net, value: String, lease: i64) {
+    fn put(&mut self, subnet: Subnets, value: String, lease: i64) {
         let kv = Kv {
             value,
             lease,
@@ -65,9 +64,9 @@ impl State {
         self.bump(LeaseEvent::Put(entry));
     }
 
-    fn delete(&mut self, subnet: Ipv4Net) {
+    fn delete(&mut self, subnet: Subnets) {
         if self.keys.remove(&subnet).is_some() {
-            self.bump(LeaseEvent::Delete(subnet));
+            self.bump(LeaseEvent::Delete(full_key(subnet), subnet));
         }
     }
 
@@ -82,7 +81,7 @@ impl State {
             .collect();
         for id in dead {
             self.leases.remove(&id);
-            let keys: Vec<Ipv4Net> = self
+            let keys: Vec<Subnets> = self
                 .keys
                 .iter()
                 .filter(|(_, kv)| kv.lease == id)
@@ -95,10 +94,14 @@ impl State {
     }
 }
 
-fn entry(subnet: Ipv4Net, kv: &Kv) -> LeaseEntry {
+fn full_key(subnets: Subnets) -> String {
+    format!("{PREFIX}/subnets/{}", subnets.key())
+}
+
+fn entry(subnets: Subnets, kv: &Kv) -> LeaseEntry {
     LeaseEntry {
-        subnet,
-        key: format!("{PREFIX}/subnets/{}", subnet_key(subnet)),
+        subnets,
+        key: full_key(subnets),
         record: LeaseRecord::parse(kv.value.as_bytes()),
         lease_id: kv.lease,
         mod_revision: kv.mod_revision,
@@ -154,7 +157,8 @@ impl MemStore {
 
     /// Another node's lease on `subnet` with `value`, bound to a fresh store lease of `ttl`
     /// seconds (0: a reservation, bound to none).
-    pub fn put_foreign(&self, subnet: Ipv4Net, value: &str, ttl: i64) -> i64 {
+    pub fn put_foreign(&self, subnet: impl Into<Subnets>, value: &str, ttl: i64) -> i64 {
+        let subnet = subnet.into();
         let mut st = self.state();
         let id = if ttl > 0 {
             st.next_lease += 1;
@@ -171,13 +175,13 @@ impl MemStore {
 
     /// Writes `value` at `subnet`'s key bound to store lease `lease` (0: none), as an operator
     /// with etcdctl would.
-    pub fn put_bound(&self, subnet: Ipv4Net, value: &str, lease: i64) {
-        self.state().put(subnet, value.to_string(), lease);
+    pub fn put_bound(&self, subnet: impl Into<Subnets>, value: &str, lease: i64) {
+        self.state().put(subnet.into(), value.to_string(), lease);
     }
 
     /// Deletes a key, as an operator would.
-    pub fn delete(&self, subnet: Ipv4Net) {
-        self.state().delete(subnet);
+    pub fn delete(&self, subnet: impl Into<Subnets>) {
+        self.state().delete(subnet.into());
     }
 
     /// Revokes a store lease at once (its keys go).
@@ -208,14 +212,14 @@ impl MemStore {
     }
 
     /// The key of `subnet`, if any (after expiring due leases).
-    pub fn get(&self, subnet: Ipv4Net) -> Option<Kv> {
+    pub fn get(&self, subnet: impl Into<Subnets>) -> Option<Kv> {
         let mut st = self.state();
         st.expire();
-        st.keys.get(&subnet).cloned()
+        st.keys.get(&subnet.into()).cloned()
     }
 
     /// Every key (after expiring due leases).
-    pub fn keys(&self) -> BTreeMap<Ipv4Net, Kv> {
+    pub fn keys(&self) -> BTreeMap<Subnets, Kv> {
         let mut st = self.state();
         st.expire();
         st.keys.clone()
@@ -250,7 +254,7 @@ impl LeaseStore for MemStore {
 
     async fn create_lease(
         &self,
-        subnet: Ipv4Net,
+        subnet: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
     ) -> Result<bool, StoreError> {
@@ -271,7 +275,7 @@ impl LeaseStore for MemStore {
 
     async fn take_over(
         &self,
-        subnet: Ipv4Net,
+        subnet: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
         mod_revision: i64,
@@ -288,7 +292,7 @@ impl LeaseStore for MemStore {
 
     async fn update_lease(
         &self,
-        subnet: Ipv4Net,
+        subnet: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
     ) -> Result<(), StoreError> {
