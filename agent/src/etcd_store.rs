@@ -198,10 +198,10 @@ impl EtcdStore {
         self.keys.lease(subnets.into())
     }
 
-    /// Puts `record` at `key`, bound to `lease_id`, in one transaction guarded by `cond`.
+    /// Puts `record` at `key`, bound to `lease_id`, in one transaction guarded by `conds`.
     async fn put_if(
         &self,
-        cond: Compare,
+        conds: Vec<Compare>,
         key: String,
         record: &LeaseRecord,
         lease_id: i64,
@@ -212,7 +212,7 @@ impl EtcdStore {
             record.to_json(),
             Some(PutOptions::new().with_lease(lease_id)),
         );
-        let txn = Txn::new().when([cond]).and_then([put]);
+        let txn = Txn::new().when(conds).and_then([put]);
         let resp = self
             .members
             .call(&format!("{op} {key}"), |mut c| {
@@ -263,10 +263,16 @@ impl LeaseStore for EtcdStore {
         subnets: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
+        since: i64,
     ) -> Result<bool> {
         let key = self.lease_key(subnets);
-        let cond = Compare::version(key.clone(), CompareOp::Equal, 0);
-        self.put_if(cond, key, record, lease_id, "creating").await
+        // A compare on a range holds when every key in it satisfies it (an empty range
+        // compares as one absent key, create revision 0).
+        let conds = vec![
+            Compare::version(key.clone(), CompareOp::Equal, 0),
+            Compare::create_revision(self.keys.subnets(), CompareOp::Less, since + 1).with_prefix(),
+        ];
+        self.put_if(conds, key, record, lease_id, "creating").await
     }
 
     async fn take_over(
@@ -278,7 +284,7 @@ impl LeaseStore for EtcdStore {
     ) -> Result<bool> {
         let key = self.lease_key(subnets);
         let cond = Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision);
-        self.put_if(cond, key, record, lease_id, "taking over")
+        self.put_if(vec![cond], key, record, lease_id, "taking over")
             .await
     }
 

@@ -34,6 +34,10 @@ pub enum AcquireError {
         range: String,
         held: usize,
     },
+    #[error(
+        "other nodes kept creating leases while this one picked its subnets ({0} attempts): retrying"
+    )]
+    Busy(usize),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -113,8 +117,11 @@ pub fn same_node(config: &NetworkConfig, ours: &LeaseRecord, theirs: &LeaseRecor
     }
 }
 
-/// One attempt to acquire our subnets. `hint`: the subnet file's subnets (either may be
-/// missing, e.g. when the network just turned dual-stack).
+/// How often one acquire re-reads the leases after other nodes created keys under its feet.
+const SNAPSHOT_ATTEMPTS: usize = 10;
+
+/// Acquires our subnets. `hint`: the subnet file's subnets (either may be missing, e.g. when
+/// the network just turned dual-stack).
 pub async fn acquire<S: LeaseStore>(
     store: &S,
     config: &NetworkConfig,
@@ -122,7 +129,40 @@ pub async fn acquire<S: LeaseStore>(
     hint: Subnets,
     ttl: i64,
 ) -> Result<Held, AcquireError> {
-    let leases = store.snapshot().await?.leases;
+    let mut granted = None;
+    for _ in 0..SNAPSHOT_ATTEMPTS {
+        if let Some(held) = acquire_once(store, config, record, hint, ttl, &mut granted).await? {
+            return Ok(held);
+        }
+    }
+    Err(AcquireError::Busy(SNAPSHOT_ATTEMPTS))
+}
+
+/// A store lease for a new key: granted once per acquire, reused by its retries.
+async fn grant_once<S: LeaseStore>(
+    store: &S,
+    granted: &mut Option<i64>,
+    ttl: i64,
+) -> Result<i64, StoreError> {
+    if let Some(id) = *granted {
+        return Ok(id);
+    }
+    let id = store.grant(ttl).await?;
+    *granted = Some(id);
+    Ok(id)
+}
+
+/// One pass over one snapshot; `None` when other nodes created keys meanwhile (read again).
+async fn acquire_once<S: LeaseStore>(
+    store: &S,
+    config: &NetworkConfig,
+    record: &LeaseRecord,
+    hint: Subnets,
+    ttl: i64,
+    granted: &mut Option<i64>,
+) -> Result<Option<Held>, AcquireError> {
+    let snapshot = store.snapshot().await?;
+    let (leases, since) = (snapshot.leases, snapshot.revision);
     let is_ours = |e: &LeaseEntry| {
         e.record
             .as_ref()
@@ -136,19 +176,19 @@ pub async fn acquire<S: LeaseStore>(
         match leases.iter().find(|e| e.subnets == h) {
             None => {
                 if !held_by_others(&leases, &is_ours, h) {
-                    let id = store.grant(ttl).await?;
-                    if store.create_lease(h, record, id).await? {
+                    let id = grant_once(store, granted, ttl).await?;
+                    if store.create_lease(h, record, id, since).await? {
                         tracing::info!(subnets = %h, "leased the subnets from the existing subnet file");
-                        return Ok(Held {
+                        return Ok(Some(Held {
                             subnets: h,
                             lease_id: id,
-                        });
+                        }));
                     }
                 }
             }
             Some(e) if mine(&e) => {
                 if let Some(held) = reuse(store, e, record, ttl).await? {
-                    return Ok(held);
+                    return Ok(Some(held));
                 }
             }
             // Our subnet file names it and nobody can read the value: it is ours (a corrupt
@@ -160,13 +200,13 @@ pub async fn acquire<S: LeaseStore>(
                 let id = if is_live(store, e.lease_id).await {
                     e.lease_id
                 } else {
-                    store.grant(ttl).await?
+                    grant_once(store, granted, ttl).await?
                 };
                 if store.take_over(h, record, id, e.mod_revision).await? {
-                    return Ok(Held {
+                    return Ok(Some(Held {
                         subnets: h,
                         lease_id: id,
-                    });
+                    }));
                 }
             }
             Some(_) => {
@@ -177,7 +217,7 @@ pub async fn acquire<S: LeaseStore>(
     // 2. An existing lease with our public IP.
     for e in leases.iter().filter(mine) {
         if let Some(held) = reuse(store, e, record, ttl).await? {
-            return Ok(held);
+            return Ok(Some(held));
         }
     }
     // 3. New subnets, each family on its own: the subnet file's or one of an older key of
@@ -216,7 +256,7 @@ pub async fn acquire<S: LeaseStore>(
         None => Vec::new(),
     };
     let (mut prefer4, mut prefer6) = (prefer4, prefer6);
-    let id = store.grant(ttl).await?;
+    let id = grant_once(store, granted, ttl).await?;
     loop {
         let v4 = match config.enable_ipv4 {
             false => None,
@@ -253,14 +293,18 @@ pub async fn acquire<S: LeaseStore>(
             },
         };
         let s = Subnets { v4, v6 };
-        if !keys.contains(&s) && store.create_lease(s, record, id).await? {
+        if keys.contains(&s) {
+            continue;
+        }
+        if store.create_lease(s, record, id, since).await? {
             tracing::info!(subnets = %s, "leased new subnets");
-            return Ok(Held {
+            return Ok(Some(Held {
                 subnets: s,
                 lease_id: id,
-            });
+            }));
         }
-        tracing::info!(subnets = %s, "another node won the race for these subnets: trying others");
+        tracing::info!(subnets = %s, "another node leased meanwhile: reading the leases again");
+        return Ok(None);
     }
 }
 

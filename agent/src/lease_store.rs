@@ -90,13 +90,17 @@ pub trait LeaseStore: Send + Sync {
     fn config_key(&self) -> String;
     /// The config and all leases at one revision.
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
-    /// Creates the lease for `subnets` (one key), bound to store lease `lease_id`, if nobody holds it;
-    /// false when someone does.
+    /// Creates the lease for `subnets` (one key), bound to store lease `lease_id`, if nobody
+    /// holds the key and no key under `subnets/` was created after store revision `since`
+    /// (the snapshot the subnets were picked from); false otherwise. The second condition
+    /// makes allocation exact although one key names two subnets: a node that picked the same
+    /// IPv6 subnet under another IPv4 subnet at the same time makes us pick again.
     fn create_lease(
         &self,
         subnets: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
+        since: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Re-binds a key to `lease_id`, only if nobody changed it since `mod_revision`.
     fn take_over(

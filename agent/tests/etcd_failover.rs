@@ -37,7 +37,12 @@ fn a_dead_member_of_three_never_fails_a_request() {
         let lease = store.grant(60).await.expect("grant");
         let subnet: ipnet::Ipv4Net = "10.16.1.0/24".parse().unwrap();
         let subnet = subnet.into();
-        assert!(store.create_lease(subnet, &record(), lease).await.unwrap());
+        assert!(
+            store
+                .create_lease(subnet, &record(), lease, 0)
+                .await
+                .unwrap()
+        );
 
         // The first endpoint is the one requests go to: kill it (SIGKILL, by PID).
         cluster.members[0].stop();

@@ -545,3 +545,70 @@ fn two_keys_for_one_ipv4_subnet_keep_its_route_until_both_are_gone() {
     lab.etcdctl(&["del", old]);
     lab.eventually("the route gone with the last key", 10, || !has_route());
 }
+
+#[test]
+fn a_create_is_refused_when_any_key_was_created_after_the_snapshot() {
+    use twill_agent::etcd_store::{EtcdOptions, EtcdStore};
+    use twill_agent::lease::{LeaseRecord, Subnets};
+    use twill_agent::lease_store::LeaseStore;
+    use twill_agent::netconf::BackendType;
+    if !preconditions(
+        "a_create_is_refused_when_any_key_was_created_after_the_snapshot",
+        &["etcd"],
+    ) {
+        return;
+    }
+    let etcd = twill_testbed::Etcd::start_local().expect("etcd");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = EtcdStore::connect(&EtcdOptions {
+            endpoints: vec![etcd.endpoint()],
+            prefix: "/coreos.com/network".into(),
+            ..EtcdOptions::default()
+        })
+        .await
+        .expect("connecting");
+        let record = LeaseRecord::new("192.0.2.1".parse().unwrap(), BackendType::HostGw);
+        let key = |a: &str, b: &str| Subnets {
+            v4: Some(a.parse().unwrap()),
+            v6: Some(b.parse().unwrap()),
+        };
+        let lease = store.grant(60).await.unwrap();
+        let since = store.snapshot().await.unwrap().revision;
+        let theirs = key("10.9.1.0/24", "fd00:9:0:1::/64");
+        assert!(
+            store
+                .create_lease(theirs, &record, lease, since)
+                .await
+                .unwrap()
+        );
+        // Same IPv6 subnet under another key, picked from the old snapshot: refused.
+        let ours = key("10.9.2.0/24", "fd00:9:0:1::/64");
+        assert!(
+            !store
+                .create_lease(ours, &record, lease, since)
+                .await
+                .unwrap()
+        );
+        // Picked again from a fresh snapshot: allowed.
+        let since = store.snapshot().await.unwrap().revision;
+        let ours = key("10.9.2.0/24", "fd00:9:0:2::/64");
+        assert!(
+            store
+                .create_lease(ours, &record, lease, since)
+                .await
+                .unwrap()
+        );
+        // An existing key is never created over.
+        let since = store.snapshot().await.unwrap().revision;
+        assert!(
+            !store
+                .create_lease(ours, &record, lease, since)
+                .await
+                .unwrap()
+        );
+    });
+}

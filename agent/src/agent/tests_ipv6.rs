@@ -341,3 +341,34 @@ async fn flannel_dual_stack_and_v4_only_peers_are_programmed_for_what_they_hold(
         )
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_takes_our_ipv6_subnet_under_another_key_meanwhile_makes_us_pick_again() {
+    // Create-if-absent on our key cannot see another key with the same IPv6 subnet; the
+    // create is guarded by "no key created since our snapshot" instead.
+    let store = MemStore::with_config(DUAL);
+    let hint = Subnets {
+        v4: Some(v4("10.5.20.0/24")),
+        v6: Some(v6("fd00:5:0:20::/64")),
+    };
+    let theirs = Subnets {
+        v4: Some(v4("10.5.21.0/24")),
+        v6: Some(v6("fd00:5:0:20::/64")),
+    };
+    let cfg = NetworkConfig::parse(DUAL).unwrap();
+    store.create_before_next(theirs, &record(&cfg, 7).to_json());
+    let node = Recorder::default();
+    run_node(
+        &store,
+        DUAL,
+        1,
+        hint,
+        node.clone(),
+        sleep(Duration::from_secs(1)),
+    )
+    .await;
+    let held = node.set.lock().unwrap()[0];
+    assert_eq!(held.v4, hint.v4, "the IPv4 half of the hint is still free");
+    assert_ne!(held.v6, hint.v6, "the IPv6 subnet went to the other node");
+    assert_eq!(store.keys().len(), 2);
+}

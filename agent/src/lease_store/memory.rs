@@ -21,6 +21,7 @@ pub struct Kv {
     pub value: String,
     pub lease: i64,
     pub mod_revision: i64,
+    pub create_revision: i64,
 }
 
 type WatchItem = Result<WatchBatch, String>;
@@ -40,6 +41,8 @@ struct State {
     down: bool,
     /// The next create of any subnet loses the race: another node creates it first.
     lose_next_race: bool,
+    /// Just before the next create, another node creates this key (with this value).
+    create_before_next: Option<(Subnets, String)>,
     /// Calls by operation name, for assertions.
     calls: Vec<(&'static str, Instant)>,
 }
@@ -54,10 +57,15 @@ impl State {
     }
 
     fn put(&mut self, subnet: Subnets, value: String, lease: i64) {
+        let create_revision = self
+            .keys
+            .get(&subnet)
+            .map_or(self.revision + 1, |kv| kv.create_revision);
         let kv = Kv {
             value,
             lease,
             mod_revision: self.revision + 1,
+            create_revision,
         };
         let entry = entry(subnet, &kv);
         self.keys.insert(subnet, kv);
@@ -211,6 +219,12 @@ impl MemStore {
         self.state().lose_next_race = true;
     }
 
+    /// Just before the next create, another node creates `other` with `value` (e.g. the same
+    /// IPv6 subnet under another IPv4 subnet: a key that create-if-absent alone cannot see).
+    pub fn create_before_next(&self, other: Subnets, value: &str) {
+        self.state().create_before_next = Some((other, value.to_string()));
+    }
+
     /// The key of `subnet`, if any (after expiring due leases).
     pub fn get(&self, subnet: impl Into<Subnets>) -> Option<Kv> {
         let mut st = self.state();
@@ -257,8 +271,12 @@ impl LeaseStore for MemStore {
         subnet: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
+        since: i64,
     ) -> Result<bool, StoreError> {
         let mut st = self.call("create_lease")?;
+        if let Some((other, value)) = st.create_before_next.take() {
+            st.put(other, value, 0);
+        }
         if std::mem::take(&mut st.lose_next_race) && !st.keys.contains_key(&subnet) {
             st.put(
                 subnet,
@@ -266,7 +284,7 @@ impl LeaseStore for MemStore {
                 0,
             );
         }
-        if st.keys.contains_key(&subnet) {
+        if st.keys.contains_key(&subnet) || st.keys.values().any(|kv| kv.create_revision > since) {
             return Ok(false);
         }
         st.put(subnet, record.to_json(), lease_id);
