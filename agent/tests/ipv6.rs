@@ -612,3 +612,43 @@ fn a_create_is_refused_when_any_key_was_created_after_the_snapshot() {
         );
     });
 }
+
+#[test]
+fn ipv6_without_an_ipv6_address_is_refused_and_public_ipv6_is_announced() {
+    if !preconditions(
+        "ipv6_without_an_ipv6_address_is_refused_and_public_ipv6_is_announced",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new("twa-6pub", 1, DUAL_HG);
+    let h1 = lab.cluster.host(1).name.clone();
+    ip(
+        &h1,
+        &["-6", "addr", "flush", "dev", "eth0", "scope", "global"],
+    );
+    lab.start_agent(1, &[]);
+    let mut agent = lab.agents[0].take().unwrap();
+    let status = agent.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", lab.log(1));
+    assert!(
+        lab.log(1)
+            .contains("has no global IPv6 address: pass --public-ipv6"),
+        "{}",
+        lab.log(1)
+    );
+    // --public-ipv6 is what the lease announces (FLANNELD_PUBLIC_IPV6 works the same way).
+    lab.start_agent(1, &["--public-ipv6", "fd31::77"]);
+    let env = lab.wait_subnet(1);
+    let s4 = env.ipv4.unwrap().subnet;
+    let s6 = env.ipv6.unwrap().subnet;
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{}&{}-{}",
+        s4.network(),
+        s4.prefix_len(),
+        s6.network(),
+        s6.prefix_len()
+    );
+    let value = lab.etcdctl(&["get", &key, "--print-value-only"]);
+    assert!(value.contains(r#""PublicIPv6":"fd31::77""#), "{value}");
+}
