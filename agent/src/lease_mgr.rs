@@ -1,9 +1,11 @@
 //! Acquiring this node's subnets (one key for both families, as Flannel): prefer the subnets
 //! in an existing subnet file, then an existing lease with our public IP (the IPv4 one; the
 //! IPv6 one in an IPv6-only network), then a random free subnet among the first 100 of each
-//! family, picked independently. Creation is a create-if-absent transaction on the key;
-//! losing the race just moves on to other subnets. Keys without an etcd lease are
-//! reservations: honoured, never converted. A subnet held only by keys with our own public IP
+//! family, picked independently. Creation is one transaction: the key is absent and no key
+//! under `subnets/` was created since the snapshot the subnets were picked from (one key names
+//! two subnets, so the key alone cannot keep two nodes off one IPv6 subnet); a refused create
+//! reads the leases again. Keys without an etcd lease are reservations: honoured, never
+//! converted. A subnet held only by keys with our own public IP
 //! (an older key of ours, e.g. from before the network went dual-stack) is ours to reuse.
 
 use std::collections::HashSet;

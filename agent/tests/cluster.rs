@@ -250,7 +250,8 @@ fn a_full_network_is_reported_and_agents_never_share_a_subnet() {
     assert_eq!(subnets.len(), 2, "never the same subnet twice");
     let loser = (1..=3).find(|h| !p(*h)).unwrap();
     lab.eventually("the third agent says the network is full", 10, || {
-        lab.log(loser).contains("no free subnet in 10.9.0.0/24")
+        lab.log(loser)
+            .contains("no free IPv4 subnet in 10.9.0.0/24")
     });
 }
 

@@ -652,3 +652,28 @@ fn ipv6_without_an_ipv6_address_is_refused_and_public_ipv6_is_announced() {
     let value = lab.etcdctl(&["get", &key, "--print-value-only"]);
     assert!(value.contains(r#""PublicIPv6":"fd31::77""#), "{value}");
 }
+
+#[test]
+fn vxlan_direct_routing_routes_ipv6_peers_on_the_segment_directly() {
+    if !preconditions(
+        "vxlan_direct_routing_routes_ipv6_peers_on_the_segment_directly",
+        TOOLS,
+    ) {
+        return;
+    }
+    let config = r#"{"Network":"10.45.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:45::/48","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+    let mut lab = AgentLab::new("twa-6dr", 2, config);
+    lab.start_agent(1, &[]);
+    lab.start_agent(2, &[]);
+    let envs: Vec<SubnetEnv> = (1..=2).map(|h| lab.wait_subnet(h)).collect();
+    let mut ctrs = Vec::new();
+    for h in 1..=2 {
+        host_bridge(&lab, h, &envs[h - 1]);
+        ctrs.push(container(&lab, h, 0, &envs[h - 1]));
+    }
+    all_pairs(&lab, &ctrs, "both families over direct routes");
+    let r6 = routes(&lab, 1, "-6");
+    assert_eq!(r6.len(), 1, "{r6:?}");
+    assert_eq!(r6[0]["gateway"], lab.cluster.host(2).ip6.to_string());
+    assert_eq!(r6[0]["dev"], "eth0");
+}
