@@ -182,6 +182,10 @@ mod tests {
         assert!(e.to_string().contains("--subnet-lease-renew-margin"), "{e}");
         let e = Cli::try_parse_from(["twilld", "--public-ip", "nope"]).unwrap_err();
         assert!(e.to_string().contains("--public-ip"), "{e}");
+        let c = Cli::try_parse_from(["twilld", "--public-ipv6", "fd00::5"]).unwrap();
+        assert_eq!(c.public_ipv6, Some("fd00::5".parse().unwrap()));
+        let e = Cli::try_parse_from(["twilld", "--public-ipv6", "10.0.0.1"]).unwrap_err();
+        assert!(e.to_string().contains("--public-ipv6"), "{e}");
     }
 
     #[test]
@@ -190,11 +194,15 @@ mod tests {
             "FLANNELD_IFACE" => Some("ens3".to_string()),
             "FLANNELD_ETCD_PREFIX" => Some("/flannel".to_string()),
             "TWILLD_ETCD_PREFIX" => Some("/twill".to_string()),
+            "FLANNELD_PUBLIC_IPV6" => Some("fd00::5".to_string()),
             _ => None,
         };
         assert_eq!(
             flannel_env_fallbacks(env),
-            vec![("TWILLD_IFACE".to_string(), "ens3".to_string())]
+            vec![
+                ("TWILLD_IFACE".to_string(), "ens3".to_string()),
+                ("TWILLD_PUBLIC_IPV6".to_string(), "fd00::5".to_string())
+            ]
         );
     }
 }

@@ -239,3 +239,61 @@ pub mod iptables {
         ensure_jump(tool, "filter", "FORWARD", FWD)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(v4: bool, v6: bool) -> Nets {
+        Nets {
+            v4: v4.then(|| {
+                (
+                    "10.5.0.0/16".parse().unwrap(),
+                    "10.5.3.0/24".parse().unwrap(),
+                )
+            }),
+            v6: v6.then(|| {
+                (
+                    "fd00:5::/48".parse().unwrap(),
+                    "fd00:5:0:3::/64".parse().unwrap(),
+                )
+            }),
+        }
+    }
+
+    #[test]
+    fn one_inet_table_holds_the_rules_of_each_family_leased() {
+        let t = table(nets(true, true), true).render().unwrap();
+        assert!(t.starts_with("table inet twill\n"), "{t}");
+        for rule in [
+            "ip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+            "ip6 saddr fd00:5::/48 ip6 daddr != ff00::/8 masquerade fully-random",
+            "ip6 saddr != fd00:5::/48 ip6 daddr fd00:5:0:3::/64 return",
+            "ip6 daddr fd00:5::/48 accept",
+        ] {
+            assert!(t.contains(rule), "{rule}\n{t}");
+        }
+        assert_eq!(t.matches("kube-proxy marked").count(), 1, "{t}");
+        let v6only = table(nets(false, true), true).render().unwrap();
+        assert!(
+            !v6only.contains("ip saddr") && v6only.contains("ip6 saddr"),
+            "{v6only}"
+        );
+        let off = table(nets(true, true), false).render().unwrap();
+        assert!(
+            !off.contains("masquerade") && off.contains("accept"),
+            "{off}"
+        );
+    }
+
+    #[test]
+    fn ip6tables_gets_the_ipv6_multicast_range() {
+        let r = iptables::render("fd00:5::/48", "fd00:5:0:3::/64", true);
+        assert!(
+            r.contains("-s fd00:5::/48 ! -d ff00::/8 -j MASQUERADE"),
+            "{r}"
+        );
+        let r = iptables::render("10.5.0.0/16", "10.5.3.0/24", true);
+        assert!(r.contains("! -d 224.0.0.0/4"), "{r}");
+    }
+}
