@@ -106,3 +106,50 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseRecord;
+
+    fn entry(key: &str, value: &str) -> LeaseEntry {
+        LeaseEntry {
+            subnets: Subnets::parse_key(key).unwrap(),
+            key: key.to_string(),
+            record: LeaseRecord::parse(value.as_bytes()),
+            lease_id: 0x2a,
+            mod_revision: 1,
+        }
+    }
+
+    #[test]
+    fn both_families_of_a_key_are_shown_and_ours_is_marked() {
+        let dual = entry(
+            "/x/subnets/10.5.1.0-24&fd00:5:0:1::-64",
+            r#"{"PublicIP":"10.0.0.1","PublicIPv6":"fd31::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:74:0a:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:76:00:00:00:01"}}"#,
+        );
+        let v6only = entry(
+            "/x/subnets/fd00:5:0:2::-64",
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd31::2","BackendType":"host-gw"}"#,
+        );
+        let own = dual.subnets;
+        let t = table(&[dual, v6only], Some(own));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[1].starts_with("* 10.5.1.0/24") && lines[1].contains("0e:74:0a:00:00:01"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("* fd00:5:0:1::/64") && lines[2].contains("fd31::1"),
+            "{t}"
+        );
+        assert!(
+            lines[3].starts_with("  -") && lines[3].contains("host-gw"),
+            "{t}"
+        );
+        assert!(
+            lines[4].starts_with("  fd00:5:0:2::/64") && lines[4].contains("fd31::2"),
+            "{t}"
+        );
+    }
+}
