@@ -14,16 +14,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use ipnet::Ipv4Net;
 use tokio::time::Instant;
 use twill_netkit::Netlink;
 use twill_netkit::subnet_env::SubnetEnv;
 
-use crate::backend::{self, Backend, Peers};
+use crate::backend::{self, Backend, Peer, Peers};
 use crate::backoff::Backoff;
 use crate::cli::Cli;
 use crate::etcd_store::{EtcdOptions, EtcdStore};
-use crate::lease::LeaseRecord;
+use crate::lease::{LeaseRecord, Subnets};
 use crate::lease_mgr::{self, AcquireError, Held};
 use crate::lease_store::{LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, WatchBatch};
 use crate::metrics::{self, Metrics};
@@ -33,6 +32,8 @@ use crate::underlay;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ipv6;
 
 /// etcd options from the flags.
 pub fn etcd_options(cli: &Cli) -> EtcdOptions {
@@ -120,8 +121,8 @@ pub struct Wanted {
     /// This node's lease value.
     pub record: LeaseRecord,
     pub timing: Timing,
-    /// The subnet to try first (the existing subnet file's).
-    pub hint: Option<Ipv4Net>,
+    /// The subnets to try first (the existing subnet file's).
+    pub hint: Subnets,
 }
 
 /// The agent of one node.
@@ -135,8 +136,8 @@ pub struct Agent<S: LeaseStore, N: Node> {
     record: LeaseRecord,
     timing: Timing,
     metrics: Arc<Metrics>,
-    /// Where to look first for our subnet (the existing subnet file's).
-    hint: Option<Ipv4Net>,
+    /// Where to look first for our subnets (the existing subnet file's).
+    hint: Subnets,
     held: Option<(Held, Renewal)>,
     peers: Peers,
     watch: Option<S::Watch>,
@@ -258,21 +259,21 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             retry.wait().await;
         };
         if let Some(old) = self.held_subnet()
-            && old != held.subnet
+            && old != held.subnets
         {
-            tracing::warn!(old = %old, new = %held.subnet, "the old subnet was taken: containers on this node must be restarted");
+            tracing::warn!(old = %old, new = %held.subnets, "the old subnets were taken: containers on this node must be restarted");
         }
         self.store_ok();
-        self.node.set_subnet(held.subnet).await?;
-        self.hint = Some(held.subnet);
+        self.node.set_subnet(held.subnets).await?;
+        self.hint = held.subnets;
         self.held = Some((held, Renewal::fresh(&self.timing, self.timing.ttl)));
         Ok(())
     }
 
     /// Leases again after losing our lease; then re-reads everything.
     async fn reacquire(&mut self, why: &str) -> anyhow::Result<()> {
-        let subnet = self.held.as_ref().map(|(h, _)| h.subnet);
-        tracing::warn!(subnet = ?subnet, "{why}: re-acquiring (data plane untouched)");
+        let subnets = self.held.as_ref().map(|(h, _)| h.subnets);
+        tracing::warn!(subnets = ?subnets, "{why}: re-acquiring (data plane untouched)");
         self.acquire().await?;
         self.watch = None;
         self.resync_at = Instant::now();
@@ -284,8 +285,8 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         self.resync_at = Instant::now() + self.resync_retry.next_wait();
     }
 
-    fn held_subnet(&self) -> Option<Ipv4Net> {
-        self.held.as_ref().map(|(h, _)| h.subnet)
+    fn held_subnet(&self) -> Option<Subnets> {
+        self.held.as_ref().map(|(h, _)| h.subnets)
     }
 
     /// Reads a snapshot, applies it, and watches from just after it.
@@ -307,8 +308,12 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         };
         self.on_config(snap.config);
         let own = self.held.as_ref().map(|(h, _)| *h);
-        let own_entry =
-            own.and_then(|h| snap.leases.iter().find(|e| e.subnet == h.subnet).cloned());
+        let own_entry = own.and_then(|h| {
+            snap.leases
+                .iter()
+                .find(|e| is_key_of(e, h.subnets))
+                .cloned()
+        });
         self.peers = merge_peers(&self.peers, snap.leases);
         match self.store.watch(snap.revision + 1).await {
             Ok(w) => {
@@ -373,18 +378,20 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         for ev in events {
             match ev {
                 LeaseEvent::Put(e) => {
-                    if let Some(held) = own.filter(|h| h.subnet == e.subnet)
+                    if let Some(held) = own.filter(|h| is_key_of(&e, h.subnets))
                         && let Next::Reacquire(why) = self.check_own(held, &e)
                     {
                         return Next::Reacquire(why);
                     }
                     changed |= learn(&mut self.peers, e);
                 }
-                LeaseEvent::Delete(s) => {
-                    if own.is_some_and(|h| h.subnet == s) {
+                LeaseEvent::Delete(key, s) => {
+                    if own.is_some_and(|h| h.subnets == s && key_suffix(&key) == h.subnets.key()) {
                         return Next::Reacquire("our lease was deleted");
                     }
-                    changed |= self.peers.remove(&s).is_some();
+                    // Only this key's peer goes: another key naming the same subnet (a node
+                    // moving to dual stack has both for a while) keeps its kernel entries.
+                    changed |= self.peers.remove(&key).is_some();
                 }
                 LeaseEvent::Config(text) => self.on_config(text),
             }
@@ -401,7 +408,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
     /// value, or the key detached from our etcd lease by a plain `etcdctl put`) is written back.
     fn check_own(&mut self, held: Held, e: &LeaseEntry) -> Next {
         match &e.record {
-            Ok(r) if r.public_ip != self.record.public_ip => {
+            Ok(r) if !lease_mgr::same_node(&self.config, &self.record, r) => {
                 return Next::Reacquire("another node's lease holds our subnet");
             }
             Ok(r) if *r == self.record && e.lease_id == held.lease_id => return Next::Continue,
@@ -425,13 +432,13 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         let held = *held;
         match self
             .store
-            .update_lease(held.subnet, &self.record, held.lease_id)
+            .update_lease(held.subnets, &self.record, held.lease_id)
             .await
         {
             Ok(()) => {
                 self.own_value_wrong = false;
                 self.store_ok();
-                tracing::info!(subnet = %held.subnet, "wrote our lease value back");
+                tracing::info!(subnets = %held.subnets, "wrote our lease value back");
             }
             Err(e) => {
                 self.store_error("write", "writing our lease value back failed; retrying", &e)
@@ -463,7 +470,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         let Some((held, renewal)) = self.held.as_mut() else {
             return Next::Continue;
         };
-        let subnet = held.subnet;
+        let subnet = held.subnets;
         match self.store.keep_alive(held.lease_id).await {
             Ok(ttl) if ttl > 0 => {
                 *renewal = Renewal::fresh(&self.timing, ttl);
@@ -507,12 +514,33 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// Takes a lease into `peers`; true if that changed them. A value that does not parse keeps the
-/// last good one for its subnet (a corrupt write must not cut a live node off).
+/// The last path segment of a key: what follows `subnets/`.
+fn key_suffix(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+/// Whether `e` is the key twill writes for `subnets` (Flannel's IPv6-only form
+/// `0.0.0.0-0&<v6>` names the same subnets under another key).
+fn is_key_of(e: &LeaseEntry, subnets: Subnets) -> bool {
+    e.subnets == subnets && key_suffix(&e.key) == subnets.key()
+}
+
+/// Takes a lease into `peers` (keyed by its etcd key); true if that changed them. A value that
+/// does not parse keeps the last good one for its key (a corrupt write must not cut a live
+/// node off).
 fn learn(peers: &mut Peers, e: LeaseEntry) -> bool {
     match e.record {
-        Ok(r) => peers.insert(e.subnet, r.clone()) != Some(r),
-        Err(why) if peers.contains_key(&e.subnet) => {
+        Ok(record) => {
+            let peer = Peer {
+                subnets: e.subnets,
+                record,
+                mod_revision: e.mod_revision,
+            };
+            peers
+                .insert(e.key, peer.clone())
+                .is_none_or(|old| old.subnets != peer.subnets || old.record != peer.record)
+        }
+        Err(why) if peers.contains_key(&e.key) => {
             tracing::warn!(key = %e.key, reason = %why, "a lease value does not parse: keeping the last good value for its subnet");
             false
         }
@@ -528,8 +556,8 @@ fn learn(peers: &mut Peers, e: LeaseEntry) -> bool {
 fn merge_peers(before: &Peers, entries: Vec<LeaseEntry>) -> Peers {
     let mut peers = Peers::new();
     for e in entries {
-        if let Some(old) = before.get(&e.subnet) {
-            peers.insert(e.subnet, old.clone());
+        if let Some(old) = before.get(&e.key) {
+            peers.insert(e.key.clone(), old.clone());
         }
         learn(&mut peers, e);
     }
@@ -665,13 +693,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     start_http(&cli, metrics.clone()).await?;
     // Local problems first, each fatal: the underlay, the subnet file's directory, the etcd
     // flags and TLS files. Only etcd being unreachable is worth waiting for.
-    let underlay = underlay::find(&nl, &cli.iface, cli.public_ip).await?;
+    let underlay = underlay::find(&nl, &cli.iface, cli.public_ip, cli.public_ipv6).await?;
     check_subnet_file_dir(&cli.subnet_file)?;
     let opts = etcd_options(&cli);
     let co = opts.client_options()?;
-    tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, "using underlay interface");
+    tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, public_ipv6 = ?underlay.public_ipv6, "using underlay interface");
     let store = connect(&opts, co).await;
     let (config, config_text) = wait_for_config(&store).await;
+    underlay::check_families(&underlay, &config)?;
     if config.backend_defaulted {
         tracing::warn!(
             "the network config has no Backend: using udp like Flannel does; set \"Backend\": {{\"Type\": \"vxlan\"}} explicitly"
@@ -706,9 +735,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         record,
         timing,
         hint: SubnetEnv::read(&cli.subnet_file)
-            .ok()
-            .and_then(|s| s.ipv4)
-            .map(|p| p.subnet),
+            .map(|s| Subnets {
+                v4: s.ipv4.map(|p| p.subnet),
+                v6: s.ipv6.map(|p| p.subnet),
+            })
+            .unwrap_or_default(),
     };
     let mut agent = Agent::new(store, node, want, metrics);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

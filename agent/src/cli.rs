@@ -47,13 +47,18 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub etcd_password: Option<String>,
-    /// Interface (name or IPv4 address) that carries inter-node traffic; repeatable, the first
-    /// that exists wins. Default: the interface of the default route.
+    /// Interface (name, IPv4 or IPv6 address) that carries inter-node traffic; repeatable, the
+    /// first that exists wins. Default: the interface of the default route. With IPv6 on, the
+    /// interface's first global IPv6 address is the public IPv6 unless --public-ipv6 is given.
     #[arg(long, env = "TWILLD_IFACE", value_delimiter = ',')]
     pub iface: Vec<String>,
     /// IP other nodes reach this one at (default: the interface's first IPv4 address).
     #[arg(long, env = "TWILLD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 address other nodes reach this one at, for dual-stack and IPv6-only networks
+    /// (default: the interface's first global IPv6 address).
+    #[arg(long, env = "TWILLD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
     /// Where to write FLANNEL_NETWORK/SUBNET/MTU/IPMASQ for the CNI plugin.
     #[arg(
         long,
@@ -64,7 +69,7 @@ pub struct Cli {
     /// Masquerade pod traffic that leaves the overlay network.
     #[arg(long, env = "TWILLD_IP_MASQ")]
     pub ip_masq: bool,
-    /// Which tool programs masquerade/forward rules: nftables (table `ip twill`), iptables
+    /// Which tool programs masquerade/forward rules: nftables (table `inet twill`, both families), iptables
     /// (chains TWILL-POSTRTG, TWILL-FWD), or auto (nftables when `nft` exists).
     #[arg(
         long,
@@ -132,6 +137,7 @@ const FLAG_ENVS: &[&str] = &[
     "ETCD_PASSWORD",
     "IFACE",
     "PUBLIC_IP",
+    "PUBLIC_IPV6",
     "SUBNET_FILE",
     "IP_MASQ",
     "SUBNET_LEASE_RENEW_MARGIN",
@@ -176,6 +182,10 @@ mod tests {
         assert!(e.to_string().contains("--subnet-lease-renew-margin"), "{e}");
         let e = Cli::try_parse_from(["twilld", "--public-ip", "nope"]).unwrap_err();
         assert!(e.to_string().contains("--public-ip"), "{e}");
+        let c = Cli::try_parse_from(["twilld", "--public-ipv6", "fd00::5"]).unwrap();
+        assert_eq!(c.public_ipv6, Some("fd00::5".parse().unwrap()));
+        let e = Cli::try_parse_from(["twilld", "--public-ipv6", "10.0.0.1"]).unwrap_err();
+        assert!(e.to_string().contains("--public-ipv6"), "{e}");
     }
 
     #[test]
@@ -184,11 +194,15 @@ mod tests {
             "FLANNELD_IFACE" => Some("ens3".to_string()),
             "FLANNELD_ETCD_PREFIX" => Some("/flannel".to_string()),
             "TWILLD_ETCD_PREFIX" => Some("/twill".to_string()),
+            "FLANNELD_PUBLIC_IPV6" => Some("fd00::5".to_string()),
             _ => None,
         };
         assert_eq!(
             flannel_env_fallbacks(env),
-            vec![("TWILLD_IFACE".to_string(), "ens3".to_string())]
+            vec![
+                ("TWILLD_IFACE".to_string(), "ens3".to_string()),
+                ("TWILLD_PUBLIC_IPV6".to_string(), "fd00::5".to_string())
+            ]
         );
     }
 }

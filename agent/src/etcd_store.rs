@@ -10,10 +10,9 @@ use etcd_client::{
     Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions, WatchStream,
 };
-use ipnet::Ipv4Net;
 
 use crate::etcd_members::Members;
-use crate::lease::{LeaseRecord, parse_subnet_key, subnet_key};
+use crate::lease::{LeaseRecord, Subnets};
 use crate::lease_store::{
     LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, Snapshot, StoreError, WatchBatch,
 };
@@ -124,7 +123,7 @@ struct Keys {
 /// What a key under the prefix is.
 enum KeyKind {
     Config,
-    Lease(Ipv4Net),
+    Lease(Subnets),
     /// Under `subnets/` but not a subnet key.
     BadLease,
     Other,
@@ -142,8 +141,8 @@ impl Keys {
     fn subnets(&self) -> String {
         format!("{}subnets/", self.root)
     }
-    fn lease(&self, subnet: Ipv4Net) -> String {
-        format!("{}{}", self.subnets(), subnet_key(subnet))
+    fn lease(&self, subnets: Subnets) -> String {
+        format!("{}{}", self.subnets(), subnets.key())
     }
     fn kind(&self, key: &str) -> KeyKind {
         let Some(rest) = key.strip_prefix(&self.root) else {
@@ -153,15 +152,15 @@ impl Keys {
             return KeyKind::Config;
         }
         match rest.strip_prefix("subnets/") {
-            Some(_) => parse_subnet_key(key).map_or(KeyKind::BadLease, KeyKind::Lease),
+            Some(_) => Subnets::parse_key(key).map_or(KeyKind::BadLease, KeyKind::Lease),
             None => KeyKind::Other,
         }
     }
 }
 
-fn entry(subnet: Ipv4Net, kv: &etcd_client::KeyValue) -> LeaseEntry {
+fn entry(subnets: Subnets, kv: &etcd_client::KeyValue) -> LeaseEntry {
     LeaseEntry {
-        subnet,
+        subnets,
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         record: LeaseRecord::parse(kv.value()),
         lease_id: kv.lease(),
@@ -194,15 +193,15 @@ impl EtcdStore {
         })
     }
 
-    /// The key of a subnet's lease.
-    pub fn lease_key(&self, subnet: Ipv4Net) -> String {
-        self.keys.lease(subnet)
+    /// The key of a lease.
+    pub fn lease_key(&self, subnets: impl Into<Subnets>) -> String {
+        self.keys.lease(subnets.into())
     }
 
-    /// Puts `record` at `key`, bound to `lease_id`, in one transaction guarded by `cond`.
+    /// Puts `record` at `key`, bound to `lease_id`, in one transaction guarded by `conds`.
     async fn put_if(
         &self,
-        cond: Compare,
+        conds: Vec<Compare>,
         key: String,
         record: &LeaseRecord,
         lease_id: i64,
@@ -213,7 +212,7 @@ impl EtcdStore {
             record.to_json(),
             Some(PutOptions::new().with_lease(lease_id)),
         );
-        let txn = Txn::new().when([cond]).and_then([put]);
+        let txn = Txn::new().when(conds).and_then([put]);
         let resp = self
             .members
             .call(&format!("{op} {key}"), |mut c| {
@@ -261,35 +260,41 @@ impl LeaseStore for EtcdStore {
 
     async fn create_lease(
         &self,
-        subnet: Ipv4Net,
+        subnets: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
+        since: i64,
     ) -> Result<bool> {
-        let key = self.lease_key(subnet);
-        let cond = Compare::version(key.clone(), CompareOp::Equal, 0);
-        self.put_if(cond, key, record, lease_id, "creating").await
+        let key = self.lease_key(subnets);
+        // A compare on a range holds when every key in it satisfies it (an empty range
+        // compares as one absent key, create revision 0).
+        let conds = vec![
+            Compare::version(key.clone(), CompareOp::Equal, 0),
+            Compare::create_revision(self.keys.subnets(), CompareOp::Less, since + 1).with_prefix(),
+        ];
+        self.put_if(conds, key, record, lease_id, "creating").await
     }
 
     async fn take_over(
         &self,
-        subnet: Ipv4Net,
+        subnets: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
         mod_revision: i64,
     ) -> Result<bool> {
-        let key = self.lease_key(subnet);
+        let key = self.lease_key(subnets);
         let cond = Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision);
-        self.put_if(cond, key, record, lease_id, "taking over")
+        self.put_if(vec![cond], key, record, lease_id, "taking over")
             .await
     }
 
     async fn update_lease(
         &self,
-        subnet: Ipv4Net,
+        subnets: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
     ) -> Result<()> {
-        let key = self.lease_key(subnet);
+        let key = self.lease_key(subnets);
         let value = record.to_json();
         self.members
             .call(&format!("updating {key}"), |mut c| {
@@ -365,7 +370,7 @@ impl EtcdWatch {
                 ))),
                 (KeyKind::Config, false) => out.push(LeaseEvent::Config(None)),
                 (KeyKind::Lease(s), true) => out.push(LeaseEvent::Put(entry(s, kv))),
-                (KeyKind::Lease(s), false) => out.push(LeaseEvent::Delete(s)),
+                (KeyKind::Lease(s), false) => out.push(LeaseEvent::Delete(key.into_owned(), s)),
                 (KeyKind::BadLease, true) => skip_bad_key(&key),
                 (KeyKind::BadLease, false) | (KeyKind::Other, _) => {}
             }
@@ -428,6 +433,20 @@ mod tests {
         assert!(matches!(
             k.kind("/coreos.com/network/subnets/10.5.34.0-24"),
             KeyKind::Lease(_)
+        ));
+        assert!(matches!(
+            k.kind("/coreos.com/network/subnets/10.5.34.0-24&fd00:5::-64"),
+            KeyKind::Lease(Subnets {
+                v4: Some(_),
+                v6: Some(_)
+            })
+        ));
+        assert!(matches!(
+            k.kind("/coreos.com/network/subnets/fd00:5::-64"),
+            KeyKind::Lease(Subnets {
+                v4: None,
+                v6: Some(_)
+            })
         ));
         assert!(matches!(
             k.kind("/coreos.com/network/subnets/junk"),

@@ -1,19 +1,25 @@
-//! Acquiring this node's subnet: prefer the subnet in an existing subnet file, then an
-//! existing lease with our public IP, then a random free subnet among the first 100. Creation
-//! is a create-if-absent transaction, so two nodes never hold one subnet; losing the race
-//! just moves on to another subnet. Keys without an etcd lease are reservations: honoured,
-//! never converted.
+//! Acquiring this node's subnets (one key for both families, as Flannel): prefer the subnets
+//! in an existing subnet file, then an existing lease with our public IP (the IPv4 one; the
+//! IPv6 one in an IPv6-only network), then a random free subnet among the first 100 of each
+//! family, picked independently. Creation is one transaction: the key is absent and no key
+//! under `subnets/` was created since the snapshot the subnets were picked from (one key names
+//! two subnets, so the key alone cannot keep two nodes off one IPv6 subnet); a refused create
+//! reads the leases again. Keys without an etcd lease are reservations: honoured, never
+//! converted. A subnet held only by keys with our own public IP
+//! (an older key of ours, e.g. from before the network went dual-stack) is ours to reuse.
 
-use ipnet::Ipv4Net;
+use std::collections::HashSet;
 
-use crate::lease::LeaseRecord;
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::lease::{LeaseRecord, Subnets};
 use crate::lease_store::{LeaseEntry, LeaseStore, StoreError};
 use crate::netconf::NetworkConfig;
 
 /// The subnet we hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Held {
-    pub subnet: Ipv4Net,
+    pub subnets: Subnets,
     /// The etcd lease kept alive; 0 for a reservation.
     pub lease_id: i64,
 }
@@ -22,14 +28,18 @@ pub struct Held {
 #[derive(Debug, thiserror::Error)]
 pub enum AcquireError {
     #[error(
-        "no free subnet in {network} between {min} and {max} ({held} held): add room to the network config or remove stale leases"
+        "no free {family} subnet in {range} ({held} held): add room to the network config or remove stale leases"
     )]
     Full {
-        network: Ipv4Net,
-        min: std::net::Ipv4Addr,
-        max: std::net::Ipv4Addr,
+        family: &'static str,
+        /// `<network> between <min> and <max>`.
+        range: String,
         held: usize,
     },
+    #[error(
+        "other nodes kept creating leases while this one picked its subnets ({0} attempts): retrying"
+    )]
+    Busy(usize),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -53,70 +63,134 @@ async fn reuse<S: LeaseStore>(
     if e.lease_id == 0 {
         // A reservation: keep it one (a put without a lease keeps lease 0).
         if !same_value {
-            store.update_lease(e.subnet, record, 0).await?;
+            store.update_lease(e.subnets, record, 0).await?;
         }
-        tracing::info!(subnet = %e.subnet, "using the reservation for this node's public IP");
+        tracing::info!(subnets = %e.subnets, "using the reservation for this node's public IP");
         return Ok(Some(Held {
-            subnet: e.subnet,
+            subnets: e.subnets,
             lease_id: 0,
         }));
     }
     if is_live(store, e.lease_id).await {
         if !same_value {
-            store.update_lease(e.subnet, record, e.lease_id).await?;
+            store.update_lease(e.subnets, record, e.lease_id).await?;
         }
-        tracing::info!(subnet = %e.subnet, lease = format!("{:x}", e.lease_id), "resumed our existing lease");
+        tracing::info!(subnets = %e.subnets, lease = format!("{:x}", e.lease_id), "resumed our existing lease");
         return Ok(Some(Held {
-            subnet: e.subnet,
+            subnets: e.subnets,
             lease_id: e.lease_id,
         }));
     }
     let id = store.grant(ttl).await?;
     if store
-        .take_over(e.subnet, record, id, e.mod_revision)
+        .take_over(e.subnets, record, id, e.mod_revision)
         .await?
     {
-        tracing::info!(subnet = %e.subnet, "took over our previous lease");
+        tracing::info!(subnets = %e.subnets, "took over our previous lease");
         return Ok(Some(Held {
-            subnet: e.subnet,
+            subnets: e.subnets,
             lease_id: id,
         }));
     }
     Ok(None)
 }
 
-/// One attempt to acquire a subnet.
+/// Whether `subnets` names exactly the families the config leases, each inside its range.
+pub fn compatible(config: &NetworkConfig, subnets: Subnets) -> bool {
+    let v4 = match subnets.v4 {
+        Some(s) => config.fits(s),
+        None => !config.enable_ipv4,
+    };
+    let v6 = match (subnets.v6, &config.ipv6) {
+        (Some(s), Some(c)) => c.fits(s),
+        (None, None) => true,
+        _ => false,
+    };
+    v4 && v6
+}
+
+/// Whether a lease value names this node: by the IPv4 public IP, or in an IPv6-only network
+/// by the IPv6 one (every IPv6-only lease has PublicIP 0.0.0.0, which names nobody).
+pub fn same_node(config: &NetworkConfig, ours: &LeaseRecord, theirs: &LeaseRecord) -> bool {
+    if config.enable_ipv4 {
+        theirs.public_ip == ours.public_ip && !ours.public_ip.is_unspecified()
+    } else {
+        theirs.public_ipv6.is_some() && theirs.public_ipv6 == ours.public_ipv6
+    }
+}
+
+/// How often one acquire re-reads the leases after other nodes created keys under its feet.
+const SNAPSHOT_ATTEMPTS: usize = 10;
+
+/// Acquires our subnets. `hint`: the subnet file's subnets (either may be missing, e.g. when
+/// the network just turned dual-stack).
 pub async fn acquire<S: LeaseStore>(
     store: &S,
     config: &NetworkConfig,
     record: &LeaseRecord,
-    hint: Option<Ipv4Net>,
+    hint: Subnets,
     ttl: i64,
 ) -> Result<Held, AcquireError> {
-    let leases = store.snapshot().await?.leases;
-    let mine = |e: &&LeaseEntry| {
+    let mut granted = None;
+    for _ in 0..SNAPSHOT_ATTEMPTS {
+        if let Some(held) = acquire_once(store, config, record, hint, ttl, &mut granted).await? {
+            return Ok(held);
+        }
+    }
+    Err(AcquireError::Busy(SNAPSHOT_ATTEMPTS))
+}
+
+/// A store lease for a new key: granted once per acquire, reused by its retries.
+async fn grant_once<S: LeaseStore>(
+    store: &S,
+    granted: &mut Option<i64>,
+    ttl: i64,
+) -> Result<i64, StoreError> {
+    if let Some(id) = *granted {
+        return Ok(id);
+    }
+    let id = store.grant(ttl).await?;
+    *granted = Some(id);
+    Ok(id)
+}
+
+/// One pass over one snapshot; `None` when other nodes created keys meanwhile (read again).
+async fn acquire_once<S: LeaseStore>(
+    store: &S,
+    config: &NetworkConfig,
+    record: &LeaseRecord,
+    hint: Subnets,
+    ttl: i64,
+    granted: &mut Option<i64>,
+) -> Result<Option<Held>, AcquireError> {
+    let snapshot = store.snapshot().await?;
+    let (leases, since) = (snapshot.leases, snapshot.revision);
+    let is_ours = |e: &LeaseEntry| {
         e.record
             .as_ref()
-            .is_ok_and(|r| r.public_ip == record.public_ip)
-            && config.fits(e.subnet)
+            .is_ok_and(|r| same_node(config, record, r))
     };
+    let mine = |e: &&LeaseEntry| is_ours(e) && compatible(config, e.subnets);
 
-    // 1. The subnet in the existing subnet file.
-    if let Some(h) = hint.filter(|h| config.fits(*h)) {
-        match leases.iter().find(|e| e.subnet == h) {
+    // 1. The subnets in the existing subnet file, as one key.
+    if compatible(config, hint) {
+        let h = hint;
+        match leases.iter().find(|e| e.subnets == h) {
             None => {
-                let id = store.grant(ttl).await?;
-                if store.create_lease(h, record, id).await? {
-                    tracing::info!(subnet = %h, "leased the subnet from the existing subnet file");
-                    return Ok(Held {
-                        subnet: h,
-                        lease_id: id,
-                    });
+                if !held_by_others(&leases, &is_ours, h) {
+                    let id = grant_once(store, granted, ttl).await?;
+                    if store.create_lease(h, record, id, since).await? {
+                        tracing::info!(subnets = %h, "leased the subnets from the existing subnet file");
+                        return Ok(Some(Held {
+                            subnets: h,
+                            lease_id: id,
+                        }));
+                    }
                 }
             }
             Some(e) if mine(&e) => {
                 if let Some(held) = reuse(store, e, record, ttl).await? {
-                    return Ok(held);
+                    return Ok(Some(held));
                 }
             }
             // Our subnet file names it and nobody can read the value: it is ours (a corrupt
@@ -124,53 +198,126 @@ pub async fn acquire<S: LeaseStore>(
             // Bound to its live lease if it has one, else to a new one (a plain `etcdctl put`
             // detaches a key from its lease; that must not make it a reservation).
             Some(e) if e.record.is_err() => {
-                tracing::warn!(key = %e.key, "the subnet file's subnet has an unreadable lease value: taking it back");
+                tracing::warn!(key = %e.key, "the subnet file's subnets have an unreadable lease value: taking them back");
                 let id = if is_live(store, e.lease_id).await {
                     e.lease_id
                 } else {
-                    store.grant(ttl).await?
+                    grant_once(store, granted, ttl).await?
                 };
                 if store.take_over(h, record, id, e.mod_revision).await? {
-                    return Ok(Held {
-                        subnet: h,
+                    return Ok(Some(Held {
+                        subnets: h,
                         lease_id: id,
-                    });
+                    }));
                 }
             }
             Some(_) => {
-                tracing::warn!(subnet = %h, "the subnet file's subnet is held by another node: leasing a new one")
+                tracing::warn!(subnets = %h, "the subnet file's subnets are held by another node: leasing new ones")
             }
         }
     }
     // 2. An existing lease with our public IP.
     for e in leases.iter().filter(mine) {
         if let Some(held) = reuse(store, e, record, ttl).await? {
-            return Ok(held);
+            return Ok(Some(held));
         }
     }
-    // 3. A random free subnet among the first 100; a lost race tries the next.
-    let taken: std::collections::HashSet<Ipv4Net> = leases.iter().map(|e| e.subnet).collect();
-    let mut free: Vec<Ipv4Net> = config
+    // 3. New subnets, each family on its own: the subnet file's or one of an older key of
+    // ours if still free, else a random free one among the first 100.
+    let taken4: HashSet<Ipv4Net> = leases
+        .iter()
+        .filter(|e| !is_ours(e))
+        .filter_map(|e| e.subnets.v4)
+        .collect();
+    let taken6: HashSet<Ipv6Net> = leases
+        .iter()
+        .filter(|e| !is_ours(e))
+        .filter_map(|e| e.subnets.v6)
+        .collect();
+    let keys: HashSet<Subnets> = leases.iter().map(|e| e.subnets).collect();
+    let own_old = leases.iter().filter(|e| is_ours(e)).map(|e| e.subnets);
+    let prefer4 = std::iter::once(hint.v4)
+        .chain(own_old.clone().map(|s| s.v4))
+        .flatten()
+        .find(|s| config.fits(*s) && !taken4.contains(s));
+    let prefer6 = std::iter::once(hint.v6)
+        .chain(own_old.map(|s| s.v6))
+        .flatten()
+        .find(|s| config.ipv6.is_some_and(|c| c.fits(*s)) && !taken6.contains(s));
+    let mut free4: Vec<Ipv4Net> = config
         .subnets()
-        .filter(|s| !taken.contains(s))
+        .filter(|s| !taken4.contains(s) && Some(*s) != prefer4)
         .take(100)
         .collect();
-    let id = store.grant(ttl).await?;
-    while !free.is_empty() {
-        let s = free.swap_remove(random_index(free.len()));
-        if store.create_lease(s, record, id).await? {
-            tracing::info!(subnet = %s, "leased a new subnet");
-            return Ok(Held {
-                subnet: s,
-                lease_id: id,
-            });
+    let mut free6: Vec<Ipv6Net> = match &config.ipv6 {
+        Some(c) => c
+            .subnets()
+            .filter(|s| !taken6.contains(s) && Some(*s) != prefer6)
+            .take(100)
+            .collect(),
+        None => Vec::new(),
+    };
+    let (mut prefer4, mut prefer6) = (prefer4, prefer6);
+    let id = grant_once(store, granted, ttl).await?;
+    loop {
+        let v4 = match config.enable_ipv4 {
+            false => None,
+            true => match prefer4.take() {
+                Some(s) => Some(s),
+                None if free4.is_empty() => {
+                    return Err(AcquireError::Full {
+                        family: "IPv4",
+                        range: format!(
+                            "{} between {} and {}",
+                            config.network, config.subnet_min, config.subnet_max
+                        ),
+                        held: taken4.len(),
+                    });
+                }
+                None => Some(free4.swap_remove(random_index(free4.len()))),
+            },
+        };
+        let v6 = match &config.ipv6 {
+            None => None,
+            Some(c) => match prefer6.take() {
+                Some(s) => Some(s),
+                None if free6.is_empty() => {
+                    return Err(AcquireError::Full {
+                        family: "IPv6",
+                        range: format!(
+                            "{} between {} and {}",
+                            c.network, c.subnet_min, c.subnet_max
+                        ),
+                        held: taken6.len(),
+                    });
+                }
+                None => Some(free6.swap_remove(random_index(free6.len()))),
+            },
+        };
+        let s = Subnets { v4, v6 };
+        if keys.contains(&s) {
+            continue;
         }
-        tracing::info!(subnet = %s, "another node won the race for this subnet: trying another");
+        if store.create_lease(s, record, id, since).await? {
+            tracing::info!(subnets = %s, "leased new subnets");
+            return Ok(Some(Held {
+                subnets: s,
+                lease_id: id,
+            }));
+        }
+        tracing::info!(subnets = %s, "another node leased meanwhile: reading the leases again");
+        return Ok(None);
     }
-    Err(AcquireError::Full {
-        network: config.network,
-        min: config.subnet_min,
-        max: config.subnet_max,
-        held: taken.len(),
+}
+
+/// Whether a key other than ours holds either subnet of `want`.
+fn held_by_others(
+    leases: &[LeaseEntry],
+    is_ours: &impl Fn(&LeaseEntry) -> bool,
+    want: Subnets,
+) -> bool {
+    leases.iter().filter(|e| !is_ours(e)).any(|e| {
+        (want.v4.is_some() && e.subnets.v4 == want.v4)
+            || (want.v6.is_some() && e.subnets.v6 == want.v6)
     })
 }

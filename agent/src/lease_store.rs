@@ -5,9 +5,7 @@
 
 use std::future::Future;
 
-use ipnet::Ipv4Net;
-
-use crate::lease::{BadLease, LeaseRecord};
+use crate::lease::{BadLease, LeaseRecord, Subnets};
 
 /// A store failure, with what we were doing.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +32,10 @@ impl StoreError {
 /// One lease found in the store.
 #[derive(Clone, Debug)]
 pub struct LeaseEntry {
-    pub subnet: Ipv4Net,
+    /// The subnets the key names (one key per node holds both families).
+    pub subnets: Subnets,
+    /// The full key: leases are told apart by it, never by one subnet (two keys may name the
+    /// same IPv4 subnet while a node moves to dual stack).
     pub key: String,
     /// Parsed value, or why it was skipped.
     pub record: Result<LeaseRecord, BadLease>,
@@ -58,7 +59,8 @@ pub struct Snapshot {
 #[derive(Clone, Debug)]
 pub enum LeaseEvent {
     Put(LeaseEntry),
-    Delete(Ipv4Net),
+    /// The key that was deleted, and its subnets.
+    Delete(String, Subnets),
     /// `<prefix>/config` was written (`Some`) or deleted (`None`).
     Config(Option<String>),
 }
@@ -88,18 +90,22 @@ pub trait LeaseStore: Send + Sync {
     fn config_key(&self) -> String;
     /// The config and all leases at one revision.
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
-    /// Creates the lease for `subnet`, bound to store lease `lease_id`, if nobody holds it;
-    /// false when someone does.
+    /// Creates the lease for `subnets` (one key), bound to store lease `lease_id`, if nobody
+    /// holds the key and no key under `subnets/` was created after store revision `since`
+    /// (the snapshot the subnets were picked from); false otherwise. The second condition
+    /// makes allocation exact although one key names two subnets: a node that picked the same
+    /// IPv6 subnet under another IPv4 subnet at the same time makes us pick again.
     fn create_lease(
         &self,
-        subnet: Ipv4Net,
+        subnets: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
+        since: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Re-binds a key to `lease_id`, only if nobody changed it since `mod_revision`.
     fn take_over(
         &self,
-        subnet: Ipv4Net,
+        subnets: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
         mod_revision: i64,
@@ -107,7 +113,7 @@ pub trait LeaseStore: Send + Sync {
     /// Rewrites our own lease value, keeping its store lease (0: a reservation stays one).
     fn update_lease(
         &self,
-        subnet: Ipv4Net,
+        subnets: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -1,41 +1,74 @@
-//! The agent's nftables table `ip twill`: forwarding of the pod network accepted, and with
-//! `--ip-masq`, Flannel's masquerade rules. Replaced whole on every reconcile.
+//! The agent's nftables table `inet twill` (one table for both families): forwarding of the
+//! pod networks accepted, and with `--ip-masq`, Flannel's masquerade rules for each family
+//! leased. Replaced whole on every reconcile.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use twill_netkit::firewall::{Chain, Family, Hook, Rule, Table};
 
 /// The table twilld owns.
 pub const TABLE: &str = "twill";
 
-/// The desired table for `network` with this node's `subnet`.
-pub fn table(network: Ipv4Net, subnet: Ipv4Net, ip_masq: bool) -> Table {
+/// The pod network and this node's subnet of it, per family (`None`: family off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Nets {
+    pub v4: Option<(Ipv4Net, Ipv4Net)>,
+    pub v6: Option<(Ipv6Net, Ipv6Net)>,
+}
+
+impl Nets {
+    /// Per family: the nft address keyword, network, subnet and multicast range, as text.
+    fn families(&self) -> Vec<(&'static str, String, String, &'static str)> {
+        let mut out = Vec::new();
+        if let Some((n, s)) = self.v4 {
+            out.push(("ip", n.to_string(), s.to_string(), "224.0.0.0/4"));
+        }
+        if let Some((n, s)) = self.v6 {
+            out.push(("ip6", n.to_string(), s.to_string(), "ff00::/8"));
+        }
+        out
+    }
+}
+
+/// The desired table for `nets`.
+pub fn table(nets: Nets, ip_masq: bool) -> Table {
     let mut post = Vec::new();
-    if ip_masq {
-        post = vec![
-            Rule::new(
-                "meta mark & 0x4000 == 0x4000 return",
-                "twilld: kube-proxy marked, it masquerades",
-            ),
-            Rule::new(
-                format!("ip saddr {network} ip daddr {network} return"),
-                "twilld: inside the overlay",
-            ),
-            Rule::new(
-                format!("ip saddr {network} ip daddr != 224.0.0.0/4 masquerade fully-random"),
-                "twilld: pods to the outside",
-            ),
-            Rule::new(
-                format!("ip saddr != {network} ip daddr {subnet} return"),
-                "twilld: outside to local pods",
-            ),
-            Rule::new(
-                format!("ip saddr != {network} ip daddr {network} masquerade fully-random"),
-                "twilld: outside to remote pods",
-            ),
-        ];
+    let mut forward = Vec::new();
+    for (ip, network, subnet, multicast) in nets.families() {
+        if ip_masq {
+            if post.is_empty() {
+                post.push(Rule::new(
+                    "meta mark & 0x4000 == 0x4000 return",
+                    "twilld: kube-proxy marked, it masquerades",
+                ));
+            }
+            post.extend([
+                Rule::new(
+                    format!("{ip} saddr {network} {ip} daddr {network} return"),
+                    "twilld: inside the overlay",
+                ),
+                Rule::new(
+                    format!(
+                        "{ip} saddr {network} {ip} daddr != {multicast} masquerade fully-random"
+                    ),
+                    "twilld: pods to the outside",
+                ),
+                Rule::new(
+                    format!("{ip} saddr != {network} {ip} daddr {subnet} return"),
+                    "twilld: outside to local pods",
+                ),
+                Rule::new(
+                    format!("{ip} saddr != {network} {ip} daddr {network} masquerade fully-random"),
+                    "twilld: outside to remote pods",
+                ),
+            ]);
+        }
+        forward.extend([
+            Rule::new(format!("{ip} saddr {network} accept"), "twilld forward"),
+            Rule::new(format!("{ip} daddr {network} accept"), "twilld forward"),
+        ]);
     }
     Table {
-        family: Family::Ip,
+        family: Family::Inet,
         name: TABLE.into(),
         chains: vec![
             Chain {
@@ -46,13 +79,16 @@ pub fn table(network: Ipv4Net, subnet: Ipv4Net, ip_masq: bool) -> Table {
             Chain {
                 name: "forward".into(),
                 hook: Some(Hook::filter_forward()),
-                rules: vec![
-                    Rule::new(format!("ip saddr {network} accept"), "twilld forward"),
-                    Rule::new(format!("ip daddr {network} accept"), "twilld forward"),
-                ],
+                rules: forward,
             },
         ],
     }
+}
+
+/// Removes the IPv4-only `ip twill` table of earlier versions (its rules are in `inet twill`
+/// now); absent is fine.
+pub fn remove_legacy_table() {
+    let _ = twill_netkit::firewall::remove_table(Family::Ip, TABLE);
 }
 
 /// Which firewall tool programs the table.
@@ -70,42 +106,55 @@ fn have(tool: &str) -> bool {
 }
 
 /// Applies the desired rules with the chosen backend.
-pub fn apply(
-    backend: FirewallBackend,
-    network: Ipv4Net,
-    subnet: Ipv4Net,
-    ip_masq: bool,
-) -> Result<(), String> {
+pub fn apply(backend: FirewallBackend, nets: Nets, ip_masq: bool) -> Result<(), String> {
     let use_nft = match backend {
         FirewallBackend::Nftables => true,
         FirewallBackend::Iptables => false,
         FirewallBackend::Auto => have("nft") || !have("iptables-restore"),
     };
     if use_nft {
-        table(network, subnet, ip_masq)
-            .apply()
-            .map_err(|e| e.to_string())
+        table(nets, ip_masq).apply().map_err(|e| e.to_string())
     } else {
-        iptables::apply(network, subnet, ip_masq)
+        if let Some((network, subnet)) = nets.v4 {
+            iptables::apply(
+                "iptables",
+                &network.to_string(),
+                &subnet.to_string(),
+                ip_masq,
+            )?;
+        }
+        if let Some((network, subnet)) = nets.v6 {
+            iptables::apply(
+                "ip6tables",
+                &network.to_string(),
+                &subnet.to_string(),
+                ip_masq,
+            )?;
+        }
+        Ok(())
     }
 }
 
 /// The same rules for hosts without nftables: chains of our own (`TWILL-POSTRTG` in nat,
-/// `TWILL-FWD` in filter) rewritten whole with `iptables-restore --noflush`, and one jump to
-/// each from the built-in chain.
+/// `TWILL-FWD` in filter) rewritten whole with `iptables-restore --noflush` (and
+/// `ip6tables-restore` for IPv6), and one jump to each from the built-in chain.
 pub mod iptables {
     use std::io::Write;
     use std::process::{Command, Stdio};
-
-    use ipnet::Ipv4Net;
 
     /// Our nat chain.
     pub const POSTRTG: &str = "TWILL-POSTRTG";
     /// Our filter chain.
     pub const FWD: &str = "TWILL-FWD";
 
-    /// `iptables-restore --noflush` input that replaces the contents of our two chains.
-    pub fn render(network: Ipv4Net, subnet: Ipv4Net, ip_masq: bool) -> String {
+    /// `iptables-restore --noflush` input that replaces the contents of our two chains
+    /// (IPv6 networks get ip6tables' multicast range).
+    pub fn render(network: &str, subnet: &str, ip_masq: bool) -> String {
+        let multicast = if network.contains(':') {
+            "ff00::/8"
+        } else {
+            "224.0.0.0/4"
+        };
         let mut s = format!("*nat\n:{POSTRTG} - [0:0]\n-F {POSTRTG}\n");
         if ip_masq {
             let c = |why: &str| format!("-m comment --comment \"twilld: {why}\"");
@@ -118,7 +167,7 @@ pub mod iptables {
                 c("inside the overlay")
             ));
             s.push_str(&format!(
-                "-A {POSTRTG} -s {network} ! -d 224.0.0.0/4 -j MASQUERADE --random-fully {}\n",
+                "-A {POSTRTG} -s {network} ! -d {multicast} -j MASQUERADE --random-fully {}\n",
                 c("pods to the outside")
             ));
             s.push_str(&format!(
@@ -142,49 +191,109 @@ pub mod iptables {
         s
     }
 
-    fn ensure_jump(table: &str, from: &str, to: &str) -> Result<(), String> {
-        let check = Command::new("iptables")
+    fn ensure_jump(tool: &str, table: &str, from: &str, to: &str) -> Result<(), String> {
+        let check = Command::new(tool)
             .args(["-w", "5", "-t", table, "-C", from, "-j", to])
             .stderr(Stdio::null())
             .status()
-            .map_err(|e| format!("running iptables: {e}"))?;
+            .map_err(|e| format!("running {tool}: {e}"))?;
         if check.success() {
             return Ok(());
         }
-        let out = Command::new("iptables")
+        let out = Command::new(tool)
             .args(["-w", "5", "-t", table, "-I", from, "1", "-j", to])
             .output()
-            .map_err(|e| format!("running iptables: {e}"))?;
+            .map_err(|e| format!("running {tool}: {e}"))?;
         if !out.status.success() {
             return Err(format!(
-                "iptables -t {table} -I {from} -j {to}: {}",
+                "{tool} -t {table} -I {from} -j {to}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
         Ok(())
     }
 
-    /// Rewrites our chains and makes sure the built-in chains jump to them.
-    pub fn apply(network: Ipv4Net, subnet: Ipv4Net, ip_masq: bool) -> Result<(), String> {
-        let mut child = Command::new("iptables-restore")
+    /// Rewrites our chains with `tool` (`iptables` or `ip6tables`) and makes sure the
+    /// built-in chains jump to them.
+    pub fn apply(tool: &str, network: &str, subnet: &str, ip_masq: bool) -> Result<(), String> {
+        let restore = format!("{tool}-restore");
+        let mut child = Command::new(&restore)
             .args(["-w", "5", "--noflush"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("running iptables-restore (install iptables or nftables): {e}"))?;
+            .map_err(|e| format!("running {restore} (install iptables or nftables): {e}"))?;
         if let Some(mut i) = child.stdin.take() {
             let _ = i.write_all(render(network, subnet, ip_masq).as_bytes());
         }
         let out = child
             .wait_with_output()
-            .map_err(|e| format!("waiting for iptables-restore: {e}"))?;
+            .map_err(|e| format!("waiting for {restore}: {e}"))?;
         if !out.status.success() {
             return Err(format!(
-                "iptables-restore: {}",
+                "{restore}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        ensure_jump("nat", "POSTROUTING", POSTRTG)?;
-        ensure_jump("filter", "FORWARD", FWD)
+        ensure_jump(tool, "nat", "POSTROUTING", POSTRTG)?;
+        ensure_jump(tool, "filter", "FORWARD", FWD)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(v4: bool, v6: bool) -> Nets {
+        Nets {
+            v4: v4.then(|| {
+                (
+                    "10.5.0.0/16".parse().unwrap(),
+                    "10.5.3.0/24".parse().unwrap(),
+                )
+            }),
+            v6: v6.then(|| {
+                (
+                    "fd00:5::/48".parse().unwrap(),
+                    "fd00:5:0:3::/64".parse().unwrap(),
+                )
+            }),
+        }
+    }
+
+    #[test]
+    fn one_inet_table_holds_the_rules_of_each_family_leased() {
+        let t = table(nets(true, true), true).render().unwrap();
+        assert!(t.starts_with("table inet twill\n"), "{t}");
+        for rule in [
+            "ip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+            "ip6 saddr fd00:5::/48 ip6 daddr != ff00::/8 masquerade fully-random",
+            "ip6 saddr != fd00:5::/48 ip6 daddr fd00:5:0:3::/64 return",
+            "ip6 daddr fd00:5::/48 accept",
+        ] {
+            assert!(t.contains(rule), "{rule}\n{t}");
+        }
+        assert_eq!(t.matches("kube-proxy marked").count(), 1, "{t}");
+        let v6only = table(nets(false, true), true).render().unwrap();
+        assert!(
+            !v6only.contains("ip saddr") && v6only.contains("ip6 saddr"),
+            "{v6only}"
+        );
+        let off = table(nets(true, true), false).render().unwrap();
+        assert!(
+            !off.contains("masquerade") && off.contains("accept"),
+            "{off}"
+        );
+    }
+
+    #[test]
+    fn ip6tables_gets_the_ipv6_multicast_range() {
+        let r = iptables::render("fd00:5::/48", "fd00:5:0:3::/64", true);
+        assert!(
+            r.contains("-s fd00:5::/48 ! -d ff00::/8 -j MASQUERADE"),
+            "{r}"
+        );
+        let r = iptables::render("10.5.0.0/16", "10.5.3.0/24", true);
+        assert!(r.contains("! -d 224.0.0.0/4"), "{r}");
     }
 }

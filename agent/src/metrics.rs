@@ -23,7 +23,10 @@ pub struct Metrics {
     /// Failed etcd calls by operation (`acquire`, `snapshot`, `watch`, `renew`, `write`).
     pub etcd_op_errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     pub last_renew_unix: AtomicU64,
+    /// The IPv4 subnet held (empty in an IPv6-only network).
     pub lease: Mutex<String>,
+    /// The IPv6 subnet held (empty when IPv6 is off).
+    pub lease6: Mutex<String>,
     /// The user-space data path's counters, when the backend has one.
     pub data_path: OnceLock<Arc<crate::engine::Stats>>,
 }
@@ -54,9 +57,17 @@ impl Metrics {
         let lease = self.lease.lock().map(|l| l.clone()).unwrap_or_default();
         let _ = writeln!(
             s,
-            "# HELP twilld_lease_info The subnet this node holds.\n# TYPE twilld_lease_info info"
+            "# HELP twilld_lease_info The subnets this node holds (subnet: IPv4, ipv6_subnet: IPv6).\n# TYPE twilld_lease_info info"
         );
-        let _ = writeln!(s, "twilld_lease_info{{subnet=\"{lease}\"}} 1");
+        let lease6 = self.lease6.lock().map(|l| l.clone()).unwrap_or_default();
+        if lease6.is_empty() {
+            let _ = writeln!(s, "twilld_lease_info{{subnet=\"{lease}\"}} 1");
+        } else {
+            let _ = writeln!(
+                s,
+                "twilld_lease_info{{subnet=\"{lease}\",ipv6_subnet=\"{lease6}\"}} 1"
+            );
+        }
         g(
             &mut s,
             "twilld_ready",

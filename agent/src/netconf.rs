@@ -2,9 +2,9 @@
 //! defaults and validation (pkg/subnet/config.go). Keys match case-insensitively, as Go's
 //! encoding/json does.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
 /// Which backend moves packets between nodes.
@@ -42,13 +42,141 @@ pub struct BackendConfig {
 /// A validated network configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkConfig {
+    /// `EnableIPv4` (default true). When false (IPv6-only), the four IPv4 fields below hold
+    /// Flannel's zero values (`0.0.0.0/0`, 0, `0.0.0.0`) and no IPv4 subnet is leased.
+    pub enable_ipv4: bool,
     pub network: Ipv4Net,
     pub subnet_len: u8,
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
+    /// `EnableIPv6` with its `IPv6*` settings; `None` when IPv6 is off.
+    pub ipv6: Option<Ipv6Config>,
     pub backend: BackendConfig,
     /// Set when `Backend` was absent (Flannel then uses udp): worth a warning.
     pub backend_defaulted: bool,
+}
+
+/// The IPv6 half of a dual-stack or IPv6-only network (`EnableIPv6: true`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Config {
+    /// `IPv6Network`.
+    pub network: Ipv6Net,
+    /// `IPv6SubnetLen`: 64 when the network is /62 or shorter, else its prefix + 2.
+    pub subnet_len: u8,
+    /// `IPv6SubnetMin` (default: the second subnet) and `IPv6SubnetMax` (default: the last).
+    pub subnet_min: Ipv6Addr,
+    pub subnet_max: Ipv6Addr,
+}
+
+impl Ipv6Config {
+    /// Every subnet between IPv6SubnetMin and IPv6SubnetMax, in order (lazily: a /48 of /64s
+    /// has 65536).
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv6Net> + '_ {
+        let shift = 128 - u32::from(self.subnet_len);
+        let (lo, hi) = (
+            u128::from(self.subnet_min) >> shift,
+            u128::from(self.subnet_max) >> shift,
+        );
+        (lo..=hi)
+            .filter_map(move |i| Ipv6Net::new(Ipv6Addr::from(i << shift), self.subnet_len).ok())
+    }
+
+    /// Whether `subnet` is a valid IPv6 lease for this configuration.
+    pub fn fits(&self, subnet: Ipv6Net) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && subnet.trunc() == subnet
+            && self.network.contains(&subnet)
+            && subnet.network() >= self.subnet_min
+            && subnet.network() <= self.subnet_max
+    }
+
+    /// Parses the `IPv6*` keys (Flannel's `CheckNetworkConfig` rules).
+    fn parse(obj: &Map<String, Value>) -> Result<Ipv6Config, ConfigError> {
+        let network: Ipv6Net = get_str(obj, "IPv6Network")?
+            .ok_or_else(|| err("IPv6Network", "missing (required when EnableIPv6 is true)"))?
+            .parse()
+            .map_err(|_| err("IPv6Network", "not an IPv6 CIDR"))?;
+        let network = network.trunc();
+        if network.prefix_len() > 124 {
+            return Err(err(
+                "IPv6Network",
+                format!("{network} is too small (longer than /124)"),
+            ));
+        }
+        let plen = network.prefix_len();
+        let subnet_len = match get_u64(obj, "IPv6SubnetLen")? {
+            None | Some(0) => {
+                if plen <= 62 {
+                    64
+                } else {
+                    plen + 2
+                }
+            }
+            Some(n) if n > 126 => {
+                return Err(err("IPv6SubnetLen", format!("{n} is longer than 126")));
+            }
+            Some(n) if (n as u8) < plen + 2 => {
+                return Err(err(
+                    "IPv6SubnetLen",
+                    format!(
+                        "{n} leaves fewer than 4 subnets in {network} (must be at least {})",
+                        plen + 2
+                    ),
+                ));
+            }
+            Some(n) => n as u8,
+        };
+        let shift = 128 - u32::from(subnet_len);
+        let size = 1u128 << shift;
+        let first = u128::from(network.network());
+        let last_subnet = u128::from(network.broadcast()) - size + 1;
+        let parse_bound = |field: &'static str, default: u128| -> Result<Ipv6Addr, ConfigError> {
+            let Some(s) = get_str(obj, field)? else {
+                return Ok(Ipv6Addr::from(default));
+            };
+            let ip: Ipv6Addr = s.parse().map_err(|_| {
+                err(
+                    field,
+                    format!("{} is not an IPv6 address", crate::quote::quote(s)),
+                )
+            })?;
+            if !network.contains(&ip) {
+                return Err(err(field, format!("{ip} is outside IPv6Network {network}")));
+            }
+            if (u128::from(ip) - first) % size != 0 {
+                return Err(err(
+                    field,
+                    format!("{ip} is not aligned to IPv6SubnetLen /{subnet_len}"),
+                ));
+            }
+            Ok(ip)
+        };
+        let subnet_min = parse_bound("IPv6SubnetMin", first + size)?;
+        let subnet_max = parse_bound("IPv6SubnetMax", last_subnet)?;
+        if subnet_min > subnet_max {
+            return Err(err(
+                "IPv6SubnetMin",
+                format!("{subnet_min} is above IPv6SubnetMax {subnet_max}"),
+            ));
+        }
+        Ok(Ipv6Config {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+        })
+    }
+}
+
+fn get_bool(obj: &Map<String, Value>, key: &'static str) -> Result<Option<bool>, ConfigError> {
+    match get(obj, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(err(
+            key,
+            format!("expected true or false, got {}", crate::quote::json(other)),
+        )),
+    }
 }
 
 /// Why a configuration was refused; names the field.
@@ -109,12 +237,68 @@ impl NetworkConfig {
         let obj = v
             .as_object()
             .ok_or_else(|| err("(json)", "expected a JSON object"))?;
-        if let Some(Value::Bool(false)) = get(obj, "EnableIPv4") {
+        let enable_ipv4 = get_bool(obj, "EnableIPv4")?.unwrap_or(true);
+        let ipv6 = match get_bool(obj, "EnableIPv6")?.unwrap_or(false) {
+            true => Some(Ipv6Config::parse(obj)?),
+            false => None,
+        };
+        if !enable_ipv4 && ipv6.is_none() {
             return Err(err(
                 "EnableIPv4",
-                "IPv6-only networks are not supported by twill yet",
+                "false, and EnableIPv6 is not true: the network has no address family",
             ));
         }
+        let (network, subnet_len, subnet_min, subnet_max) = if enable_ipv4 {
+            Self::parse_ipv4(obj)?
+        } else {
+            (
+                Ipv4Net::default(),
+                0,
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::UNSPECIFIED,
+            )
+        };
+        let (backend, backend_defaulted) = match get(obj, "Backend") {
+            None | Some(Value::Null) => (
+                BackendConfig {
+                    kind: BackendType::Udp,
+                    vni: 1,
+                    port: 8285,
+                    direct_routing: false,
+                    mtu: None,
+                },
+                true,
+            ),
+            Some(Value::Object(b)) => (parse_backend(b)?, false),
+            Some(other) => {
+                return Err(err(
+                    "Backend",
+                    format!("expected an object, got {}", crate::quote::json(other)),
+                ));
+            }
+        };
+        if ipv6.is_some() && backend.kind == BackendType::Udp {
+            return Err(err(
+                "EnableIPv6",
+                "the udp backend carries IPv4 only (as Flannel's): use vxlan or host-gw for IPv6",
+            ));
+        }
+        Ok(NetworkConfig {
+            enable_ipv4,
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            ipv6,
+            backend,
+            backend_defaulted,
+        })
+    }
+
+    /// `Network`, `SubnetLen`, `SubnetMin`, `SubnetMax`.
+    fn parse_ipv4(
+        obj: &Map<String, Value>,
+    ) -> Result<(Ipv4Net, u8, Ipv4Addr, Ipv4Addr), ConfigError> {
         let network: Ipv4Net = get_str(obj, "Network")?
             .ok_or_else(|| err("Network", "missing"))?
             .parse()
@@ -180,40 +364,20 @@ impl NetworkConfig {
                 format!("{subnet_min} is above SubnetMax {subnet_max}"),
             ));
         }
-        let (backend, backend_defaulted) = match get(obj, "Backend") {
-            None | Some(Value::Null) => (
-                BackendConfig {
-                    kind: BackendType::Udp,
-                    vni: 1,
-                    port: 8285,
-                    direct_routing: false,
-                    mtu: None,
-                },
-                true,
-            ),
-            Some(Value::Object(b)) => (parse_backend(b)?, false),
-            Some(other) => {
-                return Err(err(
-                    "Backend",
-                    format!("expected an object, got {}", crate::quote::json(other)),
-                ));
-            }
-        };
-        Ok(NetworkConfig {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
-            backend,
-            backend_defaulted,
-        })
+        Ok((network, subnet_len, subnet_min, subnet_max))
     }
 
     /// Every subnet between SubnetMin and SubnetMax, in order.
     pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
-        let size = 1u32 << (32 - self.subnet_len);
-        let (lo, hi) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
-        (0..=((hi - lo) / size))
+        // IPv6-only: no IPv4 subnets (and a SubnetLen of 0 that must not be shifted by).
+        let (lo, size, count) = if self.enable_ipv4 {
+            let size = 1u32 << (32 - self.subnet_len);
+            let lo = u32::from(self.subnet_min);
+            (lo, size, (u32::from(self.subnet_max) - lo) / size + 1)
+        } else {
+            (0, 0, 0)
+        };
+        (0..count)
             .filter_map(move |i| Ipv4Net::new(Ipv4Addr::from(lo + i * size), self.subnet_len).ok())
     }
 
@@ -221,7 +385,31 @@ impl NetworkConfig {
     pub fn differences(&self, other: &NetworkConfig) -> Vec<String> {
         let (a, b) = (&self.backend, &other.backend);
         let opt = |m: Option<u32>| m.map_or_else(|| "auto".to_string(), |m| m.to_string());
+        let v6 = |c: &NetworkConfig| {
+            c.ipv6.map_or_else(
+                || ["off".to_string(), "-".into(), "-".into(), "-".into()],
+                |v| {
+                    [
+                        v.network.to_string(),
+                        v.subnet_len.to_string(),
+                        v.subnet_min.to_string(),
+                        v.subnet_max.to_string(),
+                    ]
+                },
+            )
+        };
+        let [n6a, l6a, min6a, max6a] = v6(self);
+        let [n6b, l6b, min6b, max6b] = v6(other);
         [
+            (
+                "EnableIPv4",
+                self.enable_ipv4.to_string(),
+                other.enable_ipv4.to_string(),
+            ),
+            ("IPv6Network", n6a, n6b),
+            ("IPv6SubnetLen", l6a, l6b),
+            ("IPv6SubnetMin", min6a, min6b),
+            ("IPv6SubnetMax", max6a, max6b),
             (
                 "Network",
                 self.network.to_string(),
@@ -264,7 +452,8 @@ impl NetworkConfig {
 
     /// Whether `subnet` is a valid lease for this configuration.
     pub fn fits(&self, subnet: Ipv4Net) -> bool {
-        subnet.prefix_len() == self.subnet_len
+        self.enable_ipv4
+            && subnet.prefix_len() == self.subnet_len
             && self.network.contains(&subnet)
             && u32::from(subnet.network()) >= u32::from(self.subnet_min)
             && u32::from(subnet.network()) <= u32::from(self.subnet_max)
@@ -410,5 +599,120 @@ mod tests {
             let e = NetworkConfig::parse(text).unwrap_err();
             assert_eq!(e.field, field, "{text}: {e}");
         }
+    }
+
+    const V4: &str = r#""Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}"#;
+
+    #[test]
+    fn ipv6_defaults_follow_flannel() {
+        let c = NetworkConfig::parse(&format!(
+            r#"{{{V4},"EnableIPv6":true,"IPv6Network":"fd00:5::/56"}}"#
+        ))
+        .unwrap();
+        assert!(c.enable_ipv4);
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 64, "64 when the network is /62 or shorter");
+        assert_eq!(v6.subnet_min, "fd00:5:0:1::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnet_max, "fd00:5:0:ff::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnets().count(), 255);
+        assert!(v6.fits("fd00:5:0:7::/64".parse().unwrap()));
+        assert!(
+            !v6.fits("fd00:5::/64".parse().unwrap()),
+            "the first is skipped"
+        );
+        assert!(!v6.fits("fd00:6::/64".parse().unwrap()));
+        let c = NetworkConfig::parse(&format!(
+            r#"{{{V4},"enableipv6":true,"ipv6network":"fd00:5::/120"}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.ipv6.unwrap().subnet_len, 122, "prefix + 2 beyond /62");
+        let c = NetworkConfig::parse(&format!(
+            r#"{{{V4},"EnableIPv6":false,"IPv6Network":"junk"}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            c.ipv6, None,
+            "IPv6 keys are ignored while EnableIPv6 is off"
+        );
+        // A huge network: the subnet iterator stays lazy.
+        let c = NetworkConfig::parse(&format!(
+            r#"{{{V4},"EnableIPv6":true,"IPv6Network":"fd00::/8"}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.ipv6.unwrap().subnets().take(3).count(), 3);
+    }
+
+    #[test]
+    fn ipv6_only_has_no_ipv4_subnets() {
+        let c = NetworkConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"host-gw"}}"#,
+        )
+        .unwrap();
+        assert!(!c.enable_ipv4);
+        assert_eq!(c.subnets().count(), 0);
+        assert!(!c.fits("10.5.1.0/24".parse().unwrap()));
+        assert_eq!(c.ipv6.unwrap().subnet_len, 64);
+    }
+
+    #[test]
+    fn bad_ipv6_configs_name_the_field() {
+        let on = r#""EnableIPv6":true"#;
+        let cases = [
+            (format!(r#"{{{V4},{on}}}"#), "IPv6Network"),
+            (format!(r#"{{{V4},{on},"IPv6Network":"10.0.0.0/8"}}"#), "IPv6Network"),
+            (format!(r#"{{{V4},{on},"IPv6Network":"fd00::/125"}}"#), "IPv6Network"),
+            (
+                format!(r#"{{{V4},{on},"IPv6Network":"fd00::/56","IPv6SubnetLen":127}}"#),
+                "IPv6SubnetLen",
+            ),
+            (
+                format!(r#"{{{V4},{on},"IPv6Network":"fd00::/56","IPv6SubnetLen":57}}"#),
+                "IPv6SubnetLen",
+            ),
+            (
+                format!(r#"{{{V4},{on},"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::"}}"#),
+                "IPv6SubnetMin",
+            ),
+            (
+                format!(r#"{{{V4},{on},"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:1::8"}}"#),
+                "IPv6SubnetMin",
+            ),
+            (
+                format!(r#"{{{V4},{on},"IPv6Network":"fd00::/56","IPv6SubnetMax":"fd00:0:1::"}}"#),
+                "IPv6SubnetMax",
+            ),
+            (
+                format!(r#"{{{V4},{on},"IPv6Network":"fd00::/56","IPv6SubnetMax":"fd00:0:0:3::1"}}"#),
+                "IPv6SubnetMax",
+            ),
+            (
+                format!(r#"{{{V4},{on},"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:3::"}}"#),
+                "IPv6SubnetMin",
+            ),
+            (
+                format!(r#"{{{V4},{on},"IPv6Network":"fd00::/56","IPv6SubnetMax":"banana"}}"#),
+                "IPv6SubnetMax",
+            ),
+            (format!(r#"{{{V4},"EnableIPv6":"yes"}}"#), "EnableIPv6"),
+            (r#"{"EnableIPv4":false,"Network":"10.5.0.0/16"}"#.to_string(), "EnableIPv4"),
+            (
+                r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"udp"}}"#.to_string(),
+                "EnableIPv6",
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56"}"#.to_string(),
+                "EnableIPv6",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = NetworkConfig::parse(&text).unwrap_err();
+            assert_eq!(e.field, field, "{text}: {e}");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        let e = NetworkConfig::parse(&format!(
+            r#"{{{V4},"EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{{"Type":"udp"}}}}"#
+        ))
+        .unwrap_err();
+        assert!(e.why.contains("udp"), "{e}");
     }
 }

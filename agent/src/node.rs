@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::Context;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use twill_netkit::Netlink;
 use twill_netkit::subnet_env::{SubnetEnv, SubnetPair};
 
 use crate::backend::{AnyBackend, Backend, Peers};
+use crate::lease::Subnets;
 use crate::masq::{self, FirewallBackend};
 use crate::metrics::Metrics;
 use crate::netconf::NetworkConfig;
@@ -21,7 +22,7 @@ use crate::netconf::NetworkConfig;
 #[allow(async_fn_in_trait)]
 pub trait Node {
     /// This node now holds `subnet` (first lease, or a new one after losing the old).
-    async fn set_subnet(&mut self, subnet: Ipv4Net) -> anyhow::Result<()>;
+    async fn set_subnet(&mut self, subnet: Subnets) -> anyhow::Result<()>;
     /// Makes the kernel match `peers` (level-triggered; failures are logged, not returned).
     async fn apply(&mut self, peers: &Peers);
     /// Re-installs what others may have removed behind our back (firewall rules).
@@ -42,10 +43,12 @@ pub struct HostSettings {
 pub struct HostNode {
     nl: Netlink,
     backend: AnyBackend,
-    network: Ipv4Net,
+    /// The IPv4 network (`None` in an IPv6-only network) and the IPv6 one (`None` when off).
+    network: Option<Ipv4Net>,
+    network6: Option<Ipv6Net>,
     settings: HostSettings,
     metrics: Arc<Metrics>,
-    subnet: Option<Ipv4Net>,
+    subnet: Option<Subnets>,
 }
 
 impl HostNode {
@@ -63,31 +66,40 @@ impl HostNode {
         HostNode {
             nl,
             backend,
-            network: config.network,
+            network: config.enable_ipv4.then_some(config.network),
+            network6: config.ipv6.map(|c| c.network),
             settings,
             metrics,
             subnet: None,
         }
     }
 
-    fn install_firewall(&self, subnet: Ipv4Net) -> Result<(), String> {
+    fn nets(&self, subnet: Subnets) -> masq::Nets {
+        masq::Nets {
+            v4: self.network.zip(subnet.v4),
+            v6: self.network6.zip(subnet.v6),
+        }
+    }
+
+    fn install_firewall(&self, subnet: Subnets) -> Result<(), String> {
         masq::apply(
             self.settings.firewall,
-            self.network,
-            subnet,
+            self.nets(subnet),
             self.settings.ip_masq,
         )
     }
 }
 
 impl Node for HostNode {
-    async fn set_subnet(&mut self, subnet: Ipv4Net) -> anyhow::Result<()> {
+    async fn set_subnet(&mut self, subnet: Subnets) -> anyhow::Result<()> {
+        let nets = self.nets(subnet);
         let env = SubnetEnv {
-            ipv4: Some(SubnetPair {
-                network: self.network,
-                subnet,
-            }),
-            ipv6: None,
+            ipv4: nets
+                .v4
+                .map(|(network, subnet)| SubnetPair { network, subnet }),
+            ipv6: nets
+                .v6
+                .map(|(network, subnet)| SubnetPair { network, subnet }),
             mtu: self.backend.mtu(),
             ipmasq: self.settings.ip_masq,
         };
@@ -98,11 +110,24 @@ impl Node for HostNode {
             .set_local_subnet(&self.nl, subnet)
             .await
             .context("configuring the local subnet")?;
+        if nets.v6.is_some() {
+            // Routing IPv6 between pods and nodes needs forwarding in the node's namespace
+            // (the kernel's default is off, unlike what most IPv4 hosts have by now).
+            if let Err(e) = twill_netkit::sysctl::ensure("net/ipv6/conf/all/forwarding", "1") {
+                tracing::warn!(error = %e, "enabling IPv6 forwarding");
+            }
+        }
+        if self.subnet.is_none() && self.settings.firewall != masq::FirewallBackend::Iptables {
+            masq::remove_legacy_table();
+        }
         if let Err(e) = self.install_firewall(subnet) {
             tracing::warn!(error = %e, "installing firewall rules (is nftables or iptables installed?)");
         }
         if let Ok(mut l) = self.metrics.lease.lock() {
-            *l = subnet.to_string();
+            *l = subnet.v4.map(|s| s.to_string()).unwrap_or_default();
+        }
+        if let Ok(mut l) = self.metrics.lease6.lock() {
+            *l = subnet.v6.map(|s| s.to_string()).unwrap_or_default();
         }
         self.subnet = Some(subnet);
         Ok(())

@@ -250,7 +250,8 @@ fn a_full_network_is_reported_and_agents_never_share_a_subnet() {
     assert_eq!(subnets.len(), 2, "never the same subnet twice");
     let loser = (1..=3).find(|h| !p(*h)).unwrap();
     lab.eventually("the third agent says the network is full", 10, || {
-        lab.log(loser).contains("no free subnet in 10.9.0.0/24")
+        lab.log(loser)
+            .contains("no free IPv4 subnet in 10.9.0.0/24")
     });
 }
 
@@ -520,7 +521,9 @@ fn reservations_foreign_peers_and_masquerade_with_both_firewalls() {
     let h2 = lab.cluster.host(2).name.clone();
     let nft = twill_tests::run(
         "ip",
-        &["netns", "exec", &h1, "nft", "list", "table", "ip", "twill"],
+        &[
+            "netns", "exec", &h1, "nft", "list", "table", "inet", "twill",
+        ],
     );
     assert!(nft.contains("masquerade fully-random"), "{nft}");
     let ipt = twill_tests::run("ip", &["netns", "exec", &h2, "iptables-save"]);

@@ -12,12 +12,7 @@ use twill_testbed::EtcdCluster;
 use twill_tests::preconditions;
 
 fn record() -> LeaseRecord {
-    LeaseRecord {
-        public_ip: "192.0.2.1".parse().unwrap(),
-        backend: BackendType::HostGw,
-        vtep_mac: None,
-        vni: None,
-    }
+    LeaseRecord::new("192.0.2.1".parse().unwrap(), BackendType::HostGw)
 }
 
 #[test]
@@ -40,8 +35,14 @@ fn a_dead_member_of_three_never_fails_a_request() {
         .await
         .expect("connecting");
         let lease = store.grant(60).await.expect("grant");
-        let subnet = "10.16.1.0/24".parse().unwrap();
-        assert!(store.create_lease(subnet, &record(), lease).await.unwrap());
+        let subnet: ipnet::Ipv4Net = "10.16.1.0/24".parse().unwrap();
+        let subnet = subnet.into();
+        assert!(
+            store
+                .create_lease(subnet, &record(), lease, 0)
+                .await
+                .unwrap()
+        );
 
         // The first endpoint is the one requests go to: kill it (SIGKILL, by PID).
         cluster.members[0].stop();

@@ -73,7 +73,7 @@ fn local_mistakes_are_fatal_and_said_first() {
     let cases: &[(&[&str], &str)] = &[
         (
             &["--etcd-endpoints", dead, "--iface", "nonexist"],
-            "twilld: none of --iface nonexist exists with an IPv4 address in this network namespace",
+            "twilld: none of --iface nonexist exists with an IPv4 or global IPv6 address in this network namespace",
         ),
         (
             &["--etcd-endpoints", "etcd", "--iface", "lo"],

@@ -1,10 +1,11 @@
 //! A simulated cluster: an underlay namespace holding a bridge, and N host namespaces, each
 //! joined to the bridge by a veth pair (the kernel here has no `dummy` links) with its own
-//! underlay address on `eth0`.
+//! underlay addresses on `eth0`: one IPv4 and one IPv6 (added without DAD, so both are
+//! usable at once), so dual-stack and IPv6-only networks run on the same cluster.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use twill_netkit::ipnet::{IpNet, Ipv4Net};
+use twill_netkit::ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use twill_netkit::{Netlink, Netns};
 
 use super::error::{LabError, Result};
@@ -23,6 +24,8 @@ pub struct Host {
     pub netns: Netns,
     /// Underlay address of `eth0`.
     pub ip: Ipv4Addr,
+    /// Underlay IPv6 address of `eth0`.
+    pub ip6: Ipv6Addr,
     pub iface: &'static str,
 }
 
@@ -32,10 +35,17 @@ pub struct ClusterBuilder {
     prefix: String,
     hosts: usize,
     underlay: Ipv4Net,
+    underlay6: Ipv6Net,
     mtu: u32,
 }
 
 impl ClusterBuilder {
+    /// The IPv6 underlay subnet (default fd31::/64); the bridge gets ::1, host N gets ::(10+N).
+    pub fn underlay6(mut self, net: Ipv6Net) -> Self {
+        self.underlay6 = net;
+        self
+    }
+
     /// Number of hosts (default 2).
     pub fn hosts(mut self, n: usize) -> Self {
         self.hosts = n;
@@ -64,6 +74,12 @@ impl ClusterBuilder {
                 self.hosts, self.underlay
             )));
         }
+        if self.underlay6.prefix_len() > 120 {
+            return Err(LabError::Invalid(format!(
+                "the IPv6 underlay {} is too small (longer than /120)",
+                self.underlay6
+            )));
+        }
         let swept = sweep(&self.prefix)?;
         if !swept.is_empty() {
             tracing::warn!(prefix = %self.prefix, ?swept, "removed leftovers of an earlier run");
@@ -74,6 +90,7 @@ impl ClusterBuilder {
         let mut cluster = Cluster {
             prefix: self.prefix.clone(),
             underlay_net: self.underlay,
+            underlay_net6: self.underlay6,
             underlay,
             hosts: Vec::new(),
             keep: false,
@@ -84,16 +101,22 @@ impl ClusterBuilder {
             Ipv4Net::new(cluster.underlay_ip(), self.underlay.prefix_len())
                 .map_err(|e| LabError::Invalid(e.to_string()))?,
         );
+        let bridge_addr6 = IpNet::V6(
+            Ipv6Net::new(cluster.underlay_ip6(), self.underlay6.prefix_len())
+                .map_err(|e| LabError::Invalid(e.to_string()))?,
+        );
         let bridge = cluster.underlay.run(move |nl: Netlink| async move {
             lo_up(&nl).await?;
             let br = nl.ensure_bridge(UNDERLAY_BRIDGE, Some(mtu)).await?;
             nl.ensure_address(br.index, bridge_addr).await?;
+            nl.ensure_address(br.index, bridge_addr6).await?;
             Ok::<_, twill_netkit::Error>(br)
         })?;
         for i in 1..=self.hosts {
             let name = format!("{}-h{i}", self.prefix);
             let netns = Netns::create(&name)?;
             let ip = Ipv4Addr::from(u32::from(self.underlay.network()) + 10 + i as u32);
+            let ip6 = Ipv6Addr::from(u128::from(self.underlay6.network()) + 10 + i as u128);
             let peer_ns = &netns;
             cluster.underlay.run(move |nl: Netlink| async move {
                 let port = format!("h{i}");
@@ -107,16 +130,22 @@ impl ClusterBuilder {
                 Ipv4Net::new(ip, self.underlay.prefix_len())
                     .map_err(|e| LabError::Invalid(e.to_string()))?,
             );
+            let addr6 = IpNet::V6(
+                Ipv6Net::new(ip6, self.underlay6.prefix_len())
+                    .map_err(|e| LabError::Invalid(e.to_string()))?,
+            );
             netns.run(move |nl: Netlink| async move {
                 lo_up(&nl).await?;
                 let eth = nl.require_link(HOST_IFACE).await?;
                 nl.ensure_address(eth.index, addr).await?;
+                nl.ensure_address(eth.index, addr6).await?;
                 nl.set_up(eth.index).await
             })?;
             cluster.hosts.push(Host {
                 name,
                 netns,
                 ip,
+                ip6,
                 iface: HOST_IFACE,
             });
         }
@@ -135,6 +164,7 @@ async fn lo_up(nl: &Netlink) -> twill_netkit::Result<()> {
 pub struct Cluster {
     prefix: String,
     underlay_net: Ipv4Net,
+    underlay_net6: Ipv6Net,
     /// The namespace holding the underlay bridge.
     pub underlay: Netns,
     pub hosts: Vec<Host>,
@@ -151,6 +181,8 @@ impl Cluster {
             prefix: prefix.to_string(),
             hosts: 2,
             underlay: Ipv4Net::new(Ipv4Addr::new(172, 31, 0, 0), 24).unwrap_or_default(),
+            underlay6: Ipv6Net::new(Ipv6Addr::new(0xfd31, 0, 0, 0, 0, 0, 0, 0), 64)
+                .unwrap_or_default(),
             mtu: 1500,
         }
     }
@@ -169,6 +201,16 @@ impl Cluster {
     /// services such as etcd listen.
     pub fn underlay_ip(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.underlay_net.network()) + 1)
+    }
+
+    /// The IPv6 underlay subnet.
+    pub fn underlay_net6(&self) -> Ipv6Net {
+        self.underlay_net6
+    }
+
+    /// The underlay bridge's own IPv6 address (`::1`).
+    pub fn underlay_ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.underlay_net6.network()) + 1)
     }
 
     /// Host number `n` (1-based, as in its name).

@@ -128,7 +128,7 @@ fn image_builds_offline_and_its_twilld_masquerades_like_flannel() {
     });
     assert!(se.ipmasq, "twilld --ip-masq writes FLANNEL_IPMASQ=true");
     let masq_ready = wait_for(Duration::from_secs(20), || {
-        ns_exec_ok(&host.name, &["nft", "list", "table", "ip", "twill"])
+        ns_exec_ok(&host.name, &["nft", "list", "table", "inet", "twill"])
     });
     assert!(
         masq_ready,
@@ -177,7 +177,7 @@ fn image_builds_offline_and_its_twilld_masquerades_like_flannel() {
     let rules = run(
         "ip",
         &[
-            "netns", "exec", &host.name, "nft", "list", "table", "ip", "twill",
+            "netns", "exec", &host.name, "nft", "list", "table", "inet", "twill",
         ],
     );
     assert!(rules.contains("masquerade"), "{rules}");

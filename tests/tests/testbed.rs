@@ -29,6 +29,11 @@ fn hosts_reach_each_other_over_the_underlay_and_vanish_on_drop() {
     for h in &cluster.hosts {
         let addrs = ip_json(&h.name, &["-4", "addr", "show", "dev", "eth0"]);
         assert_eq!(addrs[0]["addr_info"][0]["local"], h.ip.to_string());
+        let addrs6 = ip_json(
+            &h.name,
+            &["-6", "addr", "show", "dev", "eth0", "scope", "global"],
+        );
+        assert_eq!(addrs6[0]["addr_info"][0]["local"], h.ip6.to_string());
     }
     let h1 = &cluster.host(1).name;
     for peer in [cluster.host(2), cluster.host(3)] {
@@ -36,6 +41,12 @@ fn hosts_reach_each_other_over_the_underlay_and_vanish_on_drop() {
             ns_exec_ok(h1, &["ping", "-c1", "-W2", &peer.ip.to_string()]),
             "{h1} cannot ping {}",
             peer.ip
+        );
+        // The IPv6 underlay works at once (no DAD wait).
+        assert!(
+            ns_exec_ok(h1, &["ping", "-6", "-c1", "-W2", &peer.ip6.to_string()]),
+            "{h1} cannot ping {}",
+            peer.ip6
         );
     }
     let underlay_links = ip_json(&format!("{prefix}-ul"), &["link", "show", "master", "br0"]);

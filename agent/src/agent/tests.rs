@@ -20,12 +20,7 @@ fn net(s: &str) -> Ipv4Net {
 }
 
 fn record(ip: [u8; 4]) -> LeaseRecord {
-    LeaseRecord {
-        public_ip: Ipv4Addr::from(ip),
-        backend: BackendType::HostGw,
-        vtep_mac: None,
-        vni: None,
-    }
+    LeaseRecord::new(Ipv4Addr::from(ip), BackendType::HostGw)
 }
 
 fn foreign(ip: &str) -> String {
@@ -70,15 +65,18 @@ impl FakeNode {
 }
 
 impl Node for FakeNode {
-    async fn set_subnet(&mut self, subnet: Ipv4Net) -> anyhow::Result<()> {
-        self.0.lock().unwrap().push(Did::SetSubnet(subnet));
+    async fn set_subnet(&mut self, subnet: Subnets) -> anyhow::Result<()> {
+        let v4 = subnet.v4.expect("these cases lease IPv4");
+        self.0.lock().unwrap().push(Did::SetSubnet(v4));
         Ok(())
     }
     async fn apply(&mut self, peers: &Peers) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(Did::Apply(peers.keys().copied().collect()));
+        self.0.lock().unwrap().push(Did::Apply(
+            // What a backend programs: one entry per IPv4 subnet any key names.
+            crate::backend::by_v4(peers, net("10.5.0.0/16"), None)
+                .into_keys()
+                .collect(),
+        ));
     }
     fn refresh(&mut self) {}
     fn ready(&mut self) {
@@ -117,7 +115,7 @@ impl Case {
             config_text: Some(CONFIG.to_string()),
             record: record(self.ip),
             timing: self.timing,
-            hint: self.hint,
+            hint: self.hint.map(Subnets::from).unwrap_or_default(),
         };
         let mut agent = Agent::new(
             self.store.clone(),
@@ -147,6 +145,7 @@ impl Case {
             .keys()
             .into_iter()
             .find(|(_, kv)| kv.value.contains(&format!("\"{ip}\"")))
+            .and_then(|(s, kv)| Some((s.v4?, kv)))
     }
 }
 

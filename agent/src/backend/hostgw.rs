@@ -1,19 +1,24 @@
-//! host-gw: a route to each peer's subnet via the peer's public IP on the underlay link.
-//! Needs L2 adjacency: a peer on another subnet is reported, not routed (Flannel's rule).
+//! host-gw: a route to each peer's subnet via the peer's public IP on the underlay link, for
+//! each family (IPv6: via the peer's `PublicIPv6`). Needs L2 adjacency: a peer on another
+//! subnet is reported, not routed (Flannel's rule).
 
-use ipnet::Ipv4Net;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use twill_netkit::{Netlink, Route};
 
 use super::{ApplyErrors, Backend, Peers, Underlay, routes};
-use crate::lease::LeaseRecord;
+use crate::lease::{LeaseRecord, Subnets};
 use crate::netconf::{BackendType, NetworkConfig};
 
 /// The host-gw backend.
 pub struct HostGw {
     underlay: Underlay,
     network: Ipv4Net,
+    enable_ipv4: bool,
+    network6: Option<Ipv6Net>,
     mtu_override: Option<u32>,
-    local: Option<Ipv4Net>,
+    local: Subnets,
 }
 
 impl HostGw {
@@ -21,8 +26,10 @@ impl HostGw {
         HostGw {
             underlay,
             network: config.network,
+            enable_ipv4: config.enable_ipv4,
+            network6: config.ipv6.map(|c| c.network),
             mtu_override: config.backend.mtu,
-            local: None,
+            local: Subnets::default(),
         }
     }
 }
@@ -46,6 +53,43 @@ pub fn direct_route(
         .dev(underlay.link.index))
 }
 
+/// [`direct_route`] for IPv6: via the peer's `PublicIPv6`.
+pub fn direct_route6(
+    underlay: &Underlay,
+    subnet: Ipv6Net,
+    peer: &LeaseRecord,
+) -> Result<Route, String> {
+    let Some(gw) = peer.public_ipv6 else {
+        return Err(format!("peer {subnet} has no PublicIPv6"));
+    };
+    if !underlay.on_link6(gw) {
+        return Err(format!(
+            "peer {subnet} at {gw} is not on this node's IPv6 L2 subnet {} ({}): host-gw needs direct reachability",
+            underlay
+                .net6
+                .map_or_else(|| "(none)".to_string(), |n| n.trunc().to_string()),
+            underlay.link.name
+        ));
+    }
+    Ok(Route::new(subnet)
+        .via(IpAddr::V6(gw))
+        .dev(underlay.link.index))
+}
+
+/// The overlay networks whose twill routes a backend reconciles.
+pub(crate) fn networks(
+    network: Ipv4Net,
+    enable_ipv4: bool,
+    network6: Option<Ipv6Net>,
+) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    if enable_ipv4 {
+        out.push(IpNet::V4(network));
+    }
+    out.extend(network6.map(IpNet::V6));
+    out
+}
+
 impl Backend for HostGw {
     fn kind(&self) -> BackendType {
         BackendType::HostGw
@@ -55,10 +99,15 @@ impl Backend for HostGw {
     }
     fn record(&self) -> LeaseRecord {
         LeaseRecord {
-            public_ip: self.underlay.public_ip,
-            backend: BackendType::HostGw,
-            vtep_mac: None,
-            vni: None,
+            public_ipv6: self.network6.and(self.underlay.public_ipv6),
+            ..LeaseRecord::new(
+                if self.enable_ipv4 {
+                    self.underlay.public_ip
+                } else {
+                    std::net::Ipv4Addr::UNSPECIFIED
+                },
+                BackendType::HostGw,
+            )
         }
     }
     async fn init(&mut self, _nl: &Netlink) -> twill_netkit::Result<()> {
@@ -67,24 +116,34 @@ impl Backend for HostGw {
     async fn set_local_subnet(
         &mut self,
         _nl: &Netlink,
-        subnet: Ipv4Net,
+        subnet: Subnets,
     ) -> twill_netkit::Result<()> {
-        self.local = Some(subnet);
+        self.local = subnet;
         Ok(())
     }
     async fn apply(&mut self, nl: &Netlink, peers: &Peers) -> ApplyErrors {
         let mut errors = ApplyErrors::default();
         let mut desired = Vec::new();
-        for (subnet, rec) in peers {
-            if Some(*subnet) == self.local || rec.backend != BackendType::HostGw {
+        for (subnet, rec) in super::by_v4(peers, self.network, self.local.v4) {
+            if rec.backend != BackendType::HostGw {
                 continue;
             }
-            match direct_route(&self.underlay, *subnet, rec) {
+            match direct_route(&self.underlay, subnet, rec) {
                 Ok(r) => desired.push(r),
                 Err(e) => errors.push(e),
             }
         }
-        routes::reconcile(nl, self.network, &desired, &mut errors).await;
+        for (subnet, rec) in super::by_v6(peers, self.network6, self.local.v6) {
+            if rec.backend != BackendType::HostGw {
+                continue;
+            }
+            match direct_route6(&self.underlay, subnet, rec) {
+                Ok(r) => desired.push(r),
+                Err(e) => errors.push(e),
+            }
+        }
+        let nets = networks(self.network, self.enable_ipv4, self.network6);
+        routes::reconcile_all(nl, &nets, &desired, &mut errors).await;
         errors
     }
 }

@@ -8,12 +8,12 @@ pub mod udp;
 mod vxlan;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use twill_netkit::{Link, Netlink};
 
-use crate::lease::LeaseRecord;
+use crate::lease::{LeaseRecord, Subnets};
 use crate::netconf::{BackendType, NetworkConfig};
 
 pub use hostgw::HostGw;
@@ -27,12 +27,22 @@ pub struct Underlay {
     pub public_ip: Ipv4Addr,
     /// The address and prefix on the link that holds `public_ip` (for the same-L2 test).
     pub net: Ipv4Net,
+    /// The IPv6 public address (`--public-ipv6`, else the link's first global one), if any.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The IPv6 address and prefix on the link (for the same-L2 test).
+    pub net6: Option<Ipv6Net>,
 }
 
 impl Underlay {
     /// Whether `ip` is directly reachable on the underlay's L2 subnet.
     pub fn on_link(&self, ip: Ipv4Addr) -> bool {
-        self.net.trunc().contains(&ip)
+        // No IPv4 address on the underlay (IPv6-only): nothing is on its IPv4 link.
+        !self.public_ip.is_unspecified() && !ip.is_unspecified() && self.net.trunc().contains(&ip)
+    }
+
+    /// [`Underlay::on_link`] for IPv6.
+    pub fn on_link6(&self, ip: Ipv6Addr) -> bool {
+        self.net6.is_some_and(|n| n.trunc().contains(&ip))
     }
 }
 
@@ -52,8 +62,91 @@ pub(crate) async fn set_subnet_address(
     nl.ensure_address(index, want).await
 }
 
-/// The peers: every other node's subnet and what its lease says.
-pub type Peers = BTreeMap<Ipv4Net, LeaseRecord>;
+/// One lease key of another node (or an older key of ours): its subnets and value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub subnets: Subnets,
+    pub record: LeaseRecord,
+    /// When the key was last written: of two keys naming one subnet, the newer wins.
+    pub mod_revision: i64,
+}
+
+/// The peers, keyed by their etcd key. Two keys may name the same IPv4 subnet (a node
+/// moving to dual stack writes a new key while the old one lives out its TTL): a subnet's
+/// kernel entries exist while any key names it. Backends program [`by_v4`] / [`by_v6`].
+pub type Peers = BTreeMap<String, Peer>;
+
+/// Keeps, per subnet, the record of the newest key naming it.
+fn newest<'a, N: Ord>(out: &mut BTreeMap<N, (&'a LeaseRecord, i64)>, subnet: N, peer: &'a Peer) {
+    let e = out
+        .entry(subnet)
+        .or_insert((&peer.record, peer.mod_revision));
+    if peer.mod_revision > e.1 {
+        *e = (&peer.record, peer.mod_revision);
+    }
+}
+
+/// The IPv4 subnets to route: inside `network`, not `local`, from leases with an IPv4
+/// public address; one record per subnet.
+pub fn by_v4(
+    peers: &Peers,
+    network: Ipv4Net,
+    local: Option<Ipv4Net>,
+) -> BTreeMap<Ipv4Net, &LeaseRecord> {
+    let mut out = BTreeMap::new();
+    for p in peers.values() {
+        if let Some(s) = p.subnets.v4
+            && Some(s) != local
+            && network.contains(&s)
+            && !p.record.public_ip.is_unspecified()
+        {
+            newest(&mut out, s, p);
+        }
+    }
+    out.into_iter().map(|(s, (r, _))| (s, r)).collect()
+}
+
+/// The IPv6 subnets to route (none when IPv6 is off): inside `network`, not `local`, from
+/// leases with a `PublicIPv6`; one record per subnet.
+pub fn by_v6(
+    peers: &Peers,
+    network: Option<Ipv6Net>,
+    local: Option<Ipv6Net>,
+) -> BTreeMap<Ipv6Net, &LeaseRecord> {
+    let mut out = BTreeMap::new();
+    let Some(network) = network else {
+        return BTreeMap::new();
+    };
+    for p in peers.values() {
+        if let Some(s) = p.subnets.v6
+            && Some(s) != local
+            && network.contains(&s)
+            && p.record.public_ipv6.is_some()
+        {
+            newest(&mut out, s, p);
+        }
+    }
+    out.into_iter().map(|(s, (r, _))| (s, r)).collect()
+}
+
+/// The local end of a VTEP for IPv6: `<subnet base>/128` (Flannel's).
+pub(crate) async fn set_subnet_address6(
+    nl: &Netlink,
+    index: u32,
+    subnet: Ipv6Net,
+) -> twill_netkit::Result<()> {
+    let want = ipnet::IpNet::V6(Ipv6Net::new(subnet.network(), 128).unwrap_or(subnet));
+    for a in nl.list_addresses(index).await? {
+        // Link-local addresses are the kernel's; only global ones are ours to replace.
+        if let ipnet::IpNet::V6(v6) = a
+            && (v6.addr().segments()[0] & 0xffc0) != 0xfe80
+            && a != want
+        {
+            nl.delete_address(index, a).await?;
+        }
+    }
+    nl.ensure_address(index, want).await
+}
 
 /// Errors from one apply: per-object messages, collected rather than stopping at the first.
 #[derive(Debug, Default)]
@@ -85,8 +178,8 @@ pub trait Backend {
     /// Creates what does not depend on the subnet (e.g. the VTEP), keeping compatible
     /// existing devices so a restart does not disturb traffic.
     async fn init(&mut self, nl: &Netlink) -> twill_netkit::Result<()>;
-    /// Configures the local subnet once leased (or re-leased).
-    async fn set_local_subnet(&mut self, nl: &Netlink, subnet: Ipv4Net)
+    /// Configures the local subnets once leased (or re-leased).
+    async fn set_local_subnet(&mut self, nl: &Netlink, subnet: Subnets)
     -> twill_netkit::Result<()>;
     /// Makes the kernel match `peers`.
     async fn apply(&mut self, nl: &Netlink, peers: &Peers) -> ApplyErrors;
@@ -147,7 +240,7 @@ impl Backend for AnyBackend {
     async fn set_local_subnet(
         &mut self,
         nl: &Netlink,
-        subnet: Ipv4Net,
+        subnet: Subnets,
     ) -> twill_netkit::Result<()> {
         match self {
             AnyBackend::HostGw(b) => b.set_local_subnet(nl, subnet).await,

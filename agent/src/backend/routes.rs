@@ -12,11 +12,21 @@ fn same(a: &Route, b: &Route) -> bool {
     a.dst == b.dst && a.gateway == b.gateway && a.oif == b.oif && a.onlink == b.onlink
 }
 
-/// Makes twill's routes inside `network` exactly `desired`. One dump, then writes only for
-/// what differs (maps, not nested scans: thousands of peers are normal).
+/// Makes twill's routes inside `network` exactly `desired`.
 pub async fn reconcile(
     nl: &Netlink,
     network: Ipv4Net,
+    desired: &[Route],
+    errors: &mut ApplyErrors,
+) {
+    reconcile_all(nl, &[IpNet::V4(network)], desired, errors).await
+}
+
+/// Makes twill's routes inside any of `networks` (both families) exactly `desired`. One dump,
+/// then writes only for what differs (maps, not nested scans: thousands of peers are normal).
+pub async fn reconcile_all(
+    nl: &Netlink,
+    networks: &[IpNet],
     desired: &[Route],
     errors: &mut ApplyErrors,
 ) {
@@ -27,10 +37,9 @@ pub async fn reconcile(
             return;
         }
     };
-    let network = IpNet::V4(network);
     let ours: HashMap<IpNet, &Route> = current
         .iter()
-        .filter(|r| network.contains(&r.dst))
+        .filter(|r| networks.iter().any(|n| n.contains(&r.dst)))
         .map(|r| (r.dst, r))
         .collect();
     let wanted: HashSet<IpNet> = desired.iter().map(|d| d.dst).collect();

@@ -7,12 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, Snapshot, StoreError, WatchBatch};
-use crate::lease::{LeaseRecord, subnet_key};
+use crate::lease::{LeaseRecord, Subnets};
 
 const PREFIX: &str = "/coreos.com/network";
 
@@ -22,6 +21,7 @@ pub struct Kv {
     pub value: String,
     pub lease: i64,
     pub mod_revision: i64,
+    pub create_revision: i64,
 }
 
 type WatchItem = Result<WatchBatch, String>;
@@ -30,7 +30,7 @@ type WatchItem = Result<WatchBatch, String>;
 struct State {
     revision: i64,
     config: Option<String>,
-    keys: BTreeMap<Ipv4Net, Kv>,
+    keys: BTreeMap<Subnets, Kv>,
     /// Store lease → when it expires and its TTL.
     leases: HashMap<i64, (Instant, i64)>,
     next_lease: i64,
@@ -41,6 +41,8 @@ struct State {
     down: bool,
     /// The next create of any subnet loses the race: another node creates it first.
     lose_next_race: bool,
+    /// Just before the next create, another node creates this key (with this value).
+    create_before_next: Option<(Subnets, String)>,
     /// Calls by operation name, for assertions.
     calls: Vec<(&'static str, Instant)>,
 }
@@ -54,20 +56,25 @@ impl State {
             .retain(|w| w.send(Ok(WatchBatch::Events(vec![ev.clone()]))).is_ok());
     }
 
-    fn put(&mut self, subnet: Ipv4Net, value: String, lease: i64) {
+    fn put(&mut self, subnet: Subnets, value: String, lease: i64) {
+        let create_revision = self
+            .keys
+            .get(&subnet)
+            .map_or(self.revision + 1, |kv| kv.create_revision);
         let kv = Kv {
             value,
             lease,
             mod_revision: self.revision + 1,
+            create_revision,
         };
         let entry = entry(subnet, &kv);
         self.keys.insert(subnet, kv);
         self.bump(LeaseEvent::Put(entry));
     }
 
-    fn delete(&mut self, subnet: Ipv4Net) {
+    fn delete(&mut self, subnet: Subnets) {
         if self.keys.remove(&subnet).is_some() {
-            self.bump(LeaseEvent::Delete(subnet));
+            self.bump(LeaseEvent::Delete(full_key(subnet), subnet));
         }
     }
 
@@ -82,7 +89,7 @@ impl State {
             .collect();
         for id in dead {
             self.leases.remove(&id);
-            let keys: Vec<Ipv4Net> = self
+            let keys: Vec<Subnets> = self
                 .keys
                 .iter()
                 .filter(|(_, kv)| kv.lease == id)
@@ -95,10 +102,14 @@ impl State {
     }
 }
 
-fn entry(subnet: Ipv4Net, kv: &Kv) -> LeaseEntry {
+fn full_key(subnets: Subnets) -> String {
+    format!("{PREFIX}/subnets/{}", subnets.key())
+}
+
+fn entry(subnets: Subnets, kv: &Kv) -> LeaseEntry {
     LeaseEntry {
-        subnet,
-        key: format!("{PREFIX}/subnets/{}", subnet_key(subnet)),
+        subnets,
+        key: full_key(subnets),
         record: LeaseRecord::parse(kv.value.as_bytes()),
         lease_id: kv.lease,
         mod_revision: kv.mod_revision,
@@ -154,7 +165,8 @@ impl MemStore {
 
     /// Another node's lease on `subnet` with `value`, bound to a fresh store lease of `ttl`
     /// seconds (0: a reservation, bound to none).
-    pub fn put_foreign(&self, subnet: Ipv4Net, value: &str, ttl: i64) -> i64 {
+    pub fn put_foreign(&self, subnet: impl Into<Subnets>, value: &str, ttl: i64) -> i64 {
+        let subnet = subnet.into();
         let mut st = self.state();
         let id = if ttl > 0 {
             st.next_lease += 1;
@@ -171,13 +183,13 @@ impl MemStore {
 
     /// Writes `value` at `subnet`'s key bound to store lease `lease` (0: none), as an operator
     /// with etcdctl would.
-    pub fn put_bound(&self, subnet: Ipv4Net, value: &str, lease: i64) {
-        self.state().put(subnet, value.to_string(), lease);
+    pub fn put_bound(&self, subnet: impl Into<Subnets>, value: &str, lease: i64) {
+        self.state().put(subnet.into(), value.to_string(), lease);
     }
 
     /// Deletes a key, as an operator would.
-    pub fn delete(&self, subnet: Ipv4Net) {
-        self.state().delete(subnet);
+    pub fn delete(&self, subnet: impl Into<Subnets>) {
+        self.state().delete(subnet.into());
     }
 
     /// Revokes a store lease at once (its keys go).
@@ -207,15 +219,21 @@ impl MemStore {
         self.state().lose_next_race = true;
     }
 
+    /// Just before the next create, another node creates `other` with `value` (e.g. the same
+    /// IPv6 subnet under another IPv4 subnet: a key that create-if-absent alone cannot see).
+    pub fn create_before_next(&self, other: Subnets, value: &str) {
+        self.state().create_before_next = Some((other, value.to_string()));
+    }
+
     /// The key of `subnet`, if any (after expiring due leases).
-    pub fn get(&self, subnet: Ipv4Net) -> Option<Kv> {
+    pub fn get(&self, subnet: impl Into<Subnets>) -> Option<Kv> {
         let mut st = self.state();
         st.expire();
-        st.keys.get(&subnet).cloned()
+        st.keys.get(&subnet.into()).cloned()
     }
 
     /// Every key (after expiring due leases).
-    pub fn keys(&self) -> BTreeMap<Ipv4Net, Kv> {
+    pub fn keys(&self) -> BTreeMap<Subnets, Kv> {
         let mut st = self.state();
         st.expire();
         st.keys.clone()
@@ -250,11 +268,15 @@ impl LeaseStore for MemStore {
 
     async fn create_lease(
         &self,
-        subnet: Ipv4Net,
+        subnet: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
+        since: i64,
     ) -> Result<bool, StoreError> {
         let mut st = self.call("create_lease")?;
+        if let Some((other, value)) = st.create_before_next.take() {
+            st.put(other, value, 0);
+        }
         if std::mem::take(&mut st.lose_next_race) && !st.keys.contains_key(&subnet) {
             st.put(
                 subnet,
@@ -262,7 +284,7 @@ impl LeaseStore for MemStore {
                 0,
             );
         }
-        if st.keys.contains_key(&subnet) {
+        if st.keys.contains_key(&subnet) || st.keys.values().any(|kv| kv.create_revision > since) {
             return Ok(false);
         }
         st.put(subnet, record.to_json(), lease_id);
@@ -271,7 +293,7 @@ impl LeaseStore for MemStore {
 
     async fn take_over(
         &self,
-        subnet: Ipv4Net,
+        subnet: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
         mod_revision: i64,
@@ -288,7 +310,7 @@ impl LeaseStore for MemStore {
 
     async fn update_lease(
         &self,
-        subnet: Ipv4Net,
+        subnet: Subnets,
         record: &LeaseRecord,
         lease_id: i64,
     ) -> Result<(), StoreError> {

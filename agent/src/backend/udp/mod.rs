@@ -18,7 +18,7 @@ use twill_netkit::{Link, Netlink};
 use super::{ApplyErrors, Backend, Peers, Underlay, routes};
 use crate::engine::device::{self, TunSpec};
 use crate::engine::{Engine, EngineConfig, Stats};
-use crate::lease::LeaseRecord;
+use crate::lease::{LeaseRecord, Subnets};
 use crate::netconf::{BackendType, NetworkConfig};
 use table::{PeerTable, TableCell};
 use transform::UdpTransform;
@@ -170,12 +170,7 @@ impl Backend for Udp {
             .unwrap_or(self.underlay.link.mtu.saturating_sub(UDP_OVERHEAD))
     }
     fn record(&self) -> LeaseRecord {
-        LeaseRecord {
-            public_ip: self.underlay.public_ip,
-            backend: BackendType::Udp,
-            vtep_mac: None,
-            vni: None,
-        }
+        LeaseRecord::new(self.underlay.public_ip, BackendType::Udp)
     }
     async fn init(&mut self, nl: &Netlink) -> twill_netkit::Result<()> {
         self.start(nl).await
@@ -183,9 +178,10 @@ impl Backend for Udp {
     async fn set_local_subnet(
         &mut self,
         nl: &Netlink,
-        subnet: Ipv4Net,
+        subnet: Subnets,
     ) -> twill_netkit::Result<()> {
-        self.local = Some(subnet);
+        // udp is IPv4-only: the config refuses EnableIPv6 with it.
+        self.local = subnet.v4;
         self.configure_address(nl).await?;
         self.publish();
         Ok(())
@@ -210,10 +206,10 @@ impl Backend for Udp {
                 errors.push(e);
             }
         }
-        self.peers = peers
-            .iter()
-            .filter(|(s, r)| Some(**s) != self.local && r.backend == BackendType::Udp)
-            .map(|(s, r)| (*s, r.public_ip))
+        self.peers = super::by_v4(peers, self.network, self.local)
+            .into_iter()
+            .filter(|(_, r)| r.backend == BackendType::Udp)
+            .map(|(s, r)| (s, r.public_ip))
             .collect();
         self.publish();
         if let Some(dev) = &self.device {
