@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod binaries;
 pub mod commands;
+pub mod family;
 pub mod image;
 pub mod relay;
 pub mod soak;

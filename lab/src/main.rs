@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use twill_lab::backend::LabBackend;
 use twill_lab::bench::path::BenchSelection;
 use twill_lab::bench::{self, BenchKind, BenchOutput};
+use twill_lab::family::IpFamily;
 use twill_lab::soak::{self, SoakOptions};
 use twill_lab::{commands, state, up};
 
@@ -32,6 +33,13 @@ enum Cmd {
         containers_per_host: usize,
         #[arg(long, default_value = "10.244.0.0/16")]
         network: String,
+        /// The pod network's families: ipv4, ipv6 (EnableIPv4 false) or dual (every
+        /// container gets both; reachability is checked in each family).
+        #[arg(long, value_enum, default_value_t = IpFamily::Ipv4)]
+        ip_family: IpFamily,
+        /// The IPv6 pod network (with --ip-family ipv6 or dual).
+        #[arg(long, default_value = twill_lab::family::DEFAULT_NETWORK6)]
+        network6: String,
     },
     /// A lab with 3 etcd members and short lease TTLs, pings between every pair of hosts, and
     /// etcd members, twilld agents and containers killed and restarted at random: pings lost
@@ -101,6 +109,10 @@ enum Cmd {
         /// `CMD LAB stop` stop it, as ../shared/reference/udp-gso/swap-into-lab.sh does.
         #[arg(long, value_name = "CMD")]
         forwarder: Option<String>,
+        /// The labs' families: with dual every two-host path is measured over IPv4 and over
+        /// IPv6 (side by side), with ipv6 over IPv6 only.
+        #[arg(long, value_enum, default_value_t = IpFamily::Ipv4)]
+        ip_family: IpFamily,
     },
 }
 
@@ -128,12 +140,16 @@ fn main() {
             backend,
             containers_per_host,
             network,
+            ip_family,
+            network6,
         } => up::up(&up::UpOptions {
             name: cli.name.clone(),
             hosts,
             backend,
             containers_per_host,
             network,
+            ip_family,
+            network6,
             etcd_members: 1,
             twilld_flags: Vec::new(),
         })
@@ -170,6 +186,7 @@ fn main() {
             markdown,
             svg,
             forwarder,
+            ip_family,
         } => {
             let out = BenchOutput { markdown, svg };
             bench::with_forwarder(backends.0, forwarder.as_deref()).and_then(|paths| {
@@ -178,6 +195,7 @@ fn main() {
                     seconds,
                     runs.unwrap_or(1),
                     forwarder.as_deref(),
+                    ip_family,
                     &out,
                 )
                 .map(|_| 0)

@@ -19,7 +19,11 @@ pub fn prefix(name: &str) -> String {
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct ContainerState {
     pub name: String,
+    /// The first address (IPv4 in a dual-stack lab, IPv6 in an IPv6-only one).
     pub ip: String,
+    /// The IPv6 address in a dual-stack lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
     pub reachable: Option<bool>,
 }
 
@@ -50,7 +54,12 @@ pub struct EtcdState {
 pub struct LabState {
     pub name: String,
     pub backend: crate::backend::LabBackend,
+    #[serde(default)]
+    pub ip_family: crate::family::IpFamily,
     pub network: String,
+    /// The IPv6 pod network when the lab has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network6: Option<String>,
     /// Client URLs of all members, comma separated (twilld's `--etcd-endpoints`).
     pub etcd_endpoint: String,
     pub etcd: Vec<EtcdState>,
@@ -89,12 +98,19 @@ impl LabState {
             })
     }
 
-    /// The table: host, underlay IP, subnet, container, IP, reachable from all.
+    /// The table: host, underlay IP, subnet, container, IP (and IPv6 in a dual-stack lab),
+    /// reachable from all.
     pub fn print_table(&self) {
-        println!(
-            "{:<6} {:<14} {:<16} {:<10} {:<14} REACHABLE FROM ALL",
+        let dual = self.ip_family == crate::family::IpFamily::Dual;
+        let ip_w = if dual { 14 } else { 20 };
+        print!(
+            "{:<6} {:<14} {:<20} {:<10} {:<ip_w$} ",
             "HOST", "UNDERLAY IP", "SUBNET", "CONTAINER", "IP"
         );
+        if dual {
+            print!("{:<22} ", "IPV6");
+        }
+        println!("REACHABLE FROM ALL");
         for h in &self.hosts {
             for (i, c) in h.containers.iter().enumerate() {
                 let (hn, ul, sn) = if i == 0 {
@@ -111,10 +127,11 @@ impl LabState {
                     Some(false) => "✘",
                     None => "?",
                 };
-                println!(
-                    "{hn:<6} {ul:<14} {sn:<16} {:<10} {:<14} {mark}",
-                    c.name, c.ip
-                );
+                print!("{hn:<6} {ul:<14} {sn:<20} {:<10} {:<ip_w$} ", c.name, c.ip);
+                if dual {
+                    print!("{:<22} ", c.ip6.as_deref().unwrap_or("-"));
+                }
+                println!("{mark}");
             }
         }
     }

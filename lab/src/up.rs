@@ -13,6 +13,7 @@ use twill_testbed::{
 
 use crate::backend::LabBackend;
 use crate::binaries::{self, sibling, twill_run};
+use crate::family::{IpFamily, address_of};
 use crate::image::busybox_tarball;
 use crate::state::{ContainerState, EtcdState, HostState, LabState, prefix, state_dir};
 
@@ -23,6 +24,9 @@ pub struct UpOptions {
     pub backend: LabBackend,
     pub containers_per_host: usize,
     pub network: String,
+    pub ip_family: IpFamily,
+    /// The IPv6 pod network (used with IPv6 on).
+    pub network6: String,
     /// etcd members in the underlay namespace (1 to 9), at the underlay's .1, .2, …
     pub etcd_members: usize,
     /// Flags every twilld gets on top of the lab's own.
@@ -69,6 +73,11 @@ pub fn build(o: &UpOptions, own_etcd: bool) -> anyhow::Result<BuiltLab> {
         .network
         .parse()
         .with_context(|| format!("--network {}: not an IPv4 CIDR", o.network))?;
+    if o.ip_family.has_v6() {
+        o.network6
+            .parse::<twill_netkit::ipnet::Ipv6Net>()
+            .with_context(|| format!("--network6 {}: not an IPv6 CIDR", o.network6))?;
+    }
     for bin in binaries::REQUIRED {
         let p = sibling(bin);
         anyhow::ensure!(
@@ -89,7 +98,9 @@ pub fn build(o: &UpOptions, own_etcd: bool) -> anyhow::Result<BuiltLab> {
     let mut st = LabState {
         name: o.name.clone(),
         backend: o.backend,
+        ip_family: o.ip_family,
         network: network.to_string(),
+        network6: o.ip_family.has_v6().then(|| o.network6.clone()),
         cni_path: format!(
             "{}:/usr/lib/cni:/opt/cni/bin",
             sibling("twill")
@@ -173,7 +184,9 @@ fn start_etcd(
         add_bridge_addresses(cluster, &ips[1..])?;
         EtcdCluster::start_in(&cluster.underlay, &ips, own)?
     };
-    let config = serde_json::json!({"Network": network.to_string(), "Backend": {"Type": o.backend.as_str()}});
+    let config = o
+        .ip_family
+        .network_config(&network.to_string(), &o.network6, o.backend.as_str());
     etcd.members[0]
         .put_network_config(&config.to_string())
         .context("writing the network config")?;
@@ -295,10 +308,12 @@ fn start_containers(per_host: usize, dir: &Path, st: &mut LabState) -> anyhow::R
         );
         for k in 1..=per_host {
             let name = format!("{}c{k}", st.hosts[i].name);
-            let ip = run_container(st, i, &name)?;
+            let ips = run_container(st, i, &name)?;
+            let dual = st.ip_family == IpFamily::Dual;
             st.hosts[i].containers.push(ContainerState {
                 name,
-                ip,
+                ip: ips.first().cloned().unwrap_or_else(|| "-".into()),
+                ip6: address_of(&ips, true).filter(|_| dual),
                 reachable: None,
             });
             st.save(dir)?;
@@ -307,8 +322,9 @@ fn start_containers(per_host: usize, dir: &Path, st: &mut LabState) -> anyhow::R
     Ok(())
 }
 
-/// Starts a busybox container `name` on host `h` that sleeps forever; its IP.
-pub fn run_container(st: &LabState, h: usize, name: &str) -> anyhow::Result<String> {
+/// Starts a busybox container `name` on host `h` that sleeps forever; its addresses (IPv4
+/// first).
+pub fn run_container(st: &LabState, h: usize, name: &str) -> anyhow::Result<Vec<String>> {
     let out = twill_run(st, h)?
         .args([
             "run",
@@ -327,21 +343,33 @@ pub fn run_container(st: &LabState, h: usize, name: &str) -> anyhow::Result<Stri
     );
     let inspect = twill_run(st, h)?.args(["inspect", name]).output()?;
     let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap_or_default();
-    Ok(v["ips"][0].as_str().unwrap_or("-").to_string())
+    let mut ips: Vec<String> = v["ips"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ips.sort_by_key(|ip| ip.contains(':'));
+    Ok(ips)
 }
 
-/// Pings every container from every other one, records who is reachable and prints the
-/// table; true when all are.
+/// Pings every container from every other one, at each of its addresses (both families in a
+/// dual-stack lab), records who is reachable and prints the table; true when all are.
 pub fn check_all_pairs(dir: &Path, st: &mut LabState, backend: LabBackend) -> anyhow::Result<bool> {
     step("checking that every container reaches every other one");
-    let all: Vec<(usize, String, String)> = st
+    // (host, container, addresses to reach it at)
+    let all: Vec<(usize, String, Vec<String>)> = st
         .hosts
         .iter()
         .enumerate()
         .flat_map(|(i, h)| {
-            h.containers
-                .iter()
-                .map(move |c| (i, c.name.clone(), c.ip.clone()))
+            h.containers.iter().map(move |c| {
+                let mut ips = vec![c.ip.clone()];
+                ips.extend(c.ip6.clone());
+                (i, c.name.clone(), ips)
+            })
         })
         .collect();
     let ping = |from_host: usize, from: &str, ip: &str| -> bool {
@@ -361,10 +389,22 @@ pub fn check_all_pairs(dir: &Path, st: &mut LabState, backend: LabBackend) -> an
         false
     };
     let mut reach = vec![true; all.len()];
+    let mut failed_v4 = 0;
+    let mut failed_v6 = 0;
     for (a, (ha, na, _)) in all.iter().enumerate() {
-        for (b, (_, _, ip)) in all.iter().enumerate() {
-            if a != b && !ping(*ha, na, ip) {
-                reach[b] = false;
+        for (b, (_, _, ips)) in all.iter().enumerate() {
+            if a == b {
+                continue;
+            }
+            for ip in ips {
+                if !ping(*ha, na, ip) {
+                    reach[b] = false;
+                    if ip.contains(':') {
+                        failed_v6 += 1;
+                    } else {
+                        failed_v4 += 1;
+                    }
+                }
             }
         }
     }
@@ -380,13 +420,22 @@ pub fn check_all_pairs(dir: &Path, st: &mut LabState, backend: LabBackend) -> an
     st.print_table();
     let ok = reach.iter().all(|r| *r);
     println!();
+    let families = match st.ip_family {
+        IpFamily::Ipv4 => "",
+        IpFamily::Ipv6 => " (IPv6)",
+        IpFamily::Dual => " in both families",
+    };
     if ok {
         println!(
-            "all {} containers reach each other over {backend}. Try: twill-lab exec h1/h1c1 ping {}; twill-lab down",
+            "all {} containers reach each other over {backend}{families}. Try: twill-lab exec h1/h1c1 ping {}; twill-lab down",
             all.len(),
-            all.last().map(|c| c.2.as_str()).unwrap_or("")
+            all.last()
+                .and_then(|c| c.2.last())
+                .map(String::as_str)
+                .unwrap_or("")
         );
     } else {
+        println!("unreachable pairs: {failed_v4} over IPv4, {failed_v6} over IPv6");
         println!(
             "some containers are unreachable: look at `twill-lab logs HOST` and `twill-lab exec HOST ip route`"
         );

@@ -22,6 +22,7 @@ use self::measure::{container_netns, iperf, median, rtt, twilld_cpu_seconds};
 use self::path::{BenchPath, RowPath};
 use self::report::{Row, report, svg_chart};
 use crate::commands::down;
+use crate::family::IpFamily;
 use crate::state::{LabState, state_dir};
 use crate::up::{UpOptions, up};
 
@@ -31,6 +32,9 @@ struct Probe {
     lab: String,
     server: (usize, &'static str),
     client: (usize, &'static str),
+    /// Measure towards the server's IPv6 address (in a dual-stack lab; in an IPv6-only lab
+    /// its only address is IPv6 anyway).
+    v6: bool,
 }
 
 #[derive(Default)]
@@ -50,7 +54,10 @@ fn measure_once(p: &Probe, secs: u64, acc: &mut Samples) -> anyhow::Result<()> {
         .containers
         .iter()
         .find(|x| x.name == p.server.1)
-        .map(|x| x.ip.clone())
+        .map(|x| match (&x.ip6, p.v6) {
+            (Some(ip6), true) => ip6.clone(),
+            _ => x.ip.clone(),
+        })
         .context("server ip")?;
     for (streams, out) in [(1, &mut acc.one), (4, &mut acc.four)] {
         let cpu0 = twilld_cpu_seconds(&st);
@@ -105,6 +112,7 @@ pub fn bench(
     secs: u64,
     runs: usize,
     forwarder: Option<&str>,
+    family: IpFamily,
     out: &BenchOutput,
 ) -> anyhow::Result<()> {
     let names: Vec<String> = (0..backends.len()).map(|i| format!("bench{i}")).collect();
@@ -120,6 +128,8 @@ pub fn bench(
                 backend: b.lab_backend(),
                 containers_per_host: 2,
                 network: "10.244.0.0/16".into(),
+                ip_family: family,
+                network6: crate::family::DEFAULT_NETWORK6.into(),
                 etcd_members: 1,
                 twilld_flags: Vec::new(),
             })?;
@@ -134,6 +144,7 @@ pub fn bench(
                     lab: name.clone(),
                     server: (0, "h1c2"),
                     client: (0, "h1c1"),
+                    v6: false,
                 });
             }
             if b == BenchPath::TunRelay {
@@ -148,12 +159,24 @@ pub fn bench(
                 let cmd = forwarder.context("the forwarder path needs --forwarder CMD")?;
                 forwarders.push(forwarder::swap_in(cmd, name)?);
             }
-            probes.push(Probe {
-                path: RowPath::TwoHosts(b),
-                lab: name.clone(),
-                server: (1, "h2c1"),
-                client: (0, "h1c1"),
-            });
+            if family.has_v4() {
+                probes.push(Probe {
+                    path: RowPath::TwoHosts(b),
+                    lab: name.clone(),
+                    server: (1, "h2c1"),
+                    client: (0, "h1c1"),
+                    v6: false,
+                });
+            }
+            if family.has_v6() {
+                probes.push(Probe {
+                    path: RowPath::TwoHostsV6(b),
+                    lab: name.clone(),
+                    server: (1, "h2c1"),
+                    client: (0, "h1c1"),
+                    v6: true,
+                });
+            }
         }
         let mut samples: Vec<Samples> = probes.iter().map(|_| Samples::default()).collect();
         for round in 0..runs.max(1) {

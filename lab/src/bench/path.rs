@@ -103,6 +103,8 @@ pub enum RowPath {
     SameHost,
     /// Containers on two hosts.
     TwoHosts(BenchPath),
+    /// Containers on two hosts, over their IPv6 addresses (a dual-stack or IPv6-only lab).
+    TwoHostsV6(BenchPath),
 }
 
 impl RowPath {
@@ -111,13 +113,17 @@ impl RowPath {
         match self {
             RowPath::SameHost => "same host (bridge)".into(),
             RowPath::TwoHosts(p) => format!("two hosts, {}", p.label()),
+            RowPath::TwoHostsV6(p) => format!("two hosts, {}, IPv6", p.label()),
         }
     }
 
     /// Whether twilld carries the packets (so its CPU time is counted): not on one host, and
     /// not through the relay, which runs in the bench process.
     pub fn through_twilld(self) -> bool {
-        matches!(self, RowPath::TwoHosts(BenchPath::Backend(_)))
+        matches!(
+            self,
+            RowPath::TwoHosts(BenchPath::Backend(_)) | RowPath::TwoHostsV6(BenchPath::Backend(_))
+        )
     }
 }
 
@@ -165,5 +171,9 @@ mod tests {
             ]))
         );
         assert!(!RowPath::SameHost.through_twilld());
+        assert_eq!(
+            RowPath::TwoHostsV6(BenchPath::Backend(LabBackend::Vxlan)).label(),
+            "two hosts, vxlan, IPv6"
+        );
     }
 }

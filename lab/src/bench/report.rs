@@ -98,6 +98,21 @@ pub fn report(rows: &[Row]) -> Report {
             f.gbps_4 / v.gbps_4
         ));
     }
+    for b in LabBackend::ALL {
+        let v4 = rows
+            .iter()
+            .find(|r| r.path == RowPath::TwoHosts(BenchPath::Backend(b)));
+        let v6 = rows
+            .iter()
+            .find(|r| r.path == RowPath::TwoHostsV6(BenchPath::Backend(b)));
+        if let (Some(v4), Some(v6)) = (v4, v6) {
+            lines.push(format!(
+                "{b} IPv6 / IPv4: {:.2}x with 1 stream, {:.2}x with 4 streams (goal: within 10%)",
+                v6.gbps_1 / v4.gbps_1,
+                v6.gbps_4 / v4.gbps_4
+            ));
+        }
+    }
     if !lines.is_empty() {
         let _ = writeln!(table);
         let _ = writeln!(md);

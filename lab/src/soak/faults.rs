@@ -183,7 +183,10 @@ impl Target<'_> {
                 );
                 std::thread::sleep(down);
                 let restarted = Instant::now();
-                let ip = run_container(self.st, h, &name)?;
+                let ip = run_container(self.st, h, &name)?
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
                 if let Some(c) = self.st.hosts[h]
                     .containers
                     .iter_mut()

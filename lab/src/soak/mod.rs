@@ -111,6 +111,8 @@ pub fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
     .to_vec();
     let mut lab = up::build(
         &UpOptions {
+            ip_family: crate::family::IpFamily::Ipv4,
+            network6: crate::family::DEFAULT_NETWORK6.into(),
             name: o.name.clone(),
             hosts: o.hosts,
             backend: o.backend,
