@@ -17,6 +17,7 @@ fn record() -> LeaseRecord {
         backend: BackendType::HostGw,
         vtep_mac: None,
         vni: None,
+        wireguard: None,
     }
 }
 

@@ -25,6 +25,7 @@ fn record(ip: [u8; 4]) -> LeaseRecord {
         backend: BackendType::HostGw,
         vtep_mac: None,
         vni: None,
+        wireguard: None,
     }
 }
 

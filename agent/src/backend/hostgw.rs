@@ -59,6 +59,7 @@ impl Backend for HostGw {
             backend: BackendType::HostGw,
             vtep_mac: None,
             vni: None,
+            wireguard: None,
         }
     }
     async fn init(&mut self, _nl: &Netlink) -> twill_netkit::Result<()> {

@@ -71,6 +71,7 @@ impl Backend for Vxlan {
             backend: BackendType::Vxlan,
             vtep_mac: Some(self.mac),
             vni: Some(self.vni),
+            wireguard: None,
         }
     }
     async fn init(&mut self, nl: &Netlink) -> twill_netkit::Result<()> {

@@ -175,6 +175,7 @@ impl Backend for Udp {
             backend: BackendType::Udp,
             vtep_mac: None,
             vni: None,
+            wireguard: None,
         }
     }
     async fn init(&mut self, nl: &Netlink) -> twill_netkit::Result<()> {
