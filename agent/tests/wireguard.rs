@@ -577,3 +577,67 @@ fn wireguard_interop_with_wireguard_go_configured_like_flannel() {
         dropped(&lab, 1, "spoofed_source") >= spoofed0 + 3
     });
 }
+
+#[test]
+fn wireguard_bad_config_and_bad_key_file_are_named() {
+    if !preconditions("wireguard_bad_config_and_bad_key_file_are_named", TOOLS) {
+        return;
+    }
+    let mut lab = AgentLab::new("twg-bc", 1, &config(r#","PSK":"xx""#));
+    start(&mut lab, 1);
+    let psk_short = b64(&[1u8; 16]);
+    for (cfg, said) in [
+        (None, "Backend.PSK: not base64"),
+        (
+            Some(config(&format!(r#","PSK":"{psk_short}""#))),
+            "Backend.PSK: 16 bytes, a key has 32",
+        ),
+        (
+            Some(config(r#","ListenPort":70000"#)),
+            "Backend.ListenPort: 70000 is not a port",
+        ),
+        (
+            Some(config(r#","PersistentKeepaliveInterval":"25s""#)),
+            "Backend.PersistentKeepaliveInterval",
+        ),
+        (
+            Some(config(r#","Mode":"bogus""#)),
+            "Backend.Mode: \"bogus\" is not a mode",
+        ),
+        (
+            Some(config(r#","Mode":"ipv6""#)),
+            "Backend.Mode: \"ipv6\" is not supported by twill yet",
+        ),
+        (
+            Some(format!(
+                r#"{{"Network":"{NETWORK}","EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{{"Type":"wireguard"}}}}"#
+            )),
+            "EnableIPv6: the wireguard backend carries IPv4 only",
+        ),
+    ] {
+        if let Some(cfg) = cfg {
+            lab.etcd.put_network_config(&cfg).unwrap();
+        }
+        lab.eventually(&format!("twilld says {said}"), 10, || {
+            lab.log(1).contains(said)
+        });
+    }
+    // A key file that is not a key: twilld stops, naming the file and not its contents.
+    lab.kill_agent(1);
+    std::fs::write(key_file(&lab, 1), "c2VjcmV0LWJ1dC1zaG9ydA==").unwrap();
+    lab.etcd.put_network_config(&config("")).unwrap();
+    start(&mut lab, 1);
+    let exited = twill_testbed::wait_for(Duration::from_secs(15), || {
+        lab.agents[0]
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    });
+    let log = lab.log(1);
+    assert!(exited, "twilld kept running with a bad key file:\n{log}");
+    let path = key_file(&lab, 1).display().to_string();
+    assert!(
+        log.contains(&path) && log.contains("not a WireGuard key"),
+        "{log}"
+    );
+    assert!(!log.contains("c2VjcmV0"), "{log}");
+}
