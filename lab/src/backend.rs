@@ -121,6 +121,10 @@ mod tests {
                 "/run/twill-lab/x/h1/wireguard"
             ]
         );
-        assert!(LabBackend::Vxlan.host_flags(std::path::Path::new("/x")).is_empty());
+        assert!(
+            LabBackend::Vxlan
+                .host_flags(std::path::Path::new("/x"))
+                .is_empty()
+        );
     }
 }

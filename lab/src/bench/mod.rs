@@ -11,6 +11,7 @@ mod delegated;
 mod measure;
 pub mod path;
 pub mod report;
+mod wggo;
 
 use std::path::PathBuf;
 
@@ -88,8 +89,24 @@ pub fn bench(
     runs: usize,
     out: &BenchOutput,
 ) -> anyhow::Result<()> {
+    // The wireguard-go anchor only where it is installed.
+    let backends: Vec<BenchPath> = backends
+        .iter()
+        .copied()
+        .filter(|&b| {
+            let ok = b != BenchPath::WireguardGo || wggo::available();
+            if !ok {
+                eprintln!(
+                    "==> skipping the wireguard-go anchor: wireguard-go or wg is not installed"
+                );
+            }
+            ok
+        })
+        .collect();
+    let backends = &backends[..];
     let names: Vec<String> = (0..backends.len()).map(|i| format!("bench{i}")).collect();
     let mut relays = Vec::new();
+    let mut anchors = Vec::new();
     let result = (|| -> anyhow::Result<Vec<Row>> {
         let mut probes = Vec::new();
         for (&b, name) in backends.iter().zip(&names) {
@@ -122,6 +139,14 @@ pub fn bench(
                 relays.push(
                     crate::relay::start(&mut st, &dir)
                         .context("replacing twilld with the TUN relay")?,
+                );
+            }
+            if b == BenchPath::WireguardGo {
+                let dir = state_dir(name);
+                let mut st = LabState::load(&dir)?;
+                anchors.push(
+                    wggo::start(&mut st, &dir)
+                        .context("replacing twilld with wireguard-go configured like Flannel")?,
                 );
             }
             probes.push(Probe {
@@ -159,6 +184,7 @@ pub fn bench(
             .collect())
     })();
     drop(relays);
+    drop(anchors);
     for name in &names {
         down(name)?;
     }
