@@ -264,6 +264,23 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
     });
     assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
     assert_eq!(dropped(&lab, 1, "unauthenticated"), 0);
+    // Per peer in /metrics: a handshake time, bytes, drops.
+    let page = lab.http_get(1, METRICS_PORT, "/metrics");
+    for peer in &dump[1..] {
+        let labels = format!("peer=\"{}\",subnet=\"{}\"", peer[0], peer[3]);
+        let value = |name: &str| -> u64 {
+            let key = format!("{name}{{{labels}}} ");
+            page.lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in /metrics:\n{page}"))
+        };
+        assert!(value("twilld_wireguard_peer_last_handshake_seconds") > 1_700_000_000);
+        assert!(value("twilld_wireguard_peer_rx_bytes_total") > 0);
+        assert!(page.contains(&format!(
+            "twilld_wireguard_peer_dropped_packets_total{{{labels},reason=\"replay\"}} 0"
+        )));
+    }
 }
 
 /// An IPv4 header (20 bytes) for `payload_len` bytes of protocol `proto`, checksummed.

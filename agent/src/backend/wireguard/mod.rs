@@ -85,6 +85,12 @@ pub struct Wireguard {
 
 impl Wireguard {
     pub fn new(config: &NetworkConfig, underlay: Underlay, opts: WireguardOptions) -> Wireguard {
+        let table = TableCell::new();
+        let stats = Arc::new(Stats::new("wireguard"));
+        let peers_of = table.clone();
+        let _ = stats
+            .extra
+            .set(Box::new(move |s| table::render_peers(&peers_of.load(), s)));
         Wireguard {
             underlay,
             network: config.network,
@@ -101,8 +107,8 @@ impl Wireguard {
             limiter: None,
             device: None,
             local: None,
-            table: TableCell::new(),
-            stats: Arc::new(Stats::new("wireguard")),
+            table,
+            stats,
             engine: None,
             timers: None,
             uapi: None,

@@ -232,3 +232,71 @@ impl TableReader {
         &self.table
     }
 }
+
+/// Appends the per-peer OpenMetrics lines: last handshake, bytes, drops.
+pub fn render_peers(table: &WgTable, s: &mut String) {
+    use std::fmt::Write;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let gauges: [(&str, &str, &str); 4] = [
+        (
+            "peer_last_handshake_seconds",
+            "gauge",
+            "Unix time of the peer's last completed handshake (0: none yet).",
+        ),
+        (
+            "peer_tx_bytes",
+            "counter",
+            "Inner bytes sent to the peer (its current state).",
+        ),
+        (
+            "peer_rx_bytes",
+            "counter",
+            "Inner bytes received from the peer (its current state).",
+        ),
+        (
+            "peer_dropped_packets",
+            "counter",
+            "Datagrams that named the peer but were refused, by reason.",
+        ),
+    ];
+    let stats: Vec<_> = table.peers.iter().map(|p| (p, p.tunn().stats())).collect();
+    for (name, kind, help) in gauges {
+        let full = format!("twilld_wireguard_{name}");
+        let _ = writeln!(s, "# HELP {full} {help}\n# TYPE {full} {kind}");
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        for (p, (since, tx, rx, _, _)) in &stats {
+            let labels = format!(
+                "peer=\"{}\",subnet=\"{}\"",
+                super::config::format_key(&p.public_key),
+                p.subnet
+            );
+            match name {
+                "peer_last_handshake_seconds" => {
+                    let at = since.map(|d| now.saturating_sub(d).as_secs()).unwrap_or(0);
+                    let _ = writeln!(s, "{full}{{{labels}}} {at}");
+                }
+                "peer_tx_bytes" => {
+                    let _ = writeln!(s, "{full}{suffix}{{{labels}}} {tx}");
+                }
+                "peer_rx_bytes" => {
+                    let _ = writeln!(s, "{full}{suffix}{{{labels}}} {rx}");
+                }
+                _ => {
+                    for (reason, v) in [
+                        ("unauthenticated", &p.drops.unauthenticated),
+                        ("replay", &p.drops.replays),
+                        ("spoofed_source", &p.drops.spoofed),
+                    ] {
+                        let _ = writeln!(
+                            s,
+                            "{full}{suffix}{{{labels},reason=\"{reason}\"}} {}",
+                            v.load(Ordering::Relaxed)
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
