@@ -337,3 +337,235 @@ impl Sender for WgSender<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Two nodes' transforms over loopback sockets, driven by hand: what the engine would do
+    //! with each datagram, without a TUN or root.
+    use std::net::UdpSocket as StdSocket;
+
+    use boringtun::x25519::{PublicKey, StaticSecret};
+    use ipnet::Ipv4Net;
+
+    use super::*;
+    use crate::engine::packet::test_util::tcp_packet;
+    use crate::engine::sys::UdpSocket;
+
+    struct Node {
+        transform: WgTransform,
+        /// Where the other node sends to us (the test reads it).
+        inbox: StdSocket,
+        /// What our Control sends from.
+        out: UdpSocket,
+    }
+
+    fn key(seed: u8) -> NodeKey {
+        let private = StaticSecret::from([seed; 32]);
+        NodeKey {
+            public: PublicKey::from(&private),
+            private,
+        }
+    }
+
+    fn loopback() -> StdSocket {
+        let s = StdSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        s
+    }
+
+    /// Nodes A (10.5.1.0/24) and B (10.5.2.0/24), each the other's peer.
+    fn pair(psk: Option<[u8; 32]>) -> (Node, Node) {
+        let (ka, kb) = (Arc::new(key(1)), Arc::new(key(2)));
+        let (ia, ib) = (loopback(), loopback());
+        let addr = |s: &StdSocket| match s.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!(),
+        };
+        let net: Ipv4Net = "10.5.0.0/16".parse().unwrap();
+        let make = |me: &Arc<NodeKey>,
+                    other: &Arc<NodeKey>,
+                    local: &str,
+                    peer_net: &str,
+                    peer_at,
+                    index| {
+            let limiter = Arc::new(RateLimiter::new(&me.public, 100));
+            let tunn = Tunn::new(
+                me.private.clone(),
+                other.public,
+                psk,
+                None,
+                index,
+                Some(limiter.clone()),
+            );
+            let peer = Peer::new(
+                index,
+                *other.public.as_bytes(),
+                peer_at,
+                peer_net.parse().unwrap(),
+                0,
+                psk.is_some(),
+                tunn,
+            );
+            let table = TableCell::new();
+            table.publish(WgTable::new(
+                net,
+                Some(local.parse().unwrap()),
+                vec![Arc::new(peer)],
+            ));
+            WgTransform {
+                table,
+                key: me.clone(),
+                limiter,
+                mtu: 1420,
+            }
+        };
+        let ta = make(&ka, &kb, "10.5.1.0/24", "10.5.2.0/24", addr(&ib), 7);
+        let tb = make(&kb, &ka, "10.5.2.0/24", "10.5.1.0/24", addr(&ia), 9);
+        let bind = || UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false).unwrap();
+        (
+            Node {
+                transform: ta,
+                inbox: ia,
+                out: bind(),
+            },
+            Node {
+                transform: tb,
+                inbox: ib,
+                out: bind(),
+            },
+        )
+    }
+
+    fn recv(n: &Node) -> Vec<u8> {
+        let mut buf = vec![0u8; 65536];
+        let (len, _) = n.inbox.recv_from(&mut buf).unwrap();
+        buf.truncate(len);
+        buf
+    }
+
+    /// One datagram received on an engine socket (waits up to 2 s).
+    fn recv_on(sock: &UdpSocket) -> Vec<u8> {
+        let mut meta = [crate::engine::sys::RecvMeta::default(); crate::engine::sys::BATCH];
+        let mut bufs = vec![0u8; crate::engine::sys::BATCH * 65536];
+        for _ in 0..200 {
+            if let Ok(n) = sock.recv_batch(&mut bufs, &mut meta)
+                && n > 0
+            {
+                return bufs[..meta[0].len].to_vec();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("nothing received");
+    }
+
+    /// Seals `pkt` as the engine would; Err when it went out as a handshake instead.
+    fn seal(n: &Node, out: &mut WgOutbound, pkt: &[u8]) -> Result<Vec<u8>, DropReason> {
+        let mut ctl = Control::new(&n.out);
+        let mut p = pkt.to_vec();
+        let ip = packet::parse_ipv4(&p, true).unwrap();
+        let dest = out
+            .route(&mut p, &ip, &mut ctl)
+            .map_err(|_| DropReason::NoRoute)?;
+        let mut d = vec![0u8; HEADER_LEN + p.len() + TAG_LEN];
+        d[HEADER_LEN..HEADER_LEN + p.len()].copy_from_slice(&p);
+        let len = out.seal(dest.peer, &mut d, p.len(), &mut ctl)?;
+        d.truncate(len);
+        Ok(d)
+    }
+
+    /// Opens `d` as received by `n` from the other node's address.
+    fn open(
+        n: &Node,
+        inb: &mut WgInbound,
+        from: SocketAddrV4,
+        d: &mut [u8],
+    ) -> Result<Opened, DropReason> {
+        let mut ctl = Control::new(&n.out);
+        let mut sender = inb.sender(from)?;
+        sender.open(d, &mut ctl)
+    }
+
+    #[test]
+    fn handshake_then_sealed_packets_open_once_and_only_from_their_peer() {
+        let (a, b) = pair(Some([3; 32]));
+        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
+        let mut b_in = b.transform.inbound();
+        let from_a = a.out.local_addr().unwrap();
+        let from_b = SocketAddrV4::new(Ipv4Addr::LOCALHOST, b.inbox.local_addr().unwrap().port());
+        let pkt = tcp_packet(1, 0x18, &[0xab; 600], 64);
+
+        // No session: the packet waits, a handshake initiation goes to B.
+        assert_eq!(seal(&a, &mut a_out, &pkt), Err(DropReason::NoSession));
+        let mut init = recv(&b);
+        assert_eq!(init[0], MSG_HANDSHAKE_INIT);
+        assert_eq!(open(&b, &mut b_in, from_a, &mut init), Ok(Opened::Consumed));
+        // B's response goes back to where the initiation came from: A's own socket.
+        let mut resp = recv_on(&a.out);
+        assert_eq!(resp.first(), Some(&MSG_HANDSHAKE_RESP));
+        assert_eq!(open(&a, &mut a_in, from_b, &mut resp), Ok(Opened::Consumed));
+        // A confirmed with a keepalive and flushed the waiting packet to B's endpoint.
+        let mut keepalive = recv(&b);
+        let mut queued = recv(&b);
+        if keepalive.len() > queued.len() {
+            std::mem::swap(&mut keepalive, &mut queued);
+        }
+        assert_eq!(
+            open(&b, &mut b_in, from_a, &mut keepalive),
+            Ok(Opened::Consumed)
+        );
+        let replay = queued.clone();
+        match open(&b, &mut b_in, from_a, &mut queued) {
+            Ok(Opened::Packet { inner, .. }) => assert_eq!(&queued[inner], &pkt[..]),
+            other => panic!("{other:?}"),
+        }
+        // With a session, packets seal in place and open byte for byte.
+        let mut d = seal(&a, &mut a_out, &pkt).unwrap();
+        assert_eq!(d.len(), pkt.len() + HEADER_LEN + TAG_LEN);
+        match open(&b, &mut b_in, from_a, &mut d) {
+            Ok(Opened::Packet { inner, .. }) => assert_eq!(&d[inner], &pkt[..]),
+            other => panic!("{other:?}"),
+        }
+        // A replay, a flipped bit, an unleased sender, an inner source outside A's subnet.
+        assert_eq!(
+            open(&b, &mut b_in, from_a, &mut replay.clone()),
+            Err(DropReason::Replay)
+        );
+        let mut bad = seal(&a, &mut a_out, &pkt).unwrap();
+        bad[40] ^= 1;
+        assert_eq!(
+            open(&b, &mut b_in, from_a, &mut bad),
+            Err(DropReason::Unauthenticated)
+        );
+        let stranger = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 1);
+        let mut d = seal(&a, &mut a_out, &pkt).unwrap();
+        assert_eq!(
+            open(&b, &mut b_in, stranger, &mut d),
+            Err(DropReason::UnknownPeer)
+        );
+        let mut spoofed = pkt.clone();
+        spoofed[12..16].copy_from_slice(&[10, 5, 9, 9]);
+        let c = packet::checksum(&{
+            let mut h = spoofed[..20].to_vec();
+            h[10..12].copy_from_slice(&[0, 0]);
+            h
+        });
+        spoofed[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut d = seal(&a, &mut a_out, &spoofed).unwrap();
+        assert_eq!(
+            open(&b, &mut b_in, from_a, &mut d),
+            Err(DropReason::SpoofedSource)
+        );
+        let peer_a = b.transform.table.load().peers[0].clone();
+        assert_eq!(peer_a.drops.replays.load(Ordering::Relaxed), 1);
+        assert_eq!(peer_a.drops.spoofed.load(Ordering::Relaxed), 1);
+        // Junk of every length never panics.
+        for len in 0..200 {
+            let mut junk: Vec<u8> = (0..len).map(|i| (i * 37) as u8).collect();
+            if len >= 4 {
+                junk[..4].copy_from_slice(&[(len % 5) as u8, 0, 0, 0]);
+            }
+            assert!(open(&b, &mut b_in, from_a, &mut junk).is_err() || len < 4);
+        }
+    }
+}
