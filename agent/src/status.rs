@@ -75,5 +75,6 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         ),
     }
     print!("{}", table(&entries, own.map(|e| e.subnet)));
+    crate::backend::wireguard::print_status(&cli.wireguard_socket_dir);
     Ok(())
 }

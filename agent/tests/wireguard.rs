@@ -264,6 +264,29 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
     });
     assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
     assert_eq!(dropped(&lab, 1, "unauthenticated"), 0);
+    // `twilld status`: the leases, then per peer its last handshake and bytes.
+    let mut c = Command::new(common::TWILLD);
+    c.args(["--etcd-endpoints", &lab.endpoint(), "--subnet-file"])
+        .arg(lab.subnet_file(1))
+        .arg("--wireguard-socket-dir")
+        .arg(socket_dir(&lab, 1))
+        .arg("status");
+    lab.cluster.host(1).netns.prepare_command(&mut c).unwrap();
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("wireguard peers of flannel-wg"), "{text}");
+    for peer in &dump[1..] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&peer[0]))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("s ago") && line.contains(&peer[3]), "{line}");
+    }
     // Per peer in /metrics: a handshake time, bytes, drops.
     let page = lab.http_get(1, METRICS_PORT, "/metrics");
     for peer in &dump[1..] {

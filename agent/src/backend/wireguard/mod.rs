@@ -370,3 +370,33 @@ impl Backend for Wireguard {
         errors
     }
 }
+
+/// `twilld status`'s wireguard part: per peer the last handshake and bytes, from this node's
+/// UAPI socket in `socket_dir` (nothing when the node runs no wireguard device).
+pub fn print_status(socket_dir: &std::path::Path) {
+    let Ok(text) = uapi::query(socket_dir, DEVICE) else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!(
+        "wireguard peers of {DEVICE} (drops per peer: /metrics twilld_wireguard_peer_dropped_packets_total):"
+    );
+    println!(
+        "  {:<46} {:<22} {:<18} {:>14} {:>14} {:>14}",
+        "PUBLIC KEY", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX BYTES", "TX BYTES"
+    );
+    for p in uapi::parse_get(&text) {
+        let handshake = if p.last_handshake == 0 {
+            "never".to_string()
+        } else {
+            format!("{}s ago", now.saturating_sub(p.last_handshake))
+        };
+        println!(
+            "  {:<46} {:<22} {:<18} {:>14} {:>14} {:>14}",
+            p.public_key, p.endpoint, p.allowed_ip, handshake, p.rx_bytes, p.tx_bytes
+        );
+    }
+}

@@ -150,3 +150,86 @@ impl Drop for UapiServer {
         }
     }
 }
+
+/// One peer as `get` reports it (for `twilld status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerReport {
+    pub public_key: String,
+    pub endpoint: String,
+    pub allowed_ip: String,
+    /// Unix seconds of the last handshake; 0 = none.
+    pub last_handshake: u64,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+/// Parses a `get` answer into its peers (keys in base64).
+pub fn parse_get(text: &str) -> Vec<PeerReport> {
+    use base64::Engine as _;
+    let mut peers: Vec<PeerReport> = Vec::new();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if k == "public_key" {
+            let bytes: Vec<u8> = (0..v.len() / 2)
+                .filter_map(|i| u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            peers.push(PeerReport {
+                public_key: base64::engine::general_purpose::STANDARD.encode(bytes),
+                ..PeerReport::default()
+            });
+            continue;
+        }
+        let Some(p) = peers.last_mut() else { continue };
+        match k {
+            "endpoint" => p.endpoint = v.to_string(),
+            "allowed_ip" => p.allowed_ip = v.to_string(),
+            "last_handshake_time_sec" => p.last_handshake = v.parse().unwrap_or(0),
+            "tx_bytes" => p.tx_bytes = v.parse().unwrap_or(0),
+            "rx_bytes" => p.rx_bytes = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    peers
+}
+
+/// Asks the UAPI socket `<dir>/<device>.sock` for `get` (what `wg show` does).
+pub fn query(dir: &Path, device: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = UnixStream::connect(dir.join(format!("{device}.sock")))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"get=1\n\n")?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer ends with a blank line after `errno=`.
+    while !out.ends_with(b"\n\n") {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_answers_parse_back_per_peer() {
+        let text = "private_key=00\nlisten_port=51820\npublic_key=0102\nendpoint=1.2.3.4:51820\nlast_handshake_time_sec=17\ntx_bytes=5\nrx_bytes=6\nallowed_ip=10.5.2.0/24\nprotocol_version=1\nerrno=0\n\n";
+        assert_eq!(
+            parse_get(text),
+            [PeerReport {
+                public_key: "AQI=".into(),
+                endpoint: "1.2.3.4:51820".into(),
+                allowed_ip: "10.5.2.0/24".into(),
+                last_handshake: 17,
+                tx_bytes: 5,
+                rx_bytes: 6,
+            }]
+        );
+    }
+}
