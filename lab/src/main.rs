@@ -78,9 +78,11 @@ enum Cmd {
         /// network, cni or runtime.
         #[arg(value_enum, default_value = "network")]
         what: BenchKind,
-        /// Comma separated from host-gw, vxlan, udp and tun-relay, or "all" (every one).
-        /// tun-relay is a udp lab whose agents a TUN→TUN relay replaces: no UDP, no checks,
-        /// the most any TUN-based data path can move on this machine.
+        /// Comma separated from host-gw, vxlan, udp, tun-relay, wireguard and wireguard-go, or
+        /// "all" (every one). tun-relay is a udp lab whose agents a TUN→TUN relay replaces: no
+        /// UDP, no checks, the most any TUN-based data path can move on this machine.
+        /// wireguard-go is a wireguard lab whose agents Debian's wireguard-go replaces, set up
+        /// like Flannel's device (skipped when it is not installed).
         #[arg(long, default_value = "all")]
         backends: BenchSelection,
         #[arg(long, default_value_t = 10)]
