@@ -568,4 +568,30 @@ mod tests {
             assert!(open(&b, &mut b_in, from_a, &mut junk).is_err() || len < 4);
         }
     }
+
+    #[test]
+    fn a_handshake_flood_gets_cookies_not_handshakes() {
+        let (a, b) = pair(None);
+        let mut b_in = b.transform.inbound();
+        let from_a = a.out.local_addr().unwrap();
+        let peer_b = a.transform.table.load().peers[0].clone();
+        let mut buf = [0u8; 256];
+        let (mut responses, mut cookies) = (0, 0);
+        for _ in 0..120 {
+            let mut init = match peer_b.tunn().format_handshake_initiation(&mut buf, true) {
+                TunnResult::WriteToNetwork(m) => m.to_vec(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(open(&b, &mut b_in, from_a, &mut init), Ok(Opened::Consumed));
+            match recv_on(&a.out).first() {
+                Some(&MSG_HANDSHAKE_RESP) => responses += 1,
+                Some(&MSG_COOKIE_REPLY) => cookies += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        // The limiter (100 a second here) counts each initiation twice: once before the
+        // initiator is looked up, once in its peer's state.
+        assert!((40..=60).contains(&responses), "{responses} responses");
+        assert_eq!(responses + cookies, 120);
+    }
 }
