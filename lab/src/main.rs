@@ -167,7 +167,7 @@ fn main() {
             svg,
         } => {
             let out = BenchOutput { markdown, svg };
-            bench::bench(&backends.0, seconds, runs.unwrap_or(1), &out).map(|_| 0)
+            bench::bench(&cli.name, &backends.0, seconds, runs.unwrap_or(1), &out).map(|_| 0)
         }
         Cmd::Bench { what, runs, .. } => {
             bench::bench_other(what, runs).map(|ok| if ok { 0 } else { 1 })

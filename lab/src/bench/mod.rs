@@ -81,9 +81,11 @@ pub struct BenchOutput {
     pub svg: Option<PathBuf>,
 }
 
-/// Runs the network benchmark for `backends`; prints the table, optionally writes Markdown
-/// and an SVG chart.
+/// Runs the network benchmark for `backends` in labs `bench0`, `bench1`… (`<name>0`,
+/// `<name>1`… with `--name`, so two benchmarks on one machine do not take each other's labs
+/// down); prints the table, optionally writes Markdown and an SVG chart.
 pub fn bench(
+    name: &str,
     backends: &[BenchPath],
     secs: u64,
     runs: usize,
@@ -104,7 +106,10 @@ pub fn bench(
         })
         .collect();
     let backends = &backends[..];
-    let names: Vec<String> = (0..backends.len()).map(|i| format!("bench{i}")).collect();
+    let prefix = if name == "lab" { "bench" } else { name };
+    let names: Vec<String> = (0..backends.len())
+        .map(|i| format!("{prefix}{i}"))
+        .collect();
     let mut relays = Vec::new();
     let mut anchors = Vec::new();
     let result = (|| -> anyhow::Result<Vec<Row>> {
