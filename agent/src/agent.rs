@@ -712,7 +712,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         busy_poll: Duration::from_micros(cli.udp_busy_poll_us),
         offloads: cli.udp_offloads,
     };
-    let mut backend = backend::create(&config, underlay, udp);
+    let wg = backend::WireguardOptions {
+        key_file: cli.wireguard_key_file.clone(),
+        socket_dir: cli.wireguard_socket_dir.clone(),
+        engine: udp.clone(),
+    };
+    let mut backend = backend::create(&config, underlay, udp, wg);
     backend
         .init(&nl)
         .await

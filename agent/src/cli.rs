@@ -103,6 +103,15 @@ pub struct Cli {
     /// whose UDP GSO/GRO misbehaves, and the benchmarks' reference point).
     #[arg(long, env = "TWILLD_UDP_OFFLOADS", default_value_t = true, action = clap::ArgAction::Set)]
     pub udp_offloads: bool,
+    /// wireguard backend: the private key file (created once, mode 0400; Flannel's file and
+    /// environment variable). The TUN engine flags `--udp-workers`, `--udp-busy-poll-us` and
+    /// `--udp-offloads` apply to wireguard's data path too.
+    #[arg(long, env = "WIREGUARD_KEY_FILE", default_value = crate::backend::wireguard::DEFAULT_KEY_FILE)]
+    pub wireguard_key_file: std::path::PathBuf,
+    /// wireguard backend: directory of the UAPI socket `flannel-wg.sock` that `wg show`
+    /// reads (give each twilld on one machine its own).
+    #[arg(long, env = "TWILLD_WIREGUARD_SOCKET_DIR", default_value = crate::backend::wireguard::DEFAULT_SOCKET_DIR)]
+    pub wireguard_socket_dir: std::path::PathBuf,
     /// Address for /healthz and /metrics.
     #[arg(long, env = "TWILLD_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: Ipv4Addr,

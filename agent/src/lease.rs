@@ -127,6 +127,8 @@ pub struct LeaseRecord {
     /// vxlan over IPv6: the MAC of `flannel-v6.<VNI>` and its VNI (`BackendV6Data`).
     pub vtep_mac6: Option<[u8; 6]>,
     pub vni6: Option<u32>,
+    /// wireguard: the public key and port.
+    pub wireguard: Option<crate::backend::wireguard::WireguardLease>,
 }
 
 /// Why a lease value was skipped.
@@ -145,6 +147,7 @@ impl LeaseRecord {
             public_ipv6: None,
             vtep_mac6: None,
             vni6: None,
+            wireguard: None,
         }
     }
 
@@ -164,6 +167,7 @@ impl LeaseRecord {
             None | Some("udp") => BackendType::Udp,
             Some("vxlan") => BackendType::Vxlan,
             Some("host-gw") => BackendType::HostGw,
+            Some("wireguard") => BackendType::Wireguard,
             Some(other) => {
                 return Err(BadLease(format!(
                     "BackendType {} is not one twill knows",
@@ -191,6 +195,12 @@ impl LeaseRecord {
                 "vxlan lease without BackendData.VtepMAC or BackendV6Data.VtepMAC".into(),
             ));
         }
+        let wireguard = match backend {
+            BackendType::Wireguard => Some(crate::backend::wireguard::WireguardLease::parse(
+                v.get("BackendData"),
+            )?),
+            _ => None,
+        };
         Ok(LeaseRecord {
             public_ip,
             backend,
@@ -199,6 +209,7 @@ impl LeaseRecord {
             public_ipv6,
             vtep_mac6,
             vni6,
+            wireguard,
         })
     }
 
@@ -227,6 +238,9 @@ impl LeaseRecord {
                     vxlan_data_json(self.vni6, mac)
                 ));
             }
+        }
+        if let Some(wg) = &self.wireguard {
+            s.push_str(&format!(r#","BackendData":{}"#, wg.to_json()));
         }
         s.push('}');
         s
@@ -273,6 +287,17 @@ mod tests {
         assert_eq!(r.to_json(), vx);
         let hg = r#"{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"host-gw"}"#;
         assert_eq!(LeaseRecord::parse(hg.as_bytes()).unwrap().to_json(), hg);
+        let wg = r#"{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"7xI5ye8tNq8CvhIXzpxERtIMPHYYK9NPvmPVO16A1H0=","Port":51820}}"#;
+        let r = LeaseRecord::parse(wg.as_bytes()).unwrap();
+        assert_eq!(r.wireguard.map(|w| w.port), Some(Some(51820)));
+        assert_eq!(r.to_json(), wg);
+        let old = r#"{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"7xI5ye8tNq8CvhIXzpxERtIMPHYYK9NPvmPVO16A1H0="}}"#;
+        let r = LeaseRecord::parse(old.as_bytes()).unwrap();
+        assert_eq!(
+            r.wireguard.map(|w| w.port),
+            Some(None),
+            "a lease from before Flannel's Port"
+        );
         let udp = r#"{"PublicIP":"10.0.0.5","PublicIPv6":null}"#;
         assert_eq!(
             LeaseRecord::parse(udp.as_bytes()).unwrap().backend,
@@ -286,9 +311,18 @@ mod tests {
             ("garbage", "not JSON"),
             ("{}", "PublicIP missing"),
             (r#"{"PublicIP":"x"}"#, "not IPv4"),
+            (r#"{"PublicIP":"10.0.0.1","BackendType":"ipip"}"#, "ipip"),
             (
                 r#"{"PublicIP":"10.0.0.1","BackendType":"wireguard"}"#,
-                "wireguard",
+                "PublicKey",
+            ),
+            (
+                r#"{"PublicIP":"10.0.0.1","BackendType":"wireguard","BackendData":{"PublicKey":"AAAA"}}"#,
+                "32",
+            ),
+            (
+                r#"{"PublicIP":"10.0.0.1","BackendType":"wireguard","BackendData":{"PublicKey":"7xI5ye8tNq8CvhIXzpxERtIMPHYYK9NPvmPVO16A1H0=","Port":99999}}"#,
+                "not a port",
             ),
             (
                 r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan"}"#,

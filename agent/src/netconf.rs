@@ -13,6 +13,7 @@ pub enum BackendType {
     HostGw,
     Vxlan,
     Udp,
+    Wireguard,
 }
 
 impl BackendType {
@@ -22,6 +23,7 @@ impl BackendType {
             BackendType::HostGw => "host-gw",
             BackendType::Vxlan => "vxlan",
             BackendType::Udp => "udp",
+            BackendType::Wireguard => "wireguard",
         }
     }
 }
@@ -35,8 +37,10 @@ pub struct BackendConfig {
     /// UDP port: vxlan 8472, udp 8285 when 0/absent.
     pub port: u16,
     pub direct_routing: bool,
-    /// Overrides the computed MTU when set.
+    /// Overrides the computed MTU when set (wireguard: the outer MTU, as Flannel's).
     pub mtu: Option<u32>,
+    /// The wireguard backend's own fields (`Some` exactly when `kind` is wireguard).
+    pub wireguard: Option<crate::backend::wireguard::config::WireguardConfig>,
 }
 
 /// A validated network configuration.
@@ -195,13 +199,13 @@ fn err(field: &'static str, why: impl Into<String>) -> ConfigError {
 }
 
 /// Case-insensitive key look-up.
-fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+pub(crate) fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(key))
         .map(|(_, v)| v)
 }
 
-fn get_str<'a>(
+pub(crate) fn get_str<'a>(
     obj: &'a Map<String, Value>,
     key: &'static str,
 ) -> Result<Option<&'a str>, ConfigError> {
@@ -215,7 +219,10 @@ fn get_str<'a>(
     }
 }
 
-fn get_u64(obj: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, ConfigError> {
+pub(crate) fn get_u64(
+    obj: &Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<u64>, ConfigError> {
     match get(obj, key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v.as_u64().map(Some).ok_or_else(|| {
@@ -266,10 +273,11 @@ impl NetworkConfig {
                     port: 8285,
                     direct_routing: false,
                     mtu: None,
+                    wireguard: None,
                 },
                 true,
             ),
-            Some(Value::Object(b)) => (parse_backend(b)?, false),
+            Some(Value::Object(b)) => (parse_backend(b, obj)?, false),
             Some(other) => {
                 return Err(err(
                     "Backend",
@@ -443,6 +451,17 @@ impl NetworkConfig {
                 b.direct_routing.to_string(),
             ),
             ("Backend.MTU", opt(a.mtu), opt(b.mtu)),
+            (
+                "Backend (wireguard)",
+                a.wireguard
+                    .as_ref()
+                    .map(|w| w.summary())
+                    .unwrap_or_default(),
+                b.wireguard
+                    .as_ref()
+                    .map(|w| w.summary())
+                    .unwrap_or_default(),
+            ),
         ]
         .into_iter()
         .filter(|(_, old, new)| old != new)
@@ -460,16 +479,20 @@ impl NetworkConfig {
     }
 }
 
-fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
+fn parse_backend(
+    b: &Map<String, Value>,
+    network: &Map<String, Value>,
+) -> Result<BackendConfig, ConfigError> {
     let kind = match get_str(b, "Type")?.unwrap_or("udp") {
         "host-gw" => BackendType::HostGw,
         "vxlan" => BackendType::Vxlan,
         "udp" => BackendType::Udp,
+        "wireguard" => BackendType::Wireguard,
         other => {
             return Err(err(
                 "Backend.Type",
                 format!(
-                    "{} is not supported: use host-gw, vxlan or udp (this kernel has no wireguard/ipip)",
+                    "{} is not supported: use host-gw, vxlan, udp or wireguard",
                     crate::quote::quote(other)
                 ),
             ));
@@ -483,10 +506,16 @@ fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
     if port > 65535 {
         return Err(err("Backend.Port", format!("{port} is not a port")));
     }
-    let port = match (port, kind) {
-        (0, BackendType::Udp) => 8285,
-        (0, _) => 8472,
-        (p, _) => p as u16,
+    let wireguard = match kind {
+        BackendType::Wireguard => Some(crate::backend::wireguard::config::parse(b, network)?),
+        _ => None,
+    };
+    let port = match (port, kind, &wireguard) {
+        // Flannel's wireguard listens on ListenPort and ignores Port.
+        (_, _, Some(wg)) => wg.listen_port,
+        (0, BackendType::Udp, _) => 8285,
+        (0, _, _) => 8472,
+        (p, _, _) => p as u16,
     };
     let direct_routing = match get(b, "DirectRouting") {
         None | Some(Value::Null) => false,
@@ -514,6 +543,7 @@ fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
         port,
         direct_routing,
         mtu,
+        wireguard,
     })
 }
 
@@ -539,7 +569,8 @@ mod tests {
                 vni: 1,
                 port: 8472,
                 direct_routing: false,
-                mtu: None
+                mtu: None,
+                wireguard: None,
             }
         );
         assert_eq!(c.subnets().count(), 255);
@@ -578,8 +609,16 @@ mod tests {
                 "SubnetMin",
             ),
             (
-                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#,
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}"#,
                 "Backend.Type",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","PSK":"xx"}}"#,
+                "Backend.PSK",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"wireguard"}}"#,
+                "EnableIPv6",
             ),
             (
                 r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":99999999}}"#,

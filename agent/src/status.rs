@@ -104,6 +104,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             })
         )
     );
+    crate::backend::wireguard::print_status(&cli.wireguard_socket_dir);
     Ok(())
 }
 

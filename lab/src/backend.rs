@@ -20,13 +20,20 @@ pub enum LabBackend {
     Vxlan,
     /// twilld's own UDP encapsulation over a TUN device.
     Udp,
+    /// WireGuard in twilld's user-space TUN data path (device `flannel-wg`).
+    Wireguard,
 }
 
 impl LabBackend {
     /// Every backend, in the order `bench` measures them.
-    pub const ALL: [LabBackend; 3] = [LabBackend::HostGw, LabBackend::Vxlan, LabBackend::Udp];
+    pub const ALL: [LabBackend; 4] = [
+        LabBackend::HostGw,
+        LabBackend::Vxlan,
+        LabBackend::Udp,
+        LabBackend::Wireguard,
+    ];
 
-    /// twilld's name for it (`host-gw`, `vxlan`, `udp`).
+    /// twilld's name for it (`host-gw`, `vxlan`, `udp`, `wireguard`).
     pub fn as_str(self) -> &'static str {
         BackendType::from(self).as_str()
     }
@@ -38,6 +45,25 @@ impl From<LabBackend> for BackendType {
             LabBackend::HostGw => BackendType::HostGw,
             LabBackend::Vxlan => BackendType::Vxlan,
             LabBackend::Udp => BackendType::Udp,
+            LabBackend::Wireguard => BackendType::Wireguard,
+        }
+    }
+}
+
+impl LabBackend {
+    /// twilld flags a host of this backend needs besides the lab's own: wireguard's key file
+    /// and UAPI socket directory in the host's directory `host_dir`, since every twilld of
+    /// the lab runs on one machine (the defaults, /run/flannel/wgkey and /var/run/wireguard,
+    /// would be shared).
+    pub fn host_flags(self, host_dir: &std::path::Path) -> Vec<String> {
+        match self {
+            LabBackend::Wireguard => vec![
+                "--wireguard-key-file".into(),
+                host_dir.join("wgkey").display().to_string(),
+                "--wireguard-socket-dir".into(),
+                host_dir.join("wireguard").display().to_string(),
+            ],
+            _ => Vec::new(),
         }
     }
 }
@@ -81,5 +107,24 @@ mod tests {
         }
         assert_eq!(LabBackend::value_variants(), LabBackend::ALL);
         assert!("ipip".parse::<LabBackend>().is_err());
+    }
+
+    #[test]
+    fn wireguard_hosts_get_their_own_key_and_socket_dir() {
+        let flags = LabBackend::Wireguard.host_flags(std::path::Path::new("/run/twill-lab/x/h1"));
+        assert_eq!(
+            flags,
+            [
+                "--wireguard-key-file",
+                "/run/twill-lab/x/h1/wgkey",
+                "--wireguard-socket-dir",
+                "/run/twill-lab/x/h1/wireguard"
+            ]
+        );
+        assert!(
+            LabBackend::Vxlan
+                .host_flags(std::path::Path::new("/x"))
+                .is_empty()
+        );
     }
 }

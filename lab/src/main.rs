@@ -86,10 +86,13 @@ enum Cmd {
         /// network, cni or runtime.
         #[arg(value_enum, default_value = "network")]
         what: BenchKind,
-        /// Comma separated from host-gw, vxlan, udp and tun-relay, or "all" (every one).
-        /// tun-relay is a udp lab whose agents a TUN→TUN relay replaces: no UDP, no checks,
-        /// the most any TUN-based data path can move on this machine. forwarder (not in
-        /// "all") is a udp lab run by the external forwarder `--forwarder` names.
+        /// Comma separated from host-gw, vxlan, udp, tun-relay, wireguard and wireguard-go, or
+        /// "all" (every one). tun-relay is a udp lab whose agents a TUN→TUN relay replaces: no
+        /// UDP, no checks, the most any TUN-based data path can move on this machine.
+        /// wireguard-go is a wireguard lab whose agents Debian's wireguard-go replaces, set up
+        /// like Flannel's device (skipped when it is not installed).
+        /// forwarder (not in "all") is a udp lab run by the external forwarder `--forwarder`
+        /// names.
         #[arg(long, default_value = "all")]
         backends: BenchSelection,
         #[arg(long, default_value_t = 10)]
@@ -191,6 +194,7 @@ fn main() {
             let out = BenchOutput { markdown, svg };
             bench::with_forwarder(backends.0, forwarder.as_deref()).and_then(|paths| {
                 bench::bench(
+                    &cli.name,
                     &paths,
                     seconds,
                     runs.unwrap_or(1),

@@ -100,7 +100,7 @@ pub fn start(st: &mut LabState, dir: &Path) -> anyhow::Result<Relay> {
 }
 
 /// SIGTERM, then waits for the process to be gone (twilld closes its TUN on the way out).
-fn stop_agent(pid: u32) -> anyhow::Result<()> {
+pub(crate) fn stop_agent(pid: u32) -> anyhow::Result<()> {
     let pid = nix::unistd::Pid::from_raw(pid as i32);
     match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
         Ok(()) => {}

@@ -283,6 +283,10 @@ pub fn twilld_command(st: &LabState, h: usize, flags: &[String]) -> TwilldComman
         &hs.log,
     )
     .args(HEALTHZ_FLAGS)
+    .args(
+        st.backend
+            .host_flags(hs.subnet_file.parent().unwrap_or(Path::new("."))),
+    )
     .args(flags)
     .detached()
 }

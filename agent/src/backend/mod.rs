@@ -6,6 +6,7 @@ mod hostgw;
 mod routes;
 pub mod udp;
 mod vxlan;
+pub mod wireguard;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -19,6 +20,7 @@ use crate::netconf::{BackendType, NetworkConfig};
 pub use hostgw::HostGw;
 pub use udp::{Udp, UdpOptions};
 pub use vxlan::Vxlan;
+pub use wireguard::{Wireguard, WireguardOptions};
 
 /// The node's underlay: the interface peers are reached through.
 #[derive(Clone, Debug)]
@@ -190,14 +192,21 @@ pub enum AnyBackend {
     HostGw(HostGw),
     Vxlan(Vxlan),
     Udp(Udp),
+    Wireguard(Wireguard),
 }
 
 /// Builds the backend for `config`.
-pub fn create(config: &NetworkConfig, underlay: Underlay, udp: UdpOptions) -> AnyBackend {
+pub fn create(
+    config: &NetworkConfig,
+    underlay: Underlay,
+    udp: UdpOptions,
+    wg: WireguardOptions,
+) -> AnyBackend {
     match config.backend.kind {
         BackendType::HostGw => AnyBackend::HostGw(HostGw::new(config, underlay)),
         BackendType::Vxlan => AnyBackend::Vxlan(Vxlan::new(config, underlay)),
         BackendType::Udp => AnyBackend::Udp(Udp::new(config, underlay, udp)),
+        BackendType::Wireguard => AnyBackend::Wireguard(Wireguard::new(config, underlay, wg)),
     }
 }
 
@@ -207,6 +216,7 @@ impl Backend for AnyBackend {
             AnyBackend::HostGw(b) => b.kind(),
             AnyBackend::Vxlan(b) => b.kind(),
             AnyBackend::Udp(b) => b.kind(),
+            AnyBackend::Wireguard(b) => b.kind(),
         }
     }
     fn mtu(&self) -> u32 {
@@ -214,6 +224,7 @@ impl Backend for AnyBackend {
             AnyBackend::HostGw(b) => b.mtu(),
             AnyBackend::Vxlan(b) => b.mtu(),
             AnyBackend::Udp(b) => b.mtu(),
+            AnyBackend::Wireguard(b) => b.mtu(),
         }
     }
     fn data_path_stats(&self) -> Option<std::sync::Arc<crate::engine::Stats>> {
@@ -221,6 +232,7 @@ impl Backend for AnyBackend {
             AnyBackend::HostGw(b) => b.data_path_stats(),
             AnyBackend::Vxlan(b) => b.data_path_stats(),
             AnyBackend::Udp(b) => b.data_path_stats(),
+            AnyBackend::Wireguard(b) => b.data_path_stats(),
         }
     }
     fn record(&self) -> LeaseRecord {
@@ -228,6 +240,7 @@ impl Backend for AnyBackend {
             AnyBackend::HostGw(b) => b.record(),
             AnyBackend::Vxlan(b) => b.record(),
             AnyBackend::Udp(b) => b.record(),
+            AnyBackend::Wireguard(b) => b.record(),
         }
     }
     async fn init(&mut self, nl: &Netlink) -> twill_netkit::Result<()> {
@@ -235,6 +248,7 @@ impl Backend for AnyBackend {
             AnyBackend::HostGw(b) => b.init(nl).await,
             AnyBackend::Vxlan(b) => b.init(nl).await,
             AnyBackend::Udp(b) => b.init(nl).await,
+            AnyBackend::Wireguard(b) => b.init(nl).await,
         }
     }
     async fn set_local_subnet(
@@ -246,6 +260,7 @@ impl Backend for AnyBackend {
             AnyBackend::HostGw(b) => b.set_local_subnet(nl, subnet).await,
             AnyBackend::Vxlan(b) => b.set_local_subnet(nl, subnet).await,
             AnyBackend::Udp(b) => b.set_local_subnet(nl, subnet).await,
+            AnyBackend::Wireguard(b) => b.set_local_subnet(nl, subnet).await,
         }
     }
     async fn apply(&mut self, nl: &Netlink, peers: &Peers) -> ApplyErrors {
@@ -253,6 +268,7 @@ impl Backend for AnyBackend {
             AnyBackend::HostGw(b) => b.apply(nl, peers).await,
             AnyBackend::Vxlan(b) => b.apply(nl, peers).await,
             AnyBackend::Udp(b) => b.apply(nl, peers).await,
+            AnyBackend::Wireguard(b) => b.apply(nl, peers).await,
         }
     }
 }

@@ -379,8 +379,10 @@ impl Backend for Vxlan {
             public_ipv6: self.v6.as_ref().and(self.underlay.public_ipv6),
             vtep_mac6: self.v6.as_ref().map(|v| v.mac),
             vni6: self.v6.as_ref().map(|_| self.vni),
+            wireguard: None,
         }
     }
+
     async fn init(&mut self, nl: &Netlink) -> twill_netkit::Result<()> {
         if self.network6.is_some() && self.v6.is_none() {
             return Err(twill_netkit::Error::Invalid(format!(

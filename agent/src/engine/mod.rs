@@ -63,6 +63,8 @@ pub struct EngineConfig {
 pub struct Engine {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// The first worker's socket, for a backend's own sends outside the workers (timers).
+    control: Option<Arc<sys::UdpSocket>>,
 }
 
 impl Engine {
@@ -78,6 +80,7 @@ impl Engine {
         let mut engine = Engine {
             stop: stop.clone(),
             threads: Vec::new(),
+            control: None,
         };
         for (i, tun) in queues.into_iter().enumerate() {
             sys::set_nonblocking(tun.as_fd())?;
@@ -92,6 +95,9 @@ impl Engine {
                     format!("binding UDP socket {}: {e}{hint}", cfg.bind),
                 )
             })?);
+            if engine.control.is_none() {
+                engine.control = Some(sock.clone());
+            }
             let tun_rx = tun.try_clone()?;
             let tx = tx::TxWorker::new(
                 tun,
@@ -109,6 +115,13 @@ impl Engine {
             );
         }
         Ok(engine)
+    }
+
+    /// A socket bound to the engine's address that a backend may send its own datagrams
+    /// from (keepalives, handshake retries from a timer thread). Sending only: it is one of
+    /// the workers' sockets, so it never takes datagrams away from them.
+    pub fn control_socket(&self) -> Option<Arc<sys::UdpSocket>> {
+        self.control.clone()
     }
 
     /// Whether every thread is still running (a thread ends when its TUN queue dies).

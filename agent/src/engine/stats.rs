@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::packet::DropReason;
 
+/// Renders a backend's own `/metrics` lines.
+pub type ExtraLines = Box<dyn Fn(&mut String) + Send + Sync>;
+
 /// Shared counters, read by `/metrics`.
-#[derive(Debug)]
 pub struct Stats {
     /// The backend's name in the metric names (`twilld_<backend>_...`).
     backend: &'static str,
@@ -22,6 +24,8 @@ pub struct Stats {
     pub icmp_unreachable: AtomicU64,
     pub io_errors: AtomicU64,
     pub drops: [AtomicU64; DropReason::ALL.len()],
+    /// More lines a backend renders after the counters (wireguard: its peers).
+    pub extra: std::sync::OnceLock<ExtraLines>,
 }
 
 /// One thread's counts since its last flush.
@@ -86,6 +90,7 @@ impl Stats {
             icmp_unreachable: AtomicU64::new(0),
             io_errors: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            extra: std::sync::OnceLock::new(),
         }
     }
 
@@ -162,6 +167,17 @@ impl Stats {
                 self.dropped(why)
             );
         }
+        if let Some(extra) = self.extra.get() {
+            extra(s);
+        }
+    }
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
     }
 }
 

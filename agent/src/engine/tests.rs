@@ -63,7 +63,13 @@ impl Outbound for WrapOut {
         })
     }
 
-    fn seal(&mut self, peer: u32, d: &mut [u8], inner_len: usize) -> Result<usize, DropReason> {
+    fn seal(
+        &mut self,
+        peer: u32,
+        d: &mut [u8],
+        inner_len: usize,
+        _ctl: &mut Control<'_>,
+    ) -> Result<usize, DropReason> {
         assert_eq!(peer, 7, "the peer route() found");
         d[..4].copy_from_slice(&MAGIC);
         d[4 + inner_len..8 + inner_len].copy_from_slice(&(inner_len as u32).to_be_bytes());

@@ -64,14 +64,16 @@ pub trait Outbound: Send + 'static {
 
     /// Turns one inner packet, at `datagram[HEADER_LEN..HEADER_LEN + inner_len]`, into the
     /// datagram to send, in place; `datagram` has room for `TRAILER_LEN` more bytes. Returns
-    /// the datagram's length. Only called when `HEADER_LEN + TRAILER_LEN > 0`.
+    /// the datagram's length. Only called when `HEADER_LEN + TRAILER_LEN > 0`. `ctl` sends
+    /// what the transform must send instead (a handshake while no session exists).
     fn seal(
         &mut self,
         peer: Self::Peer,
         datagram: &mut [u8],
         inner_len: usize,
+        ctl: &mut Control<'_>,
     ) -> Result<usize, DropReason> {
-        let _ = (peer, datagram);
+        let _ = (peer, datagram, ctl);
         Ok(Self::HEADER_LEN + inner_len)
     }
 

@@ -294,7 +294,8 @@ impl<O: Outbound> TxWorker<O> {
             datagram[at..at + from.len()].copy_from_slice(from);
             at += from.len();
         }
-        match self.outbound.seal(dest.peer, datagram, inner_len) {
+        let mut ctl = Control::new(&self.sock);
+        match self.outbound.seal(dest.peer, datagram, inner_len, &mut ctl) {
             Ok(len) if len <= room => {
                 self.sealed_used += len;
                 self.queue.push(dest.to, [Part::Sealed { off, len }]);

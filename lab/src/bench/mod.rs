@@ -12,6 +12,7 @@ mod forwarder;
 mod measure;
 pub mod path;
 pub mod report;
+mod wggo;
 
 use std::path::PathBuf;
 
@@ -105,9 +106,11 @@ pub fn with_forwarder(
     Ok(backends)
 }
 
-/// Runs the network benchmark for `backends`; prints the table, optionally writes Markdown
-/// and an SVG chart.
+/// Runs the network benchmark for `backends` in labs `bench0`, `bench1`… (`<name>0`,
+/// `<name>1`… with `--name`, so two benchmarks on one machine do not take each other's labs
+/// down); prints the table, optionally writes Markdown and an SVG chart.
 pub fn bench(
+    name: &str,
     backends: &[BenchPath],
     secs: u64,
     runs: usize,
@@ -115,9 +118,28 @@ pub fn bench(
     family: IpFamily,
     out: &BenchOutput,
 ) -> anyhow::Result<()> {
-    let names: Vec<String> = (0..backends.len()).map(|i| format!("bench{i}")).collect();
+    // The wireguard-go anchor only where it is installed.
+    let backends: Vec<BenchPath> = backends
+        .iter()
+        .copied()
+        .filter(|&b| {
+            let ok = b != BenchPath::WireguardGo || wggo::available();
+            if !ok {
+                eprintln!(
+                    "==> skipping the wireguard-go anchor: wireguard-go or wg is not installed"
+                );
+            }
+            ok
+        })
+        .collect();
+    let backends = &backends[..];
+    let prefix = if name == "lab" { "bench" } else { name };
+    let names: Vec<String> = (0..backends.len())
+        .map(|i| format!("{prefix}{i}"))
+        .collect();
     let mut relays = Vec::new();
     let mut forwarders = Vec::new();
+    let mut anchors = Vec::new();
     let result = (|| -> anyhow::Result<Vec<Row>> {
         let mut probes = Vec::new();
         for (&b, name) in backends.iter().zip(&names) {
@@ -158,6 +180,14 @@ pub fn bench(
             if b == BenchPath::Forwarder {
                 let cmd = forwarder.context("the forwarder path needs --forwarder CMD")?;
                 forwarders.push(forwarder::swap_in(cmd, name)?);
+            }
+            if b == BenchPath::WireguardGo {
+                let dir = state_dir(name);
+                let mut st = LabState::load(&dir)?;
+                anchors.push(
+                    wggo::start(&mut st, &dir)
+                        .context("replacing twilld with wireguard-go configured like Flannel")?,
+                );
             }
             if family.has_v4() {
                 probes.push(Probe {
@@ -207,6 +237,7 @@ pub fn bench(
     })();
     drop(relays);
     drop(forwarders);
+    drop(anchors);
     for name in &names {
         down(name)?;
     }

@@ -15,15 +15,20 @@ pub enum BenchPath {
     Backend(LabBackend),
     TunRelay,
     Forwarder,
+    /// A wireguard lab whose agents Debian's wireguard-go replaces, set up like Flannel's
+    /// device: the user-space anchor twilld's wireguard is measured against.
+    WireguardGo,
 }
 
 impl BenchPath {
     /// Every path, in the order `--backends all` measures them.
-    pub const ALL: [BenchPath; 4] = [
+    pub const ALL: [BenchPath; 6] = [
         BenchPath::Backend(LabBackend::HostGw),
         BenchPath::Backend(LabBackend::Vxlan),
         BenchPath::Backend(LabBackend::Udp),
         BenchPath::TunRelay,
+        BenchPath::Backend(LabBackend::Wireguard),
+        BenchPath::WireguardGo,
     ];
 
     /// The name `--backends` takes.
@@ -32,14 +37,17 @@ impl BenchPath {
             BenchPath::Backend(b) => b.as_str(),
             BenchPath::TunRelay => "tun-relay",
             BenchPath::Forwarder => "forwarder",
+            BenchPath::WireguardGo => "wireguard-go",
         }
     }
 
-    /// The backend the path's lab runs (the relay and a forwarder take over a udp lab).
+    /// The backend the path's lab runs (the relay and a forwarder take over a udp lab,
+    /// wireguard-go a wireguard lab).
     pub fn lab_backend(self) -> LabBackend {
         match self {
             BenchPath::Backend(b) => b,
             BenchPath::TunRelay | BenchPath::Forwarder => LabBackend::Udp,
+            BenchPath::WireguardGo => LabBackend::Wireguard,
         }
     }
 
@@ -49,6 +57,7 @@ impl BenchPath {
             BenchPath::Backend(b) => b.as_str(),
             BenchPath::TunRelay => "TUN relay",
             BenchPath::Forwarder => "forwarder",
+            BenchPath::WireguardGo => "wireguard-go 0.0.20220316",
         }
     }
 }
@@ -143,11 +152,10 @@ mod tests {
         assert_eq!("all".parse(), Ok(BenchSelection(BenchPath::ALL.to_vec())));
         assert_eq!(
             "vxlan,ipip".parse::<BenchSelection>(),
-            Err(
-                "unknown path \"ipip\": pick from host-gw, vxlan, udp, tun-relay, forwarder".into()
-            )
+            Err("unknown path \"ipip\": pick from host-gw, vxlan, udp, tun-relay, wireguard, wireguard-go, forwarder".into())
         );
         assert_eq!(BenchPath::TunRelay.lab_backend(), LabBackend::Udp);
+        assert_eq!(BenchPath::WireguardGo.lab_backend(), LabBackend::Wireguard);
     }
 
     #[test]

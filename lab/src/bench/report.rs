@@ -113,6 +113,22 @@ pub fn report(rows: &[Row]) -> Report {
             ));
         }
     }
+    let wg = find(BenchPath::Backend(LabBackend::Wireguard));
+    let wggo = find(BenchPath::WireguardGo);
+    if let (Some(w), Some(v)) = (wg, vxlan) {
+        lines.push(format!(
+            "wireguard / vxlan: {:.2}x with 1 stream (goal 0.5), {:.2}x with 4 streams",
+            w.gbps_1 / v.gbps_1,
+            w.gbps_4 / v.gbps_4
+        ));
+    }
+    if let (Some(w), Some(g)) = (wg, wggo) {
+        lines.push(format!(
+            "wireguard / wireguard-go: {:.2}x with 1 stream, {:.2}x with 4 streams",
+            w.gbps_1 / g.gbps_1,
+            w.gbps_4 / g.gbps_4
+        ));
+    }
     if !lines.is_empty() {
         let _ = writeln!(table);
         let _ = writeln!(md);

@@ -26,11 +26,19 @@ pub enum DropReason {
     NoRoute,
     /// The destination is outside the overlay network.
     OutsideNetwork,
+    /// An encrypting backend (wireguard): a datagram that failed authentication (bad tag,
+    /// bad MAC, unknown session index, not a protocol message).
+    Unauthenticated,
+    /// An encrypting backend: a datagram whose counter was seen before or is too old.
+    Replay,
+    /// An encrypting backend: no session with the peer yet; the packet waits for the
+    /// handshake (a few hundred per peer, dropped beyond).
+    NoSession,
 }
 
 impl DropReason {
     /// Every reason, in the order `/metrics` lists them.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::UnknownPeer,
         DropReason::SpoofedSource,
         DropReason::NotLocal,
@@ -42,6 +50,9 @@ impl DropReason {
         DropReason::TtlExpired,
         DropReason::NoRoute,
         DropReason::OutsideNetwork,
+        DropReason::Unauthenticated,
+        DropReason::Replay,
+        DropReason::NoSession,
     ];
 
     /// The `reason` label in `/metrics`.
@@ -58,6 +69,9 @@ impl DropReason {
             DropReason::TtlExpired => "ttl_expired",
             DropReason::NoRoute => "no_route",
             DropReason::OutsideNetwork => "outside_network",
+            DropReason::Unauthenticated => "unauthenticated",
+            DropReason::Replay => "replay",
+            DropReason::NoSession => "no_session",
         }
     }
 

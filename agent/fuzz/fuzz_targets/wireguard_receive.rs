@@ -1,0 +1,73 @@
+//! The wireguard backend's receive path on arbitrary datagrams from a leased peer's address:
+//! message-type dispatch, receiver-index lookups, boringtun's checks, the inner-packet checks.
+//! Nothing may panic, and nothing unauthenticated may come out as a packet.
+//! Run: `cd agent/fuzz && cargo fuzz run -s none wireguard_receive`.
+#![no_main]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, OnceLock};
+
+use boringtun::noise::Tunn;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::x25519::{PublicKey, StaticSecret};
+use libfuzzer_sys::fuzz_target;
+use twill_agent::backend::wireguard::key::NodeKey;
+use twill_agent::backend::wireguard::table::{Peer, TableCell, WgTable};
+use twill_agent::backend::wireguard::transform::WgTransform;
+use twill_agent::engine::sys::UdpSocket;
+use twill_agent::engine::{Control, Inbound, Opened, Sender, Transform};
+
+struct Fixture {
+    transform: WgTransform,
+    sock: UdpSocket,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let private = StaticSecret::from([1u8; 32]);
+        let me = Arc::new(NodeKey {
+            public: PublicKey::from(&private),
+            private,
+        });
+        let other = PublicKey::from(&StaticSecret::from([2u8; 32]));
+        let limiter = Arc::new(RateLimiter::new(&me.public, 100));
+        let tunn = Tunn::new(me.private.clone(), other, None, None, 5, Some(limiter.clone()));
+        let peer = Peer::new(
+            5,
+            *other.as_bytes(),
+            "127.0.0.1:9".parse().unwrap(),
+            "10.5.2.0/24".parse().unwrap(),
+            0,
+            false,
+            tunn,
+        );
+        let table = TableCell::new();
+        table.publish(WgTable::new(
+            "10.5.0.0/16".parse().unwrap(),
+            Some("10.5.1.0/24".parse().unwrap()),
+            vec![Arc::new(peer)],
+        ));
+        Fixture {
+            transform: WgTransform {
+                table,
+                key: me,
+                limiter,
+                mtu: 1420,
+            },
+            // Replies (cookies, handshake responses) go nowhere useful: a discard port.
+            sock: UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false).unwrap(),
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let f = fixture();
+    let mut inbound = f.transform.inbound();
+    let mut ctl = Control::new(&f.sock);
+    let mut d = data.to_vec();
+    if let Ok(mut sender) = inbound.sender("127.0.0.1:9".parse().unwrap()) {
+        // Without a session nothing can authenticate: no packet may come out.
+        assert!(!matches!(sender.open(&mut d, &mut ctl), Ok(Opened::Packet { .. })));
+    }
+});

@@ -1,0 +1,302 @@
+//! The wireguard data path's view of the peers: one immutable snapshot per change, published
+//! by the control plane and picked up by the data-path threads with one atomic load per batch
+//! (the udp backend's scheme). Each peer carries its WireGuard state machine (boringtun's
+//! `Tunn`: handshake, sessions, timers, replay windows) behind a mutex that only its own
+//! packets take; a peer that leaves the table takes its sessions with it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use boringtun::noise::Tunn;
+use ipnet::Ipv4Net;
+
+/// Drops counted against one peer (datagrams that named it but were refused).
+#[derive(Debug, Default)]
+pub struct PeerDrops {
+    /// Failed authentication (bad tag) on one of its sessions.
+    pub unauthenticated: AtomicU64,
+    /// Counters seen before or too old.
+    pub replays: AtomicU64,
+    /// Decrypted, but the inner source is outside its AllowedIPs.
+    pub spoofed: AtomicU64,
+}
+
+impl PeerDrops {
+    pub fn total(&self) -> u64 {
+        self.unauthenticated.load(Ordering::Relaxed)
+            + self.replays.load(Ordering::Relaxed)
+            + self.spoofed.load(Ordering::Relaxed)
+    }
+}
+
+/// One peer: a node holding a current wireguard lease.
+pub struct Peer {
+    /// Our index for its sessions (boringtun puts it in the upper 24 bits of the receiver
+    /// index of every message addressed to us).
+    pub index: u32,
+    pub public_key: [u8; 32],
+    /// Where its datagrams go: the lease's PublicIP and Port.
+    pub endpoint: SocketAddrV4,
+    /// Its AllowedIPs: the subnet it leases.
+    pub subnet: Ipv4Net,
+    pub keepalive: u16,
+    pub psk: bool,
+    tunn: Mutex<Tunn>,
+    pub drops: PeerDrops,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("index", &self.index)
+            .field("endpoint", &self.endpoint)
+            .field("subnet", &self.subnet)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Peer {
+    pub fn new(
+        index: u32,
+        public_key: [u8; 32],
+        endpoint: SocketAddrV4,
+        subnet: Ipv4Net,
+        keepalive: u16,
+        psk: bool,
+        tunn: Tunn,
+    ) -> Peer {
+        Peer {
+            index,
+            public_key,
+            endpoint,
+            subnet,
+            keepalive,
+            psk,
+            tunn: Mutex::new(tunn),
+            drops: PeerDrops::default(),
+        }
+    }
+
+    /// Its WireGuard state. A thread that panicked while holding it left nothing
+    /// half-written that matters more than stopping the data path would.
+    pub fn tunn(&self) -> MutexGuard<'_, Tunn> {
+        self.tunn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `other` describes the same peer, so its sessions can be kept.
+    pub fn same_as(&self, key: &[u8; 32], endpoint: SocketAddrV4, subnet: Ipv4Net) -> bool {
+        &self.public_key == key && self.endpoint == endpoint && self.subnet == subnet
+    }
+}
+
+/// One immutable snapshot of the peers.
+#[derive(Debug, Default)]
+pub struct WgTable {
+    pub network: Option<Ipv4Net>,
+    pub local: Option<Ipv4Net>,
+    pub peers: Vec<Arc<Peer>>,
+    /// Subnet network address → position in `peers`.
+    by_subnet: HashMap<u32, usize>,
+    /// Distinct subnet prefix lengths, longest first.
+    prefix_lens: Vec<u8>,
+    by_index: HashMap<u32, usize>,
+    by_key: HashMap<[u8; 32], usize>,
+    /// Public IPs that hold a lease: datagrams from anywhere else are dropped unopened.
+    sources: HashSet<Ipv4Addr>,
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len as u32)
+    }
+}
+
+impl WgTable {
+    pub fn new(network: Ipv4Net, local: Option<Ipv4Net>, peers: Vec<Arc<Peer>>) -> WgTable {
+        let mut t = WgTable {
+            network: Some(network),
+            local,
+            ..WgTable::default()
+        };
+        for (i, p) in peers.iter().enumerate() {
+            t.by_subnet.insert(u32::from(p.subnet.network()), i);
+            if !t.prefix_lens.contains(&p.subnet.prefix_len()) {
+                t.prefix_lens.push(p.subnet.prefix_len());
+            }
+            t.by_index.insert(p.index, i);
+            t.by_key.insert(p.public_key, i);
+            t.sources.insert(*p.endpoint.ip());
+        }
+        t.prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
+        t.peers = peers;
+        t
+    }
+
+    /// The position of the peer whose AllowedIPs hold `dst`.
+    pub fn peer_for(&self, dst: Ipv4Addr) -> Option<usize> {
+        let d = u32::from(dst);
+        self.prefix_lens
+            .iter()
+            .find_map(|&l| self.by_subnet.get(&(d & mask(l))).copied())
+            .filter(|&i| self.peers[i].subnet.contains(&dst))
+    }
+
+    /// The peer our index `index` belongs to.
+    pub fn by_index(&self, index: u32) -> Option<&Arc<Peer>> {
+        self.by_index.get(&index).map(|&i| &self.peers[i])
+    }
+
+    /// The peer with public key `key`.
+    pub fn by_key(&self, key: &[u8; 32]) -> Option<&Arc<Peer>> {
+        self.by_key.get(key).map(|&i| &self.peers[i])
+    }
+
+    /// Whether `ip` is a leased peer's public IP.
+    pub fn is_source(&self, ip: Ipv4Addr) -> bool {
+        self.sources.contains(&ip)
+    }
+
+    pub fn is_local(&self, dst: Ipv4Addr) -> bool {
+        self.local.is_some_and(|l| l.contains(&dst))
+    }
+
+    pub fn in_network(&self, dst: Ipv4Addr) -> bool {
+        self.network.is_some_and(|n| n.contains(&dst))
+    }
+}
+
+/// Where the control plane publishes tables.
+#[derive(Debug, Default)]
+pub struct TableCell {
+    generation: AtomicU64,
+    current: Mutex<Arc<WgTable>>,
+}
+
+impl TableCell {
+    pub fn new() -> Arc<TableCell> {
+        Arc::new(TableCell {
+            generation: AtomicU64::new(1),
+            current: Mutex::new(Arc::new(WgTable::default())),
+        })
+    }
+
+    /// Replaces the table; readers see it at their next batch.
+    pub fn publish(&self, table: WgTable) {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        *cur = Arc::new(table);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The current table.
+    pub fn load(&self) -> Arc<WgTable> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A reader for one data-path thread.
+    pub fn reader(self: &Arc<TableCell>) -> TableReader {
+        TableReader {
+            cell: self.clone(),
+            generation: 0,
+            table: Arc::new(WgTable::default()),
+        }
+    }
+}
+
+/// A data-path thread's cached table.
+pub struct TableReader {
+    cell: Arc<TableCell>,
+    generation: u64,
+    table: Arc<WgTable>,
+}
+
+impl TableReader {
+    /// The newest table (one atomic load when nothing changed).
+    pub fn refresh(&mut self) -> &WgTable {
+        let g = self.cell.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.table = self.cell.load();
+            self.generation = g;
+        }
+        &self.table
+    }
+
+    /// The table of the last refresh (positions found in it stay valid).
+    pub fn current(&self) -> &WgTable {
+        &self.table
+    }
+}
+
+/// Appends the per-peer OpenMetrics lines: last handshake, bytes, drops.
+pub fn render_peers(table: &WgTable, s: &mut String) {
+    use std::fmt::Write;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let gauges: [(&str, &str, &str); 4] = [
+        (
+            "peer_last_handshake_seconds",
+            "gauge",
+            "Unix time of the peer's last completed handshake (0: none yet).",
+        ),
+        (
+            "peer_tx_bytes",
+            "counter",
+            "Inner bytes sent to the peer (its current state).",
+        ),
+        (
+            "peer_rx_bytes",
+            "counter",
+            "Inner bytes received from the peer (its current state).",
+        ),
+        (
+            "peer_dropped_packets",
+            "counter",
+            "Datagrams that named the peer but were refused, by reason.",
+        ),
+    ];
+    let stats: Vec<_> = table.peers.iter().map(|p| (p, p.tunn().stats())).collect();
+    for (name, kind, help) in gauges {
+        let full = format!("twilld_wireguard_{name}");
+        let _ = writeln!(s, "# HELP {full} {help}\n# TYPE {full} {kind}");
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        for (p, (since, tx, rx, _, _)) in &stats {
+            let labels = format!(
+                "peer=\"{}\",subnet=\"{}\"",
+                super::config::format_key(&p.public_key),
+                p.subnet
+            );
+            match name {
+                "peer_last_handshake_seconds" => {
+                    let at = since.map(|d| now.saturating_sub(d).as_secs()).unwrap_or(0);
+                    let _ = writeln!(s, "{full}{{{labels}}} {at}");
+                }
+                "peer_tx_bytes" => {
+                    let _ = writeln!(s, "{full}{suffix}{{{labels}}} {tx}");
+                }
+                "peer_rx_bytes" => {
+                    let _ = writeln!(s, "{full}{suffix}{{{labels}}} {rx}");
+                }
+                _ => {
+                    for (reason, v) in [
+                        ("unauthenticated", &p.drops.unauthenticated),
+                        ("replay", &p.drops.replays),
+                        ("spoofed_source", &p.drops.spoofed),
+                    ] {
+                        let _ = writeln!(
+                            s,
+                            "{full}{suffix}{{{labels},reason=\"{reason}\"}} {}",
+                            v.load(Ordering::Relaxed)
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

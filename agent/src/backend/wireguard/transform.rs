@@ -1,0 +1,597 @@
+//! What the wireguard backend does to each packet between the TUN and the wire: every inner
+//! packet (every segment of a TSO super-packet) is sealed as one WireGuard transport message
+//! for the peer whose AllowedIPs hold its destination; every received message is opened by
+//! the peer its receiver index names. The protocol — Noise IK handshake, sessions, counters
+//! and replay windows, cookies, ChaCha20-Poly1305 — is boringtun's `noise::Tunn`; this file
+//! only routes, batches and checks around it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+
+use super::key::NodeKey;
+use super::table::{Peer, TableCell, TableReader, WgTable};
+use crate::engine::packet::{self, DropReason};
+use crate::engine::{Control, Destination, Inbound, Opened, Outbound, Refusal, Sender, Transform};
+
+/// The transport message header: type 4, receiver index, counter.
+pub const HEADER_LEN: usize = 16;
+/// The Poly1305 tag.
+pub const TAG_LEN: usize = 16;
+/// The largest handshake message (initiation), which boringtun needs room for.
+const HANDSHAKE_INIT_LEN: usize = 148;
+/// Room for a whole GRO receive or TUN read plus what WireGuard adds.
+const SCRATCH: usize = 65536 + HEADER_LEN + TAG_LEN;
+/// Queued packets flushed after a handshake at most (boringtun queues 256 per peer).
+const MAX_FLUSH: usize = 512;
+
+const MSG_HANDSHAKE_INIT: u8 = 1;
+const MSG_HANDSHAKE_RESP: u8 = 2;
+const MSG_COOKIE_REPLY: u8 = 3;
+const MSG_DATA: u8 = 4;
+
+/// The wireguard backend's transform.
+pub struct WgTransform {
+    pub table: Arc<TableCell>,
+    pub key: Arc<NodeKey>,
+    /// Shared by every peer's `Tunn`: counts handshakes and answers with cookies under load.
+    pub limiter: Arc<RateLimiter>,
+    /// The TUN MTU: the largest inner packet a peer may send.
+    pub mtu: usize,
+}
+
+impl Transform for WgTransform {
+    type Outbound = WgOutbound;
+    type Inbound = WgInbound;
+
+    fn outbound(&self) -> WgOutbound {
+        WgOutbound {
+            table: self.table.reader(),
+            plain: vec![0u8; SCRATCH].into_boxed_slice(),
+            small: [0u8; HANDSHAKE_INIT_LEN],
+        }
+    }
+
+    fn inbound(&self) -> WgInbound {
+        WgInbound {
+            table: self.table.reader(),
+            key: self.key.clone(),
+            limiter: self.limiter.clone(),
+            mtu: self.mtu,
+            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+        }
+    }
+}
+
+/// Maps boringtun's refusal of a received message to a drop counter.
+fn refusal(e: &WireGuardError) -> DropReason {
+    match e {
+        WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => DropReason::Replay,
+        _ => DropReason::Unauthenticated,
+    }
+}
+
+/// TUN → UDP.
+pub struct WgOutbound {
+    table: TableReader,
+    /// The inner packet, copied out of the datagram boringtun seals it into.
+    plain: Box<[u8]>,
+    /// Where a handshake initiation goes when the datagram is too small for one.
+    small: [u8; HANDSHAKE_INIT_LEN],
+}
+
+impl Outbound for WgOutbound {
+    /// The peer's position in the table of the last refresh.
+    type Peer = usize;
+    const HEADER_LEN: usize = HEADER_LEN;
+    const TRAILER_LEN: usize = TAG_LEN;
+
+    fn route(
+        &mut self,
+        _pkt: &mut [u8],
+        ip: &packet::Ipv4Info,
+        _ctl: &mut Control<'_>,
+    ) -> Result<Destination<usize>, Refusal> {
+        let table = self.table.refresh();
+        if !table.in_network(ip.dst) {
+            return Err(Refusal::Drop(DropReason::OutsideNetwork));
+        }
+        if table.is_local(ip.dst) {
+            return Err(Refusal::Drop(DropReason::NotLocal));
+        }
+        let Some(i) = table.peer_for(ip.dst) else {
+            let from = table
+                .local
+                .map(|l| l.network())
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            return Err(Refusal::Unreachable { from });
+        };
+        Ok(Destination {
+            to: table.peers[i].endpoint,
+            peer: i,
+        })
+    }
+
+    fn seal(
+        &mut self,
+        peer: usize,
+        datagram: &mut [u8],
+        inner_len: usize,
+        ctl: &mut Control<'_>,
+    ) -> Result<usize, DropReason> {
+        let Some(peer) = self.table.current().peers.get(peer) else {
+            return Err(DropReason::NoRoute);
+        };
+        let plain = &mut self.plain[..inner_len];
+        plain.copy_from_slice(&datagram[HEADER_LEN..HEADER_LEN + inner_len]);
+        let mut tunn = peer.tunn();
+        // Without a session boringtun queues the packet and writes a handshake initiation
+        // instead, which needs more room than a small packet's datagram has.
+        let small = datagram.len() < HANDSHAKE_INIT_LEN;
+        let out: &mut [u8] = if small { &mut self.small } else { datagram };
+        let (len, handshake) = match tunn.encapsulate(plain, out) {
+            TunnResult::WriteToNetwork(msg) => (msg.len(), msg.first() != Some(&MSG_DATA)),
+            _ => return Err(DropReason::NoSession),
+        };
+        drop(tunn);
+        if handshake {
+            let msg = if small {
+                &self.small[..len]
+            } else {
+                &datagram[..len]
+            };
+            let _ = ctl.send_to(peer.endpoint, msg);
+            return Err(DropReason::NoSession);
+        }
+        if small {
+            datagram[..len].copy_from_slice(&self.small[..len]);
+        }
+        Ok(len)
+    }
+}
+
+/// UDP → TUN.
+pub struct WgInbound {
+    table: TableReader,
+    key: Arc<NodeKey>,
+    limiter: Arc<RateLimiter>,
+    mtu: usize,
+    scratch: Box<[u8]>,
+}
+
+impl Inbound for WgInbound {
+    type Sender<'a> = WgSender<'a>;
+
+    fn sender(&mut self, from: SocketAddrV4) -> Result<WgSender<'_>, DropReason> {
+        let table = self.table.refresh();
+        // Only nodes holding a lease get a byte decrypted (or a handshake computed).
+        if !table.is_source(*from.ip()) {
+            return Err(DropReason::UnknownPeer);
+        }
+        Ok(WgSender {
+            table,
+            from,
+            key: &self.key,
+            limiter: &self.limiter,
+            mtu: self.mtu,
+            scratch: &mut self.scratch,
+        })
+    }
+}
+
+/// The datagrams of one sender address.
+pub struct WgSender<'a> {
+    table: &'a WgTable,
+    from: SocketAddrV4,
+    key: &'a NodeKey,
+    limiter: &'a RateLimiter,
+    mtu: usize,
+    scratch: &'a mut [u8],
+}
+
+/// The receiver index of a message of type `ty` (where it sits differs per type).
+fn receiver_index(ty: u8, msg: &[u8]) -> Option<u32> {
+    let at = match ty {
+        MSG_HANDSHAKE_RESP => 8,
+        MSG_COOKIE_REPLY | MSG_DATA => 4,
+        _ => return None,
+    };
+    let b: [u8; 4] = msg.get(at..at + 4)?.try_into().ok()?;
+    Some(u32::from_le_bytes(b))
+}
+
+impl WgSender<'_> {
+    fn src(&self) -> Option<IpAddr> {
+        Some(IpAddr::V4(*self.from.ip()))
+    }
+
+    /// A handshake initiation: MACs and load first (cookies under a flood), then the
+    /// initiator's identity, then its Tunn.
+    fn handshake_init(&mut self, msg: &[u8], ctl: &mut Control<'_>) -> Result<Opened, DropReason> {
+        let half = match self.limiter.verify_packet(self.src(), msg, self.scratch) {
+            Ok(Packet::HandshakeInit(init)) => {
+                parse_handshake_anon(&self.key.private, &self.key.public, &init)
+                    .map_err(|e| refusal(&e))?
+            }
+            Ok(_) => return Err(DropReason::Unauthenticated),
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                let _ = ctl.send_to(self.from, cookie);
+                return Ok(Opened::Consumed);
+            }
+            Err(_) => return Err(DropReason::Unauthenticated),
+        };
+        let peer = self
+            .table
+            .by_key(&half.peer_static_public)
+            .ok_or(DropReason::UnknownPeer)?;
+        self.hand_to_peer(peer, msg, ctl)
+    }
+
+    /// Hands `msg` to `peer`'s Tunn and does what it says.
+    fn hand_to_peer(
+        &mut self,
+        peer: &Peer,
+        msg: &[u8],
+        ctl: &mut Control<'_>,
+    ) -> Result<Opened, DropReason> {
+        let mut tunn = peer.tunn();
+        match tunn.decapsulate(self.src(), msg, self.scratch) {
+            TunnResult::WriteToNetwork(reply) => {
+                // A handshake response or the keepalive that confirms one: to the address the
+                // handshake came from. Then what waited for the session.
+                let _ = ctl.send_to(self.from, reply);
+                flush_queued(&mut tunn, peer, self.scratch, ctl);
+                Ok(Opened::Consumed)
+            }
+            TunnResult::Done => Ok(Opened::Consumed),
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                Err(DropReason::Unauthenticated)
+            }
+            TunnResult::Err(e) => Err(refusal(&e)),
+        }
+    }
+
+    /// A transport message: decrypted by its session, then checked like udp's datagrams.
+    fn data(&mut self, datagram: &mut [u8], ctl: &mut Control<'_>) -> Result<Opened, DropReason> {
+        let index = receiver_index(MSG_DATA, datagram).ok_or(DropReason::Truncated)? >> 8;
+        let peer = self
+            .table
+            .by_index(index)
+            .ok_or(DropReason::Unauthenticated)?;
+        let mut tunn = peer.tunn();
+        let len = match tunn.decapsulate(self.src(), datagram, self.scratch) {
+            TunnResult::WriteToTunnelV4(inner, _) => inner.len(),
+            // A keepalive.
+            TunnResult::Done => return Ok(Opened::Consumed),
+            TunnResult::WriteToTunnelV6(..) => return Err(DropReason::Ipv6),
+            TunnResult::WriteToNetwork(reply) => {
+                let _ = ctl.send_to(peer.endpoint, reply);
+                flush_queued(&mut tunn, peer, self.scratch, ctl);
+                return Ok(Opened::Consumed);
+            }
+            TunnResult::Err(e) => {
+                let why = refusal(&e);
+                let counter = match why {
+                    DropReason::Replay => &peer.drops.replays,
+                    _ => &peer.drops.unauthenticated,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                return Err(why);
+            }
+        };
+        drop(tunn);
+        // The plaintext is never longer than the message: back into the datagram's place.
+        let inner = &mut datagram[..len];
+        inner.copy_from_slice(&self.scratch[..len]);
+        if len > self.mtu {
+            return Err(DropReason::Oversize);
+        }
+        let ip = packet::parse_ipv4(inner, true)?;
+        if !peer.subnet.contains(&ip.src) {
+            peer.drops.spoofed.fetch_add(1, Ordering::Relaxed);
+            return Err(DropReason::SpoofedSource);
+        }
+        if !self.table.is_local(ip.dst) {
+            return Err(DropReason::NotLocal);
+        }
+        Ok(Opened::Packet { inner: 0..len, ip })
+    }
+}
+
+/// Sends what `tunn` queued while it had no session (boringtun's "call again with an empty
+/// datagram until Done").
+fn flush_queued(tunn: &mut Tunn, peer: &Peer, scratch: &mut [u8], ctl: &mut Control<'_>) {
+    for _ in 0..MAX_FLUSH {
+        match tunn.decapsulate(None, &[], scratch) {
+            TunnResult::WriteToNetwork(msg) => {
+                let _ = ctl.send_to(peer.endpoint, msg);
+            }
+            _ => return,
+        }
+    }
+}
+
+impl Sender for WgSender<'_> {
+    fn open(&mut self, datagram: &mut [u8], ctl: &mut Control<'_>) -> Result<Opened, DropReason> {
+        // Message types are one byte followed by three reserved zero bytes.
+        let ty = match datagram.get(..4) {
+            Some(&[t, 0, 0, 0]) => t,
+            Some(_) => return Err(DropReason::Unauthenticated),
+            None => return Err(DropReason::Truncated),
+        };
+        match ty {
+            MSG_DATA => self.data(datagram, ctl),
+            MSG_HANDSHAKE_INIT => self.handshake_init(datagram, ctl),
+            MSG_HANDSHAKE_RESP | MSG_COOKIE_REPLY => {
+                let index = receiver_index(ty, datagram).ok_or(DropReason::Truncated)? >> 8;
+                let table = self.table;
+                let peer = table.by_index(index).ok_or(DropReason::Unauthenticated)?;
+                self.hand_to_peer(peer, datagram, ctl)
+            }
+            _ => Err(DropReason::Unauthenticated),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Two nodes' transforms over loopback sockets, driven by hand: what the engine would do
+    //! with each datagram, without a TUN or root.
+    use std::net::UdpSocket as StdSocket;
+
+    use boringtun::x25519::{PublicKey, StaticSecret};
+    use ipnet::Ipv4Net;
+
+    use super::*;
+    use crate::engine::packet::test_util::tcp_packet;
+    use crate::engine::sys::UdpSocket;
+
+    struct Node {
+        transform: WgTransform,
+        /// Where the other node sends to us (the test reads it).
+        inbox: StdSocket,
+        /// What our Control sends from.
+        out: UdpSocket,
+    }
+
+    fn key(seed: u8) -> NodeKey {
+        let private = StaticSecret::from([seed; 32]);
+        NodeKey {
+            public: PublicKey::from(&private),
+            private,
+        }
+    }
+
+    fn loopback() -> StdSocket {
+        let s = StdSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        s
+    }
+
+    /// Nodes A (10.5.1.0/24) and B (10.5.2.0/24), each the other's peer.
+    fn pair(psk: Option<[u8; 32]>) -> (Node, Node) {
+        let (ka, kb) = (Arc::new(key(1)), Arc::new(key(2)));
+        let (ia, ib) = (loopback(), loopback());
+        let addr = |s: &StdSocket| match s.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!(),
+        };
+        let net: Ipv4Net = "10.5.0.0/16".parse().unwrap();
+        let make = |me: &Arc<NodeKey>,
+                    other: &Arc<NodeKey>,
+                    local: &str,
+                    peer_net: &str,
+                    peer_at,
+                    index| {
+            let limiter = Arc::new(RateLimiter::new(&me.public, 100));
+            let tunn = Tunn::new(
+                me.private.clone(),
+                other.public,
+                psk,
+                None,
+                index,
+                Some(limiter.clone()),
+            );
+            let peer = Peer::new(
+                index,
+                *other.public.as_bytes(),
+                peer_at,
+                peer_net.parse().unwrap(),
+                0,
+                psk.is_some(),
+                tunn,
+            );
+            let table = TableCell::new();
+            table.publish(WgTable::new(
+                net,
+                Some(local.parse().unwrap()),
+                vec![Arc::new(peer)],
+            ));
+            WgTransform {
+                table,
+                key: me.clone(),
+                limiter,
+                mtu: 1420,
+            }
+        };
+        let ta = make(&ka, &kb, "10.5.1.0/24", "10.5.2.0/24", addr(&ib), 7);
+        let tb = make(&kb, &ka, "10.5.2.0/24", "10.5.1.0/24", addr(&ia), 9);
+        let bind = || UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false).unwrap();
+        (
+            Node {
+                transform: ta,
+                inbox: ia,
+                out: bind(),
+            },
+            Node {
+                transform: tb,
+                inbox: ib,
+                out: bind(),
+            },
+        )
+    }
+
+    fn recv(n: &Node) -> Vec<u8> {
+        let mut buf = vec![0u8; 65536];
+        let (len, _) = n.inbox.recv_from(&mut buf).unwrap();
+        buf.truncate(len);
+        buf
+    }
+
+    /// One datagram received on an engine socket (waits up to 2 s).
+    fn recv_on(sock: &UdpSocket) -> Vec<u8> {
+        let mut meta = [crate::engine::sys::RecvMeta::default(); crate::engine::sys::BATCH];
+        let mut bufs = vec![0u8; crate::engine::sys::BATCH * 65536];
+        for _ in 0..200 {
+            if let Ok(n) = sock.recv_batch(&mut bufs, &mut meta)
+                && n > 0
+            {
+                return bufs[..meta[0].len].to_vec();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("nothing received");
+    }
+
+    /// Seals `pkt` as the engine would; Err when it went out as a handshake instead.
+    fn seal(n: &Node, out: &mut WgOutbound, pkt: &[u8]) -> Result<Vec<u8>, DropReason> {
+        let mut ctl = Control::new(&n.out);
+        let mut p = pkt.to_vec();
+        let ip = packet::parse_ipv4(&p, true).unwrap();
+        let dest = out
+            .route(&mut p, &ip, &mut ctl)
+            .map_err(|_| DropReason::NoRoute)?;
+        let mut d = vec![0u8; HEADER_LEN + p.len() + TAG_LEN];
+        d[HEADER_LEN..HEADER_LEN + p.len()].copy_from_slice(&p);
+        let len = out.seal(dest.peer, &mut d, p.len(), &mut ctl)?;
+        d.truncate(len);
+        Ok(d)
+    }
+
+    /// Opens `d` as received by `n` from the other node's address.
+    fn open(
+        n: &Node,
+        inb: &mut WgInbound,
+        from: SocketAddrV4,
+        d: &mut [u8],
+    ) -> Result<Opened, DropReason> {
+        let mut ctl = Control::new(&n.out);
+        let mut sender = inb.sender(from)?;
+        sender.open(d, &mut ctl)
+    }
+
+    #[test]
+    fn handshake_then_sealed_packets_open_once_and_only_from_their_peer() {
+        let (a, b) = pair(Some([3; 32]));
+        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
+        let mut b_in = b.transform.inbound();
+        let from_a = a.out.local_addr().unwrap();
+        let from_b = SocketAddrV4::new(Ipv4Addr::LOCALHOST, b.inbox.local_addr().unwrap().port());
+        let pkt = tcp_packet(1, 0x18, &[0xab; 600], 64);
+
+        // No session: the packet waits, a handshake initiation goes to B.
+        assert_eq!(seal(&a, &mut a_out, &pkt), Err(DropReason::NoSession));
+        let mut init = recv(&b);
+        assert_eq!(init[0], MSG_HANDSHAKE_INIT);
+        assert_eq!(open(&b, &mut b_in, from_a, &mut init), Ok(Opened::Consumed));
+        // B's response goes back to where the initiation came from: A's own socket.
+        let mut resp = recv_on(&a.out);
+        assert_eq!(resp.first(), Some(&MSG_HANDSHAKE_RESP));
+        assert_eq!(open(&a, &mut a_in, from_b, &mut resp), Ok(Opened::Consumed));
+        // A confirmed with a keepalive and flushed the waiting packet to B's endpoint.
+        let mut keepalive = recv(&b);
+        let mut queued = recv(&b);
+        if keepalive.len() > queued.len() {
+            std::mem::swap(&mut keepalive, &mut queued);
+        }
+        assert_eq!(
+            open(&b, &mut b_in, from_a, &mut keepalive),
+            Ok(Opened::Consumed)
+        );
+        let replay = queued.clone();
+        match open(&b, &mut b_in, from_a, &mut queued) {
+            Ok(Opened::Packet { inner, .. }) => assert_eq!(&queued[inner], &pkt[..]),
+            other => panic!("{other:?}"),
+        }
+        // With a session, packets seal in place and open byte for byte.
+        let mut d = seal(&a, &mut a_out, &pkt).unwrap();
+        assert_eq!(d.len(), pkt.len() + HEADER_LEN + TAG_LEN);
+        match open(&b, &mut b_in, from_a, &mut d) {
+            Ok(Opened::Packet { inner, .. }) => assert_eq!(&d[inner], &pkt[..]),
+            other => panic!("{other:?}"),
+        }
+        // A replay, a flipped bit, an unleased sender, an inner source outside A's subnet.
+        assert_eq!(
+            open(&b, &mut b_in, from_a, &mut replay.clone()),
+            Err(DropReason::Replay)
+        );
+        let mut bad = seal(&a, &mut a_out, &pkt).unwrap();
+        bad[40] ^= 1;
+        assert_eq!(
+            open(&b, &mut b_in, from_a, &mut bad),
+            Err(DropReason::Unauthenticated)
+        );
+        let stranger = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 1);
+        let mut d = seal(&a, &mut a_out, &pkt).unwrap();
+        assert_eq!(
+            open(&b, &mut b_in, stranger, &mut d),
+            Err(DropReason::UnknownPeer)
+        );
+        let mut spoofed = pkt.clone();
+        spoofed[12..16].copy_from_slice(&[10, 5, 9, 9]);
+        let c = packet::checksum(&{
+            let mut h = spoofed[..20].to_vec();
+            h[10..12].copy_from_slice(&[0, 0]);
+            h
+        });
+        spoofed[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut d = seal(&a, &mut a_out, &spoofed).unwrap();
+        assert_eq!(
+            open(&b, &mut b_in, from_a, &mut d),
+            Err(DropReason::SpoofedSource)
+        );
+        let peer_a = b.transform.table.load().peers[0].clone();
+        assert_eq!(peer_a.drops.replays.load(Ordering::Relaxed), 1);
+        assert_eq!(peer_a.drops.spoofed.load(Ordering::Relaxed), 1);
+        // Junk of every length never panics.
+        for len in 0..200 {
+            let mut junk: Vec<u8> = (0..len).map(|i| (i * 37) as u8).collect();
+            if len >= 4 {
+                junk[..4].copy_from_slice(&[(len % 5) as u8, 0, 0, 0]);
+            }
+            assert!(open(&b, &mut b_in, from_a, &mut junk).is_err() || len < 4);
+        }
+    }
+
+    #[test]
+    fn a_handshake_flood_gets_cookies_not_handshakes() {
+        let (a, b) = pair(None);
+        let mut b_in = b.transform.inbound();
+        let from_a = a.out.local_addr().unwrap();
+        let peer_b = a.transform.table.load().peers[0].clone();
+        let mut buf = [0u8; 256];
+        let (mut responses, mut cookies) = (0, 0);
+        for _ in 0..120 {
+            let mut init = match peer_b.tunn().format_handshake_initiation(&mut buf, true) {
+                TunnResult::WriteToNetwork(m) => m.to_vec(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(open(&b, &mut b_in, from_a, &mut init), Ok(Opened::Consumed));
+            match recv_on(&a.out).first() {
+                Some(&MSG_HANDSHAKE_RESP) => responses += 1,
+                Some(&MSG_COOKIE_REPLY) => cookies += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        // The limiter (100 a second here) counts each initiation twice: once before the
+        // initiator is looked up, once in its peer's state.
+        assert!((40..=60).contains(&responses), "{responses} responses");
+        assert_eq!(responses + cookies, 120);
+    }
+}

@@ -1,0 +1,235 @@
+//! WireGuard's cross-platform userspace API (wireguard.com/xplatform): a Unix socket
+//! `<dir>/flannel-wg.sock` answering `get=1` with the device and its peers, as wireguard-go
+//! and boringtun serve it, so `wg show flannel-wg` works against twilld. Peers come from
+//! leases: `set=1` is refused. The directory is a flag, so several twilld on one machine
+//! (the lab) each have their own.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use super::key::NodeKey;
+use super::table::TableCell;
+
+/// What `get` reports.
+pub struct DeviceState {
+    pub key: Option<Arc<NodeKey>>,
+    pub listen_port: u16,
+    pub table: Arc<TableCell>,
+}
+
+/// A UAPI server thread; dropping it removes the socket and stops the thread.
+pub struct UapiServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Lowercase hex, as UAPI writes keys.
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+/// The answer to `get=1`.
+pub fn render_get(state: &DeviceState) -> String {
+    let mut s = String::new();
+    if let Some(k) = &state.key {
+        let _ = writeln!(s, "private_key={}", hex(&k.private.to_bytes()));
+    }
+    let _ = writeln!(s, "listen_port={}", state.listen_port);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    for p in &state.table.load().peers {
+        let _ = writeln!(s, "public_key={}", hex(&p.public_key));
+        if p.psk {
+            // The key itself stays in twilld: `wg show` only says a PSK is set.
+            let _ = writeln!(s, "preshared_key={}", hex(&[0xffu8; 32]));
+        }
+        let _ = writeln!(s, "endpoint={}", p.endpoint);
+        let _ = writeln!(s, "persistent_keepalive_interval={}", p.keepalive);
+        let (since, tx, rx, _, _) = p.tunn().stats();
+        let at = since
+            .map(|d| now.saturating_sub(d))
+            .unwrap_or(Duration::ZERO);
+        let _ = writeln!(s, "last_handshake_time_sec={}", at.as_secs());
+        let _ = writeln!(s, "last_handshake_time_nsec={}", at.subsec_nanos());
+        let _ = writeln!(s, "tx_bytes={tx}");
+        let _ = writeln!(s, "rx_bytes={rx}");
+        let _ = writeln!(s, "allowed_ip={}", p.subnet);
+    }
+    s.push_str("protocol_version=1\nerrno=0\n\n");
+    s
+}
+
+fn serve_one(stream: UnixStream, state: &DeviceState) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    let mut op = String::new();
+    loop {
+        // One operation: its first line, then lines up to a blank one.
+        op.clear();
+        if reader.read_line(&mut op)? == 0 {
+            return Ok(());
+        }
+        let first = op.trim_end().to_string();
+        let mut line = String::new();
+        while !first.is_empty() {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                break;
+            }
+        }
+        let answer = match first.as_str() {
+            "get=1" => render_get(state),
+            "" => continue,
+            // EPERM: peers are what the leases say, not what an operator sets.
+            _ => "errno=1\n\n".to_string(),
+        };
+        out.write_all(answer.as_bytes())?;
+    }
+}
+
+impl UapiServer {
+    /// Serves `<dir>/<device>.sock` (directory 0755, socket 0600, a stale socket replaced).
+    pub fn start(dir: &Path, device: &str, state: DeviceState) -> std::io::Result<UapiServer> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{device}.sock"));
+        if UnixStream::connect(&path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is served by another process", path.display()),
+            ));
+        }
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wg-uapi".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if flag.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Ok(s) = stream
+                        && let Err(e) = serve_one(s, &state)
+                    {
+                        tracing::debug!(error = %e, "wireguard UAPI client");
+                    }
+                }
+            })?;
+        Ok(UapiServer {
+            path,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for UapiServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept.
+        let _ = UnixStream::connect(&self.path);
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One peer as `get` reports it (for `twilld status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerReport {
+    pub public_key: String,
+    pub endpoint: String,
+    pub allowed_ip: String,
+    /// Unix seconds of the last handshake; 0 = none.
+    pub last_handshake: u64,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+/// Parses a `get` answer into its peers (keys in base64).
+pub fn parse_get(text: &str) -> Vec<PeerReport> {
+    use base64::Engine as _;
+    let mut peers: Vec<PeerReport> = Vec::new();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if k == "public_key" {
+            let bytes: Vec<u8> = (0..v.len() / 2)
+                .filter_map(|i| u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            peers.push(PeerReport {
+                public_key: base64::engine::general_purpose::STANDARD.encode(bytes),
+                ..PeerReport::default()
+            });
+            continue;
+        }
+        let Some(p) = peers.last_mut() else { continue };
+        match k {
+            "endpoint" => p.endpoint = v.to_string(),
+            "allowed_ip" => p.allowed_ip = v.to_string(),
+            "last_handshake_time_sec" => p.last_handshake = v.parse().unwrap_or(0),
+            "tx_bytes" => p.tx_bytes = v.parse().unwrap_or(0),
+            "rx_bytes" => p.rx_bytes = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    peers
+}
+
+/// Asks the UAPI socket `<dir>/<device>.sock` for `get` (what `wg show` does).
+pub fn query(dir: &Path, device: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = UnixStream::connect(dir.join(format!("{device}.sock")))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"get=1\n\n")?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer ends with a blank line after `errno=`.
+    while !out.ends_with(b"\n\n") {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_answers_parse_back_per_peer() {
+        let text = "private_key=00\nlisten_port=51820\npublic_key=0102\nendpoint=1.2.3.4:51820\nlast_handshake_time_sec=17\ntx_bytes=5\nrx_bytes=6\nallowed_ip=10.5.2.0/24\nprotocol_version=1\nerrno=0\n\n";
+        assert_eq!(
+            parse_get(text),
+            [PeerReport {
+                public_key: "AQI=".into(),
+                endpoint: "1.2.3.4:51820".into(),
+                allowed_ip: "10.5.2.0/24".into(),
+                last_handshake: 17,
+                tx_bytes: 5,
+                rx_bytes: 6,
+            }]
+        );
+    }
+}

@@ -1,0 +1,686 @@
+//! The wireguard backend end to end: real etcd, hosts as namespaces, real TUN devices and
+//! twilld's user-space WireGuard data path; containers attached with twill; `wg` and
+//! Debian's wireguard-go as the other side where a test needs the real thing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::AgentLab;
+use twill_tests::preconditions;
+
+const TOOLS: &[&str] = &["ip", "ping", "etcd", "etcdctl", "nft"];
+const METRICS_PORT: u16 = 10271;
+const NETWORK: &str = "10.23.0.0/16";
+const PORT: u16 = 51820;
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn config(backend_extra: &str) -> String {
+    format!(r#"{{"Network":"{NETWORK}","Backend":{{"Type":"wireguard"{backend_extra}}}}}"#)
+}
+
+/// Host `h`'s key file and UAPI socket directory (each twilld on this machine has its own).
+fn key_file(lab: &AgentLab, h: usize) -> PathBuf {
+    lab.dir.path().join(format!("h{h}-wgkey"))
+}
+
+fn socket_dir(lab: &AgentLab, h: usize) -> PathBuf {
+    lab.dir.path().join(format!("h{h}-wg"))
+}
+
+fn start(lab: &mut AgentLab, h: usize) {
+    let port = METRICS_PORT.to_string();
+    let key = key_file(lab, h).display().to_string();
+    let sock = socket_dir(lab, h).display().to_string();
+    lab.start_agent(
+        h,
+        &[
+            "--healthz-ip",
+            "127.0.0.1",
+            "--healthz-port",
+            &port,
+            "--wireguard-key-file",
+            &key,
+            "--wireguard-socket-dir",
+            &sock,
+        ],
+    );
+}
+
+/// A wireguard lab: `twilld` on hosts `1..=agents` of `hosts`, `per_host` containers each.
+fn lab(prefix: &str, hosts: usize, agents: usize, per_host: usize, config: &str) -> AgentLab {
+    let mut lab = AgentLab::new(prefix, hosts, config);
+    for h in 1..=agents {
+        start(&mut lab, h);
+    }
+    for h in 1..=agents {
+        lab.wait_subnet(h);
+        for _ in 0..per_host {
+            lab.add_container(h);
+        }
+    }
+    lab
+}
+
+/// The value of the sample `key` in host `h`'s /metrics (None while not published).
+fn sample(lab: &AgentLab, h: usize, key: &str) -> Option<u64> {
+    let page = lab.http_get(h, METRICS_PORT, "/metrics");
+    let prefix = format!("{key} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn dropped(lab: &AgentLab, h: usize, reason: &str) -> u64 {
+    sample(
+        lab,
+        h,
+        &format!("twilld_wireguard_dropped_packets_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(0)
+}
+
+/// Deterministic test data.
+fn data(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends `payload` over TCP from container `from` to container `to`; returns what arrived.
+fn tcp_transfer(lab: &AgentLab, from: usize, to: usize, payload: &[u8]) -> Vec<u8> {
+    let listener = lab.containers[to]
+        .netns
+        .enter(|| TcpListener::bind("0.0.0.0:5001"))
+        .unwrap()
+        .unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let dst = format!("{}:5001", lab.containers[to].ip);
+    let mut s = lab.containers[from]
+        .netns
+        .enter(|| TcpStream::connect_timeout(&dst.parse().unwrap(), Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    s.write_all(payload).unwrap();
+    drop(s);
+    receiver.join().unwrap()
+}
+
+fn assert_transfer_intact(lab: &AgentLab, from: usize, to: usize, payload: &[u8], what: &str) {
+    assert!(
+        tcp_transfer(lab, from, to, payload) == payload,
+        "{what} corrupted"
+    );
+}
+
+/// The public key (base64) of the private key in `file`.
+fn public_of(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let secret = boringtun::x25519::StaticSecret::from(bytes);
+    b64(boringtun::x25519::PublicKey::from(&secret).as_bytes())
+}
+
+/// Runs `script` with `sh` in a private mount namespace whose /run is a fresh tmpfs with
+/// `/run/wireguard` bound to `dir` (how `wg` and wireguard-go find UAPI sockets), inside
+/// network namespace `netns` if given. Returns (success, stdout + stderr).
+fn in_wg_dir(netns: Option<&str>, dir: &Path, script: &str) -> (bool, String) {
+    let setup = format!(
+        "mount -t tmpfs none /run && mkdir -p /run/wireguard && mount --bind {} /run/wireguard && {script}",
+        dir.display()
+    );
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "unshare", "-m", "sh", "-c", &setup]);
+            c
+        }
+        None => {
+            let mut c = Command::new("unshare");
+            c.args(["-m", "sh", "-c", &setup]);
+            c
+        }
+    };
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// `wg show flannel-wg dump` against host `h`'s twilld: the device line and one per peer.
+fn wg_dump(lab: &AgentLab, h: usize) -> Vec<Vec<String>> {
+    let (ok, out) = in_wg_dir(None, &socket_dir(lab, h), "wg show flannel-wg dump");
+    assert!(ok, "wg show flannel-wg dump on h{h}: {out}");
+    out.lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
+    if !preconditions(
+        "wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout",
+        &[TOOLS, &["wg", "unshare"]].concat(),
+    ) {
+        return;
+    }
+    let psk = b64(&[0x5a; 32]);
+    let lab = lab("twg-ap", 3, 3, 2, &config(&format!(r#","PSK":"{psk}""#)));
+    lab.eventually("all pairs reachable over wireguard", 30, || {
+        lab.unreachable_pairs().is_empty()
+    });
+
+    // Flannel's layout: flannel-wg with <subnet>.0/32 and MTU − 80, one link-scope route.
+    let env = lab.wait_subnet(1);
+    assert_eq!(env.mtu, 1420);
+    let h1 = lab.cluster.host(1).name.clone();
+    let link = twill_tests::ip_link(&h1, "flannel-wg");
+    assert_eq!(link["mtu"], 1420);
+    let addrs = twill_tests::ip_json(&h1, &["-4", "addr", "show", "dev", "flannel-wg"]);
+    let a = &addrs[0]["addr_info"][0];
+    assert_eq!(
+        (a["local"].as_str(), a["prefixlen"].as_u64()),
+        (
+            Some(env.ipv4.unwrap().subnet.network().to_string().as_str()),
+            Some(32)
+        ),
+        "{addrs}"
+    );
+    let routes = lab.twill_routes(1);
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0]["dst"], NETWORK);
+    assert_eq!(routes[0]["dev"], "flannel-wg");
+    assert_eq!(routes[0]["scope"], "link");
+
+    // The key file: base64, mode 0400; the lease in Flannel's format with its public key.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key_file(&lab, 1))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o400);
+    let public = public_of(&key_file(&lab, 1));
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{}",
+        env.ipv4.unwrap().subnet.network(),
+        env.ipv4.unwrap().subnet.prefix_len()
+    );
+    assert_eq!(
+        lab.etcdctl(&["get", &key, "--print-value-only"]).trim(),
+        format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{public}","Port":{PORT}}}}}"#,
+            lab.cluster.host(1).ip
+        )
+    );
+    assert!(
+        !lab.log(1)
+            .contains(&std::fs::read_to_string(key_file(&lab, 1)).unwrap()),
+        "the private key is never logged"
+    );
+
+    // 8 MiB across hosts, byte for byte, both ways.
+    let payload = data(8 << 20);
+    assert_transfer_intact(&lab, 0, 2, &payload, "h1 → h2");
+    assert_transfer_intact(&lab, 5, 1, &payload, "h3 → h1");
+    assert_transfer_intact(&lab, 3, 4, &payload, "h2 → h3");
+
+    // `wg show` reads twilld's UAPI socket: both peers, their subnets, endpoints, a
+    // handshake, traffic, and the PSK set.
+    let dump = wg_dump(&lab, 1);
+    assert_eq!(dump[0][1], public, "{dump:?}");
+    assert_eq!(dump[0][2], PORT.to_string(), "{dump:?}");
+    assert_eq!(dump.len(), 3, "device + 2 peers: {dump:?}");
+    for peer in &dump[1..] {
+        assert_ne!(peer[1], "(none)", "PSK set: {peer:?}");
+        assert!(peer[3].starts_with("10.23."), "{peer:?}");
+        assert_ne!(peer[4], "0", "a handshake happened: {peer:?}");
+        assert!(peer[5].parse::<u64>().unwrap() > 0, "rx bytes: {peer:?}");
+    }
+    let counter = |name: &str| sample(&lab, 1, &format!("{name}_total")).unwrap_or(0);
+    lab.eventually("the data path's counters published", 5, || {
+        counter("twilld_wireguard_tx_packets") > 5000
+            && counter("twilld_wireguard_rx_packets") > 5000
+    });
+    assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
+    assert_eq!(dropped(&lab, 1, "unauthenticated"), 0);
+    // `twilld status`: the leases, then per peer its last handshake and bytes.
+    let mut c = Command::new(common::TWILLD);
+    c.args(["--etcd-endpoints", &lab.endpoint(), "--subnet-file"])
+        .arg(lab.subnet_file(1))
+        .arg("--wireguard-socket-dir")
+        .arg(socket_dir(&lab, 1))
+        .arg("status");
+    lab.cluster.host(1).netns.prepare_command(&mut c).unwrap();
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("wireguard peers of flannel-wg"), "{text}");
+    for peer in &dump[1..] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&peer[0]))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("s ago") && line.contains(&peer[3]), "{line}");
+    }
+    // Per peer in /metrics: a handshake time, bytes, drops.
+    let page = lab.http_get(1, METRICS_PORT, "/metrics");
+    for peer in &dump[1..] {
+        let labels = format!("peer=\"{}\",subnet=\"{}\"", peer[0], peer[3]);
+        let value = |name: &str| -> u64 {
+            let key = format!("{name}{{{labels}}} ");
+            page.lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in /metrics:\n{page}"))
+        };
+        assert!(value("twilld_wireguard_peer_last_handshake_seconds") > 1_700_000_000);
+        assert!(value("twilld_wireguard_peer_rx_bytes_total") > 0);
+        assert!(page.contains(&format!(
+            "twilld_wireguard_peer_dropped_packets_total{{{labels},reason=\"replay\"}} 0"
+        )));
+    }
+}
+
+/// An IPv4 header (20 bytes) for `payload_len` bytes of protocol `proto`, checksummed.
+fn ipv4_header(from: Ipv4Addr, to: Ipv4Addr, proto: u8, payload_len: usize, id: u16) -> Vec<u8> {
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&from.octets());
+    ip[16..20].copy_from_slice(&to.octets());
+    let c = twill_agent::engine::packet::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip
+}
+
+/// Sends each payload as a UDP datagram `from`:51820 → `to`:51820 through a raw socket in
+/// `netns`, so the source can be anything (a peer's address, forged).
+fn send_raw(netns: &twill_netkit::Netns, from: Ipv4Addr, to: Ipv4Addr, payloads: &[Vec<u8>]) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let fd = netns
+        .enter(|| {
+            // SAFETY: plain socket(2); owned right away. IPPROTO_RAW implies IP_HDRINCL.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: fd is fresh and ours.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .unwrap();
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(to).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    for (n, payload) in payloads.iter().enumerate() {
+        let mut udp = Vec::with_capacity(8 + payload.len());
+        udp.extend_from_slice(&PORT.to_be_bytes());
+        udp.extend_from_slice(&PORT.to_be_bytes());
+        udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(payload);
+        let mut ip = ipv4_header(from, to, 17, udp.len(), 0x7700 + n as u16);
+        ip.extend_from_slice(&udp);
+        // SAFETY: sends our buffer to a valid sockaddr_in.
+        let rc = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                ip.as_ptr() as *const libc::c_void,
+                ip.len(),
+                0,
+                &dst as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            ip.len() as isize,
+            "raw send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The UDP payloads of a pcap file of Ethernet frames carrying IPv4/UDP.
+fn pcap_udp_payloads(file: &Path) -> Vec<Vec<u8>> {
+    let b = std::fs::read(file).unwrap();
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= b.len() {
+        let incl = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &b[at + 16..(at + 16 + incl).min(b.len())];
+        at += 16 + incl;
+        if frame.len() < 14 + 20 + 8 {
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = (ip[0] & 0xf) as usize * 4;
+        let udp = &ip[ihl..];
+        let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+        out.push(udp[8..len.min(udp.len())].to_vec());
+    }
+    out
+}
+
+/// A random 32-byte key.
+fn random_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut k)
+        .unwrap();
+    k
+}
+
+#[test]
+fn wireguard_forgeries_keepalive_flannel_lease_removal_and_restart() {
+    if !preconditions(
+        "wireguard_forgeries_keepalive_flannel_lease_removal_and_restart",
+        &[TOOLS, &["wg", "unshare", "tcpdump", "timeout"]].concat(),
+    ) {
+        return;
+    }
+    let mut lab = lab(
+        "twg-fk",
+        2,
+        2,
+        1,
+        &config(r#","PersistentKeepaliveInterval":1"#),
+    );
+    lab.eventually("both containers reach each other", 30, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    let (h1, h2) = (
+        lab.cluster.host(1).name.clone(),
+        lab.cluster.host(2).name.clone(),
+    );
+    let (ip1, ip2) = (lab.cluster.host(1).ip, lab.cluster.host(2).ip);
+
+    // Keepalives on the wire while nothing else flows: 32-byte transport messages (UDP
+    // length 40) from h1, at least two in a few seconds with an interval of 1 s.
+    let filter = format!("udp and src host {ip1} and dst port {PORT} and udp[4:2] = 40");
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &h2, "timeout", "8", "tcpdump", "-i", "eth0", "-n", "-p", "-c", "2",
+            &filter,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "no keepalives seen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Capture a few real transport messages from h2 to h1 to replay them.
+    let pcap = lab.dir.path().join("h2-to-h1.pcap");
+    let pcap_s = pcap.display().to_string();
+    let filter =
+        format!("udp and src host {ip2} and dst port {PORT} and udp[8] = 4 and udp[4:2] > 200");
+    let mut dump = Command::new("ip")
+        .args([
+            "netns", "exec", &h1, "timeout", "10", "tcpdump", "-i", "eth0", "-n", "-p", "-c", "4",
+            "-w", &pcap_s, &filter,
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut ping = Command::new("ping");
+    ping.args(["-c", "4", "-i", "0.2", "-s", "300", &lab.containers[0].ip])
+        .stdout(Stdio::null());
+    lab.containers[1].netns.prepare_command(&mut ping).unwrap();
+    assert!(ping.status().unwrap().success());
+    assert!(dump.wait().unwrap().success(), "capture");
+    let captured = pcap_udp_payloads(&pcap);
+    assert_eq!(captured.len(), 4, "captured transport messages");
+
+    let before = |r: &str| dropped(&lab, 1, r);
+    let (replay0, unauth0, unknown0) = (
+        before("replay"),
+        before("unauthenticated"),
+        before("unknown_peer"),
+    );
+    let h2ns = &lab.cluster.host(2).netns;
+    // Replays of real messages.
+    send_raw(h2ns, ip2, ip1, &captured);
+    // A real message with a fresh counter and one flipped bit: fails authentication.
+    let mut tampered = captured[0].clone();
+    tampered[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let last = tampered.len() - 20;
+    tampered[last] ^= 1;
+    // A transport message for a session index nobody has, and a junk handshake initiation.
+    let mut unknown_index = vec![4, 0, 0, 0, 0xee, 0xee, 0xee, 0xee];
+    unknown_index.extend_from_slice(&[0u8; 100]);
+    let mut junk_init = vec![1u8, 0, 0, 0];
+    junk_init.extend_from_slice(&[0x42; 144]);
+    send_raw(h2ns, ip2, ip1, &[tampered, unknown_index, junk_init]);
+    // From an address that holds no lease.
+    send_raw(h2ns, Ipv4Addr::new(172, 31, 0, 99), ip1, &captured[..1]);
+    lab.eventually("forgeries dropped and counted", 5, || {
+        before("replay") >= replay0 + 4
+            && before("unauthenticated") >= unauth0 + 3
+            && before("unknown_peer") > unknown0
+    });
+    assert!(lab.ping(0, &lab.containers[1].ip), "traffic still flows");
+
+    // A lease in Flannel's format from another node (without Port: an older flanneld)
+    // becomes a peer at our port; removing it removes the peer.
+    let other = b64(&random_key());
+    let lease_key = "/coreos.com/network/subnets/10.23.250.0-24";
+    lab.etcdctl(&[
+        "put",
+        lease_key,
+        &format!(r#"{{"PublicIP":"172.31.0.77","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{other}"}}}}"#),
+    ]);
+    let has_other = |lab: &AgentLab| {
+        wg_dump(lab, 1).iter().any(|p| {
+            p[0] == other && p[2] == format!("172.31.0.77:{PORT}") && p[3] == "10.23.250.0/24"
+        })
+    };
+    lab.eventually("the Flannel lease became a peer", 10, || has_other(&lab));
+    lab.etcdctl(&["del", lease_key]);
+    lab.eventually("the removed lease's peer is gone", 10, || !has_other(&lab));
+
+    // A restart keeps the key (and so the lease's public key); sessions come back.
+    let public = public_of(&key_file(&lab, 1));
+    lab.kill_agent(1);
+    start(&mut lab, 1);
+    lab.eventually("h1's twilld serves again", 20, || {
+        lab.http_get(1, METRICS_PORT, "/healthz").contains("ok")
+    });
+    assert_eq!(public_of(&key_file(&lab, 1)), public);
+    lab.eventually("traffic flows again after the restart", 30, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    assert_eq!(wg_dump(&lab, 1)[0][1], public);
+}
+
+#[test]
+fn wireguard_interop_with_wireguard_go_configured_like_flannel() {
+    if !preconditions(
+        "wireguard_interop_with_wireguard_go_configured_like_flannel",
+        &[TOOLS, &["wg", "wireguard-go", "unshare"]].concat(),
+    ) {
+        return;
+    }
+    // h1 runs twilld; h2 runs Debian's wireguard-go, set up with `wg set` and `ip` exactly as
+    // Flannel's wireguard backend sets up its device and peers, its lease in Flannel's format.
+    let psk = random_key();
+    let mut lab = lab(
+        "twg-io",
+        2,
+        1,
+        1,
+        &config(&format!(r#","PSK":"{}""#, b64(&psk))),
+    );
+    let env1 = lab.wait_subnet(1);
+    let twilld_public = public_of(&key_file(&lab, 1));
+    let (ip1, ip2) = (lab.cluster.host(1).ip, lab.cluster.host(2).ip);
+    let h2 = lab.cluster.host(2).name.clone();
+    let dir = lab.dir.path().join("h2-wggo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let private = random_key();
+    let secret = boringtun::x25519::StaticSecret::from(private);
+    let wggo_public = b64(boringtun::x25519::PublicKey::from(&secret).as_bytes());
+    std::fs::write(dir.join("key"), b64(&private)).unwrap();
+    std::fs::write(dir.join("psk"), b64(&psk)).unwrap();
+    let subnet2 = "10.23.200.0/24";
+    let script = format!(
+        "wireguard-go flannel-wg && \
+         wg set flannel-wg private-key {d}/key listen-port {PORT} && \
+         ip addr add 10.23.200.0/32 dev flannel-wg && ip link set flannel-wg mtu 1420 up && \
+         ip route replace {NETWORK} dev flannel-wg scope link && \
+         wg set flannel-wg peer {twilld_public} endpoint {ip1}:{PORT} allowed-ips {s1} preshared-key {d}/psk && \
+         wg show flannel-wg dump",
+        d = dir.display(),
+        s1 = env1.ipv4.unwrap().subnet,
+    );
+    let (ok, out) = in_wg_dir(Some(&h2), &dir, &script);
+    assert!(ok, "wireguard-go set up like Flannel: {out}");
+    lab.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.23.200.0-24",
+        &format!(r#"{{"PublicIP":"{ip2}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{wggo_public}","Port":{PORT}}}}}"#),
+    ]);
+    // A container on h2 behind the wireguard-go device (subnet.env as flanneld writes it).
+    let files = lab.files(2);
+    std::fs::create_dir_all(files.subnet_file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &files.subnet_file,
+        format!("FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET=10.23.200.1/24\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n"),
+    )
+    .unwrap();
+    lab.add_container(2);
+    let _ = subnet2;
+    lab.eventually("twilld ↔ wireguard-go: both ways", 30, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    let payload = data(4 << 20);
+    assert_transfer_intact(&lab, 0, 1, &payload, "twilld → wireguard-go");
+    assert_transfer_intact(&lab, 1, 0, &payload, "wireguard-go → twilld");
+
+    // An inner source outside wireguard-go's AllowedIPs on our side: wireguard-go encrypts it
+    // (its own checks are on its receive side), twilld drops and counts it.
+    let spoofed0 = dropped(&lab, 1, "spoofed_source");
+    twill_tests::run(
+        "ip",
+        &["-n", &h2, "addr", "add", "10.23.77.1/32", "dev", "lo"],
+    );
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h2,
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "1",
+            "-I",
+            "10.23.77.1",
+            &lab.containers[0].ip,
+        ])
+        .stdout(Stdio::null())
+        .status();
+    lab.eventually("the spoofed inner source dropped and counted", 5, || {
+        dropped(&lab, 1, "spoofed_source") >= spoofed0 + 3
+    });
+}
+
+#[test]
+fn wireguard_bad_config_and_bad_key_file_are_named() {
+    if !preconditions("wireguard_bad_config_and_bad_key_file_are_named", TOOLS) {
+        return;
+    }
+    let mut lab = AgentLab::new("twg-bc", 1, &config(r#","PSK":"xx""#));
+    start(&mut lab, 1);
+    let psk_short = b64(&[1u8; 16]);
+    for (cfg, said) in [
+        (None, "Backend.PSK: not base64"),
+        (
+            Some(config(&format!(r#","PSK":"{psk_short}""#))),
+            "Backend.PSK: 16 bytes, a key has 32",
+        ),
+        (
+            Some(config(r#","ListenPort":70000"#)),
+            "Backend.ListenPort: 70000 is not a port",
+        ),
+        (
+            Some(config(r#","PersistentKeepaliveInterval":"25s""#)),
+            "Backend.PersistentKeepaliveInterval",
+        ),
+        (
+            Some(config(r#","Mode":"bogus""#)),
+            "Backend.Mode: \"bogus\" is not a mode",
+        ),
+        (
+            Some(config(r#","Mode":"ipv6""#)),
+            "Backend.Mode: \"ipv6\" is not supported by twill yet",
+        ),
+        (
+            Some(format!(
+                r#"{{"Network":"{NETWORK}","EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{{"Type":"wireguard"}}}}"#
+            )),
+            "EnableIPv6: the wireguard backend carries IPv4 only",
+        ),
+    ] {
+        if let Some(cfg) = cfg {
+            lab.etcd.put_network_config(&cfg).unwrap();
+        }
+        lab.eventually(&format!("twilld says {said}"), 10, || {
+            lab.log(1).contains(said)
+        });
+    }
+    // A key file that is not a key: twilld stops, naming the file and not its contents.
+    lab.kill_agent(1);
+    std::fs::write(key_file(&lab, 1), "c2VjcmV0LWJ1dC1zaG9ydA==").unwrap();
+    lab.etcd.put_network_config(&config("")).unwrap();
+    start(&mut lab, 1);
+    let exited = twill_testbed::wait_for(Duration::from_secs(15), || {
+        lab.agents[0]
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    });
+    let log = lab.log(1);
+    assert!(exited, "twilld kept running with a bad key file:\n{log}");
+    let path = key_file(&lab, 1).display().to_string();
+    assert!(
+        log.contains(&path) && log.contains("not a WireGuard key"),
+        "{log}"
+    );
+    assert!(!log.contains("c2VjcmV0"), "{log}");
+}

@@ -1,0 +1,162 @@
+//! The `wireguard-go` anchor of `twill-lab bench`: a wireguard lab whose twilld are replaced by
+//! Debian's wireguard-go, set up the way Flannel sets up its wireguard device and peers
+//! (`wg set` with the same private key, listen port, peer = the other host's public key,
+//! endpoint and subnet; `<subnet>.0/32`, MTU − 80, the network routed to the device), so the
+//! containers see the same network and twilld's wireguard is measured against the
+//! user-space WireGuard people use where the kernel has no module. Each wireguard-go runs in
+//! a private mount namespace with a tmpfs on /run, since its UAPI socket path
+//! (/var/run/wireguard/flannel-wg.sock) is not separated by network namespaces.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use twill_netkit::Netns;
+use twill_testbed::wait_for;
+
+use crate::backend::LabBackend;
+use crate::relay::stop_agent;
+use crate::state::LabState;
+
+const DEVICE: &str = "flannel-wg";
+const PORT: u16 = 51820;
+/// Flannel's wireguard overhead: the device MTU is the underlay's less this.
+const OVERHEAD: u32 = 80;
+
+/// Whether wireguard-go and wg are installed (the anchor is measured only then).
+pub fn available() -> bool {
+    ["wireguard-go", "wg", "nsenter", "unshare"]
+        .iter()
+        .all(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+}
+
+/// The running wireguard-go processes; dropping it kills them (by PID).
+pub struct WgGo {
+    children: Vec<Child>,
+}
+
+impl Drop for WgGo {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn run(cmd: &mut Command, what: &str, stdin: Option<&str>) -> anyhow::Result<String> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("{what}: starting"))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Replaces the twilld of hosts 0 and 1 of the wireguard lab `st` with wireguard-go.
+pub fn start(st: &mut LabState, dir: &Path) -> anyhow::Result<WgGo> {
+    if st.backend != LabBackend::Wireguard || st.hosts.len() < 2 {
+        bail!("the wireguard-go anchor replaces the agents of a wireguard lab with two hosts");
+    }
+    let mut keys = Vec::new();
+    for h in &st.hosts[..2] {
+        let host_dir = h.subnet_file.parent().context("host directory")?;
+        let private = std::fs::read_to_string(host_dir.join("wgkey"))
+            .with_context(|| format!("reading the wireguard key of {}", h.name))?;
+        let public = run(
+            Command::new("wg").arg("pubkey"),
+            "wg pubkey",
+            Some(&private),
+        )?;
+        keys.push((private.trim().to_string(), public));
+    }
+    let mut wg = WgGo {
+        children: Vec::new(),
+    };
+    for i in 0..2 {
+        let host = st.hosts[i].clone();
+        let other = st.hosts[1 - i].clone();
+        let subnet = host.subnet.clone().context("no subnet")?;
+        let other_subnet = other.subnet.clone().context("no subnet")?;
+        let address = subnet.split('/').next().unwrap_or_default().to_string();
+        let ns = Netns::open(&host.netns)?;
+        if let Some(pid) = host.twilld_pid {
+            stop_agent(pid).with_context(|| format!("stopping twilld of {}", host.name))?;
+            st.hosts[i].twilld_pid = None;
+            st.save(dir)?;
+        }
+        let gone = wait_for(Duration::from_secs(10), || {
+            ns.run(|nl| async move { nl.link_by_name(DEVICE).await })
+                .map(|l| l.is_none())
+                .unwrap_or(false)
+        });
+        if !gone {
+            bail!("{DEVICE} of {} did not go away with its agent", host.name);
+        }
+        let mtu = ns
+            .run(|nl| async move { nl.require_link("eth0").await })?
+            .mtu
+            .saturating_sub(OVERHEAD);
+        // `ip netns exec`, `unshare` and `sh` all exec: the child's PID is wireguard-go's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &host.netns, "unshare", "-m", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs none /run && mkdir -p /run/wireguard && exec wireguard-go -f {DEVICE}"
+            ))
+            .env("LOG_LEVEL", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting wireguard-go")?;
+        let pid = child.id().to_string();
+        wg.children.push(child);
+        let up = wait_for(Duration::from_secs(10), || {
+            ns.run(|nl| async move { nl.link_by_name(DEVICE).await })
+                .map(|l| l.is_some())
+                .unwrap_or(false)
+        });
+        if !up {
+            bail!("wireguard-go made no {DEVICE} in {}", host.name);
+        }
+        let script = format!(
+            "wg set {DEVICE} private-key /dev/stdin listen-port {PORT} && \
+             wg set {DEVICE} peer {peer} endpoint {ip}:{PORT} allowed-ips {other_subnet} && \
+             ip addr add {address}/32 dev {DEVICE} && ip link set {DEVICE} mtu {mtu} up && \
+             ip route replace {network} dev {DEVICE} scope link",
+            peer = keys[1 - i].1,
+            ip = other.underlay_ip,
+            network = st.network,
+        );
+        let _ = wait_for(Duration::from_secs(5), || {
+            run(
+                Command::new("nsenter")
+                    .args(["-t", &pid, "-m", "-n", "test", "-S"])
+                    .arg(format!("/run/wireguard/{DEVICE}.sock")),
+                "socket",
+                None,
+            )
+            .is_ok()
+        });
+        run(
+            Command::new("nsenter").args(["-t", &pid, "-m", "-n", "sh", "-c", &script]),
+            &format!("configuring wireguard-go on {} like Flannel", host.name),
+            Some(&keys[i].0),
+        )?;
+    }
+    Ok(wg)
+}
