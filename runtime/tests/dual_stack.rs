@@ -147,3 +147,84 @@ fn inspect_and_hosts_show_both_families() {
         .collect();
     assert!(left.is_empty(), "CNI DEL released both families: {left:?}");
 }
+
+/// `-p` publishes on both families, as portmap does for a dual-stack result: the port answers
+/// at the host's IPv4 and at its IPv6 underlay address, from another namespace.
+#[test]
+fn published_ports_answer_over_ipv6_too() {
+    if !preconditions("published_ports_answer_over_ipv6_too", &["ip", "ip6tables"]) {
+        return;
+    }
+    let twill = Path::new(RUN).parent().unwrap().join("twill");
+    let portmap = Path::new("/usr/lib/cni/portmap");
+    if !twill.exists() || !portmap.exists() || !Path::new("/bin/busybox").exists() {
+        assert!(
+            !in_ci(),
+            "CI builds twill and installs containernetworking-plugins and busybox-static"
+        );
+        eprintln!("skipping: twill, portmap or busybox missing");
+        return;
+    }
+    let cluster = twill_testbed::Cluster::builder("twt-rt6p")
+        .hosts(1)
+        .build()
+        .unwrap();
+    let rt = Rt {
+        dir: tempfile::tempdir().unwrap(),
+        host: Netns::open(&cluster.host(1).name).unwrap(),
+        cni_path: format!("{}:/usr/lib/cni", twill.parent().unwrap().display()),
+    };
+    let subnet = rt.dir.path().join("subnet.env");
+    std::fs::write(
+        &subnet,
+        "FLANNEL_NETWORK=10.32.0.0/16\nFLANNEL_SUBNET=10.32.5.1/24\nFLANNEL_IPV6_NETWORK=fd00:32::/32\nFLANNEL_IPV6_SUBNET=fd00:32:5::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(rt.dir.path().join("net.d")).unwrap();
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "tw6p",
+        "plugins": [
+            {"type": "twill", "subnetFile": subnet, "dataDir": rt.dir.path().join("ipam")},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ],
+    });
+    std::fs::write(
+        rt.dir.path().join("net.d/10-twill.conflist"),
+        conflist.to_string(),
+    )
+    .unwrap();
+    let tar = busybox_tar(rt.dir.path());
+    rt.ok(&["import", tar.to_str().unwrap(), "busybox"]);
+    rt.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "18086:8080",
+        "busybox",
+        "sh",
+        "-c",
+        "busybox nc -ll -p 8080 -e echo hello-over-both",
+    ]);
+    let ask = |addr: &str| -> String {
+        let mut got = String::new();
+        for _ in 0..20 {
+            let mut c = Command::new("/bin/busybox");
+            c.args(["nc", "-w", "2", addr, "18086"])
+                .stdin(std::process::Stdio::null());
+            cluster.underlay.prepare_command(&mut c).unwrap();
+            got = String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned();
+            if got.contains("hello-over-both") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        got
+    };
+    let v4 = ask(&cluster.host(1).ip.to_string());
+    assert!(v4.contains("hello-over-both"), "over IPv4: {v4:?}");
+    let v6 = ask(&cluster.host(1).ip6.to_string());
+    assert!(v6.contains("hello-over-both"), "over IPv6: {v6:?}");
+    rt.ok(&["rm", "-f", "web"]);
+}
