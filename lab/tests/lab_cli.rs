@@ -337,3 +337,37 @@ fn a_short_soak_reports_and_cleans_up() {
     );
     gone("tsoak");
 }
+
+#[test]
+fn dual_stack_and_ipv6_only_labs_connect_in_each_family() {
+    if !ready() {
+        return;
+    }
+    for (name, family, backend) in [("t6d", "dual", "vxlan"), ("t6o", "ipv6", "host-gw")] {
+        let _ = lab(&["down", "--name", name]);
+        let (ok, out) = lab(&[
+            "up",
+            "--name",
+            name,
+            "--hosts",
+            "2",
+            "--containers-per-host",
+            "1",
+            "--backend",
+            backend,
+            "--ip-family",
+            family,
+        ]);
+        let (down_ok, down_out) = lab(&["down", "--name", name]);
+        assert!(ok, "{family} lab over {backend}:\n{out}");
+        assert!(down_ok, "{down_out}");
+        gone(name);
+        match family {
+            "dual" => {
+                assert!(out.contains("IPV6") && out.contains("fd42:244:"), "{out}");
+                assert!(out.contains("in both families"), "{out}");
+            }
+            _ => assert!(out.contains("(IPv6)") && out.contains("fd42:244:"), "{out}"),
+        }
+    }
+}
