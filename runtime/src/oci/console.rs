@@ -1,0 +1,76 @@
+//! `process.terminal`: a pty made inside the container (its devpts), the master sent to the
+//! engine's `--console-socket` (SCM_RIGHTS, as runc does), the slave made the process's
+//! controlling terminal and stdio.
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, connect, sendmsg, socket,
+};
+
+use crate::error::{Result, RuntimeError};
+
+/// Opens a pty, sends its master to `socket`, makes the slave stdio and the controlling
+/// terminal. `console`: bind the slave over /dev/console too (the container's first process).
+pub fn setup_pty(socket_path: &Path, console: bool) -> Result<()> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::nix("opening", "/dev/ptmx", e))?;
+    nix::pty::grantpt(&master).map_err(|e| RuntimeError::nix("grantpt", "pty", e))?;
+    nix::pty::unlockpt(&master).map_err(|e| RuntimeError::nix("unlockpt", "pty", e))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| RuntimeError::nix("ptsname", "pty", e))?;
+    let slave: OwnedFd = nix::fcntl::open(
+        Path::new(&name),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| RuntimeError::nix("opening", &name, e))?;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| RuntimeError::nix("creating socket for", socket_path.display(), e))?;
+    let addr = UnixAddr::new(socket_path)
+        .map_err(|e| RuntimeError::nix("addressing", socket_path.display(), e))?;
+    connect(sock.as_raw_fd(), &addr)
+        .map_err(|e| RuntimeError::nix("connecting to console socket", socket_path.display(), e))?;
+    let fds = [master.as_raw_fd()];
+    let iov = [IoSlice::new(name.as_bytes())];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| RuntimeError::nix("sending the pty to", socket_path.display(), e))?;
+    drop(master);
+    if console {
+        let _ = nix::mount::mount(
+            Some(Path::new(&name)),
+            "/dev/console",
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        );
+    }
+    let _ = nix::unistd::setsid();
+    // SAFETY: TIOCSCTTY on the slave we own; dup2 onto the standard descriptors.
+    unsafe {
+        if libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) < 0 {
+            return Err(RuntimeError::io(
+                "making the pty the controlling terminal",
+                &name,
+                std::io::Error::last_os_error(),
+            ));
+        }
+        for fd in 0..3 {
+            libc::dup2(slave.as_raw_fd(), fd);
+        }
+    }
+    Ok(())
+}
