@@ -170,6 +170,7 @@ pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
         rlimits: vec![(libc::RLIMIT_NOFILE as i32, nofile, nofile)],
         no_new_privs: true,
         keep_fds: 0,
+        seccomp: None,
     })
 }
 
@@ -185,7 +186,7 @@ pub struct CapSets {
 
 /// The last step before exec, shared by `twill-run` and `twill-oci`: who the command runs
 /// as, its capabilities, rlimits and descriptors. The environment is complete here.
-pub struct FinalExec {
+pub struct FinalExec<'a> {
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub uid: Option<u32>,
@@ -201,11 +202,20 @@ pub struct FinalExec {
     pub no_new_privs: bool,
     /// Descriptors above stderr the command keeps (`--preserve-fds N`: 3..3+N).
     pub keep_fds: u32,
+    /// Loads the seccomp filter: before the switch of user and capabilities when
+    /// no_new_privs is off (loading then needs CAP_SYS_ADMIN), else right before exec.
+    pub seccomp: Option<&'a dyn Fn() -> Result<()>>,
 }
 
 /// Sets rlimits, drops to the user, trims capabilities, sets no_new_privs and execs.
 /// Returns only on failure.
 pub fn exec_final(f: &FinalExec) -> RuntimeError {
+    if !f.no_new_privs
+        && let Some(load) = f.seccomp
+        && let Err(e) = load()
+    {
+        return e;
+    }
     for &(res, soft, hard) in &f.rlimits {
         let lim = libc::rlimit {
             rlim_cur: soft,
@@ -260,6 +270,11 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
     if f.no_new_privs {
         // SAFETY: prctl with constant arguments.
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        if let Some(load) = f.seccomp
+            && let Err(e) = load()
+        {
+            return e;
+        }
     }
     let Some(first) = f.argv.first() else {
         return RuntimeError::Invalid("no command to run".into());

@@ -58,8 +58,30 @@ pub fn limits(r: &Resources) -> Limits {
     }
 }
 
-/// Creates the cgroup at `rel` with `resources`.
-pub fn create(rel: &str, resources: &Resources) -> Result<()> {
+/// What every container may use whatever its rules say, as runc allows them: mknod of any
+/// node, the default devices, ptys and /dev/net/tun.
+const ALWAYS_ALLOWED: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
+/// Creates the cgroup at `rel` with `resources`; `devices` (config.json's `linux.devices`)
+/// are allowed too.
+pub fn create(
+    rel: &str,
+    resources: &Resources,
+    devices: &[crate::oci::spec::Device],
+) -> Result<()> {
     cgroup::at(rel).create(&limits(resources))?;
     if cgroup::is_v2() {
         // The device allow-list needs an eBPF program on v2; refuse a restrictive list
@@ -77,7 +99,7 @@ pub fn create(rel: &str, resources: &Resources) -> Result<()> {
         let d = v1_dir(c, rel);
         fs::create_dir_all(&d).map_err(|e| RuntimeError::io("creating cgroup", d.display(), e))?;
     }
-    let devices = v1_dir("devices", rel);
+    let dir = v1_dir("devices", rel);
     for rule in &resources.devices {
         let kind = rule.kind.as_deref().unwrap_or("a");
         let num = |n: Option<i64>| n.map_or("*".to_string(), |n| n.to_string());
@@ -96,7 +118,17 @@ pub fn create(rel: &str, resources: &Resources) -> Result<()> {
         } else {
             "devices.deny"
         };
-        write(&devices.join(file), &line)?;
+        write(&dir.join(file), &line)?;
+    }
+    for line in ALWAYS_ALLOWED {
+        write(&dir.join("devices.allow"), line)?;
+    }
+    for d in devices {
+        let kind = if d.kind == "u" { "c" } else { d.kind.as_str() };
+        write(
+            &dir.join("devices.allow"),
+            &format!("{kind} {}:{} rwm", d.major, d.minor),
+        )?;
     }
     Ok(())
 }

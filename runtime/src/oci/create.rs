@@ -64,7 +64,11 @@ fn open_joined(spec: &Spec) -> Result<Vec<(String, File)>> {
 }
 
 /// The final exec of `process` (config.json's or exec's `--process`).
-pub fn final_exec(p: &spec::Process, keep_fds: u32) -> Result<FinalExec> {
+pub fn final_exec<'a>(
+    p: &spec::Process,
+    keep_fds: u32,
+    seccomp: Option<&'a dyn Fn() -> Result<()>>,
+) -> Result<FinalExec<'a>> {
     let mut rlimits = Vec::new();
     for r in &p.rlimits {
         rlimits.push((spec::rlimit_resource(&r.kind)?, r.soft, r.hard));
@@ -99,6 +103,7 @@ pub fn final_exec(p: &spec::Process, keep_fds: u32) -> Result<FinalExec> {
         rlimits,
         no_new_privs: p.no_new_privileges,
         keep_fds,
+        seccomp,
     })
 }
 
@@ -110,6 +115,7 @@ struct Child<'a> {
     state_dir: OwnedFd,
     opts: &'a CreateOptions,
     cgroup_ns: bool,
+    seccomp: Option<Box<dyn Fn() -> Result<()>>>,
 }
 
 /// Builds the container's root under `root` and pivots into it.
@@ -228,7 +234,7 @@ fn make_device(root: &Path, d: &spec::Device) -> Result<()> {
     Ok(())
 }
 
-fn child_setup(c: &Child, go: &OwnedFd) -> Result<FinalExec> {
+fn child_setup<'a>(c: &'a Child, go: &OwnedFd) -> Result<FinalExec<'a>> {
     let spec = c.spec;
     // Joined by path before anything else (podman's CNI netns comes this way).
     for (kind, f) in &c.joined {
@@ -277,7 +283,7 @@ fn child_setup(c: &Child, go: &OwnedFd) -> Result<FinalExec> {
     if let Some(mask) = process.user.umask {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
-    final_exec(process, c.opts.preserve_fds)
+    final_exec(process, c.opts.preserve_fds, c.seccomp.as_deref())
 }
 
 fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize {
@@ -345,6 +351,7 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
         cgroups::create(
             &cgroup,
             spec.linux.resources.as_ref().unwrap_or(&Default::default()),
+            &spec.linux.devices,
         )?;
         let state_dir: OwnedFd = nix::fcntl::open(
             &dir,
@@ -368,6 +375,7 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
             state_dir,
             opts,
             cgroup_ns: spec.new_namespace("cgroup"),
+            seccomp: seccomp_loader(&spec)?,
         };
         let (go_r, go_w) = process::pipe()?;
         let (ready_r, ready_w) = process::pipe()?;
@@ -434,6 +442,16 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
             Err(e)
         }
     }
+}
+
+/// The container's seccomp filter, compiled now (a bad profile fails `create` or `exec`),
+/// loaded by the container process.
+pub fn seccomp_loader(spec: &Spec) -> Result<Option<Box<dyn Fn() -> Result<()>>>> {
+    let Some(profile) = &spec.linux.seccomp else {
+        return Ok(None);
+    };
+    let ctx = crate::oci::seccomp::compile(profile)?;
+    Ok(Some(Box::new(move || crate::oci::seccomp::load(&ctx))))
 }
 
 /// Writes `pid` to `path` atomically (engines poll for it).

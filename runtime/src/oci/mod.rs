@@ -8,6 +8,7 @@ pub mod console;
 pub mod create;
 pub mod hooks;
 pub mod mounts;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 
@@ -112,8 +113,9 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
     let dir = root.container_dir(id)?;
     let saved = match root.load(id) {
         Ok(s) => s,
-        // A half-made directory (create killed midway) is removed too.
-        Err(RuntimeError::NoContainer(_)) if force && dir.exists() => {
+        // As runc: --force on a container that is not there (or half made, create killed
+        // midway) succeeds; engines clean up after a failed create this way.
+        Err(RuntimeError::NoContainer(_)) if force => {
             let _ = fs::remove_dir_all(&dir);
             return Ok(());
         }
@@ -218,7 +220,9 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
             "a terminal needs --console-socket".into(),
         ));
     }
-    let fin = create::final_exec(&opts.process, opts.preserve_fds)?;
+    // As runc: an exec'd process gets the container's seccomp filter.
+    let loader = create::seccomp_loader(&spec::Spec::load(&saved.bundle)?)?;
+    let fin = create::final_exec(&opts.process, opts.preserve_fds, loader.as_deref())?;
     let mut fds = Vec::new();
     for ns in ["ipc", "uts", "net", "pid", "cgroup", "mnt"] {
         let p = format!("/proc/{}/ns/{ns}", saved.pid);
@@ -345,7 +349,7 @@ pub fn features() -> serde_json::Value {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
-            "seccomp": { "enabled": false },
+            "seccomp": { "enabled": true },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false },
         },
