@@ -280,6 +280,14 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd) -> Result<FinalExec<'a>> {
         &process.cwd
     };
     std::env::set_current_dir(cwd).map_err(|e| RuntimeError::io("entering cwd", cwd, e))?;
+    // As runc: a command that is not there fails create, not start.
+    let file = process::resolve(&process.args[0], &process.env);
+    if nix::unistd::access(file.as_str(), nix::unistd::AccessFlags::X_OK).is_err() {
+        return Err(RuntimeError::Invalid(format!(
+            "exec: {:?}: executable file not found in $PATH (or not executable)",
+            process.args[0]
+        )));
+    }
     if let Some(mask) = process.user.umask {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
@@ -315,11 +323,11 @@ fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize 
 
 /// Runs `create`. On failure everything it made is removed.
 pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
+    let dir = root.container_dir(id)?;
     let bundle = fs::canonicalize(&opts.bundle)
         .map_err(|e| RuntimeError::io("opening bundle", opts.bundle.display(), e))?;
     let spec = Spec::load(&bundle)?;
     spec.check()?;
-    let dir = root.container_dir(id)?;
     fs::create_dir_all(&root.dir)
         .map_err(|e| RuntimeError::io("creating", root.dir.display(), e))?;
     match fs::create_dir(&dir) {
