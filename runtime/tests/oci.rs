@@ -263,7 +263,7 @@ fn bare_create_waits_start_releases_and_state_follows_the_spec() {
     assert_eq!(list[0]["status"], "running");
     assert_eq!(
         b.ok(&["exec", "c1", "sh", "-c", "hostname; cat /proc/1/cmdline"]),
-        "bare\nsleep\0100\0",
+        "bare\nsleep\x00100\x00",
         "exec joins the namespaces (the pid namespace too)"
     );
     let code = b.oci(&["exec", "c1", "sh", "-c", "exit 5"]).status.code();
@@ -670,7 +670,7 @@ fn podman_run_d_exec_top_stop_rm() {
         ]),
         "podman exec",
     );
-    assert_eq!(exec, "in-exec\nsleep\0300\0");
+    assert_eq!(exec, "in-exec\nsleep\x00300\x00");
     let code = podman(s)
         .args(["exec", &name, "sh", "-c", "exit 7"])
         .status()

@@ -145,16 +145,28 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn exec_process(
-    root: &Root,
-    id: &str,
-    file: Option<&PathBuf>,
+/// `exec`'s command-line form of the process (without `--process`).
+struct ExecCommandLine {
     cwd: Option<String>,
     env: Vec<String>,
     user: Option<String>,
     args: Vec<String>,
     tty: bool,
+}
+
+fn exec_process(
+    root: &Root,
+    id: &str,
+    file: Option<&PathBuf>,
+    cl: ExecCommandLine,
 ) -> anyhow::Result<spec::Process> {
+    let ExecCommandLine {
+        cwd,
+        env,
+        user,
+        args,
+        tty,
+    } = cl;
     if let Some(f) = file {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
@@ -301,7 +313,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             id,
             args,
         } => {
-            let p = exec_process(&root, &id, process.as_ref(), cwd, env, user, args, tty)?;
+            let p = exec_process(
+                &root,
+                &id,
+                process.as_ref(),
+                ExecCommandLine {
+                    cwd,
+                    env,
+                    user,
+                    args,
+                    tty,
+                },
+            )?;
             let code = oci::exec(
                 &root,
                 &id,

@@ -115,7 +115,7 @@ struct Child<'a> {
     state_dir: OwnedFd,
     opts: &'a CreateOptions,
     cgroup_ns: bool,
-    seccomp: Option<Box<dyn Fn() -> Result<()>>>,
+    seccomp: Option<FilterLoader>,
 }
 
 /// Builds the container's root under `root` and pivots into it.
@@ -452,9 +452,12 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
     }
 }
 
+/// Loads a compiled seccomp filter into the calling process.
+pub type FilterLoader = Box<dyn Fn() -> Result<()>>;
+
 /// The container's seccomp filter, compiled now (a bad profile fails `create` or `exec`),
 /// loaded by the container process.
-pub fn seccomp_loader(spec: &Spec) -> Result<Option<Box<dyn Fn() -> Result<()>>>> {
+pub fn seccomp_loader(spec: &Spec) -> Result<Option<FilterLoader>> {
     let Some(profile) = &spec.linux.seccomp else {
         return Ok(None);
     };

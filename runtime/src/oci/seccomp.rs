@@ -99,9 +99,9 @@ pub fn compile(profile: &serde_json::Value) -> Result<ScmpFilterContext> {
         }
     }
     let default = action(&p.default_action, p.default_errno_ret)?;
-    let mut ctx = ScmpFilterContext::new(default).map_err(|e| bad(e))?;
+    let mut ctx = ScmpFilterContext::new(default).map_err(bad)?;
     // no_new_privs is the config's process.noNewPrivileges, not libseccomp's choice.
-    ctx.set_ctl_nnp(false).map_err(|e| bad(e))?;
+    ctx.set_ctl_nnp(false).map_err(bad)?;
     for a in &p.architectures {
         let arch = ScmpArch::from_str(a).map_err(|e| bad(format!("architecture {a}: {e}")))?;
         if arch != ScmpArch::native() {
