@@ -747,3 +747,106 @@ fn podman_memory_and_pids_limits_bite() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn podman_volumes_and_the_default_network() {
+    let Some(s) = podman_ready("podman_volumes_and_the_default_network") else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("f"), "volfile\n").unwrap();
+    let v = format!("{}:/data:ro", d.path().display());
+    let o = prun(
+        s,
+        &[
+            "--rm",
+            "--net",
+            "none",
+            "-v",
+            &v,
+            "localhost/bb",
+            "sh",
+            "-c",
+            "cat /data/f; echo x > /data/g 2>/dev/null || echo read-only",
+        ],
+    );
+    assert_eq!(
+        stdout(&o),
+        "volfile\nread-only\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // podman's own network: the netns it configured is joined by path and has eth0.
+    let o = prun(
+        s,
+        &[
+            "--rm",
+            "localhost/bb",
+            "sh",
+            "-c",
+            "grep -c eth0: /proc/net/dev",
+        ],
+    );
+    assert_eq!(stdout(&o), "1\n", "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn podman_run_it_and_exec_it_through_a_pty() {
+    let Some(s) = podman_ready("podman_run_it_and_exec_it_through_a_pty") else {
+        return;
+    };
+    if !preconditions("podman_run_it_and_exec_it_through_a_pty", &["script"]) {
+        return;
+    }
+    let base = format!(
+        "podman --root {root}/root --runroot {root}/runroot --tmpdir {root}/tmp \
+         --storage-driver vfs --cgroup-manager cgroupfs --events-backend file",
+        root = s.display()
+    );
+    let script = |cmd: &str| -> Output {
+        Command::new("script")
+            .args(["-qec", cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = script(&format!(
+        "{base} run --rm -it --runtime {OCI} --ulimit nofile=1024:1024 --ulimit \
+         nproc=1024:1024 --net none localhost/bb sh -c 'tty; test -t 0 && echo stdin-tty; exit 3'"
+    ));
+    let out = stdout(&o);
+    assert!(out.contains("/dev/pts/0\r\nstdin-tty\r\n"), "{out:?}");
+    assert_eq!(o.status.code(), Some(3));
+    let name = format!("twt-oci-t-{}", std::process::id());
+    struct Rm<'a>(&'a Path, String);
+    impl Drop for Rm<'_> {
+        fn drop(&mut self) {
+            let _ = podman(self.0)
+                .args(["rm", "-f", "-t", "0", &self.1])
+                .output();
+        }
+    }
+    let _rm = Rm(s, name.clone());
+    let o = prun(
+        s,
+        &[
+            "-d",
+            "--name",
+            &name,
+            "--net",
+            "none",
+            "localhost/bb",
+            "sleep",
+            "300",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = script(&format!(
+        "{base} exec -it {name} sh -c 'tty; echo exec-tty'"
+    ));
+    let out = stdout(&o);
+    assert!(
+        out.contains("/dev/pts/") && out.contains("exec-tty"),
+        "{out:?}"
+    );
+}

@@ -12,9 +12,27 @@ use nix::sys::socket::{
 
 use crate::error::{Result, RuntimeError};
 
-/// Opens a pty, sends its master to `socket`, makes the slave stdio and the controlling
-/// terminal. `console`: bind the slave over /dev/console too (the container's first process).
-pub fn setup_pty(socket_path: &Path, console: bool) -> Result<()> {
+/// Connects to the engine's console socket; done by the runtime before it enters the
+/// container's mount namespace, where the socket's path does not exist.
+pub fn connect_socket(socket_path: &Path) -> Result<OwnedFd> {
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| RuntimeError::nix("creating socket for", socket_path.display(), e))?;
+    let addr = UnixAddr::new(socket_path)
+        .map_err(|e| RuntimeError::nix("addressing", socket_path.display(), e))?;
+    connect(sock.as_raw_fd(), &addr)
+        .map_err(|e| RuntimeError::nix("connecting to console socket", socket_path.display(), e))?;
+    Ok(sock)
+}
+
+/// Opens a pty, sends its master over `sock` (see `connect_socket`), makes the slave stdio
+/// and the controlling terminal. `console`: bind the slave over /dev/console too (the
+/// container's first process).
+pub fn setup_pty(sock: &OwnedFd, console: bool) -> Result<()> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::nix("opening", "/dev/ptmx", e))?;
@@ -27,17 +45,6 @@ pub fn setup_pty(socket_path: &Path, console: bool) -> Result<()> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| RuntimeError::nix("opening", &name, e))?;
-    let sock = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| RuntimeError::nix("creating socket for", socket_path.display(), e))?;
-    let addr = UnixAddr::new(socket_path)
-        .map_err(|e| RuntimeError::nix("addressing", socket_path.display(), e))?;
-    connect(sock.as_raw_fd(), &addr)
-        .map_err(|e| RuntimeError::nix("connecting to console socket", socket_path.display(), e))?;
     let fds = [master.as_raw_fd()];
     let iov = [IoSlice::new(name.as_bytes())];
     sendmsg::<()>(
@@ -47,7 +54,7 @@ pub fn setup_pty(socket_path: &Path, console: bool) -> Result<()> {
         MsgFlags::empty(),
         None,
     )
-    .map_err(|e| RuntimeError::nix("sending the pty to", socket_path.display(), e))?;
+    .map_err(|e| RuntimeError::nix("sending the pty to", "the console socket", e))?;
     drop(master);
     if console {
         let _ = nix::mount::mount(

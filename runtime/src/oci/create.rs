@@ -116,6 +116,8 @@ struct Child<'a> {
     opts: &'a CreateOptions,
     cgroup_ns: bool,
     seccomp: Option<FilterLoader>,
+    /// Connected to `--console-socket` when process.terminal is set.
+    console: Option<OwnedFd>,
 }
 
 /// Builds the container's root under `root` and pivots into it.
@@ -264,11 +266,8 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd) -> Result<FinalExec<'a>> {
         .process
         .as_ref()
         .ok_or_else(|| RuntimeError::Invalid("config.json has no process".into()))?;
-    if process.terminal {
-        let socket = c.opts.console_socket.as_ref().ok_or_else(|| {
-            RuntimeError::Invalid("process.terminal needs --console-socket".into())
-        })?;
-        console::setup_pty(socket, true)?;
+    if let Some(sock) = &c.console {
+        console::setup_pty(sock, true)?;
     }
     if let Some(adj) = process.oom_score_adj {
         fs::write("/proc/self/oom_score_adj", adj.to_string())
@@ -384,6 +383,18 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
             opts,
             cgroup_ns: spec.new_namespace("cgroup"),
             seccomp: seccomp_loader(&spec)?,
+            console: match (
+                spec.process.as_ref().is_some_and(|p| p.terminal),
+                &opts.console_socket,
+            ) {
+                (false, _) => None,
+                (true, Some(path)) => Some(console::connect_socket(path)?),
+                (true, None) => {
+                    return Err(RuntimeError::Invalid(
+                        "process.terminal needs --console-socket".into(),
+                    ));
+                }
+            },
         };
         let (go_r, go_w) = process::pipe()?;
         let (ready_r, ready_w) = process::pipe()?;

@@ -232,6 +232,10 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
             File::open(&p).map_err(|e| RuntimeError::io("opening", &p, e))?,
         ));
     }
+    let console = match &opts.console_socket {
+        Some(p) if opts.process.terminal => Some(console::connect_socket(p)?),
+        _ => None,
+    };
     let cgroup = saved.cgroup.clone();
     let (pid_r, pid_w) = process::pipe()?;
     let (err_r, err_w) = process::pipe()?;
@@ -258,7 +262,7 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
                 Err(e) => fail(RuntimeError::nix("forking", "exec", e)),
                 Ok(nix::unistd::ForkResult::Child) => {
                     let r = (|| -> Result<()> {
-                        if let Some(s) = &opts.console_socket {
+                        if let Some(s) = &console {
                             console::setup_pty(s, false)?;
                         }
                         let cwd = if opts.process.cwd.is_empty() {
