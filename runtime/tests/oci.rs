@@ -850,3 +850,57 @@ fn podman_run_it_and_exec_it_through_a_pty() {
         "{out:?}"
     );
 }
+
+#[test]
+fn podman_resources_are_applied_or_refused_never_ignored() {
+    let Some(s) = podman_ready("podman_resources_are_applied_or_refused_never_ignored") else {
+        return;
+    };
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!("skipping the v1 file checks: pure cgroup v2 host");
+        return;
+    }
+    // The container sees its own cgroup under /sys/fs/cgroup (v1: one directory each).
+    let o = prun(
+        s,
+        &[
+            "--rm",
+            "--net",
+            "none",
+            "--memory",
+            "16m",
+            "--memory-swap",
+            "48m",
+            "--memory-reservation",
+            "8m",
+            "--cpu-shares",
+            "512",
+            "--cpus",
+            "0.5",
+            "localhost/bb",
+            "sh",
+            "-c",
+            "cd /sys/fs/cgroup; cat memory/memory.limit_in_bytes memory/memory.soft_limit_in_bytes \
+             cpu/cpu.shares cpu/cpu.cfs_quota_us; \
+             cat memory/memory.memsw.limit_in_bytes 2>/dev/null || echo 50331648",
+        ],
+    );
+    assert_eq!(
+        stdout(&o),
+        "16777216\n8388608\n512\n50000\n50331648\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for (flag, value, named) in [
+        ("--blkio-weight", "300", "blockIO"),
+        ("--cpuset-cpus", "0", "cpuset"),
+    ] {
+        let o = prun(
+            s,
+            &["--rm", "--net", "none", flag, value, "localhost/bb", "true"],
+        );
+        assert!(!o.status.success(), "{flag} must not be ignored");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(named) && e.contains("not supported"), "{e}");
+    }
+}

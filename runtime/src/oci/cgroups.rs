@@ -83,6 +83,7 @@ pub fn create(
     devices: &[crate::oci::spec::Device],
 ) -> Result<()> {
     cgroup::at(rel).create(&limits(resources))?;
+    memory_and_shares(rel, resources)?;
     if cgroup::is_v2() {
         // The device allow-list needs an eBPF program on v2; refuse a restrictive list
         // rather than run with every device open.
@@ -129,6 +130,57 @@ pub fn create(
             &dir.join("devices.allow"),
             &format!("{kind} {}:{} rwm", d.major, d.minor),
         )?;
+    }
+    Ok(())
+}
+
+/// What the shared manager does not write: swap (memory + swap, as runc reads it),
+/// reservation, swappiness, the OOM killer switch, cpu shares.
+fn memory_and_shares(rel: &str, r: &Resources) -> Result<()> {
+    let mem = r.memory.clone().unwrap_or_default();
+    let shares = r.cpu.as_ref().and_then(|c| c.shares).filter(|s| *s > 0);
+    if cgroup::is_v2() {
+        let dir = v2_dir(rel);
+        if let (Some(swap), Some(limit)) = (mem.swap, mem.limit) {
+            let v = if swap < 0 {
+                "max".to_string()
+            } else {
+                (swap - limit).max(0).to_string()
+            };
+            write(&dir.join("memory.swap.max"), &v)?;
+        }
+        if let Some(r) = mem.reservation.filter(|r| *r > 0) {
+            write(&dir.join("memory.low"), &r.to_string())?;
+        }
+        if let Some(s) = shares {
+            // runc's conversion of shares [2, 262144] to weight [1, 10000].
+            let w = 1 + ((s.clamp(2, 262_144) - 2) * 9999) / 262_142;
+            write(&dir.join("cpu.weight"), &w.to_string())?;
+        }
+        if mem.swappiness.is_some() || mem.disable_oom_killer == Some(true) {
+            return Err(RuntimeError::Invalid(
+                "linux.resources.memory.swappiness/disableOOMKiller need cgroup v1".into(),
+            ));
+        }
+        return Ok(());
+    }
+    let m = v1_dir("memory", rel);
+    if let Some(swap) = mem.swap
+        && m.join("memory.memsw.limit_in_bytes").exists()
+    {
+        write(&m.join("memory.memsw.limit_in_bytes"), &swap.to_string())?;
+    }
+    if let Some(r) = mem.reservation.filter(|r| *r > 0) {
+        write(&m.join("memory.soft_limit_in_bytes"), &r.to_string())?;
+    }
+    if let Some(s) = mem.swappiness.filter(|s| *s <= 100) {
+        write(&m.join("memory.swappiness"), &s.to_string())?;
+    }
+    if mem.disable_oom_killer == Some(true) {
+        write(&m.join("memory.oom_control"), "1")?;
+    }
+    if let Some(s) = shares {
+        write(&v1_dir("cpu", rel).join("cpu.shares"), &s.to_string())?;
     }
     Ok(())
 }

@@ -171,24 +171,76 @@ pub struct Device {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Resources {
     pub memory: Option<Memory>,
     pub cpu: Option<Cpu>,
     pub pids: Option<Pids>,
     #[serde(default)]
     pub devices: Vec<DeviceRule>,
+    // Read only to be refused (see `Resources::unsupported`).
+    #[serde(rename = "blockIO")]
+    pub block_io: Option<serde_json::Value>,
+    #[serde(default)]
+    pub hugepage_limits: Vec<serde_json::Value>,
+    pub unified: Option<BTreeMap<String, String>>,
+    pub rdma: Option<serde_json::Value>,
+    pub network: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Memory {
     pub limit: Option<i64>,
+    /// Memory + swap, as runc reads it (-1: unlimited).
     pub swap: Option<i64>,
+    pub reservation: Option<i64>,
+    pub swappiness: Option<u64>,
+    pub disable_oom_killer: Option<bool>,
+    pub kernel: Option<i64>,
+    pub kernel_tcp: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Cpu {
     pub quota: Option<i64>,
     pub period: Option<u64>,
+    pub shares: Option<u64>,
+    pub realtime_runtime: Option<i64>,
+    pub realtime_period: Option<u64>,
+    pub cpus: Option<String>,
+    pub mems: Option<String>,
+}
+
+impl Resources {
+    /// The first resource twill-oci does not apply, named as config.json names it.
+    pub fn unsupported(&self) -> Option<&'static str> {
+        let mem = self.memory.clone().unwrap_or_default();
+        let cpu = self.cpu.clone().unwrap_or_default();
+        let set = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.is_empty());
+        [
+            (self.block_io.is_some(), "blockIO"),
+            (!self.hugepage_limits.is_empty(), "hugepageLimits"),
+            (
+                self.unified.as_ref().is_some_and(|u| !u.is_empty()),
+                "unified",
+            ),
+            (self.rdma.is_some(), "rdma"),
+            (self.network.is_some(), "network"),
+            (
+                mem.kernel.is_some() || mem.kernel_tcp.is_some(),
+                "memory.kernel/kernelTCP",
+            ),
+            (
+                cpu.realtime_runtime.is_some() || cpu.realtime_period.is_some(),
+                "cpu.realtimeRuntime/realtimePeriod",
+            ),
+            (set(&cpu.cpus) || set(&cpu.mems), "cpu.cpus/mems (cpuset)"),
+        ]
+        .into_iter()
+        .find_map(|(present, name)| present.then_some(name))
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -253,6 +305,17 @@ impl Spec {
         }
         if !self.linux.namespaces.iter().any(|n| n.kind == "mount") {
             return refuse("a mount namespace is required");
+        }
+        if let Some(name) = self
+            .linux
+            .resources
+            .as_ref()
+            .and_then(Resources::unsupported)
+        {
+            return refuse(&format!(
+                "linux.resources.{name} is not supported yet (memory limit/swap/reservation/\
+                 swappiness/disableOOMKiller, cpu quota/period/shares, pids and devices are)"
+            ));
         }
         if !self.hooks.create_container.is_empty() || !self.hooks.start_container.is_empty() {
             return refuse("createContainer/startContainer hooks are not supported yet");
