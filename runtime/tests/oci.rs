@@ -198,11 +198,11 @@ fn bare_create_waits_start_releases_and_state_follows_the_spec() {
     let d = tempfile::tempdir().unwrap();
     let mut b = Bundle::new(d.path());
     b.config(
-        |_| {},
+        |c| c["domainname"] = json!("example.org"),
         &[
             "sh",
             "-c",
-            "echo started > /out/started; hostname > /out/host; id -u > /out/uid; \
+            "echo started > /out/started; { hostname; cat /proc/sys/kernel/domainname; } > /out/host; id -u > /out/uid; \
              grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status > /out/status; \
              touch /rootfs-write 2> /out/ro && echo writable > /out/ro; \
              { cat /proc/keys; ls /sys/firmware; echo masked; } > /out/kcore 2>&1; exec sleep 100",
@@ -237,7 +237,7 @@ fn bare_create_waits_start_releases_and_state_follows_the_spec() {
     }
     eprintln!("create..running in {:?}", t0.elapsed());
     assert_eq!(b.read_out("started"), "started\n");
-    assert_eq!(b.read_out("host"), "bare\n");
+    assert_eq!(b.read_out("host"), "bare\nexample.org\n");
     assert_eq!(b.read_out("uid"), "0\n");
     // CAP_AUDIT_WRITE | CAP_KILL | CAP_NET_BIND_SERVICE, no_new_privs, no seccomp asked.
     assert_eq!(
@@ -379,6 +379,16 @@ fn bare_errors_are_clear_logged_as_json_and_leave_nothing() {
         &["true"],
     );
     assert!(create_err(&b, "e5").contains("/nonexistent/netns"));
+    b.config(
+        |c| c["process"]["apparmorProfile"] = json!("containers-default"),
+        &["true"],
+    );
+    assert!(create_err(&b, "e7").contains("apparmorProfile (AppArmor) is not supported"));
+    b.config(
+        |c| c["linux"]["resources"]["blockIO"] = json!({"weight": 300}),
+        &["true"],
+    );
+    assert!(create_err(&b, "e8").contains("blockIO is not supported"));
     std::fs::write(d.path().join("config.json"), "{ not json").unwrap();
     assert!(create_err(&b, "e6").contains("config.json"));
     assert!(

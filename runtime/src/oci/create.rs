@@ -251,6 +251,18 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd) -> Result<FinalExec<'a>> {
     {
         nix::unistd::sethostname(h).map_err(|e| RuntimeError::nix("setting hostname", h, e))?;
     }
+    if let Some(d) = &spec.domainname
+        && spec.new_namespace("uts")
+    {
+        // SAFETY: setdomainname reads `len` bytes of the string we pass.
+        if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+            return Err(RuntimeError::io(
+                "setting domainname",
+                d,
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
     // The cgroup mount shows this process's cgroup: wait until create has put us there.
     if messages::expect(go, Handshake::Go).is_err() {
         return Err(RuntimeError::Invalid("twill-oci create went away".into()));

@@ -16,6 +16,7 @@ pub struct Spec {
     pub process: Option<Process>,
     pub root: Option<Root>,
     pub hostname: Option<String>,
+    pub domainname: Option<String>,
     #[serde(default)]
     pub mounts: Vec<Mount>,
     #[serde(default)]
@@ -45,6 +46,13 @@ pub struct Process {
     #[serde(default)]
     pub no_new_privileges: bool,
     pub oom_score_adj: Option<i32>,
+    // Read only to be refused when set (see `Spec::check`).
+    #[serde(default)]
+    pub apparmor_profile: String,
+    #[serde(default)]
+    pub selinux_label: String,
+    pub io_priority: Option<serde_json::Value>,
+    pub scheduler: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -146,6 +154,12 @@ pub struct Linux {
     pub masked_paths: Vec<String>,
     #[serde(default)]
     pub readonly_paths: Vec<String>,
+    // Read only to be refused when set (see `Spec::check`).
+    #[serde(default)]
+    pub mount_label: String,
+    pub personality: Option<serde_json::Value>,
+    pub intel_rdt: Option<serde_json::Value>,
+    pub time_offsets: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -283,6 +297,29 @@ impl Spec {
         };
         if process.args.is_empty() {
             return refuse("process.args is empty");
+        }
+        for (set, what) in [
+            (
+                !process.apparmor_profile.is_empty(),
+                "process.apparmorProfile (AppArmor)",
+            ),
+            (
+                !process.selinux_label.is_empty(),
+                "process.selinuxLabel (SELinux)",
+            ),
+            (
+                !self.linux.mount_label.is_empty(),
+                "linux.mountLabel (SELinux)",
+            ),
+            (process.io_priority.is_some(), "process.ioPriority"),
+            (process.scheduler.is_some(), "process.scheduler"),
+            (self.linux.personality.is_some(), "linux.personality"),
+            (self.linux.intel_rdt.is_some(), "linux.intelRdt"),
+            (self.linux.time_offsets.is_some(), "linux.timeOffsets"),
+        ] {
+            if set {
+                return refuse(&format!("{what} is not supported"));
+            }
         }
         if self.root.is_none() {
             return refuse("no root");
