@@ -32,7 +32,11 @@ pub fn connect_socket(socket_path: &Path) -> Result<OwnedFd> {
 /// Opens a pty, sends its master over `sock` (see `connect_socket`), makes the slave stdio
 /// and the controlling terminal. `console`: bind the slave over /dev/console too (the
 /// container's first process).
-pub fn setup_pty(sock: &OwnedFd, console: bool) -> Result<()> {
+pub fn setup_pty(
+    sock: &OwnedFd,
+    console: bool,
+    size: Option<crate::oci::spec::ConsoleSize>,
+) -> Result<()> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::nix("opening", "/dev/ptmx", e))?;
@@ -45,6 +49,16 @@ pub fn setup_pty(sock: &OwnedFd, console: bool) -> Result<()> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| RuntimeError::nix("opening", &name, e))?;
+    if let Some(sz) = size {
+        let ws = libc::winsize {
+            ws_row: sz.height,
+            ws_col: sz.width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads the winsize we pass, on the master we own.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
     let fds = [master.as_raw_fd()];
     let iov = [IoSlice::new(name.as_bytes())];
     sendmsg::<()>(

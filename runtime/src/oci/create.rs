@@ -279,7 +279,7 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd) -> Result<FinalExec<'a>> {
         .as_ref()
         .ok_or_else(|| RuntimeError::Invalid("config.json has no process".into()))?;
     if let Some(sock) = &c.console {
-        console::setup_pty(sock, true)?;
+        console::setup_pty(sock, true, process.console_size)?;
     }
     if let Some(adj) = process.oom_score_adj {
         fs::write("/proc/self/oom_score_adj", adj.to_string())

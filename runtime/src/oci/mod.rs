@@ -263,7 +263,7 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
                 Ok(nix::unistd::ForkResult::Child) => {
                     let r = (|| -> Result<()> {
                         if let Some(s) = &console {
-                            console::setup_pty(s, false)?;
+                            console::setup_pty(s, false, opts.process.console_size)?;
                         }
                         let cwd = if opts.process.cwd.is_empty() {
                             "/"

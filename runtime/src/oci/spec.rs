@@ -32,6 +32,7 @@ pub struct Spec {
 pub struct Process {
     #[serde(default)]
     pub terminal: bool,
+    pub console_size: Option<ConsoleSize>,
     #[serde(default)]
     pub user: User,
     #[serde(default)]
@@ -53,6 +54,12 @@ pub struct Process {
     pub selinux_label: String,
     pub io_priority: Option<serde_json::Value>,
     pub scheduler: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+pub struct ConsoleSize {
+    pub height: u16,
+    pub width: u16,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
