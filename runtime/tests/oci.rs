@@ -759,8 +759,8 @@ fn podman_memory_and_pids_limits_bite() {
 }
 
 #[test]
-fn podman_volumes_and_the_default_network() {
-    let Some(s) = podman_ready("podman_volumes_and_the_default_network") else {
+fn podman_volumes() {
+    let Some(s) = podman_ready("podman_volumes") else {
         return;
     };
     let d = tempfile::tempdir().unwrap();
@@ -786,18 +786,9 @@ fn podman_volumes_and_the_default_network() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    // podman's own network: the netns it configured is joined by path and has eth0.
-    let o = prun(
-        s,
-        &[
-            "--rm",
-            "localhost/bb",
-            "sh",
-            "-c",
-            "grep -c eth0: /proc/net/dev",
-        ],
-    );
-    assert_eq!(stdout(&o), "1\n", "{}", String::from_utf8_lossy(&o.stderr));
+    // podman's default network is not run here: netavark would set up its bridge, iptables
+    // chains and ip_forward in the root network namespace, which tests must not touch. The
+    // netns-by-path join it relies on is covered by the bare seccomp/sysctl test.
 }
 
 #[test]
