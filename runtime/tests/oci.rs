@@ -389,6 +389,19 @@ fn bare_errors_are_clear_logged_as_json_and_leave_nothing() {
         &["true"],
     );
     assert!(create_err(&b, "e8").contains("blockIO is not supported"));
+    b.config(
+        |c| c["linux"]["sysctl"] = json!({"vm.swappiness": "10"}),
+        &["true"],
+    );
+    assert!(create_err(&b, "e9").contains("vm.swappiness is not namespaced"));
+    b.config(
+        |c| {
+            c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+            c["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "pid"}]);
+        },
+        &["true"],
+    );
+    assert!(create_err(&b, "e10").contains("needs a network namespace"));
     std::fs::write(d.path().join("config.json"), "{ not json").unwrap();
     assert!(create_err(&b, "e6").contains("config.json"));
     assert!(

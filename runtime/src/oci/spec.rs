@@ -347,6 +347,9 @@ impl Spec {
                 (other, _) => return refuse(&format!("unknown namespace type {other:?}")),
             }
         }
+        for key in self.linux.sysctl.keys() {
+            self.check_sysctl(key)?;
+        }
         if !self.linux.namespaces.iter().any(|n| n.kind == "mount") {
             return refuse("a mount namespace is required");
         }
@@ -378,6 +381,39 @@ impl Spec {
             {
                 capability(name)?;
             }
+        }
+        Ok(())
+    }
+
+    /// As runc: a sysctl is written only into a namespace of the container's own (never the
+    /// host's), so only namespaced ones are allowed, and only with that namespace.
+    fn check_sysctl(&self, key: &str) -> Result<()> {
+        let has = |kind: &str| self.linux.namespaces.iter().any(|n| n.kind == kind);
+        const IPC: &[&str] = &[
+            "kernel.msgmax",
+            "kernel.msgmnb",
+            "kernel.msgmni",
+            "kernel.sem",
+            "kernel.shmall",
+            "kernel.shmmax",
+            "kernel.shmmni",
+            "kernel.shm_rmid_forced",
+        ];
+        let needs = if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+            "ipc"
+        } else if key.starts_with("net.") {
+            "network"
+        } else if key == "kernel.hostname" || key == "kernel.domainname" {
+            "uts"
+        } else {
+            return Err(RuntimeError::Invalid(format!(
+                "config.json: sysctl {key} is not namespaced: it would change the host"
+            )));
+        };
+        if !has(needs) {
+            return Err(RuntimeError::Invalid(format!(
+                "config.json: sysctl {key} needs a {needs} namespace of the container's own"
+            )));
         }
         Ok(())
     }
