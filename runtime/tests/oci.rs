@@ -327,6 +327,7 @@ fn bare_errors_are_clear_logged_as_json_and_leave_nothing() {
     let d = tempfile::tempdir().unwrap();
     let b = Bundle::new(d.path());
     let log = d.path().join("log.json");
+    let errf = d.path().join("create.err");
     let create_err = |b: &Bundle, id: &str| -> String {
         let out = Command::new(OCI)
             .arg("--root")
@@ -337,11 +338,18 @@ fn bare_errors_are_clear_logged_as_json_and_leave_nothing() {
             .arg(&b.dir)
             .arg(id)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            // A file, not a pipe: a create that wrongly succeeds leaves a container holding
+            // its stdio, and reading a pipe to EOF would hang the test.
+            .stderr(std::fs::File::create(&errf).unwrap())
+            .status()
             .unwrap();
-        assert!(!out.status.success(), "create {id} should fail");
+        if out.success() {
+            let _ = b.oci(&["delete", "--force", id]);
+            panic!("create {id} should fail");
+        }
         assert!(!b.state.join(id).exists(), "{id} left its state");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        std::fs::read_to_string(&errf).unwrap()
     };
     b.config(|_| {}, &["no-such-command"]);
     let e = create_err(&b, "e1");
