@@ -205,8 +205,18 @@ pub fn prewarm_join() -> Option<nix::unistd::Pid> {
 
 /// The manager for container `id` on this host.
 pub fn for_container(id: &str) -> Box<dyn CgroupManager> {
+    at(&format!("twill/{id}"))
+}
+
+/// Whether this host is pure cgroup v2 (a hybrid host counts as v1).
+pub fn is_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// The manager for the cgroup at `rel` (relative to each hierarchy's root).
+pub fn at(rel: &str) -> Box<dyn CgroupManager> {
     let root = PathBuf::from("/sys/fs/cgroup");
-    let rel = format!("twill/{id}");
+    let rel = rel.trim_start_matches('/').to_string();
     // Pure v2 only when the unified hierarchy is mounted at the root; hybrid counts as v1.
     if root.join("cgroup.controllers").exists() {
         Box::new(V2 { root, rel })

@@ -11,6 +11,7 @@ pub mod error;
 pub mod image;
 pub mod messages;
 pub mod network;
+pub mod oci;
 pub mod process;
 pub mod rootfs;
 pub mod store;

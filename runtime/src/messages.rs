@@ -20,6 +20,8 @@ pub enum Handshake {
     UsernsUnshared,
     /// twill-run → child: your uid/gid maps are written.
     MapsWritten,
+    /// child → twill-oci create: the container is built; I now wait for `start`.
+    Ready,
 }
 
 impl Handshake {
@@ -29,6 +31,7 @@ impl Handshake {
             Handshake::Go => b'G',
             Handshake::UsernsUnshared => b'U',
             Handshake::MapsWritten => b'M',
+            Handshake::Ready => b'R',
         }
     }
 
@@ -38,6 +41,7 @@ impl Handshake {
             Handshake::Go,
             Handshake::UsernsUnshared,
             Handshake::MapsWritten,
+            Handshake::Ready,
         ]
         .into_iter()
         .find(|h| h.byte() == b)

@@ -93,13 +93,13 @@ pub fn become_root() -> Result<()> {
     nix::unistd::setresuid(root_u, root_u, root_u).map_err(|e| RuntimeError::nix("setresuid", 0, e))
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::nix("creating", "pipe", e))
 }
 
 /// Finds `cmd` on the container's PATH (from `env`, else the usual default).
-fn resolve(cmd: &str, env: &[String]) -> String {
+pub fn resolve(cmd: &str, env: &[String]) -> String {
     if cmd.contains('/') {
         return cmd.to_string();
     }
@@ -148,54 +148,146 @@ pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
     let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .unwrap_or((1024, 1024));
     let nofile = hard.min(1_048_576);
-    if let Err(e) =
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile, nofile)
-    {
-        return RuntimeError::nix("setting RLIMIT_NOFILE to", nofile, e);
-    }
     let keep: caps::CapsHashSet = DEFAULT_CAPS.iter().copied().collect();
+    let (uid, gid, groups) = match &user {
+        Some(u) => (Some(u.uid), Some(u.gid), u.groups.clone()),
+        None => (None, None, Vec::new()),
+    };
+    exec_final(&FinalExec {
+        argv: spec.argv.clone(),
+        env,
+        uid,
+        gid,
+        groups,
+        caps: CapSets {
+            bounding: keep.clone(),
+            effective: keep.clone(),
+            permitted: keep.clone(),
+            inheritable: keep,
+            ambient: caps::CapsHashSet::new(),
+        },
+        keep_caps: false,
+        rlimits: vec![(libc::RLIMIT_NOFILE as i32, nofile, nofile)],
+        no_new_privs: true,
+        keep_fds: 0,
+        seccomp: None,
+    })
+}
+
+/// The capability sets the command runs with.
+#[derive(Clone, Debug, Default)]
+pub struct CapSets {
+    pub bounding: caps::CapsHashSet,
+    pub effective: caps::CapsHashSet,
+    pub permitted: caps::CapsHashSet,
+    pub inheritable: caps::CapsHashSet,
+    pub ambient: caps::CapsHashSet,
+}
+
+/// The last step before exec, shared by `twill-run` and `twill-oci`: who the command runs
+/// as, its capabilities, rlimits and descriptors. The environment is complete here.
+pub struct FinalExec<'a> {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Supplementary groups (set when `gid` is).
+    pub groups: Vec<u32>,
+    pub caps: CapSets,
+    /// Keep the permitted set across a switch to a non-root uid (the OCI spec gives a
+    /// non-root process the capabilities its config lists; Docker's run does not).
+    pub keep_caps: bool,
+    /// (RLIMIT_*, soft, hard).
+    pub rlimits: Vec<(i32, u64, u64)>,
+    pub no_new_privs: bool,
+    /// Descriptors above stderr the command keeps (`--preserve-fds N`: 3..3+N).
+    pub keep_fds: u32,
+    /// Loads the seccomp filter: before the switch of user and capabilities when
+    /// no_new_privs is off (loading then needs CAP_SYS_ADMIN), else right before exec.
+    pub seccomp: Option<&'a dyn Fn() -> Result<()>>,
+}
+
+/// Sets rlimits, drops to the user, trims capabilities, sets no_new_privs and execs.
+/// Returns only on failure.
+pub fn exec_final(f: &FinalExec) -> RuntimeError {
+    if !f.no_new_privs
+        && let Some(load) = f.seccomp
+        && let Err(e) = load()
+    {
+        return e;
+    }
+    for &(res, soft, hard) in &f.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads the struct we pass; `res` comes from the RLIMIT_* table.
+        if unsafe { libc::setrlimit(res as _, &lim) } != 0 {
+            return RuntimeError::io(
+                "setting rlimit",
+                format!("{res} to {soft}:{hard}"),
+                std::io::Error::last_os_error(),
+            );
+        }
+    }
     for c in caps::all() {
-        if !keep.contains(&c) {
+        if !f.caps.bounding.contains(&c) {
             let _ = caps::drop(None, caps::CapSet::Bounding, c);
         }
     }
-    if let Some(u) = &user {
-        let (uid, gid) = (u.uid, u.gid);
-        let groups: Vec<nix::unistd::Gid> = u
+    if f.keep_caps {
+        // SAFETY: prctl with constant arguments.
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    }
+    if let Some(gid) = f.gid {
+        let groups: Vec<nix::unistd::Gid> = f
             .groups
             .iter()
             .map(|g| nix::unistd::Gid::from_raw(*g))
             .collect();
         if let Err(e) = nix::unistd::setgroups(&groups) {
-            return RuntimeError::nix("setgroups for", uid, e);
+            return RuntimeError::nix("setgroups for gid", gid, e);
         }
         if let Err(e) = nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)) {
             return RuntimeError::nix("setgid", gid, e);
         }
-        if let Err(e) = nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)) {
-            return RuntimeError::nix("setuid", uid, e);
+    }
+    if let Some(uid) = f.uid
+        && let Err(e) = nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
+    {
+        return RuntimeError::nix("setuid", uid, e);
+    }
+    for (set, want) in [
+        (caps::CapSet::Permitted, &f.caps.permitted),
+        (caps::CapSet::Effective, &f.caps.effective),
+        (caps::CapSet::Inheritable, &f.caps.inheritable),
+    ] {
+        let _ = caps::set(None, set, want);
+    }
+    for c in &f.caps.ambient {
+        let _ = caps::raise(None, caps::CapSet::Ambient, *c);
+    }
+    if f.no_new_privs {
+        // SAFETY: prctl with constant arguments.
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        if let Some(load) = f.seccomp
+            && let Err(e) = load()
+        {
+            return e;
         }
     }
-    for set in [
-        caps::CapSet::Effective,
-        caps::CapSet::Permitted,
-        caps::CapSet::Inheritable,
-    ] {
-        let _ = caps::set(None, set, &keep);
-    }
-    // SAFETY: prctl with constant arguments.
-    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    let Some(first) = spec.argv.first() else {
+    let Some(first) = f.argv.first() else {
         return RuntimeError::Invalid("no command to run".into());
     };
-    let file = resolve(first, &env);
-    // Nothing of ours leaks into the container: every descriptor above stderr closes on exec
-    // (CLOSE_RANGE_CLOEXEC keeps the error pipe usable until then).
+    let file = resolve(first, &f.env);
+    // Nothing of ours leaks into the container: every descriptor above stderr (and the
+    // preserved ones) closes on exec (CLOSE_RANGE_CLOEXEC keeps the error pipe usable until
+    // then).
     // SAFETY: close_range only changes descriptor flags.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32) };
+    unsafe { libc::syscall(libc::SYS_close_range, 3 + f.keep_fds, u32::MAX, 4u32) };
     let to_c = |s: &str| CString::new(s.replace('\0', "")).unwrap_or_default();
-    let argv: Vec<CString> = spec.argv.iter().map(|a| to_c(a)).collect();
-    let env: Vec<CString> = env.iter().map(|a| to_c(a)).collect();
+    let argv: Vec<CString> = f.argv.iter().map(|a| to_c(a)).collect();
+    let env: Vec<CString> = f.env.iter().map(|a| to_c(a)).collect();
     match nix::unistd::execve(&to_c(&file), &argv, &env) {
         Ok(never) => match never {},
         Err(e) => RuntimeError::nix("executing", first, e),
@@ -204,7 +296,7 @@ pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
 
 /// Brings `lo` up in the current network namespace with one ioctl pair (no netlink, no
 /// runtime: this runs in the cloned child).
-fn loopback_up() -> Result<()> {
+pub fn loopback_up() -> Result<()> {
     // SAFETY: a plain datagram socket, owned right away.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

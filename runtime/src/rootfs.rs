@@ -56,7 +56,7 @@ pub const READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-fn m(
+pub(crate) fn m(
     src: Option<&str>,
     target: &Path,
     fstype: Option<&str>,
@@ -72,7 +72,7 @@ fn m(
     })
 }
 
-fn mkdir(p: &Path) -> Result<()> {
+pub(crate) fn mkdir(p: &Path) -> Result<()> {
     fs::create_dir_all(p).map_err(|e| RuntimeError::io("creating", p.display(), e))
 }
 
@@ -191,26 +191,7 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
-    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let t = dev.join(node);
-        fs::write(&t, b"").map_err(|e| RuntimeError::io("creating", t.display(), e))?;
-        m(
-            Some(&format!("/dev/{node}")),
-            &t,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )?;
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-    ] {
-        let _ = std::os::unix::fs::symlink(target, dev.join(link));
-    }
+    default_devices(&dev)?;
     let pts = dev.join("pts");
     mkdir(&pts)?;
     m(
@@ -243,7 +224,43 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
         None,
     )?;
 
-    // pivot_root into the new root; the old one is detached and removed.
+    pivot(root)?;
+    mask_paths(MASKED, READONLY);
+    Ok(())
+}
+
+/// The default devices (bind-mounted from the host's, which works in any namespace) and the
+/// standard links, in the container's `/dev` tmpfs, as the runtime spec lists them. A node
+/// already there is kept.
+pub fn default_devices(dev: &Path) -> Result<()> {
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let t = dev.join(node);
+        if t.exists() {
+            continue;
+        }
+        fs::write(&t, b"").map_err(|e| RuntimeError::io("creating", t.display(), e))?;
+        m(
+            Some(&format!("/dev/{node}")),
+            &t,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, dev.join(link));
+    }
+    Ok(())
+}
+
+/// pivot_root into `root`; the old root is detached and removed.
+pub fn pivot(root: &Path) -> Result<()> {
     std::env::set_current_dir(root).map_err(|e| RuntimeError::io("entering", root.display(), e))?;
     let old = root.join(".oldroot");
     mkdir(&old)?;
@@ -253,9 +270,14 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
     umount2("/.oldroot", MntFlags::MNT_DETACH)
         .map_err(|e| RuntimeError::nix("detaching", "the old root", e))?;
     let _ = fs::remove_dir("/.oldroot");
+    Ok(())
+}
 
-    for p in MASKED {
-        let path = Path::new(p);
+/// Hides `masked` (a read-only tmpfs over a directory, /dev/null over a file) and makes
+/// `readonly` read-only, inside the container's root. Paths that do not exist are skipped.
+pub fn mask_paths(masked: &[impl AsRef<str>], readonly: &[impl AsRef<str>]) {
+    for p in masked {
+        let path = Path::new(p.as_ref());
         if path.is_dir() {
             let _ = mount(
                 Some("tmpfs"),
@@ -274,8 +296,8 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
             );
         }
     }
-    for p in READONLY {
-        let path = Path::new(p);
+    for p in readonly {
+        let path = Path::new(p.as_ref());
         if path.exists()
             && mount(
                 Some(path),
@@ -295,7 +317,6 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
             );
         }
     }
-    Ok(())
 }
 
 /// Copies the contents of `src` into `dst` keeping modes, owners and symlinks (for a new

@@ -1,0 +1,271 @@
+//! The OCI container's cgroup: memory, cpu and pids limits through the runtime's shared
+//! `cgroup` managers, plus what only the OCI mode needs: the freezer (pause/resume) and the
+//! device allow-list (cgroup v1's `devices` controller).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::cgroup;
+use crate::error::{Result, RuntimeError};
+use crate::oci::spec::Resources;
+use crate::store::Limits;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// v1 controllers the OCI mode adds to the shared manager's memory, cpu and pids.
+const V1_EXTRA: &[&str] = &["freezer", "devices"];
+
+fn v1_dir(controller: &str, rel: &str) -> PathBuf {
+    Path::new(ROOT)
+        .join(controller)
+        .join(rel.trim_start_matches('/'))
+}
+
+fn v2_dir(rel: &str) -> PathBuf {
+    Path::new(ROOT).join(rel.trim_start_matches('/'))
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).map_err(|e| {
+        RuntimeError::io(
+            "writing cgroup file",
+            format!("{}={value}", path.display()),
+            e,
+        )
+    })
+}
+
+/// The limits of `linux.resources` in the shared form.
+pub fn limits(r: &Resources) -> Limits {
+    Limits {
+        memory_bytes: r
+            .memory
+            .as_ref()
+            .and_then(|m| m.limit)
+            .filter(|l| *l > 0)
+            .map(|l| l as u64),
+        cpus: r.cpu.as_ref().and_then(|c| match (c.quota, c.period) {
+            (Some(q), Some(p)) if q > 0 && p > 0 => Some(q as f64 / p as f64),
+            (Some(q), None) if q > 0 => Some(q as f64 / 100_000.0),
+            _ => None,
+        }),
+        pids: r
+            .pids
+            .as_ref()
+            .map(|p| p.limit)
+            .filter(|l| *l > 0)
+            .map(|l| l as u64),
+    }
+}
+
+/// What every container may use whatever its rules say, as runc allows them: mknod of any
+/// node, the default devices, ptys and /dev/net/tun.
+const ALWAYS_ALLOWED: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
+/// Creates the cgroup at `rel` with `resources`; `devices` (config.json's `linux.devices`)
+/// are allowed too.
+pub fn create(
+    rel: &str,
+    resources: &Resources,
+    devices: &[crate::oci::spec::Device],
+) -> Result<()> {
+    cgroup::at(rel).create(&limits(resources))?;
+    memory_and_shares(rel, resources)?;
+    if cgroup::is_v2() {
+        // The device allow-list needs an eBPF program on v2; refuse a restrictive list
+        // rather than run with every device open.
+        if resources.devices.iter().any(|d| !d.allow) {
+            return Err(RuntimeError::Invalid(
+                "linux.resources.devices: device rules need cgroup v1 (twill-oci has no eBPF \
+                 device filter yet)"
+                    .into(),
+            ));
+        }
+        return Ok(());
+    }
+    for c in V1_EXTRA {
+        let d = v1_dir(c, rel);
+        fs::create_dir_all(&d).map_err(|e| RuntimeError::io("creating cgroup", d.display(), e))?;
+    }
+    let dir = v1_dir("devices", rel);
+    for rule in &resources.devices {
+        let kind = rule.kind.as_deref().unwrap_or("a");
+        let num = |n: Option<i64>| n.map_or("*".to_string(), |n| n.to_string());
+        let line = if kind == "a" && rule.major.is_none() && rule.minor.is_none() {
+            "a".to_string()
+        } else {
+            format!(
+                "{kind} {}:{} {}",
+                num(rule.major),
+                num(rule.minor),
+                rule.access.as_deref().unwrap_or("rwm")
+            )
+        };
+        let file = if rule.allow {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
+        write(&dir.join(file), &line)?;
+    }
+    for line in ALWAYS_ALLOWED {
+        write(&dir.join("devices.allow"), line)?;
+    }
+    for d in devices {
+        let kind = if d.kind == "u" { "c" } else { d.kind.as_str() };
+        write(
+            &dir.join("devices.allow"),
+            &format!("{kind} {}:{} rwm", d.major, d.minor),
+        )?;
+    }
+    Ok(())
+}
+
+/// What the shared manager does not write: swap (memory + swap, as runc reads it),
+/// reservation, swappiness, the OOM killer switch, cpu shares.
+fn memory_and_shares(rel: &str, r: &Resources) -> Result<()> {
+    let mem = r.memory.clone().unwrap_or_default();
+    let shares = r.cpu.as_ref().and_then(|c| c.shares).filter(|s| *s > 0);
+    if cgroup::is_v2() {
+        let dir = v2_dir(rel);
+        if let (Some(swap), Some(limit)) = (mem.swap, mem.limit) {
+            let v = if swap < 0 {
+                "max".to_string()
+            } else {
+                (swap - limit).max(0).to_string()
+            };
+            write(&dir.join("memory.swap.max"), &v)?;
+        }
+        if let Some(r) = mem.reservation.filter(|r| *r > 0) {
+            write(&dir.join("memory.low"), &r.to_string())?;
+        }
+        if let Some(s) = shares {
+            // runc's conversion of shares [2, 262144] to weight [1, 10000].
+            let w = 1 + ((s.clamp(2, 262_144) - 2) * 9999) / 262_142;
+            write(&dir.join("cpu.weight"), &w.to_string())?;
+        }
+        if mem.swappiness.is_some() || mem.disable_oom_killer == Some(true) {
+            return Err(RuntimeError::Invalid(
+                "linux.resources.memory.swappiness/disableOOMKiller need cgroup v1".into(),
+            ));
+        }
+        return Ok(());
+    }
+    let m = v1_dir("memory", rel);
+    if let Some(swap) = mem.swap
+        && m.join("memory.memsw.limit_in_bytes").exists()
+    {
+        write(&m.join("memory.memsw.limit_in_bytes"), &swap.to_string())?;
+    }
+    if let Some(r) = mem.reservation.filter(|r| *r > 0) {
+        write(&m.join("memory.soft_limit_in_bytes"), &r.to_string())?;
+    }
+    if let Some(s) = mem.swappiness.filter(|s| *s <= 100) {
+        write(&m.join("memory.swappiness"), &s.to_string())?;
+    }
+    if mem.disable_oom_killer == Some(true) {
+        write(&m.join("memory.oom_control"), "1")?;
+    }
+    if let Some(s) = shares {
+        write(&v1_dir("cpu", rel).join("cpu.shares"), &s.to_string())?;
+    }
+    Ok(())
+}
+
+/// The `cgroup.procs` files a process joins.
+pub fn procs_files(rel: &str) -> Vec<PathBuf> {
+    let mut files = cgroup::at(rel).procs_files();
+    if !cgroup::is_v2() {
+        files.extend(V1_EXTRA.iter().map(|c| v1_dir(c, rel).join("cgroup.procs")));
+    }
+    files
+}
+
+/// Moves `pid` into the cgroup.
+pub fn join(rel: &str, pid: i32) -> Result<()> {
+    for f in procs_files(rel) {
+        write(&f, &pid.to_string())?;
+    }
+    Ok(())
+}
+
+/// Every process in the cgroup.
+pub fn pids(rel: &str) -> Vec<i32> {
+    let file = if cgroup::is_v2() {
+        v2_dir(rel).join("cgroup.procs")
+    } else {
+        v1_dir("pids", rel).join("cgroup.procs")
+    };
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Freezes (pause) or thaws (resume) every process of the cgroup and waits until done.
+pub fn freeze(rel: &str, frozen: bool) -> Result<()> {
+    let (file, value) = if cgroup::is_v2() {
+        (
+            v2_dir(rel).join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+        )
+    } else {
+        (
+            v1_dir("freezer", rel).join("freezer.state"),
+            if frozen { "FROZEN" } else { "THAWED" },
+        )
+    };
+    write(&file, value)?;
+    for _ in 0..500 {
+        if self::frozen(rel) == frozen {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Err(RuntimeError::Invalid(format!(
+        "cgroup {rel} did not become {}",
+        if frozen { "frozen" } else { "thawed" }
+    )))
+}
+
+/// Whether the cgroup is frozen.
+pub fn frozen(rel: &str) -> bool {
+    if cgroup::is_v2() {
+        fs::read_to_string(v2_dir(rel).join("cgroup.events"))
+            .is_ok_and(|s| s.lines().any(|l| l == "frozen 1"))
+    } else {
+        fs::read_to_string(v1_dir("freezer", rel).join("freezer.state"))
+            .is_ok_and(|s| s.trim() == "FROZEN")
+    }
+}
+
+/// Removes the cgroup (it must be empty).
+pub fn remove(rel: &str) -> Result<()> {
+    // The shared manager waits until the kernel lets go of an emptied cgroup.
+    cgroup::at(rel).remove()?;
+    if !cgroup::is_v2() {
+        for c in V1_EXTRA {
+            let d = v1_dir(c, rel);
+            if let Err(e) = fs::remove_dir(&d)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(RuntimeError::io("removing cgroup", d.display(), e));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,501 @@
+//! `create`: the container's first process is cloned into the namespaces config.json asks
+//! for, joins the ones given by path, is put into its cgroup, builds its root (config.json's
+//! mounts, devices, pivot_root, sysctls, masked and read-only paths), tells `create` it is
+//! ready and blocks opening `exec.fifo` for writing until `start` opens it for reading; then
+//! it drops to the configured user, capabilities and rlimits and execs (the same last step
+//! as twill-run's, `process::exec_final`).
+
+use std::fs::{self, File};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+
+use crate::error::{Result, RuntimeError};
+use crate::messages::{self, Handshake};
+use crate::oci::spec::{self, Spec};
+use crate::oci::state::{self, EXEC_FIFO, Root, Saved};
+use crate::oci::{cgroups, console, hooks};
+use crate::process::{self, CapSets, FinalExec};
+use crate::rootfs::{self, m};
+
+/// `create`'s flags.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub preserve_fds: u32,
+}
+
+/// The namespaces of `spec` to create with clone.
+fn clone_flags(spec: &Spec) -> CloneFlags {
+    let mut f = CloneFlags::empty();
+    for (kind, flag) in [
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mount", CloneFlags::CLONE_NEWNS),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("network", CloneFlags::CLONE_NEWNET),
+    ] {
+        if spec.new_namespace(kind) {
+            f |= flag;
+        }
+    }
+    f
+}
+
+/// Namespaces to join by path, opened by `create` (so a wrong path fails there).
+fn open_joined(spec: &Spec) -> Result<Vec<(String, File)>> {
+    let mut out = Vec::new();
+    for ns in &spec.linux.namespaces {
+        if let Some(p) = &ns.path {
+            let f = File::open(p).map_err(|e| {
+                RuntimeError::io("opening namespace", format!("{} {p}", ns.kind), e)
+            })?;
+            out.push((ns.kind.clone(), f));
+        }
+    }
+    Ok(out)
+}
+
+/// The final exec of `process` (config.json's or exec's `--process`).
+pub fn final_exec<'a>(
+    p: &spec::Process,
+    keep_fds: u32,
+    seccomp: Option<&'a dyn Fn() -> Result<()>>,
+) -> Result<FinalExec<'a>> {
+    let mut rlimits = Vec::new();
+    for r in &p.rlimits {
+        rlimits.push((spec::rlimit_resource(&r.kind)?, r.soft, r.hard));
+    }
+    let caps = match &p.capabilities {
+        Some(c) => CapSets {
+            bounding: spec::cap_set(&c.bounding),
+            effective: spec::cap_set(&c.effective),
+            permitted: spec::cap_set(&c.permitted),
+            inheritable: spec::cap_set(&c.inheritable),
+            ambient: spec::cap_set(&c.ambient),
+        },
+        None => {
+            let all = caps::all();
+            CapSets {
+                bounding: all.clone(),
+                effective: all.clone(),
+                permitted: all.clone(),
+                inheritable: caps::CapsHashSet::new(),
+                ambient: caps::CapsHashSet::new(),
+            }
+        }
+    };
+    Ok(FinalExec {
+        argv: p.args.clone(),
+        env: p.env.clone(),
+        uid: Some(p.user.uid),
+        gid: Some(p.user.gid),
+        groups: p.user.additional_gids.clone(),
+        caps,
+        keep_caps: true,
+        rlimits,
+        no_new_privs: p.no_new_privileges,
+        keep_fds,
+        seccomp,
+    })
+}
+
+/// What the child needs, prepared by `create` before the clone.
+struct Child<'a> {
+    spec: &'a Spec,
+    root: PathBuf,
+    joined: Vec<(String, File)>,
+    state_dir: OwnedFd,
+    opts: &'a CreateOptions,
+    cgroup_ns: bool,
+    seccomp: Option<FilterLoader>,
+    /// Connected to `--console-socket` when process.terminal is set.
+    console: Option<OwnedFd>,
+}
+
+/// Builds the container's root under `root` and pivots into it.
+fn build_root(c: &Child) -> Result<()> {
+    let spec = c.spec;
+    let root = &c.root;
+    m(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None,
+    )?;
+    // The root must be a mount point for pivot_root.
+    m(
+        Some(&root.display().to_string()),
+        root,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    m(None, root, None, MsFlags::MS_PRIVATE, None)?;
+    let mut dev_is_bound = false;
+    for mnt in &spec.mounts {
+        crate::oci::mounts::mount_one(root, mnt)?;
+        if mnt.destination == "/dev" && mnt.kind.as_deref() == Some("bind") {
+            dev_is_bound = true;
+        }
+    }
+    let dev = root.join("dev");
+    if !dev_is_bound {
+        rootfs::mkdir(&dev)?;
+        rootfs::default_devices(&dev)?;
+        for d in &spec.linux.devices {
+            make_device(root, d)?;
+        }
+    }
+    if spec.process.as_ref().is_some_and(|p| p.terminal) {
+        // The console is the pty's slave, bound over /dev/console after pivot.
+        let console = dev.join("console");
+        if fs::symlink_metadata(&console).is_err() {
+            fs::write(&console, b"")
+                .map_err(|e| RuntimeError::io("creating", console.display(), e))?;
+        }
+    }
+    if c.opts.no_pivot {
+        std::env::set_current_dir(root)
+            .map_err(|e| RuntimeError::io("entering", root.display(), e))?;
+        m(Some("."), Path::new("/"), None, MsFlags::MS_MOVE, None)?;
+        nix::unistd::chroot(".")
+            .map_err(|e| RuntimeError::nix("chroot into", root.display(), e))?;
+        std::env::set_current_dir("/").map_err(|e| RuntimeError::io("entering", "/", e))?;
+    } else {
+        rootfs::pivot(root)?;
+    }
+    let propagation = match spec.linux.rootfs_propagation.as_deref() {
+        Some("shared") => MsFlags::MS_SHARED,
+        Some("rshared") => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        Some("slave") => MsFlags::MS_SLAVE,
+        Some("private") => MsFlags::MS_PRIVATE,
+        Some("rprivate") => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        Some("unbindable") => MsFlags::MS_UNBINDABLE,
+        Some("runbindable") => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+    };
+    m(None, Path::new("/"), None, propagation, None)?;
+    for (key, value) in &spec.linux.sysctl {
+        let p = Path::new("/proc/sys").join(key.replace('.', "/"));
+        fs::write(&p, value)
+            .map_err(|e| RuntimeError::io("setting sysctl", format!("{key}={value}"), e))?;
+    }
+    rootfs::mask_paths(&spec.linux.masked_paths, &spec.linux.readonly_paths);
+    if spec.root.as_ref().is_some_and(|r| r.readonly) {
+        m(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// One `linux.devices` entry: mknod, or a bind of the host's node where mknod is not
+/// allowed.
+fn make_device(root: &Path, d: &spec::Device) -> Result<()> {
+    let target = crate::oci::mounts::resolve_in_root(root, &d.path)?;
+    if let Some(p) = target.parent() {
+        rootfs::mkdir(p)?;
+    }
+    let _ = fs::remove_file(&target);
+    let kind = match d.kind.as_str() {
+        "c" | "u" => nix::sys::stat::SFlag::S_IFCHR,
+        "b" => nix::sys::stat::SFlag::S_IFBLK,
+        "p" => nix::sys::stat::SFlag::S_IFIFO,
+        other => {
+            return Err(RuntimeError::Invalid(format!(
+                "device {}: unknown type {other:?}",
+                d.path
+            )));
+        }
+    };
+    let mode = Mode::from_bits_truncate(d.file_mode.unwrap_or(0o666));
+    let dev = nix::sys::stat::makedev(d.major as u64, d.minor as u64);
+    if nix::sys::stat::mknod(&target, kind, mode, dev).is_err() {
+        fs::write(&target, b"").map_err(|e| RuntimeError::io("creating", target.display(), e))?;
+        m(Some(&d.path), &target, None, MsFlags::MS_BIND, None)?;
+    } else {
+        let _ = nix::unistd::chown(
+            &target,
+            Some(nix::unistd::Uid::from_raw(d.uid.unwrap_or(0))),
+            Some(nix::unistd::Gid::from_raw(d.gid.unwrap_or(0))),
+        );
+    }
+    Ok(())
+}
+
+fn child_setup<'a>(c: &'a Child, go: &OwnedFd) -> Result<FinalExec<'a>> {
+    let spec = c.spec;
+    // Joined by path before anything else (podman's CNI netns comes this way).
+    for (kind, f) in &c.joined {
+        setns(f.as_fd(), CloneFlags::empty())
+            .map_err(|e| RuntimeError::nix("joining namespace", kind, e))?;
+    }
+    if spec.new_namespace("network") {
+        process::loopback_up()?;
+    }
+    if let Some(h) = &spec.hostname
+        && spec.new_namespace("uts")
+    {
+        nix::unistd::sethostname(h).map_err(|e| RuntimeError::nix("setting hostname", h, e))?;
+    }
+    if let Some(d) = &spec.domainname
+        && spec.new_namespace("uts")
+    {
+        // SAFETY: setdomainname reads `len` bytes of the string we pass.
+        if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+            return Err(RuntimeError::io(
+                "setting domainname",
+                d,
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    // The cgroup mount shows this process's cgroup: wait until create has put us there.
+    if messages::expect(go, Handshake::Go).is_err() {
+        return Err(RuntimeError::Invalid("twill-oci create went away".into()));
+    }
+    build_root(c)?;
+    // After the cgroup mount (which reads our cgroup's real path), so the container's own
+    // cgroup is its namespace's root.
+    if c.cgroup_ns {
+        unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| RuntimeError::nix("unsharing", "cgroup namespace", e))?;
+    }
+    let process = spec
+        .process
+        .as_ref()
+        .ok_or_else(|| RuntimeError::Invalid("config.json has no process".into()))?;
+    if let Some(sock) = &c.console {
+        console::setup_pty(sock, true, process.console_size)?;
+    }
+    if let Some(adj) = process.oom_score_adj {
+        fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| RuntimeError::io("writing", "/proc/self/oom_score_adj", e))?;
+    }
+    let cwd = if process.cwd.is_empty() {
+        "/"
+    } else {
+        &process.cwd
+    };
+    std::env::set_current_dir(cwd).map_err(|e| RuntimeError::io("entering cwd", cwd, e))?;
+    // As runc: a command that is not there fails create, not start.
+    let file = process::resolve(&process.args[0], &process.env);
+    if nix::unistd::access(file.as_str(), nix::unistd::AccessFlags::X_OK).is_err() {
+        return Err(RuntimeError::Invalid(format!(
+            "exec: {:?}: executable file not found in $PATH (or not executable)",
+            process.args[0]
+        )));
+    }
+    if let Some(mask) = process.user.umask {
+        nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+    }
+    final_exec(process, c.opts.preserve_fds, c.seccomp.as_deref())
+}
+
+fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize {
+    let fail = |e: RuntimeError| -> isize {
+        messages::report_failure(err, &e.to_string());
+        127
+    };
+    let fin = match child_setup(c, go) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    if messages::send(ready, Handshake::Ready).is_err() {
+        return fail(RuntimeError::Invalid("twill-oci create went away".into()));
+    }
+    // Blocks until `start` opens the fifo for reading.
+    let fifo = match nix::fcntl::openat(
+        c.state_dir.as_fd(),
+        EXEC_FIFO,
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return fail(RuntimeError::nix("opening", EXEC_FIFO, e)),
+    };
+    let _ = nix::unistd::write(&fifo, b"0");
+    drop(fifo);
+    fail(process::exec_final(&fin))
+}
+
+/// Runs `create`. On failure everything it made is removed.
+pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
+    let dir = root.container_dir(id)?;
+    let bundle = fs::canonicalize(&opts.bundle)
+        .map_err(|e| RuntimeError::io("opening bundle", opts.bundle.display(), e))?;
+    let spec = Spec::load(&bundle)?;
+    spec.check()?;
+    fs::create_dir_all(&root.dir)
+        .map_err(|e| RuntimeError::io("creating", root.dir.display(), e))?;
+    match fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(RuntimeError::Invalid(format!(
+                "container with id {id} already exists"
+            )));
+        }
+        Err(e) => return Err(RuntimeError::io("creating", dir.display(), e)),
+    }
+    let cgroup = spec
+        .linux
+        .cgroups_path
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| format!("twill-oci/{id}"));
+    if cgroup.contains(':') {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(RuntimeError::Invalid(format!(
+            "cgroupsPath {cgroup:?} is a systemd slice:prefix:name; twill-oci manages cgroupfs \
+             paths only (use --cgroup-manager cgroupfs)"
+        )));
+    }
+    let mut pid = None;
+    let made = (|| -> Result<Saved> {
+        nix::unistd::mkfifo(&dir.join(EXEC_FIFO), Mode::from_bits_truncate(0o622))
+            .map_err(|e| RuntimeError::nix("creating", dir.join(EXEC_FIFO).display(), e))?;
+        cgroups::create(
+            &cgroup,
+            spec.linux.resources.as_ref().unwrap_or(&Default::default()),
+            &spec.linux.devices,
+        )?;
+        let state_dir: OwnedFd = nix::fcntl::open(
+            &dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| RuntimeError::nix("opening", dir.display(), e))?;
+        let rootfs = spec
+            .root
+            .as_ref()
+            .map(|r| bundle.join(&r.path))
+            .unwrap_or_default();
+        let rootfs = fs::canonicalize(&rootfs)
+            .map_err(|e| RuntimeError::io("opening root", rootfs.display(), e))?;
+        let child = Child {
+            spec: &spec,
+            root: rootfs.clone(),
+            joined: open_joined(&spec)?,
+            state_dir,
+            opts,
+            cgroup_ns: spec.new_namespace("cgroup"),
+            seccomp: seccomp_loader(&spec)?,
+            console: match (
+                spec.process.as_ref().is_some_and(|p| p.terminal),
+                &opts.console_socket,
+            ) {
+                (false, _) => None,
+                (true, Some(path)) => Some(console::connect_socket(path)?),
+                (true, None) => {
+                    return Err(RuntimeError::Invalid(
+                        "process.terminal needs --console-socket".into(),
+                    ));
+                }
+            },
+        };
+        let (go_r, go_w) = process::pipe()?;
+        let (ready_r, ready_w) = process::pipe()?;
+        let (err_r, err_w) = process::pipe()?;
+        let mut stack = vec![0u8; 1024 * 1024];
+        // SAFETY: twill-oci is single-threaded; the child only runs child_main and execs.
+        let p = unsafe {
+            nix::sched::clone(
+                Box::new(|| child_main(&child, &go_r, &ready_w, &err_w)),
+                &mut stack,
+                clone_flags(&spec),
+                Some(libc::SIGCHLD),
+            )
+        }
+        .map_err(|e| RuntimeError::nix("cloning", "the container process", e))?;
+        pid = Some(p);
+        drop((go_r, ready_w, err_w));
+        if let Err(e) = cgroups::join(&cgroup, p.as_raw()) {
+            return Err(messages::read_failure(err_r)
+                .map(|m| RuntimeError::Invalid(format!("creating the container: {m}")))
+                .unwrap_or(e));
+        }
+        let _ = messages::send(&go_w, Handshake::Go);
+        if messages::expect(&ready_r, Handshake::Ready).is_err() {
+            let why = messages::read_failure(err_r)
+                .unwrap_or_else(|| "the container process exited".into());
+            return Err(RuntimeError::Invalid(format!(
+                "creating the container: {why}"
+            )));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let saved = Saved {
+            id: id.to_string(),
+            pid: p.as_raw(),
+            pid_start: state::start_time(p.as_raw()).unwrap_or(0),
+            bundle: bundle.clone(),
+            rootfs,
+            created: state::rfc3339(now),
+            annotations: spec.annotations.clone(),
+            cgroup: cgroup.clone(),
+            hooks: spec.hooks.clone(),
+        };
+        root.save(&saved)?;
+        if let Some(f) = &opts.pid_file {
+            write_pid_file(f, p.as_raw())?;
+        }
+        let state = saved.state_json(state::Status::Created);
+        hooks::run_all(&spec.hooks.prestart, &state, "prestart")?;
+        hooks::run_all(&spec.hooks.create_runtime, &state, "createRuntime")?;
+        Ok(saved)
+    })();
+    match made {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if let Some(p) = pid {
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(p, None);
+            }
+            let _ = cgroups::remove(&cgroup);
+            let _ = fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
+/// Loads a compiled seccomp filter into the calling process.
+pub type FilterLoader = Box<dyn Fn() -> Result<()>>;
+
+/// The container's seccomp filter, compiled now (a bad profile fails `create` or `exec`),
+/// loaded by the container process.
+pub fn seccomp_loader(spec: &Spec) -> Result<Option<FilterLoader>> {
+    let Some(profile) = &spec.linux.seccomp else {
+        return Ok(None);
+    };
+    let ctx = crate::oci::seccomp::compile(profile)?;
+    Ok(Some(Box::new(move || crate::oci::seccomp::load(&ctx))))
+}
+
+/// Writes `pid` to `path` atomically (engines poll for it).
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("twill-tmp");
+    fs::write(&tmp, pid.to_string()).map_err(|e| RuntimeError::io("writing", tmp.display(), e))?;
+    fs::rename(&tmp, path).map_err(|e| RuntimeError::io("writing", path.display(), e))
+}
+
+/// `pid` as a nix Pid.
+pub fn nix_pid(pid: i32) -> Pid {
+    Pid::from_raw(pid)
+}

@@ -1,0 +1,362 @@
+//! twill-oci: the OCI runtime command line (runc's) over the runtime library. `create`
+//! builds the container and leaves its process blocked before exec; `start` releases it;
+//! `state`, `kill`, `delete`, `exec`, `ps`, `pause`/`resume` act on what `create` recorded
+//! under `--root`.
+
+pub mod cgroups;
+pub mod console;
+pub mod create;
+pub mod hooks;
+pub mod mounts;
+pub mod seccomp;
+pub mod spec;
+pub mod state;
+
+use std::fs::{self, File};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use nix::sys::signal::{Signal, kill};
+
+use crate::error::{Result, RuntimeError};
+use crate::messages;
+use crate::process;
+use state::{EXEC_FIFO, Root, Status};
+
+/// The runtime-spec version twill-oci implements.
+pub const SPEC_VERSION: &str = "1.2.0";
+
+fn not_in(id: &str, st: Status, want: &str) -> RuntimeError {
+    RuntimeError::Invalid(format!("container {id} is {}, not {want}", st.as_str()))
+}
+
+/// `start ID`: releases a created container's process.
+pub fn start(root: &Root, id: &str) -> Result<()> {
+    let saved = root.load(id)?;
+    let dir = root.container_dir(id)?;
+    let st = saved.status(&dir);
+    if st != Status::Created {
+        return Err(not_in(id, st, "created"));
+    }
+    let fifo_path = dir.join(EXEC_FIFO);
+    // Non-blocking: a process that died after create must not hang start.
+    let fifo = nix::fcntl::open(
+        &fifo_path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| RuntimeError::nix("opening", fifo_path.display(), e))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut b = [0u8; 1];
+        match nix::unistd::read(&fifo, &mut b) {
+            Ok(1) => break,
+            Ok(_) | Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {
+                if !saved.alive() {
+                    return Err(RuntimeError::Invalid(format!(
+                        "container {id}'s process exited before start"
+                    )));
+                }
+                if Instant::now() > deadline {
+                    return Err(RuntimeError::Invalid(format!(
+                        "container {id} did not take the start signal"
+                    )));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => return Err(RuntimeError::nix("reading", fifo_path.display(), e)),
+        }
+    }
+    let _ = fs::remove_file(&fifo_path);
+    let state = saved.state_json(Status::Running);
+    for h in &saved.hooks.poststart {
+        if let Err(e) = hooks::run(h, &state) {
+            eprintln!("twill-oci: poststart {e}");
+        }
+    }
+    Ok(())
+}
+
+/// `state ID`: the runtime-spec state JSON.
+pub fn state(root: &Root, id: &str) -> Result<serde_json::Value> {
+    let saved = root.load(id)?;
+    let st = saved.status(&root.container_dir(id)?);
+    Ok(saved.state_json(st))
+}
+
+/// A signal by name (`TERM`, `SIGTERM`) or number.
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    crate::container::parse_signal(s)
+}
+
+/// `kill ID [SIGNAL] [--all]`.
+pub fn kill_container(root: &Root, id: &str, signal: Signal, all: bool) -> Result<()> {
+    let saved = root.load(id)?;
+    let st = saved.status(&root.container_dir(id)?);
+    if st == Status::Stopped {
+        return Err(not_in(id, st, "running"));
+    }
+    if all {
+        for p in cgroups::pids(&saved.cgroup) {
+            let _ = kill(nix::unistd::Pid::from_raw(p), signal);
+        }
+        return Ok(());
+    }
+    kill(nix::unistd::Pid::from_raw(saved.pid), signal)
+        .map_err(|e| RuntimeError::nix("signalling", format!("container {id}"), e))
+}
+
+/// `delete [--force] ID`.
+pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
+    let dir = root.container_dir(id)?;
+    let saved = match root.load(id) {
+        Ok(s) => s,
+        // As runc: --force on a container that is not there (or half made, create killed
+        // midway) succeeds; engines clean up after a failed create this way.
+        Err(RuntimeError::NoContainer(_)) if force => {
+            let _ = fs::remove_dir_all(&dir);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let st = saved.status(&dir);
+    if st != Status::Stopped && st != Status::Created && !force {
+        return Err(RuntimeError::Invalid(format!(
+            "cannot delete container {id} that is {}: stop it or use --force",
+            st.as_str()
+        )));
+    }
+    if st == Status::Paused {
+        let _ = cgroups::freeze(&saved.cgroup, false);
+    }
+    if st != Status::Stopped {
+        for p in cgroups::pids(&saved.cgroup) {
+            let _ = kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
+        }
+        let _ = kill(nix::unistd::Pid::from_raw(saved.pid), Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while saved.alive() && Instant::now() < deadline {
+            // Our own child when create and delete ran in one process (tests); else the
+            // engine reaps it.
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(saved.pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // Processes of `exec --detach` may outlive PID 1 briefly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cgroups::pids(&saved.cgroup).is_empty() && Instant::now() < deadline {
+        for p in cgroups::pids(&saved.cgroup) {
+            let _ = kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let removed = cgroups::remove(&saved.cgroup);
+    fs::remove_dir_all(&dir).map_err(|e| RuntimeError::io("removing", dir.display(), e))?;
+    let state = saved.state_json(Status::Stopped);
+    for h in &saved.hooks.poststop {
+        if let Err(e) = hooks::run(h, &state) {
+            eprintln!("twill-oci: poststop {e}");
+        }
+    }
+    removed
+}
+
+/// `list`: (id, pid, status, bundle, created) of every container.
+pub fn list(root: &Root) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for id in root.ids()? {
+        if let Ok(s) = root.load(&id) {
+            let st = s.status(&root.container_dir(&id)?);
+            out.push(s.state_json(st));
+        }
+    }
+    Ok(out)
+}
+
+/// `ps ID`: the container's processes (host PIDs).
+pub fn ps(root: &Root, id: &str) -> Result<Vec<i32>> {
+    let saved = root.load(id)?;
+    Ok(cgroups::pids(&saved.cgroup))
+}
+
+/// `pause ID` / `resume ID`.
+pub fn pause(root: &Root, id: &str, paused: bool) -> Result<()> {
+    let saved = root.load(id)?;
+    let st = saved.status(&root.container_dir(id)?);
+    match (paused, st) {
+        (true, Status::Running) | (false, Status::Paused) => cgroups::freeze(&saved.cgroup, paused),
+        (true, _) => Err(not_in(id, st, "running")),
+        (false, _) => Err(not_in(id, st, "paused")),
+    }
+}
+
+/// `exec`'s flags.
+pub struct ExecOptions {
+    pub process: spec::Process,
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub preserve_fds: u32,
+}
+
+/// `exec`: a process in the container's namespaces and cgroup. Detached: returns once it has
+/// exec'd (exit 0); else waits and returns its exit code.
+pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
+    let saved = root.load(id)?;
+    let st = saved.status(&root.container_dir(id)?);
+    if st != Status::Running {
+        return Err(not_in(id, st, "running"));
+    }
+    if opts.process.args.is_empty() {
+        return Err(RuntimeError::Invalid("exec needs a command".into()));
+    }
+    if opts.process.terminal && opts.console_socket.is_none() {
+        return Err(RuntimeError::Invalid(
+            "a terminal needs --console-socket".into(),
+        ));
+    }
+    // As runc: an exec'd process gets the container's seccomp filter.
+    let loader = create::seccomp_loader(&spec::Spec::load(&saved.bundle)?)?;
+    let fin = create::final_exec(&opts.process, opts.preserve_fds, loader.as_deref())?;
+    let mut fds = Vec::new();
+    for ns in ["ipc", "uts", "net", "pid", "cgroup", "mnt"] {
+        let p = format!("/proc/{}/ns/{ns}", saved.pid);
+        // The same namespace as ours (e.g. no cgroup namespace) is joined as a no-op.
+        fds.push((
+            ns,
+            File::open(&p).map_err(|e| RuntimeError::io("opening", &p, e))?,
+        ));
+    }
+    let console = match &opts.console_socket {
+        Some(p) if opts.process.terminal => Some(console::connect_socket(p)?),
+        _ => None,
+    };
+    let cgroup = saved.cgroup.clone();
+    let (pid_r, pid_w) = process::pipe()?;
+    let (err_r, err_w) = process::pipe()?;
+    // SAFETY: twill-oci is single-threaded; the child only makes syscalls, forks and execs.
+    match unsafe { nix::unistd::fork() }.map_err(|e| RuntimeError::nix("forking", "exec", e))? {
+        nix::unistd::ForkResult::Child => {
+            drop(pid_r);
+            drop(err_r);
+            let fail = |e: RuntimeError| -> ! {
+                messages::report_failure(&err_w, &e.to_string());
+                std::process::exit(127)
+            };
+            if let Err(e) = cgroups::join(&cgroup, std::process::id() as i32) {
+                fail(e);
+            }
+            for (name, f) in &fds {
+                if let Err(e) = setns(f.as_fd(), CloneFlags::empty()) {
+                    fail(RuntimeError::nix("joining namespace", name, e));
+                }
+            }
+            // Joining a pid namespace takes effect for children: fork once more.
+            // SAFETY: single-threaded; the grandchild only execs or exits.
+            match unsafe { nix::unistd::fork() } {
+                Err(e) => fail(RuntimeError::nix("forking", "exec", e)),
+                Ok(nix::unistd::ForkResult::Child) => {
+                    let r = (|| -> Result<()> {
+                        if let Some(s) = &console {
+                            console::setup_pty(s, false, opts.process.console_size)?;
+                        }
+                        let cwd = if opts.process.cwd.is_empty() {
+                            "/"
+                        } else {
+                            &opts.process.cwd
+                        };
+                        std::env::set_current_dir(cwd)
+                            .map_err(|e| RuntimeError::io("entering cwd", cwd, e))
+                    })();
+                    if let Err(e) = r {
+                        fail(e);
+                    }
+                    fail(process::exec_final(&fin))
+                }
+                Ok(nix::unistd::ForkResult::Parent { child }) => {
+                    let _ = nix::unistd::write(&pid_w, &child.as_raw().to_le_bytes());
+                    drop(pid_w);
+                    drop(err_w);
+                    if opts.detach {
+                        std::process::exit(0);
+                    }
+                    std::process::exit(process::wait_exit(child));
+                }
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(pid_w);
+            drop(err_w);
+            let mut b = [0u8; 4];
+            let got = nix::unistd::read(&pid_r, &mut b).unwrap_or(0);
+            if let Some(why) = messages::read_failure(err_r) {
+                let _ = nix::sys::wait::waitpid(child, None);
+                return Err(RuntimeError::Invalid(format!("exec in {id}: {why}")));
+            }
+            if got == 4
+                && let Some(f) = &opts.pid_file
+            {
+                create::write_pid_file(f, i32::from_le_bytes(b))?;
+            }
+            Ok(process::wait_exit(child))
+        }
+    }
+}
+
+/// `features`: the runtime-spec features document.
+pub fn features() -> serde_json::Value {
+    let mount_options: Vec<&str> = vec![
+        "ro",
+        "rw",
+        "nosuid",
+        "suid",
+        "nodev",
+        "dev",
+        "noexec",
+        "exec",
+        "sync",
+        "async",
+        "dirsync",
+        "remount",
+        "mand",
+        "nomand",
+        "atime",
+        "noatime",
+        "diratime",
+        "nodiratime",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "nostrictatime",
+        "bind",
+        "rbind",
+        "private",
+        "rprivate",
+        "shared",
+        "rshared",
+        "slave",
+        "rslave",
+        "unbindable",
+        "runbindable",
+    ];
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": SPEC_VERSION,
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "mountOptions": mount_options,
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
+            "seccomp": { "enabled": true },
+            "apparmor": { "enabled": false },
+            "selinux": { "enabled": false },
+        },
+        "annotations": { "org.opencontainers.runc.version": env!("CARGO_PKG_VERSION") },
+    })
+}

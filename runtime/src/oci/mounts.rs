@@ -1,0 +1,316 @@
+//! config.json's `mounts` inside the container's mount namespace, before pivot_root: mount
+//! options to flags and data, destinations resolved inside the root (a symbolic link in the
+//! image cannot send a mount outside it), bind mounts with their read-only/nosuid/nodev/
+//! noexec remount, and cgroup v1's per-controller tree.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use crate::error::{Result, RuntimeError};
+use crate::oci::spec::Mount;
+use crate::rootfs::{m, mkdir};
+
+/// A mount's options split into flags, propagation flags and the data string.
+#[derive(Debug, PartialEq)]
+pub struct Options {
+    pub flags: MsFlags,
+    /// Cleared by an option such as `rw`, `suid`, `dev`, `exec`.
+    pub propagation: MsFlags,
+    pub data: Vec<String>,
+}
+
+/// Parses mount(8)-style options as runc does.
+pub fn parse_options(options: &[String]) -> Options {
+    let mut o = Options {
+        flags: MsFlags::empty(),
+        propagation: MsFlags::empty(),
+        data: Vec::new(),
+    };
+    for opt in options {
+        let set = |o: &mut Options, f: MsFlags| o.flags.insert(f);
+        let clear = |o: &mut Options, f: MsFlags| o.flags.remove(f);
+        match opt.as_str() {
+            "ro" => set(&mut o, MsFlags::MS_RDONLY),
+            "rw" => clear(&mut o, MsFlags::MS_RDONLY),
+            "nosuid" => set(&mut o, MsFlags::MS_NOSUID),
+            "suid" => clear(&mut o, MsFlags::MS_NOSUID),
+            "nodev" => set(&mut o, MsFlags::MS_NODEV),
+            "dev" => clear(&mut o, MsFlags::MS_NODEV),
+            "noexec" => set(&mut o, MsFlags::MS_NOEXEC),
+            "exec" => clear(&mut o, MsFlags::MS_NOEXEC),
+            "sync" => set(&mut o, MsFlags::MS_SYNCHRONOUS),
+            "async" => clear(&mut o, MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => set(&mut o, MsFlags::MS_DIRSYNC),
+            "remount" => set(&mut o, MsFlags::MS_REMOUNT),
+            "mand" => set(&mut o, MsFlags::MS_MANDLOCK),
+            "nomand" => clear(&mut o, MsFlags::MS_MANDLOCK),
+            "atime" => clear(&mut o, MsFlags::MS_NOATIME),
+            "noatime" => set(&mut o, MsFlags::MS_NOATIME),
+            "diratime" => clear(&mut o, MsFlags::MS_NODIRATIME),
+            "nodiratime" => set(&mut o, MsFlags::MS_NODIRATIME),
+            "relatime" => set(&mut o, MsFlags::MS_RELATIME),
+            "norelatime" => clear(&mut o, MsFlags::MS_RELATIME),
+            "strictatime" => set(&mut o, MsFlags::MS_STRICTATIME),
+            "nostrictatime" => clear(&mut o, MsFlags::MS_STRICTATIME),
+            "bind" => set(&mut o, MsFlags::MS_BIND),
+            "rbind" => set(&mut o, MsFlags::MS_BIND | MsFlags::MS_REC),
+            "private" => o.propagation = MsFlags::MS_PRIVATE,
+            "rprivate" => o.propagation = MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            "shared" => o.propagation = MsFlags::MS_SHARED,
+            "rshared" => o.propagation = MsFlags::MS_SHARED | MsFlags::MS_REC,
+            "slave" => o.propagation = MsFlags::MS_SLAVE,
+            "rslave" => o.propagation = MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            "unbindable" => o.propagation = MsFlags::MS_UNBINDABLE,
+            "runbindable" => o.propagation = MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+            // crun's copy-up of a tmpfs over existing content; runc ignores these too.
+            "tmpcopyup" | "notmpcopyup" | "copy-symlink" => {}
+            other => o.data.push(other.to_string()),
+        }
+    }
+    o
+}
+
+/// `dest` (absolute, as seen in the container) under `root`, following symbolic links inside
+/// the root as the container would: an absolute link target restarts at `root`, `..` stops
+/// at `root`.
+pub fn resolve_in_root(root: &Path, dest: &str) -> Result<PathBuf> {
+    let mut out = root.to_path_buf();
+    let mut todo: Vec<String> = Path::new(dest)
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        if part == ".." {
+            if out != root {
+                out.pop();
+            }
+            continue;
+        }
+        let next = out.join(&part);
+        match fs::symlink_metadata(&next) {
+            Ok(md) if md.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(RuntimeError::Invalid(format!(
+                        "mount destination {dest}: too many symbolic links"
+                    )));
+                }
+                let target = fs::read_link(&next)
+                    .map_err(|e| RuntimeError::io("reading link", next.display(), e))?;
+                if target.is_absolute() {
+                    out = root.to_path_buf();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => todo.push(n.to_string_lossy().into_owned()),
+                        Component::ParentDir => todo.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => out = next,
+        }
+    }
+    Ok(out)
+}
+
+/// Creates `target` as a directory, or as an empty file when `like_file`.
+fn make_target(target: &Path, like_file: bool) -> Result<()> {
+    if like_file {
+        if let Some(p) = target.parent() {
+            mkdir(p)?;
+        }
+        if fs::symlink_metadata(target).is_err() {
+            fs::write(target, b"")
+                .map_err(|e| RuntimeError::io("creating", target.display(), e))?;
+        }
+        Ok(())
+    } else {
+        mkdir(target)
+    }
+}
+
+/// Mounts one `mounts[]` entry under `root`.
+pub fn mount_one(root: &Path, mnt: &Mount) -> Result<()> {
+    if !mnt.destination.starts_with('/') {
+        return Err(RuntimeError::Invalid(format!(
+            "mount destination {:?} is not absolute",
+            mnt.destination
+        )));
+    }
+    let target = resolve_in_root(root, &mnt.destination)?;
+    let o = parse_options(&mnt.options);
+    let kind = mnt.kind.as_deref().unwrap_or("none");
+    let data = o.data.join(",");
+    let data = (!data.is_empty()).then_some(data.as_str());
+    if kind == "bind" || o.flags.contains(MsFlags::MS_BIND) {
+        let src = mnt.source.as_deref().ok_or_else(|| {
+            RuntimeError::Invalid(format!("bind mount on {} has no source", mnt.destination))
+        })?;
+        let src_is_dir = fs::metadata(src)
+            .map_err(|e| RuntimeError::io("reading bind source", src, e))?
+            .is_dir();
+        make_target(&target, !src_is_dir)?;
+        m(
+            Some(src),
+            &target,
+            None,
+            MsFlags::MS_BIND | (o.flags & MsFlags::MS_REC),
+            None,
+        )?;
+        let extra = o.flags
+            & (MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_NOATIME
+                | MsFlags::MS_RELATIME
+                | MsFlags::MS_STRICTATIME);
+        if !extra.is_empty() {
+            m(
+                None,
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+                None,
+            )?;
+        }
+    } else if kind == "cgroup" || kind == "cgroup2" {
+        make_target(&target, false)?;
+        mount_cgroup(&target, o.flags)?;
+    } else {
+        make_target(&target, false)?;
+        let flags = o.flags & !MsFlags::MS_REMOUNT;
+        m(
+            mnt.source.as_deref().or(Some(kind)),
+            &target,
+            Some(kind),
+            flags,
+            data,
+        )?;
+    }
+    if !o.propagation.is_empty() {
+        m(None, &target, None, o.propagation, None)?;
+    }
+    Ok(())
+}
+
+/// `/sys/fs/cgroup` inside the container: cgroup2 on a pure v2 host; on v1 a tmpfs with each
+/// hierarchy's directory of this process's cgroup bind-mounted (as runc does without a
+/// cgroup namespace), read-only when asked.
+fn mount_cgroup(target: &Path, flags: MsFlags) -> Result<()> {
+    let ro = flags & MsFlags::MS_RDONLY;
+    let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if crate::cgroup::is_v2() {
+        return m(Some("cgroup2"), target, Some("cgroup2"), base | ro, None);
+    }
+    m(Some("tmpfs"), target, Some("tmpfs"), base, Some("mode=755"))?;
+    let own = fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| RuntimeError::io("reading", "/proc/self/cgroup", e))?;
+    let host = Path::new("/sys/fs/cgroup");
+    let entries = fs::read_dir(host).map_err(|e| RuntimeError::io("reading", host.display(), e))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let inner = target.join(&name);
+        if let Ok(t) = fs::read_link(&path) {
+            let _ = std::os::unix::fs::symlink(t, &inner);
+            continue;
+        }
+        // The line of /proc/self/cgroup whose controllers are this directory's.
+        let rel = own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, p) = (f.next()?, f.next()?, f.next()?);
+            let ctrls = ctrls.strip_prefix("name=").unwrap_or(ctrls);
+            let matches = ctrls == name || (name == "unified" && ctrls.is_empty());
+            matches.then(|| p.trim_start_matches('/').to_string())
+        });
+        let Some(rel) = rel else { continue };
+        let src = path.join(&rel);
+        if !src.is_dir() {
+            continue;
+        }
+        mkdir(&inner)?;
+        m(
+            Some(&src.display().to_string()),
+            &inner,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        m(
+            None,
+            &inner,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | base | ro,
+            None,
+        )?;
+    }
+    if !ro.is_empty() {
+        m(
+            None,
+            target,
+            None,
+            MsFlags::MS_REMOUNT | base | MsFlags::MS_RDONLY,
+            Some("mode=755"),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(s: &[&str]) -> Options {
+        parse_options(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_become_flags_propagation_and_data() {
+        let o = opts(&[
+            "rbind",
+            "ro",
+            "nosuid",
+            "rprivate",
+            "mode=755",
+            "size=65536k",
+        ]);
+        assert_eq!(
+            o.flags,
+            MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
+        );
+        assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        assert_eq!(o.data, vec!["mode=755", "size=65536k"]);
+        assert!(opts(&["ro", "rw"]).flags.is_empty());
+    }
+
+    #[test]
+    fn destinations_resolve_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("run/x")).unwrap();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/run/x", root.join("etc/abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", root.join("etc/up")).unwrap();
+        assert_eq!(
+            resolve_in_root(root, "/etc/abs/f").unwrap(),
+            root.join("run/x/f")
+        );
+        assert_eq!(
+            resolve_in_root(root, "/etc/up/evil").unwrap(),
+            root.join("evil")
+        );
+        assert_eq!(resolve_in_root(root, "/../../x").unwrap(), root.join("x"));
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert!(resolve_in_root(root, "/loop").is_err());
+    }
+}

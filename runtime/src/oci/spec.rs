@@ -1,0 +1,467 @@
+//! The parts of the OCI runtime-spec `config.json` (1.0–1.2) twill-oci reads. Fields twill-oci
+//! cannot honour are refused by `check` with a clear error instead of being ignored.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RuntimeError};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    #[serde(default)]
+    pub oci_version: String,
+    pub process: Option<Process>,
+    pub root: Option<Root>,
+    pub hostname: Option<String>,
+    pub domainname: Option<String>,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub hooks: Hooks,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub linux: Linux,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Process {
+    #[serde(default)]
+    pub terminal: bool,
+    pub console_size: Option<ConsoleSize>,
+    #[serde(default)]
+    pub user: User,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub cwd: String,
+    pub capabilities: Option<Capabilities>,
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    pub oom_score_adj: Option<i32>,
+    // Read only to be refused when set (see `Spec::check`).
+    #[serde(default)]
+    pub apparmor_profile: String,
+    #[serde(default)]
+    pub selinux_label: String,
+    pub io_priority: Option<serde_json::Value>,
+    pub scheduler: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+pub struct ConsoleSize {
+    pub height: u16,
+    pub width: u16,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    pub umask: Option<u32>,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub bounding: Vec<String>,
+    #[serde(default)]
+    pub effective: Vec<String>,
+    #[serde(default)]
+    pub inheritable: Vec<String>,
+    #[serde(default)]
+    pub permitted: Vec<String>,
+    #[serde(default)]
+    pub ambient: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Rlimit {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Root {
+    pub path: String,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Mount {
+    pub destination: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub source: Option<String>,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hooks {
+    #[serde(default)]
+    pub prestart: Vec<Hook>,
+    #[serde(default)]
+    pub create_runtime: Vec<Hook>,
+    #[serde(default)]
+    pub create_container: Vec<Hook>,
+    #[serde(default)]
+    pub start_container: Vec<Hook>,
+    #[serde(default)]
+    pub poststart: Vec<Hook>,
+    #[serde(default)]
+    pub poststop: Vec<Hook>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct Hook {
+    pub path: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub timeout: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Linux {
+    #[serde(default)]
+    pub uid_mappings: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub gid_mappings: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, String>,
+    pub resources: Option<Resources>,
+    pub cgroups_path: Option<String>,
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    pub seccomp: Option<serde_json::Value>,
+    pub rootfs_propagation: Option<String>,
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+    // Read only to be refused when set (see `Spec::check`).
+    #[serde(default)]
+    pub mount_label: String,
+    pub personality: Option<serde_json::Value>,
+    pub intel_rdt: Option<serde_json::Value>,
+    pub time_offsets: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Namespace {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: String,
+    #[serde(default)]
+    pub major: i64,
+    #[serde(default)]
+    pub minor: i64,
+    pub file_mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    pub memory: Option<Memory>,
+    pub cpu: Option<Cpu>,
+    pub pids: Option<Pids>,
+    #[serde(default)]
+    pub devices: Vec<DeviceRule>,
+    // Read only to be refused (see `Resources::unsupported`).
+    #[serde(rename = "blockIO")]
+    pub block_io: Option<serde_json::Value>,
+    #[serde(default)]
+    pub hugepage_limits: Vec<serde_json::Value>,
+    pub unified: Option<BTreeMap<String, String>>,
+    pub rdma: Option<serde_json::Value>,
+    pub network: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Memory {
+    pub limit: Option<i64>,
+    /// Memory + swap, as runc reads it (-1: unlimited).
+    pub swap: Option<i64>,
+    pub reservation: Option<i64>,
+    pub swappiness: Option<u64>,
+    pub disable_oom_killer: Option<bool>,
+    pub kernel: Option<i64>,
+    pub kernel_tcp: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cpu {
+    pub quota: Option<i64>,
+    pub period: Option<u64>,
+    pub shares: Option<u64>,
+    pub realtime_runtime: Option<i64>,
+    pub realtime_period: Option<u64>,
+    pub cpus: Option<String>,
+    pub mems: Option<String>,
+}
+
+impl Resources {
+    /// The first resource twill-oci does not apply, named as config.json names it.
+    pub fn unsupported(&self) -> Option<&'static str> {
+        let mem = self.memory.clone().unwrap_or_default();
+        let cpu = self.cpu.clone().unwrap_or_default();
+        let set = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.is_empty());
+        [
+            (self.block_io.is_some(), "blockIO"),
+            (!self.hugepage_limits.is_empty(), "hugepageLimits"),
+            (
+                self.unified.as_ref().is_some_and(|u| !u.is_empty()),
+                "unified",
+            ),
+            (self.rdma.is_some(), "rdma"),
+            (self.network.is_some(), "network"),
+            (
+                mem.kernel.is_some() || mem.kernel_tcp.is_some(),
+                "memory.kernel/kernelTCP",
+            ),
+            (
+                cpu.realtime_runtime.is_some() || cpu.realtime_period.is_some(),
+                "cpu.realtimeRuntime/realtimePeriod",
+            ),
+            (set(&cpu.cpus) || set(&cpu.mems), "cpu.cpus/mems (cpuset)"),
+        ]
+        .into_iter()
+        .find_map(|(present, name)| present.then_some(name))
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Pids {
+    pub limit: i64,
+}
+
+/// A device cgroup rule (`linux.resources.devices`).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct DeviceRule {
+    pub allow: bool,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    pub access: Option<String>,
+}
+
+impl Spec {
+    /// Reads `<bundle>/config.json`.
+    pub fn load(bundle: &Path) -> Result<Spec> {
+        let p = bundle.join("config.json");
+        let text =
+            std::fs::read_to_string(&p).map_err(|e| RuntimeError::io("reading", p.display(), e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| RuntimeError::Invalid(format!("parsing {}: {e}", p.display())))
+    }
+
+    /// Refuses what twill-oci does not implement, so nothing is ignored silently.
+    pub fn check(&self) -> Result<()> {
+        let refuse = |what: &str| Err(RuntimeError::Invalid(format!("config.json: {what}")));
+        if !(self.oci_version.starts_with("1.") || self.oci_version.is_empty()) {
+            return refuse(&format!(
+                "ociVersion {} is not supported (1.0 to 1.2 are)",
+                self.oci_version
+            ));
+        }
+        let Some(process) = &self.process else {
+            return refuse("no process");
+        };
+        if process.args.is_empty() {
+            return refuse("process.args is empty");
+        }
+        for (set, what) in [
+            (
+                !process.apparmor_profile.is_empty(),
+                "process.apparmorProfile (AppArmor)",
+            ),
+            (
+                !process.selinux_label.is_empty(),
+                "process.selinuxLabel (SELinux)",
+            ),
+            (
+                !self.linux.mount_label.is_empty(),
+                "linux.mountLabel (SELinux)",
+            ),
+            (process.io_priority.is_some(), "process.ioPriority"),
+            (process.scheduler.is_some(), "process.scheduler"),
+            (self.linux.personality.is_some(), "linux.personality"),
+            (self.linux.intel_rdt.is_some(), "linux.intelRdt"),
+            (self.linux.time_offsets.is_some(), "linux.timeOffsets"),
+        ] {
+            if set {
+                return refuse(&format!("{what} is not supported"));
+            }
+        }
+        if self.root.is_none() {
+            return refuse("no root");
+        }
+        if !self.linux.uid_mappings.is_empty() || !self.linux.gid_mappings.is_empty() {
+            return refuse("linux.uidMappings/gidMappings: user namespaces are not supported yet");
+        }
+        for ns in &self.linux.namespaces {
+            match (ns.kind.as_str(), &ns.path) {
+                ("user", _) => return refuse("a user namespace is not supported yet"),
+                ("pid", Some(_)) => {
+                    return refuse("joining a pid namespace by path is not supported yet");
+                }
+                ("mount", Some(_)) => {
+                    return refuse("joining a mount namespace by path is not supported");
+                }
+                ("pid" | "network" | "ipc" | "uts" | "mount" | "cgroup", _) => {}
+                (other, _) => return refuse(&format!("unknown namespace type {other:?}")),
+            }
+        }
+        for key in self.linux.sysctl.keys() {
+            self.check_sysctl(key)?;
+        }
+        if !self.linux.namespaces.iter().any(|n| n.kind == "mount") {
+            return refuse("a mount namespace is required");
+        }
+        if let Some(name) = self
+            .linux
+            .resources
+            .as_ref()
+            .and_then(Resources::unsupported)
+        {
+            return refuse(&format!(
+                "linux.resources.{name} is not supported yet (memory limit/swap/reservation/\
+                 swappiness/disableOOMKiller, cpu quota/period/shares, pids and devices are)"
+            ));
+        }
+        if !self.hooks.create_container.is_empty() || !self.hooks.start_container.is_empty() {
+            return refuse("createContainer/startContainer hooks are not supported yet");
+        }
+        for r in &process.rlimits {
+            rlimit_resource(&r.kind)?;
+        }
+        if let Some(c) = &process.capabilities {
+            for name in c
+                .bounding
+                .iter()
+                .chain(&c.effective)
+                .chain(&c.inheritable)
+                .chain(&c.permitted)
+                .chain(&c.ambient)
+            {
+                capability(name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// As runc: a sysctl is written only into a namespace of the container's own (never the
+    /// host's), so only namespaced ones are allowed, and only with that namespace.
+    fn check_sysctl(&self, key: &str) -> Result<()> {
+        let has = |kind: &str| self.linux.namespaces.iter().any(|n| n.kind == kind);
+        const IPC: &[&str] = &[
+            "kernel.msgmax",
+            "kernel.msgmnb",
+            "kernel.msgmni",
+            "kernel.sem",
+            "kernel.shmall",
+            "kernel.shmmax",
+            "kernel.shmmni",
+            "kernel.shm_rmid_forced",
+        ];
+        let needs = if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+            "ipc"
+        } else if key.starts_with("net.") {
+            "network"
+        } else if key == "kernel.hostname" || key == "kernel.domainname" {
+            "uts"
+        } else {
+            return Err(RuntimeError::Invalid(format!(
+                "config.json: sysctl {key} is not namespaced: it would change the host"
+            )));
+        };
+        if !has(needs) {
+            return Err(RuntimeError::Invalid(format!(
+                "config.json: sysctl {key} needs a {needs} namespace of the container's own"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether namespace `kind` is new (listed without a path).
+    pub fn new_namespace(&self, kind: &str) -> bool {
+        self.linux
+            .namespaces
+            .iter()
+            .any(|n| n.kind == kind && n.path.is_none())
+    }
+}
+
+/// `RLIMIT_NOFILE` etc. → the resource number.
+pub fn rlimit_resource(name: &str) -> Result<i32> {
+    let r = match name {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        _ => {
+            return Err(RuntimeError::Invalid(format!(
+                "config.json: unknown rlimit {name:?}"
+            )));
+        }
+    };
+    Ok(r as i32)
+}
+
+/// `CAP_NET_ADMIN` → the capability.
+pub fn capability(name: &str) -> Result<caps::Capability> {
+    name.parse::<caps::Capability>()
+        .map_err(|_| RuntimeError::Invalid(format!("config.json: unknown capability {name:?}")))
+}
+
+/// Capability names → a set (names were checked by `Spec::check`; unknown ones are skipped).
+pub fn cap_set(names: &[String]) -> caps::CapsHashSet {
+    names.iter().filter_map(|n| capability(n).ok()).collect()
+}
