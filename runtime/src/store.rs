@@ -136,12 +136,9 @@ impl Store {
     pub fn save(&self, st: &State) -> Result<()> {
         let dir = self.container_dir(&st.id);
         ensure_dir(&dir)?;
-        let tmp = dir.join("state.json.tmp");
         let text =
             serde_json::to_vec_pretty(st).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-        fs::write(&tmp, text).map_err(|e| RuntimeError::io("writing", tmp.display(), e))?;
-        fs::rename(&tmp, dir.join("state.json"))
-            .map_err(|e| RuntimeError::io("saving state of", &st.id, e))
+        write_atomic(&dir.join("state.json"), &text)
     }
 
     /// Loads a container by ID, unique ID prefix, or name.
@@ -198,6 +195,39 @@ pub fn now_unix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (`2026-11-29T14:39:55Z`), as image configs and OCI
+/// state write times.
+pub fn rfc3339(unix: u64) -> String {
+    // Days to a civil date (Howard Hinnant's civil_from_days), so no date crate is needed for
+    // one field.
+    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Writes `bytes` to `path` through `<path>.tmp` and a rename, so readers never see half a
+/// file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, bytes).map_err(|e| RuntimeError::io("writing", tmp.display(), e))?;
+    fs::rename(&tmp, path).map_err(|e| RuntimeError::io("writing", path.display(), e))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! from and writes the received traffic into, created and configured in one place for twilld
 //! and for the lab's TUN relay, which stands in for twilld on the same device.
 
+use super::Engine;
 use ipnet::Ipv4Net;
 use twill_netkit::tun::offload::{CSUM, TSO4, TSO6};
 use twill_netkit::tun::{Tun, TunOptions};
@@ -71,4 +72,14 @@ pub async fn create(
 /// destination is handed to the device).
 pub fn network_route(network: Ipv4Net, link: &Link) -> Route {
     Route::new(network).dev(link.index).scope(Scope::Link)
+}
+
+/// Whether a TUN backend's data path is whole: its device still exists under its name and every
+/// engine thread runs. Level-triggered `apply` rebuilds both when this is false.
+pub async fn data_path_alive(nl: &Netlink, device: Option<&Link>, engine: Option<&Engine>) -> bool {
+    let present = match device {
+        Some(d) => matches!(nl.link_by_index(d.index).await, Ok(Some(ref l)) if l.name == d.name),
+        None => false,
+    };
+    present && engine.is_some_and(Engine::healthy)
 }

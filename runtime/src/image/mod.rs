@@ -158,11 +158,8 @@ pub fn load(store: &Store, name: &str) -> Result<Image> {
 fn write_record(store: &Store, img: &Image) -> Result<()> {
     let dir = image_dir(store, &img.name);
     fs::create_dir_all(&dir).map_err(|e| RuntimeError::io("creating", dir.display(), e))?;
-    let path = dir.join("image.json");
-    let tmp = dir.join("image.json.tmp");
     let text = serde_json::to_vec_pretty(img).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-    fs::write(&tmp, text).map_err(|e| RuntimeError::io("writing", tmp.display(), e))?;
-    fs::rename(&tmp, &path).map_err(|e| RuntimeError::io("writing", path.display(), e))
+    crate::store::write_atomic(&dir.join("image.json"), &text)
 }
 
 /// Every image.
@@ -497,27 +494,7 @@ fn import_rootfs(
     Ok(img)
 }
 
-/// A Unix time as image configs write it (`2026-11-29T13:44:36Z`).
-pub(crate) fn rfc3339(unix: u64) -> String {
-    // Days to a civil date (Howard Hinnant's algorithm), so no date crate is needed for one
-    // field.
-    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
+pub(crate) use crate::store::rfc3339;
 
 /// This machine's architecture as image configs name it.
 pub(crate) fn go_arch() -> &'static str {

@@ -490,9 +490,7 @@ pub fn seccomp_loader(spec: &Spec) -> Result<Option<FilterLoader>> {
 
 /// Writes `pid` to `path` atomically (engines poll for it).
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
-    let tmp = path.with_extension("twill-tmp");
-    fs::write(&tmp, pid.to_string()).map_err(|e| RuntimeError::io("writing", tmp.display(), e))?;
-    fs::rename(&tmp, path).map_err(|e| RuntimeError::io("writing", path.display(), e))
+    crate::store::write_atomic(path, pid.to_string().as_bytes())
 }
 
 /// `pid` as a nix Pid.

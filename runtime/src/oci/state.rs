@@ -91,12 +91,9 @@ impl Root {
 
     pub fn save(&self, s: &Saved) -> Result<()> {
         let dir = self.container_dir(&s.id)?;
-        let tmp = dir.join("state.json.tmp");
         let text = serde_json::to_vec_pretty(s)
             .map_err(|e| RuntimeError::Invalid(format!("encoding state of {}: {e}", s.id)))?;
-        fs::write(&tmp, text).map_err(|e| RuntimeError::io("writing", tmp.display(), e))?;
-        fs::rename(&tmp, dir.join("state.json"))
-            .map_err(|e| RuntimeError::io("writing", dir.join("state.json").display(), e))
+        crate::store::write_atomic(&dir.join("state.json"), &text)
     }
 
     /// IDs of all containers.
@@ -170,26 +167,7 @@ impl Saved {
     }
 }
 
-/// Seconds since the epoch as RFC 3339 UTC (`2026-11-29T14:39:55Z`).
-pub fn rfc3339(unix: u64) -> String {
-    let (days, secs) = ((unix / 86400) as i64, unix % 86400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
+pub use crate::store::rfc3339;
 
 #[cfg(test)]
 mod tests {

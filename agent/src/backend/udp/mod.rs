@@ -189,14 +189,7 @@ impl Backend for Udp {
     async fn apply(&mut self, nl: &Netlink, peers: &Peers) -> ApplyErrors {
         let mut errors = ApplyErrors::default();
         // Level-triggered: a deleted device or a dead data path is rebuilt.
-        let present = match &self.device {
-            Some(d) => {
-                matches!(nl.link_by_index(d.index).await, Ok(Some(ref l)) if l.name == d.name)
-            }
-            None => false,
-        };
-        let healthy = self.engine.as_ref().is_some_and(Engine::healthy);
-        if !present || !healthy {
+        if !device::data_path_alive(nl, self.device.as_ref(), self.engine.as_ref()).await {
             tracing::warn!(device = %self.opts.device, "udp TUN device or data path gone: re-creating it");
             if let Err(e) = self.start(nl).await {
                 errors.push(e);
