@@ -512,6 +512,7 @@ fn podman_store() -> Option<&'static Path> {
     let dir = STORE.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("oci-podman");
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(twill_tests::podman::runroot(&dir.join("store")));
         let ctx = dir.join("ctx");
         let root = ctx.join("root");
         for d in ["bin", "etc", "tmp", "root"] {
@@ -821,9 +822,10 @@ fn podman_run_it_and_exec_it_through_a_pty() {
         return;
     }
     let base = format!(
-        "podman --root {root}/root --runroot {root}/runroot --tmpdir {root}/tmp \
+        "podman --root {root}/root --runroot {runroot} --tmpdir {root}/tmp \
          --storage-driver vfs --cgroup-manager cgroupfs --events-backend file",
-        root = s.display()
+        root = s.display(),
+        runroot = twill_tests::podman::runroot(s).display()
     );
     let script = |cmd: &str| -> Output {
         Command::new("script")

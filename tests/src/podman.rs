@@ -2,8 +2,27 @@
 //! tmp state) lives under a directory the test owns, so the machine's podman state is never
 //! touched and removing the directory removes everything.
 
-use std::path::Path;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// podman refuses a `--runroot` longer than this ("the specified runroot is longer than 50
+/// characters"): libpod's socket paths under it must fit in `sun_path`.
+const RUNROOT_MAX: usize = 50;
+
+/// Where podman keeps run state for `store`: `store/runroot` when that path is short enough
+/// for podman, else a directory in /tmp named by a hash of the store path (the same store always
+/// gets the same one). Clean clones live at arbitrary depths (CI's is deeper than ours), so a
+/// store under the target directory can cross the limit.
+pub fn runroot(store: &Path) -> PathBuf {
+    let inside = store.join("runroot");
+    if inside.as_os_str().len() <= RUNROOT_MAX {
+        return inside;
+    }
+    let mut h = DefaultHasher::new();
+    store.hash(&mut h);
+    std::env::temp_dir().join(format!("twill-rr-{:016x}", h.finish()))
+}
 
 /// `podman` on the store under `store` (vfs: no overlay mounts to leave behind; cgroupfs and
 /// file events: no systemd needed).
@@ -12,7 +31,7 @@ pub fn podman(store: &Path) -> Command {
     c.arg("--root")
         .arg(store.join("root"))
         .arg("--runroot")
-        .arg(store.join("runroot"))
+        .arg(runroot(store))
         .arg("--tmpdir")
         .arg(store.join("tmp"))
         .args([
@@ -36,4 +55,24 @@ pub fn output_ok(c: &mut Command, what: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runroot_stays_within_podmans_limit_for_deep_stores() {
+        let shallow = Path::new("/tmp/x/store");
+        assert_eq!(runroot(shallow), shallow.join("runroot"));
+        // CI's clean clone: /check/work/main/target/tmp/oci-podman/store/runroot is 52.
+        let deep = Path::new("/check/work/main/target/tmp/oci-podman/store");
+        let rr = runroot(deep);
+        assert!(rr.as_os_str().len() <= RUNROOT_MAX, "{}", rr.display());
+        assert_eq!(rr, runroot(deep), "stable per store");
+        assert_ne!(
+            rr,
+            runroot(Path::new("/check/work/main/target/tmp/oci-podman/store2"))
+        );
+    }
 }

@@ -53,7 +53,7 @@ fn image_builds_offline_and_its_twilld_masquerades_like_flannel() {
         .arg("--root")
         .arg(store.join("root"))
         .arg("--runroot")
-        .arg(store.join("runroot"))
+        .arg(twill_tests::podman::runroot(&store))
         .arg("--tmpdir")
         .arg(store.join("tmp"))
         .args(["--storage-driver", "vfs"]);
