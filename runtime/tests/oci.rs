@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use twill_tests::podman::{output_ok, podman};
+use twill_tests::podman::{build_busybox_image, output_ok, podman};
 use twill_tests::{in_ci, preconditions};
 
 const OCI: &str = env!("CARGO_BIN_EXE_twill-oci");
@@ -513,35 +513,7 @@ fn podman_store() -> Option<&'static Path> {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("oci-podman");
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(twill_tests::podman::runroot(&dir.join("store")));
-        let ctx = dir.join("ctx");
-        let root = ctx.join("root");
-        for d in ["bin", "etc", "tmp", "root"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for c in [
-            "sh", "cat", "echo", "id", "pwd", "sleep", "true", "head", "tail", "grep", "ps",
-            "hostname", "unshare",
-        ] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(c)).unwrap();
-        }
-        std::fs::write(
-            root.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(
-            root.join("etc/group"),
-            "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
-        )
-        .unwrap();
-        std::fs::write(ctx.join("Containerfile"), "FROM scratch\nCOPY root/ /\n").unwrap();
-        output_ok(
-            podman(&dir.join("store"))
-                .args(["build", "--isolation", "chroot", "-q", "-t", "localhost/bb"])
-                .arg(&ctx),
-            "podman build",
-        );
+        build_busybox_image(&dir.join("store"), &dir.join("ctx"), "localhost/bb");
         dir
     });
     Some(dir.join("store")).map(|p| &*Box::leak(p.into_boxed_path()))

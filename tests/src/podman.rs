@@ -57,6 +57,41 @@ pub fn output_ok(c: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Builds `tag` in the podman store `store` from the machine's /bin/busybox (no registry
+/// here): busybox and its applets the tests use under /bin, an /etc/passwd with `root` and
+/// `app` (1000), an /etc/group with `staff` (50) holding `app`. `ctx` is the build context,
+/// created here.
+pub fn build_busybox_image(store: &Path, ctx: &Path, tag: &str) {
+    let root = ctx.join("root");
+    for d in ["bin", "etc", "tmp", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for c in [
+        "sh", "cat", "echo", "id", "pwd", "sleep", "true", "head", "tail", "grep", "ps",
+        "hostname", "unshare", "ping", "nc", "ip", "wget",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(c)).unwrap();
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
+    )
+    .unwrap();
+    std::fs::write(ctx.join("Containerfile"), "FROM scratch\nCOPY root/ /\n").unwrap();
+    output_ok(
+        podman(store)
+            .args(["build", "--isolation", "chroot", "-q", "-t", tag])
+            .arg(ctx),
+        "podman build",
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
