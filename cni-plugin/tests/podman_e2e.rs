@@ -20,18 +20,14 @@ use std::process::Command;
 use serde_json::Value;
 use tempfile::TempDir;
 use twill_netkit::Netns;
-use twill_tests::cni::{REFERENCE_DIR, reference_plugin_installed, reservations};
-use twill_tests::podman::{output_ok, podman};
+use twill_tests::cni::{
+    REFERENCE_DIR, reference_plugin_installed, remove_network_state, reservations,
+};
+use twill_tests::podman::{ULIMITS, output_ok, podman};
 use twill_tests::{NsScope, ip_json, preconditions, run};
 
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
 const IMAGE: &str = "localhost/twill-bb:1";
-const ULIMITS: [&str; 4] = [
-    "--ulimit",
-    "nofile=1024:1024",
-    "--ulimit",
-    "nproc=1024:1024",
-];
 const BURST: usize = 10;
 
 /// podman with a private store and CNI setup, run inside the namespace `host`.
@@ -202,16 +198,8 @@ impl Podman {
     }
 
     fn remove_machine_state(&self) {
-        let _ = std::fs::remove_dir_all(self.host_local_dir());
+        remove_network_state(&self.net);
         let _ = std::fs::remove_dir_all(self.twill_state_dir());
-        if let Ok(d) = std::fs::read_dir("/var/lib/cni/results") {
-            let prefix = format!("{}-", self.net);
-            for e in d.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{Value, json};
-use twill_tests::podman::{output_ok, podman};
+use twill_tests::podman::{busybox_context, output_ok, podman};
 use twill_tests::{in_ci, preconditions};
 
 const RUN: &str = env!("CARGO_BIN_EXE_twill-run");
@@ -108,32 +108,17 @@ fn busybox_present(name: &str) -> bool {
 /// `app`, and /etc/greeting for the second image to remove.
 fn base_context(dir: &Path) -> PathBuf {
     let ctx = dir.join("base");
-    let root = ctx.join("root");
-    for d in ["bin", "etc", "tmp", "root"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for c in [
-        "sh", "ls", "cat", "echo", "id", "pwd", "env", "rm", "sleep", "test", "mkdir", "find",
-        "sort", "grep", "head", "stat", "true", "xargs", "chmod", "ln",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(c)).unwrap();
-    }
+    let root = busybox_context(
+        &ctx,
+        &[
+            "sh", "ls", "cat", "echo", "id", "pwd", "env", "rm", "sleep", "test", "mkdir", "find",
+            "sort", "grep", "head", "stat", "true", "xargs", "chmod", "ln",
+        ],
+    );
     std::fs::write(root.join("etc/greeting"), "hello\n").unwrap();
     std::fs::create_dir_all(root.join("srv/sub")).unwrap();
     std::fs::write(root.join("srv/a"), "a\n").unwrap();
     std::fs::write(root.join("srv/sub/b"), "b\n").unwrap();
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/group"),
-        "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
-    )
-    .unwrap();
-    std::fs::write(ctx.join("Containerfile"), "FROM scratch\nCOPY root/ /\n").unwrap();
     ctx
 }
 

@@ -11,19 +11,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use twill_tests::podman::{build_busybox_image, output_ok, podman};
-use twill_tests::{in_ci, preconditions};
+use twill_tests::podman::{ULIMITS, build_busybox_image, output_ok, podman};
+use twill_tests::{busybox_present, preconditions};
 
 const OCI: &str = env!("CARGO_BIN_EXE_twill-oci");
-
-fn busybox_present(name: &str) -> bool {
-    if Path::new("/bin/busybox").exists() {
-        return true;
-    }
-    assert!(!in_ci(), "CI must install busybox-static");
-    eprintln!("skipping {name}: no /bin/busybox");
-    false
-}
 
 /// A bundle: a busybox rootfs and a config.json like `runc spec`'s (not a terminal), with
 /// `/out` bound to a host directory the test reads.
@@ -529,15 +520,8 @@ fn podman_ready(name: &str) -> Option<&'static Path> {
 /// `podman run` with twill-oci and the ulimits this machine needs.
 fn prun(store: &Path, extra: &[&str]) -> Output {
     podman(store)
-        .args([
-            "run",
-            "--runtime",
-            OCI,
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ])
+        .args(["run", "--runtime", OCI])
+        .args(ULIMITS)
         .args(extra)
         .stdin(Stdio::null())
         .output()

@@ -10,16 +10,16 @@
 //! them and removed at the end.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use twill_netkit::Netns;
 use twill_testbed::{Cluster, Etcd, TwilldCommand, wait_for, wait_for_subnet};
-use twill_tests::cni::REFERENCE_DIR;
-use twill_tests::podman::{build_busybox_image, output_ok, podman};
-use twill_tests::{NsScope, in_ci, preconditions};
+use twill_tests::cni::{REFERENCE_DIR, remove_network_state};
+use twill_tests::podman::{ULIMITS, build_busybox_image, output_ok, podman};
+use twill_tests::{KillOnDrop, NsScope, busybox_present, in_ci, preconditions};
 
 const OCI: &str = env!("CARGO_BIN_EXE_twill-oci");
 const IMAGE: &str = "localhost/bb";
@@ -40,15 +40,7 @@ fn sibling(name: &str) -> Option<PathBuf> {
 }
 
 fn ready(test: &str, tools: &[&str]) -> bool {
-    if !preconditions(test, tools) {
-        return false;
-    }
-    if Path::new("/bin/busybox").exists() {
-        return true;
-    }
-    assert!(!in_ci(), "CI must install busybox-static");
-    eprintln!("skipping {test}: no /bin/busybox");
-    false
+    preconditions(test, tools) && busybox_present(test)
 }
 
 /// One podman "node": a private store and CNI configuration, every command run inside `host`
@@ -108,31 +100,18 @@ impl Node {
     }
 
     /// `podman run` with twill-oci and the ulimits this machine needs.
+    fn run_cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.cmd();
+        c.args(["run", "--runtime", OCI]).args(ULIMITS).args(args);
+        c
+    }
+
     fn run(&self, args: &[&str]) -> Output {
-        self.cmd()
-            .args([
-                "run",
-                "--runtime",
-                OCI,
-                "--ulimit",
-                "nofile=1024:1024",
-                "--ulimit",
-                "nproc=1024:1024",
-            ])
-            .args(args)
-            .output()
-            .unwrap()
+        self.run_cmd(args).output().unwrap()
     }
 
     fn run_ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "podman run {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        output_ok(&mut self.run_cmd(args), &format!("podman run {args:?}"))
     }
 
     fn address(&self, name: &str, net: &str) -> String {
@@ -162,15 +141,7 @@ impl Node {
 
     fn remove_machine_state(&self) {
         for net in &self.nets {
-            let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(net));
-            if let Ok(d) = std::fs::read_dir("/var/lib/cni/results") {
-                let prefix = format!("{net}-");
-                for e in d.flatten() {
-                    if e.file_name().to_string_lossy().starts_with(&prefix) {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
+            remove_network_state(net);
         }
     }
 }
@@ -217,16 +188,6 @@ fn podman_default_cni_network_with_twill_oci() {
     assert_eq!(node.veths(), 0, "podman rm leaves no veth behind");
 }
 
-/// A twilld agent in a lab host, killed when dropped.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn podman_with_twill_oci_and_twill_cni_across_two_vxlan_hosts() {
     let name = "podman_with_twill_oci_and_twill_cni_across_two_vxlan_hosts";
@@ -259,7 +220,7 @@ fn podman_with_twill_oci_and_twill_cni_across_two_vxlan_hosts() {
         let agent = TwilldCommand::new(&twilld, etcd.endpoint(), &subnet_file, &log)
             .spawn_in(&host.netns)
             .unwrap();
-        agents.push(Agent(agent));
+        agents.push(KillOnDrop(agent));
         wait_for_subnet(&subnet_file, Duration::from_secs(30)).unwrap_or_else(|e| {
             panic!(
                 "{e}; twilld log:\n{}",

@@ -224,3 +224,17 @@ pub fn reservations(dir: &std::path::Path) -> usize {
             .count()
     })
 }
+
+/// Removes what the CNI network `net` left machine-wide: host-local's store
+/// (`/var/lib/cni/networks/<net>`) and libcni's cached results (`/var/lib/cni/results/<net>-*`).
+pub fn remove_network_state(net: &str) {
+    let _ = std::fs::remove_dir_all(std::path::Path::new("/var/lib/cni/networks").join(net));
+    if let Ok(d) = std::fs::read_dir("/var/lib/cni/results") {
+        let prefix = format!("{net}-");
+        for e in d.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}

@@ -142,3 +142,25 @@ impl Drop for NsScope {
         }
     }
 }
+
+/// A process the test started, killed and reaped when the guard drops (also on a panic).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether /bin/busybox (Debian's busybox-static, the tests' container userland) is there;
+/// false with a one-line reason outside CI, a panic in CI.
+#[must_use]
+pub fn busybox_present(test: &str) -> bool {
+    if std::path::Path::new("/bin/busybox").exists() {
+        return true;
+    }
+    assert!(!in_ci(), "CI must install busybox-static");
+    eprintln!("skipping {test}: no /bin/busybox");
+    false
+}

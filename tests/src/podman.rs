@@ -57,20 +57,32 @@ pub fn output_ok(c: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Builds `tag` in the podman store `store` from the machine's /bin/busybox (no registry
-/// here): busybox and its applets the tests use under /bin, an /etc/passwd with `root` and
-/// `app` (1000), an /etc/group with `staff` (50) holding `app`. `ctx` is the build context,
-/// created here.
-pub fn build_busybox_image(store: &Path, ctx: &Path, tag: &str) {
+/// The ulimits `podman run` needs on this machine and CI's (raising podman's defaults is
+/// refused there).
+pub const ULIMITS: [&str; 4] = [
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
+
+/// The busybox applets [`build_busybox_image`] links.
+pub const BUSYBOX_APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "id", "pwd", "sleep", "true", "head", "tail", "grep", "ps", "hostname",
+    "unshare", "ping", "nc", "ip", "wget",
+];
+
+/// Writes a build context at `ctx` for an image made from the machine's /bin/busybox (no
+/// registry here): `root/` with busybox and `applets` under /bin, an /etc/passwd with `root`
+/// and `app` (1000), an /etc/group with `staff` (50) holding `app`; and a Containerfile that
+/// copies `root/` into an empty image. Returns `ctx/root` for more files.
+pub fn busybox_context(ctx: &Path, applets: &[&str]) -> PathBuf {
     let root = ctx.join("root");
     for d in ["bin", "etc", "tmp", "root"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for c in [
-        "sh", "cat", "echo", "id", "pwd", "sleep", "true", "head", "tail", "grep", "ps",
-        "hostname", "unshare", "ping", "nc", "ip", "wget",
-    ] {
+    for c in applets {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(c)).unwrap();
     }
     std::fs::write(
@@ -84,6 +96,13 @@ pub fn build_busybox_image(store: &Path, ctx: &Path, tag: &str) {
     )
     .unwrap();
     std::fs::write(ctx.join("Containerfile"), "FROM scratch\nCOPY root/ /\n").unwrap();
+    root
+}
+
+/// Builds `tag` in the podman store `store` from [`busybox_context`] with
+/// [`BUSYBOX_APPLETS`]; `ctx` is the build context, created here.
+pub fn build_busybox_image(store: &Path, ctx: &Path, tag: &str) {
+    busybox_context(ctx, BUSYBOX_APPLETS);
     output_ok(
         podman(store)
             .args(["build", "--isolation", "chroot", "-q", "-t", tag])

@@ -10,28 +10,18 @@
 //! inside the host's namespace.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 use twill_testbed::{Cluster, Etcd, wait_for, wait_for_subnet};
 use twill_tests::podman::{output_ok, podman};
-use twill_tests::{ns_exec_ok, preconditions, run};
+use twill_tests::{KillOnDrop, ns_exec_ok, preconditions, run};
 
 const TAG: &str = "localhost/twill-test:image-test";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Kills the chrooted twilld (started by this test) when the test ends.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -118,7 +108,7 @@ fn image_builds_offline_and_its_twilld_masquerades_like_flannel() {
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     host.netns.prepare_command(&mut c).unwrap();
-    let _agent = Agent(c.spawn().unwrap());
+    let _agent = KillOnDrop(c.spawn().unwrap());
     let subnet_file = rootfs.join("run/flannel/subnet.env");
     let se = wait_for_subnet(&subnet_file, Duration::from_secs(30)).unwrap_or_else(|e| {
         panic!(
