@@ -367,6 +367,51 @@ pub fn idmapped_bind(src: &Path, target: &Path, userns: RawFd) -> Result<()> {
     Ok(())
 }
 
+/// Binds the current directory over itself and moves the current directory onto that new
+/// mount (the mount point pivot_root needs), without a path lookup: in a user namespace the
+/// way to the container's root may pass directories only the host's root can search
+/// (podman's storage), so the process set its cwd there before it entered the namespace.
+/// Needs kernel ≥ 5.2 (open_tree, move_mount).
+pub fn bind_cwd_over_itself() -> Result<()> {
+    // SAFETY: open_tree on the cwd; the fd is owned right away.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c".".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    };
+    if fd < 0 {
+        return Err(RuntimeError::io(
+            "cloning mount of",
+            "the container's root",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // SAFETY: move_mount of our detached tree onto the cwd, a directory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c".".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(RuntimeError::io(
+            "binding over itself",
+            "the container's root",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    nix::unistd::fchdir(&tree).map_err(|e| RuntimeError::nix("entering", "the container's root", e))
+}
+
 /// Gives `path` (not its contents) to the range's root: for the empty upper layer and fresh
 /// anonymous volumes.
 pub fn chown_to_root_of(path: &Path, map: &IdMap) -> Result<()> {

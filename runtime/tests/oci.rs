@@ -394,7 +394,38 @@ fn bare_errors_are_clear_logged_as_json_and_leave_nothing() {
         |c| c["linux"]["namespaces"] = json!([{"type": "user"}, {"type": "mount"}]),
         &["true"],
     );
-    assert!(create_err(&b, "e2").contains("user namespace"));
+    let e = create_err(&b, "e2");
+    assert!(
+        e.contains("uidMappings: empty: a new user namespace needs both maps"),
+        "{e}"
+    );
+    b.config(
+        |c| c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 10}]),
+        &["true"],
+    );
+    let e = create_err(&b, "e11");
+    assert!(
+        e.contains("but linux.namespaces has no user namespace"),
+        "{e}"
+    );
+    b.config(
+        |c| {
+            with_new_userns(c);
+            c["linux"]["uidMappings"] = json!([{"containerID": 1, "hostID": 100000, "size": 10}]);
+        },
+        &["true"],
+    );
+    let e = create_err(&b, "e12");
+    assert!(e.contains("container ID 0 is not mapped"), "{e}");
+    b.config(
+        |c| c["linux"]["namespaces"][4] = json!({"type": "mount", "path": "/proc/1/ns/mnt"}),
+        &["true"],
+    );
+    let e = create_err(&b, "e13");
+    assert!(
+        e.contains("joining a mount namespace by path is not supported"),
+        "{e}"
+    );
     b.config(
         |c| c["linux"]["cgroupsPath"] = json!("machine.slice:libpod:x"),
         &["true"],
@@ -618,10 +649,24 @@ fn bare_user_namespace_maps_root_to_the_host_range() {
     let d = tempfile::tempdir().unwrap();
     let mut b = Bundle::new(d.path());
     give_rootfs_to_range(&b);
+    // The rootfs behind a directory only the host's root may search (as podman's vfs
+    // storage can be): the user namespace's root cannot look the path up.
+    let private = d.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::rename(d.path().join("rootfs"), private.join("rootfs")).unwrap();
     b.config(
         |c| {
             with_new_userns(c);
+            c["root"]["path"] = json!("private/rootfs");
             c["linux"]["sysctl"] = json!({"net.ipv4.ping_group_range": "0 0"});
+            // Written by create (the container's root could not lower it; this machine's
+            // root cannot either, so the test raises it).
+            c["process"]["oomScoreAdj"] = json!(500);
         },
         &[
             "sh",
@@ -630,7 +675,8 @@ fn bare_user_namespace_maps_root_to_the_host_range() {
              hostname > /out/host; touch /out/made; ls /sys/class/net > /out/net; \
              cat /proc/sys/net/ipv4/ping_group_range > /out/ping; \
              { echo 1 > /proc/sys/kernel/ns_last_pid; } 2> /out/rosys; \
-             ls /sys/fs/cgroup > /out/cgroup; echo > /out/done; exec sleep 100",
+             ls /sys/fs/cgroup > /out/cgroup; cat /proc/self/oom_score_adj > /out/oom; \
+             echo > /out/done; exec sleep 100",
         ],
     );
     b.create("u1");
@@ -656,6 +702,7 @@ fn bare_user_namespace_maps_root_to_the_host_range() {
         "lo\n",
         "sysfs of the container's own netns"
     );
+    assert_eq!(b.read_out("oom"), "500\n");
     assert_eq!(squeeze(&b.read_out("ping")), "0 0");
     assert!(
         b.read_out("rosys").contains("Read-only"),
@@ -692,6 +739,7 @@ fn bare_user_namespace_maps_root_to_the_host_range() {
             ns.push(json!({"type": "user", "path": format!("/proc/{pid}/ns/user")}));
             ns.push(json!({"type": "network", "path": format!("/proc/{pid}/ns/net")}));
             c["hostname"] = json!("second");
+            c["root"]["path"] = json!("private/rootfs");
         },
         &[
             "sh",
@@ -717,6 +765,7 @@ fn bare_user_namespace_maps_root_to_the_host_range() {
         |c| {
             with_new_userns(c);
             c["linux"]["namespaces"][1] = json!({"type": "network", "path": netns.path()});
+            c["root"]["path"] = json!("private/rootfs");
         },
         &[
             "sh",
@@ -1274,4 +1323,129 @@ fn podman_resources_are_applied_or_refused_never_ignored() {
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(e.contains(named) && e.contains("not supported"), "{e}");
     }
+}
+
+/// `podman rm -f` of the named containers on drop, so nothing outlives a failed assertion.
+struct RmOnDrop<'a>(&'a Path, Vec<String>);
+
+impl Drop for RmOnDrop<'_> {
+    fn drop(&mut self) {
+        for name in &self.1 {
+            let _ = podman(self.0).args(["rm", "-f", "-t", "0", name]).output();
+        }
+    }
+}
+
+#[test]
+fn podman_uidmap_runs_root_as_the_host_range() {
+    let Some(s) = podman_ready("podman_uidmap_runs_root_as_the_host_range") else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let v = format!("{}:/v", d.path().display());
+    let map = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"];
+    // podman hands over a rootfs it has chowned to the range; the runtime maps the range.
+    let mut args = vec!["--rm", "--net", "none", "-v", &v];
+    args.extend(map);
+    args.extend([
+        "localhost/bb",
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map /proc/self/gid_map; id -u; touch /v/made; \
+         echo x > /proc/sys/kernel/ns_last_pid 2>/dev/null || echo ro-proc-sys",
+    ]);
+    let o = prun(s, &args);
+    assert_eq!(
+        squeeze(&stdout(&o)),
+        "0 100000 65536\n0 100000 65536\n0\nro-proc-sys",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(owner(&d.path().join("made")), (100000, 100000));
+    // run -d, then exec and top in the user namespace; -u picks a user inside the range.
+    let name = format!("twt-oci-u-{}", std::process::id());
+    let _rm = RmOnDrop(s, vec![name.clone()]);
+    let mut args = vec!["-d", "--name", &name, "--net", "none"];
+    args.extend(map);
+    args.extend(["localhost/bb", "sleep", "300"]);
+    let o = prun(s, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exec = output_ok(
+        podman(s).args([
+            "exec",
+            "-u",
+            "app",
+            &name,
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; id",
+        ]),
+        "podman exec",
+    );
+    // podman exec lists only the supplementary groups (runc shows the same).
+    assert_eq!(
+        squeeze(&exec),
+        "0 100000 65536\nuid=1000(app) gid=1000(app) groups=50(staff)"
+    );
+    let top = output_ok(
+        podman(s).args(["top", &name, "user", "huser", "args"]),
+        "podman top",
+    );
+    assert!(
+        top.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+            == ["root", "100000", "sleep", "300"]),
+        "{top}"
+    );
+}
+
+#[test]
+fn podman_pid_container_shares_the_pid_namespace() {
+    let Some(s) = podman_ready("podman_pid_container_shares_the_pid_namespace") else {
+        return;
+    };
+    let first = format!("twt-oci-p-{}", std::process::id());
+    let _rm = RmOnDrop(s, vec![first.clone()]);
+    let o = prun(
+        s,
+        &[
+            "-d",
+            "--name",
+            &first,
+            "--net",
+            "none",
+            "localhost/bb",
+            "sleep",
+            "300",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pid_ns = format!("container:{first}");
+    let o = prun(
+        s,
+        &[
+            "--rm",
+            "--net",
+            "none",
+            "--pid",
+            &pid_ns,
+            "localhost/bb",
+            "sh",
+            "-c",
+            "ps -o pid,args; echo self $$",
+        ],
+    );
+    let out = stdout(&o);
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "sleep", "300"]),
+        "the second container sees the first's process as PID 1: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out.contains("self 1\n"), "{out}");
+    assert_eq!(o.status.code(), Some(0));
 }

@@ -201,7 +201,6 @@ fn container_hooks(
 /// run in between (see the module's doc). `go` and `ready` are the pipes from and to create.
 fn build_root(c: &Child, go: &OwnedFd, ready: &OwnedFd, host_pid: i32) -> Result<()> {
     let spec = c.spec;
-    let root = &c.root;
     m(
         None,
         Path::new("/"),
@@ -210,13 +209,25 @@ fn build_root(c: &Child, go: &OwnedFd, ready: &OwnedFd, host_pid: i32) -> Result
         None,
     )?;
     // The root must be a mount point for pivot_root.
-    m(
-        Some(&root.display().to_string()),
-        root,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
+    let root = match c.launch {
+        Launch::Direct => {
+            m(
+                Some(&c.root.display().to_string()),
+                &c.root,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            c.root.clone()
+        }
+        // The helper entered the root as the host's root; from here it is reached through
+        // the cwd (the path to it may not be searchable by the user namespace's root).
+        Launch::Helper => {
+            userns::bind_cwd_over_itself()?;
+            PathBuf::from("/proc/self/cwd")
+        }
+    };
+    let root = &root;
     m(None, root, None, MsFlags::MS_PRIVATE, None)?;
     let mut dev_is_bound = false;
     for mnt in &spec.mounts {
@@ -481,6 +492,9 @@ fn spawn(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> Result<Pid>
         nix::unistd::ForkResult::Child => {
             drop((ask_r, done_w, pid_r));
             let made = (|| -> Result<Pid> {
+                // While still the host's root (see build_root).
+                std::env::set_current_dir(&c.root)
+                    .map_err(|e| RuntimeError::io("entering", c.root.display(), e))?;
                 let h = maps.as_ref().map(|_| MapHandshake {
                     ask: &ask_w,
                     done: &done_r,
