@@ -1449,3 +1449,76 @@ fn podman_pid_container_shares_the_pid_namespace() {
     assert!(!out.contains("self 1\n"), "{out}");
     assert_eq!(o.status.code(), Some(0));
 }
+
+#[test]
+fn podman_pod_with_uidmap_joins_the_infra_containers_user_namespace() {
+    let Some(s) = podman_ready("podman_pod_with_uidmap_joins_the_infra_containers_user_namespace")
+    else {
+        return;
+    };
+    // The infra container takes no --ulimit: this machine's limits come from a
+    // containers.conf of the test's own.
+    let d = tempfile::tempdir().unwrap();
+    let conf = d.path().join("containers.conf");
+    std::fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n",
+    )
+    .unwrap();
+    let pm = || {
+        let mut c = podman(s);
+        c.env("CONTAINERS_CONF", &conf).args(["--runtime", OCI]);
+        c
+    };
+    let pod = format!("twt-oci-pod-{}", std::process::id());
+    struct PodRm<'a>(&'a dyn Fn() -> Command, String);
+    impl Drop for PodRm<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)().args(["pod", "rm", "-f", &self.1]).output();
+        }
+    }
+    let _rm = PodRm(&pm, pod.clone());
+    output_ok(
+        pm().args([
+            "pod",
+            "create",
+            "--name",
+            &pod,
+            "--network",
+            "none",
+            "--uidmap",
+            "0:200000:65536",
+            "--gidmap",
+            "0:200000:65536",
+        ]),
+        "podman pod create",
+    );
+    output_ok(pm().args(["pod", "start", &pod]), "podman pod start");
+    // The member joins the infra container's user, uts, ipc and network namespaces by path.
+    let out = output_ok(
+        pm().args([
+            "run",
+            "--rm",
+            "--pod",
+            &pod,
+            "localhost/bb",
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; hostname; readlink /proc/self/ns/user",
+        ]),
+        "podman run --pod",
+    );
+    let infra_pid = output_ok(
+        pm().args(["pod", "inspect", "--format", "{{.InfraContainerID}}", &pod]),
+        "pod inspect",
+    );
+    let pid = output_ok(
+        pm().args(["inspect", "--format", "{{.State.Pid}}", infra_pid.trim()]),
+        "inspect infra",
+    );
+    let infra_userns = std::fs::read_link(format!("/proc/{}/ns/user", pid.trim())).unwrap();
+    assert_eq!(
+        squeeze(&out),
+        format!("0 200000 65536\n{pod}\n{}", infra_userns.display())
+    );
+}
