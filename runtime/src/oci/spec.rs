@@ -116,6 +116,7 @@ pub struct Root {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Mount {
     pub destination: String,
     #[serde(rename = "type")]
@@ -123,6 +124,11 @@ pub struct Mount {
     pub source: Option<String>,
     #[serde(default)]
     pub options: Vec<String>,
+    // Idmapped mounts (runtime-spec 1.2): read only to be refused (see `Spec::check`).
+    #[serde(default)]
+    pub uid_mappings: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub gid_mappings: Vec<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -376,6 +382,16 @@ impl Spec {
                 );
             }
             _ => {}
+        }
+        if let Some(m) = self
+            .mounts
+            .iter()
+            .find(|m| !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty())
+        {
+            return refuse(&format!(
+                "mount on {}: uidMappings/gidMappings (idmapped mounts) are not supported",
+                m.destination
+            ));
         }
         for key in self.linux.sysctl.keys() {
             self.check_sysctl(key)?;
