@@ -688,7 +688,8 @@ fn bare_user_namespace_maps_root_to_the_host_range() {
              cat /proc/sys/net/ipv4/ping_group_range > /out/ping; \
              { echo 1 > /proc/sys/kernel/ns_last_pid; } 2> /out/rosys; \
              ls /sys/fs/cgroup > /out/cgroup; cat /proc/self/oom_score_adj > /out/oom; \
-             echo > /out/done; exec sleep 100",
+             { cat /proc/keys; ls /sys/firmware; echo masked; } > /out/masked 2>&1; \
+             touch /rootfs-write 2> /out/ro; echo > /out/done; exec sleep 100",
         ],
     );
     b.create("u1");
@@ -715,6 +716,16 @@ fn bare_user_namespace_maps_root_to_the_host_range() {
         "sysfs of the container's own netns"
     );
     assert_eq!(b.read_out("oom"), "500\n");
+    assert_eq!(
+        b.read_out("masked"),
+        "masked\n",
+        "masked paths are masked here too"
+    );
+    assert!(
+        b.read_out("ro").contains("Read-only"),
+        "{}",
+        b.read_out("ro")
+    );
     assert_eq!(squeeze(&b.read_out("ping")), "0 0");
     assert!(
         b.read_out("rosys").contains("Read-only"),

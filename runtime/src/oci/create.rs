@@ -531,6 +531,10 @@ fn spawn(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> Result<Pid>
                 Some(maps) => userns::map_child(helper.as_raw(), maps, &ask_r, &done_w),
                 None => Ok(true),
             };
+            if mapped.is_err() {
+                // Our error says why, not the helper's "no maps written".
+                let _ = nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGKILL);
+            }
             // Closed before waiting: a helper still waiting for its maps sees EOF and exits.
             drop((ask_r, done_w));
             let mut b = [0u8; 4];
