@@ -788,6 +788,11 @@ fn bare_user_namespace_maps_root_to_the_host_range() {
         |c| {
             with_new_userns(c);
             c["linux"]["namespaces"][1] = json!({"type": "network", "path": netns.path()});
+            // Maps of several lines, as `podman --uidmap A --uidmap B` gives them.
+            c["linux"]["uidMappings"] = json!([
+                {"containerID": 0, "hostID": 100000, "size": 1000},
+                {"containerID": 1000, "hostID": 101000, "size": 64536}
+            ]);
             c["root"]["path"] = json!("private/rootfs");
         },
         &[
@@ -800,7 +805,10 @@ fn bare_user_namespace_maps_root_to_the_host_range() {
     b.create("u3");
     b.ok(&["start", "u3"]);
     wait_out(&b, "done3");
-    assert_eq!(squeeze(&b.read_out("maps3")), "0 100000 65536");
+    assert_eq!(
+        squeeze(&b.read_out("maps3")),
+        "0 100000 1000\n1000 101000 64536"
+    );
     assert!(b.read_out("net3").contains("lo"), "{}", b.read_out("net3"));
     use std::os::unix::fs::MetadataExt;
     let ino = std::fs::metadata(netns.path()).unwrap().ino();
