@@ -439,6 +439,18 @@ fn bare_errors_are_clear_logged_as_json_and_leave_nothing() {
         "{e}"
     );
     b.config(
+        |c| {
+            with_new_userns(c);
+            c["process"]["user"] = json!({"uid": 0, "gid": 0, "additionalGids": [70000]});
+        },
+        &["true"],
+    );
+    let e = create_err(&b, "e15");
+    assert!(
+        e.contains("process.user gid 70000 is not mapped by linux.gidMappings"),
+        "{e}"
+    );
+    b.config(
         |c| c["linux"]["cgroupsPath"] = json!("machine.slice:libpod:x"),
         &["true"],
     );

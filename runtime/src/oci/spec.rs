@@ -372,7 +372,24 @@ impl Spec {
             }
         }
         match self.user_namespace() {
-            UserNs::New(maps) => maps.check()?,
+            UserNs::New(maps) => {
+                maps.check()?;
+                let user = &process.user;
+                if maps.uid_to_host(user.uid).is_none() {
+                    return refuse(&format!(
+                        "process.user.uid {} is not mapped by linux.uidMappings",
+                        user.uid
+                    ));
+                }
+                if let Some(g) = std::iter::once(&user.gid)
+                    .chain(&user.additional_gids)
+                    .find(|g| maps.gid_to_host(**g).is_none())
+                {
+                    return refuse(&format!(
+                        "process.user gid {g} is not mapped by linux.gidMappings"
+                    ));
+                }
+            }
             UserNs::Host
                 if !self.linux.uid_mappings.is_empty() || !self.linux.gid_mappings.is_empty() =>
             {
