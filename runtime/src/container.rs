@@ -562,7 +562,7 @@ pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Resu
                         .map_err(|e| RuntimeError::nix("joining namespace", name, e))?;
                 }
                 if st.userns.is_some() {
-                    process::become_root()?;
+                    crate::userns::become_root()?;
                 }
                 if !interactive && let Ok(null) = fs::File::open("/dev/null") {
                     use std::os::fd::AsRawFd;

@@ -22,6 +22,11 @@ pub enum Handshake {
     MapsWritten,
     /// child → twill-oci create: the container is built; I now wait for `start`.
     Ready,
+    /// child → twill-oci create: my mounts are in place; run the prestart and createRuntime
+    /// hooks before I pivot_root.
+    HooksPlease,
+    /// twill-oci create → child: the hooks ran; go on.
+    HooksRan,
 }
 
 impl Handshake {
@@ -32,6 +37,8 @@ impl Handshake {
             Handshake::UsernsUnshared => b'U',
             Handshake::MapsWritten => b'M',
             Handshake::Ready => b'R',
+            Handshake::HooksPlease => b'P',
+            Handshake::HooksRan => b'H',
         }
     }
 
@@ -42,6 +49,8 @@ impl Handshake {
             Handshake::UsernsUnshared,
             Handshake::MapsWritten,
             Handshake::Ready,
+            Handshake::HooksPlease,
+            Handshake::HooksRan,
         ]
         .into_iter()
         .find(|h| h.byte() == b)
@@ -155,6 +164,9 @@ mod tests {
             Handshake::Go,
             Handshake::UsernsUnshared,
             Handshake::MapsWritten,
+            Handshake::Ready,
+            Handshake::HooksPlease,
+            Handshake::HooksRan,
         ];
         for h in all {
             assert_eq!(Handshake::from_byte(h.byte()), Some(h));

@@ -63,36 +63,6 @@ pub struct InitSpec {
     pub userns: Option<crate::userns::IdMap>,
 }
 
-/// The two pipe ends the container process uses to have its uid/gid maps written: it sends
-/// `UsernsUnshared` on `ask`, the parent answers `MapsWritten` on `done`.
-struct MapHandshake<'a> {
-    ask: &'a OwnedFd,
-    done: &'a OwnedFd,
-}
-
-/// Enters a new user namespace, has the parent map it, and becomes its root.
-fn enter_userns(h: &MapHandshake) -> Result<()> {
-    unshare(CloneFlags::CLONE_NEWUSER)
-        .map_err(|e| RuntimeError::nix("unsharing", "user namespace", e))?;
-    messages::send(h.ask, Handshake::UsernsUnshared)
-        .map_err(|e| RuntimeError::io("asking for", "uid/gid maps", e))?;
-    if messages::expect(h.done, Handshake::MapsWritten).is_err() {
-        return Err(RuntimeError::Invalid(
-            "the parent did not write the uid/gid maps".into(),
-        ));
-    }
-    become_root()
-}
-
-/// setresgid/setresuid 0 (inside a freshly joined or mapped user namespace).
-pub fn become_root() -> Result<()> {
-    let root_g = nix::unistd::Gid::from_raw(0);
-    let root_u = nix::unistd::Uid::from_raw(0);
-    nix::unistd::setresgid(root_g, root_g, root_g)
-        .map_err(|e| RuntimeError::nix("setresgid", 0, e))?;
-    nix::unistd::setresuid(root_u, root_u, root_u).map_err(|e| RuntimeError::nix("setresuid", 0, e))
-}
-
 pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::nix("creating", "pipe", e))
@@ -334,7 +304,12 @@ pub fn loopback_up() -> Result<()> {
     Ok(())
 }
 
-fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd, userns: Option<MapHandshake>) -> isize {
+fn child_main(
+    spec: &InitSpec,
+    go: &OwnedFd,
+    err: &OwnedFd,
+    userns: Option<crate::userns::MapHandshake>,
+) -> isize {
     let fail = |e: RuntimeError| -> isize {
         messages::report_failure(err, &e.to_string());
         127
@@ -386,7 +361,7 @@ fn child_main(spec: &InitSpec, go: &OwnedFd, err: &OwnedFd, userns: Option<MapHa
         return fail(RuntimeError::nix("unsharing", "cgroup namespace", e));
     }
     if let Some(h) = &userns
-        && let Err(e) = enter_userns(h)
+        && let Err(e) = crate::userns::enter(h)
     {
         return fail(e);
     }
@@ -417,7 +392,7 @@ pub fn start(spec: &InitSpec, place: impl FnOnce(i32) -> Result<()>) -> Result<S
     let pid = unsafe {
         nix::sched::clone(
             Box::new(|| {
-                let h = spec.userns.map(|_| MapHandshake {
+                let h = spec.userns.map(|_| crate::userns::MapHandshake {
                     ask: &ask_w,
                     done: &done_r,
                 });
@@ -447,14 +422,11 @@ pub fn start(spec: &InitSpec, place: impl FnOnce(i32) -> Result<()>) -> Result<S
     let _ = messages::send(&go_w, Handshake::Go);
     drop(go_w);
     if let Some(map) = &spec.userns {
-        // The child asks once it has unshared its user namespace (EOF: it failed before).
-        if messages::expect(&ask_r, Handshake::UsernsUnshared).is_ok() {
-            if let Err(e) = crate::userns::write_maps(pid.as_raw(), map) {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(pid, None);
-                return Err(e);
-            }
-            let _ = messages::send(&done_w, Handshake::MapsWritten);
+        // The child asks once it has unshared its user namespace (it may fail before).
+        if let Err(e) = crate::userns::map_child(pid.as_raw(), &map.maps(), &ask_r, &done_w) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            return Err(e);
         }
     }
     drop((ask_r, done_w));

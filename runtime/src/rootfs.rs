@@ -72,6 +72,61 @@ pub(crate) fn m(
     })
 }
 
+/// Remounts the bind mount at `target` with `flags` (bind and remount added). In a user
+/// namespace a mount copied from the host has its ro/nosuid/nodev/noexec/atime flags locked:
+/// a remount that would clear one fails with EPERM, so it is retried keeping the mount's
+/// current ones (as runc does).
+pub(crate) fn remount_bind(target: &Path, flags: MsFlags) -> Result<()> {
+    use nix::sys::statvfs::FsFlags;
+    let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+    match mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        base | flags,
+        None::<&str>,
+    ) {
+        Err(nix::Error::EPERM) => {}
+        other => {
+            return other.map_err(|e| RuntimeError::nix("remounting", target.display(), e));
+        }
+    }
+    let now = nix::sys::statvfs::statvfs(target)
+        .map_err(|e| RuntimeError::nix("reading mount flags of", target.display(), e))?
+        .flags();
+    let mut kept = MsFlags::empty();
+    for (st, ms) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+    ] {
+        if now.contains(st) {
+            kept |= ms;
+        }
+    }
+    kept |= if now.contains(FsFlags::ST_NOATIME) {
+        MsFlags::MS_NOATIME
+    } else if now.contains(FsFlags::ST_RELATIME) {
+        MsFlags::MS_RELATIME
+    } else {
+        MsFlags::MS_STRICTATIME
+    };
+    let atime = MsFlags::MS_NOATIME
+        | MsFlags::MS_RELATIME
+        | MsFlags::MS_STRICTATIME
+        | MsFlags::MS_NODIRATIME;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        base | (flags & !atime) | kept,
+        None::<&str>,
+    )
+    .map_err(|e| RuntimeError::nix("remounting", target.display(), e))
+}
+
 pub(crate) fn mkdir(p: &Path) -> Result<()> {
     fs::create_dir_all(p).map_err(|e| RuntimeError::io("creating", p.display(), e))
 }
@@ -308,13 +363,7 @@ pub fn mask_paths(masked: &[impl AsRef<str>], readonly: &[impl AsRef<str>]) {
             )
             .is_ok()
         {
-            let _ = mount(
-                Some(path),
-                path,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-                None::<&str>,
-            );
+            let _ = remount_bind(path, MsFlags::MS_RDONLY | MsFlags::MS_REC);
         }
     }
 }

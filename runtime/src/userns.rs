@@ -1,15 +1,113 @@
-//! `--userns`: root in the container is an unprivileged host ID range. The container process
-//! builds its rootfs as host root, then enters a new user namespace right before exec, whose
-//! uid/gid maps the parent writes. The image layers are mounted *idmapped* into the overlay
-//! (host 0 shows as the range's first ID), so the image looks root-owned inside and stays
-//! untouched on disk; the writable upper layer and anonymous volumes belong to the range.
+//! User namespaces, for both front ends: root in the container is an unprivileged host ID
+//! range. The process that enters the namespace unshares it and asks its parent (still host
+//! root) to write its uid/gid maps ([`enter`] on one side, [`map_child`] on the other), then
+//! becomes the namespace's root.
+//!
+//! - twill-run `--userns` ([`IdMap`], one range at container ID 0): the container process
+//!   builds its rootfs as host root, then enters the user namespace right before exec. The
+//!   image layers are mounted *idmapped* into the overlay (host 0 shows as the range's first
+//!   ID), so the image looks root-owned inside and stays untouched on disk; the writable
+//!   upper layer and anonymous volumes belong to the range.
+//! - twill-oci (`linux.uidMappings`/`gidMappings`, [`IdMaps`], any ranges): the user
+//!   namespace comes first and the container's other namespaces belong to it, as runc does;
+//!   the engine hands over a rootfs already owned by the range (podman chowns it).
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use nix::sched::{CloneFlags, unshare};
+use serde::Deserialize;
+
 use crate::error::{Result, RuntimeError};
+use crate::messages::{self, Handshake};
+
+/// The kernel's limit on lines in a uid_map or gid_map.
+const MAX_RANGES: usize = 340;
+
+/// One line of a uid or gid map: container IDs `container..container+size` are host IDs
+/// `host..host+size` (runtime-spec's `linux.uidMappings` entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct IdRange {
+    #[serde(rename = "containerID")]
+    pub container: u32,
+    #[serde(rename = "hostID")]
+    pub host: u32,
+    pub size: u32,
+}
+
+/// The uid and gid maps of a user namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdMaps {
+    pub uid: Vec<IdRange>,
+    pub gid: Vec<IdRange>,
+}
+
+impl IdMaps {
+    /// Refuses maps the kernel would refuse (or that leave no root to build the container
+    /// as), naming what is wrong.
+    pub fn check(&self) -> Result<()> {
+        for (what, ranges) in [("uidMappings", &self.uid), ("gidMappings", &self.gid)] {
+            let bad = |why: String| Err(RuntimeError::Invalid(format!("linux.{what}: {why}")));
+            if ranges.is_empty() {
+                return bad("empty: a new user namespace needs both maps".into());
+            }
+            if ranges.len() > MAX_RANGES {
+                return bad(format!(
+                    "{} ranges, the kernel takes {MAX_RANGES}",
+                    ranges.len()
+                ));
+            }
+            for (i, r) in ranges.iter().enumerate() {
+                if r.size == 0 {
+                    return bad(format!("range {i} has size 0"));
+                }
+                if r.container.checked_add(r.size).is_none() || r.host.checked_add(r.size).is_none()
+                {
+                    return bad(format!("range {i} goes past the largest ID"));
+                }
+                for (j, o) in ranges[..i].iter().enumerate() {
+                    let overlap = |a: u32, b: u32| a < b + o.size && b < a + r.size;
+                    if overlap(r.container, o.container) || overlap(r.host, o.host) {
+                        return bad(format!("ranges {j} and {i} overlap"));
+                    }
+                }
+            }
+            if to_host(ranges, 0).is_none() {
+                return bad(
+                    "container ID 0 is not mapped (the container is built as its root)".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The host uid of container uid `id`, if mapped.
+    pub fn uid_to_host(&self, id: u32) -> Option<u32> {
+        to_host(&self.uid, id)
+    }
+
+    /// The host gid of container gid `id`, if mapped.
+    pub fn gid_to_host(&self, id: u32) -> Option<u32> {
+        to_host(&self.gid, id)
+    }
+}
+
+fn to_host(ranges: &[IdRange], id: u32) -> Option<u32> {
+    ranges
+        .iter()
+        .find(|r| id >= r.container && id - r.container < r.size)
+        .map(|r| r.host + (id - r.container))
+}
+
+/// The text of `/proc/PID/uid_map` (or `gid_map`) for `ranges`.
+fn map_text(ranges: &[IdRange]) -> String {
+    ranges
+        .iter()
+        .map(|r| format!("{} {} {}\n", r.container, r.host, r.size))
+        .collect()
+}
 
 /// The host IDs container IDs 0..size map to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,9 +149,17 @@ impl IdMap {
         Ok(IdMap { host, size })
     }
 
-    /// The line for `/proc/PID/uid_map` and `gid_map`.
-    pub fn proc_line(&self) -> String {
-        format!("0 {} {}\n", self.host, self.size)
+    /// The uid and gid maps: container 0.. is the range, for users and groups alike.
+    pub fn maps(&self) -> IdMaps {
+        let r = IdRange {
+            container: 0,
+            host: self.host,
+            size: self.size,
+        };
+        IdMaps {
+            uid: vec![r],
+            gid: vec![r],
+        }
     }
 
     /// The host ID of container ID `id`, if mapped.
@@ -73,13 +179,57 @@ impl std::fmt::Display for IdMap {
     }
 }
 
-/// Writes the maps of the user namespace of process `pid`.
-pub fn write_maps(pid: i32, map: &IdMap) -> Result<()> {
-    for file in ["uid_map", "gid_map"] {
+/// Writes the maps of the user namespace of process `pid`. The writer is host root (with
+/// CAP_SETUID/CAP_SETGID over the parent namespace), so any ranges are allowed and
+/// `setgroups` need not be denied (that is only required of an unprivileged writer).
+pub fn write_maps(pid: i32, maps: &IdMaps) -> Result<()> {
+    for (file, ranges) in [("uid_map", &maps.uid), ("gid_map", &maps.gid)] {
         let p = format!("/proc/{pid}/{file}");
-        fs::write(&p, map.proc_line()).map_err(|e| RuntimeError::io("writing", &p, e))?;
+        fs::write(&p, map_text(ranges)).map_err(|e| RuntimeError::io("writing", &p, e))?;
     }
     Ok(())
+}
+
+/// The pipe ends a process entering a new user namespace talks to its parent over: it sends
+/// `UsernsUnshared` on `ask`, the parent answers `MapsWritten` on `done`.
+pub struct MapHandshake<'a> {
+    pub ask: &'a OwnedFd,
+    pub done: &'a OwnedFd,
+}
+
+/// Enters a new user namespace, has the parent map it ([`map_child`]), and becomes its root.
+pub fn enter(h: &MapHandshake) -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| RuntimeError::nix("unsharing", "user namespace", e))?;
+    messages::send(h.ask, Handshake::UsernsUnshared)
+        .map_err(|e| RuntimeError::io("asking for", "uid/gid maps", e))?;
+    if messages::expect(h.done, Handshake::MapsWritten).is_err() {
+        return Err(RuntimeError::Invalid(
+            "the parent did not write the uid/gid maps".into(),
+        ));
+    }
+    become_root()
+}
+
+/// The parent's side of [`enter`]: waits until process `pid` has unshared its user
+/// namespace, writes the maps and answers. `Ok(false)`: the child went away before asking
+/// (it failed earlier and says why on its error pipe).
+pub fn map_child(pid: i32, maps: &IdMaps, ask: &OwnedFd, done: &OwnedFd) -> Result<bool> {
+    if messages::expect(ask, Handshake::UsernsUnshared).is_err() {
+        return Ok(false);
+    }
+    write_maps(pid, maps)?;
+    let _ = messages::send(done, Handshake::MapsWritten);
+    Ok(true)
+}
+
+/// setresgid/setresuid 0 (inside a freshly joined or mapped user namespace).
+pub fn become_root() -> Result<()> {
+    let root_g = nix::unistd::Gid::from_raw(0);
+    let root_u = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(root_g, root_g, root_g)
+        .map_err(|e| RuntimeError::nix("setresgid", 0, e))?;
+    nix::unistd::setresuid(root_u, root_u, root_u).map_err(|e| RuntimeError::nix("setresuid", 0, e))
 }
 
 /// A user namespace with `map`, held open by an fd: what idmapped mounts need before the
@@ -117,7 +267,7 @@ pub fn helper_userns(map: &IdMap) -> Result<OwnedFd> {
                         "creating a user namespace failed (is user.max_user_namespaces 0?)".into(),
                     ));
                 }
-                write_maps(child.as_raw(), map)?;
+                write_maps(child.as_raw(), &map.maps())?;
                 let p = format!("/proc/{}/ns/user", child.as_raw());
                 Ok(fs::File::open(&p)
                     .map_err(|e| RuntimeError::io("opening", &p, e))?
@@ -217,6 +367,51 @@ pub fn idmapped_bind(src: &Path, target: &Path, userns: RawFd) -> Result<()> {
     Ok(())
 }
 
+/// Binds the current directory over itself and moves the current directory onto that new
+/// mount (the mount point pivot_root needs), without a path lookup: in a user namespace the
+/// way to the container's root may pass directories only the host's root can search
+/// (podman's storage), so the process set its cwd there before it entered the namespace.
+/// Needs kernel ≥ 5.2 (open_tree, move_mount).
+pub fn bind_cwd_over_itself() -> Result<()> {
+    // SAFETY: open_tree on the cwd; the fd is owned right away.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c".".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    };
+    if fd < 0 {
+        return Err(RuntimeError::io(
+            "cloning mount of",
+            "the container's root",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // SAFETY: move_mount of our detached tree onto the cwd, a directory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c".".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(RuntimeError::io(
+            "binding over itself",
+            "the container's root",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    nix::unistd::fchdir(&tree).map_err(|e| RuntimeError::nix("entering", "the container's root", e))
+}
+
 /// Gives `path` (not its contents) to the range's root: for the empty upper layer and fresh
 /// anonymous volumes.
 pub fn chown_to_root_of(path: &Path, map: &IdMap) -> Result<()> {
@@ -236,7 +431,7 @@ mod tests {
     #[test]
     fn ranges_parse_and_map_both_ways() {
         let m = IdMap::parse("200000:1000").unwrap();
-        assert_eq!(m.proc_line(), "0 200000 1000\n");
+        assert_eq!(map_text(&m.maps().uid), "0 200000 1000\n");
         assert_eq!(m.to_host(0), Some(200000));
         assert_eq!(m.to_host(1000), None);
         assert_eq!(m.to_container(200999), Some(999));
@@ -245,6 +440,82 @@ mod tests {
         for bad in ["", "100000", "0:65536", "1:0", "x:1", "4294967295:2"] {
             let e = IdMap::parse(bad).unwrap_err().to_string();
             assert!(e.contains("--userns"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn oci_maps_are_checked_like_the_kernel_would() {
+        let r = |container, host, size| IdRange {
+            container,
+            host,
+            size,
+        };
+        let ok = IdMaps {
+            uid: vec![r(0, 100000, 1000), r(1000, 1000, 1)],
+            gid: vec![r(0, 100000, 65536)],
+        };
+        ok.check().unwrap();
+        assert_eq!(map_text(&ok.uid), "0 100000 1000\n1000 1000 1\n");
+        assert_eq!(ok.uid_to_host(999), Some(100999));
+        assert_eq!(ok.uid_to_host(1000), Some(1000));
+        assert_eq!(ok.uid_to_host(1001), None);
+        assert_eq!(ok.gid_to_host(5), Some(100005));
+        let parsed: IdRange =
+            serde_json::from_str(r#"{"containerID": 0, "hostID": 100000, "size": 65536}"#).unwrap();
+        assert_eq!(parsed, r(0, 100000, 65536));
+        for (maps, says) in [
+            (
+                IdMaps {
+                    uid: vec![],
+                    ..ok.clone()
+                },
+                "uidMappings: empty",
+            ),
+            (
+                IdMaps {
+                    gid: vec![r(0, 1, 0)],
+                    ..ok.clone()
+                },
+                "gidMappings: range 0 has size 0",
+            ),
+            (
+                IdMaps {
+                    uid: vec![r(1, 100000, 10)],
+                    ..ok.clone()
+                },
+                "container ID 0 is not mapped",
+            ),
+            (
+                IdMaps {
+                    uid: vec![r(0, 100000, 10), r(5, 200000, 10)],
+                    ..ok.clone()
+                },
+                "overlap",
+            ),
+            (
+                IdMaps {
+                    uid: vec![r(0, 100000, 10), r(10, 100005, 10)],
+                    ..ok.clone()
+                },
+                "overlap",
+            ),
+            (
+                IdMaps {
+                    uid: vec![r(0, u32::MAX, 2)],
+                    ..ok.clone()
+                },
+                "past the largest ID",
+            ),
+            (
+                IdMaps {
+                    uid: (0..341).map(|i| r(i, 100000 + i, 1)).collect(),
+                    ..ok.clone()
+                },
+                "341 ranges",
+            ),
+        ] {
+            let e = maps.check().unwrap_err().to_string();
+            assert!(e.contains(says), "{maps:?}: {e}");
         }
     }
 }

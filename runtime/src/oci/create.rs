@@ -4,6 +4,17 @@
 //! ready and blocks opening `exec.fifo` for writing until `start` opens it for reading; then
 //! it drops to the configured user, capabilities and rlimits and execs (the same last step
 //! as twill-run's, `process::exec_final`).
+//!
+//! With a user namespace, or a pid namespace joined by path, a forked helper comes first
+//! (see [`Launch`]): it joins the namespaces given by path, enters the user namespace (whose
+//! maps `create` writes, `userns::enter`/`map_child`), and clones the container process into
+//! the new namespaces, which so belong to the user namespace; the container builds its root
+//! as the mapped root.
+//!
+//! Hooks, where runtime-spec puts them: prestart and createRuntime run in `create` once the
+//! container's mounts are in place but before pivot_root (the container process waits for
+//! them); createContainer then run in the container process, in its namespaces, still before
+//! pivot_root; startContainer run in the container process after `start`, right before exec.
 
 use std::fs::{self, File};
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,11 +27,13 @@ use nix::unistd::Pid;
 
 use crate::error::{Result, RuntimeError};
 use crate::messages::{self, Handshake};
+use crate::oci::spec::UserNs;
 use crate::oci::spec::{self, Spec};
-use crate::oci::state::{self, EXEC_FIFO, Root, Saved};
+use crate::oci::state::{self, EXEC_FIFO, Root, Saved, Status};
 use crate::oci::{cgroups, console, hooks};
 use crate::process::{self, CapSets, FinalExec};
 use crate::rootfs::{self, m};
+use crate::userns::{self, MapHandshake};
 
 /// `create`'s flags.
 #[derive(Clone, Debug, Default)]
@@ -47,6 +60,51 @@ fn clone_flags(spec: &Spec) -> CloneFlags {
         }
     }
     f
+}
+
+/// How the container process is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Launch {
+    /// `create` clones it into its new namespaces; it joins the by-path ones itself.
+    Direct,
+    /// A helper forked by `create` joins the by-path namespaces, enters a user namespace,
+    /// and clones it with CLONE_PARENT (so it is `create`'s child). Needed when the new
+    /// namespaces must belong to a user namespace (which must exist before they do), and
+    /// when a pid namespace is joined by path (setns on a pid namespace takes effect only
+    /// for children).
+    Helper,
+}
+
+fn launch(spec: &Spec) -> Launch {
+    let pid_joined = spec
+        .linux
+        .namespaces
+        .iter()
+        .any(|n| n.kind == "pid" && n.path.is_some());
+    if pid_joined || spec.user_namespace() != UserNs::Host {
+        Launch::Helper
+    } else {
+        Launch::Direct
+    }
+}
+
+/// Joins the namespaces given by path (a joined user namespace first: the others belong to
+/// it), then enters a new user namespace when `new_user` says how to have it mapped (after
+/// the joins, which need the host's root).
+fn join_namespaces(joined: &[(String, File)], new_user: Option<&MapHandshake>) -> Result<()> {
+    if let Some((_, f)) = joined.iter().find(|(kind, _)| kind == "user") {
+        setns(f.as_fd(), CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| RuntimeError::nix("joining namespace", "user", e))?;
+        userns::become_root()?;
+    }
+    for (kind, f) in joined.iter().filter(|(kind, _)| kind != "user") {
+        setns(f.as_fd(), CloneFlags::empty())
+            .map_err(|e| RuntimeError::nix("joining namespace", kind, e))?;
+    }
+    if let Some(h) = new_user {
+        userns::enter(h)?;
+    }
+    Ok(())
 }
 
 /// Namespaces to join by path, opened by `create` (so a wrong path fails there).
@@ -118,12 +176,31 @@ struct Child<'a> {
     seccomp: Option<FilterLoader>,
     /// Connected to `--console-socket` when process.terminal is set.
     console: Option<OwnedFd>,
+    launch: Launch,
+    /// The state hooks get (the pid is filled in by whoever runs them).
+    saved: Saved,
 }
 
-/// Builds the container's root under `root` and pivots into it.
-fn build_root(c: &Child) -> Result<()> {
+/// Runs the container-side hooks of `stage` with the state as `status`, `pid` its host PID.
+fn container_hooks(
+    c: &Child,
+    list: &[spec::Hook],
+    stage: &str,
+    status: Status,
+    pid: i32,
+) -> Result<()> {
+    if list.is_empty() {
+        return Ok(());
+    }
+    let mut state = c.saved.state_json(status);
+    state["pid"] = pid.into();
+    hooks::run_all(list, &state, stage)
+}
+
+/// Builds the container's root under `root` and pivots into it; the hooks before pivot_root
+/// run in between (see the module's doc). `go` and `ready` are the pipes from and to create.
+fn build_root(c: &Child, go: &OwnedFd, ready: &OwnedFd, host_pid: i32) -> Result<()> {
     let spec = c.spec;
-    let root = &c.root;
     m(
         None,
         Path::new("/"),
@@ -132,13 +209,25 @@ fn build_root(c: &Child) -> Result<()> {
         None,
     )?;
     // The root must be a mount point for pivot_root.
-    m(
-        Some(&root.display().to_string()),
-        root,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
+    let root = match c.launch {
+        Launch::Direct => {
+            m(
+                Some(&c.root.display().to_string()),
+                &c.root,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            c.root.clone()
+        }
+        // The helper entered the root as the host's root; from here it is reached through
+        // the cwd (the path to it may not be searchable by the user namespace's root).
+        Launch::Helper => {
+            userns::bind_cwd_over_itself()?;
+            PathBuf::from("/proc/self/cwd")
+        }
+    };
+    let root = &root;
     m(None, root, None, MsFlags::MS_PRIVATE, None)?;
     let mut dev_is_bound = false;
     for mnt in &spec.mounts {
@@ -163,6 +252,24 @@ fn build_root(c: &Child) -> Result<()> {
                 .map_err(|e| RuntimeError::io("creating", console.display(), e))?;
         }
     }
+    // The mounts are in place: prestart and createRuntime hooks (in create), then
+    // createContainer (here), all before pivot_root.
+    if c.parent_hooks() {
+        messages::send(ready, Handshake::HooksPlease)
+            .map_err(|e| RuntimeError::io("asking for", "prestart/createRuntime hooks", e))?;
+        if messages::expect(go, Handshake::HooksRan).is_err() {
+            return Err(RuntimeError::Invalid(
+                "twill-oci create went away while running hooks".into(),
+            ));
+        }
+    }
+    container_hooks(
+        c,
+        &spec.hooks.create_container,
+        "createContainer",
+        Status::Creating,
+        host_pid,
+    )?;
     if c.opts.no_pivot {
         std::env::set_current_dir(root)
             .map_err(|e| RuntimeError::io("entering", root.display(), e))?;
@@ -191,15 +298,16 @@ fn build_root(c: &Child) -> Result<()> {
     }
     rootfs::mask_paths(&spec.linux.masked_paths, &spec.linux.readonly_paths);
     if spec.root.as_ref().is_some_and(|r| r.readonly) {
-        m(
-            None,
-            Path::new("/"),
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        )?;
+        rootfs::remount_bind(Path::new("/"), MsFlags::MS_RDONLY)?;
     }
     Ok(())
+}
+
+impl Child<'_> {
+    /// Whether create runs prestart/createRuntime hooks while the container waits.
+    fn parent_hooks(&self) -> bool {
+        !self.spec.hooks.prestart.is_empty() || !self.spec.hooks.create_runtime.is_empty()
+    }
 }
 
 /// One `linux.devices` entry: mknod, or a bind of the host's node where mknod is not
@@ -236,12 +344,13 @@ fn make_device(root: &Path, d: &spec::Device) -> Result<()> {
     Ok(())
 }
 
-fn child_setup<'a>(c: &'a Child, go: &OwnedFd) -> Result<FinalExec<'a>> {
+/// Everything up to the wait for `start`; the final exec and our PID as the host sees it.
+fn child_setup<'a>(c: &'a Child, go: &OwnedFd, ready: &OwnedFd) -> Result<(FinalExec<'a>, i32)> {
     let spec = c.spec;
-    // Joined by path before anything else (podman's CNI netns comes this way).
-    for (kind, f) in &c.joined {
-        setns(f.as_fd(), CloneFlags::empty())
-            .map_err(|e| RuntimeError::nix("joining namespace", kind, e))?;
+    // Joined by path before anything else (podman's CNI netns comes this way); the helper
+    // has joined them already.
+    if c.launch == Launch::Direct {
+        join_namespaces(&c.joined, None)?;
     }
     if spec.new_namespace("network") {
         process::loopback_up()?;
@@ -267,7 +376,12 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd) -> Result<FinalExec<'a>> {
     if messages::expect(go, Handshake::Go).is_err() {
         return Err(RuntimeError::Invalid("twill-oci create went away".into()));
     }
-    build_root(c)?;
+    // Our PID as the hooks' state gives it: the host's /proc is still mounted here.
+    let host_pid = fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or(0);
+    build_root(c, go, ready, host_pid)?;
     // After the cgroup mount (which reads our cgroup's real path), so the container's own
     // cgroup is its namespace's root.
     if c.cgroup_ns {
@@ -280,10 +394,6 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd) -> Result<FinalExec<'a>> {
         .ok_or_else(|| RuntimeError::Invalid("config.json has no process".into()))?;
     if let Some(sock) = &c.console {
         console::setup_pty(sock, true, process.console_size)?;
-    }
-    if let Some(adj) = process.oom_score_adj {
-        fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .map_err(|e| RuntimeError::io("writing", "/proc/self/oom_score_adj", e))?;
     }
     let cwd = if process.cwd.is_empty() {
         "/"
@@ -302,7 +412,10 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd) -> Result<FinalExec<'a>> {
     if let Some(mask) = process.user.umask {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
-    final_exec(process, c.opts.preserve_fds, c.seccomp.as_deref())
+    Ok((
+        final_exec(process, c.opts.preserve_fds, c.seccomp.as_deref())?,
+        host_pid,
+    ))
 }
 
 fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize {
@@ -310,7 +423,7 @@ fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize 
         messages::report_failure(err, &e.to_string());
         127
     };
-    let fin = match child_setup(c, go) {
+    let (fin, host_pid) = match child_setup(c, go, ready) {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
@@ -325,11 +438,122 @@ fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize 
         Mode::empty(),
     ) {
         Ok(f) => f,
-        Err(e) => return fail(RuntimeError::nix("opening", EXEC_FIFO, e)),
+        Err(e) => {
+            // create has returned: stderr is where this can still be seen.
+            let e = RuntimeError::nix("opening", EXEC_FIFO, e);
+            eprintln!("twill-oci: {e}");
+            return fail(e);
+        }
     };
     let _ = nix::unistd::write(&fifo, b"0");
     drop(fifo);
+    // `start` has returned: a failure from here on is the container's, shown on its stderr.
+    if let Err(e) = container_hooks(
+        c,
+        &c.spec.hooks.start_container,
+        "startContainer",
+        Status::Created,
+        host_pid,
+    ) {
+        eprintln!("twill-oci: {e}");
+        return fail(e);
+    }
     fail(process::exec_final(&fin))
+}
+
+/// Makes the container process (see [`Launch`]) running `child_main`; its PID on the host.
+/// `go`, `ready` and `err` are the container's ends of its pipes.
+fn spawn(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> Result<Pid> {
+    let mut stack = vec![0u8; 1024 * 1024];
+    let flags = clone_flags(c.spec);
+    if c.launch == Launch::Direct {
+        // SAFETY: twill-oci is single-threaded; the child only runs child_main and execs.
+        return unsafe {
+            nix::sched::clone(
+                Box::new(|| child_main(c, go, ready, err)),
+                &mut stack,
+                flags,
+                Some(libc::SIGCHLD),
+            )
+        }
+        .map_err(|e| RuntimeError::nix("cloning", "the container process", e));
+    }
+    let maps = match c.spec.user_namespace() {
+        UserNs::New(maps) => Some(maps),
+        _ => None,
+    };
+    let (ask_r, ask_w) = process::pipe()?;
+    let (done_r, done_w) = process::pipe()?;
+    let (pid_r, pid_w) = process::pipe()?;
+    // SAFETY: twill-oci is single-threaded; the helper only makes syscalls, clones and exits.
+    match unsafe { nix::unistd::fork() }
+        .map_err(|e| RuntimeError::nix("forking", "the namespace helper", e))?
+    {
+        nix::unistd::ForkResult::Child => {
+            drop((ask_r, done_w, pid_r));
+            let made = (|| -> Result<Pid> {
+                // While still the host's root (see build_root).
+                std::env::set_current_dir(&c.root)
+                    .map_err(|e| RuntimeError::io("entering", c.root.display(), e))?;
+                let h = maps.as_ref().map(|_| MapHandshake {
+                    ask: &ask_w,
+                    done: &done_r,
+                });
+                join_namespaces(&c.joined, h.as_ref())?;
+                // SAFETY: the helper is single-threaded; the child only runs child_main and
+                // execs. CLONE_PARENT: the container process is create's child, not ours.
+                unsafe {
+                    nix::sched::clone(
+                        Box::new(|| child_main(c, go, ready, err)),
+                        &mut stack,
+                        flags | CloneFlags::CLONE_PARENT,
+                        Some(libc::SIGCHLD),
+                    )
+                }
+                .map_err(|e| RuntimeError::nix("cloning", "the container process", e))
+            })();
+            let code = match made {
+                Ok(p) => {
+                    let _ = nix::unistd::write(&pid_w, &p.as_raw().to_le_bytes());
+                    0
+                }
+                Err(e) => {
+                    messages::report_failure(err, &e.to_string());
+                    127
+                }
+            };
+            // SAFETY: leaving the forked helper without running create's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child: helper } => {
+            drop((ask_w, done_r, pid_w));
+            let mapped = match &maps {
+                Some(maps) => userns::map_child(helper.as_raw(), maps, &ask_r, &done_w),
+                None => Ok(true),
+            };
+            if mapped.is_err() {
+                // Our error says why, not the helper's "no maps written".
+                let _ = nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGKILL);
+            }
+            // Closed before waiting: a helper still waiting for its maps sees EOF and exits.
+            drop((ask_r, done_w));
+            let mut b = [0u8; 4];
+            let got = loop {
+                match nix::unistd::read(&pid_r, &mut b) {
+                    Err(nix::Error::EINTR) => continue,
+                    r => break r.unwrap_or(0),
+                }
+            };
+            let _ = nix::sys::wait::waitpid(helper, None);
+            mapped?;
+            if got != b.len() {
+                return Err(RuntimeError::Invalid(
+                    "the namespace helper exited before making the container process".into(),
+                ));
+            }
+            Ok(Pid::from_raw(i32::from_le_bytes(b)))
+        }
+    }
 }
 
 /// Runs `create`. On failure everything it made is removed.
@@ -387,9 +611,24 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
             .unwrap_or_default();
         let rootfs = fs::canonicalize(&rootfs)
             .map_err(|e| RuntimeError::io("opening root", rootfs.display(), e))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut saved = Saved {
+            id: id.to_string(),
+            pid: 0,
+            pid_start: 0,
+            bundle: bundle.clone(),
+            rootfs: rootfs.clone(),
+            created: state::rfc3339(now),
+            annotations: spec.annotations.clone(),
+            cgroup: cgroup.clone(),
+            hooks: spec.hooks.clone(),
+        };
         let child = Child {
             spec: &spec,
-            root: rootfs.clone(),
+            root: rootfs,
             joined: open_joined(&spec)?,
             state_dir,
             opts,
@@ -407,58 +646,70 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
                     ));
                 }
             },
+            launch: launch(&spec),
+            saved: saved.clone(),
         };
         let (go_r, go_w) = process::pipe()?;
         let (ready_r, ready_w) = process::pipe()?;
         let (err_r, err_w) = process::pipe()?;
-        let mut stack = vec![0u8; 1024 * 1024];
-        // SAFETY: twill-oci is single-threaded; the child only runs child_main and execs.
-        let p = unsafe {
-            nix::sched::clone(
-                Box::new(|| child_main(&child, &go_r, &ready_w, &err_w)),
-                &mut stack,
-                clone_flags(&spec),
-                Some(libc::SIGCHLD),
-            )
-        }
-        .map_err(|e| RuntimeError::nix("cloning", "the container process", e))?;
-        pid = Some(p);
+        let spawned = spawn(&child, &go_r, &ready_w, &err_w);
         drop((go_r, ready_w, err_w));
-        if let Err(e) = cgroups::join(&cgroup, p.as_raw()) {
-            return Err(messages::read_failure(err_r)
+        let failed = |err_r: OwnedFd, e: RuntimeError| {
+            messages::read_failure(err_r)
                 .map(|m| RuntimeError::Invalid(format!("creating the container: {m}")))
-                .unwrap_or(e));
+                .unwrap_or(e)
+        };
+        let p = match spawned {
+            Ok(p) => p,
+            Err(e) => return Err(failed(err_r, e)),
+        };
+        pid = Some(p);
+        // The fifo belongs to the container's root (as the host sees it: a user namespace's
+        // root is an unprivileged host ID), who opens it for writing.
+        if launch(&spec) == Launch::Helper {
+            use std::os::unix::fs::MetadataExt;
+            let proc = format!("/proc/{p}");
+            let md = fs::metadata(&proc).map_err(|e| RuntimeError::io("reading", &proc, e))?;
+            let fifo = dir.join(EXEC_FIFO);
+            nix::unistd::chown(
+                &fifo,
+                Some(nix::unistd::Uid::from_raw(md.uid())),
+                Some(nix::unistd::Gid::from_raw(md.gid())),
+            )
+            .map_err(|e| RuntimeError::nix("changing owner of", fifo.display(), e))?;
+        }
+        // Written by create, which may lower it (the container, in a user namespace, may not).
+        if let Some(adj) = spec.process.as_ref().and_then(|p| p.oom_score_adj) {
+            let f = format!("/proc/{p}/oom_score_adj");
+            fs::write(&f, adj.to_string()).map_err(|e| RuntimeError::io("writing", &f, e))?;
+        }
+        if let Err(e) = cgroups::join(&cgroup, p.as_raw()) {
+            return Err(failed(err_r, e));
         }
         let _ = messages::send(&go_w, Handshake::Go);
-        if messages::expect(&ready_r, Handshake::Ready).is_err() {
+        let gone = |err_r: OwnedFd| {
             let why = messages::read_failure(err_r)
                 .unwrap_or_else(|| "the container process exited".into());
-            return Err(RuntimeError::Invalid(format!(
-                "creating the container: {why}"
-            )));
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let saved = Saved {
-            id: id.to_string(),
-            pid: p.as_raw(),
-            pid_start: state::start_time(p.as_raw()).unwrap_or(0),
-            bundle: bundle.clone(),
-            rootfs,
-            created: state::rfc3339(now),
-            annotations: spec.annotations.clone(),
-            cgroup: cgroup.clone(),
-            hooks: spec.hooks.clone(),
+            RuntimeError::Invalid(format!("creating the container: {why}"))
         };
+        saved.pid = p.as_raw();
+        if child.parent_hooks() {
+            if messages::expect(&ready_r, Handshake::HooksPlease).is_err() {
+                return Err(gone(err_r));
+            }
+            let state = saved.state_json(Status::Creating);
+            hooks::run_all(&spec.hooks.prestart, &state, "prestart")?;
+            hooks::run_all(&spec.hooks.create_runtime, &state, "createRuntime")?;
+            let _ = messages::send(&go_w, Handshake::HooksRan);
+        }
+        if messages::expect(&ready_r, Handshake::Ready).is_err() {
+            return Err(gone(err_r));
+        }
+        saved.pid_start = state::start_time(p.as_raw()).unwrap_or(0);
         root.save(&saved)?;
         if let Some(f) = &opts.pid_file {
             write_pid_file(f, p.as_raw())?;
         }
-        let state = saved.state_json(state::Status::Created);
-        hooks::run_all(&spec.hooks.prestart, &state, "prestart")?;
-        hooks::run_all(&spec.hooks.create_runtime, &state, "createRuntime")?;
         Ok(saved)
     })();
     match made {

@@ -232,6 +232,15 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
             File::open(&p).map_err(|e| RuntimeError::io("opening", &p, e))?,
         ));
     }
+    // The container's user namespace last: joining it gives up the host's privileges, which
+    // joining the others (some perhaps the host's) needs. Not when it is ours: joining one's
+    // own user namespace fails.
+    let userns = format!("/proc/{}/ns/user", saved.pid);
+    let user = if same_file(&userns, "/proc/self/ns/user")? {
+        None
+    } else {
+        Some(File::open(&userns).map_err(|e| RuntimeError::io("opening", &userns, e))?)
+    };
     let console = match &opts.console_socket {
         Some(p) if opts.process.terminal => Some(console::connect_socket(p)?),
         _ => None,
@@ -254,6 +263,14 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
             for (name, f) in &fds {
                 if let Err(e) = setns(f.as_fd(), CloneFlags::empty()) {
                     fail(RuntimeError::nix("joining namespace", name, e));
+                }
+            }
+            if let Some(f) = &user {
+                if let Err(e) = setns(f.as_fd(), CloneFlags::CLONE_NEWUSER) {
+                    fail(RuntimeError::nix("joining namespace", "user", e));
+                }
+                if let Err(e) = crate::userns::become_root() {
+                    fail(e);
                 }
             }
             // Joining a pid namespace takes effect for children: fork once more.
@@ -308,6 +325,14 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
     }
 }
 
+/// Whether paths `a` and `b` are the same file (namespace files: the same namespace).
+fn same_file(a: &str, b: &str) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let md = |p: &str| fs::metadata(p).map_err(|e| RuntimeError::io("reading", p, e));
+    let (a, b) = (md(a)?, md(b)?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
 /// `features`: the runtime-spec features document.
 pub fn features() -> serde_json::Value {
     let mount_options: Vec<&str> = vec![
@@ -347,10 +372,10 @@ pub fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": SPEC_VERSION,
-        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": mount_options,
         "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
             "seccomp": { "enabled": true },

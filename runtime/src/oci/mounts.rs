@@ -10,7 +10,7 @@ use nix::mount::MsFlags;
 
 use crate::error::{Result, RuntimeError};
 use crate::oci::spec::Mount;
-use crate::rootfs::{m, mkdir};
+use crate::rootfs::{m, mkdir, remount_bind};
 
 /// A mount's options split into flags, propagation flags and the data string.
 #[derive(Debug, PartialEq)]
@@ -175,13 +175,7 @@ pub fn mount_one(root: &Path, mnt: &Mount) -> Result<()> {
                 | MsFlags::MS_RELATIME
                 | MsFlags::MS_STRICTATIME);
         if !extra.is_empty() {
-            m(
-                None,
-                &target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
-                None,
-            )?;
+            remount_bind(&target, extra)?;
         }
     } else if kind == "cgroup" || kind == "cgroup2" {
         make_target(&target, false)?;
@@ -189,13 +183,34 @@ pub fn mount_one(root: &Path, mnt: &Mount) -> Result<()> {
     } else {
         make_target(&target, false)?;
         let flags = o.flags & !MsFlags::MS_REMOUNT;
-        m(
-            mnt.source.as_deref().or(Some(kind)),
-            &target,
-            Some(kind),
-            flags,
-            data,
-        )?;
+        let source = mnt.source.as_deref().or(Some(kind));
+        match nix::mount::mount(source, &target, Some(kind), flags, data) {
+            Ok(()) => {}
+            // In a user namespace whose network namespace belongs to the host (one joined by
+            // path), sysfs cannot be mounted: the host's is bound instead, as runc does.
+            Err(nix::Error::EPERM) if kind == "sysfs" => {
+                m(
+                    Some("/sys"),
+                    &target,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )?;
+                let extra = flags
+                    & (MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC);
+                remount_bind(&target, extra)?;
+            }
+            Err(e) => {
+                return Err(RuntimeError::nix(
+                    "mounting",
+                    format!("{kind} on {}", target.display()),
+                    e,
+                ));
+            }
+        }
     }
     if !o.propagation.is_empty() {
         m(None, &target, None, o.propagation, None)?;
@@ -210,7 +225,37 @@ fn mount_cgroup(target: &Path, flags: MsFlags) -> Result<()> {
     let ro = flags & MsFlags::MS_RDONLY;
     let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if crate::cgroup::is_v2() {
-        return m(Some("cgroup2"), target, Some("cgroup2"), base | ro, None);
+        return match nix::mount::mount(
+            Some("cgroup2"),
+            target,
+            Some("cgroup2"),
+            base | ro,
+            None::<&str>,
+        ) {
+            // In a user namespace before the cgroup namespace exists: the container's own
+            // cgroup directory, bound (runc does the same).
+            Err(nix::Error::EPERM) => {
+                let own = fs::read_to_string("/proc/self/cgroup")
+                    .map_err(|e| RuntimeError::io("reading", "/proc/self/cgroup", e))?;
+                let rel = own
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .unwrap_or("/")
+                    .trim_start_matches('/');
+                let src = Path::new("/sys/fs/cgroup").join(rel);
+                m(
+                    Some(&src.display().to_string()),
+                    target,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )?;
+                remount_bind(target, base | ro)
+            }
+            other => other.map_err(|e| {
+                RuntimeError::nix("mounting", format!("cgroup2 on {}", target.display()), e)
+            }),
+        };
     }
     m(Some("tmpfs"), target, Some("tmpfs"), base, Some("mode=755"))?;
     let own = fs::read_to_string("/proc/self/cgroup")
@@ -246,13 +291,7 @@ fn mount_cgroup(target: &Path, flags: MsFlags) -> Result<()> {
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None,
         )?;
-        m(
-            None,
-            &inner,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | base | ro,
-            None,
-        )?;
+        remount_bind(&inner, base | ro)?;
     }
     if !ro.is_empty() {
         m(

@@ -7,6 +7,18 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RuntimeError};
+use crate::userns::{IdMaps, IdRange};
+
+/// The container's user namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserNs {
+    /// None of its own: the runtime's.
+    Host,
+    /// A new one with these maps.
+    New(IdMaps),
+    /// The one at this path (its maps are its own; mappings in config.json are not used).
+    Join(String),
+}
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -104,6 +116,7 @@ pub struct Root {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Mount {
     pub destination: String,
     #[serde(rename = "type")]
@@ -111,6 +124,11 @@ pub struct Mount {
     pub source: Option<String>,
     #[serde(default)]
     pub options: Vec<String>,
+    // Idmapped mounts (runtime-spec 1.2): read only to be refused (see `Spec::check`).
+    #[serde(default)]
+    pub uid_mappings: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub gid_mappings: Vec<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -144,9 +162,9 @@ pub struct Hook {
 #[serde(rename_all = "camelCase")]
 pub struct Linux {
     #[serde(default)]
-    pub uid_mappings: Vec<serde_json::Value>,
+    pub uid_mappings: Vec<IdRange>,
     #[serde(default)]
-    pub gid_mappings: Vec<serde_json::Value>,
+    pub gid_mappings: Vec<IdRange>,
     #[serde(default)]
     pub sysctl: BTreeMap<String, String>,
     pub resources: Option<Resources>,
@@ -331,21 +349,66 @@ impl Spec {
         if self.root.is_none() {
             return refuse("no root");
         }
-        if !self.linux.uid_mappings.is_empty() || !self.linux.gid_mappings.is_empty() {
-            return refuse("linux.uidMappings/gidMappings: user namespaces are not supported yet");
-        }
         for ns in &self.linux.namespaces {
             match (ns.kind.as_str(), &ns.path) {
-                ("user", _) => return refuse("a user namespace is not supported yet"),
-                ("pid", Some(_)) => {
-                    return refuse("joining a pid namespace by path is not supported yet");
-                }
                 ("mount", Some(_)) => {
-                    return refuse("joining a mount namespace by path is not supported");
+                    return refuse(
+                        "joining a mount namespace by path is not supported (the container's \
+                         root is built in a new one)",
+                    );
                 }
-                ("pid" | "network" | "ipc" | "uts" | "mount" | "cgroup", _) => {}
+                ("pid" | "network" | "ipc" | "uts" | "mount" | "cgroup" | "user", _) => {}
                 (other, _) => return refuse(&format!("unknown namespace type {other:?}")),
             }
+            if self
+                .linux
+                .namespaces
+                .iter()
+                .filter(|n| n.kind == ns.kind)
+                .count()
+                > 1
+            {
+                return refuse(&format!("namespace {} is listed twice", ns.kind));
+            }
+        }
+        match self.user_namespace() {
+            UserNs::New(maps) => {
+                maps.check()?;
+                let user = &process.user;
+                if maps.uid_to_host(user.uid).is_none() {
+                    return refuse(&format!(
+                        "process.user.uid {} is not mapped by linux.uidMappings",
+                        user.uid
+                    ));
+                }
+                if let Some(g) = std::iter::once(&user.gid)
+                    .chain(&user.additional_gids)
+                    .find(|g| maps.gid_to_host(**g).is_none())
+                {
+                    return refuse(&format!(
+                        "process.user gid {g} is not mapped by linux.gidMappings"
+                    ));
+                }
+            }
+            UserNs::Host
+                if !self.linux.uid_mappings.is_empty() || !self.linux.gid_mappings.is_empty() =>
+            {
+                return refuse(
+                    "linux.uidMappings/gidMappings are given but linux.namespaces has no user \
+                     namespace",
+                );
+            }
+            _ => {}
+        }
+        if let Some(m) = self
+            .mounts
+            .iter()
+            .find(|m| !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty())
+        {
+            return refuse(&format!(
+                "mount on {}: uidMappings/gidMappings (idmapped mounts) are not supported",
+                m.destination
+            ));
         }
         for key in self.linux.sysctl.keys() {
             self.check_sysctl(key)?;
@@ -363,9 +426,6 @@ impl Spec {
                 "linux.resources.{name} is not supported yet (memory limit/swap/reservation/\
                  swappiness/disableOOMKiller, cpu quota/period/shares, pids and devices are)"
             ));
-        }
-        if !self.hooks.create_container.is_empty() || !self.hooks.start_container.is_empty() {
-            return refuse("createContainer/startContainer hooks are not supported yet");
         }
         for r in &process.rlimits {
             rlimit_resource(&r.kind)?;
@@ -416,6 +476,20 @@ impl Spec {
             )));
         }
         Ok(())
+    }
+
+    /// The container's user namespace.
+    pub fn user_namespace(&self) -> UserNs {
+        match self.linux.namespaces.iter().find(|n| n.kind == "user") {
+            None => UserNs::Host,
+            Some(n) => match &n.path {
+                Some(p) => UserNs::Join(p.clone()),
+                None => UserNs::New(IdMaps {
+                    uid: self.linux.uid_mappings.clone(),
+                    gid: self.linux.gid_mappings.clone(),
+                }),
+            },
+        }
     }
 
     /// Whether namespace `kind` is new (listed without a path).

@@ -33,6 +33,9 @@ pub struct Saved {
 /// runtime-spec's status of a container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
+    /// Only in the state hooks get during `create` (`status` never reports it: a container
+    /// being created has no saved state yet).
+    Creating,
     Created,
     Running,
     Paused,
@@ -42,6 +45,7 @@ pub enum Status {
 impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
             Status::Paused => "paused",
