@@ -38,6 +38,14 @@ const KNOWN_GAPS: &[&str] = &[
     "namespaces.path-pid",
     // `{"type": "mount", "path": …}` is refused ("not supported").
     "namespaces.path-mnt",
+    // An "ipc" entry whose path is a network namespace is accepted (runc refuses it: the
+    // namespace's type must match).
+    "namespaces.path-wrong-type-refused",
+    // linux.uidMappings/gidMappings with a user namespace are refused ("not supported yet").
+    "namespaces.user-mappings",
+    // linux.resources.blockIO is refused ("not supported yet"); runc writes
+    // blkio.throttle.read_bps_device on this v1 host.
+    "cgroups.blkio-throttle",
 ];
 
 /// One check a runtime failed, with what was seen.
@@ -108,7 +116,13 @@ const GROUPS: &[Group] = &[
         run: unknown_ids,
     },
     Group {
-        checks: &["config.unknown-ignored", "config.invalid-version-refused"],
+        checks: &[
+            "config.unknown-ignored",
+            "config.invalid-version-refused",
+            "create.config-snapshot",
+            "process.capabilities-unknown-refused",
+            "process.rlimits-unknown-refused",
+        ],
         run: config_props,
     },
     Group {
@@ -198,8 +212,18 @@ const GROUPS: &[Group] = &[
             "namespaces.path-uts",
             "namespaces.path-pid",
             "namespaces.path-mnt",
+            "namespaces.path-wrong-type-refused",
+            "delete.keeps-joined-namespaces",
         ],
         run: namespaces_by_path,
+    },
+    Group {
+        checks: &["namespaces.user-mappings"],
+        run: user_mappings,
+    },
+    Group {
+        checks: &["seccomp.errno"],
+        run: seccomp,
     },
     Group {
         checks: &[
@@ -219,6 +243,14 @@ const GROUPS: &[Group] = &[
             "cgroups.devices-deny",
         ],
         run: cgroups,
+    },
+    Group {
+        checks: &["cgroups.relative-path"],
+        run: cgroups_relative,
+    },
+    Group {
+        checks: &["cgroups.blkio-throttle"],
+        run: cgroups_blkio,
     },
 ];
 
@@ -284,10 +316,14 @@ impl Env {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        // A user namespace's root is nobody here: it must reach the bundles.
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))
+            .expect("chmod of the temporary directory");
         Env {
             bin: bin.to_path_buf(),
             label,
-            tmp: tempfile::tempdir().expect("a temporary directory"),
+            tmp,
             seq: AtomicU32::new(0),
         }
     }
@@ -313,11 +349,14 @@ impl Env {
         let out = self.tmp.path().join(format!("cmd{n}.out"));
         let err = self.tmp.path().join(format!("cmd{n}.err"));
         let file = |p: &Path| fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
+        // Not /dev/null: runc 1.1 chowns a container's stdio to the root of its user
+        // namespace, and would change the host's /dev/null.
+        let stdin = self.tmp.path().join("stdin");
         let mut child = Command::new(&self.bin)
             .arg("--root")
             .arg(self.tmp.path().join("state"))
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(file(&stdin)?)
             .stdout(file(&out)?)
             .stderr(file(&err)?)
             .spawn()
@@ -834,6 +873,46 @@ fn config_props(env: &Env, rows: &mut Rows) -> Outcome {
         "config.invalid-version-refused",
         ensure!(!r.ok, "ociVersion \"invalid\" was accepted"),
     );
+    // runtime-tools' config_updates_without_affect: config.json changed after create does
+    // not change the container.
+    let b3 = env.bundle("snapshot")?;
+    b3.write_with(&["sh", "-c", "echo first > /out/which"], |_| {})?;
+    let c3 = env.container(&b3, "snapshot");
+    c3.create()?;
+    b3.write_with(&["sh", "-c", "echo second > /out/which"], |_| {})?;
+    let ran = c3.start().and_then(|()| c3.wait_status("stopped"));
+    rows.put(
+        "create.config-snapshot",
+        ran.and_then(|()| {
+            ensure!(
+                b3.out("which") == "first\n",
+                "the process was {:?}",
+                b3.out("which")
+            )
+        }),
+    );
+    for (check, tag, edit) in [
+        (
+            "process.capabilities-unknown-refused",
+            "badcap",
+            json!({"capabilities": {"bounding": ["CAP_KILL", "CAP_TWVAL_BOGUS"]}}),
+        ),
+        (
+            "process.rlimits-unknown-refused",
+            "badrlimit",
+            json!({"rlimits": [{"type": "RLIMIT_TWVAL_BOGUS", "soft": 1, "hard": 1}]}),
+        ),
+    ] {
+        let b = env.bundle(tag)?;
+        b.write_with(&["true"], |c| {
+            for (k, v) in edit.as_object().into_iter().flatten() {
+                c["process"][k] = v.clone();
+            }
+        })?;
+        let c = env.container(&b, tag);
+        let r = c.create_with(&[])?;
+        rows.put(check, ensure!(!r.ok, "{edit} was accepted"));
+    }
     Ok(())
 }
 
@@ -1666,6 +1745,12 @@ impl Unshared {
     }
 }
 
+impl Unshared {
+    fn alive(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
 impl Drop for Unshared {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -1690,7 +1775,7 @@ fn namespaces_by_path(env: &Env, rows: &mut Rows) -> Outcome {
         .map_err(|e| format!("ip netns add: {e}"))?;
     ensure!(added.success(), "ip netns add {name} failed")?;
     let _netns = NetnsGuard(name.clone());
-    let u = Unshared::start()?;
+    let mut u = Unshared::start()?;
     let upid = u.0.id().to_string();
     let cases = [
         (
@@ -1741,6 +1826,105 @@ fn namespaces_by_path(env: &Env, rows: &mut Rows) -> Outcome {
         });
         rows.put(check, outcome);
     }
+    // runtime-tools' linux_ns_path_type: a path to a namespace of another type is an error.
+    let netns_path = format!("/var/run/netns/{name}");
+    let b = env.bundle("nswrong")?;
+    b.write_with(&["true"], |c| {
+        for ns in c["linux"]["namespaces"].as_array_mut().expect("namespaces") {
+            if ns["type"] == "ipc" {
+                ns["path"] = json!(netns_path);
+            }
+        }
+    })?;
+    let c = env.container(&b, "nswrong");
+    let r = c.create_with(&[])?;
+    rows.put(
+        "namespaces.path-wrong-type-refused",
+        ensure!(!r.ok, "an ipc namespace given as {netns_path} was accepted"),
+    );
+    // runtime-tools' delete_only_create_resources: the joined namespaces outlive the
+    // containers (all deleted by now).
+    drop(c);
+    let kept: Vec<String> = [
+        (netns_path.clone(), ns_id(&netns_path)),
+        (format!("/proc/{upid}/ns/uts"), ns_link(&upid, "uts")),
+    ]
+    .into_iter()
+    .filter(|(p, _)| !Path::new(p).exists())
+    .map(|(p, _)| p)
+    .collect();
+    rows.put(
+        "delete.keeps-joined-namespaces",
+        ensure!(
+            kept.is_empty() && u.alive(),
+            "gone after delete: {kept:?}; the namespaces' process alive={}",
+            u.alive()
+        ),
+    );
+    Ok(())
+}
+
+fn user_mappings(env: &Env, rows: &mut Rows) -> Outcome {
+    let b = env.bundle("userns")?;
+    b.write_with(
+        &[
+            "sh",
+            "-c",
+            "cat /proc/$$/uid_map /proc/$$/gid_map > /out/maps",
+        ],
+        |c| {
+            let ns = c["linux"]["namespaces"].as_array_mut().expect("namespaces");
+            ns.push(json!({"type": "user"}));
+            let map = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+            c["linux"]["uidMappings"] = map.clone();
+            c["linux"]["gidMappings"] = map;
+        },
+    )?;
+    let c = env.container(&b, "userns");
+    c.run_to_end()?;
+    let maps = b.wait_out("maps")?;
+    let lines: Vec<Vec<&str>> = maps
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    rows.put(
+        "namespaces.user-mappings",
+        ensure!(
+            lines == [["0", "200000", "65536"], ["0", "200000", "65536"]],
+            "uid_map and gid_map {maps:?}"
+        ),
+    );
+    Ok(())
+}
+
+fn seccomp(env: &Env, rows: &mut Rows) -> Outcome {
+    let b = env.bundle("seccomp")?;
+    b.write_with(
+        &[
+            "sh",
+            "-c",
+            "mkdir /tmp/x 2> /out/mkdir; grep Seccomp: /proc/$$/status > /out/seccomp",
+        ],
+        |c| {
+            c["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                              "errnoRet": 1}]
+            });
+        },
+    )?;
+    let c = env.container(&b, "seccomp");
+    c.run_to_end()?;
+    let status = b.wait_out("seccomp")?;
+    rows.put(
+        "seccomp.errno",
+        ensure!(
+            b.out("mkdir").contains("Operation not permitted") && status == "Seccomp:\t2\n",
+            "mkdir {:?}, {status:?}",
+            b.out("mkdir")
+        ),
+    );
     Ok(())
 }
 
@@ -1935,6 +2119,72 @@ fn cgroups(env: &Env, rows: &mut Rows) -> Outcome {
     Ok(())
 }
 
+fn cgroups_relative(env: &Env, rows: &mut Rows) -> Outcome {
+    let b = env.bundle("cgrel")?;
+    let rel = env.unique("cgrel");
+    let _sweep = CgroupSweep(rel.clone());
+    b.write_with(&["true"], |c| {
+        c["linux"]["cgroupsPath"] = json!(rel);
+        c["linux"]["resources"]["pids"] = json!({"limit": 43});
+    })?;
+    let c = env.container(&b, "cgrel");
+    c.create()?;
+    let (dir, _) = controller_dir(c.pid()?, "pids")?;
+    let max = read_values(&dir, &["pids.max"]);
+    rows.put(
+        "cgroups.relative-path",
+        ensure!(
+            dir.ends_with(&rel) && max == ["43"],
+            "pids cgroup {}, pids.max {max:?}",
+            dir.display()
+        ),
+    );
+    Ok(())
+}
+
+/// The major:minor of a real disk (throttle rules need an existing block device).
+fn a_disk() -> Option<String> {
+    fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            !n.starts_with("loop") && !n.starts_with("ram")
+        })
+        .find_map(|e| fs::read_to_string(e.path().join("dev")).ok())
+        .map(|d| d.trim().to_string())
+}
+
+fn cgroups_blkio(env: &Env, rows: &mut Rows) -> Outcome {
+    let disk = a_disk().ok_or("no block device to throttle")?;
+    let (major, minor) = disk.split_once(':').ok_or("a major:minor")?;
+    let b = env.bundle("blkio")?;
+    b.write_with(&["true"], |c| {
+        c["linux"]["resources"]["blockIO"] = json!({"throttleReadBpsDevice": [
+            {"major": major.parse::<u64>().unwrap_or(0), "minor": minor.parse::<u64>().unwrap_or(0),
+             "rate": 1048576}
+        ]});
+    })?;
+    let c = env.container(&b, "blkio");
+    c.create()?;
+    let (dir, v2) = controller_dir(c.pid()?, "blkio")?;
+    let got = if v2 {
+        read_values(&dir, &["io.max"])
+    } else {
+        read_values(&dir, &["blkio.throttle.read_bps_device"])
+    };
+    rows.put(
+        "cgroups.blkio-throttle",
+        ensure!(
+            got.first()
+                .is_some_and(|g| g.contains(&format!("{disk} ")) && (g.contains("1048576"))),
+            "{} {got:?}",
+            dir.display()
+        ),
+    );
+    Ok(())
+}
+
 // ---- the test ----
 
 fn busybox_present(name: &str) -> bool {
@@ -1977,12 +2227,12 @@ fn runtime_tools_checks_twill_oci_fails_nothing_runc_passes() {
             .collect()
     });
     let failed = |r: usize, check: &str| failures[r].iter().find(|f| f.check == check);
-    let mut table = format!("{:<34}", "check");
+    let mut table = format!("{:<38}", "check");
     for (label, _) in &runtimes {
         table += &format!(" {label:<10}");
     }
     for check in all_checks() {
-        table += &format!("\n{check:<34}");
+        table += &format!("\n{check:<38}");
         for r in 0..runtimes.len() {
             let mark = if failed(r, check).is_some() {
                 "FAIL"
