@@ -317,14 +317,23 @@ pub fn default_devices(dev: &Path) -> Result<()> {
 /// pivot_root into `root`; the old root is detached and removed.
 pub fn pivot(root: &Path) -> Result<()> {
     std::env::set_current_dir(root).map_err(|e| RuntimeError::io("entering", root.display(), e))?;
-    let old = root.join(".oldroot");
-    mkdir(&old)?;
-    nix::unistd::pivot_root(".", ".oldroot")
+    // pivot_root(".", "."): the old root ends up mounted over the new one, reachable as "."
+    // until it is detached, so no directory for it is needed in the container's root (whose
+    // owner may be a mapped user that root in a user namespace cannot write as).
+    nix::unistd::pivot_root(".", ".")
         .map_err(|e| RuntimeError::nix("pivot_root into", root.display(), e))?;
-    std::env::set_current_dir("/").map_err(|e| RuntimeError::io("entering", "/", e))?;
-    umount2("/.oldroot", MntFlags::MNT_DETACH)
+    // Detaching must not propagate to the host's mounts: make the old root a slave first.
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| RuntimeError::nix("making slave", "the old root", e))?;
+    umount2(".", MntFlags::MNT_DETACH)
         .map_err(|e| RuntimeError::nix("detaching", "the old root", e))?;
-    let _ = fs::remove_dir("/.oldroot");
+    std::env::set_current_dir("/").map_err(|e| RuntimeError::io("entering", "/", e))?;
     Ok(())
 }
 

@@ -1,19 +1,24 @@
 //! The OCI container's cgroup: memory, cpu and pids limits through the runtime's shared
 //! `cgroup` managers, plus what only the OCI mode needs: the freezer (pause/resume) and the
-//! device allow-list (cgroup v1's `devices` controller).
+//! device allow-list (cgroup v1's `devices` controller) and block I/O weights and throttles.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup;
 use crate::error::{Result, RuntimeError};
-use crate::oci::spec::Resources;
+use crate::oci::spec::{BlockIo, Resources};
 use crate::store::Limits;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
-/// v1 controllers the OCI mode adds to the shared manager's memory, cpu and pids.
-const V1_EXTRA: &[&str] = &["freezer", "devices"];
+/// v1 controllers the OCI mode adds to the shared manager's memory, cpu and pids (those
+/// this machine mounts: a controller missing here is not made up under /sys/fs/cgroup).
+fn v1_extra() -> impl Iterator<Item = &'static str> {
+    ["freezer", "devices", "blkio"]
+        .into_iter()
+        .filter(|c| Path::new(ROOT).join(c).join("cgroup.procs").exists())
+}
 
 fn v1_dir(controller: &str, rel: &str) -> PathBuf {
     Path::new(ROOT)
@@ -87,6 +92,9 @@ pub fn create(
     if cgroup::is_v2() {
         // The device allow-list needs an eBPF program on v2; refuse a restrictive list
         // rather than run with every device open.
+        if let Some(b) = &resources.block_io {
+            block_io_v2(rel, b)?;
+        }
         if resources.devices.iter().any(|d| !d.allow) {
             return Err(RuntimeError::Invalid(
                 "linux.resources.devices: device rules need cgroup v1 (twill-oci has no eBPF \
@@ -96,9 +104,12 @@ pub fn create(
         }
         return Ok(());
     }
-    for c in V1_EXTRA {
+    for c in v1_extra() {
         let d = v1_dir(c, rel);
         fs::create_dir_all(&d).map_err(|e| RuntimeError::io("creating cgroup", d.display(), e))?;
+    }
+    if let Some(b) = &resources.block_io {
+        block_io_v1(rel, b)?;
     }
     let dir = v1_dir("devices", rel);
     for rule in &resources.devices {
@@ -124,12 +135,137 @@ pub fn create(
     for line in ALWAYS_ALLOWED {
         write(&dir.join("devices.allow"), line)?;
     }
-    for d in devices {
+    // A fifo ("p") is no device to the devices controller: it needs (and takes) no rule.
+    for d in devices.iter().filter(|d| d.kind != "p") {
         let kind = if d.kind == "u" { "c" } else { d.kind.as_str() };
         write(
             &dir.join("devices.allow"),
             &format!("{kind} {}:{} rwm", d.major, d.minor),
         )?;
+    }
+    Ok(())
+}
+
+/// An error for a blockIO setting this kernel has no file for (weights need the BFQ or CFQ
+/// I/O scheduler), rather than running without it.
+fn no_blkio_file(what: &str, file: &Path) -> RuntimeError {
+    RuntimeError::Invalid(format!(
+        "linux.resources.blockIO.{what}: {} does not exist on this machine (block I/O weights \
+         need the BFQ or CFQ scheduler); leave it out",
+        file.display()
+    ))
+}
+
+/// The first of `names` (a controller's file names, newest first) that exists in `dir`.
+fn existing(dir: &Path, names: &[&str]) -> Option<PathBuf> {
+    names.iter().map(|n| dir.join(n)).find(|p| p.exists())
+}
+
+/// blockIO on cgroup v1: `blkio.throttle.*_device` lines, `blkio.[bfq.]weight[_device]`.
+fn block_io_v1(rel: &str, b: &BlockIo) -> Result<()> {
+    let dir = v1_dir("blkio", rel);
+    if !dir.exists() {
+        return Err(RuntimeError::Invalid(
+            "linux.resources.blockIO: this machine mounts no blkio controller".into(),
+        ));
+    }
+    for (list, file) in [
+        (
+            &b.throttle_read_bps_device,
+            "blkio.throttle.read_bps_device",
+        ),
+        (
+            &b.throttle_write_bps_device,
+            "blkio.throttle.write_bps_device",
+        ),
+        (
+            &b.throttle_read_iops_device,
+            "blkio.throttle.read_iops_device",
+        ),
+        (
+            &b.throttle_write_iops_device,
+            "blkio.throttle.write_iops_device",
+        ),
+    ] {
+        for t in list {
+            write(
+                &dir.join(file),
+                &format!("{}:{} {}", t.major, t.minor, t.rate),
+            )?;
+        }
+    }
+    let weight_files = ["blkio.bfq.weight", "blkio.weight"];
+    if let Some(w) = b.weight {
+        let f = existing(&dir, &weight_files)
+            .ok_or_else(|| no_blkio_file("weight", &dir.join("blkio.weight")))?;
+        write(&f, &w.to_string())?;
+    }
+    if b.leaf_weight.is_some() || b.weight_device.iter().any(|d| d.leaf_weight.is_some()) {
+        let f = dir.join("blkio.leaf_weight");
+        if !f.exists() {
+            return Err(no_blkio_file("leafWeight", &f));
+        }
+        if let Some(w) = b.leaf_weight {
+            write(&f, &w.to_string())?;
+        }
+    }
+    for d in &b.weight_device {
+        if let Some(w) = d.weight {
+            let f = existing(&dir, &["blkio.bfq.weight_device", "blkio.weight_device"])
+                .ok_or_else(|| no_blkio_file("weightDevice", &dir.join("blkio.weight_device")))?;
+            write(&f, &format!("{}:{} {w}", d.major, d.minor))?;
+        }
+        if let Some(w) = d.leaf_weight {
+            write(
+                &dir.join("blkio.leaf_weight_device"),
+                &format!("{}:{} {w}", d.major, d.minor),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// blockIO on cgroup v2: `io.max` per device, `io.[bfq.]weight` (runc's conversion of the
+/// v1 range [10, 1000] to v2's [1, 10000]).
+fn block_io_v2(rel: &str, b: &BlockIo) -> Result<()> {
+    let dir = v2_dir(rel);
+    for (list, key) in [
+        (&b.throttle_read_bps_device, "rbps"),
+        (&b.throttle_write_bps_device, "wbps"),
+        (&b.throttle_read_iops_device, "riops"),
+        (&b.throttle_write_iops_device, "wiops"),
+    ] {
+        for t in list {
+            write(
+                &dir.join("io.max"),
+                &format!("{}:{} {key}={}", t.major, t.minor, t.rate),
+            )?;
+        }
+    }
+    if b.leaf_weight.is_some() || b.weight_device.iter().any(|d| d.leaf_weight.is_some()) {
+        return Err(RuntimeError::Invalid(
+            "linux.resources.blockIO.leafWeight: cgroup v2 has no leaf weights".into(),
+        ));
+    }
+    let v2_weight = |w: u16| 1 + (u64::from(w.clamp(10, 1000)) - 10) * 9999 / 990;
+    if let Some(w) = b.weight {
+        match existing(&dir, &["io.bfq.weight", "io.weight"]) {
+            Some(f) if f.ends_with("io.bfq.weight") => write(&f, &w.to_string())?,
+            Some(f) => write(&f, &v2_weight(w).to_string())?,
+            None => return Err(no_blkio_file("weight", &dir.join("io.weight"))),
+        }
+    }
+    for d in &b.weight_device {
+        if let Some(w) = d.weight {
+            let f = existing(&dir, &["io.bfq.weight", "io.weight"])
+                .ok_or_else(|| no_blkio_file("weightDevice", &dir.join("io.weight")))?;
+            let w = if f.ends_with("io.bfq.weight") {
+                u64::from(w)
+            } else {
+                v2_weight(w)
+            };
+            write(&f, &format!("{}:{} {w}", d.major, d.minor))?;
+        }
     }
     Ok(())
 }
@@ -189,7 +325,7 @@ fn memory_and_shares(rel: &str, r: &Resources) -> Result<()> {
 pub fn procs_files(rel: &str) -> Vec<PathBuf> {
     let mut files = cgroup::at(rel).procs_files();
     if !cgroup::is_v2() {
-        files.extend(V1_EXTRA.iter().map(|c| v1_dir(c, rel).join("cgroup.procs")));
+        files.extend(v1_extra().map(|c| v1_dir(c, rel).join("cgroup.procs")));
     }
     files
 }
@@ -258,7 +394,7 @@ pub fn remove(rel: &str) -> Result<()> {
     // The shared manager waits until the kernel lets go of an emptied cgroup.
     cgroup::at(rel).remove()?;
     if !cgroup::is_v2() {
-        for c in V1_EXTRA {
+        for c in v1_extra() {
             let d = v1_dir(c, rel);
             if let Err(e) = fs::remove_dir(&d)
                 && e.kind() != std::io::ErrorKind::NotFound

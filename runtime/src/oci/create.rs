@@ -17,7 +17,7 @@
 //! pivot_root; startContainer run in the container process after `start`, right before exec.
 
 use std::fs::{self, File};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -48,14 +48,10 @@ pub struct CreateOptions {
 /// The namespaces of `spec` to create with clone.
 fn clone_flags(spec: &Spec) -> CloneFlags {
     let mut f = CloneFlags::empty();
-    for (kind, flag) in [
-        ("pid", CloneFlags::CLONE_NEWPID),
-        ("mount", CloneFlags::CLONE_NEWNS),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("network", CloneFlags::CLONE_NEWNET),
-    ] {
-        if spec.new_namespace(kind) {
+    for kind in ["pid", "mount", "uts", "ipc", "network"] {
+        if spec.new_namespace(kind)
+            && let Some(flag) = namespace_flag(kind)
+        {
             f |= flag;
         }
     }
@@ -107,14 +103,63 @@ fn join_namespaces(joined: &[(String, File)], new_user: Option<&MapHandshake>) -
     Ok(())
 }
 
-/// Namespaces to join by path, opened by `create` (so a wrong path fails there).
+/// The clone flag that names a namespace type (also what NS_GET_NSTYPE answers).
+fn namespace_flag(kind: &str) -> Option<CloneFlags> {
+    Some(match kind {
+        "pid" => CloneFlags::CLONE_NEWPID,
+        "mount" => CloneFlags::CLONE_NEWNS,
+        "uts" => CloneFlags::CLONE_NEWUTS,
+        "ipc" => CloneFlags::CLONE_NEWIPC,
+        "network" => CloneFlags::CLONE_NEWNET,
+        "user" => CloneFlags::CLONE_NEWUSER,
+        "cgroup" => CloneFlags::CLONE_NEWCGROUP,
+        _ => return None,
+    })
+}
+
+/// Whether `f` and `other` are the same inode (namespaces compare so).
+fn same_file(f: &File, other: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let a = f
+        .metadata()
+        .map_err(|e| RuntimeError::io("reading", "a namespace file", e))?;
+    let b = fs::metadata(other).map_err(|e| RuntimeError::io("reading", other.display(), e))?;
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
+/// Namespaces to join by path, opened by `create` (so a wrong path fails there), each
+/// checked to be of the type its entry names: joining a network namespace given as "ipc"
+/// would silently leave the container in the host's IPC namespace.
 fn open_joined(spec: &Spec) -> Result<Vec<(String, File)>> {
+    // NS_GET_NSTYPE, _IO(0xb7, 0x3) in <linux/nsfs.h>.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
     let mut out = Vec::new();
     for ns in &spec.linux.namespaces {
         if let Some(p) = &ns.path {
-            let f = File::open(p).map_err(|e| {
-                RuntimeError::io("opening namespace", format!("{} {p}", ns.kind), e)
-            })?;
+            let what = || format!("{} namespace {p}", ns.kind);
+            let f = File::open(p).map_err(|e| RuntimeError::io("opening", what(), e))?;
+            // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd we own.
+            let kind = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE) };
+            if kind < 0 {
+                return Err(RuntimeError::io(
+                    "checking that it is a namespace:",
+                    what(),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            if namespace_flag(&ns.kind).map(|f| f.bits()) != Some(kind) {
+                return Err(RuntimeError::Invalid(format!(
+                    "config.json: {} is not a {} namespace",
+                    p, ns.kind
+                )));
+            }
+            if ns.kind == "mount" && same_file(&f, Path::new("/proc/self/ns/mnt"))? {
+                // pivot_root there would move the root of every process of the host.
+                return Err(RuntimeError::Invalid(format!(
+                    "config.json: mount namespace {p} is the runtime's own mount namespace; \
+                     the container's root cannot be built there"
+                )));
+            }
             out.push((ns.kind.clone(), f));
         }
     }

@@ -217,14 +217,48 @@ pub struct Resources {
     pub pids: Option<Pids>,
     #[serde(default)]
     pub devices: Vec<DeviceRule>,
-    // Read only to be refused (see `Resources::unsupported`).
     #[serde(rename = "blockIO")]
-    pub block_io: Option<serde_json::Value>,
+    pub block_io: Option<BlockIo>,
+    // Read only to be refused (see `Resources::unsupported`).
     #[serde(default)]
     pub hugepage_limits: Vec<serde_json::Value>,
     pub unified: Option<BTreeMap<String, String>>,
     pub rdma: Option<serde_json::Value>,
     pub network: Option<serde_json::Value>,
+}
+
+/// `linux.resources.blockIO`: weights and throttles per device.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockIo {
+    pub weight: Option<u16>,
+    pub leaf_weight: Option<u16>,
+    #[serde(default)]
+    pub weight_device: Vec<WeightDevice>,
+    #[serde(default)]
+    pub throttle_read_bps_device: Vec<ThrottleDevice>,
+    #[serde(default)]
+    pub throttle_write_bps_device: Vec<ThrottleDevice>,
+    #[serde(default, rename = "throttleReadIOPSDevice")]
+    pub throttle_read_iops_device: Vec<ThrottleDevice>,
+    #[serde(default, rename = "throttleWriteIOPSDevice")]
+    pub throttle_write_iops_device: Vec<ThrottleDevice>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightDevice {
+    pub major: i64,
+    pub minor: i64,
+    pub weight: Option<u16>,
+    pub leaf_weight: Option<u16>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ThrottleDevice {
+    pub major: i64,
+    pub minor: i64,
+    pub rate: u64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -259,7 +293,6 @@ impl Resources {
         let cpu = self.cpu.clone().unwrap_or_default();
         let set = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.is_empty());
         [
-            (self.block_io.is_some(), "blockIO"),
             (!self.hugepage_limits.is_empty(), "hugepageLimits"),
             (
                 self.unified.as_ref().is_some_and(|u| !u.is_empty()),
@@ -351,12 +384,6 @@ impl Spec {
         }
         for ns in &self.linux.namespaces {
             match (ns.kind.as_str(), &ns.path) {
-                ("mount", Some(_)) => {
-                    return refuse(
-                        "joining a mount namespace by path is not supported (the container's \
-                         root is built in a new one)",
-                    );
-                }
                 ("pid" | "network" | "ipc" | "uts" | "mount" | "cgroup" | "user", _) => {}
                 (other, _) => return refuse(&format!("unknown namespace type {other:?}")),
             }
@@ -424,7 +451,8 @@ impl Spec {
         {
             return refuse(&format!(
                 "linux.resources.{name} is not supported yet (memory limit/swap/reservation/\
-                 swappiness/disableOOMKiller, cpu quota/period/shares, pids and devices are)"
+                 swappiness/disableOOMKiller, cpu quota/period/shares, pids, devices and blockIO \
+                 are)"
             ));
         }
         for r in &process.rlimits {
