@@ -15,7 +15,7 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// v1 controllers the OCI mode adds to the shared manager's memory, cpu and pids (those
 /// this machine mounts: a controller missing here is not made up under /sys/fs/cgroup).
 fn v1_extra() -> impl Iterator<Item = &'static str> {
-    ["freezer", "devices", "blkio"]
+    ["freezer", "devices", "blkio", "cpuset"]
         .into_iter()
         .filter(|c| Path::new(ROOT).join(c).join("cgroup.procs").exists())
 }
@@ -95,6 +95,7 @@ pub fn create(
         if let Some(b) = &resources.block_io {
             block_io_v2(rel, b)?;
         }
+        cpuset_v2(rel, resources)?;
         if resources.devices.iter().any(|d| !d.allow) {
             return Err(RuntimeError::Invalid(
                 "linux.resources.devices: device rules need cgroup v1 (twill-oci has no eBPF \
@@ -108,6 +109,7 @@ pub fn create(
         let d = v1_dir(c, rel);
         fs::create_dir_all(&d).map_err(|e| RuntimeError::io("creating cgroup", d.display(), e))?;
     }
+    cpuset_v1(rel, resources)?;
     if let Some(b) = &resources.block_io {
         block_io_v1(rel, b)?;
     }
@@ -142,6 +144,80 @@ pub fn create(
             &dir.join("devices.allow"),
             &format!("{kind} {}:{} rwm", d.major, d.minor),
         )?;
+    }
+    Ok(())
+}
+
+/// config.json's `cpu.cpus` / `cpu.mems`, when set.
+fn cpuset_of(r: &Resources) -> [(&'static str, Option<&str>); 2] {
+    fn get(v: Option<&String>) -> Option<&str> {
+        v.map(String::as_str).filter(|s| !s.is_empty())
+    }
+    let cpu = r.cpu.as_ref();
+    [
+        ("cpuset.cpus", get(cpu.and_then(|c| c.cpus.as_ref()))),
+        ("cpuset.mems", get(cpu.and_then(|c| c.mems.as_ref()))),
+    ]
+}
+
+/// cpuset on cgroup v1: a new cpuset cgroup starts with no CPUs and no memory nodes, and no
+/// process can join it so; every level down from the hierarchy's root gets its parent's
+/// (where still empty), then the container's own from config.json.
+fn cpuset_v1(rel: &str, r: &Resources) -> Result<()> {
+    let root = Path::new(ROOT).join("cpuset");
+    if !root.join("cgroup.procs").exists() {
+        if cpuset_of(r).iter().any(|(_, v)| v.is_some()) {
+            return Err(RuntimeError::Invalid(
+                "linux.resources.cpu.cpus/mems: this machine mounts no cpuset controller".into(),
+            ));
+        }
+        return Ok(());
+    }
+    let mut parent = root.clone();
+    for part in Path::new(rel.trim_start_matches('/')).components() {
+        let dir = parent.join(part);
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let cur = fs::read_to_string(dir.join(f)).unwrap_or_default();
+            if cur.trim().is_empty() {
+                let from = fs::read_to_string(parent.join(f))
+                    .map_err(|e| RuntimeError::io("reading", parent.join(f).display(), e))?;
+                write(&dir.join(f), from.trim())?;
+            }
+        }
+        parent = dir;
+    }
+    for (f, v) in cpuset_of(r) {
+        if let Some(v) = v {
+            write(&parent.join(f), v)?;
+        }
+    }
+    Ok(())
+}
+
+/// cpuset on cgroup v2: the controller enabled down to the container's cgroup, then its
+/// `cpuset.cpus` / `cpuset.mems`.
+fn cpuset_v2(rel: &str, r: &Resources) -> Result<()> {
+    let wanted: Vec<_> = cpuset_of(r)
+        .into_iter()
+        .filter_map(|(f, v)| v.map(|v| (f, v)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut cur = PathBuf::from(ROOT);
+    for part in Path::new(rel.trim_start_matches('/')).components() {
+        let _ = fs::write(cur.join("cgroup.subtree_control"), "+cpuset");
+        cur = cur.join(part);
+    }
+    for (f, v) in wanted {
+        if !cur.join(f).exists() {
+            return Err(RuntimeError::Invalid(format!(
+                "linux.resources.cpu.cpus/mems: {} does not exist (the cpuset controller is \
+                 not available to this cgroup)",
+                cur.join(f).display()
+            )));
+        }
+        write(&cur.join(f), v)?;
     }
     Ok(())
 }

@@ -291,7 +291,6 @@ impl Resources {
     pub fn unsupported(&self) -> Option<&'static str> {
         let mem = self.memory.clone().unwrap_or_default();
         let cpu = self.cpu.clone().unwrap_or_default();
-        let set = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.is_empty());
         [
             (!self.hugepage_limits.is_empty(), "hugepageLimits"),
             (
@@ -308,7 +307,6 @@ impl Resources {
                 cpu.realtime_runtime.is_some() || cpu.realtime_period.is_some(),
                 "cpu.realtimeRuntime/realtimePeriod",
             ),
-            (set(&cpu.cpus) || set(&cpu.mems), "cpu.cpus/mems (cpuset)"),
         ]
         .into_iter()
         .find_map(|(present, name)| present.then_some(name))
@@ -451,8 +449,8 @@ impl Spec {
         {
             return refuse(&format!(
                 "linux.resources.{name} is not supported yet (memory limit/swap/reservation/\
-                 swappiness/disableOOMKiller, cpu quota/period/shares, pids, devices and blockIO \
-                 are)"
+                 swappiness/disableOOMKiller, cpu quota/period/shares/cpus/mems, pids, devices \
+                 and blockIO are)"
             ));
         }
         for r in &process.rlimits {
