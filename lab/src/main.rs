@@ -90,7 +90,8 @@ enum Cmd {
         /// "all" (every one). tun-relay is a udp lab whose agents a TUN→TUN relay replaces: no
         /// UDP, no checks, the most any TUN-based data path can move on this machine.
         /// wireguard-go is a wireguard lab whose agents Debian's wireguard-go replaces, set up
-        /// like Flannel's device (skipped when it is not installed).
+        /// like Flannel's device (skipped when it is not installed; $TWILL_LAB_WIREGUARD_GO
+        /// names another binary, e.g. bookworm-backports' with TUN offloads).
         /// forwarder (not in "all") is a udp lab run by the external forwarder `--forwarder`
         /// names.
         #[arg(long, default_value = "all")]

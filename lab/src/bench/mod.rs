@@ -128,6 +128,8 @@ pub fn bench(
                 eprintln!(
                     "==> skipping the wireguard-go anchor: wireguard-go or wg is not installed"
                 );
+            } else if b == BenchPath::WireguardGo {
+                eprintln!("==> the wireguard-go anchor is {}", wggo::version());
             }
             ok
         })

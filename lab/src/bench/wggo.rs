@@ -25,17 +25,40 @@ const PORT: u16 = 51820;
 /// Flannel's wireguard overhead: the device MTU is the underlay's less this.
 const OVERHEAD: u32 = 80;
 
+/// The wireguard-go to measure: `$TWILL_LAB_WIREGUARD_GO` (say, the newer one with TUN
+/// offloads from bookworm-backports unpacked beside Debian's), else the one on PATH.
+pub fn binary() -> String {
+    std::env::var("TWILL_LAB_WIREGUARD_GO")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "wireguard-go".to_string())
+}
+
+/// The anchor's version line (`wireguard-go v0.0.20230223`), for the report.
+pub fn version() -> String {
+    Command::new(binary())
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "wireguard-go (version unknown)".to_string())
+}
+
 /// Whether wireguard-go and wg are installed (the anchor is measured only then).
 pub fn available() -> bool {
-    ["wireguard-go", "wg", "nsenter", "unshare"]
-        .iter()
-        .all(|t| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+    let wggo = binary();
+    [wggo.as_str(), "wg", "nsenter", "unshare"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 /// The running wireguard-go processes; dropping it kills them (by PID).
@@ -115,7 +138,8 @@ pub fn start(st: &mut LabState, dir: &Path) -> anyhow::Result<WgGo> {
         let child = Command::new("ip")
             .args(["netns", "exec", &host.netns, "unshare", "-m", "sh", "-c"])
             .arg(format!(
-                "mount -t tmpfs none /run && mkdir -p /run/wireguard && exec wireguard-go -f {DEVICE}"
+                "mount -t tmpfs none /run && mkdir -p /run/wireguard && exec {} -f {DEVICE}",
+                binary()
             ))
             .env("LOG_LEVEL", "error")
             .stdin(Stdio::null())
