@@ -51,13 +51,13 @@ impl BenchPath {
         }
     }
 
-    /// How reports name it.
-    fn label(self) -> &'static str {
+    /// How reports name it (the wireguard-go anchor with the version that ran).
+    fn label(self) -> String {
         match self {
-            BenchPath::Backend(b) => b.as_str(),
-            BenchPath::TunRelay => "TUN relay",
-            BenchPath::Forwarder => "forwarder",
-            BenchPath::WireguardGo => "wireguard-go 0.0.20220316",
+            BenchPath::Backend(b) => b.as_str().to_string(),
+            BenchPath::TunRelay => "TUN relay".to_string(),
+            BenchPath::Forwarder => "forwarder".to_string(),
+            BenchPath::WireguardGo => super::wggo::version(),
         }
     }
 }
