@@ -709,13 +709,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let udp = backend::UdpOptions {
         device: cli.udp_device.clone(),
         workers: cli.udp_workers as usize,
-        busy_poll: Duration::from_micros(cli.udp_busy_poll_us),
+        busy_poll: cli.busy_poll(backend::udp::DEFAULT_BUSY_POLL),
         offloads: cli.udp_offloads,
     };
     let wg = backend::WireguardOptions {
         key_file: cli.wireguard_key_file.clone(),
         socket_dir: cli.wireguard_socket_dir.clone(),
-        engine: udp.clone(),
+        engine: backend::UdpOptions {
+            busy_poll: cli.busy_poll(backend::wireguard::DEFAULT_BUSY_POLL),
+            ..udp.clone()
+        },
     };
     let mut backend = backend::create(&config, underlay, udp, wg);
     backend

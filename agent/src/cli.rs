@@ -94,10 +94,12 @@ pub struct Cli {
     /// (0: one per two CPUs, 1 to 4).
     #[arg(long, env = "TWILLD_UDP_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
     pub udp_workers: u64,
-    /// udp backend: microseconds a worker keeps polling after bulk traffic stops, before it
-    /// sleeps (0: sleep at once). Saves wake-ups on VMs; a trickle of packets never spins.
-    #[arg(long, env = "TWILLD_UDP_BUSY_POLL_US", default_value_t = crate::backend::udp::DEFAULT_BUSY_POLL.as_micros() as u64, value_parser = clap::value_parser!(u64).range(0..=100_000))]
-    pub udp_busy_poll_us: u64,
+    /// udp and wireguard backends: microseconds a worker keeps polling after bulk traffic
+    /// stops, before it sleeps (0: sleep at once). Default: 0 for udp (polling moved no
+    /// more and cost CPU), 300 for wireguard (it helped there a little). Saves wake-ups on
+    /// VMs where a sleep/wake is costly; a trickle of packets never spins.
+    #[arg(long, env = "TWILLD_UDP_BUSY_POLL_US", value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub udp_busy_poll_us: Option<u64>,
     /// udp backend: TUN offloads with UDP GSO/GRO and TCP coalescing (false: one packet per
     /// TUN read and write and one datagram per message, still batched — for kernels or NICs
     /// whose UDP GSO/GRO misbehaves, and the benchmarks' reference point).
@@ -155,6 +157,15 @@ const FLAG_ENVS: &[&str] = &[
 ];
 
 /// The environment with `FLANNELD_X` copied to `TWILLD_X` where the latter is unset.
+impl Cli {
+    /// The busy poll a backend's workers use: `--udp-busy-poll-us` when given, else the
+    /// backend's own default.
+    pub fn busy_poll(&self, backend_default: std::time::Duration) -> std::time::Duration {
+        self.udp_busy_poll_us
+            .map_or(backend_default, std::time::Duration::from_micros)
+    }
+}
+
 pub fn flannel_env_fallbacks(get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
     FLAG_ENVS
         .iter()
@@ -195,6 +206,27 @@ mod tests {
         assert_eq!(c.public_ipv6, Some("fd00::5".parse().unwrap()));
         let e = Cli::try_parse_from(["twilld", "--public-ipv6", "10.0.0.1"]).unwrap_err();
         assert!(e.to_string().contains("--public-ipv6"), "{e}");
+    }
+
+    #[test]
+    fn busy_poll_is_the_backends_default_unless_given() {
+        use std::time::Duration;
+        let c = Cli::try_parse_from(["twilld"]).unwrap();
+        assert_eq!(
+            c.busy_poll(crate::backend::udp::DEFAULT_BUSY_POLL),
+            Duration::ZERO
+        );
+        assert_eq!(
+            c.busy_poll(crate::backend::wireguard::DEFAULT_BUSY_POLL),
+            Duration::from_micros(300)
+        );
+        let c = Cli::try_parse_from(["twilld", "--udp-busy-poll-us", "50"]).unwrap();
+        assert_eq!(
+            c.busy_poll(crate::backend::wireguard::DEFAULT_BUSY_POLL),
+            Duration::from_micros(50)
+        );
+        let e = Cli::try_parse_from(["twilld", "--udp-busy-poll-us", "200000"]).unwrap_err();
+        assert!(e.to_string().contains("--udp-busy-poll-us"), "{e}");
     }
 
     #[test]
