@@ -33,7 +33,7 @@ mod worker;
 
 use std::fs::File;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,8 +46,8 @@ pub use transform::{Control, Destination, Inbound, Opened, Outbound, Refusal, Se
 /// What the engine needs to know besides the transform.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineConfig {
-    /// The UDP address to bind (public IP and port).
-    pub bind: SocketAddrV4,
+    /// The UDP address to bind (public IP and port; `[::]:port` for both families).
+    pub bind: SocketAddr,
     /// The TUN MTU: the largest inner packet.
     pub mtu: usize,
     /// UDP GSO segment trains, UDP GRO and TCP coalescing (the TUN's offloads are set by

@@ -1,13 +1,15 @@
-//! The data path's packet logic as pure functions over byte slices: IPv4 header checks, TTL
-//! decrement, ICMP "net unreachable", virtio-net headers, TCP segmentation of the TUN's
-//! super-packets and coalescing of received segments back into super-packets. No I/O and no
-//! allocation here, so every function can be unit-tested and fuzzed on its own.
+//! The data path's packet logic as pure functions over byte slices: IPv4 header checks (and
+//! IPv6's fixed header), TTL decrement, ICMP "net unreachable", virtio-net headers, TCP
+//! segmentation of the TUN's super-packets and coalescing of received segments back into
+//! super-packets. No I/O and no allocation here, so every function can be unit-tested and
+//! fuzzed on its own.
 
 mod checksum;
 mod coalesce;
 mod drop_reason;
 mod icmp;
 mod ipv4;
+mod ipv6;
 pub mod layout;
 mod segment;
 #[cfg(test)]
@@ -19,6 +21,7 @@ pub use coalesce::{Coalescer, MAX_COALESCE, TunSink};
 pub use drop_reason::DropReason;
 pub use icmp::icmp_net_unreachable;
 pub use ipv4::{Ipv4Info, MAX_IP_PACKET, decrement_ttl, parse_ipv4};
+pub use ipv6::{Ipv6Info, parse_ipv6};
 pub use segment::{MAX_SEGMENT_HEADER, MAX_SEGMENTS, SegmentPlan, segment_headers};
 pub use vnet::{
     GSO_ECN, GSO_NONE, GSO_TCPV4, PLAIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr,
@@ -54,6 +57,7 @@ mod tests {
                 (0..rng.below(200)).map(|_| rng.next() as u8).collect()
             };
             let _ = parse_ipv4(&p, true);
+            let _ = parse_ipv6(&p);
             let _ = icmp_net_unreachable(&p, Ipv4Addr::new(10, 0, 0, 0), &mut icmp);
             let _ = segment_headers(&p, rng.below(3000), &mut headers);
             if let Some(h) = VnetHdr::parse(&p) {
