@@ -23,6 +23,8 @@ pub struct Container {
     pub name: String,
     pub netns: Netns,
     pub ip: String,
+    /// Its IPv6 address on a dual-stack or IPv6-only network.
+    pub ip6: Option<String>,
 }
 
 pub struct AgentLab {
@@ -200,18 +202,23 @@ impl AgentLab {
             .unwrap();
         assert_eq!(out.exit_code, 0, "CNI ADD on h{h}: {}", out.stdout);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        let ip = v["ips"][0]["address"]
-            .as_str()
+        let addrs: Vec<String> = v["ips"]
+            .as_array()
             .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+            .iter()
+            .map(|a| {
+                let cidr = a["address"].as_str().unwrap();
+                cidr.split('/').next().unwrap().to_string()
+            })
+            .collect();
+        let ip = addrs[0].clone();
+        let ip6 = addrs.iter().find(|a| a.contains(':')).cloned();
         self.containers.push(Container {
             host: h,
             name: self.cluster.prefix().to_string() + "-" + &suffix,
             netns,
             ip: ip.clone(),
+            ip6,
         });
         ip
     }
