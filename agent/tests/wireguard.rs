@@ -648,14 +648,12 @@ fn wireguard_bad_config_and_bad_key_file_are_named() {
             "Backend.Mode: \"bogus\" is not a mode",
         ),
         (
-            Some(config(r#","Mode":"ipv6""#)),
-            "Backend.Mode: \"ipv6\" is not supported by twill yet",
+            Some(config(r#","Mode":"IPv6""#)),
+            "Backend.Mode: \"IPv6\" is not a mode",
         ),
         (
-            Some(format!(
-                r#"{{"Network":"{NETWORK}","EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{{"Type":"wireguard"}}}}"#
-            )),
-            "EnableIPv6: the wireguard backend carries IPv4 only",
+            Some(config(r#","ListenPortV6":70000"#)),
+            "Backend.ListenPortV6: 70000 is not a port",
         ),
     ] {
         if let Some(cfg) = cfg {
