@@ -130,25 +130,11 @@ fn tcp_transfer(lab: &AgentLab, from: usize, to: usize, dst_ip: &str, payload: &
     receiver.join().unwrap()
 }
 
-/// `wg show <device> dump` against host `h`'s twilld (its UAPI socket directory bound to
-/// /run/wireguard in a private mount namespace): the device line and one per peer.
+/// `wg show <device> dump` against host `h`'s twilld: the device line and one per peer.
 fn wg_dump(lab: &AgentLab, h: usize, device: &str) -> Vec<Vec<String>> {
-    let dir = socket_dir(lab, h);
-    let script = format!(
-        "mount -t tmpfs none /run && mkdir -p /run/wireguard && mount --bind {} /run/wireguard && wg show {device} dump",
-        dir.display()
-    );
-    let out = Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "wg show {device} dump on h{h}: {text}"
-    );
+    let (ok, text) =
+        common::in_wg_dir(None, &socket_dir(lab, h), &format!("wg show {device} dump"));
+    assert!(ok, "wg show {device} dump on h{h}: {text}");
     text.lines()
         .map(|l| l.split('\t').map(str::to_string).collect())
         .collect()
@@ -431,4 +417,75 @@ fn wireguard_single_device_modes_carry_both_families_on_flannel_wg() {
         );
         assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
     }
+}
+
+#[test]
+fn wireguard_interop_over_ipv6_with_wireguard_go_configured_like_flannel() {
+    if !preconditions(
+        "wireguard_interop_over_ipv6_with_wireguard_go_configured_like_flannel",
+        &[TOOLS, &["wireguard-go"]].concat(),
+    ) {
+        return;
+    }
+    // An IPv6-only network. h1 runs twilld (flannel-wg-v6 on 51821); h2 runs Debian's
+    // wireguard-go as flannel-wg-v6, set up with `wg set` and `ip` as Flannel's separate mode
+    // sets up its IPv6 device and peers, with its lease written by hand.
+    let config = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:64::/48","Backend":{"Type":"wireguard"}}"#;
+    let mut lab = lab("twg6-io", 2, 0, config);
+    lab.kill_agent(2);
+    let env1 = lab.wait_subnet(1);
+    lab.add_container(1);
+    let s1 = env1.ipv6.unwrap().subnet;
+    let twilld_public = public_of(&key_file(&lab, 1));
+    let (ip1, ip2) = (lab.cluster.host(1).ip6, lab.cluster.host(2).ip6);
+    let h2 = lab.cluster.host(2).name.clone();
+    // h2's own lease (taken by its twilld before it was stopped) is handed over.
+    let env2 = lab.wait_subnet(2);
+    let s2 = env2.ipv6.unwrap().subnet;
+    let dir = lab.dir.path().join("h2-wggo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let private = data(32);
+    let secret = boringtun::x25519::StaticSecret::from(<[u8; 32]>::try_from(&private[..]).unwrap());
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let wggo_public = b64(boringtun::x25519::PublicKey::from(&secret).as_bytes());
+    std::fs::write(dir.join("key"), b64(&private)).unwrap();
+    let script = format!(
+        "ip link del flannel-wg-v6 2>/dev/null; wireguard-go flannel-wg-v6 && \
+         wg set flannel-wg-v6 private-key {d}/key listen-port 51821 && \
+         ip -6 addr add {base}/128 dev flannel-wg-v6 nodad && ip link set flannel-wg-v6 mtu 1420 up && \
+         ip -6 route replace fd00:64::/48 dev flannel-wg-v6 && \
+         wg set flannel-wg-v6 peer {twilld_public} endpoint [{ip1}]:51821 allowed-ips {s1}",
+        d = dir.display(),
+        base = s2.network(),
+    );
+    let (ok, out) = common::in_wg_dir(Some(&h2), &dir, &script);
+    assert!(ok, "wireguard-go set up like Flannel: {out}");
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{}",
+        s2.network(),
+        s2.prefix_len()
+    );
+    lab.etcdctl(&[
+        "put",
+        &key,
+        &format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{ip2}","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{wggo_public}","Port":51821}}}}"#
+        ),
+    ]);
+    // A container on h2 behind the wireguard-go device (h2's subnet.env stays as written).
+    lab.add_container(2);
+    all_pairs(&lab, "twilld ↔ wireguard-go over IPv6: both ways");
+    let payload = data(4 << 20);
+    let (a, b) = (
+        lab.containers[0].ip6.clone().unwrap(),
+        lab.containers[1].ip6.clone().unwrap(),
+    );
+    assert!(
+        tcp_transfer(&lab, 0, 1, &b, &payload) == payload,
+        "twilld → wireguard-go corrupted"
+    );
+    assert!(
+        tcp_transfer(&lab, 1, 0, &a, &payload) == payload,
+        "wireguard-go → twilld corrupted"
+    );
 }

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -274,4 +274,30 @@ impl Drop for AgentLab {
             self.kill_agent(h);
         }
     }
+}
+
+/// Runs `script` with `sh` in a private mount namespace whose /run is a fresh tmpfs with
+/// `/run/wireguard` bound to `dir` (how `wg` and wireguard-go find UAPI sockets), inside
+/// network namespace `netns` if given. Returns (success, stdout + stderr).
+pub fn in_wg_dir(netns: Option<&str>, dir: &Path, script: &str) -> (bool, String) {
+    let setup = format!(
+        "mount -t tmpfs none /run && mkdir -p /run/wireguard && mount --bind {} /run/wireguard && {script}",
+        dir.display()
+    );
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "unshare", "-m", "sh", "-c", &setup]);
+            c
+        }
+        None => {
+            let mut c = Command::new("unshare");
+            c.args(["-m", "sh", "-c", &setup]);
+            c
+        }
+    };
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
 }
