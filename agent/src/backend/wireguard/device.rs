@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use boringtun::noise::Tunn;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519::PublicKey;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use twill_netkit::{Link, Netlink};
 
 use super::key::NodeKey;
@@ -130,7 +130,7 @@ impl WgDevice {
             queues: shared.workers,
             offloads: opts.offloads,
             mtu: shared.mtu,
-            network: self.network.v4.unwrap_or(Ipv4Net::default()),
+            network: self.network.v4.unwrap_or_default(),
             ipv6: self.plan.v6,
         };
         let (tun, dev) = device::create(nl, &spec, None).await?;
