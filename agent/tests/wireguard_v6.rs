@@ -219,6 +219,16 @@ fn lease_value(lab: &AgentLab, h: usize) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
+/// The value of the sample `key` in host `h`'s /metrics (0 while not published).
+fn sample(lab: &AgentLab, h: usize, key: &str) -> u64 {
+    let page = lab.http_get(h, METRICS_PORT, "/metrics");
+    let prefix = format!("{key} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn dropped(lab: &AgentLab, h: usize, reason: &str) -> u64 {
     let page = lab.http_get(h, METRICS_PORT, "/metrics");
     let key = format!("twilld_wireguard_dropped_packets_total{{reason=\"{reason}\"}} ");
@@ -304,11 +314,34 @@ fn wireguard_dual_stack_separate_mode_runs_flannel_wg_and_flannel_wg_v6() {
     }
 
     // 8 MiB over IPv6 across hosts, byte for byte, both ways; and over IPv4 alongside.
+    // IPv6 TCP rides TSO super-packets out of the TUN and coalesced writes into it, as IPv4.
     let payload = data(8 << 20);
     let to = |c: usize| lab.containers[c].ip6.clone().unwrap();
+    let counter = |h: usize, name: &str| sample(&lab, h, &format!("twilld_wireguard_{name}_total"));
+    let before = [
+        counter(1, "tun_reads"),
+        counter(1, "tx_packets"),
+        counter(2, "tun_writes"),
+        counter(2, "rx_packets"),
+    ];
     assert!(
         tcp_transfer(&lab, 0, 2, &to(2), &payload) == payload,
         "h1 → h2 over IPv6 corrupted"
+    );
+    lab.eventually("the IPv6 transfer counted", 5, || {
+        counter(1, "tx_packets") - before[1] > 6000 && counter(2, "rx_packets") - before[3] > 6000
+    });
+    let reads = counter(1, "tun_reads") - before[0];
+    let sent = counter(1, "tx_packets") - before[1];
+    let writes = counter(2, "tun_writes") - before[2];
+    let received = counter(2, "rx_packets") - before[3];
+    assert!(
+        sent > 4 * reads,
+        "TSO6: {sent} segments from {reads} TUN reads"
+    );
+    assert!(
+        received > 4 * writes,
+        "coalescing: {received} segments in {writes} TUN writes"
     );
     assert!(
         tcp_transfer(&lab, 5, 1, &to(1), &payload) == payload,

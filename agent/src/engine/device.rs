@@ -22,8 +22,7 @@ pub struct TunSpec {
     /// The overlay network, routed to the device.
     pub network: Ipv4Net,
     /// The device carries IPv6 inner packets (wireguard with IPv6 on): IPv6 stays enabled on
-    /// it and TSO6 off, because the engine forwards IPv6 packets one by one and does not
-    /// segment TCP/IPv6 super-packets; the kernel then hands over MTU-sized IPv6 packets.
+    /// it (router advertisements refused).
     pub ipv6: bool,
 }
 
@@ -31,9 +30,7 @@ impl TunSpec {
     /// The offload sets to try, best first. TCP segmentation only: the engine segments TCP
     /// itself and would have to drop UDP GSO (USO) super-packets.
     fn offload_candidates(&self) -> Vec<u32> {
-        if self.offloads && self.ipv6 {
-            vec![CSUM | TSO4, CSUM, 0]
-        } else if self.offloads {
+        if self.offloads {
             vec![CSUM | TSO4 | TSO6, CSUM | TSO4, CSUM, 0]
         } else {
             vec![0]

@@ -1,10 +1,11 @@
 //! The TUN data-path engine every TUN-based backend runs on: per worker one plain OS thread
 //! that carries both directions (TUN → UDP and UDP → TUN) over its own TUN queue and
 //! SO_REUSEPORT socket, with non-blocking fds (poll only when idle). TUN reads carry
-//! virtio-net headers, so the kernel hands over 64 KiB TCP super-packets; their segments
-//! leave with one sendmmsg and UDP GSO; received datagrams come in with UDP GRO and their TCP
-//! segments are coalesced into few gather writes to the TUN. All buffers are allocated at
-//! start; the packets never touch the async runtime.
+//! virtio-net headers, so the kernel hands over 64 KiB TCP super-packets (IPv4, and IPv6 for
+//! a backend that carries it); their segments leave with one sendmmsg and UDP GSO; received
+//! datagrams come in with UDP GRO and their TCP segments are coalesced into few gather writes
+//! to the TUN. The UDP sockets are IPv4 or IPv6 (dual-stack on `::`). All buffers are
+//! allocated at start; the packets never touch the async runtime.
 //!
 //! What a backend does to each packet (udp: check and pass through; an encrypting backend:
 //! seal and open) is its [`Transform`], over which the engine is generic.

@@ -24,7 +24,7 @@ pub(super) struct RxWorker<I: Inbound> {
     cfg: EngineConfig,
     bufs: Box<[u8]>,
     /// The opened packets of one batch: (start, end, header) in `bufs`; no header for an
-    /// IPv6 packet, which is written as it is.
+    /// IPv6 packet (whose fixed header the transform checked).
     pending: Vec<(usize, usize, Option<Ipv4Info>)>,
     coalescer: Coalescer,
     pub(super) local: LocalCounts,
@@ -135,7 +135,7 @@ impl<I: Inbound> RxWorker<I> {
             for (start, end, ip) in &self.pending {
                 match ip {
                     Some(ip) => self.coalescer.push(&self.bufs, *start..*end, ip, &mut sink),
-                    None => sink.write(&PLAIN, &[&self.bufs[*start..*end]]),
+                    None => self.coalescer.push6(&self.bufs, *start..*end, &mut sink),
                 }
             }
             self.coalescer.flush(&self.bufs, &mut sink);

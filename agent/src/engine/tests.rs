@@ -209,6 +209,26 @@ fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
     }
     assert_eq!(received, payload);
 
+    // A TCP/IPv6 super-packet leaves as three segments and comes back whole.
+    let sup6 = super::packet::test_util::tcp6_packet(1000, tcp::ACK, &payload, 64);
+    let hdr6 = VnetHdr {
+        gso_type: packet::GSO_TCPV6,
+        hdr_len: 72,
+        gso_size: 1000,
+        ..VnetHdr::default()
+    };
+    tun_a
+        .write_all(&[&hdr6.to_bytes()[..], &sup6].concat())
+        .unwrap();
+    let mut received = Vec::new();
+    while received.len() < payload.len() {
+        let got = read_packet(&mut tun_b);
+        let p = &got[VNET_HDR_LEN..];
+        packet::parse_ipv6(p).unwrap();
+        received.extend_from_slice(&p[72..]);
+    }
+    assert_eq!(received, payload);
+
     // An IPv6 packet (the transform routes it with route_v6) arrives unchanged.
     let mut v6 = vec![0u8; 40];
     v6[0] = 0x60;
@@ -230,7 +250,7 @@ fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
         (sent, delivered),
-        (5, 5),
-        "one plain packet, three segments and one IPv6 packet"
+        (8, 8),
+        "one plain packet, three segments, three IPv6 segments and one IPv6 packet"
     );
 }

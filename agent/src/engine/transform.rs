@@ -62,10 +62,9 @@ pub trait Outbound: Send + 'static {
         ctl: &mut Control<'_>,
     ) -> Result<Destination<Self::Peer>, Refusal>;
 
-    /// [`Outbound::route`] for an IPv6 inner packet. A backend that carries IPv4 only (udp,
-    /// as Flannel's) keeps this default: every IPv6 packet is dropped as such. IPv6 packets
-    /// are never TSO super-packets (the TUN of an IPv6-carrying backend has TSO6 off) and
-    /// never get an ICMP error from the engine (a refusal is a drop).
+    /// [`Outbound::route`] for an IPv6 inner packet (plain or a TCP/IPv6 super-packet). A
+    /// backend that carries IPv4 only (udp, as Flannel's) keeps this default: every IPv6
+    /// packet is dropped as such. The engine sends no ICMPv6 errors: a refusal is a drop.
     fn route_v6(
         &mut self,
         pkt: &mut [u8],
@@ -103,7 +102,8 @@ pub trait Outbound: Send + 'static {
 pub enum Opened {
     /// An inner packet to write into the TUN: `inner` is its place in the datagram.
     Packet { inner: Range<usize>, ip: Ipv4Info },
-    /// An inner IPv6 packet, written into the TUN as it is (not coalesced).
+    /// An inner IPv6 packet (its fixed header checked with `parse_ipv6`); TCP segments are
+    /// coalesced like IPv4 ones.
     Packet6 { inner: Range<usize> },
     /// A message of the transform's own (a handshake), already handled.
     Consumed,

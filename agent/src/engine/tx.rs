@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::EngineConfig;
 use super::icmp_budget::IcmpBudget;
 use super::packet::{
-    self, DropReason, GSO_ECN, GSO_NONE, GSO_TCPV4, MAX_IP_PACKET, MAX_SEGMENT_HEADER,
+    self, DropReason, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, MAX_IP_PACKET, MAX_SEGMENT_HEADER,
     MAX_SEGMENTS, PLAIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr,
 };
 use super::poll::sleep_until_writable;
@@ -230,35 +230,8 @@ impl<O: Outbound> TxWorker<O> {
             }
             GSO_TCPV4 => {
                 let headers = &mut self.headers[self.headers_used..];
-                let plan = match packet::segment_headers(pkt, hdr.gso_size as usize, headers) {
-                    Ok(p) => p,
-                    Err(why) => {
-                        self.local.count_drop(why, 1);
-                        return false;
-                    }
-                };
-                if plan.stride() > self.cfg.mtu {
-                    self.local
-                        .count_drop(DropReason::Oversize, plan.count as u64);
-                    return false;
-                }
-                let hl = plan.header_len;
-                for j in 0..plan.count {
-                    let r = plan.payload(j);
-                    let header = Piece::Header {
-                        off: self.headers_used + j * hl,
-                        len: hl,
-                    };
-                    let payload = Piece::Read {
-                        off: pkt_off + r.start,
-                        len: r.len(),
-                    };
-                    self.queue(&dest, &[header, payload]);
-                }
-                self.headers_used += plan.count * hl;
-                self.local.tx_packets += plan.count as u64;
-                self.local.tx_bytes += plan.total_len() as u64;
-                true
+                let plan = packet::segment_headers(pkt, hdr.gso_size as usize, headers);
+                self.queue_segments(&dest, pkt_off, plan)
             }
             _ => {
                 self.local.count_drop(DropReason::Malformed, 1);
@@ -267,8 +240,47 @@ impl<O: Outbound> TxWorker<O> {
         }
     }
 
-    /// One IPv6 read (`reads[start..end]`): always one plain packet, since the TUN of a
-    /// backend that carries IPv6 has TSO6 off; the transform routes it or refuses it.
+    /// Queues the segments of the super-packet at `reads[pkt_off..]` that `plan` describes
+    /// (their headers just written to the header arena).
+    fn queue_segments(
+        &mut self,
+        dest: &Destination<O::Peer>,
+        pkt_off: usize,
+        plan: Result<packet::SegmentPlan, DropReason>,
+    ) -> bool {
+        let plan = match plan {
+            Ok(p) => p,
+            Err(why) => {
+                self.local.count_drop(why, 1);
+                return false;
+            }
+        };
+        if plan.stride() > self.cfg.mtu {
+            self.local
+                .count_drop(DropReason::Oversize, plan.count as u64);
+            return false;
+        }
+        let hl = plan.header_len;
+        for j in 0..plan.count {
+            let r = plan.payload(j);
+            let header = Piece::Header {
+                off: self.headers_used + j * hl,
+                len: hl,
+            };
+            let payload = Piece::Read {
+                off: pkt_off + r.start,
+                len: r.len(),
+            };
+            self.queue(dest, &[header, payload]);
+        }
+        self.headers_used += plan.count * hl;
+        self.local.tx_packets += plan.count as u64;
+        self.local.tx_bytes += plan.total_len() as u64;
+        true
+    }
+
+    /// One IPv6 read (`reads[start..end]`): a plain packet or a TCP/IPv6 super-packet; the
+    /// transform routes it or refuses it (no ICMPv6 errors).
     fn handle_v6(&mut self, start: usize, end: usize, hdr: &VnetHdr) -> bool {
         let pkt = &mut self.reads[start..end];
         let ip = match packet::parse_ipv6(pkt) {
@@ -288,9 +300,17 @@ impl<O: Outbound> TxWorker<O> {
                 return false;
             }
         };
-        if hdr.gso_type & !GSO_ECN != GSO_NONE {
-            self.local.count_drop(DropReason::Malformed, 1);
-            return false;
+        match hdr.gso_type & !GSO_ECN {
+            GSO_NONE => {}
+            GSO_TCPV6 => {
+                let headers = &mut self.headers[self.headers_used..];
+                let plan = packet::segment_headers6(pkt, hdr.gso_size as usize, headers);
+                return self.queue_segments(&dest, start, plan);
+            }
+            _ => {
+                self.local.count_drop(DropReason::Malformed, 1);
+                return false;
+            }
         }
         if hdr.flags & VNET_F_NEEDS_CSUM != 0
             && let Err(why) = packet::complete_checksum(pkt, hdr)

@@ -4,8 +4,8 @@
 //! `/run/flannel/wgkey`, leases with `{"PublicKey","Port"}` in `BackendData` (and
 //! `BackendV6Data`) — but in user space on the TUN engine ([`crate::engine`]), so it needs no
 //! kernel module and keeps the udp backend's offloads (TSO super-packets segmented, one
-//! transport message per segment, UDP GSO out, GRO in, coalesced TUN writes; IPv6 inner
-//! packets go one by one). The protocol is boringtun's `noise` module.
+//! transport message per segment, UDP GSO out, GRO in, coalesced TUN writes; for inner IPv4
+//! and IPv6 alike). The protocol is boringtun's `noise` module.
 //!
 //! - `config.rs`: the `Backend` fields; `lease_data.rs`: `BackendData`; `key.rs`: the key file.
 //! - `plan.rs`: which devices each `Mode` runs and which endpoint a peer gets.

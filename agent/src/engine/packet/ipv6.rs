@@ -1,6 +1,7 @@
 //! IPv6 headers: what an IPv6-carrying backend (wireguard) needs to route and check an inner
-//! packet. IPv6 packets are forwarded one by one (never segmented or coalesced here), so
-//! only the fixed header is read.
+//! packet. Only the fixed header is read: TCP/IPv6 is segmented and coalesced only right
+//! after it (as the kernel's TSO6 hands it over), anything with extension headers passes as
+//! it is.
 
 use std::net::Ipv6Addr;
 

@@ -22,9 +22,11 @@ pub use drop_reason::DropReason;
 pub use icmp::icmp_net_unreachable;
 pub use ipv4::{Ipv4Info, MAX_IP_PACKET, decrement_ttl, parse_ipv4};
 pub use ipv6::{Ipv6Info, parse_ipv6};
-pub use segment::{MAX_SEGMENT_HEADER, MAX_SEGMENTS, SegmentPlan, segment_headers};
+pub use segment::{
+    MAX_SEGMENT_HEADER, MAX_SEGMENTS, SegmentPlan, segment_headers, segment_headers6,
+};
 pub use vnet::{
-    GSO_ECN, GSO_NONE, GSO_TCPV4, PLAIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr,
+    GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, PLAIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr,
     complete_checksum,
 };
 
@@ -39,12 +41,16 @@ mod tests {
     #[test]
     fn garbage_never_panics_any_packet_function() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let valid = tcp_packet(7, tcp::ACK, &[5; 3000], 64);
+        let valids = [
+            tcp_packet(7, tcp::ACK, &[5; 3000], 64),
+            test_util::tcp6_packet(7, tcp::ACK, &[5; 3000], 64),
+        ];
         let mut headers = vec![0u8; MAX_SEGMENTS * MAX_SEGMENT_HEADER];
         let mut icmp = [0u8; 128];
         for _ in 0..30_000 {
             // Half mutations of a valid packet, half random bytes of random length.
             let mut p = if rng.below(2) == 0 {
+                let valid = &valids[rng.below(2)];
                 let mut p = valid[..rng.below(valid.len() + 1)].to_vec();
                 for _ in 0..1 + rng.below(4) {
                     if !p.is_empty() {
@@ -60,6 +66,7 @@ mod tests {
             let _ = parse_ipv6(&p);
             let _ = icmp_net_unreachable(&p, Ipv4Addr::new(10, 0, 0, 0), &mut icmp);
             let _ = segment_headers(&p, rng.below(3000), &mut headers);
+            let _ = segment_headers6(&p, rng.below(3000), &mut headers);
             if let Some(h) = VnetHdr::parse(&p) {
                 let _ = complete_checksum(&mut p.clone(), &h);
             }
