@@ -33,7 +33,14 @@ fn fixture() -> &'static Fixture {
         });
         let other = PublicKey::from(&StaticSecret::from([2u8; 32]));
         let limiter = Arc::new(RateLimiter::new(&me.public, 100));
-        let tunn = Tunn::new(me.private.clone(), other, None, None, 5, Some(limiter.clone()));
+        let tunn = Tunn::new(
+            me.private.clone(),
+            other,
+            None,
+            None,
+            5,
+            Some(limiter.clone()),
+        );
         let peer = Peer::new(
             5,
             *other.as_bytes(),

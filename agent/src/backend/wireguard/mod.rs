@@ -237,17 +237,22 @@ impl Wireguard {
                 e.0.v4 = e.0.v4.or(subnets.v4);
                 e.0.v6 = e.0.v6.or(subnets.v6);
             }
-            let specs = merged
-                .into_iter()
-                .filter_map(|(public_key, (allowed, record))| {
-                    let endpoint = self.endpoint(d.plan.underlay, allowed, record)?;
-                    Some(PeerSpec {
+            let mut specs = Vec::with_capacity(merged.len());
+            for (public_key, (allowed, record)) in merged {
+                match self.endpoint(d.plan.underlay, allowed, record) {
+                    Some(endpoint) => specs.push(PeerSpec {
                         public_key,
                         endpoint,
                         allowed,
-                    })
-                })
-                .collect();
+                    }),
+                    // e.g. Mode ipv6 and a lease without PublicIPv6.
+                    None => errors.push(format!(
+                        "lease {allowed} has no public address {} can reach in Mode {}: skipped",
+                        d.plan.name,
+                        self.cfg.mode.as_str()
+                    )),
+                }
+            }
             out.push(specs);
         }
         out
@@ -416,6 +421,198 @@ fn print_device_status(socket_dir: &std::path::Path, device: &str) {
         println!(
             "  {:<46} {:<22} {:<18} {:>14} {:>14} {:>14}",
             p.public_key, p.endpoint, p.allowed_ip, handshake, p.rx_bytes, p.tx_bytes
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Which peers each device gets from the leases, per Mode (no kernel: devices are only
+    //! planned, never started).
+    use std::net::Ipv6Addr;
+
+    use boringtun::x25519::{PublicKey, StaticSecret};
+
+    use super::*;
+    use crate::backend::Peer as LeasePeer;
+
+    fn node_key(seed: u8) -> NodeKey {
+        let private = StaticSecret::from([seed; 32]);
+        NodeKey {
+            public: PublicKey::from(&private),
+            private,
+        }
+    }
+
+    /// A node (h1: 172.31.0.11, fd31::11) with `config`'s devices planned.
+    fn backend(config: &str) -> Wireguard {
+        let config = NetworkConfig::parse(config).unwrap();
+        let underlay = Underlay {
+            link: twill_netkit::Link {
+                index: 2,
+                name: "eth0".into(),
+                kind: None,
+                mtu: 1500,
+                mac: vec![2, 0, 0, 0, 0, 1],
+                up: true,
+                controller: None,
+                vxlan: None,
+            },
+            public_ip: Ipv4Addr::new(172, 31, 0, 11),
+            net: "172.31.0.11/24".parse().unwrap(),
+            public_ipv6: Some("fd31::11".parse().unwrap()),
+            net6: Some("fd31::11/64".parse().unwrap()),
+        };
+        let opts = WireguardOptions {
+            key_file: "/nonexistent".into(),
+            socket_dir: "/nonexistent".into(),
+            engine: UdpOptions {
+                device: DEVICE.into(),
+                workers: 1,
+                busy_poll: std::time::Duration::ZERO,
+                offloads: true,
+            },
+        };
+        let mut wg = Wireguard::new(&config, underlay, opts);
+        let key = Arc::new(node_key(1));
+        wg.key = Some(key.clone());
+        wg.local = Subnets {
+            v4: wg.network.v4.map(|_| "10.61.1.0/24".parse().unwrap()),
+            v6: wg.network.v6.map(|_| "fd00:61:0:1::/64".parse().unwrap()),
+        };
+        for p in wg.plan().unwrap() {
+            let bind = device::bind_address(p.underlay, p.port, wg.underlay.public_ip, None);
+            wg.devices
+                .push(WgDevice::new(p, bind, wg.network, key.clone()));
+        }
+        wg
+    }
+
+    /// Node 2's dual-stack lease as a Flannel node in separate mode writes it (same key in
+    /// both data, ListenPortV6 in BackendV6Data); `v6` false: an IPv4-only lease.
+    fn peers(v6: bool) -> Peers {
+        let key = *PublicKey::from(&StaticSecret::from([2u8; 32])).as_bytes();
+        let record = LeaseRecord {
+            wireguard: Some(WireguardLease {
+                public_key: key,
+                port: Some(51820),
+            }),
+            wireguard6: v6.then_some(WireguardLease {
+                public_key: key,
+                port: Some(51821),
+            }),
+            public_ipv6: v6.then(|| "fd31::12".parse::<Ipv6Addr>().unwrap()),
+            ..LeaseRecord::new(Ipv4Addr::new(172, 31, 0, 12), BackendType::Wireguard)
+        };
+        let subnets = Subnets {
+            v4: Some("10.61.2.0/24".parse().unwrap()),
+            v6: v6.then(|| "fd00:61:0:2::/64".parse().unwrap()),
+        };
+        let mut p = Peers::new();
+        p.insert(
+            subnets.key(),
+            LeasePeer {
+                subnets,
+                record,
+                mod_revision: 5,
+            },
+        );
+        p
+    }
+
+    fn specs(wg: &Wireguard, peers: &Peers) -> (Vec<Vec<(String, String)>>, ApplyErrors) {
+        let mut errors = ApplyErrors::default();
+        let out = wg
+            .peer_specs(peers, &mut errors)
+            .into_iter()
+            .map(|d| {
+                d.into_iter()
+                    .map(|s| (s.endpoint.to_string(), s.allowed.to_string()))
+                    .collect()
+            })
+            .collect();
+        (out, errors)
+    }
+
+    const DUAL: &str = r#""Network":"10.61.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:61::/48""#;
+
+    fn config(extra: &str) -> String {
+        format!(r#"{{{DUAL},"Backend":{{"Type":"wireguard"{extra}}}}}"#)
+    }
+
+    #[test]
+    fn separate_mode_gives_each_family_its_device_endpoint_and_port() {
+        let wg = backend(&config(""));
+        let (out, errors) = specs(&wg, &peers(true));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            out,
+            [
+                vec![("172.31.0.12:51820".into(), "10.61.2.0/24".into())],
+                vec![("[fd31::12]:51821".into(), "fd00:61:0:2::/64".into())]
+            ]
+        );
+        // The lease: the same key in both, ListenPortV6 for flannel-wg-v6, PublicIPv6.
+        let r = wg.record();
+        assert_eq!(r.wireguard.unwrap().port, Some(51820));
+        assert_eq!(r.wireguard6.unwrap().port, Some(51821));
+        assert_eq!(
+            r.wireguard.unwrap().public_key,
+            r.wireguard6.unwrap().public_key
+        );
+        assert_eq!(r.public_ipv6, Some("fd31::11".parse().unwrap()));
+    }
+
+    #[test]
+    fn one_device_modes_merge_a_nodes_subnets_and_use_its_listen_port() {
+        for (mode, endpoint) in [
+            ("auto", "172.31.0.12:51820"),
+            ("ipv4", "172.31.0.12:51820"),
+            // A Flannel peer announces 51821 in BackendV6Data but listens on 51820.
+            ("ipv6", "[fd31::12]:51820"),
+        ] {
+            let wg = backend(&config(&format!(r#","Mode":"{mode}""#)));
+            let (out, errors) = specs(&wg, &peers(true));
+            assert!(errors.is_empty(), "{mode}: {errors:?}");
+            assert_eq!(
+                out,
+                [vec![(
+                    endpoint.to_string(),
+                    "10.61.2.0/24+fd00:61:0:2::/64".to_string()
+                )]],
+                "{mode}"
+            );
+            assert_eq!(wg.record().wireguard6.unwrap().port, Some(51820), "{mode}");
+        }
+        // An IPv4-only lease: Mode ipv6 cannot reach it and says so.
+        let wg = backend(&config(r#","Mode":"ipv6""#));
+        let (out, errors) = specs(&wg, &peers(false));
+        assert_eq!(out, [Vec::<(String, String)>::new()]);
+        assert!(errors.0[0].contains("Mode ipv6"), "{errors:?}");
+        let wg = backend(&config(r#","Mode":"auto""#));
+        let (out, _) = specs(&wg, &peers(false));
+        assert_eq!(
+            out,
+            [vec![("172.31.0.12:51820".into(), "10.61.2.0/24".into())]]
+        );
+    }
+
+    #[test]
+    fn ipv6_only_runs_flannel_wg_v6_and_writes_no_backend_data() {
+        let wg = backend(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:61::/48","Backend":{"Type":"wireguard"}}"#,
+        );
+        assert_eq!(wg.devices.len(), 1);
+        assert_eq!(wg.devices[0].plan.name, DEVICE_V6);
+        let r = wg.record();
+        assert_eq!(r.public_ip, Ipv4Addr::UNSPECIFIED);
+        assert!(r.wireguard.is_none());
+        assert_eq!(r.wireguard6.unwrap().port, Some(51821));
+        let (out, errors) = specs(&wg, &peers(true));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            out,
+            [vec![("[fd31::12]:51821".into(), "fd00:61:0:2::/64".into())]]
         );
     }
 }
