@@ -30,6 +30,8 @@ pub struct PeerSpec {
     pub public_key: [u8; 32],
     pub endpoint: SocketAddr,
     pub allowed: Subnets,
+    /// Another address its datagrams may come from (its other public address).
+    pub alt_source: Option<IpAddr>,
 }
 
 /// Settings every device of the node shares.
@@ -219,6 +221,7 @@ impl WgDevice {
     fn peer_for(&self, spec: &PeerSpec, shared: &Shared) -> Arc<Peer> {
         if let Some(p) = self.peers.get(&spec.public_key)
             && p.same_as(&spec.public_key, spec.endpoint, spec.allowed)
+            && p.alt_source == spec.alt_source.map(|ip| ip.to_canonical())
         {
             return p.clone();
         }
@@ -232,15 +235,18 @@ impl WgDevice {
             index,
             Some(self.limiter.clone()),
         );
-        Arc::new(Peer::new(
-            index,
-            spec.public_key,
-            spec.endpoint,
-            spec.allowed,
-            shared.keepalive,
-            shared.psk.is_some(),
-            tunn,
-        ))
+        Arc::new(
+            Peer::new(
+                index,
+                spec.public_key,
+                spec.endpoint,
+                spec.allowed,
+                shared.keepalive,
+                shared.psk.is_some(),
+                tunn,
+            )
+            .with_alt_source(spec.alt_source),
+        )
     }
 
     /// Makes the data path whole again if its TUN or a worker died, then installs exactly

@@ -24,7 +24,7 @@ mod timers;
 pub mod transform;
 pub mod uapi;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -244,6 +244,7 @@ impl Wireguard {
                         public_key,
                         endpoint,
                         allowed,
+                        alt_source: self.alt_source(endpoint, record),
                     }),
                     // e.g. Mode ipv6 and a lease without PublicIPv6.
                     None => errors.push(format!(
@@ -256,6 +257,21 @@ impl Wireguard {
             out.push(specs);
         }
         out
+    }
+
+    /// In a one-device mode, the lease's public address of the other family than
+    /// `endpoint`'s: `auto` on two nodes may pick different families (a public IPv4 on one
+    /// side only), and each answers from the family it picked.
+    fn alt_source(&self, endpoint: SocketAddr, record: &LeaseRecord) -> Option<IpAddr> {
+        if self.cfg.mode == Mode::Separate {
+            return None;
+        }
+        match endpoint {
+            SocketAddr::V4(_) => record.public_ipv6.map(IpAddr::V6),
+            SocketAddr::V6(_) => {
+                Some(IpAddr::V4(record.public_ip)).filter(|ip| !ip.is_unspecified())
+            }
+        }
     }
 
     /// Where a device on `family` reaches the node of `record` (which holds `allowed`).
@@ -552,6 +568,9 @@ mod tests {
                 vec![("[fd31::12]:51821".into(), "fd00:61:0:2::/64".into())]
             ]
         );
+        let mut errors = ApplyErrors::default();
+        let all = wg.peer_specs(&peers(true), &mut errors);
+        assert!(all.iter().flatten().all(|s| s.alt_source.is_none()));
         // The lease: the same key in both, ListenPortV6 for flannel-wg-v6, PublicIPv6.
         let r = wg.record();
         assert_eq!(r.wireguard.unwrap().port, Some(51820));
@@ -583,6 +602,15 @@ mod tests {
                 "{mode}"
             );
             assert_eq!(wg.record().wireguard6.unwrap().port, Some(51820), "{mode}");
+            // Datagrams from its other public address are taken too.
+            let mut errors = ApplyErrors::default();
+            let alt = wg.peer_specs(&peers(true), &mut errors)[0][0].alt_source;
+            let other: IpAddr = if endpoint.starts_with('[') {
+                "172.31.0.12".parse().unwrap()
+            } else {
+                "fd31::12".parse().unwrap()
+            };
+            assert_eq!(alt, Some(other), "{mode}");
         }
         // An IPv4-only lease: Mode ipv6 cannot reach it and says so.
         let wg = backend(&config(r#","Mode":"ipv6""#));

@@ -43,6 +43,10 @@ pub struct Peer {
     pub allowed: Subnets,
     pub keepalive: u16,
     pub psk: bool,
+    /// Another address its datagrams may come from: in a one-device mode its other public
+    /// address (the two ends of an `auto` pair may pick different families, and each
+    /// answers from the family it picked).
+    pub alt_source: Option<IpAddr>,
     tunn: Mutex<Tunn>,
     pub drops: PeerDrops,
 }
@@ -74,9 +78,16 @@ impl Peer {
             allowed,
             keepalive,
             psk,
+            alt_source: None,
             tunn: Mutex::new(tunn),
             drops: PeerDrops::default(),
         }
+    }
+
+    /// The peer, also taking datagrams from `ip`.
+    pub fn with_alt_source(mut self, ip: Option<IpAddr>) -> Peer {
+        self.alt_source = ip.map(|ip| ip.to_canonical());
+        self
     }
 
     /// Its WireGuard state. A thread that panicked while holding it left nothing
@@ -159,6 +170,9 @@ impl WgTable {
             t.by_index.insert(p.index, i);
             t.by_key.insert(p.public_key, i);
             t.sources.insert(p.endpoint.ip().to_canonical());
+            if let Some(ip) = p.alt_source {
+                t.sources.insert(ip);
+            }
         }
         t.prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
         t.prefix_lens6.sort_unstable_by(|a, b| b.cmp(a));
@@ -350,5 +364,63 @@ pub fn render_peers(tables: &[Arc<WgTable>], s: &mut String) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use boringtun::x25519::{PublicKey, StaticSecret};
+
+    use super::*;
+
+    fn peer(index: u32, endpoint: &str, v4: Option<&str>, v6: Option<&str>) -> Peer {
+        let me = StaticSecret::from([1u8; 32]);
+        let other = PublicKey::from(&StaticSecret::from([index as u8 + 1; 32]));
+        let tunn = Tunn::new(me, other, None, None, index, None);
+        Peer::new(
+            index,
+            *other.as_bytes(),
+            endpoint.parse().unwrap(),
+            Subnets {
+                v4: v4.map(|s| s.parse().unwrap()),
+                v6: v6.map(|s| s.parse().unwrap()),
+            },
+            0,
+            false,
+            tunn,
+        )
+    }
+
+    #[test]
+    fn both_families_route_by_longest_prefix_and_sources_include_alternates() {
+        let a = peer(
+            1,
+            "172.31.0.12:51820",
+            Some("10.5.2.0/24"),
+            Some("fd00:5:0:2::/64"),
+        )
+        .with_alt_source(Some("fd31::12".parse().unwrap()));
+        let b = peer(2, "[fd31::13]:51821", None, Some("fd00:5:0:3::/64"));
+        let c = peer(3, "[::ffff:172.31.0.14]:51820", Some("10.5.128.0/20"), None);
+        let t = WgTable::new(
+            Subnets {
+                v4: Some("10.5.0.0/16".parse().unwrap()),
+                v6: Some("fd00:5::/32".parse().unwrap()),
+            },
+            Subnets::default(),
+            vec![Arc::new(a), Arc::new(b), Arc::new(c)],
+        );
+        assert_eq!(t.peer_for("10.5.2.9".parse().unwrap()), Some(0));
+        assert_eq!(t.peer_for("10.5.130.1".parse().unwrap()), Some(2));
+        assert_eq!(t.peer_for("10.5.3.1".parse().unwrap()), None);
+        assert_eq!(t.peer_for6("fd00:5:0:2::9".parse().unwrap()), Some(0));
+        assert_eq!(t.peer_for6("fd00:5:0:3::1".parse().unwrap()), Some(1));
+        assert_eq!(t.peer_for6("fd00:5:0:4::1".parse().unwrap()), None);
+        for ip in ["172.31.0.12", "fd31::12", "fd31::13", "172.31.0.14"] {
+            assert!(t.is_source(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!t.is_source("172.31.0.13".parse().unwrap()));
+        assert!(t.peers[0].allows("fd00:5:0:2::1".parse().unwrap()));
+        assert!(!t.peers[1].allows("10.5.2.1".parse().unwrap()));
     }
 }
