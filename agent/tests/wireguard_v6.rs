@@ -354,6 +354,18 @@ fn wireguard_dual_stack_separate_mode_runs_flannel_wg_and_flannel_wg_v6() {
     );
     assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
     assert_eq!(dropped(&lab, 1, "unauthenticated"), 0);
+
+    // An IPv6 destination nobody holds: ICMPv6 "no route" from flannel-wg-v6's address, as
+    // IPv4 gets ICMP net unreachable.
+    let mut c = Command::new("ping");
+    c.args(["-6", "-c1", "-W2", "fd00:61:0:ff00::1"]);
+    lab.containers[0].netns.prepare_command(&mut c).unwrap();
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Destination unreachable") && text.contains(&s6.network().to_string()),
+        "{text}"
+    );
 }
 
 #[test]

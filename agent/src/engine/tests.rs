@@ -69,7 +69,7 @@ impl Outbound for WrapOut {
         _pkt: &mut [u8],
         _ip: &Ipv6Info,
         _ctl: &mut Control<'_>,
-    ) -> Result<Destination<u32>, DropReason> {
+    ) -> Result<Destination<u32>, Refusal> {
         Ok(Destination {
             to: self.peer,
             peer: 7,

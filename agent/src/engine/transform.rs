@@ -4,7 +4,7 @@
 //! generic over these traits, so every backend gets its own monomorphic data path: no
 //! dynamic dispatch and nothing boxed per packet.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
 use super::packet::{DropReason, Ipv4Info, Ipv6Info};
@@ -39,6 +39,8 @@ pub enum Refusal {
     /// Nobody holds the destination: counted as [`DropReason::NoRoute`], and the engine
     /// writes an ICMP net unreachable from `from` back into the TUN (rate-limited).
     Unreachable { from: Ipv4Addr },
+    /// [`Refusal::Unreachable`] for IPv6: an ICMPv6 "no route to destination" from `from`.
+    Unreachable6 { from: Ipv6Addr },
 }
 
 /// TUN → UDP, for one worker thread.
@@ -64,15 +66,15 @@ pub trait Outbound: Send + 'static {
 
     /// [`Outbound::route`] for an IPv6 inner packet (plain or a TCP/IPv6 super-packet). A
     /// backend that carries IPv4 only (udp, as Flannel's) keeps this default: every IPv6
-    /// packet is dropped as such. The engine sends no ICMPv6 errors: a refusal is a drop.
+    /// packet is dropped as such.
     fn route_v6(
         &mut self,
         pkt: &mut [u8],
         ip: &Ipv6Info,
         ctl: &mut Control<'_>,
-    ) -> Result<Destination<Self::Peer>, DropReason> {
+    ) -> Result<Destination<Self::Peer>, Refusal> {
         let _ = (pkt, ip, ctl);
-        Err(DropReason::Ipv6)
+        Err(Refusal::Drop(DropReason::Ipv6))
     }
 
     /// Turns one inner packet, at `datagram[HEADER_LEN..HEADER_LEN + inner_len]`, into the

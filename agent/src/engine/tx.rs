@@ -192,21 +192,8 @@ impl<O: Outbound> TxWorker<O> {
         };
         let dest = match self.outbound.route(pkt, &ip, &mut Control::new(&self.sock)) {
             Ok(d) => d,
-            Err(Refusal::Drop(why)) => {
-                self.local.count_drop(why, 1);
-                return false;
-            }
-            Err(Refusal::Unreachable { from }) => {
-                self.local.count_drop(DropReason::NoRoute, 1);
-                if !self.icmp_budget.take(Instant::now()) {
-                    return false;
-                }
-                let mut icmp = [0u8; 128];
-                if let Some(len) = packet::icmp_net_unreachable(pkt, from, &mut icmp)
-                    && sys::write_packet(&self.tun, &PLAIN, &[&icmp[..len]]).is_ok()
-                {
-                    self.local.icmp_unreachable += 1;
-                }
+            Err(why) => {
+                self.refuse(pkt_off, slot + n, why);
                 return false;
             }
         };
@@ -237,6 +224,34 @@ impl<O: Outbound> TxWorker<O> {
                 self.local.count_drop(DropReason::Malformed, 1);
                 false
             }
+        }
+    }
+
+    /// Counts a refused packet (`reads[start..end]`) and, for a destination nobody holds,
+    /// writes an ICMP or ICMPv6 error back into the TUN (rate-limited).
+    fn refuse(&mut self, start: usize, end: usize, why: Refusal) {
+        let reason = match why {
+            Refusal::Drop(why) => why,
+            Refusal::Unreachable { .. } | Refusal::Unreachable6 { .. } => DropReason::NoRoute,
+        };
+        self.local.count_drop(reason, 1);
+        if reason != DropReason::NoRoute || !self.icmp_budget.take(Instant::now()) {
+            return;
+        }
+        let pkt = &self.reads[start..end];
+        // IPv4 quotes the header and 8 bytes (RFC 792); IPv6 as much as fits (RFC 4443).
+        let mut icmp = [0u8; 512];
+        let len = match why {
+            Refusal::Unreachable { from } => {
+                packet::icmp_net_unreachable(pkt, from, &mut icmp[..128])
+            }
+            Refusal::Unreachable6 { from } => packet::icmp6_no_route(pkt, from, &mut icmp),
+            Refusal::Drop(_) => None,
+        };
+        if let Some(len) = len
+            && sys::write_packet(&self.tun, &PLAIN, &[&icmp[..len]]).is_ok()
+        {
+            self.local.icmp_unreachable += 1;
         }
     }
 
@@ -296,7 +311,7 @@ impl<O: Outbound> TxWorker<O> {
         {
             Ok(d) => d,
             Err(why) => {
-                self.local.count_drop(why, 1);
+                self.refuse(start, end, why);
                 return false;
             }
         };

@@ -123,15 +123,21 @@ impl Outbound for WgOutbound {
         _pkt: &mut [u8],
         ip: &packet::Ipv6Info,
         _ctl: &mut Control<'_>,
-    ) -> Result<Destination<usize>, DropReason> {
+    ) -> Result<Destination<usize>, Refusal> {
         let table = self.table.refresh();
         if !table.in_network6(ip.dst) {
-            return Err(DropReason::OutsideNetwork);
+            return Err(Refusal::Drop(DropReason::OutsideNetwork));
         }
         if table.is_local6(ip.dst) {
-            return Err(DropReason::NotLocal);
+            return Err(Refusal::Drop(DropReason::NotLocal));
         }
-        let i = table.peer_for6(ip.dst).ok_or(DropReason::NoRoute)?;
+        let Some(i) = table.peer_for6(ip.dst) else {
+            // From the device's own address, `<v6 subnet base>`.
+            return Err(match table.local.v6 {
+                Some(l) => Refusal::Unreachable6 { from: l.network() },
+                None => Refusal::Drop(DropReason::NoRoute),
+            });
+        };
         Ok(Destination {
             to: table.peers[i].endpoint,
             peer: i,
@@ -508,7 +514,10 @@ mod tests {
         let mut p = pkt.to_vec();
         let dest = if p[0] >> 4 == 6 {
             let ip = packet::parse_ipv6(&p).unwrap();
-            out.route_v6(&mut p, &ip, &mut ctl)?
+            out.route_v6(&mut p, &ip, &mut ctl).map_err(|r| match r {
+                Refusal::Drop(why) => why,
+                _ => DropReason::NoRoute,
+            })?
         } else {
             let ip = packet::parse_ipv4(&p, true).unwrap();
             out.route(&mut p, &ip, &mut ctl)

@@ -19,7 +19,7 @@ mod vnet;
 pub use checksum::{checksum, fold, sum};
 pub use coalesce::{Coalescer, MAX_COALESCE, TunSink};
 pub use drop_reason::DropReason;
-pub use icmp::icmp_net_unreachable;
+pub use icmp::{icmp_net_unreachable, icmp6_no_route};
 pub use ipv4::{Ipv4Info, MAX_IP_PACKET, decrement_ttl, parse_ipv4};
 pub use ipv6::{Ipv6Info, parse_ipv6};
 pub use segment::{
@@ -65,6 +65,7 @@ mod tests {
             let _ = parse_ipv4(&p, true);
             let _ = parse_ipv6(&p);
             let _ = icmp_net_unreachable(&p, Ipv4Addr::new(10, 0, 0, 0), &mut icmp);
+            let _ = icmp6_no_route(&p, std::net::Ipv6Addr::LOCALHOST, &mut icmp);
             let _ = segment_headers(&p, rng.below(3000), &mut headers);
             let _ = segment_headers6(&p, rng.below(3000), &mut headers);
             if let Some(h) = VnetHdr::parse(&p) {
