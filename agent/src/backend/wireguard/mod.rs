@@ -626,6 +626,23 @@ mod tests {
     }
 
     #[test]
+    fn a_mode_without_its_underlay_address_is_an_error_naming_the_flag() {
+        for (extra, flag) in [
+            (r#","Mode":"ipv6""#, "--public-ipv6"),
+            ("", "--public-ipv6"),
+        ] {
+            let mut wg = backend(&config(extra));
+            wg.underlay.public_ipv6 = None;
+            let e = wg.plan().unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains("eth0"), "{extra}: {e}");
+        }
+        // auto falls back to the family the node has.
+        let mut wg = backend(&config(r#","Mode":"auto""#));
+        wg.underlay.public_ipv6 = None;
+        assert_eq!(wg.plan().unwrap()[0].underlay, plan::Underlay::V4);
+    }
+
+    #[test]
     fn ipv6_only_runs_flannel_wg_v6_and_writes_no_backend_data() {
         let wg = backend(
             r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:61::/48","Backend":{"Type":"wireguard"}}"#,
