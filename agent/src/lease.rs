@@ -127,8 +127,10 @@ pub struct LeaseRecord {
     /// vxlan over IPv6: the MAC of `flannel-v6.<VNI>` and its VNI (`BackendV6Data`).
     pub vtep_mac6: Option<[u8; 6]>,
     pub vni6: Option<u32>,
-    /// wireguard: the public key and port.
+    /// wireguard: the public key and port (`BackendData`, written when IPv4 is on).
     pub wireguard: Option<crate::backend::wireguard::WireguardLease>,
+    /// wireguard over IPv6: the public key and port (`BackendV6Data`, when IPv6 is on).
+    pub wireguard6: Option<crate::backend::wireguard::WireguardLease>,
 }
 
 /// Why a lease value was skipped.
@@ -148,6 +150,7 @@ impl LeaseRecord {
             vtep_mac6: None,
             vni6: None,
             wireguard: None,
+            wireguard6: None,
         }
     }
 
@@ -195,11 +198,25 @@ impl LeaseRecord {
                 "vxlan lease without BackendData.VtepMAC or BackendV6Data.VtepMAC".into(),
             ));
         }
-        let wireguard = match backend {
-            BackendType::Wireguard => Some(crate::backend::wireguard::WireguardLease::parse(
-                v.get("BackendData"),
-            )?),
-            _ => None,
+        let (wireguard, wireguard6) = match backend {
+            BackendType::Wireguard => {
+                use crate::backend::wireguard::WireguardLease;
+                let data = |field: &str| {
+                    v.get(field)
+                        .filter(|d| !d.is_null())
+                        .map(|d| WireguardLease::parse(Some(d), field))
+                        .transpose()
+                };
+                let (v4, v6) = (data("BackendData")?, data("BackendV6Data")?);
+                if v4.is_none() && v6.is_none() {
+                    return Err(BadLease(
+                        "wireguard lease without BackendData.PublicKey or BackendV6Data.PublicKey"
+                            .into(),
+                    ));
+                }
+                (v4, v6)
+            }
+            _ => (None, None),
         };
         Ok(LeaseRecord {
             public_ip,
@@ -210,6 +227,7 @@ impl LeaseRecord {
             vtep_mac6,
             vni6,
             wireguard,
+            wireguard6,
         })
     }
 
@@ -241,6 +259,9 @@ impl LeaseRecord {
         }
         if let Some(wg) = &self.wireguard {
             s.push_str(&format!(r#","BackendData":{}"#, wg.to_json()));
+        }
+        if let Some(wg) = &self.wireguard6 {
+            s.push_str(&format!(r#","BackendV6Data":{}"#, wg.to_json()));
         }
         s.push('}');
         s

@@ -277,7 +277,7 @@ impl NetworkConfig {
                 },
                 true,
             ),
-            Some(Value::Object(b)) => (parse_backend(b, obj)?, false),
+            Some(Value::Object(b)) => (parse_backend(b)?, false),
             Some(other) => {
                 return Err(err(
                     "Backend",
@@ -479,10 +479,7 @@ impl NetworkConfig {
     }
 }
 
-fn parse_backend(
-    b: &Map<String, Value>,
-    network: &Map<String, Value>,
-) -> Result<BackendConfig, ConfigError> {
+fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
     let kind = match get_str(b, "Type")?.unwrap_or("udp") {
         "host-gw" => BackendType::HostGw,
         "vxlan" => BackendType::Vxlan,
@@ -507,7 +504,7 @@ fn parse_backend(
         return Err(err("Backend.Port", format!("{port} is not a port")));
     }
     let wireguard = match kind {
-        BackendType::Wireguard => Some(crate::backend::wireguard::config::parse(b, network)?),
+        BackendType::Wireguard => Some(crate::backend::wireguard::config::parse(b)?),
         _ => None,
     };
     let port = match (port, kind, &wireguard) {
@@ -617,8 +614,8 @@ mod tests {
                 "Backend.PSK",
             ),
             (
-                r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"wireguard"}}"#,
-                "EnableIPv6",
+                r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"wireguard","Mode":"dual"}}"#,
+                "Backend.Mode",
             ),
             (
                 r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":99999999}}"#,

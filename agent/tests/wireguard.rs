@@ -144,35 +144,9 @@ fn public_of(file: &Path) -> String {
     b64(boringtun::x25519::PublicKey::from(&secret).as_bytes())
 }
 
-/// Runs `script` with `sh` in a private mount namespace whose /run is a fresh tmpfs with
-/// `/run/wireguard` bound to `dir` (how `wg` and wireguard-go find UAPI sockets), inside
-/// network namespace `netns` if given. Returns (success, stdout + stderr).
-fn in_wg_dir(netns: Option<&str>, dir: &Path, script: &str) -> (bool, String) {
-    let setup = format!(
-        "mount -t tmpfs none /run && mkdir -p /run/wireguard && mount --bind {} /run/wireguard && {script}",
-        dir.display()
-    );
-    let mut c = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "unshare", "-m", "sh", "-c", &setup]);
-            c
-        }
-        None => {
-            let mut c = Command::new("unshare");
-            c.args(["-m", "sh", "-c", &setup]);
-            c
-        }
-    };
-    let out = c.stdin(Stdio::null()).output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
 /// `wg show flannel-wg dump` against host `h`'s twilld: the device line and one per peer.
 fn wg_dump(lab: &AgentLab, h: usize) -> Vec<Vec<String>> {
-    let (ok, out) = in_wg_dir(None, &socket_dir(lab, h), "wg show flannel-wg dump");
+    let (ok, out) = common::in_wg_dir(None, &socket_dir(lab, h), "wg show flannel-wg dump");
     assert!(ok, "wg show flannel-wg dump on h{h}: {out}");
     out.lines()
         .map(|l| l.split('\t').map(str::to_string).collect())
@@ -569,7 +543,7 @@ fn wireguard_interop_with_wireguard_go_configured_like_flannel() {
         d = dir.display(),
         s1 = env1.ipv4.unwrap().subnet,
     );
-    let (ok, out) = in_wg_dir(Some(&h2), &dir, &script);
+    let (ok, out) = common::in_wg_dir(Some(&h2), &dir, &script);
     assert!(ok, "wireguard-go set up like Flannel: {out}");
     lab.etcdctl(&[
         "put",
@@ -648,14 +622,12 @@ fn wireguard_bad_config_and_bad_key_file_are_named() {
             "Backend.Mode: \"bogus\" is not a mode",
         ),
         (
-            Some(config(r#","Mode":"ipv6""#)),
-            "Backend.Mode: \"ipv6\" is not supported by twill yet",
+            Some(config(r#","Mode":"IPv6""#)),
+            "Backend.Mode: \"IPv6\" is not a mode",
         ),
         (
-            Some(format!(
-                r#"{{"Network":"{NETWORK}","EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{{"Type":"wireguard"}}}}"#
-            )),
-            "EnableIPv6: the wireguard backend carries IPv4 only",
+            Some(config(r#","ListenPortV6":70000"#)),
+            "Backend.ListenPortV6: 70000 is not a port",
         ),
     ] {
         if let Some(cfg) = cfg {

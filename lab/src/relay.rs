@@ -142,6 +142,7 @@ fn open_device(ns: &Netns, network: Ipv4Net, subnet: Ipv4Net) -> anyhow::Result<
                 offloads: true,
                 mtu: underlay.mtu.saturating_sub(UDP_OVERHEAD),
                 network,
+                ipv6: false,
             };
             let (tun, _) = device::create(&nl, &spec, Some(subnet)).await?;
             Ok::<_, twill_netkit::Error>(tun)

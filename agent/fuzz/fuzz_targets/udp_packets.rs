@@ -1,6 +1,6 @@
 //! The TUN data-path engine's packet functions on arbitrary bytes: what a peer or the TUN
 //! could hand over. Nothing may panic, and every segment the sender would put on the wire must carry
-//! valid IPv4 and TCP checksums.
+//! valid IPv4 and TCP checksums (IPv6: a valid TCP checksum).
 //! Run: `cd agent/fuzz && cargo fuzz run -s none udp_packets`.
 #![no_main]
 
@@ -24,6 +24,16 @@ fuzz_target!(|data: &[u8]| {
         c.push(&buf, pkt.len()..buf.len(), &ip, &mut sink);
         c.flush(&buf, &mut sink);
     }
+    if packet::parse_ipv6(&pkt).is_ok() {
+        let mut c = Coalescer::new();
+        let buf = [pkt.as_slice(), pkt.as_slice()].concat();
+        let mut sink = |_: &[u8; packet::VNET_HDR_LEN], parts: &[&[u8]]| {
+            assert!(parts.iter().map(|p| p.len()).sum::<usize>() <= packet::MAX_IP_PACKET);
+        };
+        c.push6(&buf, 0..pkt.len(), &mut sink);
+        c.push6(&buf, pkt.len()..buf.len(), &mut sink);
+        c.flush(&buf, &mut sink);
+    }
     let mut icmp = [0u8; 128];
     let _ = packet::icmp_net_unreachable(&pkt, Ipv4Addr::new(10, 0, 0, 0), &mut icmp);
     let gso = 64 + gso_lo as usize * 8;
@@ -34,11 +44,37 @@ fuzz_target!(|data: &[u8]| {
             let mut seg = headers[i * hl..(i + 1) * hl].to_vec();
             seg.extend_from_slice(&pkt[plan.payload(i)]);
             let ihl = ((seg[0] & 0x0f) as usize) * 4;
-            assert_eq!(packet::checksum(&seg[..ihl]), 0, "IP checksum of segment {i}");
+            assert_eq!(
+                packet::checksum(&seg[..ihl]),
+                0,
+                "IP checksum of segment {i}"
+            );
             let pseudo = packet::sum(0, &seg[ip::SRC..ip::DST + 4])
                 + ip::PROTO_TCP as u64
                 + (seg.len() - ihl) as u64;
-            assert_eq!(packet::fold(packet::sum(pseudo, &seg[ihl..])), 0xffff, "TCP checksum");
+            assert_eq!(
+                packet::fold(packet::sum(pseudo, &seg[ihl..])),
+                0xffff,
+                "TCP checksum"
+            );
+        }
+    }
+    if let Ok(plan) = packet::segment_headers6(&pkt, gso, &mut headers) {
+        let hl = plan.header_len;
+        for i in 0..plan.count {
+            let mut seg = headers[i * hl..(i + 1) * hl].to_vec();
+            seg.extend_from_slice(&pkt[plan.payload(i)]);
+            assert!(
+                packet::parse_ipv6(&seg).is_ok(),
+                "IPv6 header of segment {i}"
+            );
+            let pseudo =
+                packet::sum(0, &seg[8..40]) + ip::PROTO_TCP as u64 + (seg.len() - 40) as u64;
+            assert_eq!(
+                packet::fold(packet::sum(pseudo, &seg[40..])),
+                0xffff,
+                "TCPv6 checksum"
+            );
         }
     }
     if let Some(h) = VnetHdr::parse(&pkt) {

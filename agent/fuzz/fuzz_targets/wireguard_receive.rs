@@ -4,7 +4,7 @@
 //! Run: `cd agent/fuzz && cargo fuzz run -s none wireguard_receive`.
 #![no_main]
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
 use boringtun::noise::Tunn;
@@ -16,6 +16,7 @@ use twill_agent::backend::wireguard::table::{Peer, TableCell, WgTable};
 use twill_agent::backend::wireguard::transform::WgTransform;
 use twill_agent::engine::sys::UdpSocket;
 use twill_agent::engine::{Control, Inbound, Opened, Sender, Transform};
+use twill_agent::lease::Subnets;
 
 struct Fixture {
     transform: WgTransform,
@@ -32,20 +33,36 @@ fn fixture() -> &'static Fixture {
         });
         let other = PublicKey::from(&StaticSecret::from([2u8; 32]));
         let limiter = Arc::new(RateLimiter::new(&me.public, 100));
-        let tunn = Tunn::new(me.private.clone(), other, None, None, 5, Some(limiter.clone()));
+        let tunn = Tunn::new(
+            me.private.clone(),
+            other,
+            None,
+            None,
+            5,
+            Some(limiter.clone()),
+        );
         let peer = Peer::new(
             5,
             *other.as_bytes(),
             "127.0.0.1:9".parse().unwrap(),
-            "10.5.2.0/24".parse().unwrap(),
+            Subnets {
+                v4: Some("10.5.2.0/24".parse().unwrap()),
+                v6: Some("fd00:5:2::/64".parse().unwrap()),
+            },
             0,
             false,
             tunn,
         );
         let table = TableCell::new();
         table.publish(WgTable::new(
-            "10.5.0.0/16".parse().unwrap(),
-            Some("10.5.1.0/24".parse().unwrap()),
+            Subnets {
+                v4: Some("10.5.0.0/16".parse().unwrap()),
+                v6: Some("fd00:5::/32".parse().unwrap()),
+            },
+            Subnets {
+                v4: Some("10.5.1.0/24".parse().unwrap()),
+                v6: Some("fd00:5:1::/64".parse().unwrap()),
+            },
             vec![Arc::new(peer)],
         ));
         Fixture {
@@ -56,7 +73,7 @@ fn fixture() -> &'static Fixture {
                 mtu: 1420,
             },
             // Replies (cookies, handshake responses) go nowhere useful: a discard port.
-            sock: UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false).unwrap(),
+            sock: UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false).unwrap(),
         }
     })
 }
@@ -68,6 +85,9 @@ fuzz_target!(|data: &[u8]| {
     let mut d = data.to_vec();
     if let Ok(mut sender) = inbound.sender("127.0.0.1:9".parse().unwrap()) {
         // Without a session nothing can authenticate: no packet may come out.
-        assert!(!matches!(sender.open(&mut d, &mut ctl), Ok(Opened::Packet { .. })));
+        assert!(!matches!(
+            sender.open(&mut d, &mut ctl),
+            Ok(Opened::Packet { .. } | Opened::Packet6 { .. })
+        ));
     }
 });

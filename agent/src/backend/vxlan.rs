@@ -380,6 +380,7 @@ impl Backend for Vxlan {
             vtep_mac6: self.v6.as_ref().map(|v| v.mac),
             vni6: self.v6.as_ref().map(|_| self.vni),
             wireguard: None,
+            wireguard6: None,
         }
     }
 

@@ -3,7 +3,7 @@
 //! and for the lab's TUN relay, which stands in for twilld on the same device.
 
 use super::Engine;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use twill_netkit::tun::offload::{CSUM, TSO4, TSO6};
 use twill_netkit::tun::{Tun, TunOptions};
 use twill_netkit::{Link, Netlink, Route, Scope};
@@ -21,6 +21,9 @@ pub struct TunSpec {
     pub mtu: u32,
     /// The overlay network, routed to the device.
     pub network: Ipv4Net,
+    /// The device carries IPv6 inner packets (wireguard with IPv6 on): IPv6 stays enabled on
+    /// it (router advertisements refused).
+    pub ipv6: bool,
 }
 
 impl TunSpec {
@@ -56,22 +59,36 @@ pub async fn create(
     if let Err(e) = twill_netkit::sysctl::ensure(&key, "1") {
         tracing::warn!(error = %e, "cannot set {key}=1: ICMP net unreachable replies for unknown destinations will be dropped by the kernel");
     }
-    // The overlay is IPv4 only: without this the kernel sends router solicitations and MLD
-    // reports into the TUN, which the data path can only drop.
-    let _ = twill_netkit::sysctl::ensure(&format!("net/ipv6/conf/{}/disable_ipv6", link.name), "1");
+    // An IPv4-only overlay: without this the kernel sends router solicitations and MLD
+    // reports into the TUN, which the data path can only drop. An IPv6-carrying one keeps
+    // IPv6 and only refuses router advertisements.
+    if spec.ipv6 {
+        let _ =
+            twill_netkit::sysctl::ensure(&format!("net/ipv6/conf/{}/disable_ipv6", link.name), "0");
+        let _ =
+            twill_netkit::sysctl::ensure(&format!("net/ipv6/conf/{}/accept_ra", link.name), "0");
+    } else {
+        let _ =
+            twill_netkit::sysctl::ensure(&format!("net/ipv6/conf/{}/disable_ipv6", link.name), "1");
+    }
     nl.set_up(link.index).await?;
     if let Some(subnet) = subnet {
         crate::backend::set_subnet_address(nl, link.index, subnet).await?;
-        nl.replace_route(&network_route(spec.network, &link))
+        nl.replace_route(&network_route(IpNet::V4(spec.network), &link))
             .await?;
     }
     Ok((tun, link))
 }
 
 /// The route of the whole overlay network to the TUN (link scope: no gateway, every
-/// destination is handed to the device).
-pub fn network_route(network: Ipv4Net, link: &Link) -> Route {
-    Route::new(network).dev(link.index).scope(Scope::Link)
+/// destination is handed to the device), for either family.
+pub fn network_route(network: IpNet, link: &Link) -> Route {
+    let route = Route::new(network).dev(link.index);
+    match network {
+        IpNet::V4(_) => route.scope(Scope::Link),
+        // IPv6 routes have no scope of their own (the kernel keeps them universe).
+        IpNet::V6(_) => route,
+    }
 }
 
 /// Whether a TUN backend's data path is whole: its device still exists under its name and every

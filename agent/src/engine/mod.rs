@@ -1,10 +1,11 @@
 //! The TUN data-path engine every TUN-based backend runs on: per worker one plain OS thread
 //! that carries both directions (TUN → UDP and UDP → TUN) over its own TUN queue and
 //! SO_REUSEPORT socket, with non-blocking fds (poll only when idle). TUN reads carry
-//! virtio-net headers, so the kernel hands over 64 KiB TCP super-packets; their segments
-//! leave with one sendmmsg and UDP GSO; received datagrams come in with UDP GRO and their TCP
-//! segments are coalesced into few gather writes to the TUN. All buffers are allocated at
-//! start; the packets never touch the async runtime.
+//! virtio-net headers, so the kernel hands over 64 KiB TCP super-packets (IPv4, and IPv6 for
+//! a backend that carries it); their segments leave with one sendmmsg and UDP GSO; received
+//! datagrams come in with UDP GRO and their TCP segments are coalesced into few gather writes
+//! to the TUN. The UDP sockets are IPv4 or IPv6 (dual-stack on `::`). All buffers are
+//! allocated at start; the packets never touch the async runtime.
 //!
 //! What a backend does to each packet (udp: check and pass through; an encrypting backend:
 //! seal and open) is its [`Transform`], over which the engine is generic.
@@ -33,7 +34,7 @@ mod worker;
 
 use std::fs::File;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,8 +47,8 @@ pub use transform::{Control, Destination, Inbound, Opened, Outbound, Refusal, Se
 /// What the engine needs to know besides the transform.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineConfig {
-    /// The UDP address to bind (public IP and port).
-    pub bind: SocketAddrV4,
+    /// The UDP address to bind (public IP and port; `[::]:port` for both families).
+    pub bind: SocketAddr,
     /// The TUN MTU: the largest inner packet.
     pub mtu: usize,
     /// UDP GSO segment trains, UDP GRO and TCP coalescing (the TUN's offloads are set by

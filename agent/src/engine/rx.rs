@@ -23,8 +23,9 @@ pub(super) struct RxWorker<I: Inbound> {
     pub(super) stats: Arc<Stats>,
     cfg: EngineConfig,
     bufs: Box<[u8]>,
-    /// The opened packets of one batch: (start, end, header) in `bufs`.
-    pending: Vec<(usize, usize, Ipv4Info)>,
+    /// The opened packets of one batch: (start, end, header) in `bufs`; no header for an
+    /// IPv6 packet (whose fixed header the transform checked).
+    pending: Vec<(usize, usize, Option<Ipv4Info>)>,
     coalescer: Coalescer,
     pub(super) local: LocalCounts,
 }
@@ -111,7 +112,13 @@ impl<I: Inbound> RxWorker<I> {
                     Ok(Opened::Packet { inner, ip }) => {
                         self.local.rx_packets += 1;
                         self.local.rx_bytes += inner.len() as u64;
-                        self.pending.push((at + inner.start, at + inner.end, ip));
+                        self.pending
+                            .push((at + inner.start, at + inner.end, Some(ip)));
+                    }
+                    Ok(Opened::Packet6 { inner }) => {
+                        self.local.rx_packets += 1;
+                        self.local.rx_bytes += inner.len() as u64;
+                        self.pending.push((at + inner.start, at + inner.end, None));
                     }
                     Ok(Opened::Consumed) => {}
                     Err(why) => self.local.count_drop(why, 1),
@@ -126,7 +133,10 @@ impl<I: Inbound> RxWorker<I> {
         };
         if self.cfg.offloads {
             for (start, end, ip) in &self.pending {
-                self.coalescer.push(&self.bufs, *start..*end, ip, &mut sink);
+                match ip {
+                    Some(ip) => self.coalescer.push(&self.bufs, *start..*end, ip, &mut sink),
+                    None => self.coalescer.push6(&self.bufs, *start..*end, &mut sink),
+                }
             }
             self.coalescer.flush(&self.bufs, &mut sink);
         } else {

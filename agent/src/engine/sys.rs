@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::marker::PhantomData;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ use super::packet::{MAX_COALESCE, VNET_HDR_LEN};
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
+/// IPV6_PMTUDISC_OMIT (Linux 3.15), which the libc crate does not name.
+const IPV6_PMTUDISC_OMIT: libc::c_int = 5;
 
 /// Messages per sendmmsg / recvmmsg.
 pub const BATCH: usize = 16;
@@ -114,7 +116,12 @@ fn setsockopt_int(
     }
 }
 
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+/// Room for either family's socket address (a `sockaddr_in` fits in a `sockaddr_in6`).
+type RawAddr = libc::sockaddr_in6;
+
+const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+
+fn sockaddr_v4(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: a.port().to_be(),
@@ -125,31 +132,88 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-fn from_sockaddr(a: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-        u16::from_be(a.sin_port),
-    )
+fn sockaddr_v6(a: SocketAddrV6) -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: a.port().to_be(),
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: a.ip().octets(),
+        },
+        sin6_scope_id: a.scope_id(),
+    }
+}
+
+/// `a` as the socket address a socket of family `v6` takes: an IPv6 socket (dual-stack)
+/// reaches IPv4 peers by their v4-mapped address. Returns the length to pass.
+fn to_raw(a: SocketAddr, v6: bool, raw: &mut RawAddr) -> libc::socklen_t {
+    match a {
+        SocketAddr::V4(a) if !v6 => {
+            let sa = sockaddr_v4(a);
+            // SAFETY: RawAddr (28 bytes, align 4) has room for a sockaddr_in (16, align 4).
+            unsafe { std::ptr::write(raw as *mut RawAddr as *mut libc::sockaddr_in, sa) };
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V4(a) => {
+            *raw = sockaddr_v6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0));
+            std::mem::size_of::<RawAddr>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            *raw = sockaddr_v6(a);
+            std::mem::size_of::<RawAddr>() as libc::socklen_t
+        }
+    }
+}
+
+/// The address the kernel wrote into `raw`; v4-mapped IPv6 addresses come back as IPv4, so
+/// a peer has one address whichever socket it reached.
+fn from_raw(raw: &RawAddr) -> SocketAddr {
+    if raw.sin6_family == libc::AF_INET as libc::sa_family_t {
+        // SAFETY: the kernel wrote a sockaddr_in (family AF_INET) at the start of `raw`.
+        let a = unsafe { std::ptr::read(raw as *const RawAddr as *const libc::sockaddr_in) };
+        return SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+            u16::from_be(a.sin_port),
+        ));
+    }
+    let ip = Ipv6Addr::from(raw.sin6_addr.s6_addr);
+    let port = u16::from_be(raw.sin6_port);
+    match ip.to_ipv4_mapped() {
+        Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+        None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, raw.sin6_scope_id)),
+    }
+}
+
+fn empty_raw() -> RawAddr {
+    // SAFETY: an all-zero sockaddr_in6 is a valid (unspecified) address.
+    unsafe { std::mem::zeroed() }
 }
 
 /// A non-blocking UDP socket of one data-path worker.
 #[derive(Debug)]
-pub struct UdpSocket(std::net::UdpSocket);
+pub struct UdpSocket {
+    sock: std::net::UdpSocket,
+    /// An AF_INET6 socket (dual-stack when bound to `::`).
+    v6: bool,
+}
 
 impl AsFd for UdpSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
+        self.sock.as_fd()
     }
 }
 
 impl UdpSocket {
     /// A non-blocking UDP socket on `bind` with SO_REUSEPORT (one per worker), big buffers
-    /// and, with `gro`, UDP_GRO.
-    pub fn bind(bind: SocketAddrV4, gro: bool) -> io::Result<UdpSocket> {
+    /// and, with `gro`, UDP_GRO. An IPv6 socket bound to `::` is dual-stack: it also takes
+    /// and reaches IPv4 peers (by v4-mapped addresses, which it hides from its callers).
+    pub fn bind(bind: SocketAddr, gro: bool) -> io::Result<UdpSocket> {
+        let v6 = bind.is_ipv6();
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: plain socket(2); the fd is owned right away.
         let fd = unsafe {
             libc::socket(
-                libc::AF_INET,
+                family,
                 libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                 0,
             )
@@ -173,7 +237,27 @@ impl UdpSocket {
         // smaller path MTU (a route MTU, or a forged ICMP "fragmentation needed") then cannot
         // make the kernel refuse GSO sends (it rejects segments over the path MTU) and
         // black-hole a peer; a router on a path that really is smaller fragments. OMIT needs
-        // Linux 3.15.
+        // Linux 3.15. An IPv6 socket takes the IPv4 option too (for its v4-mapped peers).
+        if v6 {
+            if setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0).is_err() {
+                tracing::debug!("IPV6_V6ONLY stays on: this socket reaches IPv6 peers only");
+            }
+            if setsockopt_int(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                IPV6_PMTUDISC_OMIT,
+            )
+            .is_err()
+            {
+                setsockopt_int(
+                    fd,
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MTU_DISCOVER,
+                    libc::IPV6_PMTUDISC_DONT,
+                )?;
+            }
+        }
         if setsockopt_int(
             fd,
             libc::IPPROTO_IP,
@@ -181,59 +265,67 @@ impl UdpSocket {
             libc::IP_PMTUDISC_OMIT,
         )
         .is_err()
-        {
-            setsockopt_int(
+            && setsockopt_int(
                 fd,
                 libc::IPPROTO_IP,
                 libc::IP_MTU_DISCOVER,
                 libc::IP_PMTUDISC_DONT,
-            )?;
+            )
+            .is_err()
+            && !v6
+        {
+            return Err(io::Error::last_os_error());
         }
         if gro && let Err(e) = setsockopt_int(fd, SOL_UDP, UDP_GRO, 1) {
             tracing::warn!(error = %e, "UDP_GRO unavailable: receiving one datagram per slot");
         }
-        let sa = sockaddr(bind);
-        // SAFETY: sa is a valid sockaddr_in of the given size.
+        let mut sa = empty_raw();
+        let len = to_raw(bind, v6, &mut sa);
+        // SAFETY: sa holds a valid socket address of `len` bytes.
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
-                &sa as *const libc::sockaddr_in as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                &sa as *const RawAddr as *const libc::sockaddr,
+                len,
             )
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(UdpSocket(std::net::UdpSocket::from(sock)))
+        Ok(UdpSocket {
+            sock: std::net::UdpSocket::from(sock),
+            v6,
+        })
     }
 
     /// The address the socket is bound to.
-    pub fn local_addr(&self) -> io::Result<SocketAddrV4> {
-        match self.0.local_addr()? {
-            std::net::SocketAddr::V4(a) => Ok(a),
-            std::net::SocketAddr::V6(a) => Err(io::Error::other(format!(
-                "UDP socket bound to IPv6 address {a}"
-            ))),
-        }
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()
     }
 
     /// Sends one datagram now (for the rare messages of a transform's own, e.g. handshakes).
-    pub fn send_to(&self, to: SocketAddrV4, datagram: &[u8]) -> io::Result<()> {
-        self.0.send_to(datagram, to).map(|_| ())
+    pub fn send_to(&self, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        let to = match to {
+            SocketAddr::V4(a) if self.v6 => {
+                SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+            }
+            other => other,
+        };
+        self.sock.send_to(datagram, to).map(|_| ())
     }
 
     /// Sends the messages of `batch` with one sendmmsg; returns how many the kernel took.
     pub fn send_batch(&self, batch: &SendBatch<'_>) -> io::Result<usize> {
         let count = batch.len;
-        let mut names = [sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH];
+        let mut names = [empty_raw(); BATCH];
         // SAFETY: zeroed mmsghdrs are valid initial values.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         let mut cmsgs = [[0u64; 4]; BATCH];
         for (i, m) in batch.msgs[..count].iter().enumerate() {
-            names[i] = sockaddr(m.to);
+            let namelen = to_raw(m.to, self.v6, &mut names[i]);
             let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = &mut names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = &mut names[i] as *mut RawAddr as *mut libc::c_void;
+            h.msg_namelen = namelen;
             // The kernel does not write through msg_iov on send.
             h.msg_iov = batch.iovs[m.iovs.clone()].as_ptr() as *mut libc::iovec;
             h.msg_iovlen = m.iovs.len();
@@ -254,7 +346,8 @@ impl UdpSocket {
         }
         // SAFETY: hdrs[..count] point at names, cmsgs and the batch's iovecs, which point at
         // slices borrowed by the batch; all alive and unchanged for the call.
-        let rc = unsafe { libc::sendmmsg(self.0.as_raw_fd(), hdrs.as_mut_ptr(), count as u32, 0) };
+        let rc =
+            unsafe { libc::sendmmsg(self.sock.as_raw_fd(), hdrs.as_mut_ptr(), count as u32, 0) };
         if rc < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -275,7 +368,7 @@ impl UdpSocket {
                 ),
             ));
         }
-        let mut names = [sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH];
+        let mut names = [empty_raw(); BATCH];
         // SAFETY: a zeroed iovec (null pointer, length 0) is a valid initial value.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         // SAFETY: zeroed mmsghdrs (null pointers, zero lengths) are valid initial values.
@@ -287,8 +380,8 @@ impl UdpSocket {
                 iov_len: chunk.len(),
             };
             let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = &mut names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = &mut names[i] as *mut RawAddr as *mut libc::c_void;
+            h.msg_namelen = std::mem::size_of::<RawAddr>() as libc::socklen_t;
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
             h.msg_control = cmsgs[i].as_mut_ptr() as *mut libc::c_void;
@@ -298,7 +391,7 @@ impl UdpSocket {
         // mutably from `bufs` (disjoint slots) for the call.
         let n = unsafe {
             libc::recvmmsg(
-                self.0.as_raw_fd(),
+                self.sock.as_raw_fd(),
                 hdrs.as_mut_ptr(),
                 BATCH as u32,
                 libc::MSG_DONTWAIT,
@@ -312,7 +405,7 @@ impl UdpSocket {
         for (i, m) in meta.iter_mut().enumerate().take(n) {
             *m = RecvMeta {
                 len: hdrs[i].msg_len as usize,
-                from: from_sockaddr(&names[i]),
+                from: from_raw(&names[i]),
                 gro_segment: gro_segment(&hdrs[i].msg_hdr),
             };
         }
@@ -325,7 +418,7 @@ impl UdpSocket {
 pub struct RecvMeta {
     /// Bytes received (several datagrams when `gro_segment` is set).
     pub len: usize,
-    pub from: SocketAddrV4,
+    pub from: SocketAddr,
     /// The datagram size of a GRO-coalesced receive (the last may be shorter).
     pub gro_segment: Option<usize>,
 }
@@ -334,7 +427,7 @@ impl Default for RecvMeta {
     fn default() -> Self {
         RecvMeta {
             len: 0,
-            from: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            from: UNSPECIFIED,
             gro_segment: None,
         }
     }
@@ -371,7 +464,7 @@ impl IovScratch {
 }
 
 struct BatchMsg {
-    to: SocketAddrV4,
+    to: SocketAddr,
     segment: u16,
     iovs: std::ops::Range<usize>,
 }
@@ -392,7 +485,7 @@ impl<'a> SendBatch<'a> {
         SendBatch {
             iovs: &mut scratch.0,
             msgs: std::array::from_fn(|_| BatchMsg {
-                to: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                to: UNSPECIFIED,
                 segment: 0,
                 iovs: 0..0,
             }),
@@ -411,7 +504,7 @@ impl<'a> SendBatch<'a> {
     /// when the batch is full.
     pub fn push(
         &mut self,
-        to: SocketAddrV4,
+        to: SocketAddr,
         segment: u16,
         parts: impl IntoIterator<Item = &'a [u8]>,
     ) {
@@ -438,7 +531,64 @@ mod tests {
 
     #[test]
     fn a_batch_with_a_gso_message_arrives_as_datagrams_on_loopback() {
-        let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+        gso_batch_arrives(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    }
+
+    #[test]
+    fn ipv6_sockets_send_gso_batches_and_dual_stack_ones_hide_mapped_addresses() {
+        // Without IPv6 on loopback (a test namespace may lack it) there is nothing to test.
+        if std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_err() {
+            eprintln!("skipped: no IPv6 loopback here");
+            return;
+        }
+        gso_batch_arrives(SocketAddr::from((Ipv6Addr::LOCALHOST, 0)));
+        // A dual-stack socket on :: talks to an IPv4 socket; both see plain IPv4 addresses.
+        let dual = UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)), false).unwrap();
+        let v4 = UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false).unwrap();
+        let dual_port = dual.local_addr().unwrap().port();
+        dual.send_to(v4.local_addr().unwrap(), b"hi").unwrap();
+        let mut bufs = vec![0u8; BATCH * 256];
+        let mut meta = [RecvMeta::default(); BATCH];
+        let mut from = None;
+        for _ in 0..100 {
+            poll([v4.as_fd()], Interest::Readable, Duration::from_millis(50));
+            if let Ok(n) = v4.recv_batch(&mut bufs, &mut meta)
+                && n > 0
+            {
+                from = Some(meta[0].from);
+                break;
+            }
+        }
+        assert_eq!(
+            from,
+            Some(SocketAddr::from((Ipv4Addr::LOCALHOST, dual_port)))
+        );
+        let mut scratch = IovScratch::with_capacity(2);
+        let mut batch = SendBatch::new(&mut scratch);
+        batch.push(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, dual_port)),
+            0,
+            [&b"back"[..]],
+        );
+        assert_eq!(v4.send_batch(&batch).unwrap(), 1);
+        let mut got = None;
+        for _ in 0..100 {
+            poll(
+                [dual.as_fd()],
+                Interest::Readable,
+                Duration::from_millis(50),
+            );
+            if let Ok(n) = dual.recv_batch(&mut bufs, &mut meta)
+                && n > 0
+            {
+                got = Some((meta[0].from, bufs[..meta[0].len].to_vec()));
+                break;
+            }
+        }
+        assert_eq!(got, Some((v4.local_addr().unwrap(), b"back".to_vec())));
+    }
+
+    fn gso_batch_arrives(local: SocketAddr) {
         let rx = UdpSocket::bind(local, false).unwrap();
         let tx = UdpSocket::bind(local, false).unwrap();
         let to = rx.local_addr().unwrap();

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,8 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
 use super::packet::test_util::tcp_packet;
 use super::packet::{
-    self, DropReason, GSO_NONE, GSO_TCPV4, Ipv4Info, PLAIN, VNET_HDR_LEN, VnetHdr, layout::tcp,
+    self, DropReason, GSO_NONE, GSO_TCPV4, Ipv4Info, Ipv6Info, PLAIN, VNET_HDR_LEN, VnetHdr,
+    layout::tcp,
 };
 use super::sys::{Interest, poll};
 use super::*;
@@ -24,11 +25,11 @@ const MAGIC: [u8; 4] = *b"TWL1";
 /// Wraps each inner packet as `MAGIC | packet | length (u32, big endian)` and sends it all
 /// to one address.
 struct Wrapping {
-    peer: SocketAddrV4,
+    peer: SocketAddr,
 }
 
 struct WrapOut {
-    peer: SocketAddrV4,
+    peer: SocketAddr,
 }
 
 struct WrapIn;
@@ -63,6 +64,18 @@ impl Outbound for WrapOut {
         })
     }
 
+    fn route_v6(
+        &mut self,
+        _pkt: &mut [u8],
+        _ip: &Ipv6Info,
+        _ctl: &mut Control<'_>,
+    ) -> Result<Destination<u32>, Refusal> {
+        Ok(Destination {
+            to: self.peer,
+            peer: 7,
+        })
+    }
+
     fn seal(
         &mut self,
         peer: u32,
@@ -79,7 +92,7 @@ impl Outbound for WrapOut {
 
 impl Inbound for WrapIn {
     type Sender<'a> = WrapSender;
-    fn sender(&mut self, _from: SocketAddrV4) -> Result<WrapSender, DropReason> {
+    fn sender(&mut self, _from: SocketAddr) -> Result<WrapSender, DropReason> {
         Ok(WrapSender)
     }
 }
@@ -93,6 +106,10 @@ impl Sender for WrapSender {
         let inner_len = u32::from_be_bytes([d[n - 4], d[n - 3], d[n - 2], d[n - 1]]) as usize;
         if inner_len != n - 8 {
             return Err(DropReason::Truncated);
+        }
+        if d[4] >> 4 == 6 {
+            packet::parse_ipv6(&d[4..n - 4])?;
+            return Ok(Opened::Packet6 { inner: 4..n - 4 });
         }
         let ip = packet::parse_ipv4(&d[4..n - 4], true)?;
         Ok(Opened::Packet {
@@ -136,7 +153,7 @@ fn read_packet(tun: &mut File) -> Vec<u8> {
 #[test]
 fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
     let (port_a, port_b) = (free_port(), free_port());
-    let addr = |port| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let cfg = |port| EngineConfig {
         bind: addr(port),
         mtu: 1500,
@@ -191,6 +208,39 @@ fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
         received.extend_from_slice(&p[ip.header_len + 32..]);
     }
     assert_eq!(received, payload);
+
+    // A TCP/IPv6 super-packet leaves as three segments and comes back whole.
+    let sup6 = super::packet::test_util::tcp6_packet(1000, tcp::ACK, &payload, 64);
+    let hdr6 = VnetHdr {
+        gso_type: packet::GSO_TCPV6,
+        hdr_len: 72,
+        gso_size: 1000,
+        ..VnetHdr::default()
+    };
+    tun_a
+        .write_all(&[&hdr6.to_bytes()[..], &sup6].concat())
+        .unwrap();
+    let mut received = Vec::new();
+    while received.len() < payload.len() {
+        let got = read_packet(&mut tun_b);
+        let p = &got[VNET_HDR_LEN..];
+        packet::parse_ipv6(p).unwrap();
+        received.extend_from_slice(&p[72..]);
+    }
+    assert_eq!(received, payload);
+
+    // An IPv6 packet (the transform routes it with route_v6) arrives unchanged.
+    let mut v6 = vec![0u8; 40];
+    v6[0] = 0x60;
+    v6[4..6].copy_from_slice(&5u16.to_be_bytes());
+    v6[6] = 59;
+    v6[7] = 64;
+    v6[8..24].copy_from_slice(&"fd00:5:1::9".parse::<Ipv6Addr>().unwrap().octets());
+    v6[24..40].copy_from_slice(&"fd00:5:2::9".parse::<Ipv6Addr>().unwrap().octets());
+    v6.extend_from_slice(b"hello");
+    tun_a.write_all(&[&PLAIN[..], &v6].concat()).unwrap();
+    let got = read_packet(&mut tun_b);
+    assert_eq!(&got[VNET_HDR_LEN..], &v6[..]);
     drop((a, b));
     let sent = stats_a
         .tx_packets
@@ -200,7 +250,7 @@ fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
         (sent, delivered),
-        (4, 4),
-        "one plain packet and three segments"
+        (8, 8),
+        "one plain packet, three segments, three IPv6 segments and one IPv6 packet"
     );
 }

@@ -2,7 +2,7 @@
 //! joined into segment trains that leave as one UDP GSO send, even across TUN reads (a
 //! 64 KiB TCP super-packet is ~46 segments, more than one send may carry).
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::ops::Range;
 
 /// The kernel's limit of segments per UDP GSO send.
@@ -40,7 +40,7 @@ pub struct OutMsg {
     pub bytes: usize,
     /// Whether another datagram may join: the last one added was a full `stride`.
     open: bool,
-    pub dst: SocketAddrV4,
+    pub dst: SocketAddr,
 }
 
 impl OutMsg {
@@ -56,7 +56,7 @@ impl OutMsg {
     /// Whether a datagram of `len` bytes to `dst` can join this message's segment train:
     /// the kernel's UDP GSO takes equal segments (only the last may be shorter), at most 64
     /// of them and 64 KiB in all.
-    fn can_take(&self, dst: SocketAddrV4, len: usize) -> bool {
+    fn can_take(&self, dst: SocketAddr, len: usize) -> bool {
         self.open
             && self.dst == dst
             && len <= self.stride
@@ -85,7 +85,7 @@ impl SendQueue {
 
     /// Queues one datagram for `dst`, gathered from `pieces`: it joins the last message's
     /// segment train when it can.
-    pub fn push(&mut self, dst: SocketAddrV4, pieces: impl IntoIterator<Item = Part>) {
+    pub fn push(&mut self, dst: SocketAddr, pieces: impl IntoIterator<Item = Part>) {
         let parts_start = self.parts.len();
         let mut len = 0;
         for p in pieces {
@@ -136,13 +136,13 @@ mod tests {
 
     use super::*;
 
-    fn peer(last: u8) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(172, 31, 0, last), 8285)
+    fn peer(last: u8) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(172, 31, 0, last), 8285))
     }
 
     /// Feeds datagrams of the given lengths (two pieces each, as a segment's header and
     /// payload) for `dst` into the queue.
-    fn train(q: &mut SendQueue, dst: SocketAddrV4, lens: &[usize]) {
+    fn train(q: &mut SendQueue, dst: SocketAddr, lens: &[usize]) {
         for &len in lens {
             q.push(
                 dst,

@@ -4,10 +4,10 @@
 //! generic over these traits, so every backend gets its own monomorphic data path: no
 //! dynamic dispatch and nothing boxed per packet.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
-use super::packet::{DropReason, Ipv4Info};
+use super::packet::{DropReason, Ipv4Info, Ipv6Info};
 use super::sys::UdpSocket;
 
 /// A backend's per-packet work, handed to [`super::Engine::start`]. Each worker thread gets
@@ -26,7 +26,7 @@ pub trait Transform {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Destination<P> {
     /// The peer's UDP endpoint.
-    pub to: SocketAddrV4,
+    pub to: SocketAddr,
     /// What [`Outbound::seal`] needs about that peer (udp: nothing; wireguard: which session).
     pub peer: P,
 }
@@ -39,6 +39,8 @@ pub enum Refusal {
     /// Nobody holds the destination: counted as [`DropReason::NoRoute`], and the engine
     /// writes an ICMP net unreachable from `from` back into the TUN (rate-limited).
     Unreachable { from: Ipv4Addr },
+    /// [`Refusal::Unreachable`] for IPv6: an ICMPv6 "no route to destination" from `from`.
+    Unreachable6 { from: Ipv6Addr },
 }
 
 /// TUN → UDP, for one worker thread.
@@ -61,6 +63,19 @@ pub trait Outbound: Send + 'static {
         ip: &Ipv4Info,
         ctl: &mut Control<'_>,
     ) -> Result<Destination<Self::Peer>, Refusal>;
+
+    /// [`Outbound::route`] for an IPv6 inner packet (plain or a TCP/IPv6 super-packet). A
+    /// backend that carries IPv4 only (udp, as Flannel's) keeps this default: every IPv6
+    /// packet is dropped as such.
+    fn route_v6(
+        &mut self,
+        pkt: &mut [u8],
+        ip: &Ipv6Info,
+        ctl: &mut Control<'_>,
+    ) -> Result<Destination<Self::Peer>, Refusal> {
+        let _ = (pkt, ip, ctl);
+        Err(Refusal::Drop(DropReason::Ipv6))
+    }
 
     /// Turns one inner packet, at `datagram[HEADER_LEN..HEADER_LEN + inner_len]`, into the
     /// datagram to send, in place; `datagram` has room for `TRAILER_LEN` more bytes. Returns
@@ -89,6 +104,9 @@ pub trait Outbound: Send + 'static {
 pub enum Opened {
     /// An inner packet to write into the TUN: `inner` is its place in the datagram.
     Packet { inner: Range<usize>, ip: Ipv4Info },
+    /// An inner IPv6 packet (its fixed header checked with `parse_ipv6`); TCP segments are
+    /// coalesced like IPv4 ones.
+    Packet6 { inner: Range<usize> },
     /// A message of the transform's own (a handshake), already handled.
     Consumed,
 }
@@ -102,7 +120,7 @@ pub trait Inbound: Send + 'static {
         Self: 'a;
 
     /// The sender at `from`, or why every datagram from it is dropped.
-    fn sender(&mut self, from: SocketAddrV4) -> Result<Self::Sender<'_>, DropReason>;
+    fn sender(&mut self, from: SocketAddr) -> Result<Self::Sender<'_>, DropReason>;
 }
 
 /// Opens the datagrams of one sender.
@@ -123,7 +141,7 @@ impl<'a> Control<'a> {
     }
 
     /// Sends `datagram` to `to` now; a full socket buffer fails with WouldBlock.
-    pub fn send_to(&mut self, to: SocketAddrV4, datagram: &[u8]) -> std::io::Result<()> {
+    pub fn send_to(&mut self, to: SocketAddr, datagram: &[u8]) -> std::io::Result<()> {
         self.sock.send_to(to, datagram)
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::EngineConfig;
 use super::icmp_budget::IcmpBudget;
 use super::packet::{
-    self, DropReason, GSO_ECN, GSO_NONE, GSO_TCPV4, MAX_IP_PACKET, MAX_SEGMENT_HEADER,
+    self, DropReason, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, MAX_IP_PACKET, MAX_SEGMENT_HEADER,
     MAX_SEGMENTS, PLAIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr,
 };
 use super::poll::sleep_until_writable;
@@ -180,6 +180,9 @@ impl<O: Outbound> TxWorker<O> {
         };
         let pkt_off = slot + VNET_HDR_LEN;
         let pkt = &mut self.reads[pkt_off..slot + n];
+        if pkt.first().is_some_and(|b| b >> 4 == 6) {
+            return self.handle_v6(pkt_off, slot + n, &hdr);
+        }
         let ip = match packet::parse_ipv4(pkt, false) {
             Ok(ip) => ip,
             Err(why) => {
@@ -189,21 +192,8 @@ impl<O: Outbound> TxWorker<O> {
         };
         let dest = match self.outbound.route(pkt, &ip, &mut Control::new(&self.sock)) {
             Ok(d) => d,
-            Err(Refusal::Drop(why)) => {
-                self.local.count_drop(why, 1);
-                return false;
-            }
-            Err(Refusal::Unreachable { from }) => {
-                self.local.count_drop(DropReason::NoRoute, 1);
-                if !self.icmp_budget.take(Instant::now()) {
-                    return false;
-                }
-                let mut icmp = [0u8; 128];
-                if let Some(len) = packet::icmp_net_unreachable(pkt, from, &mut icmp)
-                    && sys::write_packet(&self.tun, &PLAIN, &[&icmp[..len]]).is_ok()
-                {
-                    self.local.icmp_unreachable += 1;
-                }
+            Err(why) => {
+                self.refuse(pkt_off, slot + n, why);
                 return false;
             }
         };
@@ -227,41 +217,131 @@ impl<O: Outbound> TxWorker<O> {
             }
             GSO_TCPV4 => {
                 let headers = &mut self.headers[self.headers_used..];
-                let plan = match packet::segment_headers(pkt, hdr.gso_size as usize, headers) {
-                    Ok(p) => p,
-                    Err(why) => {
-                        self.local.count_drop(why, 1);
-                        return false;
-                    }
-                };
-                if plan.stride() > self.cfg.mtu {
-                    self.local
-                        .count_drop(DropReason::Oversize, plan.count as u64);
-                    return false;
-                }
-                let hl = plan.header_len;
-                for j in 0..plan.count {
-                    let r = plan.payload(j);
-                    let header = Piece::Header {
-                        off: self.headers_used + j * hl,
-                        len: hl,
-                    };
-                    let payload = Piece::Read {
-                        off: pkt_off + r.start,
-                        len: r.len(),
-                    };
-                    self.queue(&dest, &[header, payload]);
-                }
-                self.headers_used += plan.count * hl;
-                self.local.tx_packets += plan.count as u64;
-                self.local.tx_bytes += plan.total_len() as u64;
-                true
+                let plan = packet::segment_headers(pkt, hdr.gso_size as usize, headers);
+                self.queue_segments(&dest, pkt_off, plan)
             }
             _ => {
                 self.local.count_drop(DropReason::Malformed, 1);
                 false
             }
         }
+    }
+
+    /// Counts a refused packet (`reads[start..end]`) and, for a destination nobody holds,
+    /// writes an ICMP or ICMPv6 error back into the TUN (rate-limited).
+    fn refuse(&mut self, start: usize, end: usize, why: Refusal) {
+        let reason = match why {
+            Refusal::Drop(why) => why,
+            Refusal::Unreachable { .. } | Refusal::Unreachable6 { .. } => DropReason::NoRoute,
+        };
+        self.local.count_drop(reason, 1);
+        if reason != DropReason::NoRoute || !self.icmp_budget.take(Instant::now()) {
+            return;
+        }
+        let pkt = &self.reads[start..end];
+        // IPv4 quotes the header and 8 bytes (RFC 792); IPv6 as much as fits (RFC 4443).
+        let mut icmp = [0u8; 512];
+        let len = match why {
+            Refusal::Unreachable { from } => {
+                packet::icmp_net_unreachable(pkt, from, &mut icmp[..128])
+            }
+            Refusal::Unreachable6 { from } => packet::icmp6_no_route(pkt, from, &mut icmp),
+            Refusal::Drop(_) => None,
+        };
+        if let Some(len) = len
+            && sys::write_packet(&self.tun, &PLAIN, &[&icmp[..len]]).is_ok()
+        {
+            self.local.icmp_unreachable += 1;
+        }
+    }
+
+    /// Queues the segments of the super-packet at `reads[pkt_off..]` that `plan` describes
+    /// (their headers just written to the header arena).
+    fn queue_segments(
+        &mut self,
+        dest: &Destination<O::Peer>,
+        pkt_off: usize,
+        plan: Result<packet::SegmentPlan, DropReason>,
+    ) -> bool {
+        let plan = match plan {
+            Ok(p) => p,
+            Err(why) => {
+                self.local.count_drop(why, 1);
+                return false;
+            }
+        };
+        if plan.stride() > self.cfg.mtu {
+            self.local
+                .count_drop(DropReason::Oversize, plan.count as u64);
+            return false;
+        }
+        let hl = plan.header_len;
+        for j in 0..plan.count {
+            let r = plan.payload(j);
+            let header = Piece::Header {
+                off: self.headers_used + j * hl,
+                len: hl,
+            };
+            let payload = Piece::Read {
+                off: pkt_off + r.start,
+                len: r.len(),
+            };
+            self.queue(dest, &[header, payload]);
+        }
+        self.headers_used += plan.count * hl;
+        self.local.tx_packets += plan.count as u64;
+        self.local.tx_bytes += plan.total_len() as u64;
+        true
+    }
+
+    /// One IPv6 read (`reads[start..end]`): a plain packet or a TCP/IPv6 super-packet; the
+    /// transform routes it or refuses it (no ICMPv6 errors).
+    fn handle_v6(&mut self, start: usize, end: usize, hdr: &VnetHdr) -> bool {
+        let pkt = &mut self.reads[start..end];
+        let ip = match packet::parse_ipv6(pkt) {
+            Ok(ip) => ip,
+            Err(why) => {
+                self.local.count_drop(why, 1);
+                return false;
+            }
+        };
+        let dest = match self
+            .outbound
+            .route_v6(pkt, &ip, &mut Control::new(&self.sock))
+        {
+            Ok(d) => d,
+            Err(why) => {
+                self.refuse(start, end, why);
+                return false;
+            }
+        };
+        match hdr.gso_type & !GSO_ECN {
+            GSO_NONE => {}
+            GSO_TCPV6 => {
+                let headers = &mut self.headers[self.headers_used..];
+                let plan = packet::segment_headers6(pkt, hdr.gso_size as usize, headers);
+                return self.queue_segments(&dest, start, plan);
+            }
+            _ => {
+                self.local.count_drop(DropReason::Malformed, 1);
+                return false;
+            }
+        }
+        if hdr.flags & VNET_F_NEEDS_CSUM != 0
+            && let Err(why) = packet::complete_checksum(pkt, hdr)
+        {
+            self.local.count_drop(why, 1);
+            return false;
+        }
+        let len = pkt.len();
+        if len > self.cfg.mtu {
+            self.local.count_drop(DropReason::Oversize, 1);
+            return false;
+        }
+        self.queue(&dest, &[Piece::Read { off: start, len }]);
+        self.local.tx_packets += 1;
+        self.local.tx_bytes += len as u64;
+        true
     }
 
     /// Queues one datagram, gathered from `pieces`: as it is, or sealed by the transform

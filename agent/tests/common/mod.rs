@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ pub struct Container {
     pub name: String,
     pub netns: Netns,
     pub ip: String,
+    /// Its IPv6 address on a dual-stack or IPv6-only network.
+    pub ip6: Option<String>,
 }
 
 pub struct AgentLab {
@@ -200,18 +202,23 @@ impl AgentLab {
             .unwrap();
         assert_eq!(out.exit_code, 0, "CNI ADD on h{h}: {}", out.stdout);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        let ip = v["ips"][0]["address"]
-            .as_str()
+        let addrs: Vec<String> = v["ips"]
+            .as_array()
             .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+            .iter()
+            .map(|a| {
+                let cidr = a["address"].as_str().unwrap();
+                cidr.split('/').next().unwrap().to_string()
+            })
+            .collect();
+        let ip = addrs[0].clone();
+        let ip6 = addrs.iter().find(|a| a.contains(':')).cloned();
         self.containers.push(Container {
             host: h,
             name: self.cluster.prefix().to_string() + "-" + &suffix,
             netns,
             ip: ip.clone(),
+            ip6,
         });
         ip
     }
@@ -267,4 +274,30 @@ impl Drop for AgentLab {
             self.kill_agent(h);
         }
     }
+}
+
+/// Runs `script` with `sh` in a private mount namespace whose /run is a fresh tmpfs with
+/// `/run/wireguard` bound to `dir` (how `wg` and wireguard-go find UAPI sockets), inside
+/// network namespace `netns` if given. Returns (success, stdout + stderr).
+pub fn in_wg_dir(netns: Option<&str>, dir: &Path, script: &str) -> (bool, String) {
+    let setup = format!(
+        "mount -t tmpfs none /run && mkdir -p /run/wireguard && mount --bind {} /run/wireguard && {script}",
+        dir.display()
+    );
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "unshare", "-m", "sh", "-c", &setup]);
+            c
+        }
+        None => {
+            let mut c = Command::new("unshare");
+            c.args(["-m", "sh", "-c", &setup]);
+            c
+        }
+    };
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
 }

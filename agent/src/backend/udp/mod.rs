@@ -117,6 +117,7 @@ impl Udp {
             offloads: self.opts.offloads,
             mtu: self.mtu(),
             network: self.network,
+            ipv6: false,
         }
     }
 
@@ -133,7 +134,7 @@ impl Udp {
             "udp data path: TUN ready"
         );
         let cfg = EngineConfig {
-            bind: SocketAddrV4::new(self.underlay.public_ip, self.port),
+            bind: SocketAddrV4::new(self.underlay.public_ip, self.port).into(),
             mtu: self.mtu() as usize,
             offloads: self.opts.offloads,
             busy_poll: self.opts.busy_poll,
@@ -209,7 +210,7 @@ impl Backend for Udp {
             .collect();
         self.publish();
         if let Some(dev) = &self.device {
-            let route = device::network_route(self.network, dev);
+            let route = device::network_route(self.network.into(), dev);
             routes::reconcile(nl, self.network, &[route], &mut errors).await;
         }
         errors

@@ -3,7 +3,7 @@
 //! (only leased peers, only their own inner sources, only local destinations) and the TTL
 //! decremented in both directions as Flannel's proxy does.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
@@ -72,7 +72,7 @@ impl Outbound for UdpOutbound {
         };
         packet::decrement_ttl(pkt).map_err(Refusal::Drop)?;
         Ok(Destination {
-            to: SocketAddrV4::new(peer, self.port),
+            to: SocketAddr::V4(SocketAddrV4::new(peer, self.port)),
             peer: (),
         })
     }
@@ -87,7 +87,11 @@ pub struct UdpInbound {
 impl Inbound for UdpInbound {
     type Sender<'a> = UdpSender<'a>;
 
-    fn sender(&mut self, from: SocketAddrV4) -> Result<UdpSender<'_>, DropReason> {
+    fn sender(&mut self, from: SocketAddr) -> Result<UdpSender<'_>, DropReason> {
+        // Flannel's udp backend is IPv4 only, on the underlay too.
+        let SocketAddr::V4(from) = from else {
+            return Err(DropReason::UnknownPeer);
+        };
         let table = self.table.get();
         let allowed = table.subnets_of(*from.ip());
         if allowed.is_empty() {
@@ -207,7 +211,7 @@ mod tests {
         let t = transform();
         let mut out = t.outbound();
         let sock =
-            crate::engine::sys::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false)
+            crate::engine::sys::UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false)
                 .unwrap();
         let mut ctl = Control::new(&sock);
         let mut route = |dst: [u8; 4]| {
@@ -251,7 +255,7 @@ mod tests {
             Some(DropReason::UnknownPeer)
         );
         let sock =
-            crate::engine::sys::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false)
+            crate::engine::sys::UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false)
                 .unwrap();
         let mut ctl = Control::new(&sock);
         let mut sender = inb.sender("172.31.0.12:8285".parse().unwrap()).unwrap();

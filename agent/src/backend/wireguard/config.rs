@@ -101,12 +101,8 @@ fn port(
     }
 }
 
-/// Parses the wireguard fields of `Backend` (`b`); `network` is the whole config object, for
-/// the settings twill's wireguard does not carry yet.
-pub fn parse(
-    b: &Map<String, Value>,
-    network: &Map<String, Value>,
-) -> Result<WireguardConfig, ConfigError> {
+/// Parses the wireguard fields of `Backend` (`b`).
+pub fn parse(b: &Map<String, Value>) -> Result<WireguardConfig, ConfigError> {
     let listen_port = port(b, "ListenPort", "Backend.ListenPort", DEFAULT_LISTEN_PORT)?;
     let listen_port_v6 = port(
         b,
@@ -135,16 +131,9 @@ pub fn parse(
     };
     let mode = match get_str(b, "Mode").map_err(|e| err("Backend.Mode", e.why))? {
         None | Some("") | Some("separate") => Mode::Separate,
+        Some("auto") => Mode::Auto,
         Some("ipv4") => Mode::Ipv4,
-        Some(m @ ("auto" | "ipv6")) => {
-            return Err(err(
-                "Backend.Mode",
-                format!(
-                    "{} is not supported by twill yet (IPv6 is coming): use \"separate\" or \"ipv4\"",
-                    crate::quote::quote(m)
-                ),
-            ));
-        }
+        Some("ipv6") => Mode::Ipv6,
         Some(other) => {
             return Err(err(
                 "Backend.Mode",
@@ -165,12 +154,6 @@ pub fn parse(
                 "{m} leaves no room for IPv4 after WireGuard's {OVERHEAD} bytes (at least {})",
                 OVERHEAD + 68
             ),
-        ));
-    }
-    if let Some(Value::Bool(true)) = get(network, "EnableIPv6") {
-        return Err(err(
-            "EnableIPv6",
-            "the wireguard backend carries IPv4 only in this version of twill",
         ));
     }
     Ok(WireguardConfig {
@@ -203,7 +186,7 @@ mod tests {
 
     fn parse_text(backend: &str) -> Result<WireguardConfig, ConfigError> {
         let b: Value = serde_json::from_str(backend).unwrap();
-        parse(b.as_object().unwrap(), &Map::new())
+        parse(b.as_object().unwrap())
     }
 
     #[test]
@@ -254,15 +237,26 @@ mod tests {
                 "Backend.PersistentKeepaliveInterval",
             ),
             (r#"{"Mode":"both"}"#.to_string(), "Backend.Mode"),
-            (r#"{"Mode":"ipv6"}"#.to_string(), "Backend.Mode"),
-            (r#"{"Mode":"auto"}"#.to_string(), "Backend.Mode"),
+            (r#"{"Mode":"IPv6"}"#.to_string(), "Backend.Mode"),
+            (r#"{"Mode":1}"#.to_string(), "Backend.Mode"),
             (r#"{"MTU":100}"#.to_string(), "Backend.MTU"),
         ] {
             let e = parse_text(&text).unwrap_err();
             assert_eq!(e.field, field, "{text}: {e}");
         }
-        let v6: Value = serde_json::from_str(r#"{"EnableIPv6":true}"#).unwrap();
-        let e = parse(&Map::new(), v6.as_object().unwrap()).unwrap_err();
-        assert_eq!(e.field, "EnableIPv6");
+    }
+
+    #[test]
+    fn every_flannel_mode_is_taken() {
+        for (text, mode) in [
+            ("separate", Mode::Separate),
+            ("auto", Mode::Auto),
+            ("ipv4", Mode::Ipv4),
+            ("ipv6", Mode::Ipv6),
+        ] {
+            let c = parse_text(&format!(r#"{{"Mode":"{text}","ListenPortV6":5001}}"#)).unwrap();
+            assert_eq!((c.mode, c.listen_port_v6), (mode, 5001));
+            assert_eq!(c.mode.as_str(), text);
+        }
     }
 }

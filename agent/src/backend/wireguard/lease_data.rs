@@ -1,6 +1,7 @@
 //! The wireguard part of a lease, as Flannel writes it: `"BackendData":{"PublicKey":
 //! "<base64>","Port":<ListenPort>}` (Go's `wireguardLeaseAttrs`, no JSON tags). A lease from
-//! a Flannel older than PR #2200 has no `Port`: the peer listens on our own port then.
+//! a Flannel older than PR #2200 has no `Port`: the peer listens on our own port then. With
+//! IPv6 the same object sits in `BackendV6Data` (same key, `ListenPortV6` in separate mode).
 
 use serde_json::Value;
 
@@ -17,14 +18,14 @@ pub struct WireguardLease {
 }
 
 impl WireguardLease {
-    /// Reads `BackendData` of a wireguard lease.
-    pub fn parse(data: Option<&Value>) -> Result<WireguardLease, BadLease> {
+    /// Reads `BackendData` (or `BackendV6Data`: `field`) of a wireguard lease.
+    pub fn parse(data: Option<&Value>, field: &str) -> Result<WireguardLease, BadLease> {
         let key = data
             .and_then(|d| d.get("PublicKey"))
             .and_then(Value::as_str)
-            .ok_or_else(|| BadLease("wireguard lease without BackendData.PublicKey".into()))?;
+            .ok_or_else(|| BadLease(format!("wireguard lease without {field}.PublicKey")))?;
         let public_key = parse_key(key)
-            .map_err(|why| BadLease(format!("BackendData.PublicKey {}: {why}", quote(key))))?;
+            .map_err(|why| BadLease(format!("{field}.PublicKey {}: {why}", quote(key))))?;
         let port = match data.and_then(|d| d.get("Port")) {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
@@ -32,7 +33,7 @@ impl WireguardLease {
                 Some(p) if p <= 65535 => Some(p as u16),
                 _ => {
                     return Err(BadLease(format!(
-                        "BackendData.Port {} is not a port",
+                        "{field}.Port {} is not a port",
                         crate::quote::json(v)
                     )));
                 }

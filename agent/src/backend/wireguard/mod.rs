@@ -1,48 +1,46 @@
 //! wireguard: Flannel's wireguard backend on the wire and in etcd — device `flannel-wg` with
-//! `<subnet>.0/32`, one link-scope route for the whole network, peers chosen by AllowedIPs,
-//! the key in `/run/flannel/wgkey`, leases with `{"PublicKey","Port"}` — but in user space
-//! on the TUN engine ([`crate::engine`]), so it needs no kernel module and keeps the udp
-//! backend's offloads (TSO super-packets segmented, one transport message per segment, UDP
-//! GSO out, GRO in, coalesced TUN writes). The protocol is boringtun's `noise` module.
+//! `<subnet>.0/32` (and in separate mode `flannel-wg-v6` with `<v6 subnet>::/128`), one
+//! route per overlay network to its device, peers chosen by AllowedIPs, the key in
+//! `/run/flannel/wgkey`, leases with `{"PublicKey","Port"}` in `BackendData` (and
+//! `BackendV6Data`) — but in user space on the TUN engine ([`crate::engine`]), so it needs no
+//! kernel module and keeps the udp backend's offloads (TSO super-packets segmented, one
+//! transport message per segment, UDP GSO out, GRO in, coalesced TUN writes; for inner IPv4
+//! and IPv6 alike). The protocol is boringtun's `noise` module.
 //!
 //! - `config.rs`: the `Backend` fields; `lease_data.rs`: `BackendData`; `key.rs`: the key file.
+//! - `plan.rs`: which devices each `Mode` runs and which endpoint a peer gets.
+//! - `device.rs`: one device (TUN, engine, timers, UAPI, peers); this file runs one or two.
 //! - `table.rs`: the published peer table (each peer's `Tunn`); `transform.rs`: per packet.
 //! - `timers.rs`: the thread that runs WireGuard's timers (handshake retries, keepalives).
 //! - `uapi.rs`: WireGuard's cross-platform UAPI socket, so `wg show` works.
 
 pub mod config;
+mod device;
 pub mod key;
 mod lease_data;
+pub mod plan;
 pub mod table;
 mod timers;
 pub mod transform;
 pub mod uapi;
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use boringtun::noise::Tunn;
-use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::x25519::PublicKey;
-use ipnet::Ipv4Net;
-use twill_netkit::{Link, Netlink};
+use twill_netkit::Netlink;
 
-use super::{ApplyErrors, Backend, Peers, UdpOptions, Underlay, routes};
-use crate::engine::device::{self, TunSpec};
-use crate::engine::{Engine, EngineConfig, Stats};
+use super::{ApplyErrors, Backend, Peers, UdpOptions, Underlay};
+use crate::engine::Stats;
 use crate::lease::{LeaseRecord, Subnets};
 use crate::netconf::{BackendType, NetworkConfig};
-use config::{OVERHEAD, WireguardConfig};
+use config::{Mode, OVERHEAD, WireguardConfig};
+use device::{PeerSpec, Shared, WgDevice};
 use key::NodeKey;
 pub use lease_data::WireguardLease;
-use table::{Peer, TableCell, WgTable};
-use transform::WgTransform;
+pub use plan::{DEVICE, DEVICE_V6};
+use table::TableCell;
 
-/// The device's name (Flannel's).
-pub const DEVICE: &str = "flannel-wg";
 /// Where the key lives unless `WIREGUARD_KEY_FILE` says otherwise (Flannel's).
 pub const DEFAULT_KEY_FILE: &str = "/run/flannel/wgkey";
 /// Where UAPI sockets live (wireguard-go's and boringtun's directory, which `wg` reads).
@@ -51,8 +49,9 @@ pub const DEFAULT_SOCKET_DIR: &str = "/var/run/wireguard";
 /// otherwise: sealing and opening keep it busy enough that a short poll saves wake-ups (A/B
 /// in docs/benchmarks.md: 300 µs a little ahead of 0, within 10%).
 pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(300);
-/// Handshakes per second, over all peers, before the cookie mechanism answers them (each
-/// is counted twice: once before the initiator is looked up, once by its peer's state).
+/// Handshakes per second, over all peers of a device, before the cookie mechanism answers
+/// them (each is counted twice: once before the initiator is looked up, once by its peer's
+/// state).
 const HANDSHAKES_PER_SECOND: u64 = 2 * 100;
 
 /// Node-local settings of the wireguard backend (flags), besides the network config.
@@ -60,64 +59,58 @@ const HANDSHAKES_PER_SECOND: u64 = 2 * 100;
 pub struct WireguardOptions {
     /// The private key file.
     pub key_file: PathBuf,
-    /// The directory of the UAPI socket `flannel-wg.sock`.
+    /// The directory of the UAPI sockets `flannel-wg.sock` (and `flannel-wg-v6.sock`).
     pub socket_dir: PathBuf,
     /// Workers, busy polling, offloads: the TUN engine's flags (shared with udp).
     pub engine: UdpOptions,
 }
 
-/// The wireguard backend.
+/// The wireguard backend: one device per family (separate mode) or one for both.
 pub struct Wireguard {
     underlay: Underlay,
-    network: Ipv4Net,
+    /// The overlay networks that are on (`EnableIPv4` / `EnableIPv6`).
+    network: Subnets,
     cfg: WireguardConfig,
     mtu_override: Option<u32>,
     opts: WireguardOptions,
     key: Option<Arc<NodeKey>>,
-    limiter: Option<Arc<RateLimiter>>,
-    device: Option<Link>,
-    local: Option<Ipv4Net>,
-    table: Arc<TableCell>,
+    local: Subnets,
+    /// One stats block for all devices; its peer lines come from every device's table.
     stats: Arc<Stats>,
-    engine: Option<Engine>,
-    timers: Option<timers::TimerThread>,
-    uapi: Option<uapi::UapiServer>,
-    /// The current peers by public key, kept across applies so sessions survive.
-    peers: BTreeMap<[u8; 32], Arc<Peer>>,
-    next_index: AtomicU32,
+    tables: Arc<std::sync::Mutex<Vec<Arc<TableCell>>>>,
+    devices: Vec<WgDevice>,
 }
 
 impl Wireguard {
     pub fn new(config: &NetworkConfig, underlay: Underlay, opts: WireguardOptions) -> Wireguard {
-        let table = TableCell::new();
         let stats = Arc::new(Stats::new("wireguard"));
-        let peers_of = table.clone();
-        let _ = stats
-            .extra
-            .set(Box::new(move |s| table::render_peers(&peers_of.load(), s)));
+        let tables: Arc<std::sync::Mutex<Vec<Arc<TableCell>>>> = Arc::default();
+        let tables_of = tables.clone();
+        let _ = stats.extra.set(Box::new(move |s| {
+            let cells = tables_of.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let loaded: Vec<_> = cells.iter().map(|c| c.load()).collect();
+            table::render_peers(&loaded, s)
+        }));
         Wireguard {
             underlay,
-            network: config.network,
+            network: Subnets {
+                v4: config.enable_ipv4.then_some(config.network),
+                v6: config.ipv6.map(|c| c.network),
+            },
             cfg: config.backend.wireguard.clone().unwrap_or(WireguardConfig {
                 listen_port: config::DEFAULT_LISTEN_PORT,
                 listen_port_v6: config::DEFAULT_LISTEN_PORT_V6,
                 psk: None,
                 persistent_keepalive: 0,
-                mode: config::Mode::Separate,
+                mode: Mode::Separate,
             }),
             mtu_override: config.backend.mtu,
             opts,
             key: None,
-            limiter: None,
-            device: None,
-            local: None,
-            table,
+            local: Subnets::default(),
             stats,
-            engine: None,
-            timers: None,
-            uapi: None,
-            peers: BTreeMap::new(),
-            next_index: AtomicU32::new(1),
+            tables,
+            devices: Vec::new(),
         }
     }
 
@@ -132,121 +125,194 @@ impl Wireguard {
         }
     }
 
-    fn publish(&self) {
-        self.table.publish(WgTable::new(
-            self.network,
-            self.local,
-            self.peers.values().cloned().collect(),
-        ));
-    }
-
-    fn stop(&mut self) {
-        self.timers = None;
-        self.engine = None;
-        self.device = None;
-    }
-
-    /// (Re-)creates the device, starts the engine and the timers.
-    async fn start(&mut self, nl: &Netlink) -> twill_netkit::Result<()> {
-        self.stop();
-        let (Some(key), Some(limiter)) = (self.key.clone(), self.limiter.clone()) else {
-            return Ok(());
-        };
-        let spec = TunSpec {
-            name: DEVICE.to_string(),
-            queues: self.workers(),
-            offloads: self.opts.engine.offloads,
+    fn shared(&self) -> Shared {
+        Shared {
             mtu: self.mtu(),
-            network: self.network,
-        };
-        let (tun, dev) = device::create(nl, &spec, None).await?;
-        tracing::info!(
-            device = %dev.name,
-            queues = tun.queues().len(),
-            offloads = format!("{:#x}", tun.offloads()),
-            mtu = self.mtu(),
-            port = self.cfg.listen_port,
-            "wireguard data path: TUN ready"
-        );
-        let cfg = EngineConfig {
-            bind: SocketAddrV4::new(self.underlay.public_ip, self.cfg.listen_port),
-            mtu: self.mtu() as usize,
-            offloads: self.opts.engine.offloads,
-            busy_poll: self.opts.engine.busy_poll,
-            name: "wg",
-        };
-        let transform = WgTransform {
-            table: self.table.clone(),
-            key,
-            limiter: limiter.clone(),
-            mtu: self.mtu() as usize,
-        };
-        let engine =
-            Engine::start(tun.into_queues(), cfg, &transform, &self.stats).map_err(|e| {
-                twill_netkit::Error::io("starting the wireguard data path on", dev.name.clone(), e)
-            })?;
-        if let Some(sock) = engine.control_socket() {
-            self.timers = Some(timers::TimerThread::start(
-                self.table.clone(),
-                limiter,
-                sock,
-            ));
+            workers: self.workers(),
+            psk: self.cfg.psk,
+            keepalive: self.cfg.persistent_keepalive,
         }
-        self.engine = Some(engine);
-        self.device = Some(dev);
-        Ok(())
     }
 
-    async fn configure_address(&self, nl: &Netlink) -> twill_netkit::Result<()> {
-        let (Some(dev), Some(subnet)) = (&self.device, self.local) else {
-            return Ok(());
+    /// This node's IPv4 underlay address, if it has one.
+    fn local_v4(&self) -> Option<Ipv4Addr> {
+        Some(self.underlay.public_ip).filter(|ip| !ip.is_unspecified())
+    }
+
+    /// The devices this node runs, checked against its underlay addresses.
+    fn plan(&self) -> Result<Vec<plan::DevicePlan>, twill_netkit::Error> {
+        let has_v4 = self.local_v4().is_some();
+        let has_v6 = self.underlay.public_ipv6.is_some();
+        let plans = plan::devices(
+            &self.cfg,
+            self.network.v4.is_some(),
+            self.network.v6.is_some(),
+            has_v4,
+            has_v6,
+        );
+        for p in &plans {
+            let missing = match p.underlay {
+                plan::Underlay::V4 if !has_v4 => Some(("IPv4", "--public-ip")),
+                plan::Underlay::V6 if !has_v6 => Some(("IPv6", "--public-ipv6")),
+                _ => None,
+            };
+            if let Some((family, flag)) = missing {
+                return Err(twill_netkit::Error::Invalid(format!(
+                    "wireguard Mode {} needs an {family} underlay address for {} but {} has none: pass {flag}",
+                    self.cfg.mode.as_str(),
+                    p.name,
+                    self.underlay.link.name
+                )));
+            }
+        }
+        Ok(plans)
+    }
+
+    /// The peers of each device, from the leases: in separate mode `flannel-wg` gets each
+    /// lease's IPv4 subnet at `PublicIP:BackendData.Port` and `flannel-wg-v6` its IPv6
+    /// subnet at `[PublicIPv6]:BackendV6Data.Port`; the one device of the other modes gets
+    /// both subnets of a node at the endpoint its mode picks.
+    fn peer_specs(&self, peers: &Peers, errors: &mut ApplyErrors) -> Vec<Vec<PeerSpec>> {
+        let own_key = self.key.as_ref().map(|k| *k.public.as_bytes());
+        let v4 = super::by_v4(peers, self.network.v4.unwrap_or_default(), self.local.v4);
+        let v6 = super::by_v6(peers, self.network.v6, self.local.v6);
+        let wg4 = v4.into_iter().filter_map(|(s, r)| {
+            let wg = r
+                .wireguard
+                .filter(|_| r.backend == BackendType::Wireguard)?;
+            Some((
+                wg,
+                r,
+                Subnets {
+                    v4: Some(s),
+                    v6: None,
+                },
+            ))
+        });
+        let wg6 = v6.into_iter().filter_map(|(s, r)| {
+            let wg = r
+                .wireguard6
+                .filter(|_| r.backend == BackendType::Wireguard)?;
+            Some((
+                wg,
+                r,
+                Subnets {
+                    v4: None,
+                    v6: Some(s),
+                },
+            ))
+        });
+        let candidates: Vec<_> = if self.network.v4.is_some() {
+            wg4.collect()
+        } else {
+            Vec::new()
         };
-        super::set_subnet_address(nl, dev.index, subnet).await
+        let candidates6: Vec<_> = wg6.collect();
+        let mut out = Vec::new();
+        for d in &self.devices {
+            // Per public key: the subnets it holds that this device carries and its lease.
+            let mut merged: std::collections::BTreeMap<[u8; 32], (Subnets, &LeaseRecord)> =
+                std::collections::BTreeMap::new();
+            let mine = candidates
+                .iter()
+                .filter(|_| d.plan.v4)
+                .chain(candidates6.iter().filter(|_| d.plan.v6));
+            for (wg, record, subnets) in mine {
+                let at = subnets.to_string();
+                if Some(wg.public_key) == own_key {
+                    errors.push(format!(
+                        "lease {at} carries this node's own wireguard public key: skipped"
+                    ));
+                    continue;
+                }
+                // A node's IPv4 and IPv6 subnets merge into one peer; a key that shows up
+                // for a family twice belongs to two leases.
+                let e = merged
+                    .entry(wg.public_key)
+                    .or_insert((Subnets::default(), record));
+                if (subnets.v4.is_some() && e.0.v4.is_some())
+                    || (subnets.v6.is_some() && e.0.v6.is_some())
+                {
+                    errors.push(format!(
+                        "lease {at} reuses another lease's wireguard public key: skipped"
+                    ));
+                    continue;
+                }
+                e.0.v4 = e.0.v4.or(subnets.v4);
+                e.0.v6 = e.0.v6.or(subnets.v6);
+            }
+            let mut specs = Vec::with_capacity(merged.len());
+            for (public_key, (allowed, record)) in merged {
+                match self.endpoint(d.plan.underlay, allowed, record) {
+                    Some(endpoint) => specs.push(PeerSpec {
+                        public_key,
+                        endpoint,
+                        allowed,
+                        alt_source: self.alt_source(endpoint, record),
+                    }),
+                    // e.g. Mode ipv6 and a lease without PublicIPv6.
+                    None => errors.push(format!(
+                        "lease {allowed} has no public address {} can reach in Mode {}: skipped",
+                        d.plan.name,
+                        self.cfg.mode.as_str()
+                    )),
+                }
+            }
+            out.push(specs);
+        }
+        out
     }
 
-    /// The peer for one lease, reusing the current one (and its sessions) when nothing
-    /// about it changed.
-    fn peer_for(
+    /// In a one-device mode, the lease's public address of the other family than
+    /// `endpoint`'s: `auto` on two nodes may pick different families (a public IPv4 on one
+    /// side only), and each answers from the family it picked.
+    fn alt_source(&self, endpoint: SocketAddr, record: &LeaseRecord) -> Option<IpAddr> {
+        if self.cfg.mode == Mode::Separate {
+            return None;
+        }
+        match endpoint {
+            SocketAddr::V4(_) => record.public_ipv6.map(IpAddr::V6),
+            SocketAddr::V6(_) => {
+                Some(IpAddr::V4(record.public_ip)).filter(|ip| !ip.is_unspecified())
+            }
+        }
+    }
+
+    /// Where a device on `family` reaches the node of `record` (which holds `allowed`).
+    fn endpoint(
         &self,
-        subnet: Ipv4Net,
-        public_ip: Ipv4Addr,
-        wg: &WireguardLease,
-    ) -> Option<Arc<Peer>> {
-        let key = self.key.as_ref()?;
-        let endpoint = SocketAddrV4::new(public_ip, wg.port.unwrap_or(self.cfg.listen_port));
-        if let Some(p) = self.peers.get(&wg.public_key)
-            && p.same_as(&wg.public_key, endpoint, subnet)
-        {
-            return Some(p.clone());
-        }
-        // 24 bits: boringtun shifts the index left by 8 for its session numbers.
-        let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
-        let keepalive = self.cfg.persistent_keepalive;
-        let tunn = Tunn::new(
-            key.private.clone(),
-            PublicKey::from(wg.public_key),
-            self.cfg.psk,
-            (keepalive > 0).then_some(keepalive),
-            index,
-            self.limiter.clone(),
-        );
-        Some(Arc::new(Peer::new(
-            index,
-            wg.public_key,
-            endpoint,
-            subnet,
-            keepalive,
-            self.cfg.psk.is_some(),
-            tunn,
-        )))
-    }
-
-    fn uapi_state(&self) -> uapi::DeviceState {
-        uapi::DeviceState {
-            key: self.key.clone(),
-            listen_port: self.cfg.listen_port,
-            table: self.table.clone(),
-        }
+        family: plan::Underlay,
+        allowed: Subnets,
+        record: &LeaseRecord,
+    ) -> Option<SocketAddr> {
+        let peer_v4 = Some(record.public_ip).filter(|ip| !ip.is_unspecified());
+        let ip = match (self.cfg.mode, family) {
+            (Mode::Separate, plan::Underlay::V4) => peer_v4.map(Into::into),
+            (Mode::Separate, _) => record.public_ipv6.map(Into::into),
+            (mode, _) => plan::endpoint_ip(
+                mode,
+                peer_v4,
+                record.public_ipv6,
+                self.local_v4(),
+                self.underlay.public_ipv6,
+            ),
+        }?;
+        // The port its device listens on: BackendData's for flannel-wg (a Flannel node in a
+        // one-device mode announces a BackendV6Data port it does not listen on), then
+        // BackendV6Data's, then our own (a lease from before Flannel announced ports).
+        let port = if self.cfg.mode == Mode::Separate && allowed.v4.is_none() {
+            record
+                .wireguard6
+                .and_then(|w| w.port)
+                .unwrap_or(self.cfg.listen_port_v6)
+        } else {
+            record
+                .wireguard
+                .and_then(|w| w.port)
+                .or(record.wireguard6.and_then(|w| w.port))
+                .unwrap_or(self.cfg.listen_port)
+        };
+        Some(SocketAddr::new(ip, port))
     }
 }
 
@@ -257,19 +323,38 @@ impl Backend for Wireguard {
     fn data_path_stats(&self) -> Option<Arc<Stats>> {
         Some(self.stats.clone())
     }
-    /// The device MTU: the outer MTU (configured, else the underlay's) less 80, as Flannel.
+    /// The device MTU: the outer MTU (configured, else the underlay's) less 80, as Flannel
+    /// (80 covers the IPv6 outer header, so one MTU fits both families).
     fn mtu(&self) -> u32 {
         self.mtu_override
             .unwrap_or(self.underlay.link.mtu)
             .saturating_sub(OVERHEAD)
     }
     fn record(&self) -> LeaseRecord {
-        LeaseRecord {
-            wireguard: self.key.as_ref().map(|k| WireguardLease {
+        let key = |port| {
+            self.key.as_ref().map(|k| WireguardLease {
                 public_key: *k.public.as_bytes(),
-                port: Some(self.cfg.listen_port),
-            }),
-            ..LeaseRecord::new(self.underlay.public_ip, BackendType::Wireguard)
+                port: Some(port),
+            })
+        };
+        let v4 = self.network.v4.is_some();
+        let v6 = self.network.v6.is_some();
+        LeaseRecord {
+            wireguard: if v4 { key(self.cfg.listen_port) } else { None },
+            wireguard6: if v6 {
+                key(plan::v6_data_port(&self.cfg))
+            } else {
+                None
+            },
+            public_ipv6: self.underlay.public_ipv6.filter(|_| v6),
+            ..LeaseRecord::new(
+                if v4 {
+                    self.underlay.public_ip
+                } else {
+                    Ipv4Addr::UNSPECIFIED
+                },
+                BackendType::Wireguard,
+            )
         }
     }
     async fn init(&mut self, nl: &Netlink) -> twill_netkit::Result<()> {
@@ -280,19 +365,25 @@ impl Backend for Wireguard {
                 std::io::Error::other(e.why),
             )
         })?;
-        self.limiter = Some(Arc::new(RateLimiter::new(
-            &key.public,
-            HANDSHAKES_PER_SECOND,
-        )));
-        self.key = Some(Arc::new(key));
-        self.start(nl).await?;
-        match uapi::UapiServer::start(&self.opts.socket_dir, DEVICE, self.uapi_state()) {
-            Ok(s) => self.uapi = Some(s),
-            // `wg show` not working is no reason to stop the overlay.
-            Err(e) => {
-                tracing::warn!(error = %e, "wireguard UAPI socket not served: `wg show` will not see {DEVICE}")
-            }
+        let key = Arc::new(key);
+        self.key = Some(key.clone());
+        let plans = self.plan()?;
+        let (shared, opts) = (self.shared(), self.opts.engine.clone());
+        self.devices.clear();
+        for p in plans {
+            let bind = device::bind_address(
+                p.underlay,
+                p.port,
+                self.underlay.public_ip,
+                self.underlay.public_ipv6,
+            );
+            let mut d = WgDevice::new(p, bind, self.network, key.clone());
+            d.start(nl, &shared, &opts, &self.stats).await?;
+            d.serve_uapi(&self.opts.socket_dir);
+            self.devices.push(d);
         }
+        *self.tables.lock().unwrap_or_else(|p| p.into_inner()) =
+            self.devices.iter().map(|d| d.table.clone()).collect();
         Ok(())
     }
     async fn set_local_subnet(
@@ -300,66 +391,19 @@ impl Backend for Wireguard {
         nl: &Netlink,
         subnet: Subnets,
     ) -> twill_netkit::Result<()> {
-        self.local = subnet.v4;
-        self.configure_address(nl).await?;
-        self.publish();
+        self.local = subnet;
+        for d in &mut self.devices {
+            d.set_local(nl, subnet).await?;
+        }
         Ok(())
     }
     async fn apply(&mut self, nl: &Netlink, peers: &Peers) -> ApplyErrors {
         let mut errors = ApplyErrors::default();
-        if !device::data_path_alive(nl, self.device.as_ref(), self.engine.as_ref()).await {
-            tracing::warn!(
-                device = DEVICE,
-                "wireguard TUN device or data path gone: re-creating it"
-            );
-            if let Err(e) = self.start(nl).await {
-                errors.push(e);
-                return errors;
-            }
-            if let Err(e) = self.configure_address(nl).await {
-                errors.push(e);
-            }
-        }
-        let own_key = self.key.as_ref().map(|k| *k.public.as_bytes());
-        let mut next = BTreeMap::new();
-        for (subnet, record) in super::by_v4(peers, self.network, self.local) {
-            if record.backend != BackendType::Wireguard {
-                continue;
-            }
-            let Some(wg) = &record.wireguard else {
-                continue;
-            };
-            if Some(wg.public_key) == own_key {
-                errors.push(format!(
-                    "lease {subnet} carries this node's own wireguard public key: skipped"
-                ));
-                continue;
-            }
-            if next.contains_key(&wg.public_key) {
-                errors.push(format!(
-                    "lease {subnet} reuses another lease's wireguard public key: skipped"
-                ));
-                continue;
-            }
-            if let Some(p) = self.peer_for(subnet, record.public_ip, wg) {
-                next.insert(wg.public_key, p);
-            }
-        }
-        let added = next.keys().filter(|k| !self.peers.contains_key(*k)).count();
-        let removed = self.peers.keys().filter(|k| !next.contains_key(*k)).count();
-        if added + removed > 0 {
-            tracing::info!(
-                peers = next.len(),
-                added,
-                removed,
-                "wireguard peers changed"
-            );
-        }
-        self.peers = next;
-        self.publish();
-        if let Some(dev) = &self.device {
-            let route = device::network_route(self.network, dev);
-            routes::reconcile(nl, self.network, &[route], &mut errors).await;
+        let specs = self.peer_specs(peers, &mut errors);
+        let (shared, opts) = (self.shared(), self.opts.engine.clone());
+        for (d, want) in self.devices.iter_mut().zip(specs) {
+            d.apply(nl, &want, &shared, &opts, &self.stats, &mut errors)
+                .await;
         }
         errors
     }
@@ -368,7 +412,13 @@ impl Backend for Wireguard {
 /// `twilld status`'s wireguard part: per peer the last handshake and bytes, from this node's
 /// UAPI socket in `socket_dir` (nothing when the node runs no wireguard device).
 pub fn print_status(socket_dir: &std::path::Path) {
-    let Ok(text) = uapi::query(socket_dir, DEVICE) else {
+    for device in [DEVICE, DEVICE_V6] {
+        print_device_status(socket_dir, device);
+    }
+}
+
+fn print_device_status(socket_dir: &std::path::Path, device: &str) {
+    let Ok(text) = uapi::query(socket_dir, device) else {
         return;
     };
     let now = std::time::SystemTime::now()
@@ -376,7 +426,7 @@ pub fn print_status(socket_dir: &std::path::Path) {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     println!(
-        "wireguard peers of {DEVICE} (drops per peer: /metrics twilld_wireguard_peer_dropped_packets_total):"
+        "wireguard peers of {device} (drops per peer: /metrics twilld_wireguard_peer_dropped_packets_total):"
     );
     println!(
         "  {:<46} {:<22} {:<18} {:>14} {:>14} {:>14}",
@@ -391,6 +441,227 @@ pub fn print_status(socket_dir: &std::path::Path) {
         println!(
             "  {:<46} {:<22} {:<18} {:>14} {:>14} {:>14}",
             p.public_key, p.endpoint, p.allowed_ip, handshake, p.rx_bytes, p.tx_bytes
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Which peers each device gets from the leases, per Mode (no kernel: devices are only
+    //! planned, never started).
+    use std::net::Ipv6Addr;
+
+    use boringtun::x25519::{PublicKey, StaticSecret};
+
+    use super::*;
+    use crate::backend::Peer as LeasePeer;
+
+    fn node_key(seed: u8) -> NodeKey {
+        let private = StaticSecret::from([seed; 32]);
+        NodeKey {
+            public: PublicKey::from(&private),
+            private,
+        }
+    }
+
+    /// A node (h1: 172.31.0.11, fd31::11) with `config`'s devices planned.
+    fn backend(config: &str) -> Wireguard {
+        let config = NetworkConfig::parse(config).unwrap();
+        let underlay = Underlay {
+            link: twill_netkit::Link {
+                index: 2,
+                name: "eth0".into(),
+                kind: None,
+                mtu: 1500,
+                mac: vec![2, 0, 0, 0, 0, 1],
+                up: true,
+                controller: None,
+                vxlan: None,
+            },
+            public_ip: Ipv4Addr::new(172, 31, 0, 11),
+            net: "172.31.0.11/24".parse().unwrap(),
+            public_ipv6: Some("fd31::11".parse().unwrap()),
+            net6: Some("fd31::11/64".parse().unwrap()),
+        };
+        let opts = WireguardOptions {
+            key_file: "/nonexistent".into(),
+            socket_dir: "/nonexistent".into(),
+            engine: UdpOptions {
+                device: DEVICE.into(),
+                workers: 1,
+                busy_poll: std::time::Duration::ZERO,
+                offloads: true,
+            },
+        };
+        let mut wg = Wireguard::new(&config, underlay, opts);
+        let key = Arc::new(node_key(1));
+        wg.key = Some(key.clone());
+        wg.local = Subnets {
+            v4: wg.network.v4.map(|_| "10.61.1.0/24".parse().unwrap()),
+            v6: wg.network.v6.map(|_| "fd00:61:0:1::/64".parse().unwrap()),
+        };
+        for p in wg.plan().unwrap() {
+            let bind = device::bind_address(p.underlay, p.port, wg.underlay.public_ip, None);
+            wg.devices
+                .push(WgDevice::new(p, bind, wg.network, key.clone()));
+        }
+        wg
+    }
+
+    /// Node 2's dual-stack lease as a Flannel node in separate mode writes it (same key in
+    /// both data, ListenPortV6 in BackendV6Data); `v6` false: an IPv4-only lease.
+    fn peers(v6: bool) -> Peers {
+        let key = *PublicKey::from(&StaticSecret::from([2u8; 32])).as_bytes();
+        let record = LeaseRecord {
+            wireguard: Some(WireguardLease {
+                public_key: key,
+                port: Some(51820),
+            }),
+            wireguard6: v6.then_some(WireguardLease {
+                public_key: key,
+                port: Some(51821),
+            }),
+            public_ipv6: v6.then(|| "fd31::12".parse::<Ipv6Addr>().unwrap()),
+            ..LeaseRecord::new(Ipv4Addr::new(172, 31, 0, 12), BackendType::Wireguard)
+        };
+        let subnets = Subnets {
+            v4: Some("10.61.2.0/24".parse().unwrap()),
+            v6: v6.then(|| "fd00:61:0:2::/64".parse().unwrap()),
+        };
+        let mut p = Peers::new();
+        p.insert(
+            subnets.key(),
+            LeasePeer {
+                subnets,
+                record,
+                mod_revision: 5,
+            },
+        );
+        p
+    }
+
+    fn specs(wg: &Wireguard, peers: &Peers) -> (Vec<Vec<(String, String)>>, ApplyErrors) {
+        let mut errors = ApplyErrors::default();
+        let out = wg
+            .peer_specs(peers, &mut errors)
+            .into_iter()
+            .map(|d| {
+                d.into_iter()
+                    .map(|s| (s.endpoint.to_string(), s.allowed.to_string()))
+                    .collect()
+            })
+            .collect();
+        (out, errors)
+    }
+
+    const DUAL: &str = r#""Network":"10.61.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:61::/48""#;
+
+    fn config(extra: &str) -> String {
+        format!(r#"{{{DUAL},"Backend":{{"Type":"wireguard"{extra}}}}}"#)
+    }
+
+    #[test]
+    fn separate_mode_gives_each_family_its_device_endpoint_and_port() {
+        let wg = backend(&config(""));
+        let (out, errors) = specs(&wg, &peers(true));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            out,
+            [
+                vec![("172.31.0.12:51820".into(), "10.61.2.0/24".into())],
+                vec![("[fd31::12]:51821".into(), "fd00:61:0:2::/64".into())]
+            ]
+        );
+        let mut errors = ApplyErrors::default();
+        let all = wg.peer_specs(&peers(true), &mut errors);
+        assert!(all.iter().flatten().all(|s| s.alt_source.is_none()));
+        // The lease: the same key in both, ListenPortV6 for flannel-wg-v6, PublicIPv6.
+        let r = wg.record();
+        assert_eq!(r.wireguard.unwrap().port, Some(51820));
+        assert_eq!(r.wireguard6.unwrap().port, Some(51821));
+        assert_eq!(
+            r.wireguard.unwrap().public_key,
+            r.wireguard6.unwrap().public_key
+        );
+        assert_eq!(r.public_ipv6, Some("fd31::11".parse().unwrap()));
+    }
+
+    #[test]
+    fn one_device_modes_merge_a_nodes_subnets_and_use_its_listen_port() {
+        for (mode, endpoint) in [
+            ("auto", "172.31.0.12:51820"),
+            ("ipv4", "172.31.0.12:51820"),
+            // A Flannel peer announces 51821 in BackendV6Data but listens on 51820.
+            ("ipv6", "[fd31::12]:51820"),
+        ] {
+            let wg = backend(&config(&format!(r#","Mode":"{mode}""#)));
+            let (out, errors) = specs(&wg, &peers(true));
+            assert!(errors.is_empty(), "{mode}: {errors:?}");
+            assert_eq!(
+                out,
+                [vec![(
+                    endpoint.to_string(),
+                    "10.61.2.0/24+fd00:61:0:2::/64".to_string()
+                )]],
+                "{mode}"
+            );
+            assert_eq!(wg.record().wireguard6.unwrap().port, Some(51820), "{mode}");
+            // Datagrams from its other public address are taken too.
+            let mut errors = ApplyErrors::default();
+            let alt = wg.peer_specs(&peers(true), &mut errors)[0][0].alt_source;
+            let other: IpAddr = if endpoint.starts_with('[') {
+                "172.31.0.12".parse().unwrap()
+            } else {
+                "fd31::12".parse().unwrap()
+            };
+            assert_eq!(alt, Some(other), "{mode}");
+        }
+        // An IPv4-only lease: Mode ipv6 cannot reach it and says so.
+        let wg = backend(&config(r#","Mode":"ipv6""#));
+        let (out, errors) = specs(&wg, &peers(false));
+        assert_eq!(out, [Vec::<(String, String)>::new()]);
+        assert!(errors.0[0].contains("Mode ipv6"), "{errors:?}");
+        let wg = backend(&config(r#","Mode":"auto""#));
+        let (out, _) = specs(&wg, &peers(false));
+        assert_eq!(
+            out,
+            [vec![("172.31.0.12:51820".into(), "10.61.2.0/24".into())]]
+        );
+    }
+
+    #[test]
+    fn a_mode_without_its_underlay_address_is_an_error_naming_the_flag() {
+        for (extra, flag) in [
+            (r#","Mode":"ipv6""#, "--public-ipv6"),
+            ("", "--public-ipv6"),
+        ] {
+            let mut wg = backend(&config(extra));
+            wg.underlay.public_ipv6 = None;
+            let e = wg.plan().unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains("eth0"), "{extra}: {e}");
+        }
+        // auto falls back to the family the node has.
+        let mut wg = backend(&config(r#","Mode":"auto""#));
+        wg.underlay.public_ipv6 = None;
+        assert_eq!(wg.plan().unwrap()[0].underlay, plan::Underlay::V4);
+    }
+
+    #[test]
+    fn ipv6_only_runs_flannel_wg_v6_and_writes_no_backend_data() {
+        let wg = backend(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:61::/48","Backend":{"Type":"wireguard"}}"#,
+        );
+        assert_eq!(wg.devices.len(), 1);
+        assert_eq!(wg.devices[0].plan.name, DEVICE_V6);
+        let r = wg.record();
+        assert_eq!(r.public_ip, Ipv4Addr::UNSPECIFIED);
+        assert!(r.wireguard.is_none());
+        assert_eq!(r.wireguard6.unwrap().port, Some(51821));
+        let (out, errors) = specs(&wg, &peers(true));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            out,
+            [vec![("[fd31::12]:51821".into(), "fd00:61:0:2::/64".into())]]
         );
     }
 }

@@ -5,12 +5,12 @@
 //! packets take; a peer that leaves the table takes its sessions with it.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::lease::Subnets;
 use boringtun::noise::Tunn;
-use ipnet::Ipv4Net;
 
 /// Drops counted against one peer (datagrams that named it but were refused).
 #[derive(Debug, Default)]
@@ -37,12 +37,16 @@ pub struct Peer {
     /// index of every message addressed to us).
     pub index: u32,
     pub public_key: [u8; 32],
-    /// Where its datagrams go: the lease's PublicIP and Port.
-    pub endpoint: SocketAddrV4,
-    /// Its AllowedIPs: the subnet it leases.
-    pub subnet: Ipv4Net,
+    /// Where its datagrams go: the lease's PublicIP (or PublicIPv6) and Port.
+    pub endpoint: SocketAddr,
+    /// Its AllowedIPs: the subnets it leases that this device carries.
+    pub allowed: Subnets,
     pub keepalive: u16,
     pub psk: bool,
+    /// Another address its datagrams may come from: in a one-device mode its other public
+    /// address (the two ends of an `auto` pair may pick different families, and each
+    /// answers from the family it picked).
+    pub alt_source: Option<IpAddr>,
     tunn: Mutex<Tunn>,
     pub drops: PeerDrops,
 }
@@ -52,7 +56,7 @@ impl std::fmt::Debug for Peer {
         f.debug_struct("Peer")
             .field("index", &self.index)
             .field("endpoint", &self.endpoint)
-            .field("subnet", &self.subnet)
+            .field("allowed", &self.allowed)
             .finish_non_exhaustive()
     }
 }
@@ -61,8 +65,8 @@ impl Peer {
     pub fn new(
         index: u32,
         public_key: [u8; 32],
-        endpoint: SocketAddrV4,
-        subnet: Ipv4Net,
+        endpoint: SocketAddr,
+        allowed: Subnets,
         keepalive: u16,
         psk: bool,
         tunn: Tunn,
@@ -71,12 +75,19 @@ impl Peer {
             index,
             public_key,
             endpoint,
-            subnet,
+            allowed,
             keepalive,
             psk,
+            alt_source: None,
             tunn: Mutex::new(tunn),
             drops: PeerDrops::default(),
         }
+    }
+
+    /// The peer, also taking datagrams from `ip`.
+    pub fn with_alt_source(mut self, ip: Option<IpAddr>) -> Peer {
+        self.alt_source = ip.map(|ip| ip.to_canonical());
+        self
     }
 
     /// Its WireGuard state. A thread that panicked while holding it left nothing
@@ -86,25 +97,38 @@ impl Peer {
     }
 
     /// Whether `other` describes the same peer, so its sessions can be kept.
-    pub fn same_as(&self, key: &[u8; 32], endpoint: SocketAddrV4, subnet: Ipv4Net) -> bool {
-        &self.public_key == key && self.endpoint == endpoint && self.subnet == subnet
+    pub fn same_as(&self, key: &[u8; 32], endpoint: SocketAddr, allowed: Subnets) -> bool {
+        &self.public_key == key && self.endpoint == endpoint && self.allowed == allowed
+    }
+
+    /// Whether `src`, the inner source of a packet it sent, lies in its AllowedIPs.
+    pub fn allows(&self, src: IpAddr) -> bool {
+        match src {
+            IpAddr::V4(a) => self.allowed.v4.is_some_and(|n| n.contains(&a)),
+            IpAddr::V6(a) => self.allowed.v6.is_some_and(|n| n.contains(&a)),
+        }
     }
 }
 
 /// One immutable snapshot of the peers.
 #[derive(Debug, Default)]
 pub struct WgTable {
-    pub network: Option<Ipv4Net>,
-    pub local: Option<Ipv4Net>,
+    /// The overlay networks this device carries (IPv4, IPv6 or both).
+    pub network: Subnets,
+    /// This node's subnets of those families.
+    pub local: Subnets,
     pub peers: Vec<Arc<Peer>>,
-    /// Subnet network address → position in `peers`.
+    /// IPv4 subnet network address → position in `peers`.
     by_subnet: HashMap<u32, usize>,
-    /// Distinct subnet prefix lengths, longest first.
+    /// Distinct IPv4 subnet prefix lengths, longest first.
     prefix_lens: Vec<u8>,
+    /// The same for IPv6 subnets.
+    by_subnet6: HashMap<u128, usize>,
+    prefix_lens6: Vec<u8>,
     by_index: HashMap<u32, usize>,
     by_key: HashMap<[u8; 32], usize>,
     /// Public IPs that hold a lease: datagrams from anywhere else are dropped unopened.
-    sources: HashSet<Ipv4Addr>,
+    sources: HashSet<IpAddr>,
 }
 
 fn mask(len: u8) -> u32 {
@@ -115,23 +139,43 @@ fn mask(len: u8) -> u32 {
     }
 }
 
+fn mask6(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len as u32)
+    }
+}
+
 impl WgTable {
-    pub fn new(network: Ipv4Net, local: Option<Ipv4Net>, peers: Vec<Arc<Peer>>) -> WgTable {
+    pub fn new(network: Subnets, local: Subnets, peers: Vec<Arc<Peer>>) -> WgTable {
         let mut t = WgTable {
-            network: Some(network),
+            network,
             local,
             ..WgTable::default()
         };
         for (i, p) in peers.iter().enumerate() {
-            t.by_subnet.insert(u32::from(p.subnet.network()), i);
-            if !t.prefix_lens.contains(&p.subnet.prefix_len()) {
-                t.prefix_lens.push(p.subnet.prefix_len());
+            if let Some(s) = p.allowed.v4 {
+                t.by_subnet.insert(u32::from(s.network()), i);
+                if !t.prefix_lens.contains(&s.prefix_len()) {
+                    t.prefix_lens.push(s.prefix_len());
+                }
+            }
+            if let Some(s) = p.allowed.v6 {
+                t.by_subnet6.insert(u128::from(s.network()), i);
+                if !t.prefix_lens6.contains(&s.prefix_len()) {
+                    t.prefix_lens6.push(s.prefix_len());
+                }
             }
             t.by_index.insert(p.index, i);
             t.by_key.insert(p.public_key, i);
-            t.sources.insert(*p.endpoint.ip());
+            t.sources.insert(p.endpoint.ip().to_canonical());
+            if let Some(ip) = p.alt_source {
+                t.sources.insert(ip);
+            }
         }
         t.prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
+        t.prefix_lens6.sort_unstable_by(|a, b| b.cmp(a));
         t.peers = peers;
         t
     }
@@ -142,7 +186,16 @@ impl WgTable {
         self.prefix_lens
             .iter()
             .find_map(|&l| self.by_subnet.get(&(d & mask(l))).copied())
-            .filter(|&i| self.peers[i].subnet.contains(&dst))
+            .filter(|&i| self.peers[i].allowed.v4.is_some_and(|s| s.contains(&dst)))
+    }
+
+    /// [`WgTable::peer_for`] for IPv6.
+    pub fn peer_for6(&self, dst: Ipv6Addr) -> Option<usize> {
+        let d = u128::from(dst);
+        self.prefix_lens6
+            .iter()
+            .find_map(|&l| self.by_subnet6.get(&(d & mask6(l))).copied())
+            .filter(|&i| self.peers[i].allowed.v6.is_some_and(|s| s.contains(&dst)))
     }
 
     /// The peer our index `index` belongs to.
@@ -155,17 +208,25 @@ impl WgTable {
         self.by_key.get(key).map(|&i| &self.peers[i])
     }
 
-    /// Whether `ip` is a leased peer's public IP.
-    pub fn is_source(&self, ip: Ipv4Addr) -> bool {
+    /// Whether `ip` is a leased peer's public IP (either family).
+    pub fn is_source(&self, ip: IpAddr) -> bool {
         self.sources.contains(&ip)
     }
 
     pub fn is_local(&self, dst: Ipv4Addr) -> bool {
-        self.local.is_some_and(|l| l.contains(&dst))
+        self.local.v4.is_some_and(|l| l.contains(&dst))
     }
 
     pub fn in_network(&self, dst: Ipv4Addr) -> bool {
-        self.network.is_some_and(|n| n.contains(&dst))
+        self.network.v4.is_some_and(|n| n.contains(&dst))
+    }
+
+    pub fn is_local6(&self, dst: Ipv6Addr) -> bool {
+        self.local.v6.is_some_and(|l| l.contains(&dst))
+    }
+
+    pub fn in_network6(&self, dst: Ipv6Addr) -> bool {
+        self.network.v6.is_some_and(|n| n.contains(&dst))
     }
 }
 
@@ -233,8 +294,9 @@ impl TableReader {
     }
 }
 
-/// Appends the per-peer OpenMetrics lines: last handshake, bytes, drops.
-pub fn render_peers(table: &WgTable, s: &mut String) {
+/// Appends the per-peer OpenMetrics lines of every device's table: last handshake, bytes,
+/// drops (a node on two devices is two peers, told apart by their subnets).
+pub fn render_peers(tables: &[Arc<WgTable>], s: &mut String) {
     use std::fmt::Write;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
@@ -261,7 +323,11 @@ pub fn render_peers(table: &WgTable, s: &mut String) {
             "Datagrams that named the peer but were refused, by reason.",
         ),
     ];
-    let stats: Vec<_> = table.peers.iter().map(|p| (p, p.tunn().stats())).collect();
+    let stats: Vec<_> = tables
+        .iter()
+        .flat_map(|t| t.peers.iter())
+        .map(|p| (p, p.tunn().stats()))
+        .collect();
     for (name, kind, help) in gauges {
         let full = format!("twilld_wireguard_{name}");
         let _ = writeln!(s, "# HELP {full} {help}\n# TYPE {full} {kind}");
@@ -270,7 +336,7 @@ pub fn render_peers(table: &WgTable, s: &mut String) {
             let labels = format!(
                 "peer=\"{}\",subnet=\"{}\"",
                 super::config::format_key(&p.public_key),
-                p.subnet
+                p.allowed
             );
             match name {
                 "peer_last_handshake_seconds" => {
@@ -298,5 +364,63 @@ pub fn render_peers(table: &WgTable, s: &mut String) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use boringtun::x25519::{PublicKey, StaticSecret};
+
+    use super::*;
+
+    fn peer(index: u32, endpoint: &str, v4: Option<&str>, v6: Option<&str>) -> Peer {
+        let me = StaticSecret::from([1u8; 32]);
+        let other = PublicKey::from(&StaticSecret::from([index as u8 + 1; 32]));
+        let tunn = Tunn::new(me, other, None, None, index, None);
+        Peer::new(
+            index,
+            *other.as_bytes(),
+            endpoint.parse().unwrap(),
+            Subnets {
+                v4: v4.map(|s| s.parse().unwrap()),
+                v6: v6.map(|s| s.parse().unwrap()),
+            },
+            0,
+            false,
+            tunn,
+        )
+    }
+
+    #[test]
+    fn both_families_route_by_longest_prefix_and_sources_include_alternates() {
+        let a = peer(
+            1,
+            "172.31.0.12:51820",
+            Some("10.5.2.0/24"),
+            Some("fd00:5:0:2::/64"),
+        )
+        .with_alt_source(Some("fd31::12".parse().unwrap()));
+        let b = peer(2, "[fd31::13]:51821", None, Some("fd00:5:0:3::/64"));
+        let c = peer(3, "[::ffff:172.31.0.14]:51820", Some("10.5.128.0/20"), None);
+        let t = WgTable::new(
+            Subnets {
+                v4: Some("10.5.0.0/16".parse().unwrap()),
+                v6: Some("fd00:5::/32".parse().unwrap()),
+            },
+            Subnets::default(),
+            vec![Arc::new(a), Arc::new(b), Arc::new(c)],
+        );
+        assert_eq!(t.peer_for("10.5.2.9".parse().unwrap()), Some(0));
+        assert_eq!(t.peer_for("10.5.130.1".parse().unwrap()), Some(2));
+        assert_eq!(t.peer_for("10.5.3.1".parse().unwrap()), None);
+        assert_eq!(t.peer_for6("fd00:5:0:2::9".parse().unwrap()), Some(0));
+        assert_eq!(t.peer_for6("fd00:5:0:3::1".parse().unwrap()), Some(1));
+        assert_eq!(t.peer_for6("fd00:5:0:4::1".parse().unwrap()), None);
+        for ip in ["172.31.0.12", "fd31::12", "fd31::13", "172.31.0.14"] {
+            assert!(t.is_source(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!t.is_source("172.31.0.13".parse().unwrap()));
+        assert!(t.peers[0].allows("fd00:5:0:2::1".parse().unwrap()));
+        assert!(!t.peers[1].allows("10.5.2.1".parse().unwrap()));
     }
 }

@@ -66,7 +66,12 @@ pub fn render_get(state: &DeviceState) -> String {
         let _ = writeln!(s, "last_handshake_time_nsec={}", at.subsec_nanos());
         let _ = writeln!(s, "tx_bytes={tx}");
         let _ = writeln!(s, "rx_bytes={rx}");
-        let _ = writeln!(s, "allowed_ip={}", p.subnet);
+        if let Some(n) = p.allowed.v4 {
+            let _ = writeln!(s, "allowed_ip={n}");
+        }
+        if let Some(n) = p.allowed.v6 {
+            let _ = writeln!(s, "allowed_ip={n}");
+        }
     }
     s.push_str("protocol_version=1\nerrno=0\n\n");
     s
@@ -184,7 +189,11 @@ pub fn parse_get(text: &str) -> Vec<PeerReport> {
         let Some(p) = peers.last_mut() else { continue };
         match k {
             "endpoint" => p.endpoint = v.to_string(),
-            "allowed_ip" => p.allowed_ip = v.to_string(),
+            "allowed_ip" if p.allowed_ip.is_empty() => p.allowed_ip = v.to_string(),
+            "allowed_ip" => {
+                p.allowed_ip.push(',');
+                p.allowed_ip.push_str(v);
+            }
             "last_handshake_time_sec" => p.last_handshake = v.parse().unwrap_or(0),
             "tx_bytes" => p.tx_bytes = v.parse().unwrap_or(0),
             "rx_bytes" => p.rx_bytes = v.parse().unwrap_or(0),
@@ -219,13 +228,13 @@ mod tests {
 
     #[test]
     fn get_answers_parse_back_per_peer() {
-        let text = "private_key=00\nlisten_port=51820\npublic_key=0102\nendpoint=1.2.3.4:51820\nlast_handshake_time_sec=17\ntx_bytes=5\nrx_bytes=6\nallowed_ip=10.5.2.0/24\nprotocol_version=1\nerrno=0\n\n";
+        let text = "private_key=00\nlisten_port=51820\npublic_key=0102\nendpoint=1.2.3.4:51820\nlast_handshake_time_sec=17\ntx_bytes=5\nrx_bytes=6\nallowed_ip=10.5.2.0/24\nallowed_ip=fd00:5:2::/64\nprotocol_version=1\nerrno=0\n\n";
         assert_eq!(
             parse_get(text),
             [PeerReport {
                 public_key: "AQI=".into(),
                 endpoint: "1.2.3.4:51820".into(),
-                allowed_ip: "10.5.2.0/24".into(),
+                allowed_ip: "10.5.2.0/24,fd00:5:2::/64".into(),
                 last_handshake: 17,
                 tx_bytes: 5,
                 rx_bytes: 6,

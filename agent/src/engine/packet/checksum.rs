@@ -53,6 +53,11 @@ pub fn checksum(data: &[u8]) -> u16 {
     !fold(sum(0, data))
 }
 
+/// The IPv6 pseudo-header sum (RFC 8200 §8.1) for a transport segment of `len` bytes.
+pub(super) fn pseudo_header6(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u64 {
+    sum(0, src) + sum(0, dst) + proto as u64 + len as u64
+}
+
 /// The IPv4 pseudo-header sum for a transport segment of `len` bytes.
 pub(super) fn pseudo_header(src: [u8; 4], dst: [u8; 4], proto: u8, len: usize) -> u64 {
     sum(0, &src) + sum(0, &dst) + proto as u64 + len as u64

@@ -1,25 +1,29 @@
-//! Coalescing: consecutive segments of one TCP flow into one super-packet for the TUN, as
-//! the kernel's GRO would, with the payloads gathered from the receive buffer.
+//! Coalescing: consecutive segments of one TCP flow (IPv4 or IPv6) into one super-packet for
+//! the TUN, as the kernel's GRO would, with the payloads gathered from the receive buffer.
 
-use super::checksum::{fold, pseudo_header};
+use super::checksum::{fold, pseudo_header, pseudo_header6};
 use super::ipv4::{Ipv4Info, MAX_IP_PACKET, set_ipv4_checksum};
-use super::layout::{addr, be16, be32, ip, put16, tcp};
+use super::layout::{addr, be16, be32, ip, ip6, put16, tcp};
 use super::segment::tcp_header_len;
-use super::vnet::{GSO_TCPV4, PLAIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr};
+use super::vnet::{GSO_TCPV4, GSO_TCPV6, PLAIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr};
 
 /// How many flows can be coalesced at once (several iperf3 streams interleave).
 const SLOTS: usize = 8;
 /// Segments per super-packet at most (one iovec each when written).
 pub const MAX_COALESCE: usize = 64;
-/// Coalesced packets have no IP options, so their TCP header starts here.
+/// Coalesced IPv4 packets have no IP options, so their TCP header starts here.
 const TCP_AT: usize = ip::MIN_HEADER_LEN;
-/// The longest IPv4 + TCP header of a coalesced packet (20 + 60).
-const MAX_HEAD: usize = TCP_AT + 60;
+/// Coalesced IPv6 packets have no extension headers.
+const TCP_AT6: usize = ip6::HEADER_LEN;
+/// The longest IP + TCP header of a coalesced packet (IPv6 40 + 60).
+const MAX_HEAD: usize = TCP_AT6 + 60;
 
+/// A flow: IPv4 addresses sit in the first 4 bytes of `src`/`dst`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct FlowKey {
-    src: [u8; 4],
-    dst: [u8; 4],
+    v6: bool,
+    src: [u8; 16],
+    dst: [u8; 16],
     ports: u32,
 }
 
@@ -28,6 +32,8 @@ struct FlowKey {
 struct Slot {
     head: [u8; MAX_HEAD],
     header_len: usize,
+    /// Where the TCP header starts (after the IPv4 or IPv6 header).
+    tcp_at: usize,
     key: Option<FlowKey>,
     /// Payload bytes per segment (the first segment's).
     gso_size: usize,
@@ -40,7 +46,7 @@ struct Slot {
     age: u64,
 }
 
-/// Coalesces received TCP/IPv4 segments into super-packets written with a virtio-net GSO
+/// Coalesces received TCP/IPv4 and TCP/IPv6 segments into super-packets written with a virtio-net GSO
 /// header; everything else passes through unchanged. Packets are given as ranges of one
 /// buffer that stays unchanged until [`Coalescer::flush`]. Nothing is allocated after `new`.
 pub struct Coalescer {
@@ -69,6 +75,7 @@ impl<F: FnMut(&[u8; VNET_HDR_LEN], &[&[u8]])> TunSink for F {
 /// The fields of a segment that decide whether it can join a super-packet.
 struct TcpSeg {
     key: FlowKey,
+    tcp_at: usize,
     header_len: usize,
     seq: u32,
     flags: u8,
@@ -83,7 +90,37 @@ fn tcp_segment(pkt: &[u8], info: &Ipv4Info) -> Option<TcpSeg> {
     if be16(pkt, ip::FLAGS_FRAGMENT) & ip::MORE_FRAGMENTS_AND_OFFSET_MASK != 0 {
         return None;
     }
-    let seg = pkt.get(TCP_AT..)?;
+    let mut key = FlowKey {
+        v6: false,
+        src: [0; 16],
+        dst: [0; 16],
+        ports: 0,
+    };
+    key.src[..4].copy_from_slice(&addr(pkt, ip::SRC));
+    key.dst[..4].copy_from_slice(&addr(pkt, ip::DST));
+    tcp_part(pkt, TCP_AT, key)
+}
+
+/// An IPv6 packet (its fixed header checked by the caller) as a TCP segment, if it is one
+/// right after the fixed header.
+fn tcp_segment6(pkt: &[u8]) -> Option<TcpSeg> {
+    if pkt.len() < TCP_AT6 || pkt[ip6::NEXT_HEADER] != ip::PROTO_TCP {
+        return None;
+    }
+    let mut key = FlowKey {
+        v6: true,
+        src: [0; 16],
+        dst: [0; 16],
+        ports: 0,
+    };
+    key.src.copy_from_slice(&pkt[ip6::SRC..ip6::SRC + 16]);
+    key.dst.copy_from_slice(&pkt[ip6::DST..ip6::DST + 16]);
+    tcp_part(pkt, TCP_AT6, key)
+}
+
+/// The TCP header at `tcp_at` of `pkt`, for the flow `key` (ports still to fill).
+fn tcp_part(pkt: &[u8], tcp_at: usize, mut key: FlowKey) -> Option<TcpSeg> {
+    let seg = pkt.get(tcp_at..)?;
     if seg.len() < tcp::MIN_HEADER_LEN {
         return None;
     }
@@ -91,13 +128,11 @@ fn tcp_segment(pkt: &[u8], info: &Ipv4Info) -> Option<TcpSeg> {
     if thl < tcp::MIN_HEADER_LEN || thl > seg.len() {
         return None;
     }
+    key.ports = be32(seg, tcp::PORTS);
     Some(TcpSeg {
-        key: FlowKey {
-            src: addr(pkt, ip::SRC),
-            dst: addr(pkt, ip::DST),
-            ports: be32(seg, tcp::PORTS),
-        },
-        header_len: TCP_AT + thl,
+        key,
+        tcp_at,
+        header_len: tcp_at + thl,
         seq: be32(seg, tcp::SEQ),
         flags: seg[tcp::FLAGS],
         payload: seg.len() - thl,
@@ -111,6 +146,7 @@ impl Coalescer {
                 .map(|_| Slot {
                     head: [0; MAX_HEAD],
                     header_len: 0,
+                    tcp_at: TCP_AT,
                     key: None,
                     gso_size: 0,
                     parts: Vec::with_capacity(MAX_COALESCE),
@@ -134,10 +170,30 @@ impl Coalescer {
         sink: &mut impl TunSink,
     ) {
         let pkt = &buf[at.clone()];
-        let Some(seg) = tcp_segment(pkt, info) else {
-            sink.write(&PLAIN, &[pkt]);
-            return;
-        };
+        match tcp_segment(pkt, info) {
+            Some(seg) => self.push_segment(buf, at, seg, sink),
+            None => sink.write(&PLAIN, &[pkt]),
+        }
+    }
+
+    /// [`Coalescer::push`] for an IPv6 packet whose fixed header was checked
+    /// (`parse_ipv6`).
+    pub fn push6(&mut self, buf: &[u8], at: std::ops::Range<usize>, sink: &mut impl TunSink) {
+        let pkt = &buf[at.clone()];
+        match tcp_segment6(pkt) {
+            Some(seg) => self.push_segment(buf, at, seg, sink),
+            None => sink.write(&PLAIN, &[pkt]),
+        }
+    }
+
+    fn push_segment(
+        &mut self,
+        buf: &[u8],
+        at: std::ops::Range<usize>,
+        seg: TcpSeg,
+        sink: &mut impl TunSink,
+    ) {
+        let pkt = &buf[at.clone()];
         let found = self.slots.iter().position(|s| s.key == Some(seg.key));
         if let Some(i) = found {
             if self.can_append(i, pkt, &seg) {
@@ -146,7 +202,7 @@ impl Coalescer {
                 s.total_len += seg.payload;
                 s.next_seq = seg.seq.wrapping_add(seg.payload as u32);
                 if seg.flags & tcp::PSH != 0 {
-                    s.head[TCP_AT + tcp::FLAGS] |= tcp::PSH;
+                    s.head[s.tcp_at + tcp::FLAGS] |= tcp::PSH;
                     s.closed = true;
                 }
                 if seg.payload < s.gso_size || s.parts.len() == MAX_COALESCE {
@@ -175,6 +231,7 @@ impl Coalescer {
         let s = &mut self.slots[i];
         s.head[..seg.header_len].copy_from_slice(&pkt[..seg.header_len]);
         s.header_len = seg.header_len;
+        s.tcp_at = seg.tcp_at;
         s.key = Some(seg.key);
         s.gso_size = seg.payload;
         s.parts.clear();
@@ -198,17 +255,23 @@ impl Coalescer {
             return false;
         }
         let first = &s.head[..s.header_len];
-        let df = |p: &[u8]| p[ip::FLAGS_FRAGMENT] & ip::DONT_FRAGMENT;
+        let t = s.tcp_at;
         // From the ack number through the data offset, then the window, then the urgent
         // pointer and the options.
-        let ack_to_offset = TCP_AT + tcp::ACK_NUM..TCP_AT + tcp::FLAGS;
-        let flags = TCP_AT + tcp::FLAGS;
-        let window = TCP_AT + tcp::WINDOW..TCP_AT + tcp::CHECKSUM;
-        let urgent_and_options = TCP_AT + tcp::URGENT..s.header_len;
-        // Same TOS and DF; the TCP header equal after the sequence number except flags
+        let ack_to_offset = t + tcp::ACK_NUM..t + tcp::FLAGS;
+        let flags = t + tcp::FLAGS;
+        let window = t + tcp::WINDOW..t + tcp::CHECKSUM;
+        let urgent_and_options = t + tcp::URGENT..s.header_len;
+        // IPv4: same TOS and DF. IPv6: same traffic class and flow label (the first word)
+        // and hop limit. Then the TCP header equal after the sequence number except flags
         // (PSH) and checksum: ack, window, options (timestamps) — as Linux GRO requires.
-        first[ip::TOS] == pkt[ip::TOS]
-            && df(first) == df(pkt)
+        let same_ip = if seg.key.v6 {
+            first[..4] == pkt[..4] && first[ip6::HOP_LIMIT] == pkt[ip6::HOP_LIMIT]
+        } else {
+            let df = |p: &[u8]| p[ip::FLAGS_FRAGMENT] & ip::DONT_FRAGMENT;
+            first[ip::TOS] == pkt[ip::TOS] && df(first) == df(pkt)
+        };
+        same_ip
             && first[ack_to_offset.clone()] == pkt[ack_to_offset]
             && (first[flags] & !tcp::PSH) == (pkt[flags] & !tcp::PSH)
             && first[window.clone()] == pkt[window]
@@ -227,20 +290,30 @@ impl Coalescer {
             sink.write(&PLAIN, &[&buf[start - hl..end]]);
             return;
         }
+        let t = s.tcp_at;
         let head = &mut s.head[..hl];
-        put16(head, ip::TOTAL_LEN, s.total_len as u16);
-        set_ipv4_checksum(&mut head[..TCP_AT]);
-        let src = addr(head, ip::SRC);
-        let dst = addr(head, ip::DST);
+        let tcp_len = s.total_len - t;
         // NEEDS_CSUM: the field holds the pseudo-header sum, the kernel completes it.
-        let partial = fold(pseudo_header(src, dst, ip::PROTO_TCP, s.total_len - TCP_AT));
-        put16(head, TCP_AT + tcp::CHECKSUM, partial);
+        let (gso_type, pseudo) = if t == TCP_AT6 {
+            put16(head, ip6::PAYLOAD_LEN, tcp_len as u16);
+            let (src, dst) = (
+                &head[ip6::SRC..ip6::SRC + 16],
+                &head[ip6::DST..ip6::DST + 16],
+            );
+            (GSO_TCPV6, pseudo_header6(src, dst, ip::PROTO_TCP, tcp_len))
+        } else {
+            put16(head, ip::TOTAL_LEN, s.total_len as u16);
+            set_ipv4_checksum(&mut head[..TCP_AT]);
+            let (src, dst) = (addr(head, ip::SRC), addr(head, ip::DST));
+            (GSO_TCPV4, pseudo_header(src, dst, ip::PROTO_TCP, tcp_len))
+        };
+        put16(head, t + tcp::CHECKSUM, fold(pseudo));
         let hdr = VnetHdr {
             flags: VNET_F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
+            gso_type,
             hdr_len: hl as u16,
             gso_size: s.gso_size as u16,
-            csum_start: TCP_AT as u16,
+            csum_start: t as u16,
             csum_offset: tcp::CHECKSUM as u16,
         };
         let mut parts: [&[u8]; MAX_COALESCE + 1] = [&[]; MAX_COALESCE + 1];

@@ -1,11 +1,12 @@
-//! ICMP "destination net unreachable", written back into the TUN for destinations no peer
-//! holds.
+//! ICMP "destination net unreachable" (and ICMPv6 "no route to destination"), written back
+//! into the TUN for destinations no peer holds.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::checksum::checksum;
+use super::checksum::{checksum, fold, pseudo_header6, sum};
 use super::ipv4::{parse_ipv4, set_ipv4_checksum};
-use super::layout::{be16, icmp, ip, put16, put32};
+use super::ipv6::parse_ipv6;
+use super::layout::{be16, icmp, ip, ip6, put16, put32};
 
 /// The TOS of ICMP errors: internetwork control, as Linux sends them.
 const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;
@@ -60,11 +61,93 @@ pub fn icmp_net_unreachable(orig: &[u8], src: Ipv4Addr, out: &mut [u8]) -> Optio
     Some(len)
 }
 
+/// ICMPv6's next-header number.
+const PROTO_ICMPV6: u8 = 58;
+/// ICMPv6 destination unreachable (RFC 4443 §3.1), code 0: no route to destination.
+const ICMPV6_DEST_UNREACHABLE: u8 = 1;
+const ICMPV6_NO_ROUTE: u8 = 0;
+/// ICMPv6 types below this are errors, which never trigger an error.
+const ICMPV6_FIRST_INFO: u8 = 128;
+
+/// Writes into `out` an ICMPv6 "destination unreachable: no route" from `src` about
+/// `orig`, quoting as much of it as `out` holds; returns its length, or `None` where RFC 4443
+/// §2.4 says to stay silent (an error about an error, a multicast destination, an
+/// unspecified or multicast source, a bad header).
+pub fn icmp6_no_route(orig: &[u8], src: Ipv6Addr, out: &mut [u8]) -> Option<usize> {
+    let info = parse_ipv6(orig).ok()?;
+    if info.dst.is_multicast() || info.src.is_multicast() || info.src.is_unspecified() {
+        return None;
+    }
+    if orig[ip6::NEXT_HEADER] == PROTO_ICMPV6
+        && *orig.get(ip6::HEADER_LEN + icmp::TYPE)? < ICMPV6_FIRST_INFO
+    {
+        return None;
+    }
+    let head = ip6::HEADER_LEN + icmp::HEADER_LEN;
+    let quoted = out.len().checked_sub(head)?.min(orig.len());
+    let len = head + quoted;
+    let out = &mut out[..len];
+    out[..ip6::HEADER_LEN].fill(0);
+    out[0] = 0x60;
+    put16(out, ip6::PAYLOAD_LEN, (len - ip6::HEADER_LEN) as u16);
+    out[ip6::NEXT_HEADER] = PROTO_ICMPV6;
+    out[ip6::HOP_LIMIT] = ERROR_TTL;
+    out[ip6::SRC..ip6::SRC + 16].copy_from_slice(&src.octets());
+    out[ip6::DST..ip6::DST + 16].copy_from_slice(&info.src.octets());
+    let (msg_len, pseudo) = (
+        len - ip6::HEADER_LEN,
+        pseudo_header6(
+            &src.octets(),
+            &info.src.octets(),
+            PROTO_ICMPV6,
+            len - ip6::HEADER_LEN,
+        ),
+    );
+    let msg = &mut out[ip6::HEADER_LEN..];
+    msg[icmp::TYPE] = ICMPV6_DEST_UNREACHABLE;
+    msg[icmp::CODE] = ICMPV6_NO_ROUTE;
+    put16(msg, icmp::CHECKSUM, 0);
+    put32(msg, icmp::REST, 0);
+    msg[icmp::HEADER_LEN..].copy_from_slice(&orig[..quoted]);
+    debug_assert_eq!(msg.len(), msg_len);
+    let c = !fold(pseudo + sum(0, msg));
+    put16(msg, icmp::CHECKSUM, c);
+    Some(len)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::tcp_packet;
+    use super::super::test_util::{SRC6, tcp_packet, tcp6_packet};
     use super::*;
     use crate::engine::packet::layout::tcp;
+
+    #[test]
+    fn icmp6_no_route_quotes_the_packet_and_checks_out() {
+        let orig = tcp6_packet(1, tcp::ACK, &[9; 300], 64);
+        let from: Ipv6Addr = "fd00:5:0:1::".parse().unwrap();
+        let mut out = [0u8; 128];
+        let n = icmp6_no_route(&orig, from, &mut out).unwrap();
+        assert_eq!(n, 128);
+        let p = &out[..n];
+        let ip = parse_ipv6(p).unwrap();
+        assert_eq!((ip.src, ip.dst), (from, Ipv6Addr::from(SRC6)));
+        assert_eq!((p[6], p[40], p[41]), (58, 1, 0));
+        let pseudo = pseudo_header6(&from.octets(), &SRC6, 58, n - 40);
+        assert_eq!(fold(pseudo + sum(0, &p[40..])), 0xffff);
+        assert_eq!(&p[48..], &orig[..80]);
+        // A short packet is quoted whole; never an error about an error, nor to multicast.
+        let small = tcp6_packet(1, tcp::ACK, b"x", 64);
+        let mut big = [0u8; 1280];
+        assert_eq!(
+            icmp6_no_route(&small, from, &mut big),
+            Some(48 + small.len())
+        );
+        let mut err = [0u8; 128];
+        assert_eq!(icmp6_no_route(p, from, &mut err), None);
+        let mut mcast = orig.clone();
+        mcast[24] = 0xff;
+        assert_eq!(icmp6_no_route(&mcast, from, &mut err), None);
+    }
 
     #[test]
     fn icmp_unreachable_quotes_the_packet_and_checks_out() {

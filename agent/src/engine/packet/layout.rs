@@ -30,6 +30,16 @@ pub mod ip {
     pub const PROTO_TCP: u8 = 6;
 }
 
+/// IPv6 fixed header fields (RFC 8200 §3).
+pub mod ip6 {
+    pub const PAYLOAD_LEN: usize = 4;
+    pub const NEXT_HEADER: usize = 6;
+    pub const HOP_LIMIT: usize = 7;
+    pub const SRC: usize = 8;
+    pub const DST: usize = 24;
+    pub const HEADER_LEN: usize = 40;
+}
+
 /// TCP header fields (RFC 9293 §3.1).
 pub mod tcp {
     /// Source port; the destination port follows, so a u32 here holds both.

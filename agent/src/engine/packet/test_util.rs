@@ -1,11 +1,14 @@
 //! Packets and runs through the packet functions, for the tests of this module.
 
 use super::DropReason;
-use super::checksum::{checksum, fold, pseudo_header, sum};
+use super::checksum::{checksum, fold, pseudo_header, pseudo_header6, sum};
 use super::coalesce::Coalescer;
 use super::ipv4::{parse_ipv4, set_ipv4_checksum};
-use super::layout::{addr, ip, put16, put32, tcp};
-use super::segment::{MAX_SEGMENT_HEADER, MAX_SEGMENTS, SegmentPlan, segment_headers};
+use super::ipv6::parse_ipv6;
+use super::layout::{addr, ip, ip6, put16, put32, tcp};
+use super::segment::{
+    MAX_SEGMENT_HEADER, MAX_SEGMENTS, SegmentPlan, segment_headers, segment_headers6,
+};
 use super::vnet::VNET_HDR_LEN;
 
 /// Runs `packets` (laid out in one buffer, as a receive batch is) through a coalescer;
@@ -19,6 +22,8 @@ pub fn coalesce(packets: &[Vec<u8>]) -> Vec<([u8; VNET_HDR_LEN], Vec<u8>)> {
     for p in packets {
         if let Ok(info) = parse_ipv4(p, true) {
             c.push(&buf, at..at + p.len(), &info, &mut sink);
+        } else if parse_ipv6(p).is_ok() {
+            c.push6(&buf, at..at + p.len(), &mut sink);
         }
         at += p.len();
     }
@@ -28,8 +33,23 @@ pub fn coalesce(packets: &[Vec<u8>]) -> Vec<([u8; VNET_HDR_LEN], Vec<u8>)> {
 
 /// The segments of `pkt` back to back, as they go on the wire.
 pub fn segment_tcp4(pkt: &[u8], gso_size: usize) -> Result<(SegmentPlan, Vec<u8>), DropReason> {
+    segment_with(pkt, gso_size, segment_headers)
+}
+
+/// [`segment_tcp4`] for TCP/IPv6.
+pub fn segment_tcp6(pkt: &[u8], gso_size: usize) -> Result<(SegmentPlan, Vec<u8>), DropReason> {
+    segment_with(pkt, gso_size, segment_headers6)
+}
+
+type SegmentFn = fn(&[u8], usize, &mut [u8]) -> Result<SegmentPlan, DropReason>;
+
+fn segment_with(
+    pkt: &[u8],
+    gso_size: usize,
+    segment: SegmentFn,
+) -> Result<(SegmentPlan, Vec<u8>), DropReason> {
     let mut headers = vec![0u8; MAX_SEGMENTS * MAX_SEGMENT_HEADER];
-    let plan = segment_headers(pkt, gso_size, &mut headers)?;
+    let plan = segment(pkt, gso_size, &mut headers)?;
     let hl = plan.header_len;
     let mut out = Vec::with_capacity(plan.total_len());
     for i in 0..plan.count {
@@ -69,6 +89,43 @@ pub fn tcp_packet(seq: u32, flags: u8, payload: &[u8], ttl: u8) -> Vec<u8> {
         !fold(pseudo_header([10, 5, 1, 2], [10, 5, 2, 3], ip::PROTO_TCP, seg.len()) + sum(0, seg));
     put16(seg, tcp::CHECKSUM, c);
     p
+}
+
+/// The source and destination of [`tcp6_packet`].
+pub const SRC6: [u8; 16] = [0xfd, 0, 0, 5, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+pub const DST6: [u8; 16] = [0xfd, 0, 0, 5, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+
+/// A TCP/IPv6 packet from fd00:5:1::2 to fd00:5:2::3 with `payload`, the same TCP header as
+/// [`tcp_packet`]'s (timestamps) and a valid checksum.
+pub fn tcp6_packet(seq: u32, flags: u8, payload: &[u8], hop_limit: u8) -> Vec<u8> {
+    let v4 = tcp_packet(seq, flags, payload, 64);
+    let mut p = vec![0u8; ip6::HEADER_LEN];
+    p[0] = 0x60;
+    put16(&mut p, ip6::PAYLOAD_LEN, (v4.len() - 20) as u16);
+    p[ip6::NEXT_HEADER] = ip::PROTO_TCP;
+    p[ip6::HOP_LIMIT] = hop_limit;
+    p[ip6::SRC..ip6::SRC + 16].copy_from_slice(&SRC6);
+    p[ip6::DST..ip6::DST + 16].copy_from_slice(&DST6);
+    p.extend_from_slice(&v4[20..]);
+    let seg = &mut p[ip6::HEADER_LEN..];
+    put16(seg, tcp::CHECKSUM, 0);
+    let c = !fold(pseudo_header6(&SRC6, &DST6, ip::PROTO_TCP, seg.len()) + sum(0, seg));
+    put16(seg, tcp::CHECKSUM, c);
+    p
+}
+
+/// Whether a TCP/IPv6 packet (no extension headers) checks out.
+pub fn tcp6_ok(pkt: &[u8]) -> bool {
+    let seg = &pkt[ip6::HEADER_LEN..];
+    parse_ipv6(pkt).is_ok()
+        && fold(
+            pseudo_header6(
+                &pkt[ip6::SRC..ip6::SRC + 16],
+                &pkt[ip6::DST..ip6::DST + 16],
+                ip::PROTO_TCP,
+                seg.len(),
+            ) + sum(0, seg),
+        ) == 0xffff
 }
 
 /// Whether an option-less IPv4 header and its TCP segment both check out.

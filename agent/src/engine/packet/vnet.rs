@@ -14,6 +14,8 @@ pub const VNET_F_NEEDS_CSUM: u8 = 1;
 pub const GSO_NONE: u8 = 0;
 /// VIRTIO_NET_HDR_GSO_TCPV4: a TCP/IPv4 super-packet.
 pub const GSO_TCPV4: u8 = 1;
+/// VIRTIO_NET_HDR_GSO_TCPV6: a TCP/IPv6 super-packet.
+pub const GSO_TCPV6: u8 = 4;
 /// VIRTIO_NET_HDR_GSO_ECN: ORed into the GSO type when the flow uses ECN.
 pub const GSO_ECN: u8 = 0x80;
 
