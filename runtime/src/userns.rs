@@ -346,23 +346,26 @@ pub fn idmapped_bind(src: &Path, target: &Path, userns: RawFd) -> Result<()> {
             std::io::Error::last_os_error(),
         ));
     }
-    // SAFETY: move_mount of our detached tree onto an existing directory.
+    move_tree(&tree, &ctarget)
+        .map_err(|e| RuntimeError::io("attaching idmapped mount at", target.display(), e))
+}
+
+/// Attaches the detached mount tree `tree` at `target` (relative to the cwd).
+fn move_tree(tree: &OwnedFd, target: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: move_mount of a detached tree we own onto a directory; both strings are
+    // NUL-terminated.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             tree.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_FDCWD,
-            ctarget.as_ptr(),
+            target.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH,
         )
     };
     if rc < 0 {
-        return Err(RuntimeError::io(
-            "attaching idmapped mount at",
-            target.display(),
-            std::io::Error::last_os_error(),
-        ));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -391,24 +394,8 @@ pub fn bind_cwd_over_itself() -> Result<()> {
     }
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    // SAFETY: move_mount of our detached tree onto the cwd, a directory.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            c".".as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc < 0 {
-        return Err(RuntimeError::io(
-            "binding over itself",
-            "the container's root",
-            std::io::Error::last_os_error(),
-        ));
-    }
+    move_tree(&tree, c".")
+        .map_err(|e| RuntimeError::io("binding over itself", "the container's root", e))?;
     nix::unistd::fchdir(&tree).map_err(|e| RuntimeError::nix("entering", "the container's root", e))
 }
 

@@ -152,17 +152,23 @@ impl Bundle {
         assert!(st.success(), "create {id}");
     }
 
-    /// create that must fail; its stderr says `says`, and no state is left.
-    fn create_fails(&self, id: &str, says: &str) {
+    /// A create that must fail (logging to `log` as JSON when given); returns its stderr,
+    /// after checking that it left no state.
+    fn create_err(&self, id: &str, log: Option<&Path>) -> String {
         let errf = self.dir.join(format!("{id}.err"));
-        let st = Command::new(OCI)
-            .arg("--root")
-            .arg(&self.state)
+        let mut c = Command::new(OCI);
+        c.arg("--root").arg(&self.state);
+        if let Some(log) = log {
+            c.arg("--log").arg(log).args(["--log-format", "json"]);
+        }
+        let st = c
             .args(["create", "--bundle"])
             .arg(&self.dir)
             .arg(id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            // A file, not a pipe: a create that wrongly succeeds leaves a container holding
+            // its stdio, and reading a pipe to EOF would hang the test.
             .stderr(std::fs::File::create(&errf).unwrap())
             .status()
             .unwrap();
@@ -170,9 +176,14 @@ impl Bundle {
             let _ = self.oci(&["delete", "--force", id]);
             panic!("create {id} should fail");
         }
-        let e = std::fs::read_to_string(&errf).unwrap();
-        assert!(e.contains(says), "{e}");
         assert!(!self.state.join(id).exists(), "{id} left its state");
+        std::fs::read_to_string(&errf).unwrap()
+    }
+
+    /// A create that must fail; its stderr says `says`, and no state is left.
+    fn create_fails(&self, id: &str, says: &str) {
+        let e = self.create_err(id, None);
+        assert!(e.contains(says), "{e}");
     }
 
     fn status(&self, id: &str) -> String {
@@ -341,30 +352,7 @@ fn bare_errors_are_clear_logged_as_json_and_leave_nothing() {
     let d = tempfile::tempdir().unwrap();
     let b = Bundle::new(d.path());
     let log = d.path().join("log.json");
-    let errf = d.path().join("create.err");
-    let create_err = |b: &Bundle, id: &str| -> String {
-        let out = Command::new(OCI)
-            .arg("--root")
-            .arg(&b.state)
-            .arg("--log")
-            .arg(&log)
-            .args(["--log-format", "json", "create", "--bundle"])
-            .arg(&b.dir)
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            // A file, not a pipe: a create that wrongly succeeds leaves a container holding
-            // its stdio, and reading a pipe to EOF would hang the test.
-            .stderr(std::fs::File::create(&errf).unwrap())
-            .status()
-            .unwrap();
-        if out.success() {
-            let _ = b.oci(&["delete", "--force", id]);
-            panic!("create {id} should fail");
-        }
-        assert!(!b.state.join(id).exists(), "{id} left its state");
-        std::fs::read_to_string(&errf).unwrap()
-    };
+    let create_err = |b: &Bundle, id: &str| b.create_err(id, Some(&log));
     b.config(|_| {}, &["no-such-command"]);
     let e = create_err(&b, "e1");
     assert!(
@@ -1058,6 +1046,14 @@ fn prun(store: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `podman run --rm --net none ARGS` with twill-oci, whose stdout must be `want`.
+fn prun_expect(store: &Path, args: &[&str], want: &str) {
+    let mut all = vec!["--rm", "--net", "none"];
+    all.extend_from_slice(args);
+    let o = prun(store, &all);
+    assert_eq!(stdout(&o), want, "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -1095,12 +1091,9 @@ fn podman_run_exit_codes_env_workdir_user_and_seccomp() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-cmd"));
-    let o = prun(
+    prun_expect(
         s,
         &[
-            "--rm",
-            "--net",
-            "none",
             "-e",
             "FOO=bar",
             "-w",
@@ -1112,12 +1105,7 @@ fn podman_run_exit_codes_env_workdir_user_and_seccomp() {
             "-c",
             "echo $FOO; pwd; id",
         ],
-    );
-    assert_eq!(
-        stdout(&o),
         "bar\n/tmp\nuid=1000(app) gid=1000(app) groups=50(staff),1000(app)\n",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
     );
     // podman's default seccomp profile is applied: unshare(2) is refused.
     let o = prun(
@@ -1223,12 +1211,9 @@ fn podman_memory_and_pids_limits_bite() {
         return;
     };
     // tail buffers /dev/zero's one endless line until the OOM killer ends it.
-    let o = prun(
+    prun_expect(
         s,
         &[
-            "--rm",
-            "--net",
-            "none",
             "--memory",
             "16m",
             "localhost/bb",
@@ -1236,12 +1221,7 @@ fn podman_memory_and_pids_limits_bite() {
             "-c",
             "tail /dev/zero; echo $?",
         ],
-    );
-    assert_eq!(
-        stdout(&o),
         "137\n",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
     );
     let o = prun(
         s,
@@ -1274,12 +1254,9 @@ fn podman_volumes() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("f"), "volfile\n").unwrap();
     let v = format!("{}:/data:ro", d.path().display());
-    let o = prun(
+    prun_expect(
         s,
         &[
-            "--rm",
-            "--net",
-            "none",
             "-v",
             &v,
             "localhost/bb",
@@ -1287,12 +1264,7 @@ fn podman_volumes() {
             "-c",
             "cat /data/f; echo x > /data/g 2>/dev/null || echo read-only",
         ],
-    );
-    assert_eq!(
-        stdout(&o),
         "volfile\nread-only\n",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
     );
     // podman's default network is not run here: netavark would set up its bridge, iptables
     // chains and ip_forward in the root network namespace, which tests must not touch. The
@@ -1371,12 +1343,9 @@ fn podman_resources_are_applied_or_refused_never_ignored() {
         return;
     }
     // The container sees its own cgroup under /sys/fs/cgroup (v1: one directory each).
-    let o = prun(
+    prun_expect(
         s,
         &[
-            "--rm",
-            "--net",
-            "none",
             "--memory",
             "16m",
             "--memory-swap",
@@ -1394,21 +1363,13 @@ fn podman_resources_are_applied_or_refused_never_ignored() {
              cpu/cpu.shares cpu/cpu.cfs_quota_us; \
              cat memory/memory.memsw.limit_in_bytes 2>/dev/null || echo 50331648",
         ],
-    );
-    assert_eq!(
-        stdout(&o),
         "16777216\n8388608\n512\n50000\n50331648\n",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
     );
     // cpuset: the container's cgroup gets the CPU list (and the memory nodes it needs to
     // take a process at all).
-    let o = prun(
+    prun_expect(
         s,
         &[
-            "--rm",
-            "--net",
-            "none",
             "--cpuset-cpus",
             "0",
             "localhost/bb",
@@ -1416,12 +1377,7 @@ fn podman_resources_are_applied_or_refused_never_ignored() {
             "-c",
             "grep Cpus_allowed_list /proc/self/status",
         ],
-    );
-    assert_eq!(
-        stdout(&o),
         "Cpus_allowed_list:\t0\n",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
     );
     // A block I/O weight is applied where the kernel has the file for it (BFQ/CFQ), else
     // refused by name.
