@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
 use common::AgentLab;
@@ -59,51 +59,6 @@ fn dropped(lab: &AgentLab, h: usize, reason: &str) -> u64 {
 /// The value of the counter `<name>_total` on host `h` (0 while it is not published yet).
 fn metric(lab: &AgentLab, h: usize, name: &str) -> u64 {
     sample(lab, h, &format!("{name}_total")).0.unwrap_or(0)
-}
-
-/// Deterministic test data.
-fn data(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Sends `payload` over TCP from container `from` to container `to` and returns what arrived.
-fn tcp_transfer(lab: &AgentLab, from: usize, to: usize, payload: &[u8]) -> Vec<u8> {
-    let listener = lab.containers[to]
-        .netns
-        .enter(|| TcpListener::bind("0.0.0.0:5001"))
-        .unwrap()
-        .unwrap();
-    let receiver = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).unwrap();
-        got
-    });
-    let dst = format!("{}:5001", lab.containers[to].ip);
-    let mut s = lab.containers[from]
-        .netns
-        .enter(|| TcpStream::connect_timeout(&dst.parse().unwrap(), Duration::from_secs(5)))
-        .unwrap()
-        .unwrap();
-    s.write_all(payload).unwrap();
-    drop(s);
-    receiver.join().unwrap()
-}
-
-/// Sends `payload` from container `from` to `to` and fails unless it arrives byte for byte.
-fn assert_transfer_intact(lab: &AgentLab, from: usize, to: usize, payload: &[u8], what: &str) {
-    assert!(
-        tcp_transfer(lab, from, to, payload) == payload,
-        "{what} corrupted"
-    );
 }
 
 /// An IPv4 packet (UDP inside) from `src` to `dst` with a valid header checksum.
@@ -282,15 +237,15 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
     );
 
     // A TCP stream across hosts arrives intact, in both directions.
-    let payload = data(8 << 20);
-    assert_transfer_intact(&lab, 0, 2, &payload, "h1 → h2");
-    assert_transfer_intact(&lab, 5, 1, &payload, "h3 → h1");
+    let payload = common::test_data(8 << 20);
+    common::assert_transfer_intact(&lab, 0, 2, &payload, "h1 → h2");
+    common::assert_transfer_intact(&lab, 5, 1, &payload, "h3 → h1");
     // Four flows at once both ways between h1 and h2, spread over the queues.
     std::thread::scope(|s| {
         for (from, to) in [(0, 2), (1, 3), (2, 0), (3, 1)] {
             let (lab, payload) = (&lab, &payload);
             s.spawn(move || {
-                assert_transfer_intact(lab, from, to, payload, &format!("{from} → {to}"))
+                common::assert_transfer_intact(lab, from, to, payload, &format!("{from} → {to}"))
             });
         }
     });
@@ -322,11 +277,11 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
     );
     let errors_before = counter("twilld_udp_io_errors");
     let started = std::time::Instant::now();
-    assert_transfer_intact(
+    common::assert_transfer_intact(
         &lab,
         0,
         2,
-        &data(2 << 20),
+        &common::test_data(2 << 20),
         "h1 → h2 over a smaller path MTU",
     );
     // Before the fix every GSO send failed (EINVAL) and only retransmitted single segments
@@ -354,7 +309,13 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
     );
     send_ip(&underlay, h1_ip, &[forged]);
     let errors_before = counter("twilld_udp_io_errors");
-    assert_transfer_intact(&lab, 0, 4, &data(2 << 20), "h1 → h3 after a forged ICMP");
+    common::assert_transfer_intact(
+        &lab,
+        0,
+        4,
+        &common::test_data(2 << 20),
+        "h1 → h3 after a forged ICMP",
+    );
     assert_eq!(
         counter("twilld_udp_io_errors"),
         errors_before,
@@ -548,9 +509,9 @@ fn udp_peer_removal_and_agent_restart() {
     let c2 = lab.containers[1].ip.clone();
     lab.eventually("h1 → h2 after the restart", 10, || lab.ping(0, &c2));
     assert!(lab.ping(1, &lab.containers[0].ip.clone()), "h2 → h1");
-    let payload = data(4 << 20);
-    assert_transfer_intact(&lab, 0, 1, &payload, "h1 → h2 without offloads on h1");
-    assert_transfer_intact(&lab, 1, 0, &payload, "h2 → h1 without offloads on h1");
+    let payload = common::test_data(4 << 20);
+    common::assert_transfer_intact(&lab, 0, 1, &payload, "h1 → h2 without offloads on h1");
+    common::assert_transfer_intact(&lab, 1, 0, &payload, "h2 → h1 without offloads on h1");
     let log = lab.log(1);
     assert!(
         !log.contains('\x1b'),
@@ -775,7 +736,7 @@ fn twilld_and_a_flannel_style_udp_peer_exchange_traffic() {
     );
     // Bulk TCP both ways: twilld's GSO-sent datagrams arrive one by one at the naive peer,
     // the naive peer's single datagrams go through twilld's GRO receive path.
-    let payload = data(4 << 20);
-    assert_transfer_intact(&lab, 0, 2, &payload, "twilld → flannel");
-    assert_transfer_intact(&lab, 2, 1, &payload, "flannel → twilld");
+    let payload = common::test_data(4 << 20);
+    common::assert_transfer_intact(&lab, 0, 2, &payload, "twilld → flannel");
+    common::assert_transfer_intact(&lab, 2, 1, &payload, "flannel → twilld");
 }

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -27,39 +27,11 @@ fn config(backend_extra: &str) -> String {
     format!(r#"{{"Network":"{NETWORK}","Backend":{{"Type":"wireguard"{backend_extra}}}}}"#)
 }
 
-/// Host `h`'s key file and UAPI socket directory (each twilld on this machine has its own).
-fn key_file(lab: &AgentLab, h: usize) -> PathBuf {
-    lab.dir.path().join(format!("h{h}-wgkey"))
-}
-
-fn socket_dir(lab: &AgentLab, h: usize) -> PathBuf {
-    lab.dir.path().join(format!("h{h}-wg"))
-}
-
-fn start(lab: &mut AgentLab, h: usize) {
-    let port = METRICS_PORT.to_string();
-    let key = key_file(lab, h).display().to_string();
-    let sock = socket_dir(lab, h).display().to_string();
-    lab.start_agent(
-        h,
-        &[
-            "--healthz-ip",
-            "127.0.0.1",
-            "--healthz-port",
-            &port,
-            "--wireguard-key-file",
-            &key,
-            "--wireguard-socket-dir",
-            &sock,
-        ],
-    );
-}
-
 /// A wireguard lab: `twilld` on hosts `1..=agents` of `hosts`, `per_host` containers each.
 fn lab(prefix: &str, hosts: usize, agents: usize, per_host: usize, config: &str) -> AgentLab {
     let mut lab = AgentLab::new(prefix, hosts, config);
     for h in 1..=agents {
-        start(&mut lab, h);
+        lab.start_wireguard_agent(h, METRICS_PORT);
     }
     for h in 1..=agents {
         lab.wait_subnet(h);
@@ -88,65 +60,9 @@ fn dropped(lab: &AgentLab, h: usize, reason: &str) -> u64 {
     .unwrap_or(0)
 }
 
-/// Deterministic test data.
-fn data(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Sends `payload` over TCP from container `from` to container `to`; returns what arrived.
-fn tcp_transfer(lab: &AgentLab, from: usize, to: usize, payload: &[u8]) -> Vec<u8> {
-    let listener = lab.containers[to]
-        .netns
-        .enter(|| TcpListener::bind("0.0.0.0:5001"))
-        .unwrap()
-        .unwrap();
-    let receiver = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).unwrap();
-        got
-    });
-    let dst = format!("{}:5001", lab.containers[to].ip);
-    let mut s = lab.containers[from]
-        .netns
-        .enter(|| TcpStream::connect_timeout(&dst.parse().unwrap(), Duration::from_secs(5)))
-        .unwrap()
-        .unwrap();
-    s.write_all(payload).unwrap();
-    drop(s);
-    receiver.join().unwrap()
-}
-
-fn assert_transfer_intact(lab: &AgentLab, from: usize, to: usize, payload: &[u8], what: &str) {
-    assert!(
-        tcp_transfer(lab, from, to, payload) == payload,
-        "{what} corrupted"
-    );
-}
-
-/// The public key (base64) of the private key in `file`.
-fn public_of(file: &Path) -> String {
-    let text = std::fs::read_to_string(file).unwrap();
-    let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let secret = boringtun::x25519::StaticSecret::from(bytes);
-    b64(boringtun::x25519::PublicKey::from(&secret).as_bytes())
-}
-
 /// `wg show flannel-wg dump` against host `h`'s twilld: the device line and one per peer.
 fn wg_dump(lab: &AgentLab, h: usize) -> Vec<Vec<String>> {
-    let (ok, out) = common::in_wg_dir(None, &socket_dir(lab, h), "wg show flannel-wg dump");
+    let (ok, out) = common::in_wg_dir(None, &lab.wg_socket_dir(h), "wg show flannel-wg dump");
     assert!(ok, "wg show flannel-wg dump on h{h}: {out}");
     out.lines()
         .map(|l| l.split('\t').map(str::to_string).collect())
@@ -191,13 +107,13 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
 
     // The key file: base64, mode 0400; the lease in Flannel's format with its public key.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(key_file(&lab, 1))
+    let mode = std::fs::metadata(lab.wg_key_file(1))
         .unwrap()
         .permissions()
         .mode()
         & 0o777;
     assert_eq!(mode, 0o400);
-    let public = public_of(&key_file(&lab, 1));
+    let public = common::wg_public_of(&lab.wg_key_file(1));
     let key = format!(
         "/coreos.com/network/subnets/{}-{}",
         env.ipv4.unwrap().subnet.network(),
@@ -212,15 +128,15 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
     );
     assert!(
         !lab.log(1)
-            .contains(&std::fs::read_to_string(key_file(&lab, 1)).unwrap()),
+            .contains(&std::fs::read_to_string(lab.wg_key_file(1)).unwrap()),
         "the private key is never logged"
     );
 
     // 8 MiB across hosts, byte for byte, both ways.
-    let payload = data(8 << 20);
-    assert_transfer_intact(&lab, 0, 2, &payload, "h1 → h2");
-    assert_transfer_intact(&lab, 5, 1, &payload, "h3 → h1");
-    assert_transfer_intact(&lab, 3, 4, &payload, "h2 → h3");
+    let payload = common::test_data(8 << 20);
+    common::assert_transfer_intact(&lab, 0, 2, &payload, "h1 → h2");
+    common::assert_transfer_intact(&lab, 5, 1, &payload, "h3 → h1");
+    common::assert_transfer_intact(&lab, 3, 4, &payload, "h2 → h3");
 
     // `wg show` reads twilld's UAPI socket: both peers, their subnets, endpoints, a
     // handshake, traffic, and the PSK set.
@@ -246,7 +162,7 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
     c.args(["--etcd-endpoints", &lab.endpoint(), "--subnet-file"])
         .arg(lab.subnet_file(1))
         .arg("--wireguard-socket-dir")
-        .arg(socket_dir(&lab, 1))
+        .arg(lab.wg_socket_dir(1))
         .arg("status");
     lab.cluster.host(1).netns.prepare_command(&mut c).unwrap();
     let out = c.output().unwrap();
@@ -490,13 +406,13 @@ fn wireguard_forgeries_keepalive_flannel_lease_removal_and_restart() {
     lab.eventually("the removed lease's peer is gone", 10, || !has_other(&lab));
 
     // A restart keeps the key (and so the lease's public key); sessions come back.
-    let public = public_of(&key_file(&lab, 1));
+    let public = common::wg_public_of(&lab.wg_key_file(1));
     lab.kill_agent(1);
-    start(&mut lab, 1);
+    lab.start_wireguard_agent(1, METRICS_PORT);
     lab.eventually("h1's twilld serves again", 20, || {
         lab.http_get(1, METRICS_PORT, "/healthz").contains("ok")
     });
-    assert_eq!(public_of(&key_file(&lab, 1)), public);
+    assert_eq!(common::wg_public_of(&lab.wg_key_file(1)), public);
     lab.eventually("traffic flows again after the restart", 30, || {
         lab.unreachable_pairs().is_empty()
     });
@@ -522,7 +438,7 @@ fn wireguard_interop_with_wireguard_go_configured_like_flannel() {
         &config(&format!(r#","PSK":"{}""#, b64(&psk))),
     );
     let env1 = lab.wait_subnet(1);
-    let twilld_public = public_of(&key_file(&lab, 1));
+    let twilld_public = common::wg_public_of(&lab.wg_key_file(1));
     let (ip1, ip2) = (lab.cluster.host(1).ip, lab.cluster.host(2).ip);
     let h2 = lab.cluster.host(2).name.clone();
     let dir = lab.dir.path().join("h2-wggo");
@@ -563,9 +479,9 @@ fn wireguard_interop_with_wireguard_go_configured_like_flannel() {
     lab.eventually("twilld ↔ wireguard-go: both ways", 30, || {
         lab.unreachable_pairs().is_empty()
     });
-    let payload = data(4 << 20);
-    assert_transfer_intact(&lab, 0, 1, &payload, "twilld → wireguard-go");
-    assert_transfer_intact(&lab, 1, 0, &payload, "wireguard-go → twilld");
+    let payload = common::test_data(4 << 20);
+    common::assert_transfer_intact(&lab, 0, 1, &payload, "twilld → wireguard-go");
+    common::assert_transfer_intact(&lab, 1, 0, &payload, "wireguard-go → twilld");
 
     // An inner source outside wireguard-go's AllowedIPs on our side: wireguard-go encrypts it
     // (its own checks are on its receive side), twilld drops and counts it.
@@ -601,7 +517,7 @@ fn wireguard_bad_config_and_bad_key_file_are_named() {
         return;
     }
     let mut lab = AgentLab::new("twg-bc", 1, &config(r#","PSK":"xx""#));
-    start(&mut lab, 1);
+    lab.start_wireguard_agent(1, METRICS_PORT);
     let psk_short = b64(&[1u8; 16]);
     for (cfg, said) in [
         (None, "Backend.PSK: not base64"),
@@ -639,9 +555,9 @@ fn wireguard_bad_config_and_bad_key_file_are_named() {
     }
     // A key file that is not a key: twilld stops, naming the file and not its contents.
     lab.kill_agent(1);
-    std::fs::write(key_file(&lab, 1), "c2VjcmV0LWJ1dC1zaG9ydA==").unwrap();
+    std::fs::write(lab.wg_key_file(1), "c2VjcmV0LWJ1dC1zaG9ydA==").unwrap();
     lab.etcd.put_network_config(&config("")).unwrap();
-    start(&mut lab, 1);
+    lab.start_wireguard_agent(1, METRICS_PORT);
     let exited = twill_testbed::wait_for(Duration::from_secs(15), || {
         lab.agents[0]
             .as_mut()
@@ -649,7 +565,7 @@ fn wireguard_bad_config_and_bad_key_file_are_named() {
     });
     let log = lab.log(1);
     assert!(exited, "twilld kept running with a bad key file:\n{log}");
-    let path = key_file(&lab, 1).display().to_string();
+    let path = lab.wg_key_file(1).display().to_string();
     assert!(
         log.contains(&path) && log.contains("not a WireGuard key"),
         "{log}"

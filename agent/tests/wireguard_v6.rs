@@ -5,11 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use base64::Engine as _;
 use common::AgentLab;
@@ -24,34 +20,11 @@ fn dual(v4: &str, v6: &str, backend_extra: &str) -> String {
     )
 }
 
-fn socket_dir(lab: &AgentLab, h: usize) -> PathBuf {
-    lab.dir.path().join(format!("h{h}-wg"))
-}
-
-fn key_file(lab: &AgentLab, h: usize) -> PathBuf {
-    lab.dir.path().join(format!("h{h}-wgkey"))
-}
-
 /// A wireguard lab: `hosts` hosts running twilld with `config`, `per_host` containers each.
 fn lab(prefix: &str, hosts: usize, per_host: usize, config: &str) -> AgentLab {
     let mut lab = AgentLab::new(prefix, hosts, config);
     for h in 1..=hosts {
-        let port = METRICS_PORT.to_string();
-        let key = key_file(&lab, h).display().to_string();
-        let sock = socket_dir(&lab, h).display().to_string();
-        lab.start_agent(
-            h,
-            &[
-                "--healthz-ip",
-                "127.0.0.1",
-                "--healthz-port",
-                &port,
-                "--wireguard-key-file",
-                &key,
-                "--wireguard-socket-dir",
-                &sock,
-            ],
-        );
+        lab.start_wireguard_agent(h, METRICS_PORT);
     }
     for h in 1..=hosts {
         lab.wait_subnet(h);
@@ -87,69 +60,17 @@ fn all_pairs(lab: &AgentLab, what: &str) {
     lab.eventually(what, 30, || unreachable(lab).is_empty());
 }
 
-/// Deterministic test data.
-fn data(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Sends `payload` over TCP from container `from` to `to` at address `dst_ip` (either
-/// family); returns what arrived.
-fn tcp_transfer(lab: &AgentLab, from: usize, to: usize, dst_ip: &str, payload: &[u8]) -> Vec<u8> {
-    let any = if dst_ip.contains(':') {
-        "[::]:5002"
-    } else {
-        "0.0.0.0:5002"
-    };
-    let listener = lab.containers[to]
-        .netns
-        .enter(|| TcpListener::bind(any))
-        .unwrap()
-        .unwrap();
-    let receiver = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).unwrap();
-        got
-    });
-    let dst = SocketAddr::new(dst_ip.parse().unwrap(), 5002);
-    let mut s = lab.containers[from]
-        .netns
-        .enter(|| TcpStream::connect_timeout(&dst, Duration::from_secs(5)))
-        .unwrap()
-        .unwrap();
-    s.write_all(payload).unwrap();
-    drop(s);
-    receiver.join().unwrap()
-}
-
 /// `wg show <device> dump` against host `h`'s twilld: the device line and one per peer.
 fn wg_dump(lab: &AgentLab, h: usize, device: &str) -> Vec<Vec<String>> {
-    let (ok, text) =
-        common::in_wg_dir(None, &socket_dir(lab, h), &format!("wg show {device} dump"));
+    let (ok, text) = common::in_wg_dir(
+        None,
+        &lab.wg_socket_dir(h),
+        &format!("wg show {device} dump"),
+    );
     assert!(ok, "wg show {device} dump on h{h}: {text}");
     text.lines()
         .map(|l| l.split('\t').map(str::to_string).collect())
         .collect()
-}
-
-fn public_of(file: &Path) -> String {
-    let text = std::fs::read_to_string(file).unwrap();
-    let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let secret = boringtun::x25519::StaticSecret::from(bytes);
-    base64::engine::general_purpose::STANDARD
-        .encode(boringtun::x25519::PublicKey::from(&secret).as_bytes())
 }
 
 /// Whether host `h` has a link named `name`.
@@ -278,7 +199,7 @@ fn wireguard_dual_stack_separate_mode_runs_flannel_wg_and_flannel_wg_v6() {
 
     // The lease: one key for both families; BackendV6Data holds the same public key and
     // ListenPortV6, PublicIPv6 the host's IPv6 underlay address.
-    let public = public_of(&key_file(&lab, 1));
+    let public = common::wg_public_of(&lab.wg_key_file(1));
     let v = lease_value(&lab, 1);
     assert_eq!(
         v,
@@ -315,7 +236,7 @@ fn wireguard_dual_stack_separate_mode_runs_flannel_wg_and_flannel_wg_v6() {
 
     // 8 MiB over IPv6 across hosts, byte for byte, both ways; and over IPv4 alongside.
     // IPv6 TCP rides TSO super-packets out of the TUN and coalesced writes into it, as IPv4.
-    let payload = data(8 << 20);
+    let payload = common::test_data(8 << 20);
     let to = |c: usize| lab.containers[c].ip6.clone().unwrap();
     let counter = |h: usize, name: &str| sample(&lab, h, &format!("twilld_wireguard_{name}_total"));
     let before = [
@@ -325,7 +246,7 @@ fn wireguard_dual_stack_separate_mode_runs_flannel_wg_and_flannel_wg_v6() {
         counter(2, "rx_packets"),
     ];
     assert!(
-        tcp_transfer(&lab, 0, 2, &to(2), &payload) == payload,
+        common::tcp_transfer_to(&lab, 0, 2, &to(2), &payload) == payload,
         "h1 → h2 over IPv6 corrupted"
     );
     lab.eventually("the IPv6 transfer counted", 5, || {
@@ -344,12 +265,12 @@ fn wireguard_dual_stack_separate_mode_runs_flannel_wg_and_flannel_wg_v6() {
         "coalescing: {received} segments in {writes} TUN writes"
     );
     assert!(
-        tcp_transfer(&lab, 5, 1, &to(1), &payload) == payload,
+        common::tcp_transfer_to(&lab, 5, 1, &to(1), &payload) == payload,
         "h3 → h1 over IPv6 corrupted"
     );
     let ip4 = lab.containers[4].ip.clone();
     assert!(
-        tcp_transfer(&lab, 1, 4, &ip4, &payload) == payload,
+        common::tcp_transfer_to(&lab, 1, 4, &ip4, &payload) == payload,
         "h1 → h3 over IPv4 corrupted"
     );
     assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
@@ -381,7 +302,7 @@ fn wireguard_ipv6_only_network_runs_flannel_wg_v6_alone() {
     all_pairs(&lab, "all pairs reachable over flannel-wg-v6");
     assert!(!has_link(&lab, 1, "flannel-wg"), "no IPv4 device");
     assert!(has_link(&lab, 1, "flannel-wg-v6"));
-    let public = public_of(&key_file(&lab, 1));
+    let public = common::wg_public_of(&lab.wg_key_file(1));
     let v = lease_value(&lab, 1);
     assert_eq!(v["PublicIP"], "0.0.0.0", "{v}");
     assert_eq!(v.get("BackendData"), None, "{v}");
@@ -389,10 +310,10 @@ fn wireguard_ipv6_only_network_runs_flannel_wg_v6_alone() {
         v["BackendV6Data"],
         serde_json::json!({"PublicKey": public, "Port": 51821})
     );
-    let payload = data(2 << 20);
+    let payload = common::test_data(2 << 20);
     let dst = lab.containers[2].ip6.clone().unwrap();
     assert!(
-        tcp_transfer(&lab, 0, 2, &dst, &payload) == payload,
+        common::tcp_transfer_to(&lab, 0, 2, &dst, &payload) == payload,
         "IPv6-only transfer corrupted"
     );
 }
@@ -447,17 +368,17 @@ fn wireguard_single_device_modes_carry_both_families_on_flannel_wg() {
         let allowed: Vec<&str> = peer[3].split(',').collect();
         assert_eq!(allowed.len(), 2, "both subnets: {peer:?}");
         // TSO super-packets of IPv4 and one-by-one IPv6 packets over either underlay.
-        let payload = data(4 << 20);
+        let payload = common::test_data(4 << 20);
         let (ip4, ip6) = (
             lab.containers[2].ip.clone(),
             lab.containers[2].ip6.clone().unwrap(),
         );
         assert!(
-            tcp_transfer(&lab, 0, 2, &ip4, &payload) == payload,
+            common::tcp_transfer_to(&lab, 0, 2, &ip4, &payload) == payload,
             "Mode {mode}: IPv4 transfer corrupted"
         );
         assert!(
-            tcp_transfer(&lab, 1, 2, &ip6, &payload) == payload,
+            common::tcp_transfer_to(&lab, 1, 2, &ip6, &payload) == payload,
             "Mode {mode}: IPv6 transfer corrupted"
         );
         assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
@@ -481,7 +402,7 @@ fn wireguard_interop_over_ipv6_with_wireguard_go_configured_like_flannel() {
     let env1 = lab.wait_subnet(1);
     lab.add_container(1);
     let s1 = env1.ipv6.unwrap().subnet;
-    let twilld_public = public_of(&key_file(&lab, 1));
+    let twilld_public = common::wg_public_of(&lab.wg_key_file(1));
     let (ip1, ip2) = (lab.cluster.host(1).ip6, lab.cluster.host(2).ip6);
     let h2 = lab.cluster.host(2).name.clone();
     // h2's own lease (taken by its twilld before it was stopped) is handed over.
@@ -489,7 +410,7 @@ fn wireguard_interop_over_ipv6_with_wireguard_go_configured_like_flannel() {
     let s2 = env2.ipv6.unwrap().subnet;
     let dir = lab.dir.path().join("h2-wggo");
     std::fs::create_dir_all(&dir).unwrap();
-    let private = data(32);
+    let private = common::test_data(32);
     let secret = boringtun::x25519::StaticSecret::from(<[u8; 32]>::try_from(&private[..]).unwrap());
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let wggo_public = b64(boringtun::x25519::PublicKey::from(&secret).as_bytes());
@@ -520,17 +441,17 @@ fn wireguard_interop_over_ipv6_with_wireguard_go_configured_like_flannel() {
     // A container on h2 behind the wireguard-go device (h2's subnet.env stays as written).
     lab.add_container(2);
     all_pairs(&lab, "twilld ↔ wireguard-go over IPv6: both ways");
-    let payload = data(4 << 20);
+    let payload = common::test_data(4 << 20);
     let (a, b) = (
         lab.containers[0].ip6.clone().unwrap(),
         lab.containers[1].ip6.clone().unwrap(),
     );
     assert!(
-        tcp_transfer(&lab, 0, 1, &b, &payload) == payload,
+        common::tcp_transfer_to(&lab, 0, 1, &b, &payload) == payload,
         "twilld → wireguard-go corrupted"
     );
     assert!(
-        tcp_transfer(&lab, 1, 0, &a, &payload) == payload,
+        common::tcp_transfer_to(&lab, 1, 0, &a, &payload) == payload,
         "wireguard-go → twilld corrupted"
     );
 }

@@ -301,3 +301,114 @@ pub fn in_wg_dir(netns: Option<&str>, dir: &Path, script: &str) -> (bool, String
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
+
+/// Deterministic test data (xorshift).
+pub fn test_data(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends `payload` over TCP from container `from` to container `to` at `dst_ip` (either
+/// family); returns what arrived.
+pub fn tcp_transfer_to(
+    lab: &AgentLab,
+    from: usize,
+    to: usize,
+    dst_ip: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let any = if dst_ip.contains(':') {
+        "[::]:5001"
+    } else {
+        "0.0.0.0:5001"
+    };
+    let listener = lab.containers[to]
+        .netns
+        .enter(|| TcpListener::bind(any))
+        .unwrap()
+        .unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let dst = SocketAddr::new(dst_ip.parse().unwrap(), 5001);
+    let mut s = lab.containers[from]
+        .netns
+        .enter(|| TcpStream::connect_timeout(&dst, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    s.write_all(payload).unwrap();
+    drop(s);
+    receiver.join().unwrap()
+}
+
+/// Sends `payload` over TCP from container `from` to container `to`'s IPv4 address.
+pub fn tcp_transfer(lab: &AgentLab, from: usize, to: usize, payload: &[u8]) -> Vec<u8> {
+    let ip = lab.containers[to].ip.clone();
+    tcp_transfer_to(lab, from, to, &ip, payload)
+}
+
+/// Sends `payload` from container `from` to `to` and fails unless it arrives byte for byte.
+pub fn assert_transfer_intact(lab: &AgentLab, from: usize, to: usize, payload: &[u8], what: &str) {
+    assert!(
+        tcp_transfer(lab, from, to, payload) == payload,
+        "{what} corrupted"
+    );
+}
+
+impl AgentLab {
+    /// Host `h`'s wireguard key file (each twilld on this machine has its own).
+    pub fn wg_key_file(&self, h: usize) -> PathBuf {
+        self.dir.path().join(format!("h{h}-wgkey"))
+    }
+
+    /// Host `h`'s UAPI socket directory.
+    pub fn wg_socket_dir(&self, h: usize) -> PathBuf {
+        self.dir.path().join(format!("h{h}-wg"))
+    }
+
+    /// Starts host `h`'s twilld with its own key file, socket directory and metrics port.
+    pub fn start_wireguard_agent(&mut self, h: usize, metrics_port: u16) {
+        let port = metrics_port.to_string();
+        let key = self.wg_key_file(h).display().to_string();
+        let sock = self.wg_socket_dir(h).display().to_string();
+        self.start_agent(
+            h,
+            &[
+                "--healthz-ip",
+                "127.0.0.1",
+                "--healthz-port",
+                &port,
+                "--wireguard-key-file",
+                &key,
+                "--wireguard-socket-dir",
+                &sock,
+            ],
+        );
+    }
+}
+
+/// The public key (base64) of the wireguard private key in `file`.
+pub fn wg_public_of(file: &Path) -> String {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(file).unwrap();
+    let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let secret = boringtun::x25519::StaticSecret::from(bytes);
+    base64::engine::general_purpose::STANDARD
+        .encode(boringtun::x25519::PublicKey::from(&secret).as_bytes())
+}
