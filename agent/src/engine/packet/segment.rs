@@ -45,6 +45,39 @@ pub const MAX_SEGMENTS: usize = 512;
 /// takes in a header buffer at most.
 pub const MAX_SEGMENT_HEADER: usize = 120;
 
+/// The split of a TCP super-packet whose IP header is `ihl` bytes into segments of
+/// `gso_size` payload bytes, checked against the TCP header and a header buffer of
+/// `headers_len` bytes (the same for both families).
+fn plan_segments(
+    pkt: &[u8],
+    ihl: usize,
+    gso_size: usize,
+    headers_len: usize,
+) -> Result<SegmentPlan, DropReason> {
+    if pkt.len() < ihl + tcp::MIN_HEADER_LEN {
+        return Err(DropReason::Truncated);
+    }
+    let thl = tcp_header_len(pkt[ihl + tcp::DATA_OFFSET]);
+    if thl < tcp::MIN_HEADER_LEN || ihl + thl > pkt.len() {
+        return Err(DropReason::Malformed);
+    }
+    let hl = ihl + thl;
+    let payload_len = pkt.len() - hl;
+    let count = payload_len.div_ceil(gso_size).max(1);
+    if count > MAX_SEGMENTS {
+        return Err(DropReason::Malformed);
+    }
+    if headers_len < count * hl {
+        return Err(DropReason::Oversize);
+    }
+    Ok(SegmentPlan {
+        count,
+        header_len: hl,
+        gso_size,
+        payload_len,
+    })
+}
+
 /// Plans the split of a TCP/IPv4 super-packet (`pkt`, the IP packet after its virtio-net
 /// header) into segments of `gso_size` payload bytes, like the kernel's TSO, and writes each
 /// segment's header to `headers` (`header_len` bytes apart): IP ids counting up, sequence
@@ -60,28 +93,8 @@ pub fn segment_headers(
         return Err(DropReason::Malformed);
     }
     let ihl = info.header_len;
-    if pkt.len() < ihl + tcp::MIN_HEADER_LEN {
-        return Err(DropReason::Truncated);
-    }
-    let thl = tcp_header_len(pkt[ihl + tcp::DATA_OFFSET]);
-    if thl < tcp::MIN_HEADER_LEN || ihl + thl > pkt.len() {
-        return Err(DropReason::Malformed);
-    }
-    let hl = ihl + thl;
-    let payload_len = pkt.len() - hl;
-    let count = payload_len.div_ceil(gso_size).max(1);
-    if count > MAX_SEGMENTS {
-        return Err(DropReason::Malformed);
-    }
-    if headers.len() < count * hl {
-        return Err(DropReason::Oversize);
-    }
-    let plan = SegmentPlan {
-        count,
-        header_len: hl,
-        gso_size,
-        payload_len,
-    };
+    let plan = plan_segments(pkt, ihl, gso_size, headers.len())?;
+    let (hl, thl, count) = (plan.header_len, plan.header_len - ihl, plan.count);
     let id = be16(pkt, ip::ID);
     let seq = be32(pkt, ihl + tcp::SEQ);
     let flags = pkt[ihl + tcp::FLAGS];
@@ -119,28 +132,8 @@ pub fn segment_headers6(
         return Err(DropReason::Malformed);
     }
     let ihl = ip6::HEADER_LEN;
-    if pkt.len() < ihl + tcp::MIN_HEADER_LEN {
-        return Err(DropReason::Truncated);
-    }
-    let thl = tcp_header_len(pkt[ihl + tcp::DATA_OFFSET]);
-    if thl < tcp::MIN_HEADER_LEN || ihl + thl > pkt.len() {
-        return Err(DropReason::Malformed);
-    }
-    let hl = ihl + thl;
-    let payload_len = pkt.len() - hl;
-    let count = payload_len.div_ceil(gso_size).max(1);
-    if count > MAX_SEGMENTS {
-        return Err(DropReason::Malformed);
-    }
-    if headers.len() < count * hl {
-        return Err(DropReason::Oversize);
-    }
-    let plan = SegmentPlan {
-        count,
-        header_len: hl,
-        gso_size,
-        payload_len,
-    };
+    let plan = plan_segments(pkt, ihl, gso_size, headers.len())?;
+    let (hl, thl, count) = (plan.header_len, plan.header_len - ihl, plan.count);
     let seq = be32(pkt, ihl + tcp::SEQ);
     let flags = pkt[ihl + tcp::FLAGS];
     let addrs = pseudo_header6(
