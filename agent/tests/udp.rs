@@ -199,21 +199,8 @@ fn udp_all_pairs_ping_tcp_transfer_and_flannel_compatible_state() {
     });
 
     // Flannel's udp layout: flannel0 with <subnet>.0/32 and MTU − 28, one route for the network.
-    let env = lab.wait_subnet(1);
-    assert_eq!(env.mtu, 1472);
+    let env = common::assert_flannel_tun_device(&lab, 1, "flannel0", 1472);
     let h1 = lab.cluster.host(1).name.clone();
-    let link = twill_tests::ip_link(&h1, "flannel0");
-    assert_eq!(link["mtu"], 1472);
-    let addrs = twill_tests::ip_json(&h1, &["-4", "addr", "show", "dev", "flannel0"]);
-    let a = &addrs[0]["addr_info"][0];
-    assert_eq!(
-        (a["local"].as_str(), a["prefixlen"].as_u64()),
-        (
-            Some(env.ipv4.unwrap().subnet.network().to_string().as_str()),
-            Some(32)
-        ),
-        "{addrs}"
-    );
     assert!(
         lab.log(1).contains("TUN ready device=flannel0 queues=3"),
         "{}",

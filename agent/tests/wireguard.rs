@@ -84,21 +84,7 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
     });
 
     // Flannel's layout: flannel-wg with <subnet>.0/32 and MTU − 80, one link-scope route.
-    let env = lab.wait_subnet(1);
-    assert_eq!(env.mtu, 1420);
-    let h1 = lab.cluster.host(1).name.clone();
-    let link = twill_tests::ip_link(&h1, "flannel-wg");
-    assert_eq!(link["mtu"], 1420);
-    let addrs = twill_tests::ip_json(&h1, &["-4", "addr", "show", "dev", "flannel-wg"]);
-    let a = &addrs[0]["addr_info"][0];
-    assert_eq!(
-        (a["local"].as_str(), a["prefixlen"].as_u64()),
-        (
-            Some(env.ipv4.unwrap().subnet.network().to_string().as_str()),
-            Some(32)
-        ),
-        "{addrs}"
-    );
+    let env = common::assert_flannel_tun_device(&lab, 1, "flannel-wg", 1420);
     let routes = lab.twill_routes(1);
     assert_eq!(routes.len(), 1, "{routes:?}");
     assert_eq!(routes[0]["dst"], NETWORK);

@@ -412,3 +412,22 @@ pub fn wg_public_of(file: &Path) -> String {
     base64::engine::general_purpose::STANDARD
         .encode(boringtun::x25519::PublicKey::from(&secret).as_bytes())
 }
+
+/// Checks Flannel's layout of a TUN backend's device on host `h`: `dev` with MTU `mtu` (also
+/// subnet.env's) and the subnet's `.0` as a /32. Returns subnet.env.
+pub fn assert_flannel_tun_device(lab: &AgentLab, h: usize, dev: &str, mtu: u32) -> SubnetEnv {
+    let env = lab.wait_subnet(h);
+    assert_eq!(env.mtu, mtu);
+    let host = lab.cluster.host(h).name.clone();
+    let link = twill_tests::ip_link(&host, dev);
+    assert_eq!(link["mtu"], mtu);
+    let addrs = twill_tests::ip_json(&host, &["-4", "addr", "show", "dev", dev]);
+    let a = &addrs[0]["addr_info"][0];
+    let subnet = env.ipv4.as_ref().unwrap().subnet.network().to_string();
+    assert_eq!(
+        (a["local"].as_str(), a["prefixlen"].as_u64()),
+        (Some(subnet.as_str()), Some(32)),
+        "{addrs}"
+    );
+    env
+}
