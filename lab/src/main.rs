@@ -86,12 +86,14 @@ enum Cmd {
         /// network, cni or runtime.
         #[arg(value_enum, default_value = "network")]
         what: BenchKind,
-        /// Comma separated from host-gw, vxlan, udp, tun-relay, wireguard and wireguard-go, or
-        /// "all" (every one). tun-relay is a udp lab whose agents a TUN→TUN relay replaces: no
+        /// Comma separated from host-gw, vxlan, udp, tun-relay, wireguard, wireguard-go and
+        /// boringtun, or "all" (every one). tun-relay is a udp lab whose agents a TUN→TUN relay replaces: no
         /// UDP, no checks, the most any TUN-based data path can move on this machine.
         /// wireguard-go is a wireguard lab whose agents Debian's wireguard-go replaces, set up
         /// like Flannel's device (skipped when it is not installed; $TWILL_LAB_WIREGUARD_GO
-        /// names another binary, e.g. bookworm-backports' with TUN offloads).
+        /// names another binary, e.g. bookworm-backports' with TUN offloads); boringtun the
+        /// same with boringtun-cli (`cargo install boringtun-cli`; $TWILL_LAB_BORINGTUN names
+        /// the binary, $TWILL_LAB_BORINGTUN_THREADS its threads, default 1).
         /// forwarder (not in "all") is a udp lab run by the external forwarder `--forwarder`
         /// names.
         #[arg(long, default_value = "all")]

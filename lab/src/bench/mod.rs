@@ -12,7 +12,7 @@ mod forwarder;
 mod measure;
 pub mod path;
 pub mod report;
-mod wggo;
+mod wg_anchor;
 
 use std::path::PathBuf;
 
@@ -118,20 +118,24 @@ pub fn bench(
     family: IpFamily,
     out: &BenchOutput,
 ) -> anyhow::Result<()> {
-    // The wireguard-go anchor only where it is installed.
+    // The user-space WireGuard anchors only where they are installed.
     let backends: Vec<BenchPath> = backends
         .iter()
         .copied()
         .filter(|&b| {
-            let ok = b != BenchPath::WireguardGo || wggo::available();
-            if !ok {
+            let Some(a) = b.anchor() else {
+                return true;
+            };
+            if !a.available() {
                 eprintln!(
-                    "==> skipping the wireguard-go anchor: wireguard-go or wg is not installed"
+                    "==> skipping the {} anchor: {} or wg is not installed",
+                    a.name(),
+                    a.binary()
                 );
-            } else if b == BenchPath::WireguardGo {
-                eprintln!("==> the wireguard-go anchor is {}", wggo::version());
+                return false;
             }
-            ok
+            eprintln!("==> the {} anchor is {}", a.name(), a.version());
+            true
         })
         .collect();
     let backends = &backends[..];
@@ -183,13 +187,12 @@ pub fn bench(
                 let cmd = forwarder.context("the forwarder path needs --forwarder CMD")?;
                 forwarders.push(forwarder::swap_in(cmd, name)?);
             }
-            if b == BenchPath::WireguardGo {
+            if let Some(a) = b.anchor() {
                 let dir = state_dir(name);
                 let mut st = LabState::load(&dir)?;
-                anchors.push(
-                    wggo::start(&mut st, &dir)
-                        .context("replacing twilld with wireguard-go configured like Flannel")?,
-                );
+                anchors.push(wg_anchor::start(a, &mut st, &dir).with_context(|| {
+                    format!("replacing twilld with {} configured like Flannel", a.name())
+                })?);
             }
             if family.has_v4() {
                 probes.push(Probe {

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::wg_anchor::Anchor;
 use crate::backend::LabBackend;
 
 /// A two-host path the network benchmark can measure: a backend, the TUN relay (a udp
@@ -18,17 +19,20 @@ pub enum BenchPath {
     /// A wireguard lab whose agents Debian's wireguard-go replaces, set up like Flannel's
     /// device: the user-space anchor twilld's wireguard is measured against.
     WireguardGo,
+    /// The same with boringtun-cli.
+    Boringtun,
 }
 
 impl BenchPath {
     /// Every path, in the order `--backends all` measures them.
-    pub const ALL: [BenchPath; 6] = [
+    pub const ALL: [BenchPath; 7] = [
         BenchPath::Backend(LabBackend::HostGw),
         BenchPath::Backend(LabBackend::Vxlan),
         BenchPath::Backend(LabBackend::Udp),
         BenchPath::TunRelay,
         BenchPath::Backend(LabBackend::Wireguard),
         BenchPath::WireguardGo,
+        BenchPath::Boringtun,
     ];
 
     /// The name `--backends` takes.
@@ -38,26 +42,39 @@ impl BenchPath {
             BenchPath::TunRelay => "tun-relay",
             BenchPath::Forwarder => "forwarder",
             BenchPath::WireguardGo => "wireguard-go",
+            BenchPath::Boringtun => "boringtun",
         }
     }
 
-    /// The backend the path's lab runs (the relay and a forwarder take over a udp lab,
-    /// wireguard-go a wireguard lab).
+    /// The user-space WireGuard that takes over the path's lab, if it is an anchor.
+    pub fn anchor(self) -> Option<Anchor> {
+        match self {
+            BenchPath::WireguardGo => Some(Anchor::WireguardGo),
+            BenchPath::Boringtun => Some(Anchor::Boringtun),
+            _ => None,
+        }
+    }
+
+    /// The backend the path's lab runs (the relay and a forwarder take over a udp lab, the
+    /// user-space WireGuard anchors a wireguard lab).
     pub fn lab_backend(self) -> LabBackend {
         match self {
             BenchPath::Backend(b) => b,
             BenchPath::TunRelay | BenchPath::Forwarder => LabBackend::Udp,
-            BenchPath::WireguardGo => LabBackend::Wireguard,
+            BenchPath::WireguardGo | BenchPath::Boringtun => LabBackend::Wireguard,
         }
     }
 
-    /// How reports name it (the wireguard-go anchor with the version that ran).
+    /// How reports name it (an anchor with the version that ran).
     fn label(self) -> String {
         match self {
             BenchPath::Backend(b) => b.as_str().to_string(),
             BenchPath::TunRelay => "TUN relay".to_string(),
             BenchPath::Forwarder => "forwarder".to_string(),
-            BenchPath::WireguardGo => super::wggo::version(),
+            BenchPath::WireguardGo | BenchPath::Boringtun => match self.anchor() {
+                Some(a) => a.version(),
+                None => self.as_str().to_string(),
+            },
         }
     }
 }
@@ -152,10 +169,20 @@ mod tests {
         assert_eq!("all".parse(), Ok(BenchSelection(BenchPath::ALL.to_vec())));
         assert_eq!(
             "vxlan,ipip".parse::<BenchSelection>(),
-            Err("unknown path \"ipip\": pick from host-gw, vxlan, udp, tun-relay, wireguard, wireguard-go, forwarder".into())
+            Err("unknown path \"ipip\": pick from host-gw, vxlan, udp, tun-relay, wireguard, wireguard-go, boringtun, forwarder".into())
         );
         assert_eq!(BenchPath::TunRelay.lab_backend(), LabBackend::Udp);
         assert_eq!(BenchPath::WireguardGo.lab_backend(), LabBackend::Wireguard);
+        assert_eq!(BenchPath::Boringtun.lab_backend(), LabBackend::Wireguard);
+        assert_eq!(
+            "wireguard,boringtun".parse(),
+            Ok(BenchSelection(vec![
+                BenchPath::Backend(LabBackend::Wireguard),
+                BenchPath::Boringtun
+            ]))
+        );
+        assert_eq!(BenchPath::Boringtun.anchor(), Some(Anchor::Boringtun));
+        assert_eq!(BenchPath::TunRelay.anchor(), None);
     }
 
     #[test]

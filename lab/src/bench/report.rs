@@ -124,9 +124,16 @@ pub fn report(rows: &[Row]) -> Report {
     }
     if let (Some(w), Some(g)) = (wg, wggo) {
         lines.push(format!(
-            "wireguard / wireguard-go: {:.2}x with 1 stream, {:.2}x with 4 streams",
+            "wireguard / wireguard-go: {:.2}x with 1 stream (goal about 2 with the newest), {:.2}x with 4 streams",
             w.gbps_1 / g.gbps_1,
             w.gbps_4 / g.gbps_4
+        ));
+    }
+    if let (Some(w), Some(b)) = (wg, find(BenchPath::Boringtun)) {
+        lines.push(format!(
+            "wireguard / boringtun: {:.2}x with 1 stream (goal about 7), {:.2}x with 4 streams",
+            w.gbps_1 / b.gbps_1,
+            w.gbps_4 / b.gbps_4
         ));
     }
     if !lines.is_empty() {
