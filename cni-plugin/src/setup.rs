@@ -163,8 +163,7 @@ pub async fn container_side(
         ipv6_sysctls(ifname, nl, &CONTAINER_IPV6)?;
     } else if has_ipv6(ifname) {
         // An IPv4-only attachment must not pick up IPv6 from a stray RA either.
-        sysctl::ensure(&sysctl::conf_key("ipv6", ifname, "accept_ra"), "0")
-            .map_err(|e| CniError::new(INTERNAL, format!("in netns {}: {e}", nl.netns())))?;
+        ipv6_sysctls(ifname, nl, &[("accept_ra", "0")])?;
     }
     for addr in addrs {
         nl.ensure_address(link.index, *addr).await?;

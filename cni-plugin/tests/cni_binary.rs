@@ -180,6 +180,8 @@ fn add_check_del_and_two_containers_ping() {
     let host = node.scope.name("host");
     assert_eq!(twill_tests::ip_link(&host, "cni0")["mtu"], 1450);
     assert_eq!(read_in(&host, "/proc/sys/net/ipv4/ip_forward"), "1");
+    // An IPv4-only attachment must not take an IPv6 address or route from a stray RA.
+    assert_eq!(read_in(&c1, "/proc/sys/net/ipv6/conf/eth0/accept_ra"), "0");
     let nft = run(
         "ip",
         &[

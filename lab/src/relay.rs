@@ -74,19 +74,7 @@ pub fn start(st: &mut LabState, dir: &Path) -> anyhow::Result<Relay> {
             .parse()
             .with_context(|| format!("host {}: subnet", host.name))?;
         let ns = Netns::open(&host.netns)?;
-        if let Some(pid) = host.twilld_pid {
-            stop_agent(pid).with_context(|| format!("stopping twilld of {}", host.name))?;
-            st.hosts[h].twilld_pid = None;
-            st.save(dir)?;
-        }
-        let device_gone = wait_for(Duration::from_secs(10), || {
-            ns.run(|nl| async move { nl.link_by_name(DEVICE).await })
-                .map(|l| l.is_none())
-                .unwrap_or(false)
-        });
-        if !device_gone {
-            bail!("{DEVICE} of {} did not go away with its agent", host.name);
-        }
+        take_over_host(st, dir, h, &ns, DEVICE)?;
         tuns.push(open_device(&ns, network, subnet)?);
     }
     let [a, b]: [File; 2] = tuns
@@ -101,6 +89,38 @@ pub fn start(st: &mut LabState, dir: &Path) -> anyhow::Result<Relay> {
     Ok(Relay {
         stop,
         thread: Some(thread),
+    })
+}
+
+/// Stops the twilld of host `h` of the lab `st` (by its recorded PID) and waits until its
+/// device `device` in `ns` is gone, so that another data path can take the host over.
+pub(crate) fn take_over_host(
+    st: &mut LabState,
+    dir: &Path,
+    h: usize,
+    ns: &Netns,
+    device: &str,
+) -> anyhow::Result<()> {
+    let name = st.hosts[h].name.clone();
+    if let Some(pid) = st.hosts[h].twilld_pid {
+        stop_agent(pid).with_context(|| format!("stopping twilld of {name}"))?;
+        st.hosts[h].twilld_pid = None;
+        st.save(dir)?;
+    }
+    if !wait_link(ns, device, false) {
+        bail!("{device} of {name} did not go away with its agent");
+    }
+    Ok(())
+}
+
+/// Waits up to 10 s until the link `device` in `ns` exists (`present`) or is gone; whether
+/// it came to that.
+pub(crate) fn wait_link(ns: &Netns, device: &str, present: bool) -> bool {
+    wait_for(Duration::from_secs(10), || {
+        let name = device.to_string();
+        ns.run(move |nl| async move { nl.link_by_name(&name).await })
+            .map(|l| l.is_some() == present)
+            .unwrap_or(false)
     })
 }
 

@@ -18,7 +18,7 @@ use twill_netkit::Netns;
 use twill_testbed::wait_for;
 
 use crate::backend::LabBackend;
-use crate::relay::stop_agent;
+use crate::relay::{take_over_host, wait_link};
 use crate::state::LabState;
 
 const DEVICE: &str = "flannel-wg";
@@ -181,19 +181,7 @@ pub fn start(anchor: Anchor, st: &mut LabState, dir: &Path) -> anyhow::Result<Ru
         let other_subnet = other.subnet.clone().context("no subnet")?;
         let address = subnet.split('/').next().unwrap_or_default().to_string();
         let ns = Netns::open(&host.netns)?;
-        if let Some(pid) = host.twilld_pid {
-            stop_agent(pid).with_context(|| format!("stopping twilld of {}", host.name))?;
-            st.hosts[i].twilld_pid = None;
-            st.save(dir)?;
-        }
-        let gone = wait_for(Duration::from_secs(10), || {
-            ns.run(|nl| async move { nl.link_by_name(DEVICE).await })
-                .map(|l| l.is_none())
-                .unwrap_or(false)
-        });
-        if !gone {
-            bail!("{DEVICE} of {} did not go away with its agent", host.name);
-        }
+        take_over_host(st, dir, i, &ns, DEVICE)?;
         let mtu = ns
             .run(|nl| async move { nl.require_link("eth0").await })?
             .mtu
@@ -213,12 +201,7 @@ pub fn start(anchor: Anchor, st: &mut LabState, dir: &Path) -> anyhow::Result<Ru
             .with_context(|| format!("starting {name}"))?;
         let pid = child.id().to_string();
         wg.children.push(child);
-        let up = wait_for(Duration::from_secs(10), || {
-            ns.run(|nl| async move { nl.link_by_name(DEVICE).await })
-                .map(|l| l.is_some())
-                .unwrap_or(false)
-        });
-        if !up {
+        if !wait_link(&ns, DEVICE, true) {
             bail!("{name} made no {DEVICE} in {}", host.name);
         }
         let script = format!(
