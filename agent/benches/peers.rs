@@ -13,17 +13,9 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use twill_netkit::{Netlink, RTPROT_TWILL};
 use twill_testbed::{Cluster, Etcd};
+use twill_tests::bench_arg as arg;
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn subnet_of(i: u32) -> Ipv4Addr {
     // 10.<hi>.<lo>.0/24, skipping 10.0.0.0 (Flannel skips the first subnet) and the .1 .. .3

@@ -711,12 +711,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         workers: cli.udp_workers as usize,
         busy_poll: cli.busy_poll(backend::udp::DEFAULT_BUSY_POLL),
         offloads: cli.udp_offloads,
+        crypto_helper: false,
     };
     let wg = backend::WireguardOptions {
         key_file: cli.wireguard_key_file.clone(),
         socket_dir: cli.wireguard_socket_dir.clone(),
         engine: backend::UdpOptions {
             busy_poll: cli.busy_poll(backend::wireguard::DEFAULT_BUSY_POLL),
+            crypto_helper: cli.wireguard_crypto_helper(),
             ..udp.clone()
         },
     };

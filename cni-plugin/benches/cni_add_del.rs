@@ -66,11 +66,8 @@ fn stats(mut v: Vec<Duration>) -> (f64, f64) {
 }
 
 fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
+    twill_tests::bench_arg(name, &default.to_string())
+        .parse()
         .unwrap_or(default)
 }
 
@@ -79,15 +76,6 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = twill_testbed::sweep(self.0);
     }
-}
-
-fn arg_str(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
 }
 
 /// One side-by-side comparison: twill and the reference on equivalent configs.
@@ -241,7 +229,7 @@ fn main() {
     }
     let seq = arg("--seq", 200);
     let par = arg("--par", 50);
-    let family = arg_str("--family", "both");
+    let family = twill_tests::bench_arg("--family", "both");
     let prefix = "twb-cni";
     twill_testbed::sweep(prefix).expect("sweeping");
     let _cleanup = Cleanup(prefix);

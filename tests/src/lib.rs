@@ -94,6 +94,17 @@ fn parse_json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("parsing JSON {s:?}: {e}"))
 }
 
+/// A benchmark's option `name VALUE` from the command line (`cargo bench ... -- name VALUE`),
+/// or `default`.
+pub fn bench_arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
 /// True when a named namespace with this name exists.
 pub fn netns_exists(name: &str) -> bool {
     twill_netkit::Netns::exists(name)

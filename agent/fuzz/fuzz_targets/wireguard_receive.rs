@@ -90,4 +90,21 @@ fuzz_target!(|data: &[u8]| {
             Ok(Opened::Packet { .. } | Opened::Packet6 { .. })
         ));
     }
+    // The same bytes as one GRO receive, cut into datagrams of the size the first byte says
+    // (the batch path takes receives of 8 or more data messages of one session).
+    let mut d = data.to_vec();
+    let seg = usize::from(data.first().copied().unwrap_or(0)) + 1;
+    let ranges: Vec<std::ops::Range<usize>> = (0..d.len())
+        .step_by(seg)
+        .map(|s| s..(s + seg).min(d.len()))
+        .collect();
+    if let Ok(mut sender) = inbound.sender("127.0.0.1:9".parse().unwrap()) {
+        let mut out = Vec::new();
+        sender.open_batch(&mut d, &ranges, &mut out, &mut ctl);
+        assert_eq!(out.len(), ranges.len());
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Ok(Opened::Packet { .. } | Opened::Packet6 { .. })))
+        );
+    }
 });

@@ -42,7 +42,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use stats::Stats;
-pub use transform::{Control, Destination, Inbound, Opened, Outbound, Refusal, Sender, Transform};
+pub use transform::{
+    Control, Destination, Inbound, Opened, Outbound, Refusal, SealJob, Sender, Transform,
+};
 
 /// What the engine needs to know besides the transform.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +60,10 @@ pub struct EngineConfig {
     pub busy_poll: Duration,
     /// The backend's name: worker threads are called `<name>-<queue>`.
     pub name: &'static str,
+    /// Each worker runs in a rayon pool of its own with one helper thread, which a transform
+    /// that splits its batches (wireguard's crypto) hands half of a batch to: one flow's
+    /// crypto on two cores.
+    pub crypto_helper: bool,
 }
 
 /// Running data-path threads; dropping it stops and joins them.
@@ -109,11 +115,24 @@ impl Engine {
                 cfg,
             );
             let rx = rx::RxWorker::new(tun_rx, sock, transform.inbound(), stats.clone(), cfg);
-            engine.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("{}-{i}", cfg.name))
-                    .spawn(move || worker::run(tx, rx, cfg.busy_poll))?,
-            );
+            let name = format!("{}-{i}", cfg.name);
+            let pool = if cfg.crypto_helper {
+                Some(crypto_pool(&name)?)
+            } else {
+                None
+            };
+            engine
+                .threads
+                .push(
+                    std::thread::Builder::new()
+                        .name(name)
+                        .spawn(move || match pool {
+                            // The loop runs on a pool thread, so a split batch's other half goes
+                            // to the helper's deque, or back to the worker when nobody steals it.
+                            Some(pool) => pool.install(|| worker::run(tx, rx, cfg.busy_poll)),
+                            None => worker::run(tx, rx, cfg.busy_poll),
+                        })?,
+                );
         }
         Ok(engine)
     }
@@ -129,6 +148,17 @@ impl Engine {
     pub fn healthy(&self) -> bool {
         !self.stop.load(Ordering::Relaxed) && self.threads.iter().all(|t| !t.is_finished())
     }
+}
+
+/// A worker's own rayon pool: the thread that runs its loop and one helper that steals half
+/// of a split batch.
+fn crypto_pool(name: &str) -> io::Result<rayon::ThreadPool> {
+    let prefix = name.to_string();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .thread_name(move |j| format!("{prefix}.{j}"))
+        .build()
+        .map_err(|e| io::Error::other(format!("starting the crypto helper of {name}: {e}")))
 }
 
 impl Drop for Engine {

@@ -3,6 +3,7 @@
 //! few gather writes to the TUN.
 
 use std::fs::File;
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::EngineConfig;
@@ -26,6 +27,9 @@ pub(super) struct RxWorker<I: Inbound> {
     /// The opened packets of one batch: (start, end, header) in `bufs`; no header for an
     /// IPv6 packet (whose fixed header the transform checked).
     pending: Vec<(usize, usize, Option<Ipv4Info>)>,
+    /// The datagrams of one receive slot (ranges within it), and what opening each gave.
+    datagrams: Vec<Range<usize>>,
+    opened: Vec<Result<Opened, DropReason>>,
     coalescer: Coalescer,
     pub(super) local: LocalCounts,
 }
@@ -68,6 +72,8 @@ impl<I: Inbound> RxWorker<I> {
             cfg,
             bufs: vec![0u8; BATCH * RECV_SLOT].into_boxed_slice(),
             pending: Vec::with_capacity(BATCH * 64),
+            datagrams: Vec::with_capacity(64),
+            opened: Vec::with_capacity(64),
             coalescer: Coalescer::new(),
             local: LocalCounts::default(),
         }
@@ -104,11 +110,24 @@ impl<I: Inbound> RxWorker<I> {
                     continue;
                 }
             };
-            let mut at = i * RECV_SLOT;
-            let end = at + len;
-            while at < end {
-                let next = (at + seg).min(end);
-                match sender.open(&mut self.bufs[at..next], &mut ctl) {
+            let base = i * RECV_SLOT;
+            self.datagrams.clear();
+            let mut at = 0;
+            while at < len {
+                let next = (at + seg).min(len);
+                self.datagrams.push(at..next);
+                at = next;
+            }
+            self.opened.clear();
+            sender.open_batch(
+                &mut self.bufs[base..base + len],
+                &self.datagrams,
+                &mut self.opened,
+                &mut ctl,
+            );
+            for (r, outcome) in self.datagrams.iter().zip(self.opened.drain(..)) {
+                let at = base + r.start;
+                match outcome {
                     Ok(Opened::Packet { inner, ip }) => {
                         self.local.rx_packets += 1;
                         self.local.rx_bytes += inner.len() as u64;
@@ -123,7 +142,6 @@ impl<I: Inbound> RxWorker<I> {
                     Ok(Opened::Consumed) => {}
                     Err(why) => self.local.count_drop(why, 1),
                 }
-                at = next;
             }
         }
         let mut sink = TunWriter {

@@ -160,6 +160,7 @@ fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
         offloads: true,
         busy_poll: Duration::ZERO,
         name: "test",
+        crypto_helper: false,
     };
     let (engine_tun_a, mut tun_a) = fake_tun();
     let (engine_tun_b, mut tun_b) = fake_tun();

@@ -22,6 +22,19 @@ pub trait Transform {
     fn inbound(&self) -> Self::Inbound;
 }
 
+/// One datagram waiting in the send arena to be sealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealJob {
+    /// Where the datagram starts in the arena handed to [`Outbound::seal_batch`].
+    pub off: usize,
+    /// The inner packet's length (it starts `HEADER_LEN` bytes into the datagram).
+    pub inner_len: usize,
+    /// The datagram's room: `HEADER_LEN + inner_len + TRAILER_LEN`.
+    pub room: usize,
+    /// The sealed datagram's length, or why it is dropped.
+    pub sealed: Result<usize, DropReason>,
+}
+
 /// Where an outgoing inner packet goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Destination<P> {
@@ -47,7 +60,7 @@ pub enum Refusal {
 pub trait Outbound: Send + 'static {
     /// Per-peer state [`Outbound::seal`] uses, found once per inner packet by
     /// [`Outbound::route`] and passed to every datagram cut from it.
-    type Peer: Copy;
+    type Peer: Copy + Send;
     /// Bytes [`Outbound::seal`] puts before each inner packet (wireguard: its 16-byte
     /// message header). With both lengths 0 the engine sends the packets it has without
     /// copying them and never calls `seal`.
@@ -92,10 +105,40 @@ pub trait Outbound: Send + 'static {
         Ok(Self::HEADER_LEN + inner_len)
     }
 
+    /// Seals the datagrams of one inner packet (all for `peer`, in order): job `j`'s datagram
+    /// is `arena[j.off..j.off + j.room]`, laid out as for [`Outbound::seal`]; each job's
+    /// outcome goes to `j.sealed`. The default seals one after the other.
+    fn seal_batch(
+        &mut self,
+        peer: Self::Peer,
+        arena: &mut [u8],
+        jobs: &mut [SealJob],
+        ctl: &mut Control<'_>,
+    ) {
+        seal_each(self, peer, arena, jobs, ctl);
+    }
+
     /// Called now and then (when the worker goes idle, and every few hundred busy rounds):
     /// room for timers such as rekeying or keepalives.
     fn housekeeping(&mut self, ctl: &mut Control<'_>) {
         let _ = ctl;
+    }
+}
+
+/// Seals `jobs` one after the other with [`Outbound::seal`]: the default batch, and what a
+/// transform falls back to when it cannot batch.
+pub fn seal_each<O: Outbound + ?Sized>(
+    o: &mut O,
+    peer: O::Peer,
+    arena: &mut [u8],
+    jobs: &mut [SealJob],
+    ctl: &mut Control<'_>,
+) {
+    for j in jobs.iter_mut() {
+        j.sealed = match arena.get_mut(j.off..j.off + j.room) {
+            Some(datagram) => o.seal(peer, datagram, j.inner_len, ctl),
+            None => Err(DropReason::Oversize),
+        };
     }
 }
 
@@ -127,6 +170,21 @@ pub trait Inbound: Send + 'static {
 pub trait Sender {
     /// Checks (udp) or decrypts (wireguard) one datagram in place.
     fn open(&mut self, datagram: &mut [u8], ctl: &mut Control<'_>) -> Result<Opened, DropReason>;
+
+    /// Opens the datagrams of one receive in order: `datagrams` are consecutive ranges of
+    /// `buf`; one outcome per datagram is appended to `out`, its `inner` range relative to its
+    /// datagram. The default opens one after the other.
+    fn open_batch(
+        &mut self,
+        buf: &mut [u8],
+        datagrams: &[Range<usize>],
+        out: &mut Vec<Result<Opened, DropReason>>,
+        ctl: &mut Control<'_>,
+    ) {
+        for r in datagrams {
+            out.push(self.open(&mut buf[r.clone()], ctl));
+        }
+    }
 }
 
 /// A transform's own way out: sends one datagram at once, outside the batches (handshakes,

@@ -19,7 +19,7 @@ use super::poll::sleep_until_writable;
 use super::stats::{LocalCounts, Stats};
 use super::sys::{self, BATCH, IovScratch, SendBatch, UdpSocket};
 use super::trains::{Part, SendQueue};
-use super::transform::{Control, Destination, Outbound, Refusal};
+use super::transform::{Control, Destination, Outbound, Refusal, SealJob};
 use super::worker::Round;
 
 /// TUN reads that may be pending in one send batch.
@@ -72,6 +72,11 @@ pub(super) struct TxWorker<O: Outbound> {
     /// Datagrams a transform wrapped (empty for a transform that adds nothing).
     sealed: Box<[u8]>,
     sealed_used: usize,
+    /// The datagrams of the current read waiting to be sealed (all for one peer), from
+    /// `sealed[jobs_start..]`.
+    jobs: Vec<SealJob>,
+    jobs_start: usize,
+    jobs_dest: Option<Destination<O::Peer>>,
     queue: SendQueue,
     iovs: IovScratch,
     icmp_budget: IcmpBudget,
@@ -108,6 +113,9 @@ impl<O: Outbound> TxWorker<O> {
             headers_used: 0,
             sealed: vec![0u8; sealed_arena].into_boxed_slice(),
             sealed_used: 0,
+            jobs: Vec::with_capacity(if Self::OVERHEAD == 0 { 0 } else { MAX_SEGMENTS }),
+            jobs_start: 0,
+            jobs_dest: None,
             queue: SendQueue::with_capacity(
                 READ_SLOTS * PARTS_PER_READ,
                 READ_SLOTS * 16,
@@ -154,6 +162,7 @@ impl<O: Outbound> TxWorker<O> {
             if self.handle(slot, n) {
                 self.reads_used += 1;
             }
+            self.seal_jobs();
         }
         self.send_all();
         if got > 0 {
@@ -374,14 +383,42 @@ impl<O: Outbound> TxWorker<O> {
             datagram[at..at + from.len()].copy_from_slice(from);
             at += from.len();
         }
+        if self.jobs.is_empty() {
+            self.jobs_start = off;
+        }
+        self.jobs_dest = Some(*dest);
+        self.jobs.push(SealJob {
+            off: off - self.jobs_start,
+            inner_len,
+            room,
+            sealed: Err(DropReason::NoSession),
+        });
+        self.sealed_used += room;
+    }
+
+    /// Seals the datagrams the last read queued (one peer's, in one batch the transform may
+    /// spread over threads) and queues them for sending in order.
+    fn seal_jobs(&mut self) {
+        if Self::OVERHEAD == 0 || self.jobs.is_empty() {
+            return;
+        }
+        let Some(dest) = self.jobs_dest.take() else {
+            self.jobs.clear();
+            return;
+        };
         let mut ctl = Control::new(&self.sock);
-        match self.outbound.seal(dest.peer, datagram, inner_len, &mut ctl) {
-            Ok(len) if len <= room => {
-                self.sealed_used += len;
-                self.queue.push(dest.to, [Part::Sealed { off, len }]);
+        let arena = &mut self.sealed[self.jobs_start..self.sealed_used];
+        self.outbound
+            .seal_batch(dest.peer, arena, &mut self.jobs, &mut ctl);
+        for j in self.jobs.drain(..) {
+            match j.sealed {
+                Ok(len) if len <= j.room => {
+                    let off = self.jobs_start + j.off;
+                    self.queue.push(dest.to, [Part::Sealed { off, len }]);
+                }
+                Ok(_) => self.local.count_drop(DropReason::Oversize, 1),
+                Err(why) => self.local.count_drop(why, 1),
             }
-            Ok(_) => self.local.count_drop(DropReason::Oversize, 1),
-            Err(why) => self.local.count_drop(why, 1),
         }
     }
 

@@ -380,22 +380,26 @@ impl AgentLab {
 
     /// Starts host `h`'s twilld with its own key file, socket directory and metrics port.
     pub fn start_wireguard_agent(&mut self, h: usize, metrics_port: u16) {
+        self.start_wireguard_agent_with(h, metrics_port, &[]);
+    }
+
+    /// [`AgentLab::start_wireguard_agent`] with more flags.
+    pub fn start_wireguard_agent_with(&mut self, h: usize, metrics_port: u16, extra: &[&str]) {
         let port = metrics_port.to_string();
         let key = self.wg_key_file(h).display().to_string();
         let sock = self.wg_socket_dir(h).display().to_string();
-        self.start_agent(
-            h,
-            &[
-                "--healthz-ip",
-                "127.0.0.1",
-                "--healthz-port",
-                &port,
-                "--wireguard-key-file",
-                &key,
-                "--wireguard-socket-dir",
-                &sock,
-            ],
-        );
+        let mut args = vec![
+            "--healthz-ip",
+            "127.0.0.1",
+            "--healthz-port",
+            &port,
+            "--wireguard-key-file",
+            &key,
+            "--wireguard-socket-dir",
+            &sock,
+        ];
+        args.extend_from_slice(extra);
+        self.start_agent(h, &args);
     }
 }
 

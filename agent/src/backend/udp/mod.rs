@@ -47,6 +47,9 @@ pub struct UdpOptions {
     pub busy_poll: std::time::Duration,
     /// TUN offloads, UDP GSO/GRO and TCP coalescing; off: one packet per syscall slot.
     pub offloads: bool,
+    /// A helper thread per worker for the transform's batches (wireguard's crypto; udp has
+    /// none to spread, so it keeps this off).
+    pub crypto_helper: bool,
 }
 
 /// The udp backend.
@@ -139,6 +142,7 @@ impl Udp {
             offloads: self.opts.offloads,
             busy_poll: self.opts.busy_poll,
             name: "udp",
+            crypto_helper: self.opts.crypto_helper,
         };
         let transform = UdpTransform {
             table: self.table.clone(),

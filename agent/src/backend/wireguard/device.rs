@@ -149,6 +149,7 @@ impl WgDevice {
             mtu: shared.mtu as usize,
             offloads: opts.offloads,
             busy_poll: opts.busy_poll,
+            crypto_helper: opts.crypto_helper,
             name: if self.plan.v6 && !self.plan.v4 {
                 "wg6"
             } else {

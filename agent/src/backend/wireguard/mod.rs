@@ -19,6 +19,7 @@ mod device;
 pub mod key;
 mod lease_data;
 pub mod plan;
+pub mod spread;
 pub mod table;
 mod timers;
 pub mod transform;
@@ -491,6 +492,7 @@ mod tests {
                 workers: 1,
                 busy_poll: std::time::Duration::ZERO,
                 offloads: true,
+                crypto_helper: false,
             },
         };
         let mut wg = Wireguard::new(&config, underlay, opts);

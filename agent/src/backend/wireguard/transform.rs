@@ -6,6 +6,7 @@
 //! only routes, batches and checks around it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -15,9 +16,13 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use super::key::NodeKey;
+use super::spread;
 use super::table::{Peer, TableCell, TableReader, WgTable};
 use crate::engine::packet::{self, DropReason};
-use crate::engine::{Control, Destination, Inbound, Opened, Outbound, Refusal, Sender, Transform};
+use crate::engine::transform::seal_each;
+use crate::engine::{
+    Control, Destination, Inbound, Opened, Outbound, Refusal, SealJob, Sender, Transform,
+};
 
 /// The transport message header: type 4, receiver index, counter.
 pub const HEADER_LEN: usize = 16;
@@ -64,8 +69,35 @@ impl Transform for WgTransform {
             limiter: self.limiter.clone(),
             mtu: self.mtu,
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            jobs: Vec::with_capacity(MAX_BATCH),
         }
     }
+}
+
+/// Datagrams of one GRO receive at most (64 KiB of the smallest data messages).
+const MAX_BATCH: usize = 65536 / 32;
+
+/// One received data message being opened in place.
+struct OpenJob {
+    span: Range<usize>,
+    /// Its receiver index and plaintext range, or why it failed.
+    outcome: Result<(u32, Range<usize>), WireGuardError>,
+}
+
+/// The IP packet at the start of a plaintext, without WireGuard's padding: `Ok(None)` for
+/// a keepalive (nothing), its length and whether it is IPv6 otherwise (boringtun's own
+/// check of a decapsulated packet).
+fn inner_packet(plain: &[u8]) -> Result<Option<(usize, bool)>, DropReason> {
+    let len = match plain.first().map(|b| b >> 4) {
+        None => return Ok(None),
+        Some(4) if plain.len() >= 20 => u16::from_be_bytes([plain[2], plain[3]]) as usize,
+        Some(6) if plain.len() >= 40 => u16::from_be_bytes([plain[4], plain[5]]) as usize + 40,
+        _ => return Err(DropReason::Unauthenticated),
+    };
+    if len > plain.len() {
+        return Err(DropReason::Unauthenticated);
+    }
+    Ok(Some((len, plain[0] >> 4 == 6)))
 }
 
 /// Maps boringtun's refusal of a received message to a drop counter.
@@ -144,6 +176,48 @@ impl Outbound for WgOutbound {
         })
     }
 
+    /// With a session, every datagram of the batch is sealed in place under counters reserved
+    /// in order, spread over the worker's helper; without one, one by one through `seal`
+    /// (boringtun queues them and starts a handshake).
+    fn seal_batch(
+        &mut self,
+        peer: usize,
+        arena: &mut [u8],
+        jobs: &mut [SealJob],
+        ctl: &mut Control<'_>,
+    ) {
+        let Some(p) = self.table.current().peers.get(peer).cloned() else {
+            for j in jobs.iter_mut() {
+                j.sealed = Err(DropReason::NoRoute);
+            }
+            return;
+        };
+        {
+            let mut tunn = p.tunn();
+            let sent = tunn.data_sealer(jobs.len()).map(|sealer| {
+                spread::for_each_span(
+                    arena,
+                    jobs,
+                    &|j: &SealJob| j.off..j.off + j.room,
+                    &|i, j, datagram| {
+                        j.sealed = sealer
+                            .seal(i, datagram, j.inner_len)
+                            .ok_or(DropReason::Oversize);
+                    },
+                );
+                jobs.iter()
+                    .filter(|j| j.sealed.is_ok())
+                    .map(|j| j.inner_len)
+                    .sum::<usize>()
+            });
+            if let Some(bytes) = sent {
+                tunn.note_data_sent(bytes);
+                return;
+            }
+        }
+        seal_each(self, peer, arena, jobs, ctl);
+    }
+
     fn seal(
         &mut self,
         peer: usize,
@@ -189,6 +263,7 @@ pub struct WgInbound {
     limiter: Arc<RateLimiter>,
     mtu: usize,
     scratch: Box<[u8]>,
+    jobs: Vec<OpenJob>,
 }
 
 impl Inbound for WgInbound {
@@ -207,6 +282,7 @@ impl Inbound for WgInbound {
             limiter: &self.limiter,
             mtu: self.mtu,
             scratch: &mut self.scratch,
+            jobs: &mut self.jobs,
         })
     }
 }
@@ -219,6 +295,7 @@ pub struct WgSender<'a> {
     limiter: &'a RateLimiter,
     mtu: usize,
     scratch: &'a mut [u8],
+    jobs: &'a mut Vec<OpenJob>,
 }
 
 /// The receiver index of a message of type `ty` (where it sits differs per type).
@@ -315,11 +392,24 @@ impl WgSender<'_> {
         // The plaintext is never longer than the message: back into the datagram's place.
         let inner = &mut datagram[..len];
         inner.copy_from_slice(&self.scratch[..len]);
-        if len > self.mtu {
+        self.check_inner(peer, datagram, 0..len, v6)
+    }
+
+    /// The checks every opened inner packet (`datagram[inner]`) passes, as udp's datagrams:
+    /// its size, its header, its source among the peer's AllowedIPs, its destination here.
+    fn check_inner(
+        &self,
+        peer: &Peer,
+        datagram: &[u8],
+        inner: Range<usize>,
+        v6: bool,
+    ) -> Result<Opened, DropReason> {
+        if inner.len() > self.mtu {
             return Err(DropReason::Oversize);
         }
+        let pkt = &datagram[inner.clone()];
         if v6 {
-            let ip = packet::parse_ipv6(inner)?;
+            let ip = packet::parse_ipv6(pkt)?;
             if !peer.allows(IpAddr::V6(ip.src)) {
                 peer.drops.spoofed.fetch_add(1, Ordering::Relaxed);
                 return Err(DropReason::SpoofedSource);
@@ -327,9 +417,9 @@ impl WgSender<'_> {
             if !self.table.is_local6(ip.dst) {
                 return Err(DropReason::NotLocal);
             }
-            return Ok(Opened::Packet6 { inner: 0..len });
+            return Ok(Opened::Packet6 { inner });
         }
-        let ip = packet::parse_ipv4(inner, true)?;
+        let ip = packet::parse_ipv4(pkt, true)?;
         if !peer.allows(IpAddr::V4(ip.src)) {
             peer.drops.spoofed.fetch_add(1, Ordering::Relaxed);
             return Err(DropReason::SpoofedSource);
@@ -337,7 +427,83 @@ impl WgSender<'_> {
         if !self.table.is_local(ip.dst) {
             return Err(DropReason::NotLocal);
         }
-        Ok(Opened::Packet { inner: 0..len, ip })
+        Ok(Opened::Packet { inner, ip })
+    }
+
+    /// The peer whose session every datagram of a receive is a data message for (the usual
+    /// GRO receive), when there are enough to spread; `None` sends them one by one.
+    fn data_batch_peer(&self, buf: &[u8], datagrams: &[Range<usize>]) -> Option<Arc<Peer>> {
+        if datagrams.len() < spread::SPLIT_MIN {
+            return None;
+        }
+        let index_of = |r: &Range<usize>| {
+            let d = buf.get(r.clone())?;
+            if d.len() < HEADER_LEN + TAG_LEN || d[..4] != [MSG_DATA, 0, 0, 0] {
+                return None;
+            }
+            receiver_index(MSG_DATA, d)
+        };
+        let first = index_of(&datagrams[0])?;
+        if !datagrams[1..].iter().all(|r| index_of(r) == Some(first)) {
+            return None;
+        }
+        self.table.by_index(first >> 8).cloned()
+    }
+
+    /// Opens the data messages of one receive, all for `peer`'s session, in place and spread
+    /// over the worker's helper; then checks each inner packet in order.
+    fn open_data_batch(
+        &mut self,
+        peer: &Peer,
+        buf: &mut [u8],
+        datagrams: &[Range<usize>],
+        out: &mut Vec<Result<Opened, DropReason>>,
+    ) {
+        self.jobs.clear();
+        self.jobs.extend(datagrams.iter().map(|r| OpenJob {
+            span: r.clone(),
+            outcome: Err(WireGuardError::InvalidPacket),
+        }));
+        let mut tunn = peer.tunn();
+        {
+            let opener = tunn.data_opener();
+            spread::for_each_span(
+                buf,
+                self.jobs,
+                &|j: &OpenJob| j.span.clone(),
+                &|_, j, msg| j.outcome = opener.open(msg),
+            );
+        }
+        let (mut index, mut bytes) = (None, 0);
+        for j in self.jobs.iter() {
+            let checked = match &j.outcome {
+                Ok((idx, plain)) => {
+                    index = Some(*idx);
+                    let datagram = &buf[j.span.clone()];
+                    match inner_packet(&datagram[plain.clone()]) {
+                        Ok(None) => Ok(Opened::Consumed),
+                        Ok(Some((len, v6))) => {
+                            bytes += len;
+                            self.check_inner(peer, datagram, plain.start..plain.start + len, v6)
+                        }
+                        Err(why) => Err(why),
+                    }
+                }
+                Err(e) => {
+                    let why = refusal(e);
+                    let counter = match why {
+                        DropReason::Replay => &peer.drops.replays,
+                        _ => &peer.drops.unauthenticated,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    Err(why)
+                }
+            };
+            out.push(checked);
+        }
+        if let Some(idx) = index {
+            tunn.note_data_received(idx, bytes);
+        }
     }
 }
 
@@ -355,6 +521,22 @@ fn flush_queued(tunn: &mut Tunn, peer: &Peer, scratch: &mut [u8], ctl: &mut Cont
 }
 
 impl Sender for WgSender<'_> {
+    fn open_batch(
+        &mut self,
+        buf: &mut [u8],
+        datagrams: &[Range<usize>],
+        out: &mut Vec<Result<Opened, DropReason>>,
+        ctl: &mut Control<'_>,
+    ) {
+        if let Some(peer) = self.data_batch_peer(buf, datagrams) {
+            self.open_data_batch(&peer, buf, datagrams, out);
+            return;
+        }
+        for r in datagrams {
+            out.push(self.open(&mut buf[r.clone()], ctl));
+        }
+    }
+
     fn open(&mut self, datagram: &mut [u8], ctl: &mut Control<'_>) -> Result<Opened, DropReason> {
         // Message types are one byte followed by three reserved zero bytes.
         let ty = match datagram.get(..4) {
@@ -540,6 +722,145 @@ mod tests {
         let mut ctl = Control::new(&n.out);
         let mut sender = inb.sender(from)?;
         sender.open(d, &mut ctl)
+    }
+
+    /// Runs the handshake A → B (A's first packet waits for it and is then delivered).
+    fn establish(
+        a: &Node,
+        b: &Node,
+        a_out: &mut WgOutbound,
+        a_in: &mut WgInbound,
+        b_in: &mut WgInbound,
+    ) {
+        let (from_a, from_b) = (a.out.local_addr().unwrap(), b.inbox.local_addr().unwrap());
+        let pkt = tcp_packet(1, 0x18, &[1; 100], 64);
+        assert_eq!(seal(a, a_out, &pkt), Err(DropReason::NoSession));
+        let mut init = recv(b);
+        assert_eq!(open(b, b_in, from_a, &mut init), Ok(Opened::Consumed));
+        let mut resp = recv_on(&a.out);
+        assert_eq!(open(a, a_in, from_b, &mut resp), Ok(Opened::Consumed));
+        for _ in 0..2 {
+            let mut d = recv(b);
+            assert!(
+                open(b, b_in, from_a, &mut d).is_ok(),
+                "keepalive and the queued packet"
+            );
+        }
+    }
+
+    /// One super-packet's datagrams as the engine lays them in its arena, sealed by
+    /// `seal_batch`; returned back to back as one GRO receive would bring them.
+    fn seal_as_batch(
+        a: &Node,
+        a_out: &mut WgOutbound,
+        pkts: &[Vec<u8>],
+        pool: Option<&rayon::ThreadPool>,
+    ) -> (Vec<u8>, Vec<Range<usize>>) {
+        let (mut arena, mut jobs) = (Vec::new(), Vec::new());
+        for p in pkts {
+            jobs.push(SealJob {
+                off: arena.len(),
+                inner_len: p.len(),
+                room: HEADER_LEN + p.len() + TAG_LEN,
+                sealed: Err(DropReason::NoSession),
+            });
+            arena.extend_from_slice(&[0; HEADER_LEN]);
+            arena.extend_from_slice(p);
+            arena.extend_from_slice(&[0; TAG_LEN]);
+        }
+        let mut ctl = Control::new(&a.out);
+        let mut go = || a_out.seal_batch(0, &mut arena, &mut jobs, &mut ctl);
+        match pool {
+            Some(pool) => pool.install(go),
+            None => go(),
+        }
+        let (mut wire, mut ranges) = (Vec::new(), Vec::new());
+        for j in &jobs {
+            let len = j.sealed.unwrap();
+            ranges.push(wire.len()..wire.len() + len);
+            wire.extend_from_slice(&arena[j.off..j.off + len]);
+        }
+        (wire, ranges)
+    }
+
+    /// Opens one receive with `open_batch`, as the engine does.
+    fn open_as_batch(
+        b: &Node,
+        b_in: &mut WgInbound,
+        from: SocketAddr,
+        wire: &mut [u8],
+        ranges: &[Range<usize>],
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Vec<Result<Opened, DropReason>> {
+        let mut out = Vec::new();
+        let mut ctl = Control::new(&b.out);
+        let mut sender = b_in.sender(from).unwrap();
+        let mut go = || sender.open_batch(wire, ranges, &mut out, &mut ctl);
+        match pool {
+            Some(pool) => pool.install(go),
+            None => go(),
+        }
+        out
+    }
+
+    #[test]
+    fn batches_seal_with_counters_in_order_and_open_the_same_spread_or_not() {
+        let (a, b) = pair(None);
+        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
+        let mut b_in = b.transform.inbound();
+        let from_a = a.out.local_addr().unwrap();
+        establish(&a, &b, &mut a_out, &mut a_in, &mut b_in);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for spread_over in [None, Some(&pool)] {
+            let pkts: Vec<Vec<u8>> = (0..20u32)
+                .map(|i| tcp_packet(i, 0x10, &vec![i as u8; 100 + 37 * i as usize], 64))
+                .collect();
+            let (mut wire, ranges) = seal_as_batch(&a, &mut a_out, &pkts, spread_over);
+            let counter = |r: &Range<usize>| {
+                u64::from_le_bytes(wire[r.start + 8..r.start + 16].try_into().unwrap())
+            };
+            assert!(
+                ranges
+                    .windows(2)
+                    .all(|w| counter(&w[1]) == counter(&w[0]) + 1),
+                "counters in sending order"
+            );
+            let replay = wire.clone();
+            let opened = open_as_batch(&b, &mut b_in, from_a, &mut wire, &ranges, spread_over);
+            assert_eq!(opened.len(), pkts.len());
+            for ((r, o), p) in ranges.iter().zip(&opened).zip(&pkts) {
+                match o {
+                    Ok(Opened::Packet { inner, .. }) => {
+                        assert_eq!(&wire[r.start + inner.start..r.start + inner.end], &p[..])
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            // The same receive again: every datagram a replay. A fresh batch with one bit
+            // flipped: only that one fails.
+            let mut again = replay;
+            let opened = open_as_batch(&b, &mut b_in, from_a, &mut again, &ranges, spread_over);
+            assert!(
+                opened.iter().all(|o| *o == Err(DropReason::Replay)),
+                "{opened:?}"
+            );
+            let (mut wire, ranges) = seal_as_batch(&a, &mut a_out, &pkts, spread_over);
+            wire[ranges[5].start + 40] ^= 1;
+            let opened = open_as_batch(&b, &mut b_in, from_a, &mut wire, &ranges, spread_over);
+            for (i, o) in opened.iter().enumerate() {
+                assert_eq!(o.is_ok(), i != 5, "datagram {i}: {o:?}");
+            }
+            assert_eq!(opened[5], Err(DropReason::Unauthenticated));
+        }
+        let peer_a = b.transform.table.load().peers[0].clone();
+        assert_eq!(peer_a.drops.replays.load(Ordering::Relaxed), 40);
+        assert_eq!(peer_a.drops.unauthenticated.load(Ordering::Relaxed), 2);
+        // What boringtun counts for `wg show` and its timers moved with the batches.
+        let (_, _, rx, _, _) = peer_a.tunn().stats();
+        assert!(rx > 0, "received bytes recorded");
     }
 
     #[test]
