@@ -182,8 +182,8 @@ impl Cli {
 }
 
 /// A helper thread for one flow's crypto when asked for (2), or by default (0) with CPUs to
-/// spare: measured on 2 vCPUs, the helper lost 15–20% of the throughput (it competes with
-/// the traffic's own processes and softirq for the same two cores).
+/// spare: on 2 vCPUs the helper lost throughput (it competes with the traffic's own
+/// processes and softirq for the same two cores; numbers in docs/benchmarks.md).
 fn crypto_helper(threads: u64, cpus: usize) -> bool {
     match threads {
         0 => cpus >= 4,

@@ -46,7 +46,8 @@ fn go<J, S, F>(
         let (left_jobs, right_jobs) = jobs.split_at_mut(mid);
         let (left_buf, right_buf) = buf.split_at_mut(at);
         // Down to small pieces: the helper often wakes late, and small pieces let the worker
-        // take back what it has not stolen yet (halving once measured 1.17x, this 1.46x).
+        // take back what it has not stolen yet (halving only once measured far less; numbers
+        // in docs/benchmarks.md).
         rayon::join(
             || go(left_buf, base, left_jobs, first, split, span_of, f),
             || {
