@@ -125,6 +125,7 @@ impl<I: Inbound> RxWorker<I> {
                 &mut self.opened,
                 &mut ctl,
             );
+            debug_assert_eq!(self.opened.len(), self.datagrams.len(), "one outcome each");
             for (r, outcome) in self.datagrams.iter().zip(self.opened.drain(..)) {
                 let at = base + r.start;
                 match outcome {

@@ -66,10 +66,16 @@ fn go<J, S, F>(
     }
     for (k, job) in jobs.iter_mut().enumerate() {
         let span = span_of(job);
-        let (start, end) = (
-            span.start.saturating_sub(base),
-            span.end.saturating_sub(base),
+        // A span before this half's start would break the callers' promise (spans in order,
+        // not overlapping): skip the job rather than hand it someone else's bytes.
+        debug_assert!(
+            span.start >= base,
+            "span {span:?} before its half at {base}"
         );
+        let (Some(start), Some(end)) = (span.start.checked_sub(base), span.end.checked_sub(base))
+        else {
+            continue;
+        };
         if let Some(slice) = buf.get_mut(start..end) {
             f(first + k, job, slice);
         }

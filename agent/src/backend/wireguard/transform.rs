@@ -205,13 +205,17 @@ impl Outbound for WgOutbound {
                             .ok_or(DropReason::Oversize);
                     },
                 );
-                jobs.iter()
-                    .filter(|j| j.sealed.is_ok())
-                    .map(|j| j.inner_len)
-                    .sum::<usize>()
+                let sealed = jobs.iter().filter(|j| j.sealed.is_ok());
+                (
+                    sealed.clone().count(),
+                    sealed.map(|j| j.inner_len).sum::<usize>(),
+                )
             });
-            if let Some(bytes) = sent {
-                tunn.note_data_sent(bytes);
+            if let Some((count, bytes)) = sent {
+                // As `encapsulate`: the timers move only when something was sealed.
+                if count > 0 {
+                    tunn.note_data_sent(bytes);
+                }
                 return;
             }
         }
@@ -486,7 +490,11 @@ impl WgSender<'_> {
                             bytes += len;
                             self.check_inner(peer, datagram, plain.start..plain.start + len, v6)
                         }
-                        Err(why) => Err(why),
+                        Err(why) => {
+                            // As boringtun's InvalidPacket on the one-by-one path.
+                            peer.drops.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                            Err(why)
+                        }
                     }
                 }
                 Err(e) => {

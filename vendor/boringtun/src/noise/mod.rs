@@ -94,7 +94,8 @@ pub struct DataSealer<'a> {
 impl DataSealer<'_> {
     /// Seals message `i` of the batch in place: `msg` holds 16 bytes of room for the header,
     /// `inner_len` bytes of plaintext and 16 bytes of room for the tag. Returns the message's
-    /// length; `None` if `i` is outside the batch or `msg` too short.
+    /// length; `None` if `i` is outside the batch or `msg` too short. Call it once per `i`:
+    /// `i` picks the counter, and a counter used twice reuses a nonce.
     pub fn seal(&self, i: usize, msg: &mut [u8], inner_len: usize) -> Option<usize> {
         if i >= self.n {
             return None;

@@ -267,7 +267,6 @@ impl Session {
         Ok(ret)
     }
 
-    /// Returns the estimated downstream packet loss for this session
     /// twill: reserves `n` consecutive sending counters and returns the first, so that a batch
     /// of messages can be sealed on several threads and still carry their counters in order.
     pub(super) fn reserve_counters(&self, n: u64) -> u64 {
@@ -323,6 +322,7 @@ impl Session {
         Ok(DATA_OFFSET..DATA_OFFSET + plain)
     }
 
+    /// Returns the estimated downstream packet loss for this session
     pub(super) fn current_packet_cnt(&self) -> (u64, u64) {
         let counter_validator = self.receiving_key_counter.lock();
         (counter_validator.next, counter_validator.receive_cnt)
