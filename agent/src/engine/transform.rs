@@ -181,9 +181,21 @@ pub trait Sender {
         out: &mut Vec<Result<Opened, DropReason>>,
         ctl: &mut Control<'_>,
     ) {
-        for r in datagrams {
-            out.push(self.open(&mut buf[r.clone()], ctl));
-        }
+        open_each(self, buf, datagrams, out, ctl);
+    }
+}
+
+/// Opens `datagrams` one after the other with [`Sender::open`]: the default batch, and what a
+/// transform falls back to when it cannot batch.
+pub fn open_each<S: Sender + ?Sized>(
+    s: &mut S,
+    buf: &mut [u8],
+    datagrams: &[Range<usize>],
+    out: &mut Vec<Result<Opened, DropReason>>,
+    ctl: &mut Control<'_>,
+) {
+    for r in datagrams {
+        out.push(s.open(&mut buf[r.clone()], ctl));
     }
 }
 

@@ -72,10 +72,9 @@ pub(super) struct TxWorker<O: Outbound> {
     /// Datagrams a transform wrapped (empty for a transform that adds nothing).
     sealed: Box<[u8]>,
     sealed_used: usize,
-    /// The datagrams of the current read waiting to be sealed (all for one peer), from
-    /// `sealed[jobs_start..]`.
+    /// The datagrams of the current read waiting to be sealed (all for one peer; offsets in
+    /// `sealed`).
     jobs: Vec<SealJob>,
-    jobs_start: usize,
     jobs_dest: Option<Destination<O::Peer>>,
     queue: SendQueue,
     iovs: IovScratch,
@@ -114,7 +113,6 @@ impl<O: Outbound> TxWorker<O> {
             sealed: vec![0u8; sealed_arena].into_boxed_slice(),
             sealed_used: 0,
             jobs: Vec::with_capacity(if Self::OVERHEAD == 0 { 0 } else { MAX_SEGMENTS }),
-            jobs_start: 0,
             jobs_dest: None,
             queue: SendQueue::with_capacity(
                 READ_SLOTS * PARTS_PER_READ,
@@ -383,12 +381,9 @@ impl<O: Outbound> TxWorker<O> {
             datagram[at..at + from.len()].copy_from_slice(from);
             at += from.len();
         }
-        if self.jobs.is_empty() {
-            self.jobs_start = off;
-        }
         self.jobs_dest = Some(*dest);
         self.jobs.push(SealJob {
-            off: off - self.jobs_start,
+            off,
             inner_len,
             room,
             sealed: Err(DropReason::NoSession),
@@ -407,14 +402,13 @@ impl<O: Outbound> TxWorker<O> {
             return;
         };
         let mut ctl = Control::new(&self.sock);
-        let arena = &mut self.sealed[self.jobs_start..self.sealed_used];
+        let arena = &mut self.sealed[..self.sealed_used];
         self.outbound
             .seal_batch(dest.peer, arena, &mut self.jobs, &mut ctl);
         for j in self.jobs.drain(..) {
             match j.sealed {
                 Ok(len) if len <= j.room => {
-                    let off = self.jobs_start + j.off;
-                    self.queue.push(dest.to, [Part::Sealed { off, len }]);
+                    self.queue.push(dest.to, [Part::Sealed { off: j.off, len }]);
                 }
                 Ok(_) => self.local.count_drop(DropReason::Oversize, 1),
                 Err(why) => self.local.count_drop(why, 1),

@@ -19,7 +19,7 @@ use super::key::NodeKey;
 use super::spread;
 use super::table::{Peer, TableCell, TableReader, WgTable};
 use crate::engine::packet::{self, DropReason};
-use crate::engine::transform::seal_each;
+use crate::engine::transform::{open_each, seal_each};
 use crate::engine::{
     Control, Destination, Inbound, Opened, Outbound, Refusal, SealJob, Sender, Transform,
 };
@@ -540,9 +540,7 @@ impl Sender for WgSender<'_> {
             self.open_data_batch(&peer, buf, datagrams, out);
             return;
         }
-        for r in datagrams {
-            out.push(self.open(&mut buf[r.clone()], ctl));
-        }
+        open_each(self, buf, datagrams, out, ctl);
     }
 
     fn open(&mut self, datagram: &mut [u8], ctl: &mut Control<'_>) -> Result<Opened, DropReason> {
