@@ -234,6 +234,7 @@ pub fn bench(
                     .path
                     .through_twilld()
                     .then(|| s.cpu_s / (s.bytes / 1e9).max(1e-9)),
+                rounds: s.one.iter().copied().zip(s.four.iter().copied()).collect(),
                 gbps_1: median(s.one),
                 gbps_4: median(s.four),
                 rtt_ms: median(s.rtt),

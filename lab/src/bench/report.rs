@@ -14,6 +14,46 @@ pub struct Row {
     pub rtt_ms: f64,
     /// twilld CPU seconds (both hosts) per GB received; `None` for the same-host path.
     pub cpu_s_per_gb: Option<f64>,
+    /// Gbit/s of every round in order (1 stream, 4 streams): every path is measured once per
+    /// round, one after the other, so two paths' ratios can be taken round by round.
+    pub rounds: Vec<(f64, f64)>,
+}
+
+/// One line of ratios under the table: `a / b` with 1 and 4 streams.
+struct Comparison {
+    a: RowPath,
+    b: RowPath,
+    name: String,
+    goal_1: Option<&'static str>,
+    goal_4: Option<&'static str>,
+    /// What the comparison means, after the figures.
+    note: Option<&'static str>,
+}
+
+/// The ratio of two paths' medians, and how far the same ratio taken round by round spread
+/// (the noise this machine adds: a goal inside the spread is not settled by one run).
+fn ratio_text(a: &Row, b: &Row, streams: usize, goal: Option<&str>) -> String {
+    let pick = |r: &Row| if streams == 1 { r.gbps_1 } else { r.gbps_4 };
+    let round = |x: &(f64, f64)| if streams == 1 { x.0 } else { x.1 };
+    let per_round: Vec<f64> = a
+        .rounds
+        .iter()
+        .zip(&b.rounds)
+        .map(|(x, y)| round(x) / round(y))
+        .filter(|r| r.is_finite())
+        .collect();
+    let mut extra: Vec<String> = goal.map(|g| format!("goal {g}")).into_iter().collect();
+    if per_round.len() >= 2 {
+        let low = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        extra.push(format!("rounds {low:.2}–{high:.2}"));
+    }
+    let plural = if streams == 1 { "" } else { "s" };
+    let mut text = format!("{:.2}x with {streams} stream{plural}", pick(a) / pick(b));
+    if !extra.is_empty() {
+        let _ = write!(text, " ({})", extra.join("; "));
+    }
+    text
 }
 
 /// The table for the terminal and as Markdown.
@@ -57,90 +97,103 @@ pub fn report(rows: &[Row]) -> Report {
             label, r.gbps_1, r.gbps_4, r.rtt_ms, r1, r4
         );
     }
-    let find = |p: BenchPath| rows.iter().find(|r| r.path == RowPath::TwoHosts(p));
-    let udp = find(BenchPath::Backend(LabBackend::Udp));
-    let vxlan = find(BenchPath::Backend(LabBackend::Vxlan));
-    let relay = find(BenchPath::TunRelay);
-    let external = find(BenchPath::Forwarder);
-    let mut lines = Vec::new();
-    if let (Some(u), Some(v)) = (udp, vxlan) {
-        lines.push(format!(
-            "udp / vxlan: {:.2}x with 1 stream (goal 0.9), {:.2}x with 4 streams (goal 0.5)",
-            u.gbps_1 / v.gbps_1,
-            u.gbps_4 / v.gbps_4
-        ));
-    }
-    if let (Some(r), Some(v)) = (relay, vxlan) {
-        lines.push(format!(
-            "TUN relay / vxlan: {:.2}x with 1 stream, {:.2}x with 4 streams (a TUN-to-TUN relay without UDP: the single-stream ceiling of any TUN data path; one thread relays for both hosts)",
-            r.gbps_1 / v.gbps_1,
-            r.gbps_4 / v.gbps_4
-        ));
-    }
-    if let (Some(u), Some(r)) = (udp, relay) {
-        lines.push(format!(
-            "udp / TUN relay: {:.2}x with 1 stream, {:.2}x with 4 streams (what the UDP leg and twilld's checks cost)",
-            u.gbps_1 / r.gbps_1,
-            u.gbps_4 / r.gbps_4
-        ));
-    }
-    if let (Some(u), Some(f)) = (udp, external) {
-        lines.push(format!(
-            "udp / forwarder: {:.2}x with 1 stream (goal 1.0), {:.2}x with 4 streams (twilld against the external forwarder on the same kind of lab)",
-            u.gbps_1 / f.gbps_1,
-            u.gbps_4 / f.gbps_4
-        ));
-    }
-    if let (Some(f), Some(v)) = (external, vxlan) {
-        lines.push(format!(
-            "forwarder / vxlan: {:.2}x with 1 stream, {:.2}x with 4 streams",
-            f.gbps_1 / v.gbps_1,
-            f.gbps_4 / v.gbps_4
-        ));
-    }
+    let two = |p: BenchPath| RowPath::TwoHosts(p);
+    let backend = |b: LabBackend| two(BenchPath::Backend(b));
+    let (udp, vxlan, wg) = (
+        backend(LabBackend::Udp),
+        backend(LabBackend::Vxlan),
+        backend(LabBackend::Wireguard),
+    );
+    let (relay, external) = (two(BenchPath::TunRelay), two(BenchPath::Forwarder));
+    let cmp = |a, b, name: &str, goal_1, goal_4, note| Comparison {
+        a,
+        b,
+        name: name.to_string(),
+        goal_1,
+        goal_4,
+        note,
+    };
+    let mut comparisons = vec![
+        cmp(udp, vxlan, "udp / vxlan", Some("0.9"), Some("0.5"), None),
+        cmp(
+            relay,
+            vxlan,
+            "TUN relay / vxlan",
+            None,
+            None,
+            Some(
+                "a TUN-to-TUN relay without UDP: the single-stream ceiling of any TUN data path; one thread relays for both hosts",
+            ),
+        ),
+        cmp(
+            udp,
+            relay,
+            "udp / TUN relay",
+            None,
+            None,
+            Some("what the UDP leg and twilld's checks cost"),
+        ),
+        cmp(
+            udp,
+            external,
+            "udp / forwarder",
+            Some("1.0"),
+            None,
+            Some("twilld against the external forwarder on the same kind of lab"),
+        ),
+        cmp(external, vxlan, "forwarder / vxlan", None, None, None),
+    ];
     for b in LabBackend::ALL {
-        let v4 = rows
-            .iter()
-            .find(|r| r.path == RowPath::TwoHosts(BenchPath::Backend(b)));
-        let v6 = rows
-            .iter()
-            .find(|r| r.path == RowPath::TwoHostsV6(BenchPath::Backend(b)));
-        if let (Some(v4), Some(v6)) = (v4, v6) {
-            lines.push(format!(
-                "{b} IPv6 / IPv4: {:.2}x with 1 stream, {:.2}x with 4 streams (goal: within 10%)",
-                v6.gbps_1 / v4.gbps_1,
-                v6.gbps_4 / v4.gbps_4
-            ));
-        }
-    }
-    let wg = find(BenchPath::Backend(LabBackend::Wireguard));
-    let wggo = find(BenchPath::WireguardGo);
-    if let (Some(w), Some(v)) = (wg, vxlan) {
-        lines.push(format!(
-            "wireguard / vxlan: {:.2}x with 1 stream (goal 0.5), {:.2}x with 4 streams",
-            w.gbps_1 / v.gbps_1,
-            w.gbps_4 / v.gbps_4
+        let v4 = RowPath::TwoHosts(BenchPath::Backend(b));
+        let v6 = RowPath::TwoHostsV6(BenchPath::Backend(b));
+        let name = format!("{b} IPv6 / IPv4");
+        comparisons.push(cmp(
+            v6,
+            v4,
+            &name,
+            Some("within 10%"),
+            Some("within 10%"),
+            None,
         ));
     }
-    if let (Some(w), Some(g)) = (wg, wggo) {
-        lines.push(format!(
-            "wireguard / wireguard-go: {:.2}x with 1 stream (goal about 2 with the newest), {:.2}x with 4 streams",
-            w.gbps_1 / g.gbps_1,
-            w.gbps_4 / g.gbps_4
-        ));
-    }
-    if let (Some(w), Some(b)) = (wg, find(BenchPath::Boringtun)) {
-        lines.push(format!(
-            "wireguard / boringtun: {:.2}x with 1 stream (goal about 7), {:.2}x with 4 streams",
-            w.gbps_1 / b.gbps_1,
-            w.gbps_4 / b.gbps_4
-        ));
-    }
+    comparisons.extend([
+        cmp(wg, vxlan, "wireguard / vxlan", Some("0.5"), None, None),
+        cmp(
+            wg,
+            two(BenchPath::WireguardGo),
+            "wireguard / wireguard-go",
+            Some("about 2 with the newest"),
+            None,
+            None,
+        ),
+        cmp(
+            wg,
+            two(BenchPath::Boringtun),
+            "wireguard / boringtun",
+            Some("about 7"),
+            None,
+            None,
+        ),
+    ]);
+    let find = |p: RowPath| rows.iter().find(|r| r.path == p);
+    let lines: Vec<String> = comparisons
+        .iter()
+        .filter_map(|c| {
+            let (a, b) = (find(c.a)?, find(c.b)?);
+            let note = c.note.map(|n| format!(" ({n})")).unwrap_or_default();
+            Some(format!(
+                "{}: {}, {}{note}",
+                c.name,
+                ratio_text(a, b, 1, c.goal_1),
+                ratio_text(a, b, 4, c.goal_4)
+            ))
+        })
+        .collect();
     if !lines.is_empty() {
         let _ = writeln!(table);
         let _ = writeln!(md);
     }
-    for line in lines {
+    for line in &lines {
         let _ = writeln!(table, "{line}");
         let _ = writeln!(md, "{line}  ");
     }
@@ -212,6 +265,7 @@ mod tests {
             gbps_4: four,
             rtt_ms: 0.1,
             cpu_s_per_gb: cpu,
+            rounds: Vec::new(),
         }
     }
 
@@ -239,6 +293,38 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<rect x=\"190\" y=").count(), 6 + 1, "{svg}");
         assert!(report(&[]).table.contains("nothing measured"));
+    }
+
+    #[test]
+    fn ratios_show_their_spread_round_by_round() {
+        let mut vxlan = row(VXLAN, 8.0, 10.0, Some(0.01));
+        vxlan.rounds = vec![(8.0, 10.0), (10.0, 12.0), (6.0, 8.0)];
+        let mut udp = row(UDP, 6.0, 5.0, Some(1.5));
+        // Paired by round: 0.70, 0.90, 0.80 with 1 stream; 0.50, 0.50, 0.50 with 4.
+        udp.rounds = vec![(5.6, 5.0), (9.0, 6.0), (4.8, 4.0)];
+        let r = report(&[row(SAME_HOST, 10.0, 20.0, None), vxlan, udp]);
+        assert!(
+            r.table.contains(
+                "udp / vxlan: 0.75x with 1 stream (goal 0.9; rounds 0.70–0.90), \
+                 0.50x with 4 streams (goal 0.5; rounds 0.50–0.50)"
+            ),
+            "{}",
+            r.table
+        );
+        // A round that measured nothing (0 Gbit/s) has no ratio; one round has no spread.
+        let mut vxlan = row(VXLAN, 8.0, 10.0, None);
+        vxlan.rounds = vec![(8.0, 0.0), (8.0, 10.0)];
+        let mut udp = row(UDP, 6.0, 5.0, None);
+        udp.rounds = vec![(6.0, 5.0), (6.0, 5.0)];
+        let r = report(&[row(SAME_HOST, 10.0, 20.0, None), vxlan, udp]);
+        assert!(
+            r.table.contains(
+                "udp / vxlan: 0.75x with 1 stream (goal 0.9; rounds 0.75–0.75), \
+                 0.50x with 4 streams (goal 0.5)"
+            ),
+            "{}",
+            r.table
+        );
     }
 
     #[test]
