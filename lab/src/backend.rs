@@ -33,6 +33,13 @@ impl LabBackend {
         LabBackend::Wireguard,
     ];
 
+    /// Whether packets between hosts pass through twilld itself (its TUN data path), so that
+    /// a host's twilld being down stops its containers' traffic to other hosts; the kernel
+    /// backends' agents only program the kernel, which forwards without them.
+    pub fn data_path_in_twilld(self) -> bool {
+        matches!(self, LabBackend::Udp | LabBackend::Wireguard)
+    }
+
     /// twilld's name for it (`host-gw`, `vxlan`, `udp`, `wireguard`).
     pub fn as_str(self) -> &'static str {
         BackendType::from(self).as_str()

@@ -80,8 +80,9 @@ impl Drop for Teardown {
     }
 }
 
-/// Runs the soak; true when the goal was met (no lease lost; no ping lost on the kernel
-/// backends; every restarted piece served again).
+/// Runs the soak; true when the goal was met (no lease lost; no ping lost, except on udp and
+/// wireguard those to or from a host while its twilld, the data path, was down; every
+/// restarted piece served again).
 pub fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
     anyhow::ensure!(
         o.hosts >= 2,
