@@ -79,7 +79,7 @@ enum Cmd {
     },
     /// Print a host's twilld log.
     Logs { host: String },
-    /// iperf3 (1 and 4 streams), ping RTT and twilld CPU per GB for each backend against the
+    /// iperf3 (1 and 4 streams), ping RTT and data-path CPU per GB for each backend against the
     /// same-host path, measured side by side; or the CNI / runtime benchmarks (`bench cni`,
     /// `bench runtime`, from the source tree).
     Bench {

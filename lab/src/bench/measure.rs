@@ -67,22 +67,53 @@ pub(super) fn iperf(
     }
 }
 
-/// CPU seconds (user + system) used so far by the twilld processes of a lab.
-pub(super) fn twilld_cpu_seconds(st: &LabState) -> f64 {
+/// CPU seconds (user + system) used so far by every process in the lab's host namespaces:
+/// twilld, or whatever took its data path over (the external forwarder, wireguard-go,
+/// boringtun), so each path's forwarding cost is read the same way. A process that ends
+/// between two readings takes its time with it (a reconcile's short `nft` runs), one that
+/// starts counts from its start.
+pub(super) fn data_path_cpu_seconds(st: &LabState) -> f64 {
+    let hosts: Vec<u64> = st
+        .hosts
+        .iter()
+        .filter_map(|h| Netns::open(&h.netns).and_then(|n| n.inode()).ok())
+        .collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read_link(e.path().join("ns/net"))
+                .ok()
+                .and_then(|l| netns_inode(&l.to_string_lossy()))
+                .is_some_and(|ino| hosts.contains(&ino))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .map(|stat| cpu_seconds(&stat))
+        .sum()
+}
+
+/// The inode in a `/proc/PID/ns/net` link (`net:[4026532281]`).
+fn netns_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// utime + stime of a `/proc/PID/stat` line, in seconds.
+fn cpu_seconds(stat: &str) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    st.hosts
-        .iter()
-        .filter_map(|h| h.twilld_pid)
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .map(|stat| {
-            // Fields after the ")" that ends the command name: utime and stime are 12 and 13.
-            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            (t(11) + t(12)) / hz
-        })
-        .sum()
+    // Fields after the ")" that ends the command name: utime and stime are 12 and 13.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / hz
 }
 
 pub(super) fn rtt(client_ns: &str, ip: &str) -> anyhow::Result<f64> {
@@ -101,4 +132,25 @@ pub(super) fn rtt(client_ns: &str, ip: &str) -> anyhow::Result<f64> {
 pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_netns_link_gives_its_inode_and_nothing_else_does() {
+        assert_eq!(netns_inode("net:[4026532281]"), Some(4026532281));
+        assert_eq!(netns_inode("mnt:[4026532281]"), None);
+        assert_eq!(netns_inode("net:[x]"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_read_after_the_command_name_even_with_spaces_and_parentheses() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let stat = "42 (wg (x) 1) S 1 42 42 0 -1 4194560 10 0 0 0 300 200 0 0 20 0 3 0";
+        assert_eq!(cpu_seconds(stat), 500.0 / hz);
+        assert_eq!(cpu_seconds("garbage"), 0.0);
+    }
 }

@@ -2,9 +2,10 @@
 //! 4 streams) and ping RTT between containers on two hosts for each backend, plus two
 //! containers on the same host (the bridge path: the physical baseline). Runs are
 //! interleaved (every path once per round, `--runs` rounds) so a noisy machine treats every
-//! path alike; each cell is the median. Also the CPU time twilld spent per GB moved (the
-//! udp backend's cost; the kernel backends' agents only watch etcd). iperf3 and ping run from
-//! the host's filesystem inside the containers' network namespaces.
+//! path alike; each cell is the median. Also the CPU time the hosts' processes spent per GB
+//! moved: twilld's on udp and wireguard, the forwarder's or the WireGuard anchor's where one
+//! took over (the kernel backends' agents only watch etcd). iperf3 and ping run from the
+//! host's filesystem inside the containers' network namespaces.
 //! `bench cni` and `bench runtime` run the CNI and runtime benchmarks of the source tree.
 
 mod delegated;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 
 pub use self::delegated::bench_other;
-use self::measure::{container_netns, iperf, median, rtt, twilld_cpu_seconds};
+use self::measure::{container_netns, data_path_cpu_seconds, iperf, median, rtt};
 use self::path::{BenchPath, RowPath};
 use self::report::{Row, report, svg_chart};
 use crate::commands::down;
@@ -61,9 +62,9 @@ fn measure_once(p: &Probe, secs: u64, acc: &mut Samples) -> anyhow::Result<()> {
         })
         .context("server ip")?;
     for (streams, out) in [(1, &mut acc.one), (4, &mut acc.four)] {
-        let cpu0 = twilld_cpu_seconds(&st);
+        let cpu0 = data_path_cpu_seconds(&st);
         let (gbps, bytes) = iperf(&sns, &ip, &cns, secs, streams)?;
-        acc.cpu_s += twilld_cpu_seconds(&st) - cpu0;
+        acc.cpu_s += data_path_cpu_seconds(&st) - cpu0;
         acc.bytes += bytes;
         out.push(gbps);
     }
@@ -232,7 +233,7 @@ pub fn bench(
                 path: p.path,
                 cpu_s_per_gb: p
                     .path
-                    .through_twilld()
+                    .cpu_counted()
                     .then(|| s.cpu_s / (s.bytes / 1e9).max(1e-9)),
                 rounds: s.one.iter().copied().zip(s.four.iter().copied()).collect(),
                 gbps_1: median(s.one),

@@ -12,7 +12,8 @@ pub struct Row {
     pub gbps_1: f64,
     pub gbps_4: f64,
     pub rtt_ms: f64,
-    /// twilld CPU seconds (both hosts) per GB received; `None` for the same-host path.
+    /// CPU seconds of the processes in both hosts' namespaces (twilld, or the forwarder or
+    /// WireGuard that replaced it) per GB received; `None` where nothing there forwards.
     pub cpu_s_per_gb: Option<f64>,
     /// Gbit/s of every round in order (1 stream, 4 streams): every path is measured once per
     /// round, one after the other, so two paths' ratios can be taken round by round.
@@ -66,7 +67,7 @@ pub struct Report {
 pub fn report(rows: &[Row]) -> Report {
     let mut table = String::new();
     let mut md = String::from(
-        "| path | 1 stream Gbit/s | 4 streams Gbit/s | RTT ms | 1 stream vs same host | 4 streams vs same host | twilld CPU s/GB |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        "| path | 1 stream Gbit/s | 4 streams Gbit/s | RTT ms | 1 stream vs same host | 4 streams vs same host | data path CPU s/GB |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     let Some(base) = rows.first() else {
         return Report {
