@@ -53,6 +53,23 @@ pub fn checksum(data: &[u8]) -> u16 {
     !fold(sum(0, data))
 }
 
+/// The checksum of an IPv4 header (20–60 bytes), summed as big-endian 32-bit words: every
+/// segment sent and received has its header checksummed, and for 20 bytes [`sum`]'s wide
+/// accumulators and 128-bit fold cost about three times as much (26 vs 8 ns measured here).
+/// Adding 32-bit words is the same ones'-complement sum, since 2^16 ≡ 1 (mod 2^16 − 1).
+pub fn header_checksum(hdr: &[u8]) -> u16 {
+    let mut words = hdr.chunks_exact(4);
+    let mut acc: u64 = 0;
+    for w in &mut words {
+        acc += u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as u64;
+    }
+    let mut pad = [0u8; 4];
+    let rest = words.remainder();
+    pad[..rest.len()].copy_from_slice(rest);
+    acc += u32::from_be_bytes(pad) as u64;
+    !fold(acc)
+}
+
 /// The IPv6 pseudo-header sum (RFC 8200 §8.1) for a transport segment of `len` bytes.
 pub(super) fn pseudo_header6(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u64 {
     sum(0, src) + sum(0, dst) + proto as u64 + len as u64
@@ -86,6 +103,29 @@ mod tests {
             acc += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u64;
         }
         fold(acc)
+    }
+
+    #[test]
+    fn header_checksum_agrees_with_the_general_one_at_every_header_length() {
+        let data: Vec<u8> = (0..64u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        for len in 0..=64 {
+            assert_eq!(
+                header_checksum(&data[..len]),
+                checksum(&data[..len]),
+                "len {len}"
+            );
+        }
+        // A real header with its checksum filled in sums to zero.
+        let mut h = [
+            0x45, 0, 0, 0x73, 0, 0, 0x40, 0, 0x40, 0x11, 0, 0, 0xc0, 0xa8, 0, 1, 0xc0, 0xa8, 0,
+            0xc7,
+        ];
+        let c = header_checksum(&h);
+        assert_eq!(c, 0xb861);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(header_checksum(&h), 0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use super::DropReason;
-use super::checksum::{checksum, fold};
+use super::checksum::{fold, header_checksum};
 use super::layout::{addr, be16, ip, put16};
 
 /// The largest IPv4 packet.
@@ -51,7 +51,7 @@ pub fn parse_ipv4(pkt: &[u8], verify_checksum: bool) -> Result<Ipv4Info, DropRea
     if total_len < header_len || total_len != pkt.len() {
         return Err(DropReason::Malformed);
     }
-    if verify_checksum && checksum(&pkt[..header_len]) != 0 {
+    if verify_checksum && header_checksum(&pkt[..header_len]) != 0 {
         return Err(DropReason::Malformed);
     }
     Ok(Ipv4Info {
@@ -89,12 +89,13 @@ pub fn decrement_ttl(pkt: &mut [u8]) -> Result<(), DropReason> {
 /// Recomputes the IPv4 header checksum of `hdr` (the whole header, options included).
 pub(super) fn set_ipv4_checksum(hdr: &mut [u8]) {
     put16(hdr, ip::CHECKSUM, 0);
-    let c = checksum(hdr);
+    let c = header_checksum(hdr);
     put16(hdr, ip::CHECKSUM, c);
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::checksum::checksum;
     use super::super::test_util::tcp_packet;
     use super::*;
     use crate::engine::packet::layout::tcp;
