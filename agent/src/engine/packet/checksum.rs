@@ -55,7 +55,7 @@ pub fn checksum(data: &[u8]) -> u16 {
 
 /// The checksum of an IPv4 header (20–60 bytes), summed as big-endian 32-bit words: every
 /// segment sent and received has its header checksummed, and for 20 bytes [`sum`]'s wide
-/// accumulators and 128-bit fold cost about three times as much (26 vs 8 ns measured here).
+/// accumulators and 128-bit fold cost several times as much (docs/benchmarks.md).
 /// Adding 32-bit words is the same ones'-complement sum, since 2^16 ≡ 1 (mod 2^16 − 1).
 pub fn header_checksum(hdr: &[u8]) -> u16 {
     let mut words = hdr.chunks_exact(4);
