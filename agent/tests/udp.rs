@@ -12,7 +12,10 @@ use twill_tests::preconditions;
 
 const TOOLS: &[&str] = &["ip", "ping", "etcd", "etcdctl", "nft"];
 const METRICS_PORT: u16 = 10269;
-const CONFIG: &str = r#"{"Network":"10.21.0.0/16","Backend":{"Type":"udp"}}"#;
+/// The agents lease below 10.21.200.0 (`SubnetMax`): a test writes a Flannel node's lease at
+/// .250 while agents run, which a random pick must never be holding.
+const CONFIG: &str =
+    r#"{"Network":"10.21.0.0/16","SubnetMax":"10.21.199.0","Backend":{"Type":"udp"}}"#;
 
 fn lab(prefix: &str, hosts: usize, per_host: usize) -> AgentLab {
     lab_with(prefix, hosts, per_host, &[])

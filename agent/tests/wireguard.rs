@@ -23,8 +23,12 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
+/// The agents lease below 10.23.200.0 (`SubnetMax`): the tests write other nodes' leases at
+/// .200 and .250 while agents run, and a random pick must never be holding one of them.
 fn config(backend_extra: &str) -> String {
-    format!(r#"{{"Network":"{NETWORK}","Backend":{{"Type":"wireguard"{backend_extra}}}}}"#)
+    format!(
+        r#"{{"Network":"{NETWORK}","SubnetMax":"10.23.199.0","Backend":{{"Type":"wireguard"{backend_extra}}}}}"#
+    )
 }
 
 /// A wireguard lab: `twilld` on hosts `1..=agents` of `hosts`, `per_host` containers each.
