@@ -201,7 +201,9 @@ fn all_pairs(lab: &AgentLab, ctrs: &[Ctr], what: &str) {
     lab.eventually(what, 30, || unreachable(ctrs).is_empty());
 }
 
-const DUAL_HG: &str = r#"{"Network":"10.41.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:41::/48","Backend":{"Type":"host-gw"}}"#;
+/// The agents lease below 10.41.200.0 (`SubnetMax`): a test writes another node's lease at
+/// 10.41.250.0 while they run, which a random pick must never hold.
+const DUAL_HG: &str = r#"{"Network":"10.41.0.0/16","SubnetMax":"10.41.199.0","EnableIPv6":true,"IPv6Network":"fd00:41::/48","Backend":{"Type":"host-gw"}}"#;
 
 #[test]
 fn dual_stack_host_gw_all_pairs_and_restart_keeps_both_subnets() {
@@ -301,7 +303,8 @@ fn dual_stack_vxlan_all_pairs_and_a_flannel_lease_for_both_families() {
     ) {
         return;
     }
-    let config = r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:42::/48","Backend":{"Type":"vxlan"}}"#;
+    // Below the subnets of the Flannel lease written mid-run (10.42.200.0, fd00:42:0:c8::).
+    let config = r#"{"Network":"10.42.0.0/16","SubnetMax":"10.42.199.0","EnableIPv6":true,"IPv6Network":"fd00:42::/48","IPv6SubnetMax":"fd00:42:0:c7::","Backend":{"Type":"vxlan"}}"#;
     let (lab, envs, ctrs) = three_by_two("twa-6vx", config, &[]);
     all_pairs(&lab, &ctrs, "all pairs reachable over vxlan, both families");
     let h1 = lab.cluster.host(1).name.clone();
@@ -511,7 +514,8 @@ fn two_keys_for_one_ipv4_subnet_keep_its_route_until_both_are_gone() {
     let mut lab = AgentLab::new(
         "twa-6two",
         1,
-        r#"{"Network":"10.44.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        // Above the subnet the test writes as another node's (10.44.14.0).
+        r#"{"Network":"10.44.0.0/16","SubnetMin":"10.44.15.0","Backend":{"Type":"host-gw"}}"#,
     );
     lab.start_agent(1, &[]);
     lab.wait_subnet(1);

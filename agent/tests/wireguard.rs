@@ -437,6 +437,70 @@ fn wireguard_forgeries_keepalive_flannel_lease_removal_and_restart() {
 }
 
 #[test]
+fn wireguard_a_node_behind_a_port_rewriting_nat_is_reached_where_its_messages_come_from() {
+    if !preconditions(
+        "wireguard_a_node_behind_a_port_rewriting_nat_is_reached_where_its_messages_come_from",
+        &[TOOLS, &["wg", "unshare"]].concat(),
+    ) {
+        return;
+    }
+    // Host 2 sits behind a NAT that rewrites its WireGuard port to NAT_PORT and lets in only
+    // replies: datagrams addressed to its own port are dropped before conntrack sees them.
+    // Its lease still names PORT, so host 1 reaches it only by roaming to where host 2's
+    // authenticated messages come from, as WireGuard does.
+    const NAT_PORT: u16 = 40123;
+    let mut lab = AgentLab::new("twg-nat", 2, &config(""));
+    let ip2 = lab.cluster.host(2).ip;
+    let rules = format!(
+        "table ip twill_test_nat {{
+            chain not_to_the_port {{ type filter hook prerouting priority raw; udp dport {PORT} drop; }}
+            chain rewrite {{ type nat hook postrouting priority srcnat; udp sport {PORT} snat to {ip2}:{NAT_PORT}; }}
+        }}"
+    );
+    let mut nft = Command::new("nft");
+    nft.args(["-f", "-"]).stdin(Stdio::piped());
+    lab.cluster.host(2).netns.prepare_command(&mut nft).unwrap();
+    let mut child = nft.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "the NAT's rules: {rules}");
+    for h in 1..=2 {
+        lab.start_wireguard_agent(h, METRICS_PORT);
+    }
+    for h in 1..=2 {
+        lab.wait_subnet(h);
+        lab.add_container(h);
+    }
+    // Host 2 speaks first (only it can open the NAT); then both ways.
+    lab.eventually(
+        "host 2's container reaches host 1's through the NAT",
+        30,
+        || lab.ping(1, &lab.containers[0].ip),
+    );
+    assert!(
+        lab.ping(0, &lab.containers[1].ip),
+        "host 1's container reaches host 2's at the NAT's port"
+    );
+    let peer2 = wg_dump(&lab, 1)
+        .into_iter()
+        .nth(1)
+        .expect("host 1 has host 2 as its peer");
+    assert_eq!(peer2[2], format!("{ip2}:{NAT_PORT}"), "{peer2:?}");
+    assert!(
+        lab.log(1).contains("wireguard peer roamed"),
+        "the roam is logged:\n{}",
+        lab.log(1)
+    );
+    let payload = common::test_data(1 << 20);
+    common::assert_transfer_intact(
+        &lab,
+        0,
+        1,
+        &payload,
+        "1 MiB from host 1 to host 2 through the NAT",
+    );
+}
+
+#[test]
 fn wireguard_interop_with_wireguard_go_configured_like_flannel() {
     if !preconditions(
         "wireguard_interop_with_wireguard_go_configured_like_flannel",

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::lease::Subnets;
 use boringtun::noise::Tunn;
@@ -37,8 +37,12 @@ pub struct Peer {
     /// index of every message addressed to us).
     pub index: u32,
     pub public_key: [u8; 32],
-    /// Where its datagrams go: the lease's PublicIP (or PublicIPv6) and Port.
-    pub endpoint: SocketAddr,
+    /// What its lease names as its endpoint: its PublicIP (or PublicIPv6) and Port.
+    pub leased_endpoint: SocketAddr,
+    /// Where its datagrams go now: the leased endpoint until an authenticated message comes
+    /// from another port of one of its own addresses (a NAT rewrote the port), as WireGuard
+    /// roams. Read once per batch of datagrams, written only when it moves.
+    current_endpoint: RwLock<SocketAddr>,
     /// Its AllowedIPs: the subnets it leases that this device carries.
     pub allowed: Subnets,
     pub keepalive: u16,
@@ -55,7 +59,7 @@ impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peer")
             .field("index", &self.index)
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.endpoint())
             .field("allowed", &self.allowed)
             .finish_non_exhaustive()
     }
@@ -74,7 +78,8 @@ impl Peer {
         Peer {
             index,
             public_key,
-            endpoint,
+            leased_endpoint: endpoint,
+            current_endpoint: RwLock::new(endpoint),
             allowed,
             keepalive,
             psk,
@@ -98,7 +103,36 @@ impl Peer {
 
     /// Whether `other` describes the same peer, so its sessions can be kept.
     pub fn same_as(&self, key: &[u8; 32], endpoint: SocketAddr, allowed: Subnets) -> bool {
-        &self.public_key == key && self.endpoint == endpoint && self.allowed == allowed
+        &self.public_key == key && self.leased_endpoint == endpoint && self.allowed == allowed
+    }
+
+    /// Where its datagrams go now.
+    pub fn endpoint(&self) -> SocketAddr {
+        *self
+            .current_endpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After an authenticated message from `from`: sends go there from now on if it is
+    /// another port of one of the peer's own addresses. Any other address stays refused —
+    /// only leased addresses are opened at all, and one node's messages must not move
+    /// another node's endpoint. Returns the endpoint it left when it moved.
+    pub fn roam(&self, from: SocketAddr) -> Option<SocketAddr> {
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        if self.endpoint() == from || !self.owns(from.ip()) {
+            return None;
+        }
+        let mut cur = self
+            .current_endpoint
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        Some(std::mem::replace(&mut *cur, from)).filter(|&old| old != from)
+    }
+
+    /// Whether `ip` is one of the addresses its lease names.
+    fn owns(&self, ip: IpAddr) -> bool {
+        ip == self.leased_endpoint.ip().to_canonical() || Some(ip) == self.alt_source
     }
 
     /// Whether `src`, the inner source of a packet it sent, lies in its AllowedIPs.
@@ -169,7 +203,7 @@ impl WgTable {
             }
             t.by_index.insert(p.index, i);
             t.by_key.insert(p.public_key, i);
-            t.sources.insert(p.endpoint.ip().to_canonical());
+            t.sources.insert(p.leased_endpoint.ip().to_canonical());
             if let Some(ip) = p.alt_source {
                 t.sources.insert(ip);
             }
@@ -422,5 +456,30 @@ mod tests {
         assert!(!t.is_source("172.31.0.13".parse().unwrap()));
         assert!(t.peers[0].allows("fd00:5:0:2::1".parse().unwrap()));
         assert!(!t.peers[1].allows("10.5.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_peer_roams_between_ports_of_its_own_addresses_only() {
+        let p = peer(1, "172.31.0.12:51820", Some("10.5.2.0/24"), None)
+            .with_alt_source(Some("fd31::12".parse().unwrap()));
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(p.endpoint(), at("172.31.0.12:51820"));
+        assert_eq!(p.roam(at("172.31.0.12:51820")), None, "where it already is");
+        // Another node's address, or one nobody leases: never.
+        assert_eq!(p.roam(at("172.31.0.13:51820")), None);
+        assert_eq!(p.endpoint(), at("172.31.0.12:51820"));
+        // A NAT's port, then its other family's address (a v4-mapped source is the same).
+        assert_eq!(
+            p.roam(at("[::ffff:172.31.0.12]:40001")),
+            Some(at("172.31.0.12:51820"))
+        );
+        assert_eq!(p.endpoint(), at("172.31.0.12:40001"));
+        assert_eq!(
+            p.roam(at("[fd31::12]:51820")),
+            Some(at("172.31.0.12:40001"))
+        );
+        assert_eq!(p.endpoint(), at("[fd31::12]:51820"));
+        // What the lease says is still what decides whether it is the same peer.
+        assert!(p.same_as(&p.public_key, at("172.31.0.12:51820"), p.allowed));
     }
 }

@@ -57,7 +57,7 @@ fn run(table: &TableCell, limiter: &RateLimiter, sock: &UdpSocket, stop: &Atomic
             let mut tunn = peer.tunn();
             // At most one message per tick and peer, as in boringtun's own device.
             if let TunnResult::WriteToNetwork(msg) = tunn.update_timers(&mut buf) {
-                let _ = sock.send_to(peer.endpoint, msg);
+                let _ = sock.send_to(peer.endpoint(), msg);
             }
         }
         drop(t);

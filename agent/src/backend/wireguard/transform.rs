@@ -10,6 +10,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use base64::Engine as _;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -145,7 +146,7 @@ impl Outbound for WgOutbound {
             return Err(Refusal::Unreachable { from });
         };
         Ok(Destination {
-            to: table.peers[i].endpoint,
+            to: table.peers[i].endpoint(),
             peer: i,
         })
     }
@@ -171,7 +172,7 @@ impl Outbound for WgOutbound {
             });
         };
         Ok(Destination {
-            to: table.peers[i].endpoint,
+            to: table.peers[i].endpoint(),
             peer: i,
         })
     }
@@ -250,7 +251,7 @@ impl Outbound for WgOutbound {
             } else {
                 &datagram[..len]
             };
-            let _ = ctl.send_to(peer.endpoint, msg);
+            let _ = ctl.send_to(peer.endpoint(), msg);
             return Err(DropReason::NoSession);
         }
         if small {
@@ -351,7 +352,11 @@ impl WgSender<'_> {
         match tunn.decapsulate(self.src(), msg, self.scratch) {
             TunnResult::WriteToNetwork(reply) => {
                 // A handshake response or the keepalive that confirms one: to the address the
-                // handshake came from. Then what waited for the session.
+                // handshake came from. Then what waited for the session. A cookie (under
+                // load) authenticates nothing, and a cookie reply carries no identity.
+                if reply.first() != Some(&MSG_COOKIE_REPLY) && msg[0] != MSG_COOKIE_REPLY {
+                    roam(peer, self.from);
+                }
                 let _ = ctl.send_to(self.from, reply);
                 flush_queued(&mut tunn, peer, self.scratch, ctl);
                 Ok(Opened::Consumed)
@@ -372,13 +377,17 @@ impl WgSender<'_> {
             .by_index(index)
             .ok_or(DropReason::Unauthenticated)?;
         let mut tunn = peer.tunn();
-        let (len, v6) = match tunn.decapsulate(self.src(), datagram, self.scratch) {
+        let opened = tunn.decapsulate(self.src(), datagram, self.scratch);
+        if !matches!(opened, TunnResult::Err(_)) {
+            roam(peer, self.from);
+        }
+        let (len, v6) = match opened {
             TunnResult::WriteToTunnelV4(inner, _) => (inner.len(), false),
             TunnResult::WriteToTunnelV6(inner, _) => (inner.len(), true),
             // A keepalive.
             TunnResult::Done => return Ok(Opened::Consumed),
             TunnResult::WriteToNetwork(reply) => {
-                let _ = ctl.send_to(peer.endpoint, reply);
+                let _ = ctl.send_to(peer.endpoint(), reply);
                 flush_queued(&mut tunn, peer, self.scratch, ctl);
                 return Ok(Opened::Consumed);
             }
@@ -511,7 +520,20 @@ impl WgSender<'_> {
         }
         if let Some(idx) = index {
             tunn.note_data_received(idx, bytes);
+            roam(peer, self.from);
         }
+    }
+}
+
+/// After an authenticated message from `peer` at `from`: its datagrams go there.
+fn roam(peer: &Peer, from: SocketAddr) {
+    if let Some(old) = peer.roam(from) {
+        tracing::info!(
+            peer = %base64::engine::general_purpose::STANDARD.encode(peer.public_key),
+            from = %old,
+            to = %from,
+            "wireguard peer roamed: its authenticated messages come from another port or address of its lease, so ours go there now"
+        );
     }
 }
 
@@ -521,7 +543,7 @@ fn flush_queued(tunn: &mut Tunn, peer: &Peer, scratch: &mut [u8], ctl: &mut Cont
     for _ in 0..MAX_FLUSH {
         match tunn.decapsulate(None, &[], scratch) {
             TunnResult::WriteToNetwork(msg) => {
-                let _ = ctl.send_to(peer.endpoint, msg);
+                let _ = ctl.send_to(peer.endpoint(), msg);
             }
             _ => return,
         }
@@ -950,6 +972,71 @@ mod tests {
             }
             assert!(open(&b, &mut b_in, from_a, &mut junk).is_err() || len < 4);
         }
+    }
+
+    /// Where B's engine would send a packet for A's subnet.
+    fn destination_of_a(b: &Node, out: &mut WgOutbound) -> SocketAddr {
+        let mut p = tcp_packet(1, 0x10, &[1; 10], 64);
+        // 10.5.2.3 → 10.5.1.2: swapping the addresses leaves both checksums as they are.
+        p[12..20].rotate_left(4);
+        let ip = packet::parse_ipv4(&p, true).unwrap();
+        let mut ctl = Control::new(&b.out);
+        out.route(&mut p, &ip, &mut ctl).unwrap().to
+    }
+
+    #[test]
+    fn a_peer_roams_to_where_its_authenticated_messages_come_from_and_only_those_move_it() {
+        let (a, b) = pair(None);
+        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
+        let (mut b_out, mut b_in) = (b.transform.outbound(), b.transform.inbound());
+        let peer_a = b.transform.table.load().peers[0].clone();
+        let leased = a.inbox.local_addr().unwrap();
+        assert_eq!(destination_of_a(&b, &mut b_out), leased);
+        // A's messages leave from another port than its lease names (its `out` socket), as
+        // through a NAT that rewrites ports: the authenticated handshake moves B's sends.
+        let from_a = a.out.local_addr().unwrap();
+        assert_ne!(from_a, leased);
+        establish(&a, &b, &mut a_out, &mut a_in, &mut b_in);
+        assert_eq!(peer_a.endpoint(), from_a);
+        assert_eq!(destination_of_a(&b, &mut b_out), from_a);
+
+        // From yet another port: a forged tag, a replay and junk move nothing.
+        let elsewhere = SocketAddr::from((Ipv4Addr::LOCALHOST, leased.port() ^ 0x5a5a));
+        let pkt = tcp_packet(2, 0x18, &[7; 300], 64);
+        let mut good = seal(&a, &mut a_out, &pkt).unwrap();
+        let replay = good.clone();
+        assert!(open(&b, &mut b_in, from_a, &mut good).is_ok());
+        let mut forged = seal(&a, &mut a_out, &pkt).unwrap();
+        forged[40] ^= 1;
+        assert_eq!(
+            open(&b, &mut b_in, elsewhere, &mut forged),
+            Err(DropReason::Unauthenticated)
+        );
+        assert_eq!(
+            open(&b, &mut b_in, elsewhere, &mut replay.clone()),
+            Err(DropReason::Replay)
+        );
+        let mut junk = vec![MSG_HANDSHAKE_INIT, 0, 0, 0];
+        junk.resize(HANDSHAKE_INIT_LEN, 9);
+        assert!(open(&b, &mut b_in, elsewhere, &mut junk).is_err());
+        assert_eq!(
+            peer_a.endpoint(),
+            from_a,
+            "only authenticated messages roam"
+        );
+
+        // A data message from there does, one by one or as a batch.
+        let mut d = seal(&a, &mut a_out, &pkt).unwrap();
+        assert!(open(&b, &mut b_in, elsewhere, &mut d).is_ok());
+        assert_eq!(peer_a.endpoint(), elsewhere);
+        let pkts: Vec<Vec<u8>> = (0..20u32)
+            .map(|i| tcp_packet(10 + i, 0x10, &[i as u8; 200], 64))
+            .collect();
+        let (mut wire, ranges) = seal_as_batch(&a, &mut a_out, &pkts, None);
+        let opened = open_as_batch(&b, &mut b_in, from_a, &mut wire, &ranges, None);
+        assert!(opened.iter().all(Result::is_ok), "{opened:?}");
+        assert_eq!(peer_a.endpoint(), from_a);
+        assert_eq!(destination_of_a(&b, &mut b_out), from_a);
     }
 
     /// An IPv6 packet from `src` to `dst` with `len` bytes of payload (no next header).

@@ -56,7 +56,7 @@ pub fn render_get(state: &DeviceState) -> String {
             // The key itself stays in twilld: `wg show` only says a PSK is set.
             let _ = writeln!(s, "preshared_key={}", hex(&[0xffu8; 32]));
         }
-        let _ = writeln!(s, "endpoint={}", p.endpoint);
+        let _ = writeln!(s, "endpoint={}", p.endpoint());
         let _ = writeln!(s, "persistent_keepalive_interval={}", p.keepalive);
         let (since, tx, rx, _, _) = p.tunn().stats();
         let at = since
