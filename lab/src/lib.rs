@@ -10,6 +10,7 @@ pub mod binaries;
 pub mod commands;
 pub mod family;
 pub mod image;
+pub mod interrupt;
 pub mod relay;
 pub mod soak;
 pub mod state;

@@ -6,7 +6,7 @@ use twill_lab::bench::path::BenchSelection;
 use twill_lab::bench::{self, BenchKind, BenchOutput};
 use twill_lab::family::IpFamily;
 use twill_lab::soak::{self, SoakOptions};
-use twill_lab::{commands, state, up};
+use twill_lab::{commands, interrupt, state, up};
 
 /// twill-lab: hosts as network namespaces, real etcd, real twilld agents and twill-run
 /// containers, all on this machine. Needs root. Nothing is added to the root namespace.
@@ -127,6 +127,13 @@ fn main() {
     // SAFETY: restoring the default disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    // What builds labs stops cleanly on Ctrl-C; exec, logs and the rest end as usual.
+    if matches!(
+        cli.cmd,
+        Cmd::Up { .. } | Cmd::Soak { .. } | Cmd::Bench { .. }
+    ) {
+        interrupt::install();
+    }
     let valid = !cli.name.is_empty()
         && cli.name.len() <= 20
         && cli
@@ -214,6 +221,20 @@ fn main() {
     };
     match r {
         Ok(code) => std::process::exit(code),
+        Err(_) if interrupt::requested() => {
+            // An interrupted `up` leaves nothing half-built (bench and soak remove theirs).
+            if is_up
+                && state::state_dir(&cli.name).exists()
+                && let Err(e) = commands::down(&cli.name)
+            {
+                eprintln!(
+                    "twill-lab: removing the interrupted lab {}: {e:#}",
+                    cli.name
+                );
+            }
+            eprintln!("twill-lab: interrupted");
+            std::process::exit(130);
+        }
         Err(e) => {
             eprintln!("twill-lab: {e:#}");
             if is_up && state::state_dir(&cli.name).exists() {

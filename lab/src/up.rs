@@ -15,6 +15,7 @@ use crate::backend::LabBackend;
 use crate::binaries::{self, sibling, twill_run};
 use crate::family::{IpFamily, address_of};
 use crate::image::busybox_tarball;
+use crate::interrupt;
 use crate::state::{ContainerState, EtcdState, HostState, LabState, prefix, state_dir};
 
 /// What `up` builds.
@@ -113,9 +114,13 @@ pub fn build(o: &UpOptions, own_etcd: bool) -> anyhow::Result<BuiltLab> {
     st.save(&dir)?;
 
     let cluster = build_hosts(o, &dir, &mut st)?;
+    interrupt::check()?;
     let etcd = start_etcd(&cluster, &dir, &mut st, network, o, own_etcd)?;
+    interrupt::check()?;
     start_agents(&cluster, &dir, &mut st, &o.twilld_flags)?;
+    interrupt::check()?;
     start_containers(o.containers_per_host, &dir, &mut st)?;
+    interrupt::check()?;
     Ok(BuiltLab {
         dir,
         state: st,
@@ -378,6 +383,9 @@ pub fn check_all_pairs(dir: &Path, st: &mut LabState, backend: LabBackend) -> an
         .collect();
     let ping = |from_host: usize, from: &str, ip: &str| -> bool {
         for _ in 0..10 {
+            if interrupt::requested() {
+                return false;
+            }
             if twill_run(st, from_host)
                 .ok()
                 .and_then(|mut c| {
@@ -412,6 +420,7 @@ pub fn check_all_pairs(dir: &Path, st: &mut LabState, backend: LabBackend) -> an
             }
         }
     }
+    interrupt::check()?;
     let mut k = 0;
     for h in &mut st.hosts {
         for c in &mut h.containers {

@@ -146,6 +146,119 @@ fn down_after_a_killed_up_leaves_nothing() {
     assert!(ok, "down is idempotent: {out}");
 }
 
+/// The PIDs of the twilld and etcd processes lab `name`'s state file lists.
+fn lab_pids(name: &str) -> Vec<u64> {
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("/run/twill-lab/{name}/state.json")).unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    let hosts = state["hosts"].as_array().into_iter().flatten();
+    let etcd = state["etcd"].as_array().into_iter().flatten();
+    hosts
+        .filter_map(|h| h["twilld_pid"].as_u64())
+        .chain(etcd.filter_map(|m| m["pid"].as_u64()))
+        .collect()
+}
+
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Runs twill-lab with `args`, sends it one SIGINT (as Ctrl-C would, but to it alone: the
+/// step it is in finishes) once `ready(stderr so far)` holds, and returns its exit code and
+/// output.
+fn interrupt_when(args: &[&str], ready: impl Fn(&str) -> bool) -> (Option<i32>, String) {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(LAB)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(err.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let stderr = || std::fs::read_to_string(err.path()).unwrap_or_default();
+    // Building a lab with debug binaries takes a minute or two here.
+    let started = twill_testbed::wait_for(Duration::from_secs(300), || ready(&stderr()));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let ended = twill_testbed::wait_for(Duration::from_secs(90), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let code = child.wait().ok().and_then(|s| s.code());
+    assert!(started, "never got ready: {}", stderr());
+    assert!(ended, "still running 90 s after SIGINT: {}", stderr());
+    (code, stderr())
+}
+
+#[test]
+fn an_interrupted_bench_or_up_removes_what_it_built() {
+    if !ready() {
+        return;
+    }
+    for n in ["tint0", "tintu"] {
+        let _ = lab(&["down", "--name", n]);
+    }
+    // A bench is stopped in its first round.
+    let pids = std::cell::RefCell::new(Vec::new());
+    let (code, err) = interrupt_when(
+        &[
+            "bench",
+            "--name",
+            "tint",
+            "--backends",
+            "udp,tun-relay",
+            "--seconds",
+            "2",
+            "--runs",
+            "5",
+        ],
+        |err| {
+            let measuring = err.contains("==> round 1/");
+            if measuring {
+                *pids.borrow_mut() = lab_pids("tint0");
+            }
+            measuring
+        },
+    );
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("twill-lab: interrupted"), "{err}");
+    assert!(!err.contains("round 5/"), "it went on measuring: {err}");
+    let pids = pids.into_inner();
+    assert!(pids.len() >= 3, "the lab's twilld and etcd: {pids:?}");
+    assert!(
+        pids.iter().all(|&p| !running(p)),
+        "processes of the labs left running: {pids:?}"
+    );
+    gone("tint0");
+
+    // An `up` stopped once its agents run removes its half-built lab itself.
+    let pids = std::cell::RefCell::new(Vec::new());
+    let (code, err) = interrupt_when(
+        &[
+            "up",
+            "--name",
+            "tintu",
+            "--hosts",
+            "2",
+            "--containers-per-host",
+            "1",
+        ],
+        |_| {
+            *pids.borrow_mut() = lab_pids("tintu");
+            pids.borrow().len() >= 3
+        },
+    );
+    assert_eq!(code, Some(130), "{err}");
+    let pids = pids.into_inner();
+    assert!(
+        pids.iter().all(|&p| !running(p)),
+        "processes of the lab left running: {pids:?}"
+    );
+    gone("tintu");
+}
+
 #[test]
 fn bench_smoke_measures_and_writes_markdown_and_svg() {
     if !ready() {

@@ -150,6 +150,7 @@ pub fn bench(
     let result = (|| -> anyhow::Result<Vec<Row>> {
         let mut probes = Vec::new();
         for (&b, name) in backends.iter().zip(&names) {
+            crate::interrupt::check()?;
             let _ = down(name);
             let ok = up(&UpOptions {
                 name: name.clone(),
@@ -217,6 +218,7 @@ pub fn bench(
         let mut samples: Vec<Samples> = probes.iter().map(|_| Samples::default()).collect();
         for round in 0..runs.max(1) {
             for (p, acc) in probes.iter().zip(samples.iter_mut()) {
+                crate::interrupt::check()?;
                 eprintln!(
                     "==> round {}/{}: {}",
                     round + 1,

@@ -10,7 +10,6 @@ mod pings;
 mod report;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,6 +17,7 @@ use anyhow::Context;
 use crate::backend::LabBackend;
 use crate::binaries::twill_run;
 use crate::commands::down;
+use crate::interrupt;
 use crate::state::{LabState, state_dir};
 use crate::up::{self, UpOptions};
 use faults::{Fault, FaultKind, Rng, Target};
@@ -42,24 +42,6 @@ const STEADY: &str = "c1";
 const CHURN: &str = "c2";
 /// etcd members (one may die: the quorum stays).
 const ETCD_MEMBERS: usize = 3;
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// Sleeps `d` unless Ctrl-C comes first; false then.
-fn pause(d: Duration) -> bool {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        if STOP.load(Ordering::SeqCst) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
-    }
-    !STOP.load(Ordering::SeqCst)
-}
 
 /// Unix time in seconds, the clock ping's `-D` stamps use.
 fn now() -> f64 {
@@ -95,11 +77,6 @@ pub fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
         o.name,
         o.name
     );
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
     let _teardown = Teardown(o.name.clone());
     let twilld_flags: Vec<String> = [
         "--subnet-lease-ttl",
@@ -153,7 +130,7 @@ pub fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
         twilld_flags: &twilld_flags,
         churn: CHURN,
     };
-    if pause(Duration::from_secs(if short { 2 } else { 5 })) {
+    if interrupt::pause(Duration::from_secs(if short { 2 } else { 5 })) {
         inject_until(
             &mut target,
             &mut rng,
@@ -163,8 +140,8 @@ pub fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
             &mut faults,
         )?;
     }
-    let _ = pause(deadline.saturating_duration_since(Instant::now()));
-    let interrupted = STOP.load(Ordering::SeqCst);
+    let _ = interrupt::pause(deadline.saturating_duration_since(Instant::now()));
+    let interrupted = interrupt::requested();
 
     println!("==> stopping the pings, replaying etcd's history of the lease keys");
     let echoes: Vec<(String, Vec<pings::Echo>)> = pingers
@@ -232,7 +209,7 @@ fn inject_until(
         };
         // Time for the restart and the recovery checks too.
         let needed = Duration::from_secs(down + settle + 3);
-        if Instant::now() + needed > deadline || STOP.load(Ordering::SeqCst) {
+        if Instant::now() + needed > deadline || interrupt::requested() {
             return Ok(());
         }
         let start = now();
@@ -250,7 +227,7 @@ fn inject_until(
                 .map(|n| format!("; {n}"))
                 .unwrap_or_default()
         );
-        let keep_going = pause(Duration::from_secs(settle));
+        let keep_going = interrupt::pause(Duration::from_secs(settle));
         faults.push(Fault {
             kind,
             target: done.target,
