@@ -1,6 +1,7 @@
 //! The small commands: `down`, `status`, `logs` and `exec`, all working from the lab's state
 //! file.
 
+use std::io::Write as _;
 use std::process::Command;
 
 use anyhow::Context;
@@ -42,7 +43,9 @@ pub fn down(name: &str) -> anyhow::Result<()> {
     }
     let swept = twill_testbed::sweep(&prefix(name)).context("removing the lab's namespaces")?;
     let _ = std::fs::remove_dir_all(&dir);
-    println!(
+    // A failed write (the reader of a pipe gone with Ctrl-C) must not stop the next lab's.
+    let _ = writeln!(
+        std::io::stdout(),
         "twill-lab {name}: down ({} namespaces removed)",
         swept.len()
     );

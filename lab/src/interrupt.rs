@@ -13,8 +13,16 @@ const FIRST: &[u8] = b"\ntwill-lab: interrupted: stopping after this step and re
 
 extern "C" fn on_signal(sig: libc::c_int) {
     if !REQUESTED.swap(true, Ordering::SeqCst) {
-        // SAFETY: write(2) on stderr with a static buffer is async-signal-safe.
-        unsafe { libc::write(2, FIRST.as_ptr().cast(), FIRST.len()) };
+        // SAFETY: errno is this thread's; signal(2) and write(2) are async-signal-safe, and
+        // errno is restored for the code the signal interrupted.
+        unsafe {
+            let errno = *libc::__errno_location();
+            // A Ctrl-C also ends a `| tee` reading our output: the clean-up must not die of
+            // SIGPIPE on its next line (its writes fail instead, and it prints no more).
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            libc::write(2, FIRST.as_ptr().cast(), FIRST.len());
+            *libc::__errno_location() = errno;
+        }
         return;
     }
     // SAFETY: signal(2) and raise(3) are async-signal-safe; the default disposition ends us.
@@ -36,6 +44,11 @@ pub fn install() {
 /// Whether a stop was asked for.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
+}
+
+/// Whether `e` is the stop itself rather than something that failed on the way out.
+pub fn is_interrupted(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Interrupted>().is_some()
 }
 
 /// The run stopped because it was asked to.

@@ -130,7 +130,12 @@ fn main() {
     // What builds labs stops cleanly on Ctrl-C; exec, logs and the rest end as usual.
     if matches!(
         cli.cmd,
-        Cmd::Up { .. } | Cmd::Soak { .. } | Cmd::Bench { .. }
+        Cmd::Up { .. }
+            | Cmd::Soak { .. }
+            | Cmd::Bench {
+                what: BenchKind::Network,
+                ..
+            }
     ) {
         interrupt::install();
     }
@@ -221,7 +226,10 @@ fn main() {
     };
     match r {
         Ok(code) => std::process::exit(code),
-        Err(_) if interrupt::requested() => {
+        Err(e) if interrupt::requested() => {
+            if !interrupt::is_interrupted(&e) {
+                eprintln!("twill-lab: while stopping: {e:#}");
+            }
             // An interrupted `up` leaves nothing half-built (bench and soak remove theirs).
             if is_up
                 && state::state_dir(&cli.name).exists()

@@ -260,6 +260,10 @@ fn start_agents(
         st.save(dir)?;
     }
     for hs in &mut st.hosts {
+        twill_testbed::wait_for(LEASE_TIMEOUT, || {
+            interrupt::requested() || hs.subnet_file.exists()
+        });
+        interrupt::check()?;
         let env = wait_for_subnet(&hs.subnet_file, LEASE_TIMEOUT).with_context(|| {
             format!(
                 "twilld on {} wrote no subnet file: look at `twill-lab logs {} --name {}`",

@@ -184,7 +184,11 @@ impl Etcd {
             }))
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log_err);
+            .stderr(log_err)
+            // Not in the caller's process group: a Ctrl-C at the terminal is for the caller,
+            // which ends its etcd itself (a lab's `down`, a fixture's drop, or the parent's
+            // death with `die_with_parent`).
+            .process_group(0);
         if let Some(ns) = &self.netns {
             ns.prepare_command(&mut cmd)?;
         }

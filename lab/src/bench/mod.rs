@@ -62,6 +62,7 @@ fn measure_once(p: &Probe, secs: u64, acc: &mut Samples) -> anyhow::Result<()> {
         })
         .context("server ip")?;
     for (streams, out) in [(1, &mut acc.one), (4, &mut acc.four)] {
+        crate::interrupt::check()?;
         let cpu0 = data_path_cpu_seconds(&st);
         let (gbps, bytes) = iperf(&sns, &ip, &cns, secs, streams)?;
         acc.cpu_s += data_path_cpu_seconds(&st) - cpu0;

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -44,7 +45,10 @@ impl Pinger {
     /// Starts pinging `ip` every [`INTERVAL`] from inside the named namespace `netns`.
     pub fn start(netns: &str, from: &str, to: &str, ip: &str) -> anyhow::Result<Pinger> {
         let mut cmd = Command::new("ping");
+        // In a process group of its own: a Ctrl-C at the terminal stops the soak, which
+        // still reports on every ping sent until then.
         cmd.args(["-D", "-n", "-i", &INTERVAL.to_string(), ip])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
