@@ -41,7 +41,8 @@ pub struct Peer {
     pub leased_endpoint: SocketAddr,
     /// Where its datagrams go now: the leased endpoint until an authenticated message comes
     /// from another port of one of its own addresses (a NAT rewrote the port), as WireGuard
-    /// roams. Read once per batch of datagrams, written only when it moves.
+    /// roams. Read once per send batch (and per authenticated receive), written only when
+    /// it moves.
     current_endpoint: RwLock<SocketAddr>,
     /// Its AllowedIPs: the subnets it leases that this device carries.
     pub allowed: Subnets,
