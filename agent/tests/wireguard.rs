@@ -485,6 +485,12 @@ fn wireguard_a_node_behind_a_port_rewriting_nat_is_reached_where_its_messages_co
         .nth(1)
         .expect("host 1 has host 2 as its peer");
     assert_eq!(peer2[2], format!("{ip2}:{NAT_PORT}"), "{peer2:?}");
+    let page = lab.http_get(1, METRICS_PORT, "/metrics");
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("twilld_wireguard_peer_roams_total{") && l.ends_with(" 1")),
+        "one roam in /metrics:\n{page}"
+    );
     assert!(
         lab.log(1).contains("wireguard peer roamed"),
         "the roam is logged:\n{}",

@@ -25,7 +25,8 @@ use super::worker::Round;
 /// TUN reads that may be pending in one send batch.
 const READ_SLOTS: usize = 8;
 const READ_SLOT: usize = VNET_HDR_LEN + MAX_IP_PACKET;
-/// TUN reads per round before the other direction gets its turn.
+/// TUN reads per round before the other direction gets its turn (4, to serve ACKs sooner,
+/// measured no better: docs/benchmarks.md, "Fewer TUN reads per round").
 const TUN_READS_PER_ROUND: usize = 64;
 /// Headers of the segments of one super-packet at most.
 const MAX_PACKET_HEADERS: usize = MAX_SEGMENTS * MAX_SEGMENT_HEADER;

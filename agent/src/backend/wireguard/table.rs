@@ -44,6 +44,8 @@ pub struct Peer {
     /// roams. Read once per send batch (and per authenticated receive), written only when
     /// it moves.
     current_endpoint: RwLock<SocketAddr>,
+    /// Times the endpoint moved (for /metrics).
+    pub roams: AtomicU64,
     /// Its AllowedIPs: the subnets it leases that this device carries.
     pub allowed: Subnets,
     pub keepalive: u16,
@@ -81,6 +83,7 @@ impl Peer {
             public_key,
             leased_endpoint: endpoint,
             current_endpoint: RwLock::new(endpoint),
+            roams: AtomicU64::new(0),
             allowed,
             keepalive,
             psk,
@@ -128,7 +131,13 @@ impl Peer {
             .current_endpoint
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        Some(std::mem::replace(&mut *cur, from)).filter(|&old| old != from)
+        let old = std::mem::replace(&mut *cur, from);
+        if old == from {
+            // Another thread moved it here first.
+            return None;
+        }
+        self.roams.fetch_add(1, Ordering::Relaxed);
+        Some(old)
     }
 
     /// Whether `ip` is one of the addresses its lease names.
@@ -330,13 +339,13 @@ impl TableReader {
 }
 
 /// Appends the per-peer OpenMetrics lines of every device's table: last handshake, bytes,
-/// drops (a node on two devices is two peers, told apart by their subnets).
+/// drops, roams (a node on two devices is two peers, told apart by their subnets).
 pub fn render_peers(tables: &[Arc<WgTable>], s: &mut String) {
     use std::fmt::Write;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let gauges: [(&str, &str, &str); 4] = [
+    let gauges: [(&str, &str, &str); 5] = [
         (
             "peer_last_handshake_seconds",
             "gauge",
@@ -356,6 +365,11 @@ pub fn render_peers(tables: &[Arc<WgTable>], s: &mut String) {
             "peer_dropped_packets",
             "counter",
             "Datagrams that named the peer but were refused, by reason.",
+        ),
+        (
+            "peer_roams",
+            "counter",
+            "Times its endpoint moved to where its authenticated messages came from.",
         ),
     ];
     let stats: Vec<_> = tables
@@ -383,6 +397,10 @@ pub fn render_peers(tables: &[Arc<WgTable>], s: &mut String) {
                 }
                 "peer_rx_bytes" => {
                     let _ = writeln!(s, "{full}{suffix}{{{labels}}} {rx}");
+                }
+                "peer_roams" => {
+                    let n = p.roams.load(Ordering::Relaxed);
+                    let _ = writeln!(s, "{full}{suffix}{{{labels}}} {n}");
                 }
                 _ => {
                     for (reason, v) in [
@@ -482,5 +500,16 @@ mod tests {
         assert_eq!(p.endpoint(), at("[fd31::12]:51820"));
         // What the lease says is still what decides whether it is the same peer.
         assert!(p.same_as(&p.public_key, at("172.31.0.12:51820"), p.allowed));
+        // Each move is counted for /metrics.
+        assert_eq!(p.roams.load(Ordering::Relaxed), 2);
+        let table = WgTable::new(Subnets::default(), Subnets::default(), vec![Arc::new(p)]);
+        let mut page = String::new();
+        render_peers(&[Arc::new(table)], &mut page);
+        assert!(
+            page.lines().any(|l| {
+                l.starts_with("twilld_wireguard_peer_roams_total{peer=") && l.ends_with(" 2")
+            }),
+            "{page}"
+        );
     }
 }
