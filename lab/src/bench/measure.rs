@@ -35,11 +35,17 @@ pub(super) fn iperf(
     secs: u64,
     streams: u32,
 ) -> anyhow::Result<(f64, f64)> {
-    let mut server = in_ns(server_ns, "iperf3", &["-s", "-1", "-p", "5201"])?
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("running iperf3 (apt-get install iperf3)")?;
+    // The server ends itself if no client comes (twill-lab killed between the two): it must
+    // not outlive the lab waiting forever in a removed namespace.
+    let mut server = in_ns(
+        server_ns,
+        "iperf3",
+        &["-s", "-1", "-p", "5201", "--idle-timeout", "30"],
+    )?
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .context("running iperf3 (apt-get install iperf3)")?;
     std::thread::sleep(Duration::from_millis(300));
     let out = in_ns(
         client_ns,

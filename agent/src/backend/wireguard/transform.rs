@@ -352,9 +352,9 @@ impl WgSender<'_> {
         match tunn.decapsulate(self.src(), msg, self.scratch) {
             TunnResult::WriteToNetwork(reply) => {
                 // A handshake response or the keepalive that confirms one: to the address the
-                // handshake came from. Then what waited for the session. A cookie (under
-                // load) authenticates nothing, and a cookie reply carries no identity.
-                if reply.first() != Some(&MSG_COOKIE_REPLY) && msg[0] != MSG_COOKIE_REPLY {
+                // handshake came from. Then what waited for the session. A cookie (sent
+                // under load) authenticates nothing; a cookie reply never gets here (Done).
+                if reply.first() != Some(&MSG_COOKIE_REPLY) {
                     roam(peer, self.from);
                 }
                 let _ = ctl.send_to(self.from, reply);
