@@ -716,6 +716,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let wg = backend::WireguardOptions {
         key_file: cli.wireguard_key_file.clone(),
         socket_dir: cli.wireguard_socket_dir.clone(),
+        roam_unleased: cli.wireguard_roaming == crate::cli::Roaming::Any,
         engine: backend::UdpOptions {
             busy_poll: cli.busy_poll(backend::wireguard::DEFAULT_BUSY_POLL),
             crypto_helper: cli.wireguard_crypto_helper(),

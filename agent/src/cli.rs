@@ -120,6 +120,15 @@ pub struct Cli {
     /// reads (give each twilld on one machine its own).
     #[arg(long, env = "TWILLD_WIREGUARD_SOCKET_DIR", default_value = crate::backend::wireguard::DEFAULT_SOCKET_DIR)]
     pub wireguard_socket_dir: std::path::PathBuf,
+    /// wireguard backend: where a peer's endpoint may move when its authenticated messages
+    /// come from elsewhere. `any`: as kernel WireGuard (Flannel's backend) does, to any
+    /// address but another node's — so a node behind a NAT is answered where its messages
+    /// come from; a handshake from an address no lease names must first return a cookie
+    /// (proving it receives there), and such handshakes get 20 a second in all. `lease`: only
+    /// other ports of the addresses its lease names; datagrams from anywhere else are
+    /// dropped before any crypto.
+    #[arg(long, env = "TWILLD_WIREGUARD_ROAMING", value_enum, default_value_t = Roaming::Any)]
+    pub wireguard_roaming: Roaming,
     /// Address for /healthz and /metrics.
     #[arg(long, env = "TWILLD_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: Ipv4Addr,
@@ -163,6 +172,15 @@ const FLAG_ENVS: &[&str] = &[
 ];
 
 /// The environment with `FLANNELD_X` copied to `TWILLD_X` where the latter is unset.
+/// `--wireguard-roaming`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Roaming {
+    /// To any address but another node's (kernel WireGuard's behaviour).
+    Any,
+    /// Only to other ports of the peer's leased addresses.
+    Lease,
+}
+
 impl Cli {
     /// The busy poll a backend's workers use: `--udp-busy-poll-us` when given, else the
     /// backend's own default.
@@ -243,6 +261,20 @@ mod tests {
         assert!(c.wireguard_crypto_helper());
         let err = Cli::try_parse_from(["twilld", "--wireguard-crypto-threads", "3"]).unwrap_err();
         assert!(err.to_string().contains("3"), "{err}");
+    }
+
+    #[test]
+    fn wireguard_roaming_is_any_unless_lease_is_asked_for() {
+        let c = Cli::try_parse_from(["twilld"]).unwrap();
+        assert_eq!(c.wireguard_roaming, Roaming::Any);
+        let c = Cli::try_parse_from(["twilld", "--wireguard-roaming", "lease"]).unwrap();
+        assert_eq!(c.wireguard_roaming, Roaming::Lease);
+        let e = Cli::try_parse_from(["twilld", "--wireguard-roaming", "nat"]).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("--wireguard-roaming") && e.contains("lease"),
+            "{e}"
+        );
     }
 
     #[test]

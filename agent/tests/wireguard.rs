@@ -394,15 +394,30 @@ fn wireguard_forgeries_keepalive_flannel_lease_removal_and_restart() {
     unknown_index.extend_from_slice(&[0u8; 100]);
     let mut junk_init = vec![1u8, 0, 0, 0];
     junk_init.extend_from_slice(&[0x42; 144]);
-    send_raw(h2ns, ip2, ip1, &[tampered, unknown_index, junk_init]);
-    // From an address that holds no lease.
-    send_raw(h2ns, Ipv4Addr::new(172, 31, 0, 99), ip1, &captured[..1]);
+    send_raw(
+        h2ns,
+        ip2,
+        ip1,
+        &[tampered, unknown_index, junk_init.clone()],
+    );
+    // From an address that holds no lease: a replayed message is opened (a peer may roam
+    // there) and refused as a replay, moving nothing; a handshake that fails its MACs is
+    // dropped at the cookie gate.
+    send_raw(
+        h2ns,
+        Ipv4Addr::new(172, 31, 0, 99),
+        ip1,
+        &[captured[0].clone(), junk_init],
+    );
     lab.eventually("forgeries dropped and counted", 5, || {
-        before("replay") >= replay0 + 4
+        before("replay") >= replay0 + 5
             && before("unauthenticated") >= unauth0 + 3
             && before("unknown_peer") > unknown0
     });
-    assert!(lab.ping(0, &lab.containers[1].ip), "traffic still flows");
+    assert!(
+        lab.ping(0, &lab.containers[1].ip),
+        "traffic still flows (no endpoint moved)"
+    );
 
     // A lease in Flannel's format from another node (without Port: an older flanneld)
     // becomes a peer at our port; removing it removes the peer.
@@ -438,23 +453,47 @@ fn wireguard_forgeries_keepalive_flannel_lease_removal_and_restart() {
 
 #[test]
 fn wireguard_a_node_behind_a_port_rewriting_nat_is_reached_where_its_messages_come_from() {
-    if !preconditions(
+    behind_a_nat(
         "wireguard_a_node_behind_a_port_rewriting_nat_is_reached_where_its_messages_come_from",
-        &[TOOLS, &["wg", "unshare"]].concat(),
-    ) {
+        "twg-nat",
+        None,
+    );
+}
+
+#[test]
+fn wireguard_a_node_behind_an_address_rewriting_nat_is_reached_there_after_a_cookie() {
+    behind_a_nat(
+        "wireguard_a_node_behind_an_address_rewriting_nat_is_reached_there_after_a_cookie",
+        "twg-nata",
+        Some(Ipv4Addr::new(172, 31, 0, 200)),
+    );
+}
+
+/// Host 2 sits behind a NAT that rewrites its WireGuard port to NAT_PORT (and its address
+/// to `nat_ip`, an address no lease names, when given) and lets in only replies: datagrams
+/// addressed to its own port are dropped before conntrack sees them. Its lease still names
+/// its own address and PORT, so host 1 reaches it only by roaming to where host 2's
+/// authenticated messages come from, as WireGuard does — from an unleased address only
+/// after host 2 has returned a cookie.
+fn behind_a_nat(name: &str, prefix: &str, nat_ip: Option<Ipv4Addr>) {
+    if !preconditions(name, &[TOOLS, &["wg", "unshare"]].concat()) {
         return;
     }
-    // Host 2 sits behind a NAT that rewrites its WireGuard port to NAT_PORT and lets in only
-    // replies: datagrams addressed to its own port are dropped before conntrack sees them.
-    // Its lease still names PORT, so host 1 reaches it only by roaming to where host 2's
-    // authenticated messages come from, as WireGuard does.
     const NAT_PORT: u16 = 40123;
-    let mut lab = AgentLab::new("twg-nat", 2, &config(""));
+    let mut lab = AgentLab::new(prefix, 2, &config(""));
     let ip2 = lab.cluster.host(2).ip;
+    let seen_as = nat_ip.unwrap_or(ip2);
+    if let Some(nat_ip) = nat_ip {
+        // The NAT's address answers ARP on the underlay.
+        let mut ip = Command::new("ip");
+        ip.args(["addr", "add", &format!("{nat_ip}/24"), "dev", "eth0"]);
+        lab.cluster.host(2).netns.prepare_command(&mut ip).unwrap();
+        assert!(ip.status().unwrap().success(), "adding {nat_ip} on host 2");
+    }
     let rules = format!(
         "table ip twill_test_nat {{
             chain not_to_the_port {{ type filter hook prerouting priority raw; udp dport {PORT} drop; }}
-            chain rewrite {{ type nat hook postrouting priority srcnat; udp sport {PORT} snat to {ip2}:{NAT_PORT}; }}
+            chain rewrite {{ type nat hook postrouting priority srcnat; udp sport {PORT} snat to {seen_as}:{NAT_PORT}; }}
         }}"
     );
     let mut nft = Command::new("nft");
@@ -470,7 +509,8 @@ fn wireguard_a_node_behind_a_port_rewriting_nat_is_reached_where_its_messages_co
         lab.wait_subnet(h);
         lab.add_container(h);
     }
-    // Host 2 speaks first (only it can open the NAT); then both ways.
+    // Host 2 speaks first (only it can open the NAT); then both ways. From an unleased
+    // address its first initiation gets a cookie and its retry (5 s later) the handshake.
     lab.eventually(
         "host 2's container reaches host 1's through the NAT",
         30,
@@ -478,13 +518,13 @@ fn wireguard_a_node_behind_a_port_rewriting_nat_is_reached_where_its_messages_co
     );
     assert!(
         lab.ping(0, &lab.containers[1].ip),
-        "host 1's container reaches host 2's at the NAT's port"
+        "host 1's container reaches host 2's at the NAT's address and port"
     );
     let peer2 = wg_dump(&lab, 1)
         .into_iter()
         .nth(1)
         .expect("host 1 has host 2 as its peer");
-    assert_eq!(peer2[2], format!("{ip2}:{NAT_PORT}"), "{peer2:?}");
+    assert_eq!(peer2[2], format!("{seen_as}:{NAT_PORT}"), "{peer2:?}");
     let page = lab.http_get(1, METRICS_PORT, "/metrics");
     assert!(
         page.lines()

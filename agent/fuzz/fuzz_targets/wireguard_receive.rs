@@ -14,6 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use twill_agent::backend::wireguard::key::NodeKey;
 use twill_agent::backend::wireguard::table::{Peer, TableCell, WgTable};
 use twill_agent::backend::wireguard::transform::WgTransform;
+use twill_agent::backend::wireguard::unleased::UnleasedGate;
 use twill_agent::engine::sys::UdpSocket;
 use twill_agent::engine::{Control, Inbound, Opened, Sender, Transform};
 use twill_agent::lease::Subnets;
@@ -68,6 +69,7 @@ fn fixture() -> &'static Fixture {
         Fixture {
             transform: WgTransform {
                 table,
+                unleased: Some(Arc::new(UnleasedGate::new(&me.public, 20))),
                 key: me,
                 limiter,
                 mtu: 1420,
@@ -82,13 +84,16 @@ fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let mut inbound = f.transform.inbound();
     let mut ctl = Control::new(&f.sock);
-    let mut d = data.to_vec();
-    if let Ok(mut sender) = inbound.sender("127.0.0.1:9".parse().unwrap()) {
-        // Without a session nothing can authenticate: no packet may come out.
-        assert!(!matches!(
-            sender.open(&mut d, &mut ctl),
-            Ok(Opened::Packet { .. } | Opened::Packet6 { .. })
-        ));
+    // From the peer's leased address and from one no lease names (the cookie gate's way).
+    for from in ["127.0.0.1:9", "127.0.0.2:9"] {
+        let mut d = data.to_vec();
+        if let Ok(mut sender) = inbound.sender(from.parse().unwrap()) {
+            // Without a session nothing can authenticate: no packet may come out.
+            assert!(!matches!(
+                sender.open(&mut d, &mut ctl),
+                Ok(Opened::Packet { .. } | Opened::Packet6 { .. })
+            ));
+        }
     }
     // The same bytes as one GRO receive, cut into datagrams of the size the first byte says
     // (the batch path takes receives of 8 or more data messages of one session).

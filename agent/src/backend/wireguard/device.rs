@@ -18,6 +18,7 @@ use super::key::NodeKey;
 use super::plan::{DevicePlan, Underlay as Family};
 use super::table::{Peer, TableCell, WgTable};
 use super::transform::WgTransform;
+use super::unleased::{self, UnleasedGate};
 use super::{HANDSHAKES_PER_SECOND, timers, uapi};
 use crate::backend::{ApplyErrors, UdpOptions, routes};
 use crate::engine::device::{self, TunSpec};
@@ -41,6 +42,8 @@ pub struct Shared {
     pub workers: usize,
     pub psk: Option<[u8; 32]>,
     pub keepalive: u16,
+    /// Whether peers may roam to addresses no lease names (`--wireguard-roaming any`).
+    pub roam_unleased: bool,
 }
 
 /// One running (or about to run) device.
@@ -160,6 +163,12 @@ impl WgDevice {
             table: self.table.clone(),
             key: self.key.clone(),
             limiter: self.limiter.clone(),
+            unleased: shared.roam_unleased.then(|| {
+                Arc::new(UnleasedGate::new(
+                    &self.key.public,
+                    unleased::HANDSHAKES_PER_SECOND,
+                ))
+            }),
             mtu: shared.mtu as usize,
         };
         let engine = Engine::start(tun.into_queues(), cfg, &transform, stats).map_err(|e| {

@@ -24,6 +24,7 @@ pub mod table;
 mod timers;
 pub mod transform;
 pub mod uapi;
+pub mod unleased;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -62,6 +63,10 @@ pub struct WireguardOptions {
     pub key_file: PathBuf,
     /// The directory of the UAPI sockets `flannel-wg.sock` (and `flannel-wg-v6.sock`).
     pub socket_dir: PathBuf,
+    /// Whether a peer's endpoint may move to an address no lease names (a NAT that
+    /// rewrites addresses), as kernel WireGuard's does, behind a cookie and a handshake
+    /// budget; otherwise such datagrams are dropped before any crypto.
+    pub roam_unleased: bool,
     /// Workers, busy polling, offloads: the TUN engine's flags (shared with udp).
     pub engine: UdpOptions,
 }
@@ -132,6 +137,7 @@ impl Wireguard {
             workers: self.workers(),
             psk: self.cfg.psk,
             keepalive: self.cfg.persistent_keepalive,
+            roam_unleased: self.opts.roam_unleased,
         }
     }
 
@@ -487,6 +493,7 @@ mod tests {
         let opts = WireguardOptions {
             key_file: "/nonexistent".into(),
             socket_dir: "/nonexistent".into(),
+            roam_unleased: true,
             engine: UdpOptions {
                 device: DEVICE.into(),
                 workers: 1,

@@ -118,13 +118,19 @@ impl Peer {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// After an authenticated message from `from`: sends go there from now on if it is
-    /// another port of one of the peer's own addresses. Any other address stays refused —
-    /// only leased addresses are opened at all, and one node's messages must not move
-    /// another node's endpoint. Returns the endpoint it left when it moved.
-    pub fn roam(&self, from: SocketAddr) -> Option<SocketAddr> {
+    /// After an authenticated message from `from`: sends go there from now on — if it is
+    /// another port of one of the peer's own addresses, or an address no lease names
+    /// (`Origin::Unleased`, as through a NAT that rewrites addresses; the caller lets those
+    /// in only when roaming there is allowed). Another node's leased address stays refused:
+    /// one node's messages must not move another node's endpoint. Returns the endpoint it
+    /// left when it moved.
+    pub fn roam(&self, from: SocketAddr, origin: Origin) -> Option<SocketAddr> {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-        if self.endpoint() == from || !self.owns(from.ip()) {
+        let allowed = match origin {
+            Origin::Leased => self.owns(from.ip()),
+            Origin::Unleased => true,
+        };
+        if !allowed || self.endpoint() == from {
             return None;
         }
         let mut cur = self
@@ -152,6 +158,15 @@ impl Peer {
             IpAddr::V6(a) => self.allowed.v6.is_some_and(|n| n.contains(&a)),
         }
     }
+}
+
+/// Where a datagram came from, as the leases see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// An address some node's lease names (its PublicIP or PublicIPv6).
+    Leased,
+    /// An address no lease names.
+    Unleased,
 }
 
 /// One immutable snapshot of the peers.
@@ -252,9 +267,18 @@ impl WgTable {
         self.by_key.get(key).map(|&i| &self.peers[i])
     }
 
-    /// Whether `ip` is a leased peer's public IP (either family).
+    /// Whether `ip` is a leased peer's public IP (either family; v4-mapped is IPv4).
     pub fn is_source(&self, ip: IpAddr) -> bool {
-        self.sources.contains(&ip)
+        self.sources.contains(&ip.to_canonical())
+    }
+
+    /// Whether a datagram from `ip` comes from a leased address.
+    pub fn origin(&self, ip: IpAddr) -> Origin {
+        if self.is_source(ip) {
+            Origin::Leased
+        } else {
+            Origin::Unleased
+        }
     }
 
     pub fn is_local(&self, dst: Ipv4Addr) -> bool {
@@ -473,41 +497,61 @@ mod tests {
             assert!(t.is_source(ip.parse().unwrap()), "{ip}");
         }
         assert!(!t.is_source("172.31.0.13".parse().unwrap()));
+        assert_eq!(
+            t.origin("::ffff:172.31.0.12".parse().unwrap()),
+            Origin::Leased
+        );
+        assert_eq!(t.origin("198.51.100.7".parse().unwrap()), Origin::Unleased);
         assert!(t.peers[0].allows("fd00:5:0:2::1".parse().unwrap()));
         assert!(!t.peers[1].allows("10.5.2.1".parse().unwrap()));
     }
 
     #[test]
-    fn a_peer_roams_between_ports_of_its_own_addresses_only() {
+    fn a_peer_roams_to_its_own_addresses_and_unleased_ones_never_to_another_nodes() {
         let p = peer(1, "172.31.0.12:51820", Some("10.5.2.0/24"), None)
             .with_alt_source(Some("fd31::12".parse().unwrap()));
         let at = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert_eq!(p.endpoint(), at("172.31.0.12:51820"));
-        assert_eq!(p.roam(at("172.31.0.12:51820")), None, "where it already is");
-        // Another node's address, or one nobody leases: never.
-        assert_eq!(p.roam(at("172.31.0.13:51820")), None);
+        assert_eq!(
+            p.roam(at("172.31.0.12:51820"), Origin::Leased),
+            None,
+            "where it already is"
+        );
+        // Another node's address: never.
+        assert_eq!(p.roam(at("172.31.0.13:51820"), Origin::Leased), None);
         assert_eq!(p.endpoint(), at("172.31.0.12:51820"));
         // A NAT's port, then its other family's address (a v4-mapped source is the same).
         assert_eq!(
-            p.roam(at("[::ffff:172.31.0.12]:40001")),
+            p.roam(at("[::ffff:172.31.0.12]:40001"), Origin::Leased),
             Some(at("172.31.0.12:51820"))
         );
         assert_eq!(p.endpoint(), at("172.31.0.12:40001"));
         assert_eq!(
-            p.roam(at("[fd31::12]:51820")),
+            p.roam(at("[fd31::12]:51820"), Origin::Leased),
             Some(at("172.31.0.12:40001"))
         );
         assert_eq!(p.endpoint(), at("[fd31::12]:51820"));
+        // An address no lease names (a NAT that rewrites addresses), when the caller lets
+        // it in; then back to the lease's own address.
+        assert_eq!(
+            p.roam(at("198.51.100.7:40002"), Origin::Unleased),
+            Some(at("[fd31::12]:51820"))
+        );
+        assert_eq!(p.endpoint(), at("198.51.100.7:40002"));
+        assert_eq!(
+            p.roam(at("172.31.0.12:51820"), Origin::Leased),
+            Some(at("198.51.100.7:40002"))
+        );
         // What the lease says is still what decides whether it is the same peer.
         assert!(p.same_as(&p.public_key, at("172.31.0.12:51820"), p.allowed));
         // Each move is counted for /metrics.
-        assert_eq!(p.roams.load(Ordering::Relaxed), 2);
+        assert_eq!(p.roams.load(Ordering::Relaxed), 4);
         let table = WgTable::new(Subnets::default(), Subnets::default(), vec![Arc::new(p)]);
         let mut page = String::new();
         render_peers(&[Arc::new(table)], &mut page);
         assert!(
             page.lines().any(|l| {
-                l.starts_with("twilld_wireguard_peer_roams_total{peer=") && l.ends_with(" 2")
+                l.starts_with("twilld_wireguard_peer_roams_total{peer=") && l.ends_with(" 4")
             }),
             "{page}"
         );

@@ -18,7 +18,8 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use super::key::NodeKey;
 use super::spread;
-use super::table::{Peer, TableCell, TableReader, WgTable};
+use super::table::{Origin, Peer, TableCell, TableReader, WgTable};
+use super::unleased::{UnleasedGate, Verdict};
 use crate::engine::packet::{self, DropReason};
 use crate::engine::transform::{open_each, seal_each};
 use crate::engine::{
@@ -47,6 +48,9 @@ pub struct WgTransform {
     pub key: Arc<NodeKey>,
     /// Shared by every peer's `Tunn`: counts handshakes and answers with cookies under load.
     pub limiter: Arc<RateLimiter>,
+    /// Datagrams from addresses no lease names pass here (a cookie first for handshakes),
+    /// when peers may roam there; `None` drops them before any crypto.
+    pub unleased: Option<Arc<UnleasedGate>>,
     /// The TUN MTU: the largest inner packet a peer may send.
     pub mtu: usize,
 }
@@ -68,6 +72,7 @@ impl Transform for WgTransform {
             table: self.table.reader(),
             key: self.key.clone(),
             limiter: self.limiter.clone(),
+            unleased: self.unleased.clone(),
             mtu: self.mtu,
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             jobs: Vec::with_capacity(MAX_BATCH),
@@ -266,6 +271,7 @@ pub struct WgInbound {
     table: TableReader,
     key: Arc<NodeKey>,
     limiter: Arc<RateLimiter>,
+    unleased: Option<Arc<UnleasedGate>>,
     mtu: usize,
     scratch: Box<[u8]>,
     jobs: Vec<OpenJob>,
@@ -276,15 +282,19 @@ impl Inbound for WgInbound {
 
     fn sender(&mut self, from: SocketAddr) -> Result<WgSender<'_>, DropReason> {
         let table = self.table.refresh();
-        // Only nodes holding a lease get a byte decrypted (or a handshake computed).
-        if !table.is_source(from.ip()) {
+        // Unless peers may roam to addresses no lease names, only nodes holding a lease get
+        // a byte decrypted (or a handshake computed).
+        let origin = table.origin(from.ip());
+        if origin == Origin::Unleased && self.unleased.is_none() {
             return Err(DropReason::UnknownPeer);
         }
         Ok(WgSender {
             table,
             from,
+            origin,
             key: &self.key,
             limiter: &self.limiter,
+            unleased: self.unleased.as_deref(),
             mtu: self.mtu,
             scratch: &mut self.scratch,
             jobs: &mut self.jobs,
@@ -296,11 +306,19 @@ impl Inbound for WgInbound {
 pub struct WgSender<'a> {
     table: &'a WgTable,
     from: SocketAddr,
+    origin: Origin,
     key: &'a NodeKey,
     limiter: &'a RateLimiter,
+    /// Set when `origin` is unleased (`sender` refuses those otherwise).
+    unleased: Option<&'a UnleasedGate>,
     mtu: usize,
     scratch: &'a mut [u8],
     jobs: &'a mut Vec<OpenJob>,
+}
+
+/// `addr` with a v4-mapped address as IPv4 (as endpoints are kept).
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// The receiver index of a message of type `ty` (where it sits differs per type).
@@ -319,9 +337,28 @@ impl WgSender<'_> {
         Some(self.from.ip())
     }
 
-    /// A handshake initiation: MACs and load first (cookies under a flood), then the
-    /// initiator's identity, then its Tunn.
+    /// A handshake message from an address no lease names: its cookie and the budget of
+    /// such handshakes first. `Ok(true)`: go on; `Ok(false)`: a cookie reply went back.
+    fn pass_unleased(&mut self, msg: &[u8], ctl: &mut Control<'_>) -> Result<bool, DropReason> {
+        let Some(gate) = self.unleased.filter(|_| self.origin == Origin::Unleased) else {
+            return Ok(true);
+        };
+        match gate.check(self.from.ip().to_canonical(), msg, self.scratch) {
+            Verdict::Pass => Ok(true),
+            Verdict::Cookie(reply) => {
+                let _ = ctl.send_to(self.from, reply);
+                Ok(false)
+            }
+            Verdict::Drop => Err(DropReason::UnknownPeer),
+        }
+    }
+
+    /// A handshake initiation: MACs and load first (cookies under a flood, and always from
+    /// an unleased address), then the initiator's identity, then its Tunn.
     fn handshake_init(&mut self, msg: &[u8], ctl: &mut Control<'_>) -> Result<Opened, DropReason> {
+        if !self.pass_unleased(msg, ctl)? {
+            return Ok(Opened::Consumed);
+        }
         let half = match self.limiter.verify_packet(self.src(), msg, self.scratch) {
             Ok(Packet::HandshakeInit(init)) => {
                 parse_handshake_anon(&self.key.private, &self.key.public, &init)
@@ -355,7 +392,7 @@ impl WgSender<'_> {
                 // handshake came from. Then what waited for the session. A cookie (sent
                 // under load) authenticates nothing; a cookie reply never gets here (Done).
                 if reply.first() != Some(&MSG_COOKIE_REPLY) {
-                    roam(peer, self.from);
+                    roam(peer, self.from, self.origin);
                 }
                 let _ = ctl.send_to(self.from, reply);
                 flush_queued(&mut tunn, peer, self.scratch, ctl);
@@ -379,7 +416,7 @@ impl WgSender<'_> {
         let mut tunn = peer.tunn();
         let opened = tunn.decapsulate(self.src(), datagram, self.scratch);
         if !matches!(opened, TunnResult::Err(_)) {
-            roam(peer, self.from);
+            roam(peer, self.from, self.origin);
         }
         let (len, v6) = match opened {
             TunnResult::WriteToTunnelV4(inner, _) => (inner.len(), false),
@@ -520,19 +557,23 @@ impl WgSender<'_> {
         }
         if let Some(idx) = index {
             tunn.note_data_received(idx, bytes);
-            roam(peer, self.from);
+            roam(peer, self.from, self.origin);
         }
     }
 }
 
 /// After an authenticated message from `peer` at `from`: its datagrams go there.
-fn roam(peer: &Peer, from: SocketAddr) {
-    if let Some(old) = peer.roam(from) {
+fn roam(peer: &Peer, from: SocketAddr, origin: Origin) {
+    if let Some(old) = peer.roam(from, origin) {
+        let leased = match origin {
+            Origin::Leased => "of its lease",
+            Origin::Unleased => "that no lease names (a NAT?)",
+        };
         tracing::info!(
             peer = %base64::engine::general_purpose::STANDARD.encode(peer.public_key),
             from = %old,
             to = %from,
-            "wireguard peer roamed: its authenticated messages come from another port or address of its lease, so ours go there now"
+            "wireguard peer roamed: its authenticated messages come from another port or address {leased}, so ours go there now"
         );
     }
 }
@@ -579,6 +620,14 @@ impl Sender for WgSender<'_> {
                 let index = receiver_index(ty, datagram).ok_or(DropReason::Truncated)? >> 8;
                 let table = self.table;
                 let peer = table.by_index(index).ok_or(DropReason::Unauthenticated)?;
+                // A response from an unleased address pays like an initiation, unless it
+                // comes from where we sent ours (a peer that roamed there).
+                if ty == MSG_HANDSHAKE_RESP
+                    && peer.endpoint() != canonical(self.from)
+                    && !self.pass_unleased(datagram, ctl)?
+                {
+                    return Ok(Opened::Consumed);
+                }
                 self.hand_to_peer(peer, datagram, ctl)
             }
             _ => Err(DropReason::Unauthenticated),
@@ -668,6 +717,7 @@ mod tests {
                 table,
                 key: me.clone(),
                 limiter,
+                unleased: None,
                 mtu: 1420,
             }
         };
@@ -1037,6 +1087,97 @@ mod tests {
         assert!(opened.iter().all(Result::is_ok), "{opened:?}");
         assert_eq!(peer_a.endpoint(), from_a);
         assert_eq!(destination_of_a(&b, &mut b_out), from_a);
+    }
+
+    #[test]
+    fn a_peer_behind_an_address_rewriting_nat_returns_a_cookie_then_is_answered_there() {
+        let (mut a, b) = pair(None);
+        // B's messages reach A from an address no lease names (a NAT rewrote it): a socket
+        // on 127.0.0.2, so what A sends there can be read.
+        let nat = loopback("127.0.0.2".parse().unwrap());
+        let from_nat = nat.local_addr().unwrap();
+        let from_a = a.out.local_addr().unwrap();
+        let init_of_b = || {
+            let peer = b.transform.table.load().peers[0].clone();
+            let mut buf = vec![0u8; 256];
+            match peer.tunn().format_handshake_initiation(&mut buf, true) {
+                TunnResult::WriteToNetwork(m) => m.to_vec(),
+                other => panic!("no initiation: {other:?}"),
+            }
+        };
+        let recv_nat = || {
+            let mut buf = vec![0u8; 2048];
+            let (len, _) = nat.recv_from(&mut buf).unwrap();
+            buf.truncate(len);
+            buf
+        };
+
+        // Lease-only roaming: dropped before any crypto.
+        let mut a_in = a.transform.inbound();
+        assert_eq!(
+            open(&a, &mut a_in, from_nat, &mut init_of_b()),
+            Err(DropReason::UnknownPeer)
+        );
+
+        a.transform.unleased = Some(Arc::new(UnleasedGate::new(&a.transform.key.public, 20)));
+        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
+        let (mut b_out, mut b_in) = (b.transform.outbound(), b.transform.inbound());
+        let peer_b = a.transform.table.load().peers[0].clone();
+        let leased_b = peer_b.endpoint();
+        // The first initiation gets a cookie, not a handshake.
+        assert_eq!(
+            open(&a, &mut a_in, from_nat, &mut init_of_b()),
+            Ok(Opened::Consumed)
+        );
+        let mut cookie = recv_nat();
+        assert_eq!(cookie[0], MSG_COOKIE_REPLY);
+        assert_eq!(peer_b.endpoint(), leased_b, "a cookie moves nothing");
+        // B takes it (from A's address); its next initiation carries it and is answered
+        // where it came from, and A's peer moves there.
+        assert_eq!(
+            open(&b, &mut b_in, from_a, &mut cookie),
+            Ok(Opened::Consumed)
+        );
+        assert_eq!(
+            open(&a, &mut a_in, from_nat, &mut init_of_b()),
+            Ok(Opened::Consumed)
+        );
+        let mut resp = recv_nat();
+        assert_eq!(resp[0], MSG_HANDSHAKE_RESP);
+        assert_eq!(peer_b.endpoint(), from_nat);
+        assert_eq!(peer_b.roams.load(Ordering::Relaxed), 1);
+        assert_eq!(open(&b, &mut b_in, from_a, &mut resp), Ok(Opened::Consumed));
+        // Its keepalive confirms the session (to where the response came from).
+        let mut keepalive = recv_on(&a.out);
+        assert!(open(&a, &mut a_in, from_nat, &mut keepalive).is_ok());
+
+        // Data both ways: B's from the NAT's address opens at A; A's goes to that address.
+        let pkt = tcp_packet(3, 0x18, &[5; 300], 64);
+        // 10.5.2.3 → 10.5.1.2: swapping the addresses leaves both checksums as they are.
+        let mut from_b = pkt.clone();
+        from_b[12..20].rotate_left(4);
+        let mut d = seal(&b, &mut b_out, &from_b).unwrap();
+        let forged = {
+            let mut f = d.clone();
+            f[40] ^= 1;
+            f
+        };
+        assert_eq!(
+            open(&a, &mut a_in, from_nat, &mut forged.clone()),
+            Err(DropReason::Unauthenticated)
+        );
+        assert!(matches!(
+            open(&a, &mut a_in, from_nat, &mut d),
+            Ok(Opened::Packet { .. })
+        ));
+        let mut back = seal(&a, &mut a_out, &pkt).unwrap();
+        let to = {
+            let ip = packet::parse_ipv4(&pkt, true).unwrap();
+            let mut ctl = Control::new(&a.out);
+            a_out.route(&mut pkt.clone(), &ip, &mut ctl).unwrap().to
+        };
+        assert_eq!(to, from_nat, "A answers where B's messages come from");
+        assert!(open(&b, &mut b_in, from_a, &mut back).is_ok());
     }
 
     /// An IPv6 packet from `src` to `dst` with `len` bytes of payload (no next header).
