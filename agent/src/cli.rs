@@ -124,7 +124,8 @@ pub struct Cli {
     /// come from elsewhere. `any`: as kernel WireGuard (Flannel's backend) does, to any
     /// address but another node's — so a node behind a NAT is answered where its messages
     /// come from; a handshake from an address no lease names must first return a cookie
-    /// (proving it receives there), and such handshakes get 20 a second in all. `lease`: only
+    /// (proving it receives there), and such handshakes are budgeted (per address 10, then 2
+    /// a second; 50 a second for all of them, per device). `lease`: only
     /// other ports of the addresses its lease names; datagrams from anywhere else are
     /// dropped before any crypto.
     #[arg(long, env = "TWILLD_WIREGUARD_ROAMING", value_enum, default_value_t = Roaming::Any)]
@@ -171,7 +172,6 @@ const FLAG_ENVS: &[&str] = &[
     "HEALTHZ_PORT",
 ];
 
-/// The environment with `FLANNELD_X` copied to `TWILLD_X` where the latter is unset.
 /// `--wireguard-roaming`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Roaming {
@@ -209,6 +209,7 @@ fn crypto_helper(threads: u64, cpus: usize) -> bool {
     }
 }
 
+/// The environment with `FLANNELD_X` copied to `TWILLD_X` where the latter is unset.
 pub fn flannel_env_fallbacks(get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
     FLAG_ENVS
         .iter()

@@ -402,7 +402,8 @@ fn wireguard_forgeries_keepalive_flannel_lease_removal_and_restart() {
     );
     // From an address that holds no lease: a replayed message is opened (a peer may roam
     // there) and refused as a replay, moving nothing; a handshake that fails its MACs is
-    // dropped at the cookie gate.
+    // refused at the cookie gate (with `--wireguard-roaming lease` both would be dropped
+    // before any crypto as `unknown_peer`: the transform's unit tests).
     send_raw(
         h2ns,
         Ipv4Addr::new(172, 31, 0, 99),
@@ -410,10 +411,9 @@ fn wireguard_forgeries_keepalive_flannel_lease_removal_and_restart() {
         &[captured[0].clone(), junk_init],
     );
     lab.eventually("forgeries dropped and counted", 5, || {
-        before("replay") >= replay0 + 5
-            && before("unauthenticated") >= unauth0 + 3
-            && before("unknown_peer") > unknown0
+        before("replay") >= replay0 + 5 && before("unauthenticated") >= unauth0 + 4
     });
+    assert_eq!(before("unknown_peer"), unknown0);
     assert!(
         lab.ping(0, &lab.containers[1].ip),
         "traffic still flows (no endpoint moved)"

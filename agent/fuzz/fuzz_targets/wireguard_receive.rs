@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use twill_agent::backend::wireguard::key::NodeKey;
 use twill_agent::backend::wireguard::table::{Peer, TableCell, WgTable};
 use twill_agent::backend::wireguard::transform::WgTransform;
-use twill_agent::backend::wireguard::unleased::UnleasedGate;
+use twill_agent::backend::wireguard::unleased::{LIMITS, UnleasedGate};
 use twill_agent::engine::sys::UdpSocket;
 use twill_agent::engine::{Control, Inbound, Opened, Sender, Transform};
 use twill_agent::lease::Subnets;
@@ -69,7 +69,7 @@ fn fixture() -> &'static Fixture {
         Fixture {
             transform: WgTransform {
                 table,
-                unleased: Some(Arc::new(UnleasedGate::new(&me.public, 20))),
+                unleased: Some(Arc::new(UnleasedGate::new(limiter.clone(), LIMITS))),
                 key: me,
                 limiter,
                 mtu: 1420,

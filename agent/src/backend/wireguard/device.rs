@@ -163,12 +163,9 @@ impl WgDevice {
             table: self.table.clone(),
             key: self.key.clone(),
             limiter: self.limiter.clone(),
-            unleased: shared.roam_unleased.then(|| {
-                Arc::new(UnleasedGate::new(
-                    &self.key.public,
-                    unleased::HANDSHAKES_PER_SECOND,
-                ))
-            }),
+            unleased: shared
+                .roam_unleased
+                .then(|| Arc::new(UnleasedGate::new(self.limiter.clone(), unleased::LIMITS))),
             mtu: shared.mtu as usize,
         };
         let engine = Engine::start(tun.into_queues(), cfg, &transform, stats).map_err(|e| {

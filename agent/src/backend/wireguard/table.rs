@@ -40,8 +40,8 @@ pub struct Peer {
     /// What its lease names as its endpoint: its PublicIP (or PublicIPv6) and Port.
     pub leased_endpoint: SocketAddr,
     /// Where its datagrams go now: the leased endpoint until an authenticated message comes
-    /// from another port of one of its own addresses (a NAT rewrote the port), as WireGuard
-    /// roams. Read once per send batch (and per authenticated receive), written only when
+    /// from elsewhere — another port of one of its own addresses, or an address no lease
+    /// names (a NAT rewrote them; see `roam`) — as WireGuard roams. Read once per send batch (and per authenticated receive), written only when
     /// it moves.
     current_endpoint: RwLock<SocketAddr>,
     /// Times the endpoint moved (for /metrics).

@@ -349,7 +349,8 @@ impl WgSender<'_> {
                 let _ = ctl.send_to(self.from, reply);
                 Ok(false)
             }
-            Verdict::Drop => Err(DropReason::UnknownPeer),
+            Verdict::Unauthenticated => Err(DropReason::Unauthenticated),
+            Verdict::OverBudget => Err(DropReason::HandshakeBudget),
         }
     }
 
@@ -1119,7 +1120,10 @@ mod tests {
             Err(DropReason::UnknownPeer)
         );
 
-        a.transform.unleased = Some(Arc::new(UnleasedGate::new(&a.transform.key.public, 20)));
+        a.transform.unleased = Some(Arc::new(UnleasedGate::new(
+            a.transform.limiter.clone(),
+            crate::backend::wireguard::unleased::LIMITS,
+        )));
         let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
         let (mut b_out, mut b_in) = (b.transform.outbound(), b.transform.inbound());
         let peer_b = a.transform.table.load().peers[0].clone();

@@ -34,11 +34,14 @@ pub enum DropReason {
     /// An encrypting backend: no session with the peer yet; the packet waits for the
     /// handshake (a few hundred per peer, dropped beyond).
     NoSession,
+    /// An encrypting backend: a handshake from an address no lease names, over the budget
+    /// of such handshakes (per address, or all of them together).
+    HandshakeBudget,
 }
 
 impl DropReason {
     /// Every reason, in the order `/metrics` lists them.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::UnknownPeer,
         DropReason::SpoofedSource,
         DropReason::NotLocal,
@@ -53,6 +56,7 @@ impl DropReason {
         DropReason::Unauthenticated,
         DropReason::Replay,
         DropReason::NoSession,
+        DropReason::HandshakeBudget,
     ];
 
     /// The `reason` label in `/metrics`.
@@ -72,6 +76,7 @@ impl DropReason {
             DropReason::Unauthenticated => "unauthenticated",
             DropReason::Replay => "replay",
             DropReason::NoSession => "no_session",
+            DropReason::HandshakeBudget => "handshake_budget",
         }
     }
 

@@ -156,6 +156,33 @@ impl RateLimiter {
         src: &'a [u8],
         dst: &'b mut [u8],
     ) -> Result<Packet<'a>, TunnResult<'b>> {
+        self.verify_packet_inner(src_addr, src, dst, false)
+    }
+
+    // twill: begin
+    /// `verify_packet` as under load, whatever the count: a handshake message passes only
+    /// with a valid cookie MAC (mac2) for `src_addr`, else the cookie reply is returned. For
+    /// senders that must prove they receive at their address before any work is done; the
+    /// cookie is this limiter's, so a message carrying it also passes `verify_packet` (and
+    /// so the `Tunn`s that share this limiter) when that is under load.
+    pub fn verify_packet_with_cookie<'a, 'b>(
+        &self,
+        src_addr: IpAddr,
+        src: &'a [u8],
+        dst: &'b mut [u8],
+    ) -> Result<Packet<'a>, TunnResult<'b>> {
+        self.verify_packet_inner(Some(src_addr), src, dst, true)
+    }
+    // twill: end
+
+    fn verify_packet_inner<'a, 'b>(
+        &self,
+        src_addr: Option<IpAddr>,
+        src: &'a [u8],
+        dst: &'b mut [u8],
+        // twill: always demand the cookie MAC
+        force_cookie: bool,
+    ) -> Result<Packet<'a>, TunnResult<'b>> {
         let packet = Tunn::parse_incoming_packet(src)?;
 
         // Verify and rate limit handshake messages only
@@ -169,7 +196,7 @@ impl RateLimiter {
             verify_slices_are_equal(&computed_mac1[..16], mac1)
                 .map_err(|_| TunnResult::Err(WireGuardError::InvalidMac))?;
 
-            if self.is_under_load() {
+            if force_cookie || self.is_under_load() {
                 let addr = match src_addr {
                     None => return Err(TunnResult::Err(WireGuardError::UnderLoad)),
                     Some(addr) => addr,
