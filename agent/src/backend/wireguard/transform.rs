@@ -1184,6 +1184,101 @@ mod tests {
         assert!(open(&b, &mut b_in, from_a, &mut back).is_ok());
     }
 
+    #[test]
+    fn mutated_messages_from_leased_and_unleased_addresses_never_panic_or_get_through() {
+        use crate::engine::packet::test_util::Rng;
+        let (a, mut b) = pair(None);
+        b.transform.unleased = Some(Arc::new(UnleasedGate::new(
+            b.transform.limiter.clone(),
+            crate::backend::wireguard::unleased::LIMITS,
+        )));
+        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
+        let mut b_in = b.transform.inbound();
+        establish(&a, &b, &mut a_out, &mut a_in, &mut b_in);
+        let peer_a = b.transform.table.load().peers[0].clone();
+        let endpoint = peer_a.endpoint();
+        let from_a = a.out.local_addr().unwrap();
+        // Valid messages of each kind to start from: data (a keepalive-sized one too), an
+        // initiation from a stranger, a response-shaped and a cookie-shaped message.
+        let mut valids: Vec<Vec<u8>> = (0..4u32)
+            .map(|i| {
+                seal(
+                    &a,
+                    &mut a_out,
+                    &tcp_packet(100 + i, 0x18, &[i as u8; 200], 64),
+                )
+            })
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let stranger = StaticSecret::from([77u8; 32]);
+        let mut t = Tunn::new(stranger, b.transform.key.public, None, None, 3, None);
+        let mut buf = vec![0u8; 256];
+        if let TunnResult::WriteToNetwork(m) = t.format_handshake_initiation(&mut buf, false) {
+            valids.push(m.to_vec());
+        }
+        let mut resp = vec![MSG_HANDSHAKE_RESP, 0, 0, 0];
+        resp.resize(92, 0x11);
+        let mut cookie = vec![MSG_COOKIE_REPLY, 0, 0, 0];
+        cookie.resize(64, 0x22);
+        valids.extend([resp, cookie]);
+        let unleased = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), 9));
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut ctl = Control::new(&b.out);
+        for round in 0..20_000 {
+            let valid = &valids[rng.below(valids.len())];
+            let mut d = if rng.below(4) == 0 {
+                (0..rng.below(200)).map(|_| rng.next() as u8).collect()
+            } else {
+                let cut = if rng.below(3) == 0 {
+                    rng.below(valid.len() + 1)
+                } else {
+                    valid.len()
+                };
+                let mut d = valid[..cut].to_vec();
+                for _ in 0..1 + rng.below(3) {
+                    if !d.is_empty() {
+                        let i = rng.below(d.len());
+                        d[i] ^= 1 + rng.below(255) as u8;
+                    }
+                }
+                d
+            };
+            let from = if round % 2 == 0 { from_a } else { unleased };
+            let Ok(mut sender) = b_in.sender(from) else {
+                continue;
+            };
+            let got_through = |o: &Result<Opened, DropReason>| {
+                matches!(o, Ok(Opened::Packet { .. } | Opened::Packet6 { .. }))
+            };
+            if rng.below(2) == 0 {
+                let r = sender.open(&mut d, &mut ctl);
+                assert!(!got_through(&r), "a mutated message got through: {r:?}");
+            } else {
+                // The same bytes cut into a GRO receive's datagrams.
+                let seg = 1 + rng.below(d.len().max(1));
+                let ranges: Vec<Range<usize>> = (0..d.len())
+                    .step_by(seg)
+                    .map(|s| s..(s + seg).min(d.len()))
+                    .collect();
+                let mut out = Vec::new();
+                sender.open_batch(&mut d, &ranges, &mut out, &mut ctl);
+                assert_eq!(out.len(), ranges.len());
+                assert!(!out.iter().any(got_through), "{out:?}");
+            }
+        }
+        assert_eq!(
+            peer_a.endpoint(),
+            endpoint,
+            "nothing mutated moved the endpoint"
+        );
+        // And the session still works.
+        let mut d = seal(&a, &mut a_out, &tcp_packet(999, 0x18, &[9; 100], 64)).unwrap();
+        assert!(matches!(
+            open(&b, &mut b_in, from_a, &mut d),
+            Ok(Opened::Packet { .. })
+        ));
+    }
+
     /// An IPv6 packet from `src` to `dst` with `len` bytes of payload (no next header).
     fn v6_packet(src: &str, dst: &str, len: usize) -> Vec<u8> {
         let mut p = vec![0u8; 40];
