@@ -1185,6 +1185,57 @@ mod tests {
     }
 
     #[test]
+    fn a_handshake_response_from_an_unleased_address_returns_a_cookie_unless_it_is_the_endpoint() {
+        let (mut a, b) = pair(None);
+        a.transform.unleased = Some(Arc::new(UnleasedGate::new(
+            a.transform.limiter.clone(),
+            crate::backend::wireguard::unleased::LIMITS,
+        )));
+        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
+        let mut b_in = b.transform.inbound();
+        let from_a = a.out.local_addr().unwrap();
+        let from_b = b.inbox.local_addr().unwrap();
+        let nat = loopback("127.0.0.2".parse().unwrap());
+        let from_nat = nat.local_addr().unwrap();
+        let peer_b = a.transform.table.load().peers[0].clone();
+        let pkt = tcp_packet(1, 0x18, &[1; 100], 64);
+        // A initiates; B answers.
+        assert_eq!(seal(&a, &mut a_out, &pkt), Err(DropReason::NoSession));
+        let mut init = recv(&b);
+        assert_eq!(open(&b, &mut b_in, from_a, &mut init), Ok(Opened::Consumed));
+        let resp = recv_on(&a.out);
+        assert_eq!(resp[0], MSG_HANDSHAKE_RESP);
+        // The response as if from an address no lease names and not the endpoint: a
+        // cookie goes there, and no session comes of it.
+        assert_eq!(
+            open(&a, &mut a_in, from_nat, &mut resp.clone()),
+            Ok(Opened::Consumed)
+        );
+        let mut buf = vec![0u8; 256];
+        let (n, _) = nat.recv_from(&mut buf).unwrap();
+        assert_eq!(buf[0], MSG_COOKIE_REPLY, "{:?}", &buf[..n]);
+        assert_eq!(seal(&a, &mut a_out, &pkt), Err(DropReason::NoSession));
+        assert_eq!(peer_b.endpoint(), from_b);
+        // Once B's endpoint is that address (it roamed there), its response passes.
+        assert!(peer_b.roam(from_nat, Origin::Unleased).is_some());
+        let mut init = {
+            let mut t = peer_b.tunn();
+            match t.format_handshake_initiation(&mut buf, true) {
+                TunnResult::WriteToNetwork(m) => m.to_vec(),
+                other => panic!("no initiation: {other:?}"),
+            }
+        };
+        assert_eq!(open(&b, &mut b_in, from_a, &mut init), Ok(Opened::Consumed));
+        let mut resp = recv_on(&a.out);
+        assert_eq!(resp[0], MSG_HANDSHAKE_RESP);
+        assert_eq!(
+            open(&a, &mut a_in, from_nat, &mut resp),
+            Ok(Opened::Consumed)
+        );
+        assert!(seal(&a, &mut a_out, &pkt).is_ok(), "a session now");
+    }
+
+    #[test]
     fn mutated_messages_from_leased_and_unleased_addresses_never_panic_or_get_through() {
         use crate::engine::packet::test_util::Rng;
         let (a, mut b) = pair(None);
