@@ -144,6 +144,41 @@ fn vxlan_all_pairs_ping_and_restart_keeps_everything() {
     assert_eq!(lab.twill_routes(1), routes_before);
 }
 
+/// An address on the lab's underlay subnet that no host holds: what `--public-ip` names in
+/// the tests of a node behind a NAT (its outside address), never a target of traffic.
+const NAT_OUTSIDE: &str = "172.31.0.201";
+
+#[test]
+fn vxlan_with_a_public_ip_that_is_not_local_sends_from_the_links_address() {
+    if !preconditions(
+        "vxlan_with_a_public_ip_that_is_not_local_sends_from_the_links_address",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-pub",
+        1,
+        r#"{"Network":"10.8.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    lab.start_agent(1, &["--public-ip", NAT_OUTSIDE]);
+    lab.wait_subnet(1);
+    // The lease advertises the outside address; the VTEP sends from the link's, as
+    // Flannel's (a VTEP bound to an address the host does not hold sends nothing usable).
+    let leases = lab.etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]);
+    assert!(
+        leases.contains(&format!(r#""PublicIP":"{NAT_OUTSIDE}""#)),
+        "{leases}"
+    );
+    let ip1 = lab.cluster.host(1).ip;
+    lab.eventually("flannel.1 exists", 10, || {
+        lab.host_output(1, &["ip", "-d", "link", "show"])
+            .contains("flannel.1")
+    });
+    let link = lab.host_output(1, &["ip", "-d", "link", "show", "flannel.1"]);
+    assert!(link.contains(&format!("local {ip1} ")), "{link}");
+}
+
 #[test]
 fn vxlan_direct_routing_uses_host_routes_on_the_same_l2() {
     if !preconditions(

@@ -469,6 +469,48 @@ fn wireguard_a_node_behind_an_address_rewriting_nat_is_reached_there_after_a_coo
     );
 }
 
+#[test]
+fn wireguard_with_a_public_ip_that_is_not_local_binds_the_link_and_is_reached_by_roaming() {
+    if !preconditions(
+        "wireguard_with_a_public_ip_that_is_not_local_binds_the_link_and_is_reached_by_roaming",
+        &[TOOLS, &["wg", "unshare"]].concat(),
+    ) {
+        return;
+    }
+    // Host 2's `--public-ip` names an address it does not hold (on the lab's underlay
+    // subnet, held by nobody: where a NAT's outside address would be). Its lease says that;
+    // it binds its link's address, and host 1 reaches it by roaming to where its
+    // authenticated messages come from — an address no lease names, after a cookie.
+    const OUTSIDE: &str = "172.31.0.201";
+    let mut lab = AgentLab::new("twg-pub", 2, &config(""));
+    lab.start_wireguard_agent(1, METRICS_PORT);
+    lab.start_wireguard_agent_with(2, METRICS_PORT, &["--public-ip", OUTSIDE]);
+    for h in 1..=2 {
+        lab.wait_subnet(h);
+        lab.add_container(h);
+    }
+    let ip2 = lab.cluster.host(2).ip;
+    assert!(
+        lab.host_output(2, &["ss", "-ulnH"])
+            .contains(&format!("{ip2}:{PORT}")),
+        "host 2 binds its link's address"
+    );
+    lab.eventually(
+        "host 2's container reaches host 1's from an address its lease does not name",
+        30,
+        || lab.ping(1, &lab.containers[0].ip),
+    );
+    assert!(
+        lab.ping(0, &lab.containers[1].ip),
+        "host 1's container reaches host 2's"
+    );
+    let peer2 = wg_dump(&lab, 1)
+        .into_iter()
+        .nth(1)
+        .expect("host 1 has host 2 as its peer");
+    assert_eq!(peer2[2], format!("{ip2}:{PORT}"), "{peer2:?}");
+}
+
 /// Host 2 sits behind a NAT that rewrites its WireGuard port to NAT_PORT (and its address
 /// to `nat_ip`, an address no lease names, when given) and lets in only replies: datagrams
 /// addressed to its own port are dropped before conntrack sees them. Its lease still names

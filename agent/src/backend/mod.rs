@@ -36,6 +36,20 @@ pub struct Underlay {
 }
 
 impl Underlay {
+    /// The IPv4 address the user-space backends bind: the link's own, which `public_ip`
+    /// need not be (`--public-ip` may name a NAT's outside address that peers reach this
+    /// node at, as Flannel allows; its udp backend binds the interface's address too).
+    pub fn bind_ip(&self) -> Ipv4Addr {
+        Some(self.net.addr())
+            .filter(|a| !a.is_unspecified())
+            .unwrap_or(self.public_ip)
+    }
+
+    /// [`Underlay::bind_ip`] for IPv6.
+    pub fn bind_ipv6(&self) -> Option<Ipv6Addr> {
+        self.net6.map(|n| n.addr()).or(self.public_ipv6)
+    }
+
     /// Whether `ip` is directly reachable on the underlay's L2 subnet.
     pub fn on_link(&self, ip: Ipv4Addr) -> bool {
         // No IPv4 address on the underlay (IPv6-only): nothing is on its IPv4 link.

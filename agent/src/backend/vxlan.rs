@@ -1,5 +1,5 @@
-//! vxlan: device `flannel.<VNI>` (learning off, local = public IP, port 8472, MTU − 50) and,
-//! with IPv6, `flannel-v6.<VNI>` (local = public IPv6, MTU − 70), each with its own VtepMAC
+//! vxlan: device `flannel.<VNI>` (learning off, local = the link's IPv4, port 8472, MTU − 50)
+//! and, with IPv6, `flannel-v6.<VNI>` (local = the link's IPv6, MTU − 70), each with its own VtepMAC
 //! published in the lease (`BackendData`, `BackendV6Data`). Per peer and family, in this
 //! order: a permanent neighbour for the peer's VTEP address (`<subnet>.0`, `<v6 subnet>::`),
 //! an FDB entry VtepMAC → public IP, then an onlink route to the peer's subnet via that address
@@ -115,9 +115,11 @@ impl Vxlan {
                 .mtu
                 .unwrap_or(link_mtu.saturating_sub(overhead))
         };
+        // The VTEP sends from the link's own address, as Flannel's: `--public-ip` may name a
+        // NAT's outside address, which is only what peers send to.
         let v4 = config.enable_ipv4.then(|| Vtep {
             name: format!("flannel.{vni}"),
-            local: IpAddr::V4(underlay.public_ip),
+            local: IpAddr::V4(underlay.bind_ip()),
             mac: vtep_mac(underlay.public_ip),
             mtu: mtu(VXLAN_OVERHEAD),
             device: None,
@@ -126,7 +128,7 @@ impl Vxlan {
         // Without an IPv6 public address `init` refuses to start (agent::run checks first).
         let v6 = config.ipv6.and(underlay.public_ipv6).map(|ip| Vtep {
             name: format!("flannel-v6.{vni}"),
-            local: IpAddr::V6(ip),
+            local: IpAddr::V6(underlay.bind_ipv6().unwrap_or(ip)),
             mac: vtep_mac6(ip),
             mtu: mtu(VXLAN6_OVERHEAD),
             device: None,

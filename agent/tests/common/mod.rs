@@ -159,6 +159,17 @@ impl AgentLab {
         c.wait().unwrap()
     }
 
+    /// Runs `args` in host `h`'s network namespace and returns its standard output.
+    #[allow(dead_code)]
+    pub fn host_output(&self, h: usize, args: &[&str]) -> String {
+        let mut c = std::process::Command::new(args[0]);
+        c.args(&args[1..]);
+        self.cluster.host(h).netns.prepare_command(&mut c).unwrap();
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{args:?} in host {h}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Waits for host `h`'s subnet file.
     pub fn wait_subnet(&self, h: usize) -> SubnetEnv {
         wait_for_subnet(&self.subnet_file(h), Duration::from_secs(30))

@@ -137,7 +137,7 @@ impl Udp {
             "udp data path: TUN ready"
         );
         let cfg = EngineConfig {
-            bind: SocketAddrV4::new(self.underlay.public_ip, self.port).into(),
+            bind: SocketAddrV4::new(self.underlay.bind_ip(), self.port).into(),
             mtu: self.mtu() as usize,
             offloads: self.opts.offloads,
             busy_poll: self.opts.busy_poll,

@@ -378,11 +378,12 @@ impl Backend for Wireguard {
         let (shared, opts) = (self.shared(), self.opts.engine.clone());
         self.devices.clear();
         for p in plans {
+            // The link's own addresses: `--public-ip` may name a NAT's outside address.
             let bind = device::bind_address(
                 p.underlay,
                 p.port,
-                self.underlay.public_ip,
-                self.underlay.public_ipv6,
+                self.underlay.bind_ip(),
+                self.underlay.bind_ipv6(),
             );
             let mut d = WgDevice::new(p, bind, self.network, key.clone());
             d.start(nl, &shared, &opts, &self.stats).await?;
