@@ -495,20 +495,25 @@ fn wireguard_with_a_public_ip_that_is_not_local_binds_the_link_and_is_reached_by
             .contains(&format!("{ip2}:{PORT}")),
         "host 2 binds its link's address"
     );
-    lab.eventually(
-        "host 2's container reaches host 1's from an address its lease does not name",
-        30,
-        || lab.ping(1, &lab.containers[0].ip),
-    );
+    reached_both_ways_at(&lab, &format!("{ip2}:{PORT}"));
+}
+
+/// Host 2, which only it can open the way to, speaks first: its container reaches host 1's
+/// (from an address no lease names its first initiation gets a cookie, its retry 5 s later
+/// the handshake); then host 1's reaches host 2's, at `endpoint`, where host 1 now sends.
+fn reached_both_ways_at(lab: &AgentLab, endpoint: &str) {
+    lab.eventually("host 2's container reaches host 1's", 30, || {
+        lab.ping(1, &lab.containers[0].ip)
+    });
     assert!(
         lab.ping(0, &lab.containers[1].ip),
-        "host 1's container reaches host 2's"
+        "host 1's container reaches host 2's at {endpoint}"
     );
-    let peer2 = wg_dump(&lab, 1)
+    let peer2 = wg_dump(lab, 1)
         .into_iter()
         .nth(1)
         .expect("host 1 has host 2 as its peer");
-    assert_eq!(peer2[2], format!("{ip2}:{PORT}"), "{peer2:?}");
+    assert_eq!(peer2[2], endpoint, "{peer2:?}");
 }
 
 /// Host 2 sits behind a NAT that rewrites its WireGuard port to NAT_PORT (and its address
@@ -551,22 +556,7 @@ fn behind_a_nat(name: &str, prefix: &str, nat_ip: Option<Ipv4Addr>) {
         lab.wait_subnet(h);
         lab.add_container(h);
     }
-    // Host 2 speaks first (only it can open the NAT); then both ways. From an unleased
-    // address its first initiation gets a cookie and its retry (5 s later) the handshake.
-    lab.eventually(
-        "host 2's container reaches host 1's through the NAT",
-        30,
-        || lab.ping(1, &lab.containers[0].ip),
-    );
-    assert!(
-        lab.ping(0, &lab.containers[1].ip),
-        "host 1's container reaches host 2's at the NAT's address and port"
-    );
-    let peer2 = wg_dump(&lab, 1)
-        .into_iter()
-        .nth(1)
-        .expect("host 1 has host 2 as its peer");
-    assert_eq!(peer2[2], format!("{seen_as}:{NAT_PORT}"), "{peer2:?}");
+    reached_both_ways_at(&lab, &format!("{seen_as}:{NAT_PORT}"));
     let page = lab.http_get(1, METRICS_PORT, "/metrics");
     assert!(
         page.lines()
