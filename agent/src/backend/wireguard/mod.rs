@@ -571,6 +571,30 @@ mod tests {
     }
 
     #[test]
+    fn the_links_addresses_are_bound_and_the_public_ones_advertised() {
+        let mut wg = backend(&config(""));
+        // `--public-ip` / `--public-ipv6` naming a NAT's outside addresses.
+        wg.underlay.public_ip = Ipv4Addr::new(203, 0, 113, 7);
+        wg.underlay.public_ipv6 = Some("2001:db8::7".parse().unwrap());
+        assert_eq!(wg.underlay.bind_ip(), Ipv4Addr::new(172, 31, 0, 11));
+        assert_eq!(
+            wg.underlay.bind_ipv6(),
+            Some("fd31::11".parse::<Ipv6Addr>().unwrap())
+        );
+        let r = wg.record();
+        assert_eq!(r.public_ip, Ipv4Addr::new(203, 0, 113, 7));
+        assert_eq!(r.public_ipv6, Some("2001:db8::7".parse().unwrap()));
+        // A link without an address of a family: the public one is all there is.
+        wg.underlay.net = Default::default();
+        wg.underlay.net6 = None;
+        assert_eq!(wg.underlay.bind_ip(), Ipv4Addr::new(203, 0, 113, 7));
+        assert_eq!(
+            wg.underlay.bind_ipv6(),
+            Some("2001:db8::7".parse::<Ipv6Addr>().unwrap())
+        );
+    }
+
+    #[test]
     fn separate_mode_gives_each_family_its_device_endpoint_and_port() {
         let wg = backend(&config(""));
         let (out, errors) = specs(&wg, &peers(true));
