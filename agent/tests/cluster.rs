@@ -165,18 +165,17 @@ fn vxlan_with_a_public_ip_that_is_not_local_sends_from_the_links_address() {
     lab.wait_subnet(1);
     // The lease advertises the outside address; the VTEP sends from the link's, as
     // Flannel's (a VTEP bound to an address the host does not hold sends nothing usable).
-    let leases = lab.etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]);
-    assert!(
-        leases.contains(&format!(r#""PublicIP":"{NAT_OUTSIDE}""#)),
-        "{leases}"
-    );
-    let ip1 = lab.cluster.host(1).ip;
+    lab.assert_advertised(NAT_OUTSIDE);
+    let ns = &lab.cluster.host(1).name;
     lab.eventually("flannel.1 exists", 10, || {
-        lab.host_output(1, &["ip", "-d", "link", "show"])
-            .contains("flannel.1")
+        twill_tests::ns_exec_ok(ns, &["ip", "link", "show", "flannel.1"])
     });
-    let link = lab.host_output(1, &["ip", "-d", "link", "show", "flannel.1"]);
-    assert!(link.contains(&format!("local {ip1} ")), "{link}");
+    let link = twill_tests::ip_link(ns, "flannel.1");
+    assert_eq!(
+        link["linkinfo"]["info_data"]["local"],
+        lab.cluster.host(1).ip.to_string(),
+        "{link}"
+    );
 }
 
 #[test]

@@ -536,14 +536,10 @@ fn udp_with_a_public_ip_that_is_not_local_binds_the_links_address() {
     let mut lab = AgentLab::new("tud-pub", 1, CONFIG);
     lab.start_agent(1, &["--public-ip", OUTSIDE]);
     lab.wait_subnet(1);
-    let leases = lab.etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]);
-    assert!(
-        leases.contains(&format!(r#""PublicIP":"{OUTSIDE}""#)),
-        "{leases}"
-    );
+    lab.assert_advertised(OUTSIDE);
     let bound = format!("{}:8285", lab.cluster.host(1).ip);
     lab.eventually("the udp socket is bound to the link's address", 10, || {
-        lab.host_output(1, &["ss", "-ulnH"]).contains(&bound)
+        lab.udp_bound(1, &bound)
     });
 }
 

@@ -159,15 +159,21 @@ impl AgentLab {
         c.wait().unwrap()
     }
 
-    /// Runs `args` in host `h`'s network namespace and returns its standard output.
-    #[allow(dead_code)]
-    pub fn host_output(&self, h: usize, args: &[&str]) -> String {
-        let mut c = std::process::Command::new(args[0]);
-        c.args(&args[1..]);
-        self.cluster.host(h).netns.prepare_command(&mut c).unwrap();
-        let out = c.output().unwrap();
-        assert!(out.status.success(), "{args:?} in host {h}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    /// Whether a UDP socket of host `h` is bound to `addr` (`ip:port`).
+    pub fn udp_bound(&self, h: usize, addr: &str) -> bool {
+        let name = &self.cluster.host(h).name;
+        twill_tests::run("ip", &["netns", "exec", name, "ss", "-ulnH"])
+            .split_whitespace()
+            .any(|w| w == addr)
+    }
+
+    /// Asserts that a lease in etcd advertises `ip` as its `PublicIP`.
+    pub fn assert_advertised(&self, ip: &str) {
+        let leases = self.etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]);
+        assert!(
+            leases.contains(&format!(r#""PublicIP":"{ip}""#)),
+            "no lease advertises {ip}: {leases}"
+        );
     }
 
     /// Waits for host `h`'s subnet file.

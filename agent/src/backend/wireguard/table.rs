@@ -41,8 +41,8 @@ pub struct Peer {
     pub leased_endpoint: SocketAddr,
     /// Where its datagrams go now: the leased endpoint until an authenticated message comes
     /// from elsewhere — another port of one of its own addresses, or an address no lease
-    /// names (a NAT rewrote them; see `roam`) — as WireGuard roams. Read once per send batch (and per authenticated receive), written only when
-    /// it moves.
+    /// names (a NAT rewrote them; see `roam`) — as WireGuard roams. Read once per send
+    /// batch (and per authenticated receive), written only when it moves.
     current_endpoint: RwLock<SocketAddr>,
     /// Times the endpoint moved (for /metrics).
     pub roams: AtomicU64,
@@ -125,7 +125,7 @@ impl Peer {
     /// one node's messages must not move another node's endpoint. Returns the endpoint it
     /// left when it moved.
     pub fn roam(&self, from: SocketAddr, origin: Origin) -> Option<SocketAddr> {
-        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        let from = canonical(from);
         let allowed = match origin {
             Origin::Leased => self.owns(from.ip()),
             Origin::Unleased => true,
@@ -158,6 +158,11 @@ impl Peer {
             IpAddr::V6(a) => self.allowed.v6.is_some_and(|n| n.contains(&a)),
         }
     }
+}
+
+/// `addr` with a v4-mapped address as IPv4, as endpoints are kept.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Where a datagram came from, as the leases see it.

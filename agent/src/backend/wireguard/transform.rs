@@ -18,7 +18,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use super::key::NodeKey;
 use super::spread;
-use super::table::{Origin, Peer, TableCell, TableReader, WgTable};
+use super::table::{Origin, Peer, TableCell, TableReader, WgTable, canonical};
 use super::unleased::{UnleasedGate, Verdict};
 use crate::engine::packet::{self, DropReason};
 use crate::engine::transform::{open_each, seal_each};
@@ -314,11 +314,6 @@ pub struct WgSender<'a> {
     mtu: usize,
     scratch: &'a mut [u8],
     jobs: &'a mut Vec<OpenJob>,
-}
-
-/// `addr` with a v4-mapped address as IPv4 (as endpoints are kept).
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// The receiver index of a message of type `ty` (where it sits differs per type).
