@@ -26,7 +26,7 @@ use crate::lease::{LeaseRecord, Subnets};
 use crate::lease_mgr::{self, AcquireError, Held};
 use crate::lease_store::{LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, WatchBatch};
 use crate::metrics::{self, Metrics};
-use crate::netconf::NetworkConfig;
+use crate::netconf::{BackendType, NetworkConfig};
 use crate::node::{self, HostNode, HostSettings, Node};
 use crate::underlay;
 
@@ -717,6 +717,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         key_file: cli.wireguard_key_file.clone(),
         socket_dir: cli.wireguard_socket_dir.clone(),
         roam_unleased: cli.wireguard_roaming == crate::cli::Roaming::Any,
+        aead: wireguard_aead(&cli, config.backend.kind)?,
         engine: backend::UdpOptions {
             busy_poll: cli.busy_poll(backend::wireguard::DEFAULT_BUSY_POLL),
             crypto_helper: cli.wireguard_crypto_helper(),
@@ -788,4 +789,21 @@ async fn start_http(cli: &Cli, metrics: Arc<Metrics>) -> anyhow::Result<()> {
         tokio::spawn(metrics::serve(l, metrics.clone(), healthz, m));
     }
     Ok(())
+}
+
+/// The AEAD `--wireguard-aead` asks for (logged; only looked for with the wireguard backend).
+fn wireguard_aead(cli: &Cli, kind: BackendType) -> anyhow::Result<backend::wireguard::aead::Aead> {
+    use backend::wireguard::aead::Aead;
+    if kind != BackendType::Wireguard {
+        return Ok(Aead::Ring);
+    }
+    let (aead, why_not_faster) = Aead::select(cli.wireguard_aead)
+        .context("--wireguard-aead ipsec-mb: intel-ipsec-mb cannot be used")?;
+    match why_not_faster {
+        Some(why) => {
+            tracing::info!(aead = %aead.describe(), why = %why, "wireguard transport AEAD")
+        }
+        None => tracing::info!(aead = %aead.describe(), "wireguard transport AEAD"),
+    }
+    Ok(aead)
 }

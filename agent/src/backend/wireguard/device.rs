@@ -14,6 +14,7 @@ use boringtun::x25519::PublicKey;
 use ipnet::IpNet;
 use twill_netkit::{Link, Netlink};
 
+use super::aead::Aead;
 use super::key::NodeKey;
 use super::plan::{DevicePlan, Underlay as Family};
 use super::table::{Peer, TableCell, WgTable};
@@ -44,6 +45,8 @@ pub struct Shared {
     pub keepalive: u16,
     /// Whether peers may roam to addresses no lease names (`--wireguard-roaming any`).
     pub roam_unleased: bool,
+    /// Seals and opens transport data (`--wireguard-aead`).
+    pub aead: Aead,
 }
 
 /// One running (or about to run) device.
@@ -167,6 +170,7 @@ impl WgDevice {
                 .roam_unleased
                 .then(|| Arc::new(UnleasedGate::new(self.limiter.clone(), unleased::LIMITS))),
             mtu: shared.mtu as usize,
+            aead: shared.aead,
         };
         let engine = Engine::start(tun.into_queues(), cfg, &transform, stats).map_err(|e| {
             twill_netkit::Error::io("starting the wireguard data path on", dev.name.clone(), e)

@@ -14,6 +14,7 @@
 //! - `timers.rs`: the thread that runs WireGuard's timers (handshake retries, keepalives).
 //! - `uapi.rs`: WireGuard's cross-platform UAPI socket, so `wg show` works.
 
+pub mod aead;
 pub mod config;
 mod device;
 pub mod key;
@@ -67,6 +68,8 @@ pub struct WireguardOptions {
     /// rewrites addresses), as kernel WireGuard's does, behind a cookie and a handshake
     /// budget; otherwise such datagrams are dropped before any crypto.
     pub roam_unleased: bool,
+    /// Seals and opens transport data: ring's ChaCha20-Poly1305 or intel-ipsec-mb's.
+    pub aead: aead::Aead,
     /// Workers, busy polling, offloads: the TUN engine's flags (shared with udp).
     pub engine: UdpOptions,
 }
@@ -138,6 +141,7 @@ impl Wireguard {
             psk: self.cfg.psk,
             keepalive: self.cfg.persistent_keepalive,
             roam_unleased: self.opts.roam_unleased,
+            aead: self.opts.aead,
         }
     }
 
@@ -495,6 +499,7 @@ mod tests {
             key_file: "/nonexistent".into(),
             socket_dir: "/nonexistent".into(),
             roam_unleased: true,
+            aead: aead::Aead::Ring,
             engine: UdpOptions {
                 device: DEVICE.into(),
                 workers: 1,

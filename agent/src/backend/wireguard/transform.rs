@@ -16,6 +16,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
+use super::aead::Aead;
 use super::key::NodeKey;
 use super::spread;
 use super::table::{Origin, Peer, TableCell, TableReader, WgTable, canonical};
@@ -53,6 +54,8 @@ pub struct WgTransform {
     pub unleased: Option<Arc<UnleasedGate>>,
     /// The TUN MTU: the largest inner packet a peer may send.
     pub mtu: usize,
+    /// Seals and opens transport data.
+    pub aead: Aead,
 }
 
 impl Transform for WgTransform {
@@ -64,6 +67,7 @@ impl Transform for WgTransform {
             table: self.table.reader(),
             plain: vec![0u8; SCRATCH].into_boxed_slice(),
             small: [0u8; HANDSHAKE_INIT_LEN],
+            aead: self.aead,
         }
     }
 
@@ -76,6 +80,7 @@ impl Transform for WgTransform {
             mtu: self.mtu,
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             jobs: Vec::with_capacity(MAX_BATCH),
+            aead: self.aead,
         }
     }
 }
@@ -121,6 +126,7 @@ pub struct WgOutbound {
     plain: Box<[u8]>,
     /// Where a handshake initiation goes when the datagram is too small for one.
     small: [u8; HANDSHAKE_INIT_LEN],
+    aead: Aead,
 }
 
 impl Outbound for WgOutbound {
@@ -200,7 +206,9 @@ impl Outbound for WgOutbound {
         };
         {
             let mut tunn = p.tunn();
+            let aead = self.aead;
             let sent = tunn.data_sealer(jobs.len()).map(|sealer| {
+                let sealer = sealer.with_aead(aead.transport());
                 spread::for_each_span(
                     arena,
                     jobs,
@@ -275,6 +283,7 @@ pub struct WgInbound {
     mtu: usize,
     scratch: Box<[u8]>,
     jobs: Vec<OpenJob>,
+    aead: Aead,
 }
 
 impl Inbound for WgInbound {
@@ -298,6 +307,7 @@ impl Inbound for WgInbound {
             mtu: self.mtu,
             scratch: &mut self.scratch,
             jobs: &mut self.jobs,
+            aead: self.aead,
         })
     }
 }
@@ -314,6 +324,7 @@ pub struct WgSender<'a> {
     mtu: usize,
     scratch: &'a mut [u8],
     jobs: &'a mut Vec<OpenJob>,
+    aead: Aead,
 }
 
 /// The receiver index of a message of type `ty` (where it sits differs per type).
@@ -512,7 +523,7 @@ impl WgSender<'_> {
         }));
         let mut tunn = peer.tunn();
         {
-            let opener = tunn.data_opener();
+            let opener = tunn.data_opener().with_aead(self.aead.transport());
             spread::for_each_span(
                 buf,
                 self.jobs,
@@ -715,6 +726,7 @@ mod tests {
                 limiter,
                 unleased: None,
                 mtu: 1420,
+                aead: Aead::Ring,
             }
         };
         let (a_net, b_net) = (
@@ -877,9 +889,27 @@ mod tests {
         out
     }
 
+    /// The AEAD pairs to run a test with: ring on both sides, and where intel-ipsec-mb is
+    /// here, it on either side and both (the wire is the same, so each opens the other's).
+    fn aead_pairs() -> Vec<(Aead, Aead)> {
+        let mut pairs = vec![(Aead::Ring, Aead::Ring)];
+        if let Some(imb) = Aead::ipsec_mb_for_tests() {
+            pairs.extend([(imb, Aead::Ring), (Aead::Ring, imb), (imb, imb)]);
+        }
+        pairs
+    }
+
     #[test]
     fn batches_seal_with_counters_in_order_and_open_the_same_spread_or_not() {
-        let (a, b) = pair(None);
+        for (seals, opens) in aead_pairs() {
+            batches_round_trip(seals, opens);
+        }
+    }
+
+    fn batches_round_trip(seals: Aead, opens: Aead) {
+        let (mut a, mut b) = pair(None);
+        a.transform.aead = seals;
+        b.transform.aead = opens;
         let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
         let mut b_in = b.transform.inbound();
         let from_a = a.out.local_addr().unwrap();
@@ -1232,8 +1262,15 @@ mod tests {
 
     #[test]
     fn mutated_messages_from_leased_and_unleased_addresses_never_panic_or_get_through() {
+        for opens in [Aead::Ring].into_iter().chain(Aead::ipsec_mb_for_tests()) {
+            mutated_messages_round(opens);
+        }
+    }
+
+    fn mutated_messages_round(opens: Aead) {
         use crate::engine::packet::test_util::Rng;
         let (a, mut b) = pair(None);
+        b.transform.aead = opens;
         b.transform.unleased = Some(Arc::new(UnleasedGate::new(
             b.transform.limiter.clone(),
             crate::backend::wireguard::unleased::LIMITS,

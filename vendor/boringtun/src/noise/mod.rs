@@ -84,11 +84,22 @@ const HANDSHAKE_RESP_SZ: usize = 92;
 const COOKIE_REPLY_SZ: usize = 64;
 const DATA_OVERHEAD_SZ: usize = 32;
 
+/// twill: a ChaCha20-Poly1305 (RFC 8439, empty AAD) that seals and opens transport data
+/// instead of ring, through [`DataSealer::with_aead`] and [`DataOpener::with_aead`].
+pub trait TransportAead: Sync {
+    /// Encrypts `data` in place; returns its tag, `None` if the AEAD failed.
+    fn seal(&self, key: &[u8; 32], nonce: &[u8; 12], data: &mut [u8]) -> Option<[u8; 16]>;
+    /// Decrypts `data` in place if `tag` authenticates it; `false` otherwise (then `data` holds
+    /// garbage, never to be used).
+    fn open(&self, key: &[u8; 32], nonce: &[u8; 12], data: &mut [u8], tag: &[u8; 16]) -> bool;
+}
+
 /// twill: seals the data messages of one batch on one session, each with its reserved counter.
 pub struct DataSealer<'a> {
     session: &'a session::Session,
     first: u64,
     n: usize,
+    aead: Option<&'a dyn TransportAead>,
 }
 
 impl DataSealer<'_> {
@@ -100,13 +111,21 @@ impl DataSealer<'_> {
         if i >= self.n {
             return None;
         }
-        self.session.seal_in_place(self.first + i as u64, msg, inner_len)
+        self.session.seal_in_place(self.first + i as u64, msg, inner_len, self.aead)
+    }
+}
+
+impl<'a> DataSealer<'a> {
+    /// twill: seals with `aead` instead of ring (`None`: ring).
+    pub fn with_aead(self, aead: Option<&'a dyn TransportAead>) -> Self {
+        DataSealer { aead, ..self }
     }
 }
 
 /// twill: opens data messages in place with the sessions of one `Tunn`.
 pub struct DataOpener<'a> {
     sessions: [Option<&'a session::Session>; N_SESSIONS],
+    aead: Option<&'a dyn TransportAead>,
 }
 
 impl DataOpener<'_> {
@@ -126,8 +145,15 @@ impl DataOpener<'_> {
         let session = self.sessions[idx as usize % N_SESSIONS]
             .filter(|s| s.receiving_index == idx)
             .ok_or(WireGuardError::NoCurrentSession)?;
-        let plain = session.open_in_place(u64::from_le_bytes(counter), msg)?;
+        let plain = session.open_in_place(u64::from_le_bytes(counter), msg, self.aead)?;
         Ok((idx, plain))
+    }
+}
+
+impl<'a> DataOpener<'a> {
+    /// twill: opens with `aead` instead of ring (`None`: ring).
+    pub fn with_aead(self, aead: Option<&'a dyn TransportAead>) -> Self {
+        DataOpener { aead, ..self }
     }
 }
 
@@ -321,7 +347,12 @@ impl Tunn {
     pub fn data_sealer(&self, n: usize) -> Option<DataSealer<'_>> {
         let session = self.sessions[self.current % N_SESSIONS].as_ref()?;
         let first = session.reserve_counters(n as u64);
-        Some(DataSealer { session, first, n })
+        Some(DataSealer {
+            session,
+            first,
+            n,
+            aead: None,
+        })
     }
 
     /// twill: what `encapsulate` records for the data messages of a sealed batch (timers,
@@ -339,6 +370,7 @@ impl Tunn {
     pub fn data_opener(&self) -> DataOpener<'_> {
         DataOpener {
             sessions: std::array::from_fn(|i| self.sessions[i].as_ref()),
+            aead: None,
         }
     }
 

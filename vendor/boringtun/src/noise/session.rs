@@ -5,6 +5,7 @@ use super::PacketData;
 use crate::noise::errors::WireGuardError;
 use parking_lot::Mutex;
 use portable_atomic::{AtomicU64, Ordering};
+use std::convert::TryInto;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 pub struct Session {
@@ -12,6 +13,10 @@ pub struct Session {
     sending_index: u32,
     receiver: LessSafeKey,
     sender: LessSafeKey,
+    // twill: the same keys, for a `TransportAead` other than ring's (ring keeps its own copy,
+    // unzeroed, as these are).
+    receiving_key: [u8; 32],
+    sending_key: [u8; 32],
     sending_key_counter: AtomicU64,
     receiving_key_counter: Mutex<ReceivingKeyCounterValidator>,
 }
@@ -165,6 +170,8 @@ impl Session {
                 UnboundKey::new(&CHACHA20_POLY1305, &receiving_key).unwrap(),
             ),
             sender: LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &sending_key).unwrap()),
+            receiving_key,
+            sending_key,
             sending_key_counter: AtomicU64::new(0),
             receiving_key_counter: Mutex::new(Default::default()),
         }
@@ -276,7 +283,14 @@ impl Session {
     /// twill: seals one data message in place. `msg` holds room for the 16-byte header, then
     /// `inner_len` bytes of plaintext, then room for the 16-byte tag; returns the message's
     /// length (what `format_packet_data` produces, without copying the plaintext).
-    pub(super) fn seal_in_place(&self, counter: u64, msg: &mut [u8], inner_len: usize) -> Option<usize> {
+    /// twill: with `aead`, that AEAD seals instead of ring.
+    pub(super) fn seal_in_place(
+        &self,
+        counter: u64,
+        msg: &mut [u8],
+        inner_len: usize,
+        aead: Option<&dyn super::TransportAead>,
+    ) -> Option<usize> {
         let len = DATA_OFFSET + inner_len + AEAD_SIZE;
         if msg.len() < len {
             return None;
@@ -287,21 +301,28 @@ impl Session {
         let mut nonce = [0u8; 12];
         nonce[4..12].copy_from_slice(&counter.to_le_bytes());
         let (data, tag_room) = msg[DATA_OFFSET..len].split_at_mut(inner_len);
-        let tag = self
-            .sender
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&[]), data)
-            .ok()?;
-        tag_room.copy_from_slice(tag.as_ref());
+        match aead {
+            Some(aead) => tag_room.copy_from_slice(&aead.seal(&self.sending_key, &nonce, data)?),
+            None => {
+                let tag = self
+                    .sender
+                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&[]), data)
+                    .ok()?;
+                tag_room.copy_from_slice(tag.as_ref());
+            }
+        }
         Some(len)
     }
 
     /// twill: opens one data message (`msg`: header, ciphertext, tag; its type and receiver
     /// index checked by the caller) in place, with the same replay checks as
     /// `receive_packet_data`; returns the plaintext's range in `msg`.
+    /// twill: with `aead`, that AEAD opens instead of ring.
     pub(super) fn open_in_place(
         &self,
         counter: u64,
         msg: &mut [u8],
+        aead: Option<&dyn super::TransportAead>,
     ) -> Result<std::ops::Range<usize>, WireGuardError> {
         if msg.len() < DATA_OFFSET + AEAD_SIZE {
             return Err(WireGuardError::InvalidPacket);
@@ -309,15 +330,26 @@ impl Session {
         self.receiving_counter_quick_check(counter)?;
         let mut nonce = [0u8; 12];
         nonce[4..12].copy_from_slice(&counter.to_le_bytes());
-        let plain = self
-            .receiver
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&[]),
-                &mut msg[DATA_OFFSET..],
-            )
-            .map_err(|_| WireGuardError::InvalidAeadTag)?
-            .len();
+        let plain = match aead {
+            Some(aead) => {
+                let data_len = msg.len() - DATA_OFFSET - AEAD_SIZE;
+                let (data, tag) = msg[DATA_OFFSET..].split_at_mut(data_len);
+                let tag: &[u8; AEAD_SIZE] = (&*tag).try_into().map_err(|_| WireGuardError::InvalidPacket)?;
+                if !aead.open(&self.receiving_key, &nonce, data, tag) {
+                    return Err(WireGuardError::InvalidAeadTag);
+                }
+                data.len()
+            }
+            None => self
+                .receiver
+                .open_in_place(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(&[]),
+                    &mut msg[DATA_OFFSET..],
+                )
+                .map_err(|_| WireGuardError::InvalidAeadTag)?
+                .len(),
+        };
         self.receiving_counter_mark(counter)?;
         Ok(DATA_OFFSET..DATA_OFFSET + plain)
     }
