@@ -11,6 +11,7 @@ use boringtun::noise::Tunn;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use libfuzzer_sys::fuzz_target;
+use twill_agent::backend::wireguard::aead::{Aead, AeadChoice};
 use twill_agent::backend::wireguard::key::NodeKey;
 use twill_agent::backend::wireguard::table::{Peer, TableCell, WgTable};
 use twill_agent::backend::wireguard::transform::WgTransform;
@@ -73,6 +74,8 @@ fn fixture() -> &'static Fixture {
                 key: me,
                 limiter,
                 mtu: 1420,
+                // What twilld picks here by default (intel-ipsec-mb where it can, else ring).
+                aead: Aead::select(AeadChoice::Auto).map_or(Aead::Ring, |(a, _)| a),
             },
             // Replies (cookies, handshake responses) go nowhere useful: a discard port.
             sock: UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false).unwrap(),
