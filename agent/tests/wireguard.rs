@@ -95,19 +95,19 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
     }
     let psk = b64(&[0x5a; 32]);
     // Host 3 spreads one flow's crypto over a helper thread (by default only with 4 CPUs or
-    // more): the transfers to and from it below go through split batches.
+    // more): the transfers to and from it below go through split batches. Host 2 seals and
+    // opens with ring, the others with what twilld picks (intel-ipsec-mb where it runs its
+    // AVX-512 code): every pair and the transfers cross the two AEADs.
     let lab = lab_with_flags(
         "twg-ap",
         3,
         3,
         2,
         &config(&format!(r#","PSK":"{psk}""#)),
-        |h| {
-            if h == 3 {
-                &["--wireguard-crypto-threads", "2"]
-            } else {
-                &[]
-            }
+        |h| match h {
+            2 => &["--wireguard-aead", "ring"],
+            3 => &["--wireguard-crypto-threads", "2"],
+            _ => &[],
         },
     );
     lab.eventually("all pairs reachable over wireguard", 30, || {
@@ -147,6 +147,19 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
         !lab.log(1)
             .contains(&std::fs::read_to_string(lab.wg_key_file(1)).unwrap()),
         "the private key is never logged"
+    );
+
+    // The AEAD each one runs is logged (and why not intel-ipsec-mb, when not).
+    assert!(
+        lab.log(2).contains("wireguard transport AEAD aead=ring"),
+        "{}",
+        lab.log(2)
+    );
+    let picked = lab.log(1);
+    assert!(
+        picked.contains("wireguard transport AEAD aead=intel-ipsec-mb")
+            || (picked.contains("wireguard transport AEAD aead=ring") && picked.contains("why=")),
+        "{picked}"
     );
 
     // 8 MiB across hosts, byte for byte, both ways.
