@@ -210,8 +210,13 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
             .unwrap_or_else(|| panic!("{text}"));
         assert!(line.contains("s ago") && line.contains(&peer[3]), "{line}");
     }
-    // Per peer in /metrics: a handshake time, bytes, drops.
+    // Per peer in /metrics: a handshake time, bytes, drops. And the AEAD in use.
     let page = lab.http_get(1, METRICS_PORT, "/metrics");
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("twilld_wireguard_aead_info{aead=\"") && l.ends_with("\"} 1")),
+        "{page}"
+    );
     for peer in &dump[1..] {
         let labels = format!("peer=\"{}\",subnet=\"{}\"", peer[0], peer[3]);
         let value = |name: &str| -> u64 {

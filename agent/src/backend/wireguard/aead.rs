@@ -4,7 +4,9 @@
 //! Handshakes, cookies, counters and the replay window stay boringtun's either way.
 
 use boringtun::noise::TransportAead;
-use twill_chachapoly_imb::{ChaChaPoly, LoadError};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use twill_chachapoly_imb::{ChaChaPoly, CipherError, LoadError};
 
 /// `--wireguard-aead`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -30,11 +32,21 @@ pub struct IpsecMb(ChaChaPoly);
 
 impl TransportAead for IpsecMb {
     fn seal(&self, key: &[u8; 32], nonce: &[u8; 12], data: &mut [u8]) -> Option<[u8; 16]> {
-        self.0.seal(key, nonce, data).ok()
+        self.0
+            .seal(key, nonce, data)
+            .inspect_err(report_failure)
+            .ok()
     }
 
     fn open(&self, key: &[u8; 32], nonce: &[u8; 12], data: &mut [u8], tag: &[u8; 16]) -> bool {
-        self.0.open(key, nonce, data, tag).is_ok()
+        match self.0.open(key, nonce, data, tag) {
+            Ok(()) => true,
+            Err(CipherError::BadTag) => false,
+            Err(e) => {
+                report_failure(&e);
+                false
+            }
+        }
     }
 }
 
@@ -82,5 +94,24 @@ impl Aead {
             Aead::Ring => "ring".to_owned(),
             Aead::IpsecMb(IpsecMb(c)) => c.describe(),
         }
+    }
+}
+
+/// `/metrics`: which AEAD runs, as an info gauge (the Prometheus way to carry a string).
+pub fn render_info(described: &str, s: &mut String) {
+    use std::fmt::Write;
+    let name = "twilld_wireguard_aead_info";
+    let _ = writeln!(
+        s,
+        "# HELP {name} The ChaCha20-Poly1305 sealing and opening transport data (--wireguard-aead).\n# TYPE {name} gauge\n{name}{{aead=\"{described}\"}} 1"
+    );
+}
+
+/// Says once, loudly, that the library failed a job (not a forgery: the library itself), since
+/// the message is then counted as `oversize` (sealing) or `unauthenticated` (opening).
+fn report_failure(e: &CipherError) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        tracing::error!(error = %e, "intel-ipsec-mb failed; the messages it could not seal or open are dropped (restart with --wireguard-aead ring to use ring instead)");
     }
 }

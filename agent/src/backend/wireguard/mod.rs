@@ -95,7 +95,9 @@ impl Wireguard {
         let stats = Arc::new(Stats::new("wireguard"));
         let tables: Arc<std::sync::Mutex<Vec<Arc<TableCell>>>> = Arc::default();
         let tables_of = tables.clone();
+        let aead = opts.aead.describe();
         let _ = stats.extra.set(Box::new(move |s| {
+            aead::render_info(&aead, s);
             let cells = tables_of.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let loaded: Vec<_> = cells.iter().map(|c| c.load()).collect();
             table::render_peers(&loaded, s)
