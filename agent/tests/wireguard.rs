@@ -747,4 +747,53 @@ fn wireguard_bad_config_and_bad_key_file_are_named() {
         "{log}"
     );
     assert!(!log.contains("c2VjcmV0"), "{log}");
+
+    // Where intel-ipsec-mb cannot be opened (here: twilld in a mount namespace of its own
+    // where the library is an empty file): `ipsec-mb` refuses to start and says why; `auto`
+    // runs with ring and logs why not the faster one.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::remove_file(lab.wg_key_file(1)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("twilld-without-ipsec-mb");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             exec unshare --mount --propagation private sh -c \
+             'if [ -e \"$0\" ]; then mount --bind /dev/null \"$0\" || exit 97; fi; exec \"$@\"' \
+             {IPSEC_MB_LIBRARY} {} \"$@\"\n",
+            common::TWILLD
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    lab.kill_agent(1);
+    let before = lab.log(1).len();
+    lab.start_wireguard_agent_via(1, &wrapper, METRICS_PORT, &["--wireguard-aead", "ipsec-mb"]);
+    let exited = twill_testbed::wait_for(Duration::from_secs(15), || {
+        lab.agents[0]
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    });
+    let log = lab.log(1)[before..].to_owned();
+    assert!(
+        exited,
+        "twilld ran without the library it was told to use:\n{log}"
+    );
+    assert!(
+        log.contains("--wireguard-aead ipsec-mb: intel-ipsec-mb cannot be used")
+            && log.contains("opening intel-ipsec-mb"),
+        "{log}"
+    );
+    lab.kill_agent(1);
+    let before = lab.log(1).len();
+    lab.start_wireguard_agent_via(1, &wrapper, METRICS_PORT, &[]);
+    lab.eventually("twilld falls back to ring and says why", 15, || {
+        let log = &lab.log(1)[before..];
+        log.contains("wireguard transport AEAD aead=ring")
+            && log.contains("why=opening intel-ipsec-mb")
+    });
 }
+
+/// Where Debian puts the library twilld opens for `--wireguard-aead`.
+const IPSEC_MB_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/libIPSec_MB.so.1";

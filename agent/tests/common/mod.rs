@@ -125,8 +125,14 @@ impl AgentLab {
     /// Starts twilld on host `h` (1-based) with `--iface eth0`, a 1 s reconcile interval and
     /// the host's own subnet file, plus `extra` flags.
     pub fn start_agent(&mut self, h: usize, extra: &[&str]) {
+        self.start_agent_via(h, Path::new(TWILLD), extra);
+    }
+
+    /// [`AgentLab::start_agent`] through `binary`: twilld itself, or a wrapper that ends by
+    /// exec'ing it with the arguments it was given.
+    pub fn start_agent_via(&mut self, h: usize, binary: &Path, extra: &[&str]) {
         let files = self.files(h);
-        let agent = TwilldCommand::new(TWILLD, self.endpoint(), files.subnet_file, files.log)
+        let agent = TwilldCommand::new(binary, self.endpoint(), files.subnet_file, files.log)
             .args([
                 "--reconcile-interval",
                 "1",
@@ -402,6 +408,17 @@ impl AgentLab {
 
     /// [`AgentLab::start_wireguard_agent`] with more flags.
     pub fn start_wireguard_agent_with(&mut self, h: usize, metrics_port: u16, extra: &[&str]) {
+        self.start_wireguard_agent_via(h, Path::new(TWILLD), metrics_port, extra);
+    }
+
+    /// [`AgentLab::start_wireguard_agent_with`] through `binary` (see `start_agent_via`).
+    pub fn start_wireguard_agent_via(
+        &mut self,
+        h: usize,
+        binary: &Path,
+        metrics_port: u16,
+        extra: &[&str],
+    ) {
         let port = metrics_port.to_string();
         let key = self.wg_key_file(h).display().to_string();
         let sock = self.wg_socket_dir(h).display().to_string();
@@ -416,7 +433,7 @@ impl AgentLab {
             &sock,
         ];
         args.extend_from_slice(extra);
-        self.start_agent(h, &args);
+        self.start_agent_via(h, binary, &args);
     }
 }
 
