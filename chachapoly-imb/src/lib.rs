@@ -8,7 +8,8 @@
 //!
 //! The library is opened at run time (`libIPSec_MB.so.1`), so a twilld built with this crate
 //! runs where the library is absent; [`ChaChaPoly::load`] then says why, and twilld uses ring.
-//! It is used only where the library picks its AVX-512 code: elsewhere ring is as fast.
+//! It is used only where the library picks its AVX-512 code, the code measured faster than
+//! ring; elsewhere twilld keeps ring.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;

@@ -3,9 +3,9 @@
 //! at WireGuard's message sizes, and the AEAD is the largest cost of the data path).
 //! Handshakes, cookies, counters and the replay window stay boringtun's either way.
 
-use boringtun::noise::TransportAead;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use boringtun::noise::TransportAead;
 use twill_chachapoly_imb::{ChaChaPoly, CipherError, LoadError};
 
 /// `--wireguard-aead`.
@@ -88,7 +88,7 @@ impl Aead {
         }
     }
 
-    /// For logs and `twilld status`.
+    /// For the log and `/metrics`.
     pub fn describe(&self) -> String {
         match self {
             Aead::Ring => "ring".to_owned(),
