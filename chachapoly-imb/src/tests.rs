@@ -8,7 +8,8 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 fn any_arch() -> Option<ChaChaPoly> {
     match ChaChaPoly::load_any_code() {
         Ok(c) => Some(c),
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+        // The library exists for x86-64 only: CI elsewhere tests ring alone.
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") && cfg!(target_arch = "x86_64") => {
             panic!("CI=true: intel-ipsec-mb must be installed for these tests: {e}")
         }
         Err(e) => {

@@ -70,7 +70,10 @@ impl Aead {
     pub fn ipsec_mb_for_tests() -> Option<Aead> {
         match ChaChaPoly::load_any_code() {
             Ok(c) => Some(Aead::IpsecMb(IpsecMb(c))),
-            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            // The library exists for x86-64 only: CI elsewhere tests ring alone.
+            Err(e)
+                if std::env::var("CI").as_deref() == Ok("true") && cfg!(target_arch = "x86_64") =>
+            {
                 panic!("CI=true: intel-ipsec-mb must be installed (libipsec-mb-dev): {e}")
             }
             Err(e) => {
