@@ -59,7 +59,7 @@ fn run(a: &Tunn, b: &Tunn, secs: f64) -> (f64, f64) {
     while Instant::now() < until {
         spans(&mut jobs);
         let t = Instant::now();
-        let sealer = a.data_sealer(SEGMENTS).expect("a session");
+        let sealer = a.data_sealer(SEGMENTS, None).expect("a session");
         for_each_span(
             &mut arena,
             &mut jobs,
@@ -69,7 +69,7 @@ fn run(a: &Tunn, b: &Tunn, secs: f64) -> (f64, f64) {
         seal_t += t.elapsed();
         assert!(jobs.iter().all(|j| j.1 == Ok(MSG)));
         let t = Instant::now();
-        let opener = b.data_opener();
+        let opener = b.data_opener(None);
         for_each_span(
             &mut arena,
             &mut jobs,

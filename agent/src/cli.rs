@@ -4,8 +4,9 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use crate::backend::wireguard::aead::AeadChoice;
 use clap::{Parser, Subcommand};
+
+use crate::backend::wireguard::aead::AeadChoice;
 
 /// twilld: the twill node agent. Leases this node's pod subnet from etcd (Flannel's key
 /// layout), writes the subnet file for the CNI plugin, and carries traffic to every other

@@ -144,10 +144,6 @@ fn vxlan_all_pairs_ping_and_restart_keeps_everything() {
     assert_eq!(lab.twill_routes(1), routes_before);
 }
 
-/// An address on the lab's underlay subnet that no host holds: what `--public-ip` names in
-/// the tests of a node behind a NAT (its outside address), never a target of traffic.
-const NAT_OUTSIDE: &str = "172.31.0.201";
-
 #[test]
 fn vxlan_with_a_public_ip_that_is_not_local_sends_from_the_links_address() {
     if !preconditions(
@@ -161,11 +157,11 @@ fn vxlan_with_a_public_ip_that_is_not_local_sends_from_the_links_address() {
         1,
         r#"{"Network":"10.8.0.0/16","Backend":{"Type":"vxlan"}}"#,
     );
-    lab.start_agent(1, &["--public-ip", NAT_OUTSIDE]);
+    lab.start_agent(1, &["--public-ip", common::NAT_OUTSIDE]);
     lab.wait_subnet(1);
     // The lease advertises the outside address; the VTEP sends from the link's, as
     // Flannel's (a VTEP bound to an address the host does not hold sends nothing usable).
-    lab.assert_advertised(NAT_OUTSIDE);
+    lab.assert_advertised(common::NAT_OUTSIDE);
     let ns = &lab.cluster.host(1).name;
     lab.eventually("flannel.1 exists", 10, || {
         twill_tests::ns_exec_ok(ns, &["ip", "link", "show", "flannel.1"])

@@ -519,8 +519,6 @@ fn udp_peer_removal_and_agent_restart() {
     });
 }
 
-/// Starts twilld on host 1 with `extra`, waits for it to give up and returns its new log
-/// lines.
 #[test]
 fn udp_with_a_public_ip_that_is_not_local_binds_the_links_address() {
     if !preconditions(
@@ -532,17 +530,18 @@ fn udp_with_a_public_ip_that_is_not_local_binds_the_links_address() {
     // `--public-ip` names a NAT's outside address (on the lab's underlay subnet, held by no
     // host): advertised in the lease, while the socket binds the link's own address, as
     // Flannel's udp backend binds its interface's. Before, the bind failed and twilld quit.
-    const OUTSIDE: &str = "172.31.0.201";
     let mut lab = AgentLab::new("tud-pub", 1, CONFIG);
-    lab.start_agent(1, &["--public-ip", OUTSIDE]);
+    lab.start_agent(1, &["--public-ip", common::NAT_OUTSIDE]);
     lab.wait_subnet(1);
-    lab.assert_advertised(OUTSIDE);
+    lab.assert_advertised(common::NAT_OUTSIDE);
     let bound = format!("{}:8285", lab.cluster.host(1).ip);
     lab.eventually("the udp socket is bound to the link's address", 10, || {
         lab.udp_bound(1, &bound)
     });
 }
 
+/// Starts twilld on host 1 with `extra`, waits for it to give up and returns its new log
+/// lines.
 fn failed_start(lab: &mut AgentLab, extra: &[&str]) -> String {
     let seen = lab.log(1).len();
     lab.start_agent(1, extra);

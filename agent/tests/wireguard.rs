@@ -499,10 +499,9 @@ fn wireguard_with_a_public_ip_that_is_not_local_binds_the_link_and_is_reached_by
     // subnet, held by nobody: where a NAT's outside address would be). Its lease says that;
     // it binds its link's address, and host 1 reaches it by roaming to where its
     // authenticated messages come from — an address no lease names, after a cookie.
-    const OUTSIDE: &str = "172.31.0.201";
     let mut lab = AgentLab::new("twg-pub", 2, &config(""));
     lab.start_wireguard_agent(1, METRICS_PORT);
-    lab.start_wireguard_agent_with(2, METRICS_PORT, &["--public-ip", OUTSIDE]);
+    lab.start_wireguard_agent_with(2, METRICS_PORT, &["--public-ip", common::NAT_OUTSIDE]);
     for h in 1..=2 {
         lab.wait_subnet(h);
         lab.add_container(h);
@@ -734,11 +733,7 @@ fn wireguard_bad_config_and_bad_key_file_are_named() {
     std::fs::write(lab.wg_key_file(1), "c2VjcmV0LWJ1dC1zaG9ydA==").unwrap();
     lab.etcd.put_network_config(&config("")).unwrap();
     lab.start_wireguard_agent(1, METRICS_PORT);
-    let exited = twill_testbed::wait_for(Duration::from_secs(15), || {
-        lab.agents[0]
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
-    });
+    let exited = lab.agent_exits_within(1, Duration::from_secs(15));
     let log = lab.log(1);
     assert!(exited, "twilld kept running with a bad key file:\n{log}");
     let path = lab.wg_key_file(1).display().to_string();
@@ -770,11 +765,7 @@ fn wireguard_bad_config_and_bad_key_file_are_named() {
     lab.kill_agent(1);
     let before = lab.log(1).len();
     lab.start_wireguard_agent_via(1, &wrapper, METRICS_PORT, &["--wireguard-aead", "ipsec-mb"]);
-    let exited = twill_testbed::wait_for(Duration::from_secs(15), || {
-        lab.agents[0]
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
-    });
+    let exited = lab.agent_exits_within(1, Duration::from_secs(15));
     let log = lab.log(1)[before..].to_owned();
     assert!(
         exited,

@@ -11,9 +11,6 @@
 //! It is used only where the library picks its AVX-512 code, the code measured faster than
 //! ring; elsewhere twilld keeps ring.
 
-use std::cell::RefCell;
-use std::sync::OnceLock;
-
 /// Why the library cannot be used here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
@@ -53,12 +50,10 @@ pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 
 impl ChaChaPoly {
-    /// Opens the library once per process and checks its version and the code it picks.
+    /// Opens the library (once per process) and checks its version and the code it picks.
     pub fn load() -> Result<ChaChaPoly, LoadError> {
-        static LOADED: OnceLock<Result<(), LoadError>> = OnceLock::new();
-        LOADED
-            .get_or_init(|| ffi::load().and_then(ffi::require_avx512))
-            .clone()
+        ffi::load()
+            .and_then(ffi::require_avx512)
             .map(|()| ChaChaPoly { _loaded: () })
     }
 
@@ -110,22 +105,10 @@ fn tags_equal(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// One manager per thread (a manager is not thread-safe), freed when the thread ends.
-struct ThreadManager(*mut std::ffi::c_void);
-
-impl Drop for ThreadManager {
-    fn drop(&mut self) {
-        ffi::free_manager(self.0);
-    }
-}
-
-thread_local! {
-    static MANAGER: RefCell<Option<ThreadManager>> = const { RefCell::new(None) };
-}
-
 #[cfg(twill_imb)]
 mod ffi {
-    use super::{CipherError, KEY_LEN, LoadError, MANAGER, NONCE_LEN, TAG_LEN, ThreadManager};
+    use super::{CipherError, KEY_LEN, LoadError, NONCE_LEN, TAG_LEN};
+    use std::cell::RefCell;
     use std::ffi::{CStr, c_char, c_int, c_void};
 
     unsafe extern "C" {
@@ -146,6 +129,20 @@ mod ffi {
     }
 
     const ARCH_NAMES: [&str; 6] = ["none", "no-AES-NI", "SSE", "AVX", "AVX2", "AVX-512"];
+
+    /// One manager per thread (a manager is not thread-safe), freed when the thread ends.
+    struct ThreadManager(*mut c_void);
+
+    impl Drop for ThreadManager {
+        fn drop(&mut self) {
+            // SAFETY: the pointer came from `twill_imb_mgr_new` and is freed once, here.
+            unsafe { twill_imb_mgr_free(self.0) }
+        }
+    }
+
+    thread_local! {
+        static MANAGER: RefCell<Option<ThreadManager>> = const { RefCell::new(None) };
+    }
 
     /// Opens the library; returns the code (`IMB_ARCH`) it picks on this CPU.
     pub fn load() -> Result<c_int, LoadError> {
@@ -185,11 +182,6 @@ mod ffi {
             .into_owned()
     }
 
-    pub fn free_manager(m: *mut c_void) {
-        // SAFETY: `m` came from `twill_imb_mgr_new` and is freed once, by its owner's Drop.
-        unsafe { twill_imb_mgr_free(m) }
-    }
-
     pub fn job(
         encrypt: bool,
         key: &[u8; KEY_LEN],
@@ -199,17 +191,18 @@ mod ffi {
     ) -> Result<(), CipherError> {
         MANAGER.with(|cell| {
             let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                // SAFETY: only called after a successful load (a ChaChaPoly or the tests' handle exists); returns
-                // NULL on failure, checked below.
-                let m = unsafe { twill_imb_mgr_new() };
-                if m.is_null() {
-                    return Err(CipherError::NoManager);
+            let m = match slot.as_ref() {
+                Some(ThreadManager(m)) => *m,
+                None => {
+                    // SAFETY: only reached through a `ChaChaPoly`, which exists only after a
+                    // successful load; returns NULL on failure, checked below.
+                    let m = unsafe { twill_imb_mgr_new() };
+                    if m.is_null() {
+                        return Err(CipherError::NoManager);
+                    }
+                    *slot = Some(ThreadManager(m));
+                    m
                 }
-                *slot = Some(ThreadManager(m));
-            }
-            let Some(ThreadManager(m)) = slot.as_ref() else {
-                return Err(CipherError::NoManager);
             };
             // SAFETY: `m` is this thread's manager (never shared: thread-local); the key,
             // nonce and tag pointers are valid for 32, 12 and 16 bytes; `data` is valid for
@@ -217,7 +210,7 @@ mod ffi {
             // the call (submitted and flushed), so no pointer outlives it.
             let status = unsafe {
                 twill_imb_chachapoly(
-                    *m,
+                    m,
                     c_int::from(encrypt),
                     key.as_ptr(),
                     nonce.as_ptr(),
@@ -250,8 +243,6 @@ mod ffi {
     pub fn version() -> String {
         "absent".to_owned()
     }
-
-    pub fn free_manager(_m: *mut std::ffi::c_void) {}
 
     pub fn job(
         _encrypt: bool,

@@ -9,7 +9,7 @@ fn any_arch() -> Option<ChaChaPoly> {
     match ChaChaPoly::load_any_code() {
         Ok(c) => Some(c),
         // The library exists for x86-64 only: CI elsewhere tests ring alone.
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") && cfg!(target_arch = "x86_64") => {
+        Err(e) if twill_tests::in_ci() && cfg!(target_arch = "x86_64") => {
             panic!("CI=true: intel-ipsec-mb must be installed for these tests: {e}")
         }
         Err(e) => {

@@ -18,6 +18,10 @@ use twill_testbed::{
 
 pub const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 
+/// An address on the lab's underlay subnet that no host holds: what `--public-ip` names in
+/// the tests of a node behind a NAT (its outside address), never a target of traffic.
+pub const NAT_OUTSIDE: &str = "172.31.0.201";
+
 pub struct Container {
     pub host: usize,
     pub name: String,
@@ -145,6 +149,15 @@ impl AgentLab {
             .expect("starting twilld");
         self.extra_args[h - 1] = extra.iter().map(|s| s.to_string()).collect();
         self.agents[h - 1] = Some(agent);
+    }
+
+    /// Whether host `h`'s agent exits (by itself) within `timeout`.
+    pub fn agent_exits_within(&mut self, h: usize, timeout: Duration) -> bool {
+        wait_for(timeout, || {
+            self.agents[h - 1]
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+        })
     }
 
     /// SIGKILLs host `h`'s agent (by PID) and reaps it.

@@ -206,25 +206,25 @@ impl Outbound for WgOutbound {
         };
         {
             let mut tunn = p.tunn();
-            let aead = self.aead;
-            let sent = tunn.data_sealer(jobs.len()).map(|sealer| {
-                let sealer = sealer.with_aead(aead.transport());
-                spread::for_each_span(
-                    arena,
-                    jobs,
-                    &|j: &SealJob| j.off..j.off + j.room,
-                    &|i, j, datagram| {
-                        j.sealed = sealer
-                            .seal(i, datagram, j.inner_len)
-                            .ok_or(DropReason::Oversize);
-                    },
-                );
-                let sealed = jobs.iter().filter(|j| j.sealed.is_ok());
-                (
-                    sealed.clone().count(),
-                    sealed.map(|j| j.inner_len).sum::<usize>(),
-                )
-            });
+            let sent = tunn
+                .data_sealer(jobs.len(), self.aead.transport())
+                .map(|sealer| {
+                    spread::for_each_span(
+                        arena,
+                        jobs,
+                        &|j: &SealJob| j.off..j.off + j.room,
+                        &|i, j, datagram| {
+                            j.sealed = sealer
+                                .seal(i, datagram, j.inner_len)
+                                .ok_or(DropReason::Oversize);
+                        },
+                    );
+                    let sealed = jobs.iter().filter(|j| j.sealed.is_ok());
+                    (
+                        sealed.clone().count(),
+                        sealed.map(|j| j.inner_len).sum::<usize>(),
+                    )
+                });
             if let Some((count, bytes)) = sent {
                 // As `encapsulate`: the timers move only when something was sealed.
                 if count > 0 {
@@ -523,7 +523,7 @@ impl WgSender<'_> {
         }));
         let mut tunn = peer.tunn();
         {
-            let opener = tunn.data_opener().with_aead(self.aead.transport());
+            let opener = tunn.data_opener(self.aead.transport());
             spread::for_each_span(
                 buf,
                 self.jobs,

@@ -85,7 +85,7 @@ const COOKIE_REPLY_SZ: usize = 64;
 const DATA_OVERHEAD_SZ: usize = 32;
 
 /// twill: a ChaCha20-Poly1305 (RFC 8439, empty AAD) that seals and opens transport data
-/// instead of ring, through [`DataSealer::with_aead`] and [`DataOpener::with_aead`].
+/// instead of ring, given to [`Tunn::data_sealer`] and [`Tunn::data_opener`].
 pub trait TransportAead: Sync {
     /// Encrypts `data` in place; returns its tag, `None` if the AEAD failed.
     fn seal(&self, key: &[u8; 32], nonce: &[u8; 12], data: &mut [u8]) -> Option<[u8; 16]>;
@@ -115,13 +115,6 @@ impl DataSealer<'_> {
     }
 }
 
-impl<'a> DataSealer<'a> {
-    /// twill: seals with `aead` instead of ring (`None`: ring).
-    pub fn with_aead(self, aead: Option<&'a dyn TransportAead>) -> Self {
-        DataSealer { aead, ..self }
-    }
-}
-
 /// twill: opens data messages in place with the sessions of one `Tunn`.
 pub struct DataOpener<'a> {
     sessions: [Option<&'a session::Session>; N_SESSIONS],
@@ -147,13 +140,6 @@ impl DataOpener<'_> {
             .ok_or(WireGuardError::NoCurrentSession)?;
         let plain = session.open_in_place(u64::from_le_bytes(counter), msg, self.aead)?;
         Ok((idx, plain))
-    }
-}
-
-impl<'a> DataOpener<'a> {
-    /// twill: opens with `aead` instead of ring (`None`: ring).
-    pub fn with_aead(self, aead: Option<&'a dyn TransportAead>) -> Self {
-        DataOpener { aead, ..self }
     }
 }
 
@@ -343,15 +329,19 @@ impl Tunn {
     /// twill: reserves `n` counters on the current session for a batch of data messages that
     /// [`DataSealer::seal`] then seals in place, from any thread; `None` without a session
     /// (then `encapsulate`, which queues the packet and starts a handshake). Call
-    /// [`Tunn::note_data_sent`] after the batch.
-    pub fn data_sealer(&self, n: usize) -> Option<DataSealer<'_>> {
+    /// [`Tunn::note_data_sent`] after the batch. With `aead` that AEAD seals, else ring.
+    pub fn data_sealer<'a>(
+        &'a self,
+        n: usize,
+        aead: Option<&'a dyn TransportAead>,
+    ) -> Option<DataSealer<'a>> {
         let session = self.sessions[self.current % N_SESSIONS].as_ref()?;
         let first = session.reserve_counters(n as u64);
         Some(DataSealer {
             session,
             first,
             n,
-            aead: None,
+            aead,
         })
     }
 
@@ -366,11 +356,11 @@ impl Tunn {
     }
 
     /// twill: opens data messages in place, from any thread; see [`DataOpener::open`]. Call
-    /// [`Tunn::note_data_received`] after the batch.
-    pub fn data_opener(&self) -> DataOpener<'_> {
+    /// [`Tunn::note_data_received`] after the batch. With `aead` that AEAD opens, else ring.
+    pub fn data_opener<'a>(&'a self, aead: Option<&'a dyn TransportAead>) -> DataOpener<'a> {
         DataOpener {
             sessions: std::array::from_fn(|i| self.sessions[i].as_ref()),
-            aead: None,
+            aead,
         }
     }
 

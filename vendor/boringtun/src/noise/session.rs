@@ -282,8 +282,8 @@ impl Session {
 
     /// twill: seals one data message in place. `msg` holds room for the 16-byte header, then
     /// `inner_len` bytes of plaintext, then room for the 16-byte tag; returns the message's
-    /// length (what `format_packet_data` produces, without copying the plaintext).
-    /// twill: with `aead`, that AEAD seals instead of ring.
+    /// length (what `format_packet_data` produces, without copying the plaintext). With
+    /// `aead`, that AEAD seals instead of ring.
     pub(super) fn seal_in_place(
         &self,
         counter: u64,
@@ -316,8 +316,8 @@ impl Session {
 
     /// twill: opens one data message (`msg`: header, ciphertext, tag; its type and receiver
     /// index checked by the caller) in place, with the same replay checks as
-    /// `receive_packet_data`; returns the plaintext's range in `msg`.
-    /// twill: with `aead`, that AEAD opens instead of ring.
+    /// `receive_packet_data`; returns the plaintext's range in `msg`. With `aead`, that AEAD
+    /// opens instead of ring.
     pub(super) fn open_in_place(
         &self,
         counter: u64,
