@@ -97,9 +97,9 @@ pub struct Cli {
     #[arg(long, env = "TWILLD_UDP_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
     pub udp_workers: u64,
     /// udp and wireguard backends: microseconds a worker keeps polling after bulk traffic
-    /// stops, before it sleeps (0: sleep at once). Default: 0 for udp (polling moved no
-    /// more and cost CPU), 300 for wireguard (it helped there a little). Saves wake-ups on
-    /// VMs where a sleep/wake is costly; a trickle of packets never spins.
+    /// stops, before it sleeps (default 0: sleep at once; polling moved no more on the
+    /// machines measured and cost CPU). May save wake-ups on VMs where a sleep/wake is
+    /// costly; a trickle of packets never spins.
     #[arg(long, env = "TWILLD_UDP_BUSY_POLL_US", value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub udp_busy_poll_us: Option<u64>,
     /// udp backend: TUN offloads with UDP GSO/GRO and TCP coalescing (false: one packet per
@@ -313,7 +313,7 @@ mod tests {
         );
         assert_eq!(
             c.busy_poll(crate::backend::wireguard::DEFAULT_BUSY_POLL),
-            Duration::from_micros(300)
+            Duration::ZERO
         );
         let c = Cli::try_parse_from(["twilld", "--udp-busy-poll-us", "50"]).unwrap();
         assert_eq!(

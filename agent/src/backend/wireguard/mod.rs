@@ -49,9 +49,9 @@ pub const DEFAULT_KEY_FILE: &str = "/run/flannel/wgkey";
 /// Where UAPI sockets live (wireguard-go's and boringtun's directory, which `wg` reads).
 pub const DEFAULT_SOCKET_DIR: &str = "/var/run/wireguard";
 /// How long a wireguard worker keeps polling after bulk traffic stops, unless configured
-/// otherwise: sealing and opening keep it busy enough that a short poll saves wake-ups (A/B
-/// in docs/benchmarks.md: 300 µs a little ahead of 0, within 10%).
-pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(300);
+/// otherwise: not at all, as udp. Polling 300 µs moved no more on either machine measured
+/// and cost 8–12% more CPU per GB (A/B in docs/benchmarks.md, tenth session).
+pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::ZERO;
 /// Handshakes per second, over all peers of a device, before the cookie mechanism answers
 /// them (each is counted twice: once before the initiator is looked up, once by its peer's
 /// state).
