@@ -10,6 +10,7 @@
 
 mod delegated;
 mod forwarder;
+mod machine;
 mod measure;
 pub mod path;
 pub mod report;
@@ -120,6 +121,8 @@ pub fn bench(
     family: IpFamily,
     out: &BenchOutput,
 ) -> anyhow::Result<()> {
+    // Before the labs load it.
+    let machine = machine::describe();
     // The user-space WireGuard anchors only where they are installed.
     let backends: Vec<BenchPath> = backends
         .iter()
@@ -254,8 +257,10 @@ pub fn bench(
     let rows = result?;
     let text = report(&rows);
     print!("\n{}", text.table);
+    println!("machine: {machine}");
     if let Some(p) = &out.markdown {
-        std::fs::write(p, &text.markdown).with_context(|| format!("writing {}", p.display()))?;
+        let md = format!("{}\nMachine: {machine}.\n", text.markdown);
+        std::fs::write(p, md).with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = &out.svg {
         std::fs::write(p, svg_chart(&rows)).with_context(|| format!("writing {}", p.display()))?;
