@@ -309,8 +309,11 @@ fn bench_smoke_measures_and_writes_markdown_and_svg() {
         .unwrap_or_else(|| panic!("no TUN relay row: {out}"));
     assert!(relay_gbps > 0.0, "{out}");
     assert!(out.contains("udp / TUN relay: "), "{out}");
+    // Every result says which machine it came from.
+    assert!(out.contains("\nmachine: ") && out.contains(" CPU"), "{out}");
     let table = std::fs::read_to_string(&md).unwrap();
     assert!(table.contains("| two hosts, udp |"), "{table}");
+    assert!(table.contains("\nMachine: "), "{table}");
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(
         chart.starts_with("<svg") && chart.contains("two hosts, udp"),
