@@ -2,11 +2,9 @@
 //! (vxlan ran 7.07 Gbit/s on one 2-vCPU VM and 12.05 on another), so every recorded run says
 //! which CPU, kernel and TCP congestion control it had, and how loaded the machine was.
 
-use std::path::Path;
-
 /// One line: "AMD EPYC, 2 CPUs, kernel 6.18.44, tcp bbr, load 0.21 before".
 pub fn describe() -> String {
-    let read = |p: &str| std::fs::read_to_string(Path::new(p)).unwrap_or_default();
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     describe_from(
         &read("/proc/cpuinfo"),
@@ -19,29 +17,27 @@ pub fn describe() -> String {
 
 /// `describe` over the files' contents (empty when unreadable: that part says "unknown").
 fn describe_from(cpuinfo: &str, cpus: usize, release: &str, cc: &str, loadavg: &str) -> String {
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            (key.trim() == "model name").then(|| value.trim().to_string())
-        })
-        .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let or_unknown = |s: &str| {
-        let s = s.trim();
-        if s.is_empty() {
-            "unknown".to_string()
-        } else {
-            s.to_string()
-        }
-    };
-    let load = loadavg.split_whitespace().next().unwrap_or("unknown");
+    let model = cpuinfo.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        (key.trim() == "model name").then_some(value)
+    });
+    let model = or_unknown(model.unwrap_or_default(), "unknown CPU");
+    let load = loadavg.split_whitespace().next().unwrap_or_default();
     let plural = if cpus == 1 { "" } else { "s" };
     format!(
-        "{model}, {cpus} CPU{plural}, kernel {}, tcp {}, load {load} before",
-        or_unknown(release),
-        or_unknown(cc)
+        "{model}, {cpus} CPU{plural}, kernel {}, tcp {}, load {} before",
+        or_unknown(release, "unknown"),
+        or_unknown(cc, "unknown"),
+        or_unknown(load, "unknown")
     )
+}
+
+/// `s` without surrounding white space, or `unknown` when nothing is left.
+fn or_unknown<'a>(s: &'a str, unknown: &'a str) -> &'a str {
+    match s.trim() {
+        "" => unknown,
+        t => t,
+    }
 }
 
 #[cfg(test)]
