@@ -191,13 +191,21 @@ impl LeaseRecord {
                 )));
             }
         };
-        let (vtep_mac, vni) = vxlan_data(v.get("BackendData"), "BackendData")?;
-        let (vtep_mac6, vni6) = vxlan_data(v.get("BackendV6Data"), "BackendV6Data")?;
-        if backend == BackendType::Vxlan && vtep_mac.is_none() && vtep_mac6.is_none() {
-            return Err(BadLease(
-                "vxlan lease without BackendData.VtepMAC or BackendV6Data.VtepMAC".into(),
-            ));
-        }
+        // Each backend reads only its own BackendData: another backend's fields (a lease
+        // rewritten after a backend change) are not its business and never refuse the lease.
+        let ((vtep_mac, vni), (vtep_mac6, vni6)) = match backend {
+            BackendType::Vxlan => {
+                let v4 = vxlan_data(v.get("BackendData"), "BackendData")?;
+                let v6 = vxlan_data(v.get("BackendV6Data"), "BackendV6Data")?;
+                if v4.0.is_none() && v6.0.is_none() {
+                    return Err(BadLease(
+                        "vxlan lease without BackendData.VtepMAC or BackendV6Data.VtepMAC".into(),
+                    ));
+                }
+                (v4, v6)
+            }
+            _ => ((None, None), (None, None)),
+        };
         let (wireguard, wireguard6) = match backend {
             BackendType::Wireguard => {
                 use crate::backend::wireguard::WireguardLease;
@@ -277,6 +285,9 @@ fn vxlan_data_json(vni: Option<u32>, mac: [u8; 6]) -> String {
     )
 }
 
+/// VXLAN's identifiers are 24 bits wide.
+const MAX_VNI: u64 = (1 << 24) - 1;
+
 /// The VtepMAC and VNI of a `BackendData` / `BackendV6Data` object, if any.
 fn vxlan_data(
     data: Option<&Value>,
@@ -289,10 +300,18 @@ fn vxlan_data(
         ),
         None => None,
     };
-    let vni = data
-        .and_then(|d| d.get("VNI"))
-        .and_then(Value::as_u64)
-        .map(|n| n as u32);
+    let vni = match data.and_then(|d| d.get("VNI")) {
+        None | Some(Value::Null) => None,
+        Some(n) => match n.as_u64() {
+            Some(n) if n <= MAX_VNI => Some(n as u32),
+            _ => {
+                return Err(BadLease(format!(
+                    "{field}.VNI {} is not a VNI (an integer from 0 to {MAX_VNI})",
+                    crate::quote::json(n)
+                )));
+            }
+        },
+    };
     Ok((mac, vni))
 }
 
@@ -353,6 +372,15 @@ mod tests {
                 r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VtepMAC":"zz"}}"#,
                 "not a MAC",
             ),
+            // Found by fuzzing: a VNI beyond 32 bits was cut to its low bits (here 1).
+            (
+                r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VNI":4294967297,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#,
+                "BackendData.VNI 4294967297 is not a VNI",
+            ),
+            (
+                r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VNI":"1","VtepMAC":"c6:d2:32:6f:8f:44"}}"#,
+                "not a VNI",
+            ),
         ] {
             let e = LeaseRecord::parse(v.as_bytes()).unwrap_err();
             assert!(e.0.contains(want), "{v}: {e}");
@@ -364,6 +392,25 @@ mod tests {
             "a 1 MB value is quoted short: {} bytes",
             e.0.len()
         );
+    }
+
+    #[test]
+    fn other_backends_fields_are_ignored() {
+        // Found by fuzzing: vxlan's fields were read from every lease, so a host-gw or
+        // wireguard lease carrying a stale or odd VtepMAC was refused, or showed a VTEP.
+        for v in [
+            r#"{"PublicIP":"10.0.0.1","BackendType":"host-gw","BackendData":{"VtepMAC":"zz","VNI":-1}}"#,
+            r#"{"PublicIP":"10.0.0.1","BackendData":{"VtepMAC":"c6:d2:32:6f:8f:44","VNI":1}}"#,
+            r#"{"PublicIP":"10.0.0.1","BackendType":"wireguard","BackendData":{"PublicKey":"7xI5ye8tNq8CvhIXzpxERtIMPHYYK9NPvmPVO16A1H0=","VtepMAC":"zz"}}"#,
+        ] {
+            let r = LeaseRecord::parse(v.as_bytes()).unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!((r.vtep_mac, r.vni), (None, None), "{v}");
+            assert_eq!(
+                LeaseRecord::parse(r.to_json().as_bytes()),
+                Ok(r.clone()),
+                "{v}"
+            );
+        }
     }
 
     #[test]
