@@ -5,14 +5,14 @@
 //! (the lab) each have their own.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::key::NodeKey;
 use super::table::TableCell;
@@ -77,26 +77,69 @@ pub fn render_get(state: &DeviceState) -> String {
     s
 }
 
+/// How long one client may keep the socket in all. Clients are served one at a time, so a
+/// slow or stuck one (or one that never reads its answers) must neither hold the others off
+/// nor twilld's shutdown for longer. `wg show` takes milliseconds.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The longest request line read: `get=1` is 6 bytes, a `set` line with a key under 100.
+const MAX_LINE: u64 = 4096;
+
+/// A client's stream that refuses to wait past the client's deadline, however slowly the
+/// bytes drip in.
+struct Deadlined {
+    stream: UnixStream,
+    deadline: Instant,
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("client still talking after {CLIENT_DEADLINE:?}"),
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes; `Ok(0)` at the end of the stream.
+fn read_line(reader: &mut BufReader<Deadlined>, line: &mut String) -> std::io::Result<usize> {
+    line.clear();
+    let n = reader.by_ref().take(MAX_LINE).read_line(line)?;
+    if n as u64 == MAX_LINE && !line.ends_with('\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("request line longer than {MAX_LINE} bytes"),
+        ));
+    }
+    Ok(n)
+}
+
 fn serve_one(stream: UnixStream, state: &DeviceState) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+    stream.set_write_timeout(Some(CLIENT_DEADLINE))?;
+    let mut reader = BufReader::new(Deadlined {
+        stream: stream.try_clone()?,
+        deadline: Instant::now() + CLIENT_DEADLINE,
+    });
     let mut out = stream;
     let mut op = String::new();
+    let mut line = String::new();
     loop {
         // One operation: its first line, then lines up to a blank one.
-        op.clear();
-        if reader.read_line(&mut op)? == 0 {
+        if read_line(&mut reader, &mut op)? == 0 {
             return Ok(());
         }
-        let first = op.trim_end().to_string();
-        let mut line = String::new();
+        let first = op.trim_end();
         while !first.is_empty() {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+            if read_line(&mut reader, &mut line)? == 0 || line.trim_end().is_empty() {
                 break;
             }
         }
-        let answer = match first.as_str() {
+        let answer = match first {
             "get=1" => render_get(state),
             "" => continue,
             // EPERM: peers are what the leases say, not what an operator sets.
@@ -205,7 +248,6 @@ pub fn parse_get(text: &str) -> Vec<PeerReport> {
 
 /// Asks the UAPI socket `<dir>/<device>.sock` for `get` (what `wg show` does).
 pub fn query(dir: &Path, device: &str) -> std::io::Result<String> {
-    use std::io::Read;
     let mut s = UnixStream::connect(dir.join(format!("{device}.sock")))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(b"get=1\n\n")?;
@@ -225,6 +267,81 @@ pub fn query(dir: &Path, device: &str) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::wireguard::table::TableCell;
+
+    fn server(dir: &Path) -> UapiServer {
+        let state = DeviceState {
+            key: None,
+            listen_port: 51820,
+            table: TableCell::new(),
+        };
+        UapiServer::start(dir, "flannel-wg", state).unwrap()
+    }
+
+    /// `get=1` with a patient client: the answer, and how long it took.
+    fn patient_get(dir: &Path) -> (String, Duration) {
+        let t = Instant::now();
+        let mut s = UnixStream::connect(dir.join("flannel-wg.sock")).unwrap();
+        s.set_read_timeout(Some(3 * CLIENT_DEADLINE)).unwrap();
+        s.write_all(b"get=1\n\n").unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.ends_with(b"\n\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        (String::from_utf8_lossy(&out).into_owned(), t.elapsed())
+    }
+
+    #[test]
+    fn an_endless_line_is_cut_off_and_the_next_client_served() {
+        // Before: the line was read into memory for as long as the client sent it.
+        let dir = tempfile::tempdir().unwrap();
+        let _srv = server(dir.path());
+        let mut a = UnixStream::connect(dir.path().join("flannel-wg.sock")).unwrap();
+        let _ = a.write_all(&vec![b'x'; 64 * 1024]);
+        a.set_read_timeout(Some(CLIENT_DEADLINE / 2)).unwrap();
+        let mut buf = [0u8; 64];
+        match a.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("an over-long line must end the connection at once: {other:?}"),
+        }
+        let (answer, _) = patient_get(dir.path());
+        assert!(answer.ends_with("errno=0\n\n"), "{answer:?}");
+    }
+
+    #[test]
+    fn a_dripping_client_holds_neither_the_socket_nor_shutdown() {
+        // Before: a client sending a byte every half second kept the one serving thread
+        // (and twilld's shutdown, which joins it) forever.
+        let dir = tempfile::tempdir().unwrap();
+        let srv = server(dir.path());
+        let mut a = UnixStream::connect(dir.path().join("flannel-wg.sock")).unwrap();
+        let drip = std::thread::spawn(move || {
+            for _ in 0..40 {
+                if a.write_all(b"g").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let (answer, took) = patient_get(dir.path());
+        assert!(answer.ends_with("errno=0\n\n"), "{answer:?}");
+        assert!(took < 2 * CLIENT_DEADLINE, "served after {took:?}");
+        let mut b = UnixStream::connect(dir.path().join("flannel-wg.sock")).unwrap();
+        let _ = b.write_all(b"g");
+        let t = Instant::now();
+        drop(srv);
+        assert!(
+            t.elapsed() < 2 * CLIENT_DEADLINE,
+            "shutdown took {:?}",
+            t.elapsed()
+        );
+        drip.join().unwrap();
+    }
 
     #[test]
     fn get_answers_parse_back_per_peer() {
