@@ -1,4 +1,5 @@
-//! Exponential backoff for retries against the store: each wait twice the last, up to a cap.
+//! Exponential backoff for retries against the store (each wait twice the last, up to a cap),
+//! and for accept loops whose failures return at once.
 
 use std::time::Duration;
 
@@ -35,6 +36,49 @@ impl Backoff {
     /// Back to the first wait, after a success.
     pub fn reset(&mut self) {
         self.next = self.first;
+    }
+}
+
+/// Waits between failed accepts. Some failures (out of file descriptors: EMFILE, ENFILE)
+/// come back at once for as long as they last, and a loop that retries at once spins a CPU
+/// the data path needs.
+#[derive(Debug)]
+pub struct AcceptRetry {
+    backoff: crate::backoff::Backoff,
+    failing: bool,
+}
+
+impl AcceptRetry {
+    pub fn new() -> AcceptRetry {
+        AcceptRetry {
+            backoff: Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
+            failing: false,
+        }
+    }
+
+    /// After a connection was accepted.
+    pub fn accepted(&mut self) {
+        if self.failing {
+            tracing::info!("accepting connections again");
+        }
+        self.failing = false;
+        self.backoff.reset();
+    }
+
+    /// After a failed accept on the socket serving `what`: logs the first failure of a run
+    /// and returns how long to wait before the next try.
+    pub fn failed(&mut self, e: &std::io::Error, what: &str) -> Duration {
+        if !self.failing {
+            tracing::warn!(error = %e, "accepting a connection for {what} (retrying with backoff)");
+        }
+        self.failing = true;
+        self.backoff.next_wait()
+    }
+}
+
+impl Default for AcceptRetry {
+    fn default() -> AcceptRetry {
+        AcceptRetry::new()
     }
 }
 

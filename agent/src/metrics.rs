@@ -162,9 +162,17 @@ fn request_path(head: &str) -> &str {
 
 /// Serves `/healthz` and/or `/metrics` on `listener` forever.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, healthz: bool, metrics_on: bool) {
+    let mut retry = crate::backoff::AcceptRetry::new();
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
+        let (mut sock, _) = match listener.accept().await {
+            Ok(conn) => {
+                retry.accepted();
+                conn
+            }
+            Err(e) => {
+                tokio::time::sleep(retry.failed(&e, "/healthz and /metrics")).await;
+                continue;
+            }
         };
         let m = metrics.clone();
         tokio::spawn(async move {

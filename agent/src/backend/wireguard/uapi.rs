@@ -121,11 +121,11 @@ fn read_line(reader: &mut BufReader<Deadlined>, line: &mut String) -> std::io::R
 
 fn serve_one(stream: UnixStream, state: &DeviceState) -> std::io::Result<()> {
     stream.set_write_timeout(Some(CLIENT_DEADLINE))?;
+    // No second descriptor (try_clone): answers go out through the reader's own stream.
     let mut reader = BufReader::new(Deadlined {
-        stream: stream.try_clone()?,
+        stream,
         deadline: Instant::now() + CLIENT_DEADLINE,
     });
-    let mut out = stream;
     let mut op = String::new();
     let mut line = String::new();
     loop {
@@ -145,7 +145,7 @@ fn serve_one(stream: UnixStream, state: &DeviceState) -> std::io::Result<()> {
             // EPERM: peers are what the leases say, not what an operator sets.
             _ => "errno=1\n\n".to_string(),
         };
-        out.write_all(answer.as_bytes())?;
+        (&reader.get_ref().stream).write_all(answer.as_bytes())?;
     }
 }
 
@@ -168,14 +168,19 @@ impl UapiServer {
         let thread = std::thread::Builder::new()
             .name("wg-uapi".into())
             .spawn(move || {
+                let mut retry = crate::backoff::AcceptRetry::new();
                 for stream in listener.incoming() {
                     if flag.load(Ordering::Relaxed) {
                         return;
                     }
-                    if let Ok(s) = stream
-                        && let Err(e) = serve_one(s, &state)
-                    {
-                        tracing::debug!(error = %e, "wireguard UAPI client");
+                    match stream {
+                        Ok(s) => {
+                            retry.accepted();
+                            if let Err(e) = serve_one(s, &state) {
+                                tracing::debug!(error = %e, "wireguard UAPI client");
+                            }
+                        }
+                        Err(e) => std::thread::sleep(retry.failed(&e, "the wireguard UAPI")),
                     }
                 }
             })?;
