@@ -315,6 +315,66 @@ fn bare_create_waits_start_releases_and_state_follows_the_spec() {
 }
 
 #[test]
+fn bare_cgroup_namespace_on_cgroup_v2_shows_the_container_its_own_cgroup_only() {
+    // The bug: cgroup2 was mounted before the cgroup namespace existed, so its root was the
+    // host's: the container listed the host's cgroups (and, mounted rw, could write them).
+    // A hybrid host (this one) runs twill-oci in a mount namespace of its own where
+    // /sys/fs/cgroup is cgroup2, which twill-oci takes for a pure v2 host.
+    let name = "bare_cgroup_namespace_on_cgroup_v2_shows_the_container_its_own_cgroup_only";
+    if !preconditions(name, &["unshare"]) || !busybox_present(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let b = Bundle::new(d.path());
+    b.config(
+        // No device rules: on v2 twill-oci refuses restrictive ones (no eBPF filter yet),
+        // and no limits: the hybrid host's v2 hierarchy has no controllers.
+        |c| c["linux"]["resources"] = json!({}),
+        &[
+            "sh",
+            "-c",
+            "ls -p /sys/fs/cgroup > /out/ls; cat /proc/self/cgroup > /out/self; \
+             cat /sys/fs/cgroup/cgroup.procs > /out/procs",
+        ],
+    );
+    let mount_v2 = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        ""
+    } else {
+        "mount -t cgroup2 none /sys/fs/cgroup &&"
+    };
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "{mount_v2} exec \"$0\" --root \"$1\" run --bundle \"$2\" v2c"
+        ))
+        .arg(OCI)
+        .arg(&b.state)
+        .arg(&b.dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "twill-oci run: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = b.read_out("ls");
+    assert!(ls.contains("cgroup.procs"), "{ls}");
+    assert!(
+        !ls.lines().any(|l| l.ends_with('/')),
+        "the container sees other cgroups than its own:\n{ls}"
+    );
+    assert!(b.read_out("self").lines().any(|l| l == "0::/"));
+    // Processes of other pid namespaces read as 0.
+    let procs = b.read_out("procs");
+    assert!(
+        !procs.trim().is_empty() && procs.lines().all(|p| p.trim() != "0"),
+        "only the container's processes: {procs}"
+    );
+}
+
+#[test]
 fn bare_delete_force_kills_a_created_or_running_container() {
     let name = "bare_delete_force_kills_a_created_or_running_container";
     if !preconditions(name, &[]) || !busybox_present(name) {

@@ -426,12 +426,21 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd, ready: &OwnedFd) -> Result<(Final
         .ok()
         .and_then(|p| p.to_str()?.parse().ok())
         .unwrap_or(0);
-    build_root(c, go, ready, host_pid)?;
-    // After the cgroup mount (which reads our cgroup's real path), so the container's own
-    // cgroup is its namespace's root.
-    if c.cgroup_ns {
+    // The cgroup namespace makes the container's own cgroup its root. On cgroup v2 it comes
+    // before the cgroup2 mount, whose root is the namespace's: mounted before, the container
+    // saw (and, mounted rw, could write) the host's whole hierarchy. On v1 it comes after:
+    // each hierarchy's directory is bound by its real path, which the namespace would hide.
+    let unshare_cgroup_ns = || {
         unshare(CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| RuntimeError::nix("unsharing", "cgroup namespace", e))?;
+            .map_err(|e| RuntimeError::nix("unsharing", "cgroup namespace", e))
+    };
+    let v2 = crate::cgroup::is_v2();
+    if c.cgroup_ns && v2 {
+        unshare_cgroup_ns()?;
+    }
+    build_root(c, go, ready, host_pid)?;
+    if c.cgroup_ns && !v2 {
+        unshare_cgroup_ns()?;
     }
     let process = spec
         .process

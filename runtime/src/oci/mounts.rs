@@ -232,7 +232,7 @@ fn mount_cgroup(target: &Path, flags: MsFlags) -> Result<()> {
             base | ro,
             None::<&str>,
         ) {
-            // In a user namespace before the cgroup namespace exists: the container's own
+            // In a user namespace without a cgroup namespace of its own: the container's own
             // cgroup directory, bound (runc does the same).
             Err(nix::Error::EPERM) => {
                 let own = fs::read_to_string("/proc/self/cgroup")
@@ -242,6 +242,15 @@ fn mount_cgroup(target: &Path, flags: MsFlags) -> Result<()> {
                     .find_map(|l| l.strip_prefix("0::"))
                     .unwrap_or("/")
                     .trim_start_matches('/');
+                if rel.is_empty() {
+                    // The root (or a cgroup namespace hiding the real path): binding it
+                    // would show the container the host's whole hierarchy.
+                    return Err(RuntimeError::Invalid(format!(
+                        "mounting cgroup2 on {}: not permitted, and the container's own cgroup \
+                         is not known to bind instead",
+                        target.display()
+                    )));
+                }
                 let src = Path::new("/sys/fs/cgroup").join(rel);
                 m(
                     Some(&src.display().to_string()),
