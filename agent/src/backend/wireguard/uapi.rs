@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub struct DeviceState {
 pub struct UapiServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The listening socket, shut down to stop the thread.
+    waker: UnixListener,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -92,16 +95,38 @@ struct Deadlined {
     deadline: Instant,
 }
 
-impl Read for Deadlined {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl Deadlined {
+    /// The time the client has left; an error once it has none.
+    fn left(&self) -> std::io::Result<Duration> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("client still talking after {CLIENT_DEADLINE:?}"),
+                format!("client still connected after {CLIENT_DEADLINE:?}"),
             ));
         }
-        self.stream.set_read_timeout(Some(left))?;
+        Ok(left)
+    }
+
+    /// Writes `answer`, each write waiting no longer than the time left.
+    fn answer(&self, answer: &str) -> std::io::Result<()> {
+        let mut rest = answer.as_bytes();
+        while !rest.is_empty() {
+            self.stream.set_write_timeout(Some(self.left()?))?;
+            match (&self.stream).write(rest) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
         self.stream.read(buf)
     }
 }
@@ -120,7 +145,6 @@ fn read_line(reader: &mut BufReader<Deadlined>, line: &mut String) -> std::io::R
 }
 
 fn serve_one(stream: UnixStream, state: &DeviceState) -> std::io::Result<()> {
-    stream.set_write_timeout(Some(CLIENT_DEADLINE))?;
     // No second descriptor (try_clone): answers go out through the reader's own stream.
     let mut reader = BufReader::new(Deadlined {
         stream,
@@ -145,7 +169,8 @@ fn serve_one(stream: UnixStream, state: &DeviceState) -> std::io::Result<()> {
             // EPERM: peers are what the leases say, not what an operator sets.
             _ => "errno=1\n\n".to_string(),
         };
-        (&reader.get_ref().stream).write_all(answer.as_bytes())?;
+        // Requests already buffered are not reads: the deadline is checked per answer too.
+        reader.get_ref().answer(&answer)?;
     }
 }
 
@@ -163,6 +188,9 @@ impl UapiServer {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        // Drop shuts this down to wake the accept: connecting to the path fails once the
+        // file is gone (or when out of descriptors).
+        let waker = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -180,6 +208,7 @@ impl UapiServer {
                                 tracing::debug!(error = %e, "wireguard UAPI client");
                             }
                         }
+                        Err(_) if flag.load(Ordering::Relaxed) => return,
                         Err(e) => std::thread::sleep(retry.failed(&e, "the wireguard UAPI")),
                     }
                 }
@@ -187,6 +216,7 @@ impl UapiServer {
         Ok(UapiServer {
             path,
             stop,
+            waker,
             thread: Some(thread),
         })
     }
@@ -195,8 +225,9 @@ impl UapiServer {
 impl Drop for UapiServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept.
-        let _ = UnixStream::connect(&self.path);
+        // Wakes the accept (it fails with EINVAL).
+        // SAFETY: shutdown(2) on a descriptor this struct owns, open until it is dropped.
+        let _ = unsafe { libc::shutdown(self.waker.as_raw_fd(), libc::SHUT_RDWR) };
         let _ = std::fs::remove_file(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -316,6 +347,51 @@ mod tests {
         }
         let (answer, _) = patient_get(dir.path());
         assert!(answer.ends_with("errno=0\n\n"), "{answer:?}");
+    }
+
+    #[test]
+    fn shutdown_returns_when_the_socket_file_is_gone() {
+        // Before: Drop woke the accept by connecting to the path; with the file removed
+        // (someone cleaned /var/run/wireguard) the join waited forever.
+        let dir = tempfile::tempdir().unwrap();
+        let srv = server(dir.path());
+        std::fs::remove_file(dir.path().join("flannel-wg.sock")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(srv);
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(2 * CLIENT_DEADLINE).is_ok(),
+            "shutdown hung with the socket file removed"
+        );
+    }
+
+    #[test]
+    fn pipelined_requests_drained_slowly_are_cut_at_the_deadline() {
+        // Before: requests already buffered were answered without looking at the deadline,
+        // so a client that sent a thousand and read slowly held the socket for minutes.
+        let dir = tempfile::tempdir().unwrap();
+        let _srv = server(dir.path());
+        let mut a = UnixStream::connect(dir.path().join("flannel-wg.sock")).unwrap();
+        a.write_all("get=1\n\n".repeat(1000).as_bytes()).unwrap();
+        let t = Instant::now();
+        // 1.3 KB/s: the 45 KB of answers would take half a minute.
+        let mut buf = [0u8; 64];
+        loop {
+            match a.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+            assert!(
+                t.elapsed() < 3 * CLIENT_DEADLINE,
+                "still answering after {:?}",
+                t.elapsed()
+            );
+        }
+        let (answer, took) = patient_get(dir.path());
+        assert!(answer.ends_with("errno=0\n\n"), "{answer:?}");
+        assert!(took < 2 * CLIENT_DEADLINE, "served after {took:?}");
     }
 
     #[test]
