@@ -316,6 +316,16 @@ impl LeaseStore for EtcdStore {
         Ok(resp.id())
     }
 
+    async fn release(&self, lease_id: i64) -> Result<()> {
+        self.members
+            .call(
+                &format!("revoking lease {lease_id:x}"),
+                |mut c| async move { c.lease_revoke(lease_id).await },
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn keep_alive(&self, lease_id: i64) -> Result<i64> {
         let op = format!("renewing lease {lease_id:x}");
         self.members

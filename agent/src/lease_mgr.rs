@@ -58,6 +58,7 @@ async fn reuse<S: LeaseStore>(
     e: &LeaseEntry,
     record: &LeaseRecord,
     ttl: i64,
+    granted: &mut Option<i64>,
 ) -> Result<Option<Held>, StoreError> {
     let same_value = e.record.as_ref().is_ok_and(|r| r == record);
     if e.lease_id == 0 {
@@ -81,7 +82,7 @@ async fn reuse<S: LeaseStore>(
             lease_id: e.lease_id,
         }));
     }
-    let id = store.grant(ttl).await?;
+    let id = grant_once(store, granted, ttl).await?;
     if store
         .take_over(e.subnets, record, id, e.mod_revision)
         .await?
@@ -132,12 +133,24 @@ pub async fn acquire<S: LeaseStore>(
     ttl: i64,
 ) -> Result<Held, AcquireError> {
     let mut granted = None;
+    let mut result = Err(AcquireError::Busy(SNAPSHOT_ATTEMPTS));
     for _ in 0..SNAPSHOT_ATTEMPTS {
-        if let Some(held) = acquire_once(store, config, record, hint, ttl, &mut granted).await? {
-            return Ok(held);
+        match acquire_once(store, config, record, hint, ttl, &mut granted).await {
+            Ok(None) => continue,
+            Ok(Some(held)) => result = Ok(held),
+            Err(e) => result = Err(e),
         }
+        break;
     }
-    Err(AcquireError::Busy(SNAPSHOT_ATTEMPTS))
+    // A lease granted for a key this acquire did not get would live out its TTL (a day by
+    // default) bound to nothing, one per retry while the network is full.
+    if let Some(id) = granted
+        && result.as_ref().map_or(true, |held| held.lease_id != id)
+        && let Err(e) = store.release(id).await
+    {
+        tracing::warn!(lease = format!("{id:x}"), error = %e, "revoking an unused store lease (it expires with its TTL)");
+    }
+    result
 }
 
 /// A store lease for a new key: granted once per acquire, reused by its retries.
@@ -189,7 +202,7 @@ async fn acquire_once<S: LeaseStore>(
                 }
             }
             Some(e) if mine(&e) => {
-                if let Some(held) = reuse(store, e, record, ttl).await? {
+                if let Some(held) = reuse(store, e, record, ttl, granted).await? {
                     return Ok(Some(held));
                 }
             }
@@ -218,7 +231,7 @@ async fn acquire_once<S: LeaseStore>(
     }
     // 2. An existing lease with our public IP.
     for e in leases.iter().filter(mine) {
-        if let Some(held) = reuse(store, e, record, ttl).await? {
+        if let Some(held) = reuse(store, e, record, ttl, granted).await? {
             return Ok(Some(held));
         }
     }

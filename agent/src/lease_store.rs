@@ -119,6 +119,8 @@ pub trait LeaseStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Grants a store lease of `ttl` seconds.
     fn grant(&self, ttl: i64) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Revokes a store lease no key uses (one an acquire granted and then could not use).
+    fn release(&self, lease_id: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Renews a store lease once; the TTL left afterwards (0: the lease is gone).
     fn keep_alive(&self, lease_id: i64) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// Watches the config and all leases from `revision` (inclusive).

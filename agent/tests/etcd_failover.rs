@@ -44,6 +44,11 @@ fn a_dead_member_of_three_never_fails_a_request() {
                 .unwrap()
         );
 
+        // An unused lease an acquire releases is gone at once, not after its TTL.
+        let unused = store.grant(60).await.expect("grant");
+        store.release(unused).await.expect("release");
+        assert_eq!(store.keep_alive(unused).await.unwrap_or(0), 0);
+
         // The first endpoint is the one requests go to: kill it (SIGKILL, by PID).
         cluster.members[0].stop();
         let mut failures = Vec::new();

@@ -343,6 +343,13 @@ async fn a_full_network_is_retried_until_a_subnet_frees() {
     assert!(c.store.calls("snapshot").len() > 3, "kept trying");
     let (subnet, _) = c.own().expect("leased the freed subnet");
     assert_eq!(subnet, config.subnets().last().unwrap());
+    // Before: every retry granted a store lease and left it bound to nothing for its TTL.
+    assert_eq!(
+        c.store.live_leases(),
+        config.subnets().count(),
+        "the other nodes' leases and ours, no unused one ({} grants)",
+        c.store.calls("grant").len()
+    );
 }
 
 #[tokio::test(start_paused = true)]

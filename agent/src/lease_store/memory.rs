@@ -239,6 +239,13 @@ impl MemStore {
         st.keys.clone()
     }
 
+    /// How many store leases are alive (granted, not yet expired or revoked).
+    pub fn live_leases(&self) -> usize {
+        let mut st = self.state();
+        st.expire();
+        st.leases.len()
+    }
+
     /// When calls of `op` were made.
     pub fn calls(&self, op: &str) -> Vec<Instant> {
         let st = self.state();
@@ -326,6 +333,15 @@ impl LeaseStore for MemStore {
         st.leases
             .insert(id, (Instant::now() + Duration::from_secs(ttl as u64), ttl));
         Ok(id)
+    }
+
+    async fn release(&self, lease_id: i64) -> Result<(), StoreError> {
+        let mut st = self.call("release")?;
+        if let Some(l) = st.leases.get_mut(&lease_id) {
+            l.0 = Instant::now();
+        }
+        st.expire();
+        Ok(())
     }
 
     async fn keep_alive(&self, lease_id: i64) -> Result<i64, StoreError> {
