@@ -83,7 +83,12 @@ impl EtcdOptions {
             // requests move on to a member of the quorum.
             .with_require_leader(true);
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
-            co = co.with_user(u.clone(), p.clone());
+            // etcd's tokens expire (the simple ones after --auth-token-ttl unused, 300 s by
+            // default) and twilld calls etcd rarely: renew an expired token and retry, as
+            // etcd's Go client (Flannel's) does, instead of failing every later request.
+            co = co
+                .with_user(u.clone(), p.clone())
+                .with_auto_token_refresh(true);
         }
         if tls_wanted {
             let read = |flag: &str, path: &std::path::Path| {

@@ -58,11 +58,18 @@ pub struct Etcd {
     dir: TempDir,
     child: Option<Child>,
     die_with_parent: bool,
+    /// More flags for etcd (`--auth-token-ttl 1`).
+    extra_args: Vec<String>,
 }
 
 impl Etcd {
     /// Starts a single-member etcd on free ports of 127.0.0.1.
     pub fn start_local() -> Result<Etcd> {
+        Etcd::start_local_with(&[])
+    }
+
+    /// Like [`Etcd::start_local`], with more flags for etcd.
+    pub fn start_local_with(extra_args: &[&str]) -> Result<Etcd> {
         let mut last = None;
         // A free port can be taken between probing and binding by a parallel test: retry.
         for _ in 0..3 {
@@ -74,7 +81,8 @@ impl Etcd {
                 tls: None,
             };
             let initial = format!("{}={}", member.name, member.peer_url());
-            match Etcd::spawn(member, initial, None, true) {
+            let extra = extra_args.iter().map(|a| a.to_string()).collect();
+            match Etcd::spawn(member, initial, None, true, extra) {
                 Ok(mut e) => match e.wait_healthy() {
                     Ok(()) => return Ok(e),
                     Err(err) => last = Some(err),
@@ -110,7 +118,7 @@ impl Etcd {
         };
         let initial = format!("{}={}", member.name, member.peer_url());
         let ns = Netns::open_path(netns.path())?;
-        let mut e = Etcd::spawn(member, initial, Some(ns), die_with_parent)?;
+        let mut e = Etcd::spawn(member, initial, Some(ns), die_with_parent, Vec::new())?;
         e.wait_healthy()?;
         Ok(e)
     }
@@ -120,6 +128,7 @@ impl Etcd {
         initial_cluster: String,
         netns: Option<Netns>,
         die_with_parent: bool,
+        extra_args: Vec<String>,
     ) -> Result<Etcd> {
         let dir = tempfile::Builder::new()
             .prefix("twill-etcd-")
@@ -132,6 +141,7 @@ impl Etcd {
             dir,
             child: None,
             die_with_parent,
+            extra_args,
         };
         e.start()?;
         Ok(e)
@@ -182,6 +192,7 @@ impl Etcd {
                     "--client-cert-auth".into(),
                 ]
             }))
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -373,9 +384,13 @@ impl EtcdCluster {
                 .map(|n| Netns::open_path(n.path()))
                 .transpose()
                 .map_err(LabError::from)?;
-            cluster
-                .members
-                .push(Etcd::spawn(m, initial.clone(), ns, die_with_parent)?);
+            cluster.members.push(Etcd::spawn(
+                m,
+                initial.clone(),
+                ns,
+                die_with_parent,
+                Vec::new(),
+            )?);
         }
         for e in &mut cluster.members {
             e.wait_healthy()?;
