@@ -40,6 +40,20 @@ pub fn join(m: &dyn CgroupManager, pid: i32) -> Result<()> {
     Ok(())
 }
 
+/// Removes the cgroup directory `dir` and every cgroup below it, deepest first: a container's
+/// processes may have made their own (systemd in a container does), and a cgroup with
+/// children cannot be removed.
+pub(crate) fn remove_tree(dir: &Path) -> Result<()> {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
+    rmdir_retry(dir)
+}
+
 fn rmdir_retry(dir: &Path) -> Result<()> {
     // Busy for a moment after the last process exited (the kernel takes the cgroup offline
     // asynchronously): retry quickly at first — this is on the path of every `run --rm` —
@@ -111,7 +125,7 @@ impl CgroupManager for V1 {
     }
     fn remove(&self) -> Result<()> {
         for c in ["memory", "cpu", "pids"] {
-            rmdir_retry(&self.dir(c))?;
+            remove_tree(&self.dir(c))?;
         }
         Ok(())
     }
@@ -159,7 +173,7 @@ impl CgroupManager for V2 {
         vec![self.root.join(&self.rel).join("cgroup.procs")]
     }
     fn remove(&self) -> Result<()> {
-        rmdir_retry(&self.root.join(&self.rel))
+        remove_tree(&self.root.join(&self.rel))
     }
     fn describe(&self) -> String {
         format!("v2:{}", self.root.join(&self.rel).display())

@@ -375,6 +375,71 @@ fn bare_cgroup_namespace_on_cgroup_v2_shows_the_container_its_own_cgroup_only() 
 }
 
 #[test]
+fn bare_delete_kills_and_removes_cgroups_the_container_made_below_its_own() {
+    // Before: delete killed only the processes of the container's own cgroup, and the
+    // cgroup's removal failed on the child cgroup (EBUSY) after the state was already gone:
+    // the next delete said "no such container", and the cgroups (and, with the host's pid
+    // namespace, their processes) stayed for good.
+    let name = "bare_delete_kills_and_removes_cgroups_the_container_made_below_its_own";
+    if !preconditions(name, &[]) || !busybox_present(name) {
+        return;
+    }
+    /// The background process, killed by PID if the test fails before delete does it.
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(
+        // The host's pid namespace: killing the container's init does not take the rest.
+        |c| {
+            c["linux"]["namespaces"] = json!([{"type": "network"}, {"type": "ipc"},
+                                              {"type": "uts"}, {"type": "mount"}])
+        },
+        &[
+            "sh",
+            "-c",
+            "sleep 1000 & echo $! > /out/bg.tmp; mv /out/bg.tmp /out/bg; exec sleep 1000",
+        ],
+    );
+    b.create("subcg");
+    b.ok(&["start", "subcg"]);
+    wait_out(&b, "bg");
+    let bg: i32 = b.read_out("bg").trim().parse().unwrap();
+    let _guard = Kill(bg);
+    let top = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup/twill-oci/subcg")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/pids/twill-oci/subcg")
+    };
+    // What systemd in a container does: a cgroup of its own below the container's.
+    std::fs::create_dir(top.join("sub")).unwrap();
+    std::fs::write(top.join("sub/cgroup.procs"), bg.to_string()).unwrap();
+
+    b.ok(&["delete", "--force", "subcg"]);
+    assert!(!top.exists(), "{} is left", top.display());
+    assert!(b.err(&["state", "subcg"]).contains("no such container"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Gone, or a zombie waiting for whoever inherited it.
+        let stat = std::fs::read_to_string(format!("/proc/{bg}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process in the child cgroup survived delete: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn bare_delete_force_kills_a_created_or_running_container() {
     let name = "bare_delete_force_kills_a_created_or_running_container";
     if !preconditions(name, &[]) || !busybox_present(name) {

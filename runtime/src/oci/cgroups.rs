@@ -414,18 +414,31 @@ pub fn join(rel: &str, pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// Every process in the cgroup.
+/// Every process in the cgroup and the cgroups below it (which the container's processes
+/// may have made).
 pub fn pids(rel: &str) -> Vec<i32> {
-    let file = if cgroup::is_v2() {
-        v2_dir(rel).join("cgroup.procs")
+    let top = if cgroup::is_v2() {
+        v2_dir(rel)
     } else {
-        v1_dir("pids", rel).join("cgroup.procs")
+        v1_dir("pids", rel)
     };
-    fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
+    let mut out = Vec::new();
+    pids_below(&top, &mut out);
+    out
+}
+
+fn pids_below(dir: &Path, out: &mut Vec<i32>) {
+    out.extend(
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok()),
+    );
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            pids_below(&e.path(), out);
+        }
+    }
 }
 
 /// Freezes (pause) or thaws (resume) every process of the cgroup and waits until done.
@@ -471,12 +484,7 @@ pub fn remove(rel: &str) -> Result<()> {
     cgroup::at(rel).remove()?;
     if !cgroup::is_v2() {
         for c in v1_extra() {
-            let d = v1_dir(c, rel);
-            if let Err(e) = fs::remove_dir(&d)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(RuntimeError::io("removing cgroup", d.display(), e));
-            }
+            cgroup::remove_tree(&v1_dir(c, rel))?;
         }
     }
     Ok(())

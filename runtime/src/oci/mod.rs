@@ -155,7 +155,9 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let removed = cgroups::remove(&saved.cgroup);
+    // A cgroup that stays (a process that would not die) keeps the state too: the error
+    // says what is left, and the next delete finds the container and tries again.
+    cgroups::remove(&saved.cgroup)?;
     fs::remove_dir_all(&dir).map_err(|e| RuntimeError::io("removing", dir.display(), e))?;
     let state = saved.state_json(Status::Stopped);
     for h in &saved.hooks.poststop {
@@ -163,7 +165,7 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
             eprintln!("twill-oci: poststop {e}");
         }
     }
-    removed
+    Ok(())
 }
 
 /// `list`: (id, pid, status, bundle, created) of every container.
