@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// What the agent reports.
@@ -175,44 +175,85 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, healthz: bool, 
             }
         };
         let m = metrics.clone();
-        tokio::spawn(async move {
-            let Ok(head) =
-                tokio::time::timeout(std::time::Duration::from_secs(5), read_head(&mut sock)).await
-            else {
-                return;
-            };
-            let path = request_path(&head);
-            let (status, ctype, body) = match path {
-                "/healthz" if healthz => {
-                    if m.ready.load(Ordering::Relaxed) {
-                        ("200 OK", "text/plain", "ok\n".to_string())
-                    } else {
-                        (
-                            "503 Service Unavailable",
-                            "text/plain",
-                            "not ready: no lease or no reconcile yet\n".to_string(),
-                        )
-                    }
-                }
-                "/metrics" if metrics_on => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    m.render(),
-                ),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
+        tokio::spawn(async move { serve_one(&mut sock, &m, healthz, metrics_on).await });
     }
+}
+
+/// How long one client may take in all, reading its request and its answer: one that never
+/// reads the answer must not hold a task and a descriptor forever.
+const CLIENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers one request on `sock`, within [`CLIENT_DEADLINE`].
+async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
+    sock: &mut S,
+    m: &Metrics,
+    healthz: bool,
+    metrics_on: bool,
+) {
+    let _ = tokio::time::timeout(CLIENT_DEADLINE, async {
+        let head = read_head(sock).await;
+        let (status, ctype, body) = match request_path(&head) {
+            "/healthz" if healthz => {
+                if m.ready.load(Ordering::Relaxed) {
+                    ("200 OK", "text/plain", "ok\n".to_string())
+                } else {
+                    (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "not ready: no lease or no reconcile yet\n".to_string(),
+                    )
+                }
+            }
+            "/metrics" if metrics_on => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                m.render(),
+            ),
+            _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        };
+        let resp = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = sock.write_all(resp.as_bytes()).await;
+    })
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_its_answer_is_let_go() {
+        // Before: the answer's write waited forever once the socket buffer was full, holding
+        // a task and a descriptor per such client.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client
+            .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let m = Metrics::default();
+        let done = tokio::time::timeout(
+            CLIENT_DEADLINE + std::time::Duration::from_secs(1),
+            serve_one(&mut server, &m, true, true),
+        )
+        .await;
+        assert!(done.is_ok(), "still writing to a client that does not read");
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_sends_is_let_go() {
+        let (_client, mut server) = tokio::io::duplex(64);
+        let m = Metrics::default();
+        let done = tokio::time::timeout(
+            CLIENT_DEADLINE + std::time::Duration::from_secs(1),
+            serve_one(&mut server, &m, true, true),
+        )
+        .await;
+        assert!(done.is_ok());
+    }
 
     #[tokio::test]
     async fn a_request_split_over_several_writes_is_read_whole() {
