@@ -34,6 +34,7 @@ use crate::underlay;
 mod tests;
 #[cfg(test)]
 mod tests_ipv6;
+mod write_backs;
 
 /// etcd options from the flags.
 pub fn etcd_options(cli: &Cli) -> EtcdOptions {
@@ -146,6 +147,7 @@ pub struct Agent<S: LeaseStore, N: Node> {
     ready: bool,
     /// Our key's value is not the one we wrote: write it back.
     own_value_wrong: bool,
+    write_backs: write_backs::WriteBacks,
     /// Since when store calls fail, and how many did.
     outage: Option<(Instant, u64)>,
 }
@@ -176,6 +178,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             resync_retry: store_backoff(),
             ready: false,
             own_value_wrong: false,
+            write_backs: write_backs::WriteBacks::new(),
             outage: None,
         }
     }
@@ -430,6 +433,10 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             return;
         };
         let held = *held;
+        let now = Instant::now();
+        if !self.write_backs.may_write(now) {
+            return;
+        }
         match self
             .store
             .update_lease(held.subnets, &self.record, held.lease_id)
@@ -438,7 +445,14 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             Ok(()) => {
                 self.own_value_wrong = false;
                 self.store_ok();
-                tracing::info!(subnets = %held.subnets, "wrote our lease value back");
+                match self.write_backs.wrote(now) {
+                    None => tracing::info!(subnets = %held.subnets, "wrote our lease value back"),
+                    Some(n) => tracing::warn!(
+                        subnets = %held.subnets,
+                        public_ip = %self.record.public_ip,
+                        "wrote our lease value back, {n} times within a minute: does another node use this public IP? Writing back with growing pauses"
+                    ),
+                }
             }
             Err(e) => {
                 self.store_error("write", "writing our lease value back failed; retrying", &e)

@@ -466,6 +466,35 @@ async fn our_own_value_corrupted_or_edited_is_written_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_rival_writer_of_our_key_gets_paused_write_backs_not_a_write_storm() {
+    // Before: two writers that both take the key for theirs (two nodes given the same public
+    // IP) overwrote each other as fast as the store answered.
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    let node = c.node.clone();
+    let ours = record([192, 168, 1, 1]).to_json();
+    let rival = foreign("192.168.1.1").replace("host-gw", "udp");
+    c.run(async {
+        sleep(secs(1)).await;
+        let s = node.subnets_set()[0];
+        let id = store.get(s).unwrap().lease;
+        for _ in 0..6000 {
+            if store.get(s).is_some_and(|kv| kv.value == ours) {
+                store.put_bound(s, &rival, id);
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let writes = c.store.calls("update_lease").len();
+    assert!(
+        (4..=20).contains(&writes),
+        "{writes} write-backs in a minute of a rival rewriting our key"
+    );
+    assert_eq!(c.node.subnets_set().len(), 1, "never moved");
+}
+
+#[tokio::test(start_paused = true)]
 async fn another_node_holding_our_subnet_makes_us_lease_again() {
     let c = Case::new(3600, 600);
     let store = c.store.clone();
