@@ -194,6 +194,9 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
     async fn run_loop(&mut self) -> anyhow::Result<()> {
         self.acquire().await?;
         let mut reconcile = tokio::time::interval(self.timing.reconcile_every);
+        // Ticks missed while the loop waited (leasing again in a full network, an etcd
+        // outage) are not made up: one reconcile after the wait, not one per missed tick.
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reconcile.tick().await;
         loop {
             if self.watch.is_none()

@@ -55,6 +55,12 @@ impl FakeNode {
             })
             .collect()
     }
+    fn applies(&self) -> usize {
+        self.log()
+            .iter()
+            .filter(|d| matches!(d, Did::Apply(_)))
+            .count()
+    }
     fn last_apply(&self) -> Vec<Ipv4Net> {
         self.log()
             .into_iter()
@@ -492,6 +498,49 @@ async fn a_rival_writer_of_our_key_gets_paused_write_backs_not_a_write_storm() {
         "{writes} write-backs in a minute of a rival rewriting our key"
     );
     assert_eq!(c.node.subnets_set().len(), 1, "never moved");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconciles_missed_while_leasing_again_are_not_replayed_at_once() {
+    // Before: the reconcile interval replayed every tick missed while the agent waited ten
+    // minutes for a free subnet: 60 reconciles (netlink dumps, firewall runs) back to back.
+    let c = Case::pinned(3600, 600);
+    let config = NetworkConfig::parse(CONFIG).unwrap();
+    let store = c.store.clone();
+    let node = c.node.clone();
+    let applies_after = Arc::new(Mutex::new((0, 0)));
+    let seen = applies_after.clone();
+    c.run(async {
+        sleep(secs(1)).await;
+        // Every subnet taken by other nodes, ours included: we must lease again, and wait.
+        let mut last = 0;
+        for (i, s) in config.subnets().enumerate() {
+            let ip = format!("192.168.3.{}", i % 250);
+            if s == net(OURS) {
+                let id = store.get(s).unwrap().lease;
+                store.put_bound(s, &foreign(&ip), id);
+            } else {
+                last = store.put_foreign(s, &foreign(&ip), 3600);
+            }
+        }
+        sleep(secs(600)).await;
+        // The agent waits inside its acquire (no reconcile runs): count from here.
+        let waiting = node.applies();
+        store.revoke(last);
+        while node.subnets_set().len() < 2 {
+            sleep(secs(1)).await;
+        }
+        sleep(secs(2)).await;
+        *seen.lock().unwrap() = (waiting, node.applies());
+    })
+    .await;
+    assert_eq!(c.node.subnets_set().len(), 2, "leased again");
+    let (before, after) = *applies_after.lock().unwrap();
+    assert!(
+        after - before <= 2,
+        "{} reconciles within 3 s of leasing again",
+        after - before
+    );
 }
 
 #[tokio::test(start_paused = true)]
