@@ -500,14 +500,30 @@ pub fn status(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
 pub fn gc(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
     let valid = conf.gc_keep();
     let se = subnet_env(conf).ok().flatten();
-    masq_state(conf, se.as_ref())?.retain(&valid)?;
+    // A masquerade failure (nft refusing, a damaged state file) must not keep the addresses
+    // reserved: both halves run, and both failures are reported, as DEL does.
+    let mut errors = Vec::new();
+    if let Err(e) = masq_state(conf, se.as_ref()).and_then(|m| m.retain(&valid)) {
+        errors.push(e.msg);
+    }
     if let Some(p) = conf.ipam_type() {
-        return delegate::exec(p, "GC", env, stdin).map(|_| ());
+        if let Err(e) = delegate::exec(p, "GC", env, stdin) {
+            errors.push(e.msg);
+        }
+        return collected("GC".to_string(), errors);
     }
     let keep: HashSet<Attachment> = valid.into_iter().collect();
+    if let Err(e) = gc_store(conf, &keep, &mut errors) {
+        errors.push(e.msg);
+    }
+    collected("GC".to_string(), errors)
+}
+
+/// Releases every reservation of the built-in store that `keep` does not name; failures of
+/// single releases go to `errors`.
+fn gc_store(conf: &NetConf, keep: &HashSet<Attachment>, errors: &mut Vec<String>) -> CniResult<()> {
     let store = Store::open(&conf.ipam_dir())?;
     let lock = store.lock()?;
-    let mut errors = Vec::new();
     for a in store.list(&lock)? {
         let key = Attachment {
             container_id: a.container_id.clone(),
@@ -519,5 +535,51 @@ pub fn gc(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             errors.push(e.to_string());
         }
     }
-    collected("GC".to_string(), errors)
+    Ok(())
+}
+
+#[cfg(test)]
+mod gc_tests {
+    use super::*;
+
+    #[test]
+    fn gc_releases_addresses_even_when_the_masquerade_state_fails() {
+        // Before: a masquerade failure returned before the IPAM store was looked at, so
+        // stale reservations stayed at every GC until the masquerade worked again.
+        let dir = tempfile::tempdir().unwrap();
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "gcnet", "type": "twill",
+            "dataDir": dir.path().join("data"), "stateDir": dir.path().join("state"),
+            "subnetFile": dir.path().join("none.env"),
+            "cni.dev/valid-attachments": [{"containerID": "kept", "ifname": "eth0"}]
+        });
+        let conf = NetConf::parse(conf.to_string().as_bytes()).unwrap();
+        std::fs::create_dir_all(conf.ipam_dir()).unwrap();
+        std::fs::write(conf.ipam_dir().join("10.244.7.9"), "gone\r\neth0").unwrap();
+        std::fs::write(conf.ipam_dir().join("10.244.7.10"), "kept\r\neth0").unwrap();
+        // The masquerade state cannot be read.
+        std::fs::create_dir_all(conf.state_dir().join("masq.json")).unwrap();
+        let env = CniEnv {
+            container_id: String::new(),
+            netns: None,
+            ifname: String::new(),
+            requested_ips: Vec::new(),
+            path: Vec::new(),
+            raw_args: String::new(),
+        };
+        let e = gc(&conf, &env, b"").unwrap_err();
+        assert!(
+            e.msg.contains("masq.json"),
+            "the failure is reported: {}",
+            e.msg
+        );
+        assert!(
+            !conf.ipam_dir().join("10.244.7.9").exists(),
+            "the stale address was released"
+        );
+        assert!(
+            conf.ipam_dir().join("10.244.7.10").exists(),
+            "the kept one stays"
+        );
+    }
 }
