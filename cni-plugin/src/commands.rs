@@ -11,7 +11,8 @@ use twill_netkit::{Link, Netns, random};
 use crate::config::{Attachment, NetConf};
 use crate::env::CniEnv;
 use crate::error::{
-    CniError, CniResult, INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN, UNKNOWN_CONTAINER,
+    CniError, CniResult, DECODE, INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN,
+    UNKNOWN_CONTAINER,
 };
 use crate::ipam::assignment::{self, Assignment};
 use crate::ipam::builtin;
@@ -207,7 +208,20 @@ fn lease_address<'a>(
             Ok(Assignment::from_builtin(se, &ranges, &ips))
         }
         (Some(plugin), _) => {
-            let out = delegate::exec(plugin, "ADD", env, stdin)?;
+            let out = match delegate::exec(plugin, "ADD", env, stdin) {
+                Ok(out) => out,
+                // It may have reserved an address before printing what is not a result.
+                Err(e) if e.code == DECODE => {
+                    return Err(match delegate::exec(plugin, "DEL", env, stdin) {
+                        Ok(_) => e,
+                        Err(d) => CniError::new(
+                            e.code,
+                            format!("{}; releasing with DEL failed too: {}", e.msg, d.msg),
+                        ),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             rollback.on_failure("releasing address", move || {
                 delegate::exec(plugin, "DEL", env, stdin).map(|_| ())
             });

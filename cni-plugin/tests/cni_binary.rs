@@ -629,6 +629,48 @@ fn requested_ip_and_delegated_host_local() {
 }
 
 #[test]
+fn a_delegated_ipam_add_with_an_unreadable_result_is_released() {
+    // Before: an IPAM plugin that exited 0 but printed something that is not a result (a
+    // log line before it) kept the address it had reserved: nothing called its DEL.
+    let name = "a_delegated_ipam_add_with_an_unreadable_result_is_released";
+    if !preconditions(name, &["ip"]) {
+        return;
+    }
+    let node = Node::new("cnijunk");
+    let bin = node.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = node.dir.path().join("junkipam.log");
+    let script = bin.join("junkipam");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$CNI_COMMAND $CNI_CONTAINERID\" >> {}\n\
+             [ \"$CNI_COMMAND\" = ADD ] && echo 'reserved 10.97.0.5' && \
+             echo '{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"10.97.0.5/24\"}}]}}'\n\
+             exit 0\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut conf = node.conf("1.0.0");
+    conf["name"] = json!("junknet");
+    conf["bridge"] = json!("cni2");
+    conf["ipMasq"] = json!(false);
+    conf["ipam"] = json!({"type": "junkipam"});
+    let (_j, pj) = node.ctr("j");
+    let path = bin.display().to_string();
+    let (ok, r) = node.cni("ADD", "cj", &pj, "eth0", &conf, &[("CNI_PATH", &path)]);
+    assert!(!ok, "{r}");
+    assert!(r["msg"].as_str().unwrap_or("").contains("decoding"), "{r}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "ADD cj\nDEL cj\n",
+        "the reservation is released"
+    );
+}
+
+#[test]
 fn fifty_parallel_adds_get_distinct_ips_and_dels_leave_nothing() {
     if !preconditions(
         "fifty_parallel_adds_get_distinct_ips_and_dels_leave_nothing",
