@@ -382,11 +382,17 @@ pub fn monitor(store: &Store, mut st: State, pid: Pid, cni: &CniOptions) -> Resu
     } else {
         // The processes are gone: release the network (CNI DEL, netns) and the cgroup now,
         // as Docker does at stop; rm removes the rest.
-        if let Err(e) = network::teardown(&st, cni) {
-            eprintln!("twill-run: releasing the network of {}: {e}", st.name);
+        // What failed stays recorded, so `rm` runs CNI DEL again.
+        match network::teardown(&st, cni) {
+            Ok(()) => {
+                st.netns = None;
+                st.network_name = None;
+            }
+            Err(e) => eprintln!(
+                "twill-run: releasing the network of {}: {e} (rm tries again)",
+                st.name
+            ),
         }
-        st.netns = None;
-        st.network_name = None;
         let _ = cgroup::for_container(&st.id).remove();
         store.save(&st)?;
     }

@@ -106,6 +106,9 @@ pub fn setup(
             {
                 let list = cni_client::load(&cni.conf_dir, cni.network.as_deref())?;
                 state.network_name = Some(list.name.clone());
+                // Saved before ADD runs: if twill-run dies during it (Ctrl-C, SIGKILL, the
+                // OOM killer), `rm` still knows to run DEL and remove the namespace.
+                store.save(state)?;
                 let att = Attachment {
                     container_id: &state.id,
                     netns: Some(ns.path()),

@@ -743,3 +743,105 @@ fn a_user_is_told_twill_run_needs_root() {
         )
     );
 }
+
+/// A CNI plugin that only logs: `$dir/log` gets "COMMAND ID" per call; ADD waits while
+/// `$dir/slow` exists (after writing its PID to `$dir/adding`), DEL fails while `$dir/faildel`
+/// exists. Returns the conf dir's network and the plugin's directory.
+fn logging_plugin(rt: &mut Rt) -> PathBuf {
+    let dir = rt.dir.path().join("fakecni");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    let script = format!(
+        r#"#!/bin/sh
+cat > /dev/null
+echo "$CNI_COMMAND $CNI_CONTAINERID" >> {d}/log
+case "$CNI_COMMAND" in
+ADD)
+    if [ -e {d}/slow ]; then echo $$ > {d}/adding; sleep 30; fi
+    echo '{{"cniVersion":"1.0.0","ips":[{{"address":"10.31.0.5/24"}}]}}' ;;
+DEL)
+    if [ -e {d}/faildel ]; then echo '{{"code":11,"msg":"DEL refused"}}'; exit 1; fi ;;
+VERSION)
+    echo '{{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}}' ;;
+esac
+"#
+    );
+    let plugin = dir.join("fakenet");
+    std::fs::write(&plugin, script).unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(&rt.cni_conf).unwrap();
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "fakenet", "plugins": [{"type": "fakenet"}]
+    });
+    std::fs::write(rt.cni_conf.join("10-fake.conflist"), conflist.to_string()).unwrap();
+    rt.cni_path = d.to_string();
+    dir
+}
+
+fn id_of(rt: &Rt, name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", name])).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_failed_network_release_is_retried_by_rm() {
+    // Before: when the container exited, a failed CNI DEL was printed (to nobody, with -d)
+    // and the network forgotten, so rm never ran DEL again: the address stayed reserved.
+    if !pre("a_failed_network_release_is_retried_by_rm") {
+        return;
+    }
+    let mut rt = Rt::new();
+    let fake = logging_plugin(&mut rt);
+    std::fs::write(fake.join("faildel"), "").unwrap();
+    rt.run(&["run", "--name", "relfail", "busybox", "true"]);
+    let id = id_of(&rt, "relfail");
+    std::fs::remove_file(fake.join("faildel")).unwrap();
+    rt.ok(&["rm", "relfail"]);
+    let log = std::fs::read_to_string(fake.join("log")).unwrap();
+    let dels = log.lines().filter(|l| *l == format!("DEL {id}")).count();
+    assert_eq!(dels, 2, "DEL at exit (refused), then at rm: {log}");
+    no_leftovers_of(&id);
+}
+
+#[test]
+fn rm_after_twill_run_was_killed_during_cni_add_releases_the_network() {
+    // Before: the network's name and namespace were saved only after ADD returned, so a
+    // twill-run killed during ADD left a state without them: rm skipped DEL and the
+    // namespace (and the veth and address it holds) stayed.
+    if !pre("rm_after_twill_run_was_killed_during_cni_add_releases_the_network") {
+        return;
+    }
+    let mut rt = Rt::new();
+    let fake = logging_plugin(&mut rt);
+    std::fs::write(fake.join("slow"), "").unwrap();
+    let mut c = Command::new(RUN);
+    c.arg("--root")
+        .arg(rt.root())
+        .arg("--cni-conf-dir")
+        .arg(&rt.cni_conf)
+        .arg("--cni-path")
+        .arg(&rt.cni_path)
+        .args(["run", "--name", "killed", "busybox", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let adding = fake.join("adding");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !adding.exists() || std::fs::read_to_string(&adding).unwrap().trim().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "ADD never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    // The plugin, orphaned, sleeps on: end it by its PID.
+    let plugin_pid = std::fs::read_to_string(&adding).unwrap();
+    let _ = Command::new("kill")
+        .args(["-KILL", plugin_pid.trim()])
+        .status();
+    std::fs::remove_file(fake.join("slow")).unwrap();
+    let id = id_of(&rt, "killed");
+    rt.ok(&["rm", "-f", "killed"]);
+    let log = std::fs::read_to_string(fake.join("log")).unwrap();
+    assert!(log.contains(&format!("DEL {id}")), "rm ran DEL: {log}");
+    no_leftovers_of(&id);
+}
