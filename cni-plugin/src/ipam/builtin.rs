@@ -171,10 +171,10 @@ pub fn allocate(
         match range.allocate_one(store, lock, id, ifname, wanted) {
             Ok(ip) => got.push(ip),
             Err(e) => {
-                // The attachment held nothing before this call: give back what it got.
-                if !got.is_empty()
-                    && let Err(undo) = store.release(lock, id, ifname)
-                {
+                // The attachment held nothing before this call: give back what it got,
+                // also a reservation of the failing range itself (made before its marker
+                // could not be written).
+                if let Err(undo) = store.release(lock, id, ifname) {
                     return Err(e.details(format!("releasing {got:?} failed too: {undo}")));
                 }
                 return Err(e);
@@ -206,6 +206,19 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_failed_marker_write_gives_the_address_back() {
+        // Before: the reservation stayed when the round-robin marker could not be written
+        // (the first range's: nothing was "got" yet), and a retried ADD met "duplicate
+        // allocation".
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let l = s.lock().unwrap();
+        std::fs::create_dir(s.dir().join("last_reserved_ip.0")).unwrap();
+        assert!(allocate(&s, &l, &[v4()], "c1", "eth0", &[]).is_err());
+        assert!(s.list(&l).unwrap().is_empty(), "nothing left reserved");
     }
 
     #[test]

@@ -118,8 +118,13 @@ impl Store {
         let path = self.dir.join(ip.to_string());
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut f) => {
-                f.write_all(format!("{id}\r\n{ifname}").as_bytes())
-                    .map_err(|e| io_err("writing", &path, e))?;
+                if let Err(e) = f.write_all(format!("{id}\r\n{ifname}").as_bytes()) {
+                    // A file without its owner (a full disk) would hold the address for
+                    // good: no DEL ever matches it.
+                    drop(f);
+                    let _ = fs::remove_file(&path);
+                    return Err(io_err("writing", &path, e));
+                }
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
@@ -198,6 +203,50 @@ mod tests {
         assert!(s.find(&l, "c1", "eth1").unwrap().is_empty());
         assert_eq!(s.release(&l, "c1", "eth0").unwrap(), vec![ip, ip6]);
         assert!(s.release(&l, "c1", "eth0").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_reservation_that_cannot_be_written_leaves_no_file() {
+        // Before: on a full disk the file was created empty and stayed, an address held by
+        // nobody that no DEL ever released.
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: mounting a full tmpfs needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        // A mount namespace for this thread alone, with a one-page tmpfs filled up.
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                &dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some("size=4k"),
+            )
+            .unwrap();
+            let s = Store::open(&dir.join("net1")).unwrap();
+            let l = s.lock().unwrap();
+            let _ = fs::write(dir.join("filler"), vec![0u8; 8192]);
+            let ip = IpAddr::from([10, 1, 0, 2]);
+            let e = s.reserve(&l, ip, "c1", "eth0").unwrap_err();
+            assert!(e.msg.contains("10.1.0.2"), "{}", e.msg);
+            assert!(
+                !s.dir().join("10.1.0.2").exists(),
+                "no empty reservation left"
+            );
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
