@@ -123,6 +123,13 @@ pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
         Some(u) => (Some(u.uid), Some(u.gid), u.groups.clone()),
         None => (None, None, Vec::new()),
     };
+    // As Docker since CVE-2022-24769: nothing inheritable, and a user other than root has no
+    // capabilities of its own (only the bounding set, which file capabilities may use).
+    let own = if uid.is_some_and(|u| u != 0) {
+        caps::CapsHashSet::new()
+    } else {
+        keep.clone()
+    };
     exec_final(&FinalExec {
         argv: spec.argv.clone(),
         env,
@@ -130,10 +137,10 @@ pub fn exec_command(spec: &ExecSpec) -> RuntimeError {
         gid,
         groups,
         caps: CapSets {
-            bounding: keep.clone(),
-            effective: keep.clone(),
-            permitted: keep.clone(),
-            inheritable: keep,
+            bounding: keep,
+            effective: own.clone(),
+            permitted: own,
+            inheritable: caps::CapsHashSet::new(),
             ambient: caps::CapsHashSet::new(),
         },
         keep_caps: false,
@@ -177,6 +184,30 @@ pub struct FinalExec<'a> {
     pub seccomp: Option<&'a dyn Fn() -> Result<()>>,
 }
 
+/// Marks every descriptor from `first` up close-on-exec, one by one: for kernels without
+/// CLOSE_RANGE_CLOEXEC (before 5.11) or a seccomp profile that denies close_range.
+fn cloexec_from(first: u32) -> Result<()> {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| RuntimeError::io("listing", "/proc/self/fd", e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first as i32)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number; one that closed meanwhile gives EBADF.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EBADF) {
+                return Err(RuntimeError::io(
+                    "marking close-on-exec",
+                    format!("descriptor {fd}"),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Sets rlimits, drops to the user, trims capabilities, sets no_new_privs and execs.
 /// Returns only on failure.
 pub fn exec_final(f: &FinalExec) -> RuntimeError {
@@ -200,14 +231,25 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
             );
         }
     }
-    for c in caps::all() {
-        if !f.caps.bounding.contains(&c) {
-            let _ = caps::drop(None, caps::CapSet::Bounding, c);
+    // Every failure from here on is fatal, as with runc: a capability that cannot be
+    // dropped (a seccomp profile denying prctl or capset, loaded above when no_new_privs is
+    // off) must fail the start, never leave the container with more than it asked for.
+    for c in caps::runtime::thread_all_supported() {
+        if !f.caps.bounding.contains(&c)
+            && let Err(e) = caps::drop(None, caps::CapSet::Bounding, c)
+        {
+            return RuntimeError::Invalid(format!("dropping {c} from the bounding set: {e}"));
         }
     }
     if f.keep_caps {
         // SAFETY: prctl with constant arguments.
-        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+        if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+            return RuntimeError::io(
+                "setting",
+                "PR_SET_KEEPCAPS",
+                std::io::Error::last_os_error(),
+            );
+        }
     }
     if let Some(gid) = f.gid {
         let groups: Vec<nix::unistd::Gid> = f
@@ -227,19 +269,26 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
     {
         return RuntimeError::nix("setuid", uid, e);
     }
+    // Effective first: it must stay within the permitted set at every step.
     for (set, want) in [
-        (caps::CapSet::Permitted, &f.caps.permitted),
         (caps::CapSet::Effective, &f.caps.effective),
+        (caps::CapSet::Permitted, &f.caps.permitted),
         (caps::CapSet::Inheritable, &f.caps.inheritable),
     ] {
-        let _ = caps::set(None, set, want);
+        if let Err(e) = caps::set(None, set, want) {
+            return RuntimeError::Invalid(format!("setting the {set:?} capabilities: {e}"));
+        }
     }
+    // Ambient capabilities stay best effort, as runc only warns: one not also inheritable
+    // and permitted cannot be raised, and configs often list them so.
     for c in &f.caps.ambient {
         let _ = caps::raise(None, caps::CapSet::Ambient, *c);
     }
     if f.no_new_privs {
         // SAFETY: prctl with constant arguments.
-        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return RuntimeError::io("setting", "no_new_privs", std::io::Error::last_os_error());
+        }
         if let Some(load) = f.seccomp
             && let Err(e) = load()
         {
@@ -254,7 +303,11 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
     // preserved ones) closes on exec (CLOSE_RANGE_CLOEXEC keeps the error pipe usable until
     // then).
     // SAFETY: close_range only changes descriptor flags.
-    unsafe { libc::syscall(libc::SYS_close_range, 3 + f.keep_fds, u32::MAX, 4u32) };
+    if unsafe { libc::syscall(libc::SYS_close_range, 3 + f.keep_fds, u32::MAX, 4u32) } != 0
+        && let Err(e) = cloexec_from(3 + f.keep_fds)
+    {
+        return e;
+    }
     let to_c = |s: &str| CString::new(s.replace('\0', "")).unwrap_or_default();
     let argv: Vec<CString> = f.argv.iter().map(|a| to_c(a)).collect();
     let env: Vec<CString> = f.env.iter().map(|a| to_c(a)).collect();

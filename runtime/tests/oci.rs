@@ -439,6 +439,99 @@ fn bare_delete_kills_and_removes_cgroups_the_container_made_below_its_own() {
     }
 }
 
+/// The capability lines of `/proc/self/status` (`CapInh:\t…` … `CapAmb:\t…`).
+const CAPS: &str = "grep ^Cap /proc/self/status";
+
+#[test]
+fn bare_without_capabilities_nothing_is_granted() {
+    // Before: a process without `capabilities` got every capability (CAP_SYS_ADMIN and
+    // CAP_SYS_MODULE among them), in create and in exec alike. runc gives the container's
+    // process none and an exec'd one the container's.
+    let name = "bare_without_capabilities_nothing_is_granted";
+    if !preconditions(name, &[]) || !busybox_present(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(
+        |c| {
+            c["process"]["capabilities"] = json!({"bounding": ["CAP_KILL"],
+                "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]});
+        },
+        &["sleep", "100"],
+    );
+    b.create("nocap");
+    b.ok(&["start", "nocap"]);
+    let process = d.path().join("process.json");
+    std::fs::write(
+        &process,
+        json!({"terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
+               "args": ["sh", "-c", CAPS], "env": ["PATH=/bin"]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = b.ok(&["exec", "-p", process.to_str().unwrap(), "nocap"]);
+    // CAP_KILL is bit 5.
+    assert!(out.contains("CapBnd:\t0000000000000020"), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000020"), "{out}");
+    b.ok(&["delete", "--force", "nocap"]);
+
+    b.config(
+        |c| {
+            c["process"].as_object_mut().unwrap().remove("capabilities");
+        },
+        &["sh", "-c", &format!("{CAPS} > /out/caps")],
+    );
+    b.create("nocap2");
+    b.ok(&["start", "nocap2"]);
+    wait_out(&b, "caps");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !b.read_out("caps").contains("CapAmb") {
+        assert!(Instant::now() < deadline, "{}", b.read_out("caps"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let caps = b.read_out("caps");
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert!(
+            caps.contains(&format!("{set}:\t0000000000000000")),
+            "{set} not empty:\n{caps}"
+        );
+    }
+}
+
+#[test]
+fn bare_a_seccomp_profile_that_blocks_dropping_capabilities_stops_the_container() {
+    // Before: with no_new_privs off, the profile is loaded before the capabilities are
+    // dropped, and the drop's errors were ignored: a profile denying prctl/capset left the
+    // container with every capability of the runtime.
+    let name = "bare_a_seccomp_profile_that_blocks_dropping_capabilities_stops_the_container";
+    if !preconditions(name, &[]) || !busybox_present(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(
+        |c| {
+            c["process"]["noNewPrivileges"] = json!(false);
+            c["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["prctl", "capset"], "action": "SCMP_ACT_ERRNO"}]
+            });
+        },
+        &["sh", "-c", &format!("{CAPS} > /out/caps")],
+    );
+    b.create("seccap");
+    // The drop runs after start releases the process: it must fail there, before the
+    // command.
+    let _ = b.oci(&["start", "seccap"]);
+    b.wait_status("seccap", "stopped");
+    assert!(
+        b.read_out("caps").is_empty(),
+        "the command ran:\n{}",
+        b.read_out("caps")
+    );
+}
+
 #[test]
 fn bare_delete_force_kills_a_created_or_running_container() {
     let name = "bare_delete_force_kills_a_created_or_running_container";

@@ -845,3 +845,42 @@ fn rm_after_twill_run_was_killed_during_cni_add_releases_the_network() {
     assert!(log.contains(&format!("DEL {id}")), "rm ran DEL: {log}");
     no_leftovers_of(&id);
 }
+
+#[test]
+fn capabilities_follow_docker_root_gets_the_default_set_a_user_none() {
+    // Before: every process got Docker's default set as inheritable too (CVE-2022-24769),
+    // and the permitted set was never lowered (its capset came first and failed unseen).
+    if !pre("capabilities_follow_docker_root_gets_the_default_set_a_user_none") {
+        return;
+    }
+    let rt = Rt::new();
+    let caps = |user: &str| {
+        let mut args = vec!["run", "--rm", "--net", "none"];
+        if !user.is_empty() {
+            args.extend(["--user", user]);
+        }
+        args.extend(["busybox", "grep", "^Cap", "/proc/self/status"]);
+        rt.ok(&args)
+    };
+    // chown, dac_override, fowner, fsetid, kill, setgid, setuid, setpcap, net_bind_service,
+    // net_raw, sys_chroot, mknod, audit_write, setfcap.
+    let docker = "00000000a80425fb";
+    let root = caps("");
+    for want in [
+        "CapInh:\t0000000000000000".to_string(),
+        format!("CapPrm:\t{docker}"),
+        format!("CapEff:\t{docker}"),
+        format!("CapBnd:\t{docker}"),
+    ] {
+        assert!(root.contains(&want), "root, {want}:\n{root}");
+    }
+    let user = caps("1000:1000");
+    for want in [
+        "CapInh:\t0000000000000000".to_string(),
+        "CapPrm:\t0000000000000000".to_string(),
+        "CapEff:\t0000000000000000".to_string(),
+        format!("CapBnd:\t{docker}"),
+    ] {
+        assert!(user.contains(&want), "user 1000, {want}:\n{user}");
+    }
+}

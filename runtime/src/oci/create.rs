@@ -169,6 +169,7 @@ fn open_joined(spec: &Spec) -> Result<Vec<(String, File)>> {
 /// The final exec of `process` (config.json's or exec's `--process`).
 pub fn final_exec<'a>(
     p: &spec::Process,
+    container_caps: Option<&spec::Capabilities>,
     keep_fds: u32,
     seccomp: Option<&'a dyn Fn() -> Result<()>>,
 ) -> Result<FinalExec<'a>> {
@@ -176,7 +177,9 @@ pub fn final_exec<'a>(
     for r in &p.rlimits {
         rlimits.push((spec::rlimit_resource(&r.kind)?, r.soft, r.hard));
     }
-    let caps = match &p.capabilities {
+    // No `capabilities`: none at all for the container's process, the container's own for an
+    // exec'd one (as runc); never every capability.
+    let caps = match p.capabilities.as_ref().or(container_caps) {
         Some(c) => CapSets {
             bounding: spec::cap_set(&c.bounding),
             effective: spec::cap_set(&c.effective),
@@ -184,16 +187,7 @@ pub fn final_exec<'a>(
             inheritable: spec::cap_set(&c.inheritable),
             ambient: spec::cap_set(&c.ambient),
         },
-        None => {
-            let all = caps::all();
-            CapSets {
-                bounding: all.clone(),
-                effective: all.clone(),
-                permitted: all.clone(),
-                inheritable: caps::CapsHashSet::new(),
-                ambient: caps::CapsHashSet::new(),
-            }
-        }
+        None => CapSets::default(),
     };
     Ok(FinalExec {
         argv: p.args.clone(),
@@ -467,7 +461,7 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd, ready: &OwnedFd) -> Result<(Final
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
     Ok((
-        final_exec(process, c.opts.preserve_fds, c.seccomp.as_deref())?,
+        final_exec(process, None, c.opts.preserve_fds, c.seccomp.as_deref())?,
         host_pid,
     ))
 }

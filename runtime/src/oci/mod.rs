@@ -223,8 +223,18 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
         ));
     }
     // As runc: an exec'd process gets the container's seccomp filter.
-    let loader = create::seccomp_loader(&spec::Spec::load(&saved.bundle)?)?;
-    let fin = create::final_exec(&opts.process, opts.preserve_fds, loader.as_deref())?;
+    let container = spec::Spec::load(&saved.bundle)?;
+    let loader = create::seccomp_loader(&container)?;
+    let container_caps = container
+        .process
+        .as_ref()
+        .and_then(|p| p.capabilities.as_ref());
+    let fin = create::final_exec(
+        &opts.process,
+        container_caps,
+        opts.preserve_fds,
+        loader.as_deref(),
+    )?;
     let mut fds = Vec::new();
     for ns in ["ipc", "uts", "net", "pid", "cgroup", "mnt"] {
         let p = format!("/proc/{}/ns/{ns}", saved.pid);
