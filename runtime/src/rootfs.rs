@@ -3,7 +3,7 @@
 //! paths. Runs in the container's first process before it execs the command.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
@@ -131,8 +131,54 @@ pub(crate) fn mkdir(p: &Path) -> Result<()> {
     fs::create_dir_all(p).map_err(|e| RuntimeError::io("creating", p.display(), e))
 }
 
-fn inside(root: &Path, p: &str) -> PathBuf {
-    root.join(p.trim_start_matches('/'))
+/// `dest` (absolute, as seen in the container) under `root`, following symbolic links inside
+/// the root as the container would: an absolute link target restarts at `root`, `..` stops
+/// at `root`.
+pub fn resolve_in_root(root: &Path, dest: &str) -> Result<PathBuf> {
+    let mut out = root.to_path_buf();
+    let mut todo: Vec<String> = Path::new(dest)
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        if part == ".." {
+            if out != root {
+                out.pop();
+            }
+            continue;
+        }
+        let next = out.join(&part);
+        match fs::symlink_metadata(&next) {
+            Ok(md) if md.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(RuntimeError::Invalid(format!(
+                        "mount destination {dest}: too many symbolic links"
+                    )));
+                }
+                let target = fs::read_link(&next)
+                    .map_err(|e| RuntimeError::io("reading link", next.display(), e))?;
+                if target.is_absolute() {
+                    out = root.to_path_buf();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => todo.push(n.to_string_lossy().into_owned()),
+                        Component::ParentDir => todo.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => out = next,
+        }
+    }
+    Ok(out)
 }
 
 /// Builds the rootfs at `spec.merged` and pivots into it.
@@ -195,7 +241,9 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
     )?;
 
     for v in &spec.mounts {
-        let target = inside(root, &v.target);
+        // Resolved as the container would see it: an image link (`/var/run -> /run`) must
+        // not carry a volume, or the files made for it, onto the host.
+        let target = resolve_in_root(root, &v.target)?;
         // As Docker: a new anonymous volume starts with what the image has at its path.
         if v.anonymous
             && target.is_dir()
@@ -233,11 +281,11 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
     }
 
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let proc_dir = inside(root, "/proc");
+    let proc_dir = resolve_in_root(root, "/proc")?;
     mkdir(&proc_dir)?;
     m(Some("proc"), &proc_dir, Some("proc"), nosuid, None)?;
 
-    let dev = inside(root, "/dev");
+    let dev = resolve_in_root(root, "/dev")?;
     mkdir(&dev)?;
     m(
         Some("tmpfs"),
@@ -269,7 +317,7 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
     mkdir(&mq)?;
     m(Some("mqueue"), &mq, Some("mqueue"), nosuid, None)?;
 
-    let sys = inside(root, "/sys");
+    let sys = resolve_in_root(root, "/sys")?;
     mkdir(&sys)?;
     m(
         Some("sysfs"),

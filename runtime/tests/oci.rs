@@ -533,6 +533,37 @@ fn bare_a_seccomp_profile_that_blocks_dropping_capabilities_stops_the_container(
 }
 
 #[test]
+fn bare_a_dev_link_in_the_rootfs_keeps_device_nodes_inside() {
+    // Before: /dev was joined to the root without resolving links, so a rootfs whose /dev
+    // is a link to a host path got null, zero, tty, ... made in that host directory.
+    let name = "bare_a_dev_link_in_the_rootfs_keeps_device_nodes_inside";
+    if !preconditions(name, &[]) || !busybox_present(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    let outside = d.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let dev = d.path().join("rootfs/dev");
+    std::fs::remove_dir(&dev).unwrap();
+    std::os::unix::fs::symlink(&outside, &dev).unwrap();
+    b.config(
+        |_| {},
+        &["sh", "-c", "test -c /dev/null && echo ok > /out/null"],
+    );
+    b.create("devlink");
+    b.ok(&["start", "devlink"]);
+    wait_out(&b, "null");
+    let left: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "made on the host: {left:?}");
+    b.wait_status("devlink", "stopped");
+}
+
+#[test]
 fn bare_delete_force_kills_a_created_or_running_container() {
     let name = "bare_delete_force_kills_a_created_or_running_container";
     if !preconditions(name, &[]) || !busybox_present(name) {

@@ -884,3 +884,44 @@ fn capabilities_follow_docker_root_gets_the_default_set_a_user_none() {
         assert!(user.contains(&want), "user 1000, {want}:\n{user}");
     }
 }
+
+#[test]
+fn a_volume_under_an_image_link_stays_inside_the_container() {
+    // Before: the volume's target was joined to the root without resolving the image's
+    // links, so `/lnk -> /<host dir>` made twill-run create the host directory, bind the
+    // volume there (lost at pivot_root) and run the container without it.
+    if !pre("a_volume_under_an_image_link_stays_inside_the_container") {
+        return;
+    }
+    let rt = Rt::new();
+    let host_target = rt.dir.path().join("host-target");
+    let root = rt.dir.path().join("bbroot");
+    std::os::unix::fs::symlink(&host_target, root.join("lnk")).unwrap();
+    let tar = rt.dir.path().join("lnk.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&tar).unwrap());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", &root).unwrap();
+    b.finish().unwrap();
+    rt.ok(&["import", tar.to_str().unwrap(), "lnkimg"]);
+    let vol = rt.dir.path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("marker"), "in the volume\n").unwrap();
+    let spec = format!("{}:/lnk/sub", vol.display());
+    let out = rt.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "-v",
+        &spec,
+        "lnkimg",
+        "cat",
+        "/lnk/sub/marker",
+    ]);
+    assert_eq!(out, "in the volume\n");
+    assert!(
+        !host_target.exists(),
+        "{} was made on the host",
+        host_target.display()
+    );
+}

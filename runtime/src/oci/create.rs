@@ -275,7 +275,9 @@ fn build_root(c: &Child, go: &OwnedFd, ready: &OwnedFd, host_pid: i32) -> Result
             dev_is_bound = true;
         }
     }
-    let dev = root.join("dev");
+    // Resolved inside the root like every mount: an image whose /dev is a link must not
+    // have the device nodes made in the host directory it names.
+    let dev = rootfs::resolve_in_root(root, "/dev")?;
     if !dev_is_bound {
         rootfs::mkdir(&dev)?;
         rootfs::default_devices(&dev)?;

@@ -4,12 +4,13 @@
 //! noexec remount, and cgroup v1's per-controller tree.
 
 use std::fs;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::MsFlags;
 
 use crate::error::{Result, RuntimeError};
 use crate::oci::spec::Mount;
+pub use crate::rootfs::resolve_in_root;
 use crate::rootfs::{m, mkdir, remount_bind};
 
 /// A mount's options split into flags, propagation flags and the data string.
@@ -70,56 +71,6 @@ pub fn parse_options(options: &[String]) -> Options {
         }
     }
     o
-}
-
-/// `dest` (absolute, as seen in the container) under `root`, following symbolic links inside
-/// the root as the container would: an absolute link target restarts at `root`, `..` stops
-/// at `root`.
-pub fn resolve_in_root(root: &Path, dest: &str) -> Result<PathBuf> {
-    let mut out = root.to_path_buf();
-    let mut todo: Vec<String> = Path::new(dest)
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut links = 0;
-    while let Some(part) = todo.pop() {
-        if part == ".." {
-            if out != root {
-                out.pop();
-            }
-            continue;
-        }
-        let next = out.join(&part);
-        match fs::symlink_metadata(&next) {
-            Ok(md) if md.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return Err(RuntimeError::Invalid(format!(
-                        "mount destination {dest}: too many symbolic links"
-                    )));
-                }
-                let target = fs::read_link(&next)
-                    .map_err(|e| RuntimeError::io("reading link", next.display(), e))?;
-                if target.is_absolute() {
-                    out = root.to_path_buf();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => todo.push(n.to_string_lossy().into_owned()),
-                        Component::ParentDir => todo.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => out = next,
-        }
-    }
-    Ok(out)
 }
 
 /// Creates `target` as a directory, or as an empty file when `like_file`.
