@@ -114,13 +114,17 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
         lab.unreachable_pairs().is_empty()
     });
 
-    // Flannel's layout: flannel-wg with <subnet>.0/32 and MTU − 80, one link-scope route.
+    // Flannel's layout: flannel-wg with <subnet>.0/32 and MTU − 80, one link-scope route;
+    // and twill's fail-closed route under it (unreachable, for when the device is gone).
     let env = common::assert_flannel_tun_device(&lab, 1, "flannel-wg", 1420);
     let routes = lab.twill_routes(1);
-    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes.len(), 2, "{routes:?}");
     assert_eq!(routes[0]["dst"], NETWORK);
     assert_eq!(routes[0]["dev"], "flannel-wg");
     assert_eq!(routes[0]["scope"], "link");
+    assert_eq!(routes[1]["dst"], NETWORK);
+    assert_eq!(routes[1]["type"], "unreachable");
+    assert_eq!(routes[1]["metric"], 1_000_000);
 
     // The key file: base64, mode 0400; the lease in Flannel's format with its public key.
     use std::os::unix::fs::PermissionsExt;
@@ -788,3 +792,60 @@ fn wireguard_bad_config_and_bad_key_file_are_named() {
 
 /// Where Debian puts the library twilld opens for `--wireguard-aead`.
 const IPSEC_MB_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/libIPSec_MB.so.1";
+
+/// `ip route get IP` in `netns`: the route's line, or the error.
+fn route_get(netns: &str, ip: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", netns, "route", "get", ip])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn wireguard_pod_traffic_is_refused_not_leaked_while_twilld_is_down() {
+    // Before: flannel-wg is a TUN that goes with twilld, and with it the overlay's route:
+    // pod traffic to other nodes then followed the default route out of eth0, unencrypted.
+    if !preconditions(
+        "wireguard_pod_traffic_is_refused_not_leaked_while_twilld_is_down",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = lab("twg-fc", 2, 2, 1, &config(""));
+    let remote = lab
+        .containers
+        .iter()
+        .find(|c| c.host == 2)
+        .expect("a container on host 2")
+        .ip
+        .clone();
+    let ns = lab.cluster.host(1).name.clone();
+    // Where a leak would go: every real node has a default route.
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns, "route", "add", "default", "via", "172.31.0.1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let up = route_get(&ns, &remote);
+    assert!(up.contains("dev flannel-wg"), "{up}");
+    lab.stop_agent(1);
+    let down = route_get(&ns, &remote);
+    assert!(
+        !down.contains("via 172.31.0.1") && down.contains("No route to host"),
+        "with twilld stopped, {remote} goes: {down}"
+    );
+    // Back: the device's route wins again.
+    lab.start_wireguard_agent_with(1, METRICS_PORT, &[]);
+    lab.eventually("the overlay route back", 20, || {
+        route_get(&ns, &remote).contains("dev flannel-wg")
+    });
+}

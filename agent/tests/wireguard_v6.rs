@@ -108,12 +108,34 @@ fn routes(lab: &AgentLab, h: usize, family: &str) -> Vec<(String, String)> {
     .as_array()
     .into_iter()
     .flatten()
+    .filter(|r| r["type"] != "unreachable")
     .map(|r| {
         (
             r["dst"].as_str().unwrap_or("").to_string(),
             r["dev"].as_str().unwrap_or("").to_string(),
         )
     })
+    .collect()
+}
+
+/// The destinations of host `h`'s fail-closed (`unreachable`) twill routes of `family`.
+fn fail_closed(lab: &AgentLab, h: usize, family: &str) -> Vec<String> {
+    twill_tests::ip_json(
+        &lab.cluster.host(h).name,
+        &[
+            family,
+            "route",
+            "show",
+            "proto",
+            "116",
+            "type",
+            "unreachable",
+        ],
+    )
+    .as_array()
+    .into_iter()
+    .flatten()
+    .map(|r| r["dst"].as_str().unwrap_or("").to_string())
     .collect()
 }
 
@@ -196,6 +218,9 @@ fn wireguard_dual_stack_separate_mode_runs_flannel_wg_and_flannel_wg_v6() {
         routes(&lab, 1, "-6"),
         [("fd00:61::/48".to_string(), "flannel-wg-v6".to_string())]
     );
+    // Under each, the route that refuses pod traffic while a device is gone.
+    assert_eq!(fail_closed(&lab, 1, "-4"), ["10.61.0.0/16"]);
+    assert_eq!(fail_closed(&lab, 1, "-6"), ["fd00:61::/48"]);
 
     // The lease: one key for both families; BackendV6Data holds the same public key and
     // ListenPortV6, PublicIPv6 the host's IPv6 underlay address.

@@ -44,6 +44,9 @@ pub struct Route {
     pub table: u32,
     pub src: Option<IpAddr>,
     pub metric: Option<u32>,
+    /// An `unreachable` route (no device, no gateway): packets to it are refused, never
+    /// sent anywhere. Listing returns unicast routes only.
+    pub unreachable: bool,
 }
 
 impl Route {
@@ -59,7 +62,20 @@ impl Route {
             table: RT_TABLE_MAIN,
             src: None,
             metric: None,
+            unreachable: false,
         }
+    }
+
+    /// Makes it an `unreachable` route.
+    pub fn unreachable(mut self) -> Route {
+        self.unreachable = true;
+        self
+    }
+
+    /// Sets the metric (the kernel's route priority: lower wins).
+    pub fn metric(mut self, metric: u32) -> Route {
+        self.metric = Some(metric);
+        self
     }
 
     /// Sets the gateway.
@@ -93,7 +109,11 @@ impl Route {
     }
 
     fn describe(&self) -> String {
-        let mut s = self.dst.to_string();
+        let mut s = if self.unreachable {
+            format!("unreachable {}", self.dst)
+        } else {
+            self.dst.to_string()
+        };
         if let Some(gw) = self.gateway {
             s.push_str(&format!(" via {gw}"));
         }
@@ -116,7 +136,11 @@ impl Route {
                 Scope::Link => RouteScope::Link,
                 Scope::Host => RouteScope::Host,
             })
-            .kind(RouteType::Unicast)
+            .kind(if self.unreachable {
+                RouteType::Unreachable
+            } else {
+                RouteType::Unicast
+            })
             .table_id(self.table);
         if let Some(gw) = self.gateway {
             if gw.is_ipv4() != self.dst.addr().is_ipv4() {

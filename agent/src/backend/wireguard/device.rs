@@ -12,7 +12,7 @@ use boringtun::noise::Tunn;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519::PublicKey;
 use ipnet::IpNet;
-use twill_netkit::{Link, Netlink};
+use twill_netkit::{Link, Netlink, Route};
 
 use super::aead::Aead;
 use super::key::NodeKey;
@@ -24,6 +24,9 @@ use super::{HANDSHAKES_PER_SECOND, timers, uapi};
 use crate::backend::{ApplyErrors, UdpOptions, routes};
 use crate::engine::device::{self, TunSpec};
 use crate::engine::{Engine, EngineConfig, Stats};
+
+/// The metric of the fail-closed routes: above the device's routes (IPv4 0, IPv6 1024).
+pub const FAIL_CLOSED_METRIC: u32 = 1_000_000;
 use crate::lease::Subnets;
 
 /// What a device needs to know about a peer to configure it.
@@ -184,7 +187,27 @@ impl WgDevice {
         }
         self.engine = Some(engine);
         self.link = Some(dev);
-        self.configure_address(nl).await
+        self.configure_address(nl).await?;
+        self.fail_closed(nl).await
+    }
+
+    /// Puts an `unreachable` route under each overlay network the device carries, above the
+    /// device's own route. While the device is there its route wins; when it is gone (twilld
+    /// stopped, restarting or rebuilding the data path) pod traffic to other nodes is refused
+    /// instead of following the default route out unencrypted. Kept on purpose when twilld
+    /// stops: Flannel's kernel device outlives flanneld the same way.
+    async fn fail_closed(&self, nl: &Netlink) -> twill_netkit::Result<()> {
+        let networks = self
+            .network
+            .v4
+            .map(IpNet::V4)
+            .into_iter()
+            .chain(self.network.v6.map(IpNet::V6));
+        for n in networks {
+            nl.replace_route(&Route::new(n).unreachable().metric(FAIL_CLOSED_METRIC))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Serves `<dir>/<device>.sock` for `wg show` (a failure is only logged).
