@@ -215,12 +215,24 @@ impl Wireguard {
                 },
             ))
         });
-        let candidates: Vec<_> = if self.network.v4.is_some() {
-            wg4.collect()
+        // Of two leases with one key for a family (a node that changed its public IP keeps its
+        // key; its old lease lives out its TTL), the newest is the node.
+        let revisions: std::collections::HashMap<*const LeaseRecord, i64> = peers
+            .values()
+            .map(|p| (&p.record as *const LeaseRecord, p.mod_revision))
+            .collect();
+        let revision = |r: &LeaseRecord| {
+            revisions
+                .get(&(r as *const LeaseRecord))
+                .copied()
+                .unwrap_or(0)
+        };
+        let candidates = if self.network.v4.is_some() {
+            newest_per_key(wg4.collect(), &revision, errors)
         } else {
             Vec::new()
         };
-        let candidates6: Vec<_> = wg6.collect();
+        let candidates6 = newest_per_key(wg6.collect(), &revision, errors);
         let mut out = Vec::new();
         for d in &self.devices {
             // Per public key: the subnets it holds that this device carries and its lease.
@@ -459,6 +471,35 @@ fn print_device_status(socket_dir: &std::path::Path, device: &str) {
     }
 }
 
+/// One family's wireguard leases, one per public key: the newest (highest `revision`); each
+/// older one is named in `errors`.
+fn newest_per_key<'a>(
+    leases: Vec<(WireguardLease, &'a LeaseRecord, Subnets)>,
+    revision: &impl Fn(&LeaseRecord) -> i64,
+    errors: &mut ApplyErrors,
+) -> Vec<(WireguardLease, &'a LeaseRecord, Subnets)> {
+    let mut by_key: std::collections::BTreeMap<[u8; 32], (WireguardLease, &LeaseRecord, Subnets)> =
+        std::collections::BTreeMap::new();
+    for (wg, record, subnets) in leases {
+        match by_key.entry(wg.public_key) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert((wg, record, subnets));
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let older = if revision(record) > revision(o.get().1) {
+                    o.insert((wg, record, subnets)).2
+                } else {
+                    subnets
+                };
+                errors.push(format!(
+                    "lease {older} reuses a newer lease's wireguard public key: skipped"
+                ));
+            }
+        }
+    }
+    by_key.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     //! Which peers each device gets from the leases, per Mode (no kernel: devices are only
@@ -598,6 +639,42 @@ mod tests {
         assert_eq!(
             wg.underlay.bind_ipv6(),
             Some("2001:db8::7".parse::<Ipv6Addr>().unwrap())
+        );
+    }
+
+    #[test]
+    fn of_two_leases_with_one_key_the_newest_is_the_peer() {
+        // Before: the lease of the lower subnet won, whatever its age. A node whose public
+        // IP changed keeps its key and leases anew while the old lease lives out its TTL:
+        // about half the time every peer used the dead endpoint.
+        let wg = backend(&config(""));
+        let mut all = peers(false);
+        let old = all.values().next().unwrap().clone();
+        let mut moved = old.clone();
+        moved.subnets.v4 = Some("10.61.9.0/24".parse().unwrap());
+        moved.record.public_ip = Ipv4Addr::new(172, 31, 0, 99);
+        moved.mod_revision = 9;
+        all.insert(moved.subnets.key(), moved);
+        let (out, errors) = specs(&wg, &all);
+        assert_eq!(
+            out[0],
+            [("172.31.0.99:51820".to_string(), "10.61.9.0/24".to_string())]
+        );
+        assert!(
+            format!("{errors:?}").contains("10.61.2.0/24 reuses a newer lease"),
+            "{errors:?}"
+        );
+        // The other way round: the lower subnet is the newer lease.
+        let mut all = peers(false);
+        let mut stale = old;
+        stale.subnets.v4 = Some("10.61.9.0/24".parse().unwrap());
+        stale.record.public_ip = Ipv4Addr::new(172, 31, 0, 99);
+        stale.mod_revision = 2;
+        all.insert(stale.subnets.key(), stale);
+        let (out, _) = specs(&wg, &all);
+        assert_eq!(
+            out[0],
+            [("172.31.0.12:51820".to_string(), "10.61.2.0/24".to_string())]
         );
     }
 
