@@ -26,10 +26,13 @@ const MAGIC: [u8; 4] = *b"TWL1";
 /// to one address.
 struct Wrapping {
     peer: SocketAddr,
+    /// How long routing each packet takes (a stand-in for expensive crypto).
+    slow: Duration,
 }
 
 struct WrapOut {
     peer: SocketAddr,
+    slow: Duration,
 }
 
 struct WrapIn;
@@ -40,7 +43,10 @@ impl Transform for Wrapping {
     type Outbound = WrapOut;
     type Inbound = WrapIn;
     fn outbound(&self) -> WrapOut {
-        WrapOut { peer: self.peer }
+        WrapOut {
+            peer: self.peer,
+            slow: self.slow,
+        }
     }
     fn inbound(&self) -> WrapIn {
         WrapIn
@@ -58,6 +64,9 @@ impl Outbound for WrapOut {
         _ip: &Ipv4Info,
         _ctl: &mut Control<'_>,
     ) -> Result<Destination<u32>, Refusal> {
+        if !self.slow.is_zero() {
+            std::thread::sleep(self.slow);
+        }
         Ok(Destination {
             to: self.peer,
             peer: 7,
@@ -169,14 +178,20 @@ fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
     let a = Engine::start(
         vec![engine_tun_a],
         cfg(port_a),
-        &Wrapping { peer: addr(port_b) },
+        &Wrapping {
+            peer: addr(port_b),
+            slow: Duration::ZERO,
+        },
         &stats_a,
     )
     .unwrap();
     let b = Engine::start(
         vec![engine_tun_b],
         cfg(port_b),
-        &Wrapping { peer: addr(port_a) },
+        &Wrapping {
+            peer: addr(port_a),
+            slow: Duration::ZERO,
+        },
         &stats_b,
     )
     .unwrap();
@@ -254,4 +269,85 @@ fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
         (8, 8),
         "one plain packet, three segments, three IPv6 segments and one IPv6 packet"
     );
+}
+
+#[test]
+fn an_engine_under_sustained_load_stops_when_dropped() {
+    // Before: the stop flag was read only when a round found nothing to do, so dropping an
+    // engine whose TUN never ran dry (a flood, a CPU-bound wireguard flow) waited for the
+    // flood to end: twilld's shutdown and a data-path rebuild hung.
+    let port = free_port();
+    let cfg = EngineConfig {
+        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        mtu: 1500,
+        offloads: true,
+        busy_poll: Duration::ZERO,
+        name: "test",
+        crypto_helper: false,
+    };
+    let (engine_tun, mut tun) = fake_tun();
+    let stats = Arc::new(Stats::new("test"));
+    let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    // Each packet takes the engine a millisecond: the writer always keeps the queue full.
+    let slow = Wrapping {
+        peer,
+        slow: Duration::from_millis(1),
+    };
+    let engine = Engine::start(vec![engine_tun], cfg, &slow, &stats).unwrap();
+    let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = flooding.clone();
+    let flood = std::thread::spawn(move || {
+        // Super-packets: a 60 KB write costs the writer a copy, the engine 41 segments.
+        let hdr = VnetHdr {
+            gso_type: GSO_TCPV4,
+            hdr_len: 52,
+            gso_size: 1448,
+            ..VnetHdr::default()
+        };
+        let sup = tcp_packet(1, tcp::ACK, &[7u8; 60_000], 64);
+        let pkt = [&hdr.to_bytes()[..], &sup].concat();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        // Writes block while the queue is full: the engine never finds it empty.
+        while flag.load(std::sync::atomic::Ordering::Relaxed)
+            && std::time::Instant::now() < until
+            && tun.write_all(&pkt).is_ok()
+        {}
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    drop(engine);
+    let took = t.elapsed();
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+    assert!(took < Duration::from_secs(2), "dropping took {took:?}");
+}
+
+#[test]
+fn a_queue_that_reads_empty_ends_its_thread_instead_of_spinning() {
+    // Before: a read of 0 bytes (the other end of a queue closed) counted as a packet too
+    // short, and the thread read again at once, for ever, at full CPU.
+    let cfg = EngineConfig {
+        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+        mtu: 1500,
+        offloads: true,
+        busy_poll: Duration::ZERO,
+        name: "test",
+        crypto_helper: false,
+    };
+    let (engine_tun, tun) = fake_tun();
+    let stats = Arc::new(Stats::new("test"));
+    let wrap = Wrapping {
+        peer: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+        slow: Duration::ZERO,
+    };
+    let engine = Engine::start(vec![engine_tun], cfg, &wrap, &stats).unwrap();
+    drop(tun);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while engine.healthy() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the thread still runs"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

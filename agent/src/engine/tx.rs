@@ -143,6 +143,12 @@ impl<O: Outbound> TxWorker<O> {
             }
             let slot = self.reads_used * READ_SLOT;
             let n = match (&self.tun).read(&mut self.reads[slot..slot + READ_SLOT]) {
+                // The other end is gone (a TUN queue never reads empty; a stand-in may).
+                Ok(0) => {
+                    self.local.flush(&self.stats);
+                    tracing::warn!("TUN queue closed: data-path thread ends");
+                    return Round::Gone;
+                }
                 Ok(n) => n,
                 Err(e) if sys::would_block(&e) => break,
                 Err(e) => {

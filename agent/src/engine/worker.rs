@@ -59,6 +59,12 @@ pub(super) fn run<O: Outbound, I: Inbound>(
                 sleep_until_readable(fds);
             }
             (t, r) => {
+                // Under load there may never be a dry round: the stop flag is looked at
+                // here too, or dropping the engine (shutdown, a rebuild) waits for the load
+                // to end.
+                if tx.stop.load(Ordering::Relaxed) {
+                    return;
+                }
                 let n = |x: Round| if let Round::Busy(n) = x { n } else { 0 };
                 moved = moved.saturating_add(n(t) + n(r));
                 busy_rounds += 1;
