@@ -63,6 +63,8 @@ pub(super) fn run<O: Outbound, I: Inbound>(
                 // here too, or dropping the engine (shutdown, a rebuild) waits for the load
                 // to end.
                 if tx.stop.load(Ordering::Relaxed) {
+                    // What this thread counted must not be lost with it.
+                    publish(&mut tx, &mut rx);
                     return;
                 }
                 let n = |x: Round| if let Round::Busy(n) = x { n } else { 0 };
