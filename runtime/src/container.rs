@@ -15,6 +15,7 @@ use crate::image::config::{self, CommandLine};
 use crate::image::{self, CommitOptions};
 use crate::messages::MonitorReport;
 use crate::network::{self, CniOptions, NetMode};
+use crate::oci::state::start_time;
 use crate::process::{self, ExecSpec, InitSpec};
 use crate::rootfs::RootfsSpec;
 use crate::store::{Limits, MountSpec, PortSpec, State, Status, Store, new_id, now_unix};
@@ -351,8 +352,10 @@ fn start_inner(
     match started {
         Ok(pid) => {
             st.pid = Some(pid.as_raw());
+            st.pid_start = start_time(pid.as_raw());
             st.status = Status::Running;
             st.monitor_pid = Some(std::process::id() as i32);
+            st.monitor_start = start_time(std::process::id() as i32);
             store.save(&st)?;
             Ok((st, pid))
         }
@@ -450,9 +453,18 @@ pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Resul
     }
 }
 
-fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-        && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+/// Whether `pid` still runs and is the process that started at `start` (when recorded): a
+/// container that exited while nobody watched may have its PID reused by any host process,
+/// which stop, rm -f and exec must never signal or join.
+fn alive(pid: i32, start: Option<u64>) -> bool {
+    match start {
+        Some(t) => start_time(pid) == Some(t),
+        None => {
+            kill(Pid::from_raw(pid), None).is_ok()
+                && !fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+        }
+    }
 }
 
 /// A signal by name (`SIGQUIT`, `QUIT`) or number, as images write StopSignal.
@@ -480,21 +492,25 @@ pub fn stop(store: &Store, id: &str, grace: Duration) -> Result<State> {
         Some(s) => parse_signal(s)?,
         None => Signal::SIGTERM,
     };
-    let _ = kill(Pid::from_raw(pid), signal);
+    let ours = |pid| alive(pid, st.pid_start);
+    if ours(pid) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
     let deadline = std::time::Instant::now() + grace;
-    while alive(pid) && std::time::Instant::now() < deadline {
+    while ours(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if alive(pid) {
+    if ours(pid) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
+    let monitor_start = st.monitor_start;
     // Let the monitor record the exit; if there is none any more, record it ourselves.
     for _ in 0..250 {
         st = store.load(&st.id)?;
         if st.status != Status::Running {
             return Ok(st);
         }
-        if st.monitor_pid.is_none_or(|m| !alive(m)) {
+        if st.monitor_pid.is_none_or(|m| !alive(m, monitor_start)) {
             st.status = Status::Exited;
             st.pid = None;
             store.save(&st)?;
@@ -508,7 +524,7 @@ pub fn stop(store: &Store, id: &str, grace: Duration) -> Result<State> {
 /// `rm [-f]`.
 pub fn remove(store: &Store, id: &str, force: bool, cni: &CniOptions) -> Result<()> {
     let st = store.load(id)?;
-    if st.status == Status::Running && st.pid.is_some_and(alive) {
+    if st.status == Status::Running && st.pid.is_some_and(|p| alive(p, st.pid_start)) {
         if !force {
             return Err(RuntimeError::Invalid(format!(
                 "container {} is running: stop it first or use rm -f",
@@ -526,7 +542,7 @@ pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Resu
     let st = store.load(id)?;
     let pid = st
         .pid
-        .filter(|p| st.status == Status::Running && alive(*p))
+        .filter(|p| st.status == Status::Running && alive(*p, st.pid_start))
         .ok_or_else(|| RuntimeError::Invalid(format!("container {id} is not running")))?;
     if argv.is_empty() {
         return Err(RuntimeError::Invalid("exec needs a command".into()));

@@ -26,8 +26,14 @@ pub struct State {
     pub status: Status,
     /// PID of the container's PID 1, as seen from the host.
     pub pid: Option<i32>,
+    /// Its start time (field 22 of /proc/PID/stat): a PID reused by another process is not
+    /// the container's. Absent in states written before it was recorded.
+    #[serde(default)]
+    pub pid_start: Option<u64>,
     /// PID of the monitor that waits for it.
     pub monitor_pid: Option<i32>,
+    #[serde(default)]
+    pub monitor_start: Option<u64>,
     pub exit_code: Option<i32>,
     pub hostname: String,
     pub network_mode: String,

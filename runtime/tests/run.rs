@@ -925,3 +925,51 @@ fn a_volume_under_an_image_link_stays_inside_the_container() {
         host_target.display()
     );
 }
+
+#[test]
+fn a_reused_pid_is_never_signalled_or_joined() {
+    // Before: a container that exited while nobody watched (its monitor killed, a reboot)
+    // kept `running` and its PID in the state; once the PID was reused, rm -f and stop
+    // signalled the unrelated process and exec joined its namespaces.
+    if !pre("a_reused_pid_is_never_signalled_or_joined") {
+        return;
+    }
+    let rt = Rt::new();
+    rt.ok(&[
+        "run", "-d", "--name", "reuse", "--net", "none", "busybox", "sleep", "1000",
+    ]);
+    let id = id_of(&rt, "reuse");
+    let state_file = rt.root().join("containers").join(&id).join("state.json");
+    let mut st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let pid = st["pid"].as_i64().unwrap();
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rt.ok(&["inspect", "reuse"]).contains("\"running\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exit was never recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A host process now holds the PID the state names, and nothing watches.
+    let mut other = Command::new("sleep").arg("100").spawn().unwrap();
+    st["status"] = serde_json::json!("running");
+    st["pid"] = serde_json::json!(other.id());
+    st["monitor_pid"] = serde_json::json!(other.id());
+    std::fs::write(&state_file, st.to_string()).unwrap();
+
+    let out = rt.run(&["exec", "reuse", "true"]);
+    assert!(
+        !out.status.success(),
+        "exec joined another process's namespaces"
+    );
+    rt.ok(&["rm", "-f", "reuse"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let still = other.try_wait().unwrap().is_none();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(still, "rm -f signalled an unrelated process");
+}
