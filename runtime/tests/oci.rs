@@ -212,12 +212,18 @@ impl Drop for Bundle {
     }
 }
 
+/// Whether a bare-bundle test can run here (root, busybox-static); says why not, or fails
+/// in CI.
+fn bare_ready(name: &str) -> bool {
+    preconditions(name, &[]) && busybox_present(name)
+}
+
 /// Reaps children the created containers were before `create` exited: they are reparented
 /// to init (or a subreaper), never to the test; nothing to do.
 #[test]
 fn bare_create_waits_start_releases_and_state_follows_the_spec() {
     let name = "bare_create_waits_start_releases_and_state_follows_the_spec";
-    if !preconditions(name, &[]) || !busybox_present(name) {
+    if !bare_ready(name) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -381,7 +387,7 @@ fn bare_delete_kills_and_removes_cgroups_the_container_made_below_its_own() {
     // the next delete said "no such container", and the cgroups (and, with the host's pid
     // namespace, their processes) stayed for good.
     let name = "bare_delete_kills_and_removes_cgroups_the_container_made_below_its_own";
-    if !preconditions(name, &[]) || !busybox_present(name) {
+    if !bare_ready(name) {
         return;
     }
     /// The background process, killed by PID if the test fails before delete does it.
@@ -448,7 +454,7 @@ fn bare_without_capabilities_nothing_is_granted() {
     // CAP_SYS_MODULE among them), in create and in exec alike. runc gives the container's
     // process none and an exec'd one the container's.
     let name = "bare_without_capabilities_nothing_is_granted";
-    if !preconditions(name, &[]) || !busybox_present(name) {
+    if !bare_ready(name) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -505,7 +511,7 @@ fn bare_a_seccomp_profile_that_blocks_dropping_capabilities_stops_the_container(
     // dropped, and the drop's errors were ignored: a profile denying prctl/capset left the
     // container with every capability of the runtime.
     let name = "bare_a_seccomp_profile_that_blocks_dropping_capabilities_stops_the_container";
-    if !preconditions(name, &[]) || !busybox_present(name) {
+    if !bare_ready(name) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -537,7 +543,7 @@ fn bare_a_dev_link_in_the_rootfs_keeps_device_nodes_inside() {
     // Before: /dev was joined to the root without resolving links, so a rootfs whose /dev
     // is a link to a host path got null, zero, tty, ... made in that host directory.
     let name = "bare_a_dev_link_in_the_rootfs_keeps_device_nodes_inside";
-    if !preconditions(name, &[]) || !busybox_present(name) {
+    if !bare_ready(name) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -566,7 +572,7 @@ fn bare_a_dev_link_in_the_rootfs_keeps_device_nodes_inside() {
 #[test]
 fn bare_delete_force_kills_a_created_or_running_container() {
     let name = "bare_delete_force_kills_a_created_or_running_container";
-    if !preconditions(name, &[]) || !busybox_present(name) {
+    if !bare_ready(name) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -595,7 +601,7 @@ fn bare_delete_force_kills_a_created_or_running_container() {
 #[test]
 fn bare_errors_are_clear_logged_as_json_and_leave_nothing() {
     let name = "bare_errors_are_clear_logged_as_json_and_leave_nothing";
-    if !preconditions(name, &[]) || !busybox_present(name) {
+    if !bare_ready(name) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -1068,7 +1074,7 @@ fn bare_user_namespace_maps_root_to_the_host_range() {
 #[test]
 fn bare_pid_namespace_joined_by_path() {
     let name = "bare_pid_namespace_joined_by_path";
-    if !preconditions(name, &[]) || !busybox_present(name) {
+    if !bare_ready(name) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -1107,7 +1113,7 @@ fn bare_pid_namespace_joined_by_path() {
 #[test]
 fn bare_create_and_start_container_hooks_run_where_the_spec_puts_them() {
     let name = "bare_create_and_start_container_hooks_run_where_the_spec_puts_them";
-    if !preconditions(name, &[]) || !busybox_present(name) {
+    if !bare_ready(name) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -1209,7 +1215,7 @@ fn bare_create_and_start_container_hooks_run_where_the_spec_puts_them() {
 #[test]
 fn bare_device_rules_bite() {
     let name = "bare_device_rules_bite";
-    if !preconditions(name, &[]) || !busybox_present(name) {
+    if !bare_ready(name) {
         return;
     }
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
