@@ -211,6 +211,9 @@ fn cloexec_from(first: u32) -> Result<()> {
 /// Sets rlimits, drops to the user, trims capabilities, sets no_new_privs and execs.
 /// Returns only on failure.
 pub fn exec_final(f: &FinalExec) -> RuntimeError {
+    // Read before a seccomp profile may deny prctl: asked afterwards, every capability would
+    // look unsupported and none would be dropped from the bounding set.
+    let supported = caps::runtime::thread_all_supported();
     if !f.no_new_privs
         && let Some(load) = f.seccomp
         && let Err(e) = load()
@@ -234,7 +237,7 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
     // Every failure from here on is fatal, as with runc: a capability that cannot be
     // dropped (a seccomp profile denying prctl or capset, loaded above when no_new_privs is
     // off) must fail the start, never leave the container with more than it asked for.
-    for c in caps::runtime::thread_all_supported() {
+    for c in supported {
         if !f.caps.bounding.contains(&c)
             && let Err(e) = caps::drop(None, caps::CapSet::Bounding, c)
         {
