@@ -217,13 +217,22 @@ impl Wireguard {
         });
         // Of two leases with one key for a family (a node that changed its public IP keeps its
         // key; its old lease lives out its TTL), the newest is the node.
-        let revisions: std::collections::HashMap<*const LeaseRecord, i64> = peers
-            .values()
-            .map(|p| (&p.record as *const LeaseRecord, p.mod_revision))
-            .collect();
-        let revision = |r: &LeaseRecord| {
-            revisions
-                .get(&(r as *const LeaseRecord))
+        // A subnet's lease is its newest key's (as by_v4/by_v6 pick it).
+        let mut newest4: std::collections::HashMap<ipnet::Ipv4Net, i64> = Default::default();
+        let mut newest6: std::collections::HashMap<ipnet::Ipv6Net, i64> = Default::default();
+        for p in peers.values() {
+            if let Some(s) = p.subnets.v4 {
+                let r = newest4.entry(s).or_insert(p.mod_revision);
+                *r = (*r).max(p.mod_revision);
+            }
+            if let Some(s) = p.subnets.v6 {
+                let r = newest6.entry(s).or_insert(p.mod_revision);
+                *r = (*r).max(p.mod_revision);
+            }
+        }
+        let revision = |s: &Subnets| {
+            s.v4.and_then(|n| newest4.get(&n))
+                .or_else(|| s.v6.and_then(|n| newest6.get(&n)))
                 .copied()
                 .unwrap_or(0)
         };
@@ -471,11 +480,11 @@ fn print_device_status(socket_dir: &std::path::Path, device: &str) {
     }
 }
 
-/// One family's wireguard leases, one per public key: the newest (highest `revision`); each
-/// older one is named in `errors`.
+/// One family's wireguard leases, one per public key: the newest (the highest `revision` of
+/// its subnet); each older one is named in `errors`.
 fn newest_per_key<'a>(
     leases: Vec<(WireguardLease, &'a LeaseRecord, Subnets)>,
-    revision: &impl Fn(&LeaseRecord) -> i64,
+    revision: &impl Fn(&Subnets) -> i64,
     errors: &mut ApplyErrors,
 ) -> Vec<(WireguardLease, &'a LeaseRecord, Subnets)> {
     let mut by_key: std::collections::BTreeMap<[u8; 32], (WireguardLease, &LeaseRecord, Subnets)> =
@@ -486,7 +495,7 @@ fn newest_per_key<'a>(
                 v.insert((wg, record, subnets));
             }
             std::collections::btree_map::Entry::Occupied(mut o) => {
-                let older = if revision(record) > revision(o.get().1) {
+                let older = if revision(&subnets) > revision(&o.get().2) {
                     o.insert((wg, record, subnets)).2
                 } else {
                     subnets
