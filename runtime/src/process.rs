@@ -272,11 +272,13 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
     {
         return RuntimeError::nix("setuid", uid, e);
     }
-    // Effective first: it must stay within the permitted set at every step.
+    // Inheritable first, while the permitted set (and CAP_SETPCAP) still allow any of the
+    // bounding set; then effective, which must stay within the permitted set at every step;
+    // then permitted. runc sets the three at once, which the kernel judges the same way.
     for (set, want) in [
+        (caps::CapSet::Inheritable, &f.caps.inheritable),
         (caps::CapSet::Effective, &f.caps.effective),
         (caps::CapSet::Permitted, &f.caps.permitted),
-        (caps::CapSet::Inheritable, &f.caps.inheritable),
     ] {
         if let Err(e) = caps::set(None, set, want) {
             return RuntimeError::Invalid(format!("setting the {set:?} capabilities: {e}"));

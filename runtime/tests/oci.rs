@@ -417,6 +417,25 @@ fn bare_delete_kills_and_removes_cgroups_the_container_made_below_its_own() {
     b.ok(&["start", "subcg"]);
     wait_out(&b, "bg");
     let bg: i32 = b.read_out("bg").trim().parse().unwrap();
+    /// If delete fails, the cgroups it should have removed go anyway, after the process
+    /// (declared first, this guard drops last), so the next run starts clean.
+    struct RmCgroups;
+    impl Drop for RmCgroups {
+        fn drop(&mut self) {
+            for h in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let dir = h.path().join("twill-oci/subcg");
+                let _ = std::fs::remove_dir(dir.join("sub"));
+                let _ = std::fs::remove_dir(&dir);
+            }
+            let _ = std::fs::remove_dir("/sys/fs/cgroup/twill-oci/subcg/sub");
+            let _ = std::fs::remove_dir("/sys/fs/cgroup/twill-oci/subcg");
+        }
+    }
+    let _cgroups = RmCgroups;
     let _guard = Kill(bg);
     let top = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         PathBuf::from("/sys/fs/cgroup/twill-oci/subcg")
@@ -503,6 +522,37 @@ fn bare_without_capabilities_nothing_is_granted() {
             "{set} not empty:\n{caps}"
         );
     }
+}
+
+#[test]
+fn bare_an_inheritable_capability_outside_the_permitted_set_is_set_as_runc_sets_it() {
+    // Before: inheritable was set after permitted had been lowered, so one outside the
+    // permitted set (but in the bounding set) failed the start; runc accepts it.
+    let name = "bare_an_inheritable_capability_outside_the_permitted_set_is_set_as_runc_sets_it";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(
+        |c| {
+            c["process"]["capabilities"] = json!({"bounding": ["CAP_CHOWN", "CAP_KILL"],
+                "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+                "inheritable": ["CAP_CHOWN"]});
+        },
+        &[
+            "sh",
+            "-c",
+            &format!("{CAPS} > /out/caps.tmp; mv /out/caps.tmp /out/caps"),
+        ],
+    );
+    b.create("inh");
+    b.ok(&["start", "inh"]);
+    wait_out(&b, "caps");
+    let caps = b.read_out("caps");
+    // CAP_CHOWN is bit 0, CAP_KILL bit 5.
+    assert!(caps.contains("CapInh:\t0000000000000001"), "{caps}");
+    assert!(caps.contains("CapBnd:\t0000000000000021"), "{caps}");
 }
 
 #[test]

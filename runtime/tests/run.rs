@@ -757,7 +757,7 @@ cat > /dev/null
 echo "$CNI_COMMAND $CNI_CONTAINERID" >> {d}/log
 case "$CNI_COMMAND" in
 ADD)
-    if [ -e {d}/slow ]; then echo $$ > {d}/adding; sleep 30; fi
+    if [ -e {d}/slow ]; then echo $$ > {d}/adding; exec sleep 30; fi
     echo '{{"cniVersion":"1.0.0","ips":[{{"address":"10.31.0.5/24"}}]}}' ;;
 DEL)
     if [ -e {d}/faildel ]; then echo '{{"code":11,"msg":"DEL refused"}}'; exit 1; fi ;;
