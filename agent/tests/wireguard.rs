@@ -816,7 +816,43 @@ fn wireguard_pod_traffic_is_refused_not_leaked_while_twilld_is_down() {
     ) {
         return;
     }
-    let mut lab = lab("twg-fc", 2, 2, 1, &config(""));
+    let mut lab = AgentLab::new("twg-fc", 2, &config(""));
+    let ns = lab.cluster.host(1).name.clone();
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &ns])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The fail-closed route of an earlier setup with another Network: twilld removes it,
+    // or that range would be refused for good.
+    ip(&[
+        "route",
+        "add",
+        "unreachable",
+        "10.99.0.0/16",
+        "metric",
+        "1000000",
+        "proto",
+        "116",
+    ]);
+    for h in 1..=2 {
+        lab.start_wireguard_agent_with(h, METRICS_PORT, &[]);
+    }
+    for h in 1..=2 {
+        lab.wait_subnet(h);
+        lab.add_container(h);
+    }
+    let unreachable = ip(&["route", "show", "type", "unreachable"]);
+    assert!(!unreachable.contains("10.99.0.0/16"), "{unreachable}");
+    assert!(unreachable.contains(NETWORK), "{unreachable}");
     let remote = lab
         .containers
         .iter()
@@ -824,17 +860,8 @@ fn wireguard_pod_traffic_is_refused_not_leaked_while_twilld_is_down() {
         .expect("a container on host 2")
         .ip
         .clone();
-    let ns = lab.cluster.host(1).name.clone();
     // Where a leak would go: every real node has a default route.
-    let out = std::process::Command::new("ip")
-        .args(["-n", &ns, "route", "add", "default", "via", "172.31.0.1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ip(&["route", "add", "default", "via", "172.31.0.1"]);
     let up = route_get(&ns, &remote);
     assert!(up.contains("dev flannel-wg"), "{up}");
     lab.stop_agent(1);

@@ -175,9 +175,11 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
 }
 
 fn parse_route(msg: &RouteMessage) -> Option<Route> {
-    if msg.header.kind != RouteType::Unicast {
-        return None;
-    }
+    let unreachable = match msg.header.kind {
+        RouteType::Unicast => false,
+        RouteType::Unreachable => true,
+        _ => return None,
+    };
     let mut dst: IpAddr = match msg.header.address_family {
         AddressFamily::Inet => Ipv4Addr::UNSPECIFIED.into(),
         AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
@@ -204,6 +206,7 @@ fn parse_route(msg: &RouteMessage) -> Option<Route> {
         }
     }
     route.dst = IpNet::new(dst, msg.header.destination_prefix_length).ok()?;
+    route.unreachable = unreachable;
     Some(route)
 }
 
@@ -250,7 +253,27 @@ impl Netlink {
     /// `protocol`. IPv6 routes the kernel makes for every link (`fe80::/64`, multicast,
     /// local) are not unicast-main with a twill protocol, so a filter on [`RTPROT_TWILL`]
     /// never sees them.
+    /// The unicast routes of the main table (of `protocol`, when given).
     pub async fn list_routes(&self, protocol: Option<u8>) -> Result<Vec<Route>> {
+        Ok(self
+            .main_routes(protocol)
+            .await?
+            .into_iter()
+            .filter(|r| !r.unreachable)
+            .collect())
+    }
+
+    /// The `unreachable` routes of the main table (of `protocol`, when given).
+    pub async fn list_unreachable_routes(&self, protocol: Option<u8>) -> Result<Vec<Route>> {
+        Ok(self
+            .main_routes(protocol)
+            .await?
+            .into_iter()
+            .filter(|r| r.unreachable)
+            .collect())
+    }
+
+    async fn main_routes(&self, protocol: Option<u8>) -> Result<Vec<Route>> {
         let mut routes = Vec::new();
         for query in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),

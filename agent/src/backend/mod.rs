@@ -258,6 +258,11 @@ impl Backend for AnyBackend {
         }
     }
     async fn init(&mut self, nl: &Netlink) -> twill_netkit::Result<()> {
+        let keep = match self {
+            AnyBackend::Wireguard(b) => b.overlay_networks(),
+            _ => Vec::new(),
+        };
+        routes::remove_stale_fail_closed(nl, &keep).await;
         match self {
             AnyBackend::HostGw(b) => b.init(nl).await,
             AnyBackend::Vxlan(b) => b.init(nl).await,

@@ -8,6 +8,35 @@ use twill_netkit::{Netlink, RTPROT_TWILL, Route};
 
 use super::ApplyErrors;
 
+/// The metric of the wireguard backend's fail-closed `unreachable` routes under its overlay
+/// networks: above the device's routes (IPv4 0, IPv6 1024).
+pub const FAIL_CLOSED_METRIC: u32 = 1_000_000;
+
+/// Removes twill's fail-closed routes for networks not in `keep`: left by a wireguard setup
+/// whose `Network` changed, or by wireguard before a switch to another backend, they would
+/// refuse that range for good. A failure is only logged: it never stops the backend.
+pub async fn remove_stale_fail_closed(nl: &Netlink, keep: &[IpNet]) {
+    let routes = match nl.list_unreachable_routes(Some(RTPROT_TWILL)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing fail-closed routes");
+            return;
+        }
+    };
+    for r in routes {
+        if r.metric == Some(FAIL_CLOSED_METRIC) && !keep.contains(&r.dst) {
+            match nl.delete_route(&r).await {
+                Ok(_) => {
+                    tracing::info!(network = %r.dst, "removed a fail-closed route of an earlier setup")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, network = %r.dst, "removing a stale fail-closed route")
+                }
+            }
+        }
+    }
+}
+
 fn same(a: &Route, b: &Route) -> bool {
     a.dst == b.dst && a.gateway == b.gateway && a.oif == b.oif && a.onlink == b.onlink
 }

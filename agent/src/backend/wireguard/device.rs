@@ -24,9 +24,6 @@ use super::{HANDSHAKES_PER_SECOND, timers, uapi};
 use crate::backend::{ApplyErrors, UdpOptions, routes};
 use crate::engine::device::{self, TunSpec};
 use crate::engine::{Engine, EngineConfig, Stats};
-
-/// The metric of the fail-closed routes: above the device's routes (IPv4 0, IPv6 1024).
-pub const FAIL_CLOSED_METRIC: u32 = 1_000_000;
 use crate::lease::Subnets;
 
 /// What a device needs to know about a peer to configure it.
@@ -204,8 +201,12 @@ impl WgDevice {
             .into_iter()
             .chain(self.network.v6.map(IpNet::V6));
         for n in networks {
-            nl.replace_route(&Route::new(n).unreachable().metric(FAIL_CLOSED_METRIC))
-                .await?;
+            nl.replace_route(
+                &Route::new(n)
+                    .unreachable()
+                    .metric(routes::FAIL_CLOSED_METRIC),
+            )
+            .await?;
         }
         Ok(())
     }

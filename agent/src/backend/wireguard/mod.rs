@@ -181,6 +181,16 @@ impl Wireguard {
         Ok(plans)
     }
 
+    /// The overlay networks its devices carry (each under a fail-closed route).
+    pub fn overlay_networks(&self) -> Vec<ipnet::IpNet> {
+        self.network
+            .v4
+            .map(ipnet::IpNet::V4)
+            .into_iter()
+            .chain(self.network.v6.map(ipnet::IpNet::V6))
+            .collect()
+    }
+
     /// The peers of each device, from the leases: in separate mode `flannel-wg` gets each
     /// lease's IPv4 subnet at `PublicIP:BackendData.Port` and `flannel-wg-v6` its IPv6
     /// subnet at `[PublicIPv6]:BackendV6Data.Port`; the one device of the other modes gets
