@@ -43,6 +43,14 @@ impl fmt::Display for Subnets {
 }
 
 impl Subnets {
+    /// Each subnet as an `IpNet`: IPv4 first.
+    pub fn nets(&self) -> impl Iterator<Item = ipnet::IpNet> + use<> {
+        self.v4
+            .map(ipnet::IpNet::V4)
+            .into_iter()
+            .chain(self.v6.map(ipnet::IpNet::V6))
+    }
+
     /// The key suffix under `subnets/`: `10.5.34.0-24`, `10.5.34.0-24&fd00:5:0:22::-64`
     /// (Flannel's `MakeSubnetKey`: the IPv6 part lower-case and compressed), or the IPv6 part
     /// alone for an IPv6-only lease.

@@ -109,6 +109,16 @@ pub fn by_v4(
     network: Ipv4Net,
     local: Option<Ipv4Net>,
 ) -> BTreeMap<Ipv4Net, &LeaseRecord> {
+    without_revisions(by_v4_revised(peers, network, local))
+}
+
+/// [`by_v4`] with each record's etcd revision (the newest key's), for a backend that must
+/// also tell leases apart by age on another field (wireguard: by public key).
+pub fn by_v4_revised(
+    peers: &Peers,
+    network: Ipv4Net,
+    local: Option<Ipv4Net>,
+) -> BTreeMap<Ipv4Net, (&LeaseRecord, i64)> {
     let mut out = BTreeMap::new();
     for p in peers.values() {
         if let Some(s) = p.subnets.v4
@@ -119,7 +129,7 @@ pub fn by_v4(
             newest(&mut out, s, p);
         }
     }
-    out.into_iter().map(|(s, (r, _))| (s, r)).collect()
+    out
 }
 
 /// The IPv6 subnets to route (none when IPv6 is off): inside `network`, not `local`, from
@@ -129,6 +139,15 @@ pub fn by_v6(
     network: Option<Ipv6Net>,
     local: Option<Ipv6Net>,
 ) -> BTreeMap<Ipv6Net, &LeaseRecord> {
+    without_revisions(by_v6_revised(peers, network, local))
+}
+
+/// [`by_v6`] with each record's etcd revision, as [`by_v4_revised`].
+pub fn by_v6_revised(
+    peers: &Peers,
+    network: Option<Ipv6Net>,
+    local: Option<Ipv6Net>,
+) -> BTreeMap<Ipv6Net, (&LeaseRecord, i64)> {
     let mut out = BTreeMap::new();
     let Some(network) = network else {
         return BTreeMap::new();
@@ -142,7 +161,11 @@ pub fn by_v6(
             newest(&mut out, s, p);
         }
     }
-    out.into_iter().map(|(s, (r, _))| (s, r)).collect()
+    out
+}
+
+fn without_revisions<N: Ord, R>(revised: BTreeMap<N, (R, i64)>) -> BTreeMap<N, R> {
+    revised.into_iter().map(|(s, (r, _))| (s, r)).collect()
 }
 
 /// The local end of a VTEP for IPv6: `<subnet base>/128` (Flannel's).

@@ -194,13 +194,7 @@ impl WgDevice {
     /// instead of following the default route out unencrypted. Kept on purpose when twilld
     /// stops: Flannel's kernel device outlives flanneld the same way.
     async fn fail_closed(&self, nl: &Netlink) -> twill_netkit::Result<()> {
-        let networks = self
-            .network
-            .v4
-            .map(IpNet::V4)
-            .into_iter()
-            .chain(self.network.v6.map(IpNet::V6));
-        for n in networks {
+        for n in self.network.nets() {
             nl.replace_route(
                 &Route::new(n)
                     .unreachable()
@@ -323,13 +317,7 @@ impl WgDevice {
         self.peers = next;
         self.publish();
         if let Some(dev) = &self.link {
-            let networks: Vec<IpNet> = self
-                .network
-                .v4
-                .map(IpNet::V4)
-                .into_iter()
-                .chain(self.network.v6.map(IpNet::V6))
-                .collect();
+            let networks: Vec<IpNet> = self.network.nets().collect();
             let wanted: Vec<_> = networks
                 .iter()
                 .map(|n| device::network_route(*n, dev))

@@ -183,12 +183,7 @@ impl Wireguard {
 
     /// The overlay networks its devices carry (each under a fail-closed route).
     pub fn overlay_networks(&self) -> Vec<ipnet::IpNet> {
-        self.network
-            .v4
-            .map(ipnet::IpNet::V4)
-            .into_iter()
-            .chain(self.network.v6.map(ipnet::IpNet::V6))
-            .collect()
+        self.network.nets().collect()
     }
 
     /// The peers of each device, from the leases: in separate mode `flannel-wg` gets each
@@ -197,61 +192,33 @@ impl Wireguard {
     /// both subnets of a node at the endpoint its mode picks.
     fn peer_specs(&self, peers: &Peers, errors: &mut ApplyErrors) -> Vec<Vec<PeerSpec>> {
         let own_key = self.key.as_ref().map(|k| *k.public.as_bytes());
-        let v4 = super::by_v4(peers, self.network.v4.unwrap_or_default(), self.local.v4);
-        let v6 = super::by_v6(peers, self.network.v6, self.local.v6);
-        let wg4 = v4.into_iter().filter_map(|(s, r)| {
+        // With each subnet's revision: of two leases with one key for a family (a node that
+        // changed its public IP keeps its key; its old lease lives out its TTL), the newest
+        // is the node.
+        let v4 = super::by_v4_revised(peers, self.network.v4.unwrap_or_default(), self.local.v4);
+        let v6 = super::by_v6_revised(peers, self.network.v6, self.local.v6);
+        let wg4 = v4.into_iter().filter_map(|(s, (r, rev))| {
             let wg = r
                 .wireguard
                 .filter(|_| r.backend == BackendType::Wireguard)?;
-            Some((
-                wg,
-                r,
-                Subnets {
-                    v4: Some(s),
-                    v6: None,
-                },
-            ))
+            Some((wg, r, Subnets::from(s), rev))
         });
-        let wg6 = v6.into_iter().filter_map(|(s, r)| {
+        let wg6 = v6.into_iter().filter_map(|(s, (r, rev))| {
             let wg = r
                 .wireguard6
                 .filter(|_| r.backend == BackendType::Wireguard)?;
-            Some((
-                wg,
-                r,
-                Subnets {
-                    v4: None,
-                    v6: Some(s),
-                },
-            ))
+            let subnets = Subnets {
+                v4: None,
+                v6: Some(s),
+            };
+            Some((wg, r, subnets, rev))
         });
-        // Of two leases with one key for a family (a node that changed its public IP keeps its
-        // key; its old lease lives out its TTL), the newest is the node.
-        // A subnet's lease is its newest key's (as by_v4/by_v6 pick it).
-        let mut newest4: std::collections::HashMap<ipnet::Ipv4Net, i64> = Default::default();
-        let mut newest6: std::collections::HashMap<ipnet::Ipv6Net, i64> = Default::default();
-        for p in peers.values() {
-            if let Some(s) = p.subnets.v4 {
-                let r = newest4.entry(s).or_insert(p.mod_revision);
-                *r = (*r).max(p.mod_revision);
-            }
-            if let Some(s) = p.subnets.v6 {
-                let r = newest6.entry(s).or_insert(p.mod_revision);
-                *r = (*r).max(p.mod_revision);
-            }
-        }
-        let revision = |s: &Subnets| {
-            s.v4.and_then(|n| newest4.get(&n))
-                .or_else(|| s.v6.and_then(|n| newest6.get(&n)))
-                .copied()
-                .unwrap_or(0)
-        };
         let candidates = if self.network.v4.is_some() {
-            newest_per_key(wg4.collect(), &revision, errors)
+            newest_per_key(wg4.collect(), errors)
         } else {
             Vec::new()
         };
-        let candidates6 = newest_per_key(wg6.collect(), &revision, errors);
+        let candidates6 = newest_per_key(wg6.collect(), errors);
         let mut out = Vec::new();
         for d in &self.devices {
             // Per public key: the subnets it holds that this device carries and its lease.
@@ -490,25 +457,26 @@ fn print_device_status(socket_dir: &std::path::Path, device: &str) {
     }
 }
 
-/// One family's wireguard leases, one per public key: the newest (the highest `revision` of
-/// its subnet); each older one is named in `errors`.
+/// One family's wireguard leases (with their revisions), one per public key: the newest;
+/// each older one is named in `errors`.
 fn newest_per_key<'a>(
-    leases: Vec<(WireguardLease, &'a LeaseRecord, Subnets)>,
-    revision: &impl Fn(&Subnets) -> i64,
+    leases: Vec<(WireguardLease, &'a LeaseRecord, Subnets, i64)>,
     errors: &mut ApplyErrors,
 ) -> Vec<(WireguardLease, &'a LeaseRecord, Subnets)> {
-    let mut by_key: std::collections::BTreeMap<[u8; 32], (WireguardLease, &LeaseRecord, Subnets)> =
-        std::collections::BTreeMap::new();
-    for (wg, record, subnets) in leases {
-        match by_key.entry(wg.public_key) {
+    let mut by_key: std::collections::BTreeMap<
+        [u8; 32],
+        (WireguardLease, &LeaseRecord, Subnets, i64),
+    > = std::collections::BTreeMap::new();
+    for lease in leases {
+        match by_key.entry(lease.0.public_key) {
             std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert((wg, record, subnets));
+                v.insert(lease);
             }
             std::collections::btree_map::Entry::Occupied(mut o) => {
-                let older = if revision(&subnets) > revision(&o.get().2) {
-                    o.insert((wg, record, subnets)).2
+                let older = if lease.3 > o.get().3 {
+                    o.insert(lease).2
                 } else {
-                    subnets
+                    lease.2
                 };
                 errors.push(format!(
                     "lease {older} reuses a newer lease's wireguard public key: skipped"
@@ -516,7 +484,10 @@ fn newest_per_key<'a>(
             }
         }
     }
-    by_key.into_values().collect()
+    by_key
+        .into_values()
+        .map(|(wg, record, subnets, _)| (wg, record, subnets))
+        .collect()
 }
 
 #[cfg(test)]
