@@ -457,14 +457,9 @@ pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Resul
 /// container that exited while nobody watched may have its PID reused by any host process,
 /// which stop, rm -f and exec must never signal or join.
 fn alive(pid: i32, start: Option<u64>) -> bool {
-    match start {
-        Some(t) => start_time(pid) == Some(t),
-        None => {
-            kill(Pid::from_raw(pid), None).is_ok()
-                && !fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z "))
-        }
-    }
+    // start_time is None for a process that is gone or a zombie.
+    let now = start_time(pid);
+    now.is_some() && start.is_none_or(|t| now == Some(t))
 }
 
 /// A signal by name (`SIGQUIT`, `QUIT`) or number, as images write StopSignal.
