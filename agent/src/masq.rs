@@ -113,7 +113,8 @@ pub fn apply(backend: FirewallBackend, nets: Nets, ip_masq: bool) -> Result<(), 
         FirewallBackend::Auto => have("nft") || !have("iptables-restore"),
     };
     if use_nft {
-        table(nets, ip_masq).apply().map_err(|e| e.to_string())
+        table(nets, ip_masq).apply().map_err(|e| e.to_string())?;
+        accept_past_iptables_drop(nets)
     } else {
         if let Some((network, subnet)) = nets.v4 {
             iptables::apply(
@@ -133,6 +134,29 @@ pub fn apply(backend: FirewallBackend, nets: Nets, ip_masq: bool) -> Result<(), 
         }
         Ok(())
     }
+}
+
+/// An accept in our nftables table does not override a drop in another table's chain on the
+/// same hook: every base chain sees the packet. Docker sets iptables' `FORWARD` policy to DROP
+/// (ufw and firewalld drop there too), which would drop pod traffic between nodes although our
+/// table accepts it. So where iptables' filter `FORWARD` chain may drop (a DROP policy, or any
+/// rule of someone else's), our forward accepts go there too, in `TWILL-FWD`, as Flannel's
+/// iptables rules do. Where the iptables tools are not installed there is no such chain.
+fn accept_past_iptables_drop(nets: Nets) -> Result<(), String> {
+    let per_family = [
+        ("iptables", nets.v4.map(|(n, _)| n.to_string())),
+        ("ip6tables", nets.v6.map(|(n, _)| n.to_string())),
+    ];
+    for (tool, network) in per_family {
+        let Some(network) = network else { continue };
+        if !have(tool) || !have(&format!("{tool}-restore")) {
+            continue;
+        }
+        if iptables::forward_may_drop(tool)? {
+            iptables::apply_forward(tool, &network)?;
+        }
+    }
+    Ok(())
 }
 
 /// The same rules for hosts without nftables: chains of our own (`TWILL-POSTRTG` in nat,
@@ -180,7 +204,13 @@ pub mod iptables {
             ));
         }
         s.push_str("COMMIT\n");
-        s.push_str(&format!("*filter\n:{FWD} - [0:0]\n-F {FWD}\n"));
+        s.push_str(&render_forward(network));
+        s
+    }
+
+    /// The filter part of [`render`]: `TWILL-FWD` accepting the pod network both ways.
+    pub fn render_forward(network: &str) -> String {
+        let mut s = format!("*filter\n:{FWD} - [0:0]\n-F {FWD}\n");
         s.push_str(&format!(
             "-A {FWD} -s {network} -j ACCEPT -m comment --comment \"twilld forward\"\n"
         ));
@@ -213,9 +243,53 @@ pub mod iptables {
         Ok(())
     }
 
+    /// Whether `tool`'s filter `FORWARD` chain (`-S` output in `rules`) may drop a packet:
+    /// its policy is DROP, or it holds rules other than our jump.
+    pub fn forward_rules_may_drop(rules: &str) -> bool {
+        rules.lines().map(str::trim).any(|l| {
+            l == "-P FORWARD DROP"
+                || (l.starts_with("-A FORWARD ") && l != format!("-A FORWARD -j {FWD}"))
+        })
+    }
+
+    /// Reads `tool`'s filter `FORWARD` chain and tells whether it may drop (see
+    /// [`forward_rules_may_drop`]). Listing creates no table.
+    pub fn forward_may_drop(tool: &str) -> Result<bool, String> {
+        let out = Command::new(tool)
+            .args(["-w", "5", "-t", "filter", "-S", "FORWARD"])
+            .output()
+            .map_err(|e| format!("running {tool}: {e}"))?;
+        if !out.status.success() {
+            // No filter table in this kernel (module absent): nothing there drops.
+            tracing::debug!(
+                tool,
+                error = %String::from_utf8_lossy(&out.stderr).trim(),
+                "listing the filter FORWARD chain"
+            );
+            return Ok(false);
+        }
+        Ok(forward_rules_may_drop(&String::from_utf8_lossy(
+            &out.stdout,
+        )))
+    }
+
+    /// Rewrites `TWILL-FWD` alone (no nat rules: nftables holds those) and makes sure
+    /// `FORWARD` jumps to it first.
+    pub fn apply_forward(tool: &str, network: &str) -> Result<(), String> {
+        restore(tool, &render_forward(network))?;
+        ensure_jump(tool, "filter", "FORWARD", FWD)
+    }
+
     /// Rewrites our chains with `tool` (`iptables` or `ip6tables`) and makes sure the
     /// built-in chains jump to them.
     pub fn apply(tool: &str, network: &str, subnet: &str, ip_masq: bool) -> Result<(), String> {
+        restore(tool, &render(network, subnet, ip_masq))?;
+        ensure_jump(tool, "nat", "POSTROUTING", POSTRTG)?;
+        ensure_jump(tool, "filter", "FORWARD", FWD)
+    }
+
+    /// Feeds `input` to `tool`-restore without flushing other chains.
+    fn restore(tool: &str, input: &str) -> Result<(), String> {
         let restore = format!("{tool}-restore");
         let mut child = Command::new(&restore)
             .args(["-w", "5", "--noflush"])
@@ -224,7 +298,7 @@ pub mod iptables {
             .spawn()
             .map_err(|e| format!("running {restore} (install iptables or nftables): {e}"))?;
         if let Some(mut i) = child.stdin.take() {
-            let _ = i.write_all(render(network, subnet, ip_masq).as_bytes());
+            let _ = i.write_all(input.as_bytes());
         }
         let out = child
             .wait_with_output()
@@ -235,8 +309,7 @@ pub mod iptables {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        ensure_jump(tool, "nat", "POSTROUTING", POSTRTG)?;
-        ensure_jump(tool, "filter", "FORWARD", FWD)
+        Ok(())
     }
 }
 
@@ -284,6 +357,18 @@ mod tests {
             !off.contains("masquerade") && off.contains("accept"),
             "{off}"
         );
+    }
+
+    #[test]
+    fn an_iptables_forward_chain_may_drop_with_a_drop_policy_or_rules_of_others() {
+        use iptables::forward_rules_may_drop as drops;
+        assert!(!drops("-P FORWARD ACCEPT\n"));
+        assert!(!drops("-P FORWARD ACCEPT\n-A FORWARD -j TWILL-FWD\n"));
+        assert!(drops("-P FORWARD DROP\n"));
+        assert!(drops("-P FORWARD DROP\n-A FORWARD -j TWILL-FWD\n"));
+        assert!(drops("-P FORWARD ACCEPT\n-A FORWARD -j DOCKER-USER\n"));
+        assert!(drops("-P FORWARD ACCEPT\n-A FORWARD -j REJECT\n"));
+        assert!(!drops(""));
     }
 
     #[test]

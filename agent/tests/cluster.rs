@@ -794,3 +794,60 @@ fn a_corrupt_value_never_cuts_a_live_node_off_and_its_owner_writes_it_back() {
     );
     assert!(lab.unreachable_pairs().is_empty());
 }
+
+#[test]
+fn nftables_mode_accepts_pod_traffic_past_an_iptables_forward_drop_policy() {
+    if !preconditions(
+        "nftables_mode_accepts_pod_traffic_past_an_iptables_forward_drop_policy",
+        &[
+            "ip",
+            "ping",
+            "etcd",
+            "etcdctl",
+            "nft",
+            "iptables",
+            "iptables-save",
+        ],
+    ) {
+        return;
+    }
+    // Docker sets iptables' FORWARD policy to DROP. With nftables, twill's own forward accept
+    // does not override a drop in another table: the accept must reach iptables too.
+    let mut lab = AgentLab::new(
+        "twa-fd",
+        2,
+        r#"{"Network":"10.17.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    for h in 1..=2 {
+        let host = lab.cluster.host(h).name.clone();
+        twill_tests::run(
+            "ip",
+            &["netns", "exec", &host, "iptables", "-P", "FORWARD", "DROP"],
+        );
+        lab.start_agent(h, &["--firewall-backend", "nftables"]);
+        lab.wait_subnet(h);
+        lab.add_container(h);
+    }
+    lab.eventually("pods on both hosts reach each other", 20, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    let h1 = lab.cluster.host(1).name.clone();
+    let ipt = twill_tests::run("ip", &["netns", "exec", &h1, "iptables-save"]);
+    assert!(
+        ipt.contains(":FORWARD DROP")
+            && ipt.contains("-A FORWARD -j TWILL-FWD")
+            && ipt.contains("-A TWILL-FWD -s 10.17.0.0/16 "),
+        "{ipt}"
+    );
+    assert!(
+        !ipt.contains("TWILL-POSTRTG"),
+        "nat stays in nftables: {ipt}"
+    );
+    let nft = twill_tests::run(
+        "ip",
+        &[
+            "netns", "exec", &h1, "nft", "list", "table", "inet", "twill",
+        ],
+    );
+    assert!(nft.contains("ip saddr 10.17.0.0/16 accept"), "{nft}");
+}
