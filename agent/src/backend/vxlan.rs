@@ -321,6 +321,16 @@ async fn program(
     })
 }
 
+/// The networks whose routes this round may reconcile: not those of a family whose device
+/// could not be read (`unprogrammed`: `true` for IPv4). Its tunnels' routes are missing from
+/// the desired set only because the dump failed, not because the peers left; removing them
+/// would cut every pod of that family until the next round. They are left for it.
+fn reconcilable(nets: Vec<IpNet>, unprogrammed: &[bool]) -> Vec<IpNet> {
+    nets.into_iter()
+        .filter(|n| !unprogrammed.contains(&matches!(n, IpNet::V4(_))))
+        .collect()
+}
+
 /// Entries of peers that are gone, removed after their routes.
 struct Stale {
     ifindex: u32,
@@ -423,21 +433,43 @@ impl Backend for Vxlan {
         let (vni, port, underlay) = (self.vni, self.port, self.underlay.link.index);
         let (t4, t6, mut desired_routes) = self.plan(peers, &mut errors);
         let mut stale = Vec::new();
-        for (vtep, tunnels) in [(self.v4.as_mut(), t4), (self.v6.as_mut(), t6)] {
+        let mut unprogrammed = Vec::new();
+        for (is_v4, vtep, tunnels) in [(true, self.v4.as_mut(), t4), (false, self.v6.as_mut(), t6)]
+        {
             let Some(vtep) = vtep else { continue };
             let Some(dev) = ensure_present(nl, vtep, vni, port, underlay, &mut errors).await else {
+                unprogrammed.push(is_v4);
                 continue;
             };
-            if let Some(s) = program(nl, &dev, &tunnels, &mut desired_routes, &mut errors).await {
-                stale.push(s);
+            match program(nl, &dev, &tunnels, &mut desired_routes, &mut errors).await {
+                Some(s) => stale.push(s),
+                None => unprogrammed.push(is_v4),
             }
         }
         let nets = hostgw::networks(self.network, self.v4.is_some(), self.network6);
+        let nets = reconcilable(nets, &unprogrammed);
         routes::reconcile_all(nl, &nets, &desired_routes, &mut errors).await;
         // Stale entries go after their routes.
         for s in stale {
             s.remove(nl, &mut errors).await;
         }
         errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_family_whose_device_could_not_be_read_keeps_its_routes() {
+        let nets: Vec<IpNet> = vec![
+            "10.1.0.0/16".parse().unwrap(),
+            "fd00:1::/48".parse().unwrap(),
+        ];
+        assert_eq!(reconcilable(nets.clone(), &[]), nets);
+        assert_eq!(reconcilable(nets.clone(), &[false]), nets[..1].to_vec());
+        assert_eq!(reconcilable(nets.clone(), &[true]), nets[1..].to_vec());
+        assert!(reconcilable(nets, &[true, false]).is_empty());
     }
 }
