@@ -742,6 +742,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
     };
     let mut backend = backend::create(&config, underlay, udp, wg);
+    backend::remove_earlier_setup(&nl, &config, &backend).await;
     backend
         .init(&nl)
         .await

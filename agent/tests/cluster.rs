@@ -851,3 +851,74 @@ fn nftables_mode_accepts_pod_traffic_past_an_iptables_forward_drop_policy() {
     );
     assert!(nft.contains("ip saddr 10.17.0.0/16 accept"), "{nft}");
 }
+
+#[test]
+fn a_changed_network_or_backend_removes_the_earlier_routes_and_devices() {
+    if !preconditions(
+        "a_changed_network_or_backend_removes_the_earlier_routes_and_devices",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-es",
+        2,
+        r#"{"Network":"10.18.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    let h1 = lab.cluster.host(1).name.clone();
+    let phase = |lab: &mut AgentLab, config: &str, network: &str| {
+        for h in 1..=2 {
+            lab.stop_agent(h);
+        }
+        lab.etcdctl(&["put", "/coreos.com/network/config", config]);
+        for h in 1..=2 {
+            lab.start_agent(h, &[]);
+        }
+        let prefix = network.trim_end_matches("0.0/16");
+        lab.eventually(&format!("agents lease in {network}"), 20, || {
+            (1..=2).all(|h| {
+                lab.wait_subnet(h)
+                    .ipv4
+                    .is_some_and(|p| p.subnet.to_string().starts_with(prefix))
+            })
+        });
+        lab.eventually(&format!("h1 routes only inside {network}"), 20, || {
+            let routes = lab.twill_routes(1);
+            !routes.is_empty()
+                && routes
+                    .iter()
+                    .all(|r| r["dst"].as_str().is_some_and(|d| d.starts_with(prefix)))
+        });
+    };
+    for h in 1..=2 {
+        lab.start_agent(h, &[]);
+    }
+    lab.eventually("a host-gw route to h2", 20, || {
+        !lab.twill_routes(1).is_empty()
+    });
+    // Another Network and backend: host-gw's routes via eth0 in the old one must go.
+    phase(
+        &mut lab,
+        r#"{"Network":"10.19.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        "10.19.0.0/16",
+    );
+    assert_eq!(
+        twill_tests::ip_link(&h1, "flannel.1")["ifname"],
+        "flannel.1"
+    );
+    // And back to host-gw: the VTEP and its routes must go.
+    phase(
+        &mut lab,
+        r#"{"Network":"10.20.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        "10.20.0.0/16",
+    );
+    let links = twill_tests::ip_json(&h1, &["link", "show"]);
+    assert!(
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["ifname"] != "flannel.1"),
+        "{links}"
+    );
+}

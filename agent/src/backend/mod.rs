@@ -2,6 +2,7 @@
 //! one factory that reads `Backend.Type` (after netavark's driver trait). Every `apply` is
 //! level-triggered: it makes the kernel match the full peer set, however it looked before.
 
+mod earlier_setup;
 mod hostgw;
 mod routes;
 pub mod udp;
@@ -230,6 +231,21 @@ pub enum AnyBackend {
     Vxlan(Vxlan),
     Udp(Udp),
     Wireguard(Wireguard),
+}
+
+/// Removes what an earlier setup of this node left and `backend`, built for `config`, does not
+/// use: twill's routes outside today's networks and other vxlan devices. Run before `init`.
+pub async fn remove_earlier_setup(nl: &Netlink, config: &NetworkConfig, backend: &AnyBackend) {
+    let networks = hostgw::networks(
+        config.network,
+        config.enable_ipv4,
+        config.ipv6.map(|c| c.network),
+    );
+    let keep = match backend {
+        AnyBackend::Vxlan(v) => v.device_names(),
+        _ => Vec::new(),
+    };
+    earlier_setup::remove(nl, &networks, &keep).await
 }
 
 /// Builds the backend for `config`.

@@ -148,6 +148,15 @@ impl Vxlan {
         }
     }
 
+    /// The names of the devices this backend makes (one per family on).
+    pub fn device_names(&self) -> Vec<String> {
+        self.v4
+            .iter()
+            .chain(self.v6.iter())
+            .map(|v| v.name.clone())
+            .collect()
+    }
+
     fn vteps(&mut self) -> impl Iterator<Item = &mut Vtep> {
         self.v4.iter_mut().chain(self.v6.iter_mut())
     }
