@@ -81,6 +81,16 @@ impl HostNode {
         }
     }
 
+    /// A netlink connection ends for good when one socket operation fails (netlink-proto
+    /// drops it); without a new one every later reconcile would fail until a restart.
+    fn reopen_netlink(&mut self) {
+        match self.nl.reopen_if_closed() {
+            Ok(true) => tracing::warn!("the netlink connection had ended: opened a new one"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "reopening the netlink connection"),
+        }
+    }
+
     fn install_firewall(&self, subnet: Subnets) -> Result<(), String> {
         masq::apply(
             self.settings.firewall,
@@ -92,6 +102,7 @@ impl HostNode {
 
 impl Node for HostNode {
     async fn set_subnet(&mut self, subnet: Subnets) -> anyhow::Result<()> {
+        self.reopen_netlink();
         let nets = self.nets(subnet);
         let env = SubnetEnv {
             ipv4: nets
@@ -134,6 +145,7 @@ impl Node for HostNode {
     }
 
     async fn apply(&mut self, peers: &Peers) {
+        self.reopen_netlink();
         let start = Instant::now();
         let errors = self.backend.apply(&self.nl, peers).await;
         let m = &self.metrics;

@@ -1,6 +1,8 @@
 //! A netlink connection bound to one network namespace. The per-object operations live in
 //! `link`, `addr`, `route` and `neigh`; this file holds the connection and error plumbing.
 
+use std::sync::Arc;
+
 use futures::TryStreamExt;
 
 use crate::error::{Error, NetlinkFailure, Result};
@@ -10,6 +12,9 @@ use crate::error::{Error, NetlinkFailure, Result};
 pub struct Netlink {
     pub(crate) handle: rtnetlink::Handle,
     pub(crate) netns: String,
+    /// The task running the socket: it ends when a send or receive on the socket fails, and
+    /// every request after that fails too.
+    conn: Arc<tokio::task::JoinHandle<()>>,
 }
 
 impl Netlink {
@@ -18,11 +23,33 @@ impl Netlink {
     pub fn connect(netns: &str) -> Result<Netlink> {
         let (conn, handle, _) = rtnetlink::new_connection()
             .map_err(|e| Error::io("opening netlink socket in netns", netns, e))?;
-        tokio::spawn(conn);
+        let conn = Arc::new(tokio::spawn(conn));
         Ok(Netlink {
             handle,
             netns: netns.to_string(),
+            conn,
         })
+    }
+
+    /// Whether the connection has ended (a failed socket operation, or [`Self::close`]).
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_finished()
+    }
+
+    /// Ends the connection: later requests on this handle and its clones fail.
+    pub fn close(&self) {
+        self.conn.abort();
+    }
+
+    /// Opens a new connection in the calling thread's namespace if this one has ended, so a
+    /// long-lived user (the agent) is not left failing every request for good. Returns
+    /// whether it reopened.
+    pub fn reopen_if_closed(&mut self) -> Result<bool> {
+        if !self.is_closed() {
+            return Ok(false);
+        }
+        *self = Netlink::connect(&self.netns)?;
+        Ok(true)
     }
 
     /// The namespace label used in error messages.

@@ -301,3 +301,29 @@ fn neighbours_and_fdb_entries() {
     assert!(f_del && !f_again);
     assert!(left.iter().all(|e| e.mac == zero));
 }
+
+#[test]
+fn a_closed_connection_fails_requests_and_reopens_in_the_same_namespace() {
+    if !preconditions(
+        "a_closed_connection_fails_requests_and_reopens_in_the_same_namespace",
+        &["ip"],
+    ) {
+        return;
+    }
+    let scope = NsScope::new("l3c");
+    let ns = scope.create("a");
+    ns.run(|mut nl: Netlink| async move {
+        nl.ensure_bridge("cni0", None).await?;
+        assert!(!nl.reopen_if_closed()?, "an open connection is kept");
+        nl.close();
+        while !nl.is_closed() {
+            tokio::task::yield_now().await;
+        }
+        assert!(nl.list_links().await.is_err(), "requests fail once closed");
+        assert!(nl.reopen_if_closed()?);
+        let names: Vec<String> = nl.list_links().await?.into_iter().map(|l| l.name).collect();
+        assert!(names.contains(&"cni0".to_string()), "{names:?}");
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
