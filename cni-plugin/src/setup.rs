@@ -178,7 +178,9 @@ pub async fn container_side(
         if let Some(gw) = r.gw.or(family_gw) {
             route = route.via(gw);
         }
-        nl.replace_route(&route).await?;
+        // A second attachment does not take over the routes the first set (the default
+        // route above all): first one wins, as with the reference plugins.
+        nl.add_route_if_absent(&route).await?;
     }
     Ok(nl.require_link(ifname).await?)
 }

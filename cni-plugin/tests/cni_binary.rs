@@ -1106,3 +1106,37 @@ fn state_lives_outside_the_ipam_store_and_is_migrated() {
     assert!(!has_table(), "GC forgot old1 and its rule went");
     assert_eq!(store_files(), ["last_reserved_ip.0", "lock"]);
 }
+
+#[test]
+fn a_second_attachment_leaves_the_first_ones_routes_alone() {
+    if !preconditions(
+        "a_second_attachment_leaves_the_first_ones_routes_alone",
+        &["ip"],
+    ) {
+        return;
+    }
+    let node = Node::new("cni2a");
+    let conf = node.conf("1.1.0");
+    let (_ns, p) = node.ctr("c");
+    let c = node.scope.name("c");
+    let routes_dev = |what: &str| -> Vec<String> {
+        twill_tests::ip_json(&c, &["route", "show", what])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r["dev"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert!(node.cni("ADD", "ctr", &p, "eth0", &conf, &[]).0);
+    assert_eq!(routes_dev("default"), ["eth0"]);
+    let (ok, r) = node.cni("ADD", "ctr", &p, "eth1", &conf, &[]);
+    assert!(ok, "{r}");
+    assert_eq!(routes_dev("default"), ["eth0"], "first one wins");
+    assert!(node.cni("DEL", "ctr", &p, "eth1", &conf, &[]).0);
+    assert_eq!(
+        routes_dev("default"),
+        ["eth0"],
+        "removing the second attachment keeps the first one's default route"
+    );
+}

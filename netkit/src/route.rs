@@ -222,6 +222,17 @@ impl Netlink {
             .map_err(|e| self.err("replacing route", route.describe(), e))
     }
 
+    /// Adds `route` unless a route to the same destination and metric exists (of anyone's):
+    /// returns whether it was added. "First one wins", as the CNI reference plugins do for a
+    /// container's second attachment.
+    pub async fn add_route_if_absent(&self, route: &Route) -> Result<bool> {
+        match self.handle.route().add(route.to_message()?).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if has_errno(&e, libc::EEXIST) => Ok(false),
+            Err(e) => Err(self.err("adding route", route.describe(), e)),
+        }
+    }
+
     /// Deletes `route`; a missing route is fine. Returns whether it existed.
     pub async fn delete_route(&self, route: &Route) -> Result<bool> {
         match self.handle.route().del(route.to_message()?).execute().await {
