@@ -480,7 +480,12 @@ impl NetworkConfig {
 }
 
 fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
-    let kind = match get_str(b, "Type")?.unwrap_or("udp") {
+    // Flannel lowercases the type (`VXLAN` and `Host-GW` run there); so do we.
+    let kind = match get_str(b, "Type")?
+        .unwrap_or("udp")
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "host-gw" => BackendType::HostGw,
         "vxlan" => BackendType::Vxlan,
         "udp" => BackendType::Udp,
@@ -580,6 +585,22 @@ mod tests {
         let c = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16"}"#).unwrap();
         assert!(c.backend_defaulted);
         assert_eq!((c.backend.kind, c.backend.port), (BackendType::Udp, 8285));
+    }
+
+    #[test]
+    fn the_backend_type_is_read_in_any_case_as_flannel_does() {
+        for (text, kind) in [
+            ("VXLAN", BackendType::Vxlan),
+            ("Host-GW", BackendType::HostGw),
+            ("WireGuard", BackendType::Wireguard),
+            ("UDP", BackendType::Udp),
+        ] {
+            let c = NetworkConfig::parse(&format!(
+                r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"{text}"}}}}"#
+            ))
+            .unwrap();
+            assert_eq!(c.backend.kind, kind, "{text}");
+        }
     }
 
     #[test]
