@@ -922,3 +922,31 @@ fn a_changed_network_or_backend_removes_the_earlier_routes_and_devices() {
         "{links}"
     );
 }
+
+#[test]
+fn host_gw_refuses_a_public_ip_behind_nat() {
+    if !preconditions("host_gw_refuses_a_public_ip_behind_nat", TOOLS) {
+        return;
+    }
+    // Peers would route this node's subnet via an address that is not on their link.
+    let mut lab = AgentLab::new(
+        "twa-hgn",
+        1,
+        r#"{"Network":"10.21.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    lab.start_agent(1, &["--public-ip", common::NAT_OUTSIDE]);
+    assert!(
+        lab.agent_exits_within(1, std::time::Duration::from_secs(15)),
+        "{}",
+        lab.log(1)
+    );
+    let log = lab.log(1);
+    assert!(
+        log.contains(&format!(
+            "the public IP {} differs from the interface's address {}",
+            common::NAT_OUTSIDE,
+            lab.cluster.host(1).ip
+        )) && log.contains("use vxlan"),
+        "{log}"
+    );
+}

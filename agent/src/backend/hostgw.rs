@@ -90,6 +90,14 @@ pub(crate) fn networks(
     out
 }
 
+fn behind_nat(public: &str, iface: &str) -> twill_netkit::Error {
+    twill_netkit::Error::Invalid(format!(
+        "the public IP {public} differs from the interface's address {iface}: that is a NAT, \
+         which host-gw cannot route through (peers route to the public IP on their own link); \
+         use vxlan, or drop --public-ip"
+    ))
+}
+
 impl Backend for HostGw {
     fn kind(&self) -> BackendType {
         BackendType::HostGw
@@ -111,6 +119,21 @@ impl Backend for HostGw {
         }
     }
     async fn init(&mut self, _nl: &Netlink) -> twill_netkit::Result<()> {
+        // Peers route this node's subnet via its PublicIP on their own L2: an address behind
+        // a NAT is not on it, and every peer would blackhole the subnet. Flannel refuses too.
+        let u = &self.underlay;
+        if self.enable_ipv4 && u.public_ip != u.net.addr() {
+            return Err(behind_nat(
+                &u.public_ip.to_string(),
+                &u.net.addr().to_string(),
+            ));
+        }
+        if self.network6.is_some()
+            && let (Some(public), Some(net)) = (u.public_ipv6, u.net6)
+            && public != net.addr()
+        {
+            return Err(behind_nat(&public.to_string(), &net.addr().to_string()));
+        }
         Ok(())
     }
     async fn set_local_subnet(
