@@ -237,35 +237,41 @@ async fn acquire_once<S: LeaseStore>(
     }
     // 3. New subnets, each family on its own: the subnet file's or one of an older key of
     // ours if still free, else a random free one among the first 100.
-    let taken4: HashSet<Ipv4Net> = leases
-        .iter()
-        .filter(|e| !is_ours(e))
-        .filter_map(|e| e.subnets.v4)
-        .collect();
-    let taken6: HashSet<Ipv6Net> = leases
-        .iter()
-        .filter(|e| !is_ours(e))
-        .filter_map(|e| e.subnets.v6)
-        .collect();
+    // Others' keys may be of another length (a changed SubnetLen, a wider reservation): a
+    // candidate is taken when it overlaps any of them, not only when it equals one.
+    let taken4 = Taken::new(
+        leases
+            .iter()
+            .filter(|e| !is_ours(e))
+            .filter_map(|e| e.subnets.v4),
+        config.subnet_len,
+    );
+    let taken6 = Taken::new(
+        leases
+            .iter()
+            .filter(|e| !is_ours(e))
+            .filter_map(|e| e.subnets.v6),
+        config.ipv6.map_or(0, |c| c.subnet_len),
+    );
     let keys: HashSet<Subnets> = leases.iter().map(|e| e.subnets).collect();
     let own_old = leases.iter().filter(|e| is_ours(e)).map(|e| e.subnets);
     let prefer4 = std::iter::once(hint.v4)
         .chain(own_old.clone().map(|s| s.v4))
         .flatten()
-        .find(|s| config.fits(*s) && !taken4.contains(s));
+        .find(|s| config.fits(*s) && !taken4.overlaps(s));
     let prefer6 = std::iter::once(hint.v6)
         .chain(own_old.map(|s| s.v6))
         .flatten()
-        .find(|s| config.ipv6.is_some_and(|c| c.fits(*s)) && !taken6.contains(s));
+        .find(|s| config.ipv6.is_some_and(|c| c.fits(*s)) && !taken6.overlaps(s));
     let mut free4: Vec<Ipv4Net> = config
         .subnets()
-        .filter(|s| !taken4.contains(s) && Some(*s) != prefer4)
+        .filter(|s| !taken4.overlaps(s) && Some(*s) != prefer4)
         .take(100)
         .collect();
     let mut free6: Vec<Ipv6Net> = match &config.ipv6 {
         Some(c) => c
             .subnets()
-            .filter(|s| !taken6.contains(s) && Some(*s) != prefer6)
+            .filter(|s| !taken6.overlaps(s) && Some(*s) != prefer6)
             .take(100)
             .collect(),
         None => Vec::new(),
@@ -329,8 +335,69 @@ fn held_by_others(
     is_ours: &impl Fn(&LeaseEntry) -> bool,
     want: Subnets,
 ) -> bool {
-    leases.iter().filter(|e| !is_ours(e)).any(|e| {
-        (want.v4.is_some() && e.subnets.v4 == want.v4)
-            || (want.v6.is_some() && e.subnets.v6 == want.v6)
-    })
+    fn overlap<N: Prefix>(a: Option<N>, b: Option<N>) -> bool {
+        matches!((a, b), (Some(a), Some(b)) if a.overlaps(&b))
+    }
+    leases
+        .iter()
+        .filter(|e| !is_ours(e))
+        .any(|e| overlap(want.v4, e.subnets.v4) || overlap(want.v6, e.subnets.v6))
+}
+
+/// An IPv4 or IPv6 prefix: two overlap when one contains the other.
+trait Prefix: Copy + Eq + std::hash::Hash {
+    fn prefix_len(&self) -> u8;
+    fn overlaps(&self, other: &Self) -> bool;
+}
+
+impl Prefix for Ipv4Net {
+    fn prefix_len(&self) -> u8 {
+        Ipv4Net::prefix_len(self)
+    }
+    fn overlaps(&self, other: &Self) -> bool {
+        self.contains(other) || other.contains(self)
+    }
+}
+
+impl Prefix for Ipv6Net {
+    fn prefix_len(&self) -> u8 {
+        Ipv6Net::prefix_len(self)
+    }
+    fn overlaps(&self, other: &Self) -> bool {
+        self.contains(other) || other.contains(self)
+    }
+}
+
+/// Others' subnets of one family: those of the configured length in a set (two of one
+/// length overlap only when equal), the rest in a list checked for overlap.
+struct Taken<N> {
+    len: u8,
+    same_len: HashSet<N>,
+    other_len: Vec<N>,
+}
+
+impl<N: Prefix> Taken<N> {
+    fn new(subnets: impl Iterator<Item = N>, len: u8) -> Taken<N> {
+        let (same, other): (Vec<N>, Vec<N>) = subnets.partition(|s| s.prefix_len() == len);
+        Taken {
+            len,
+            same_len: same.into_iter().collect(),
+            other_len: other,
+        }
+    }
+
+    fn overlaps(&self, s: &N) -> bool {
+        if s.prefix_len() == self.len {
+            self.same_len.contains(s) || self.other_len.iter().any(|t| t.overlaps(s))
+        } else {
+            self.same_len
+                .iter()
+                .chain(&self.other_len)
+                .any(|t| t.overlaps(s))
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.same_len.len() + self.other_len.len()
+    }
 }

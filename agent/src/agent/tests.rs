@@ -330,6 +330,32 @@ async fn the_subnet_file_hint_is_honoured_and_a_taken_hint_is_not_stolen() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_new_subnet_never_overlaps_another_nodes_lease_of_another_length() {
+    // Others hold /20s (an older SubnetLen, or wide reservations) over all but one /20 of the
+    // network: a /24 inside one of them is not free, nor is a hint inside one.
+    for hint in [None, Some(net("10.5.3.0/24"))] {
+        let mut c = Case::new(3600, 600);
+        for i in 0..16u8 {
+            if i == 8 {
+                continue;
+            }
+            c.store.put_foreign(
+                net(&format!("10.5.{}.0/20", i * 16)),
+                &foreign(&format!("192.168.3.{i}")),
+                if i % 2 == 0 { 3600 } else { 0 },
+            );
+        }
+        c.hint = hint;
+        c.run(sleep(secs(1))).await;
+        let (subnet, _) = c.own().expect("a lease");
+        assert!(
+            net("10.5.128.0/20").contains(&subnet),
+            "{subnet} overlaps another node's /20 (hint {hint:?})"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_full_network_is_retried_until_a_subnet_frees() {
     let c = Case::new(3600, 600);
     let config = NetworkConfig::parse(CONFIG).unwrap();
