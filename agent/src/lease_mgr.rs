@@ -235,6 +235,27 @@ async fn acquire_once<S: LeaseStore>(
             return Ok(Some(held));
         }
     }
+    // Our keys today's config cannot use (a changed SubnetLen, SubnetMin/Max or Network, a
+    // family turned on or off) would block their subnets for their TTL, a day by default, and
+    // make this node a peer of itself. Flannel deletes them; revoking the store lease does,
+    // and a reservation (no lease) stays the operator's to remove.
+    for e in leases
+        .iter()
+        .filter(|e| is_ours(e) && !compatible(config, e.subnets))
+    {
+        if e.lease_id == 0 {
+            tracing::warn!(key = %e.key, "a reservation for this node's public IP does not fit the network config: not used; remove it");
+            continue;
+        }
+        match store.release(e.lease_id).await {
+            Ok(()) => {
+                tracing::info!(key = %e.key, "removed our lease that does not fit the network config")
+            }
+            Err(err) => {
+                tracing::warn!(key = %e.key, error = %err, "removing our lease that does not fit the network config")
+            }
+        }
+    }
     // 3. New subnets, each family on its own: the subnet file's or one of an older key of
     // ours if still free, else a random free one among the first 100.
     // Others' keys may be of another length (a changed SubnetLen, a wider reservation): a

@@ -356,6 +356,25 @@ async fn a_new_subnet_never_overlaps_another_nodes_lease_of_another_length() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn our_lease_that_no_longer_fits_the_config_is_removed() {
+    // A /26 of ours from before SubnetLen became 24: useless now, and it would hold its
+    // range for its TTL and make this node a peer of itself.
+    let c = Case::new(3600, 600);
+    let old = net("10.5.9.64/26");
+    c.store
+        .put_foreign(old, &foreign(&Ipv4Addr::from(c.ip).to_string()), 3600);
+    c.run(sleep(secs(1))).await;
+    let (subnet, _) = c.own().expect("a lease");
+    assert_eq!(subnet.prefix_len(), 24);
+    let keys = c.store.keys();
+    assert!(
+        !keys.keys().any(|s| s.v4 == Some(old)),
+        "the old key is gone: {keys:?}"
+    );
+    assert!(!c.node.last_apply().contains(&old), "not our own peer");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_full_network_is_retried_until_a_subnet_frees() {
     let c = Case::new(3600, 600);
     let config = NetworkConfig::parse(CONFIG).unwrap();
