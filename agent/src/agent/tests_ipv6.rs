@@ -241,7 +241,11 @@ async fn moving_to_dual_stack_keeps_the_ipv4_subnet() {
         "same IPv4 subnet, new key"
     );
     assert!(held.v6.is_some());
-    assert_eq!(store.keys().len(), 2, "the old key lives out its TTL");
+    assert_eq!(
+        store.keys().len(),
+        1,
+        "the old key, which the config no longer fits, is removed as Flannel does"
+    );
 }
 
 #[tokio::test(start_paused = true)]
