@@ -710,7 +710,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     start_http(&cli, metrics.clone()).await?;
     // Local problems first, each fatal: the underlay, the subnet file's directory, the etcd
     // flags and TLS files. Only etcd being unreachable is worth waiting for.
-    let underlay = underlay::find(&nl, &cli.iface, cli.public_ip, cli.public_ipv6).await?;
+    let underlay = underlay::find(
+        &nl,
+        &cli.iface,
+        &cli.iface_regex,
+        cli.public_ip,
+        cli.public_ipv6,
+    )
+    .await?;
     check_subnet_file_dir(&cli.subnet_file)?;
     let opts = etcd_options(&cli);
     let co = opts.client_options()?;

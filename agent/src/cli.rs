@@ -54,6 +54,10 @@ pub struct Cli {
     /// interface's first global IPv6 address is the public IPv6 unless --public-ipv6 is given.
     #[arg(long, env = "TWILLD_IFACE", value_delimiter = ',')]
     pub iface: Vec<String>,
+    /// Regular expression matched against each interface's addresses, then names, when no
+    /// --iface is given (Flannel's flag); repeatable, the first that matches wins.
+    #[arg(long, env = "TWILLD_IFACE_REGEX", value_parser = parse_regex)]
+    pub iface_regex: Vec<regex::Regex>,
     /// IP other nodes reach this one at (default: the interface's first IPv4 address).
     #[arg(long, env = "TWILLD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
@@ -68,8 +72,18 @@ pub struct Cli {
         default_value = "/run/flannel/subnet.env"
     )]
     pub subnet_file: PathBuf,
-    /// Masquerade pod traffic that leaves the overlay network.
-    #[arg(long, env = "TWILLD_IP_MASQ")]
+    /// Masquerade pod traffic that leaves the overlay network (`--ip-masq`, or
+    /// `--ip-masq=true|false|1|0|t|f` as Flannel's Go flags take it).
+    #[arg(
+        long,
+        env = "TWILLD_IP_MASQ",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = parse_go_bool,
+        action = clap::ArgAction::Set
+    )]
     pub ip_masq: bool,
     /// Which tool programs masquerade/forward rules: nftables (table `inet twill`, both families), iptables
     /// (chains TWILL-POSTRTG, TWILL-FWD), or auto (nftables when `nft` exists).
@@ -141,7 +155,7 @@ pub struct Cli {
     pub wireguard_aead: AeadChoice,
     /// Address for /healthz and /metrics.
     #[arg(long, env = "TWILLD_HEALTHZ_IP", default_value = "0.0.0.0")]
-    pub healthz_ip: Ipv4Addr,
+    pub healthz_ip: std::net::IpAddr,
     /// Port for /healthz (0: off).
     #[arg(long, env = "TWILLD_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
@@ -172,6 +186,7 @@ const FLAG_ENVS: &[&str] = &[
     "ETCD_USERNAME",
     "ETCD_PASSWORD",
     "IFACE",
+    "IFACE_REGEX",
     "PUBLIC_IP",
     "PUBLIC_IPV6",
     "SUBNET_FILE",
@@ -218,6 +233,19 @@ fn crypto_helper(threads: u64, cpus: usize) -> bool {
     }
 }
 
+/// A boolean as Go's `strconv.ParseBool` reads it (Flannel's flags and `FLANNELD_*`).
+fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean: use true or false")),
+    }
+}
+
+fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| format!("{s:?} is not a regular expression: {e}"))
+}
+
 /// The environment with `FLANNELD_X` copied to `TWILLD_X` where the latter is unset.
 pub fn flannel_env_fallbacks(get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
     FLAG_ENVS
@@ -230,6 +258,30 @@ pub fn flannel_env_fallbacks(get: impl Fn(&str) -> Option<String>) -> Vec<(Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn booleans_and_addresses_parse_as_flannels_flags_do() {
+        for (args, want) in [
+            (&["twilld"][..], false),
+            (&["twilld", "--ip-masq"], true),
+            (&["twilld", "--ip-masq=true"], true),
+            (&["twilld", "--ip-masq=1"], true),
+            (&["twilld", "--ip-masq=False"], false),
+            (&["twilld", "--ip-masq=0"], false),
+        ] {
+            assert_eq!(Cli::try_parse_from(args).unwrap().ip_masq, want, "{args:?}");
+        }
+        // A bare boolean flag never takes the next word (Go's flags do not either).
+        let c = Cli::try_parse_from(["twilld", "--ip-masq", "status"]).unwrap();
+        assert!(c.ip_masq && matches!(c.command, Some(Command::Status)));
+        let e = Cli::try_parse_from(["twilld", "--ip-masq=yes"]).unwrap_err();
+        assert!(e.to_string().contains("not a boolean"), "{e}");
+        let c = Cli::try_parse_from(["twilld", "--healthz-ip", "::"]).unwrap();
+        assert_eq!(c.healthz_ip, "::".parse::<std::net::IpAddr>().unwrap());
+        let c = Cli::try_parse_from(["twilld", "--iface-regex", "^eth", "--iface-regex", "^ens"])
+            .unwrap();
+        assert_eq!(c.iface_regex.len(), 2);
+    }
 
     #[test]
     fn flags_parse_and_conflicts_fail() {

@@ -40,10 +40,14 @@ fn pick<N: Copy, A: PartialEq>(have: &[N], want: Option<A>, addr: impl Fn(&N) ->
 pub async fn find(
     nl: &Netlink,
     ifaces: &[String],
+    iface_regex: &[regex::Regex],
     public_ip: Option<Ipv4Addr>,
     public_ipv6: Option<Ipv6Addr>,
 ) -> anyhow::Result<Underlay> {
     let mut chosen: Option<Link> = None;
+    if ifaces.is_empty() && !iface_regex.is_empty() {
+        chosen = Some(by_regex(nl, iface_regex).await?);
+    }
     for want in ifaces {
         if let Ok(ip) = want.parse::<IpAddr>() {
             for l in nl.list_links().await? {
@@ -69,7 +73,7 @@ pub async fn find(
             break;
         }
     }
-    if chosen.is_none() && ifaces.is_empty() {
+    if chosen.is_none() && ifaces.is_empty() && iface_regex.is_empty() {
         let routes = nl.list_routes(None).await?;
         // The IPv4 default route first, then IPv6's (an IPv6-only node has only that).
         let mut defaults: Vec<_> = routes.iter().filter(|r| r.dst.prefix_len() == 0).collect();
@@ -124,6 +128,39 @@ pub async fn find(
         net6,
         link,
     })
+}
+
+/// The first interface with an address that one of `regexes` matches, as Flannel's
+/// `--iface-regex`: per expression, first against every interface's addresses, then against
+/// the names.
+async fn by_regex(nl: &Netlink, regexes: &[regex::Regex]) -> anyhow::Result<Link> {
+    let mut links = Vec::new();
+    for l in nl.list_links().await? {
+        let (v4, v6) = addrs(nl, l.index).await;
+        if v4.is_empty() && v6.is_empty() {
+            continue;
+        }
+        let ips: Vec<String> = v4
+            .iter()
+            .map(|n| n.addr().to_string())
+            .chain(v6.iter().map(|n| n.addr().to_string()))
+            .collect();
+        links.push((l, ips));
+    }
+    for re in regexes {
+        let by_ip = links
+            .iter()
+            .find(|(_, ips)| ips.iter().any(|ip| re.is_match(ip)));
+        let by_name = || links.iter().find(|(l, _)| re.is_match(&l.name));
+        if let Some((l, _)) = by_ip.or_else(by_name) {
+            return Ok(l.clone());
+        }
+    }
+    let list: Vec<&str> = regexes.iter().map(|r| r.as_str()).collect();
+    anyhow::bail!(
+        "no interface with an IPv4 or global IPv6 address matches --iface-regex {} in this network namespace",
+        list.join(",")
+    )
 }
 
 /// Checks that the underlay has a public address for every family the network leases.

@@ -190,3 +190,66 @@ fn an_unreachable_etcd_is_waited_for_and_said_in_one_line() {
         "no client-library internals: {stderr}"
     );
 }
+
+#[test]
+fn iface_regex_picks_by_address_then_name_and_says_when_none_matches() {
+    if !preconditions(
+        "iface_regex_picks_by_address_then_name_and_says_when_none_matches",
+        &["ip"],
+    ) {
+        return;
+    }
+    let scope = NsScope::new("se2");
+    let ns = scope.create("h");
+    let name = scope.name("h");
+    for args in [
+        &["link", "add", "dm0", "type", "veth", "peer", "name", "dn1"][..],
+        &["addr", "add", "10.99.0.5/24", "dev", "dm0"],
+        &["link", "set", "dm0", "up"],
+    ] {
+        let mut full = vec!["-n", name.as_str()];
+        full.extend_from_slice(args);
+        twill_tests::run("ip", &full);
+    }
+    let dead = "http://127.0.0.1:1";
+    let (code, first) = twilld(
+        &ns,
+        &["--etcd-endpoints", dead, "--iface-regex", "^nomatch$"],
+    );
+    assert_eq!(code, Some(1), "{first}");
+    assert_eq!(
+        first,
+        "twilld: no interface with an IPv4 or global IPv6 address matches --iface-regex ^nomatch$ in this network namespace"
+    );
+    let (code, first) = twilld(&ns, &["--iface-regex", "("]);
+    assert_eq!(code, Some(2), "{first}");
+    assert!(first.contains("--iface-regex"), "{first}");
+    // By address first (10.99.0.5 is dm0's), else by name; lo also has an address.
+    for (regex, want) in [
+        (r"^10\.99\.", "iface=dm0"),
+        ("^dm", "iface=dm0"),
+        ("^lo$", "iface=lo"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Command::new(TWILLD);
+        c.arg("--subnet-file")
+            .arg(dir.path().join("subnet.env"))
+            .args(["--etcd-endpoints", dead, "--iface-regex", regex])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        ns.prepare_command(&mut c).unwrap();
+        let child = c.spawn().expect("starting twilld");
+        std::thread::sleep(Duration::from_millis(1500));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("using underlay interface") && stderr.contains(want),
+            "{regex}: {stderr}"
+        );
+    }
+}
