@@ -417,6 +417,11 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             Ok(r) if !lease_mgr::same_node(&self.config, &self.record, r) => {
                 return Next::Reacquire("another node's lease holds our subnet");
             }
+            Err(_) if lease_mgr::claimed_by_another(&self.config, &self.record, e) => {
+                return Next::Reacquire(
+                    "another node's lease, in a value twill cannot read, holds our subnet",
+                );
+            }
             Ok(r) if *r == self.record && e.lease_id == held.lease_id => return Next::Continue,
             Ok(_) => {
                 tracing::warn!(key = %e.key, "our lease was changed by someone else: writing ours back")

@@ -168,6 +168,7 @@ fn entry(subnets: Subnets, kv: &etcd_client::KeyValue) -> LeaseEntry {
         subnets,
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         record: LeaseRecord::parse(kv.value()),
+        claim: crate::lease::Claim::of(kv.value()),
         lease_id: kv.lease(),
         mod_revision: kv.mod_revision(),
     }

@@ -146,6 +146,31 @@ pub struct LeaseRecord {
 #[error("{0}")]
 pub struct BadLease(pub String);
 
+/// The node a lease value names, read on its own: even a value twill cannot use (a backend it
+/// does not know, a newer format) says whose it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    pub public_ip: Option<Ipv4Addr>,
+    pub public_ipv6: Option<Ipv6Addr>,
+}
+
+impl Claim {
+    /// The `PublicIP` and `PublicIPv6` of `value` where they read; none for a value that is
+    /// not a JSON object.
+    pub fn of(value: &[u8]) -> Claim {
+        let Ok(v) = serde_json::from_slice::<Value>(value) else {
+            return Claim::default();
+        };
+        let ip = |field: &str| v.get(field).and_then(Value::as_str).map(str::to_string);
+        Claim {
+            public_ip: ip("PublicIP")
+                .and_then(|s| s.parse().ok())
+                .filter(|a: &Ipv4Addr| !a.is_unspecified()),
+            public_ipv6: ip("PublicIPv6").and_then(|s| s.parse().ok()),
+        }
+    }
+}
+
 impl LeaseRecord {
     /// A value with only the IPv4 public address and the backend (no IPv6, no backend data).
     pub fn new(public_ip: Ipv4Addr, backend: BackendType) -> LeaseRecord {

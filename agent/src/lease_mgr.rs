@@ -210,7 +210,9 @@ async fn acquire_once<S: LeaseStore>(
             // value must never move a node away from its running containers).
             // Bound to its live lease if it has one, else to a new one (a plain `etcdctl put`
             // detaches a key from its lease; that must not make it a reservation).
-            Some(e) if e.record.is_err() => {
+            // Unless the value names another node: a Flannel node whose backend or format
+            // twill does not read leased it while ours had expired.
+            Some(e) if e.record.is_err() && !claimed_by_another(config, record, e) => {
                 tracing::warn!(key = %e.key, "the subnet file's subnets have an unreadable lease value: taking them back");
                 let id = if is_live(store, e.lease_id).await {
                     e.lease_id
@@ -347,6 +349,19 @@ async fn acquire_once<S: LeaseStore>(
         }
         tracing::info!(subnets = %s, "another node leased meanwhile: reading the leases again");
         return Ok(None);
+    }
+}
+
+/// Whether an unreadable value still names a node, and not this one.
+pub(crate) fn claimed_by_another(
+    config: &NetworkConfig,
+    ours: &LeaseRecord,
+    e: &LeaseEntry,
+) -> bool {
+    if config.enable_ipv4 {
+        e.claim.public_ip.is_some_and(|ip| ip != ours.public_ip)
+    } else {
+        e.claim.public_ipv6.is_some() && e.claim.public_ipv6 != ours.public_ipv6
     }
 }
 

@@ -39,6 +39,8 @@ pub struct LeaseEntry {
     pub key: String,
     /// Parsed value, or why it was skipped.
     pub record: Result<LeaseRecord, BadLease>,
+    /// Whose node the value names, also when it does not parse.
+    pub claim: crate::lease::Claim,
     /// The store lease the key is bound to; 0 for a reservation (never expires).
     pub lease_id: i64,
     /// The key's last modification, for compare-and-swap take-overs.

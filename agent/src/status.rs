@@ -118,6 +118,7 @@ mod tests {
             subnets: Subnets::parse_key(key).unwrap(),
             key: key.to_string(),
             record: LeaseRecord::parse(value.as_bytes()),
+            claim: crate::lease::Claim::of(value.as_bytes()),
             lease_id: 0x2a,
             mod_revision: 1,
         }

@@ -517,6 +517,34 @@ async fn our_own_value_corrupted_or_edited_is_written_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn our_key_taken_by_a_node_whose_value_twill_cannot_read_is_left_to_it() {
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    let node = c.node.clone();
+    let theirs = r#"{"PublicIP":"192.168.1.9","PublicIPv6":null,"BackendType":"ipip"}"#;
+    let first = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = first.clone();
+    c.run(async {
+        sleep(secs(1)).await;
+        let s = node.subnets_set()[0];
+        *seen.lock().unwrap() = Some(s);
+        let id = store.put_foreign(net("10.5.200.0/24"), "{}", 3600);
+        store.put_bound(s, theirs, id);
+        sleep(secs(2)).await;
+    })
+    .await;
+    let first = first.lock().unwrap().unwrap();
+    let set = c.node.subnets_set();
+    assert_eq!(set.len(), 2, "leased again: {set:?}");
+    assert_ne!(set[1], first);
+    assert_eq!(
+        c.store.get(first).unwrap().value,
+        theirs,
+        "never written over"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_rival_writer_of_our_key_gets_paused_write_backs_not_a_write_storm() {
     // Before: two writers that both take the key for theirs (two nodes given the same public
     // IP) overwrote each other as fast as the store answered.
@@ -627,6 +655,25 @@ async fn a_restart_with_our_own_value_corrupt_keeps_the_subnet() {
         c.store.get(net("10.5.98.0/24")).unwrap().lease,
         0,
         "not a reservation"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hinted_subnet_another_node_holds_in_a_value_twill_cannot_read_is_not_taken() {
+    // Our lease expired during a partition; a Flannel node with a backend twill does not
+    // know leased the subnet. Its value names it: the subnet is its, not ours to take back.
+    let mut c = Case::new(3600, 600);
+    let theirs = r#"{"PublicIP":"192.168.1.9","PublicIPv6":null,"BackendType":"ipip"}"#;
+    c.store.put_foreign(net("10.5.97.0/24"), theirs, 3600);
+    c.hint = Some(net("10.5.97.0/24"));
+    c.run(sleep(secs(1))).await;
+    let set = c.node.subnets_set();
+    assert_eq!(set.len(), 1);
+    assert_ne!(set[0], net("10.5.97.0/24"), "not stolen");
+    assert_eq!(
+        c.store.get(net("10.5.97.0/24")).unwrap().value,
+        theirs,
+        "their value untouched"
     );
 }
 

@@ -111,6 +111,7 @@ fn entry(subnets: Subnets, kv: &Kv) -> LeaseEntry {
         subnets,
         key: full_key(subnets),
         record: LeaseRecord::parse(kv.value.as_bytes()),
+        claim: crate::lease::Claim::of(kv.value.as_bytes()),
         lease_id: kv.lease,
         mod_revision: kv.mod_revision,
     }
