@@ -172,8 +172,14 @@ pub mod iptables {
     pub const FWD: &str = "TWILL-FWD";
 
     /// `iptables-restore --noflush` input that replaces the contents of our two chains
-    /// (IPv6 networks get ip6tables' multicast range).
-    pub fn render(network: &str, subnet: &str, ip_masq: bool) -> String {
+    /// (IPv6 networks get ip6tables' multicast range). `random_fully`: whether this iptables
+    /// knows `--random-fully` (1.6.2 and later; without it the whole restore fails).
+    pub fn render(network: &str, subnet: &str, ip_masq: bool, random_fully: bool) -> String {
+        let masquerade = if random_fully {
+            "MASQUERADE --random-fully"
+        } else {
+            "MASQUERADE"
+        };
         let multicast = if network.contains(':') {
             "ff00::/8"
         } else {
@@ -191,7 +197,7 @@ pub mod iptables {
                 c("inside the overlay")
             ));
             s.push_str(&format!(
-                "-A {POSTRTG} -s {network} ! -d {multicast} -j MASQUERADE --random-fully {}\n",
+                "-A {POSTRTG} -s {network} ! -d {multicast} -j {masquerade} {}\n",
                 c("pods to the outside")
             ));
             s.push_str(&format!(
@@ -199,7 +205,7 @@ pub mod iptables {
                 c("outside to local pods")
             ));
             s.push_str(&format!(
-                "-A {POSTRTG} ! -s {network} -d {network} -j MASQUERADE --random-fully {}\n",
+                "-A {POSTRTG} ! -s {network} -d {network} -j {masquerade} {}\n",
                 c("outside to remote pods")
             ));
         }
@@ -283,9 +289,32 @@ pub mod iptables {
     /// Rewrites our chains with `tool` (`iptables` or `ip6tables`) and makes sure the
     /// built-in chains jump to them.
     pub fn apply(tool: &str, network: &str, subnet: &str, ip_masq: bool) -> Result<(), String> {
-        restore(tool, &render(network, subnet, ip_masq))?;
+        let random_fully = ip_masq && knows_random_fully(tool);
+        restore(tool, &render(network, subnet, ip_masq, random_fully))?;
         ensure_jump(tool, "nat", "POSTROUTING", POSTRTG)?;
         ensure_jump(tool, "filter", "FORWARD", FWD)
+    }
+
+    /// Whether `tool`'s MASQUERADE target takes `--random-fully` (asked once per tool), as
+    /// Flannel checks before using it.
+    fn knows_random_fully(tool: &str) -> bool {
+        static KNOWN: std::sync::Mutex<Vec<(String, bool)>> = std::sync::Mutex::new(Vec::new());
+        let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, k)) = known.iter().find(|(t, _)| t == tool) {
+            return *k;
+        }
+        let k = Command::new(tool)
+            .args(["-j", "MASQUERADE", "--help"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--random-fully"));
+        if !k {
+            tracing::warn!(
+                tool,
+                "this iptables has no MASQUERADE --random-fully: masquerading without it"
+            );
+        }
+        known.push((tool.to_string(), k));
+        k
     }
 
     /// Feeds `input` to `tool`-restore without flushing other chains.
@@ -373,12 +402,18 @@ mod tests {
 
     #[test]
     fn ip6tables_gets_the_ipv6_multicast_range() {
-        let r = iptables::render("fd00:5::/48", "fd00:5:0:3::/64", true);
+        let r = iptables::render("fd00:5::/48", "fd00:5:0:3::/64", true, true);
         assert!(
             r.contains("-s fd00:5::/48 ! -d ff00::/8 -j MASQUERADE"),
             "{r}"
         );
-        let r = iptables::render("10.5.0.0/16", "10.5.3.0/24", true);
+        let r = iptables::render("10.5.0.0/16", "10.5.3.0/24", true, true);
         assert!(r.contains("! -d 224.0.0.0/4"), "{r}");
+        // An iptables older than 1.6.2 refuses the whole restore over --random-fully.
+        let r = iptables::render("10.5.0.0/16", "10.5.3.0/24", true, false);
+        assert!(
+            r.contains("-j MASQUERADE -m comment") && !r.contains("random-fully"),
+            "{r}"
+        );
     }
 }
