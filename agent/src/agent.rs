@@ -753,6 +753,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ..udp.clone()
         },
     };
+    let underlay_iface = underlay.link.name.clone();
     let mut backend = backend::create(&config, underlay, udp, wg);
     backend::remove_earlier_setup(&nl, &config, &backend).await;
     backend
@@ -764,6 +765,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         subnet_file: cli.subnet_file.clone(),
         ip_masq: cli.ip_masq,
         firewall: cli.firewall_backend,
+        underlay_iface,
     };
     let node = HostNode::new(nl, backend, &config, settings, metrics.clone());
     let timing = Timing {

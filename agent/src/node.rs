@@ -37,6 +37,8 @@ pub struct HostSettings {
     pub subnet_file: PathBuf,
     pub ip_masq: bool,
     pub firewall: FirewallBackend,
+    /// The underlay interface's name (its IPv6 router advertisements must survive forwarding).
+    pub underlay_iface: String,
 }
 
 /// The real node: netlink, the backend, the subnet file and the firewall.
@@ -100,6 +102,27 @@ impl HostNode {
     }
 }
 
+/// With forwarding on, the kernel ignores router advertisements on interfaces whose
+/// `accept_ra` is 1 (the default): a node whose IPv6 default route or address comes from RAs
+/// (SLAAC, most clouds) would lose it when its lifetime runs out, and with it its peers.
+/// `accept_ra` 2 takes them while forwarding; 0 (off) is the operator's choice and stays.
+fn keep_router_advertisements(iface: &str) {
+    let key = format!("net/ipv6/conf/{iface}/accept_ra");
+    match twill_netkit::sysctl::read(&key) {
+        Ok(v) if v.trim() == "1" => match twill_netkit::sysctl::ensure(&key, "2") {
+            Ok(_) => tracing::info!(
+                iface,
+                "accept_ra set to 2: router advertisements keep working with IPv6 forwarding on"
+            ),
+            Err(e) => {
+                tracing::warn!(iface, error = %e, "setting accept_ra to 2 (router advertisements stop with forwarding on)")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::debug!(iface, error = %e, "reading accept_ra"),
+    }
+}
+
 impl Node for HostNode {
     async fn set_subnet(&mut self, subnet: Subnets) -> anyhow::Result<()> {
         self.reopen_netlink();
@@ -124,6 +147,7 @@ impl Node for HostNode {
         if nets.v6.is_some() {
             // Routing IPv6 between pods and nodes needs forwarding in the node's namespace
             // (the kernel's default is off, unlike what most IPv4 hosts have by now).
+            keep_router_advertisements(&self.settings.underlay_iface);
             if let Err(e) = twill_netkit::sysctl::ensure("net/ipv6/conf/all/forwarding", "1") {
                 tracing::warn!(error = %e, "enabling IPv6 forwarding");
             }

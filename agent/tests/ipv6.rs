@@ -308,6 +308,19 @@ fn dual_stack_vxlan_all_pairs_and_a_flannel_lease_for_both_families() {
     let (lab, envs, ctrs) = three_by_two("twa-6vx", config, &[]);
     all_pairs(&lab, &ctrs, "all pairs reachable over vxlan, both families");
     let h1 = lab.cluster.host(1).name.clone();
+    // Forwarding is on now; router advertisements on the underlay must still be taken.
+    let accept_ra = twill_tests::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &h1,
+            "sysctl",
+            "-n",
+            "net.ipv6.conf.eth0.accept_ra",
+        ],
+    );
+    assert_eq!(accept_ra.trim(), "2", "accept_ra on the underlay");
     let link = twill_tests::ip_link(&h1, "flannel-v6.1");
     let d = &link["linkinfo"]["info_data"];
     assert_eq!(
