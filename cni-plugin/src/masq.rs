@@ -82,10 +82,14 @@ struct State {
     applied: String,
 }
 
-/// The table name for network `name`.
-pub fn table_name(name: &str) -> String {
-    let clean: String = name
-        .chars()
+/// The table name earlier versions gave network `name`: other characters mapped to `_`, cut
+/// at 48, so `pods.v4` and `pods_v4`, or two long names alike at the start, shared a table.
+fn legacy_table_name(name: &str) -> String {
+    format!("twill-cni-{}", clean(name, 48))
+}
+
+fn clean(name: &str, max: usize) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                 c
@@ -93,9 +97,21 @@ pub fn table_name(name: &str) -> String {
                 '_'
             }
         })
-        .take(48)
-        .collect();
-    format!("twill-cni-{clean}")
+        .take(max)
+        .collect()
+}
+
+/// The table name for network `name`: `twill-cni-<name>` when the name fits as it is (as
+/// before), else its cleaned start and a hash of the whole name, so no two networks share one.
+pub fn table_name(name: &str) -> String {
+    if clean(name, usize::MAX) == name && name.len() <= 48 {
+        return legacy_table_name(name);
+    }
+    // FNV-1a: stable across versions and builds (std's hasher is not).
+    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("twill-cni-{}-{hash:08x}", clean(name, 39))
 }
 
 /// The desired table for network `name` with one rule per entry of `rules`.
@@ -196,9 +212,16 @@ impl Masq {
             )
         };
         let name = table_name(&self.name);
+        let legacy = legacy_table_name(&self.name);
         // What a twill before dual stack applied: an `ip` table of the same name.
         if !state.applied.is_empty() && !state.applied.starts_with("table inet ") {
-            firewall::remove_table(Family::Ip, &name).map_err(failed)?;
+            firewall::remove_table(Family::Ip, &legacy).map_err(failed)?;
+        }
+        // A table under the name earlier versions gave a name they had to change.
+        let mut force = force;
+        if legacy != name && state.applied.starts_with(&format!("table inet {legacy}\n")) {
+            firewall::remove_table(Family::Inet, &legacy).map_err(failed)?;
+            force = true;
         }
         if rules.is_empty() {
             if force || !state.applied.is_empty() {
@@ -208,7 +231,12 @@ impl Masq {
         } else {
             let t = table(&self.name, &rules);
             let script = t.render().map_err(failed)?;
-            if force || script != state.applied {
+            // The ruleset may have been flushed since (`systemctl restart nftables`): an
+            // unchanged script is re-applied when the table is gone.
+            if force
+                || script != state.applied
+                || firewall::list_table(Family::Inet, &name).is_err()
+            {
                 t.apply().map_err(failed)?;
                 state.applied = script;
             }
@@ -279,7 +307,7 @@ impl Masq {
             return Ok(());
         }
         // That twill's table was of family `ip`; the `inet` one replaces it.
-        firewall::remove_table(Family::Ip, &table_name(&self.name)).map_err(|e| {
+        firewall::remove_table(Family::Ip, &legacy_table_name(&self.name)).map_err(|e| {
             CniError::new(
                 INTERNAL,
                 format!(
@@ -331,6 +359,22 @@ mod tests {
         let b = script.find("ip saddr 10.99.1.0/24 ip daddr != 10.99.1.0/24");
         assert!(a.is_some() && b.is_some(), "{script}");
         assert!(script.starts_with("table inet twill-cni-net\n"), "{script}");
+    }
+
+    #[test]
+    fn no_two_network_names_share_a_table() {
+        assert_eq!(
+            table_name("twnet"),
+            "twill-cni-twnet",
+            "unchanged where it fits"
+        );
+        let long_a = format!("{}-a", "x".repeat(60));
+        let long_b = format!("{}-b", "x".repeat(60));
+        let names = ["pods.v4", "pods_v4", "pods:v4", &long_a, &long_b];
+        let tables: BTreeSet<String> = names.iter().map(|n| table_name(n)).collect();
+        assert_eq!(tables.len(), names.len(), "{tables:?}");
+        assert!(tables.iter().all(|t| t.len() <= 64), "{tables:?}");
+        assert_eq!(table_name("pods.v4"), table_name("pods.v4"), "stable");
     }
 
     #[test]

@@ -1140,3 +1140,28 @@ fn a_second_attachment_leaves_the_first_ones_routes_alone() {
         "removing the second attachment keeps the first one's default route"
     );
 }
+
+/// `systemctl restart nftables` (`flush ruleset`) drops twill's table; the next ADD on a
+/// subnet already masqueraded must put it back, not trust that it was applied before.
+#[test]
+fn an_add_after_the_ruleset_was_flushed_restores_masquerade() {
+    if !preconditions(
+        "an_add_after_the_ruleset_was_flushed_restores_masquerade",
+        &["ip", "nft"],
+    ) {
+        return;
+    }
+    let node = Node::new("cni16");
+    let conf = node.conf("1.0.0"); // FLANNEL_IPMASQ=false: twill masquerades
+    let host = node.scope.name("host");
+    let has_table = || ns_exec_ok(&host, &["nft", "list", "table", "inet", "twill-cni-twnet"]);
+    let (_a, pa) = node.ctr("a");
+    assert!(node.cni("ADD", "fa", &pa, "eth0", &conf, &[]).0);
+    assert!(has_table());
+    assert!(ns_exec_ok(&host, &["nft", "flush", "ruleset"]));
+    assert!(!has_table());
+    let (_b, pb) = node.ctr("b");
+    let (ok, r) = node.cni("ADD", "fb", &pb, "eth0", &conf, &[]);
+    assert!(ok, "{r}");
+    assert!(has_table(), "the second ADD restored the table");
+}
