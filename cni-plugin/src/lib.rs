@@ -51,10 +51,19 @@ pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
             return failure(&e, &v);
         }
     };
-    let version = match version::negotiate(&conf.cni_version, &conf.cni_versions) {
+    let version = match version::negotiate(&conf.cni_version) {
         Ok(v) => v,
         Err(e) => return failure(&e, &conf.cni_version),
     };
+    let gate = match cmd {
+        Command::Check => version::allows(&version, "CHECK"),
+        Command::Status => version::allows(&version, "STATUS"),
+        Command::Gc => version::allows(&version, "GC"),
+        _ => Ok(()),
+    };
+    if let Err(e) = gate {
+        return failure(&e, &version);
+    }
     let env = match env::parse(cmd, get) {
         Ok(e) => e,
         Err(e) => return failure(&e, &version),

@@ -26,17 +26,13 @@ pub fn at_least_1_1(v: &str) -> bool {
     v == "1.1.0"
 }
 
-/// The version to answer in: the highest supported of `cniVersion` and 1.1's `cniVersions`.
-pub fn negotiate(cni_version: &str, cni_versions: &[String]) -> CniResult<String> {
-    let mut best: Option<&str> = None;
-    for v in std::iter::once(cni_version).chain(cni_versions.iter().map(String::as_str)) {
-        if let Some(pos) = SUPPORTED.iter().position(|s| *s == v)
-            && best.is_none_or(|b| SUPPORTED.iter().position(|s| *s == b) < Some(pos))
-        {
-            best = Some(SUPPORTED[pos]);
-        }
-    }
-    best.map(str::to_string).ok_or_else(|| {
+/// The version to answer in: the request's `cniVersion`, which the spec makes the result's.
+/// A `cniVersions` list (1.1, a key of the network configuration list) is the runtime's to
+/// choose from before it calls the plugin; answering in another version than the one asked
+/// breaks runtimes that cannot read it (libcni up to 1.1: "unsupported CNI result version").
+pub fn negotiate(cni_version: &str) -> CniResult<String> {
+    let known = SUPPORTED.iter().find(|s| **s == cni_version);
+    known.map(|v| v.to_string()).ok_or_else(|| {
         CniError::new(
             INCOMPATIBLE_VERSION,
             format!(
@@ -45,6 +41,24 @@ pub fn negotiate(cni_version: &str, cni_versions: &[String]) -> CniResult<String
             ),
         )
     })
+}
+
+/// Refuses a command the request's version does not have (CHECK came in 0.4.0, STATUS and
+/// GC in 1.1.0), as the reference plugins' `skel` does.
+pub fn allows(cni_version: &str, command: &str) -> CniResult<()> {
+    let since = match command {
+        "CHECK" => "0.4.0",
+        "STATUS" | "GC" => "1.1.0",
+        _ => return Ok(()),
+    };
+    let pos = |v: &str| SUPPORTED.iter().position(|s| *s == v);
+    if pos(cni_version) < pos(since) {
+        return Err(CniError::new(
+            INCOMPATIBLE_VERSION,
+            format!("config version {cni_version} does not allow {command} (it came in {since})"),
+        ));
+    }
+    Ok(())
 }
 
 /// The VERSION answer. Reads nothing but `cniVersion` from stdin, and tolerates even that

@@ -338,12 +338,27 @@ fn version_probe_and_result_shapes() {
         );
         assert!(r["dns"].is_object());
     }
-    // 1.1 cniVersions: the highest supported wins.
-    let mut conf = node.conf("0.4.0");
+    // A `cniVersions` list is the runtime's to pick from: the answer is in the version asked
+    // (libcni up to 1.1 refuses a result in another one).
+    let mut conf = node.conf("1.0.0");
     conf["cniVersions"] = json!(["1.0.0", "1.1.0", "2.0.0"]);
     let (_c, p) = node.ctr("v9");
     let (ok, r) = node.cni("ADD", "ver9", &p, "eth0", &conf, &[]);
-    assert!(ok && r["cniVersion"] == "1.1.0", "{r}");
+    assert!(ok && r["cniVersion"] == "1.0.0", "{r}");
+    // Commands the version does not have are refused, as the reference plugins' skel does.
+    for (version, command) in [("0.3.1", "CHECK"), ("1.0.0", "STATUS"), ("1.0.0", "GC")] {
+        let mut conf = node.conf(version);
+        conf["prevResult"] = r.clone();
+        let (ok, e) = node.cni(command, "ver9", &p, "eth0", &conf, &[]);
+        assert!(!ok, "{version} {command}: {e}");
+        assert_eq!(e["code"], 1, "{version} {command}: {e}");
+        assert!(
+            e["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("does not allow")),
+            "{e}"
+        );
+    }
 }
 
 #[test]
@@ -1100,6 +1115,7 @@ fn state_lives_outside_the_ipam_store_and_is_migrated() {
     assert!(node.cni("DEL", "sb", &pb, "eth0", &conf, &[]).0);
     assert!(has_table(), "old1 was migrated and still holds the rule");
     let mut gc = conf.clone();
+    gc["cniVersion"] = json!("1.1.0"); // GC came in 1.1.0
     gc["cni.dev/valid-attachments"] = json!([]);
     let (ok, v) = node.cni("GC", "", "", "", &gc, &[]);
     assert!(ok, "{v}");
