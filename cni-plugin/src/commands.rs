@@ -181,10 +181,11 @@ fn lease_address<'a>(
 ) -> CniResult<Assignment> {
     match (conf.ipam_type(), se) {
         (None, Some(se)) => {
-            let requested = if env.requested_ips.is_empty() {
+            let from_args = env.requested_ips()?;
+            let requested = if from_args.is_empty() {
                 conf.runtime_ips()?
             } else {
-                env.requested_ips.clone()
+                from_args
             };
             let ranges = assignment::builtin_ranges(se);
             let store = Store::open(&conf.ipam_dir())?;
@@ -577,7 +578,7 @@ mod gc_tests {
             container_id: String::new(),
             netns: None,
             ifname: String::new(),
-            requested_ips: Vec::new(),
+            ip_arg: None,
             path: Vec::new(),
             raw_args: String::new(),
         };

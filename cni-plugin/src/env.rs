@@ -23,9 +23,10 @@ pub struct CniEnv {
     pub container_id: String,
     pub netns: Option<PathBuf>,
     pub ifname: String,
-    /// `IP=` from CNI_ARGS (podman's `--ip`): one address per family, comma-separated as
-    /// host-local reads it (`IP=10.244.7.9,fd00:244:7::9`).
-    pub requested_ips: Vec<IpAddr>,
+    /// `IP=` from CNI_ARGS (podman's `--ip`), as given: read by the built-in IPAM
+    /// ([`CniEnv::requested_ips`]); a delegated IPAM plugin reads it its own way (the static
+    /// plugin takes several addresses of a family).
+    pub ip_arg: Option<String>,
     pub path: Vec<PathBuf>,
     /// The raw CNI_ARGS, passed to delegated plugins.
     pub raw_args: String,
@@ -96,6 +97,16 @@ fn parse_requested_ips(value: &str) -> CniResult<Vec<IpAddr>> {
     Ok(ips)
 }
 
+impl CniEnv {
+    /// `IP=` as the built-in IPAM reads it: one address per family, comma-separated as
+    /// host-local reads it (`IP=10.244.7.9,fd00:244:7::9`); none without `IP=`.
+    pub fn requested_ips(&self) -> CniResult<Vec<IpAddr>> {
+        self.ip_arg
+            .as_deref()
+            .map_or(Ok(Vec::new()), parse_requested_ips)
+    }
+}
+
 /// Parses and validates the environment for `cmd`.
 pub fn parse(cmd: Command, get: &dyn Fn(&str) -> Option<String>) -> CniResult<CniEnv> {
     let need = |key: &str| -> CniResult<String> {
@@ -160,7 +171,7 @@ pub fn parse(cmd: Command, get: &dyn Fn(&str) -> Option<String>) -> CniResult<Cn
             ));
         };
         if k == "IP" {
-            env.requested_ips = parse_requested_ips(v)?;
+            env.ip_arg = Some(v.to_string());
         }
     }
     Ok(env)
@@ -217,7 +228,10 @@ mod tests {
         ]);
         let e = parse(Command::Del, &get).unwrap();
         assert!(e.netns.is_none());
-        assert_eq!(e.requested_ips, vec![IpAddr::from([10, 1, 2, 3])]);
+        assert_eq!(
+            e.requested_ips().unwrap(),
+            vec![IpAddr::from([10, 1, 2, 3])]
+        );
         let err = parse(Command::Add, &get).unwrap_err();
         assert!(err.msg.contains("CNI_NETNS"), "{}", err.msg);
         let bad = env_of(&[
@@ -227,6 +241,8 @@ mod tests {
         ]);
         assert!(
             parse(Command::Del, &bad)
+                .unwrap()
+                .requested_ips()
                 .unwrap_err()
                 .msg
                 .contains("IP=\"banana\"")
@@ -237,7 +253,7 @@ mod tests {
             ("CNI_ARGS", "IP=10.1.2.3,fd00:1::3/64"),
         ]);
         assert_eq!(
-            parse(Command::Del, &both).unwrap().requested_ips,
+            parse(Command::Del, &both).unwrap().requested_ips().unwrap(),
             vec![
                 "10.1.2.3".parse::<IpAddr>().unwrap(),
                 "fd00:1::3".parse().unwrap()
@@ -254,7 +270,10 @@ mod tests {
                 ("CNI_IFNAME", "eth0"),
                 ("CNI_ARGS", &args),
             ]);
-            let err = parse(Command::Del, &get).unwrap_err();
+            let err = parse(Command::Del, &get)
+                .unwrap()
+                .requested_ips()
+                .unwrap_err();
             assert_eq!(err.code, INVALID_ENV);
             assert!(err.msg.contains(want), "{bad_ip}: {}", err.msg);
         }

@@ -1181,3 +1181,33 @@ fn an_add_after_the_ruleset_was_flushed_restores_masquerade() {
     assert!(ok, "{r}");
     assert!(has_table(), "the second ADD restored the table");
 }
+
+/// `IP=` is the built-in IPAM's to read only: the reference static plugin takes several
+/// addresses of a family there, and twill must pass them through untouched.
+#[test]
+fn ip_args_reach_a_delegated_static_ipam_untouched() {
+    if !preconditions("ip_args_reach_a_delegated_static_ipam_untouched", &["ip"]) {
+        return;
+    }
+    if !reference_plugin_installed("static") {
+        return;
+    }
+    let node = Node::new("cnist");
+    let mut conf = node.conf("1.0.0");
+    conf["name"] = json!("stnet");
+    conf["bridge"] = json!("cni7");
+    conf["ipMasq"] = json!(false);
+    conf["ipam"] = json!({"type": "static"});
+    let args = [("CNI_ARGS", "IgnoreUnknown=1;IP=10.97.0.5/24,10.97.0.6/24")];
+    let (_c, p) = node.ctr("c");
+    let (ok, r) = node.cni("ADD", "st", &p, "eth0", &conf, &args);
+    assert!(ok, "{r}");
+    let ips: Vec<&str> = r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["address"].as_str())
+        .collect();
+    assert_eq!(ips, ["10.97.0.5/24", "10.97.0.6/24"], "{r}");
+    assert!(node.cni("DEL", "st", &p, "eth0", &conf, &args).0);
+}
