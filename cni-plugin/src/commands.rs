@@ -399,7 +399,7 @@ pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
 
 /// CHECK: the container interface, its addresses and routes match prevResult, the bridge
 /// exists, and the address is still reserved.
-pub fn check(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
+pub fn check(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::new(
             INVALID_CONFIG,
@@ -467,6 +467,11 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
             .map(|ip| masq_rule(se.as_ref(), ip.address))
             .collect();
         masq_state(conf, se.as_ref())?.record(&env.container_id, &env.ifname, &rules, true)?;
+    }
+    // The spec: a plugin calls CHECK on the plugins it delegates to and passes their errors
+    // on (a lost host-local or DHCP reservation).
+    if let Some(plugin) = conf.ipam_type() {
+        delegate::exec(plugin, "CHECK", env, stdin)?;
     }
     if conf.ipam_type().is_none() {
         let store = Store::open(&conf.ipam_dir())?;

@@ -71,7 +71,7 @@ pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     let done = match cmd {
         Command::Add => commands::add(&conf, &env, stdin, &version),
         Command::Del => commands::del(&conf, &env, stdin).map(|_| String::new()),
-        Command::Check => commands::check(&conf, &env).map(|_| String::new()),
+        Command::Check => commands::check(&conf, &env, stdin).map(|_| String::new()),
         Command::Status => commands::status(&conf, &env).map(|_| String::new()),
         Command::Gc => commands::gc(&conf, &env, stdin).map(|_| String::new()),
         Command::Version => unreachable!("answered above"),

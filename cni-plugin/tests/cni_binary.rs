@@ -639,6 +639,23 @@ fn requested_ip_and_delegated_host_local() {
     );
     assert_eq!(addr[0]["addr_info"][0]["local"], "10.99.0.2");
     assert!(node.dir.path().join("hl/hlnet/10.99.0.2").exists());
+    // CHECK asks host-local too: a lost reservation fails it (the spec's delegation rule).
+    let mut check = conf.clone();
+    check["prevResult"] = r.clone();
+    let (ok, e) = node.cni("CHECK", "cc", &pc, "eth0", &check, &[]);
+    assert!(ok, "{e}");
+    std::fs::rename(
+        node.dir.path().join("hl/hlnet/10.99.0.2"),
+        node.dir.path().join("hl/moved"),
+    )
+    .unwrap();
+    let (ok, e) = node.cni("CHECK", "cc", &pc, "eth0", &check, &[]);
+    assert!(!ok, "CHECK passed without host-local's reservation: {e}");
+    std::fs::rename(
+        node.dir.path().join("hl/moved"),
+        node.dir.path().join("hl/hlnet/10.99.0.2"),
+    )
+    .unwrap();
     assert!(node.cni("DEL", "cc", &pc, "eth0", &conf, &[]).0);
     assert!(!node.dir.path().join("hl/hlnet/10.99.0.2").exists());
 }
