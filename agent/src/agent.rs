@@ -708,6 +708,24 @@ async fn wait_for_config<S: LeaseStore>(store: &S) -> (NetworkConfig, String) {
     }
 }
 
+/// The subnets of the subnet file an earlier run wrote, which this node should keep (its
+/// containers have addresses there). A file that is there but does not read is said: without
+/// it the node may lease other subnets, and the operator should know why.
+fn subnet_file_hint(path: &std::path::Path) -> Subnets {
+    match SubnetEnv::read(path) {
+        Ok(s) => Subnets {
+            v4: s.ipv4.map(|p| p.subnet),
+            v6: s.ipv6.map(|p| p.subnet),
+        },
+        Err(e) => {
+            if path.exists() {
+                tracing::warn!(error = %e, "the subnet file of an earlier run does not read: its subnets are not kept (a new lease may move this node's containers' subnet)");
+            }
+            Subnets::default()
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM/SIGINT. The data plane is left in place on exit.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let nl = Netlink::connect("(host)").context("opening netlink")?;
@@ -778,12 +796,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         config_text: Some(config_text),
         record,
         timing,
-        hint: SubnetEnv::read(&cli.subnet_file)
-            .map(|s| Subnets {
-                v4: s.ipv4.map(|p| p.subnet),
-                v6: s.ipv6.map(|p| p.subnet),
-            })
-            .unwrap_or_default(),
+        hint: subnet_file_hint(&cli.subnet_file),
     };
     let mut agent = Agent::new(store, node, want, metrics);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

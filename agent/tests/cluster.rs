@@ -950,3 +950,31 @@ fn host_gw_refuses_a_public_ip_behind_nat() {
         "{log}"
     );
 }
+
+#[test]
+fn an_unreadable_subnet_file_is_said_not_silently_dropped() {
+    if !preconditions(
+        "an_unreadable_subnet_file_is_said_not_silently_dropped",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-sfb",
+        1,
+        r#"{"Network":"10.22.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    let file = lab.subnet_file(1);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, "FLANNEL_SUBNET=not-a-subnet\n").unwrap();
+    lab.start_agent(1, &[]);
+    lab.eventually("a subnet is leased", 15, || {
+        lab.log(1).contains("leased new subnets")
+    });
+    assert!(
+        lab.log(1)
+            .contains("the subnet file of an earlier run does not read"),
+        "{}",
+        lab.log(1)
+    );
+}
