@@ -70,7 +70,12 @@ pub fn complete_checksum(pkt: &mut [u8], hdr: &VnetHdr) -> Result<(), DropReason
     if start >= pkt.len() || field + 2 > pkt.len() {
         return Err(DropReason::Malformed);
     }
-    let c = !fold(sum(0, &pkt[start..]));
+    // A sum of 0 goes out as 0xffff (the same in one's complement), as the kernel's own
+    // completion does: in UDP a 0 means "no checksum", and over IPv6 the receiver drops it.
+    let c = match !fold(sum(0, &pkt[start..])) {
+        0 => 0xffff,
+        c => c,
+    };
     put16(pkt, field, c);
     Ok(())
 }
@@ -78,6 +83,20 @@ pub fn complete_checksum(pkt: &mut [u8], hdr: &VnetHdr) -> Result<(), DropReason
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_completed_checksum_of_zero_is_written_as_ffff() {
+        // A UDP header whose data sums to 0xffff: the checksum works out to 0.
+        let mut pkt = [0x12, 0x34, 0xed, 0xc3, 0, 8, 0, 0];
+        let hdr = VnetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            csum_start: 0,
+            csum_offset: 6,
+            ..Default::default()
+        };
+        complete_checksum(&mut pkt, &hdr).unwrap();
+        assert_eq!(&pkt[6..], &[0xff, 0xff]);
+    }
 
     #[test]
     fn header_bytes_round_trip() {
