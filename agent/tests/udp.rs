@@ -751,3 +751,71 @@ fn twilld_and_a_flannel_style_udp_peer_exchange_traffic() {
     common::assert_transfer_intact(&lab, 0, 2, &payload, "twilld → flannel");
     common::assert_transfer_intact(&lab, 2, 1, &payload, "flannel → twilld");
 }
+
+/// A flow with an MSS below 128 (`TCP_MAXSEG`, or a peer announcing a tiny MSS) makes
+/// super-packets of more segments than the data path cuts; they were dropped whole. The TUN
+/// caps its GSO segments, so the kernel cuts those itself.
+#[test]
+fn a_flow_with_a_tiny_mss_is_carried_not_dropped() {
+    if !preconditions("a_flow_with_a_tiny_mss_is_carried_not_dropped", TOOLS) {
+        return;
+    }
+    use std::os::fd::FromRawFd;
+    let lab = lab("twu-mss", 2, 1);
+    let h1 = lab.cluster.host(1).name.clone();
+    let tun = twill_tests::ip_json(&h1, &["-d", "link", "show", "dev", "flannel0"]);
+    assert_eq!(tun[0]["gso_max_segs"], 512, "{tun}");
+    let dst: std::net::SocketAddr = format!("{}:5002", lab.containers[1].ip).parse().unwrap();
+    let listener = lab.containers[1]
+        .netns
+        .enter(|| std::net::TcpListener::bind("0.0.0.0:5002"))
+        .unwrap()
+        .unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let payload = common::test_data(4 << 20);
+    let mut s = lab.containers[0]
+        .netns
+        .enter(|| {
+            // SAFETY: a fresh socket owned by the TcpStream below; plain setsockopt/connect.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                assert!(fd >= 0);
+                let mss: libc::c_int = 88;
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_MAXSEG,
+                    &mss as *const _ as *const libc::c_void,
+                    std::mem::size_of_val(&mss) as libc::socklen_t,
+                );
+                let std::net::SocketAddr::V4(v4) = dst else {
+                    unreachable!()
+                };
+                let sa = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*v4.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                let r = libc::connect(
+                    fd,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of_val(&sa) as libc::socklen_t,
+                );
+                assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+                std::net::TcpStream::from_raw_fd(fd)
+            }
+        })
+        .unwrap();
+    s.write_all(&payload).unwrap();
+    drop(s);
+    assert!(receiver.join().unwrap() == payload, "corrupted");
+    assert_eq!(dropped(&lab, 1, "malformed"), 0, "super-packets dropped");
+}

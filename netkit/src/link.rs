@@ -392,6 +392,14 @@ impl Netlink {
         .await
     }
 
+    /// Caps the segments of one GSO packet the link takes; the kernel segments bigger ones
+    /// before handing them over (`ip link set … gso_max_segs`).
+    pub async fn set_gso_max_segs(&self, index: u32, segs: u32) -> Result<()> {
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes.push(LinkAttribute::GsoMaxSegs(segs));
+        self.set_link("setting gso_max_segs of", index, msg).await
+    }
+
     /// Sets a link's MAC address.
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index)

@@ -52,6 +52,11 @@ pub async fn create(
     let tun = Tun::create(&opts)?;
     let link = nl.require_link(tun.name()).await?;
     nl.set_mtu(link.index, spec.mtu).await?;
+    // The data path cuts a super-packet into at most MAX_SEGMENTS; one with more (an MSS
+    // below 128: `TCP_MAXSEG`, a peer announcing a tiny MSS) was dropped whole. With the cap
+    // on the device the kernel segments those itself before the TUN.
+    nl.set_gso_max_segs(link.index, crate::engine::packet::MAX_SEGMENTS as u32)
+        .await?;
     // The ICMP errors the data path writes back come from the device's own address, which
     // the kernel would drop as a martian source without this. Not fatal: in a container
     // with a read-only /proc/sys only those replies are lost.
