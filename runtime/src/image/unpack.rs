@@ -269,6 +269,7 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<u64, EntryError> {
         };
         let fail = |r: String| EntryError::new(&shown, r);
         let mut set_meta = true;
+        let mut written: Option<File> = None;
         match kind {
             tar::EntryType::Directory => {
                 if existing(&dir, &cname) != Some(SFlag::S_IFDIR) {
@@ -302,9 +303,9 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<u64, EntryError> {
                 let mut f = File::from(fd);
                 size += io::copy(&mut entry, &mut f)
                     .map_err(|e| fail(format!("writing the file: {e} (truncated layer?)")))?;
-                for (k, v) in &xattrs {
-                    set_xattr_lenient(&f, k, v).map_err(fail)?;
-                }
+                // Its xattrs after owner and mode: every chown removes
+                // `security.capability` (file capabilities: ping, setcap'd servers).
+                written = Some(f);
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -405,6 +406,11 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<u64, EntryError> {
                 for (k, v) in &xattrs {
                     set_xattr_lenient(&sub, k, v).map_err(fail)?;
                 }
+            }
+        }
+        if let Some(f) = written {
+            for (k, v) in &xattrs {
+                set_xattr_lenient(&f, k, v).map_err(fail)?;
             }
         }
     }
@@ -557,6 +563,37 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(dir.path().join("etc/l2")).unwrap(),
             "layer2\n"
+        );
+    }
+
+    #[test]
+    fn file_capabilities_survive_the_owner_being_set() {
+        if !is_root() {
+            eprintln!("skipping: file capabilities and owners need root");
+            return;
+        }
+        // VFS_CAP_REVISION_2 with the effective flag, permitted CAP_NET_RAW (ping's).
+        let cap: [u8; 20] = [
+            1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("SCHILY.xattr.security.capability", &cap[..])])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o755);
+        h.set_uid(1000);
+        h.set_gid(1000);
+        h.set_size(4);
+        b.append_data(&mut h, "ping", &b"\x7fELF"[..]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        unpack(&b.into_inner().unwrap()[..], dir.path()).unwrap();
+        let path = dir.path().join("ping");
+        assert_eq!(std::fs::metadata(&path).unwrap().uid(), 1000);
+        assert_eq!(
+            lget_xattr(&path, "security.capability").as_deref(),
+            Some(&cap[..]),
+            "the chown removed the file's capabilities"
         );
     }
 
