@@ -462,19 +462,51 @@ fn alive(pid: i32, start: Option<u64>) -> bool {
     now.is_some() && start.is_none_or(|t| now == Some(t))
 }
 
-/// A signal by name (`SIGQUIT`, `QUIT`) or number, as images write StopSignal.
-pub fn parse_signal(s: &str) -> Result<Signal> {
+/// A signal number from a name (`SIGQUIT`, `QUIT`), a realtime name (`SIGRTMIN+3`, `RTMAX-1`)
+/// or a number up to SIGRTMAX, as images write StopSignal and podman sends them (`kill ID
+/// 37` stops a systemd container, whose StopSignal is SIGRTMIN+3).
+pub fn parse_signal(s: &str) -> Result<i32> {
     let bad = || RuntimeError::Invalid(format!("unknown signal {s:?}"));
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
     if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| bad());
+        return (1..=max).contains(&n).then_some(n).ok_or_else(bad);
     }
     let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let realtime = |rest: &str, base: i32, sign: i32| -> Option<i32> {
+        let n = if rest.is_empty() {
+            0
+        } else {
+            let (op, k) = rest.split_at(1);
+            let k: i32 = k.parse().ok()?;
+            match op {
+                "+" if sign > 0 => k,
+                "-" if sign < 0 => -k,
+                _ => return None,
+            }
+        };
+        Some(base + n).filter(|v| (min..=max).contains(v))
     };
-    name.parse::<Signal>().map_err(|_| bad())
+    if let Some(rest) = bare.strip_prefix("RTMIN") {
+        return realtime(rest, min, 1).ok_or_else(bad);
+    }
+    if let Some(rest) = bare.strip_prefix("RTMAX") {
+        return realtime(rest, max, -1).ok_or_else(bad);
+    }
+    format!("SIG{bare}")
+        .parse::<Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| bad())
+}
+
+/// Sends signal number `sig` (realtime ones too, which nix's `Signal` cannot hold) to `pid`.
+pub fn send_signal(pid: i32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) with plain integers.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// `stop`: the image's StopSignal (SIGTERM when it has none), then SIGKILL after `grace`.
@@ -485,11 +517,11 @@ pub fn stop(store: &Store, id: &str, grace: Duration) -> Result<State> {
     };
     let signal = match st.stop_signal.as_deref() {
         Some(s) => parse_signal(s)?,
-        None => Signal::SIGTERM,
+        None => libc::SIGTERM,
     };
     let ours = |pid| alive(pid, st.pid_start);
     if ours(pid) {
-        let _ = kill(Pid::from_raw(pid), signal);
+        let _ = send_signal(pid, signal);
     }
     let deadline = std::time::Instant::now() + grace;
     while ours(pid) && std::time::Instant::now() < deadline {
@@ -639,4 +671,41 @@ pub fn commit(store: &Store, id: &str, name: &str) -> Result<image::Image> {
             container: st.id.clone(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_realtime_name_and_number_as_runc_does() {
+        let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+        for (text, want) in [
+            ("TERM", libc::SIGTERM),
+            ("SIGKILL", libc::SIGKILL),
+            ("sigquit", libc::SIGQUIT),
+            ("15", 15),
+            ("SIGRTMIN+3", min + 3),
+            ("RTMIN+3", min + 3),
+            ("RTMIN", min),
+            ("SIGRTMAX-1", max - 1),
+            ("RTMAX", max),
+            (&(min + 3).to_string(), min + 3),
+            (&max.to_string(), max),
+        ] {
+            assert_eq!(parse_signal(text).unwrap(), want, "{text}");
+        }
+        for bad in [
+            "0",
+            "-1",
+            &(max + 1).to_string(),
+            "RTMIN+99",
+            "RTMIN-1",
+            "RTMAX+1",
+            "NOPE",
+            "RTMIN+x",
+        ] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+    }
 }

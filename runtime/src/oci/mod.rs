@@ -86,13 +86,13 @@ pub fn state(root: &Root, id: &str) -> Result<serde_json::Value> {
     Ok(saved.state_json(st))
 }
 
-/// A signal by name (`TERM`, `SIGTERM`) or number.
-pub fn parse_signal(s: &str) -> Result<Signal> {
+/// A signal number by name (`TERM`, `SIGTERM`, `RTMIN+3`) or number.
+pub fn parse_signal(s: &str) -> Result<i32> {
     crate::container::parse_signal(s)
 }
 
 /// `kill ID [SIGNAL] [--all]`.
-pub fn kill_container(root: &Root, id: &str, signal: Signal, all: bool) -> Result<()> {
+pub fn kill_container(root: &Root, id: &str, signal: i32, all: bool) -> Result<()> {
     let saved = root.load(id)?;
     let st = saved.status(&root.container_dir(id)?);
     if st == Status::Stopped {
@@ -100,12 +100,12 @@ pub fn kill_container(root: &Root, id: &str, signal: Signal, all: bool) -> Resul
     }
     if all {
         for p in cgroups::pids(&saved.cgroup) {
-            let _ = kill(nix::unistd::Pid::from_raw(p), signal);
+            let _ = crate::container::send_signal(p, signal);
         }
         return Ok(());
     }
-    kill(nix::unistd::Pid::from_raw(saved.pid), signal)
-        .map_err(|e| RuntimeError::nix("signalling", format!("container {id}"), e))
+    crate::container::send_signal(saved.pid, signal)
+        .map_err(|e| RuntimeError::io("signalling", format!("container {id}"), e))
 }
 
 /// `delete [--force] ID`.
