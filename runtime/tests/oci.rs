@@ -309,7 +309,10 @@ fn bare_create_waits_start_releases_and_state_follows_the_spec() {
     // the container's init (sleep) ignores them, as a pid namespace's init does.
     b.ok(&["kill", "c1", "RTMIN+3"]);
     b.ok(&["kill", "c1", "37"]);
-    assert!(b.err(&["kill", "c1", "RTMIN+99"]).contains("unknown signal"));
+    assert!(
+        b.err(&["kill", "c1", "RTMIN+99"])
+            .contains("unknown signal")
+    );
     b.ok(&["kill", "c1", "KILL"]);
     b.wait_status("c1", "stopped");
     let state: Value = serde_json::from_str(&b.ok(&["state", "c1"])).unwrap();

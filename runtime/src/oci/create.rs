@@ -381,6 +381,15 @@ fn make_device(root: &Path, d: &spec::Device) -> Result<()> {
             Some(nix::unistd::Uid::from_raw(d.uid.unwrap_or(0))),
             Some(nix::unistd::Gid::from_raw(d.gid.unwrap_or(0))),
         );
+        // mknod applied our umask (0666 came out 0644: /dev/fuse, /dev/net/tun unusable
+        // for a non-root user); the spec's fileMode is the node's mode.
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &target,
+            mode,
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| RuntimeError::nix("setting the mode of", target.display(), e))?;
     }
     Ok(())
 }
