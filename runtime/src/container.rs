@@ -456,7 +456,7 @@ pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Resul
 /// Whether `pid` still runs and is the process that started at `start` (when recorded): a
 /// container that exited while nobody watched may have its PID reused by any host process,
 /// which stop, rm -f and exec must never signal or join.
-fn alive(pid: i32, start: Option<u64>) -> bool {
+pub(crate) fn alive(pid: i32, start: Option<u64>) -> bool {
     // start_time is None for a process that is gone or a zombie.
     let now = start_time(pid);
     now.is_some() && start.is_none_or(|t| now == Some(t))

@@ -89,9 +89,11 @@ pub fn setup(
         NetMode::None => Ok(NetJoin::New),
         NetMode::Container(other) => {
             let o = store.load(other)?;
+            // Recorded as running is not enough: after a reboot, or with its monitor killed,
+            // the PID may be any host process, whose namespace would be the host's network.
             let pid = o
                 .pid
-                .filter(|_| o.status == Status::Running)
+                .filter(|p| o.status == Status::Running && crate::container::alive(*p, o.pid_start))
                 .ok_or_else(|| {
                     RuntimeError::Invalid(format!("container {other} is not running"))
                 })?;

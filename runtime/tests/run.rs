@@ -966,6 +966,13 @@ fn a_reused_pid_is_never_signalled_or_joined() {
         !out.status.success(),
         "exec joined another process's namespaces"
     );
+    // Nor does another container join its network through the stale PID.
+    let out = rt.run(&["run", "--rm", "--net", "container:reuse", "busybox", "true"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running"),
+        "--net container: joined another process's network: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     rt.ok(&["rm", "-f", "reuse"]);
     std::thread::sleep(std::time::Duration::from_millis(200));
     let still = other.try_wait().unwrap().is_none();
