@@ -297,6 +297,15 @@ fn bare_create_waits_start_releases_and_state_follows_the_spec() {
         "bare\nsleep\x00100\x00",
         "exec joins the namespaces (the pid namespace too)"
     );
+    // The raw environment, not a shell's (which would hide a duplicate by taking the last).
+    let env = b.ok(&["exec", "-e", "TERM=dumb", "c1", "cat", "/proc/self/environ"]);
+    assert_eq!(
+        env.split('\0')
+            .filter(|l| l.starts_with("TERM="))
+            .collect::<Vec<_>>(),
+        ["TERM=dumb"],
+        "exec -e replaces the container's variable, as runc: {env}"
+    );
     let code = b.oci(&["exec", "c1", "sh", "-c", "exit 5"]).status.code();
     assert_eq!(code, Some(5));
     b.ok(&["pause", "c1"]);

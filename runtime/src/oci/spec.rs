@@ -565,3 +565,30 @@ pub fn capability(name: &str) -> Result<caps::Capability> {
 pub fn cap_set(names: &[String]) -> caps::CapsHashSet {
     names.iter().filter_map(|n| capability(n).ok()).collect()
 }
+
+/// `env` with `overrides` (`KEY=value`, as `exec -e` gives them) applied: an override
+/// replaces the variable of its name, as runc does, instead of adding a second one that
+/// `getenv` and the PATH lookup would never see.
+pub fn override_env(env: &mut Vec<String>, overrides: Vec<String>) {
+    let key = |e: &str| e.split('=').next().unwrap_or("").to_string();
+    for o in overrides {
+        let k = key(&o);
+        env.retain(|e| key(e) != k);
+        env.push(o);
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn exec_env_overrides_replace_the_containers_variables() {
+        let mut env = vec!["PATH=/bin".to_string(), "FOO=old".into(), "KEEP=1".into()];
+        override_env(
+            &mut env,
+            vec!["FOO=new".into(), "PATH=/opt/bin".into(), "NEW=x".into()],
+        );
+        assert_eq!(env, ["KEEP=1", "FOO=new", "PATH=/opt/bin", "NEW=x"]);
+    }
+}
