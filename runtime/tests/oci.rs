@@ -1940,3 +1940,57 @@ fn podman_pod_with_uidmap_joins_the_infra_containers_user_namespace() {
         format!("0 200000 65536\n{pod}\n{}", infra_userns.display())
     );
 }
+
+#[test]
+fn a_create_that_fails_after_its_hooks_ran_runs_poststop() {
+    // Before: prestart/createRuntime hooks ran (a network, a device set up), create then
+    // failed (args[0] missing from the root), and poststop never ran: what they set up leaked.
+    let name = "a_create_that_fails_after_its_hooks_ran_runs_poststop";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    let record = d.path().join("record");
+    std::fs::create_dir_all(&record).unwrap();
+    let hook = |file: &str, body: &str| {
+        let path = d.path().join(file);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        path
+    };
+    let runtime = hook(
+        "create-runtime.sh",
+        &format!("echo createRuntime >> {}/order", record.display()),
+    );
+    let poststop = hook(
+        "poststop.sh",
+        &format!(
+            "cat > {r}/poststop.json; echo poststop >> {r}/order",
+            r = record.display()
+        ),
+    );
+    b.config(
+        |c| {
+            c["hooks"] = json!({
+                "createRuntime": [{"path": runtime}],
+                "poststop": [{"path": poststop}],
+            });
+        },
+        &["/no/such/program"],
+    );
+    let e = b.err(&["create", "--bundle", &d.path().display().to_string(), "pf1"]);
+    assert!(e.contains("/no/such/program"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(record.join("order")).unwrap_or_default(),
+        "createRuntime\npoststop\n"
+    );
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(record.join("poststop.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (state["id"].as_str(), state["status"].as_str()),
+        (Some("pf1"), Some("stopped"))
+    );
+}

@@ -647,6 +647,10 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
         )));
     }
     let mut pid = None;
+    // Once the process exists a hook may have run (prestart, createRuntime, or
+    // createContainer in the container): a failed create then runs poststop, as runc's
+    // destroy does, so what those hooks set up (network, devices) is taken down.
+    let mut poststop_state: Option<serde_json::Value> = None;
     let made = (|| -> Result<Saved> {
         nix::unistd::mkfifo(&dir.join(EXEC_FIFO), Mode::from_bits_truncate(0o622))
             .map_err(|e| RuntimeError::nix("creating", dir.join(EXEC_FIFO).display(), e))?;
@@ -752,6 +756,7 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
             RuntimeError::Invalid(format!("creating the container: {why}"))
         };
         saved.pid = p.as_raw();
+        poststop_state = Some(saved.state_json(Status::Stopped));
         if child.parent_hooks() {
             if messages::expect(&ready_r, Handshake::HooksPlease).is_err() {
                 return Err(gone(err_r));
@@ -780,6 +785,13 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
             }
             let _ = cgroups::remove(&cgroup);
             let _ = fs::remove_dir_all(&dir);
+            if let Some(state) = poststop_state {
+                for h in &spec.hooks.poststop {
+                    if let Err(e) = hooks::run(h, &state) {
+                        eprintln!("twill-oci: poststop {e}");
+                    }
+                }
+            }
             Err(e)
         }
     }
