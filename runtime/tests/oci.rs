@@ -1950,7 +1950,7 @@ fn a_create_that_fails_after_its_hooks_ran_runs_poststop() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let mut b = Bundle::new(d.path());
+    let b = Bundle::new(d.path());
     let record = d.path().join("record");
     std::fs::create_dir_all(&record).unwrap();
     let hook = |file: &str, body: &str| {
