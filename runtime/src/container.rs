@@ -195,6 +195,28 @@ pub fn cleanup(store: &Store, st: &State, cni: &CniOptions) -> Result<()> {
     }
 }
 
+/// Removes the anonymous volumes twill-run made for `st` (under the store's `volumes/`): at
+/// `--rm`, `rm -v` and a failed start, as Docker does; named and host paths are never touched.
+fn remove_anonymous_volumes(store: &Store, st: &State) {
+    let Some(volumes) = store.volume_dir("x").parent().map(Path::to_path_buf) else {
+        return;
+    };
+    for m in st.mounts.iter().filter(|m| m.anonymous) {
+        let Some(dir) = m
+            .source
+            .parent()
+            .filter(|d| d.parent() == Some(volumes.as_path()))
+        else {
+            continue;
+        };
+        if let Err(e) = fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("twill-run: removing volume {}: {e}", dir.display());
+        }
+    }
+}
+
 /// Creates and starts a container; on failure everything is undone. `log`: where stdout and
 /// stderr go (detached), else they are inherited.
 pub fn start(
@@ -363,6 +385,7 @@ fn start_inner(
             if let Err(c) = cleanup(store, &st, cni) {
                 eprintln!("twill-run: cleaning up after a failed start: {c}");
             }
+            remove_anonymous_volumes(store, &st);
             Err(e)
         }
     }
@@ -382,6 +405,7 @@ pub fn monitor(store: &Store, mut st: State, pid: Pid, cni: &CniOptions) -> Resu
     st.pid = None;
     if st.auto_remove {
         cleanup(store, &st, cni)?;
+        remove_anonymous_volumes(store, &st);
     } else {
         // The processes are gone: release the network (CNI DEL, netns) and the cgroup now,
         // as Docker does at stop; rm removes the rest.
@@ -548,8 +572,8 @@ pub fn stop(store: &Store, id: &str, grace: Duration) -> Result<State> {
     Ok(st)
 }
 
-/// `rm [-f]`.
-pub fn remove(store: &Store, id: &str, force: bool, cni: &CniOptions) -> Result<()> {
+/// `rm [-f] [-v]`: `volumes` removes its anonymous volumes too.
+pub fn remove(store: &Store, id: &str, force: bool, volumes: bool, cni: &CniOptions) -> Result<()> {
     let st = store.load(id)?;
     if st.status == Status::Running && st.pid.is_some_and(|p| alive(p, st.pid_start)) {
         if !force {
@@ -561,7 +585,11 @@ pub fn remove(store: &Store, id: &str, force: bool, cni: &CniOptions) -> Result<
         stop(store, &st.id, Duration::ZERO)?;
     }
     let st = store.load(&st.id).unwrap_or(st);
-    cleanup(store, &st, cni)
+    cleanup(store, &st, cni)?;
+    if volumes {
+        remove_anonymous_volumes(store, &st);
+    }
+    Ok(())
 }
 
 /// `exec`: joins the container's cgroup and namespaces and runs `argv`; returns its exit code.

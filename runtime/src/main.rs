@@ -113,6 +113,9 @@ enum Cmd {
     Rm {
         #[arg(short, long)]
         force: bool,
+        /// Remove its anonymous volumes too (as docker rm -v).
+        #[arg(short, long)]
+        volumes: bool,
         id: String,
     },
     /// Save a container's changes as a new image.
@@ -442,8 +445,8 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             let st = container::stop(&store, &id, Duration::from_secs(time))?;
             println!("{}", st.name);
         }
-        Cmd::Rm { force, id } => {
-            container::remove(&store, &id, force, &cni)?;
+        Cmd::Rm { force, volumes, id } => {
+            container::remove(&store, &id, force, volumes, &cni)?;
             println!("{id}");
         }
         Cmd::Commit { id, name } => println!("{}", container::commit(&store, &id, &name)?.name),

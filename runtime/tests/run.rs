@@ -980,3 +980,33 @@ fn a_reused_pid_is_never_signalled_or_joined() {
     let _ = other.wait();
     assert!(still, "rm -f signalled an unrelated process");
 }
+
+#[test]
+fn anonymous_volumes_go_with_rm_dash_v_and_with_dash_dash_rm() {
+    // Before: every anonymous volume stayed for good (postgres's VOLUME with --rm, a failed
+    // start), and there was no rm -v.
+    if !pre("anonymous_volumes_go_with_rm_dash_v_and_with_dash_dash_rm") {
+        return;
+    }
+    let rt = Rt::new();
+    let volumes = || -> usize {
+        std::fs::read_dir(rt.root().join("volumes"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    rt.ok(&[
+        "run", "--rm", "--net", "none", "-v", "/data", "busybox", "true",
+    ]);
+    assert_eq!(volumes(), 0, "--rm took its anonymous volume");
+    for (flags, left) in [(&["-f"][..], 1), (&["-f", "-v"], 1)] {
+        rt.ok(&[
+            "run", "-d", "--name", "vol", "--net", "none", "-v", "/data", "busybox", "sleep", "100",
+        ]);
+        assert_eq!(volumes(), left + usize::from(flags.len() == 2));
+        let mut args = vec!["rm"];
+        args.extend_from_slice(flags);
+        args.push("vol");
+        rt.ok(&args);
+        assert_eq!(volumes(), left, "after rm {flags:?}");
+    }
+}
