@@ -819,3 +819,46 @@ fn a_flow_with_a_tiny_mss_is_carried_not_dropped() {
     assert!(receiver.join().unwrap() == payload, "corrupted");
     assert_eq!(dropped(&lab, 1, "malformed"), 0, "super-packets dropped");
 }
+
+/// A UDP GSO send the route cannot take (here: the underlay device's MTU lowered below a
+/// segment, as on a VPN or VLAN device on the way to a peer; IPsec gives EIO the same way)
+/// goes out as separate datagrams, which IP fragments; before, every train was dropped and
+/// bulk TCP to that peer stalled.
+#[test]
+fn a_refused_udp_gso_send_falls_back_to_one_datagram_per_message() {
+    if !preconditions(
+        "a_refused_udp_gso_send_falls_back_to_one_datagram_per_message",
+        TOOLS,
+    ) {
+        return;
+    }
+    let lab = lab("twu-gso", 2, 1);
+    let h1 = lab.cluster.host(1).name.clone();
+    twill_tests::run(
+        "ip",
+        &["-n", &h1, "link", "set", "dev", "eth0", "mtu", "1000"],
+    );
+    let payload = common::test_data(2 << 20);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(common::tcp_transfer(&lab, 0, 1, &payload) == payload);
+        });
+        let intact = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                // Unblock the transfer so the scope can end: restore the MTU.
+                twill_tests::run(
+                    "ip",
+                    &["-n", &h1, "link", "set", "dev", "eth0", "mtu", "1500"],
+                );
+                panic!("the transfer stalled: {}", lab.log(1))
+            });
+        assert!(intact, "corrupted");
+    });
+    assert!(
+        lab.log(1).contains("a UDP GSO send failed"),
+        "{}",
+        lab.log(1)
+    );
+}

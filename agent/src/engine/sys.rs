@@ -27,6 +27,16 @@ pub fn would_block(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
 }
 
+/// Whether a failed UDP GSO send may go through as separate datagrams: the kernel refuses
+/// segmentation on this route (EIO: IPsec, no checksum offload; EINVAL or EMSGSIZE: a
+/// segment larger than the route's device takes).
+pub fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::EMSGSIZE)
+    )
+}
+
 /// Whether an error means the TUN queue is gone (device deleted): the thread ends and the
 /// control plane re-creates the device.
 pub fn queue_gone(e: &io::Error) -> bool {

@@ -123,6 +123,33 @@ impl SendQueue {
         &self.parts[m.parts.clone()]
     }
 
+    /// Whether datagrams still join segment trains.
+    pub fn trains(&self) -> bool {
+        self.trains
+    }
+
+    /// From now on every datagram is a message of its own (UDP GSO sends failed).
+    pub fn stop_trains(&mut self) {
+        self.trains = false;
+    }
+
+    /// The pieces of each datagram of `m`, in order: a train's parts cut at every `stride`
+    /// bytes (a datagram's pieces never straddle two datagrams).
+    pub fn datagrams<'a>(&'a self, m: &OutMsg) -> Vec<&'a [Part]> {
+        let parts = self.parts(m);
+        let mut out = Vec::with_capacity(m.count);
+        let (mut start, mut len) = (0, 0);
+        for (i, p) in parts.iter().enumerate() {
+            len += p.len();
+            if len >= m.stride || i + 1 == parts.len() {
+                out.push(&parts[start..=i]);
+                start = i + 1;
+                len = 0;
+            }
+        }
+        out
+    }
+
     /// Forgets everything queued (after it was sent).
     pub fn clear(&mut self) {
         self.msgs.clear();
@@ -135,6 +162,27 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+
+    #[test]
+    fn a_train_splits_back_into_its_datagrams() {
+        let mut q = SendQueue::with_capacity(16, 4, true);
+        let h = |off| Part::Header { off, len: 52 };
+        let r = |off, len| Part::Read { off, len };
+        q.push(peer(2), [h(0), r(0, 1400)]);
+        q.push(peer(2), [h(52), r(1400, 1400)]);
+        q.push(peer(2), [h(104), r(2800, 300)]);
+        let m = q.msgs()[0].clone();
+        assert_eq!(m.count, 3);
+        let d = q.datagrams(&m);
+        assert_eq!(
+            d,
+            vec![
+                &[h(0), r(0, 1400)][..],
+                &[h(52), r(1400, 1400)],
+                &[h(104), r(2800, 300)]
+            ]
+        );
+    }
 
     fn peer(last: u8) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::new(172, 31, 0, last), 8285))

@@ -428,6 +428,7 @@ impl<O: Outbound> TxWorker<O> {
     fn send_all(&mut self) {
         let msgs = self.queue.msgs();
         let mut start = 0;
+        let mut gso_failed = false;
         while start < msgs.len() {
             let count = (msgs.len() - start).min(BATCH);
             let mut batch = SendBatch::new(&mut self.iovs);
@@ -450,6 +451,32 @@ impl<O: Outbound> TxWorker<O> {
                         break;
                     }
                 }
+                Err(e) if msgs[start].count > 1 && sys::gso_refused(&e) => {
+                    // The kernel or the route cannot take UDP GSO (an IPsec'd route, a
+                    // device with a smaller MTU on the way to this peer, no checksum
+                    // offload): send this train's datagrams one by one, and no more trains.
+                    if self.queue.trains() {
+                        tracing::warn!(error = %e, peer = %msgs[start].dst, "a UDP GSO send failed: sending one datagram per message from now on");
+                    }
+                    let m = &msgs[start];
+                    for d in self.queue.datagrams(m) {
+                        let mut one = SendBatch::new(&mut self.iovs);
+                        one.push(
+                            m.dst,
+                            0,
+                            d.iter().map(|p| match *p {
+                                Part::Read { off, len } => &self.reads[off..off + len],
+                                Part::Header { off, len } => &self.headers[off..off + len],
+                                Part::Sealed { off, len } => &self.sealed[off..off + len],
+                            }),
+                        );
+                        if self.sock.send_batch(&one).is_err() {
+                            self.local.io_errors += 1;
+                        }
+                    }
+                    gso_failed = true;
+                    start += 1;
+                }
                 Err(e) => {
                     // This message cannot go (e.g. no route to that peer): skip it.
                     tracing::debug!(error = %e, peer = %msgs[start].dst, "sending to a peer");
@@ -457,6 +484,9 @@ impl<O: Outbound> TxWorker<O> {
                     start += 1;
                 }
             }
+        }
+        if gso_failed {
+            self.queue.stop_trains();
         }
         self.queue.clear();
         self.reads_used = 0;
