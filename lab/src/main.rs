@@ -13,7 +13,7 @@ use twill_lab::{commands, interrupt, state, up};
 #[derive(Parser)]
 #[command(name = "twill-lab", version, about)]
 struct Cli {
-    /// Lab name (several labs can run side by side).
+    /// Lab name, 1-20 letters or digits (several labs can run side by side).
     #[arg(long, global = true, default_value = "lab")]
     name: String,
     #[command(subcommand)]
@@ -139,14 +139,15 @@ fn main() {
     ) {
         interrupt::install();
     }
+    // No '-': a lab's namespaces are `tl-<name>-…`, and `down lab` would otherwise also take
+    // down `lab-udp`'s (its names start with `tl-lab-` too).
     let valid = !cli.name.is_empty()
         && cli.name.len() <= 20
-        && cli
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        && cli.name.bytes().all(|b| b.is_ascii_alphanumeric());
     if !valid {
-        eprintln!("twill-lab: --name must be 1-20 letters, digits or '-'");
+        eprintln!(
+            "twill-lab: --name must be 1-20 letters or digits (no '-': one lab's name would prefix another's namespaces)"
+        );
         std::process::exit(2);
     }
     // Only a failed `up` leaves a half-built lab (bench tears its labs down itself), and only

@@ -341,6 +341,27 @@ fn bench_names_the_paths_it_knows_when_given_another() {
     assert!(!out.contains("down"), "{out}");
 }
 
+#[test]
+fn a_lab_name_with_a_dash_is_refused_so_no_lab_prefixes_another() {
+    if !ready() {
+        return;
+    }
+    // `down --name lab` swept every namespace starting with `tl-lab-`, `lab-udp`'s too.
+    // `up` last: before the fix it built the lab.
+    for cmd in ["status", "down", "up"] {
+        let out = Command::new(LAB)
+            .args([cmd, "--name", "lab-udp"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no '-'"),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// Whether host `h` of lab `name` has a `flannel0` right now.
 fn has_flannel0(name: &str, h: usize) -> bool {
     twill_netkit::Netns::open(&format!("tl-{name}-h{h}"))
