@@ -17,8 +17,10 @@ pub(crate) fn kill_pid(pid: u32) {
     );
 }
 
-/// `down`: containers removed with twill-run (cgroups, CNI), agents and etcd killed by PID,
-/// namespaces swept, state removed. Idempotent; works from a half-written state file.
+/// `down`: containers removed with twill-run (cgroups, CNI), the lab's namespaces swept with
+/// every process in them (its agents and etcd), state removed. Idempotent; works from a
+/// half-written state file. The PIDs the state records are not signalled by number: an agent
+/// that died (or that `bench --forwarder` stopped) leaves a PID any process may hold now.
 pub fn down(name: &str) -> anyhow::Result<()> {
     let dir = state_dir(name);
     if let Ok(st) = LabState::load(&dir) {
@@ -28,14 +30,8 @@ pub fn down(name: &str) -> anyhow::Result<()> {
                     let _ = cmd.args(["rm", "-f", &c.name]).output();
                 }
             }
-            if let Some(p) = st.hosts[h].twilld_pid {
-                kill_pid(p);
-            }
         }
         for member in &st.etcd {
-            if let Some(p) = member.pid {
-                kill_pid(p);
-            }
             if let Some(d) = &member.dir {
                 let _ = std::fs::remove_dir_all(d);
             }

@@ -146,6 +146,39 @@ fn down_after_a_killed_up_leaves_nothing() {
     assert!(ok, "down is idempotent: {out}");
 }
 
+#[test]
+fn down_never_signals_a_recorded_pid_that_is_not_the_labs_any_more() {
+    if !ready() {
+        return;
+    }
+    // An agent that died (or that `bench --forwarder` stopped) leaves its PID in the state;
+    // another process may hold it when `down` runs.
+    let _ = lab(&["down", "--name", "tp"]);
+    let mut bystander = Command::new("sleep").arg("100").spawn().unwrap();
+    // The state of a lab whose one agent died: its PID now names the bystander.
+    let st = serde_json::json!({
+        "name": "tp", "backend": "host-gw", "network": "10.244.0.0/16",
+        "etcd_endpoint": "http://172.31.0.1:2379",
+        "etcd": [{"pid": bystander.id(), "dir": null}],
+        "cni_path": "/nonexistent",
+        "hosts": [{
+            "name": "h1", "netns": "tl-tp-h1", "underlay_ip": "172.31.0.11", "subnet": null,
+            "twilld_pid": bystander.id(), "log": "/nonexistent/h1.log",
+            "subnet_file": "/nonexistent/subnet.env", "cni_conf_dir": "/nonexistent",
+            "run_root": "/nonexistent", "containers": [],
+        }],
+    });
+    std::fs::create_dir_all("/run/twill-lab/tp").unwrap();
+    std::fs::write("/run/twill-lab/tp/state.json", st.to_string()).unwrap();
+    let (ok, out) = lab(&["down", "--name", "tp"]);
+    let alive = bystander.try_wait().unwrap().is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(ok, "{out}");
+    gone("tp");
+    assert!(alive, "down killed a process outside the lab");
+}
+
 /// The PIDs of the twilld and etcd processes lab `name`'s state file lists.
 fn lab_pids(name: &str) -> Vec<u64> {
     let state: serde_json::Value = serde_json::from_slice(
