@@ -8,6 +8,15 @@ use twill_lab::family::IpFamily;
 use twill_lab::soak::{self, SoakOptions};
 use twill_lab::{commands, interrupt, state, up};
 
+/// A count of 1 or more (`--runs 0` ran one round without a word).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// twill-lab: hosts as network namespaces, real etcd, real twilld agents and twill-run
 /// containers, all on this machine. Needs root. Nothing is added to the root namespace.
 #[derive(Parser)]
@@ -102,7 +111,7 @@ enum Cmd {
         seconds: u64,
         /// Rounds (every path measured once per round; default 1); each cell shows the
         /// median. For cni and runtime: runs per measurement (default: theirs).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         runs: Option<usize>,
         /// Also write the table as Markdown here.
         #[arg(long)]

@@ -375,6 +375,20 @@ fn bench_names_the_paths_it_knows_when_given_another() {
 }
 
 #[test]
+fn bench_refuses_zero_rounds() {
+    if !ready() {
+        return;
+    }
+    // Before: `--runs 0` ran one round without a word.
+    let out = Command::new(LAB)
+        .args(["bench", "--runs", "0", "--name", "tz"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be at least 1"));
+}
+
+#[test]
 fn a_lab_name_with_a_dash_is_refused_so_no_lab_prefixes_another() {
     if !ready() {
         return;
