@@ -87,6 +87,13 @@ pub fn build(o: &UpOptions, own_etcd: bool) -> anyhow::Result<BuiltLab> {
             p.display()
         );
     }
+    // Everything `up` needs from the system, before anything is built: a tool found missing
+    // halfway left namespaces, etcd and agents running.
+    twill_testbed::check_etcd_installed().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        std::path::Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing: apt-get install busybox-static"
+    );
     let dir = state_dir(&o.name);
     if dir.join("state.json").exists() {
         bail!(

@@ -375,6 +375,40 @@ fn bench_names_the_paths_it_knows_when_given_another() {
 }
 
 #[test]
+fn up_without_etcd_says_so_before_building_anything() {
+    if !ready() {
+        return;
+    }
+    let _ = lab(&["down", "--name", "te"]);
+    let out = Command::new(LAB)
+        .args([
+            "up",
+            "--name",
+            "te",
+            "--hosts",
+            "1",
+            "--containers-per-host",
+            "0",
+        ])
+        .env("TWILL_ETCD_BIN", "/nonexistent/etcd")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let left = twill_netkit::Netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("tl-te-"))
+        .count();
+    let _ = lab(&["down", "--name", "te"]);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("etcd (/nonexistent/etcd) is not installed"),
+        "{err}"
+    );
+    assert_eq!(left, 0, "namespaces built before the check: {err}");
+}
+
+#[test]
 fn bench_refuses_zero_rounds() {
     if !ready() {
         return;

@@ -27,6 +27,25 @@ fn etcd_bin() -> String {
     std::env::var("TWILL_ETCD_BIN").unwrap_or_else(|_| "etcd".to_string())
 }
 
+/// Whether the etcd binary can be run: an error that says what to install, for callers that
+/// check before building anything.
+pub fn check_installed() -> std::result::Result<(), String> {
+    let bin = etcd_bin();
+    let found = if bin.contains('/') {
+        std::path::Path::new(&bin).is_file()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(&bin).is_file()))
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "etcd ({bin}) is not installed: apt-get install etcd-server, or set TWILL_ETCD_BIN"
+        ))
+    }
+}
+
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where and how one member listens.

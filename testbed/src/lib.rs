@@ -17,6 +17,8 @@ mod sweep;
 pub use agents::{HostFiles, TwilldCommand, wait_for_subnet};
 pub use cluster::{Cluster, ClusterBuilder, Host, UNDERLAY_BRIDGE};
 pub use error::{LabError, Result};
-pub use etcd::{Etcd, EtcdCluster, EtcdTls, NETWORK_CONFIG_KEY};
+pub use etcd::{
+    Etcd, EtcdCluster, EtcdTls, NETWORK_CONFIG_KEY, check_installed as check_etcd_installed,
+};
 pub use process::{free_local_port, wait_for};
 pub use sweep::{namespaces_with_prefix, pids_in_netns, sweep};
