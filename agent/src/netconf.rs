@@ -466,7 +466,18 @@ impl NetworkConfig {
         .into_iter()
         .filter(|(_, old, new)| old != new)
         .map(|(field, old, new)| format!("{field} {old} → {new}"))
+        .chain(
+            self.psk_rotated(other)
+                .then(|| "Backend.PSK changed (values not shown)".into()),
+        )
         .collect()
+    }
+
+    /// Whether both configs set a wireguard PSK and they differ: the summary says only "set",
+    /// and a node that kept the old key cannot shake hands with restarted ones.
+    fn psk_rotated(&self, other: &NetworkConfig) -> bool {
+        let psk = |c: &NetworkConfig| c.backend.wireguard.as_ref().and_then(|w| w.psk);
+        matches!((psk(self), psk(other)), (Some(a), Some(b)) if a != b)
     }
 
     /// Whether `subnet` is a valid lease for this configuration.
@@ -585,6 +596,23 @@ mod tests {
         let c = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16"}"#).unwrap();
         assert!(c.backend_defaulted);
         assert_eq!((c.backend.kind, c.backend.port), (BackendType::Udp, 8285));
+    }
+
+    #[test]
+    fn a_rotated_wireguard_psk_is_a_change_and_its_values_are_not_shown() {
+        let cfg = |psk: &str| {
+            NetworkConfig::parse(&format!(
+                r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"wireguard","PSK":"{psk}"}}}}"#
+            ))
+            .unwrap()
+        };
+        let (a, b) = (
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            "HxQVFhcYGRobHB0eHwABAgMEBQYHCAkKCwwNDg8QERI=",
+        );
+        let d = cfg(a).differences(&cfg(b));
+        assert_eq!(d, ["Backend.PSK changed (values not shown)"]);
+        assert!(cfg(a).differences(&cfg(a)).is_empty());
     }
 
     #[test]
