@@ -184,6 +184,18 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
         assert_ne!(peer[4], "0", "a handshake happened: {peer:?}");
         assert!(peer[5].parse::<u64>().unwrap() > 0, "rx bytes: {peer:?}");
     }
+    // The raw answer: `protocol_version` once per peer, as wireguard-go writes it.
+    let raw = {
+        use std::io::{Read, Write};
+        let mut c =
+            std::os::unix::net::UnixStream::connect(lab.wg_socket_dir(1).join("flannel-wg.sock"))
+                .unwrap();
+        c.write_all(b"get=1\n\n").unwrap();
+        let mut text = String::new();
+        let _ = c.read_to_string(&mut text);
+        text
+    };
+    assert_eq!(raw.matches("protocol_version=1\n").count(), 2, "{raw}");
     let counter = |name: &str| sample(&lab, 1, &format!("{name}_total")).unwrap_or(0);
     lab.eventually("the data path's counters published", 5, || {
         counter("twilld_wireguard_tx_packets") > 5000

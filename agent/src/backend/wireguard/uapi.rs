@@ -59,6 +59,9 @@ pub fn render_get(state: &DeviceState) -> String {
             // The key itself stays in twilld: `wg show` only says a PSK is set.
             let _ = writeln!(s, "preshared_key={}", hex(&[0xffu8; 32]));
         }
+        // Per peer, as wireguard-go writes it: wgctrl gives a trailing one to the last peer
+        // only, and every other peer then reports protocol version 0.
+        s.push_str("protocol_version=1\n");
         let _ = writeln!(s, "endpoint={}", p.endpoint());
         let _ = writeln!(s, "persistent_keepalive_interval={}", p.keepalive);
         let (since, tx, rx, _, _) = p.tunn().stats();
@@ -76,7 +79,7 @@ pub fn render_get(state: &DeviceState) -> String {
             let _ = writeln!(s, "allowed_ip={n}");
         }
     }
-    s.push_str("protocol_version=1\nerrno=0\n\n");
+    s.push_str("errno=0\n\n");
     s
 }
 
