@@ -56,6 +56,9 @@ pub struct Peer {
     pub alt_source: Option<IpAddr>,
     tunn: Mutex<Tunn>,
     pub drops: PeerDrops,
+    /// When its last handshake completed, in nanoseconds since the epoch (0: none yet): kept
+    /// after boringtun drops an idle peer's expired session.
+    last_handshake: AtomicU64,
 }
 
 impl std::fmt::Debug for Peer {
@@ -90,6 +93,27 @@ impl Peer {
             alt_source: None,
             tunn: Mutex::new(tunn),
             drops: PeerDrops::default(),
+            last_handshake: AtomicU64::new(0),
+        }
+    }
+
+    /// The wall-clock time (since the epoch) of its last completed handshake, from `since`
+    /// (boringtun's "time since the handshake", `None` once its session expired) at `now`:
+    /// an idle peer keeps reporting its last one, as wireguard-go does, instead of "never".
+    pub fn last_handshake(
+        &self,
+        since: Option<std::time::Duration>,
+        now: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        if let Some(d) = since {
+            let at = now.saturating_sub(d);
+            self.last_handshake
+                .store(at.as_nanos() as u64, Ordering::Relaxed);
+            return Some(at);
+        }
+        match self.last_handshake.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(std::time::Duration::from_nanos(n)),
         }
     }
 
@@ -418,7 +442,7 @@ pub fn render_peers(tables: &[Arc<WgTable>], s: &mut String) {
             );
             match name {
                 "peer_last_handshake_seconds" => {
-                    let at = since.map(|d| now.saturating_sub(d).as_secs()).unwrap_or(0);
+                    let at = p.last_handshake(*since, now).map_or(0, |t| t.as_secs());
                     let _ = writeln!(s, "{full}{{{labels}}} {at}");
                 }
                 "peer_tx_bytes" => {
@@ -471,6 +495,18 @@ mod tests {
             false,
             tunn,
         )
+    }
+
+    #[test]
+    fn an_idle_peer_keeps_its_last_handshake_after_the_session_expires() {
+        use std::time::Duration;
+        let p = peer(1, "172.31.0.12:51820", Some("10.5.2.0/24"), None);
+        let s = Duration::from_secs;
+        assert_eq!(p.last_handshake(None, s(1000)), None, "none yet");
+        assert_eq!(p.last_handshake(Some(s(5)), s(1000)), Some(s(995)));
+        // Three idle minutes later boringtun has dropped the session: still 995, not "never".
+        assert_eq!(p.last_handshake(None, s(1200)), Some(s(995)));
+        assert_eq!(p.last_handshake(Some(s(1)), s(1300)), Some(s(1299)));
     }
 
     #[test]

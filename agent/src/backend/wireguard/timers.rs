@@ -59,6 +59,13 @@ fn run(table: &TableCell, limiter: &RateLimiter, sock: &UdpSocket, stop: &Atomic
             if let TunnResult::WriteToNetwork(msg) = tunn.update_timers(&mut buf) {
                 let _ = sock.send_to(peer.endpoint(), msg);
             }
+            // Noted every tick while the session lives: boringtun forgets it when the
+            // session expires (3 minutes idle).
+            let since = tunn.stats().0;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            peer.last_handshake(since, now);
         }
         drop(t);
         std::thread::sleep(TICK);

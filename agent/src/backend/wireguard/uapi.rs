@@ -65,9 +65,7 @@ pub fn render_get(state: &DeviceState) -> String {
         let _ = writeln!(s, "endpoint={}", p.endpoint());
         let _ = writeln!(s, "persistent_keepalive_interval={}", p.keepalive);
         let (since, tx, rx, _, _) = p.tunn().stats();
-        let at = since
-            .map(|d| now.saturating_sub(d))
-            .unwrap_or(Duration::ZERO);
+        let at = p.last_handshake(since, now).unwrap_or(Duration::ZERO);
         let _ = writeln!(s, "last_handshake_time_sec={}", at.as_secs());
         let _ = writeln!(s, "last_handshake_time_nsec={}", at.subsec_nanos());
         let _ = writeln!(s, "tx_bytes={tx}");
