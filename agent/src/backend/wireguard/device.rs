@@ -245,14 +245,16 @@ impl WgDevice {
         Ok(())
     }
 
-    /// The peer for `spec`, reusing the current one (and its sessions) when nothing about
-    /// it changed.
+    /// The peer for `spec`: the current one when nothing about it changed, its successor
+    /// (same sessions) when only its lease's addresses or subnets did; a new one otherwise.
     fn peer_for(&self, spec: &PeerSpec, shared: &Shared) -> Arc<Peer> {
-        if let Some(p) = self.peers.get(&spec.public_key)
-            && p.same_as(&spec.public_key, spec.endpoint, spec.allowed)
-            && p.alt_source == spec.alt_source.map(|ip| ip.to_canonical())
-        {
-            return p.clone();
+        if let Some(p) = self.peers.get(&spec.public_key) {
+            if p.same_as(&spec.public_key, spec.endpoint, spec.allowed)
+                && p.alt_source == spec.alt_source.map(|ip| ip.to_canonical())
+            {
+                return p.clone();
+            }
+            return Arc::new(p.successor(spec.endpoint, spec.allowed, spec.alt_source));
         }
         // 24 bits: boringtun shifts the index left by 8 for its session numbers.
         let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;

@@ -54,8 +54,10 @@ pub struct Peer {
     /// address (the two ends of an `auto` pair may pick different families, and each
     /// answers from the family it picked).
     pub alt_source: Option<IpAddr>,
-    tunn: Mutex<Tunn>,
-    pub drops: PeerDrops,
+    /// Shared with the peer that replaces this one when its lease changes (see
+    /// [`Peer::successor`]): sessions, counters and the handshake replay guard live on.
+    tunn: Arc<Mutex<Tunn>>,
+    pub drops: Arc<PeerDrops>,
     /// When its last handshake completed, in nanoseconds since the epoch (0: none yet): kept
     /// after boringtun drops an idle peer's expired session.
     last_handshake: AtomicU64,
@@ -91,10 +93,33 @@ impl Peer {
             keepalive,
             psk,
             alt_source: None,
-            tunn: Mutex::new(tunn),
-            drops: PeerDrops::default(),
+            tunn: Arc::new(Mutex::new(tunn)),
+            drops: Arc::default(),
             last_handshake: AtomicU64::new(0),
         }
+    }
+
+    /// This peer after its lease changed (another PublicIP or Port, other subnets, another
+    /// alternative address): the same key, index and boringtun state, so its sessions keep
+    /// working and a handshake initiation captured earlier is still refused as old (a fresh
+    /// `Tunn` would take it once and roam the endpoint to wherever it came from). Kernel
+    /// WireGuard updates a peer in place the same way.
+    pub fn successor(&self, endpoint: SocketAddr, allowed: Subnets, alt: Option<IpAddr>) -> Peer {
+        Peer {
+            index: self.index,
+            public_key: self.public_key,
+            leased_endpoint: endpoint,
+            current_endpoint: RwLock::new(endpoint),
+            roams: AtomicU64::new(self.roams.load(Ordering::Relaxed)),
+            allowed,
+            keepalive: self.keepalive,
+            psk: self.psk,
+            alt_source: None,
+            tunn: self.tunn.clone(),
+            drops: self.drops.clone(),
+            last_handshake: AtomicU64::new(self.last_handshake.load(Ordering::Relaxed)),
+        }
+        .with_alt_source(alt)
     }
 
     /// The wall-clock time (since the epoch) of its last completed handshake, from `since`

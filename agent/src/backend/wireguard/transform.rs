@@ -968,6 +968,49 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_whose_lease_changed_keeps_its_sessions_and_refuses_an_old_initiation() {
+        let (a, b) = pair(None);
+        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
+        let mut b_in = b.transform.inbound();
+        let from_a = a.out.local_addr().unwrap();
+        let from_b = b.inbox.local_addr().unwrap();
+        let pkt = tcp_packet(1, 0x18, &[0xab; 600], 64);
+        assert_eq!(seal(&a, &mut a_out, &pkt), Err(DropReason::NoSession));
+        let mut init = recv(&b);
+        let captured = init.clone();
+        assert_eq!(open(&b, &mut b_in, from_a, &mut init), Ok(Opened::Consumed));
+        let mut resp = recv_on(&a.out);
+        assert_eq!(open(&a, &mut a_in, from_b, &mut resp), Ok(Opened::Consumed));
+        for _ in 0..2 {
+            let mut m = recv(&b);
+            let _ = open(&b, &mut b_in, from_a, &mut m);
+        }
+        // A's lease on B changes (another Port): B installs A's successor.
+        let old = b.transform.table.load().peers[0].clone();
+        let moved = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+        let next = Arc::new(old.successor(moved, old.allowed, None));
+        b.transform.table.publish(WgTable::new(
+            subnets("10.5.0.0/16", "fd00:5::/32"),
+            subnets("10.5.2.0/24", "fd00:5:2::/64"),
+            vec![next],
+        ));
+        let mut b_in = b.transform.inbound();
+        // A's packets still open with the session it holds...
+        let mut d = seal(&a, &mut a_out, &pkt).unwrap();
+        match open(&b, &mut b_in, from_a, &mut d) {
+            Ok(Opened::Packet { inner, .. }) => assert_eq!(&d[inner], &pkt[..]),
+            other => panic!("the session was lost with the lease change: {other:?}"),
+        }
+        // ...and the initiation captured before is still refused as old (a fresh Tunn took
+        // it once and moved A's endpoint to wherever the replay came from).
+        let replayer = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 3), 4444));
+        assert!(
+            open(&b, &mut b_in, replayer, &mut captured.clone()).is_err(),
+            "a replayed initiation was taken"
+        );
+    }
+
+    #[test]
     fn handshake_then_sealed_packets_open_once_and_only_from_their_peer() {
         let (a, b) = pair(Some([3; 32]));
         let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
