@@ -386,6 +386,34 @@ fn wireguard_forgeries_keepalive_flannel_lease_removal_and_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // None while traffic flows: WireGuard sends a persistent keepalive only after the
+    // interval passes without an authenticated packet (boringtun sent one every interval).
+    let mut pinger = lab.containers[0]
+        .netns
+        .enter(|| {
+            Command::new("ping")
+                .args(["-q", "-i", "0.2", "-c", "30", &lab.containers[1].ip])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+        })
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let quiet = Command::new("ip")
+        .args([
+            "netns", "exec", &h2, "timeout", "3", "tcpdump", "-i", "eth0", "-n", "-p", "-c", "1",
+            &filter,
+        ])
+        .output()
+        .unwrap();
+    let _ = pinger.kill();
+    let _ = pinger.wait();
+    assert!(
+        !quiet.status.success(),
+        "a persistent keepalive went out while traffic flowed: {}",
+        String::from_utf8_lossy(&quiet.stdout)
+    );
+
     // Capture a few real transport messages from h2 to h1 to replay them.
     let pcap = lab.dir.path().join("h2-to-h1.pcap");
     let pcap_s = pcap.display().to_string();

@@ -288,9 +288,14 @@ impl Tunn {
                     }
 
                     // Persistent KEEPALIVE
+                    // twill: counted from the last authenticated packet either way, as
+                    // WireGuard's (the kernel re-arms the timer on each one); upstream sent
+                    // one every interval even while traffic flowed.
+                    let quiet_since = self.timers[TimePersistentKeepalive]
+                        .max(aut_packet_sent)
+                        .max(aut_packet_received);
                     if persistent_keepalive > 0
-                        && (now - self.timers[TimePersistentKeepalive]
-                            >= Duration::from_secs(persistent_keepalive as _))
+                        && (now - quiet_since >= Duration::from_secs(persistent_keepalive as _))
                     {
                         tracing::debug!("KEEPALIVE(PERSISTENT_KEEPALIVE)");
                         self.timer_tick(TimePersistentKeepalive);
