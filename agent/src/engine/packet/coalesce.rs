@@ -172,7 +172,14 @@ impl Coalescer {
         let pkt = &buf[at.clone()];
         match tcp_segment(pkt, info) {
             Some(seg) => self.push_segment(buf, at, seg, sink),
-            None => sink.write(&PLAIN, &[pkt]),
+            None => {
+                // A TCP packet that cannot join (a fragment, IP options) may belong to a flow
+                // whose segments wait in a slot: those go first, or it would overtake them.
+                if info.proto == ip::PROTO_TCP {
+                    self.flush(buf, sink);
+                }
+                sink.write(&PLAIN, &[pkt])
+            }
         }
     }
 
@@ -182,7 +189,14 @@ impl Coalescer {
         let pkt = &buf[at.clone()];
         match tcp_segment6(pkt) {
             Some(seg) => self.push_segment(buf, at, seg, sink),
-            None => sink.write(&PLAIN, &[pkt]),
+            None => {
+                // TCP behind extension headers (hop-by-hop, routing, fragment, destination
+                // options) keeps its flow's order too.
+                if matches!(pkt.get(ip6::NEXT_HEADER), Some(0 | 6 | 43 | 44 | 60)) {
+                    self.flush(buf, sink);
+                }
+                sink.write(&PLAIN, &[pkt])
+            }
         }
     }
 
@@ -347,6 +361,25 @@ mod tests {
     use super::super::test_util::{coalesce, tcp_packet};
     use super::super::vnet::GSO_NONE;
     use super::*;
+
+    #[test]
+    fn a_tcp_packet_that_cannot_join_does_not_overtake_its_flows_held_segments() {
+        let a1 = tcp_packet(0, tcp::ACK, &[1; 100], 64);
+        let a2 = tcp_packet(100, tcp::ACK, &[2; 100], 64);
+        // The next segment of the flow as a first fragment (MF set): it passes through.
+        let mut frag = tcp_packet(200, tcp::ACK, &[3; 100], 64);
+        frag[ip::FLAGS_FRAGMENT] = 0x20;
+        set_ipv4_checksum(&mut frag[..20]);
+        let written: Vec<(u8, usize)> = coalesce(&[a1.clone(), a2, frag.clone()])
+            .into_iter()
+            .map(|(h, p)| (h[1], p.len()))
+            .collect();
+        assert_eq!(
+            written,
+            vec![(GSO_TCPV4, a1.len() + 100), (GSO_NONE, frag.len())],
+            "the held segments first, then the fragment"
+        );
+    }
 
     #[test]
     fn coalescer_keeps_flows_apart_and_passes_other_packets() {
