@@ -174,6 +174,19 @@ fn entry(subnets: Subnets, kv: &etcd_client::KeyValue) -> LeaseEntry {
     }
 }
 
+/// The TTL a keep-alive answered. A stream that closed without an answer (its member went
+/// away, a leader change) is a member gone, to try the next one for, not a TTL of 0: that
+/// would mean "expired" and make the node lease again for nothing.
+fn renewed_ttl(answer: Option<i64>) -> std::result::Result<i64, etcd_client::Error> {
+    // As an I/O error, so the call goes on to the next member as for any member gone.
+    answer.ok_or_else(|| {
+        etcd_client::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the keep-alive stream closed without an answer",
+        ))
+    })
+}
+
 fn skip_bad_key(key: &str) {
     tracing::warn!(key = %key, "skipping a key under subnets/ that is not a subnet lease");
 }
@@ -338,7 +351,7 @@ impl LeaseStore for EtcdStore {
             .call(&op, |mut c| async move {
                 let (mut keeper, mut stream) = c.lease_keep_alive(lease_id).await?;
                 keeper.keep_alive().await?;
-                Ok(stream.message().await?.map_or(0, |resp| resp.ttl()))
+                renewed_ttl(stream.message().await?.map(|resp| resp.ttl()))
             })
             .await
     }
@@ -410,6 +423,17 @@ impl LeaseWatch for EtcdWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keep_alive_without_an_answer_is_a_failure_not_an_expired_lease() {
+        assert_eq!(renewed_ttl(Some(86400)).unwrap(), 86400);
+        assert_eq!(
+            renewed_ttl(Some(0)).unwrap(),
+            0,
+            "etcd's own answer for an expired lease"
+        );
+        assert!(renewed_ttl(None).is_err());
+    }
 
     #[test]
     fn endpoints_are_checked_before_connecting() {
