@@ -188,6 +188,8 @@ fn start_etcd(
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    // Its data in the lab's state directory: `down` removes them even after a killed `up`.
+    twill_testbed::set_etcd_data_parent(Some(dir.to_path_buf()));
     let etcd = if ips.len() == 1 {
         EtcdCluster {
             members: vec![Etcd::start_in(&cluster.underlay, ips[0], own)?],

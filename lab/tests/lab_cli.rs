@@ -97,6 +97,11 @@ fn three_labs_side_by_side_one_per_backend() {
     assert_eq!(out2.matches('✔').count(), 2, "{out2}");
     assert!(s_ok && status.contains("host-gw"), "{status}");
     assert!(e_ok && !exec.trim().is_empty(), "{exec}");
+    // etcd's data live in the lab's state directory, which `down` removes even after a
+    // killed `up` (in /tmp they were left behind).
+    let etcd_dir = state["etcd"][0]["dir"].as_str().unwrap_or_default();
+    assert!(etcd_dir.starts_with("/run/twill-lab/tv/"), "{etcd_dir}");
+    assert!(!Path::new(etcd_dir).exists(), "left after down: {etcd_dir}");
     for h in state["hosts"].as_array().unwrap() {
         let pid = h["twilld_pid"].as_u64().unwrap();
         assert!(

@@ -46,6 +46,15 @@ pub fn check_installed() -> std::result::Result<(), String> {
     }
 }
 
+/// Where new members' data directories go (`None`: the system's temp directory).
+static DATA_PARENT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Puts the data directories of the members started from now on under `dir`: a lab keeps
+/// them in its state directory, so `down` removes them even after a killed `up`.
+pub fn set_data_parent(dir: Option<PathBuf>) {
+    *DATA_PARENT.lock().unwrap_or_else(|p| p.into_inner()) = dir;
+}
+
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where and how one member listens.
@@ -149,10 +158,21 @@ impl Etcd {
         die_with_parent: bool,
         extra_args: Vec<String>,
     ) -> Result<Etcd> {
+        let parent = DATA_PARENT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
         let dir = tempfile::Builder::new()
             .prefix("twill-etcd-")
-            .tempdir()
-            .map_err(|e| LabError::io("creating temp dir for", "etcd", e))?;
+            .tempdir_in(&parent)
+            .map_err(|e| {
+                LabError::io(
+                    "creating a data directory in",
+                    parent.display().to_string(),
+                    e,
+                )
+            })?;
         let mut e = Etcd {
             member,
             initial_cluster,

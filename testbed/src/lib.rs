@@ -19,6 +19,7 @@ pub use cluster::{Cluster, ClusterBuilder, Host, UNDERLAY_BRIDGE};
 pub use error::{LabError, Result};
 pub use etcd::{
     Etcd, EtcdCluster, EtcdTls, NETWORK_CONFIG_KEY, check_installed as check_etcd_installed,
+    set_data_parent as set_etcd_data_parent,
 };
 pub use process::{free_local_port, wait_for};
 pub use sweep::{namespaces_with_prefix, pids_in_netns, sweep};
