@@ -164,11 +164,12 @@ impl Keys {
 }
 
 fn entry(subnets: Subnets, kv: &etcd_client::KeyValue) -> LeaseEntry {
+    let record = LeaseRecord::parse(kv.value());
     LeaseEntry {
         subnets,
         key: String::from_utf8_lossy(kv.key()).into_owned(),
-        record: LeaseRecord::parse(kv.value()),
-        claim: crate::lease::Claim::of(kv.value()),
+        claim: crate::lease::Claim::for_value(kv.value(), &record),
+        record,
         lease_id: kv.lease(),
         mod_revision: kv.mod_revision(),
     }

@@ -155,6 +155,18 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// Whose `value` is: from its parsed `record` when that read (no second parse of every
+    /// lease), else from the value's `PublicIP` and `PublicIPv6` alone.
+    pub fn for_value(value: &[u8], record: &Result<LeaseRecord, BadLease>) -> Claim {
+        match record {
+            Ok(r) => Claim {
+                public_ip: Some(r.public_ip).filter(|a| !a.is_unspecified()),
+                public_ipv6: r.public_ipv6,
+            },
+            Err(_) => Claim::of(value),
+        }
+    }
+
     /// The `PublicIP` and `PublicIPv6` of `value` where they read; none for a value that is
     /// not a JSON object.
     pub fn of(value: &[u8]) -> Claim {

@@ -83,6 +83,16 @@ pub(super) struct TxWorker<O: Outbound> {
     pub(super) local: LocalCounts,
 }
 
+/// The bytes `p` names in the worker's buffers (a free function: the batch being built
+/// holds the worker's iovec scratch mutably meanwhile).
+fn piece<'a>(reads: &'a [u8], headers: &'a [u8], sealed: &'a [u8], p: Part) -> &'a [u8] {
+    match p {
+        Part::Read { off, len } => &reads[off..off + len],
+        Part::Header { off, len } => &headers[off..off + len],
+        Part::Sealed { off, len } => &sealed[off..off + len],
+    }
+}
+
 impl<O: Outbound> TxWorker<O> {
     /// Bytes the transform adds to each datagram.
     const OVERHEAD: usize = O::HEADER_LEN + O::TRAILER_LEN;
@@ -433,11 +443,11 @@ impl<O: Outbound> TxWorker<O> {
             let count = (msgs.len() - start).min(BATCH);
             let mut batch = SendBatch::new(&mut self.iovs);
             for m in &msgs[start..start + count] {
-                let pieces = self.queue.parts(m).iter().map(|p| match *p {
-                    Part::Read { off, len } => &self.reads[off..off + len],
-                    Part::Header { off, len } => &self.headers[off..off + len],
-                    Part::Sealed { off, len } => &self.sealed[off..off + len],
-                });
+                let pieces = self
+                    .queue
+                    .parts(m)
+                    .iter()
+                    .map(|p| piece(&self.reads, &self.headers, &self.sealed, *p));
                 batch.push(m.dst, m.segment(), pieces);
             }
             match self.sock.send_batch(&batch) {
@@ -464,11 +474,8 @@ impl<O: Outbound> TxWorker<O> {
                         one.push(
                             m.dst,
                             0,
-                            d.iter().map(|p| match *p {
-                                Part::Read { off, len } => &self.reads[off..off + len],
-                                Part::Header { off, len } => &self.headers[off..off + len],
-                                Part::Sealed { off, len } => &self.sealed[off..off + len],
-                            }),
+                            d.iter()
+                                .map(|p| piece(&self.reads, &self.headers, &self.sealed, *p)),
                         );
                         if self.sock.send_batch(&one).is_err() {
                             self.local.io_errors += 1;

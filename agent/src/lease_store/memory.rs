@@ -107,11 +107,12 @@ fn full_key(subnets: Subnets) -> String {
 }
 
 fn entry(subnets: Subnets, kv: &Kv) -> LeaseEntry {
+    let record = LeaseRecord::parse(kv.value.as_bytes());
     LeaseEntry {
         subnets,
         key: full_key(subnets),
-        record: LeaseRecord::parse(kv.value.as_bytes()),
-        claim: crate::lease::Claim::of(kv.value.as_bytes()),
+        claim: crate::lease::Claim::for_value(kv.value.as_bytes(), &record),
+        record,
         lease_id: kv.lease,
         mod_revision: kv.mod_revision,
     }
