@@ -53,6 +53,9 @@ fn run(table: &TableCell, limiter: &RateLimiter, sock: &UdpSocket, stop: &Atomic
     while !stop.load(Ordering::Relaxed) {
         limiter.reset_count();
         let t = table.load();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         for peer in &t.peers {
             let mut tunn = peer.tunn();
             // At most one message per tick and peer, as in boringtun's own device.
@@ -61,11 +64,7 @@ fn run(table: &TableCell, limiter: &RateLimiter, sock: &UdpSocket, stop: &Atomic
             }
             // Noted every tick while the session lives: boringtun forgets it when the
             // session expires (3 minutes idle).
-            let since = tunn.stats().0;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            peer.last_handshake(since, now);
+            peer.last_handshake(tunn.stats().0, now);
         }
         drop(t);
         std::thread::sleep(TICK);
