@@ -245,6 +245,30 @@ fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
     }
     assert_eq!(received, payload);
 
+    // Behind a destination options header (a socket with IPV6_DSTOPTS) too: each segment
+    // carries the header and arrives as it is (coalescing takes TCP right after the fixed
+    // header only).
+    let behind = super::packet::test_util::with_ext6(&sup6, 60, 16, 0);
+    let hdr_behind = VnetHdr {
+        hdr_len: 88,
+        ..hdr6
+    };
+    tun_a
+        .write_all(&[&hdr_behind.to_bytes()[..], &behind].concat())
+        .unwrap();
+    let mut received = Vec::new();
+    while received.len() < payload.len() {
+        let got = read_packet(&mut tun_b);
+        let p = &got[VNET_HDR_LEN..];
+        assert!(
+            super::packet::test_util::tcp6_ok(p),
+            "a segment behind options"
+        );
+        assert_eq!(&p[40..56], &behind[40..56]);
+        received.extend_from_slice(&p[88..]);
+    }
+    assert_eq!(received, payload);
+
     // An IPv6 packet (the transform routes it with route_v6) arrives unchanged.
     let mut v6 = vec![0u8; 40];
     v6[0] = 0x60;
@@ -266,8 +290,9 @@ fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
         (sent, delivered),
-        (8, 8),
-        "one plain packet, three segments, three IPv6 segments and one IPv6 packet"
+        (11, 11),
+        "one plain packet, three segments, three IPv6 segments, three behind options and \
+         one IPv6 packet"
     );
 }
 

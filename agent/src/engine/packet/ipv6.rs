@@ -1,7 +1,7 @@
 //! IPv6 headers: what an IPv6-carrying backend (wireguard) needs to route and check an inner
-//! packet. Only the fixed header is read: TCP/IPv6 is segmented and coalesced only right
-//! after it (as the kernel's TSO6 hands it over), anything with extension headers passes as
-//! it is.
+//! packet. Routing and checks read the fixed header; segmentation also walks the extension
+//! headers a TCP super-packet may carry before its TCP header ([`tcp_offset6`]). Coalescing
+//! takes TCP right after the fixed header only; anything else passes as it is.
 
 use std::net::Ipv6Addr;
 
@@ -43,6 +43,40 @@ pub fn parse_ipv6(pkt: &[u8]) -> Result<Ipv6Info, DropReason> {
         src: addr(ip6::SRC),
         dst: addr(ip6::DST),
     })
+}
+
+/// Where the TCP header of a TCP/IPv6 packet starts: right after the fixed header, or after
+/// the extension headers a TCP socket may send with (hop-by-hop and destination options,
+/// e.g. `IPV6_HOPOPTS` / `IPV6_DSTOPTS`; a routing header with no segments left, so the
+/// destination address is the final one the TCP checksum covers). The kernel's TSO6 hands
+/// super-packets over with them in front of every segment's TCP header. `None`: not TCP, or
+/// behind a header the segments cannot simply repeat (fragment, a routing header still
+/// under way, ESP, AH, anything truncated).
+pub fn tcp_offset6(pkt: &[u8]) -> Option<usize> {
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const DEST_OPTIONS: u8 = 60;
+    let mut next = *pkt.get(ip6::NEXT_HEADER)?;
+    let mut at = ip6::HEADER_LEN;
+    loop {
+        match next {
+            6 => return (pkt.len() >= at).then_some(at),
+            HOP_BY_HOP | DEST_OPTIONS | ROUTING => {
+                let ext = pkt.get(at..at + 8)?;
+                // Hop-by-hop may only come first (RFC 8200 4.1).
+                if next == HOP_BY_HOP && at != ip6::HEADER_LEN {
+                    return None;
+                }
+                // Segments left (byte 3) 0: the fixed header's destination is final.
+                if next == ROUTING && ext[3] != 0 {
+                    return None;
+                }
+                next = ext[0];
+                at += (ext[1] as usize + 1) * 8;
+            }
+            _ => return None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use super::DropReason;
 use super::checksum::{fold, pseudo_header, pseudo_header6, sum};
 use super::ipv4::{parse_ipv4, set_ipv4_checksum};
-use super::ipv6::parse_ipv6;
+use super::ipv6::{parse_ipv6, tcp_offset6};
 use super::layout::{addr, be16, be32, ip, ip6, put16, put32, tcp};
 
 /// How a TCP/IPv4 super-packet splits: `count` segments, each `header_len` bytes of header
@@ -45,7 +45,7 @@ pub const MAX_SEGMENTS: usize = 512;
 /// takes in a header buffer at most.
 pub const MAX_SEGMENT_HEADER: usize = 120;
 
-/// The split of a TCP super-packet whose IP header is `ihl` bytes into segments of
+/// The split of a TCP super-packet whose TCP header starts at `ihl` into segments of
 /// `gso_size` payload bytes, checked against the TCP header and a header buffer of
 /// `headers_len` bytes (the same for both families).
 fn plan_segments(
@@ -62,6 +62,10 @@ fn plan_segments(
         return Err(DropReason::Malformed);
     }
     let hl = ihl + thl;
+    // The per-read header and sealing arenas are sized for this much header per segment.
+    if hl > MAX_SEGMENT_HEADER {
+        return Err(DropReason::Oversize);
+    }
     let payload_len = pkt.len() - hl;
     let count = payload_len.div_ceil(gso_size).max(1);
     if count > MAX_SEGMENTS {
@@ -119,19 +123,18 @@ pub fn segment_headers(
 }
 
 /// [`segment_headers`] for a TCP/IPv6 super-packet (VIRTIO_NET_HDR_GSO_TCPV6): the TCP
-/// header must follow the fixed IPv6 header (no extension headers, as the kernel's TSO6
-/// output has none); each segment gets its payload length, sequence number, flags and full
-/// TCP checksum over the IPv6 pseudo-header.
+/// header follows the fixed IPv6 header or the extension headers [`tcp_offset6`] accepts,
+/// repeated in every segment as the kernel's GSO does; each segment gets its payload
+/// length, sequence number, flags and full TCP checksum over the IPv6 pseudo-header.
 pub fn segment_headers6(
     pkt: &[u8],
     gso_size: usize,
     headers: &mut [u8],
 ) -> Result<SegmentPlan, DropReason> {
     parse_ipv6(pkt)?;
-    if pkt[ip6::NEXT_HEADER] != ip::PROTO_TCP || gso_size == 0 {
+    let Some(ihl) = tcp_offset6(pkt).filter(|_| gso_size > 0) else {
         return Err(DropReason::Malformed);
-    }
-    let ihl = ip6::HEADER_LEN;
+    };
     let plan = plan_segments(pkt, ihl, gso_size, headers.len())?;
     let (hl, thl, count) = (plan.header_len, plan.header_len - ihl, plan.count);
     let seq = be32(pkt, ihl + tcp::SEQ);
@@ -147,7 +150,11 @@ pub fn segment_headers6(
         let h = &mut headers[i * hl..(i + 1) * hl];
         h.copy_from_slice(&pkt[..hl]);
         let len = thl + chunk.len();
-        put16(h, ip6::PAYLOAD_LEN, len as u16);
+        put16(
+            h,
+            ip6::PAYLOAD_LEN,
+            (hl - ip6::HEADER_LEN + chunk.len()) as u16,
+        );
         let seg = &mut h[ihl..];
         put32(seg, tcp::SEQ, seq.wrapping_add((i * gso_size) as u32));
         seg[tcp::FLAGS] = segment_flags(flags, i, count);
@@ -180,6 +187,7 @@ pub(super) fn tcp_header_len(data_offset: u8) -> usize {
 mod tests {
     use super::super::test_util::{
         Rng, coalesce, segment_tcp4, segment_tcp6, tcp_ok, tcp_packet, tcp6_ok, tcp6_packet,
+        with_ext6,
     };
     use super::super::vnet::{GSO_TCPV4, GSO_TCPV6, VNET_F_NEEDS_CSUM, VnetHdr, complete_checksum};
     use super::super::{MAX_COALESCE, checksum};
@@ -331,6 +339,72 @@ mod tests {
             segment_headers6(&good, 1000, &mut headers[..100]),
             Err(DropReason::Oversize)
         );
+    }
+
+    /// A TCP socket with `IPV6_HOPOPTS` or `IPV6_DSTOPTS` set gets super-packets whose
+    /// extension headers come before the TCP header; they were dropped whole, so such a
+    /// flow stalled.
+    #[test]
+    fn ipv6_super_packets_behind_extension_headers_segment_with_them_repeated() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i * 13) as u8).collect();
+        let plain = tcp6_packet(77, tcp::ACK | tcp::PSH, &payload, 64);
+        let dst_opts = with_ext6(&plain, 60, 16, 0);
+        let behind_both = with_ext6(&dst_opts, 0, 8, 0);
+        let routed_to_the_end = with_ext6(&plain, 43, 24, 0);
+        for (name, sup, ext_len) in [
+            ("destination options", &dst_opts, 16),
+            ("hop-by-hop + destination options", &behind_both, 24),
+            ("routing header, no segments left", &routed_to_the_end, 24),
+        ] {
+            assert!(tcp6_ok(sup), "{name}: test packet");
+            let (plan, wire) = segment_tcp6(sup, 1200).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert_eq!(plan.count, 5, "{name}");
+            assert_eq!(plan.header_len, 40 + ext_len + 32, "{name}");
+            let mut got = Vec::new();
+            for i in 0..plan.count {
+                let start = i * plan.stride();
+                let end = (start + plan.stride()).min(plan.total_len());
+                let seg = &wire[start..end];
+                assert!(tcp6_ok(seg), "{name}: segment {i} does not check out");
+                assert_eq!(&seg[40..40 + ext_len], &sup[40..40 + ext_len], "{name}");
+                got.extend_from_slice(&seg[plan.header_len..]);
+            }
+            assert!(got == payload, "{name}: payload changed");
+        }
+    }
+
+    #[test]
+    fn ipv6_segmentation_refuses_extension_headers_it_cannot_repeat() {
+        let mut headers = vec![0u8; MAX_SEGMENTS * MAX_SEGMENT_HEADER];
+        let plain = tcp6_packet(1, tcp::ACK, &[7; 3000], 64);
+        let refused = [
+            ("routing header under way", with_ext6(&plain, 43, 24, 1)),
+            (
+                "hop-by-hop not first",
+                with_ext6(&with_ext6(&plain, 0, 8, 0), 60, 8, 0),
+            ),
+        ];
+        for (name, pkt) in refused {
+            assert_eq!(
+                segment_headers6(&pkt, 1000, &mut headers),
+                Err(DropReason::Malformed),
+                "{name}"
+            );
+        }
+        let mut fragment = with_ext6(&plain, 60, 8, 0);
+        fragment[40] = 44;
+        assert_eq!(
+            segment_headers6(&fragment, 1000, &mut headers),
+            Err(DropReason::Malformed)
+        );
+        // More header per segment than the send arenas hold for each.
+        let long = with_ext6(&plain, 60, 56, 0);
+        assert_eq!(
+            segment_headers6(&long, 1000, &mut headers),
+            Err(DropReason::Oversize)
+        );
+        let truncated = &with_ext6(&plain, 60, 8, 0)[..44];
+        assert!(segment_headers6(truncated, 1000, &mut headers).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use super::DropReason;
 use super::checksum::{checksum, fold, pseudo_header, pseudo_header6, sum};
 use super::coalesce::Coalescer;
 use super::ipv4::{parse_ipv4, set_ipv4_checksum};
-use super::ipv6::parse_ipv6;
+use super::ipv6::{parse_ipv6, tcp_offset6};
 use super::layout::{addr, ip, ip6, put16, put32, tcp};
 use super::segment::{
     MAX_SEGMENT_HEADER, MAX_SEGMENTS, SegmentPlan, segment_headers, segment_headers6,
@@ -114,9 +114,39 @@ pub fn tcp6_packet(seq: u32, flags: u8, payload: &[u8], hop_limit: u8) -> Vec<u8
     p
 }
 
-/// Whether a TCP/IPv6 packet (no extension headers) checks out.
+/// `pkt` (an IPv6 packet) with an extension header of type `kind` and `len` bytes (a
+/// multiple of 8) put in front of what follows the fixed header: options padding for
+/// hop-by-hop and destination options, a routing header with `segments_left`.
+pub fn with_ext6(pkt: &[u8], kind: u8, len: usize, segments_left: u8) -> Vec<u8> {
+    assert!(len >= 8 && len.is_multiple_of(8));
+    let mut ext = vec![0u8; len];
+    ext[0] = pkt[ip6::NEXT_HEADER];
+    ext[1] = (len / 8 - 1) as u8;
+    if kind == 43 {
+        ext[3] = segments_left;
+    } else {
+        // One PadN option over the rest.
+        ext[2] = 1;
+        ext[3] = (len - 4) as u8;
+    }
+    let mut p = pkt[..ip6::HEADER_LEN].to_vec();
+    p[ip6::NEXT_HEADER] = kind;
+    put16(
+        &mut p,
+        ip6::PAYLOAD_LEN,
+        (pkt.len() - ip6::HEADER_LEN + len) as u16,
+    );
+    p.extend_from_slice(&ext);
+    p.extend_from_slice(&pkt[ip6::HEADER_LEN..]);
+    p
+}
+
+/// Whether a TCP/IPv6 packet (extension headers allowed) checks out.
 pub fn tcp6_ok(pkt: &[u8]) -> bool {
-    let seg = &pkt[ip6::HEADER_LEN..];
+    let Some(at) = tcp_offset6(pkt) else {
+        return false;
+    };
+    let seg = &pkt[at..];
     parse_ipv6(pkt).is_ok()
         && fold(
             pseudo_header6(
