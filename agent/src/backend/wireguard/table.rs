@@ -31,6 +31,35 @@ impl PeerDrops {
     }
 }
 
+/// Bytes of WireGuard messages to and from one peer, as kernel WireGuard and wireguard-go
+/// count `wg show`'s transfer: whole messages (header, ciphertext and tag; handshakes and
+/// keepalives too, cookie replies not), without the UDP and IP headers around them.
+/// boringtun's own counters hold inner bytes only, which differ from a kernel node's figures
+/// by the 32 bytes and padding of every message (twice the bytes of a bare ACK).
+#[derive(Debug, Default)]
+pub struct Transfer {
+    tx: AtomicU64,
+    rx: AtomicU64,
+}
+
+impl Transfer {
+    pub fn sent(&self, bytes: usize) {
+        self.tx.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn received(&self, bytes: usize) {
+        self.rx.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// (sent, received).
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.tx.load(Ordering::Relaxed),
+            self.rx.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// One peer: a node holding a current wireguard lease.
 pub struct Peer {
     /// Our index for its sessions (boringtun puts it in the upper 24 bits of the receiver
@@ -58,6 +87,8 @@ pub struct Peer {
     /// [`Peer::successor`]): sessions, counters and the handshake replay guard live on.
     tunn: Arc<Mutex<Tunn>>,
     pub drops: Arc<PeerDrops>,
+    /// Shared with its successor, as `drops`.
+    pub transfer: Arc<Transfer>,
     /// When its last handshake completed, in nanoseconds since the epoch (0: none yet): kept
     /// after boringtun drops an idle peer's expired session.
     last_handshake: AtomicU64,
@@ -95,6 +126,7 @@ impl Peer {
             alt_source: None,
             tunn: Arc::new(Mutex::new(tunn)),
             drops: Arc::default(),
+            transfer: Arc::default(),
             last_handshake: AtomicU64::new(0),
         }
     }
@@ -117,6 +149,7 @@ impl Peer {
             alt_source: None,
             tunn: self.tunn.clone(),
             drops: self.drops.clone(),
+            transfer: self.transfer.clone(),
             last_handshake: AtomicU64::new(self.last_handshake.load(Ordering::Relaxed)),
         }
         .with_alt_source(alt)
@@ -432,12 +465,12 @@ pub fn render_peers(tables: &[Arc<WgTable>], s: &mut String) {
         (
             "peer_tx_bytes",
             "counter",
-            "Inner bytes sent to the peer (its current state).",
+            "Bytes of WireGuard messages sent to the peer (as wg show's transfer).",
         ),
         (
             "peer_rx_bytes",
             "counter",
-            "Inner bytes received from the peer (its current state).",
+            "Bytes of authenticated WireGuard messages received from the peer (as wg show's transfer).",
         ),
         (
             "peer_dropped_packets",
@@ -453,13 +486,13 @@ pub fn render_peers(tables: &[Arc<WgTable>], s: &mut String) {
     let stats: Vec<_> = tables
         .iter()
         .flat_map(|t| t.peers.iter())
-        .map(|p| (p, p.tunn().stats()))
+        .map(|p| (p, p.tunn().stats().0, p.transfer.get()))
         .collect();
     for (name, kind, help) in gauges {
         let full = format!("twilld_wireguard_{name}");
         let _ = writeln!(s, "# HELP {full} {help}\n# TYPE {full} {kind}");
         let suffix = if kind == "counter" { "_total" } else { "" };
-        for (p, (since, tx, rx, _, _)) in &stats {
+        for (p, since, (tx, rx)) in &stats {
             let labels = format!(
                 "peer=\"{}\",subnet=\"{}\"",
                 super::config::format_key(&p.public_key),

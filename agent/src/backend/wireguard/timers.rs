@@ -59,8 +59,10 @@ fn run(table: &TableCell, limiter: &RateLimiter, sock: &UdpSocket, stop: &Atomic
         for peer in &t.peers {
             let mut tunn = peer.tunn();
             // At most one message per tick and peer, as in boringtun's own device.
-            if let TunnResult::WriteToNetwork(msg) = tunn.update_timers(&mut buf) {
-                let _ = sock.send_to(peer.endpoint(), msg);
+            if let TunnResult::WriteToNetwork(msg) = tunn.update_timers(&mut buf)
+                && sock.send_to(peer.endpoint(), msg).is_ok()
+            {
+                peer.transfer.sent(msg.len());
             }
             // Noted every tick while the session lives: boringtun forgets it when the
             // session expires (3 minutes idle).

@@ -64,7 +64,8 @@ pub fn render_get(state: &DeviceState) -> String {
         s.push_str("protocol_version=1\n");
         let _ = writeln!(s, "endpoint={}", p.endpoint());
         let _ = writeln!(s, "persistent_keepalive_interval={}", p.keepalive);
-        let (since, tx, rx, _, _) = p.tunn().stats();
+        let since = p.tunn().stats().0;
+        let (tx, rx) = p.transfer.get();
         let at = p.last_handshake(since, now).unwrap_or(Duration::ZERO);
         let _ = writeln!(s, "last_handshake_time_sec={}", at.as_secs());
         let _ = writeln!(s, "last_handshake_time_nsec={}", at.subsec_nanos());
