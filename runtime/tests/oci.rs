@@ -1994,3 +1994,275 @@ fn a_create_that_fails_after_its_hooks_ran_runs_poststop() {
         (Some("pf1"), Some("stopped"))
     );
 }
+
+/// The cgroup directories `twill-oci` would make for container `id` (default cgroupsPath),
+/// on every hierarchy.
+fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let mut dirs = vec![Path::new("/sys/fs/cgroup/twill-oci").join(id)];
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        dirs.extend(rd.flatten().map(|e| e.path().join("twill-oci").join(id)));
+    }
+    dirs
+}
+
+#[test]
+fn bare_run_whose_start_fails_deletes_the_container_and_says_why() {
+    // Before: `run` whose `start` failed returned there, leaving the container (state,
+    // cgroup) behind; one whose process failed once started (execve refusing the file, a
+    // failing startContainer hook) exited 127 without a word of why: the reason went down a
+    // pipe nobody read any more.
+    let name = "bare_run_whose_start_fails_deletes_the_container_and_says_why";
+    if !bare_ready(name) {
+        return;
+    }
+    // What a failing run may leave (empty cgroups) would fail the next run of this test.
+    struct Leftovers(&'static [&'static str]);
+    impl Drop for Leftovers {
+        fn drop(&mut self) {
+            for id in self.0 {
+                for dir in cgroup_dirs(id) {
+                    let _ = std::fs::remove_dir(dir);
+                }
+            }
+        }
+    }
+    let _leftovers = Leftovers(&["rf0", "rf1", "rf2", "rf3", "rf4"]);
+    let d = tempfile::tempdir().unwrap();
+    let b = Bundle::new(d.path());
+    // Executable by its mode, so create takes it; execve refuses it after start.
+    let garbage = d.path().join("rootfs/bin/garbage");
+    std::fs::write(&garbage, "not a program\n").unwrap();
+    std::fs::set_permissions(
+        &garbage,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let failing_hook =
+        json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]});
+    // The fifo gone, the process fails before start: `start` itself fails, and `run` returned
+    // there leaving the state and the cgroup behind.
+    let no_fifo = format!("rm {}", b.state.join("rf0").join("exec.fifo").display());
+    let fifo_hook = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", no_fifo]}]});
+    for (id, hooks, args, want) in [
+        ("rf0", fifo_hook, ["true"], "exec.fifo"),
+        ("rf1", json!({}), ["/bin/garbage"], "Exec format error"),
+        (
+            "rf2",
+            failing_hook,
+            ["true"],
+            "startContainer hook /bin/sh failed",
+        ),
+        (
+            "rf3",
+            json!({}),
+            ["/no/such/program"],
+            "executable file not found",
+        ),
+    ] {
+        b.config(|c| c["hooks"] = hooks, &args);
+        let pid_file = d.path().join(format!("{id}.pid"));
+        let errf = d.path().join(format!("{id}.err"));
+        let st = Command::new(OCI)
+            .arg("--root")
+            .arg(&b.state)
+            .args(["run", "--bundle"])
+            .arg(d.path())
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&errf).unwrap())
+            .status()
+            .unwrap();
+        let err = std::fs::read_to_string(&errf).unwrap();
+        assert_eq!(st.code(), Some(1), "{id}: {err}");
+        assert!(err.contains(want) && err.contains(id), "{id}: {err}");
+        assert!(!b.state.join(id).exists(), "{id} left its state");
+        for dir in cgroup_dirs(id) {
+            assert!(!dir.exists(), "{id} left its cgroup {}", dir.display());
+        }
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "{id}: its process {pid} is still there"
+            );
+        }
+        assert!(b.err(&["delete", id]).contains("no such container"));
+    }
+    // A run that works still exits with its process's code and leaves nothing.
+    b.config(|_| {}, &["sh", "-c", "exit 7"]);
+    let st = b.oci(&["run", "--bundle", &d.path().display().to_string(), "rf4"]);
+    assert_eq!(
+        st.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(!b.state.join("rf4").exists());
+}
+
+#[test]
+fn bare_seccomp_log_action_and_flags_take_effect() {
+    // Before: SECCOMP_FILTER_FLAG_SPEC_ALLOW and SECCOMP_FILTER_FLAG_LOG were accepted and
+    // dropped: the filter was loaded without them.
+    let name = "bare_seccomp_log_action_and_flags_take_effect";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(
+        |c| {
+            c["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "flags": ["SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG"],
+                "syscalls": [
+                    {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_LOG"},
+                    {"names": ["rmdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+                ]
+            });
+        },
+        &[
+            "sh",
+            "-c",
+            "mkdir /tmp/x 2> /out/mkdir && echo made >> /out/mkdir; \
+             rmdir /tmp/x 2> /out/rmdir; \
+             grep -E '^Seccomp:' /proc/self/status > /out/status",
+        ],
+    );
+    // The kernel logs what the filter did (audit type 1326: code 0x7ffc0000 for LOG, and an
+    // ERRNO, 0x50000 without its errno, only with SECCOMP_FILTER_FLAG_LOG), when its log can
+    // be read here. Only this
+    // test's filter has either, so counting the records before and after is enough.
+    let audited = |code: &str| -> Option<usize> {
+        let out = Command::new("dmesg").output().ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains("type=1326") && l.contains(code))
+                .count()
+        })
+    };
+    let (log_before, errno_before) = (audited("code=0x7ffc0000"), audited("code=0x50000"));
+    b.create("sl1");
+    b.ok(&["start", "sl1"]);
+    b.wait_status("sl1", "stopped");
+    assert_eq!(
+        b.read_out("mkdir"),
+        "made\n",
+        "SCMP_ACT_LOG lets the call run"
+    );
+    assert!(
+        b.read_out("rmdir").contains("Operation not permitted"),
+        "{}",
+        b.read_out("rmdir")
+    );
+    assert_eq!(b.read_out("status"), "Seccomp:\t2\n");
+    b.ok(&["delete", "sl1"]);
+    let actions =
+        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_logged").unwrap_or_default();
+    let (Some(log_before), Some(errno_before)) = (log_before, errno_before) else {
+        eprintln!("{name}: the kernel log cannot be read here; the audit records are not checked");
+        return;
+    };
+    if !(actions.contains("log") && actions.contains("errno")) {
+        eprintln!("{name}: seccomp logging is off here ({actions:?}); the log is not checked");
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while audited("code=0x7ffc0000").unwrap_or(0) <= log_before
+        || audited("code=0x50000").unwrap_or(0) <= errno_before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no audit record of the LOG action (mkdir) and of the ERRNO (rmdir) that \
+             SECCOMP_FILTER_FLAG_LOG logs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bare_recursive_mount_options_and_nosymfollow_take_effect() {
+    // Before: rro, rnosymfollow, rnoexec, nosymfollow, ... on a bind mount went into the
+    // mount's data string, which a bind ignores: the mount stayed writable, links followed.
+    let name = "bare_recursive_mount_options_and_nosymfollow_take_effect";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    // /src is a tmpfs with a tmpfs at /src/sub, both made in the container's mount
+    // namespace; each bind below takes that tree (the host sees none of it).
+    let src = d.path().join("rootfs/src");
+    b.config(
+        |c| {
+            let mounts = c["mounts"].as_array_mut().unwrap();
+            mounts.push(json!({"destination": "/src", "type": "tmpfs", "source": "tmpfs"}));
+            mounts.push(json!({"destination": "/src/sub", "type": "tmpfs", "source": "tmpfs"}));
+            for (dest, opts) in [
+                ("/rro", json!(["rbind", "rro"])),
+                ("/ro", json!(["rbind", "ro"])),
+                ("/nosym", json!(["rbind", "nosymfollow"])),
+                ("/rnosym", json!(["rbind", "rnosymfollow"])),
+                ("/rnoexec", json!(["rbind", "rnoexec", "rnosuid", "rnodev", "rnoatime"])),
+            ] {
+                mounts.push(json!({"destination": dest, "type": "bind", "source": src, "options": opts}));
+            }
+        },
+        &[
+            "sh",
+            "-c",
+            "echo top > /src/f; echo sub > /src/sub/f; busybox ln -s f /src/l; \
+             busybox ln -s f /src/sub/l; busybox cp /bin/busybox /src/sub/bb; \
+             for p in /rro/x /rro/sub/x /ro/x /ro/sub/x; do \
+               touch $p 2> /dev/null && echo \"$p rw\" || echo \"$p ro\"; done > /out/ro; \
+             for p in /nosym/l /nosym/sub/l /rnosym/l /rnosym/sub/l; do \
+               echo \"$p $(cat $p 2>&1)\"; done > /out/links; \
+             /rnoexec/sub/bb true 2> /dev/null && echo exec > /out/exec || echo noexec > /out/exec; \
+             grep -E ' /rnoexec/sub ' /proc/self/mountinfo > /out/mountinfo",
+        ],
+    );
+    b.create("m1");
+    b.ok(&["start", "m1"]);
+    b.wait_status("m1", "stopped");
+    assert_eq!(
+        b.read_out("ro"),
+        "/rro/x ro\n/rro/sub/x ro\n/ro/x ro\n/ro/sub/x rw\n",
+        "rro reaches the submount, ro does not"
+    );
+    let loop_ = "Too many levels of symbolic links";
+    let links = b.read_out("links");
+    let lines: Vec<&str> = links.lines().collect();
+    assert_eq!(lines.len(), 4, "{links}");
+    assert!(
+        lines[0].starts_with("/nosym/l ") && lines[0].contains(loop_),
+        "{links}"
+    );
+    assert_eq!(
+        lines[1], "/nosym/sub/l sub",
+        "nosymfollow is not recursive: {links}"
+    );
+    assert!(
+        lines[2].starts_with("/rnosym/l ") && lines[2].contains(loop_),
+        "{links}"
+    );
+    assert!(
+        lines[3].starts_with("/rnosym/sub/l ") && lines[3].contains(loop_),
+        "{links}"
+    );
+    assert_eq!(b.read_out("exec"), "noexec\n");
+    let mi = b.read_out("mountinfo");
+    for flag in ["noexec", "nosuid", "nodev", "noatime"] {
+        assert!(mi.contains(flag), "/rnoexec/sub lacks {flag}: {mi}");
+    }
+    b.ok(&["delete", "m1"]);
+    let f: Value = serde_json::from_str(&b.ok(&["features"])).unwrap();
+    for o in ["rro", "rnosymfollow", "nosymfollow", "rnoexec"] {
+        assert!(
+            f["mountOptions"].as_array().unwrap().iter().any(|x| x == o),
+            "features lacks {o}"
+        );
+    }
+}

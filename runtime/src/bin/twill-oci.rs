@@ -243,7 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             no_pivot,
             id,
         } => {
-            oci::create::create(
+            let code = oci::run(
                 &root,
                 &id,
                 &CreateOptions {
@@ -253,11 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     ..CreateOptions::default()
                 },
             )?;
-            let pid = root.load(&id)?.pid;
-            oci::start(&root, &id)?;
-            let code = twill_runtime::process::wait_exit(oci::create::nix_pid(pid));
-            oci::delete(&root, &id, true)?;
-            return Ok(code as u8);
+            return Ok(code.clamp(0, 255) as u8);
         }
         Cmd::State { id } => print_json(&oci::state(&root, &id)?)?,
         Cmd::Kill { all, id, signal } => {

@@ -218,6 +218,9 @@ struct Child<'a> {
     launch: Launch,
     /// The state hooks get (the pid is filled in by whoever runs them).
     saved: Saved,
+    /// `run`: the creator stays, reads the error pipe after start and says why the process
+    /// failed before exec; else only the container's stderr can.
+    creator_reports: bool,
 }
 
 /// Runs the container-side hooks of `stage` with the state as `status`, `pid` its host PID.
@@ -498,15 +501,25 @@ fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize 
     ) {
         Ok(f) => f,
         Err(e) => {
-            // create has returned: stderr is where this can still be seen.
+            // create has returned: stderr is where this can still be seen, unless `run`
+            // waits on the error pipe.
             let e = RuntimeError::nix("opening", EXEC_FIFO, e);
-            eprintln!("twill-oci: {e}");
+            if !c.creator_reports {
+                eprintln!("twill-oci: {e}");
+            }
             return fail(e);
         }
     };
     let _ = nix::unistd::write(&fifo, b"0");
     drop(fifo);
-    // `start` has returned: a failure from here on is the container's, shown on its stderr.
+    // `start` has returned: a failure from here on is the container's, shown on its stderr,
+    // or by `run`, which waits on the error pipe.
+    let after_start = |e: RuntimeError| -> isize {
+        if !c.creator_reports {
+            eprintln!("twill-oci: {e}");
+        }
+        fail(e)
+    };
     if let Err(e) = container_hooks(
         c,
         &c.spec.hooks.start_container,
@@ -514,10 +527,9 @@ fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize 
         Status::Created,
         host_pid,
     ) {
-        eprintln!("twill-oci: {e}");
-        return fail(e);
+        return after_start(e);
     }
-    fail(process::exec_final(&fin))
+    after_start(process::exec_final(&fin))
 }
 
 /// Makes the container process (see [`Launch`]) running `child_main`; its PID on the host.
@@ -617,6 +629,36 @@ fn spawn(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> Result<Pid>
 
 /// Runs `create`. On failure everything it made is removed.
 pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
+    create_container(root, id, opts, false).map(|_| ())
+}
+
+/// A container `create_for_run` made, whose process is our child.
+pub struct Created {
+    pub pid: Pid,
+    /// The read end of the container process's error pipe.
+    report: OwnedFd,
+}
+
+impl Created {
+    /// Waits until the container process has exec'd (None) or failed before exec, after
+    /// `start` (a startContainer hook, execve): its reason.
+    pub fn failure_before_exec(self) -> Option<String> {
+        messages::read_failure(self.report)
+    }
+}
+
+/// `create` for `run`, which goes on to start the container and wait for it: what fails
+/// after start is reported to it (see [`Created`]) rather than on the container's stderr.
+pub fn create_for_run(root: &Root, id: &str, opts: &CreateOptions) -> Result<Created> {
+    create_container(root, id, opts, true)
+}
+
+fn create_container(
+    root: &Root,
+    id: &str,
+    opts: &CreateOptions,
+    creator_reports: bool,
+) -> Result<Created> {
     let dir = root.container_dir(id)?;
     let bundle = fs::canonicalize(&opts.bundle)
         .map_err(|e| RuntimeError::io("opening bundle", opts.bundle.display(), e))?;
@@ -651,7 +693,7 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
     // createContainer in the container): a failed create then runs poststop, as runc's
     // destroy does, so what those hooks set up (network, devices) is taken down.
     let mut poststop_state: Option<serde_json::Value> = None;
-    let made = (|| -> Result<Saved> {
+    let made = (|| -> Result<Created> {
         nix::unistd::mkfifo(&dir.join(EXEC_FIFO), Mode::from_bits_truncate(0o622))
             .map_err(|e| RuntimeError::nix("creating", dir.join(EXEC_FIFO).display(), e))?;
         cgroups::create(
@@ -711,6 +753,7 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
             },
             launch: launch(&spec),
             saved: saved.clone(),
+            creator_reports,
         };
         let (go_r, go_w) = process::pipe()?;
         let (ready_r, ready_w) = process::pipe()?;
@@ -774,10 +817,13 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
         if let Some(f) = &opts.pid_file {
             write_pid_file(f, p.as_raw())?;
         }
-        Ok(saved)
+        Ok(Created {
+            pid: p,
+            report: err_r,
+        })
     })();
     match made {
-        Ok(_) => Ok(()),
+        Ok(c) => Ok(c),
         Err(e) => {
             if let Some(p) = pid {
                 let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
@@ -813,9 +859,4 @@ pub fn seccomp_loader(spec: &Spec) -> Result<Option<FilterLoader>> {
 /// Writes `pid` to `path` atomically (engines poll for it).
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     crate::store::write_atomic(path, pid.to_string().as_bytes())
-}
-
-/// `pid` as a nix Pid.
-pub fn nix_pid(pid: i32) -> Pid {
-    Pid::from_raw(pid)
 }

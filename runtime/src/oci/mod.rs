@@ -79,6 +79,56 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// `run ID`: create, start, wait, delete (runc's); the process's exit code. As runc, a
+/// container whose start fails is deleted too, and the error says what failed: `start`
+/// itself, or the process before its exec (a startContainer hook, execve refusing the file).
+pub fn run(root: &Root, id: &str, opts: &create::CreateOptions) -> Result<i32> {
+    let created = create::create_for_run(root, id, opts)
+        .map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?;
+    let pid = created.pid;
+    let failed = |why: String, deleted: Result<()>| {
+        let also = deleted
+            .err()
+            .map(|e| format!("; deleting it: {e}"))
+            .unwrap_or_default();
+        RuntimeError::Invalid(format!("container {id} failed to start: {why}{also}"))
+    };
+    if let Err(e) = start(root, id) {
+        // Found not waiting for start, the process is likely failing right now: a moment to
+        // finish saying why before it is killed.
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let reaped = loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(WaitStatus::StillAlive) => break false,
+                Err(nix::Error::EINTR) => {}
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => break true,
+                Ok(_) => {}
+            }
+        };
+        if !reaped {
+            // Our child, not reaped: the PID is still its own.
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        let why = created
+            .failure_before_exec()
+            .unwrap_or_else(|| e.to_string());
+        return Err(failed(why, delete(root, id, true)));
+    }
+    // Blocks until the process has exec'd (the pipe closes on exec) or failed.
+    let why = created.failure_before_exec();
+    let code = process::wait_exit(pid);
+    let deleted = delete(root, id, true);
+    match why {
+        Some(why) => Err(failed(why, deleted)),
+        None => deleted.map(|()| code),
+    }
+}
+
 /// `state ID`: the runtime-spec state JSON.
 pub fn state(root: &Root, id: &str) -> Result<serde_json::Value> {
     let saved = root.load(id)?;
@@ -347,7 +397,7 @@ fn same_file(a: &str, b: &str) -> Result<bool> {
 
 /// `features`: the runtime-spec features document.
 pub fn features() -> serde_json::Value {
-    let mount_options: Vec<&str> = vec![
+    let mut mount_options: Vec<&str> = vec![
         "ro",
         "rw",
         "nosuid",
@@ -370,6 +420,8 @@ pub fn features() -> serde_json::Value {
         "norelatime",
         "strictatime",
         "nostrictatime",
+        "nosymfollow",
+        "symfollow",
         "bind",
         "rbind",
         "private",
@@ -381,6 +433,7 @@ pub fn features() -> serde_json::Value {
         "unbindable",
         "runbindable",
     ];
+    mount_options.extend(mounts::recursive_option_names());
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": SPEC_VERSION,

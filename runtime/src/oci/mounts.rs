@@ -1,7 +1,9 @@
 //! config.json's `mounts` inside the container's mount namespace, before pivot_root: mount
 //! options to flags and data, destinations resolved inside the root (a symbolic link in the
 //! image cannot send a mount outside it), bind mounts with their read-only/nosuid/nodev/
-//! noexec remount, and cgroup v1's per-controller tree.
+//! noexec/nosymfollow remount, the recursive options (`rro`, `rnosuid`, …, as runc) applied
+//! to the mount and every mount below it with mount_setattr(2), and cgroup v1's
+//! per-controller tree.
 
 use std::fs;
 use std::path::Path;
@@ -13,13 +15,48 @@ use crate::oci::spec::Mount;
 pub use crate::rootfs::resolve_in_root;
 use crate::rootfs::{m, mkdir, remount_bind};
 
-/// A mount's options split into flags, propagation flags and the data string.
+/// MS_NOSYMFOLLOW (Linux 5.10), which nix's MsFlags does not name.
+const MS_NOSYMFOLLOW: MsFlags = MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW);
+
+/// A mount's options split into flags, propagation flags, the data string and the
+/// recursive attributes.
 #[derive(Debug, PartialEq)]
 pub struct Options {
     pub flags: MsFlags,
     /// Cleared by an option such as `rw`, `suid`, `dev`, `exec`.
     pub propagation: MsFlags,
     pub data: Vec<String>,
+    /// MOUNT_ATTR_* to set on the mount and all below it (`rro`, `rnosuid`, …).
+    pub rec_set: u64,
+    /// MOUNT_ATTR_* to clear on the mount and all below it (`rrw`, `rsuid`, …).
+    pub rec_clear: u64,
+}
+
+/// runc's recursive options: (name, MOUNT_ATTR_* flag, whether the option clears it).
+const RECURSIVE: &[(&str, u64, bool)] = &[
+    ("rro", libc::MOUNT_ATTR_RDONLY, false),
+    ("rrw", libc::MOUNT_ATTR_RDONLY, true),
+    ("rnosuid", libc::MOUNT_ATTR_NOSUID, false),
+    ("rsuid", libc::MOUNT_ATTR_NOSUID, true),
+    ("rnodev", libc::MOUNT_ATTR_NODEV, false),
+    ("rdev", libc::MOUNT_ATTR_NODEV, true),
+    ("rnoexec", libc::MOUNT_ATTR_NOEXEC, false),
+    ("rexec", libc::MOUNT_ATTR_NOEXEC, true),
+    ("rnodiratime", libc::MOUNT_ATTR_NODIRATIME, false),
+    ("rdiratime", libc::MOUNT_ATTR_NODIRATIME, true),
+    ("rrelatime", libc::MOUNT_ATTR_RELATIME, false),
+    ("rnorelatime", libc::MOUNT_ATTR_RELATIME, true),
+    ("rnoatime", libc::MOUNT_ATTR_NOATIME, false),
+    ("ratime", libc::MOUNT_ATTR_NOATIME, true),
+    ("rstrictatime", libc::MOUNT_ATTR_STRICTATIME, false),
+    ("rnostrictatime", libc::MOUNT_ATTR_STRICTATIME, true),
+    ("rnosymfollow", libc::MOUNT_ATTR_NOSYMFOLLOW, false),
+    ("rsymfollow", libc::MOUNT_ATTR_NOSYMFOLLOW, true),
+];
+
+/// The names of the recursive options, for `features`.
+pub fn recursive_option_names() -> impl Iterator<Item = &'static str> {
+    RECURSIVE.iter().map(|(name, _, _)| *name)
 }
 
 /// Parses mount(8)-style options as runc does.
@@ -28,8 +65,27 @@ pub fn parse_options(options: &[String]) -> Options {
         flags: MsFlags::empty(),
         propagation: MsFlags::empty(),
         data: Vec::new(),
+        rec_set: 0,
+        rec_clear: 0,
     };
     for opt in options {
+        if let Some(&(_, attr, clears)) =
+            RECURSIVE.iter().find(|(name, _, _)| *name == opt.as_str())
+        {
+            if clears {
+                o.rec_clear |= attr;
+                o.rec_set &= !attr;
+            } else {
+                o.rec_set |= attr;
+                o.rec_clear &= !attr;
+                // mount_setattr(2): an access-time mode is set only with the whole
+                // MOUNT_ATTR__ATIME field cleared.
+                if attr & libc::MOUNT_ATTR__ATIME == attr {
+                    o.rec_clear |= libc::MOUNT_ATTR__ATIME;
+                }
+            }
+            continue;
+        }
         let set = |o: &mut Options, f: MsFlags| o.flags.insert(f);
         let clear = |o: &mut Options, f: MsFlags| o.flags.remove(f);
         match opt.as_str() {
@@ -55,6 +111,8 @@ pub fn parse_options(options: &[String]) -> Options {
             "norelatime" => clear(&mut o, MsFlags::MS_RELATIME),
             "strictatime" => set(&mut o, MsFlags::MS_STRICTATIME),
             "nostrictatime" => clear(&mut o, MsFlags::MS_STRICTATIME),
+            "nosymfollow" => set(&mut o, MS_NOSYMFOLLOW),
+            "symfollow" => clear(&mut o, MS_NOSYMFOLLOW),
             "bind" => set(&mut o, MsFlags::MS_BIND),
             "rbind" => set(&mut o, MsFlags::MS_BIND | MsFlags::MS_REC),
             "private" => o.propagation = MsFlags::MS_PRIVATE,
@@ -123,8 +181,10 @@ pub fn mount_one(root: &Path, mnt: &Mount) -> Result<()> {
                 | MsFlags::MS_NODEV
                 | MsFlags::MS_NOEXEC
                 | MsFlags::MS_NOATIME
+                | MsFlags::MS_NODIRATIME
                 | MsFlags::MS_RELATIME
-                | MsFlags::MS_STRICTATIME);
+                | MsFlags::MS_STRICTATIME
+                | MS_NOSYMFOLLOW);
         if !extra.is_empty() {
             remount_bind(&target, extra)?;
         }
@@ -151,7 +211,8 @@ pub fn mount_one(root: &Path, mnt: &Mount) -> Result<()> {
                     & (MsFlags::MS_RDONLY
                         | MsFlags::MS_NOSUID
                         | MsFlags::MS_NODEV
-                        | MsFlags::MS_NOEXEC);
+                        | MsFlags::MS_NOEXEC
+                        | MS_NOSYMFOLLOW);
                 remount_bind(&target, extra)?;
             }
             Err(e) => {
@@ -163,8 +224,51 @@ pub fn mount_one(root: &Path, mnt: &Mount) -> Result<()> {
             }
         }
     }
+    if o.rec_set != 0 || o.rec_clear != 0 {
+        set_recursive(&target, o.rec_set, o.rec_clear)?;
+    }
     if !o.propagation.is_empty() {
         m(None, &target, None, o.propagation, None)?;
+    }
+    Ok(())
+}
+
+/// Sets and clears the MOUNT_ATTR_* `set` and `clear` on the mount at `target` and every
+/// mount below it (mount_setattr(2) with AT_RECURSIVE, Linux 5.12).
+fn set_recursive(target: &Path, set: u64, clear: u64) -> Result<()> {
+    let path = crate::userns::cstr(target)?;
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads the NUL-terminated path and `size_of_val(&attr)` bytes of
+    // the attr struct, both alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOSYS) {
+            return Err(RuntimeError::Invalid(format!(
+                "mount on {}: recursive mount options (rro, rnosuid, …) need mount_setattr(2), \
+                 which this kernel does not have (Linux 5.12 or later)",
+                target.display()
+            )));
+        }
+        return Err(RuntimeError::io(
+            "setting recursive mount options on",
+            target.display(),
+            e,
+        ));
     }
     Ok(())
 }
@@ -290,6 +394,25 @@ mod tests {
         assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
         assert_eq!(o.data, vec!["mode=755", "size=65536k"]);
         assert!(opts(&["ro", "rw"]).flags.is_empty());
+        assert_eq!(opts(&["nosymfollow"]).flags.bits(), libc::MS_NOSYMFOLLOW);
+    }
+
+    #[test]
+    fn recursive_options_become_mount_attributes() {
+        let o = opts(&["rbind", "rro", "rnosuid", "rnosymfollow", "rexec"]);
+        assert!(o.data.is_empty(), "{:?}", o.data);
+        assert_eq!(
+            o.rec_set,
+            libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOSYMFOLLOW
+        );
+        assert_eq!(o.rec_clear, libc::MOUNT_ATTR_NOEXEC);
+        // The last word wins, as with the plain options.
+        let o = opts(&["rro", "rrw"]);
+        assert_eq!((o.rec_set, o.rec_clear), (0, libc::MOUNT_ATTR_RDONLY));
+        // An access-time mode clears the whole access-time field first.
+        let o = opts(&["rnoatime"]);
+        assert_eq!(o.rec_set, libc::MOUNT_ATTR_NOATIME);
+        assert_eq!(o.rec_clear, libc::MOUNT_ATTR__ATIME);
     }
 
     #[test]
