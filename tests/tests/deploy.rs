@@ -111,6 +111,37 @@ fn daemonset_manifest_has_what_a_node_agent_needs() {
         args.contains(&"--ip-masq"),
         "the DaemonSet masquerades like Flannel's: {args:?}"
     );
+    // TLS comes from optional ConfigMap keys, never from fixed flags: twilld refuses TLS
+    // files with an http:// endpoint, so an etcd without TLS needs them gone, and deleting
+    // keys from the ConfigMap is the one edit the manifest asks for.
+    for a in &args {
+        assert!(
+            !a.starts_with("--etcd-cafile")
+                && !a.starts_with("--etcd-certfile")
+                && !a.starts_with("--etcd-keyfile"),
+            "{a}: a fixed TLS flag breaks etcd without TLS"
+        );
+    }
+    let env = c["env"].as_sequence().unwrap();
+    for (var, key) in [
+        ("TWILLD_ETCD_CAFILE", "etcd-cafile"),
+        ("TWILLD_ETCD_CERTFILE", "etcd-certfile"),
+        ("TWILLD_ETCD_KEYFILE", "etcd-keyfile"),
+    ] {
+        let e = env
+            .iter()
+            .find(|e| e["name"] == var)
+            .unwrap_or_else(|| panic!("{var} not in the container's env"));
+        let r = &e["valueFrom"]["configMapKeyRef"];
+        assert_eq!(r["key"], key);
+        assert_eq!(r["optional"], Value::Bool(true), "{var} must be optional");
+        let path = cm["data"][key].as_str().unwrap();
+        assert!(path.starts_with("/etc/twill/tls/"), "{key}: {path}");
+    }
+    assert!(
+        mounts.contains(&"/var/run/wireguard"),
+        "wg show on the node needs the UAPI sockets: {mounts:?}"
+    );
     for a in args {
         let flag = a.split('=').next().unwrap();
         assert!(
