@@ -88,6 +88,9 @@ pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResu
 
     let mut rollback = Rollback::new(&conf.name);
     let mut assigned = lease_address(conf, env, stdin, se.as_ref(), &mut rollback)?;
+    if conf.is_gateway() {
+        assigned.default_gateways();
+    }
     if conf.is_default_gateway() {
         assigned.add_default_routes();
     }
@@ -98,6 +101,7 @@ pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResu
         host_ns.enter(|| setup::enable_forwarding(&gateways))??;
     }
     let container = configure_container_side(&ctr, &plan.tmp_peer, &env.ifname, &assigned)?;
+    forget_stale_neighbours(&host_ns, &bridge, &assigned)?;
     let state = masq_state(conf, se.as_ref())?;
     if masq {
         let rules: Vec<MasqRule> = assigned
@@ -251,7 +255,7 @@ fn host_plan<'c>(
     assigned: &Assignment,
     host_ns: &Netns,
 ) -> CniResult<HostPlan<'c>> {
-    let mtu = match conf.mtu.or(se.map(|s| s.mtu)) {
+    let mtu = match conf.mtu().or(se.map(|s| s.mtu)) {
         Some(m) => m,
         None => host_ns
             .run(|nl| async move { Ok::<_, CniError>(setup::default_route_mtu(&nl).await) })?
@@ -267,14 +271,14 @@ fn host_plan<'c>(
         mtu,
         hairpin: conf.hairpin(),
         host_veth: setup::host_veth_name(&env.container_id, &env.ifname, 0),
-        // Random: parallel ADDs create their peers in the host namespace at the same time.
-        tmp_peer: format!("tw{:08x}", random::random_u64() as u32),
+        tmp_peer: setup::tmp_peer_name(random::random_u64() as u32),
     })
 }
 
 /// Step: the bridge and the veth pair, the container end born in `ctr` under its temporary
 /// name; removing the host end (which takes the peer with it) goes on `rollback` first, so a
-/// failure half way through this step is undone too.
+/// failure half way through this step is undone too — once the name is known to be free, so
+/// the undo never removes a link of someone else's.
 fn create_host_side<'a>(
     host_ns: &'a Netns,
     plan: &HostPlan<'_>,
@@ -282,6 +286,8 @@ fn create_host_side<'a>(
     rollback: &mut Rollback<'a>,
 ) -> CniResult<(Link, Link)> {
     let host_veth = plan.host_veth.clone();
+    let name = &plan.host_veth;
+    host_ns.run(|nl| async move { setup::ensure_host_veth_free(&nl, name).await })?;
     rollback.on_failure("removing host veth", move || {
         host_ns
             .run(|nl| async move { nl.remove_link(&host_veth).await })
@@ -304,6 +310,25 @@ fn configure_container_side(
     ctr.run(|nl| async move {
         setup::container_side(&nl, tmp_peer, ifname, addrs, gateways, routes).await
     })
+}
+
+/// Step: the host's neighbour entries for the container's addresses on the bridge go, once
+/// the container answers for them. An address handed out again (a restart with a fixed IP)
+/// would otherwise stay mapped to the old container's MAC — REACHABLE for up to ~45 s, then
+/// seconds of probing — and the host, its port forwards and the traffic it routes in from
+/// other nodes would go nowhere. (The container's gratuitous ARP on link up cannot fix it:
+/// the bridge port is not forwarding yet when the container end comes up.)
+fn forget_stale_neighbours(host_ns: &Netns, bridge: &Link, assigned: &Assignment) -> CniResult<()> {
+    let addrs: Vec<IpAddr> = assigned.ips.iter().map(|a| a.ip.addr()).collect();
+    let (index, addrs) = (bridge.index, &addrs);
+    host_ns
+        .run(|nl| async move {
+            for ip in addrs {
+                nl.delete_neighbour(index, *ip).await?;
+            }
+            Ok::<_, twill_netkit::Error>(())
+        })
+        .map_err(CniError::from)
 }
 
 /// The result: bridge, host veth and container interface, the address on the latter.
@@ -344,14 +369,17 @@ fn add_result(
 /// DEL: idempotent and best effort; every step runs and failures are reported together.
 pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
     let mut errors: Vec<String> = Vec::new();
+    let mut container_side_done = false;
     if let Some(path) = &env.netns
         && path.exists()
     {
         match Netns::open_path(path) {
             Ok(ctr) => {
                 let ifname = env.ifname.clone();
-                if let Err(e) = ctr.run(|nl| async move { nl.remove_link(&ifname).await }) {
-                    errors.push(format!("removing {}: {e}", env.ifname));
+                match ctr.run(|nl| async move { setup::remove_container_side(&nl, &ifname).await })
+                {
+                    Ok(()) => container_side_done = true,
+                    Err(e) => errors.push(format!("removing {}: {e}", env.ifname)),
                 }
             }
             // Gone between the check and the open: nothing left to remove there.
@@ -359,12 +387,16 @@ pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             Err(e) => errors.push(e.to_string()),
         }
     }
-    let host_veth = setup::host_veth_name(&env.container_id, &env.ifname, 0);
-    if let Err(e) = current_netns().and_then(|ns| {
-        ns.run(|nl| async move { nl.remove_link(&host_veth).await })
-            .map_err(CniError::from)
-    }) {
-        errors.push(e.to_string());
+    // Without a look into the container, the pair is found by its host end's name (a
+    // namespace still held by a process after its path went away).
+    if !container_side_done {
+        let host_veth = setup::host_veth_name(&env.container_id, &env.ifname, 0);
+        if let Err(e) = current_netns().and_then(|ns| {
+            ns.run(|nl| async move { nl.remove_link(&host_veth).await })
+                .map_err(CniError::from)
+        }) {
+            errors.push(e.to_string());
+        }
     }
     // A broken subnet file must not keep DEL from forgetting the attachment.
     let se = subnet_env(conf).ok().flatten();
@@ -456,10 +488,7 @@ pub fn check(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             ));
         }
     }
-    let bridge = conf.bridge().to_string();
-    current_netns()?
-        .run(|nl| async move { nl.require_link(&bridge).await })
-        .map_err(|e| CniError::new(INTERNAL, format!("CHECK: {e}")))?;
+    check_host_side(conf, env)?;
     let se = subnet_env(conf)?;
     if ip_masq(conf, se.as_ref()) && !our_ips.is_empty() {
         let rules: Vec<MasqRule> = our_ips
@@ -497,6 +526,31 @@ pub fn check(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// CHECK's host half: the bridge exists and the attachment's host veth is one of its ports,
+/// as the reference bridge checks. A bridge deleted and re-created leaves the old veths
+/// detached, and the container cut off while its own side looks fine.
+fn check_host_side(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
+    let bridge = conf.bridge();
+    let host_veth = setup::host_veth_name(&env.container_id, &env.ifname, 0);
+    let (br, veth) = current_netns()?
+        .run(|nl| async move {
+            let br = nl.require_link(bridge).await?;
+            let veth = nl.require_link(&host_veth).await?;
+            Ok::<_, twill_netkit::Error>((br, veth))
+        })
+        .map_err(|e| CniError::new(INTERNAL, format!("CHECK: {e}")))?;
+    if veth.controller != Some(br.index) {
+        return Err(CniError::new(
+            INTERNAL,
+            format!(
+                "CHECK: host veth {} of {} {} is not a port of bridge {bridge}",
+                veth.name, env.container_id, env.ifname
+            ),
+        ));
     }
     Ok(())
 }

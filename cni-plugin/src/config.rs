@@ -61,6 +61,7 @@ pub struct NetConf {
     #[serde(rename = "type")]
     pub plugin_type: String,
     pub bridge: Option<String>,
+    /// As given; 0 means not set, so read it through [`NetConf::mtu`].
     pub mtu: Option<u32>,
     pub subnet_file: Option<PathBuf>,
     pub is_gateway: Option<bool>,
@@ -159,7 +160,7 @@ impl NetConf {
                 ));
             }
         }
-        if let Some(m) = self.mtu
+        if let Some(m) = self.mtu()
             && !(68..=65535).contains(&m)
         {
             return Err(CniError::new(
@@ -188,6 +189,12 @@ impl NetConf {
     /// The delegated IPAM plugin, when `ipam.type` is set.
     pub fn ipam_type(&self) -> Option<&str> {
         self.ipam.as_ref()?.get("type")?.as_str()
+    }
+
+    /// The configured MTU. 0 is "not set", as the reference bridge reads it (Go's zero
+    /// value) and Calico's conflists write it for "automatic".
+    pub fn mtu(&self) -> Option<u32> {
+        self.mtu.filter(|m| *m != 0)
     }
 
     /// Bridge name.
@@ -225,9 +232,11 @@ impl NetConf {
         base.join(&self.name)
     }
 
-    /// isDefaultGateway implies isGateway.
+    /// isDefaultGateway implies isGateway. Unset, it follows an explicit `isGateway`: with
+    /// its own default (true) it would turn `"isGateway": false` back on.
     pub fn is_default_gateway(&self) -> bool {
-        self.is_default_gateway.unwrap_or(true)
+        self.is_default_gateway
+            .unwrap_or(self.is_gateway.unwrap_or(true))
     }
 
     /// Whether the bridge carries the gateway address.

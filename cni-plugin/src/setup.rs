@@ -40,6 +40,51 @@ pub fn host_veth_name(container_id: &str, ifname: &str, salt: u32) -> String {
     format!("veth{:08x}", (h >> 32) as u32 ^ h as u32)
 }
 
+/// What a veth's container end is called until it is renamed to CNI_IFNAME: `tw` and 8 hex
+/// digits, random (parallel ADDs create their peers at the same time).
+pub fn tmp_peer_name(random: u32) -> String {
+    format!("tw{random:08x}")
+}
+
+fn is_tmp_peer_name(name: &str) -> bool {
+    name.len() == 10
+        && name.starts_with("tw")
+        && name[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// DEL inside the container: removes `ifname`, which takes the host end with it; without
+/// `ifname`, a pair an interrupted ADD left under its temporary name. Either way the host end
+/// needs no look-up by name, which could hit another attachment's veth.
+pub async fn remove_container_side(nl: &Netlink, ifname: &str) -> twill_netkit::Result<()> {
+    if nl.remove_link(ifname).await? {
+        return Ok(());
+    }
+    for l in nl.list_links().await? {
+        if l.kind.as_deref() == Some("veth") && is_tmp_peer_name(&l.name) {
+            nl.remove_link(&l.name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Fails when the host veth name is taken already: the name is a hash of (container ID,
+/// ifname) in the `veth<8 hex>` space the reference bridge fills at random, so such a link
+/// belongs to someone else, and a failed ADD must not remove it.
+pub async fn ensure_host_veth_free(nl: &Netlink, name: &str) -> CniResult<()> {
+    if nl.link_by_name(name).await?.is_some() {
+        return Err(CniError::new(
+            INTERNAL,
+            format!(
+                "host veth name {name} is taken in netns {} by a link this ADD did not create (another attachment's, or one left by an ADD whose DEL never came)",
+                nl.netns()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The MTU of the link holding the default route, if any.
 pub async fn default_route_mtu(nl: &Netlink) -> Option<u32> {
     let routes = nl.list_routes(None).await.ok()?;

@@ -1228,3 +1228,248 @@ fn ip_args_reach_a_delegated_static_ipam_untouched() {
     assert_eq!(ips, ["10.97.0.5/24", "10.97.0.6/24"], "{r}");
     assert!(node.cni("DEL", "st", &p, "eth0", &conf, &args).0);
 }
+
+/// An IPAM result without a gateway (the reference static plugin given only addresses): as
+/// the reference bridge, the gateway is the subnet's first address, and it goes on the bridge
+/// and into the default route. Before, the container got no default route and the bridge no
+/// address: nothing outside the bridge was reachable.
+#[test]
+fn a_delegated_result_without_gateway_gets_the_subnets_first_address() {
+    if !preconditions(
+        "a_delegated_result_without_gateway_gets_the_subnets_first_address",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    if !reference_plugin_installed("static") {
+        return;
+    }
+    let node = Node::new("cnigw");
+    let mut conf = node.conf("1.0.0");
+    conf["name"] = json!("gwnet");
+    conf["bridge"] = json!("cni9");
+    conf["ipMasq"] = json!(false);
+    conf["ipam"] = json!({"type": "static", "addresses": [{"address": "10.96.0.5/24"}]});
+    let (_c, p) = node.ctr("c");
+    let (ok, r) = node.cni("ADD", "gw", &p, "eth0", &conf, &[]);
+    assert!(ok, "{r}");
+    assert_eq!(r["ips"][0]["gateway"], "10.96.0.1", "{r}");
+    let host = node.scope.name("host");
+    let br = twill_tests::ip_json(&host, &["-4", "addr", "show", "dev", "cni9"]);
+    assert_eq!(br[0]["addr_info"][0]["local"], "10.96.0.1", "{br}");
+    let c = node.scope.name("c");
+    let default = twill_tests::ip_json(&c, &["route", "show", "default"]);
+    assert_eq!(default[0]["gateway"], "10.96.0.1", "{default}");
+    assert!(ns_exec_ok(&c, &["ping", "-c1", "-W2", "10.96.0.1"]));
+    assert!(node.cni("DEL", "gw", &p, "eth0", &conf, &[]).0);
+}
+
+/// `"isGateway": false` means no gateway on the bridge. Before, the default of
+/// `isDefaultGateway` (true) turned it back on: the bridge got the gateway address, the host
+/// forwarding, the container a default route.
+#[test]
+fn is_gateway_false_is_not_overridden_by_the_default_of_is_default_gateway() {
+    if !preconditions(
+        "is_gateway_false_is_not_overridden_by_the_default_of_is_default_gateway",
+        &["ip"],
+    ) {
+        return;
+    }
+    let node = Node::new("cnisg");
+    let mut conf = node.conf("1.0.0");
+    conf["isGateway"] = json!(false);
+    conf["ipMasq"] = json!(false);
+    let (_c, p) = node.ctr("c");
+    let (ok, r) = node.cni("ADD", "sg", &p, "eth0", &conf, &[]);
+    assert!(ok, "{r}");
+    let host = node.scope.name("host");
+    let br = twill_tests::ip_json(&host, &["-4", "addr", "show", "dev", "cni0"]);
+    let addrs = br
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|l| l["addr_info"].as_array().cloned())
+        .unwrap_or_default();
+    assert!(addrs.is_empty(), "no gateway on the bridge: {br}");
+    assert_eq!(read_in(&host, "/proc/sys/net/ipv4/ip_forward"), "0");
+    let c = node.scope.name("c");
+    let default = twill_tests::ip_json(&c, &["route", "show", "default"]);
+    assert_eq!(default, json!([]), "no default route: {default}");
+    assert!(
+        r["routes"]
+            .as_array()
+            .is_none_or(|rs| rs.iter().all(|r| r["dst"] != "0.0.0.0/0")),
+        "{r}"
+    );
+    assert!(node.cni("DEL", "sg", &p, "eth0", &conf, &[]).0);
+}
+
+/// CHECK looks at the host side too, as the reference bridge does: a host veth that is no
+/// longer a port of the bridge (the bridge was deleted and re-created, or someone ran
+/// `ip link set … nomaster`) leaves the container cut off. Before, CHECK passed.
+#[test]
+fn check_fails_when_the_host_veth_left_the_bridge() {
+    if !preconditions("check_fails_when_the_host_veth_left_the_bridge", &["ip"]) {
+        return;
+    }
+    let node = Node::new("cnick");
+    let mut conf = node.conf("1.0.0");
+    conf["ipMasq"] = json!(false);
+    let (_c, p) = node.ctr("c");
+    let (ok, r) = node.cni("ADD", "ck", &p, "eth0", &conf, &[]);
+    assert!(ok, "{r}");
+    let mut check = conf.clone();
+    check["prevResult"] = r.clone();
+    let (ok, e) = node.cni("CHECK", "ck", &p, "eth0", &check, &[]);
+    assert!(ok, "{e}");
+    let veth = r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let host = node.scope.name("host");
+    run("ip", &["-n", &host, "link", "set", &veth, "nomaster"]);
+    let (ok, e) = node.cni("CHECK", "ck", &p, "eth0", &check, &[]);
+    assert!(!ok, "CHECK passed with {veth} off the bridge");
+    assert!(e["msg"].as_str().unwrap().contains(&veth), "{e}");
+    run("ip", &["-n", &host, "link", "del", &veth]);
+    let (ok, e) = node.cni("CHECK", "ck", &p, "eth0", &check, &[]);
+    assert!(!ok, "CHECK passed without the host veth: {e}");
+    assert!(node.cni("DEL", "ck", &p, "eth0", &conf, &[]).0);
+}
+
+/// `"mtu": 0` is "not set" to the reference bridge (Go's zero value) and "automatic" to
+/// Calico's conflists: a conflist that says so must work, with the MTU twill would pick
+/// without the key (here FLANNEL_MTU). Before, ADD failed with code 7.
+#[test]
+fn mtu_zero_means_not_set() {
+    if !preconditions("mtu_zero_means_not_set", &["ip"]) {
+        return;
+    }
+    let node = Node::new("cnimtu");
+    let mut conf = node.conf("1.1.0");
+    conf["mtu"] = json!(0);
+    conf["ipMasq"] = json!(false);
+    let (_c, p) = node.ctr("c");
+    let (ok, r) = node.cni("ADD", "mz", &p, "eth0", &conf, &[]);
+    assert!(ok, "{r}");
+    assert_eq!(r["interfaces"][2]["mtu"], 1450, "{r}");
+    let link = twill_tests::ip_link(&node.scope.name("c"), "eth0");
+    assert_eq!(link["mtu"], 1450);
+    assert!(node.cni("DEL", "mz", &p, "eth0", &conf, &[]).0);
+}
+
+/// Host veth names are a 32-bit hash of (container ID, ifname), in the `veth<8 hex>` space the
+/// reference bridge fills at random: another attachment's veth can hold the name. Before, the
+/// ADD that met it (EEXIST) deleted that veth in its rollback, and the runtime's DEL after the
+/// failed ADD deleted it again by name: an unrelated container lost its network. Now ADD
+/// leaves it alone, and DEL removes by name only when it cannot look in the container's
+/// namespace; a crash's leftover (the peer still under its temporary name) still goes.
+#[test]
+fn a_veth_that_is_not_ours_survives_add_rollback_and_del() {
+    if !preconditions(
+        "a_veth_that_is_not_ours_survives_add_rollback_and_del",
+        &["ip"],
+    ) {
+        return;
+    }
+    let node = Node::new("cniown");
+    let mut conf = node.conf("1.0.0");
+    conf["ipMasq"] = json!(false);
+    let host = node.scope.name("host");
+    let taken = twill_cni::setup::host_veth_name("clash", "eth0", 0);
+    // Someone else's veth pair under that name, its peer in a namespace of its own.
+    let (_o, _) = node.ctr("o");
+    let other = node.scope.name("o");
+    run(
+        "ip",
+        &[
+            "-n", &host, "link", "add", &taken, "type", "veth", "peer", "name", "eth0", "netns",
+            &other,
+        ],
+    );
+    let exists = |ns: &str, name: &str| {
+        twill_tests::ip_json(ns, &["link", "show"])
+            .as_array()
+            .is_some_and(|ls| ls.iter().any(|l| l["ifname"] == name))
+    };
+    let (_c, p) = node.ctr("c");
+    let (ok, e) = node.cni("ADD", "clash", &p, "eth0", &conf, &[]);
+    assert!(!ok, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains(&taken), "{e}");
+    assert!(exists(&host, &taken), "the failed ADD deleted {taken}");
+    assert!(
+        ip_files(&node.ipam_dir()).is_empty(),
+        "the address was released"
+    );
+    assert!(node.cni("DEL", "clash", &p, "eth0", &conf, &[]).0);
+    assert!(exists(&host, &taken), "DEL deleted {taken}");
+    assert!(exists(&other, "eth0"));
+
+    // An ADD killed after creating its pair: the peer is still `tw<8 hex>` in the container.
+    // DEL with the namespace removes the pair.
+    let crashed = twill_cni::setup::host_veth_name("crashed", "eth0", 0);
+    let (_d, pd) = node.ctr("d");
+    let d = node.scope.name("d");
+    run(
+        "ip",
+        &[
+            "-n",
+            &host,
+            "link",
+            "add",
+            &crashed,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tw0badf00d",
+            "netns",
+            &d,
+        ],
+    );
+    assert!(node.cni("DEL", "crashed", &pd, "eth0", &conf, &[]).0);
+    assert!(!exists(&host, &crashed), "the leftover host veth stayed");
+    assert!(!exists(&d, "tw0badf00d"));
+}
+
+/// A container that takes over an address (`podman restart` with `--ip`: DEL, then ADD with
+/// the same IP and a new MAC) is reachable from the host at once. Before, the host's
+/// neighbour entry still held the old container's MAC (REACHABLE for up to ~45 s, then
+/// seconds of probing): the host, port forwards into the container and traffic from other
+/// nodes (routed by the host onto the bridge) went nowhere.
+#[test]
+fn a_reused_address_is_reachable_from_the_host_at_once() {
+    if !preconditions(
+        "a_reused_address_is_reachable_from_the_host_at_once",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    let node = Node::new("cniarp");
+    let mut conf = node.conf("1.0.0");
+    conf["ipMasq"] = json!(false);
+    let args = [("CNI_ARGS", "IgnoreUnknown=1;IP=10.244.7.50")];
+    let host = node.scope.name("host");
+    let neigh_mac = || -> String {
+        let n = twill_tests::ip_json(&host, &["neigh", "show", "10.244.7.50", "dev", "cni0"]);
+        n[0]["lladdr"].as_str().unwrap_or_default().to_string()
+    };
+    // Another container keeps the bridge's carrier up: losing it flushes the bridge's
+    // neighbour table, which would hide the stale entry.
+    let (_k, pk) = node.ctr("k");
+    assert!(node.cni("ADD", "keep", &pk, "eth0", &conf, &[]).0);
+    let (_a, pa) = node.ctr("a");
+    let (ok, r1) = node.cni("ADD", "old", &pa, "eth0", &conf, &args);
+    assert!(ok, "{r1}");
+    assert!(ns_exec_ok(&host, &["ping", "-c1", "-W2", "10.244.7.50"]));
+    assert_eq!(neigh_mac(), r1["interfaces"][2]["mac"].as_str().unwrap());
+    assert!(node.cni("DEL", "old", &pa, "eth0", &conf, &args).0);
+
+    let (_b, pb) = node.ctr("b");
+    let (ok, r2) = node.cni("ADD", "new", &pb, "eth0", &conf, &args);
+    assert!(ok, "{r2}");
+    assert!(
+        ns_exec_ok(&host, &["ping", "-c1", "-W1", "10.244.7.50"]),
+        "the host sent to the old MAC {}",
+        neigh_mac()
+    );
+    assert_eq!(neigh_mac(), r2["interfaces"][2]["mac"].as_str().unwrap());
+    assert!(node.cni("DEL", "new", &pb, "eth0", &conf, &args).0);
+    assert!(node.cni("DEL", "keep", &pk, "eth0", &conf, &[]).0);
+}

@@ -98,6 +98,24 @@ impl Assignment {
         }
     }
 
+    /// Gives an address without a gateway its subnet's first address, as the reference
+    /// bridge does when it is the gateway (an IPAM plugin may leave the gateway out: the
+    /// static plugin given bare addresses). Not when that is the address itself or lies
+    /// outside its prefix (a /32): a gateway there would clash or be unreachable.
+    pub fn default_gateways(&mut self) {
+        for a in self.ips.iter_mut().filter(|a| a.gateway.is_none()) {
+            let first = match a.ip.network() {
+                IpAddr::V4(n) => u32::from(n)
+                    .checked_add(1)
+                    .map(|v| IpAddr::from(v.to_be_bytes())),
+                IpAddr::V6(n) => u128::from(n)
+                    .checked_add(1)
+                    .map(|v| IpAddr::from(v.to_be_bytes())),
+            };
+            a.gateway = first.filter(|g| a.ip.contains(g) && *g != a.ip.addr());
+        }
+    }
+
     /// The gateway of each family that has one (first address of the family wins).
     pub fn gateways(&self) -> Vec<IpAddr> {
         let mut out: Vec<IpAddr> = Vec::new();
