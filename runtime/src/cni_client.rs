@@ -198,7 +198,7 @@ pub fn del(list: &NetworkList, att: &Attachment, result: Option<&Value>) -> Resu
     for plugin in list.plugins.iter().rev() {
         let conf = plugin_conf(list, plugin, result, att);
         if let Err(e) = exec("DEL", &conf, att) {
-            errors.push(e.to_string());
+            errors.push(e.network_detail());
         }
     }
     if errors.is_empty() {

@@ -51,6 +51,21 @@ pub const INIT_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.co
 
 fn parse_volumes(store: &Store, specs: &[String]) -> Result<Vec<MountSpec>> {
     let mut out = Vec::new();
+    match parse_volumes_into(store, specs, &mut out) {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            // The state does not list them yet, so no later cleanup would find them.
+            for m in out.iter().filter(|m| m.anonymous) {
+                if let Some(dir) = m.source.parent() {
+                    let _ = fs::remove_dir_all(dir);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn parse_volumes_into(store: &Store, specs: &[String], out: &mut Vec<MountSpec>) -> Result<()> {
     for v in specs {
         let parts: Vec<&str> = v.split(':').collect();
         let (src, target, ro) = match parts.as_slice() {
@@ -93,7 +108,7 @@ fn parse_volumes(store: &Store, specs: &[String]) -> Result<Vec<MountSpec>> {
             anonymous,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 fn write_init_layer(dir: &Path, st: &State) -> Result<()> {
@@ -217,6 +232,14 @@ fn remove_anonymous_volumes(store: &Store, st: &State) {
     }
 }
 
+/// Docker's and podman's rule for container names: they are shown in `ps` columns and
+/// given back on command lines, so no spaces, slashes or empty names.
+fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 /// Creates and starts a container; on failure everything is undone. `log`: where stdout and
 /// stderr go (detached), else they are inherited.
 pub fn start(
@@ -263,7 +286,16 @@ fn start_inner(
         opts.ports.clone()
     };
     let id = new_id();
-    if let Some(n) = &opts.name
+    // `--name ""` is no name, as in Docker and podman (a script's empty variable).
+    let name = non_empty(&opts.name);
+    if let Some(n) = &name
+        && !valid_name(n)
+    {
+        return Err(RuntimeError::Invalid(format!(
+            "invalid container name {n:?}: names must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"
+        )));
+    }
+    if let Some(n) = &name
         && store.list()?.iter().any(|s| &s.name == n)
     {
         return Err(RuntimeError::Invalid(format!(
@@ -272,7 +304,7 @@ fn start_inner(
     }
     let mut st = State {
         id: id.clone(),
-        name: opts.name.clone().unwrap_or_else(|| id[..12].to_string()),
+        name: name.unwrap_or_else(|| id[..12].to_string()),
         image: img.name.clone(),
         command,
         status: Status::Created,
@@ -391,9 +423,53 @@ fn start_inner(
     }
 }
 
+/// The PID signals to a foreground `run` go to (0: none, once PID 1 is reaped).
+static PROXY_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// What a foreground `run` passes on: the signals a user, `timeout` or a service manager sends
+/// to stop or poke it; not the ones about twill-run itself (faults, job control, SIGPIPE).
+const PROXIED: [Signal; 6] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+extern "C" fn proxy_signal(sig: libc::c_int) {
+    let pid = PROXY_TO.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// A foreground `run` passes the signals it gets on to the container's PID 1, as podman's
+/// `--sig-proxy` does. Dying of them instead left the container running with nobody to
+/// record its exit or release its network and cgroup.
+pub fn proxy_signals(pid: Pid) -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    PROXY_TO.store(pid.as_raw(), std::sync::atomic::Ordering::SeqCst);
+    // SA_RESTART: the monitor's waitpid goes on waiting after the handler.
+    let action = SigAction::new(
+        SigHandler::Handler(proxy_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in PROXIED {
+        // SAFETY: the handler only reads an atomic and calls kill(2).
+        unsafe { sigaction(sig, &action) }
+            .map_err(|e| RuntimeError::nix("installing a handler for", sig, e))?;
+    }
+    Ok(())
+}
+
 /// Waits for the container's PID 1 and records how it ended; removes it with `--rm`.
 pub fn monitor(store: &Store, mut st: State, pid: Pid, cni: &CniOptions) -> Result<i32> {
     let code = process::wait_exit(pid);
+    // Reaped: its PID may be reused by anything now.
+    PROXY_TO.store(0, std::sync::atomic::Ordering::SeqCst);
     // `rm -f` may have removed it meanwhile.
     if let Ok(latest) = store.load(&st.id) {
         st = latest;
@@ -403,23 +479,31 @@ pub fn monitor(store: &Store, mut st: State, pid: Pid, cni: &CniOptions) -> Resu
     st.status = Status::Exited;
     st.exit_code = Some(code);
     st.pid = None;
-    if st.auto_remove {
-        cleanup(store, &st, cni)?;
-        remove_anonymous_volumes(store, &st);
-    } else {
-        // The processes are gone: release the network (CNI DEL, netns) and the cgroup now,
-        // as Docker does at stop; rm removes the rest.
-        // What failed stays recorded, so `rm` runs CNI DEL again.
-        match network::teardown(&st, cni) {
-            Ok(()) => {
-                st.netns = None;
-                st.network_name = None;
-            }
-            Err(e) => eprintln!(
+    // The processes are gone: release the network (CNI DEL, netns) and the cgroup now, as
+    // Docker does at stop; rm removes the rest.
+    let released = match network::teardown(&st, cni) {
+        Ok(()) => {
+            st.netns = None;
+            st.network_name = None;
+            true
+        }
+        // What failed stays recorded, so `rm` runs CNI DEL again: even with --rm, since
+        // removing the state would leave the address reserved with nothing to release it.
+        Err(e) => {
+            eprintln!(
                 "twill-run: releasing the network of {}: {e} (rm tries again)",
                 st.name
-            ),
+            );
+            false
         }
+    };
+    if st.auto_remove && released {
+        // The command's exit code stays the answer: a removal that failed is only reported.
+        if let Err(e) = cleanup(store, &st, cni) {
+            eprintln!("twill-run: removing {}: {e}", st.name);
+        }
+        remove_anonymous_volumes(store, &st);
+    } else {
         let _ = cgroup::for_container(&st.id).remove();
         store.save(&st)?;
     }
@@ -458,7 +542,8 @@ pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Resul
                         reason: e.to_string(),
                     };
                     let _ = w.write_all(&report.encode());
-                    std::process::exit(1);
+                    // Tells the parent a command that could not be executed (126, 127).
+                    std::process::exit(e.exec_exit_code().unwrap_or(1));
                 }
             }
         }
@@ -469,8 +554,12 @@ pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Resul
             match MonitorReport::decode(&bytes) {
                 MonitorReport::Running { id } => Ok(id),
                 MonitorReport::Failed { reason } => {
-                    let _ = nix::sys::wait::waitpid(child, None);
-                    Err(RuntimeError::Invalid(reason))
+                    Err(match nix::sys::wait::waitpid(child, None) {
+                        Ok(nix::sys::wait::WaitStatus::Exited(_, exit_code @ (126 | 127))) => {
+                            RuntimeError::Command { reason, exit_code }
+                        }
+                        _ => RuntimeError::Invalid(reason),
+                    })
                 }
             }
         }
@@ -557,7 +646,16 @@ pub fn stop(store: &Store, id: &str, grace: Duration) -> Result<State> {
     let monitor_start = st.monitor_start;
     // Let the monitor record the exit; if there is none any more, record it ourselves.
     for _ in 0..250 {
-        st = store.load(&st.id)?;
+        st = match store.load(&st.id) {
+            Ok(latest) => latest,
+            // The monitor of a `--rm` container removes it once PID 1 is gone: it has stopped.
+            Err(RuntimeError::NoContainer(_)) => {
+                st.status = Status::Exited;
+                st.pid = None;
+                return Ok(st);
+            }
+            Err(e) => return Err(e),
+        };
         if st.status != Status::Running {
             return Ok(st);
         }
@@ -584,9 +682,16 @@ pub fn remove(store: &Store, id: &str, force: bool, volumes: bool, cni: &CniOpti
         }
         stop(store, &st.id, Duration::ZERO)?;
     }
-    let st = store.load(&st.id).unwrap_or(st);
+    let st = match store.load(&st.id) {
+        Ok(latest) => latest,
+        // A `--rm` container's monitor removed it (and its anonymous volumes) as it stopped;
+        // cleaning up again would fail on the netns it already deleted.
+        Err(RuntimeError::NoContainer(_)) => return Ok(()),
+        Err(_) => st,
+    };
     cleanup(store, &st, cni)?;
-    if volumes {
+    // A `--rm` container kept because its network release failed goes as `--rm` would have.
+    if volumes || st.auto_remove {
         remove_anonymous_volumes(store, &st);
     }
     Ok(())
@@ -655,7 +760,7 @@ pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Resu
                     nix::unistd::ForkResult::Child => {
                         let e = process::exec_command(&spec);
                         eprintln!("twill-run exec: {e}");
-                        std::process::exit(127);
+                        std::process::exit(e.exec_exit_code().unwrap_or(127));
                     }
                     nix::unistd::ForkResult::Parent { child } => Ok(process::wait_exit(child)),
                 }

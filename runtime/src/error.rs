@@ -33,9 +33,31 @@ pub enum RuntimeError {
     Netkit(#[from] twill_netkit::Error),
     #[error("network: {0}")]
     Network(String),
+    /// execve of the container's command failed.
+    #[error("executing {command}: {cause}")]
+    Exec {
+        command: String,
+        cause: std::io::Error,
+    },
+    /// The container's command could not be started (see [`RuntimeError::exec_exit_code`]).
+    #[error("{reason}")]
+    Command { reason: String, exit_code: i32 },
 }
 
 impl RuntimeError {
+    /// The exit code Docker and podman give a command that could not be executed, which
+    /// scripts test for: 127 when it does not exist, 126 when it cannot be run. None for any
+    /// other failure (twill-run's own: 125).
+    pub fn exec_exit_code(&self) -> Option<i32> {
+        match self {
+            RuntimeError::Exec { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound => {
+                Some(127)
+            }
+            RuntimeError::Exec { .. } => Some(126),
+            RuntimeError::Command { exit_code, .. } => Some(*exit_code),
+            _ => None,
+        }
+    }
     pub(crate) fn archive(
         archive: impl std::fmt::Display,
         entry: impl std::fmt::Display,
@@ -45,6 +67,13 @@ impl RuntimeError {
             archive: archive.to_string(),
             entry: entry.to_string(),
             reason: reason.to_string(),
+        }
+    }
+    /// The message without the `network: ` prefix, to join into a message that has it once.
+    pub(crate) fn network_detail(&self) -> String {
+        match self {
+            RuntimeError::Network(m) => m.clone(),
+            e => e.to_string(),
         }
     }
     pub(crate) fn io(

@@ -96,8 +96,14 @@ enum Cmd {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
-    /// List containers.
-    Ps,
+    /// List running containers (-a: all), as `docker ps`.
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+        /// Print only the (short) IDs, e.g. for `rm -f $(twill-run ps -aq)`.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Print a container's state, or an image's record and config, as JSON.
     Inspect { id: String },
     /// Print a detached container's output.
@@ -107,7 +113,8 @@ enum Cmd {
     Stop {
         #[arg(short, long, default_value_t = 10)]
         time: u64,
-        id: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
     /// Remove a container (-f: also a running one).
     Rm {
@@ -116,7 +123,8 @@ enum Cmd {
         /// Remove its anonymous volumes too (as docker rm -v).
         #[arg(short, long)]
         volumes: bool,
-        id: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
     /// Save a container's changes as a new image.
     Commit { id: String, name: String },
@@ -151,8 +159,9 @@ struct RunArgs {
     /// CPU limit, e.g. 0.5.
     #[arg(long)]
     cpus: Option<f64>,
-    #[arg(long)]
-    pids_limit: Option<u64>,
+    /// Most processes the container may have; -1 (or 0) for no limit, as Docker and podman.
+    #[arg(long, allow_negative_numbers = true)]
+    pids_limit: Option<i64>,
     /// host, none, bridge or container:ID.
     #[arg(long, default_value = "bridge")]
     net: String,
@@ -187,19 +196,34 @@ struct RunArgs {
     image_and_cmd: Vec<String>,
 }
 
+/// A `--memory` size as Docker and podman read it: a number (fractions allowed) and an
+/// optional binary unit, any case, with an optional `i`/`b` (`64m`, `64mb`, `64MiB`, `1.5g`).
 fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mult) = match s.chars().last() {
-        Some('k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('m') => (&s[..s.len() - 1], 1 << 20),
-        Some('g') => (&s[..s.len() - 1], 1 << 30),
-        Some('b') => (&s[..s.len() - 1], 1),
-        _ => (&s[..], 1),
+    let bad = || anyhow::anyhow!("--memory {s:?}: expected a size like 64m, 512MiB or 1.5g");
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim_start();
+    let unit = unit.strip_suffix('b').unwrap_or(unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        "p" => 50,
+        _ => return Err(bad()),
     };
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("--memory {s:?}: expected a size like 64m"))?;
-    Ok(n * mult)
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = n * (1u64 << shift) as f64;
+    // Cgroups take a signed 64-bit byte count.
+    if bytes >= i64::MAX as f64 {
+        bail!("--memory {s:?}: too large");
+    }
+    Ok(bytes as u64)
 }
 
 fn parse_port(s: &str) -> anyhow::Result<PortSpec> {
@@ -265,9 +289,27 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("twill-run: {e:#}");
-            std::process::exit(125);
+            // As `docker run`: 126/127 when the container's command could not be executed,
+            // 125 when twill-run itself failed.
+            let code = e
+                .downcast_ref::<twill_runtime::error::RuntimeError>()
+                .and_then(|e| e.exec_exit_code())
+                .unwrap_or(125);
+            std::process::exit(code);
         }
     }
+}
+
+/// Runs `f` on every ID; 0 when all succeeded, else 125 once each failure is printed.
+fn each(ids: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> i32 {
+    let mut code = 0;
+    for id in ids {
+        if let Err(e) = f(id) {
+            eprintln!("twill-run: {e:#}");
+            code = 125;
+        }
+    }
+    code
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<i32> {
@@ -360,7 +402,10 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             let limits = Limits {
                 memory_bytes: a.memory.as_deref().map(parse_size).transpose()?,
                 cpus: a.cpus,
-                pids: a.pids_limit,
+                pids: a
+                    .pids_limit
+                    .and_then(|n| u64::try_from(n).ok())
+                    .filter(|n| *n > 0),
             };
             if a.cpus.is_some_and(|c| c <= 0.0) {
                 bail!("--cpus must be positive");
@@ -400,6 +445,9 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             let (st, pid) = container::start(&store, &opts, &cni, false)?;
+            if let Err(e) = container::proxy_signals(pid) {
+                eprintln!("twill-run: {e}: signals to twill-run will not reach the container");
+            }
             return Ok(container::monitor(&store, st, pid, &cni)?);
         }
         Cmd::Exec {
@@ -407,12 +455,22 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             id,
             cmd,
         } => return Ok(container::exec(&store, &id, &cmd, interactive)?),
-        Cmd::Ps => {
+        Cmd::Ps { all, quiet } => {
+            let shown = store
+                .list()?
+                .into_iter()
+                .filter(|s| all || s.status == Status::Running);
+            if quiet {
+                for s in shown {
+                    println!("{}", &s.id[..12.min(s.id.len())]);
+                }
+                return Ok(0);
+            }
             println!(
                 "{:<13} {:<16} {:<12} {:<12} IPS",
                 "ID", "NAME", "IMAGE", "STATUS"
             );
-            for s in store.list()? {
+            for s in shown {
                 let status = match s.exit_code {
                     Some(c) if s.status == Status::Exited => format!("{}({c})", s.status),
                     _ => s.status.to_string(),
@@ -441,13 +499,25 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             let log = store.container_dir(&st.id).join("log");
             print!("{}", std::fs::read_to_string(&log).unwrap_or_default());
         }
-        Cmd::Stop { time, id } => {
-            let st = container::stop(&store, &id, Duration::from_secs(time))?;
-            println!("{}", st.name);
+        // Several containers, as docker and podman: each one's failure is reported and the
+        // rest still handled; the exit code says something failed.
+        Cmd::Stop { time, ids } => {
+            return Ok(each(&ids, |id| {
+                let st = container::stop(&store, id, Duration::from_secs(time))?;
+                println!("{}", st.name);
+                Ok(())
+            }));
         }
-        Cmd::Rm { force, volumes, id } => {
-            container::remove(&store, &id, force, volumes, &cni)?;
-            println!("{id}");
+        Cmd::Rm {
+            force,
+            volumes,
+            ids,
+        } => {
+            return Ok(each(&ids, |id| {
+                container::remove(&store, id, force, volumes, &cni)?;
+                println!("{id}");
+                Ok(())
+            }));
         }
         Cmd::Commit { id, name } => println!("{}", container::commit(&store, &id, &name)?.name),
     }

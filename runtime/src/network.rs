@@ -158,10 +158,10 @@ pub fn teardown(state: &State, cni: &CniOptions) -> Result<()> {
                     ports,
                 };
                 if let Err(e) = cni_client::del(&list, &att, state.cni_result.as_ref()) {
-                    errors.push(e.to_string());
+                    errors.push(e.network_detail());
                 }
             }
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(e.network_detail()),
         }
     }
     if let Some(n) = &state.netns

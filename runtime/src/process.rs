@@ -318,7 +318,10 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
     let env: Vec<CString> = f.env.iter().map(|a| to_c(a)).collect();
     match nix::unistd::execve(&to_c(&file), &argv, &env) {
         Ok(never) => match never {},
-        Err(e) => RuntimeError::nix("executing", first, e),
+        Err(e) => RuntimeError::Exec {
+            command: first.clone(),
+            cause: std::io::Error::from_raw_os_error(e as i32),
+        },
     }
 }
 
@@ -368,9 +371,11 @@ fn child_main(
     err: &OwnedFd,
     userns: Option<crate::userns::MapHandshake>,
 ) -> isize {
+    // The exit code tells the parent whether the command could not be executed (126, 127),
+    // which `run` passes on as Docker does.
     let fail = |e: RuntimeError| -> isize {
         messages::report_failure(err, &e.to_string());
-        127
+        e.exec_exit_code().map_or(125, |c| c as isize)
     };
     // The rootfs is built while the parent puts us into the cgroup (on cgroup v1 that write
     // waits for an RCU grace period, see `cgroup::prewarm_join`); the command starts only
@@ -489,10 +494,13 @@ pub fn start(spec: &InitSpec, place: impl FnOnce(i32) -> Result<()>) -> Result<S
     }
     drop((ask_r, done_w));
     if let Some(msg) = messages::read_failure(err_r) {
-        let _ = nix::sys::wait::waitpid(pid, None);
-        return Err(RuntimeError::Invalid(format!(
-            "starting the container: {msg}"
-        )));
+        let reason = format!("starting the container: {msg}");
+        return Err(match nix::sys::wait::waitpid(pid, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, exit_code @ (126 | 127))) => {
+                RuntimeError::Command { reason, exit_code }
+            }
+            _ => RuntimeError::Invalid(reason),
+        });
     }
     Ok(Started { pid })
 }

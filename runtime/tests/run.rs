@@ -413,7 +413,7 @@ fn cgroup_limits_and_exec() {
     assert_eq!(out.status.code(), Some(3));
     let st = rt.ok(&["stop", "-t", "1", "e1"]);
     assert_eq!(st.trim(), "e1");
-    assert!(rt.ok(&["ps"]).contains("exited(137)"));
+    assert!(rt.ok(&["ps", "-a"]).contains("exited(137)"));
     rt.ok(&["rm", "e1"]);
     no_leftovers(&rt, &id[..12]);
 }
@@ -1009,4 +1009,415 @@ fn anonymous_volumes_go_with_rm_dash_v_and_with_dash_dash_rm() {
         rt.ok(&args);
         assert_eq!(volumes(), left, "after rm {flags:?}");
     }
+}
+
+#[test]
+fn rm_dash_f_and_stop_of_a_dash_dash_rm_container_succeed() {
+    // Before: the monitor of a `--rm` container removed it while `rm -f` (or `stop`) waited
+    // for the exit to be recorded, and they failed with "no such container".
+    if !pre("rm_dash_f_and_stop_of_a_dash_dash_rm_container_succeed") {
+        return;
+    }
+    let rt = Rt::new();
+    for cmd in [&["rm", "-f"][..], &["stop", "-t", "0"]] {
+        let id = rt
+            .ok(&[
+                "run", "-d", "--rm", "--net", "none", "-v", "/data", "busybox", "sleep", "100",
+            ])
+            .trim()
+            .to_string();
+        let mut args = cmd.to_vec();
+        args.push(&id);
+        let out = rt.run(&args);
+        assert!(
+            out.status.success(),
+            "{cmd:?} of a --rm container: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        twill_testbed::wait_for(std::time::Duration::from_secs(10), || {
+            std::fs::read_dir(rt.root().join("containers")).is_ok_and(|mut d| d.next().is_none())
+        });
+        no_leftovers(&rt, &id[..12]);
+        assert!(!rt.ok(&["ps", "-a"]).contains(&id[..12]), "{cmd:?}");
+    }
+}
+
+#[test]
+fn signals_to_a_foreground_run_reach_the_container() {
+    // Before: `kill`/`timeout`/a service manager's SIGTERM killed twill-run itself; the
+    // container kept running with nobody to record its exit or release its cgroup.
+    if !pre("signals_to_a_foreground_run_reach_the_container") {
+        return;
+    }
+    use std::io::BufRead;
+    let rt = Rt::new();
+    let mut child = Command::new(RUN)
+        .arg("--root")
+        .arg(rt.root())
+        .args([
+            "run",
+            "--name",
+            "sig",
+            "--net",
+            "none",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("twill-run did not end after SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "the container's exit code, not twill-run's death: {status:?}"
+    );
+    let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "sig"])).unwrap();
+    assert_eq!(st["status"], "exited", "{st}");
+    assert_eq!(st["exit_code"], 7, "{st}");
+}
+
+#[test]
+fn a_command_that_cannot_run_exits_126_or_127_as_docker() {
+    // Before: `run` exited 125 (twill-run's own failure) for both, and exec 127 for both;
+    // scripts test for 127 "not found" and 126 "not executable".
+    if !pre("a_command_that_cannot_run_exits_126_or_127_as_docker") {
+        return;
+    }
+    let rt = Rt::new();
+    for (mode, cmd, want) in [
+        (None, "nosuch", 127),
+        (None, "/etc", 126),
+        (Some("-d"), "nosuch", 127),
+        (Some("-d"), "/etc", 126),
+    ] {
+        let mut args = vec!["run", "--net", "none"];
+        args.extend(mode);
+        args.extend(["busybox", cmd]);
+        let out = rt.run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(want),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains(cmd));
+        assert!(
+            std::fs::read_dir(rt.root().join("containers"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "{args:?} left a container"
+        );
+    }
+    let out = rt.run(&[
+        "run",
+        "--net",
+        "none",
+        "--user",
+        "nobody-here",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125), "twill-run's own failure");
+    rt.ok(&[
+        "run", "-d", "--name", "x", "--net", "none", "busybox", "sleep", "100",
+    ]);
+    for (cmd, want) in [("nosuch", 127), ("/etc", 126)] {
+        let out = rt.run(&["exec", "x", cmd]);
+        assert_eq!(out.status.code(), Some(want), "exec {cmd}");
+    }
+}
+
+#[test]
+fn memory_sizes_read_as_docker_reads_them() {
+    // Before: `--memory 64mb` / `512MiB` / `1.5g` were refused, and a huge size panicked
+    // with "attempt to multiply with overflow".
+    if !pre("memory_sizes_read_as_docker_reads_them") {
+        return;
+    }
+    let rt = Rt::new();
+    for (size, want) in [
+        ("64mb", 64u64 << 20),
+        ("512MiB", 512 << 20),
+        ("1.5g", 3 << 29),
+        ("100000k", 100_000 << 10),
+        ("16777216", 16 << 20),
+    ] {
+        let name = format!("m{want}");
+        rt.ok(&[
+            "run", "-d", "--name", &name, "--net", "none", "--memory", size, "busybox", "sleep",
+            "100",
+        ]);
+        let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", &name])).unwrap();
+        assert_eq!(st["limits"]["memory_bytes"], want, "--memory {size}");
+        rt.ok(&["rm", "-f", &name]);
+    }
+    for bad in [
+        "99999999999g",
+        "18446744073709551615",
+        "lots",
+        "12x",
+        "m",
+        "1..2g",
+    ] {
+        let out = rt.run(&[
+            "run", "--rm", "--net", "none", "--memory", bad, "busybox", "true",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "--memory {bad}: {err}");
+        assert!(
+            err.contains("--memory") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_volume_after_an_anonymous_one_leaves_no_volume() {
+    // Before: `-v /data -v rel:path` made /data's volume, then failed on the second -v and
+    // left the volume behind, listed by no container.
+    if !pre("a_bad_volume_after_an_anonymous_one_leaves_no_volume") {
+        return;
+    }
+    let rt = Rt::new();
+    for bad in ["rel:path", "/nonexistent-host-dir-twill:/x", "a:b:c:d"] {
+        let out = rt.run(&[
+            "run", "--rm", "--net", "none", "-v", "/data", "-v", bad, "busybox", "true",
+        ]);
+        assert_eq!(out.status.code(), Some(125), "-v {bad}");
+        assert_eq!(
+            std::fs::read_dir(rt.root().join("volumes"))
+                .unwrap()
+                .count(),
+            0,
+            "-v {bad} left a volume"
+        );
+        assert!(
+            std::fs::read_dir(rt.root().join("containers"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+    }
+}
+
+#[test]
+fn a_dash_dash_rm_container_whose_network_release_fails_is_kept_for_rm() {
+    // Before: `run --rm` removed the state even when CNI DEL failed, so nothing could ever
+    // release the address, and twill-run exited 125 instead of with the command's code.
+    if !pre("a_dash_dash_rm_container_whose_network_release_fails_is_kept_for_rm") {
+        return;
+    }
+    let mut rt = Rt::new();
+    let fake = logging_plugin(&mut rt);
+    std::fs::write(fake.join("faildel"), "").unwrap();
+    let out = rt.run(&[
+        "run", "--rm", "--name", "keep", "-v", "/data", "busybox", "sh", "-c", "exit 3",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "the command's exit code: {err}");
+    assert!(err.contains("rm tries again"), "{err}");
+    assert!(!err.contains("network: network:"), "said once: {err}");
+    let id = id_of(&rt, "keep");
+    let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "keep"])).unwrap();
+    assert_eq!(st["status"], "exited");
+    assert_eq!(
+        st["network_name"], "fakenet",
+        "the network to release is recorded"
+    );
+    std::fs::remove_file(fake.join("faildel")).unwrap();
+    rt.ok(&["rm", "keep"]);
+    let log = std::fs::read_to_string(fake.join("log")).unwrap();
+    let dels = log.lines().filter(|l| *l == format!("DEL {id}")).count();
+    assert_eq!(dels, 2, "DEL at exit (refused), then at rm: {log}");
+    no_leftovers(&rt, &id[..12]);
+    assert_eq!(
+        std::fs::read_dir(rt.root().join("volumes"))
+            .unwrap()
+            .count(),
+        0,
+        "rm of a --rm container takes its anonymous volume"
+    );
+    // And when the release works, --rm removes everything at once, as before.
+    rt.ok(&["run", "--rm", "-v", "/data", "busybox", "true"]);
+    assert!(
+        std::fs::read_dir(rt.root().join("containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert_eq!(
+        std::fs::read_dir(rt.root().join("volumes"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn pids_limit_minus_one_or_zero_means_no_limit_as_docker() {
+    // Before: `--pids-limit -1` (the documented "unlimited") was refused as an unknown
+    // option, and `--pids-limit 0` wrote pids.max=0, so the container could not fork.
+    if !pre("pids_limit_minus_one_or_zero_means_no_limit_as_docker") {
+        return;
+    }
+    let rt = Rt::new();
+    for n in ["-1", "0"] {
+        let name = format!("p{n}");
+        let out = rt.ok(&[
+            "run",
+            "--name",
+            &name,
+            "--net",
+            "none",
+            "--pids-limit",
+            n,
+            "busybox",
+            "sh",
+            "-c",
+            "sleep 0 & wait $! && echo forked",
+        ]);
+        assert_eq!(out.trim(), "forked", "--pids-limit {n}");
+        let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", &name])).unwrap();
+        assert!(st["limits"]["pids"].is_null(), "--pids-limit {n}: {st}");
+        rt.ok(&["rm", &name]);
+    }
+    let st = rt.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "p5",
+        "--net",
+        "none",
+        "--pids-limit",
+        "5",
+        "busybox",
+        "sleep",
+        "100",
+    ]);
+    assert!(!st.is_empty());
+    let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "p5"])).unwrap();
+    assert_eq!(st["limits"]["pids"], 5);
+}
+
+#[test]
+fn container_names_follow_docker_rules_and_empty_means_none() {
+    // Before: `--name ""` made a container named "" (blank in ps, matched by `stop ""`) and
+    // names with spaces or slashes were taken as they came.
+    if !pre("container_names_follow_docker_rules_and_empty_means_none") {
+        return;
+    }
+    let rt = Rt::new();
+    for bad in ["a b", "x/y", "-dash", ".dot", "tab\tname"] {
+        let out = rt.run(&[
+            "run",
+            &format!("--name={bad}"),
+            "--net",
+            "none",
+            "busybox",
+            "true",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "--name {bad:?}: {err}");
+        assert!(err.contains("invalid container name"), "{err}");
+    }
+    assert!(
+        std::fs::read_dir(rt.root().join("containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    let id = rt
+        .ok(&[
+            "run", "-d", "--name", "", "--net", "none", "busybox", "sleep", "100",
+        ])
+        .trim()
+        .to_string();
+    let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", &id])).unwrap();
+    assert_eq!(st["name"], &id[..12], "a generated name");
+    rt.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "Web_1.a-b",
+        "--net",
+        "none",
+        "busybox",
+        "sleep",
+        "100",
+    ]);
+    rt.ok(&["rm", "-f", "Web_1.a-b"]);
+}
+
+#[test]
+fn ps_rm_and_stop_take_docker_s_options_and_several_containers() {
+    // Before: `ps -a` / `ps -q` were unknown options (ps listed every container), and `rm`
+    // and `stop` took one container, so `rm -f $(twill-run ps -aq)` failed.
+    if !pre("ps_rm_and_stop_take_docker_s_options_and_several_containers") {
+        return;
+    }
+    let rt = Rt::new();
+    for n in ["r1", "r2"] {
+        rt.ok(&[
+            "run", "-d", "--name", n, "--net", "none", "busybox", "sleep", "100",
+        ]);
+    }
+    rt.ok(&["run", "--name", "done", "--net", "none", "busybox", "true"]);
+    let ids: Vec<String> = ["r1", "r2", "done"]
+        .iter()
+        .map(|n| id_of(&rt, n)[..12].to_string())
+        .collect();
+    let ps = rt.ok(&["ps"]);
+    assert!(ps.contains("r1") && ps.contains("r2"), "{ps}");
+    assert!(
+        !ps.contains("done"),
+        "ps lists running containers only: {ps}"
+    );
+    assert!(rt.ok(&["ps", "-a"]).contains("done"));
+    let mut all: Vec<String> = rt.ok(&["ps", "-aq"]).lines().map(String::from).collect();
+    all.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(all, want, "ps -aq: the short IDs");
+    assert_eq!(rt.ok(&["ps", "-q"]).lines().count(), 2);
+
+    let out = rt.ok(&["stop", "-t", "0", "r1", "r2"]);
+    assert_eq!(out, "r1\nr2\n");
+    assert_eq!(rt.ok(&["ps", "-q"]), "");
+    rt.ok(&[
+        "run", "-d", "--name", "r3", "--net", "none", "busybox", "sleep", "100",
+    ]);
+    // One that does not exist is reported; the others are still removed.
+    let mut args = vec!["rm", "-f", "nosuch"];
+    let all = rt.ok(&["ps", "-aq"]);
+    args.extend(all.lines());
+    let out = rt.run(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("nosuch"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+    assert_eq!(rt.ok(&["ps", "-aq"]), "", "every container was removed");
 }
