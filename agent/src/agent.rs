@@ -83,6 +83,8 @@ fn store_backoff() -> Backoff {
 struct Renewal {
     due: Instant,
     expires: Instant,
+    /// The lease's TTL.
+    ttl: Duration,
     /// Waits after failed renewals.
     retry: Backoff,
 }
@@ -93,19 +95,24 @@ impl Renewal {
         Renewal {
             due: now + timing.renew_interval(),
             expires: now + Duration::from_secs(ttl_left.max(0) as u64),
+            ttl: Duration::from_secs(timing.ttl.max(1) as u64),
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
         }
     }
 
     /// After a failed renewal: try again within seconds, and at least three more times before
     /// the lease runs out, so one failed call never costs the lease if the store comes back
-    /// in time. Returns the wait and the time left.
+    /// in time. Past the expiry the lease may well live on (an etcd that elects a leader
+    /// again gives every lease a whole TTL), so retries go on, three times per TTL at least,
+    /// but with the backoff: not every second for as long as etcd is away, each a log line.
+    /// Returns the wait and the time left.
     fn failed(&mut self) -> (Duration, Duration) {
         let left = self.expires.saturating_duration_since(Instant::now());
+        let budget = if left.is_zero() { self.ttl } else { left };
         let wait = self
             .retry
             .next_wait()
-            .min(left / 3)
+            .min(budget / 3)
             .max(Duration::from_secs(1));
         self.due = Instant::now() + wait;
         (wait, left)
@@ -145,8 +152,14 @@ pub struct Agent<S: LeaseStore, N: Node> {
     resync_at: Instant,
     resync_retry: Backoff,
     ready: bool,
+    /// Whether `peers` was ever read from the store. Until then it is empty for want of a
+    /// listing, not because the network is: a reconcile would remove every route an earlier
+    /// run installed.
+    peers_listed: bool,
     /// Our key's value is not the one we wrote: write it back.
     own_value_wrong: bool,
+    /// The store lease our key was bound to before an operator made it a reservation.
+    unused_lease: Option<i64>,
     write_backs: write_backs::WriteBacks,
     /// Since when store calls fail, and how many did.
     outage: Option<(Instant, u64)>,
@@ -177,7 +190,9 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             resync_at: Instant::now(),
             resync_retry: store_backoff(),
             ready: false,
+            peers_listed: false,
             own_value_wrong: false,
+            unused_lease: None,
             write_backs: write_backs::WriteBacks::new(),
             outage: None,
         }
@@ -217,7 +232,9 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                 () = tokio::time::sleep_until(self.resync_at), if !watching => Next::Continue,
                 _ = reconcile.tick() => {
                     self.restore_own_value().await;
-                    self.node.apply(&self.peers).await;
+                    if self.peers_listed {
+                        self.node.apply(&self.peers).await;
+                    }
                     self.node.refresh();
                     Next::Continue
                 }
@@ -321,6 +338,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                 .cloned()
         });
         self.peers = merge_peers(&self.peers, snap.leases);
+        self.peers_listed = true;
         match self.store.watch(snap.revision + 1).await {
             Ok(w) => {
                 self.watch = Some(w);
@@ -410,8 +428,9 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
     }
 
     /// Looks at our own key as the store has it: another node's valid value means it holds
-    /// our subnet now; anything else that is not exactly what we wrote (a corrupt or edited
-    /// value, or the key detached from our etcd lease by a plain `etcdctl put`) is written back.
+    /// our subnet now; our value put again without an etcd lease makes it a reservation;
+    /// anything else that is not exactly what we wrote (a corrupt or edited value, a corrupt
+    /// value detached from our etcd lease by a plain `etcdctl put`) is written back.
     fn check_own(&mut self, held: Held, e: &LeaseEntry) -> Next {
         match &e.record {
             Ok(r) if !lease_mgr::same_node(&self.config, &self.record, r) => {
@@ -421,6 +440,20 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                 return Next::Reacquire(
                     "another node's lease, in a value twill cannot read, holds our subnet",
                 );
+            }
+            // Flannel's documented way to reserve a node's subnet is to put its lease value
+            // again without an etcd lease. Binding it back to our lease would undo the
+            // reservation without a word, and the subnet would again go with the lease.
+            Ok(r) if e.lease_id == 0 && held.lease_id != 0 => {
+                tracing::info!(key = %e.key, lease = format!("{:x}", held.lease_id), "our lease was made a reservation (a key without an etcd lease): keeping it as one, no longer renewed");
+                if let Some((h, _)) = self.held.as_mut() {
+                    h.lease_id = 0;
+                }
+                self.unused_lease = Some(held.lease_id);
+                if *r == self.record {
+                    return Next::Continue;
+                }
+                tracing::warn!(key = %e.key, "our reservation's value was changed by someone else: writing ours back")
             }
             Ok(r) if *r == self.record && e.lease_id == held.lease_id => return Next::Continue,
             Ok(_) => {
@@ -437,6 +470,16 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
     /// Writes our lease value back if it was found wrong; on failure, tries again at the next
     /// reconcile.
     async fn restore_own_value(&mut self) {
+        // The store lease our key left for a reservation binds nothing now; revoked rather
+        // than left to run out its TTL.
+        if let Some(id) = self.unused_lease.take() {
+            match self.store.release(id).await {
+                Ok(()) => self.store_ok(),
+                Err(e) => {
+                    tracing::debug!(lease = format!("{id:x}"), error = %e, "revoking the store lease our reservation left (it expires with its TTL)")
+                }
+            }
+        }
         let Some((held, _)) = self.held.as_ref().filter(|_| self.own_value_wrong) else {
             return;
         };

@@ -246,6 +246,54 @@ fn parse_regex(s: &str) -> Result<regex::Regex, String> {
     regex::Regex::new(s).map_err(|e| format!("{s:?} is not a regular expression: {e}"))
 }
 
+/// The arguments with Go's single-dash spelling of long flags (`-etcd-endpoints=…`,
+/// `-ip-masq`), which flanneld takes as well as `--…` and which packaged flanneld units use,
+/// rewritten with two dashes for clap. Only twilld's own long flag names are rewritten, and
+/// nothing after `--`: any other word stays as it was, for clap to take or refuse.
+pub fn go_style_args<I: IntoIterator<Item = std::ffi::OsString>>(
+    args: I,
+) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let arg = |name: &str| cmd.get_arguments().find(|a| a.get_long() == Some(name));
+    // Whether `--name` (no `=`) takes the next word as its value, as Go's non-boolean flags do.
+    let takes_next = |name: &str| {
+        arg(name).is_some_and(|a| a.get_action().takes_values() && !a.is_require_equals_set())
+    };
+    let mut out = Vec::new();
+    let mut flags_end = false;
+    let mut value_next = false;
+    for (i, word) in args.into_iter().enumerate() {
+        let is_value = std::mem::take(&mut value_next);
+        flags_end |= word == "--";
+        let flag = match word.to_str() {
+            Some(s) if i > 0 && !flags_end && !is_value => s
+                .strip_prefix("--")
+                .map(|name| (name, false))
+                .or_else(|| s.strip_prefix('-').map(|name| (name, true))),
+            _ => None,
+        };
+        let Some((name, single_dash)) = flag else {
+            out.push(word);
+            continue;
+        };
+        let (name, has_value) = match name.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (name, false),
+        };
+        let known = matches!(name, "help" | "version") || arg(name).is_some();
+        value_next = known && !has_value && takes_next(name);
+        if known && single_dash {
+            let mut long = std::ffi::OsString::from("-");
+            long.push(&word);
+            out.push(long);
+        } else {
+            out.push(word);
+        }
+    }
+    out
+}
+
 /// The environment with `FLANNELD_X` copied to `TWILLD_X` where the latter is unset.
 pub fn flannel_env_fallbacks(get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
     FLAG_ENVS
@@ -311,6 +359,38 @@ mod tests {
         assert_eq!(c.public_ipv6, Some("fd00::5".parse().unwrap()));
         let e = Cli::try_parse_from(["twilld", "--public-ipv6", "10.0.0.1"]).unwrap_err();
         assert!(e.to_string().contains("--public-ipv6"), "{e}");
+    }
+
+    #[test]
+    fn go_style_single_dash_flags_work_as_with_flanneld() {
+        // flanneld (Go's flag package) takes `-flag` like `--flag`, and Fedora's and RHEL's
+        // flanneld units start it as `flanneld -etcd-endpoints=… -etcd-prefix=…`.
+        let args = |a: &[&str]| go_style_args(a.iter().map(std::ffi::OsString::from));
+        let c = Cli::try_parse_from(args(&[
+            "twilld",
+            "-etcd-endpoints=http://a:2379,http://b:2379",
+            "-etcd-prefix",
+            "/x/network",
+            "-ip-masq",
+            "-iface=eth0",
+            "-subnet-lease-renew-margin=30",
+        ]))
+        .unwrap();
+        assert_eq!(c.etcd_endpoints, ["http://a:2379", "http://b:2379"]);
+        assert_eq!(c.etcd_prefix, "/x/network");
+        assert!(c.ip_masq);
+        assert_eq!(c.iface, ["eth0"]);
+        assert_eq!(c.subnet_lease_renew_margin, 30);
+        // A flag's value is never rewritten, even one that looks like a flag; unknown words
+        // are clap's to refuse.
+        assert_eq!(args(&["twilld", "--public-ip", "-iface"])[2], "-iface");
+        assert_eq!(
+            args(&["twilld", "-iface", "-iface"])[1..],
+            ["--iface", "-iface"]
+        );
+        assert_eq!(args(&["twilld", "-ip-masq", "-iface", "x"])[2], "--iface");
+        assert!(Cli::try_parse_from(args(&["twilld", "-no-such-flag"])).is_err());
+        assert_eq!(args(&["twilld", "--", "-iface"])[2], "-iface");
     }
 
     #[test]

@@ -50,7 +50,15 @@ fn random_index(n: usize) -> usize {
 
 /// Whether store lease `lease_id` still runs (a renewal works); 0 (no lease) never does.
 async fn is_live<S: LeaseStore>(store: &S, lease_id: i64) -> bool {
-    lease_id != 0 && store.keep_alive(lease_id).await.unwrap_or(0) > 0
+    live_ttl(store, lease_id).await.is_some()
+}
+
+/// The TTL of store lease `lease_id` if it still runs (renewed by this call).
+async fn live_ttl<S: LeaseStore>(store: &S, lease_id: i64) -> Option<i64> {
+    if lease_id == 0 {
+        return None;
+    }
+    Some(store.keep_alive(lease_id).await.unwrap_or(0)).filter(|ttl| *ttl > 0)
 }
 
 async fn reuse<S: LeaseStore>(
@@ -72,7 +80,15 @@ async fn reuse<S: LeaseStore>(
             lease_id: 0,
         }));
     }
-    if is_live(store, e.lease_id).await {
+    // A lease granted by a run with another --subnet-lease-ttl keeps its own TTL for good
+    // (a renewal restores the TTL it was granted with): a shorter one would expire between
+    // the renewals this run schedules, and a longer one would keep the subnet of a dead node
+    // for longer than configured. Such a key moves to a lease of today's TTL instead.
+    let live = live_ttl(store, e.lease_id).await;
+    if let Some(other) = live.filter(|t| *t != ttl) {
+        tracing::info!(subnets = %e.subnets, lease = format!("{:x}", e.lease_id), "our existing lease has a TTL of {other}s, not --subnet-lease-ttl {ttl}s: moving the key to a new lease");
+    }
+    if live == Some(ttl) {
         if !same_value {
             store.update_lease(e.subnets, record, e.lease_id).await?;
         }

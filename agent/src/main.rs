@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use twill_agent::cli::{Cli, Command, flannel_env_fallbacks};
+use twill_agent::cli::{Cli, Command, flannel_env_fallbacks, go_style_args};
 
 fn main() {
     // Before any thread exists: FLANNELD_X fills in for an unset TWILLD_X.
@@ -11,7 +11,7 @@ fn main() {
         // SAFETY: single-threaded at this point.
         unsafe { std::env::set_var(k, v) };
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(go_style_args(std::env::args_os()));
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
         eprintln!("twilld: invalid --log-level {:?}: {e}", cli.log_level);
         std::process::exit(2);

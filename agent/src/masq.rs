@@ -105,14 +105,43 @@ fn have(tool: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
-/// Applies the desired rules with the chosen backend.
-pub fn apply(backend: FirewallBackend, nets: Nets, ip_masq: bool) -> Result<(), String> {
-    let use_nft = match backend {
+/// Whether `backend` programs nftables (else iptables).
+fn uses_nft(backend: FirewallBackend) -> bool {
+    match backend {
         FirewallBackend::Nftables => true,
         FirewallBackend::Iptables => false,
         FirewallBackend::Auto => have("nft") || !have("iptables-restore"),
-    };
-    if use_nft {
+    }
+}
+
+/// Removes the masquerade rules an earlier run left where this one does not rewrite them:
+/// those of the other firewall tool (`--firewall-backend` changed, or `auto` choosing
+/// otherwise since `nft` was installed), and with iptables those of a family the network no
+/// longer leases. Left in place they would go on masquerading, also with `--ip-masq` now off,
+/// and for a network that is no longer the one configured. Failures are logged only.
+pub fn remove_stale(backend: FirewallBackend, nets: Nets) {
+    if uses_nft(backend) {
+        for tool in ["iptables", "ip6tables"] {
+            iptables::remove_nat(tool);
+        }
+        return;
+    }
+    if have("nft")
+        && let Err(e) = twill_netkit::firewall::remove_table(Family::Inet, TABLE)
+    {
+        tracing::warn!(error = %e, "removing the nftables table inet {TABLE} of an earlier run");
+    }
+    if nets.v4.is_none() {
+        iptables::remove_nat("iptables");
+    }
+    if nets.v6.is_none() {
+        iptables::remove_nat("ip6tables");
+    }
+}
+
+/// Applies the desired rules with the chosen backend.
+pub fn apply(backend: FirewallBackend, nets: Nets, ip_masq: bool) -> Result<(), String> {
+    if uses_nft(backend) {
         table(nets, ip_masq).apply().map_err(|e| e.to_string())?;
         accept_past_iptables_drop(nets)
     } else {
@@ -315,6 +344,40 @@ pub mod iptables {
         }
         known.push((tool.to_string(), k));
         k
+    }
+
+    /// Removes our nat chain and the jump to it from `tool` (`iptables` or `ip6tables`), if
+    /// there; absent tools and chains are fine.
+    pub fn remove_nat(tool: &str) {
+        if !super::have(tool) {
+            return;
+        }
+        let run = |args: &[&str]| {
+            Command::new(tool)
+                .args(["-w", "5", "-t", "nat"])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !run(&["-S", POSTRTG]) {
+            return;
+        }
+        // One jump per run at most, but a few in case something copied it.
+        for _ in 0..8 {
+            if !run(&["-D", "POSTROUTING", "-j", POSTRTG]) {
+                break;
+            }
+        }
+        if run(&["-F", POSTRTG]) && run(&["-X", POSTRTG]) {
+            tracing::info!(tool, "removed the nat chain {POSTRTG} of an earlier run");
+        } else {
+            tracing::warn!(
+                tool,
+                "removing the nat chain {POSTRTG} of an earlier run failed"
+            );
+        }
     }
 
     /// Feeds `input` to `tool`-restore without flushing other chains.

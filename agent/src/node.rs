@@ -152,8 +152,11 @@ impl Node for HostNode {
                 tracing::warn!(error = %e, "enabling IPv6 forwarding");
             }
         }
-        if self.subnet.is_none() && self.settings.firewall != masq::FirewallBackend::Iptables {
-            masq::remove_legacy_table();
+        if self.subnet.is_none() {
+            if self.settings.firewall != masq::FirewallBackend::Iptables {
+                masq::remove_legacy_table();
+            }
+            masq::remove_stale(self.settings.firewall, nets);
         }
         if let Err(e) = self.install_firewall(subnet) {
             tracing::warn!(error = %e, "installing firewall rules (is nftables or iptables installed?)");

@@ -585,6 +585,62 @@ fn reservations_foreign_peers_and_masquerade_with_both_firewalls() {
 }
 
 #[test]
+fn a_changed_firewall_backend_leaves_no_masquerade_of_the_other_behind() {
+    if !preconditions(
+        "a_changed_firewall_backend_leaves_no_masquerade_of_the_other_behind",
+        &["ip", "etcd", "etcdctl", "nft", "iptables-save"],
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-fb",
+        1,
+        r#"{"Network":"10.19.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    let h1 = lab.cluster.host(1).name.clone();
+    let iptables_save = || twill_tests::run("ip", &["netns", "exec", &h1, "iptables-save"]);
+    let nft_tables = || twill_tests::run("ip", &["netns", "exec", &h1, "nft", "list", "tables"]);
+    lab.start_agent(1, &["--ip-masq", "--firewall-backend", "iptables"]);
+    lab.wait_subnet(1);
+    lab.eventually("iptables masquerades", 15, || {
+        iptables_save().contains("-A TWILL-POSTRTG -s 10.19.0.0/16 ! -d 224.0.0.0/4")
+    });
+    lab.stop_agent(1);
+    // The same node moved to nftables: the iptables masquerade of the earlier run must go, or
+    // it keeps masquerading whatever this run's --ip-masq says.
+    lab.start_agent(1, &["--firewall-backend", "nftables"]);
+    lab.eventually(
+        "nftables holds the rules and iptables' nat chain is gone",
+        15,
+        || nft_tables().contains("table inet twill") && !iptables_save().contains("TWILL-POSTRTG"),
+    );
+    lab.stop_agent(1);
+    lab.start_agent(1, &["--ip-masq", "--firewall-backend", "nftables"]);
+    lab.eventually("nftables masquerades", 15, || {
+        twill_tests::run(
+            "ip",
+            &[
+                "netns", "exec", &h1, "nft", "list", "table", "inet", "twill",
+            ],
+        )
+        .contains("masquerade fully-random")
+    });
+    lab.stop_agent(1);
+    // And back to iptables without --ip-masq: the nftables table must go too.
+    lab.start_agent(1, &["--firewall-backend", "iptables"]);
+    lab.eventually(
+        "iptables holds the rules and the nftables table is gone",
+        15,
+        || {
+            iptables_save().contains("-A TWILL-FWD -s 10.19.0.0/16")
+                && !nft_tables().contains("table inet twill")
+        },
+    );
+    let ipt = iptables_save();
+    assert!(!ipt.contains("MASQUERADE"), "{ipt}");
+}
+
+#[test]
 fn agents_started_at_the_same_instant_never_share_a_subnet_repeatedly() {
     if !preconditions(
         "agents_started_at_the_same_instant_never_share_a_subnet_repeatedly",
@@ -628,6 +684,39 @@ fn lease_of(lab: &AgentLab, key: &str) -> Option<u64> {
         .as_array()
         .and_then(|kvs| kvs.first())
         .map(|kv| kv["lease"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn a_lease_made_a_reservation_with_etcdctl_stays_one() {
+    if !preconditions("a_lease_made_a_reservation_with_etcdctl_stays_one", TOOLS) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-mr",
+        1,
+        r#"{"Network":"10.21.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    lab.start_agent(1, &[]);
+    let s = lab.wait_subnet(1).ipv4.unwrap().subnet;
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{}",
+        s.network(),
+        s.prefix_len()
+    );
+    lab.eventually("the key is bound to a lease", 10, || {
+        lease_of(&lab, &key).is_some_and(|l| l != 0)
+    });
+    // Flannel's Documentation/reservations.md: put the value again without `--lease`.
+    let value = lab.etcdctl(&["get", &key, "--print-value-only"]);
+    lab.etcdctl(&["put", &key, value.trim()]);
+    // Several reconciles later (1 s apart) it is still a reservation, not bound again.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(lease_of(&lab, &key), Some(0), "{}", lab.log(1));
+    assert_eq!(
+        lab.etcdctl(&["lease", "list"]).trim(),
+        "found 0 leases",
+        "the store lease it left is revoked"
+    );
 }
 
 #[test]

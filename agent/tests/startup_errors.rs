@@ -79,6 +79,11 @@ fn local_mistakes_are_fatal_and_said_first() {
             &["--etcd-endpoints", "etcd", "--iface", "lo"],
             "twilld: --etcd-endpoints \"etcd\": expected http://HOST:PORT or https://HOST:PORT",
         ),
+        // Go's single-dash spelling, as flanneld's packaged units write it.
+        (
+            &["-etcd-endpoints=etcd", "-iface", "lo", "-ip-masq"],
+            "twilld: --etcd-endpoints \"etcd\": expected http://HOST:PORT or https://HOST:PORT",
+        ),
         (
             &[
                 "--etcd-endpoints",

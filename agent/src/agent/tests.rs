@@ -261,6 +261,36 @@ async fn retries_never_wait_past_the_lease_even_with_a_long_backoff() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn renewals_past_the_expiry_back_off_instead_of_retrying_every_second() {
+    // etcd away for an hour: past the lease's expiry (150 s) every retry came 1 s after the
+    // last, each with a warning: 3,400 lines and calls for one outage.
+    let c = Case::new(150, 60);
+    let store = c.store.clone();
+    let start = Instant::now();
+    c.run(async {
+        sleep(secs(80)).await;
+        store.set_down(true);
+        sleep(secs(3600)).await;
+        store.set_down(false);
+        sleep(secs(120)).await;
+    })
+    .await;
+    let renewals = c.renewals_since(start);
+    let during: Vec<u64> = renewals
+        .iter()
+        .copied()
+        .filter(|t| (150..3680).contains(t))
+        .collect();
+    assert!(during.len() < 200, "{} retries: {during:?}", during.len());
+    assert!(
+        during.windows(2).all(|w| w[1] - w[0] <= 50),
+        "still three tries per TTL: {during:?}"
+    );
+    let (subnet, _) = c.own().expect("leased again once the store is back");
+    assert_eq!(c.node.subnets_set()[0], subnet, "the same subnet");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_deleted_key_is_leased_again_with_the_same_subnet() {
     let c = Case::new(3600, 600);
     let store = c.store.clone();
@@ -404,6 +434,34 @@ async fn a_full_network_is_retried_until_a_subnet_frees() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn peers_are_not_removed_while_the_first_listing_fails() {
+    // A restart: the lease is resumed, then etcd stops answering before the peers are
+    // listed. The routes the earlier run installed must stay: a reconcile against the empty
+    // peer set of a node that never listed them would remove every one of them.
+    let c = Case::pinned(3600, 600);
+    c.store
+        .put_foreign(net("10.5.9.0/24"), &foreign("192.168.1.9"), 3600);
+    // The acquire's snapshot works; every later one fails until healed.
+    c.store.fail_after("snapshot", 1);
+    let store = c.store.clone();
+    c.run(async {
+        sleep(secs(60)).await;
+        store.heal();
+        sleep(secs(30)).await;
+    })
+    .await;
+    let log = c.node.log();
+    let first = log.iter().find_map(|d| match d {
+        Did::Apply(p) => Some(p),
+        _ => None,
+    });
+    assert!(
+        first.is_some_and(|p| p.contains(&net("10.5.9.0/24"))),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_compacted_watch_is_re_listed_and_later_peers_are_seen() {
     let c = Case::pinned(3600, 600);
     let store = c.store.clone();
@@ -465,6 +523,36 @@ async fn our_existing_lease_is_resumed_after_a_restart() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_lease_of_an_earlier_run_with_another_ttl_moves_to_one_of_todays_ttl() {
+    // An earlier run with --subnet-lease-ttl 60; this one runs with a day and renews an hour
+    // before expiry. Resumed as it was, the 60 s lease expired long before the first renewal:
+    // the key was deleted (every peer dropped its routes to this node) and leased again.
+    let c = Case::new(86400, 3600);
+    let short = c
+        .store
+        .put_foreign(net("10.5.50.0/24"), &foreign("192.168.1.1"), 60);
+    c.run(sleep(secs(600))).await;
+    assert_eq!(c.node.subnets_set(), [net("10.5.50.0/24")]);
+    let kv = c.store.get(net("10.5.50.0/24"));
+    assert!(
+        kv.as_ref().is_some_and(|kv| kv.lease != short),
+        "the key must be bound to a lease of today's TTL: {kv:?}"
+    );
+    // The other way round: a day-long lease of an earlier run would keep a dead node's subnet
+    // for a day although this run asks for 60 s.
+    let c = Case::new(60, 10);
+    let long = c
+        .store
+        .put_foreign(net("10.5.51.0/24"), &foreign("192.168.1.1"), 86400);
+    c.run(sleep(secs(1))).await;
+    sleep(secs(120)).await;
+    assert!(
+        c.store.get(net("10.5.51.0/24")).is_none(),
+        "the agent stopped 2 min ago with a 60 s TTL (day-long lease {long:x} kept?)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_live_peer_whose_value_turns_corrupt_keeps_its_last_good_value() {
     let c = Case::pinned(3600, 600);
     let store = c.store.clone();
@@ -514,6 +602,38 @@ async fn our_own_value_corrupted_or_edited_is_written_back() {
     assert_ne!(kv.lease, 0, "bound to our lease again");
     assert_eq!(c.node.subnets_set(), [subnet], "never moved");
     assert_eq!(c.store.calls("update_lease").len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn our_lease_made_a_reservation_by_the_operator_stays_one() {
+    // Flannel's documented way to reserve a node's subnet: put the lease's value again
+    // without an etcd lease. Before, twilld "repaired" it by binding it to its lease again:
+    // the reservation was gone, and the subnet with the node's next long outage.
+    let c = Case::new(3600, 600);
+    let store = c.store.clone();
+    let node = c.node.clone();
+    c.run(async {
+        sleep(secs(1)).await;
+        let s = node.subnets_set()[0];
+        let value = store.get(s).unwrap().value;
+        store.put_bound(s, &value, 0);
+        sleep(secs(1)).await;
+        // An edit of the reservation's value is written back, as a reservation.
+        let edited = foreign("192.168.1.1").replace("host-gw", "udp");
+        store.put_bound(s, &edited, 0);
+        // Three TTLs: a reservation needs no renewal.
+        sleep(secs(3 * 3600)).await;
+    })
+    .await;
+    let (subnet, kv) = c.own().expect("our key is still there");
+    assert_eq!(kv.lease, 0, "still a reservation");
+    assert_eq!(kv.value, record([192, 168, 1, 1]).to_json());
+    assert_eq!(c.node.subnets_set(), [subnet], "never moved");
+    assert_eq!(
+        c.store.live_leases(),
+        0,
+        "the unused store lease was revoked"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -45,6 +45,9 @@ struct State {
     create_before_next: Option<(Subnets, String)>,
     /// Calls by operation name, for assertions.
     calls: Vec<(&'static str, Instant)>,
+    /// Calls of this operation fail once this many more have worked (the store breaking
+    /// between two calls of the agent that no script can come between).
+    fail_op: Option<(&'static str, usize)>,
 }
 
 impl State {
@@ -135,6 +138,14 @@ impl MemStore {
         if st.down {
             return Err(StoreError::new(op, "connection refused"));
         }
+        if let Some((failing, ok_left)) = st.fail_op.as_mut()
+            && *failing == op
+        {
+            if *ok_left == 0 {
+                return Err(StoreError::new(op, "connection refused"));
+            }
+            *ok_left -= 1;
+        }
         st.expire();
         Ok(st)
     }
@@ -163,6 +174,16 @@ impl MemStore {
                 let _ = w.send(Err("connection lost".into()));
             }
         }
+    }
+
+    /// Makes calls of `op` fail after `ok` more of them worked, until [`MemStore::heal`].
+    pub fn fail_after(&self, op: &'static str, ok: usize) {
+        self.state().fail_op = Some((op, ok));
+    }
+
+    /// Ends [`MemStore::fail_after`].
+    pub fn heal(&self) {
+        self.state().fail_op = None;
     }
 
     /// Another node's lease on `subnet` with `value`, bound to a fresh store lease of `ttl`
