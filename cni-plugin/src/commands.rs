@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use twill_netkit::subnet_env::SubnetEnv;
 use twill_netkit::{Link, Netns, random};
 
-use crate::config::{Attachment, NetConf};
+use crate::config::{Attachment, Dns, NetConf};
 use crate::env::CniEnv;
 use crate::error::{
     CniError, CniResult, DECODE, INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN,
@@ -362,7 +362,9 @@ fn add_result(
             })
             .collect(),
         routes: assigned.routes,
-        dns: conf.dns.clone().unwrap_or(assigned.dns),
+        // The configuration's DNS only when it sets something, as the reference bridge:
+        // `"dns": {}` must not hide what the IPAM plugin answered.
+        dns: conf.dns.clone().filter(Dns::is_set).unwrap_or(assigned.dns),
     }
 }
 
@@ -473,11 +475,13 @@ pub fn check(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             ));
         }
     }
-    for r in &prev.routes {
-        if !routes
-            .iter()
-            .any(|k| k.dst == r.dst && (r.gw.is_none() || k.gateway == r.gw))
-        {
+    // netkit lists the main table only: a route IPAM put into another table goes unchecked.
+    for r in prev.routes.iter().filter(|r| r.in_main_table()) {
+        if !routes.iter().any(|k| {
+            k.dst == r.dst
+                && (r.gw.is_none() || k.gateway == r.gw)
+                && (r.priority.is_none() || k.metric == r.priority)
+        }) {
             return Err(CniError::new(
                 INTERNAL,
                 format!(

@@ -34,6 +34,17 @@ pub struct Dns {
     pub options: Vec<String>,
 }
 
+impl Dns {
+    /// Whether any field is set: the reference bridge lets the configuration's DNS replace
+    /// the IPAM plugin's only then.
+    pub fn is_set(&self) -> bool {
+        !self.nameservers.is_empty()
+            || self.domain.as_deref().is_some_and(|d| !d.is_empty())
+            || !self.search.is_empty()
+            || !self.options.is_empty()
+    }
+}
+
 /// One attachment named in a GC request.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
 pub struct Attachment {

@@ -99,11 +99,13 @@ fn parse_requested_ips(value: &str) -> CniResult<Vec<IpAddr>> {
 
 impl CniEnv {
     /// `IP=` as the built-in IPAM reads it: one address per family, comma-separated as
-    /// host-local reads it (`IP=10.244.7.9,fd00:244:7::9`); none without `IP=`.
+    /// host-local reads it (`IP=10.244.7.9,fd00:244:7::9`); none without `IP=` or with an
+    /// empty `IP=`, which host-local's parser takes as no address.
     pub fn requested_ips(&self) -> CniResult<Vec<IpAddr>> {
-        self.ip_arg
-            .as_deref()
-            .map_or(Ok(Vec::new()), parse_requested_ips)
+        match self.ip_arg.as_deref() {
+            None | Some("") => Ok(Vec::new()),
+            Some(value) => parse_requested_ips(value),
+        }
     }
 }
 
@@ -277,6 +279,18 @@ mod tests {
             assert_eq!(err.code, INVALID_ENV);
             assert!(err.msg.contains(want), "{bad_ip}: {}", err.msg);
         }
+        let empty = env_of(&[
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "IgnoreUnknown=1;IP="),
+        ]);
+        assert_eq!(
+            parse(Command::Del, &empty)
+                .unwrap()
+                .requested_ips()
+                .unwrap(),
+            Vec::<IpAddr>::new()
+        );
         assert!(
             command(&env_of(&[("CNI_COMMAND", "FOO")]))
                 .unwrap_err()

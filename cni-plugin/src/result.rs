@@ -30,11 +30,62 @@ pub struct IpConfig {
     pub interface: Option<usize>,
 }
 
-/// One route.
+/// The kernel's main routing table, where a route goes without `table`.
+pub const MAIN_TABLE: u32 = 254;
+
+/// One route, with the fields CNI 1.1 added. A result of an older version has none of them,
+/// yet an IPAM plugin may send them with any version (the reference types carry them in
+/// every version), so they are read from every result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteSpec {
     pub dst: IpNet,
     pub gw: Option<IpAddr>,
+    /// The path MTU towards `dst`; passed on, not applied (as the reference bridge).
+    pub mtu: Option<u32>,
+    /// The MSS to advertise to `dst`; passed on, not applied (as the reference bridge).
+    pub advmss: Option<u32>,
+    /// The route's metric: lower wins.
+    pub priority: Option<u32>,
+    /// The routing table; the main table without it.
+    pub table: Option<u32>,
+    /// The scope of the destinations: 0 (global), 253 (link) or 254 (host).
+    pub scope: Option<u8>,
+}
+
+/// Route scope global (`RT_SCOPE_UNIVERSE`): beyond the link. The spec names this scope and
+/// the two below, and twill installs no other.
+pub const SCOPE_GLOBAL: u8 = 0;
+/// Route scope link: destinations on the link itself.
+pub const SCOPE_LINK: u8 = 253;
+/// Route scope host: destinations on the container itself.
+pub const SCOPE_HOST: u8 = 254;
+
+impl RouteSpec {
+    /// A route to `dst` (via `gw`) without any of the CNI 1.1 fields.
+    pub fn new(dst: IpNet, gw: Option<IpAddr>) -> RouteSpec {
+        RouteSpec {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
+    }
+
+    /// Whether the route goes into the main table (table 0 means the main table to the
+    /// kernel too).
+    pub fn in_main_table(&self) -> bool {
+        self.table.is_none_or(|t| t == 0 || t == MAIN_TABLE)
+    }
+
+    /// Whether the route covers destinations beyond the link (global scope): only such a
+    /// route takes its family's gateway when it names none; the kernel refuses a gateway on a
+    /// link or host route.
+    pub fn is_global(&self) -> bool {
+        self.scope.is_none_or(|s| s == SCOPE_GLOBAL)
+    }
 }
 
 /// A CNI result.
@@ -46,10 +97,25 @@ pub struct AddResult {
     pub dns: Dns,
 }
 
-fn route_json(r: &RouteSpec) -> Value {
+/// A route as `new_fields` (1.1.0 and later) or an older version has it.
+fn route_json(r: &RouteSpec, new_fields: bool) -> Value {
     let mut v = json!({"dst": r.dst.to_string()});
     if let Some(gw) = r.gw {
         v["gw"] = json!(gw.to_string());
+    }
+    if new_fields {
+        let fields = [
+            ("mtu", r.mtu),
+            ("advmss", r.advmss),
+            ("priority", r.priority),
+            ("table", r.table),
+            ("scope", r.scope.map(u32::from)),
+        ];
+        for (key, value) in fields {
+            if let Some(n) = value {
+                v[key] = json!(n);
+            }
+        }
     }
     v
 }
@@ -98,7 +164,11 @@ impl AddResult {
                 v
             })
             .collect();
-        let routes: Vec<Value> = self.routes.iter().map(route_json).collect();
+        let routes: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|r| route_json(r, new_fields))
+            .collect();
         let mut out = json!({"cniVersion": cni_version});
         if !interfaces.is_empty() {
             out["interfaces"] = json!(interfaces);
@@ -127,7 +197,7 @@ impl AddResult {
                 .routes
                 .iter()
                 .filter(|r| r.dst.addr().is_ipv4() == v4)
-                .map(route_json)
+                .map(|r| route_json(r, false))
                 .collect();
             if !routes.is_empty() {
                 obj["routes"] = json!(routes);
@@ -233,9 +303,41 @@ fn parse_route(rt: &Value) -> CniResult<RouteSpec> {
         .get("dst")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("routes[].dst missing"))?;
+    let uint = |key: &str| -> CniResult<Option<u32>> {
+        match rt.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "route to {dst} has {key} {v}, not an unsigned 32-bit number"
+                    ))
+                }),
+        }
+    };
+    let scope = match uint("scope")? {
+        None => None,
+        Some(s) => match u8::try_from(s) {
+            Ok(s @ (SCOPE_GLOBAL | SCOPE_LINK | SCOPE_HOST)) => Some(s),
+            _ => {
+                return Err(bad(&format!(
+                    "route to {dst} has scope {s}: twill installs scope 0 (global), 253 (link) or 254 (host)"
+                )));
+            }
+        },
+    };
+    // 0 is how the reference types leave mtu, advmss and priority out.
+    let nonzero = |n: Option<u32>| n.filter(|&n| n != 0);
     let route = RouteSpec {
         dst: parse_net("route", dst)?,
         gw: parse_gw(rt.get("gw"), "route gw")?,
+        mtu: nonzero(uint("mtu")?),
+        advmss: nonzero(uint("advmss")?),
+        priority: nonzero(uint("priority")?),
+        table: uint("table")?,
+        scope,
     };
     if route
         .gw
@@ -296,14 +398,14 @@ mod golden {
                 interface: Some(2),
             }],
             routes: vec![
-                RouteSpec {
-                    dst: "10.244.0.0/16".parse().unwrap(),
-                    gw: Some("10.244.7.1".parse().unwrap()),
-                },
-                RouteSpec {
-                    dst: "0.0.0.0/0".parse().unwrap(),
-                    gw: Some("10.244.7.1".parse().unwrap()),
-                },
+                RouteSpec::new(
+                    "10.244.0.0/16".parse().unwrap(),
+                    Some("10.244.7.1".parse().unwrap()),
+                ),
+                RouteSpec::new(
+                    "0.0.0.0/0".parse().unwrap(),
+                    Some("10.244.7.1".parse().unwrap()),
+                ),
             ],
             dns: Dns::default(),
         }
@@ -358,15 +460,15 @@ mod golden {
         });
         r.routes.insert(
             1,
-            RouteSpec {
-                dst: "fd00:244::/32".parse().unwrap(),
-                gw: Some("fd00:244:7::1".parse().unwrap()),
-            },
+            RouteSpec::new(
+                "fd00:244::/32".parse().unwrap(),
+                Some("fd00:244:7::1".parse().unwrap()),
+            ),
         );
-        r.routes.push(RouteSpec {
-            dst: "::/0".parse().unwrap(),
-            gw: Some("fd00:244:7::1".parse().unwrap()),
-        });
+        r.routes.push(RouteSpec::new(
+            "::/0".parse().unwrap(),
+            Some("fd00:244:7::1".parse().unwrap()),
+        ));
         r
     }
 
@@ -418,6 +520,9 @@ mod golden {
             r#"{"routes":[{"dst":"::/0","gw":"10.0.0.1"}]}"#,
             r#"{"ip6":{"ip":"10.0.0.2/24"}}"#,
             r#"{"ip4":{"gateway":"10.0.0.1"}}"#,
+            r#"{"routes":[{"dst":"10.0.0.0/8","scope":200}]}"#,
+            r#"{"routes":[{"dst":"10.0.0.0/8","table":-1}]}"#,
+            r#"{"routes":[{"dst":"10.0.0.0/8","priority":"50"}]}"#,
         ] {
             let err = AddResult::from_json(&serde_json::from_str(bad).unwrap()).unwrap_err();
             assert_eq!(err.code, DECODE, "{bad}");
@@ -427,5 +532,40 @@ mod golden {
                 err.msg
             );
         }
+    }
+
+    #[test]
+    fn cni_1_1_route_fields_are_read_and_rendered_from_1_1_0() {
+        let text = r#"{"cniVersion":"1.1.0","ips":[{"address":"10.95.0.5/24"}],"routes":[{"dst":"10.94.0.0/16","gw":"10.95.0.1","mtu":1400,"advmss":1360,"priority":50,"table":100,"scope":0},{"dst":"10.92.0.0/16","scope":253}]}"#;
+        let r = AddResult::from_json(&serde_json::from_str(text).unwrap()).unwrap();
+        assert_eq!(
+            r.routes[0],
+            RouteSpec {
+                mtu: Some(1400),
+                advmss: Some(1360),
+                priority: Some(50),
+                table: Some(100),
+                scope: Some(SCOPE_GLOBAL),
+                ..RouteSpec::new(
+                    "10.94.0.0/16".parse().unwrap(),
+                    Some("10.95.0.1".parse().unwrap())
+                )
+            }
+        );
+        assert_eq!(r.routes[1].scope, Some(SCOPE_LINK));
+        let routes = |v: &str| r.to_json(v)["routes"].clone();
+        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        assert_eq!(
+            routes("1.1.0"),
+            parse(
+                r#"[{"dst":"10.94.0.0/16","gw":"10.95.0.1","mtu":1400,"advmss":1360,"priority":50,"table":100,"scope":0},{"dst":"10.92.0.0/16","scope":253}]"#
+            )
+        );
+        // The fields are 1.1's: an older result has none of them.
+        assert_eq!(
+            routes("1.0.0"),
+            parse(r#"[{"dst":"10.94.0.0/16","gw":"10.95.0.1"},{"dst":"10.92.0.0/16"}]"#)
+        );
+        assert_eq!(AddResult::from_json(&r.to_json("1.1.0")).unwrap(), r);
     }
 }

@@ -4,10 +4,10 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use twill_netkit::{Link, Netlink, Netns, Route, sysctl};
+use twill_netkit::{Link, Netlink, Netns, Route, Scope, sysctl};
 
 use crate::error::{CniError, CniResult, INTERNAL, INVALID_CONFIG};
-use crate::result::RouteSpec;
+use crate::result::{RouteSpec, SCOPE_HOST, SCOPE_LINK};
 
 /// The kernel's "static" route protocol (what `ip route add` uses) for container routes.
 const RTPROT_STATIC: u8 = 4;
@@ -190,10 +190,12 @@ fn has_ipv6(ifname: &str) -> bool {
 
 /// Renames the temporary container end to `ifname`, ignores router advertisements on it
 /// (set before the link is up, so none is ever taken), adds the addresses and routes, sets it
-/// up. A route without `gw` goes via the gateway of its family when there is one, as the
-/// reference plugins install IPAM routes (podman's default network has
-/// `{"dst": "0.0.0.0/0"}`). IPv6 addresses come without DAD (netkit adds them `nodad`), so
-/// the container is reachable over IPv6 as soon as ADD returns.
+/// up. A global route without `gw` goes via the gateway of its family when there is one, as
+/// the reference plugins install IPAM routes (podman's default network has
+/// `{"dst": "0.0.0.0/0"}`); a link or host route stays on the link, where the reference
+/// would hand the kernel a gateway it refuses on such a route. IPv6 addresses come without
+/// DAD (netkit adds them `nodad`), so the container is reachable over IPv6 as soon as ADD
+/// returns.
 pub async fn container_side(
     nl: &Netlink,
     tmp: &str,
@@ -215,19 +217,41 @@ pub async fn container_side(
     }
     nl.set_up(link.index).await?;
     for r in routes {
-        let mut route = Route::new(r.dst).dev(link.index).protocol(RTPROT_STATIC);
         let family_gw = gateways
             .iter()
             .copied()
-            .find(|g| g.is_ipv4() == r.dst.addr().is_ipv4());
-        if let Some(gw) = r.gw.or(family_gw) {
-            route = route.via(gw);
-        }
+            .find(|g| g.is_ipv4() == r.dst.addr().is_ipv4())
+            .filter(|_| r.is_global());
+        let route = container_route(r, link.index, r.gw.or(family_gw));
         // A second attachment does not take over the routes the first set (the default
         // route above all): first one wins, as with the reference plugins.
         nl.add_route_if_absent(&route).await?;
     }
     Ok(nl.require_link(ifname).await?)
+}
+
+/// The kernel route for `r` out of link `index`: the CNI 1.1 fields the reference
+/// `ConfigureIface` applies (`priority`, `table`, `scope`) are applied; `mtu` and `advmss`
+/// only travel in the result, as there.
+fn container_route(r: &RouteSpec, index: u32, gw: Option<IpAddr>) -> Route {
+    let mut route = Route::new(r.dst).dev(index).protocol(RTPROT_STATIC);
+    if let Some(gw) = gw {
+        route = route.via(gw);
+    }
+    if let Some(p) = r.priority {
+        route = route.metric(p);
+    }
+    if !r.in_main_table()
+        && let Some(t) = r.table
+    {
+        route.table = t;
+    }
+    route.scope = match r.scope {
+        Some(SCOPE_LINK) => Scope::Link,
+        Some(SCOPE_HOST) => Scope::Host,
+        _ => Scope::Universe,
+    };
+    route
 }
 
 /// Fails if `ifname` already exists in the container (the spec makes that an error).

@@ -1473,3 +1473,204 @@ fn a_reused_address_is_reachable_from_the_host_at_once() {
     assert!(node.cni("DEL", "new", &pb, "eth0", &conf, &args).0);
     assert!(node.cni("DEL", "keep", &pk, "eth0", &conf, &[]).0);
 }
+
+/// A stand-in IPAM plugin `name` in the node's dir that prints `result` on ADD and succeeds
+/// silently at everything else; returns the CNI_PATH that finds it.
+fn fake_ipam(node: &Node, name: &str, result: &Value) -> String {
+    let bin = node.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join(name);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] && cat <<'RESULT'\n{result}\nRESULT\nexit 0\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    bin.display().to_string()
+}
+
+/// The routes of the container's `table` with destination `dst`.
+fn routes_to(ns: &str, table: &str, dst: &str) -> Vec<Value> {
+    twill_tests::ip_json(ns, &["route", "show", "table", table])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["dst"] == dst)
+        .collect()
+}
+
+/// CNI 1.1 route fields from an IPAM result: `priority`, `table` and `scope` are applied to
+/// the container's routes as the reference `ConfigureIface` applies them, and all five (with
+/// `mtu` and `advmss`) reach the ADD result as the reference bridge passes the IPAM routes
+/// on. A link-scope route gets no gateway (the kernel refuses a gateway on one). Before, the
+/// fields were dropped from both.
+#[test]
+fn cni_1_1_route_fields_from_ipam_are_applied_and_passed_on() {
+    let name = "cni_1_1_route_fields_from_ipam_are_applied_and_passed_on";
+    if !preconditions(name, &["ip"]) {
+        return;
+    }
+    let node = Node::new("cnirtf");
+    let routes = json!([
+        {"dst": "10.94.0.0/16", "priority": 50, "mtu": 1400, "advmss": 1360},
+        {"dst": "10.93.0.0/16", "table": 100},
+        {"dst": "10.92.0.0/16", "scope": 253},
+    ]);
+    let path = fake_ipam(
+        &node,
+        "rtipam",
+        &json!({"cniVersion": "1.1.0",
+                "ips": [{"address": "10.95.0.5/24", "gateway": "10.95.0.1"}],
+                "routes": routes}),
+    );
+    let mut conf = node.conf("1.1.0");
+    conf["name"] = json!("rtnet");
+    conf["ipMasq"] = json!(false);
+    conf["ipam"] = json!({"type": "rtipam"});
+    let env = [("CNI_PATH", path.as_str())];
+    let (_c, p) = node.ctr("c");
+    let (ok, r) = node.cni("ADD", "rt", &p, "eth0", &conf, &env);
+    assert!(ok, "{r}");
+    for want in routes.as_array().unwrap() {
+        assert!(
+            r["routes"].as_array().unwrap().contains(want),
+            "{want} in the result: {r}"
+        );
+    }
+    let c = node.scope.name("c");
+    let metric = routes_to(&c, "main", "10.94.0.0/16");
+    assert_eq!(metric.len(), 1, "{metric:?}");
+    assert_eq!(metric[0]["metric"], 50, "{metric:?}");
+    assert_eq!(metric[0]["gateway"], "10.95.0.1", "{metric:?}");
+    assert!(routes_to(&c, "main", "10.93.0.0/16").is_empty());
+    let table = routes_to(&c, "100", "10.93.0.0/16");
+    assert_eq!(table.len(), 1, "in table 100: {table:?}");
+    let link = routes_to(&c, "main", "10.92.0.0/16");
+    assert_eq!(link.len(), 1, "{link:?}");
+    assert_eq!(link[0]["scope"], "link", "{link:?}");
+    assert!(link[0].get("gateway").is_none(), "{link:?}");
+    let mut check = conf.clone();
+    check["prevResult"] = r.clone();
+    let (ok, e) = node.cni("CHECK", "rt", &p, "eth0", &check, &env);
+    assert!(ok, "{e}");
+    assert!(node.cni("DEL", "rt", &p, "eth0", &conf, &env).0);
+}
+
+/// Several gateways of one family in the IPAM result (two IPv4 and two IPv6 subnets) all go
+/// on the bridge, as the reference bridge adds every gateway; the container's second
+/// subnet of each family would otherwise have no gateway to reach. Before, only the first
+/// gateway of each family did.
+#[test]
+fn every_gateway_of_a_family_goes_on_the_bridge() {
+    if !preconditions(
+        "every_gateway_of_a_family_goes_on_the_bridge",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    let node = Node::new("cnigws");
+    let path = fake_ipam(
+        &node,
+        "gwsipam",
+        &json!({"cniVersion": "1.0.0", "ips": [
+            {"address": "10.95.1.5/24", "gateway": "10.95.1.1"},
+            {"address": "10.95.2.5/24", "gateway": "10.95.2.1"},
+            {"address": "fd00:95:1::5/64", "gateway": "fd00:95:1::1"},
+            {"address": "fd00:95:2::5/64", "gateway": "fd00:95:2::1"},
+        ]}),
+    );
+    let mut conf = node.conf("1.0.0");
+    conf["name"] = json!("gwsnet");
+    conf["ipMasq"] = json!(false);
+    conf["ipam"] = json!({"type": "gwsipam"});
+    let env = [("CNI_PATH", path.as_str())];
+    let (_c, p) = node.ctr("c");
+    let (ok, r) = node.cni("ADD", "gws", &p, "eth0", &conf, &env);
+    assert!(ok, "{r}");
+    let host = node.scope.name("host");
+    let br = twill_tests::ip_json(&host, &["addr", "show", "dev", "cni0"]);
+    let on_bridge: HashSet<String> = br[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["scope"] == "global")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    let want: HashSet<String> = [
+        "10.95.1.1/24",
+        "10.95.2.1/24",
+        "fd00:95:1::1/64",
+        "fd00:95:2::1/64",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(on_bridge, want, "{br}");
+    let c = node.scope.name("c");
+    for gw in ["10.95.2.1", "fd00:95:2::1"] {
+        assert!(
+            ns_exec_ok(&c, &["ping", "-c3", "-i0.2", "-W2", "-I", "eth0", gw]),
+            "the second gateway {gw} answers"
+        );
+    }
+    assert!(node.cni("DEL", "gws", &p, "eth0", &conf, &env).0);
+}
+
+/// `"dns": {}` in the network configuration sets nothing, so the result carries the IPAM
+/// plugin's DNS, as the reference bridge does (it takes the configuration's only when a
+/// field is set). Before, the empty object replaced the IPAM plugin's.
+#[test]
+fn an_empty_dns_in_the_config_keeps_the_ipam_plugins_dns() {
+    let name = "an_empty_dns_in_the_config_keeps_the_ipam_plugins_dns";
+    if !preconditions(name, &["ip"]) {
+        return;
+    }
+    let node = Node::new("cnidns");
+    let ipam_dns = json!({"nameservers": ["10.95.0.53"], "search": ["svc.example"]});
+    let path = fake_ipam(
+        &node,
+        "dnsipam",
+        &json!({"cniVersion": "1.0.0",
+                "ips": [{"address": "10.95.0.5/24", "gateway": "10.95.0.1"}],
+                "dns": ipam_dns}),
+    );
+    let mut conf = node.conf("1.0.0");
+    conf["name"] = json!("dnsnet");
+    conf["ipMasq"] = json!(false);
+    conf["ipam"] = json!({"type": "dnsipam"});
+    conf["dns"] = json!({});
+    let env = [("CNI_PATH", path.as_str())];
+    let (_c, p) = node.ctr("c");
+    let (ok, r) = node.cni("ADD", "dn", &p, "eth0", &conf, &env);
+    assert!(ok, "{r}");
+    assert_eq!(r["dns"], ipam_dns, "{r}");
+    assert!(node.cni("DEL", "dn", &p, "eth0", &conf, &env).0);
+    // A configuration that sets DNS still wins.
+    conf["dns"] = json!({"domain": "conf.example"});
+    let (_d, pd) = node.ctr("d");
+    let (ok, r) = node.cni("ADD", "dn2", &pd, "eth0", &conf, &env);
+    assert!(ok, "{r}");
+    assert_eq!(r["dns"], json!({"domain": "conf.example"}), "{r}");
+    assert!(node.cni("DEL", "dn2", &pd, "eth0", &conf, &env).0);
+}
+
+/// An empty `IP=` in CNI_ARGS asks for nothing, as host-local reads it (its `ip.IP` takes an
+/// empty value as no address): the next free address is assigned. Before, ADD failed with
+/// code 4.
+#[test]
+fn an_empty_ip_arg_is_ignored() {
+    if !preconditions("an_empty_ip_arg_is_ignored", &["ip"]) {
+        return;
+    }
+    let node = Node::new("cniemp");
+    let (_c, p) = node.ctr("c");
+    let conf = node.conf("1.0.0");
+    let env = [("CNI_ARGS", "IgnoreUnknown=1;IP=;K8S_POD_NAME=x")];
+    let (ok, r) = node.cni("ADD", "em", &p, "eth0", &conf, &env);
+    assert!(ok, "{r}");
+    let addr = r["ips"][0]["address"].as_str().unwrap_or_default();
+    assert!(addr.starts_with("10.244.7."), "{r}");
+    assert!(node.cni("DEL", "em", &p, "eth0", &conf, &env).0);
+}

@@ -64,16 +64,16 @@ impl Assignment {
             .collect();
         let mut routes = Vec::new();
         if let Some(p) = se.ipv4 {
-            routes.push(RouteSpec {
-                dst: p.network.into(),
-                gw: se.gateway().map(IpAddr::V4),
-            });
+            routes.push(RouteSpec::new(
+                p.network.into(),
+                se.gateway().map(IpAddr::V4),
+            ));
         }
         if let Some(p) = se.ipv6 {
-            routes.push(RouteSpec {
-                dst: p.network.into(),
-                gw: se.gateway_v6().map(IpAddr::V6),
-            });
+            routes.push(RouteSpec::new(
+                p.network.into(),
+                se.gateway_v6().map(IpAddr::V6),
+            ));
         }
         Assignment {
             ips,
@@ -116,7 +116,8 @@ impl Assignment {
         }
     }
 
-    /// The gateway of each family that has one (first address of the family wins).
+    /// The gateway of each family that has one (first address of the family wins): the one
+    /// routes without a gateway of their own go via, as in the reference `ConfigureIface`.
     pub fn gateways(&self) -> Vec<IpAddr> {
         let mut out: Vec<IpAddr> = Vec::new();
         for gw in self.ips.iter().filter_map(|a| a.gateway) {
@@ -128,31 +129,39 @@ impl Assignment {
     }
 
     /// A default route via the gateway of each family unless IPAM gave one of that family.
+    /// A default route IPAM puts into another table (policy routing) does not count: the
+    /// main table would be left without one.
     pub fn add_default_routes(&mut self) {
         for gw in self.gateways() {
-            let has_default = self
-                .routes
-                .iter()
-                .any(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == gw.is_ipv4());
+            let has_default = self.routes.iter().any(|r| {
+                r.dst.prefix_len() == 0
+                    && r.dst.addr().is_ipv4() == gw.is_ipv4()
+                    && r.in_main_table()
+            });
             if !has_default {
                 let dst = match gw {
                     IpAddr::V4(_) => IpNet::V4(Default::default()),
                     IpAddr::V6(_) => IpNet::V6(Default::default()),
                 };
-                self.routes.push(RouteSpec { dst, gw: Some(gw) });
+                self.routes.push(RouteSpec::new(dst, Some(gw)));
             }
         }
     }
 
-    /// The gateway of each family on the bridge, with its address's prefix length.
+    /// Every address's gateway on the bridge, with that address's prefix length, as the
+    /// reference bridge adds them: a container with addresses in two subnets of a family
+    /// needs the gateway of each on the bridge to reach beyond the second.
     pub fn bridge_addresses(&self) -> Vec<IpNet> {
-        self.gateways()
-            .into_iter()
-            .filter_map(|gw| {
-                let a = self.ips.iter().find(|a| a.gateway == Some(gw))?;
-                IpNet::new(gw, a.ip.prefix_len()).ok()
-            })
-            .collect()
+        let mut out: Vec<IpNet> = Vec::new();
+        for a in &self.ips {
+            if let Some(gw) = a.gateway
+                && let Ok(net) = IpNet::new(gw, a.ip.prefix_len())
+                && !out.contains(&net)
+            {
+                out.push(net);
+            }
+        }
+        out
     }
 }
 
@@ -215,10 +224,7 @@ mod tests {
         );
         // A default of one family from IPAM does not stop the other's.
         let mut d = Assignment {
-            routes: vec![RouteSpec {
-                dst: net("::/0"),
-                gw: None,
-            }],
+            routes: vec![RouteSpec::new(net("::/0"), None)],
             ..a.clone()
         };
         d.add_default_routes();
@@ -228,5 +234,50 @@ mod tests {
             "{:?}",
             d.routes
         );
+    }
+
+    #[test]
+    fn a_default_route_in_another_table_leaves_the_main_one_to_add() {
+        let se = SubnetEnv::parse(DUAL).unwrap();
+        let ranges = builtin_ranges(&se);
+        let mut a = Assignment::from_builtin(&se, &ranges, &[ip("10.244.7.5")]);
+        a.routes = vec![RouteSpec {
+            table: Some(100),
+            ..RouteSpec::new(net("0.0.0.0/0"), Some(ip("10.244.7.1")))
+        }];
+        a.add_default_routes();
+        assert!(
+            a.routes
+                .iter()
+                .any(|r| r.dst == net("0.0.0.0/0") && r.in_main_table()),
+            "{:?}",
+            a.routes
+        );
+    }
+
+    #[test]
+    fn every_gateway_goes_on_the_bridge_once() {
+        let assigned = |ip: &str, gw: &str| Assigned {
+            ip: net(ip),
+            gateway: Some(self::ip(gw)),
+        };
+        let a = Assignment {
+            ips: vec![
+                assigned("10.95.1.5/24", "10.95.1.1"),
+                assigned("10.95.1.6/24", "10.95.1.1"),
+                assigned("10.95.2.5/24", "10.95.2.1"),
+                assigned("fd00:95:2::5/64", "fd00:95:2::1"),
+            ],
+            ..Assignment::default()
+        };
+        assert_eq!(
+            a.bridge_addresses(),
+            [
+                net("10.95.1.1/24"),
+                net("10.95.2.1/24"),
+                net("fd00:95:2::1/64")
+            ]
+        );
+        assert_eq!(a.gateways(), [ip("10.95.1.1"), ip("fd00:95:2::1")]);
     }
 }
