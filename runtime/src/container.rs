@@ -295,6 +295,7 @@ fn start_inner(
             "invalid container name {n:?}: names must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"
         )));
     }
+    let names = store.lock_names()?;
     if let Some(n) = &name
         && store.list()?.iter().any(|s| &s.name == n)
     {
@@ -337,6 +338,8 @@ fn start_inner(
             .map_err(|e| RuntimeError::io("creating", dir.join(sub).display(), e))?;
     }
     store.save(&st)?;
+    // Saved: the name is taken for everyone who looks from now on.
+    drop(names);
     let started = (|| -> Result<Pid> {
         st.mounts = parse_volumes(store, &volumes)?;
         store.save(&st)?;

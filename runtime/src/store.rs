@@ -169,6 +169,21 @@ impl Store {
         }
     }
 
+    /// Held while a new container's name is checked and its first state saved: two `run
+    /// --name X` at the same time would otherwise both find X free and both take it.
+    pub fn lock_names(&self) -> Result<NamesLock> {
+        let p = self.root.join("names.lock");
+        let f = fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| RuntimeError::io("opening", p.display(), e))?;
+        let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| RuntimeError::nix("locking", p.display(), e))?;
+        Ok(NamesLock { _lock: lock })
+    }
+
     /// Every container's state.
     pub fn list(&self) -> Result<Vec<State>> {
         let dir = self.root.join("containers");
@@ -186,6 +201,11 @@ impl Store {
         out.sort_by_key(|s| s.created_unix);
         Ok(out)
     }
+}
+
+/// See [`Store::lock_names`]; released when dropped.
+pub struct NamesLock {
+    _lock: nix::fcntl::Flock<fs::File>,
 }
 
 /// A new random container ID (64 hex digits, like Docker's).

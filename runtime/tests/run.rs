@@ -1421,3 +1421,54 @@ fn ps_rm_and_stop_take_docker_s_options_and_several_containers() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
     assert_eq!(rt.ok(&["ps", "-aq"]), "", "every container was removed");
 }
+
+#[test]
+fn a_name_is_checked_and_taken_under_one_lock() {
+    // Before: the check that a name is free and the first save of the new container were
+    // not under one lock, so two `run --name X` at the same time could both take X. With the
+    // store's names lock held here, a run must wait before it creates anything.
+    if !pre("a_name_is_checked_and_taken_under_one_lock") {
+        return;
+    }
+    let rt = Rt::new();
+    let lock_path = rt.root().join("names.lock");
+    let held = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(held, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let mut run = Command::new(RUN)
+        .arg("--root")
+        .arg(rt.root())
+        .args([
+            "run", "-d", "--name", "once", "--net", "none", "busybox", "sleep", "100",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let made = std::fs::read_dir(rt.root().join("containers"))
+        .unwrap()
+        .count();
+    let waiting = run.try_wait().unwrap().is_none();
+    drop(held);
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(
+        (made, waiting),
+        (0, true),
+        "a run made its container while the names lock was held"
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = rt.run(&[
+        "run", "-d", "--name", "once", "--net", "none", "busybox", "true",
+    ]);
+    assert_eq!(again.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already in use"));
+}
