@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::Context;
 use twill_netkit::Netns;
 
-use crate::binaries::twill_run;
+use crate::binaries::{containers_in_store, twill_run, twill_run_to_the_end};
 use crate::state::{LabState, prefix, state_dir};
 
 pub(crate) fn kill_pid(pid: u32) {
@@ -21,15 +21,20 @@ pub(crate) fn kill_pid(pid: u32) {
 /// every process in them (its agents and etcd), state removed. Idempotent; works from a
 /// half-written state file. The PIDs the state records are not signalled by number: an agent
 /// that died (or that `bench --forwarder` stopped) leaves a PID any process may hold now.
+///
+/// Every container in a host's twill-run store goes, recorded in the state or not (an `up`
+/// killed while `twill-run run` ran never recorded it). One that twill-run could not remove
+/// keeps the whole lab, namespaces and state: its process, namespace and cgroup live outside
+/// the lab's namespaces, and only the store and the host's namespace let `down` try again.
 pub fn down(name: &str) -> anyhow::Result<()> {
     let dir = state_dir(name);
     if let Ok(st) = LabState::load(&dir) {
-        for h in 0..st.hosts.len() {
-            for c in &st.hosts[h].containers {
-                if let Ok(mut cmd) = twill_run(&st, h) {
-                    let _ = cmd.args(["rm", "-f", &c.name]).output();
-                }
-            }
+        let left = remove_containers(&st);
+        if !left.is_empty() {
+            anyhow::bail!(
+                "lab {name} kept (run `twill-lab down --name {name}` again once fixed): {}",
+                left.join("; ")
+            );
         }
         for member in &st.etcd {
             if let Some(d) = &member.dir {
@@ -46,6 +51,49 @@ pub fn down(name: &str) -> anyhow::Result<()> {
         swept.len()
     );
     Ok(())
+}
+
+/// `twill-run rm -f` of every container of every host; what could not be removed, each said
+/// with why.
+fn remove_containers(st: &LabState) -> Vec<String> {
+    let short = |id: &str| id.chars().take(12).collect::<String>();
+    let mut left = Vec::new();
+    for (h, host) in st.hosts.iter().enumerate() {
+        let mut why = Vec::new();
+        for id in containers_in_store(&host.run_root) {
+            let out = twill_run_to_the_end(st, h)
+                .and_then(|mut cmd| Ok(cmd.args(["rm", "-f", &id]).output()?));
+            match out {
+                Ok(o) if !o.status.success() => why.push(format!(
+                    "{}: {}",
+                    short(&id),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => why.push(format!("{}: {e:#}", short(&id))),
+                Ok(_) => {}
+            }
+        }
+        // The store is the test, not what twill-run said: an `rm` that could not release a
+        // container's network still removed the container.
+        let remaining: Vec<String> = containers_in_store(&host.run_root)
+            .iter()
+            .map(|id| short(id))
+            .collect();
+        if !remaining.is_empty() {
+            left.push(format!(
+                "twill-run could not remove the containers {} of {} (store {}): {}",
+                remaining.join(", "),
+                host.name,
+                host.run_root.display(),
+                if why.is_empty() {
+                    "it reported no error".to_string()
+                } else {
+                    why.join("; ")
+                }
+            ));
+        }
+    }
+    left
 }
 
 /// `status`.
@@ -94,4 +142,54 @@ pub fn exec(name: &str, target: &str, cmd: &[String]) -> anyhow::Result<i32> {
         }
     };
     Ok(c.status()?.code().unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::HostState;
+
+    #[test]
+    fn down_keeps_a_lab_with_a_container_it_could_not_remove_recorded_or_not() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root (/run/twill-lab)");
+            return;
+        }
+        let name = "utdownkeep0";
+        struct Cleanup(&'static str);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(state_dir(self.0));
+            }
+        }
+        let _cleanup = Cleanup(name);
+        let dir = state_dir(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        // A container in h1's store that the state does not list (an `up` killed while
+        // `twill-run run` started it), on a host whose namespace is gone, so twill-run
+        // cannot remove it.
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let run_root = dir.join("h1").join("run");
+        let ctr = run_root.join("containers").join(id);
+        std::fs::create_dir_all(&ctr).unwrap();
+        std::fs::write(ctr.join("state.json"), "{}").unwrap();
+        let st = LabState {
+            name: name.into(),
+            hosts: vec![HostState {
+                name: "h1".into(),
+                netns: format!("{}-h1", prefix(name)),
+                run_root,
+                ..HostState::default()
+            }],
+            ..LabState::default()
+        };
+        st.save(&dir).unwrap();
+        let err = down(name).map(|_| ()).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("0123456789ab") && msg.contains("h1"), "{msg}");
+        assert!(
+            ctr.join("state.json").exists() && dir.join("state.json").exists(),
+            "the only record of a container left running was removed: {msg}"
+        );
+    }
 }

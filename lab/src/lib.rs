@@ -11,6 +11,7 @@ pub mod commands;
 pub mod family;
 pub mod image;
 pub mod interrupt;
+pub mod kept_logs;
 pub mod relay;
 pub mod soak;
 pub mod state;

@@ -180,6 +180,7 @@ fn main() {
             network6,
             etcd_members: 1,
             twilld_flags: Vec::new(),
+            logs_kept_on_failure: false,
         })
         .map(|ok| if ok { 0 } else { 1 }),
         Cmd::Soak {

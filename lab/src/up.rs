@@ -12,10 +12,11 @@ use twill_testbed::{
 };
 
 use crate::backend::LabBackend;
-use crate::binaries::{self, sibling, twill_run};
+use crate::binaries::{self, sibling, twill_run, twill_run_to_the_end};
 use crate::family::{IpFamily, address_of};
 use crate::image::busybox_tarball;
 use crate::interrupt;
+use crate::kept_logs::{kept_logs_dir, twilld_log_hint};
 use crate::state::{ContainerState, EtcdState, HostState, LabState, prefix, state_dir};
 
 /// What `up` builds.
@@ -32,6 +33,9 @@ pub struct UpOptions {
     pub etcd_members: usize,
     /// Flags every twilld gets on top of the lab's own.
     pub twilld_flags: Vec<String>,
+    /// The caller removes the lab when it fails, after keeping its logs (`bench`, `soak`):
+    /// errors name the kept copies instead of `twill-lab logs`, which finds nothing then.
+    pub logs_kept_on_failure: bool,
 }
 
 /// A lab whose steps all ran; `etcd` is set when this process still owns the members
@@ -55,7 +59,7 @@ fn step(msg: &str) {
 /// `down`.
 pub fn up(o: &UpOptions) -> anyhow::Result<bool> {
     let mut lab = build(o, false)?;
-    check_all_pairs(&lab.dir, &mut lab.state, o.backend)
+    check_all_pairs(&lab.dir, &mut lab.state, o.backend, o.logs_kept_on_failure)
 }
 
 /// Every step of `up` but the connectivity check. `own_etcd`: keep the etcd members in this
@@ -124,7 +128,7 @@ pub fn build(o: &UpOptions, own_etcd: bool) -> anyhow::Result<BuiltLab> {
     interrupt::check()?;
     let etcd = start_etcd(&cluster, &dir, &mut st, network, o, own_etcd)?;
     interrupt::check()?;
-    start_agents(&cluster, &dir, &mut st, &o.twilld_flags)?;
+    start_agents(&cluster, &dir, &mut st, o)?;
     interrupt::check()?;
     start_containers(o.containers_per_host, &dir, &mut st)?;
     interrupt::check()?;
@@ -258,11 +262,11 @@ fn start_agents(
     cluster: &Cluster,
     dir: &Path,
     st: &mut LabState,
-    flags: &[String],
+    o: &UpOptions,
 ) -> anyhow::Result<()> {
     step("starting twilld on every host");
     for (i, h) in cluster.hosts.iter().enumerate() {
-        let child = twilld_command(st, i, flags)
+        let child = twilld_command(st, i, &o.twilld_flags)
             .spawn_in(&h.netns)
             .context("starting twilld")?;
         st.hosts[i].twilld_pid = Some(child.id());
@@ -275,8 +279,9 @@ fn start_agents(
         interrupt::check()?;
         let env = wait_for_subnet(&hs.subnet_file, LEASE_TIMEOUT).with_context(|| {
             format!(
-                "twilld on {} wrote no subnet file: look at `twill-lab logs {} --name {}`",
-                hs.name, hs.name, st.name
+                "twilld on {} wrote no subnet file: {}",
+                hs.name,
+                twilld_log_hint(&st.name, &hs.name, o.logs_kept_on_failure)
             )
         })?;
         hs.subnet = env
@@ -317,11 +322,13 @@ fn start_containers(per_host: usize, dir: &Path, st: &mut LabState) -> anyhow::R
     let tarball = dir.join("busybox.tar");
     busybox_tarball(&tarball)?;
     for i in 0..st.hosts.len() {
-        let out = twill_run(st, i)?
+        interrupt::check()?;
+        let out = twill_run_to_the_end(st, i)?
             .args(["import"])
             .arg(&tarball)
             .arg("busybox")
-            .output()?;
+            .output()
+            .with_context(|| format!("running twill-run import on {}", st.hosts[i].name))?;
         anyhow::ensure!(
             out.status.success(),
             "importing busybox on {}: {}",
@@ -329,6 +336,7 @@ fn start_containers(per_host: usize, dir: &Path, st: &mut LabState) -> anyhow::R
             String::from_utf8_lossy(&out.stderr)
         );
         for k in 1..=per_host {
+            interrupt::check()?;
             let name = format!("{}c{k}", st.hosts[i].name);
             let ips = run_container(st, i, &name)?;
             let dual = st.ip_family == IpFamily::Dual;
@@ -347,7 +355,7 @@ fn start_containers(per_host: usize, dir: &Path, st: &mut LabState) -> anyhow::R
 /// Starts a busybox container `name` on host `h` that sleeps forever; its addresses (IPv4
 /// first).
 pub fn run_container(st: &LabState, h: usize, name: &str) -> anyhow::Result<Vec<String>> {
-    let out = twill_run(st, h)?
+    let out = twill_run_to_the_end(st, h)?
         .args([
             "run",
             "-d",
@@ -357,13 +365,17 @@ pub fn run_container(st: &LabState, h: usize, name: &str) -> anyhow::Result<Vec<
             "sleep",
             "1000000000",
         ])
-        .output()?;
+        .output()
+        .with_context(|| format!("running twill-run to start {name}"))?;
     anyhow::ensure!(
         out.status.success(),
         "starting {name}: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    let inspect = twill_run(st, h)?.args(["inspect", name]).output()?;
+    let inspect = twill_run_to_the_end(st, h)?
+        .args(["inspect", name])
+        .output()
+        .with_context(|| format!("running twill-run to inspect {name}"))?;
     let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap_or_default();
     let mut ips: Vec<String> = v["ips"]
         .as_array()
@@ -379,7 +391,13 @@ pub fn run_container(st: &LabState, h: usize, name: &str) -> anyhow::Result<Vec<
 
 /// Pings every container from every other one, at each of its addresses (both families in a
 /// dual-stack lab), records who is reachable and prints the table; true when all are.
-pub fn check_all_pairs(dir: &Path, st: &mut LabState, backend: LabBackend) -> anyhow::Result<bool> {
+/// `logs_kept`: the caller removes the lab when not, keeping its logs.
+pub fn check_all_pairs(
+    dir: &Path,
+    st: &mut LabState,
+    backend: LabBackend,
+    logs_kept: bool,
+) -> anyhow::Result<bool> {
     step("checking that every container reaches every other one");
     // (host, container, addresses to reach it at)
     let all: Vec<(usize, String, Vec<String>)> = st
@@ -462,9 +480,16 @@ pub fn check_all_pairs(dir: &Path, st: &mut LabState, backend: LabBackend) -> an
         );
     } else {
         println!("unreachable pairs: {failed_v4} over IPv4, {failed_v6} over IPv6");
-        println!(
-            "some containers are unreachable: look at `twill-lab logs HOST` and `twill-lab exec HOST ip route`"
-        );
+        if logs_kept {
+            println!(
+                "some containers are unreachable: the agents' logs will be kept in {}",
+                kept_logs_dir(&st.name).display()
+            );
+        } else {
+            println!(
+                "some containers are unreachable: look at `twill-lab logs HOST` and `twill-lab exec HOST ip route`"
+            );
+        }
     }
     Ok(ok)
 }

@@ -246,6 +246,9 @@ fn an_interrupted_bench_or_up_removes_what_it_built() {
     for n in ["tint0", "tintu"] {
         let _ = lab(&["down", "--name", n]);
     }
+    // Where a failed bench keeps its labs' logs; a stopped one has nothing to look into.
+    let kept = std::env::temp_dir().join("twill-lab-logs").join("tint0");
+    let _ = std::fs::remove_dir_all(&kept);
     // A bench is stopped in its first round by a Ctrl-C at the terminal.
     let pids = std::cell::RefCell::new(Vec::new());
     let (code, err) = interrupt_when(
@@ -279,6 +282,9 @@ fn an_interrupted_bench_or_up_removes_what_it_built() {
         "processes of the labs left running: {pids:?}"
     );
     gone("tint0");
+    let kept_any = kept.exists();
+    let _ = std::fs::remove_dir_all(&kept);
+    assert!(!kept_any, "a stopped bench kept logs in {}", kept.display());
 
     // An `up` stopped by a SIGTERM-like signal to it alone once its agents run removes its
     // half-built lab itself.
@@ -306,6 +312,155 @@ fn an_interrupted_bench_or_up_removes_what_it_built() {
         "processes of the lab left running: {pids:?}"
     );
     gone("tintu");
+}
+
+/// The IDs of the containers in host `host`'s twill-run store of lab `name`.
+fn store_ids(name: &str, host: &str) -> Vec<String> {
+    let dir = format!("/run/twill-lab/{name}/{host}/run/containers");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What container `id` left outside its lab's namespaces: its named network namespace (with
+/// its process in it) and its cgroups.
+fn container_leftovers(id: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let ns = format!("twr-{}", &id[..12.min(id.len())]);
+    if Path::new("/run/netns").join(&ns).exists() {
+        left.push(ns);
+    }
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for h in std::iter::once(Path::new("/sys/fs/cgroup").to_path_buf()).chain(hierarchies) {
+        let cg = h.join("twill").join(id);
+        if cg.is_dir() {
+            left.push(cg.display().to_string());
+        }
+    }
+    left
+}
+
+/// Removes what containers of a failed test left: the processes in their namespaces, the
+/// namespaces, their cgroups; then the lab.
+struct Leftovers {
+    lab: &'static str,
+    ids: Vec<String>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            let ns = format!("twr-{}", &id[..12.min(id.len())]);
+            // The container's process, which this test's lab started.
+            let pids = twill_testbed::pids_in_netns(&ns);
+            for &pid in &pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = twill_testbed::wait_for(Duration::from_secs(5), || {
+                pids.iter()
+                    .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+            });
+            if Path::new("/run/netns").join(&ns).exists() {
+                let _ = twill_netkit::Netns::delete(&ns);
+            }
+            for cg in container_leftovers(id)
+                .iter()
+                .filter(|p| p.starts_with('/'))
+            {
+                let _ = std::fs::remove_dir(cg);
+            }
+        }
+        let _ = lab(&["down", "--name", self.lab]);
+    }
+}
+
+/// Waits until the container's start ended, either way (its monitor records the PID).
+fn started(name: &str, host: &str, id: &str) -> bool {
+    twill_testbed::wait_for(Duration::from_secs(30), || {
+        let state = format!("/run/twill-lab/{name}/{host}/run/containers/{id}/state.json");
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state).unwrap_or_default()).unwrap_or_default();
+        st["pid"].is_number() || !Path::new(&state).exists()
+    })
+}
+
+#[test]
+fn a_ctrl_c_or_a_kill_while_a_container_starts_leaves_no_container_behind() {
+    if !ready() {
+        return;
+    }
+    let up_args = |name| {
+        [
+            "up",
+            "--name",
+            name,
+            "--hosts",
+            "1",
+            "--containers-per-host",
+            "2",
+        ]
+    };
+    // A Ctrl-C at the terminal (the whole process group) while `twill-run run` starts the
+    // first container: the interrupted `up` removes its lab, that container included.
+    let _ = lab(&["down", "--name", "tcs1"]);
+    let ids = std::cell::RefCell::new(Vec::new());
+    let (code, err) = interrupt_when(&up_args("tcs1"), true, |_| {
+        *ids.borrow_mut() = store_ids("tcs1", "h1");
+        !ids.borrow().is_empty()
+    });
+    let guard = Leftovers {
+        lab: "tcs1",
+        ids: ids.into_inner(),
+    };
+    assert_eq!(code, Some(130), "{err}");
+    assert!(!guard.ids.is_empty(), "no container was being started");
+    for id in &guard.ids {
+        let left = container_leftovers(id);
+        assert!(left.is_empty(), "container {id} left {left:?}: {err}");
+    }
+    gone("tcs1");
+    drop(guard);
+
+    // twill-lab killed while `twill-run run` starts the first container: the container
+    // starts anyway, unrecorded, and a later `down` removes it all the same.
+    let _ = lab(&["down", "--name", "tcs2"]);
+    let mut child = Command::new(LAB)
+        .args(up_args("tcs2"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = twill_testbed::wait_for(Duration::from_secs(300), || {
+        !store_ids("tcs2", "h1").is_empty()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let guard = Leftovers {
+        lab: "tcs2",
+        ids: store_ids("tcs2", "h1"),
+    };
+    assert!(
+        seen && !guard.ids.is_empty(),
+        "no container was being started"
+    );
+    // `down` is not meant to race a start still under way.
+    assert!(guard.ids.iter().all(|id| started("tcs2", "h1", id)));
+    let (ok, out) = lab(&["down", "--name", "tcs2"]);
+    assert!(ok, "{out}");
+    for id in &guard.ids {
+        let left = container_leftovers(id);
+        assert!(left.is_empty(), "container {id} left {left:?}: {out}");
+    }
+    gone("tcs2");
 }
 
 #[test]

@@ -28,13 +28,17 @@ fn run(cmd: &str, lab: &str, extra: Option<&str>) -> anyhow::Result<std::process
 /// Replaces the agents of udp lab `lab` by the forwarder.
 pub fn swap_in(cmd: &str, lab: &str) -> anyhow::Result<SwappedForwarder> {
     let status = run(cmd, lab, None)?;
-    if !status.success() {
-        bail!("the forwarder command `{cmd} {lab}` failed ({status}); its output is above");
-    }
-    Ok(SwappedForwarder {
+    let swapped = SwappedForwarder {
         cmd: cmd.to_string(),
         lab: lab.to_string(),
-    })
+    };
+    if !status.success() {
+        // It may have started forwarders before it failed (or before a Ctrl-C ended it):
+        // dropping `swapped` stops them, as the contract says, wherever they run.
+        drop(swapped);
+        bail!("the forwarder command `{cmd} {lab}` failed ({status}); its output is above");
+    }
+    Ok(swapped)
 }
 
 impl Drop for SwappedForwarder {
@@ -47,5 +51,28 @@ impl Drop for SwappedForwarder {
             ),
             Err(e) => eprintln!("stopping the forwarder: {e:#}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarder_command_that_fails_halfway_is_stopped_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = dir.path().join("calls");
+        let script = dir.path().join("fwd.sh");
+        // Starts nothing real; records how it is called and fails unless asked to stop.
+        std::fs::write(
+            &script,
+            format!("echo \"$*\" >> '{}'\n[ \"$2\" = stop ]\n", calls.display()),
+        )
+        .unwrap();
+        let cmd = format!("sh '{}'", script.display());
+        let err = swap_in(&cmd, "lab7").map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("failed"), "{err}");
+        let calls = std::fs::read_to_string(&calls).unwrap();
+        assert_eq!(calls, "lab7\nlab7 stop\n");
     }
 }

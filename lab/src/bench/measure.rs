@@ -37,7 +37,7 @@ pub(super) fn iperf(
 ) -> anyhow::Result<(f64, f64)> {
     // The server ends itself if no client comes (twill-lab killed between the two): it must
     // not outlive the lab waiting forever in a removed namespace.
-    let mut server = in_ns(
+    let server = in_ns(
         server_ns,
         "iperf3",
         &["-s", "-1", "-p", "5201", "--idle-timeout", "30"],
@@ -46,31 +46,45 @@ pub(super) fn iperf(
     .stderr(Stdio::null())
     .spawn()
     .context("running iperf3 (apt-get install iperf3)")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let out = in_ns(
-        client_ns,
-        "iperf3",
-        &[
-            "-c",
-            server_ip,
-            "-p",
-            "5201",
-            "-J",
-            "-t",
-            &secs.to_string(),
-            "-P",
-            &streams.to_string(),
-        ],
-    )?
-    .output()?;
-    let _ = server.kill();
-    let _ = server.wait();
+    let out = with_server(server, || {
+        std::thread::sleep(Duration::from_millis(300));
+        in_ns(
+            client_ns,
+            "iperf3",
+            &[
+                "-c",
+                server_ip,
+                "-p",
+                "5201",
+                "-J",
+                "-t",
+                &secs.to_string(),
+                "-P",
+                &streams.to_string(),
+            ],
+        )?
+        .output()
+        .context("running the iperf3 client")
+    })?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
     let sum = &v["end"]["sum_received"];
     match (sum["bits_per_second"].as_f64(), sum["bytes"].as_f64()) {
         (Some(bps), Some(bytes)) => Ok((bps / 1e9, bytes)),
         _ => bail!("iperf3 failed: {}", v["error"]),
     }
+}
+
+/// Runs `client` while `server` runs, then ends the server (by its PID) and reaps it, however
+/// the client ended: a client that could not start left the server waiting for its idle
+/// timeout, in a namespace the lab's teardown removes under it.
+fn with_server<T>(
+    mut server: std::process::Child,
+    client: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let r = client();
+    let _ = server.kill();
+    let _ = server.wait();
+    r
 }
 
 /// CPU seconds (user + system) used so far by every process in the lab's host namespaces:
@@ -150,6 +164,20 @@ pub(super) fn median(mut v: Vec<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_is_ended_and_reaped_when_the_client_fails() {
+        let server = Command::new("sleep").arg("100").spawn().unwrap();
+        let pid = server.id();
+        let r: anyhow::Result<()> = with_server(server, || anyhow::bail!("no client"));
+        assert!(r.is_err());
+        // Reaped, not a zombie: /proc has no entry for it any more.
+        let left = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if left {
+            crate::commands::kill_pid(pid);
+        }
+        assert!(!left, "the server {pid} outlived its client");
+    }
 
     #[test]
     fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {

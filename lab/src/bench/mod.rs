@@ -26,6 +26,7 @@ use self::path::{BenchPath, RowPath};
 use self::report::{Row, report, svg_chart};
 use crate::commands::down;
 use crate::family::IpFamily;
+use crate::kept_logs::kept_logs_dir;
 use crate::state::{LabState, state_dir};
 use crate::up::{UpOptions, up};
 
@@ -166,9 +167,10 @@ pub fn bench(
                 network6: crate::family::DEFAULT_NETWORK6.into(),
                 etcd_members: 1,
                 twilld_flags: Vec::new(),
+                logs_kept_on_failure: true,
             })?;
             if !ok {
-                bail!("the {b} lab is not fully connected: see `twill-lab logs h1 --name {name}`");
+                return Err(not_connected(b, name));
             }
             // The baseline comes from the first lab, whatever it runs (the bridge path needs
             // no agent, so a relay lab serves too).
@@ -251,10 +253,7 @@ pub fn bench(
     drop(relays);
     drop(forwarders);
     drop(anchors);
-    for name in &names {
-        down(name)?;
-    }
-    let rows = result?;
+    let rows = conclude(result, &names, crate::kept_logs::keep, down)?;
     let text = report(&rows);
     print!("\n{}", text.table);
     println!("machine: {machine}");
@@ -268,10 +267,152 @@ pub fn bench(
     Ok(())
 }
 
+/// A lab of the bench whose containers do not all reach each other.
+fn not_connected(b: BenchPath, name: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the {b} lab {name} is not fully connected: its agents' logs are kept in {}",
+        kept_logs_dir(name).display()
+    )
+}
+
+/// Ends a bench whose run gave `result`: the logs of its labs are kept when the run failed
+/// (not when it was stopped, whatever the stop made fail on its way: iperf3 or ping killed by
+/// the Ctrl-C), then every lab is torn down, whatever fails on the way. The rows, or every
+/// error in one.
+fn conclude<T>(
+    result: anyhow::Result<T>,
+    names: &[String],
+    keep: impl Fn(&str),
+    down: impl Fn(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<T> {
+    if result
+        .as_ref()
+        .is_err_and(|e| !crate::interrupt::is_interrupted(e))
+        && !crate::interrupt::requested()
+    {
+        for name in names {
+            keep(name);
+        }
+    }
+    let teardown = down_all(names, down);
+    match (result, teardown) {
+        (Ok(rows), Ok(())) => Ok(rows),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(_), Err(t)) => Err(t),
+        // A stop is said by the caller ("interrupted"): what failed on the way out is news.
+        (Err(e), Err(t)) if crate::interrupt::is_interrupted(&e) => Err(t),
+        (Err(e), Err(t)) => Err(anyhow::anyhow!("{e:#}; then {t:#}")),
+    }
+}
+
+/// Tears every lab in `names` down, also after one failed: a lab left for the first failure
+/// stranded all the labs after it, with their agents and etcd running.
+fn down_all(names: &[String], down: impl Fn(&str) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let failed: Vec<String> = names
+        .iter()
+        .filter_map(|name| {
+            down(name)
+                .err()
+                .map(|e| format!("tearing down lab {name}: {e:#}"))
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("{}", failed.join("; ")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::LabBackend;
+    use crate::kept_logs::testing::FakeLab;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_lab_is_torn_down_when_one_fails_to_and_all_failures_are_said() {
+        let downed = std::cell::RefCell::new(Vec::new());
+        let down = |name: &str| {
+            downed.borrow_mut().push(name.to_string());
+            if name == "b0" || name == "b2" {
+                anyhow::bail!("{name} would not go");
+            }
+            Ok(())
+        };
+        let err = conclude(Ok(7), &names(&["b0", "b1", "b2", "b3"]), |_| {}, down).unwrap_err();
+        assert_eq!(*downed.borrow(), names(&["b0", "b1", "b2", "b3"]));
+        let msg = format!("{err:#}");
+        assert!(msg.contains("b0 would not go"), "{msg}");
+        assert!(msg.contains("b2 would not go"), "{msg}");
+
+        // A failed run and a failed teardown: both are said.
+        downed.borrow_mut().clear();
+        let err = conclude::<()>(
+            Err(anyhow::anyhow!("iperf3 failed")),
+            &names(&["b0", "b1"]),
+            |_| {},
+            down,
+        )
+        .unwrap_err();
+        assert_eq!(*downed.borrow(), names(&["b0", "b1"]));
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("iperf3 failed") && msg.contains("b0 would not go"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn logs_are_kept_before_the_teardown_only_when_the_run_failed() {
+        let log = std::cell::RefCell::new(Vec::new());
+        let keep = |n: &str| log.borrow_mut().push(format!("keep {n}"));
+        let down = |n: &str| {
+            log.borrow_mut().push(format!("down {n}"));
+            Ok(())
+        };
+        let labs = names(&["b0", "b1"]);
+        assert_eq!(conclude(Ok(1), &labs, keep, down).unwrap(), 1);
+        assert_eq!(*log.borrow(), ["down b0", "down b1"]);
+        log.borrow_mut().clear();
+        let stopped = conclude::<()>(Err(crate::interrupt::Interrupted.into()), &labs, keep, down);
+        assert!(crate::interrupt::is_interrupted(&stopped.unwrap_err()));
+        assert_eq!(*log.borrow(), ["down b0", "down b1"]);
+        log.borrow_mut().clear();
+        let _ = conclude::<()>(Err(anyhow::anyhow!("failed")), &labs, keep, down);
+        assert_eq!(*log.borrow(), ["keep b0", "keep b1", "down b0", "down b1"]);
+    }
+
+    #[test]
+    fn a_failed_bench_names_logs_that_its_teardown_left_in_place() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root (/run/twill-lab)");
+            return;
+        }
+        let name = "utbenchlogs0";
+        let _lab = FakeLab::new(name);
+        let path = BenchPath::Backend(LabBackend::Udp);
+        let err = conclude::<()>(
+            Err(not_connected(path, name)),
+            &names(&[name]),
+            crate::kept_logs::keep,
+            down,
+        )
+        .unwrap_err();
+        assert!(!state_dir(name).exists(), "the lab was not torn down");
+        let msg = format!("{err:#}");
+        assert!(!msg.contains("twill-lab logs"), "names what is gone: {msg}");
+        let kept = kept_logs_dir(name);
+        assert!(msg.contains(&kept.display().to_string()), "{msg}");
+        assert_eq!(
+            std::fs::read_to_string(kept.join("h1-twilld.log")).unwrap_or_default(),
+            "twilld: no lease\n",
+            "{msg}"
+        );
+    }
 
     #[test]
     fn a_forwarder_command_adds_its_path_and_the_path_needs_one() {

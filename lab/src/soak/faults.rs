@@ -10,7 +10,7 @@ use anyhow::Context;
 use twill_netkit::{Netlink, Netns, format_mac};
 use twill_testbed::{EtcdCluster, http, wait_for};
 
-use crate::binaries::twill_run;
+use crate::binaries::{twill_run, twill_run_to_the_end};
 use crate::commands::kill_pid;
 use crate::state::LabState;
 use crate::up::{run_container, twilld_command};
@@ -175,7 +175,10 @@ impl Target<'_> {
                 let h = rng.range(0, self.st.hosts.len() as u64 - 1) as usize;
                 let name = format!("{}{}", self.st.hosts[h].name, self.churn);
                 let mac_before = bridge_mac(&self.st.hosts[h].netns);
-                let out = twill_run(self.st, h)?.args(["rm", "-f", &name]).output()?;
+                let out = twill_run_to_the_end(self.st, h)?
+                    .args(["rm", "-f", &name])
+                    .output()
+                    .with_context(|| format!("running twill-run rm -f {name}"))?;
                 anyhow::ensure!(
                     out.status.success(),
                     "removing {name}: {}",

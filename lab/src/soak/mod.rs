@@ -51,13 +51,20 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Removes the lab however the soak ends.
-struct Teardown(String);
+/// Removes the lab however the soak ends; keeps its logs first when `keep_logs` (the soak
+/// failed: the error may name them).
+struct Teardown {
+    name: String,
+    keep_logs: bool,
+}
 
 impl Drop for Teardown {
     fn drop(&mut self) {
-        if let Err(e) = down(&self.0) {
-            eprintln!("twill-lab: tearing down lab {}: {e:#}", self.0);
+        if self.keep_logs {
+            crate::kept_logs::keep(&self.name);
+        }
+        if let Err(e) = down(&self.name) {
+            eprintln!("twill-lab: tearing down lab {}: {e:#}", self.name);
         }
     }
 }
@@ -77,7 +84,21 @@ pub fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
         o.name,
         o.name
     );
-    let _teardown = Teardown(o.name.clone());
+    let mut teardown = Teardown {
+        name: o.name.clone(),
+        keep_logs: false,
+    };
+    let result = run(o);
+    // Not after a stop, whatever it made fail on its way.
+    teardown.keep_logs = result
+        .as_ref()
+        .is_err_and(|e| !interrupt::is_interrupted(e))
+        && !interrupt::requested();
+    result
+}
+
+/// The soak of a lab that [`soak`] removes at the end.
+fn run(o: &SoakOptions) -> anyhow::Result<bool> {
     let twilld_flags: Vec<String> = [
         "--subnet-lease-ttl",
         &o.lease_ttl.to_string(),
@@ -98,13 +119,14 @@ pub fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
             network: "10.244.0.0/16".into(),
             etcd_members: ETCD_MEMBERS,
             twilld_flags: twilld_flags.clone(),
+            logs_kept_on_failure: true,
         },
         true,
     )?;
     anyhow::ensure!(
-        up::check_all_pairs(&lab.dir, &mut lab.state, o.backend)?,
-        "the lab is not fully connected before any fault: see `twill-lab logs h1 --name {}`",
-        o.name
+        up::check_all_pairs(&lab.dir, &mut lab.state, o.backend, true)?,
+        "the lab is not fully connected before any fault: its agents' logs are kept in {}",
+        crate::kept_logs::kept_logs_dir(&o.name).display()
     );
     let mut etcd = lab.etcd.take().context("the soak owns its etcd members")?;
 
@@ -272,4 +294,38 @@ fn container_netns(st: &LabState, h: usize, name: &str) -> anyhow::Result<String
         .as_str()
         .map(str::to_string)
         .with_context(|| format!("container {name} has no network namespace"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kept_logs::kept_twilld_log;
+    use crate::kept_logs::testing::FakeLab;
+
+    #[test]
+    fn a_failed_soak_keeps_its_logs_before_its_teardown_and_a_finished_one_does_not() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root (/run/twill-lab)");
+            return;
+        }
+        let name = "utsoaklogs0";
+        let _lab = FakeLab::new(name);
+        drop(Teardown {
+            name: name.into(),
+            keep_logs: true,
+        });
+        assert!(!state_dir(name).exists(), "the lab was not torn down");
+        assert_eq!(
+            std::fs::read_to_string(kept_twilld_log(name, "h1")).unwrap_or_default(),
+            "twilld: no lease\n"
+        );
+
+        let _lab = FakeLab::new(name);
+        drop(Teardown {
+            name: name.into(),
+            keep_logs: false,
+        });
+        assert!(!state_dir(name).exists(), "the lab was not torn down");
+        assert!(!kept_twilld_log(name, "h1").exists());
+    }
 }
