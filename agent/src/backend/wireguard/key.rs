@@ -52,13 +52,32 @@ pub fn load_or_create(path: &Path) -> Result<NodeKey, KeyError> {
         Ok(text) => {
             let bytes =
                 parse_key(&text).map_err(|why| fail(format!("not a WireGuard key: {why}")))?;
-            // Never readable by others, also when someone else created the file.
+            // WireGuard (the kernel's, wireguard-go, `wg`) reads an all-zero private key as
+            // none at all; used as a key it is one everybody knows, and anyone could speak
+            // as this node. A placeholder left in a Secret or a template looks like this.
+            if bytes == [0u8; 32] {
+                return Err(fail(
+                    "not a WireGuard key: all zeros, which WireGuard reads as no key (a placeholder?): remove the file to have one created, or put a key from `wg genkey` there".into(),
+                ));
+            }
+            // Never readable by others, also when someone else created the file. Only
+            // tightened where it can be: a read-only volume (a Kubernetes Secret, 0644 by
+            // default, keeps the key across reboots) is its owner's to protect, and refusing
+            // the key would hide nothing that is not already readable. flanneld uses it as is.
             if let Ok(meta) = fs::metadata(path)
                 && meta.permissions().mode() & 0o077 != 0
             {
-                tracing::warn!(file = %path.display(), "wireguard key file was readable by others: setting mode 0400");
-                fs::set_permissions(path, fs::Permissions::from_mode(0o400))
-                    .map_err(|e| fail(format!("setting mode 0400: {e}")))?;
+                match fs::set_permissions(path, fs::Permissions::from_mode(0o400)) {
+                    Ok(()) => {
+                        tracing::warn!(file = %path.display(), "wireguard key file was readable by others: set mode 0400")
+                    }
+                    Err(e) => tracing::warn!(
+                        file = %path.display(),
+                        mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                        error = %e,
+                        "wireguard key file is readable by others and its mode cannot be set to 0400: using it as it is"
+                    ),
+                }
             }
             Ok(NodeKey::from_private(bytes))
         }
@@ -112,6 +131,108 @@ mod tests {
             !format!("{a:?}").contains(&text),
             "the private key is never printed"
         );
+    }
+
+    /// Runs `f` on a thread of its own mount namespace in which `dir` is read-only (as a
+    /// Kubernetes Secret volume is); the namespace goes with the thread. `None` without the
+    /// privilege to make one.
+    fn with_read_only<T: Send>(dir: &Path, f: impl FnOnce() -> T + Send) -> Option<T> {
+        use std::ffi::CString;
+        let c = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: plain syscalls on this thread's own (unshared) mount namespace,
+                // with NUL-terminated paths that outlive the calls.
+                unsafe {
+                    if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                        return None;
+                    }
+                    let root = CString::new("/").unwrap();
+                    let none = std::ptr::null();
+                    assert_eq!(
+                        libc::mount(
+                            none,
+                            root.as_ptr(),
+                            none,
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null()
+                        ),
+                        0,
+                        "making mounts private"
+                    );
+                    assert_eq!(
+                        libc::mount(
+                            c.as_ptr(),
+                            c.as_ptr(),
+                            none,
+                            libc::MS_BIND,
+                            std::ptr::null()
+                        ),
+                        0,
+                        "bind mount"
+                    );
+                    assert_eq!(
+                        libc::mount(
+                            none,
+                            c.as_ptr(),
+                            none,
+                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                            std::ptr::null()
+                        ),
+                        0,
+                        "read-only remount"
+                    );
+                }
+                Some(f())
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    #[test]
+    fn a_key_on_a_read_only_volume_readable_by_others_is_used() {
+        // Before: the mode 0400 it could not set stopped twilld, where flanneld runs — a key
+        // kept in a Kubernetes Secret (mode 0644 by default, read-only) so that it survives
+        // reboots, unlike /run.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wgkey");
+        fs::write(&path, format_key(&[5u8; 32])).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let Some(got) = with_read_only(dir.path(), || {
+            assert!(
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).is_err(),
+                "the volume is read-only"
+            );
+            load_or_create(&path).map(|k| k.public)
+        }) else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "no privilege to make a mount namespace (CI runs as root)"
+            );
+            eprintln!("skipped: no privilege to make a mount namespace");
+            return;
+        };
+        assert_eq!(
+            got.unwrap(),
+            PublicKey::from(&StaticSecret::from([5u8; 32]))
+        );
+    }
+
+    #[test]
+    fn an_all_zero_key_is_refused_and_kept_for_its_owner() {
+        // Before: taken as the node's key — one everybody knows — where WireGuard reads it
+        // as no key at all.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wgkey");
+        let zeros = format_key(&[0u8; 32]);
+        fs::write(&path, &zeros).unwrap();
+        let e = load_or_create(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("all zeros"),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), zeros, "not overwritten");
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::ZERO;
 /// them (each is counted twice: once before the initiator is looked up, once by its peer's
 /// state).
 const HANDSHAKES_PER_SECOND: u64 = 2 * 100;
+/// The smallest MTU a link may have and keep IPv6 (RFC 8200).
+const IPV6_MIN_MTU: u32 = 1280;
 
 /// Node-local settings of the wireguard backend (flags), besides the network config.
 #[derive(Clone, Debug)]
@@ -177,6 +179,23 @@ impl Wireguard {
                     self.underlay.link.name
                 )));
             }
+            // The kernel turns IPv6 off on a smaller device, and adding its address then
+            // fails with a bare EINVAL.
+            if p.v6 && self.mtu() < IPV6_MIN_MTU {
+                let outer = match self.mtu_override {
+                    Some(m) => format!("Backend.MTU {m}"),
+                    None => format!(
+                        "the MTU {} of {}",
+                        self.underlay.link.mtu, self.underlay.link.name
+                    ),
+                };
+                return Err(twill_netkit::Error::Invalid(format!(
+                    "wireguard device {} carries IPv6 but would get MTU {} ({outer} less {OVERHEAD}), below the 1280 IPv6 needs: an underlay that carries at least {} bytes (Backend.MTU) or no IPv6",
+                    p.name,
+                    self.mtu(),
+                    IPV6_MIN_MTU + OVERHEAD
+                )));
+            }
         }
         Ok(plans)
     }
@@ -197,6 +216,8 @@ impl Wireguard {
         // is the node.
         let v4 = super::by_v4_revised(peers, self.network.v4.unwrap_or_default(), self.local.v4);
         let v6 = super::by_v6_revised(peers, self.network.v6, self.local.v6);
+        let v4 = without_overlaps(v4, self.local.v4, errors);
+        let v6 = without_overlaps(v6, self.local.v6, errors);
         let wg4 = v4.into_iter().filter_map(|(s, (r, rev))| {
             let wg = r
                 .wireguard
@@ -357,7 +378,12 @@ impl Backend for Wireguard {
             } else {
                 None
             },
-            public_ipv6: self.underlay.public_ipv6.filter(|_| v6),
+            // Also where only the endpoints are IPv6 (Mode ipv6 or auto over an IPv4 overlay):
+            // peers find our endpoint nowhere else. Flannel writes it whenever it has one.
+            public_ipv6: self
+                .underlay
+                .public_ipv6
+                .filter(|_| v6 || self.cfg.mode != Mode::Separate),
             ..LeaseRecord::new(
                 if v4 {
                     self.underlay.public_ip
@@ -455,6 +481,44 @@ fn print_device_status(socket_dir: &std::path::Path, device: &str) {
             p.public_key, p.endpoint, p.allowed_ip, handshake, p.rx_bytes, p.tx_bytes
         );
     }
+}
+
+/// One family's leased subnets without those that overlap this node's own (`local`) or hold
+/// another lease's subnet, each named in `errors`. Such a lease is never a real node's
+/// (leases are allocated without overlaps), and as a peer its AllowedIPs would make its key
+/// the source of other nodes' pod addresses, or of ours: kernel WireGuard gives an address
+/// to one peer only, and the data path takes from a peer every inner source its AllowedIPs
+/// hold. Of a lease inside another, the inner one stays (the outer one is skipped).
+fn without_overlaps<N, R>(
+    leases: std::collections::BTreeMap<N, R>,
+    local: Option<N>,
+    errors: &mut ApplyErrors,
+) -> std::collections::BTreeMap<N, R>
+where
+    N: Copy + Ord + std::fmt::Display + Into<ipnet::IpNet>,
+{
+    let overlap =
+        |a: ipnet::IpNet, b: ipnet::IpNet| a.contains(&b.network()) || b.contains(&a.network());
+    let all: Vec<ipnet::IpNet> = leases.keys().map(|&s| s.into()).collect();
+    leases
+        .into_iter()
+        .filter(|(s, _)| {
+            let net: ipnet::IpNet = (*s).into();
+            if let Some(l) = local.filter(|&l| overlap(net, l.into())) {
+                errors.push(format!(
+                    "lease {s} overlaps this node's subnet {l}: skipped"
+                ));
+                return false;
+            }
+            if let Some(o) = all.iter().find(|&&o| o != net && net.contains(&o)) {
+                errors.push(format!(
+                    "lease {s} holds another lease's subnet {o}: skipped"
+                ));
+                return false;
+            }
+            true
+        })
+        .collect()
 }
 
 /// One family's wireguard leases (with their revisions), one per public key: the newest;
@@ -669,6 +733,76 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_over_this_nodes_or_another_leases_subnet_is_no_peer() {
+        // Before: a lease for 10.61.0.0/16 (a botched `etcdctl put`, a hostile writer) became
+        // a peer whose AllowedIPs held every pod address, this node's own pods and other
+        // nodes' included, and the data path took those inner sources from it; kernel
+        // WireGuard gives an address to one peer only.
+        let wg = backend(&config(""));
+        let base = peers(true);
+        let node2 = base.values().next().unwrap().clone();
+        let lease = |v4: &str, v6: &str, seed: u8| {
+            let mut p = node2.clone();
+            let key = *PublicKey::from(&StaticSecret::from([seed; 32])).as_bytes();
+            p.subnets = Subnets {
+                v4: Some(v4.parse().unwrap()),
+                v6: Some(v6.parse().unwrap()),
+            };
+            p.record.wireguard = p.record.wireguard.map(|w| WireguardLease {
+                public_key: key,
+                ..w
+            });
+            p.record.wireguard6 = p.record.wireguard6.map(|w| WireguardLease {
+                public_key: key,
+                ..w
+            });
+            p.record.public_ip = Ipv4Addr::new(172, 31, 0, seed);
+            p.record.public_ipv6 = Some(format!("fd31::{seed}").parse().unwrap());
+            p
+        };
+        for (bad4, bad6, why) in [
+            // The whole network: over this node's subnet (and node 2's).
+            ("10.61.0.0/16", "fd00:61::/48", "this node's subnet"),
+            // Over node 2's subnet alone.
+            ("10.61.2.0/23", "fd00:61:0:2::/63", "another lease's subnet"),
+            // Inside this node's own subnet (10.61.1.0/24, fd00:61:0:1::/64).
+            (
+                "10.61.1.128/25",
+                "fd00:61:0:1:8000::/65",
+                "this node's subnet",
+            ),
+        ] {
+            let mut all = base.clone();
+            let evil = lease(bad4, bad6, 9);
+            all.insert(evil.subnets.key(), evil);
+            let (out, errors) = specs(&wg, &all);
+            assert_eq!(
+                out,
+                [
+                    vec![("172.31.0.12:51820".into(), "10.61.2.0/24".into())],
+                    vec![("[fd31::12]:51821".into(), "fd00:61:0:2::/64".into())]
+                ],
+                "{bad4}"
+            );
+            let text = format!("{errors:?}");
+            assert!(
+                text.contains(&format!("lease {bad4}"))
+                    && text.contains(&format!("lease {bad6}"))
+                    && text.contains(why),
+                "{bad4}: {text}"
+            );
+        }
+        // A lease of another size that overlaps nobody (SubnetLen changed) is still a peer.
+        let mut all = base.clone();
+        let odd = lease("10.61.4.0/23", "fd00:61:0:4::/63", 3);
+        all.insert(odd.subnets.key(), odd);
+        let (out, errors) = specs(&wg, &all);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(out[0].len(), 2);
+        assert_eq!(out[1].len(), 2);
+    }
+
+    #[test]
     fn separate_mode_gives_each_family_its_device_endpoint_and_port() {
         let wg = backend(&config(""));
         let (out, errors) = specs(&wg, &peers(true));
@@ -738,6 +872,39 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv4_overlay_over_ipv6_endpoints_announces_public_ipv6() {
+        // Before: PublicIPv6 went into the lease only with EnableIPv6, so in Mode ipv6 (and
+        // auto) over an IPv4-only overlay no node could be reached ("no public address
+        // flannel-wg can reach in Mode ipv6") although each had the address its device binds.
+        for mode in ["ipv6", "auto"] {
+            let wg = backend(&format!(
+                r#"{{"Network":"10.61.0.0/16","Backend":{{"Type":"wireguard","Mode":"{mode}"}}}}"#
+            ));
+            let r = wg.record();
+            assert_eq!(r.public_ipv6, Some("fd31::11".parse().unwrap()), "{mode}");
+            assert!(
+                r.wireguard6.is_none(),
+                "{mode}: no BackendV6Data without IPv6 subnets"
+            );
+        }
+        let wg =
+            backend(r#"{"Network":"10.61.0.0/16","Backend":{"Type":"wireguard","Mode":"ipv6"}}"#);
+        let mut all = peers(false);
+        for p in all.values_mut() {
+            p.record.public_ipv6 = Some("fd31::12".parse().unwrap());
+        }
+        let (out, errors) = specs(&wg, &all);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            out,
+            [vec![("[fd31::12]:51820".into(), "10.61.2.0/24".into())]]
+        );
+        // Separate mode reaches IPv4 subnets over IPv4 only: nothing more to announce.
+        let wg = backend(r#"{"Network":"10.61.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        assert_eq!(wg.record().public_ipv6, None);
+    }
+
+    #[test]
     fn a_mode_without_its_underlay_address_is_an_error_naming_the_flag() {
         for (extra, flag) in [
             (r#","Mode":"ipv6""#, "--public-ipv6"),
@@ -752,6 +919,32 @@ mod tests {
         let mut wg = backend(&config(r#","Mode":"auto""#));
         wg.underlay.public_ipv6 = None;
         assert_eq!(wg.plan().unwrap()[0].underlay, plan::Underlay::V4);
+    }
+
+    #[test]
+    fn a_device_carrying_ipv6_below_1280_is_refused_naming_the_mtu() {
+        // Before: the kernel turns IPv6 off on a device under 1280 bytes, and twilld stopped
+        // with a bare "Invalid argument" adding the IPv6 address.
+        for (extra, mode_devices) in [("", 2), (r#","Mode":"auto""#, 1)] {
+            let mut wg = backend(&config(extra));
+            wg.mtu_override = Some(1300);
+            let e = wg.plan().unwrap_err().to_string();
+            assert!(
+                e.contains("Backend.MTU 1300") && e.contains("1360") && e.contains("1280"),
+                "{extra}: {e}"
+            );
+            // From the underlay's MTU: named with its link.
+            wg.mtu_override = None;
+            wg.underlay.link.mtu = 1340;
+            let e = wg.plan().unwrap_err().to_string();
+            assert!(e.contains("eth0") && e.contains("1340"), "{extra}: {e}");
+            wg.underlay.link.mtu = 1360;
+            assert_eq!(wg.plan().unwrap().len(), mode_devices, "{extra}");
+        }
+        // IPv4 alone gets by with less.
+        let mut wg = backend(r#"{"Network":"10.61.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        wg.mtu_override = Some(1300);
+        assert_eq!(wg.plan().unwrap().len(), 1);
     }
 
     #[test]
