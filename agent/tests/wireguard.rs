@@ -973,3 +973,38 @@ fn wireguard_a_device_set_down_or_stripped_by_hand_is_repaired() {
     });
     assert!(lab.unreachable_pairs().is_empty());
 }
+
+#[test]
+fn wireguard_a_device_of_another_kind_under_the_name_is_recreated_as_flannel_does() {
+    // Before: a `flannel-wg` of another kind (a kernel WireGuard device a killed flanneld
+    // left on a node moving to twill; a bridge here, the kernel has no wireguard module)
+    // failed twilld's start ("a device of that name exists and is not a TUN device");
+    // Flannel deletes whatever holds the name and creates its device.
+    if !preconditions(
+        "wireguard_a_device_of_another_kind_under_the_name_is_recreated_as_flannel_does",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new("twg-rk", 2, &config(""));
+    let h1 = lab.cluster.host(1).name.clone();
+    twill_tests::run(
+        "ip",
+        &["-n", &h1, "link", "add", "flannel-wg", "type", "bridge"],
+    );
+    for h in 1..=2 {
+        lab.start_wireguard_agent_with(h, METRICS_PORT, &[]);
+    }
+    for h in 1..=2 {
+        lab.wait_subnet(h);
+        lab.add_container(h);
+    }
+    lab.eventually("both containers reach each other", 30, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    let link = twill_tests::ip_json(&h1, &["-d", "link", "show", "flannel-wg"]);
+    assert_eq!(
+        link[0]["linkinfo"]["info_kind"], "tun",
+        "flannel-wg is twilld's TUN now: {link}"
+    );
+}

@@ -141,6 +141,21 @@ impl WgDevice {
             network: self.network.v4.unwrap_or_default(),
             ipv6: self.plan.v6,
         };
+        // A device of another kind under the name — a kernel WireGuard `flannel-wg` that a
+        // killed flanneld left (it removes its device only when it stops cleanly) — would
+        // keep twilld from starting on a node moving from Flannel. Flannel recreates whatever
+        // holds the name; so does twilld. A TUN is left alone: another process's TUN of
+        // that name fails the create below, naming it.
+        if let Some(old) = nl.link_by_name(&spec.name).await?
+            && old.kind.as_deref() != Some("tun")
+        {
+            tracing::warn!(
+                device = %spec.name,
+                kind = old.kind.as_deref().unwrap_or("unknown"),
+                "a device of another kind holds the name (a kernel WireGuard device flanneld left?): recreating it as twilld's TUN"
+            );
+            nl.remove_link(&spec.name).await?;
+        }
         let (tun, dev) = device::create(nl, &spec, None).await?;
         tracing::info!(
             device = %dev.name,
