@@ -67,7 +67,8 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds `addr` to link `index`; an identical existing address is fine.
+    /// Adds `addr` to link `index`; an identical existing address is fine. The same IPv6
+    /// address with another prefix length is an EEXIST error naming the one present.
     pub async fn ensure_address(&self, index: u32, addr: IpNet) -> Result<()> {
         let mut req = self
             .handle
@@ -76,7 +77,24 @@ impl Netlink {
         without_dad(req.message_mut(), addr);
         match req.execute().await {
             Ok(()) => Ok(()),
-            Err(e) if has_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) if has_errno(&e, libc::EEXIST) => {
+                // IPv6 keys an address by the address alone: EEXIST also comes back when it
+                // is there with another prefix length, which routes a different subnet.
+                let present = self.list_addresses(index).await?;
+                if present.contains(&addr) {
+                    return Ok(());
+                }
+                let held: Vec<String> = present
+                    .iter()
+                    .filter(|p| p.addr() == addr.addr())
+                    .map(|p| p.to_string())
+                    .collect();
+                Err(self.err(
+                    "adding address",
+                    format!("{addr} to link #{index} (present as {})", held.join(", ")),
+                    e,
+                ))
+            }
             Err(e) => Err(self.err("adding address", format!("{addr} to link #{index}"), e)),
         }
     }

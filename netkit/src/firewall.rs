@@ -108,6 +108,22 @@ fn check_ident(what: &str, s: &str) -> Result<()> {
     }
 }
 
+/// Whether `expr` stays within its own rule line: no line break, and outside quoted strings
+/// no statement separator, block brace or comment sign. A quote left open would swallow the
+/// rule's `comment "…"` and turn the comment's text into statements of the script.
+fn is_one_expression(expr: &str) -> bool {
+    let mut quoted = false;
+    for ch in expr.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            c if c.is_control() => return false,
+            ';' | '{' | '}' | '#' if !quoted => return false,
+            _ => {}
+        }
+    }
+    !quoted
+}
+
 impl Table {
     /// An empty table.
     pub fn new(family: Family, name: &str) -> Table {
@@ -137,7 +153,7 @@ impl Table {
                 ));
             }
             for rule in &chain.rules {
-                if rule.expr.contains(['\n', ';', '{', '}']) {
+                if !is_one_expression(&rule.expr) {
                     return Err(Error::Invalid(format!(
                         "nftables rule in chain {} must be one expression: {:?}",
                         chain.name, rule.expr
@@ -146,7 +162,10 @@ impl Table {
                 s.push_str("    ");
                 s.push_str(&rule.expr);
                 if let Some(c) = &rule.comment {
-                    let clean: String = c.chars().filter(|ch| *ch != '"' && *ch != '\n').collect();
+                    let clean: String = c
+                        .chars()
+                        .filter(|ch| *ch != '"' && !ch.is_control())
+                        .collect();
                     s.push_str(&format!(" comment \"{clean}\""));
                 }
                 s.push('\n');
@@ -267,5 +286,34 @@ mod tests {
         });
         let err = t.render().unwrap_err().to_string();
         assert!(err.contains("one expression"), "{err}");
+    }
+
+    #[test]
+    fn an_open_quote_cannot_turn_the_comment_into_statements() {
+        let mut t = Table::new(Family::Inet, "twill");
+        t.chains.push(Chain {
+            name: "c".into(),
+            hook: None,
+            rules: vec![Rule::new(
+                "counter comment \"",
+                "; } ; } ; delete table ip victim ; table ip x { chain y { #",
+            )],
+        });
+        let err = t.render().unwrap_err().to_string();
+        assert!(err.contains("one expression"), "{err}");
+        for bad in ["accept # x", "accept\r", "iifname \"a\" \""] {
+            t.chains[0].rules = vec![Rule::new(bad, "c")];
+            assert!(t.render().is_err(), "{bad:?} was accepted");
+        }
+        // Inside a quoted string those characters are data, and a comment is one string.
+        t.chains[0].rules = vec![Rule::new(
+            "iifname \"x{1};#\" accept",
+            "a \"b\"; } { # \r\n",
+        )];
+        let s = t.render().unwrap();
+        assert!(
+            s.contains("    iifname \"x{1};#\" accept comment \"a b; } { # \"\n"),
+            "{s}"
+        );
     }
 }

@@ -78,7 +78,8 @@ fn fdb_msg(e: &FdbEntry) -> NeighbourMessage {
     let mut m = neighbour_message(AddressFamily::Bridge, e.ifindex);
     m.header.flags = NeighbourFlags::Own;
     if !e.permanent {
-        m.header.state = NeighbourState::Noarp;
+        // `bridge fdb … dynamic`: vxlan accepts only PERMANENT or REACHABLE (NOARP is EINVAL).
+        m.header.state = NeighbourState::Reachable;
     }
     m.attributes
         .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
@@ -128,7 +129,8 @@ impl Netlink {
             })
     }
 
-    /// Deletes the neighbour entry for `ip` on link `ifindex`; a missing entry is fine.
+    /// Deletes the neighbour entry for `ip` on link `ifindex`; a missing entry (or link) is
+    /// fine.
     pub async fn delete_neighbour(&self, ifindex: u32, ip: impl Into<IpAddr>) -> Result<bool> {
         let ip = ip.into();
         let (family, addr) = neighbour_address(ip);
@@ -142,7 +144,7 @@ impl Netlink {
             .await
         {
             Ok(()) => Ok(true),
-            Err(e) if has_errno(&e, libc::ENOENT) => Ok(false),
+            Err(e) if is_gone(&e) => Ok(false),
             Err(e) => Err(self.err("deleting neighbour", format!("{ip} on link #{ifindex}"), e)),
         }
     }
@@ -209,7 +211,7 @@ impl Netlink {
         }
     }
 
-    /// Deletes an FDB entry (the one with `e.dst` when set); a missing entry is fine.
+    /// Deletes an FDB entry (the one with `e.dst` when set); a missing entry (or link) is fine.
     pub async fn delete_fdb(&self, e: &FdbEntry) -> Result<bool> {
         match self
             .neighbour_request(
@@ -219,7 +221,7 @@ impl Netlink {
             .await
         {
             Ok(()) => Ok(true),
-            Err(err) if has_errno(&err, libc::ENOENT) => Ok(false),
+            Err(err) if is_gone(&err) => Ok(false),
             Err(err) => Err(self.err("deleting fdb entry", describe_fdb(e), err)),
         }
     }
@@ -270,6 +272,12 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+/// A delete found nothing: no such entry (ENOENT), or no such link (ENODEV), whose entries
+/// went with it.
+fn is_gone(e: &rtnetlink::Error) -> bool {
+    has_errno(e, libc::ENOENT) || has_errno(e, libc::ENODEV)
 }
 
 fn raw_ip(raw: &[u8]) -> Option<IpAddr> {
