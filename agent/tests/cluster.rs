@@ -1067,3 +1067,80 @@ fn an_unreadable_subnet_file_is_said_not_silently_dropped() {
         lab.log(1)
     );
 }
+
+#[test]
+fn a_vxlan_device_set_down_or_changed_by_hand_is_repaired() {
+    if !preconditions(
+        "a_vxlan_device_set_down_or_changed_by_hand_is_repaired",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-vd",
+        2,
+        r#"{"Network":"10.23.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    for h in 1..=2 {
+        lab.start_agent(h, &[]);
+        lab.wait_subnet(h);
+        lab.add_container(h);
+    }
+    lab.eventually("both pods reachable over vxlan", 20, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    let h1 = lab.cluster.host(1).name.clone();
+    let own = format!("{}/32", lab.wait_subnet(1).ipv4.unwrap().subnet.network());
+    let state = |lab: &AgentLab| {
+        let link = twill_tests::ip_link(&h1, "flannel.1");
+        let addrs = twill_tests::ip_json(&h1, &["-4", "addr", "show", "dev", "flannel.1"]);
+        let has_addr = addrs.to_string().contains(own.split('/').next().unwrap());
+        (
+            link["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "UP")),
+            link["mtu"].as_u64(),
+            has_addr,
+            lab.twill_routes(1).len(),
+        )
+    };
+    assert_eq!(state(&lab), (true, Some(1450), true, 1));
+
+    // Down: the kernel drops its routes and neighbours and refuses new routes via it.
+    twill_tests::run("ip", &["-n", &h1, "link", "set", "flannel.1", "down"]);
+    lab.eventually(
+        "the VTEP set down is set up again, its route back",
+        10,
+        || state(&lab) == (true, Some(1450), true, 1),
+    );
+    lab.eventually("pods reachable again", 10, || {
+        lab.unreachable_pairs().is_empty()
+    });
+
+    // Its address flushed, its MTU and MAC changed by hand (peers send to the lease's MAC).
+    let mac = twill_tests::ip_link(&h1, "flannel.1")["address"].clone();
+    twill_tests::run("ip", &["-n", &h1, "addr", "flush", "dev", "flannel.1"]);
+    twill_tests::run(
+        "ip",
+        &["-n", &h1, "link", "set", "flannel.1", "mtu", "1300"],
+    );
+    twill_tests::run(
+        "ip",
+        &[
+            "-n",
+            &h1,
+            "link",
+            "set",
+            "flannel.1",
+            "address",
+            "0e:99:00:00:00:01",
+        ],
+    );
+    lab.eventually("the VTEP's address, MTU and MAC are restored", 10, || {
+        state(&lab) == (true, Some(1450), true, 1)
+            && twill_tests::ip_link(&h1, "flannel.1")["address"] == mac
+    });
+    lab.eventually("pods reachable after the repair", 10, || {
+        lab.unreachable_pairs().is_empty()
+    });
+}

@@ -694,3 +694,110 @@ fn vxlan_direct_routing_routes_ipv6_peers_on_the_segment_directly() {
     assert_eq!(r6[0]["gateway"], lab.cluster.host(2).ip6.to_string());
     assert_eq!(r6[0]["dev"], "eth0");
 }
+
+#[test]
+fn host_gw_routes_peers_on_an_on_link_prefix_of_a_dhcpv6_address() {
+    if !preconditions(
+        "host_gw_routes_peers_on_an_on_link_prefix_of_a_dhcpv6_address",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-6dh",
+        2,
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:44::/48","Backend":{"Type":"host-gw"}}"#,
+    );
+    // What DHCPv6 and a router advertisement leave: the address as a /128, its /64 as an
+    // on-link route. The kernel routes via any address of that /64, as Flannel's host-gw uses.
+    let net6 = lab.cluster.underlay_net6().to_string();
+    for h in 1..=2 {
+        let host = lab.cluster.host(h);
+        let (ns, a) = (host.name.clone(), host.ip6);
+        ip(
+            &ns,
+            &["-6", "addr", "del", &format!("{a}/64"), "dev", "eth0"],
+        );
+        ip(
+            &ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        ip(
+            &ns,
+            &[
+                "-6", "route", "replace", &net6, "dev", "eth0", "proto", "ra",
+            ],
+        );
+    }
+    for h in 1..=2 {
+        lab.start_agent(h, &[]);
+    }
+    let envs: Vec<SubnetEnv> = (1..=2).map(|h| lab.wait_subnet(h)).collect();
+    let mut ctrs = Vec::new();
+    for h in 1..=2 {
+        host_bridge(&lab, h, &envs[h - 1]);
+        ctrs.push(container(&lab, h, 0, &envs[h - 1]));
+    }
+    all_pairs(
+        &lab,
+        &ctrs,
+        "both pods reachable over host-gw via the on-link /64",
+    );
+    let r = routes(&lab, 1, "-6");
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(
+        r[0]["gateway"],
+        lab.cluster.host(2).ip6.to_string(),
+        "{r:?}"
+    );
+    assert!(!lab.log(1).contains("not on this node's"), "{}", lab.log(1));
+}
+
+#[test]
+fn an_ipv6_vtep_set_down_and_up_by_hand_gets_its_address_back() {
+    if !preconditions(
+        "an_ipv6_vtep_set_down_and_up_by_hand_gets_its_address_back",
+        TOOLS,
+    ) {
+        return;
+    }
+    let config = r#"{"Network":"10.46.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:46::/48","Backend":{"Type":"vxlan"}}"#;
+    let mut lab = AgentLab::new("twa-6vd", 2, config);
+    for h in 1..=2 {
+        lab.start_agent(h, &[]);
+    }
+    let envs: Vec<SubnetEnv> = (1..=2).map(|h| lab.wait_subnet(h)).collect();
+    let mut ctrs = Vec::new();
+    for h in 1..=2 {
+        host_bridge(&lab, h, &envs[h - 1]);
+        ctrs.push(container(&lab, h, 0, &envs[h - 1]));
+    }
+    all_pairs(&lab, &ctrs, "both families over vxlan");
+    let h1 = lab.cluster.host(1).name.clone();
+    let own = format!("\"{}\"", envs[0].ipv6.unwrap().subnet.network());
+    let has_address = || {
+        ip_json(&h1, &["-6", "addr", "show", "dev", "flannel-v6.1"])
+            .to_string()
+            .contains(&own)
+    };
+    assert!(has_address());
+    // Without keep_addr_on_down the kernel drops the VTEP's /128 on the way down, and the
+    // routes and neighbours with it; the next reconcile must bring back all of them.
+    ip(&h1, &["link", "set", "flannel-v6.1", "down"]);
+    ip(&h1, &["link", "set", "flannel-v6.1", "up"]);
+    lab.eventually("the IPv6 VTEP's address is back", 10, has_address);
+    all_pairs(
+        &lab,
+        &ctrs,
+        "both families over vxlan after the VTEP came back",
+    );
+    assert_eq!(routes(&lab, 1, "-6").len(), 1);
+}

@@ -862,3 +862,52 @@ fn a_refused_udp_gso_send_falls_back_to_one_datagram_per_message() {
         lab.log(1)
     );
 }
+
+#[test]
+fn a_udp_tun_set_down_or_stripped_by_hand_is_repaired() {
+    if !preconditions("a_udp_tun_set_down_or_stripped_by_hand_is_repaired", TOOLS) {
+        return;
+    }
+    let lab = lab("twu-dn", 2, 1);
+    lab.eventually("both pods reachable over udp", 20, || {
+        lab.unreachable_pairs().is_empty()
+    });
+    let h1 = lab.cluster.host(1).name.clone();
+    let own = lab
+        .wait_subnet(1)
+        .ipv4
+        .unwrap()
+        .subnet
+        .network()
+        .to_string();
+    let state = || {
+        let link = twill_tests::ip_link(&h1, "flannel0");
+        let addrs = twill_tests::ip_json(&h1, &["-4", "addr", "show", "dev", "flannel0"]);
+        (
+            link["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "UP")),
+            addrs.to_string().contains(&format!("\"{own}\"")),
+            lab.twill_routes(1).len(),
+        )
+    };
+    assert_eq!(state(), (true, true, 1));
+
+    // Down: the kernel drops the route to the network and refuses a new one via the device.
+    twill_tests::run("ip", &["-n", &h1, "link", "set", "flannel0", "down"]);
+    lab.eventually(
+        "the TUN set down is set up again, its route back",
+        10,
+        || state() == (true, true, 1),
+    );
+    lab.eventually("pods reachable again", 10, || {
+        lab.unreachable_pairs().is_empty()
+    });
+
+    // Its address flushed by hand: host-to-pod traffic would leave from another address.
+    twill_tests::run("ip", &["-n", &h1, "addr", "flush", "dev", "flannel0"]);
+    lab.eventually("the TUN's address is restored", 10, || {
+        state() == (true, true, 1)
+    });
+    assert!(lab.unreachable_pairs().is_empty());
+}

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use twill_netkit::{Netlink, Route};
+use twill_netkit::{Netlink, RTPROT_TWILL, Route};
 
 use super::{ApplyErrors, Backend, Peers, Underlay, routes};
 use crate::lease::{LeaseRecord, Subnets};
@@ -34,18 +34,83 @@ impl HostGw {
     }
 }
 
+/// Where the underlay reaches hosts directly, as the kernel sees it: the prefix of its own
+/// address and every route via the link without a gateway. The address alone is not enough:
+/// a DHCPv6 address is a /128 whose on-link /64 comes from a router advertisement as such a
+/// route (an IPv4 /32 may come with one too), and the kernel accepts a route via any address
+/// in them, as Flannel relies on.
+#[derive(Clone, Debug, Default)]
+pub struct OnLink {
+    link: String,
+    nets: Vec<IpNet>,
+}
+
+impl OnLink {
+    /// From the underlay's addresses and the main table's `routes`.
+    pub fn of(underlay: &Underlay, routes: &[Route]) -> OnLink {
+        let mut nets = Vec::new();
+        // No IPv4 address on the link (IPv6-only, or only `--public-ip`): `net` is 0.0.0.0/0.
+        if !underlay.public_ip.is_unspecified() && !underlay.net.addr().is_unspecified() {
+            nets.push(IpNet::V4(underlay.net.trunc()));
+        }
+        nets.extend(underlay.net6.map(|n| IpNet::V6(n.trunc())));
+        for r in routes {
+            // A default route without a gateway would make every address "on link": keep
+            // to what is really connected. twill's own routes all have gateways or other
+            // devices, and are skipped anyway.
+            if r.oif == Some(underlay.link.index)
+                && r.gateway.is_none()
+                && r.dst.prefix_len() > 0
+                && r.protocol != RTPROT_TWILL
+                && !nets.contains(&r.dst.trunc())
+            {
+                nets.push(r.dst.trunc());
+            }
+        }
+        OnLink {
+            link: underlay.link.name.clone(),
+            nets,
+        }
+    }
+
+    /// [`OnLink::of`] with the kernel's routes.
+    pub async fn read(nl: &Netlink, underlay: &Underlay) -> twill_netkit::Result<OnLink> {
+        Ok(OnLink::of(underlay, &nl.list_routes(None).await?))
+    }
+
+    /// Whether `ip` is reached directly on the underlay link.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        !ip.is_unspecified() && self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    fn describe(&self, v4: bool) -> String {
+        let nets: Vec<String> = self
+            .nets
+            .iter()
+            .filter(|n| n.addr().is_ipv4() == v4)
+            .map(ToString::to_string)
+            .collect();
+        if nets.is_empty() {
+            "(none)".to_string()
+        } else {
+            nets.join(", ")
+        }
+    }
+}
+
 /// The host-gw route to a peer, or why there can be none.
 pub fn direct_route(
     underlay: &Underlay,
+    on_link: &OnLink,
     subnet: Ipv4Net,
     peer: &LeaseRecord,
 ) -> Result<Route, String> {
-    if !underlay.on_link(peer.public_ip) {
+    if !on_link.contains(IpAddr::V4(peer.public_ip)) {
         return Err(format!(
             "peer {subnet} at {} is not on this node's L2 subnet {} ({}): host-gw needs direct reachability",
             peer.public_ip,
-            underlay.net.trunc(),
-            underlay.link.name
+            on_link.describe(true),
+            on_link.link
         ));
     }
     Ok(Route::new(subnet)
@@ -56,19 +121,18 @@ pub fn direct_route(
 /// [`direct_route`] for IPv6: via the peer's `PublicIPv6`.
 pub fn direct_route6(
     underlay: &Underlay,
+    on_link: &OnLink,
     subnet: Ipv6Net,
     peer: &LeaseRecord,
 ) -> Result<Route, String> {
     let Some(gw) = peer.public_ipv6 else {
         return Err(format!("peer {subnet} has no PublicIPv6"));
     };
-    if !underlay.on_link6(gw) {
+    if !on_link.contains(IpAddr::V6(gw)) {
         return Err(format!(
             "peer {subnet} at {gw} is not on this node's IPv6 L2 subnet {} ({}): host-gw needs direct reachability",
-            underlay
-                .net6
-                .map_or_else(|| "(none)".to_string(), |n| n.trunc().to_string()),
-            underlay.link.name
+            on_link.describe(false),
+            on_link.link
         ));
     }
     Ok(Route::new(subnet)
@@ -147,11 +211,22 @@ impl Backend for HostGw {
     async fn apply(&mut self, nl: &Netlink, peers: &Peers) -> ApplyErrors {
         let mut errors = ApplyErrors::default();
         let mut desired = Vec::new();
+        // One dump for both the on-link test and the reconcile. Without the kernel's routes,
+        // peers reached through an on-link route would look unreachable and lose theirs:
+        // this round changes nothing.
+        let table = match nl.list_routes(None).await {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e);
+                return errors;
+            }
+        };
+        let on_link = OnLink::of(&self.underlay, &table);
         for (subnet, rec) in super::by_v4(peers, self.network, self.local.v4) {
             if rec.backend != BackendType::HostGw {
                 continue;
             }
-            match direct_route(&self.underlay, subnet, rec) {
+            match direct_route(&self.underlay, &on_link, subnet, rec) {
                 Ok(r) => desired.push(r),
                 Err(e) => errors.push(e),
             }
@@ -160,13 +235,81 @@ impl Backend for HostGw {
             if rec.backend != BackendType::HostGw {
                 continue;
             }
-            match direct_route6(&self.underlay, subnet, rec) {
+            match direct_route6(&self.underlay, &on_link, subnet, rec) {
                 Ok(r) => desired.push(r),
                 Err(e) => errors.push(e),
             }
         }
         let nets = networks(self.network, self.enable_ipv4, self.network6);
-        routes::reconcile_all(nl, &nets, &desired, &mut errors).await;
+        routes::reconcile_listed(nl, &nets, &table, &desired, &mut errors).await;
         errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_netkit::Link;
+
+    fn underlay() -> Underlay {
+        Underlay {
+            link: Link {
+                index: 2,
+                name: "eth0".into(),
+                kind: None,
+                mtu: 1500,
+                mac: Vec::new(),
+                up: true,
+                controller: None,
+                vxlan: None,
+            },
+            public_ip: "172.31.0.11".parse().unwrap(),
+            net: "172.31.0.11/32".parse().unwrap(),
+            public_ipv6: Some("fd31::b".parse().unwrap()),
+            net6: Some("fd31::b/128".parse().unwrap()),
+        }
+    }
+
+    fn route(dst: &str, gw: Option<&str>, oif: u32, protocol: u8) -> Route {
+        let mut r = Route::new(dst.parse::<IpNet>().unwrap()).dev(oif);
+        if let Some(g) = gw {
+            r = r.via(g.parse::<IpAddr>().unwrap());
+        }
+        r.protocol = protocol;
+        r
+    }
+
+    #[test]
+    fn on_link_takes_the_links_connected_routes_not_gateways_defaults_or_other_links() {
+        let u = underlay();
+        let routes = [
+            route("fd31::/64", None, 2, 9),
+            route("172.31.0.0/24", None, 2, 4),
+            route("0.0.0.0/0", None, 2, 4),
+            route("192.168.5.0/24", Some("172.31.0.1"), 2, 4),
+            route("10.9.0.0/16", None, 3, 4),
+            route("10.5.2.0/24", None, 2, RTPROT_TWILL),
+        ];
+        let o = OnLink::of(&u, &routes);
+        for (ip, want) in [
+            ("172.31.0.11", true),
+            ("172.31.0.12", true),
+            ("fd31::c", true),
+            ("192.168.5.9", false),
+            ("10.9.0.1", false),
+            ("10.5.2.1", false),
+            ("8.8.8.8", false),
+            ("0.0.0.0", false),
+        ] {
+            assert_eq!(o.contains(ip.parse().unwrap()), want, "{ip}");
+        }
+        let no_ipv4 = Underlay {
+            net: Ipv4Net::default(),
+            ..underlay()
+        };
+        assert!(!OnLink::of(&no_ipv4, &[]).contains("8.8.8.8".parse().unwrap()));
+        let only_addresses = OnLink::of(&u, &[]);
+        assert!(!only_addresses.contains("fd31::c".parse().unwrap()));
+        assert!(only_addresses.contains("fd31::b".parse().unwrap()));
     }
 }

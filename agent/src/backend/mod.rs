@@ -28,11 +28,11 @@ pub use wireguard::{Wireguard, WireguardOptions};
 pub struct Underlay {
     pub link: Link,
     pub public_ip: Ipv4Addr,
-    /// The address and prefix on the link that holds `public_ip` (for the same-L2 test).
+    /// The address and prefix on the link that holds `public_ip` (part of the on-link test).
     pub net: Ipv4Net,
     /// The IPv6 public address (`--public-ipv6`, else the link's first global one), if any.
     pub public_ipv6: Option<Ipv6Addr>,
-    /// The IPv6 address and prefix on the link (for the same-L2 test).
+    /// The IPv6 address and prefix on the link (part of the on-link test).
     pub net6: Option<Ipv6Net>,
 }
 
@@ -50,17 +50,6 @@ impl Underlay {
     pub fn bind_ipv6(&self) -> Option<Ipv6Addr> {
         self.net6.map(|n| n.addr()).or(self.public_ipv6)
     }
-
-    /// Whether `ip` is directly reachable on the underlay's L2 subnet.
-    pub fn on_link(&self, ip: Ipv4Addr) -> bool {
-        // No IPv4 address on the underlay (IPv6-only): nothing is on its IPv4 link.
-        !self.public_ip.is_unspecified() && !ip.is_unspecified() && self.net.trunc().contains(&ip)
-    }
-
-    /// [`Underlay::on_link`] for IPv6.
-    pub fn on_link6(&self, ip: Ipv6Addr) -> bool {
-        self.net6.is_some_and(|n| n.trunc().contains(&ip))
-    }
 }
 
 /// Gives device `index` exactly one IPv4 address, `<subnet>.0/32` (the VTEP's or the TUN's,
@@ -71,10 +60,17 @@ pub(crate) async fn set_subnet_address(
     subnet: Ipv4Net,
 ) -> twill_netkit::Result<()> {
     let want = ipnet::IpNet::V4(Ipv4Net::new(subnet.network(), 32).unwrap_or(subnet));
+    let mut present = false;
     for a in nl.list_addresses(index).await? {
-        if a.addr().is_ipv4() && a != want {
+        if a == want {
+            present = true;
+        } else if a.addr().is_ipv4() {
             nl.delete_address(index, a).await?;
         }
+    }
+    // Checked on every reconcile: a dump, and a write only when the address is missing.
+    if present {
+        return Ok(());
     }
     nl.ensure_address(index, want).await
 }
@@ -176,14 +172,19 @@ pub(crate) async fn set_subnet_address6(
     subnet: Ipv6Net,
 ) -> twill_netkit::Result<()> {
     let want = ipnet::IpNet::V6(Ipv6Net::new(subnet.network(), 128).unwrap_or(subnet));
+    let mut present = false;
     for a in nl.list_addresses(index).await? {
         // Link-local addresses are the kernel's; only global ones are ours to replace.
-        if let ipnet::IpNet::V6(v6) = a
+        if a == want {
+            present = true;
+        } else if let ipnet::IpNet::V6(v6) = a
             && (v6.addr().segments()[0] & 0xffc0) != 0xfe80
-            && a != want
         {
             nl.delete_address(index, a).await?;
         }
+    }
+    if present {
+        return Ok(());
     }
     nl.ensure_address(index, want).await
 }

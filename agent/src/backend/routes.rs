@@ -66,8 +66,21 @@ pub async fn reconcile_all(
             return;
         }
     };
+    reconcile_listed(nl, networks, &current, desired, errors).await
+}
+
+/// [`reconcile_all`] from routes already dumped (`current`: the main table's, of any
+/// protocol), for a caller that needed the dump itself.
+pub async fn reconcile_listed(
+    nl: &Netlink,
+    networks: &[IpNet],
+    current: &[Route],
+    desired: &[Route],
+    errors: &mut ApplyErrors,
+) {
     let ours: HashMap<IpNet, &Route> = current
         .iter()
+        .filter(|r| r.protocol == RTPROT_TWILL)
         .filter(|r| networks.iter().any(|n| n.contains(&r.dst)))
         .map(|r| (r.dst, r))
         .collect();

@@ -39,6 +39,13 @@ pub fn vtep_mac6(public_ip: Ipv6Addr) -> [u8; 6] {
     [0x0e, 0x76, o[0], o[1], o[2], o[3]]
 }
 
+/// The VNI as Flannel writes it in `BackendData`: a uint16 (`uint16(cfg.VNI)`). A Flannel
+/// node cannot decode a bigger number there and skips the whole lease, so with a VNI above
+/// 65535 it would never reach this node. Nobody programs anything by this field.
+fn lease_vni(vni: u32) -> u32 {
+    vni & 0xffff
+}
+
 /// One VTEP device (one family).
 struct Vtep {
     name: String,
@@ -165,6 +172,7 @@ impl Vxlan {
     fn plan(
         &self,
         peers: &Peers,
+        on_link: &hostgw::OnLink,
         errors: &mut ApplyErrors,
     ) -> (Vec<Tunnel>, Vec<Tunnel>, Vec<Route>) {
         let (mut t4, mut t6, mut direct) = (Vec::new(), Vec::new(), Vec::new());
@@ -173,8 +181,8 @@ impl Vxlan {
                 if rec.backend != BackendType::Vxlan {
                     continue;
                 }
-                if self.direct_routing && self.underlay.on_link(rec.public_ip) {
-                    match hostgw::direct_route(&self.underlay, subnet, rec) {
+                if self.direct_routing && on_link.contains(IpAddr::V4(rec.public_ip)) {
+                    match hostgw::direct_route(&self.underlay, on_link, subnet, rec) {
                         Ok(r) => direct.push(r),
                         Err(e) => errors.push(e),
                     }
@@ -200,8 +208,8 @@ impl Vxlan {
                 else {
                     continue;
                 };
-                if self.direct_routing && self.underlay.on_link6(dst) {
-                    match hostgw::direct_route6(&self.underlay, subnet, rec) {
+                if self.direct_routing && on_link.contains(IpAddr::V6(dst)) {
+                    match hostgw::direct_route6(&self.underlay, on_link, subnet, rec) {
                         Ok(r) => direct.push(r),
                         Err(e) => errors.push(e),
                     }
@@ -223,7 +231,11 @@ impl Vxlan {
     }
 }
 
-/// Makes `vtep`'s device exist (re-created if deleted by hand: level-triggered).
+/// Makes `vtep`'s device exist (re-created if deleted by hand: level-triggered), up, with its
+/// MTU and its subnet address. A VTEP set down loses its routes and neighbours, and the kernel
+/// refuses to route via a down device ("Nexthop device is not up"): left down, every later
+/// round would fail and the node would stay cut off until restarted. Down and up again, an
+/// IPv6 VTEP also loses its address (no `keep_addr_on_down`).
 async fn ensure_present(
     nl: &Netlink,
     vtep: &mut Vtep,
@@ -232,13 +244,14 @@ async fn ensure_present(
     underlay: u32,
     errors: &mut ApplyErrors,
 ) -> Option<Link> {
-    let present = match &vtep.device {
-        Some(dev) => {
-            matches!(nl.link_by_index(dev.index).await, Ok(Some(ref l)) if l.name == dev.name)
-        }
-        None => false,
+    let current = match &vtep.device {
+        Some(dev) => match nl.link_by_index(dev.index).await {
+            Ok(Some(l)) if l.name == dev.name => Some(l),
+            _ => None,
+        },
+        None => None,
     };
-    if !present {
+    let Some(link) = current else {
         tracing::warn!(device = %vtep.name, "vxlan device missing: re-creating it");
         if let Err(e) = vtep.init(nl, vni, port, underlay).await {
             errors.push(e);
@@ -249,6 +262,38 @@ async fn ensure_present(
         {
             errors.push(e);
         }
+        return vtep.device.clone();
+    };
+    if link.mtu != vtep.mtu {
+        tracing::warn!(device = %vtep.name, mtu = link.mtu, want = vtep.mtu, "vxlan device MTU changed: setting it back");
+        if let Err(e) = nl.set_mtu(link.index, vtep.mtu).await {
+            errors.push(format!(
+                "setting the MTU of {} back to {}: {e}",
+                vtep.name, vtep.mtu
+            ));
+        }
+    }
+    // Peers address frames to the MAC in our lease: under any other, the device drops them.
+    if link.mac != vtep.mac {
+        tracing::warn!(device = %vtep.name, "vxlan device MAC changed: setting back the lease's VtepMAC");
+        if let Err(e) = nl.set_mac(link.index, vtep.mac).await {
+            errors.push(format!(
+                "setting the MAC of {} back to {}: {e}",
+                vtep.name,
+                twill_netkit::format_mac(&vtep.mac)
+            ));
+        }
+    }
+    if !link.up {
+        tracing::warn!(device = %vtep.name, "vxlan device is down: setting it up");
+        if let Err(e) = nl.set_up(link.index).await {
+            errors.push(format!("setting {} up: {e}", vtep.name));
+        }
+    }
+    if let Some(subnet) = vtep.subnet
+        && let Err(e) = vtep.set_subnet(nl, subnet).await
+    {
+        errors.push(e);
     }
     vtep.device.clone()
 }
@@ -396,10 +441,10 @@ impl Backend for Vxlan {
             public_ip,
             backend: BackendType::Vxlan,
             vtep_mac: self.v4.as_ref().map(|v| v.mac),
-            vni: self.v4.as_ref().map(|_| self.vni),
+            vni: self.v4.as_ref().map(|_| lease_vni(self.vni)),
             public_ipv6: self.v6.as_ref().and(self.underlay.public_ipv6),
             vtep_mac6: self.v6.as_ref().map(|v| v.mac),
-            vni6: self.v6.as_ref().map(|_| self.vni),
+            vni6: self.v6.as_ref().map(|_| lease_vni(self.vni)),
             wireguard: None,
             wireguard6: None,
         }
@@ -440,7 +485,21 @@ impl Backend for Vxlan {
     async fn apply(&mut self, nl: &Netlink, peers: &Peers) -> ApplyErrors {
         let mut errors = ApplyErrors::default();
         let (vni, port, underlay) = (self.vni, self.port, self.underlay.link.index);
-        let (t4, t6, mut desired_routes) = self.plan(peers, &mut errors);
+        // Only DirectRouting needs to know what the underlay reaches directly. Without the
+        // kernel's routes, the address prefixes alone: a peer missed then gets a tunnel,
+        // which reaches it as well.
+        let on_link = if self.direct_routing {
+            match hostgw::OnLink::read(nl, &self.underlay).await {
+                Ok(o) => o,
+                Err(e) => {
+                    errors.push(e);
+                    hostgw::OnLink::of(&self.underlay, &[])
+                }
+            }
+        } else {
+            hostgw::OnLink::default()
+        };
+        let (t4, t6, mut desired_routes) = self.plan(peers, &on_link, &mut errors);
         let mut stale = Vec::new();
         let mut unprogrammed = Vec::new();
         for (is_v4, vtep, tunnels) in [(true, self.v4.as_mut(), t4), (false, self.v6.as_mut(), t6)]
@@ -469,6 +528,37 @@ impl Backend for Vxlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn underlay() -> Underlay {
+        Underlay {
+            link: Link {
+                index: 2,
+                name: "eth0".into(),
+                kind: None,
+                mtu: 1500,
+                mac: Vec::new(),
+                up: true,
+                controller: None,
+                vxlan: None,
+            },
+            public_ip: "172.31.0.11".parse().unwrap(),
+            net: "172.31.0.11/24".parse().unwrap(),
+            public_ipv6: Some("fd31::b".parse().unwrap()),
+            net6: Some("fd31::b/64".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_lease_carries_the_vni_as_flannel_writes_it() {
+        for (vni, want) in [(1, 1), (4096, 4096), (65535, 65535), (70000, 70000 - 65536)] {
+            let config = NetworkConfig::parse(&format!(
+                r#"{{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{{"Type":"vxlan","VNI":{vni}}}}}"#
+            ))
+            .unwrap();
+            let r = Vxlan::new(&config, underlay()).record();
+            assert_eq!((r.vni, r.vni6), (Some(want), Some(want)), "VNI {vni}");
+        }
+    }
 
     #[test]
     fn a_family_whose_device_could_not_be_read_keeps_its_routes() {
