@@ -37,6 +37,10 @@ pub struct BackendConfig {
     /// UDP port: vxlan 8472, udp 8285 when 0/absent.
     pub port: u16,
     pub direct_routing: bool,
+    /// vxlan: the Group Based Policy extension (Flannel's `GBP`), which peers must share.
+    pub gbp: bool,
+    /// vxlan: the device learns remote MACs from received packets (Flannel's `Learning`).
+    pub learning: bool,
     /// Overrides the computed MTU when set (wireguard: the outer MTU, as Flannel's).
     pub mtu: Option<u32>,
     /// The wireguard backend's own fields (`Some` exactly when `kind` is wireguard).
@@ -272,6 +276,8 @@ impl NetworkConfig {
                     vni: 1,
                     port: 8285,
                     direct_routing: false,
+                    gbp: false,
+                    learning: false,
                     mtu: None,
                     wireguard: None,
                 },
@@ -450,6 +456,12 @@ impl NetworkConfig {
                 a.direct_routing.to_string(),
                 b.direct_routing.to_string(),
             ),
+            ("Backend.GBP", a.gbp.to_string(), b.gbp.to_string()),
+            (
+                "Backend.Learning",
+                a.learning.to_string(),
+                b.learning.to_string(),
+            ),
             ("Backend.MTU", opt(a.mtu), opt(b.mtu)),
             (
                 "Backend (wireguard)",
@@ -530,16 +542,17 @@ fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
         (0, _, _) => 8472,
         (p, _, _) => p as u16,
     };
-    let direct_routing = match get(b, "DirectRouting") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(x)) => *x,
-        Some(other) => {
-            return Err(err(
-                "Backend.DirectRouting",
-                format!("expected true or false, got {}", crate::quote::json(other)),
-            ));
-        }
+    let flag = |key: &str, field: &'static str| match get(b, key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(x)) => Ok(*x),
+        Some(other) => Err(err(
+            field,
+            format!("expected true or false, got {}", crate::quote::json(other)),
+        )),
     };
+    let direct_routing = flag("DirectRouting", "Backend.DirectRouting")?;
+    let gbp = flag("GBP", "Backend.GBP")?;
+    let learning = flag("Learning", "Backend.Learning")?;
     let mtu = match get_u64(b, "MTU")? {
         None | Some(0) => None,
         Some(m) if (68..=65535).contains(&m) => Some(m as u32),
@@ -555,6 +568,8 @@ fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
         vni: vni as u32,
         port,
         direct_routing,
+        gbp,
+        learning,
         mtu,
         wireguard,
     })
@@ -582,6 +597,8 @@ mod tests {
                 vni: 1,
                 port: 8472,
                 direct_routing: false,
+                gbp: false,
+                learning: false,
                 mtu: None,
                 wireguard: None,
             }
@@ -799,5 +816,28 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.why.contains("udp"), "{e}");
+    }
+
+    #[test]
+    fn vxlan_gbp_and_learning_are_read_and_their_changes_said() {
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","GBP":true,"learning":true}}"#,
+        )
+        .unwrap();
+        assert!(c.backend.gbp && c.backend.learning);
+        let plain = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
+            .unwrap();
+        assert!(!plain.backend.gbp && !plain.backend.learning);
+        let e = NetworkConfig::parse(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","GBP":"yes"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("Backend.GBP"), "{e}");
+        let changes = plain.differences(&c).join("; ");
+        assert!(
+            changes.contains("Backend.GBP") && changes.contains("Backend.Learning"),
+            "{changes}"
+        );
     }
 }

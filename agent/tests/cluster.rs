@@ -1144,3 +1144,59 @@ fn a_vxlan_device_set_down_or_changed_by_hand_is_repaired() {
         lab.unreachable_pairs().is_empty()
     });
 }
+
+#[test]
+fn vxlan_gbp_and_learning_are_set_on_the_device_as_flannel_sets_them() {
+    // Before: Backend.GBP and Backend.Learning were ignored. A Flannel node with GBP sends
+    // packets with the policy extension, which a device without it drops (kube-proxy's
+    // marked traffic among them), and a device made without GBP was kept when it was asked.
+    if !preconditions(
+        "vxlan_gbp_and_learning_are_set_on_the_device_as_flannel_sets_them",
+        TOOLS,
+    ) {
+        return;
+    }
+    let mut lab = AgentLab::new(
+        "twa-gbp",
+        2,
+        r#"{"Network":"10.9.0.0/16","Backend":{"Type":"vxlan","GBP":true,"Learning":true}}"#,
+    );
+    let h1 = lab.cluster.host(1).name.clone();
+    // A device of an earlier run without GBP: replaced, not kept.
+    twill_tests::run(
+        "ip",
+        &[
+            "-n",
+            &h1,
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "dstport",
+            "8472",
+            "nolearning",
+        ],
+    );
+    for h in 1..=2 {
+        lab.start_agent(h, &[]);
+    }
+    for h in 1..=2 {
+        lab.wait_subnet(h);
+        lab.add_container(h);
+    }
+    lab.eventually(
+        "both containers reach each other over GBP devices",
+        20,
+        || lab.unreachable_pairs().is_empty(),
+    );
+    for h in 1..=2 {
+        let name = lab.cluster.host(h).name.clone();
+        let link = twill_tests::ip_json(&name, &["-d", "link", "show", "flannel.1"]);
+        let data = &link[0]["linkinfo"]["info_data"];
+        assert_eq!(data["gbp"], true, "host {h}: {data}");
+        assert_eq!(data["learning"], true, "host {h}: {data}");
+    }
+}

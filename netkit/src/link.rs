@@ -41,6 +41,8 @@ pub struct VxlanInfo {
     pub local: Option<IpAddr>,
     pub underlay: Option<u32>,
     pub learning: bool,
+    /// The Group Based Policy extension (IFLA_VXLAN_GBP).
+    pub gbp: bool,
 }
 
 /// How to create a vxlan device.
@@ -56,6 +58,9 @@ pub struct VxlanSpec {
     /// Index of the underlay device.
     pub underlay: Option<u32>,
     pub learning: bool,
+    /// The Group Based Policy extension: a device with it and one without drop each other's
+    /// packets that carry a policy mark.
+    pub gbp: bool,
     pub mtu: Option<u32>,
     /// A fixed MAC address, so peers' FDB entries survive a re-creation.
     pub mac: Option<[u8; 6]>,
@@ -71,6 +76,7 @@ impl VxlanSpec {
             local: None,
             underlay: None,
             learning: false,
+            gbp: false,
             mtu: None,
             mac: None,
         }
@@ -82,6 +88,7 @@ impl VxlanSpec {
             && info.local == self.local
             && (self.underlay.is_none() || info.underlay == self.underlay)
             && info.learning == self.learning
+            && info.gbp == self.gbp
     }
 }
 
@@ -166,6 +173,7 @@ fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanInfo {
             InfoVxlan::Local6(ip) => info.local = Some(IpAddr::V6(*ip)),
             InfoVxlan::Link(i) if *i != 0 => info.underlay = Some(*i),
             InfoVxlan::Learning(l) => info.learning = *l,
+            InfoVxlan::Gbp => info.gbp = true,
             _ => {}
         }
     }
@@ -300,7 +308,7 @@ impl Netlink {
     }
 
     /// Makes sure the vxlan device described by `spec` exists and is up. An existing device
-    /// with the same VNI, port, local address and learning flag is kept as it is (so a
+    /// with the same VNI, port, local address, learning and GBP flags is kept as it is (so a
     /// restart does not disturb traffic); an incompatible one is replaced.
     pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<Link> {
         validate_ifname(&spec.name)?;
@@ -325,6 +333,9 @@ impl Netlink {
         let mut b = LinkVxlan::new(&spec.name, spec.vni)
             .port(spec.port)
             .learning(spec.learning);
+        if spec.gbp {
+            b = b.gbp();
+        }
         match spec.local {
             Some(IpAddr::V4(l)) => b = b.local(l),
             Some(IpAddr::V6(l)) => b = b.local6(l),

@@ -52,6 +52,9 @@ struct Vtep {
     local: IpAddr,
     mac: [u8; 6],
     mtu: u32,
+    /// Flannel's `GBP` and `Learning`, as it sets them on its device.
+    gbp: bool,
+    learning: bool,
     device: Option<Link>,
     /// The local subnet whose base address the device holds.
     subnet: Option<IpNet>,
@@ -71,6 +74,8 @@ impl Vtep {
         spec.underlay = Some(underlay);
         spec.mtu = Some(self.mtu);
         spec.mac = Some(self.mac);
+        spec.gbp = self.gbp;
+        spec.learning = self.learning;
         self.device = Some(nl.ensure_vxlan(&spec).await?);
         Ok(())
     }
@@ -129,6 +134,8 @@ impl Vxlan {
             local: IpAddr::V4(underlay.bind_ip()),
             mac: vtep_mac(underlay.public_ip),
             mtu: mtu(VXLAN_OVERHEAD),
+            gbp: config.backend.gbp,
+            learning: config.backend.learning,
             device: None,
             subnet: None,
         });
@@ -138,6 +145,8 @@ impl Vxlan {
             local: IpAddr::V6(underlay.bind_ipv6().unwrap_or(ip)),
             mac: vtep_mac6(ip),
             mtu: mtu(VXLAN6_OVERHEAD),
+            gbp: config.backend.gbp,
+            learning: config.backend.learning,
             device: None,
             subnet: None,
         });
