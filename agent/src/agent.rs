@@ -813,6 +813,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crypto_helper: cli.wireguard_crypto_helper(),
             ..udp.clone()
         },
+        public_ipv6_given: cli.public_ipv6.is_some(),
     };
     let underlay_iface = underlay.link.name.clone();
     let mut backend = backend::create(&config, underlay, udp, wg);

@@ -1199,4 +1199,26 @@ fn vxlan_gbp_and_learning_are_set_on_the_device_as_flannel_sets_them() {
         assert_eq!(data["gbp"], true, "host {h}: {data}");
         assert_eq!(data["learning"], true, "host {h}: {data}");
     }
+    // What the device learns is the kernel's: reconciles (every second here) leave it.
+    twill_tests::run(
+        "bridge",
+        &[
+            "-n",
+            &h1,
+            "fdb",
+            "add",
+            "02:00:00:00:00:42",
+            "dev",
+            "flannel.1",
+            "dst",
+            "172.31.0.99",
+            "dynamic",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let fdb = twill_tests::run("bridge", &["-n", &h1, "fdb", "show", "dev", "flannel.1"]);
+    assert!(
+        fdb.contains("02:00:00:00:00:42"),
+        "a learned entry was removed by a reconcile: {fdb}"
+    );
 }

@@ -78,8 +78,11 @@ fn accept_loops_do_not_spin_when_out_of_file_descriptors() {
     }
     assert!(fill.len() >= 2, "no room for the clients");
     fill.truncate(fill.len() - 2);
-    let mut web = std::net::TcpStream::connect(http).unwrap();
+    // The UAPI client first: once the web client's connection is queued, the /metrics
+    // server's accept may take the last free number before a later connect could (a
+    // flake seen in CI); the UAPI server accepts into a number it reserved.
     let mut wg = UnixStream::connect(&sock).unwrap();
+    let mut web = std::net::TcpStream::connect(http).unwrap();
 
     // The /metrics server now fails every accept with EMFILE (the spin this measures). The
     // UAPI server's accept was already waiting, and had reserved its descriptor before: it

@@ -48,12 +48,13 @@ pub struct RouteSpec {
     pub priority: Option<u32>,
     /// The routing table; the main table without it.
     pub table: Option<u32>,
-    /// The scope of the destinations: 0 (global), 253 (link) or 254 (host).
+    /// The scope of the destinations: 0 (global), 200 (site), 253 (link), 254 (host), or
+    /// any other 8-bit value.
     pub scope: Option<u8>,
 }
 
 /// Route scope global (`RT_SCOPE_UNIVERSE`): beyond the link. The spec names this scope and
-/// the two below, and twill installs no other.
+/// the two below; any other 8-bit scope is installed as given.
 pub const SCOPE_GLOBAL: u8 = 0;
 /// Route scope link: destinations on the link itself.
 pub const SCOPE_LINK: u8 = 253;
@@ -317,16 +318,14 @@ fn parse_route(rt: &Value) -> CniResult<RouteSpec> {
                 }),
         }
     };
+    // Any 8-bit scope, as the reference types take it (`site` is 200).
     let scope = match uint("scope")? {
         None => None,
-        Some(s) => match u8::try_from(s) {
-            Ok(s @ (SCOPE_GLOBAL | SCOPE_LINK | SCOPE_HOST)) => Some(s),
-            _ => {
-                return Err(bad(&format!(
-                    "route to {dst} has scope {s}: twill installs scope 0 (global), 253 (link) or 254 (host)"
-                )));
-            }
-        },
+        Some(s) => Some(u8::try_from(s).map_err(|_| {
+            bad(&format!(
+                "route to {dst} has scope {s}: a route scope is a number from 0 to 255"
+            ))
+        })?),
     };
     // 0 is how the reference types leave mtu, advmss and priority out.
     let nonzero = |n: Option<u32>| n.filter(|&n| n != 0);
@@ -513,6 +512,15 @@ mod golden {
     }
 
     #[test]
+    fn any_eight_bit_route_scope_is_taken_as_the_reference_types_take_it() {
+        let r = AddResult::from_json(
+            &serde_json::from_str(r#"{"routes":[{"dst":"10.0.0.0/8","scope":200}]}"#).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r.routes[0].scope, Some(200));
+    }
+
+    #[test]
     fn bad_results_are_decode_errors() {
         for bad in [
             r#"{"ips":[{"address":"fd00::zz/64"}]}"#,
@@ -520,7 +528,7 @@ mod golden {
             r#"{"routes":[{"dst":"::/0","gw":"10.0.0.1"}]}"#,
             r#"{"ip6":{"ip":"10.0.0.2/24"}}"#,
             r#"{"ip4":{"gateway":"10.0.0.1"}}"#,
-            r#"{"routes":[{"dst":"10.0.0.0/8","scope":200}]}"#,
+            r#"{"routes":[{"dst":"10.0.0.0/8","scope":256}]}"#,
             r#"{"routes":[{"dst":"10.0.0.0/8","table":-1}]}"#,
             r#"{"routes":[{"dst":"10.0.0.0/8","priority":"50"}]}"#,
         ] {

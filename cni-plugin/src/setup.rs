@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use twill_netkit::{Link, Netlink, Netns, Route, Scope, sysctl};
 
 use crate::error::{CniError, CniResult, INTERNAL, INVALID_CONFIG};
-use crate::result::{RouteSpec, SCOPE_HOST, SCOPE_LINK};
+use crate::result::{RouteSpec, SCOPE_GLOBAL, SCOPE_HOST, SCOPE_LINK};
 
 /// The kernel's "static" route protocol (what `ip route add` uses) for container routes.
 const RTPROT_STATIC: u8 = 4;
@@ -249,7 +249,8 @@ fn container_route(r: &RouteSpec, index: u32, gw: Option<IpAddr>) -> Route {
     route.scope = match r.scope {
         Some(SCOPE_LINK) => Scope::Link,
         Some(SCOPE_HOST) => Scope::Host,
-        _ => Scope::Universe,
+        Some(SCOPE_GLOBAL) | None => Scope::Universe,
+        Some(other) => Scope::Other(other),
     };
     route
 }

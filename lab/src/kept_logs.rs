@@ -8,9 +8,16 @@ use anyhow::Context;
 
 use crate::state::{LabState, state_dir};
 
-/// Where the logs of lab `name` are kept after `bench` or `soak` removed it on a failure.
+/// Where the logs of lab `name` are kept after `bench` or `soak` removed it on a failure:
+/// beside the labs' state (root's, under /run), never in a world-writable directory, where
+/// another user could put a link in the way of what twill-lab writes as root. (`kept-logs`
+/// cannot be a lab's name: those are letters and digits.)
 pub fn kept_logs_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join("twill-lab-logs").join(name)
+    kept_logs_root().join(name)
+}
+
+fn kept_logs_root() -> PathBuf {
+    state_dir("kept-logs")
 }
 
 /// The kept copy of host `host`'s twilld log in lab `name`.
@@ -40,7 +47,15 @@ pub fn copy_logs(st: &LabState, to: &Path) -> anyhow::Result<Vec<PathBuf>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", to.display())),
     }
-    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    // Logs hold addresses and keys' public halves: for root's eyes only.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(to)
+            .with_context(|| format!("creating {}", to.display()))?;
+    }
     let twilld = st
         .hosts
         .iter()

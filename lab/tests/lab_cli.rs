@@ -247,8 +247,8 @@ fn an_interrupted_bench_or_up_removes_what_it_built() {
         let _ = lab(&["down", "--name", n]);
     }
     // Where a failed bench keeps its labs' logs; a stopped one has nothing to look into.
-    let kept = std::env::temp_dir().join("twill-lab-logs").join("tint0");
-    let _ = std::fs::remove_dir_all(&kept);
+    let kept = std::path::Path::new("/run/twill-lab/kept-logs/tint0");
+    let _ = std::fs::remove_dir_all(kept);
     // A bench is stopped in its first round by a Ctrl-C at the terminal.
     let pids = std::cell::RefCell::new(Vec::new());
     let (code, err) = interrupt_when(
@@ -283,7 +283,7 @@ fn an_interrupted_bench_or_up_removes_what_it_built() {
     );
     gone("tint0");
     let kept_any = kept.exists();
-    let _ = std::fs::remove_dir_all(&kept);
+    let _ = std::fs::remove_dir_all(kept);
     assert!(!kept_any, "a stopped bench kept logs in {}", kept.display());
 
     // An `up` stopped by a SIGTERM-like signal to it alone once its agents run removes its

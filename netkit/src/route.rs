@@ -28,6 +28,8 @@ pub enum Scope {
     Universe,
     Link,
     Host,
+    /// Any other scope by number (`site` is 200), as an IPAM plugin's route may carry.
+    Other(u8),
 }
 
 /// A unicast route, IPv4 or IPv6 (the family is the destination's).
@@ -135,6 +137,7 @@ impl Route {
                 Scope::Universe => RouteScope::Universe,
                 Scope::Link => RouteScope::Link,
                 Scope::Host => RouteScope::Host,
+                Scope::Other(s) => RouteScope::from(s),
             })
             .kind(if self.unreachable {
                 RouteType::Unreachable
@@ -192,7 +195,8 @@ fn parse_route(msg: &RouteMessage) -> Option<Route> {
     route.scope = match msg.header.scope {
         RouteScope::Link => Scope::Link,
         RouteScope::Host => Scope::Host,
-        _ => Scope::Universe,
+        RouteScope::Universe => Scope::Universe,
+        other => Scope::Other(u8::from(other)),
     };
     for attr in &msg.attributes {
         match attr {

@@ -1073,7 +1073,25 @@ fn signals_to_a_foreground_run_reach_the_container() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line, "ready\n");
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // twill-run catches SIGTERM once its container runs: wait for that (SigCgt in
+    // /proc/PID/status), not for a fixed while, which a loaded machine may outlast.
+    let catches_term = || {
+        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .ok()
+            .and_then(|s| {
+                let hex = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?.trim();
+                u64::from_str_radix(hex, 16).ok()
+            })
+            .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !catches_term() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "twill-run never caught SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -377,9 +377,11 @@ async fn program(
             .filter(|n| !want_neigh.contains(&n.ip))
             .map(|n| n.ip)
             .collect(),
+        // Only permanent entries are ours (and Flannel's); with `Learning` the kernel adds
+        // entries of its own, which are not stale for being unknown to the leases.
         fdb: fdb
             .into_iter()
-            .filter(|f| !f.dst.is_some_and(|d| want_fdb.contains(&(f.mac, d))))
+            .filter(|f| f.permanent && !f.dst.is_some_and(|d| want_fdb.contains(&(f.mac, d))))
             .collect(),
     })
 }

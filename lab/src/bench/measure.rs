@@ -171,8 +171,15 @@ mod tests {
         let pid = server.id();
         let r: anyhow::Result<()> = with_server(server, || anyhow::bail!("no client"));
         assert!(r.is_err());
-        // Reaped, not a zombie: /proc has no entry for it any more.
-        let left = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        // Reaped, not a zombie: no child of ours has that PID any more. (Once reaped the PID
+        // may belong to any other process: only our own child is ever signalled.)
+        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let after = s.rsplit_once(')')?.1.to_string();
+                after.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        let left = parent == Some(std::process::id());
         if left {
             crate::commands::kill_pid(pid);
         }

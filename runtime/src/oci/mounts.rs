@@ -76,12 +76,15 @@ pub fn parse_options(options: &[String]) -> Options {
                 o.rec_clear |= attr;
                 o.rec_set &= !attr;
             } else {
-                o.rec_set |= attr;
-                o.rec_clear &= !attr;
                 // mount_setattr(2): an access-time mode is set only with the whole
-                // MOUNT_ATTR__ATIME field cleared.
+                // MOUNT_ATTR__ATIME field cleared; and the last mode named wins (relatime
+                // is 0, so an earlier mode's bit must go).
                 if attr & libc::MOUNT_ATTR__ATIME == attr {
+                    o.rec_set = (o.rec_set & !libc::MOUNT_ATTR__ATIME) | attr;
                     o.rec_clear |= libc::MOUNT_ATTR__ATIME;
+                } else {
+                    o.rec_set |= attr;
+                    o.rec_clear &= !attr;
                 }
             }
             continue;
@@ -413,6 +416,16 @@ mod tests {
         let o = opts(&["rnoatime"]);
         assert_eq!(o.rec_set, libc::MOUNT_ATTR_NOATIME);
         assert_eq!(o.rec_clear, libc::MOUNT_ATTR__ATIME);
+    }
+
+    #[test]
+    fn the_last_recursive_access_time_mode_wins() {
+        // Before: relatime is 0, so ["rnoatime", "rrelatime"] kept noatime.
+        let o = opts(&["rnoatime", "rrelatime"]);
+        assert_eq!(o.rec_set, libc::MOUNT_ATTR_RELATIME);
+        assert_eq!(o.rec_clear, libc::MOUNT_ATTR__ATIME);
+        let o = opts(&["rstrictatime", "rnoatime"]);
+        assert_eq!(o.rec_set, libc::MOUNT_ATTR_NOATIME);
     }
 
     #[test]

@@ -71,12 +71,14 @@ pub fn load_or_create(path: &Path) -> Result<NodeKey, KeyError> {
                     Ok(()) => {
                         tracing::warn!(file = %path.display(), "wireguard key file was readable by others: set mode 0400")
                     }
-                    Err(e) => tracing::warn!(
+                    // Only a read-only file system is its owner's to protect; any other
+                    // failure (a file of someone else's, an immutable one) stays an error.
+                    Err(e) if e.raw_os_error() == Some(libc::EROFS) => tracing::warn!(
                         file = %path.display(),
                         mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                        error = %e,
-                        "wireguard key file is readable by others and its mode cannot be set to 0400: using it as it is"
+                        "wireguard key file is readable by others on a read-only file system: using it as it is"
                     ),
+                    Err(e) => return Err(fail(format!("setting mode 0400: {e}"))),
                 }
             }
             Ok(NodeKey::from_private(bytes))

@@ -74,6 +74,9 @@ pub struct WireguardOptions {
     pub aead: aead::Aead,
     /// Workers, busy polling, offloads: the TUN engine's flags (shared with udp).
     pub engine: UdpOptions,
+    /// `--public-ipv6` was given: the IPv6 address is announced in Mode auto over an IPv4
+    /// overlay too, as Flannel announces it only then.
+    pub public_ipv6_given: bool,
 }
 
 /// The wireguard backend: one device per family (separate mode) or one for both.
@@ -378,12 +381,15 @@ impl Backend for Wireguard {
             } else {
                 None
             },
-            // Also where only the endpoints are IPv6 (Mode ipv6 or auto over an IPv4 overlay):
-            // peers find our endpoint nowhere else. Flannel writes it whenever it has one.
-            public_ipv6: self
-                .underlay
-                .public_ipv6
-                .filter(|_| v6 || self.cfg.mode != Mode::Separate),
+            // Also where only the endpoints are IPv6: Mode ipv6 over an IPv4 overlay, where
+            // peers find our endpoint nowhere else. In Mode auto over an IPv4 overlay only
+            // when `--public-ipv6` names it, as Flannel (which sets it only then): an address
+            // found on the link would move every tunnel of a dual-stack cloud node to IPv6,
+            // where the port may not be open.
+            public_ipv6: self.underlay.public_ipv6.filter(|_| {
+                v6 || self.cfg.mode == Mode::Ipv6
+                    || (self.cfg.mode == Mode::Auto && self.opts.public_ipv6_given)
+            }),
             ..LeaseRecord::new(
                 if v4 {
                     self.underlay.public_ip
@@ -604,6 +610,7 @@ mod tests {
                 offloads: true,
                 crypto_helper: false,
             },
+            public_ipv6_given: false,
         };
         let mut wg = Wireguard::new(&config, underlay, opts);
         let key = Arc::new(node_key(1));
@@ -876,10 +883,11 @@ mod tests {
         // Before: PublicIPv6 went into the lease only with EnableIPv6, so in Mode ipv6 (and
         // auto) over an IPv4-only overlay no node could be reached ("no public address
         // flannel-wg can reach in Mode ipv6") although each had the address its device binds.
-        for mode in ["ipv6", "auto"] {
-            let wg = backend(&format!(
+        for (mode, given) in [("ipv6", false), ("auto", true)] {
+            let mut wg = backend(&format!(
                 r#"{{"Network":"10.61.0.0/16","Backend":{{"Type":"wireguard","Mode":"{mode}"}}}}"#
             ));
+            wg.opts.public_ipv6_given = given;
             let r = wg.record();
             assert_eq!(r.public_ipv6, Some("fd31::11".parse().unwrap()), "{mode}");
             assert!(
@@ -887,6 +895,11 @@ mod tests {
                 "{mode}: no BackendV6Data without IPv6 subnets"
             );
         }
+        // Mode auto with only an address found on the link: not announced, as Flannel (an
+        // upgrade must not move a dual-stack node's tunnels to IPv6).
+        let wg =
+            backend(r#"{"Network":"10.61.0.0/16","Backend":{"Type":"wireguard","Mode":"auto"}}"#);
+        assert_eq!(wg.record().public_ipv6, None);
         let wg =
             backend(r#"{"Network":"10.61.0.0/16","Backend":{"Type":"wireguard","Mode":"ipv6"}}"#);
         let mut all = peers(false);
