@@ -38,9 +38,14 @@ fn unreachable(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match e {
         E::TransportError(_) | E::IoError(_) => true,
+        // Cancelled: a member killed mid-call resets the HTTP/2 stream ("operation was
+        // canceled"); twilld never cancels a call whose answer it then reads.
         E::GRpcStatus(s) => matches!(
             s.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
         ),
         _ => false,
     }
@@ -235,5 +240,22 @@ impl Members {
             }
         }
         Err(StoreError::new(op, failures.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_a_dying_member_cancelled_moves_to_the_next_member() {
+        // Before: a renewal against a member killed mid-call failed with "operation was
+        // canceled" instead of going to the next member (seen in CI).
+        let cancelled =
+            etcd_client::Error::GRpcStatus(tonic::Status::cancelled("operation was canceled"));
+        assert!(unreachable(&cancelled));
+        let denied =
+            etcd_client::Error::GRpcStatus(tonic::Status::permission_denied("no, says etcd"));
+        assert!(!unreachable(&denied));
     }
 }

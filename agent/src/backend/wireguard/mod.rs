@@ -505,7 +505,15 @@ where
 {
     let overlap =
         |a: ipnet::IpNet, b: ipnet::IpNet| a.contains(&b.network()) || b.contains(&a.network());
-    let all: Vec<ipnet::IpNet> = leases.keys().map(|&s| s.into()).collect();
+    // Subnets nest or are apart: in address order a subnet that holds any other holds the
+    // one right after it. One sort, not a comparison of every pair (thousands of nodes).
+    let mut sorted: Vec<ipnet::IpNet> = leases.keys().map(|&s| s.into().trunc()).collect();
+    sorted.sort_by_key(|n| (n.network(), n.prefix_len()));
+    let holds: std::collections::BTreeMap<ipnet::IpNet, ipnet::IpNet> = sorted
+        .windows(2)
+        .filter(|w| w[0] != w[1] && w[0].contains(&w[1].network()))
+        .map(|w| (w[0], w[1]))
+        .collect();
     leases
         .into_iter()
         .filter(|(s, _)| {
@@ -516,7 +524,7 @@ where
                 ));
                 return false;
             }
-            if let Some(o) = all.iter().find(|&&o| o != net && net.contains(&o)) {
+            if let Some(o) = holds.get(&net.trunc()) {
                 errors.push(format!(
                     "lease {s} holds another lease's subnet {o}: skipped"
                 ));
@@ -799,6 +807,24 @@ mod tests {
                 "{bad4}: {text}"
             );
         }
+        // Nested three deep: both outer ones skipped, the innermost kept (found in one sort).
+        let mut all = base.clone();
+        for (v4, v6, seed) in [
+            ("10.61.16.0/20", "fd00:61:0:10::/60", 4),
+            ("10.61.16.0/22", "fd00:61:0:10::/62", 5),
+            ("10.61.18.0/24", "fd00:61:0:12::/64", 6),
+        ] {
+            let l = lease(v4, v6, seed);
+            all.insert(l.subnets.key(), l);
+        }
+        let (out, errors) = specs(&wg, &all);
+        let text = format!("{errors:?}");
+        assert!(
+            text.contains("lease 10.61.16.0/20") && text.contains("lease 10.61.16.0/22"),
+            "{text}"
+        );
+        assert!(!text.contains("lease 10.61.18.0/24"), "{text}");
+        assert_eq!(out[0].len(), 2, "node 2 and the innermost lease");
         // A lease of another size that overlaps nobody (SubnetLen changed) is still a peer.
         let mut all = base.clone();
         let odd = lease("10.61.4.0/23", "fd00:61:0:4::/63", 3);
