@@ -172,16 +172,9 @@ impl Store {
     /// Held while a new container's name is checked and its first state saved: two `run
     /// --name X` at the same time would otherwise both find X free and both take it.
     pub fn lock_names(&self) -> Result<NamesLock> {
-        let p = self.root.join("names.lock");
-        let f = fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(|e| RuntimeError::io("opening", p.display(), e))?;
-        let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| RuntimeError::nix("locking", p.display(), e))?;
-        Ok(NamesLock { _lock: lock })
+        Ok(NamesLock {
+            _lock: lock_file(&self.root.join("names.lock"))?,
+        })
     }
 
     /// Every container's state.
@@ -201,6 +194,18 @@ impl Store {
         out.sort_by_key(|s| s.created_unix);
         Ok(out)
     }
+}
+
+/// An exclusive flock on `path` (created if missing), held until the value is dropped.
+pub(crate) fn lock_file(path: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
+    let f = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| RuntimeError::io("opening", path.display(), e))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| RuntimeError::nix("locking", path.display(), e))
 }
 
 /// See [`Store::lock_names`]; released when dropped.

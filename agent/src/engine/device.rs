@@ -96,6 +96,22 @@ pub fn network_route(network: IpNet, link: &Link) -> Route {
     }
 }
 
+/// Sets a TUN backend's device up if it was set down by hand (or by a network manager): the
+/// kernel then drops the route to the network and refuses a new one ("Network is down"), and
+/// the node would stay cut off while the data path looks alive. `what` names the backend.
+pub async fn set_up_if_down(nl: &Netlink, dev: &Link, what: &str) -> Result<(), String> {
+    match nl.link_by_index(dev.index).await {
+        Ok(Some(l)) if !l.up => {
+            tracing::warn!(device = %dev.name, "{what} TUN device is down: setting it up");
+            nl.set_up(dev.index)
+                .await
+                .map_err(|e| format!("setting {} up: {e}", dev.name))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Whether a TUN backend's data path is whole: its device still exists under its name and every
 /// engine thread runs. Level-triggered `apply` rebuilds both when this is false.
 pub async fn data_path_alive(nl: &Netlink, device: Option<&Link>, engine: Option<&Engine>) -> bool {

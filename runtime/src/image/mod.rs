@@ -184,15 +184,7 @@ pub(crate) struct StoreLock {
 }
 
 pub(crate) fn lock(store: &Store) -> Result<StoreLock> {
-    let p = store.root.join("images.lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .map_err(|e| RuntimeError::io("opening", p.display(), e))?;
-    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| RuntimeError::nix("locking", p.display(), e))?;
+    let lock = crate::store::lock_file(&store.root.join("images.lock"))?;
     let tmp = store.root.join("tmp");
     if let Ok(rd) = fs::read_dir(&tmp) {
         for e in rd.flatten() {

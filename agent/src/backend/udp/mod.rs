@@ -203,20 +203,10 @@ impl Backend for Udp {
                 errors.push(e);
                 return errors;
             }
-        } else if let Some(dev) = &self.device {
-            // The device is there but may have been set down by hand: the kernel then drops
-            // the route to the network and refuses a new one ("Network is down"), and the
-            // node would stay cut off while the data path looks alive.
-            match nl.link_by_index(dev.index).await {
-                Ok(Some(l)) if !l.up => {
-                    tracing::warn!(device = %dev.name, "udp TUN device is down: setting it up");
-                    if let Err(e) = nl.set_up(dev.index).await {
-                        errors.push(format!("setting {} up: {e}", dev.name));
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => errors.push(e),
-            }
+        } else if let Some(dev) = &self.device
+            && let Err(e) = device::set_up_if_down(nl, dev, "udp").await
+        {
+            errors.push(e);
         }
         // Every round, not only after a (re-)start: an address removed by hand comes back.
         if let Err(e) = self.configure_address(nl).await {

@@ -315,20 +315,10 @@ impl WgDevice {
                 errors.push(e);
                 return;
             }
-        } else if let Some(dev) = &self.link {
-            // There, but perhaps set down by hand (or by a network manager): the kernel then
-            // drops the route to the network and refuses a new one, and the node stays cut
-            // off while the data path looks alive.
-            match nl.link_by_index(dev.index).await {
-                Ok(Some(l)) if !l.up => {
-                    tracing::warn!(device = %dev.name, "wireguard TUN device is down: setting it up");
-                    if let Err(e) = nl.set_up(dev.index).await {
-                        errors.push(format!("setting {} up: {e}", dev.name));
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => errors.push(e),
-            }
+        } else if let Some(dev) = &self.link
+            && let Err(e) = device::set_up_if_down(nl, dev, "wireguard").await
+        {
+            errors.push(e);
         }
         // Every round, not only after a (re-)start: an address flushed by hand (or removed
         // with the device set down, as IPv6 ones are) comes back. Without it traffic from
