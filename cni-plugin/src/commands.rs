@@ -102,6 +102,16 @@ pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResu
     }
     let container = configure_container_side(&ctr, &plan.tmp_peer, &env.ifname, &assigned)?;
     forget_stale_neighbours(&host_ns, &bridge, &assigned)?;
+    // Nothing the ADD did depends on it: a failure is a warning, not a failed ADD.
+    if let Err(e) = announce_addresses(&host_ns, &ctr, &veth, &container, &assigned) {
+        eprintln!(
+            "twill: warning: network {}: {} {}: {e}",
+            conf.name, env.container_id, env.ifname
+        );
+    }
+    if plan.hairpin {
+        set_hairpin(&host_ns, &veth)?;
+    }
     let state = masq_state(conf, se.as_ref())?;
     if masq {
         let rules: Vec<MasqRule> = assigned
@@ -271,6 +281,7 @@ fn host_plan<'c>(
         mtu,
         hairpin: conf.hairpin(),
         host_veth: setup::host_veth_name(&env.container_id, &env.ifname, 0),
+        marker: setup::host_veth_marker(&env.container_id, &env.ifname),
         tmp_peer: setup::tmp_peer_name(random::random_u64() as u32),
     })
 }
@@ -331,6 +342,74 @@ fn forget_stale_neighbours(host_ns: &Netns, bridge: &Link, assigned: &Assignment
         .map_err(CniError::from)
 }
 
+/// How long ADD waits for the host veth's bridge port to forward before announcing the
+/// container's addresses. Without STP it forwards as soon as the kernel has seen the carrier
+/// come up (milliseconds after the container end is up); a bridge with STP on takes its
+/// forward delay (15 s twice), which ADD does not sit out.
+const PORT_FORWARDING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Step, once everything but hairpin is in place (a failure is only a warning): when the
+/// host veth's bridge port forwards, the container announces its addresses from `CNI_IFNAME`
+/// (a gratuitous ARP request and reply per IPv4 address, an unsolicited neighbour
+/// advertisement with override per IPv6 address). Other containers on the bridge that still
+/// map an address handed out again to the old container's MAC (REACHABLE for up to ~45 s)
+/// take the new one at once. The kernel's own announcement at link up would be lost: the
+/// bridge port is not forwarding yet then.
+fn announce_addresses(
+    host_ns: &Netns,
+    ctr: &Netns,
+    veth: &Link,
+    container: &Link,
+    assigned: &Assignment,
+) -> CniResult<()> {
+    let index = veth.index;
+    let forwarding = host_ns
+        .run(|nl| async move { nl.wait_port_forwarding(index, PORT_FORWARDING_WAIT).await })
+        .map_err(CniError::from)?;
+    let mac: [u8; 6] = container.mac.as_slice().try_into().map_err(|_| {
+        CniError::new(
+            INTERNAL,
+            format!(
+                "announcing addresses: {} in netns {} has no Ethernet MAC ({:?})",
+                container.name,
+                ctr.label(),
+                container.mac
+            ),
+        )
+    })?;
+    let ips: Vec<IpAddr> = assigned.ips.iter().map(|a| a.ip.addr()).collect();
+    let (cindex, cname) = (container.index, container.name.as_str());
+    ctr.enter(|| twill_netkit::announce::announce(cindex, cname, mac, &ips))
+        .and_then(|sent| sent)
+        .map_err(|e| CniError::new(INTERNAL, format!("in netns {}: {e}", ctr.label())))?;
+    if !forwarding {
+        return Err(CniError::new(
+            INTERNAL,
+            format!(
+                "bridge port {} was not forwarding after {:?}: the announcement of {} may be lost, neighbours may keep an old MAC for a while",
+                veth.name,
+                PORT_FORWARDING_WAIT,
+                ips.iter()
+                    .map(IpAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Step: hairpin on the host veth's bridge port (traffic may leave the port it came in: a
+/// container reaching itself through a service address). After the announcement, which the
+/// bridge would otherwise send back to the container: the kernel logs an IPv6 neighbour
+/// advertisement of its own address as "advertised our address".
+fn set_hairpin(host_ns: &Netns, veth: &Link) -> CniResult<()> {
+    let index = veth.index;
+    host_ns
+        .run(|nl| async move { nl.set_hairpin(index, true).await })
+        .map_err(CniError::from)
+}
+
 /// The result: bridge, host veth and container interface, the address on the latter.
 fn add_result(
     conf: &NetConf,
@@ -371,17 +450,33 @@ fn add_result(
 /// DEL: idempotent and best effort; every step runs and failures are reported together.
 pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
     let mut errors: Vec<String> = Vec::new();
-    let mut container_side_done = false;
+    let host_veth = setup::host_veth_name(&env.container_id, &env.ifname, 0);
+    let marker = setup::host_veth_marker(&env.container_id, &env.ifname);
+    let host_ns = match current_netns() {
+        Ok(ns) => Some(ns),
+        Err(e) => {
+            errors.push(e.to_string());
+            None
+        }
+    };
+    // This attachment's host end, for the pair an interrupted ADD left in the container.
+    let name = &host_veth;
+    let pair = host_ns.as_ref().and_then(|ns| {
+        ns.run(|nl| async move { setup::host_veth_pair(&nl, name).await })
+            .map_err(|e| errors.push(e.to_string()))
+            .ok()
+            .flatten()
+    });
     if let Some(path) = &env.netns
         && path.exists()
     {
         match Netns::open_path(path) {
             Ok(ctr) => {
                 let ifname = env.ifname.clone();
-                match ctr.run(|nl| async move { setup::remove_container_side(&nl, &ifname).await })
+                if let Err(e) = ctr
+                    .run(|nl| async move { setup::remove_container_side(&nl, &ifname, pair).await })
                 {
-                    Ok(()) => container_side_done = true,
-                    Err(e) => errors.push(format!("removing {}: {e}", env.ifname)),
+                    errors.push(format!("removing {}: {e}", env.ifname));
                 }
             }
             // Gone between the check and the open: nothing left to remove there.
@@ -389,14 +484,14 @@ pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             Err(e) => errors.push(e.to_string()),
         }
     }
-    // Without a look into the container, the pair is found by its host end's name (a
-    // namespace still held by a process after its path went away).
-    if !container_side_done {
-        let host_veth = setup::host_veth_name(&env.container_id, &env.ifname, 0);
-        if let Err(e) = current_netns().and_then(|ns| {
-            ns.run(|nl| async move { nl.remove_link(&host_veth).await })
-                .map_err(CniError::from)
-        }) {
+    // The host end, when the container side did not take it along (no look into the
+    // container: a namespace still held by a process after its path went away): only when
+    // it carries this attachment's marker. A veth of that name without it is someone else's.
+    if let Some(ns) = &host_ns {
+        let marker = &marker;
+        if let Err(e) =
+            ns.run(|nl| async move { setup::remove_host_veth_if_ours(&nl, name, marker).await })
+        {
             errors.push(e.to_string());
         }
     }

@@ -18,8 +18,12 @@ pub struct HostPlan<'a> {
     /// The gateway addresses on the bridge (one per family, with the subnet's prefix).
     pub bridge_addrs: Vec<IpNet>,
     pub mtu: u32,
+    /// Hairpin on the host veth's port; ADD sets it once the container's addresses are
+    /// announced (the bridge would send the announcements back to the container).
     pub hairpin: bool,
     pub host_veth: String,
+    /// The host veth's alias naming the attachment ([`host_veth_marker`]).
+    pub marker: String,
     pub tmp_peer: String,
 }
 
@@ -54,19 +58,107 @@ fn is_tmp_peer_name(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// DEL inside the container: removes `ifname`, which takes the host end with it; without
-/// `ifname`, a pair an interrupted ADD left under its temporary name. Either way the host end
-/// needs no look-up by name, which could hit another attachment's veth.
-pub async fn remove_container_side(nl: &Netlink, ifname: &str) -> twill_netkit::Result<()> {
+/// The alias ADD gives the host veth, naming the attachment it belongs to: DEL removes a
+/// host veth it cannot reach from the container's side only when it carries this. Its name
+/// alone proves nothing: `veth<8 hex>` is the space the reference bridge fills at random. An
+/// ID too long for the 255 bytes of an alias is shortened to its start and a 64-bit hash of
+/// the whole.
+pub fn host_veth_marker(container_id: &str, ifname: &str) -> String {
+    const PREFIX: &str = "twill-cni";
+    let full = format!("{PREFIX} {ifname} {container_id}");
+    if full.len() <= 255 {
+        return full;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Container IDs are ASCII (env checks them), so any byte offset is a char boundary.
+    let keep = 255 - (PREFIX.len() + 1 + ifname.len() + 1 + 1 + 16);
+    let start = container_id.get(..keep).unwrap_or(container_id);
+    format!("{PREFIX} {ifname} {start}~{h:016x}")
+}
+
+/// The host end of an attachment as DEL finds it: its index and its peer's (IFLA_LINK, an
+/// index in the container's namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPair {
+    pub host_index: u32,
+    pub peer_index: u32,
+}
+
+/// The veth called `name` in this namespace and the index of its peer, if it is a veth
+/// with a peer.
+pub async fn host_veth_pair(nl: &Netlink, name: &str) -> twill_netkit::Result<Option<HostPair>> {
+    let Some(link) = nl.link_by_name(name).await? else {
+        return Ok(None);
+    };
+    if link.kind.as_deref() != Some("veth") {
+        return Ok(None);
+    }
+    let peer = nl.link_detail(link.index).await?.and_then(|d| d.peer_index);
+    Ok(peer.map(|peer_index| HostPair {
+        host_index: link.index,
+        peer_index,
+    }))
+}
+
+/// DEL inside the container: removes `ifname`, which takes the host end with it. Without
+/// `ifname`, the pair an interrupted ADD of this attachment left under its temporary name
+/// `tw<8 hex>`: the one whose peer is `host` (this attachment's host veth, found by its
+/// name), checked both ways. Any other `tw<8 hex>` is left alone: it may be the half-done
+/// ADD of another attachment of the same container (Multus gives each its own ifname).
+pub async fn remove_container_side(
+    nl: &Netlink,
+    ifname: &str,
+    host: Option<HostPair>,
+) -> twill_netkit::Result<()> {
     if nl.remove_link(ifname).await? {
         return Ok(());
     }
-    for l in nl.list_links().await? {
-        if l.kind.as_deref() == Some("veth") && is_tmp_peer_name(&l.name) {
-            nl.remove_link(&l.name).await?;
+    let Some(host) = host else {
+        return Ok(());
+    };
+    let Some(tmp) = nl.link_by_index(host.peer_index).await? else {
+        return Ok(());
+    };
+    if tmp.kind.as_deref() != Some("veth") || !is_tmp_peer_name(&tmp.name) {
+        return Ok(());
+    }
+    let back = nl.link_detail(tmp.index).await?.and_then(|d| d.peer_index);
+    if back == Some(host.host_index) {
+        match nl.delete_link(tmp.index).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// DEL on the host: removes the veth called `name` only when it carries `marker` (ADD's
+/// alias for this attachment). Without the container's namespace the pair cannot be seen
+/// from the container's end, and a veth of that name without the marker may be anyone's
+/// (another container's whose name collides, a veth twill never made). Returns whether it
+/// removed one.
+pub async fn remove_host_veth_if_ours(
+    nl: &Netlink,
+    name: &str,
+    marker: &str,
+) -> twill_netkit::Result<bool> {
+    let Some(link) = nl.link_by_name(name).await? else {
+        return Ok(false);
+    };
+    let alias = nl.link_detail(link.index).await?.and_then(|d| d.alias);
+    if link.kind.as_deref() != Some("veth") || alias.as_deref() != Some(marker) {
+        return Ok(false);
+    }
+    match nl.delete_link(link.index).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Fails when the host veth name is taken already: the name is a hash of (container ID,
@@ -93,7 +185,8 @@ pub async fn default_route_mtu(nl: &Netlink) -> Option<u32> {
 }
 
 /// Bridge (created if needed, gateway address added, MTU, up), then the veth pair with the
-/// container end born in `ctr` under a temporary name, attached and up.
+/// container end born in `ctr` under a temporary name, marked, attached and up (hairpin is
+/// set later, see [`HostPlan::hairpin`]).
 pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniResult<(Link, Link)> {
     // A fixed MAC for a bridge twill creates: one that follows its lowest port would make
     // every result (and every container's neighbour entry for the gateway) go stale when a
@@ -113,10 +206,13 @@ pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniRes
     let veth = nl
         .create_veth(&plan.host_veth, &plan.tmp_peer, ctr, Some(plan.mtu))
         .await?;
+    // First thing after creating it (the kernel takes no alias in the creating request):
+    // from here on DEL can tell this veth is the attachment's without the container.
+    nl.set_alias(veth.index, &plan.marker).await?;
     nl.set_controller(veth.index, bridge.index).await?;
-    if plan.hairpin {
-        nl.set_hairpin(veth.index, true).await?;
-    }
+    // Hairpin (`plan.hairpin`) comes last, after the container has announced its addresses:
+    // with it the bridge would send the container its own neighbour advertisement back, and
+    // the kernel would log that someone else "advertised our address".
     nl.set_up(veth.index).await?;
     let veth = nl.require_link(&plan.host_veth).await?;
     Ok((bridge, veth))
@@ -264,4 +360,33 @@ pub async fn ensure_absent(nl: &Netlink, ifname: &str) -> CniResult<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_names_the_attachment_and_fits_an_alias() {
+        assert_eq!(host_veth_marker("abc", "eth0"), "twill-cni eth0 abc");
+        assert_ne!(
+            host_veth_marker("abc", "eth0"),
+            host_veth_marker("abc", "net1")
+        );
+        let long = "a".repeat(255);
+        let mut other = long.clone();
+        other.replace_range(254.., "b");
+        let (m1, m2) = (
+            host_veth_marker(&long, "eth0"),
+            host_veth_marker(&other, "eth0"),
+        );
+        assert!(m1.len() <= 255 && m2.len() <= 255, "{m1}");
+        assert_ne!(
+            m1, m2,
+            "IDs differing past the kept start differ by the hash"
+        );
+        assert_eq!(m1, host_veth_marker(&long, "eth0"), "stable");
+        let longest_ifname = host_veth_marker(&long, "abcdefghijklmno");
+        assert!(longest_ifname.len() <= 255);
+    }
 }

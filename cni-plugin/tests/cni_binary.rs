@@ -1674,3 +1674,176 @@ fn an_empty_ip_arg_is_ignored() {
     assert!(addr.starts_with("10.244.7."), "{r}");
     assert!(node.cni("DEL", "em", &p, "eth0", &conf, &env).0);
 }
+
+/// Whether namespace `ns` has a link called `name`.
+fn link_exists(ns: &str, name: &str) -> bool {
+    twill_tests::ip_json(ns, &["link", "show"])
+        .as_array()
+        .is_some_and(|ls| ls.iter().any(|l| l["ifname"] == name))
+}
+
+/// The MAC namespace `ns` has for `ip` on `dev` (empty when it has none).
+fn neigh_mac(ns: &str, ip: &str, dev: &str) -> String {
+    let n = twill_tests::ip_json(ns, &["neigh", "show", ip, "dev", dev]);
+    n[0]["lladdr"].as_str().unwrap_or_default().to_string()
+}
+
+/// An address handed out again (container B deleted, C gets B's address with a new MAC) is
+/// reachable from the other containers on the bridge at once. Before, their neighbour
+/// entries still held B's MAC (REACHABLE for up to ~45 s, then seconds of probing) and their
+/// traffic to the address went nowhere: the kernel's gratuitous ARP at link up (when there is
+/// one) is dropped by the bridge port, which is not forwarding yet. Now ADD waits for the
+/// port to forward and the container announces its addresses.
+#[test]
+fn a_reused_address_is_reachable_from_other_containers_at_once() {
+    if !preconditions(
+        "a_reused_address_is_reachable_from_other_containers_at_once",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    let node = Node::new("cnigarp");
+    let mut conf = node.conf("1.0.0");
+    conf["ipMasq"] = json!(false);
+    let args = [("CNI_ARGS", "IgnoreUnknown=1;IP=10.244.7.60")];
+    let (_a, pa) = node.ctr("a");
+    let (ok, ra) = node.cni("ADD", "a", &pa, "eth0", &conf, &[]);
+    assert!(ok, "{ra}");
+    let a = node.scope.name("a");
+
+    let (_b, pb) = node.ctr("b");
+    let (ok, rb) = node.cni("ADD", "b", &pb, "eth0", &conf, &args);
+    assert!(ok, "{rb}");
+    let mac_b = rb["interfaces"][2]["mac"].as_str().unwrap().to_string();
+    assert!(ns_exec_ok(&a, &["ping", "-c1", "-W2", "10.244.7.60"]));
+    assert_eq!(neigh_mac(&a, "10.244.7.60", "eth0"), mac_b);
+    assert!(node.cni("DEL", "b", &pb, "eth0", &conf, &args).0);
+
+    let (_c, pc) = node.ctr("c");
+    let (ok, rc) = node.cni("ADD", "c", &pc, "eth0", &conf, &args);
+    assert!(ok, "{rc}");
+    let mac_c = rc["interfaces"][2]["mac"].as_str().unwrap().to_string();
+    assert_ne!(mac_b, mac_c);
+    assert!(
+        ns_exec_ok(&a, &["ping", "-c1", "-W2", "10.244.7.60"]),
+        "A cannot reach the reused address: its neighbour entry holds {} (B was {mac_b}, C is {mac_c})",
+        neigh_mac(&a, "10.244.7.60", "eth0")
+    );
+    assert_eq!(neigh_mac(&a, "10.244.7.60", "eth0"), mac_c);
+    assert!(node.cni("DEL", "c", &pc, "eth0", &conf, &args).0);
+    assert!(node.cni("DEL", "a", &pa, "eth0", &conf, &[]).0);
+}
+
+/// DEL without a usable CNI_NETNS (the path gone, or empty) removed the host veth by its
+/// name: a veth of that name that is not the attachment's (the name is a hash in the space
+/// the reference bridge fills at random; the attachment's own pair died with its namespace)
+/// was deleted, cutting off whatever it belonged to. Now only a veth carrying ADD's marker
+/// for this attachment goes; its own veth in a namespace whose path is gone while a process
+/// still holds it is still removed.
+#[test]
+fn del_without_the_netns_leaves_a_veth_of_its_name_that_is_not_ours() {
+    if !preconditions(
+        "del_without_the_netns_leaves_a_veth_of_its_name_that_is_not_ours",
+        &["ip"],
+    ) {
+        return;
+    }
+    let node = Node::new("cnidelns");
+    let mut conf = node.conf("1.0.0");
+    conf["ipMasq"] = json!(false);
+    let host = node.scope.name("host");
+    let taken = twill_cni::setup::host_veth_name("gone", "eth0", 0);
+    let (_o, _) = node.ctr("o");
+    let other = node.scope.name("o");
+    run(
+        "ip",
+        &[
+            "-n", &host, "link", "add", &taken, "type", "veth", "peer", "name", "eth0", "netns",
+            &other,
+        ],
+    );
+    let missing = format!("/var/run/netns/{}", node.scope.name("never"));
+    assert!(node.cni("DEL", "gone", &missing, "eth0", &conf, &[]).0);
+    assert!(
+        link_exists(&host, &taken),
+        "DEL with a missing netns deleted {taken}"
+    );
+    assert!(node.cni("DEL", "gone", "", "eth0", &conf, &[]).0);
+    assert!(
+        link_exists(&host, &taken),
+        "DEL with an empty CNI_NETNS deleted {taken}"
+    );
+    assert!(link_exists(&other, "eth0"));
+
+    // The attachment's own pair, its namespace's path gone but the namespace held (here by
+    // the test's handle): DEL removes it by the host end.
+    let (held, ph) = node.ctr("h");
+    let (ok, r) = node.cni("ADD", "held", &ph, "eth0", &conf, &[]);
+    assert!(ok, "{r}");
+    let own = r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    Netns::delete(&node.scope.name("h")).unwrap();
+    assert!(node.cni("DEL", "held", &ph, "eth0", &conf, &[]).0);
+    assert!(!link_exists(&host, &own), "its own host veth {own} stayed");
+    drop(held);
+    assert!(ip_files(&node.ipam_dir()).is_empty());
+}
+
+/// DEL of an attachment whose CNI_IFNAME is missing in the container removed every
+/// `tw<8 hex>` veth there: the pair of another attachment of the same container whose ADD
+/// was half way (Multus gives each attachment its own ifname; the container end is renamed
+/// last) was cut off. Now DEL takes only the temporary pair whose host end is its own.
+#[test]
+fn del_of_a_missing_interface_leaves_another_attachments_pair_alone() {
+    if !preconditions(
+        "del_of_a_missing_interface_leaves_another_attachments_pair_alone",
+        &["ip"],
+    ) {
+        return;
+    }
+    let node = Node::new("cnidelif");
+    let mut conf1 = node.conf("1.0.0");
+    conf1["ipMasq"] = json!(false);
+    let mut conf2 = conf1.clone();
+    conf2["name"] = json!("twnet2");
+    let host = node.scope.name("host");
+    let (_c, pc) = node.ctr("c");
+    let c = node.scope.name("c");
+    let (ok, r) = node.cni("ADD", "pod", &pc, "eth0", &conf1, &[]);
+    assert!(ok, "{r}");
+    let eth0_host = r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    // The second network's ADD for net1 is half way: its pair is still under the temporary
+    // name in the container.
+    let net1_host = twill_cni::setup::host_veth_name("pod", "net1", 0);
+    run(
+        "ip",
+        &[
+            "-n",
+            &host,
+            "link",
+            "add",
+            &net1_host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tw0c0ffee0",
+            "netns",
+            &c,
+        ],
+    );
+    // eth0 is gone from the container (removed by hand, which took its host end along).
+    run("ip", &["-n", &c, "link", "del", "eth0"]);
+    assert!(!link_exists(&host, &eth0_host));
+
+    assert!(node.cni("DEL", "pod", &pc, "eth0", &conf1, &[]).0);
+    assert!(
+        link_exists(&c, "tw0c0ffee0"),
+        "DEL of eth0 removed net1's half-done pair"
+    );
+    assert!(link_exists(&host, &net1_host));
+
+    // net1's own DEL removes its pair.
+    assert!(node.cni("DEL", "pod", &pc, "net1", &conf2, &[]).0);
+    assert!(!link_exists(&c, "tw0c0ffee0"));
+    assert!(!link_exists(&host, &net1_host));
+}

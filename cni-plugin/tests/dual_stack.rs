@@ -1008,3 +1008,65 @@ fn gc_and_del_without_netns_release_both_families() {
     assert!(node.cni("DEL", "g0", &paths[0], &conf, &[]).0);
     assert!(ip_files(&node.ipam_dir()).is_empty());
 }
+
+/// The MAC namespace `ns` has for `ip` on `eth0` (empty when it has none).
+fn neigh_mac(ns: &str, ip: &str) -> String {
+    let n = twill_tests::ip_json(ns, &["neigh", "show", ip, "dev", "eth0"]);
+    n[0]["lladdr"].as_str().unwrap_or_default().to_string()
+}
+
+/// Both addresses of a container that takes over a deleted one's (B's addresses, a new
+/// MAC) are reachable from another container on the bridge at once: ADD announces the IPv4
+/// address with a gratuitous ARP and the IPv6 one with an unsolicited neighbour
+/// advertisement (override set), once the bridge port forwards. Before, A's entries still
+/// held B's MAC for up to ~45 s.
+#[test]
+fn a_reused_dual_stack_address_is_reachable_from_other_containers_at_once() {
+    if !preconditions(
+        "a_reused_dual_stack_address_is_reachable_from_other_containers_at_once",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    let node = Node::new("dsgarp", DUAL);
+    let mut conf = node.conf("1.0.0");
+    conf["ipMasq"] = json!(false);
+    let args = [("CNI_ARGS", "IgnoreUnknown=1;IP=10.244.7.60,fd00:244:7::60")];
+    let (_a, pa) = node.ctr("a");
+    node.add("a", &pa, &conf);
+    let a = node.scope.name("a");
+    let (_b, pb) = node.ctr("b");
+    let (ok, rb) = node.cni("ADD", "b", &pb, &conf, &args);
+    assert!(ok, "{rb}");
+    let mac_b = rb["interfaces"][2]["mac"].as_str().unwrap().to_string();
+    for ip in ["10.244.7.60", "fd00:244:7::60"] {
+        assert!(
+            ns_exec_ok(&a, &["ping", "-c1", "-W2", ip]),
+            "A to B at {ip}"
+        );
+        assert_eq!(neigh_mac(&a, ip), mac_b, "{ip}");
+    }
+    assert!(node.cni("DEL", "b", &pb, &conf, &args).0);
+
+    let (_c, pc) = node.ctr("c");
+    let (ok, rc) = node.cni("ADD", "c", &pc, &conf, &args);
+    assert!(ok, "{rc}");
+    let mac_c = rc["interfaces"][2]["mac"].as_str().unwrap().to_string();
+    // Hairpin is still set: ADD turns it on after the announcement.
+    let veth_c = rc["interfaces"][1]["name"].as_str().unwrap();
+    let port = twill_tests::bridge_json(
+        &node.scope.name("host"),
+        &["-d", "link", "show", "dev", veth_c],
+    );
+    assert_eq!(port[0]["hairpin"], true, "{port}");
+    for ip in ["10.244.7.60", "fd00:244:7::60"] {
+        assert!(
+            ns_exec_ok(&a, &["ping", "-c1", "-W2", ip]),
+            "A cannot reach the reused {ip}: its neighbour entry holds {} (B was {mac_b}, C is {mac_c})",
+            neigh_mac(&a, ip)
+        );
+        assert_eq!(neigh_mac(&a, ip), mac_c, "{ip}");
+    }
+    assert!(node.cni("DEL", "c", &pc, &conf, &args).0);
+    assert!(node.cni("DEL", "a", &pa, &conf, &[]).0);
+}

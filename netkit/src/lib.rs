@@ -6,6 +6,7 @@
 //! idempotently and names the object and namespace in every error.
 
 mod addr;
+pub mod announce;
 mod error;
 pub mod firewall;
 mod link;
@@ -19,7 +20,9 @@ pub mod sysctl;
 pub mod tun;
 
 pub use error::{Error, NetlinkFailure, Result};
-pub use link::{IFNAMSIZ_MAX, Link, VxlanInfo, VxlanSpec, format_mac, parse_mac};
+pub use link::{
+    IFNAMSIZ_MAX, Link, LinkDetail, PortState, VxlanInfo, VxlanSpec, format_mac, parse_mac,
+};
 pub use neigh::{FdbEntry, FdbMode, Neighbour};
 pub use netlink::Netlink;
 pub use netns::{NETNS_RUN_DIR, Netns};

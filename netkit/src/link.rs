@@ -4,7 +4,8 @@
 use std::net::IpAddr;
 
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    BridgePortState, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 use std::os::fd::{AsFd, AsRawFd};
@@ -31,6 +32,45 @@ pub struct Link {
     pub controller: Option<u32>,
     /// Set for vxlan links.
     pub vxlan: Option<VxlanInfo>,
+}
+
+/// What netkit reads about a link besides [`Link`]: the attributes only some callers need
+/// (kept apart so that `Link` stays as it is for everyone who builds one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LinkDetail {
+    /// The link's alias (IFLA_IFALIAS, `ip link set … alias`).
+    pub alias: Option<String>,
+    /// IFLA_LINK: for a veth, its peer's index, in the peer's namespace.
+    pub peer_index: Option<u32>,
+    /// The STP state of the link as a bridge port (None when it is no bridge's port).
+    pub port_state: Option<PortState>,
+}
+
+/// A bridge port's STP state (IFLA_BRPORT_STATE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortState {
+    Disabled,
+    Listening,
+    Learning,
+    Forwarding,
+    Blocking,
+    Other(u8),
+}
+
+impl From<BridgePortState> for PortState {
+    fn from(s: BridgePortState) -> Self {
+        match s {
+            BridgePortState::Disabled => PortState::Disabled,
+            BridgePortState::Listening => PortState::Listening,
+            BridgePortState::Learning => PortState::Learning,
+            BridgePortState::Forwarding => PortState::Forwarding,
+            BridgePortState::Blocking => PortState::Blocking,
+            BridgePortState::Other(v) => PortState::Other(v),
+            // The enum is non-exhaustive: a state a newer crate knows is "not forwarding".
+            other => PortState::Other(u8::from(other)),
+        }
+    }
 }
 
 /// The vxlan settings twill cares about, read back from the kernel.
@@ -163,6 +203,29 @@ fn parse_link(msg: LinkMessage) -> Link {
     link
 }
 
+fn parse_detail(msg: LinkMessage) -> LinkDetail {
+    let mut d = LinkDetail::default();
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfAlias(a) if !a.is_empty() => d.alias = Some(a),
+            LinkAttribute::Link(i) => d.peer_index = Some(i),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::PortData(InfoPortData::BridgePort(port)) = info {
+                        for p in port {
+                            if let InfoBridgePort::State(s) = p {
+                                d.port_state = Some(s.into());
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    d
+}
+
 fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanInfo {
     let mut info = VxlanInfo::default();
     for a in attrs {
@@ -210,6 +273,58 @@ impl Netlink {
             .await
             .map_err(|e| self.err("looking up link", format!("#{index}"), e))?;
         Ok(msgs.into_iter().next().map(parse_link))
+    }
+
+    /// Alias, veth peer index and bridge port state of the link with index `index`, if
+    /// there is one.
+    pub async fn link_detail(&self, index: u32) -> Result<Option<LinkDetail>> {
+        let msgs = collect_dump(self.handle.link().get().match_index(index).execute())
+            .await
+            .map_err(|e| self.err("looking up link", format!("#{index}"), e))?;
+        Ok(msgs.into_iter().next().map(parse_detail))
+    }
+
+    /// Waits up to `timeout` for bridge port `index` to forward (a port starts forwarding
+    /// only once the kernel has seen its carrier come up; until then the bridge drops what
+    /// it sends and what is sent to it). Returns whether it forwards; a link that is gone
+    /// or no bridge's port is an error naming it.
+    pub async fn wait_port_forwarding(
+        &self,
+        index: u32,
+        timeout: std::time::Duration,
+    ) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let detail = self
+                .link_detail(index)
+                .await?
+                .ok_or_else(|| self.not_found("link", format!("#{index}")))?;
+            match detail.port_state {
+                Some(PortState::Forwarding) => return Ok(true),
+                Some(_) => {}
+                None => {
+                    return Err(crate::Error::Invalid(format!(
+                        "link #{index} in netns {} is not a bridge port",
+                        self.netns
+                    )));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Sets a link's alias (IFLA_IFALIAS, at most 255 bytes).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        if alias.len() > 255 || alias.contains('\0') {
+            return Err(crate::Error::Invalid(format!(
+                "invalid alias {alias:?} for link #{index}: at most 255 bytes, no NUL"
+            )));
+        }
+        let msg = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.set_link("setting alias of", index, msg).await
     }
 
     /// The link called `name`, or a NotFound error naming it.

@@ -1,0 +1,162 @@
+//! Link details (alias, veth peer, bridge port state), waiting for a bridge port to forward,
+//! and address announcements as a neighbour's kernel takes them; in namespaces of the
+//! test's own.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{TestNs, root_or_skip};
+use twill_netkit::PortState;
+
+/// `ip -n NS ARGS…`, panicking with stderr on failure; stdout.
+fn ip(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(ns)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running ip -n {ns} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip -n {ns} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn alias_peer_and_a_port_that_forwards_once_its_peer_is_up() {
+    if !root_or_skip("alias_peer_and_a_port_that_forwards_once_its_peer_is_up") {
+        return;
+    }
+    let host = TestNs::new("ldhost");
+    let ctr = TestNs::new("ldctr");
+    let peer_ns = &ctr.ns;
+    let (veth, detail, before) = host
+        .ns
+        .run(|nl| async move {
+            let br = nl.ensure_bridge("ldbr0", None).await?;
+            let veth = nl.create_veth("ldv0", "ldp0", peer_ns, None).await?;
+            nl.set_alias(veth.index, "twill-cni eth0 abc").await?;
+            nl.set_controller(veth.index, br.index).await?;
+            nl.set_up(veth.index).await?;
+            let detail = nl.link_detail(veth.index).await?;
+            // The peer is down: no carrier, the port cannot forward.
+            let before = nl
+                .wait_port_forwarding(veth.index, Duration::from_millis(50))
+                .await?;
+            Ok::<_, twill_netkit::Error>((veth, detail, before))
+        })
+        .expect("setting up the bridge port");
+    let detail = detail.expect("the link exists");
+    assert_eq!(detail.alias.as_deref(), Some("twill-cni eth0 abc"));
+    assert_eq!(detail.port_state, Some(PortState::Disabled));
+    assert!(!before, "a port without carrier forwards");
+
+    let (peer, back) = ctr
+        .ns
+        .run(|nl| async move {
+            let p = nl.require_link("ldp0").await?;
+            nl.set_up(p.index).await?;
+            let back = nl.link_detail(p.index).await?.and_then(|d| d.peer_index);
+            Ok::<_, twill_netkit::Error>((p, back))
+        })
+        .expect("setting the peer up");
+    assert_eq!(detail.peer_index, Some(peer.index), "IFLA_LINK is the peer");
+    assert_eq!(back, Some(veth.index), "and the other way round");
+    assert_eq!(
+        peer.kind.as_deref(),
+        Some("veth"),
+        "the peer is the other end"
+    );
+
+    let index = veth.index;
+    let (after, not_a_port) = host
+        .ns
+        .run(|nl| async move {
+            let after = nl
+                .wait_port_forwarding(index, Duration::from_secs(2))
+                .await?;
+            let br = nl.require_link("ldbr0").await?;
+            let not_a_port = nl
+                .wait_port_forwarding(br.index, Duration::from_millis(10))
+                .await;
+            Ok::<_, twill_netkit::Error>((after, not_a_port))
+        })
+        .expect("waiting for the port");
+    assert!(after, "the port does not forward with its peer up");
+    let e = not_a_port.expect_err("a bridge is no bridge port");
+    assert!(e.to_string().contains("not a bridge port"), "{e}");
+
+    let too_long = "x".repeat(256);
+    let refused = host
+        .ns
+        .run(|nl| async move { Ok::<_, twill_netkit::Error>(nl.set_alias(index, &too_long).await) })
+        .expect("netlink");
+    assert!(refused.is_err());
+}
+
+/// A neighbour's entries (REACHABLE, an old MAC) for both families take the MAC a gratuitous
+/// ARP and an unsolicited neighbour advertisement announce.
+#[test]
+fn a_neighbour_takes_the_announced_mac() {
+    if !root_or_skip("a_neighbour_takes_the_announced_mac") {
+        return;
+    }
+    let a = TestNs::new("anna");
+    let b = TestNs::new("annb");
+    let peer_ns = &b.ns;
+    a.ns.run(|nl| async move {
+        let v = nl.create_veth("anv0", "anv1", peer_ns, None).await?;
+        nl.set_up(v.index).await
+    })
+    .expect("creating the pair");
+    let (an, bn) = (a.name(), b.name());
+    ip(an, &["addr", "add", "10.9.0.1/24", "dev", "anv0"]);
+    ip(an, &["addr", "add", "fd09::1/64", "dev", "anv0", "nodad"]);
+    ip(bn, &["link", "set", "anv1", "up"]);
+    ip(bn, &["addr", "add", "10.9.0.2/24", "dev", "anv1"]);
+    ip(bn, &["addr", "add", "fd09::2/64", "dev", "anv1", "nodad"]);
+    let old = "02:00:00:00:00:01";
+    for ipaddr in ["10.9.0.2", "fd09::2"] {
+        ip(
+            an,
+            &[
+                "neigh",
+                "replace",
+                ipaddr,
+                "lladdr",
+                old,
+                "dev",
+                "anv0",
+                "nud",
+                "reachable",
+            ],
+        );
+    }
+    let link =
+        b.ns.run(|nl| async move { nl.require_link("anv1").await })
+            .expect("the announcing link");
+    let mac: [u8; 6] = link.mac.as_slice().try_into().expect("an Ethernet MAC");
+    let ips = ["10.9.0.2".parse().unwrap(), "fd09::2".parse().unwrap()];
+    b.ns.enter(|| twill_netkit::announce::announce(link.index, &link.name, mac, &ips))
+        .expect("entering b")
+        .expect("announcing");
+    let want = twill_netkit::format_mac(&mac);
+    for ipaddr in ["10.9.0.2", "fd09::2"] {
+        let mut seen = String::new();
+        for _ in 0..100 {
+            seen = ip(an, &["neigh", "show", ipaddr, "dev", "anv0"]);
+            if seen.contains(&want) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            seen.contains(&want),
+            "{ipaddr}: still {seen:?}, announced {want}"
+        );
+    }
+}
