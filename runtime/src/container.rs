@@ -448,11 +448,33 @@ extern "C" fn proxy_signal(sig: libc::c_int) {
     }
 }
 
+fn proxied_set() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for sig in PROXIED {
+        set.add(sig);
+    }
+    set
+}
+
+/// Blocks the signals a foreground run passes on, before it makes anything (state, network,
+/// the container): one that arrives while the container is being made stays pending until
+/// [`proxy_signals`] has its handler in place, then goes to the container. Without this a
+/// SIGTERM in that window killed twill-run and left the container running, its network and
+/// cgroup held, with nobody to record its exit. The container's process inherits the mask
+/// and clears it right before exec (`process::reset_signals`).
+pub fn hold_signals() -> Result<()> {
+    use nix::sys::signal::{SigmaskHow, sigprocmask};
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&proxied_set()), None)
+        .map_err(|e| RuntimeError::nix("blocking", "the signals passed on to the container", e))
+}
+
 /// A foreground `run` passes the signals it gets on to the container's PID 1, as podman's
 /// `--sig-proxy` does. Dying of them instead left the container running with nobody to
-/// record its exit or release its network and cgroup.
+/// record its exit or release its network and cgroup. Unblocks what [`hold_signals`]
+/// blocked, so a signal held meanwhile is passed on now; on an error too (the signals then
+/// act on twill-run as before rather than stay held for ever).
 pub fn proxy_signals(pid: Pid) -> Result<()> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, sigaction};
     PROXY_TO.store(pid.as_raw(), std::sync::atomic::Ordering::SeqCst);
     // SA_RESTART: the monitor's waitpid goes on waiting after the handler.
     let action = SigAction::new(
@@ -460,19 +482,29 @@ pub fn proxy_signals(pid: Pid) -> Result<()> {
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    for sig in PROXIED {
+    let installed = PROXIED.iter().try_for_each(|&sig| {
         // SAFETY: the handler only reads an atomic and calls kill(2).
         unsafe { sigaction(sig, &action) }
-            .map_err(|e| RuntimeError::nix("installing a handler for", sig, e))?;
-    }
-    Ok(())
+            .map(drop)
+            .map_err(|e| RuntimeError::nix("installing a handler for", sig, e))
+    });
+    let unblocked =
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&proxied_set()), None).map_err(
+            |e| RuntimeError::nix("unblocking", "the signals passed on to the container", e),
+        );
+    installed.and(unblocked)
+}
+
+/// Ends what [`proxy_signals`] started: once the container's PID 1 is reaped its PID may be
+/// reused by anything, so signals to twill-run go nowhere from now on.
+pub fn stop_proxying() {
+    PROXY_TO.store(0, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Waits for the container's PID 1 and records how it ended; removes it with `--rm`.
 pub fn monitor(store: &Store, mut st: State, pid: Pid, cni: &CniOptions) -> Result<i32> {
     let code = process::wait_exit(pid);
-    // Reaped: its PID may be reused by anything now.
-    PROXY_TO.store(0, std::sync::atomic::Ordering::SeqCst);
+    stop_proxying();
     // `rm -f` may have removed it meanwhile.
     if let Ok(latest) = store.load(&st.id) {
         st = latest;

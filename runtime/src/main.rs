@@ -300,6 +300,20 @@ fn main() {
     }
 }
 
+/// A seam for tests only (runtime/tests/run.rs): with `TWILL_RUN_TEST_PAUSE_BEFORE_PROXY`
+/// set to a path, a foreground `run` whose container is running waits (at most a minute)
+/// for that path to exist before it installs its signal proxy, so a test can signal it
+/// inside that window. Not a feature: nothing else reads it, and unset it costs nothing.
+fn test_pause_before_proxy() {
+    let Some(path) = std::env::var_os("TWILL_RUN_TEST_PAUSE_BEFORE_PROXY") else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(&path).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs `f` on every ID; 0 when all succeeded, else 125 once each failure is printed.
 fn each(ids: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> i32 {
     let mut code = 0;
@@ -444,7 +458,13 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", container::run_detached(&store, &opts, &cni)?);
                 return Ok(0);
             }
+            // Held from before anything is made until the proxy is in place: a SIGTERM
+            // meanwhile is passed on, not fatal to twill-run (see `hold_signals`).
+            if let Err(e) = container::hold_signals() {
+                eprintln!("twill-run: {e}: a signal before the container runs may orphan it");
+            }
             let (st, pid) = container::start(&store, &opts, &cni, false)?;
+            test_pause_before_proxy();
             if let Err(e) = container::proxy_signals(pid) {
                 eprintln!("twill-run: {e}: signals to twill-run will not reach the container");
             }

@@ -208,9 +208,67 @@ fn cloexec_from(first: u32) -> Result<()> {
     Ok(())
 }
 
+/// Gives the command the signal state a freshly started program expects, whatever its
+/// runtime had: nothing blocked (a foreground `twill-run run` and `twill-oci run` block the
+/// signals they pass on until their proxy is in place, and an engine or service manager may
+/// start either with a mask; fork, clone and execve all keep it), and SIGPIPE at its default
+/// (Rust's runtime ignores it in twill-oci, and an ignored signal stays ignored across
+/// execve: the command would get EPIPE where `yes | head` expects to die), and so every
+/// other signal whatever its runtime's parent ignored (`nohup`'s SIGHUP, a shell's SIGQUIT):
+/// a container starts as its engine's would, with every disposition at its default. Handled
+/// signals need nothing: execve resets them.
+pub fn reset_signals() -> Result<()> {
+    use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
+    // SAFETY: setting the default disposition installs no handler.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map_err(|e| RuntimeError::nix("restoring the default disposition of", "SIGPIPE", e))?;
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            set_default_disposition(sig);
+        }
+    }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| RuntimeError::nix("clearing", "the signal mask", e))
+}
+
+/// SIG_DFL for `sig`, through the system call: the C library refuses the signals it keeps
+/// for itself (32 and 33), which a parent may still have left ignored. Best effort: a
+/// signal that cannot be reset keeps what it had.
+fn set_default_disposition(sig: libc::c_int) {
+    // The kernel's `struct sigaction` (x86-64 and arm64 layout, SA_RESTORER present).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::sighandler_t,
+        flags: libc::c_ulong,
+        restorer: libc::sighandler_t,
+        mask: u64,
+    }
+    let act = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: `act` is a valid kernel sigaction that installs no handler; the old action
+    // is not asked for; 8 is the kernel's sigset size on these architectures.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &act as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
+}
+
 /// Sets rlimits, drops to the user, trims capabilities, sets no_new_privs and execs.
 /// Returns only on failure.
 pub fn exec_final(f: &FinalExec) -> RuntimeError {
+    // First: a seccomp profile loaded below may deny rt_sigprocmask or rt_sigaction.
+    if let Err(e) = reset_signals() {
+        return e;
+    }
     // Read before a seccomp profile may deny prctl: asked afterwards, every capability would
     // look unsupported and none would be dropped from the bounding set.
     let supported = caps::runtime::thread_all_supported();

@@ -1490,3 +1490,110 @@ fn a_name_is_checked_and_taken_under_one_lock() {
     assert_eq!(again.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already in use"));
 }
+
+/// Starts `c` with SIGALRM and SIGWINCH blocked, as a service manager or a shell may hand a
+/// process a signal mask (std clears the mask in the child first, then runs this).
+fn with_blocked_signals(c: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: sigprocmask is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let mut set = nix::sys::signal::SigSet::empty();
+            set.add(nix::sys::signal::Signal::SIGALRM);
+            set.add(nix::sys::signal::Signal::SIGWINCH);
+            nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None)
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
+#[test]
+fn a_signal_before_the_proxy_is_in_place_is_held_and_passed_on() {
+    // Before: a foreground run caught SIGTERM only once its proxy was installed, after the
+    // container had started; a SIGTERM earlier (while the container was made) killed
+    // twill-run and left the container running with its cgroup (and network) held and
+    // nobody to record its exit. The test seam TWILL_RUN_TEST_PAUSE_BEFORE_PROXY holds
+    // twill-run in that window, its container running, until the test creates the file.
+    // Also: the container's processes, `run`'s and `exec`'s, start with no signal blocked,
+    // even when twill-run was given a mask.
+    if !pre("a_signal_before_the_proxy_is_in_place_is_held_and_passed_on") {
+        return;
+    }
+    use std::io::BufRead;
+    let rt = Rt::new();
+    let go = rt.dir.path().join("go");
+    let mut cmd = Command::new(RUN);
+    cmd.arg("--root")
+        .arg(rt.root())
+        .env("TWILL_RUN_TEST_PAUSE_BEFORE_PROXY", &go)
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            "early",
+            "--net",
+            "none",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; grep SigBlk /proc/1/status; echo ready; \
+             while true; do sleep 0.1; done",
+        ])
+        .stdout(std::process::Stdio::piped());
+    let mut child = with_blocked_signals(&mut cmd).spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        lines.push(line);
+    }
+    let id = rt.ok(&["ps", "-q"]).trim().to_string();
+    assert_eq!(id.len(), 12, "the running container's short ID: {id:?}");
+    // exec, given the same mask, must not pass it on either.
+    let mut exec = Command::new(RUN);
+    exec.arg("--root").arg(rt.root()).args([
+        "exec",
+        "early",
+        "grep",
+        "SigBlk",
+        "/proc/self/status",
+    ]);
+    let exec_out = with_blocked_signals(&mut exec).output().unwrap();
+    // Still in the window: the proxy is not installed, the signal must be held.
+    // SAFETY: kill(2) on the PID of our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::fs::write(&go, "").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("twill-run did not end after the held SIGTERM was passed on");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "the container's exit code, not twill-run's death by the early SIGTERM: {status:?}"
+    );
+    assert_eq!(lines[1], "ready\n");
+    assert_eq!(
+        lines[0], "SigBlk:\t0000000000000000\n",
+        "the container's PID 1 starts with no signal blocked"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&exec_out.stdout),
+        "SigBlk:\t0000000000000000\n",
+        "an exec'd process starts with no signal blocked: {}",
+        String::from_utf8_lossy(&exec_out.stderr)
+    );
+    // --rm: nothing of the container is left (directory, cgroups, netns).
+    no_leftovers(&rt, &id);
+    assert_eq!(rt.ok(&["ps", "-aq"]), "");
+}

@@ -82,7 +82,14 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
 /// `run ID`: create, start, wait, delete (runc's); the process's exit code. As runc, a
 /// container whose start fails is deleted too, and the error says what failed: `start`
 /// itself, or the process before its exec (a startContainer hook, execve refusing the file).
+/// As runc and a foreground `twill-run run`, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1 and
+/// SIGUSR2 are passed on to the process (held from before create until it has exec'd), so
+/// `kill` or `timeout` stop the container, and `run` still deletes it, instead of killing
+/// `run` and leaving the container running with its state.
 pub fn run(root: &Root, id: &str, opts: &create::CreateOptions) -> Result<i32> {
+    if let Err(e) = crate::container::hold_signals() {
+        eprintln!("twill-oci: {e}: a signal before the container runs may orphan it");
+    }
     let created = create::create_for_run(root, id, opts)
         .map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?;
     let pid = created.pid;
@@ -121,7 +128,13 @@ pub fn run(root: &Root, id: &str, opts: &create::CreateOptions) -> Result<i32> {
     }
     // Blocks until the process has exec'd (the pipe closes on exec) or failed.
     let why = created.failure_before_exec();
+    if why.is_none()
+        && let Err(e) = crate::container::proxy_signals(pid)
+    {
+        eprintln!("twill-oci: {e}: signals to twill-oci will not reach container {id}");
+    }
     let code = process::wait_exit(pid);
+    crate::container::stop_proxying();
     let deleted = delete(root, id, true);
     match why {
         Some(why) => Err(failed(why, deleted)),
