@@ -24,7 +24,7 @@ use crate::cli::Cli;
 use crate::etcd_store::{EtcdOptions, EtcdStore};
 use crate::lease::{LeaseRecord, Subnets};
 use crate::lease_mgr::{self, AcquireError, Held};
-use crate::lease_store::{LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, WatchBatch};
+use crate::lease_store::{Cancelled, LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, WatchBatch};
 use crate::metrics::{self, Metrics};
 use crate::netconf::{BackendType, NetworkConfig};
 use crate::node::{self, HostNode, HostSettings, Node};
@@ -303,9 +303,11 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         Ok(())
     }
 
-    /// Re-lists after the next backoff wait.
-    fn resync_later(&mut self) {
-        self.resync_at = Instant::now() + self.resync_retry.next_wait();
+    /// Re-lists after the next backoff wait; returns the wait.
+    fn resync_later(&mut self) -> Duration {
+        let wait = self.resync_retry.next_wait();
+        self.resync_at = Instant::now() + wait;
+        wait
     }
 
     fn held_subnet(&self) -> Option<Subnets> {
@@ -341,8 +343,9 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         self.peers_listed = true;
         match self.store.watch(snap.revision + 1).await {
             Ok(w) => {
+                // The backoff is reset by the watch's first answer, not here: etcd sets up a
+                // watch it then cancels (permission denied) without an error.
                 self.watch = Some(w);
-                self.resync_retry.reset();
                 self.store_ok();
             }
             Err(e) => {
@@ -376,10 +379,30 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         batch: Result<Option<WatchBatch>, crate::lease_store::StoreError>,
     ) -> Next {
         let events = match batch {
-            Ok(Some(WatchBatch::Events(events))) => events,
-            Ok(Some(WatchBatch::Cancelled { compact_revision })) => {
-                tracing::warn!(compact_revision, "watch cancelled (compaction): re-listing");
+            Ok(Some(WatchBatch::Events(events))) => {
+                // The watch works (etcd's first answer says it was created): a later loss
+                // starts over with short waits.
+                self.resync_retry.reset();
+                events
+            }
+            Ok(Some(WatchBatch::Cancelled(why @ Cancelled::Compacted { .. }))) => {
+                // Events were missed: a fresh snapshot, and a watch from just after it, at once.
+                tracing::warn!("etcd cancelled the watch on the leases: {why}; re-listing them");
                 self.watch = None;
+                return Next::Continue;
+            }
+            Ok(Some(WatchBatch::Cancelled(why @ Cancelled::Other { .. }))) => {
+                // Not a compaction: a watch set up again at once would most likely be refused
+                // again, so after the backoff (and from a fresh snapshot, as after any loss).
+                self.watch = None;
+                let wait = self.resync_later();
+                let what = format!(
+                    "etcd cancelled the watch on the leases (not a compaction): re-listing and watching again in {:.1}s",
+                    wait.as_secs_f32()
+                );
+                // A failed call (counted), but not an outage: etcd answers.
+                self.metrics.etcd_failed("watch");
+                tracing::warn!(error = %why, "{what}");
                 return Next::Continue;
             }
             lost => {
@@ -472,9 +495,14 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
     async fn restore_own_value(&mut self) {
         // The store lease our key left for a reservation binds nothing now; revoked rather
         // than left to run out its TTL.
+        // Unless another key is bound to it too: a revoke would delete that key.
         if let Some(id) = self.unused_lease.take() {
-            match self.store.release(id).await {
-                Ok(()) => self.store_ok(),
+            match lease_mgr::revoke_unused(&self.store, id, &[]).await {
+                Ok(lease_mgr::Revoked::InUse(keys)) => {
+                    self.store_ok();
+                    tracing::info!(lease = format!("{id:x}"), others = ?keys, "the store lease our reservation left is not revoked: other keys are bound to it")
+                }
+                Ok(_) => self.store_ok(),
                 Err(e) => {
                     tracing::debug!(lease = format!("{id:x}"), error = %e, "revoking the store lease our reservation left (it expires with its TTL)")
                 }

@@ -7,14 +7,14 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use etcd_client::{
-    Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions,
+    Txn, TxnOp, WatchOptions, WatchStream,
 };
 
 use crate::etcd_members::Members;
 use crate::lease::{LeaseRecord, Subnets};
 use crate::lease_store::{
-    LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, Snapshot, StoreError, WatchBatch,
+    Cancelled, LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, Snapshot, StoreError, WatchBatch,
 };
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -346,6 +346,29 @@ impl LeaseStore for EtcdStore {
         Ok(())
     }
 
+    async fn lease_keys(&self, lease_id: i64) -> Result<Option<Vec<String>>> {
+        let resp = self
+            .members
+            .call(
+                &format!("listing the keys of lease {lease_id:x}"),
+                |mut c| {
+                    let opts = LeaseTimeToLiveOptions::new().with_keys();
+                    async move { c.lease_time_to_live(lease_id, Some(opts)).await }
+                },
+            )
+            .await?;
+        // etcd answers TTL -1 for a lease it does not know (expired or revoked).
+        if resp.ttl() < 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            resp.keys()
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect(),
+        ))
+    }
+
     async fn keep_alive(&self, lease_id: i64) -> Result<i64> {
         let op = format!("renewing lease {lease_id:x}");
         self.members
@@ -385,9 +408,10 @@ pub struct EtcdWatch {
 impl EtcdWatch {
     fn batch(&self, resp: &etcd_client::WatchResponse) -> WatchBatch {
         if resp.canceled() {
-            return WatchBatch::Cancelled {
-                compact_revision: resp.compact_revision(),
-            };
+            return WatchBatch::Cancelled(Cancelled::classify(
+                resp.compact_revision(),
+                resp.cancel_reason(),
+            ));
         }
         let mut out = Vec::new();
         for ev in resp.events() {
@@ -434,6 +458,34 @@ mod tests {
             "etcd's own answer for an expired lease"
         );
         assert!(renewed_ttl(None).is_err());
+    }
+
+    #[test]
+    fn a_cancelled_watch_is_a_compaction_only_with_a_compact_revision() {
+        assert_eq!(
+            Cancelled::classify(42, ""),
+            Cancelled::Compacted {
+                compact_revision: 42
+            }
+        );
+        let refused = Cancelled::classify(
+            0,
+            "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
+        );
+        assert!(
+            matches!(&refused, Cancelled::Other { reason } if reason.ends_with("permission denied")),
+            "{refused:?}"
+        );
+        assert_eq!(
+            Cancelled::classify(0, " ").to_string(),
+            "no reason given",
+            "a cancel without a reason is still not a compaction"
+        );
+        assert!(
+            Cancelled::classify(7, "")
+                .to_string()
+                .contains("compacted up to revision 7")
+        );
     }
 
     #[test]

@@ -48,11 +48,6 @@ fn random_index(n: usize) -> usize {
     (twill_netkit::random::random_u64() % n.max(1) as u64) as usize
 }
 
-/// Whether store lease `lease_id` still runs (a renewal works); 0 (no lease) never does.
-async fn is_live<S: LeaseStore>(store: &S, lease_id: i64) -> bool {
-    live_ttl(store, lease_id).await.is_some()
-}
-
 /// The TTL of store lease `lease_id` if it still runs (renewed by this call).
 async fn live_ttl<S: LeaseStore>(store: &S, lease_id: i64) -> Option<i64> {
     if lease_id == 0 {
@@ -104,12 +99,69 @@ async fn reuse<S: LeaseStore>(
         .await?
     {
         tracing::info!(subnets = %e.subnets, "took over our previous lease");
+        if live.is_some() {
+            revoke_left_behind(store, e).await;
+        }
         return Ok(Some(Held {
             subnets: e.subnets,
             lease_id: id,
         }));
     }
     Ok(None)
+}
+
+/// What [`revoke_unused`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Revoked {
+    /// Revoked.
+    Yes,
+    /// The lease had expired or was revoked already.
+    Gone,
+    /// Not revoked: these keys (none of them `ours`) are still bound to it.
+    InUse(Vec<String>),
+}
+
+/// Revokes store lease `lease_id` if no key but `ours` is bound to it. A revoke deletes every
+/// key bound to the lease: twill and Flannel bind one key to a lease, but an operator's
+/// `etcdctl put --lease` can bind more, and another node's key is never ours to delete.
+pub(crate) async fn revoke_unused<S: LeaseStore>(
+    store: &S,
+    lease_id: i64,
+    ours: &[&str],
+) -> Result<Revoked, StoreError> {
+    if lease_id == 0 {
+        return Ok(Revoked::Gone);
+    }
+    let Some(keys) = store.lease_keys(lease_id).await? else {
+        return Ok(Revoked::Gone);
+    };
+    let others: Vec<String> = keys
+        .into_iter()
+        .filter(|k| !ours.contains(&k.as_str()))
+        .collect();
+    if !others.is_empty() {
+        return Ok(Revoked::InUse(others));
+    }
+    store.release(lease_id).await?;
+    Ok(Revoked::Yes)
+}
+
+/// After our key `e` moved to a new store lease: revokes the one it left (still live, and
+/// bound to nothing if only our key used it) instead of leaving it to run out its TTL.
+async fn revoke_left_behind<S: LeaseStore>(store: &S, e: &LeaseEntry) {
+    let old = format!("{:x}", e.lease_id);
+    match revoke_unused(store, e.lease_id, &[]).await {
+        Ok(Revoked::Yes) => {
+            tracing::info!(key = %e.key, lease = old, "revoked the store lease our key left")
+        }
+        Ok(Revoked::Gone) => {}
+        Ok(Revoked::InUse(keys)) => {
+            tracing::warn!(key = %e.key, lease = old, others = ?keys, "the store lease our key left is not revoked: other keys are bound to it")
+        }
+        Err(err) => {
+            tracing::warn!(key = %e.key, lease = old, error = %err, "revoking the store lease our key left (it expires with its TTL)")
+        }
+    }
 }
 
 /// Whether `subnets` names exactly the families the config leases, each inside its range.
@@ -228,14 +280,19 @@ async fn acquire_once<S: LeaseStore>(
             // detaches a key from its lease; that must not make it a reservation).
             // Unless the value names another node: a Flannel node whose backend or format
             // twill does not read leased it while ours had expired.
+            // A live lease of another TTL moves to one of today's TTL, as in `reuse`.
             Some(e) if e.record.is_err() && !claimed_by_another(config, record, e) => {
                 tracing::warn!(key = %e.key, "the subnet file's subnets have an unreadable lease value: taking them back");
-                let id = if is_live(store, e.lease_id).await {
+                let live = live_ttl(store, e.lease_id).await;
+                let id = if live == Some(ttl) {
                     e.lease_id
                 } else {
                     grant_once(store, granted, ttl).await?
                 };
                 if store.take_over(h, record, id, e.mod_revision).await? {
+                    if id != e.lease_id && live.is_some() {
+                        revoke_left_behind(store, e).await;
+                    }
                     return Ok(Some(Held {
                         subnets: h,
                         lease_id: id,
@@ -265,9 +322,12 @@ async fn acquire_once<S: LeaseStore>(
             tracing::warn!(key = %e.key, "a reservation for this node's public IP does not fit the network config: not used; remove it");
             continue;
         }
-        match store.release(e.lease_id).await {
-            Ok(()) => {
+        match revoke_unused(store, e.lease_id, &[e.key.as_str()]).await {
+            Ok(Revoked::Yes | Revoked::Gone) => {
                 tracing::info!(key = %e.key, "removed our lease that does not fit the network config")
+            }
+            Ok(Revoked::InUse(keys)) => {
+                tracing::warn!(key = %e.key, lease = format!("{:x}", e.lease_id), others = ?keys, "our lease that does not fit the network config is left to expire: its store lease also binds other keys")
             }
             Err(err) => {
                 tracing::warn!(key = %e.key, error = %err, "removing our lease that does not fit the network config")

@@ -72,9 +72,50 @@ pub enum LeaseEvent {
 pub enum WatchBatch {
     /// Changes, in store order.
     Events(Vec<LeaseEvent>),
-    /// The store cancelled the watch (etcd: the start revision was compacted away); the
-    /// watcher must re-read a snapshot and watch again.
-    Cancelled { compact_revision: i64 },
+    /// The store cancelled the watch; nothing more comes on it.
+    Cancelled(Cancelled),
+}
+
+/// Why the store cancelled a watch. Only a compaction says the watch missed history; etcd
+/// also cancels a watch it refuses (permission denied) or cannot serve, with a reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The revision the watch started from (or had reached) was compacted away: the watcher
+    /// must re-read a snapshot, at a fresh revision, and watch from just after it.
+    Compacted { compact_revision: i64 },
+    /// Any other cancellation, with etcd's reason: the watch is set up again after a pause
+    /// (at once it would most likely be refused again).
+    Other { reason: String },
+}
+
+impl Cancelled {
+    /// What a watch response that cancelled a watch means: etcd sets `compact_revision` only
+    /// for a compaction (0 otherwise), and `cancel_reason` for the rest.
+    pub fn classify(compact_revision: i64, cancel_reason: &str) -> Cancelled {
+        if compact_revision > 0 {
+            return Cancelled::Compacted { compact_revision };
+        }
+        let reason = cancel_reason.trim();
+        Cancelled::Other {
+            reason: if reason.is_empty() {
+                "no reason given".into()
+            } else {
+                reason.into()
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cancelled::Compacted { compact_revision } => write!(
+                f,
+                "the revision it started from was compacted away (compacted up to revision {compact_revision})"
+            ),
+            Cancelled::Other { reason } => f.write_str(reason),
+        }
+    }
 }
 
 /// A running watch on the config and the leases.
@@ -122,7 +163,14 @@ pub trait LeaseStore: Send + Sync {
     /// Grants a store lease of `ttl` seconds.
     fn grant(&self, ttl: i64) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// Revokes a store lease no key uses (one an acquire granted and then could not use).
+    /// Revoking deletes every key still bound to it: see [`LeaseStore::lease_keys`].
     fn release(&self, lease_id: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The keys bound to store lease `lease_id`; `None` when the lease is gone (expired or
+    /// revoked).
+    fn lease_keys(
+        &self,
+        lease_id: i64,
+    ) -> impl Future<Output = Result<Option<Vec<String>>, StoreError>> + Send;
     /// Renews a store lease once; the TTL left afterwards (0: the lease is gone).
     fn keep_alive(&self, lease_id: i64) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// Watches the config and all leases from `revision` (inclusive).

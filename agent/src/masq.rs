@@ -142,8 +142,7 @@ pub fn remove_stale(backend: FirewallBackend, nets: Nets) {
 /// Applies the desired rules with the chosen backend.
 pub fn apply(backend: FirewallBackend, nets: Nets, ip_masq: bool) -> Result<(), String> {
     if uses_nft(backend) {
-        table(nets, ip_masq).apply().map_err(|e| e.to_string())?;
-        accept_past_iptables_drop(nets)
+        apply_nft(nets, ip_masq)
     } else {
         if let Some((network, subnet)) = nets.v4 {
             iptables::apply(
@@ -165,27 +164,253 @@ pub fn apply(backend: FirewallBackend, nets: Nets, ip_masq: bool) -> Result<(), 
     }
 }
 
+/// What an nftables-mode apply left in one network namespace: valid for as long as nothing
+/// else changes the ruleset there (its generation stays the one read after the apply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NftApplied {
+    /// The namespace's inode.
+    netns: u64,
+    nets: Nets,
+    ip_masq: bool,
+    /// Whether legacy (x_tables) filter tables exist, IPv4 and IPv6.
+    legacy_filter: [bool; 2],
+    generation: u32,
+}
+
+static NFT_APPLIED: std::sync::Mutex<Option<NftApplied>> = std::sync::Mutex::new(None);
+
+/// The nftables-mode apply, once per change: replacing the table and asking iptables whether
+/// its `FORWARD` chain drops take a process each, and the reconcile calls this every few
+/// seconds. The nftables generation of the namespace grows with every committed change of its
+/// ruleset, whoever makes it (nft, iptables-nft, firewalld, Docker) and not with listings: while
+/// it stays what it was after our last apply, our table and iptables-nft's `FORWARD` chain
+/// are as we left them. What it cannot see, legacy iptables (x_tables), is checked every time
+/// where a legacy filter table exists.
+fn apply_nft(nets: Nets, ip_masq: bool) -> Result<(), String> {
+    let netns = std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let legacy_filter = [
+        legacy_filter_table("ip_tables_names"),
+        legacy_filter_table("ip6_tables_names"),
+    ];
+    let applied = |generation| {
+        netns.map(|netns| NftApplied {
+            netns,
+            nets,
+            ip_masq,
+            legacy_filter,
+            generation,
+        })
+    };
+    let mut last = NFT_APPLIED.lock().unwrap_or_else(|p| p.into_inner());
+    let before = match nftgen::generation() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the nftables generation (applying every time)");
+            None
+        }
+    };
+    if let Some(g) = before
+        && last.is_some()
+        && *last == applied(g)
+    {
+        return Ok(());
+    }
+    *last = None;
+    table(nets, ip_masq).apply().map_err(|e| e.to_string())?;
+    let settled = accept_past_iptables_drop(nets, legacy_filter)?;
+    // Our table's replacement is one commit: one more means someone else changed the ruleset
+    // meanwhile, and what we read may be stale already.
+    let after = nftgen::generation().ok();
+    if settled
+        && before
+            .zip(after)
+            .is_some_and(|(b, a)| a == b.wrapping_add(1))
+    {
+        *last = after.and_then(applied);
+    }
+    Ok(())
+}
+
+/// Whether the legacy (x_tables) filter table exists in the calling thread's namespace
+/// (`names`: `ip_tables_names` or `ip6_tables_names`). Reading the list loads no module and
+/// creates no table.
+fn legacy_filter_table(names: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/thread-self/net/{names}"))
+        .is_ok_and(|t| t.lines().any(|l| l.trim() == "filter"))
+}
+
 /// An accept in our nftables table does not override a drop in another table's chain on the
 /// same hook: every base chain sees the packet. Docker sets iptables' `FORWARD` policy to DROP
 /// (ufw and firewalld drop there too), which would drop pod traffic between nodes although our
 /// table accepts it. So where iptables' filter `FORWARD` chain may drop (a DROP policy, or any
 /// rule of someone else's), our forward accepts go there too, in `TWILL-FWD`, as Flannel's
-/// iptables rules do. Where the iptables tools are not installed there is no such chain.
-fn accept_past_iptables_drop(nets: Nets) -> Result<(), String> {
+/// iptables rules do. Where the iptables tools are not installed there is no such chain, and
+/// neither with legacy iptables while no legacy filter table exists (`legacy_filter`, IPv4 and
+/// IPv6; asking would create one).
+///
+/// Returns whether the result holds until the nftables generation changes: nothing was
+/// written (a write is checked again next time) and no legacy table was read.
+fn accept_past_iptables_drop(nets: Nets, legacy_filter: [bool; 2]) -> Result<bool, String> {
     let per_family = [
-        ("iptables", nets.v4.map(|(n, _)| n.to_string())),
-        ("ip6tables", nets.v6.map(|(n, _)| n.to_string())),
+        (
+            "iptables",
+            legacy_filter[0],
+            nets.v4.map(|(n, _)| n.to_string()),
+        ),
+        (
+            "ip6tables",
+            legacy_filter[1],
+            nets.v6.map(|(n, _)| n.to_string()),
+        ),
     ];
-    for (tool, network) in per_family {
+    let mut settled = true;
+    for (tool, legacy_table, network) in per_family {
         let Some(network) = network else { continue };
         if !have(tool) || !have(&format!("{tool}-restore")) {
             continue;
         }
-        if iptables::forward_may_drop(tool)? {
+        let legacy = iptables::is_legacy(tool);
+        if legacy {
+            if !legacy_table {
+                continue;
+            }
+            settled = false;
+        }
+        if !iptables::forward_may_drop(tool)? {
+            continue;
+        }
+        if legacy {
+            // Checked on every refresh anyway: rewritten as it always was.
             iptables::apply_forward(tool, &network)?;
+        } else if iptables::ensure_forward(tool, &network)? {
+            settled = false;
         }
     }
-    Ok(())
+    Ok(settled)
+}
+
+/// The nftables ruleset generation (`NFT_MSG_GETGEN`) of the calling thread's network
+/// namespace, over netlink: no process, no listing of the ruleset.
+mod nftgen {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_GETGEN: u16 = 16;
+    const NFTA_GEN_ID: u16 = 1;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_HDRLEN: usize = 16;
+    /// `struct nfgenmsg`: family, version, resource id.
+    const NFGENMSG_LEN: usize = 4;
+
+    /// The request: `nlmsghdr` and an empty `nfgenmsg` (AF_UNSPEC, NFNETLINK_V0).
+    fn request(seq: u32) -> [u8; NLMSG_HDRLEN + NFGENMSG_LEN] {
+        let mut req = [0u8; NLMSG_HDRLEN + NFGENMSG_LEN];
+        req[0..4].copy_from_slice(&((NLMSG_HDRLEN + NFGENMSG_LEN) as u32).to_ne_bytes());
+        req[4..6].copy_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN).to_ne_bytes());
+        req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        req[8..12].copy_from_slice(&seq.to_ne_bytes());
+        req
+    }
+
+    fn bad(what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("nftables generation: {what}"),
+        )
+    }
+
+    /// The generation in the kernel's answer.
+    pub(super) fn parse(msg: &[u8]) -> io::Result<u32> {
+        let u16_at = |i: usize| msg.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+        let u32_at = |i: usize| {
+            msg.get(i..i + 4)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let len = u32_at(0).ok_or_else(|| bad("short answer"))? as usize;
+        let len = len.min(msg.len());
+        if u16_at(4) == Some(NLMSG_ERROR) {
+            let errno = u32_at(NLMSG_HDRLEN).ok_or_else(|| bad("short error"))? as i32;
+            return Err(io::Error::from_raw_os_error(-errno));
+        }
+        let mut at = NLMSG_HDRLEN + NFGENMSG_LEN;
+        while at + 4 <= len {
+            let (Some(alen), Some(kind)) = (u16_at(at), u16_at(at + 2)) else {
+                break;
+            };
+            let alen = alen as usize;
+            if alen < 4 || at + alen > len {
+                break;
+            }
+            // NLA_TYPE_MASK: the nested and byte-order flags off.
+            if kind & 0x3fff == NFTA_GEN_ID && alen >= 8 {
+                let b = &msg[at + 4..at + 8];
+                return Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            }
+            at += (alen + 3) & !3;
+        }
+        Err(bad("no generation id in the answer"))
+    }
+
+    pub(super) fn generation() -> io::Result<u32> {
+        // SAFETY: socket(2) with constant arguments; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor just opened, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: `timeout` lives across the call and its size is passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: sockaddr_nl is plain integers, for which all zeroes is valid.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        let req = request(1);
+        // SAFETY: `req` and `kernel` live across the call and their sizes are passed.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&raw const kernel).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = [0u8; 256];
+        // SAFETY: `buf` is valid for writes of its length.
+        let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        parse(&buf[..got as usize])
+    }
 }
 
 /// The same rules for hosts without nftables: chains of our own (`TWILL-POSTRTG` in nat,
@@ -256,14 +481,10 @@ pub mod iptables {
         s
     }
 
-    fn ensure_jump(tool: &str, table: &str, from: &str, to: &str) -> Result<(), String> {
-        let check = Command::new(tool)
-            .args(["-w", "5", "-t", table, "-C", from, "-j", to])
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|e| format!("running {tool}: {e}"))?;
-        if check.success() {
-            return Ok(());
+    /// Makes sure `from` jumps to `to`; whether it had to insert the jump.
+    fn ensure_jump(tool: &str, table: &str, from: &str, to: &str) -> Result<bool, String> {
+        if holds(tool, table, from, &["-j", to])? {
+            return Ok(false);
         }
         let out = Command::new(tool)
             .args(["-w", "5", "-t", table, "-I", from, "1", "-j", to])
@@ -275,7 +496,19 @@ pub mod iptables {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether `chain` of `table` holds the rule `rule` (`-C`: a listing, nothing written).
+    fn holds(tool: &str, table: &str, chain: &str, rule: &[&str]) -> Result<bool, String> {
+        let check = Command::new(tool)
+            .args(["-w", "5", "-t", table, "-C", chain])
+            .args(rule)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("running {tool}: {e}"))?;
+        Ok(check.success())
     }
 
     /// Whether `tool`'s filter `FORWARD` chain (`-S` output in `rules`) may drop a packet:
@@ -309,10 +542,59 @@ pub mod iptables {
     }
 
     /// Rewrites `TWILL-FWD` alone (no nat rules: nftables holds those) and makes sure
-    /// `FORWARD` jumps to it first.
+    /// `FORWARD` jumps to it.
     pub fn apply_forward(tool: &str, network: &str) -> Result<(), String> {
         restore(tool, &render_forward(network))?;
-        ensure_jump(tool, "filter", "FORWARD", FWD)
+        ensure_jump(tool, "filter", "FORWARD", FWD)?;
+        Ok(())
+    }
+
+    /// Makes `TWILL-FWD` hold exactly [`render_forward`]'s two accepts (no nat rules:
+    /// nftables holds those), and `FORWARD` jump to it. Only listings while both are right;
+    /// returns whether it had to write.
+    pub fn ensure_forward(tool: &str, network: &str) -> Result<bool, String> {
+        let listed = Command::new(tool)
+            .args(["-w", "5", "-t", "filter", "-S", FWD])
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|e| format!("running {tool}: {e}"))?;
+        let rules = String::from_utf8_lossy(&listed.stdout);
+        let comment = ["-m", "comment", "--comment", "twilld forward"];
+        let accept = |dir: &str| {
+            let mut rule = vec![dir, network, "-j", "ACCEPT"];
+            rule.extend(comment);
+            holds(tool, "filter", FWD, &rule)
+        };
+        let right = listed.status.success()
+            && rules
+                .lines()
+                .filter(|l| l.starts_with(&format!("-A {FWD} ")))
+                .count()
+                == 2
+            && accept("-s")?
+            && accept("-d")?;
+        if !right {
+            restore(tool, &render_forward(network))?;
+        }
+        Ok(ensure_jump(tool, "filter", "FORWARD", FWD)? || !right)
+    }
+
+    /// Whether `tool` is the legacy iptables (x_tables), asked once per tool: its rules are
+    /// not in nftables, and listing them creates its filter table. iptables 1.8 says
+    /// `(nf_tables)` or `(legacy)` in its version; older ones are all legacy.
+    pub fn is_legacy(tool: &str) -> bool {
+        static KNOWN: std::sync::Mutex<Vec<(String, bool)>> = std::sync::Mutex::new(Vec::new());
+        let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, legacy)) = known.iter().find(|(t, _)| t == tool) {
+            return *legacy;
+        }
+        let legacy = match Command::new(tool).arg("--version").output() {
+            Ok(o) => !String::from_utf8_lossy(&o.stdout).contains("nf_tables"),
+            // Not known now: asked again next time.
+            Err(_) => return true,
+        };
+        known.push((tool.to_string(), legacy));
+        legacy
     }
 
     /// Rewrites our chains with `tool` (`iptables` or `ip6tables`) and makes sure the
@@ -321,7 +603,8 @@ pub mod iptables {
         let random_fully = ip_masq && knows_random_fully(tool);
         restore(tool, &render(network, subnet, ip_masq, random_fully))?;
         ensure_jump(tool, "nat", "POSTROUTING", POSTRTG)?;
-        ensure_jump(tool, "filter", "FORWARD", FWD)
+        ensure_jump(tool, "filter", "FORWARD", FWD)?;
+        Ok(())
     }
 
     /// Whether `tool`'s MASQUERADE target takes `--random-fully` (asked once per tool), as
@@ -461,6 +744,37 @@ mod tests {
         assert!(drops("-P FORWARD ACCEPT\n-A FORWARD -j DOCKER-USER\n"));
         assert!(drops("-P FORWARD ACCEPT\n-A FORWARD -j REJECT\n"));
         assert!(!drops(""));
+    }
+
+    #[test]
+    fn the_nftables_generation_is_read_from_the_kernels_answer() {
+        // NFT_MSG_NEWGEN: nlmsghdr, nfgenmsg (res_id: the generation's low 16 bits, big
+        // endian), NFTA_GEN_ID (big endian) and NFTA_GEN_PROC_PID.
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&36u32.to_ne_bytes());
+        msg.extend_from_slice(&((10u16 << 8) | 15).to_ne_bytes());
+        msg.extend_from_slice(&0u16.to_ne_bytes());
+        msg.extend_from_slice(&1u32.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&[0, 0, 0x01, 0x02]);
+        msg.extend_from_slice(&8u16.to_ne_bytes());
+        msg.extend_from_slice(&2u16.to_ne_bytes());
+        msg.extend_from_slice(&7u32.to_be_bytes());
+        msg.extend_from_slice(&8u16.to_ne_bytes());
+        msg.extend_from_slice(&1u16.to_ne_bytes());
+        msg.extend_from_slice(&0x0001_0102u32.to_be_bytes());
+        assert_eq!(nftgen::parse(&msg).unwrap(), 0x0001_0102);
+        // An error answer (EPERM) and a truncated one are errors, not a generation.
+        let mut err = Vec::new();
+        err.extend_from_slice(&36u32.to_ne_bytes());
+        err.extend_from_slice(&2u16.to_ne_bytes());
+        err.extend_from_slice(&[0; 10]);
+        err.extend_from_slice(&(-1i32).to_ne_bytes());
+        err.extend_from_slice(&[0; 16]);
+        let e = nftgen::parse(&err).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        assert!(nftgen::parse(&msg[..30]).is_err());
+        assert!(nftgen::parse(&[]).is_err());
     }
 
     #[test]

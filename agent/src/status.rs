@@ -1,6 +1,11 @@
-//! `twilld status`: this node's lease, the backend and every peer, as a table.
+//! `twilld status`: this node's lease, the backend and every peer, as a table; with /metrics
+//! on, the data path's drops and packets received over the MTU too.
 
 use std::fmt::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use twill_netkit::subnet_env::SubnetEnv;
 
@@ -105,7 +110,116 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         )
     );
     crate::backend::wireguard::print_status(&cli.wireguard_socket_dir);
+    if let Some(addr) = metrics_addr(cli) {
+        match fetch_metrics(addr).await {
+            Ok(text) => print!("{}", data_path_report(&text, addr)),
+            Err(e) => println!("data path:   /metrics at {addr} did not answer: {e}"),
+        }
+    }
     Ok(())
+}
+
+/// Where this node's twilld serves /metrics, by the flags (or `TWILLD_*` variables) it runs
+/// with: `--metrics-port`, else `--healthz-port`, on `--healthz-ip` (loopback for the
+/// unspecified address). `None` when both ports are off.
+fn metrics_addr(cli: &Cli) -> Option<SocketAddr> {
+    let port = match (cli.metrics_port, cli.healthz_port) {
+        (0, 0) => return None,
+        (0, p) | (p, _) => p,
+    };
+    let ip = match cli.healthz_ip {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// How long reading /metrics may take in all.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The body of `GET /metrics` at `addr`.
+async fn fetch_metrics(addr: SocketAddr) -> std::io::Result<String> {
+    let get = async {
+        let mut sock = tokio::net::TcpStream::connect(addr).await?;
+        sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        sock.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(METRICS_TIMEOUT, get)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))??;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or("");
+    if !status.contains(" 200 ") {
+        return Err(std::io::Error::other(format!(
+            "answered {:?}",
+            status.trim()
+        )));
+    }
+    Ok(body.to_string())
+}
+
+/// The data path's drop counters in /metrics text: (backend, reason, count) of each
+/// `twilld_<backend>_dropped_packets_total{reason="…"}` line.
+fn data_path_drops(metrics: &str) -> Vec<(&str, &str, u64)> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("twilld_")?.split_once('{')?;
+            let backend = name.strip_suffix("_dropped_packets_total")?;
+            let (labels, value) = rest.split_once("} ")?;
+            let reason = labels.strip_prefix("reason=\"")?.strip_suffix('"')?;
+            Some((backend, reason, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The data path's count of received packets bigger than the TUN MTU (delivered) in
+/// /metrics text: (backend, count) of each `twilld_<backend>_rx_over_mtu_packets_total` line.
+fn data_path_over_mtu(metrics: &str) -> Vec<(&str, u64)> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.strip_prefix("twilld_")?.split_once(' ')?;
+            let backend = name.strip_suffix("_rx_over_mtu_packets_total")?;
+            Some((backend, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// What `twilld status` says about packets over the MTU: only the operator can fix it.
+const OVER_MTU_HINT: &str = "received packets bigger than this node's MTU, delivered: the \
+     kernel answers with ICMP fragmentation needed or fragments them. The nodes' MTUs differ: \
+     set the same Backend.MTU, or the same underlay MTU, on every node";
+
+/// The nonzero drop counters of the data path, and the packets received over the MTU if
+/// any (nothing for a backend without a data path).
+fn data_path_report(metrics: &str, addr: SocketAddr) -> String {
+    let drops = data_path_drops(metrics);
+    let over = data_path_over_mtu(metrics);
+    let mut s = String::new();
+    if drops.is_empty() && over.is_empty() {
+        return s;
+    }
+    let nonzero: Vec<_> = drops.into_iter().filter(|d| d.2 > 0).collect();
+    if nonzero.is_empty() {
+        let _ = writeln!(s, "data path:   no drops (/metrics at {addr})");
+    } else {
+        let _ = writeln!(s, "data-path drops (/metrics at {addr}):");
+        for (backend, reason, n) in nonzero {
+            let _ = writeln!(s, "  {backend:<10} {reason:<18} {n:>12}");
+        }
+    }
+    for (backend, n) in over.into_iter().filter(|o| o.1 > 0) {
+        let _ = writeln!(
+            s,
+            "data path:   {backend} rx_over_mtu_packets {n}: {OVER_MTU_HINT}"
+        );
+    }
+    s
 }
 
 #[cfg(test)]
@@ -152,6 +266,98 @@ mod tests {
         assert!(
             lines[4].starts_with("  fd00:5:0:2::/64") && lines[4].contains("fd31::2"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn the_data_paths_drops_and_packets_over_the_mtu_are_shown_with_what_to_do() {
+        let stats = crate::engine::Stats::new("wireguard");
+        let mut local = crate::engine::stats::LocalCounts {
+            rx_over_mtu_packets: 7,
+            ..Default::default()
+        };
+        local.count_drop(crate::engine::packet::DropReason::Replay, 2);
+        local.flush(&stats);
+        let mut text = String::new();
+        stats.render(&mut text);
+        // A peer's line is not the data path's.
+        text.push_str(
+            "twilld_wireguard_peer_dropped_packets_total{peer=\"k\",subnet=\"s\",reason=\"replay\"} 2\n",
+        );
+        let addr: SocketAddr = "127.0.0.1:10271".parse().unwrap();
+        let t = data_path_report(&text, addr);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert_eq!(lines[0], "data-path drops (/metrics at 127.0.0.1:10271):");
+        assert!(
+            lines[1].starts_with("  wireguard  replay") && lines[1].ends_with(" 2"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("data path:   wireguard rx_over_mtu_packets 7: received packets bigger than this node's MTU, delivered")
+                && lines[2].contains("the kernel answers with ICMP fragmentation needed")
+                && lines[2].contains("Backend.MTU"),
+            "{t}"
+        );
+        assert!(!t.contains("mtu_mismatch"), "{t}");
+
+        // Over the MTU without drops.
+        let stats = crate::engine::Stats::new("udp");
+        let mut local = crate::engine::stats::LocalCounts {
+            rx_over_mtu_packets: 1,
+            ..Default::default()
+        };
+        local.flush(&stats);
+        let mut text = String::new();
+        stats.render(&mut text);
+        let t = data_path_report(&text, addr);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2, "{t}");
+        assert_eq!(
+            lines[0],
+            "data path:   no drops (/metrics at 127.0.0.1:10271)"
+        );
+        assert!(
+            lines[1].starts_with("data path:   udp rx_over_mtu_packets 1: "),
+            "{t}"
+        );
+
+        let mut quiet = String::new();
+        crate::engine::Stats::new("udp").render(&mut quiet);
+        assert_eq!(
+            data_path_report(&quiet, addr),
+            "data path:   no drops (/metrics at 127.0.0.1:10271)\n"
+        );
+        assert_eq!(
+            data_path_report("twilld_ready 1\n", addr),
+            "",
+            "no data path"
+        );
+    }
+
+    #[test]
+    fn metrics_are_asked_where_twilld_serves_them() {
+        use clap::Parser;
+        let addr = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["twilld"], args, &["status"]].concat()).unwrap();
+            metrics_addr(&cli).map(|a| a.to_string())
+        };
+        assert_eq!(addr(&[]), None);
+        assert_eq!(
+            addr(&["--healthz-port", "8471"]).as_deref(),
+            Some("127.0.0.1:8471")
+        );
+        assert_eq!(
+            addr(&["--healthz-port", "8471", "--metrics-port", "9100"]).as_deref(),
+            Some("127.0.0.1:9100")
+        );
+        assert_eq!(
+            addr(&["--healthz-ip", "::", "--metrics-port", "9100"]).as_deref(),
+            Some("[::1]:9100")
+        );
+        assert_eq!(
+            addr(&["--healthz-ip", "10.0.0.5", "--metrics-port", "9100"]).as_deref(),
+            Some("10.0.0.5:9100")
         );
     }
 }

@@ -933,45 +933,7 @@ fn wireguard_a_device_set_down_or_stripped_by_hand_is_repaired() {
     lab.eventually("both containers reach each other", 30, || {
         lab.unreachable_pairs().is_empty()
     });
-    let h1 = lab.cluster.host(1).name.clone();
-    let own = lab
-        .wait_subnet(1)
-        .ipv4
-        .unwrap()
-        .subnet
-        .network()
-        .to_string();
-    let state = || {
-        let link = twill_tests::ip_link(&h1, "flannel-wg");
-        let addrs = twill_tests::ip_json(&h1, &["-4", "addr", "show", "dev", "flannel-wg"]);
-        let routes = twill_tests::ip_json(&h1, &["route", "show", NETWORK, "dev", "flannel-wg"]);
-        (
-            link["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|x| x == "UP")),
-            addrs.to_string().contains(&format!("\"{own}\"")),
-            routes.as_array().map_or(0, Vec::len),
-        )
-    };
-    assert_eq!(state(), (true, true, 1));
-
-    // Down: the kernel drops the route to the network and refuses a new one via the device.
-    twill_tests::run("ip", &["-n", &h1, "link", "set", "flannel-wg", "down"]);
-    lab.eventually(
-        "the device set down is set up again, its route back",
-        10,
-        || state() == (true, true, 1),
-    );
-    lab.eventually("containers reachable again", 15, || {
-        lab.unreachable_pairs().is_empty()
-    });
-
-    // Its address flushed by hand.
-    twill_tests::run("ip", &["-n", &h1, "addr", "flush", "dev", "flannel-wg"]);
-    lab.eventually("the device's address is restored", 10, || {
-        state() == (true, true, 1)
-    });
-    assert!(lab.unreachable_pairs().is_empty());
+    common::assert_tun_device_repaired(&lab, 1, "flannel-wg", NETWORK);
 }
 
 #[test]

@@ -73,7 +73,6 @@ fn fixture() -> &'static Fixture {
                 unleased: Some(Arc::new(UnleasedGate::new(limiter.clone(), LIMITS))),
                 key: me,
                 limiter,
-                mtu: 1420,
                 // What twilld picks here by default (intel-ipsec-mb where it can, else ring).
                 aead: Aead::select(AeadChoice::Auto).map_or(Aead::Ring, |(a, _)| a),
             },

@@ -481,6 +481,132 @@ async fn a_compacted_watch_is_re_listed_and_later_peers_are_seen() {
     assert!(c.store.calls("watch").len() >= 2, "watched again");
 }
 
+thread_local! {
+    /// Where this thread's log lines go while a test captures them.
+    static LOG_SINK: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Ends a thread's capture on drop.
+struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        LOG_SINK.with(|s| *s.borrow_mut() = None);
+    }
+}
+
+/// Log lines the code under test writes on this thread while the returned guard lives. One
+/// global subscriber writes every thread's lines to that thread's sink, if any: scoped
+/// subscribers (`set_default`) lose events while other test threads register callsites.
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, CaptureGuard) {
+    struct ThreadSink;
+    impl std::io::Write for ThreadSink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            LOG_SINK.with(|s| {
+                if let Some(buf) = s.borrow().as_ref() {
+                    buf.lock().unwrap().extend_from_slice(b);
+                }
+            });
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(|| ThreadSink)
+            .finish();
+        tracing::subscriber::set_global_default(sub).expect("no other global subscriber");
+    });
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    LOG_SINK.with(|s| *s.borrow_mut() = Some(buf.clone()));
+    (buf, CaptureGuard)
+}
+
+fn logs(buf: &Arc<Mutex<Vec<u8>>>) -> String {
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_cancelled_for_another_reason_than_compaction_is_said_and_retried_with_backoff() {
+    // etcd cancels a watch it refuses (permission denied after a role change) with a reason
+    // and no compact revision. It was logged as a compaction and set up again at once, in a
+    // loop as fast as etcd answered for as long as the refusal lasted.
+    let (buf, _guard) = capture_logs();
+    let c = Case::pinned(3600, 600);
+    let store = c.store.clone();
+    let cancelled_at = Arc::new(Mutex::new(None));
+    let at = cancelled_at.clone();
+    c.run(async {
+        sleep(secs(2)).await;
+        *at.lock().unwrap() = Some(Instant::now());
+        store.cancel_watches("etcdserver: permission denied", 4);
+        sleep(secs(40)).await;
+        store.put_foreign(net("10.5.12.0/24"), &foreign("192.168.1.12"), 3600);
+        sleep(secs(1)).await;
+    })
+    .await;
+    let log = logs(&buf);
+    assert!(
+        log.contains("etcdserver: permission denied")
+            && !log.contains("compacted")
+            && !log.contains("(compaction)"),
+        "the reason is said, not a compaction:\n{log}"
+    );
+    let start = cancelled_at.lock().unwrap().expect("cancelled");
+    let watches: Vec<Duration> = c
+        .store
+        .calls("watch")
+        .into_iter()
+        .filter(|t| *t >= start)
+        .map(|t| t - start)
+        .collect();
+    assert_eq!(
+        watches.len(),
+        5,
+        "4 refused, then one that works: {watches:?}"
+    );
+    let gaps: Vec<u128> = std::iter::once(Duration::ZERO)
+        .chain(watches.iter().copied())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    assert_eq!(gaps, [500, 1000, 2000, 4000, 8000], "backoff: {watches:?}");
+    assert!(
+        c.node.last_apply().contains(&net("10.5.12.0/24")),
+        "watching again after the refusals"
+    );
+    assert_eq!(c.node.subnets_set().len(), 1, "the lease was never lost");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compacted_watch_is_re_listed_at_once_and_said_as_a_compaction() {
+    let (buf, _guard) = capture_logs();
+    let c = Case::pinned(3600, 600);
+    let store = c.store.clone();
+    c.run(async {
+        sleep(secs(2)).await;
+        store.compact();
+        sleep(secs(1)).await;
+    })
+    .await;
+    let log = logs(&buf);
+    assert!(log.contains("compacted"), "{log}");
+    let watches = c.store.calls("watch");
+    assert_eq!(watches.len(), 2, "{watches:?}");
+    assert_eq!(
+        watches[1] - watches[0],
+        secs(2),
+        "re-listed and watched again at once"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_lost_watch_is_re_established_after_the_store_returns() {
     let c = Case::pinned(3600, 600);
@@ -550,6 +676,63 @@ async fn a_lease_of_an_earlier_run_with_another_ttl_moves_to_one_of_todays_ttl()
         c.store.get(net("10.5.51.0/24")).is_none(),
         "the agent stopped 2 min ago with a 60 s TTL (day-long lease {long:x} kept?)"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_store_lease_a_ttl_move_leaves_is_revoked_unless_another_key_uses_it() {
+    // The key moved to a lease of today's TTL; the old lease, bound to nothing, ran on for
+    // its TTL (a day, with an earlier run's default).
+    let c = Case::new(3600, 600);
+    let old = c
+        .store
+        .put_foreign(net("10.5.52.0/24"), &foreign("192.168.1.1"), 86400);
+    c.run(sleep(secs(1))).await;
+    let kv = c.store.get(net("10.5.52.0/24")).expect("our key");
+    assert_ne!(kv.lease, old, "moved");
+    assert!(
+        !c.store.lease_alive(old),
+        "the old lease {old:x} was revoked"
+    );
+    assert_eq!(c.store.live_leases(), 1, "only the new lease runs");
+
+    // Another node's key bound to the same lease (an operator's `etcdctl put --lease`): a
+    // revoke would delete it, so the old lease stays.
+    let c = Case::new(3600, 600);
+    let shared = c
+        .store
+        .put_foreign(net("10.5.53.0/24"), &foreign("192.168.1.1"), 86400);
+    c.store
+        .put_bound(net("10.5.54.0/24"), &foreign("192.168.1.54"), shared);
+    c.run(sleep(secs(1))).await;
+    assert_ne!(c.store.get(net("10.5.53.0/24")).unwrap().lease, shared);
+    assert!(c.store.lease_alive(shared), "not revoked");
+    assert!(
+        c.store.get(net("10.5.54.0/24")).is_some(),
+        "the other node's key is still there"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn our_corrupt_value_taken_back_moves_to_a_lease_of_todays_ttl() {
+    // The subnet file's key with an unreadable value was taken back on its live lease,
+    // whatever that lease's TTL: a 60 s lease of an earlier run expired long before this
+    // run's first renewal (an hour before a day), and the key went with it.
+    let mut c = Case::new(86400, 3600);
+    let short = c.store.put_foreign(net("10.5.96.0/24"), "garbage", 60);
+    c.hint = Some(net("10.5.96.0/24"));
+    c.run(sleep(secs(600))).await;
+    assert_eq!(
+        c.node.subnets_set(),
+        [net("10.5.96.0/24")],
+        "kept, never lost"
+    );
+    let kv = c
+        .store
+        .get(net("10.5.96.0/24"))
+        .expect("our key (not expired with the old 60 s lease)");
+    assert!(kv.value.contains("192.168.1.1"), "{}", kv.value);
+    assert_ne!(kv.lease, short, "bound to a lease of today's TTL");
+    assert!(!c.store.lease_alive(short), "the old lease was revoked");
 }
 
 #[tokio::test(start_paused = true)]

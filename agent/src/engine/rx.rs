@@ -3,8 +3,10 @@
 //! few gather writes to the TUN.
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::EngineConfig;
 use super::packet::{Coalescer, DropReason, Ipv4Info, PLAIN, TunSink, VNET_HDR_LEN};
@@ -16,6 +18,47 @@ use super::worker::Round;
 /// Bytes per receive slot: a whole GRO receive (64 KiB of datagrams).
 const RECV_SLOT: usize = 65536;
 
+/// What an opened packet is, for writing it to the TUN.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// IPv4 (its parsed header), may be coalesced.
+    V4(Ipv4Info),
+    /// IPv6 (its fixed header checked by the transform), may be coalesced.
+    V6,
+    /// Bigger than the TUN MTU: written on its own, never in a super-packet (whose segments
+    /// must fit the MTU). The kernel takes it (a TUN write has no MTU check) and, forwarding
+    /// it, answers with ICMP fragmentation needed / packet too big or fragments it, as it
+    /// does behind kernel VXLAN or WireGuard.
+    OverMtu,
+}
+
+/// How often one worker repeats its warning that peers send packets over its MTU.
+const MTU_WARNING_EVERY: Duration = Duration::from_secs(600);
+
+/// A warning that is due at most once every `every`: the first time at once.
+pub(super) struct RateLimitedWarning {
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl RateLimitedWarning {
+    pub(super) fn new(every: Duration) -> RateLimitedWarning {
+        RateLimitedWarning { every, last: None }
+    }
+
+    /// Whether to warn at `now` (and if so, the next one waits `every` from now).
+    pub(super) fn due(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
 /// The UDP → TUN half of one worker.
 pub(super) struct RxWorker<I: Inbound> {
     tun: File,
@@ -24,14 +67,16 @@ pub(super) struct RxWorker<I: Inbound> {
     pub(super) stats: Arc<Stats>,
     cfg: EngineConfig,
     bufs: Box<[u8]>,
-    /// The opened packets of one batch: (start, end, header) in `bufs`; no header for an
-    /// IPv6 packet (whose fixed header the transform checked).
-    pending: Vec<(usize, usize, Option<Ipv4Info>)>,
+    /// The opened packets of one batch: (start, end, kind) in `bufs`.
+    pending: Vec<(usize, usize, Kind)>,
     /// The datagrams of one receive slot (ranges within it), and what opening each gave.
     datagrams: Vec<Range<usize>>,
     opened: Vec<Result<Opened, DropReason>>,
     coalescer: Coalescer,
     pub(super) local: LocalCounts,
+    /// Peers sending packets bigger than our MTU are logged, rate-limited: the nodes' MTUs
+    /// differ, which only the operator can fix.
+    mtu_warning: RateLimitedWarning,
 }
 
 /// Writes coalesced packets into the TUN and counts them.
@@ -76,6 +121,7 @@ impl<I: Inbound> RxWorker<I> {
             opened: Vec::with_capacity(64),
             coalescer: Coalescer::new(),
             local: LocalCounts::default(),
+            mtu_warning: RateLimitedWarning::new(MTU_WARNING_EVERY),
         }
     }
 
@@ -96,6 +142,9 @@ impl<I: Inbound> RxWorker<I> {
         // Open every datagram in place, then coalesce the packets they carried.
         self.pending.clear();
         let mut ctl = Control::new(&self.sock);
+        // A peer whose packets were over our MTU in this receive, and a packet's size.
+        let mut too_big: Option<(SocketAddr, usize)> = None;
+        let mtu = self.cfg.mtu;
         for (i, m) in meta[..n].iter().enumerate() {
             let len = m.len;
             let seg = m.gro_segment.unwrap_or(len).max(1);
@@ -130,20 +179,36 @@ impl<I: Inbound> RxWorker<I> {
                 let at = base + r.start;
                 match outcome {
                     Ok(Opened::Packet { inner, ip }) => {
+                        let kind = if inner.len() > mtu {
+                            too_big = Some((m.from, inner.len()));
+                            self.local.rx_over_mtu_packets += 1;
+                            Kind::OverMtu
+                        } else {
+                            Kind::V4(ip)
+                        };
                         self.local.rx_packets += 1;
                         self.local.rx_bytes += inner.len() as u64;
-                        self.pending
-                            .push((at + inner.start, at + inner.end, Some(ip)));
+                        self.pending.push((at + inner.start, at + inner.end, kind));
                     }
                     Ok(Opened::Packet6 { inner }) => {
+                        let kind = if inner.len() > mtu {
+                            too_big = Some((m.from, inner.len()));
+                            self.local.rx_over_mtu_packets += 1;
+                            Kind::OverMtu
+                        } else {
+                            Kind::V6
+                        };
                         self.local.rx_packets += 1;
                         self.local.rx_bytes += inner.len() as u64;
-                        self.pending.push((at + inner.start, at + inner.end, None));
+                        self.pending.push((at + inner.start, at + inner.end, kind));
                     }
                     Ok(Opened::Consumed) => {}
                     Err(why) => self.local.count_drop(why, 1),
                 }
             }
+        }
+        if let Some((from, len)) = too_big {
+            self.over_mtu(from, len);
         }
         let mut sink = TunWriter {
             tun: &self.tun,
@@ -151,10 +216,15 @@ impl<I: Inbound> RxWorker<I> {
             gone: false,
         };
         if self.cfg.offloads {
-            for (start, end, ip) in &self.pending {
-                match ip {
-                    Some(ip) => self.coalescer.push(&self.bufs, *start..*end, ip, &mut sink),
-                    None => self.coalescer.push6(&self.bufs, *start..*end, &mut sink),
+            for (start, end, kind) in &self.pending {
+                match kind {
+                    Kind::V4(ip) => self.coalescer.push(&self.bufs, *start..*end, ip, &mut sink),
+                    Kind::V6 => self.coalescer.push6(&self.bufs, *start..*end, &mut sink),
+                    Kind::OverMtu => {
+                        // After what the coalescer holds, so a flow keeps its order.
+                        self.coalescer.flush(&self.bufs, &mut sink);
+                        sink.write(&PLAIN, &[&self.bufs[*start..*end]]);
+                    }
                 }
             }
             self.coalescer.flush(&self.bufs, &mut sink);
@@ -169,5 +239,41 @@ impl<I: Inbound> RxWorker<I> {
             return Round::Gone;
         }
         Round::Busy(self.pending.len().max(1))
+    }
+
+    /// Says that `from` sends packets bigger than our MTU (delivered all the same; one of
+    /// `len` bytes), at most once every [`MTU_WARNING_EVERY`]: one clock read per receive
+    /// that had such.
+    #[cold]
+    fn over_mtu(&mut self, from: SocketAddr, len: usize) {
+        if self.mtu_warning.due(Instant::now()) {
+            tracing::warn!(
+                data_path = self.cfg.name,
+                peer = %from,
+                packet_bytes = len,
+                mtu = self.cfg.mtu,
+                "a peer sends packets bigger than this node's MTU: they are delivered, and the \
+                 kernel answers with ICMP fragmentation needed (packet too big) or fragments \
+                 them (counted in rx_over_mtu_packets). The nodes' MTUs differ: set the same \
+                 Backend.MTU, or the same underlay MTU, on every node (repeated at most every \
+                 10 minutes)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mtu_warning_is_due_at_once_then_at_most_once_a_period() {
+        let t0 = Instant::now();
+        let mut w = RateLimitedWarning::new(Duration::from_secs(600));
+        assert!(w.due(t0), "the first time at once");
+        assert!(!w.due(t0));
+        assert!(!w.due(t0 + Duration::from_secs(599)));
+        assert!(w.due(t0 + Duration::from_secs(600)), "again after a period");
+        assert!(!w.due(t0 + Duration::from_secs(601)));
     }
 }

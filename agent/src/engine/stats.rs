@@ -17,6 +17,9 @@ pub struct Stats {
     pub tx_bytes: AtomicU64,
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
+    /// Received inner packets bigger than the TUN MTU, delivered all the same (also in
+    /// `rx_packets`): the sending node's MTU is larger.
+    pub rx_over_mtu_packets: AtomicU64,
     pub tun_reads: AtomicU64,
     pub tun_writes: AtomicU64,
     pub udp_send_calls: AtomicU64,
@@ -35,6 +38,7 @@ pub struct LocalCounts {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
+    pub rx_over_mtu_packets: u64,
     pub tun_reads: u64,
     pub tun_writes: u64,
     pub udp_send_calls: u64,
@@ -62,6 +66,7 @@ impl LocalCounts {
         add(&to.tx_bytes, &mut self.tx_bytes);
         add(&to.rx_packets, &mut self.rx_packets);
         add(&to.rx_bytes, &mut self.rx_bytes);
+        add(&to.rx_over_mtu_packets, &mut self.rx_over_mtu_packets);
         add(&to.tun_reads, &mut self.tun_reads);
         add(&to.tun_writes, &mut self.tun_writes);
         add(&to.udp_send_calls, &mut self.udp_send_calls);
@@ -83,6 +88,7 @@ impl Stats {
             tx_bytes: AtomicU64::new(0),
             rx_packets: AtomicU64::new(0),
             rx_bytes: AtomicU64::new(0),
+            rx_over_mtu_packets: AtomicU64::new(0),
             tun_reads: AtomicU64::new(0),
             tun_writes: AtomicU64::new(0),
             udp_send_calls: AtomicU64::new(0),
@@ -101,7 +107,7 @@ impl Stats {
 
     /// Appends the OpenMetrics lines for the data path.
     pub fn render(&self, s: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "tx_packets",
                 "Inner packets sent to peers.",
@@ -117,6 +123,13 @@ impl Stats {
                 "rx_bytes",
                 "Inner bytes received from peers and delivered.",
                 &self.rx_bytes,
+            ),
+            (
+                "rx_over_mtu_packets",
+                "Inner packets received from peers bigger than the TUN MTU, delivered all the \
+                 same (the kernel answers with ICMP fragmentation needed or fragments them): the \
+                 sending node's MTU is larger.",
+                &self.rx_over_mtu_packets,
             ),
             (
                 "tun_reads",

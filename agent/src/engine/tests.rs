@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
@@ -28,11 +29,24 @@ struct Wrapping {
     peer: SocketAddr,
     /// How long routing each packet takes (a stand-in for expensive crypto).
     slow: Duration,
+    /// Bytes the engine reported sent (`Outbound::sent`), as a backend counts them.
+    sent: Arc<AtomicU64>,
+}
+
+impl Wrapping {
+    fn to(peer: SocketAddr) -> Wrapping {
+        Wrapping {
+            peer,
+            slow: Duration::ZERO,
+            sent: Arc::default(),
+        }
+    }
 }
 
 struct WrapOut {
     peer: SocketAddr,
     slow: Duration,
+    sent: Arc<AtomicU64>,
 }
 
 struct WrapIn;
@@ -46,6 +60,7 @@ impl Transform for Wrapping {
         WrapOut {
             peer: self.peer,
             slow: self.slow,
+            sent: self.sent.clone(),
         }
     }
     fn inbound(&self) -> WrapIn {
@@ -96,6 +111,11 @@ impl Outbound for WrapOut {
         d[..4].copy_from_slice(&MAGIC);
         d[4 + inner_len..8 + inner_len].copy_from_slice(&(inner_len as u32).to_be_bytes());
         Ok(8 + inner_len)
+    }
+
+    fn sent(&mut self, peer: u32, bytes: usize) {
+        assert_eq!(peer, 7, "the peer route() found");
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -178,20 +198,14 @@ fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
     let a = Engine::start(
         vec![engine_tun_a],
         cfg(port_a),
-        &Wrapping {
-            peer: addr(port_b),
-            slow: Duration::ZERO,
-        },
+        &Wrapping::to(addr(port_b)),
         &stats_a,
     )
     .unwrap();
     let b = Engine::start(
         vec![engine_tun_b],
         cfg(port_b),
-        &Wrapping {
-            peer: addr(port_a),
-            slow: Duration::ZERO,
-        },
+        &Wrapping::to(addr(port_a)),
         &stats_b,
     )
     .unwrap();
@@ -282,12 +296,8 @@ fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
     let got = read_packet(&mut tun_b);
     assert_eq!(&got[VNET_HDR_LEN..], &v6[..]);
     drop((a, b));
-    let sent = stats_a
-        .tx_packets
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let delivered = stats_b
-        .rx_packets
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let sent = stats_a.tx_packets.load(Ordering::Relaxed);
+    let delivered = stats_b.rx_packets.load(Ordering::Relaxed);
     assert_eq!(
         (sent, delivered),
         (11, 11),
@@ -315,8 +325,8 @@ fn an_engine_under_sustained_load_stops_when_dropped() {
     let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     // Each packet takes the engine a millisecond: the writer always keeps the queue full.
     let slow = Wrapping {
-        peer,
         slow: Duration::from_millis(1),
+        ..Wrapping::to(peer)
     };
     let engine = Engine::start(vec![engine_tun], cfg, &slow, &stats).unwrap();
     let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -333,7 +343,7 @@ fn an_engine_under_sustained_load_stops_when_dropped() {
         let pkt = [&hdr.to_bytes()[..], &sup].concat();
         let until = std::time::Instant::now() + Duration::from_secs(10);
         // Writes block while the queue is full: the engine never finds it empty.
-        while flag.load(std::sync::atomic::Ordering::Relaxed)
+        while flag.load(Ordering::Relaxed)
             && std::time::Instant::now() < until
             && tun.write_all(&pkt).is_ok()
         {}
@@ -342,7 +352,7 @@ fn an_engine_under_sustained_load_stops_when_dropped() {
     let t = std::time::Instant::now();
     drop(engine);
     let took = t.elapsed();
-    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    flooding.store(false, Ordering::Relaxed);
     flood.join().unwrap();
     assert!(took < Duration::from_secs(2), "dropping took {took:?}");
 }
@@ -361,10 +371,7 @@ fn a_queue_that_reads_empty_ends_its_thread_instead_of_spinning() {
     };
     let (engine_tun, tun) = fake_tun();
     let stats = Arc::new(Stats::new("test"));
-    let wrap = Wrapping {
-        peer: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
-        slow: Duration::ZERO,
-    };
+    let wrap = Wrapping::to(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())));
     let engine = Engine::start(vec![engine_tun], cfg, &wrap, &stats).unwrap();
     drop(tun);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -375,4 +382,191 @@ fn a_queue_that_reads_empty_ends_its_thread_instead_of_spinning() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Starts an engine that sends everything to `to`, writes `packets` (each behind its virtio-net
+/// header) into its TUN and waits until it has read them all. Returns (bytes the engine reported
+/// sent to the transform, failed sends).
+fn send_through(to: SocketAddr, packets: &[Vec<u8>]) -> (u64, u64) {
+    let cfg = EngineConfig {
+        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+        mtu: 1500,
+        offloads: true,
+        busy_poll: Duration::ZERO,
+        name: "test",
+        crypto_helper: false,
+    };
+    let (engine_tun, mut tun) = fake_tun();
+    let stats = Arc::new(Stats::new("test"));
+    let wrap = Wrapping::to(to);
+    let engine = Engine::start(vec![engine_tun], cfg, &wrap, &stats).unwrap();
+    for p in packets {
+        tun.write_all(p).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Counters are published when the worker runs dry, after its sends.
+    while stats.tun_reads.load(Ordering::Relaxed) < packets.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the packets were not read"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(engine);
+    (
+        wrap.sent.load(Ordering::Relaxed),
+        stats.io_errors.load(Ordering::Relaxed),
+    )
+}
+
+#[test]
+fn only_what_the_kernel_took_is_reported_sent() {
+    // Before: wireguard counted a peer's transfer bytes when it sealed its messages, so a
+    // send the kernel refused (no route, ENOBUFS, a failed GSO send) still counted.
+    let plain = [&PLAIN[..], &tcp_packet(1, tcp::ACK, b"hello", 64)].concat();
+    let hdr = VnetHdr {
+        gso_type: GSO_TCPV4,
+        hdr_len: 52,
+        gso_size: 1000,
+        ..VnetHdr::default()
+    };
+    let sup = [
+        &hdr.to_bytes()[..],
+        &tcp_packet(1000, tcp::ACK, &[9u8; 3000], 64),
+    ]
+    .concat();
+    let packets = [plain, sup];
+    // Three segments of 1052 bytes and a plain packet of 57, each 8 bytes more wrapped.
+    let wire = (3 * (1052 + 8) + (57 + 8)) as u64;
+
+    // Port 0: every send fails (EINVAL), the GSO train's too, and then its datagrams one by one.
+    let (sent, failed) = send_through(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &packets);
+    assert!(failed >= 2, "the sends failed ({failed} errors)");
+    assert_eq!(sent, 0, "refused sends reported as sent");
+    // The limited broadcast without SO_BROADCAST: refused at once, no GSO retry.
+    let (sent, failed) = send_through(SocketAddr::from((Ipv4Addr::BROADCAST, 9)), &packets);
+    assert!(failed >= 2, "the sends failed ({failed} errors)");
+    assert_eq!(sent, 0, "refused sends reported as sent");
+
+    // A socket that takes them: all of it, whole datagrams as sealed.
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (sent, failed) = send_through(sink.local_addr().unwrap(), &packets);
+    assert_eq!((sent, failed), (wire, 0));
+    sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut got = 0;
+    let mut buf = [0u8; 2048];
+    for _ in 0..4 {
+        got += sink.recv(&mut buf).unwrap() as u64;
+    }
+    assert_eq!(got, wire, "what was reported is what arrived");
+}
+
+#[test]
+fn received_packets_over_the_mtu_are_delivered_each_on_its_own_and_counted() {
+    // A peer whose MTU is larger sends segments over ours: with UDP GRO they arrive in one
+    // receive. Before, each one over the MTU was dropped (`mtu_mismatch`), a black hole for
+    // path-MTU discovery. Now each is written to the TUN on its own (never in a super-packet,
+    // whose segments must fit the MTU), for the kernel to answer with ICMP fragmentation
+    // needed / packet too big or fragment it, and counted in `rx_over_mtu_packets`; packets
+    // within the MTU still coalesce.
+    use super::packet::test_util::tcp6_packet;
+    let (port_a, port_b) = (free_port(), free_port());
+    let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let cfg = |port, mtu| EngineConfig {
+        bind: addr(port),
+        mtu,
+        offloads: true,
+        busy_poll: Duration::ZERO,
+        name: "test",
+        crypto_helper: false,
+    };
+    let (engine_tun_a, mut tun_a) = fake_tun();
+    let (engine_tun_b, mut tun_b) = fake_tun();
+    let stats_a = Arc::new(Stats::new("test"));
+    let stats_b = Arc::new(Stats::new("test"));
+    let a = Engine::start(
+        vec![engine_tun_a],
+        cfg(port_a, 1500),
+        &Wrapping::to(addr(port_b)),
+        &stats_a,
+    )
+    .unwrap();
+    let b = Engine::start(
+        vec![engine_tun_b],
+        cfg(port_b, 1000),
+        &Wrapping::to(addr(port_a)),
+        &stats_b,
+    )
+    .unwrap();
+    let payload: Vec<u8> = (0..4800u32).map(|i| (i * 7) as u8).collect();
+    let super_packet = |seq: u32, gso_size: u16, data: &[u8]| {
+        let hdr = VnetHdr {
+            gso_type: GSO_TCPV4,
+            hdr_len: 52,
+            gso_size,
+            ..VnetHdr::default()
+        };
+        [&hdr.to_bytes()[..], &tcp_packet(seq, tcp::ACK, data, 64)].concat()
+    };
+    // Segments of 1252 bytes (over B's 1000) but the last, 652: three packets, in order,
+    // each plain.
+    tun_a
+        .write_all(&super_packet(1000, 1200, &payload[..3000]))
+        .unwrap();
+    for (len, data) in [
+        (1252, &payload[..1200]),
+        (1252, &payload[1200..2400]),
+        (652, &payload[2400..3000]),
+    ] {
+        let got = read_packet(&mut tun_b);
+        assert_eq!(VnetHdr::parse(&got).map(|h| h.gso_type), Some(GSO_NONE));
+        let p = &got[VNET_HDR_LEN..];
+        assert_eq!(p.len(), len);
+        assert_eq!(&p[52..], data);
+        assert!(packet::parse_ipv4(p, true).is_ok());
+    }
+    // The flow goes on with segments within the MTU: coalesced as before (gso_size 900).
+    tun_a
+        .write_all(&super_packet(4000, 900, &payload[3000..4800]))
+        .unwrap();
+    let got = read_packet(&mut tun_b);
+    let hdr = VnetHdr::parse(&got).unwrap();
+    assert_eq!((hdr.gso_type, hdr.gso_size), (GSO_TCPV4, 900));
+    assert_eq!(&got[VNET_HDR_LEN + 52..], &payload[3000..4800]);
+    // IPv6 over the MTU: 1100 bytes, delivered as it is.
+    let v6 = tcp6_packet(1, tcp::ACK, &payload[..1028], 64);
+    assert_eq!(v6.len(), 1100);
+    tun_a.write_all(&[&PLAIN[..], &v6].concat()).unwrap();
+    let got = read_packet(&mut tun_b);
+    assert_eq!(&got[..VNET_HDR_LEN], &PLAIN[..]);
+    assert_eq!(&got[VNET_HDR_LEN..], &v6[..]);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stats_b.rx_over_mtu_packets.load(Ordering::Relaxed) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the packets over the MTU were not counted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        !poll(
+            [tun_b.as_fd()],
+            Interest::Readable,
+            Duration::from_millis(200)
+        ),
+        "nothing else reached the TUN"
+    );
+    drop((a, b));
+    assert_eq!(stats_b.rx_over_mtu_packets.load(Ordering::Relaxed), 3);
+    assert_eq!(stats_b.rx_packets.load(Ordering::Relaxed), 6);
+    let dropped: u64 = DropReason::ALL.iter().map(|&r| stats_b.dropped(r)).sum();
+    assert_eq!(dropped, 0, "nothing dropped");
+    let mut text = String::new();
+    stats_b.render(&mut text);
+    assert!(
+        text.lines()
+            .any(|l| l == "twilld_test_rx_over_mtu_packets_total 3"),
+        "{text}"
+    );
 }

@@ -31,9 +31,9 @@ impl Part {
 
 /// One UDP message to send: `parts` (indices into the parts list) gathered; the kernel
 /// splits it into `count` datagrams of `stride` bytes (the last one may be shorter) when it
-/// carries more than one.
+/// carries more than one. All of them for one peer `P` of the transform's.
 #[derive(Clone, Debug)]
-pub struct OutMsg {
+pub struct OutMsg<P> {
     pub parts: Range<usize>,
     pub stride: usize,
     pub count: usize,
@@ -41,9 +41,10 @@ pub struct OutMsg {
     /// Whether another datagram may join: the last one added was a full `stride`.
     open: bool,
     pub dst: SocketAddr,
+    pub peer: P,
 }
 
-impl OutMsg {
+impl<P: Copy + PartialEq> OutMsg<P> {
     /// The UDP_SEGMENT size to pass, or 0 for a plain datagram.
     pub fn segment(&self) -> u16 {
         if self.count > 1 {
@@ -53,29 +54,31 @@ impl OutMsg {
         }
     }
 
-    /// Whether a datagram of `len` bytes to `dst` can join this message's segment train:
-    /// the kernel's UDP GSO takes equal segments (only the last may be shorter), at most 64
-    /// of them and 64 KiB in all.
-    fn can_take(&self, dst: SocketAddr, len: usize) -> bool {
+    /// Whether a datagram of `len` bytes to `dst` and `peer` can join this message's segment
+    /// train: the kernel's UDP GSO takes equal segments (only the last may be shorter), at
+    /// most 64 of them and 64 KiB in all.
+    fn can_take(&self, dst: SocketAddr, peer: P, len: usize) -> bool {
         self.open
             && self.dst == dst
+            && self.peer == peer
             && len <= self.stride
             && self.count < UDP_MAX_SEGMENTS
             && self.bytes + len <= MAX_UDP_PAYLOAD
     }
 }
 
-/// The messages waiting for the next sendmmsg, and the pieces they gather.
-pub struct SendQueue {
+/// The messages waiting for the next sendmmsg, and the pieces they gather; `P` is the peer
+/// of the transform's each message is for.
+pub struct SendQueue<P> {
     parts: Vec<Part>,
-    msgs: Vec<OutMsg>,
+    msgs: Vec<OutMsg<P>>,
     /// Whether datagrams may join segment trains (UDP GSO on).
     trains: bool,
 }
 
-impl SendQueue {
+impl<P: Copy + PartialEq> SendQueue<P> {
     /// A queue with room for `parts` pieces and `msgs` messages allocated up front.
-    pub fn with_capacity(parts: usize, msgs: usize, trains: bool) -> SendQueue {
+    pub fn with_capacity(parts: usize, msgs: usize, trains: bool) -> SendQueue<P> {
         SendQueue {
             parts: Vec::with_capacity(parts),
             msgs: Vec::with_capacity(msgs),
@@ -83,9 +86,9 @@ impl SendQueue {
         }
     }
 
-    /// Queues one datagram for `dst`, gathered from `pieces`: it joins the last message's
-    /// segment train when it can.
-    pub fn push(&mut self, dst: SocketAddr, pieces: impl IntoIterator<Item = Part>) {
+    /// Queues one datagram for `dst` (the transform's `peer`), gathered from `pieces`: it
+    /// joins the last message's segment train when it can.
+    pub fn push(&mut self, dst: SocketAddr, peer: P, pieces: impl IntoIterator<Item = Part>) {
         let parts_start = self.parts.len();
         let mut len = 0;
         for p in pieces {
@@ -95,7 +98,7 @@ impl SendQueue {
         let parts_end = self.parts.len();
         if self.trains
             && let Some(m) = self.msgs.last_mut()
-            && m.can_take(dst, len)
+            && m.can_take(dst, peer, len)
         {
             m.parts.end = parts_end;
             m.count += 1;
@@ -110,16 +113,17 @@ impl SendQueue {
             bytes: len,
             open: true,
             dst,
+            peer,
         });
     }
 
     /// The messages in sending order.
-    pub fn msgs(&self) -> &[OutMsg] {
+    pub fn msgs(&self) -> &[OutMsg<P>] {
         &self.msgs
     }
 
     /// The pieces `m` gathers.
-    pub fn parts(&self, m: &OutMsg) -> &[Part] {
+    pub fn parts(&self, m: &OutMsg<P>) -> &[Part] {
         &self.parts[m.parts.clone()]
     }
 
@@ -135,7 +139,7 @@ impl SendQueue {
 
     /// The pieces of each datagram of `m`, in order: a train's parts cut at every `stride`
     /// bytes (a datagram's pieces never straddle two datagrams).
-    pub fn datagrams<'a>(&'a self, m: &OutMsg) -> Vec<&'a [Part]> {
+    pub fn datagrams<'a>(&'a self, m: &OutMsg<P>) -> Vec<&'a [Part]> {
         let parts = self.parts(m);
         let mut out = Vec::with_capacity(m.count);
         let (mut start, mut len) = (0, 0);
@@ -168,9 +172,9 @@ mod tests {
         let mut q = SendQueue::with_capacity(16, 4, true);
         let h = |off| Part::Header { off, len: 52 };
         let r = |off, len| Part::Read { off, len };
-        q.push(peer(2), [h(0), r(0, 1400)]);
-        q.push(peer(2), [h(52), r(1400, 1400)]);
-        q.push(peer(2), [h(104), r(2800, 300)]);
+        q.push(peer(2), (), [h(0), r(0, 1400)]);
+        q.push(peer(2), (), [h(52), r(1400, 1400)]);
+        q.push(peer(2), (), [h(104), r(2800, 300)]);
         let m = q.msgs()[0].clone();
         assert_eq!(m.count, 3);
         let d = q.datagrams(&m);
@@ -190,16 +194,17 @@ mod tests {
 
     /// Feeds datagrams of the given lengths (two pieces each, as a segment's header and
     /// payload) for `dst` into the queue.
-    fn train(q: &mut SendQueue, dst: SocketAddr, lens: &[usize]) {
+    fn train(q: &mut SendQueue<()>, dst: SocketAddr, lens: &[usize]) {
         for &len in lens {
             q.push(
                 dst,
+                (),
                 [Part::Header { off: 0, len: 0 }, Part::Read { off: 0, len }],
             );
         }
     }
 
-    fn shape(q: &SendQueue) -> Vec<(usize, u16)> {
+    fn shape<P: Copy + PartialEq>(q: &SendQueue<P>) -> Vec<(usize, u16)> {
         q.msgs().iter().map(|m| (m.count, m.segment())).collect()
     }
 
@@ -243,6 +248,15 @@ mod tests {
         assert_eq!(shape(&q), vec![(1, 0); 3]);
         q.clear();
         assert!(q.msgs().is_empty());
+
+        // Two of the transform's peers at one address (two nodes behind one NAT port, in
+        // turn) never share a send: what the kernel takes is reported per peer.
+        let mut q = SendQueue::with_capacity(0, 0, true);
+        for who in [1u32, 1, 2, 2] {
+            q.push(peer(12), who, [Part::Read { off: 0, len: 1472 }]);
+        }
+        assert_eq!(shape(&q), vec![(2, 1472), (2, 1472)]);
+        assert_eq!(q.msgs().iter().map(|m| m.peer).collect::<Vec<_>>(), [1, 2]);
     }
 
     #[test]
@@ -267,7 +281,7 @@ mod tests {
                     3 => 1400,
                     _ => 1 + next(1472) as usize,
                 };
-                q.push(dst, [Part::Read { off: 0, len }]);
+                q.push(dst, (), [Part::Read { off: 0, len }]);
                 sent.push((dst, len));
             }
             let mut at = 0;

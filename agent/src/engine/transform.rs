@@ -59,8 +59,10 @@ pub enum Refusal {
 /// TUN → UDP, for one worker thread.
 pub trait Outbound: Send + 'static {
     /// Per-peer state [`Outbound::seal`] uses, found once per inner packet by
-    /// [`Outbound::route`] and passed to every datagram cut from it.
-    type Peer: Copy + Send;
+    /// [`Outbound::route`] and passed to every datagram cut from it, and to
+    /// [`Outbound::sent`] with what the kernel took. Datagrams of different peers never
+    /// share a send.
+    type Peer: Copy + Send + PartialEq;
     /// Bytes [`Outbound::seal`] puts before each inner packet (wireguard: its 16-byte
     /// message header). With both lengths 0 the engine sends the packets it has without
     /// copying them and never calls `seal`.
@@ -116,6 +118,14 @@ pub trait Outbound: Send + 'static {
         ctl: &mut Control<'_>,
     ) {
         seal_each(self, peer, arena, jobs, ctl);
+    }
+
+    /// Called after the kernel took `bytes` of sealed datagrams for `peer` (whole datagrams
+    /// as sealed: a UDP GSO send is taken whole or not at all); never for a send that
+    /// failed. Only called when `HEADER_LEN + TRAILER_LEN > 0`. Where a transform counts
+    /// what went out to each peer (wireguard's transfer bytes).
+    fn sent(&mut self, peer: Self::Peer, bytes: usize) {
+        let _ = (peer, bytes);
     }
 
     /// Called now and then (when the worker goes idle, and every few hundred busy rounds):

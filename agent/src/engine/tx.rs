@@ -77,7 +77,7 @@ pub(super) struct TxWorker<O: Outbound> {
     /// `sealed`).
     jobs: Vec<SealJob>,
     jobs_dest: Option<Destination<O::Peer>>,
-    queue: SendQueue,
+    queue: SendQueue<O::Peer>,
     iovs: IovScratch,
     icmp_budget: IcmpBudget,
     pub(super) local: LocalCounts,
@@ -373,7 +373,7 @@ impl<O: Outbound> TxWorker<O> {
     fn queue(&mut self, dest: &Destination<O::Peer>, pieces: &[Piece]) {
         if Self::OVERHEAD == 0 {
             self.queue
-                .push(dest.to, pieces.iter().map(|&p| Part::from(p)));
+                .push(dest.to, dest.peer, pieces.iter().map(|&p| Part::from(p)));
             return;
         }
         let inner_len: usize = pieces
@@ -425,7 +425,8 @@ impl<O: Outbound> TxWorker<O> {
         for j in self.jobs.drain(..) {
             match j.sealed {
                 Ok(len) if len <= j.room => {
-                    self.queue.push(dest.to, [Part::Sealed { off: j.off, len }]);
+                    self.queue
+                        .push(dest.to, dest.peer, [Part::Sealed { off: j.off, len }]);
                 }
                 Ok(_) => self.local.count_drop(DropReason::Oversize, 1),
                 Err(why) => self.local.count_drop(why, 1),
@@ -434,7 +435,8 @@ impl<O: Outbound> TxWorker<O> {
     }
 
     /// Sends every queued message with sendmmsg (gathering headers and payloads), waiting
-    /// while the socket buffer is full.
+    /// while the socket buffer is full. What the kernel took of sealed datagrams is reported
+    /// to the transform (`Outbound::sent`); what it refused is not.
     fn send_all(&mut self) {
         let msgs = self.queue.msgs();
         let mut start = 0;
@@ -453,6 +455,11 @@ impl<O: Outbound> TxWorker<O> {
             match self.sock.send_batch(&batch) {
                 Ok(sent) => {
                     self.local.udp_send_calls += 1;
+                    if Self::OVERHEAD != 0 {
+                        for m in &msgs[start..start + sent.min(count)] {
+                            self.outbound.sent(m.peer, m.bytes);
+                        }
+                    }
                     start += sent.max(1);
                 }
                 Err(e) if sys::would_block(&e) => {
@@ -477,8 +484,13 @@ impl<O: Outbound> TxWorker<O> {
                             d.iter()
                                 .map(|p| piece(&self.reads, &self.headers, &self.sealed, *p)),
                         );
-                        if self.sock.send_batch(&one).is_err() {
-                            self.local.io_errors += 1;
+                        match self.sock.send_batch(&one) {
+                            Ok(n) if n > 0 && Self::OVERHEAD != 0 => {
+                                let len = d.iter().map(Part::len).sum();
+                                self.outbound.sent(m.peer, len);
+                            }
+                            Ok(_) => {}
+                            Err(_) => self.local.io_errors += 1,
                         }
                     }
                     gso_failed = true;

@@ -1,7 +1,7 @@
 //! An in-memory lease store for the agent's unit tests: etcd's semantics that the agent relies
 //! on (revisions, create-if-absent, compare-and-swap, leases that expire on the tokio clock,
 //! watches from a revision, compaction), plus the faults a test provokes: the store going
-//! away, a lost race, a compaction that cancels watches.
+//! away, a lost race, a compaction that cancels watches, watches refused with a reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, Snapshot, StoreError, WatchBatch};
+use super::{
+    Cancelled, LeaseEntry, LeaseEvent, LeaseStore, LeaseWatch, Snapshot, StoreError, WatchBatch,
+};
 use crate::lease::{LeaseRecord, Subnets};
 
 const PREFIX: &str = "/coreos.com/network";
@@ -48,6 +50,9 @@ struct State {
     /// Calls of this operation fail once this many more have worked (the store breaking
     /// between two calls of the agent that no script can come between).
     fail_op: Option<(&'static str, usize)>,
+    /// The next this many watches are cancelled at once with this reason (as etcd cancels a
+    /// watch it refuses: permission denied).
+    refuse_watches: Option<(usize, String)>,
 }
 
 impl State {
@@ -231,10 +236,22 @@ impl MemStore {
         st.history.clear();
         let rev = st.revision;
         for w in st.watchers.drain(..) {
-            let _ = w.send(Ok(WatchBatch::Cancelled {
+            let _ = w.send(Ok(WatchBatch::Cancelled(Cancelled::Compacted {
                 compact_revision: rev,
-            }));
+            })));
         }
+    }
+
+    /// Cancels every watch with `reason` and no compaction, and the next `more` watches as
+    /// soon as they are set up (a watch etcd refuses, or cancels for a reason of its own).
+    pub fn cancel_watches(&self, reason: &str, more: usize) {
+        let mut st = self.state();
+        for w in st.watchers.drain(..) {
+            let _ = w.send(Ok(WatchBatch::Cancelled(Cancelled::Other {
+                reason: reason.to_string(),
+            })));
+        }
+        st.refuse_watches = (more > 0).then(|| (more, reason.to_string()));
     }
 
     /// The next create-if-absent loses to another node that takes the same subnet.
@@ -267,6 +284,13 @@ impl MemStore {
         let mut st = self.state();
         st.expire();
         st.leases.len()
+    }
+
+    /// Whether store lease `lease` is alive (granted, not yet expired or revoked).
+    pub fn lease_alive(&self, lease: i64) -> bool {
+        let mut st = self.state();
+        st.expire();
+        st.leases.contains_key(&lease)
     }
 
     /// When calls of `op` were made.
@@ -367,6 +391,20 @@ impl LeaseStore for MemStore {
         Ok(())
     }
 
+    async fn lease_keys(&self, lease_id: i64) -> Result<Option<Vec<String>>, StoreError> {
+        let st = self.call("lease_keys")?;
+        if !st.leases.contains_key(&lease_id) {
+            return Ok(None);
+        }
+        Ok(Some(
+            st.keys
+                .iter()
+                .filter(|(_, kv)| kv.lease == lease_id)
+                .map(|(s, _)| full_key(*s))
+                .collect(),
+        ))
+    }
+
     async fn keep_alive(&self, lease_id: i64) -> Result<i64, StoreError> {
         let mut st = self.call("keep_alive")?;
         match st.leases.get_mut(&lease_id) {
@@ -381,11 +419,26 @@ impl LeaseStore for MemStore {
     async fn watch(&self, revision: i64) -> Result<MemWatch, StoreError> {
         let mut st = self.call("watch")?;
         let (tx, rx) = mpsc::unbounded_channel();
-        if revision <= st.compacted {
-            let _ = tx.send(Ok(WatchBatch::Cancelled {
+        let refused = match st.refuse_watches.as_mut() {
+            Some((left, reason)) => {
+                *left -= 1;
+                let reason = reason.clone();
+                if *left == 0 {
+                    st.refuse_watches = None;
+                }
+                Some(reason)
+            }
+            None => None,
+        };
+        if let Some(reason) = refused {
+            let _ = tx.send(Ok(WatchBatch::Cancelled(Cancelled::Other { reason })));
+        } else if revision <= st.compacted {
+            let _ = tx.send(Ok(WatchBatch::Cancelled(Cancelled::Compacted {
                 compact_revision: st.compacted,
-            }));
+            })));
         } else {
+            // etcd's first answer on a watch says it was created, without events.
+            let _ = tx.send(Ok(WatchBatch::Events(Vec::new())));
             let past: Vec<LeaseEvent> = st
                 .history
                 .iter()

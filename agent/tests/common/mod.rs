@@ -482,3 +482,48 @@ pub fn assert_flannel_tun_device(lab: &AgentLab, h: usize, dev: &str, mtu: u32) 
     );
     env
 }
+
+/// A TUN backend's device `dev` on host `h`, carrying the overlay `network`, set down by hand
+/// and then stripped of its address: twilld sets it up again with its route (down, the
+/// kernel drops the route to the network and refuses a new one via the device) and puts the
+/// address back (host-to-pod traffic would leave from another address), and the pods reach
+/// each other again. The udp and wireguard backends repair their devices the same way.
+pub fn assert_tun_device_repaired(lab: &AgentLab, h: usize, dev: &str, network: &str) {
+    let host = lab.cluster.host(h).name.clone();
+    let own = lab
+        .wait_subnet(h)
+        .ipv4
+        .unwrap()
+        .subnet
+        .network()
+        .to_string();
+    let state = || {
+        let link = twill_tests::ip_link(&host, dev);
+        let addrs = twill_tests::ip_json(&host, &["-4", "addr", "show", "dev", dev]);
+        let routes = twill_tests::ip_json(&host, &["route", "show", network, "dev", dev]);
+        (
+            link["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "UP")),
+            addrs.to_string().contains(&format!("\"{own}\"")),
+            routes.as_array().map_or(0, Vec::len),
+        )
+    };
+    assert_eq!(state(), (true, true, 1), "{dev} before");
+
+    twill_tests::run("ip", &["-n", &host, "link", "set", dev, "down"]);
+    lab.eventually(
+        &format!("{dev} set down is set up again, its route back"),
+        10,
+        || state() == (true, true, 1),
+    );
+    lab.eventually("pods reachable again", 15, || {
+        lab.unreachable_pairs().is_empty()
+    });
+
+    twill_tests::run("ip", &["-n", &host, "addr", "flush", "dev", dev]);
+    lab.eventually(&format!("{dev}'s address is restored"), 10, || {
+        state() == (true, true, 1)
+    });
+    assert!(lab.unreachable_pairs().is_empty());
+}

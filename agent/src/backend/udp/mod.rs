@@ -147,7 +147,6 @@ impl Udp {
         let transform = UdpTransform {
             table: self.table.clone(),
             port: self.port,
-            mtu: self.mtu() as usize,
         };
         let engine =
             Engine::start(tun.into_queues(), cfg, &transform, &self.stats).map_err(|e| {

@@ -17,8 +17,6 @@ pub struct UdpTransform {
     pub table: Arc<TableCell>,
     /// The UDP port every peer listens on.
     pub port: u16,
-    /// The TUN MTU: the largest inner packet a peer may send.
-    pub mtu: usize,
 }
 
 impl Transform for UdpTransform {
@@ -35,7 +33,6 @@ impl Transform for UdpTransform {
     fn inbound(&self) -> UdpInbound {
         UdpInbound {
             table: self.table.reader(),
-            mtu: self.mtu,
         }
     }
 }
@@ -81,7 +78,6 @@ impl Outbound for UdpOutbound {
 /// UDP → TUN: datagrams from leased peers, checked.
 pub struct UdpInbound {
     table: TableReader,
-    mtu: usize,
 }
 
 impl Inbound for UdpInbound {
@@ -100,7 +96,6 @@ impl Inbound for UdpInbound {
         Ok(UdpSender {
             allowed,
             local: table.local,
-            mtu: self.mtu,
         })
     }
 }
@@ -109,12 +104,11 @@ impl Inbound for UdpInbound {
 pub struct UdpSender<'a> {
     allowed: &'a [Ipv4Net],
     local: Option<Ipv4Net>,
-    mtu: usize,
 }
 
 impl Sender for UdpSender<'_> {
     fn open(&mut self, datagram: &mut [u8], _ctl: &mut Control<'_>) -> Result<Opened, DropReason> {
-        let ip = check_received(datagram, self.allowed, self.local, self.mtu)?;
+        let ip = check_received(datagram, self.allowed, self.local)?;
         Ok(Opened::Packet {
             inner: 0..datagram.len(),
             ip,
@@ -122,16 +116,15 @@ impl Sender for UdpSender<'_> {
     }
 }
 
-/// The checks on one received datagram, then the TTL decrement.
+/// The checks on one received datagram, then the TTL decrement. Not its size: one bigger
+/// than our MTU (from a node whose MTU is larger) is delivered, and the engine counts it
+/// (`rx_over_mtu_packets`), as kernel VXLAN delivers it and the kernel answers with ICMP
+/// fragmentation needed or fragments it.
 fn check_received(
     dgram: &mut [u8],
     allowed: &[Ipv4Net],
     local: Option<Ipv4Net>,
-    mtu: usize,
 ) -> Result<Ipv4Info, DropReason> {
-    if dgram.len() > mtu {
-        return Err(DropReason::Oversize);
-    }
     let ip = packet::parse_ipv4(dgram, true)?;
     if !allowed.iter().any(|s| s.contains(&ip.src)) {
         return Err(DropReason::SpoofedSource);
@@ -169,23 +162,29 @@ mod tests {
         let local = Some("10.5.1.0/24".parse().unwrap());
         let p = datagram([10, 5, 2, 7], [10, 5, 1, 9]);
         let mut ok = p;
-        assert!(check_received(&mut ok, &allowed, local, 1472).is_ok());
+        assert!(check_received(&mut ok, &allowed, local).is_ok());
         assert_eq!(ok[ip::TTL], 63);
-        assert_eq!(
-            check_received(&mut p.clone(), &allowed, local, 20),
-            Err(DropReason::Oversize)
-        );
+        // The size is not checked here: a packet bigger than our MTU (its node's MTU is
+        // larger) is delivered and counted by the engine.
+        let mut big = vec![0u8; 9000];
+        big[..28].copy_from_slice(&p);
+        big[ip::TOTAL_LEN..ip::TOTAL_LEN + 2].copy_from_slice(&9000u16.to_be_bytes());
+        big[ip::CHECKSUM..ip::CHECKSUM + 2].fill(0);
+        let c = packet::checksum(&big[..ip::MIN_HEADER_LEN]);
+        big[ip::CHECKSUM..ip::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+        assert!(check_received(&mut big, &allowed, local).is_ok());
+        assert_eq!(big[ip::TTL], 63);
         let mut spoof = datagram([10, 5, 3, 7], [10, 5, 1, 9]);
         assert_eq!(
-            check_received(&mut spoof, &allowed, local, 1472),
+            check_received(&mut spoof, &allowed, local),
             Err(DropReason::SpoofedSource)
         );
         assert_eq!(
-            check_received(&mut p.clone(), &allowed, None, 1472),
+            check_received(&mut p.clone(), &allowed, None),
             Err(DropReason::NotLocal)
         );
         assert_eq!(
-            check_received(&mut [0x45, 0], &allowed, local, 1472),
+            check_received(&mut [0x45, 0], &allowed, local),
             Err(DropReason::Truncated)
         );
     }
@@ -199,11 +198,7 @@ mod tests {
                 Ipv4Addr::new(172, 31, 0, 12),
             )],
         ));
-        UdpTransform {
-            table,
-            port: 8285,
-            mtu: 1472,
-        }
+        UdpTransform { table, port: 8285 }
     }
 
     #[test]

@@ -184,7 +184,6 @@ impl WgDevice {
             unleased: shared
                 .roam_unleased
                 .then(|| Arc::new(UnleasedGate::new(self.limiter.clone(), unleased::LIMITS))),
-            mtu: shared.mtu as usize,
             aead: shared.aead,
         };
         let engine = Engine::start(tun.into_queues(), cfg, &transform, stats).map_err(|e| {

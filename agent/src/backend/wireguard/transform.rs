@@ -52,8 +52,6 @@ pub struct WgTransform {
     /// Datagrams from addresses no lease names pass here (a cookie first for handshakes),
     /// when peers may roam there; `None` drops them before any crypto.
     pub unleased: Option<Arc<UnleasedGate>>,
-    /// The TUN MTU: the largest inner packet a peer may send.
-    pub mtu: usize,
     /// Seals and opens transport data.
     pub aead: Aead,
 }
@@ -77,7 +75,6 @@ impl Transform for WgTransform {
             key: self.key.clone(),
             limiter: self.limiter.clone(),
             unleased: self.unleased.clone(),
-            mtu: self.mtu,
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             jobs: Vec::with_capacity(MAX_BATCH),
             aead: self.aead,
@@ -119,6 +116,33 @@ fn refusal(e: &WireGuardError) -> DropReason {
     }
 }
 
+/// A peer a datagram is sealed for: its position in the table of the last refresh (found
+/// once per inner packet), and its index, which stays its own across table changes (a
+/// table published between sealing and sending moves positions, and a successor keeps the
+/// index and the byte counts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerRef {
+    pos: usize,
+    index: u32,
+}
+
+impl PeerRef {
+    fn at(table: &WgTable, pos: usize) -> PeerRef {
+        PeerRef {
+            pos,
+            index: table.peers[pos].index,
+        }
+    }
+
+    /// The peer in `table` (by position, else by index when the table changed).
+    fn find(self, table: &WgTable) -> Option<&Arc<Peer>> {
+        match table.peers.get(self.pos) {
+            Some(p) if p.index == self.index => Some(p),
+            _ => table.by_index(self.index),
+        }
+    }
+}
+
 /// TUN → UDP.
 pub struct WgOutbound {
     table: TableReader,
@@ -130,8 +154,7 @@ pub struct WgOutbound {
 }
 
 impl Outbound for WgOutbound {
-    /// The peer's position in the table of the last refresh.
-    type Peer = usize;
+    type Peer = PeerRef;
     const HEADER_LEN: usize = HEADER_LEN;
     const TRAILER_LEN: usize = TAG_LEN;
 
@@ -140,7 +163,7 @@ impl Outbound for WgOutbound {
         _pkt: &mut [u8],
         ip: &packet::Ipv4Info,
         _ctl: &mut Control<'_>,
-    ) -> Result<Destination<usize>, Refusal> {
+    ) -> Result<Destination<PeerRef>, Refusal> {
         let table = self.table.refresh();
         if !table.in_network(ip.dst) {
             return Err(Refusal::Drop(DropReason::OutsideNetwork));
@@ -158,7 +181,7 @@ impl Outbound for WgOutbound {
         };
         Ok(Destination {
             to: table.peers[i].endpoint(),
-            peer: i,
+            peer: PeerRef::at(table, i),
         })
     }
 
@@ -167,7 +190,7 @@ impl Outbound for WgOutbound {
         _pkt: &mut [u8],
         ip: &packet::Ipv6Info,
         _ctl: &mut Control<'_>,
-    ) -> Result<Destination<usize>, Refusal> {
+    ) -> Result<Destination<PeerRef>, Refusal> {
         let table = self.table.refresh();
         if !table.in_network6(ip.dst) {
             return Err(Refusal::Drop(DropReason::OutsideNetwork));
@@ -184,21 +207,22 @@ impl Outbound for WgOutbound {
         };
         Ok(Destination {
             to: table.peers[i].endpoint(),
-            peer: i,
+            peer: PeerRef::at(table, i),
         })
     }
 
     /// With a session, every datagram of the batch is sealed in place under counters reserved
     /// in order, spread over the worker's helper; without one, one by one through `seal`
-    /// (boringtun queues them and starts a handshake).
+    /// (boringtun queues them and starts a handshake). The transfer bytes are counted when
+    /// the engine reports what the kernel took (`sent`), not here.
     fn seal_batch(
         &mut self,
-        peer: usize,
+        peer: PeerRef,
         arena: &mut [u8],
         jobs: &mut [SealJob],
         ctl: &mut Control<'_>,
     ) {
-        let Some(p) = self.table.current().peers.get(peer).cloned() else {
+        let Some(p) = self.table.current().peers.get(peer.pos).cloned() else {
             for j in jobs.iter_mut() {
                 j.sealed = Err(DropReason::NoRoute);
             }
@@ -222,15 +246,13 @@ impl Outbound for WgOutbound {
                     let sealed = jobs.iter().filter(|j| j.sealed.is_ok());
                     (
                         sealed.clone().count(),
-                        sealed.clone().map(|j| j.inner_len).sum::<usize>(),
-                        sealed.filter_map(|j| j.sealed.ok()).sum::<usize>(),
+                        sealed.map(|j| j.inner_len).sum::<usize>(),
                     )
                 });
-            if let Some((count, bytes, wire)) = sent {
+            if let Some((count, bytes)) = sent {
                 // As `encapsulate`: the timers move only when something was sealed.
                 if count > 0 {
                     tunn.note_data_sent(bytes);
-                    p.transfer.sent(wire);
                 }
                 return;
             }
@@ -240,12 +262,12 @@ impl Outbound for WgOutbound {
 
     fn seal(
         &mut self,
-        peer: usize,
+        peer: PeerRef,
         datagram: &mut [u8],
         inner_len: usize,
         ctl: &mut Control<'_>,
     ) -> Result<usize, DropReason> {
-        let Some(peer) = self.table.current().peers.get(peer) else {
+        let Some(peer) = self.table.current().peers.get(peer.pos) else {
             return Err(DropReason::NoRoute);
         };
         let plain = &mut self.plain[..inner_len];
@@ -274,8 +296,16 @@ impl Outbound for WgOutbound {
         if small {
             datagram[..len].copy_from_slice(&self.small[..len]);
         }
-        peer.transfer.sent(len);
+        // A data message: counted in `sent` once the kernel took it.
         Ok(len)
+    }
+
+    /// Counts what the kernel took for `peer` in its transfer bytes (whole messages, as
+    /// kernel WireGuard), so a send that failed (no route, ENOBUFS) counts nothing.
+    fn sent(&mut self, peer: PeerRef, bytes: usize) {
+        if let Some(p) = peer.find(self.table.current()) {
+            p.transfer.sent(bytes);
+        }
     }
 }
 
@@ -285,7 +315,6 @@ pub struct WgInbound {
     key: Arc<NodeKey>,
     limiter: Arc<RateLimiter>,
     unleased: Option<Arc<UnleasedGate>>,
-    mtu: usize,
     scratch: Box<[u8]>,
     jobs: Vec<OpenJob>,
     aead: Aead,
@@ -309,7 +338,6 @@ impl Inbound for WgInbound {
             key: &self.key,
             limiter: &self.limiter,
             unleased: self.unleased.as_deref(),
-            mtu: self.mtu,
             scratch: &mut self.scratch,
             jobs: &mut self.jobs,
             aead: self.aead,
@@ -326,7 +354,6 @@ pub struct WgSender<'a> {
     limiter: &'a RateLimiter,
     /// Set when `origin` is unleased (`sender` refuses those otherwise).
     unleased: Option<&'a UnleasedGate>,
-    mtu: usize,
     scratch: &'a mut [u8],
     jobs: &'a mut Vec<OpenJob>,
     aead: Aead,
@@ -467,7 +494,10 @@ impl WgSender<'_> {
     }
 
     /// The checks every opened inner packet (`datagram[inner]`) passes, as udp's datagrams:
-    /// its size, its header, its source among the peer's AllowedIPs, its destination here.
+    /// its header, its source among the peer's AllowedIPs, its destination here. Not its
+    /// size: one bigger than our MTU (from a node whose MTU is larger) is delivered, and the
+    /// engine counts it (`rx_over_mtu_packets`), as kernel WireGuard delivers it and the
+    /// kernel answers with ICMP packet too big or fragments it.
     fn check_inner(
         &self,
         peer: &Peer,
@@ -475,9 +505,6 @@ impl WgSender<'_> {
         inner: Range<usize>,
         v6: bool,
     ) -> Result<Opened, DropReason> {
-        if inner.len() > self.mtu {
-            return Err(DropReason::Oversize);
-        }
         let pkt = &datagram[inner.clone()];
         if v6 {
             let ip = packet::parse_ipv6(pkt)?;
@@ -488,17 +515,18 @@ impl WgSender<'_> {
             if !self.table.is_local6(ip.dst) {
                 return Err(DropReason::NotLocal);
             }
-            return Ok(Opened::Packet6 { inner });
+            Ok(Opened::Packet6 { inner })
+        } else {
+            let ip = packet::parse_ipv4(pkt, true)?;
+            if !peer.allows(IpAddr::V4(ip.src)) {
+                peer.drops.spoofed.fetch_add(1, Ordering::Relaxed);
+                return Err(DropReason::SpoofedSource);
+            }
+            if !self.table.is_local(ip.dst) {
+                return Err(DropReason::NotLocal);
+            }
+            Ok(Opened::Packet { inner, ip })
         }
-        let ip = packet::parse_ipv4(pkt, true)?;
-        if !peer.allows(IpAddr::V4(ip.src)) {
-            peer.drops.spoofed.fetch_add(1, Ordering::Relaxed);
-            return Err(DropReason::SpoofedSource);
-        }
-        if !self.table.is_local(ip.dst) {
-            return Err(DropReason::NotLocal);
-        }
-        Ok(Opened::Packet { inner, ip })
     }
 
     /// The peer whose session every datagram of a receive is a data message for (the usual
@@ -743,7 +771,6 @@ mod tests {
                 key: me.clone(),
                 limiter,
                 unleased: None,
-                mtu: 1420,
                 aead: Aead::Ring,
             }
         };
@@ -794,7 +821,8 @@ mod tests {
         panic!("nothing received");
     }
 
-    /// Seals `pkt` as the engine would; Err when it went out as a handshake instead.
+    /// Seals `pkt` as the engine would, and reports it sent as the engine does once the
+    /// kernel took it; Err when it went out as a handshake instead.
     fn seal(n: &Node, out: &mut WgOutbound, pkt: &[u8]) -> Result<Vec<u8>, DropReason> {
         let mut ctl = Control::new(&n.out);
         let mut p = pkt.to_vec();
@@ -812,6 +840,7 @@ mod tests {
         let mut d = vec![0u8; HEADER_LEN + p.len() + TAG_LEN];
         d[HEADER_LEN..HEADER_LEN + p.len()].copy_from_slice(&p);
         let len = out.seal(dest.peer, &mut d, p.len(), &mut ctl)?;
+        out.sent(dest.peer, len);
         d.truncate(len);
         Ok(d)
     }
@@ -852,8 +881,14 @@ mod tests {
         }
     }
 
+    /// The first peer of `n`'s table, as `route` names it.
+    fn first_peer(n: &Node) -> PeerRef {
+        PeerRef::at(&n.transform.table.load(), 0)
+    }
+
     /// One super-packet's datagrams as the engine lays them in its arena, sealed by
-    /// `seal_batch`; returned back to back as one GRO receive would bring them.
+    /// `seal_batch` and reported sent (one GSO send the kernel took); returned back to back
+    /// as one GRO receive would bring them.
     fn seal_as_batch(
         a: &Node,
         a_out: &mut WgOutbound,
@@ -873,7 +908,8 @@ mod tests {
             arena.extend_from_slice(&[0; TAG_LEN]);
         }
         let mut ctl = Control::new(&a.out);
-        let mut go = || a_out.seal_batch(0, &mut arena, &mut jobs, &mut ctl);
+        let peer = first_peer(a);
+        let mut go = || a_out.seal_batch(peer, &mut arena, &mut jobs, &mut ctl);
         match pool {
             Some(pool) => pool.install(go),
             None => go(),
@@ -884,6 +920,7 @@ mod tests {
             ranges.push(wire.len()..wire.len() + len);
             wire.extend_from_slice(&arena[j.off..j.off + len]);
         }
+        a_out.sent(peer, wire.len());
         (wire, ranges)
     }
 
@@ -1037,6 +1074,182 @@ mod tests {
         assert_eq!(b_rx2 - b_rx, messages as u64, "B's rx_bytes");
     }
 
+    /// A's table with its one peer (B) moved to `endpoint`, sessions kept (as a lease change
+    /// or a roam would).
+    fn move_peer(a: &Node, endpoint: SocketAddr) {
+        let old = a.transform.table.load().peers[0].clone();
+        let next = Arc::new(old.successor(endpoint, old.allowed, None));
+        a.transform.table.publish(WgTable::new(
+            subnets("10.5.0.0/16", "fd00:5::/32"),
+            subnets("10.5.1.0/24", "fd00:5:1::/64"),
+            vec![next],
+        ));
+    }
+
+    #[test]
+    fn tx_bytes_count_what_the_kernel_took_not_what_was_sealed() {
+        // Before: the batch path counted a peer's transfer bytes when it sealed the
+        // messages, so sends the kernel refused (no route to the peer, ENOBUFS, a failed GSO
+        // send) still showed in `wg show` and /metrics.
+        use crate::engine::packet::{GSO_TCPV4, PLAIN, VnetHdr};
+        use crate::engine::{Engine, EngineConfig, Stats};
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        use std::io::Write;
+
+        let (a, b) = pair(None);
+        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
+        let mut b_in = b.transform.inbound();
+        establish(&a, &b, &mut a_out, &mut a_in, &mut b_in);
+        let hdr = VnetHdr {
+            gso_type: GSO_TCPV4,
+            hdr_len: 52,
+            gso_size: 1000,
+            ..VnetHdr::default()
+        };
+        let packets = [
+            [&PLAIN[..], &tcp_packet(50, 0x10, b"ack", 64)].concat(),
+            [
+                &hdr.to_bytes()[..],
+                &tcp_packet(1000, 0x10, &[5u8; 3000], 64),
+            ]
+            .concat(),
+        ];
+        // Runs A's data path (a TUN stand-in, a socket of its own) over `packets`; returns
+        // the engine's counters once every packet was read and its sends done.
+        let run = |packets: &[Vec<u8>]| {
+            let (ours, theirs) = socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .unwrap();
+            let bind = StdSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let cfg = EngineConfig {
+                bind,
+                mtu: 1420,
+                offloads: true,
+                busy_poll: std::time::Duration::ZERO,
+                name: "wg",
+                crypto_helper: false,
+            };
+            let stats = Arc::new(Stats::new("wireguard"));
+            let engine =
+                Engine::start(vec![std::fs::File::from(ours)], cfg, &a.transform, &stats).unwrap();
+            let mut tun = std::fs::File::from(theirs);
+            for p in packets {
+                tun.write_all(p).unwrap();
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while stats.tun_reads.load(Ordering::Relaxed) < packets.len() as u64 {
+                assert!(std::time::Instant::now() < deadline, "packets not read");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(engine);
+            stats
+        };
+        let tx = || transfer_shown(&a.transform.table).0;
+
+        // B's endpoint where every send fails (port 0: EINVAL, also datagram by datagram
+        // after the GSO send).
+        move_peer(&a, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        let before = tx();
+        let stats = run(&packets);
+        assert!(
+            stats.io_errors.load(Ordering::Relaxed) >= 2,
+            "the sends failed"
+        );
+        assert_eq!(
+            stats.tx_packets.load(Ordering::Relaxed),
+            4,
+            "all four went to be sealed"
+        );
+        assert_eq!(tx(), before, "messages the kernel refused counted as sent");
+
+        // Back where B listens: what arrives is what counts, whole messages.
+        move_peer(&a, b.inbox.local_addr().unwrap());
+        let before = tx();
+        let stats = run(&packets);
+        assert_eq!(stats.io_errors.load(Ordering::Relaxed), 0);
+        let arrived: u64 = (0..4).map(|_| recv(&b).len() as u64).sum();
+        assert_eq!(arrived, 4 * 32 + 55 + 3 * 1052);
+        assert_eq!(tx() - before, arrived, "A's tx_bytes");
+    }
+
+    #[test]
+    fn a_received_packet_over_the_mtu_is_opened_for_the_engine_to_deliver() {
+        // Before: dropped as `mtu_mismatch` (a black hole for path-MTU discovery). Now the
+        // transform does not look at the size: a packet bigger than any MTU a node runs with
+        // (its node's MTU is larger) opens like any other, IPv4 and IPv6, one by one and in a
+        // batch; the engine delivers it on its own and counts it. The other checks still
+        // come first: a spoofed one is a spoofed one.
+        let (a, b) = pair(None);
+        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
+        let mut b_in = b.transform.inbound();
+        let from_a = a.out.local_addr().unwrap();
+        establish(&a, &b, &mut a_out, &mut a_in, &mut b_in);
+        let peer_a = b.transform.table.load().peers[0].clone();
+
+        // 4,052 and 4,040 bytes: over the 1,420 both engines of `pair` would run with.
+        let big = tcp_packet(1, 0x10, &[7; 4000], 64);
+        let mut d = seal(&a, &mut a_out, &big).unwrap();
+        match open(&b, &mut b_in, from_a, &mut d) {
+            Ok(Opened::Packet { inner, .. }) => assert_eq!(&d[inner], &big[..]),
+            other => panic!("{other:?}"),
+        }
+        let big6 = v6_packet("fd00:5:1::9", "fd00:5:2::7", 4000);
+        let mut d = seal(&a, &mut a_out, &big6).unwrap();
+        match open(&b, &mut b_in, from_a, &mut d) {
+            Ok(Opened::Packet6 { inner }) => assert_eq!(&d[inner], &big6[..]),
+            other => panic!("{other:?}"),
+        }
+        let mut spoofed = big.clone();
+        spoofed[12..16].copy_from_slice(&[10, 5, 9, 9]);
+        spoofed[10..12].fill(0);
+        let c = packet::checksum(&spoofed[..20]);
+        spoofed[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut d = seal(&a, &mut a_out, &spoofed).unwrap();
+        assert_eq!(
+            open(&b, &mut b_in, from_a, &mut d),
+            Err(DropReason::SpoofedSource)
+        );
+
+        // One GRO receive (the batch path): all of them opened.
+        let pkts: Vec<Vec<u8>> = (0..10u32)
+            .map(|i| {
+                tcp_packet(
+                    i,
+                    0x10,
+                    &[7; 4000][..if i % 2 == 0 { 4000 } else { 400 }],
+                    64,
+                )
+            })
+            .collect();
+        let (mut wire, ranges) = seal_as_batch(&a, &mut a_out, &pkts, None);
+        let opened = open_as_batch(&b, &mut b_in, from_a, &mut wire, &ranges, None);
+        for (i, o) in opened.iter().enumerate() {
+            match o {
+                Ok(Opened::Packet { inner, .. }) => {
+                    let at = ranges[i].start;
+                    assert_eq!(
+                        &wire[at + inner.start..at + inner.end],
+                        &pkts[i][..],
+                        "datagram {i}"
+                    );
+                }
+                other => panic!("datagram {i}: {other:?}"),
+            }
+        }
+        // Counted against the peer: the spoofed one only.
+        assert_eq!(peer_a.drops.total(), 1);
+        let mut s = String::new();
+        super::super::table::render_peers(&[b.transform.table.load()], &mut s);
+        assert!(!s.contains("mtu"), "{s}");
+    }
+
     #[test]
     fn a_peer_whose_lease_changed_keeps_its_sessions_and_refuses_an_old_initiation() {
         let (a, b) = pair(None);
@@ -1139,11 +1352,8 @@ mod tests {
         );
         let mut spoofed = pkt.clone();
         spoofed[12..16].copy_from_slice(&[10, 5, 9, 9]);
-        let c = packet::checksum(&{
-            let mut h = spoofed[..20].to_vec();
-            h[10..12].copy_from_slice(&[0, 0]);
-            h
-        });
+        spoofed[10..12].fill(0);
+        let c = packet::checksum(&spoofed[..20]);
         spoofed[10..12].copy_from_slice(&c.to_be_bytes());
         let mut d = seal(&a, &mut a_out, &spoofed).unwrap();
         assert_eq!(

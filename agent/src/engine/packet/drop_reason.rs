@@ -18,7 +18,9 @@ pub enum DropReason {
     Ipv6,
     /// A bad header: length fields, header checksum, a GSO header we cannot handle.
     Malformed,
-    /// Bigger than the TUN MTU.
+    /// TUN → UDP: bigger than the TUN MTU, or than the room a transform has for it.
+    /// Received packets are never dropped for their size: one over the MTU is delivered and
+    /// counted in `Stats::rx_over_mtu_packets`.
     Oversize,
     /// The inner TTL ran out.
     TtlExpired,
