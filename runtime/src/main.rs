@@ -303,7 +303,8 @@ fn main() {
 /// A seam for tests only (runtime/tests/run.rs): with `TWILL_RUN_TEST_PAUSE_BEFORE_PROXY`
 /// set to a path, a foreground `run` whose container is running waits (at most a minute)
 /// for that path to exist before it installs its signal proxy, so a test can signal it
-/// inside that window. Not a feature: nothing else reads it, and unset it costs nothing.
+/// inside that window. Not a feature: only debug builds (what `cargo test` runs) read it.
+#[cfg(debug_assertions)]
 fn test_pause_before_proxy() {
     let Some(path) = std::env::var_os("TWILL_RUN_TEST_PAUSE_BEFORE_PROXY") else {
         return;
@@ -313,6 +314,9 @@ fn test_pause_before_proxy() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[cfg(not(debug_assertions))]
+fn test_pause_before_proxy() {}
 
 /// Runs `f` on every ID; 0 when all succeeded, else 125 once each failure is printed.
 fn each(ids: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> i32 {

@@ -123,6 +123,24 @@ fn daemonset_manifest_has_what_a_node_agent_needs() {
         );
     }
     let env = c["env"].as_sequence().unwrap();
+    // The healthz port in the environment, where `kubectl exec … twilld status` finds it too
+    // (a flag of the daemon's is not seen by a command exec'd next to it).
+    let healthz = env
+        .iter()
+        .find(|e| e["name"] == "TWILLD_HEALTHZ_PORT")
+        .and_then(|e| e["value"].as_str())
+        .expect("TWILLD_HEALTHZ_PORT in the container's env");
+    assert!(
+        args.iter().all(|a| !a.starts_with("--healthz-port")),
+        "{args:?}"
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(
+            c[probe]["httpGet"]["port"].as_u64().map(|p| p.to_string()),
+            Some(healthz.to_string()),
+            "{probe} asks the healthz port"
+        );
+    }
     for (var, key) in [
         ("TWILLD_ETCD_CAFILE", "etcd-cafile"),
         ("TWILLD_ETCD_CERTFILE", "etcd-certfile"),
