@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use twill_netkit::subnet_env::SubnetEnv;
-use twill_netkit::{Link, Netns, random};
+use twill_netkit::{Link, Netns, PortState, random};
 
 use crate::config::{Attachment, Dns, NetConf};
 use crate::env::CniEnv;
@@ -342,11 +342,10 @@ fn forget_stale_neighbours(host_ns: &Netns, bridge: &Link, assigned: &Assignment
         .map_err(CniError::from)
 }
 
-/// How long ADD waits for the host veth's bridge port to forward before announcing the
-/// container's addresses. Without STP it forwards as soon as the kernel has seen the carrier
-/// come up (milliseconds after the container end is up); a bridge with STP on takes its
-/// forward delay (15 s twice), which ADD does not sit out.
-const PORT_FORWARDING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long ADD waits for the host veth's bridge port to leave Disabled before announcing
+/// the container's addresses. Without STP it forwards as soon as the kernel has seen the
+/// carrier come up (milliseconds after the container end is up).
+const PORT_ENABLED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Step, once everything but hairpin is in place (a failure is only a warning): when the
 /// host veth's bridge port forwards, the container announces its addresses from `CNI_IFNAME`
@@ -355,6 +354,12 @@ const PORT_FORWARDING_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// map an address handed out again to the old container's MAC (REACHABLE for up to ~45 s)
 /// take the new one at once. The kernel's own announcement at link up would be lost: the
 /// bridge port is not forwarding yet then.
+///
+/// On a bridge with STP on the port goes Listening/Learning instead and
+/// forwards only after twice the forward delay (15 s each by default): ADD stops waiting at
+/// once and announces nothing (the bridge would drop it), and that is no warning. A port
+/// still Disabled (or Blocking: STP found a loop) after [`PORT_ENABLED_WAIT`] gets the
+/// announcement anyway, and a warning.
 fn announce_addresses(
     host_ns: &Netns,
     ctr: &Netns,
@@ -363,9 +368,15 @@ fn announce_addresses(
     assigned: &Assignment,
 ) -> CniResult<()> {
     let index = veth.index;
-    let forwarding = host_ns
-        .run(|nl| async move { nl.wait_port_forwarding(index, PORT_FORWARDING_WAIT).await })
+    let state = host_ns
+        .run(|nl| async move { nl.wait_port_enabled(index, PORT_ENABLED_WAIT).await })
         .map_err(CniError::from)?;
+    let forwarding = match state {
+        PortState::Forwarding => true,
+        PortState::Disabled | PortState::Blocking => false,
+        // STP is running on the bridge: nothing is wrong, and nothing would get through.
+        _ => return Ok(()),
+    };
     let mac: [u8; 6] = container.mac.as_slice().try_into().map_err(|_| {
         CniError::new(
             INTERNAL,
@@ -386,9 +397,13 @@ fn announce_addresses(
         return Err(CniError::new(
             INTERNAL,
             format!(
-                "bridge port {} was not forwarding after {:?}: the announcement of {} may be lost, neighbours may keep an old MAC for a while",
+                "bridge port {} was still {} after {:?}: the announcement of {} may be lost, neighbours may keep an old MAC for a while",
                 veth.name,
-                PORT_FORWARDING_WAIT,
+                match state {
+                    PortState::Blocking => "blocking (STP)",
+                    _ => "disabled (no carrier)",
+                },
+                PORT_ENABLED_WAIT,
                 ips.iter()
                     .map(IpAddr::to_string)
                     .collect::<Vec<_>>()

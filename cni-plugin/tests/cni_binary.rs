@@ -1847,3 +1847,60 @@ fn del_of_a_missing_interface_leaves_another_attachments_pair_alone() {
     assert!(!link_exists(&c, "tw0c0ffee0"));
     assert!(!link_exists(&host, &net1_host));
 }
+
+/// An ADD onto a bridge with STP on (a user's bridge, or `stp_state 1` set on cni0) succeeds
+/// without a warning. Its port goes Listening/Learning and forwards only after twice the
+/// forward delay (15 s each by default); an announcement before that is dropped, and nothing
+/// is wrong. Before, ADD waited for Forwarding: every such ADD sat out the whole 1 s and
+/// printed "bridge port … was not forwarding after 1s" on stderr, which podman shows.
+#[test]
+fn an_add_onto_a_bridge_with_stp_warns_of_nothing() {
+    if !preconditions("an_add_onto_a_bridge_with_stp_warns_of_nothing", &["ip"]) {
+        return;
+    }
+    let node = Node::new("cnistp");
+    let mut conf = node.conf("1.0.0");
+    conf["ipMasq"] = json!(false);
+    let host = node.scope.name("host");
+    run(
+        "ip",
+        &[
+            "-n",
+            &host,
+            "link",
+            "add",
+            "cni0",
+            "type",
+            "bridge",
+            "stp_state",
+            "1",
+        ],
+    );
+    let (_c, p) = node.ctr("c");
+    let (ok, out, err) = run_plugin(
+        TWILL,
+        Some(&node.host),
+        "ADD",
+        "stp",
+        &p,
+        "eth0",
+        &conf,
+        &[],
+    );
+    assert!(ok, "ADD failed: {out} {err}");
+    assert!(
+        !err.contains("warning"),
+        "ADD onto an STP bridge warned: {err}"
+    );
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let veth = r["interfaces"][1]["name"].as_str().unwrap_or_default();
+    let br = twill_tests::ip_link(&host, "cni0");
+    assert_eq!(br["linkinfo"]["info_data"]["stp_state"], 1, "{br}");
+    let port = twill_tests::ip_link(&host, veth);
+    let state = port["linkinfo"]["info_slave_data"]["state"].clone();
+    assert!(
+        state == "listening" || state == "learning" || state == "blocking",
+        "the STP bridge's port is {state} right after ADD: {port}"
+    );
+    assert!(node.cni("DEL", "stp", &p, "eth0", &conf, &[]).0);
+}

@@ -284,33 +284,37 @@ impl Netlink {
         Ok(msgs.into_iter().next().map(parse_detail))
     }
 
-    /// Waits up to `timeout` for bridge port `index` to forward (a port starts forwarding
-    /// only once the kernel has seen its carrier come up; until then the bridge drops what
-    /// it sends and what is sent to it). Returns whether it forwards; a link that is gone
-    /// or no bridge's port is an error naming it.
-    pub async fn wait_port_forwarding(
+    /// Waits up to `timeout` for bridge port `index` to leave [`PortState::Disabled`] and
+    /// [`PortState::Blocking`], and returns the state it is in then (the last one seen when
+    /// the timeout passed). A port is Disabled until the kernel has seen its carrier come up;
+    /// then, without STP, it forwards at once (passing through Blocking for an instant a read
+    /// may catch), while with STP on it goes Listening and Learning first and forwards only
+    /// after twice the bridge's forward delay (15 s each by default), which this does not sit
+    /// out: Listening or Learning end the wait too. A link that is gone or no bridge's port is
+    /// an error naming it.
+    pub async fn wait_port_enabled(
         &self,
         index: u32,
         timeout: std::time::Duration,
-    ) -> Result<bool> {
+    ) -> Result<PortState> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let detail = self
                 .link_detail(index)
                 .await?
                 .ok_or_else(|| self.not_found("link", format!("#{index}")))?;
-            match detail.port_state {
-                Some(PortState::Forwarding) => return Ok(true),
-                Some(_) => {}
+            let state = match detail.port_state {
+                Some(s @ (PortState::Disabled | PortState::Blocking)) => s,
+                Some(state) => return Ok(state),
                 None => {
                     return Err(crate::Error::Invalid(format!(
                         "link #{index} in netns {} is not a bridge port",
                         self.netns
                     )));
                 }
-            }
+            };
             if tokio::time::Instant::now() >= deadline {
-                return Ok(false);
+                return Ok(state);
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }

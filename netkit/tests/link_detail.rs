@@ -45,7 +45,7 @@ fn alias_peer_and_a_port_that_forwards_once_its_peer_is_up() {
             let detail = nl.link_detail(veth.index).await?;
             // The peer is down: no carrier, the port cannot forward.
             let before = nl
-                .wait_port_forwarding(veth.index, Duration::from_millis(50))
+                .wait_port_enabled(veth.index, Duration::from_millis(50))
                 .await?;
             Ok::<_, twill_netkit::Error>((veth, detail, before))
         })
@@ -53,7 +53,11 @@ fn alias_peer_and_a_port_that_forwards_once_its_peer_is_up() {
     let detail = detail.expect("the link exists");
     assert_eq!(detail.alias.as_deref(), Some("twill-cni eth0 abc"));
     assert_eq!(detail.port_state, Some(PortState::Disabled));
-    assert!(!before, "a port without carrier forwards");
+    assert_eq!(
+        before,
+        PortState::Disabled,
+        "a port without carrier left Disabled"
+    );
 
     let (peer, back) = ctr
         .ns
@@ -76,17 +80,19 @@ fn alias_peer_and_a_port_that_forwards_once_its_peer_is_up() {
     let (after, not_a_port) = host
         .ns
         .run(|nl| async move {
-            let after = nl
-                .wait_port_forwarding(index, Duration::from_secs(2))
-                .await?;
+            let after = nl.wait_port_enabled(index, Duration::from_secs(2)).await?;
             let br = nl.require_link("ldbr0").await?;
             let not_a_port = nl
-                .wait_port_forwarding(br.index, Duration::from_millis(10))
+                .wait_port_enabled(br.index, Duration::from_millis(10))
                 .await;
             Ok::<_, twill_netkit::Error>((after, not_a_port))
         })
         .expect("waiting for the port");
-    assert!(after, "the port does not forward with its peer up");
+    assert_eq!(
+        after,
+        PortState::Forwarding,
+        "without STP the port forwards once its peer is up"
+    );
     let e = not_a_port.expect_err("a bridge is no bridge port");
     assert!(e.to_string().contains("not a bridge port"), "{e}");
 
@@ -96,6 +102,58 @@ fn alias_peer_and_a_port_that_forwards_once_its_peer_is_up() {
         .run(|nl| async move { Ok::<_, twill_netkit::Error>(nl.set_alias(index, &too_long).await) })
         .expect("netlink");
     assert!(refused.is_err());
+}
+
+/// On a bridge with STP on, a port whose peer is up goes Listening/Learning and forwards only
+/// after twice the forward delay (15 s each by default). The wait ends as soon as the port
+/// leaves Disabled and says so. Before, it waited for Forwarding: the whole timeout (every
+/// ADD onto such a bridge sat out its 1 s and printed a warning).
+#[test]
+fn the_wait_ends_at_once_on_a_bridge_with_stp() {
+    if !root_or_skip("the_wait_ends_at_once_on_a_bridge_with_stp") {
+        return;
+    }
+    let host = TestNs::new("ldstph");
+    let ctr = TestNs::new("ldstpc");
+    ip(
+        host.name(),
+        &["link", "add", "stpbr0", "type", "bridge", "stp_state", "1"],
+    );
+    let peer_ns = &ctr.ns;
+    let veth = host
+        .ns
+        .run(|nl| async move {
+            let br = nl.ensure_bridge("stpbr0", None).await?;
+            let veth = nl.create_veth("stpv0", "stpp0", peer_ns, None).await?;
+            nl.set_controller(veth.index, br.index).await?;
+            nl.set_up(veth.index).await?;
+            Ok::<_, twill_netkit::Error>(veth)
+        })
+        .expect("setting up the bridge port");
+    ctr.ns
+        .run(|nl| async move {
+            let p = nl.require_link("stpp0").await?;
+            nl.set_up(p.index).await
+        })
+        .expect("setting the peer up");
+    let index = veth.index;
+    let started = std::time::Instant::now();
+    let state = host
+        .ns
+        .run(|nl| async move { nl.wait_port_enabled(index, Duration::from_secs(10)).await })
+        .expect("waiting for the port");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the wait took {took:?} (timeout 10 s) for a port in {state:?}"
+    );
+    assert!(
+        matches!(
+            state,
+            PortState::Listening | PortState::Learning | PortState::Blocking
+        ),
+        "an STP bridge's port with its peer up is {state:?}"
+    );
 }
 
 /// A neighbour's entries (REACHABLE, an old MAC) for both families take the MAC a gratuitous
