@@ -1,120 +1,21 @@
 //! The `twill` binary driven the way runtimes drive it: env vars, config on stdin, result or
 //! error JSON on stdout. Hosts and containers are namespaces made by the test.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::collections::HashSet;
+
+use common::{
+    Node, TWILL, add_veth_pair, cni_in, global_addrs, has_masq_table, ip_files, link_exists,
+    masq_table, neigh_mac, read_in,
+};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 use twill_netkit::Netns;
 use twill_tests::cni::{reference_plugin_installed, run_plugin};
-use twill_tests::{NsScope, ns_exec_ok, preconditions, run};
+use twill_tests::{ns_exec_ok, preconditions, run};
 
-const TWILL: &str = env!("CARGO_BIN_EXE_twill");
-
-/// One simulated node: a host namespace with a subnet file and an IPAM dir.
-struct Node {
-    scope: NsScope,
-    host: Netns,
-    dir: TempDir,
-}
-
-impl Node {
-    fn new(tag: &str) -> Node {
-        let scope = NsScope::new(tag);
-        let host = scope.create("host");
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("subnet.env"),
-            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
-        )
-        .unwrap();
-        Node { scope, host, dir }
-    }
-
-    fn conf(&self, version: &str) -> Value {
-        json!({
-            "cniVersion": version,
-            "name": "twnet",
-            "type": "twill",
-            "subnetFile": self.dir.path().join("subnet.env"),
-            "dataDir": self.dir.path().join("ipam"),
-        })
-    }
-
-    /// Creates a link named `name` in the host namespace that is not a bridge (a veth).
-    fn add_non_bridge(&self, name: &str) {
-        let peer = format!("{name}2");
-        let host = self.scope.name("host");
-        run(
-            "ip",
-            &[
-                "-n", &host, "link", "add", name, "type", "veth", "peer", "name", &peer,
-            ],
-        );
-    }
-
-    fn ipam_dir(&self) -> PathBuf {
-        self.dir.path().join("ipam").join("twnet")
-    }
-
-    fn ctr(&self, name: &str) -> (Netns, String) {
-        let ns = self.scope.create(name);
-        let path = ns.path().display().to_string();
-        (ns, path)
-    }
-
-    /// Runs the plugin inside the host namespace; returns (exit ok, parsed stdout).
-    fn cni(
-        &self,
-        cmd: &str,
-        id: &str,
-        netns: &str,
-        ifname: &str,
-        conf: &Value,
-        extra: &[(&str, &str)],
-    ) -> (bool, Value) {
-        cni_in(Some(&self.host), cmd, id, netns, ifname, conf, extra)
-    }
-}
-
-fn cni_in(
-    host: Option<&Netns>,
-    cmd: &str,
-    id: &str,
-    netns: &str,
-    ifname: &str,
-    conf: &Value,
-    extra: &[(&str, &str)],
-) -> (bool, Value) {
-    let (ok, text, _) = run_plugin(TWILL, host, cmd, id, netns, ifname, conf, extra);
-    let v = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout not JSON ({e}): {text}"))
-    };
-    (ok, v)
-}
-
-/// A /proc or /sys file as namespace `ns` sees it (`ip netns exec` remounts /sys), trimmed.
-fn read_in(ns: &str, path: &str) -> String {
-    run("ip", &["netns", "exec", ns, "cat", path])
-        .trim()
-        .to_string()
-}
-
-fn ip_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
+/// The node's IPv4 subnet file.
+const V4: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
 
 #[test]
 fn add_check_del_and_two_containers_ping() {
@@ -124,7 +25,7 @@ fn add_check_del_and_two_containers_ping() {
     ) {
         return;
     }
-    let node = Node::new("cni1");
+    let node = Node::new("cni1", V4);
     let conf = node.conf("1.0.0");
     let (_c1, p1) = node.ctr("c1");
     let (_c2, p2) = node.ctr("c2");
@@ -182,19 +83,7 @@ fn add_check_del_and_two_containers_ping() {
     assert_eq!(read_in(&host, "/proc/sys/net/ipv4/ip_forward"), "1");
     // An IPv4-only attachment must not take an IPv6 address or route from a stray RA.
     assert_eq!(read_in(&c1, "/proc/sys/net/ipv6/conf/eth0/accept_ra"), "0");
-    let nft = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &host,
-            "nft",
-            "list",
-            "table",
-            "inet",
-            "twill-cni-twnet",
-        ],
-    );
+    let nft = masq_table(&host);
     assert!(
         nft.contains("ip saddr 10.244.7.0/24 ip daddr != 10.244.0.0/16")
             && nft.contains("masquerade"),
@@ -246,19 +135,7 @@ fn add_check_del_and_two_containers_ping() {
     check2["prevResult"] = r2.clone();
     let (ok, out) = node.cni("CHECK", "ctr2", &p2, "eth0", &check2, &[]);
     assert!(ok, "{out}");
-    let nft = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &host,
-            "nft",
-            "list",
-            "table",
-            "inet",
-            "twill-cni-twnet",
-        ],
-    );
+    let nft = masq_table(&host);
     assert!(nft.contains("masquerade"), "{nft}");
 
     // A released address is not handed out again at once.
@@ -310,7 +187,7 @@ fn version_probe_and_result_shapes() {
             ]
         );
     }
-    let node = Node::new("cni2");
+    let node = Node::new("cni2", V4);
     for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
         .iter()
         .enumerate()
@@ -366,7 +243,7 @@ fn error_codes() {
     if !preconditions("error_codes", &["ip"]) {
         return;
     }
-    let node = Node::new("cni3");
+    let node = Node::new("cni3", V4);
     let (_c, p) = node.ctr("c");
     let code = |ok: bool, v: &Value| -> u64 {
         assert!(!ok, "expected failure: {v}");
@@ -442,7 +319,7 @@ fn add_failing_half_way_leaves_nothing_behind() {
     if !preconditions("add_failing_half_way_leaves_nothing_behind", &["ip"]) {
         return;
     }
-    let node = Node::new("cni4");
+    let node = Node::new("cni4", V4);
     let (_c, p) = node.ctr("c");
     // The bridge name is taken by a non-bridge: ADD fails after the IP was allocated.
     node.add_non_bridge("notbr");
@@ -482,7 +359,7 @@ fn an_error_code_from_inside_a_namespace_reaches_the_result() {
     ) {
         return;
     }
-    let node = Node::new("cni11");
+    let node = Node::new("cni11", V4);
     let (_c, p) = node.ctr("c");
     node.add_non_bridge("notbr");
     let mut conf = node.conf("1.0.0");
@@ -511,7 +388,7 @@ fn add_failing_at_the_last_step_leaves_nothing_behind() {
     if !reference_plugin_installed("host-local") {
         return;
     }
-    let node = Node::new("cni12");
+    let node = Node::new("cni12", V4);
     let (_c, p) = node.ctr("c");
     let hl_dir = node.dir.path().join("hl");
     let mut conf = node.conf("1.0.0");
@@ -557,7 +434,7 @@ fn del_after_netns_is_gone_and_gc() {
     if !preconditions("del_after_netns_is_gone_and_gc", &["ip"]) {
         return;
     }
-    let node = Node::new("cni5");
+    let node = Node::new("cni5", V4);
     let conf = node.conf("1.1.0");
     let mut paths = Vec::new();
     for i in 0..3 {
@@ -596,7 +473,7 @@ fn requested_ip_and_delegated_host_local() {
     if !preconditions("requested_ip_and_delegated_host_local", &["ip"]) {
         return;
     }
-    let node = Node::new("cni6");
+    let node = Node::new("cni6", V4);
     let (_a, pa) = node.ctr("a");
     let (ok, r) = node.cni(
         "ADD",
@@ -668,7 +545,7 @@ fn a_delegated_ipam_add_with_an_unreadable_result_is_released() {
     if !preconditions(name, &["ip"]) {
         return;
     }
-    let node = Node::new("cnijunk");
+    let node = Node::new("cnijunk", V4);
     let bin = node.dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let log = node.dir.path().join("junkipam.log");
@@ -710,20 +587,10 @@ fn fifty_parallel_adds_get_distinct_ips_and_dels_leave_nothing() {
     ) {
         return;
     }
-    let node = Node::new("cni7");
+    let node = Node::new("cni7", V4);
     let conf = node.conf("1.0.0");
     let ctrs: Vec<(Netns, String)> = (0..50).map(|i| node.ctr(&format!("p{i}"))).collect();
-    let results: Vec<(bool, Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = ctrs
-            .iter()
-            .enumerate()
-            .map(|(i, (_, p))| {
-                let (node, conf) = (&node, &conf);
-                s.spawn(move || node.cni("ADD", &format!("par{i}"), p, "eth0", conf, &[]))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let results = node.parallel_adds(&ctrs, &conf);
     let mut ips = HashSet::new();
     for (ok, r) in &results {
         assert!(ok, "{r}");
@@ -740,12 +607,7 @@ fn fifty_parallel_adds_get_distinct_ips_and_dels_leave_nothing() {
         50
     );
 
-    std::thread::scope(|s| {
-        for (i, (_, p)) in ctrs.iter().enumerate() {
-            let (node, conf) = (&node, &conf);
-            s.spawn(move || assert!(node.cni("DEL", &format!("par{i}"), p, "eth0", conf, &[]).0));
-        }
-    });
+    node.parallel_dels(&ctrs, &conf);
     assert!(ip_files(&node.ipam_dir()).is_empty());
     assert!(
         twill_tests::ip_json(&host, &["link", "show", "master", "cni0"])
@@ -763,7 +625,7 @@ fn chained_with_reference_portmap() {
     if !reference_plugin_installed("portmap") {
         return;
     }
-    let node = Node::new("cni8");
+    let node = Node::new("cni8", V4);
     let (_c, p) = node.ctr("c");
     let conf = node.conf("1.0.0");
     let (ok, r) = node.cni("ADD", "pm1", &p, "eth0", &conf, &[]);
@@ -824,7 +686,7 @@ fn chained_with_reference_tuning_bandwidth_firewall() {
     if !reference_plugin_installed("bandwidth") {
         return;
     }
-    let node = Node::new("cni9");
+    let node = Node::new("cni9", V4);
     let (_c, p) = node.ctr("c");
     let conf = node.conf("1.0.0");
     let (ok, mut prev) = node.cni("ADD", "ch1", &p, "eth0", &conf, &[]);
@@ -892,13 +754,7 @@ fn add_outside(node: &Node) -> String {
     let outside = node.scope.name("out");
     node.scope.create("out");
     let host = node.scope.name("host");
-    run(
-        "ip",
-        &[
-            "-n", &host, "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns",
-            &outside,
-        ],
-    );
+    add_veth_pair(&host, "up0", "up0", &outside);
     for (ns, addr) in [(&host, "198.51.100.1/24"), (&outside, "198.51.100.2/24")] {
         run("ip", &["-n", ns, "addr", "add", addr, "dev", "up0"]);
         run("ip", &["-n", ns, "link", "set", "up0", "up"]);
@@ -921,7 +777,7 @@ fn host_local_with_ip_masq_masquerades_and_del_leaves_no_rule() {
     if !reference_plugin_installed("host-local") {
         return;
     }
-    let node = Node::new("cni13");
+    let node = Node::new("cni13", V4);
     let outside = add_outside(&node);
     let host = node.scope.name("host");
     let hl_dir = node.dir.path().join("hl");
@@ -1033,7 +889,7 @@ fn bridge_mac_is_fixed_and_results_stay_true() {
     if !preconditions("bridge_mac_is_fixed_and_results_stay_true", &["ip"]) {
         return;
     }
-    let node = Node::new("cni14");
+    let node = Node::new("cni14", V4);
     let conf = node.conf("1.0.0");
     let host = node.scope.name("host");
     let assign_type = |dev: &str| read_in(&host, &format!("/sys/class/net/{dev}/addr_assign_type"));
@@ -1087,10 +943,10 @@ fn state_lives_outside_the_ipam_store_and_is_migrated() {
     ) {
         return;
     }
-    let node = Node::new("cni15");
+    let node = Node::new("cni15", V4);
     let conf = node.conf("1.0.0"); // FLANNEL_IPMASQ=false: twill masquerades
     let host = node.scope.name("host");
-    let has_table = || ns_exec_ok(&host, &["nft", "list", "table", "inet", "twill-cni-twnet"]);
+    let has_table = || has_masq_table(&host);
     let store_files = || -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(node.ipam_dir())
             .unwrap()
@@ -1148,7 +1004,7 @@ fn a_second_attachment_leaves_the_first_ones_routes_alone() {
     ) {
         return;
     }
-    let node = Node::new("cni2a");
+    let node = Node::new("cni2a", V4);
     let conf = node.conf("1.1.0");
     let (_ns, p) = node.ctr("c");
     let c = node.scope.name("c");
@@ -1184,10 +1040,10 @@ fn an_add_after_the_ruleset_was_flushed_restores_masquerade() {
     ) {
         return;
     }
-    let node = Node::new("cni16");
+    let node = Node::new("cni16", V4);
     let conf = node.conf("1.0.0"); // FLANNEL_IPMASQ=false: twill masquerades
     let host = node.scope.name("host");
-    let has_table = || ns_exec_ok(&host, &["nft", "list", "table", "inet", "twill-cni-twnet"]);
+    let has_table = || has_masq_table(&host);
     let (_a, pa) = node.ctr("a");
     assert!(node.cni("ADD", "fa", &pa, "eth0", &conf, &[]).0);
     assert!(has_table());
@@ -1209,7 +1065,7 @@ fn ip_args_reach_a_delegated_static_ipam_untouched() {
     if !reference_plugin_installed("static") {
         return;
     }
-    let node = Node::new("cnist");
+    let node = Node::new("cnist", V4);
     let mut conf = node.conf("1.0.0");
     conf["name"] = json!("stnet");
     conf["bridge"] = json!("cni7");
@@ -1244,7 +1100,7 @@ fn a_delegated_result_without_gateway_gets_the_subnets_first_address() {
     if !reference_plugin_installed("static") {
         return;
     }
-    let node = Node::new("cnigw");
+    let node = Node::new("cnigw", V4);
     let mut conf = node.conf("1.0.0");
     conf["name"] = json!("gwnet");
     conf["bridge"] = json!("cni9");
@@ -1275,7 +1131,7 @@ fn is_gateway_false_is_not_overridden_by_the_default_of_is_default_gateway() {
     ) {
         return;
     }
-    let node = Node::new("cnisg");
+    let node = Node::new("cnisg", V4);
     let mut conf = node.conf("1.0.0");
     conf["isGateway"] = json!(false);
     conf["ipMasq"] = json!(false);
@@ -1311,7 +1167,7 @@ fn check_fails_when_the_host_veth_left_the_bridge() {
     if !preconditions("check_fails_when_the_host_veth_left_the_bridge", &["ip"]) {
         return;
     }
-    let node = Node::new("cnick");
+    let node = Node::new("cnick", V4);
     let mut conf = node.conf("1.0.0");
     conf["ipMasq"] = json!(false);
     let (_c, p) = node.ctr("c");
@@ -1341,7 +1197,7 @@ fn mtu_zero_means_not_set() {
     if !preconditions("mtu_zero_means_not_set", &["ip"]) {
         return;
     }
-    let node = Node::new("cnimtu");
+    let node = Node::new("cnimtu", V4);
     let mut conf = node.conf("1.1.0");
     conf["mtu"] = json!(0);
     conf["ipMasq"] = json!(false);
@@ -1352,6 +1208,20 @@ fn mtu_zero_means_not_set() {
     let link = twill_tests::ip_link(&node.scope.name("c"), "eth0");
     assert_eq!(link["mtu"], 1450);
     assert!(node.cni("DEL", "mz", &p, "eth0", &conf, &[]).0);
+}
+
+/// Someone else's veth pair under the host veth name twill gives (`id`, eth0): its peer
+/// `eth0` in namespace `o` of the node, held by the handle returned with the name.
+fn someone_elses_veth(node: &Node, id: &str) -> (Netns, String) {
+    let taken = twill_cni::setup::host_veth_name(id, "eth0", 0);
+    let (other, _) = node.ctr("o");
+    add_veth_pair(
+        &node.scope.name("host"),
+        &taken,
+        "eth0",
+        &node.scope.name("o"),
+    );
+    (other, taken)
 }
 
 /// Host veth names are a 32-bit hash of (container ID, ifname), in the `veth<8 hex>` space the
@@ -1368,64 +1238,38 @@ fn a_veth_that_is_not_ours_survives_add_rollback_and_del() {
     ) {
         return;
     }
-    let node = Node::new("cniown");
+    let node = Node::new("cniown", V4);
     let mut conf = node.conf("1.0.0");
     conf["ipMasq"] = json!(false);
     let host = node.scope.name("host");
-    let taken = twill_cni::setup::host_veth_name("clash", "eth0", 0);
-    // Someone else's veth pair under that name, its peer in a namespace of its own.
-    let (_o, _) = node.ctr("o");
+    // Someone else's veth pair under the name ADD will want, its peer in a namespace of its own.
+    let (_o, taken) = someone_elses_veth(&node, "clash");
     let other = node.scope.name("o");
-    run(
-        "ip",
-        &[
-            "-n", &host, "link", "add", &taken, "type", "veth", "peer", "name", "eth0", "netns",
-            &other,
-        ],
-    );
-    let exists = |ns: &str, name: &str| {
-        twill_tests::ip_json(ns, &["link", "show"])
-            .as_array()
-            .is_some_and(|ls| ls.iter().any(|l| l["ifname"] == name))
-    };
     let (_c, p) = node.ctr("c");
     let (ok, e) = node.cni("ADD", "clash", &p, "eth0", &conf, &[]);
     assert!(!ok, "{e}");
     assert!(e["msg"].as_str().unwrap().contains(&taken), "{e}");
-    assert!(exists(&host, &taken), "the failed ADD deleted {taken}");
+    assert!(link_exists(&host, &taken), "the failed ADD deleted {taken}");
     assert!(
         ip_files(&node.ipam_dir()).is_empty(),
         "the address was released"
     );
     assert!(node.cni("DEL", "clash", &p, "eth0", &conf, &[]).0);
-    assert!(exists(&host, &taken), "DEL deleted {taken}");
-    assert!(exists(&other, "eth0"));
+    assert!(link_exists(&host, &taken), "DEL deleted {taken}");
+    assert!(link_exists(&other, "eth0"));
 
     // An ADD killed after creating its pair: the peer is still `tw<8 hex>` in the container.
     // DEL with the namespace removes the pair.
     let crashed = twill_cni::setup::host_veth_name("crashed", "eth0", 0);
     let (_d, pd) = node.ctr("d");
     let d = node.scope.name("d");
-    run(
-        "ip",
-        &[
-            "-n",
-            &host,
-            "link",
-            "add",
-            &crashed,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "tw0badf00d",
-            "netns",
-            &d,
-        ],
-    );
+    add_veth_pair(&host, &crashed, "tw0badf00d", &d);
     assert!(node.cni("DEL", "crashed", &pd, "eth0", &conf, &[]).0);
-    assert!(!exists(&host, &crashed), "the leftover host veth stayed");
-    assert!(!exists(&d, "tw0badf00d"));
+    assert!(
+        !link_exists(&host, &crashed),
+        "the leftover host veth stayed"
+    );
+    assert!(!link_exists(&d, "tw0badf00d"));
 }
 
 /// A container that takes over an address (`podman restart` with `--ip`: DEL, then ADD with
@@ -1441,15 +1285,11 @@ fn a_reused_address_is_reachable_from_the_host_at_once() {
     ) {
         return;
     }
-    let node = Node::new("cniarp");
+    let node = Node::new("cniarp", V4);
     let mut conf = node.conf("1.0.0");
     conf["ipMasq"] = json!(false);
     let args = [("CNI_ARGS", "IgnoreUnknown=1;IP=10.244.7.50")];
     let host = node.scope.name("host");
-    let neigh_mac = || -> String {
-        let n = twill_tests::ip_json(&host, &["neigh", "show", "10.244.7.50", "dev", "cni0"]);
-        n[0]["lladdr"].as_str().unwrap_or_default().to_string()
-    };
     // Another container keeps the bridge's carrier up: losing it flushes the bridge's
     // neighbour table, which would hide the stale entry.
     let (_k, pk) = node.ctr("k");
@@ -1458,7 +1298,10 @@ fn a_reused_address_is_reachable_from_the_host_at_once() {
     let (ok, r1) = node.cni("ADD", "old", &pa, "eth0", &conf, &args);
     assert!(ok, "{r1}");
     assert!(ns_exec_ok(&host, &["ping", "-c1", "-W2", "10.244.7.50"]));
-    assert_eq!(neigh_mac(), r1["interfaces"][2]["mac"].as_str().unwrap());
+    assert_eq!(
+        neigh_mac(&host, "10.244.7.50", "cni0"),
+        r1["interfaces"][2]["mac"].as_str().unwrap()
+    );
     assert!(node.cni("DEL", "old", &pa, "eth0", &conf, &args).0);
 
     let (_b, pb) = node.ctr("b");
@@ -1467,9 +1310,12 @@ fn a_reused_address_is_reachable_from_the_host_at_once() {
     assert!(
         ns_exec_ok(&host, &["ping", "-c1", "-W1", "10.244.7.50"]),
         "the host sent to the old MAC {}",
-        neigh_mac()
+        neigh_mac(&host, "10.244.7.50", "cni0")
     );
-    assert_eq!(neigh_mac(), r2["interfaces"][2]["mac"].as_str().unwrap());
+    assert_eq!(
+        neigh_mac(&host, "10.244.7.50", "cni0"),
+        r2["interfaces"][2]["mac"].as_str().unwrap()
+    );
     assert!(node.cni("DEL", "new", &pb, "eth0", &conf, &args).0);
     assert!(node.cni("DEL", "keep", &pk, "eth0", &conf, &[]).0);
 }
@@ -1513,7 +1359,7 @@ fn cni_1_1_route_fields_from_ipam_are_applied_and_passed_on() {
     if !preconditions(name, &["ip"]) {
         return;
     }
-    let node = Node::new("cnirtf");
+    let node = Node::new("cnirtf", V4);
     let routes = json!([
         {"dst": "10.94.0.0/16", "priority": 50, "mtu": 1400, "advmss": 1360},
         {"dst": "10.93.0.0/16", "table": 100},
@@ -1571,7 +1417,7 @@ fn every_gateway_of_a_family_goes_on_the_bridge() {
     ) {
         return;
     }
-    let node = Node::new("cnigws");
+    let node = Node::new("cnigws", V4);
     let path = fake_ipam(
         &node,
         "gwsipam",
@@ -1592,13 +1438,7 @@ fn every_gateway_of_a_family_goes_on_the_bridge() {
     assert!(ok, "{r}");
     let host = node.scope.name("host");
     let br = twill_tests::ip_json(&host, &["addr", "show", "dev", "cni0"]);
-    let on_bridge: HashSet<String> = br[0]["addr_info"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["scope"] == "global")
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-        .collect();
+    let on_bridge: HashSet<String> = global_addrs(&br).into_iter().collect();
     let want: HashSet<String> = [
         "10.95.1.1/24",
         "10.95.2.1/24",
@@ -1627,7 +1467,7 @@ fn an_empty_dns_in_the_config_keeps_the_ipam_plugins_dns() {
     if !preconditions(name, &["ip"]) {
         return;
     }
-    let node = Node::new("cnidns");
+    let node = Node::new("cnidns", V4);
     let ipam_dns = json!({"nameservers": ["10.95.0.53"], "search": ["svc.example"]});
     let path = fake_ipam(
         &node,
@@ -1664,7 +1504,7 @@ fn an_empty_ip_arg_is_ignored() {
     if !preconditions("an_empty_ip_arg_is_ignored", &["ip"]) {
         return;
     }
-    let node = Node::new("cniemp");
+    let node = Node::new("cniemp", V4);
     let (_c, p) = node.ctr("c");
     let conf = node.conf("1.0.0");
     let env = [("CNI_ARGS", "IgnoreUnknown=1;IP=;K8S_POD_NAME=x")];
@@ -1673,19 +1513,6 @@ fn an_empty_ip_arg_is_ignored() {
     let addr = r["ips"][0]["address"].as_str().unwrap_or_default();
     assert!(addr.starts_with("10.244.7."), "{r}");
     assert!(node.cni("DEL", "em", &p, "eth0", &conf, &env).0);
-}
-
-/// Whether namespace `ns` has a link called `name`.
-fn link_exists(ns: &str, name: &str) -> bool {
-    twill_tests::ip_json(ns, &["link", "show"])
-        .as_array()
-        .is_some_and(|ls| ls.iter().any(|l| l["ifname"] == name))
-}
-
-/// The MAC namespace `ns` has for `ip` on `dev` (empty when it has none).
-fn neigh_mac(ns: &str, ip: &str, dev: &str) -> String {
-    let n = twill_tests::ip_json(ns, &["neigh", "show", ip, "dev", dev]);
-    n[0]["lladdr"].as_str().unwrap_or_default().to_string()
 }
 
 /// An address handed out again (container B deleted, C gets B's address with a new MAC) is
@@ -1702,7 +1529,7 @@ fn a_reused_address_is_reachable_from_other_containers_at_once() {
     ) {
         return;
     }
-    let node = Node::new("cnigarp");
+    let node = Node::new("cnigarp", V4);
     let mut conf = node.conf("1.0.0");
     conf["ipMasq"] = json!(false);
     let args = [("CNI_ARGS", "IgnoreUnknown=1;IP=10.244.7.60")];
@@ -1748,20 +1575,12 @@ fn del_without_the_netns_leaves_a_veth_of_its_name_that_is_not_ours() {
     ) {
         return;
     }
-    let node = Node::new("cnidelns");
+    let node = Node::new("cnidelns", V4);
     let mut conf = node.conf("1.0.0");
     conf["ipMasq"] = json!(false);
     let host = node.scope.name("host");
-    let taken = twill_cni::setup::host_veth_name("gone", "eth0", 0);
-    let (_o, _) = node.ctr("o");
+    let (_o, taken) = someone_elses_veth(&node, "gone");
     let other = node.scope.name("o");
-    run(
-        "ip",
-        &[
-            "-n", &host, "link", "add", &taken, "type", "veth", "peer", "name", "eth0", "netns",
-            &other,
-        ],
-    );
     let missing = format!("/var/run/netns/{}", node.scope.name("never"));
     assert!(node.cni("DEL", "gone", &missing, "eth0", &conf, &[]).0);
     assert!(
@@ -1800,7 +1619,7 @@ fn del_of_a_missing_interface_leaves_another_attachments_pair_alone() {
     ) {
         return;
     }
-    let node = Node::new("cnidelif");
+    let node = Node::new("cnidelif", V4);
     let mut conf1 = node.conf("1.0.0");
     conf1["ipMasq"] = json!(false);
     let mut conf2 = conf1.clone();
@@ -1814,23 +1633,7 @@ fn del_of_a_missing_interface_leaves_another_attachments_pair_alone() {
     // The second network's ADD for net1 is half way: its pair is still under the temporary
     // name in the container.
     let net1_host = twill_cni::setup::host_veth_name("pod", "net1", 0);
-    run(
-        "ip",
-        &[
-            "-n",
-            &host,
-            "link",
-            "add",
-            &net1_host,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "tw0c0ffee0",
-            "netns",
-            &c,
-        ],
-    );
+    add_veth_pair(&host, &net1_host, "tw0c0ffee0", &c);
     // eth0 is gone from the container (removed by hand, which took its host end along).
     run("ip", &["-n", &c, "link", "del", "eth0"]);
     assert!(!link_exists(&host, &eth0_host));
@@ -1858,7 +1661,7 @@ fn an_add_onto_a_bridge_with_stp_warns_of_nothing() {
     if !preconditions("an_add_onto_a_bridge_with_stp_warns_of_nothing", &["ip"]) {
         return;
     }
-    let node = Node::new("cnistp");
+    let node = Node::new("cnistp", V4);
     let mut conf = node.conf("1.0.0");
     conf["ipMasq"] = json!(false);
     let host = node.scope.name("host");

@@ -3,105 +3,22 @@
 //! parallel ADDs, requested addresses, bad IPv6 input, IPv6 masquerade and a delegated
 //! host-local with two ranges. Hosts and containers are namespaces made by the test.
 
+mod common;
+
 use std::collections::HashSet;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 
+use common::{
+    Node, add_veth_pair, global_addrs, has_masq_table, ip_files, masq_table, neigh_mac, read_in,
+};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 use twill_netkit::Netns;
-use twill_tests::cni::{reference_plugin_installed, run_plugin};
-use twill_tests::{NsScope, ns_exec_ok, preconditions, run};
-
-const TWILL: &str = env!("CARGO_BIN_EXE_twill");
+use twill_tests::cni::reference_plugin_installed;
+use twill_tests::{ns_exec_ok, preconditions, run};
 
 /// Flannel's dual-stack subnet file (as twilld and flanneld write it).
 const DUAL: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_NETWORK=fd00:244::/32\nFLANNEL_IPV6_SUBNET=fd00:244:7::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
 /// An IPv6-only network's subnet file.
 const V6_ONLY: &str = "FLANNEL_IPV6_NETWORK=fd00:245::/32\nFLANNEL_IPV6_SUBNET=fd00:245:3::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
-
-/// One simulated node: a host namespace with a subnet file and an IPAM dir.
-struct Node {
-    scope: NsScope,
-    host: Netns,
-    dir: TempDir,
-}
-
-impl Node {
-    fn new(tag: &str, subnet_env: &str) -> Node {
-        let scope = NsScope::new(tag);
-        let host = scope.create("host");
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("subnet.env"), subnet_env).unwrap();
-        Node { scope, host, dir }
-    }
-
-    fn conf(&self, version: &str) -> Value {
-        json!({
-            "cniVersion": version,
-            "name": "twnet",
-            "type": "twill",
-            "subnetFile": self.dir.path().join("subnet.env"),
-            "dataDir": self.dir.path().join("ipam"),
-        })
-    }
-
-    fn ipam_dir(&self) -> PathBuf {
-        self.dir.path().join("ipam").join("twnet")
-    }
-
-    fn ctr(&self, name: &str) -> (Netns, String) {
-        let ns = self.scope.create(name);
-        let path = ns.path().display().to_string();
-        (ns, path)
-    }
-
-    /// Runs the plugin inside the host namespace; returns (exit ok, parsed stdout).
-    fn cni(
-        &self,
-        cmd: &str,
-        id: &str,
-        netns: &str,
-        conf: &Value,
-        extra: &[(&str, &str)],
-    ) -> (bool, Value) {
-        let (ok, text, _) =
-            run_plugin(TWILL, Some(&self.host), cmd, id, netns, "eth0", conf, extra);
-        let v = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout not JSON ({e}): {text}"))
-        };
-        (ok, v)
-    }
-
-    fn add(&self, id: &str, netns: &str, conf: &Value) -> Value {
-        let (ok, r) = self.cni("ADD", id, netns, conf, &[]);
-        assert!(ok, "ADD {id}: {r}");
-        r
-    }
-}
-
-/// The reservation files of a store (named by an address of either family), sorted.
-fn ip_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.parse::<IpAddr>().is_ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// A /proc file as namespace `ns` sees it, trimmed.
-fn read_in(ns: &str, path: &str) -> String {
-    run("ip", &["netns", "exec", ns, "cat", path])
-        .trim()
-        .to_string()
-}
 
 /// The address part of `ips[i].address` of a result.
 fn addr_of(r: &Value, i: usize) -> String {
@@ -219,11 +136,7 @@ fn dual_stack_results_per_version_check_and_del() {
     let c = node.scope.name("c5");
     let addrs = twill_tests::ip_json(&c, &["addr", "show", "dev", "eth0"]);
     let info = addrs[0]["addr_info"].as_array().unwrap();
-    let global: Vec<String> = info
-        .iter()
-        .filter(|a| a["scope"] == "global")
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-        .collect();
+    let global = global_addrs(&addrs);
     assert_eq!(global, ["10.244.7.7/24", "fd00:244:7::7/64"], "{addrs}");
     assert!(
         info.iter().all(|a| a.get("tentative").is_none()),
@@ -242,13 +155,7 @@ fn dual_stack_results_per_version_check_and_del() {
     );
     assert_eq!(read_in(&host, "/proc/sys/net/ipv4/ip_forward"), "1");
     let br = twill_tests::ip_json(&host, &["addr", "show", "dev", "cni0"]);
-    let br_addrs: HashSet<String> = br[0]["addr_info"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["scope"] == "global")
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-        .collect();
+    let br_addrs: HashSet<String> = global_addrs(&br).into_iter().collect();
     assert_eq!(
         br_addrs,
         HashSet::from(["10.244.7.1/24".to_string(), "fd00:244:7::1/64".to_string()])
@@ -271,19 +178,7 @@ fn dual_stack_results_per_version_check_and_del() {
     assert_eq!(ip_files(&dir).len(), 14);
 
     // Masquerade: one inet table, a rule per family.
-    let nft = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &host,
-            "nft",
-            "list",
-            "table",
-            "inet",
-            "twill-cni-twnet",
-        ],
-    );
+    let nft = masq_table(&host);
     assert!(
         nft.contains("ip saddr 10.244.7.0/24 ip daddr != 10.244.0.0/16")
             && nft.contains("ip6 saddr fd00:244:7::/64 ip6 daddr != fd00:244::/32"),
@@ -294,10 +189,10 @@ fn dual_stack_results_per_version_check_and_del() {
     let (p, r) = &results[5];
     let mut check = node.conf("1.0.0");
     check["prevResult"] = r.clone();
-    let (ok, out) = node.cni("CHECK", "ver5", p, &check, &[]);
+    let (ok, out) = node.cni("CHECK", "ver5", p, "eth0", &check, &[]);
     assert!(ok, "{out}");
     run("ip", &["-n", &c, "-6", "route", "del", "default"]);
-    let (ok, out) = node.cni("CHECK", "ver5", p, &check, &[]);
+    let (ok, out) = node.cni("CHECK", "ver5", p, "eth0", &check, &[]);
     assert!(
         !ok && out["msg"].as_str().unwrap().contains("route to ::/0"),
         "{out}"
@@ -306,7 +201,7 @@ fn dual_stack_results_per_version_check_and_del() {
         "ip",
         &["-n", &c, "addr", "del", "fd00:244:7::7/64", "dev", "eth0"],
     );
-    let (ok, out) = node.cni("CHECK", "ver5", p, &check, &[]);
+    let (ok, out) = node.cni("CHECK", "ver5", p, "eth0", &check, &[]);
     assert!(
         !ok && out["msg"].as_str().unwrap().contains("fd00:244:7::7/64"),
         "{out}"
@@ -316,7 +211,7 @@ fn dual_stack_results_per_version_check_and_del() {
     let mut forged = node.conf("1.1.0");
     forged["prevResult"] = r6.clone();
     std::fs::remove_file(dir.join("fd00:244:7::8")).unwrap();
-    let (ok, out) = node.cni("CHECK", "ver6", p6, &forged, &[]);
+    let (ok, out) = node.cni("CHECK", "ver6", p6, "eth0", &forged, &[]);
     assert!(
         !ok && out["msg"].as_str().unwrap().contains("no IPAM reservation"),
         "{out}"
@@ -328,7 +223,7 @@ fn dual_stack_results_per_version_check_and_del() {
         if versions[i] >= "0.4.0" {
             del["prevResult"] = r.clone();
         }
-        let (ok, out) = node.cni("DEL", &format!("ver{i}"), p, &del, &[]);
+        let (ok, out) = node.cni("DEL", &format!("ver{i}"), p, "eth0", &del, &[]);
         assert!(ok, "DEL ver{i}: {out}");
     }
     assert!(ip_files(&dir).is_empty(), "{:?}", ip_files(&dir));
@@ -338,10 +233,7 @@ fn dual_stack_results_per_version_check_and_del() {
             .unwrap()
             .is_empty()
     );
-    assert!(!ns_exec_ok(
-        &host,
-        &["nft", "list", "table", "inet", "twill-cni-twnet"]
-    ));
+    assert!(!has_masq_table(&host));
 }
 
 /// No DAD delay: right after ADD returns, a container answers over IPv6 and reaches its
@@ -413,19 +305,7 @@ fn ipv6_only_subnet_file() {
         &["ping", "-6", "-c1", "-W1", "fd00:245:3::1"]
     ));
     let host = node.scope.name("host");
-    let nft = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &host,
-            "nft",
-            "list",
-            "table",
-            "inet",
-            "twill-cni-twnet",
-        ],
-    );
+    let nft = masq_table(&host);
     assert!(
         nft.contains("ip6 saddr fd00:245:3::/64") && !nft.contains("ip saddr"),
         "{nft}"
@@ -447,6 +327,7 @@ fn ipv6_only_subnet_file() {
         "ADD",
         "v4req",
         &pe,
+        "eth0",
         &node.conf("1.0.0"),
         &[("CNI_ARGS", "IP=10.1.2.3")],
     );
@@ -454,13 +335,10 @@ fn ipv6_only_subnet_file() {
     assert!(v["msg"].as_str().unwrap().contains("no IPv4 range"), "{v}");
 
     for (id, p) in [("only6", &p), ("old6", &pd)] {
-        assert!(node.cni("DEL", id, p, &node.conf("1.0.0"), &[]).0);
+        assert!(node.cni("DEL", id, p, "eth0", &node.conf("1.0.0"), &[]).0);
     }
     assert!(ip_files(&node.ipam_dir()).is_empty());
-    assert!(!ns_exec_ok(
-        &host,
-        &["nft", "list", "table", "inet", "twill-cni-twnet"]
-    ));
+    assert!(!has_masq_table(&host));
 }
 
 /// 50 parallel dual-stack ADDs: 100 distinct addresses, and 50 DELs leave nothing.
@@ -472,17 +350,7 @@ fn fifty_parallel_dual_stack_adds() {
     let node = Node::new("v6c4", DUAL);
     let conf = node.conf("1.0.0");
     let ctrs: Vec<(Netns, String)> = (0..50).map(|i| node.ctr(&format!("p{i}"))).collect();
-    let results: Vec<(bool, Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = ctrs
-            .iter()
-            .enumerate()
-            .map(|(i, (_, p))| {
-                let (node, conf) = (&node, &conf);
-                s.spawn(move || node.cni("ADD", &format!("par{i}"), p, conf, &[]))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let results = node.parallel_adds(&ctrs, &conf);
     let mut ips = HashSet::new();
     for (ok, r) in &results {
         assert!(ok, "{r}");
@@ -492,12 +360,7 @@ fn fifty_parallel_dual_stack_adds() {
     }
     assert_eq!(ips.len(), 100, "distinct addresses");
     assert_eq!(ip_files(&node.ipam_dir()).len(), 100);
-    std::thread::scope(|s| {
-        for (i, (_, p)) in ctrs.iter().enumerate() {
-            let (node, conf) = (&node, &conf);
-            s.spawn(move || assert!(node.cni("DEL", &format!("par{i}"), p, conf, &[]).0));
-        }
-    });
+    node.parallel_dels(&ctrs, &conf);
     assert!(ip_files(&node.ipam_dir()).is_empty());
     let host = node.scope.name("host");
     assert!(
@@ -522,6 +385,7 @@ fn requested_v6_addresses_and_bad_v6_input() {
         "ADD",
         "qa",
         &pa,
+        "eth0",
         &conf,
         &[("CNI_ARGS", "IgnoreUnknown=1;IP=10.244.7.77,fd00:244:7::77")],
     );
@@ -536,6 +400,7 @@ fn requested_v6_addresses_and_bad_v6_input() {
         "ADD",
         "qb",
         &pb,
+        "eth0",
         &conf,
         &[("CNI_ARGS", "IP=fd00:244:7::abcd")],
     );
@@ -546,7 +411,7 @@ fn requested_v6_addresses_and_bad_v6_input() {
     let mut rc = conf.clone();
     rc["runtimeConfig"] = json!({"ips": ["10.244.7.78/24", "fd00:244:7::78/64"]});
     let (_c, pc) = node.ctr("c");
-    let (ok, r) = node.cni("ADD", "qc", &pc, &rc, &[]);
+    let (ok, r) = node.cni("ADD", "qc", &pc, "eth0", &rc, &[]);
     assert!(ok, "{r}");
     assert_eq!(addr_of(&r, 1), "fd00:244:7::78");
     let c = node.scope.name("c");
@@ -599,7 +464,7 @@ fn requested_v6_addresses_and_bad_v6_input() {
         ),
     ];
     for (args, c, code, want) in cases {
-        let (ok, v) = node.cni("ADD", "qd", &pd, &c, &[("CNI_ARGS", args)]);
+        let (ok, v) = node.cni("ADD", "qd", &pd, "eth0", &c, &[("CNI_ARGS", args)]);
         assert!(!ok, "{args}: {v}");
         assert_eq!(v["code"], code, "{args}: {v}");
         assert!(v["msg"].as_str().unwrap().contains(want), "{args}: {v}");
@@ -634,13 +499,7 @@ fn v6_masquerade_reaches_the_outside() {
     let host = node.scope.name("host");
     let outside = node.scope.name("out");
     node.scope.create("out");
-    run(
-        "ip",
-        &[
-            "-n", &host, "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns",
-            &outside,
-        ],
-    );
+    add_veth_pair(&host, "up0", "up0", &outside);
     for (ns, addr) in [(&host, "2001:db8:1::1/64"), (&outside, "2001:db8:1::2/64")] {
         run(
             "ip",
@@ -680,7 +539,10 @@ fn v6_masquerade_reaches_the_outside() {
         !ns_exec_ok(&outside, &["ping", "-6", "-c1", "-W1", &a6]),
         "the outside must not have a route to the containers (the test would prove nothing)"
     );
-    assert!(node.cni("DEL", "ma", &pa, &node.conf("1.0.0"), &[]).0);
+    assert!(
+        node.cni("DEL", "ma", &pa, "eth0", &node.conf("1.0.0"), &[])
+            .0
+    );
 }
 
 /// A delegated host-local with two ranges (what Flannel's own CNI plugin configures): both
@@ -738,10 +600,10 @@ fn delegated_host_local_with_two_ranges() {
     assert!(ns_exec_ok(&a, &["ping", "-6", "-c1", "-W1", "fd00:99::1"]));
     let mut check = conf.clone();
     check["prevResult"] = ra.clone();
-    let (ok, out) = node.cni("CHECK", "ha", &pa, &check, &[]);
+    let (ok, out) = node.cni("CHECK", "ha", &pa, "eth0", &check, &[]);
     assert!(ok, "{out}");
     for (id, p) in [("ha", &pa), ("hb", &pb)] {
-        assert!(node.cni("DEL", id, p, &conf, &[]).0);
+        assert!(node.cni("DEL", id, p, "eth0", &conf, &[]).0);
     }
     assert!(ip_files(&hl.join("hl2")).is_empty());
 }
@@ -788,27 +650,12 @@ fn an_ip_table_from_before_dual_stack_is_replaced() {
         !ns_exec_ok(&host, &["nft", "list", "table", "ip", "twill-cni-twnet"]),
         "the old ip table is gone"
     );
-    let nft = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &host,
-            "nft",
-            "list",
-            "table",
-            "inet",
-            "twill-cni-twnet",
-        ],
-    );
+    let nft = masq_table(&host);
     assert!(nft.contains("ip6 saddr fd00:244:7::/64"), "{nft}");
     for (id, p) in [("old", &pa), ("new", &pb)] {
-        assert!(node.cni("DEL", id, p, &conf, &[]).0);
+        assert!(node.cni("DEL", id, p, "eth0", &conf, &[]).0);
     }
-    assert!(!ns_exec_ok(
-        &host,
-        &["nft", "list", "table", "inet", "twill-cni-twnet"]
-    ));
+    assert!(!has_masq_table(&host));
 }
 
 /// Sends one router advertisement out of `bridge` in `host` to all nodes: router lifetime
@@ -997,22 +844,16 @@ fn gc_and_del_without_netns_release_both_families() {
     }
     assert_eq!(ip_files(&node.ipam_dir()).len(), 6);
     Netns::delete(&node.scope.name("c2")).unwrap();
-    let (ok, v) = node.cni("DEL", "g2", "", &conf, &[]);
+    let (ok, v) = node.cni("DEL", "g2", "", "eth0", &conf, &[]);
     assert!(ok, "{v}");
     assert_eq!(ip_files(&node.ipam_dir()).len(), 4);
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "g0", "ifname": "eth0"}]);
-    let (ok, v) = node.cni("GC", "", "", &gc, &[]);
+    let (ok, v) = node.cni("GC", "", "", "eth0", &gc, &[]);
     assert!(ok, "{v}");
     assert_eq!(ip_files(&node.ipam_dir()), ["10.244.7.2", "fd00:244:7::2"]);
-    assert!(node.cni("DEL", "g0", &paths[0], &conf, &[]).0);
+    assert!(node.cni("DEL", "g0", &paths[0], "eth0", &conf, &[]).0);
     assert!(ip_files(&node.ipam_dir()).is_empty());
-}
-
-/// The MAC namespace `ns` has for `ip` on `eth0` (empty when it has none).
-fn neigh_mac(ns: &str, ip: &str) -> String {
-    let n = twill_tests::ip_json(ns, &["neigh", "show", ip, "dev", "eth0"]);
-    n[0]["lladdr"].as_str().unwrap_or_default().to_string()
 }
 
 /// Both addresses of a container that takes over a deleted one's (B's addresses, a new
@@ -1036,7 +877,7 @@ fn a_reused_dual_stack_address_is_reachable_from_other_containers_at_once() {
     node.add("a", &pa, &conf);
     let a = node.scope.name("a");
     let (_b, pb) = node.ctr("b");
-    let (ok, rb) = node.cni("ADD", "b", &pb, &conf, &args);
+    let (ok, rb) = node.cni("ADD", "b", &pb, "eth0", &conf, &args);
     assert!(ok, "{rb}");
     let mac_b = rb["interfaces"][2]["mac"].as_str().unwrap().to_string();
     for ip in ["10.244.7.60", "fd00:244:7::60"] {
@@ -1044,12 +885,12 @@ fn a_reused_dual_stack_address_is_reachable_from_other_containers_at_once() {
             ns_exec_ok(&a, &["ping", "-c1", "-W2", ip]),
             "A to B at {ip}"
         );
-        assert_eq!(neigh_mac(&a, ip), mac_b, "{ip}");
+        assert_eq!(neigh_mac(&a, ip, "eth0"), mac_b, "{ip}");
     }
-    assert!(node.cni("DEL", "b", &pb, &conf, &args).0);
+    assert!(node.cni("DEL", "b", &pb, "eth0", &conf, &args).0);
 
     let (_c, pc) = node.ctr("c");
-    let (ok, rc) = node.cni("ADD", "c", &pc, &conf, &args);
+    let (ok, rc) = node.cni("ADD", "c", &pc, "eth0", &conf, &args);
     assert!(ok, "{rc}");
     let mac_c = rc["interfaces"][2]["mac"].as_str().unwrap().to_string();
     // Hairpin is still set: ADD turns it on after the announcement.
@@ -1063,10 +904,10 @@ fn a_reused_dual_stack_address_is_reachable_from_other_containers_at_once() {
         assert!(
             ns_exec_ok(&a, &["ping", "-c1", "-W2", ip]),
             "A cannot reach the reused {ip}: its neighbour entry holds {} (B was {mac_b}, C is {mac_c})",
-            neigh_mac(&a, ip)
+            neigh_mac(&a, ip, "eth0")
         );
-        assert_eq!(neigh_mac(&a, ip), mac_c, "{ip}");
+        assert_eq!(neigh_mac(&a, ip, "eth0"), mac_c, "{ip}");
     }
-    assert!(node.cni("DEL", "c", &pc, &conf, &args).0);
-    assert!(node.cni("DEL", "a", &pa, &conf, &[]).0);
+    assert!(node.cni("DEL", "c", &pc, "eth0", &conf, &args).0);
+    assert!(node.cni("DEL", "a", &pa, "eth0", &conf, &[]).0);
 }
