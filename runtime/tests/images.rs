@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 use twill_tests::podman::{busybox_context, output_ok, podman};
-use twill_tests::{in_ci, preconditions};
+use twill_tests::{busybox_present, in_ci, preconditions};
 
 const RUN: &str = env!("CARGO_BIN_EXE_twill-run");
 const PODMAN_RUN: &[&str] = &[
@@ -95,13 +95,14 @@ impl Drop for Store {
     }
 }
 
-fn busybox_present(name: &str) -> bool {
-    if Path::new("/bin/busybox").exists() {
-        return true;
+/// Root (as in CI) and busybox-static, or a reason to skip `name` outside CI.
+fn root_and_busybox(name: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(!in_ci(), "CI runs as root");
+        eprintln!("skipping {name}: needs root");
+        return false;
     }
-    assert!(!in_ci(), "CI must install busybox-static");
-    eprintln!("skipping {name}: no /bin/busybox");
-    false
+    busybox_present(name)
 }
 
 /// The base image's build context: busybox-static and its applets, a passwd with a user
@@ -567,6 +568,20 @@ fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// The names and contents of a tar archive's entries, in order (as `tar_of` takes them).
+fn files_of(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut ar = tar::Archive::new(archive);
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let n = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        files.push((n, data));
+    }
+    files
+}
+
 fn sha256(b: &[u8]) -> String {
     twill_runtime::image::digest::Digest::of(b).to_string()
 }
@@ -604,12 +619,7 @@ fn busybox_layer() -> Vec<u8> {
 #[test]
 fn bad_archives_are_refused_naming_archive_and_entry_and_leave_nothing() {
     let name = "bad_archives_are_refused_naming_archive_and_entry_and_leave_nothing";
-    if !nix::unistd::geteuid().is_root() {
-        assert!(!in_ci(), "CI runs as root");
-        eprintln!("skipping {name}: needs root");
-        return;
-    }
-    if !busybox_present(name) {
+    if !root_and_busybox(name) {
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -660,32 +670,17 @@ fn bad_archives_are_refused_naming_archive_and_entry_and_leave_nothing() {
     let layer_name = format!("{}.tar", &sha256(&good_layer)[7..]);
     // A manifest naming a layer that is not there.
     let missing = {
-        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut ar = tar::Archive::new(&good[..]);
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let n = e.path().unwrap().to_string_lossy().into_owned();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            if n != layer_name {
-                files.push((n, data));
-            }
-        }
+        let mut files = files_of(&good);
+        files.retain(|(n, _)| *n != layer_name);
         tar_of(&files)
     };
     // A config whose diff ID does not match the layer.
     let mismatch = {
-        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut ar = tar::Archive::new(&good[..]);
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let n = e.path().unwrap().to_string_lossy().into_owned();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            if n == layer_name {
+        let mut files = files_of(&good);
+        for (n, data) in &mut files {
+            if *n == layer_name {
                 data[700] ^= 1; // a byte of busybox's content (after its 512-byte header)
             }
-            files.push((n, data));
         }
         tar_of(&files)
     };
@@ -850,12 +845,7 @@ fn bad_archives_are_refused_naming_archive_and_entry_and_leave_nothing() {
 #[test]
 fn an_image_with_many_layers_stacks_them_all() {
     let name = "an_image_with_many_layers_stacks_them_all";
-    if !nix::unistd::geteuid().is_root() {
-        assert!(!in_ci(), "CI runs as root");
-        eprintln!("skipping {name}: needs root");
-        return;
-    }
-    if !busybox_present(name) {
+    if !root_and_busybox(name) {
         return;
     }
     // 80 layers: more than fit in one page of overlay mount options by full path.

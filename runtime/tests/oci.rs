@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use twill_tests::podman::{ULIMITS, build_busybox_image, output_ok, podman};
 use twill_tests::{busybox_present, preconditions};
 
+mod common;
+
 const OCI: &str = env!("CARGO_BIN_EXE_twill-oci");
 
 /// A bundle: a busybox rootfs and a config.json like `runc spec`'s (not a terminal), with
@@ -105,10 +107,15 @@ impl Bundle {
         .unwrap();
     }
 
+    /// `twill-oci --root STATE`, this bundle's state directory.
+    fn command(&self) -> Command {
+        let mut c = Command::new(OCI);
+        c.arg("--root").arg(&self.state);
+        c
+    }
+
     fn oci(&self, args: &[&str]) -> Output {
-        Command::new(OCI)
-            .arg("--root")
-            .arg(&self.state)
+        self.command()
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -136,9 +143,8 @@ impl Bundle {
     /// the container lives).
     fn create(&mut self, id: &str) {
         self.ids.push(id.to_string());
-        let st = Command::new(OCI)
-            .arg("--root")
-            .arg(&self.state)
+        let st = self
+            .command()
             .args(["create", "--bundle"])
             .arg(&self.dir)
             .arg("--pid-file")
@@ -156,8 +162,7 @@ impl Bundle {
     /// after checking that it left no state.
     fn create_err(&self, id: &str, log: Option<&Path>) -> String {
         let errf = self.dir.join(format!("{id}.err"));
-        let mut c = Command::new(OCI);
-        c.arg("--root").arg(&self.state);
+        let mut c = self.command();
         if let Some(log) = log {
             c.arg("--log").arg(log).args(["--log-format", "json"]);
         }
@@ -1387,6 +1392,36 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `podman run -d --name NAME --net none localhost/bb sleep 300` with twill-oci, which must
+/// succeed.
+fn prun_sleeper(store: &Path, name: &str) {
+    let o = prun(
+        store,
+        &[
+            "-d",
+            "--name",
+            name,
+            "--net",
+            "none",
+            "localhost/bb",
+            "sleep",
+            "300",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `podman rm -f` of the named containers on drop, so nothing outlives a failed assertion.
+struct RmOnDrop<'a>(&'a Path, Vec<String>);
+
+impl Drop for RmOnDrop<'_> {
+    fn drop(&mut self) {
+        for name in &self.1 {
+            let _ = podman(self.0).args(["rm", "-f", "-t", "0", name]).output();
+        }
+    }
+}
+
 #[test]
 fn podman_run_exit_codes_env_workdir_user_and_seccomp() {
     let Some(s) = podman_ready("podman_run_exit_codes_env_workdir_user_and_seccomp") else {
@@ -1472,29 +1507,8 @@ fn podman_run_d_exec_top_stop_rm() {
     };
     let name = format!("twt-oci-d-{}", std::process::id());
     // Removed also when an assertion fails, so no conmon or container outlives the test.
-    struct Rm<'a>(&'a Path, String);
-    impl Drop for Rm<'_> {
-        fn drop(&mut self) {
-            let _ = podman(self.0)
-                .args(["rm", "-f", "-t", "0", &self.1])
-                .output();
-        }
-    }
-    let _rm = Rm(s, name.clone());
-    let o = prun(
-        s,
-        &[
-            "-d",
-            "--name",
-            &name,
-            "--net",
-            "none",
-            "localhost/bb",
-            "sleep",
-            "300",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _rm = RmOnDrop(s, vec![name.clone()]);
+    prun_sleeper(s, &name);
     let exec = output_ok(
         podman(s).args([
             "exec",
@@ -1629,29 +1643,8 @@ fn podman_run_it_and_exec_it_through_a_pty() {
     assert!(out.contains("/dev/pts/0\r\nstdin-tty\r\n"), "{out:?}");
     assert_eq!(o.status.code(), Some(3));
     let name = format!("twt-oci-t-{}", std::process::id());
-    struct Rm<'a>(&'a Path, String);
-    impl Drop for Rm<'_> {
-        fn drop(&mut self) {
-            let _ = podman(self.0)
-                .args(["rm", "-f", "-t", "0", &self.1])
-                .output();
-        }
-    }
-    let _rm = Rm(s, name.clone());
-    let o = prun(
-        s,
-        &[
-            "-d",
-            "--name",
-            &name,
-            "--net",
-            "none",
-            "localhost/bb",
-            "sleep",
-            "300",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _rm = RmOnDrop(s, vec![name.clone()]);
+    prun_sleeper(s, &name);
     let o = script(&format!(
         "{base} exec -it {name} sh -c 'tty; echo exec-tty'"
     ));
@@ -1743,17 +1736,6 @@ fn podman_resources_are_applied_or_refused_never_ignored() {
     }
 }
 
-/// `podman rm -f` of the named containers on drop, so nothing outlives a failed assertion.
-struct RmOnDrop<'a>(&'a Path, Vec<String>);
-
-impl Drop for RmOnDrop<'_> {
-    fn drop(&mut self) {
-        for name in &self.1 {
-            let _ = podman(self.0).args(["rm", "-f", "-t", "0", name]).output();
-        }
-    }
-}
-
 #[test]
 fn podman_uidmap_runs_root_as_the_host_range() {
     let Some(s) = podman_ready("podman_uidmap_runs_root_as_the_host_range") else {
@@ -1828,20 +1810,7 @@ fn podman_pid_container_shares_the_pid_namespace() {
     };
     let first = format!("twt-oci-p-{}", std::process::id());
     let _rm = RmOnDrop(s, vec![first.clone()]);
-    let o = prun(
-        s,
-        &[
-            "-d",
-            "--name",
-            &first,
-            "--net",
-            "none",
-            "localhost/bb",
-            "sleep",
-            "300",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    prun_sleeper(s, &first);
     let pid_ns = format!("container:{first}");
     let o = prun(
         s,
@@ -2062,9 +2031,8 @@ fn bare_run_whose_start_fails_deletes_the_container_and_says_why() {
         b.config(|c| c["hooks"] = hooks, &args);
         let pid_file = d.path().join(format!("{id}.pid"));
         let errf = d.path().join(format!("{id}.err"));
-        let st = Command::new(OCI)
-            .arg("--root")
-            .arg(&b.state)
+        let st = b
+            .command()
             .args(["run", "--bundle"])
             .arg(d.path())
             .arg("--pid-file")
@@ -2560,23 +2528,14 @@ fn bare_recursive_mount_options_and_nosymfollow_take_effect() {
     }
 }
 
-/// Starts `c` with SIGALRM and SIGWINCH blocked, as an engine or a service manager may hand
-/// a process a signal mask (std clears the mask in the child first, then runs this).
-fn with_blocked_signals(c: &mut Command) -> &mut Command {
+/// Starts `c` with SIGALRM and SIGWINCH blocked (`common::with_blocked_signals`) and, as
+/// `nohup` starts a program, SIGHUP ignored: what an engine or a service manager may hand a
+/// process.
+fn with_blocked_signals_and_sighup_ignored(c: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
-    // SAFETY: sigprocmask is async-signal-safe; nothing else runs between fork and exec.
+    // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
-        c.pre_exec(|| {
-            let mut set = nix::sys::signal::SigSet::empty();
-            set.add(nix::sys::signal::Signal::SIGALRM);
-            set.add(nix::sys::signal::Signal::SIGWINCH);
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_BLOCK,
-                Some(&set),
-                None,
-            )
-            .map_err(std::io::Error::from)?;
-            // As `nohup` starts a program: SIGHUP ignored.
+        common::with_blocked_signals(c).pre_exec(|| {
             nix::sys::signal::signal(
                 nix::sys::signal::Signal::SIGHUP,
                 nix::sys::signal::SigHandler::SigIgn,
@@ -2589,13 +2548,10 @@ fn with_blocked_signals(c: &mut Command) -> &mut Command {
 
 /// The `SigBlk` and `SigIgn` masks of a /proc/PID/status text.
 fn signal_masks(status: &str) -> (Option<u64>, Option<u64>) {
-    let mask = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-    };
-    (mask("SigBlk:"), mask("SigIgn:"))
+    (
+        common::status_mask(status, "SigBlk:"),
+        common::status_mask(status, "SigIgn:"),
+    )
 }
 
 #[test]
@@ -2619,17 +2575,15 @@ fn bare_processes_start_with_no_signal_blocked_and_sigpipe_not_ignored() {
         ],
     );
     b.ids.push("sm1".into());
-    let mut create = Command::new(OCI);
+    let mut create = b.command();
     create
-        .arg("--root")
-        .arg(&b.state)
         .args(["create", "--bundle"])
         .arg(d.path())
         .arg("sm1")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     assert!(
-        with_blocked_signals(&mut create)
+        with_blocked_signals_and_sighup_ignored(&mut create)
             .status()
             .unwrap()
             .success()
@@ -2643,19 +2597,19 @@ fn bare_processes_start_with_no_signal_blocked_and_sigpipe_not_ignored() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut exec = Command::new(OCI);
-    exec.arg("--root")
-        .arg(&b.state)
-        .args([
-            "exec",
-            "sm1",
-            "grep",
-            "-E",
-            "^Sig(Blk|Ign):",
-            "/proc/self/status",
-        ])
-        .stdin(Stdio::null());
-    let out = with_blocked_signals(&mut exec).output().unwrap();
+    let mut exec = b.command();
+    exec.args([
+        "exec",
+        "sm1",
+        "grep",
+        "-E",
+        "^Sig(Blk|Ign):",
+        "/proc/self/status",
+    ])
+    .stdin(Stdio::null());
+    let out = with_blocked_signals_and_sighup_ignored(&mut exec)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -2709,9 +2663,8 @@ fn bare_run_passes_signals_on_and_deletes_the_container() {
         ],
     );
     b.ids.push("sr1".into());
-    let mut run = Command::new(OCI)
-        .arg("--root")
-        .arg(&b.state)
+    let mut run = b
+        .command()
         .args(["run", "--bundle"])
         .arg(d.path())
         .arg("sr1")
@@ -2722,17 +2675,7 @@ fn bare_run_passes_signals_on_and_deletes_the_container() {
     // The container handles SIGTERM once it says ready; `run` passes signals on once its
     // handler shows in SigCgt (waited for, not a fixed while a loaded machine may outlast;
     // a `run` that never catches it is signalled all the same, and must fail below).
-    let term = 1u64 << (libc::SIGTERM - 1);
     let run_pid = run.id();
-    let run_catches_term = || {
-        std::fs::read_to_string(format!("/proc/{run_pid}/status"))
-            .ok()
-            .and_then(|s| {
-                let hex = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?.trim();
-                u64::from_str_radix(hex, 16).ok()
-            })
-            .is_some_and(|m| m & term != 0)
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while b.read_out("ready").is_empty() {
         if Instant::now() > deadline {
@@ -2743,23 +2686,16 @@ fn bare_run_passes_signals_on_and_deletes_the_container() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !run_catches_term() && Instant::now() < deadline {
+    while !common::catches(run_pid, libc::SIGTERM) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     // SAFETY: kill(2) on the PID of our own child, not yet reaped.
     assert_eq!(unsafe { libc::kill(run_pid as i32, libc::SIGTERM) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = run.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = run.kill();
-            let _ = run.wait();
-            panic!("twill-oci run did not end after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_or_kill(
+        &mut run,
+        Duration::from_secs(20),
+        "twill-oci run did not end after SIGTERM",
+    );
     assert_eq!(
         status.code(),
         Some(7),

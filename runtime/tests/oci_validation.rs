@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use twill_tests::{in_ci, preconditions};
+use twill_tests::{busybox_present, preconditions};
 
 const TWILL_OCI: &str = env!("CARGO_BIN_EXE_twill-oci");
 
@@ -2172,15 +2172,6 @@ fn cgroups_blkio(env: &Env, rows: &mut Rows) -> Outcome {
 }
 
 // ---- the test ----
-
-fn busybox_present(name: &str) -> bool {
-    if Path::new("/bin/busybox").exists() {
-        return true;
-    }
-    assert!(!in_ci(), "CI must install busybox-static");
-    eprintln!("skipping {name}: no /bin/busybox");
-    false
-}
 
 fn which(tool: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)

@@ -6,7 +6,9 @@ use std::process::{Command, Output};
 
 use twill_netkit::Netns;
 use twill_testbed::Cluster;
-use twill_tests::{in_ci, preconditions};
+use twill_tests::{busybox_present, in_ci, preconditions};
+
+mod common;
 
 const RUN: &str = env!("CARGO_BIN_EXE_twill-run");
 
@@ -108,13 +110,7 @@ fn no_leftovers(rt: &Rt, id_prefix: &str) {
             .is_none(),
         "container dirs left"
     );
-    assert!(
-        !Netns::list()
-            .unwrap()
-            .iter()
-            .any(|n| n.starts_with("twr-") && id_prefix.starts_with(&n[4..])),
-        "netns left"
-    );
+    no_leftovers_of(id_prefix);
     for c in ["memory", "pids", "cpu"] {
         let d = Path::new("/sys/fs/cgroup").join(c).join("twill");
         if let Ok(rd) = std::fs::read_dir(&d) {
@@ -185,18 +181,27 @@ fn no_leftovers_of(id_prefix: &str) {
     );
 }
 
+/// What `nc IP PORT` run in `ns` reads, tried up to 20 times until it holds `want`.
+fn nc_from(ns: &Netns, ip: &str, port: &str, want: &str) -> String {
+    let mut got = String::new();
+    for _ in 0..20 {
+        let mut c = Command::new("/bin/busybox");
+        c.args(["nc", "-w", "2", ip, port])
+            .stdin(std::process::Stdio::null());
+        ns.prepare_command(&mut c).unwrap();
+        got = String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned();
+        if got.contains(want) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    got
+}
+
 const TOOLS: &[&str] = &["ip"];
 
 fn pre(name: &str) -> bool {
-    if !preconditions(name, TOOLS) {
-        return false;
-    }
-    if !Path::new("/bin/busybox").exists() {
-        assert!(!in_ci(), "CI must install busybox-static");
-        eprintln!("skipping {name}: no /bin/busybox");
-        return false;
-    }
-    true
+    preconditions(name, TOOLS) && busybox_present(name)
 }
 
 #[test]
@@ -531,18 +536,7 @@ fn network_modes_with_the_twill_plugin() {
     let host_ip = cluster.host(1).ip.to_string();
     let probe = cluster.extra_netns("probe").unwrap();
     let _ = probe;
-    let mut got = String::new();
-    for _ in 0..20 {
-        let mut c = Command::new("/bin/busybox");
-        c.args(["nc", "-w", "2", &host_ip, "18081"])
-            .stdin(std::process::Stdio::null());
-        cluster.underlay.prepare_command(&mut c).unwrap();
-        got = String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned();
-        if got.contains("hello-from-a") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let got = nc_from(&cluster.underlay, &host_ip, "18081", "hello-from-a");
     assert!(
         got.contains("hello-from-a"),
         "-p 18081:8080 did not answer from the underlay: {got:?}"
@@ -560,18 +554,7 @@ fn network_modes_with_the_twill_plugin() {
     assert_eq!(ports.len(), 1, "{ip}");
     assert_eq!(ports[0]["container_port"], 8080);
     let host_port = ports[0]["host_port"].as_u64().unwrap().to_string();
-    let mut got = String::new();
-    for _ in 0..20 {
-        let mut c = Command::new("/bin/busybox");
-        c.args(["nc", "-w", "2", &host_ip, &host_port])
-            .stdin(std::process::Stdio::null());
-        cluster.underlay.prepare_command(&mut c).unwrap();
-        got = String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned();
-        if got.contains("hello-from-p") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let got = nc_from(&cluster.underlay, &host_ip, &host_port, "hello-from-p");
     assert!(
         got.contains("hello-from-p"),
         "-P did not publish the image's 8080/tcp on {host_port}: {got:?}"
@@ -1075,17 +1058,8 @@ fn signals_to_a_foreground_run_reach_the_container() {
     assert_eq!(line, "ready\n");
     // twill-run catches SIGTERM once its container runs: wait for that (SigCgt in
     // /proc/PID/status), not for a fixed while, which a loaded machine may outlast.
-    let catches_term = || {
-        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-            .ok()
-            .and_then(|s| {
-                let hex = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?.trim();
-                u64::from_str_radix(hex, 16).ok()
-            })
-            .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !catches_term() {
+    while !common::catches(child.id(), libc::SIGTERM) {
         assert!(
             std::time::Instant::now() < deadline,
             "twill-run never caught SIGTERM"
@@ -1095,18 +1069,11 @@ fn signals_to_a_foreground_run_reach_the_container() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("twill-run did not end after SIGTERM");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = common::wait_or_kill(
+        &mut child,
+        std::time::Duration::from_secs(10),
+        "twill-run did not end after SIGTERM",
+    );
     assert_eq!(
         status.code(),
         Some(7),
@@ -1491,22 +1458,6 @@ fn a_name_is_checked_and_taken_under_one_lock() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already in use"));
 }
 
-/// Starts `c` with SIGALRM and SIGWINCH blocked, as a service manager or a shell may hand a
-/// process a signal mask (std clears the mask in the child first, then runs this).
-fn with_blocked_signals(c: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: sigprocmask is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        c.pre_exec(|| {
-            let mut set = nix::sys::signal::SigSet::empty();
-            set.add(nix::sys::signal::Signal::SIGALRM);
-            set.add(nix::sys::signal::Signal::SIGWINCH);
-            nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None)
-                .map_err(std::io::Error::from)
-        })
-    }
-}
-
 #[test]
 fn a_signal_before_the_proxy_is_in_place_is_held_and_passed_on() {
     // Before: a foreground run caught SIGTERM only once its proxy was installed, after the
@@ -1540,7 +1491,7 @@ fn a_signal_before_the_proxy_is_in_place_is_held_and_passed_on() {
              while true; do sleep 0.1; done",
         ])
         .stdout(std::process::Stdio::piped());
-    let mut child = with_blocked_signals(&mut cmd).spawn().unwrap();
+    let mut child = common::with_blocked_signals(&mut cmd).spawn().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut lines = Vec::new();
     for _ in 0..2 {
@@ -1559,24 +1510,17 @@ fn a_signal_before_the_proxy_is_in_place_is_held_and_passed_on() {
         "SigBlk",
         "/proc/self/status",
     ]);
-    let exec_out = with_blocked_signals(&mut exec).output().unwrap();
+    let exec_out = common::with_blocked_signals(&mut exec).output().unwrap();
     // Still in the window: the proxy is not installed, the signal must be held.
     // SAFETY: kill(2) on the PID of our own child, not yet reaped.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     std::thread::sleep(std::time::Duration::from_millis(100));
     std::fs::write(&go, "").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("twill-run did not end after the held SIGTERM was passed on");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = common::wait_or_kill(
+        &mut child,
+        std::time::Duration::from_secs(20),
+        "twill-run did not end after the held SIGTERM was passed on",
+    );
     assert_eq!(
         status.code(),
         Some(7),
