@@ -247,11 +247,23 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
     }
 
     /// A failed store call of `op` (a metrics label): counted, logged, and the start of an
-    /// outage if it is the first.
-    fn store_error(&mut self, op: &'static str, what: &str, e: &dyn std::fmt::Display) {
-        self.metrics.etcd_failed(op);
-        let outage = self.outage.get_or_insert((Instant::now(), 0));
-        outage.1 += 1;
+    /// outage if it is the first. Unless etcd `answered` (a denied permission): then it is
+    /// reachable, no outage, and `twilld_etcd_reachable` is not set to 0.
+    fn store_error(
+        &mut self,
+        op: &'static str,
+        what: &str,
+        e: &dyn std::fmt::Display,
+        answered: bool,
+    ) {
+        if answered {
+            self.store_ok();
+            self.metrics.etcd_refused(op);
+        } else {
+            self.metrics.etcd_failed(op);
+            let outage = self.outage.get_or_insert((Instant::now(), 0));
+            outage.1 += 1;
+        }
         tracing::warn!(error = %e, "{what}");
     }
 
@@ -274,8 +286,8 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             match lease_mgr::acquire(&self.store, &self.config, &self.record, self.hint, ttl).await
             {
                 Ok(h) => break h,
-                Err(e @ AcquireError::Store(_)) => {
-                    self.store_error("acquire", "cannot lease a subnet; retrying", &e)
+                Err(AcquireError::Store(e)) => {
+                    self.store_error("acquire", "cannot lease a subnet; retrying", &e, e.answered)
                 }
                 Err(e) => tracing::error!(error = %e, "cannot lease a subnet; retrying"),
             }
@@ -326,6 +338,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                     "snapshot",
                     "listing leases failed; the data plane stays as it is",
                     &e,
+                    e.answered,
                 );
                 self.resync_later();
                 return Next::Continue;
@@ -349,7 +362,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                 self.store_ok();
             }
             Err(e) => {
-                self.store_error("watch", "watching leases failed; retrying", &e);
+                self.store_error("watch", "watching leases failed; retrying", &e, e.answered);
                 self.resync_later();
             }
         }
@@ -400,20 +413,22 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                     "etcd cancelled the watch on the leases (not a compaction): re-listing and watching again in {:.1}s",
                     wait.as_secs_f32()
                 );
-                // A failed call (counted), but not an outage: etcd answers.
-                self.metrics.etcd_failed("watch");
+                // A failed call (counted), but not an outage: etcd answers, so
+                // `twilld_etcd_reachable` stays as it is (it flapped 0/1 with every retry).
+                self.metrics.etcd_refused("watch");
                 tracing::warn!(error = %why, "{what}");
                 return Next::Continue;
             }
             lost => {
-                let why: &dyn std::fmt::Display = match &lost {
-                    Err(e) => e,
-                    _ => &"closed by etcd",
+                let (why, answered): (&dyn std::fmt::Display, bool) = match &lost {
+                    Err(e) => (e, e.answered),
+                    _ => (&"closed by etcd", false),
                 };
                 self.store_error(
                     "watch",
                     "lost the etcd watch: re-listing and re-watching",
                     why,
+                    answered,
                 );
                 self.watch = None;
                 self.resync_later();
@@ -533,9 +548,12 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                     ),
                 }
             }
-            Err(e) => {
-                self.store_error("write", "writing our lease value back failed; retrying", &e)
-            }
+            Err(e) => self.store_error(
+                "write",
+                "writing our lease value back failed; retrying",
+                &e,
+                e.answered,
+            ),
         }
     }
 
@@ -584,7 +602,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
                     wait.as_secs(),
                     left.as_secs()
                 );
-                self.store_error("renew", &what, &e);
+                self.store_error("renew", &what, &e, e.answered);
                 Next::Continue
             }
         }

@@ -51,6 +51,13 @@ fn unreachable(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// Whether etcd itself answered with `e` (a denied permission, a missing key, a bad request):
+/// it is reachable. Errors of the client's own (an invalid argument it caught, a watch it
+/// could not set up) are not answers.
+pub(crate) fn answered(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(_)) && !unreachable(e)
+}
+
 /// The phrase for a member that stopped answering on an open connection.
 const NO_ANSWER: &str = "no answer (the connection's keepalive timed out)";
 
@@ -232,10 +239,12 @@ impl Members {
                 }
                 Err(e) => {
                     tracing::debug!(endpoint = %m.endpoint, error = ?e, "{op} failed");
-                    return Err(StoreError::new(
-                        op,
-                        format!("{}: {}", m.endpoint, describe(&e)),
-                    ));
+                    let cause = format!("{}: {}", m.endpoint, describe(&e));
+                    return Err(if answered(&e) {
+                        StoreError::answer(op, cause)
+                    } else {
+                        StoreError::new(op, cause)
+                    });
                 }
             }
         }
@@ -257,5 +266,11 @@ mod tests {
         let denied =
             etcd_client::Error::GRpcStatus(tonic::Status::permission_denied("no, says etcd"));
         assert!(!unreachable(&denied));
+        assert!(answered(&denied), "etcd said no: it is reachable");
+        assert!(!answered(&cancelled));
+        assert!(
+            !answered(&etcd_client::Error::InvalidArgs("bad".into())),
+            "the client's own error is no answer from etcd"
+        );
     }
 }

@@ -21,7 +21,14 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 fn ctx(op: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> StoreError {
     let op = op.into();
-    move |cause| StoreError::new(op, cause)
+    move |cause| {
+        if crate::etcd_members::answered(&cause) {
+            // etcd answered (a watch stream ended with a denied permission): reachable.
+            StoreError::answer(op, cause)
+        } else {
+            StoreError::new(op, cause)
+        }
+    }
 }
 
 /// How to reach etcd.

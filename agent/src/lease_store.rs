@@ -14,10 +14,13 @@ pub struct StoreError {
     pub op: String,
     /// Part of the message, not `source()`: printing the chain (`{:#}`) would say it twice.
     pub cause: Box<dyn std::error::Error + Send + Sync>,
+    /// etcd answered, with an error (a denied permission, a bad request): it is reachable,
+    /// the call failed anyway. False when no member could be reached.
+    pub answered: bool,
 }
 
 impl StoreError {
-    /// An error of `op` caused by `cause`.
+    /// An error of `op` caused by `cause`: etcd could not be reached.
     pub fn new(
         op: impl Into<String>,
         cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -25,6 +28,18 @@ impl StoreError {
         StoreError {
             op: op.into(),
             cause: cause.into(),
+            answered: false,
+        }
+    }
+
+    /// An error of `op` that etcd answered with (`cause`): etcd is reachable.
+    pub fn answer(
+        op: impl Into<String>,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError {
+            answered: true,
+            ..StoreError::new(op, cause)
         }
     }
 }

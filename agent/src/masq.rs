@@ -299,6 +299,8 @@ mod nftgen {
 
     const NFNL_SUBSYS_NFTABLES: u16 = 10;
     const NFT_MSG_GETGEN: u16 = 16;
+    /// The kernel's answer to `NFT_MSG_GETGEN`.
+    const NFT_MSG_NEWGEN: u16 = 15;
     const NFTA_GEN_ID: u16 = 1;
     const NLMSG_ERROR: u16 = 2;
     const NLMSG_HDRLEN: usize = 16;
@@ -322,8 +324,8 @@ mod nftgen {
         )
     }
 
-    /// The generation in the kernel's answer.
-    pub(super) fn parse(msg: &[u8]) -> io::Result<u32> {
+    /// The generation in the kernel's answer to request `seq`.
+    pub(super) fn parse(msg: &[u8], seq: u32) -> io::Result<u32> {
         let u16_at = |i: usize| msg.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
         let u32_at = |i: usize| {
             msg.get(i..i + 4)
@@ -331,9 +333,27 @@ mod nftgen {
         };
         let len = u32_at(0).ok_or_else(|| bad("short answer"))? as usize;
         let len = len.min(msg.len());
-        if u16_at(4) == Some(NLMSG_ERROR) {
+        let (Some(kind), Some(got_seq)) = (u16_at(4), u32_at(8)) else {
+            return Err(bad("short answer"));
+        };
+        if got_seq != seq {
+            return Err(bad(&format!(
+                "an answer to request {got_seq}, not to ours ({seq})"
+            )));
+        }
+        if kind == NLMSG_ERROR {
             let errno = u32_at(NLMSG_HDRLEN).ok_or_else(|| bad("short error"))? as i32;
-            return Err(io::Error::from_raw_os_error(-errno));
+            if errno == 0 {
+                return Err(bad("an acknowledgement, not the generation"));
+            }
+            // Read from the answer: wrapping, as `-i32::MIN` overflows (a panic in debug
+            // builds); the kernel sends a negative errno, anything else is said as it is.
+            return Err(io::Error::from_raw_os_error(errno.wrapping_neg()));
+        }
+        if kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN {
+            return Err(bad(&format!(
+                "message type {kind:#06x}, expected NFT_MSG_NEWGEN"
+            )));
         }
         let mut at = NLMSG_HDRLEN + NFGENMSG_LEN;
         while at + 4 <= len {
@@ -388,7 +408,8 @@ mod nftgen {
         // SAFETY: sockaddr_nl is plain integers, for which all zeroes is valid.
         let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        let req = request(1);
+        const SEQ: u32 = 1;
+        let req = request(SEQ);
         // SAFETY: `req` and `kernel` live across the call and their sizes are passed.
         let sent = unsafe {
             libc::sendto(
@@ -409,7 +430,7 @@ mod nftgen {
         if got < 0 {
             return Err(io::Error::last_os_error());
         }
-        parse(&buf[..got as usize])
+        parse(&buf[..got as usize], SEQ)
     }
 }
 
@@ -763,18 +784,68 @@ mod tests {
         msg.extend_from_slice(&8u16.to_ne_bytes());
         msg.extend_from_slice(&1u16.to_ne_bytes());
         msg.extend_from_slice(&0x0001_0102u32.to_be_bytes());
-        assert_eq!(nftgen::parse(&msg).unwrap(), 0x0001_0102);
+        assert_eq!(nftgen::parse(&msg, 1).unwrap(), 0x0001_0102);
         // An error answer (EPERM) and a truncated one are errors, not a generation.
+        let e = nftgen::parse(&error_answer(-1), 1).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        assert!(nftgen::parse(&msg[..30], 1).is_err());
+        assert!(nftgen::parse(&[], 1).is_err());
+    }
+
+    /// An `NLMSG_ERROR` answer to request 1 with `errno` (negative, as the kernel sends it).
+    fn error_answer(errno: i32) -> Vec<u8> {
         let mut err = Vec::new();
         err.extend_from_slice(&36u32.to_ne_bytes());
         err.extend_from_slice(&2u16.to_ne_bytes());
-        err.extend_from_slice(&[0; 10]);
-        err.extend_from_slice(&(-1i32).to_ne_bytes());
+        err.extend_from_slice(&0u16.to_ne_bytes());
+        err.extend_from_slice(&1u32.to_ne_bytes());
+        err.extend_from_slice(&0u32.to_ne_bytes());
+        err.extend_from_slice(&errno.to_ne_bytes());
         err.extend_from_slice(&[0; 16]);
-        let e = nftgen::parse(&err).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
-        assert!(nftgen::parse(&msg[..30]).is_err());
-        assert!(nftgen::parse(&[]).is_err());
+        err
+    }
+
+    /// An `NFT_MSG_NEWGEN` answer of generation 0x0001_0102, with message type `kind` and
+    /// sequence number `seq`.
+    fn newgen_answer(kind: u16, seq: u32) -> Vec<u8> {
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&28u32.to_ne_bytes());
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&0u16.to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&[0, 0, 0x01, 0x02]);
+        msg.extend_from_slice(&8u16.to_ne_bytes());
+        msg.extend_from_slice(&1u16.to_ne_bytes());
+        msg.extend_from_slice(&0x0001_0102u32.to_be_bytes());
+        msg
+    }
+
+    #[test]
+    fn an_error_answer_with_any_errno_is_an_error_not_a_panic() {
+        // -errno of i32::MIN overflowed: a panic in debug builds, on a value the answer gave.
+        let e = nftgen::parse(&error_answer(i32::MIN), 1).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(i32::MIN), "{e}");
+        // errno 0 is an acknowledgement: no generation in it.
+        assert!(nftgen::parse(&error_answer(0), 1).is_err());
+    }
+
+    #[test]
+    fn only_a_newgen_answer_to_our_request_gives_the_generation() {
+        const NEWGEN: u16 = (10 << 8) | 15;
+        assert_eq!(
+            nftgen::parse(&newgen_answer(NEWGEN, 1), 1).unwrap(),
+            0x0001_0102
+        );
+        // Another message type with the same attribute layout (NFT_MSG_NEWTABLE's
+        // NFTA_TABLE_NAME is attribute 1 too) is not a generation.
+        let e = nftgen::parse(&newgen_answer(10 << 8, 1), 1).unwrap_err();
+        assert!(e.to_string().contains("NFT_MSG_NEWGEN"), "{e}");
+        // An answer to another request (another sequence number) is not ours.
+        let e = nftgen::parse(&newgen_answer(NEWGEN, 7), 1).unwrap_err();
+        assert!(e.to_string().contains("request 7"), "{e}");
+        let e = nftgen::parse(&error_answer(-1), 2).unwrap_err();
+        assert_eq!(e.raw_os_error(), None, "an error for another request: {e}");
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub struct Metrics {
     pub reconcile_errors: AtomicU64,
     pub reconcile_micros_last: AtomicU64,
     pub etcd_errors: AtomicU64,
-    /// Whether the last etcd call worked.
+    /// Whether etcd answered the last call (an error answer, such as a denied permission,
+    /// still says it is reachable).
     pub etcd_reachable: AtomicBool,
     /// Failed etcd calls by operation (`acquire`, `snapshot`, `watch`, `renew`, `write`).
     pub etcd_op_errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
@@ -34,8 +35,15 @@ pub struct Metrics {
 impl Metrics {
     /// Counts a failed etcd call of `op` and marks etcd unreachable.
     pub fn etcd_failed(&self, op: &'static str) {
-        self.etcd_errors.fetch_add(1, Ordering::Relaxed);
+        self.etcd_refused(op);
         self.etcd_reachable.store(false, Ordering::Relaxed);
+    }
+
+    /// Counts a failed etcd call of `op` that etcd answered (a refused watch, a denied
+    /// permission): etcd is reachable, so `etcd_reachable` is left as it is. Marking it 0 made
+    /// the gauge flap with every retry of a lasting refusal.
+    pub fn etcd_refused(&self, op: &'static str) {
+        self.etcd_errors.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut ops) = self.etcd_op_errors.lock() {
             *ops.entry(op).or_default() += 1;
         }

@@ -99,6 +99,7 @@ struct Case {
     timing: Timing,
     hint: Option<Ipv4Net>,
     ip: [u8; 4],
+    metrics: Arc<Metrics>,
 }
 
 impl Case {
@@ -113,6 +114,7 @@ impl Case {
             },
             hint: None,
             ip: [192, 168, 1, 1],
+            metrics: Arc::new(Metrics::default()),
         }
     }
 
@@ -140,7 +142,7 @@ impl Case {
             self.store.clone(),
             self.node.clone(),
             want,
-            Arc::new(Metrics::default()),
+            self.metrics.clone(),
         );
         tokio::select! {
             r = agent.run_loop() => Some(r),
@@ -149,6 +151,27 @@ impl Case {
     }
 
     /// When keepalives were sent, in whole seconds after `start`.
+    fn reachable(&self) -> bool {
+        self.metrics.etcd_reachable.load(Ordering::Relaxed)
+    }
+
+    /// `twilld_etcd_operation_errors_total{op}`.
+    fn op_errors(&self, op: &str) -> u64 {
+        let ops = self.metrics.etcd_op_errors.lock().unwrap();
+        ops.get(op).copied().unwrap_or(0)
+    }
+
+    /// Samples `twilld_etcd_reachable` every 100 ms for `d`; whether it was 0 at any sample.
+    async fn ever_unreachable_within(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        let mut down = false;
+        while Instant::now() < end {
+            down |= !self.reachable();
+            sleep(Duration::from_millis(100)).await;
+        }
+        down
+    }
+
     fn renewals_since(&self, start: Instant) -> Vec<u64> {
         self.store
             .calls("keep_alive")
@@ -542,15 +565,32 @@ async fn a_watch_cancelled_for_another_reason_than_compaction_is_said_and_retrie
     let store = c.store.clone();
     let cancelled_at = Arc::new(Mutex::new(None));
     let at = cancelled_at.clone();
+    let flapped = Arc::new(Mutex::new(None));
+    let was_down = flapped.clone();
     c.run(async {
         sleep(secs(2)).await;
+        assert!(c.reachable());
         *at.lock().unwrap() = Some(Instant::now());
         store.cancel_watches("etcdserver: permission denied", 4);
-        sleep(secs(40)).await;
+        *was_down.lock().unwrap() = Some(c.ever_unreachable_within(secs(40)).await);
         store.put_foreign(net("10.5.12.0/24"), &foreign("192.168.1.12"), 3600);
         sleep(secs(1)).await;
     })
     .await;
+    // etcd answered every time: the refusals are counted, but etcd is not said unreachable
+    // (the gauge went 0 at each cancel and 1 at the next snapshot, an alert firing and
+    // clearing with every retry).
+    assert_eq!(
+        *flapped.lock().unwrap(),
+        Some(false),
+        "twilld_etcd_reachable stays 1 through the refusals"
+    );
+    assert_eq!(
+        c.op_errors("watch"),
+        5,
+        "each cancel (the running watch's, then 4 refused) is counted"
+    );
+    assert_eq!(c.metrics.etcd_errors.load(Ordering::Relaxed), 5);
     let log = logs(&buf);
     assert!(
         log.contains("etcdserver: permission denied")
@@ -582,6 +622,43 @@ async fn a_watch_cancelled_for_another_reason_than_compaction_is_said_and_retrie
         c.node.last_apply().contains(&net("10.5.12.0/24")),
         "watching again after the refusals"
     );
+    assert_eq!(c.node.subnets_set().len(), 1, "the lease was never lost");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_etcd_answers_with_an_error_is_counted_without_saying_etcd_is_unreachable() {
+    // A renewal etcd refuses (a denied permission) is a failed call, but etcd answered:
+    // `twilld_etcd_reachable` stays 1. One it cannot be reached for makes it 0.
+    let c = Case::new(150, 60);
+    let store = c.store.clone();
+    let flapped = Arc::new(Mutex::new((None, None)));
+    let seen = flapped.clone();
+    c.run(async {
+        sleep(secs(2)).await;
+        assert!(c.reachable());
+        store.refuse_after("keep_alive", 0);
+        // The renewal is due at 90 s and retried within seconds.
+        let refused = c.ever_unreachable_within(secs(100)).await;
+        let refused_errors = c.op_errors("renew");
+        store.heal();
+        sleep(secs(10)).await;
+        // The next renewal, due 90 s after the last, reaches no etcd.
+        store.fail_after("keep_alive", 0);
+        let failed = c.ever_unreachable_within(secs(90)).await;
+        store.heal();
+        *seen.lock().unwrap() = (Some((refused, refused_errors)), Some(failed));
+        sleep(secs(10)).await;
+    })
+    .await;
+    let (refused, failed) = *flapped.lock().unwrap();
+    let (refused_down, refused_errors) = refused.expect("the script ran");
+    assert!(refused_errors >= 1, "the refused renewals are counted");
+    assert!(
+        !refused_down,
+        "etcd answered the refused renewals: still reachable"
+    );
+    assert_eq!(failed, Some(true), "a renewal that reaches no etcd says so");
+    assert!(c.reachable(), "reachable again once renewals work");
     assert_eq!(c.node.subnets_set().len(), 1, "the lease was never lost");
 }
 

@@ -48,8 +48,9 @@ struct State {
     /// Calls by operation name, for assertions.
     calls: Vec<(&'static str, Instant)>,
     /// Calls of this operation fail once this many more have worked (the store breaking
-    /// between two calls of the agent that no script can come between).
-    fail_op: Option<(&'static str, usize)>,
+    /// between two calls of the agent that no script can come between); answered by the
+    /// store (a denied permission) when the flag is set, else unreachable.
+    fail_op: Option<(&'static str, usize, bool)>,
     /// The next this many watches are cancelled at once with this reason (as etcd cancels a
     /// watch it refuses: permission denied).
     refuse_watches: Option<(usize, String)>,
@@ -143,11 +144,15 @@ impl MemStore {
         if st.down {
             return Err(StoreError::new(op, "connection refused"));
         }
-        if let Some((failing, ok_left)) = st.fail_op.as_mut()
+        if let Some((failing, ok_left, answered)) = st.fail_op.as_mut()
             && *failing == op
         {
             if *ok_left == 0 {
-                return Err(StoreError::new(op, "connection refused"));
+                return Err(if *answered {
+                    StoreError::answer(op, "etcdserver: permission denied")
+                } else {
+                    StoreError::new(op, "connection refused")
+                });
             }
             *ok_left -= 1;
         }
@@ -183,7 +188,13 @@ impl MemStore {
 
     /// Makes calls of `op` fail after `ok` more of them worked, until [`MemStore::heal`].
     pub fn fail_after(&self, op: &'static str, ok: usize) {
-        self.state().fail_op = Some((op, ok));
+        self.state().fail_op = Some((op, ok, false));
+    }
+
+    /// Like [`MemStore::fail_after`], but the store answers the calls with an error (a denied
+    /// permission) rather than being unreachable.
+    pub fn refuse_after(&self, op: &'static str, ok: usize) {
+        self.state().fail_op = Some((op, ok, true));
     }
 
     /// Ends [`MemStore::fail_after`].
