@@ -453,18 +453,7 @@ fn healthz_metrics_and_status() {
     assert!(m.trim_end().ends_with("# EOF"), "{m}");
 
     // `twilld status` prints our lease (marked) and the peer.
-    let mut c = std::process::Command::new(common::TWILLD);
-    c.args(["--etcd-endpoints", &lab.endpoint(), "--subnet-file"])
-        .arg(lab.subnet_file(1))
-        .arg("status");
-    lab.cluster.host(1).netns.prepare_command(&mut c).unwrap();
-    let out = c.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = lab.twilld_status(1, &[]);
     assert!(
         text.contains(&format!("* {}", env.ipv4.unwrap().subnet)),
         "{text}"

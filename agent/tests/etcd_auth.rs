@@ -3,9 +3,11 @@
 //! day), so its token is usually stale by the next call and must be renewed, not fail every
 //! later request as "invalid auth token".
 
-use std::process::Command;
+mod common;
+
 use std::time::Duration;
 
+use common::etcdctl;
 use twill_agent::etcd_store::{EtcdOptions, EtcdStore};
 use twill_agent::lease::LeaseRecord;
 use twill_agent::lease_store::LeaseStore;
@@ -15,22 +17,6 @@ use twill_tests::preconditions;
 
 /// Longer than the token's life (`--auth-token-ttl 1`; etcd checks once a second).
 const EXPIRED: Duration = Duration::from_millis(2500);
-
-fn etcdctl(endpoint: &str, args: &[&str]) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .expect("running etcdctl");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[test]
 fn an_expired_auth_token_is_renewed() {

@@ -2,9 +2,11 @@
 //! cancels (a compaction, a refusal) told apart, and the etcd lease a key leaves when it moves
 //! to one of today's TTL revoked, unless another key is bound to it.
 
-use std::process::Command;
+mod common;
+
 use std::time::Duration;
 
+use common::etcdctl;
 use twill_agent::etcd_store::{EtcdOptions, EtcdStore};
 use twill_agent::lease::{LeaseRecord, Subnets};
 use twill_agent::lease_mgr;
@@ -14,23 +16,6 @@ use twill_testbed::Etcd;
 use twill_tests::preconditions;
 
 const PREFIX: &str = "/coreos.com/network";
-
-fn etcdctl(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .expect("running etcdctl");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
-use common::AgentLab;
+use common::{AgentLab, ipv4_header, send_ip, set_header_checksum};
 use twill_tests::preconditions;
 
 const TOOLS: &[&str] = &["ip", "ping", "etcd", "etcdctl", "nft"];
@@ -79,82 +79,13 @@ fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
     p
 }
 
-/// Recomputes the IPv4 header checksum (a 20-byte header).
-fn set_header_checksum(p: &mut [u8]) {
-    p[10..12].copy_from_slice(&[0, 0]);
-    let c = twill_agent::engine::packet::checksum(&p[..20]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-}
-
-/// An IPv4 header (20 bytes) for `payload_len` bytes of protocol `proto`.
-fn ipv4_header(from: Ipv4Addr, to: Ipv4Addr, proto: u8, payload_len: usize, id: u16) -> Vec<u8> {
-    let mut ip = vec![0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
-    ip[4..6].copy_from_slice(&id.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[12..16].copy_from_slice(&from.octets());
-    ip[16..20].copy_from_slice(&to.octets());
-    set_header_checksum(&mut ip);
-    ip
-}
-
-/// Sends whole IPv4 packets (headers written by the caller, any source) to `to` through a raw
-/// socket in `netns`.
-fn send_ip(netns: &twill_netkit::Netns, to: Ipv4Addr, packets: &[Vec<u8>]) {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let fd = netns
-        .enter(|| {
-            // SAFETY: plain socket(2); owned right away. IPPROTO_RAW implies IP_HDRINCL.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            // SAFETY: fd is fresh and ours.
-            unsafe { OwnedFd::from_raw_fd(fd) }
-        })
-        .unwrap();
-    let dst = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(to).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    for ip in packets {
-        // SAFETY: sends our buffer to a valid sockaddr_in.
-        let rc = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                ip.as_ptr() as *const libc::c_void,
-                ip.len(),
-                0,
-                &dst as *const libc::sockaddr_in as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(
-            rc,
-            ip.len() as isize,
-            "raw send: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// Sends each payload as a UDP datagram `from`:8285 → `to`:8285 through a raw socket in
 /// `netns`: the source can be any address (a peer's, forged), and datagrams over the underlay
 /// MTU go out as IP fragments.
 fn send_raw(netns: &twill_netkit::Netns, from: Ipv4Addr, to: Ipv4Addr, payloads: &[Vec<u8>]) {
     let mut packets = Vec::new();
     for (n, payload) in payloads.iter().enumerate() {
-        // UDP header (checksum 0: none, allowed over IPv4) and payload: the IP payload.
-        let mut udp = Vec::with_capacity(8 + payload.len());
-        udp.extend_from_slice(&8285u16.to_be_bytes());
-        udp.extend_from_slice(&8285u16.to_be_bytes());
-        udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        udp.extend_from_slice(&[0, 0]);
-        udp.extend_from_slice(payload);
+        let udp = common::udp_datagram(8285, payload);
         // Fragments of at most 1480 bytes (a multiple of 8) fit the 1500-byte underlay.
         let chunks: Vec<&[u8]> = udp.chunks(1480).collect();
         for (i, chunk) in chunks.iter().enumerate() {
@@ -421,19 +352,14 @@ fn udp_drops_and_counts_bad_datagrams() {
             && log.contains("Backend.MTU"),
         "{log}"
     );
-    let mut c = std::process::Command::new(common::TWILLD);
-    c.args(["--etcd-endpoints", &lab.endpoint(), "--subnet-file"])
-        .arg(lab.subnet_file(1))
-        .args(["--healthz-ip", "127.0.0.1", "--healthz-port"])
-        .arg(METRICS_PORT.to_string())
-        .arg("status");
-    lab.cluster.host(1).netns.prepare_command(&mut c).unwrap();
-    let out = c.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = lab.twilld_status(
+        1,
+        &[
+            "--healthz-ip",
+            "127.0.0.1",
+            "--healthz-port",
+            &METRICS_PORT.to_string(),
+        ],
     );
     assert!(!text.contains("mtu_mismatch"), "{text}");
     let line = text
@@ -635,7 +561,7 @@ fn a_tun_takes_packets_over_its_mtu_and_the_kernel_answers_or_fragments() {
             &["-6", "addr", "add", "fd77:1::1/64", "dev", "v0", "nodad"],
         ),
         (&name, &["link", "set", "v0", "up"]),
-        (&name, &["-6", "route", "add", "fd77::/32", "dev", "tmtu0"]),
+        (&name, &["-6", "route", "add", "fd77::/16", "dev", "tmtu0"]),
         (&pod_name, &["addr", "add", "10.77.1.5/24", "dev", "v1"]),
         (
             &pod_name,
@@ -699,9 +625,9 @@ fn a_tun_takes_packets_over_its_mtu_and_the_kernel_answers_or_fragments() {
     .expect("the packet without DF reached the pod");
     assert_eq!(got.len(), 1450);
 
-    // IPv6, 1450 bytes: taken, and refused by forwarding as too big for the pod's link
-    // (the kernel's own counter; where it sends the ICMPv6 packet too big depends on the
-    // node's IPv6 addresses and routes, which this bare namespace lacks).
+    // IPv6, 1450 bytes: taken, refused by forwarding as too big for the pod's link (the
+    // kernel's own counter), and ICMPv6 packet too big (MTU 1300) comes out of the TUN
+    // towards the source.
     let too_big = || {
         ns.enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp6").unwrap())
             .unwrap()
@@ -727,6 +653,15 @@ fn a_tun_takes_packets_over_its_mtu_and_the_kernel_answers_or_fragments() {
         assert!(t.elapsed() < Duration::from_secs(5), "not forwarded");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let ptb = read_from_tun(&mut q, &|p| {
+        p.len() >= 48 && p[0] >> 4 == 6 && p[6] == 58 && p[40] == 2 && p[41] == 0
+    });
+    assert_eq!(&ptb[24..40], &from6.octets(), "to the source");
+    assert_eq!(
+        u32::from_be_bytes([ptb[44], ptb[45], ptb[46], ptb[47]]),
+        1300,
+        "the pod link's MTU"
+    );
 }
 
 #[test]
@@ -1090,17 +1025,7 @@ fn a_flow_with_a_tiny_mss_is_carried_not_dropped() {
     let tun = twill_tests::ip_json(&h1, &["-d", "link", "show", "dev", "flannel0"]);
     assert_eq!(tun[0]["gso_max_segs"], 512, "{tun}");
     let dst: std::net::SocketAddr = format!("{}:5002", lab.containers[1].ip).parse().unwrap();
-    let listener = lab.containers[1]
-        .netns
-        .enter(|| std::net::TcpListener::bind("0.0.0.0:5002"))
-        .unwrap()
-        .unwrap();
-    let receiver = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).unwrap();
-        got
-    });
+    let receiver = common::tcp_receiver(&lab, 1, "0.0.0.0:5002");
     let payload = common::test_data(4 << 20);
     let mut s = lab.containers[0]
         .netns

@@ -204,19 +204,12 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
     assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
     assert_eq!(dropped(&lab, 1, "unauthenticated"), 0);
     // `twilld status`: the leases, then per peer its last handshake and bytes.
-    let mut c = Command::new(common::TWILLD);
-    c.args(["--etcd-endpoints", &lab.endpoint(), "--subnet-file"])
-        .arg(lab.subnet_file(1))
-        .arg("--wireguard-socket-dir")
-        .arg(lab.wg_socket_dir(1))
-        .arg("status");
-    lab.cluster.host(1).netns.prepare_command(&mut c).unwrap();
-    let out = c.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = lab.twilld_status(
+        1,
+        &[
+            "--wireguard-socket-dir",
+            lab.wg_socket_dir(1).to_str().unwrap(),
+        ],
     );
     assert!(text.contains("wireguard peers of flannel-wg"), "{text}");
     for peer in &dump[1..] {
@@ -250,69 +243,20 @@ fn wireguard_all_pairs_ping_tcp_transfer_psk_and_flannel_layout() {
     }
 }
 
-/// An IPv4 header (20 bytes) for `payload_len` bytes of protocol `proto`, checksummed.
-fn ipv4_header(from: Ipv4Addr, to: Ipv4Addr, proto: u8, payload_len: usize, id: u16) -> Vec<u8> {
-    let mut ip = vec![0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
-    ip[4..6].copy_from_slice(&id.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[12..16].copy_from_slice(&from.octets());
-    ip[16..20].copy_from_slice(&to.octets());
-    let c = twill_agent::engine::packet::checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip
-}
-
 /// Sends each payload as a UDP datagram `from`:51820 → `to`:51820 through a raw socket in
 /// `netns`, so the source can be anything (a peer's address, forged).
 fn send_raw(netns: &twill_netkit::Netns, from: Ipv4Addr, to: Ipv4Addr, payloads: &[Vec<u8>]) {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let fd = netns
-        .enter(|| {
-            // SAFETY: plain socket(2); owned right away. IPPROTO_RAW implies IP_HDRINCL.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            // SAFETY: fd is fresh and ours.
-            unsafe { OwnedFd::from_raw_fd(fd) }
+    let packets: Vec<Vec<u8>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(n, payload)| {
+            let udp = common::udp_datagram(PORT, payload);
+            let mut ip = common::ipv4_header(from, to, 17, udp.len(), 0x7700 + n as u16);
+            ip.extend_from_slice(&udp);
+            ip
         })
-        .unwrap();
-    let dst = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(to).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    for (n, payload) in payloads.iter().enumerate() {
-        let mut udp = Vec::with_capacity(8 + payload.len());
-        udp.extend_from_slice(&PORT.to_be_bytes());
-        udp.extend_from_slice(&PORT.to_be_bytes());
-        udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        udp.extend_from_slice(&[0, 0]);
-        udp.extend_from_slice(payload);
-        let mut ip = ipv4_header(from, to, 17, udp.len(), 0x7700 + n as u16);
-        ip.extend_from_slice(&udp);
-        // SAFETY: sends our buffer to a valid sockaddr_in.
-        let rc = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                ip.as_ptr() as *const libc::c_void,
-                ip.len(),
-                0,
-                &dst as *const libc::sockaddr_in as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(
-            rc,
-            ip.len() as isize,
-            "raw send: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+        .collect();
+    common::send_ip(netns, to, &packets);
 }
 
 /// The UDP payloads of a pcap file of Ethernet frames carrying IPv4/UDP.

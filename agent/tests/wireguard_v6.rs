@@ -480,3 +480,206 @@ fn wireguard_interop_over_ipv6_with_wireguard_go_configured_like_flannel() {
         "wireguard-go → twilld corrupted"
     );
 }
+
+/// Host `h`'s kernel counter `name` from /proc/net/snmp6 (its namespace's).
+fn snmp6(lab: &AgentLab, h: usize, name: &str) -> u64 {
+    lab.cluster
+        .host(h)
+        .netns
+        .enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp6").unwrap())
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in snmp6"))
+}
+
+/// A raw ICMPv6 socket in `netns` (every ICMPv6 message arriving there, from its header on).
+fn icmp6_socket(netns: &twill_netkit::Netns) -> std::net::UdpSocket {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let fd = netns
+        .enter(|| {
+            // SAFETY: plain socket(2); owned right away.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_INET6,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::IPPROTO_ICMPV6,
+                )
+            };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: fd is fresh and ours.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .unwrap();
+    let sock = std::net::UdpSocket::from(fd);
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    sock
+}
+
+/// The first ICMPv6 message (source, message) on `sock` within `secs` that `wanted` takes.
+fn icmp6_until(
+    sock: &std::net::UdpSocket,
+    secs: u64,
+    wanted: impl Fn(&[u8]) -> bool,
+) -> Option<(std::net::IpAddr, Vec<u8>)> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut buf = vec![0u8; 70_000];
+    while std::time::Instant::now() < until {
+        if let Ok((n, from)) = sock.recv_from(&mut buf)
+            && wanted(&buf[..n])
+        {
+            return Some((from.ip(), buf[..n].to_vec()));
+        }
+    }
+    None
+}
+
+/// Runs `args` (`ip …`) in namespace `ns`.
+fn ip_in(ns: &str, args: &[&str]) {
+    twill_tests::run("ip", &[&["-n", ns][..], args].concat());
+}
+
+#[test]
+fn an_ipv6_packet_over_the_receivers_mtu_gets_packet_too_big_back_through_the_tunnel() {
+    if !preconditions(
+        "an_ipv6_packet_over_the_receivers_mtu_gets_packet_too_big_back_through_the_tunnel",
+        TOOLS,
+    ) {
+        return;
+    }
+    // Nodes whose MTUs differ: h2's twilld starts on a 1500-byte underlay (MTU 1420); then
+    // the underlay grows to 1600 bytes and h1's twilld starts (MTU 1520), as when nodes'
+    // NICs differ. h2 keeps 1420 (read once at start).
+    let mut lab = AgentLab::new("twg6-ptb", 2, &dual("10.65.0.0/16", "fd00:65::/48", ""));
+    lab.start_wireguard_agent(2, METRICS_PORT);
+    assert_eq!(lab.wait_subnet(2).mtu, 1420);
+    let ul = format!("{}-ul", lab.cluster.prefix());
+    for port in ["h1", "h2", "br0"] {
+        ip_in(&ul, &["link", "set", port, "mtu", "1600"]);
+    }
+    for h in 1..=2 {
+        let name = lab.cluster.host(h).name.clone();
+        ip_in(&name, &["link", "set", "eth0", "mtu", "1600"]);
+    }
+    lab.start_wireguard_agent(1, METRICS_PORT);
+    assert_eq!(lab.wait_subnet(1).mtu, 1520);
+    lab.add_container(1);
+    lab.add_container(2);
+    all_pairs(&lab, "both pods reachable over wireguard, both families");
+    let (h1, h2) = (
+        lab.cluster.host(1).name.clone(),
+        lab.cluster.host(2).name.clone(),
+    );
+    assert_eq!(twill_tests::ip_link(&h1, "flannel-wg-v6")["mtu"], 1520);
+    assert_eq!(twill_tests::ip_link(&h2, "flannel-wg-v6")["mtu"], 1420);
+    let pod1: std::net::Ipv6Addr = lab.containers[0].ip6.clone().unwrap().parse().unwrap();
+    let pod2: std::net::Ipv6Addr = lab.containers[1].ip6.clone().unwrap().parse().unwrap();
+    let s2 = lab.wait_subnet(2).ipv6.unwrap().subnet;
+
+    // Pod 1 (h1) pings pod 2 (h2) with 1500-byte IPv6 packets, fragmentation forbidden: they
+    // fit h1's MTU, not h2's. h2's twilld delivers them, h2's kernel, forwarding to cni0
+    // (MTU 1420), answers with ICMPv6 packet too big, which goes back through the tunnel.
+    let icmp = icmp6_socket(&lab.containers[0].netns);
+    let over_before = sample(&lab, 2, "twilld_wireguard_rx_over_mtu_packets_total");
+    let counters = |lab: &AgentLab| {
+        [
+            "Ip6InTooBigErrors",
+            "Ip6OutNoRoutes",
+            "Icmp6OutPktTooBigs",
+            "Icmp6OutErrors",
+        ]
+        .map(|k| format!("{k} {}", snmp6(lab, 2, k)))
+        .join(", ")
+    };
+    let kernel_before = counters(&lab);
+    let mut c = Command::new("ping");
+    c.args([
+        "-6",
+        "-c1",
+        "-W2",
+        "-s",
+        "1452",
+        "-M",
+        "do",
+        &pod2.to_string(),
+    ]);
+    lab.containers[0].netns.prepare_command(&mut c).unwrap();
+    let out = c.output().unwrap();
+    let ping_text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    // Type 2 code 0, quoting our echo request pod 1 → pod 2.
+    let got = icmp6_until(&icmp, 5, |m| {
+        m.len() >= 48 && m[0] == 2 && m[1] == 0 && m[16..32] == pod1.octets()
+    });
+    let diagnosis = || {
+        format!(
+            "ping: {ping_text}\nh2 kernel before: {kernel_before}\nh2 kernel after:  {}\n\
+             h2 routes:\n{}\nh2 addresses:\n{}\nh1 dropped spoofed_source {}, h2 rx_over_mtu {}",
+            counters(&lab),
+            twill_tests::run("ip", &["-n", &h2, "-6", "route", "show", "table", "all"]),
+            twill_tests::run("ip", &["-n", &h2, "-6", "addr"]),
+            dropped(&lab, 1, "spoofed_source"),
+            sample(&lab, 2, "twilld_wireguard_rx_over_mtu_packets_total"),
+        )
+    };
+    let Some((from, msg)) = got else {
+        panic!(
+            "no ICMPv6 packet too big came back to pod 1\n{}",
+            diagnosis()
+        );
+    };
+    eprintln!("{}", diagnosis());
+    eprintln!("packet too big from {from}: {:02x?}", &msg[..48]);
+    assert_eq!(
+        u32::from_be_bytes([msg[4], msg[5], msg[6], msg[7]]),
+        1420,
+        "the MTU of h2's link to pod 2"
+    );
+    assert_eq!(&msg[32..48], &pod2.octets(), "the quoted destination");
+    // From h2's flannel-wg-v6 address, <subnet>:: (inside h2's lease, so h1's twilld takes
+    // it from that peer), as Flannel's kernel WireGuard device does.
+    assert_eq!(from, std::net::IpAddr::V6(s2.network()), "{}", diagnosis());
+    assert!(
+        ping_text.contains("Packet too big") && ping_text.contains("mtu=1420"),
+        "{ping_text}"
+    );
+    // Pod 1's kernel learned the path MTU.
+    let route = twill_tests::run(
+        "ip",
+        &[
+            "-n",
+            &lab.containers[0].name,
+            "-6",
+            "route",
+            "get",
+            &pod2.to_string(),
+        ],
+    );
+    assert!(route.contains("mtu 1420"), "{route}");
+    assert_eq!(
+        sample(&lab, 2, "twilld_wireguard_rx_over_mtu_packets_total"),
+        over_before + 1
+    );
+    assert_eq!(dropped(&lab, 1, "spoofed_source"), 0);
+    // Within the learned MTU, pings pass.
+    let mut c = Command::new("ping");
+    c.args([
+        "-6",
+        "-c1",
+        "-W2",
+        "-s",
+        "1372",
+        "-M",
+        "do",
+        &pod2.to_string(),
+    ]);
+    lab.containers[0].netns.prepare_command(&mut c).unwrap();
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -90,26 +90,44 @@ async fn run_node(
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn dual_stack_nodes_lease_one_key_with_both_families() {
-    let store = MemStore::with_config(DUAL);
-    let (a, b) = (Recorder::default(), Recorder::default());
+/// Runs node 1 (`node`) on `store` with the dual-stack config for a second, from `hint`.
+async fn run_dual_for_a_second(store: &MemStore, hint: Subnets, node: &Recorder) {
+    run_node(
+        store,
+        DUAL,
+        1,
+        hint,
+        node.clone(),
+        sleep(Duration::from_secs(1)),
+    )
+    .await;
+}
+
+/// Runs node 1 (`a`) on `store` with `text`; a second in, node 2 (`b`) for a second; then
+/// node 1 a second more.
+async fn run_two_nodes(store: &MemStore, text: &str, a: Recorder, b: Recorder) {
     let s2 = store.clone();
-    let b2 = b.clone();
-    run_node(&store, DUAL, 1, Subnets::default(), a.clone(), async {
+    run_node(store, text, 1, Subnets::default(), a, async {
         sleep(Duration::from_secs(1)).await;
         run_node(
             &s2,
-            DUAL,
+            text,
             2,
             Subnets::default(),
-            b2,
+            b,
             sleep(Duration::from_secs(1)),
         )
         .await;
         sleep(Duration::from_secs(1)).await;
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn dual_stack_nodes_lease_one_key_with_both_families() {
+    let store = MemStore::with_config(DUAL);
+    let (a, b) = (Recorder::default(), Recorder::default());
+    run_two_nodes(&store, DUAL, a.clone(), b.clone()).await;
     let keys = store.keys();
     assert_eq!(keys.len(), 2, "one key per node: {keys:?}");
     for (s, kv) in &keys {
@@ -133,22 +151,7 @@ async fn ipv6_only_nodes_never_share_a_lease() {
     // second node finds the first one's lease "by its IP" and takes it over.
     let store = MemStore::with_config(V6ONLY);
     let (a, b) = (Recorder::default(), Recorder::default());
-    let s2 = store.clone();
-    let b2 = b.clone();
-    run_node(&store, V6ONLY, 1, Subnets::default(), a.clone(), async {
-        sleep(Duration::from_secs(1)).await;
-        run_node(
-            &s2,
-            V6ONLY,
-            2,
-            Subnets::default(),
-            b2,
-            sleep(Duration::from_secs(1)),
-        )
-        .await;
-        sleep(Duration::from_secs(1)).await;
-    })
-    .await;
+    run_two_nodes(&store, V6ONLY, a.clone(), b.clone()).await;
     let keys = store.keys();
     assert_eq!(keys.len(), 2, "{keys:?}");
     for (s, kv) in &keys {
@@ -178,41 +181,17 @@ async fn ipv6_only_nodes_never_share_a_lease() {
 async fn a_restart_keeps_both_subnets_by_public_ip_or_subnet_file() {
     let store = MemStore::with_config(DUAL);
     let first = Recorder::default();
-    run_node(
-        &store,
-        DUAL,
-        1,
-        Subnets::default(),
-        first.clone(),
-        sleep(Duration::from_secs(1)),
-    )
-    .await;
+    run_dual_for_a_second(&store, Subnets::default(), &first).await;
     let held = first.set.lock().unwrap()[0];
     // By public IP (the subnet file is gone).
     let again = Recorder::default();
-    run_node(
-        &store,
-        DUAL,
-        1,
-        Subnets::default(),
-        again.clone(),
-        sleep(Duration::from_secs(1)),
-    )
-    .await;
+    run_dual_for_a_second(&store, Subnets::default(), &again).await;
     assert_eq!(again.set.lock().unwrap()[0], held);
     // By the subnet file after the key expired.
     store.delete(held);
     let hint = held;
     let third = Recorder::default();
-    run_node(
-        &store,
-        DUAL,
-        1,
-        hint,
-        third.clone(),
-        sleep(Duration::from_secs(1)),
-    )
-    .await;
+    run_dual_for_a_second(&store, hint, &third).await;
     assert_eq!(third.set.lock().unwrap()[0], held);
     assert_eq!(store.keys().len(), 1);
 }
@@ -225,15 +204,7 @@ async fn moving_to_dual_stack_keeps_the_ipv4_subnet() {
     let old = LeaseRecord::new(record(&cfg, 1).public_ip, BackendType::HostGw);
     store.put_foreign(v4("10.5.14.0/24"), &old.to_json(), 3600);
     let node = Recorder::default();
-    run_node(
-        &store,
-        DUAL,
-        1,
-        Subnets::default(),
-        node.clone(),
-        sleep(Duration::from_secs(1)),
-    )
-    .await;
+    run_dual_for_a_second(&store, Subnets::default(), &node).await;
     let held = node.set.lock().unwrap()[0];
     assert_eq!(
         held.v4,
@@ -328,15 +299,7 @@ async fn flannel_dual_stack_and_v4_only_peers_are_programmed_for_what_they_hold(
         3600,
     );
     let node = Recorder::default();
-    run_node(
-        &store,
-        DUAL,
-        1,
-        Subnets::default(),
-        node.clone(),
-        sleep(Duration::from_secs(1)),
-    )
-    .await;
+    run_dual_for_a_second(&store, Subnets::default(), &node).await;
     assert_eq!(
         *node.programmed.lock().unwrap(),
         (
@@ -362,15 +325,7 @@ async fn a_node_that_takes_our_ipv6_subnet_under_another_key_meanwhile_makes_us_
     let cfg = NetworkConfig::parse(DUAL).unwrap();
     store.create_before_next(theirs, &record(&cfg, 7).to_json());
     let node = Recorder::default();
-    run_node(
-        &store,
-        DUAL,
-        1,
-        hint,
-        node.clone(),
-        sleep(Duration::from_secs(1)),
-    )
-    .await;
+    run_dual_for_a_second(&store, hint, &node).await;
     let held = node.set.lock().unwrap()[0];
     assert_eq!(held.v4, hint.v4, "the IPv4 half of the hint is still free");
     assert_ne!(held.v6, hint.v6, "the IPv6 subnet went to the other node");

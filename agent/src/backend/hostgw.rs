@@ -249,25 +249,9 @@ impl Backend for HostGw {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twill_netkit::Link;
 
     fn underlay() -> Underlay {
-        Underlay {
-            link: Link {
-                index: 2,
-                name: "eth0".into(),
-                kind: None,
-                mtu: 1500,
-                mac: Vec::new(),
-                up: true,
-                controller: None,
-                vxlan: None,
-            },
-            public_ip: "172.31.0.11".parse().unwrap(),
-            net: "172.31.0.11/32".parse().unwrap(),
-            public_ipv6: Some("fd31::b".parse().unwrap()),
-            net6: Some("fd31::b/128".parse().unwrap()),
-        }
+        Underlay::for_tests(32, 128)
     }
 
     fn route(dst: &str, gw: Option<&str>, oif: u32, protocol: u8) -> Route {

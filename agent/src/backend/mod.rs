@@ -52,6 +52,30 @@ impl Underlay {
     }
 }
 
+#[cfg(test)]
+impl Underlay {
+    /// A test node's underlay: eth0 (index 2, MTU 1500, up) holding 172.31.0.11 and fd31::b,
+    /// on links of `prefix` and `prefix6` bits.
+    pub(crate) fn for_tests(prefix: u8, prefix6: u8) -> Underlay {
+        Underlay {
+            link: Link {
+                index: 2,
+                name: "eth0".into(),
+                kind: None,
+                mtu: 1500,
+                mac: Vec::new(),
+                up: true,
+                controller: None,
+                vxlan: None,
+            },
+            public_ip: "172.31.0.11".parse().unwrap(),
+            net: format!("172.31.0.11/{prefix}").parse().unwrap(),
+            public_ipv6: Some("fd31::b".parse().unwrap()),
+            net6: Some(format!("fd31::b/{prefix6}").parse().unwrap()),
+        }
+    }
+}
+
 /// Gives device `index` exactly one IPv4 address, `<subnet>.0/32` (the VTEP's or the TUN's,
 /// as Flannel does), removing any other IPv4 address a previous lease left.
 pub(crate) async fn set_subnet_address(

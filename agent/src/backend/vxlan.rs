@@ -541,22 +541,7 @@ mod tests {
     use super::*;
 
     fn underlay() -> Underlay {
-        Underlay {
-            link: Link {
-                index: 2,
-                name: "eth0".into(),
-                kind: None,
-                mtu: 1500,
-                mac: Vec::new(),
-                up: true,
-                controller: None,
-                vxlan: None,
-            },
-            public_ip: "172.31.0.11".parse().unwrap(),
-            net: "172.31.0.11/24".parse().unwrap(),
-            public_ipv6: Some("fd31::b".parse().unwrap()),
-            net6: Some("fd31::b/64".parse().unwrap()),
-        }
+        Underlay::for_tests(24, 64)
     }
 
     #[test]

@@ -168,6 +168,49 @@ fn fake_tun() -> (File, File) {
     (File::from(a), File::from(b))
 }
 
+/// A test engine's config: bound to 127.0.0.1:`port`, offloads on, no busy polling.
+fn config(port: u16, mtu: usize) -> EngineConfig {
+    EngineConfig {
+        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        mtu,
+        offloads: true,
+        busy_poll: Duration::ZERO,
+        name: "test",
+        crypto_helper: false,
+    }
+}
+
+/// Two engines A and B on 127.0.0.1 (MTUs `mtu_a` and `mtu_b`) whose transforms send
+/// everything to the other: for each, (the engine, the test's end of its TUN queue, its
+/// counters).
+#[allow(clippy::type_complexity)]
+fn two_engines(
+    mtu_a: usize,
+    mtu_b: usize,
+) -> ((Engine, File, Arc<Stats>), (Engine, File, Arc<Stats>)) {
+    let (port_a, port_b) = (free_port(), free_port());
+    let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let (engine_tun_a, tun_a) = fake_tun();
+    let (engine_tun_b, tun_b) = fake_tun();
+    let stats_a = Arc::new(Stats::new("test"));
+    let stats_b = Arc::new(Stats::new("test"));
+    let a = Engine::start(
+        vec![engine_tun_a],
+        config(port_a, mtu_a),
+        &Wrapping::to(addr(port_b)),
+        &stats_a,
+    )
+    .unwrap();
+    let b = Engine::start(
+        vec![engine_tun_b],
+        config(port_b, mtu_b),
+        &Wrapping::to(addr(port_a)),
+        &stats_b,
+    )
+    .unwrap();
+    ((a, tun_a, stats_a), (b, tun_b, stats_b))
+}
+
 fn read_packet(tun: &mut File) -> Vec<u8> {
     assert!(
         poll([tun.as_fd()], Interest::Readable, Duration::from_secs(5)),
@@ -181,34 +224,7 @@ fn read_packet(tun: &mut File) -> Vec<u8> {
 
 #[test]
 fn a_wrapping_transform_carries_plain_and_super_packets_between_two_engines() {
-    let (port_a, port_b) = (free_port(), free_port());
-    let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let cfg = |port| EngineConfig {
-        bind: addr(port),
-        mtu: 1500,
-        offloads: true,
-        busy_poll: Duration::ZERO,
-        name: "test",
-        crypto_helper: false,
-    };
-    let (engine_tun_a, mut tun_a) = fake_tun();
-    let (engine_tun_b, mut tun_b) = fake_tun();
-    let stats_a = Arc::new(Stats::new("test"));
-    let stats_b = Arc::new(Stats::new("test"));
-    let a = Engine::start(
-        vec![engine_tun_a],
-        cfg(port_a),
-        &Wrapping::to(addr(port_b)),
-        &stats_a,
-    )
-    .unwrap();
-    let b = Engine::start(
-        vec![engine_tun_b],
-        cfg(port_b),
-        &Wrapping::to(addr(port_a)),
-        &stats_b,
-    )
-    .unwrap();
+    let ((a, mut tun_a, stats_a), (b, mut tun_b, stats_b)) = two_engines(1500, 1500);
 
     // One plain packet arrives unchanged, behind a plain virtio-net header.
     let plain = tcp_packet(1, tcp::ACK, b"hello", 64);
@@ -311,15 +327,7 @@ fn an_engine_under_sustained_load_stops_when_dropped() {
     // Before: the stop flag was read only when a round found nothing to do, so dropping an
     // engine whose TUN never ran dry (a flood, a CPU-bound wireguard flow) waited for the
     // flood to end: twilld's shutdown and a data-path rebuild hung.
-    let port = free_port();
-    let cfg = EngineConfig {
-        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        mtu: 1500,
-        offloads: true,
-        busy_poll: Duration::ZERO,
-        name: "test",
-        crypto_helper: false,
-    };
+    let cfg = config(free_port(), 1500);
     let (engine_tun, mut tun) = fake_tun();
     let stats = Arc::new(Stats::new("test"));
     let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
@@ -361,14 +369,7 @@ fn an_engine_under_sustained_load_stops_when_dropped() {
 fn a_queue_that_reads_empty_ends_its_thread_instead_of_spinning() {
     // Before: a read of 0 bytes (the other end of a queue closed) counted as a packet too
     // short, and the thread read again at once, for ever, at full CPU.
-    let cfg = EngineConfig {
-        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
-        mtu: 1500,
-        offloads: true,
-        busy_poll: Duration::ZERO,
-        name: "test",
-        crypto_helper: false,
-    };
+    let cfg = config(free_port(), 1500);
     let (engine_tun, tun) = fake_tun();
     let stats = Arc::new(Stats::new("test"));
     let wrap = Wrapping::to(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())));
@@ -388,14 +389,7 @@ fn a_queue_that_reads_empty_ends_its_thread_instead_of_spinning() {
 /// header) into its TUN and waits until it has read them all. Returns (bytes the engine reported
 /// sent to the transform, failed sends).
 fn send_through(to: SocketAddr, packets: &[Vec<u8>]) -> (u64, u64) {
-    let cfg = EngineConfig {
-        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
-        mtu: 1500,
-        offloads: true,
-        busy_poll: Duration::ZERO,
-        name: "test",
-        crypto_helper: false,
-    };
+    let cfg = config(free_port(), 1500);
     let (engine_tun, mut tun) = fake_tun();
     let stats = Arc::new(Stats::new("test"));
     let wrap = Wrapping::to(to);
@@ -470,34 +464,7 @@ fn received_packets_over_the_mtu_are_delivered_each_on_its_own_and_counted() {
     // needed / packet too big or fragment it, and counted in `rx_over_mtu_packets`; packets
     // within the MTU still coalesce.
     use super::packet::test_util::tcp6_packet;
-    let (port_a, port_b) = (free_port(), free_port());
-    let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let cfg = |port, mtu| EngineConfig {
-        bind: addr(port),
-        mtu,
-        offloads: true,
-        busy_poll: Duration::ZERO,
-        name: "test",
-        crypto_helper: false,
-    };
-    let (engine_tun_a, mut tun_a) = fake_tun();
-    let (engine_tun_b, mut tun_b) = fake_tun();
-    let stats_a = Arc::new(Stats::new("test"));
-    let stats_b = Arc::new(Stats::new("test"));
-    let a = Engine::start(
-        vec![engine_tun_a],
-        cfg(port_a, 1500),
-        &Wrapping::to(addr(port_b)),
-        &stats_a,
-    )
-    .unwrap();
-    let b = Engine::start(
-        vec![engine_tun_b],
-        cfg(port_b, 1000),
-        &Wrapping::to(addr(port_a)),
-        &stats_b,
-    )
-    .unwrap();
+    let ((a, mut tun_a, _stats_a), (b, mut tun_b, stats_b)) = two_engines(1500, 1000);
     let payload: Vec<u8> = (0..4800u32).map(|i| (i * 7) as u8).collect();
     let super_packet = |seq: u32, gso_size: u16, data: &[u8]| {
         let hdr = VnetHdr {

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,6 +17,25 @@ use twill_testbed::{
 };
 
 pub const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
+
+/// `etcdctl` (API v3) against `endpoint` from this namespace: asserts it succeeded and returns
+/// what it printed.
+pub fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .expect("running etcdctl");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 /// An address on the lab's underlay subnet that no host holds: what `--public-ip` names in
 /// the tests of a node behind a NAT (its outside address), never a target of traffic.
@@ -124,6 +143,25 @@ impl AgentLab {
 
     pub fn log(&self, h: usize) -> String {
         std::fs::read_to_string(self.log_path(h)).unwrap_or_default()
+    }
+
+    /// `twilld status` in host `h`'s namespace, against the lab's etcd and the host's subnet
+    /// file, with `extra` flags: asserts it succeeded and returns what it printed.
+    pub fn twilld_status(&self, h: usize, extra: &[&str]) -> String {
+        let mut c = Command::new(TWILLD);
+        c.args(["--etcd-endpoints", &self.endpoint(), "--subnet-file"])
+            .arg(self.subnet_file(h))
+            .args(extra)
+            .arg("status");
+        self.cluster.host(h).netns.prepare_command(&mut c).unwrap();
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
     }
 
     /// Starts twilld on host `h` (1-based) with `--iface eth0`, a 1 s reconcile interval and
@@ -338,6 +376,86 @@ pub fn in_wg_dir(netns: Option<&str>, dir: &Path, script: &str) -> (bool, String
     (out.status.success(), text)
 }
 
+/// Recomputes the IPv4 header checksum (a 20-byte header).
+pub fn set_header_checksum(p: &mut [u8]) {
+    p[10..12].copy_from_slice(&[0, 0]);
+    let c = twill_agent::engine::packet::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// An IPv4 header (20 bytes) for `payload_len` bytes of protocol `proto`.
+pub fn ipv4_header(
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    proto: u8,
+    payload_len: usize,
+    id: u16,
+) -> Vec<u8> {
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&from.octets());
+    ip[16..20].copy_from_slice(&to.octets());
+    set_header_checksum(&mut ip);
+    ip
+}
+
+/// A UDP datagram `port` → `port` carrying `payload` (checksum 0: none, allowed over IPv4).
+pub fn udp_datagram(port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(8 + payload.len());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    udp
+}
+
+/// Sends whole IPv4 packets (headers written by the caller, any source) to `to` through a raw
+/// socket in `netns`.
+pub fn send_ip(netns: &twill_netkit::Netns, to: Ipv4Addr, packets: &[Vec<u8>]) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let fd = netns
+        .enter(|| {
+            // SAFETY: plain socket(2); owned right away. IPPROTO_RAW implies IP_HDRINCL.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: fd is fresh and ours.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .unwrap();
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(to).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    for ip in packets {
+        // SAFETY: sends our buffer to a valid sockaddr_in.
+        let rc = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                ip.as_ptr() as *const libc::c_void,
+                ip.len(),
+                0,
+                &dst as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            ip.len() as isize,
+            "raw send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Deterministic test data (xorshift).
 pub fn test_data(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -351,6 +469,23 @@ pub fn test_data(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Listens on `bind` in container `to`: the thread returned accepts one connection and
+/// returns all it read from it.
+pub fn tcp_receiver(lab: &AgentLab, to: usize, bind: &str) -> std::thread::JoinHandle<Vec<u8>> {
+    use std::io::Read;
+    let listener = lab.containers[to]
+        .netns
+        .enter(|| std::net::TcpListener::bind(bind))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    })
+}
+
 /// Sends `payload` over TCP from container `from` to container `to` at `dst_ip` (either
 /// family); returns what arrived.
 pub fn tcp_transfer_to(
@@ -360,24 +495,14 @@ pub fn tcp_transfer_to(
     dst_ip: &str,
     payload: &[u8],
 ) -> Vec<u8> {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use std::io::Write;
+    use std::net::TcpStream;
     let any = if dst_ip.contains(':') {
         "[::]:5001"
     } else {
         "0.0.0.0:5001"
     };
-    let listener = lab.containers[to]
-        .netns
-        .enter(|| TcpListener::bind(any))
-        .unwrap()
-        .unwrap();
-    let receiver = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).unwrap();
-        got
-    });
+    let receiver = tcp_receiver(lab, to, any);
     let dst = SocketAddr::new(dst_ip.parse().unwrap(), 5001);
     let mut s = lab.containers[from]
         .netns

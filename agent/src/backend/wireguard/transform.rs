@@ -881,6 +881,15 @@ mod tests {
         }
     }
 
+    /// A's outbound and inbound and B's inbound, the handshake A → B run over them
+    /// ([`establish`]).
+    fn established(a: &Node, b: &Node) -> (WgOutbound, WgInbound, WgInbound) {
+        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
+        let mut b_in = b.transform.inbound();
+        establish(a, b, &mut a_out, &mut a_in, &mut b_in);
+        (a_out, a_in, b_in)
+    }
+
     /// The first peer of `n`'s table, as `route` names it.
     fn first_peer(n: &Node) -> PeerRef {
         PeerRef::at(&n.transform.table.load(), 0)
@@ -965,10 +974,8 @@ mod tests {
         let (mut a, mut b) = pair(None);
         a.transform.aead = seals;
         b.transform.aead = opens;
-        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
-        let mut b_in = b.transform.inbound();
+        let (mut a_out, _a_in, mut b_in) = established(&a, &b);
         let from_a = a.out.local_addr().unwrap();
-        establish(&a, &b, &mut a_out, &mut a_in, &mut b_in);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
@@ -1043,10 +1050,8 @@ mod tests {
     #[test]
     fn wg_show_transfer_counts_whole_messages_as_kernel_wireguard_does() {
         let (a, b) = pair(None);
-        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
-        let mut b_in = b.transform.inbound();
+        let (mut a_out, _a_in, mut b_in) = established(&a, &b);
         let from_a = a.out.local_addr().unwrap();
-        establish(&a, &b, &mut a_out, &mut a_in, &mut b_in);
         let (a_tx, _) = transfer_shown(&a.transform.table);
         let (b_tx, b_rx) = transfer_shown(&b.transform.table);
         assert!(a_tx >= HANDSHAKE_INIT_LEN as u64, "A's initiation counted");
@@ -1097,9 +1102,7 @@ mod tests {
         use std::io::Write;
 
         let (a, b) = pair(None);
-        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
-        let mut b_in = b.transform.inbound();
-        establish(&a, &b, &mut a_out, &mut a_in, &mut b_in);
+        let (_a_out, _a_in, _b_in) = established(&a, &b);
         let hdr = VnetHdr {
             gso_type: GSO_TCPV4,
             hdr_len: 52,
@@ -1187,10 +1190,8 @@ mod tests {
         // batch; the engine delivers it on its own and counts it. The other checks still
         // come first: a spoofed one is a spoofed one.
         let (a, b) = pair(None);
-        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
-        let mut b_in = b.transform.inbound();
+        let (mut a_out, _a_in, mut b_in) = established(&a, &b);
         let from_a = a.out.local_addr().unwrap();
-        establish(&a, &b, &mut a_out, &mut a_in, &mut b_in);
         let peer_a = b.transform.table.load().peers[0].clone();
 
         // 4,052 and 4,040 bytes: over the 1,420 both engines of `pair` would run with.
@@ -1598,9 +1599,7 @@ mod tests {
             b.transform.limiter.clone(),
             crate::backend::wireguard::unleased::LIMITS,
         )));
-        let (mut a_out, mut a_in) = (a.transform.outbound(), a.transform.inbound());
-        let mut b_in = b.transform.inbound();
-        establish(&a, &b, &mut a_out, &mut a_in, &mut b_in);
+        let (mut a_out, _a_in, mut b_in) = established(&a, &b);
         let peer_a = b.transform.table.load().peers[0].clone();
         let endpoint = peer_a.endpoint();
         let from_a = a.out.local_addr().unwrap();
