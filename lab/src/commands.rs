@@ -8,7 +8,7 @@ use anyhow::Context;
 use twill_netkit::Netns;
 
 use crate::binaries::{containers_in_store, twill_run, twill_run_to_the_end};
-use crate::state::{LabState, prefix, state_dir};
+use crate::state::{LabState, load_lab, name_flag, prefix, state_dir};
 
 pub(crate) fn kill_pid(pid: u32) {
     let _ = nix::sys::signal::kill(
@@ -98,8 +98,7 @@ fn remove_containers(st: &LabState) -> Vec<String> {
 
 /// `status`.
 pub fn status(name: &str) -> anyhow::Result<()> {
-    let st = LabState::load(&state_dir(name))
-        .with_context(|| format!("no lab {name} (run twill-lab up)"))?;
+    let st = load_lab(name)?;
     println!(
         "lab {name}: backend {}, network {}, etcd {}",
         st.backend, st.network, st.etcd_endpoint
@@ -110,38 +109,87 @@ pub fn status(name: &str) -> anyhow::Result<()> {
 
 /// `logs HOST`.
 pub fn logs(name: &str, host: &str) -> anyhow::Result<()> {
-    let st = LabState::load(&state_dir(name)).with_context(|| format!("no lab {name}"))?;
+    let st = load_lab(name)?;
     let h = st.host_index(host)?;
-    print!(
-        "{}",
-        std::fs::read_to_string(&st.hosts[h].log).unwrap_or_default()
-    );
+    let log = &st.hosts[h].log;
+    let text = std::fs::read(log).with_context(|| {
+        format!(
+            "no twilld log of {host} in lab {name} ({}): did its twilld start? (`twill-lab status{}`)",
+            log.display(),
+            name_flag(name)
+        )
+    })?;
+    // A log is bytes: an agent killed mid-line must not make it unreadable.
+    print!("{}", String::from_utf8_lossy(&text));
     Ok(())
 }
 
 /// `exec HOST[/CONTAINER] CMD...`.
 pub fn exec(name: &str, target: &str, cmd: &[String]) -> anyhow::Result<i32> {
-    let st = LabState::load(&state_dir(name)).with_context(|| format!("no lab {name}"))?;
+    let st = load_lab(name)?;
     let (host, ctr) = match target.split_once('/') {
         Some((h, c)) => (h, Some(c)),
         None => (target, None),
     };
     let h = st.host_index(host)?;
+    let program = cmd.first().context("exec needs a command")?;
     let mut c = match ctr {
         Some(c) => {
+            check_container(&st, h, c)?;
             let mut c2 = twill_run(&st, h)?;
             c2.args(["exec", c]);
             c2.args(cmd);
             c2
         }
         None => {
-            let mut c2 = Command::new(cmd.first().context("exec needs a command")?);
+            let mut c2 = Command::new(program);
             c2.args(&cmd[1..]);
-            Netns::open(&st.hosts[h].netns)?.prepare_command(&mut c2)?;
+            Netns::open(&st.hosts[h].netns)
+                .and_then(|ns| ns.prepare_command(&mut c2))
+                .with_context(|| {
+                    format!(
+                        "entering {host}'s namespace {} (is the lab up? `twill-lab status{}`)",
+                        st.hosts[h].netns,
+                        name_flag(name)
+                    )
+                })?;
             c2
         }
     };
-    Ok(c.status()?.code().unwrap_or(1))
+    let status = c.status().with_context(|| match ctr {
+        Some(_) => "running twill-run".to_string(),
+        None => format!("running {program} on {host}"),
+    })?;
+    Ok(status.code().unwrap_or(1))
+}
+
+/// Container `c` is one of host `h`'s, else an error that says where it is, or which there are.
+fn check_container(st: &LabState, h: usize, c: &str) -> anyhow::Result<()> {
+    let host = &st.hosts[h];
+    if host.containers.iter().any(|k| k.name == c) {
+        return Ok(());
+    }
+    if let Some(other) = st
+        .hosts
+        .iter()
+        .find(|o| o.containers.iter().any(|k| k.name == c))
+    {
+        anyhow::bail!(
+            "no container {c} on {}: it runs on {} (exec {}/{c})",
+            host.name,
+            other.name,
+            other.name
+        );
+    }
+    let names: Vec<&str> = host.containers.iter().map(|k| k.name.as_str()).collect();
+    if names.is_empty() {
+        anyhow::bail!("no container {c} on {}: it has none", host.name);
+    }
+    anyhow::bail!(
+        "no container {c} on {} (its containers: {})",
+        host.name,
+        names.join(", ")
+    )
 }
 
 #[cfg(test)]

@@ -17,13 +17,22 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A duration of 1 s or more (`bench --seconds 0` is iperf3's `-t 0`, which never ends).
+fn at_least_one_second(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// twill-lab: hosts as network namespaces, real etcd, real twilld agents and twill-run
 /// containers, all on this machine. Needs root. Nothing is added to the root namespace.
 #[derive(Parser)]
 #[command(name = "twill-lab", version, about)]
 struct Cli {
     /// Lab name, 1-20 letters or digits (several labs can run side by side).
-    #[arg(long, global = true, default_value = "lab")]
+    #[arg(long, global = true, default_value = state::DEFAULT_NAME)]
     name: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -33,13 +42,16 @@ struct Cli {
 enum Cmd {
     /// Build the cluster, start everything, check all-pairs connectivity, print a table.
     Up {
+        /// Hosts (network namespaces h1, h2, …), 1 to 50.
         #[arg(long, default_value_t = 3)]
         hosts: usize,
         /// The backend every twilld runs.
         #[arg(long, value_enum, default_value_t = LabBackend::Vxlan)]
         backend: LabBackend,
+        /// busybox containers on each host (h1c1, h1c2, …; 0 for none).
         #[arg(long, default_value_t = 2)]
         containers_per_host: usize,
+        /// The IPv4 pod network (Flannel's `Network`): a /24 of it per host.
         #[arg(long, default_value = "10.244.0.0/16")]
         network: String,
         /// The pod network's families: ipv4, ipv6 (EnableIPv4 false) or dual (every
@@ -54,10 +66,13 @@ enum Cmd {
     /// etcd members, twilld agents and containers killed and restarted at random: pings lost
     /// per fault kind and leases lost (goal: none). Tears the lab down at the end.
     Soak {
+        /// Hosts, 2 to 50 (pings go between every pair).
         #[arg(long, default_value_t = 5)]
         hosts: usize,
+        /// The backend every twilld runs.
         #[arg(long, value_enum, default_value_t = LabBackend::Vxlan)]
         backend: LabBackend,
+        /// How long to inject faults.
         #[arg(long, default_value_t = 10)]
         minutes: u64,
         /// Run this many seconds instead of --minutes (short smoke runs).
@@ -82,12 +97,17 @@ enum Cmd {
     Status,
     /// Run a command on a host (HOST) or in a container (HOST/CONTAINER).
     Exec {
+        /// A host (h1) or a container on it (h1/h1c1), as `status` lists them.
         target: String,
+        /// The command and its arguments (its exit status is twill-lab's).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
     /// Print a host's twilld log.
-    Logs { host: String },
+    Logs {
+        /// The host (h1, h2, …) whose twilld log to print.
+        host: String,
+    },
     /// iperf3 (1 and 4 streams), ping RTT and data-path CPU per GB for each backend against the
     /// same-host path, measured side by side; or the CNI / runtime benchmarks (`bench cni`,
     /// `bench runtime`, from the source tree).
@@ -107,7 +127,8 @@ enum Cmd {
         /// names.
         #[arg(long, default_value = "all")]
         backends: BenchSelection,
-        #[arg(long, default_value_t = 10)]
+        /// Seconds each iperf3 measurement runs (1 or more).
+        #[arg(long, default_value_t = 10, value_parser = at_least_one_second)]
         seconds: u64,
         /// Rounds (every path measured once per round; default 1); each cell shows the
         /// median. For cni and runtime: runs per measurement (default: theirs).
@@ -162,6 +183,13 @@ fn main() {
     // Only a failed `up` leaves a half-built lab (bench tears its labs down itself), and only
     // once it wrote its state: a refused `up` (not root, bad flags) created nothing.
     let is_up = matches!(cli.cmd, Cmd::Up { .. });
+    // Whether the run built the lab: not when it was refused because the name was taken, and
+    // then the lab there (someone else's) is neither removed nor to be "cleaned up".
+    let built = |e: &anyhow::Error| {
+        is_up
+            && e.downcast_ref::<state::LabExists>().is_none()
+            && state::state_dir(&cli.name).exists()
+    };
     let r = match cli.cmd {
         Cmd::Up {
             hosts,
@@ -242,8 +270,7 @@ fn main() {
                 eprintln!("twill-lab: while stopping: {e:#}");
             }
             // An interrupted `up` leaves nothing half-built (bench and soak remove theirs).
-            if is_up
-                && state::state_dir(&cli.name).exists()
+            if built(&e)
                 && let Err(e) = commands::down(&cli.name)
             {
                 eprintln!(
@@ -256,7 +283,7 @@ fn main() {
         }
         Err(e) => {
             eprintln!("twill-lab: {e:#}");
-            if is_up && state::state_dir(&cli.name).exists() {
+            if built(&e) {
                 eprintln!("(clean up with: twill-lab down --name {})", cli.name);
             }
             std::process::exit(1);

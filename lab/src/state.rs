@@ -6,9 +6,89 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+/// Where every lab's state lives.
+pub const STATE_ROOT: &str = "/run/twill-lab";
+
+/// The lab `--name` names when not given.
+pub const DEFAULT_NAME: &str = "lab";
+
 /// Where the state of lab `name` lives.
 pub fn state_dir(name: &str) -> PathBuf {
-    PathBuf::from("/run/twill-lab").join(name)
+    PathBuf::from(STATE_ROOT).join(name)
+}
+
+/// `--name NAME` as a command the user copies must say it (nothing for the default lab): a
+/// hint without it names another lab.
+pub fn name_flag(name: &str) -> String {
+    if name == DEFAULT_NAME {
+        String::new()
+    } else {
+        format!(" --name {name}")
+    }
+}
+
+/// The labs whose state is on this machine, sorted.
+pub fn existing_labs() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(STATE_ROOT) else {
+        return Vec::new();
+    };
+    let mut labs: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.path().join("state.json").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    labs.sort();
+    labs
+}
+
+/// The state of lab `name`, or why there is none, naming the labs there are.
+pub fn load_lab(name: &str) -> anyhow::Result<LabState> {
+    let dir = state_dir(name);
+    if !dir.join("state.json").exists() {
+        let labs = existing_labs();
+        if labs.is_empty() {
+            anyhow::bail!(
+                "no lab {name}: none is up (start one with `twill-lab up{}`)",
+                name_flag(name)
+            );
+        }
+        anyhow::bail!(
+            "no lab {name}; the labs up are {} (pick one with --name)",
+            labs.join(", ")
+        );
+    }
+    LabState::load(&dir).with_context(|| format!("lab {name}"))
+}
+
+/// `up` (or `soak`) refused because a lab of that name exists: nothing was built, and the lab
+/// there is someone else's — not one to clean up.
+#[derive(Debug)]
+pub struct LabExists(pub String);
+
+impl std::fmt::Display for LabExists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "lab {0} exists: run `twill-lab down --name {0}` first, or pick another --name",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for LabExists {}
+
+/// Claims lab `name`'s state directory, atomically: of two `up`s of one name only one gets
+/// it (the other's `Cluster::build` would sweep the first's namespaces).
+pub fn claim_state_dir(name: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
+    let dir = state_dir(name);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(LabExists(name.to_string()).into())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("creating {}", dir.display()))),
+    }
 }
 
 /// Namespace prefix of lab `name`.

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use twill_netkit::Netlink;
 use twill_netkit::ipnet::{IpNet, Ipv4Net};
 use twill_testbed::{
@@ -17,7 +17,9 @@ use crate::family::{IpFamily, address_of};
 use crate::image::busybox_tarball;
 use crate::interrupt;
 use crate::kept_logs::{kept_logs_dir, twilld_log_hint};
-use crate::state::{ContainerState, EtcdState, HostState, LabState, prefix, state_dir};
+use crate::state::{
+    ContainerState, EtcdState, HostState, LabState, claim_state_dir, name_flag, prefix,
+};
 
 /// What `up` builds.
 pub struct UpOptions {
@@ -83,6 +85,7 @@ pub fn build(o: &UpOptions, own_etcd: bool) -> anyhow::Result<BuiltLab> {
             .parse::<twill_netkit::ipnet::Ipv6Net>()
             .with_context(|| format!("--network6 {}: not an IPv6 CIDR", o.network6))?;
     }
+    check_fits(o, network)?;
     for bin in binaries::REQUIRED {
         let p = sibling(bin);
         anyhow::ensure!(
@@ -98,15 +101,7 @@ pub fn build(o: &UpOptions, own_etcd: bool) -> anyhow::Result<BuiltLab> {
         std::path::Path::new("/bin/busybox").exists(),
         "/bin/busybox is missing: apt-get install busybox-static"
     );
-    let dir = state_dir(&o.name);
-    if dir.join("state.json").exists() {
-        bail!(
-            "lab {} exists: run `twill-lab down --name {}` first",
-            o.name,
-            o.name
-        );
-    }
-    std::fs::create_dir_all(&dir)?;
+    let dir = claim_state_dir(&o.name)?;
     let mut st = LabState {
         name: o.name.clone(),
         backend: o.backend,
@@ -137,6 +132,51 @@ pub fn build(o: &UpOptions, own_etcd: bool) -> anyhow::Result<BuiltLab> {
         state: st,
         etcd,
     })
+}
+
+/// The hosts and containers fit the pod network as twilld will read it (its own parser, so
+/// they agree): a subnet per host, an address per container in it (besides its network, its
+/// gateway and its broadcast address). Found out before anything is built: a lab with more
+/// containers than addresses started every one it could before the first failed.
+fn check_fits(o: &UpOptions, network: Ipv4Net) -> anyhow::Result<()> {
+    let config = o
+        .ip_family
+        .network_config(&network.to_string(), &o.network6, o.backend.as_str());
+    let parsed = twill_agent::netconf::NetworkConfig::parse(&config.to_string()).map_err(|e| {
+        let flag = if e.field.starts_with("IPv6") {
+            format!("--network6 {}", o.network6)
+        } else {
+            format!("--network {}", o.network)
+        };
+        anyhow::anyhow!("{flag}: {e}")
+    })?;
+    if o.ip_family.has_v4() {
+        let subnets = parsed.subnets().take(o.hosts).count();
+        anyhow::ensure!(
+            subnets >= o.hosts,
+            "--network {network} has room for {subnets} hosts' /{} subnets, not {}: give a larger network",
+            parsed.subnet_len,
+            o.hosts
+        );
+        let room = (1usize << (32 - u32::from(parsed.subnet_len))).saturating_sub(3);
+        anyhow::ensure!(
+            o.containers_per_host <= room,
+            "--containers-per-host {} does not fit a host's /{} of --network {network} ({room} addresses at most)",
+            o.containers_per_host,
+            parsed.subnet_len
+        );
+    }
+    if let Some(v6) = &parsed.ipv6 {
+        let subnets = v6.subnets().take(o.hosts).count();
+        anyhow::ensure!(
+            subnets >= o.hosts,
+            "--network6 {} has room for {subnets} hosts' /{} subnets, not {}: give a larger network",
+            o.network6,
+            v6.subnet_len,
+            o.hosts
+        );
+    }
+    Ok(())
 }
 
 /// One namespace per host on an underlay bridge, kept after this process exits.
@@ -469,14 +509,20 @@ pub fn check_all_pairs(
         IpFamily::Ipv6 => " (IPv6)",
         IpFamily::Dual => " in both families",
     };
-    if ok {
+    let flag = name_flag(&st.name);
+    if ok && all.is_empty() {
         println!(
-            "all {} containers reach each other over {backend}{families}. Try: twill-lab exec h1/h1c1 ping {}; twill-lab down",
+            "no containers (--containers-per-host 0). Try: twill-lab exec{flag} h1 ip route; twill-lab down{flag}"
+        );
+    } else if ok {
+        // From the first container to the last one's last address (its own when it is alone).
+        let (first, last) = (&all[0], &all[all.len() - 1]);
+        println!(
+            "all {} containers reach each other over {backend}{families}. Try: twill-lab exec{flag} {}/{} ping {}; twill-lab down{flag}",
             all.len(),
-            all.last()
-                .and_then(|c| c.2.last())
-                .map(String::as_str)
-                .unwrap_or("")
+            st.hosts[first.0].name,
+            first.1,
+            last.2.last().map(String::as_str).unwrap_or("")
         );
     } else {
         println!("unreachable pairs: {failed_v4} over IPv4, {failed_v6} over IPv6");
@@ -487,7 +533,7 @@ pub fn check_all_pairs(
             );
         } else {
             println!(
-                "some containers are unreachable: look at `twill-lab logs HOST` and `twill-lab exec HOST ip route`"
+                "some containers are unreachable: look at `twill-lab logs{flag} HOST` and `twill-lab exec{flag} HOST ip route`"
             );
         }
     }

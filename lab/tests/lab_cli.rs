@@ -760,3 +760,275 @@ fn dual_stack_and_ipv6_only_labs_connect_in_each_family() {
         }
     }
 }
+
+/// Takes lab `name` down when dropped, also when the test panics.
+struct Down(&'static str);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = lab(&["down", "--name", self.0]);
+    }
+}
+
+/// Runs twill-lab with `args` (in a process group of its own); one still running after
+/// `secs` gets a SIGINT to it alone (it removes what it built) and is killed 90 s later.
+/// Its exit code and output.
+fn lab_within(args: &[&str], secs: u64) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt as _;
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(LAB)
+        .args(args)
+        .process_group(0)
+        .stdout(out.reopen().unwrap())
+        .stderr(out.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let ended = |child: &mut std::process::Child, secs| {
+        twill_testbed::wait_for(Duration::from_secs(secs), || {
+            child.try_wait().ok().flatten().is_some()
+        })
+    };
+    if !ended(&mut child, secs) {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        if !ended(&mut child, 90) {
+            let _ = child.kill();
+        }
+    }
+    let code = child.wait().ok().and_then(|s| s.code());
+    (
+        code,
+        std::fs::read_to_string(out.path()).unwrap_or_default(),
+    )
+}
+
+/// A lab's state file alone, as `down` and the other commands read it: host h1 (with
+/// container h1c1) and h2 (with h2c1), whose namespaces do not exist.
+fn fake_lab(name: &str) {
+    let host = |h: &str, c: &str, ip: &str| {
+        serde_json::json!({
+            "name": h, "netns": format!("tl-{name}-{h}"), "underlay_ip": ip, "subnet": null,
+            "twilld_pid": null, "log": format!("/nonexistent/{h}.log"),
+            "subnet_file": "/nonexistent/subnet.env", "cni_conf_dir": "/nonexistent",
+            "run_root": "/nonexistent",
+            "containers": [{"name": c, "ip": "10.244.9.2", "reachable": true}],
+        })
+    };
+    let st = serde_json::json!({
+        "name": name, "backend": "host-gw", "network": "10.244.0.0/16",
+        "etcd_endpoint": "http://172.31.0.1:2379", "etcd": [], "cni_path": "/nonexistent",
+        "hosts": [host("h1", "h1c1", "172.31.0.11"), host("h2", "h2c1", "172.31.0.12")],
+    });
+    let dir = Path::new("/run/twill-lab").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("state.json"), st.to_string()).unwrap();
+}
+
+#[test]
+fn bench_refuses_zero_seconds_instead_of_measuring_forever() {
+    if !ready() {
+        return;
+    }
+    // Before: iperf3 -t 0 (never ends) in a lab the bench built; stopped here after 30 s.
+    let _lab = Down("tbzs0");
+    let (code, out) = lab_within(
+        &[
+            "bench",
+            "--name",
+            "tbzs",
+            "--backends",
+            "udp",
+            "--seconds",
+            "0",
+        ],
+        30,
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("'--seconds <SECONDS>': must be at least 1"),
+        "{out}"
+    );
+    gone("tbzs0");
+}
+
+#[test]
+fn up_hints_name_the_lab_they_are_about() {
+    if !ready() {
+        return;
+    }
+    // Before: "Try: twill-lab exec h1/h1c1 ping …; twill-lab down", both about lab `lab`.
+    let _lab = Down("tnh");
+    let (ok, out) = up("tnh", 1, 2, "host-gw");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Try: twill-lab exec --name tnh h1/h1c1 ping 10.244."),
+        "{out}"
+    );
+    assert!(out.contains("; twill-lab down --name tnh\n"), "{out}");
+    // A command that is not there is named, with the host.
+    let (ok, exec) = lab(&["exec", "--name", "tnh", "h1", "/nonexistent/tool"]);
+    assert!(!ok, "{exec}");
+    assert!(exec.contains("running /nonexistent/tool on h1: "), "{exec}");
+    drop(_lab);
+    gone("tnh");
+    // No containers: no ping with nothing to ping.
+    let _lab = Down("tnh0");
+    let (ok, out) = up("tnh0", 1, 0, "host-gw");
+    assert!(ok, "{out}");
+    assert!(!out.contains("ping ;"), "{out}");
+    assert!(out.contains("twill-lab exec --name tnh0 h1 "), "{out}");
+    drop(_lab);
+    gone("tnh0");
+}
+
+#[test]
+fn up_of_a_lab_that_exists_neither_offers_nor_does_its_removal() {
+    if !ready() {
+        return;
+    }
+    let _lab = Down("tux");
+    fake_lab("tux");
+    let (code, out) = lab_within(
+        &[
+            "up",
+            "--name",
+            "tux",
+            "--hosts",
+            "1",
+            "--containers-per-host",
+            "0",
+        ],
+        60,
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("lab tux exists"), "{out}");
+    // Before: "(clean up with: twill-lab down --name tux)", of a lab this run never built.
+    assert!(!out.contains("clean up"), "{out}");
+    assert!(Path::new("/run/twill-lab/tux/state.json").exists(), "{out}");
+}
+
+#[test]
+fn up_refuses_what_the_pod_network_cannot_hold_before_building() {
+    if !ready() {
+        return;
+    }
+    // Before: 253 containers started on h1, then the 254th found no address (stopped here
+    // after 30 s); and a /29 made every twilld fail to lease, seen 30 s later.
+    let _lab = Down("tfit");
+    for (flags, want) in [
+        (
+            ["--containers-per-host", "300", "--network", "10.244.0.0/16"],
+            "--containers-per-host 300 does not fit a host's /24 of --network 10.244.0.0/16 (253 addresses at most)",
+        ),
+        (
+            ["--containers-per-host", "1", "--network", "10.244.0.0/29"],
+            "--network 10.244.0.0/29: network config: Network: 10.244.0.0/29 is too small",
+        ),
+    ] {
+        let mut args = vec!["up", "--name", "tfit", "--hosts", "1"];
+        args.extend(flags);
+        let (code, out) = lab_within(&args, 30);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(want), "{out}");
+        assert!(
+            !out.contains("==> building"),
+            "built before refusing: {out}"
+        );
+        gone("tfit");
+    }
+}
+
+#[test]
+fn status_exec_and_logs_say_which_lab_host_container_or_log_there_is() {
+    if !ready() {
+        return;
+    }
+    let _lab = Down("tslfake");
+    fake_lab("tslfake");
+    // Before: "no lab tslnone (run twill-lab up): reading …" with a lab up under another name.
+    for cmd in [&["status"][..], &["logs", "h1"], &["exec", "h1", "true"]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--name", "tslnone"]);
+        let (ok, out) = lab(&args);
+        assert!(!ok, "{out}");
+        let labs = out
+            .split_once("the labs up are ")
+            .map(|(_, l)| l.split(" (").next().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        assert!(labs.split(", ").any(|l| l == "tslfake"), "{cmd:?}: {out}");
+    }
+    // Before: twill-run's "no such container: h2c1" (exit 125) or the namespace's raw error.
+    let (ok, out) = lab(&["exec", "--name", "tslfake", "h1/h2c1", "true"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("no container h2c1 on h1: it runs on h2 (exec h2/h2c1)"),
+        "{out}"
+    );
+    let (ok, out) = lab(&["exec", "--name", "tslfake", "h1/nope", "true"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("no container nope on h1 (its containers: h1c1)"),
+        "{out}"
+    );
+    // Before: nothing at all, and success, for a log that is not there.
+    let (ok, out) = lab(&["logs", "--name", "tslfake", "h2"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("no twilld log of h2 in lab tslfake (/nonexistent/h2.log)"),
+        "{out}"
+    );
+}
+
+/// The options and arguments of `twill-lab CMD -h` that say nothing but their name (and
+/// default or possible values).
+fn undescribed(cmd: &str) -> Vec<String> {
+    let out = Command::new(LAB).args([cmd, "-h"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let lines: Vec<&str> = help.lines().collect();
+    let mut bare = Vec::new();
+    let mut in_args = false;
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with(' ') {
+            in_args = matches!(line.trim(), "Arguments:" | "Options:");
+            continue;
+        }
+        if !in_args || indent(line) > 6 || line.trim().is_empty() {
+            continue;
+        }
+        // The entry: the rest of its line after the name, then its more indented lines.
+        let t = line.trim();
+        let (spec, rest) = t.split_once("  ").unwrap_or((t, ""));
+        let mut text = rest.to_string();
+        for l in lines[i + 1..].iter().take_while(|l| indent(l) > 6) {
+            text.push(' ');
+            text.push_str(l.trim());
+        }
+        // Without the bracketed defaults and possible values.
+        let mut words = String::new();
+        let mut depth = 0;
+        for c in text.chars() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                c if depth == 0 => words.push(c),
+                _ => {}
+            }
+        }
+        if !words.chars().any(char::is_alphabetic) {
+            bare.push(format!("{cmd} {spec}"));
+        }
+    }
+    bare
+}
+
+#[test]
+fn every_option_and_argument_says_what_it_is() {
+    // Before: --hosts, --containers-per-host, --network, exec's TARGET and CMD, logs' HOST,
+    // bench's --seconds, soak's --hosts, --backend and --minutes said nothing.
+    let bare: Vec<String> = ["up", "down", "status", "exec", "logs", "bench", "soak"]
+        .into_iter()
+        .flat_map(undescribed)
+        .collect();
+    assert!(bare.is_empty(), "without a description: {bare:?}");
+}

@@ -68,10 +68,19 @@ fuzz_target!(|data: &[u8]| {
                 packet::parse_ipv6(&seg).is_ok(),
                 "IPv6 header of segment {i}"
             );
+            // The TCP header follows the extension headers segmentation repeats (hop-by-hop,
+            // routing with no segments left, destination options); the checksum covers TCP
+            // on, with the upper-layer length.
+            let (mut next, mut at) = (seg[6], 40);
+            while matches!(next, 0 | 43 | 60) {
+                next = seg[at];
+                at += (seg[at + 1] as usize + 1) * 8;
+            }
+            assert_eq!(next, ip::PROTO_TCP, "TCP behind the headers of segment {i}");
             let pseudo =
-                packet::sum(0, &seg[8..40]) + ip::PROTO_TCP as u64 + (seg.len() - 40) as u64;
+                packet::sum(0, &seg[8..40]) + ip::PROTO_TCP as u64 + (seg.len() - at) as u64;
             assert_eq!(
-                packet::fold(packet::sum(pseudo, &seg[40..])),
+                packet::fold(packet::sum(pseudo, &seg[at..])),
                 0xffff,
                 "TCPv6 checksum"
             );

@@ -145,7 +145,11 @@ pub fn bench(
         })
         .collect();
     let backends = &backends[..];
-    let prefix = if name == "lab" { "bench" } else { name };
+    let prefix = if name == crate::state::DEFAULT_NAME {
+        "bench"
+    } else {
+        name
+    };
     let names: Vec<String> = (0..backends.len())
         .map(|i| format!("{prefix}{i}"))
         .collect();

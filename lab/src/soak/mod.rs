@@ -18,7 +18,7 @@ use crate::backend::LabBackend;
 use crate::binaries::twill_run;
 use crate::commands::down;
 use crate::interrupt;
-use crate::state::{LabState, state_dir};
+use crate::state::{LabExists, LabState, state_dir};
 use crate::up::{self, UpOptions};
 use faults::{Fault, FaultKind, Rng, Target};
 use pings::Pinger;
@@ -56,10 +56,15 @@ fn now() -> f64 {
 struct Teardown {
     name: String,
     keep_logs: bool,
+    /// Off when the lab was never this soak's (its name was taken).
+    armed: bool,
 }
 
 impl Drop for Teardown {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         if self.keep_logs {
             crate::kept_logs::keep(&self.name);
         }
@@ -78,17 +83,19 @@ pub fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
         "--hosts must be at least 2 (pings go between hosts)"
     );
     anyhow::ensure!(o.lease_ttl >= 6, "--lease-ttl must be at least 6 seconds");
-    anyhow::ensure!(
-        !state_dir(&o.name).join("state.json").exists(),
-        "lab {} exists: run `twill-lab down --name {}` first",
-        o.name,
-        o.name
-    );
+    if state_dir(&o.name).join("state.json").exists() {
+        return Err(LabExists(o.name.clone()).into());
+    }
     let mut teardown = Teardown {
         name: o.name.clone(),
         keep_logs: false,
+        armed: true,
     };
     let result = run(o);
+    // Another run took the name first: the lab is its, not this soak's to remove.
+    teardown.armed = !result
+        .as_ref()
+        .is_err_and(|e| e.downcast_ref::<LabExists>().is_some());
     // Not after a stop, whatever it made fail on its way.
     teardown.keep_logs = result
         .as_ref()
@@ -313,6 +320,7 @@ mod tests {
         drop(Teardown {
             name: name.into(),
             keep_logs: true,
+            armed: true,
         });
         assert!(!state_dir(name).exists(), "the lab was not torn down");
         assert_eq!(
@@ -324,6 +332,7 @@ mod tests {
         drop(Teardown {
             name: name.into(),
             keep_logs: false,
+            armed: true,
         });
         assert!(!state_dir(name).exists(), "the lab was not torn down");
         assert!(!kept_twilld_log(name, "h1").exists());
