@@ -209,6 +209,7 @@ fn main() {
             etcd_members: 1,
             twilld_flags: Vec::new(),
             logs_kept_on_failure: false,
+            made_by_bench: false,
         })
         .map(|ok| if ok { 0 } else { 1 }),
         Cmd::Soak {

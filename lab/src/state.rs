@@ -145,6 +145,10 @@ pub struct LabState {
     pub etcd: Vec<EtcdState>,
     pub cni_path: String,
     pub hosts: Vec<HostState>,
+    /// Built by `bench` for one of its paths: the next bench of that name may replace it (a
+    /// crashed bench's leftover); a lab of the user's it refuses to touch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub made_by_bench: bool,
 }
 
 impl LabState {

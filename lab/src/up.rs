@@ -38,6 +38,8 @@ pub struct UpOptions {
     /// The caller removes the lab when it fails, after keeping its logs (`bench`, `soak`):
     /// errors name the kept copies instead of `twill-lab logs`, which finds nothing then.
     pub logs_kept_on_failure: bool,
+    /// `bench` builds it (recorded in its state: see [`LabState::made_by_bench`]).
+    pub made_by_bench: bool,
 }
 
 /// A lab whose steps all ran; `etcd` is set when this process still owns the members
@@ -108,6 +110,7 @@ pub fn build(o: &UpOptions, own_etcd: bool) -> anyhow::Result<BuiltLab> {
         ip_family: o.ip_family,
         network: network.to_string(),
         network6: o.ip_family.has_v6().then(|| o.network6.clone()),
+        made_by_bench: o.made_by_bench,
         cni_path: format!(
             "{}:/usr/lib/cni:/opt/cni/bin",
             sibling("twill")

@@ -852,6 +852,43 @@ fn bench_refuses_zero_seconds_instead_of_measuring_forever() {
 }
 
 #[test]
+fn bench_leaves_a_lab_of_the_users_alone() {
+    if !ready() {
+        return;
+    }
+    // Before: `bench --name tbo` tore down lab tbo0 (of the user's) as a leftover of its own,
+    // and built its lab under that name.
+    let _lab = Down("tbo0");
+    fake_lab("tbo0");
+    let (code, out) = lab_within(
+        &[
+            "bench",
+            "--name",
+            "tbo",
+            "--backends",
+            "host-gw",
+            "--runs",
+            "1",
+            "--seconds",
+            "1",
+        ],
+        120,
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("lab tbo0 is up and was not built by bench"),
+        "{out}"
+    );
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read("/run/twill-lab/tbo0/state.json").unwrap()).unwrap();
+    assert_eq!(
+        st["backend"], "host-gw",
+        "the user's lab is untouched: {out}"
+    );
+    assert_eq!(st["hosts"][0]["netns"], "tl-tbo0-h1", "{out}");
+}
+
+#[test]
 fn up_hints_name_the_lab_they_are_about() {
     if !ready() {
         return;

@@ -153,6 +153,11 @@ pub fn bench(
     let names: Vec<String> = (0..backends.len())
         .map(|i| format!("{prefix}{i}"))
         .collect();
+    // Each of them is torn down first (a crashed bench's leftover) and at the end: never a
+    // lab of the user's that happens to have one of these names.
+    for name in &names {
+        refuse_a_lab_not_made_by_bench(name)?;
+    }
     let mut relays = Vec::new();
     let mut forwarders = Vec::new();
     let mut anchors = Vec::new();
@@ -172,6 +177,7 @@ pub fn bench(
                 etcd_members: 1,
                 twilld_flags: Vec::new(),
                 logs_kept_on_failure: true,
+                made_by_bench: true,
             })?;
             if !ok {
                 return Err(not_connected(b, name));
@@ -307,6 +313,22 @@ fn conclude<T>(
         (Err(e), Err(t)) if crate::interrupt::is_interrupted(&e) => Err(t),
         (Err(e), Err(t)) => Err(anyhow::anyhow!("{e:#}; then {t:#}")),
     }
+}
+
+/// Fails when lab `name` is up and `bench` did not build it: the bench would remove it.
+fn refuse_a_lab_not_made_by_bench(name: &str) -> anyhow::Result<()> {
+    let dir = state_dir(name);
+    if !dir.exists() {
+        return Ok(());
+    }
+    if LabState::load(&dir).is_ok_and(|st| st.made_by_bench) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "lab {name} is up and was not built by bench, which tears down and rebuilds the labs it \
+         measures in ({name} among them): give bench another --name, or take the lab down with \
+         `twill-lab down --name {name}`"
+    )
 }
 
 /// Tears every lab in `names` down, also after one failed: a lab left for the first failure

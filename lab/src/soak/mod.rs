@@ -127,6 +127,7 @@ fn run(o: &SoakOptions) -> anyhow::Result<bool> {
             etcd_members: ETCD_MEMBERS,
             twilld_flags: twilld_flags.clone(),
             logs_kept_on_failure: true,
+            made_by_bench: false,
         },
         true,
     )?;
