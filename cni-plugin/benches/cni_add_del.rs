@@ -9,6 +9,7 @@
 //! stays attached for the whole run, as on a node that has pods: the timed ADDs and DELs are
 //! the usual ones, not the node's first and last (twill applies or removes its masquerade
 //! table only then). Runs entirely inside namespaces it creates (`twb-*`), removed at the end.
+//! `TWILL_BENCH_TWILL=PATH` times another build of twill (an A/B of two commits in one go).
 
 use std::io::Write;
 use std::path::Path;
@@ -19,6 +20,11 @@ use serde_json::{Value, json};
 use twill_netkit::Netns;
 
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
+
+/// The twill binary to time: this build's, or `TWILL_BENCH_TWILL`'s.
+fn twill_binary() -> String {
+    std::env::var("TWILL_BENCH_TWILL").unwrap_or_else(|_| TWILL.to_string())
+}
 const REF_DIR: &str = "/usr/lib/cni";
 
 struct Plugin {
@@ -96,7 +102,7 @@ fn ipv4_scenario(dir: &Path) -> Scenario {
         plugins: [
             Plugin {
                 label: "twill",
-                binary: TWILL.to_string(),
+                binary: twill_binary(),
                 conf: json!({
                     "cniVersion": "1.0.0", "name": "twbench", "type": "twill",
                     "subnetFile": dir.join("subnet-v4.env"),
@@ -135,7 +141,7 @@ fn dual_scenario(dir: &Path) -> Scenario {
         plugins: [
             Plugin {
                 label: "twill",
-                binary: TWILL.to_string(),
+                binary: twill_binary(),
                 conf: json!({
                     "cniVersion": "1.0.0", "name": "twbench6", "type": "twill",
                     "bridge": "cni2",

@@ -389,9 +389,13 @@ fn announce_addresses(
         )
     })?;
     let ips: Vec<IpAddr> = assigned.ips.iter().map(|a| a.ip.addr()).collect();
-    let (cindex, cname) = (container.index, container.name.as_str());
-    ctr.enter(|| twill_netkit::announce::announce(cindex, cname, mac, &ips))
-        .and_then(|sent| sent)
+    // The kernel announces: `arp_notify` and `ndisc_notify` are on for the interface
+    // (`setup::container_side`), and setting its MAC, even to the one it has, makes it send a
+    // gratuitous ARP per IPv4 address and an unsolicited neighbour advertisement per IPv6
+    // address. A packet socket of our own would cost every ADD an RCU grace period at its
+    // close (`packet_release`), ~15 ms.
+    let cindex = container.index;
+    ctr.run(|nl| async move { nl.set_mac(cindex, mac).await })
         .map_err(|e| CniError::new(INTERNAL, format!("in netns {}: {e}", ctr.label())))?;
     if !forwarding {
         return Err(CniError::new(

@@ -261,10 +261,14 @@ const ROUTER_IPV6: [(&str, &str); 2] = [("disable_ipv6", "0"), ("accept_ra", "0"
 /// be tentative for a second after the link comes up — and with hairpin on the bridge port
 /// the container's own neighbour solicitations come back to it (the reference bridge
 /// plugin turns DAD off for the same reason).
-const CONTAINER_IPV6: [(&str, &str); 3] = [
+/// `ndisc_notify`: the kernel sends an unsolicited neighbour advertisement per address when
+/// the interface's MAC is set, which ADD uses to tell the other containers on the bridge
+/// (see `commands::announce_addresses`).
+const CONTAINER_IPV6: [(&str, &str); 4] = [
     ("disable_ipv6", "0"),
     ("accept_ra", "0"),
     ("accept_dad", "0"),
+    ("ndisc_notify", "1"),
 ];
 
 /// Sets the per-interface IPv6 `keys` of `ifname` in the calling thread's namespace.
@@ -307,6 +311,12 @@ pub async fn container_side(
     } else if has_ipv6(ifname) {
         // An IPv4-only attachment must not pick up IPv6 from a stray RA either.
         ipv6_sysctls(ifname, nl, &[("accept_ra", "0")])?;
+    }
+    if addrs.iter().any(|a| a.addr().is_ipv4()) {
+        // A gratuitous ARP per address when the MAC is set (see `CONTAINER_IPV6`), as
+        // netavark sets it.
+        sysctl::ensure(&sysctl::conf_key("ipv4", ifname, "arp_notify"), "1")
+            .map_err(|e| CniError::new(INTERNAL, format!("in netns {}: {e}", nl.netns())))?;
     }
     for addr in addrs {
         nl.ensure_address(link.index, *addr).await?;

@@ -6,7 +6,6 @@
 //! idempotently and names the object and namespace in every error.
 
 mod addr;
-pub mod announce;
 mod error;
 pub mod firewall;
 mod link;

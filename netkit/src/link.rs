@@ -316,7 +316,7 @@ impl Netlink {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(state);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
         }
     }
 
