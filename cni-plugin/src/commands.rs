@@ -101,9 +101,9 @@ pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResu
         host_ns.enter(|| setup::enable_forwarding(&gateways))??;
     }
     let container = configure_container_side(&ctr, &plan.tmp_peer, &env.ifname, &assigned)?;
-    forget_stale_neighbours(&host_ns, &bridge, &assigned)?;
+    let port = forget_stale_neighbours(&host_ns, &bridge, &veth, &assigned)?;
     // Nothing the ADD did depends on it: a failure is a warning, not a failed ADD.
-    if let Err(e) = announce_addresses(&host_ns, &ctr, &veth, &container, &assigned) {
+    if let Err(e) = announce_addresses(port, &ctr, &veth, &container, &assigned) {
         eprintln!(
             "twill: warning: network {}: {} {}: {e}",
             conf.name, env.container_id, env.ifname
@@ -329,15 +329,24 @@ fn configure_container_side(
 /// seconds of probing — and the host, its port forwards and the traffic it routes in from
 /// other nodes would go nowhere. (The container's gratuitous ARP on link up cannot fix it:
 /// the bridge port is not forwarding yet when the container end comes up.)
-fn forget_stale_neighbours(host_ns: &Netns, bridge: &Link, assigned: &Assignment) -> CniResult<()> {
+///
+/// In the same netlink session, the wait for the host veth's bridge port that
+/// [`announce_addresses`] needs: its outcome, whose failure is only a warning there.
+fn forget_stale_neighbours(
+    host_ns: &Netns,
+    bridge: &Link,
+    veth: &Link,
+    assigned: &Assignment,
+) -> CniResult<CniResult<PortState>> {
     let addrs: Vec<IpAddr> = assigned.ips.iter().map(|a| a.ip.addr()).collect();
-    let (index, addrs) = (bridge.index, &addrs);
+    let (index, port, addrs) = (bridge.index, veth.index, &addrs);
     host_ns
         .run(|nl| async move {
             for ip in addrs {
                 nl.delete_neighbour(index, *ip).await?;
             }
-            Ok::<_, twill_netkit::Error>(())
+            let state = nl.wait_port_enabled(port, PORT_ENABLED_WAIT).await;
+            Ok::<_, twill_netkit::Error>(state.map_err(CniError::from))
         })
         .map_err(CniError::from)
 }
@@ -348,9 +357,9 @@ fn forget_stale_neighbours(host_ns: &Netns, bridge: &Link, assigned: &Assignment
 const PORT_ENABLED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Step, once everything but hairpin is in place (a failure is only a warning): when the
-/// host veth's bridge port forwards, the container announces its addresses from `CNI_IFNAME`
-/// (a gratuitous ARP request and reply per IPv4 address, an unsolicited neighbour
-/// advertisement with override per IPv6 address). Other containers on the bridge that still
+/// host veth's bridge port forwards (`port`: what [`forget_stale_neighbours`] waited for),
+/// the container announces its addresses from `CNI_IFNAME` (a gratuitous ARP per IPv4
+/// address, an unsolicited neighbour advertisement with override per IPv6 address). Other containers on the bridge that still
 /// map an address handed out again to the old container's MAC (REACHABLE for up to ~45 s)
 /// take the new one at once. The kernel's own announcement at link up would be lost: the
 /// bridge port is not forwarding yet then.
@@ -361,16 +370,13 @@ const PORT_ENABLED_WAIT: std::time::Duration = std::time::Duration::from_secs(1)
 /// still Disabled (or Blocking: STP found a loop) after [`PORT_ENABLED_WAIT`] gets the
 /// announcement anyway, and a warning.
 fn announce_addresses(
-    host_ns: &Netns,
+    port: CniResult<PortState>,
     ctr: &Netns,
     veth: &Link,
     container: &Link,
     assigned: &Assignment,
 ) -> CniResult<()> {
-    let index = veth.index;
-    let state = host_ns
-        .run(|nl| async move { nl.wait_port_enabled(index, PORT_ENABLED_WAIT).await })
-        .map_err(CniError::from)?;
+    let state = port?;
     let forwarding = match state {
         PortState::Forwarding => true,
         PortState::Disabled | PortState::Blocking => false,
@@ -388,7 +394,6 @@ fn announce_addresses(
             ),
         )
     })?;
-    let ips: Vec<IpAddr> = assigned.ips.iter().map(|a| a.ip.addr()).collect();
     // The kernel announces: `arp_notify` and `ndisc_notify` are on for the interface
     // (`setup::container_side`), and setting its MAC, even to the one it has, makes it send a
     // gratuitous ARP per IPv4 address and an unsolicited neighbour advertisement per IPv6
@@ -408,8 +413,10 @@ fn announce_addresses(
                     _ => "disabled (no carrier)",
                 },
                 PORT_ENABLED_WAIT,
-                ips.iter()
-                    .map(IpAddr::to_string)
+                assigned
+                    .ips
+                    .iter()
+                    .map(|a| a.ip.addr().to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),

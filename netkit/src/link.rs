@@ -316,7 +316,8 @@ impl Netlink {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(state);
             }
-            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+            // tokio's timer has millisecond steps.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 
