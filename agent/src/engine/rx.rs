@@ -177,34 +177,25 @@ impl<I: Inbound> RxWorker<I> {
             debug_assert_eq!(self.opened.len(), self.datagrams.len(), "one outcome each");
             for (r, outcome) in self.datagrams.iter().zip(self.opened.drain(..)) {
                 let at = base + r.start;
-                match outcome {
-                    Ok(Opened::Packet { inner, ip }) => {
-                        let kind = if inner.len() > mtu {
-                            too_big = Some((m.from, inner.len()));
-                            self.local.rx_over_mtu_packets += 1;
-                            Kind::OverMtu
-                        } else {
-                            Kind::V4(ip)
-                        };
-                        self.local.rx_packets += 1;
-                        self.local.rx_bytes += inner.len() as u64;
-                        self.pending.push((at + inner.start, at + inner.end, kind));
+                let (inner, kind) = match outcome {
+                    Ok(Opened::Packet { inner, ip }) => (inner, Kind::V4(ip)),
+                    Ok(Opened::Packet6 { inner }) => (inner, Kind::V6),
+                    Ok(Opened::Consumed) => continue,
+                    Err(why) => {
+                        self.local.count_drop(why, 1);
+                        continue;
                     }
-                    Ok(Opened::Packet6 { inner }) => {
-                        let kind = if inner.len() > mtu {
-                            too_big = Some((m.from, inner.len()));
-                            self.local.rx_over_mtu_packets += 1;
-                            Kind::OverMtu
-                        } else {
-                            Kind::V6
-                        };
-                        self.local.rx_packets += 1;
-                        self.local.rx_bytes += inner.len() as u64;
-                        self.pending.push((at + inner.start, at + inner.end, kind));
-                    }
-                    Ok(Opened::Consumed) => {}
-                    Err(why) => self.local.count_drop(why, 1),
-                }
+                };
+                let kind = if inner.len() > mtu {
+                    too_big = Some((m.from, inner.len()));
+                    self.local.rx_over_mtu_packets += 1;
+                    Kind::OverMtu
+                } else {
+                    kind
+                };
+                self.local.rx_packets += 1;
+                self.local.rx_bytes += inner.len() as u64;
+                self.pending.push((at + inner.start, at + inner.end, kind));
             }
         }
         if let Some((from, len)) = too_big {
