@@ -20,3 +20,6 @@ pub mod node;
 pub mod quote;
 pub mod status;
 pub mod underlay;
+
+#[cfg(test)]
+mod test_log;

@@ -12,6 +12,7 @@ use tokio::time::{Instant, sleep};
 use super::*;
 use crate::lease_store::memory::MemStore;
 use crate::netconf::BackendType;
+use crate::test_log::{capture_logs, logs};
 
 const CONFIG: &str = r#"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
 
@@ -502,57 +503,6 @@ async fn a_compacted_watch_is_re_listed_and_later_peers_are_seen() {
     assert!(seen.contains(&net("10.5.9.0/24")), "{seen:?}");
     assert!(seen.contains(&net("10.5.10.0/24")), "{seen:?}");
     assert!(c.store.calls("watch").len() >= 2, "watched again");
-}
-
-thread_local! {
-    /// Where this thread's log lines go while a test captures them.
-    static LOG_SINK: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Ends a thread's capture on drop.
-struct CaptureGuard;
-
-impl Drop for CaptureGuard {
-    fn drop(&mut self) {
-        LOG_SINK.with(|s| *s.borrow_mut() = None);
-    }
-}
-
-/// Log lines the code under test writes on this thread while the returned guard lives. One
-/// global subscriber writes every thread's lines to that thread's sink, if any: scoped
-/// subscribers (`set_default`) lose events while other test threads register callsites.
-fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, CaptureGuard) {
-    struct ThreadSink;
-    impl std::io::Write for ThreadSink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            LOG_SINK.with(|s| {
-                if let Some(buf) = s.borrow().as_ref() {
-                    buf.lock().unwrap().extend_from_slice(b);
-                }
-            });
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        let sub = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(|| ThreadSink)
-            .finish();
-        tracing::subscriber::set_global_default(sub).expect("no other global subscriber");
-    });
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    LOG_SINK.with(|s| *s.borrow_mut() = Some(buf.clone()));
-    (buf, CaptureGuard)
-}
-
-fn logs(buf: &Arc<Mutex<Vec<u8>>>) -> String {
-    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
 }
 
 #[tokio::test(start_paused = true)]

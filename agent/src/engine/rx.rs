@@ -32,8 +32,8 @@ enum Kind {
     OverMtu,
 }
 
-/// How often one worker repeats its warning that peers send packets over its MTU.
-const MTU_WARNING_EVERY: Duration = Duration::from_secs(600);
+/// How often a data path repeats its warning that peers send packets over its MTU.
+pub(super) const MTU_WARNING_EVERY: Duration = Duration::from_secs(600);
 
 /// A warning that is due at most once every `every`: the first time at once.
 pub(super) struct RateLimitedWarning {
@@ -74,9 +74,6 @@ pub(super) struct RxWorker<I: Inbound> {
     opened: Vec<Result<Opened, DropReason>>,
     coalescer: Coalescer,
     pub(super) local: LocalCounts,
-    /// Peers sending packets bigger than our MTU are logged, rate-limited: the nodes' MTUs
-    /// differ, which only the operator can fix.
-    mtu_warning: RateLimitedWarning,
 }
 
 /// Writes coalesced packets into the TUN and counts them.
@@ -121,7 +118,6 @@ impl<I: Inbound> RxWorker<I> {
             opened: Vec::with_capacity(64),
             coalescer: Coalescer::new(),
             local: LocalCounts::default(),
-            mtu_warning: RateLimitedWarning::new(MTU_WARNING_EVERY),
         }
     }
 
@@ -233,11 +229,18 @@ impl<I: Inbound> RxWorker<I> {
     }
 
     /// Says that `from` sends packets bigger than our MTU (delivered all the same; one of
-    /// `len` bytes), at most once every [`MTU_WARNING_EVERY`]: one clock read per receive
-    /// that had such.
+    /// `len` bytes), at most once every [`MTU_WARNING_EVERY`] for all workers of the data
+    /// path (the nodes' MTUs differ, which only the operator can fix): one clock read and
+    /// one uncontended lock per receive that had such.
     #[cold]
-    fn over_mtu(&mut self, from: SocketAddr, len: usize) {
-        if self.mtu_warning.due(Instant::now()) {
+    pub(super) fn over_mtu(&mut self, from: SocketAddr, len: usize) {
+        let due = self
+            .stats
+            .mtu_warning
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .due(Instant::now());
+        if due {
             tracing::warn!(
                 data_path = self.cfg.name,
                 peer = %from,

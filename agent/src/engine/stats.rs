@@ -2,9 +2,11 @@
 //! atomics once per batch, so counting costs no shared cache line per packet.
 
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::packet::DropReason;
+use super::rx::{MTU_WARNING_EVERY, RateLimitedWarning};
 
 /// Renders a backend's own `/metrics` lines.
 pub type ExtraLines = Box<dyn Fn(&mut String) + Send + Sync>;
@@ -27,6 +29,10 @@ pub struct Stats {
     pub icmp_unreachable: AtomicU64,
     pub io_errors: AtomicU64,
     pub drops: [AtomicU64; DropReason::ALL.len()],
+    /// The warning that peers send packets over our MTU, rate-limited for the whole data
+    /// path: every worker sees such packets, and one line per period is what the operator
+    /// needs (one per worker repeated the same news N times).
+    pub(super) mtu_warning: Mutex<RateLimitedWarning>,
     /// More lines a backend renders after the counters (wireguard: its peers).
     pub extra: std::sync::OnceLock<ExtraLines>,
 }
@@ -96,6 +102,7 @@ impl Stats {
             icmp_unreachable: AtomicU64::new(0),
             io_errors: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            mtu_warning: Mutex::new(RateLimitedWarning::new(MTU_WARNING_EVERY)),
             extra: std::sync::OnceLock::new(),
         }
     }

@@ -537,3 +537,34 @@ fn received_packets_over_the_mtu_are_delivered_each_on_its_own_and_counted() {
         "{text}"
     );
 }
+
+#[test]
+fn the_over_mtu_warning_is_said_once_for_all_workers_of_a_data_path() {
+    // Every worker of a data path receives from a peer whose MTU is larger. Each worker had
+    // its own rate limit, so a node with N queues logged the same news N times every period.
+    let (buf, _guard) = crate::test_log::capture_logs();
+    let stats = Arc::new(Stats::new("test"));
+    let from = SocketAddr::from((Ipv4Addr::LOCALHOST, 8285));
+    let mut workers: Vec<_> = (0..2)
+        .map(|_| {
+            let sock = sys::UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), true);
+            rx::RxWorker::new(
+                fake_tun().0,
+                Arc::new(sock.unwrap()),
+                WrapIn,
+                stats.clone(),
+                config(0, 1000),
+            )
+        })
+        .collect();
+    for w in &mut workers {
+        w.over_mtu(from, 1400);
+        w.over_mtu(from, 1400);
+    }
+    let said = crate::test_log::logs(&buf);
+    assert_eq!(
+        said.matches("bigger than this node's MTU").count(),
+        1,
+        "{said}"
+    );
+}
