@@ -1,6 +1,6 @@
 //! ADD, DEL, CHECK, STATUS and GC.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -11,7 +11,7 @@ use twill_netkit::{Link, Netns, PortState, random};
 use crate::config::{Attachment, Dns, NetConf};
 use crate::env::CniEnv;
 use crate::error::{
-    CniError, CniResult, DECODE, INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN,
+    CniError, CniResult, DECODE, INTERNAL, INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, TRY_AGAIN,
     UNKNOWN_CONTAINER,
 };
 use crate::ipam::assignment::{self, Assignment};
@@ -19,7 +19,7 @@ use crate::ipam::builtin;
 use crate::ipam::delegate;
 use crate::ipam::store::Store;
 use crate::masq::{Masq, MasqRule};
-use crate::result::{AddResult, Interface, IpConfig};
+use crate::result::{AddResult, Interface, IpConfig, RouteSpec};
 use crate::rollback::Rollback;
 use crate::setup::{self, HostPlan};
 
@@ -35,15 +35,20 @@ fn collected(what: String, errors: Vec<String>) -> CniResult<()> {
     }
 }
 
-/// Reads the subnet file; None when it does not exist.
+/// Reads the subnet file; None when it does not exist. What it reads as Flannel's plugin
+/// does but differently from how it is written goes to stderr, the plugin's log: stdout
+/// carries the result.
 fn subnet_env(conf: &NetConf) -> CniResult<Option<SubnetEnv>> {
     let path = conf.subnet_file();
     if !path.exists() {
         return Ok(None);
     }
-    SubnetEnv::read(&path)
-        .map(Some)
-        .map_err(|e| CniError::new(INVALID_CONFIG, e.to_string()))
+    let (se, warnings) =
+        SubnetEnv::read_noting(&path).map_err(|e| CniError::new(INVALID_CONFIG, e.to_string()))?;
+    for w in warnings {
+        eprintln!("twill: warning: {w}");
+    }
+    Ok(Some(se))
 }
 
 fn missing_subnet_file(conf: &NetConf, code: u32) -> CniError {
@@ -61,14 +66,30 @@ fn ip_masq(conf: &NetConf, se: Option<&SubnetEnv>) -> bool {
         .unwrap_or_else(|| se.is_some_and(|s| !s.ipmasq))
 }
 
-fn open_netns(path: &Path) -> CniResult<Netns> {
+/// The container's namespace (CNI_NETNS). env makes ADD and CHECK refuse to run without it;
+/// `None` here is a caller of the library that passed none.
+fn open_netns(path: Option<&Path>) -> CniResult<Netns> {
+    let Some(path) = path else {
+        return Err(CniError::new(
+            INVALID_ENV,
+            "no netns given: CNI_NETNS must name the container's network namespace",
+        ));
+    };
     Netns::open_path(path).map_err(|e| {
-        let code = if e.is_not_found() {
-            UNKNOWN_CONTAINER
+        if e.is_not_found() {
+            CniError::new(
+                UNKNOWN_CONTAINER,
+                format!(
+                    "container netns {} (CNI_NETNS) does not exist: the container is gone, or the runtime passed a wrong path",
+                    path.display()
+                ),
+            )
         } else {
-            INTERNAL
-        };
-        CniError::new(code, format!("opening container netns: {e}"))
+            CniError::new(
+                INTERNAL,
+                format!("opening container netns {}: {e}", path.display()),
+            )
+        }
     })
 }
 
@@ -81,8 +102,8 @@ fn current_netns() -> CniResult<Netns> {
 pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResult<String> {
     let se = subnet_env(conf)?;
     let masq = check_add_request(conf, se.as_ref())?;
-    let netns_path = env.netns.clone().unwrap_or_default();
-    let ctr = open_netns(&netns_path)?;
+    let ctr = open_netns(env.netns.as_deref())?;
+    let sandbox = ctr.path().display().to_string();
     ensure_interface_absent(&ctr, &env.ifname)?;
     let host_ns = current_netns()?;
 
@@ -123,13 +144,7 @@ pub fn add(conf: &NetConf, env: &CniEnv, stdin: &[u8], version: &str) -> CniResu
     }
     rollback.commit();
 
-    let result = add_result(
-        conf,
-        [bridge, veth],
-        container,
-        &netns_path.display().to_string(),
-        assigned,
-    );
+    let result = add_result(conf, [bridge, veth], container, &sandbox, assigned);
     Ok(result.to_json(version).to_string())
 }
 
@@ -401,7 +416,10 @@ fn announce_addresses(
     // close (`packet_release`), ~15 ms.
     let cindex = container.index;
     ctr.run(|nl| async move { nl.set_mac(cindex, mac).await })
-        .map_err(|e| CniError::new(INTERNAL, format!("in netns {}: {e}", ctr.label())))?;
+        .map_err(|e| {
+            let e = setup::link_named(e, cindex, &container.name);
+            CniError::new(INTERNAL, format!("announcing addresses: {e}"))
+        })?;
     if !forwarding {
         return Err(CniError::new(
             INTERNAL,
@@ -552,8 +570,15 @@ pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
     )
 }
 
-/// CHECK: the container interface, its addresses and routes match prevResult, the bridge
-/// exists, and the address is still reserved.
+/// CHECK, as strict as the reference bridge's: prevResult must be this attachment's result
+/// (CNI_IFNAME with CNI_NETNS as its sandbox, the configuration's bridge, this attachment's
+/// host veth), and the kernel must still hold what it says: the container end a veth whose
+/// peer is the host veth, a port of the bridge; every MAC prevResult gives; every address of
+/// the container interface on it; every main-table route out of it. Then the addresses are
+/// still reserved, and a delegated IPAM plugin checks its own.
+///
+/// Codes: 6 for a prevResult that is no CNI result, 7 for one that describes another
+/// attachment (it is part of the configuration), 999 for a kernel that no longer matches it.
 pub fn check(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::new(
@@ -561,62 +586,52 @@ pub fn check(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
             "CHECK needs prevResult in the network configuration",
         )
     })?;
-    let prev = AddResult::from_json(prev)?;
-    let netns_path = env.netns.clone().unwrap_or_default();
-    let ctr = open_netns(&netns_path)?;
+    let prev = AddResult::from_json(prev)
+        .map_err(|e| CniError::new(e.code, format!("CHECK: prevResult: {}", e.msg)))?;
+    let ctr = open_netns(env.netns.as_deref())?;
+    let sandbox = ctr.path().display().to_string();
+    let host_veth = setup::host_veth_name(&env.container_id, &env.ifname, 0);
+    let want = Described::find(&prev, conf.bridge(), &host_veth, &env.ifname, &sandbox)?;
     let ifname = env.ifname.clone();
-    let (addrs, routes) = ctr
+    let found = ctr
         .run(|nl| async move {
-            let l = nl.require_link(&ifname).await?;
-            Ok::<_, twill_netkit::Error>((
-                nl.list_addresses(l.index).await?,
-                nl.list_routes(None).await?,
-            ))
+            let Some(link) = nl.link_by_name(&ifname).await? else {
+                return Ok(None);
+            };
+            let peer = nl.link_detail(link.index).await?.and_then(|d| d.peer_index);
+            let addrs = nl.list_addresses(link.index).await?;
+            let routes = nl.list_routes(None).await?;
+            let names = nl
+                .list_links()
+                .await?
+                .into_iter()
+                .map(|l| (l.index, l.name))
+                .collect::<HashMap<u32, String>>();
+            Ok::<_, twill_netkit::Error>(Some(InContainer {
+                link,
+                peer,
+                addrs,
+                routes,
+                names,
+            }))
         })
-        .map_err(|e| CniError::new(INTERNAL, format!("CHECK: {e}")))?;
-    let ours = prev
-        .interfaces
-        .iter()
-        .position(|i| i.name == env.ifname && i.sandbox.is_some());
-    let our_ips: Vec<&IpConfig> = prev
-        .ips
-        .iter()
-        .filter(|ip| ip.interface.is_none() || ip.interface == ours)
-        .collect();
-    for ip in &our_ips {
-        if !addrs.contains(&ip.address) {
-            return Err(CniError::new(
+        .map_err(|e| CniError::new(INTERNAL, format!("CHECK: {e}")))?
+        .ok_or_else(|| {
+            CniError::new(
                 INTERNAL,
                 format!(
-                    "CHECK: address {} missing on {} in {}",
-                    ip.address,
-                    env.ifname,
-                    netns_path.display()
+                    "CHECK: {} not found in netns {sandbox}: the container lost the interface ADD made (DEL and ADD the attachment again)",
+                    env.ifname
                 ),
-            ));
-        }
-    }
-    // netkit lists the main table only: a route IPAM put into another table goes unchecked.
-    for r in prev.routes.iter().filter(|r| r.in_main_table()) {
-        if !routes.iter().any(|k| {
-            k.dst == r.dst
-                && (r.gw.is_none() || k.gateway == r.gw)
-                && (r.priority.is_none() || k.metric == r.priority)
-        }) {
-            return Err(CniError::new(
-                INTERNAL,
-                format!(
-                    "CHECK: route to {} missing in {}",
-                    r.dst,
-                    netns_path.display()
-                ),
-            ));
-        }
-    }
-    check_host_side(conf, env)?;
+            )
+        })?;
+    check_container_side(&want, &found, &env.ifname, &sandbox)?;
+    check_host_side(conf, env, &want, &found, &sandbox)?;
+    check_addresses_and_routes(&want, &found, &env.ifname, &sandbox)?;
     let se = subnet_env(conf)?;
-    if ip_masq(conf, se.as_ref()) && !our_ips.is_empty() {
-        let rules: Vec<MasqRule> = our_ips
+    if ip_masq(conf, se.as_ref()) && !want.ips.is_empty() {
+        let rules: Vec<MasqRule> = want
+            .ips
             .iter()
             .map(|ip| masq_rule(se.as_ref(), ip.address))
             .collect();
@@ -631,7 +646,8 @@ pub fn check(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
         let store = Store::open(&conf.ipam_dir())?;
         let lock = store.lock()?;
         let held: Vec<IpAddr> = store.find(&lock, &env.container_id, &env.ifname)?;
-        let unheld: Vec<String> = our_ips
+        let unheld: Vec<String> = want
+            .ips
             .iter()
             .filter(|ip| !held.contains(&ip.address.addr()))
             .map(|ip| ip.address.to_string())
@@ -655,25 +671,314 @@ pub fn check(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
     Ok(())
 }
 
-/// CHECK's host half: the bridge exists and the attachment's host veth is one of its ports,
-/// as the reference bridge checks. A bridge deleted and re-created leaves the old veths
-/// detached, and the container cut off while its own side looks fine.
-fn check_host_side(conf: &NetConf, env: &CniEnv) -> CniResult<()> {
-    let bridge = conf.bridge();
-    let host_veth = setup::host_veth_name(&env.container_id, &env.ifname, 0);
-    let (br, veth) = current_netns()?
-        .run(|nl| async move {
-            let br = nl.require_link(bridge).await?;
-            let veth = nl.require_link(&host_veth).await?;
-            Ok::<_, twill_netkit::Error>((br, veth))
+/// What prevResult says of this attachment: its three interfaces, the addresses of the
+/// container interface, the main-table routes.
+struct Described<'a> {
+    container: &'a Interface,
+    bridge: &'a Interface,
+    host_veth: &'a Interface,
+    ips: Vec<&'a IpConfig>,
+    /// netkit lists the main table only: a route IPAM put into another table goes unchecked.
+    routes: Vec<&'a RouteSpec>,
+}
+
+impl<'a> Described<'a> {
+    /// Finds this attachment in `prev`: `ifname` with `sandbox`, `bridge` and `host_veth`
+    /// without one. A prevResult without them, or with an address on another of its
+    /// interfaces, is another attachment's (code 7).
+    fn find(
+        prev: &'a AddResult,
+        bridge: &str,
+        host_veth: &str,
+        ifname: &str,
+        sandbox: &str,
+    ) -> CniResult<Described<'a>> {
+        let not_ours = |what: String| {
+            CniError::new(
+                INVALID_CONFIG,
+                format!(
+                    "CHECK: {what}; prevResult lists {}: it is not the result of this attachment",
+                    listed(prev)
+                ),
+            )
+        };
+        let ci = prev
+            .interfaces
+            .iter()
+            .position(|i| i.name == ifname && i.sandbox.as_deref() == Some(sandbox))
+            .ok_or_else(|| {
+                let same_name = prev.interfaces.iter().find(|i| i.name == ifname);
+                not_ours(match same_name.map(|i| i.sandbox.as_deref()) {
+                    Some(Some(other)) => format!(
+                        "the sandbox of prevResult's {ifname} is {other}, CNI_NETNS is {sandbox}"
+                    ),
+                    Some(None) => format!(
+                        "prevResult's {ifname} has no sandbox (a host interface), CNI_IFNAME {ifname} is the container's in {sandbox}"
+                    ),
+                    None => format!(
+                        "prevResult has no interface {ifname} (CNI_IFNAME) with sandbox {sandbox} (CNI_NETNS)"
+                    ),
+                })
+            })?;
+        let on_host = |name: &str| {
+            prev.interfaces
+                .iter()
+                .find(|i| i.name == name && i.sandbox.is_none())
+        };
+        let bridge_if = on_host(bridge).ok_or_else(|| {
+            not_ours(format!(
+                "prevResult has no host interface {bridge} (the configuration's bridge)"
+            ))
+        })?;
+        let veth_if = on_host(host_veth).ok_or_else(|| {
+            not_ours(format!(
+                "prevResult has no host interface {host_veth} (the host veth of this container ID and CNI_IFNAME {ifname})"
+            ))
+        })?;
+        let mut ips = Vec::new();
+        for (n, ip) in prev.ips.iter().enumerate() {
+            match ip.interface {
+                None => ips.push(ip),
+                Some(i) if i == ci => ips.push(ip),
+                Some(i) => match prev.interfaces.get(i) {
+                    Some(other) => {
+                        return Err(not_ours(format!(
+                            "prevResult's ips[{n}] {} is on interfaces[{i}] ({}), not on {ifname}",
+                            ip.address, other.name
+                        )));
+                    }
+                    None => {
+                        return Err(CniError::new(
+                            DECODE,
+                            format!(
+                                "CHECK: prevResult: ips[{n}].interface is {i}, and there are {} interfaces",
+                                prev.interfaces.len()
+                            ),
+                        ));
+                    }
+                },
+            }
+        }
+        Ok(Described {
+            container: &prev.interfaces[ci],
+            bridge: bridge_if,
+            host_veth: veth_if,
+            ips,
+            routes: prev.routes.iter().filter(|r| r.in_main_table()).collect(),
         })
-        .map_err(|e| CniError::new(INTERNAL, format!("CHECK: {e}")))?;
-    if veth.controller != Some(br.index) {
+    }
+}
+
+/// prevResult's interfaces for a message: `cni0, veth…, eth1 in /var/run/netns/c`.
+fn listed(prev: &AddResult) -> String {
+    if prev.interfaces.is_empty() {
+        return "no interfaces".to_string();
+    }
+    prev.interfaces
+        .iter()
+        .map(|i| match &i.sandbox {
+            Some(s) => format!("{} in {s}", i.name),
+            None => i.name.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the container's namespace holds of the attachment.
+struct InContainer {
+    link: Link,
+    /// The host veth's index, for a veth.
+    peer: Option<u32>,
+    addrs: Vec<IpNet>,
+    routes: Vec<twill_netkit::Route>,
+    /// Every link's name by index, to name the devices of routes in messages.
+    names: HashMap<u32, String>,
+}
+
+/// A MAC prevResult gives (`""`: none) against what `link` has; `what` names the link.
+fn check_mac(want: &Interface, link: &Link, what: &str) -> CniResult<()> {
+    if want.mac.is_empty() {
+        return Ok(());
+    }
+    let Some(mac) = twill_netkit::parse_mac(&want.mac) else {
+        return Err(CniError::new(
+            DECODE,
+            format!(
+                "CHECK: prevResult: the mac of {} is {:?}, not a MAC address",
+                want.name, want.mac
+            ),
+        ));
+    };
+    if link.mac != mac {
         return Err(CniError::new(
             INTERNAL,
             format!(
-                "CHECK: host veth {} of {} {} is not a port of bridge {bridge}",
-                veth.name, env.container_id, env.ifname
+                "CHECK: {what} has MAC {}, prevResult says {}",
+                twill_netkit::format_mac(&link.mac),
+                want.mac
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The container end is the veth ADD made, with prevResult's MAC.
+fn check_container_side(
+    want: &Described<'_>,
+    found: &InContainer,
+    ifname: &str,
+    sandbox: &str,
+) -> CniResult<()> {
+    if found.link.kind.as_deref() != Some("veth") {
+        return Err(CniError::new(
+            INTERNAL,
+            format!(
+                "CHECK: {ifname} in netns {sandbox} is a {} link, not the veth ADD made",
+                found.link.kind.as_deref().unwrap_or("device")
+            ),
+        ));
+    }
+    check_mac(
+        want.container,
+        &found.link,
+        &format!("{ifname} in netns {sandbox}"),
+    )
+}
+
+/// CHECK's host half: the bridge exists, the attachment's host veth is one of its ports and
+/// the container end's peer, and both have prevResult's MACs, as the reference bridge checks.
+/// A bridge deleted and re-created leaves the old veths detached, and the container cut off
+/// while its own side looks fine.
+fn check_host_side(
+    conf: &NetConf,
+    env: &CniEnv,
+    want: &Described<'_>,
+    found: &InContainer,
+    sandbox: &str,
+) -> CniResult<()> {
+    let bridge = conf.bridge();
+    let host_veth = want.host_veth.name.as_str();
+    let (br, veth, veth_peer) = current_netns()?
+        .run(|nl| async move {
+            let br = nl.link_by_name(bridge).await?;
+            let veth = nl.link_by_name(host_veth).await?;
+            let peer = match &veth {
+                Some(v) => nl.link_detail(v.index).await?.and_then(|d| d.peer_index),
+                None => None,
+            };
+            Ok::<_, twill_netkit::Error>((br, veth, peer))
+        })
+        .map_err(|e| CniError::new(INTERNAL, format!("CHECK: {e}")))?;
+    let attachment = format!("{} {}", env.container_id, env.ifname);
+    let fail = |msg: String| Err(CniError::new(INTERNAL, format!("CHECK: {msg}")));
+    let Some(br) = br else {
+        return fail(format!("bridge {bridge} not found in the runtime's netns"));
+    };
+    if br.kind.as_deref() != Some("bridge") {
+        return fail(format!(
+            "{bridge} is a {} link, not a bridge",
+            br.kind.as_deref().unwrap_or("device")
+        ));
+    }
+    check_mac(want.bridge, &br, &format!("bridge {bridge}"))?;
+    let Some(veth) = veth else {
+        return fail(format!(
+            "host veth {host_veth} of {attachment} not found in the runtime's netns"
+        ));
+    };
+    if veth.controller != Some(br.index) {
+        return fail(format!(
+            "host veth {host_veth} of {attachment} is not a port of bridge {bridge}"
+        ));
+    }
+    if veth.kind.as_deref() != Some("veth")
+        || veth_peer != Some(found.link.index)
+        || found.peer != Some(veth.index)
+    {
+        return fail(format!(
+            "host veth {host_veth} of {attachment} is not the peer of {} in netns {sandbox}",
+            env.ifname
+        ));
+    }
+    check_mac(want.host_veth, &veth, &format!("host veth {host_veth}"))
+}
+
+/// Every address prevResult gives the container interface is on it; every main-table route
+/// it lists goes out of it (via its gateway, with its metric, where it names them).
+fn check_addresses_and_routes(
+    want: &Described<'_>,
+    found: &InContainer,
+    ifname: &str,
+    sandbox: &str,
+) -> CniResult<()> {
+    for ip in &want.ips {
+        if !found.addrs.contains(&ip.address) {
+            let there: Vec<String> = found.addrs.iter().map(IpNet::to_string).collect();
+            return Err(CniError::new(
+                INTERNAL,
+                format!(
+                    "CHECK: address {} missing on {ifname} in netns {sandbox} (it has {})",
+                    ip.address,
+                    if there.is_empty() {
+                        "none".to_string()
+                    } else {
+                        there.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    let index = found.link.index;
+    for r in &want.routes {
+        let out_of_ours = |k: &&twill_netkit::Route| {
+            k.dst == r.dst
+                && k.oif == Some(index)
+                && r.gw.is_none_or(|g| k.gateway == Some(g))
+                && r.priority.is_none_or(|p| k.metric == Some(p))
+        };
+        if found.routes.iter().any(|k| out_of_ours(&k)) {
+            continue;
+        }
+        let mut wanted = format!("route to {}", r.dst);
+        if let Some(gw) = r.gw {
+            wanted.push_str(&format!(" via {gw}"));
+        }
+        wanted.push_str(&format!(" dev {ifname}"));
+        if let Some(p) = r.priority {
+            wanted.push_str(&format!(" metric {p}"));
+        }
+        let same_dst: Vec<String> = found
+            .routes
+            .iter()
+            .filter(|k| k.dst == r.dst)
+            .map(|k| {
+                let mut s = String::new();
+                if let Some(gw) = k.gateway {
+                    s.push_str(&format!("via {gw} "));
+                }
+                let dev = k.oif.map(|i| {
+                    found
+                        .names
+                        .get(&i)
+                        .cloned()
+                        .unwrap_or_else(|| format!("index {i}"))
+                });
+                s.push_str(&format!("dev {}", dev.as_deref().unwrap_or("none")));
+                if let Some(m) = k.metric {
+                    s.push_str(&format!(" metric {m}"));
+                }
+                s
+            })
+            .collect();
+        return Err(CniError::new(
+            INTERNAL,
+            format!(
+                "CHECK: {wanted} missing in netns {sandbox} ({})",
+                if same_dst.is_empty() {
+                    format!("no route to {} there", r.dst)
+                } else {
+                    format!("routes to {} there: {}", r.dst, same_dst.join("; "))
+                }
             ),
         ));
     }
@@ -779,6 +1084,27 @@ mod gc_tests {
         assert!(
             conf.ipam_dir().join("10.244.7.10").exists(),
             "the kept one stays"
+        );
+    }
+}
+
+#[cfg(test)]
+mod netns_tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_absent_netns_is_named() {
+        // Before: "network namespace  not found in netns -" for both.
+        let e = open_netns(None).unwrap_err();
+        assert_eq!(e.code, INVALID_ENV);
+        assert!(e.msg.contains("no netns given"), "{}", e.msg);
+        let path = Path::new("/nonexistent/twill-test-netns");
+        let e = open_netns(Some(path)).unwrap_err();
+        assert_eq!(e.code, UNKNOWN_CONTAINER);
+        assert!(
+            e.msg.contains("/nonexistent/twill-test-netns") && !e.msg.contains("netns -"),
+            "{}",
+            e.msg
         );
     }
 }

@@ -210,61 +210,64 @@ impl AddResult {
     }
 
     /// Reads a result of any supported version (IPAM plugin output or prevResult), both
-    /// families: `ips` (0.3.0 and later) or `ip4`/`ip6` (0.1.0/0.2.0).
+    /// families: `ips` (0.3.0 and later) or `ip4`/`ip6` (0.1.0/0.2.0). A result is a JSON
+    /// object, and each key read has the type the spec gives it (null is as good as absent,
+    /// as to the reference types): anything else is a decode error naming the key, never a
+    /// result with less in it than was sent.
     pub fn from_json(v: &Value) -> CniResult<AddResult> {
-        let mut r = AddResult::default();
-        if let Some(ifs) = v.get("interfaces").and_then(Value::as_array) {
-            for i in ifs {
-                r.interfaces.push(Interface {
-                    name: i
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    mac: i
-                        .get("mac")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    mtu: i.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
-                    sandbox: i.get("sandbox").and_then(Value::as_str).map(str::to_string),
-                });
-            }
+        if !v.is_object() {
+            return Err(bad(&format!("a result is a JSON object, not {}", kind(v))));
         }
-        for ip in v.get("ips").and_then(Value::as_array).into_iter().flatten() {
-            let address = ip
-                .get("address")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("ips[].address missing"))?;
+        let mut r = AddResult::default();
+        for (n, i) in array(v, "", "interfaces")?.iter().enumerate() {
+            let key = format!("interfaces[{n}]");
+            if !i.is_object() {
+                return Err(bad(&format!("{key} is {}, not an object", kind(i))));
+            }
+            r.interfaces.push(Interface {
+                name: string(i, &key, "name")?.unwrap_or_default().to_string(),
+                mac: string(i, &key, "mac")?.unwrap_or_default().to_string(),
+                mtu: index(i, &key, "mtu")?
+                    .map(|m| {
+                        u32::try_from(m)
+                            .map_err(|_| bad(&format!("{key}.mtu {m} is not a 32-bit number")))
+                    })
+                    .transpose()?,
+                sandbox: string(i, &key, "sandbox")?.map(str::to_string),
+            });
+        }
+        for (n, ip) in array(v, "", "ips")?.iter().enumerate() {
+            let key = format!("ips[{n}]");
+            if !ip.is_object() {
+                return Err(bad(&format!("{key} is {}, not an object", kind(ip))));
+            }
+            let address = string(ip, &key, "address")?
+                .ok_or_else(|| bad(&format!("{key}.address missing")))?;
             r.ips.push(IpConfig {
                 address: parse_net("address", address)?,
                 gateway: parse_gw(ip.get("gateway"), "gateway")?,
-                interface: ip
-                    .get("interface")
-                    .and_then(Value::as_u64)
-                    .map(|i| i as usize),
+                interface: index(ip, &key, "interface")?
+                    .map(|i| {
+                        usize::try_from(i)
+                            .map_err(|_| bad(&format!("{key}.interface {i} is too large")))
+                    })
+                    .transpose()?,
             });
         }
-        for rt in v
-            .get("routes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for rt in array(v, "", "routes")? {
             r.routes.push(parse_route(rt)?);
         }
         // 0.1.0/0.2.0: one object per family, routes inside it.
         for key in ["ip4", "ip6"] {
-            let Some(obj) = v.get(key).and_then(Value::as_object) else {
-                continue;
+            let obj = match v.get(key) {
+                None | Some(Value::Null) => continue,
+                Some(Value::Object(obj)) => obj,
+                Some(other) => {
+                    return Err(bad(&format!("{key} is {}, not an object", kind(other))));
+                }
             };
             r.ips.push(legacy_ip(key, obj)?);
-            for rt in obj
-                .get("routes")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for rt in array(&v[key], &format!("{key}."), "routes")? {
                 r.routes.push(parse_route(rt)?);
             }
         }
@@ -284,26 +287,69 @@ fn bad(what: &str) -> CniError {
     CniError::new(DECODE, format!("decoding CNI result: {what}"))
 }
 
+/// What a JSON value is, for messages.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `obj[key]` as an array (`at` is how the message names `obj`: "" or "ip4."); empty when
+/// absent or null.
+fn array<'a>(obj: &'a Value, at: &str, key: &str) -> CniResult<&'a [Value]> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(other) => Err(bad(&format!("{at}{key} is {}, not an array", kind(other)))),
+    }
+}
+
+/// `obj[key]` as a string (`at` names `obj` in the message); None when absent or null.
+fn string<'a>(obj: &'a Value, at: &str, key: &str) -> CniResult<Option<&'a str>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(bad(&format!("{at}.{key} is {}, not a string", kind(other)))),
+    }
+}
+
+/// `obj[key]` as an unsigned number; None when absent or null.
+fn index(obj: &Value, at: &str, key: &str) -> CniResult<Option<u64>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad(&format!("{at}.{key} is {v}, not a number from 0 up"))),
+    }
+}
+
 fn parse_net(field: &str, text: &str) -> CniResult<IpNet> {
     text.parse()
         .map_err(|_| bad(&format!("bad {field} {text:?}")))
 }
 
 fn parse_gw(v: Option<&Value>, field: &str) -> CniResult<Option<IpAddr>> {
-    match v.and_then(Value::as_str) {
-        Some(g) => g
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(g)) => g
             .parse()
             .map(Some)
             .map_err(|_| bad(&format!("bad {field} {g:?}"))),
-        None => Ok(None),
+        Some(other) => Err(bad(&format!("{field} is {}, not a string", kind(other)))),
     }
 }
 
 fn parse_route(rt: &Value) -> CniResult<RouteSpec> {
-    let dst = rt
-        .get("dst")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("routes[].dst missing"))?;
+    if !rt.is_object() {
+        return Err(bad(&format!("a route is {}, not an object", kind(rt))));
+    }
+    let dst = string(rt, "routes[]", "dst")?.ok_or_else(|| bad("routes[].dst missing"))?;
     let uint = |key: &str| -> CniResult<Option<u32>> {
         match rt.get(key) {
             None | Some(Value::Null) => Ok(None),

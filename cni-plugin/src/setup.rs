@@ -318,10 +318,11 @@ pub async fn container_side(
         sysctl::ensure(&sysctl::conf_key("ipv4", ifname, "arp_notify"), "1")
             .map_err(|e| CniError::new(INTERNAL, format!("in netns {}: {e}", nl.netns())))?;
     }
+    let named = |e| link_named(e, link.index, ifname);
     for addr in addrs {
-        nl.ensure_address(link.index, *addr).await?;
+        nl.ensure_address(link.index, *addr).await.map_err(named)?;
     }
-    nl.set_up(link.index).await?;
+    nl.set_up(link.index).await.map_err(named)?;
     for r in routes {
         let family_gw = gateways
             .iter()
@@ -329,11 +330,72 @@ pub async fn container_side(
             .find(|g| g.is_ipv4() == r.dst.addr().is_ipv4())
             .filter(|_| r.is_global());
         let route = container_route(r, link.index, r.gw.or(family_gw));
-        // A second attachment does not take over the routes the first set (the default
-        // route above all): first one wins, as with the reference plugins.
-        nl.add_route_if_absent(&route).await?;
+        // Next to another attachment's routes to the same destination, as the reference
+        // plugins add them: a second attachment of the network in this namespace gets its
+        // routes too (IPv4 puts the newer first, IPv6 makes one multipath route), and they
+        // outlive the first attachment's DEL, which takes only the first one's routes along.
+        nl.add_route_ecmp(&route)
+            .await
+            .map_err(|e| route_error(e, &route, ifname))?;
     }
     Ok(nl.require_link(ifname).await?)
+}
+
+/// netkit names a link by its index (`link #5`, `dev #5`), which tells the runtime nothing:
+/// the container interface is known by CNI_IFNAME.
+pub fn link_named(e: twill_netkit::Error, index: u32, name: &str) -> twill_netkit::Error {
+    use twill_netkit::Error;
+    let fix = |text: String| replace_index(&text, index, name);
+    match e {
+        Error::Netlink {
+            op,
+            object,
+            netns,
+            cause,
+        } => Error::Netlink {
+            op,
+            object: fix(object),
+            netns,
+            cause,
+        },
+        Error::NotFound { kind, name, netns } => Error::NotFound {
+            kind,
+            name: fix(name),
+            netns,
+        },
+        Error::Invalid(msg) => Error::Invalid(fix(msg)),
+        other => other,
+    }
+}
+
+/// `text` with every `link #<index>` / `dev #<index>` (not a longer number) naming `name`.
+fn replace_index(text: &str, index: u32, name: &str) -> String {
+    let needle = format!("#{index}");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(&needle) {
+        let (before, after) = (&rest[..at], &rest[at + needle.len()..]);
+        let is_link = before.ends_with("link ") || before.ends_with("dev ");
+        let whole = !after.starts_with(|c: char| c.is_ascii_digit());
+        out.push_str(before);
+        out.push_str(if is_link && whole { name } else { &needle });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A container route the kernel refused, with the interface named and, for the refusal an
+/// IPAM configuration causes most, what to change.
+fn route_error(e: twill_netkit::Error, route: &Route, ifname: &str) -> CniError {
+    let hint = match (e.errno(), route.gateway) {
+        (Some(libc::ENETUNREACH), Some(gw)) => format!(
+            ": no address on {ifname} has a subnet holding the gateway {gw}; the route's gw must lie in a subnet of the container's addresses (check the IPAM routes)"
+        ),
+        _ => String::new(),
+    };
+    let e = link_named(e, route.oif.unwrap_or_default(), ifname);
+    CniError::new(INTERNAL, format!("{e}{hint}"))
 }
 
 /// The kernel route for `r` out of link `index`: the CNI 1.1 fields the reference

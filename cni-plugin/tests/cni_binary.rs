@@ -996,38 +996,141 @@ fn state_lives_outside_the_ipam_store_and_is_migrated() {
     assert_eq!(store_files(), ["last_reserved_ip.0", "lock"]);
 }
 
+/// The devices of the routes to `dst` of `family` (`-4`/`-6`) in namespace `ns`, in the order
+/// the kernel lists them, the next hops of a multipath route included.
+fn route_devs(ns: &str, family: &str, dst: &str) -> Vec<String> {
+    let routes = twill_tests::ip_json(ns, &[family, "route", "show", dst]);
+    let mut devs = Vec::new();
+    for r in routes.as_array().cloned().unwrap_or_default() {
+        if let Some(d) = r["dev"].as_str() {
+            devs.push(d.to_string());
+        }
+        for hop in r["nexthops"].as_array().cloned().unwrap_or_default() {
+            devs.push(hop["dev"].as_str().unwrap_or("").to_string());
+        }
+    }
+    devs
+}
+
+/// Two attachments of the network in one container (Multus, a runtime giving a container two
+/// interfaces on one network): the second gets the routes its result lists too, next to the
+/// first one's, as the reference bridge + host-local add them (`RouteAddEcmp`, no
+/// NLM_F_EXCL): IPv4 lists the newer route first, and it takes the traffic; IPv6 makes one
+/// multipath route of the two. Each attachment keeps its own when the other goes. The same
+/// steps with the reference plugins in a container next to it leave the same routes. Before,
+/// the second got none ("first one wins"), and after DEL of the first the container had
+/// neither a default nor an overlay route while eth1 was still attached.
 #[test]
-fn a_second_attachment_leaves_the_first_ones_routes_alone() {
+fn a_second_attachment_gets_its_routes_and_keeps_them_when_the_first_goes() {
     if !preconditions(
-        "a_second_attachment_leaves_the_first_ones_routes_alone",
+        "a_second_attachment_gets_its_routes_and_keeps_them_when_the_first_goes",
         &["ip"],
     ) {
         return;
     }
-    let node = Node::new("cni2a", V4);
-    let conf = node.conf("1.1.0");
-    let (_ns, p) = node.ctr("c");
-    let c = node.scope.name("c");
-    let routes_dev = |what: &str| -> Vec<String> {
-        twill_tests::ip_json(&c, &["route", "show", what])
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|r| r["dev"].as_str().unwrap_or("").to_string())
-            .collect()
+    if !reference_plugin_installed("bridge") || !reference_plugin_installed("host-local") {
+        return;
+    }
+    const DUAL: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_NETWORK=fd00:244::/32\nFLANNEL_IPV6_SUBNET=fd00:244:7::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+    let node = Node::new("cni2a", DUAL);
+    let mut conf = node.conf("1.0.0");
+    conf["ipMasq"] = json!(false);
+    // The reference on the same routes, in a subnet and bridge of its own.
+    let reference = json!({
+        "cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "refbr0",
+        "isGateway": true, "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.246.7.0/24"}], [{"subnet": "fd00:246:7::/64"}]],
+            "routes": [
+                {"dst": "10.246.0.0/16"}, {"dst": "0.0.0.0/0"},
+                {"dst": "fd00:246::/32"}, {"dst": "::/0"}
+            ],
+            "dataDir": node.dir.path().join("refipam")
+        }
+    });
+    let bridge = format!("{}/bridge", twill_tests::cni::REFERENCE_DIR);
+    let (_t, pt) = node.ctr("t");
+    let (_r, pr) = node.ctr("r");
+    let (t, r) = (node.scope.name("t"), node.scope.name("r"));
+    let twill = |cmd: &str, ifname: &str| -> Value {
+        let (ok, out) = node.cni(cmd, "k1", &pt, ifname, &conf, &[]);
+        assert!(ok, "twill {cmd} {ifname}: {out}");
+        out
     };
-    assert!(node.cni("ADD", "ctr", &p, "eth0", &conf, &[]).0);
-    assert_eq!(routes_dev("default"), ["eth0"]);
-    let (ok, r) = node.cni("ADD", "ctr", &p, "eth1", &conf, &[]);
-    assert!(ok, "{r}");
-    assert_eq!(routes_dev("default"), ["eth0"], "first one wins");
-    assert!(node.cni("DEL", "ctr", &p, "eth1", &conf, &[]).0);
-    assert_eq!(
-        routes_dev("default"),
-        ["eth0"],
-        "removing the second attachment keeps the first one's default route"
-    );
+    let refer = |cmd: &str, ifname: &str| {
+        let (ok, out, err) = run_plugin(
+            &bridge,
+            Some(&node.host),
+            cmd,
+            "k1",
+            &pr,
+            ifname,
+            &reference,
+            &[],
+        );
+        assert!(ok, "reference {cmd} {ifname}: {out} / {err}");
+    };
+    // The devices of the routes to each destination, sorted; the IPv4 default's in the
+    // kernel's order (the first takes the traffic).
+    let devs = |ns: &str, overlay4: &str, overlay6: &str| -> Vec<Vec<String>> {
+        let mut all = vec![route_devs(ns, "-4", "default")];
+        for (family, dst) in [("-4", overlay4), ("-6", "default"), ("-6", overlay6)] {
+            let mut d = route_devs(ns, family, dst);
+            d.sort();
+            all.push(d);
+        }
+        all
+    };
+    let twill_devs = || devs(&t, "10.244.0.0/16", "fd00:244::/32");
+    let ref_devs = || devs(&r, "10.246.0.0/16", "fd00:246::/32");
+    let check = |ifname: &str, r: &Value| {
+        let mut check = conf.clone();
+        check["prevResult"] = r.clone();
+        let (ok, out) = node.cni("CHECK", "k1", &pt, ifname, &check, &[]);
+        assert!(ok, "CHECK {ifname}: {out}");
+    };
+    let all = |v: &[&str]| -> Vec<Vec<String>> {
+        let mut sorted: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        sorted.sort();
+        vec![
+            v.iter().map(|s| s.to_string()).collect(),
+            sorted.clone(),
+            sorted.clone(),
+            sorted,
+        ]
+    };
+    let steps: [(&str, &str, &[&str]); 4] = [
+        ("ADD", "eth0", &["eth0"]),
+        ("ADD", "eth1", &["eth1", "eth0"]),
+        ("DEL", "eth0", &["eth1"]),
+        ("ADD", "eth0", &["eth0", "eth1"]),
+    ];
+    let mut results = std::collections::HashMap::new();
+    for (cmd, ifname, want) in steps {
+        results.insert(ifname, twill(cmd, ifname));
+        refer(cmd, ifname);
+        let got = twill_devs();
+        assert_eq!(
+            got,
+            ref_devs(),
+            "twill and the reference after {cmd} {ifname}"
+        );
+        assert_eq!(got, all(want), "after {cmd} {ifname}");
+        if cmd == "ADD" {
+            for (ifname, r) in &results {
+                check(ifname, r);
+            }
+        }
+    }
+    // And the first attachment keeps its routes when the second goes.
+    twill("DEL", "eth1");
+    refer("DEL", "eth1");
+    assert_eq!(twill_devs(), ref_devs(), "after DEL eth1");
+    assert_eq!(twill_devs(), all(&["eth0"]));
+    check("eth0", &results["eth0"]);
+    twill("DEL", "eth0");
+    refer("DEL", "eth0");
 }
 
 /// `systemctl restart nftables` (`flush ruleset`) drops twill's table; the next ADD on a
@@ -1706,4 +1809,236 @@ fn an_add_onto_a_bridge_with_stp_warns_of_nothing() {
         "the STP bridge's port is {state} right after ADD: {port}"
     );
     assert!(node.cni("DEL", "stp", &p, "eth0", &conf, &[]).0);
+}
+
+/// CHECK finds the attachment in prevResult as the reference bridge does (CNI_IFNAME with
+/// CNI_NETNS as its sandbox, the bridge, the host veth) and compares what prevResult gives
+/// with the kernel: MACs of all three, addresses, routes. Before, each of these passed with
+/// exit code 0: with no interface of that name and sandbox nothing was checked, and a
+/// prevResult that was no object read as an empty result.
+#[test]
+fn check_refuses_a_prev_result_that_does_not_describe_the_attachment() {
+    if !preconditions(
+        "check_refuses_a_prev_result_that_does_not_describe_the_attachment",
+        &["ip"],
+    ) {
+        return;
+    }
+    let node = Node::new("cnickp", V4);
+    let mut conf = node.conf("1.0.0");
+    conf["ipMasq"] = json!(false);
+    let (_c, p) = node.ctr("c");
+    let (ok, r0) = node.cni("ADD", "k1", &p, "eth0", &conf, &[]);
+    assert!(ok, "{r0}");
+    let (ok, r1) = node.cni("ADD", "k1", &p, "eth1", &conf, &[]);
+    assert!(ok, "{r1}");
+    let check = |ifname: &str, prev: Value| {
+        let mut c = conf.clone();
+        c["prevResult"] = prev;
+        node.cni("CHECK", "k1", &p, ifname, &c, &[])
+    };
+    let (ok, out) = check("eth0", r0.clone());
+    assert!(ok, "{out}");
+    let (ok, out) = check("eth1", r1.clone());
+    assert!(ok, "{out}");
+
+    let edited = |edit: &dyn Fn(&mut Value)| {
+        let mut v = r0.clone();
+        edit(&mut v);
+        v
+    };
+    let mac = |i: usize| r0["interfaces"][i]["mac"].as_str().unwrap().to_string();
+    let veth = r0["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let cases: Vec<(&str, Value, u64, Vec<String>)> = vec![
+        (
+            "another container MAC",
+            edited(&|v| v["interfaces"][2]["mac"] = json!("02:00:00:00:00:01")),
+            999,
+            vec!["eth0".into(), mac(2), "02:00:00:00:00:01".into()],
+        ),
+        (
+            "another host veth MAC",
+            edited(&|v| v["interfaces"][1]["mac"] = json!("02:00:00:00:00:02")),
+            999,
+            vec![veth.clone(), mac(1), "02:00:00:00:00:02".into()],
+        ),
+        (
+            "another bridge MAC",
+            edited(&|v| v["interfaces"][0]["mac"] = json!("02:00:00:00:00:03")),
+            999,
+            vec!["cni0".into(), mac(0), "02:00:00:00:00:03".into()],
+        ),
+        (
+            "another sandbox",
+            edited(&|v| v["interfaces"][2]["sandbox"] = json!("/var/run/netns/other")),
+            7,
+            vec!["/var/run/netns/other".into(), p.clone()],
+        ),
+        (
+            "another name",
+            edited(&|v| v["interfaces"][2]["name"] = json!("eth5")),
+            7,
+            vec!["eth0".into(), "eth5".into()],
+        ),
+        (
+            "eth1's result",
+            r1.clone(),
+            7,
+            vec!["eth0".into(), "eth1".into()],
+        ),
+        (
+            "an address on the bridge",
+            edited(&|v| v["ips"][0]["interface"] = json!(0)),
+            7,
+            vec!["ips[0]".into(), "cni0".into()],
+        ),
+        (
+            "an address on no interface",
+            edited(&|v| v["ips"][0]["interface"] = json!(7)),
+            6,
+            vec!["ips[0].interface".into()],
+        ),
+        (
+            "an empty object",
+            json!({}),
+            7,
+            vec!["eth0".into(), "no interfaces".into()],
+        ),
+        (
+            "an array",
+            json!([]),
+            6,
+            vec!["prevResult".into(), "an array".into()],
+        ),
+        (
+            "a string",
+            json!("string"),
+            6,
+            vec!["prevResult".into(), "a string".into()],
+        ),
+        (
+            "interfaces that are no array",
+            json!({"interfaces": "eth0"}),
+            6,
+            vec!["interfaces".into()],
+        ),
+    ];
+    for (what, prev, code, words) in cases {
+        let (ok, out) = check("eth0", prev);
+        assert!(!ok, "CHECK passed with {what}: {out}");
+        assert_eq!(out["code"], code, "{what}: {out}");
+        let msg = out["msg"].as_str().unwrap();
+        for w in words {
+            assert!(msg.contains(&w), "{what}: {msg:?} does not name {w:?}");
+        }
+    }
+    // The kernel side moving away from a true prevResult fails too.
+    let c = node.scope.name("c");
+    run(
+        "ip",
+        &[
+            "-n",
+            &c,
+            "link",
+            "set",
+            "eth0",
+            "address",
+            "02:00:00:00:00:04",
+        ],
+    );
+    let (ok, out) = check("eth0", r0.clone());
+    assert!(!ok && out["code"] == 999, "{out}");
+    assert!(
+        out["msg"].as_str().unwrap().contains("02:00:00:00:00:04"),
+        "{out}"
+    );
+    run("ip", &["-n", &c, "route", "del", "default", "dev", "eth1"]);
+    let (ok, out) = check("eth1", r1.clone());
+    let msg = out["msg"].as_str().unwrap_or_default();
+    assert!(
+        !ok && msg.contains("route to 0.0.0.0/0 via 10.244.7.1 dev eth1")
+            && msg.contains("dev eth0"),
+        "the route missing out of eth1 is not stood in for by eth0's: {out}"
+    );
+    assert!(node.cni("DEL", "k1", &p, "eth0", &conf, &[]).0);
+    assert!(node.cni("DEL", "k1", &p, "eth1", &conf, &[]).0);
+}
+
+/// `FLANNEL_IPMASQ=True` (a hand-written file, another tool's) is read as Flannel's CNI
+/// plugin reads it: anything but `true` is false. The ADD works, its result alone on stdout,
+/// and a warning on stderr tells the operator. Before, every ADD on the node failed with
+/// code 7 ("expected true or false").
+#[test]
+fn flannel_ipmasq_true_is_read_as_flannels_plugin_reads_it() {
+    if !preconditions(
+        "flannel_ipmasq_true_is_read_as_flannels_plugin_reads_it",
+        &["ip", "nft"],
+    ) {
+        return;
+    }
+    let node = Node::new("cnimqt", &V4.replace("IPMASQ=false", "IPMASQ=True"));
+    let conf = node.conf("1.0.0");
+    let (_c, p) = node.ctr("c");
+    let (ok, out, err) = run_plugin(TWILL, Some(&node.host), "ADD", "mq", &p, "eth0", &conf, &[]);
+    assert!(ok, "{out} / {err}");
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(r["ips"][0]["gateway"], "10.244.7.1", "{r}");
+    assert!(
+        err.contains("warning")
+            && err.contains("FLANNEL_IPMASQ=True")
+            && err.contains("read as false"),
+        "{err}"
+    );
+    // False: the agent does not masquerade, so the plugin does (ipMasq's default).
+    let host = node.scope.name("host");
+    assert!(has_masq_table(&host));
+    assert!(node.cni("DEL", "mq", &p, "eth0", &conf, &[]).0);
+    assert!(!has_masq_table(&host));
+}
+
+/// Failures name what the runtime knows: the interface by CNI_IFNAME and the netns by its
+/// path. Before, a container route the kernel refused read `… dev #2 in netns …`, and a
+/// missing netns `… not found in netns -`.
+#[test]
+fn errors_name_the_interface_and_the_netns() {
+    if !preconditions("errors_name_the_interface_and_the_netns", &["ip"]) {
+        return;
+    }
+    if !reference_plugin_installed("static") {
+        return;
+    }
+    let node = Node::new("cnierr", V4);
+    let mut conf = node.conf("1.0.0");
+    conf["name"] = json!("errnet");
+    conf["ipMasq"] = json!(false);
+    // A gateway in no subnet of the container's: the kernel refuses the route.
+    conf["ipam"] = json!({
+        "type": "static",
+        "addresses": [{"address": "10.95.0.5/24"}],
+        "routes": [{"dst": "10.94.0.0/16", "gw": "10.93.0.1"}]
+    });
+    let (_c, p) = node.ctr("c");
+    let (ok, out) = node.cni("ADD", "er", &p, "net1", &conf, &[]);
+    let msg = out["msg"].as_str().unwrap_or_default();
+    assert!(!ok, "{out}");
+    assert!(
+        msg.contains("10.94.0.0/16 via 10.93.0.1 dev net1") && msg.contains(&p),
+        "{msg}"
+    );
+    assert!(!msg.contains('#'), "an index instead of a name: {msg}");
+    assert!(!link_exists(&node.scope.name("c"), "net1"), "rolled back");
+
+    let gone = format!("/var/run/netns/{}", node.scope.name("gone"));
+    let mut check = node.conf("1.0.0");
+    check["prevResult"] = json!({});
+    for (cmd, conf) in [("ADD", node.conf("1.0.0")), ("CHECK", check)] {
+        let (ok, out) = node.cni(cmd, "er", &gone, "eth0", &conf, &[]);
+        let msg = out["msg"].as_str().unwrap_or_default();
+        assert!(!ok && out["code"] == 3, "{cmd}: {out}");
+        assert!(
+            msg.contains(&gone) && msg.contains("does not exist"),
+            "{cmd}: {msg}"
+        );
+        assert!(!msg.contains("netns -"), "{cmd}: {msg}");
+    }
 }

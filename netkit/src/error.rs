@@ -28,10 +28,11 @@ pub enum Error {
         cause: io::Error,
     },
     /// Something that must exist does not.
-    #[error("{kind} {name} not found in netns {netns}")]
+    #[error("{kind} {name} not found{}", in_netns(netns))]
     NotFound {
         kind: &'static str,
         name: String,
+        /// Empty when the object is no namespace's (a namespace itself).
         netns: String,
     },
     /// The caller asked for something invalid (bad name, bad value).
@@ -44,6 +45,15 @@ pub enum Error {
         netns: String,
         detail: String,
     },
+}
+
+/// " in netns X", or nothing for an object that lives in no namespace.
+fn in_netns(netns: &str) -> String {
+    if netns.is_empty() {
+        String::new()
+    } else {
+        format!(" in netns {netns}")
+    }
 }
 
 /// The kernel's answer to a netlink request, reduced to what callers need.

@@ -87,10 +87,11 @@ impl Netns {
     pub fn open_path(path: &Path) -> Result<Netns> {
         let file = File::open(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
+                // A namespace is not looked up inside another one: no "in netns" to name.
                 Error::NotFound {
                     kind: "network namespace",
                     name: path.display().to_string(),
-                    netns: "-".into(),
+                    netns: String::new(),
                 }
             } else {
                 Error::io("opening network namespace", path.display().to_string(), e)

@@ -4,11 +4,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use futures::StreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::AddressFamily;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHopFlags, RouteProtocol,
+    RouteScope, RouteType,
 };
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::RouteMessageBuilder;
 
 use crate::error::{Error, Result};
@@ -214,6 +217,35 @@ fn parse_route(msg: &RouteMessage) -> Option<Route> {
     Some(route)
 }
 
+/// The routes in `msg`: one, or one per next hop of a multipath route (`ip route` shows
+/// those as `nexthop via … dev …` lines under one destination; IPv6 makes one of two routes
+/// with a gateway to the same destination and metric). Each carries the next hop's gateway and
+/// device, so a reader looking for "`dst` via `gw` dev `oif`" finds every path.
+fn parse_routes(msg: &RouteMessage) -> Vec<Route> {
+    let Some(route) = parse_route(msg) else {
+        return Vec::new();
+    };
+    let hops = msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::MultiPath(hops) => Some(hops),
+        _ => None,
+    });
+    let Some(hops) = hops.filter(|h| !h.is_empty()) else {
+        return vec![route];
+    };
+    hops.iter()
+        .map(|hop| {
+            let mut r = route.clone();
+            r.oif = Some(hop.interface_index);
+            r.onlink = hop.flags.contains(RouteNextHopFlags::Onlink);
+            r.gateway = hop.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(g) => ip_of(g),
+                _ => None,
+            });
+            r
+        })
+        .collect()
+}
+
 impl Netlink {
     /// Installs `route`, replacing any route to the same destination (same table, metric).
     pub async fn replace_route(&self, route: &Route) -> Result<()> {
@@ -226,11 +258,29 @@ impl Netlink {
             .map_err(|e| self.err("replacing route", route.describe(), e))
     }
 
-    /// Adds `route` unless a route to the same destination and metric exists (of anyone's):
-    /// returns whether it was added. "First one wins", as the CNI reference plugins do for a
-    /// container's second attachment.
-    pub async fn add_route_if_absent(&self, route: &Route) -> Result<bool> {
-        match self.handle.route().add(route.to_message()?).execute().await {
+    /// Adds `route` next to the routes to the same destination, table and metric that are
+    /// there already: `NLM_F_CREATE` without `NLM_F_EXCL`, as the CNI reference plugins add
+    /// a container's routes (`RouteAddEcmp`), so a second attachment of a network in one
+    /// namespace gets its routes too and keeps them when the first goes. The kernel puts a
+    /// new IPv4 route first among its equals (it takes the traffic) and joins IPv6 routes
+    /// with a gateway into one multipath route. Returns false when the very same route (same
+    /// next hop) is there already.
+    pub async fn add_route_ecmp(&self, route: &Route) -> Result<bool> {
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(route.to_message()?));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
+        let mut handle = self.handle.clone();
+        let sent = async {
+            let mut resp = handle.request(req)?;
+            while let Some(m) = resp.next().await {
+                if let NetlinkPayload::Error(err) = m.payload
+                    && err.code.is_some()
+                {
+                    return Err(rtnetlink::Error::NetlinkError(err));
+                }
+            }
+            Ok(())
+        };
+        match sent.await {
             Ok(()) => Ok(true),
             Err(e) if has_errno(&e, libc::EEXIST) => Ok(false),
             Err(e) => Err(self.err("adding route", route.describe(), e)),
@@ -256,7 +306,7 @@ impl Netlink {
             .map_err(|e| Error::Invalid(format!("route lookup of {ip}: {e}")))?
             .build();
         match collect_dump(self.handle.route().get(query).execute()).await {
-            Ok(msgs) => Ok(msgs.iter().find_map(parse_route)),
+            Ok(msgs) => Ok(msgs.iter().flat_map(parse_routes).next()),
             Err(e) if has_errno(&e, libc::ENETUNREACH) || has_errno(&e, libc::EHOSTUNREACH) => {
                 Ok(None)
             }
@@ -299,7 +349,7 @@ impl Netlink {
                 .map_err(|e| self.err("listing", "routes", e))?;
             routes.extend(
                 msgs.iter()
-                    .filter_map(parse_route)
+                    .flat_map(parse_routes)
                     .filter(|r| r.table == RT_TABLE_MAIN)
                     .filter(|r| protocol.is_none_or(|p| r.protocol == p)),
             );

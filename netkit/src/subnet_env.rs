@@ -43,6 +43,16 @@ pub fn first_v6(subnet: Ipv6Net) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(subnet.network()).wrapping_add(1))
 }
 
+/// The variables the file is made of.
+const KEYS: [&str; 6] = [
+    "FLANNEL_NETWORK",
+    "FLANNEL_SUBNET",
+    "FLANNEL_IPV6_NETWORK",
+    "FLANNEL_IPV6_SUBNET",
+    "FLANNEL_MTU",
+    "FLANNEL_IPMASQ",
+];
+
 fn cidr<N: std::str::FromStr>(n: usize, line: &str, value: &str, family: &str) -> Result<N> {
     value
         .parse::<N>()
@@ -61,8 +71,18 @@ impl SubnetEnv {
     }
 
     /// Parses the file's text. Unknown variables are ignored; a family is present when its
-    /// subnet line is.
+    /// subnet line is. What [`SubnetEnv::parse_noting`] would warn of is dropped.
     pub fn parse(text: &str) -> Result<SubnetEnv> {
+        SubnetEnv::parse_noting(text).map(|(env, _)| env)
+    }
+
+    /// Parses the file's text as Flannel's CNI plugin reads it where that is harmless, and
+    /// says what it read differently from how it was written: `FLANNEL_IPMASQ` is true only
+    /// when it says `true` (`True` is false to Flannel too), and a line without `=` is
+    /// skipped. Each such reading is one warning, for the operator (the CNI plugin prints
+    /// them on stderr). Anything that would configure containers wrongly stays an error.
+    pub fn parse_noting(text: &str) -> Result<(SubnetEnv, Vec<String>)> {
+        let mut warnings = Vec::new();
         let mut network = None;
         let mut subnet = None;
         let mut network6 = None;
@@ -76,7 +96,14 @@ impl SubnetEnv {
             }
             let line = line.strip_prefix("export ").unwrap_or(line);
             let Some((key, value)) = line.split_once('=') else {
-                return Err(bad(n, line, "expected KEY=VALUE"));
+                if KEYS.contains(&line) {
+                    return Err(bad(n, line, "has no value: expected KEY=VALUE"));
+                }
+                warnings.push(format!(
+                    "subnet file line {}: {line:?} is not KEY=VALUE: skipped, as Flannel's CNI plugin skips it",
+                    n + 1
+                ));
+                continue;
             };
             let value = value.trim().trim_matches('"');
             match key.trim() {
@@ -96,11 +123,16 @@ impl SubnetEnv {
                     mtu = Some(m)
                 }
                 "FLANNEL_IPMASQ" => {
-                    ipmasq = Some(match value {
-                        "true" => true,
-                        "false" => false,
-                        _ => return Err(bad(n, line, "expected true or false")),
-                    })
+                    // Flannel's CNI plugin: `parts[1] == "true"`. An ADD failing on every
+                    // node for `True` helps nobody; reading it as Flannel does, and saying so,
+                    // keeps the nodes working and the operator told.
+                    ipmasq = Some(value == "true");
+                    if value != "true" && value != "false" {
+                        warnings.push(format!(
+                            "subnet file line {}: {line:?}: read as false, as Flannel's CNI plugin reads anything but \"true\" (write true or false)",
+                            n + 1
+                        ));
+                    }
                 }
                 _ => {}
             }
@@ -134,19 +166,31 @@ impl SubnetEnv {
                 subnet: s.trunc(),
             }),
         };
-        Ok(SubnetEnv {
+        let env = SubnetEnv {
             ipv4,
             ipv6,
             mtu: mtu.ok_or_else(|| missing("FLANNEL_MTU"))?,
             ipmasq: ipmasq.unwrap_or(false),
-        })
+        };
+        Ok((env, warnings))
     }
 
     /// Reads and parses a subnet file.
     pub fn read(path: &Path) -> Result<SubnetEnv> {
+        SubnetEnv::read_noting(path).map(|(env, _)| env)
+    }
+
+    /// [`SubnetEnv::parse_noting`] of a file; the warnings name it.
+    pub fn read_noting(path: &Path) -> Result<(SubnetEnv, Vec<String>)> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io("reading subnet file", path.display().to_string(), e))?;
-        SubnetEnv::parse(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+        let (env, warnings) = SubnetEnv::parse_noting(&text)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let warnings = warnings
+            .into_iter()
+            .map(|w| format!("{}: {w}", path.display()))
+            .collect();
+        Ok((env, warnings))
     }
 
     /// The file's text exactly as Flannel writes it.
@@ -256,12 +300,14 @@ mod tests {
                 "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.1.1/24\nFLANNEL_MTU=12\n",
                 "MTU must be",
             ),
-            ("garbage\n", "expected KEY=VALUE"),
+            (
+                "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET\nFLANNEL_MTU=1450\n",
+                "FLANNEL_SUBNET\": has no value",
+            ),
             (
                 "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.1.1/32\nFLANNEL_MTU=1450\n",
                 "too small",
             ),
-            ("FLANNEL_IPMASQ=yes\n", "expected true or false"),
             ("FLANNEL_MTU=1450\n", "FLANNEL_SUBNET is missing"),
             (
                 "FLANNEL_IPV6_SUBNET=fd00::1/64\nFLANNEL_MTU=1450\n",
@@ -280,5 +326,62 @@ mod tests {
             let err = SubnetEnv::parse(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn ipmasq_is_read_as_flannels_plugin_reads_it_and_odd_values_are_noted() {
+        // Before: `FLANNEL_IPMASQ=True` was an error, and every ADD on the node failed with
+        // code 7. Flannel's CNI plugin reads `parts[1] == "true"`.
+        let file =
+            |v: &str| FLANNEL.replace("FLANNEL_IPMASQ=false", &format!("FLANNEL_IPMASQ={v}"));
+        for (value, want, noted) in [
+            ("true", true, false),
+            ("false", false, false),
+            ("True", false, true),
+            ("TRUE", false, true),
+            ("1", false, true),
+            ("", false, true),
+        ] {
+            let (env, warnings) = SubnetEnv::parse_noting(&file(value)).unwrap();
+            assert_eq!(env.ipmasq, want, "{value:?}");
+            assert_eq!(
+                warnings.len(),
+                usize::from(noted),
+                "{value:?}: {warnings:?}"
+            );
+            if noted {
+                assert!(
+                    warnings[0].contains(&format!("FLANNEL_IPMASQ={value}"))
+                        && warnings[0].contains("read as false"),
+                    "{warnings:?}"
+                );
+            }
+        }
+        assert!(!SubnetEnv::parse(&file("True")).unwrap().ipmasq);
+    }
+
+    #[test]
+    fn a_line_that_is_no_assignment_is_skipped_as_flannel_skips_it() {
+        let text = format!("# written by hand\nsome note\n{FLANNEL}");
+        let (env, warnings) = SubnetEnv::parse_noting(&text).unwrap();
+        assert_eq!(env, SubnetEnv::parse(FLANNEL).unwrap());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("line 2"), "{warnings:?}");
+    }
+
+    #[test]
+    fn read_noting_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("twill-subnet-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("subnet.env");
+        std::fs::write(&path, FLANNEL.replace("IPMASQ=false", "IPMASQ=yes")).unwrap();
+        let got = SubnetEnv::read_noting(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        let (env, warnings) = got.unwrap();
+        assert!(!env.ipmasq);
+        assert!(
+            warnings[0].starts_with(&path.display().to_string()),
+            "{warnings:?}"
+        );
     }
 }
