@@ -1,11 +1,17 @@
 //! A CNI client, as libcni does it: find the network's conflist in the config directory, run
 //! its plugins in order for ADD (each gets the previous result as prevResult) and in reverse
-//! for DEL (with the cached result), passing capability args such as `portMappings`.
+//! for DEL (with the cached result), passing capability args such as `portMappings`. Every
+//! plugin call is bounded by a timeout, and an ADD ends early on a held SIGINT/SIGTERM.
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde_json::{Value, json};
 
 use crate::error::{Result, RuntimeError};
@@ -86,6 +92,8 @@ pub struct Attachment<'a> {
     pub ifname: &'a str,
     pub cni_path: &'a [PathBuf],
     pub ports: &'a [PortSpec],
+    /// How long one plugin call may take before the plugin is killed and the call fails.
+    pub timeout: Duration,
 }
 
 fn plugin_conf(
@@ -116,13 +124,11 @@ fn plugin_conf(
     conf
 }
 
-fn exec(command: &str, conf: &Value, att: &Attachment) -> Result<Option<Value>> {
-    let ty = conf.get("type").and_then(Value::as_str).unwrap_or_default();
+fn find_plugin(ty: &str, att: &Attachment) -> Result<PathBuf> {
     if ty.is_empty() || ty.contains('/') {
         return Err(net_err(format!("invalid plugin type {ty:?}")));
     }
-    let bin = att
-        .cni_path
+    att.cni_path
         .iter()
         .map(|d| d.join(ty))
         .find(|p| p.is_file())
@@ -131,9 +137,31 @@ fn exec(command: &str, conf: &Value, att: &Attachment) -> Result<Option<Value>> 
                 "CNI plugin {ty:?} not found in {:?} (use --cni-path)",
                 att.cni_path
             ))
-        })?;
-    let mut c = Command::new(&bin);
-    c.env("CNI_COMMAND", command)
+        })
+}
+
+/// The plugin's configuration as its stdin: an anonymous memory file rather than a pipe, so
+/// writing it can neither block on a plugin that does not read (a pipe holds 64 KiB) nor
+/// raise SIGPIPE on one that already exited (twill-run keeps SIGPIPE's default disposition
+/// and would die of it in the middle of a start, leaving the container half made).
+fn config_stdin(conf: &Value) -> std::io::Result<std::fs::File> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create(c"cni-config", MFdFlags::MFD_CLOEXEC).map_err(std::io::Error::from)?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(conf.to_string().as_bytes())?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(f)
+}
+
+fn spawn(bin: &Path, command: &str, conf: &Value, att: &Attachment) -> Result<Child> {
+    let stdin = config_stdin(conf).map_err(|e| {
+        net_err(format!(
+            "passing the configuration to {}: {e}",
+            bin.display()
+        ))
+    })?;
+    Command::new(bin)
+        .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", att.container_id)
         .env("CNI_IFNAME", att.ifname)
         .env(
@@ -146,18 +174,43 @@ fn exec(command: &str, conf: &Value, att: &Attachment) -> Result<Option<Value>> 
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
         )
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(stdin))
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c
+        .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| net_err(format!("running {}: {e}", bin.display())))?;
-    if let Some(mut i) = child.stdin.take() {
-        let _ = i.write_all(conf.to_string().as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| net_err(format!("waiting for {}: {e}", bin.display())))?;
+        .map_err(|e| net_err(format!("running {}: {e}", bin.display())))
+}
+
+fn exec(
+    command: &str,
+    conf: &Value,
+    att: &Attachment,
+    interrupts: Option<&Interrupts>,
+) -> Result<Option<Value>> {
+    let ty = conf.get("type").and_then(Value::as_str).unwrap_or_default();
+    let bin = find_plugin(ty, att)?;
+    let mut child = spawn(&bin, command, conf, att)?;
+    let call = Call {
+        command,
+        bin: &bin,
+        network: conf.get("name").and_then(Value::as_str).unwrap_or_default(),
+        att,
+    };
+    let out = match supervise(&mut child, att.timeout, interrupts) {
+        Ok(Outcome::Finished(out)) => out,
+        Ok(Outcome::TimedOut) => {
+            end(&mut child);
+            return Err(call.timed_out());
+        }
+        Ok(Outcome::Interrupted(signal)) => {
+            end(&mut child);
+            return Err(call.interrupted(signal));
+        }
+        Err(e) => {
+            end(&mut child);
+            return Err(net_err(format!("waiting for {}: {e}", bin.display())));
+        }
+    };
     let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
     if !out.status.success() {
         let msg = parsed
@@ -171,22 +224,227 @@ fn exec(command: &str, conf: &Value, att: &Attachment) -> Result<Option<Value>> 
     Ok(parsed)
 }
 
-/// ADD through the whole list; on failure the plugins that succeeded get a DEL.
-pub fn add(list: &NetworkList, att: &Attachment) -> Result<Value> {
-    let mut prev: Option<Value> = None;
-    for (i, plugin) in list.plugins.iter().enumerate() {
-        let conf = plugin_conf(list, plugin, prev.as_ref(), att);
-        match exec("ADD", &conf, att) {
-            Ok(Some(r)) => prev = Some(r),
-            Ok(None) => {}
-            Err(e) => {
-                let done = NetworkList {
-                    plugins: list.plugins[..i].to_vec(),
-                    ..list.clone()
-                };
-                let _ = del(&done, att, prev.as_ref());
-                return Err(e);
+/// One plugin call, as its errors name it.
+struct Call<'a> {
+    command: &'a str,
+    bin: &'a Path,
+    network: &'a str,
+    att: &'a Attachment<'a>,
+}
+
+impl Call<'_> {
+    fn what(&self) -> String {
+        let id = self.att.container_id;
+        format!(
+            "CNI {} of container {} on network {:?}: plugin {}",
+            self.command,
+            id.get(..12).unwrap_or(id),
+            self.network,
+            self.bin.display()
+        )
+    }
+
+    fn timed_out(&self) -> RuntimeError {
+        net_err(format!(
+            "{} did not finish within {:?} and was killed; find out why it hangs (its log, or \
+             run it by hand with the same CNI_* variables and configuration), or give it longer \
+             with --cni-timeout or TWILL_RUN_CNI_TIMEOUT",
+            self.what(),
+            self.att.timeout
+        ))
+    }
+
+    fn interrupted(&self, signal: Signal) -> RuntimeError {
+        RuntimeError::Interrupted {
+            what: format!("{} was killed", self.what()),
+            signal,
+        }
+    }
+}
+
+/// Kills a plugin given up on and reaps it. By the child's own PID, still ours: it is not
+/// reaped until here. What the plugin started itself is left alone: only the plugin is known
+/// to be ours, and the DEL that follows is how a plugin is told to release what it made.
+fn end(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGINT and SIGTERM, readable while a foreground `run` holds them (see
+/// `container::hold_signals`): a start waiting for a CNI plugin ends on them instead of
+/// keeping them for a container that may never come. Elsewhere they are not blocked and act
+/// as before, so nothing reads them here.
+struct Interrupts(SignalFd);
+
+impl Interrupts {
+    fn new() -> Result<Interrupts> {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map(Interrupts)
+            .map_err(|e| RuntimeError::nix("opening a signalfd for", "SIGINT and SIGTERM", e))
+    }
+
+    /// Takes the signal that arrived, if any.
+    fn take(&self) -> Option<Signal> {
+        let info = self.0.read_signal().ok()??;
+        Signal::try_from(info.ssi_signo as i32).ok()
+    }
+}
+
+/// How a plugin call ended.
+enum Outcome {
+    Finished(PluginOutput),
+    TimedOut,
+    Interrupted(Signal),
+}
+
+struct PluginOutput {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// A plugin's output pipe, read as it fills, until end of file.
+struct Drain<R> {
+    pipe: Option<R>,
+    got: Vec<u8>,
+}
+
+impl<R: Read + AsFd> Drain<R> {
+    fn new(pipe: Option<R>) -> Self {
+        Drain {
+            pipe,
+            got: Vec::new(),
+        }
+    }
+
+    /// One read, which poll said will not block; the end (or an error) closes the pipe.
+    fn read_some(&mut self) {
+        let Some(p) = &mut self.pipe else { return };
+        let mut buf = [0u8; 16 * 1024];
+        match p.read(&mut buf) {
+            Ok(0) => self.pipe = None,
+            Ok(n) => self.got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => self.pipe = None,
+        }
+    }
+}
+
+/// What poll watches, in the order it is given.
+#[derive(Clone, Copy)]
+enum Source {
+    Interrupt,
+    Exit,
+    Stdout,
+    Stderr,
+}
+
+/// A descriptor that becomes readable when process `pid` exits: the plugin's end joins its
+/// output in one poll, with no latency added to a call that takes a millisecond. Linux 5.3;
+/// twill-run needs 5.6 anyway (openat2, to unpack image layers).
+fn pidfd(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a PID and flags, and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Poll's timeout for what is left until `deadline`, rounded up so a wait never ends early
+/// and spins.
+fn poll_timeout(deadline: Instant) -> PollTimeout {
+    let left = deadline.saturating_duration_since(Instant::now());
+    u32::try_from(left.as_millis() + 1)
+        .ok()
+        .and_then(|ms| PollTimeout::try_from(ms).ok())
+        .unwrap_or(PollTimeout::MAX)
+}
+
+/// Reads the plugin's output until it has exited and closed both pipes, at most `timeout`
+/// long; a signal `interrupts` holds ends the wait at once. The caller kills the plugin when
+/// it is not finished.
+fn supervise(
+    child: &mut Child,
+    timeout: Duration,
+    interrupts: Option<&Interrupts>,
+) -> std::io::Result<Outcome> {
+    let deadline = Instant::now() + timeout;
+    let exit = pidfd(child.id())?;
+    let mut exited = false;
+    let mut stdout = Drain::new(child.stdout.take());
+    let mut stderr = Drain::new(child.stderr.take());
+    loop {
+        if exited && stdout.pipe.is_none() && stderr.pipe.is_none() {
+            return Ok(Outcome::Finished(PluginOutput {
+                status: child.wait()?,
+                stdout: stdout.got,
+                stderr: stderr.got,
+            }));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Outcome::TimedOut);
+        }
+        let mut watched: Vec<(BorrowedFd<'_>, Source)> = Vec::with_capacity(4);
+        if let Some(i) = interrupts {
+            watched.push((i.0.as_fd(), Source::Interrupt));
+        }
+        if !exited {
+            watched.push((exit.as_fd(), Source::Exit));
+        }
+        if let Some(p) = &stdout.pipe {
+            watched.push((p.as_fd(), Source::Stdout));
+        }
+        if let Some(p) = &stderr.pipe {
+            watched.push((p.as_fd(), Source::Stderr));
+        }
+        let mut fds: Vec<PollFd> = watched
+            .iter()
+            .map(|(fd, _)| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, poll_timeout(deadline)) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let ready: Vec<Source> = fds
+            .iter()
+            .zip(&watched)
+            .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, (_, s))| *s)
+            .collect();
+        drop((fds, watched));
+        for s in ready {
+            match s {
+                Source::Interrupt => {
+                    if let Some(sig) = interrupts.and_then(Interrupts::take) {
+                        return Ok(Outcome::Interrupted(sig));
+                    }
+                }
+                Source::Exit => exited = true,
+                Source::Stdout => stdout.read_some(),
+                Source::Stderr => stderr.read_some(),
             }
+        }
+    }
+}
+
+/// ADD through the whole list. On failure nothing is undone here: the caller runs DEL over
+/// the whole list, as the CNI spec asks of a runtime after a failed ADD and as containerd
+/// does (`network::teardown`, from the start's cleanup): the plugin that failed or hung gets
+/// its DEL too, and only once, so a plugin that hangs costs one timeout for ADD and one for
+/// DEL, not more.
+pub fn add(list: &NetworkList, att: &Attachment) -> Result<Value> {
+    let interrupts = Interrupts::new()?;
+    let mut prev: Option<Value> = None;
+    for plugin in &list.plugins {
+        let conf = plugin_conf(list, plugin, prev.as_ref(), att);
+        if let Some(r) = exec("ADD", &conf, att, Some(&interrupts))? {
+            prev = Some(r);
         }
     }
     prev.ok_or_else(|| net_err(format!("network {} produced no result", list.name)))
@@ -197,7 +455,8 @@ pub fn del(list: &NetworkList, att: &Attachment, result: Option<&Value>) -> Resu
     let mut errors = Vec::new();
     for plugin in list.plugins.iter().rev() {
         let conf = plugin_conf(list, plugin, result, att);
-        if let Err(e) = exec("DEL", &conf, att) {
+        // Not interruptible: DEL is how a failed or abandoned start is undone.
+        if let Err(e) = exec("DEL", &conf, att, None) {
             errors.push(e.network_detail());
         }
     }

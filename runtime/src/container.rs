@@ -426,11 +426,13 @@ fn start_inner(
     }
 }
 
-/// The PID signals to a foreground `run` go to (0: none, once PID 1 is reaped).
+/// The PID signals to a foreground `run` or a waiting `exec` go to (0: none, once it is
+/// reaped).
 static PROXY_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// What a foreground `run` passes on: the signals a user, `timeout` or a service manager sends
-/// to stop or poke it; not the ones about twill-run itself (faults, job control, SIGPIPE).
+/// What a foreground `run` and a waiting `exec` pass on: the signals a user, `timeout` or a
+/// service manager sends to stop or poke them; not the ones about the runtime itself (faults,
+/// job control, SIGPIPE).
 const PROXIED: [Signal; 6] = [
     Signal::SIGHUP,
     Signal::SIGINT,
@@ -501,10 +503,34 @@ pub fn stop_proxying() {
     PROXY_TO.store(0, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Waits for our child `pid` to end, stops passing signals on, and only then reaps it: until
+/// it is reaped its PID cannot be taken by another process, so a signal passed on meanwhile
+/// reaches it (or its zombie), never a stranger. Its exit code as [`process::wait_exit`]
+/// gives it.
+pub fn reap(pid: Pid) -> i32 {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    while let Err(nix::Error::EINTR) =
+        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+    {}
+    stop_proxying();
+    process::wait_exit(pid)
+}
+
+/// Waits for our child `pid`, passing on to it the signals [`hold_signals`] held and any that
+/// come until it ends, as runc's `exec` and `run` do; its exit code (128+signal when a signal
+/// killed it). `exec` uses it twice: the command line waits for the process that joined the
+/// container, which waits for the exec'd process (a process cannot wait for its grandchild),
+/// so a signal travels both hops and each hop signals only its own unreaped child.
+pub fn wait_passing_signals(pid: Pid, who: &str) -> i32 {
+    if let Err(e) = proxy_signals(pid) {
+        eprintln!("{who}: {e}: signals to {who} will not reach its process");
+    }
+    reap(pid)
+}
+
 /// Waits for the container's PID 1 and records how it ended; removes it with `--rm`.
 pub fn monitor(store: &Store, mut st: State, pid: Pid, cni: &CniOptions) -> Result<i32> {
-    let code = process::wait_exit(pid);
-    stop_proxying();
+    let code = reap(pid);
     // `rm -f` may have removed it meanwhile.
     if let Ok(latest) = store.load(&st.id) {
         st = latest;
@@ -765,6 +791,12 @@ pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Resu
         user: st.user.clone(),
         create_workdir: false,
     };
+    // Held from before the fork (both forks inherit the mask) until each waiting process has
+    // its proxy in place: a SIGTERM meanwhile reaches the exec'd process instead of killing
+    // `exec` and leaving the process running in the container.
+    if let Err(e) = hold_signals() {
+        eprintln!("twill-run exec: {e}: a signal before the command runs may not reach it");
+    }
     // SAFETY: single-threaded; the child only makes syscalls and execs or exits.
     match unsafe { nix::unistd::fork() }.map_err(|e| RuntimeError::nix("forking", "exec", e))? {
         nix::unistd::ForkResult::Child => {
@@ -797,7 +829,9 @@ pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Resu
                         eprintln!("twill-run exec: {e}");
                         std::process::exit(e.exec_exit_code().unwrap_or(127));
                     }
-                    nix::unistd::ForkResult::Parent { child } => Ok(process::wait_exit(child)),
+                    nix::unistd::ForkResult::Parent { child } => {
+                        Ok(wait_passing_signals(child, "twill-run exec"))
+                    }
                 }
             })();
             match code {
@@ -808,7 +842,9 @@ pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Resu
                 }
             }
         }
-        nix::unistd::ForkResult::Parent { child } => Ok(process::wait_exit(child)),
+        nix::unistd::ForkResult::Parent { child } => {
+            Ok(wait_passing_signals(child, "twill-run exec"))
+        }
     }
 }
 

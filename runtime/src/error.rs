@@ -42,6 +42,12 @@ pub enum RuntimeError {
     /// The container's command could not be started (see [`RuntimeError::exec_exit_code`]).
     #[error("{reason}")]
     Command { reason: String, exit_code: i32 },
+    /// A signal ended what the runtime was waiting for (a start waiting for a CNI plugin).
+    #[error("interrupted by {signal}: {what}; the start was undone")]
+    Interrupted {
+        what: String,
+        signal: nix::sys::signal::Signal,
+    },
 }
 
 impl RuntimeError {
@@ -56,6 +62,16 @@ impl RuntimeError {
             RuntimeError::Exec { .. } => Some(126),
             RuntimeError::Command { exit_code, .. } => Some(*exit_code),
             _ => None,
+        }
+    }
+    /// The exit code a command line gives for this error, when not its own failure (125 for
+    /// twill-run): 126/127 as [`RuntimeError::exec_exit_code`], and 128+signal for a signal
+    /// that ended a start, as a shell reports a command a signal ended (so a SIGTERM to a
+    /// foreground `run` gives 143 whether the container was running yet or not).
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            RuntimeError::Interrupted { signal, .. } => Some(128 + *signal as i32),
+            e => e.exec_exit_code(),
         }
     }
     pub(crate) fn archive(

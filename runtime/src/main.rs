@@ -10,6 +10,14 @@ use twill_runtime::image;
 use twill_runtime::network::{CniOptions, NetMode};
 use twill_runtime::store::{Limits, PortSpec, Status, Store};
 
+/// A healthy plugin answers in milliseconds (twill's ADD) to seconds (the `dhcp` IPAM plugin,
+/// whose daemon gives up on an unanswered DHCP request after 10 s by default). containerd and
+/// podman set no limit of their own: they rely on their caller's, and kubelet gives a whole
+/// sandbox start 4 minutes (twice its 2-minute runtime request timeout). twill-run is mostly
+/// run by a person or a script with nothing above it to give up, so it sets its own: a
+/// minute is far beyond any healthy call, and short enough that a hung plugin is noticed.
+const DEFAULT_CNI_TIMEOUT: &str = "60s";
+
 /// twill-run: run containers on a twill network. Needs root.
 #[derive(Parser)]
 #[command(name = "twill-run", version, about)]
@@ -28,6 +36,18 @@ struct Cli {
     /// CNI plugin directories (colon separated).
     #[arg(long, global = true, default_value = "/opt/cni/bin:/usr/lib/cni")]
     cni_path: String,
+    /// How long one CNI plugin call (ADD, DEL) may take: 90s, 2m, 1.5s, 500ms (a bare number
+    /// is seconds). A plugin past it is killed; a start then fails and is undone (DEL, same
+    /// limit).
+    #[arg(
+        long,
+        global = true,
+        default_value = DEFAULT_CNI_TIMEOUT,
+        env = "TWILL_RUN_CNI_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    cni_timeout: Duration,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -245,6 +265,29 @@ fn parse_port(s: &str) -> anyhow::Result<PortSpec> {
     })
 }
 
+/// A duration as `--cni-timeout` takes it: a positive number (fractions allowed) and a unit
+/// `ms`, `s`, `m` or `h`; without a unit, seconds.
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let bad = || anyhow::anyhow!("{s:?}: expected a positive duration like 60s, 2m or 500ms");
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim_start() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    Duration::try_from_secs_f64(n * scale)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(bad)
+}
+
 /// `load` without an archive reads one from stdin (`podman save … | twill-run load`): it is
 /// kept in a file next to the store first, since archives are read in any order.
 fn stdin_to_file(store: &Store) -> anyhow::Result<PathBuf> {
@@ -290,10 +333,10 @@ fn main() {
         Err(e) => {
             eprintln!("twill-run: {e:#}");
             // As `docker run`: 126/127 when the container's command could not be executed,
-            // 125 when twill-run itself failed.
+            // 125 when twill-run itself failed; 128+signal when a signal ended a start.
             let code = e
                 .downcast_ref::<twill_runtime::error::RuntimeError>()
-                .and_then(|e| e.exec_exit_code())
+                .and_then(|e| e.exit_code())
                 .unwrap_or(125);
             std::process::exit(code);
         }
@@ -340,6 +383,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
         conf_dir: cli.cni_conf_dir.clone(),
         path: std::env::split_paths(&cli.cni_path).collect(),
         network: None,
+        timeout: cli.cni_timeout,
     };
     match cli.cmd {
         Cmd::Import { tarball, name } => {
@@ -546,4 +590,39 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Commit { id, name } => println!("{}", container::commit(&store, &id, &name)?.name),
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cni_timeouts_read_as_durations_with_seconds_by_default() {
+        for (text, want) in [
+            ("60s", Duration::from_secs(60)),
+            ("60", Duration::from_secs(60)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("500ms", Duration::from_millis(500)),
+            (" 3 s ", Duration::from_secs(3)),
+        ] {
+            assert_eq!(parse_duration(text).unwrap(), want, "{text}");
+        }
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "-1s",
+            "s",
+            "10x",
+            "1e3",
+            "inf",
+            "1.2.3s",
+            "99999999999999999999h",
+        ] {
+            let e = parse_duration(bad).unwrap_err().to_string();
+            assert!(e.contains("positive duration"), "{bad}: {e}");
+        }
+    }
 }

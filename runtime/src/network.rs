@@ -52,6 +52,8 @@ pub struct CniOptions {
     pub conf_dir: PathBuf,
     pub path: Vec<PathBuf>,
     pub network: Option<String>,
+    /// How long one plugin call may take (`--cni-timeout`).
+    pub timeout: std::time::Duration,
 }
 
 /// Which network namespace the container process ends up in.
@@ -117,6 +119,7 @@ pub fn setup(
                     ifname: "eth0",
                     cni_path: &cni.path,
                     ports: &state.ports,
+                    timeout: cni.timeout,
                 };
                 let result = cni_client::add(&list, &att)?;
                 state.ips = result
@@ -156,6 +159,7 @@ pub fn teardown(state: &State, cni: &CniOptions) -> Result<()> {
                     ifname: "eth0",
                     cni_path: &cni.path,
                     ports,
+                    timeout: cni.timeout,
                 };
                 if let Err(e) = cni_client::del(&list, &att, state.cni_result.as_ref()) {
                     errors.push(e.network_detail());

@@ -2706,3 +2706,91 @@ fn bare_run_passes_signals_on_and_deletes_the_container() {
         assert!(!dir.exists(), "run left the cgroup {}", dir.display());
     }
 }
+
+#[test]
+fn bare_exec_passes_signals_on_and_a_detached_exec_returns_at_once() {
+    // Before: a SIGTERM to `twill-oci exec` (podman's `exec` being stopped, `timeout`) killed
+    // exec itself; the process it ran went on in the container, and exec's status said exec
+    // died of a signal. As runc's exec: passed on, and exec exits with the process's status.
+    let name = "bare_exec_passes_signals_on_and_a_detached_exec_returns_at_once";
+    if !bare_ready(name) {
+        return;
+    }
+    let within = Duration::from_secs(10);
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(|_| {}, &["sleep", "1000"]);
+    b.create("se1");
+    b.ok(&["start", "se1"]);
+    b.wait_status("se1", "running");
+    let init = pid_of(&b, "se1") as i32;
+
+    // Killed by it: 128+15, and the process is gone.
+    let mut exec = b
+        .command()
+        .args(["exec", "se1", "sleep", "4545"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeper = common::wait_for_process(&["sleep", "4545"], within);
+    common::sigterm_once_caught(&exec);
+    let status = common::wait_or_kill(&mut exec, within, "exec did not end after SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "the process's death by SIGTERM, not exec's own: {status:?}"
+    );
+    assert!(
+        !common::runs(sleeper, &["sleep", "4545"]),
+        "the exec'd process still runs after its exec was sent SIGTERM"
+    );
+
+    // Handled by it: its own exit code.
+    let mut exec = b
+        .command()
+        .args([
+            "exec",
+            "se1",
+            "sh",
+            "-c",
+            "trap 'exit 9' TERM; echo ready > /out/ready; while true; do sleep 0.1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_out(&b, "ready");
+    common::sigterm_once_caught(&exec);
+    let status = common::wait_or_kill(&mut exec, within, "exec did not end after SIGTERM");
+    assert_eq!(status.code(), Some(9), "the trap's exit code: {status:?}");
+
+    // Detached: nobody waits, so exec returns at once and its process runs on (with exec's
+    // stdio, as runc's: not pipes here, which it would hold open).
+    let pid_file = d.path().join("detached.pid");
+    let mut exec = b
+        .command()
+        .args(["exec", "--detach", "--pid-file"])
+        .arg(&pid_file)
+        .args(["se1", "sleep", "4546"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = common::wait_or_kill(&mut exec, within, "a detached exec waited");
+    assert!(status.success(), "{status:?}");
+    let detached: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(common::runs(detached, &["sleep", "4546"]));
+
+    // The container's first process got none of it.
+    assert_eq!(b.status("se1"), "running");
+    assert!(
+        common::runs(init, &["sleep", "1000"]),
+        "the init was signalled"
+    );
+    b.ok(&["delete", "--force", "se1"]);
+}

@@ -64,7 +64,8 @@ impl Rt {
         self.dir.path().join("store")
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    /// `twill-run` on this store and CNI configuration, with `args`.
+    fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(RUN);
         c.arg("--root")
             .arg(self.root())
@@ -77,7 +78,11 @@ impl Rt {
         if let Some(h) = &self.host {
             h.prepare_command(&mut c).unwrap();
         }
-        c.output().unwrap()
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -1540,4 +1545,220 @@ fn a_signal_before_the_proxy_is_in_place_is_held_and_passed_on() {
     // --rm: nothing of the container is left (directory, cgroups, netns).
     no_leftovers(&rt, &id);
     assert_eq!(rt.ok(&["ps", "-aq"]), "");
+}
+
+#[test]
+fn exec_passes_signals_on_to_its_process_and_exits_with_its_status() {
+    // Before: a SIGTERM to `twill-run exec` (`timeout`, `kill`, a service manager) killed
+    // exec itself; the process it ran went on in the container, and exec's status said exec
+    // died of a signal instead of how its process ended. As runc's exec, it is passed on.
+    if !pre("exec_passes_signals_on_to_its_process_and_exits_with_its_status") {
+        return;
+    }
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let within = std::time::Duration::from_secs(10);
+    let rt = Rt::new();
+    rt.ok(&[
+        "run", "-d", "--name", "ex", "--net", "none", "busybox", "sleep", "1000",
+    ]);
+    let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "ex"])).unwrap();
+    let init = st["pid"].as_i64().unwrap() as i32;
+
+    // Killed by it: 128+15, and the process is gone.
+    let mut exec = rt
+        .command(&["exec", "ex", "sleep", "4343"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeper = common::wait_for_process(&["sleep", "4343"], within);
+    common::sigterm_once_caught(&exec);
+    let status = common::wait_or_kill(&mut exec, within, "exec did not end after SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "the exec'd process's death by SIGTERM, not exec's own: {status:?}"
+    );
+    assert!(
+        !common::runs(sleeper, &["sleep", "4343"]),
+        "the exec'd process still runs after its exec was sent SIGTERM"
+    );
+
+    // Handled by it: its own exit code.
+    let mut exec = rt
+        .command(&[
+            "exec",
+            "ex",
+            "sh",
+            "-c",
+            "trap 'exit 9' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(exec.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    common::sigterm_once_caught(&exec);
+    let status = common::wait_or_kill(&mut exec, within, "exec did not end after SIGTERM");
+    assert_eq!(status.code(), Some(9), "the trap's exit code: {status:?}");
+
+    // The container's PID 1 got none of it.
+    let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "ex"])).unwrap();
+    assert_eq!(st["status"], "running", "{st}");
+    assert!(
+        common::runs(init, &["sleep", "1000"]),
+        "PID 1 was signalled"
+    );
+    rt.ok(&["exec", "ex", "true"]);
+}
+
+/// Kills, on drop, the fake plugin whose PID `logging_plugin` wrote to `adding` if it still
+/// runs its `sleep 30`: a twill-run that fails a test may leave it behind.
+struct SlowPlugin(PathBuf);
+
+impl SlowPlugin {
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.0).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for SlowPlugin {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid().filter(|p| common::runs(*p, &["sleep", "30"])) {
+            // SAFETY: kill(2) on the PID of a process this test had started, checked above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// After a start that gave up on the slow plugin: the plugin was killed, ADD was followed by
+/// one DEL, and nothing of the container is left. Returns the container's ID.
+fn gave_up_and_undone(rt: &Rt, fake: &Path, plugin: &SlowPlugin) -> String {
+    let log = std::fs::read_to_string(fake.join("log")).unwrap();
+    let id = log
+        .lines()
+        .find_map(|l| l.strip_prefix("ADD "))
+        .unwrap_or_else(|| panic!("no ADD: {log}"))
+        .to_string();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        [format!("ADD {id}"), format!("DEL {id}")],
+        "one ADD, then one DEL to undo it"
+    );
+    let pid = plugin.pid().expect("the plugin wrote its PID");
+    assert!(
+        !common::runs(pid, &["sleep", "30"]),
+        "the plugin given up on still runs"
+    );
+    no_leftovers(rt, &id[..12]);
+    assert_eq!(rt.ok(&["ps", "-aq"]), "");
+    id
+}
+
+#[test]
+fn a_cni_plugin_that_never_answers_times_out_and_the_start_is_undone() {
+    // Before: twill-run waited for a CNI plugin for ever; its signals held during the start,
+    // only SIGKILL ended it, leaving the container's state, netns and cgroup for `rm -f`.
+    if !pre("a_cni_plugin_that_never_answers_times_out_and_the_start_is_undone") {
+        return;
+    }
+    let mut rt = Rt::new();
+    let fake = logging_plugin(&mut rt);
+    std::fs::write(fake.join("slow"), "").unwrap();
+    for (how, limit) in [("env", "1s"), ("flag", "1.5s")] {
+        let _ = std::fs::remove_file(fake.join("log"));
+        let _ = std::fs::remove_file(fake.join("adding"));
+        let plugin = SlowPlugin(fake.join("adding"));
+        let args = ["run", "--name", "hung", "busybox", "true"];
+        let mut c = match how {
+            "env" => {
+                let mut c = rt.command(&args);
+                c.env("TWILL_RUN_CNI_TIMEOUT", limit);
+                c
+            }
+            _ => rt.command(&[&["--cni-timeout", "1500ms"][..], &args].concat()),
+        };
+        let t0 = std::time::Instant::now();
+        let mut child = c
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = common::wait_or_kill(
+            &mut child,
+            std::time::Duration::from_secs(20),
+            "twill-run hung on a CNI plugin that never answers",
+        );
+        let took = t0.elapsed();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(125), "{how}: {stderr}");
+        let id = gave_up_and_undone(&rt, &fake, &plugin);
+        for part in [
+            "CNI ADD of container",
+            &id[..12],
+            "\"fakenet\"",
+            &fake.join("fakenet").display().to_string(),
+            &format!("did not finish within {limit}"),
+            "--cni-timeout",
+        ] {
+            assert!(stderr.contains(part), "{how}: {part:?} not in: {stderr}");
+        }
+        assert!(
+            took < std::time::Duration::from_secs(12),
+            "{how}: the timeout, a DEL and the cleanup took {took:?}"
+        );
+    }
+}
+
+#[test]
+fn a_sigint_or_sigterm_during_cni_add_ends_the_start_and_undoes_it() {
+    // Before: the start held SIGINT and SIGTERM for the container it was making, so while a
+    // CNI plugin hung, Ctrl-C or `kill` did nothing; only SIGKILL ended twill-run.
+    if !pre("a_sigint_or_sigterm_during_cni_add_ends_the_start_and_undoes_it") {
+        return;
+    }
+    let mut rt = Rt::new();
+    let fake = logging_plugin(&mut rt);
+    std::fs::write(fake.join("slow"), "").unwrap();
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let _ = std::fs::remove_file(fake.join("log"));
+        let _ = std::fs::remove_file(fake.join("adding"));
+        let plugin = SlowPlugin(fake.join("adding"));
+        // The timeout far away: the signal, not the limit, must end the start.
+        let mut child = rt
+            .command(&["run", "--name", "intr", "busybox", "true"])
+            .env("TWILL_RUN_CNI_TIMEOUT", "10m")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while plugin.pid().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ADD never started");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // SAFETY: kill(2) on the PID of our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let status = common::wait_or_kill(
+            &mut child,
+            std::time::Duration::from_secs(15),
+            &format!("{name} did not end a start waiting for a CNI plugin"),
+        );
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(128 + signal), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by {name}")) && stderr.contains("CNI ADD"),
+            "{name}: {stderr}"
+        );
+        gave_up_and_undone(&rt, &fake, &plugin);
+    }
 }

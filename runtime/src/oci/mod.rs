@@ -133,8 +133,7 @@ pub fn run(root: &Root, id: &str, opts: &create::CreateOptions) -> Result<i32> {
     {
         eprintln!("twill-oci: {e}: signals to twill-oci will not reach container {id}");
     }
-    let code = process::wait_exit(pid);
-    crate::container::stop_proxying();
+    let code = crate::container::reap(pid);
     let deleted = delete(root, id, true);
     match why {
         Some(why) => Err(failed(why, deleted)),
@@ -270,7 +269,9 @@ pub struct ExecOptions {
 }
 
 /// `exec`: a process in the container's namespaces and cgroup. Detached: returns once it has
-/// exec'd (exit 0); else waits and returns its exit code.
+/// exec'd (exit 0); else waits and returns its exit code, passing on the signals `run` passes
+/// on (as runc: a SIGTERM to `exec` reaches the process, and `exec` exits with its status,
+/// 128+signal when it was killed).
 pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
     let saved = root.load(id)?;
     let st = saved.status(&root.container_dir(id)?);
@@ -323,6 +324,14 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
     let cgroup = saved.cgroup.clone();
     let (pid_r, pid_w) = process::pipe()?;
     let (err_r, err_w) = process::pipe()?;
+    // Held from before the fork (both forks inherit the mask) until each waiting process has
+    // its proxy in place. Detached, nobody waits to pass anything on: signals act on
+    // twill-oci as before.
+    if !opts.detach
+        && let Err(e) = crate::container::hold_signals()
+    {
+        eprintln!("twill-oci exec: {e}: a signal before the process runs may not reach it");
+    }
     // SAFETY: twill-oci is single-threaded; the child only makes syscalls, forks and execs.
     match unsafe { nix::unistd::fork() }.map_err(|e| RuntimeError::nix("forking", "exec", e))? {
         nix::unistd::ForkResult::Child => {
@@ -377,7 +386,10 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
                     if opts.detach {
                         std::process::exit(0);
                     }
-                    std::process::exit(process::wait_exit(child));
+                    std::process::exit(crate::container::wait_passing_signals(
+                        child,
+                        "twill-oci exec",
+                    ));
                 }
             }
         }
@@ -395,7 +407,13 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
             {
                 create::write_pid_file(f, i32::from_le_bytes(b))?;
             }
-            Ok(process::wait_exit(child))
+            if opts.detach {
+                return Ok(process::wait_exit(child));
+            }
+            Ok(crate::container::wait_passing_signals(
+                child,
+                "twill-oci exec",
+            ))
         }
     }
 }

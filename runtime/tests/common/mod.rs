@@ -52,3 +52,50 @@ pub fn wait_or_kill(child: &mut Child, within: Duration, what: &str) -> ExitStat
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Whether process `pid` runs `argv` (its /proc/PID/cmdline; a zombie runs nothing).
+pub fn runs(pid: i32, argv: &[&str]) -> bool {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want)
+}
+
+/// The PIDs of the processes that run `argv`.
+pub fn pids_running(argv: &[&str]) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|pid| runs(*pid, argv))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits up to `within` for the one process that runs `argv`; its PID. Panics if none
+/// comes, or several do (the test's arguments must be unique on the machine).
+pub fn wait_for_process(argv: &[&str], within: Duration) -> i32 {
+    let deadline = Instant::now() + within;
+    loop {
+        match pids_running(argv)[..] {
+            [pid] => return pid,
+            [] if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            [] => panic!("no process runs {argv:?}"),
+            ref several => panic!("several processes run {argv:?}: {several:?}"),
+        }
+    }
+}
+
+/// Sends SIGTERM to `child` once it catches SIGTERM (its handler in SigCgt, waited for up to
+/// 5 s rather than a fixed while a loaded machine may outlast; one that never catches it is
+/// signalled all the same, and dies of it).
+pub fn sigterm_once_caught(child: &Child) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !catches(child.id(), libc::SIGTERM) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on the PID of our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+}
