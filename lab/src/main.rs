@@ -8,22 +8,33 @@ use twill_lab::family::IpFamily;
 use twill_lab::soak::{self, SoakOptions};
 use twill_lab::{commands, interrupt, state, up};
 
-/// A count of 1 or more (`--runs 0` ran one round without a word).
-fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
+/// A number from `min` to `max` (no upper limit with `None`), refused when the arguments are
+/// parsed, before anything is built, with what to give instead. The values it keeps out
+/// were taken without a word: `bench --seconds 0` is iperf3's `-t 0`, which never ends,
+/// `--runs 0` ran one round, and `soak --minutes 0` or `--max-faults 0` built a lab to
+/// inject no fault.
+fn bounded<T>(min: T, max: Option<T>) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    move |s| {
+        let n = s.parse::<T>().map_err(|e| e.to_string())?;
+        match max {
+            Some(max) if n < min || n > max => Err(format!("must be {min} to {max}")),
+            None if n < min => Err(format!("must be at least {min}")),
+            _ => Ok(n),
+        }
     }
 }
 
-/// A duration of 1 s or more (`bench --seconds 0` is iperf3's `-t 0`, which never ends).
-fn at_least_one_second(s: &str) -> Result<u64, String> {
-    match s.parse::<u64>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
+/// A number of `min` or more (see [`bounded`]).
+fn at_least<T>(min: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    bounded(min, None)
 }
 
 /// twill-lab: hosts as network namespaces, real etcd, real twilld agents and twill-run
@@ -67,25 +78,25 @@ enum Cmd {
     /// per fault kind and leases lost (goal: none). Tears the lab down at the end.
     Soak {
         /// Hosts, 2 to 50 (pings go between every pair).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = bounded(2usize, Some(50)))]
         hosts: usize,
         /// The backend every twilld runs.
         #[arg(long, value_enum, default_value_t = LabBackend::Vxlan)]
         backend: LabBackend,
-        /// How long to inject faults.
-        #[arg(long, default_value_t = 10)]
+        /// How long to inject faults (1 or more; --seconds for shorter runs).
+        #[arg(long, default_value_t = 10, value_parser = at_least(1u64))]
         minutes: u64,
-        /// Run this many seconds instead of --minutes (short smoke runs).
-        #[arg(long)]
+        /// Run this many seconds instead of --minutes (short smoke runs; 1 or more).
+        #[arg(long, value_parser = at_least(1u64))]
         seconds: Option<u64>,
         /// Seed of the fault schedule (same seed, same schedule).
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Faults of each kind at most.
-        #[arg(long, default_value_t = 10)]
+        /// Faults of each kind at most (1 or more).
+        #[arg(long, default_value_t = 10, value_parser = at_least(1usize))]
         max_faults: usize,
-        /// twilld's --subnet-lease-ttl in seconds (it renews every third of it).
-        #[arg(long, default_value_t = 60)]
+        /// twilld's --subnet-lease-ttl in seconds, 6 or more (it renews every third of it).
+        #[arg(long, default_value_t = 60, value_parser = at_least(6u64))]
         lease_ttl: u64,
         /// Also write the report here.
         #[arg(long)]
@@ -128,11 +139,11 @@ enum Cmd {
         #[arg(long, default_value = "all")]
         backends: BenchSelection,
         /// Seconds each iperf3 measurement runs (1 or more).
-        #[arg(long, default_value_t = 10, value_parser = at_least_one_second)]
+        #[arg(long, default_value_t = 10, value_parser = at_least(1u64))]
         seconds: u64,
         /// Rounds (every path measured once per round; default 1); each cell shows the
         /// median. For cni and runtime: runs per measurement (default: theirs).
-        #[arg(long, value_parser = at_least_one)]
+        #[arg(long, value_parser = at_least(1usize))]
         runs: Option<usize>,
         /// Also write the table as Markdown here.
         #[arg(long)]
@@ -225,7 +236,8 @@ fn main() {
             name: cli.name.clone(),
             hosts,
             backend,
-            duration: std::time::Duration::from_secs(seconds.unwrap_or(minutes * 60)),
+            // Saturated: the soak refuses a duration too long for the clock before it builds.
+            duration: std::time::Duration::from_secs(seconds.unwrap_or(minutes.saturating_mul(60))),
             seed,
             max_faults,
             lease_ttl,
@@ -289,5 +301,59 @@ fn main() {
             }
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every bounded option parses to its field's type: clap panics on one that does not, and
+    /// a refusal does not show it (`bounded(2, …)` made an i32 of a usize `--hosts`).
+    #[test]
+    fn the_bounded_options_take_their_bounds_and_defaults() {
+        let soak =
+            |args: &[&str]| match Cli::try_parse_from(["twill-lab", "soak"].iter().chain(args)) {
+                Ok(Cli {
+                    cmd:
+                        Cmd::Soak {
+                            hosts,
+                            minutes,
+                            seconds,
+                            max_faults,
+                            lease_ttl,
+                            ..
+                        },
+                    ..
+                }) => (hosts, minutes, seconds, max_faults, lease_ttl),
+                Ok(_) => panic!("not a soak: {args:?}"),
+                Err(e) => panic!("{args:?}: {e}"),
+            };
+        assert_eq!(soak(&[]), (5, 10, None, 10, 60));
+        let least = [
+            "--hosts",
+            "2",
+            "--minutes",
+            "1",
+            "--seconds",
+            "1",
+            "--max-faults",
+            "1",
+            "--lease-ttl",
+            "6",
+        ];
+        assert_eq!(soak(&least), (2, 1, Some(1), 1, 6));
+        assert_eq!(soak(&["--hosts", "50"]).0, 50);
+        let bench =
+            |args: &[&str]| match Cli::try_parse_from(["twill-lab", "bench"].iter().chain(args)) {
+                Ok(Cli {
+                    cmd: Cmd::Bench { seconds, runs, .. },
+                    ..
+                }) => (seconds, runs),
+                Ok(_) => panic!("not a bench: {args:?}"),
+                Err(e) => panic!("{args:?}: {e}"),
+            };
+        assert_eq!(bench(&[]), (10, None));
+        assert_eq!(bench(&["--seconds", "1", "--runs", "1"]), (1, Some(1)));
     }
 }

@@ -852,6 +852,50 @@ fn bench_refuses_zero_seconds_instead_of_measuring_forever() {
 }
 
 #[test]
+fn soak_refuses_out_of_range_numbers_before_building_anything() {
+    if !ready() {
+        return;
+    }
+    // Before: `--minutes 0` and `--seconds 0` built a lab, checked it and tore it down without
+    // a fault; `--max-faults 0` soaked ten minutes without one (stopped here after 30 s).
+    // `--hosts` and `--lease-ttl` out of range were refused after parsing, with exit code 1.
+    let _lab = Down("tsz");
+    for (flag, value, want) in [
+        (
+            "--minutes",
+            "0",
+            "'--minutes <MINUTES>': must be at least 1",
+        ),
+        (
+            "--seconds",
+            "0",
+            "'--seconds <SECONDS>': must be at least 1",
+        ),
+        (
+            "--max-faults",
+            "0",
+            "'--max-faults <MAX_FAULTS>': must be at least 1",
+        ),
+        ("--hosts", "1", "'--hosts <HOSTS>': must be 2 to 50"),
+        ("--hosts", "51", "'--hosts <HOSTS>': must be 2 to 50"),
+        (
+            "--lease-ttl",
+            "5",
+            "'--lease-ttl <LEASE_TTL>': must be at least 6",
+        ),
+    ] {
+        let (code, out) = lab_within(&["soak", "--name", "tsz", flag, value], 30);
+        assert_eq!(code, Some(2), "{flag} {value}: {out}");
+        assert!(out.contains(want), "{flag} {value}: {out}");
+        assert!(
+            !out.contains("==> building"),
+            "built before refusing: {out}"
+        );
+        gone("tsz");
+    }
+}
+
+#[test]
 fn bench_leaves_a_lab_of_the_users_alone() {
     if !ready() {
         return;

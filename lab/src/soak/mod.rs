@@ -83,6 +83,11 @@ pub fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
         "--hosts must be at least 2 (pings go between hosts)"
     );
     anyhow::ensure!(o.lease_ttl >= 6, "--lease-ttl must be at least 6 seconds");
+    // Found out here rather than as a panic once the lab is built.
+    anyhow::ensure!(
+        Instant::now().checked_add(o.duration).is_some(),
+        "a soak that long ends beyond what the clock can count: give fewer --minutes or --seconds"
+    );
     if state_dir(&o.name).join("state.json").exists() {
         return Err(LabExists(o.name.clone()).into());
     }
@@ -149,7 +154,9 @@ fn run(o: &SoakOptions) -> anyhow::Result<bool> {
     let logs: Vec<PathBuf> = lab.state.hosts.iter().map(|h| h.log.clone()).collect();
     let start = leases::Start::take(&etcd.members[0], &logs)?;
     let began = now();
-    let deadline = Instant::now() + o.duration;
+    let deadline = Instant::now().checked_add(o.duration).context(
+        "the soak's end is beyond what the clock can count: give fewer --minutes or --seconds",
+    )?;
     let short = o.duration < Duration::from_secs(120);
     let mut faults = Vec::new();
     let mut rng = Rng::new(o.seed);
