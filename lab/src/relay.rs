@@ -135,14 +135,7 @@ pub(crate) fn stop_agent(pid: u32) -> anyhow::Result<()> {
     let gone = wait_for(Duration::from_secs(10), || {
         // Reaps it when it is our child (the bench started it); a zombie's TUN is closed.
         let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-        nix::sys::signal::kill(pid, None).is_err()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .is_some_and(|r| r.trim_start().starts_with('Z'))
-                })
-                .unwrap_or(true)
+        twill_testbed::exited(pid.as_raw())
     });
     if !gone {
         bail!("process {pid} is still running 10 s after SIGTERM");

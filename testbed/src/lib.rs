@@ -22,4 +22,4 @@ pub use etcd::{
     set_data_parent as set_etcd_data_parent,
 };
 pub use process::{free_local_port, wait_for};
-pub use sweep::{namespaces_with_prefix, pids_in_netns, sweep};
+pub use sweep::{exited, namespaces_with_prefix, pids_in_netns, sweep};

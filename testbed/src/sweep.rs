@@ -38,6 +38,20 @@ pub fn pids_in_netns(name: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Whether `pid` has ended: gone, or a zombie. A zombie has left its namespaces and closed
+/// its files already; only its parent's reaping is missing, which may come late (an init
+/// that reaps slowly made every sweep wait its whole second per namespace).
+pub fn exited(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which may hold spaces and parentheses.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
+        Err(_) => true,
+    }
+}
+
 /// Removes every namespace of `prefix`, first killing (by PID) the processes the lab started
 /// inside them. Safe to call when nothing is left. Returns what it removed.
 pub fn sweep(prefix: &str) -> Result<Vec<String>> {
@@ -51,12 +65,9 @@ pub fn sweep(prefix: &str) -> Result<Vec<String>> {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        // Give the kernel a moment to reap them so the namespace really goes away.
+        // Give the kernel a moment to end them so the namespace really goes away.
         for _ in 0..50 {
-            if pids
-                .iter()
-                .all(|&p| !Path::new(&format!("/proc/{p}")).exists())
-            {
+            if pids.iter().all(|&p| exited(p)) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -64,4 +75,32 @@ pub fn sweep(prefix: &str) -> Result<Vec<String>> {
         Netns::delete(name)?;
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zombie_has_exited_a_running_process_has_not() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(!exited(pid), "running");
+        child.kill().unwrap();
+        // Killed but not reaped: a zombie until `wait`, which the sweep's wait must not need.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .contains(") Z")
+        {
+            assert!(std::time::Instant::now() < deadline, "never a zombie");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(exited(pid), "a zombie has exited");
+        child.wait().unwrap();
+        assert!(exited(pid), "reaped");
+    }
 }
