@@ -5,6 +5,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,13 +13,16 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::error::{Result, RuntimeError};
 use crate::store::PortSpec;
 
-/// A loaded network list.
-#[derive(Clone, Debug)]
+/// A loaded network list. Serialized into a pending DEL's record (`network::PendingDel`), so
+/// that a retry calls the plugins with the configuration the attachment had.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NetworkList {
     pub name: String,
     pub cni_version: String,
@@ -177,6 +181,10 @@ fn spawn(bin: &Path, command: &str, conf: &Value, att: &Attachment) -> Result<Ch
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A group of its own, which what it starts joins (an IPAM plugin it delegates to,
+        // iptables): `end` can then kill them all. Side effect, welcome: a Ctrl-C at the
+        // terminal reaches twill-run only, which decides (an ADD ends, a DEL runs to its end).
+        .process_group(0)
         .spawn()
         .map_err(|e| net_err(format!("running {}: {e}", bin.display())))
 }
@@ -262,18 +270,24 @@ impl Call<'_> {
     }
 }
 
-/// Kills a plugin given up on and reaps it. By the child's own PID, still ours: it is not
-/// reaped until here. What the plugin started itself is left alone: only the plugin is known
-/// to be ours, and the DEL that follows is how a plugin is told to release what it made.
+/// Kills a plugin given up on (timeout, interrupt), with whatever it started that is still in
+/// the process group `spawn` made for it, and reaps it. That group is ours: the plugin leads
+/// it and, not reaped until here, keeps its ID from being reused, so the kill reaches no
+/// stranger. Only here: a plugin that finished may leave a process running (the reference
+/// `dhcp` plugin only talks to a daemon started on its own, but another plugin may start a
+/// helper), and that is the plugin's to manage, as is a daemon that made its own session.
 fn end(child: &mut Child) {
-    let _ = child.kill();
+    let group = Pid::from_raw(child.id() as i32);
+    if nix::sys::signal::killpg(group, Signal::SIGKILL).is_err() {
+        let _ = child.kill();
+    }
     let _ = child.wait();
 }
 
-/// SIGINT and SIGTERM, readable while a foreground `run` holds them (see
-/// `container::hold_signals`): a start waiting for a CNI plugin ends on them instead of
-/// keeping them for a container that may never come. Elsewhere they are not blocked and act
-/// as before, so nothing reads them here.
+/// SIGINT and SIGTERM, readable while a start holds them (see `container::hold_signals`: a
+/// foreground `run`, and the monitor of `run -d`): a start waiting for a CNI plugin ends on
+/// them instead of keeping them for a container that may never come. Elsewhere they are not
+/// blocked and act as before, so nothing reads them here.
 struct Interrupts(SignalFd);
 
 impl Interrupts {

@@ -184,10 +184,11 @@ fn publish_exposed(cfg: &config::RunConfig, given: &[PortSpec]) -> Result<Vec<Po
 }
 
 /// Undoes everything a (possibly half-created) container holds: network, cgroup, directory.
-/// Anonymous volumes are kept (volumes outlive containers).
+/// Anonymous volumes are kept (volumes outlive containers). A DEL that fails is recorded to
+/// be retried (see `network::teardown`), since the state goes all the same.
 pub fn cleanup(store: &Store, st: &State, cni: &CniOptions) -> Result<()> {
     let mut errors = Vec::new();
-    if let Err(e) = network::teardown(st, cni) {
+    if let Err(e) = network::teardown(st, cni, Some(store)) {
         errors.push(e.to_string());
     }
     if st.cgroup.is_some()
@@ -465,9 +466,21 @@ fn proxied_set() -> nix::sys::signal::SigSet {
 /// cgroup held, with nobody to record its exit. The container's process inherits the mask
 /// and clears it right before exec (`process::reset_signals`).
 pub fn hold_signals() -> Result<()> {
-    use nix::sys::signal::{SigmaskHow, sigprocmask};
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&proxied_set()), None)
-        .map_err(|e| RuntimeError::nix("blocking", "the signals passed on to the container", e))
+    hold_signals_saving_mask().map(drop)
+}
+
+/// [`hold_signals`], returning the mask it replaced, for a process that holds them for a
+/// child only (`run -d`, until its fork).
+fn hold_signals_saving_mask() -> Result<nix::sys::signal::SigSet> {
+    use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+    let mut previous = SigSet::empty();
+    sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&proxied_set()),
+        Some(&mut previous),
+    )
+    .map_err(|e| RuntimeError::nix("blocking", "the signals passed on to the container", e))?;
+    Ok(previous)
 }
 
 /// A foreground `run` passes the signals it gets on to the container's PID 1, as podman's
@@ -542,7 +555,7 @@ pub fn monitor(store: &Store, mut st: State, pid: Pid, cni: &CniOptions) -> Resu
     st.pid = None;
     // The processes are gone: release the network (CNI DEL, netns) and the cgroup now, as
     // Docker does at stop; rm removes the rest.
-    let released = match network::teardown(&st, cni) {
+    let released = match network::teardown(&st, cni, None) {
         Ok(()) => {
             st.netns = None;
             st.network_name = None;
@@ -572,18 +585,46 @@ pub fn monitor(store: &Store, mut st: State, pid: Pid, cni: &CniOptions) -> Resu
 }
 
 /// `run -d`: a monitor process (setsid) starts and waits for the container; the caller gets
-/// the ID once it is running, or the start error.
+/// the ID once it is running, or the start error. The monitor starts the container as a
+/// foreground `run` does: SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1 and SIGUSR2 held, a
+/// SIGINT or SIGTERM during a CNI ADD ending the start and undoing it, then passed on to the
+/// container's PID 1 while the monitor waits for it. Unheld, one of them killed the monitor
+/// in the middle of the start and left the container half made (state, netns, cgroup, the
+/// plugin's reservation) for `rm -f`.
 pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Result<String> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::nix("creating", "pipe", e))?;
+    // Held from before the fork, so the monitor is never without them; the command that
+    // waits for its report gets its own mask back at once.
+    let previous = hold_signals_saving_mask();
+    if let Err(e) = &previous {
+        eprintln!("twill-run: {e}: a signal to the monitor during the start may orphan it");
+    }
     // SAFETY: the process is single-threaded (netkit's helper threads are joined).
-    match unsafe { nix::unistd::fork() }.map_err(|e| RuntimeError::nix("forking", "monitor", e))? {
+    let forked = unsafe { nix::unistd::fork() };
+    if !matches!(forked, Ok(nix::unistd::ForkResult::Child))
+        && let Ok(mask) = &previous
+    {
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(mask),
+            None,
+        );
+    }
+    match forked.map_err(|e| RuntimeError::nix("forking", "monitor", e))? {
         nix::unistd::ForkResult::Child => {
             drop(r);
             let _ = nix::unistd::setsid();
             let mut w = fs::File::from(w);
             match start(store, opts, cni, true) {
                 Ok((st, pid)) => {
+                    // Before the report: the caller's stderr is still ours to warn on.
+                    if let Err(e) = proxy_signals(pid) {
+                        eprintln!(
+                            "twill-run: {e}: signals to the monitor of {} will not reach it",
+                            st.name
+                        );
+                    }
                     let _ = w.write_all(&MonitorReport::Running { id: st.id.clone() }.encode());
                     drop(w);
                     if let Ok(null) = fs::File::open("/dev/null") {
@@ -750,12 +791,14 @@ pub fn remove(store: &Store, id: &str, force: bool, volumes: bool, cni: &CniOpti
         Err(RuntimeError::NoContainer(_)) => return Ok(()),
         Err(_) => st,
     };
-    cleanup(store, &st, cni)?;
+    let cleaned = cleanup(store, &st, cni);
     // A `--rm` container kept because its network release failed goes as `--rm` would have.
-    if volumes || st.auto_remove {
+    // Once its state is gone, also when its DEL failed (recorded to be retried), nothing
+    // would find its volumes again.
+    if (volumes || st.auto_remove) && !store.container_dir(&st.id).exists() {
         remove_anonymous_volumes(store, &st);
     }
-    Ok(())
+    cleaned
 }
 
 /// `exec`: joins the container's cgroup and namespaces and runs `argv`; returns its exit code.

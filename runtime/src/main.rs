@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use twill_runtime::container::{self, RunOptions};
 use twill_runtime::image;
-use twill_runtime::network::{CniOptions, NetMode};
+use twill_runtime::network::{self, CniOptions, NetMode, RetriedDel};
 use twill_runtime::store::{Limits, PortSpec, Status, Store};
 
 /// A healthy plugin answers in milliseconds (twill's ADD) to seconds (the `dhcp` IPAM plugin,
@@ -137,6 +137,9 @@ enum Cmd {
         ids: Vec<String>,
     },
     /// Remove a container (-f: also a running one).
+    ///
+    /// Also calls CNI DEL again for containers removed earlier whose DEL failed (as `run`
+    /// does); `rm ID` of such a container fails unless its DEL worked this time.
     Rm {
         #[arg(short, long)]
         force: bool,
@@ -361,6 +364,21 @@ fn test_pause_before_proxy() {
 #[cfg(not(debug_assertions))]
 fn test_pause_before_proxy() {}
 
+/// Calls DEL again for the attachments earlier cleanups failed to release (see
+/// `network::retry_pending_dels`) and says which fail again, except those `named` (the IDs
+/// given to `rm`), whose failure is their `rm`'s error.
+fn retry_pending_dels(store: &Store, cni: &CniOptions, named: &[String]) -> Vec<RetriedDel> {
+    let retried = network::retry_pending_dels(store, cni);
+    for r in &retried {
+        if let Some(e) = &r.error
+            && !named.iter().any(|n| r.is(n))
+        {
+            eprintln!("twill-run: {e}");
+        }
+    }
+    retried
+}
+
 /// Runs `f` on every ID; 0 when all succeeded, else 125 once each failure is printed.
 fn each(ids: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> i32 {
     let mut code = 0;
@@ -498,6 +516,8 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 auto_remove: a.rm,
                 interactive: a.interactive,
             };
+            // Before the start: an address a failed DEL still holds may be the one it needs.
+            retry_pending_dels(&store, &cni, &[]);
             let cni = CniOptions {
                 network: a.network,
                 ..cni
@@ -581,8 +601,19 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             volumes,
             ids,
         } => {
+            let retried = retry_pending_dels(&store, &cni, &ids);
             return Ok(each(&ids, |id| {
-                container::remove(&store, id, force, volumes, &cni)?;
+                let removed = container::remove(&store, id, force, volumes, &cni);
+                // Only a DEL left of it: `rm` of it is that DEL, just retried.
+                if let Err(twill_runtime::error::RuntimeError::NoContainer(_)) = &removed
+                    && let [pending] = retried.iter().filter(|r| r.is(id)).collect::<Vec<_>>()[..]
+                {
+                    if let Some(e) = &pending.error {
+                        bail!("{e}");
+                    }
+                } else {
+                    removed?;
+                }
                 println!("{id}");
                 Ok(())
             }));

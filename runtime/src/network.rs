@@ -1,14 +1,19 @@
 //! Network modes: `host` (the host's namespace), `none` (a new namespace with only `lo`),
 //! `container:ID` (another container's namespace) and `bridge` (a new namespace attached
-//! through the CNI network's plugins).
+//! through the CNI network's plugins). A DEL that fails as a container's state goes is kept
+//! as a record under `<root>/pending-del/` and called again later ([`retry_pending_dels`]).
 
+use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use twill_netkit::{Netlink, Netns};
 
-use crate::cni_client::{self, Attachment};
+use crate::cni_client::{self, Attachment, NetworkList};
 use crate::error::{Result, RuntimeError};
-use crate::store::{PortSpec, State, Status, Store};
+use crate::store::{PortSpec, State, Status, Store, now_unix, write_atomic};
 
 /// A parsed `--net` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +73,9 @@ pub enum NetJoin {
     New,
 }
 
+/// The container's interface, the one attachment a container has.
+const IFNAME: &str = "eth0";
+
 /// The named netns of a container.
 pub fn netns_name(id: &str) -> String {
     format!("twr-{}", &id[..12.min(id.len())])
@@ -116,7 +124,7 @@ pub fn setup(
                 let att = Attachment {
                     container_id: &state.id,
                     netns: Some(ns.path()),
-                    ifname: "eth0",
+                    ifname: IFNAME,
                     cni_path: &cni.path,
                     ports: &state.ports,
                     timeout: cni.timeout,
@@ -142,30 +150,54 @@ pub fn setup(
     }
 }
 
-/// Undoes `setup`: CNI DEL (bridge) and the namespace. Safe to repeat.
-pub fn teardown(state: &State, cni: &CniOptions) -> Result<()> {
+/// Undoes `setup`: CNI DEL (bridge) and the namespace. Safe to repeat. With `record`, the
+/// caller removes the container's state next (a failed start's cleanup, `rm`), which is what
+/// told a later `rm` to call DEL again: a DEL that fails, or cannot run because the network's
+/// configuration is gone, is then recorded in that store for [`retry_pending_dels`] instead,
+/// and the error says so. Without it (the monitor, at the container's exit) the caller keeps
+/// the state.
+pub fn teardown(state: &State, cni: &CniOptions, record: Option<&Store>) -> Result<()> {
     let mut errors = Vec::new();
-    if state.network_mode == "bridge" && state.network_name.is_some() {
+    if state.network_mode == "bridge"
+        && let Some(network_name) = &state.network_name
+    {
         let netns_path = state
             .netns
             .as_ref()
             .map(|n| Path::new(twill_netkit::NETNS_RUN_DIR).join(n));
-        match cni_client::load(&cni.conf_dir, state.network_name.as_deref()) {
-            Ok(list) => {
-                let ports: &[PortSpec] = &state.ports;
+        let list = cni_client::load(&cni.conf_dir, Some(network_name));
+        let deleted = list
+            .as_ref()
+            .map_err(RuntimeError::network_detail)
+            .and_then(|list| {
                 let att = Attachment {
                     container_id: &state.id,
                     netns: netns_path.as_deref().filter(|p| p.exists()),
-                    ifname: "eth0",
+                    ifname: IFNAME,
                     cni_path: &cni.path,
-                    ports,
+                    ports: &state.ports,
                     timeout: cni.timeout,
                 };
-                if let Err(e) = cni_client::del(&list, &att, state.cni_result.as_ref()) {
-                    errors.push(e.network_detail());
+                cni_client::del(list, &att, state.cni_result.as_ref())
+                    .map_err(|e| e.network_detail())
+            });
+        if let Err(detail) = deleted {
+            errors.push(match record {
+                Some(store) => PendingDel {
+                    container_id: state.id.clone(),
+                    container_name: state.name.clone(),
+                    network_name: network_name.clone(),
+                    network: list.ok(),
+                    ifname: IFNAME.to_string(),
+                    result: state.cni_result.clone(),
+                    ports: state.ports.clone(),
+                    cni_path: cni.path.clone(),
+                    error: detail,
+                    since_unix: now_unix(),
                 }
-            }
-            Err(e) => errors.push(e.network_detail()),
+                .keep(store),
+                None => detail,
+            });
         }
     }
     if let Some(n) = &state.netns
@@ -178,4 +210,199 @@ pub fn teardown(state: &State, cni: &CniOptions) -> Result<()> {
     } else {
         Err(RuntimeError::Network(errors.join("; ")))
     }
+}
+
+/// When the DEL of a record is called again; errors about one say it.
+const RETRIED_ON: &str = "twill-run will retry on the next `twill-run run` or `twill-run rm`";
+
+/// A container ID as messages and `ps` show it.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// An attachment whose DEL failed as its container's state went: what calling DEL again
+/// takes, in `<root>/pending-del/<container ID>.json`. The CNI spec allows a DEL without the
+/// netns, which is gone by then; the plugin releases what it holds by container ID and
+/// interface (host-local's reservation, portmap's rules), as it does for a runtime that lost
+/// a netns. Written once, removed once a DEL succeeds.
+#[derive(Serialize, Deserialize)]
+struct PendingDel {
+    container_id: String,
+    /// For messages, and so `rm NAME` finds it.
+    container_name: String,
+    network_name: String,
+    /// The network as the DEL that failed was given it, so a retry calls the same plugins
+    /// with the same configuration whatever the conf dir holds by then (as libcni caches
+    /// it); None when it could not be loaded, and then loaded by name for each retry.
+    network: Option<NetworkList>,
+    ifname: String,
+    /// The ADD's result: DEL's prevResult.
+    result: Option<Value>,
+    /// The capability args the ADD had (`portMappings`: portmap removes its rules by them).
+    ports: Vec<PortSpec>,
+    /// CNI_PATH as it was; a retry searches the current `--cni-path` after it.
+    cni_path: Vec<PathBuf>,
+    /// Why the DEL failed when it was recorded, for whoever reads the file.
+    error: String,
+    since_unix: u64,
+}
+
+fn pending_dir(store: &Store) -> PathBuf {
+    store.root.join("pending-del")
+}
+
+impl PendingDel {
+    /// Writes the record; the error for the DEL that failed, saying what happens next.
+    fn keep(&self, store: &Store) -> String {
+        let dir = pending_dir(store);
+        let path = dir.join(format!("{}.json", self.container_id));
+        let written = fs::create_dir_all(&dir)
+            .map_err(|e| RuntimeError::io("creating", dir.display(), e))
+            .and_then(|()| {
+                serde_json::to_vec_pretty(self)
+                    .map_err(|e| RuntimeError::Invalid(format!("encoding {}: {e}", path.display())))
+            })
+            .and_then(|bytes| write_atomic(&path, &bytes));
+        match written {
+            Ok(()) => format!(
+                "DEL failed: {}; the address stays reserved; {RETRIED_ON} (or now: `twill-run \
+                 rm {}`)",
+                self.error,
+                short(&self.container_id)
+            ),
+            Err(e) => format!(
+                "DEL failed: {}; the address stays reserved, and recording the DEL for a retry \
+                 failed too ({e}): call the plugins of network {:?} with CNI_COMMAND=DEL \
+                 CNI_CONTAINERID={} CNI_IFNAME={} by hand",
+                self.error, self.network_name, self.container_id, self.ifname
+            ),
+        }
+    }
+
+    /// DEL once more, without a netns; the error's detail when it fails.
+    fn del_again(&self, cni: &CniOptions) -> std::result::Result<(), String> {
+        let loaded;
+        let list = match &self.network {
+            Some(list) => list,
+            None => {
+                loaded = cni_client::load(&cni.conf_dir, Some(&self.network_name))
+                    .map_err(|e| e.network_detail())?;
+                &loaded
+            }
+        };
+        let mut cni_path = self.cni_path.clone();
+        cni_path.extend(
+            cni.path
+                .iter()
+                .filter(|p| !self.cni_path.contains(p))
+                .cloned(),
+        );
+        let att = Attachment {
+            container_id: &self.container_id,
+            netns: None,
+            ifname: &self.ifname,
+            cni_path: &cni_path,
+            ports: &self.ports,
+            timeout: cni.timeout,
+        };
+        cni_client::del(list, &att, self.result.as_ref()).map_err(|e| e.network_detail())
+    }
+}
+
+/// What one retry of a recorded DEL came to.
+#[derive(Debug)]
+pub struct RetriedDel {
+    pub container_id: String,
+    pub container_name: String,
+    /// Why it failed again (the record stays); None when the DEL succeeded and the record is
+    /// gone.
+    pub error: Option<String>,
+}
+
+impl RetriedDel {
+    /// Whether `rm ID` names it: by its container's ID, a prefix of it, or its name.
+    pub fn is(&self, id_or_name: &str) -> bool {
+        !id_or_name.is_empty()
+            && (self.container_id.starts_with(id_or_name) || self.container_name == id_or_name)
+    }
+}
+
+/// Calls DEL again for each attachment [`teardown`] recorded, and removes the record of each
+/// that succeeds. `run` calls it before it starts a container (which may need an address a
+/// record holds) and `rm` before it removes any; not `ps`, which only reads and should not
+/// wait a timeout for a hung plugin. A record another twill-run is retrying at the moment is
+/// skipped rather than waited for.
+///
+/// Not CNI GC (spec 1.1), which the runtime gives every valid attachment of a network so the
+/// plugins release all others: twill-run knows only its own attachments, and a network on
+/// this host may be shared with another runtime (podman, with the same bridge and host-local
+/// store), whose addresses GC would release. And the reference plugins in use speak CNI 1.0.
+/// A DEL of exactly the attachment whose DEL failed is what the spec asks of a runtime anyway.
+pub fn retry_pending_dels(store: &Store, cni: &CniOptions) -> Vec<RetriedDel> {
+    let Ok(entries) = fs::read_dir(pending_dir(store)) else {
+        return Vec::new();
+    };
+    let mut records: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    records.sort();
+    records.iter().filter_map(|p| retry(p, cni)).collect()
+}
+
+/// [`retry_pending_dels`] for one record; None when another twill-run has it.
+fn retry(path: &Path, cni: &CniOptions) -> Option<RetriedDel> {
+    use nix::fcntl::{Flock, FlockArg};
+    // Gone: another twill-run's retry succeeded.
+    let file = fs::File::open(path).ok()?;
+    let mut file = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
+    // Removed between the listing and the lock: another twill-run's DEL succeeded.
+    if !path.exists() {
+        return None;
+    }
+    let id = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut text = Vec::new();
+    let record = file
+        .read_to_end(&mut text)
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_slice::<PendingDel>(&text).map_err(|e| e.to_string()));
+    let record = match record {
+        Ok(r) => r,
+        Err(e) => {
+            return Some(RetriedDel {
+                container_id: id,
+                container_name: String::new(),
+                error: Some(format!(
+                    "reading the pending DEL {}: {e}; delete the file once the address it \
+                     records is released",
+                    path.display()
+                )),
+            });
+        }
+    };
+    let error = match record.del_again(cni) {
+        Ok(()) => match fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Some(format!(
+                "removing {} after its DEL succeeded: {e}; delete it by hand",
+                path.display()
+            )),
+            _ => None,
+        },
+        Err(detail) => Some(format!(
+            "network: DEL of container {} on network {:?} failed again: {detail}; the address \
+             stays reserved; {RETRIED_ON} (recorded in {}: delete it to give up)",
+            short(&record.container_id),
+            record.network_name,
+            path.display()
+        )),
+    };
+    Some(RetriedDel {
+        container_id: record.container_id,
+        container_name: record.container_name,
+        error,
+    })
 }

@@ -1,7 +1,8 @@
 //! The on-disk store under `--root` (default `/var/lib/twill`):
 //! `images/<name>/image.json` (a `/` in the name stored as `%2F`), `layers/<diff-id hex>/{diff/,
 //! layer.json}` (shared by images), `tmp/` (imports being staged), `containers/<id>/{state.json,
-//! upper/, work/, init/, rootfs/, log}`, `volumes/<id>/_data`.
+//! upper/, work/, init/, rootfs/, log}`, `volumes/<id>/_data`, `pending-del/<id>.json` (CNI DELs
+//! to call again, see `network::retry_pending_dels`).
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -733,8 +733,11 @@ fn a_user_is_told_twill_run_needs_root() {
 }
 
 /// A CNI plugin that only logs: `$dir/log` gets "COMMAND ID" per call; ADD waits while
-/// `$dir/slow` exists (after writing its PID to `$dir/adding`), DEL fails while `$dir/faildel`
-/// exists. Returns the conf dir's network and the plugin's directory.
+/// `$dir/slow` exists (after writing its PID to `$dir/adding`, and with `$dir/forks` after
+/// starting a `sleep 3131` of its own whose PID goes to `$dir/child`); with `$dir/daemon`,
+/// ADD leaves a `sleep 3232` running (its PID in `$dir/daemon.pid`) as a plugin that starts
+/// a daemon does. DEL fails while `$dir/faildel` exists, and once when `$dir/faildel-once`
+/// does. Returns the conf dir's network and the plugin's directory.
 fn logging_plugin(rt: &mut Rt) -> PathBuf {
     let dir = rt.dir.path().join("fakecni");
     std::fs::create_dir_all(&dir).unwrap();
@@ -745,10 +748,15 @@ cat > /dev/null
 echo "$CNI_COMMAND $CNI_CONTAINERID" >> {d}/log
 case "$CNI_COMMAND" in
 ADD)
-    if [ -e {d}/slow ]; then echo $$ > {d}/adding; exec sleep 30; fi
+    if [ -e {d}/daemon ]; then sleep 3232 > /dev/null 2>&1 & echo $! > {d}/daemon.pid; fi
+    if [ -e {d}/slow ]; then
+        if [ -e {d}/forks ]; then sleep 3131 > /dev/null 2>&1 & echo $! > {d}/child; fi
+        echo $$ > {d}/adding; exec sleep 30
+    fi
     echo '{{"cniVersion":"1.0.0","ips":[{{"address":"10.31.0.5/24"}}]}}' ;;
 DEL)
-    if [ -e {d}/faildel ]; then echo '{{"code":11,"msg":"DEL refused"}}'; exit 1; fi ;;
+    if [ -e {d}/faildel ]; then echo '{{"code":11,"msg":"DEL refused"}}'; exit 1; fi
+    if rm {d}/faildel-once 2> /dev/null; then echo '{{"code":11,"msg":"DEL refused once"}}'; exit 1; fi ;;
 VERSION)
     echo '{{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}}' ;;
 esac
@@ -1615,19 +1623,38 @@ fn exec_passes_signals_on_to_its_process_and_exits_with_its_status() {
     rt.ok(&["exec", "ex", "true"]);
 }
 
-/// Kills, on drop, the fake plugin whose PID `logging_plugin` wrote to `adding` if it still
-/// runs its `sleep 30`: a twill-run that fails a test may leave it behind.
-struct SlowPlugin(PathBuf);
+/// A process the fake plugin started and wrote the PID of to a file (`logging_plugin`),
+/// killed on drop if it still runs `argv`: a twill-run that fails a test may leave it behind.
+struct PluginProcess {
+    pid_file: PathBuf,
+    argv: &'static [&'static str],
+}
 
-impl SlowPlugin {
-    fn pid(&self) -> Option<i32> {
-        std::fs::read_to_string(&self.0).ok()?.trim().parse().ok()
+/// The slow plugin itself, once its ADD waits (`exec sleep 30`).
+fn slow_plugin(fake: &Path) -> PluginProcess {
+    PluginProcess {
+        pid_file: fake.join("adding"),
+        argv: &["sleep", "30"],
     }
 }
 
-impl Drop for SlowPlugin {
+impl PluginProcess {
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn runs(&self) -> bool {
+        self.pid().is_some_and(|p| common::runs(p, self.argv))
+    }
+}
+
+impl Drop for PluginProcess {
     fn drop(&mut self) {
-        if let Some(pid) = self.pid().filter(|p| common::runs(*p, &["sleep", "30"])) {
+        if let Some(pid) = self.pid().filter(|p| common::runs(*p, self.argv)) {
             // SAFETY: kill(2) on the PID of a process this test had started, checked above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
@@ -1636,7 +1663,7 @@ impl Drop for SlowPlugin {
 
 /// After a start that gave up on the slow plugin: the plugin was killed, ADD was followed by
 /// one DEL, and nothing of the container is left. Returns the container's ID.
-fn gave_up_and_undone(rt: &Rt, fake: &Path, plugin: &SlowPlugin) -> String {
+fn gave_up_and_undone(rt: &Rt, fake: &Path, plugin: &PluginProcess) -> String {
     let log = std::fs::read_to_string(fake.join("log")).unwrap();
     let id = log
         .lines()
@@ -1648,11 +1675,8 @@ fn gave_up_and_undone(rt: &Rt, fake: &Path, plugin: &SlowPlugin) -> String {
         [format!("ADD {id}"), format!("DEL {id}")],
         "one ADD, then one DEL to undo it"
     );
-    let pid = plugin.pid().expect("the plugin wrote its PID");
-    assert!(
-        !common::runs(pid, &["sleep", "30"]),
-        "the plugin given up on still runs"
-    );
+    assert!(plugin.pid().is_some(), "the plugin wrote its PID");
+    assert!(!plugin.runs(), "the plugin given up on still runs");
     no_leftovers(rt, &id[..12]);
     assert_eq!(rt.ok(&["ps", "-aq"]), "");
     id
@@ -1671,7 +1695,7 @@ fn a_cni_plugin_that_never_answers_times_out_and_the_start_is_undone() {
     for (how, limit) in [("env", "1s"), ("flag", "1.5s")] {
         let _ = std::fs::remove_file(fake.join("log"));
         let _ = std::fs::remove_file(fake.join("adding"));
-        let plugin = SlowPlugin(fake.join("adding"));
+        let plugin = slow_plugin(&fake);
         let args = ["run", "--name", "hung", "busybox", "true"];
         let mut c = match how {
             "env" => {
@@ -1727,7 +1751,7 @@ fn a_sigint_or_sigterm_during_cni_add_ends_the_start_and_undoes_it() {
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
         let _ = std::fs::remove_file(fake.join("log"));
         let _ = std::fs::remove_file(fake.join("adding"));
-        let plugin = SlowPlugin(fake.join("adding"));
+        let plugin = slow_plugin(&fake);
         // The timeout far away: the signal, not the limit, must end the start.
         let mut child = rt
             .command(&["run", "--name", "intr", "busybox", "true"])
@@ -1761,4 +1785,265 @@ fn a_sigint_or_sigterm_during_cni_add_ends_the_start_and_undoes_it() {
         );
         gave_up_and_undone(&rt, &fake, &plugin);
     }
+}
+
+/// The PID of the parent of process `pid` (/proc/PID/stat's fourth field, after the
+/// parenthesised command name, which may hold spaces).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_sigint_or_sigterm_to_a_detached_start_during_cni_add_ends_the_start_and_undoes_it() {
+    // Before: the monitor of `run -d` held no signals while it started the container, so a
+    // SIGINT or SIGTERM sent to it while a CNI plugin ran killed it: the container's state
+    // and netns (and the plugin's reservation, with no DEL) were left for `rm -f`, and
+    // `run -d` said only "the monitor died".
+    if !pre("a_sigint_or_sigterm_to_a_detached_start_during_cni_add_ends_the_start_and_undoes_it") {
+        return;
+    }
+    let mut rt = Rt::new();
+    let fake = logging_plugin(&mut rt);
+    std::fs::write(fake.join("slow"), "").unwrap();
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let _ = std::fs::remove_file(fake.join("log"));
+        let _ = std::fs::remove_file(fake.join("adding"));
+        let plugin = slow_plugin(&fake);
+        // The timeout far away: the signal, not the limit, must end the start.
+        let mut child = rt
+            .command(&["run", "-d", "--name", "dintr", "busybox", "true"])
+            .env("TWILL_RUN_CNI_TIMEOUT", "10m")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let monitor = loop {
+            // The plugin's parent is the monitor, which `run -d` (our child) forked.
+            if let Some(m) = plugin.pid().and_then(parent_of)
+                && parent_of(m) == Some(child.id() as i32)
+            {
+                break m;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ADD never started under the monitor of run -d");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        // SAFETY: kill(2) on our child's child, which waits for the plugin: not yet reaped.
+        assert_eq!(unsafe { libc::kill(monitor, signal) }, 0);
+        let status = common::wait_or_kill(
+            &mut child,
+            std::time::Duration::from_secs(15),
+            &format!("{name} to the monitor did not end a detached start"),
+        );
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(125), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by {name}")) && stderr.contains("CNI ADD"),
+            "{name}: {stderr}"
+        );
+        gave_up_and_undone(&rt, &fake, &plugin);
+    }
+    // Once the container runs, the monitor passes them on to it, as a foreground run does,
+    // and records how it ended.
+    std::fs::remove_file(fake.join("slow")).unwrap();
+    rt.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "dterm",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'exit 7' TERM; echo ready; while true; do sleep 0.1; done",
+    ]);
+    let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "dterm"])).unwrap();
+    let monitor = st["monitor_pid"].as_i64().unwrap() as i32;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !rt.ok(&["logs", "dterm"]).contains("ready") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the monitor `run -d` started for this test's container, whose
+    // state (just read) says it still waits for it.
+    assert_eq!(unsafe { libc::kill(monitor, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "dterm"])).unwrap();
+        if st["status"] == "exited" {
+            assert_eq!(st["exit_code"], 7, "the trap's exit code: {st}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM to the monitor did not reach the container: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_del_that_fails_in_a_cleanup_is_recorded_and_retried_until_it_succeeds() {
+    // Before: when DEL failed after a failed start, or in `rm`, the container's state and
+    // netns were removed all the same: the address the plugin had reserved stayed so, with no
+    // record left to call DEL from again.
+    if !pre("a_del_that_fails_in_a_cleanup_is_recorded_and_retried_until_it_succeeds") {
+        return;
+    }
+    let mut rt = Rt::new();
+    let fake = logging_plugin(&mut rt);
+    let dels = |id: &str| {
+        std::fs::read_to_string(fake.join("log"))
+            .unwrap()
+            .lines()
+            .filter(|l| *l == format!("DEL {id}"))
+            .count()
+    };
+    let record = |id: &str| rt.root().join("pending-del").join(format!("{id}.json"));
+
+    // A failed start whose DEL fails once: recorded, and the next run retries it.
+    std::fs::write(fake.join("faildel-once"), "").unwrap();
+    let out = rt.run(&["run", "--name", "nocmd", "busybox", "/no/such/binary"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(127), "{err}");
+    let log = std::fs::read_to_string(fake.join("log")).unwrap();
+    let id = log
+        .lines()
+        .find_map(|l| l.strip_prefix("ADD "))
+        .unwrap_or_else(|| panic!("no ADD: {log}"))
+        .to_string();
+    for part in [
+        "DEL failed",
+        "DEL refused once",
+        "the address stays reserved",
+        "twill-run will retry",
+        &format!("twill-run rm {}", &id[..12]),
+    ] {
+        assert!(err.contains(part), "{part:?} not in: {err}");
+    }
+    assert!(record(&id).exists(), "no record of the failed DEL: {err}");
+    assert_eq!(rt.ok(&["ps", "-aq"]), "", "the container itself is gone");
+    no_leftovers_of(&id);
+    rt.ok(&["run", "--rm", "--net", "none", "busybox", "true"]);
+    assert_eq!(
+        dels(&id),
+        2,
+        "DEL at the cleanup (refused), then at the next run"
+    );
+    assert!(
+        !record(&id).exists(),
+        "the record outlived the DEL that worked"
+    );
+
+    // An rm whose DEL fails: recorded; a run that retries in vain says so and goes on; `rm
+    // ID` retries it again.
+    std::fs::write(fake.join("faildel"), "").unwrap();
+    rt.run(&["run", "--name", "keep", "-v", "/data", "busybox", "true"]);
+    let id = id_of(&rt, "keep");
+    let out = rt.run(&["rm", "-v", "keep"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    for part in [
+        "DEL refused",
+        "the address stays reserved",
+        "twill-run will retry",
+    ] {
+        assert!(err.contains(part), "{part:?} not in: {err}");
+    }
+    assert!(record(&id).exists(), "no record of the failed DEL: {err}");
+    assert_eq!(rt.ok(&["ps", "-aq"]), "");
+    assert_eq!(
+        std::fs::read_dir(rt.root().join("volumes"))
+            .unwrap()
+            .count(),
+        0,
+        "rm -v whose DEL failed left the anonymous volume behind"
+    );
+    let out = rt.run(&["run", "--rm", "--net", "none", "busybox", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&id[..12]) && err.contains("the address stays reserved"),
+        "{err}"
+    );
+    assert!(
+        record(&id).exists(),
+        "a DEL that failed again lost its record"
+    );
+    std::fs::remove_file(fake.join("faildel")).unwrap();
+    assert_eq!(rt.ok(&["rm", &id[..12]]).trim(), &id[..12]);
+    assert!(
+        !record(&id).exists(),
+        "the record outlived the DEL that worked"
+    );
+    assert_eq!(dels(&id), 4, "DEL at exit, at rm, at run, at rm ID");
+    no_leftovers(&rt, &id[..12]);
+}
+
+#[test]
+fn a_plugin_killed_on_timeout_takes_its_own_children_along_and_a_daemon_it_leaves_is_spared() {
+    // Before: a plugin given up on was killed by its PID alone; what it had started itself
+    // (an IPAM plugin it delegated to, a client it ran) went on running, orphaned.
+    if !pre(
+        "a_plugin_killed_on_timeout_takes_its_own_children_along_and_a_daemon_it_leaves_is_spared",
+    ) {
+        return;
+    }
+    let mut rt = Rt::new();
+    let fake = logging_plugin(&mut rt);
+
+    // An ADD that succeeds and leaves a process running: it is the plugin's, not ours to end.
+    std::fs::write(fake.join("daemon"), "").unwrap();
+    let daemon = PluginProcess {
+        pid_file: fake.join("daemon.pid"),
+        argv: &["sleep", "3232"],
+    };
+    rt.ok(&["run", "--rm", "--name", "withd", "busybox", "true"]);
+    assert!(
+        daemon.runs(),
+        "the process a successful plugin left was killed"
+    );
+    drop(daemon);
+    std::fs::remove_file(fake.join("daemon")).unwrap();
+
+    // An ADD that hangs after starting a child: killed on timeout, with its child.
+    std::fs::write(fake.join("slow"), "").unwrap();
+    std::fs::write(fake.join("forks"), "").unwrap();
+    let _ = std::fs::remove_file(fake.join("log"));
+    let plugin = slow_plugin(&fake);
+    let child = PluginProcess {
+        pid_file: fake.join("child"),
+        argv: &["sleep", "3131"],
+    };
+    let out = rt.run(&[
+        "--cni-timeout",
+        "1s",
+        "run",
+        "--name",
+        "grp",
+        "busybox",
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("did not finish within 1s"), "{err}");
+    assert!(child.pid().is_some(), "the plugin wrote its child's PID");
+    assert!(
+        !child.runs(),
+        "the plugin's own child still runs after the plugin was killed on timeout"
+    );
+    gave_up_and_undone(&rt, &fake, &plugin);
 }
