@@ -84,7 +84,7 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = LabBackend::Vxlan)]
         backend: LabBackend,
         /// How long to inject faults (1 or more; --seconds for shorter runs).
-        #[arg(long, default_value_t = 10, value_parser = at_least(1u64))]
+        #[arg(long, default_value_t = 10, value_parser = at_least(1u64), conflicts_with = "seconds")]
         minutes: u64,
         /// Run this many seconds instead of --minutes (short smoke runs; 1 or more).
         #[arg(long, value_parser = at_least(1u64))]
@@ -333,8 +333,6 @@ mod tests {
         let least = [
             "--hosts",
             "2",
-            "--minutes",
-            "1",
             "--seconds",
             "1",
             "--max-faults",
@@ -342,8 +340,8 @@ mod tests {
             "--lease-ttl",
             "6",
         ];
-        assert_eq!(soak(&least), (2, 1, Some(1), 1, 6));
-        assert_eq!(soak(&["--hosts", "50"]).0, 50);
+        assert_eq!(soak(&least), (2, 10, Some(1), 1, 6));
+        assert_eq!(soak(&["--hosts", "50", "--minutes", "1"]).0, 50);
         let bench =
             |args: &[&str]| match Cli::try_parse_from(["twill-lab", "bench"].iter().chain(args)) {
                 Ok(Cli {
@@ -355,5 +353,17 @@ mod tests {
             };
         assert_eq!(bench(&[]), (10, None));
         assert_eq!(bench(&["--seconds", "1", "--runs", "1"]), (1, Some(1)));
+    }
+
+    #[test]
+    fn soak_refuses_minutes_and_seconds_together() {
+        // Both given, --seconds won without a word: a 10-minute soak asked for ran seconds.
+        let both = ["twill-lab", "soak", "--minutes", "10", "--seconds", "30"];
+        let err = Cli::try_parse_from(both).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("--minutes") && e.contains("--seconds")),
+            "{err:?}"
+        );
     }
 }
