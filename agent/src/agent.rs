@@ -16,7 +16,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::time::Instant;
 use twill_netkit::Netlink;
-use twill_netkit::subnet_env::SubnetEnv;
 
 use crate::backend::{self, Backend, Peer, Peers};
 use crate::backoff::Backoff;
@@ -163,6 +162,8 @@ pub struct Agent<S: LeaseStore, N: Node> {
     write_backs: write_backs::WriteBacks,
     /// Since when store calls fail, and how many did.
     outage: Option<(Instant, u64)>,
+    /// The keys of leases outside the network already said (once each: never routed).
+    said_outside: std::collections::HashSet<String>,
 }
 
 /// What the loop does after an event.
@@ -195,6 +196,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             unused_lease: None,
             write_backs: write_backs::WriteBacks::new(),
             outage: None,
+            said_outside: std::collections::HashSet::new(),
         }
     }
 
@@ -354,6 +356,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         });
         self.peers = merge_peers(&self.peers, snap.leases);
         self.peers_listed = true;
+        self.say_leases_outside();
         match self.store.watch(snap.revision + 1).await {
             Ok(w) => {
                 // The backoff is reset by the watch's first answer, not here: etcd sets up a
@@ -382,7 +385,7 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
             self.ready = true;
             self.metrics.ready.store(true, Ordering::Relaxed);
             self.node.ready();
-            tracing::info!(subnet = ?self.held_subnet(), peers = self.peers.len().saturating_sub(1), "ready");
+            tracing::info!(subnet = ?self.held_subnet(), peers = self.routed_peers(), "ready");
         }
         Next::Continue
     }
@@ -460,9 +463,46 @@ impl<S: LeaseStore, N: Node> Agent<S, N> {
         }
         self.restore_own_value().await;
         if changed {
+            self.say_leases_outside();
             self.node.apply(&self.peers).await;
         }
         Next::Continue
+    }
+
+    /// The networks of the families that are on.
+    fn networks(&self) -> (Option<ipnet::Ipv4Net>, Option<ipnet::Ipv6Net>) {
+        let c = &self.config;
+        (
+            c.enable_ipv4.then_some(c.network),
+            c.ipv6.map(|v6| v6.network),
+        )
+    }
+
+    /// The other nodes the backend routes to (see [`backend::routed_peers`]).
+    fn routed_peers(&self) -> usize {
+        let (v4, v6) = self.networks();
+        let local = self.held_subnet().unwrap_or_default();
+        backend::routed_peers(&self.peers, v4, v6, local, &self.record)
+    }
+
+    /// Says once per key that a lease lies outside the network: it is never routed, and is
+    /// most likely left from an earlier Network (or another cluster's, under the same prefix).
+    fn say_leases_outside(&mut self) {
+        let (v4, v6) = self.networks();
+        let peers = &self.peers;
+        self.said_outside.retain(|k| peers.contains_key(k));
+        for (key, p) in peers {
+            if self.said_outside.contains(key) {
+                continue;
+            }
+            if let Some(why) = backend::outside_network(p.subnets, v4, v6) {
+                tracing::warn!(
+                    key = %key,
+                    "a lease in etcd is not routed: {why} (left from an earlier network config? remove it with etcdctl del {key})"
+                );
+                self.said_outside.insert(key.clone());
+            }
+        }
     }
 
     /// Looks at our own key as the store has it: another node's valid value means it holds
@@ -742,6 +782,7 @@ async fn connect(opts: &EtcdOptions, co: etcd_client::ConnectOptions) -> EtcdSto
 /// Everything twilld can check before talking to etcd; an error here is fatal (exit 1), so an
 /// operator learns at once about a mistyped flag instead of after etcd answers.
 fn check_subnet_file_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    check_subnet_file_is_a_file(path)?;
     let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
@@ -762,6 +803,46 @@ fn check_subnet_file_dir(path: &std::path::Path) -> anyhow::Result<()> {
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+/// Refuses a subnet file path that exists as something the file cannot be renamed over, or
+/// should not be: a directory (a Kubernetes hostPath volume of a file that does not exist yet
+/// is created as one), a FIFO, a socket, a device. Found only when the file was written,
+/// twilld had taken a lease in etcd and exited. A symbolic link is replaced by the file (a
+/// rename, as Flannel writes it), so it is let be.
+fn check_subnet_file_is_a_file(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = match std::fs::symlink_metadata(path) {
+        Ok(m) => m.file_type(),
+        // Not there (written at the lease) or not readable (the directory probe says why).
+        Err(_) => return Ok(()),
+    };
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        return Ok(());
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if kind.is_dir() {
+        anyhow::bail!(
+            "--subnet-file {} is a directory, not a file: remove the directory, or point --subnet-file at a file (in Kubernetes, a hostPath volume of a file that does not exist is created as a directory: use type: FileOrCreate, or mount the directory {} instead)",
+            path.display(),
+            dir.display()
+        );
+    }
+    anyhow::bail!(
+        "--subnet-file {} is {what}, not a file: remove it, or point --subnet-file at a file",
+        path.display()
+    )
 }
 
 /// Waits until the store holds a valid config; returns it and its text.
@@ -798,21 +879,67 @@ async fn wait_for_config<S: LeaseStore>(store: &S) -> (NetworkConfig, String) {
 }
 
 /// The subnets of the subnet file an earlier run wrote, which this node should keep (its
-/// containers have addresses there). A file that is there but does not read is said: without
-/// it the node may lease other subnets, and the operator should know why.
+/// containers have addresses there). A file that is there but names none is said: without
+/// them the node may lease other subnets, and the operator should know why.
 fn subnet_file_hint(path: &std::path::Path) -> Subnets {
-    match SubnetEnv::read(path) {
-        Ok(s) => Subnets {
-            v4: s.ipv4.map(|p| p.subnet),
-            v6: s.ipv6.map(|p| p.subnet),
-        },
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Subnets::default(),
         Err(e) => {
-            if path.exists() {
-                tracing::warn!(error = %e, "the subnet file of an earlier run does not read: its subnets are not kept (a new lease may move this node's containers' subnet)");
+            tracing::warn!(file = %path.display(), error = %e, "the subnet file of an earlier run does not read: its subnets are not kept (a new lease may move this node's containers' subnet)");
+            return Subnets::default();
+        }
+    };
+    let (hint, problems) = subnet_file_subnets(&text);
+    for why in problems {
+        tracing::warn!(file = %path.display(), "the subnet file of an earlier run does not read: {why}: not kept (a new lease may move this node's containers' subnet)");
+    }
+    hint
+}
+
+/// The subnets a subnet file names, read as Flannel reads them to keep a node's subnet
+/// (`ReadCIDRFromSubnetFile`): `FLANNEL_SUBNET` and `FLANNEL_IPV6_SUBNET` alone, each on its
+/// own. A file without `FLANNEL_MTU`, or with another line broken, still names them (the whole
+/// file's parse, which the CNI plugin needs, refused it and the node moved). What does not
+/// read is returned as problems.
+pub(crate) fn subnet_file_subnets(text: &str) -> (Subnets, Vec<String>) {
+    let mut hint = Subnets::default();
+    let mut problems = Vec::new();
+    let mut named = false;
+    for line in text.lines() {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+        let quoted = crate::quote::quote(value);
+        match key.trim() {
+            "FLANNEL_SUBNET" => {
+                named = true;
+                match value.parse::<ipnet::Ipv4Net>() {
+                    Ok(n) => hint.v4 = Some(n.trunc()),
+                    Err(_) => {
+                        problems.push(format!("FLANNEL_SUBNET={quoted} is not an IPv4 subnet"))
+                    }
+                }
             }
-            Subnets::default()
+            "FLANNEL_IPV6_SUBNET" => {
+                named = true;
+                match value.parse::<ipnet::Ipv6Net>() {
+                    Ok(n) => hint.v6 = Some(n.trunc()),
+                    Err(_) => problems.push(format!(
+                        "FLANNEL_IPV6_SUBNET={quoted} is not an IPv6 subnet"
+                    )),
+                }
+            }
+            _ => {}
         }
     }
+    if !named {
+        problems.push("it has neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET".to_string());
+    }
+    (hint, problems)
 }
 
 /// Runs the agent until SIGTERM/SIGINT. The data plane is left in place on exit.

@@ -1,22 +1,24 @@
 //! twilld's command line: Flannel's flag names, each also readable from `TWILLD_<NAME>` and
 //! from Flannel's `FLANNELD_<NAME>` (so an existing DaemonSet's environment keeps working).
 
+use std::ffi::OsString;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::backend::wireguard::aead::AeadChoice;
 
 /// twilld: the twill node agent. Leases this node's pod subnet from etcd (Flannel's key
 /// layout), writes the subnet file for the CNI plugin, and carries traffic to every other
-/// node's subnet with the configured backend (host-gw, vxlan, udp).
+/// node's subnet with the configured backend (host-gw, vxlan, udp, wireguard).
 #[derive(Debug, Parser)]
 #[command(name = "twilld", version, about, long_about = None)]
 pub struct Cli {
     /// etcd endpoints, comma separated.
     #[arg(
         long,
+        global = true,
         env = "TWILLD_ETCD_ENDPOINTS",
         default_value = "http://127.0.0.1:2379",
         value_delimiter = ','
@@ -25,25 +27,42 @@ pub struct Cli {
     /// etcd key prefix holding `config` and `subnets/`.
     #[arg(
         long,
+        global = true,
         env = "TWILLD_ETCD_PREFIX",
         default_value = "/coreos.com/network"
     )]
     pub etcd_prefix: String,
     /// CA certificate for etcd over TLS.
-    #[arg(long, env = "TWILLD_ETCD_CAFILE")]
+    #[arg(long, global = true, env = "TWILLD_ETCD_CAFILE")]
     pub etcd_cafile: Option<PathBuf>,
     /// Client certificate for etcd (needs --etcd-keyfile).
-    #[arg(long, env = "TWILLD_ETCD_CERTFILE", requires = "etcd_keyfile")]
+    #[arg(
+        long,
+        global = true,
+        env = "TWILLD_ETCD_CERTFILE",
+        requires = "etcd_keyfile"
+    )]
     pub etcd_certfile: Option<PathBuf>,
     /// Client key for etcd (needs --etcd-certfile).
-    #[arg(long, env = "TWILLD_ETCD_KEYFILE", requires = "etcd_certfile")]
+    #[arg(
+        long,
+        global = true,
+        env = "TWILLD_ETCD_KEYFILE",
+        requires = "etcd_certfile"
+    )]
     pub etcd_keyfile: Option<PathBuf>,
     /// etcd user name (needs --etcd-password).
-    #[arg(long, env = "TWILLD_ETCD_USERNAME", requires = "etcd_password")]
+    #[arg(
+        long,
+        global = true,
+        env = "TWILLD_ETCD_USERNAME",
+        requires = "etcd_password"
+    )]
     pub etcd_username: Option<String>,
     /// etcd password.
     #[arg(
         long,
+        global = true,
         env = "TWILLD_ETCD_PASSWORD",
         requires = "etcd_username",
         hide_env_values = true
@@ -68,6 +87,7 @@ pub struct Cli {
     /// Where to write FLANNEL_NETWORK/SUBNET/MTU/IPMASQ for the CNI plugin.
     #[arg(
         long,
+        global = true,
         env = "TWILLD_SUBNET_FILE",
         default_value = "/run/flannel/subnet.env"
     )]
@@ -134,7 +154,7 @@ pub struct Cli {
     pub wireguard_crypto_threads: u64,
     /// wireguard backend: directory of the UAPI socket `flannel-wg.sock` that `wg show`
     /// reads (give each twilld on one machine its own).
-    #[arg(long, env = "TWILLD_WIREGUARD_SOCKET_DIR", default_value = crate::backend::wireguard::DEFAULT_SOCKET_DIR)]
+    #[arg(long, global = true, env = "TWILLD_WIREGUARD_SOCKET_DIR", default_value = crate::backend::wireguard::DEFAULT_SOCKET_DIR)]
     pub wireguard_socket_dir: std::path::PathBuf,
     /// wireguard backend: where a peer's endpoint may move when its authenticated messages
     /// come from elsewhere. `any`: as kernel WireGuard (Flannel's backend) does, to any
@@ -154,19 +174,58 @@ pub struct Cli {
     #[arg(long, env = "TWILLD_WIREGUARD_AEAD", value_enum, default_value_t = AeadChoice::Auto)]
     pub wireguard_aead: AeadChoice,
     /// Address for /healthz and /metrics.
-    #[arg(long, env = "TWILLD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    #[arg(
+        long,
+        global = true,
+        env = "TWILLD_HEALTHZ_IP",
+        default_value = "0.0.0.0"
+    )]
     pub healthz_ip: std::net::IpAddr,
     /// Port for /healthz (0: off).
-    #[arg(long, env = "TWILLD_HEALTHZ_PORT", default_value_t = 0)]
+    #[arg(long, global = true, env = "TWILLD_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
     /// Port for /metrics (0: served on the healthz port when that is on).
-    #[arg(long, env = "TWILLD_METRICS_PORT", default_value_t = 0)]
+    #[arg(long, global = true, env = "TWILLD_METRICS_PORT", default_value_t = 0)]
     pub metrics_port: u16,
     /// error, warn, info, debug or trace (or a tracing filter).
-    #[arg(long, env = "TWILLD_LOG_LEVEL", default_value = "info")]
+    #[arg(long, global = true, env = "TWILLD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The flags whose values came from the environment, with their variables (`--iface`,
+    /// `FLANNELD_IFACE`), so that an error about such a value names the variable too.
+    #[arg(skip)]
+    pub from_env: FromEnv,
+}
+
+/// Flags set from the environment, each with its variable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FromEnv(pub Vec<(String, String)>);
+
+impl FromEnv {
+    /// `message` with a note naming the variable of each flag it names that came from the
+    /// environment: `--etcd-endpoints "etcd": expected …` alone sends an operator looking at a
+    /// command line that does not have it.
+    pub fn explain(&self, message: &str) -> String {
+        let notes: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(flag, _)| names_flag(message, flag))
+            .map(|(flag, var)| format!("{flag} came from the environment variable {var}"))
+            .collect();
+        if notes.is_empty() {
+            message.to_owned()
+        } else {
+            format!("{message} ({})", notes.join("; "))
+        }
+    }
+}
+
+/// Whether `message` names `flag` (`--iface`, not `--iface-regex`).
+fn names_flag(message: &str, flag: &str) -> bool {
+    message
+        .match_indices(flag)
+        .any(|(i, _)| ends_flag(&message[i + flag.len()..]))
 }
 
 /// Subcommands.
@@ -176,24 +235,25 @@ pub enum Command {
     Status,
 }
 
-/// Flannel's flags that twilld reads from `FLANNELD_*` too.
-const FLAG_ENVS: &[&str] = &[
-    "ETCD_ENDPOINTS",
-    "ETCD_PREFIX",
-    "ETCD_CAFILE",
-    "ETCD_CERTFILE",
-    "ETCD_KEYFILE",
-    "ETCD_USERNAME",
-    "ETCD_PASSWORD",
-    "IFACE",
-    "IFACE_REGEX",
-    "PUBLIC_IP",
-    "PUBLIC_IPV6",
-    "SUBNET_FILE",
-    "IP_MASQ",
-    "SUBNET_LEASE_RENEW_MARGIN",
-    "HEALTHZ_IP",
-    "HEALTHZ_PORT",
+/// Flannel's flags that twilld reads from `FLANNELD_*` too (whole names: clap keeps the
+/// names of the variables it reads as `&'static str`).
+const FLANNELD_ENVS: &[&str] = &[
+    "FLANNELD_ETCD_ENDPOINTS",
+    "FLANNELD_ETCD_PREFIX",
+    "FLANNELD_ETCD_CAFILE",
+    "FLANNELD_ETCD_CERTFILE",
+    "FLANNELD_ETCD_KEYFILE",
+    "FLANNELD_ETCD_USERNAME",
+    "FLANNELD_ETCD_PASSWORD",
+    "FLANNELD_IFACE",
+    "FLANNELD_IFACE_REGEX",
+    "FLANNELD_PUBLIC_IP",
+    "FLANNELD_PUBLIC_IPV6",
+    "FLANNELD_SUBNET_FILE",
+    "FLANNELD_IP_MASQ",
+    "FLANNELD_SUBNET_LEASE_RENEW_MARGIN",
+    "FLANNELD_HEALTHZ_IP",
+    "FLANNELD_HEALTHZ_PORT",
 ];
 
 /// `--wireguard-roaming`.
@@ -253,7 +313,6 @@ fn parse_regex(s: &str) -> Result<regex::Regex, String> {
 pub fn go_style_args<I: IntoIterator<Item = std::ffi::OsString>>(
     args: I,
 ) -> Vec<std::ffi::OsString> {
-    use clap::CommandFactory;
     let cmd = Cli::command();
     let arg = |name: &str| cmd.get_arguments().find(|a| a.get_long() == Some(name));
     // Whether `--name` (no `=`) takes the next word as its value, as Go's non-boolean flags do.
@@ -294,13 +353,147 @@ pub fn go_style_args<I: IntoIterator<Item = std::ffi::OsString>>(
     out
 }
 
-/// The environment with `FLANNELD_X` copied to `TWILLD_X` where the latter is unset.
-pub fn flannel_env_fallbacks(get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
-    FLAG_ENVS
-        .iter()
-        .filter(|n| get(&format!("TWILLD_{n}")).is_none())
-        .filter_map(|n| get(&format!("FLANNELD_{n}")).map(|v| (format!("TWILLD_{n}"), v)))
-        .collect()
+/// Parses twilld's command line (Go's single-dash spelling too) and environment: `TWILLD_X`,
+/// else for Flannel's flags `FLANNELD_X`, for every flag not on the command line.
+///
+/// A variable set to the empty string counts as unset, as in flanneld's `flagsFromEnv`
+/// (`if val != ""`): a Kubernetes ConfigMap key left empty means "the default", not "the
+/// empty value". clap's `env` takes an empty variable as given, and reads the process
+/// environment itself when an `Arg` is built, so there is no way to hand it values. Rather
+/// than mutating the environment (unsound once threads exist, and `unsafe`), each argument
+/// is pointed at the one variable it should read (`TWILLD_X`, else `FLANNELD_X`) or at none
+/// when that is empty; clap then parses and validates the value as before. A value from the
+/// environment that clap refuses is said with its variable's name.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
+    let args = go_style_args(args);
+    let mut cmd = command_with_env(|k| std::env::var_os(k));
+    let m = match cmd.clone().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => return Err(name_the_variable(e, &cmd, &args)),
+    };
+    let mut cli = Cli::from_arg_matches(&m).map_err(|e| e.format(&mut cmd))?;
+    cli.from_env = FromEnv(
+        cmd.get_arguments()
+            .filter(|a| {
+                m.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::EnvVariable)
+            })
+            .filter_map(|a| {
+                let var = a.get_env()?.to_string_lossy().into_owned();
+                Some((format!("--{}", a.get_long()?), var))
+            })
+            .collect(),
+    );
+    Ok(cli)
+}
+
+/// twilld's command with each argument reading the variable [`env_var`] picks in `get`'s
+/// environment.
+pub fn command_with_env(get: impl Fn(&str) -> Option<OsString>) -> clap::Command {
+    Cli::command().mut_args(|a| {
+        let Some(own) = a.get_env().and_then(|n| n.to_str()).map(str::to_owned) else {
+            return a;
+        };
+        match env_var(&own, &get) {
+            EnvVar::Own => a,
+            EnvVar::Flannel(var) => a.env(var),
+            EnvVar::Empty => a.env(None),
+        }
+    })
+}
+
+/// The variable an argument reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvVar {
+    /// Its own (`TWILLD_X`): set and not empty, or unset (then `--help` still names it).
+    Own,
+    /// Flannel's (`FLANNELD_X`), set and not empty while its own is empty or unset.
+    Flannel(&'static str),
+    /// None: the only variables set are empty, so the default applies.
+    Empty,
+}
+
+/// The variable an argument whose own variable is `own` reads in `get`'s environment.
+pub fn env_var(own: &str, get: impl Fn(&str) -> Option<OsString>) -> EnvVar {
+    let given = |k: &str| get(k).is_some_and(|v| !v.is_empty());
+    if given(own) {
+        return EnvVar::Own;
+    }
+    if let Some(name) = own.strip_prefix("TWILLD_")
+        && let Some(flannel) = FLANNELD_ENVS
+            .iter()
+            .find(|f| f.strip_prefix("FLANNELD_") == Some(name))
+        && given(flannel)
+    {
+        return EnvVar::Flannel(flannel);
+    }
+    match get(own) {
+        Some(_) => EnvVar::Empty,
+        None => EnvVar::Own,
+    }
+}
+
+/// `e` (clap's error for `args`), naming the environment variable the refused value came from
+/// when it came from one: `--healthz-port` alone sends an operator looking at a command line
+/// that does not have it.
+fn name_the_variable(e: clap::Error, cmd: &clap::Command, args: &[OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return e;
+    }
+    let Some(ContextValue::String(shown)) = e.get(ContextKind::InvalidArg) else {
+        return e;
+    };
+    let Some(arg) = cmd
+        .get_arguments()
+        .find(|a| a.get_long().is_some_and(|l| shows_flag(shown, l)))
+    else {
+        return e;
+    };
+    let Some(var) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
+        return e;
+    };
+    // clap reads a variable only for a flag the command line lacks: if the same value fails
+    // without the variable, it came from the command line.
+    let without = cmd
+        .clone()
+        .mut_arg(arg.get_id(), |a| a.env(None))
+        .try_get_matches_from(args);
+    if let Err(e2) = &without
+        && e2.kind() == e.kind()
+        && e2.get(ContextKind::InvalidArg) == e.get(ContextKind::InvalidArg)
+    {
+        return e;
+    }
+    let said = e.to_string();
+    let first = said.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let mut cmd = cmd.clone();
+    clap::Error::raw(
+        e.kind(),
+        format!(
+            "environment variable {var}: {first}; fix it, or unset it or set it empty for the default"
+        ),
+    )
+    .format(&mut cmd)
+}
+
+/// Whether clap's display of an argument (`--healthz-port <HEALTHZ_PORT>`,
+/// `--ip-masq[=<IP_MASQ>]`) is the one of long flag `long`.
+fn shows_flag(shown: &str, long: &str) -> bool {
+    shown
+        .strip_prefix("--")
+        .and_then(|r| r.strip_prefix(long))
+        .is_some_and(ends_flag)
+}
+
+/// Whether `rest`, the text after a flag's name, ends that name (`--iface`, not `--iface-regex`).
+fn ends_flag(rest: &str) -> bool {
+    rest.chars()
+        .next()
+        .is_none_or(|c| !(c.is_alphanumeric() || c == '-' || c == '_'))
 }
 
 #[cfg(test)]
@@ -457,20 +650,166 @@ mod tests {
     }
 
     #[test]
-    fn flanneld_environment_is_honoured_but_twilld_wins() {
-        let env = |k: &str| match k {
-            "FLANNELD_IFACE" => Some("ens3".to_string()),
-            "FLANNELD_ETCD_PREFIX" => Some("/flannel".to_string()),
-            "TWILLD_ETCD_PREFIX" => Some("/twill".to_string()),
-            "FLANNELD_PUBLIC_IPV6" => Some("fd00::5".to_string()),
-            _ => None,
+    fn flanneld_environment_is_honoured_but_twilld_wins_and_empty_means_unset() {
+        let env = |k: &str| -> Option<OsString> {
+            match k {
+                "FLANNELD_IFACE" => Some("ens3".into()),
+                "FLANNELD_ETCD_PREFIX" => Some("/flannel".into()),
+                "TWILLD_ETCD_PREFIX" => Some("/twill".into()),
+                // A ConfigMap key left empty: the default, as flanneld's flagsFromEnv does.
+                "FLANNELD_IP_MASQ" | "TWILLD_ETCD_CAFILE" | "FLANNELD_ETCD_CAFILE" => {
+                    Some("".into())
+                }
+                // An empty TWILLD_X does not hide a FLANNELD_X that says something.
+                "TWILLD_HEALTHZ_PORT" => Some("".into()),
+                "FLANNELD_HEALTHZ_PORT" => Some("10256".into()),
+                // Not one of Flannel's flags: FLANNELD_ is not read for it.
+                "FLANNELD_RECONCILE_INTERVAL" => Some("5".into()),
+                _ => None,
+            }
         };
         assert_eq!(
-            flannel_env_fallbacks(env),
-            vec![
-                ("TWILLD_IFACE".to_string(), "ens3".to_string()),
-                ("TWILLD_PUBLIC_IPV6".to_string(), "fd00::5".to_string())
-            ]
+            env_var("TWILLD_IFACE", env),
+            EnvVar::Flannel("FLANNELD_IFACE")
         );
+        assert_eq!(env_var("TWILLD_ETCD_PREFIX", env), EnvVar::Own);
+        // Unset itself and an empty FLANNELD_IP_MASQ: clap finds nothing in TWILLD_IP_MASQ.
+        assert_eq!(env_var("TWILLD_IP_MASQ", env), EnvVar::Own);
+        assert_eq!(env_var("TWILLD_ETCD_CAFILE", env), EnvVar::Empty);
+        assert_eq!(
+            env_var("TWILLD_HEALTHZ_PORT", env),
+            EnvVar::Flannel("FLANNELD_HEALTHZ_PORT")
+        );
+        assert_eq!(env_var("TWILLD_RECONCILE_INTERVAL", env), EnvVar::Own);
+        assert_eq!(env_var("TWILLD_PUBLIC_IP", env), EnvVar::Own);
+
+        // The command reads those variables: an empty one none (clap would take "" as given).
+        let cmd = command_with_env(env);
+        let reads = |id: &str| {
+            let a = cmd.get_arguments().find(|a| a.get_id() == id).unwrap();
+            a.get_env().map(|v| v.to_string_lossy().into_owned())
+        };
+        assert_eq!(reads("iface").as_deref(), Some("FLANNELD_IFACE"));
+        assert_eq!(reads("etcd_prefix").as_deref(), Some("TWILLD_ETCD_PREFIX"));
+        assert_eq!(reads("ip_masq").as_deref(), Some("TWILLD_IP_MASQ"));
+        assert_eq!(reads("etcd_cafile"), None);
+        assert_eq!(
+            reads("healthz_port").as_deref(),
+            Some("FLANNELD_HEALTHZ_PORT")
+        );
+        assert_eq!(
+            reads("wireguard_key_file").as_deref(),
+            Some("WIREGUARD_KEY_FILE")
+        );
+        // The subcommand's copies of the global flags read the same.
+        let mut built = cmd.clone();
+        built.build();
+        let status = built.find_subcommand("status").unwrap();
+        let a = status
+            .get_arguments()
+            .find(|a| a.get_id() == "healthz_port")
+            .unwrap();
+        assert_eq!(a.get_env().unwrap(), "FLANNELD_HEALTHZ_PORT");
+    }
+
+    #[test]
+    fn the_help_names_every_backend() {
+        let help = Cli::command().render_help().to_string();
+        let about = help.lines().next().unwrap_or_default();
+        for backend in ["host-gw", "vxlan", "udp", "wireguard"] {
+            assert!(about.contains(backend), "{backend} missing in: {about}");
+        }
+    }
+
+    #[test]
+    fn an_argument_is_told_by_its_display_in_clap_errors() {
+        assert!(shows_flag("--healthz-port <HEALTHZ_PORT>", "healthz-port"));
+        assert!(shows_flag("--ip-masq[=<IP_MASQ>]", "ip-masq"));
+        assert!(shows_flag("--ip-masq", "ip-masq"));
+        assert!(!shows_flag("--healthz-port <HEALTHZ_PORT>", "healthz"));
+        assert!(!shows_flag("--iface-regex <IFACE_REGEX>", "iface"));
+        assert!(!shows_flag("<IFACE>", "iface"));
+    }
+
+    #[test]
+    fn status_takes_the_flags_it_reads_after_the_subcommand_and_lists_them() {
+        let args = |a: &[&str]| go_style_args(a.iter().map(OsString::from));
+        let c = Cli::try_parse_from(args(&[
+            "twilld",
+            "status",
+            "--healthz-port",
+            "10256",
+            "--metrics-port=9100",
+            "--healthz-ip",
+            "10.0.0.5",
+            "--etcd-endpoints",
+            "http://a:2379,http://b:2379",
+            "--etcd-prefix",
+            "/x/network",
+            "--etcd-cafile",
+            "/ca",
+            "--etcd-certfile",
+            "/c",
+            "--etcd-keyfile",
+            "/k",
+            "--etcd-username",
+            "u",
+            "--etcd-password",
+            "p",
+            "--subnet-file",
+            "/s.env",
+            "--wireguard-socket-dir",
+            "/w",
+            "--log-level",
+            "debug",
+        ]))
+        .unwrap();
+        assert!(matches!(c.command, Some(Command::Status)));
+        assert_eq!((c.healthz_port, c.metrics_port), (10256, 9100));
+        assert_eq!(c.healthz_ip.to_string(), "10.0.0.5");
+        assert_eq!(c.etcd_endpoints, ["http://a:2379", "http://b:2379"]);
+        assert_eq!(c.etcd_prefix, "/x/network");
+        assert_eq!(c.etcd_cafile.as_deref(), Some(std::path::Path::new("/ca")));
+        assert_eq!(c.etcd_keyfile.as_deref(), Some(std::path::Path::new("/k")));
+        assert_eq!(c.etcd_password.as_deref(), Some("p"));
+        assert_eq!(c.subnet_file, std::path::Path::new("/s.env"));
+        assert_eq!(c.wireguard_socket_dir, std::path::Path::new("/w"));
+        assert_eq!(c.log_level, "debug");
+        // Go's single-dash spelling after the subcommand too; before it as before.
+        let c = Cli::try_parse_from(args(&[
+            "twilld",
+            "-etcd-prefix=/y",
+            "status",
+            "-healthz-port",
+            "10257",
+        ]))
+        .unwrap();
+        assert_eq!((c.etcd_prefix.as_str(), c.healthz_port), ("/y", 10257));
+        // Still checked there: a keyfile without its certfile.
+        let e = Cli::try_parse_from(["twilld", "status", "--etcd-keyfile", "/k"]).unwrap_err();
+        assert!(e.to_string().contains("--etcd-certfile"), "{e}");
+        // Flags status does not read stay the daemon's.
+        assert!(Cli::try_parse_from(["twilld", "status", "--iface", "eth0"]).is_err());
+        let help = Cli::try_parse_from(["twilld", "status", "--help"])
+            .unwrap_err()
+            .to_string();
+        for flag in [
+            "--etcd-endpoints",
+            "--etcd-prefix",
+            "--etcd-cafile",
+            "--etcd-certfile",
+            "--etcd-keyfile",
+            "--etcd-username",
+            "--etcd-password",
+            "--subnet-file",
+            "--wireguard-socket-dir",
+            "--healthz-ip",
+            "--healthz-port",
+            "--metrics-port",
+            "--log-level",
+        ] {
+            assert!(help.contains(flag), "{flag} missing in:\n{help}");
+        }
+        assert!(!help.contains("--udp-workers"), "{help}");
     }
 }

@@ -1,7 +1,8 @@
 //! twill-agent: `twilld`, the per-node agent. Leases this node's subnet from etcd in
 //! Flannel's v3 layout, writes the subnet file, and keeps the backend matching every other
 //! node's lease: routes (host-gw), the VXLAN VTEP's neighbours, FDB entries and routes
-//! (vxlan), or the TUN `flannel0` and its userspace UDP data path (udp).
+//! (vxlan), the TUN `flannel0` and its userspace UDP data path (udp), or the TUN devices
+//! `flannel-wg`/`flannel-wg-v6` and their userspace WireGuard data path (wireguard).
 
 pub mod agent;
 pub mod backend;

@@ -2,18 +2,13 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
-use twill_agent::cli::{Cli, Command, flannel_env_fallbacks, go_style_args};
+use twill_agent::cli::Command;
 
 fn main() {
-    // Before any thread exists: FLANNELD_X fills in for an unset TWILLD_X.
-    for (k, v) in flannel_env_fallbacks(|k| std::env::var(k).ok()) {
-        // SAFETY: single-threaded at this point.
-        unsafe { std::env::set_var(k, v) };
-    }
-    let cli = Cli::parse_from(go_style_args(std::env::args_os()));
+    let cli = twill_agent::cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
-        eprintln!("twilld: invalid --log-level {:?}: {e}", cli.log_level);
+        let msg = format!("invalid --log-level {:?}: {e}", cli.log_level);
+        eprintln!("twilld: {}", cli.from_env.explain(&msg));
         std::process::exit(2);
     });
     tracing_subscriber::fmt()
@@ -33,6 +28,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let from_env = cli.from_env.clone();
     let result = rt.block_on(async {
         match cli.command {
             Some(Command::Status) => twill_agent::status::run(&cli).await,
@@ -40,7 +36,7 @@ fn main() {
         }
     });
     if let Err(e) = result {
-        eprintln!("twilld: {e:#}");
+        eprintln!("twilld: {}", from_env.explain(&format!("{e:#}")));
         std::process::exit(1);
     }
 }

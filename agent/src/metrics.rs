@@ -63,11 +63,14 @@ impl Metrics {
             let _ = writeln!(s, "{name}{suffix} {v}");
         };
         let lease = self.lease.lock().map(|l| l.clone()).unwrap_or_default();
+        // An info family is named without `_info`, its one sample with it: a family named
+        // `twilld_lease_info` clashes with its own sample (`twilld_lease_info_info` expected).
         let _ = writeln!(
             s,
-            "# HELP twilld_lease_info The subnets this node holds (subnet: IPv4, ipv6_subnet: IPv6).\n# TYPE twilld_lease_info info"
+            "# HELP twilld_lease The subnets this node holds (subnet: IPv4, ipv6_subnet: IPv6).\n# TYPE twilld_lease info"
         );
         let lease6 = self.lease6.lock().map(|l| l.clone()).unwrap_or_default();
+        let (lease, lease6) = (label_value(&lease), label_value(&lease6));
         if lease6.is_empty() {
             let _ = writeln!(s, "twilld_lease_info{{subnet=\"{lease}\"}} 1");
         } else {
@@ -134,6 +137,7 @@ impl Metrics {
                 let _ = writeln!(s, "twilld_etcd_operation_errors_total{{op=\"{op}\"}} {n}");
             }
         }
+        let _ = writeln!(s, "# UNIT twilld_last_renew_timestamp_seconds seconds");
         g(
             &mut s,
             "twilld_last_renew_timestamp_seconds",
@@ -147,6 +151,23 @@ impl Metrics {
         s.push_str("# EOF\n");
         s
     }
+}
+
+/// `value` escaped for a label value in the text format (`\\`, `\"` and `\n`).
+pub fn label_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Reads a request head: until the blank line, EOF or 4 KiB. A client may send its request
@@ -163,9 +184,11 @@ async fn read_head<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// The path of a request line (`GET /metrics HTTP/1.1`); `/` when there is none.
+/// The path of a request line (`GET /metrics HTTP/1.1`), without its query (a Prometheus
+/// scrape config's `params:`, `/healthz?verbose`): `/` when there is none.
 fn request_path(head: &str) -> &str {
-    head.split_whitespace().nth(1).unwrap_or("/")
+    let target = head.split_whitespace().nth(1).unwrap_or("/");
+    target.split_once('?').map_or(target, |(path, _)| path)
 }
 
 /// Serves `/healthz` and/or `/metrics` on `listener` forever.
@@ -228,9 +251,365 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
     .await;
 }
 
+/// Checks `text` against the OpenMetrics 1.0 text format, strictly, as a parser that keeps
+/// families apart by name does (Prometheus' and prometheus_client's): `# EOF` last; each
+/// family's HELP, TYPE and UNIT before its samples, its lines together and the family once;
+/// sample names as its type makes them (a counter's `_total`, an info's `_info`, a gauge's
+/// own name); no name a family reserves used by another; a UNIT that ends the family's name;
+/// escapes in HELP and label values; no label twice and no series twice; counters not
+/// negative, infos 1. twilld's own rule too: every family has a HELP and a TYPE.
+#[cfg(test)]
+pub(crate) fn check_openmetrics(text: &str) -> Result<(), String> {
+    use std::collections::HashSet;
+
+    #[derive(Default)]
+    struct Family {
+        name: String,
+        kind: Option<String>,
+        help: bool,
+        unit: bool,
+        samples: usize,
+        series: HashSet<String>,
+    }
+    fn is_name(name: &str, colons: bool) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colons && c == ':'))
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (colons && c == ':'))
+    }
+    fn escapes_ok(text: &str) -> bool {
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\n' || (c == '\\' && !matches!(chars.next(), Some('\\' | 'n' | '"'))) {
+                return false;
+            }
+        }
+        true
+    }
+    /// The labels of `{…}` (without the braces) in a canonical order, or why not.
+    fn labels(text: &str) -> Result<Vec<(String, String)>, String> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let (name, after) = rest
+                .split_once("=\"")
+                .ok_or_else(|| format!("label {rest:?} is not name=\"value\""))?;
+            if !is_name(name, false) {
+                return Err(format!("bad label name {name:?}"));
+            }
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next() {
+                    None => return Err(format!("label {name}: unterminated value")),
+                    Some((i, '"')) => break i,
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, '\\')) => value.push('\\'),
+                        Some((_, '"')) => value.push('"'),
+                        Some((_, 'n')) => value.push('\n'),
+                        other => return Err(format!("label {name}: bad escape {other:?}")),
+                    },
+                    Some((_, '\n')) => return Err(format!("label {name}: raw newline")),
+                    Some((_, c)) => value.push(c),
+                }
+            };
+            if out.iter().any(|(n, _)| n == name) {
+                return Err(format!("label {name} twice"));
+            }
+            out.push((name.to_string(), value));
+            rest = &after[end + 1..];
+            if let Some(next) = rest.strip_prefix(',') {
+                if next.is_empty() {
+                    return Err("a comma after the last label".into());
+                }
+                rest = next;
+            } else if !rest.is_empty() {
+                return Err(format!("{rest:?} after a label value"));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+    fn number(v: &str) -> Result<f64, String> {
+        let plain = !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
+        match v {
+            "+Inf" => Ok(f64::INFINITY),
+            "-Inf" => Ok(f64::NEG_INFINITY),
+            "NaN" => Ok(f64::NAN),
+            _ if plain => v.parse().map_err(|_| format!("{v:?} is not a number")),
+            _ => Err(format!("{v:?} is not a number")),
+        }
+    }
+    /// A finished family: its TYPE and HELP there, its names reserved.
+    fn finish(f: Option<Family>, reserved: &mut HashSet<String>) -> Result<(), String> {
+        let Some(f) = f else { return Ok(()) };
+        let kind = f
+            .kind
+            .as_deref()
+            .ok_or_else(|| format!("family {} has no TYPE", f.name))?;
+        if !f.help {
+            return Err(format!("family {} has no HELP", f.name));
+        }
+        let suffixes: &[&str] = match kind {
+            "counter" => &["", "_total", "_created"],
+            "info" => &["", "_info"],
+            "summary" => &["", "_count", "_sum", "_created"],
+            "histogram" => &["", "_count", "_sum", "_bucket", "_created"],
+            "gaugehistogram" => &["", "_gcount", "_gsum", "_bucket"],
+            _ => &[""],
+        };
+        for suffix in suffixes {
+            if !reserved.insert(format!("{}{suffix}", f.name)) {
+                return Err(format!("clashing name: {}{suffix}", f.name));
+            }
+        }
+        Ok(())
+    }
+
+    let body = text
+        .strip_suffix("# EOF\n")
+        .ok_or("the exposition does not end with \"# EOF\\n\"")?;
+    if !body.is_empty() && !body.ends_with('\n') {
+        return Err("the line before # EOF does not end".into());
+    }
+    let mut reserved = HashSet::new();
+    let mut families = HashSet::new();
+    let mut cur: Option<Family> = None;
+    for (n, line) in body.lines().enumerate() {
+        let at = |why: String| format!("line {}: {line:?}: {why}", n + 1);
+        if let Some(rest) = line.strip_prefix("# ") {
+            let (keyword, rest) = rest
+                .split_once(' ')
+                .ok_or_else(|| at("a comment that is not HELP, TYPE or UNIT".into()))?;
+            let (name, arg) = rest.split_once(' ').unwrap_or((rest, ""));
+            if !is_name(name, true) {
+                return Err(at(format!("bad family name {name:?}")));
+            }
+            if cur.as_ref().is_none_or(|f| f.name != name) {
+                finish(cur.take(), &mut reserved).map_err(at)?;
+                if !families.insert(name.to_string()) {
+                    return Err(at(format!(
+                        "family {name} again: its lines must be together"
+                    )));
+                }
+                cur = Some(Family {
+                    name: name.to_string(),
+                    ..Family::default()
+                });
+            }
+            let f = cur.as_mut().ok_or_else(|| at("no family".into()))?;
+            if f.samples > 0 {
+                return Err(at(format!("{keyword} after the family's samples")));
+            }
+            match keyword {
+                "HELP" if f.help => return Err(at("a second HELP".into())),
+                "HELP" if !escapes_ok(arg) => return Err(at("bad escape in HELP".into())),
+                "HELP" => f.help = true,
+                "TYPE" if f.kind.is_some() => return Err(at("a second TYPE".into())),
+                "TYPE" => {
+                    let known = [
+                        "counter",
+                        "gauge",
+                        "info",
+                        "stateset",
+                        "unknown",
+                        "histogram",
+                        "gaugehistogram",
+                        "summary",
+                    ];
+                    if !known.contains(&arg) {
+                        return Err(at(format!("unknown type {arg:?}")));
+                    }
+                    f.kind = Some(arg.to_string());
+                }
+                "UNIT" if f.unit => return Err(at("a second UNIT".into())),
+                "UNIT" if arg.is_empty() || !name.ends_with(&format!("_{arg}")) => {
+                    return Err(at(format!("the name does not end with its unit {arg:?}")));
+                }
+                "UNIT" => f.unit = true,
+                _ => return Err(at(format!("unknown comment {keyword:?}"))),
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            return Err(at("not a sample, HELP, TYPE or UNIT line".into()));
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| at("a sample without a value".into()))?;
+        let (name, label_text) = match series.split_once('{') {
+            Some((name, rest)) => (
+                name,
+                rest.strip_suffix('}')
+                    .ok_or_else(|| at("labels without their }".into()))?,
+            ),
+            None => (series, ""),
+        };
+        if series.contains(' ') && !series.contains('{') {
+            return Err(at(
+                "more than a name and a value (no timestamps here)".into()
+            ));
+        }
+        let f = cur
+            .as_mut()
+            .ok_or_else(|| at("a sample before any family".into()))?;
+        let kind = f
+            .kind
+            .clone()
+            .ok_or_else(|| at(format!("a sample of family {} before its TYPE", f.name)))?;
+        let allowed: &[&str] = match kind.as_str() {
+            "counter" => &["_total", "_created"],
+            "info" => &["_info"],
+            "gauge" | "unknown" | "stateset" => &[""],
+            other => return Err(at(format!("type {other} is not checked here"))),
+        };
+        if !allowed.iter().any(|s| format!("{}{s}", f.name) == name) {
+            return Err(at(format!(
+                "sample {name} is not one of family {} ({kind}): expected {}",
+                f.name,
+                allowed
+                    .iter()
+                    .map(|s| format!("{}{s}", f.name))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )));
+        }
+        let labels = labels(label_text).map_err(at)?;
+        if !f.series.insert(format!("{name}{labels:?}")) {
+            return Err(at("the same series twice".into()));
+        }
+        let v = number(value).map_err(at)?;
+        if kind == "counter" && (v.is_nan() || v < 0.0) {
+            return Err(at("a counter below 0 or NaN".into()));
+        }
+        if kind == "info" && v != 1.0 {
+            return Err(at("an info's value is 1".into()));
+        }
+        f.samples += 1;
+    }
+    finish(cur, &mut reserved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openmetrics_check_refuses_what_a_strict_parser_refuses() {
+        let ok = "# HELP a_b A.\n# TYPE a_b counter\na_b_total{x=\"1\"} 2\n# HELP c C.\n# TYPE c info\nc_info{y=\"a\\\\b\\\"c\\nd\"} 1\n# EOF\n";
+        assert_eq!(check_openmetrics(ok), Ok(()));
+        for (text, why) in [
+            // The bug: an info family named with its sample's suffix.
+            (
+                "# HELP x_info X.\n# TYPE x_info info\nx_info{a=\"1\"} 1\n# EOF\n",
+                "is not one of family x_info",
+            ),
+            (
+                "# HELP a A.\n# TYPE a counter\na 1\n# EOF\n",
+                "expected a_total",
+            ),
+            ("# HELP a A.\n# TYPE a gauge\na 1\n", "# EOF"),
+            (
+                "# HELP a A.\n# TYPE a gauge\na 1\n# HELP b B.\n# TYPE b gauge\nb 1\n# HELP a A.\n# EOF\n",
+                "its lines must be together",
+            ),
+            (
+                "# HELP a A.\n# TYPE a counter\na_total 1\n# HELP a_total T.\n# TYPE a_total gauge\na_total 1\n# EOF\n",
+                "clashing name: a_total",
+            ),
+            (
+                "# HELP a A.\n# TYPE a gauge\na{x=\"1\",x=\"2\"} 1\n# EOF\n",
+                "twice",
+            ),
+            (
+                "# HELP a A.\n# TYPE a gauge\na{x=\"1\"} 1\na{x=\"1\"} 2\n# EOF\n",
+                "same series",
+            ),
+            (
+                "# HELP a A.\n# TYPE a gauge\na{x=\"\\q\"} 1\n# EOF\n",
+                "bad escape",
+            ),
+            (
+                "# HELP a A.\n# TYPE a counter\na_total -1\n# EOF\n",
+                "below 0",
+            ),
+            (
+                "# HELP a_bytes A.\n# TYPE a_bytes gauge\n# UNIT a_bytes seconds\na_bytes 1\n# EOF\n",
+                "unit",
+            ),
+            ("# TYPE a gauge\na 1\n# EOF\n", "no HELP"),
+            (
+                "# HELP a A.\n# TYPE a gauge\na 1\n# TYPE a gauge\n# EOF\n",
+                "after the family's samples",
+            ),
+            (
+                "# HELP a A.\n# TYPE a gauge\n\na 1\n# EOF\n",
+                "not a sample",
+            ),
+            (
+                "# HELP a A.\n# TYPE a info\na_info 2\n# EOF\n",
+                "value is 1",
+            ),
+        ] {
+            let e = check_openmetrics(text).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_exposition_is_valid_openmetrics_with_a_data_paths_counters() {
+        // Before: `# TYPE twilld_lease_info info` with the sample `twilld_lease_info{…} 1`, which
+        // prometheus_client's parser refuses (`Clashing name: twilld_lease_info`).
+        let m = Metrics::default();
+        assert_eq!(check_openmetrics(&m.render()), Ok(()), "{}", m.render());
+        *m.lease.lock().unwrap() = "10.5.1.0/24".into();
+        *m.lease6.lock().unwrap() = "fd00:5:0:1::/64".into();
+        m.etcd_failed("renew");
+        m.etcd_refused("watch");
+        m.ready.store(true, Ordering::Relaxed);
+        let stats = Arc::new(crate::engine::Stats::new("udp"));
+        let mut local = crate::engine::stats::LocalCounts {
+            tx_packets: 3,
+            tx_bytes: 4500,
+            ..Default::default()
+        };
+        local.count_drop(crate::engine::packet::DropReason::NoRoute, 2);
+        local.flush(&stats);
+        let _ = m.data_path.set(stats);
+        let text = m.render();
+        assert_eq!(check_openmetrics(&text), Ok(()), "{text}");
+        // Dashboards keep their sample names.
+        for sample in [
+            "twilld_lease_info{subnet=\"10.5.1.0/24\",ipv6_subnet=\"fd00:5:0:1::/64\"} 1",
+            "twilld_ready 1",
+            "twilld_etcd_errors_total 2",
+            "twilld_etcd_operation_errors_total{op=\"renew\"} 1",
+            "twilld_reconcile_runs_total 0",
+            "twilld_udp_tx_packets_total 3",
+            "twilld_udp_tx_bytes_total 4500",
+            "twilld_udp_dropped_packets_total{reason=\"no_route\"} 2",
+            "twilld_last_renew_timestamp_seconds 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == sample),
+                "{sample} missing in:\n{text}"
+            );
+        }
+        assert!(text.contains("# TYPE twilld_lease info\n"), "{text}");
+        assert!(
+            text.contains("# UNIT twilld_udp_tx_bytes bytes\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value("10.5.1.0/24"), "10.5.1.0/24");
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_never_reads_its_answer_is_let_go() {
@@ -261,6 +640,40 @@ mod tests {
         )
         .await;
         assert!(done.is_ok());
+    }
+
+    /// The status line of the answer to `request`.
+    async fn answer_to(request: &str, m: &Metrics) -> String {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client.write_all(request.as_bytes()).await.unwrap();
+        serve_one(&mut server, m, true, true).await;
+        drop(server);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        answer.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_query_string_does_not_hide_the_path() {
+        // Before: `/healthz?x=1` and a scrape with `params:` were answered 404.
+        let m = Metrics::default();
+        m.ready.store(true, Ordering::Relaxed);
+        for (request, want) in [
+            ("GET /healthz?x=1 HTTP/1.1\r\n\r\n", "HTTP/1.1 200 OK"),
+            (
+                "GET /metrics?module=twilld&x= HTTP/1.1\r\n\r\n",
+                "HTTP/1.1 200 OK",
+            ),
+            ("GET /metrics? HTTP/1.0\r\n\r\n", "HTTP/1.1 200 OK"),
+            (
+                "GET /metricsx?a=b HTTP/1.0\r\n\r\n",
+                "HTTP/1.1 404 Not Found",
+            ),
+            ("GET /?healthz HTTP/1.0\r\n\r\n", "HTTP/1.1 404 Not Found"),
+        ] {
+            assert_eq!(answer_to(request, &m).await, want, "{request:?}");
+        }
+        assert_eq!(request_path("GET /healthz?x=1 HTTP/1.1"), "/healthz");
     }
 
     #[tokio::test]

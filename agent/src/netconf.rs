@@ -270,7 +270,9 @@ impl NetworkConfig {
             )
         };
         let (backend, backend_defaulted) = match get(obj, "Backend") {
-            None | Some(Value::Null) => (
+            // Only a config without Backend runs udp (Flannel's parseBackendType). An explicit
+            // `null` reaches Flannel as the text "null", whose Type is "": refused there.
+            None => (
                 BackendConfig {
                     kind: BackendType::Udp,
                     vni: 1,
@@ -284,6 +286,14 @@ impl NetworkConfig {
                 true,
             ),
             Some(Value::Object(b)) => (parse_backend(b)?, false),
+            Some(Value::Null) => {
+                return Err(err(
+                    "Backend",
+                    format!(
+                        "null: give an object with a Type ({BACKEND_TYPES}), or leave Backend out for udp"
+                    ),
+                ));
+            }
             Some(other) => {
                 return Err(err(
                     "Backend",
@@ -502,13 +512,29 @@ impl NetworkConfig {
     }
 }
 
+/// The backends `Backend.Type` names, for messages.
+const BACKEND_TYPES: &str = "host-gw, vxlan, udp or wireguard";
+
 fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
+    // A Backend object without Type is refused, as by Flannel (its Type is "", an unknown
+    // backend): running udp instead hid a misspelled key (`Typ`) behind a slow network.
+    let Some(kind) = get_str(b, "Type").map_err(|e| err("Backend.Type", e.why))? else {
+        // The keys it has show a misspelling (a config is not secret, its values may be).
+        let keys: Vec<String> = b.keys().take(8).map(|k| crate::quote::quote(k)).collect();
+        let has = match (keys.len(), b.len()) {
+            (0, _) => "Backend is empty".to_string(),
+            (n, all) if all > n => format!("Backend has {}, …", keys.join(", ")),
+            _ => format!("Backend has {}", keys.join(", ")),
+        };
+        return Err(err(
+            "Backend.Type",
+            format!(
+                "missing ({has}): set \"Type\" to {BACKEND_TYPES}; only a config without Backend runs udp"
+            ),
+        ));
+    };
     // Flannel lowercases the type (`VXLAN` and `Host-GW` run there); so do we.
-    let kind = match get_str(b, "Type")?
-        .unwrap_or("udp")
-        .to_ascii_lowercase()
-        .as_str()
-    {
+    let kind = match kind.to_ascii_lowercase().as_str() {
         "host-gw" => BackendType::HostGw,
         "vxlan" => BackendType::Vxlan,
         "udp" => BackendType::Udp,
@@ -517,7 +543,7 @@ fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
             return Err(err(
                 "Backend.Type",
                 format!(
-                    "{} is not supported: use host-gw, vxlan, udp or wireguard",
+                    "{} is not supported: use {BACKEND_TYPES}",
                     crate::quote::quote(other)
                 ),
             ));
@@ -613,6 +639,48 @@ mod tests {
         let c = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16"}"#).unwrap();
         assert!(c.backend_defaulted);
         assert_eq!((c.backend.kind, c.backend.port), (BackendType::Udp, 8285));
+    }
+
+    #[test]
+    fn a_backend_without_type_is_refused_as_by_flannel_and_only_a_missing_one_runs_udp() {
+        // Before: a Backend object without Type (or with a misspelled key) silently ran udp.
+        for (text, want) in [
+            (
+                r#"{"Network":"10.30.0.0/16","Backend":{"Typ":"vxlan","VNI":7}}"#,
+                r#"network config: Backend.Type: missing (Backend has "Typ", "VNI"): set "Type" to host-gw, vxlan, udp or wireguard; only a config without Backend runs udp"#,
+            ),
+            (
+                r#"{"Network":"10.30.0.0/16","Backend":{}}"#,
+                r#"network config: Backend.Type: missing (Backend is empty): set "Type" to host-gw, vxlan, udp or wireguard; only a config without Backend runs udp"#,
+            ),
+            (
+                r#"{"Network":"10.30.0.0/16","Backend":{"Type":null,"Port":8285}}"#,
+                r#"network config: Backend.Type: missing (Backend has "Port", "Type"): set "Type" to host-gw, vxlan, udp or wireguard; only a config without Backend runs udp"#,
+            ),
+            (
+                r#"{"Network":"10.30.0.0/16","Backend":{"Type":""}}"#,
+                r#"network config: Backend.Type: "" is not supported: use host-gw, vxlan, udp or wireguard"#,
+            ),
+            (
+                r#"{"Network":"10.30.0.0/16","Backend":{"Type":7}}"#,
+                "network config: Backend.Type: expected a string, got 7",
+            ),
+            (
+                r#"{"Network":"10.30.0.0/16","Backend":null}"#,
+                "network config: Backend: null: give an object with a Type (host-gw, vxlan, udp or wireguard), or leave Backend out for udp",
+            ),
+        ] {
+            let e = NetworkConfig::parse(text).unwrap_err();
+            assert_eq!(e.to_string(), want, "{text}");
+        }
+        // No Backend at all: udp, as with Flannel (twilld warns).
+        let c = NetworkConfig::parse(r#"{"Network":"10.30.0.0/16"}"#).unwrap();
+        assert!(c.backend_defaulted);
+        assert_eq!(c.backend.kind, BackendType::Udp);
+        let c =
+            NetworkConfig::parse(r#"{"Network":"10.30.0.0/16","backend":{"type":"UDP"}}"#).unwrap();
+        assert!(!c.backend_defaulted);
+        assert_eq!(c.backend.kind, BackendType::Udp);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct HostNode {
     settings: HostSettings,
     metrics: Arc<Metrics>,
     subnet: Option<Subnets>,
+    /// This node's lease value (its public addresses tell its own keys from peers').
+    own: crate::lease::LeaseRecord,
 }
 
 impl HostNode {
@@ -67,6 +69,7 @@ impl HostNode {
         }
         HostNode {
             nl,
+            own: backend.record(),
             backend,
             network: config.enable_ipv4.then_some(config.network),
             network6: config.ipv6.map(|c| c.network),
@@ -179,8 +182,14 @@ impl Node for HostNode {
         m.reconcile_runs.fetch_add(1, Ordering::Relaxed);
         m.reconcile_micros_last
             .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-        m.peers
-            .store(peers.len().saturating_sub(1) as u64, Ordering::Relaxed);
+        let routed = crate::backend::routed_peers(
+            peers,
+            self.network,
+            self.network6,
+            self.subnet.unwrap_or_default(),
+            &self.own,
+        );
+        m.peers.store(routed as u64, Ordering::Relaxed);
         if !errors.is_empty() {
             m.reconcile_errors.fetch_add(1, Ordering::Relaxed);
             for e in errors.0 {

@@ -13,9 +13,41 @@ use crate::cli::Cli;
 use crate::etcd_store::EtcdStore;
 use crate::lease::Subnets;
 use crate::lease_store::{LeaseEntry, LeaseStore, Snapshot};
+use crate::netconf::NetworkConfig;
 
-/// Renders the table for `entries`, marking `own`.
-pub fn table(entries: &[LeaseEntry], own: Option<Subnets>) -> String {
+/// Why the lease of `e` is not routed by this node, if it is not: outside the network of
+/// `config` (when it reads), or another key of this node's (`own_ip`, its public IP).
+fn not_routed(
+    e: &LeaseEntry,
+    config: Option<&NetworkConfig>,
+    own_ip: Option<Ipv4Addr>,
+) -> Option<String> {
+    if let Some(c) = config
+        && let Some(why) = crate::backend::outside_network(
+            e.subnets,
+            c.enable_ipv4.then_some(c.network),
+            c.ipv6.map(|v6| v6.network),
+        )
+    {
+        return Some(format!("not routed: {why}"));
+    }
+    let ip = e.record.as_ref().ok()?.public_ip;
+    (own_ip == Some(ip) && !ip.is_unspecified())
+        .then(|| format!("not routed: another key of this node, public IP {ip}"))
+}
+
+/// Renders the table for `entries`, marking `own` (`*`) and the leases that are not routed
+/// (outside the network of `config`, this node's other keys), each with why.
+pub fn table(
+    entries: &[LeaseEntry],
+    own: Option<Subnets>,
+    config: Option<&NetworkConfig>,
+) -> String {
+    let own_ip = entries
+        .iter()
+        .find(|e| Some(e.subnets) == own)
+        .and_then(|e| e.record.as_ref().ok())
+        .map(|r| r.public_ip);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -25,11 +57,16 @@ pub fn table(entries: &[LeaseEntry], own: Option<Subnets>) -> String {
     for e in entries {
         let mark = if Some(e.subnets) == own { "*" } else { " " };
         let subnet = e.subnets.v4.map(|n| n.to_string());
-        let lease = if e.lease_id == 0 {
+        let mut lease = if e.lease_id == 0 {
             "reservation".to_string()
         } else {
             format!("{:x}", e.lease_id)
         };
+        if Some(e.subnets) != own
+            && let Some(why) = not_routed(e, config, own_ip)
+        {
+            let _ = write!(lease, " ({why})");
+        }
         match &e.record {
             Ok(r) => {
                 let mac = r
@@ -76,39 +113,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         leases: entries,
         revision: rev,
     } = store.snapshot().await?;
-    let own = SubnetEnv::read(&cli.subnet_file).ok();
     println!(
         "etcd:        {} (prefix {}, revision {rev})",
         cli.etcd_endpoints.join(","),
         cli.etcd_prefix
     );
     println!("config:      {}", config.as_deref().unwrap_or("(missing)"));
-    match &own {
-        Some(env) => println!(
-            "this node:   {} (MTU {}, ip-masq {}) from {}",
-            Subnets {
-                v4: env.ipv4.map(|p| p.subnet),
-                v6: env.ipv6.map(|p| p.subnet),
-            },
-            env.mtu,
-            env.ipmasq,
-            cli.subnet_file.display()
-        ),
-        None => println!(
-            "this node:   no subnet file at {}",
-            cli.subnet_file.display()
-        ),
-    }
-    print!(
-        "{}",
-        table(
-            &entries,
-            own.map(|e| Subnets {
-                v4: e.ipv4.map(|p| p.subnet),
-                v6: e.ipv6.map(|p| p.subnet),
-            })
-        )
-    );
+    let parsed = config.as_deref().and_then(|t| NetworkConfig::parse(t).ok());
+    let (line, own_subnets) = this_node(&cli.subnet_file);
+    println!("this node:   {line}");
+    print!("{}", table(&entries, own_subnets, parsed.as_ref()));
     crate::backend::wireguard::print_status(&cli.wireguard_socket_dir);
     if let Some(addr) = metrics_addr(cli) {
         match fetch_metrics(addr).await {
@@ -117,6 +131,35 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `this node:` line for the subnet file at `path`, and the subnets it names (to mark
+/// this node's lease). A file that does not read whole (no `FLANNEL_MTU`) still names them, as
+/// twilld keeps them at its start; the whole file is what the CNI plugin needs, so that is
+/// said.
+fn this_node(path: &std::path::Path) -> (String, Option<Subnets>) {
+    let file = path.display();
+    match SubnetEnv::read(path) {
+        Ok(env) => {
+            let subnets = Subnets {
+                v4: env.ipv4.map(|p| p.subnet),
+                v6: env.ipv6.map(|p| p.subnet),
+            };
+            let line = format!(
+                "{subnets} (MTU {}, ip-masq {}) from {file}",
+                env.mtu, env.ipmasq
+            );
+            (line, Some(subnets))
+        }
+        Err(e) => match std::fs::read_to_string(path) {
+            Err(_) => (format!("no subnet file at {file}"), None),
+            Ok(text) => {
+                let (subnets, _) = crate::agent::subnet_file_subnets(&text);
+                let line = format!("{subnets} from {file}, which does not read whole: {e}");
+                (line, Some(subnets).filter(|s| *s != Subnets::default()))
+            }
+        },
+    }
 }
 
 /// Where this node's twilld serves /metrics, by the flags (or `TWILLD_*` variables) it runs
@@ -249,7 +292,7 @@ mod tests {
             r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd31::2","BackendType":"host-gw"}"#,
         );
         let own = dual.subnets;
-        let t = table(&[dual, v6only], Some(own));
+        let t = table(&[dual, v6only], Some(own), None);
         let lines: Vec<&str> = t.lines().collect();
         assert!(
             lines[1].starts_with("* 10.5.1.0/24") && lines[1].contains("0e:74:0a:00:00:01"),
@@ -266,6 +309,82 @@ mod tests {
         assert!(
             lines[4].starts_with("  fd00:5:0:2::/64") && lines[4].contains("fd31::2"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn leases_that_are_not_routed_are_marked_with_why() {
+        // Before: listed like peers, with nothing to say they are never routed.
+        let value = |ip: &str| format!(r#"{{"PublicIP":"{ip}","BackendType":"host-gw"}}"#);
+        let ours = entry("/x/subnets/10.5.1.0-24", &value("10.0.0.1"));
+        let peer = entry("/x/subnets/10.5.2.0-24", &value("10.0.0.2"));
+        let outside = entry("/x/subnets/10.99.3.0-24", &value("10.0.0.3"));
+        let mut reserved = entry("/x/subnets/10.5.7.0-24", &value("10.0.0.1"));
+        reserved.lease_id = 0;
+        let config =
+            NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#)
+                .unwrap();
+        let own = ours.subnets;
+        let t = table(&[ours, peer, outside, reserved], Some(own), Some(&config));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[1].starts_with("* 10.5.1.0/24") && lines[1].ends_with(" 2a"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("  10.5.2.0/24") && lines[2].ends_with(" 2a"),
+            "{t}"
+        );
+        assert!(
+            lines[3].starts_with("  10.99.3.0/24")
+                && lines[3]
+                    .ends_with(" 2a (not routed: 10.99.3.0/24 is outside the Network 10.5.0.0/16)"),
+            "{t}"
+        );
+        assert!(
+            lines[4].starts_with("  10.5.7.0/24")
+                && lines[4].ends_with(
+                    " reservation (not routed: another key of this node, public IP 10.0.0.1)"
+                ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn this_nodes_subnets_are_read_as_twilld_keeps_them() {
+        // Before: a subnet file without FLANNEL_MTU was "no subnet file", and our lease
+        // went unmarked.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        let (line, own) = this_node(&path);
+        assert_eq!((line.starts_with("no subnet file at "), own), (true, None));
+        std::fs::write(
+            &path,
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.3.1/24\n",
+        )
+        .unwrap();
+        let (line, own) = this_node(&path);
+        assert_eq!(
+            own,
+            Some(Subnets::from(
+                "10.5.3.0/24".parse::<ipnet::Ipv4Net>().unwrap()
+            ))
+        );
+        assert!(
+            line.starts_with("10.5.3.0/24 from ")
+                && line.contains("does not read whole")
+                && line.contains("FLANNEL_MTU"),
+            "{line}"
+        );
+        std::fs::write(
+            &path,
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+        let (line, own) = this_node(&path);
+        assert!(
+            own.is_some() && line.starts_with("10.5.3.0/24 (MTU 1450, ip-masq true) from "),
+            "{line}"
         );
     }
 

@@ -12,12 +12,36 @@ const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 /// Runs twilld in `ns` with `args`; its exit code and first stderr line. Fails if it is
 /// still running after 10 s (it would be waiting for etcd).
 fn twilld(ns: &twill_netkit::Netns, args: &[&str]) -> (Option<i32>, String) {
+    twilld_env(ns, args, &[])
+}
+
+/// The test's own environment without twilld's and flanneld's variables, plus `env`.
+fn with_env(c: &mut Command, env: &[(&str, &str)]) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if ["TWILLD_", "FLANNELD_", "WIREGUARD_"]
+            .iter()
+            .any(|p| k.starts_with(p))
+        {
+            c.env_remove(&*k);
+        }
+    }
+    c.envs(env.iter().copied());
+}
+
+/// [`twilld`] with the variables `env` set.
+fn twilld_env(
+    ns: &twill_netkit::Netns,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let subnet_file = dir.path().join("subnet.env");
     let mut c = Command::new(TWILLD);
     if !args.contains(&"--subnet-file") {
         c.arg("--subnet-file").arg(&subnet_file);
     }
+    with_env(&mut c, env);
     c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
     ns.prepare_command(&mut c).unwrap();
     let mut child = c.spawn().expect("starting twilld");
@@ -123,6 +147,244 @@ fn local_mistakes_are_fatal_and_said_first() {
         assert_eq!(code, Some(1), "twilld {args:?}: {first}");
         assert_eq!(&first, want, "twilld {args:?}");
     }
+}
+
+/// The stderr of twilld run in `ns` with `args` and `env` for `secs` seconds, then SIGTERM'd
+/// (it waits for an etcd that is not there).
+fn waiting_stderr(
+    ns: &twill_netkit::Netns,
+    args: &[&str],
+    env: &[(&str, &str)],
+    secs: u64,
+) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new(TWILLD);
+    with_env(&mut c, env);
+    if !args.contains(&"--subnet-file") {
+        c.arg("--subnet-file").arg(dir.path().join("subnet.env"));
+    }
+    c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    ns.prepare_command(&mut c).unwrap();
+    let mut child = c.spawn().expect("starting twilld");
+    std::thread::sleep(Duration::from_secs(secs));
+    let exited = child.try_wait().unwrap();
+    if exited.is_none() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        exited.is_none(),
+        "twilld {args:?} with {env:?} exited ({exited:?}) instead of waiting for etcd: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn empty_variables_mean_the_default_as_with_flanneld() {
+    if !preconditions("empty_variables_mean_the_default_as_with_flanneld", &[]) {
+        return;
+    }
+    // A Kubernetes ConfigMap key set to "" gives an empty variable: flanneld's flagsFromEnv
+    // skips it (`if val != ""`), so the default applies. Before, twilld refused to start
+    // (`invalid value '' for '--ip-masq'`) or ran with an empty --etcd-prefix.
+    let scope = NsScope::new("se3");
+    let ns = scope.create("h");
+    let empty: Vec<(&str, &str)> = [
+        "FLANNELD_IP_MASQ",
+        "FLANNELD_HEALTHZ_PORT",
+        "FLANNELD_HEALTHZ_IP",
+        "FLANNELD_PUBLIC_IP",
+        "FLANNELD_PUBLIC_IPV6",
+        "FLANNELD_SUBNET_LEASE_RENEW_MARGIN",
+        "FLANNELD_ETCD_CAFILE",
+        "FLANNELD_ETCD_CERTFILE",
+        "FLANNELD_ETCD_KEYFILE",
+        "FLANNELD_ETCD_ENDPOINTS",
+        "FLANNELD_ETCD_PREFIX",
+        "FLANNELD_IFACE_REGEX",
+        "TWILLD_ETCD_CAFILE",
+        "TWILLD_ETCD_PREFIX",
+        "TWILLD_IP_MASQ",
+        "TWILLD_UDP_WORKERS",
+        "TWILLD_UDP_OFFLOADS",
+        "TWILLD_WIREGUARD_ROAMING",
+        "TWILLD_METRICS_PORT",
+        "WIREGUARD_KEY_FILE",
+    ]
+    .iter()
+    .map(|k| (*k, ""))
+    .collect();
+    // No --etcd-endpoints: the default endpoint, which nothing serves in this namespace.
+    let stderr = waiting_stderr(&ns, &["--iface", "lo"], &empty, 3);
+    assert!(
+        stderr.contains(
+            "reading the network config: etcd: reading /coreos.com/network/: http://127.0.0.1:2379: connection refused"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("public_ip=127.0.0.1"), "{stderr}");
+    // An empty TWILLD_X does not hide FLANNELD_X.
+    let stderr = waiting_stderr(
+        &ns,
+        &["--iface", "lo"],
+        &[
+            ("TWILLD_ETCD_PREFIX", ""),
+            ("FLANNELD_ETCD_PREFIX", "/flannel-net"),
+            ("FLANNELD_ETCD_ENDPOINTS", "http://127.0.0.1:1"),
+        ],
+        3,
+    );
+    assert!(
+        stderr.contains("etcd: reading /flannel-net/: http://127.0.0.1:1: connection refused"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_refused_value_from_the_environment_names_its_variable() {
+    if !preconditions(
+        "a_refused_value_from_the_environment_names_its_variable",
+        &[],
+    ) {
+        return;
+    }
+    let scope = NsScope::new("se4");
+    let ns = scope.create("h");
+    let dead = "http://127.0.0.1:1";
+    // (arguments, environment, exit code, first line of stderr)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], i32, &'a str);
+    let cases: &[Case] = &[
+        (
+            &[],
+            &[("FLANNELD_HEALTHZ_PORT", "abc")],
+            2,
+            "error: environment variable FLANNELD_HEALTHZ_PORT: invalid value 'abc' for '--healthz-port <HEALTHZ_PORT>': invalid digit found in string; fix it, or unset it or set it empty for the default",
+        ),
+        (
+            &[],
+            &[
+                ("TWILLD_HEALTHZ_PORT", ""),
+                ("FLANNELD_HEALTHZ_PORT", "abc"),
+            ],
+            2,
+            "error: environment variable FLANNELD_HEALTHZ_PORT: invalid value 'abc' for '--healthz-port <HEALTHZ_PORT>': invalid digit found in string; fix it, or unset it or set it empty for the default",
+        ),
+        (
+            &[],
+            &[("FLANNELD_IP_MASQ", "yes")],
+            2,
+            "error: environment variable FLANNELD_IP_MASQ: invalid value 'yes' for '--ip-masq[=<IP_MASQ>]': \"yes\" is not a boolean: use true or false; fix it, or unset it or set it empty for the default",
+        ),
+        (
+            &["status"],
+            &[
+                ("TWILLD_SUBNET_LEASE_RENEW_MARGIN", "2000"),
+                ("TWILLD_METRICS_PORT", "x"),
+            ],
+            2,
+            "error: environment variable TWILLD_METRICS_PORT: invalid value 'x' for '--metrics-port <METRICS_PORT>': invalid digit found in string; fix it, or unset it or set it empty for the default",
+        ),
+        // From the command line: the flag alone, as before.
+        (
+            &["--healthz-port", "abc"],
+            &[("FLANNELD_HEALTHZ_PORT", "10256")],
+            2,
+            "error: invalid value 'abc' for '--healthz-port <HEALTHZ_PORT>': invalid digit found in string",
+        ),
+        // Refused after clap, by twilld's own checks: the variable is named too.
+        (
+            &["--iface", "lo"],
+            &[("FLANNELD_ETCD_ENDPOINTS", "etcd")],
+            1,
+            "twilld: --etcd-endpoints \"etcd\": expected http://HOST:PORT or https://HOST:PORT (--etcd-endpoints came from the environment variable FLANNELD_ETCD_ENDPOINTS)",
+        ),
+        (
+            &["--etcd-endpoints", dead],
+            &[("FLANNELD_IFACE", "nonexist")],
+            1,
+            "twilld: none of --iface nonexist exists with an IPv4 or global IPv6 address in this network namespace (--iface came from the environment variable FLANNELD_IFACE)",
+        ),
+    ];
+    for (args, env, code, want) in cases {
+        let (got, first) = twilld_env(&ns, args, env);
+        assert_eq!(got, Some(*code), "twilld {args:?} {env:?}: {first}");
+        assert_eq!(&first, want, "twilld {args:?} {env:?}");
+    }
+}
+
+#[test]
+fn a_subnet_file_that_is_not_a_file_is_refused_before_etcd() {
+    if !preconditions(
+        "a_subnet_file_that_is_not_a_file_is_refused_before_etcd",
+        &[],
+    ) {
+        return;
+    }
+    // Before: the check probed only the directory, so twilld took a lease in etcd and then
+    // failed `renaming into place …: Is a directory` (here: still waiting for etcd after 10s).
+    let scope = NsScope::new("se5");
+    let ns = scope.create("h");
+    let dir = tempfile::tempdir().unwrap();
+    let as_dir = dir.path().join("subnet.env");
+    std::fs::create_dir(&as_dir).unwrap();
+    let fifo = dir.path().join("fifo.env");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A symbolic link is replaced by the file when it is written: not refused.
+    let link = dir.path().join("link.env");
+    std::os::unix::fs::symlink(dir.path().join("elsewhere.env"), &link).unwrap();
+    let dead = "http://127.0.0.1:1";
+    let cases = [
+        (
+            as_dir.clone(),
+            format!(
+                "twilld: --subnet-file {} is a directory, not a file: remove the directory, or point --subnet-file at a file (in Kubernetes, a hostPath volume of a file that does not exist is created as a directory: use type: FileOrCreate, or mount the directory {} instead)",
+                as_dir.display(),
+                dir.path().display()
+            ),
+        ),
+        (
+            fifo.clone(),
+            format!(
+                "twilld: --subnet-file {} is a FIFO, not a file: remove it, or point --subnet-file at a file",
+                fifo.display()
+            ),
+        ),
+    ];
+    for (path, want) in &cases {
+        let path = path.to_str().unwrap();
+        let (code, first) = twilld(
+            &ns,
+            &[
+                "--etcd-endpoints",
+                dead,
+                "--iface",
+                "lo",
+                "--subnet-file",
+                path,
+            ],
+        );
+        assert_eq!(code, Some(1), "{path}: {first}");
+        assert_eq!(&first, want);
+    }
+    let stderr = waiting_stderr(
+        &ns,
+        &[
+            "--etcd-endpoints",
+            dead,
+            "--iface",
+            "lo",
+            "--subnet-file",
+            link.to_str().unwrap(),
+        ],
+        &[],
+        2,
+    );
+    assert!(stderr.contains("connection refused"), "{stderr}");
 }
 
 #[test]

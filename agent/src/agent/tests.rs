@@ -1094,3 +1094,108 @@ fn renewal_interval_follows_the_margin() {
     );
     assert_eq!(t(2, 60).renew_interval(), secs(1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn ready_counts_only_routed_peers_and_a_lease_outside_the_network_is_said_once() {
+    // Before: `ready … peers=4` here (every key but one), and nothing said about the leases
+    // outside the Network, which are never routed.
+    let (buf, _guard) = capture_logs();
+    let c = Case::pinned(3600, 600);
+    let store = c.store.clone();
+    store.put_foreign(net("10.5.2.0/24"), &foreign("192.168.1.2"), 3600);
+    // Outside the Network 10.5.0.0/16 (an earlier Network's, or another cluster's).
+    store.put_foreign(net("10.99.3.0/24"), &foreign("192.168.1.3"), 3600);
+    // Reservations for this node's own public IP, outside and inside the network: the node
+    // takes its subnet file's subnet, so neither is a peer.
+    store.put_foreign(net("10.98.0.0/24"), &foreign("192.168.1.1"), 0);
+    store.put_foreign(net("10.5.7.0/24"), &foreign("192.168.1.1"), 0);
+    c.run(async {
+        sleep(secs(2)).await;
+        // Arriving by the watch, and written again: said once.
+        store.put_foreign(net("10.99.4.0/24"), &foreign("192.168.1.4"), 3600);
+        sleep(secs(1)).await;
+        store.put_foreign(net("10.99.4.0/24"), &foreign("192.168.1.44"), 3600);
+        sleep(secs(1)).await;
+    })
+    .await;
+    assert_eq!(c.own().map(|o| o.0), Some(net(OURS)));
+    let log = logs(&buf);
+    let ready: Vec<&str> = log.lines().filter(|l| l.contains(" ready ")).collect();
+    assert!(
+        ready.len() == 1 && ready[0].contains("peers=1"),
+        "one routed peer (10.5.2.0/24):\n{log}"
+    );
+    for (subnet, said) in [
+        ("10.99.3.0/24", 1),
+        ("10.99.4.0/24", 1),
+        ("10.98.0.0/24", 1),
+        ("10.5.2.0/24", 0),
+        ("10.5.7.0/24", 0),
+    ] {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("is not routed") && l.contains(&format!("{subnet} is outside")))
+            .collect();
+        assert_eq!(lines.len(), said, "{subnet}:\n{log}");
+        if said == 1 {
+            assert!(
+                lines[0].contains("outside the Network 10.5.0.0/16")
+                    && lines[0].contains(&format!(
+                        "etcdctl del /coreos.com/network/subnets/{}",
+                        subnet.replace('/', "-")
+                    )),
+                "{}",
+                lines[0]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_subnet_file_keeps_its_subnets_as_flannel_reads_them() {
+    // Before: a file without FLANNEL_MTU (or with any other line broken) did not parse as a
+    // whole, so the node leased other subnets. Flannel reads FLANNEL_SUBNET and
+    // FLANNEL_IPV6_SUBNET alone for that.
+    let (buf, _guard) = capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("subnet.env");
+    let hint = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        subnet_file_hint(&file)
+    };
+    assert_eq!(
+        hint("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\n"),
+        Subnets::from(net("10.5.72.0/24"))
+    );
+    assert_eq!(
+        hint(
+            "FLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_IPV6_SUBNET=fd00:5:0:48::1/64\nFLANNEL_MTU=banana\n"
+        ),
+        Subnets {
+            v4: Some(net("10.5.72.0/24")),
+            v6: Some("fd00:5:0:48::/64".parse().unwrap()),
+        }
+    );
+    assert_eq!(
+        hint("export FLANNEL_SUBNET=\"10.5.9.1/24\"\n# FLANNEL_SUBNET=10.5.1.1/24\n"),
+        Subnets::from(net("10.5.9.0/24"))
+    );
+    assert!(!logs(&buf).contains("WARN"), "{}", logs(&buf));
+    // One family that does not read keeps the other; none at all is said.
+    assert_eq!(
+        hint("FLANNEL_SUBNET=10.5.9.1/24\nFLANNEL_IPV6_SUBNET=nonsense\n"),
+        Subnets::from(net("10.5.9.0/24"))
+    );
+    assert_eq!(hint("FLANNEL_MTU=1450\n"), Subnets::default());
+    let log = logs(&buf);
+    assert!(
+        log.contains("FLANNEL_IPV6_SUBNET=\"nonsense\" is not an IPv6 subnet")
+            && log.contains("it has neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET"),
+        "{log}"
+    );
+    // No file: nothing to keep, nothing to say.
+    assert_eq!(
+        subnet_file_hint(&dir.path().join("none.env")),
+        Subnets::default()
+    );
+}

@@ -185,6 +185,60 @@ pub fn by_v6_revised(
     out
 }
 
+/// How many other nodes are routed to: leases with a subnet [`by_v4`] or [`by_v6`] takes (in
+/// that family's network, not `local`, with that family's public address), less those that
+/// name this node (`own`'s public address: an older key or a reservation of its own). A node
+/// with both families, or with two keys for a while, counts once. What `ready … peers=` and
+/// `twilld_peers` say: counting every key counted leases outside the network, never routed.
+pub fn routed_peers(
+    peers: &Peers,
+    network: Option<Ipv4Net>,
+    network6: Option<Ipv6Net>,
+    local: Subnets,
+    own: &LeaseRecord,
+) -> usize {
+    let v4 = network
+        .map(|n| by_v4(peers, n, local.v4))
+        .unwrap_or_default();
+    let v6 = by_v6(peers, network6, local.v6);
+    let ours = |r: &LeaseRecord| match network {
+        Some(_) => r.public_ip == own.public_ip && !own.public_ip.is_unspecified(),
+        None => r.public_ipv6.is_some() && r.public_ipv6 == own.public_ipv6,
+    };
+    let mut nodes = std::collections::BTreeSet::new();
+    for p in peers.values().filter(|p| !ours(&p.record)) {
+        let routed4 = p.subnets.v4.filter(|s| v4.contains_key(s));
+        let routed6 = p.subnets.v6.filter(|s| v6.contains_key(s));
+        if let Some(id) = routed4
+            .map(ipnet::IpNet::V4)
+            .or(routed6.map(ipnet::IpNet::V6))
+        {
+            nodes.insert(id);
+        }
+    }
+    nodes.len()
+}
+
+/// Why a lease is never routed for being outside the network of one of its families (a
+/// family the network does not have is not a reason), or `None`.
+pub fn outside_network(
+    subnets: Subnets,
+    network: Option<Ipv4Net>,
+    network6: Option<Ipv6Net>,
+) -> Option<String> {
+    if let (Some(s), Some(n)) = (subnets.v4, network)
+        && !n.contains(&s)
+    {
+        return Some(format!("{s} is outside the Network {n}"));
+    }
+    if let (Some(s), Some(n)) = (subnets.v6, network6)
+        && !n.contains(&s)
+    {
+        return Some(format!("{s} is outside the IPv6Network {n}"));
+    }
+    None
+}
+
 fn without_revisions<N: Ord, R>(revised: BTreeMap<N, (R, i64)>) -> BTreeMap<N, R> {
     revised.into_iter().map(|(s, (r, _))| (s, r)).collect()
 }
@@ -353,5 +407,103 @@ impl Backend for AnyBackend {
             AnyBackend::Udp(b) => b.apply(nl, peers).await,
             AnyBackend::Wireguard(b) => b.apply(nl, peers).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(
+        key: &str,
+        v4: Option<&str>,
+        v6: Option<&str>,
+        ip: &str,
+        ip6: Option<&str>,
+    ) -> (String, Peer) {
+        let mut record = LeaseRecord::new(ip.parse().unwrap(), BackendType::HostGw);
+        record.public_ipv6 = ip6.map(|a| a.parse().unwrap());
+        let p = Peer {
+            subnets: Subnets {
+                v4: v4.map(|s| s.parse().unwrap()),
+                v6: v6.map(|s| s.parse().unwrap()),
+            },
+            record,
+            mod_revision: 1,
+        };
+        (key.to_string(), p)
+    }
+
+    #[test]
+    fn routed_peers_are_the_other_nodes_a_backend_routes_to() {
+        let own = {
+            let mut r = LeaseRecord::new("172.31.0.11".parse().unwrap(), BackendType::HostGw);
+            r.public_ipv6 = Some("fd31::11".parse().unwrap());
+            r
+        };
+        let peers: Peers = [
+            // Ours.
+            peer(
+                "a",
+                Some("10.5.1.0/24"),
+                Some("fd00:5:0:1::/64"),
+                "172.31.0.11",
+                Some("fd31::11"),
+            ),
+            // A dual-stack node, and its older IPv4-only key: one node.
+            peer(
+                "b",
+                Some("10.5.2.0/24"),
+                Some("fd00:5:0:2::/64"),
+                "172.31.0.12",
+                Some("fd31::12"),
+            ),
+            peer("b-old", Some("10.5.2.0/24"), None, "172.31.0.12", None),
+            // IPv6 only (Flannel's `0.0.0.0-0&…` key).
+            peer(
+                "c",
+                None,
+                Some("fd00:5:0:3::/64"),
+                "0.0.0.0",
+                Some("fd31::13"),
+            ),
+            // Outside both networks.
+            peer(
+                "d",
+                Some("10.99.4.0/24"),
+                Some("fd00:99::/64"),
+                "172.31.0.14",
+                Some("fd31::14"),
+            ),
+            // A reservation for this node's own public IP, not the subnet it holds.
+            peer("e", Some("10.5.7.0/24"), None, "172.31.0.11", None),
+        ]
+        .into_iter()
+        .collect();
+        let local = Subnets {
+            v4: Some("10.5.1.0/24".parse().unwrap()),
+            v6: Some("fd00:5:0:1::/64".parse().unwrap()),
+        };
+        let (n4, n6) = ("10.5.0.0/16".parse().ok(), "fd00:5::/48".parse().ok());
+        assert_eq!(routed_peers(&peers, n4, n6, local, &own), 2, "b and c");
+        assert_eq!(
+            routed_peers(&peers, n4, None, local, &own),
+            1,
+            "IPv4 only: b"
+        );
+        assert_eq!(
+            routed_peers(&peers, None, n6, local, &own),
+            2,
+            "IPv6 only (nodes told by their IPv6 address): b and c"
+        );
+        assert_eq!(
+            outside_network(peers["d"].subnets, n4, n6).as_deref(),
+            Some("10.99.4.0/24 is outside the Network 10.5.0.0/16")
+        );
+        assert_eq!(
+            outside_network(peers["d"].subnets, None, n6).as_deref(),
+            Some("fd00:99::/64 is outside the IPv6Network fd00:5::/48")
+        );
+        assert_eq!(outside_network(peers["c"].subnets, n4, None), None);
     }
 }

@@ -169,8 +169,14 @@ impl Stats {
         for (name, help, v) in counters {
             let _ = writeln!(
                 s,
-                "# HELP twilld_{backend}_{name} {help}\n# TYPE twilld_{backend}_{name} counter\n\
-                 twilld_{backend}_{name}_total {}",
+                "# HELP twilld_{backend}_{name} {help}\n# TYPE twilld_{backend}_{name} counter"
+            );
+            if name.ends_with("_bytes") {
+                let _ = writeln!(s, "# UNIT twilld_{backend}_{name} bytes");
+            }
+            let _ = writeln!(
+                s,
+                "twilld_{backend}_{name}_total {}",
                 v.load(Ordering::Relaxed)
             );
         }

@@ -98,13 +98,16 @@ impl Aead {
     }
 }
 
-/// `/metrics`: which AEAD runs, as an info gauge (the Prometheus way to carry a string).
+/// `/metrics`: which AEAD runs, as an OpenMetrics info family `twilld_wireguard_aead` (its
+/// sample `twilld_wireguard_aead_info`, the name Prometheus' info-gauge convention gives it
+/// too, so queries keep working).
 pub fn render_info(described: &str, s: &mut String) {
     use std::fmt::Write;
-    let name = "twilld_wireguard_aead_info";
+    let name = "twilld_wireguard_aead";
     let _ = writeln!(
         s,
-        "# HELP {name} The ChaCha20-Poly1305 sealing and opening transport data (--wireguard-aead).\n# TYPE {name} gauge\n{name}{{aead=\"{described}\"}} 1"
+        "# HELP {name} The ChaCha20-Poly1305 sealing and opening transport data (--wireguard-aead).\n# TYPE {name} info\n{name}_info{{aead=\"{}\"}} 1",
+        crate::metrics::label_value(described)
     );
 }
 

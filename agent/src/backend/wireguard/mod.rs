@@ -1004,4 +1004,81 @@ mod tests {
             [vec![("[fd31::12]:51821".into(), "fd00:61:0:2::/64".into())]]
         );
     }
+
+    #[test]
+    fn a_wireguard_nodes_metrics_are_valid_openmetrics() {
+        // Before: `# TYPE twilld_wireguard_aead_info gauge`, a family named with the info
+        // suffix; now the info family `twilld_wireguard_aead` with the same sample name.
+        let wg = backend(&config(""));
+        // Node 2 IPv4-only, node 3 dual-stack: in separate mode each device has the peers of
+        // its family, so node 3 is a peer on both (told apart by their subnets).
+        let peer = |i: u8, endpoint: &str, allowed: Subnets| {
+            let other = PublicKey::from(&StaticSecret::from([i; 32]));
+            let tunn = boringtun::noise::Tunn::new(
+                StaticSecret::from([1; 32]),
+                other,
+                None,
+                None,
+                u32::from(i),
+                None,
+            );
+            let p = table::Peer::new(
+                u32::from(i),
+                *other.as_bytes(),
+                endpoint.parse().unwrap(),
+                allowed,
+                0,
+                false,
+                tunn,
+            );
+            p.roams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Arc::new(p)
+        };
+        let v4 = |s: &str| Subnets {
+            v4: Some(s.parse().unwrap()),
+            v6: None,
+        };
+        let v6 = |s: &str| Subnets {
+            v4: None,
+            v6: Some(s.parse().unwrap()),
+        };
+        assert_eq!(wg.devices.len(), 2);
+        wg.devices[0].table.publish(table::WgTable::new(
+            wg.network,
+            wg.local,
+            vec![
+                peer(2, "172.31.0.12:51820", v4("10.61.2.0/24")),
+                peer(3, "172.31.0.13:51820", v4("10.61.3.0/24")),
+            ],
+        ));
+        wg.devices[1].table.publish(table::WgTable::new(
+            wg.network,
+            wg.local,
+            vec![peer(3, "[fd31::13]:51821", v6("fd00:61:0:3::/64"))],
+        ));
+        *wg.tables.lock().unwrap() = wg.devices.iter().map(|d| d.table.clone()).collect();
+        let metrics = crate::metrics::Metrics::default();
+        let _ = metrics.data_path.set(wg.data_path_stats().unwrap());
+        let text = metrics.render();
+        assert_eq!(crate::metrics::check_openmetrics(&text), Ok(()), "{text}");
+        for line in [
+            "# TYPE twilld_wireguard_aead info",
+            "twilld_wireguard_aead_info{aead=\"ring\"} 1",
+            "# UNIT twilld_wireguard_peer_tx_bytes bytes",
+            "# UNIT twilld_wireguard_peer_last_handshake_seconds seconds",
+            "twilld_wireguard_tx_packets_total 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("twilld_wireguard_peer_roams_total{"))
+                .count(),
+            3,
+            "three peers on two devices:\n{text}"
+        );
+    }
 }

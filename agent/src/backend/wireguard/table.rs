@@ -456,30 +456,36 @@ pub fn render_peers(tables: &[Arc<WgTable>], s: &mut String) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let gauges: [(&str, &str, &str); 5] = [
+    // (name, type, unit, help): a unit is also the name's last word, as OpenMetrics requires.
+    let gauges: [(&str, &str, Option<&str>, &str); 5] = [
         (
             "peer_last_handshake_seconds",
             "gauge",
+            Some("seconds"),
             "Unix time of the peer's last completed handshake (0: none yet).",
         ),
         (
             "peer_tx_bytes",
             "counter",
+            Some("bytes"),
             "Bytes of WireGuard messages sent to the peer (as wg show's transfer).",
         ),
         (
             "peer_rx_bytes",
             "counter",
+            Some("bytes"),
             "Bytes of authenticated WireGuard messages received from the peer (as wg show's transfer).",
         ),
         (
             "peer_dropped_packets",
             "counter",
+            None,
             "Datagrams that named the peer but were refused, by reason.",
         ),
         (
             "peer_roams",
             "counter",
+            None,
             "Times its endpoint moved to where its authenticated messages came from.",
         ),
     ];
@@ -488,9 +494,12 @@ pub fn render_peers(tables: &[Arc<WgTable>], s: &mut String) {
         .flat_map(|t| t.peers.iter())
         .map(|p| (p, p.tunn().stats().0, p.transfer.get()))
         .collect();
-    for (name, kind, help) in gauges {
+    for (name, kind, unit, help) in gauges {
         let full = format!("twilld_wireguard_{name}");
         let _ = writeln!(s, "# HELP {full} {help}\n# TYPE {full} {kind}");
+        if let Some(unit) = unit {
+            let _ = writeln!(s, "# UNIT {full} {unit}");
+        }
         let suffix = if kind == "counter" { "_total" } else { "" };
         for (p, since, (tx, rx)) in &stats {
             let labels = format!(
