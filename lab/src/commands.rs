@@ -8,7 +8,8 @@ use anyhow::Context;
 use twill_netkit::Netns;
 
 use crate::binaries::{containers_in_store, twill_run, twill_run_to_the_end};
-use crate::state::{LabState, load_lab, name_flag, prefix, state_dir};
+use crate::state::{HostHealth, HostState, LabState, load_lab, name_flag, prefix, state_dir};
+use crate::up::check_all_pairs;
 
 pub(crate) fn kill_pid(pid: u32) {
     let _ = nix::sys::signal::kill(
@@ -96,15 +97,121 @@ fn remove_containers(st: &LabState) -> Vec<String> {
     left
 }
 
-/// `status`.
-pub fn status(name: &str) -> anyhow::Result<()> {
-    let st = load_lab(name)?;
+/// `status`: whether each host's twilld and each container runs now (not what `up` saved),
+/// each one down said with why; true when all run. Cheap: no pings unless `ping`, which then
+/// checks every pair as `up` does.
+pub fn status(name: &str, ping: bool) -> anyhow::Result<bool> {
+    let mut st = load_lab(name)?;
     println!(
         "lab {name}: backend {}, network {}, etcd {}",
         st.backend, st.network, st.etcd_endpoint
     );
-    st.print_table();
-    Ok(())
+    let health: Vec<HostHealth> = (0..st.hosts.len())
+        .map(|h| HostHealth {
+            twilld: twilld_down(&st.hosts[h]),
+            containers: st.hosts[h]
+                .containers
+                .iter()
+                .map(|c| container_down(&st, h, &c.name))
+                .collect(),
+        })
+        .collect();
+    st.print_table(Some(&health));
+    let flag = name_flag(name);
+    let mut down = Vec::new();
+    for (host, hh) in st.hosts.iter().zip(&health) {
+        if let Some(why) = &hh.twilld {
+            down.push(format!(
+                "twilld on {}: {why} (its log: `twill-lab logs{flag} {}`)",
+                host.name, host.name
+            ));
+        }
+        for (c, why) in host.containers.iter().zip(&hh.containers) {
+            if let Some(why) = why {
+                down.push(format!("container {}/{}: {why}", host.name, c.name));
+            }
+        }
+    }
+    if !down.is_empty() {
+        println!();
+        for d in &down {
+            println!("down: {d}");
+        }
+        println!("(a lab with parts down: `twill-lab down{flag}` and `twill-lab up{flag}` again)");
+        return Ok(false);
+    }
+    if ping && st.hosts.iter().any(|h| !h.containers.is_empty()) {
+        println!();
+        let dir = state_dir(name);
+        let backend = st.backend;
+        return check_all_pairs(&dir, &mut st, backend, false);
+    }
+    Ok(true)
+}
+
+/// Why host's twilld is not running, or `None` when it is: the recorded PID is checked to
+/// be a live process inside the host's namespace, so a PID reused by another process after
+/// twilld died is not taken for it.
+fn twilld_down(host: &HostState) -> Option<String> {
+    let Some(pid) = host.twilld_pid else {
+        return Some("none recorded (it never started, or something replaced it)".into());
+    };
+    if let Err(e) = Netns::open(&host.netns) {
+        return Some(format!("the host's namespace {} is gone ({e})", host.netns));
+    }
+    let pid = i32::try_from(pid).ok()?;
+    if twill_testbed::exited(pid) || !twill_testbed::pids_in_netns(&host.netns).contains(&pid) {
+        return Some(format!("PID {pid} has exited"));
+    }
+    None
+}
+
+/// Why container `name` of host `h` is not running, or `None` when it is, as twill-run
+/// records it (`inspect`) and its process: a container whose process died without its monitor
+/// (SIGKILL of both) stays "running" in its state.
+fn container_down(st: &LabState, h: usize, name: &str) -> Option<String> {
+    let out = match twill_run(st, h).and_then(|mut c| Ok(c.args(["inspect", name]).output()?)) {
+        Ok(o) => o,
+        Err(e) => return Some(format!("running twill-run inspect: {e:#}")),
+    };
+    if !out.status.success() {
+        return Some(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let v: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => return Some(format!("twill-run inspect printed no container state: {e}")),
+    };
+    let status = v["status"].as_str().unwrap_or("unknown");
+    if status != "running" {
+        return Some(match v["exit_code"].as_i64() {
+            Some(code) => format!("{status} (exit code {code})"),
+            None => status.to_string(),
+        });
+    }
+    let pid = v["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+    let alive = pid.is_some_and(|p| {
+        start_time(p).is_some_and(|t| v["pid_start"].as_u64().is_none_or(|want| want == t))
+    });
+    if !alive {
+        return Some(format!(
+            "its process {} is gone though twill-run records it running",
+            pid.map_or("-".to_string(), |p| p.to_string())
+        ));
+    }
+    None
+}
+
+/// When process `pid` started (field 22 of `/proc/PID/stat`, as twill-run records it in
+/// `pid_start`), `None` for one gone or a zombie: with the PID alone, another process that
+/// got the number later would pass for the container's.
+fn start_time(pid: i32) -> Option<u64> {
+    if twill_testbed::exited(pid) {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// `logs HOST`.

@@ -22,6 +22,13 @@ pub enum IpFamily {
 pub const DEFAULT_NETWORK6: &str = "fd42:244::/56";
 
 impl IpFamily {
+    /// Its name on the command line (`dual`).
+    pub fn cli_name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+
     pub fn has_v4(self) -> bool {
         self != IpFamily::Ipv6
     }

@@ -104,8 +104,13 @@ enum Cmd {
     },
     /// Tear everything down (idempotent; also after a crashed up).
     Down,
-    /// Print the lab's table.
-    Status,
+    /// Whether each host's twilld and each container runs now, with the lab's table; exits 1
+    /// and says what is down when something is.
+    Status {
+        /// Also ping every container from every other one (as `up` does; slower).
+        #[arg(long)]
+        ping: bool,
+    },
     /// Run a command on a host (HOST) or in a container (HOST/CONTAINER).
     Exec {
         /// A host (h1) or a container on it (h1/h1c1), as `status` lists them.
@@ -245,7 +250,7 @@ fn main() {
         })
         .map(|ok| if ok { 0 } else { 1 }),
         Cmd::Down => commands::down(&cli.name).map(|_| 0),
-        Cmd::Status => commands::status(&cli.name).map(|_| 0),
+        Cmd::Status { ping } => commands::status(&cli.name, ping).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Exec { target, cmd } => commands::exec(&cli.name, &target, &cmd),
         Cmd::Logs { host } => commands::logs(&cli.name, &host).map(|_| 0),
         Cmd::Bench {

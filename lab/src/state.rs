@@ -107,6 +107,14 @@ pub struct ContainerState {
     pub reachable: Option<bool>,
 }
 
+/// What `status` found running on one host now: why its twilld and each of its containers
+/// (in the state's order) are down, `None` for what runs.
+#[derive(Clone, Debug, Default)]
+pub struct HostHealth {
+    pub twilld: Option<String>,
+    pub containers: Vec<Option<String>>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct HostState {
     pub name: String,
@@ -183,20 +191,33 @@ impl LabState {
     }
 
     /// The table: host, underlay IP, subnet, container, IP (and IPv6 in a dual-stack lab),
-    /// reachable from all.
-    pub fn print_table(&self) {
+    /// and whether the last check found it reachable from all; with `live` (`status`), whether
+    /// each host's twilld and each container runs now instead. A host without containers
+    /// still has its row: its underlay IP and subnet are what `exec HOST` works with.
+    pub fn print_table(&self, live: Option<&[HostHealth]>) {
         let dual = self.ip_family == crate::family::IpFamily::Dual;
         let ip_w = if dual { 14 } else { 20 };
-        print!(
-            "{:<6} {:<14} {:<20} {:<10} {:<ip_w$} ",
-            "HOST", "UNDERLAY IP", "SUBNET", "CONTAINER", "IP"
-        );
+        let mark = |ok: bool| if ok { "✔" } else { "✘" };
+        print!("{:<6} {:<14} {:<20} ", "HOST", "UNDERLAY IP", "SUBNET");
+        if live.is_some() {
+            print!("{:<7} ", "TWILLD");
+        }
+        print!("{:<10} {:<ip_w$} ", "CONTAINER", "IP");
         if dual {
             print!("{:<22} ", "IPV6");
         }
-        println!("REACHABLE FROM ALL");
-        for h in &self.hosts {
-            for (i, c) in h.containers.iter().enumerate() {
+        println!(
+            "{}",
+            if live.is_some() {
+                "RUNNING"
+            } else {
+                "REACHABLE FROM ALL"
+            }
+        );
+        for (hi, h) in self.hosts.iter().enumerate() {
+            let health = live.and_then(|l| l.get(hi));
+            let rows = h.containers.len().max(1);
+            for i in 0..rows {
                 let (hn, ul, sn) = if i == 0 {
                     (
                         h.name.as_str(),
@@ -206,16 +227,29 @@ impl LabState {
                 } else {
                     ("", "", "")
                 };
-                let mark = match c.reachable {
-                    Some(true) => "✔",
-                    Some(false) => "✘",
-                    None => "?",
+                print!("{hn:<6} {ul:<14} {sn:<20} ");
+                if let Some(hh) = health {
+                    let twilld = if i == 0 {
+                        mark(hh.twilld.is_none())
+                    } else {
+                        ""
+                    };
+                    print!("{twilld:<7} ");
+                }
+                let Some(c) = h.containers.get(i) else {
+                    println!("-");
+                    continue;
                 };
-                print!("{hn:<6} {ul:<14} {sn:<20} {:<10} {:<ip_w$} ", c.name, c.ip);
+                print!("{:<10} {:<ip_w$} ", c.name, c.ip);
                 if dual {
                     print!("{:<22} ", c.ip6.as_deref().unwrap_or("-"));
                 }
-                println!("{mark}");
+                let last = match (health, c.reachable) {
+                    (Some(hh), _) => mark(hh.containers.get(i).is_some_and(Option::is_none)),
+                    (None, Some(r)) => mark(r),
+                    (None, None) => "?",
+                };
+                println!("{last}");
             }
         }
     }

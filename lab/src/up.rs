@@ -146,8 +146,20 @@ fn check_fits(o: &UpOptions, network: Ipv4Net) -> anyhow::Result<()> {
         .ip_family
         .network_config(&network.to_string(), &o.network6, o.backend.as_str());
     let parsed = twill_agent::netconf::NetworkConfig::parse(&config.to_string()).map_err(|e| {
+        // Each field of the config comes from one option (or two): the error names those,
+        // not `--network`, which the user may not have given.
+        if e.field.starts_with("Enable") {
+            return anyhow::anyhow!(
+                "--ip-family {} does not go with --backend {}: {}",
+                o.ip_family.cli_name(),
+                o.backend,
+                e.why
+            );
+        }
         let flag = if e.field.starts_with("IPv6") {
             format!("--network6 {}", o.network6)
+        } else if e.field.starts_with("Backend") {
+            format!("--backend {}", o.backend)
         } else {
             format!("--network {}", o.network)
         };
@@ -441,7 +453,9 @@ pub fn check_all_pairs(
     backend: LabBackend,
     logs_kept: bool,
 ) -> anyhow::Result<bool> {
-    step("checking that every container reaches every other one");
+    if st.hosts.iter().any(|h| !h.containers.is_empty()) {
+        step("checking that every container reaches every other one");
+    }
     // (host, container, addresses to reach it at)
     let all: Vec<(usize, String, Vec<String>)> = st
         .hosts
@@ -504,7 +518,7 @@ pub fn check_all_pairs(
     }
     st.save(dir)?;
     println!();
-    st.print_table();
+    st.print_table(None);
     let ok = reach.iter().all(|r| *r);
     println!();
     let families = match st.ip_family {

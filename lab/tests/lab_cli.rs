@@ -950,6 +950,7 @@ fn up_hints_name_the_lab_they_are_about() {
     let (ok, exec) = lab(&["exec", "--name", "tnh", "h1", "/nonexistent/tool"]);
     assert!(!ok, "{exec}");
     assert!(exec.contains("running /nonexistent/tool on h1: "), "{exec}");
+    status_says_what_is_down_now("tnh");
     drop(_lab);
     gone("tnh");
     // No containers: no ping with nothing to ping.
@@ -958,8 +959,72 @@ fn up_hints_name_the_lab_they_are_about() {
     assert!(ok, "{out}");
     assert!(!out.contains("ping ;"), "{out}");
     assert!(out.contains("twill-lab exec --name tnh0 h1 "), "{out}");
+    // Before: "checking that every container reaches every other one" with none, and a table
+    // of its header alone, without the host, its underlay IP or its subnet.
+    assert!(!out.contains("checking that every container"), "{out}");
+    let (ok, status) = lab(&["status", "--name", "tnh0"]);
+    assert!(ok, "{status}");
+    for table in [&out, &status] {
+        let row = table.lines().find(|l| l.starts_with("h1 ")).unwrap_or("");
+        assert!(
+            row.contains(" 172.") && row.contains(" 10.244."),
+            "no row of h1 with its underlay IP and subnet: {table}"
+        );
+    }
     drop(_lab);
     gone("tnh0");
+}
+
+/// `status` of lab `name` (one host, two containers, all up) checks what runs now: all of it
+/// at first, then a container killed, then its twilld stopped (each part of the lab this
+/// test built, signalled by the PID its state records).
+fn status_says_what_is_down_now(name: &str) {
+    let (ok, status) = lab(&["status", "--name", name, "--ping"]);
+    assert!(ok, "{status}");
+    assert!(
+        status.contains("all 2 containers reach each other"),
+        "{status}"
+    );
+    let run_root = format!("/run/twill-lab/{name}/h1/run");
+    let twill_run = Path::new(LAB).parent().unwrap().join("twill-run");
+    let inspect = Command::new(&twill_run)
+        .args(["--root", &run_root, "inspect", "h1c2"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap_or_default();
+    let pid = v["pid"].as_i64().expect("h1c2's PID") as i32;
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let ended = twill_testbed::wait_for(Duration::from_secs(10), || {
+        twill_testbed::exited(pid.as_raw())
+    });
+    assert!(ended, "h1c2 still runs after SIGKILL");
+    // Before: ✔ everywhere and exit 0, from the table `up` saved.
+    let (ok, status) = lab(&["status", "--name", name]);
+    assert!(!ok, "{status}");
+    assert!(status.contains("down: container h1/h1c2: "), "{status}");
+    assert!(!status.contains("h1/h1c1"), "{status}");
+    assert!(!status.contains("down: twilld"), "{status}");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("/run/twill-lab/{name}/state.json")).unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    let twilld = state["hosts"][0]["twilld_pid"]
+        .as_i64()
+        .expect("twilld's PID") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(twilld),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let ended = twill_testbed::wait_for(Duration::from_secs(10), || twill_testbed::exited(twilld));
+    assert!(ended, "twilld {twilld} still runs 10 s after SIGTERM");
+    let (ok, status) = lab(&["status", "--name", name]);
+    assert!(!ok, "{status}");
+    assert!(
+        status.contains(&format!("down: twilld on h1: PID {twilld} has exited")),
+        "{status}"
+    );
 }
 
 #[test]
@@ -998,12 +1063,18 @@ fn up_refuses_what_the_pod_network_cannot_hold_before_building() {
     let _lab = Down("tfit");
     for (flags, want) in [
         (
-            ["--containers-per-host", "300", "--network", "10.244.0.0/16"],
+            &["--containers-per-host", "300", "--network", "10.244.0.0/16"][..],
             "--containers-per-host 300 does not fit a host's /24 of --network 10.244.0.0/16 (253 addresses at most)",
         ),
         (
-            ["--containers-per-host", "1", "--network", "10.244.0.0/29"],
+            &["--containers-per-host", "1", "--network", "10.244.0.0/29"],
             "--network 10.244.0.0/29: network config: Network: 10.244.0.0/29 is too small",
+        ),
+        // Before: "--network 10.244.0.0/16: network config: EnableIPv6: …", of an option
+        // not given.
+        (
+            &["--backend", "udp", "--ip-family", "dual"],
+            "--ip-family dual does not go with --backend udp: the udp backend carries IPv4 only",
         ),
     ] {
         let mut args = vec!["up", "--name", "tfit", "--hosts", "1"];
@@ -1011,6 +1082,12 @@ fn up_refuses_what_the_pod_network_cannot_hold_before_building() {
         let (code, out) = lab_within(&args, 30);
         assert_eq!(code, Some(1), "{out}");
         assert!(out.contains(want), "{out}");
+        if !flags.contains(&"--network") {
+            assert!(
+                !out.contains("--network"),
+                "blames --network, not given: {out}"
+            );
+        }
         assert!(
             !out.contains("==> building"),
             "built before refusing: {out}"
@@ -1026,6 +1103,19 @@ fn status_exec_and_logs_say_which_lab_host_container_or_log_there_is() {
     }
     let _lab = Down("tslfake");
     fake_lab("tslfake");
+    // Before: the saved table, ✔ for every container, and exit 0, of a lab with no namespace,
+    // no twilld and no container running.
+    let (ok, out) = lab(&["status", "--name", "tslfake"]);
+    assert!(!ok, "{out}");
+    assert!(!out.contains('✔'), "{out}");
+    for want in [
+        "down: twilld on h1: none recorded",
+        "down: twilld on h2: none recorded",
+        "down: container h1/h1c1: ",
+        "down: container h2/h2c1: ",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
     // Before: "no lab tslnone (run twill-lab up): reading …" with a lab up under another name.
     for cmd in [&["status"][..], &["logs", "h1"], &["exec", "h1", "true"]] {
         let mut args = cmd.to_vec();

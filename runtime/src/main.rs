@@ -64,6 +64,7 @@ enum Cmd {
                       load   = an image archive (docker save / podman save / skopeo copy) → its images, layers and config (Docker's `load`)."
     )]
     Import {
+        /// The tarball, or `-` to read it from stdin.
         tarball: PathBuf,
         name: Option<String>,
     },
@@ -159,7 +160,8 @@ struct RunArgs {
     name: Option<String>,
     #[arg(long)]
     hostname: Option<String>,
-    /// Environment variable K=V (repeatable).
+    /// Environment variable K=V, or K alone for K's value here (left out when unset), as
+    /// docker; repeatable.
     #[arg(short, long = "env")]
     env: Vec<String>,
     #[arg(short, long)]
@@ -185,13 +187,14 @@ struct RunArgs {
     /// Most processes the container may have; -1 (or 0) for no limit, as Docker and podman.
     #[arg(long, allow_negative_numbers = true)]
     pids_limit: Option<i64>,
-    /// host, none, bridge or container:ID.
-    #[arg(long, default_value = "bridge")]
-    net: String,
-    /// CNI network name (default: the first in --cni-conf-dir).
+    /// The network, as --network (its alias, as in docker).
+    #[arg(long, value_name = "NETWORK")]
+    net: Option<String>,
+    /// host (the host's), none (only lo), container:ID (another container's), bridge (the
+    /// first CNI network in --cni-conf-dir, the default) or a CNI network's name.
     #[arg(long)]
     network: Option<String>,
-    /// HOSTPORT:CTRPORT[/tcp|udp]; repeatable.
+    /// [0.0.0.0:][HOSTPORT:]CTRPORT[/tcp|udp] (no HOSTPORT: a free one); repeatable.
     #[arg(short, long = "publish")]
     publish: Vec<String>,
     /// Map root in the container to an unprivileged host range: `--userns` (100000:65536)
@@ -249,21 +252,61 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
     Ok(bytes as u64)
 }
 
+/// A `-p` value as docker reads it: `[IP:][HOST:]CONTAINER[/tcp|udp]`, an IPv6 address in
+/// brackets; without HOST (`-p 80`, `-p IP::80`) a free host port is picked, as `-P` does.
+/// Errors say which part is wrong.
 fn parse_port(s: &str) -> anyhow::Result<PortSpec> {
     let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
     if proto != "tcp" && proto != "udp" {
-        bail!("-p {s}: protocol must be tcp or udp");
+        bail!("-p {s}: protocol {proto:?} must be tcp or udp");
     }
-    let (h, c) = ports
-        .split_once(':')
-        .with_context(|| format!("-p {s}: expected HOSTPORT:CTRPORT"))?;
+    // The host IP first: an IPv6 one holds colons of its own.
+    let (ip, rest) = match ports.strip_prefix('[') {
+        Some(v6) => {
+            let (ip, rest) = v6
+                .split_once("]:")
+                .with_context(|| format!("-p {s}: expected [IPV6]:HOST:CONTAINER"))?;
+            (Some(ip), rest)
+        }
+        None => match ports.matches(':').count() {
+            0 | 1 => (None, ports),
+            2 => ports
+                .split_once(':')
+                .map(|(ip, rest)| (Some(ip), rest))
+                .unwrap_or((None, ports)),
+            _ => bail!("-p {s}: expected [IP:]HOST:CONTAINER (an IPv6 host IP goes in brackets)"),
+        },
+    };
+    if let Some(ip) = ip {
+        let addr: std::net::IpAddr = ip
+            .parse()
+            .with_context(|| format!("-p {s}: host IP {ip:?} is not an IP address"))?;
+        // Portmap without a hostIP maps the port on every address of the host, which is
+        // what 0.0.0.0 and :: ask for.
+        if !addr.is_unspecified() {
+            bail!(
+                "-p {s}: publishing on one host address ({ip}) is not supported yet: leave \
+                 the IP out (or give 0.0.0.0) to publish on all of the host's addresses"
+            );
+        }
+    }
+    let (host, container) = rest.rsplit_once(':').unwrap_or(("", rest));
+    let port = |what: &str, p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|n| *n != 0)
+            .with_context(|| format!("-p {s}: {what} port {p:?} is not a port number (1-65535)"))
+    };
+    let container_port = port("container", container)?;
+    let host_port = if host.is_empty() {
+        network::free_host_port(proto)
+            .with_context(|| format!("-p {s}: picking a free host port (give HOST:CONTAINER)"))?
+    } else {
+        port("host", host)?
+    };
     Ok(PortSpec {
-        host_port: h
-            .parse()
-            .with_context(|| format!("-p {s}: bad host port"))?,
-        container_port: c
-            .parse()
-            .with_context(|| format!("-p {s}: bad container port"))?,
+        host_port,
+        container_port,
         protocol: proto.to_string(),
     })
 }
@@ -291,11 +334,12 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         .ok_or_else(bad)
 }
 
-/// `load` without an archive reads one from stdin (`podman save … | twill-run load`): it is
-/// kept in a file next to the store first, since archives are read in any order.
-fn stdin_to_file(store: &Store) -> anyhow::Result<PathBuf> {
+/// `load` without an archive, or `import -`, reads one from stdin (`podman save … |
+/// twill-run load`): it is kept in a file next to the store first, since archives are read
+/// in any order. `usage` says how to give one when stdin is a terminal.
+fn stdin_to_file(store: &Store, cmd: &str, usage: &str) -> anyhow::Result<PathBuf> {
     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        bail!("load: give the archive (`twill-run load ARCHIVE`, `-i ARCHIVE`, or on stdin)");
+        bail!("{cmd}: give the archive ({usage})");
     }
     let path = store.root.join(format!(
         "stdin-{}.tar",
@@ -305,9 +349,36 @@ fn stdin_to_file(store: &Store) -> anyhow::Result<PathBuf> {
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     if let Err(e) = std::io::copy(&mut std::io::stdin().lock(), &mut f) {
         let _ = std::fs::remove_file(&path);
-        return Err(e).context("load: reading the archive from stdin");
+        return Err(e).with_context(|| format!("{cmd}: reading the archive from stdin"));
     }
     Ok(path)
+}
+
+/// `import` or `load` of `path`, or of stdin when None (the copy removed afterwards).
+fn import_from(
+    store: &Store,
+    path: Option<PathBuf>,
+    name: Option<&str>,
+    mode: image::ImportMode,
+) -> anyhow::Result<Vec<image::Image>> {
+    let Some(path) = path else {
+        let tmp = match mode {
+            image::ImportMode::Import => stdin_to_file(
+                store,
+                "import",
+                "`twill-run import TARBALL NAME`, or `-` with it on stdin",
+            )?,
+            image::ImportMode::Load => stdin_to_file(
+                store,
+                "load",
+                "`twill-run load ARCHIVE`, `-i ARCHIVE`, or on stdin",
+            )?,
+        };
+        let imported = image::import_as(store, &tmp, "stdin", name, mode);
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(imported?);
+    };
+    Ok(image::import(store, &path, name, mode)?)
 }
 
 /// Sizes as `images` shows them.
@@ -405,8 +476,8 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
     };
     match cli.cmd {
         Cmd::Import { tarball, name } => {
-            for img in image::import(&store, &tarball, name.as_deref(), image::ImportMode::Import)?
-            {
+            let path = (tarball != std::path::Path::new("-")).then_some(tarball);
+            for img in import_from(&store, path, name.as_deref(), image::ImportMode::Import)? {
                 println!("{}", img.name);
             }
         }
@@ -415,27 +486,12 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             archive,
             name,
         } => {
-            let from_stdin = input.is_none() && archive.is_none();
-            let path = match input.or(archive) {
-                Some(p) => p,
-                None => stdin_to_file(&store)?,
-            };
-            let label = if from_stdin {
-                "stdin".to_string()
-            } else {
-                path.display().to_string()
-            };
-            let loaded = image::import_as(
+            for img in import_from(
                 &store,
-                &path,
-                &label,
+                input.or(archive),
                 name.as_deref(),
                 image::ImportMode::Load,
-            );
-            if from_stdin {
-                let _ = std::fs::remove_file(&path);
-            }
-            for img in loaded? {
+            )? {
                 println!("Loaded image: {}", img.name);
             }
         }
@@ -479,6 +535,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 bail!("run: unknown option {image_name} (options go before the image name)");
             }
             let command: Vec<String> = words.collect();
+            let (net, network) = NetMode::from_options(a.net.as_deref(), a.network.as_deref())?;
             let limits = Limits {
                 memory_bytes: a.memory.as_deref().map(parse_size).transpose()?,
                 cpus: a.cpus,
@@ -497,7 +554,8 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 publish_all: a.publish_all,
                 name: a.name,
                 hostname: a.hostname,
-                env: a.env,
+                env: image::config::env_from_caller(&a.env, |k| std::env::var_os(k))
+                    .map_err(anyhow::Error::msg)?,
                 workdir: a.workdir,
                 user: a.user,
                 userns: a
@@ -507,7 +565,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                     .transpose()?,
                 volumes: a.volume,
                 limits,
-                net: NetMode::parse(&a.net)?,
+                net,
                 ports: a
                     .publish
                     .iter()
@@ -518,10 +576,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             };
             // Before the start: an address a failed DEL still holds may be the one it needs.
             retry_pending_dels(&store, &cni, &[]);
-            let cni = CniOptions {
-                network: a.network,
-                ..cni
-            };
+            let cni = CniOptions { network, ..cni };
             if a.detach {
                 println!("{}", container::run_detached(&store, &opts, &cni)?);
                 return Ok(0);
@@ -563,13 +618,20 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                     Some(c) if s.status == Status::Exited => format!("{}({c})", s.status),
                     _ => s.status.to_string(),
                 };
+                // A container in another's network has that one's addresses for as long as it
+                // runs, not the copy its state took at the start (for its /etc/hosts), which
+                // goes stale when the other stops: the mode says where they are.
+                let ips = if s.network_mode.starts_with("container:") {
+                    s.network_mode.clone()
+                } else {
+                    s.ips.join(",")
+                };
                 println!(
-                    "{:<13} {:<16} {:<12} {:<12} {}",
+                    "{:<13} {:<16} {:<12} {:<12} {ips}",
                     &s.id[..12],
                     s.name,
                     s.image,
                     status,
-                    s.ips.join(",")
                 );
             }
         }
@@ -626,6 +688,45 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_read_as_docker_reads_them_and_errors_name_the_wrong_part() {
+        let p = |s: &str| parse_port(s).map(|p| (p.host_port, p.container_port, p.protocol));
+        for (text, want) in [
+            ("8083:80", (8083, 80, "tcp")),
+            ("8083:80/udp", (8083, 80, "udp")),
+            // Before: "bad host port: invalid digit found in string".
+            ("0.0.0.0:8083:80", (8083, 80, "tcp")),
+            ("[::]:8083:80/udp", (8083, 80, "udp")),
+        ] {
+            let (h, c, pr) = want;
+            assert_eq!(p(text).unwrap(), (h, c, pr.to_string()), "{text}");
+        }
+        // Before: "expected HOSTPORT:CTRPORT"; now a free host port, as docker.
+        for text in ["80", "0.0.0.0::80", "80/udp"] {
+            let (h, c, _) = p(text).unwrap();
+            assert!(h != 0 && c == 80, "{text}: {h}");
+        }
+        for (text, says) in [
+            ("x:80", "-p x:80: host port \"x\" is not a port number"),
+            ("80:y", "-p 80:y: container port \"y\" is not a port number"),
+            ("80:0", "container port \"0\""),
+            ("70000:80", "host port \"70000\""),
+            ("80:80/sctp", "protocol \"sctp\" must be tcp or udp"),
+            (
+                "localhost:80:80",
+                "host IP \"localhost\" is not an IP address",
+            ),
+            (
+                "127.0.0.1:8083:80",
+                "publishing on one host address (127.0.0.1) is not supported",
+            ),
+            ("1:2:3:4", "an IPv6 host IP goes in brackets"),
+        ] {
+            let e = format!("{:#}", parse_port(text).unwrap_err());
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn cni_timeouts_read_as_durations_with_seconds_by_default() {

@@ -25,18 +25,58 @@ pub enum NetMode {
 }
 
 impl NetMode {
-    /// Parses `host`, `none`, `container:ID` or `bridge`.
-    pub fn parse(s: &str) -> Result<NetMode> {
-        match s {
-            "host" => Ok(NetMode::Host),
-            "none" => Ok(NetMode::None),
-            "bridge" => Ok(NetMode::Bridge),
+    /// A `--net` or `--network` value as docker and podman read either (one is the other's
+    /// alias there): a mode (`host`, `none`, `bridge`, `container:ID`), else the name of the
+    /// CNI network to attach through, which is bridge mode on that network.
+    pub fn parse_network(s: &str) -> Result<(NetMode, Option<String>)> {
+        let mode = match s {
+            "host" => NetMode::Host,
+            "none" => NetMode::None,
+            "bridge" => NetMode::Bridge,
+            "" => {
+                return Err(RuntimeError::Invalid(
+                    "empty network: give host, none, bridge, container:ID or a CNI network name"
+                        .into(),
+                ));
+            }
             _ => match s.strip_prefix("container:") {
-                Some(id) if !id.is_empty() => Ok(NetMode::Container(id.to_string())),
-                _ => Err(RuntimeError::Invalid(format!(
-                    "invalid --net {s:?}: use host, none, bridge or container:ID"
-                ))),
+                Some("") => {
+                    return Err(RuntimeError::Invalid(format!(
+                        "network {s:?} names no container: use container:ID or container:NAME"
+                    )));
+                }
+                Some(id) => NetMode::Container(id.to_string()),
+                None => return Ok((NetMode::Bridge, Some(s.to_string()))),
             },
+        };
+        Ok((mode, None))
+    }
+
+    /// `--net` and `--network` together: the same value twice, or `bridge` with a CNI
+    /// network name (how twill-run took them before `--network` took modes too); anything
+    /// else asks for two networks at once.
+    pub fn from_options(
+        net: Option<&str>,
+        network: Option<&str>,
+    ) -> Result<(NetMode, Option<String>)> {
+        let (net_mode, network_mode) = (
+            net.map(Self::parse_network).transpose()?,
+            network.map(Self::parse_network).transpose()?,
+        );
+        match (net_mode, network_mode) {
+            (None, None) => Ok((NetMode::Bridge, None)),
+            (Some(one), None) | (None, Some(one)) => Ok(one),
+            (Some(a), Some(b)) if a == b => Ok(a),
+            (Some((NetMode::Bridge, None)), Some(named @ (NetMode::Bridge, Some(_))))
+            | (Some(named @ (NetMode::Bridge, Some(_))), Some((NetMode::Bridge, None))) => {
+                Ok(named)
+            }
+            _ => Err(RuntimeError::Invalid(format!(
+                "--net {} and --network {}: a container has one network (--net is --network's \
+                 alias): give one",
+                net.unwrap_or_default(),
+                network.unwrap_or_default()
+            ))),
         }
     }
 
@@ -49,6 +89,23 @@ impl NetMode {
             NetMode::Container(id) => format!("container:{id}"),
         }
     }
+}
+
+/// A host port free now for `proto` (`tcp` or `udp`): the kernel's pick for a socket bound
+/// to port 0 in twill-run's network namespace, where portmap listens.
+pub fn free_host_port(proto: &str) -> Result<u16> {
+    let addr = if proto == "udp" {
+        std::net::UdpSocket::bind(("0.0.0.0", 0)).and_then(|s| s.local_addr())
+    } else {
+        std::net::TcpListener::bind(("0.0.0.0", 0)).and_then(|s| s.local_addr())
+    };
+    addr.map(|a| a.port()).map_err(|e| {
+        RuntimeError::io(
+            "binding a socket to find a free",
+            format!("{proto} port"),
+            e,
+        )
+    })
 }
 
 /// Where the CNI configuration lives.
@@ -405,4 +462,52 @@ fn retry(path: &Path, cni: &CniOptions) -> Option<RetriedDel> {
         container_name: record.container_name,
         error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_takes_the_modes_net_takes_and_names_a_cni_network_otherwise() {
+        // Before: `--network host` and `--network none` looked for CNI networks of those names.
+        for (net, network, want) in [
+            (None, Some("host"), (NetMode::Host, None)),
+            (None, Some("none"), (NetMode::None, None)),
+            (Some("none"), None, (NetMode::None, None)),
+            (
+                None,
+                Some("container:web"),
+                (NetMode::Container("web".into()), None),
+            ),
+            (None, None, (NetMode::Bridge, None)),
+            (None, Some("twnet"), (NetMode::Bridge, Some("twnet".into()))),
+            (Some("twnet"), None, (NetMode::Bridge, Some("twnet".into()))),
+            (
+                Some("bridge"),
+                Some("twnet"),
+                (NetMode::Bridge, Some("twnet".into())),
+            ),
+            (Some("host"), Some("host"), (NetMode::Host, None)),
+        ] {
+            assert_eq!(
+                NetMode::from_options(net, network).unwrap(),
+                want,
+                "{net:?} {network:?}"
+            );
+        }
+        for (net, network, says) in [
+            (
+                Some("host"),
+                Some("none"),
+                "--net host and --network none: a container has one",
+            ),
+            (Some("a"), Some("b"), "--net a and --network b"),
+            (None, Some("container:"), "names no container"),
+            (None, Some(""), "empty network"),
+        ] {
+            let e = NetMode::from_options(net, network).unwrap_err().to_string();
+            assert!(e.contains(says), "{net:?} {network:?}: {e}");
+        }
+    }
 }

@@ -516,6 +516,12 @@ fn network_modes_with_the_twill_plugin() {
             "a",
             "-p",
             "18081:8080",
+            // Before: "bad host port: invalid digit found in string", and "expected
+            // HOSTPORT:CTRPORT" for a container port alone.
+            "-p",
+            "0.0.0.0:18082:8080",
+            "-p",
+            "8080",
             "busybox",
             "sh",
             "-c",
@@ -524,7 +530,17 @@ fn network_modes_with_the_twill_plugin() {
         .trim()
         .to_string();
     let b = rt
-        .ok(&["run", "-d", "--name", "b", "busybox", "sleep", "100"])
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "b",
+            "--network",
+            "twnet",
+            "busybox",
+            "sleep",
+            "100",
+        ])
         .trim()
         .to_string();
     let ia: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "a"])).unwrap();
@@ -545,6 +561,26 @@ fn network_modes_with_the_twill_plugin() {
     assert!(
         got.contains("hello-from-a"),
         "-p 18081:8080 did not answer from the underlay: {got:?}"
+    );
+    let got = nc_from(&cluster.underlay, &host_ip, "18082", "hello-from-a");
+    assert!(
+        got.contains("hello-from-a"),
+        "-p 0.0.0.0:18082:8080 did not answer from the underlay: {got:?}"
+    );
+    let picked = ia["ports"][2]["host_port"].as_u64().unwrap_or(0);
+    assert!(
+        picked != 0 && ia["ports"][2]["container_port"] == 8080,
+        "{ia}"
+    );
+    let got = nc_from(
+        &cluster.underlay,
+        &host_ip,
+        &picked.to_string(),
+        "hello-from-a",
+    );
+    assert!(
+        got.contains("hello-from-a"),
+        "-p 8080 did not answer on the host port it was given ({picked}): {got:?}"
     );
 
     // -P publishes what the image exposes, on a free host port, through the same portmap.
@@ -582,10 +618,61 @@ fn network_modes_with_the_twill_plugin() {
         "eth0",
     ]);
     assert!(shared.contains(&ip_a), "{shared}");
+    // --network takes the same modes as --net (before: `no CNI network "host"`).
     let host = rt.ok(&[
-        "run", "--rm", "--net", "host", "busybox", "ip", "-o", "-4", "addr", "show", "eth0",
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "busybox",
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
     ]);
     assert!(host.contains(&host_ip), "{host}");
+    let none = rt.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "ip",
+        "-o",
+        "link",
+        "show",
+    ]);
+    assert!(none.contains(" lo:") && !none.contains("eth0"), "{none}");
+    // `ps` shows where a container in another's network has its addresses, not a copy of
+    // them (before: a's address, still shown once a stopped and the address was released).
+    let d = rt
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "d",
+            "--network",
+            "container:a",
+            "busybox",
+            "sleep",
+            "100",
+        ])
+        .trim()
+        .to_string();
+    let row = |ps: &str| {
+        ps.lines()
+            .find(|l| l.starts_with(&d[..12]))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let ps = rt.ok(&["ps"]);
+    assert!(row(&ps).ends_with(" container:a"), "{ps}");
+    rt.ok(&["stop", "-t", "1", "a"]);
+    let ps = rt.ok(&["ps", "-a"]);
+    assert!(!row(&ps).contains(&ip_a), "{ps}");
+    rt.ok(&["rm", "-f", "d"]);
 
     rt.ok(&["rm", "-f", "a"]);
     rt.ok(&["rm", "-f", "b"]);
@@ -599,6 +686,67 @@ fn network_modes_with_the_twill_plugin() {
     no_leftovers(&rt, &b[..12]);
     rt.host = None;
     drop(rt);
+}
+
+#[test]
+fn env_without_a_value_and_import_from_stdin_as_docker() {
+    if !pre("env_without_a_value_and_import_from_stdin_as_docker") {
+        return;
+    }
+    let rt = Rt::new();
+    // Before: `-e FOO` alone was dropped, whatever FOO was in the caller's environment.
+    let out = rt
+        .command(&[
+            "run",
+            "--rm",
+            "--net",
+            "none",
+            "-e",
+            "FOO",
+            "-e",
+            "TWILL_TEST_UNSET",
+            "busybox",
+            "sh",
+            "-c",
+            "echo \"foo=$FOO unset=${TWILL_TEST_UNSET-none}\"",
+        ])
+        .env("FOO", "x")
+        .env_remove("TWILL_TEST_UNSET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "foo=x unset=none\n");
+    // Before: `-: /: no such file or directory`.
+    let tar = std::fs::File::open(rt.dir.path().join("busybox.tar")).unwrap();
+    let out = rt
+        .command(&["import", "-", "fromstdin"])
+        .stdin(tar)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(rt.ok(&["images"]).contains("fromstdin"));
+    let staged: Vec<_> = std::fs::read_dir(rt.root())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("stdin-"))
+        .collect();
+    assert!(staged.is_empty(), "the copy of stdin was left: {staged:?}");
+    // Before: `/nonexistent/x.tar: /: no such file or directory`.
+    let out = rt.run(&["import", "/nonexistent/x.tar", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("/nonexistent/x.tar: no such archive: the file does not exist"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -101,9 +101,31 @@ pub fn argv(cfg: &RunConfig, cli: &CommandLine) -> Option<Vec<String>> {
     (!all.is_empty()).then_some(all)
 }
 
-/// The environment: the image's, then the command line's (`-e K=V` replaces K; `-e K` alone
-/// is dropped, there is no caller environment to take it from), then PATH and HOSTNAME if
-/// nobody set them.
+/// `-e` entries as docker reads them: `K=V` as given, `K` alone with K's value in the
+/// caller's environment (`lookup`), left out when K is unset there.
+pub fn env_from_caller(
+    cli: &[String],
+    lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for e in cli {
+        if e.contains('=') {
+            out.push(e.clone());
+        } else if let Some(v) = lookup(e) {
+            let v = v.into_string().map_err(|_| {
+                format!(
+                    "-e {e}: its value in twill-run's environment is not UTF-8: give -e {e}=VALUE"
+                )
+            })?;
+            out.push(format!("{e}={v}"));
+        }
+    }
+    Ok(out)
+}
+
+/// The environment: the image's, then the command line's (`-e K=V` replaces K; an entry
+/// without `=` is dropped: [`env_from_caller`] resolves those first), then PATH and HOSTNAME
+/// if nobody set them.
 pub fn env(image: &[String], cli: &[String], hostname: &str) -> Vec<String> {
     let key = |e: &str| e.split('=').next().unwrap_or_default().to_string();
     let mut out: Vec<String> = Vec::new();
@@ -205,6 +227,23 @@ mod tests {
         );
         let e = env(&[], &[], "h");
         assert!(e[0].starts_with("PATH=/usr/local/sbin"));
+    }
+
+    #[test]
+    fn env_without_a_value_takes_the_callers_and_is_left_out_when_unset() {
+        // Before: `FOO=x twill-run run -e FOO` dropped FOO.
+        let caller = |k: &str| (k == "FOO").then(|| std::ffi::OsString::from("x"));
+        let e = env_from_caller(&s(&["FOO", "UNSET", "A=1", "EMPTY="]), caller).unwrap();
+        assert_eq!(e, s(&["FOO=x", "A=1", "EMPTY="]));
+        let bad = |_: &str| {
+            use std::os::unix::ffi::OsStringExt;
+            Some(std::ffi::OsString::from_vec(vec![0xff]))
+        };
+        let err = env_from_caller(&s(&["BIN"]), bad).unwrap_err();
+        assert!(
+            err.contains("-e BIN: ") && err.contains("-e BIN=VALUE"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -337,11 +337,9 @@ pub fn import_as(
     }
     let label = label.to_string();
     if !path.exists() {
-        return Err(RuntimeError::archive(
-            &label,
-            "/",
-            "no such file or directory",
-        ));
+        return Err(RuntimeError::Invalid(format!(
+            "{label}: no such archive: the file does not exist"
+        )));
     }
     let lock = lock(store)?;
     let staging = Staging::new(store, &lock)?;
