@@ -1660,7 +1660,16 @@ fn a_signal_before_the_proxy_is_in_place_is_held_and_passed_on() {
         out.read_line(&mut line).unwrap();
         lines.push(line);
     }
-    let id = rt.ok(&["ps", "-q"]).trim().to_string();
+    // The container prints before twill-run records it running (it saves the state once
+    // its process has started): under load `ps` may not list it yet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let id = loop {
+        let id = rt.ok(&["ps", "-q"]).trim().to_string();
+        if !id.is_empty() || std::time::Instant::now() > deadline {
+            break id;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(id.len(), 12, "the running container's short ID: {id:?}");
     // exec, given the same mask, must not pass it on either.
     let mut exec = Command::new(RUN);
