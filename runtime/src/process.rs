@@ -262,35 +262,47 @@ fn set_default_disposition(sig: libc::c_int) {
     };
 }
 
+/// Sets rlimit `res` (an RLIMIT_* number) of the calling process.
+pub fn set_rlimit(res: i32, soft: u64, hard: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the struct we pass; an unknown `res` is refused (EINVAL).
+    if unsafe { libc::setrlimit(res as _, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets rlimits, drops to the user, trims capabilities, sets no_new_privs and execs.
 /// Returns only on failure.
 pub fn exec_final(f: &FinalExec) -> RuntimeError {
-    // First: a seccomp profile loaded below may deny rt_sigprocmask or rt_sigaction.
-    if let Err(e) = reset_signals() {
-        return e;
+    match drop_privileges(f) {
+        Ok(()) => exec_dropped(f),
+        Err(e) => e,
     }
+}
+
+/// The first part of [`exec_final`]: a clean signal state, seccomp when no_new_privs is off
+/// (loading it is privileged then), rlimits, the bounding set, the user and the capability
+/// sets. twill-oci's `create` runs it before waiting for `start`, as runc, so a user or
+/// capability the kernel refuses fails `create` instead of the started container.
+pub fn drop_privileges(f: &FinalExec) -> Result<()> {
+    // First: a seccomp profile loaded below may deny rt_sigprocmask or rt_sigaction.
+    reset_signals()?;
     // Read before a seccomp profile may deny prctl: asked afterwards, every capability would
     // look unsupported and none would be dropped from the bounding set.
     let supported = caps::runtime::thread_all_supported();
     if !f.no_new_privs
         && let Some(load) = f.seccomp
-        && let Err(e) = load()
     {
-        return e;
+        load()?;
     }
     for &(res, soft, hard) in &f.rlimits {
-        let lim = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: hard,
-        };
-        // SAFETY: setrlimit reads the struct we pass; `res` comes from the RLIMIT_* table.
-        if unsafe { libc::setrlimit(res as _, &lim) } != 0 {
-            return RuntimeError::io(
-                "setting rlimit",
-                format!("{res} to {soft}:{hard}"),
-                std::io::Error::last_os_error(),
-            );
-        }
+        set_rlimit(res, soft, hard).map_err(|e| {
+            RuntimeError::io("setting rlimit", format!("{res} to {soft}:{hard}"), e)
+        })?;
     }
     // Every failure from here on is fatal, as with runc: a capability that cannot be
     // dropped (a seccomp profile denying prctl or capset, loaded above when no_new_privs is
@@ -299,17 +311,19 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
         if !f.caps.bounding.contains(&c)
             && let Err(e) = caps::drop(None, caps::CapSet::Bounding, c)
         {
-            return RuntimeError::Invalid(format!("dropping {c} from the bounding set: {e}"));
+            return Err(RuntimeError::Invalid(format!(
+                "dropping {c} from the bounding set: {e}"
+            )));
         }
     }
     if f.keep_caps {
         // SAFETY: prctl with constant arguments.
         if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
-            return RuntimeError::io(
+            return Err(RuntimeError::io(
                 "setting",
                 "PR_SET_KEEPCAPS",
                 std::io::Error::last_os_error(),
-            );
+            ));
         }
     }
     if let Some(gid) = f.gid {
@@ -318,17 +332,14 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
             .iter()
             .map(|g| nix::unistd::Gid::from_raw(*g))
             .collect();
-        if let Err(e) = nix::unistd::setgroups(&groups) {
-            return RuntimeError::nix("setgroups for gid", gid, e);
-        }
-        if let Err(e) = nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)) {
-            return RuntimeError::nix("setgid", gid, e);
-        }
+        nix::unistd::setgroups(&groups)
+            .map_err(|e| RuntimeError::nix("setgroups for gid", gid, e))?;
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))
+            .map_err(|e| RuntimeError::nix("setgid", gid, e))?;
     }
-    if let Some(uid) = f.uid
-        && let Err(e) = nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
-    {
-        return RuntimeError::nix("setuid", uid, e);
+    if let Some(uid) = f.uid {
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
+            .map_err(|e| RuntimeError::nix("setuid", uid, e))?;
     }
     // Inheritable first, while the permitted set (and CAP_SETPCAP) still allow any of the
     // bounding set; then effective, which must stay within the permitted set at every step;
@@ -339,7 +350,9 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
         (caps::CapSet::Permitted, &f.caps.permitted),
     ] {
         if let Err(e) = caps::set(None, set, want) {
-            return RuntimeError::Invalid(format!("setting the {set:?} capabilities: {e}"));
+            return Err(RuntimeError::Invalid(format!(
+                "setting the {set:?} capabilities: {e}"
+            )));
         }
     }
     // Ambient capabilities stay best effort, as runc only warns: one not also inheritable
@@ -347,6 +360,12 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
     for c in &f.caps.ambient {
         let _ = caps::raise(None, caps::CapSet::Ambient, *c);
     }
+    Ok(())
+}
+
+/// The rest of [`exec_final`], after [`drop_privileges`]: no_new_privs (and then seccomp),
+/// descriptors, execve. Returns only on failure.
+pub fn exec_dropped(f: &FinalExec) -> RuntimeError {
     if f.no_new_privs {
         // SAFETY: prctl with constant arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {

@@ -131,6 +131,17 @@ pub(crate) fn mkdir(p: &Path) -> Result<()> {
     fs::create_dir_all(p).map_err(|e| RuntimeError::io("creating", p.display(), e))
 }
 
+/// An empty file at `p` to bind a file or device over, unless something is there already.
+/// Never opens what is there: opening a device node (the host's /dev/tty bound in place)
+/// would act on the device (ENXIO without a controlling terminal).
+pub(crate) fn mount_target(p: &Path) -> Result<()> {
+    match fs::OpenOptions::new().write(true).create_new(true).open(p) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(RuntimeError::io("creating", p.display(), e)),
+    }
+}
+
 /// `dest` (absolute, as seen in the container) under `root`, following symbolic links inside
 /// the root as the container would: an absolute link target restarts at `root`, `..` stops
 /// at `root`.
@@ -257,10 +268,7 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
             if let Some(parent) = target.parent() {
                 mkdir(parent)?;
             }
-            if !target.exists() {
-                fs::write(&target, b"")
-                    .map_err(|e| RuntimeError::io("creating", target.display(), e))?;
-            }
+            mount_target(&target)?;
         }
         m(
             Some(&v.source.display().to_string()),
@@ -334,14 +342,14 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
 
 /// The default devices (bind-mounted from the host's, which works in any namespace) and the
 /// standard links, in the container's `/dev` tmpfs, as the runtime spec lists them. A node
-/// already there is kept.
+/// already there (one of config.json's `linux.devices`, made first) is kept.
 pub fn default_devices(dev: &Path) -> Result<()> {
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let t = dev.join(node);
-        if t.exists() {
+        if fs::symlink_metadata(&t).is_ok() {
             continue;
         }
-        fs::write(&t, b"").map_err(|e| RuntimeError::io("creating", t.display(), e))?;
+        mount_target(&t)?;
         m(
             Some(&format!("/dev/{node}")),
             &t,

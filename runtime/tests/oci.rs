@@ -587,7 +587,7 @@ fn bare_a_seccomp_profile_that_blocks_dropping_capabilities_stops_the_container(
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let mut b = Bundle::new(d.path());
+    let b = Bundle::new(d.path());
     // Denying prctl alone: the bounding set could not be read any more either, and an
     // unread set was a set with nothing to drop.
     for (id, denied) in [
@@ -604,11 +604,8 @@ fn bare_a_seccomp_profile_that_blocks_dropping_capabilities_stops_the_container(
             },
             &["sh", "-c", &format!("{CAPS} > /out/caps")],
         );
-        b.create(id);
-        // The drop runs after start releases the process: it must fail there, before the
-        // command.
-        let _ = b.oci(&["start", id]);
-        b.wait_status(id, "stopped");
+        // As runc, the drop runs before create returns: create fails, naming it.
+        b.create_fails(id, "from the bounding set");
         assert!(
             b.read_out("caps").is_empty(),
             "{id}: the command ran:\n{}",
@@ -2793,4 +2790,363 @@ fn bare_exec_passes_signals_on_and_a_detached_exec_returns_at_once() {
         "the init was signalled"
     );
     b.ok(&["delete", "--force", "se1"]);
+}
+
+#[test]
+fn bare_a_listed_default_device_is_made_once_in_place_of_the_default() {
+    // Before: the default /dev/tty was bound from the host first, then the listed one
+    // (podman --privileged, --device /dev/tty) opened it to make a mount target: ENXIO,
+    // create failed; a listed /dev/null got a second bind stacked on the default's.
+    let name = "bare_a_listed_default_device_is_made_once_in_place_of_the_default";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(
+        |c| {
+            c["linux"]["devices"] = json!([
+                {"path": "/dev/tty", "type": "c", "major": 5, "minor": 0, "fileMode": 438},
+                {"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 438}
+            ]);
+        },
+        &[
+            "sh",
+            "-c",
+            "busybox stat -c '%n %F %t:%T %a' /dev/tty /dev/null /dev/zero > /out/st; \
+             grep -c ' /dev/null ' /proc/self/mountinfo > /out/null-mounts; \
+             grep -c ' /dev/zero ' /proc/self/mountinfo > /out/zero-mounts",
+        ],
+    );
+    b.create("dv1");
+    b.ok(&["start", "dv1"]);
+    b.wait_status("dv1", "stopped");
+    let st = b.read_out("st");
+    assert!(
+        st.contains("/dev/tty character special file 5:0 666\n"),
+        "{st}"
+    );
+    assert!(
+        st.contains("/dev/null character special file 1:3 666\n"),
+        "{st}"
+    );
+    assert!(st.contains("/dev/zero character special file 1:5"), "{st}");
+    assert_eq!(
+        b.read_out("null-mounts"),
+        "0\n",
+        "the listed node, not a bind"
+    );
+    assert_eq!(
+        b.read_out("zero-mounts"),
+        "1\n",
+        "an unlisted default stays"
+    );
+    b.ok(&["delete", "dv1"]);
+}
+
+#[test]
+fn bare_kill_acts_as_runcs_on_paused_and_stopped_containers_and_signal_0() {
+    // Before: SIGKILL to a paused container left it frozen ("paused" forever); signal 0
+    // was "unknown"; --all on a stopped container failed.
+    let name = "bare_kill_acts_as_runcs_on_paused_and_stopped_containers_and_signal_0";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(|_| {}, &["sleep", "100"]);
+    b.create("k1");
+    b.ok(&["kill", "k1", "0"]);
+    assert_eq!(b.status("k1"), "created");
+    b.ok(&["start", "k1"]);
+    b.ok(&["pause", "k1"]);
+    b.ok(&["kill", "k1", "KILL"]);
+    b.wait_status("k1", "stopped");
+    b.ok(&["kill", "--all", "k1", "KILL"]);
+    assert!(b.err(&["kill", "k1", "KILL"]).contains("stopped"));
+    assert!(b.err(&["kill", "k1", "0"]).contains("stopped"));
+    b.ok(&["delete", "k1"]);
+}
+
+#[test]
+fn bare_disable_oom_killer_is_applied_and_kernel_tcp_refused() {
+    // Before: both were read under camelCase names runtime-spec does not use, so neither
+    // was seen: the OOM killer stayed on, a kernelTCP limit was dropped silently.
+    let name = "bare_disable_oom_killer_is_applied_and_kernel_tcp_refused";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(
+        |c| c["linux"]["resources"]["memory"] = json!({"kernelTCP": 1048576}),
+        &["true"],
+    );
+    b.create_fails("m0", "kernelTCP");
+    b.config(
+        |c| {
+            c["linux"]["resources"]["memory"] = json!({"limit": 67108864, "disableOOMKiller": true})
+        },
+        &["true"],
+    );
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        b.create_fails("m1", "disableOOMKiller need cgroup v1");
+        return;
+    }
+    b.create("m1");
+    let f = "/sys/fs/cgroup/memory/twill-oci/m1/memory.oom_control";
+    let oom = std::fs::read_to_string(f).unwrap();
+    assert!(oom.contains("oom_kill_disable 1"), "{f}: {oom}");
+    b.ok(&["delete", "--force", "m1"]);
+}
+
+#[test]
+fn bare_a_command_that_is_not_executable_fails_create_with_permission_denied() {
+    // Before: every access(X_OK) failure was "executable file not found", which engines
+    // map to 127 (podman: 126 for "permission denied", as runc says).
+    let name = "bare_a_command_that_is_not_executable_fails_create_with_permission_denied";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let b = Bundle::new(d.path());
+    std::fs::write(
+        d.path().join("rootfs/etc/passwd"),
+        "root:x:0:0::/:/bin/sh\n",
+    )
+    .unwrap();
+    b.config(|_| {}, &["/etc/passwd"]);
+    let e = b.create_err("x1", None);
+    assert!(e.contains("Permission denied"), "{e}");
+    assert!(!e.contains("not found"), "{e}");
+    b.config(|_| {}, &["/no/such"]);
+    b.create_fails("x2", "\"/no/such\": executable file not found");
+}
+
+/// The v1 hierarchies (by /proc/PID/cgroup's names) `pid` is in, with their paths.
+fn v1_cgroups(pid: i64) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, names, path) = (f.next()?, f.next()?, f.next()?);
+            (!names.is_empty()).then(|| (names.to_string(), path.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn bare_on_cgroup_v1_the_container_joins_cpuacct_and_name_systemd_as_with_runc() {
+    // Before: cpuacct (where podman stats reads CPU usage) and name=systemd were left to
+    // the engine's cgroup; runc puts the container in both.
+    let name = "bare_on_cgroup_v1_the_container_joins_cpuacct_and_name_systemd_as_with_runc";
+    if !bare_ready(name) {
+        return;
+    }
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!("skipping {name}: pure cgroup v2 host");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(|_| {}, &["sleep", "100"]);
+    b.create("g1");
+    let pid = pid_of(&b, "g1");
+    let joined = v1_cgroups(pid);
+    for want in ["cpuacct", "name=systemd"] {
+        let Some((_, path)) = joined
+            .iter()
+            .find(|(names, _)| names.split(',').any(|n| n == want))
+        else {
+            continue; // not mounted here
+        };
+        assert_eq!(path, "/twill-oci/g1", "{want}: {joined:?}");
+    }
+    // Every v1 hierarchy, as runc: none left at the engine's cgroup.
+    let stray: Vec<_> = joined
+        .iter()
+        .filter(|(names, path)| {
+            // net_cls/perf_event/hugetlb/rdma are not joined by twill-oci (nor set).
+            let known = [
+                "memory",
+                "cpu",
+                "cpuacct",
+                "pids",
+                "freezer",
+                "devices",
+                "blkio",
+                "cpuset",
+                "name=systemd",
+            ];
+            names.split(',').any(|n| known.contains(&n)) && path != "/twill-oci/g1"
+        })
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    b.ok(&["delete", "--force", "g1"]);
+    assert!(!Path::new("/sys/fs/cgroup/cpuacct/twill-oci/g1").exists());
+    assert!(!Path::new("/sys/fs/cgroup/systemd/twill-oci/g1").exists());
+}
+
+#[test]
+fn bare_refuses_what_runc_refuses_env_without_equals_console_socket_hostname_cwd() {
+    // Before: all accepted; `exec -e NOEQ` passed a raw "NOEQ", a relative cwd was taken
+    // relative to whatever, a hostname without a uts namespace was dropped silently.
+    let name = "bare_refuses_what_runc_refuses_env_without_equals_console_socket_hostname_cwd";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(|c| c["process"]["cwd"] = json!("tmp"), &["true"]);
+    b.create_fails("r1", "must be an absolute path");
+    b.config(
+        |c| {
+            let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+            ns.retain(|n| n["type"] != "uts");
+        },
+        &["true"],
+    );
+    b.create_fails("r2", "no uts namespace");
+    b.config(|_| {}, &["true"]);
+    let out = b
+        .command()
+        .args(["create", "--console-socket"])
+        .arg(d.path().join("no.sock"))
+        .arg("--bundle")
+        .arg(d.path())
+        .arg("r3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    if out.status.success() {
+        let _ = b.oci(&["delete", "--force", "r3"]);
+    }
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("process.terminal is false"), "{e}");
+    assert!(!b.state.join("r3").exists());
+    b.config(|_| {}, &["sleep", "100"]);
+    b.create("r4");
+    b.ok(&["start", "r4"]);
+    assert!(
+        b.err(&["exec", "-e", "NOEQ", "r4", "true"])
+            .contains("invalid environment variable")
+    );
+    assert!(
+        b.err(&["exec", "--cwd", "tmp", "r4", "true"])
+            .contains("must be an absolute path")
+    );
+    b.ok(&["exec", "-e", "A=", "--cwd", "/tmp", "r4", "true"]);
+    b.ok(&["delete", "--force", "r4"]);
+}
+
+#[test]
+fn bare_features_names_twill_not_runc_and_lists_capabilities_sorted() {
+    // Before: "org.opencontainers.runc.version": "0.1.0", read by tools as runc 0.1.0; the
+    // capabilities in hash order.
+    let name = "bare_features_names_twill_not_runc_and_lists_capabilities_sorted";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let b = Bundle::new(d.path());
+    let f: Value = serde_json::from_str(&b.ok(&["features"])).unwrap();
+    let ann = f["annotations"].as_object().unwrap();
+    assert!(
+        !ann.keys().any(|k| k.starts_with("org.opencontainers.runc")),
+        "{ann:?}"
+    );
+    assert_eq!(ann["org.twill.version"], env!("CARGO_PKG_VERSION"));
+    let caps: Vec<&str> = f["linux"]["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let mut sorted = caps.clone();
+    sorted.sort();
+    assert!(caps.len() > 30 && caps == sorted, "{caps:?}");
+}
+
+#[test]
+fn bare_an_rlimit_or_user_the_kernel_refuses_fails_create() {
+    // Before: rlimits were set only after start, right before exec: create succeeded and
+    // the started container exited 127 with the reason as its output; uid 4294967295 too.
+    let name = "bare_an_rlimit_or_user_the_kernel_refuses_fails_create";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let b = Bundle::new(d.path());
+    // Past fs.nr_open: refused even to root.
+    let big = 1u64 << 40;
+    b.config(
+        |c| c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": big, "hard": big}]),
+        &["true"],
+    );
+    let e = b.create_err("l1", None);
+    assert!(e.contains("setting process.rlimits RLIMIT_NOFILE"), "{e}");
+    b.config(
+        |c| c["process"]["user"]["uid"] = json!(4294967295u32),
+        &["true"],
+    );
+    b.create_fails("l2", "uids and gids must be in range");
+    // More supplementary groups than NGROUPS_MAX (65536): setgroups refuses them.
+    let gids: Vec<u32> = (1..=65537).collect();
+    b.config(
+        |c| c["process"]["user"]["additionalGids"] = json!(gids),
+        &["true"],
+    );
+    b.create_fails("l3", "setgroups");
+    // The user switched before the wait for start still reaches the fifo and runs.
+    b.config(
+        |c| {
+            c["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+            c["process"]["capabilities"] = json!({});
+        },
+        &["sh", "-c", "test \"$(id -u):$(id -g)\" = 1000:1000"],
+    );
+    let out = b.oci(&["run", "--bundle", d.path().to_str().unwrap(), "l4"]);
+    assert!(
+        out.status.success(),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn podman_device_tty_and_a_non_executable_command_exit_as_with_runc() {
+    // Before: `--device /dev/tty` (and --privileged) failed create with ENXIO, exit 126;
+    // a non-executable command exited 127 ("not found") where runc gives 126.
+    let Some(s) = podman_ready("podman_device_tty_and_a_non_executable_command_exit_as_with_runc")
+    else {
+        return;
+    };
+    let o = prun(
+        s,
+        &[
+            "--rm",
+            "--net",
+            "none",
+            "--device",
+            "/dev/tty",
+            "localhost/bb",
+            "sh",
+            "-c",
+            "test -c /dev/tty",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = prun(s, &["--rm", "--net", "none", "localhost/bb", "/etc/passwd"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    assert!(err.contains("ermission denied"), "{err}");
 }

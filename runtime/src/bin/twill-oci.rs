@@ -180,7 +180,7 @@ fn exec_process(
     let mut p = spec::Spec::load(&saved.bundle)?.process.unwrap_or_default();
     p.args = args;
     p.terminal = tty;
-    spec::override_env(&mut p.env, env);
+    spec::override_env(&mut p.env, env)?;
     if let Some(c) = cwd {
         p.cwd = c;
     }

@@ -12,12 +12,22 @@ use crate::store::Limits;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
-/// v1 controllers the OCI mode adds to the shared manager's memory, cpu and pids (those
-/// this machine mounts: a controller missing here is not made up under /sys/fs/cgroup).
+/// v1 hierarchies the OCI mode adds to the shared manager's memory, cpu and pids (those
+/// this machine mounts: a controller missing here is not made up under /sys/fs/cgroup). As
+/// runc: cpuacct, which engines read CPU usage from (`podman stats` showed 0% without it),
+/// and name=systemd, where systemd looks for a process's unit. cpuacct mounted with cpu
+/// (`cpu,cpuacct`, both names links to it) is the cpu hierarchy, joined already.
 fn v1_extra() -> impl Iterator<Item = &'static str> {
-    ["freezer", "devices", "blkio", "cpuset"]
-        .into_iter()
-        .filter(|c| Path::new(ROOT).join(c).join("cgroup.procs").exists())
+    let root = Path::new(ROOT);
+    let same_as_cpu = |c: &str| {
+        c == "cpuacct"
+            && fs::canonicalize(root.join(c)).ok() == fs::canonicalize(root.join("cpu")).ok()
+    };
+    [
+        "freezer", "devices", "blkio", "cpuset", "cpuacct", "systemd",
+    ]
+    .into_iter()
+    .filter(move |c| root.join(c).join("cgroup.procs").exists() && !same_as_cpu(c))
 }
 
 fn v1_dir(controller: &str, rel: &str) -> PathBuf {

@@ -1,9 +1,9 @@
 //! `create`: the container's first process is cloned into the namespaces config.json asks
 //! for, joins the ones given by path, is put into its cgroup, builds its root (config.json's
 //! mounts, devices, pivot_root, sysctls, masked and read-only paths), tells `create` it is
-//! ready and blocks opening `exec.fifo` for writing until `start` opens it for reading; then
-//! it drops to the configured user, capabilities and rlimits and execs (the same last step
-//! as twill-run's, `process::exec_final`).
+//! ready (rlimits set, user and capabilities dropped: `process::drop_privileges`, the first
+//! part of twill-run's last step, `process::exec_final`) and blocks opening `exec.fifo` for
+//! writing until `start` opens it for reading; then it execs (`process::exec_dropped`).
 //!
 //! With a user namespace, or a pid namespace joined by path, a forked helper comes first
 //! (see [`Launch`]): it joins the namespaces given by path, enters the user namespace (whose
@@ -283,18 +283,18 @@ fn build_root(c: &Child, go: &OwnedFd, ready: &OwnedFd, host_pid: i32) -> Result
     let dev = rootfs::resolve_in_root(root, "/dev")?;
     if !dev_is_bound {
         rootfs::mkdir(&dev)?;
-        rootfs::default_devices(&dev)?;
+        // config.json's devices first, each made once; the defaults then fill in only what
+        // it does not list (as runc). The other way round, a listed default (/dev/tty, which
+        // `podman run --privileged` lists) met the host's node already bound there.
         for d in &spec.linux.devices {
             make_device(root, d)?;
         }
+        rootfs::default_devices(&dev)?;
     }
     if spec.process.as_ref().is_some_and(|p| p.terminal) {
         // The console is the pty's slave, bound over /dev/console after pivot.
         let console = dev.join("console");
-        if fs::symlink_metadata(&console).is_err() {
-            fs::write(&console, b"")
-                .map_err(|e| RuntimeError::io("creating", console.display(), e))?;
-        }
+        rootfs::mount_target(&console)?;
     }
     // The mounts are in place: prestart and createRuntime hooks (in create), then
     // createContainer (here), all before pivot_root.
@@ -376,7 +376,7 @@ fn make_device(root: &Path, d: &spec::Device) -> Result<()> {
     let mode = Mode::from_bits_truncate(d.file_mode.unwrap_or(0o666));
     let dev = nix::sys::stat::makedev(d.major as u64, d.minor as u64);
     if nix::sys::stat::mknod(&target, kind, mode, dev).is_err() {
-        fs::write(&target, b"").map_err(|e| RuntimeError::io("creating", target.display(), e))?;
+        rootfs::mount_target(&target)?;
         m(Some(&d.path), &target, None, MsFlags::MS_BIND, None)?;
     } else {
         let _ = nix::unistd::chown(
@@ -463,21 +463,41 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd, ready: &OwnedFd) -> Result<(Final
         &process.cwd
     };
     std::env::set_current_dir(cwd).map_err(|e| RuntimeError::io("entering cwd", cwd, e))?;
-    // As runc: a command that is not there fails create, not start.
+    // As runc: a command that is not there, or cannot be run, fails create, not start. The
+    // errno is kept: engines give 127 for "not found" and 126 for "permission denied".
     let file = process::resolve(&process.args[0], &process.env);
-    if nix::unistd::access(file.as_str(), nix::unistd::AccessFlags::X_OK).is_err() {
-        return Err(RuntimeError::Invalid(format!(
-            "exec: {:?}: executable file not found in $PATH (or not executable)",
-            process.args[0]
-        )));
+    match nix::unistd::access(file.as_str(), nix::unistd::AccessFlags::X_OK) {
+        Ok(()) => {}
+        Err(nix::Error::ENOENT) => {
+            return Err(RuntimeError::Invalid(format!(
+                "exec: {:?}: executable file not found in $PATH",
+                process.args[0]
+            )));
+        }
+        Err(e) => {
+            return Err(RuntimeError::Exec {
+                command: process.args[0].clone(),
+                cause: std::io::Error::from_raw_os_error(e as i32),
+            });
+        }
     }
     if let Some(mask) = process.user.umask {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
-    Ok((
-        final_exec(process, None, c.opts.preserve_fds, c.seccomp.as_deref())?,
-        host_pid,
-    ))
+    let mut fin = final_exec(process, None, c.opts.preserve_fds, c.seccomp.as_deref())?;
+    // As runc: set before create returns, so a limit the kernel refuses fails create with
+    // the reason, instead of the started container exiting 127 with it as its output.
+    for (r, &(res, soft, hard)) in process.rlimits.iter().zip(&fin.rlimits) {
+        process::set_rlimit(res, soft, hard).map_err(|e| {
+            RuntimeError::io(
+                "setting process.rlimits",
+                format!("{} to soft {soft}, hard {hard}", r.kind),
+                e,
+            )
+        })?;
+    }
+    fin.rlimits.clear();
+    Ok((fin, host_pid))
 }
 
 fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize {
@@ -489,6 +509,12 @@ fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize 
         Ok(f) => f,
         Err(e) => return fail(e),
     };
+    // As runc: the user and capabilities are switched before waiting for `start`, so one the
+    // kernel refuses fails `create` (engines: exit 126 with the reason) instead of the
+    // started container exiting 127 with the reason as its output.
+    if let Err(e) = process::drop_privileges(&fin) {
+        return fail(e);
+    }
     if messages::send(ready, Handshake::Ready).is_err() {
         return fail(RuntimeError::Invalid("twill-oci create went away".into()));
     }
@@ -529,7 +555,7 @@ fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize 
     ) {
         return after_start(e);
     }
-    after_start(process::exec_final(&fin))
+    after_start(process::exec_dropped(&fin))
 }
 
 /// Makes the container process (see [`Launch`]) running `child_main`; its PID on the host.
@@ -667,7 +693,15 @@ fn create_container(
     fs::create_dir_all(&root.dir)
         .map_err(|e| RuntimeError::io("creating", root.dir.display(), e))?;
     match fs::create_dir(&dir) {
-        Ok(()) => {}
+        // Searchable by anyone (as runc's 0711): the container process, already its
+        // configured user, opens the fifo in it.
+        Ok(()) => {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = fs::set_permissions(&dir, fs::Permissions::from_mode(0o711)) {
+                let _ = fs::remove_dir(&dir);
+                return Err(RuntimeError::io("setting the mode of", dir.display(), e));
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(RuntimeError::Invalid(format!(
                 "container with id {id} already exists"
@@ -694,8 +728,18 @@ fn create_container(
     // destroy does, so what those hooks set up (network, devices) is taken down.
     let mut poststop_state: Option<serde_json::Value> = None;
     let made = (|| -> Result<Created> {
-        nix::unistd::mkfifo(&dir.join(EXEC_FIFO), Mode::from_bits_truncate(0o622))
-            .map_err(|e| RuntimeError::nix("creating", dir.join(EXEC_FIFO).display(), e))?;
+        let fifo = dir.join(EXEC_FIFO);
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
+            .map_err(|e| RuntimeError::nix("creating", fifo.display(), e))?;
+        // 0622 whatever our umask: the container process opens it as its configured user,
+        // without capabilities by then (as runc's).
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &fifo,
+            Mode::from_bits_truncate(0o622),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| RuntimeError::nix("setting the mode of", fifo.display(), e))?;
         cgroups::create(
             &cgroup,
             spec.linux.resources.as_ref().unwrap_or(&Default::default()),
@@ -743,7 +787,16 @@ fn create_container(
                 spec.process.as_ref().is_some_and(|p| p.terminal),
                 &opts.console_socket,
             ) {
-                (false, _) => None,
+                (false, None) => None,
+                // As runc: an engine passing a socket waits on it for a terminal that
+                // would never come.
+                (false, Some(path)) => {
+                    return Err(RuntimeError::Invalid(format!(
+                        "--console-socket {} is given but process.terminal is false: set \
+                         process.terminal or leave --console-socket out",
+                        path.display()
+                    )));
+                }
                 (true, Some(path)) => Some(console::connect_socket(path)?),
                 (true, None) => {
                     return Err(RuntimeError::Invalid(

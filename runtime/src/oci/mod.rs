@@ -148,26 +148,42 @@ pub fn state(root: &Root, id: &str) -> Result<serde_json::Value> {
     Ok(saved.state_json(st))
 }
 
-/// A signal number by name (`TERM`, `SIGTERM`, `RTMIN+3`) or number.
+/// A signal number by name (`TERM`, `SIGTERM`, `RTMIN+3`) or number; 0 too, which checks
+/// that the process is there without signalling it (as runc's `kill ID 0`).
 pub fn parse_signal(s: &str) -> Result<i32> {
+    if s == "0" {
+        return Ok(0);
+    }
     crate::container::parse_signal(s)
 }
 
-/// `kill ID [SIGNAL] [--all]`.
+/// `kill ID [SIGNAL] [--all]`. As runc: `--all` signals whatever is left in the cgroup (of a
+/// stopped container, nothing, which is no error); a SIGKILL to a paused container thaws it
+/// after, since a frozen process does not die until thawed (`state` said "paused" forever
+/// and an engine's kill hung).
 pub fn kill_container(root: &Root, id: &str, signal: i32, all: bool) -> Result<()> {
     let saved = root.load(id)?;
     let st = saved.status(&root.container_dir(id)?);
-    if st == Status::Stopped {
+    if st == Status::Stopped && !all {
         return Err(not_in(id, st, "running"));
     }
     if all {
         for p in cgroups::pids(&saved.cgroup) {
             let _ = crate::container::send_signal(p, signal);
         }
-        return Ok(());
+    } else {
+        crate::container::send_signal(saved.pid, signal)
+            .map_err(|e| RuntimeError::io("signalling", format!("container {id}"), e))?;
     }
-    crate::container::send_signal(saved.pid, signal)
-        .map_err(|e| RuntimeError::io("signalling", format!("container {id}"), e))
+    if st == Status::Paused && signal == Signal::SIGKILL as i32 {
+        cgroups::freeze(&saved.cgroup, false).map_err(|e| {
+            RuntimeError::Invalid(format!(
+                "container {id} was sent SIGKILL but stays paused: thawing it: {e}; try \
+                 `twill-oci resume {id}`"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// `delete [--force] ID`.
@@ -281,6 +297,7 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
     if opts.process.args.is_empty() {
         return Err(RuntimeError::Invalid("exec needs a command".into()));
     }
+    opts.process.check_cwd()?;
     if opts.process.terminal && opts.console_socket.is_none() {
         return Err(RuntimeError::Invalid(
             "a terminal needs --console-socket".into(),
@@ -465,6 +482,9 @@ pub fn features() -> serde_json::Value {
         "runbindable",
     ];
     mount_options.extend(mounts::recursive_option_names());
+    // caps::all() is a hash set: sorted, the document is the same on every call.
+    let mut capabilities: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+    capabilities.sort();
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": SPEC_VERSION,
@@ -472,12 +492,13 @@ pub fn features() -> serde_json::Value {
         "mountOptions": mount_options,
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
-            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "capabilities": capabilities,
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
             "seccomp": { "enabled": true },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false },
         },
-        "annotations": { "org.opencontainers.runc.version": env!("CARGO_PKG_VERSION") },
+        // Not runc's key: tools read org.opencontainers.runc.version as runc's version.
+        "annotations": { "org.twill.version": env!("CARGO_PKG_VERSION") },
     })
 }

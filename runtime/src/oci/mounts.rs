@@ -140,11 +140,7 @@ fn make_target(target: &Path, like_file: bool) -> Result<()> {
         if let Some(p) = target.parent() {
             mkdir(p)?;
         }
-        if fs::symlink_metadata(target).is_err() {
-            fs::write(target, b"")
-                .map_err(|e| RuntimeError::io("creating", target.display(), e))?;
-        }
-        Ok(())
+        crate::rootfs::mount_target(target)
     } else {
         mkdir(target)
     }

@@ -68,6 +68,20 @@ pub struct Process {
     pub scheduler: Option<serde_json::Value>,
 }
 
+impl Process {
+    /// As runc: a relative cwd is refused (relative to what would depend on where the
+    /// runtime happened to be); empty means `/`.
+    pub fn check_cwd(&self) -> Result<()> {
+        if !self.cwd.is_empty() && !self.cwd.starts_with('/') {
+            return Err(RuntimeError::Invalid(format!(
+                "process.cwd {:?} must be an absolute path",
+                self.cwd
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
 pub struct ConsoleSize {
     pub height: u16,
@@ -269,8 +283,12 @@ pub struct Memory {
     pub swap: Option<i64>,
     pub reservation: Option<i64>,
     pub swappiness: Option<u64>,
+    // runtime-spec's names are not camelCase here (as `blockIO`): unrenamed, these were
+    // never read, so the OOM killer stayed on and a kernelTCP limit was dropped silently.
+    #[serde(rename = "disableOOMKiller")]
     pub disable_oom_killer: Option<bool>,
     pub kernel: Option<i64>,
+    #[serde(rename = "kernelTCP")]
     pub kernel_tcp: Option<i64>,
 }
 
@@ -284,6 +302,9 @@ pub struct Cpu {
     pub realtime_period: Option<u64>,
     pub cpus: Option<String>,
     pub mems: Option<String>,
+    // Read only to be refused (see `Resources::unsupported`).
+    pub burst: Option<u64>,
+    pub idle: Option<i64>,
 }
 
 impl Resources {
@@ -307,6 +328,7 @@ impl Resources {
                 cpu.realtime_runtime.is_some() || cpu.realtime_period.is_some(),
                 "cpu.realtimeRuntime/realtimePeriod",
             ),
+            (cpu.burst.is_some() || cpu.idle.is_some(), "cpu.burst/idle"),
         ]
         .into_iter()
         .find_map(|(present, name)| present.then_some(name))
@@ -353,6 +375,21 @@ impl Spec {
         };
         if process.args.is_empty() {
             return refuse("process.args is empty");
+        }
+        process.check_cwd()?;
+        // As runc: setuid(4294967295) would mean "leave it", and kernels refuse IDs past
+        // i32::MAX; said at create instead of as the started container's output.
+        let user = &process.user;
+        if let Some(id) = [user.uid, user.gid]
+            .iter()
+            .chain(&user.additional_gids)
+            .find(|id| **id > i32::MAX as u32)
+        {
+            return refuse(&format!(
+                "process.user: ID {id} is out of range: uids and gids must be in range \
+                 0-{}",
+                i32::MAX
+            ));
         }
         for (set, what) in [
             (
@@ -455,6 +492,20 @@ impl Spec {
         }
         for r in &process.rlimits {
             rlimit_resource(&r.kind)?;
+        }
+        // As runc: without a UTS namespace of its own the names would be the host's (runc
+        // sets the host's domainname; it was ignored here, silently).
+        let has_uts = self.linux.namespaces.iter().any(|n| n.kind == "uts");
+        for (name, set) in [
+            ("hostname", &self.hostname),
+            ("domainname", &self.domainname),
+        ] {
+            if set.as_deref().is_some_and(|s| !s.is_empty()) && !has_uts {
+                return refuse(&format!(
+                    "{name} is set but linux.namespaces has no uts namespace: add one or \
+                     leave {name} out"
+                ));
+            }
         }
         if let Some(c) = &process.capabilities {
             for name in c
@@ -568,14 +619,24 @@ pub fn cap_set(names: &[String]) -> caps::CapsHashSet {
 
 /// `env` with `overrides` (`KEY=value`, as `exec -e` gives them) applied: an override
 /// replaces the variable of its name, as runc does, instead of adding a second one that
-/// `getenv` and the PATH lookup would never see.
-pub fn override_env(env: &mut Vec<String>, overrides: Vec<String>) {
+/// `getenv` and the PATH lookup would never see. As runc, an override without `=` (or with
+/// an empty name) is refused: passed on raw, it is no variable at all.
+pub fn override_env(env: &mut Vec<String>, overrides: Vec<String>) -> Result<()> {
     let key = |e: &str| e.split('=').next().unwrap_or("").to_string();
+    if let Some(bad) = overrides
+        .iter()
+        .find(|o| o.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+    {
+        return Err(RuntimeError::Invalid(format!(
+            "invalid environment variable {bad:?}: give it as NAME=value"
+        )));
+    }
     for o in overrides {
         let k = key(&o);
         env.retain(|e| key(e) != k);
         env.push(o);
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -588,7 +649,42 @@ mod env_tests {
         override_env(
             &mut env,
             vec!["FOO=new".into(), "PATH=/opt/bin".into(), "NEW=x".into()],
-        );
+        )
+        .unwrap();
         assert_eq!(env, ["KEEP=1", "FOO=new", "PATH=/opt/bin", "NEW=x"]);
+    }
+
+    #[test]
+    fn exec_env_overrides_without_a_name_and_equals_sign_are_refused() {
+        for bad in ["NOEQ", "=value"] {
+            let mut env = vec!["KEEP=1".to_string()];
+            let e = override_env(&mut env, vec!["A=".into(), bad.into()]).unwrap_err();
+            assert!(
+                e.to_string().contains("invalid environment variable"),
+                "{e}"
+            );
+            assert_eq!(env, ["KEEP=1"], "nothing applied when one is refused");
+        }
+    }
+
+    #[test]
+    fn resource_names_are_the_runtime_specs() {
+        // The names config-linux.md gives, which camelCase renaming does not produce.
+        let r: Resources = serde_json::from_value(serde_json::json!({
+            "memory": {"disableOOMKiller": true, "kernelTCP": 1024},
+            "blockIO": {"weight": 100, "throttleReadIOPSDevice": [{"major": 8, "minor": 0, "rate": 5}],
+                        "throttleWriteIOPSDevice": [{"major": 8, "minor": 0, "rate": 6}]},
+            "cpu": {"burst": 10}
+        }))
+        .unwrap();
+        let mem = r.memory.clone().unwrap();
+        assert_eq!(mem.disable_oom_killer, Some(true));
+        assert_eq!(mem.kernel_tcp, Some(1024));
+        let bio = r.block_io.clone().unwrap();
+        assert_eq!(bio.throttle_read_iops_device[0].rate, 5);
+        assert_eq!(bio.throttle_write_iops_device[0].rate, 6);
+        assert_eq!(r.unsupported(), Some("memory.kernel/kernelTCP"));
+        let r: Resources = serde_json::from_value(serde_json::json!({"cpu": {"idle": 1}})).unwrap();
+        assert_eq!(r.unsupported(), Some("cpu.burst/idle"));
     }
 }
