@@ -121,7 +121,13 @@ fn plugin_conf(
         let pm: Vec<Value> = att
             .ports
             .iter()
-            .map(|p| json!({"hostPort": p.host_port, "containerPort": p.container_port, "protocol": p.protocol}))
+            .map(|p| {
+                let mut m = json!({"hostPort": p.host_port, "containerPort": p.container_port, "protocol": p.protocol});
+                if let Some(ip) = p.host_ip {
+                    m["hostIP"] = json!(ip.to_string());
+                }
+                m
+            })
             .collect();
         conf["runtimeConfig"] = json!({"portMappings": pm});
     }

@@ -165,19 +165,12 @@ fn publish_exposed(cfg: &config::RunConfig, given: &[PortSpec]) -> Result<Vec<Po
         {
             continue;
         }
-        let host_port = if proto == "udp" {
-            std::net::UdpSocket::bind(("0.0.0.0", 0)).and_then(|s| s.local_addr())
-        } else {
-            std::net::TcpListener::bind(("0.0.0.0", 0)).and_then(|s| s.local_addr())
-        }
-        .map_err(|e| {
-            RuntimeError::io("finding a free host port for", format!("{port}/{proto}"), e)
-        })?
-        .port();
+        let host_port = network::free_host_port(&proto)?;
         out.push(PortSpec {
             host_port,
             container_port: port,
             protocol: proto,
+            host_ip: None,
         });
     }
     Ok(out)

@@ -277,19 +277,17 @@ fn parse_port(s: &str) -> anyhow::Result<PortSpec> {
             _ => bail!("-p {s}: expected [IP:]HOST:CONTAINER (an IPv6 host IP goes in brackets)"),
         },
     };
-    if let Some(ip) = ip {
-        let addr: std::net::IpAddr = ip
-            .parse()
-            .with_context(|| format!("-p {s}: host IP {ip:?} is not an IP address"))?;
-        // Portmap without a hostIP maps the port on every address of the host, which is
-        // what 0.0.0.0 and :: ask for.
-        if !addr.is_unspecified() {
-            bail!(
-                "-p {s}: publishing on one host address ({ip}) is not supported yet: leave \
-                 the IP out (or give 0.0.0.0) to publish on all of the host's addresses"
-            );
+    let host_ip = match ip {
+        Some(ip) => {
+            let addr: std::net::IpAddr = ip
+                .parse()
+                .with_context(|| format!("-p {s}: host IP {ip:?} is not an IP address"))?;
+            // Portmap without a hostIP maps the port on every address of the host, which is
+            // what 0.0.0.0 and :: ask for.
+            Some(addr).filter(|a| !a.is_unspecified())
         }
-    }
+        None => None,
+    };
     let (host, container) = rest.rsplit_once(':').unwrap_or(("", rest));
     let port = |what: &str, p: &str| {
         p.parse::<u16>()
@@ -308,6 +306,7 @@ fn parse_port(s: &str) -> anyhow::Result<PortSpec> {
         host_port,
         container_port,
         protocol: proto.to_string(),
+        host_ip,
     })
 }
 
@@ -702,6 +701,15 @@ mod tests {
             let (h, c, pr) = want;
             assert_eq!(p(text).unwrap(), (h, c, pr.to_string()), "{text}");
         }
+        // One host address: portmap's hostIP (before: refused); all of them: none.
+        let ip = |s: &str| parse_port(s).map(|p| p.host_ip.map(|a| a.to_string()));
+        assert_eq!(
+            ip("127.0.0.1:8083:80").unwrap().as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(ip("[fd00::1]:8083:80").unwrap().as_deref(), Some("fd00::1"));
+        assert_eq!(ip("0.0.0.0:8083:80").unwrap(), None);
+        assert_eq!(ip("8083:80").unwrap(), None);
         // Before: "expected HOSTPORT:CTRPORT"; now a free host port, as docker.
         for text in ["80", "0.0.0.0::80", "80/udp"] {
             let (h, c, _) = p(text).unwrap();
@@ -716,10 +724,6 @@ mod tests {
             (
                 "localhost:80:80",
                 "host IP \"localhost\" is not an IP address",
-            ),
-            (
-                "127.0.0.1:8083:80",
-                "publishing on one host address (127.0.0.1) is not supported",
             ),
             ("1:2:3:4", "an IPv6 host IP goes in brackets"),
         ] {

@@ -104,6 +104,9 @@ pub struct PortSpec {
     pub host_port: u16,
     pub container_port: u16,
     pub protocol: String,
+    /// The one host address the port is published on (`-p IP:HOST:CONTAINER`); None: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::IpAddr>,
 }
 
 /// Resource limits.

@@ -508,6 +508,9 @@ fn network_modes_with_the_twill_plugin() {
     rt.cni_path = format!("{}:/usr/lib/cni", twill.parent().unwrap().display());
     rt.host = Some(Netns::open(&cluster.host(1).name).unwrap());
 
+    let host_ip = cluster.host(1).ip.to_string();
+    // On the host's underlay address only (portmap's hostIP). Before: refused.
+    let on_host_ip = format!("{host_ip}:18083:8080");
     let a = rt
         .ok(&[
             "run",
@@ -522,6 +525,8 @@ fn network_modes_with_the_twill_plugin() {
             "0.0.0.0:18082:8080",
             "-p",
             "8080",
+            "-p",
+            &on_host_ip,
             "busybox",
             "sh",
             "-c",
@@ -554,7 +559,6 @@ fn network_modes_with_the_twill_plugin() {
         String::from_utf8_lossy(&ping.stdout)
     );
     // The published port answers from the host's underlay address (another namespace).
-    let host_ip = cluster.host(1).ip.to_string();
     let probe = cluster.extra_netns("probe").unwrap();
     let _ = probe;
     let got = nc_from(&cluster.underlay, &host_ip, "18081", "hello-from-a");
@@ -581,6 +585,13 @@ fn network_modes_with_the_twill_plugin() {
     assert!(
         got.contains("hello-from-a"),
         "-p 8080 did not answer on the host port it was given ({picked}): {got:?}"
+    );
+
+    assert_eq!(ia["ports"][3]["host_ip"], host_ip.as_str(), "{ia}");
+    let got = nc_from(&cluster.underlay, &host_ip, "18083", "hello-from-a");
+    assert!(
+        got.contains("hello-from-a"),
+        "-p {on_host_ip} did not answer on {host_ip}: {got:?}"
     );
 
     // -P publishes what the image exposes, on a free host port, through the same portmap.
