@@ -3,11 +3,7 @@
 
 use std::net::IpAddr;
 
-use futures::StreamExt;
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -91,29 +87,10 @@ fn fdb_msg(e: &FdbEntry) -> NeighbourMessage {
 }
 
 impl Netlink {
-    async fn neighbour_request(
-        &self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> std::result::Result<(), rtnetlink::Error> {
-        let mut req = NetlinkMessage::from(msg);
-        req.header.flags = flags;
-        let mut handle = self.handle.clone();
-        let mut resp = handle.request(req)?;
-        while let Some(m) = resp.next().await {
-            if let NetlinkPayload::Error(err) = m.payload
-                && err.code.is_some()
-            {
-                return Err(rtnetlink::Error::NetlinkError(err));
-            }
-        }
-        Ok(())
-    }
-
     /// Installs or replaces a permanent neighbour entry.
     pub async fn replace_neighbour(&self, n: &Neighbour) -> Result<()> {
         let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-        self.neighbour_request(RouteNetlinkMessage::NewNeighbour(neighbour_msg(n)), flags)
+        self.request_acked(RouteNetlinkMessage::NewNeighbour(neighbour_msg(n)), flags)
             .await
             .map_err(|e| {
                 self.err(
@@ -137,7 +114,7 @@ impl Netlink {
         let mut m = neighbour_message(family, ifindex);
         m.attributes.push(NeighbourAttribute::Destination(addr));
         match self
-            .neighbour_request(
+            .request_acked(
                 RouteNetlinkMessage::DelNeighbour(m),
                 NLM_F_REQUEST | NLM_F_ACK,
             )
@@ -201,7 +178,7 @@ impl Netlink {
                 FdbMode::Append => NLM_F_APPEND,
             };
         match self
-            .neighbour_request(RouteNetlinkMessage::NewNeighbour(fdb_msg(e)), flags)
+            .request_acked(RouteNetlinkMessage::NewNeighbour(fdb_msg(e)), flags)
             .await
         {
             Ok(()) => Ok(()),
@@ -214,7 +191,7 @@ impl Netlink {
     /// Deletes an FDB entry (the one with `e.dst` when set); a missing entry (or link) is fine.
     pub async fn delete_fdb(&self, e: &FdbEntry) -> Result<bool> {
         match self
-            .neighbour_request(
+            .request_acked(
                 RouteNetlinkMessage::DelNeighbour(fdb_msg(e)),
                 NLM_F_REQUEST | NLM_F_ACK,
             )

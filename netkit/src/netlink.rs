@@ -18,6 +18,28 @@ pub struct Netlink {
 }
 
 impl Netlink {
+    /// Sends `msg` with the header `flags` (what rtnetlink's builders do not offer, such as
+    /// a route added without `NLM_F_EXCL`) and waits for the kernel's answer.
+    pub(crate) async fn request_acked(
+        &self,
+        msg: netlink_packet_route::RouteNetlinkMessage,
+        flags: u16,
+    ) -> std::result::Result<(), rtnetlink::Error> {
+        use futures::StreamExt;
+        let mut req = netlink_packet_core::NetlinkMessage::from(msg);
+        req.header.flags = flags;
+        let mut handle = self.handle.clone();
+        let mut resp = handle.request(req)?;
+        while let Some(m) = resp.next().await {
+            if let netlink_packet_core::NetlinkPayload::Error(err) = m.payload
+                && err.code.is_some()
+            {
+                return Err(rtnetlink::Error::NetlinkError(err));
+            }
+        }
+        Ok(())
+    }
+
     /// Opens a connection in the calling thread's namespace; `netns` labels error messages.
     /// Must be called inside a tokio runtime (the connection runs as a task on it).
     pub fn connect(netns: &str) -> Result<Netlink> {

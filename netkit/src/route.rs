@@ -4,9 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::StreamExt;
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHopFlags, RouteProtocol,
     RouteScope, RouteType,
@@ -266,21 +265,13 @@ impl Netlink {
     /// with a gateway into one multipath route. Returns false when the very same route (same
     /// next hop) is there already.
     pub async fn add_route_ecmp(&self, route: &Route) -> Result<bool> {
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(route.to_message()?));
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
-        let mut handle = self.handle.clone();
-        let sent = async {
-            let mut resp = handle.request(req)?;
-            while let Some(m) = resp.next().await {
-                if let NetlinkPayload::Error(err) = m.payload
-                    && err.code.is_some()
-                {
-                    return Err(rtnetlink::Error::NetlinkError(err));
-                }
-            }
-            Ok(())
-        };
-        match sent.await {
+        let sent = self
+            .request_acked(
+                RouteNetlinkMessage::NewRoute(route.to_message()?),
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
+            )
+            .await;
+        match sent {
             Ok(()) => Ok(true),
             Err(e) if has_errno(&e, libc::EEXIST) => Ok(false),
             Err(e) => Err(self.err("adding route", route.describe(), e)),
