@@ -159,7 +159,11 @@ fn twilld_down(host: &HostState) -> Option<String> {
     if let Err(e) = Netns::open(&host.netns) {
         return Some(format!("the host's namespace {} is gone ({e})", host.netns));
     }
-    let pid = i32::try_from(pid).ok()?;
+    let Ok(pid) = i32::try_from(pid) else {
+        return Some(format!(
+            "the recorded PID {pid} is no process ID (a damaged lab state?)"
+        ));
+    };
     if twill_testbed::exited(pid) || !twill_testbed::pids_in_netns(&host.netns).contains(&pid) {
         return Some(format!("PID {pid} has exited"));
     }
@@ -303,6 +307,37 @@ fn check_container(st: &LabState, h: usize, c: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::state::HostState;
+
+    #[test]
+    fn a_recorded_twilld_pid_that_is_no_pid_is_said_down() {
+        if !nix::unistd::geteuid().is_root() {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            assert!(!ci, "CI must run the tests as root");
+            eprintln!("skipping: needs root (a network namespace)");
+            return;
+        }
+        // Before: a PID beyond i32 (a damaged state file) read as "running".
+        struct Gone(&'static str);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                let _ = Netns::delete(self.0);
+            }
+        }
+        let netns = "tl-utpid-h1";
+        let _ = Netns::delete(netns);
+        Netns::create(netns).unwrap();
+        let _gone = Gone(netns);
+        let host = HostState {
+            netns: netns.to_string(),
+            twilld_pid: Some(u32::MAX),
+            ..HostState::default()
+        };
+        let why = twilld_down(&host);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("no process ID")),
+            "{why:?}"
+        );
+    }
 
     #[test]
     fn down_keeps_a_lab_with_a_container_it_could_not_remove_recorded_or_not() {

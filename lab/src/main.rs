@@ -107,7 +107,8 @@ enum Cmd {
     /// Whether each host's twilld and each container runs now, with the lab's table; exits 1
     /// and says what is down when something is.
     Status {
-        /// Also ping every container from every other one (as `up` does; slower).
+        /// Also ping every container from every other one (as `up` does; slower); the table's
+        /// reachability column keeps this check's result as the last one.
         #[arg(long)]
         ping: bool,
     },
