@@ -573,8 +573,10 @@ pub fn del(conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> CniResult<()> {
 /// CHECK, as strict as the reference bridge's: prevResult must be this attachment's result
 /// (CNI_IFNAME with CNI_NETNS as its sandbox, the configuration's bridge, this attachment's
 /// host veth), and the kernel must still hold what it says: the container end a veth whose
-/// peer is the host veth, a port of the bridge; every MAC prevResult gives; every address of
-/// the container interface on it; every main-table route out of it. Then the addresses are
+/// peer is the host veth, a port of the bridge; every MAC prevResult gives (the bridge's only
+/// where it cannot follow its ports, see [`check_host_side`]); every address of
+/// the container interface on it; every main-table route (out of it where it has routes to
+/// that destination, see [`check_addresses_and_routes`]). Then the addresses are
 /// still reserved, and a delegated IPAM plugin checks its own.
 ///
 /// Codes: 6 for a prevResult that is no CNI result, 7 for one that describes another
@@ -858,7 +860,8 @@ fn check_host_side(
 ) -> CniResult<()> {
     let bridge = conf.bridge();
     let host_veth = want.host_veth.name.as_str();
-    let (br, veth, veth_peer) = current_netns()?
+    let compare_bridge_mac = !want.bridge.mac.is_empty();
+    let host = current_netns()?
         .run(|nl| async move {
             let br = nl.link_by_name(bridge).await?;
             let veth = nl.link_by_name(host_veth).await?;
@@ -866,45 +869,107 @@ fn check_host_side(
                 Some(v) => nl.link_detail(v.index).await?.and_then(|d| d.peer_index),
                 None => None,
             };
-            Ok::<_, twill_netkit::Error>((br, veth, peer))
+            // For messages only: what the veth is attached to instead of the bridge.
+            let elsewhere = match (veth.as_ref().and_then(|v| v.controller), &br) {
+                (Some(c), Some(b)) if c != b.index => nl.link_by_index(c).await?.map(|l| l.name),
+                _ => None,
+            };
+            let ports = match &br {
+                Some(b) if compare_bridge_mac => nl.ports_of(b.index).await?,
+                _ => Vec::new(),
+            };
+            Ok::<_, twill_netkit::Error>(HostSide {
+                br,
+                veth,
+                peer,
+                elsewhere,
+                ports,
+            })
         })
         .map_err(|e| CniError::new(INTERNAL, format!("CHECK: {e}")))?;
     let attachment = format!("{} {}", env.container_id, env.ifname);
     let fail = |msg: String| Err(CniError::new(INTERNAL, format!("CHECK: {msg}")));
-    let Some(br) = br else {
-        return fail(format!("bridge {bridge} not found in the runtime's netns"));
+    let again = format!("DEL and ADD {attachment} again");
+    let Some(br) = host.br else {
+        return fail(format!(
+            "bridge {bridge} not found in the runtime's netns: it was deleted since ADD, which took host veth {host_veth} off it ({again}: ADD creates the bridge)"
+        ));
     };
     if br.kind.as_deref() != Some("bridge") {
         return fail(format!(
-            "{bridge} is a {} link, not a bridge",
+            "{bridge} is a {} link, not a bridge: the configuration's bridge name was taken by another device since ADD (remove that device or name another bridge in the configuration, then {again})",
             br.kind.as_deref().unwrap_or("device")
         ));
     }
-    check_mac(want.bridge, &br, &format!("bridge {bridge}"))?;
-    let Some(veth) = veth else {
+    let Some(veth) = host.veth else {
         return fail(format!(
-            "host veth {host_veth} of {attachment} not found in the runtime's netns"
+            "host veth {host_veth} of {attachment} not found in the runtime's netns ({again})"
         ));
     };
     if veth.controller != Some(br.index) {
+        let now = match (veth.controller, host.elsewhere) {
+            (None, _) => "it is no bridge's port".to_string(),
+            (Some(_), Some(other)) => format!("it is a port of {other}"),
+            (Some(c), None) => format!("it is a port of link index {c}"),
+        };
         return fail(format!(
-            "host veth {host_veth} of {attachment} is not a port of bridge {bridge}"
+            "host veth {host_veth} of {attachment} is not a port of bridge {bridge}: {now} (the bridge was re-created, or the veth detached by hand): `ip link set {host_veth} master {bridge}` attaches it again, or {again}"
         ));
     }
     if veth.kind.as_deref() != Some("veth")
-        || veth_peer != Some(found.link.index)
+        || host.peer != Some(found.link.index)
         || found.peer != Some(veth.index)
     {
+        let what = if veth.kind.as_deref() != Some("veth") {
+            format!(
+                "{host_veth} is a {} link",
+                veth.kind.as_deref().unwrap_or("device")
+            )
+        } else {
+            format!(
+                "{host_veth} and {} in netns {sandbox} are two different veth pairs",
+                env.ifname
+            )
+        };
         return fail(format!(
-            "host veth {host_veth} of {attachment} is not the peer of {} in netns {sandbox}",
-            env.ifname
+            "host veth {host_veth} of {attachment} is not the peer of {} in netns {sandbox}: {what} (a link of this name was made by someone else since ADD, or {} was replaced; {again})",
+            env.ifname, env.ifname
         ));
+    }
+    // A bridge whose address was never set (one twill did not create) takes the lowest MAC
+    // of its ports, and takes another when a port with a lower one joins: prevResult's MAC
+    // went stale without anything being wrong. Such a bridge's MAC is always the lowest of
+    // its ports', so that case is left uncompared; a set MAC is compared (one set to exactly
+    // the lowest port's goes uncompared too, never failed wrongly). The kernel says whether
+    // the address was set only in sysfs, and /sys shows the netns of whoever mounted it,
+    // not necessarily the runtime's.
+    let lowest_port = host
+        .ports
+        .iter()
+        .map(|p| p.mac.as_slice())
+        .filter(|m| m.len() == br.mac.len())
+        .min();
+    if lowest_port != Some(br.mac.as_slice()) {
+        check_mac(want.bridge, &br, &format!("bridge {bridge}"))?;
     }
     check_mac(want.host_veth, &veth, &format!("host veth {host_veth}"))
 }
 
+/// What CHECK reads of the runtime's netns.
+struct HostSide {
+    br: Option<Link>,
+    veth: Option<Link>,
+    /// The host veth's peer index (in the container's netns).
+    peer: Option<u32>,
+    /// The name of the bridge the host veth is a port of, when it is not the configured one.
+    elsewhere: Option<String>,
+    /// The bridge's ports, when prevResult gives a bridge MAC to compare.
+    ports: Vec<Link>,
+}
+
 /// Every address prevResult gives the container interface is on it; every main-table route
-/// it lists goes out of it (via its gateway, with its metric, where it names them).
+/// it lists is there (via its gateway, with its metric, where it names them), out of the
+/// container interface when that has routes to the destination, else out of any.
 fn check_addresses_and_routes(
     want: &Described<'_>,
     found: &InContainer,
@@ -930,27 +995,39 @@ fn check_addresses_and_routes(
     }
     let index = found.link.index;
     for r in &want.routes {
-        let out_of_ours = |k: &&twill_netkit::Route| {
-            k.dst == r.dst
-                && k.oif == Some(index)
-                && r.gw.is_none_or(|g| k.gateway == Some(g))
+        let same_dst: Vec<&twill_netkit::Route> =
+            found.routes.iter().filter(|k| k.dst == r.dst).collect();
+        // prevResult has no `priority` 0: result.rs reads it as not given, as the reference
+        // types do, so the kernel leaving out an IPv4 route's metric 0 never matters here.
+        let fits = |k: &&twill_netkit::Route| {
+            r.gw.is_none_or(|g| k.gateway == Some(g))
                 && r.priority.is_none_or(|p| k.metric == Some(p))
         };
-        if found.routes.iter().any(|k| out_of_ours(&k)) {
+        // Out of this attachment's interface where it has routes to the destination. An
+        // attachment made by a twill whose ADD gave only the first attachment of a network in
+        // a netns its routes has none: another interface's route stands in then, as the
+        // reference's ValidateExpectedRoute never looks at the device.
+        let ours: Vec<&twill_netkit::Route> = same_dst
+            .iter()
+            .copied()
+            .filter(|k| k.oif == Some(index))
+            .collect();
+        let candidates = if ours.is_empty() { &same_dst } else { &ours };
+        if candidates.iter().any(fits) {
             continue;
         }
         let mut wanted = format!("route to {}", r.dst);
         if let Some(gw) = r.gw {
             wanted.push_str(&format!(" via {gw}"));
         }
-        wanted.push_str(&format!(" dev {ifname}"));
+        if !ours.is_empty() {
+            wanted.push_str(&format!(" dev {ifname}"));
+        }
         if let Some(p) = r.priority {
             wanted.push_str(&format!(" metric {p}"));
         }
-        let same_dst: Vec<String> = found
-            .routes
+        let there: Vec<String> = same_dst
             .iter()
-            .filter(|k| k.dst == r.dst)
             .map(|k| {
                 let mut s = String::new();
                 if let Some(gw) = k.gateway {
@@ -973,11 +1050,11 @@ fn check_addresses_and_routes(
         return Err(CniError::new(
             INTERNAL,
             format!(
-                "CHECK: {wanted} missing in netns {sandbox} ({})",
-                if same_dst.is_empty() {
+                "CHECK: {wanted} missing in netns {sandbox} ({}): the route was deleted or changed since ADD (DEL and ADD the attachment again)",
+                if there.is_empty() {
                     format!("no route to {} there", r.dst)
                 } else {
-                    format!("routes to {} there: {}", r.dst, same_dst.join("; "))
+                    format!("routes to {} there: {}", r.dst, there.join("; "))
                 }
             ),
         ));

@@ -192,8 +192,9 @@ pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniRes
     // every result (and every container's neighbour entry for the gateway) go stale when a
     // veth with a lower MAC joins; the reference plugin and netavark fix the address too. A
     // bridge someone else created keeps its address.
+    let mac = bridge_mac();
     let bridge = nl
-        .ensure_bridge_with_mac(plan.bridge, Some(plan.mtu), Some(bridge_mac()))
+        .ensure_bridge_with_mac(plan.bridge, Some(plan.mtu), Some(mac))
         .await
         .map_err(bridge_error)?;
     if plan.bridge_addrs.iter().any(|a| a.addr().is_ipv6()) {
@@ -215,6 +216,14 @@ pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniRes
     // the kernel would log that someone else "advertised our address".
     nl.set_up(veth.index).await?;
     let veth = nl.require_link(&plan.host_veth).await?;
+    // A bridge whose address was never set took the lowest MAC of its ports when the veth
+    // joined: the result must name the MAC it has now, not the one read before. A bridge
+    // with the MAC this ADD chose keeps it, and costs no second look.
+    let bridge = if bridge.mac == mac {
+        bridge
+    } else {
+        nl.require_link(plan.bridge).await?
+    };
     Ok((bridge, veth))
 }
 
@@ -323,7 +332,7 @@ pub async fn container_side(
         nl.ensure_address(link.index, *addr).await.map_err(named)?;
     }
     nl.set_up(link.index).await.map_err(named)?;
-    for r in routes {
+    for r in routes.iter().filter(|r| !is_prefix_route(r, addrs)) {
         let family_gw = gateways
             .iter()
             .copied()
@@ -339,6 +348,25 @@ pub async fn container_side(
             .map_err(|e| route_error(e, &route, ifname))?;
     }
     Ok(nl.require_link(ifname).await?)
+}
+
+/// Whether `r` is what the kernel made when one of `addrs` was added: the route to the
+/// address's own subnet on the link (its prefix route, metric 0 for IPv4, 256 for IPv6). IPAM
+/// configurations list it (`{"dst": "10.5.1.0/24"}`), and routes go in without NLM_F_EXCL:
+/// an IPv4 copy would sit in front of the kernel's with the same metric and, given the
+/// family's gateway, send the container's own subnet through the bridge's address. IPv6 would
+/// keep a second, never used route at metric 1024. The result still lists it, and CHECK finds
+/// the kernel's. Decided from the addresses alone: no look at the kernel's routes per ADD.
+fn is_prefix_route(r: &RouteSpec, addrs: &[IpNet]) -> bool {
+    let kernel_metric = if r.dst.addr().is_ipv4() { 0 } else { 256 };
+    r.gw.is_none()
+        && r.in_main_table()
+        && r.scope.is_none_or(|s| s == SCOPE_GLOBAL || s == SCOPE_LINK)
+        && r.priority.is_none_or(|p| p == kernel_metric)
+        // The kernel makes no prefix route for a /32 or /128.
+        && addrs
+            .iter()
+            .any(|a| a.prefix_len() < a.max_prefix_len() && a.trunc() == r.dst)
 }
 
 /// netkit names a link by its index (`link #5`, `dev #5`), which tells the runtime nothing:
@@ -437,6 +465,39 @@ pub async fn ensure_absent(nl: &Netlink, ifname: &str) -> CniResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_to_an_addresss_own_subnet_is_the_kernels() {
+        let route = |json: &str| -> RouteSpec {
+            crate::result::AddResult::from_json(&serde_json::json!({
+                "cniVersion": "1.1.0", "routes": [serde_json::from_str::<serde_json::Value>(json).unwrap()]
+            }))
+            .unwrap()
+            .routes
+            .remove(0)
+        };
+        let addrs: Vec<IpNet> = vec![
+            "10.5.1.2/24".parse().unwrap(),
+            "fd00:5:1::2/64".parse().unwrap(),
+            "10.7.0.1/32".parse().unwrap(),
+        ];
+        for (json, kernels) in [
+            (r#"{"dst": "10.5.1.0/24"}"#, true),
+            (r#"{"dst": "10.5.1.0/24", "priority": 0}"#, true),
+            (r#"{"dst": "10.5.1.0/24", "scope": 253}"#, true),
+            (r#"{"dst": "fd00:5:1::/64"}"#, true),
+            (r#"{"dst": "fd00:5:1::/64", "priority": 256}"#, true),
+            (r#"{"dst": "10.5.1.0/24", "gw": "10.5.1.1"}"#, false),
+            (r#"{"dst": "10.5.1.0/24", "priority": 5}"#, false),
+            (r#"{"dst": "10.5.1.0/24", "table": 100}"#, false),
+            (r#"{"dst": "fd00:5:1::/64", "priority": 1024}"#, false),
+            (r#"{"dst": "10.5.0.0/16"}"#, false),
+            // No prefix route for a /32.
+            (r#"{"dst": "10.7.0.1/32"}"#, false),
+        ] {
+            assert_eq!(is_prefix_route(&route(json), &addrs), kernels, "{json}");
+        }
+    }
 
     #[test]
     fn the_marker_names_the_attachment_and_fits_an_alias() {

@@ -275,6 +275,24 @@ impl Netlink {
         Ok(msgs.into_iter().next().map(parse_link))
     }
 
+    /// The links whose controller (bridge) is link `index`. The kernel filters the dump by
+    /// IFLA_MASTER, so a host with thousands of links answers with the ports alone; the
+    /// filter here too keeps the answer right on a kernel that ignores the attribute.
+    pub async fn ports_of(&self, index: u32) -> Result<Vec<Link>> {
+        let mut req = self.handle.link().get();
+        req.message_mut()
+            .attributes
+            .push(LinkAttribute::Controller(index));
+        let msgs = collect_dump(req.execute())
+            .await
+            .map_err(|e| self.err("listing ports of", format!("link #{index}"), e))?;
+        Ok(msgs
+            .into_iter()
+            .map(parse_link)
+            .filter(|l| l.controller == Some(index))
+            .collect())
+    }
+
     /// Alias, veth peer index and bridge port state of the link with index `index`, if
     /// there is one.
     pub async fn link_detail(&self, index: u32) -> Result<Option<LinkDetail>> {

@@ -219,3 +219,42 @@ fn vxlan_is_created_as_specified_and_kept_when_compatible() {
     assert_eq!(j["address"], "0a:58:0a:f4:01:00");
     assert!(j["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
 }
+
+/// `ports_of` lists a bridge's ports and nothing else: not the bridge, not a link that is
+/// another bridge's port or no port at all.
+#[test]
+fn ports_of_lists_the_ports_of_one_bridge() {
+    if !preconditions("ports_of_lists_the_ports_of_one_bridge", &["ip"]) {
+        return;
+    }
+    let scope = NsScope::new("lkports");
+    let ns = scope.create("a");
+    let ns_ref = &ns;
+    let (ports, other, empty) = ns
+        .run(|nl: Netlink| async move {
+            let br = nl.ensure_bridge("br0", None).await?;
+            let br1 = nl.ensure_bridge("br1", None).await?;
+            let mut made = Vec::new();
+            for (name, peer) in [("pa", "pa2"), ("pb", "pb2"), ("pc", "pc2"), ("pd", "pd2")] {
+                made.push(nl.create_veth(name, peer, ns_ref, None).await?);
+            }
+            nl.set_controller(made[0].index, br.index).await?;
+            nl.set_controller(made[1].index, br.index).await?;
+            nl.set_controller(made[2].index, br1.index).await?;
+            let empty = nl.ensure_bridge("br2", None).await?;
+            Ok::<_, Error>((
+                nl.ports_of(br.index).await?,
+                nl.ports_of(br1.index).await?,
+                nl.ports_of(empty.index).await?,
+            ))
+        })
+        .unwrap();
+    let names = |v: &[twill_netkit::Link]| {
+        let mut n: Vec<String> = v.iter().map(|l| l.name.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&ports), ["pa", "pb"]);
+    assert_eq!(names(&other), ["pc"]);
+    assert!(empty.is_empty(), "{empty:?}");
+}
