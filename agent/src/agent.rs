@@ -834,7 +834,7 @@ fn check_subnet_file_is_a_file(path: &std::path::Path) -> anyhow::Result<()> {
         .unwrap_or(std::path::Path::new("."));
     if kind.is_dir() {
         anyhow::bail!(
-            "--subnet-file {} is a directory, not a file: remove the directory, or point --subnet-file at a file (in Kubernetes, a hostPath volume of a file that does not exist is created as a directory: use type: FileOrCreate, or mount the directory {} instead)",
+            "--subnet-file {} is a directory, not a file: remove the directory, or point --subnet-file at a file (in Kubernetes, a hostPath volume of a file that does not exist is created as a directory: mount the directory {} instead, as Flannel's manifest does)",
             path.display(),
             dir.display()
         );
@@ -898,52 +898,48 @@ fn subnet_file_hint(path: &std::path::Path) -> Subnets {
 }
 
 /// The subnets a subnet file names, read as Flannel reads them to keep a node's subnet
-/// (`ReadCIDRFromSubnetFile`): `FLANNEL_SUBNET` and `FLANNEL_IPV6_SUBNET` alone, each on its
-/// own. A file without `FLANNEL_MTU`, or with another line broken, still names them (the whole
-/// file's parse, which the CNI plugin needs, refused it and the node moved). What does not
-/// read is returned as problems.
+/// (netkit's `SubnetEnv::parse_subnets`, whose module says how lines and quotes are read):
+/// `FLANNEL_SUBNET` and `FLANNEL_IPV6_SUBNET` alone, each on its own. A file without
+/// `FLANNEL_MTU`, or with another line broken, still names them (the whole file's parse, which
+/// the CNI plugin needs, refused it and the node moved). What does not read is returned as
+/// problems.
 pub(crate) fn subnet_file_subnets(text: &str) -> (Subnets, Vec<String>) {
-    let mut hint = Subnets::default();
+    let named = twill_netkit::subnet_env::SubnetEnv::parse_subnets(text);
     let mut problems = Vec::new();
-    let mut named = false;
-    for line in text.lines() {
-        let line = line.trim();
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
-        let quoted = crate::quote::quote(value);
-        match key.trim() {
-            "FLANNEL_SUBNET" => {
-                named = true;
-                match value.parse::<ipnet::Ipv4Net>() {
-                    Ok(n) => hint.v4 = Some(n.trunc()),
-                    Err(_) => {
-                        problems.push(format!("FLANNEL_SUBNET={quoted} is not an IPv4 subnet"))
-                    }
-                }
-            }
-            "FLANNEL_IPV6_SUBNET" => {
-                named = true;
-                match value.parse::<ipnet::Ipv6Net>() {
-                    Ok(n) => hint.v6 = Some(n.trunc()),
-                    Err(_) => problems.push(format!(
-                        "FLANNEL_IPV6_SUBNET={quoted} is not an IPv6 subnet"
-                    )),
-                }
-            }
-            _ => {}
+    let none_named = named.ipv4.is_none() && named.ipv6.is_none();
+    let not_a_subnet = |key: &str, value: &str, family: &str| {
+        format!(
+            "{key}={} is not an {family} subnet",
+            crate::quote::quote(value)
+        )
+    };
+    let v4 = match named.ipv4 {
+        Some(Ok(n)) => Some(n),
+        Some(Err(v)) => {
+            problems.push(not_a_subnet("FLANNEL_SUBNET", &v, "IPv4"));
+            None
         }
-    }
-    if !named {
+        None => None,
+    };
+    let v6 = match named.ipv6 {
+        Some(Ok(n)) => Some(n),
+        Some(Err(v)) => {
+            problems.push(not_a_subnet("FLANNEL_IPV6_SUBNET", &v, "IPv6"));
+            None
+        }
+        None => None,
+    };
+    if none_named {
         problems.push("it has neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET".to_string());
     }
-    (hint, problems)
+    (Subnets { v4, v6 }, problems)
 }
 
 /// Runs the agent until SIGTERM/SIGINT. The data plane is left in place on exit.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    for warning in cli.ignored_flannel_flags() {
+        tracing::warn!("{warning}");
+    }
     let nl = Netlink::connect("(host)").context("opening netlink")?;
     let metrics = Arc::new(Metrics::default());
     start_http(&cli, metrics.clone()).await?;
@@ -958,6 +954,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .await?;
     check_subnet_file_dir(&cli.subnet_file)?;
+    crate::masq::warn_without_iptables();
     let opts = etcd_options(&cli);
     let co = opts.client_options()?;
     tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, public_ipv6 = ?underlay.public_ipv6, "using underlay interface");

@@ -139,12 +139,13 @@ pub struct Cli {
     /// udp backend: TUN offloads with UDP GSO/GRO and TCP coalescing (false: one packet per
     /// TUN read and write and one datagram per message, still batched — for kernels or NICs
     /// whose UDP GSO/GRO misbehaves, and the benchmarks' reference point).
-    #[arg(long, env = "TWILLD_UDP_OFFLOADS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "TWILLD_UDP_OFFLOADS", default_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set)]
     pub udp_offloads: bool,
-    /// wireguard backend: the private key file (created once, mode 0400; Flannel's file and
-    /// environment variable). The TUN engine flags `--udp-workers`, `--udp-busy-poll-us` and
-    /// `--udp-offloads` apply to wireguard's data path too.
-    #[arg(long, env = "WIREGUARD_KEY_FILE", default_value = crate::backend::wireguard::DEFAULT_KEY_FILE)]
+    /// wireguard backend: the private key file (created once, mode 0400; Flannel's file, and
+    /// Flannel's variable `WIREGUARD_KEY_FILE` when `TWILLD_WIREGUARD_KEY_FILE` is unset). The
+    /// TUN engine flags `--udp-workers`, `--udp-busy-poll-us` and `--udp-offloads` apply to
+    /// wireguard's data path too.
+    #[arg(long, env = "TWILLD_WIREGUARD_KEY_FILE", default_value = crate::backend::wireguard::DEFAULT_KEY_FILE)]
     pub wireguard_key_file: std::path::PathBuf,
     /// wireguard backend: threads one flow's encryption and decryption run on (1: the data-path
     /// worker alone; 2: the worker and a helper, which takes half of every batch of messages;
@@ -173,7 +174,7 @@ pub struct Cli {
     /// same either way (peers need not agree); the log says which one runs.
     #[arg(long, env = "TWILLD_WIREGUARD_AEAD", value_enum, default_value_t = AeadChoice::Auto)]
     pub wireguard_aead: AeadChoice,
-    /// Address for /healthz and /metrics.
+    /// Address for /healthz, /livez and /metrics.
     #[arg(
         long,
         global = true,
@@ -181,7 +182,8 @@ pub struct Cli {
         default_value = "0.0.0.0"
     )]
     pub healthz_ip: std::net::IpAddr,
-    /// Port for /healthz (0: off).
+    /// Port for /healthz (readiness: 200 once the lease is held) and /livez (liveness: 200
+    /// while twilld runs, whatever etcd does); 0: off.
     #[arg(long, global = true, env = "TWILLD_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
     /// Port for /metrics (0: served on the healthz port when that is on).
@@ -190,6 +192,56 @@ pub struct Cli {
     /// error, warn, info, debug or trace (or a tracing filter).
     #[arg(long, global = true, env = "TWILLD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Flannel's `--iptables-forward-rules`: twilld always accepts the pod network in the
+    /// FORWARD path (its nftables table, and `TWILL-FWD` where iptables' FORWARD may drop), as
+    /// flanneld does by default; `false` is refused, twill has no mode without them.
+    #[arg(long, env = "TWILLD_IPTABLES_FORWARD_RULES", num_args = 0..=1, require_equals = true,
+        default_missing_value = "true", value_parser = parse_forward_rules,
+        action = clap::ArgAction::Set, help_heading = FLANNEL_HEADING)]
+    pub iptables_forward_rules: Option<bool>,
+    /// Flannel's `--iptables-resync` (seconds): accepted and ignored, with a warning. twilld
+    /// checks its rules at every reconcile (`--reconcile-interval`) and when the nftables
+    /// ruleset changes.
+    #[arg(long, env = "TWILLD_IPTABLES_RESYNC", help_heading = FLANNEL_HEADING)]
+    pub iptables_resync: Option<i64>,
+    /// Flannel's `--iface-can-reach`: refused (twilld does not pick the interface by a route
+    /// lookup); use `--iface` with the interface's name or address, or `--iface-regex`.
+    #[arg(long, env = "TWILLD_IFACE_CAN_REACH", value_parser = refuse_iface_can_reach, help_heading = FLANNEL_HEADING)]
+    pub iface_can_reach: Option<String>,
+    /// Flannel's `--kube-subnet-mgr`: only `false` is accepted; twilld leases from etcd.
+    #[arg(long, env = "TWILLD_KUBE_SUBNET_MGR", num_args = 0..=1, require_equals = true,
+        default_missing_value = "true", value_parser = parse_kube_subnet_mgr,
+        action = clap::ArgAction::Set, help_heading = FLANNEL_HEADING)]
+    pub kube_subnet_mgr: Option<bool>,
+    /// Flannel's `--kube-api-url` (Kubernetes subnet manager only): ignored, with a warning.
+    #[arg(long, env = "TWILLD_KUBE_API_URL", help_heading = FLANNEL_HEADING)]
+    pub kube_api_url: Option<String>,
+    /// Flannel's `--kubeconfig-file` (Kubernetes subnet manager only): ignored, with a warning.
+    #[arg(long, env = "TWILLD_KUBECONFIG_FILE", help_heading = FLANNEL_HEADING)]
+    pub kubeconfig_file: Option<String>,
+    /// Flannel's `--kube-annotation-prefix` (Kubernetes subnet manager only): ignored, with a
+    /// warning.
+    #[arg(long, env = "TWILLD_KUBE_ANNOTATION_PREFIX", help_heading = FLANNEL_HEADING)]
+    pub kube_annotation_prefix: Option<String>,
+    /// Flannel's `--net-config-path` (Kubernetes subnet manager only; twilld reads the network
+    /// config from etcd): ignored, with a warning.
+    #[arg(long, env = "TWILLD_NET_CONFIG_PATH", help_heading = FLANNEL_HEADING)]
+    pub net_config_path: Option<String>,
+    /// Flannel's `--set-node-network-unavailable` (Kubernetes subnet manager only): ignored,
+    /// with a warning.
+    #[arg(long, env = "TWILLD_SET_NODE_NETWORK_UNAVAILABLE", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true", value_parser = parse_go_bool,
+        action = clap::ArgAction::Set, help_heading = FLANNEL_HEADING)]
+    pub set_node_network_unavailable: Option<bool>,
+    /// klog's `--v` (flanneld's verbosity): ignored, with a warning; use `--log-level`.
+    #[arg(long = "v", env = "TWILLD_V", help_heading = FLANNEL_HEADING)]
+    pub v: Option<i32>,
+    /// klog's `--vmodule`: ignored, with a warning; `--log-level` takes per-module filters.
+    #[arg(long, env = "TWILLD_VMODULE", help_heading = FLANNEL_HEADING)]
+    pub vmodule: Option<String>,
+    /// klog's `--log_backtrace_at`: ignored, with a warning.
+    #[arg(long = "log_backtrace_at", env = "TWILLD_LOG_BACKTRACE_AT", help_heading = FLANNEL_HEADING)]
+    pub log_backtrace_at: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
     /// The flags whose values came from the environment, with their variables (`--iface`,
@@ -235,6 +287,79 @@ pub enum Command {
     Status,
 }
 
+/// The help's heading for flanneld's flags that twilld takes for compatibility only.
+const FLANNEL_HEADING: &str = "flanneld's flags, accepted for compatibility";
+
+impl Cli {
+    /// One warning for each flanneld flag given that has no effect in twilld, saying why
+    /// (logged once at start: the command line parses before logging is set up).
+    pub fn ignored_flannel_flags(&self) -> Vec<String> {
+        let kube = "it configures flanneld's Kubernetes subnet manager (--kube-subnet-mgr), and twilld leases subnets from etcd only, as flanneld does without --kube-subnet-mgr";
+        let klog = "it sets klog's (flanneld's logger's) verbosity; use --log-level (debug, or a filter such as info,twill_agent=debug)";
+        let given = [
+            (
+                "--iptables-resync",
+                self.iptables_resync.is_some(),
+                "twilld checks its firewall rules at every reconcile (--reconcile-interval) and as soon as the nftables ruleset changes",
+            ),
+            ("--kube-api-url", self.kube_api_url.is_some(), kube),
+            ("--kubeconfig-file", self.kubeconfig_file.is_some(), kube),
+            (
+                "--kube-annotation-prefix",
+                self.kube_annotation_prefix.is_some(),
+                kube,
+            ),
+            (
+                "--net-config-path",
+                self.net_config_path.is_some(),
+                "twilld reads the network config from etcd (<etcd-prefix>/config), as flanneld does without --kube-subnet-mgr",
+            ),
+            (
+                "--set-node-network-unavailable",
+                self.set_node_network_unavailable.is_some(),
+                kube,
+            ),
+            ("--v", self.v.is_some(), klog),
+            ("--vmodule", self.vmodule.is_some(), klog),
+            (
+                "--log_backtrace_at",
+                self.log_backtrace_at.is_some(),
+                "twilld logs no klog backtraces",
+            ),
+        ];
+        given
+            .into_iter()
+            .filter(|(_, set, _)| *set)
+            .map(|(flag, _, why)| {
+                self.from_env.explain(&format!(
+                    "{flag} (a flanneld flag) is accepted and has no effect in twill: {why}"
+                ))
+            })
+            .collect()
+    }
+}
+
+/// `--iptables-forward-rules`: `true` is what twilld always does.
+fn parse_forward_rules(s: &str) -> Result<bool, String> {
+    match parse_go_bool(s)? {
+        true => Ok(true),
+        false => Err("twilld always accepts the pod network in the FORWARD path (its nftables table, and the TWILL-FWD chain where iptables' FORWARD chain may drop) and has no mode without those rules: remove the flag".to_string()),
+    }
+}
+
+/// `--kube-subnet-mgr`: `false` is what twilld does.
+fn parse_kube_subnet_mgr(s: &str) -> Result<bool, String> {
+    match parse_go_bool(s)? {
+        false => Ok(false),
+        true => Err("twilld leases subnets from etcd only (flanneld's etcd mode) and has no Kubernetes subnet manager: remove the flag and give --etcd-endpoints".to_string()),
+    }
+}
+
+/// `--iface-can-reach`: refused whatever its value.
+fn refuse_iface_can_reach(_: &str) -> Result<String, String> {
+    Err("twilld does not choose the interface by a route lookup: give --iface with the name or address of the interface `ip route get ADDRESS` shows, or --iface-regex".to_string())
+}
+
 /// Flannel's flags that twilld reads from `FLANNELD_*` too (whole names: clap keeps the
 /// names of the variables it reads as `&'static str`).
 const FLANNELD_ENVS: &[&str] = &[
@@ -254,7 +379,23 @@ const FLANNELD_ENVS: &[&str] = &[
     "FLANNELD_SUBNET_LEASE_RENEW_MARGIN",
     "FLANNELD_HEALTHZ_IP",
     "FLANNELD_HEALTHZ_PORT",
+    "FLANNELD_IPTABLES_FORWARD_RULES",
+    "FLANNELD_IPTABLES_RESYNC",
+    "FLANNELD_IFACE_CAN_REACH",
+    "FLANNELD_KUBE_SUBNET_MGR",
+    "FLANNELD_KUBE_API_URL",
+    "FLANNELD_KUBECONFIG_FILE",
+    "FLANNELD_KUBE_ANNOTATION_PREFIX",
+    "FLANNELD_NET_CONFIG_PATH",
+    "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE",
+    "FLANNELD_V",
+    "FLANNELD_VMODULE",
+    "FLANNELD_LOG_BACKTRACE_AT",
 ];
+
+/// Flannel's variables for twilld's flags that are no `FLANNELD_*` one: read when twilld's
+/// own is unset or empty (twilld's wins, as over `FLANNELD_*`).
+const FLANNEL_OTHER_ENVS: &[(&str, &str)] = &[("TWILLD_WIREGUARD_KEY_FILE", "WIREGUARD_KEY_FILE")];
 
 /// `--wireguard-roaming`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -406,7 +547,8 @@ pub fn command_with_env(get: impl Fn(&str) -> Option<OsString>) -> clap::Command
 pub enum EnvVar {
     /// Its own (`TWILLD_X`): set and not empty, or unset (then `--help` still names it).
     Own,
-    /// Flannel's (`FLANNELD_X`), set and not empty while its own is empty or unset.
+    /// Flannel's (`FLANNELD_X`, or `WIREGUARD_KEY_FILE`), set and not empty while its own is
+    /// empty or unset.
     Flannel(&'static str),
     /// None: the only variables set are empty, so the default applies.
     Empty,
@@ -422,6 +564,11 @@ pub fn env_var(own: &str, get: impl Fn(&str) -> Option<OsString>) -> EnvVar {
         && let Some(flannel) = FLANNELD_ENVS
             .iter()
             .find(|f| f.strip_prefix("FLANNELD_") == Some(name))
+        && given(flannel)
+    {
+        return EnvVar::Flannel(flannel);
+    }
+    if let Some((_, flannel)) = FLANNEL_OTHER_ENVS.iter().find(|(o, _)| *o == own)
         && given(flannel)
     {
         return EnvVar::Flannel(flannel);
@@ -699,7 +846,7 @@ mod tests {
         );
         assert_eq!(
             reads("wireguard_key_file").as_deref(),
-            Some("WIREGUARD_KEY_FILE")
+            Some("TWILLD_WIREGUARD_KEY_FILE")
         );
         // The subcommand's copies of the global flags read the same.
         let mut built = cmd.clone();
@@ -710,6 +857,155 @@ mod tests {
             .find(|a| a.get_id() == "healthz_port")
             .unwrap();
         assert_eq!(a.get_env().unwrap(), "FLANNELD_HEALTHZ_PORT");
+    }
+
+    #[test]
+    fn wireguard_key_file_reads_twillds_variable_then_flannels() {
+        // Before: only WIREGUARD_KEY_FILE was read, though every flag takes TWILLD_<FLAG>.
+        // (clap reads the process environment itself: what is checked is which variable the
+        // flag is pointed at.)
+        let reads = |vars: &'static [(&'static str, &'static str)]| {
+            let get = |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| OsString::from(v))
+            };
+            let cmd = command_with_env(get);
+            let a = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == "wireguard_key_file")
+                .unwrap();
+            a.get_env().map(|v| v.to_string_lossy().into_owned())
+        };
+        let own = Some("TWILLD_WIREGUARD_KEY_FILE".to_string());
+        let flannel = Some("WIREGUARD_KEY_FILE".to_string());
+        assert_eq!(reads(&[("TWILLD_WIREGUARD_KEY_FILE", "/t/key")]), own);
+        assert_eq!(reads(&[("WIREGUARD_KEY_FILE", "/f/key")]), flannel);
+        // twilld's own wins, as over FLANNELD_*; an empty one hides nothing.
+        assert_eq!(
+            reads(&[
+                ("TWILLD_WIREGUARD_KEY_FILE", "/t/key"),
+                ("WIREGUARD_KEY_FILE", "/f/key")
+            ]),
+            own
+        );
+        assert_eq!(
+            reads(&[
+                ("TWILLD_WIREGUARD_KEY_FILE", ""),
+                ("WIREGUARD_KEY_FILE", "/f/key")
+            ]),
+            flannel
+        );
+        assert_eq!(reads(&[]), own, "--help names twilld's own");
+    }
+
+    #[test]
+    fn udp_offloads_takes_go_booleans_as_ip_masq_does() {
+        // Before: `--udp-offloads=0` and TWILLD_UDP_OFFLOADS=0 exited 2.
+        for (arg, want) in [
+            ("--udp-offloads=0", false),
+            ("--udp-offloads=f", false),
+            ("--udp-offloads=False", false),
+            ("--udp-offloads=1", true),
+            ("--udp-offloads=T", true),
+            ("--udp-offloads=true", true),
+        ] {
+            let c = Cli::try_parse_from(["twilld", arg]).unwrap();
+            assert_eq!(c.udp_offloads, want, "{arg}");
+        }
+        let c = Cli::try_parse_from(["twilld", "--udp-offloads", "0"]).unwrap();
+        assert!(!c.udp_offloads);
+        assert!(Cli::try_parse_from(["twilld"]).unwrap().udp_offloads);
+        let e = Cli::try_parse_from(["twilld", "--udp-offloads=no"]).unwrap_err();
+        assert!(e.to_string().contains("not a boolean"), "{e}");
+        // TWILLD_UDP_OFFLOADS goes through the same parser (clap reads it for the flag).
+        let cmd = Cli::command();
+        let a = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "udp_offloads")
+            .unwrap();
+        assert_eq!(a.get_env().unwrap(), "TWILLD_UDP_OFFLOADS");
+    }
+
+    #[test]
+    fn flanneld_flags_are_taken_ignored_with_a_reason_or_refused_with_one() {
+        // Before: each of these exited 2 "unexpected argument".
+        let args = |a: &[&str]| go_style_args(a.iter().map(OsString::from));
+        let c = Cli::try_parse_from(args(&[
+            "twilld",
+            "-iptables-forward-rules=true",
+            "--iptables-resync=5",
+            "-v=2",
+            "--vmodule=a=1",
+            "--log_backtrace_at=x.go:1",
+            "--kube-subnet-mgr=false",
+            "--kube-api-url=https://k:6443",
+            "--kubeconfig-file=/k",
+            "--kube-annotation-prefix=x.io",
+            "--net-config-path=/etc/kube-flannel/net-conf.json",
+            "--set-node-network-unavailable=false",
+        ]))
+        .unwrap();
+        assert_eq!(c.iptables_forward_rules, Some(true));
+        let ignored = c.ignored_flannel_flags();
+        for flag in [
+            "--iptables-resync",
+            "--v ",
+            "--vmodule",
+            "--log_backtrace_at",
+            "--kube-api-url",
+            "--kubeconfig-file",
+            "--kube-annotation-prefix",
+            "--net-config-path",
+            "--set-node-network-unavailable",
+        ] {
+            let n = ignored.iter().filter(|w| w.starts_with(flag)).count();
+            assert_eq!(n, 1, "one warning for {flag}: {ignored:#?}");
+        }
+        assert_eq!(ignored.len(), 9, "{ignored:#?}");
+        assert!(
+            ignored
+                .iter()
+                .all(|w| w.contains("has no effect in twill: "))
+        );
+        // What twilld does anyway, and nothing given: no warning.
+        for arg in ["--iptables-forward-rules", "--iptables-forward-rules=1"] {
+            let c = Cli::try_parse_from(["twilld", arg]).unwrap();
+            assert_eq!(c.iptables_forward_rules, Some(true));
+            assert!(c.ignored_flannel_flags().is_empty());
+        }
+        assert!(
+            Cli::try_parse_from(["twilld"])
+                .unwrap()
+                .ignored_flannel_flags()
+                .is_empty()
+        );
+        // Behaviour twill cannot give: refused, naming the flag and what to do instead.
+        for (arg, want) in [
+            (
+                "--iptables-forward-rules=false",
+                "has no mode without those rules",
+            ),
+            ("--kube-subnet-mgr", "leases subnets from etcd only"),
+            ("--kube-subnet-mgr=true", "--etcd-endpoints"),
+            ("--iface-can-reach=10.0.0.1", "--iface"),
+        ] {
+            let e = Cli::try_parse_from(["twilld", arg]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{arg}");
+            let flag = arg.split('=').next().unwrap();
+            let said = e.to_string();
+            assert!(said.contains(flag) && said.contains(want), "{arg}: {said}");
+        }
+        // From FLANNELD_* as flanneld reads them.
+        for (id, var) in [
+            ("iptables_resync", "FLANNELD_IPTABLES_RESYNC"),
+            ("iptables_forward_rules", "FLANNELD_IPTABLES_FORWARD_RULES"),
+            ("v", "FLANNELD_V"),
+        ] {
+            let cmd = command_with_env(|k| (k == var).then(|| OsString::from("1")));
+            let a = cmd.get_arguments().find(|a| a.get_id() == id).unwrap();
+            assert_eq!(a.get_env().unwrap(), var);
+        }
     }
 
     #[test]

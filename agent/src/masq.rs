@@ -105,6 +105,29 @@ fn have(tool: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
+/// Says once, at start, when this machine has neither `iptables` nor `ip6tables` (each with
+/// its `-restore`): twilld then cannot see a DROP in iptables' `FORWARD` chain (Docker, ufw,
+/// firewalld) nor add its `TWILL-FWD` accepts there, and pod traffic between nodes is
+/// dropped on such a node without any other sign. Per reconcile it stays silent.
+pub fn warn_without_iptables() {
+    warn_without_iptables_where(have);
+}
+
+/// [`warn_without_iptables`] with `have` telling which tools exist.
+fn warn_without_iptables_where(have: impl Fn(&str) -> bool) {
+    let usable = |tool: &str| have(tool) && have(&format!("{tool}-restore"));
+    if usable("iptables") || usable("ip6tables") {
+        return;
+    }
+    tracing::warn!(
+        "neither iptables nor ip6tables (with iptables-restore) is installed: twilld cannot check \
+         iptables' FORWARD chain, and where its policy is DROP (Docker, ufw, firewalld) pod \
+         traffic between nodes is dropped there without twilld's TWILL-FWD accepts; install \
+         iptables (Debian and Ubuntu: apt-get install iptables; its nf_tables variant, as \
+         twill's image carries) or make sure the FORWARD policy is ACCEPT"
+    );
+}
+
 /// Whether `backend` programs nftables (else iptables).
 fn uses_nft(backend: FirewallBackend) -> bool {
     match backend {
@@ -712,6 +735,39 @@ pub mod iptables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_warning_at_start_when_no_iptables_is_installed() {
+        // Before: TWILL-FWD was skipped without a word where iptables is missing (twill's
+        // image had none), and Docker's FORWARD DROP cut pod traffic silently.
+        let (buf, _guard) = crate::test_log::capture_logs();
+        warn_without_iptables_where(|_| false);
+        let out = crate::test_log::logs(&buf);
+        assert_eq!(out.lines().count(), 1, "{out}");
+        for want in [
+            "WARN",
+            "neither iptables nor ip6tables",
+            "FORWARD",
+            "DROP",
+            "install",
+        ] {
+            assert!(out.contains(want), "{want} missing in: {out}");
+        }
+        // Either family's tools are enough to check and work around its FORWARD chain; a
+        // tool without its -restore is no use (rules are written with it).
+        for have in [
+            &["iptables", "iptables-restore"][..],
+            &["ip6tables", "ip6tables-restore"],
+        ] {
+            let (buf, _guard) = crate::test_log::capture_logs();
+            warn_without_iptables_where(|t| have.contains(&t));
+            let out = crate::test_log::logs(&buf);
+            assert!(out.is_empty(), "{have:?}: {out}");
+        }
+        let (buf, _guard) = crate::test_log::capture_logs();
+        warn_without_iptables_where(|t| t == "iptables");
+        assert_eq!(crate::test_log::logs(&buf).lines().count(), 1);
+    }
 
     fn nets(v4: bool, v6: bool) -> Nets {
         Nets {

@@ -1,4 +1,5 @@
-//! Health and metrics: `/healthz` (200 once the lease is held and the first reconcile is done)
+//! Health and metrics: `/healthz` (readiness: 200 once the lease is held and the first
+//! reconcile is done), `/livez` (liveness: 200 while the process serves, whatever etcd does)
 //! and `/metrics` (OpenMetrics text). A few gauges and counters written by hand: no client
 //! library needed for this little.
 
@@ -191,7 +192,7 @@ fn request_path(head: &str) -> &str {
     target.split_once('?').map_or(target, |(path, _)| path)
 }
 
-/// Serves `/healthz` and/or `/metrics` on `listener` forever.
+/// Serves `/healthz` and `/livez` and/or `/metrics` on `listener` forever.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, healthz: bool, metrics_on: bool) {
     let mut retry = crate::backoff::AcceptRetry::new();
     loop {
@@ -235,6 +236,10 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
                     )
                 }
             }
+            // Liveness apart from readiness: a liveness probe on /healthz restarts twilld for as
+            // long as etcd is unreachable at start, and every restart of the udp or wireguard
+            // backend stops their data path. Answering at all is what proves twilld alive.
+            "/livez" if healthz => ("200 OK", "text/plain", "ok\n".to_string()),
             "/metrics" if metrics_on => (
                 "200 OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -674,6 +679,37 @@ mod tests {
             assert_eq!(answer_to(request, &m).await, want, "{request:?}");
         }
         assert_eq!(request_path("GET /healthz?x=1 HTTP/1.1"), "/healthz");
+    }
+
+    #[tokio::test]
+    async fn livez_is_ok_without_a_lease_while_healthz_is_not() {
+        // Before: /livez was 404, so a liveness probe could only use /healthz, which is 503
+        // until a lease is held (an etcd outage at start crash-looped twilld).
+        let m = Metrics::default();
+        assert_eq!(
+            answer_to("GET /livez HTTP/1.1\r\n\r\n", &m).await,
+            "HTTP/1.1 200 OK"
+        );
+        assert_eq!(
+            answer_to("GET /healthz HTTP/1.1\r\n\r\n", &m).await,
+            "HTTP/1.1 503 Service Unavailable"
+        );
+        m.ready.store(true, Ordering::Relaxed);
+        assert_eq!(
+            answer_to("GET /livez?x HTTP/1.1\r\n\r\n", &m).await,
+            "HTTP/1.1 200 OK"
+        );
+        // Only with the health endpoints on, as /healthz: a metrics-only port has neither.
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client
+            .write_all(b"GET /livez HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        serve_one(&mut server, &m, false, true).await;
+        drop(server);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     }
 
     #[tokio::test]

@@ -94,7 +94,10 @@ pub fn table(
                     let ip6 = r
                         .public_ipv6
                         .map_or_else(|| "-".to_string(), |ip| ip.to_string());
-                    let _ = writeln!(s, "{mark} {v6:<18} {ip6:<16} {:<8} {mac6:<18}", "");
+                    // ipnet's Display ignores width: padded as a string, as the IPv4 row.
+                    let v6 = v6.to_string();
+                    let row = format!("{mark} {v6:<18} {ip6:<16} {:<8} {mac6}", "");
+                    let _ = writeln!(s, "{}", row.trim_end());
                 }
             }
             Err(why) => {
@@ -310,6 +313,30 @@ mod tests {
             lines[4].starts_with("  fd00:5:0:2::/64") && lines[4].contains("fd31::2"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn ipv6_rows_line_up_with_the_header() {
+        // Before: the IPv6 subnet was not padded (ipnet's Display ignores width), so the
+        // public IPv6 and the VTEP MAC started wherever the subnet ended.
+        let dual = entry(
+            "/x/subnets/10.5.1.0-24&fd00:5:0:1::-64",
+            r#"{"PublicIP":"10.0.0.1","PublicIPv6":"fd31::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:74:0a:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:76:00:00:00:01"}}"#,
+        );
+        let t = table(&[dual], None, None);
+        let lines: Vec<&str> = t.lines().collect();
+        let col = |line: &str, what: &str| {
+            line.find(what)
+                .unwrap_or_else(|| panic!("{what} missing in {line:?}:\n{t}"))
+        };
+        assert_eq!(col(lines[2], "fd31::1"), col(lines[0], "PUBLIC IP"), "{t}");
+        assert_eq!(col(lines[1], "10.0.0.1"), col(lines[0], "PUBLIC IP"), "{t}");
+        assert_eq!(
+            col(lines[2], "0e:76:00:00:00:01"),
+            col(lines[0], "VTEP MAC"),
+            "{t}"
+        );
+        assert_eq!(lines[2], lines[2].trim_end(), "no trailing blanks");
     }
 
     #[test]

@@ -426,14 +426,17 @@ fn healthz_metrics_and_status() {
         2,
         r#"{"Network":"10.12.0.0/16","Backend":{"Type":"host-gw"}}"#,
     );
-    lab.start_agent(1, &["--healthz-ip", "127.0.0.1", "--healthz-port", "10259"]);
+    lab.start_agent(1, &["--healthz-ip", "127.0.0.1", "--healthz-port", "10270"]);
     lab.start_agent(2, &[]);
     let env = lab.wait_subnet(1);
     lab.wait_subnet(2);
-    let get = |path: &str| lab.http_get(1, 10259, path);
+    let get = |path: &str| lab.http_get(1, 10270, path);
     lab.eventually("healthz says ok", 15, || {
         get("/healthz").starts_with("HTTP/1.1 200")
     });
+    // Liveness, for the DaemonSet's livenessProbe (readiness stays /healthz).
+    let live = get("/livez");
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
     let m = get("/metrics");
     assert!(m.contains("application/openmetrics-text"), "{m}");
     assert!(

@@ -213,7 +213,7 @@ fn dual_stack_host_gw_all_pairs_and_restart_keeps_both_subnets() {
     ) {
         return;
     }
-    let http = ["--healthz-ip", "127.0.0.1", "--healthz-port", "10259"];
+    let http = ["--healthz-ip", "127.0.0.1", "--healthz-port", "10270"];
     let (mut lab, envs, ctrs) = three_by_two("twa-6hg", DUAL_HG, &http);
     all_pairs(
         &lab,
@@ -274,7 +274,7 @@ fn dual_stack_host_gw_all_pairs_and_restart_keeps_both_subnets() {
     );
     // /metrics shows both subnets.
     lab.eventually("metrics", 10, || {
-        lab.http_get(1, 10259, "/metrics").contains(&format!(
+        lab.http_get(1, 10270, "/metrics").contains(&format!(
             "twilld_lease_info{{subnet=\"{s4}\",ipv6_subnet=\"{s6}\"}} 1"
         ))
     });

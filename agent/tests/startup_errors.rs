@@ -342,7 +342,7 @@ fn a_subnet_file_that_is_not_a_file_is_refused_before_etcd() {
         (
             as_dir.clone(),
             format!(
-                "twilld: --subnet-file {} is a directory, not a file: remove the directory, or point --subnet-file at a file (in Kubernetes, a hostPath volume of a file that does not exist is created as a directory: use type: FileOrCreate, or mount the directory {} instead)",
+                "twilld: --subnet-file {} is a directory, not a file: remove the directory, or point --subnet-file at a file (in Kubernetes, a hostPath volume of a file that does not exist is created as a directory: mount the directory {} instead, as Flannel's manifest does)",
                 as_dir.display(),
                 dir.path().display()
             ),

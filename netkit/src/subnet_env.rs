@@ -1,6 +1,20 @@
 //! `/run/flannel/subnet.env`, the file twilld (like flanneld) writes and the CNI plugin reads.
 //! One parser and one writer for the whole project, byte-compatible with Flannel's: the IPv4
 //! pair when IPv4 is on, the IPv6 pair when IPv6 is on, then MTU and IPMASQ.
+//!
+//! Both readers, the whole file's ([`SubnetEnv::parse_noting`]: the CNI plugin, `twilld
+//! status`) and this node's subnets alone ([`SubnetEnv::parse_subnets`]: twilld keeping its
+//! subnet), take its lines by one rule:
+//! - a line is `KEY=VALUE`, after an optional `export `, with the spaces around key and value
+//!   dropped; blank lines and lines starting with `#` are comments;
+//! - a value in a pair of double or single quotes is read without them, as flanneld reads the
+//!   file back to keep its subnet (godotenv) and a shell sourcing it would. A lone or
+//!   unbalanced quote stays, and the value is then no CIDR. (Flannel's CNI plugin takes a
+//!   value as written: a quoted one is an error there.)
+//! - unknown variables are ignored, and so is a line without `=`, with a warning (a known
+//!   variable without a value is an error to the whole file's reader): Flannel's CNI plugin
+//!   skips such a line;
+//! - a variable given twice counts with its last value.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -70,8 +84,8 @@ impl SubnetEnv {
         self.ipv6.map(|p| first_v6(p.subnet))
     }
 
-    /// Parses the file's text. Unknown variables are ignored; a family is present when its
-    /// subnet line is. What [`SubnetEnv::parse_noting`] would warn of is dropped.
+    /// Parses the file's text by the rules of the module comment; a family is present when
+    /// its subnet line is. What [`SubnetEnv::parse_noting`] would warn of is dropped.
     pub fn parse(text: &str) -> Result<SubnetEnv> {
         SubnetEnv::parse_noting(text).map(|(env, _)| env)
     }
@@ -89,13 +103,8 @@ impl SubnetEnv {
         let mut subnet6 = None;
         let mut mtu = None;
         let mut ipmasq = None;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let Some((key, value)) = line.split_once('=') else {
+        for (n, line, assignment) in assignments(text) {
+            let Some((key, value)) = assignment else {
                 if KEYS.contains(&line) {
                     return Err(bad(n, line, "has no value: expected KEY=VALUE"));
                 }
@@ -105,8 +114,7 @@ impl SubnetEnv {
                 ));
                 continue;
             };
-            let value = value.trim().trim_matches('"');
-            match key.trim() {
+            match key {
                 "FLANNEL_NETWORK" => {
                     network = Some(cidr::<Ipv4Net>(n, line, value, "IPv4")?.trunc())
                 }
@@ -175,6 +183,35 @@ impl SubnetEnv {
         Ok((env, warnings))
     }
 
+    /// This node's subnets as the file names them, `FLANNEL_SUBNET` and `FLANNEL_IPV6_SUBNET`
+    /// each read on its own, as flanneld reads them to keep its subnet
+    /// (`ReadCIDRFromSubnetFile`): a file without `FLANNEL_MTU`, or with any other line
+    /// broken, still names them. Never fails: what a family's line says when it is no CIDR
+    /// is handed back for the caller to report.
+    pub fn parse_subnets(text: &str) -> NamedSubnets {
+        let mut named = NamedSubnets::default();
+        for (_, _, assignment) in assignments(text) {
+            match assignment {
+                Some(("FLANNEL_SUBNET", v)) => {
+                    named.ipv4 = Some(
+                        v.parse::<Ipv4Net>()
+                            .map(|n| n.trunc())
+                            .map_err(|_| v.to_string()),
+                    )
+                }
+                Some(("FLANNEL_IPV6_SUBNET", v)) => {
+                    named.ipv6 = Some(
+                        v.parse::<Ipv6Net>()
+                            .map(|n| n.trunc())
+                            .map_err(|_| v.to_string()),
+                    )
+                }
+                _ => {}
+            }
+        }
+        named
+    }
+
     /// Reads and parses a subnet file.
     pub fn read(path: &Path) -> Result<SubnetEnv> {
         SubnetEnv::read_noting(path).map(|(env, _)| env)
@@ -236,9 +273,75 @@ impl SubnetEnv {
             .and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(0o644)))
             .and_then(|_| f.sync_all())
             .map_err(|e| Error::io("writing", tmp.display().to_string(), e))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| Error::io("renaming into place", path.display().to_string(), e))
+        match std::fs::rename(&tmp, path) {
+            // The path is a mount point: a container's hostPath volume of the file itself
+            // (`type: FileOrCreate`) is a bind mount, and nothing can be renamed over one.
+            // Written in place instead: readers may then see a short file for a moment, which
+            // the rename spares them where it can be done.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                let written = std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(path)
+                    .and_then(|mut f| {
+                        f.write_all(self.render().as_bytes())?;
+                        f.sync_all()
+                    });
+                let _ = std::fs::remove_file(&tmp);
+                written.map_err(|e| {
+                    Error::io(
+                        "writing in place (a mount point, which cannot be renamed over)",
+                        path.display().to_string(),
+                        e,
+                    )
+                })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(Error::io(
+                    "renaming into place",
+                    path.display().to_string(),
+                    e,
+                ))
+            }
+            Ok(()) => Ok(()),
+        }
     }
+}
+
+/// What [`SubnetEnv::parse_subnets`] finds: each family's subnet line, truncated, or its
+/// value (unquoted) when that is no CIDR of the family; `None` when the file has no such line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamedSubnets {
+    /// `FLANNEL_SUBNET`.
+    pub ipv4: Option<std::result::Result<Ipv4Net, String>>,
+    /// `FLANNEL_IPV6_SUBNET`.
+    pub ipv6: Option<std::result::Result<Ipv6Net, String>>,
+}
+
+/// The file's lines that are no comment, by the rule of the module comment: the line's index,
+/// the line (trimmed, without `export `), and its key and value (unquoted), or `None` for a
+/// line without `=`.
+fn assignments(text: &str) -> impl Iterator<Item = (usize, &str, Option<(&str, &str)>)> {
+    text.lines().enumerate().filter_map(|(n, line)| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let assignment = line
+            .split_once('=')
+            .map(|(key, value)| (key.trim(), unquote(value.trim())));
+        Some((n, line, assignment))
+    })
+}
+
+/// `value` without one pair of enclosing double or single quotes.
+fn unquote(value: &str) -> &str {
+    ['"', '\'']
+        .iter()
+        .find_map(|&q| value.strip_prefix(q).and_then(|v| v.strip_suffix(q)))
+        .unwrap_or(value)
 }
 
 fn bad(line_no: usize, line: &str, why: &str) -> Error {
@@ -367,6 +470,63 @@ mod tests {
         assert_eq!(env, SubnetEnv::parse(FLANNEL).unwrap());
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("line 2"), "{warnings:?}");
+    }
+
+    #[test]
+    fn both_readers_take_quotes_by_one_rule() {
+        // Before: the whole file's reader stripped any number of `"` from either end and no
+        // `'`, twilld's own reader of its kept subnet both kinds: `'10.5.72.1/24'` was kept
+        // by twilld and refused by the CNI plugin, and `"10.5.0.0/16` taken by the plugin.
+        for quoted in ["\"10.5.72.1/24\"", "'10.5.72.1/24'", " '10.5.72.1/24' "] {
+            let text = FLANNEL.replace("10.5.72.1/24", quoted);
+            let env = SubnetEnv::parse(&text).unwrap_or_else(|e| panic!("{quoted}: {e}"));
+            assert_eq!(env, SubnetEnv::parse(FLANNEL).unwrap(), "{quoted}");
+            let named = SubnetEnv::parse_subnets(&text);
+            assert_eq!(
+                named.ipv4,
+                Some(Ok("10.5.72.0/24".parse().unwrap())),
+                "{quoted}"
+            );
+        }
+        for unbalanced in [
+            "\"10.5.72.1/24",
+            "10.5.72.1/24'",
+            "\"10.5.72.1/24'",
+            "\"",
+            "''10.5.72.1/24''",
+        ] {
+            let text = FLANNEL.replace("10.5.72.1/24", unbalanced);
+            let err = SubnetEnv::parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("line 2") && err.contains("not an IPv4 CIDR"),
+                "{unbalanced}: {err}"
+            );
+            assert!(
+                matches!(SubnetEnv::parse_subnets(&text).ipv4, Some(Err(_))),
+                "{unbalanced}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_subnets_reads_each_family_on_its_own() {
+        let named = SubnetEnv::parse_subnets(
+            "# a comment\nexport FLANNEL_SUBNET = 10.5.9.1/24\nFLANNEL_MTU=banana\nnot an assignment\nFLANNEL_IPV6_SUBNET=nonsense\n",
+        );
+        assert_eq!(named.ipv4, Some(Ok("10.5.9.0/24".parse().unwrap())));
+        assert_eq!(named.ipv6, Some(Err("nonsense".to_string())));
+        let named = SubnetEnv::parse_subnets(DUAL);
+        assert_eq!(named.ipv6, Some(Ok("2001:cafe:42::/64".parse().unwrap())));
+        assert_eq!(
+            SubnetEnv::parse_subnets("FLANNEL_MTU=1450\n# FLANNEL_SUBNET=10.5.1.1/24\n"),
+            NamedSubnets::default()
+        );
+        // The last of two lines counts, as in the whole file's reader.
+        let twice = "FLANNEL_SUBNET=10.5.1.1/24\nFLANNEL_SUBNET=10.5.2.1/24\n";
+        assert_eq!(
+            SubnetEnv::parse_subnets(twice).ipv4,
+            Some(Ok("10.5.2.0/24".parse().unwrap()))
+        );
     }
 
     #[test]

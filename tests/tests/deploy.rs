@@ -55,8 +55,27 @@ fn daemonset_manifest_has_what_a_node_agent_needs() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(caps, ["NET_ADMIN", "NET_RAW"]);
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // Liveness must not depend on etcd: /healthz is 503 until a lease is held, and a liveness
+    // probe on it restarts twilld for as long as etcd is out at start.
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+    // As in kube-flannel.yml: Linux nodes only.
+    let terms = &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    assert!(
+        terms
+            .as_sequence()
+            .is_some_and(|t| t
+                .iter()
+                .any(|t| t["matchExpressions"]
+                    .as_sequence()
+                    .is_some_and(|m| m.iter().any(|e| e["key"] == "kubernetes.io/os"
+                        && e["operator"] == "In"
+                        && e["values"]
+                            .as_sequence()
+                            .is_some_and(|v| v.len() == 1 && v[0] == "linux"))))),
+        "kubernetes.io/os: linux node affinity: {terms:?}"
+    );
     let mounts: Vec<&str> = c["volumeMounts"]
         .as_sequence()
         .unwrap()
@@ -90,6 +109,31 @@ fn daemonset_manifest_has_what_a_node_agent_needs() {
         .iter()
         .map(|i| format!("{:?}", i["command"]))
         .collect();
+    // A plain cp onto a running `twill` fails "Text file busy" (a CNI call during a rollout)
+    // and a runtime may read a half-written file: a copy to a temporary name in the target
+    // directory, then a rename over the old file.
+    for (tmp, dst) in [
+        ("/opt/cni/bin/.twill.tmp", "/opt/cni/bin/twill"),
+        (
+            "/etc/cni/net.d/.10-twill.conflist.tmp",
+            "/etc/cni/net.d/10-twill.conflist",
+        ),
+    ] {
+        let script = spec["initContainers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["command"].as_sequence())
+            .filter_map(|c| c.last()?.as_str())
+            .find(|s| s.contains(dst))
+            .unwrap_or_else(|| panic!("no init container installs {dst}: {inits:?}"));
+        assert!(
+            script.contains("cp -f ")
+                && script.contains(&format!(" {tmp} &&"))
+                && script.contains(&format!("mv -f {tmp} {dst}")),
+            "{dst} is not copied to {tmp} and renamed: {script}"
+        );
+    }
     assert!(
         inits.iter().any(|c| c.contains("/opt/cni/bin/twill")),
         "{inits:?}"
@@ -133,6 +177,16 @@ fn daemonset_manifest_has_what_a_node_agent_needs() {
     assert!(
         args.iter().all(|a| !a.starts_with("--healthz-port")),
         "{args:?}"
+    );
+    // The scheduler's secure port (10259) and the other components' are taken on
+    // control-plane nodes, which the DaemonSet tolerates: twilld would exit "Address already
+    // in use" there.
+    let taken = [
+        2379, 2380, 2381, 6443, 10248, 10249, 10250, 10255, 10256, 10257, 10258, 10259,
+    ];
+    assert!(
+        !taken.iter().any(|p| p.to_string() == healthz),
+        "TWILLD_HEALTHZ_PORT {healthz} is a Kubernetes component's port"
     );
     for probe in ["livenessProbe", "readinessProbe"] {
         assert_eq!(

@@ -73,9 +73,30 @@ fn image_builds_offline_and_its_twilld_masquerades_like_flannel() {
         "extracting the image",
     );
     output_ok(podman(&store).args(["rm", ctr.trim()]), "podman rm");
-    for f in ["twilld", "twill", "cp", "usr/sbin/nft"] {
+    for f in [
+        "twilld",
+        "twill",
+        "cp",
+        "bin/busybox",
+        "usr/sbin/nft",
+        "usr/sbin/iptables",
+        "usr/sbin/iptables-restore",
+        "usr/sbin/ip6tables",
+        "usr/sbin/ip6tables-restore",
+    ] {
         assert!(rootfs.join(f).is_file(), "{f} missing in the image");
     }
+    // The image's iptables runs from its own root, with the nf_tables backend.
+    let version = output_ok(
+        Command::new("chroot")
+            .arg(&rootfs)
+            .args(["/usr/sbin/iptables", "--version"]),
+        "the image's iptables --version",
+    );
+    assert!(version.contains("nf_tables"), "{version}");
+    // The manifest's init containers, run with the image's busybox: each file lands whole
+    // under its name, with no temporary file left, also over a file that is being executed.
+    install_like_the_init_containers(&rootfs);
 
     // One lab host, etcd on the underlay.
     let cluster = Cluster::builder("twt-img").hosts(1).build().unwrap();
@@ -86,6 +107,15 @@ fn image_builds_offline_and_its_twilld_masquerades_like_flannel() {
     });
     assert!(accepted, "etcd: {}", etcd.log_tail());
     let host = cluster.host(1);
+
+    // A FORWARD policy of DROP, as Docker sets it: only twilld's TWILL-FWD, written with the
+    // image's iptables, lets the container's traffic out below.
+    output_ok(
+        Command::new("ip").args([
+            "netns", "exec", &host.name, "iptables", "-P", "FORWARD", "DROP",
+        ]),
+        "iptables -P FORWARD DROP in the lab host",
+    );
 
     // twilld from the image, with the DaemonSet's --ip-masq; PATH inside is the image's.
     let log = std::fs::File::create(work.path().join("twilld.log")).unwrap();
@@ -171,5 +201,79 @@ fn image_builds_offline_and_its_twilld_masquerades_like_flannel() {
         ],
     );
     assert!(rules.contains("masquerade"), "{rules}");
+    let fwd = run(
+        "ip",
+        &["netns", "exec", &host.name, "iptables", "-S", "TWILL-FWD"],
+    );
+    assert!(fwd.contains("10.57.0.0/16"), "{fwd}");
+    let log = std::fs::read_to_string(work.path().join("twilld.log")).unwrap_or_default();
+    assert!(!log.contains("neither iptables"), "{log}");
     output_ok(podman(&store).args(["rmi", "-f", TAG]), "podman rmi");
+}
+
+/// Runs the init containers' commands of deploy/kube-twill.yml chrooted into the image's root,
+/// over a `twill` that is being executed (a CNI call during a rollout).
+fn install_like_the_init_containers(rootfs: &Path) {
+    let text = std::fs::read_to_string(repo().join("deploy/kube-twill.yml")).unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let conf = cm["data"]["cni-conf.json"].as_str().unwrap();
+    std::fs::create_dir_all(rootfs.join("etc/twill")).unwrap();
+    std::fs::write(rootfs.join("etc/twill/cni-conf.json"), conf).unwrap();
+    let bin = rootfs.join("opt/cni/bin");
+    let netd = rootfs.join("etc/cni/net.d");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&netd).unwrap();
+    // The installed plugin, running: writing to it fails ETXTBSY, a rename over it does not.
+    std::fs::copy(rootfs.join("bin/busybox"), bin.join("twill")).unwrap();
+    let running = KillOnDrop(
+        std::os::unix::process::CommandExt::arg0(&mut Command::new(bin.join("twill")), "sleep")
+            .arg("30")
+            .spawn()
+            .unwrap(),
+    );
+    let exe = format!("/proc/{}/exe", running.0.id());
+    assert!(
+        wait_for(Duration::from_secs(5), || std::fs::read_link(&exe)
+            .is_ok_and(|p| p.ends_with("opt/cni/bin/twill"))),
+        "the stand-in plugin did not start"
+    );
+    for init in ds["spec"]["template"]["spec"]["initContainers"]
+        .as_sequence()
+        .unwrap()
+    {
+        let argv: Vec<&str> = init["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        output_ok(
+            Command::new("chroot").arg(rootfs).args(&argv),
+            &format!("init container {}", init["name"].as_str().unwrap_or("?")),
+        );
+    }
+    drop(running);
+    assert_eq!(
+        std::fs::read(bin.join("twill")).unwrap(),
+        std::fs::read(rootfs.join("twill")).unwrap(),
+        "the plugin is not installed whole"
+    );
+    assert_eq!(
+        std::fs::read_to_string(netd.join("10-twill.conflist")).unwrap(),
+        conf
+    );
+    for dir in [&bin, &netd] {
+        let names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{}: {names:?}", dir.display());
+    }
+    for dir in ["opt", "etc/cni", "etc/twill"] {
+        std::fs::remove_dir_all(rootfs.join(dir)).unwrap();
+    }
 }
