@@ -33,8 +33,14 @@ fn net_err(msg: String) -> RuntimeError {
     RuntimeError::Network(msg)
 }
 
-/// Loads network `name` (or, without a name, the first one in file-name order) from `dir`:
-/// `.conflist` files, and single-plugin `.conf`/`.json` files wrapped into a list.
+/// The network bridge mode attaches through when none is named, when the directory has one
+/// of that name: `--network bridge` names docker's default network, and a user who has a CNI
+/// network called `bridge` means that one, wherever it sorts.
+pub const BRIDGE_NETWORK: &str = "bridge";
+
+/// Loads network `name` from `dir`, or without a name the one named [`BRIDGE_NETWORK`] if
+/// there is one, else the first in file-name order: `.conflist` files, and single-plugin
+/// `.conf`/`.json` files wrapped into a list.
 pub fn load(dir: &Path, name: Option<&str>) -> Result<NetworkList> {
     let missing = || {
         net_err(format!(
@@ -55,6 +61,7 @@ pub fn load(dir: &Path, name: Option<&str>) -> Result<NetworkList> {
         })
         .collect();
     files.sort();
+    let mut first = None;
     for f in files {
         let Ok(text) = std::fs::read(&f) else {
             continue;
@@ -65,28 +72,40 @@ pub fn load(dir: &Path, name: Option<&str>) -> Result<NetworkList> {
         let Some(n) = v.get("name").and_then(Value::as_str) else {
             continue;
         };
-        if name.is_some_and(|want| want != n) {
+        let wanted = name.unwrap_or(BRIDGE_NETWORK);
+        if n != wanted {
+            if name.is_none() && first.is_none() {
+                first = Some(network_list(n, &v));
+            }
             continue;
         }
-        let version = v
-            .get("cniVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("1.0.0")
-            .to_string();
-        let plugins = match v.get("plugins").and_then(Value::as_array) {
-            Some(p) => p.clone(),
-            None => vec![v.clone()],
-        };
-        return Ok(NetworkList {
-            name: n.to_string(),
-            cni_version: version,
-            plugins,
-        });
+        return Ok(network_list(n, &v));
+    }
+    if let Some(list) = first {
+        return Ok(list);
     }
     Err(net_err(match name {
         Some(n) => format!("no CNI network {n:?} in {}", dir.display()),
         None => format!("no CNI network config in {}", dir.display()),
     }))
+}
+
+/// Network `name` from its configuration file's JSON `v`.
+fn network_list(name: &str, v: &Value) -> NetworkList {
+    let version = v
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("1.0.0")
+        .to_string();
+    let plugins = match v.get("plugins").and_then(Value::as_array) {
+        Some(p) => p.clone(),
+        None => vec![v.clone()],
+    };
+    NetworkList {
+        name: name.to_string(),
+        cni_version: version,
+        plugins,
+    }
 }
 
 /// What every plugin call of one attachment shares.
@@ -484,5 +503,27 @@ pub fn del(list: &NetworkList, att: &Attachment, result: Option<&Value>) -> Resu
         Ok(())
     } else {
         Err(net_err(errors.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_mode_takes_the_network_named_bridge_wherever_it_sorts_else_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, name: &str| {
+            let conf = json!({"cniVersion": "1.0.0", "name": name, "plugins": [{"type": "x"}]});
+            std::fs::write(dir.path().join(file), conf.to_string()).unwrap();
+        };
+        write("10-first.conflist", "first");
+        assert_eq!(load(dir.path(), None).unwrap().name, "first");
+        write("90-bridge.conflist", "bridge");
+        // Before: "first", though `--network bridge` named the other.
+        assert_eq!(load(dir.path(), None).unwrap().name, "bridge");
+        assert_eq!(load(dir.path(), Some("first")).unwrap().name, "first");
+        let e = load(dir.path(), Some("nope")).unwrap_err().to_string();
+        assert!(e.contains("no CNI network \"nope\""), "{e}");
     }
 }

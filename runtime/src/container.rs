@@ -152,9 +152,8 @@ fn image_volumes(cfg: &config::RunConfig, given: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// `-P`: each exposed port not published with `-p` gets a free host port (the kernel's
-/// pick for a socket bound to port 0 in twill-run's network namespace, where portmap
-/// listens).
+/// `-P`: each exposed port not published with `-p` gets a free host port, picked right
+/// before the CNI ADD (`network::setup`; host port 0 until then).
 fn publish_exposed(cfg: &config::RunConfig, given: &[PortSpec]) -> Result<Vec<PortSpec>> {
     let mut out = given.to_vec();
     let exposed = cfg.ports().map_err(RuntimeError::Invalid)?;
@@ -165,9 +164,8 @@ fn publish_exposed(cfg: &config::RunConfig, given: &[PortSpec]) -> Result<Vec<Po
         {
             continue;
         }
-        let host_port = network::free_host_port(&proto)?;
         out.push(PortSpec {
-            host_port,
+            host_port: 0,
             container_port: port,
             protocol: proto,
             host_ip: None,
@@ -436,9 +434,41 @@ const PROXIED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
-extern "C" fn proxy_signal(sig: libc::c_int) {
+/// Whether a signal the kernel itself sent (si_code SI_KERNEL) also reached `target`
+/// directly, so passing ours on would deliver it twice. A terminal's Ctrl-C (SIGINT) and
+/// Ctrl-\ (SIGQUIT) go to the whole foreground process group, and the process a foreground
+/// `run` or `exec` waits for is in ours (it is cloned or forked without a group of its own,
+/// so it keeps the terminal as its controlling one): it has its copy. Passed on as well,
+/// `exec`'s two hops delivered one Ctrl-C three times, and a program that quits at once on a
+/// second Ctrl-C skipped its graceful shutdown. A process's kill(2) (SI_USER, SI_QUEUE: a
+/// user's `kill`, `timeout`, systemd) is always passed on: it is addressed to us. SIGHUP too,
+/// SI_KERNEL or not: a terminal's hangup goes to the session leader alone, which twill-run
+/// may be. A target that moved to a group of its own (an interactive shell's job control)
+/// did not get the group's copy and gets ours. runc never needs this: its container process
+/// always calls setsid(), so a terminal's signals reach runc alone, which passes on all.
+/// Called from the signal handler: getpgid and getpgrp are single system calls.
+fn reached_directly(sig: libc::c_int, code: libc::c_int, target: libc::pid_t) -> bool {
+    if code != libc::SI_KERNEL || !(sig == libc::SIGINT || sig == libc::SIGQUIT) {
+        return false;
+    }
+    // SAFETY: getpgid and getpgrp take and return plain integers.
+    let (theirs, ours) = unsafe { (libc::getpgid(target), libc::getpgrp()) };
+    theirs == ours
+}
+
+extern "C" fn proxy_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let pid = PROXY_TO.load(std::sync::atomic::Ordering::SeqCst);
-    if pid > 0 {
+    if pid <= 0 {
+        return;
+    }
+    let code = if info.is_null() {
+        libc::SI_USER
+    } else {
+        // SAFETY: installed with SA_SIGINFO, so the kernel passes a valid siginfo (checked
+        // for null all the same); si_code is at the same place for every signal.
+        unsafe { (*info).si_code }
+    };
+    if !reached_directly(sig, code, pid) {
         // SAFETY: kill(2) is async-signal-safe.
         unsafe { libc::kill(pid, sig) };
     }
@@ -478,29 +508,57 @@ fn hold_signals_saving_mask() -> Result<nix::sys::signal::SigSet> {
 
 /// A foreground `run` passes the signals it gets on to the container's PID 1, as podman's
 /// `--sig-proxy` does. Dying of them instead left the container running with nobody to
-/// record its exit or release its network and cgroup. Unblocks what [`hold_signals`]
-/// blocked, so a signal held meanwhile is passed on now; on an error too (the signals then
-/// act on twill-run as before rather than stay held for ever).
+/// record its exit or release its network and cgroup. A terminal's Ctrl-C that reached the
+/// process itself is not passed on again (see [`reached_directly`]). Unblocks what
+/// [`hold_signals`] blocked, so a signal held meanwhile is passed on now; on an error too
+/// (the signals then act on twill-run as before rather than stay held for ever).
 pub fn proxy_signals(pid: Pid) -> Result<()> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, sigaction};
     PROXY_TO.store(pid.as_raw(), std::sync::atomic::Ordering::SeqCst);
-    // SA_RESTART: the monitor's waitpid goes on waiting after the handler.
+    // SA_RESTART: the monitor's waitpid goes on waiting after the handler. SA_SIGINFO: the
+    // handler needs to know who sent the signal (see `reached_directly`).
     let action = SigAction::new(
-        SigHandler::Handler(proxy_signal),
-        SaFlags::SA_RESTART,
+        SigHandler::SigAction(proxy_signal),
+        SaFlags::SA_RESTART | SaFlags::SA_SIGINFO,
         SigSet::empty(),
     );
     let installed = PROXIED.iter().try_for_each(|&sig| {
-        // SAFETY: the handler only reads an atomic and calls kill(2).
+        // SAFETY: the handler only reads an atomic and makes system calls (getpgid,
+        // getpgrp, kill).
         unsafe { sigaction(sig, &action) }
             .map(drop)
             .map_err(|e| RuntimeError::nix("installing a handler for", sig, e))
     });
+    pass_on_held(pid);
     let unblocked =
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&proxied_set()), None).map_err(
             |e| RuntimeError::nix("unblocking", "the signals passed on to the container", e),
         );
     installed.and(unblocked)
+}
+
+/// Passes on every signal held until now (see [`hold_signals`]), whoever sent it: the
+/// process may not have existed when it came (a Ctrl-C while `exec` joins the container
+/// reaches twill-run and the process that joins, not the command that process forks
+/// afterwards), so [`reached_directly`] cannot be trusted for it. At worst a Ctrl-C in the
+/// few moments between a fork and the proxy arrives twice, as every one did before.
+fn pass_on_held(pid: Pid) {
+    let set = proxied_set();
+    let none = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    loop {
+        // SAFETY: sigtimedwait reads the set and the zero timeout we pass and takes one
+        // pending signal of the set, if any, without a siginfo.
+        let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &none) };
+        if sig > 0 {
+            let _ = send_signal(pid.as_raw(), sig);
+        } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // EAGAIN: nothing (more) held.
+            break;
+        }
+    }
 }
 
 /// Ends what [`proxy_signals`] started: once the container's PID 1 is reaped its PID may be

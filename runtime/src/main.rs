@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use twill_runtime::container::{self, RunOptions};
 use twill_runtime::image;
-use twill_runtime::network::{self, CniOptions, NetMode, RetriedDel};
+use twill_runtime::network::{self, CniOptions, NetMode, RetriedDel, RetryBy};
 use twill_runtime::store::{Limits, PortSpec, Status, Store};
 
 /// A healthy plugin answers in milliseconds (twill's ADD) to seconds (the `dhcp` IPAM plugin,
@@ -140,7 +140,9 @@ enum Cmd {
     /// Remove a container (-f: also a running one).
     ///
     /// Also calls CNI DEL again for containers removed earlier whose DEL failed (as `run`
-    /// does); `rm ID` of such a container fails unless its DEL worked this time.
+    /// does, which only retries each now and then, with at most 5 s per plugin; `rm` retries
+    /// all, with --cni-timeout); `rm ID` of such a container fails unless its DEL worked this
+    /// time.
     Rm {
         #[arg(short, long)]
         force: bool,
@@ -191,10 +193,12 @@ struct RunArgs {
     #[arg(long, value_name = "NETWORK")]
     net: Option<String>,
     /// host (the host's), none (only lo), container:ID (another container's), bridge (the
-    /// first CNI network in --cni-conf-dir, the default) or a CNI network's name.
+    /// default: the CNI network named bridge in --cni-conf-dir if there is one, else the first
+    /// there) or a CNI network's name.
     #[arg(long)]
     network: Option<String>,
-    /// [0.0.0.0:][HOSTPORT:]CTRPORT[/tcp|udp] (no HOSTPORT: a free one); repeatable.
+    /// [IP:][HOSTPORT:]CTRPORT[/tcp|udp] (no HOSTPORT: a free one, picked right before the
+    /// CNI ADD); repeatable.
     #[arg(short, long = "publish")]
     publish: Vec<String>,
     /// Map root in the container to an unprivileged host range: `--userns` (100000:65536)
@@ -253,8 +257,8 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
 }
 
 /// A `-p` value as docker reads it: `[IP:][HOST:]CONTAINER[/tcp|udp]`, an IPv6 address in
-/// brackets; without HOST (`-p 80`, `-p IP::80`) a free host port is picked, as `-P` does.
-/// Errors say which part is wrong.
+/// brackets; without HOST (`-p 80`, `-p IP::80`) the host port is 0, for the start to pick a
+/// free one right before the CNI ADD, as `-P` does. Errors say which part is wrong.
 fn parse_port(s: &str) -> anyhow::Result<PortSpec> {
     let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
     if proto != "tcp" && proto != "udp" {
@@ -297,8 +301,7 @@ fn parse_port(s: &str) -> anyhow::Result<PortSpec> {
     };
     let container_port = port("container", container)?;
     let host_port = if host.is_empty() {
-        network::free_host_port(proto)
-            .with_context(|| format!("-p {s}: picking a free host port (give HOST:CONTAINER)"))?
+        0
     } else {
         port("host", host)?
     };
@@ -434,19 +437,30 @@ fn test_pause_before_proxy() {
 #[cfg(not(debug_assertions))]
 fn test_pause_before_proxy() {}
 
-/// Calls DEL again for the attachments earlier cleanups failed to release (see
-/// `network::retry_pending_dels`) and says which fail again, except those `named` (the IDs
-/// given to `rm`), whose failure is their `rm`'s error.
-fn retry_pending_dels(store: &Store, cni: &CniOptions, named: &[String]) -> Vec<RetriedDel> {
-    let retried = network::retry_pending_dels(store, cni);
-    for r in &retried {
-        if let Some(e) = &r.error
-            && !named.iter().any(|n| r.is(n))
-        {
-            eprintln!("twill-run: {e}");
-        }
-    }
-    retried
+/// The recorded DEL that `rm ID` removes, for each ID (see `network::retry_pending_dels`):
+/// one that ID alone names, when no container is ID. A container may have taken the name of
+/// one since: `rm` then removes that container, and the record's failure is reported apart
+/// instead of being taken for that `rm`'s.
+fn records_removed_by(store: &Store, ids: &[String], retried: &[RetriedDel]) -> Vec<Option<usize>> {
+    ids.iter()
+        .map(|id| {
+            if !matches!(
+                store.load(id),
+                Err(twill_runtime::error::RuntimeError::NoContainer(_))
+            ) {
+                return None;
+            }
+            match retried
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is(id))
+                .collect::<Vec<_>>()[..]
+            {
+                [(i, _)] => Some(i),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// Runs `f` on every ID; 0 when all succeeded, else 125 once each failure is printed.
@@ -574,7 +588,11 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 interactive: a.interactive,
             };
             // Before the start: an address a failed DEL still holds may be the one it needs.
-            retry_pending_dels(&store, &cni, &[]);
+            for r in network::retry_pending_dels(&store, &cni, RetryBy::Run) {
+                if let Some(e) = r.error {
+                    eprintln!("twill-run: {e}");
+                }
+            }
             let cni = CniOptions { network, ..cni };
             if a.detach {
                 println!("{}", container::run_detached(&store, &opts, &cni)?);
@@ -662,18 +680,25 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             volumes,
             ids,
         } => {
-            let retried = retry_pending_dels(&store, &cni, &ids);
-            return Ok(each(&ids, |id| {
-                let removed = container::remove(&store, id, force, volumes, &cni);
-                // Only a DEL left of it: `rm` of it is that DEL, just retried.
-                if let Err(twill_runtime::error::RuntimeError::NoContainer(_)) = &removed
-                    && let [pending] = retried.iter().filter(|r| r.is(id)).collect::<Vec<_>>()[..]
+            let retried = network::retry_pending_dels(&store, &cni, RetryBy::Rm);
+            let removes = records_removed_by(&store, &ids, &retried);
+            for (i, r) in retried.iter().enumerate() {
+                if let Some(e) = &r.error
+                    && !removes.contains(&Some(i))
                 {
-                    if let Some(e) = &pending.error {
-                        bail!("{e}");
+                    eprintln!("twill-run: {e}");
+                }
+            }
+            let mut removes = removes.into_iter();
+            return Ok(each(&ids, |id| {
+                match removes.next().flatten() {
+                    // Only a DEL left of it: `rm` of it is that DEL, just retried.
+                    Some(i) => {
+                        if let Some(e) = &retried[i].error {
+                            bail!("{e}");
+                        }
                     }
-                } else {
-                    removed?;
+                    None => container::remove(&store, id, force, volumes, &cni)?,
                 }
                 println!("{id}");
                 Ok(())
@@ -710,10 +735,11 @@ mod tests {
         assert_eq!(ip("[fd00::1]:8083:80").unwrap().as_deref(), Some("fd00::1"));
         assert_eq!(ip("0.0.0.0:8083:80").unwrap(), None);
         assert_eq!(ip("8083:80").unwrap(), None);
-        // Before: "expected HOSTPORT:CTRPORT"; now a free host port, as docker.
+        // Before: "expected HOSTPORT:CTRPORT"; now a free host port, as docker, picked by
+        // the start (0 until then).
         for text in ["80", "0.0.0.0::80", "80/udp"] {
             let (h, c, _) = p(text).unwrap();
-            assert!(h != 0 && c == 80, "{text}: {h}");
+            assert!(h == 0 && c == 80, "{text}: {h}");
         }
         for (text, says) in [
             ("x:80", "-p x:80: host port \"x\" is not a port number"),

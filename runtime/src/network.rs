@@ -13,7 +13,7 @@ use twill_netkit::{Netlink, Netns};
 
 use crate::cni_client::{self, Attachment, NetworkList};
 use crate::error::{Result, RuntimeError};
-use crate::store::{PortSpec, State, Status, Store, now_unix, write_atomic};
+use crate::store::{PortSpec, State, Status, Store, now_unix, write_durable};
 
 /// A parsed `--net` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,7 +92,9 @@ impl NetMode {
 }
 
 /// A host port free now for `proto` (`tcp` or `udp`): the kernel's pick for a socket bound
-/// to port 0 in twill-run's network namespace, where portmap listens.
+/// to port 0 in twill-run's network namespace, where portmap listens. Free now only: the
+/// socket is closed again, and portmap's rules hold no port either, so a process may bind it
+/// before or after the rules exist (its traffic then goes to the container).
 pub fn free_host_port(proto: &str) -> Result<u16> {
     let addr = if proto == "udp" {
         std::net::UdpSocket::bind(("0.0.0.0", 0)).and_then(|s| s.local_addr())
@@ -106,6 +108,21 @@ pub fn free_host_port(proto: &str) -> Result<u16> {
             e,
         )
     })
+}
+
+/// Gives each port published without a host port (`-p 80`, `-P`: 0 until here) a free one,
+/// as late as the start can: right before the ADD that maps it, so the port has the least
+/// time to be taken by another process meanwhile (see [`free_host_port`]).
+fn pick_host_ports(ports: &mut [PortSpec]) -> Result<()> {
+    for p in ports.iter_mut().filter(|p| p.host_port == 0) {
+        p.host_port = free_host_port(&p.protocol).map_err(|e| {
+            RuntimeError::Network(format!(
+                "publishing container port {}/{}: {e}; give a host port (-p HOST:{})",
+                p.container_port, p.protocol, p.container_port
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Where the CNI configuration lives.
@@ -175,6 +192,7 @@ pub fn setup(
             {
                 let list = cni_client::load(&cni.conf_dir, cni.network.as_deref())?;
                 state.network_name = Some(list.name.clone());
+                pick_host_ports(&mut state.ports)?;
                 // Saved before ADD runs: if twill-run dies during it (Ctrl-C, SIGKILL, the
                 // OOM killer), `rm` still knows to run DEL and remove the namespace.
                 store.save(state)?;
@@ -251,6 +269,8 @@ pub fn teardown(state: &State, cni: &CniOptions, record: Option<&Store>) -> Resu
                     cni_path: cni.path.clone(),
                     error: detail,
                     since_unix: now_unix(),
+                    retries: 0,
+                    last_retry_unix: 0,
                 }
                 .keep(store),
                 None => detail,
@@ -302,6 +322,13 @@ struct PendingDel {
     /// Why the DEL failed when it was recorded, for whoever reads the file.
     error: String,
     since_unix: u64,
+    /// Retries that failed since (the DEL that made the record not counted): `run` waits
+    /// longer after each ([`PendingDel::due`]).
+    #[serde(default)]
+    retries: u32,
+    /// When the last of them ended; 0 before the first.
+    #[serde(default)]
+    last_retry_unix: u64,
 }
 
 fn pending_dir(store: &Store) -> PathBuf {
@@ -319,7 +346,7 @@ impl PendingDel {
                 serde_json::to_vec_pretty(self)
                     .map_err(|e| RuntimeError::Invalid(format!("encoding {}: {e}", path.display())))
             })
-            .and_then(|bytes| write_atomic(&path, &bytes));
+            .and_then(|bytes| write_durable(&path, &bytes));
         match written {
             Ok(()) => format!(
                 "DEL failed: {}; the address stays reserved; {RETRIED_ON} (or now: `twill-run \
@@ -336,8 +363,29 @@ impl PendingDel {
         }
     }
 
-    /// DEL once more, without a netns; the error's detail when it fails.
-    fn del_again(&self, cni: &CniOptions) -> std::result::Result<(), String> {
+    /// How long `run` leaves the record alone after `retries` failed retries: a minute,
+    /// doubling, at most an hour.
+    fn backoff(retries: u32) -> u64 {
+        let doublings = retries.saturating_sub(1).min(6);
+        (60u64 << doublings).min(3600)
+    }
+
+    /// Whether `run` retries the record at `now`: the first time at once (the address it
+    /// holds may be the one the start needs), then after each back-off; also when the clock
+    /// went back past the last retry.
+    fn due(&self, now: u64) -> bool {
+        self.retries == 0
+            || now < self.last_retry_unix
+            || now >= self.last_retry_unix + Self::backoff(self.retries)
+    }
+
+    /// DEL once more, without a netns, each plugin given `timeout`; the error's detail when
+    /// it fails.
+    fn del_again(
+        &self,
+        cni: &CniOptions,
+        timeout: std::time::Duration,
+    ) -> std::result::Result<(), String> {
         let loaded;
         let list = match &self.network {
             Some(list) => list,
@@ -360,11 +408,31 @@ impl PendingDel {
             ifname: &self.ifname,
             cni_path: &cni_path,
             ports: &self.ports,
-            timeout: cni.timeout,
+            timeout,
         };
         cni_client::del(list, &att, self.result.as_ref()).map_err(|e| e.network_detail())
     }
 }
+
+/// Who calls the recorded DELs again, which decides how hard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryBy {
+    /// `run`, on its way to start another container: each record at most once per back-off
+    /// ([`PendingDel::due`]), each plugin given at most [`RUN_RETRY_TIMEOUT`]. Retrying every
+    /// record with the full timeout on every start made a plugin that hangs cost every later
+    /// `run` a timeout per plugin per record, for ever.
+    Run,
+    /// `rm`, which the user asks for: every record, with the full `--cni-timeout`.
+    Rm,
+}
+
+/// The most `run` gives a plugin when it calls a recorded DEL again (less when
+/// `--cni-timeout` is less): a healthy plugin's DEL takes milliseconds.
+pub const RUN_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How old a `<id>.json.tmp` in the records' directory must be to be taken for one a crash
+/// left (a record is written in milliseconds).
+const STALE_TMP_SECS: u64 = 60;
 
 /// What one retry of a recorded DEL came to.
 #[derive(Debug)]
@@ -385,31 +453,68 @@ impl RetriedDel {
 }
 
 /// Calls DEL again for each attachment [`teardown`] recorded, and removes the record of each
-/// that succeeds. `run` calls it before it starts a container (which may need an address a
-/// record holds) and `rm` before it removes any; not `ps`, which only reads and should not
-/// wait a timeout for a hung plugin. A record another twill-run is retrying at the moment is
-/// skipped rather than waited for.
+/// that succeeds; a failed one counts in the record. `run` calls it before it starts a
+/// container (which may need an address a record holds), for the records due
+/// ([`RetryBy::Run`]), and `rm` before it removes any, for all; not `ps`, which only reads
+/// and should not wait a timeout for a hung plugin. A record another twill-run is retrying
+/// at the moment is skipped rather than waited for; one a crash left unrenamed is settled
+/// first ([`settle_stale_tmp`]).
 ///
 /// Not CNI GC (spec 1.1), which the runtime gives every valid attachment of a network so the
 /// plugins release all others: twill-run knows only its own attachments, and a network on
 /// this host may be shared with another runtime (podman, with the same bridge and host-local
 /// store), whose addresses GC would release. And the reference plugins in use speak CNI 1.0.
 /// A DEL of exactly the attachment whose DEL failed is what the spec asks of a runtime anyway.
-pub fn retry_pending_dels(store: &Store, cni: &CniOptions) -> Vec<RetriedDel> {
+pub fn retry_pending_dels(store: &Store, cni: &CniOptions, by: RetryBy) -> Vec<RetriedDel> {
     let Ok(entries) = fs::read_dir(pending_dir(store)) else {
         return Vec::new();
     };
-    let mut records: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
+    let mut records = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        match name.as_deref() {
+            Some(n) if n.ends_with(".json") => records.push(path),
+            Some(n) if n.ends_with(".json.tmp") => {
+                if let Some(adopted) = settle_stale_tmp(&path) {
+                    records.push(adopted);
+                }
+            }
+            _ => {}
+        }
+    }
     records.sort();
-    records.iter().filter_map(|p| retry(p, cni)).collect()
+    records.dedup();
+    records.iter().filter_map(|p| retry(p, cni, by)).collect()
 }
 
-/// [`retry_pending_dels`] for one record; None when another twill-run has it.
-fn retry(path: &Path, cni: &CniOptions) -> Option<RetriedDel> {
+/// A `<id>.json.tmp` a crash left while a record was written (see `store::write_durable`),
+/// once it is old enough not to be one being written now: a complete record with no
+/// `<id>.json` beside it is renamed into place (its DEL would be lost otherwise) and its
+/// path returned; anything else (half written, or an update of a record that is there) is
+/// removed. Younger ones are left alone.
+fn settle_stale_tmp(tmp: &Path) -> Option<PathBuf> {
+    let age = fs::metadata(tmp)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())?;
+    if age.as_secs() < STALE_TMP_SECS {
+        return None;
+    }
+    let record = tmp.with_extension("");
+    let complete = fs::read(tmp)
+        .ok()
+        .is_some_and(|b| serde_json::from_slice::<PendingDel>(&b).is_ok());
+    if complete && !record.exists() && fs::rename(tmp, &record).is_ok() {
+        let _ = crate::store::sync_dir_of(&record);
+        return Some(record);
+    }
+    let _ = fs::remove_file(tmp);
+    None
+}
+
+/// [`retry_pending_dels`] for one record; None when another twill-run has it, or when `run`
+/// finds it not due yet.
+fn retry(path: &Path, cni: &CniOptions, by: RetryBy) -> Option<RetriedDel> {
     use nix::fcntl::{Flock, FlockArg};
     // Gone: another twill-run's retry succeeded.
     let file = fs::File::open(path).ok()?;
@@ -427,7 +532,7 @@ fn retry(path: &Path, cni: &CniOptions) -> Option<RetriedDel> {
         .read_to_end(&mut text)
         .map_err(|e| e.to_string())
         .and_then(|_| serde_json::from_slice::<PendingDel>(&text).map_err(|e| e.to_string()));
-    let record = match record {
+    let mut record = match record {
         Ok(r) => r,
         Err(e) => {
             return Some(RetriedDel {
@@ -441,7 +546,15 @@ fn retry(path: &Path, cni: &CniOptions) -> Option<RetriedDel> {
             });
         }
     };
-    let error = match record.del_again(cni) {
+    let now = now_unix();
+    if by == RetryBy::Run && !record.due(now) {
+        return None;
+    }
+    let timeout = match by {
+        RetryBy::Run => cni.timeout.min(RUN_RETRY_TIMEOUT),
+        RetryBy::Rm => cni.timeout,
+    };
+    let error = match record.del_again(cni, timeout) {
         Ok(()) => match fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Some(format!(
                 "removing {} after its DEL succeeded: {e}; delete it by hand",
@@ -449,13 +562,34 @@ fn retry(path: &Path, cni: &CniOptions) -> Option<RetriedDel> {
             )),
             _ => None,
         },
-        Err(detail) => Some(format!(
-            "network: DEL of container {} on network {:?} failed again: {detail}; the address \
-             stays reserved; {RETRIED_ON} (recorded in {}: delete it to give up)",
-            short(&record.container_id),
-            record.network_name,
-            path.display()
-        )),
+        Err(detail) => {
+            record.retries = record.retries.saturating_add(1);
+            record.last_retry_unix = now_unix();
+            let short_id = short(&record.container_id).to_string();
+            let next = PendingDel::backoff(record.retries);
+            // Not fatal: the record stays as it was, and `run` retries it sooner.
+            let saved = serde_json::to_vec_pretty(&record)
+                .map_err(|e| RuntimeError::Invalid(format!("encoding {}: {e}", path.display())))
+                .and_then(|bytes| write_durable(path, &bytes))
+                .err()
+                .map(|e| format!("; counting this retry failed: {e}"))
+                .unwrap_or_default();
+            let limit = match by {
+                RetryBy::Run => format!(
+                    " (`run` gives a recorded DEL {timeout:?} per plugin; `twill-run rm \
+                     {short_id}` gives it --cni-timeout)"
+                ),
+                RetryBy::Rm => String::new(),
+            };
+            Some(format!(
+                "network: DEL of container {short_id} on network {:?} failed again: \
+                 {detail}{limit}; the address stays reserved; `twill-run run` retries it in \
+                 {next} s at the earliest, `twill-run rm {short_id}` at once (recorded in {}: \
+                 delete it to give up){saved}",
+                record.network_name,
+                path.display()
+            ))
+        }
     };
     Some(RetriedDel {
         container_id: record.container_id,

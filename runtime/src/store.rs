@@ -255,14 +255,52 @@ pub fn rfc3339(unix: u64) -> String {
     )
 }
 
+/// Where [`write_atomic`] and [`write_durable`] stage `path`: `<path>.tmp`.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    PathBuf::from(tmp)
+}
+
 /// Writes `bytes` to `path` through `<path>.tmp` and a rename, so readers never see half a
 /// file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let tmp = tmp_path(path);
     fs::write(&tmp, bytes).map_err(|e| RuntimeError::io("writing", tmp.display(), e))?;
     fs::rename(&tmp, path).map_err(|e| RuntimeError::io("writing", path.display(), e))
+}
+
+/// [`write_atomic`] that also survives a crash of the machine: the data reach the disk before
+/// the rename (else a crash may leave `path` renamed but empty), and the rename before this
+/// returns. For records whose loss loses work nothing else would redo (a pending DEL);
+/// container states do without, since a start saves its state several times and each fsync
+/// would slow it. A crash before the rename leaves `<path>.tmp`, which the reader of such
+/// records must handle.
+pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = tmp_path(path);
+    let written = fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(|e| RuntimeError::io("writing", tmp.display(), e))
+        .and_then(|()| {
+            fs::rename(&tmp, path).map_err(|e| RuntimeError::io("writing", path.display(), e))
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir_of(path)
+}
+
+/// Makes a rename or creation in `path`'s directory durable.
+pub fn sync_dir_of(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| RuntimeError::io("syncing directory", dir.display(), e))
 }
 
 #[cfg(test)]

@@ -896,7 +896,8 @@ fn a_user_is_told_twill_run_needs_root() {
 /// starting a `sleep 3131` of its own whose PID goes to `$dir/child`); with `$dir/daemon`,
 /// ADD leaves a `sleep 3232` running (its PID in `$dir/daemon.pid`) as a plugin that starts
 /// a daemon does. DEL fails while `$dir/faildel` exists, and once when `$dir/faildel-once`
-/// does. Returns the conf dir's network and the plugin's directory.
+/// does; it hangs while `$dir/slowdel` exists (`sleep 3030`). Returns the conf dir's network
+/// and the plugin's directory.
 fn logging_plugin(rt: &mut Rt) -> PathBuf {
     let dir = rt.dir.path().join("fakecni");
     std::fs::create_dir_all(&dir).unwrap();
@@ -914,6 +915,7 @@ ADD)
     fi
     echo '{{"cniVersion":"1.0.0","ips":[{{"address":"10.31.0.5/24"}}]}}' ;;
 DEL)
+    if [ -e {d}/slowdel ]; then exec sleep 3030; fi
     if [ -e {d}/faildel ]; then echo '{{"code":11,"msg":"DEL refused"}}'; exit 1; fi
     if rm {d}/faildel-once 2> /dev/null; then echo '{{"code":11,"msg":"DEL refused once"}}'; exit 1; fi ;;
 VERSION)
@@ -2214,4 +2216,304 @@ fn a_plugin_killed_on_timeout_takes_its_own_children_along_and_a_daemon_it_leave
         "the plugin's own child still runs after the plugin was killed on timeout"
     );
     gave_up_and_undone(&rt, &fake, &plugin);
+}
+
+/// A shell script that counts each SIGINT it gets in `/ints/NAME` and ends two seconds after
+/// the first (time for more copies to come).
+fn sigint_counter(name: &str) -> String {
+    format!(
+        "trap 'echo int >> /ints/{name}; t=1' INT; echo ready; \
+         while [ -z \"$t\" ]; do sleep 0.05; done; \
+         n=0; while [ $n -lt 40 ]; do sleep 0.05; n=$((n+1)); done"
+    )
+}
+
+/// Sends `signal` to process `pid`, which this test started (or its child, not yet reaped).
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) with plain integers, on a process of this test.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill {pid}");
+}
+
+/// Stops `pids` (SIGSTOP) and waits until each is stopped: a signal sent to them meanwhile
+/// waits, and their handlers run only once they are continued.
+fn stop_all(pids: &[u32]) {
+    for &pid in pids {
+        signal(pid, libc::SIGSTOP);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for &pid in pids {
+        // The state is the field after the command's name, which ends with the last ')'.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('T'))
+        {
+            assert!(std::time::Instant::now() < deadline, "{pid} never stopped");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn a_ctrl_c_at_the_terminal_reaches_the_container_s_process_once() {
+    // Before: `exec`'s command line, the process that joins the container and the exec'd
+    // process share the terminal's foreground process group, so a Ctrl-C reached all three
+    // from the kernel, and each proxy passed its copy on as well: the exec'd process got it
+    // two or three times (a foreground run's PID 1 twice), and a program that quits at once
+    // on a second Ctrl-C skipped its graceful shutdown. A SIGINT sent to twill-run alone
+    // (kill(2): `kill`, `timeout`) is still passed on, once.
+    //
+    // The copies come within microseconds, and a shell merges those that come before it
+    // runs its trap into one: the proxies are stopped while the Ctrl-C is typed, so the
+    // command counts its own copy first, and continued once it has, so any copy they pass on
+    // comes after and is counted too.
+    if !pre("a_ctrl_c_at_the_terminal_reaches_the_container_s_process_once") {
+        return;
+    }
+    let within = std::time::Duration::from_secs(10);
+    let rt = Rt::new();
+    let ints = rt.dir.path().join("ints");
+    std::fs::create_dir_all(&ints).unwrap();
+    let volume = format!("{}:/ints", ints.display());
+    rt.ok(&[
+        "run", "-d", "--name", "tty", "--net", "none", "-v", &volume, "busybox", "sleep", "1000",
+    ]);
+    let count = |name: &str| {
+        std::fs::read_to_string(ints.join(name))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let wait_for_count = |name: &str| {
+        let deadline = std::time::Instant::now() + within;
+        while count(name) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: no SIGINT came"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+
+    // `exec`: Ctrl-C at the terminal, or SIGINT to twill-run's PID.
+    for (name, ctrl_c) in [("exec-ctrl-c", true), ("exec-kill", false)] {
+        let mut term = common::Terminal::open();
+        let mut exec =
+            term.spawn(&mut rt.command(&["exec", "tty", "sh", "-c", &sigint_counter(name)]));
+        term.wait_for("ready", within);
+        // Both hops pass signals on (a signal held before would be passed on whoever sent
+        // it): twill-run and the process that joined the container, its one child.
+        common::wait_until_caught(exec.id(), libc::SIGINT, "twill-run exec", within);
+        let joined = match common::children_of(exec.id())[..] {
+            [one] => one,
+            ref other => panic!("twill-run exec has children {other:?}, not one"),
+        };
+        common::wait_until_caught(joined, libc::SIGINT, "the process in the container", within);
+        if ctrl_c {
+            stop_all(&[exec.id(), joined]);
+            term.type_keys(b"\x03");
+            wait_for_count(name);
+            signal(joined, libc::SIGCONT);
+            signal(exec.id(), libc::SIGCONT);
+        } else {
+            signal(exec.id(), libc::SIGINT);
+        }
+        let status = common::wait_or_kill(&mut exec, within, "exec did not end after SIGINT");
+        assert_eq!(status.code(), Some(0), "{name}: {}", term.output());
+        assert_eq!(count(name), 1, "{name}: SIGINTs the exec'd process got");
+    }
+
+    // A foreground `run`: its PID 1 is in twill-run's process group too.
+    let mut term = common::Terminal::open();
+    let mut run = term.spawn(&mut rt.command(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "-v",
+        &volume,
+        "busybox",
+        "sh",
+        "-c",
+        &sigint_counter("run-ctrl-c"),
+    ]));
+    term.wait_for("ready", within);
+    common::wait_until_caught(run.id(), libc::SIGINT, "twill-run run", within);
+    stop_all(&[run.id()]);
+    term.type_keys(b"\x03");
+    wait_for_count("run-ctrl-c");
+    signal(run.id(), libc::SIGCONT);
+    let status = common::wait_or_kill(&mut run, within, "run did not end after Ctrl-C");
+    assert_eq!(status.code(), Some(0), "{}", term.output());
+    assert_eq!(count("run-ctrl-c"), 1, "SIGINTs the container's PID 1 got");
+}
+
+/// The DEL calls the fake plugin logged for container `id`.
+fn dels_of(fake: &Path, id: &str) -> usize {
+    std::fs::read_to_string(fake.join("log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == format!("DEL {id}"))
+        .count()
+}
+
+fn pending_record(rt: &Rt, id: &str) -> PathBuf {
+    rt.root().join("pending-del").join(format!("{id}.json"))
+}
+
+#[test]
+fn run_retries_a_recorded_del_now_and_then_with_a_short_timeout_and_rm_always() {
+    // Before: every `run` called every recorded DEL again, first and with the full
+    // --cni-timeout: a plugin whose DEL hangs cost each later run a timeout (a minute by
+    // default) per plugin per record, for ever.
+    if !pre("run_retries_a_recorded_del_now_and_then_with_a_short_timeout_and_rm_always") {
+        return;
+    }
+    let mut rt = Rt::new();
+    let fake = logging_plugin(&mut rt);
+    std::fs::write(fake.join("slowdel"), "").unwrap();
+    // Its DEL hangs at its exit (the state is kept) and at rm (recorded).
+    rt.run(&[
+        "--cni-timeout",
+        "1s",
+        "run",
+        "--name",
+        "hang",
+        "busybox",
+        "true",
+    ]);
+    let id = id_of(&rt, "hang");
+    let out = rt.run(&["--cni-timeout", "1s", "rm", "hang"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(pending_record(&rt, &id).exists(), "not recorded: {err}");
+    assert_eq!(dels_of(&fake, &id), 2, "DEL at exit and at rm");
+
+    // The next run retries it at once, giving the plugin 5 s, not --cni-timeout's minute.
+    let started = std::time::Instant::now();
+    let out = rt.run(&["run", "--rm", "--net", "none", "busybox", "true"]);
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        dels_of(&fake, &id),
+        3,
+        "the first run after it retried it: {err}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "run waited {took:?}: {err}"
+    );
+    for part in [
+        "did not finish within 5s",
+        &format!("`twill-run rm {}` gives it --cni-timeout", &id[..12]),
+        "retries it in 60 s at the earliest",
+    ] {
+        assert!(err.contains(part), "{part:?} not in: {err}");
+    }
+
+    // The run after that leaves it alone: its back-off has a minute to go.
+    let out = rt.run(&["run", "--rm", "--net", "none", "busybox", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        dels_of(&fake, &id),
+        3,
+        "the second run called the hung DEL again within its back-off: {err}"
+    );
+    assert!(!err.contains(&id[..12]), "{err}");
+
+    // rm retries it whatever the back-off, with --cni-timeout.
+    let out = rt.run(&["--cni-timeout", "1s", "rm", &id[..12]]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("did not finish within 1s"), "{err}");
+    assert_eq!(dels_of(&fake, &id), 4, "rm retried it: {err}");
+    std::fs::remove_file(fake.join("slowdel")).unwrap();
+    assert_eq!(rt.ok(&["rm", &id[..12]]).trim(), &id[..12]);
+    assert!(!pending_record(&rt, &id).exists());
+    no_leftovers_of(&id);
+}
+
+#[test]
+fn rm_of_a_name_a_new_container_took_still_reports_the_old_record_s_failure() {
+    // Before: `rm web` took the recorded DEL of an earlier container named web for its own
+    // and kept quiet about its failure, then removed the new web: the record's error was
+    // never printed.
+    if !pre("rm_of_a_name_a_new_container_took_still_reports_the_old_record_s_failure") {
+        return;
+    }
+    let mut rt = Rt::new();
+    let fake = logging_plugin(&mut rt);
+    std::fs::write(fake.join("faildel"), "").unwrap();
+    rt.run(&["run", "--name", "web", "busybox", "true"]);
+    let old = id_of(&rt, "web");
+    rt.run(&["rm", "web"]);
+    assert!(pending_record(&rt, &old).exists());
+    rt.ok(&["run", "--name", "web", "--net", "none", "busybox", "true"]);
+    let new = id_of(&rt, "web");
+    let out = rt.run(&["rm", "web"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the new web was removed: {err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "web\n");
+    assert!(
+        err.contains(&format!("DEL of container {}", &old[..12])) && err.contains("failed again"),
+        "the old web's DEL failed again unreported: {err:?}"
+    );
+    assert!(rt.ok(&["ps", "-aq"]).is_empty(), "{new} is left");
+    // `rm` of the name, now nobody's, is the record's again: its failure is rm's error.
+    let out = rt.run(&["rm", "web"]);
+    assert_eq!(out.status.code(), Some(125));
+    std::fs::remove_file(fake.join("faildel")).unwrap();
+    assert_eq!(rt.ok(&["rm", "web"]).trim(), "web");
+    assert!(!pending_record(&rt, &old).exists());
+    no_leftovers_of(&old);
+}
+
+#[test]
+fn a_record_a_crash_left_unrenamed_is_taken_when_whole_and_removed_when_not() {
+    // Before: only `<id>.json` was read; a crash while a record was written (or rewritten)
+    // left `<id>.json.tmp`, never looked at: a whole record's DEL was lost, and half a one
+    // stayed for ever.
+    if !pre("a_record_a_crash_left_unrenamed_is_taken_when_whole_and_removed_when_not") {
+        return;
+    }
+    let mut rt = Rt::new();
+    let fake = logging_plugin(&mut rt);
+    std::fs::write(fake.join("faildel"), "").unwrap();
+    rt.run(&["run", "--name", "crash", "busybox", "true"]);
+    let id = id_of(&rt, "crash");
+    rt.run(&["rm", "crash"]);
+    let record = pending_record(&rt, &id);
+    let dir = record.parent().unwrap().to_path_buf();
+    let tmp = |name: &str| dir.join(format!("{name}.json.tmp"));
+    let age = |path: &Path, secs: u64| {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(secs))
+            .unwrap();
+    };
+    // A whole record the crash left before its rename.
+    std::fs::rename(&record, tmp(&id)).unwrap();
+    age(&tmp(&id), 600);
+    // Half a record, old; and one being written right now (young), which is left alone.
+    std::fs::write(tmp("half"), "{\"container_id\": \"ha").unwrap();
+    age(&tmp("half"), 600);
+    std::fs::write(tmp("young"), "{").unwrap();
+    std::fs::remove_file(fake.join("faildel")).unwrap();
+
+    let out = rt.run(&["run", "--rm", "--net", "none", "busybox", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        dels_of(&fake, &id),
+        3,
+        "the crashed record's DEL was not retried: {err}"
+    );
+    assert!(!tmp(&id).exists() && !record.exists(), "{err}");
+    assert!(!tmp("half").exists(), "half a record is left");
+    assert!(tmp("young").exists(), "a record being written was removed");
+    std::fs::remove_file(tmp("young")).unwrap();
+    no_leftovers_of(&id);
 }

@@ -99,3 +99,102 @@ pub fn sigterm_once_caught(child: &Child) {
     // SAFETY: kill(2) on the PID of our own child, not yet reaped.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
 }
+
+/// A pseudo-terminal a test runs a command under, as its controlling terminal in a session of
+/// its own, so the test can type at it as a user would: a Ctrl-C typed there is sent by the
+/// kernel to the terminal's foreground process group (si_code SI_KERNEL), which no kill(2)
+/// from the test can mimic.
+pub struct Terminal {
+    master: std::fs::File,
+    slave: Option<std::os::fd::OwnedFd>,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Terminal {
+    pub fn open() -> Terminal {
+        let pty = nix::pty::openpty(None, None).expect("opening a pseudo-terminal");
+        Terminal {
+            master: std::fs::File::from(pty.master),
+            slave: Some(pty.slave),
+            output: Default::default(),
+        }
+    }
+
+    /// Starts `c` with the terminal as its stdin, stdout, stderr and controlling terminal,
+    /// leading a new session: its process group is the terminal's foreground one. Then reads
+    /// what it writes (in a thread that ends when every process holding the terminal has
+    /// closed it).
+    pub fn spawn(&mut self, c: &mut Command) -> Child {
+        use std::io::Read;
+        use std::os::unix::process::CommandExt;
+        let slave = self.slave.take().expect("one command per terminal");
+        c.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave);
+        // SAFETY: setsid and ioctl are async-signal-safe; nothing else runs before exec.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        // Spawned, the child holds the only copies of the slave: the command dropped ours.
+        let child = c.spawn().expect("starting a command on the terminal");
+        let mut master = self.master.try_clone().unwrap();
+        let output = self.output.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = master.read(&mut buf) {
+                output.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        child
+    }
+
+    /// Types `bytes` (b"\x03" is Ctrl-C).
+    pub fn type_keys(&self, bytes: &[u8]) {
+        use std::io::Write;
+        (&self.master).write_all(bytes).unwrap();
+    }
+
+    /// What the command wrote so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    /// Waits up to `within` for `text` in the output; panics with the output without it.
+    pub fn wait_for(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.output().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} not written to the terminal within {within:?}: {:?}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The children of process `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Waits up to `within` for process `pid` to catch `signal`; panics naming `who` otherwise.
+pub fn wait_until_caught(pid: u32, signal: i32, who: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !catches(pid, signal) {
+        assert!(
+            Instant::now() < deadline,
+            "{who} (PID {pid}) never caught signal {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
