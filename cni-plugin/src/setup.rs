@@ -217,8 +217,8 @@ pub async fn host_side(nl: &Netlink, plan: &HostPlan<'_>, ctr: &Netns) -> CniRes
     nl.set_up(veth.index).await?;
     let veth = nl.require_link(&plan.host_veth).await?;
     // A bridge whose address was never set took the lowest MAC of its ports when the veth
-    // joined: the result must name the MAC it has now, not the one read before. A bridge
-    // with the MAC this ADD chose keeps it, and costs no second look.
+    // joined: the result must name the MAC it has now, not the one read before. Only the ADD
+    // that created the bridge (with the MAC it chose) spares the second look.
     let bridge = if bridge.mac == mac {
         bridge
     } else {

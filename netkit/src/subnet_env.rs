@@ -254,10 +254,16 @@ impl SubnetEnv {
         out
     }
 
-    /// Writes the file atomically (temp file + rename), mode 0644, creating the directory.
+    /// Writes the file atomically (temp file + rename), mode 0644, creating the directory;
+    /// nothing when it holds this content already (a restart, a lease taken again), so the
+    /// CNI plugin never reads a file being replaced without need.
     pub fn write(&self, path: &Path) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::PermissionsExt;
+        let text = self.render();
+        if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+            return Ok(());
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io("creating directory", dir.display().to_string(), e))?;
@@ -267,34 +273,28 @@ impl SubnetEnv {
                 .map(|n| n.to_string_lossy())
                 .unwrap_or_default()
         ));
-        let mut f = std::fs::File::create(&tmp)
-            .map_err(|e| Error::io("creating", tmp.display().to_string(), e))?;
-        f.write_all(self.render().as_bytes())
+        let mut f = match std::fs::File::create(&tmp) {
+            Ok(f) => f,
+            // A file mounted into a read-only directory (a container's read-only root with
+            // the file's hostPath): no temp file beside it, but the file itself is writable.
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES))
+                    && path.is_file() =>
+            {
+                return write_in_place(path, &text);
+            }
+            Err(e) => return Err(Error::io("creating", tmp.display().to_string(), e)),
+        };
+        f.write_all(text.as_bytes())
             .and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(0o644)))
             .and_then(|_| f.sync_all())
             .map_err(|e| Error::io("writing", tmp.display().to_string(), e))?;
         match std::fs::rename(&tmp, path) {
             // The path is a mount point: a container's hostPath volume of the file itself
             // (`type: FileOrCreate`) is a bind mount, and nothing can be renamed over one.
-            // Written in place instead: readers may then see a short file for a moment, which
-            // the rename spares them where it can be done.
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                let written = std::fs::OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .open(path)
-                    .and_then(|mut f| {
-                        f.write_all(self.render().as_bytes())?;
-                        f.sync_all()
-                    });
                 let _ = std::fs::remove_file(&tmp);
-                written.map_err(|e| {
-                    Error::io(
-                        "writing in place (a mount point, which cannot be renamed over)",
-                        path.display().to_string(),
-                        e,
-                    )
-                })
+                write_in_place(path, &text)
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -307,6 +307,29 @@ impl SubnetEnv {
             Ok(()) => Ok(()),
         }
     }
+}
+
+/// Writes `text` over the file at `path` where it cannot be replaced by a rename (a mount
+/// point, a read-only directory): one write after the truncation, so a reader may see a
+/// short file for a moment, which the rename spares it where it can be done.
+fn write_in_place(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .map_err(|e| {
+            Error::io(
+                "writing in place (a mount point or a file in a read-only directory, which \
+                 cannot be renamed over)",
+                path.display().to_string(),
+                e,
+            )
+        })
 }
 
 /// What [`SubnetEnv::parse_subnets`] finds: each family's subnet line, truncated, or its
@@ -365,6 +388,30 @@ mod tests {
         assert_eq!(env.gateway(), Some(Ipv4Addr::new(10, 5, 72, 1)));
         assert_eq!(env.ipv6, None);
         assert_eq!(env.render(), FLANNEL);
+    }
+
+    #[test]
+    fn the_same_content_is_not_written_again_other_content_is() {
+        // Before: every start and every lease taken again replaced the file (a new inode),
+        // and where it is a bind-mounted file, rewrote it in place: a CNI ADD at that moment
+        // could read it short.
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        let env = SubnetEnv::parse(FLANNEL).unwrap();
+        env.write(&path).unwrap();
+        let first = std::fs::metadata(&path).unwrap().ino();
+        env.write(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), first, "rewritten");
+        let other = SubnetEnv::parse(DUAL).unwrap();
+        other.write(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), DUAL);
+        assert_ne!(
+            std::fs::metadata(&path).unwrap().ino(),
+            first,
+            "renamed over"
+        );
+        assert!(!dir.path().join(".subnet.env.tmp").exists());
     }
 
     #[test]

@@ -468,10 +468,15 @@ extern "C" fn proxy_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         // for null all the same); si_code is at the same place for every signal.
         unsafe { (*info).si_code }
     };
+    // The interrupted code may be between a call and its errno check: keep its errno.
+    // SAFETY: errno is this thread's.
+    let errno = unsafe { *libc::__errno_location() };
     if !reached_directly(sig, code, pid) {
         // SAFETY: kill(2) is async-signal-safe.
         unsafe { libc::kill(pid, sig) };
     }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
 }
 
 fn proxied_set() -> nix::sys::signal::SigSet {

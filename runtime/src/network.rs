@@ -490,8 +490,9 @@ pub fn retry_pending_dels(store: &Store, cni: &CniOptions, by: RetryBy) -> Vec<R
 /// A `<id>.json.tmp` a crash left while a record was written (see `store::write_durable`),
 /// once it is old enough not to be one being written now: a complete record with no
 /// `<id>.json` beside it is renamed into place (its DEL would be lost otherwise) and its
-/// path returned; anything else (half written, or an update of a record that is there) is
-/// removed. Younger ones are left alone.
+/// path returned, if it is a first write (`retries` 0: an update of a retried record is stale
+/// by definition — the record may have gone since, its DEL done); anything else (half written,
+/// an update) is removed. Younger ones are left alone.
 fn settle_stale_tmp(tmp: &Path) -> Option<PathBuf> {
     let age = fs::metadata(tmp)
         .and_then(|m| m.modified())
@@ -501,10 +502,11 @@ fn settle_stale_tmp(tmp: &Path) -> Option<PathBuf> {
         return None;
     }
     let record = tmp.with_extension("");
-    let complete = fs::read(tmp)
+    let first_write = fs::read(tmp)
         .ok()
-        .is_some_and(|b| serde_json::from_slice::<PendingDel>(&b).is_ok());
-    if complete && !record.exists() && fs::rename(tmp, &record).is_ok() {
+        .and_then(|b| serde_json::from_slice::<PendingDel>(&b).ok())
+        .is_some_and(|r| r.retries == 0);
+    if first_write && !record.exists() && fs::rename(tmp, &record).is_ok() {
         let _ = crate::store::sync_dir_of(&record);
         return Some(record);
     }
@@ -601,6 +603,48 @@ fn retry(path: &Path, cni: &CniOptions, by: RetryBy) -> Option<RetriedDel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_tmp_becomes_the_record_only_when_it_is_a_first_write() {
+        // Before: an update's temp file (a retry that failed, then a crash before its
+        // rename) was taken for the record after its DEL had succeeded and the record gone:
+        // the DEL ran again.
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let stale = |name: &str, retries: u32| {
+            let record = PendingDel {
+                container_id: name.into(),
+                container_name: name.into(),
+                network_name: "twnet".into(),
+                network: None,
+                ifname: IFNAME.into(),
+                result: None,
+                ports: Vec::new(),
+                cni_path: Vec::new(),
+                error: "DEL refused".into(),
+                since_unix: 0,
+                retries,
+                last_retry_unix: 0,
+            };
+            let tmp = dir.path().join(format!("{name}.json.tmp"));
+            fs::write(&tmp, serde_json::to_vec(&record).unwrap()).unwrap();
+            fs::File::options()
+                .write(true)
+                .open(&tmp)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+            tmp
+        };
+        let first = stale("first", 0);
+        assert_eq!(
+            settle_stale_tmp(&first),
+            Some(dir.path().join("first.json"))
+        );
+        let update = stale("update", 2);
+        assert_eq!(settle_stale_tmp(&update), None);
+        assert!(!update.exists() && !dir.path().join("update.json").exists());
+    }
 
     #[test]
     fn network_takes_the_modes_net_takes_and_names_a_cni_network_otherwise() {

@@ -292,7 +292,15 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    sync_dir_of(path)
+    // Written and in place: a directory that cannot be synced (a filesystem refusing fsync
+    // on directories) makes it less durable, not unwritten.
+    if let Err(e) = sync_dir_of(path) {
+        eprintln!(
+            "twill-run: warning: {e}: {} may not survive a crash",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Makes a rename or creation in `path`'s directory durable.
