@@ -256,6 +256,24 @@ fn apply_nft(nets: Nets, ip_masq: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Says, once per family and process, that the node's firewall has a legacy (x_tables)
+/// filter table this twilld's nf_tables iptables cannot see: a DROP there (Docker, ufw,
+/// firewalld on legacy iptables) would drop pod traffic without a word otherwise.
+fn warn_legacy_unseen(tool: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+    if WARNED[usize::from(tool == "ip6tables")].swap(true, Ordering::Relaxed) {
+        return;
+    }
+    tracing::warn!(
+        "a legacy (x_tables) {tool} filter table exists on this node, but this twilld's {tool} \
+         is the nf_tables one: a DROP policy or rule there (Docker, ufw or firewalld on legacy \
+         iptables) is not seen, and pod traffic between nodes may be dropped; run twilld \
+         where {tool} is the legacy one (on the host), or move the node's firewall to \
+         nf_tables"
+    );
+}
+
 /// Whether the legacy (x_tables) filter table exists in the calling thread's namespace
 /// (`names`: `ip_tables_names` or `ip6_tables_names`). Reading the list loads no module and
 /// creates no table.
@@ -295,6 +313,9 @@ fn accept_past_iptables_drop(nets: Nets, legacy_filter: [bool; 2]) -> Result<boo
             continue;
         }
         let legacy = iptables::is_legacy(tool);
+        if !legacy && legacy_table {
+            warn_legacy_unseen(tool);
+        }
         if legacy {
             if !legacy_table {
                 continue;

@@ -121,6 +121,7 @@ fn nftables_mode_runs_no_iptables_per_refresh_and_still_sees_a_forward_drop_set_
             "ip6tables",
             "ip6tables-restore",
             "iptables-save",
+            "iptables-legacy",
         ],
     ) || !iptables_is_nf_tables(
         "nftables_mode_runs_no_iptables_per_refresh_and_still_sees_a_forward_drop_set_later",
@@ -214,8 +215,8 @@ fn nftables_mode_runs_no_iptables_per_refresh_and_still_sees_a_forward_drop_set_
     // start that a FORWARD DROP policy cannot be seen (nothing else).
     lab.stop_agent(1);
     let before = lab.log(1).len();
-    let wrapper = without_iptables(lab.dir.path());
-    lab.start_agent_via(1, &wrapper, &["--firewall-backend", "nftables"]);
+    let nft_only = without_iptables(lab.dir.path());
+    lab.start_agent_via(1, &nft_only, &["--firewall-backend", "nftables"]);
     lab.wait_subnet(1);
     std::thread::sleep(Duration::from_secs(4));
     let agent_log = lab.log(1);
@@ -232,4 +233,38 @@ fn nftables_mode_runs_no_iptables_per_refresh_and_still_sees_a_forward_drop_set_
         &host,
         &["nft", "list", "table", "inet", "twill"]
     ));
+
+    // The node's firewall on legacy iptables (a legacy filter table with a DROP policy), this
+    // twilld's iptables the nf_tables one: it cannot see that DROP, and says so, once. Before:
+    // not a word, and pod traffic between nodes dropped.
+    lab.stop_agent(1);
+    let before = lab.log(1).len();
+    twill_tests::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host,
+            &which("iptables-legacy").to_string_lossy(),
+            "-P",
+            "FORWARD",
+            "DROP",
+        ],
+    );
+    lab.start_agent_via(1, &wrapper, &["--firewall-backend", "nftables"]);
+    lab.wait_subnet(1);
+    lab.eventually("the legacy table said", 15, || {
+        lab.log(1)[before.min(lab.log(1).len())..]
+            .contains("a legacy (x_tables) iptables filter table")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let agent_log = lab.log(1);
+    let this_run = &agent_log[before.min(agent_log.len())..];
+    assert_eq!(
+        this_run
+            .matches("a legacy (x_tables) iptables filter table")
+            .count(),
+        1,
+        "said once:\n{this_run}"
+    );
 }
