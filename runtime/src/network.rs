@@ -4,9 +4,9 @@
 //! as a record under `<root>/pending-del/` and called again later ([`retry_pending_dels`]).
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use twill_netkit::{Netlink, Netns};
@@ -91,37 +91,81 @@ impl NetMode {
     }
 }
 
-/// A host port free now for `proto` (`tcp` or `udp`): the kernel's pick for a socket bound
-/// to port 0 in twill-run's network namespace, where portmap listens. Free now only: the
-/// socket is closed again, and portmap's rules hold no port either, so a process may bind it
-/// before or after the rules exist (its traffic then goes to the container).
-pub fn free_host_port(proto: &str) -> Result<u16> {
-    let addr = if proto == "udp" {
-        std::net::UdpSocket::bind(("0.0.0.0", 0)).and_then(|s| s.local_addr())
-    } else {
-        std::net::TcpListener::bind(("0.0.0.0", 0)).and_then(|s| s.local_addr())
+/// A host port free now for `p`'s protocol (`tcp` or `udp`): the kernel's pick for a socket
+/// bound to port 0 in twill-run's network namespace, where portmap listens, on `::` for an
+/// IPv6 `hostIP` (all addresses of both families), else `0.0.0.0`. Returned with the socket,
+/// which holds the port until it is dropped; free now only once it is: portmap's rules hold
+/// no port, so a process may bind it before or after the rules exist (its traffic then goes
+/// to the container).
+fn probe_host_port(p: &PortSpec) -> std::io::Result<(u16, std::os::fd::OwnedFd)> {
+    let any: std::net::IpAddr = match p.host_ip {
+        Some(std::net::IpAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
     };
-    addr.map(|a| a.port()).map_err(|e| {
-        RuntimeError::io(
-            "binding a socket to find a free",
-            format!("{proto} port"),
-            e,
-        )
-    })
+    if p.protocol == "udp" {
+        let s = std::net::UdpSocket::bind((any, 0))?;
+        Ok((s.local_addr()?.port(), s.into()))
+    } else {
+        let s = std::net::TcpListener::bind((any, 0))?;
+        Ok((s.local_addr()?.port(), s.into()))
+    }
 }
+
+/// How many ports the kernel may hand out that this start already uses before a pick gives
+/// up: each is held open meanwhile, so the kernel never hands one out twice.
+const PICK_ATTEMPTS: usize = 64;
 
 /// Gives each port published without a host port (`-p 80`, `-P`: 0 until here) a free one,
 /// as late as the start can: right before the ADD that maps it, so the port has the least
-/// time to be taken by another process meanwhile (see [`free_host_port`]).
+/// time to be taken by another process meanwhile (see [`probe_host_port`]).
 fn pick_host_ports(ports: &mut [PortSpec]) -> Result<()> {
+    pick_host_ports_with(ports, probe_host_port)
+}
+
+/// [`pick_host_ports`] with the probe given. Every probe's socket stays open until all ports
+/// are picked (one closed at once could be handed out again for the next port), and a port
+/// another of this start's ports has with the same protocol (`-p 8080:80 -P`, an explicit
+/// one the kernel happens to pick) is probed again: two DNAT rules for one host port would
+/// send its connections to one container port only.
+fn pick_host_ports_with<S>(
+    ports: &mut [PortSpec],
+    mut probe: impl FnMut(&PortSpec) -> std::io::Result<(u16, S)>,
+) -> Result<()> {
+    let mut taken: std::collections::HashSet<(String, u16)> = ports
+        .iter()
+        .filter(|p| p.host_port != 0)
+        .map(|p| (p.protocol.clone(), p.host_port))
+        .collect();
+    let mut held = Vec::new();
     for p in ports.iter_mut().filter(|p| p.host_port == 0) {
-        p.host_port = free_host_port(&p.protocol).map_err(|e| {
+        let fail = |why: String| {
             RuntimeError::Network(format!(
-                "publishing container port {}/{}: {e}; give a host port (-p HOST:{})",
+                "publishing container port {}/{}: {why}; give a host port (-p HOST:{})",
                 p.container_port, p.protocol, p.container_port
+            ))
+        };
+        let mut picked = None;
+        for _ in 0..PICK_ATTEMPTS {
+            let (port, socket) = probe(p).map_err(|e| {
+                fail(format!(
+                    "binding a socket to find a free {} port: {e}",
+                    p.protocol
+                ))
+            })?;
+            held.push(socket);
+            if taken.insert((p.protocol.clone(), port)) {
+                picked = Some(port);
+                break;
+            }
+        }
+        p.host_port = picked.ok_or_else(|| {
+            fail(format!(
+                "the kernel handed out only host ports this container already publishes, \
+                 {PICK_ATTEMPTS} times"
             ))
         })?;
     }
+    drop(held);
     Ok(())
 }
 
@@ -479,6 +523,14 @@ pub fn retry_pending_dels(store: &Store, cni: &CniOptions, by: RetryBy) -> Vec<R
                     records.push(adopted);
                 }
             }
+            // A lock whose record was deleted by hand (to give up): removed by whoever can
+            // take it, which finds the record gone ([`lock_record`]).
+            Some(n) if n.ends_with(".lock") => {
+                let record = path.with_extension("json");
+                if !record.exists() {
+                    let _ = lock_record(&record);
+                }
+            }
             _ => {}
         }
     }
@@ -514,26 +566,72 @@ fn settle_stale_tmp(tmp: &Path) -> Option<PathBuf> {
     None
 }
 
+/// The lock of a record: `<id>.lock` beside `<id>.json`. Not the record itself, which a
+/// failed retry replaces by a rename ([`write_durable`]): a lock on the record's inode would
+/// not serialise past that — a twill-run that opened the record before the rename would lock
+/// the old inode afterwards and read stale content, and one that opened it after would lock
+/// the new inode while the first still held the old.
+fn lock_path(record: &Path) -> PathBuf {
+    record.with_extension("lock")
+}
+
+/// Takes the lock of a record without waiting: None when another twill-run holds it or the
+/// record is gone (its DEL succeeded meanwhile); an error, for the user, when the lock file
+/// cannot be opened.
+fn lock_record(record: &Path) -> std::result::Result<Option<Flock<fs::File>>, String> {
+    let lock = lock_path(record);
+    let file = match fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "opening {} to retry the pending DEL {}: {e}; check the permissions of {}, or \
+                 delete the record once the address it records is released",
+                lock.display(),
+                record.display(),
+                lock.parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ));
+        }
+    };
+    let Ok(held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        return Ok(None);
+    };
+    if !record.exists() {
+        // Left by a retry that found the record gone, or a record deleted by hand.
+        let _ = fs::remove_file(&lock);
+        return Ok(None);
+    }
+    Ok(Some(held))
+}
+
 /// [`retry_pending_dels`] for one record; None when another twill-run has it, or when `run`
 /// finds it not due yet.
 fn retry(path: &Path, cni: &CniOptions, by: RetryBy) -> Option<RetriedDel> {
-    use nix::fcntl::{Flock, FlockArg};
-    // Gone: another twill-run's retry succeeded.
-    let file = fs::File::open(path).ok()?;
-    let mut file = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
-    // Removed between the listing and the lock: another twill-run's DEL succeeded.
-    if !path.exists() {
-        return None;
-    }
     let id = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut text = Vec::new();
-    let record = file
-        .read_to_end(&mut text)
+    let _lock = match lock_record(path) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return None,
+        Err(e) => {
+            return Some(RetriedDel {
+                container_id: id,
+                container_name: String::new(),
+                error: Some(e),
+            });
+        }
+    };
+    let record = fs::read(path)
         .map_err(|e| e.to_string())
-        .and_then(|_| serde_json::from_slice::<PendingDel>(&text).map_err(|e| e.to_string()));
+        .and_then(|text| serde_json::from_slice::<PendingDel>(&text).map_err(|e| e.to_string()));
     let mut record = match record {
         Ok(r) => r,
         Err(e) => {
@@ -562,7 +660,12 @@ fn retry(path: &Path, cni: &CniOptions, by: RetryBy) -> Option<RetriedDel> {
                 "removing {} after its DEL succeeded: {e}; delete it by hand",
                 path.display()
             )),
-            _ => None,
+            // The record first: whoever opened the lock file before this removal and locks
+            // it after finds no record and stops.
+            _ => {
+                let _ = fs::remove_file(lock_path(path));
+                None
+            }
         },
         Err(detail) => {
             record.retries = record.retries.saturating_add(1);
@@ -644,6 +747,123 @@ mod tests {
         let update = stale("update", 2);
         assert_eq!(settle_stale_tmp(&update), None);
         assert!(!update.exists() && !dir.path().join("update.json").exists());
+    }
+
+    #[test]
+    fn a_record_rewritten_by_a_failed_retry_stays_locked_for_its_holder() {
+        // Before: the lock was the record's own inode, and a failed retry renames a new one
+        // over it: a second twill-run locked the new inode while the first still held the
+        // old, and both retried.
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("c1.json");
+        write_durable(&record, b"{\"retries\": 0}").unwrap();
+        let first = lock_record(&record)
+            .unwrap()
+            .expect("the first locker gets the record");
+        write_durable(&record, b"{\"retries\": 1}").unwrap();
+        assert!(
+            lock_record(&record).unwrap().is_none(),
+            "a second locker got a record the first still holds"
+        );
+        drop(first);
+        let _second = lock_record(&record)
+            .unwrap()
+            .expect("the record is free once the first lets go");
+        assert_eq!(fs::read(&record).unwrap(), b"{\"retries\": 1}");
+    }
+
+    #[test]
+    fn a_lock_whose_record_is_gone_is_not_taken_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("c2.json");
+        fs::write(lock_path(&record), b"").unwrap();
+        assert!(lock_record(&record).unwrap().is_none());
+        assert!(!lock_path(&record).exists());
+    }
+
+    fn port(host_port: u16, container_port: u16, protocol: &str) -> PortSpec {
+        PortSpec {
+            host_port,
+            container_port,
+            protocol: protocol.into(),
+            host_ip: None,
+        }
+    }
+
+    #[test]
+    fn picked_host_ports_skip_explicit_and_already_picked_ones() {
+        // Before: each pick took whatever free port the probe found, so `-p 8080:80 -P` could
+        // publish an exposed port on 8080 too, and two `-p 80`s could get one port.
+        let mut ports = vec![
+            port(8080, 80, "tcp"),
+            port(0, 81, "tcp"),
+            port(0, 82, "tcp"),
+            port(0, 53, "udp"),
+        ];
+        // The kernel's picks as a probe might see them: an explicit port, a repeat, and the
+        // same number for another protocol (which does not collide).
+        let mut offered = vec![8080u16, 9000, 8080, 9000, 9001, 9000].into_iter();
+        let mut probed = Vec::new();
+        pick_host_ports_with(&mut ports, |p| {
+            let n = offered.next().expect("probed more often than needed");
+            probed.push((p.protocol.clone(), n));
+            Ok((n, ()))
+        })
+        .unwrap();
+        let got: Vec<_> = ports.iter().map(|p| p.host_port).collect();
+        assert_eq!(got, vec![8080, 9000, 9001, 9000]);
+        assert_eq!(probed.len(), 6);
+    }
+
+    #[test]
+    fn picked_host_ports_are_distinct_over_many_picks() {
+        // A kernel as unhelpful as it may be: any port of a small range, repeats and
+        // explicit ones included. No two ports of one protocol alike, none an explicit one.
+        let mut state = 0x2545_f491_u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            8000 + (state % 100) as u16
+        };
+        for _ in 0..200 {
+            let mut ports = vec![port(next(), 80, "tcp"), port(next(), 53, "udp")];
+            ports.extend((0..40).map(|i| port(0, 1000 + i, "tcp")));
+            ports.extend((0..20).map(|i| port(0, 2000 + i, "udp")));
+            let explicit: Vec<_> = ports[..2].iter().map(|p| p.host_port).collect();
+            pick_host_ports_with(&mut ports, |_| Ok((next(), ()))).unwrap();
+            for (proto, explicit) in [("tcp", explicit[0]), ("udp", explicit[1])] {
+                let mut seen: Vec<u16> = ports
+                    .iter()
+                    .filter(|p| p.protocol == proto)
+                    .map(|p| p.host_port)
+                    .collect();
+                let n = seen.len();
+                seen.sort();
+                seen.dedup();
+                assert_eq!(seen.len(), n, "{proto}: {ports:?}");
+                assert_eq!(
+                    ports
+                        .iter()
+                        .filter(|p| p.protocol == proto && p.host_port == explicit)
+                        .count(),
+                    1,
+                    "{proto} {explicit}: {ports:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_pick_that_only_finds_taken_ports_fails_saying_what_to_do() {
+        let mut ports = vec![port(8080, 80, "tcp"), port(0, 81, "tcp")];
+        let e = pick_host_ports_with(&mut ports, |_| Ok((8080, ())))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("container port 81/tcp") && e.contains("-p HOST:81"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2431,6 +2431,8 @@ fn run_retries_a_recorded_del_now_and_then_with_a_short_timeout_and_rm_always() 
     std::fs::remove_file(fake.join("slowdel")).unwrap();
     assert_eq!(rt.ok(&["rm", &id[..12]]).trim(), &id[..12]);
     assert!(!pending_record(&rt, &id).exists());
+    // The retries' lock goes with the record.
+    assert!(!pending_record(&rt, &id).with_extension("lock").exists());
     no_leftovers_of(&id);
 }
 
