@@ -507,6 +507,11 @@ fn a_packet_over_the_mtu_from_a_peer_gets_icmp_frag_needed_back_or_is_fragmented
     assert_eq!(got.len(), len);
     assert_eq!(&got[28..], &udp_inner(pod2, pod1, len, 0x4d55, false)[28..]);
 
+    // The worker publishes its counts when its burst ends, just after the write that
+    // delivered the packet: on a loaded machine the test may ask /metrics first.
+    lab.eventually("both packets over the MTU counted", 10, || {
+        metric(&lab, 1, "twilld_udp_rx_over_mtu_packets") >= over_before + 2
+    });
     assert_eq!(
         metric(&lab, 1, "twilld_udp_rx_over_mtu_packets"),
         over_before + 2
