@@ -1442,7 +1442,17 @@ fn fake_ipam(node: &Node, name: &str, result: &Value) -> String {
 
 /// The routes of the container's `table` with destination `dst`.
 fn routes_to(ns: &str, table: &str, dst: &str) -> Vec<Value> {
-    twill_tests::ip_json(ns, &["route", "show", "table", table])
+    family_routes_to(ns, "-4", table, dst)
+}
+
+/// The IPv6 routes of the container's main table to `dst`.
+fn routes6_to(ns: &str, dst: &str) -> Vec<Value> {
+    family_routes_to(ns, "-6", "main", dst)
+}
+
+/// The routes of one family (`-4`, `-6`) of the container's `table` to `dst`.
+fn family_routes_to(ns: &str, family: &str, table: &str, dst: &str) -> Vec<Value> {
+    twill_tests::ip_json(ns, &[family, "route", "show", "table", table])
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -2196,17 +2206,6 @@ fn check_lets_another_interfaces_route_stand_in_when_the_attachment_has_none() {
     );
     assert!(node.cni("DEL", "k1", &p, "eth0", &conf, &[]).0);
     assert!(node.cni("DEL", "k1", &p, "eth1", &conf, &[]).0);
-}
-
-/// The IPv6 routes of the container's main table to `dst`.
-fn routes6_to(ns: &str, dst: &str) -> Vec<Value> {
-    twill_tests::ip_json(ns, &["-6", "route", "show", "table", "main"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r["dst"] == dst)
-        .collect()
 }
 
 /// `"priority": 0` in an IPAM route: the kernel reports no metric for an IPv4 route of metric

@@ -2,7 +2,7 @@
 //! `images/<name>/image.json` (a `/` in the name stored as `%2F`), `layers/<diff-id hex>/{diff/,
 //! layer.json}` (shared by images), `tmp/` (imports being staged), `containers/<id>/{state.json,
 //! upper/, work/, init/, rootfs/, log}`, `volumes/<id>/_data`, `pending-del/<id>.json` (CNI DELs
-//! to call again, see `network::retry_pending_dels`).
+//! to call again, see `network::retry_pending_dels`) with its `<id>.lock`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
