@@ -209,13 +209,14 @@ fn container_down(st: &LabState, h: usize, name: &str) -> Option<String> {
 /// `pid_start`), `None` for one gone or a zombie: with the PID alone, another process that
 /// got the number later would pass for the container's.
 fn start_time(pid: i32) -> Option<u64> {
-    if twill_testbed::exited(pid) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')',
+    // the state first (a zombie's or a dead one's: gone), the start time 20 fields later.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
         return None;
     }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    fields.nth(18)?.parse().ok()
 }
 
 /// `logs HOST`.
@@ -307,6 +308,29 @@ fn check_container(st: &LabState, h: usize, c: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::state::HostState;
+
+    #[test]
+    fn a_start_time_is_read_for_a_running_process_and_none_for_a_zombie() {
+        let me = std::process::id() as i32;
+        let stat = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+        let want: u64 = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(19)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(start_time(me), Some(want));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        while !twill_testbed::exited(pid) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(start_time(pid), None, "a zombie");
+        child.wait().unwrap();
+    }
 
     #[test]
     fn a_recorded_twilld_pid_that_is_no_pid_is_said_down() {
