@@ -417,7 +417,7 @@ fn announce_addresses(
     let cindex = container.index;
     ctr.run(|nl| async move { nl.set_mac(cindex, mac).await })
         .map_err(|e| {
-            let e = setup::link_named(e, cindex, &container.name);
+            let e = e.naming_link(cindex, &container.name);
             CniError::new(INTERNAL, format!("announcing addresses: {e}"))
         })?;
     if !forwarding {

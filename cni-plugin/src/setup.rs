@@ -327,7 +327,7 @@ pub async fn container_side(
         sysctl::ensure(&sysctl::conf_key("ipv4", ifname, "arp_notify"), "1")
             .map_err(|e| CniError::new(INTERNAL, format!("in netns {}: {e}", nl.netns())))?;
     }
-    let named = |e| link_named(e, link.index, ifname);
+    let named = |e: twill_netkit::Error| e.naming_link(link.index, ifname);
     for addr in addrs {
         nl.ensure_address(link.index, *addr).await.map_err(named)?;
     }
@@ -369,50 +369,6 @@ fn is_prefix_route(r: &RouteSpec, addrs: &[IpNet]) -> bool {
             .any(|a| a.prefix_len() < a.max_prefix_len() && a.trunc() == r.dst)
 }
 
-/// netkit names a link by its index (`link #5`, `dev #5`), which tells the runtime nothing:
-/// the container interface is known by CNI_IFNAME.
-pub fn link_named(e: twill_netkit::Error, index: u32, name: &str) -> twill_netkit::Error {
-    use twill_netkit::Error;
-    let fix = |text: String| replace_index(&text, index, name);
-    match e {
-        Error::Netlink {
-            op,
-            object,
-            netns,
-            cause,
-        } => Error::Netlink {
-            op,
-            object: fix(object),
-            netns,
-            cause,
-        },
-        Error::NotFound { kind, name, netns } => Error::NotFound {
-            kind,
-            name: fix(name),
-            netns,
-        },
-        Error::Invalid(msg) => Error::Invalid(fix(msg)),
-        other => other,
-    }
-}
-
-/// `text` with every `link #<index>` / `dev #<index>` (not a longer number) naming `name`.
-fn replace_index(text: &str, index: u32, name: &str) -> String {
-    let needle = format!("#{index}");
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find(&needle) {
-        let (before, after) = (&rest[..at], &rest[at + needle.len()..]);
-        let is_link = before.ends_with("link ") || before.ends_with("dev ");
-        let whole = !after.starts_with(|c: char| c.is_ascii_digit());
-        out.push_str(before);
-        out.push_str(if is_link && whole { name } else { &needle });
-        rest = after;
-    }
-    out.push_str(rest);
-    out
-}
-
 /// A container route the kernel refused, with the interface named and, for the refusal an
 /// IPAM configuration causes most, what to change.
 fn route_error(e: twill_netkit::Error, route: &Route, ifname: &str) -> CniError {
@@ -422,7 +378,7 @@ fn route_error(e: twill_netkit::Error, route: &Route, ifname: &str) -> CniError 
         ),
         _ => String::new(),
     };
-    let e = link_named(e, route.oif.unwrap_or_default(), ifname);
+    let e = e.naming_link(route.oif.unwrap_or_default(), ifname);
     CniError::new(INTERNAL, format!("{e}{hint}"))
 }
 

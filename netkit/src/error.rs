@@ -68,6 +68,33 @@ pub enum NetlinkFailure {
 }
 
 impl Error {
+    /// This error with the link `index` named `name`: messages name a link by its index
+    /// (`link #5`, `dev #5`), which tells a caller who knows the link by name (a CNI runtime,
+    /// by CNI_IFNAME) nothing.
+    pub fn naming_link(self, index: u32, name: &str) -> Error {
+        let fix = |text: String| replace_index(&text, index, name);
+        match self {
+            Error::Netlink {
+                op,
+                object,
+                netns,
+                cause,
+            } => Error::Netlink {
+                op,
+                object: fix(object),
+                netns,
+                cause,
+            },
+            Error::NotFound { kind, name, netns } => Error::NotFound {
+                kind,
+                name: fix(name),
+                netns,
+            },
+            Error::Invalid(msg) => Error::Invalid(fix(msg)),
+            other => other,
+        }
+    }
+
     /// The errno behind this error, when there is one.
     pub fn errno(&self) -> Option<i32> {
         match self {
@@ -117,4 +144,21 @@ impl From<rtnetlink::Error> for NetlinkFailure {
             other => NetlinkFailure::Other(other.to_string()),
         }
     }
+}
+
+/// `text` with every `link #<index>` / `dev #<index>` (not a longer number) naming `name`.
+fn replace_index(text: &str, index: u32, name: &str) -> String {
+    let needle = format!("#{index}");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(&needle) {
+        let (before, after) = (&rest[..at], &rest[at + needle.len()..]);
+        let is_link = before.ends_with("link ") || before.ends_with("dev ");
+        let whole = !after.starts_with(|c: char| c.is_ascii_digit());
+        out.push_str(before);
+        out.push_str(if is_link && whole { name } else { &needle });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
