@@ -1625,19 +1625,41 @@ fn podman_run_it_and_exec_it_through_a_pty() {
         root = s.display(),
         runroot = twill_tests::podman::runroot(s).display()
     );
+    // script's stdin stays an open pipe until the session ends: at EOF on stdin script
+    // writes an end-of-file to the terminal, and podman's attach then loses the container's
+    // output about one run in three — with runc as with twill-oci.
     let script = |cmd: &str| -> Output {
-        Command::new("script")
+        let mut child = Command::new("script")
             .args(["-qec", cmd, "/dev/null"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let held_stdin = child.stdin.take();
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        std::io::Read::read_to_end(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        let status = child.wait().unwrap();
+        drop(held_stdin);
+        Output {
+            status,
+            stdout: out,
+            stderr: err,
+        }
     };
     let o = script(&format!(
         "{base} run --rm -it --runtime {OCI} --ulimit nofile=1024:1024 --ulimit \
          nproc=1024:1024 --net none localhost/bb sh -c 'tty; test -t 0 && echo stdin-tty; exit 3'"
     ));
     let out = stdout(&o);
-    assert!(out.contains("/dev/pts/0\r\nstdin-tty\r\n"), "{out:?}");
+    assert!(
+        out.contains("/dev/pts/0\r\nstdin-tty\r\n"),
+        "{out:?} {:?} {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(o.status.code(), Some(3));
     let name = format!("twt-oci-t-{}", std::process::id());
     let _rm = RmOnDrop(s, vec![name.clone()]);
