@@ -949,6 +949,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         &nl,
         &cli.iface,
         &cli.iface_regex,
+        cli.iface_can_reach,
         cli.public_ip,
         cli.public_ipv6,
     )
@@ -960,7 +961,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, public_ipv6 = ?underlay.public_ipv6, "using underlay interface");
     let store = connect(&opts, co).await;
     let (config, config_text) = wait_for_config(&store).await;
-    underlay::check_families(&underlay, &config)?;
+    underlay::check_families(&underlay, &config, cli.iface_can_reach)?;
     if config.backend_defaulted {
         tracing::warn!(
             "the network config has no Backend: using udp like Flannel does; set \"Backend\": {{\"Type\": \"vxlan\"}} explicitly"

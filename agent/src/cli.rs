@@ -74,9 +74,17 @@ pub struct Cli {
     #[arg(long, env = "TWILLD_IFACE", value_delimiter = ',')]
     pub iface: Vec<String>,
     /// Regular expression matched against each interface's addresses, then names, when no
-    /// --iface is given (Flannel's flag); repeatable, the first that matches wins.
+    /// --iface is given or none exists (Flannel's flag and order); repeatable, the first that
+    /// matches wins.
     #[arg(long, env = "TWILLD_IFACE_REGEX", value_parser = parse_regex)]
     pub iface_regex: Vec<regex::Regex>,
+    /// An IP address: the interface carrying inter-node traffic is the one the kernel's route
+    /// to it goes out of (`ip route get IP`), and the public IP of that family the route's
+    /// source address, unless --public-ip/--public-ipv6 is given (Flannel's flag). Tried
+    /// after --iface and --iface-regex found nothing, as flanneld does. An IPv6 address needs
+    /// a network with IPv6 on.
+    #[arg(long, env = "TWILLD_IFACE_CAN_REACH", value_parser = parse_can_reach)]
+    pub iface_can_reach: Option<std::net::IpAddr>,
     /// IP other nodes reach this one at (default: the interface's first IPv4 address).
     #[arg(long, env = "TWILLD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
@@ -204,10 +212,6 @@ pub struct Cli {
     /// ruleset changes.
     #[arg(long, env = "TWILLD_IPTABLES_RESYNC", help_heading = FLANNEL_HEADING)]
     pub iptables_resync: Option<i64>,
-    /// Flannel's `--iface-can-reach`: refused (twilld does not pick the interface by a route
-    /// lookup); use `--iface` with the interface's name or address, or `--iface-regex`.
-    #[arg(long, env = "TWILLD_IFACE_CAN_REACH", value_parser = refuse_iface_can_reach, help_heading = FLANNEL_HEADING)]
-    pub iface_can_reach: Option<String>,
     /// Flannel's `--kube-subnet-mgr`: only `false` is accepted; twilld leases from etcd.
     #[arg(long, env = "TWILLD_KUBE_SUBNET_MGR", num_args = 0..=1, require_equals = true,
         default_missing_value = "true", value_parser = parse_kube_subnet_mgr,
@@ -355,9 +359,29 @@ fn parse_kube_subnet_mgr(s: &str) -> Result<bool, String> {
     }
 }
 
-/// `--iface-can-reach`: refused whatever its value.
-fn refuse_iface_can_reach(_: &str) -> Result<String, String> {
-    Err("twilld does not choose the interface by a route lookup: give --iface with the name or address of the interface `ip route get ADDRESS` shows, or --iface-regex".to_string())
+/// `--iface-can-reach`: a unicast address a route can lead to (a link-local IPv6 address
+/// is on every link, so its route names none in particular).
+fn parse_can_reach(s: &str) -> Result<std::net::IpAddr, String> {
+    use std::net::IpAddr;
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))?;
+    let refused = match ip {
+        IpAddr::V4(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() => {
+            Some("not a unicast address")
+        }
+        IpAddr::V6(a) if a.is_unspecified() || a.is_multicast() => Some("not a unicast address"),
+        IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80 => {
+            Some("link-local: every link has a route to fe80::/64, so it picks no interface")
+        }
+        _ => None,
+    };
+    match refused {
+        Some(why) => Err(format!(
+            "{ip} is {why}: give the address of a peer or gateway that the underlay interface reaches"
+        )),
+        None => Ok(ip),
+    }
 }
 
 /// Flannel's flags that twilld reads from `FLANNELD_*` too (whole names: clap keeps the
@@ -988,7 +1012,6 @@ mod tests {
             ),
             ("--kube-subnet-mgr", "leases subnets from etcd only"),
             ("--kube-subnet-mgr=true", "--etcd-endpoints"),
-            ("--iface-can-reach=10.0.0.1", "--iface"),
         ] {
             let e = Cli::try_parse_from(["twilld", arg]).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{arg}");
@@ -1006,6 +1029,47 @@ mod tests {
             let a = cmd.get_arguments().find(|a| a.get_id() == id).unwrap();
             assert_eq!(a.get_env().unwrap(), var);
         }
+    }
+
+    #[test]
+    fn iface_can_reach_takes_a_unicast_address_from_the_flag_or_flannels_variable() {
+        // Before: refused whatever its value (exit 2).
+        let args = |a: &[&str]| go_style_args(a.iter().map(OsString::from));
+        for (arg, want) in [
+            ("--iface-can-reach=10.0.0.1", "10.0.0.1"),
+            ("-iface-can-reach=fd00::1", "fd00::1"),
+        ] {
+            let c = Cli::try_parse_from(args(&["twilld", arg])).unwrap();
+            assert_eq!(c.iface_can_reach, Some(want.parse().unwrap()), "{arg}");
+        }
+        assert_eq!(
+            Cli::try_parse_from(["twilld"]).unwrap().iface_can_reach,
+            None
+        );
+        for (value, want) in [
+            ("eth0", "not an IPv4 or IPv6 address"),
+            ("0.0.0.0", "not a unicast address"),
+            ("224.0.0.1", "not a unicast address"),
+            ("ff02::1", "not a unicast address"),
+            ("fe80::1", "link-local"),
+        ] {
+            let e = Cli::try_parse_from(["twilld", "--iface-can-reach", value]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{value}");
+            let said = e.to_string();
+            assert!(
+                said.contains("--iface-can-reach") && said.contains(value) && said.contains(want),
+                "{value}: {said}"
+            );
+        }
+        // FLANNELD_IFACE_CAN_REACH when TWILLD_IFACE_CAN_REACH is unset, as flanneld reads it.
+        let cmd = command_with_env(|k| {
+            (k == "FLANNELD_IFACE_CAN_REACH").then(|| OsString::from("10.0.0.1"))
+        });
+        let a = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "iface_can_reach")
+            .unwrap();
+        assert_eq!(a.get_env().unwrap(), "FLANNELD_IFACE_CAN_REACH");
     }
 
     #[test]

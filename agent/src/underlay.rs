@@ -1,12 +1,15 @@
-//! Finding the underlay interface and public IPs: `--iface` (names or addresses, first that
-//! exists wins), else the default route's interface (IPv4's, else IPv6's); `--public-ip` or the
-//! interface's first IPv4 address; `--public-ipv6` or its first global IPv6 address. Which
-//! families the network needs is checked once the config is known ([`check_families`]).
+//! Finding the underlay interface and public IPs, in flanneld's order: `--iface` (names or
+//! addresses, first that exists wins), then `--iface-regex`, then `--iface-can-reach` (the
+//! interface of the kernel's route to that address, whose source address is the preferred
+//! public one); with none of them the default route's interface (IPv4's, else IPv6's).
+//! `--public-ip` or the interface's first IPv4 address; `--public-ipv6` or its first global
+//! IPv6 address. Which families the network needs is checked once the config is known
+//! ([`check_families`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use twill_netkit::{Link, Netlink};
+use twill_netkit::{Link, Netlink, RouteGet};
 
 use crate::backend::Underlay;
 use crate::netconf::NetworkConfig;
@@ -36,18 +39,118 @@ fn pick<N: Copy, A: PartialEq>(have: &[N], want: Option<A>, addr: impl Fn(&N) ->
         .or(have.first().copied())
 }
 
-/// Resolves the underlay from the flags.
+/// Resolves the underlay from the flags, in flanneld's order: each `--iface`, then each
+/// `--iface-regex`, then `--iface-can-reach`; the default route's interface only when none of
+/// them is given.
 pub async fn find(
     nl: &Netlink,
     ifaces: &[String],
     iface_regex: &[regex::Regex],
+    can_reach: Option<IpAddr>,
     public_ip: Option<Ipv4Addr>,
     public_ipv6: Option<Ipv6Addr>,
 ) -> anyhow::Result<Underlay> {
     let mut chosen: Option<Link> = None;
-    if ifaces.is_empty() && !iface_regex.is_empty() {
-        chosen = Some(by_regex(nl, iface_regex).await?);
+    // The source address of the route to --iface-can-reach's address, when that chose.
+    let mut route_src: Option<IpAddr> = None;
+    // Why each flag given found nothing, in the order tried.
+    let mut misses: Vec<String> = Vec::new();
+    if !ifaces.is_empty() {
+        chosen = by_name_or_address(nl, ifaces).await?;
+        if chosen.is_none() {
+            misses.push(format!(
+                "none of --iface {} exists with an IPv4 or global IPv6 address in this network namespace",
+                ifaces.join(",")
+            ));
+        }
     }
+    if chosen.is_none() && !iface_regex.is_empty() {
+        chosen = by_regex(nl, iface_regex).await?;
+        if chosen.is_none() {
+            let list: Vec<&str> = iface_regex.iter().map(|r| r.as_str()).collect();
+            misses.push(format!(
+                "no interface with an IPv4 or global IPv6 address matches --iface-regex {} in this network namespace",
+                list.join(",")
+            ));
+        }
+    }
+    if chosen.is_none()
+        && let Some(target) = can_reach
+    {
+        match by_route(nl, target).await? {
+            Ok((link, src)) => {
+                tracing::info!(iface = %link.name, target = %target, src = ?src, "--iface-can-reach: the route to the target goes out of this interface");
+                chosen = Some(link);
+                route_src = src;
+            }
+            Err(why) => misses.push(why),
+        }
+    }
+    if ifaces.is_empty() && iface_regex.is_empty() && can_reach.is_none() {
+        chosen = by_default_route(nl).await?;
+    }
+    let Some(link) = chosen else {
+        if misses.is_empty() {
+            anyhow::bail!(
+                "no default route to pick the underlay interface from: pass --iface NAME, --iface IP or --iface-can-reach IP"
+            );
+        }
+        if misses.len() == 1 {
+            anyhow::bail!("{}", misses[0]);
+        }
+        anyhow::bail!(
+            "no underlay interface: {} (tried in that order, as flanneld does)",
+            misses.join("; ")
+        );
+    };
+    let (v4, v6) = addrs(nl, link.index).await;
+    // An --iface given as an address, else the source of the route to --iface-can-reach's
+    // address, is the preferred public address of its family.
+    let iface_ip = |f: fn(&IpAddr) -> bool| {
+        ifaces
+            .iter()
+            .filter_map(|i| i.parse::<IpAddr>().ok())
+            .find(f)
+    };
+    let src4 = match route_src {
+        Some(IpAddr::V4(a)) => Some(a),
+        _ => None,
+    };
+    let src6 = match route_src {
+        Some(IpAddr::V6(a)) if global6(a) => Some(a),
+        _ => None,
+    };
+    let want4 = public_ip
+        .or(iface_ip(IpAddr::is_ipv4).and_then(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }))
+        .or(src4);
+    let want6 = public_ipv6
+        .or(iface_ip(IpAddr::is_ipv6).and_then(|a| match a {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }))
+        .or(src6);
+    let net = pick(&v4, want4, |n| n.addr());
+    let net6 = pick(&v6, want6, |n| n.addr());
+    Ok(Underlay {
+        // The route's source need not be on the interface (`ip route add … dev eth1 src
+        // <eth0's address>`): the kernel sends from it all the same, so peers see it.
+        public_ip: public_ip
+            .or(src4)
+            .or(net.map(|n| n.addr()))
+            .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        net: net.unwrap_or_default(),
+        public_ipv6: public_ipv6.or(src6).or(net6.map(|n| n.addr())),
+        net6,
+        link,
+    })
+}
+
+/// The first of `ifaces` (names or addresses) that exists with an IPv4 or global IPv6
+/// address.
+async fn by_name_or_address(nl: &Netlink, ifaces: &[String]) -> anyhow::Result<Option<Link>> {
     for want in ifaces {
         if let Ok(ip) = want.parse::<IpAddr>() {
             for l in nl.list_links().await? {
@@ -57,8 +160,7 @@ pub async fn find(
                     IpAddr::V6(ip) => v6.iter().any(|n| n.addr() == ip),
                 };
                 if has {
-                    chosen = Some(l);
-                    break;
+                    return Ok(Some(l));
                 }
             }
         } else if let Some(l) = nl.link_by_name(want).await? {
@@ -66,74 +168,69 @@ pub async fn find(
             if v4.is_empty() && v6.is_empty() {
                 tracing::warn!(iface = %want, "interface has no IPv4 or global IPv6 address: trying the next --iface");
             } else {
-                chosen = Some(l);
-            }
-        }
-        if chosen.is_some() {
-            break;
-        }
-    }
-    if chosen.is_none() && ifaces.is_empty() && iface_regex.is_empty() {
-        let routes = nl.list_routes(None).await?;
-        // The IPv4 default route first, then IPv6's (an IPv6-only node has only that).
-        let mut defaults: Vec<_> = routes.iter().filter(|r| r.dst.prefix_len() == 0).collect();
-        defaults.sort_by_key(|r| r.dst.addr().is_ipv6());
-        for r in defaults {
-            if let Some(oif) = r.oif
-                && let Some(l) = nl.link_by_index(oif).await?
-            {
-                let (v4, v6) = addrs(nl, l.index).await;
-                if !v4.is_empty() || !v6.is_empty() {
-                    chosen = Some(l);
-                    break;
-                }
+                return Ok(Some(l));
             }
         }
     }
-    let Some(link) = chosen else {
-        if ifaces.is_empty() {
-            anyhow::bail!(
-                "no default route to pick the underlay interface from: pass --iface NAME or --iface IP"
-            );
+    Ok(None)
+}
+
+/// The interface of the default route with an address: IPv4's first, then IPv6's (an
+/// IPv6-only node has only that).
+async fn by_default_route(nl: &Netlink) -> anyhow::Result<Option<Link>> {
+    let routes = nl.list_routes(None).await?;
+    let mut defaults: Vec<_> = routes.iter().filter(|r| r.dst.prefix_len() == 0).collect();
+    defaults.sort_by_key(|r| r.dst.addr().is_ipv6());
+    for r in defaults {
+        if let Some(oif) = r.oif
+            && let Some(l) = nl.link_by_index(oif).await?
+        {
+            let (v4, v6) = addrs(nl, l.index).await;
+            if !v4.is_empty() || !v6.is_empty() {
+                return Ok(Some(l));
+            }
         }
-        anyhow::bail!(
-            "none of --iface {} exists with an IPv4 or global IPv6 address in this network namespace",
-            ifaces.join(",")
-        );
+    }
+    Ok(None)
+}
+
+/// `--iface-can-reach`, as flanneld's `GetInterfaceBySpecificIPRouting`: the interface the
+/// kernel's route to `target` goes out of (RTM_GETROUTE, `ip route get`) and the route's
+/// source address. Why there is none is the inner error (a failed netlink request the outer).
+async fn by_route(
+    nl: &Netlink,
+    target: IpAddr,
+) -> anyhow::Result<Result<(Link, Option<IpAddr>), String>> {
+    let flag = format!("--iface-can-reach {target}");
+    let route = match nl.route_get(target).await? {
+        RouteGet::Out(route) => route,
+        RouteGet::Local => {
+            return Ok(Err(format!(
+                "{flag}: {target} is an address of this node, so no interface leads to it: give the address of a peer or gateway"
+            )));
+        }
+        RouteGet::Refused(why) => {
+            return Ok(Err(format!(
+                "{flag}: the kernel has {why} to {target} in this network namespace (`ip route get {target}` says the same)"
+            )));
+        }
     };
-    let (v4, v6) = addrs(nl, link.index).await;
-    // An --iface given as an address is the preferred public address of its family.
-    let iface_ip = |f: fn(&IpAddr) -> bool| {
-        ifaces
-            .iter()
-            .filter_map(|i| i.parse::<IpAddr>().ok())
-            .find(f)
+    let link = match route.oif {
+        Some(oif) => nl.link_by_index(oif).await?,
+        None => None,
     };
-    let want4 = public_ip.or(iface_ip(IpAddr::is_ipv4).and_then(|a| match a {
-        IpAddr::V4(a) => Some(a),
-        IpAddr::V6(_) => None,
-    }));
-    let want6 = public_ipv6.or(iface_ip(IpAddr::is_ipv6).and_then(|a| match a {
-        IpAddr::V6(a) => Some(a),
-        IpAddr::V4(_) => None,
-    }));
-    let net = pick(&v4, want4, |n| n.addr());
-    let net6 = pick(&v6, want6, |n| n.addr());
-    Ok(Underlay {
-        public_ip: public_ip
-            .or(net.map(|n| n.addr()))
-            .unwrap_or(Ipv4Addr::UNSPECIFIED),
-        net: net.unwrap_or_default(),
-        public_ipv6: public_ipv6.or(net6.map(|n| n.addr())),
-        net6,
-        link,
-    })
+    let Some(link) = link else {
+        return Ok(Err(format!(
+            "{flag}: the route to {target} names no interface that exists"
+        )));
+    };
+    Ok(Ok((link, route.src)))
 }
 
 /// The first interface with an address that one of `regexes` matches, as Flannel's
 /// `--iface-regex`: per expression, first against every interface's addresses, then against
 /// the names.
-async fn by_regex(nl: &Netlink, regexes: &[regex::Regex]) -> anyhow::Result<Link> {
+async fn by_regex(nl: &Netlink, regexes: &[regex::Regex]) -> anyhow::Result<Option<Link>> {
     let mut links = Vec::new();
     for l in nl.list_links().await? {
         let (v4, v6) = addrs(nl, l.index).await;
@@ -153,18 +250,27 @@ async fn by_regex(nl: &Netlink, regexes: &[regex::Regex]) -> anyhow::Result<Link
             .find(|(_, ips)| ips.iter().any(|ip| re.is_match(ip)));
         let by_name = || links.iter().find(|(l, _)| re.is_match(&l.name));
         if let Some((l, _)) = by_ip.or_else(by_name) {
-            return Ok(l.clone());
+            return Ok(Some(l.clone()));
         }
     }
-    let list: Vec<&str> = regexes.iter().map(|r| r.as_str()).collect();
-    anyhow::bail!(
-        "no interface with an IPv4 or global IPv6 address matches --iface-regex {} in this network namespace",
-        list.join(",")
-    )
+    Ok(None)
 }
 
-/// Checks that the underlay has a public address for every family the network leases.
-pub fn check_families(underlay: &Underlay, config: &NetworkConfig) -> anyhow::Result<()> {
+/// Checks that the underlay has a public address for every family the network leases, and
+/// that an `--iface-can-reach` address is of a family it leases when it leases IPv4 only
+/// (flanneld would take an IPv6 route's source address for its IPv4 public IP).
+pub fn check_families(
+    underlay: &Underlay,
+    config: &NetworkConfig,
+    can_reach: Option<IpAddr>,
+) -> anyhow::Result<()> {
+    if let Some(target @ IpAddr::V6(_)) = can_reach
+        && config.ipv6.is_none()
+    {
+        anyhow::bail!(
+            "--iface-can-reach {target} is an IPv6 address but the network leases IPv4 subnets only (no \"EnableIPv6\"): give an IPv4 address the underlay interface reaches, or set \"EnableIPv6\": true"
+        );
+    }
     if config.enable_ipv4 && underlay.public_ip.is_unspecified() {
         anyhow::bail!(
             "the network leases IPv4 subnets but {} has no IPv4 address: pass --public-ip or another --iface (or set \"EnableIPv4\": false for an IPv6-only network)",
@@ -178,4 +284,31 @@ pub fn check_families(underlay: &Underlay, config: &NetworkConfig) -> anyhow::Re
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_iface_can_reach_address_needs_ipv6_in_the_network() {
+        let underlay = Underlay::for_tests(24, 64);
+        let v4 = NetworkConfig::parse(r#"{"Network": "10.5.0.0/16"}"#).unwrap();
+        let dual = NetworkConfig::parse(
+            r#"{"Network": "10.5.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:5::/48",
+                "Backend": {"Type": "vxlan"}}"#,
+        )
+        .unwrap();
+        let v6: IpAddr = "fd31::1".parse().unwrap();
+        let e = check_families(&underlay, &v4, Some(v6)).unwrap_err();
+        let said = e.to_string();
+        assert!(
+            said.starts_with("--iface-can-reach fd31::1 is an IPv6 address")
+                && said.contains("IPv4 subnets only"),
+            "{said}"
+        );
+        check_families(&underlay, &dual, Some(v6)).unwrap();
+        check_families(&underlay, &v4, Some("172.31.0.1".parse().unwrap())).unwrap();
+        check_families(&underlay, &v4, None).unwrap();
+    }
 }

@@ -392,7 +392,9 @@ fn a_taken_healthz_port_is_fatal() {
     if !preconditions("a_taken_healthz_port_is_fatal", &[]) {
         return;
     }
-    let scope = NsScope::new("se2");
+    // Its own tag: with iface_regex_…'s "se2", each test's sweep deleted the other's namespace
+    // when they ran at once.
+    let scope = NsScope::new("se6");
     let ns = scope.create("h");
     let dir = tempfile::tempdir().unwrap();
     // The first twilld holds the port while it waits for etcd.
@@ -519,4 +521,234 @@ fn iface_regex_picks_by_address_then_name_and_says_when_none_matches() {
             "{regex}: {stderr}"
         );
     }
+}
+
+/// One twilld run: its arguments and the variables set for it.
+type Run<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+
+/// The "using underlay interface" line of each twilld run in `ns` with its args and
+/// environment, all started at once against an etcd that never answers and SIGTERM'd as soon
+/// as that line is out (or after 10 s, when the line is the run's stderr so far).
+fn underlay_lines(ns: &twill_netkit::Netns, runs: &[Run]) -> Vec<String> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut children = Vec::new();
+    for (i, (args, env)) in runs.iter().enumerate() {
+        let mut c = Command::new(TWILLD);
+        with_env(&mut c, env);
+        c.arg("--subnet-file")
+            .arg(dir.path().join(format!("subnet{i}.env")))
+            .args(["--etcd-endpoints", "http://127.0.0.1:1"])
+            .args(*args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        ns.prepare_command(&mut c).unwrap();
+        let mut child = twill_tests::KillOnDrop(c.spawn().expect("starting twilld"));
+        let stderr = child.0.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = String::new();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("using underlay interface") {
+                    let _ = tx.send(line);
+                    return;
+                }
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            let _ = tx.send(seen);
+        });
+        children.push((child, rx));
+    }
+    children
+        .into_iter()
+        .map(|(child, rx)| {
+            let line = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| "no underlay line within 10s".to_string());
+            drop(child);
+            line
+        })
+        .collect()
+}
+
+#[test]
+fn iface_can_reach_picks_the_interface_of_the_route_and_its_source() {
+    if !preconditions(
+        "iface_can_reach_picks_the_interface_of_the_route_and_its_source",
+        &["ip"],
+    ) {
+        return;
+    }
+    // Before: --iface-can-reach was refused whatever its value (exit 2).
+    let scope = NsScope::new("secr");
+    let ns = scope.create("h");
+    let name = scope.name("h");
+    // Two links, each a veth whose peer stays in the namespace (so both have a carrier), and
+    // no default route. Only ul1 has routes to 10.77.0.0/16 and fd77::/64, via gateways on
+    // one of its two subnets, so the kernel sends from the address there, not ul1's first.
+    for args in [
+        &["link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"][..],
+        &["link", "add", "ul1", "type", "veth", "peer", "name", "ul1p"],
+        &["addr", "add", "10.98.0.5/24", "dev", "ul0"],
+        &["addr", "add", "fd98::5/64", "dev", "ul0", "nodad"],
+        &["addr", "add", "10.99.0.5/24", "dev", "ul1"],
+        &["addr", "add", "10.99.1.5/24", "dev", "ul1"],
+        &["addr", "add", "fd99::5/64", "dev", "ul1", "nodad"],
+        &["addr", "add", "fd99:1::5/64", "dev", "ul1", "nodad"],
+        &["link", "set", "ul0p", "up"],
+        &["link", "set", "ul1p", "up"],
+        &["link", "set", "ul0", "up"],
+        &["link", "set", "ul1", "up"],
+        &[
+            "route",
+            "add",
+            "10.77.0.0/16",
+            "via",
+            "10.99.1.1",
+            "dev",
+            "ul1",
+        ],
+        // IPv6 lists the newest address first (fd99:1::5): the route's source is the other.
+        &[
+            "route",
+            "add",
+            "fd77::/64",
+            "via",
+            "fd99::1",
+            "dev",
+            "ul1",
+            "src",
+            "fd99::5",
+        ],
+        // A route out of ul1 whose source is ul0's address: the kernel sends from it.
+        &[
+            "route",
+            "add",
+            "10.88.0.0/16",
+            "dev",
+            "ul1",
+            "src",
+            "10.98.0.5",
+        ],
+        &["route", "add", "unreachable", "10.66.0.0/16"],
+    ] {
+        let mut full = vec!["-n", name.as_str()];
+        full.extend_from_slice(args);
+        twill_tests::run("ip", &full);
+    }
+    let none: &[(&str, &str)] = &[];
+    let lines = underlay_lines(
+        &ns,
+        &[
+            // The route's interface, and its source as the public IP (not ul1's first).
+            (&["--iface-can-reach", "10.77.0.1"], none),
+            // A directly connected address: the link of that subnet.
+            (&["--iface-can-reach", "10.98.0.9"], none),
+            // The source need not be the interface's own address.
+            (&["--iface-can-reach", "10.88.0.1"], none),
+            // IPv6: the route's source is the public IPv6; the public IPv4 is ul1's first.
+            (&["--iface-can-reach", "fd77::1"], none),
+            // --public-ip wins over the route's source; the interface stays the route's.
+            (
+                &[
+                    "--iface-can-reach",
+                    "10.77.0.1",
+                    "--public-ip",
+                    "203.0.113.7",
+                ],
+                none,
+            ),
+            // flanneld's order: --iface, then --iface-regex, then --iface-can-reach.
+            (&["--iface", "ul0", "--iface-can-reach", "10.77.0.1"], none),
+            (
+                &["--iface-regex", "^ul0$", "--iface-can-reach", "10.77.0.1"],
+                none,
+            ),
+            (
+                &["--iface", "nonexist", "--iface-can-reach", "10.77.0.1"],
+                none,
+            ),
+            (
+                &[
+                    "--iface-regex",
+                    "^nomatch$",
+                    "--iface-can-reach",
+                    "10.77.0.1",
+                ],
+                none,
+            ),
+            // From flanneld's variable.
+            (&[], &[("FLANNELD_IFACE_CAN_REACH", "10.77.0.1")]),
+            // --iface-regex after an --iface that is not there (before: refused).
+            (&["--iface", "nonexist", "--iface-regex", "^ul0$"], none),
+        ],
+    );
+    let want: [&[&str]; 11] = [
+        &["iface=ul1", "public_ip=10.99.1.5"],
+        &["iface=ul0", "public_ip=10.98.0.5"],
+        &["iface=ul1", "public_ip=10.98.0.5"],
+        &[
+            "iface=ul1",
+            "public_ip=10.99.0.5",
+            "public_ipv6=Some(fd99::5)",
+        ],
+        &["iface=ul1", "public_ip=203.0.113.7"],
+        &["iface=ul0", "public_ip=10.98.0.5"],
+        &["iface=ul0", "public_ip=10.98.0.5"],
+        &["iface=ul1", "public_ip=10.99.1.5"],
+        &["iface=ul1", "public_ip=10.99.1.5"],
+        &["iface=ul1", "public_ip=10.99.1.5"],
+        &["iface=ul0", "public_ip=10.98.0.5"],
+    ];
+    for (i, (line, want)) in lines.iter().zip(want).enumerate() {
+        for w in want {
+            assert!(line.contains(w), "run {i}: {w} missing in: {line}");
+        }
+    }
+    // Nothing leads there: exit 1 at once, naming the address and why.
+    let dead = "http://127.0.0.1:1";
+    for (args, want) in [
+        (
+            &["--iface-can-reach", "10.55.0.1"][..],
+            "twilld: --iface-can-reach 10.55.0.1: the kernel has no route to 10.55.0.1 in this network namespace (`ip route get 10.55.0.1` says the same)",
+        ),
+        (
+            &["--iface-can-reach", "10.66.0.1"],
+            "twilld: --iface-can-reach 10.66.0.1: the kernel has an unreachable route to 10.66.0.1 in this network namespace (`ip route get 10.66.0.1` says the same)",
+        ),
+        (
+            &["--iface-can-reach", "10.99.0.5"],
+            "twilld: --iface-can-reach 10.99.0.5: 10.99.0.5 is an address of this node, so no interface leads to it: give the address of a peer or gateway",
+        ),
+        (
+            &["--iface-can-reach", "fd55::1"],
+            "twilld: --iface-can-reach fd55::1: the kernel has no route to fd55::1 in this network namespace (`ip route get fd55::1` says the same)",
+        ),
+        (
+            &["--iface", "nonexist", "--iface-can-reach", "10.55.0.1"],
+            "twilld: no underlay interface: none of --iface nonexist exists with an IPv4 or global IPv6 address in this network namespace; --iface-can-reach 10.55.0.1: the kernel has no route to 10.55.0.1 in this network namespace (`ip route get 10.55.0.1` says the same) (tried in that order, as flanneld does)",
+        ),
+    ] {
+        let mut full = vec!["--etcd-endpoints", dead];
+        full.extend_from_slice(args);
+        let (code, first) = twilld(&ns, &full);
+        assert_eq!(code, Some(1), "{args:?}: {first}");
+        assert_eq!(first, want, "{args:?}");
+    }
+    let (code, first) = twilld_env(
+        &ns,
+        &["--etcd-endpoints", dead],
+        &[("FLANNELD_IFACE_CAN_REACH", "10.55.0.1")],
+    );
+    assert_eq!(code, Some(1), "{first}");
+    assert!(
+        first.ends_with(
+            "(--iface-can-reach came from the environment variable FLANNELD_IFACE_CAN_REACH)"
+        ),
+        "{first}"
+    );
 }

@@ -25,6 +25,6 @@ pub use link::{
 pub use neigh::{FdbEntry, FdbMode, Neighbour};
 pub use netlink::Netlink;
 pub use netns::{NETNS_RUN_DIR, Netns};
-pub use route::{RT_TABLE_MAIN, RTPROT_TWILL, Route, Scope};
+pub use route::{RT_TABLE_MAIN, RTPROT_TWILL, Route, RouteGet, Scope};
 
 pub use ipnet;

@@ -171,6 +171,19 @@ impl Route {
     }
 }
 
+/// What the kernel answers for a packet to one address, as `ip route get ADDRESS` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteGet {
+    /// It leaves through a device: the route with the gateway, the device (`oif`) and the
+    /// source address the kernel would send it from (`src`, when it has one).
+    Out(Route),
+    /// It is one of this namespace's own addresses (`local … dev lo`): it never leaves.
+    Local,
+    /// Nothing sends it anywhere; why, in words: no route at all, or an `unreachable`,
+    /// `prohibit` or `blackhole` route.
+    Refused(&'static str),
+}
+
 fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
@@ -303,6 +316,53 @@ impl Netlink {
             }
             Err(e) => Err(self.err("looking up route to", ip.to_string(), e)),
         }
+    }
+
+    /// What the kernel does with a packet to `ip` (RTM_GETROUTE for that one address, as
+    /// `ip route get` asks): out of which device, via which gateway and from which source;
+    /// one of our own addresses; or refused, and why.
+    pub async fn route_get(&self, ip: impl Into<IpAddr>) -> Result<RouteGet> {
+        let ip = ip.into();
+        let host_len = if ip.is_ipv4() { 32 } else { 128 };
+        let query = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(ip, host_len)
+            .map_err(|e| Error::Invalid(format!("route lookup of {ip}: {e}")))?
+            .build();
+        let msgs = match collect_dump(self.handle.route().get(query).execute()).await {
+            Ok(msgs) => msgs,
+            // The kernel's answers for each refusal (IPv4 and IPv6 alike).
+            Err(e) if has_errno(&e, libc::ENETUNREACH) => {
+                return Ok(RouteGet::Refused("no route"));
+            }
+            Err(e) if has_errno(&e, libc::EHOSTUNREACH) => {
+                return Ok(RouteGet::Refused("an unreachable route"));
+            }
+            Err(e) if has_errno(&e, libc::EACCES) => {
+                return Ok(RouteGet::Refused("a prohibit route"));
+            }
+            Err(e) if has_errno(&e, libc::EINVAL) => {
+                return Ok(RouteGet::Refused("a blackhole route"));
+            }
+            Err(e) => return Err(self.err("looking up route to", ip.to_string(), e)),
+        };
+        let Some(msg) = msgs.first() else {
+            return Ok(RouteGet::Refused("no route"));
+        };
+        Ok(match msg.header.kind {
+            RouteType::Local => RouteGet::Local,
+            RouteType::Unreachable => RouteGet::Refused("an unreachable route"),
+            RouteType::Prohibit => RouteGet::Refused("a prohibit route"),
+            RouteType::BlackHole => RouteGet::Refused("a blackhole route"),
+            // Unicast, and a subnet's broadcast address, which still leaves by a device.
+            _ => {
+                let mut unicast = msg.clone();
+                unicast.header.kind = RouteType::Unicast;
+                match parse_routes(&unicast).into_iter().next() {
+                    Some(r) if r.oif.is_some() => RouteGet::Out(r),
+                    _ => RouteGet::Refused("no route out of a device"),
+                }
+            }
+        })
     }
 
     /// Unicast routes of both families in the main table, optionally only those with
