@@ -88,13 +88,13 @@ pub fn keep(name: &str) {
     let to = kept_logs_dir(name);
     match copy_logs(&st, &to) {
         Ok(files) if !files.is_empty() => {
-            eprintln!(
+            crate::errln!(
                 "twill-lab: the logs of lab {name} are kept in {}",
                 to.display()
             );
         }
         Ok(_) => {}
-        Err(e) => eprintln!("twill-lab: keeping the logs of lab {name}: {e:#}"),
+        Err(e) => crate::errln!("twill-lab: keeping the logs of lab {name}: {e:#}"),
     }
 }
 

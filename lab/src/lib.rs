@@ -12,6 +12,7 @@ pub mod family;
 pub mod image;
 pub mod interrupt;
 pub mod kept_logs;
+pub mod output;
 pub mod relay;
 pub mod soak;
 pub mod state;

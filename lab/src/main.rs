@@ -6,7 +6,7 @@ use twill_lab::bench::path::BenchSelection;
 use twill_lab::bench::{self, BenchKind, BenchOutput};
 use twill_lab::family::IpFamily;
 use twill_lab::soak::{self, SoakOptions};
-use twill_lab::{commands, interrupt, state, up};
+use twill_lab::{commands, errln, interrupt, state, up};
 
 /// A number from `min` to `max` (no upper limit with `None`), refused when the arguments are
 /// parsed, before anything is built, with what to give instead. The values it keeps out
@@ -174,7 +174,9 @@ fn main() {
     // SAFETY: restoring the default disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    // What builds labs stops cleanly on Ctrl-C; exec, logs and the rest end as usual.
+    // What builds labs stops cleanly on Ctrl-C, and lives on when its reader goes away
+    // (`twill-lab up | head -1`): a SIGPIPE there killed it between two steps, leaving a
+    // half-built lab, or before a soak's teardown. Exec, logs and the rest end as usual.
     if matches!(
         cli.cmd,
         Cmd::Up { .. }
@@ -185,6 +187,7 @@ fn main() {
             }
     ) {
         interrupt::install();
+        twill_lab::output::survive_closed_pipes();
     }
     // No '-': a lab's namespaces are `tl-<name>-…`, and `down lab` would otherwise also take
     // down `lab-udp`'s (its names start with `tl-lab-` too).
@@ -192,7 +195,7 @@ fn main() {
         && cli.name.len() <= 20
         && cli.name.bytes().all(|b| b.is_ascii_alphanumeric());
     if !valid {
-        eprintln!(
+        errln!(
             "twill-lab: --name must be 1-20 letters or digits (no '-': one lab's name would prefix another's namespaces)"
         );
         std::process::exit(2);
@@ -286,24 +289,24 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) if interrupt::requested() => {
             if !interrupt::is_interrupted(&e) {
-                eprintln!("twill-lab: while stopping: {e:#}");
+                errln!("twill-lab: while stopping: {e:#}");
             }
             // An interrupted `up` leaves nothing half-built (bench and soak remove theirs).
             if built(&e)
                 && let Err(e) = commands::down(&cli.name)
             {
-                eprintln!(
+                errln!(
                     "twill-lab: removing the interrupted lab {}: {e:#}",
                     cli.name
                 );
             }
-            eprintln!("twill-lab: interrupted");
+            errln!("twill-lab: interrupted");
             std::process::exit(130);
         }
         Err(e) => {
-            eprintln!("twill-lab: {e:#}");
+            errln!("twill-lab: {e:#}");
             if built(&e) {
-                eprintln!("(clean up with: twill-lab down --name {})", cli.name);
+                errln!("(clean up with: twill-lab down --name {})", cli.name);
             }
             std::process::exit(1);
         }

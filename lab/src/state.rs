@@ -198,15 +198,15 @@ impl LabState {
         let dual = self.ip_family == crate::family::IpFamily::Dual;
         let ip_w = if dual { 14 } else { 20 };
         let mark = |ok: bool| if ok { "✔" } else { "✘" };
-        print!("{:<6} {:<14} {:<20} ", "HOST", "UNDERLAY IP", "SUBNET");
+        crate::out!("{:<6} {:<14} {:<20} ", "HOST", "UNDERLAY IP", "SUBNET");
         if live.is_some() {
-            print!("{:<7} ", "TWILLD");
+            crate::out!("{:<7} ", "TWILLD");
         }
-        print!("{:<10} {:<ip_w$} ", "CONTAINER", "IP");
+        crate::out!("{:<10} {:<ip_w$} ", "CONTAINER", "IP");
         if dual {
-            print!("{:<22} ", "IPV6");
+            crate::out!("{:<22} ", "IPV6");
         }
-        println!(
+        crate::outln!(
             "{}",
             if live.is_some() {
                 "RUNNING"
@@ -227,29 +227,29 @@ impl LabState {
                 } else {
                     ("", "", "")
                 };
-                print!("{hn:<6} {ul:<14} {sn:<20} ");
+                crate::out!("{hn:<6} {ul:<14} {sn:<20} ");
                 if let Some(hh) = health {
                     let twilld = if i == 0 {
                         mark(hh.twilld.is_none())
                     } else {
                         ""
                     };
-                    print!("{twilld:<7} ");
+                    crate::out!("{twilld:<7} ");
                 }
                 let Some(c) = h.containers.get(i) else {
-                    println!("-");
+                    crate::outln!("-");
                     continue;
                 };
-                print!("{:<10} {:<ip_w$} ", c.name, c.ip);
+                crate::out!("{:<10} {:<ip_w$} ", c.name, c.ip);
                 if dual {
-                    print!("{:<22} ", c.ip6.as_deref().unwrap_or("-"));
+                    crate::out!("{:<22} ", c.ip6.as_deref().unwrap_or("-"));
                 }
                 let last = match (health, c.reachable) {
                     (Some(hh), _) => mark(hh.containers.get(i).is_some_and(Option::is_none)),
                     (None, Some(r)) => mark(r),
                     (None, None) => "?",
                 };
-                println!("{last}");
+                crate::outln!("{last}");
             }
         }
     }

@@ -56,7 +56,7 @@ const HEALTHZ_FLAGS: [&str; 4] = ["--healthz-ip", "127.0.0.1", "--healthz-port",
 const LEASE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn step(msg: &str) {
-    println!("==> {msg}");
+    crate::outln!("==> {msg}");
 }
 
 /// Builds the lab; on failure says what failed and how to look, and leaves the state file for
@@ -517,10 +517,10 @@ pub fn check_all_pairs(
         }
     }
     st.save(dir)?;
-    println!();
+    crate::outln!();
     st.print_table(None);
     let ok = reach.iter().all(|r| *r);
-    println!();
+    crate::outln!();
     let families = match st.ip_family {
         IpFamily::Ipv4 => "",
         IpFamily::Ipv6 => " (IPv6)",
@@ -528,13 +528,13 @@ pub fn check_all_pairs(
     };
     let flag = name_flag(&st.name);
     if ok && all.is_empty() {
-        println!(
+        crate::outln!(
             "no containers (--containers-per-host 0). Try: twill-lab exec{flag} h1 ip route; twill-lab down{flag}"
         );
     } else if ok {
         // From the first container to the last one's last address (its own when it is alone).
         let (first, last) = (&all[0], &all[all.len() - 1]);
-        println!(
+        crate::outln!(
             "all {} containers reach each other over {backend}{families}. Try: twill-lab exec{flag} {}/{} ping {}; twill-lab down{flag}",
             all.len(),
             st.hosts[first.0].name,
@@ -542,14 +542,14 @@ pub fn check_all_pairs(
             last.2.last().map(String::as_str).unwrap_or("")
         );
     } else {
-        println!("unreachable pairs: {failed_v4} over IPv4, {failed_v6} over IPv6");
+        crate::outln!("unreachable pairs: {failed_v4} over IPv4, {failed_v6} over IPv6");
         if logs_kept {
-            println!(
+            crate::outln!(
                 "some containers are unreachable: the agents' logs will be kept in {}",
                 kept_logs_dir(&st.name).display()
             );
         } else {
-            println!(
+            crate::outln!(
                 "some containers are unreachable: look at `twill-lab logs{flag} HOST` and `twill-lab exec{flag} HOST ip route`"
             );
         }

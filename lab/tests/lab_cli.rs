@@ -1203,3 +1203,93 @@ fn every_option_and_argument_says_what_it_is() {
         .collect();
     assert!(bare.is_empty(), "without a description: {bare:?}");
 }
+
+/// Runs twill-lab with `args` and its stdout a pipe whose reader takes the first line and
+/// closes it, as `twill-lab … | head -1` does; how it ended (killed after 180 s) and its
+/// stderr.
+fn lab_read_by_head(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::BufRead as _;
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(LAB)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(err.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: the pipe has no reader any more.
+    assert!(first.starts_with("==> "), "first line: {first:?}");
+    if !twill_testbed::wait_for(Duration::from_secs(180), || {
+        child.try_wait().ok().flatten().is_some()
+    }) {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    (
+        status,
+        std::fs::read_to_string(err.path()).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn up_whose_reader_goes_away_still_builds_the_whole_lab() {
+    use std::os::unix::process::ExitStatusExt as _;
+    if !ready() {
+        return;
+    }
+    // Before: the next line after `head` left killed it (SIGPIPE) between two steps, with a
+    // half-built lab that `status` found down.
+    let _down = Down("tpipeu");
+    let _ = lab(&["down", "--name", "tpipeu"]);
+    let (status, stderr) = lab_read_by_head(&[
+        "up",
+        "--name",
+        "tpipeu",
+        "--hosts",
+        "1",
+        "--containers-per-host",
+        "1",
+        "--backend",
+        "host-gw",
+    ]);
+    assert_eq!(
+        (status.code(), status.signal()),
+        (Some(0), None),
+        "{stderr}"
+    );
+    let (ok, out) = lab(&["status", "--name", "tpipeu"]);
+    assert!(ok && out.contains("h1c1"), "{out}");
+    let (ok, out) = lab(&["down", "--name", "tpipeu"]);
+    assert!(ok, "{out}");
+    gone("tpipeu");
+}
+
+#[test]
+fn soak_whose_reader_goes_away_still_tears_its_lab_down() {
+    use std::os::unix::process::ExitStatusExt as _;
+    if !ready() {
+        return;
+    }
+    // Before: killed by SIGPIPE at its next line, the soak never reached its teardown and left
+    // its namespaces, etcd members, agents and containers behind.
+    let _down = Down("tpipes");
+    let _ = lab(&["down", "--name", "tpipes"]);
+    let (status, stderr) = lab_read_by_head(&[
+        "soak",
+        "--name",
+        "tpipes",
+        "--hosts",
+        "2",
+        "--seconds",
+        "1",
+        "--max-faults",
+        "1",
+    ]);
+    assert_eq!(status.signal(), None, "{stderr}");
+    assert!(matches!(status.code(), Some(0 | 1)), "{status:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    gone("tpipes");
+}

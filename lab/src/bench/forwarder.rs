@@ -45,11 +45,12 @@ impl Drop for SwappedForwarder {
     fn drop(&mut self) {
         match run(&self.cmd, &self.lab, Some("stop")) {
             Ok(s) if s.success() => {}
-            Ok(s) => eprintln!(
+            Ok(s) => crate::errln!(
                 "stopping the forwarder (`{} {} stop`): {s}",
-                self.cmd, self.lab
+                self.cmd,
+                self.lab
             ),
-            Err(e) => eprintln!("stopping the forwarder: {e:#}"),
+            Err(e) => crate::errln!("stopping the forwarder: {e:#}"),
         }
     }
 }

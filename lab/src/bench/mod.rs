@@ -133,14 +133,14 @@ pub fn bench(
                 return true;
             };
             if !a.available() {
-                eprintln!(
+                crate::errln!(
                     "==> skipping the {} anchor: {} or wg is not installed",
                     a.name(),
                     a.binary()
                 );
                 return false;
             }
-            eprintln!("==> the {} anchor is {}", a.name(), a.version());
+            crate::errln!("==> the {} anchor is {}", a.name(), a.version());
             true
         })
         .collect();
@@ -235,7 +235,7 @@ pub fn bench(
         for round in 0..runs.max(1) {
             for (p, acc) in probes.iter().zip(samples.iter_mut()) {
                 crate::interrupt::check()?;
-                eprintln!(
+                crate::errln!(
                     "==> round {}/{}: {}",
                     round + 1,
                     runs.max(1),
@@ -265,8 +265,8 @@ pub fn bench(
     drop(anchors);
     let rows = conclude(result, &names, crate::kept_logs::keep, down)?;
     let text = report(&rows);
-    print!("\n{}", text.table);
-    println!("machine: {machine}");
+    crate::out!("\n{}", text.table);
+    crate::outln!("machine: {machine}");
     if let Some(p) = &out.markdown {
         let md = format!("{}\nMachine: {machine}.\n", text.markdown);
         std::fs::write(p, md).with_context(|| format!("writing {}", p.display()))?;

@@ -69,7 +69,7 @@ impl Drop for Teardown {
             crate::kept_logs::keep(&self.name);
         }
         if let Err(e) = down(&self.name) {
-            eprintln!("twill-lab: tearing down lab {}: {e:#}", self.name);
+            crate::errln!("twill-lab: tearing down lab {}: {e:#}", self.name);
         }
     }
 }
@@ -143,7 +143,7 @@ fn run(o: &SoakOptions) -> anyhow::Result<bool> {
     );
     let mut etcd = lab.etcd.take().context("the soak owns its etcd members")?;
 
-    println!(
+    crate::outln!(
         "==> soaking for {}s: pings between {} pairs every {}s, faults at random (seed {})",
         o.duration.as_secs(),
         o.hosts * (o.hosts - 1),
@@ -180,7 +180,7 @@ fn run(o: &SoakOptions) -> anyhow::Result<bool> {
     let _ = interrupt::pause(deadline.saturating_duration_since(Instant::now()));
     let interrupted = interrupt::requested();
 
-    println!("==> stopping the pings, replaying etcd's history of the lease keys");
+    crate::outln!("==> stopping the pings, replaying etcd's history of the lease keys");
     let echoes: Vec<(String, Vec<pings::Echo>)> = pingers
         .into_iter()
         .map(|p| (format!("{}→{}", p.from, p.to), p.finish()))
@@ -206,7 +206,7 @@ fn run(o: &SoakOptions) -> anyhow::Result<bool> {
         interrupted,
     };
     let text = rep.markdown();
-    println!("\n{text}");
+    crate::outln!("\n{text}");
     if let Some(path) = &o.markdown {
         std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -251,7 +251,7 @@ fn inject_until(
         }
         let start = now();
         let done = target.inject(kind, rng, Duration::from_secs(down))?;
-        println!(
+        crate::outln!(
             "    +{:>4.0}s  {kind}: {}, down {down}s, {}{}",
             start - began,
             done.target,
