@@ -44,6 +44,17 @@ pub struct RunOptions {
     pub ports: Vec<PortSpec>,
     pub auto_remove: bool,
     pub interactive: bool,
+    /// `-t`: the command's stdio is a pty (see `tty`).
+    pub tty: bool,
+}
+
+/// A container that [`start`] started.
+pub struct Running {
+    pub state: State,
+    /// Its first process (our child).
+    pub pid: Pid,
+    /// With `-t`: the master of its pty, for `tty::relay`.
+    pub pty: Option<std::os::fd::OwnedFd>,
 }
 
 /// Files of the init layer (never committed).
@@ -233,13 +244,9 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Creates and starts a container; on failure everything is undone. `log`: where stdout and
-/// stderr go (detached), else they are inherited.
-pub fn start(
-    store: &Store,
-    opts: &RunOptions,
-    cni: &CniOptions,
-    log: bool,
-) -> Result<(State, Pid)> {
+/// stderr go (detached), else they are inherited; with `-t` they are the pty whose master
+/// comes back in [`Running`] instead.
+pub fn start(store: &Store, opts: &RunOptions, cni: &CniOptions, log: bool) -> Result<Running> {
     let warm = cgroup::prewarm_join();
     let started = start_inner(store, opts, cni, log);
     if let Some(h) = warm {
@@ -248,12 +255,7 @@ pub fn start(
     started
 }
 
-fn start_inner(
-    store: &Store,
-    opts: &RunOptions,
-    cni: &CniOptions,
-    log: bool,
-) -> Result<(State, Pid)> {
+fn start_inner(store: &Store, opts: &RunOptions, cni: &CniOptions, log: bool) -> Result<Running> {
     let img = image::load(store, &opts.image)?;
     let cfg = img.run_config()?;
     let command = config::argv(
@@ -332,7 +334,7 @@ fn start_inner(
     store.save(&st)?;
     // Saved: the name is taken for everyone who looks from now on.
     drop(names);
-    let started = (|| -> Result<Pid> {
+    let started = (|| -> Result<(Pid, Option<std::os::fd::OwnedFd>)> {
         st.mounts = parse_volumes(store, &volumes)?;
         store.save(&st)?;
         let net = network::setup(store, &mut st, &opts.net, cni)?;
@@ -361,6 +363,13 @@ fn start_inner(
                 })
             }
             None => None,
+        };
+        let (pty_sock, tty) = if opts.tty {
+            let (ours, theirs) = crate::tty::pair()?;
+            let size = crate::tty::caller_size();
+            (Some(ours), Some(process::TtySpec { sock: theirs, size }))
+        } else {
+            (None, None)
         };
         let log_file = if log {
             Some(
@@ -394,19 +403,42 @@ fn start_inner(
             },
             log: log_file,
             stdin_null: log || !opts.interactive,
+            tty,
         };
         let s = process::start(&spec, |pid| cgroup::join(cg.as_ref(), pid))?;
-        Ok(s.pid)
+        // Our copy of the process's end: without it, a master that never came reads as EOF.
+        drop(spec);
+        let pty = match &pty_sock {
+            // Sent before the process exec'd, so it is there now.
+            Some(sock) => match crate::tty::recv_master(sock) {
+                Ok(Some(master)) => Some(master),
+                got => {
+                    let _ = kill(s.pid, Signal::SIGKILL);
+                    let _ = nix::sys::wait::waitpid(s.pid, None);
+                    return Err(got.err().unwrap_or_else(|| {
+                        RuntimeError::Invalid(
+                            "starting the container: its pty never came back".into(),
+                        )
+                    }));
+                }
+            },
+            None => None,
+        };
+        Ok((s.pid, pty))
     })();
     match started {
-        Ok(pid) => {
+        Ok((pid, pty)) => {
             st.pid = Some(pid.as_raw());
             st.pid_start = start_time(pid.as_raw());
             st.status = Status::Running;
             st.monitor_pid = Some(std::process::id() as i32);
             st.monitor_start = start_time(std::process::id() as i32);
             store.save(&st)?;
-            Ok((st, pid))
+            Ok(Running {
+                state: st,
+                pid,
+                pty,
+            })
         }
         Err(e) => {
             if let Err(c) = cleanup(store, &st, cni) {
@@ -436,16 +468,15 @@ const PROXIED: [Signal; 6] = [
 
 /// Whether a signal the kernel itself sent (si_code SI_KERNEL) also reached `target`
 /// directly, so passing ours on would deliver it twice. A terminal's Ctrl-C (SIGINT) and
-/// Ctrl-\ (SIGQUIT) go to the whole foreground process group, and the process a foreground
-/// `run` or `exec` waits for is in ours (it is cloned or forked without a group of its own,
-/// so it keeps the terminal as its controlling one): it has its copy. Passed on as well,
-/// `exec`'s two hops delivered one Ctrl-C three times, and a program that quits at once on a
-/// second Ctrl-C skipped its graceful shutdown. A process's kill(2) (SI_USER, SI_QUEUE: a
-/// user's `kill`, `timeout`, systemd) is always passed on: it is addressed to us. SIGHUP too,
-/// SI_KERNEL or not: a terminal's hangup goes to the session leader alone, which twill-run
-/// may be. A target that moved to a group of its own (an interactive shell's job control)
-/// did not get the group's copy and gets ours. runc never needs this: its container process
-/// always calls setsid(), so a terminal's signals reach runc alone, which passes on all.
+/// Ctrl-\ (SIGQUIT) go to the whole foreground process group: a target in ours has its copy.
+/// twill-run's own targets never are (the container's PID 1 and the process `exec` joins
+/// the container with call setsid(), as runc's, so a group's signals, the terminal's and a
+/// `kill -INT -PGID` alike, reach twill-run alone); `twill-oci run`'s process without a
+/// terminal stays in twill-oci's group, and gets the terminal's copy. A process's kill(2)
+/// (SI_USER, SI_QUEUE: a user's `kill`, `timeout`, systemd) is always passed on: it cannot be
+/// told from one sent to us alone. SIGHUP too, SI_KERNEL or not: a terminal's hangup goes to
+/// the session leader alone, which twill-run may be. A target that moved to a group of its
+/// own (an interactive shell's job control) did not get the group's copy and gets ours.
 /// Called from the signal handler: getpgid and getpgrp are single system calls.
 fn reached_directly(sig: libc::c_int, code: libc::c_int, target: libc::pid_t) -> bool {
     if code != libc::SI_KERNEL || !(sig == libc::SIGINT || sig == libc::SIGQUIT) {
@@ -673,7 +704,11 @@ pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Resul
             let _ = nix::unistd::setsid();
             let mut w = fs::File::from(w);
             match start(store, opts, cni, true) {
-                Ok((st, pid)) => {
+                Ok(Running {
+                    state: st,
+                    pid,
+                    pty,
+                }) => {
                     // Before the report: the caller's stderr is still ours to warn on.
                     if let Err(e) = proxy_signals(pid) {
                         eprintln!(
@@ -691,6 +726,16 @@ pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Resul
                             libc::dup2(null.as_raw_fd(), 1);
                             libc::dup2(null.as_raw_fd(), 2);
                         }
+                    }
+                    // `-d -t`: the pty's output goes to the log, as the output of a
+                    // container without one does (it writes there itself).
+                    if let Some(master) = pty {
+                        let log = store.container_dir(&st.id).join("log");
+                        let _ = match fs::File::options().create(true).append(true).open(&log) {
+                            Ok(mut f) => crate::tty::relay(master, pid, false, &mut f),
+                            // Still read, so the container never blocks writing to it.
+                            Err(_) => crate::tty::relay(master, pid, false, &mut std::io::sink()),
+                        };
                     }
                     let _ = monitor(store, st, pid, cni);
                     std::process::exit(0);
@@ -855,96 +900,6 @@ pub fn remove(store: &Store, id: &str, force: bool, volumes: bool, cni: &CniOpti
         remove_anonymous_volumes(store, &st);
     }
     cleaned
-}
-
-/// `exec`: joins the container's cgroup and namespaces and runs `argv`; returns its exit code.
-pub fn exec(store: &Store, id: &str, argv: &[String], interactive: bool) -> Result<i32> {
-    let st = store.load(id)?;
-    let pid = st
-        .pid
-        .filter(|p| st.status == Status::Running && alive(*p, st.pid_start))
-        .ok_or_else(|| RuntimeError::Invalid(format!("container {id} is not running")))?;
-    if argv.is_empty() {
-        return Err(RuntimeError::Invalid("exec needs a command".into()));
-    }
-    let cg = cgroup::for_container(&st.id);
-    // Open everything before forking so errors are reported here.
-    let mut fds = Vec::new();
-    // The user namespace (--userns) comes last: joining it gives up host privileges, and
-    // the other namespaces belong to the host's.
-    let mut names = vec!["ipc", "uts", "net", "pid", "cgroup", "mnt"];
-    if st.userns.is_some() {
-        names.push("user");
-    }
-    for ns in names {
-        let p = format!("/proc/{pid}/ns/{ns}");
-        fds.push((
-            ns,
-            fs::File::open(&p).map_err(|e| RuntimeError::io("opening", &p, e))?,
-        ));
-    }
-    let spec = ExecSpec {
-        argv: argv.to_vec(),
-        env: st.env.clone(),
-        workdir: st.workdir.clone(),
-        user: st.user.clone(),
-        create_workdir: false,
-    };
-    // Held from before the fork (both forks inherit the mask) until each waiting process has
-    // its proxy in place: a SIGTERM meanwhile reaches the exec'd process instead of killing
-    // `exec` and leaving the process running in the container.
-    if let Err(e) = hold_signals() {
-        eprintln!("twill-run exec: {e}: a signal before the command runs may not reach it");
-    }
-    // SAFETY: single-threaded; the child only makes syscalls and execs or exits.
-    match unsafe { nix::unistd::fork() }.map_err(|e| RuntimeError::nix("forking", "exec", e))? {
-        nix::unistd::ForkResult::Child => {
-            let code = (|| -> Result<i32> {
-                for f in cg.procs_files() {
-                    fs::write(&f, "0")
-                        .map_err(|e| RuntimeError::io("joining cgroup", f.display(), e))?;
-                }
-                for (name, f) in &fds {
-                    use std::os::fd::AsFd;
-                    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::empty())
-                        .map_err(|e| RuntimeError::nix("joining namespace", name, e))?;
-                }
-                if st.userns.is_some() {
-                    crate::userns::become_root()?;
-                }
-                if !interactive && let Ok(null) = fs::File::open("/dev/null") {
-                    use std::os::fd::AsRawFd;
-                    // SAFETY: dup2 onto stdin.
-                    unsafe { libc::dup2(null.as_raw_fd(), 0) };
-                }
-                // Joining a pid namespace takes effect for children: fork once more.
-                // SAFETY: this process is single-threaded (a fork of twill-run's exec path);
-                // the child only execs or exits.
-                match unsafe { nix::unistd::fork() }
-                    .map_err(|e| RuntimeError::nix("forking", "exec", e))?
-                {
-                    nix::unistd::ForkResult::Child => {
-                        let e = process::exec_command(&spec);
-                        eprintln!("twill-run exec: {e}");
-                        std::process::exit(e.exec_exit_code().unwrap_or(127));
-                    }
-                    nix::unistd::ForkResult::Parent { child } => {
-                        Ok(wait_passing_signals(child, "twill-run exec"))
-                    }
-                }
-            })();
-            match code {
-                Ok(c) => std::process::exit(c),
-                Err(e) => {
-                    eprintln!("twill-run exec: {e}");
-                    std::process::exit(126);
-                }
-            }
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            Ok(wait_passing_signals(child, "twill-run exec"))
-        }
-    }
 }
 
 /// `commit ID NAME`.

@@ -6,9 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use twill_runtime::container::{self, RunOptions};
-use twill_runtime::image;
+use twill_runtime::exec::{self, ExecOptions};
 use twill_runtime::network::{self, CniOptions, NetMode, RetriedDel, RetryBy};
 use twill_runtime::store::{Limits, PortSpec, Status, Store};
+use twill_runtime::{image, logs, tty};
 
 /// A healthy plugin answers in milliseconds (twill's ADD) to seconds (the `dhcp` IPAM plugin,
 /// whose daemon gives up on an unanswered DHCP request after 10 s by default). containerd and
@@ -108,15 +109,9 @@ enum Cmd {
     },
     /// Run a container.
     Run(Box<RunArgs>),
-    /// Run a command in a running container.
-    Exec {
-        /// Keep stdin attached.
-        #[arg(short, long)]
-        interactive: bool,
-        id: String,
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        cmd: Vec<String>,
-    },
+    /// Run a command in a running container, as the container's user, in its working
+    /// directory, with its environment (unless -u, -w, -e say otherwise).
+    Exec(ExecArgs),
     /// List running containers (-a: all), as `docker ps`.
     Ps {
         #[arg(short, long)]
@@ -127,8 +122,14 @@ enum Cmd {
     },
     /// Print a container's state, or an image's record and config, as JSON.
     Inspect { id: String },
-    /// Print a detached container's output.
-    Logs { id: String },
+    /// Print a detached container's output (its main process's, or its pty's with -t).
+    Logs {
+        /// Keep printing what it writes until its main process ends (Ctrl-C stops sooner).
+        #[arg(short, long)]
+        follow: bool,
+        /// The container (ID, short ID or name).
+        id: String,
+    },
     /// Stop a container: the image's StopSignal (default SIGTERM), then SIGKILL after the
     /// grace period.
     Stop {
@@ -214,6 +215,11 @@ struct RunArgs {
     /// Keep stdin attached.
     #[arg(short, long)]
     interactive: bool,
+    /// Give the container's process a pseudo-terminal (its output copied to the caller, or to
+    /// the log with -d; with -i the caller's terminal is put in raw mode and keys, Ctrl-C
+    /// included, go to the container).
+    #[arg(short, long)]
+    tty: bool,
     /// IMAGE [COMMAND [ARG...]]: options end at the image name, as in Docker (`run img -u`
     /// passes `-u` to the command).
     #[arg(
@@ -224,6 +230,43 @@ struct RunArgs {
         value_name = "IMAGE [COMMAND [ARG...]]"
     )]
     image_and_cmd: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// Keep stdin attached.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the process a pseudo-terminal (with -i the caller's terminal is put in raw mode
+    /// and keys, Ctrl-C included, go to the process).
+    #[arg(short, long)]
+    tty: bool,
+    /// Start the command and return at once, printing nothing; its output is dropped (one
+    /// that cannot start still fails, 126 or 127).
+    #[arg(short, long)]
+    detach: bool,
+    /// user[:group], names or numbers (resolved in the container's /etc/passwd, /etc/group);
+    /// default: the container's user.
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Working directory (absolute); default: the container's.
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Environment variable K=V, or K alone for K's value here (left out when unset), over
+    /// the container's; repeatable.
+    #[arg(short, long = "env", value_name = "K[=V]")]
+    env: Vec<String>,
+    /// The container (ID, short ID or name).
+    id: String,
+    /// The command and its arguments: options end at the container, as in Docker (`exec ID
+    /// ls -l` passes -l to ls).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND [ARG...]"
+    )]
+    cmd: Vec<String>,
 }
 
 /// A `--memory` size as Docker and podman read it: a number (fractions allowed) and an
@@ -586,6 +629,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                     .collect::<anyhow::Result<_>>()?,
                 auto_remove: a.rm,
                 interactive: a.interactive,
+                tty: a.tty,
             };
             // Before the start: an address a failed DEL still holds may be the one it needs.
             for r in network::retry_pending_dels(&store, &cni, RetryBy::Run) {
@@ -603,18 +647,30 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             if let Err(e) = container::hold_signals() {
                 eprintln!("twill-run: {e}: a signal before the container runs may orphan it");
             }
-            let (st, pid) = container::start(&store, &opts, &cni, false)?;
+            let running = container::start(&store, &opts, &cni, false)?;
+            let pid = running.pid;
             test_pause_before_proxy();
             if let Err(e) = container::proxy_signals(pid) {
                 eprintln!("twill-run: {e}: signals to twill-run will not reach the container");
             }
-            return Ok(container::monitor(&store, st, pid, &cni)?);
+            if let Some(master) = running.pty {
+                tty::attach(master, pid, a.interactive);
+            }
+            return Ok(container::monitor(&store, running.state, pid, &cni)?);
         }
-        Cmd::Exec {
-            interactive,
-            id,
-            cmd,
-        } => return Ok(container::exec(&store, &id, &cmd, interactive)?),
+        Cmd::Exec(a) => {
+            let opts = ExecOptions {
+                argv: a.cmd,
+                interactive: a.interactive,
+                tty: a.tty,
+                detach: a.detach,
+                user: a.user,
+                workdir: a.workdir,
+                env: image::config::env_from_caller(&a.env, |k| std::env::var_os(k))
+                    .map_err(anyhow::Error::msg)?,
+            };
+            return Ok(exec::exec(&store, &a.id, &opts)?);
+        }
         Cmd::Ps { all, quiet } => {
             let shown = store
                 .list()?
@@ -661,11 +717,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             }
             Err(e) => return Err(e.into()),
         },
-        Cmd::Logs { id } => {
-            let st = store.load(&id)?;
-            let log = store.container_dir(&st.id).join("log");
-            print!("{}", std::fs::read_to_string(&log).unwrap_or_default());
-        }
+        Cmd::Logs { follow, id } => logs::write(&store, &id, follow, &mut std::io::stdout())?,
         // Several containers, as docker and podman: each one's failure is reported and the
         // rest still handled; the exit code says something failed.
         Cmd::Stop { time, ids } => {

@@ -1,7 +1,8 @@
 //! The container's first process: cloned into new pid, mount, uts and ipc (and, for
 //! `--net none`, network) namespaces, it joins the network namespace, builds the rootfs,
 //! waits until the parent has put it into its cgroup, enters a new cgroup namespace (and with
-//! `--userns` a user namespace), drops privileges and execs the command as PID 1.
+//! `--userns` a user namespace), drops privileges and execs the command as PID 1, in a
+//! session of its own (as runc's; with `-t`, that of its pty).
 //! Errors before exec travel back to the parent over a close-on-exec pipe; the messages and
 //! their bytes are in `messages.rs`.
 
@@ -61,6 +62,16 @@ pub struct InitSpec {
     pub stdin_null: bool,
     /// `--userns`: enter a new user namespace with this mapping right before exec.
     pub userns: Option<crate::userns::IdMap>,
+    /// `-t`: stdin, stdout and stderr are a pty instead (see [`TtySpec`]).
+    pub tty: Option<TtySpec>,
+}
+
+/// `-t`: the command's stdin, stdout, stderr and controlling terminal are a pty made in the
+/// container's own devpts, whose master is sent back over `sock` (see `tty::recv_master`).
+pub struct TtySpec {
+    pub sock: OwnedFd,
+    /// The size the pty starts with (the caller's window's).
+    pub size: Option<crate::oci::spec::ConsoleSize>,
 }
 
 pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -454,6 +465,13 @@ fn child_main(
         messages::report_failure(err, &e.to_string());
         e.exec_exit_code().map_or(125, |c| c as isize)
     };
+    // A session (and process group) of its own, as runc's container process: a signal sent
+    // to twill-run's whole group (`kill -INT -PGID`, `timeout`, a terminal's Ctrl-C) reaches
+    // twill-run, which passes it on once, and no longer the container as well, which got it
+    // twice. A new PID namespace's first process never leads a group: this cannot fail.
+    if let Err(e) = nix::unistd::setsid() {
+        return fail(RuntimeError::nix("starting", "a session of its own", e));
+    }
     // The rootfs is built while the parent puts us into the cgroup (on cgroup v1 that write
     // waits for an RCU grace period, see `cgroup::prewarm_join`); the command starts only
     // after both.
@@ -477,7 +495,15 @@ fn child_main(
     if let Err(e) = rootfs::setup(&spec.rootfs) {
         return fail(e);
     }
-    if let Some(log) = &spec.log {
+    if let Some(tty) = &spec.tty {
+        // In the container's root by now: its /dev/ptmx, its devpts. The pty also stands
+        // for /dev/console, as with runc and docker (bound over a file made for it in the
+        // container's /dev tmpfs).
+        let _ = File::create("/dev/console");
+        if let Err(e) = crate::oci::console::setup_pty(&tty.sock, true, tty.size) {
+            return fail(e);
+        }
+    } else if let Some(log) = &spec.log {
         let fd = log.as_raw_fd();
         // SAFETY: dup2 onto the standard descriptors.
         unsafe {
@@ -485,7 +511,8 @@ fn child_main(
             libc::dup2(fd, 2);
         }
     }
-    if spec.stdin_null
+    if spec.tty.is_none()
+        && spec.stdin_null
         && let Ok(null) = File::open("/dev/null")
     {
         // SAFETY: as above.

@@ -2263,10 +2263,12 @@ fn a_ctrl_c_at_the_terminal_reaches_the_container_s_process_once() {
     // on a second Ctrl-C skipped its graceful shutdown. A SIGINT sent to twill-run alone
     // (kill(2): `kill`, `timeout`) is still passed on, once.
     //
-    // The copies come within microseconds, and a shell merges those that come before it
-    // runs its trap into one: the proxies are stopped while the Ctrl-C is typed, so the
-    // command counts its own copy first, and continued once it has, so any copy they pass on
-    // comes after and is counted too.
+    // Now, as with runc, the container's processes have a session of their own: the Ctrl-C
+    // reaches twill-run alone, which passes it on. The copies would come within
+    // microseconds, and a shell merges those that come before it runs its trap into one:
+    // the proxies are stopped while the Ctrl-C is typed, so a copy that reached the command
+    // directly is counted first (none must), and continued a while later, so the copy they
+    // pass on comes after and is counted too.
     if !pre("a_ctrl_c_at_the_terminal_reaches_the_container_s_process_once") {
         return;
     }
@@ -2294,6 +2296,19 @@ fn a_ctrl_c_at_the_terminal_reaches_the_container_s_process_once() {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     };
+    // With the proxies stopped, a copy could only come straight from the terminal. They are
+    // continued before that is checked, so a failure leaves no stopped process behind.
+    let continue_and_check = |proxies: &[u32], name: &str| {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let direct = count(name);
+        for &pid in proxies.iter().rev() {
+            signal(pid, libc::SIGCONT);
+        }
+        assert_eq!(
+            direct, 0,
+            "{name}: the Ctrl-C reached the container's process directly"
+        );
+    };
 
     // `exec`: Ctrl-C at the terminal, or SIGINT to twill-run's PID.
     for (name, ctrl_c) in [("exec-ctrl-c", true), ("exec-kill", false)] {
@@ -2312,9 +2327,8 @@ fn a_ctrl_c_at_the_terminal_reaches_the_container_s_process_once() {
         if ctrl_c {
             stop_all(&[exec.id(), joined]);
             term.type_keys(b"\x03");
+            continue_and_check(&[exec.id(), joined], name);
             wait_for_count(name);
-            signal(joined, libc::SIGCONT);
-            signal(exec.id(), libc::SIGCONT);
         } else {
             signal(exec.id(), libc::SIGINT);
         }
@@ -2341,8 +2355,8 @@ fn a_ctrl_c_at_the_terminal_reaches_the_container_s_process_once() {
     common::wait_until_caught(run.id(), libc::SIGINT, "twill-run run", within);
     stop_all(&[run.id()]);
     term.type_keys(b"\x03");
+    continue_and_check(&[run.id()], "run-ctrl-c");
     wait_for_count("run-ctrl-c");
-    signal(run.id(), libc::SIGCONT);
     let status = common::wait_or_kill(&mut run, within, "run did not end after Ctrl-C");
     assert_eq!(status.code(), Some(0), "{}", term.output());
     assert_eq!(count("run-ctrl-c"), 1, "SIGINTs the container's PID 1 got");
@@ -2518,4 +2532,422 @@ fn a_record_a_crash_left_unrenamed_is_taken_when_whole_and_removed_when_not() {
     assert!(tmp("young").exists(), "a record being written was removed");
     std::fs::remove_file(tmp("young")).unwrap();
     no_leftovers_of(&id);
+}
+
+#[test]
+fn a_signal_to_the_whole_process_group_reaches_the_container_s_process_once() {
+    // Before: the container's PID 1, and `exec`'s joining process and command, were in the
+    // process group of `twill-run run`/`exec`, so a signal to that whole group (`kill -INT
+    // -PGID`, `timeout` without --foreground, a service manager's KillMode=control-group)
+    // reached them directly and was passed on by twill-run as well (a process's kill(2) is
+    // always passed on): PID 1 got it twice, an exec'd command two or three times. As
+    // runc's, they now have a session of their own: only twill-run gets it, and passes it
+    // on once.
+    //
+    // The copies would come within microseconds, and a shell merges those that come before
+    // it runs its trap into one: the proxies are stopped while the group is signalled, so a
+    // copy that reached the command directly is counted first (none must), and continued a
+    // while later, so the copy they pass on comes after and is counted too.
+    if !pre("a_signal_to_the_whole_process_group_reaches_the_container_s_process_once") {
+        return;
+    }
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let within = std::time::Duration::from_secs(10);
+    let rt = Rt::new();
+    let ints = rt.dir.path().join("ints");
+    std::fs::create_dir_all(&ints).unwrap();
+    let volume = format!("{}:/ints", ints.display());
+    rt.ok(&[
+        "run", "-d", "--name", "grp", "--net", "none", "-v", &volume, "busybox", "sleep", "1000",
+    ]);
+    let count = |name: &str| {
+        std::fs::read_to_string(ints.join(name))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    // Started as a shell starts a job (or `timeout` its command): leading a group of its own.
+    let spawn = |args: &[&str]| {
+        let mut child = rt
+            .command(args)
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n", "{args:?}");
+        child
+    };
+    let signal_group_of = |proxies: &[u32], name: &str| {
+        stop_all(proxies);
+        // SAFETY: kill(2) of the process group our child leads.
+        assert_eq!(unsafe { libc::kill(-(proxies[0] as i32), libc::SIGINT) }, 0);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // Continued before the check, so a failure leaves no stopped process behind.
+        let direct = count(name);
+        for &pid in proxies.iter().rev() {
+            signal(pid, libc::SIGCONT);
+        }
+        assert_eq!(
+            direct, 0,
+            "{name}: the group's SIGINT reached the command directly"
+        );
+    };
+
+    let mut exec = spawn(&["exec", "grp", "sh", "-c", &sigint_counter("exec-group")]);
+    common::wait_until_caught(exec.id(), libc::SIGINT, "twill-run exec", within);
+    let joined = match common::children_of(exec.id())[..] {
+        [one] => one,
+        ref other => panic!("twill-run exec has children {other:?}, not one"),
+    };
+    common::wait_until_caught(joined, libc::SIGINT, "the process in the container", within);
+    signal_group_of(&[exec.id(), joined], "exec-group");
+    let status = common::wait_or_kill(&mut exec, within, "exec did not end after SIGINT");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(count("exec-group"), 1, "SIGINTs the exec'd process got");
+
+    let mut run = spawn(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "-v",
+        &volume,
+        "busybox",
+        "sh",
+        "-c",
+        &sigint_counter("run-group"),
+    ]);
+    common::wait_until_caught(run.id(), libc::SIGINT, "twill-run run", within);
+    signal_group_of(&[run.id()], "run-group");
+    let status = common::wait_or_kill(&mut run, within, "run did not end after SIGINT");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(count("run-group"), 1, "SIGINTs the container's PID 1 got");
+}
+
+#[test]
+fn exec_takes_user_workdir_env_and_detach_as_docker_exec_does() {
+    // Before: `exec` took only -i; -u, -w, -e and -d were refused as unknown options.
+    if !pre("exec_takes_user_workdir_env_and_detach_as_docker_exec_does") {
+        return;
+    }
+    let rt = Rt::new();
+    rt.ok(&[
+        "run", "-d", "--name", "ux", "--net", "none", "-e", "KEEP=run", "-w", "/tmp", "busybox",
+        "sleep", "1000",
+    ]);
+    rt.ok(&[
+        "exec",
+        "ux",
+        "sh",
+        "-c",
+        "echo app:x:1000:1000::/home/app:/bin/sh >> /etc/passwd; \
+         echo grp:x:2000: >> /etc/group; mkdir -p /home/app; busybox chown app /home/app",
+    ]);
+    let who = ["sh", "-c", "id -u; id -g; echo $HOME; pwd"];
+    let exec = |opts: &[&str]| rt.ok(&[&["exec"], opts, &["ux"], &who[..]].concat());
+    // The container's user and working directory, unless told otherwise.
+    assert_eq!(exec(&[]), "0\n0\n/root\n/tmp\n");
+    // Names and numbers, resolved in the container's /etc/passwd and /etc/group, as run -u.
+    assert_eq!(exec(&["-u", "app"]), "1000\n1000\n/home/app\n/tmp\n");
+    assert_eq!(
+        exec(&["--user", "app:grp"]),
+        "1000\n2000\n/home/app\n/tmp\n"
+    );
+    assert_eq!(exec(&["-u", "4242:7"]), "4242\n7\n/\n/tmp\n");
+    assert_eq!(exec(&["-w", "/home/app"]), "0\n0\n/root\n/home/app\n");
+    assert_eq!(
+        exec(&["--workdir", "/", "-u", "app"]),
+        "1000\n1000\n/home/app\n/\n"
+    );
+    // Errors say what failed on which object; a process that cannot start gives 126.
+    for (opts, code, says) in [
+        (&["-u", "nobody"][..], 126, "user \"nobody\""),
+        (&["-u", "app:nogroup"][..], 126, "group \"nogroup\""),
+        (&["-w", "/nope"][..], 126, "working directory /nope"),
+        (
+            &["-w", "relative"][..],
+            125,
+            "exec -w relative: the working directory must be an absolute path",
+        ),
+    ] {
+        let out = rt.run(&[&["exec"], opts, &["ux", "true"]].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{opts:?}: {err}");
+        assert!(err.contains(says), "{opts:?}: {err}");
+    }
+
+    // -e K=V over the container's, -e K from the caller's environment (left out when unset).
+    let out = rt
+        .command(&[
+            "exec",
+            "-e",
+            "A=1",
+            "--env",
+            "TWT_FROM_CALLER",
+            "-e",
+            "TWT_UNSET_HERE",
+            "-e",
+            "KEEP=exec",
+            "ux",
+            "sh",
+            "-c",
+            "echo $A $TWT_FROM_CALLER ${TWT_UNSET_HERE-unset} $KEEP",
+        ])
+        .env("TWT_FROM_CALLER", "caller")
+        .env_remove("TWT_UNSET_HERE")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1 caller unset exec\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        rt.ok(&["exec", "ux", "sh", "-c", "echo $KEEP"]),
+        "run\n",
+        "-e of one exec stays with it"
+    );
+
+    // -d: back at once, printing nothing, the command running on.
+    let started = std::time::Instant::now();
+    let out = rt.run(&[
+        "exec",
+        "-d",
+        "-u",
+        "app",
+        "ux",
+        "sh",
+        "-c",
+        "sleep 2; id -u > /home/app/detached",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "exec -d waited for its command: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while rt.run(&["exec", "ux", "cat", "/home/app/detached"]).stdout != b"1000\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the detached command never wrote its file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A command that cannot start is still reported, with docker's exit codes.
+    let out = rt.run(&["exec", "-d", "ux", "no-such-command"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(127), "{err}");
+    assert!(
+        err.contains("no-such-command") && err.contains("ux"),
+        "{err}"
+    );
+    let out = rt.run(&["exec", "-d", "-u", "nobody", "ux", "true"]);
+    assert_eq!(out.status.code(), Some(126));
+}
+
+#[test]
+fn dash_t_gives_the_process_a_pty_for_exec_run_and_run_dash_d() {
+    // Before: `run` and `exec` had no -t; a program that needs a terminal (a shell's
+    // prompt, `top`, a password prompt) had none.
+    if !pre("dash_t_gives_the_process_a_pty_for_exec_run_and_run_dash_d") {
+        return;
+    }
+    let rt = Rt::new();
+    rt.ok(&[
+        "run", "-d", "--name", "tt", "--net", "none", "busybox", "sleep", "1000",
+    ]);
+    // No terminal on this side: -t still gives one, as `docker exec -t` (its output is the
+    // terminal's, lines ending in \r\n).
+    let out = rt.ok(&["exec", "-t", "tt", "busybox", "tty"]);
+    assert!(
+        out.starts_with("/dev/pts/") && out.ends_with("\r\n"),
+        "{out:?}"
+    );
+    let out = rt.run(&["exec", "tt", "busybox", "tty"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "not a tty\n");
+    // The command's exit code, and what it wrote on stderr too.
+    let out = rt.run(&["exec", "--tty", "tt", "sh", "-c", "echo oops >&2; exit 5"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "oops\r\n");
+    // The caller's input, with -i, from a pipe here: at its end the pty's end-of-file.
+    let mut c = rt.command(&[
+        "exec",
+        "-i",
+        "-t",
+        "tt",
+        "sh",
+        "-c",
+        "read x; echo got $x; cat",
+    ]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hi\nmore\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("got hi\r\n") && text.ends_with("more\r\n"),
+        "{text:?}"
+    );
+
+    // run -t: the container's PID 1 on a pty, its output copied here.
+    let out = rt.ok(&[
+        "run", "--rm", "-t", "--net", "none", "busybox", "busybox", "tty",
+    ]);
+    assert_eq!(out, "/dev/pts/0\r\n");
+    // run -d -t: the pty's output goes to the log.
+    rt.ok(&[
+        "run",
+        "-d",
+        "-t",
+        "--name",
+        "tl",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "busybox tty; echo logged",
+    ]);
+    assert_eq!(rt.ok(&["logs", "-f", "tl"]), "/dev/pts/0\r\nlogged\r\n");
+    let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "tl"])).unwrap();
+    assert_eq!(st["exit_code"], 0, "{st}");
+}
+
+#[test]
+fn exec_dash_it_puts_the_terminal_in_raw_mode_and_passes_keys_and_its_size_on() {
+    // Before: no -t. Now, as `docker exec -it`: the caller's terminal in raw mode while the
+    // command runs (a Ctrl-C is a key for the container's terminal, which interrupts the
+    // command's foreground job, not twill-run), its size given to the pty and followed when
+    // it changes, the terminal restored at the end.
+    if !pre("exec_dash_it_puts_the_terminal_in_raw_mode_and_passes_keys_and_its_size_on") {
+        return;
+    }
+    let within = std::time::Duration::from_secs(10);
+    let rt = Rt::new();
+    rt.ok(&[
+        "run", "-d", "--name", "it", "--net", "none", "busybox", "sleep", "1000",
+    ]);
+    let mut term = common::Terminal::open();
+    term.set_size(30, 100);
+    let mut exec = term.spawn(&mut rt.command(&["exec", "-it", "it", "sh"]));
+    let deadline = std::time::Instant::now() + within;
+    while !term.is_raw() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the terminal never went raw: {}",
+            term.output()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    term.type_keys(b"busybox stty size\r");
+    term.wait_for("30 100", within);
+    // Resized: twill-run gets SIGWINCH and resizes the pty (asked again until it has).
+    term.set_size(40, 120);
+    let deadline = std::time::Instant::now() + within;
+    while !term.output().contains("40 120") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pty never took the new size: {}",
+            term.output()
+        );
+        term.type_keys(b"busybox stty size\r");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    term.type_keys(b"sleep 4711\r");
+    common::wait_for_process(&["sleep", "4711"], within);
+    term.type_keys(b"\x03");
+    term.type_keys(b"echo after-$?\r");
+    term.wait_for("after-130", within);
+    term.type_keys(b"exit 3\r");
+    let status = common::wait_or_kill(&mut exec, within, "exec -it did not end after exit");
+    assert_eq!(status.code(), Some(3), "{}", term.output());
+    assert!(!term.is_raw(), "the terminal was left in raw mode");
+
+    // `run -it` the same way: the container's PID 1 on the pty, its exit code run's.
+    let mut term = common::Terminal::open();
+    let mut run =
+        term.spawn(&mut rt.command(&["run", "--rm", "-i", "-t", "--net", "none", "busybox", "sh"]));
+    term.wait_for("# ", within);
+    assert!(term.is_raw(), "run -it left the terminal cooked");
+    term.type_keys(b"busybox tty; exit 4\r");
+    let status = common::wait_or_kill(&mut run, within, "run -it did not end after exit");
+    assert_eq!(status.code(), Some(4), "{}", term.output());
+    assert!(
+        term.output().contains("/dev/pts/0\r\n"),
+        "{}",
+        term.output()
+    );
+    assert!(!term.is_raw(), "the terminal was left in raw mode");
+}
+
+#[test]
+fn logs_dash_f_follows_until_the_main_process_ends() {
+    // Before: `logs` printed what the log held and returned; no -f.
+    if !pre("logs_dash_f_follows_until_the_main_process_ends") {
+        return;
+    }
+    let rt = Rt::new();
+    rt.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "lf",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo one; sleep 1; echo two >&2; sleep 1; echo three",
+    ]);
+    let started = std::time::Instant::now();
+    let out = rt.run(&["logs", "-f", "lf"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\nthree\n");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1500),
+        "logs -f returned before the container ended: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rt.ok(&["logs", "--follow", "lf"]), "one\ntwo\nthree\n");
+
+    // Ctrl-C (SIGINT) stops it sooner.
+    rt.ok(&[
+        "run", "-d", "--name", "long", "--net", "none", "busybox", "sleep", "1000",
+    ]);
+    let mut follow = rt.command(&["logs", "-f", "long"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "logs -f ended while its container runs"
+    );
+    signal(follow.id(), libc::SIGINT);
+    let status = common::wait_or_kill(
+        &mut follow,
+        std::time::Duration::from_secs(5),
+        "logs -f did not end on SIGINT",
+    );
+    assert!(!status.success());
 }

@@ -153,6 +153,32 @@ impl Terminal {
         child
     }
 
+    /// Sets the window's size, as a terminal emulator does when its window is resized (the
+    /// kernel then sends SIGWINCH to the terminal's foreground process group).
+    pub fn set_size(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads the winsize we pass, on the master we own.
+        let set = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(set, 0, "setting the terminal's size");
+    }
+
+    /// Whether the terminal is in raw mode (no line editing, no signal keys), as a command
+    /// that takes every key puts it.
+    pub fn is_raw(&self) -> bool {
+        use nix::sys::termios::LocalFlags;
+        // A pty master's settings are its slave's: the terminal the command sees.
+        let t =
+            nix::sys::termios::tcgetattr(&self.master).expect("reading the terminal's settings");
+        !t.local_flags
+            .intersects(LocalFlags::ICANON | LocalFlags::ISIG)
+    }
+
     /// Types `bytes` (b"\x03" is Ctrl-C).
     pub fn type_keys(&self, bytes: &[u8]) {
         use std::io::Write;
