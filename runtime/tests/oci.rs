@@ -3172,3 +3172,292 @@ fn podman_device_tty_and_a_non_executable_command_exit_as_with_runc() {
     assert_eq!(o.status.code(), Some(126), "{err}");
     assert!(err.contains("ermission denied"), "{err}");
 }
+
+/// `twill-oci run` with `args` (after `run`) for bundle `b`, stdio away from the test (a
+/// detached container keeps what it inherits); its exit code and stderr.
+fn run_with(b: &Bundle, id: &str, args: &[&str]) -> (Option<i32>, String) {
+    let errf = b.dir.join(format!("{id}.run-err"));
+    let st = b
+        .command()
+        .arg("run")
+        .args(args)
+        .arg("--bundle")
+        .arg(&b.dir)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&errf).unwrap())
+        .status()
+        .unwrap();
+    (st.code(), std::fs::read_to_string(&errf).unwrap())
+}
+
+#[test]
+fn bare_run_detach_keep_preserve_fds_and_the_rest_of_runcs_flags() {
+    // Before: `run` knew only --bundle, --pid-file and --no-pivot; runc's -d, --keep,
+    // --preserve-fds, --console-socket, --no-new-keyring and --no-subreaper were refused as
+    // unknown arguments.
+    let name = "bare_run_detach_keep_preserve_fds_and_the_rest_of_runcs_flags";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.ids
+        .extend(["rd1", "rd2", "rk1", "rk2", "rp1", "rp2", "rp3", "rc1"].map(String::from));
+
+    // -d: returns once the process runs and leaves it running; --pid-file names it.
+    b.config(|_| {}, &["sh", "-c", "echo up > /out/up; exec sleep 100"]);
+    let pid_file = d.path().join("rd1.pid");
+    let t0 = Instant::now();
+    let (code, err) = run_with(
+        &b,
+        "rd1",
+        &[
+            "-d",
+            "--no-new-keyring",
+            "--no-subreaper",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "run -d waited");
+    assert_eq!(b.status("rd1"), "running");
+    wait_out(&b, "up");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        pid_of(&b, "rd1").to_string()
+    );
+    b.ok(&["delete", "--force", "rd1"]);
+
+    // -d whose process fails before its exec (a startContainer hook): the failure is said and
+    // the container deleted, as a foreground run does.
+    b.config(
+        |c| {
+            c["hooks"] =
+                json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]})
+        },
+        &["true"],
+    );
+    let (code, err) = run_with(&b, "rd2", &["--detach"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("rd2") && err.contains("startContainer hook"),
+        "{err}"
+    );
+    assert!(!b.state.join("rd2").exists(), "rd2 left its state");
+
+    // --keep: the container stays, stopped, after its process ends (or fails to start), for
+    // `state` and `delete`.
+    let (code, err) = run_with(&b, "rk2", &["--keep"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("startContainer hook"), "{err}");
+    assert_eq!(b.status("rk2"), "stopped");
+    b.ok(&["delete", "rk2"]);
+    b.config(|_| {}, &["sh", "-c", "exit 4"]);
+    let (code, err) = run_with(&b, "rk1", &["--keep"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert_eq!(b.status("rk1"), "stopped");
+    b.ok(&["delete", "rk1"]);
+    assert!(!b.state.join("rk1").exists());
+    for dir in cgroup_dirs("rk1") {
+        assert!(!dir.exists(), "delete left the cgroup {}", dir.display());
+    }
+
+    // --preserve-fds N: descriptors 3..3+N reach the process, and nothing above them.
+    b.config(
+        |_| {},
+        &[
+            "sh",
+            "-c",
+            "echo through-fd3 >&3 && { test -e /proc/self/fd/4 || echo no-fd4 >&3; }",
+        ],
+    );
+    let fd3 = d.path().join("fd3");
+    let with_fd3 = |id: &str, extra: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec \"$0\" --root \"$1\" run {extra} --bundle \"$2\" {id} 3>\"$3\" 4<&-"
+            ))
+            .arg(OCI)
+            .arg(&b.state)
+            .arg(d.path())
+            .arg(&fd3)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let o = with_fd3("rp1", "--preserve-fds 1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&fd3).unwrap(),
+        "through-fd3\nno-fd4\n"
+    );
+    // Without it, descriptor 3 is not the container's.
+    let o = with_fd3("rp2", "");
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read_to_string(&fd3).unwrap(), "");
+    // One asked for that is not open is refused, naming it (as runc), before anything is made.
+    let o = with_fd3("rp3", "--preserve-fds 2");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("descriptor 4"), "{e}");
+    assert!(!b.state.join("rp3").exists());
+
+    // --console-socket: only with -d (as runc: a foreground run relays the terminal itself).
+    let sock = d.path().join("console.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    b.config(|c| c["process"]["terminal"] = json!(true), &["true"]);
+    let (code, err) = run_with(&b, "rc1", &["--console-socket", sock.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--console-socket") && err.contains("--detach"),
+        "{err}"
+    );
+    assert!(!b.state.join("rc1").exists());
+}
+
+#[test]
+fn bare_run_with_a_terminal_and_no_console_socket_uses_its_own_terminal() {
+    // Before: `process.terminal` without --console-socket was refused by `run` as by
+    // `create`. runc's foreground `run` gives the process a new pty and relays it to and from
+    // its own terminal; it refuses only where there is none, and `create` (or `run -d`)
+    // without a socket.
+    let name = "bare_run_with_a_terminal_and_no_console_socket_uses_its_own_terminal";
+    if !bare_ready(name) || !preconditions(name, &["script"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(
+        |c| c["process"]["terminal"] = json!(true),
+        &[
+            "sh",
+            "-c",
+            "tty; test -t 0 && echo stdin-tty; read line; echo got:$line; exit 3",
+        ],
+    );
+    b.ids.extend(["tt1", "tt2", "tt3", "tt4"].map(String::from));
+    // Under script: twill-oci's stdio is a terminal. Its input ("hello") reaches the
+    // process through the relay; script's stdin stays open until the session ends (see
+    // podman_run_it_and_exec_it_through_a_pty).
+    let mut child = Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "{OCI} --root {} run --bundle {} tt1",
+            b.state.display(),
+            d.path().display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"hello\n").unwrap();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let status = common::wait_or_kill(&mut child, Duration::from_secs(30), "script hung");
+    drop(stdin);
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("/dev/pts/0\r\nstdin-tty\r\n") && out.contains("got:hello\r\n"),
+        "{out:?}"
+    );
+    assert_eq!(status.code(), Some(3), "{out:?}");
+    assert!(!b.state.join("tt1").exists(), "run left tt1's state");
+
+    // No terminal of its own (stdio not one, no controlling terminal): refused before
+    // anything is made, as runc ("open /dev/tty: no such device or address").
+    let errf = d.path().join("tt2.err");
+    let mut c = b.command();
+    c.args(["run", "--bundle"])
+        .arg(d.path())
+        .arg("tt2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&errf).unwrap());
+    // SAFETY: setsid is async-signal-safe; it leaves the test's controlling terminal.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let st = c.status().unwrap();
+    let e = std::fs::read_to_string(&errf).unwrap();
+    assert_eq!(st.code(), Some(1), "{e}");
+    assert!(e.contains("terminal") && e.contains("/dev/tty"), "{e}");
+    assert!(!b.state.join("tt2").exists());
+
+    // create, and run -d, need --console-socket: nobody would hold the terminal.
+    b.create_fails("tt3", "--console-socket");
+    let (code, err) = run_with(&b, "tt4", &["-d"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--console-socket"), "{err}");
+    assert!(!b.state.join("tt4").exists());
+}
+
+#[test]
+fn bare_start_container_hooks_run_under_no_new_privs_and_the_seccomp_profile_as_with_runc() {
+    // Before: with noNewPrivileges on, no_new_privs and the seccomp profile came right before
+    // execve, after the startContainer hooks, which so ran unfiltered. runc (1.1 and since,
+    // libcontainer/standard_init_linux.go) sets no_new_privs before it reports ready and
+    // loads the profile before it waits on exec.fifo: the hooks run under both. With
+    // noNewPrivileges off the profile already came first (loading it is privileged then).
+    let name =
+        "bare_start_container_hooks_run_under_no_new_privs_and_the_seccomp_profile_as_with_runc";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let b = Bundle::new(d.path());
+    let hook = "{ /bin/busybox mkdir /tmp/hookdir && echo mkdir-ok || echo mkdir-denied; \
+                grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; } > /out/hook 2>/dev/null";
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    for (id, nnp) in [("sn1", true), ("sn2", false)] {
+        b.config(
+            |c| {
+                c["process"]["noNewPrivileges"] = json!(nnp);
+                c["linux"]["seccomp"] = json!({
+                    "defaultAction": "SCMP_ACT_ALLOW",
+                    "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+                });
+                c["hooks"] = json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", hook]}]});
+            },
+            &["true"],
+        );
+        let want = format!(
+            "mkdir-denied\nNoNewPrivs:\t{}\nSeccomp:\t2\n",
+            u8::from(nnp)
+        );
+        let (code, err) = run_with(&b, id, &[]);
+        assert_eq!(code, Some(0), "{id}: {err}");
+        assert_eq!(b.read_out("hook"), want, "{id}: twill-oci");
+        std::fs::remove_file(b.out.join("hook")).unwrap();
+        // The same bundle under runc, where it is installed.
+        if runc {
+            let st = Command::new("runc")
+                .arg("--root")
+                .arg(d.path().join("runc-state"))
+                .args(["run", "--bundle"])
+                .arg(d.path())
+                .arg(format!("twt-{id}-{}", std::process::id()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "{id}: runc run");
+            assert_eq!(b.read_out("hook"), want, "{id}: runc");
+            std::fs::remove_file(b.out.join("hook")).unwrap();
+        }
+    }
+}

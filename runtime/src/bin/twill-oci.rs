@@ -44,31 +44,67 @@ struct Cli {
 enum Cmd {
     /// Create a container from a bundle; its process waits for `start`.
     Create {
+        /// The bundle: config.json and the root filesystem it names.
         #[arg(short, long, default_value = ".")]
         bundle: PathBuf,
+        /// Write the container process's PID here.
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// With process.terminal (which needs it here): the AF_UNIX socket the pty's master
+        /// is sent to.
         #[arg(long)]
         console_socket: Option<PathBuf>,
+        /// Enter the root with MS_MOVE and chroot instead of pivot_root (a root on a
+        /// ramdisk).
         #[arg(long)]
         no_pivot: bool,
         /// Accepted for runc compatibility: twill-oci never creates a session keyring.
         #[arg(long)]
         no_new_keyring: bool,
+        /// Pass on descriptors 3 to 3+N-1 (each must be open) to the process.
         #[arg(long, default_value_t = 0)]
         preserve_fds: u32,
         id: String,
     },
     /// Start a created container's process.
     Start { id: String },
-    /// create + start, waiting for the container (runc's run).
+    /// create + start, then wait for the process and delete the container (runc's run);
+    /// exits with the process's code. With process.terminal and no --detach the process
+    /// gets a pty relayed to and from this terminal.
     Run {
+        /// The bundle: config.json and the root filesystem it names.
         #[arg(short, long, default_value = ".")]
         bundle: PathBuf,
+        /// Write the container process's PID here.
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Return once the process has exec'd and leave it running, with this command's
+        /// stdio (a failure before its exec is reported, the container deleted unless
+        /// --keep).
+        #[arg(short, long)]
+        detach: bool,
+        /// With --detach and process.terminal (which needs it then): the AF_UNIX socket the
+        /// pty's master is sent to.
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Do not delete the container when its process ends (or fails to start): it stays,
+        /// stopped, for `state` and `delete`.
+        #[arg(long)]
+        keep: bool,
+        /// Enter the root with MS_MOVE and chroot instead of pivot_root (a root on a
+        /// ramdisk).
         #[arg(long)]
         no_pivot: bool,
+        /// Accepted for runc compatibility: twill-oci never creates a session keyring.
+        #[arg(long)]
+        no_new_keyring: bool,
+        /// Accepted for runc compatibility: twill-oci run never becomes a child subreaper
+        /// (orphans of a container without a pid namespace go to init, as with this flag).
+        #[arg(long)]
+        no_subreaper: bool,
+        /// Pass on descriptors 3 to 3+N-1 (each must be open) to the process.
+        #[arg(long, default_value_t = 0)]
+        preserve_fds: u32,
         id: String,
     },
     /// Print the runtime-spec state of a container.
@@ -240,17 +276,28 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Run {
             bundle,
             pid_file,
+            detach,
+            console_socket,
+            keep,
             no_pivot,
+            no_new_keyring: _,
+            no_subreaper: _,
+            preserve_fds,
             id,
         } => {
             let code = oci::run(
                 &root,
                 &id,
-                &CreateOptions {
-                    bundle,
-                    pid_file,
-                    no_pivot,
-                    ..CreateOptions::default()
+                &oci::RunOptions {
+                    create: CreateOptions {
+                        bundle,
+                        pid_file,
+                        console_socket,
+                        no_pivot,
+                        preserve_fds,
+                    },
+                    detach,
+                    keep,
                 },
             )?;
             return Ok(code.clamp(0, 255) as u8);

@@ -1,6 +1,7 @@
 //! `process.terminal`: a pty made inside the container (its devpts), the master sent to the
-//! engine's `--console-socket` (SCM_RIGHTS, as runc does), the slave made the process's
-//! controlling terminal and stdio.
+//! engine's `--console-socket` (SCM_RIGHTS, as runc does), or to a foreground `run` over a
+//! socketpair (see `oci::terminal`), the slave made the process's controlling terminal and
+//! stdio.
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};

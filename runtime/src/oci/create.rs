@@ -213,7 +213,8 @@ struct Child<'a> {
     opts: &'a CreateOptions,
     cgroup_ns: bool,
     seccomp: Option<FilterLoader>,
-    /// Connected to `--console-socket` when process.terminal is set.
+    /// Where the pty master goes when process.terminal is set: connected to
+    /// `--console-socket`, or `run`'s end of a socketpair (see `oci::terminal`).
     console: Option<OwnedFd>,
     launch: Launch,
     /// The state hooks get (the pid is filled in by whoever runs them).
@@ -500,6 +501,32 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd, ready: &OwnedFd) -> Result<(Final
     Ok((fin, host_pid))
 }
 
+/// With noNewPrivileges, as runc (libcontainer/standard_init_linux.go): no_new_privs and then
+/// the seccomp profile once the user and capabilities are switched, before "ready" and the
+/// wait for `start`, so the startContainer hooks run under both, and a profile the kernel
+/// refuses fails `create`. (runc's "as late as possible" is before that wait, not after the
+/// hooks; without noNewPrivileges `drop_privileges` loaded the profile already.) What is
+/// left for `exec_dropped`: neither again (a profile may deny prctl).
+fn no_new_privs_and_seccomp(mut fin: FinalExec<'_>) -> Result<FinalExec<'_>> {
+    if !fin.no_new_privs {
+        return Ok(fin);
+    }
+    // SAFETY: prctl with constant arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(RuntimeError::io(
+            "setting",
+            "no_new_privs",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    if let Some(load) = fin.seccomp {
+        load().map_err(|e| RuntimeError::Invalid(format!("loading the seccomp profile: {e}")))?;
+    }
+    fin.no_new_privs = false;
+    fin.seccomp = None;
+    Ok(fin)
+}
+
 fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize {
     let fail = |e: RuntimeError| -> isize {
         messages::report_failure(err, &e.to_string());
@@ -515,6 +542,10 @@ fn child_main(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> isize 
     if let Err(e) = process::drop_privileges(&fin) {
         return fail(e);
     }
+    let fin = match no_new_privs_and_seccomp(fin) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
     if messages::send(ready, Handshake::Ready).is_err() {
         return fail(RuntimeError::Invalid("twill-oci create went away".into()));
     }
@@ -653,9 +684,20 @@ fn spawn(c: &Child, go: &OwnedFd, ready: &OwnedFd, err: &OwnedFd) -> Result<Pid>
     }
 }
 
+/// Who makes the container, which decides where a terminal goes and who hears of failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Caller {
+    /// `create`: returns before the process runs.
+    Create,
+    /// `run --detach`: waits only until the process has exec'd.
+    RunDetached,
+    /// `run`: waits for the process, relaying its terminal when it has one.
+    Run,
+}
+
 /// Runs `create`. On failure everything it made is removed.
 pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
-    create_container(root, id, opts, false).map(|_| ())
+    create_container(root, id, opts, Caller::Create).map(|_| ())
 }
 
 /// A container `create_for_run` made, whose process is our child.
@@ -663,9 +705,17 @@ pub struct Created {
     pub pid: Pid,
     /// The read end of the container process's error pipe.
     report: OwnedFd,
+    /// A foreground `run` with process.terminal: our end of the socketpair the container
+    /// process sent its pty master over (see `oci::terminal`).
+    console: Option<OwnedFd>,
 }
 
 impl Created {
+    /// The socket the pty master came over (a foreground run of a terminal), once.
+    pub fn take_console(&mut self) -> Option<OwnedFd> {
+        self.console.take()
+    }
+
     /// Waits until the container process has exec'd (None) or failed before exec, after
     /// `start` (a startContainer hook, execve): its reason.
     pub fn failure_before_exec(self) -> Option<String> {
@@ -673,23 +723,84 @@ impl Created {
     }
 }
 
-/// `create` for `run`, which goes on to start the container and wait for it: what fails
-/// after start is reported to it (see [`Created`]) rather than on the container's stderr.
-pub fn create_for_run(root: &Root, id: &str, opts: &CreateOptions) -> Result<Created> {
-    create_container(root, id, opts, true)
+/// `create` for `run`, which goes on to start the container and wait for it (`detach`: only
+/// until it has exec'd): what fails after start is reported to it (see [`Created`]) rather
+/// than on the container's stderr. In the foreground a terminal comes back to `run` (see
+/// [`Created::take_console`]); detached it needs `--console-socket`, as with `create`.
+pub fn create_for_run(
+    root: &Root,
+    id: &str,
+    opts: &CreateOptions,
+    detach: bool,
+) -> Result<Created> {
+    let caller = if detach {
+        Caller::RunDetached
+    } else {
+        Caller::Run
+    };
+    create_container(root, id, opts, caller)
+}
+
+/// As runc's checkTerminal: a terminal needs `--console-socket` unless `run` stays in the
+/// foreground to relay it, and `--console-socket` needs a terminal and a runtime that
+/// detaches (an engine would wait on its socket for a pty that never comes).
+fn check_terminal(terminal: bool, console_socket: Option<&Path>, caller: Caller) -> Result<()> {
+    let what = match caller {
+        Caller::Create => "create",
+        Caller::RunDetached => "run --detach",
+        Caller::Run => "run",
+    };
+    match (terminal, console_socket, caller) {
+        (true, None, Caller::Create | Caller::RunDetached) => Err(RuntimeError::Invalid(format!(
+            "process.terminal is true and no --console-socket is given: {what} returns while \
+             the container runs, so its terminal must go to a console socket (or use run in \
+             the foreground, which relays it to its own terminal)"
+        ))),
+        (false, Some(path), _) => Err(RuntimeError::Invalid(format!(
+            "--console-socket {} is given but process.terminal is false: set \
+             process.terminal or leave --console-socket out",
+            path.display()
+        ))),
+        (true, Some(path), Caller::Run) => Err(RuntimeError::Invalid(format!(
+            "--console-socket {} needs --detach: run in the foreground relays the terminal \
+             to its own stdio",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// As runc: every descriptor `--preserve-fds N` hands on (3 to 3+N-1) must be open.
+fn check_preserved_fds(n: u32) -> Result<()> {
+    for fd in 3..3u64 + u64::from(n) {
+        // A number past i32 is no descriptor: F_GETFD on -1 fails as it should.
+        let raw = i32::try_from(fd).unwrap_or(-1);
+        // SAFETY: F_GETFD only reads the flags of a descriptor number.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            return Err(RuntimeError::Invalid(format!(
+                "--preserve-fds {n}: descriptor {fd} is not open ({})",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn create_container(
     root: &Root,
     id: &str,
     opts: &CreateOptions,
-    creator_reports: bool,
+    caller: Caller,
 ) -> Result<Created> {
+    let creator_reports = caller != Caller::Create;
     let dir = root.container_dir(id)?;
+    check_preserved_fds(opts.preserve_fds)?;
     let bundle = fs::canonicalize(&opts.bundle)
         .map_err(|e| RuntimeError::io("opening bundle", opts.bundle.display(), e))?;
     let spec = Spec::load(&bundle)?;
     spec.check()?;
+    let terminal = spec.process.as_ref().is_some_and(|p| p.terminal);
+    check_terminal(terminal, opts.console_socket.as_deref(), caller)?;
     fs::create_dir_all(&root.dir)
         .map_err(|e| RuntimeError::io("creating", root.dir.display(), e))?;
     match fs::create_dir(&dir) {
@@ -728,6 +839,19 @@ fn create_container(
     // destroy does, so what those hooks set up (network, devices) is taken down.
     let mut poststop_state: Option<serde_json::Value> = None;
     let made = (|| -> Result<Created> {
+        // A foreground run's terminal: the pty master comes back over this socketpair.
+        let (console_ours, console_theirs) = if terminal && caller == Caller::Run {
+            let (a, b) = nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| RuntimeError::nix("creating", "the terminal's socketpair", e))?;
+            (Some(a), Some(b))
+        } else {
+            (None, None)
+        };
         let fifo = dir.join(EXEC_FIFO);
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
             .map_err(|e| RuntimeError::nix("creating", fifo.display(), e))?;
@@ -783,26 +907,11 @@ fn create_container(
             opts,
             cgroup_ns: spec.new_namespace("cgroup"),
             seccomp: seccomp_loader(&spec)?,
-            console: match (
-                spec.process.as_ref().is_some_and(|p| p.terminal),
-                &opts.console_socket,
-            ) {
-                (false, None) => None,
-                // As runc: an engine passing a socket waits on it for a terminal that
-                // would never come.
-                (false, Some(path)) => {
-                    return Err(RuntimeError::Invalid(format!(
-                        "--console-socket {} is given but process.terminal is false: set \
-                         process.terminal or leave --console-socket out",
-                        path.display()
-                    )));
-                }
-                (true, Some(path)) => Some(console::connect_socket(path)?),
-                (true, None) => {
-                    return Err(RuntimeError::Invalid(
-                        "process.terminal needs --console-socket".into(),
-                    ));
-                }
+            // check_terminal has refused the other combinations.
+            console: match (console_theirs, &opts.console_socket) {
+                (Some(ours), _) => Some(ours),
+                (None, Some(path)) if terminal => Some(console::connect_socket(path)?),
+                (None, _) => None,
             },
             launch: launch(&spec),
             saved: saved.clone(),
@@ -873,6 +982,7 @@ fn create_container(
         Ok(Created {
             pid: p,
             report: err_r,
+            console: console_ours,
         })
     })();
     match made {
@@ -912,4 +1022,33 @@ pub fn seccomp_loader(spec: &Spec) -> Result<Option<FilterLoader>> {
 /// Writes `pid` to `path` atomically (engines poll for it).
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     crate::store::write_atomic(path, pid.to_string().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_needs_a_console_socket_unless_run_stays_in_the_foreground() {
+        // runc's checkTerminal, with "detach" = create or run --detach.
+        let sock = Some(Path::new("/run/console.sock"));
+        for (terminal, socket, caller, ok) in [
+            (false, None, Caller::Create, true),
+            (false, None, Caller::Run, true),
+            (true, None, Caller::Run, true),
+            (true, sock, Caller::Create, true),
+            (true, sock, Caller::RunDetached, true),
+            (true, None, Caller::Create, false),
+            (true, None, Caller::RunDetached, false),
+            (true, sock, Caller::Run, false),
+            (false, sock, Caller::Create, false),
+            (false, sock, Caller::RunDetached, false),
+        ] {
+            let r = check_terminal(terminal, socket, caller);
+            assert_eq!(r.is_ok(), ok, "{terminal} {socket:?} {caller:?}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("--console-socket"), "{e}");
+            }
+        }
+    }
 }

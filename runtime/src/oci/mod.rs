@@ -11,6 +11,7 @@ pub mod mounts;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+pub mod terminal;
 
 use std::fs::{self, File};
 use std::os::fd::AsFd;
@@ -79,26 +80,89 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// `run`'s flags beyond `create`'s.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub create: create::CreateOptions,
+    /// Return once the process has exec'd, leaving it running (runc's `--detach`).
+    pub detach: bool,
+    /// Keep the container, stopped, after its process ends or fails to start, for `state`
+    /// and `delete` (runc's `--keep`).
+    pub keep: bool,
+}
+
 /// `run ID`: create, start, wait, delete (runc's); the process's exit code. As runc, a
-/// container whose start fails is deleted too, and the error says what failed: `start`
-/// itself, or the process before its exec (a startContainer hook, execve refusing the file).
-/// As runc and a foreground `twill-run run`, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1 and
-/// SIGUSR2 are passed on to the process (held from before create until it has exec'd), so
-/// `kill` or `timeout` stop the container, and `run` still deletes it, instead of killing
-/// `run` and leaving the container running with its state.
-pub fn run(root: &Root, id: &str, opts: &create::CreateOptions) -> Result<i32> {
-    if let Err(e) = crate::container::hold_signals() {
+/// container whose start fails is deleted too (unless `keep`), and the error says what
+/// failed: `start` itself, or the process before its exec (a startContainer hook, execve
+/// refusing the file). As runc and a foreground `twill-run run`, SIGHUP, SIGINT, SIGQUIT,
+/// SIGTERM, SIGUSR1 and SIGUSR2 are passed on to the process (held from before create until it
+/// has exec'd), so `kill` or `timeout` stop the container, and `run` still deletes it, instead
+/// of killing `run` and leaving the container running with its state. With process.terminal
+/// the process gets a pty of its own relayed to `run`'s terminal (see [`terminal`]).
+///
+/// Detached, `run` returns 0 once the process has exec'd, which it leaves running (its
+/// stdio is `run`'s); unlike runc, which returns at `start`, a failure before the exec is
+/// said and the container deleted, as in the foreground.
+pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
+    // As runc: a terminal in the foreground needs one of our own, found before anything is
+    // made. A config that does not load is create's to report.
+    let mut host_console = None;
+    if !opts.detach
+        && opts.create.console_socket.is_none()
+        && spec::Spec::load(&opts.create.bundle)
+            .ok()
+            .and_then(|s| s.process)
+            .is_some_and(|p| p.terminal)
+    {
+        host_console = Some(
+            terminal::HostConsole::find()
+                .map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?,
+        );
+    }
+    if !opts.detach
+        && let Err(e) = crate::container::hold_signals()
+    {
         eprintln!("twill-oci: {e}: a signal before the container runs may orphan it");
     }
-    let created = create::create_for_run(root, id, opts)
+    let mut created = create::create_for_run(root, id, &opts.create, opts.detach)
         .map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?;
     let pid = created.pid;
-    let failed = |why: String, deleted: Result<()>| {
-        let also = deleted
-            .err()
-            .map(|e| format!("; deleting it: {e}"))
-            .unwrap_or_default();
+    let failed = |why: String, deleted: Option<Result<()>>| {
+        let also = match deleted {
+            None => format!("; kept (--keep): `twill-oci delete {id}` removes it"),
+            Some(Ok(())) => String::new(),
+            Some(Err(e)) => format!("; deleting it: {e}"),
+        };
         RuntimeError::Invalid(format!("container {id} failed to start: {why}{also}"))
+    };
+    let delete_unless_kept = || (!opts.keep).then(|| delete(root, id, true));
+    // Our child, not reaped: the PID is still its own.
+    let kill_and_reap = || {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    };
+    // The terminal: relayed from before start, so nothing the process (or a startContainer
+    // hook) writes to it waits.
+    let (relay, console) = match created.take_console() {
+        None => (None, None),
+        Some(sock) => {
+            let relayed = (|| {
+                let mut console = match host_console.take() {
+                    Some(c) => c,
+                    None => terminal::HostConsole::find()?,
+                };
+                let master = terminal::receive_master(&sock)?;
+                let relay = terminal::relay(master, &mut console)?;
+                Ok::<_, RuntimeError>((relay, console))
+            })();
+            match relayed {
+                Ok((relay, console)) => (Some(relay), Some(console)),
+                Err(e) => {
+                    kill_and_reap();
+                    return Err(failed(e.to_string(), delete_unless_kept()));
+                }
+            }
+        }
     };
     if let Err(e) = start(root, id) {
         // Found not waiting for start, the process is likely failing right now: a moment to
@@ -117,27 +181,42 @@ pub fn run(root: &Root, id: &str, opts: &create::CreateOptions) -> Result<i32> {
             }
         };
         if !reaped {
-            // Our child, not reaped: the PID is still its own.
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
+            kill_and_reap();
         }
+        drop((relay, console));
         let why = created
             .failure_before_exec()
             .unwrap_or_else(|| e.to_string());
-        return Err(failed(why, delete(root, id, true)));
+        return Err(failed(why, delete_unless_kept()));
     }
     // Blocks until the process has exec'd (the pipe closes on exec) or failed.
     let why = created.failure_before_exec();
+    if opts.detach {
+        return match why {
+            None => Ok(0),
+            Some(why) => {
+                kill_and_reap();
+                Err(failed(why, delete_unless_kept()))
+            }
+        };
+    }
     if why.is_none()
         && let Err(e) = crate::container::proxy_signals(pid)
     {
         eprintln!("twill-oci: {e}: signals to twill-oci will not reach container {id}");
     }
     let code = crate::container::reap(pid);
-    let deleted = delete(root, id, true);
+    // The last output copied, then the terminal as it was.
+    if let Some(r) = relay {
+        r.finish();
+    }
+    drop(console);
     match why {
-        Some(why) => Err(failed(why, deleted)),
-        None => deleted.map(|()| code),
+        Some(why) => Err(failed(why, delete_unless_kept())),
+        None => match delete_unless_kept() {
+            None => Ok(code),
+            Some(deleted) => deleted.map(|()| code),
+        },
     }
 }
 
