@@ -53,7 +53,7 @@ pub struct Running {
     pub state: State,
     /// Its first process (our child).
     pub pid: Pid,
-    /// With `-t`: the master of its pty, for `tty::relay`.
+    /// With `-t`: the master of its pty, for a `tty::Relay`.
     pub pty: Option<std::os::fd::OwnedFd>,
 }
 
@@ -471,12 +471,13 @@ const PROXIED: [Signal; 6] = [
 /// Ctrl-\ (SIGQUIT) go to the whole foreground process group: a target in ours has its copy.
 /// twill-run's own targets never are (the container's PID 1 and the process `exec` joins
 /// the container with call setsid(), as runc's, so a group's signals, the terminal's and a
-/// `kill -INT -PGID` alike, reach twill-run alone); `twill-oci run`'s process without a
-/// terminal stays in twill-oci's group, and gets the terminal's copy. A process's kill(2)
-/// (SI_USER, SI_QUEUE: a user's `kill`, `timeout`, systemd) is always passed on: it cannot be
-/// told from one sent to us alone. SIGHUP too, SI_KERNEL or not: a terminal's hangup goes to
-/// the session leader alone, which twill-run may be. A target that moved to a group of its
-/// own (an interactive shell's job control) did not get the group's copy and gets ours.
+/// `kill -INT -PGID` alike, reach twill-run alone), nor is `twill-oci run`'s (its container
+/// process calls setsid() too); `twill-oci exec`'s process stays in twill-oci's group, and
+/// gets the terminal's copy. A process's kill(2) (SI_USER, SI_QUEUE: a user's `kill`,
+/// `timeout`, systemd) is always passed on: it cannot be told from one sent to us alone.
+/// SIGHUP too, SI_KERNEL or not: a terminal's hangup goes to the session leader alone, which
+/// twill-run may be. A target that moved to a group of its own (an interactive shell's job
+/// control) did not get the group's copy and gets ours.
 /// Called from the signal handler: getpgid and getpgrp are single system calls.
 fn reached_directly(sig: libc::c_int, code: libc::c_int, target: libc::pid_t) -> bool {
     if code != libc::SI_KERNEL || !(sig == libc::SIGINT || sig == libc::SIGQUIT) {
@@ -731,11 +732,13 @@ pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Resul
                     // container without one does (it writes there itself).
                     if let Some(master) = pty {
                         let log = store.container_dir(&st.id).join("log");
-                        let _ = match fs::File::options().create(true).append(true).open(&log) {
-                            Ok(mut f) => crate::tty::relay(master, pid, false, &mut f),
-                            // Still read, so the container never blocks writing to it.
-                            Err(_) => crate::tty::relay(master, pid, false, &mut std::io::sink()),
-                        };
+                        let out: Box<dyn Write + Send> =
+                            match fs::File::options().create(true).append(true).open(&log) {
+                                Ok(f) => Box::new(f),
+                                // Still read, so the container never blocks writing to it.
+                                Err(_) => Box::new(std::io::sink()),
+                            };
+                        let _ = crate::tty::Relay::new(master, out).run(pid);
                     }
                     let _ = monitor(store, st, pid, cni);
                     std::process::exit(0);

@@ -270,7 +270,7 @@ impl Joiner<'_> {
                     // Read (and dropped), so the command never blocks writing to it.
                     if let Ok(Some(master)) = tty::recv_master(&ours) {
                         drop(ours);
-                        let _ = tty::relay(master, child, false, &mut std::io::sink());
+                        let _ = tty::Relay::new(master, std::io::sink()).run(child);
                     }
                 }
                 Ok(process::wait_exit(child))

@@ -1,14 +1,27 @@
-//! `-t`: the container's process gets a pty made in the container's own devpts, as runc's
-//! console socket makes it (`oci::console::setup_pty`); its master comes back to twill-run
-//! over a socket pair, and twill-run copies between it and the caller (the caller's input in
-//! with `-i`, its terminal in raw mode meanwhile; the output out, to the caller or to the
-//! container's log; the caller's window size along).
+//! A container process's pty relayed to its caller: twill-run's `-t` (`run`, `exec`; `-d -t`
+//! into the container's log) and a foreground `twill-oci run` with `process.terminal` and no
+//! `--console-socket` (as runc's). The process makes its pty in the container's own devpts,
+//! as runc's console socket has it made (`oci::console::setup_pty`), and sends the master
+//! back over a socket pair ([`pair`], [`recv_master`]); the caller's terminal goes into raw
+//! mode meanwhile ([`RawMode`]) and a [`Relay`] copies between the two: the pty's output out,
+//! the caller's input in (held back while the process reads none, never blocking the output),
+//! the caller's window size along (at the start and on each SIGWINCH), until the process has
+//! ended and the pty has given its last output.
+//!
+//! What differs between the two callers is said by parameters: which terminal is the
+//! caller's ([`Terminal::among`] the standard descriptors for twill-run; [`Terminal::own`],
+//! runc's rule, for twill-oci), where the output goes (stdout, or the container's log),
+//! whether there is input and what its end does ([`EndOfInput`]), and whether the relay runs
+//! on the caller's thread ([`Relay::run`]) or on one of its own ([`Relay::spawn`]).
 
+use std::fs::File;
 use std::io::{IoSliceMut, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::thread::JoinHandle;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
     AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
 };
@@ -18,7 +31,22 @@ use nix::unistd::Pid;
 use crate::error::{Result, RuntimeError};
 use crate::oci::spec::ConsoleSize;
 
-/// The socket pair the pty's master travels over: the first end stays with twill-run, the
+/// How long (ms) the relay waits for more of the pty's output once the process has ended,
+/// when another process still holds the pty open.
+const QUIET_AFTER_EXIT_MS: u8 = 100;
+
+/// The most output passed on once the process has ended: a process left writing after the
+/// one waited for has ended must not keep the relay from ending.
+const MAX_AFTER_EXIT: usize = 1 << 20;
+
+/// The most output passed on at a time: a process that writes without pause must not keep
+/// the relay from its other work.
+const MAX_AT_ONCE: usize = 1 << 16;
+
+/// The standard descriptors twill-run looks at, in order, for the caller's terminal.
+pub const STDIO: [RawFd; 3] = [0, 1, 2];
+
+/// The socket pair the pty's master travels over: the first end stays with the caller, the
 /// second goes to the process that makes the pty. Both close on exec.
 pub fn pair() -> Result<(OwnedFd, OwnedFd)> {
     socketpair(
@@ -30,11 +58,12 @@ pub fn pair() -> Result<(OwnedFd, OwnedFd)> {
     .map_err(|e| RuntimeError::nix("creating", "the socket pair for the pty", e))
 }
 
-/// Receives the master that `setup_pty` sent on the other end of `sock`; None when that end
-/// closed without one (the process failed before making its pty, and said why elsewhere).
+/// Receives the master that `setup_pty` sent on the other end of `sock` (SCM_RIGHTS, with
+/// the pty's name, as to a console socket); None when that end closed without one (the
+/// process failed before making its pty, and said why elsewhere).
 pub fn recv_master(sock: &OwnedFd) -> Result<Option<OwnedFd>> {
     let mut name = [0u8; 128];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let mut cmsg = nix::cmsg_space!([RawFd; 2]);
     loop {
         let mut iov = [IoSliceMut::new(&mut name)];
         let msg = match recvmsg::<()>(
@@ -64,13 +93,86 @@ pub fn recv_master(sock: &OwnedFd) -> Result<Option<OwnedFd>> {
     }
 }
 
-/// The first of the caller's stdin, stdout and stderr that is a terminal.
-fn caller_terminal() -> Option<BorrowedFd<'static>> {
-    [0, 1, 2].into_iter().find_map(|fd| {
-        // SAFETY: the standard descriptors stay open for the life of the process.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        nix::unistd::isatty(fd).unwrap_or(false).then_some(fd)
-    })
+/// A descriptor of the caller's terminal: the pty takes its window size, and it goes into
+/// raw mode while the caller's keys go to the pty.
+pub struct Terminal {
+    fd: OwnedFd,
+}
+
+impl Terminal {
+    /// The first of the standard descriptors `order` that is a terminal (twill-run:
+    /// [`STDIO`]; stdin alone for the terminal whose keys are read).
+    pub fn among(order: &[RawFd]) -> Option<Terminal> {
+        order.iter().find_map(|&fd| {
+            // SAFETY: the standard descriptors stay open for the life of the process.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            if !nix::unistd::isatty(fd).unwrap_or(false) {
+                return None;
+            }
+            fd.try_clone_to_owned().ok().map(|fd| Terminal { fd })
+        })
+    }
+
+    /// The caller's own terminal as runc's `initHostConsole` finds it: the first of stderr,
+    /// stdout and stdin that is one, else the controlling terminal (`/dev/tty`); an error
+    /// when there is none.
+    pub fn own() -> Result<Terminal> {
+        if let Some(t) = Terminal::among(&[2, 1, 0]) {
+            return Ok(t);
+        }
+        let tty = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .map_err(|e| RuntimeError::io("its stdio is no terminal; opening", "/dev/tty", e))?;
+        Ok(Terminal { fd: tty.into() })
+    }
+
+    /// Its window size, when it has one.
+    pub fn size(&self) -> Option<ConsoleSize> {
+        let ws = window_size(self.fd.as_fd())?;
+        Some(ConsoleSize {
+            height: ws.ws_row,
+            width: ws.ws_col,
+        })
+    }
+
+    /// Puts it in raw mode (as `docker run -it` and runc's SetRaw do) until the guard is
+    /// dropped: every key, Ctrl-C included, goes to the pty as typed, and the pty's own line
+    /// discipline, not the caller's, echoes and turns Ctrl-C into SIGINT.
+    pub fn raw_mode(&self) -> Result<RawMode> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| RuntimeError::io("duplicating", "the terminal", e))?;
+        let saved = termios::tcgetattr(&fd)
+            .map_err(|e| RuntimeError::nix("reading the settings of", "the terminal", e))?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(&fd, SetArg::TCSANOW, &raw)
+            .map_err(|e| RuntimeError::nix("putting in raw mode", "the terminal", e))?;
+        Ok(RawMode { fd, saved })
+    }
+}
+
+/// A terminal in raw mode (see [`Terminal::raw_mode`]); its settings come back when this is
+/// dropped.
+pub struct RawMode {
+    fd: OwnedFd,
+    saved: Termios,
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // TCSADRAIN: what was written in raw mode is shown as such first.
+        let _ = termios::tcsetattr(&self.fd, SetArg::TCSADRAIN, &self.saved);
+    }
+}
+
+/// The caller's window size (of the first of its standard descriptors that is a terminal),
+/// for twill-run's pty to start with.
+pub fn caller_size() -> Option<ConsoleSize> {
+    Terminal::among(&STDIO)?.size()
 }
 
 fn window_size(fd: BorrowedFd) -> Option<libc::winsize> {
@@ -81,60 +183,341 @@ fn window_size(fd: BorrowedFd) -> Option<libc::winsize> {
     (ok && ws.ws_row > 0 && ws.ws_col > 0).then_some(ws)
 }
 
-/// The caller's window size (of its first standard descriptor that is a terminal), for the
-/// pty to start with.
-pub fn caller_size() -> Option<ConsoleSize> {
-    let ws = window_size(caller_terminal()?)?;
-    Some(ConsoleSize {
-        height: ws.ws_row,
-        width: ws.ws_col,
-    })
-}
-
-/// Gives the pty the caller's window size, if the caller has a terminal.
-fn copy_size(from: Option<BorrowedFd>, master: BorrowedFd) {
-    if let Some(ws) = from.and_then(window_size) {
-        // SAFETY: TIOCSWINSZ reads the winsize we pass, on the master we own.
+/// Gives the pty `master` the window size of terminal `from`, when it has one.
+fn copy_size(from: BorrowedFd, master: BorrowedFd) {
+    if let Some(ws) = window_size(from) {
+        // SAFETY: TIOCSWINSZ reads the winsize we pass, on the master we hold.
         unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
 }
 
-/// The caller's terminal (stdin) in raw mode, as `docker run -it` puts it, for as long as
-/// this lives: every key, Ctrl-C included, goes to the container's pty, whose own line
-/// discipline does what the caller's would have.
-pub struct RawMode {
-    saved: Termios,
+/// What the end of the relay's input (stdin) does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndOfInput {
+    /// The pty says so as a terminal does, with its end-of-file character (twice after an
+    /// unfinished line, whose first one only ends the line): twill-run's `-i`.
+    Eof,
+    /// Nothing: the process gets no more input (runc's).
+    Nothing,
 }
 
-impl RawMode {
-    /// Raw mode on stdin when it is a terminal; None when it is not.
-    pub fn enter() -> Result<Option<RawMode>> {
-        let stdin = std::io::stdin();
-        if !nix::unistd::isatty(stdin.as_fd()).unwrap_or(false) {
-            return Ok(None);
+/// A relay between a pty's master and the caller (see the module's doc): made with
+/// [`Relay::new`] and the builder methods, then [`Relay::run`] or [`Relay::spawn`].
+pub struct Relay {
+    master: OwnedFd,
+    out: Box<dyn Write + Send>,
+    input: Option<EndOfInput>,
+    size_from: Option<Terminal>,
+}
+
+impl Relay {
+    /// The pty's output to `out` (given up once `out` fails, as when the caller's pipe
+    /// closed: the pty is still read, so the process never blocks on it); no input, and the
+    /// pty's window size left alone, unless set.
+    pub fn new(master: OwnedFd, out: impl Write + Send + 'static) -> Relay {
+        Relay {
+            master,
+            out: Box::new(out),
+            input: None,
+            size_from: None,
         }
-        let saved = termios::tcgetattr(stdin.as_fd())
-            .map_err(|e| RuntimeError::nix("reading the settings of", "the terminal", e))?;
-        let mut raw = saved.clone();
-        termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
-            .map_err(|e| RuntimeError::nix("putting in raw mode", "the terminal", e))?;
-        Ok(Some(RawMode { saved }))
+    }
+
+    /// Stdin copied into the pty; `end` says what its end does.
+    pub fn input(mut self, end: EndOfInput) -> Relay {
+        self.input = Some(end);
+        self
+    }
+
+    /// The pty given `terminal`'s window size, at the start and at each SIGWINCH.
+    pub fn size_from(mut self, terminal: Option<Terminal>) -> Relay {
+        self.size_from = terminal;
+        self
+    }
+
+    /// Relays on this thread until our child `child` (the process, or one that waits for
+    /// it) has ended and the pty has given its last output. `child` is left to be reaped.
+    pub fn run(self, child: Pid) -> Result<()> {
+        let (_held, winch) = self.hold_winch()?;
+        self.copy(child, winch.as_ref())
+    }
+
+    /// [`Relay::run`] on a thread of its own, so the caller can go on (`twill-oci run` starts
+    /// the container and reaps it meanwhile). SIGWINCH stays blocked on the calling thread,
+    /// as on the relay's (it goes to the relay's signalfd), until [`Running::finish`].
+    pub fn spawn(self, child: Pid) -> Result<Running> {
+        // Blocked before the thread starts (it inherits the mask).
+        let (held, winch) = self.hold_winch()?;
+        let thread = std::thread::Builder::new()
+            .name("pty relay".into())
+            .spawn(move || self.copy(child, winch.as_ref()))
+            .map_err(|e| RuntimeError::io("starting", "the pty relay", e))?;
+        Ok(Running {
+            thread: Some(thread),
+            _held: held,
+        })
+    }
+
+    /// With a terminal to take the size of, SIGWINCH blocked on this thread and a signalfd
+    /// to read it from: each one then waits there, instead of being ignored by whichever
+    /// thread the kernel picks.
+    fn hold_winch(&self) -> Result<(Option<HeldWinch>, Option<SignalFd>)> {
+        if self.size_from.is_none() {
+            return Ok((None, None));
+        }
+        let mut winch = SigSet::empty();
+        winch.add(Signal::SIGWINCH);
+        let mut before = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&winch), Some(&mut before))
+            .map_err(|e| RuntimeError::nix("blocking", "SIGWINCH", e))?;
+        let held = HeldWinch {
+            unblock: !before.contains(Signal::SIGWINCH),
+        };
+        let fd = SignalFd::with_flags(&winch, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| RuntimeError::nix("opening a signalfd for", "SIGWINCH", e))?;
+        Ok((Some(held), Some(fd)))
+    }
+
+    /// The copy loop: stdin into the pty (kept back while its input is full, so a process
+    /// that reads nothing never stops its output from being copied), the pty's output out,
+    /// SIGWINCH to the pty's size; once `child` has ended, the pty's output until it closes
+    /// (no process has it open any more) or stays quiet a moment.
+    fn copy(self, child: Pid, winch: Option<&SignalFd>) -> Result<()> {
+        let master = self.master.as_fd();
+        set_nonblocking(master)?;
+        let size_from = self.size_from.as_ref().map(|t| t.fd.as_fd());
+        if let Some(t) = size_from {
+            copy_size(t, master);
+        }
+        // A closed caller's pipe is an error to write to, not a death: the caller must
+        // outlive it to wait for its process.
+        // SAFETY: ignoring a signal installs no handler.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        let exit = pidfd(child);
+        // SAFETY: stdin stays open for the life of the process.
+        let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        let mut out = Output {
+            to: self.out,
+            ok: true,
+        };
+        let mut reading = self.input.is_some();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut last_in = b'\n';
+        let mut master_open = true;
+        let mut buf = vec![0u8; 16 * 1024];
+        while !ended(child) {
+            let mut fds = Vec::with_capacity(4);
+            let m = master_open.then(|| {
+                let flags = if pending.is_empty() {
+                    PollFlags::POLLIN
+                } else {
+                    PollFlags::POLLIN | PollFlags::POLLOUT
+                };
+                watch(&mut fds, master, flags)
+            });
+            let i =
+                (reading && pending.is_empty()).then(|| watch(&mut fds, stdin, PollFlags::POLLIN));
+            let w = winch.map(|w| watch(&mut fds, w.as_fd(), PollFlags::POLLIN));
+            if let Some(p) = &exit {
+                watch(&mut fds, p.as_fd(), PollFlags::POLLIN);
+            }
+            // Without a pidfd, the child's end is looked for ten times a second.
+            let timeout = if exit.is_some() {
+                PollTimeout::NONE
+            } else {
+                PollTimeout::from(100u8)
+            };
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(RuntimeError::nix("waiting on", "the pty", e)),
+            }
+            let ready = |at: Option<usize>| {
+                at.and_then(|at| fds[at].revents())
+                    .unwrap_or(PollFlags::empty())
+            };
+            let (m, i, w) = (ready(m), ready(i), ready(w));
+            if m.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                && matches!(out.pass(master, &mut buf, MAX_AT_ONCE), Read::Closed)
+            {
+                master_open = false;
+                reading = false;
+                pending.clear();
+            }
+            if m.contains(PollFlags::POLLOUT) && !push_input(master, &mut pending) {
+                reading = false;
+            }
+            if !w.is_empty() {
+                if let Some(w) = winch {
+                    while let Ok(Some(_)) = w.read_signal() {}
+                }
+                if let Some(t) = size_from {
+                    copy_size(t, master);
+                }
+            }
+            if !i.is_empty() {
+                match nix::unistd::read(stdin, &mut buf) {
+                    Ok(0) => {
+                        reading = false;
+                        if self.input == Some(EndOfInput::Eof) {
+                            let eof = termios::tcgetattr(master)
+                                .map(|t| {
+                                    t.control_chars[termios::SpecialCharacterIndices::VEOF as usize]
+                                })
+                                .unwrap_or(4);
+                            let times = if last_in == b'\n' { 1 } else { 2 };
+                            pending.extend(std::iter::repeat_n(eof, times));
+                        }
+                    }
+                    Ok(n) => {
+                        last_in = buf[n - 1];
+                        pending.extend_from_slice(&buf[..n]);
+                    }
+                    Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+                    Err(_) => reading = false,
+                }
+                if !push_input(master, &mut pending) {
+                    reading = false;
+                }
+            }
+        }
+        // What the process wrote last may still be on its way through the pty.
+        let mut passed = 0;
+        while master_open && passed < MAX_AFTER_EXIT {
+            let mut fds = [PollFd::new(master, PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(QUIET_AFTER_EXIT_MS)) {
+                Ok(0) => break,
+                Ok(_) => match out.pass(master, &mut buf, MAX_AFTER_EXIT - passed) {
+                    Read::More(n) => passed += n,
+                    Read::Closed => break,
+                },
+                Err(nix::Error::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 }
 
-impl Drop for RawMode {
+/// A [`Relay`] on a thread of its own (see [`Relay::spawn`]).
+pub struct Running {
+    thread: Option<JoinHandle<Result<()>>>,
+    /// Dropped after the thread is joined.
+    _held: Option<HeldWinch>,
+}
+
+impl Running {
+    /// Waits until the relay has ended (the process has ended and the pty given its last
+    /// output), then lets SIGWINCH act on this thread as before; what the relay failed with.
+    pub fn finish(mut self) -> Result<()> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<()> {
+        match self.thread.take().map(JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(RuntimeError::Invalid("the pty relay panicked".into())),
+        }
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
-        // TCSADRAIN: what was written in raw mode is shown as such first.
-        let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &self.saved);
+        let _ = self.join();
     }
 }
 
-/// Set by the SIGWINCH handler: the caller's window changed size.
-static RESIZED: AtomicBool = AtomicBool::new(false);
+/// SIGWINCH blocked on the thread that made this, unblocked when it is dropped unless it was
+/// blocked before.
+struct HeldWinch {
+    unblock: bool,
+}
 
-extern "C" fn on_sigwinch(_: libc::c_int) {
-    RESIZED.store(true, Ordering::SeqCst);
+impl Drop for HeldWinch {
+    fn drop(&mut self) {
+        if self.unblock {
+            let mut winch = SigSet::empty();
+            winch.add(Signal::SIGWINCH);
+            let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&winch), None);
+        }
+    }
+}
+
+/// Adds `fd` to `fds`; its place.
+fn watch<'a>(fds: &mut Vec<PollFd<'a>>, fd: BorrowedFd<'a>, flags: PollFlags) -> usize {
+    fds.push(PollFd::new(fd, flags));
+    fds.len() - 1
+}
+
+/// Where the pty's output goes.
+struct Output {
+    to: Box<dyn Write + Send>,
+    /// False once writing failed: the output is still read, and dropped.
+    ok: bool,
+}
+
+/// What reading the master gave.
+enum Read {
+    /// So many bytes (passed on), and perhaps more to come.
+    More(usize),
+    /// Every process that had the pty has closed it.
+    Closed,
+}
+
+impl Output {
+    /// Reads what the master has now, up to about `limit` bytes, and writes it out.
+    fn pass(&mut self, master: BorrowedFd, buf: &mut [u8], limit: usize) -> Read {
+        let mut passed = 0;
+        while passed < limit {
+            match nix::unistd::read(master, buf) {
+                // EIO: no process has the pty open any more.
+                Ok(0) | Err(nix::Error::EIO) => return Read::Closed,
+                Ok(n) => {
+                    passed += n;
+                    if self.ok
+                        && (self.to.write_all(&buf[..n]).is_err() || self.to.flush().is_err())
+                    {
+                        self.ok = false;
+                    }
+                }
+                Err(nix::Error::EINTR) => {}
+                Err(nix::Error::EAGAIN) => break,
+                Err(_) => return Read::Closed,
+            }
+        }
+        Read::More(passed)
+    }
+}
+
+/// Writes what the (non-blocking) master takes of `pending` now, keeping the rest; false
+/// when it takes no more (the pty is gone), with `pending` cleared.
+fn push_input(master: BorrowedFd, pending: &mut Vec<u8>) -> bool {
+    while !pending.is_empty() {
+        match nix::unistd::write(master, pending) {
+            Ok(n) => {
+                pending.drain(..n);
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(nix::Error::EAGAIN) => return true,
+            Err(_) => {
+                pending.clear();
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn set_nonblocking(fd: BorrowedFd) -> Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd, FcntlArg::F_GETFL)
+        .map_err(|e| RuntimeError::nix("reading the flags of", "the pty", e))?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| RuntimeError::nix("making non-blocking", "the pty", e))?;
+    Ok(())
 }
 
 /// A descriptor for `pid`'s exit (pidfd_open, Linux 5.3); None where there is none.
@@ -145,7 +528,8 @@ fn pidfd(pid: Pid) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Whether our child `pid` has ended (it is left to be reaped).
+/// Whether our child `pid` has ended (it is left to be reaped; one reaped meanwhile, by
+/// another thread, has ended too).
 fn ended(pid: Pid) -> bool {
     use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
     !matches!(
@@ -157,192 +541,24 @@ fn ended(pid: Pid) -> bool {
     )
 }
 
-fn set_nonblocking(fd: BorrowedFd) {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
-        let _ = fcntl(
-            fd,
-            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
-        );
-    }
-}
-
-/// Writes all of `bytes` to the (non-blocking) master, waiting while its input is full. An
-/// error means the pty is gone (every process that had it has closed it).
-fn write_master(master: BorrowedFd, mut bytes: &[u8]) -> nix::Result<()> {
-    while !bytes.is_empty() {
-        match nix::unistd::write(master, bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(nix::Error::EAGAIN) => {
-                let mut fds = [PollFd::new(master, PollFlags::POLLOUT)];
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) | Err(nix::Error::EINTR) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(nix::Error::EINTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// What reading the master gave.
-enum Read {
-    /// Bytes (passed on), or nothing right now.
-    More,
-    /// Every process that had the pty has closed it.
-    Closed,
-}
-
-/// Reads what the master has now, up to `limit` bytes (a process that writes without pause
-/// must not keep the loop from its other work, nor a process left writing after the one
-/// waited for has ended keep twill-run from ending), and writes it to `out` (given up once
-/// `out` fails, as when the caller's pipe closed: the pty is still read, so the container
-/// never blocks on it).
-fn pass_output(master: BorrowedFd, out: &mut dyn Write, out_ok: &mut bool, limit: usize) -> Read {
-    let mut buf = [0u8; 16384];
-    let mut passed = 0;
-    while passed < limit {
-        match nix::unistd::read(master, &mut buf) {
-            Ok(0) | Err(nix::Error::EIO) => return Read::Closed,
-            Ok(n) => {
-                passed += n;
-                if *out_ok && (out.write_all(&buf[..n]).is_err() || out.flush().is_err()) {
-                    *out_ok = false;
-                }
-            }
-            Err(nix::Error::EINTR) => {}
-            Err(nix::Error::EAGAIN) => return Read::More,
-            Err(_) => return Read::Closed,
-        }
-    }
-    Read::More
-}
-
-/// Copies between the pty's `master` and the caller until our child `child` (the container's
-/// process, or the process that waits for an exec'd one) has ended, then passes on what the
-/// pty still holds: its output to `out`; with `input`, twill-run's stdin to the pty (at its
-/// end, the pty's end-of-file character, as a terminal's Ctrl-D); the caller's window size
-/// (at the start and at each SIGWINCH) when it has a terminal. `child` is left to be reaped.
-pub fn relay(master: OwnedFd, child: Pid, input: bool, out: &mut dyn Write) -> Result<()> {
-    let master_fd = master.as_fd();
-    set_nonblocking(master_fd);
-    let terminal = caller_terminal();
-    if terminal.is_some() {
-        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-        let action = SigAction::new(
-            SigHandler::Handler(on_sigwinch),
-            SaFlags::empty(),
-            SigSet::empty(),
-        );
-        // SAFETY: the handler only stores to an atomic.
-        if let Err(e) = unsafe { sigaction(Signal::SIGWINCH, &action) } {
-            eprintln!("twill-run: installing a handler for SIGWINCH: {e}: the pty keeps its size");
-        }
-    }
-    copy_size(terminal, master_fd);
-    // A closed caller's pipe is an error to write to, not a death: twill-run must outlive it
-    // to wait for its container.
-    // SAFETY: ignoring a signal installs no handler.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    let exit = pidfd(child);
-    let stdin = std::io::stdin();
-    let mut reading_stdin = input;
-    let mut master_open = true;
-    let mut out_ok = true;
-    let mut last_in = b'\n';
-    let mut buf = [0u8; 16384];
-    loop {
-        if RESIZED.swap(false, Ordering::SeqCst) {
-            copy_size(terminal, master_fd);
-        }
-        let mut fds = Vec::with_capacity(3);
-        if master_open {
-            fds.push(PollFd::new(master_fd, PollFlags::POLLIN));
-        }
-        if reading_stdin {
-            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
-        }
-        if let Some(p) = &exit {
-            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
-        }
-        // Without a pidfd, the child's end is looked for ten times a second.
-        let timeout = if exit.is_some() {
-            PollTimeout::NONE
-        } else {
-            PollTimeout::from(100u16)
-        };
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(nix::Error::EINTR) => {}
-            Err(e) => return Err(RuntimeError::nix("waiting on", "the pty", e)),
-        }
-        let ready = |i: usize| {
-            fds.get(i)
-                .and_then(|f| f.revents())
-                .is_some_and(|r| !r.is_empty())
-        };
-        let (master_ready, stdin_ready) = (
-            master_open && ready(0),
-            reading_stdin && ready(usize::from(master_open)),
-        );
-        drop(fds);
-        if master_ready
-            && matches!(
-                pass_output(master_fd, out, &mut out_ok, 1 << 16),
-                Read::Closed
-            )
-        {
-            master_open = false;
-        }
-        if stdin_ready {
-            match nix::unistd::read(stdin.as_fd(), &mut buf) {
-                Ok(0) => {
-                    // The caller's input ended (a pipe, not a terminal in raw mode): the pty
-                    // says so as a terminal does, with its end-of-file character (twice
-                    // after an unfinished line, whose first one only ends the line).
-                    reading_stdin = false;
-                    let eof = termios::tcgetattr(master_fd)
-                        .map(|t| t.control_chars[termios::SpecialCharacterIndices::VEOF as usize])
-                        .unwrap_or(4);
-                    let times = if last_in == b'\n' { 1 } else { 2 };
-                    let _ = write_master(master_fd, &vec![eof; times]);
-                }
-                Ok(n) => {
-                    last_in = buf[n - 1];
-                    if write_master(master_fd, &buf[..n]).is_err() {
-                        reading_stdin = false;
-                    }
-                }
-                Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
-                Err(_) => reading_stdin = false,
-            }
-        }
-        if ended(child) {
-            // Its last output may still be on its way through the pty: a read waits for it
-            // (a pty holds far less than the limit).
-            if master_open {
-                let _ = pass_output(master_fd, out, &mut out_ok, 1 << 20);
-            }
-            return Ok(());
-        }
-    }
-}
-
-/// A foreground `run -t` or `exec -t`: the pty's output to stdout until our child `child`
-/// has ended; with `interactive`, the caller's input to the pty, its terminal (if stdin is
-/// one) in raw mode meanwhile and restored after. Failures are reported, not returned: the
-/// caller still has its child to reap.
+/// A foreground `twill-run run -t` or `exec -t`: the pty's output to stdout until our child
+/// `child` has ended, the pty sized as the caller's terminal; with `interactive`, the
+/// caller's input to the pty (its end as a Ctrl-D), and its terminal (when stdin is one) in
+/// raw mode meanwhile, restored after. Failures are reported, not returned: the caller still
+/// has its child to reap.
 pub fn attach(master: OwnedFd, child: Pid, interactive: bool) {
-    let raw = if interactive {
-        RawMode::enter().unwrap_or_else(|e| {
-            eprintln!("twill-run: {e}: keys keep the terminal's own meaning");
-            None
-        })
-    } else {
-        None
+    let raw = match interactive.then(|| Terminal::among(&[0])).flatten() {
+        Some(stdin) => stdin
+            .raw_mode()
+            .map_err(|e| eprintln!("twill-run: {e}: keys keep the terminal's own meaning"))
+            .ok(),
+        None => None,
     };
-    let relayed = relay(master, child, interactive, &mut std::io::stdout());
+    let mut relay = Relay::new(master, std::io::stdout()).size_from(Terminal::among(&STDIO));
+    if interactive {
+        relay = relay.input(EndOfInput::Eof);
+    }
+    let relayed = relay.run(child);
     drop(raw);
     if let Err(e) = relayed {
         eprintln!("twill-run: {e}: the rest of the output is lost");

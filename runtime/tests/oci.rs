@@ -2661,6 +2661,17 @@ fn bare_processes_start_with_no_signal_blocked_and_sigpipe_not_ignored() {
     b.ok(&["delete", "--force", "sm1"]);
 }
 
+/// `twill-oci run ID` of bundle `b` in the foreground, its stdin and stdout null.
+fn run_in_foreground(b: &Bundle, id: &str) -> Command {
+    let mut c = b.command();
+    c.args(["run", "--bundle"])
+        .arg(&b.dir)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    c
+}
+
 #[test]
 fn bare_run_passes_signals_on_and_deletes_the_container() {
     // Before: `twill-oci run` died of the SIGTERM that `kill`, `timeout` or a service
@@ -2682,15 +2693,7 @@ fn bare_run_passes_signals_on_and_deletes_the_container() {
         ],
     );
     b.ids.push("sr1".into());
-    let mut run = b
-        .command()
-        .args(["run", "--bundle"])
-        .arg(d.path())
-        .arg("sr1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = run_in_foreground(&b, "sr1").spawn().unwrap();
     // The container handles SIGTERM once it says ready; `run` passes signals on once its
     // handler shows in SigCgt (waited for, not a fixed while a loaded machine may outlast;
     // a `run` that never catches it is signalled all the same, and must fail below).
@@ -2724,6 +2727,66 @@ fn bare_run_passes_signals_on_and_deletes_the_container() {
     for dir in cgroup_dirs("sr1") {
         assert!(!dir.exists(), "run left the cgroup {}", dir.display());
     }
+}
+
+#[test]
+fn bare_run_a_signal_to_the_whole_process_group_reaches_the_container_s_process_once() {
+    // Before: the process of a `twill-oci run` without a terminal stayed in twill-oci's
+    // process group, so a signal to that whole group (`timeout` without --foreground, `kill
+    // -INT -PGID`, a service manager's KillMode=control-group) reached it directly and was
+    // passed on by `run` as well (a process's kill(2) is always passed on): it got it twice.
+    // As runc's init, it now calls setsid(): only `run` gets it, and passes it on once.
+    //
+    // The copies would come within microseconds, and a shell merges those that come before
+    // it runs its trap into one: `run` is stopped while the group is signalled, so a copy
+    // that reached the process directly is counted first (none must), and continued a while
+    // later, so the copy it passes on comes after and is counted too.
+    let name = "bare_run_a_signal_to_the_whole_process_group_reaches_the_container_s_process_once";
+    if !bare_ready(name) {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let within = Duration::from_secs(10);
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(
+        |_| {},
+        &[
+            "sh",
+            "-c",
+            "trap 'echo int >> /out/ints; t=1' INT; echo ready > /out/ready; \
+             while [ -z \"$t\" ]; do sleep 0.05; done; \
+             n=0; while [ $n -lt 40 ]; do sleep 0.05; n=$((n+1)); done",
+        ],
+    );
+    b.ids.push("sg1".into());
+    // Started as a shell starts a job (or `timeout` its command): leading a group of its own.
+    // (Bundle's drop deletes sg1 with --force, which ends `run` should a check fail.)
+    let mut run = run_in_foreground(&b, "sg1")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    wait_out(&b, "ready");
+    let process = pid_of(&b, "sg1") as u32;
+    common::wait_until_caught(process, libc::SIGINT, "the container's process", within);
+    common::wait_until_caught(run.id(), libc::SIGINT, "twill-oci run", within);
+    let count = || b.read_out("ints").lines().count();
+
+    common::stop_all(&[run.id()]);
+    // SAFETY: kill(2) of the process group our child leads.
+    assert_eq!(unsafe { libc::kill(-(run.id() as i32), libc::SIGINT) }, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    // Continued before the check, so a failure leaves no stopped process behind.
+    let direct = count();
+    common::signal(run.id(), libc::SIGCONT);
+    assert_eq!(
+        direct, 0,
+        "the group's SIGINT reached the container's process directly"
+    );
+    let status = common::wait_or_kill(&mut run, within, "run did not end after SIGINT");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(count(), 1, "SIGINTs the container's process got");
+    assert!(!b.state.join("sg1").exists(), "run left the state of sg1");
 }
 
 #[test]

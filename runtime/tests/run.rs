@@ -10,6 +10,8 @@ use twill_tests::{busybox_present, in_ci, preconditions};
 
 mod common;
 
+use common::{signal, stop_all};
+
 const RUN: &str = env!("CARGO_BIN_EXE_twill-run");
 
 struct Rt {
@@ -2226,32 +2228,6 @@ fn sigint_counter(name: &str) -> String {
          while [ -z \"$t\" ]; do sleep 0.05; done; \
          n=0; while [ $n -lt 40 ]; do sleep 0.05; n=$((n+1)); done"
     )
-}
-
-/// Sends `signal` to process `pid`, which this test started (or its child, not yet reaped).
-fn signal(pid: u32, signal: i32) {
-    // SAFETY: kill(2) with plain integers, on a process of this test.
-    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill {pid}");
-}
-
-/// Stops `pids` (SIGSTOP) and waits until each is stopped: a signal sent to them meanwhile
-/// waits, and their handlers run only once they are continued.
-fn stop_all(pids: &[u32]) {
-    for &pid in pids {
-        signal(pid, libc::SIGSTOP);
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    for &pid in pids {
-        // The state is the field after the command's name, which ends with the last ')'.
-        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .rsplit_once(") ")
-            .is_none_or(|(_, rest)| !rest.starts_with('T'))
-        {
-            assert!(std::time::Instant::now() < deadline, "{pid} never stopped");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
 }
 
 #[test]

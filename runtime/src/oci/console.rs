@@ -1,6 +1,6 @@
 //! `process.terminal`: a pty made inside the container (its devpts), the master sent to the
 //! engine's `--console-socket` (SCM_RIGHTS, as runc does), or to a foreground `run` over a
-//! socketpair (see `oci::terminal`), the slave made the process's controlling terminal and
+//! socketpair (see `crate::tty`), the slave made the process's controlling terminal and
 //! stdio.
 
 use std::io::IoSlice;
@@ -80,6 +80,8 @@ pub fn setup_pty(
             None::<&str>,
         );
     }
+    // A new session to take the pty as its controlling terminal; a process that leads one
+    // already (the container's first, see `oci::create`, and twill-run's) keeps its own.
     let _ = nix::unistd::setsid();
     // SAFETY: TIOCSCTTY on the slave we own; dup2 onto the standard descriptors.
     unsafe {

@@ -7,11 +7,11 @@ pub mod cgroups;
 pub mod console;
 pub mod create;
 pub mod hooks;
+pub mod init;
 pub mod mounts;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
-pub mod terminal;
 
 use std::fs::{self, File};
 use std::os::fd::AsFd;
@@ -24,6 +24,7 @@ use nix::sys::signal::{Signal, kill};
 use crate::error::{Result, RuntimeError};
 use crate::messages;
 use crate::process;
+use crate::tty;
 use state::{EXEC_FIFO, Root, Status};
 
 /// The runtime-spec version twill-oci implements.
@@ -98,7 +99,7 @@ pub struct RunOptions {
 /// SIGTERM, SIGUSR1 and SIGUSR2 are passed on to the process (held from before create until it
 /// has exec'd), so `kill` or `timeout` stop the container, and `run` still deletes it, instead
 /// of killing `run` and leaving the container running with its state. With process.terminal
-/// the process gets a pty of its own relayed to `run`'s terminal (see [`terminal`]).
+/// the process gets a pty of its own relayed to `run`'s terminal (see [`crate::tty`]).
 ///
 /// Detached, `run` returns 0 once the process has exec'd, which it leaves running (its
 /// stdio is `run`'s); unlike runc, which returns at `start`, a failure before the exec is
@@ -115,8 +116,7 @@ pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
             .is_some_and(|p| p.terminal)
     {
         host_console = Some(
-            terminal::HostConsole::find()
-                .map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?,
+            own_terminal().map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?,
         );
     }
     if !opts.detach
@@ -143,20 +143,31 @@ pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
     };
     // The terminal: relayed from before start, so nothing the process (or a startContainer
     // hook) writes to it waits.
-    let (relay, console) = match created.take_console() {
+    let (relay, raw) = match created.take_console() {
         None => (None, None),
         Some(sock) => {
             let relayed = (|| {
-                let mut console = match host_console.take() {
+                let console = match host_console.take() {
                     Some(c) => c,
-                    None => terminal::HostConsole::find()?,
+                    None => own_terminal()?,
                 };
-                let master = terminal::receive_master(&sock)?;
-                let relay = terminal::relay(master, &mut console)?;
-                Ok::<_, RuntimeError>((relay, console))
+                // Sent before create returned: there now, or never (the process is gone).
+                let master = tty::recv_master(&sock)?.ok_or_else(|| {
+                    RuntimeError::Invalid(
+                        "the container process sent no pty over its terminal's socket".into(),
+                    )
+                })?;
+                let raw = console.raw_mode()?;
+                // As runc's: stdin to the pty for as long as there is any, and nothing at
+                // its end.
+                let relay = tty::Relay::new(master, std::io::stdout())
+                    .input(tty::EndOfInput::Nothing)
+                    .size_from(Some(console))
+                    .spawn(pid)?;
+                Ok::<_, RuntimeError>((relay, raw))
             })();
             match relayed {
-                Ok((relay, console)) => (Some(relay), Some(console)),
+                Ok((relay, raw)) => (Some(relay), Some(raw)),
                 Err(e) => {
                     kill_and_reap();
                     return Err(failed(e.to_string(), delete_unless_kept()));
@@ -183,7 +194,7 @@ pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
         if !reaped {
             kill_and_reap();
         }
-        drop((relay, console));
+        drop((relay, raw));
         let why = created
             .failure_before_exec()
             .unwrap_or_else(|| e.to_string());
@@ -207,10 +218,12 @@ pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
     }
     let code = crate::container::reap(pid);
     // The last output copied, then the terminal as it was.
-    if let Some(r) = relay {
-        r.finish();
+    if let Some(r) = relay
+        && let Err(e) = r.finish()
+    {
+        eprintln!("twill-oci: container {id}'s terminal: {e}");
     }
-    drop(console);
+    drop(raw);
     match why {
         Some(why) => Err(failed(why, delete_unless_kept())),
         None => match delete_unless_kept() {
@@ -218,6 +231,16 @@ pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
             Some(deleted) => deleted.map(|()| code),
         },
     }
+}
+
+/// `run`'s own terminal, for a container's to be relayed to (see [`tty::Terminal::own`]).
+fn own_terminal() -> Result<tty::Terminal> {
+    tty::Terminal::own().map_err(|e| {
+        RuntimeError::Invalid(format!(
+            "process.terminal: run in the foreground relays the container's terminal to its \
+             own, and {e}"
+        ))
+    })
 }
 
 /// `state ID`: the runtime-spec state JSON.

@@ -224,3 +224,29 @@ pub fn wait_until_caught(pid: u32, signal: i32, who: &str, within: Duration) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Sends `signal` to process `pid`, which this test started (or its child, not yet reaped).
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) with plain integers, on a process of this test.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill {pid}");
+}
+
+/// Stops `pids` (SIGSTOP) and waits until each is stopped: a signal sent to them meanwhile
+/// waits, and their handlers run only once they are continued.
+pub fn stop_all(pids: &[u32]) {
+    for &pid in pids {
+        signal(pid, libc::SIGSTOP);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for &pid in pids {
+        // The state is the field after the command's name, which ends with the last ')'.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('T'))
+        {
+            assert!(Instant::now() < deadline, "{pid} never stopped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
