@@ -945,7 +945,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     start_http(&cli, metrics.clone()).await?;
     // Local problems first, each fatal: the underlay, the subnet file's directory, the etcd
     // flags and TLS files. Only etcd being unreachable is worth waiting for.
-    let underlay = underlay::find(
+    let (underlay, chosen_by) = underlay::find(
         &nl,
         &cli.iface,
         &cli.iface_regex,
@@ -958,10 +958,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::masq::warn_without_iptables();
     let opts = etcd_options(&cli);
     let co = opts.client_options()?;
-    tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, public_ipv6 = ?underlay.public_ipv6, "using underlay interface");
+    tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, public_ipv6 = ?underlay.public_ipv6, bind_ip = %underlay.bind_ip(), bind_ipv6 = ?underlay.bind_ipv6(), "using underlay interface");
     let store = connect(&opts, co).await;
     let (config, config_text) = wait_for_config(&store).await;
-    underlay::check_families(&underlay, &config, cli.iface_can_reach)?;
+    underlay::check_families(&underlay, &config, chosen_by)?;
     if config.backend_defaulted {
         tracing::warn!(
             "the network config has no Backend: using udp like Flannel does; set \"Backend\": {{\"Type\": \"vxlan\"}} explicitly"

@@ -79,10 +79,10 @@ pub struct Cli {
     #[arg(long, env = "TWILLD_IFACE_REGEX", value_parser = parse_regex)]
     pub iface_regex: Vec<regex::Regex>,
     /// An IP address: the interface carrying inter-node traffic is the one the kernel's route
-    /// to it goes out of (`ip route get IP`), and the public IP of that family the route's
-    /// source address, unless --public-ip/--public-ipv6 is given (Flannel's flag). Tried
-    /// after --iface and --iface-regex found nothing, as flanneld does. An IPv6 address needs
-    /// a network with IPv6 on.
+    /// to it goes out of (`ip route get IP`), and the route's source address is the one sent
+    /// from and, unless --public-ip/--public-ipv6 is given, the public IP of its family
+    /// (Flannel's flag). Tried after --iface and --iface-regex found nothing, as flanneld
+    /// does; when it is the flag that chose, an IPv6 address needs a network with IPv6 on.
     #[arg(long, env = "TWILLD_IFACE_CAN_REACH", value_parser = parse_can_reach)]
     pub iface_can_reach: Option<std::net::IpAddr>,
     /// IP other nodes reach this one at (default: the interface's first IPv4 address).

@@ -3,8 +3,9 @@
 //! interface of the kernel's route to that address, whose source address is the preferred
 //! public one); with none of them the default route's interface (IPv4's, else IPv6's).
 //! `--public-ip` or the interface's first IPv4 address; `--public-ipv6` or its first global
-//! IPv6 address. Which families the network needs is checked once the config is known
-//! ([`check_families`]).
+//! IPv6 address. The interface address (what udp and wireguard bind, vxlan's `local`) is
+//! chosen apart from the public one (`iface_net`). Which families the network needs is
+//! checked once the config is known ([`check_families`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -33,15 +34,44 @@ async fn addrs(nl: &Netlink, index: u32) -> (Vec<Ipv4Net>, Vec<Ipv6Net>) {
     (v4, v6)
 }
 
-/// The address among `have` that is `want`, else the first.
-fn pick<N: Copy, A: PartialEq>(have: &[N], want: Option<A>, addr: impl Fn(&N) -> A) -> Option<N> {
-    want.and_then(|w| have.iter().find(|n| addr(n) == w).copied())
+/// Which flag chose the underlay interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChosenBy {
+    /// One of `--iface`'s names or addresses.
+    Iface,
+    /// One of `--iface-regex`'s expressions.
+    IfaceRegex,
+    /// `--iface-can-reach` with this address.
+    CanReach(IpAddr),
+    /// None was given: the default route's interface.
+    DefaultRoute,
+}
+
+/// The interface address of one family, as flanneld's `IfaceAddr` (what udp and wireguard
+/// bind and vxlan's `local`), with its prefix on the link: the first of `wants` that is on
+/// the link (in find's order: --public-ip, the --iface address, the route's source). A
+/// route's source that is not on the link (`ip route add … dev eth1 src <eth0's address>`)
+/// is the kernel's own address all the same and the one it sends from, so it is the
+/// interface address as it is flanneld's, as a host prefix (it says nothing about what
+/// the link reaches). Else the link's first address.
+fn iface_net<N: Copy, A: Copy + PartialEq>(
+    have: &[N],
+    wants: &[Option<A>],
+    route_src: Option<A>,
+    addr: impl Fn(&N) -> A,
+    host: impl Fn(A) -> N,
+) -> Option<N> {
+    wants
+        .iter()
+        .flatten()
+        .find_map(|&w| have.iter().find(|n| addr(n) == w).copied())
+        .or(route_src.map(host))
         .or(have.first().copied())
 }
 
 /// Resolves the underlay from the flags, in flanneld's order: each `--iface`, then each
 /// `--iface-regex`, then `--iface-can-reach`; the default route's interface only when none of
-/// them is given.
+/// them is given. Also says which of them chose.
 pub async fn find(
     nl: &Netlink,
     ifaces: &[String],
@@ -49,14 +79,16 @@ pub async fn find(
     can_reach: Option<IpAddr>,
     public_ip: Option<Ipv4Addr>,
     public_ipv6: Option<Ipv6Addr>,
-) -> anyhow::Result<Underlay> {
+) -> anyhow::Result<(Underlay, ChosenBy)> {
     let mut chosen: Option<Link> = None;
+    let mut by = ChosenBy::DefaultRoute;
     // The source address of the route to --iface-can-reach's address, when that chose.
     let mut route_src: Option<IpAddr> = None;
     // Why each flag given found nothing, in the order tried.
     let mut misses: Vec<String> = Vec::new();
     if !ifaces.is_empty() {
         chosen = by_name_or_address(nl, ifaces).await?;
+        by = ChosenBy::Iface;
         if chosen.is_none() {
             misses.push(format!(
                 "none of --iface {} exists with an IPv4 or global IPv6 address in this network namespace",
@@ -66,6 +98,7 @@ pub async fn find(
     }
     if chosen.is_none() && !iface_regex.is_empty() {
         chosen = by_regex(nl, iface_regex).await?;
+        by = ChosenBy::IfaceRegex;
         if chosen.is_none() {
             let list: Vec<&str> = iface_regex.iter().map(|r| r.as_str()).collect();
             misses.push(format!(
@@ -81,6 +114,7 @@ pub async fn find(
             Ok((link, src)) => {
                 tracing::info!(iface = %link.name, target = %target, src = ?src, "--iface-can-reach: the route to the target goes out of this interface");
                 chosen = Some(link);
+                by = ChosenBy::CanReach(target);
                 route_src = src;
             }
             Err(why) => misses.push(why),
@@ -104,13 +138,21 @@ pub async fn find(
         );
     };
     let (v4, v6) = addrs(nl, link.index).await;
-    // An --iface given as an address, else the source of the route to --iface-can-reach's
-    // address, is the preferred public address of its family.
+    // An --iface given as an address, and the source of the route to --iface-can-reach's
+    // address: the interface address of their family when on the link.
     let iface_ip = |f: fn(&IpAddr) -> bool| {
         ifaces
             .iter()
             .filter_map(|i| i.parse::<IpAddr>().ok())
             .find(f)
+    };
+    let iface4 = match iface_ip(IpAddr::is_ipv4) {
+        Some(IpAddr::V4(a)) => Some(a),
+        _ => None,
+    };
+    let iface6 = match iface_ip(IpAddr::is_ipv6) {
+        Some(IpAddr::V6(a)) => Some(a),
+        _ => None,
     };
     let src4 = match route_src {
         Some(IpAddr::V4(a)) => Some(a),
@@ -120,32 +162,47 @@ pub async fn find(
         Some(IpAddr::V6(a)) if global6(a) => Some(a),
         _ => None,
     };
-    let want4 = public_ip
-        .or(iface_ip(IpAddr::is_ipv4).and_then(|a| match a {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
-        }))
-        .or(src4);
-    let want6 = public_ipv6
-        .or(iface_ip(IpAddr::is_ipv6).and_then(|a| match a {
-            IpAddr::V6(a) => Some(a),
-            IpAddr::V4(_) => None,
-        }))
-        .or(src6);
-    let net = pick(&v4, want4, |n| n.addr());
-    let net6 = pick(&v6, want6, |n| n.addr());
-    Ok(Underlay {
-        // The route's source need not be on the interface (`ip route add … dev eth1 src
-        // <eth0's address>`): the kernel sends from it all the same, so peers see it.
+    let net = iface_net(
+        &v4,
+        &[public_ip, iface4, src4],
+        src4,
+        |n| n.addr(),
+        |a| Ipv4Net::new(a, 32).unwrap_or_default(),
+    );
+    let net6 = iface_net(
+        &v6,
+        &[public_ipv6, iface6, src6],
+        src6,
+        |n| n.addr(),
+        |a| Ipv6Net::new(a, 128).unwrap_or_default(),
+    );
+    let bound = [
+        net.map(|n| IpAddr::V4(n.addr())),
+        net6.map(|n| IpAddr::V6(n.addr())),
+    ];
+    let on_link = |a: IpAddr| match a {
+        IpAddr::V4(a) => v4.iter().any(|n| n.addr() == a),
+        IpAddr::V6(a) => v6.iter().any(|n| n.addr() == a),
+    };
+    for src in [src4.map(IpAddr::V4), src6.map(IpAddr::V6)]
+        .into_iter()
+        .flatten()
+    {
+        if bound.contains(&Some(src)) && !on_link(src) {
+            tracing::info!(iface = %link.name, src = %src, "--iface-can-reach: the route's source is another interface's address; sending from and binding it all the same, as flanneld does");
+        }
+    }
+    let underlay = Underlay {
+        // Else the interface address: the route's source when --iface-can-reach chose.
         public_ip: public_ip
-            .or(src4)
             .or(net.map(|n| n.addr()))
             .unwrap_or(Ipv4Addr::UNSPECIFIED),
         net: net.unwrap_or_default(),
-        public_ipv6: public_ipv6.or(src6).or(net6.map(|n| n.addr())),
+        public_ipv6: public_ipv6.or(net6.map(|n| n.addr())),
         net6,
         link,
-    })
+    };
+    Ok((underlay, by))
 }
 
 /// The first of `ifaces` (names or addresses) that exists with an IPv4 or global IPv6
@@ -256,15 +313,17 @@ async fn by_regex(nl: &Netlink, regexes: &[regex::Regex]) -> anyhow::Result<Opti
     Ok(None)
 }
 
-/// Checks that the underlay has a public address for every family the network leases, and
-/// that an `--iface-can-reach` address is of a family it leases when it leases IPv4 only
-/// (flanneld would take an IPv6 route's source address for its IPv4 public IP).
+/// Checks that the underlay has a public address for every family the network leases, and,
+/// when `--iface-can-reach` chose the interface, that its address is of a family the network
+/// leases when it leases IPv4 only (flanneld would take an IPv6 route's source address for
+/// its IPv4 public IP). When another flag chose, that address is not looked at, as flanneld
+/// does not.
 pub fn check_families(
     underlay: &Underlay,
     config: &NetworkConfig,
-    can_reach: Option<IpAddr>,
+    chosen_by: ChosenBy,
 ) -> anyhow::Result<()> {
-    if let Some(target @ IpAddr::V6(_)) = can_reach
+    if let ChosenBy::CanReach(target @ IpAddr::V6(_)) = chosen_by
         && config.ipv6.is_none()
     {
         anyhow::bail!(
@@ -291,7 +350,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_ipv6_iface_can_reach_address_needs_ipv6_in_the_network() {
+    fn an_ipv6_iface_can_reach_address_needs_ipv6_in_the_network_when_it_chose() {
         let underlay = Underlay::for_tests(24, 64);
         let v4 = NetworkConfig::parse(r#"{"Network": "10.5.0.0/16"}"#).unwrap();
         let dual = NetworkConfig::parse(
@@ -299,16 +358,76 @@ mod tests {
                 "Backend": {"Type": "vxlan"}}"#,
         )
         .unwrap();
-        let v6: IpAddr = "fd31::1".parse().unwrap();
-        let e = check_families(&underlay, &v4, Some(v6)).unwrap_err();
+        let v6 = ChosenBy::CanReach("fd31::1".parse().unwrap());
+        let e = check_families(&underlay, &v4, v6).unwrap_err();
         let said = e.to_string();
         assert!(
             said.starts_with("--iface-can-reach fd31::1 is an IPv6 address")
                 && said.contains("IPv4 subnets only"),
             "{said}"
         );
-        check_families(&underlay, &dual, Some(v6)).unwrap();
-        check_families(&underlay, &v4, Some("172.31.0.1".parse().unwrap())).unwrap();
-        check_families(&underlay, &v4, None).unwrap();
+        check_families(&underlay, &dual, v6).unwrap();
+        let v4_target = ChosenBy::CanReach("172.31.0.1".parse().unwrap());
+        check_families(&underlay, &v4, v4_target).unwrap();
+        // --iface, --iface-regex or the default route chose: the address is not looked at.
+        for by in [
+            ChosenBy::Iface,
+            ChosenBy::IfaceRegex,
+            ChosenBy::DefaultRoute,
+        ] {
+            check_families(&underlay, &v4, by).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_interface_address_is_the_first_wanted_on_the_link_else_the_routes_source() {
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let ip = |s: &str| Some(s.parse::<Ipv4Addr>().unwrap());
+        let have = [net("10.99.0.5/24"), net("10.99.1.5/24")];
+        let pick = |wants: &[Option<Ipv4Addr>], src: Option<Ipv4Addr>| {
+            iface_net(
+                &have,
+                wants,
+                src,
+                |n| n.addr(),
+                |a| Ipv4Net::new(a, 32).unwrap(),
+            )
+        };
+        // The route's source on the link.
+        assert_eq!(
+            pick(&[None, None, ip("10.99.1.5")], ip("10.99.1.5")),
+            Some(net("10.99.1.5/24"))
+        );
+        // A --public-ip behind a NAT: the route's source, not the link's first.
+        assert_eq!(
+            pick(&[ip("203.0.113.7"), None, ip("10.99.1.5")], ip("10.99.1.5")),
+            Some(net("10.99.1.5/24"))
+        );
+        // A --public-ip on the link wins over the route's source.
+        assert_eq!(
+            pick(&[ip("10.99.0.5"), None, ip("10.99.1.5")], ip("10.99.1.5")),
+            Some(net("10.99.0.5/24"))
+        );
+        // The route's source on another link: it all the same, as a host prefix.
+        assert_eq!(
+            pick(&[None, None, ip("10.98.0.5")], ip("10.98.0.5")),
+            Some(net("10.98.0.5/32"))
+        );
+        assert_eq!(
+            pick(&[ip("203.0.113.7"), None, ip("10.98.0.5")], ip("10.98.0.5")),
+            Some(net("10.98.0.5/32"))
+        );
+        // Nothing wanted on the link and no route: the first.
+        assert_eq!(pick(&[ip("203.0.113.7"), None, None], None), Some(have[0]));
+        assert_eq!(
+            iface_net(
+                &[],
+                &[ip("203.0.113.7")],
+                None,
+                |n: &Ipv4Net| n.addr(),
+                |a| { Ipv4Net::new(a, 32).unwrap() }
+            ),
+            None
+        );
     }
 }

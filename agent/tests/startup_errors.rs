@@ -634,6 +634,16 @@ fn iface_can_reach_picks_the_interface_of_the_route_and_its_source() {
             "src",
             "10.98.0.5",
         ],
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd88::/64",
+            "dev",
+            "ul1",
+            "src",
+            "fd98::5",
+        ],
         &["route", "add", "unreachable", "10.66.0.0/16"],
     ] {
         let mut full = vec!["-n", name.as_str()];
@@ -685,30 +695,67 @@ fn iface_can_reach_picks_the_interface_of_the_route_and_its_source() {
             (&[], &[("FLANNELD_IFACE_CAN_REACH", "10.77.0.1")]),
             // --iface-regex after an --iface that is not there (before: refused).
             (&["--iface", "nonexist", "--iface-regex", "^ul0$"], none),
+            // The route's source on another link is bound, as flanneld's IfaceAddr (before:
+            // ul1's first address).
+            (&["--iface-can-reach", "fd88::1"], none),
+            // With --public-ipv6 elsewhere the route's source is still bound (before: the
+            // link's first).
+            (
+                &[
+                    "--iface-can-reach",
+                    "fd77::1",
+                    "--public-ipv6",
+                    "2001:db8::7",
+                ],
+                none,
+            ),
+            // A --public-ip on the link is bound, before the route's source.
+            (
+                &["--iface-can-reach", "10.77.0.1", "--public-ip", "10.99.0.5"],
+                none,
+            ),
         ],
     );
-    let want: [&[&str]; 11] = [
-        &["iface=ul1", "public_ip=10.99.1.5"],
-        &["iface=ul0", "public_ip=10.98.0.5"],
-        &["iface=ul1", "public_ip=10.98.0.5"],
+    let want: [&[&str]; 14] = [
+        &["iface=ul1", "public_ip=10.99.1.5", "bind_ip=10.99.1.5"],
+        &["iface=ul0", "public_ip=10.98.0.5", "bind_ip=10.98.0.5"],
+        &["iface=ul1", "public_ip=10.98.0.5", "bind_ip=10.98.0.5"],
         &[
             "iface=ul1",
             "public_ip=10.99.0.5",
             "public_ipv6=Some(fd99::5)",
+            "bind_ipv6=Some(fd99::5)",
         ],
-        &["iface=ul1", "public_ip=203.0.113.7"],
+        &["iface=ul1", "public_ip=203.0.113.7", "bind_ip=10.99.1.5"],
         &["iface=ul0", "public_ip=10.98.0.5"],
         &["iface=ul0", "public_ip=10.98.0.5"],
         &["iface=ul1", "public_ip=10.99.1.5"],
         &["iface=ul1", "public_ip=10.99.1.5"],
         &["iface=ul1", "public_ip=10.99.1.5"],
         &["iface=ul0", "public_ip=10.98.0.5"],
+        &[
+            "iface=ul1",
+            "public_ipv6=Some(fd98::5)",
+            "bind_ipv6=Some(fd98::5)",
+        ],
+        &[
+            "iface=ul1",
+            "public_ipv6=Some(2001:db8::7)",
+            "bind_ipv6=Some(fd99::5)",
+        ],
+        &["iface=ul1", "public_ip=10.99.0.5", "bind_ip=10.99.0.5"],
     ];
+    assert_eq!(lines.len(), want.len());
     for (i, (line, want)) in lines.iter().zip(want).enumerate() {
         for w in want {
             assert!(line.contains(w), "run {i}: {w} missing in: {line}");
         }
     }
+    // With forwarding on the kernel answers the subnet-router anycast address of its own
+    // prefixes itself (`anycast fd99:: dev lo`; before: a route out of lo).
+    ns.enter(|| twill_netkit::sysctl::ensure("net/ipv6/conf/all/forwarding", "1"))
+        .expect("entering the namespace")
+        .expect("IPv6 forwarding on");
     // Nothing leads there: exit 1 at once, naming the address and why.
     let dead = "http://127.0.0.1:1";
     for (args, want) in [
@@ -723,6 +770,10 @@ fn iface_can_reach_picks_the_interface_of_the_route_and_its_source() {
         (
             &["--iface-can-reach", "10.99.0.5"],
             "twilld: --iface-can-reach 10.99.0.5: 10.99.0.5 is an address of this node, so no interface leads to it: give the address of a peer or gateway",
+        ),
+        (
+            &["--iface-can-reach", "fd99::"],
+            "twilld: --iface-can-reach fd99::: fd99:: is an address of this node, so no interface leads to it: give the address of a peer or gateway",
         ),
         (
             &["--iface-can-reach", "fd55::1"],
@@ -751,4 +802,88 @@ fn iface_can_reach_picks_the_interface_of_the_route_and_its_source() {
         ),
         "{first}"
     );
+    iface_can_reach_of_ipv6_on_an_ipv4_network(&ns);
+}
+
+/// On a network that leases IPv4 only, an IPv6 --iface-can-reach address is refused when it
+/// is what chose the interface, and not looked at when --iface chose (flanneld only reads it
+/// when nothing else chose; before, twilld refused it whatever chose). Runs against an etcd
+/// of the namespace's own, on its 127.0.0.1.
+fn iface_can_reach_of_ipv6_on_an_ipv4_network(ns: &twill_netkit::Netns) {
+    let etcd =
+        twill_testbed::Etcd::start_in(ns, std::net::Ipv4Addr::LOCALHOST, true).expect("etcd");
+    etcd.put_network_config(r#"{"Network": "10.50.0.0/16", "Backend": {"Type": "host-gw"}}"#)
+        .expect("the network config");
+    let endpoint = etcd.endpoint();
+    // Refused once the config is read, so after the lines logged before.
+    let mut c = Command::new(TWILLD);
+    with_env(&mut c, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    c.arg("--subnet-file")
+        .arg(dir.path().join("refused.env"))
+        .args([
+            "--etcd-endpoints",
+            &endpoint,
+            "--iface-can-reach",
+            "fd77::1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    ns.prepare_command(&mut c).unwrap();
+    let mut child = twill_tests::KillOnDrop(c.spawn().expect("starting twilld"));
+    let start = Instant::now();
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "twilld --iface-can-reach fd77::1 still ran after 20s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let code = child.0.wait().unwrap().code();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut said).unwrap();
+    let fatal = said
+        .lines()
+        .find(|l| l.starts_with("twilld: "))
+        .unwrap_or("");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        fatal.starts_with("twilld: --iface-can-reach fd77::1 is an IPv6 address")
+            && fatal.contains("IPv4 subnets only"),
+        "{said}"
+    );
+    // --iface chose: twilld leases a subnet.
+    let subnet_file = dir.path().join("subnet.env");
+    let mut c = Command::new(TWILLD);
+    with_env(&mut c, &[]);
+    c.arg("--subnet-file")
+        .arg(&subnet_file)
+        .args(["--etcd-endpoints", &endpoint])
+        .args(["--iface", "ul0", "--iface-can-reach", "fd77::1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    ns.prepare_command(&mut c).unwrap();
+    let mut child = twill_tests::KillOnDrop(c.spawn().expect("starting twilld"));
+    let start = Instant::now();
+    while !subnet_file.exists() {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            let mut said = String::new();
+            use std::io::Read;
+            child
+                .0
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut said)
+                .unwrap();
+            panic!("twilld --iface ul0 --iface-can-reach fd77::1 ended ({status}): {said}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no subnet file within 20s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let env = std::fs::read_to_string(&subnet_file).unwrap();
+    assert!(env.contains("FLANNEL_NETWORK=10.50.0.0/16"), "{env}");
 }

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST};
+use netlink_packet_route::link::LinkFlags;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHopFlags, RouteProtocol,
     RouteScope, RouteType,
@@ -177,10 +178,12 @@ pub enum RouteGet {
     /// It leaves through a device: the route with the gateway, the device (`oif`) and the
     /// source address the kernel would send it from (`src`, when it has one).
     Out(Route),
-    /// It is one of this namespace's own addresses (`local … dev lo`): it never leaves.
+    /// It is one of this namespace's own addresses (`local … dev lo`), or an IPv6 anycast
+    /// address it answers itself (a local prefix's subnet-router anycast address with
+    /// forwarding on: `anycast … dev lo`): it never leaves.
     Local,
-    /// Nothing sends it anywhere; why, in words: no route at all, or an `unreachable`,
-    /// `prohibit` or `blackhole` route.
+    /// Nothing sends it anywhere; why, in words that follow "the kernel has": no route at
+    /// all, an `unreachable`, `prohibit` or `blackhole` route, or a lookup refused otherwise.
     Refused(&'static str),
 }
 
@@ -330,7 +333,8 @@ impl Netlink {
             .build();
         let msgs = match collect_dump(self.handle.route().get(query).execute()).await {
             Ok(msgs) => msgs,
-            // The kernel's answers for each refusal (IPv4 and IPv6 alike).
+            // The kernel's answers for each refusal (IPv4 and IPv6 alike). A `prohibit` rule
+            // (`ip rule add … prohibit`) answers as a `prohibit` route does.
             Err(e) if has_errno(&e, libc::ENETUNREACH) => {
                 return Ok(RouteGet::Refused("no route"));
             }
@@ -338,10 +342,16 @@ impl Netlink {
                 return Ok(RouteGet::Refused("an unreachable route"));
             }
             Err(e) if has_errno(&e, libc::EACCES) => {
-                return Ok(RouteGet::Refused("a prohibit route"));
+                return Ok(RouteGet::Refused("a prohibit route or rule"));
             }
+            // A `blackhole` route answers EINVAL, but so do a `blackhole` rule and a request
+            // the kernel rejects: "blackhole route" only when one covers the address.
             Err(e) if has_errno(&e, libc::EINVAL) => {
-                return Ok(RouteGet::Refused("a blackhole route"));
+                return Ok(RouteGet::Refused(if self.blackhole_covers(ip).await? {
+                    "a blackhole route"
+                } else {
+                    "no route it will use (the lookup fails with EINVAL, as for a blackhole rule)"
+                }));
             }
             Err(e) => return Err(self.err("looking up route to", ip.to_string(), e)),
         };
@@ -349,20 +359,61 @@ impl Netlink {
             return Ok(RouteGet::Refused("no route"));
         };
         Ok(match msg.header.kind {
-            RouteType::Local => RouteGet::Local,
+            RouteType::Local | RouteType::Anycast => RouteGet::Local,
             RouteType::Unreachable => RouteGet::Refused("an unreachable route"),
-            RouteType::Prohibit => RouteGet::Refused("a prohibit route"),
+            RouteType::Prohibit => RouteGet::Refused("a prohibit route or rule"),
             RouteType::BlackHole => RouteGet::Refused("a blackhole route"),
             // Unicast, and a subnet's broadcast address, which still leaves by a device.
             _ => {
                 let mut unicast = msg.clone();
                 unicast.header.kind = RouteType::Unicast;
                 match parse_routes(&unicast).into_iter().next() {
+                    // Whatever the kernel calls it, a packet that goes to loopback stays here.
+                    Some(Route { oif: Some(oif), .. }) if self.is_loopback(oif).await? => {
+                        RouteGet::Local
+                    }
                     Some(r) if r.oif.is_some() => RouteGet::Out(r),
                     _ => RouteGet::Refused("no route out of a device"),
                 }
             }
         })
+    }
+
+    /// Whether a `blackhole` route of any table covers `ip` (the one answer to an
+    /// RTM_GETROUTE that the kernel's EINVAL can be told apart by).
+    async fn blackhole_covers(&self, ip: IpAddr) -> Result<bool> {
+        let query = match ip {
+            IpAddr::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            IpAddr::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let msgs = collect_dump(self.handle.route().get(query).execute())
+            .await
+            .map_err(|e| self.err("listing", "routes", e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.kind == RouteType::BlackHole)
+            .any(|m| {
+                let dst = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(a) => ip_of(a),
+                    _ => None,
+                });
+                // No RTA_DST: a default route (`blackhole default`).
+                let dst = dst.unwrap_or(match ip {
+                    IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                    IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+                });
+                IpNet::new(dst, m.header.destination_prefix_length).is_ok_and(|n| n.contains(&ip))
+            }))
+    }
+
+    /// Whether link `index` is a loopback device (IFF_LOOPBACK).
+    async fn is_loopback(&self, index: u32) -> Result<bool> {
+        let msgs = collect_dump(self.handle.link().get().match_index(index).execute())
+            .await
+            .map_err(|e| self.err("looking up link", format!("#{index}"), e))?;
+        Ok(msgs
+            .first()
+            .is_some_and(|m| m.header.flags.contains(LinkFlags::Loopback)))
     }
 
     /// Unicast routes of both families in the main table, optionally only those with

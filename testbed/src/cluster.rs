@@ -3,6 +3,7 @@
 //! underlay addresses on `eth0`: one IPv4 and one IPv6 (added without DAD, so both are
 //! usable at once), so dual-stack and IPv6-only networks run on the same cluster.
 
+use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use twill_netkit::ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -239,8 +240,70 @@ impl Drop for Cluster {
             return;
         }
         if let Err(e) = sweep(&self.prefix) {
-            tracing::error!(prefix = %self.prefix, error = %e, "cleaning up lab namespaces");
-            eprintln!("twill-lab: cleaning up namespaces {}-*: {e}", self.prefix);
+            say_cleanup_failed(&self.prefix, &e);
         }
+    }
+}
+
+/// Says on stderr that removing the namespaces of `prefix` failed, when stderr takes it: a
+/// drop must not panic, and `eprintln!` does when stderr is a closed pipe (`twill-lab up 2>&1
+/// | head -1`; a panic in a drop during unwinding aborts).
+fn say_cleanup_failed(prefix: &str, e: &dyn std::fmt::Display) {
+    tracing::error!(prefix = %prefix, error = %e, "cleaning up lab namespaces");
+    let _ = writeln!(
+        std::io::stderr(),
+        "twill-lab: cleaning up namespaces {prefix}-*: {e}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    const CHILD: &str = "TWILL_TESTBED_CLOSED_STDERR_CHILD";
+
+    /// Waits until nobody reads this process's stderr any more (a pipe's writing end polls
+    /// POLLERR once its reader is gone).
+    fn wait_for_closed_stderr() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut fd = libc::pollfd {
+                fd: libc::STDERR_FILENO,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, its count 1, for the duration of the call.
+            let n = unsafe { libc::poll(&mut fd, 1, 100) };
+            if n > 0 && fd.revents & libc::POLLERR != 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "stderr never closed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Before, the message was an `eprintln!`, which panics on a closed stderr: this test's
+    /// own binary, run again with stderr a pipe nobody reads, ended with a panic.
+    #[test]
+    fn a_failed_cleanup_is_said_without_panicking_on_a_closed_stderr() {
+        let me = "cluster::tests::a_failed_cleanup_is_said_without_panicking_on_a_closed_stderr";
+        if std::env::var_os(CHILD).is_some() {
+            wait_for_closed_stderr();
+            say_cleanup_failed("twtb-gone", &"no such namespace");
+            return;
+        }
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([me, "--exact", "--nocapture"])
+            .env(CHILD, "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stderr.take());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "saying it on a closed stderr: {status}");
     }
 }
