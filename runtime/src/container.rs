@@ -415,11 +415,14 @@ fn start_inner(store: &Store, opts: &RunOptions, cni: &CniOptions, log: bool) ->
                 got => {
                     let _ = kill(s.pid, Signal::SIGKILL);
                     let _ = nix::sys::wait::waitpid(s.pid, None);
-                    return Err(got.err().unwrap_or_else(|| {
-                        RuntimeError::Invalid(
-                            "starting the container: its pty never came back".into(),
-                        )
-                    }));
+                    let why = match got {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "its pty never came back".into(),
+                    };
+                    return Err(RuntimeError::Invalid(format!(
+                        "starting container {}: {why}",
+                        st.name
+                    )));
                 }
             },
             None => None,
@@ -471,9 +474,9 @@ const PROXIED: [Signal; 6] = [
 /// Ctrl-\ (SIGQUIT) go to the whole foreground process group: a target in ours has its copy.
 /// twill-run's own targets never are (the container's PID 1 and the process `exec` joins
 /// the container with call setsid(), as runc's, so a group's signals, the terminal's and a
-/// `kill -INT -PGID` alike, reach twill-run alone), nor is `twill-oci run`'s (its container
-/// process calls setsid() too); `twill-oci exec`'s process stays in twill-oci's group, and
-/// gets the terminal's copy. A process's kill(2) (SI_USER, SI_QUEUE: a user's `kill`,
+/// `kill -INT -PGID` alike, reach twill-run alone), nor are `twill-oci run`'s and `twill-oci
+/// exec`'s (the container process, and the process exec joins the container with, call
+/// setsid() too). A process's kill(2) (SI_USER, SI_QUEUE: a user's `kill`,
 /// `timeout`, systemd) is always passed on: it cannot be told from one sent to us alone.
 /// SIGHUP too, SI_KERNEL or not: a terminal's hangup goes to the session leader alone, which
 /// twill-run may be. A target that moved to a group of its own (an interactive shell's job

@@ -295,16 +295,20 @@ pub fn exec_final(f: &FinalExec) -> RuntimeError {
     }
 }
 
-/// The first part of [`exec_final`]: a clean signal state, seccomp when no_new_privs is off
-/// (loading it is privileged then), rlimits, the bounding set, the user and the capability
-/// sets. twill-oci's `create` runs it before waiting for `start`, as runc, so a user or
-/// capability the kernel refuses fails `create` instead of the started container.
+/// The first part of [`exec_final`]: a clean signal state, stdio given to the user (see
+/// [`give_stdio_to`]), seccomp when no_new_privs is off (loading it is privileged then),
+/// rlimits, the bounding set, the user and the capability sets. twill-oci's `create` runs it
+/// before waiting for `start`, as runc, so a user or capability the kernel refuses fails
+/// `create` instead of the started container.
 pub fn drop_privileges(f: &FinalExec) -> Result<()> {
     // First: a seccomp profile loaded below may deny rt_sigprocmask or rt_sigaction.
     reset_signals()?;
     // Read before a seccomp profile may deny prctl: asked afterwards, every capability would
     // look unsupported and none would be dropped from the bounding set.
     let supported = caps::runtime::thread_all_supported();
+    // While still root, and before any seccomp profile (which may deny fchown): the
+    // command's stdio becomes its user's.
+    give_stdio_to(f.uid.unwrap_or(0))?;
     if !f.no_new_privs
         && let Some(load) = f.seccomp
     {
@@ -372,6 +376,51 @@ pub fn drop_privileges(f: &FinalExec) -> Result<()> {
         let _ = caps::raise(None, caps::CapSet::Ambient, *c);
     }
     Ok(())
+}
+
+/// As runc's fixStdioPermissions: stdin, stdout and stderr are given to `uid`, the user the
+/// command runs as (their group kept), so that it can open them again by name as their
+/// owner: its pty by `tty`'s name (`/dev/pts/0`, mode 0620), a pipe or its log file as
+/// `/dev/stdout` or `/proc/self/fd/1` (a pipe is its creator's alone, 0600). Left alone, as
+/// by runc: one that is closed, one `uid` owns already, the null device (the container's
+/// `/dev/null` may be the host's, bound), and one fchown refuses with EINVAL (its group is
+/// not mapped in our user namespace), EPERM (its owner is not) or EROFS. Unlike runc, a
+/// terminal that is not our controlling terminal is left alone too: that is the caller's
+/// own (a `twill-run run -u 1000` without `-t` from a root shell), and giving it away would
+/// let a host user with the container's uid read its keys and write to it.
+fn give_stdio_to(uid: u32) -> Result<()> {
+    use nix::sys::stat::{SFlag, fstat, major, minor};
+    for fd in 0..3 {
+        // SAFETY: a standard descriptor, used only for this loop's calls.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let st = match fstat(fd) {
+            Ok(st) => st,
+            Err(nix::Error::EBADF) => continue,
+            Err(e) => return Err(RuntimeError::nix("reading the owner of", stdio_name(fd), e)),
+        };
+        let device = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        let null = device == SFlag::S_IFCHR && (major(st.st_rdev), minor(st.st_rdev)) == (1, 3);
+        if st.st_uid == uid || null || (nix::unistd::isatty(fd).unwrap_or(false) && !our_ctty(fd)) {
+            continue;
+        }
+        match nix::unistd::fchown(fd, Some(nix::unistd::Uid::from_raw(uid)), None) {
+            Ok(()) | Err(nix::Error::EINVAL | nix::Error::EPERM | nix::Error::EROFS) => {}
+            Err(e) => return Err(RuntimeError::nix("giving to its user", stdio_name(fd), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether terminal `fd` is the calling process's controlling terminal (TIOCGSID answers
+/// ENOTTY for any other).
+fn our_ctty(fd: std::os::fd::BorrowedFd) -> bool {
+    let mut sid: libc::pid_t = 0;
+    // SAFETY: TIOCGSID writes one pid_t, into the one we pass.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGSID, &mut sid) == 0 }
+}
+
+fn stdio_name(fd: std::os::fd::BorrowedFd) -> &'static str {
+    ["stdin", "stdout", "stderr"][fd.as_raw_fd() as usize]
 }
 
 /// The rest of [`exec_final`], after [`drop_privileges`]: no_new_privs (and then seccomp),

@@ -137,22 +137,53 @@ impl Terminal {
         })
     }
 
-    /// Puts it in raw mode (as `docker run -it` and runc's SetRaw do) until the guard is
-    /// dropped: every key, Ctrl-C included, goes to the pty as typed, and the pty's own line
-    /// discipline, not the caller's, echoes and turns Ctrl-C into SIGINT.
-    pub fn raw_mode(&self) -> Result<RawMode> {
+    /// Puts it in raw mode until the guard is dropped: every key, Ctrl-C included, goes to
+    /// the pty as typed, and the pty's own line discipline, not the caller's, echoes and
+    /// turns Ctrl-C into SIGINT. `output` says what becomes of what is written to it.
+    pub fn raw_mode(&self, output: RawOutput) -> Result<RawMode> {
         let fd = self
             .fd
             .try_clone()
             .map_err(|e| RuntimeError::io("duplicating", "the terminal", e))?;
         let saved = termios::tcgetattr(&fd)
             .map_err(|e| RuntimeError::nix("reading the settings of", "the terminal", e))?;
-        let mut raw = saved.clone();
-        termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(&fd, SetArg::TCSANOW, &raw)
+        termios::tcsetattr(&fd, SetArg::TCSANOW, &raw_settings(&saved, output))
             .map_err(|e| RuntimeError::nix("putting in raw mode", "the terminal", e))?;
         Ok(RawMode { fd, saved })
     }
+}
+
+/// What a terminal in raw mode does with what is written to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawOutput {
+    /// Shown as written (cfmakeraw's, as `docker run -it`): the pty's own output
+    /// processing (ONLCR, on by default) has made its process's "\n" a "\r\n" already
+    /// (twill-run).
+    AsWritten,
+    /// Still processed (output processing kept, as runc's SetRaw): a "\n" is shown as
+    /// "\r\n" by this terminal, the pty's ONLCR being cleared ([`clear_onlcr`]), so what
+    /// is relayed is what the process wrote, to a file as to the terminal (twill-oci).
+    Processed,
+}
+
+/// `saved` made raw (cfmakeraw), with output processing kept for [`RawOutput::Processed`].
+fn raw_settings(saved: &Termios, output: RawOutput) -> Termios {
+    let mut raw = saved.clone();
+    termios::cfmakeraw(&mut raw);
+    if output == RawOutput::Processed {
+        raw.output_flags |= termios::OutputFlags::OPOST;
+    }
+    raw
+}
+
+/// Clears ONLCR on the pty `master` (as runc's recvtty, `console.ClearONLCR`): its process's
+/// "\n" comes out as written instead of as "\r\n".
+pub fn clear_onlcr(master: BorrowedFd) -> Result<()> {
+    let mut t = termios::tcgetattr(master)
+        .map_err(|e| RuntimeError::nix("reading the settings of", "the pty", e))?;
+    t.output_flags.remove(termios::OutputFlags::ONLCR);
+    termios::tcsetattr(master, SetArg::TCSANOW, &t)
+        .map_err(|e| RuntimeError::nix("clearing ONLCR on", "the pty", e))
 }
 
 /// A terminal in raw mode (see [`Terminal::raw_mode`]); its settings come back when this is
@@ -164,8 +195,21 @@ pub struct RawMode {
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // TCSADRAIN: what was written in raw mode is shown as such first.
-        let _ = termios::tcsetattr(&self.fd, SetArg::TCSADRAIN, &self.saved);
+        // TCSADRAIN: what was written in raw mode is shown as such first. Waiting for that,
+        // it fails with EINTR when a signal whose handler was installed without SA_RESTART
+        // comes meanwhile (twill's signal proxies restart; a program using this library
+        // may not): tried again, else the terminal would stay raw.
+        let _ = restarted(|| termios::tcsetattr(&self.fd, SetArg::TCSADRAIN, &self.saved));
+    }
+}
+
+/// `call`, again for as long as it fails with EINTR.
+fn restarted<T>(mut call: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
+    loop {
+        match call() {
+            Err(nix::Error::EINTR) => {}
+            done => return done,
+        }
     }
 }
 
@@ -188,6 +232,23 @@ fn copy_size(from: BorrowedFd, master: BorrowedFd) {
     if let Some(ws) = window_size(from) {
         // SAFETY: TIOCSWINSZ reads the winsize we pass, on the master we hold.
         unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+}
+
+/// The caller's stdout for a [`Relay`], unbuffered: what is relayed is written out (or has
+/// failed) at once, and none of it stays in std's buffer for the exit to flush again, into
+/// a pipe that may have closed meanwhile.
+pub struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: stdout stays open for the life of the process.
+        let fd = unsafe { BorrowedFd::borrow_raw(1) };
+        nix::unistd::write(fd, buf).map_err(std::io::Error::from)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -290,9 +351,11 @@ impl Relay {
             copy_size(t, master);
         }
         // A closed caller's pipe is an error to write to, not a death: the caller must
-        // outlive it to wait for its process.
-        // SAFETY: ignoring a signal installs no handler.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        // outlive it to wait for its process. SIGPIPE blocked on this thread alone (the one
+        // that writes), and the one a failed write raised taken back (see `Output::pass`),
+        // rather than ignored by the whole process for good: twill-run keeps its default
+        // (a later write to a closed pipe ends it quietly, where EPIPE made it panic).
+        let _sigpipe = HeldSigpipe::new()?;
         let exit = pidfd(child);
         // SAFETY: stdin stays open for the life of the process.
         let stdin = unsafe { BorrowedFd::borrow_raw(0) };
@@ -443,6 +506,48 @@ impl Drop for HeldWinch {
     }
 }
 
+/// SIGPIPE blocked on the thread that made this (see `Relay::copy`), unblocked when it is
+/// dropped unless it was blocked before.
+struct HeldSigpipe {
+    unblock: bool,
+}
+
+impl HeldSigpipe {
+    fn new() -> Result<HeldSigpipe> {
+        let mut before = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigpipe()), Some(&mut before))
+            .map_err(|e| RuntimeError::nix("blocking", "SIGPIPE", e))?;
+        Ok(HeldSigpipe {
+            unblock: !before.contains(Signal::SIGPIPE),
+        })
+    }
+}
+
+impl Drop for HeldSigpipe {
+    fn drop(&mut self) {
+        if self.unblock {
+            let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&sigpipe()), None);
+        }
+    }
+}
+
+fn sigpipe() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGPIPE);
+    set
+}
+
+/// Takes the SIGPIPE a write that failed with EPIPE raised for this thread, where it waits
+/// blocked (see [`HeldSigpipe`]): unblocked, it would end the process.
+fn take_back_sigpipe() {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: sigtimedwait reads the set and the timeout we pass; no siginfo is asked for.
+    unsafe { libc::sigtimedwait(sigpipe().as_ref(), std::ptr::null_mut(), &zero) };
+}
+
 /// Adds `fd` to `fds`; its place.
 fn watch<'a>(fds: &mut Vec<PollFd<'a>>, fd: BorrowedFd<'a>, flags: PollFlags) -> usize {
     fds.push(PollFd::new(fd, flags));
@@ -475,9 +580,12 @@ impl Output {
                 Ok(n) => {
                     passed += n;
                     if self.ok
-                        && (self.to.write_all(&buf[..n]).is_err() || self.to.flush().is_err())
+                        && let Err(e) = self.to.write_all(&buf[..n]).and_then(|()| self.to.flush())
                     {
                         self.ok = false;
+                        if e.kind() == std::io::ErrorKind::BrokenPipe {
+                            take_back_sigpipe();
+                        }
                     }
                 }
                 Err(nix::Error::EINTR) => {}
@@ -549,12 +657,12 @@ fn ended(pid: Pid) -> bool {
 pub fn attach(master: OwnedFd, child: Pid, interactive: bool) {
     let raw = match interactive.then(|| Terminal::among(&[0])).flatten() {
         Some(stdin) => stdin
-            .raw_mode()
+            .raw_mode(RawOutput::AsWritten)
             .map_err(|e| eprintln!("twill-run: {e}: keys keep the terminal's own meaning"))
             .ok(),
         None => None,
     };
-    let mut relay = Relay::new(master, std::io::stdout()).size_from(Terminal::among(&STDIO));
+    let mut relay = Relay::new(master, Stdout).size_from(Terminal::among(&STDIO));
     if interactive {
         relay = relay.input(EndOfInput::Eof);
     }
@@ -562,5 +670,136 @@ pub fn attach(master: OwnedFd, child: Pid, interactive: bool) {
     drop(raw);
     if let Err(e) = relayed {
         eprintln!("twill-run: {e}: the rest of the output is lost");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn raw_mode_keeps_output_processing_only_for_twill_oci_as_runc_s_set_raw() {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let cooked = termios::tcgetattr(&pty.slave).unwrap();
+        use termios::{LocalFlags, OutputFlags};
+        assert!(
+            cooked
+                .output_flags
+                .contains(OutputFlags::OPOST | OutputFlags::ONLCR)
+        );
+        let as_written = raw_settings(&cooked, RawOutput::AsWritten);
+        assert!(!as_written.output_flags.contains(OutputFlags::OPOST));
+        let processed = raw_settings(&cooked, RawOutput::Processed);
+        assert!(
+            processed
+                .output_flags
+                .contains(OutputFlags::OPOST | OutputFlags::ONLCR)
+        );
+        for raw in [as_written, processed] {
+            assert!(
+                !raw.local_flags
+                    .intersects(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG)
+            );
+        }
+    }
+
+    #[test]
+    fn a_pty_without_onlcr_passes_a_newline_as_written() {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let master = File::from(pty.master);
+        let mut slave = File::from(pty.slave);
+        let read = |n: usize| {
+            let mut got = vec![0u8; n];
+            (&master).read_exact(&mut got).unwrap();
+            got
+        };
+        slave.write_all(b"a\n").unwrap();
+        assert_eq!(read(3), b"a\r\n");
+        clear_onlcr(master.as_fd()).unwrap();
+        slave.write_all(b"b\n").unwrap();
+        assert_eq!(read(2), b"b\n");
+    }
+
+    #[test]
+    fn an_interrupted_call_is_made_again_and_any_other_outcome_kept() {
+        let mut calls = 0;
+        let r = restarted(|| {
+            calls += 1;
+            if calls < 3 {
+                Err(nix::Error::EINTR)
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(r, Ok(3));
+        let mut calls = 0;
+        let r: nix::Result<()> = restarted(|| {
+            calls += 1;
+            Err(nix::Error::EIO)
+        });
+        assert_eq!((r, calls), (Err(nix::Error::EIO), 1));
+    }
+
+    const SIGPIPE_CHILD: &str = "TWILL_TTY_TEST_SIGPIPE_CHILD";
+
+    #[test]
+    fn a_relay_whose_output_closed_leaves_sigpipe_to_end_the_process_afterwards() {
+        // Before: the relay set SIGPIPE to SIG_IGN for the whole process and left it so:
+        // twill-run, which keeps the default, no longer ended quietly on a later write to a
+        // closed pipe (EPIPE instead; its eprintln panicked, exit 101). Run in a child of
+        // this test binary, where SIGPIPE can be set to its default without touching the
+        // other tests.
+        if std::env::var_os(SIGPIPE_CHILD).is_some() {
+            relay_into_a_closed_pipe_then_write_to_another();
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tty::tests::a_relay_whose_output_closed_leaves_sigpipe_to_end_the_process_afterwards",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SIGPIPE_CHILD, "1")
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("relay ended"), "{said}");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{:?}: {said}",
+            out.status
+        );
+    }
+
+    /// In the child: a relay whose output is a pipe with no reader, then a write to another
+    /// such pipe, which must end the process by SIGPIPE (exit 3 if it does not).
+    fn relay_into_a_closed_pipe_then_write_to_another() -> ! {
+        // SAFETY: setting the default disposition installs no handler.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let mut child = Command::new("sh")
+            .args(["-c", "echo to-a-pipe-nobody-reads"])
+            .stdout(Stdio::from(pty.slave))
+            .spawn()
+            .unwrap();
+        Relay::new(pty.master, File::from(w))
+            .run(Pid::from_raw(child.id() as i32))
+            .unwrap();
+        child.wait().unwrap();
+        println!("relay ended");
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let _ = nix::unistd::write(&w, b"x");
+        std::process::exit(3)
     }
 }

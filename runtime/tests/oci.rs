@@ -3524,3 +3524,334 @@ fn bare_start_container_hooks_run_under_no_new_privs_and_the_seccomp_profile_as_
         }
     }
 }
+
+/// Listens on `sock` as an engine's console socket (conmon's, runc's recvtty): takes the pty
+/// master twill-oci sends there and reads it until the process has closed its pty; what it
+/// read.
+fn receive_console(sock: &Path) -> std::thread::JoinHandle<String> {
+    use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut name = [0u8; 128];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut name)];
+        let msg = nix::sys::socket::recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+        let fd = msg
+            .cmsgs()
+            .unwrap()
+            .find_map(|c| match c {
+                nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                _ => None,
+            })
+            .expect("no pty master on the console socket");
+        // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+        let mut master = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once no process has the pty open any more.
+        while let Ok(n @ 1..) = std::io::Read::read(&mut master, &mut buf) {
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// Starts `c` on a new terminal of the test's; its exit code and what it wrote there.
+fn on_a_terminal(c: &mut Command) -> (Option<i32>, String) {
+    let mut term = common::Terminal::open();
+    let mut child = term.spawn(c);
+    let status = common::wait_or_kill(&mut child, Duration::from_secs(30), "it hung");
+    // The last output may still be on its way from the terminal's reader.
+    std::thread::sleep(Duration::from_millis(200));
+    (status.code(), term.output())
+}
+
+#[test]
+fn bare_the_process_s_stdio_is_given_to_its_user_as_runc_gives_it() {
+    // Before: the pty's slave stayed root's (mode 0620, group tty), and so did the pipes
+    // the process writes to: with process.user another user, a program that opens its
+    // terminal by name (`$(tty)`, `screen`) or its output as /dev/stdout or
+    // /proc/self/fd/1 got "Permission denied". As runc's fixStdioPermissions (and so runc,
+    // on the same bundles, where it is installed), each now belongs to the process's user:
+    // the pty of a foreground run, of a console socket, of exec; the pipes of its stdio.
+    let name = "bare_the_process_s_stdio_is_given_to_its_user_as_runc_gives_it";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.ids.extend(["su1", "su2", "su3"].map(String::from));
+    let by_name = "echo reopened > $(busybox tty) && busybox stat -c owner=%u $(busybox tty)";
+    let as_1000 = |c: &mut Value, terminal: bool| {
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+        c["process"]["terminal"] = json!(terminal);
+    };
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let runc_root = d.path().join("runc-state");
+    let runc_id = |id: &str| format!("twt-{id}-{}", std::process::id());
+
+    // A foreground run: its own terminal relayed.
+    b.config(|c| as_1000(c, true), &["sh", "-c", by_name]);
+    let mut run = b.command();
+    run.args(["run", "--bundle"]).arg(&b.dir).arg("su1");
+    let (code, out) = on_a_terminal(&mut run);
+    assert_eq!(code, Some(0), "{out:?}");
+    assert!(out.contains("reopened\r\nowner=1000\r\n"), "{out:?}");
+    if runc {
+        let mut run = Command::new("runc");
+        run.arg("--root").arg(&runc_root).args(["run", "--bundle"]);
+        run.arg(&b.dir).arg(runc_id("su1"));
+        let (code, out) = on_a_terminal(&mut run);
+        assert_eq!(code, Some(0), "runc: {out:?}");
+        assert!(out.contains("reopened\r\nowner=1000\r\n"), "runc: {out:?}");
+    }
+
+    // A console socket's, for create and for exec.
+    b.config(
+        |c| as_1000(c, true),
+        &["sh", "-c", &format!("{by_name}; sleep 1000")],
+    );
+    let sock = d.path().join("su2.sock");
+    let console = receive_console(&sock);
+    b.ok(&[
+        "create",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "su2",
+    ]);
+    b.ok(&["start", "su2"]);
+    let sock = d.path().join("su2-exec.sock");
+    let exec_console = receive_console(&sock);
+    let out = b.oci(&[
+        "exec",
+        "-t",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "--user",
+        "1000:1000",
+        "su2",
+        "sh",
+        "-c",
+        by_name,
+    ]);
+    let said = exec_console.join().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exec: {said:?} {e}");
+    assert_eq!(said, "reopened\r\nowner=1000\r\n", "exec");
+    b.ok(&["delete", "--force", "su2"]);
+    assert_eq!(
+        console.join().unwrap(),
+        "reopened\r\nowner=1000\r\n",
+        "create"
+    );
+
+    // No terminal: stdout a pipe of the test's.
+    b.config(
+        |c| as_1000(c, false),
+        &["sh", "-c", "echo reopened > /proc/self/fd/1"],
+    );
+    let out = b
+        .command()
+        .args(["run", "--bundle"])
+        .arg(&b.dir)
+        .arg("su3")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "reopened\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if runc {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["run", "--bundle"])
+            .arg(&b.dir)
+            .arg(runc_id("su3"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "reopened\n", "runc");
+    }
+}
+
+#[test]
+fn bare_run_relays_a_terminal_s_newlines_as_written_as_runc_does() {
+    // Before: the container's pty kept ONLCR, so `twill-oci run` relayed "\r\n" for each
+    // "\n" the process wrote: with its stdout a file (stderr the terminal), the file got
+    // "\r\n" where runc's gets "\n". runc's recvtty clears ONLCR on the pty and keeps output
+    // processing on its own raw terminal, which so still shows "\r\n".
+    let name = "bare_run_relays_a_terminal_s_newlines_as_written_as_runc_does";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.ids.extend(["nl1", "nl2"].map(String::from));
+    b.config(
+        |c| c["process"]["terminal"] = json!(true),
+        &["sh", "-c", "echo one; echo two"],
+    );
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut runtimes = vec![("twill-oci", OCI.to_string(), b.state.clone())];
+    if runc {
+        runtimes.push(("runc", "runc".into(), d.path().join("runc-state")));
+    }
+    for (who, exe, root) in runtimes {
+        let id = format!("nl-{who}-{}", std::process::id());
+        // Its stdout a file, its stderr the terminal (whose size and keys it takes).
+        let file = d.path().join(format!("{who}.out"));
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("exec \"$0\" --root \"$1\" run --bundle \"$2\" \"$3\" > \"$4\"")
+            .arg(&exe)
+            .arg(&root)
+            .arg(&b.dir)
+            .arg(&id)
+            .arg(&file);
+        let (code, out) = on_a_terminal(&mut c);
+        assert_eq!(code, Some(0), "{who}: {out:?}");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "one\ntwo\n",
+            "{who}"
+        );
+        // On the terminal: "\r\n", as the terminal shows a "\n".
+        let mut c = Command::new(&exe);
+        c.arg("--root").arg(&root).args(["run", "--bundle"]);
+        c.arg(&b.dir).arg(format!("{id}-t"));
+        let (code, out) = on_a_terminal(&mut c);
+        assert_eq!(code, Some(0), "{who}: {out:?}");
+        assert!(out.contains("one\r\ntwo\r\n"), "{who}: {out:?}");
+    }
+}
+
+#[test]
+fn bare_preserved_fds_are_checked_before_run_or_exec_opens_any_of_its_own() {
+    // Before: `run` found its terminal first, a dup that takes the lowest free descriptor
+    // from 3: `run --preserve-fds 1` with 3 closed passed the check, and the process got no
+    // descriptor 3. `exec` did not check at all, and opened the namespace files first.
+    let name = "bare_preserved_fds_are_checked_before_run_or_exec_opens_any_of_its_own";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.ids.extend(["pf1", "pf2"].map(String::from));
+    let fd3 = "test -e /proc/self/fd/3 && echo has-fd3 || echo no-fd3";
+    b.config(
+        |c| c["process"]["terminal"] = json!(true),
+        &["sh", "-c", fd3],
+    );
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("exec \"$0\" --root \"$1\" run --preserve-fds 1 --bundle \"$2\" pf1 3<&-")
+        .arg(OCI)
+        .arg(&b.state)
+        .arg(&b.dir);
+    let (code, out) = on_a_terminal(&mut c);
+    assert_eq!(code, Some(1), "{out:?}");
+    assert!(out.contains("descriptor 3 is not open"), "{out:?}");
+    assert!(!b.state.join("pf1").exists());
+
+    b.config(|_| {}, &["sleep", "1000"]);
+    b.create("pf2");
+    b.ok(&["start", "pf2"]);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" --root \"$1\" exec --preserve-fds 1 pf2 sh -c \"$2\" 3<&-")
+        .arg(OCI)
+        .arg(&b.state)
+        .arg(fd3)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (said, e) = (stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{said}{e}");
+    assert!(e.contains("descriptor 3 is not open"), "{said}{e}");
+    b.ok(&["delete", "--force", "pf2"]);
+}
+
+#[test]
+fn bare_exec_a_signal_to_the_whole_process_group_reaches_the_exec_d_process_once() {
+    // Before: the process `twill-oci exec` forks to join the container, and the process it
+    // runs there, stayed in exec's process group, so a signal to that whole group (`kill
+    // -INT -PGID`, `timeout`, a service manager's KillMode=control-group) reached them
+    // directly and was passed on as well: the process got it two or three times. As runc's
+    // exec (nsexec's setsid), they now have a session of their own: exec alone gets it, and
+    // passes it on once. (How the copies are told apart: see
+    // bare_run_a_signal_to_the_whole_process_group_reaches_the_container_s_process_once.)
+    let name = "bare_exec_a_signal_to_the_whole_process_group_reaches_the_exec_d_process_once";
+    if !bare_ready(name) {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let within = Duration::from_secs(10);
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(|_| {}, &["sleep", "1000"]);
+    b.create("xg1");
+    b.ok(&["start", "xg1"]);
+    b.wait_status("xg1", "running");
+    let mut exec = b
+        .command()
+        .args([
+            "exec",
+            "xg1",
+            "sh",
+            "-c",
+            "trap 'echo int >> /out/ints; t=1' INT; echo ready > /out/ready; \
+             while [ -z \"$t\" ]; do sleep 0.05; done; \
+             n=0; while [ $n -lt 40 ]; do sleep 0.05; n=$((n+1)); done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    wait_out(&b, "ready");
+    common::wait_until_caught(exec.id(), libc::SIGINT, "twill-oci exec", within);
+    let joiner = match common::children_of(exec.id())[..] {
+        [one] => one,
+        ref other => panic!("twill-oci exec has children {other:?}, not one"),
+    };
+    common::wait_until_caught(joiner, libc::SIGINT, "exec's joining process", within);
+    let count = || b.read_out("ints").lines().count();
+
+    let proxies = [exec.id(), joiner];
+    common::stop_all(&proxies);
+    // SAFETY: kill(2) of the process group our child leads.
+    assert_eq!(unsafe { libc::kill(-(exec.id() as i32), libc::SIGINT) }, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    // Continued before the check, so a failure leaves no stopped process behind.
+    let direct = count();
+    for &pid in proxies.iter().rev() {
+        common::signal(pid, libc::SIGCONT);
+    }
+    assert_eq!(
+        direct, 0,
+        "the group's SIGINT reached the exec'd process directly"
+    );
+    let status = common::wait_or_kill(&mut exec, within, "exec did not end after SIGINT");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(count(), 1, "SIGINTs the exec'd process got");
+    b.ok(&["delete", "--force", "xg1"]);
+}

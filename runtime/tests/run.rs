@@ -2809,6 +2809,94 @@ fn dash_t_gives_the_process_a_pty_for_exec_run_and_run_dash_d() {
 }
 
 #[test]
+fn the_command_s_stdio_is_given_to_its_user_as_runc_gives_it() {
+    // Before: the pty's slave stayed root's (mode 0620), and so did the pipes and the log the
+    // command writes to: run as another user, a program that opens its terminal by name
+    // (`$(tty)`, `screen`) or its output as /dev/stdout or /proc/self/fd/1 got
+    // "Permission denied". As runc's fixStdioPermissions, each now belongs to the user the
+    // command runs as; /dev/null, and the caller's own terminal, are left alone.
+    if !pre("the_command_s_stdio_is_given_to_its_user_as_runc_gives_it") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let within = std::time::Duration::from_secs(10);
+    let rt = Rt::new();
+    let by_name = "echo reopened > $(busybox tty) && busybox stat -c owner=%u $(busybox tty)";
+    // 1000:1000, not 1000 alone: a uid with no passwd entry runs in group 0 (as Docker's),
+    // which may open the pty as its group.
+    let out = rt.ok(&[
+        "run",
+        "--rm",
+        "-t",
+        "--net",
+        "none",
+        "-u",
+        "1000:1000",
+        "busybox",
+        "sh",
+        "-c",
+        by_name,
+    ]);
+    assert_eq!(out, "reopened\r\nowner=1000\r\n", "run -t");
+    rt.ok(&[
+        "run", "-d", "--name", "own", "--net", "none", "busybox", "sleep", "1000",
+    ]);
+    rt.ok(&[
+        "exec",
+        "own",
+        "sh",
+        "-c",
+        "echo app:x:1000:1000::/:/bin/sh >> /etc/passwd",
+    ]);
+    let out = rt.ok(&["exec", "-t", "-u", "app", "own", "sh", "-c", by_name]);
+    assert_eq!(out, "reopened\r\nowner=1000\r\n", "exec -t");
+    // Without -t: twill-run's stdout, a pipe here, and the log of run -d.
+    let through_proc = "echo reopened > /proc/self/fd/1";
+    let out = rt.ok(&["exec", "-u", "app", "own", "sh", "-c", through_proc]);
+    assert_eq!(out, "reopened\n", "exec");
+    let out = rt.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "-u",
+        "1000:1000",
+        "busybox",
+        "sh",
+        "-c",
+        through_proc,
+    ]);
+    assert_eq!(out, "reopened\n", "run");
+    rt.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ownlog",
+        "--net",
+        "none",
+        "-u",
+        "1000:1000",
+        "busybox",
+        "sh",
+        "-c",
+        through_proc,
+    ]);
+    assert_eq!(rt.ok(&["logs", "-f", "ownlog"]), "reopened\n", "run -d");
+    // The caller's terminal, the stdio of a run without -t, stays the caller's.
+    let mut term = common::Terminal::open();
+    let mut run = term.spawn(&mut rt.command(&[
+        "run", "--rm", "--net", "none", "-u", "1000", "busybox", "echo", "done",
+    ]));
+    let status = common::wait_or_kill(&mut run, within, "run on a terminal did not end");
+    assert!(status.success(), "{}", term.output());
+    let md = std::fs::metadata(term.path()).unwrap();
+    assert_eq!(md.uid(), 0, "the caller's terminal was given away");
+    // The null device too (stdin of a run without -i, of exec -d).
+    rt.ok(&["exec", "-d", "-u", "app", "own", "true"]);
+    assert_eq!(std::fs::metadata("/dev/null").unwrap().uid(), 0);
+}
+
+#[test]
 fn exec_dash_it_puts_the_terminal_in_raw_mode_and_passes_keys_and_its_size_on() {
     // Before: no -t. Now, as `docker exec -it`: the caller's terminal in raw mode while the
     // command runs (a Ctrl-C is a key for the container's terminal, which interrupts the

@@ -81,7 +81,7 @@ pub fn setup_pty(
         );
     }
     // A new session to take the pty as its controlling terminal; a process that leads one
-    // already (the container's first, see `oci::create`, and twill-run's) keeps its own.
+    // already (the container's first, see `oci::init`, and twill-run's) keeps its own.
     let _ = nix::unistd::setsid();
     // SAFETY: TIOCSCTTY on the slave we own; dup2 onto the standard descriptors.
     unsafe {

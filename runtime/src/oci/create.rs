@@ -156,8 +156,9 @@ fn check_terminal(terminal: bool, console_socket: Option<&Path>, caller: Caller)
     }
 }
 
-/// As runc: every descriptor `--preserve-fds N` hands on (3 to 3+N-1) must be open.
-fn check_preserved_fds(n: u32) -> Result<()> {
+/// As runc: every descriptor `--preserve-fds N` hands on (3 to 3+N-1) must be open. Checked
+/// before anything opens a descriptor of its own, which would take the lowest free number.
+pub(crate) fn check_preserved_fds(n: u32) -> Result<()> {
     for fd in 3..3u64 + u64::from(n) {
         // A number past i32 is no descriptor: F_GETFD on -1 fails as it should.
         let raw = i32::try_from(fd).unwrap_or(-1);

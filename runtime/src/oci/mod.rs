@@ -105,6 +105,10 @@ pub struct RunOptions {
 /// stdio is `run`'s); unlike runc, which returns at `start`, a failure before the exec is
 /// said and the container deleted, as in the foreground.
 pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
+    // First, before anything here opens a descriptor: the terminal found below is a dup
+    // that takes the lowest free number from 3, which would fill a preserved one not open.
+    create::check_preserved_fds(opts.create.preserve_fds)
+        .map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?;
     // As runc: a terminal in the foreground needs one of our own, found before anything is
     // made. A config that does not load is create's to report.
     let mut host_console = None;
@@ -157,10 +161,14 @@ pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
                         "the container process sent no pty over its terminal's socket".into(),
                     )
                 })?;
-                let raw = console.raw_mode()?;
+                // As runc's recvtty: the process's "\n" relayed as written (to a file as to
+                // the terminal), and the terminal raw with its output processing kept, so it
+                // still shows a "\r\n".
+                tty::clear_onlcr(master.as_fd())?;
+                let raw = console.raw_mode(tty::RawOutput::Processed)?;
                 // As runc's: stdin to the pty for as long as there is any, and nothing at
                 // its end.
-                let relay = tty::Relay::new(master, std::io::stdout())
+                let relay = tty::Relay::new(master, tty::Stdout)
                     .input(tty::EndOfInput::Nothing)
                     .size_from(Some(console))
                     .spawn(pid)?;
@@ -391,6 +399,11 @@ pub struct ExecOptions {
 /// on (as runc: a SIGTERM to `exec` reaches the process, and `exec` exits with its status,
 /// 128+signal when it was killed).
 pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
+    // As `run`: before anything below opens a descriptor (the namespace files, the console
+    // socket), which would take a preserved number not open and pass the check; closed on
+    // exec, it would leave the process silently without it.
+    create::check_preserved_fds(opts.preserve_fds)
+        .map_err(|e| RuntimeError::Invalid(format!("exec in {id}: {e}")))?;
     let saved = root.load(id)?;
     let st = saved.status(&root.container_dir(id)?);
     if st != Status::Running {
@@ -460,6 +473,15 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
                 messages::report_failure(&err_w, &e.to_string());
                 std::process::exit(127)
             };
+            // A session of its own (the process forked below is in it too), as runc's exec:
+            // a signal to the whole process group of `twill-oci exec` (`kill -INT -PGID`,
+            // `timeout`, a terminal's Ctrl-C) reaches exec alone, which passes it on once.
+            // In exec's group, this process and the one it forks got it directly as well, and
+            // passed it on: the process got it two or three times. A forked process never
+            // leads a group: this cannot fail.
+            if let Err(e) = nix::unistd::setsid() {
+                fail(RuntimeError::nix("starting", "a session for exec", e));
+            }
             if let Err(e) = cgroups::join(&cgroup, std::process::id() as i32) {
                 fail(e);
             }

@@ -185,6 +185,16 @@ impl Terminal {
         (&self.master).write_all(bytes).unwrap();
     }
 
+    /// The terminal's name (its slave's path, `/dev/pts/N`).
+    pub fn path(&self) -> std::path::PathBuf {
+        use std::os::fd::AsRawFd;
+        let mut n: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes one unsigned int, into the one we pass, for our master.
+        let got = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCGPTN, &mut n) };
+        assert_eq!(got, 0, "reading the terminal's number");
+        format!("/dev/pts/{n}").into()
+    }
+
     /// What the command wrote so far.
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
