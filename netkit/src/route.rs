@@ -307,11 +307,7 @@ impl Netlink {
     /// of the matching route, or None when nothing routes it.
     pub async fn lookup_route(&self, ip: impl Into<IpAddr>) -> Result<Option<Route>> {
         let ip = ip.into();
-        let host_len = if ip.is_ipv4() { 32 } else { 128 };
-        let query = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(ip, host_len)
-            .map_err(|e| Error::Invalid(format!("route lookup of {ip}: {e}")))?
-            .build();
+        let query = route_get_request(ip)?;
         match collect_dump(self.handle.route().get(query).execute()).await {
             Ok(msgs) => Ok(msgs.iter().flat_map(parse_routes).next()),
             Err(e) if has_errno(&e, libc::ENETUNREACH) || has_errno(&e, libc::EHOSTUNREACH) => {
@@ -326,11 +322,7 @@ impl Netlink {
     /// one of our own addresses; or refused, and why.
     pub async fn route_get(&self, ip: impl Into<IpAddr>) -> Result<RouteGet> {
         let ip = ip.into();
-        let host_len = if ip.is_ipv4() { 32 } else { 128 };
-        let query = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(ip, host_len)
-            .map_err(|e| Error::Invalid(format!("route lookup of {ip}: {e}")))?
-            .build();
+        let query = route_get_request(ip)?;
         let msgs = match collect_dump(self.handle.route().get(query).execute()).await {
             Ok(msgs) => msgs,
             // The kernel's answers for each refusal (IPv4 and IPv6 alike). A `prohibit` rule
@@ -458,4 +450,13 @@ impl Netlink {
         }
         Ok(routes)
     }
+}
+
+/// The RTM_GETROUTE request for one address (`ip route get IP`).
+fn route_get_request(ip: IpAddr) -> Result<RouteMessage> {
+    let host_len = if ip.is_ipv4() { 32 } else { 128 };
+    Ok(RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(ip, host_len)
+        .map_err(|e| Error::Invalid(format!("route lookup of {ip}: {e}")))?
+        .build())
 }
