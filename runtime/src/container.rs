@@ -55,6 +55,10 @@ pub struct Running {
     pub pid: Pid,
     /// With `-t`: the master of its pty, for a `tty::Relay`.
     pub pty: Option<std::os::fd::OwnedFd>,
+    /// `-d -i` without `-t`: the write end of the container's stdin, held open (never
+    /// written) for as long as it runs, so a command that reads stdin waits instead of
+    /// reading EOF at once (docker's `run -d -i`).
+    pub stdin: Option<std::os::fd::OwnedFd>,
 }
 
 /// Files of the init layer (never committed).
@@ -334,7 +338,12 @@ fn start_inner(store: &Store, opts: &RunOptions, cni: &CniOptions, log: bool) ->
     store.save(&st)?;
     // Saved: the name is taken for everyone who looks from now on.
     drop(names);
-    let started = (|| -> Result<(Pid, Option<std::os::fd::OwnedFd>)> {
+    type Started = (
+        Pid,
+        Option<std::os::fd::OwnedFd>,
+        Option<std::os::fd::OwnedFd>,
+    );
+    let started = (|| -> Result<Started> {
         st.mounts = parse_volumes(store, &volumes)?;
         store.save(&st)?;
         let net = network::setup(store, &mut st, &opts.net, cni)?;
@@ -382,6 +391,12 @@ fn start_inner(store: &Store, opts: &RunOptions, cni: &CniOptions, log: bool) ->
         } else {
             None
         };
+        let (stdin_pipe, stdin) = if log && opts.interactive && !opts.tty {
+            let (r, w) = process::pipe()?;
+            (Some(r), Some(w))
+        } else {
+            (None, None)
+        };
         let spec = InitSpec {
             rootfs: RootfsSpec {
                 lower,
@@ -396,12 +411,13 @@ fn start_inner(store: &Store, opts: &RunOptions, cni: &CniOptions, log: bool) ->
             net,
             exec: ExecSpec {
                 argv: st.command.clone(),
-                env: st.env.clone(),
+                env: config::with_term(st.env.clone(), opts.tty),
                 workdir: st.workdir.clone(),
                 user: st.user.clone(),
                 create_workdir: true,
             },
             log: log_file,
+            stdin_pipe,
             stdin_null: log || !opts.interactive,
             tty,
         };
@@ -427,10 +443,10 @@ fn start_inner(store: &Store, opts: &RunOptions, cni: &CniOptions, log: bool) ->
             },
             None => None,
         };
-        Ok((s.pid, pty))
+        Ok((s.pid, pty, stdin))
     })();
     match started {
-        Ok((pid, pty)) => {
+        Ok((pid, pty, stdin)) => {
             st.pid = Some(pid.as_raw());
             st.pid_start = start_time(pid.as_raw());
             st.status = Status::Running;
@@ -441,6 +457,7 @@ fn start_inner(store: &Store, opts: &RunOptions, cni: &CniOptions, log: bool) ->
                 state: st,
                 pid,
                 pty,
+                stdin,
             })
         }
         Err(e) => {
@@ -712,6 +729,7 @@ pub fn run_detached(store: &Store, opts: &RunOptions, cni: &CniOptions) -> Resul
                     state: st,
                     pid,
                     pty,
+                    stdin: _held_until_it_ends,
                 }) => {
                     // Before the report: the caller's stderr is still ours to warn on.
                     if let Err(e) = proxy_signals(pid) {

@@ -52,7 +52,7 @@ fn exec_spec(st: &State, opts: &ExecOptions) -> Result<ExecSpec> {
     };
     Ok(ExecSpec {
         argv: opts.argv.clone(),
-        env: config::env(&st.env, &opts.env, &st.hostname),
+        env: config::with_term(config::env(&st.env, &opts.env, &st.hostname), opts.tty),
         workdir,
         user: non_empty(&opts.user).or_else(|| st.user.clone()),
         create_workdir: false,
@@ -97,9 +97,10 @@ pub fn exec(store: &Store, id: &str, opts: &ExecOptions) -> Result<i32> {
     let fds = namespaces(&st, pid)?;
     let pair = opts.tty.then(tty::pair).transpose()?;
     let size = pair.as_ref().and_then(|_| tty::caller_size());
-    // `-d`: the command's failure to start, told by the process that joins (or by the
-    // command itself: the write end closes on its exec).
-    let report = opts.detach.then(process::pipe).transpose()?;
+    // The command's failure to start, told by the process that joins (or by the command
+    // itself: the write end closes on its exec), for twill-run to say on its stderr. With
+    // `-t` the command's own stderr is the pty, which is the output's, not the error's.
+    let (report_r, report_w) = process::pipe()?;
     if !opts.detach {
         // Held from before the fork (both forks inherit the mask) until each waiting
         // process has its proxy in place: a SIGTERM meanwhile reaches the exec'd process
@@ -118,28 +119,42 @@ pub fn exec(store: &Store, id: &str, opts: &ExecOptions) -> Result<i32> {
     // SAFETY: single-threaded; the child only makes system calls and execs or exits.
     match unsafe { fork() }.map_err(|e| RuntimeError::nix("forking", "exec", e))? {
         ForkResult::Child => {
-            let report_w = report.map(|(r, w)| {
-                drop(r);
-                w
-            });
+            drop(report_r);
             let code = joiner.run(pair, report_w);
             std::process::exit(code)
         }
-        ForkResult::Parent { child } => match report {
-            Some((r, w)) => {
-                drop((w, pair));
-                detached(&st, child, r)
+        ForkResult::Parent { child } => {
+            drop(report_w);
+            // The command's end is theirs alone: a master that never comes reads as EOF.
+            // With `-d` the joining process reads it.
+            let ours = pair.and_then(|(ours, theirs)| {
+                drop(theirs);
+                (!opts.detach).then_some(ours)
+            });
+            // Sent before the command execs (or fails), so there by the report's end.
+            let master = match ours.as_ref().map(tty::recv_master).transpose() {
+                Ok(m) => m.flatten(),
+                Err(e) => {
+                    eprintln!("twill-run exec: {e}");
+                    None
+                }
+            };
+            drop(ours);
+            started(&st, child, report_r)?;
+            if opts.detach {
+                // The joining process stays to reap it (and read its pty).
+                return Ok(0);
             }
-            None => Ok(attached(child, pair, opts.interactive)),
-        },
+            Ok(attached(child, master, opts.interactive))
+        }
     }
 }
 
-/// `-d`, in twill-run: 0 once the command has exec'd; its failure to start otherwise.
-fn detached(st: &State, joiner: Pid, report: OwnedFd) -> Result<i32> {
+/// In twill-run: Ok once the command has exec'd; its failure to start otherwise, with the
+/// joining process's exit code (126 or 127 as docker's, else twill-run's own 125).
+fn started(st: &State, joiner: Pid, report: OwnedFd) -> Result<()> {
     let Some(reason) = messages::read_failure(report) else {
-        // Started; the joining process stays to reap it (and read its pty).
-        return Ok(0);
+        return Ok(());
     };
     let reason = format!("exec in container {}: {reason}", st.name);
     Err(match process::wait_exit(joiner) {
@@ -148,20 +163,10 @@ fn detached(st: &State, joiner: Pid, report: OwnedFd) -> Result<i32> {
     })
 }
 
-/// In twill-run, without `-d`: waits for the joining process, passing signals on, and with
-/// `-t` copies between the caller and the pty meanwhile; the command's exit code.
-fn attached(joiner: Pid, pair: TtyPair, interactive: bool) -> i32 {
-    let master = pair.and_then(|(ours, theirs)| {
-        // The command's end is theirs alone: a master that never comes reads as EOF.
-        drop(theirs);
-        match tty::recv_master(&ours) {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("twill-run exec: {e}");
-                None
-            }
-        }
-    });
+/// In twill-run, without `-d`, once the command runs: waits for the joining process,
+/// passing signals on, and with `-t` copies between the caller and the pty meanwhile; the
+/// command's exit code.
+fn attached(joiner: Pid, master: Option<OwnedFd>, interactive: bool) -> i32 {
     match master {
         Some(master) => {
             if let Err(e) = proxy_signals(joiner) {
@@ -172,7 +177,7 @@ fn attached(joiner: Pid, pair: TtyPair, interactive: bool) -> i32 {
             tty::attach(master, joiner, interactive);
             reap(joiner)
         }
-        // No pty, or the command failed before making it (and said why on stderr).
+        // No pty (or it was lost, and said so).
         None => wait_passing_signals(joiner, "twill-run exec"),
     }
 }
@@ -188,20 +193,20 @@ struct Joiner<'a> {
 
 impl Joiner<'_> {
     /// The joining process: its exit code is the command's (126 when it fails itself).
-    fn run(self, pair: TtyPair, mut report: Option<OwnedFd>) -> i32 {
+    fn run(self, pair: TtyPair, report: OwnedFd) -> i32 {
+        let mut report = Some(report);
         match self.join_and_fork(pair, &mut report) {
             Ok(code) => code,
             Err(e) => {
-                match &report {
-                    Some(w) => messages::report_failure(w, &e.to_string()),
-                    None => eprintln!("twill-run exec: {e}"),
+                if let Some(w) = &report {
+                    messages::report_failure(w, &e.to_string());
                 }
                 126
             }
         }
     }
 
-    /// `report`: `-d`'s write end, given up once the command is forked.
+    /// `report`: the write end of the failure report, given up once the command is forked.
     fn join_and_fork(self, pair: TtyPair, report: &mut Option<OwnedFd>) -> Result<i32> {
         // A session of its own, as runc's: a signal to the whole process group of `twill-run
         // exec` (`kill -INT -PGID`, `timeout`, a terminal's Ctrl-C) reaches twill-run alone,
@@ -252,19 +257,18 @@ impl Joiner<'_> {
                     }
                     None => process::exec_command(&self.spec),
                 };
-                match report {
-                    Some(w) => messages::report_failure(w, &e.to_string()),
-                    None => eprintln!("twill-run exec: {e}"),
+                if let Some(w) = report {
+                    messages::report_failure(w, &e.to_string());
                 }
                 std::process::exit(e.exec_exit_code().unwrap_or(126));
             }
             ForkResult::Parent { child } => {
-                if report.is_none() {
+                // twill-run reads EOF once the command has exec'd (or failed).
+                drop(report.take());
+                if !self.opts.detach {
                     drop(pair);
                     return Ok(wait_passing_signals(child, "twill-run exec"));
                 }
-                // `-d`: twill-run reads EOF once the command has exec'd (or failed).
-                drop(report.take());
                 if let Some((ours, theirs)) = pair {
                     drop(theirs);
                     // Read (and dropped), so the command never blocks writing to it.
@@ -311,6 +315,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec.env, ["PATH=/bin", "HOSTNAME=h", "KEEP=exec", "NEW=1"]);
+        // -t: TERM=xterm unless the container or -e set TERM, as docker exec -t.
+        let tty = |env: &[&str]| {
+            let opts = ExecOptions {
+                tty: true,
+                env: env.iter().map(|e| e.to_string()).collect(),
+                ..ExecOptions::default()
+            };
+            exec_spec(&st, &opts).unwrap().env
+        };
+        assert_eq!(tty(&[]).last().map(String::as_str), Some("TERM=xterm"));
+        assert_eq!(
+            tty(&["TERM=vt100"]).last().map(String::as_str),
+            Some("TERM=vt100")
+        );
+        assert_eq!(
+            tty(&["TERM=vt100"])
+                .iter()
+                .filter(|e| e.starts_with("TERM="))
+                .count(),
+            1
+        );
         assert_eq!(spec.workdir, "/tmp");
         assert_eq!(spec.user.as_deref(), Some("0:0"));
         // Empty is unset, as a script's empty variable.

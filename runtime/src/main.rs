@@ -212,12 +212,13 @@ struct RunArgs {
     /// Run in the background and print the ID.
     #[arg(short, long)]
     detach: bool,
-    /// Keep stdin attached.
+    /// Keep stdin attached (with -d: an open pipe nobody writes to, so a command that reads
+    /// it waits, as with docker's -d -i).
     #[arg(short, long)]
     interactive: bool,
     /// Give the container's process a pseudo-terminal (its output copied to the caller, or to
-    /// the log with -d; with -i the caller's terminal is put in raw mode and keys, Ctrl-C
-    /// included, go to the container).
+    /// the log with -d; TERM=xterm unless set). With -i stdin must be a terminal: it is put
+    /// in raw mode and keys, Ctrl-C included, go to the container.
     #[arg(short, long)]
     tty: bool,
     /// IMAGE [COMMAND [ARG...]]: options end at the image name, as in Docker (`run img -u`
@@ -237,8 +238,8 @@ struct ExecArgs {
     /// Keep stdin attached.
     #[arg(short, long)]
     interactive: bool,
-    /// Give the process a pseudo-terminal (with -i the caller's terminal is put in raw mode
-    /// and keys, Ctrl-C included, go to the process).
+    /// Give the process a pseudo-terminal (TERM=xterm unless set). With -i stdin must be a
+    /// terminal: it is put in raw mode and keys, Ctrl-C included, go to the process.
     #[arg(short, long)]
     tty: bool,
     /// Start the command and return at once, printing nothing; its output is dropped (one
@@ -506,6 +507,19 @@ fn records_removed_by(store: &Store, ids: &[String], retried: &[RetriedDel]) -> 
         .collect()
 }
 
+/// As docker's CheckTty: a foreground `-i -t` relays the caller's keys from its terminal, so
+/// stdin must be one. From a pipe or a file it is refused (docker: exit 1), where it used to
+/// hang: what was read before the shell took the pty raw was echoed and edited by the pty's
+/// line discipline, and the end-of-file character sent at the end then read as a plain key.
+/// `-t` alone (output only) needs no terminal.
+fn input_is_a_tty(interactive: bool, tty: bool, detach: bool) -> Result<(), i32> {
+    if interactive && tty && !detach && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprintln!("twill-run: the input device is not a TTY (-i -t needs a terminal on stdin)");
+        return Err(1);
+    }
+    Ok(())
+}
+
 /// Runs `f` on every ID; 0 when all succeeded, else 125 once each failure is printed.
 fn each(ids: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> i32 {
     let mut code = 0;
@@ -585,6 +599,9 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Cmd::Run(a) => {
+            if let Err(code) = input_is_a_tty(a.interactive, a.tty, a.detach) {
+                return Ok(code);
+            }
             let mut words = a.image_and_cmd.into_iter();
             let image_name = words.next().context("run: no image given")?;
             if image_name.starts_with('-') {
@@ -659,6 +676,9 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             return Ok(container::monitor(&store, running.state, pid, &cni)?);
         }
         Cmd::Exec(a) => {
+            if let Err(code) = input_is_a_tty(a.interactive, a.tty, a.detach) {
+                return Ok(code);
+            }
             let opts = ExecOptions {
                 argv: a.cmd,
                 interactive: a.interactive,

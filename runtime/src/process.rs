@@ -59,6 +59,9 @@ pub struct InitSpec {
     pub exec: ExecSpec,
     /// stdout/stderr go here when set (detached containers), else they are inherited.
     pub log: Option<File>,
+    /// `run -d -i`: the read end of a pipe whose write end the monitor holds, as stdin
+    /// (else /dev/null when `stdin_null`, else the caller's; a pty is stdin with `tty`).
+    pub stdin_pipe: Option<OwnedFd>,
     pub stdin_null: bool,
     /// `--userns`: enter a new user namespace with this mapping right before exec.
     pub userns: Option<crate::userns::IdMap>,
@@ -79,16 +82,23 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
         .map_err(|e| RuntimeError::nix("creating", "pipe", e))
 }
 
+/// The PATH a command is looked for in when its environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The PATH of environment `env`, else [`DEFAULT_PATH`].
+pub fn search_path(env: &[String]) -> &str {
+    env.iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+}
+
 /// Finds `cmd` on the container's PATH (from `env`, else the usual default).
 pub fn resolve(cmd: &str, env: &[String]) -> String {
     if cmd.contains('/') {
         return cmd.to_string();
     }
-    let path = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    path.split(':')
+    search_path(env)
+        .split(':')
         .map(|d| format!("{d}/{cmd}"))
         .find(|p| Path::new(p).is_file())
         .unwrap_or_else(|| cmd.to_string())
@@ -560,12 +570,19 @@ fn child_main(
             libc::dup2(fd, 2);
         }
     }
+    // With a pty, that is stdin already.
+    let null = (spec.stdin_null && spec.stdin_pipe.is_none())
+        .then(|| File::open("/dev/null").ok())
+        .flatten();
+    let stdin = match (&spec.stdin_pipe, &null) {
+        (Some(r), _) => Some(r.as_raw_fd()),
+        (None, n) => n.as_ref().map(|f| f.as_raw_fd()),
+    };
     if spec.tty.is_none()
-        && spec.stdin_null
-        && let Ok(null) = File::open("/dev/null")
+        && let Some(fd) = stdin
     {
-        // SAFETY: as above.
-        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+        // SAFETY: as above (the copy on 0 does not close on exec).
+        unsafe { libc::dup2(fd, 0) };
     }
     if messages::expect(go, Handshake::Go).is_err() {
         return fail(RuntimeError::Invalid(

@@ -11,8 +11,8 @@
 //! What differs between the two callers is said by parameters: which terminal is the
 //! caller's ([`Terminal::among`] the standard descriptors for twill-run; [`Terminal::own`],
 //! runc's rule, for twill-oci), where the output goes (stdout, or the container's log),
-//! whether there is input and what its end does ([`EndOfInput`]), and whether the relay runs
-//! on the caller's thread ([`Relay::run`]) or on one of its own ([`Relay::spawn`]).
+//! whether there is input ([`Relay::input`]), and whether the relay runs on the caller's
+//! thread ([`Relay::run`]) or on one of its own ([`Relay::spawn`]).
 
 use std::fs::File;
 use std::io::{IoSliceMut, Write};
@@ -252,22 +252,12 @@ impl Write for Stdout {
     }
 }
 
-/// What the end of the relay's input (stdin) does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EndOfInput {
-    /// The pty says so as a terminal does, with its end-of-file character (twice after an
-    /// unfinished line, whose first one only ends the line): twill-run's `-i`.
-    Eof,
-    /// Nothing: the process gets no more input (runc's).
-    Nothing,
-}
-
 /// A relay between a pty's master and the caller (see the module's doc): made with
 /// [`Relay::new`] and the builder methods, then [`Relay::run`] or [`Relay::spawn`].
 pub struct Relay {
     master: OwnedFd,
     out: Box<dyn Write + Send>,
-    input: Option<EndOfInput>,
+    input: bool,
     size_from: Option<Terminal>,
 }
 
@@ -279,14 +269,16 @@ impl Relay {
         Relay {
             master,
             out: Box::new(out),
-            input: None,
+            input: false,
             size_from: None,
         }
     }
 
-    /// Stdin copied into the pty; `end` says what its end does.
-    pub fn input(mut self, end: EndOfInput) -> Relay {
-        self.input = Some(end);
+    /// Stdin copied into the pty, for as long as there is any; its end is passed on as
+    /// nothing (runc's, and docker's for a terminal, whose input ends only when it hangs up:
+    /// twill-run refuses `-i -t` on a stdin that is not one).
+    pub fn input(mut self) -> Relay {
+        self.input = true;
         self
     }
 
@@ -363,9 +355,8 @@ impl Relay {
             to: self.out,
             ok: true,
         };
-        let mut reading = self.input.is_some();
+        let mut reading = self.input;
         let mut pending: Vec<u8> = Vec::new();
-        let mut last_in = b'\n';
         let mut master_open = true;
         let mut buf = vec![0u8; 16 * 1024];
         while !ended(child) {
@@ -419,22 +410,8 @@ impl Relay {
             }
             if !i.is_empty() {
                 match nix::unistd::read(stdin, &mut buf) {
-                    Ok(0) => {
-                        reading = false;
-                        if self.input == Some(EndOfInput::Eof) {
-                            let eof = termios::tcgetattr(master)
-                                .map(|t| {
-                                    t.control_chars[termios::SpecialCharacterIndices::VEOF as usize]
-                                })
-                                .unwrap_or(4);
-                            let times = if last_in == b'\n' { 1 } else { 2 };
-                            pending.extend(std::iter::repeat_n(eof, times));
-                        }
-                    }
-                    Ok(n) => {
-                        last_in = buf[n - 1];
-                        pending.extend_from_slice(&buf[..n]);
-                    }
+                    Ok(0) => reading = false,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
                     Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
                     Err(_) => reading = false,
                 }
@@ -651,8 +628,8 @@ fn ended(pid: Pid) -> bool {
 
 /// A foreground `twill-run run -t` or `exec -t`: the pty's output to stdout until our child
 /// `child` has ended, the pty sized as the caller's terminal; with `interactive`, the
-/// caller's input to the pty (its end as a Ctrl-D), and its terminal (when stdin is one) in
-/// raw mode meanwhile, restored after. Failures are reported, not returned: the caller still
+/// caller's input to the pty, and its terminal (stdin, which twill-run has checked is one)
+/// in raw mode meanwhile, restored after. Failures are reported, not returned: the caller still
 /// has its child to reap.
 pub fn attach(master: OwnedFd, child: Pid, interactive: bool) {
     let raw = match interactive.then(|| Terminal::among(&[0])).flatten() {
@@ -664,7 +641,7 @@ pub fn attach(master: OwnedFd, child: Pid, interactive: bool) {
     };
     let mut relay = Relay::new(master, Stdout).size_from(Terminal::among(&STDIO));
     if interactive {
-        relay = relay.input(EndOfInput::Eof);
+        relay = relay.input();
     }
     let relayed = relay.run(child);
     drop(raw);

@@ -47,15 +47,15 @@ fn group_entries(text: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
 }
 
 /// Resolves `spec` against the container's passwd and group files (empty text when the file
-/// does not exist). A numeric user need not exist (gid 0, home `/`); a name must.
+/// does not exist). A numeric user need not exist (gid 0, home `/`); a name must. As runc's
+/// GetExecUser, an empty part is none: `app:` is `app` (its groups included), `:staff` and
+/// `:` are root's (uid 0, the default user) with that group or root's own.
 pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ExecUser, String> {
     let (user, grp) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
+        Some((u, g)) => (u, Some(g).filter(|g| !g.is_empty())),
         None => (spec, None),
     };
-    if user.is_empty() {
-        return Err(format!("user {spec:?}: no user"));
-    }
+    let user = if user.is_empty() { "0" } else { user };
     let entry = match user.parse::<u32>() {
         Ok(uid) => passwd_entries(passwd).find(|e| e.uid == uid),
         Err(_) => Some(
@@ -126,5 +126,15 @@ mod tests {
         assert!(r("nobody").unwrap_err().contains("/etc/passwd"));
         assert!(r("app:nogroup").unwrap_err().contains("/etc/group"));
         assert!(resolve("1:2", "", "").is_ok());
+        // Before: `app:` failed with `group "" is not in the image's /etc/group`, and `:staff`
+        // with "no user". runc (podman exec -u app:) reads an empty part as none.
+        assert_eq!(r("app:").unwrap(), r("app").unwrap());
+        let root = r(":staff").unwrap();
+        assert_eq!((root.uid, root.gid, root.home.as_str()), (0, 50, "/root"));
+        assert!(root.groups.is_empty());
+        assert_eq!(r(":").unwrap(), r("0").unwrap());
+        assert_eq!(r(":").unwrap().home, "/root");
+        let bare = resolve(":", "", "").unwrap();
+        assert_eq!((bare.uid, bare.gid, bare.home.as_str()), (0, 0, "/"));
     }
 }

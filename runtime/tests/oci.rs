@@ -2044,7 +2044,7 @@ fn bare_run_whose_start_fails_deletes_the_container_and_says_why() {
             "rf3",
             json!({}),
             ["/no/such/program"],
-            "executable file not found",
+            "stat /no/such/program: no such file or directory",
         ),
     ] {
         b.config(|c| c["hooks"] = hooks, &args);
@@ -3002,10 +3002,17 @@ fn bare_a_command_that_is_not_executable_fails_create_with_permission_denied() {
     .unwrap();
     b.config(|_| {}, &["/etc/passwd"]);
     let e = b.create_err("x1", None);
-    assert!(e.contains("Permission denied"), "{e}");
+    assert!(
+        e.contains("exec: \"/etc/passwd\": permission denied"),
+        "{e}"
+    );
     assert!(!e.contains("not found"), "{e}");
+    // A path is looked at itself, as by runc (exec.LookPath): "no such file", not "$PATH".
     b.config(|_| {}, &["/no/such"]);
-    b.create_fails("x2", "\"/no/such\": executable file not found");
+    b.create_fails(
+        "x2",
+        "exec: \"/no/such\": stat /no/such: no such file or directory",
+    );
 }
 
 /// The v1 hierarchies (by /proc/PID/cgroup's names) `pid` is in, with their paths.
@@ -3634,9 +3641,11 @@ fn bare_the_process_s_stdio_is_given_to_its_user_as_runc_gives_it() {
     b.ok(&["start", "su2"]);
     let sock = d.path().join("su2-exec.sock");
     let exec_console = receive_console(&sock);
+    // -d: a console socket needs a detached exec, as runc's (checkTerminal).
     let out = b.oci(&[
         "exec",
         "-t",
+        "-d",
         "--console-socket",
         sock.to_str().unwrap(),
         "--user",
@@ -3854,4 +3863,185 @@ fn bare_exec_a_signal_to_the_whole_process_group_reaches_the_exec_d_process_once
     assert_eq!(status.code(), Some(0), "{status:?}");
     assert_eq!(count(), 1, "SIGINTs the exec'd process got");
     b.ok(&["delete", "--force", "xg1"]);
+}
+
+#[test]
+fn bare_run_keep_keeps_a_container_whose_process_fails_at_create_with_runc_s_words() {
+    // Before: `run --keep` deleted a container whose process failed during the create (a
+    // command that is not there, or not executable); runc's keeps it, stopped, for `state`
+    // and `delete`. A plain `create` still leaves nothing, as runc's. And the words are
+    // runc's (Go's exec.LookPath): a path is looked at itself ("stat /nonexist: no such file
+    // or directory"), where twill-oci said "executable file not found in $PATH".
+    let name = "bare_run_keep_keeps_a_container_whose_process_fails_at_create_with_runc_s_words";
+    if !bare_ready(name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.ids.extend(["kf1", "kf2", "kf3"].map(String::from));
+    std::fs::write(
+        d.path().join("rootfs/etc/passwd"),
+        "root:x:0:0::/:/bin/sh\n",
+    )
+    .unwrap();
+    for (args, says) in [
+        (
+            "/nonexist",
+            "exec: \"/nonexist\": stat /nonexist: no such file or directory",
+        ),
+        (
+            "./nonexist",
+            "exec: \"./nonexist\": stat ./nonexist: no such file or directory",
+        ),
+        (
+            "/bin/sh/x",
+            "exec: \"/bin/sh/x\": stat /bin/sh/x: not a directory",
+        ),
+        (
+            "nonexist",
+            "exec: \"nonexist\": executable file not found in $PATH",
+        ),
+        ("/etc/passwd", "exec: \"/etc/passwd\": permission denied"),
+        ("/bin", "exec: \"/bin\": permission denied"),
+    ] {
+        b.config(|_| {}, &[args]);
+        b.create_fails("kc", says);
+        let (code, err) = run_with(&b, "kr", &[]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!b.state.join("kr").exists(), "run without --keep left kr");
+    }
+    for (id, args) in [("kf1", "/nonexist"), ("kf2", "/etc/passwd")] {
+        b.config(|_| {}, &[args]);
+        let (code, err) = run_with(&b, id, &["--keep"]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains(args) && err.contains("kept (--keep)"), "{err}");
+        assert_eq!(b.status(id), "stopped");
+        let state: Value = serde_json::from_str(&b.ok(&["state", id])).unwrap();
+        assert_eq!(state["pid"], 0, "{state}");
+        b.ok(&["delete", id]);
+        assert!(!b.state.join(id).exists());
+        for dir in cgroup_dirs(id) {
+            assert!(!dir.exists(), "delete left the cgroup {}", dir.display());
+        }
+    }
+    // -d --keep too.
+    b.config(|_| {}, &["/nonexist"]);
+    let (code, err) = run_with(&b, "kf3", &["-d", "--keep"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(b.status("kf3"), "stopped");
+    b.ok(&["delete", "kf3"]);
+    // runc says the same, where it is installed.
+    if Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let root = d.path().join("runc-state");
+        let id = format!("kf-runc-{}", std::process::id());
+        let o = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["run", "--keep", "--bundle"])
+            .arg(&b.dir)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("stat /nonexist: no such file or directory"),
+            "{err}"
+        );
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", &id])
+            .output();
+    }
+}
+
+#[test]
+fn bare_exec_with_a_terminal_relays_exec_s_own_terminal_as_runc_does() {
+    // Before: `twill-oci exec -t` without --console-socket was refused. runc's foreground
+    // exec relays its own terminal as a foreground run does (the pty's master received,
+    // ONLCR cleared, this terminal raw meanwhile); it refuses -t -d without a socket, a
+    // socket with a foreground exec or without -t, and -t with no terminal of its own.
+    let name = "bare_exec_with_a_terminal_relays_exec_s_own_terminal_as_runc_does";
+    if !bare_ready(name) || !preconditions(name, &["script"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(d.path());
+    b.config(|_| {}, &["sleep", "1000"]);
+    b.create("xt1");
+    b.ok(&["start", "xt1"]);
+    b.wait_status("xt1", "running");
+    // Under script: exec's stdio is a terminal; its input ("hello") reaches the process
+    // through the relay. script's stdin stays open until the session ends (see
+    // podman_run_it_and_exec_it_through_a_pty).
+    let mut child = Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "{OCI} --root {} exec -t xt1 sh -c 'tty; test -t 0 && echo stdin-tty; \
+             read line; echo got:$line; exit 3'",
+            b.state.display(),
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"hello\n").unwrap();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let status = common::wait_or_kill(&mut child, Duration::from_secs(30), "script hung");
+    drop(stdin);
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("/dev/pts/")
+            && out.contains("\r\nstdin-tty\r\n")
+            && out.contains("got:hello\r\n"),
+        "{out:?}"
+    );
+    assert_eq!(status.code(), Some(3), "{out:?}");
+
+    // The refusals, each before anything runs.
+    let sock = d.path().join("console.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let sock = sock.to_str().unwrap();
+    for (args, says) in [
+        (&["-t", "-d"][..], "no --console-socket"),
+        (&["-t", "--console-socket", sock][..], "needs --detach"),
+        (&["--console-socket", sock][..], "process.terminal is false"),
+        (
+            &["-d", "--console-socket", sock][..],
+            "process.terminal is false",
+        ),
+    ] {
+        let e = b.err(&[&["exec"], args, &["xt1", "true"]].concat());
+        assert!(e.contains(says), "{args:?}: {e}");
+    }
+    // No terminal of its own (stdio not one, no controlling terminal), as runc ("open
+    // /dev/tty: no such device or address").
+    let mut c = b.command();
+    c.args(["exec", "-t", "xt1", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; it leaves the test's controlling terminal.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let o = c.output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("terminal") && e.contains("/dev/tty"), "{e}");
+    b.ok(&["delete", "--force", "xt1"]);
 }

@@ -2758,32 +2758,8 @@ fn dash_t_gives_the_process_a_pty_for_exec_run_and_run_dash_d() {
     let out = rt.run(&["exec", "--tty", "tt", "sh", "-c", "echo oops >&2; exit 5"]);
     assert_eq!(out.status.code(), Some(5));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "oops\r\n");
-    // The caller's input, with -i, from a pipe here: at its end the pty's end-of-file.
-    let mut c = rt.command(&[
-        "exec",
-        "-i",
-        "-t",
-        "tt",
-        "sh",
-        "-c",
-        "read x; echo got $x; cat",
-    ]);
-    c.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"hi\nmore\n").unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains("got hi\r\n") && text.ends_with("more\r\n"),
-        "{text:?}"
-    );
-
+    // The caller's input with -i -t must come from a terminal (see
+    // dash_i_dash_t_needs_a_terminal_on_stdin_as_docker).
     // run -t: the container's PID 1 on a pty, its output copied here.
     let out = rt.ok(&[
         "run", "--rm", "-t", "--net", "none", "busybox", "busybox", "tty",
@@ -3014,4 +2990,239 @@ fn logs_dash_f_follows_until_the_main_process_ends() {
         "logs -f did not end on SIGINT",
     );
     assert!(!status.success());
+}
+
+#[test]
+fn dash_t_sets_term_xterm_unless_it_is_set_as_docker() {
+    // Before: `run -t` and `exec -t` left TERM unset (`TERM=`); docker and podman give a
+    // process on a pty TERM=xterm unless the image or -e set TERM. As docker's, it is not
+    // the container's own: an exec without -t does not get it.
+    if !pre("dash_t_sets_term_xterm_unless_it_is_set_as_docker") {
+        return;
+    }
+    let rt = Rt::new();
+    let term = ["sh", "-c", "echo TERM=$TERM"];
+    let run = |opts: &[&str]| {
+        rt.ok(&[
+            &["run", "--rm", "--net", "none"],
+            opts,
+            &["busybox"],
+            &term[..],
+        ]
+        .concat())
+    };
+    assert_eq!(run(&["-t"]), "TERM=xterm\r\n");
+    assert_eq!(run(&["-t", "-e", "TERM=vt100"]), "TERM=vt100\r\n");
+    assert_eq!(run(&[]), "TERM=\n");
+    rt.ok(&[
+        "run", "-d", "-t", "--name", "te", "--net", "none", "busybox", "sleep", "1000",
+    ]);
+    let exec = |opts: &[&str]| rt.ok(&[&["exec"], opts, &["te"], &term[..]].concat());
+    assert_eq!(exec(&["-t"]), "TERM=xterm\r\n");
+    assert_eq!(exec(&["-t", "-e", "TERM=screen"]), "TERM=screen\r\n");
+    assert_eq!(
+        exec(&[]),
+        "TERM=\n",
+        "TERM went into the container's environment"
+    );
+    let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", "te"])).unwrap();
+    assert!(!st["env"].to_string().contains("TERM"), "{st}");
+}
+
+#[test]
+fn an_environment_variable_without_a_name_is_refused_as_podman_refuses_it() {
+    // Before: `-e =bad` put "=bad" into the environment, and `-e ''` was dropped silently.
+    if !pre("an_environment_variable_without_a_name_is_refused_as_podman_refuses_it") {
+        return;
+    }
+    let rt = Rt::new();
+    rt.ok(&[
+        "run", "-d", "--name", "en", "--net", "none", "busybox", "sleep", "1000",
+    ]);
+    for bad in ["=bad", ""] {
+        for cmd in [
+            &["run", "--rm", "--net", "none", "-e", bad, "busybox", "env"][..],
+            &["exec", "-e", bad, "en", "env"][..],
+        ] {
+            let out = rt.run(cmd);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(125), "{cmd:?}: {err}");
+            assert!(
+                err.contains(&format!("invalid environment variable: {bad:?}")),
+                "{cmd:?}: {err}"
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{cmd:?}");
+        }
+    }
+    // Nothing was made by the refused runs.
+    let ps = rt.ok(&["ps", "-aq"]);
+    assert_eq!(ps.lines().count(), 1, "{ps}");
+}
+
+#[test]
+fn an_empty_user_or_group_part_is_none_as_with_runc() {
+    // Before: `-u app:` failed (`group "" is not in the image's /etc/group`) and `-u :grp`
+    // too ("no user"). runc's GetExecUser (podman exec -u app:) reads an empty part as none:
+    // `app:` is app with its groups, `:grp` root with that group.
+    if !pre("an_empty_user_or_group_part_is_none_as_with_runc") {
+        return;
+    }
+    let rt = Rt::new();
+    rt.ok(&[
+        "run", "-d", "--name", "eu", "--net", "none", "busybox", "sleep", "1000",
+    ]);
+    rt.ok(&[
+        "exec",
+        "eu",
+        "sh",
+        "-c",
+        "echo root:x:0:0::/root:/bin/sh > /etc/passwd; \
+         echo app:x:1000:1000::/home/app:/bin/sh >> /etc/passwd; \
+         echo grp:x:2000:app > /etc/group",
+    ]);
+    let id = ["sh", "-c", "id -u; id -g; id -G; echo $HOME"];
+    let exec = |user: &str| rt.ok(&[&["exec", "-u", user, "eu"], &id[..]].concat());
+    assert_eq!(exec("app:"), "1000\n1000\n1000 2000\n/home/app\n");
+    assert_eq!(exec("app:"), exec("app"));
+    assert_eq!(exec(":grp"), "0\n2000\n2000\n/root\n");
+    assert_eq!(exec(":"), "0\n0\n0\n/root\n");
+    // run -u too (no passwd in this image: numbers only).
+    let out = rt.ok(&[
+        "run", "--rm", "--net", "none", "-u", "4242:", "busybox", "id", "-u",
+    ]);
+    assert_eq!(out, "4242\n");
+}
+
+#[test]
+fn dash_i_dash_t_needs_a_terminal_on_stdin_as_docker() {
+    // Before: `printf 'echo x\n' | twill-run exec -it c sh` could hang for ever: the
+    // end-of-file character sent while the pty was still canonical was read as a plain key
+    // once the shell had made it raw. docker refuses: "the input device is not a TTY", exit 1.
+    // -t alone (output only) and -d -i -t need no terminal.
+    if !pre("dash_i_dash_t_needs_a_terminal_on_stdin_as_docker") {
+        return;
+    }
+    let within = std::time::Duration::from_secs(20);
+    let rt = Rt::new();
+    rt.ok(&[
+        "run", "-d", "--name", "nt", "--net", "none", "busybox", "sleep", "1000",
+    ]);
+    for cmd in [
+        &["exec", "-it", "nt", "sh"][..],
+        &["exec", "-i", "-t", "nt", "sh"][..],
+        &["run", "--rm", "-it", "--net", "none", "busybox", "sh"][..],
+    ] {
+        let mut c = rt.command(cmd);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = stdin.write_all(b"echo x\n");
+        }
+        let status = common::wait_or_kill(&mut child, within, "exec -it on a pipe hung");
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(status.code(), Some(1), "{cmd:?}: {err}");
+        assert!(
+            err.contains("the input device is not a TTY"),
+            "{cmd:?}: {err}"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{cmd:?}");
+    }
+    assert_eq!(
+        rt.ok(&["ps", "-aq"]).lines().count(),
+        1,
+        "run -it made a container"
+    );
+    // -t alone on a pipe: its output, as before.
+    assert_eq!(rt.ok(&["exec", "-t", "nt", "echo", "out"]), "out\r\n");
+    // -d -i -t: nobody's keys are read.
+    rt.ok(&["exec", "-d", "-i", "-t", "nt", "true"]);
+    rt.ok(&[
+        "run", "-d", "-i", "-t", "--name", "nt2", "--net", "none", "busybox", "true",
+    ]);
+}
+
+fn status_of(rt: &Rt, name: &str) -> String {
+    let st: serde_json::Value = serde_json::from_str(&rt.ok(&["inspect", name])).unwrap();
+    st["status"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn run_dash_d_dash_i_keeps_the_container_s_stdin_open_as_docker() {
+    // Before: `run -d -i` gave the container /dev/null as stdin: a shell read EOF and the
+    // container exited at once. As `docker run -di busybox sh`: stdin is an open pipe (its
+    // write end held by the monitor, never written), so it runs until stopped.
+    if !pre("run_dash_d_dash_i_keeps_the_container_s_stdin_open_as_docker") {
+        return;
+    }
+    let rt = Rt::new();
+    rt.ok(&[
+        "run", "-d", "-i", "--name", "di", "--net", "none", "busybox", "sh",
+    ]);
+    rt.ok(&[
+        "run",
+        "-d",
+        "--interactive",
+        "--name",
+        "dc",
+        "--net",
+        "none",
+        "busybox",
+        "cat",
+    ]);
+    // Without -i: /dev/null, as before.
+    rt.ok(&[
+        "run", "-d", "--name", "dn", "--net", "none", "busybox", "sh",
+    ]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(status_of(&rt, "di"), "running");
+    assert_eq!(status_of(&rt, "dc"), "running");
+    assert_eq!(status_of(&rt, "dn"), "exited");
+    // Its stdin is a pipe, not /dev/null.
+    let fd0 = rt.ok(&["exec", "di", "readlink", "/proc/1/fd/0"]);
+    assert!(fd0.starts_with("pipe:"), "{fd0}");
+    rt.ok(&["stop", "-t", "1", "di"]);
+    assert_eq!(status_of(&rt, "di"), "exited");
+    rt.ok(&["rm", "-f", "dc"]);
+    assert!(rt.run(&["inspect", "dc"]).status.code() != Some(0));
+}
+
+#[test]
+fn exec_dash_t_says_why_a_command_cannot_start_on_stderr() {
+    // Before: with -t the start error was written to the pty, so it came out on stdout;
+    // podman prints it on stderr. The exit codes stay docker's (127, 126).
+    if !pre("exec_dash_t_says_why_a_command_cannot_start_on_stderr") {
+        return;
+    }
+    let rt = Rt::new();
+    rt.ok(&[
+        "run", "-d", "--name", "xe", "--net", "none", "busybox", "sleep", "1000",
+    ]);
+    for (cmd, code, says) in [
+        (
+            &["exec", "-t", "xe", "no-such-command"][..],
+            127,
+            "no-such-command",
+        ),
+        (
+            &["exec", "-t", "-u", "nobody", "xe", "true"][..],
+            126,
+            "user \"nobody\"",
+        ),
+        (
+            &["exec", "xe", "no-such-command"][..],
+            127,
+            "no-such-command",
+        ),
+    ] {
+        let out = rt.run(cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{cmd:?}: {err}");
+        assert!(err.contains(says) && err.contains("xe"), "{cmd:?}: {err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{cmd:?}");
+    }
 }

@@ -102,13 +102,17 @@ pub fn argv(cfg: &RunConfig, cli: &CommandLine) -> Option<Vec<String>> {
 }
 
 /// `-e` entries as docker reads them: `K=V` as given, `K` alone with K's value in the
-/// caller's environment (`lookup`), left out when K is unset there.
+/// caller's environment (`lookup`), left out when K is unset there. One without a name
+/// (`=V`, or empty) is refused, as by docker and podman (podman's wording).
 pub fn env_from_caller(
     cli: &[String],
     lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
 ) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for e in cli {
+        if e.split('=').next().is_none_or(str::is_empty) {
+            return Err(format!("invalid environment variable: {e:?}"));
+        }
         if e.contains('=') {
             out.push(e.clone());
         } else if let Some(v) = lookup(e) {
@@ -121,6 +125,16 @@ pub fn env_from_caller(
         }
     }
     Ok(out)
+}
+
+/// `env` with `TERM=xterm` added for a process on a pty (`-t`) when nothing set TERM, as
+/// docker does for `run -t` and `exec -t` (never kept in the container's own environment:
+/// an `exec` without `-t` does not get it).
+pub fn with_term(mut env: Vec<String>, tty: bool) -> Vec<String> {
+    if tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    env
 }
 
 /// The environment: the image's, then the command line's (`-e K=V` replaces K; an entry
@@ -239,11 +253,31 @@ mod tests {
             use std::os::unix::ffi::OsStringExt;
             Some(std::ffi::OsString::from_vec(vec![0xff]))
         };
+        // Before: `=bad` went into the environment as it was, and an empty one was dropped.
+        for nameless in ["=bad", "", "="] {
+            let err = env_from_caller(&s(&["A=1", nameless]), caller).unwrap_err();
+            assert_eq!(err, format!("invalid environment variable: {nameless:?}"));
+        }
         let err = env_from_caller(&s(&["BIN"]), bad).unwrap_err();
         assert!(
             err.contains("-e BIN: ") && err.contains("-e BIN=VALUE"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_pty_gets_term_xterm_unless_term_is_set() {
+        // Before: `run -t` and `exec -t` left TERM unset (docker and podman: xterm).
+        let base = s(&["PATH=/bin"]);
+        assert_eq!(
+            with_term(base.clone(), true),
+            s(&["PATH=/bin", "TERM=xterm"])
+        );
+        assert_eq!(with_term(base.clone(), false), base);
+        let set = s(&["TERM=vt100", "PATH=/bin"]);
+        assert_eq!(with_term(set.clone(), true), set);
+        let empty = s(&["TERM="]);
+        assert_eq!(with_term(empty.clone(), true), empty);
     }
 
     #[test]

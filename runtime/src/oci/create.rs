@@ -81,9 +81,10 @@ enum Caller {
     Run,
 }
 
-/// Runs `create`. On failure everything it made is removed.
+/// Runs `create`. On failure everything it made is removed (as runc's create, which has no
+/// `--keep`).
 pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<()> {
-    create_container(root, id, opts, Caller::Create).map(|_| ())
+    create_container(root, id, opts, Caller::Create, false).map(|_| ())
 }
 
 /// A container `create_for_run` made, whose process is our child.
@@ -113,43 +114,62 @@ impl Created {
 /// until it has exec'd): what fails after start is reported to it (see [`Created`]) rather
 /// than on the container's stderr. In the foreground a terminal comes back to `run` (see
 /// [`Created::take_console`]); detached it needs `--console-socket`, as with `create`.
+/// `keep` (`run --keep`): a container whose process failed during the create stays, stopped,
+/// for `state` and `delete`, as runc's (its state is there once its process is).
 pub fn create_for_run(
     root: &Root,
     id: &str,
     opts: &CreateOptions,
     detach: bool,
+    keep: bool,
 ) -> Result<Created> {
     let caller = if detach {
         Caller::RunDetached
     } else {
         Caller::Run
     };
-    create_container(root, id, opts, caller)
+    create_container(root, id, opts, caller, keep)
 }
 
-/// As runc's checkTerminal: a terminal needs `--console-socket` unless `run` stays in the
-/// foreground to relay it, and `--console-socket` needs a terminal and a runtime that
-/// detaches (an engine would wait on its socket for a pty that never comes).
+/// As runc's checkTerminal, for `create` and `run`: see [`check_console`].
 fn check_terminal(terminal: bool, console_socket: Option<&Path>, caller: Caller) -> Result<()> {
-    let what = match caller {
-        Caller::Create => "create",
-        Caller::RunDetached => "run --detach",
-        Caller::Run => "run",
+    let (what, detach) = match caller {
+        Caller::Create => ("create", true),
+        Caller::RunDetached => ("run --detach", true),
+        Caller::Run => ("run", false),
     };
-    match (terminal, console_socket, caller) {
-        (true, None, Caller::Create | Caller::RunDetached) => Err(RuntimeError::Invalid(format!(
+    check_console(terminal, console_socket, what, detach)
+}
+
+/// As runc's checkTerminal (`run`, `create`, `exec`): a terminal needs `--console-socket`
+/// unless the command (`what`) stays in the foreground to relay it, and `--console-socket`
+/// needs a terminal and a command that detaches (an engine would wait on its socket for a
+/// pty that never comes).
+pub(crate) fn check_console(
+    terminal: bool,
+    console_socket: Option<&Path>,
+    what: &str,
+    detach: bool,
+) -> Result<()> {
+    let foreground = if what.starts_with("exec") {
+        "exec"
+    } else {
+        "run"
+    };
+    match (terminal, console_socket, detach) {
+        (true, None, true) => Err(RuntimeError::Invalid(format!(
             "process.terminal is true and no --console-socket is given: {what} returns while \
-             the container runs, so its terminal must go to a console socket (or use run in \
-             the foreground, which relays it to its own terminal)"
+             the process runs, so its terminal must go to a console socket (or use \
+             {foreground} in the foreground, which relays it to its own terminal)"
         ))),
         (false, Some(path), _) => Err(RuntimeError::Invalid(format!(
             "--console-socket {} is given but process.terminal is false: set \
              process.terminal or leave --console-socket out",
             path.display()
         ))),
-        (true, Some(path), Caller::Run) => Err(RuntimeError::Invalid(format!(
-            "--console-socket {} needs --detach: run in the foreground relays the terminal \
-             to its own stdio",
+        (true, Some(path), false) => Err(RuntimeError::Invalid(format!(
+            "--console-socket {} needs --detach: {foreground} in the foreground relays the \
+             terminal to its own stdio",
             path.display()
         ))),
         _ => Ok(()),
@@ -178,6 +198,7 @@ fn create_container(
     id: &str,
     opts: &CreateOptions,
     caller: Caller,
+    keep: bool,
 ) -> Result<Created> {
     let creator_reports = caller != Caller::Create;
     let dir = root.container_dir(id)?;
@@ -225,6 +246,8 @@ fn create_container(
     // createContainer in the container): a failed create then runs poststop, as runc's
     // destroy does, so what those hooks set up (network, devices) is taken down.
     let mut poststop_state: Option<serde_json::Value> = None;
+    // What `keep` leaves once the process exists: the state of a stopped container.
+    let mut kept_state: Option<Saved> = None;
     let made = (|| -> Result<Created> {
         // A foreground run's terminal: the pty master comes back over this socketpair.
         let (console_ours, console_theirs) = if terminal && caller == Caller::Run {
@@ -343,6 +366,10 @@ fn create_container(
         };
         saved.pid = p.as_raw();
         poststop_state = Some(saved.state_json(Status::Stopped));
+        kept_state = Some(Saved {
+            pid: 0,
+            ..saved.clone()
+        });
         if child.parent_hooks() {
             if messages::expect(&ready_r, Handshake::HooksPlease).is_err() {
                 return Err(gone(err_r));
@@ -372,6 +399,14 @@ fn create_container(
             if let Some(p) = pid {
                 let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(p, None);
+            }
+            // Kept: `delete` removes the rest and runs poststop, as for a container whose
+            // process ended.
+            if keep
+                && let Some(saved) = kept_state
+                && root.save(&saved).is_ok()
+            {
+                return Err(e);
             }
             let _ = cgroups::remove(&cgroup);
             let _ = fs::remove_dir_all(&dir);
@@ -429,6 +464,34 @@ mod tests {
             assert_eq!(r.is_ok(), ok, "{terminal} {socket:?} {caller:?}: {r:?}");
             if let Err(e) = r {
                 assert!(e.to_string().contains("--console-socket"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn exec_takes_a_console_socket_only_detached_with_a_terminal_as_runc() {
+        // runc's exec (checkTerminal): -t -d needs a socket; a socket needs -t and -d.
+        // Before: twill-oci exec -t always needed one, and took one in the foreground.
+        let sock = Some(Path::new("/run/console.sock"));
+        for (terminal, socket, detach, ok) in [
+            (true, None, false, true),
+            (true, sock, true, true),
+            (false, None, false, true),
+            (false, None, true, true),
+            (true, None, true, false),
+            (true, sock, false, false),
+            (false, sock, true, false),
+            (false, sock, false, false),
+        ] {
+            let what = if detach { "exec --detach" } else { "exec" };
+            let r = check_console(terminal, socket, what, detach);
+            assert_eq!(r.is_ok(), ok, "{terminal} {socket:?} {detach}: {r:?}");
+            if let Err(e) = r {
+                let e = e.to_string();
+                assert!(
+                    e.contains("--console-socket") && !e.contains("use run"),
+                    "{e}"
+                );
             }
         }
     }

@@ -419,24 +419,8 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd, ready: &OwnedFd) -> Result<(Final
         &process.cwd
     };
     std::env::set_current_dir(cwd).map_err(|e| RuntimeError::io("entering cwd", cwd, e))?;
-    // As runc: a command that is not there, or cannot be run, fails create, not start. The
-    // errno is kept: engines give 127 for "not found" and 126 for "permission denied".
-    let file = process::resolve(&process.args[0], &process.env);
-    match nix::unistd::access(file.as_str(), nix::unistd::AccessFlags::X_OK) {
-        Ok(()) => {}
-        Err(nix::Error::ENOENT) => {
-            return Err(RuntimeError::Invalid(format!(
-                "exec: {:?}: executable file not found in $PATH",
-                process.args[0]
-            )));
-        }
-        Err(e) => {
-            return Err(RuntimeError::Exec {
-                command: process.args[0].clone(),
-                cause: std::io::Error::from_raw_os_error(e as i32),
-            });
-        }
-    }
+    // As runc: a command that is not there, or cannot be run, fails create, not start.
+    look_path(&process.args[0], &process.env)?;
     if let Some(mask) = process.user.umask {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
@@ -454,6 +438,53 @@ fn child_setup<'a>(c: &'a Child, go: &OwnedFd, ready: &OwnedFd) -> Result<(Final
     }
     fin.rlimits.clear();
     Ok((fin, host_pid))
+}
+
+/// Checks that `cmd` can be run as runc's exec.LookPath (Go's) does, with its words, which
+/// engines read: 127 for "not found" or "no such file or directory", 126 for "permission
+/// denied". A path (with a `/`) is looked at itself (`exec: "/x": stat /x: no such file or
+/// directory`); a name is looked for in the process's PATH (`exec: "x": executable file not
+/// found in $PATH`).
+fn look_path(cmd: &str, env: &[String]) -> Result<()> {
+    let says = |what: String| RuntimeError::Invalid(format!("exec: {cmd:?}: {what}"));
+    let runnable = |file: &str| -> std::result::Result<(), nix::Error> {
+        let md = nix::sys::stat::stat(file)?;
+        let dir = nix::sys::stat::SFlag::from_bits_truncate(md.st_mode)
+            .contains(nix::sys::stat::SFlag::S_IFDIR);
+        if dir {
+            return Err(nix::Error::EACCES);
+        }
+        nix::unistd::access(file, nix::unistd::AccessFlags::X_OK)
+    };
+    if cmd.contains('/') {
+        return match runnable(cmd) {
+            Ok(()) => Ok(()),
+            Err(nix::Error::EACCES) if nix::sys::stat::stat(cmd).is_ok() => {
+                Err(says("permission denied".into()))
+            }
+            Err(e) => Err(says(format!("stat {cmd}: {}", go_errno(e)))),
+        };
+    }
+    let found = process::search_path(env).split(':').any(|dir| {
+        let dir = if dir.is_empty() { "." } else { dir };
+        runnable(&format!("{dir}/{cmd}")).is_ok()
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(says("executable file not found in $PATH".into()))
+    }
+}
+
+/// An errno as Go's syscall package words it (`no such file or directory`): the C
+/// library's text with a lower-case first letter.
+fn go_errno(e: nix::Error) -> String {
+    let text = e.desc();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 /// With noNewPrivileges, as runc (libcontainer/standard_init_linux.go): no_new_privs and then

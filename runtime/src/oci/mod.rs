@@ -120,7 +120,8 @@ pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
             .is_some_and(|p| p.terminal)
     {
         host_console = Some(
-            own_terminal().map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?,
+            own_terminal("run")
+                .map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?,
         );
     }
     if !opts.detach
@@ -128,8 +129,17 @@ pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
     {
         eprintln!("twill-oci: {e}: a signal before the container runs may orphan it");
     }
-    let mut created = create::create_for_run(root, id, &opts.create, opts.detach)
-        .map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?;
+    let existed = root.load(id).is_ok();
+    let mut created = create::create_for_run(root, id, &opts.create, opts.detach, opts.keep)
+        .map_err(|e| {
+            // As runc's: with --keep, one whose process failed at create stays, stopped.
+            let kept = if opts.keep && !existed && root.load(id).is_ok() {
+                format!("; kept (--keep): `twill-oci delete {id}` removes it")
+            } else {
+                String::new()
+            };
+            RuntimeError::Invalid(format!("container {id}: {e}{kept}"))
+        })?;
     let pid = created.pid;
     let failed = |why: String, deleted: Option<Result<()>>| {
         let also = match deleted {
@@ -153,26 +163,10 @@ pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
             let relayed = (|| {
                 let console = match host_console.take() {
                     Some(c) => c,
-                    None => own_terminal()?,
+                    None => own_terminal("run")?,
                 };
                 // Sent before create returned: there now, or never (the process is gone).
-                let master = tty::recv_master(&sock)?.ok_or_else(|| {
-                    RuntimeError::Invalid(
-                        "the container process sent no pty over its terminal's socket".into(),
-                    )
-                })?;
-                // As runc's recvtty: the process's "\n" relayed as written (to a file as to
-                // the terminal), and the terminal raw with its output processing kept, so it
-                // still shows a "\r\n".
-                tty::clear_onlcr(master.as_fd())?;
-                let raw = console.raw_mode(tty::RawOutput::Processed)?;
-                // As runc's: stdin to the pty for as long as there is any, and nothing at
-                // its end.
-                let relay = tty::Relay::new(master, tty::Stdout)
-                    .input(tty::EndOfInput::Nothing)
-                    .size_from(Some(console))
-                    .spawn(pid)?;
-                Ok::<_, RuntimeError>((relay, raw))
+                relay_terminal(console, &sock, pid)
             })();
             match relayed {
                 Ok((relay, raw)) => (Some(relay), Some(raw)),
@@ -241,14 +235,39 @@ pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<i32> {
     }
 }
 
-/// `run`'s own terminal, for a container's to be relayed to (see [`tty::Terminal::own`]).
-fn own_terminal() -> Result<tty::Terminal> {
+/// The own terminal of a foreground `run` or `exec` (`what`), for a process's to be relayed
+/// to (see [`tty::Terminal::own`]).
+fn own_terminal(what: &str) -> Result<tty::Terminal> {
     tty::Terminal::own().map_err(|e| {
         RuntimeError::Invalid(format!(
-            "process.terminal: run in the foreground relays the container's terminal to its \
+            "process.terminal: {what} in the foreground relays the process's terminal to its \
              own, and {e}"
         ))
     })
+}
+
+/// A foreground `run`'s or `exec`'s terminal, as runc's: the pty master that the process
+/// sent over `sock` (before it exec'd) relayed to and from `console`, put in raw mode until
+/// the returned guard is dropped, on a thread of its own until our child `child` has ended.
+fn relay_terminal(
+    console: tty::Terminal,
+    sock: &std::os::fd::OwnedFd,
+    child: nix::unistd::Pid,
+) -> Result<(tty::Running, tty::RawMode)> {
+    let master = tty::recv_master(sock)?.ok_or_else(|| {
+        RuntimeError::Invalid("the process sent no pty over its terminal's socket".into())
+    })?;
+    // As runc's recvtty: the process's "\n" relayed as written (to a file as to the
+    // terminal), and the terminal raw with its output processing kept, so it still shows a
+    // "\r\n".
+    tty::clear_onlcr(master.as_fd())?;
+    let raw = console.raw_mode(tty::RawOutput::Processed)?;
+    // As runc's: stdin to the pty for as long as there is any, and nothing at its end.
+    let relay = tty::Relay::new(master, tty::Stdout)
+        .input()
+        .size_from(Some(console))
+        .spawn(child)?;
+    Ok((relay, raw))
 }
 
 /// `state ID`: the runtime-spec state JSON.
@@ -397,7 +416,8 @@ pub struct ExecOptions {
 /// `exec`: a process in the container's namespaces and cgroup. Detached: returns once it has
 /// exec'd (exit 0); else waits and returns its exit code, passing on the signals `run` passes
 /// on (as runc: a SIGTERM to `exec` reaches the process, and `exec` exits with its status,
-/// 128+signal when it was killed).
+/// 128+signal when it was killed). A terminal goes to `--console-socket` when detached, else
+/// is relayed to and from exec's own, as a foreground `run` relays it (runc's rules).
 pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
     // As `run`: before anything below opens a descriptor (the namespace files, the console
     // socket), which would take a preserved number not open and pass the check; closed on
@@ -413,11 +433,23 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
         return Err(RuntimeError::Invalid("exec needs a command".into()));
     }
     opts.process.check_cwd()?;
-    if opts.process.terminal && opts.console_socket.is_none() {
-        return Err(RuntimeError::Invalid(
-            "a terminal needs --console-socket".into(),
-        ));
-    }
+    let what = if opts.detach { "exec --detach" } else { "exec" };
+    create::check_console(
+        opts.process.terminal,
+        opts.console_socket.as_deref(),
+        what,
+        opts.detach,
+    )
+    .map_err(|e| RuntimeError::Invalid(format!("exec in {id}: {e}")))?;
+    // The terminal a foreground exec relays: found before anything is made, as by `run`.
+    let host_console = if opts.process.terminal && !opts.detach {
+        Some(
+            own_terminal("exec")
+                .map_err(|e| RuntimeError::Invalid(format!("exec in {id}: {e}")))?,
+        )
+    } else {
+        None
+    };
     // As runc: an exec'd process gets the container's seccomp filter.
     let container = spec::Spec::load(&saved.bundle)?;
     let loader = create::seccomp_loader(&container)?;
@@ -449,10 +481,20 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
     } else {
         Some(File::open(&userns).map_err(|e| RuntimeError::io("opening", &userns, e))?)
     };
-    let console = match &opts.console_socket {
-        Some(p) if opts.process.terminal => Some(console::connect_socket(p)?),
-        _ => None,
+    // The process's end of its terminal's socket (check_console has refused the other
+    // combinations), and, in the foreground, ours.
+    let (console, relay_sock) = match (&opts.console_socket, &host_console) {
+        (Some(p), _) => (Some(console::connect_socket(p)?), None),
+        (None, Some(_)) => {
+            let (ours, theirs) = tty::pair()?;
+            (Some(theirs), Some(ours))
+        }
+        (None, None) => (None, None),
     };
+    let console_size = host_console
+        .as_ref()
+        .and_then(tty::Terminal::size)
+        .or(opts.process.console_size);
     let cgroup = saved.cgroup.clone();
     let (pid_r, pid_w) = process::pipe()?;
     let (err_r, err_w) = process::pipe()?;
@@ -505,7 +547,7 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
                 Ok(nix::unistd::ForkResult::Child) => {
                     let r = (|| -> Result<()> {
                         if let Some(s) = &console {
-                            console::setup_pty(s, false, opts.process.console_size)?;
+                            console::setup_pty(s, false, console_size)?;
                         }
                         let cwd = if opts.process.cwd.is_empty() {
                             "/"
@@ -537,6 +579,8 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
         nix::unistd::ForkResult::Parent { child } => {
             drop(pid_w);
             drop(err_w);
+            // The process's end is its own: a master that never comes reads as EOF.
+            drop(console);
             let mut b = [0u8; 4];
             let got = nix::unistd::read(&pid_r, &mut b).unwrap_or(0);
             if let Some(why) = messages::read_failure(err_r) {
@@ -551,10 +595,30 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<i32> {
             if opts.detach {
                 return Ok(process::wait_exit(child));
             }
-            Ok(crate::container::wait_passing_signals(
-                child,
-                "twill-oci exec",
-            ))
+            let terminal = match (host_console, relay_sock) {
+                (Some(c), Some(sock)) => match relay_terminal(c, &sock, child) {
+                    Ok(relayed) => Some(relayed),
+                    Err(e) => {
+                        // Nobody to read its terminal: it is stopped rather than left alone.
+                        if got == 4 {
+                            let p = nix::unistd::Pid::from_raw(i32::from_le_bytes(b));
+                            let _ = kill(p, Signal::SIGKILL);
+                        }
+                        let _ = process::wait_exit(child);
+                        return Err(RuntimeError::Invalid(format!("exec in {id}: {e}")));
+                    }
+                },
+                _ => None,
+            };
+            let code = crate::container::wait_passing_signals(child, "twill-oci exec");
+            if let Some((relay, raw)) = terminal {
+                // The last output copied, then the terminal as it was.
+                if let Err(e) = relay.finish() {
+                    eprintln!("twill-oci: exec in {id}: its terminal: {e}");
+                }
+                drop(raw);
+            }
+            Ok(code)
         }
     }
 }
